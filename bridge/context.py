@@ -1,0 +1,212 @@
+"""What surrounded an error: where, when, in which component, on which path through the code.
+
+These are the seed's ErrorContext, ComponentIdentifier and ExecutionTrace as pydantic
+models, so that a context read back from JSON is validated like everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import socket
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+# -- which component an error belongs to (the seed's ComponentIdentifier) --------------
+
+
+class AgentComponent(_Model):
+    """An agent, by id and type."""
+
+    type: Literal["agent"] = "agent"
+    agent_id: str
+    agent_type: str = ""
+
+
+class ToolComponent(_Model):
+    """A tool, by name and category."""
+
+    type: Literal["tool"] = "tool"
+    tool_name: str
+    category: str = ""
+
+
+class WorkflowComponent(_Model):
+    """A workflow, by id and type."""
+
+    type: Literal["workflow"] = "workflow"
+    workflow_id: str
+    workflow_type: str = ""
+
+
+class HookComponent(_Model):
+    """A hook, by name and the point it is attached to."""
+
+    type: Literal["hook"] = "hook"
+    hook_name: str
+    hook_point: str = ""
+
+
+class EventComponent(_Model):
+    """An event emission."""
+
+    type: Literal["event"] = "event"
+    event_type: str
+    emission_id: str = ""
+
+
+class ScriptComponent(_Model):
+    """A script, by language and id (its file name)."""
+
+    type: Literal["script"] = "script"
+    language: Literal["lua", "javascript"]
+    script_id: str
+
+
+class BridgeComponent(_Model):
+    """The translation layer between languages."""
+
+    type: Literal["bridge"] = "bridge"
+    bridge_type: str = ""
+
+
+class SystemComponent(_Model):
+    """Anything of the host itself."""
+
+    type: Literal["system"] = "system"
+    subsystem: str = "host"
+
+
+Component = Annotated[
+    AgentComponent
+    | ToolComponent
+    | WorkflowComponent
+    | HookComponent
+    | EventComponent
+    | ScriptComponent
+    | BridgeComponent
+    | SystemComponent,
+    Field(discriminator="type"),
+]
+
+
+# -- the path that led to the error (the seed's ExecutionTrace) ------------------------
+
+
+class FileLocation(_Model):
+    """A position in a source file."""
+
+    file: str
+    line: int | None = None
+    column: int | None = None
+
+
+class CallFrame(_Model):
+    """One step of the execution path, e.g. a tool boundary with its parameters."""
+
+    function_name: str
+    file_location: FileLocation | None = None
+    parameters: JsonValue = None
+    local_variables: JsonValue = None
+    execution_time: float | None = None  # seconds
+
+
+class AsyncContext(_Model):
+    """The task an error happened in, when it happened in a coordinated task."""
+
+    task_id: str
+    coordination_id: str | None = None
+    engine: str | None = None
+    async_operation_type: str | None = None
+
+
+class HookExecution(_Model):
+    """One hook that ran on the way to the error."""
+
+    hook_name: str
+    hook_point: str = ""
+    outcome: str = ""
+    duration: float | None = None
+
+
+class EventEmission(_Model):
+    """One event emitted on the way to the error."""
+
+    event_type: str
+    emission_id: str = ""
+    timestamp: datetime | None = None
+
+
+class ExecutionTrace(_Model):
+    """Everything known about how execution reached the error."""
+
+    call_stack: list[CallFrame] = Field(default_factory=list)
+    async_context: AsyncContext | None = None
+    hook_execution_path: list[HookExecution] = Field(default_factory=list)
+    event_emission_chain: list[EventEmission] = Field(default_factory=list)
+
+
+class UserContext(_Model):
+    """Who the work was done for."""
+
+    user_id: str | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+    attributes: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class EnvironmentInfo(_Model):
+    """The machine and versions the error happened on."""
+
+    polyspell_version: str = ""
+    python_version: str = ""
+    platform: str = ""
+    hostname: str = ""
+    pid: int | None = None
+
+
+@functools.cache
+def current_environment() -> EnvironmentInfo:
+    """The environment of this process, read once."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        polyspell_version = version("polyspell")
+    except PackageNotFoundError:
+        polyspell_version = "unknown"
+    return EnvironmentInfo(
+        polyspell_version=polyspell_version,
+        python_version=platform.python_version(),
+        platform=sys.platform,
+        hostname=socket.gethostname(),
+        pid=os.getpid(),
+    )
+
+
+def new_error_id() -> str:
+    """A fresh, unique error id."""
+    return uuid.uuid4().hex
+
+
+class ErrorContext(_Model):
+    """Where, when and in what an error happened; travels with the error across every boundary."""
+
+    error_id: str = Field(default_factory=new_error_id)
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    component: Component = Field(default_factory=SystemComponent)
+    operation: str = ""
+    correlation_id: str | None = None
+    user_context: UserContext | None = None
+    environment: EnvironmentInfo = Field(default_factory=current_environment)
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    execution_trace: ExecutionTrace = Field(default_factory=ExecutionTrace)

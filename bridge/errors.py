@@ -1,0 +1,504 @@
+"""The root of the unified error hierarchy and the machinery every variant shares.
+
+An error is one *variant* (``tool/timeout``) of one *category* (``tool``). Variants are
+declared as classes whose annotations are their fields::
+
+    class ToolTimeout(ToolError, kind="timeout", retryable=True, retry_after=0.5,
+                      template="Tool timeout: {tool_name} after {duration}s"):
+        tool_name: str
+        duration: float
+
+``__init_subclass__`` turns those annotations into a strict pydantic model, registers the
+variant under its category and kind, and attaches it to the category class
+(``ToolError.Timeout``). The catalog, JSON, the script constructors and the translators
+all read the same registry, so a variant declared once exists on every side.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import typing
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from time import time
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from bridge.context import ErrorContext
+from bridge.frames import Frame, python_frames
+from bridge.severity import Severity
+
+# Keyword arguments of the constructor; a variant's fields cannot use these names.
+RESERVED_NAMES = frozenset(
+    {"message", "kind", "category", "severity", "retryable", "retry_after", "context",
+     "frames", "cause", "fields"}
+)
+JSON_KEYS = ("category", "kind", "message", "severity", "retryable", "retry_after", "fields",
+             "frames", "cause", "context")
+MAX_CAUSE_DEPTH = 64
+
+_CATEGORIES: dict[str, type[SpellError]] = {}
+_VARIANTS: dict[tuple[str, str], type[SpellError]] = {}
+_FIELD_CONFIG = ConfigDict(strict=True, extra="forbid", defer_build=True)
+
+
+def camel(snake: str) -> str:
+    """``cross_engine_coordination`` -> ``CrossEngineCoordination``."""
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
+class _LazyFieldsModel:
+    """A variant's strict pydantic model of its fields, built on first use.
+
+    Building a hundred models when ``bridge`` is imported would cost every command
+    (``polyspell run`` included) about 50 ms; most runs touch a handful of variants.
+    """
+
+    def __get__(self, obj: object, owner: type[SpellError]) -> type[BaseModel]:
+        model = owner.__dict__.get("_fields_model")
+        if model is None:
+            hints = typing.get_type_hints(owner)
+            definitions = {name: (hints[name], default)
+                           for name, default in getattr(owner, "_field_defaults", {}).items()}
+            model = create_model(f"{owner.__name__}Fields", __config__=_FIELD_CONFIG,
+                                 **definitions)
+            owner._fields_model = model
+        return model
+
+
+class SpellError(Exception):
+    """Root of every error polyspell raises or translates, in any language.
+
+    Construct a variant with its fields (``ToolError.Timeout(tool_name="search",
+    duration=2.0)``), or a category with a kind (``ToolError(kind="timeout", ...)``).
+    Missing, unknown or wrongly typed fields raise ``bridge/invalid_error``.
+    """
+
+    category: ClassVar[str] = ""
+    kind: ClassVar[str] = ""
+    template: ClassVar[str] = "{message}"
+    script_name: ClassVar[str] = ""  # the constructor's name inside scripts, e.g. ToolError
+    wrap_kind: ClassVar[str] = ""  # the kind SpellError.wrap() uses for this category
+    default_severity: ClassVar[Severity] = Severity.ERROR
+    default_retryable: ClassVar[bool] = False
+    default_retry_after: ClassVar[float | None] = None
+    fields_model: ClassVar[_LazyFieldsModel] = _LazyFieldsModel()  # fields as a pydantic model
+
+    fields: dict[str, Any]
+    message: str
+    severity: Severity
+
+    def __init_subclass__(
+        cls,
+        *,
+        category: str | None = None,
+        kind: str | None = None,
+        template: str | None = None,
+        severity: Severity | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        wrap_kind: str | None = None,
+        script_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if category is not None:
+            _register_category(cls, category, script_name, wrap_kind)
+        if template is not None:
+            cls.template = template
+        if severity is not None:
+            cls.default_severity = severity
+        if retryable is not None:
+            cls.default_retryable = retryable
+        if retry_after is not None:
+            cls.default_retry_after = retry_after
+        if kind is not None:
+            _register_variant(cls, kind)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SpellError:
+        if not cls.kind:  # a category (or the root): dispatch on kind=
+            cls = variant_class(cls.category or kwargs.get("category"), kwargs.get("kind"))
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        message: str | None = None,
+        /,
+        *,
+        kind: str | None = None,
+        category: str | None = None,
+        severity: Severity | str | int | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+        context: ErrorContext | None = None,
+        frames: Iterable[Frame] | None = None,
+        cause: BaseException | None = None,
+        **fields: Any,
+    ) -> None:
+        if (kind or self.kind) != self.kind or (category or self.category) != self.category:
+            raise _invalid(self.code, f"{category or self.category}/{kind or self.kind} "
+                           f"does not match the class {type(self).__name__}", "kind")
+        self.fields = _validate_fields(type(self), fields)
+        if message is None:
+            message = self.template.format_map(self.fields)
+        super().__init__(message)
+        self.message = message
+        self.severity = self.default_severity if severity is None else Severity.parse(severity)
+        self._retryable = retryable
+        self._retry_after = retry_after
+        self._context = context
+        self._created = time()
+        self._frames = None if frames is None else list(frames)
+        self._cause_view: SpellError | None = None
+        if cause is not None:
+            self.__cause__ = cause
+
+    # -- properties -------------------------------------------------------------------
+
+    @property
+    def retryable(self) -> bool:
+        """Whether trying again may succeed (transient errors: timeouts, rate limits...)."""
+        return self.default_retryable if self._retryable is None else self._retryable
+
+    @property
+    def retry_after(self) -> float | None:
+        """Suggested delay in seconds before a retry, when the error is retryable."""
+        return self.default_retry_after if self._retry_after is None else self._retry_after
+
+    @property
+    def context(self) -> ErrorContext:
+        """Where, when and in what the error happened (made on first use)."""
+        if self._context is None:
+            self._context = ErrorContext(timestamp=datetime.fromtimestamp(self._created, UTC))
+        return self._context
+
+    @context.setter
+    def context(self, value: ErrorContext) -> None:
+        self._context = value
+
+    @property
+    def frames(self) -> list[Frame]:
+        """The traceback, outermost first: the frames given, else where Python raised it."""
+        if self._frames is not None:
+            return self._frames
+        return python_frames(self.__traceback__)
+
+    @frames.setter
+    def frames(self, value: Iterable[Frame]) -> None:
+        self._frames = list(value)
+
+    @property
+    def cause(self) -> SpellError | None:
+        """The error this one was raised from, as a SpellError (plain exceptions wrapped)."""
+        raw = self.__cause__
+        if raw is None or isinstance(raw, SpellError):
+            return raw
+        if self._cause_view is None:
+            self._cause_view = SpellError.wrap(raw)
+        return self._cause_view
+
+    @property
+    def code(self) -> str:
+        """``category/kind``, the error's name in every language."""
+        return f"{self.category}/{self.kind}"
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.fields.items())
+        return f"{type(self).__name__}({args})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (SpellError.from_dict, (self.to_dict(),))
+
+    def chain(self) -> Iterator[SpellError]:
+        """This error, then its cause, then that one's cause..."""
+        err: SpellError | None = self
+        seen: set[int] = set()
+        while err is not None and id(err) not in seen:
+            seen.add(id(err))
+            yield err
+            err = err.cause
+
+    # -- construction from other things -------------------------------------------------
+
+    @classmethod
+    def wrap(
+        cls,
+        exc: BaseException,
+        category: str | type[SpellError] | None = None,
+        kind: str | None = None,
+        **fields: Any,
+    ) -> SpellError:
+        """Turn any exception into a SpellError, keeping its type name, message and frames.
+
+        A SpellError comes back unchanged. Otherwise the category is the one given, the
+        class this is called on (``ToolError.wrap(exc, tool_name=...)``) or ``runtime``;
+        without ``kind``, the category's catch-all kind is used. A ``reason`` field left
+        out is filled with ``Type: message``, and the exception becomes the cause (in
+        ``runtime/python_exception`` it is the error itself).
+        """
+        if isinstance(exc, SpellError):
+            return exc
+        if category is None:
+            category = cls.category or "runtime"
+        elif isinstance(category, type):
+            category = category.category
+        variant = variant_class(category, kind or category_class(category).wrap_kind)
+        frames = python_frames(exc.__traceback__)
+        if variant.kind == "python_exception" and variant.category == "runtime":
+            fields.setdefault("exception_type", exception_type_name(exc))
+            fields.setdefault("exception_message", str(exc))
+            cause = exc.__cause__
+        else:
+            if "reason" in variant.fields_model.model_fields:
+                fields.setdefault("reason", f"{exception_type_name(exc)}: {exc}")
+            cause = exc
+        return variant(frames=frames, cause=cause, **fields)
+
+    # -- JSON -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as JSON-ready data; see :meth:`from_dict` for the way back."""
+        cause = self.cause
+        return {
+            "category": self.category,
+            "kind": self.kind,
+            "message": self.message,
+            "severity": str(self.severity),
+            "retryable": self.retryable,
+            "retry_after": self.retry_after,
+            "fields": self.fields,
+            "frames": [frame.to_dict() for frame in self.frames],
+            "cause": None if cause is None else cause.to_dict(),
+            "context": self.context.model_dump(mode="json"),
+        }
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """The error as one JSON object (keys: category, kind, message, severity, fields...)."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> SpellError:
+        """Read back an error written by :meth:`to_json`; bad input raises ``bridge/...``."""
+        try:
+            data = json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise _bad_json(f"not valid JSON ({exc})", "$") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, _path: str = "$", _depth: int = 0) -> SpellError:
+        """Build the error that ``data`` (as made by :meth:`to_dict`) describes."""
+        if _depth > MAX_CAUSE_DEPTH:
+            raise _bad_json(f"cause chain deeper than {MAX_CAUSE_DEPTH}", _path)
+        if not isinstance(data, Mapping):
+            raise _bad_json(f"expected an error object, got {_json_type(data)}", _path)
+        unknown = sorted(set(data) - set(JSON_KEYS))
+        if unknown:
+            raise _bad_json(f"unknown key {unknown[0]!r}", f"{_path}.{unknown[0]}")
+        for key in ("category", "kind"):
+            if not isinstance(data.get(key), str):
+                raise _bad_json(f"'{key}' must be a string", f"{_path}.{key}")
+        category, kind = data["category"], data["kind"]
+        if category not in _CATEGORIES:
+            known = ", ".join(sorted(_CATEGORIES))
+            raise _bad_json(f"unknown category {category!r} (known: {known})", f"{_path}.category")
+        if (category, kind) not in _VARIANTS:
+            known = ", ".join(sorted(k for c, k in _VARIANTS if c == category))
+            raise _bad_json(f"unknown kind {kind!r} for category {category!r} (known: {known})",
+                            f"{_path}.kind")
+        variant = _VARIANTS[category, kind]
+        fields = data.get("fields") or {}
+        if not isinstance(fields, Mapping):
+            raise _bad_json(f"'fields' must be an object, got {_json_type(fields)}",
+                            f"{_path}.fields")
+        message = _optional(data, "message", "string", _path)
+        retry_after = _optional(data, "retry_after", "number", _path)
+        retryable = _optional(data, "retryable", "boolean", _path)
+        try:
+            severity = None if data.get("severity") is None else Severity.parse(data["severity"])
+        except ValueError as exc:
+            raise _bad_json(str(exc), f"{_path}.severity") from None
+        frames = _read_frames(data.get("frames") or [], f"{_path}.frames")
+        context = _read_context(data.get("context"), f"{_path}.context")
+        cause = None
+        if data.get("cause") is not None:
+            cause = cls.from_dict(data["cause"], _path=f"{_path}.cause", _depth=_depth + 1)
+        try:
+            return variant(message, severity=severity, retryable=retryable,
+                           retry_after=retry_after, context=context, frames=frames,
+                           cause=cause, **fields)
+        except SpellError as exc:
+            field = exc.fields.get("field") or ""
+            raise _bad_json(exc.fields.get("reason", exc.message),
+                            f"{_path}.fields.{field}" if field else f"{_path}.fields") from None
+
+
+# -- registry ---------------------------------------------------------------------------
+
+
+def _register_category(
+    cls: type[SpellError], category: str, script_name: str | None, wrap_kind: str | None
+) -> None:
+    if category in _CATEGORIES:
+        raise TypeError(f"category {category!r} is already declared by "
+                        f"{_CATEGORIES[category].__name__}")
+    cls.category = category
+    cls.kind = ""
+    cls.script_name = script_name or f"{camel(category)}Error"
+    cls.wrap_kind = wrap_kind or ""
+    _CATEGORIES[category] = cls
+
+
+def _register_variant(cls: type[SpellError], kind: str) -> None:
+    if not cls.category:
+        raise TypeError(f"{cls.__name__} declares kind {kind!r} but derives from no category")
+    if (cls.category, kind) in _VARIANTS:
+        raise TypeError(f"{cls.category}/{kind} is already declared by "
+                        f"{_VARIANTS[cls.category, kind].__name__}")
+    cls.kind = kind
+    cls._field_defaults = _collect_fields(cls)
+    _VARIANTS[cls.category, kind] = cls
+    setattr(_CATEGORIES[cls.category], camel(kind), cls)
+
+
+def _collect_fields(cls: type[SpellError]) -> dict[str, Any]:
+    """The variant's own field names with their defaults (``...`` when required)."""
+    fields: dict[str, Any] = {}
+    for name, annotation in inspect.get_annotations(cls).items():
+        if typing.get_origin(annotation) is ClassVar or "ClassVar" in str(annotation):
+            continue
+        if name in RESERVED_NAMES or name.startswith("_"):
+            raise TypeError(f"{cls.__name__}: field name {name!r} is reserved")
+        fields[name] = cls.__dict__.get(name, ...)
+        if fields[name] is not ...:
+            delattr(cls, name)  # fields live in err.fields, never as class attributes
+    return fields
+
+
+def category_class(category: str | None) -> type[SpellError]:
+    """The class of a category name; ``bridge/invalid_error`` when there is none."""
+    try:
+        return _CATEGORIES[category]  # type: ignore[index]
+    except KeyError:
+        raise _invalid(str(category), f"unknown category {category!r}; "
+                       f"known: {', '.join(sorted(_CATEGORIES))}", "category") from None
+
+
+def variant_class(category: str | None, kind: str | None) -> type[SpellError]:
+    """The class of ``category/kind``; ``bridge/invalid_error`` when there is none."""
+    category_class(category)
+    if kind is None:
+        raise _invalid(str(category), "name the kind of error (kind=...)", "kind")
+    try:
+        return _VARIANTS[category, kind]  # type: ignore[index]
+    except KeyError:
+        known = ", ".join(sorted(k for c, k in _VARIANTS if c == category))
+        raise _invalid(f"{category}", f"unknown kind {kind!r}; known: {known}", "kind") from None
+
+
+def categories() -> dict[str, type[SpellError]]:
+    """Every category name with its class, in declaration order."""
+    return dict(_CATEGORIES)
+
+
+def variants(category: str | None = None) -> list[type[SpellError]]:
+    """Every variant class (of one category, if named), in declaration order."""
+    return [cls for (cat, _), cls in _VARIANTS.items() if category in (None, cat)]
+
+
+# -- validation -------------------------------------------------------------------------
+
+
+def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return variant.fields_model.model_validate(fields).model_dump()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise _invalid(f"{variant.category}/{variant.kind}",
+                       _describe_problem(variant, first), field.split(".")[0]) from None
+
+
+def _describe_problem(variant: type[SpellError], problem: Mapping[str, Any]) -> str:
+    field = ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "missing":
+        return f"missing field '{field}'"
+    if problem["type"] == "extra_forbidden":
+        known = ", ".join(variant.fields_model.model_fields) or "no fields"
+        return f"unknown field '{field}' ({variant.category}/{variant.kind} takes {known})"
+    got = problem.get("input")
+    return f"field '{field}': {problem['msg']} (got {_json_type(got)} {_short(got)})"
+
+
+def _invalid(error_type: str, reason: str, field: str = "") -> SpellError:
+    return _VARIANTS["bridge", "invalid_error"](error_type=error_type, reason=reason, field=field)
+
+
+def _bad_json(reason: str, path: str) -> SpellError:
+    return _VARIANTS["bridge", "deserialization_failed"](reason=reason, path=path)
+
+
+def _optional(data: Mapping[str, Any], key: str, expected: str, path: str) -> Any:
+    """``data[key]`` when it is missing, null or of the JSON type ``expected``."""
+    value = data.get(key)
+    if value is None or _json_type(value) == expected:
+        return value
+    raise _bad_json(f"'{key}' must be a {expected}, got {_json_type(value)}", f"{path}.{key}")
+
+
+@functools.cache
+def _frames_adapter() -> TypeAdapter[list[Frame]]:
+    return TypeAdapter(list[Frame])
+
+
+def _read_frames(raw: Any, path: str) -> list[Frame]:
+    try:
+        return _frames_adapter().validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        raise _bad_json(f"bad frame: {first['msg']}", f"{path}{where}") from None
+
+
+def _read_context(raw: Any, path: str) -> ErrorContext | None:
+    if raw is None:
+        return None
+    try:
+        return ErrorContext.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+        raise _bad_json(f"bad context: {first['msg']}", f"{path}{where}") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """``KeyError`` for builtins, ``package.module.Class`` for the rest, as Python prints it."""
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+

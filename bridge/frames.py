@@ -1,0 +1,73 @@
+"""One entry of a polyglot traceback, whatever language it came from."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+from pydantic import ConfigDict, StrictInt, StrictStr
+
+Language = Literal["python", "lua", "javascript", "host"]
+LANGUAGES: tuple[str, ...] = ("python", "lua", "javascript", "host")
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A place in running code: language, file, line, column, function and the source line.
+
+    Frames of an error are ordered as Python prints them: outermost first, the place
+    where the error was raised last. A plain frozen dataclass rather than a pydantic
+    model, because translators build dozens of them per error on the hot path;
+    pydantic validates them only when they are read from JSON.
+    """
+
+    # Read by pydantic when frames come from JSON: strict fields, no unknown keys.
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    language: Language
+    file: StrictStr
+    line: StrictInt | None = None
+    column: StrictInt | None = None
+    function: StrictStr | None = None
+    source: StrictStr | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """The frame as a JSON-ready dict."""
+        return {
+            "language": self.language,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+            "function": self.function,
+            "source": self.source,
+        }
+
+    @property
+    def location(self) -> str:
+        """``file:line:column`` with whatever parts are known."""
+        parts = [self.file]
+        if self.line is not None:
+            parts.append(str(self.line))
+            if self.column is not None:
+                parts.append(str(self.column))
+        return ":".join(parts)
+
+
+def python_frames(tb: TracebackType | None) -> list[Frame]:
+    """The Python frames of a traceback, outermost first, with their source lines."""
+    frames = []
+    for summary in traceback.extract_tb(tb):
+        column = summary.colno + 1 if summary.colno is not None else None
+        frames.append(
+            Frame(
+                language="python",
+                file=summary.filename,
+                line=summary.lineno,
+                column=column,
+                function=summary.name,
+                source=summary.line or None,
+            )
+        )
+    return frames

@@ -1,0 +1,1 @@
+"""polyspell's host: what users touch (the Host, tools, the coordinator, the CLI)."""
