@@ -416,7 +416,9 @@ def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[
     try:
         return variant.fields_model.model_validate(fields).model_dump()
     except ValidationError as exc:
-        first = exc.errors()[0]
+        problems = exc.errors()
+        # An unknown field (a typo) explains the missing one it was meant to be.
+        first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
         field = ".".join(str(part) for part in first["loc"])
         raise _invalid(f"{variant.category}/{variant.kind}",
                        _describe_problem(variant, first), field.split(".")[0]) from None

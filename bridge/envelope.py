@@ -1,0 +1,85 @@
+"""Errors as they travel into scripts, and the way back.
+
+Into a script, an error is an *envelope*: plain JSON-like data that the engine's prelude
+turns into a native error (a JS ``Error`` named after the category class, a Lua table
+with a ``__tostring``). Out of a script, a table or object that carries ``category`` and
+``kind`` is read back by :func:`error_from_script`.
+
+``ref`` ties an envelope to the Python error it was made from, so that a script which
+catches and rethrows it hands back the very same error (with its Python frames and
+cause), not a copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bridge.errors import SpellError, categories, variant_class
+from bridge.frames import Frame
+
+ENVELOPE_KEYS = ("category", "kind", "message", "fields", "cause", "name", "ref")
+
+
+def error_envelope(err: SpellError, ref: Callable[[SpellError], int] | None = None) -> dict:
+    """The error and its cause chain as data for a script; ``ref`` numbers each error."""
+    cause = err.cause
+    return {
+        "category": err.category,
+        "kind": err.kind,
+        "name": type(err).script_name or categories()[err.category].script_name,
+        "message": err.message,
+        "fields": err.fields,
+        "cause": None if cause is None else error_envelope(cause, ref),
+        "ref": None if ref is None else ref(err),
+    }
+
+
+def script_constructors() -> dict[str, str]:
+    """Constructor name in scripts (``ToolError``) -> category (``tool``), for the preludes."""
+    return {cls.script_name: name for name, cls in categories().items()}
+
+
+def error_from_script(
+    data: Mapping[str, Any],
+    frames: list[Frame],
+    resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
+) -> SpellError:
+    """The unified error a script raised as ``{category, kind, fields, message?, cause?}``.
+
+    An envelope that came from Python and is rethrown unchanged (same ``ref``) resolves to
+    the original error. Invalid data gives ``bridge/invalid_error`` (returned, not raised)
+    whose frames are ``frames``, so it points at the script line that raised it.
+    """
+    ref = data.get("ref")
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        original = resolve_ref(ref)
+        if original is not None:
+            return original
+    category, kind = data.get("category"), data.get("kind")
+    fields = data.get("fields")
+    message = data.get("message")
+    cause_data = data.get("cause")
+    try:
+        variant = variant_class(_text(category), _text(kind))
+        if fields is not None and not isinstance(fields, Mapping):
+            return _located(variant_class("bridge", "invalid_error")(
+                error_type=f"{category}/{kind}", reason="fields must be a table/object",
+                field="fields"), frames)
+        cause = None
+        if isinstance(cause_data, Mapping):
+            cause = error_from_script(cause_data, frames, resolve_ref)
+        return variant(_text(message), cause=cause, frames=frames, **(fields or {}))
+    except SpellError as problem:
+        if problem.code != "bridge/invalid_error":
+            raise
+        return _located(problem, frames)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _located(err: SpellError, frames: list[Frame]) -> SpellError:
+    err.frames = frames
+    return err
