@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
@@ -53,6 +55,18 @@ class Frame:
             if self.column is not None:
                 parts.append(str(self.column))
         return ":".join(parts)
+
+
+# polyspell's own packages sit side by side (bridge/, engines/, host/), in a checkout and
+# in site-packages alike; their Python frames are plumbing, hidden from users by default.
+_PACKAGES_ROOT = Path(__file__).resolve().parent.parent
+_INTERNAL_DIRS = tuple(
+    str(_PACKAGES_ROOT / name) + os.sep for name in ("bridge", "engines", "host"))
+
+
+def is_internal(frame: Frame) -> bool:
+    """Whether a frame is polyspell's own Python code rather than the user's."""
+    return frame.language == "python" and frame.file.startswith(_INTERNAL_DIRS)
 
 
 def python_frames(tb: TracebackType | None) -> list[Frame]:

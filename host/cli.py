@@ -32,13 +32,155 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("category", nargs="?", help="show only this category")
     catalog.add_argument("--json", action="store_true", help="print the catalog as JSON")
     catalog.set_defaults(handler=_catalog)
+
+    run = commands.add_parser(
+        "run", help="run a Lua or JavaScript agent script",
+        description="Run an agent script (engine chosen by extension: .lua, .js, .mjs). "
+        "The result is printed as JSON on stdout; on failure the translated traceback "
+        "goes to stderr. Exit codes: 0 success, 1 the script failed, 2 usage or "
+        "configuration error, 3 security violation, 4 resource limit.",
+    )
+    run.add_argument("script", help="the script file")
+    run.add_argument("params", nargs="*", metavar="key=value",
+                     help="arguments for the script's args (values are JSON, else strings)")
+    run.add_argument("--args-json", metavar="JSON", help="the script's args as a JSON object")
+    _add_tools_option(run)
+    run.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                     help="wall-clock limit for the run in seconds (default 30)")
+    run.add_argument("--memory-mb", type=int, default=256, metavar="N",
+                     help="memory limit of the engine in MB (default 256)")
+    run.add_argument("--sandbox", choices=["constrained", "trusted"], default="constrained",
+                     help="constrained (default): pure built-ins only; trusted: the "
+                     "language's standard libraries too")
+    run.add_argument("--json", action="store_true",
+                     help='print one JSON object: {"ok": true, "result": ...} or '
+                     '{"ok": false, "error": ...}')
+    run.add_argument("--verbose", action="store_true",
+                     help="show polyspell's own frames in tracebacks")
+    run.set_defaults(handler=_run)
+
+    tools = commands.add_parser(
+        "tools", help="list the tools of tools files with their parameter schemas",
+        description="List the @tool functions of the given files with their JSON schemas.")
+    _add_tools_option(tools)
+    tools.add_argument("--json", action="store_true", help="print the list as JSON")
+    tools.set_defaults(handler=_tools)
     return parser
+
+
+def _add_tools_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tools", action="append", default=[], metavar="FILE",
+                        help="a Python file whose @tool functions scripts may call "
+                        "(repeatable)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polyspell`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("polyspell: interrupted", file=sys.stderr)
+        return 130
+
+
+def exit_code(err: Any) -> int:
+    """The exit code for a unified error: 2 configuration, 3 security, 4 resource, else 1."""
+    if err.category == "configuration":
+        return EXIT_USAGE
+    if err.category == "security" or err.code == "script/security_violation":
+        return EXIT_SECURITY
+    if err.category == "resource" or err.code == "script/resource_exhaustion":
+        return EXIT_RESOURCE
+    return EXIT_FAILED
+
+
+# -- run --------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bridge import SpellError
+
+    try:
+        script_args = _script_args(args)
+        from host.host import Host
+
+        host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
+                    sandbox=args.sandbox)
+        result = host.run(args.script, script_args)
+    except SpellError as err:
+        return _report_failure(err, args)
+    except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
+        return _report_failure(SpellError.wrap(
+            exc, "runtime", "internal_error", reason=f"{type(exc).__name__}: {exc}"), args)
+    if args.json:
+        print(json.dumps({"ok": True, "result": result}, ensure_ascii=False))
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
+def _script_args(args: argparse.Namespace) -> Any:
+    from bridge import ConfigurationError
+
+    script_args: Any = None
+    if args.args_json is not None:
+        try:
+            script_args = json.loads(args.args_json)
+        except ValueError as exc:
+            raise ConfigurationError.InvalidValue(
+                key="--args-json", value=args.args_json[:200],
+                reason=f"not valid JSON ({exc})") from None
+    if args.params:
+        if script_args is None:
+            script_args = {}
+        if not isinstance(script_args, dict):
+            raise ConfigurationError.InvalidValue(
+                key="--args-json", value=args.args_json[:200],
+                reason="key=value arguments need --args-json to be an object")
+        for item in args.params:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigurationError.Usage(
+                    reason=f"argument {item!r} is not key=value", command="run")
+            try:
+                script_args[key] = json.loads(raw)
+            except ValueError:
+                script_args[key] = raw
+    return script_args
+
+
+def _report_failure(err: Any, args: argparse.Namespace) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "error": err.to_dict()}, ensure_ascii=False))
+    else:
+        print(err.to_text(verbose=getattr(args, "verbose", False)), file=sys.stderr)
+    return exit_code(err)
+
+
+# -- tools ------------------------------------------------------------------------------
+
+
+def _tools(args: argparse.Namespace) -> int:
+    from bridge import SpellError
+    from host.tools import load_tools_file
+
+    try:
+        tools = [t for path in args.tools for t in load_tools_file(path)]
+    except SpellError as err:
+        return _report_failure(err, args)
+    listing = [{"name": t.name, "description": t.description, "timeout": t.timeout,
+                "async": t.is_async, "parameters": t.schema()} for t in tools]
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return EXIT_OK
+    if not listing:
+        print("no tools (name tools files with --tools FILE)", file=sys.stderr)
+    for entry in listing:
+        summary = entry["description"].splitlines()[0] if entry["description"] else ""
+        print(f"{entry['name']}  {summary}")
+        print(f"  parameters: {json.dumps(entry['parameters'])}")
+    return EXIT_OK
 
 
 # -- catalog --------------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""One traceback through every language, as text: what the CLI, ``to_text()`` and logs show.
+
+Like Python's own: the cause first, then "The above exception was the direct cause of
+the following exception:", then the error; frames outermost first, each with the source
+line under it; ``category/kind: message`` last. Output stays bounded: repeated frames
+collapse, deep stacks and huge messages are cut with a marker.
+"""
+
+from __future__ import annotations
+
+from bridge.errors import SpellError
+from bridge.frames import Frame, is_internal
+
+CAUSE_SEPARATOR = "\n\nThe above exception was the direct cause of the following exception:\n\n"
+MAX_FRAMES = 60  # per error: the outermost and innermost halves are kept
+MAX_MESSAGE_CHARS = 4000
+MAX_CHAIN = 20
+REPEAT_THRESHOLD = 3  # like Python: identical frames beyond three collapse into one line
+
+
+def render_text(err: SpellError, *, verbose: bool = False) -> str:
+    """The error and its cause chain as a polyglot traceback."""
+    chain = list(err.chain())
+    cut = len(chain) > MAX_CHAIN
+    chain = chain[:MAX_CHAIN]
+    blocks = [_render_one(e, verbose) for e in reversed(chain)]
+    text = CAUSE_SEPARATOR.join(blocks)
+    if cut:
+        text = f"[... {len(list(err.chain())) - MAX_CHAIN} earlier causes not shown]\n" + text
+    return text
+
+
+def _render_one(err: SpellError, verbose: bool) -> str:
+    frames = err.frames if verbose else [f for f in err.frames if not is_internal(f)]
+    lines = []
+    if frames:
+        lines.append("Traceback (most recent call last):")
+        lines.extend(_frame_lines(frames))
+    message = err.message
+    if len(message) > MAX_MESSAGE_CHARS:
+        hidden = len(message) - MAX_MESSAGE_CHARS
+        message = message[:MAX_MESSAGE_CHARS] + f" [... {hidden} more characters]"
+    lines.append(f"{err.code}: {message}")
+    return "\n".join(lines)
+
+
+def _frame_lines(frames: list[Frame]) -> list[str]:
+    lines: list[str] = []
+    if len(frames) > MAX_FRAMES:
+        half = MAX_FRAMES // 2
+        hidden = len(frames) - MAX_FRAMES
+        shown: list[Frame | None] = [*frames[:half], None, *frames[-half:]]
+    else:
+        hidden, shown = 0, list(frames)
+    previous, repeats = None, 0
+    for frame in shown:
+        if frame is None:
+            lines.append(f"  [... {hidden} frames not shown]")
+            previous, repeats = None, 0
+            continue
+        if frame == previous:
+            repeats += 1
+            if repeats >= REPEAT_THRESHOLD:
+                continue
+        else:
+            if repeats >= REPEAT_THRESHOLD:
+                lines.append(_repeated(repeats - REPEAT_THRESHOLD + 1))
+            previous, repeats = frame, 0
+        lines.extend(format_frame(frame))
+    if repeats >= REPEAT_THRESHOLD:
+        lines.append(_repeated(repeats - REPEAT_THRESHOLD + 1))
+    return lines
+
+
+def _repeated(count: int) -> str:
+    return f"  [Previous line repeated {count} more time{'s' if count > 1 else ''}]"
+
+
+def format_frame(frame: Frame) -> list[str]:
+    """``  lua agent.lua:12:5, in main`` and the source line under it."""
+    where = f"  {frame.language} {frame.location}"
+    if frame.function:
+        where += f", in {frame.function}"
+    if frame.source:
+        return [where, f"    {frame.source.strip()}"]
+    return [where]

@@ -1,0 +1,147 @@
+"""``Host``: run agent scripts with tools, sandbox and limits, from sync or async code."""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+import engines
+from bridge import ConfigurationError
+from engines import Limits, Sandbox
+from host.runner import ScriptRun
+from host.tools import Tool, ToolRegistry, as_tool, load_tools_file
+
+SANDBOXES = ("constrained", "trusted")
+
+
+class Host:
+    """Runs Lua and JavaScript agent scripts that call the given Python tools.
+
+    ``tools`` holds ``@tool`` functions, plain functions, :class:`Tool` objects, or paths
+    of Python files whose ``@tool`` functions are loaded. Every run gets a fresh,
+    sandboxed engine on a thread of its own, so runs never share script state and
+    several runs proceed in parallel. Failures raise :class:`bridge.SpellError`.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Any] = (),
+        *,
+        timeout: float = 30.0,
+        memory_mb: int = 256,
+        stack_kb: int = 1024,
+        sandbox: Sandbox = "constrained",
+        on_output: Callable[[str], None] | None = None,
+    ) -> None:
+        _check_positive("timeout", timeout)
+        _check_positive("memory_mb", memory_mb)
+        _check_positive("stack_kb", stack_kb)
+        if sandbox not in SANDBOXES:
+            raise ConfigurationError.InvalidValue(
+                key="sandbox", value=str(sandbox),
+                reason=f"unknown sandbox {sandbox!r} (one of {', '.join(SANDBOXES)})")
+        self.limits = Limits(timeout=float(timeout), memory_mb=int(memory_mb),
+                             stack_kb=int(stack_kb))
+        self.sandbox: Sandbox = sandbox
+        self.on_output = on_output or _print_to_stderr
+        self.tools = ToolRegistry()
+        for item in tools:
+            for loaded in _load(item):
+                self.tools.add(loaded)
+
+    def run(self, path: str | Path, args: Any = None) -> Any:
+        """Run a script file (engine chosen by extension) and return its result."""
+        return anyio.run(functools.partial(self.arun, path, args))
+
+    async def arun(self, path: str | Path, args: Any = None) -> Any:
+        """:meth:`run` for async code (asyncio or trio)."""
+        path = Path(path)
+        language = engines.language_for_path(path)
+        if language is None:
+            known = ", ".join(sorted(engines.EXTENSIONS))
+            raise ConfigurationError.InvalidValue(
+                key="script", value=str(path),
+                reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
+        return await self.arun_source(_read_script(path), language, str(path), args)
+
+    def run_source(self, code: str, language: str, name: str | None = None,
+                   args: Any = None) -> Any:
+        """Run script source given as text; ``language`` is ``lua`` or ``javascript``/``js``."""
+        return anyio.run(functools.partial(self.arun_source, code, language, name, args))
+
+    async def arun_source(self, code: str, language: str, name: str | None = None,
+                          args: Any = None) -> Any:
+        """:meth:`run_source` for async code (asyncio or trio)."""
+        canonical = engines.language_of(language) if isinstance(language, str) else None
+        if canonical is None:
+            raise ConfigurationError.InvalidValue(
+                key="language", value=str(language),
+                reason="the language must be 'lua' or 'javascript' (or 'js')")
+        if not isinstance(code, str):
+            raise ConfigurationError.InvalidValue(key="code", value=type(code).__name__,
+                                                  reason="script source must be a string")
+        check_json_like(args, "args")
+        run = ScriptRun(
+            source=code, language=canonical, filename=name or f"<{canonical}>",
+            args=args, tools=self.tools, limits=self.limits, sandbox=self.sandbox,
+            on_output=self.on_output)
+        return await run.execute()
+
+
+def _load(item: Any) -> list[Tool]:
+    if isinstance(item, (str, Path)):
+        return load_tools_file(item)
+    return [as_tool(item)]
+
+
+def _read_script(path: Path) -> str:
+    if not path.is_file():
+        raise ConfigurationError.FileNotFound(path=str(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError.LoadFailed(
+            path=str(path), reason=f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigurationError.LoadFailed(path=str(path), reason=exc.strerror or str(exc)) \
+            from None
+
+
+def check_json_like(value: Any, path: str) -> None:
+    """Refuse data that cannot enter a script, naming where it is."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                break
+            check_json_like(item, f"{path}.{key}")
+        else:
+            return
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            check_json_like(item, f"{path}[{index}]")
+        return
+    raise ConfigurationError.InvalidValue(
+        key=path, value=repr(value)[:200],
+        reason=f"{path} is not JSON-like data (null, booleans, finite numbers, strings, "
+               f"lists, string-keyed objects)")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError.InvalidValue(key=name, value=repr(value),
+                                              reason=f"{name} must be a positive number")
+
+
+def _print_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
