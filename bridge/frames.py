@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import traceback
 from dataclasses import dataclass
@@ -58,15 +60,30 @@ class Frame:
 
 
 # polyspell's own packages sit side by side (bridge/, engines/, host/), in a checkout and
-# in site-packages alike; their Python frames are plumbing, hidden from users by default.
+# in site-packages alike. Their frames, and those of the machinery they run on (the event
+# loop, worker threads, the import system), are plumbing: hidden from users by default.
 _PACKAGES_ROOT = Path(__file__).resolve().parent.parent
-_INTERNAL_DIRS = tuple(
-    str(_PACKAGES_ROOT / name) + os.sep for name in ("bridge", "engines", "host"))
+_PLUMBING_MODULES = ("anyio", "asyncio", "trio", "sniffio", "concurrent", "outcome")
+
+
+@functools.cache
+def _internal_prefixes() -> tuple[str, ...]:
+    prefixes = [str(_PACKAGES_ROOT / name) + os.sep for name in ("bridge", "engines", "host")]
+    for module in _PLUMBING_MODULES:
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        for location in (spec and spec.submodule_search_locations) or ():
+            prefixes.append(str(Path(location).resolve()) + os.sep)
+    stdlib = Path(os.__file__).resolve().parent
+    prefixes.append(str(stdlib / "threading.py"))
+    return (*prefixes, "<frozen importlib")
 
 
 def is_internal(frame: Frame) -> bool:
-    """Whether a frame is polyspell's own Python code rather than the user's."""
-    return frame.language == "python" and frame.file.startswith(_INTERNAL_DIRS)
+    """Whether a frame is polyspell's own Python code, or the machinery it runs on."""
+    return frame.language == "python" and frame.file.startswith(_internal_prefixes())
 
 
 def python_frames(tb: TracebackType | None) -> list[Frame]:

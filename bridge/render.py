@@ -8,6 +8,8 @@ collapse, deep stacks and huge messages are cut with a marker.
 
 from __future__ import annotations
 
+import os
+
 from bridge.errors import SpellError
 from bridge.frames import Frame, is_internal
 
@@ -72,13 +74,19 @@ def _frame_lines(frames: list[Frame]) -> list[str]:
     return lines
 
 
+def _relative(location: str) -> str:
+    """Paths under the working directory are shown relative to it, as people typed them."""
+    cwd = os.getcwd() + os.sep
+    return location[len(cwd):] if location.startswith(cwd) else location
+
+
 def _repeated(count: int) -> str:
     return f"  [Previous line repeated {count} more time{'s' if count > 1 else ''}]"
 
 
 def format_frame(frame: Frame) -> list[str]:
     """``  lua agent.lua:12:5, in main`` and the source line under it."""
-    where = f"  {frame.language} {frame.location}"
+    where = f"  {frame.language} {_relative(frame.location)}"
     if frame.function:
         where += f", in {frame.function}"
     if frame.source:

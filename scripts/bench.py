@@ -1,0 +1,157 @@
+"""polyspell's benchmark: prints a table of medians over repeated runs.
+
+    python scripts/bench.py            # everything
+    python scripts/bench.py --quick    # fewer repeats
+
+Timings on a shared machine are noisy: each row is the median of several repeats, and
+per-call costs are differences (a loop of N calls minus the same loop with no call), so
+that the script's own start-up is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engines import Limits, engine_class  # noqa: E402
+from host import Host, tool  # noqa: E402
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Two validated parameters, the smallest realistic tool."""
+    return a + b
+
+
+LUA_LOOP = """
+local n = args.n
+local total = 0
+for i = 1, n do
+  if args.call then total = total + tools.add{a = i, b = 1} else total = total + i + 1 end
+end
+return total
+"""
+JS_LOOP = """
+async function main(args) {
+  let total = 0;
+  for (let i = 1; i <= args.n; i++) {
+    total += args.call ? await tools.add({a: i, b: 1}) : i + 1;
+  }
+  return total;
+}
+"""
+
+
+def median_of(repeats: int, measure: Callable[[], float]) -> float:
+    return statistics.median(measure() for _ in range(repeats))
+
+
+def tool_round_trip(host: Host, language: str, source: str, n: int) -> float:
+    """Seconds per tool call: a loop of n calls minus the same loop without calls."""
+    def timed(call: bool) -> float:
+        start = time.perf_counter()
+        result = host.run_source(source, language, f"bench.{language}", {"n": n, "call": call})
+        elapsed = time.perf_counter() - start
+        assert result == sum(range(2, n + 2)), result
+        return elapsed
+
+    return (timed(True) - timed(False)) / n
+
+
+def raw_lua_call(n: int) -> float:
+    """Seconds per Lua -> Python call through lupa itself."""
+    import lupa.lua55 as lupa
+
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+    loop = runtime.eval("function(f, n) local t = 0 for i = 1, n do t = t + f(i, 1) end "
+                        "return t end")
+    empty = runtime.eval("function(n) local t = 0 for i = 1, n do t = t + i + 1 end "
+                         "return t end")
+    start = time.perf_counter()
+    loop(lambda a, b: a + b, n)
+    with_calls = time.perf_counter() - start
+    start = time.perf_counter()
+    empty(n)
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def raw_js_call(n: int) -> float:
+    """Seconds per JS -> Python call through quickjs' add_callable."""
+    import quickjs
+
+    context = quickjs.Context()
+    context.add_callable("add", lambda a, b: a + b)
+    start = time.perf_counter()
+    context.eval(f"let t = 0; for (let i = 0; i < {n}; i++) t += add(i, 1); t")
+    with_calls = time.perf_counter() - start
+    start = time.perf_counter()
+    context.eval(f"let u = 0; for (let i = 0; i < {n}; i++) u += i + 1; u")
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def ready_engine(language: str) -> float:
+    """Seconds from nothing to a sandboxed engine that has run a trivial script."""
+    cls = engine_class(language)
+    source = "return 1" if language == "lua" else "1"
+    start = time.perf_counter()
+    engine = cls(limits=Limits())
+    engine.start(source, "ready", None, [], time.monotonic() + 10)
+    elapsed = time.perf_counter() - start
+    engine.close()
+    return elapsed
+
+
+def cli_hello() -> float:
+    """Seconds for ``polyspell run scripts/hello.lua`` as a user types it."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "host.cli", "run", str(ROOT / "scripts/hello.lua")],
+                   check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    repeats = 3 if parser.parse_args().quick else 7
+    host = Host([add], on_output=lambda line: None)
+
+    rows: list[tuple[str, float, str, str]] = []
+    us, ms = 1e6, 1e3
+    rows.append(("tool round trip, Lua (sync tool, 2 params)",
+                 median_of(repeats, lambda: tool_round_trip(host, "lua", LUA_LOOP, 20_000)) * us,
+                 "us", "<= 10"))
+    rows.append(("  raw lupa Lua -> Python call",
+                 median_of(repeats, lambda: raw_lua_call(200_000)) * us, "us", ""))
+    rows.append(("tool round trip, JS (sync tool, 2 params)",
+                 median_of(repeats, lambda: tool_round_trip(host, "javascript", JS_LOOP,
+                                                            20_000)) * us, "us", "<= 20"))
+    rows.append(("  raw quickjs JS -> Python call",
+                 median_of(repeats, lambda: raw_js_call(200_000)) * us, "us", ""))
+    for language, target in (("lua", "<= 0.5"), ("javascript", "<= 1")):
+        ready_engine(language)  # import the engine module outside the timing
+        rows.append((f"ready sandboxed engine, {language}",
+                     median_of(repeats * 5, lambda lang=language: ready_engine(lang)) * ms,
+                     "ms", target))
+    rows.append(("polyspell run hello.lua, end to end",
+                 median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
+
+    print(f"polyspell bench: medians of {repeats} runs; Python {platform.python_version()}, "
+          f"{os.cpu_count()} cores, {platform.machine()} {platform.system()}")
+    print(f"| {'what':<46} | {'median':>9} | {'target':>7} |")
+    print(f"|{'-' * 48}|{'-' * 11}|{'-' * 9}|")
+    for name, value, unit, target in rows:
+        print(f"| {name:<46} | {value:>6.2f} {unit:<2} | {target:>7} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Shared fixtures: every behaviour that exists in both languages is tested in both."""
+
+from __future__ import annotations
+
+import pytest
+
+LANGUAGES = ["lua", "javascript"]
+EXTENSION = {"lua": ".lua", "javascript": ".js"}
+
+
+@pytest.fixture(params=LANGUAGES)
+def language(request: pytest.FixtureRequest) -> str:
+    """The script language under test."""
+    return request.param
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Async tests run under asyncio and trio."""
+    return request.param
+
+
+def pick(language: str, lua: str, javascript: str) -> str:
+    """The source for the language under test."""
+    return lua if language == "lua" else javascript

@@ -1,0 +1,125 @@
+"""``polyspell run`` and ``polyspell tools`` as users run them: output, JSON and exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bridge import SpellError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "scripts"
+POLYSPELL = shutil.which("polyspell")
+pytestmark = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
+
+
+def polyspell(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([POLYSPELL, *map(str, args)], capture_output=True, text=True,
+                          timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("script", ["agent.lua", "agent.js"])
+def test_example_agent_succeeds_with_its_result_on_stdout(script):
+    out = polyspell("run", f"scripts/{script}", "city=Lisbon", "--tools", "scripts/tools.py")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "city": "Lisbon",
+        "summary": "Lisbon is the capital of Portugal, on the Tagus.",
+        "weather": "sunny, 21 C",
+    }
+    assert "skipping translation: " in out.stderr  # script output goes to stderr
+    assert "Tool not found: translate" in out.stderr
+
+
+@pytest.mark.parametrize("script,line", [("agent.lua", 7), ("agent.js", 7)])
+def test_example_agent_failure_prints_a_translated_traceback(script, line):
+    out = polyspell("run", f"scripts/{script}", "city=Atlantis", "--tools", "scripts/tools.py")
+    assert out.returncode == 1
+    assert out.stdout == ""
+    lines = out.stderr.splitlines()
+    language = "lua" if script.endswith(".lua") else "javascript"
+    assert f"  {language} scripts/{script}:{line}" in "\n".join(lines)
+    assert any(entry.startswith("  host <tool call>, in weather") for entry in lines)
+    assert any("tools.py" in entry and entry.startswith("  python ") for entry in lines)
+    assert 'raise LookupError(f"no weather station in {city!r}")' in out.stderr
+    assert lines[-1] == ("tool/execution_failed: Tool execution failed: weather - "
+                         "LookupError: no weather station in 'Atlantis'")
+    assert "The above exception was the direct cause" in out.stderr
+    assert "host/runner.py" not in out.stderr  # polyspell's own frames are hidden
+    assert "Traceback (most recent call last):" in out.stderr
+
+
+def test_json_output_on_success_and_failure():
+    good = polyspell("run", "scripts/agent.lua", "--args-json", '{"city": "Paris"}',
+                     "--tools", "scripts/tools.py", "--json")
+    assert good.returncode == 0
+    assert json.loads(good.stdout) == {"ok": True, "result": {
+        "city": "Paris", "summary": "Paris is the capital of France, on the Seine.",
+        "weather": "cloudy, 14 C"}}
+    bad = polyspell("run", "scripts/agent.js", "city=Atlantis", "--tools", "scripts/tools.py",
+                    "--json")
+    assert bad.returncode == 1
+    (line,) = bad.stdout.splitlines()  # exactly one JSON object
+    payload = json.loads(line)
+    assert payload["ok"] is False
+    err = SpellError.from_dict(payload["error"])
+    assert err.code == "tool/execution_failed"
+    assert err.cause.fields["exception_type"] == "LookupError"
+
+
+def test_key_value_arguments_are_json_or_strings(tmp_path):
+    script = tmp_path / "echo.lua"
+    script.write_text("return args")
+    out = polyspell("run", script, "n=3", "flag=true", "name=Ada", "list=[1,2]")
+    assert json.loads(out.stdout) == {"n": 3, "flag": True, "name": "Ada", "list": [1, 2]}
+
+
+def test_exit_code_2_for_usage_and_configuration(tmp_path):
+    assert polyspell("run", tmp_path / "missing.lua").returncode == 2
+    odd = tmp_path / "agent.rb"
+    odd.write_text("puts 1")
+    unknown = polyspell("run", odd)
+    assert unknown.returncode == 2 and "cannot tell the language" in unknown.stderr
+    broken = tmp_path / "broken.py"
+    broken.write_text("this is not python\n")
+    ok = tmp_path / "ok.lua"
+    ok.write_text("return 1")
+    bad_tools = polyspell("run", ok, "--tools", broken)
+    assert bad_tools.returncode == 2 and "configuration/load_failed" in bad_tools.stderr
+    assert polyspell("run", ok, "--no-such-flag").returncode == 2
+    assert polyspell("run", ok, "--args-json", "{oops").returncode == 2
+    for out in (unknown, bad_tools):  # no plumbing frames, only what the user can act on
+        assert "anyio" not in out.stderr and "asyncio" not in out.stderr
+        assert "host/" not in out.stderr and "importlib" not in out.stderr
+
+
+def test_exit_code_3_for_a_security_violation(tmp_path):
+    script = tmp_path / "escape.lua"
+    script.write_text('return load("\\27Lua binary chunk")')
+    out = polyspell("run", script)
+    assert out.returncode == 3 and "security/script_safety_violation" in out.stderr
+
+
+@pytest.mark.parametrize("source,name", [("while true do end", "loop.lua"),
+                                         ("while (true) {}", "loop.js")])
+def test_exit_code_4_for_a_resource_limit(tmp_path, source, name):
+    script = tmp_path / name
+    script.write_text(source)
+    out = polyspell("run", script, "--timeout", "0.5")
+    assert out.returncode == 4
+    assert "script/resource_exhaustion" in out.stderr and "time" in out.stderr
+
+
+def test_tools_lists_names_and_schemas():
+    out = polyspell("tools", "--tools", "scripts/tools.py", "--json")
+    assert out.returncode == 0
+    listing = {entry["name"]: entry for entry in json.loads(out.stdout)}
+    assert set(listing) == {"search", "weather", "summarize"}
+    assert listing["weather"]["async"] is True and listing["weather"]["timeout"] == 2.0
+    assert listing["search"]["parameters"]["required"] == ["query"]
+    text = polyspell("tools", "--tools", "scripts/tools.py")
+    assert "search  Look a subject up in a small built-in encyclopedia." in text.stdout
