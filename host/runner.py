@@ -36,6 +36,7 @@ from bridge import (
 )
 from bridge.envelope import error_envelope
 from bridge.frames import is_internal
+from bridge.pytraceback import attach_python_traceback, remember_source
 from engines import Failed, Limits, Sandbox, Suspended, ToolInfo, ToolReply, ToolRequest
 from host.tools import Tool, ToolRegistry
 
@@ -81,6 +82,9 @@ class ScriptRun:
             outcome = self._decorate(ScriptError.ResourceExhaustion(
                 language=self.language, resource_type="time", limit=self.limits.timeout))
         if isinstance(outcome, SpellError):
+            if any(frame.language != "python" for frame in outcome.frames):
+                remember_source(self.filename, self.source)
+                attach_python_traceback(outcome)
             raise outcome
         return outcome
 
