@@ -1,0 +1,73 @@
+"""Plain-string errors of older scripts, recognised as unified errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from bridge import BridgeError, SpellError, variants
+from bridge.patterns import PatternRegistry, patterns, template_pattern
+
+RECOGNISED = {
+    "Agent not found: planner": ("agent/not_found", {"agent_id": "planner"}),
+    "Tool 'search' not found": ("tool/not_found", {"tool_name": "search"}),
+    'tool "search" not found': ("tool/not_found", {"tool_name": "search"}),
+    "Tool not found: search": ("tool/not_found", {"tool_name": "search"}),
+    "Tool timeout: search after 2.5s": ("tool/timeout", {"tool_name": "search",
+                                                          "duration": 2.5}),
+    "Rate limited by openai": ("provider/rate_limited", {"provider": "openai"}),
+    "rate limit exceeded": ("provider/rate_limited", {"provider": "unknown"}),
+    "Invalid agent configuration: temperature - above 2": (
+        "agent/invalid_configuration", {"field": "temperature", "reason": "above 2"}),
+    "Tool resource limit exceeded: fetch - memory: 300 > 256": (
+        "tool/resource_limit_exceeded", {"tool_name": "fetch", "resource_type": "memory",
+                                         "used": 300, "limit": 256}),
+}
+
+
+@pytest.mark.parametrize("message", list(RECOGNISED))
+def test_known_messages_become_their_error(message):
+    code, fields = RECOGNISED[message]
+    err = patterns.match(message)
+    assert err is not None and err.code == code
+    assert {k: err.fields[k] for k in fields} == fields
+    assert err.message == message  # the script's own words are kept
+
+
+@pytest.mark.parametrize("message", ["just a message", "Tool timeout: search after soon",
+                                     "", "attempt to index a nil value"])
+def test_other_messages_are_left_alone(message):
+    assert patterns.match(message) is None
+
+
+def test_every_readable_template_reads_back_its_own_message():
+    checked = 0
+    for variant in variants():
+        pattern = template_pattern(variant)
+        if pattern is None:
+            continue
+        sample = {name: f"v{i}" for i, name in enumerate(variant.fields_model.model_fields)}
+        for name, info in variant.fields_model.model_fields.items():
+            if info.annotation in (int, float, int | float, float | None, int | None):
+                sample[name] = 7
+            elif not info.is_required():
+                sample.pop(name)
+        try:
+            err = variant(**sample)
+        except SpellError:
+            continue  # a Literal field: sample values do not fit, nothing to read back
+        back = pattern.match(err.message)
+        assert back is not None and type(back) is type(err), variant
+        checked += 1
+    assert checked > 40
+
+
+def test_user_patterns_come_first_and_are_checked_when_added():
+    registry = PatternRegistry()
+    registry.add(r"quota hit for (?P<provider>\w+)", "provider", "quota_exceeded")
+    registry.add(r"Agent not found: (?P<agent_id>\w+)", "agent", "state_corruption",
+                 description="shadowed")
+    err = registry.match("quota hit for acme")
+    assert err.code == "provider/quota_exceeded" and err.fields["provider"] == "acme"
+    assert registry.match("Agent not found: x").code == "agent/state_corruption"
+    with pytest.raises(BridgeError.InvalidError, match="unknown kind"):
+        registry.add(r"x", "provider", "nope")
