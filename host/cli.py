@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tools_option(tools)
     tools.add_argument("--json", action="store_true", help="print the list as JSON")
     tools.set_defaults(handler=_tools)
+
+    explain = commands.add_parser(
+        "explain", help="render a saved error JSON as a polyglot traceback",
+        description="Render an error saved as JSON (the output of run --json, or "
+        "SpellError.to_json()) as the traceback polyspell run prints.")
+    explain.add_argument("file", help="the JSON file, or - for standard input")
+    explain.add_argument("--json", action="store_true",
+                         help="print the error back as JSON, validated")
+    explain.add_argument("--verbose", action="store_true",
+                         help="show polyspell's own frames too")
+    explain.set_defaults(handler=_explain)
     return parser
 
 
@@ -156,6 +167,41 @@ def _report_failure(err: Any, args: argparse.Namespace) -> int:
     else:
         print(err.to_text(verbose=getattr(args, "verbose", False)), file=sys.stderr)
     return exit_code(err)
+
+
+# -- explain --------------------------------------------------------------------------
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from bridge import ConfigurationError, SpellError
+
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                with open(args.file, encoding="utf-8") as handle:
+                    text = handle.read()
+            except FileNotFoundError:
+                raise ConfigurationError.FileNotFound(path=args.file) from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigurationError.LoadFailed(path=args.file, reason=str(exc)) from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError.ParseFailed(source=args.file, reason=f"not JSON ({exc})") \
+                from None
+        if isinstance(data, dict) and data.get("ok") is False and "error" in data:
+            data = data["error"]  # the output of polyspell run --json
+        err = SpellError.from_dict(data)
+    except SpellError as problem:
+        print(problem.to_text(), file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(err.to_json(indent=2))
+    else:
+        print(err.to_text(verbose=args.verbose))
+    return EXIT_OK
 
 
 # -- tools ------------------------------------------------------------------------------

@@ -123,3 +123,34 @@ def test_tools_lists_names_and_schemas():
     assert listing["search"]["parameters"]["required"] == ["query"]
     text = polyspell("tools", "--tools", "scripts/tools.py")
     assert "search  Look a subject up in a small built-in encyclopedia." in text.stdout
+
+
+def test_explain_renders_saved_json_the_way_run_prints_it(tmp_path):
+    run = polyspell("run", "scripts/agent.lua", "city=Atlantis", "--tools", "scripts/tools.py",
+                    "--json")
+    saved = tmp_path / "error.json"
+    saved.write_text(run.stdout)
+    shown = polyspell("explain", saved)
+    assert shown.returncode == 0
+    direct = polyspell("run", "scripts/agent.lua", "city=Atlantis", "--tools",
+                       "scripts/tools.py")
+    traceback_only = direct.stderr[direct.stderr.index("Traceback"):]
+    assert shown.stdout.strip() == traceback_only.strip()
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(json.loads(run.stdout)["error"]))
+    as_json = polyspell("explain", bare, "--json")
+    assert json.loads(as_json.stdout) == json.loads(run.stdout)["error"]
+
+
+def test_explain_refuses_bad_input_clearly(tmp_path):
+    missing = polyspell("explain", tmp_path / "none.json")
+    assert missing.returncode == 2 and "configuration/file_not_found" in missing.stderr
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    out = polyspell("explain", garbage)
+    assert out.returncode == 2 and "configuration/parse_failed" in out.stderr
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"category": "tool", "kind": "timeout", "fields": {"tool_name": 1}}')
+    out = polyspell("explain", wrong)
+    assert out.returncode == 2
+    assert "bridge/deserialization_failed" in out.stderr and "$.fields" in out.stderr
