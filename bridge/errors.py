@@ -275,11 +275,11 @@ class SpellError(Exception):
             "context": self.context.model_dump(mode="json"),
         }
 
-    def to_text(self, *, verbose: bool = False) -> str:
+    def to_text(self, *, verbose: bool = False, color: bool = False) -> str:
         """The polyglot traceback of this error and its causes, as people read it."""
         from bridge.render import render_text
 
-        return render_text(self, verbose=verbose)
+        return render_text(self, verbose=verbose, color=color)
 
     def to_json(self, *, indent: int | None = None) -> str:
         """The error as one JSON object (keys: category, kind, message, severity, fields...)."""

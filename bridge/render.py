@@ -19,34 +19,43 @@ MAX_MESSAGE_CHARS = 4000
 MAX_CHAIN = 20
 REPEAT_THRESHOLD = 3  # like Python: identical frames beyond three collapse into one line
 
+# ANSI styles for terminals (no dependency: four codes do not need a library).
+_STYLES = {"language": "\033[36m", "location": "\033[1m", "function": "\033[35m",
+           "source": "\033[2m", "code": "\033[1;31m", "note": "\033[33m"}
+_RESET = "\033[0m"
 
-def render_text(err: SpellError, *, verbose: bool = False) -> str:
-    """The error and its cause chain as a polyglot traceback."""
+
+def _paint(text: str, style: str, color: bool) -> str:
+    return f"{_STYLES[style]}{text}{_RESET}" if color else text
+
+
+def render_text(err: SpellError, *, verbose: bool = False, color: bool = False) -> str:
+    """The error and its cause chain as a polyglot traceback (ANSI-coloured if ``color``)."""
     chain = list(err.chain())
     cut = len(chain) > MAX_CHAIN
     chain = chain[:MAX_CHAIN]
-    blocks = [_render_one(e, verbose) for e in reversed(chain)]
-    text = CAUSE_SEPARATOR.join(blocks)
+    blocks = [_render_one(e, verbose, color) for e in reversed(chain)]
+    text = _paint(CAUSE_SEPARATOR, "note", color).join(blocks)
     if cut:
         text = f"[... {len(list(err.chain())) - MAX_CHAIN} earlier causes not shown]\n" + text
     return text
 
 
-def _render_one(err: SpellError, verbose: bool) -> str:
+def _render_one(err: SpellError, verbose: bool, color: bool) -> str:
     frames = err.frames if verbose else [f for f in err.frames if not is_internal(f)]
     lines = []
     if frames:
         lines.append("Traceback (most recent call last):")
-        lines.extend(_frame_lines(frames))
+        lines.extend(_frame_lines(frames, color))
     message = err.message
     if len(message) > MAX_MESSAGE_CHARS:
         hidden = len(message) - MAX_MESSAGE_CHARS
         message = message[:MAX_MESSAGE_CHARS] + f" [... {hidden} more characters]"
-    lines.append(f"{err.code}: {message}")
+    lines.append(f"{_paint(err.code, 'code', color)}: {message}")
     return "\n".join(lines)
 
 
-def _frame_lines(frames: list[Frame]) -> list[str]:
+def _frame_lines(frames: list[Frame], color: bool = False) -> list[str]:
     lines: list[str] = []
     if len(frames) > MAX_FRAMES:
         half = MAX_FRAMES // 2
@@ -68,7 +77,7 @@ def _frame_lines(frames: list[Frame]) -> list[str]:
             if repeats >= REPEAT_THRESHOLD:
                 lines.append(_repeated(repeats - REPEAT_THRESHOLD + 1))
             previous, repeats = frame, 0
-        lines.extend(format_frame(frame))
+        lines.extend(format_frame(frame, color))
     if repeats >= REPEAT_THRESHOLD:
         lines.append(_repeated(repeats - REPEAT_THRESHOLD + 1))
     return lines
@@ -84,11 +93,12 @@ def _repeated(count: int) -> str:
     return f"  [Previous line repeated {count} more time{'s' if count > 1 else ''}]"
 
 
-def format_frame(frame: Frame) -> list[str]:
+def format_frame(frame: Frame, color: bool = False) -> list[str]:
     """``  lua agent.lua:12:5, in main`` and the source line under it."""
-    where = f"  {frame.language} {_relative(frame.location)}"
+    where = (f"  {_paint(frame.language, 'language', color)} "
+             f"{_paint(_relative(frame.location), 'location', color)}")
     if frame.function:
-        where += f", in {frame.function}"
+        where += f", in {_paint(frame.function, 'function', color)}"
     if frame.source:
-        return [where, f"    {frame.source.strip()}"]
+        return [where, _paint(f"    {frame.source.strip()}", "source", color)]
     return [where]

@@ -165,8 +165,16 @@ def _report_failure(err: Any, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         print(json.dumps({"ok": False, "error": err.to_dict()}, ensure_ascii=False))
     else:
-        print(err.to_text(verbose=getattr(args, "verbose", False)), file=sys.stderr)
+        print(err.to_text(verbose=getattr(args, "verbose", False), color=_color(sys.stderr)),
+              file=sys.stderr)
     return exit_code(err)
+
+
+def _color(stream: Any) -> bool:
+    """Colour for a terminal, unless NO_COLOR is set (https://no-color.org)."""
+    import os
+
+    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 # -- explain --------------------------------------------------------------------------
@@ -200,7 +208,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.json:
         print(err.to_json(indent=2))
     else:
-        print(err.to_text(verbose=args.verbose))
+        print(err.to_text(verbose=args.verbose, color=_color(sys.stdout)))
     return EXIT_OK
 
 
