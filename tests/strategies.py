@@ -50,6 +50,19 @@ def for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
     return json_values  # pydantic's JsonValue
 
 
+def example_value(annotation: Any) -> Any:
+    """One simple valid value for a field annotated like this."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Literal:
+        return args[0]
+    if origin in (typing.Union, types.UnionType):
+        return example_value(next(a for a in args if a is not type(None)))
+    if origin is list:
+        return [example_value(args[0])]
+    return {str: "x", bool: True, int: 1, float: 1.5}.get(annotation, {"k": [1, "v"]})
+
+
 def fields_for(variant: type[SpellError]) -> st.SearchStrategy[dict[str, Any]]:
     """Valid field values for a variant: every required field, some optional ones."""
     required, optional = {}, {}

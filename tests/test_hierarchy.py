@@ -22,7 +22,7 @@ from bridge import (
     variants,
 )
 from bridge.hierarchy import ToolTimeout
-from tests.strategies import fields_for
+from tests.strategies import example_value, fields_for
 
 SEED_CATEGORIES = [
     "agent", "tool", "workflow", "hook", "event", "script", "bridge", "async_execution",
@@ -101,7 +101,7 @@ def test_every_variant_constructs_and_fills_its_template(variant):
 def test_every_variant_refuses_missing_unknown_and_mistyped_fields(variant):
     model = variant.fields_model.model_fields
     required = [name for name, info in model.items() if info.is_required()]
-    valid = {name: _valid_value(info.annotation) for name, info in model.items()
+    valid = {name: example_value(info.annotation) for name, info in model.items()
              if info.is_required()}
     variant(**valid)  # sanity: the valid set constructs
 
@@ -122,14 +122,6 @@ def test_every_variant_refuses_missing_unknown_and_mistyped_fields(variant):
             variant(**{**valid, name: wrong})
         assert exc.value.fields["field"] == name
         assert exc.value.fields["error_type"] == f"{variant.category}/{variant.kind}"
-
-
-def _valid_value(annotation):
-    from hypothesis import find
-
-    from tests.strategies import for_annotation
-
-    return find(for_annotation(annotation), lambda _: True)
 
 
 def test_wrong_scalar_types_are_refused_strictly():
