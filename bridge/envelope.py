@@ -12,10 +12,11 @@ cause), not a copy.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bridge.errors import SpellError, categories, variant_class
+from bridge.errors import SpellError, categories, field_annotations, variant_class
 from bridge.frames import Frame
 
 ENVELOPE_KEYS = ("category", "kind", "message", "fields", "cause", "name", "ref")
@@ -69,11 +70,23 @@ def error_from_script(
         cause = None
         if isinstance(cause_data, Mapping):
             cause = error_from_script(cause_data, frames, resolve_ref)
-        return variant(_text(message), cause=cause, frames=frames, **(fields or {}))
+        return variant(_text(message), cause=cause, frames=frames,
+                       **_lists_restored(variant, fields or {}))
     except SpellError as problem:
         if problem.code != "bridge/invalid_error":
             raise
         return _located(problem, frames)
+
+
+def _lists_restored(variant: type[SpellError], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """An empty Lua table arrives as ``{}``: it is ``[]`` where the field is a list."""
+    out = dict(fields)
+    for name, value in fields.items():
+        if value == {}:
+            annotation = field_annotations(variant).get(name, (None, False))[0]
+            if typing.get_origin(annotation) is list:
+                out[name] = []
+    return out
 
 
 def _text(value: Any) -> str | None:

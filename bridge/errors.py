@@ -405,12 +405,17 @@ def variant_class(category: str | None, kind: str | None) -> type[SpellError]:
         raise _invalid(f"{category}", f"unknown kind {kind!r}; known: {known}", "kind") from None
 
 
+def field_defaults(variant: type[SpellError]) -> dict[str, Any]:
+    """A variant's fields as ``name -> default``, with ``...`` for a required field."""
+    return dict(getattr(variant, "_field_defaults", {}))
+
+
 def field_annotations(variant: type[SpellError]) -> dict[str, tuple[Any, bool]]:
     """A variant's fields as ``name -> (annotation, required)``, without building pydantic
     models (cheap enough to call for every variant)."""
     hints = typing.get_type_hints(variant)
     return {name: (hints[name], default is ...)
-            for name, default in getattr(variant, "_field_defaults", {}).items()}
+            for name, default in field_defaults(variant).items()}
 
 
 def categories() -> dict[str, type[SpellError]]:

@@ -35,7 +35,7 @@ class Limits:
 
     timeout: float = 30.0  # wall-clock seconds for the whole run
     memory_mb: int = 256  # per engine
-    stack_kb: int = 1024  # JS stack; Lua uses its own limit (about 200,000 nested calls)
+    stack_kb: int = 1024  # JS stack; Lua uses its own limit (about 500,000 nested calls)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,9 @@ class Tool:
                 tool_name=self.name, error_type="parse", received_parameters=_preview(params),
                 validation_error=f"parameters must be a table/object of named values, "
                                  f"got {type(params).__name__}")
-        # An empty Lua table arrives as {}; it is a list where the schema says so.
-        params = {k: ([] if k in self.list_fields and v == {} else v) for k, v in params.items()}
+        if self.list_fields:  # an empty Lua table arrives as {}: a list where the schema says so
+            params = {k: ([] if k in self.list_fields and v == {} else v)
+                      for k, v in params.items()}
         try:
             return self.params_model.model_validate(params)
         except ValidationError as exc:
@@ -60,7 +61,7 @@ class Tool:
         """How to call ``fn`` with validated parameters."""
         if self.takes_model:
             return (model,), {}
-        return (), {name: getattr(model, name) for name in type(model).model_fields}
+        return (), model.__dict__  # the validated fields, by name (** copies it)
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the parameters."""

@@ -1,0 +1,238 @@
+"""Lua errors, as plain data, translated into unified errors (the Lua half of the bridge).
+
+The Lua engine hands over only strings and JSON-like data: error messages such as
+``agent.lua:12: attempt to index a nil value (local 'x')``, ``debug.traceback`` text, and
+the value a script gave to ``error()`` (already copied into JSON-like data inside Lua).
+This module turns them into :class:`~bridge.errors.SpellError` values with script frames.
+It imports neither lupa nor the engines, so it can be tested, and reused by a worker
+process, on its own.
+
+Lua names a file in messages and tracebacks by its *short source*: the file name, or
+``...`` plus its last 56 bytes when the name is 60 bytes or longer. :class:`LuaScript`
+keeps both names and matches on the short one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.envelope import error_from_script
+from bridge.errors import SpellError
+from bridge.frames import Frame
+from bridge.hierarchy import ScriptError
+
+TRACEBACK_HEADER = "stack traceback:"
+MAX_CACHED_TRACEBACKS = 256
+_DESCRIBE_LIMIT = 200
+
+
+@dataclass
+class LuaScript:
+    """The script being run, as the translator sees it: its names, its lines, a frame cache.
+
+    ``short_src`` is how Lua itself names the file (see the module docstring); the
+    engine asks Lua for it when the file name is long, else it is the file name.
+    """
+
+    filename: str
+    source: str
+    short_src: str = ""
+    _lines: list[str] | None = field(default=None, repr=False)
+    _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.short_src:
+            self.short_src = self.filename
+
+    @property
+    def prefix(self) -> str:
+        """What every message and traceback line about this file starts with."""
+        return self.short_src + ":"
+
+    def line_text(self, line: int | None) -> str | None:
+        """The source text of a 1-based line, stripped, or None when there is no such line."""
+        if line is None:
+            return None
+        if self._lines is None:
+            self._lines = self.source.splitlines()
+        if 1 <= line <= len(self._lines):
+            return self._lines[line - 1].strip()
+        return None
+
+    def frame(self, line: int | None, function: str) -> Frame:
+        """A Lua frame of this script."""
+        return Frame("lua", self.filename, line, None, function, self.line_text(line))
+
+    def frames(self, traceback: str | None) -> list[Frame]:
+        """The script's own frames in ``debug.traceback`` text, outermost first.
+
+        Frames of other chunks (the engine's prelude, ``load``ed strings) and of C
+        functions are left out. Several tracebacks may be concatenated, innermost first
+        (a coroutine's, then the one that resumed it). Results are cached per text,
+        since a tool called in a loop gives the same traceback every time.
+        """
+        if not traceback:
+            return []
+        cached = self._frames.get(traceback)
+        if cached is None:
+            if len(self._frames) >= MAX_CACHED_TRACEBACKS:
+                self._frames.clear()
+            cached = self._frames[traceback] = tuple(self._parse(traceback))
+        return list(cached)
+
+    def _parse(self, traceback: str) -> list[Frame]:
+        prefix = self.prefix
+        frames = []
+        for raw in traceback.split("\n"):
+            entry = raw.strip()
+            if not entry.startswith(prefix):
+                continue
+            number, _, what = entry[len(prefix):].partition(":")
+            if not number.isdigit():
+                continue
+            frames.append(self.frame(int(number), function_name(what)))
+        frames.reverse()
+        return frames
+
+    def split_message(self, message: str) -> tuple[int | None, str]:
+        """``"agent.lua:12: boom"`` -> ``(12, "boom")``; other messages come back whole."""
+        prefix = self.prefix
+        if message.startswith(prefix):
+            number, sep, rest = message[len(prefix):].partition(": ")
+            if sep and number.isdigit():
+                return int(number), rest
+        return None, message
+
+    def script_traceback(self, traceback: str | None) -> str | None:
+        """``traceback`` with only this script's lines, as Lua would print it."""
+        if not traceback:
+            return None
+        prefix = self.prefix
+        lines = [raw for raw in traceback.split("\n") if raw.strip().startswith(prefix)]
+        return "\n".join([TRACEBACK_HEADER, *lines])
+
+
+def function_name(what: str) -> str:
+    """The function of a traceback line from what follows ``file:line:``.
+
+    ``in function 'f'``, ``in local 'f'``, ``in upvalue 'f'``, ``in method 'm'``,
+    ``in field 'f'`` give the quoted name; ``in main chunk`` gives ``main chunk``;
+    ``in function <agent.lua:3>`` (a function without a name) gives ``<anonymous>``.
+    """
+    what = what.strip()
+    if what == "in main chunk":
+        return "main chunk"
+    start = what.find("'")
+    end = what.rfind("'")
+    if 0 <= start < end:
+        return what[start + 1:end]
+    if "<" in what:
+        return "<anonymous>"
+    return what.removeprefix("in ").strip() or "?"
+
+
+def stack_depth(traceback: str | None) -> int:
+    """How many levels deep the stack of a traceback was (counting skipped levels)."""
+    if not traceback:
+        return 0
+    depth = 0
+    for raw in traceback.split("\n"):
+        entry = raw.strip()
+        if not entry or entry == TRACEBACK_HEADER or entry == "(...tail calls...)":
+            continue
+        if entry.startswith("..."):
+            digits = "".join(ch for ch in entry if ch.isdigit())
+            depth += int(digits) if digits else 0
+            continue
+        depth += 1
+    return depth
+
+
+def compilation_failed(script: LuaScript, message: str) -> SpellError:
+    """``script/compilation_failed`` for the message ``load`` gave for a syntax error."""
+    line, error = script.split_message(message)
+    text = script.line_text(line)
+    return ScriptError.CompilationFailed(
+        language="lua", error=error, file=script.filename, line=line, source_code=text,
+        frames=[script.frame(line, "main chunk")],
+    )
+
+
+def thrown_error(
+    script: LuaScript,
+    value: Any,
+    lua_type: str,
+    text: str | None,
+    traceback: str | None,
+    resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
+) -> SpellError:
+    """The unified error for a value a script raised and did not catch.
+
+    ``value`` is the raised value as JSON-like data (a string message, an error table
+    read into a dict, any other value copied as data), ``lua_type`` its Lua type,
+    ``text`` what ``tostring`` gave for a value with a ``__tostring`` metamethod, and
+    ``traceback`` the ``debug.traceback`` taken before the stack unwound.
+    """
+    frames = script.frames(traceback)
+    if lua_type == "string" and isinstance(value, str):
+        line, error = script.split_message(value)
+        if error.endswith("stack overflow"):
+            return ScriptError.ResourceExhaustion(
+                language="lua", resource_type="stack", current_usage=stack_depth(traceback),
+                frames=frames)
+        return ScriptError.Lua(
+            error=error, script=script.filename, script_line=line or _innermost(frames),
+            stack_trace=script.script_traceback(traceback), frames=frames)
+    if isinstance(value, Mapping) and "category" in value and "kind" in value:
+        own = value.get("traceback")
+        own_frames = script.frames(own) if isinstance(own, str) else []
+        return error_from_script(value, own_frames or frames, resolve_ref)
+    error = text if text is not None else describe_value(value, lua_type)
+    return ScriptError.Lua(
+        error=error, script=script.filename, script_line=_innermost(frames),
+        stack_trace=script.script_traceback(traceback), thrown=value, frames=frames)
+
+
+def describe_value(value: Any, lua_type: str) -> str:
+    """What a script threw, for a message: ``error value 42 (a number)``, ``error object {...}``."""
+    if lua_type == "nil":
+        return "error value nil"
+    if lua_type == "table":
+        return f"error object {_shorten(lua_literal(value))}"
+    if lua_type in ("function", "userdata", "thread"):  # value is already its description
+        return f"error value {_shorten(str(value))}"
+    return f"error value {_shorten(lua_literal(value))} (a {lua_type})"
+
+
+def lua_literal(value: Any) -> str:
+    """JSON-like data written the way Lua source would write it: ``{code = 1, "x"}``."""
+    if value is None:
+        return "nil"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, Mapping):
+        parts = [f"{_lua_key(key)} = {lua_literal(item)}" for key, item in value.items()]
+        return "{" + ", ".join(parts) + "}"
+    if isinstance(value, list):
+        return "{" + ", ".join(lua_literal(item) for item in value) + "}"
+    return str(value)
+
+
+def _lua_key(key: Any) -> str:
+    if isinstance(key, str) and key.isidentifier() and key.isascii():
+        return key
+    return f"[{lua_literal(key)}]"
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _DESCRIBE_LIMIT else text[: _DESCRIBE_LIMIT - 3] + "..."
+
+
+def _innermost(frames: list[Frame]) -> int | None:
+    return frames[-1].line if frames else None

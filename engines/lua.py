@@ -1,0 +1,910 @@
+"""The Lua engine: Lua 5.5 on lupa, sandboxed, with tool calls as coroutine yields.
+
+Every engine owns one ``LuaRuntime``. A prelude (``PRELUDE`` below, compiled once per
+process and loaded as bytecode into each runtime) builds each run's environment and
+drives the script inside a coroutine:
+
+- a tool call (``tools.search{...}``) yields a request out of the script's coroutine,
+  forwarded through any coroutines the script made, up to :meth:`LuaEngine.start` or
+  :meth:`LuaEngine.resume`, which return it as :class:`Suspended`;
+- the reply resumes the script: a result is the call's value, an error envelope is
+  raised at the call site as an error table (``category``, ``kind``, ``fields``...);
+- an uncaught error is captured, with ``debug.traceback``, by a message handler that
+  runs before the stack unwinds, and translated by :mod:`bridge.lua`.
+
+No Python object is reachable from a script: data crosses as Lua tables built from
+JSON-like Python data, checked on the way in and out. The one Python callable inside
+the runtime is ``time.monotonic``, an upvalue of the count hook (constrained scripts
+have no ``debug`` library to reach it), and attribute access on Python objects is
+refused outright, so even a trusted script that digs it out can only call it.
+
+Limits: a count hook on the script's coroutine and on every coroutine the script
+creates stops the run at the deadline with a private error value that the sandbox's
+``pcall``, ``xpcall``, ``load`` and coroutine functions re-raise (so do they with memory
+errors); ``max_memory`` bounds memory; Lua bounds the stack itself. A single long C call
+(``table.sort`` of millions of items, pattern matching with many quantifiers on a long
+string) runs to its end before the hook can stop it.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lupa.lua55 as lupa
+
+from bridge import BridgeError, ResourceError, ScriptError, SpellError, variants
+from bridge.envelope import script_constructors
+from bridge.errors import field_defaults
+from bridge.lua import LuaScript, compilation_failed, thrown_error
+from engines.base import (
+    Engine,
+    Failed,
+    Finished,
+    Limits,
+    Sandbox,
+    Step,
+    Suspended,
+    ToolInfo,
+    ToolReply,
+    ToolRequest,
+)
+
+# Lua names files of 60 bytes or more as "..." plus their tail (luaO_chunkid).
+_LUA_IDSIZE = 60
+# Data nested deeper than this does not cross (Lua checks the same bound on its side).
+MAX_DEPTH = 100
+DEFAULT_LIMITS = Limits()
+_INT64 = (-(2**63), 2**63 - 1)
+# Values that cross as they are (ints only within 64 bits: checked by _check_data).
+_SCALARS = frozenset({str, float, bool, type(None)})
+
+PRELUDE = r"""
+-- polyspell prelude: runs once per LuaRuntime, in the runtime's own globals.
+-- MESSAGES and CONSTRUCTORS are generated from the error hierarchy, above this line.
+local monotonic, trusted = ...
+
+local type, next, select, error, pcall, xpcall, tostring, tonumber =
+      type, next, select, error, pcall, xpcall, tostring, tonumber
+local rawget, rawset, rawlen, rawequal, setmetatable, getmetatable =
+      rawget, rawset, rawlen, rawequal, setmetatable, getmetatable
+local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyieldable =
+      coroutine.create, coroutine.resume, coroutine.yield, coroutine.running,
+      coroutine.status, coroutine.close, coroutine.isyieldable
+local sethook, traceback, getinfo, raw_getmetatable =
+      debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable
+local concat, pack = table.concat, table.pack
+local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
+      string.gmatch, string.match, string.sub
+local utf8_len, math_type, huge = utf8.len, math.type, math.huge
+local os_clock, os_time, os_date = os.clock, os.time, os.date  -- for scripts
+local real_load, real_collectgarbage = load, collectgarbage
+local string_lib, table_lib, math_lib, utf8_lib, os_lib = string, table, math, utf8, os
+local VERSION = _VERSION
+
+-- Nothing of Python stays reachable, even for trusted scripts (require "python").
+python = nil
+package.loaded.python = nil
+if not trusted then
+  string_lib.dump = nil
+  -- debug.traceback looks for every function's name in package.loaded; with nothing to
+  -- search (constrained scripts have no require) a traceback costs a third.
+  for name in next, package.loaded do package.loaded[name] = nil end
+end
+local STRING_MT = getmetatable("")
+local STRING_MT_FIELDS = {}
+for k, v in next, STRING_MT do STRING_MT_FIELDS[k] = v end
+
+local HOOK_COUNT = 1000        -- instructions between two ticks of the count hook
+local MAX_DEPTH = 100          -- data nested deeper does not cross to Python
+local MAX_ENTRIES = 1000       -- entries of a thrown table copied for the error report
+local NOMEM = "not enough memory"
+-- The private error value that stops a run; the sandbox's catchers re-raise it.
+local KILL = setmetatable({}, {__tostring = function() return "polyspell: run stopped" end})
+local REQUEST = {}             -- marks a coroutine yield that carries a tool request
+
+-- State of the current run.
+local deadline = huge
+local abort, abort_tb          -- why the run is being stopped ("time", "memory")
+local main_co, env, ERR_MT, prefix = nil, nil, nil, "?:"
+local tool_infos = {n = 0}
+local outbuf, nout = {}, 0
+local last_error, last_error_tb  -- the last error a script coroutine died of
+
+-- The count hook looks at the wall clock only every so many ticks: that is a Python call,
+-- which waits for the GIL whenever another thread holds it (a look at every tick made a
+-- loop 200 times slower next to a busy Python thread). The number of ticks between two
+-- looks follows the measured time per tick, to look about every 20 ms, and more often
+-- as the deadline nears.
+local ticks_left, ticks_gate, tick_seconds, last_look = 1, 1, 1e-5, nil
+local LOOK_EVERY = 0.02
+
+local function hook()
+  if abort then error(KILL, 0) end
+  ticks_left = ticks_left - 1
+  if ticks_left > 0 then return end
+  local now = monotonic()
+  local left = deadline - now
+  if left <= 0 then
+    abort, abort_tb = "time", traceback(nil, 2)
+    error(KILL, 0)
+  end
+  if last_look then tick_seconds = (now - last_look) / ticks_gate + 1e-9 end
+  local ticks = (left > 2 * LOOK_EVERY and LOOK_EVERY or left / 2) // tick_seconds
+  ticks_gate = ticks < 1 and 1 or ticks > 1e6 and 1e6 or ticks
+  ticks_left, last_look = ticks_gate, now
+end
+
+-- A new deadline (each start and resume): look at the clock at the first tick.
+local function set_deadline(dl)
+  deadline, ticks_left, last_look = dl, 1, nil
+end
+
+-- Text safe to hand to Python: invalid UTF-8 bytes become U+FFFD.
+local function text(s)
+  if utf8_len(s) then return s end
+  local parts, i = {}, 1
+  while true do
+    local ok, bad = utf8_len(s, i)
+    if ok then parts[#parts + 1] = sub(s, i) break end
+    parts[#parts + 1] = sub(s, i, bad - 1) .. "\u{FFFD}"
+    i = bad + 1
+  end
+  return concat(parts)
+end
+
+local function keypath(k)
+  if type(k) == "string" then
+    if find(k, "^[%a_][%w_]*$") then return "." .. k end
+    return "[" .. format("%q", k) .. "]"
+  end
+  return "[" .. format("%d", k) .. "]"
+end
+
+-- Whether v is JSON-like data (raw access only: no metamethod runs). Returns nothing
+-- when it is, else a message pattern (%s is the path), the offending Lua type and the
+-- path below v.
+local active = {}
+local function check_table(v, depth)
+  if active[v] then return "cyclic table at %s", "table", "" end
+  if depth >= MAX_DEPTH then
+    return "%s is nested more than " .. MAX_DEPTH .. " levels deep", "table", ""
+  end
+  active[v] = true
+  local nstr, nint, top = 0, 0, 0
+  for k, x in next, v do
+    local tk = math_type(k) or type(k)
+    if tk == "string" then
+      if not utf8_len(k) then
+        active[v] = nil
+        return "%s has a key that is not valid UTF-8 text", "table", ""
+      end
+      nstr = nstr + 1
+    elseif tk == "integer" and k > 0 then
+      nint = nint + 1
+      if k > top then top = k end
+    else
+      active[v] = nil
+      return "%s has a " .. (tk == "float" and "non-integer number" or tk)
+             .. " key (keys must be strings, or 1..n for an array)", "table", ""
+    end
+    local tx = type(x)
+    if tx == "table" then
+      local what, lt, path = check_table(x, depth + 1)
+      if what then active[v] = nil return what, lt, keypath(k) .. path end
+    elseif tx == "string" then
+      if not utf8_len(x) then
+        active[v] = nil
+        return "%s is not valid UTF-8 text", "string", keypath(k)
+      end
+    elseif tx ~= "number" and tx ~= "boolean" then
+      active[v] = nil
+      return "%s is a " .. tx, tx, keypath(k)
+    end
+  end
+  active[v] = nil
+  if nstr > 0 and nint > 0 then return "%s mixes string and integer keys", "table", "" end
+  if top ~= nint then return "%s is an array with holes", "table", "" end
+end
+
+local function check(v)
+  local tv = type(v)
+  if tv == "table" then return check_table(v, 0) end
+  if tv == "string" then
+    if utf8_len(v) then return end
+    return "%s is not valid UTF-8 text", "string", ""
+  end
+  if tv == "number" or tv == "boolean" or tv == "nil" then return end
+  return "%s is a " .. tv, tv, ""
+end
+
+-- A JSON-like copy of any value, for error reports: functions and other non-data become
+-- their description, cycles "<cycle>", keys that JSON cannot have become strings.
+local function sanitize(v, depth, seen)
+  local tv = type(v)
+  if tv == "string" then return text(v) end
+  if tv == "number" or tv == "boolean" or tv == "nil" then return v end
+  if tv ~= "table" then return format("%s: %p", tv, v) end
+  if seen[v] then return "<cycle>" end
+  if depth >= MAX_DEPTH then return "<nested too deep>" end
+  seen[v] = true
+  local copy, nstr, nint, top, count = {}, 0, 0, 0, 0
+  for k, x in next, v do
+    count = count + 1
+    if count > MAX_ENTRIES then break end
+    local tk, key = math_type(k) or type(k), k
+    if tk == "string" then nstr = nstr + 1 key = text(k)
+    elseif tk == "integer" and k > 0 then nint = nint + 1 if k > top then top = k end
+    else
+      nstr = nstr + 1
+      local plain = tk == "float" or tk == "boolean" or tk == "integer"
+      key = "[" .. (plain and tostring(k) or tk) .. "]"
+    end
+    copy[key] = sanitize(x, depth + 1, seen)
+  end
+  seen[v] = nil
+  if nint > 0 and (nstr > 0 or top ~= nint) then  -- not an array: every key a string
+    local keyed = {}
+    for k, x in next, copy do keyed[type(k) == "string" and k or format("%d", k)] = x end
+    copy = keyed
+  end
+  return copy
+end
+
+-- A traceback with only the script's own lines (for the error tables scripts see).
+local function script_traceback(tb)
+  local out = {"stack traceback:"}
+  for line in gmatch(tb, "\n\t([^\n]*)") do
+    if sub(line, 1, #prefix) == prefix then out[#out + 1] = "\t" .. line end
+  end
+  return concat(out, "\n")
+end
+
+-- Re-raise what must not be caught inside the sandbox: the deadline and memory errors.
+local function pass(ok, ...)
+  if not ok then
+    local e = ...
+    if e == NOMEM and not abort then abort = "memory" end
+    if abort or e == KILL then error(KILL, 0) end
+  end
+  return ok, ...
+end
+
+-- Error tables ----------------------------------------------------------------------
+
+local function show(v)  -- a field value as Python's str() writes it in a message
+  if v == nil then return "None" end
+  if v == true then return "True" elseif v == false then return "False" end
+  local tv = type(v)
+  if tv == "string" or tv == "number" then return tostring(v) end
+  return "<" .. tv .. ">"
+end
+
+local templates  -- "category/kind" -> {template, defaults}, read from MESSAGES on first use
+local function template_for(code)
+  if not templates then
+    templates = {}
+    for line in gmatch(MESSAGES, "[^\n]+") do
+      local key, template, rest = match(line, "^([^\t]*)\t([^\t]*)(.*)$")
+      local defaults = {}
+      for name, value in gmatch(rest, "\t([^=\t]+)=([^\t]*)") do defaults[name] = value end
+      templates[key] = {template, defaults}
+    end
+  end
+  return templates[code]
+end
+
+local function error_tostring(e)
+  local category, kind, message = rawget(e, "category"), rawget(e, "kind"), rawget(e, "message")
+  local code = tostring(category) .. "/" .. tostring(kind)
+  if type(message) ~= "string" then
+    local known, fields = template_for(code), rawget(e, "fields")
+    if type(fields) ~= "table" then fields = {} end
+    message = known and gsub(known[1], "{([%w_]+)}", function(name)
+      local v = rawget(fields, name)
+      if v == nil then return known[2][name] or "None" end
+      return show(v)
+    end) or ""
+  end
+  return code .. ": " .. message
+end
+
+local function new_error(category, kind, name, fields, message, cause, tb)
+  return setmetatable({category = category, kind = kind, name = name, fields = fields,
+                       message = message, cause = cause, traceback = tb}, ERR_MT)
+end
+
+-- The error table for an envelope from Python (already a table), raised at the call site.
+local function as_error(t, tb)
+  if type(rawget(t, "fields")) ~= "table" then t.fields = {} end
+  t.traceback = tb
+  local cause = rawget(t, "cause")
+  if type(cause) == "table" then as_error(cause, tb) end
+  return setmetatable(t, ERR_MT)
+end
+
+local function violation(what, level)
+  error(new_error("security", "script_safety_violation", "SecurityError",
+                  {engine = "lua", violation = what}, nil, nil,
+                  script_traceback(traceback(nil, level + 1))), level + 1)
+end
+
+local ERRORS = {}
+for cname, category in next, CONSTRUCTORS do
+  ERRORS[cname] = function(spec)
+    if type(spec) ~= "table" then
+      error("bad argument #1 to '" .. cname .. "' (table expected, got " .. type(spec) .. ")", 2)
+    end
+    local fields = {}
+    for k, v in next, spec do
+      if k ~= "kind" and k ~= "message" and k ~= "cause" then fields[k] = v end
+    end
+    return new_error(category, rawget(spec, "kind"), cname, fields, rawget(spec, "message"),
+                     rawget(spec, "cause"), script_traceback(traceback(nil, 2)))
+  end
+end
+
+-- Tool calls ------------------------------------------------------------------------
+
+-- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params.
+local function call_tool(name, nargs, params)
+  local problem
+  if nargs > 1 then
+    problem = "expected one table of parameters, got " .. nargs .. " arguments"
+  elseif params ~= nil then
+    if type(params) ~= "table" then
+      problem = "params is a " .. type(params) .. ", expected a table"
+    else
+      local what, _, path = check_table(params, 0)
+      if what then problem = text(format(what, "params" .. path)) end
+    end
+  end
+  if problem then params = nil end
+  local tb = traceback(nil, 3)  -- from the script's call site: cheaper than from here
+  local ok, value = co_yield(REQUEST, text(name), problem, tb, params)
+  if ok then return value end
+  error(as_error(value, script_traceback(tb)), 0)
+end
+
+local function tools_index(t, name)
+  if type(name) ~= "string" then return nil end
+  local f = function(...)
+    local result = call_tool(name, select("#", ...), ...)
+    return result
+  end
+  rawset(t, name, f)
+  return f
+end
+
+local function tools_call(name, ...)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'call' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local result = call_tool(name, select("#", ...), ...)
+  return result
+end
+
+local function tools_list()
+  local list = {}
+  for i = 1, tool_infos.n, 2 do
+    list[#list + 1] = {name = tool_infos[i], description = tool_infos[i + 1]}
+  end
+  return list
+end
+
+-- Sandboxed built-ins -----------------------------------------------------------------
+
+-- Resume a script coroutine; a tool request from inside it is passed up to the host
+-- (with the traceback of this side appended) and the reply fed back in.
+local function forward(co, ok, ...)
+  if ok then
+    if ... ~= REQUEST then return true, ... end
+    local _, name, problem, tb = ...
+    return forward(co, co_resume(co, co_yield(REQUEST, name, problem,
+                                              tb .. "\n" .. traceback(nil, 2), select(5, ...))))
+  end
+  local e = ...
+  if e == NOMEM and not abort then abort = "memory" end
+  if abort or e == KILL then error(KILL, 0) end
+  last_error, last_error_tb = e, traceback(co)
+  return false, e
+end
+
+local function s_create(f)
+  local co = co_create(f)
+  sethook(co, hook, "", HOOK_COUNT)  -- hooks are not inherited by new coroutines
+  return co
+end
+
+local function s_resume(co, ...)
+  return forward(co, co_resume(co, ...))
+end
+
+local function unwrap(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+
+local function s_wrap(f)
+  local co = s_create(f)
+  return function(...)
+    return unwrap(forward(co, co_resume(co, ...)))
+  end
+end
+
+local function s_yield(...)
+  if co_running() == main_co then error("attempt to yield from outside a coroutine", 2) end
+  return co_yield(...)
+end
+
+local function s_running()
+  local co = co_running()
+  return co, co == main_co
+end
+
+local function s_isyieldable(co)
+  co = co or co_running()
+  return co ~= main_co and co_isyieldable(co)
+end
+
+local function s_close(co)
+  return pass(co_close(co))
+end
+
+local function s_pcall(f, ...)
+  return pass(pcall(f, ...))
+end
+
+local function s_xpcall(f, handler, ...)
+  if type(handler) ~= "function" then
+    error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
+  end
+  return pass(xpcall(f, function(e)
+    if abort or e == KILL or e == NOMEM then return e end
+    return handler(e)
+  end, ...))
+end
+
+local function s_load(chunk, chunkname, mode, fenv)
+  if type(mode) == "string" and find(mode, "b", 1, true) then
+    violation("load() with mode '" .. mode .. "': binary chunks are not allowed", 2)
+  end
+  if type(chunk) == "string" and sub(chunk, 1, 1) == "\27" then
+    violation("load() of a binary chunk", 2)
+  end
+  if fenv == nil then fenv = env end
+  local f, message = real_load(chunk, chunkname, "t", fenv)
+  if f == nil then
+    if message == NOMEM and not abort then abort = "memory" end
+    if abort or message == KILL then error(KILL, 0) end
+    if type(message) == "string" and find(message, "attempt to load a binary chunk", 1, true) then
+      violation("load() of a binary chunk", 2)
+    end
+  end
+  return f, message
+end
+
+local GC_OPTIONS = {count = true, collect = true, step = true}
+local function s_collectgarbage(option, ...)
+  if option == nil then option = "collect" end
+  if not GC_OPTIONS[option] then
+    violation("collectgarbage(" .. format("%q", tostring(option)) .. ")", 2)
+  end
+  return real_collectgarbage(option, ...)
+end
+
+-- Finalizers run with hooks off, so a __gc loop could never be stopped.
+local function s_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    violation("a __gc metamethod (finalizers would run outside the time limit)", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+local function s_print(...)
+  local n = select("#", ...)
+  local parts = {...}
+  for i = 1, n do parts[i] = tostring(parts[i]) end
+  nout = nout + 1
+  outbuf[nout] = text(concat(parts, "\t", 1, n))
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+
+-- A fresh environment per run, so that a run cannot leave anything to the next one.
+local function make_env(args)
+  for k in next, STRING_MT do STRING_MT[k] = nil end
+  for k, v in next, STRING_MT_FIELDS do STRING_MT[k] = v end
+  local string_copy = copy(string_lib)
+  STRING_MT.__index = string_copy
+  ERR_MT = {__tostring = error_tostring, __name = "SpellError"}
+  local e = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,
+    tostring = tostring, type = type, rawequal = rawequal, rawget = rawget, rawset = rawset,
+    rawlen = rawlen, setmetatable = s_setmetatable, getmetatable = getmetatable,
+    string = string_copy, table = copy(table_lib), math = copy(math_lib),
+    utf8 = copy(utf8_lib), os = {time = os_time, clock = os_clock, date = os_date},
+    coroutine = {create = s_create, resume = s_resume, yield = s_yield, status = co_status,
+                 wrap = s_wrap, running = s_running, isyieldable = s_isyieldable,
+                 close = s_close},
+    load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
+    args = args, errors = copy(ERRORS),
+    tools = setmetatable({call = tools_call, list = tools_list}, {__index = tools_index}),
+  }
+  e._G = e
+  if trusted then
+    e.io, e.debug, e.package, e.require, e.dofile, e.loadfile, e.warn =
+      io, debug, package, require, dofile, loadfile, warn
+    e.os, e.collectgarbage, e.setmetatable = copy(os_lib), real_collectgarbage, setmetatable
+    e.load = function(chunk, chunkname, mode, fenv)
+      return real_load(chunk, chunkname, mode, fenv == nil and e or fenv)
+    end
+  end
+  return e
+end
+
+-- The run ------------------------------------------------------------------------------
+
+local function call_main(main, args)
+  local result = main(args)  -- a local named main, so that tracebacks name it
+  return result
+end
+
+-- Runs before the stack unwinds: what was thrown, with the traceback where it was thrown.
+local function on_error(e)
+  if e == NOMEM and not abort then abort = "memory" end
+  if abort or e == KILL then return KILL end
+  local tb = traceback(nil, 2)
+  if last_error ~= nil and rawequal(e, last_error) then tb = last_error_tb .. "\n" .. tb end
+  local te, described = type(e), nil
+  if te == "table" or te == "userdata" then
+    local mt = raw_getmetatable(e)
+    if mt and mt ~= ERR_MT and rawget(mt, "__tostring") ~= nil then
+      local ok, s = pcall(tostring, e)  -- script code, still under the hook
+      if ok and type(s) == "string" then described = text(s) end
+    end
+  end
+  return {sanitize(e, 0, {}), te, described, text(tb)}
+end
+
+-- The script's coroutine. The chunk is called by xpcall itself, so that tracebacks
+-- call it "main chunk"; then main(args), if the chunk defined it.
+local function body(chunk, args)
+  local ok, value = xpcall(chunk, on_error, args)
+  if not ok then return false, value end
+  local main = rawget(env, "main")
+  if type(main) == "function" then
+    ok, value = xpcall(call_main, on_error, main, args)
+    if not ok then return false, value end
+  end
+  local what, ltype, path = check(value)
+  if what then return true, value, text(format(what, "result" .. path)), ltype end
+  return true, value
+end
+
+-- What a resumption of the script's coroutine came to, as flat values for Python:
+-- status, number of buffered output lines, then per status:
+--   request name problem traceback params | done value | bad_result problem lua_type
+--   error value lua_type tostring traceback | abort reason traceback | syntax message
+local function finish(ok, a, ...)
+  local n = nout
+  if abort then return "abort", n, abort, abort_tb and text(abort_tb) end
+  if not ok then  -- only a memory error can escape body's xpcall
+    if a == NOMEM then return "abort", n, "memory" end
+    return "error", n, type(a) == "string" and text(a) or type(a), "string"
+  end
+  if a == REQUEST then return "request", n, ... end
+  local b, c, d = ...
+  if a then
+    if c then return "bad_result", n, c, d end
+    return "done", n, b
+  end
+  if b == NOMEM then return "abort", n, "memory" end
+  if type(b) == "table" and b ~= KILL then return "error", n, b[1], b[2], b[3], b[4] end
+  return "error", n, type(b) == "string" and text(b) or type(b), "string"
+end
+
+local function start(source, chunkname, args, dl, ...)
+  abort, abort_tb, last_error, last_error_tb = nil, nil, nil, nil
+  outbuf, nout = {}, 0
+  tool_infos = pack(...)
+  env = make_env(args)
+  local chunk, message = real_load(source, chunkname, "t", env)
+  if not chunk then return "syntax", 0, text(message) end
+  prefix = getinfo(chunk, "S").short_src .. ":"  -- how the chunk's lines start (raw bytes)
+  main_co = co_create(body)
+  sethook(main_co, hook, "", HOOK_COUNT)
+  set_deadline(dl)
+  return finish(co_resume(main_co, chunk, args))
+end
+
+local function step(dl, ok, value)
+  set_deadline(dl)
+  return finish(co_resume(main_co, ok, value))
+end
+
+local function drain()
+  local lines = outbuf
+  outbuf, nout = {}, 0
+  return lines
+end
+
+local function short_src(chunkname)
+  return text(getinfo(real_load("", chunkname), "S").short_src)
+end
+
+return start, step, drain, short_src
+"""
+
+
+def _lua_string(value: str) -> str:
+    return '"' + "".join(
+        ch if ch.isprintable() and ch not in '"\\' else f"\\u{{{ord(ch):X}}}" for ch in value
+    ) + '"'
+
+
+def _generated_tables() -> str:
+    """The message templates and constructor names of the error hierarchy, as Lua source.
+
+    The templates are one text (a line per variant: code, template, then the declared
+    defaults already written as Python's str() writes them), which the prelude splits on
+    first use: a single string constant loads much faster than a table of a hundred.
+    """
+    lines = []
+    for cls in variants():
+        defaults = [f"{name}={value}"
+                    for name, value in field_defaults(cls).items()
+                    if value is not ... and isinstance(value, str | int | float | bool | None)]
+        lines.append("\t".join([f"{cls.category}/{cls.kind}", cls.template, *defaults]))
+    messages = "\n".join(" ".join(line.split("\n")) for line in lines)
+    constructors = ", ".join(f"[{_lua_string(name)}] = {_lua_string(category)}"
+                             for name, category in script_constructors().items())
+    return (f"local MESSAGES = {_lua_string(messages)}\n"
+            f"local CONSTRUCTORS = {{{constructors}}}\n")
+
+
+@functools.cache
+def prelude_bytecode() -> bytes:
+    """The prelude compiled once per process; each runtime loads it without compiling."""
+    source = (_generated_tables() + PRELUDE).encode()
+    compiler = lupa.LuaRuntime(register_eval=False, register_builtins=False, encoding=None)
+    dumped: bytes = compiler.execute(
+        b"return string.dump(assert(load(..., '=[polyspell]', 't')))", source)
+    return dumped
+
+
+# The type of the Lua tables lupa hands to Python (lupa does not export it).
+_LuaTable: type = type(lupa.LuaRuntime(register_eval=False, register_builtins=False).table())
+
+
+def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
+    raise AttributeError("Python attributes are not reachable from Lua")
+
+
+class _NotData(Exception):
+    """Python data that has no Lua counterpart (raised by :func:`_check_data`)."""
+
+    def __init__(self, path: str, problem: str, data_type: str) -> None:
+        super().__init__(f"{path} {problem}")
+        self.data_type = data_type
+
+
+def _check_data(value: Any, path: str, depth: int = 0) -> None:
+    """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold."""
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is float:
+        return
+    if kind is int:
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise _NotData(path, "is an integer too large for Lua (64 bits)", "int")
+        return
+    if depth >= MAX_DEPTH:
+        raise _NotData(path, f"is nested more than {MAX_DEPTH} levels deep", kind.__name__)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotData(path, f"has a key that is not a string ({key!r})", "dict")
+            _check_data(item, f"{path}.{key}", depth + 1)
+        return
+    if kind is list or kind is tuple:
+        for index, item in enumerate(value, 1):
+            _check_data(item, f"{path}[{index}]", depth + 1)
+        return
+    raise _NotData(path, f"is a {kind.__name__}, not JSON-like data", kind.__name__)
+
+
+class LuaEngine(Engine):
+    """Runs one Lua script at a time in its own sandboxed Lua 5.5 runtime (see the module)."""
+
+    language = "lua"
+    extensions = (".lua",)
+
+    def __init__(
+        self,
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        sandbox: Sandbox = "constrained",
+        on_output: Callable[[str], None] = lambda line: None,
+        resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
+    ) -> None:
+        super().__init__(limits=limits, sandbox=sandbox, on_output=on_output,
+                         resolve_ref=resolve_ref)
+        self._memory_limit = limits.memory_mb * 2**20
+        self._script: LuaScript | None = None
+        self._pending: int | None = None  # the request the script waits for
+        self._next_id = 0
+        self._started = 0.0
+        self._failed: SpellError | None = None  # set once the engine must not run again
+        self._lua: Any = lupa.LuaRuntime(
+            register_eval=False, register_builtins=False, unpack_returned_tuples=True,
+            max_memory=self._memory_limit, attribute_filter=_deny_attributes)
+        self._table_from = self._lua.table_from
+        try:
+            self._start, self._step, self._drain, self._lua_short_src = self._lua.execute(
+                prelude_bytecode(), time.monotonic, sandbox == "trusted")
+        except lupa.LuaMemoryError:
+            self._failed = self._memory_error()
+
+    # -- the Engine interface ----------------------------------------------------------
+
+    def start(
+        self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
+    ) -> Step:
+        """Compile and run ``source`` as ``filename`` until it suspends or ends."""
+        if self._failed is not None:
+            return Failed(self._failed)
+        self._script = LuaScript(filename=filename, source=source)
+        self._pending = None
+        self._started = time.monotonic()
+        chunkname = "@" + filename
+        if len(filename.encode()) >= _LUA_IDSIZE - 1:
+            self._script.short_src = self._lua_short_src(chunkname)
+        infos = [text for info in tools for text in (info.name, info.description)]
+        try:
+            outcome = self._start(source, chunkname, self._to_lua(args, "args"), deadline,
+                                  *infos)
+        except _NotData as bad:
+            return self._fail(self._not_data(bad))
+        except lupa.LuaError as exc:
+            return self._fail(self._engine_error(exc))
+        return self._outcome(outcome)
+
+    def resume(self, replies: list[ToolReply], deadline: float) -> Step:
+        """Deliver the reply to the script's pending tool call and run it on."""
+        pending = self._pending
+        if pending is None or len(replies) != 1 or replies[0].id != pending:
+            if self._failed is not None:
+                return Failed(self._failed)
+            return self._fail(BridgeError.ProtocolViolation(
+                reason=f"the Lua script waits for the reply to request {pending}, "
+                       f"got replies {[reply.id for reply in replies]}"))
+        reply = replies[0]
+        self._pending = None
+        if time.monotonic() >= deadline:
+            return self._fail(self._time_error(None))
+        try:
+            if reply.error is None:
+                outcome = self._step(deadline, True, self._to_lua(reply.result, "result"))
+            else:
+                outcome = self._step(deadline, False, self._to_lua(reply.error, "error"))
+        except _NotData as bad:
+            return self._fail(self._not_data(bad))
+        except lupa.LuaError as exc:
+            return self._fail(self._engine_error(exc))
+        return self._outcome(outcome)
+
+    def close(self) -> None:
+        """Drop the runtime; the engine cannot run again."""
+        self._failed = self._failed or BridgeError.ProtocolViolation(
+            reason="the Lua engine is closed")
+        self._pending = None
+        self._start = self._step = self._drain = self._lua_short_src = None
+        self._table_from = None
+        self._lua = None
+
+    # -- the steps -------------------------------------------------------------------
+
+    def _outcome(self, outcome: tuple[Any, ...]) -> Step:
+        """The step that a flat outcome of the prelude's ``finish`` describes."""
+        if outcome[1]:
+            for line in self._drain().values():
+                self.on_output(line)
+        status = outcome[0]
+        script = self._script
+        assert script is not None
+        if status == "request":
+            _, _, name, problem, traceback, params = outcome
+            if problem is not None:
+                params = None
+            elif params is None:
+                params = {}
+            else:
+                params = self._from_lua(params)
+            request_id = self._pending = self._next_id = self._next_id + 1
+            return Suspended([ToolRequest(request_id, name, params, problem,
+                                          script.frames(traceback))])
+        if status == "done":
+            return Finished(self._from_lua(outcome[2]))
+        if status == "error":
+            _, _, value, lua_type, described, traceback = (*outcome, None, None)[:6]
+            return self._fail(thrown_error(script, self._from_lua(value), lua_type, described,
+                                           traceback, self.resolve_ref))
+        if status == "abort":
+            if outcome[2] == "memory":
+                return self._fail(self._memory_error())
+            return self._fail(self._time_error(outcome[3]))
+        if status == "bad_result":
+            return self._fail(ScriptError.CrossEngineCommunication(
+                from_engine="lua", to_engine="python", error=outcome[2], data_type=outcome[3]))
+        if status == "syntax":
+            return self._fail(compilation_failed(script, outcome[2]))
+        return self._fail(ScriptError.RuntimeError(
+            language="lua", error=f"unexpected step outcome {status!r}"))
+
+    def _not_data(self, bad: _NotData) -> SpellError:
+        return ScriptError.CrossEngineCommunication(
+            from_engine="python", to_engine="lua", error=str(bad), data_type=bad.data_type)
+
+    def _engine_error(self, exc: Exception) -> SpellError:
+        if isinstance(exc, lupa.LuaMemoryError):
+            return self._memory_error()
+        # The prelude itself failed: a bug in polyspell, not in the script.
+        return ScriptError.RuntimeError(language="lua", error=str(exc),
+                                        reason="the engine's prelude failed")
+
+    def _fail(self, error: SpellError) -> Failed:
+        self._failed = error
+        self._pending = None
+        return Failed(error)
+
+    def _time_error(self, traceback: str | None) -> SpellError:
+        frames = self._script.frames(traceback) if self._script else []
+        return ScriptError.ResourceExhaustion(
+            language="lua", resource_type="time",
+            current_usage=round(time.monotonic() - self._started, 3),
+            limit=self.limits.timeout, frames=frames)
+
+    def _memory_error(self) -> SpellError:
+        return ResourceError.MemoryExhaustion(
+            location="lua",
+            description=f"the script needed more than the {self.limits.memory_mb} MiB "
+                        f"of memory it may use",
+            available=self._memory_limit)
+
+    # -- data across the boundary --------------------------------------------------------
+
+    def _to_lua(self, value: Any, path: str) -> Any:
+        """JSON-like Python data as a Lua value (tables built by lupa, never Python objects)."""
+        kind = type(value)
+        if kind in _SCALARS:
+            return value
+        if kind is dict:  # the usual tool result: a flat dict, checked in one loop
+            for key, item in value.items():
+                item_kind = type(item)
+                if type(key) is not str or (item_kind not in _SCALARS and (
+                        item_kind is not int or not _INT64[0] <= item <= _INT64[1])):
+                    _check_data(value, path)
+                    return self._table_from(value, recursive=True)
+            return self._table_from(value)
+        _check_data(value, path)
+        if kind is int:
+            return value
+        return self._table_from(value, recursive=True)
+
+    def _from_lua(self, value: Any) -> Any:
+        """Lua data (already checked or copied by the prelude) as JSON-like Python data."""
+        if type(value) is not _LuaTable:
+            return value
+        data = {}
+        for key, item in value.items():
+            data[key] = self._from_lua(item) if type(item) is _LuaTable else item
+        if data and type(next(iter(data))) is int:  # the prelude let only arrays 1..n through
+            return [data[index] for index in range(1, len(data) + 1)]
+        return data
