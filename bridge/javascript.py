@@ -1,0 +1,320 @@
+"""JavaScript errors as unified errors: the translator the JavaScript engine reports through.
+
+Pure data in, :class:`SpellError` out: this module reads strings and dicts (quickjs
+exception text, stack text, and the *reports* the engine's prelude writes as JSON) and
+never imports ``quickjs``, ``engines`` or ``host``.
+
+quickjs-ng names every evaluated source ``<input>`` and prints frames innermost first::
+
+    TypeError: cannot read property 'x' of null
+        at load (<input>:3:5)
+        at polyspell$begin (<input>:188:15)
+        at <eval> (<input>:7:1)
+
+Frames here are outermost first, carry the script's real file name, say ``<script>`` for
+the top level (``<eval>``), and leave out native frames and the engine's own (functions
+named ``polyspell$...``). A bare ``at <input>:1:9`` is a parse position: it locates a
+syntax error when no function frame follows it. A *report* describes an uncaught value::
+
+    {"name": "TypeError", "message": "...", "stack": "    at f (agent.js:3:5)\\n",
+     "compile": bool,                                # from the script's own evaluation
+     "spell": {"category", "kind", "message", "fields", "problem", "ref"} or absent,
+     "cause": <report> or absent}
+    {"thrown": true, "type": "string", "value": <JSON-like>, "text": <String(value)>}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from bridge.envelope import error_from_script
+from bridge.errors import SpellError, variant_class
+from bridge.frames import Frame
+
+Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
+
+LANGUAGE = "javascript"
+PLACEHOLDER_FILE = "<input>"  # the file name quickjs gives every evaluated source
+HIDDEN_PREFIX = "polyspell$"  # functions of the engine's prelude: their frames are left out
+THROWN_NAME = "thrown value"  # error_name of a non-Error value that was thrown
+
+# "    at f (file:3:5)", "    at file:3:5" (a parse position); "at map (native)" never matches
+_FRAME = re.compile(r"^\s*at (?:(?P<function>.*?) \((?P<file>.+):(?P<line>\d+):(?P<column>\d+)\)"
+                    r"|(?P<position_file>.+):(?P<position_line>\d+):(?P<position_column>\d+))\s*$")
+_AT_LINE = re.compile(r"^\s+at ")
+_HEADER = re.compile(r"^(?P<name>[A-Za-z_$][\w$]*)(?:: (?P<message>.*))?$", re.DOTALL)
+_FUNCTION_NAMES = {"<eval>": "<script>", "": "<anonymous>", None: "<anonymous>"}
+
+# What quickjs-ng throws when a limit is hit, as (error name, message) -> resource type.
+_EXHAUSTION = {
+    ("InternalError", "interrupted"): "time",
+    ("InternalError", "out of memory"): "memory",
+    ("InternalError", "string too long"): "memory",
+    ("InternalError", "stack overflow"): "stack",
+    ("RangeError", "Maximum call stack size exceeded"): "stack",
+}
+
+
+# -- frames ----------------------------------------------------------------------------
+
+
+def function_name(name: str | None) -> str:
+    """A frame's function as users read it: ``<script>`` for the top level."""
+    return _FUNCTION_NAMES.get(name, name)  # type: ignore[arg-type]
+
+
+def source_line(lines: Sequence[str] | None, line: int | None) -> str | None:
+    """Line ``line`` (1-based) of the source, stripped; None when unknown."""
+    if not lines or line is None or not 1 <= line <= len(lines):
+        return None
+    return lines[line - 1].strip() or None
+
+
+def make_frame(
+    filename: str, line: int | None, column: int | None, function: str | None,
+    lines: Sequence[str] | None = None,
+) -> Frame:
+    """One frame of the script ``filename``."""
+    return Frame(LANGUAGE, filename, line, column, function_name(function),
+                 source_line(lines, line))
+
+
+def read_stack(
+    text: str, filename: str, lines: Sequence[str] | None = None
+) -> tuple[list[Frame], tuple[int, int] | None]:
+    """The script's frames in a quickjs stack text, outermost first, and a parse position.
+
+    ``<input>`` becomes ``filename``; the engine's frames, native frames and lines that
+    are not frames are left out. The position is the first bare ``at file:line:column``,
+    a syntax error's location.
+    """
+    frames = []
+    position = None
+    for raw in text.splitlines():
+        match = _FRAME.match(raw)
+        if match is None:
+            continue
+        function = match["function"]
+        if function is None:
+            position = position or (int(match["position_line"]), int(match["position_column"]))
+            continue
+        if function.startswith(HIDDEN_PREFIX):
+            continue
+        line, column, file = int(match["line"]), int(match["column"]), match["file"]
+        own = file in (PLACEHOLDER_FILE, filename)
+        frames.append(Frame(LANGUAGE, filename if own else file, line, column,
+                            function_name(function), source_line(lines, line) if own else None))
+    frames.reverse()
+    return frames, position
+
+
+def parse_stack(text: str, filename: str, lines: Sequence[str] | None = None) -> list[Frame]:
+    """The script's frames in a quickjs stack text, outermost first (see :func:`read_stack`)."""
+    return read_stack(text, filename, lines)[0]
+
+
+def split_exception(text: str) -> tuple[str, str, str]:
+    """``"TypeError: boom\\n    at f (...)"`` -> ``("TypeError", "boom", "    at f (...)")``.
+
+    The name is empty when the first line is not ``Name: message`` (a thrown non-Error
+    whose ``String()`` quickjs printed).
+    """
+    text = text.rstrip("\n")
+    for missing in ("\nnull", "\nundefined"):  # how the binding prints an absent stack
+        text = text.removesuffix(missing)
+    lines = text.split("\n")
+    first_frame = next((i for i, line in enumerate(lines) if _AT_LINE.match(line)), len(lines))
+    header = "\n".join(lines[:first_frame])
+    stack = "\n".join(lines[first_frame:])
+    match = _HEADER.match(header)
+    if match is None:
+        return "", header, stack
+    return match["name"], match["message"] or "", stack
+
+
+def exhausted_resource(name: str, message: str) -> str | None:
+    """``time``, ``memory`` or ``stack`` when the error is quickjs hitting a limit."""
+    return _EXHAUSTION.get((name, message))
+
+
+def set_frames(err: SpellError, frames: list[Frame]) -> SpellError:
+    """``err`` located at ``frames`` (for errors built before their frames were known)."""
+    err.frames = frames
+    return err
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+def compilation_error(
+    message: str, filename: str, line: int | None, column: int | None,
+    lines: Sequence[str] | None = None,
+) -> SpellError:
+    """``script/compilation_failed`` for a syntax error at ``line``:``column``.
+
+    A position past the end of ``lines`` (an unclosed block, found where the engine's own
+    code follows the script) is moved to the end of the script.
+    """
+    if lines and line is not None and line > len(lines):
+        line, column = len(lines), len(lines[-1]) + 1
+    frame = make_frame(filename, line, column, "<script>", lines)
+    return variant_class("script", "compilation_failed")(
+        language=LANGUAGE, error=message, file=filename, line=line, column=column,
+        source_code=frame.source, frames=[frame])
+
+
+def javascript_error(
+    name: str, message: str, stack: str, frames: list[Frame], filename: str
+) -> SpellError:
+    """``script/javascript`` for an Error (TypeError, a user's subclass...) thrown in JS."""
+    return variant_class("script", "javascript")(
+        error=f"{name}: {message}" if message else name, error_name=name, script=filename,
+        script_line=frames[-1].line if frames else None,
+        stack_trace=_clean_stack(stack, filename) or None,
+        frames=frames or [_file_frame(filename)])
+
+
+def thrown_value_error(
+    type_name: str, value: Any, text: str | None, filename: str
+) -> SpellError:
+    """``script/javascript`` for ``throw "text"``, ``throw 42``, ``throw {code: 1}``...
+
+    JavaScript keeps no location for such values: the frame names the file alone.
+    """
+    if value is None and type_name in ("null", "undefined"):
+        # quickjs also throws null when memory is too short for its out-of-memory error
+        said = f"threw {type_name}" + (" (or ran out of memory)" if type_name == "null" else "")
+    else:
+        shown = text if text is not None else json.dumps(value, ensure_ascii=False)
+        if len(shown) > 200:
+            shown = shown[:197] + "..."
+        article = "an" if type_name[:1] in "aeiou" else "a"
+        said = f"threw {article} {type_name}: {shown}"
+    return variant_class("script", "javascript")(
+        error=f"{said} (not an Error)", error_name=THROWN_NAME, script=filename,
+        thrown=value, frames=[_file_frame(filename)])
+
+
+def resource_error(
+    resource: str, description: str, frames: list[Frame], limits: Limits | None = None
+) -> SpellError:
+    """The limit hit: ``resource/memory_exhaustion``, else ``script/resource_exhaustion``.
+
+    ``limits`` maps a resource to its limit (time: seconds, stack: KiB, memory: bytes) and
+    ``"elapsed"`` to the seconds the run took, for the fields of the error.
+    """
+    limits = limits or {}
+    if resource == "memory":
+        available = int(limits.get("memory", 0))
+        if available:
+            description += f" (limit {available // (1024 * 1024)} MiB)"
+        return variant_class("resource", "memory_exhaustion")(
+            location=LANGUAGE, description=description, available=available, frames=frames)
+    usage = limits.get("elapsed", 0) if resource == "time" else 0
+    return variant_class("script", "resource_exhaustion")(
+        language=LANGUAGE, resource_type=resource, limit=limits.get(resource, 0),
+        current_usage=usage, frames=frames)
+
+
+def error_from_report(
+    report: Mapping[str, Any],
+    filename: str,
+    lines: Sequence[str] | None = None,
+    resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
+    *,
+    limits: Limits | None = None,
+) -> SpellError:
+    """The unified error for an uncaught value the prelude described (see module doc).
+
+    An error with ``category`` and ``kind`` goes through :func:`error_from_script` (a
+    ``ref`` it knows gives back the original Python error); a builtin or user Error gives
+    ``script/javascript``; a SyntaxError of the script's own evaluation, at a parse
+    position, ``script/compilation_failed``; a stack overflow or memory error the
+    prelude caught, the resource error (see :func:`resource_error`).
+    """
+    if report.get("thrown"):
+        return thrown_value_error(str(report.get("type", "value")), report.get("value"),
+                                  report.get("text"), filename)
+    name, message = str(report.get("name", "Error")), str(report.get("message", ""))
+    stack = str(report.get("stack") or "")
+    frames, position = read_stack(stack, filename, lines)
+    if report.get("compile") and name == "SyntaxError" and position and not frames:
+        return compilation_error(message, filename, *position, lines)
+    resource = exhausted_resource(name, message)
+    if resource is not None:
+        return resource_error(resource, f"{name}: {message}", frames or [_file_frame(filename)],
+                              limits)
+    spell = report.get("spell")
+    if isinstance(spell, Mapping):
+        ref = spell.get("ref")
+        original = resolve_ref(ref) if isinstance(ref, int) and not isinstance(ref, bool) else None
+        if original is not None:
+            return original  # a rethrown tool error: the very error Python raised
+        err = _spell_error(spell, frames or [_file_frame(filename)])
+    else:
+        err = javascript_error(name, message, stack, frames, filename)
+    cause = report.get("cause")
+    if isinstance(cause, Mapping):
+        err.__cause__ = error_from_report(cause, filename, lines, resolve_ref, limits=limits)
+    return err
+
+
+def _spell_error(spell: Mapping[str, Any], frames: list[Frame]) -> SpellError:
+    code = f"{spell.get('category')}/{spell.get('kind')}"
+    if spell.get("problem"):
+        field = str(spell["problem"]).split(" ", 1)[0].removeprefix("fields.").split(".")[0]
+        return set_frames(variant_class("bridge", "invalid_error")(
+            error_type=code, reason=f"{spell['problem']} (fields must be JSON-like data)",
+            field=field), frames)
+    data = {key: spell.get(key) for key in ("category", "kind", "message", "fields")}
+    return error_from_script(data, frames)
+
+
+def error_from_exception(
+    text: str, filename: str, lines: Sequence[str] | None = None, *, compiling: bool = False,
+    limits: Limits | None = None,
+) -> SpellError:
+    """The unified error for quickjs exception text that reached Python.
+
+    That happens for what the prelude cannot catch (the time limit, errors while it
+    reports) and for modules that fail to compile (``compiling``).
+    """
+    name, message, stack = split_exception(text)
+    frames, position = read_stack(stack, filename, lines)
+    resource = exhausted_resource(name, message)
+    if resource is not None:
+        return resource_error(resource, f"{name}: {message}", frames or [_file_frame(filename)],
+                              limits)
+    if compiling and name == "SyntaxError" and position and not frames:
+        return compilation_error(message, filename, *position, lines)
+    if not name:
+        return thrown_value_error("value", None, message, filename)
+    return javascript_error(name, message, stack, frames, filename)
+
+
+def _file_frame(filename: str) -> Frame:
+    """Where an error without a known line happened: somewhere in the script."""
+    return make_frame(filename, None, None, "<script>")
+
+
+def _clean_stack(stack: str, filename: str) -> str:
+    """The stack text users read: their file's name, no engine frames.
+
+    A bare position followed by a native frame (``at parse (native)``) locates the text
+    given to JSON.parse or eval, not the script: it goes too.
+    """
+    lines = [line for line in stack.splitlines()
+             if not line.lstrip().startswith(f"at {HIDDEN_PREFIX}")]
+    kept = [line for i, line in enumerate(lines)
+            if not (_is_position(line) and i + 1 < len(lines)
+                    and lines[i + 1].endswith("(native)"))]
+    text = "\n".join(kept).replace(f"{PLACEHOLDER_FILE}:", f"{filename}:")
+    return text.replace("at <eval> (", "at <script> (") + ("\n" if kept else "")
+
+
+def _is_position(line: str) -> bool:
+    match = _FRAME.match(line)
+    return match is not None and match["function"] is None

@@ -1,0 +1,340 @@
+"""The JavaScript engine: quickjs-ng, driven through suspensions, with no Python inside.
+
+Every ``start`` makes a fresh ``quickjs.Context``, evaluates the prelude
+(``javascript_prelude.js``, which gives scripts ``args``, ``tools``, ``console`` and the
+error constructors) and then the script. Python only ever calls the few prelude functions
+the prelude hands out, passing and receiving JSON strings: no Python callable is entered
+from JS (so quickjs's time limit can stay on) and no Python object enters the context.
+
+A tool call in JS records a request and returns a Promise. After each evaluation or
+settlement the engine runs quickjs's pending jobs until there are none, then asks the
+prelude where the script stands: requests queued (:class:`Suspended`), ``main`` settled
+(:class:`Finished` / :class:`Failed`), or stuck on a promise nothing will settle
+(:class:`Failed`).
+
+Scripts (``.js``) are evaluated as global code; if they define a function ``main``
+(``function main`` or ``const main = ...``), ``main(args)`` is called and awaited. Modules
+(``.mjs``) are evaluated as ES modules, so top-level ``await`` works; ``main`` may be
+declared or exported, ``import`` has nothing to load. Either way one line is appended after
+the source (it reads ``main``), which changes no line or column of the script.
+
+Limits: memory and stack are quickjs's own. Time is quickjs's interrupt, which counts the
+CPU time of the whole process (``clock()``) from the start of each call into JS; each call
+gets ``remaining wall seconds x cpu_factor``, so it cannot fire before the deadline even
+when other threads burn CPU, but a lone busy loop runs up to ``cpu_factor`` times past it.
+The deadline itself is checked before every call into JS. The interrupt cannot be caught by
+scripts, but quickjs drops one raised while JS runs inside error construction: so the
+prelude sets no ``Error.prepareStackTrace`` (and scripts cannot set one), or a loop that
+swallows errors would never stop.
+
+An engine, like its quickjs context, is used from one thread; ``close()`` it there too.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import re
+import time
+import types
+import typing
+from importlib import resources
+from typing import Any, ClassVar
+
+try:  # the C module alone: the `quickjs` package starts an executor thread on import
+    import _quickjs as quickjs
+except ImportError:  # pragma: no cover - a layout where only the package is importable
+    import quickjs  # type: ignore[no-redef]
+
+from bridge import javascript as translate
+from bridge.envelope import error_envelope, script_constructors
+from bridge.errors import SpellError, field_defaults, variant_class, variants
+from bridge.frames import Frame
+from engines.base import (
+    Engine,
+    Failed,
+    Finished,
+    Step,
+    Suspended,
+    ToolInfo,
+    ToolReply,
+    ToolRequest,
+)
+
+_HERE = resources.files("engines")
+PRELUDE = _HERE.joinpath("javascript_prelude.js").read_text("utf-8")
+ERRORS = _HERE.joinpath("javascript_errors.js").read_text("utf-8")  # compiled on first use
+# Appended after the source on a line of its own: hands `main` to the prelude.
+SCRIPT_TAIL = '\n;typeof main === "function" ? main : undefined\n'
+MODULE_TAIL = ('\n;globalThis[Symbol.for("polyspell.main")] = '
+               'typeof main === "function" ? main : undefined;\n')
+NO_TIME_LIMIT = -1.0
+_GRACE = 0.25  # CPU seconds for the engine's own JS outside the run's time: prelude, output
+
+
+class _OutOfTime(Exception):
+    """The deadline passed between two calls into JS."""
+
+
+class JavaScriptEngine(Engine):
+    """Runs one JavaScript script (or ES module) in a fresh quickjs-ng context."""
+
+    language = "javascript"
+    extensions = (".js", ".mjs")
+    # CPU seconds allowed per wall-clock second left (see the module docstring). A host
+    # that runs each engine alone in a worker process may lower it towards 1.
+    cpu_factor: ClassVar[float] = float(os.cpu_count() or 1)
+
+    _ctx: Any = None
+
+    def start(
+        self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
+    ) -> Step:
+        """Evaluate ``source`` as ``filename`` and run it (and ``main``) until it stops."""
+        self.close()
+        self._filename = filename
+        self._source = source
+        self._lines: list[str] | None = None
+        self._deadline = deadline
+        self._started = time.monotonic()
+        self._done = False
+        self._sites: dict[int, list[Frame]] = {}  # call site number -> its frames
+        try:
+            config = _encode({"file": filename, "args": args,
+                              "tools": [[t.name, t.description] for t in tools],
+                              "constructors": _constructors()})
+        except (TypeError, ValueError) as exc:
+            return self._fail(_crossing_error("python", "javascript", f"args: {exc}",
+                                              type(args).__name__))
+        problem = _unpassable(source)
+        if problem:
+            return self._fail(translate.compilation_error(problem, filename, None, None))
+        ctx = self._ctx = quickjs.Context()
+        ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
+        ctx.set_max_stack_size(self.limits.stack_kb * 1024)
+        module = filename.endswith(".mjs")
+        try:
+            ctx.set_time_limit(_GRACE * self.cpu_factor)
+            api = ctx.eval(PRELUDE)
+            self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
+            api("setup")(config, ERRORS, _catalog_json())
+            if module:
+                try:
+                    evaluation = self._enter(ctx.module, source + MODULE_TAIL)
+                except quickjs.JSException as exc:
+                    text = str(exc)
+                    if "could not load module" in text:  # there is no module loader
+                        text = text.replace("\n", " (scripts cannot import modules)\n", 1)
+                    return self._fail(self._from_exception(text, compiling=True))
+                self._enter(api("module"), evaluation)
+            else:
+                self._enter(api("run"), source + SCRIPT_TAIL)
+            return self._advance()
+        except Exception as exc:  # every way out of a step is a Failed step
+            return self._fail(self._from_python(exc))
+
+    def resume(self, replies: list[ToolReply], deadline: float) -> Step:
+        """Settle the promises of ``replies`` and run the script on."""
+        if self._ctx is None or self._done:
+            return Failed(variant_class("runtime", "internal_error")(
+                reason="resume() on a JavaScript engine that is not suspended"))
+        self._deadline = deadline
+        try:
+            for reply in replies:
+                ok, payload = self._payload(reply)
+                self._enter(self._settle, reply.id, ok, payload)
+            return self._advance()
+        except Exception as exc:  # every way out of a step is a Failed step
+            return self._fail(self._from_python(exc))
+
+    def close(self) -> None:
+        """Free the context (call it on the engine's thread, like everything else)."""
+        self._settle = self._poll = self._drain = None
+        self._ctx = None
+
+    # -- running ---------------------------------------------------------------------
+
+    def _allow(self) -> None:
+        """Set quickjs's CPU-time limit for the next call into JS from the time left.
+
+        quickjs measures it from the start of each call, so it is set before every one.
+        """
+        budget = (self._deadline - time.monotonic()) * self.cpu_factor
+        if budget <= 0:
+            raise _OutOfTime
+        self._ctx.set_time_limit(budget if budget < 1e9 else NO_TIME_LIMIT)
+
+    def _enter(self, function: Any, *args: Any) -> Any:
+        """Call into JS with the time left as its limit."""
+        self._allow()
+        return function(*args)
+
+    def _advance(self) -> Step:
+        """Run pending jobs until none is left, then turn the prelude's poll into a step."""
+        allow, run_job = self._allow, self._ctx.execute_pending_job
+        while True:
+            allow()
+            if not run_job():
+                break
+        state = json.loads(self._poll())  # the limit just set covers it
+        if "output" in state:
+            for line in state["output"]:
+                self.on_output(line)
+        match state["state"]:
+            case "suspended":
+                return Suspended([self._request(request) for request in state["requests"]])
+            case "finished":
+                self._done = True
+                return Finished(state["result"])
+            case "failed":
+                report = state["error"]
+                if report.get("thrown") and report.get("type") == "null" and self._memory_full():
+                    # quickjs throws null when it cannot even allocate the out-of-memory error
+                    report = {"name": "InternalError", "message": "out of memory", "stack": ""}
+                return self._fail(translate.error_from_report(
+                    report, self._filename, self._source_lines(), self.resolve_ref,
+                    limits=self._limit_values()), drained=True)
+            case "bad_result":
+                return self._fail(_crossing_error("javascript", "python",
+                                                  state["error"]["message"],
+                                                  state["error"]["type"]), drained=True)
+            case _:  # loading or running, with nothing queued that could settle it
+                return self._fail(variant_class("script", "runtime_error")(
+                    language="javascript",
+                    error="the script is waiting on a promise that nothing will resolve",
+                    reason="no tool call is pending and no job is left to run",
+                    frames=[translate.make_frame(self._filename, None, None, "<script>")]),
+                    drained=True)
+
+    def _request(self, data: dict[str, Any]) -> ToolRequest:
+        # A loop calls a tool from the same few places: the prelude numbers call sites and
+        # sends each one's stack text once; frames are immutable, so they are shared.
+        site = data["site"]
+        if data["stack"] is not None:
+            self._sites[site] = translate.parse_stack(data["stack"], self._filename,
+                                                      self._source_lines())
+        return ToolRequest(data["id"], data["tool"], data["params"], data["problem"],
+                           list(self._sites[site]))
+
+    @staticmethod
+    def _payload(reply: ToolReply) -> tuple[bool, str]:
+        """``(ok, JSON)`` of a reply; a result that cannot cross is sent as an error."""
+        if reply.error is not None:
+            return False, _encode(reply.error)
+        try:
+            return True, _encode(reply.result)
+        except (TypeError, ValueError) as exc:
+            err = _crossing_error("python", "javascript", f"tool result: {exc}",
+                                  type(reply.result).__name__)
+            return False, _encode(error_envelope(err))
+
+    # -- failing ---------------------------------------------------------------------
+
+    def _fail(self, err: SpellError, *, drained: bool = False) -> Failed:
+        """End the run with ``err``, handing on whatever the script printed before."""
+        self._done = True
+        if not drained and self._ctx is not None and self._drain is not None:
+            try:
+                self._ctx.set_time_limit(_GRACE * self.cpu_factor)
+                for line in json.loads(self._drain()):
+                    self.on_output(line)
+            except (quickjs.JSException, quickjs.StackOverflow, ValueError, TypeError):
+                pass  # the context is broken (out of memory...): the lines are lost
+        return Failed(err)
+
+    def _from_python(self, exc: Exception) -> SpellError:
+        """The unified error for whatever stopped a call into JS."""
+        if isinstance(exc, _OutOfTime):
+            return translate.resource_error(
+                "time", "the deadline passed",
+                [translate.make_frame(self._filename, None, None, "<script>")],
+                self._limit_values())
+        if isinstance(exc, quickjs.JSException | quickjs.StackOverflow):
+            return self._from_exception(str(exc))
+        if isinstance(exc, SpellError):
+            return exc
+        return variant_class("runtime", "internal_error")(
+            reason=f"JavaScript engine: {type(exc).__name__}: {exc}", cause=exc)
+
+    def _from_exception(self, text: str, *, compiling: bool = False) -> SpellError:
+        return translate.error_from_exception(text, self._filename, self._source_lines(),
+                                              compiling=compiling, limits=self._limit_values())
+
+    def _memory_full(self) -> bool:
+        """Whether the context still holds nearly all the memory it may use."""
+        usage = self._ctx.memory()  # walks the heap: only on this rare path
+        return usage["malloc_size"] >= 0.9 * usage["malloc_limit"]
+
+    def _limit_values(self) -> dict[str, float]:
+        return {"time": self.limits.timeout, "stack": self.limits.stack_kb,
+                "memory": self.limits.memory_mb * 1024 * 1024,
+                "elapsed": round(time.monotonic() - self._started, 3)}
+
+    def _source_lines(self) -> list[str]:
+        if self._lines is None:
+            self._lines = self._source.split("\n")  # quickjs counts lines by "\n" only
+        return self._lines
+
+
+_encode = json.JSONEncoder(allow_nan=False).encode  # one encoder: json.dumps makes one a call
+
+
+@functools.cache
+def _constructors() -> dict[str, str]:
+    return script_constructors()
+
+
+def _crossing_error(source: str, target: str, why: str, data_type: str) -> SpellError:
+    return variant_class("script", "cross_engine_communication")(
+        from_engine=source, to_engine=target, error=why, data_type=data_type)
+
+
+def _unpassable(source: str) -> str | None:
+    """Why the binding could not hand ``source`` to quickjs (it passes C strings)."""
+    if "\0" in source:
+        return "the source contains a NUL character"
+    if not source.isascii():
+        try:
+            source.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"the source is not valid UTF-8 text ({exc.reason} at index {exc.start})"
+    return None
+
+
+@functools.cache
+def _catalog_json() -> str:
+    """Every variant's message template for the prelude, with what formatting needs.
+
+    ``{category: {kind: [template, defaults of its fields, its float fields]}}``, so that
+    ``new ToolError({kind: "timeout", tool_name: "x", duration: 2})`` says
+    ``Tool timeout: x after 2.0s`` in JS exactly as Python does.
+    """
+    catalog: dict[str, dict[str, list[Any]]] = {}
+    for cls in variants():
+        names = set(re.findall(r"\{(\w+)\}", cls.template))
+        declared = field_defaults(cls)  # name -> default (... if required)
+        annotations = inspect.get_annotations(cls)
+        defaults = {name: declared[name] for name in names
+                    if declared.get(name, ...) is not ... and _jsonable(declared[name])}
+        floats = sorted(name for name in names if _is_float(annotations.get(name)))
+        catalog.setdefault(cls.category, {})[cls.kind] = [cls.template, defaults, floats]
+    return json.dumps(catalog)
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _is_float(annotation: Any) -> bool:
+    if annotation is float:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        return float in options and int not in options
+    return False
