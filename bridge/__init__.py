@@ -3,26 +3,9 @@
 Imports neither ``host`` nor ``engines``: it is the vocabulary both speak.
 """
 
+from typing import Any
+
 from bridge import hierarchy
-from bridge.context import (
-    AgentComponent,
-    AsyncContext,
-    BridgeComponent,
-    CallFrame,
-    EnvironmentInfo,
-    ErrorContext,
-    EventComponent,
-    EventEmission,
-    ExecutionTrace,
-    FileLocation,
-    HookComponent,
-    HookExecution,
-    ScriptComponent,
-    SystemComponent,
-    ToolComponent,
-    UserContext,
-    WorkflowComponent,
-)
 from bridge.errors import SpellError, categories, category_class, variant_class, variants
 from bridge.frames import Frame, python_frames
 from bridge.hierarchy import (
@@ -44,6 +27,23 @@ from bridge.hierarchy import (
     WorkflowError,
 )
 from bridge.severity import Severity
+
+# The context models are pydantic models: imported when first asked for.
+_CONTEXT_NAMES = frozenset({
+    "AgentComponent", "AsyncContext", "BridgeComponent", "CallFrame", "EnvironmentInfo",
+    "ErrorContext", "EventComponent", "EventEmission", "ExecutionTrace", "FileLocation",
+    "HookComponent", "HookExecution", "ScriptComponent", "SystemComponent", "ToolComponent",
+    "UserContext", "WorkflowComponent",
+})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CONTEXT_NAMES:
+        from bridge import context
+
+        return getattr(context, name)
+    raise AttributeError(f"module 'bridge' has no attribute {name!r}")
+
 
 __all__ = [
     "AgentComponent", "AgentError", "AsyncContext", "AsyncExecutionError", "BridgeComponent",

@@ -26,7 +26,7 @@ def describe_type(annotation: Any) -> str:
     if annotation is type(None):
         return "None"
     name = getattr(annotation, "__name__", None)
-    return name if name and name != "JsonValue" else "json"
+    return name if name and name not in ("JsonValue", "Json") else "json"
 
 
 def describe_variant(variant: type[SpellError]) -> dict[str, Any]:

@@ -16,19 +16,15 @@ all read the same registry, so a variant declared once exists on every side.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from time import time
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
-
-from bridge.context import ErrorContext
-from bridge.frames import Frame, python_frames
+from bridge.frames import Frame, frame_from_data, python_frames
 from bridge.severity import Severity
 
 # Keyword arguments of the constructor; a variant's fields cannot use these names.
@@ -40,9 +36,21 @@ JSON_KEYS = ("category", "kind", "message", "severity", "retryable", "retry_afte
              "frames", "cause", "context")
 MAX_CAUSE_DEPTH = 64
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from bridge.context import ErrorContext
+
 _CATEGORIES: dict[str, type[SpellError]] = {}
 _VARIANTS: dict[tuple[str, str], type[SpellError]] = {}
-_FIELD_CONFIG = ConfigDict(strict=True, extra="forbid", defer_build=True)
+
+
+class Json:
+    """Marker for a field that holds any JSON value (pydantic's ``JsonValue`` when validated).
+
+    A marker rather than pydantic's type itself, so that declaring the hierarchy does not
+    import pydantic: a run that raises nothing never pays for it.
+    """
 
 
 def camel(snake: str) -> str:
@@ -60,11 +68,15 @@ class _LazyFieldsModel:
     def __get__(self, obj: object, owner: type[SpellError]) -> type[BaseModel]:
         model = owner.__dict__.get("_fields_model")
         if model is None:
+            from pydantic import ConfigDict, JsonValue, create_model
+
             hints = typing.get_type_hints(owner)
-            definitions = {name: (hints[name], default)
-                           for name, default in getattr(owner, "_field_defaults", {}).items()}
-            model = create_model(f"{owner.__name__}Fields", __config__=_FIELD_CONFIG,
-                                 **definitions)
+            definitions = {
+                name: (JsonValue if hints[name] is Json else hints[name], default)
+                for name, default in getattr(owner, "_field_defaults", {}).items()}
+            model = create_model(
+                f"{owner.__name__}Fields", **definitions,
+                __config__=ConfigDict(strict=True, extra="forbid", defer_build=True))
             owner._fields_model = model
         return model
 
@@ -172,6 +184,8 @@ class SpellError(Exception):
     def context(self) -> ErrorContext:
         """Where, when and in what the error happened (made on first use)."""
         if self._context is None:
+            from bridge.context import ErrorContext
+
             self._context = ErrorContext(timestamp=datetime.fromtimestamp(self._created, UTC))
         return self._context
 
@@ -432,9 +446,14 @@ def variants(category: str | None = None) -> list[type[SpellError]]:
 
 
 def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[str, Any]:
+    model = variant.fields_model
     try:
-        return variant.fields_model.model_validate(fields).model_dump()
-    except ValidationError as exc:
+        return model.model_validate(fields).model_dump()
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
         problems = exc.errors()
         # An unknown field (a typo) explains the missing one it was meant to be.
         first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
@@ -470,23 +489,26 @@ def _optional(data: Mapping[str, Any], key: str, expected: str, path: str) -> An
     raise _bad_json(f"'{key}' must be a {expected}, got {_json_type(value)}", f"{path}.{key}")
 
 
-@functools.cache
-def _frames_adapter() -> TypeAdapter[list[Frame]]:
-    return TypeAdapter(list[Frame])
-
-
 def _read_frames(raw: Any, path: str) -> list[Frame]:
-    try:
-        return _frames_adapter().validate_python(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-        raise _bad_json(f"bad frame: {first['msg']}", f"{path}{where}") from None
+    if not isinstance(raw, list):
+        raise _bad_json(f"bad frame: 'frames' must be an array, got {_json_type(raw)}", path)
+    frames = []
+    for index, item in enumerate(raw):
+        try:
+            frames.append(frame_from_data(item))
+        except ValueError as exc:
+            key = f".{exc.args[1]}" if len(exc.args) > 1 else ""
+            raise _bad_json(f"bad frame: {exc.args[0]}", f"{path}[{index}]{key}") from None
+    return frames
 
 
 def _read_context(raw: Any, path: str) -> ErrorContext | None:
     if raw is None:
         return None
+    from pydantic import ValidationError
+
+    from bridge.context import ErrorContext
+
     try:
         return ErrorContext.model_validate(raw)
     except ValidationError as exc:

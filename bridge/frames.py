@@ -11,8 +11,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from pydantic import ConfigDict, StrictInt, StrictStr
-
 Language = Literal["python", "lua", "javascript", "host"]
 LANGUAGES: tuple[str, ...] = ("python", "lua", "javascript", "host")
 
@@ -24,18 +22,15 @@ class Frame:
     Frames of an error are ordered as Python prints them: outermost first, the place
     where the error was raised last. A plain frozen dataclass rather than a pydantic
     model, because translators build dozens of them per error on the hot path;
-    pydantic validates them only when they are read from JSON.
+    :func:`frame_from_data` checks them when they are read from JSON.
     """
 
-    # Read by pydantic when frames come from JSON: strict fields, no unknown keys.
-    __pydantic_config__ = ConfigDict(extra="forbid")
-
     language: Language
-    file: StrictStr
-    line: StrictInt | None = None
-    column: StrictInt | None = None
-    function: StrictStr | None = None
-    source: StrictStr | None = None
+    file: str
+    line: int | None = None
+    column: int | None = None
+    function: str | None = None
+    source: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The frame as a JSON-ready dict."""
@@ -57,6 +52,28 @@ class Frame:
             if self.column is not None:
                 parts.append(str(self.column))
         return ":".join(parts)
+
+
+_FRAME_TYPES = {"file": str, "line": int, "column": int, "function": str, "source": str}
+
+
+def frame_from_data(data: object) -> Frame:
+    """A frame from JSON data; ``ValueError`` naming the key that is wrong."""
+    if not isinstance(data, dict):
+        raise ValueError("a frame must be an object")
+    for key, value in data.items():
+        if key == "language":
+            if value not in LANGUAGES:
+                raise ValueError(f"language: must be one of {', '.join(LANGUAGES)}", key)
+        elif key not in _FRAME_TYPES:
+            raise ValueError("unknown key", key)
+        elif value is not None and (type(value) is bool or not isinstance(value,
+                                                                          _FRAME_TYPES[key])):
+            raise ValueError(f"{key}: must be a {_FRAME_TYPES[key].__name__} or null", key)
+    for key in ("language", "file"):
+        if data.get(key) is None:
+            raise ValueError(f"{key}: missing", key)
+    return Frame(**data)
 
 
 # polyspell's own packages sit side by side (bridge/, engines/, host/), in a checkout and

@@ -12,13 +12,10 @@ those names belong to every error.
 
 from typing import Literal
 
-from pydantic import JsonValue
-
-from bridge.errors import SpellError
+from bridge.errors import Json, SpellError
 from bridge.severity import Severity
 
 Number = int | float
-Json = JsonValue
 ScriptLanguage = Literal["lua", "javascript", "python"]
 SecuritySeverity = Literal["low", "medium", "high", "critical"]
 

@@ -760,6 +760,8 @@ class LuaEngine(Engine):
         """Compile and run ``source`` as ``filename`` until it suspends or ends."""
         if self._failed is not None:
             return Failed(self._failed)
+        if self._lua is None:
+            return self._fail(_closed())
         self._script = LuaScript(filename=filename, source=source)
         self._pending = None
         self._started = time.monotonic()
@@ -782,6 +784,8 @@ class LuaEngine(Engine):
         if pending is None or len(replies) != 1 or replies[0].id != pending:
             if self._failed is not None:
                 return Failed(self._failed)
+            if self._lua is None:
+                return self._fail(_closed())
             return self._fail(BridgeError.ProtocolViolation(
                 reason=f"the Lua script waits for the reply to request {pending}, "
                        f"got replies {[reply.id for reply in replies]}"))
@@ -802,8 +806,6 @@ class LuaEngine(Engine):
 
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""
-        self._failed = self._failed or BridgeError.ProtocolViolation(
-            reason="the Lua engine is closed")
         self._pending = None
         self._start = self._step = self._drain = self._lua_short_src = None
         self._table_from = None
@@ -908,3 +910,7 @@ class LuaEngine(Engine):
         if data and type(next(iter(data))) is int:  # the prelude let only arrays 1..n through
             return [data[index] for index in range(1, len(data) + 1)]
         return data
+
+
+def _closed() -> SpellError:
+    return BridgeError.ProtocolViolation(reason="the Lua engine is closed")

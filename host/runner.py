@@ -19,21 +19,9 @@ from typing import Any
 import anyio
 import anyio.from_thread
 import anyio.to_thread
-from pydantic import BaseModel
 
 import engines
-from bridge import (
-    BridgeError,
-    CallFrame,
-    ExecutionTrace,
-    FileLocation,
-    Frame,
-    ScriptComponent,
-    ScriptError,
-    SpellError,
-    ToolComponent,
-    ToolError,
-)
+from bridge import BridgeError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope
 from bridge.frames import is_internal
 from bridge.pytraceback import attach_python_traceback, remember_source
@@ -137,7 +125,7 @@ class ScriptRun:
         self._at_tool_boundary(error, request)
         return ToolReply(request.id, error=error_envelope(error, ref=self._ref))
 
-    def _call(self, tool: Tool, params: BaseModel) -> Any:
+    def _call(self, tool: Tool, params: Any) -> Any:
         args, kwargs = tool.arguments(params)
         remaining = self.deadline - time.monotonic()
         if tool.is_async:
@@ -165,6 +153,8 @@ class ScriptRun:
 
     def _at_tool_boundary(self, err: SpellError, request: ToolRequest) -> None:
         """Give a tool's error the whole path and the boundary's context, once."""
+        from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
+
         if all(frame.language == "python" for frame in err.frames):  # not yet placed
             boundary = Frame("host", "<tool call>", None, None, request.tool)
             err.frames = [*request.frames, boundary, *(f for f in err.frames if not is_internal(f))]
@@ -182,6 +172,8 @@ class ScriptRun:
             })
 
     def _decorate(self, err: SpellError) -> SpellError:
+        from bridge.context import ScriptComponent
+
         if err.context.correlation_id is None:
             err.context = err.context.model_copy(update={
                 "correlation_id": self.correlation_id,
@@ -219,7 +211,7 @@ def to_script_data(value: Any, language: str, path: str = "result") -> Any:
     """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, BaseModel):
+    if hasattr(type(value), "model_dump"):  # a pydantic model (not imported unless used)
         return value.model_dump(mode="json")
     if isinstance(value, Mapping):
         out = {}

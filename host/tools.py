@@ -14,11 +14,12 @@ import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from typing import TYPE_CHECKING, Any
 
 from bridge import ConfigurationError, SpellError, ToolError
+
+if TYPE_CHECKING:  # pydantic is imported when the first tool is made
+    from pydantic import BaseModel, ValidationError
 
 TOOL_ATTRIBUTE = "__polyspell_tool__"
 
@@ -50,7 +51,11 @@ class Tool:
                       for k, v in params.items()}
         try:
             return self.params_model.model_validate(params)
-        except ValidationError as exc:
+        except Exception as exc:
+            from pydantic import ValidationError
+
+            if not isinstance(exc, ValidationError):
+                raise
             raise ToolError.InvalidParameters(
                 tool_name=self.name, error_type="validation",
                 validation_error=describe_validation(exc),
@@ -98,6 +103,8 @@ def make_tool(
     params: type[BaseModel] | None = None,
 ) -> Tool:
     """Build the :class:`Tool` of a function (what ``@tool`` attaches)."""
+    from pydantic import BaseModel, ConfigDict, create_model
+
     tool_name = name or fn.__name__
     if timeout is not None and timeout <= 0:
         raise ConfigurationError.InvalidValue(key=f"{tool_name}.timeout", value=timeout,

@@ -154,3 +154,17 @@ def test_explain_refuses_bad_input_clearly(tmp_path):
     out = polyspell("explain", wrong)
     assert out.returncode == 2
     assert "bridge/deserialization_failed" in out.stderr and "$.fields" in out.stderr
+
+
+@pytest.mark.parametrize("language,source", [("lua", "return 1"),
+                                             ("js", "function main() { return 1; }")])
+def test_a_run_that_raises_nothing_never_imports_pydantic(language, source):
+    # pydantic costs a third of the CLI's start-up; it is for errors and tool parameters.
+    import sys
+
+    code = ("import sys\nfrom host import Host\n"
+            f"assert Host().run_source({source!r}, {language!r}) == 1\n"
+            "print('pydantic' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=ROOT)
+    assert out.stdout.strip() == "False", out.stderr

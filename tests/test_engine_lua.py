@@ -630,3 +630,12 @@ def test_a_reply_to_another_request_is_a_protocol_violation() -> None:
     assert isinstance(step, Suspended)
     step = engine.resume([ToolReply(step.requests[0].id + 1)], time.monotonic() + 5)
     assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
+
+
+def test_a_closed_engine_refuses_to_run():
+    engine = LuaEngine(limits=Limits(timeout=5))
+    engine.close()
+    step = engine.start("return 1", "closed.lua", None, [], time.monotonic() + 5)
+    assert isinstance(step, Failed)
+    assert step.error.code == "bridge/protocol_violation"
+    assert "closed" in step.error.message
