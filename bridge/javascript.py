@@ -33,6 +33,7 @@ from typing import Any
 from bridge.envelope import error_from_script
 from bridge.errors import SpellError, variant_class
 from bridge.frames import Frame
+from bridge.patterns import recognise
 
 Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
 
@@ -236,8 +237,10 @@ def error_from_report(
     prelude caught, the resource error (see :func:`resource_error`).
     """
     if report.get("thrown"):
-        return thrown_value_error(str(report.get("type", "value")), report.get("value"),
-                                  report.get("text"), filename)
+        value = report.get("value")
+        recognised = isinstance(value, str) and recognise(value, [_file_frame(filename)])
+        return recognised or thrown_value_error(str(report.get("type", "value")), value,
+                                                report.get("text"), filename)
     name, message = str(report.get("name", "Error")), str(report.get("message", ""))
     stack = str(report.get("stack") or "")
     frames, position = read_stack(stack, filename, lines)
@@ -254,8 +257,9 @@ def error_from_report(
         if original is not None:
             return original  # a rethrown tool error: the very error Python raised
         err = _spell_error(spell, frames or [_file_frame(filename)])
-    else:
-        err = javascript_error(name, message, stack, frames, filename)
+    else:  # a plain Error("Agent not found: x") of an old script may name a unified error
+        err = (name == "Error" and recognise(message, frames or [_file_frame(filename)])) or \
+            javascript_error(name, message, stack, frames, filename)
     cause = report.get("cause")
     if isinstance(cause, Mapping):
         err.__cause__ = error_from_report(cause, filename, lines, resolve_ref, limits=limits)

@@ -22,6 +22,7 @@ from bridge.envelope import error_from_script
 from bridge.errors import SpellError
 from bridge.frames import Frame
 from bridge.hierarchy import ScriptError
+from bridge.patterns import recognise
 
 TRACEBACK_HEADER = "stack traceback:"
 MAX_CACHED_TRACEBACKS = 256
@@ -182,6 +183,9 @@ def thrown_error(
             return ScriptError.ResourceExhaustion(
                 language="lua", resource_type="stack", current_usage=stack_depth(traceback),
                 frames=frames)
+        recognised = recognise(error, frames)  # error("Tool 'x' not found") of old scripts
+        if recognised is not None:
+            return recognised
         return ScriptError.Lua(
             error=error, script=script.filename, script_line=line or _innermost(frames),
             stack_trace=script.script_traceback(traceback), frames=frames)

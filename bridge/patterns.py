@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import SpellError, field_annotations, variant_class, variants
+from bridge.frames import Frame
 
 
 @dataclass(frozen=True)
@@ -162,3 +163,11 @@ def builtin_patterns() -> list[MessagePattern]:
 
 patterns = PatternRegistry()
 """The registry the engine translators consult for plain-string errors."""
+
+
+def recognise(message: str, frames: list[Frame]) -> SpellError | None:
+    """The unified error a plain-string script error stands for, placed at ``frames``."""
+    err = patterns.match(message)
+    if err is not None:
+        err.frames = frames
+    return err

@@ -71,3 +71,33 @@ def test_user_patterns_come_first_and_are_checked_when_added():
     assert registry.match("Agent not found: x").code == "agent/state_corruption"
     with pytest.raises(BridgeError.InvalidError, match="unknown kind"):
         registry.add(r"x", "provider", "nope")
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+@pytest.mark.parametrize("throw", ["string", "error"])
+def test_old_scripts_plain_errors_come_out_as_unified_errors(language, throw):
+    from host import Host
+
+    message = "Agent not found: planner"
+    source = {
+        ("lua", "string"): f'\nerror("{message}")',
+        ("lua", "error"): f'\nerror("{message}", 0)',
+        ("javascript", "string"): f'\nthrow "{message}";',
+        ("javascript", "error"): f'\nthrow new Error("{message}");',
+    }[language, throw]
+    with pytest.raises(SpellError) as info:
+        Host(on_output=lambda line: None).run_source(source, language, "old.src")
+    err = info.value
+    assert err.code == "agent/not_found" and err.fields["agent_id"] == "planner"
+    assert err.message == message
+    assert err.frames and err.frames[-1].file == "old.src"
+    if not (language == "javascript" and throw == "string"):  # JS keeps no line for a string
+        assert err.frames[-1].line == 2
+
+
+def test_other_plain_errors_stay_script_errors():
+    from host import Host
+
+    with pytest.raises(SpellError) as info:
+        Host(on_output=lambda line: None).run_source('error("disk on fire")', "lua", "a.lua")
+    assert info.value.code == "script/lua"
