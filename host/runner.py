@@ -127,10 +127,12 @@ class ScriptRun:
 
     def _call(self, tool: Tool, params: Any) -> Any:
         args, kwargs = tool.arguments(params)
+        if tool.timeout is None and not tool.is_async:  # the common case, kept short
+            return tool.fn(*args, **kwargs)
         remaining = self.deadline - time.monotonic()
         if tool.is_async:
             return anyio.from_thread.run(self._call_async, tool, args, kwargs, remaining)
-        if tool.timeout is None or tool.timeout >= remaining:
+        if tool.timeout >= remaining:
             return tool.fn(*args, **kwargs)
         return _call_with_timeout(tool, args, kwargs)
 

@@ -49,8 +49,8 @@ class Tool:
         if self.list_fields:  # an empty Lua table arrives as {}: a list where the schema says so
             params = {k: ([] if k in self.list_fields and v == {} else v)
                       for k, v in params.items()}
-        try:
-            return self.params_model.model_validate(params)
+        try:  # the model's core validator: model_validate() minus its Python wrapper
+            return self.params_model.__pydantic_validator__.validate_python(params)
         except Exception as exc:
             from pydantic import ValidationError
 
