@@ -26,12 +26,11 @@ from bridge.envelope import error_envelope
 from bridge.frames import is_internal
 from bridge.pytraceback import attach_python_traceback, remember_source
 from engines import Failed, Limits, Sandbox, Suspended, ToolInfo, ToolReply, ToolRequest
-from host.tools import Tool, ToolRegistry
+from host.tools import Tool, ToolRegistry, preview
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
 DEADLINE_GRACE = 0.25
-PARAMETER_PREVIEW_CHARS = 1000
 
 
 class ScriptRun:
@@ -118,7 +117,7 @@ class ScriptRun:
         except Exception as exc:
             error = ToolError.ExecutionFailed(
                 tool_name=request.tool, reason=f"{type(exc).__name__}: {exc}",
-                parameters=_capped(request.params),
+                parameters=preview(request.params),
                 execution_time=time.perf_counter() - started)
             error.__cause__ = exc
             error.__traceback__ = exc.__traceback__  # its frames are where the tool failed
@@ -170,7 +169,7 @@ class ScriptRun:
                     function_name=request.tool,
                     file_location=site and FileLocation(file=site.file, line=site.line,
                                                         column=site.column),
-                    parameters=_capped(request.params))]),
+                    parameters=preview(request.params))]),
             })
 
     def _decorate(self, err: SpellError) -> SpellError:
@@ -233,8 +232,4 @@ def _unconvertible(data_type: str, language: str, path: str) -> SpellError:
         reason=f"{path} is a {data_type}; only null, booleans, numbers, strings, "
                f"lists and string-keyed dicts cross")
 
-
-def _capped(params: Any) -> Any:
-    text = repr(params)
-    return params if len(text) <= PARAMETER_PREVIEW_CHARS else text[:PARAMETER_PREVIEW_CHARS]
 

@@ -43,7 +43,7 @@ class Tool:
             params = {}
         if not isinstance(params, Mapping):
             raise ToolError.InvalidParameters(
-                tool_name=self.name, error_type="parse", received_parameters=_preview(params),
+                tool_name=self.name, error_type="parse", received_parameters=preview(params),
                 validation_error=f"parameters must be a table/object of named values, "
                                  f"got {type(params).__name__}")
         if self.list_fields:  # an empty Lua table arrives as {}: a list where the schema says so
@@ -59,7 +59,7 @@ class Tool:
             raise ToolError.InvalidParameters(
                 tool_name=self.name, error_type="validation",
                 validation_error=describe_validation(exc),
-                received_parameters=_preview(params), expected_schema=self.schema(),
+                received_parameters=preview(params), expected_schema=self.schema(),
             ) from None
 
     def arguments(self, model: BaseModel) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -237,8 +237,15 @@ def _is_list(annotation: Any) -> bool:
         isinstance(origin, type) and issubclass(origin, (list, tuple)))
 
 
-def _preview(value: Any, limit: int = 2000) -> Any:
-    """Parameters to keep in an error: as they are when small, else a cut text."""
+PREVIEW_CHARS = 2000
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """Parameters to keep in an error: as they are when small JSON-like data, else a cut text.
+
+    Errors carry the parameters a tool was called with; a huge payload must not make
+    every error (and every log line of it) huge.
+    """
     text = repr(value)
     if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))):
         return value
