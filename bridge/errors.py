@@ -196,7 +196,7 @@ class SpellError(Exception):
     @property
     def frames(self) -> list[Frame]:
         """The traceback, outermost first: the frames given, else where Python raised it."""
-        if self._frames is not None:
+        if self._frames:
             return self._frames
         return python_frames(self.__traceback__)
 

@@ -68,7 +68,7 @@ def _code(filename: str, line: int, function: str) -> CodeType:
     # The raise spans two lines so that Python does not draw carets under a script line
     # whose columns it does not know.
     source = "\n" * (line - 1) + f"raise ({_EXCEPTION_NAME}\n)"
-    code = compile(source, filename, "exec")
+    code = compile(source, filename.replace("\0", "\\0"), "exec")  # no NUL in file names
     return code.replace(co_name=function, co_qualname=function)
 
 

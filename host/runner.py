@@ -59,6 +59,7 @@ class ScriptRun:
         self.correlation_id = uuid.uuid4().hex
         self.deadline = math.inf
         self._refs: dict[int, SpellError] = {}
+        self._placed: set[int] = set()  # errors whose path through a boundary is set
 
     async def execute(self) -> Any:
         """Run the script to its end; its result, or the unified error it failed with."""
@@ -153,12 +154,18 @@ class ScriptRun:
     # -- decoration -----------------------------------------------------------------
 
     def _at_tool_boundary(self, err: SpellError, request: ToolRequest) -> None:
-        """Give a tool's error the whole path and the boundary's context, once."""
+        """Give a tool's error the whole path and the boundary's context, once per run.
+
+        The path is the script's call site, a host frame for the boundary, then the error's
+        own frames: where the tool raised it, or the path it brought from elsewhere.
+        """
         from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
 
-        if all(frame.language == "python" for frame in err.frames):  # not yet placed
+        if id(err) not in self._placed:
+            self._placed.add(id(err))
             boundary = Frame("host", "<tool call>", None, None, request.tool)
-            err.frames = [*request.frames, boundary, *(f for f in err.frames if not is_internal(f))]
+            own = [f for f in err.frames if not is_internal(f)]
+            err.frames = [*request.frames, boundary, *own]
         if err.context.correlation_id is None:
             site = request.frames[-1] if request.frames else None
             err.context = err.context.model_copy(update={
