@@ -99,9 +99,10 @@ def errors(draw: st.DrawFn, variant: type[SpellError] | None = None) -> SpellErr
 
 
 @st.composite
-def error_chains(draw: st.DrawFn, depth: int = 3) -> SpellError:
-    """An error whose cause chain is ``depth`` errors long."""
-    chain = [draw(errors()) for _ in range(depth)]
+def error_chains(draw: st.DrawFn, depth: int = 3, min_depth: int | None = None) -> SpellError:
+    """An error whose cause chain is ``depth`` errors long (or from ``min_depth`` to it)."""
+    length = depth if min_depth is None else draw(st.integers(min_depth, depth))
+    chain = [draw(errors()) for _ in range(length)]
     for outer, inner in itertools.pairwise(chain):
         outer.__cause__ = inner
     return chain[0]

@@ -11,12 +11,11 @@ import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from bridge import SpellError, variants
 from host import Host, tool
 from tests.conftest import pick
-from tests.strategies import errors
+from tests.strategies import error_chains
 
 CALL_LINE = 3  # the line of the tool call in every script below
 
@@ -45,15 +44,6 @@ SCRIPTS = {
 }
 
 
-@st.composite
-def sent_errors(draw: st.DrawFn) -> SpellError:
-    """An error with a cause chain of one to three errors."""
-    chain = [draw(errors()) for _ in range(draw(st.integers(1, 3)))]
-    for outer, inner in zip(chain, chain[1:], strict=False):
-        outer.__cause__ = inner
-    return chain[0]
-
-
 def _run(language: str, mode: str, sent: SpellError):
     @tool
     def fail() -> None:
@@ -67,7 +57,7 @@ def _run(language: str, mode: str, sent: SpellError):
 @pytest.mark.parametrize("mode", ["uncaught", "rethrow"])
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
-@given(sent=sent_errors())
+@given(sent=error_chains(depth=3, min_depth=1))
 def test_what_comes_back_is_what_was_sent(language, mode, sent):
     original = list(sent.frames)  # frames it brings (hypothesis gives some), or none
     with pytest.raises(SpellError) as info:
@@ -108,7 +98,7 @@ def _lua_holds(value) -> bool:
 @pytest.mark.parametrize("language", ["lua", "javascript"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
-@given(sent=sent_errors())
+@given(sent=error_chains(depth=3, min_depth=1))
 def test_the_script_sees_every_field_of_every_error_in_the_chain(language, sent):
     if language == "lua":
         for err in sent.chain():
