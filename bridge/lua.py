@@ -14,6 +14,7 @@ keeps both names and matches on the short one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ class LuaScript:
     short_src: str = ""
     _lines: list[str] | None = field(default=None, repr=False)
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
+    _entry: re.Pattern[str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.short_src:
@@ -84,16 +86,10 @@ class LuaScript:
         return list(cached)
 
     def _parse(self, traceback: str) -> list[Frame]:
-        prefix = self.prefix
-        frames = []
-        for raw in traceback.split("\n"):
-            entry = raw.strip()
-            if not entry.startswith(prefix):
-                continue
-            number, _, what = entry[len(prefix):].partition(":")
-            if not number.isdigit():
-                continue
-            frames.append(self.frame(int(number), function_name(what)))
+        if self._entry is None:  # one scan of the whole traceback: "\tagent.lua:12: in ..."
+            self._entry = re.compile(rf"^\s*{re.escape(self.prefix)}(\d+):(.*)$", re.MULTILINE)
+        frames = [self.frame(int(number), function_name(what))
+                  for number, what in self._entry.findall(traceback)]
         frames.reverse()
         return frames
 

@@ -23,12 +23,17 @@ from bridge.frames import Frame
 
 @dataclass(frozen=True)
 class MessagePattern:
-    """``regex`` (whole message, named groups = fields) -> ``category/kind``."""
+    """``regex`` (whole message, named groups = fields) -> ``category/kind``.
+
+    ``first_word``, when set, is the word every message it matches starts with: the
+    registry tries the pattern only on such messages.
+    """
 
     regex: re.Pattern[str]
     category: str
     kind: str
     constants: Mapping[str, Any] = field(default_factory=dict)
+    first_word: str | None = None
 
     def match(self, message: str) -> SpellError | None:
         """The error this message describes, or None (also when a field does not convert)."""
@@ -55,7 +60,9 @@ class PatternRegistry:
     """Ordered patterns; the first that matches wins. User patterns come first."""
 
     def __init__(self) -> None:
-        self._patterns: list[MessagePattern] = []
+        self._patterns: list[MessagePattern] = []  # every pattern, in the order tried
+        self._always: list[MessagePattern] = []  # tried on every message
+        self._by_word: dict[str, list[MessagePattern]] = {}  # tried on messages so starting
         self._user_count = 0
         self._builtins_loaded = False
 
@@ -73,17 +80,23 @@ class PatternRegistry:
         variant_class(category, kind)  # refuse an unknown category/kind now, not at match time
         pattern = MessagePattern(re.compile(regex), category, kind, constants)
         self._patterns.insert(self._user_count, pattern)
+        self._always.insert(self._user_count, pattern)
         self._user_count += 1
         return pattern
 
     def add_builtin(self, pattern: MessagePattern) -> None:
         """Add a pattern after every other one."""
         self._patterns.append(pattern)
+        if pattern.first_word is None:
+            self._always.append(pattern)
+        else:
+            self._by_word.setdefault(pattern.first_word, []).append(pattern)
 
     def match(self, message: str) -> SpellError | None:
         """The unified error the first matching pattern gives, or None."""
         self._load_builtins()
-        for pattern in self._patterns:
+        word = _first_word(message)
+        for pattern in (*self._always, *self._by_word.get(word, ())):
             err = pattern.match(message)
             if err is not None:
                 return err
@@ -116,7 +129,7 @@ def template_pattern(variant: type[SpellError]) -> MessagePattern | None:
     if any(typing.get_origin(fields[n][0]) is list for n in names if n in fields):
         return None
     return MessagePattern(re.compile("".join(regex), re.DOTALL), variant.category,
-                          variant.kind)
+                          variant.kind, first_word=_first_word(literal_prefix))
 
 
 # Phrasings seen in scripts that predate polyspell, beyond the templates themselves.
@@ -130,6 +143,11 @@ COMMON_PHRASINGS: list[tuple[Any, ...]] = [
     (r"(?:[Rr]equest )?[Tt]imed? ?out after (?P<duration>[\d.]+) ?s(?:econds)?"
      r"(?: calling (?P<tool_name>[\w.-]+))?", "tool", "timeout"),
 ]
+
+
+def _first_word(text: str) -> str:
+    parts = text.split(None, 1)
+    return parts[0] if parts else ""
 
 
 def _convert(text: str, annotation: Any) -> Any:

@@ -111,6 +111,108 @@ def ready_engine(language: str) -> float:
     return elapsed
 
 
+DEEP = 20  # frames of the error the translation rows translate
+
+LUA_DEEP = "\n".join(
+    [f"function f{n}() local x = f{n + 1}() return x end" for n in range(1, DEEP)]
+    + [f"function f{DEEP}() error('deep failure') end", "local r = f1() return r"])
+JS_DEEP = "\n".join(
+    [f"function f{n}() {{ const x = f{n + 1}(); return x; }}" for n in range(1, DEEP)]
+    + [f"function f{DEEP}() {{ throw new TypeError('deep failure'); }}",
+       "function main() { return f1(); }"])
+
+
+def lua_translation(n: int) -> float:
+    """Seconds per Lua error -> unified error, for an error 20 frames deep."""
+    import lupa.lua55 as lupa
+
+    from bridge.lua import LuaScript, thrown_error
+
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+    capture = runtime.eval("function(src) local chunk = load(src, '@deep.lua') "
+                           "local msg, tb xpcall(chunk, function(m) msg = m "
+                           "tb = debug.traceback(nil, 2) end) return msg, tb end")
+    message, traceback = capture(LUA_DEEP)
+    start = time.perf_counter()
+    for _ in range(n):  # a new script each time: nothing cached from the last error
+        err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback)
+    # Lua's debug.traceback keeps the first 10 and last 11 levels of a deeper stack
+    assert len(err.frames) >= DEEP - 3, err.frames
+    return (time.perf_counter() - start) / n
+
+
+def js_translation(n: int) -> float:
+    """Seconds per JS error -> unified error, for an error 20 frames deep."""
+    import _quickjs
+
+    from bridge.javascript import error_from_report
+
+    context = _quickjs.Context()
+    stack = context.eval(JS_DEEP + "\ntry { main(); } catch (e) { e.stack }")
+    report = {"name": "TypeError", "message": "deep failure", "stack": stack}
+    start = time.perf_counter()
+    for _ in range(n):
+        err = error_from_report(report, "deep.js", JS_DEEP.splitlines())
+    assert len(err.frames) >= DEEP, err.frames
+    return (time.perf_counter() - start) / n
+
+
+def rendering(n: int) -> float:
+    """Seconds to render a 20-frame error as text."""
+    import lupa.lua55 as lupa
+
+    from bridge.lua import LuaScript, thrown_error
+
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+    capture = runtime.eval("function(src) local chunk = load(src, '@deep.lua') "
+                           "local msg, tb xpcall(chunk, function(m) msg = m "
+                           "tb = debug.traceback(nil, 2) end) return msg, tb end")
+    message, traceback = capture(LUA_DEEP)
+    err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback)
+    start = time.perf_counter()
+    for _ in range(n):
+        err.to_text()
+    return (time.perf_counter() - start) / n
+
+
+@tool
+def explode(reason: str) -> None:
+    """Fails every time."""
+    raise ValueError(reason)
+
+
+LUA_CATCH = """
+local caught = 0
+for i = 1, args.n do
+  if args.call then
+    local ok = pcall(tools.explode, {reason = "no"})
+    if not ok then caught = caught + 1 end
+  else caught = caught + 1 end
+end
+return caught
+"""
+JS_CATCH = """
+async function main(args) {
+  let caught = 0;
+  for (let i = 1; i <= args.n; i++) {
+    if (args.call) { try { await tools.explode({reason: "no"}); } catch (e) { caught++; } }
+    else caught++;
+  }
+  return caught;
+}
+"""
+
+
+def caught_failure(host: Host, language: str, source: str, n: int) -> float:
+    """Seconds per tool failure delivered into the script and caught there."""
+    def timed(call: bool) -> float:
+        start = time.perf_counter()
+        assert host.run_source(source, language, "catch", {"n": n, "call": call}) == n
+        return time.perf_counter() - start
+
+    return (timed(True) - timed(False)) / n
+
+
 def cli_hello() -> float:
     """Seconds for ``polyspell run scripts/hello.lua`` as a user types it."""
     start = time.perf_counter()
@@ -123,7 +225,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     repeats = 3 if parser.parse_args().quick else 7
-    host = Host([add], on_output=lambda line: None)
+    host = Host([add, explode], on_output=lambda line: None)
 
     rows: list[tuple[str, float, str, str]] = []
     us, ms = 1e6, 1e3
@@ -142,6 +244,18 @@ def main() -> None:
         rows.append((f"ready sandboxed engine, {language}",
                      median_of(repeats * 5, lambda lang=language: ready_engine(lang)) * ms,
                      "ms", target))
+    rows.append((f"Lua error -> unified error, {DEEP} frames",
+                 median_of(repeats, lambda: lua_translation(500)) * us, "us", "<= 30"))
+    rows.append((f"JS error -> unified error, {DEEP} frames",
+                 median_of(repeats, lambda: js_translation(500)) * us, "us", "<= 30"))
+    rows.append((f"render a {DEEP}-frame error as text",
+                 median_of(repeats, lambda: rendering(500)) * us, "us", "<= 200"))
+    rows.append(("tool failure caught in Lua, per error",
+                 median_of(repeats, lambda: caught_failure(host, "lua", LUA_CATCH, 2000))
+                 * us, "us", ""))
+    rows.append(("tool failure caught in JS, per error",
+                 median_of(repeats, lambda: caught_failure(host, "javascript", JS_CATCH, 2000))
+                 * us, "us", ""))
     rows.append(("polyspell run hello.lua, end to end",
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 
