@@ -41,7 +41,7 @@ class Tool:
         """The parameters as the tool's model; ``tool/invalid_parameters`` when they do not fit."""
         if params is None:
             params = {}
-        if not isinstance(params, Mapping):
+        if type(params) is not dict and not isinstance(params, Mapping):  # dict: the usual
             raise ToolError.InvalidParameters(
                 tool_name=self.name, error_type="parse", received_parameters=preview(params),
                 validation_error=f"parameters must be a table/object of named values, "
