@@ -3,8 +3,9 @@
 Every ``start`` makes a fresh ``quickjs.Context``, evaluates the prelude
 (``javascript_prelude.js``, which gives scripts ``args``, ``tools``, ``console`` and the
 error constructors) and then the script. Python only ever calls the few prelude functions
-the prelude hands out, passing and receiving JSON strings: no Python callable is entered
-from JS (so quickjs's time limit can stay on) and no Python object enters the context.
+the prelude hands out, passing JSON strings and plain scalars and receiving JSON strings:
+no Python callable is entered from JS (so quickjs's time limit can stay on) and no Python
+object enters the context.
 
 A tool call in JS records a request and returns a Promise. After each evaluation or
 settlement the engine runs quickjs's pending jobs until there are none, then asks the
@@ -22,10 +23,22 @@ Limits: memory and stack are quickjs's own. Time is quickjs's interrupt, which c
 CPU time of the whole process (``clock()``) from the start of each call into JS; each call
 gets ``remaining wall seconds x cpu_factor``, so it cannot fire before the deadline even
 when other threads burn CPU, but a lone busy loop runs up to ``cpu_factor`` times past it.
-The deadline itself is checked before every call into JS. The interrupt cannot be caught by
-scripts, but quickjs drops one raised while JS runs inside error construction: so the
-prelude sets no ``Error.prepareStackTrace`` (and scripts cannot set one), or a loop that
-swallows errors would never stop.
+The deadline itself is checked before every call into JS. The limit is computed when a step
+begins and again once ``_REARM`` seconds have passed (a tool round trip takes a few
+microseconds: recomputing it for every call cost more than the call), so a call may get up
+to ``_REARM x cpu_factor`` CPU seconds more than the time left, never less. The interrupt
+cannot be caught by scripts, but quickjs drops one raised while JS runs inside error
+construction: so the prelude sets no ``Error.prepareStackTrace`` (and scripts cannot set
+one), or a loop that swallows errors would never stop.
+
+A tool round trip is four calls into JS, about 0.3 us each with a time limit (quickjs reads
+the process CPU clock at the start of each): ``settle`` (a number, string, boolean or None
+result goes as itself, which quickjs converts, anything else as JSON text), then
+``execute_pending_job`` until it finds nothing to run (usually twice), then ``poll``, whose
+answer is one compact JSON array (see the prelude) read by ``json``'s C scanner directly.
+``settle`` with a plain value and ``poll`` while requests are queued run none of the
+script's code, so they run without a time limit (the prelude's "unguarded code", which
+must stay so): the limit is lifted after the jobs and set again before the next job.
 
 An engine, like its quickjs context, is used from one thread; ``close()`` it there too.
 """
@@ -35,6 +48,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 import re
 import time
@@ -72,6 +86,9 @@ MODULE_TAIL = ('\n;globalThis[Symbol.for("polyspell.main")] = '
                'typeof main === "function" ? main : undefined;\n')
 NO_TIME_LIMIT = -1.0
 _GRACE = 0.25  # CPU seconds for the engine's own JS outside the run's time: prelude, output
+_REARM = 0.001  # wall seconds after which the time limit is computed again (module doc)
+_SAFE_INT = 2**53  # larger ints cross as JSON, which rounds them as JavaScript does
+_INT32 = 2**31  # quickjs's binding passes smaller ints as int32 (and truncates larger ones)
 
 
 class _OutOfTime(Exception):
@@ -99,6 +116,7 @@ class JavaScriptEngine(Engine):
         self._lines: list[str] | None = None
         self._deadline = deadline
         self._started = time.monotonic()
+        self._rearm_at = -math.inf  # when the time limit must be computed again
         self._done = False
         self._sites: dict[int, list[Frame]] = {}  # call site number -> its frames
         try:
@@ -140,11 +158,16 @@ class JavaScriptEngine(Engine):
         if self._ctx is None or self._done:
             return Failed(variant_class("runtime", "internal_error")(
                 reason="resume() on a JavaScript engine that is not suspended"))
-        self._deadline = deadline
+        if deadline != self._deadline:
+            self._deadline = deadline
+            self._rearm_at = -math.inf
         try:
+            settle = self._settle
             for reply in replies:
-                ok, payload = self._payload(reply)
-                self._enter(self._settle, reply.id, ok, payload)
+                how, value = _settlement(reply)
+                if how:  # JSON, or an error: the prelude's code that reads it needs the limit
+                    self._allow()
+                settle(reply.id, how, value)  # else unguarded: no time limit needed
             return self._advance()
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
@@ -157,14 +180,29 @@ class JavaScriptEngine(Engine):
     # -- running ---------------------------------------------------------------------
 
     def _allow(self) -> None:
-        """Set quickjs's CPU-time limit for the next call into JS from the time left.
+        """Check the deadline before a call into JS, and keep quickjs's CPU-time limit fit.
 
-        quickjs measures it from the start of each call, so it is set before every one.
+        quickjs measures the limit from the start of each call; it is recomputed from the
+        time left once ``_REARM`` seconds have passed since it was last (module doc).
         """
-        budget = (self._deadline - time.monotonic()) * self.cpu_factor
-        if budget <= 0:
+        now = _monotonic()
+        if now >= self._deadline:
             raise _OutOfTime
-        self._ctx.set_time_limit(budget if budget < 1e9 else NO_TIME_LIMIT)
+        if now >= self._rearm_at:
+            budget = (self._deadline - now) * self.cpu_factor
+            self._ctx.set_time_limit(budget if budget < 1e9 else NO_TIME_LIMIT)
+            self._rearm_at = now + _REARM
+
+    def _unguarded(self) -> None:
+        """Lift the time limit for calls that run none of the script's code.
+
+        The prelude's unguarded code (see its top) is a few string operations, and quickjs
+        reads the clock at the start of every call with a limit: a tool round trip is
+        cheaper with two set_time_limit() calls than with two clock readings. The next
+        ``_allow()`` sets the limit again.
+        """
+        self._ctx.set_time_limit(NO_TIME_LIMIT)
+        self._rearm_at = -math.inf
 
     def _enter(self, function: Any, *args: Any) -> Any:
         """Call into JS with the time left as its limit."""
@@ -173,33 +211,43 @@ class JavaScriptEngine(Engine):
 
     def _advance(self) -> Step:
         """Run pending jobs until none is left, then turn the prelude's poll into a step."""
-        allow, run_job = self._allow, self._ctx.execute_pending_job
-        while True:
-            allow()
+        run_job, deadline = self._ctx.execute_pending_job, self._deadline
+        while True:  # _allow(), inlined: this loop is most of a tool round trip
+            now = _monotonic()
+            if now >= deadline:
+                raise _OutOfTime
+            if now >= self._rearm_at:
+                self._allow()
             if not run_job():
                 break
-        state = json.loads(self._poll())  # the limit just set covers it
-        if "output" in state:
-            for line in state["output"]:
+        self._unguarded()
+        text = self._poll(False)
+        if text == 0:  # not suspended: the prelude may run script code to say what happened
+            self._allow()
+            text = self._poll(True)
+        state = _scan(text, 0)[0]
+        if state[1]:
+            for line in state[1]:
                 self.on_output(line)
-        match state["state"]:
-            case "suspended":
-                return Suspended([self._request(request) for request in state["requests"]])
-            case "finished":
+        kind = state[0]
+        if kind == 0:
+            return Suspended(self._requests(state))
+        match kind:
+            case 1:
                 self._done = True
-                return Finished(state["result"])
-            case "failed":
-                report = state["error"]
+                return Finished(state[2])
+            case 2:
+                report = state[2]
                 if report.get("thrown") and report.get("type") == "null" and self._memory_full():
                     # quickjs throws null when it cannot even allocate the out-of-memory error
                     report = {"name": "InternalError", "message": "out of memory", "stack": ""}
                 return self._fail(translate.error_from_report(
                     report, self._filename, self._source_lines(), self.resolve_ref,
                     limits=self._limit_values()), drained=True)
-            case "bad_result":
+            case 3:
                 return self._fail(_crossing_error("javascript", "python",
-                                                  state["error"]["message"],
-                                                  state["error"]["type"]), drained=True)
+                                                  state[2]["message"], state[2]["type"]),
+                                  drained=True)
             case _:  # loading or running, with nothing queued that could settle it
                 return self._fail(variant_class("script", "runtime_error")(
                     language="javascript",
@@ -208,27 +256,22 @@ class JavaScriptEngine(Engine):
                     frames=[translate.make_frame(self._filename, None, None, "<script>")]),
                     drained=True)
 
-    def _request(self, data: dict[str, Any]) -> ToolRequest:
+    def _requests(self, state: list[Any]) -> list[ToolRequest]:
+        """The requests of a poll: ``id, site, tool, params`` from index 2 (see poll())."""
         # A loop calls a tool from the same few places: the prelude numbers call sites and
         # sends each one's stack text once; frames are immutable, so they are shared.
-        site = data["site"]
-        if data["stack"] is not None:
-            self._sites[site] = translate.parse_stack(data["stack"], self._filename,
-                                                      self._source_lines())
-        return ToolRequest(data["id"], data["tool"], data["params"], data["problem"],
-                           list(self._sites[site]))
-
-    @staticmethod
-    def _payload(reply: ToolReply) -> tuple[bool, str]:
-        """``(ok, JSON)`` of a reply; a result that cannot cross is sent as an error."""
-        if reply.error is not None:
-            return False, _encode(reply.error)
-        try:
-            return True, _encode(reply.result)
-        except (TypeError, ValueError) as exc:
-            err = _crossing_error("python", "javascript", f"tool result: {exc}",
-                                  type(reply.result).__name__)
-            return False, _encode(error_envelope(err))
+        sites = self._sites
+        requests = []
+        for i in range(2, len(state), 4):
+            request_id, site, tool, params = state[i:i + 4]
+            if site.__class__ is list:  # the first call from there: [number, stack text]
+                site, stack = site
+                sites[site] = translate.parse_stack(stack, self._filename, self._source_lines())
+            if request_id > 0:
+                requests.append(ToolRequest(request_id, tool, params, None, sites[site][:]))
+            else:  # the params have no JSON form: `params` says why
+                requests.append(ToolRequest(-request_id, tool, None, params, sites[site][:]))
+        return requests
 
     # -- failing ---------------------------------------------------------------------
 
@@ -279,6 +322,61 @@ class JavaScriptEngine(Engine):
 
 
 _encode = json.JSONEncoder(allow_nan=False).encode  # one encoder: json.dumps makes one a call
+_MAX_SAFE_INTEGER = 2**53
+
+
+def _js_number(text: str) -> int | float:
+    """A JSON integer written by JS: JS has only doubles, so beyond 2**53 it is a float.
+
+    ``25261409972196210`` is how JS prints the double 25261409972196208.0; read as a
+    Python int it would be a different number.
+    """
+    value = int(text)
+    return value if -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER else float(text)
+
+
+# (value, end); json.loads adds 1 us of Python around it
+_scan = json.JSONDecoder(parse_int=_js_number).scan_once
+_monotonic = time.monotonic
+
+
+def _settlement(reply: ToolReply) -> tuple[int, Any]:
+    """How ``settle`` in the prelude takes ``reply``: ``(how, value)`` (see settle there).
+
+    quickjs's binding converts a few scalars itself, faster than JSON: ints that fit in 32
+    bits (it truncates larger ones: those up to 2**53 go as floats, which is exact, and
+    larger ones as JSON), finite floats, bools, None, and strings it can encode to UTF-8
+    (a lone surrogate cannot be: such strings go as JSON, which escapes it).
+    A result that cannot cross at all is sent as an error.
+    """
+    if reply.error is not None:
+        return 2, _encode(reply.error)
+    value = reply.result
+    kind = value.__class__
+    if kind is int:
+        if -_INT32 <= value < _INT32:
+            return 0, value
+        if -_SAFE_INT <= value <= _SAFE_INT:
+            return 0, float(value)
+    elif kind is str:
+        if value.isascii():
+            return 0, value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            pass
+        else:
+            return 0, value
+    elif kind is float:
+        if value - value == 0.0:  # not inf or nan, which JSON refuses below
+            return 0, value
+    elif value is None or kind is bool:
+        return 0, value
+    try:
+        return 1, _encode(value)
+    except (TypeError, ValueError) as exc:
+        err = _crossing_error("python", "javascript", f"tool result: {exc}", kind.__name__)
+        return 2, _encode(error_envelope(err))
 
 
 @functools.cache

@@ -1,13 +1,23 @@
 // polyspell's JavaScript prelude: evaluated in every fresh quickjs context before the
 // script. It evaluates to `api(name)`, which hands the Python engine the few functions it
 // calls (setup, run, module, settle, poll, drain). Nothing here calls Python: data crosses
-// as JSON strings, both ways.
+// as JSON strings and plain numbers, strings, booleans and null, both ways.
 //
 // Scripts get `args`, `tools` (each call records a request and returns a Promise),
 // `console`, and `error.stack` with the real file name and without this prelude. The
 // error constructors (SpellError, ToolError...) and the explanations of bad data live in
 // javascript_errors.js, compiled on first use: quickjs compiles about 50 us of code per KB
 // for every new engine, so this file keeps only what every run needs.
+//
+// Unguarded code: Python calls settle (with a plain value) and poll (without `full`) with no
+// time limit, as a tool round trip is cheaper without one (see javascript.py). That code
+// must never run the script's code, which could loop forever there. So it calls only this
+// file's functions, functions bound before any script ran and the resolve functions of its
+// own promises (no method lookups: scripts can change prototypes), reads only properties
+// that objects without a prototype own (or arrays it made, by index), joins strings with +
+// (a template literal calls String.prototype.concat), and never calls JSON.stringify (it
+// reads toJSON even for a string). The state it reads is kept so: requests and console
+// lines as JSON text, in lists without a prototype (see newList).
 //
 // Stacks: quickjs-ng names every file <input>. Prelude functions that can be on a
 // script's stack are renamed `polyspell$...`; bridge/javascript.py drops those frames and
@@ -20,15 +30,21 @@
   const parse = JSON.parse;
   const indirectEval = eval;
   const isArray = Array.isArray;
+  const captureStack = Error.captureStackTrace;
+  // Bound now: a script's own Promise.withResolvers must not give settle its resolve.
+  const withResolvers = Promise.withResolvers.bind(Promise);
+  const joinList = Function.prototype.call.bind(Array.prototype.join); // (list, separator)
   const { get: rawStack, set: setStack } = Object.getOwnPropertyDescriptor(Error.prototype,
     "stack");
   const HIDDEN = /^ {4}at polyspell\$.*\n/gm; // prelude frames, in quickjs's stack text
   // A bare position before a native frame locates the text given to JSON.parse or eval.
   const FOREIGN = /^ {4}at <input>:\d+:\d+\n(?= {4}at .*\(native\)$)/gm;
   const BLOCKED = new Set(["then", "catch", "finally", "toJSON", "constructor"]);
-  const waiting = new Map(); // request id -> [resolve, reject, stack of the call site]
+  // request id -> [resolve, reject, stack of the call site]; no prototype (unguarded code)
+  const waiting = { __proto__: null };
   const toolFunctions = new Map();
   const sites = new Map(); // stack of a call site -> its number, so Python parses it once
+  const holder = { __proto__: null }; // receives each tool call's stack (captureStack)
 
   let FILE = "<script>";
   let config = null;
@@ -38,11 +54,27 @@
   let strict = false; // check: refuse undefined too (tool parameters)
   let bad = false; // check: found a value without a JSON form
   let lastId = 0;
-  let queue = []; // requests (JSON text) not yet handed to Python
-  let output = []; // console lines not yet handed to Python
+  // Requests not yet handed to Python, as JSON text (4 items each, see poll): the latest
+  // ones comma-separated in `queue`, which a long burst moves to the list `queued` in
+  // pieces of about 4 KB (appending to one string would copy it each time).
+  let queue = "";
+  let queued = null;
+  let output = newList(); // console lines not yet handed to Python, as JSON strings
   let state = "loading"; // loading | running | finished | failed
   let result;
   let failure = null;
+
+  // An array-like that no script can reach into: without a prototype, no setter a script
+  // defines on Array.prototype or Object.prototype sees it (unguarded code reads it).
+  function newList() {
+    return { __proto__: null, length: 0 };
+  }
+
+  function append(list, text) {
+    const length = list.length;
+    list[length] = text;
+    list.length = length + 1;
+  }
 
   // A stack as scripts see it: the real file name, no prelude frames.
   function clean(text) {
@@ -53,21 +85,15 @@
 
   // JSON.stringify's replacer: notes what JSON would silently drop or change.
   function check(key, value) {
-    switch (typeof value) {
-      case "string":
-      case "boolean":
-        break;
-      case "number":
-        if (!Number.isFinite(value)) bad = true;
-        break;
-      case "object":
-        if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
-        break;
-      case "undefined":
-        if (strict) bad = true;
-        break;
-      default:
-        bad = true; // function, bigint, symbol
+    const type = typeof value; // if-else: quicker than a switch in quickjs
+    if (type === "number") {
+      if (value - value !== 0) bad = true; // NaN, Infinity, -Infinity
+    } else if (type === "object") {
+      if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
+    } else if (type === "undefined") {
+      if (strict) bad = true;
+    } else if (type !== "string" && type !== "boolean") {
+      bad = true; // function, bigint, symbol
     }
     return value;
   }
@@ -102,27 +128,45 @@
 
   function call(tool, params) {
     if (typeof tool !== "string") throw new TypeError("tools.call: the tool name must be a string");
-    const site = rawStack.call(new Error());
+    return request(tool, undefined, params, call);
+  }
+
+  // `this`: {name, json: the name's JSON text} (see toolsHandler)
+  function tool(params) {
+    return request(this.name, this.json, params, tool);
+  }
+
+  // Records the request (see poll) and returns its promise. The call site's stack leaves
+  // out the frames from `skip` (tool or call) inwards: fewer frames are cheaper to build.
+  function request(tool, toolJSON, params, skip) {
+    captureStack(holder, skip);
+    const site = holder.stack;
     const text = params === undefined ? "{}"
       : params !== null && typeof params === "object" && !isArray(params) ? json(params, true)
       : null;
-    const problem = text === null ? loadErrors().problem(params, "params", true).message : null;
+    const problem = text === null
+      ? stringify(loadErrors().problem(params, "params", true).message) : null;
     const id = ++lastId;
-    const { promise, resolve, reject } = Promise.withResolvers();
-    waiting.set(id, [resolve, reject, site]);
+    const { promise, resolve, reject } = withResolvers();
+    waiting[id] = [resolve, reject, site];
     let number = sites.get(site);
-    let stack = "null";
     if (number === undefined) {
       sites.set(site, (number = sites.size));
-      stack = stringify(site);
+      number = `[${number},${stringify(site)}]`;
     }
-    queue.push(`{"id":${id},"tool":${stringify(tool)},"params":${text || "null"},"problem":${
-      problem === null ? "null" : stringify(problem)},"site":${number},"stack":${stack}}`);
+    const name = toolJSON === undefined ? stringify(tool) : toolJSON;
+    const item = problem === null ? `${id},${number},${name},${text}`
+      : `${-id},${number},${name},${problem}`;
+    if (queue === "") {
+      queue = item;
+    } else if (queue.length < 4096) {
+      queue = queue + "," + item;
+    } else {
+      if (queued === null) queued = newList();
+      append(queued, queue);
+      queue = item;
+    }
     return promise;
-  }
-
-  function tool(params) {
-    return call(this, params);
   }
 
   const toolsHandler = {
@@ -130,7 +174,8 @@
       if (key in target || typeof key !== "string" || BLOCKED.has(key)) return target[key];
       let fn = toolFunctions.get(key);
       if (fn === undefined) {
-        fn = tool.bind(key); // a native wrapper: only `tool` itself shows in stacks
+        // a native wrapper: only `tool` itself shows in stacks
+        fn = tool.bind({ name: key, json: stringify(key) });
         Object.defineProperty(fn, "name", { value: key });
         toolFunctions.set(key, fn);
       }
@@ -156,7 +201,7 @@
   }
 
   function log(...values) {
-    output.push(values.map(format).join(" "));
+    append(output, stringify(String(values.map(format).join(" "))));
   }
 
   // ----------------------------------------------------------------------- run
@@ -223,40 +268,79 @@
     begin(main);
   }
 
-  // Resolve request `id` with the JSON result, or reject it with the envelope's error.
-  function settle(id, ok, text) {
-    const entry = waiting.get(id);
+  // Settle request `id`. `how`: 0 resolve with `value` itself (a number, string, boolean or
+  // null: unguarded code, see the top), 1 resolve with the JSON text `value`, 2 reject with
+  // the error of the envelope whose JSON text is `value`.
+  function settle(id, how, value) {
+    const entry = waiting[id];
     if (entry === undefined) return;
-    waiting.delete(id);
-    if (ok) entry[0](parse(text));
-    else entry[1](loadErrors().fromEnvelope(parse(text), entry[2]));
+    delete waiting[id];
+    if (how === 0) entry[0](value); // a resolve function, with no `then` to look up
+    else if (how === 1) entry[0](parse(value));
+    else entry[1](loadErrors().fromEnvelope(parse(value), entry[2]));
   }
 
-  // JSON of where the script stands, with the console lines printed since the last poll.
-  function poll() {
-    let text;
-    if (queue.length) {
-      text = `{"state":"suspended","requests":[${queue.join(",")}]`;
-      queue = [];
+  // Where the script stands, as the JSON array [state, console lines or 0, ...]:
+  //   [0, lines, id, site, tool, params, ...]  suspended: four items per request (a
+  //       request whose params have no JSON form has -id and, for params, the problem; a
+  //       call site seen for the first time is [number, stack], later just its number)
+  //   [1, lines, result]                       finished
+  //   [2, lines, report]                       failed (javascript_errors.js: report)
+  //   [3, lines, {message, type}]              finished with a result that has no JSON form
+  //   [4, lines, 0]                            waiting on a promise with no request queued
+  // Without `full` (unguarded code, see the top) it answers 0 instead of running the script's
+  // code, as the JSON of a result can (toJSON).
+  function poll(full) {
+    let kind;
+    let body;
+    if (queue !== "") {
+      kind = "[0,";
+      body = queue;
+      if (queued !== null) {
+        append(queued, queue);
+        body = joinList(queued, ",");
+        queued = null;
+      }
+      queue = "";
+    } else if (full !== true) {
+      return 0;
     } else if (state === "finished") {
-      const data = json(result, false);
-      text = data !== null ? `{"state":"finished","result":${data}`
-        : `{"state":"bad_result","error":${stringify(loadErrors().problem(result, "result", false))}`;
+      body = json(result, false);
+      kind = "[1,";
+      if (body === null) {
+        kind = "[3,";
+        body = stringify(loadErrors().problem(result, "result", false));
+      }
+    } else if (state === "failed") {
+      kind = "[2,";
+      body = stringify(failure);
     } else {
-      text = `{"state":"${state}","error":${stringify(failure)}`;
+      kind = "[4,";
+      body = "0";
     }
-    if (output.length) {
-      text += `,"output":${stringify(output)}`;
-      output = [];
+    let lines = "0";
+    if (output.length !== 0) { // after the result: its toJSON may have printed
+      lines = "[" + joinList(output, ",") + "]";
+      output = newList();
     }
-    return `${text}}`;
+    // Up to 512 characters, + makes flat strings (see flat)
+    return lines.length + body.length < 500 ? kind + lines + "," + body + "]"
+      : flat(kind, lines, ",", body, "]");
+  }
+
+  // The parts as one flat string: quickjs-ng makes a rope of `a + b` when b is longer than
+  // 512 characters (or a than 8192), and its Python binding cannot read ropes (TypeError:
+  // Unknown quickjs tag: -6). Unguarded code uses + on strings and never a template
+  // literal, which calls String.prototype.concat.
+  function flat(...parts) {
+    return joinList(parts, "");
   }
 
   // The console lines alone, after a failure the prelude could not see (a limit).
   function drain() {
-    const lines = output;
-    output = [];
-    return stringify(lines);
+    const text = flat("[", joinList(output, ","), "]");
+    output = newList();
+    return text;
   }
 
   // config: {file, args, tools: [[name, description]...], constructors: {name: category}};
@@ -278,7 +362,9 @@
     }
   }
 
-  for (const fn of [call, tool, check, json, format, log, fail, begin, run, moduleDone, poll]) {
+  // (and those that could be innermost in the stack of an out-of-memory error)
+  for (const fn of [call, tool, request, check, json, format, log, fail, begin, run, moduleDone,
+    poll, newList, append, flat]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 

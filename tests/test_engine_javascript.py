@@ -6,6 +6,7 @@ A tiny driver plays the host: it answers each ToolRequest from a dict of Python 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -296,6 +297,68 @@ def test_a_tool_result_that_cannot_cross_is_an_error_at_the_call_site() -> None:
 }"""
     result = finished(run(source, tools={"bad": lambda params: object()}))
     assert result == ["ScriptError", "cross_engine_communication", "javascript"]
+
+
+@pytest.mark.parametrize("value", [
+    0, -1, 2**31 - 1, 2**31, -2**31, -2**31 - 1, 2**40, -2**53, 2**53, 2**53 + 1, 2**63, 10**400,
+    0.1, -0.0, 1.5, 1e308, 5e-324, float("inf"), float("nan"), True, False, None,
+    "", "text", "é 😀", "a\0b", "\ud800", "x" * 100_000,
+])
+def test_a_scalar_result_arrives_as_its_json_would(value: Any) -> None:
+    # Scalars skip JSON (quickjs converts them), lists go through it: the script must not
+    # see a difference (quickjs truncates ints to 32 bits, JSON rounds big ones...).
+    source = """async function main() {
+  const seen = [];
+  for (const list of [false, true]) {
+    try {
+      const value = list ? (await tools.value({list}))[0] : await tools.value({list});
+      seen.push([typeof value, String(value), Object.is(value, -0), value === value]);
+    } catch (e) {
+      seen.push([e.kind, e.fields.to_engine]);
+    }
+  }
+  return seen;
+}"""
+    tools = {"value": lambda params: [value] if params["list"] else value}
+    direct, through_json = finished(run(source, tools=tools))
+    assert direct == through_json
+
+
+def test_a_result_whose_json_loops_still_meets_the_time_limit() -> None:
+    # After a tool call the prelude is asked where the script stands without a time limit
+    # first; a finished result's toJSON must run with one.
+    source = """async function main() {
+  await tools.echo({});
+  return {toJSON() { while (true) {} }};
+}"""
+    driver = Driver({"echo": echo}, timeout=0.1)
+    driver.engine.cpu_factor = 1.0
+    err = failed(driver.run(source))
+    assert (err.code, err.fields["resource_type"]) == ("script/resource_exhaustion", "time")
+
+
+@pytest.mark.parametrize("change", [
+    "Promise.withResolvers = function () { while (true) {} };",
+    "Object.defineProperty(Object.prototype, 'then', {get() { while (true) {} }});",
+    "Object.defineProperty(Object.prototype, '2', {get() { while (true) {} }, set(v) {}});",
+    "Object.defineProperty(Array.prototype, '1', {get() { while (true) {} }, set(v) {}});",
+])
+def test_tool_round_trips_use_nothing_a_script_can_change(change: str) -> None:
+    # Settling a plain result and polling run without a time limit (engines/javascript.py):
+    # no code a script can replace may run there, or it could loop forever.
+    source = f"""{change}
+async function main() {{
+  let n = 0;
+  for (let i = 0; i < 3; i++) n += await tools.one({{}});
+  return n;
+}}"""
+    outcome: list[Step] = []
+    worker = threading.Thread(target=lambda: outcome.append(run(source, tools={
+        "one": lambda params: 1})), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert outcome, "the run did not end"
+    assert finished(outcome[0]) == 3
 
 
 # -- error replies ------------------------------------------------------------------------
@@ -602,6 +665,24 @@ def test_console_lines_go_to_on_output_at_each_step() -> None:
     assert finished(driver.run(source)) == "done"
     assert seen == [('a 1 {"b":[2]} null undefined true', 0), ("info", 0), ("warn", 0),
                     ("debug", 0), ("TypeError: t [Function named]", 1)]
+
+
+def test_long_texts_and_many_lines_cross() -> None:
+    # quickjs-ng builds long strings as ropes, which its Python binding cannot read, and
+    # appending to one string copies it: neither may show in what the engine hands over.
+    source = """async function main() {
+  for (let i = 0; i < 20000; i++) console.log('line', i);
+  console.log('a' + 'b'.repeat(100000));
+  const echoed = await tools.echo({text: 'c' + 'd'.repeat(100000)});
+  const all = await Promise.all(Array.from({length: 5000}, (_, i) => tools.echo({i})));
+  return ['e' + echoed.text, all.length, all[4999].i];
+}"""
+    driver = Driver({"echo": echo})
+    text, count, last = finished(driver.run(source))
+    assert (text, count, last) == ("ec" + "d" * 100000, 5000, 4999)
+    assert len(driver.output) == 20001
+    assert (driver.output[19999], driver.output[-1]) == ("line 19999", "a" + "b" * 100000)
+    assert [len(s.requests) for s in driver.suspensions] == [1, 5000]
 
 
 def test_console_lines_before_a_failure_are_delivered() -> None:
