@@ -36,9 +36,13 @@
   const joinList = Function.prototype.call.bind(Array.prototype.join); // (list, separator)
   const { get: rawStack, set: setStack } = Object.getOwnPropertyDescriptor(Error.prototype,
     "stack");
-  const HIDDEN = /^ {4}at polyspell\$.*\n/gm; // prelude frames, in quickjs's stack text
-  // A bare position before a native frame locates the text given to JSON.parse or eval.
-  const FOREIGN = /^ {4}at <input>:\d+:\d+\n(?= {4}at .*\(native\)$)/gm;
+  // Bound now, and only these: once a time limit has fired, the binding reads `stack` with
+  // no limit and the GIL held, so the stack getter must run no code a script can replace
+  // (String/Array/RegExp methods, Symbol.split or Symbol.replace hooks, Function.call).
+  const indexOf = Function.prototype.call.bind(String.prototype.indexOf);
+  const slice = Function.prototype.call.bind(String.prototype.slice);
+  const readStack = Function.prototype.call.bind(rawStack);
+  const writeStack = Function.prototype.call.bind(setStack);
   const BLOCKED = new Set(["then", "catch", "finally", "toJSON", "constructor"]);
   // request id -> [resolve, reject, stack of the call site]; no prototype (unguarded code)
   const waiting = { __proto__: null };
@@ -76,11 +80,55 @@
     list.length = length + 1;
   }
 
-  // A stack as scripts see it: the real file name, no prelude frames.
+  // A stack as scripts see it: the real file name, no prelude frames. Only string indexes,
+  // ===, + and the functions bound above (see there).
   function clean(text) {
     if (typeof text !== "string") return text;
-    return text.replace(HIDDEN, "").replace(FOREIGN, "").split("<input>:").join(`${FILE}:`)
-      .split("at <eval> (").join("at <script> (");
+    const kept = newList();
+    let start = 0;
+    while (start < text.length) {
+      let end = indexOf(text, "\n", start);
+      end = end === -1 ? text.length : end + 1;
+      const line = slice(text, start, end);
+      start = end;
+      if (slice(line, 0, 17) === "    at polyspell$") continue; // a prelude frame
+      if (isBarePosition(line) && endsNative(text, start)) continue; // JSON.parse/eval text
+      append(kept, line);
+    }
+    return replaceAll(replaceAll(joinList(kept, ""), "<input>:", FILE + ":"),
+      "at <eval> (", "at <script> (");
+  }
+
+  // "    at <input>:12:5\n": a position with no function, before a native frame.
+  function isBarePosition(line) {
+    if (slice(line, 0, 15) !== "    at <input>:") return false;
+    let colons = 0;
+    for (let i = 15; i < line.length; i++) {
+      const c = line[i];
+      if (c === ":") colons++;
+      else if (c === "\n") break;
+      else if (!(c >= "0" && c <= "9")) return false;
+    }
+    return colons === 1;
+  }
+
+  // Whether the line starting at `start` is "    at ... (native)".
+  function endsNative(text, start) {
+    let end = indexOf(text, "\n", start);
+    if (end === -1) end = text.length;
+    return slice(text, start, start + 7) === "    at " && slice(text, end - 8, end) === "(native)";
+  }
+
+  function replaceAll(text, from, to) {
+    const parts = newList();
+    let start = 0;
+    for (let at = indexOf(text, from, 0); at !== -1; at = indexOf(text, from, start)) {
+      append(parts, slice(text, start, at));
+      append(parts, to);
+      start = at + from.length;
+    }
+    append(parts, slice(text, start));
+    return joinList(parts, "");
   }
 
   // JSON.stringify's replacer: notes what JSON would silently drop or change.
@@ -376,13 +424,25 @@
   Object.defineProperty(Error, "stackTraceLimit", { get: () => 64, set() {}, configurable: false });
   Object.defineProperty(Error.prototype, "stack", {
     get() {
-      return clean(rawStack.call(this));
+      return clean(readStack(this));
     },
     set(value) {
-      setStack.call(this, value);
+      writeStack(this, value);
     },
     configurable: false,
   });
+
+  // The binding also turns an uncaught error into text once a time limit has fired, with
+  // no limit: the interrupt throws an InternalError, whose text no script may take over.
+  for (const [key, value] of [["name", "InternalError"], ["message", ""],
+    ["toString", function toString() {
+      const message = this.message;
+      return typeof message === "string" && message !== "" ? "InternalError: " + message
+        : "InternalError";
+    }]]) {
+    Object.defineProperty(InternalError.prototype, key,
+      { value, writable: false, enumerable: false, configurable: false });
+  }
 
   const API = { setup, run, module, settle, poll, drain };
   return (name) => API[name];

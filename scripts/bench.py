@@ -148,7 +148,9 @@ def js_translation(n: int) -> float:
     from bridge.javascript import error_from_report
 
     context = _quickjs.Context()
-    stack = context.eval(JS_DEEP + "\ntry { main(); } catch (e) { e.stack }")
+    # the engine's prelude keeps 64 frames; quickjs' default is 10
+    stack = context.eval("Error.stackTraceLimit = 64;\n" + JS_DEEP
+                         + "\ntry { main(); } catch (e) { e.stack }")
     report = {"name": "TypeError", "message": "deep failure", "stack": stack}
     start = time.perf_counter()
     for _ in range(n):
