@@ -122,17 +122,22 @@ JS_DEEP = "\n".join(
        "function main() { return f1(); }"])
 
 
-def lua_translation(n: int) -> float:
-    """Seconds per Lua error -> unified error, for an error 20 frames deep."""
+def deep_lua_error() -> tuple[str, str]:
+    """The message and traceback of a real Lua error raised 20 frames deep."""
     import lupa.lua55 as lupa
-
-    from bridge.lua import LuaScript, thrown_error
 
     runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
     capture = runtime.eval("function(src) local chunk = load(src, '@deep.lua') "
                            "local msg, tb xpcall(chunk, function(m) msg = m "
                            "tb = debug.traceback(nil, 2) end) return msg, tb end")
-    message, traceback = capture(LUA_DEEP)
+    return capture(LUA_DEEP)
+
+
+def lua_translation(n: int) -> float:
+    """Seconds per Lua error -> unified error, for an error 20 frames deep."""
+    from bridge.lua import LuaScript, thrown_error
+
+    message, traceback = deep_lua_error()
     start = time.perf_counter()
     for _ in range(n):  # a new script each time: nothing cached from the last error
         err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback)
@@ -161,15 +166,9 @@ def js_translation(n: int) -> float:
 
 def rendering(n: int) -> float:
     """Seconds to render a 20-frame error as text."""
-    import lupa.lua55 as lupa
-
     from bridge.lua import LuaScript, thrown_error
 
-    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
-    capture = runtime.eval("function(src) local chunk = load(src, '@deep.lua') "
-                           "local msg, tb xpcall(chunk, function(m) msg = m "
-                           "tb = debug.traceback(nil, 2) end) return msg, tb end")
-    message, traceback = capture(LUA_DEEP)
+    message, traceback = deep_lua_error()
     err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback)
     start = time.perf_counter()
     for _ in range(n):
