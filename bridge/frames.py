@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import itertools
+import linecache
 import os
-import traceback
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NamedTuple
@@ -103,18 +104,24 @@ def is_internal(frame: Frame) -> bool:
 
 
 def python_frames(tb: TracebackType | None) -> list[Frame]:
-    """The Python frames of a traceback, outermost first, with their source lines."""
+    """The Python frames of a traceback, outermost first, with their source lines.
+
+    A direct walk rather than ``traceback.extract_tb``, which stats every frame's file
+    (``linecache.checkcache``) each time: a tool failure delivered into a script costs
+    two of these. Columns are left out for polyspell's own frames (hidden by default),
+    since finding one walks the code's position table.
+    """
     frames = []
-    for summary in traceback.extract_tb(tb):
-        column = summary.colno + 1 if summary.colno is not None else None
-        frames.append(
-            Frame(
-                language="python",
-                file=summary.filename,
-                line=summary.lineno,
-                column=column,
-                function=summary.name,
-                source=summary.line or None,
-            )
-        )
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        line = tb.tb_lineno
+        frame = Frame("python", code.co_filename, line, None, code.co_name,
+                      linecache.getline(code.co_filename, line).strip() or None)
+        if tb.tb_lasti >= 0 and not is_internal(frame):
+            position = next(itertools.islice(code.co_positions(), tb.tb_lasti // 2, None),
+                            None)
+            if position is not None and position[0] == line and position[2] is not None:
+                frame = frame._replace(column=position[2] + 1)
+        frames.append(frame)
+        tb = tb.tb_next
     return frames
