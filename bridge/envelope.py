@@ -19,8 +19,6 @@ from typing import Any
 from bridge.errors import SpellError, categories, field_annotations, variant_class
 from bridge.frames import Frame
 
-ENVELOPE_KEYS = ("category", "kind", "message", "fields", "cause", "name", "ref")
-
 
 def error_envelope(err: SpellError, ref: Callable[[SpellError], int] | None = None) -> dict:
     """The error and its cause chain as data for a script; ``ref`` numbers each error."""

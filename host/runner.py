@@ -115,13 +115,11 @@ class ScriptRun:
             return ToolReply(request.id, result=to_script_data(result, self.language))
         except SpellError as err:
             error = err
-        except Exception as exc:
-            error = ToolError.ExecutionFailed(
-                tool_name=request.tool, reason=f"{type(exc).__name__}: {exc}",
+        except Exception as exc:  # frames: where the tool failed; cause: the exception
+            error = ToolError.wrap(
+                exc, tool_name=request.tool, reason=f"{type(exc).__name__}: {exc}",
                 parameters=preview(request.params),
                 execution_time=time.perf_counter() - started)
-            error.__cause__ = exc
-            error.__traceback__ = exc.__traceback__  # its frames are where the tool failed
         self._at_tool_boundary(error, request)
         return ToolReply(request.id, error=error_envelope(error, ref=self._ref))
 
