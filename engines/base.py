@@ -8,6 +8,12 @@ A run is a conversation between the host and an engine, one step at a time:
         step = engine.resume(replies, deadline)
     # step is Finished(result) or Failed(error)
 
+A tools file (``helpers.lua``, ``helpers.js``) is a library instead: ``load`` runs it and
+answers the names of the functions it exports; each ``call`` of one is an *activation* of
+its own, driven the same way (``call``, then ``resume`` while it is suspended). Calls may
+nest: while one activation waits for a tool, that tool may call into the same engine
+again; a reply resumes the activation whose request it answers.
+
 Scripts never call Python: a tool call suspends the script (Lua: the script's coroutine
 yields; JS: the call returns a Promise and control returns to the host), so no Python
 callable is ever entered from script code and no Python object ever enters an engine.
@@ -125,8 +131,24 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    def load(self, source: str, filename: str, tools: list[ToolInfo], deadline: float) -> Step:
+        """Run a tools file; it finishes with the sorted names of the functions it exports.
+
+        Lua: the functions of the table the chunk returns; JavaScript: those assigned to
+        the global ``exports`` object.
+        """
+
+    @abstractmethod
+    def call(self, function: str, params: Any, deadline: float) -> Step:
+        """Call an exported function of the loaded tools file with ``params`` (its argument)."""
+
+    @abstractmethod
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
-        """Deliver tool results or errors to the suspended script and run it on."""
+        """Deliver tool results or errors to the activation that asked and run it on.
+
+        ``replies`` answer the requests of one :class:`Suspended` step, all of them.
+        A script error fails only its activation; a limit (time, memory) ends the engine.
+        """
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Free the interpreter; the engine is not used again."""

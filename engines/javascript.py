@@ -105,11 +105,38 @@ class JavaScriptEngine(Engine):
     cpu_factor: ClassVar[float] = float(os.cpu_count() or 1)
 
     _ctx: Any = None
+    _broken = False
 
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
     ) -> Step:
         """Evaluate ``source`` as ``filename`` and run it (and ``main``) until it stops."""
+        return self._begin(source, filename, args, tools, deadline, library=False)
+
+    def load(self, source: str, filename: str, tools: list[ToolInfo], deadline: float) -> Step:
+        """Evaluate a tools file; its result is the names of the functions in ``exports``."""
+        return self._begin(source, filename, None, tools, deadline, library=True)
+
+    def call(self, function: str, params: Any, deadline: float) -> Step:
+        """Call ``exports[function](params)`` as an activation of its own, until it stops."""
+        if self._ctx is None or self._broken:
+            return Failed(variant_class("runtime", "internal_error")(
+                reason="call() on a JavaScript engine that has no tools file loaded"))
+        self._set_deadline(deadline)
+        self._last_activation = activation = self._last_activation + 1
+        try:
+            params_json = _encode(params)
+        except (TypeError, ValueError) as exc:
+            return Failed(_crossing_error("python", "javascript", f"params: {exc}",
+                                          type(params).__name__))
+        try:
+            self._enter(self._call_export, activation, function, params_json)
+            return self._advance(activation)
+        except Exception as exc:  # every way out of a step is a Failed step
+            return self._fail(self._from_python(exc))
+
+    def _begin(self, source: str, filename: str, args: Any, tools: list[ToolInfo],
+               deadline: float, *, library: bool) -> Step:
         self.close()
         self._filename = filename
         self._source = source
@@ -117,10 +144,12 @@ class JavaScriptEngine(Engine):
         self._deadline = deadline
         self._started = time.monotonic()
         self._rearm_at = -math.inf  # when the time limit must be computed again
-        self._done = False
+        self._broken = False  # a limit was hit: the context runs no more code
         self._sites: dict[int, list[Frame]] = {}  # call site number -> its frames
+        self._owners: dict[int, int] = {}  # request id -> the activation that made it
+        self._last_activation = 0  # 0: the script itself, or the tools file's load
         try:
-            config = _encode({"file": filename, "args": args,
+            config = _encode({"file": filename, "args": args, "library": library,
                               "tools": [[t.name, t.description] for t in tools],
                               "constructors": _constructors()})
         except (TypeError, ValueError) as exc:
@@ -137,6 +166,7 @@ class JavaScriptEngine(Engine):
             ctx.set_time_limit(_GRACE * self.cpu_factor)
             api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
+            self._call_export = api("callExport")
             api("setup")(config, ERRORS, _catalog_json())
             if module:
                 try:
@@ -148,33 +178,40 @@ class JavaScriptEngine(Engine):
                     return self._fail(self._from_exception(text, compiling=True))
                 self._enter(api("module"), evaluation)
             else:
-                self._enter(api("run"), source + SCRIPT_TAIL)
-            return self._advance()
+                self._enter(api("library" if library else "run"), source + SCRIPT_TAIL)
+            return self._advance(0)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
-        """Settle the promises of ``replies`` and run the script on."""
-        if self._ctx is None or self._done:
+        """Settle the promises of ``replies`` (all of one activation) and run it on."""
+        owners = self._owners if self._ctx is not None and not self._broken else {}
+        activation = owners.get(replies[0].id) if replies else None
+        if activation is None or any(owners.get(r.id) != activation for r in replies):
             return Failed(variant_class("runtime", "internal_error")(
-                reason="resume() on a JavaScript engine that is not suspended"))
+                reason="resume() on a JavaScript engine with replies to requests it is not "
+                       f"waiting for: {[reply.id for reply in replies]}"))
         if deadline != self._deadline:
-            self._deadline = deadline
-            self._rearm_at = -math.inf
+            self._set_deadline(deadline)
         try:
             settle = self._settle
             for reply in replies:
+                del owners[reply.id]
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit
                     self._allow()
                 settle(reply.id, how, value)  # else unguarded: no time limit needed
-            return self._advance()
+            return self._advance(activation)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
+    def _set_deadline(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._rearm_at = -math.inf
+
     def close(self) -> None:
         """Free the context (call it on the engine's thread, like everything else)."""
-        self._settle = self._poll = self._drain = None
+        self._settle = self._poll = self._drain = self._call_export = None
         self._ctx = None
 
     # -- running ---------------------------------------------------------------------
@@ -209,8 +246,8 @@ class JavaScriptEngine(Engine):
         self._allow()
         return function(*args)
 
-    def _advance(self) -> Step:
-        """Run pending jobs until none is left, then turn the prelude's poll into a step."""
+    def _advance(self, activation: int) -> Step:
+        """Run pending jobs until none is left, then say where ``activation`` stands."""
         run_job, deadline = self._ctx.execute_pending_job, self._deadline
         while True:  # _allow(), inlined: this loop is most of a tool round trip
             now = _monotonic()
@@ -221,40 +258,40 @@ class JavaScriptEngine(Engine):
             if not run_job():
                 break
         self._unguarded()
-        text = self._poll(False)
+        text = self._poll(False, activation)
         if text == 0:  # not suspended: the prelude may run script code to say what happened
             self._allow()
-            text = self._poll(True)
+            text = self._poll(True, activation)
         state = _scan(text, 0)[0]
         if state[1]:
             for line in state[1]:
                 self.on_output(line)
         kind = state[0]
         if kind == 0:
-            return Suspended(self._requests(state))
+            requests = self._requests(state)
+            for request in requests:
+                self._owners[request.id] = activation
+            return Suspended(requests)
         match kind:
             case 1:
-                self._done = True
                 return Finished(state[2])
             case 2:
                 report = state[2]
                 if report.get("thrown") and report.get("type") == "null" and self._memory_full():
                     # quickjs throws null when it cannot even allocate the out-of-memory error
                     report = {"name": "InternalError", "message": "out of memory", "stack": ""}
-                return self._fail(translate.error_from_report(
+                return Failed(translate.error_from_report(
                     report, self._filename, self._source_lines(), self.resolve_ref,
-                    limits=self._limit_values()), drained=True)
+                    limits=self._limit_values()))
             case 3:
-                return self._fail(_crossing_error("javascript", "python",
-                                                  state[2]["message"], state[2]["type"]),
-                                  drained=True)
+                return Failed(_crossing_error("javascript", "python",
+                                              state[2]["message"], state[2]["type"]))
             case _:  # loading or running, with nothing queued that could settle it
-                return self._fail(variant_class("script", "runtime_error")(
+                return Failed(variant_class("script", "runtime_error")(
                     language="javascript",
                     error="the script is waiting on a promise that nothing will resolve",
                     reason="no tool call is pending and no job is left to run",
-                    frames=[translate.make_frame(self._filename, None, None, "<script>")]),
-                    drained=True)
+                    frames=[translate.make_frame(self._filename, None, None, "<script>")]))
 
     def _requests(self, state: list[Any]) -> list[ToolRequest]:
         """The requests of a poll: ``id, site, tool, params`` from index 2 (see poll())."""
@@ -275,10 +312,10 @@ class JavaScriptEngine(Engine):
 
     # -- failing ---------------------------------------------------------------------
 
-    def _fail(self, err: SpellError, *, drained: bool = False) -> Failed:
-        """End the run with ``err``, handing on whatever the script printed before."""
-        self._done = True
-        if not drained and self._ctx is not None and self._drain is not None:
+    def _fail(self, err: SpellError) -> Failed:
+        """Stop the engine with ``err`` (a limit, a broken context), handing on its output."""
+        self._broken = True
+        if self._ctx is not None and self._drain is not None:
             try:
                 self._ctx.set_time_limit(_GRACE * self.cpu_factor)
                 for line in json.loads(self._drain()):

@@ -64,9 +64,10 @@
   let queue = "";
   let queued = null;
   let output = newList(); // console lines not yet handed to Python, as JSON strings
-  let state = "loading"; // loading | running | finished | failed
-  let result;
-  let failure = null;
+  // What poll reports on: the script's run (activation 0) or, in a tools file, one call of
+  // an exported function (numbered by Python). state: loading | running | finished | failed
+  const activations = { __proto__: null };
+  activations[0] = activation();
 
   // An array-like that no script can reach into: without a prototype, no setter a script
   // defines on Array.prototype or Object.prototype sees it (unguarded code reads it).
@@ -254,10 +255,18 @@
 
   // ----------------------------------------------------------------------- run
 
+  function activation() {
+    const record = { __proto__: null, state: "loading", result: undefined, failure: null };
+    record.finish = (value) => finish(record, value);
+    record.fail = (error) => fail(record, error);
+    return record;
+  }
+
   // `compiling`: the script's own evaluation failed, so a parse position is a syntax error.
-  function fail(error, compiling) {
-    if (state === "failed") return;
-    state = "failed";
+  function fail(record, error, compiling) {
+    if (record.state === "failed") return;
+    record.state = "failed";
+    let failure;
     try {
       failure = loadErrors().report(error, 0);
     } catch {
@@ -268,28 +277,29 @@
       } catch {}
     }
     failure.compile = compiling === true;
+    record.failure = failure;
   }
 
-  function begin(main) {
+  function begin(record, main, argument) {
     if (typeof main !== "function") {
-      state = "finished";
+      record.state = "finished";
       return;
     }
     let value;
     try {
-      value = main(config.args);
+      value = main(argument);
     } catch (error) {
-      fail(error);
+      fail(record, error);
       return;
     }
-    state = "running";
-    Promise.resolve(value).then(finish, fail);
+    record.state = "running";
+    Promise.resolve(value).then(record.finish, record.fail);
   }
 
-  function finish(value) {
-    if (state !== "running") return;
-    state = "finished";
-    result = value;
+  function finish(record, value) {
+    if (record.state !== "running") return;
+    record.state = "finished";
+    record.result = value;
   }
 
   // Script mode: the source ends with a line whose value is `main` (see javascript.py).
@@ -298,22 +308,54 @@
     try {
       main = indirectEval(source);
     } catch (error) {
-      fail(error, true);
+      fail(activations[0], error, true);
       return;
     }
-    begin(main);
+    begin(activations[0], main, config.args);
   }
 
   // Module mode: `evaluation` settles when the module's top level is done.
   function module(evaluation) {
-    evaluation.then(moduleDone, fail);
+    evaluation.then(moduleDone, activations[0].fail);
   }
 
   function moduleDone() {
     const key = Symbol.for("polyspell.main");
     const main = globalThis[key];
     delete globalThis[key];
-    begin(main);
+    begin(activations[0], config.library ? exported : main, config.args);
+  }
+
+  // A tools file: the functions it assigned to the global `exports` are its tools; the
+  // load's result is their names.
+  function library(source) {
+    try {
+      indirectEval(source);
+    } catch (error) {
+      fail(activations[0], error, true);
+      return;
+    }
+    begin(activations[0], exported, undefined);
+  }
+
+  function exported() {
+    const table = globalThis.exports;
+    if (table === null || typeof table !== "object") {
+      throw new TypeError("a JavaScript tools file must keep its functions in the object `exports`");
+    }
+    return Object.keys(table).filter((name) => typeof table[name] === "function").sort();
+  }
+
+  // Call the exported function `name` as activation `id` (params: JSON text).
+  function callExport(id, name, params) {
+    const record = activations[id] = activation();
+    const table = globalThis.exports;
+    const fn = table !== null && typeof table === "object" ? table[name] : undefined;
+    if (typeof fn !== "function") {
+      fail(record, new TypeError(`exports.${name} is not a function`));
+      return;
+    }
+    begin(record, fn, parse(params));
   }
 
   // Settle request `id`. `how`: 0 resolve with `value` itself (a number, string, boolean or
@@ -325,7 +367,52 @@
     delete waiting[id];
     if (how === 0) entry[0](value); // a resolve function, with no `then` to look up
     else if (how === 1) entry[0](parse(value));
-    else entry[1](loadErrors().fromEnvelope(parse(value), entry[2]));
+    else {
+      const envelope = parse(value);
+      const error = loadErrors().fromEnvelope(envelope, entry[2]);
+      if (envelope.category === "async_execution"
+        && (envelope.kind === "task_cancelled" || envelope.kind === "task_timeout")) {
+        abort(error);
+      }
+      entry[1](error);
+    }
+  }
+
+  // ------------------------------------------------------------ cancellation
+
+  // `signal`, like the AbortSignal of fetch(): the host cancels a task by failing its next
+  // tool call with async_execution/task_cancelled (or task_timeout); the listeners run
+  // first, then the call's promise rejects with that error.
+  const listeners = [];
+  const signal = {
+    aborted: false,
+    reason: undefined,
+    onabort: null,
+    addEventListener(type, listener) {
+      if (type === "abort" && typeof listener === "function") listeners.push(listener);
+    },
+    removeEventListener(type, listener) {
+      const at = listeners.indexOf(listener);
+      if (type === "abort" && at >= 0) listeners.splice(at, 1);
+    },
+    throwIfAborted() {
+      if (signal.aborted) throw signal.reason;
+    },
+  };
+
+  function abort(reason) {
+    if (signal.aborted) return;
+    signal.aborted = true;
+    signal.reason = reason;
+    const event = { type: "abort", target: signal };
+    for (const listener of [signal.onabort, ...listeners]) {
+      if (typeof listener !== "function") continue;
+      try {
+        listener.call(signal, event);
+      } catch (error) {
+        log("abort listener failed:", error);
+      }
+    }
   }
 
   // Where the script stands, as the JSON array [state, console lines or 0, ...]:
@@ -338,7 +425,8 @@
   //   [4, lines, 0]                            waiting on a promise with no request queued
   // Without `full` (unguarded code, see the top) it answers 0 instead of running the script's
   // code, as the JSON of a result can (toJSON).
-  function poll(full) {
+  function poll(full, id) {
+    const record = activations[id];
     let kind;
     let body;
     if (queue !== "") {
@@ -352,16 +440,16 @@
       queue = "";
     } else if (full !== true) {
       return 0;
-    } else if (state === "finished") {
-      body = json(result, false);
+    } else if (record.state === "finished") {
+      body = json(record.result, false);
       kind = "[1,";
       if (body === null) {
         kind = "[3,";
-        body = stringify(loadErrors().problem(result, "result", false));
+        body = stringify(loadErrors().problem(record.result, "result", false));
       }
-    } else if (state === "failed") {
+    } else if (record.state === "failed") {
       kind = "[2,";
-      body = stringify(failure);
+      body = stringify(record.failure);
     } else {
       kind = "[4,";
       body = "0";
@@ -402,6 +490,8 @@
     define("args", config.args);
     define("tools", new Proxy({ call, list }, toolsHandler));
     define("console", { log, info: log, warn: log, error: log, debug: log });
+    define("signal", signal);
+    if (config.library) define("exports", {});
     // The error constructors are compiled when a script first touches one of them.
     for (const name of ["SpellError", "errors", ...Object.keys(config.constructors)]) {
       const get = () => loadErrors().globals[name];
@@ -412,7 +502,7 @@
 
   // (and those that could be innermost in the stack of an out-of-memory error)
   for (const fn of [call, tool, request, check, json, format, log, fail, begin, run, moduleDone,
-    poll, newList, append, flat]) {
+    poll, newList, append, flat, library, exported, callExport, abort]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
@@ -444,6 +534,6 @@
       { value, writable: false, enumerable: false, configurable: false });
   }
 
-  const API = { setup, run, module, settle, poll, drain };
+  const API = { setup, run, module, library, callExport, settle, poll, drain };
   return (name) => API[name];
 })();

@@ -108,10 +108,16 @@ local REQUEST = {}             -- marks a coroutine yield that carries a tool re
 -- State of the current run.
 local deadline = huge
 local abort, abort_tb          -- why the run is being stopped ("time", "memory")
-local main_co, env, ERR_MT, prefix = nil, nil, nil, "?:"
+local env, ERR_MT, prefix = nil, nil, "?:"
+-- The coroutines the host runs script code in (the script's, one per call of an exported
+-- function): to scripts they are the main thread. Requests wait by id for their reply.
+local roots = setmetatable({}, {__mode = "k"})
+local waiting, last_id = {}, 0
+local module, exports = nil, {}  -- a tools file's table, and a caller per function
 local tool_infos = {n = 0}
 local outbuf, nout = {}, 0
 local last_error, last_error_tb  -- the last error a script coroutine died of
+local cancel_handlers = {}       -- on_cancel(fn)
 
 -- The count hook looks at the wall clock only every so many ticks: that is a Python call,
 -- which waits for the GIL whenever another thread holds it (a look at every tick made a
@@ -348,6 +354,28 @@ end
 
 -- Tool calls ------------------------------------------------------------------------
 
+-- The host cancels a run by failing its next tool call with async_execution/
+-- task_cancelled (or task_timeout): the handlers given to on_cancel run first, once.
+local function cancelled(e)
+  local handlers = cancel_handlers
+  cancel_handlers = {}
+  for i = 1, #handlers do
+    local ok, problem = pcall(handlers[i], e)
+    if not ok then
+      if problem == NOMEM and not abort then abort = "memory" end
+      if abort or problem == KILL then error(KILL, 0) end
+      outbuf[nout + 1], nout = text("on_cancel handler failed: " .. tostring(problem)), nout + 1
+    end
+  end
+end
+
+local function on_cancel(fn)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'on_cancel' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  cancel_handlers[#cancel_handlers + 1] = fn
+end
+
 -- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params.
 local function call_tool(name, nargs, params)
   local problem
@@ -365,7 +393,13 @@ local function call_tool(name, nargs, params)
   local tb = traceback(nil, 3)  -- from the script's call site: cheaper than from here
   local ok, value = co_yield(REQUEST, text(name), problem, tb, params)
   if ok then return value end
-  error(as_error(value, script_traceback(tb)), 0)
+  local e = as_error(value, script_traceback(tb))
+  local kind = rawget(e, "kind")
+  if rawget(e, "category") == "async_execution"
+      and (kind == "task_cancelled" or kind == "task_timeout") then
+    cancelled(e)
+  end
+  error(e, 0)
 end
 
 local function tools_index(t, name)
@@ -435,18 +469,18 @@ local function s_wrap(f)
 end
 
 local function s_yield(...)
-  if co_running() == main_co then error("attempt to yield from outside a coroutine", 2) end
+  if roots[co_running()] then error("attempt to yield from outside a coroutine", 2) end
   return co_yield(...)
 end
 
 local function s_running()
   local co = co_running()
-  return co, co == main_co
+  return co, roots[co] == true
 end
 
 local function s_isyieldable(co)
   co = co or co_running()
-  return co ~= main_co and co_isyieldable(co)
+  return not roots[co] and co_isyieldable(co)
 end
 
 local function s_close(co)
@@ -535,7 +569,7 @@ local function make_env(args)
                  wrap = s_wrap, running = s_running, isyieldable = s_isyieldable,
                  close = s_close},
     load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
-    args = args, errors = copy(ERRORS),
+    args = args, errors = copy(ERRORS), on_cancel = on_cancel,
     tools = setmetatable({call = tools_call, list = tools_list}, {__index = tools_index}),
   }
   e._G = e
@@ -589,18 +623,22 @@ local function body(chunk, args)
   return true, value
 end
 
--- What a resumption of the script's coroutine came to, as flat values for Python:
+-- What a resumption of a root coroutine came to, as flat values for Python:
 -- status, number of buffered output lines, then per status:
---   request name problem traceback params | done value | bad_result problem lua_type
+--   request id name problem traceback params | done value | bad_result problem lua_type
 --   error value lua_type tostring traceback | abort reason traceback | syntax message
-local function finish(ok, a, ...)
+local function finish(co, ok, a, ...)
   local n = nout
   if abort then return "abort", n, abort, abort_tb and text(abort_tb) end
-  if not ok then  -- only a memory error can escape body's xpcall
+  if not ok then  -- only a memory error can escape the bodies' xpcall
     if a == NOMEM then return "abort", n, "memory" end
     return "error", n, type(a) == "string" and text(a) or type(a), "string"
   end
-  if a == REQUEST then return "request", n, ... end
+  if a == REQUEST then
+    last_id = last_id + 1
+    waiting[last_id] = co
+    return "request", n, last_id, ...
+  end
   local b, c, d = ...
   if a then
     if c then return "bad_result", n, c, d end
@@ -611,23 +649,79 @@ local function finish(ok, a, ...)
   return "error", n, type(b) == "string" and text(b) or type(b), "string"
 end
 
-local function start(source, chunkname, args, dl, ...)
-  abort, abort_tb, last_error, last_error_tb = nil, nil, nil, nil
-  outbuf, nout = {}, 0
+local function root(body, ...)
+  local co = co_create(body)
+  sethook(co, hook, "", HOOK_COUNT)
+  roots[co] = true
+  return finish(co, co_resume(co, ...))
+end
+
+-- A fresh environment, then the chunk compiled in it (or the "syntax" outcome).
+local function prepare(source, chunkname, args, ...)
+  abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
+  outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
   tool_infos = pack(...)
   env = make_env(args)
   local chunk, message = real_load(source, chunkname, "t", env)
-  if not chunk then return "syntax", 0, text(message) end
-  prefix = getinfo(chunk, "S").short_src .. ":"  -- how the chunk's lines start (raw bytes)
-  main_co = co_create(body)
-  sethook(main_co, hook, "", HOOK_COUNT)
-  set_deadline(dl)
-  return finish(co_resume(main_co, chunk, args))
+  if chunk then prefix = getinfo(chunk, "S").short_src .. ":" end  -- raw bytes
+  return chunk, message
 end
 
-local function step(dl, ok, value)
+local function start(source, chunkname, args, dl, ...)
+  local chunk, message = prepare(source, chunkname, args, ...)
+  if not chunk then return "syntax", 0, text(message) end
   set_deadline(dl)
-  return finish(co_resume(main_co, ok, value))
+  return root(body, chunk, args)
+end
+
+-- A tools file: its chunk returns a table of functions, which the host calls by name.
+local function library(chunk)
+  local ok, value = xpcall(chunk, on_error)
+  if not ok then return false, value end
+  if type(value) ~= "table" then
+    return true, nil, "a Lua tools file must return a table of functions, not " ..
+      (value == nil and "nothing" or "a " .. type(value)), type(value)
+  end
+  local names = {}
+  for k, v in next, value do
+    if type(k) == "string" and type(v) == "function" then
+      -- called as a field with a constant name, so that tracebacks name it ("field 'k'")
+      exports[k] = real_load(format("local m, p = ... local r = m[%q](p) return r", k),
+                             "=(polyspell)", "t", {})
+      names[#names + 1] = text(k)
+    end
+  end
+  module = value
+  table_lib.sort(names)
+  return true, names
+end
+
+local function load_library(source, chunkname, dl, ...)
+  local chunk, message = prepare(source, chunkname, nil, ...)
+  if not chunk then return "syntax", 0, text(message) end
+  set_deadline(dl)
+  return root(library, chunk)
+end
+
+local function exported(name, params)
+  local ok, value = xpcall(exports[name], on_error, module, params)
+  if not ok then return false, value end
+  local what, ltype, path = check(value)
+  if what then return true, value, text(format(what, "result" .. path)), ltype end
+  return true, value
+end
+
+local function call(name, params, dl)
+  set_deadline(dl)
+  return root(exported, name, params)
+end
+
+-- Deliver the reply to request `id`: ok and the result, or not ok and the error envelope.
+local function step(id, dl, ok, value)
+  local co = waiting[id]
+  waiting[id] = nil
+  set_deadline(dl)
+  return finish(co, co_resume(co, ok, value))
 end
 
 local function drain()
@@ -640,7 +734,7 @@ local function short_src(chunkname)
   return text(getinfo(real_load("", chunkname), "S").short_src)
 end
 
-return start, step, drain, short_src
+return start, step, drain, short_src, load_library, call
 """
 
 
@@ -738,8 +832,7 @@ class LuaEngine(Engine):
                          resolve_ref=resolve_ref)
         self._memory_limit = limits.memory_mb * 2**20
         self._script: LuaScript | None = None
-        self._pending: int | None = None  # the request the script waits for
-        self._next_id = 0
+        self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._started = 0.0
         self._failed: SpellError | None = None  # set once the engine must not run again
         self._lua: Any = lupa.LuaRuntime(
@@ -747,8 +840,9 @@ class LuaEngine(Engine):
             max_memory=self._memory_limit, attribute_filter=_deny_attributes)
         self._table_from = self._lua.table_from
         try:
-            self._start, self._step, self._drain, self._lua_short_src = self._lua.execute(
-                prelude_bytecode(), time.monotonic, sandbox == "trusted")
+            (self._start, self._step, self._drain, self._lua_short_src, self._load_library,
+             self._call) = self._lua.execute(prelude_bytecode(), time.monotonic,
+                                             sandbox == "trusted")
         except lupa.LuaMemoryError:
             self._failed = self._memory_error()
 
@@ -758,20 +852,48 @@ class LuaEngine(Engine):
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
     ) -> Step:
         """Compile and run ``source`` as ``filename`` until it suspends or ends."""
+        return self._begin(source, filename, tools, deadline, self._start, args)
+
+    def load(self, source: str, filename: str, tools: list[ToolInfo], deadline: float) -> Step:
+        """Run a tools file: its chunk returns a table; its functions are the exports."""
+        step = self._begin(source, filename, tools, deadline, self._load_library)
+        if isinstance(step, Finished) and not step.result:
+            step.result = []  # an empty Lua table reads as {}
+        return step
+
+    def call(self, function: str, params: Any, deadline: float) -> Step:
+        """Call the exported ``function`` with ``params`` in a coroutine of its own."""
+        if self._failed is not None:
+            return Failed(self._failed)
+        if self._lua is None or self._script is None:
+            return self._fail(_closed() if self._lua is None else BridgeError.ProtocolViolation(
+                reason="call() on a Lua engine that has loaded no tools file"))
+        if time.monotonic() >= deadline:
+            return self._fail(self._time_error(None))
+        try:
+            outcome = self._call(function, self._to_lua(params, "params"), deadline)
+        except _NotData as bad:
+            return self._fail(self._not_data(bad))
+        except lupa.LuaError as exc:
+            return self._fail(self._engine_error(exc))
+        return self._outcome(outcome)
+
+    def _begin(self, source: str, filename: str, tools: list[ToolInfo], deadline: float,
+               entry: Any, *args: Any) -> Step:
         if self._failed is not None:
             return Failed(self._failed)
         if self._lua is None:
             return self._fail(_closed())
         self._script = LuaScript(filename=filename, source=source)
-        self._pending = None
+        self._waiting.clear()
         self._started = time.monotonic()
         chunkname = "@" + filename
         if len(filename.encode()) >= _LUA_IDSIZE - 1:
             self._script.short_src = self._lua_short_src(chunkname)
         infos = [text for info in tools for text in (info.name, info.description)]
         try:
-            outcome = self._start(source, chunkname, self._to_lua(args, "args"), deadline,
-                                  *infos)
+            data = [self._to_lua(value, "args") for value in args]
+            outcome = entry(source, chunkname, *data, deadline, *infos)
         except _NotData as bad:
             return self._fail(self._not_data(bad))
         except lupa.LuaError as exc:
@@ -779,25 +901,26 @@ class LuaEngine(Engine):
         return self._outcome(outcome)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
-        """Deliver the reply to the script's pending tool call and run it on."""
-        pending = self._pending
-        if pending is None or len(replies) != 1 or replies[0].id != pending:
+        """Deliver the reply to a pending tool call and run its coroutine on."""
+        if len(replies) != 1 or replies[0].id not in self._waiting:
             if self._failed is not None:
                 return Failed(self._failed)
             if self._lua is None:
                 return self._fail(_closed())
             return self._fail(BridgeError.ProtocolViolation(
-                reason=f"the Lua script waits for the reply to request {pending}, "
-                       f"got replies {[reply.id for reply in replies]}"))
+                reason=f"the Lua script waits for the replies to requests "
+                       f"{sorted(self._waiting)}, got replies {[r.id for r in replies]}"))
         reply = replies[0]
-        self._pending = None
+        self._waiting.discard(reply.id)
         if time.monotonic() >= deadline:
             return self._fail(self._time_error(None))
         try:
             if reply.error is None:
-                outcome = self._step(deadline, True, self._to_lua(reply.result, "result"))
+                outcome = self._step(reply.id, deadline, True,
+                                     self._to_lua(reply.result, "result"))
             else:
-                outcome = self._step(deadline, False, self._to_lua(reply.error, "error"))
+                outcome = self._step(reply.id, deadline, False,
+                                     self._to_lua(reply.error, "error"))
         except _NotData as bad:
             return self._fail(self._not_data(bad))
         except lupa.LuaError as exc:
@@ -806,8 +929,9 @@ class LuaEngine(Engine):
 
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""
-        self._pending = None
+        self._waiting.clear()
         self._start = self._step = self._drain = self._lua_short_src = None
+        self._load_library = self._call = None
         self._table_from = None
         self._lua = None
 
@@ -822,28 +946,29 @@ class LuaEngine(Engine):
         script = self._script
         assert script is not None
         if status == "request":
-            _, _, name, problem, traceback, params = outcome
+            _, _, request_id, name, problem, traceback, params = outcome
             if problem is not None:
                 params = None
             elif params is None:
                 params = {}
             else:
                 params = self._from_lua(params)
-            request_id = self._pending = self._next_id = self._next_id + 1
+            self._waiting.add(request_id)
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback))])
         if status == "done":
             return Finished(self._from_lua(outcome[2]))
         if status == "error":
             _, _, value, lua_type, described, traceback = (*outcome, None, None)[:6]
-            return self._fail(thrown_error(script, self._from_lua(value), lua_type, described,
-                                           traceback, self.resolve_ref))
+            # the script (or the called function) failed; the engine itself can go on
+            return Failed(thrown_error(script, self._from_lua(value), lua_type, described,
+                                       traceback, self.resolve_ref))
         if status == "abort":
             if outcome[2] == "memory":
                 return self._fail(self._memory_error())
             return self._fail(self._time_error(outcome[3]))
         if status == "bad_result":
-            return self._fail(ScriptError.CrossEngineCommunication(
+            return Failed(ScriptError.CrossEngineCommunication(
                 from_engine="lua", to_engine="python", error=outcome[2], data_type=outcome[3]))
         if status == "syntax":
             return self._fail(compilation_failed(script, outcome[2]))
@@ -863,7 +988,7 @@ class LuaEngine(Engine):
 
     def _fail(self, error: SpellError) -> Failed:
         self._failed = error
-        self._pending = None
+        self._waiting.clear()
         return Failed(error)
 
     def _time_error(self, traceback: str | None) -> SpellError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
@@ -15,7 +16,7 @@ import engines
 from bridge import ConfigurationError
 from engines import Limits, Sandbox
 from host.runner import ScriptRun
-from host.tools import Tool, ToolRegistry, as_tool, load_tools_file
+from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, load_tools_file
 
 SANDBOXES = ("constrained", "trusted")
 
@@ -24,7 +25,9 @@ class Host:
     """Runs Lua and JavaScript agent scripts that call the given Python tools.
 
     ``tools`` holds ``@tool`` functions, plain functions, :class:`Tool` objects, or paths
-    of Python files whose ``@tool`` functions are loaded. Every run gets a fresh,
+    of tools files: Python files (their ``@tool`` functions), Lua files (the functions
+    of the table the chunk returns) or JavaScript files (the functions of the global
+    ``exports``), which every script can call, across languages. Every run gets a fresh,
     sandboxed engine on a thread of its own, so runs never share script state and
     several runs proceed in parallel. Failures raise :class:`bridge.SpellError`.
     """
@@ -52,7 +55,7 @@ class Host:
         self.on_output = on_output or _print_to_stderr
         self.tools = ToolRegistry()
         for item in tools:
-            for loaded in _load(item):
+            for loaded in _load(item, sandbox):
                 self.tools.add(loaded)
 
     def run(self, path: str | Path, args: Any = None) -> Any:
@@ -61,14 +64,7 @@ class Host:
 
     async def arun(self, path: str | Path, args: Any = None) -> Any:
         """:meth:`run` for async code (asyncio or trio)."""
-        path = Path(path)
-        language = engines.language_for_path(path)
-        if language is None:
-            known = ", ".join(sorted(engines.EXTENSIONS))
-            raise ConfigurationError.InvalidValue(
-                key="script", value=str(path),
-                reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
-        return await self.arun_source(_read_script(path), language, str(path), args)
+        return await self.new_run(path, args).execute()
 
     def run_source(self, code: str, language: str, name: str | None = None,
                    args: Any = None) -> Any:
@@ -78,6 +74,28 @@ class Host:
     async def arun_source(self, code: str, language: str, name: str | None = None,
                           args: Any = None) -> Any:
         """:meth:`run_source` for async code (asyncio or trio)."""
+        return await self.new_run_source(code, language, name, args).execute()
+
+    def new_run(self, path: str | Path, args: Any = None, *,
+                timeout: float | None = None) -> ScriptRun:
+        """A run of a script file, prepared but not started: ``await run.execute()``.
+
+        For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
+        task. ``timeout`` replaces the host's for this run.
+        """
+        path = Path(path)
+        language = engines.language_for_path(path)
+        if language is None:
+            known = ", ".join(sorted(engines.EXTENSIONS))
+            raise ConfigurationError.InvalidValue(
+                key="script", value=str(path),
+                reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
+        return self.new_run_source(_read_script(path), language, str(path), args,
+                                   timeout=timeout)
+
+    def new_run_source(self, code: str, language: str, name: str | None = None,
+                       args: Any = None, *, timeout: float | None = None) -> ScriptRun:
+        """:meth:`new_run` for script source given as text."""
         canonical = engines.language_of(language) if isinstance(language, str) else None
         if canonical is None:
             raise ConfigurationError.InvalidValue(
@@ -87,16 +105,19 @@ class Host:
             raise ConfigurationError.InvalidValue(key="code", value=type(code).__name__,
                                                   reason="script source must be a string")
         check_json_like(args, "args")
-        run = ScriptRun(
+        limits = self.limits
+        if timeout is not None:
+            _check_positive("timeout", timeout)
+            limits = dataclasses.replace(limits, timeout=float(timeout))
+        return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
-            args=args, tools=self.tools, limits=self.limits, sandbox=self.sandbox,
+            args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
             on_output=self.on_output)
-        return await run.execute()
 
 
-def _load(item: Any) -> list[Tool]:
+def _load(item: Any, sandbox: Sandbox) -> list[Tool | ScriptTool]:
     if isinstance(item, (str, Path)):
-        return load_tools_file(item)
+        return load_tools_file(item, sandbox)
     return [as_tool(item)]
 
 

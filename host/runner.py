@@ -10,6 +10,7 @@ call site, a host frame for the boundary, and the tool's own Python frames.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 import uuid
@@ -25,16 +26,34 @@ from bridge import BridgeError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope
 from bridge.frames import is_internal
 from bridge.pytraceback import attach_python_traceback, remember_source
-from engines import Failed, Limits, Sandbox, Suspended, ToolInfo, ToolReply, ToolRequest
-from host.tools import Tool, ToolRegistry, preview
+from engines import (
+    Engine,
+    Failed,
+    Finished,
+    Limits,
+    Sandbox,
+    Step,
+    Suspended,
+    ToolInfo,
+    ToolReply,
+    ToolRequest,
+)
+from host.tools import ScriptTool, Tool, ToolRegistry, load_library, preview
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
 DEADLINE_GRACE = 0.25
+# Tools files calling each other (JS -> Lua -> JS ...) nest no deeper than this.
+MAX_TOOL_DEPTH = 64
 
 
 class ScriptRun:
-    """The state of one run: its engine, deadline, error refs and correlation id."""
+    """The state of one run: its engines, deadline, error refs and correlation id.
+
+    Tools files (:class:`ScriptTool`) get an engine each, on the run's thread, loaded at
+    their first call and closed with the run; a call into one is driven like the script
+    itself, nested inside the tool call that made it.
+    """
 
     def __init__(
         self,
@@ -59,7 +78,31 @@ class ScriptRun:
         self.correlation_id = uuid.uuid4().hex
         self.deadline = math.inf
         self._refs: dict[int, SpellError] = {}
-        self._placed: set[int] = set()  # errors whose path through a boundary is set
+        self._placed: dict[int, int] = {}  # error id -> the depth of its outermost boundary
+        self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
+        self._depth = 0  # tool calls into tools files in progress
+        self._cancel: SpellError | None = None
+        self._cancel_told = False  # the script has been handed the cancellation
+        self._async_scope: anyio.CancelScope | None = None
+
+    def cancel(self, error: SpellError) -> None:
+        """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
+
+        Call it from the event loop, at any time. The error is raised in the script at its
+        next tool call (after its ``on_cancel`` handlers / ``signal`` listeners), so its
+        cleanup runs; an async tool in progress is cancelled. The run then ends with this
+        error even if the script swallows it. A script that never calls a tool again runs
+        until its end or its time limit.
+        """
+        if self._cancel is None:
+            self._cancel = error
+            if self._async_scope is not None:
+                self._async_scope.cancel()
+
+    @property
+    def cancelled(self) -> SpellError | None:
+        """The error the run was cancelled with, if it was."""
+        return self._cancel
 
     async def execute(self) -> Any:
         """Run the script to its end; its result, or the unified error it failed with."""
@@ -72,6 +115,9 @@ class ScriptRun:
         if isinstance(outcome, SpellError):
             if any(frame.language != "python" for frame in outcome.frames):
                 remember_source(self.filename, self.source)
+                for tool in self.tools:
+                    if isinstance(tool, ScriptTool):
+                        remember_source(tool.filename, tool.source)
                 attach_python_traceback(outcome)
             raise outcome
         return outcome
@@ -79,40 +125,65 @@ class ScriptRun:
     # -- on the engine's thread -----------------------------------------------------
 
     def _drive(self) -> Any:
+        if self._cancel is not None:  # cancelled before it began
+            return self._decorate(self._cancel)
         try:
-            engine = engines.engine_class(self.language)(
-                limits=self.limits, sandbox=self.sandbox, on_output=self.on_output,
-                resolve_ref=self._refs.get)
+            engine = self._engine(self.language)
         except SpellError as err:
             return err
         try:
-            infos = [ToolInfo(t.name, t.description) for t in self.tools]
-            step = engine.start(self.source, self.filename, self.args, infos, self.deadline)
-            while isinstance(step, Suspended):
-                replies = [self._answer(request) for request in step.requests]
-                step = engine.resume(replies, self.deadline)
+            step = engine.start(self.source, self.filename, self.args, self._infos(),
+                                self.deadline)
+            step = self._converse(engine, step)
         except Exception as exc:  # a bug in an engine must still end as a unified error
             return self._decorate(SpellError.wrap(
                 exc, "runtime", "internal_error",
                 reason=f"{self.language} engine failed: {type(exc).__name__}: {exc}"))
         finally:
             engine.close()
+            for library in self._libraries.values():
+                library.close()
+        if self._cancel is not None:  # even if the script swallowed it and went on
+            return self._decorate(self._cancel)
         if isinstance(step, Failed):
             return self._decorate(step.error)
         return step.result
 
-    def _answer(self, request: ToolRequest) -> ToolReply:
+    def _engine(self, language: str) -> Engine:
+        return engines.engine_class(language)(
+            limits=self.limits, sandbox=self.sandbox, on_output=self.on_output,
+            resolve_ref=self._refs.get)
+
+    def _infos(self) -> list[ToolInfo]:
+        return [ToolInfo(t.name, t.description) for t in self.tools]
+
+    def _converse(self, engine: Engine, step: Step) -> Finished | Failed:
+        """Answer the engine's tool calls until the script (or the called function) ends."""
+        while isinstance(step, Suspended):
+            if self._cancel_told:  # it was told and still calls tools: stop it here
+                return Failed(self._cancel)  # type: ignore[arg-type]
+            replies = [self._answer(request, engine.language) for request in step.requests]
+            step = engine.resume(replies, self.deadline)
+        return step
+
+    def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
         tool = self.tools.get(request.tool)
         started = time.perf_counter()
         try:
+            if self._cancel is not None:
+                self._cancel_told = True
+                raise self._cancel
             if tool is None:
                 raise ToolError.NotFound(tool_name=request.tool)
-            if request.problem is not None:
-                raise ToolError.InvalidParameters(
-                    tool_name=request.tool, validation_error=request.problem,
-                    error_type="parse")
-            result = self._call(tool, tool.validate(request.params))
-            return ToolReply(request.id, result=to_script_data(result, self.language))
+            if isinstance(tool, ScriptTool):
+                result = self._call_script(tool, request, caller)
+            else:
+                if request.problem is not None:
+                    raise ToolError.InvalidParameters(
+                        tool_name=request.tool, validation_error=request.problem,
+                        error_type="parse")
+                result = to_script_data(self._call(tool, tool.validate(request.params)), caller)
+            return ToolReply(request.id, result=result)
         except SpellError as err:
             error = err
         except Exception as exc:  # frames: where the tool failed; cause: the exception
@@ -122,6 +193,37 @@ class ScriptRun:
                 execution_time=time.perf_counter() - started)
         self._at_tool_boundary(error, request)
         return ToolReply(request.id, error=error_envelope(error, ref=self._ref))
+
+    def _call_script(self, tool: ScriptTool, request: ToolRequest, caller: str) -> Any:
+        """Call a tools file's function in its engine, answering its own tool calls."""
+        if request.problem is not None:
+            raise ScriptError.CrossEngineCommunication(
+                from_engine=caller, to_engine=tool.language, error=request.problem,
+                data_type=_data_type(request.problem))
+        if self._depth >= MAX_TOOL_DEPTH:
+            raise ScriptError.ResourceExhaustion(
+                language=tool.language, resource_type="stack", current_usage=self._depth,
+                limit=MAX_TOOL_DEPTH)
+        engine = self._libraries.get(tool.filename)
+        if engine is None:
+            engine = self._libraries[tool.filename] = self._engine(tool.language)
+            load_library(engine, tool.source, tool.filename, self._infos(), self.deadline)
+        self._depth += 1
+        try:
+            step = self._converse(engine, engine.call(tool.function, request.params,
+                                                      self.deadline))
+        finally:
+            self._depth -= 1
+        if isinstance(step, Failed):
+            err = step.error
+            if (err.code == "script/cross_engine_communication"
+                    and err.fields["to_engine"] == "python"
+                    and err.context.correlation_id is None):  # its result has no JSON form
+                err = ScriptError.CrossEngineCommunication(
+                    from_engine=tool.language, to_engine=caller, error=err.fields["error"],
+                    data_type=err.fields["data_type"], frames=err.frames)
+            raise err
+        return _crossing(step.result, tool.language, caller)
 
     def _call(self, tool: Tool, params: Any) -> Any:
         args, kwargs = tool.arguments(params)
@@ -137,7 +239,15 @@ class ScriptRun:
     async def _call_async(self, tool: Tool, args: tuple, kwargs: dict, remaining: float) -> Any:
         limit = remaining if tool.timeout is None else min(tool.timeout, remaining)
         with anyio.move_on_after(limit) as scope:
-            return await tool.fn(*args, **kwargs)
+            self._async_scope = scope  # cancel() stops the tool too
+            if self._cancel is not None:
+                scope.cancel()
+            try:
+                return await tool.fn(*args, **kwargs)
+            finally:
+                self._async_scope = None
+        if self._cancel is not None:
+            raise self._cancel
         if scope.cancelled_caught and tool.timeout is not None and tool.timeout <= remaining:
             raise ToolError.Timeout(tool_name=tool.name, duration=tool.timeout)
         # the run's own deadline: the engine stops the script at its next step
@@ -152,30 +262,39 @@ class ScriptRun:
     # -- decoration -----------------------------------------------------------------
 
     def _at_tool_boundary(self, err: SpellError, request: ToolRequest) -> None:
-        """Give a tool's error the whole path and the boundary's context, once per run.
+        """Give a tool's error the path through this boundary, and the boundary's context.
 
-        The path is the script's call site, a host frame for the boundary, then the error's
-        own frames: where the tool raised it, or the path it brought from elsewhere.
+        The path is the calling script's call site, a host frame for the boundary, then
+        the error's own frames: where the tool raised it, or the path it brought from a
+        deeper boundary (a tools file's function calling a tool). Each boundary is added
+        once per error, so an error rethrown through several levels gets each level once.
         """
         from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
 
-        if id(err) not in self._placed:
-            self._placed.add(id(err))
-            boundary = Frame("host", "<tool call>", None, None, request.tool)
-            own = [f for f in err.frames if not is_internal(f)]
-            err.frames = [*request.frames, boundary, *own]
-        if err.context.correlation_id is None:
-            site = request.frames[-1] if request.frames else None
-            err.context = err.context.model_copy(update={
+        placed = self._placed.get(id(err))
+        if placed is not None and placed <= self._depth:
+            return  # already has its path from here inwards
+        self._placed[id(err)] = self._depth
+        boundary = Frame("host", "<tool call>", None, None, request.tool)
+        own = [f for f in err.frames if not is_internal(f)]
+        err.frames = [*request.frames, boundary, *own]
+        site = request.frames[-1] if request.frames else None
+        step = CallFrame(function_name=request.tool,
+                         file_location=site and FileLocation(file=site.file, line=site.line,
+                                                             column=site.column),
+                         parameters=preview(request.params))
+        context = err.context
+        if context.correlation_id is None:  # the innermost boundary: where it happened
+            err.context = context.model_copy(update={
                 "correlation_id": self.correlation_id,
                 "component": ToolComponent(tool_name=request.tool),
-                "operation": f"tool call from {self.filename}",
-                "execution_trace": ExecutionTrace(call_stack=[CallFrame(
-                    function_name=request.tool,
-                    file_location=site and FileLocation(file=site.file, line=site.line,
-                                                        column=site.column),
-                    parameters=preview(request.params))]),
+                "operation": f"tool call from {site.file if site else self.filename}",
+                "execution_trace": ExecutionTrace(call_stack=[step]),
             })
+        else:  # an outer boundary: the call stack grows outwards
+            trace = context.execution_trace
+            err.context = context.model_copy(update={"execution_trace": trace.model_copy(
+                update={"call_stack": [step, *trace.call_stack]})})
 
     def _decorate(self, err: SpellError) -> SpellError:
         from bridge.context import ScriptComponent
@@ -211,6 +330,48 @@ def _call_with_timeout(tool: Tool, args: tuple, kwargs: dict) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("result")
+
+
+def _crossing(value: Any, source: str, target: str) -> Any:
+    """A tools file's result on its way to another engine, or cross_engine_communication.
+
+    The engines hold what JSON holds; a float that is not finite only passes between two
+    Lua engines (nested in a result it has no JSON form for JavaScript).
+    """
+    if source == target == "lua":
+        return value
+    problem = _non_finite(value, "result")
+    if problem is not None:
+        raise ScriptError.CrossEngineCommunication(
+            from_engine=source, to_engine=target, data_type="float",
+            error=f"{problem} is not a finite number, which {target} cannot receive")
+    return value
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    for where, item in items:
+        found = _non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
+def _data_type(problem: str) -> str:
+    """The kind of value a script's "params.f is a function" problem is about."""
+    if problem.startswith("cyclic"):
+        return "cycle"
+    match = re.search(r" is an? ([\w ]+?)(?:$|,| \(| not)", problem)
+    if match:
+        return match.group(1)
+    return "key" if "key" in problem else "data"
 
 
 def to_script_data(value: Any, language: str, path: str = "result") -> Any:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
+import time
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import engines
 from bridge import ConfigurationError, SpellError, ToolError
 
 if TYPE_CHECKING:  # pydantic is imported when the first tool is made
@@ -154,45 +156,121 @@ def as_tool(item: Any) -> Tool:
                                           reason="a tool must be a function, a Tool or a path")
 
 
+@dataclass(frozen=True)
+class ScriptTool:
+    """A function that a Lua or JavaScript tools file exports, callable by every script.
+
+    Each run gives the file an engine of its own, loaded on the first call and kept for
+    the run, so the file's module state lives as long as the run.
+    """
+
+    name: str
+    function: str  # its name in the file (``name`` unless renamed to avoid a clash)
+    language: str
+    filename: str  # as given: frames and tracebacks name it so
+    source: str
+    description: str = ""
+    timeout: float | None = None
+    is_async: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        """What the function takes: one table/object (scripts check it themselves)."""
+        return {"type": "object",
+                "description": f"one table/object of parameters, the argument of "
+                               f"{self.function} in {self.filename}"}
+
+
+# Seconds a tools file may take to load (it runs once at registration, once per run).
+LOAD_TIMEOUT = 10.0
+
+
+def _load_script_tools(path: Path, language: str, sandbox: str) -> list[ScriptTool]:
+    try:
+        source = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError.LoadFailed(path=str(path), reason=str(exc)) from None
+    engine = engines.engine_class(language)(sandbox=sandbox)  # type: ignore[arg-type]
+    try:
+        names = load_library(engine, source, str(path), [], time.monotonic() + LOAD_TIMEOUT)
+    finally:
+        engine.close()
+    if not names:
+        where = "the table it returns" if language == "lua" else "the object `exports`"
+        raise ConfigurationError.LoadFailed(
+            path=str(path), reason=f"it exports no functions (put them in {where})")
+    kind = "Lua" if language == "lua" else "JavaScript"
+    return [ScriptTool(name=name, function=name, language=language, filename=str(path),
+                       source=source, description=f"{kind} function {name} of {path.name}")
+            for name in names]
+
+
+def load_library(engine: engines.Engine, source: str, filename: str,
+                 tools: list[engines.ToolInfo], deadline: float) -> list[str]:
+    """Load a tools file into ``engine``; the names it exports, or ``configuration/load_failed``."""
+    step = engine.load(source, filename, tools, deadline)
+    if isinstance(step, engines.Finished):
+        return list(step.result)
+    if isinstance(step, engines.Suspended):
+        reason = (f"it calls the tool {step.requests[0].tool!r} while loading; "
+                  f"call tools from inside its functions")
+        cause = None
+    else:
+        reason, cause = step.error.message, step.error
+    raise ConfigurationError.LoadFailed(path=filename, reason=reason, cause=cause,
+                                        frames=cause.frames if cause else [])
+
+
 class ToolRegistry:
     """The tools of a host, by name."""
 
-    def __init__(self, tools: Iterable[Tool] = ()) -> None:
-        self._tools: dict[str, Tool] = {}
+    def __init__(self, tools: Iterable[Tool | ScriptTool] = ()) -> None:
+        self._tools: dict[str, Tool | ScriptTool] = {}
         for item in tools:
             self.add(item)
 
-    def add(self, item: Tool) -> None:
+    def add(self, item: Tool | ScriptTool) -> None:
         """Register a tool; two tools of one name are refused."""
-        if item.name in self._tools and self._tools[item.name].fn is not item.fn:
+        known = self._tools.get(item.name)
+        if known is not None and not _same_tool(known, item):
             raise ConfigurationError.InvalidValue(
                 key="tools", value=item.name,
                 reason=f"two tools are named {item.name!r}")
         self._tools[item.name] = item
 
-    def get(self, name: str) -> Tool | None:
+    def get(self, name: str) -> Tool | ScriptTool | None:
         """The tool of this name, if any."""
         return self._tools.get(name)
 
-    def __iter__(self) -> typing.Iterator[Tool]:
+    def __iter__(self) -> typing.Iterator[Tool | ScriptTool]:
         return iter(self._tools.values())
 
     def __len__(self) -> int:
         return len(self._tools)
 
 
-def load_tools_file(path: str | Path) -> list[Tool]:
-    """Import a Python file and return the ``@tool`` functions it defines.
+def _same_tool(a: Tool | ScriptTool, b: Tool | ScriptTool) -> bool:
+    if isinstance(a, Tool) and isinstance(b, Tool):
+        return a.fn is b.fn  # one function registered twice
+    return a == b  # one tools file loaded twice
 
-    A missing file is ``configuration/file_not_found``; a file that does not import is
-    ``configuration/load_failed`` with the import error as its cause.
+
+def load_tools_file(path: str | Path, sandbox: str = "constrained") -> list[Tool | ScriptTool]:
+    """The tools of a file: a Python file's ``@tool`` functions, or the functions a Lua or
+    JavaScript tools file exports (loaded once here, in ``sandbox``, to find them).
+
+    A missing file is ``configuration/file_not_found``; a file that does not import or
+    load is ``configuration/load_failed`` with the failure as its cause.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigurationError.FileNotFound(path=str(path))
+    language = engines.language_for_path(path)
+    if language is not None:
+        return _load_script_tools(path, language, sandbox)
     if path.suffix != ".py":
         raise ConfigurationError.LoadFailed(
-            path=str(path), reason="a tools file must be a Python file (.py)")
+            path=str(path), reason="a tools file must be a Python (.py), Lua (.lua) or "
+                                   "JavaScript (.js, .mjs) file")
     module_name = f"polyspell_tools_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
