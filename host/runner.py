@@ -113,6 +113,7 @@ class ScriptRun:
             outcome = self._decorate(ScriptError.ResourceExhaustion(
                 language=self.language, resource_type="time", limit=self.limits.timeout))
         if isinstance(outcome, SpellError):
+            _preserve_stack(outcome)
             if any(frame.language != "python" for frame in outcome.frames):
                 remember_source(self.filename, self.source)
                 for tool in self.tools:
@@ -222,7 +223,7 @@ class ScriptRun:
                 err = ScriptError.CrossEngineCommunication(
                     from_engine=tool.language, to_engine=caller, error=err.fields["error"],
                     data_type=err.fields["data_type"], frames=err.frames)
-            raise err
+            raise self._decorate(err, tool)
         return _crossing(step.result, tool.language, caller)
 
     def _call(self, tool: Tool, params: Any) -> Any:
@@ -296,16 +297,41 @@ class ScriptRun:
             err.context = context.model_copy(update={"execution_trace": trace.model_copy(
                 update={"call_stack": [step, *trace.call_stack]})})
 
-    def _decorate(self, err: SpellError) -> SpellError:
+    def _decorate(self, err: SpellError, tool: ScriptTool | None = None) -> SpellError:
+        """Give an error that arose in a script (or in ``tool``'s file) the run's context."""
         from bridge.context import ScriptComponent
 
         if err.context.correlation_id is None:
+            language, filename = (self.language, self.filename) if tool is None else (
+                tool.language, tool.filename)
             err.context = err.context.model_copy(update={
                 "correlation_id": self.correlation_id,
-                "component": ScriptComponent(language=self.language, script_id=self.filename),
-                "operation": f"run {self.filename}",
+                "component": ScriptComponent(language=language, script_id=filename),
+                "operation": f"run {filename}" if tool is None else f"call {tool.function}",
             })
         return err
+
+
+def _preserve_stack(err: SpellError) -> None:
+    """Keep the path and the engine's own stack text in the context (the seed's
+    StackTracePreserver): ``execution_path`` (every frame, outermost first, as text),
+    ``preserved_stack_trace`` (a script error's stack as the engine wrote it) and
+    ``source_engine`` (the innermost script frame's language and file).
+    """
+    metadata = err.context.metadata
+    if "execution_path" in metadata:  # preserved by an earlier run it went through
+        return
+    metadata = dict(metadata)
+    metadata["execution_path"] = [f"{f.language} {f.location} in {f.function or '?'}"
+                                  for f in err.frames]
+    stack = err.fields.get("stack_trace")
+    if isinstance(stack, str) and stack:
+        metadata["preserved_stack_trace"] = stack
+    script = next((f for f in reversed(err.frames) if f.language in ("lua", "javascript")),
+                  None)
+    if script is not None:
+        metadata["source_engine"] = {"language": script.language, "script": script.file}
+    err.context = err.context.model_copy(update={"metadata": metadata})
 
 
 def _call_with_timeout(tool: Tool, args: tuple, kwargs: dict) -> Any:

@@ -309,3 +309,25 @@ def test_a_name_exported_twice_is_refused(tmp_path, helpers):
 
 def test_a_tools_file_loaded_twice_is_one_set_of_tools(helpers):
     assert len(Host([helpers, helpers]).tools) == len(Host([helpers]).tools)
+
+
+def test_the_context_keeps_the_path_and_the_engine_stack(language, helpers):
+    host = _host(helpers)
+    source = pick(language, "local x = 1\nlocal r = tools.boom{}\nreturn r\n",
+                  "async function main() {\n  return await tools.boom({});\n}\n")
+    with pytest.raises(SpellError) as info:
+        host.run_source(source, language, "agent.src")
+    err = info.value
+    metadata = err.context.metadata
+    assert metadata["execution_path"][0].startswith(f"{language} agent.src:2")
+    assert metadata["execution_path"][1] == "host <tool call> in boom"
+    assert metadata["execution_path"][2].startswith(f"{_lang(helpers)} {helpers}:")
+    assert metadata["source_engine"] == {"language": _lang(helpers), "script": str(helpers)}
+    assert "boom" in metadata["preserved_stack_trace"]  # the engine's own text
+    assert metadata["preserved_stack_trace"] == err.fields["stack_trace"]
+    assert err.context.correlation_id is not None
+    assert (err.context.component.language, err.context.component.script_id) == (
+        _lang(helpers), str(helpers))  # where it arose, not the agent
+    assert [c.function_name for c in err.context.execution_trace.call_stack] == ["boom"]
+    # and all of it survives JSON
+    assert SpellError.from_json(err.to_json()).context.metadata == metadata

@@ -145,3 +145,48 @@ def _script_name(variant: type[SpellError]) -> str:
     from bridge import categories
 
     return categories()[variant.category].script_name
+
+
+# Two hops: the agent calls a function of a tools file (in either language), which calls
+# the failing Python tool; the error crosses both engines and comes back unchanged.
+RELAY = {
+    "uncaught": ("return {relay = function(p)\n  local x = 1\n  local r = tools.fail{}\n"
+                 "  return r\nend}\n",
+                 "exports.relay = async function relay(p) {\n  let x = 1;\n"
+                 "  const r = await tools.fail({});\n  return r;\n};\n"),
+    "rethrow": ("return {relay = function(p)\n  local ok, err = true, nil\n"
+                "  ok, err = pcall(tools.fail, {})\n  error(err)\nend}\n",
+                "exports.relay = async function relay(p) {\n  try {\n"
+                "    await tools.fail({});\n  } catch (e) { throw e; }\n};\n"),
+}
+RELAY_LINE = 3  # the line of the tool call in every tools file above
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+@pytest.mark.parametrize("hop", ["lua", "javascript"])
+@pytest.mark.parametrize("mode", ["uncaught", "rethrow"])
+@settings(max_examples=15, deadline=None, suppress_health_check=[
+    HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+@given(sent=error_chains(depth=3, min_depth=1))
+def test_through_two_engines_what_comes_back_is_what_was_sent(
+        tmp_path, language, hop, mode, sent):
+    relay = tmp_path / f"relay{'.lua' if hop == 'lua' else '.js'}"
+    relay.write_text(pick(hop, *RELAY[mode]))
+
+    @tool
+    def fail() -> None:
+        raise sent
+
+    agent = SCRIPTS[mode][0 if language == "lua" else 1].replace("tools.fail", "tools.relay")
+    host = Host([fail, relay], timeout=10, on_output=lambda line: None)
+    with pytest.raises(SpellError) as info:
+        host.run_source(agent, language, f"fidelity.{language}")
+    back = info.value
+    assert back is sent
+    assert [(e.code, e.fields, e.message) for e in back.chain()] == [
+        (e.code, e.fields, e.message) for e in sent.chain()]
+    path = [(f.language, f.file, f.line, f.function) for f in back.frames]
+    assert path[0][:3] == (language, f"fidelity.{language}", CALL_LINE)
+    assert path[1] == ("host", "<tool call>", None, "relay")
+    assert path[2][:3] == (hop, str(relay), RELAY_LINE)
+    assert path[3] == ("host", "<tool call>", None, "fail")
