@@ -168,3 +168,43 @@ def test_a_run_that_raises_nothing_never_imports_pydantic(language, source):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr
+
+
+TOOLS = ("--tools", "scripts/helpers.lua", "--tools", "scripts/text.js", "--tools",
+         "scripts/tools.py")
+
+
+def test_polyglot_example_succeeds():
+    out = polyspell("run", "scripts/trip.js", "city=Lisbon", *TOOLS)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {
+        "plan": "Lisbon: Lisbon is the capital of Portugal, on the Tagus. (sunny, 21 C)"}
+
+
+def test_polyglot_example_failure_walks_javascript_lua_and_python():
+    out = polyspell("run", "scripts/trip.js", "city=Atlantis", *TOOLS)
+    assert out.returncode == 1
+    failure = out.stderr.split("direct cause of the following exception:")[-1]
+    located = [line.strip() for line in failure.splitlines()
+               if line.startswith("  ") and not line.startswith("    ")]
+    assert located == [
+        "javascript scripts/trip.js:13:29, in main",
+        "javascript scripts/trip.js:7:29, in plan",
+        "host <tool call>, in brief",
+        "lua scripts/helpers.lua:16, in brief",
+        "lua scripts/helpers.lua:9, in forecast",
+        "host <tool call>, in weather",
+        "python scripts/tools.py:30:9, in weather",
+    ]
+    assert failure.strip().endswith(
+        "tool/execution_failed: Tool execution failed: weather - LookupError: "
+        "no weather station in 'Atlantis'")
+    assert "local report = tools.weather{city = city}" in failure  # the source lines too
+
+
+def test_tools_lists_the_functions_of_lua_and_javascript_tools_files():
+    out = polyspell("tools", "--tools", "scripts/helpers.lua", "--tools", "scripts/text.js",
+                    "--json")
+    assert out.returncode == 0, out.stderr
+    names = [entry["name"] for entry in json.loads(out.stdout)]
+    assert names == ["brief", "shout", "upper", "words"]
