@@ -38,6 +38,7 @@ from bridge.patterns import recognise
 Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
 
 LANGUAGE = "javascript"
+_new_tuple = tuple.__new__
 PLACEHOLDER_FILE = "<input>"  # the file name quickjs gives every evaluated source
 HIDDEN_PREFIX = "polyspell$"  # functions of the engine's prelude: their frames are left out
 THROWN_NAME = "thrown value"  # error_name of a non-Error value that was thrown
@@ -45,6 +46,9 @@ THROWN_NAME = "thrown value"  # error_name of a non-Error value that was thrown
 # "    at f (file:3:5)", "    at file:3:5" (a parse position); "at map (native)" never matches
 _FRAME = re.compile(r"^\s*at (?:(?P<function>.*?) \((?P<file>.+):(?P<line>\d+):(?P<column>\d+)\)"
                     r"|(?P<position_file>.+):(?P<position_line>\d+):(?P<position_column>\d+))\s*$")
+# _FRAME over a whole text: (function, file, line, column, bare line, bare column) per frame
+_FRAMES = re.compile(r"^[ \t]*at (?:(.*?) \((.+):(\d+):(\d+)\)|.+:(\d+):(\d+))[ \t]*$",
+                     re.MULTILINE)
 _AT_LINE = re.compile(r"^\s+at ")
 _HEADER = re.compile(r"^(?P<name>[A-Za-z_$][\w$]*)(?:: (?P<message>.*))?$", re.DOTALL)
 _FUNCTION_NAMES = {"<eval>": "<script>", "": "<anonymous>", None: "<anonymous>"}
@@ -94,20 +98,23 @@ def read_stack(
     """
     frames = []
     position = None
-    for raw in text.splitlines():
-        match = _FRAME.match(raw)
-        if match is None:
-            continue
-        function = match["function"]
-        if function is None:
-            position = position or (int(match["position_line"]), int(match["position_column"]))
+    count = len(lines) if lines else 0
+    # One scan of the whole text, and frames made as plain tuples: a match object per
+    # line, and Frame()'s keyword handling, cost more than everything else here.
+    for function, file, line, column, bare_line, bare_column in _FRAMES.findall(text):
+        if not line:
+            position = position or (int(bare_line), int(bare_column))
             continue
         if function.startswith(HIDDEN_PREFIX):
             continue
-        line, column, file = int(match["line"]), int(match["column"]), match["file"]
-        own = file in (PLACEHOLDER_FILE, filename)
-        frames.append(Frame(LANGUAGE, filename if own else file, line, column,
-                            function_name(function), source_line(lines, line) if own else None))
+        number = int(line)
+        source = None
+        if file == PLACEHOLDER_FILE or file == filename:
+            file = filename
+            if 0 < number <= count:
+                source = lines[number - 1].strip() or None  # type: ignore[index]
+        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, int(column),
+                                         _FUNCTION_NAMES.get(function, function), source)))
     frames.reverse()
     return frames, position
 
@@ -310,13 +317,17 @@ def _clean_stack(stack: str, filename: str) -> str:
     A bare position followed by a native frame (``at parse (native)``) locates the text
     given to JSON.parse or eval, not the script: it goes too.
     """
-    lines = [line for line in stack.splitlines()
-             if not line.lstrip().startswith(f"at {HIDDEN_PREFIX}")]
-    kept = [line for i, line in enumerate(lines)
-            if not (_is_position(line) and i + 1 < len(lines)
-                    and lines[i + 1].endswith("(native)"))]
-    text = "\n".join(kept).replace(f"{PLACEHOLDER_FILE}:", f"{filename}:")
-    return text.replace("at <eval> (", "at <script> (") + ("\n" if kept else "")
+    if HIDDEN_PREFIX in stack or "(native)" in stack:  # else the lines stay as they are
+        hidden = f"at {HIDDEN_PREFIX}"
+        kept = [line for line in stack.splitlines() if not line.lstrip().startswith(hidden)]
+        for i in range(len(kept) - 2, -1, -1):
+            if kept[i + 1].endswith("(native)") and _is_position(kept[i]):
+                del kept[i]
+        stack = "\n".join(kept) + ("\n" if kept else "")
+    elif stack and not stack.endswith("\n"):
+        stack += "\n"
+    text = stack.replace(f"{PLACEHOLDER_FILE}:", f"{filename}:")
+    return text.replace("at <eval> (", "at <script> (")
 
 
 def _is_position(line: str) -> bool:

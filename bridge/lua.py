@@ -14,6 +14,7 @@ keeps both names and matches on the short one.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -88,8 +89,15 @@ class LuaScript:
     def _parse(self, traceback: str) -> list[Frame]:
         if self._entry is None:  # one scan of the whole traceback: "\tagent.lua:12: in ..."
             self._entry = re.compile(rf"^\s*{re.escape(self.prefix)}(\d+):(.*)$", re.MULTILINE)
-        frames = [self.frame(int(number), function_name(what))
-                  for number, what in self._entry.findall(traceback)]
+        if self._lines is None:
+            self._lines = self.source.splitlines()
+        lines, count, file = self._lines, len(self._lines), self.filename
+        frames = []
+        for number, what in self._entry.findall(traceback):  # as frame(), without its calls
+            line = int(number)
+            frames.append(_new_tuple(Frame, (
+                "lua", file, line, None, _function_name(what),
+                lines[line - 1].strip() if 0 < line <= count else None)))
         frames.reverse()
         return frames
 
@@ -111,6 +119,9 @@ class LuaScript:
         return "\n".join([TRACEBACK_HEADER, *lines])
 
 
+_new_tuple = tuple.__new__
+
+
 def function_name(what: str) -> str:
     """The function of a traceback line from what follows ``file:line:``.
 
@@ -128,6 +139,10 @@ def function_name(what: str) -> str:
     if "<" in what:
         return "<anonymous>"
     return what.removeprefix("in ").strip() or "?"
+
+
+# Tracebacks repeat the same few descriptions ("in function 'f'"): worth a cache.
+_function_name = functools.lru_cache(maxsize=4096)(function_name)
 
 
 def stack_depth(traceback: str | None) -> int:
