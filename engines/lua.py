@@ -73,7 +73,7 @@ local rawget, rawset, rawlen, rawequal, setmetatable, getmetatable =
 local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyieldable =
       coroutine.create, coroutine.resume, coroutine.yield, coroutine.running,
       coroutine.status, coroutine.close, coroutine.isyieldable
-local sethook, traceback, getinfo, raw_getmetatable =
+local sethook, lua_traceback, getinfo, raw_getmetatable =
       debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable
 local concat, pack = table.concat, table.pack
 local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
@@ -96,6 +96,52 @@ end
 local STRING_MT = getmetatable("")
 local STRING_MT_FIELDS = {}
 for k, v in next, STRING_MT do STRING_MT_FIELDS[k] = v end
+
+-- debug.traceback(nil, level) or debug.traceback(co), without the middle levels that
+-- Lua leaves out of a stack deeper than 21 ("...(skipping N levels)"): the frames are
+-- the path users read. Names as Lua gives them (bridge/lua.py reads the quoted name).
+-- A stack deeper than MAX_LEVELS (runaway recursion) keeps its innermost and outermost
+-- halves around Lua's own "skipping" line.
+local MAX_LEVELS = 1000
+local function traceback(co, level)
+  local tb
+  if co then
+    tb, level = lua_traceback(co), 0
+  else
+    level = level + 1
+    tb = lua_traceback(nil, level)
+  end
+  local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
+  if not skipped then return tb end
+  local depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
+  local half = MAX_LEVELS // 2
+  local lines, n = {"stack traceback:"}, 1
+  for l = level, level + depth - 1 do
+    if depth > MAX_LEVELS and l == level + half then
+      n = n + 1
+      lines[n] = "\t...\t(skipping " .. (depth - 2 * half) .. " levels)"
+    end
+    if depth > MAX_LEVELS and l >= level + half and l < level + depth - half then
+      goto continue
+    end
+    local ar = co and getinfo(co, l, "Sln") or getinfo(l, "Sln")
+    if not ar then break end
+    local what
+    if ar.namewhat ~= "" then
+      what = (ar.namewhat == "global" and "function" or ar.namewhat) .. " '" .. ar.name .. "'"
+    elseif ar.what == "main" then
+      what = "main chunk"
+    elseif ar.what == "C" then
+      what = "?"
+    else
+      what = "function <" .. ar.short_src .. ":" .. ar.linedefined .. ">"
+    end
+    n = n + 1
+    lines[n] = "\t" .. ar.short_src .. ":" .. ar.currentline .. ": in " .. what
+    ::continue::
+  end
+  return concat(lines, "\n")
+end
 
 local HOOK_COUNT = 1000        -- instructions between two ticks of the count hook
 local MAX_DEPTH = 100          -- data nested deeper does not cross to Python

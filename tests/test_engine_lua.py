@@ -639,3 +639,14 @@ def test_a_closed_engine_refuses_to_run():
     assert isinstance(step, Failed)
     assert step.error.code == "bridge/protocol_violation"
     assert "closed" in step.error.message
+
+
+def test_a_deep_stack_keeps_every_level() -> None:
+    # debug.traceback alone leaves out all but the first 10 and last 11 levels
+    source = "\n".join(
+        ["local f = {}"]
+        + [f"f[{n}] = function() local x = f[{n + 1}]() return x end" for n in range(1, 40)]
+        + ["f[40] = function() error('deep') end", "local r = f[1]()", "return r"])
+    error = drive(source).error
+    lines = [frame.line for frame in error.frames]
+    assert lines == [42, *range(2, 42)]  # main chunk, then f[1] ... f[40], outermost first
