@@ -111,6 +111,7 @@ local function traceback(co, level)
     level = level + 1
     tb = lua_traceback(nil, level)
   end
+  if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
   local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
   if not skipped then return tb end
   local depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
