@@ -31,9 +31,18 @@ def _host(lines: list[str], *tools) -> Host:
     return Host([wait, note, *tools], timeout=10, on_output=lines.append)
 
 
-async def _cancel_soon(run, error, delay: float = 0.05) -> None:
-    await anyio.sleep(delay)
-    run.cancel(error)
+async def _cancelled_run(run, error: SpellError) -> SpellError:
+    """Execute ``run``, cancel it with ``error`` once it waits in a tool; what it raised."""
+    async def cancel_soon() -> None:
+        await anyio.sleep(0.05)
+        run.cancel(error)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(cancel_soon)
+            with pytest.raises(SpellError) as info:
+                await run.execute()
+    return info.value
 
 
 def _cancelled() -> SpellError:
@@ -61,12 +70,7 @@ async function main() {
 """)
     run = host.new_run_source(source, language, "task.src")
     error = _cancelled()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_soon, run, error)
-            with pytest.raises(SpellError) as info:
-                await run.execute()
-    assert info.value is error
+    assert await _cancelled_run(run, error) is error
     assert run.cancelled is error
     if language == "lua":
         assert lines == ["on_cancel task_cancelled",
@@ -100,12 +104,7 @@ async function main() {
 """)
     run = host.new_run_source(source, language, "task.src")
     error = AsyncExecutionError.TaskTimeout(task_id="t1", duration=0.05)
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_soon, run, error)
-            with pytest.raises(SpellError) as info:
-                await run.execute()
-    assert info.value is error
+    assert await _cancelled_run(run, error) is error
     assert lines == ["swallowed"]  # the note tool never ran
 
 
@@ -118,12 +117,7 @@ async def test_a_script_that_swallows_it_and_returns_still_ends_cancelled(langua
                   " catch {}\n  return 'done';\n}\n")
     run = host.new_run_source(source, language, "task.src")
     error = _cancelled()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_soon, run, error)
-            with pytest.raises(SpellError) as info:
-                await run.execute()
-    assert info.value is error
+    assert await _cancelled_run(run, error) is error
 
 
 async def test_a_run_cancelled_before_it_starts_runs_nothing(language):
@@ -157,12 +151,7 @@ async def test_the_cancellation_reaches_a_script_inside_a_tools_file(language, t
                   "  catch (e) { console.log(`agent saw ${e.kind}`); }\n}\n")
     run = host.new_run_source(source, language, "agent.src")
     error = _cancelled()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_soon, run, error)
-            with pytest.raises(SpellError) as info:
-                await run.execute()
-    assert info.value is error
+    assert await _cancelled_run(run, error) is error
     assert lines == ["helper cleanup", "agent saw task_cancelled"]
 
 
