@@ -100,8 +100,8 @@ for k, v in next, STRING_MT do STRING_MT_FIELDS[k] = v end
 -- debug.traceback(nil, level) or debug.traceback(co), without the middle levels that
 -- Lua leaves out of a stack deeper than 21 ("...(skipping N levels)"): the frames are
 -- the path users read. Names as Lua gives them (bridge/lua.py reads the quoted name).
--- A stack deeper than MAX_LEVELS (runaway recursion) keeps its innermost and outermost
--- halves around Lua's own "skipping" line.
+-- A stack deeper than MAX_LEVELS (runaway recursion) keeps Lua's own traceback: getinfo
+-- walks the stack from the top, so rebuilding one costs O(depth^2).
 local MAX_LEVELS = 1000
 local function traceback(co, level)
   local tb
@@ -115,16 +115,9 @@ local function traceback(co, level)
   local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
   if not skipped then return tb end
   local depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
-  local half = MAX_LEVELS // 2
+  if depth > MAX_LEVELS then return tb end
   local lines, n = {"stack traceback:"}, 1
   for l = level, level + depth - 1 do
-    if depth > MAX_LEVELS and l == level + half then
-      n = n + 1
-      lines[n] = "\t...\t(skipping " .. (depth - 2 * half) .. " levels)"
-    end
-    if depth > MAX_LEVELS and l >= level + half and l < level + depth - half then
-      goto continue
-    end
     local ar = co and getinfo(co, l, "Sln") or getinfo(l, "Sln")
     if not ar then break end
     local what
@@ -139,7 +132,6 @@ local function traceback(co, level)
     end
     n = n + 1
     lines[n] = "\t" .. ar.short_src .. ":" .. ar.currentline .. ": in " .. what
-    ::continue::
   end
   return concat(lines, "\n")
 end
