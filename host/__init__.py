@@ -1,7 +1,7 @@
-"""polyspell's host: what users touch (``Host``, ``@tool``, the CLI).
+"""polyspell's host: what users touch (``Host``, ``@tool``, the coordinator, the CLI).
 
-``from host import Host, tool``. Names are imported on first use so that the CLI starts
-without loading what a command does not need.
+``from host import Host, tool`` and ``from host import Coordinator, Task``. Names are
+imported on first use so that the CLI starts without loading what a command does not need.
 """
 
 from __future__ import annotations
@@ -9,11 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from host.coordinator import Coordinator, PlanReport, TaskReport
     from host.host import Host
+    from host.plan import Plan, Retry, Task, load_plan
     from host.tools import Tool, ToolRegistry, tool
 
 _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
-            "ToolRegistry": "host.tools"}
+            "ToolRegistry": "host.tools", "Coordinator": "host.coordinator",
+            "PlanReport": "host.coordinator", "TaskReport": "host.coordinator",
+            "Plan": "host.plan", "Retry": "host.plan", "Task": "host.plan",
+            "load_plan": "host.plan"}
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +29,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'host' has no attribute {name!r}")
 
 
-__all__ = ["Host", "Tool", "ToolRegistry", "tool"]
+__all__ = ["Coordinator", "Host", "Plan", "PlanReport", "Retry", "Task", "TaskReport", "Tool",
+           "ToolRegistry", "load_plan", "tool"]

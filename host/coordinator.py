@@ -1,0 +1,663 @@
+"""The coordinator: runs a plan's tasks on their engines, concurrently, and reports.
+
+Independent tasks run at the same time (one anyio task each, engines on threads of their
+own, so CPU-bound Lua and JS really run in parallel), at most ``max_concurrency`` at
+once. A task starts when every task it runs ``after`` has ended, and finds their results
+in ``args.inputs``.
+
+What a failure does to the others is the plan's strategy (the seed's AsyncErrorStrategy):
+
+- ``propagate``: the first failure cancels everything still running or pending;
+- ``collect``: everything that can run runs; tasks whose dependencies did not succeed are
+  ``skipped``; all failures are reported together;
+- ``cancel_dependents``: a failure cancels the tasks that depend on it, transitively;
+  independent tasks go on;
+- ``isolate``: dependents run anyway and find the failure in ``args.inputs[<id>]`` as an
+  error object (``status``, ``category``, ``kind``, ``message``, ``fields``).
+
+A running task is stopped by ``run.cancel(error)``: the script gets the error at its next
+tool call (so ``pcall`` handlers, ``finally`` blocks, ``on_cancel`` and ``signal``
+listeners run), and pure CPU loops are stopped by the engine's time limit, set a little
+past the task's timeout. The run is never abandoned: the coordinator keeps waiting for
+the engine thread to finish, so no script is left running behind a report.
+
+The :class:`PlanReport` classifies the run (the seed's CrossEngineErrorPattern):
+``succeeded``, ``all_failed``, ``cascading_failure`` or ``partial_failure``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+from pydantic import BaseModel, JsonValue, PrivateAttr
+
+from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
+from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
+
+if TYPE_CHECKING:
+    from host.host import Host
+    from host.runner import ScriptRun
+
+TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
+Outcome = Literal["succeeded", "all_failed", "cascading_failure", "partial_failure"]
+Decision = Literal["continue_with_successful", "fail_entire_operation"]
+
+# Seconds a stopped script gets past its timeout to reach a tool call and run its cleanup
+# before the engine's own time limit stops it (a pure CPU loop never reaches one).
+CLEANUP_GRACE = 0.5
+DEFAULT_ENGINE_TIMEOUT = 30.0
+DEFAULT_MAX_CONCURRENCY = 16
+
+# The task whose script is printing: engine threads run in a copy of the task's context.
+_printing_task: contextvars.ContextVar[str] = contextvars.ContextVar("polyspell_task")
+
+
+class TaskReport(BaseModel):
+    """How one task ended: status, engine, tries, seconds, result or error, and why."""
+
+    id: str
+    script: str
+    engine: str
+    status: TaskStatus
+    attempts: int = 0
+    duration: float = 0.0  # seconds from the first try's start to the end (0: never ran)
+    result: JsonValue = None
+    error: dict[str, Any] | None = None  # the unified error, as SpellError.to_dict() gives it
+    caused_by: list[str] = []  # the tasks whose failure caused this one's
+    callback_errors: list[dict[str, Any]] = []  # Python listeners or cleanups that raised
+
+
+class PlanReport(BaseModel):
+    """The whole run: every task, the outcome and, when something failed, why.
+
+    ``root_causes`` are the failed tasks not caused by any other; ``propagation`` lists
+    the edges (``"a -> b"``) along which failures spread. ``representative_error`` (for
+    ``all_failed``) is the most severe root-cause error, the first to fail on a tie.
+    ``decision`` (for ``partial_failure``) compares the failed fraction with ``tolerance``.
+    JSON-serialisable: ``report.model_dump_json()``.
+    """
+
+    plan: str
+    strategy: Strategy
+    outcome: Outcome
+    duration: float
+    tasks: list[TaskReport]
+    root_causes: list[str] = []
+    propagation: list[str] = []
+    representative_error: dict[str, Any] | None = None
+    representative_task: str | None = None
+    decision: Decision | None = None
+    failed_fraction: float = 0.0
+    tolerance: float = 0.0
+
+    _errors: dict[str, SpellError] = PrivateAttr(default_factory=dict)
+
+    def task(self, task_id: str) -> TaskReport:
+        """The report of one task; ``async_execution/task_not_found`` if there is none."""
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise AsyncExecutionError.TaskNotFound(task_id=task_id)
+
+    def error(self, task_id: str) -> SpellError | None:
+        """A task's error as a SpellError: the live one, or rebuilt from its JSON."""
+        if task_id in self._errors:
+            return self._errors[task_id]
+        data = self.task(task_id).error
+        return None if data is None else SpellError.from_dict(data)
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """The results of the tasks that succeeded, by id."""
+        return {t.id: t.result for t in self.tasks if t.status == "succeeded"}
+
+    def to_error(self) -> SpellError | None:
+        """The ``cross_engine_coordination`` error for this outcome (None if it succeeded).
+
+        It carries the report as JSON in ``fields["report"]``; its cause is the
+        representative error, or the first root cause's.
+        """
+        if self.outcome == "succeeded":
+            return None
+        data = self.model_dump(mode="json")
+        cause_task = self.representative_task or (self.root_causes or [None])[0]
+        cause = None if cause_task is None else self.error(cause_task)
+        if self.outcome == "all_failed":
+            return CrossEngineCoordinationError.AllFailed(plan=self.plan, report=data, cause=cause)
+        if self.outcome == "cascading_failure":
+            return CrossEngineCoordinationError.CascadingFailure(
+                plan=self.plan, root_causes=self.root_causes, propagation=self.propagation,
+                report=data, cause=cause)
+        failed = sum(t.status != "succeeded" for t in self.tasks)
+        return CrossEngineCoordinationError.PartialFailure(
+            plan=self.plan, failed=failed, total=len(self.tasks), decision=self.decision,
+            report=data, cause=cause)
+
+
+Callback = Callable[..., Any]
+
+
+class Coordinator:
+    """Runs plans of Lua and JavaScript tasks that call the given Python tools.
+
+    ``tools`` are as for :class:`host.Host` (``@tool`` functions or tools files); a plan
+    adds its own. ``engine_timeouts`` are the default per-try timeouts of tasks without
+    one (``{"lua": 30, "javascript": 30}``); a plan's ``engine_timeouts`` win over them.
+    ``on_output(task_id, line)`` receives what scripts print (default: stderr, prefixed
+    with the task id).
+
+    Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
+
+    - ``on_task_started(fn)``: ``fn(task_id, attempt)`` as each try starts;
+    - ``on_task_completed(fn)``: ``fn(report)`` with the task's final :class:`TaskReport`;
+    - ``on_cancellation_started(fn)``: ``fn(task_id, error)`` when the coordinator decides
+      to stop a task (a strategy cancelled it, or it ran out of time);
+    - ``on_cancel(fn)``: the task's cleanup, ``fn(task_id, error)``, once its script has
+      stopped (at once for a task that had not started);
+    - ``on_cancellation_completed(fn)``: ``fn(task_id, error)`` after the cleanups.
+
+    A listener that raises never stops the plan: its error is kept in the task's
+    ``callback_errors``. Listeners run on the event loop: keep sync ones short.
+    """
+
+    def __init__(
+        self,
+        tools: Iterable[Any] = (),
+        *,
+        memory_mb: int = 256,
+        stack_kb: int = 1024,
+        sandbox: str = "constrained",
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        engine_timeouts: Mapping[str, float] | None = None,
+        on_output: Callable[[str, str], None] | None = None,
+    ) -> None:
+        from host.host import Host
+
+        _check_positive("max_concurrency", max_concurrency)
+        self.tools = list(tools)
+        self.memory_mb = memory_mb
+        self.stack_kb = stack_kb
+        self.sandbox = sandbox
+        self.max_concurrency = int(max_concurrency)
+        self.engine_timeouts = {"lua": DEFAULT_ENGINE_TIMEOUT,
+                                "javascript": DEFAULT_ENGINE_TIMEOUT}
+        for language, seconds in (engine_timeouts or {}).items():
+            if language not in self.engine_timeouts:
+                from bridge import ConfigurationError
+
+                raise ConfigurationError.InvalidValue(
+                    key="engine_timeouts", value=str(language),
+                    reason="engine timeouts are for 'lua' and 'javascript'")
+            _check_positive(f"engine_timeouts[{language!r}]", seconds)
+            self.engine_timeouts[language] = float(seconds)
+        self.on_output = on_output or _print_to_stderr
+        # built here so that bad options or tools fail now, and tools load once
+        self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
+                          sandbox=sandbox, on_output=self._output)  # type: ignore[arg-type]
+        self._listeners: dict[str, list[tuple[str | None, Callback]]] = {
+            name: [] for name in ("started", "completed", "cancel_started", "cleanup",
+                                  "cancel_completed")}
+
+    # -- listeners ------------------------------------------------------------------
+
+    def on_task_started(self, fn: Callback, *, task: str | None = None) -> Callback:
+        """Call ``fn(task_id, attempt)`` as each try of a task starts."""
+        return self._listen("started", fn, task)
+
+    def on_task_completed(self, fn: Callback, *, task: str | None = None) -> Callback:
+        """Call ``fn(report)`` with a task's :class:`TaskReport` when it ends, however."""
+        return self._listen("completed", fn, task)
+
+    def on_cancellation_started(self, fn: Callback, *, task: str | None = None) -> Callback:
+        """Call ``fn(task_id, error)`` when the coordinator decides to stop a task."""
+        return self._listen("cancel_started", fn, task)
+
+    def on_cancel(self, fn: Callback, *, task: str | None = None) -> Callback:
+        """Register a cleanup, ``fn(task_id, error)``, run once a stopped task's script ended."""
+        return self._listen("cleanup", fn, task)
+
+    def on_cancellation_completed(self, fn: Callback, *, task: str | None = None) -> Callback:
+        """Call ``fn(task_id, error)`` when a stopped task has ended and been cleaned up."""
+        return self._listen("cancel_completed", fn, task)
+
+    def _listen(self, event: str, fn: Callback, task: str | None) -> Callback:
+        if not callable(fn):
+            from bridge import ConfigurationError
+
+            raise ConfigurationError.InvalidValue(key=event, value=repr(fn)[:200],
+                                                  reason="a listener must be callable")
+        self._listeners[event].append((task, fn))
+        return fn
+
+    # -- running --------------------------------------------------------------------
+
+    def run(
+        self,
+        plan: Plan | Sequence[Task] | str | Path,
+        *,
+        raise_on_failure: bool = False,
+        strategy: str | None = None,
+        max_concurrency: int | None = None,
+    ) -> PlanReport:
+        """Run a plan (a :class:`Plan`, a list of tasks, or a TOML file) and report.
+
+        Every task runs (or is cancelled or skipped) before this returns. With
+        ``raise_on_failure``, any outcome but ``succeeded`` raises the plan's
+        ``cross_engine_coordination`` error, which carries the report. A bad plan raises
+        ``configuration/invalid_plan`` before anything runs.
+        """
+        return anyio.run(functools.partial(
+            self.arun, plan, raise_on_failure=raise_on_failure, strategy=strategy,
+            max_concurrency=max_concurrency))
+
+    async def arun(
+        self,
+        plan: Plan | Sequence[Task] | str | Path,
+        *,
+        raise_on_failure: bool = False,
+        strategy: str | None = None,
+        max_concurrency: int | None = None,
+    ) -> PlanReport:
+        """:meth:`run` for async code (asyncio or trio)."""
+        plan = self.prepare(plan, strategy=strategy, max_concurrency=max_concurrency)
+        execution = _Execution(self, plan, self._host_for(plan))
+        await execution.run()
+        report = execution.report()
+        if raise_on_failure and report.outcome != "succeeded":
+            raise report.to_error()  # type: ignore[misc]
+        return report
+
+    def prepare(
+        self,
+        plan: Plan | Sequence[Task] | str | Path,
+        *,
+        strategy: str | None = None,
+        max_concurrency: int | None = None,
+    ) -> Plan:
+        """The plan to run, checked (files included), with the given overrides."""
+
+        if isinstance(plan, (str, Path)):
+            plan = load_plan(plan)
+        elif not isinstance(plan, Plan):
+            if not isinstance(plan, Sequence) or not all(isinstance(t, Task) for t in plan):
+                raise invalid_plan(
+                    plan="plan", reason="a plan is a Plan, a list of Task objects or the "
+                    f"path of a TOML file, not {type(plan).__name__}")
+            plan = Plan(tasks=list(plan))
+        if strategy is not None and strategy not in STRATEGIES:
+            raise invalid_plan(
+                plan=plan.name, reason=f"unknown strategy {strategy!r} "
+                f"(one of {', '.join(STRATEGIES)})", location="strategy")
+        updates = {key: value for key, value in
+                   (("strategy", strategy), ("max_concurrency", max_concurrency))
+                   if value is not None}
+        if updates:
+            plan = Plan(**{**dict(plan), **updates})
+        plan.check_files()
+        return plan
+
+    def _host_for(self, plan: Plan) -> Host:
+        from host.host import Host
+
+        if not plan.tools:
+            return self._host
+        tools = [*self.tools, *(plan.path(p) for p in plan.tools)]
+        return Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
+                    sandbox=self.sandbox, on_output=self._output)  # type: ignore[arg-type]
+
+    def _output(self, line: str) -> None:
+        self.on_output(_printing_task.get("?"), line)
+
+    def _callbacks(self, event: str, task_id: str) -> list[Callback]:
+        return [fn for only, fn in self._listeners[event] if only in (None, task_id)]
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        from bridge import ConfigurationError
+
+        raise ConfigurationError.InvalidValue(key=name, value=repr(value),
+                                              reason=f"{name} must be a positive number")
+
+
+def _print_to_stderr(task_id: str, line: str) -> None:
+    print(f"[{task_id}] {line}", file=sys.stderr, flush=True)
+
+
+# -- one execution of one plan ------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _TaskState:
+    task: Task
+    done: anyio.Event
+    status: TaskStatus | None = None  # set once, when the task ends
+    result: Any = None
+    error: SpellError | None = None
+    attempts: int = 0
+    started: float | None = None
+    ended: float | None = None
+    order: int = 0  # 1 for the first task to end, 2 for the next...
+    caused_by: list[str] = field(default_factory=list)
+    cancel_error: SpellError | None = None  # a strategy cancelled the task: never retried
+    wake: anyio.Event | None = None  # set when cancelled, to cut a retry's backoff short
+    run: ScriptRun | None = None  # the try in progress
+    stop_error: SpellError | None = None  # what the try in progress was stopped with
+    callback_errors: list[SpellError] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.task.id
+
+
+class _Execution:
+    """The state of one run of one plan: its tasks, their states, the strategy at work."""
+
+    def __init__(self, coordinator: Coordinator, plan: Plan, host: Host) -> None:
+        self.coordinator = coordinator
+        self.plan = plan
+        self.host = host
+        self.states = {t.id: _TaskState(t, anyio.Event(), wake=anyio.Event())
+                       for t in plan.tasks}
+        self.dependents: dict[str, list[str]] = {t.id: [] for t in plan.tasks}
+        for task in plan.tasks:
+            for dep in task.after:
+                self.dependents[dep].append(task.id)
+        self.timeouts = {**coordinator.engine_timeouts, **plan.engine_timeouts}
+        self.limiter = anyio.CapacityLimiter(plan.max_concurrency or coordinator.max_concurrency)
+        self.start = time.monotonic()
+        self.deadline = self.start + (plan.timeout or float("inf"))
+        self.ended = 0
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as group:
+            for state in self.states.values():
+                group.start_soon(self._task, state, name=f"polyspell task {state.id}")
+
+    # -- one task ---------------------------------------------------------------------
+
+    async def _task(self, state: _TaskState) -> None:
+        for dep in state.task.after:
+            await self.states[dep].done.wait()
+        if state.status is not None:  # a strategy ended it while it waited
+            return
+        blocked = [d for d in state.task.after if self.states[d].status != "succeeded"]
+        if blocked and self.plan.strategy != "isolate":
+            # propagate and cancel_dependents have ended it already; collect skips it
+            reason = f"dependency {blocked[0]!r} {self.states[blocked[0]].status}"
+            await self._finish(state, "skipped", error=AsyncExecutionError.TaskCancelled(
+                task_id=state.id, reason=reason, cancellation_source="dependency"))
+            return
+        async with self.limiter:
+            if state.status is None:
+                await self._tries(state)
+
+    async def _tries(self, state: _TaskState) -> None:
+        task = state.task
+        retry = task.retry
+        args = {**task.args, "inputs": {dep: self._input(dep) for dep in task.after}}
+        state.started = time.monotonic()
+        while True:
+            if state.cancel_error is not None:  # cancelled between two tries
+                await self._cleanup(state, state.cancel_error)
+                await self._finish(state, "cancelled", error=state.cancel_error)
+                return
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                if state.error is None:
+                    await self._finish(state, "skipped", error=AsyncExecutionError.TaskCancelled(
+                        task_id=task.id, reason="the plan ran out of time before it started",
+                        cancellation_source="plan_timeout"))
+                else:  # out of time between two tries: the last failure stands
+                    await self._finish(state, _status_of(state.error), error=state.error)
+                return
+            state.attempts += 1
+            await self._notify(state, "started", task.id, state.attempts)
+            budget = min(task.timeout or self.timeouts[task.language or "lua"], remaining)
+            ok, value = await self._try(state, args, budget)
+            if ok:
+                await self._finish(state, "succeeded", result=value)
+                return
+            state.error = value
+            if value is state.cancel_error and value is not None:
+                await self._finish(state, "cancelled", error=value)
+                return
+            if state.cancel_error is not None:  # it failed on its own before the cancel came
+                await self._cleanup(state, state.cancel_error)
+                await self._finish(state, _status_of(value), error=value)
+                return
+            if (retry is None or state.attempts >= retry.attempts
+                    or not (value.retryable or retry.on == "any")):
+                await self._finish(state, _status_of(value), error=value)
+                return
+            with anyio.move_on_after(retry.delay(state.attempts)):
+                await state.wake.wait()  # type: ignore[union-attr]
+
+    async def _try(self, state: _TaskState, args: dict[str, Any],
+                   budget: float) -> tuple[bool, Any]:
+        """One run of the task's script, stopped after ``budget`` seconds."""
+        try:
+            run = self.host.new_run(self.plan.path(state.task.script), args,
+                                    timeout=budget + CLEANUP_GRACE)
+        except SpellError as err:
+            return False, err
+        state.run, state.stop_error = run, None
+        if state.cancel_error is not None:
+            self._stop(state, state.cancel_error)
+
+        async def watchdog() -> None:
+            await anyio.sleep(budget)
+            if state.stop_error is None:
+                error = AsyncExecutionError.TaskTimeout(
+                    task_id=state.id, duration=round(budget, 3), task_type=run.language)
+                self._stop(state, error)
+                with anyio.CancelScope(shield=True):  # listeners run even if the run just ended
+                    await self._notify(state, "cancel_started", state.id, error)
+
+        token = _printing_task.set(state.id)
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(watchdog)
+                try:
+                    outcome: tuple[bool, Any] = (True, await run.execute())
+                except SpellError as err:
+                    outcome = (False, err)
+                except anyio.get_cancelled_exc_class():
+                    # the caller gave up on the whole plan: stop the script, do not wait
+                    self._stop(state, AsyncExecutionError.TaskCancelled(
+                        task_id=state.id, reason="the plan was cancelled",
+                        cancellation_source="caller"))
+                    raise
+                except Exception as exc:  # a bug must still end as a unified error
+                    outcome = (False, SpellError.wrap(
+                        exc, "runtime", "internal_error",
+                        reason=f"running task {state.id!r}: {type(exc).__name__}: {exc}"))
+                group.cancel_scope.cancel()
+        finally:
+            _printing_task.reset(token)
+            state.run = None
+        stop = state.stop_error
+        if stop is None:
+            return outcome
+        if not outcome[0] and outcome[1] is not stop:
+            # the script ended some other way after it was told to stop (the engine's time
+            # limit in a CPU loop, a wrapped error): report the stop, keep that as its cause
+            if stop.__cause__ is None and not any(e is stop for e in outcome[1].chain()):
+                stop.__cause__ = outcome[1]
+            outcome = (False, stop)
+        await self._cleanup(state, stop)
+        return outcome
+
+    def _stop(self, state: _TaskState, error: SpellError) -> None:
+        """Stop the try in progress with ``error`` (once: the first reason wins)."""
+        if state.run is not None and state.stop_error is None:
+            state.stop_error = error
+            state.run.cancel(error)
+
+    async def _cleanup(self, state: _TaskState, error: SpellError) -> None:
+        await self._notify(state, "cleanup", state.id, error)
+        await self._notify(state, "cancel_completed", state.id, error)
+
+    async def _cancel(self, state: _TaskState, cause: str, reason: str) -> None:
+        """A strategy cancels ``state`` because task ``cause`` failed."""
+        if state.status is not None or state.cancel_error is not None:
+            return
+        error = AsyncExecutionError.TaskCancelled(
+            task_id=state.id, reason=reason, cancellation_source=self.plan.strategy)
+        state.cancel_error = error
+        state.caused_by = [cause]
+        state.wake.set()  # type: ignore[union-attr]
+        self._stop(state, error)  # a running try ends at the script's next tool call
+        await self._notify(state, "cancel_started", state.id, error)
+        if state.started is None and state.status is None:  # not started: it ends now
+            await self._cleanup(state, error)
+            await self._finish(state, "cancelled", error=error)
+
+    async def _finish(self, state: _TaskState, status: TaskStatus, *, result: Any = None,
+                      error: SpellError | None = None) -> None:
+        if state.status is not None:
+            return
+        if status == "succeeded":  # it ended before a cancellation could reach it
+            state.caused_by = []
+        self.ended += 1
+        state.status, state.result, state.error = status, result, error
+        state.ended, state.order = time.monotonic(), self.ended
+        state.done.set()
+        await self._notify(state, "completed", self._task_report(state))
+        if status in ("failed", "timed_out"):
+            await self._apply_strategy(state)
+
+    async def _apply_strategy(self, failed: _TaskState) -> None:
+        reason = f"task {failed.id!r} {failed.status.replace('_', ' ')}"  # type: ignore[union-attr]
+        if self.plan.strategy == "propagate":
+            for state in self.states.values():
+                await self._cancel(state, failed.id, reason)
+        elif self.plan.strategy == "cancel_dependents":
+            # breadth first, so each cancelled task names the one it depended on
+            queue = [failed.id]
+            while queue:
+                current = queue.pop(0)
+                for child in self.dependents[current]:
+                    state = self.states[child]
+                    if state.status is None and state.cancel_error is None:
+                        await self._cancel(state, current, f"dependency {current!r} did not "
+                                           f"succeed ({reason})")
+                        queue.append(child)
+
+    async def _notify(self, state: _TaskState, event: str, *args: Any) -> None:
+        for fn in self.coordinator._callbacks(event, state.id):
+            try:
+                outcome = fn(*args)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:  # a listener's bug never stops the plan
+                state.callback_errors.append(SpellError.wrap(exc))
+
+    def _input(self, dep: str) -> Any:
+        """What a dependent sees of ``dep``: its result, or its error as data (isolate)."""
+        state = self.states[dep]
+        if state.status == "succeeded":
+            return state.result
+        err = state.error
+        if err is None:
+            return {"status": state.status}
+        fields = json.loads(json.dumps(err.fields, default=str))
+        return {"status": state.status, "category": err.category, "kind": err.kind,
+                "message": err.message, "fields": fields}
+
+    # -- the report -------------------------------------------------------------------
+
+    def _task_report(self, state: _TaskState) -> TaskReport:
+        duration = 0.0
+        if state.started is not None:
+            duration = (state.ended or time.monotonic()) - state.started
+        return TaskReport(
+            id=state.id, script=state.task.script, engine=state.task.language or "",
+            status=state.status or "skipped", attempts=state.attempts,
+            duration=round(duration, 6), result=state.result,
+            error=None if state.error is None else state.error.to_dict(),
+            caused_by=state.caused_by,
+            callback_errors=[e.to_dict() for e in state.callback_errors])
+
+    def report(self) -> PlanReport:
+        """Classify the run (the seed's CrossEngineErrorPattern) and report every task."""
+        states = list(self.states.values())
+        failures = [s for s in states if s.status != "succeeded"]
+        owners: dict[Any, _TaskState] = {}  # each error (object and id) -> first task it ended
+        for state in sorted(failures, key=lambda s: s.order):
+            if state.error is not None:
+                owners.setdefault(id(state.error), state)
+                owners.setdefault(state.error.context.error_id, state)
+        for state in failures:
+            if not state.caused_by:
+                state.caused_by = self._causes(state, owners)
+        roots = [s for s in failures if not s.caused_by] or failures[:1]
+        propagation = [f"{cause} -> {s.id}" for s in sorted(failures, key=lambda s: s.order)
+                       for cause in s.caused_by]
+        report = PlanReport(
+            plan=self.plan.name, strategy=self.plan.strategy, outcome="succeeded",
+            duration=round(time.monotonic() - self.start, 6),
+            tasks=[self._task_report(s) for s in states],
+            root_causes=[s.id for s in roots] if failures else [],
+            propagation=propagation, tolerance=self.plan.tolerance,
+            failed_fraction=round(len(failures) / len(states), 6))
+        report._errors = {s.id: s.error for s in states if s.error is not None}
+        if not failures:
+            return report
+        if len(failures) == len(states):
+            first = max(roots, key=lambda s: (s.error.severity if s.error else 0, -s.order))
+            report.outcome = "all_failed"
+            report.representative_task = first.id
+            report.representative_error = first.error.to_dict() if first.error else None
+        elif propagation:
+            report.outcome = "cascading_failure"
+        else:
+            report.outcome = "partial_failure"
+            report.decision = ("continue_with_successful"
+                               if report.failed_fraction <= self.plan.tolerance
+                               else "fail_entire_operation")
+        return report
+
+    def _causes(self, state: _TaskState, owners: Mapping[Any, _TaskState]) -> list[str]:
+        """The tasks whose failure caused this one's: through dependencies, then through
+        the error's cause chain (a shared tool raising from another task's error)."""
+        causes = self._failed_ancestors(state.task)
+        for err in state.error.chain() if state.error is not None else ():
+            owner = owners.get(id(err)) or owners.get(err.context.error_id)
+            if owner is not None and owner is not state and owner.id not in causes:
+                causes.append(owner.id)
+        return causes
+
+    def _failed_ancestors(self, task: Task) -> list[str]:
+        """The nearest tasks upstream of ``task`` (on every path) that did not succeed."""
+        found: list[str] = []
+        seen: set[str] = set()
+        stack = list(reversed(task.after))
+        while stack:
+            dep = stack.pop()
+            if dep in seen:
+                continue
+            seen.add(dep)
+            if self.states[dep].status != "succeeded":
+                found.append(dep)
+            else:
+                stack.extend(reversed(self.states[dep].task.after))
+        return found
+
+
+def _status_of(err: SpellError) -> TaskStatus:
+    if err.code == "async_execution/task_timeout":
+        return "timed_out"
+    if err.code == "async_execution/task_cancelled":
+        return "cancelled"
+    return "failed"
