@@ -66,6 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_argument("--json", action="store_true", help="print the list as JSON")
     tools.set_defaults(handler=_tools)
 
+    plan = commands.add_parser(
+        "plan", help="run a plan of Lua and JavaScript tasks (TOML)",
+        description="Run the tasks of a TOML plan, concurrently where they do not depend "
+        "on each other, and print a table of tasks, the outcome and the root causes of "
+        "failures with their tracebacks. Progress is shown on a terminal. Exit codes: 0 "
+        "every task succeeded, 1 any other outcome, 2 a bad plan or usage.")
+    plan.add_argument("plan", help="the plan file (TOML)")
+    _add_tools_option(plan)
+    plan.add_argument("--strategy", choices=["propagate", "collect", "cancel_dependents",
+                                             "isolate"],
+                      help="what a failure does to the other tasks (overrides the plan's)")
+    plan.add_argument("--max-concurrency", type=int, metavar="N",
+                      help="tasks running at once at most (overrides the plan's)")
+    plan.add_argument("--json", action="store_true",
+                      help="print the report as one JSON object on stdout")
+    plan.add_argument("--verbose", action="store_true",
+                      help="show polyspell's own frames in tracebacks")
+    plan.set_defaults(handler=_plan)
+
     explain = commands.add_parser(
         "explain", help="render a saved error JSON as a polyglot traceback",
         description="Render an error saved as JSON (the output of run --json, or "
@@ -81,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_tools_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tools", action="append", default=[], metavar="FILE",
-                        help="a Python file whose @tool functions scripts may call "
-                        "(repeatable)")
+                        help="a tools file scripts may call (repeatable): Python (its "
+                        "@tool functions), Lua (the functions of the table it returns) or "
+                        "JavaScript (the functions of its global exports)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,6 +195,153 @@ def _color(stream: Any) -> bool:
     import os
 
     return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+# -- plan -----------------------------------------------------------------------------
+
+STATUS_COLORS = {"succeeded": "32", "failed": "31", "timed_out": "31", "cancelled": "33",
+                 "skipped": "33"}
+MAX_ROOT_CAUSES_SHOWN = 5
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from bridge import SpellError
+
+    progress = _PlanProgress() if sys.stderr.isatty() else None
+    try:
+        from host.coordinator import Coordinator
+
+        coordinator = Coordinator(args.tools, on_output=_plan_output(progress))
+        plan = coordinator.prepare(args.plan, strategy=args.strategy,
+                                   max_concurrency=args.max_concurrency)
+        if progress is None:
+            report = coordinator.run(plan)
+        else:
+            coordinator.on_task_started(progress.started)
+            coordinator.on_task_completed(progress.completed)
+            with progress.live(plan):
+                report = coordinator.run(plan)
+    except SpellError as err:
+        return _report_failure(err, args)
+    except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
+        return _report_failure(SpellError.wrap(
+            exc, "runtime", "internal_error", reason=f"{type(exc).__name__}: {exc}"), args)
+    if args.json:
+        print(report.model_dump_json())
+    else:
+        sys.stdout.write(format_plan_report(report, verbose=args.verbose,
+                                            color=_color(sys.stdout)))
+    return EXIT_OK if report.outcome == "succeeded" else EXIT_FAILED
+
+
+def format_plan_report(report: Any, *, verbose: bool = False, color: bool = False) -> str:
+    """A plan's report as people read it: the tasks, the outcome, the root causes."""
+    def paint(text: str, code: str | None) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+
+    rows = [("task", "engine", "status", "attempts", "duration")]
+    rows += [(t.id, t.engine, t.status, str(t.attempts), f"{t.duration:.2f}s")
+             for t in report.tasks]
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
+                 paint(row[2].ljust(widths[2]), None if n == 0 else STATUS_COLORS[row[2]]),
+                 row[3].rjust(widths[3]), row[4].rjust(widths[4])]
+        lines.append("  ".join(cells).rstrip())
+    failed = sum(t.status != "succeeded" for t in report.tasks)
+    outcome = paint(report.outcome, "32" if report.outcome == "succeeded" else "31")
+    counts = (f"{failed} of {len(report.tasks)} tasks did not succeed" if failed
+              else f"{len(report.tasks)} tasks")
+    lines += ["", f"outcome: {outcome} (plan {report.plan}, strategy {report.strategy}, "
+                  f"{counts}, {report.duration:.2f}s)"]
+    if report.decision:
+        lines.append(f"decision: {report.decision} (failed fraction "
+                     f"{report.failed_fraction:.2f}, tolerance {report.tolerance:.2f})")
+    if report.root_causes:
+        lines.append(f"root causes: {', '.join(report.root_causes)}")
+    if report.propagation:
+        lines.append(f"propagation: {', '.join(report.propagation)}")
+    if report.representative_task:
+        lines.append(f"representative error: {report.representative_task}")
+    for task_id in report.root_causes[:MAX_ROOT_CAUSES_SHOWN]:
+        err = report.error(task_id)
+        if err is not None:
+            lines += ["", f"root cause {task_id}:", err.to_text(verbose=verbose, color=color)]
+    hidden = len(report.root_causes) - MAX_ROOT_CAUSES_SHOWN
+    if hidden > 0:
+        lines += ["", f"... and {hidden} more root causes (--json shows them all)"]
+    return "\n".join(lines) + "\n"
+
+
+class _PlanProgress:
+    """Live progress on stderr: a rich progress bar when rich is installed, else a line
+    per task that ends."""
+
+    def __init__(self) -> None:
+        self.running: list[str] = []
+        self.bar: Any = None  # rich's Progress, while it is live
+        self.row: Any = None
+        self.name = ""
+
+    def live(self, plan: Any) -> Any:
+        import contextlib
+
+        try:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        except ImportError:
+            return contextlib.nullcontext()
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), console=Console(stderr=True),
+                            transient=True)
+        self.row = self.bar.add_task(f"plan {plan.name}", total=len(plan.tasks))
+        self.name = plan.name
+        return self.bar
+
+    def started(self, task_id: str, attempt: int) -> None:
+        if task_id not in self.running:
+            self.running.append(task_id)
+        self._describe()
+
+    def completed(self, task: Any) -> None:
+        if task.id in self.running:
+            self.running.remove(task.id)
+        line = f"{task.id} ({task.engine or '?'}) {task.status} after {task.duration:.2f}s"
+        if self.bar is None:
+            print(line, file=sys.stderr, flush=True)
+            return
+        from rich.markup import escape
+
+        color = {"succeeded": "green", "failed": "red", "timed_out": "red"}.get(task.status,
+                                                                                "yellow")
+        self.bar.console.print(f"[{color}]{escape(line)}[/]")
+        self.bar.advance(self.row)
+        self._describe()
+
+    def output(self, task_id: str, line: str) -> None:
+        if self.bar is None:
+            print(f"[{task_id}] {line}", file=sys.stderr, flush=True)
+        else:
+            from rich.markup import escape
+
+            self.bar.console.print(escape(f"[{task_id}] {line}"))
+
+    def _describe(self) -> None:
+        if self.bar is not None:
+            shown = ", ".join(self.running[:4]) + (" ..." if len(self.running) > 4 else "")
+            self.bar.update(self.row, description=f"plan {self.name}: {shown or 'waiting'}")
+
+
+def _plan_output(progress: _PlanProgress | None) -> Any:
+    """Where scripts' print lines go: through the live display, else to stderr."""
+    if progress is not None:
+        return progress.output
+
+    def to_stderr(task_id: str, line: str) -> None:
+        print(f"[{task_id}] {line}", file=sys.stderr, flush=True)
+
+    return to_stderr
 
 
 # -- explain --------------------------------------------------------------------------

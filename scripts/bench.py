@@ -2,6 +2,7 @@
 
     python scripts/bench.py            # everything
     python scripts/bench.py --quick    # fewer repeats
+    python scripts/bench.py --only coordinator    # only the coordinator's rows
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -222,10 +223,117 @@ def cli_hello() -> float:
     return time.perf_counter() - start
 
 
+# -- the coordinator (plans of tasks) ------------------------------------------------------
+
+TRIVIAL = {"lua": "return args.n", "javascript": "function main(args) { return args.n; }"}
+CPU_BOUND = {
+    "lua": "local x = 0 for i = 1, args.n do x = x + i % 7 end return x",
+    "javascript": "function main(args) { let x = 0; "
+                  "for (let i = 1; i <= args.n; i++) x += i % 7; return x; }",
+}
+CPU_LOOPS = {"lua": 12_000_000, "javascript": 4_000_000}  # about 0.3 s each here
+EXT = {"lua": ".lua", "javascript": ".js"}
+
+
+def bench_scripts(folder: Path, sources: dict[str, str], name: str) -> dict[str, Path]:
+    """The scripts of one bench plan, one per language, written into ``folder``."""
+    paths = {}
+    for language, source in sources.items():
+        paths[language] = folder / f"{name}{EXT[language]}"
+        paths[language].write_text(source)
+    return paths
+
+
+def coordinator_overhead(folder: Path, n: int) -> float:
+    """Seconds the coordinator adds per task: n trivial tasks run one at a time through a
+    plan, minus the same n runs made directly with ``Host.new_run``."""
+    import anyio
+
+    from host import Coordinator, Plan, Task
+
+    script = bench_scripts(folder, TRIVIAL, "trivial")["lua"]
+    coordinator = Coordinator(on_output=lambda task, line: None)
+    plan = Plan(max_concurrency=1, tasks=[Task(id=f"t{i}", script=script, args={"n": i})
+                                          for i in range(n)])
+    host = Host(on_output=lambda line: None)
+
+    async def direct() -> None:
+        for i in range(n):
+            await host.new_run(script, {"n": i, "inputs": {}}, timeout=30.5).execute()
+
+    start = time.perf_counter()
+    anyio.run(direct)
+    direct_time = time.perf_counter() - start
+    start = time.perf_counter()
+    report = coordinator.run(plan)
+    coordinated_time = time.perf_counter() - start
+    assert report.outcome == "succeeded", report.outcome
+    return (coordinated_time - direct_time) / n
+
+
+def independent_plan(folder: Path, n: int) -> float:
+    """Seconds for a plan of n independent trivial tasks, half Lua, half JS."""
+    from host import Coordinator, Plan, Task
+
+    scripts = bench_scripts(folder, TRIVIAL, "trivial")
+    plan = Plan(tasks=[Task(id=f"t{i}", script=scripts["lua" if i % 2 else "javascript"],
+                            args={"n": i}) for i in range(n)])
+    coordinator = Coordinator(on_output=lambda task, line: None)
+    start = time.perf_counter()
+    report = coordinator.run(plan)
+    elapsed = time.perf_counter() - start
+    assert report.results == {f"t{i}": i for i in range(n)}
+    return elapsed
+
+
+def cpu_speedup(folder: Path, language: str) -> float:
+    """Two CPU-bound tasks, each on its own engine: one after the other / at the same time."""
+    from host import Coordinator, Plan, Task
+
+    script = bench_scripts(folder, {language: CPU_BOUND[language]}, "cpu")[language]
+    tasks = [Task(id=f"cpu{i}", script=script, args={"n": CPU_LOOPS[language]})
+             for i in range(2)]
+    coordinator = Coordinator(on_output=lambda task, line: None)
+    timings = []
+    for concurrency in (1, 2):
+        start = time.perf_counter()
+        report = coordinator.run(Plan(tasks=tasks, max_concurrency=concurrency))
+        timings.append(time.perf_counter() - start)
+        assert report.outcome == "succeeded", report.outcome
+    return timings[0] / timings[1]
+
+
+def coordinator_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """The coordinator's rows of the table."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        coordinator_overhead(folder, 50)  # warm up: engine modules, pydantic models
+        independent_plan(folder, 50)
+        return [
+            ("coordinator overhead per trivial task",
+             median_of(repeats, lambda: coordinator_overhead(folder, 300)) * 1e3, "ms", "<= 1"),
+            ("plan of 1,000 trivial tasks, half Lua half JS",
+             median_of(max(3, repeats // 2), lambda: independent_plan(folder, 1000)), "s",
+             "<= 3"),
+            ("2 CPU-bound Lua tasks: parallel speed-up",
+             median_of(3, lambda: cpu_speedup(folder, "lua")), "x", ">= 1.6"),
+            ("2 CPU-bound JS tasks: parallel speed-up",
+             median_of(3, lambda: cpu_speedup(folder, "javascript")), "x", ">= 1.6"),
+        ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    repeats = 3 if parser.parse_args().quick else 7
+    parser.add_argument("--only", choices=["coordinator"],
+                        help="run only this section of the table")
+    options = parser.parse_args()
+    repeats = 3 if options.quick else 7
+    if options.only == "coordinator":
+        print_table(repeats, coordinator_rows(repeats))
+        return
     host = Host([add, explode], on_output=lambda line: None)
 
     rows: list[tuple[str, float, str, str]] = []
@@ -260,6 +368,11 @@ def main() -> None:
     rows.append(("polyspell run hello.lua, end to end",
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 
+    rows += coordinator_rows(repeats)
+    print_table(repeats, rows)
+
+
+def print_table(repeats: int, rows: list[tuple[str, float, str, str]]) -> None:
     print(f"polyspell bench: medians of {repeats} runs; Python {platform.python_version()}, "
           f"{os.cpu_count()} cores, {platform.machine()} {platform.system()}")
     print(f"| {'what':<46} | {'median':>9} | {'target':>7} |")
