@@ -283,20 +283,22 @@ class _PlanProgress:
         self.bar: Any = None  # rich's Progress, while it is live
         self.row: Any = None
         self.name = ""
+        self.total = self.done = 0
 
     def live(self, plan: Any) -> Any:
         import contextlib
 
+        self.name, self.total = plan.name, len(plan.tasks)
         try:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        except ImportError:
+        except ImportError:  # plain lines: a header, then one line per task that ends
+            print(f"plan {plan.name}: {self.total} tasks", file=sys.stderr, flush=True)
             return contextlib.nullcontext()
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             MofNCompleteColumn(), console=Console(stderr=True),
                             transient=True)
-        self.row = self.bar.add_task(f"plan {plan.name}", total=len(plan.tasks))
-        self.name = plan.name
+        self.row = self.bar.add_task(f"plan {plan.name}", total=self.total)
         return self.bar
 
     def started(self, task_id: str, attempt: int) -> None:
@@ -309,7 +311,8 @@ class _PlanProgress:
             self.running.remove(task.id)
         line = f"{task.id} ({task.engine or '?'}) {task.status} after {task.duration:.2f}s"
         if self.bar is None:
-            print(line, file=sys.stderr, flush=True)
+            self.done += 1
+            print(f"[{self.done}/{self.total}] {line}", file=sys.stderr, flush=True)
             return
         from rich.markup import escape
 
