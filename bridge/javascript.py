@@ -46,9 +46,10 @@ THROWN_NAME = "thrown value"  # error_name of a non-Error value that was thrown
 # "    at f (file:3:5)", "    at file:3:5" (a parse position); "at map (native)" never matches
 _FRAME = re.compile(r"^\s*at (?:(?P<function>.*?) \((?P<file>.+):(?P<line>\d+):(?P<column>\d+)\)"
                     r"|(?P<position_file>.+):(?P<position_line>\d+):(?P<position_column>\d+))\s*$")
-# _FRAME over a whole text: (function, file, line, column, bare line, bare column) per frame
-_FRAMES = re.compile(r"^[ \t]*at (?:(.*?) \((.+):(\d+):(\d+)\)|.+:(\d+):(\d+))[ \t]*$",
-                     re.MULTILINE)
+# _FRAME's two forms over a whole text: (function, file, line, column) per named frame,
+# and the first bare position
+_FRAMES = re.compile(r"^[ \t]*at (.*?) \((.+):(\d+):(\d+)\)[ \t]*$", re.MULTILINE)
+_POSITION = re.compile(r"^[ \t]*at .+:(\d+):(\d+)[ \t]*$", re.MULTILINE)
 _AT_LINE = re.compile(r"^\s+at ")
 _HEADER = re.compile(r"^(?P<name>[A-Za-z_$][\w$]*)(?:: (?P<message>.*))?$", re.DOTALL)
 _FUNCTION_NAMES = {"<eval>": "<script>", "": "<anonymous>", None: "<anonymous>"}
@@ -93,19 +94,16 @@ def read_stack(
     """The script's frames in a quickjs stack text, outermost first, and a parse position.
 
     ``<input>`` becomes ``filename``; the engine's frames, native frames and lines that
-    are not frames are left out. The position is the first bare ``at file:line:column``,
-    a syntax error's location.
+    are not frames are left out. The position, looked for only when there is no frame, is
+    the first bare ``at file:line:column``: a syntax error's location.
     """
-    frames = []
-    position = None
     count = len(lines) if lines else 0
+    hidden = HIDDEN_PREFIX in text
     # One scan of the whole text, and frames made as plain tuples: a match object per
     # line, and Frame()'s keyword handling, cost more than everything else here.
-    for function, file, line, column, bare_line, bare_column in _FRAMES.findall(text):
-        if not line:
-            position = position or (int(bare_line), int(bare_column))
-            continue
-        if function.startswith(HIDDEN_PREFIX):
+    frames = []
+    for function, file, line, column in _FRAMES.findall(text):
+        if hidden and function.startswith(HIDDEN_PREFIX):
             continue
         number = int(line)
         source = None
@@ -116,6 +114,11 @@ def read_stack(
         frames.append(_new_tuple(Frame, (LANGUAGE, file, number, int(column),
                                          _FUNCTION_NAMES.get(function, function), source)))
     frames.reverse()
+    position = None
+    if not frames:  # a parse position matters only to an error without frames
+        found = _POSITION.search(text)
+        if found:
+            position = (int(found[1]), int(found[2]))
     return frames, position
 
 

@@ -802,7 +802,9 @@ def test_parse_stack_reads_file_names_with_parentheses_and_parse_positions() -> 
     text = "    at agent (2).js:4:2\n    at f (agent (2).js:3:5)\n    at map (native)\n"
     frames, position = translate.read_stack(text, "agent (2).js")
     assert [(f.file, f.line, f.function) for f in frames] == [("agent (2).js", 3, "f")]
-    assert position == (4, 2)
+    assert position is None  # a position only matters to an error without frames
+    frames, position = translate.read_stack("    at agent (2).js:4:2\n", "agent (2).js")
+    assert (frames, position) == ([], (4, 2))
 
 
 def test_split_exception() -> None:
