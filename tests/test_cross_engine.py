@@ -331,3 +331,13 @@ def test_the_context_keeps_the_path_and_the_engine_stack(language, helpers):
     assert [c.function_name for c in err.context.execution_trace.call_stack] == ["boom"]
     # and all of it survives JSON
     assert SpellError.from_json(err.to_json()).context.metadata == metadata
+
+
+def test_a_lua_table_with_mixed_keys_does_not_cross(helpers):
+    host = _host(helpers)
+    with pytest.raises(SpellError) as info:
+        host.run_source("local r = tools.add{1, a = 1, b = 2}\nreturn r\n", "lua", "agent.lua")
+    err = info.value
+    assert err.code == "script/cross_engine_communication"
+    assert (err.fields["from_engine"], err.fields["to_engine"]) == ("lua", _lang(helpers))
+    assert "mixes string and integer keys" in err.fields["error"]
