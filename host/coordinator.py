@@ -42,10 +42,10 @@ import anyio
 from pydantic import BaseModel, JsonValue, PrivateAttr
 
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
+from host.host import Host, check_positive
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
 if TYPE_CHECKING:
-    from host.host import Host
     from host.runner import ScriptRun
 
 TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
@@ -181,9 +181,7 @@ class Coordinator:
         engine_timeouts: Mapping[str, float] | None = None,
         on_output: Callable[[str, str], None] | None = None,
     ) -> None:
-        from host.host import Host
-
-        _check_positive("max_concurrency", max_concurrency)
+        check_positive("max_concurrency", max_concurrency)
         self.tools = list(tools)
         self.memory_mb = memory_mb
         self.stack_kb = stack_kb
@@ -198,7 +196,7 @@ class Coordinator:
                 raise ConfigurationError.InvalidValue(
                     key="engine_timeouts", value=str(language),
                     reason="engine timeouts are for 'lua' and 'javascript'")
-            _check_positive(f"engine_timeouts[{language!r}]", seconds)
+            check_positive(f"engine_timeouts[{language!r}]", seconds)
             self.engine_timeouts[language] = float(seconds)
         self.on_output = on_output or _print_to_stderr
         # built here so that bad options or tools fail now, and tools load once
@@ -307,8 +305,6 @@ class Coordinator:
         return plan
 
     def _host_for(self, plan: Plan) -> Host:
-        from host.host import Host
-
         if not plan.tools:
             return self._host
         tools = [*self.tools, *(plan.path(p) for p in plan.tools)]
@@ -320,14 +316,6 @@ class Coordinator:
 
     def _callbacks(self, event: str, task_id: str) -> list[Callback]:
         return [fn for only, fn in self._listeners[event] if only in (None, task_id)]
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        from bridge import ConfigurationError
-
-        raise ConfigurationError.InvalidValue(key=name, value=repr(value),
-                                              reason=f"{name} must be a positive number")
 
 
 def _print_to_stderr(task_id: str, line: str) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import anyio
 import engines
 from bridge import ConfigurationError
 from engines import Limits, Sandbox
-from host.runner import ScriptRun
+from host.runner import ScriptRun, not_json_like
 from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, load_tools_file
 
 SANDBOXES = ("constrained", "trusted")
@@ -42,9 +41,9 @@ class Host:
         sandbox: Sandbox = "constrained",
         on_output: Callable[[str], None] | None = None,
     ) -> None:
-        _check_positive("timeout", timeout)
-        _check_positive("memory_mb", memory_mb)
-        _check_positive("stack_kb", stack_kb)
+        check_positive("timeout", timeout)
+        check_positive("memory_mb", memory_mb)
+        check_positive("stack_kb", stack_kb)
         if sandbox not in SANDBOXES:
             raise ConfigurationError.InvalidValue(
                 key="sandbox", value=str(sandbox),
@@ -107,7 +106,7 @@ class Host:
         check_json_like(args, "args")
         limits = self.limits
         if timeout is not None:
-            _check_positive("timeout", timeout)
+            check_positive("timeout", timeout)
             limits = dataclasses.replace(limits, timeout=float(timeout))
         return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
@@ -136,29 +135,17 @@ def _read_script(path: Path) -> str:
 
 def check_json_like(value: Any, path: str) -> None:
     """Refuse data that cannot enter a script, naming where it is."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                break
-            check_json_like(item, f"{path}.{key}")
-        else:
-            return
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            check_json_like(item, f"{path}[{index}]")
-        return
-    raise ConfigurationError.InvalidValue(
-        key=path, value=repr(value)[:200],
-        reason=f"{path} is not JSON-like data (null, booleans, finite numbers, strings, "
-               f"lists, string-keyed objects)")
+    problem = not_json_like(value, path)
+    if problem is not None:
+        where, piece = problem
+        raise ConfigurationError.InvalidValue(
+            key=where, value=repr(piece)[:200],
+            reason=f"{where} is not JSON-like data (null, booleans, finite numbers, strings, "
+                   f"lists, string-keyed objects)")
 
 
-def _check_positive(name: str, value: Any) -> None:
+def check_positive(name: str, value: Any) -> None:
+    """Refuse a limit or count that is not a positive number (``configuration/invalid_value``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ConfigurationError.InvalidValue(key=name, value=repr(value),
                                               reason=f"{name} must be a positive number")

@@ -366,28 +366,39 @@ def _crossing(value: Any, source: str, target: str) -> Any:
     """
     if source == target == "lua":
         return value
-    problem = _non_finite(value, "result")
-    if problem is not None:
+    problem = not_json_like(value, "result")
+    if problem is not None:  # from an engine, only a float that is not finite
         raise ScriptError.CrossEngineCommunication(
             from_engine=source, to_engine=target, data_type="float",
-            error=f"{problem} is not a finite number, which {target} cannot receive")
+            error=f"{problem[0]} is not a finite number, which {target} cannot receive")
     return value
 
 
-def _non_finite(value: Any, path: str) -> str | None:
-    if isinstance(value, float):
-        return None if math.isfinite(value) else path
-    if isinstance(value, dict):
-        items: Any = ((f"{path}.{k}", v) for k, v in value.items())
-    elif isinstance(value, list):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
-    else:
+def not_json_like(value: Any, path: str) -> tuple[str, Any] | None:
+    """Where in ``value`` the first piece that has no JSON form is, and that piece.
+
+    JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
+    mappings with string keys. A mapping with another key is itself the piece.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
         return None
-    for where, item in items:
-        found = _non_finite(item, where)
-        if found is not None:
-            return found
-    return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path, value
+            found = not_json_like(item, f"{path}.{key}")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = not_json_like(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    return path, value
 
 
 def _data_type(problem: str) -> str:
