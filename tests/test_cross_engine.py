@@ -85,6 +85,13 @@ def _host(*tools, **options) -> Host:
     return Host([*tools, lookup], timeout=10, on_output=lambda line: None, **options)
 
 
+def _failure(host: Host, source: str, language: str, name: str) -> SpellError:
+    """The error a run of ``source`` fails with."""
+    with pytest.raises(SpellError) as info:
+        host.run_source(source, language, name)
+    return info.value
+
+
 def test_each_exported_function_is_a_tool(helpers):
     host = _host(helpers)
     names = {t.name for t in host.tools}
@@ -177,9 +184,7 @@ def test_a_wrapped_error_keeps_the_chain_through_the_hop(language, helpers):
     host = _host(helpers)
     source = pick(language, "local r = tools.wrap{key = 'x'}\nreturn r\n",
                   "async function main() { return await tools.wrap({key: 'x'}); }\n")
-    with pytest.raises(SpellError) as info:
-        host.run_source(source, language, "agent.src")
-    err = info.value
+    err = _failure(host, source, language, "agent.src")
     assert err.code == "agent/execution_failed"
     assert err.fields["agent_id"] == "helper"
     assert isinstance(err.__cause__, ToolError) and err.__cause__.kind == "not_found"
@@ -214,9 +219,7 @@ def test_a_result_that_cannot_cross_names_both_engines(language, helpers):
     host = _host(helpers)
     source = pick(language, "local r = tools.bad_result{}\nreturn r\n",
                   "async function main() { return await tools.bad_result({}); }\n")
-    with pytest.raises(SpellError) as info:
-        host.run_source(source, language, "agent.src")
-    err = info.value
+    err = _failure(host, source, language, "agent.src")
     assert err.code == "script/cross_engine_communication"
     assert (err.fields["from_engine"], err.fields["to_engine"]) == (_lang(helpers), language)
     assert err.fields["data_type"] == "function"
@@ -227,9 +230,7 @@ def test_parameters_that_cannot_cross_name_both_engines(language, helpers):
     source = pick(language, "local r = tools.add{a = 1, b = function() end}\nreturn r\n",
                   "async function main() {\n  const p = {a: 1};\n  p.self = p;\n"
                   "  return await tools.add(p);\n}\n")
-    with pytest.raises(SpellError) as info:
-        host.run_source(source, language, "agent.src")
-    err = info.value
+    err = _failure(host, source, language, "agent.src")
     assert err.code == "script/cross_engine_communication"
     assert (err.fields["from_engine"], err.fields["to_engine"]) == (language, _lang(helpers))
     assert err.fields["data_type"] == pick(language, "function", "cycle")
@@ -243,9 +244,7 @@ def test_nan_crosses_only_where_the_receiver_can_take_it(language, helpers):
     if language == "lua" and _lang(helpers) == "lua":
         assert host.run_source(source, language, "agent") is True
         return
-    with pytest.raises(SpellError) as info:
-        host.run_source(source, language, "agent")
-    err = info.value
+    err = _failure(host, source, language, "agent")
     assert err.code == "script/cross_engine_communication"
     assert (err.fields["from_engine"], err.fields["to_engine"]) == (_lang(helpers), language)
     assert "result.x" in err.fields["error"]
@@ -269,9 +268,7 @@ def test_runaway_recursion_between_tools_files_is_stopped(language, helpers):
     host = _host(recursive)
     source = pick(language, "local r = tools.loop{}\nreturn r\n",
                   "async function main() { return await tools.loop({}); }\n")
-    with pytest.raises(SpellError) as info:
-        host.run_source(source, language, "agent")
-    err = info.value
+    err = _failure(host, source, language, "agent")
     assert err.code == "script/resource_exhaustion"
     assert err.fields["resource_type"] == "stack"
 
@@ -315,9 +312,7 @@ def test_the_context_keeps_the_path_and_the_engine_stack(language, helpers):
     host = _host(helpers)
     source = pick(language, "local x = 1\nlocal r = tools.boom{}\nreturn r\n",
                   "async function main() {\n  return await tools.boom({});\n}\n")
-    with pytest.raises(SpellError) as info:
-        host.run_source(source, language, "agent.src")
-    err = info.value
+    err = _failure(host, source, language, "agent.src")
     metadata = err.context.metadata
     assert metadata["execution_path"][0].startswith(f"{language} agent.src:2")
     assert metadata["execution_path"][1] == "host <tool call> in boom"
