@@ -1,0 +1,713 @@
+-- polyspell prelude: runs once per LuaRuntime, in the runtime's own globals.
+-- MESSAGES and CONSTRUCTORS are generated from the error hierarchy and put before this
+-- file's text by engines/lua.py (prelude_bytecode).
+local monotonic, trusted = ...
+
+local type, next, select, error, pcall, xpcall, tostring, tonumber =
+      type, next, select, error, pcall, xpcall, tostring, tonumber
+local rawget, rawset, rawlen, rawequal, setmetatable, getmetatable =
+      rawget, rawset, rawlen, rawequal, setmetatable, getmetatable
+local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyieldable =
+      coroutine.create, coroutine.resume, coroutine.yield, coroutine.running,
+      coroutine.status, coroutine.close, coroutine.isyieldable
+local sethook, lua_traceback, getinfo, raw_getmetatable =
+      debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable
+local concat, pack = table.concat, table.pack
+local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
+      string.gmatch, string.match, string.sub
+local utf8_len, math_type, huge = utf8.len, math.type, math.huge
+local os_clock, os_time, os_date = os.clock, os.time, os.date  -- for scripts
+local real_load, real_collectgarbage = load, collectgarbage
+local string_lib, table_lib, math_lib, utf8_lib, os_lib = string, table, math, utf8, os
+local VERSION = _VERSION
+
+-- Nothing of Python stays reachable, even for trusted scripts (require "python").
+python = nil
+package.loaded.python = nil
+if not trusted then
+  string_lib.dump = nil
+  -- debug.traceback looks for every function's name in package.loaded; with nothing to
+  -- search (constrained scripts have no require) a traceback costs a third.
+  for name in next, package.loaded do package.loaded[name] = nil end
+end
+local STRING_MT = getmetatable("")
+local STRING_MT_FIELDS = {}
+for k, v in next, STRING_MT do STRING_MT_FIELDS[k] = v end
+
+-- debug.traceback(nil, level) or debug.traceback(co), without the middle levels that
+-- Lua leaves out of a stack deeper than 21 ("...(skipping N levels)"): the frames are
+-- the path users read. Names as Lua gives them (bridge/lua.py reads the quoted name).
+-- A stack deeper than MAX_LEVELS (runaway recursion) keeps Lua's own traceback: getinfo
+-- walks the stack from the top, so rebuilding one costs O(depth^2).
+local MAX_LEVELS = 1000
+local function traceback(co, level)
+  local tb
+  if co then
+    tb, level = lua_traceback(co), 0
+  else
+    level = level + 1
+    tb = lua_traceback(nil, level)
+  end
+  if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
+  local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
+  if not skipped then return tb end
+  local depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
+  if depth > MAX_LEVELS then return tb end
+  local lines, n = {"stack traceback:"}, 1
+  for l = level, level + depth - 1 do
+    local ar = co and getinfo(co, l, "Sln") or getinfo(l, "Sln")
+    if not ar then break end
+    local what
+    if ar.namewhat ~= "" then
+      what = (ar.namewhat == "global" and "function" or ar.namewhat) .. " '" .. ar.name .. "'"
+    elseif ar.what == "main" then
+      what = "main chunk"
+    elseif ar.what == "C" then
+      what = "?"
+    else
+      what = "function <" .. ar.short_src .. ":" .. ar.linedefined .. ">"
+    end
+    n = n + 1
+    lines[n] = "\t" .. ar.short_src .. ":" .. ar.currentline .. ": in " .. what
+  end
+  return concat(lines, "\n")
+end
+
+local HOOK_COUNT = 1000        -- instructions between two ticks of the count hook
+local MAX_DEPTH = 100          -- data nested deeper does not cross to Python
+local MAX_ENTRIES = 1000       -- entries of a thrown table copied for the error report
+local NOMEM = "not enough memory"
+-- The private error value that stops a run; the sandbox's catchers re-raise it.
+local KILL = setmetatable({}, {__tostring = function() return "polyspell: run stopped" end})
+local REQUEST = {}             -- marks a coroutine yield that carries a tool request
+
+-- State of the current run.
+local deadline = huge
+local abort, abort_tb          -- why the run is being stopped ("time", "memory")
+local env, ERR_MT, prefix = nil, nil, "?:"
+-- The coroutines the host runs script code in (the script's, one per call of an exported
+-- function): to scripts they are the main thread. Requests wait by id for their reply.
+local roots = setmetatable({}, {__mode = "k"})
+local waiting, last_id = {}, 0
+local module, exports = nil, {}  -- a tools file's table, and a caller per function
+local tool_infos = {n = 0}
+local outbuf, nout = {}, 0
+local last_error, last_error_tb  -- the last error a script coroutine died of
+local cancel_handlers = {}       -- on_cancel(fn)
+
+-- The count hook looks at the wall clock only every so many ticks: that is a Python call,
+-- which waits for the GIL whenever another thread holds it (a look at every tick made a
+-- loop 200 times slower next to a busy Python thread). The number of ticks between two
+-- looks follows the measured time per tick, to look about every 20 ms, and more often
+-- as the deadline nears.
+local ticks_left, ticks_gate, tick_seconds, last_look = 1, 1, 1e-5, nil
+local LOOK_EVERY = 0.02
+
+local function hook()
+  if abort then error(KILL, 0) end
+  ticks_left = ticks_left - 1
+  if ticks_left > 0 then return end
+  local now = monotonic()
+  local left = deadline - now
+  if left <= 0 then
+    abort, abort_tb = "time", traceback(nil, 2)
+    error(KILL, 0)
+  end
+  if last_look then tick_seconds = (now - last_look) / ticks_gate + 1e-9 end
+  local ticks = (left > 2 * LOOK_EVERY and LOOK_EVERY or left / 2) // tick_seconds
+  ticks_gate = ticks < 1 and 1 or ticks > 1e6 and 1e6 or ticks
+  ticks_left, last_look = ticks_gate, now
+end
+
+-- A new deadline (each start and resume): look at the clock at the first tick.
+local function set_deadline(dl)
+  deadline, ticks_left, last_look = dl, 1, nil
+end
+
+-- Text safe to hand to Python: invalid UTF-8 bytes become U+FFFD.
+local function text(s)
+  if utf8_len(s) then return s end
+  local parts, i = {}, 1
+  while true do
+    local ok, bad = utf8_len(s, i)
+    if ok then parts[#parts + 1] = sub(s, i) break end
+    parts[#parts + 1] = sub(s, i, bad - 1) .. "\u{FFFD}"
+    i = bad + 1
+  end
+  return concat(parts)
+end
+
+local function keypath(k)
+  if type(k) == "string" then
+    if find(k, "^[%a_][%w_]*$") then return "." .. k end
+    return "[" .. format("%q", k) .. "]"
+  end
+  return "[" .. format("%d", k) .. "]"
+end
+
+-- Whether v is JSON-like data (raw access only: no metamethod runs). Returns nothing
+-- when it is, else a message pattern (%s is the path), the offending Lua type and the
+-- path below v.
+local active = {}
+local function check_table(v, depth)
+  if active[v] then return "cyclic table at %s", "table", "" end
+  if depth >= MAX_DEPTH then
+    return "%s is nested more than " .. MAX_DEPTH .. " levels deep", "table", ""
+  end
+  active[v] = true
+  local nstr, nint, top = 0, 0, 0
+  for k, x in next, v do
+    local tk = math_type(k) or type(k)
+    if tk == "string" then
+      if not utf8_len(k) then
+        active[v] = nil
+        return "%s has a key that is not valid UTF-8 text", "table", ""
+      end
+      nstr = nstr + 1
+    elseif tk == "integer" and k > 0 then
+      nint = nint + 1
+      if k > top then top = k end
+    else
+      active[v] = nil
+      return "%s has a " .. (tk == "float" and "non-integer number" or tk)
+             .. " key (keys must be strings, or 1..n for an array)", "table", ""
+    end
+    local tx = type(x)
+    if tx == "table" then
+      local what, lt, path = check_table(x, depth + 1)
+      if what then active[v] = nil return what, lt, keypath(k) .. path end
+    elseif tx == "string" then
+      if not utf8_len(x) then
+        active[v] = nil
+        return "%s is not valid UTF-8 text", "string", keypath(k)
+      end
+    elseif tx ~= "number" and tx ~= "boolean" then
+      active[v] = nil
+      return "%s is a " .. tx, tx, keypath(k)
+    end
+  end
+  active[v] = nil
+  if nstr > 0 and nint > 0 then return "%s mixes string and integer keys", "table", "" end
+  if top ~= nint then return "%s is an array with holes", "table", "" end
+end
+
+local function check(v)
+  local tv = type(v)
+  if tv == "table" then return check_table(v, 0) end
+  if tv == "string" then
+    if utf8_len(v) then return end
+    return "%s is not valid UTF-8 text", "string", ""
+  end
+  if tv == "number" or tv == "boolean" or tv == "nil" then return end
+  return "%s is a " .. tv, tv, ""
+end
+
+-- A JSON-like copy of any value, for error reports: functions and other non-data become
+-- their description, cycles "<cycle>", keys that JSON cannot have become strings.
+local function sanitize(v, depth, seen)
+  local tv = type(v)
+  if tv == "string" then return text(v) end
+  if tv == "number" or tv == "boolean" or tv == "nil" then return v end
+  if tv ~= "table" then return format("%s: %p", tv, v) end
+  if seen[v] then return "<cycle>" end
+  if depth >= MAX_DEPTH then return "<nested too deep>" end
+  seen[v] = true
+  local copy, nstr, nint, top, count = {}, 0, 0, 0, 0
+  for k, x in next, v do
+    count = count + 1
+    if count > MAX_ENTRIES then break end
+    local tk, key = math_type(k) or type(k), k
+    if tk == "string" then nstr = nstr + 1 key = text(k)
+    elseif tk == "integer" and k > 0 then nint = nint + 1 if k > top then top = k end
+    else
+      nstr = nstr + 1
+      local plain = tk == "float" or tk == "boolean" or tk == "integer"
+      key = "[" .. (plain and tostring(k) or tk) .. "]"
+    end
+    copy[key] = sanitize(x, depth + 1, seen)
+  end
+  seen[v] = nil
+  if nint > 0 and (nstr > 0 or top ~= nint) then  -- not an array: every key a string
+    local keyed = {}
+    for k, x in next, copy do keyed[type(k) == "string" and k or format("%d", k)] = x end
+    copy = keyed
+  end
+  return copy
+end
+
+-- A traceback with only the script's own lines (for the error tables scripts see).
+local function script_traceback(tb)
+  local out = {"stack traceback:"}
+  for line in gmatch(tb, "\n\t([^\n]*)") do
+    if sub(line, 1, #prefix) == prefix then out[#out + 1] = "\t" .. line end
+  end
+  return concat(out, "\n")
+end
+
+-- Re-raise what must not be caught inside the sandbox: the deadline and memory errors.
+local function pass(ok, ...)
+  if not ok then
+    local e = ...
+    if e == NOMEM and not abort then abort = "memory" end
+    if abort or e == KILL then error(KILL, 0) end
+  end
+  return ok, ...
+end
+
+-- Error tables ----------------------------------------------------------------------
+
+local function show(v)  -- a field value as Python's str() writes it in a message
+  if v == nil then return "None" end
+  if v == true then return "True" elseif v == false then return "False" end
+  local tv = type(v)
+  if tv == "string" or tv == "number" then return tostring(v) end
+  return "<" .. tv .. ">"
+end
+
+local templates  -- "category/kind" -> {template, defaults}, read from MESSAGES on first use
+local function template_for(code)
+  if not templates then
+    templates = {}
+    for line in gmatch(MESSAGES, "[^\n]+") do
+      local key, template, rest = match(line, "^([^\t]*)\t([^\t]*)(.*)$")
+      local defaults = {}
+      for name, value in gmatch(rest, "\t([^=\t]+)=([^\t]*)") do defaults[name] = value end
+      templates[key] = {template, defaults}
+    end
+  end
+  return templates[code]
+end
+
+local function error_tostring(e)
+  local category, kind, message = rawget(e, "category"), rawget(e, "kind"), rawget(e, "message")
+  local code = tostring(category) .. "/" .. tostring(kind)
+  if type(message) ~= "string" then
+    local known, fields = template_for(code), rawget(e, "fields")
+    if type(fields) ~= "table" then fields = {} end
+    message = known and gsub(known[1], "{([%w_]+)}", function(name)
+      local v = rawget(fields, name)
+      if v == nil then return known[2][name] or "None" end
+      return show(v)
+    end) or ""
+  end
+  return code .. ": " .. message
+end
+
+local function new_error(category, kind, name, fields, message, cause, tb)
+  return setmetatable({category = category, kind = kind, name = name, fields = fields,
+                       message = message, cause = cause, traceback = tb}, ERR_MT)
+end
+
+-- The error table for an envelope from Python (already a table), raised at the call site.
+local function as_error(t, tb)
+  if type(rawget(t, "fields")) ~= "table" then t.fields = {} end
+  t.traceback = tb
+  local cause = rawget(t, "cause")
+  if type(cause) == "table" then as_error(cause, tb) end
+  return setmetatable(t, ERR_MT)
+end
+
+local function violation(what, level)
+  error(new_error("security", "script_safety_violation", "SecurityError",
+                  {engine = "lua", violation = what}, nil, nil,
+                  script_traceback(traceback(nil, level + 1))), level + 1)
+end
+
+local ERRORS = {}
+for cname, category in next, CONSTRUCTORS do
+  ERRORS[cname] = function(spec)
+    if type(spec) ~= "table" then
+      error("bad argument #1 to '" .. cname .. "' (table expected, got " .. type(spec) .. ")", 2)
+    end
+    local fields = {}
+    for k, v in next, spec do
+      if k ~= "kind" and k ~= "message" and k ~= "cause" then fields[k] = v end
+    end
+    return new_error(category, rawget(spec, "kind"), cname, fields, rawget(spec, "message"),
+                     rawget(spec, "cause"), script_traceback(traceback(nil, 2)))
+  end
+end
+
+-- Tool calls ------------------------------------------------------------------------
+
+-- The host cancels a run by failing its next tool call with async_execution/
+-- task_cancelled (or task_timeout): the handlers given to on_cancel run first, once.
+local function cancelled(e)
+  local handlers = cancel_handlers
+  cancel_handlers = {}
+  for i = 1, #handlers do
+    local ok, problem = pcall(handlers[i], e)
+    if not ok then
+      if problem == NOMEM and not abort then abort = "memory" end
+      if abort or problem == KILL then error(KILL, 0) end
+      outbuf[nout + 1], nout = text("on_cancel handler failed: " .. tostring(problem)), nout + 1
+    end
+  end
+end
+
+local function on_cancel(fn)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'on_cancel' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  cancel_handlers[#cancel_handlers + 1] = fn
+end
+
+-- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params.
+local function call_tool(name, nargs, params)
+  local problem
+  if nargs > 1 then
+    problem = "expected one table of parameters, got " .. nargs .. " arguments"
+  elseif params ~= nil then
+    if type(params) ~= "table" then
+      problem = "params is a " .. type(params) .. ", expected a table"
+    else
+      local what, _, path = check_table(params, 0)
+      if what then problem = text(format(what, "params" .. path)) end
+    end
+  end
+  if problem then params = nil end
+  local tb = traceback(nil, 3)  -- from the script's call site: cheaper than from here
+  local ok, value = co_yield(REQUEST, text(name), problem, tb, params)
+  if ok then return value end
+  local e = as_error(value, script_traceback(tb))
+  local kind = rawget(e, "kind")
+  if rawget(e, "category") == "async_execution"
+      and (kind == "task_cancelled" or kind == "task_timeout") then
+    cancelled(e)
+  end
+  error(e, 0)
+end
+
+local function tools_index(t, name)
+  if type(name) ~= "string" then return nil end
+  local f = function(...)
+    local result = call_tool(name, select("#", ...), ...)
+    return result
+  end
+  rawset(t, name, f)
+  return f
+end
+
+local function tools_call(name, ...)
+  if type(name) ~= "string" then
+    error("bad argument #1 to 'call' (string expected, got " .. type(name) .. ")", 2)
+  end
+  local result = call_tool(name, select("#", ...), ...)
+  return result
+end
+
+local function tools_list()
+  local list = {}
+  for i = 1, tool_infos.n, 2 do
+    list[#list + 1] = {name = tool_infos[i], description = tool_infos[i + 1]}
+  end
+  return list
+end
+
+-- Sandboxed built-ins -----------------------------------------------------------------
+
+-- Resume a script coroutine; a tool request from inside it is passed up to the host
+-- (with the traceback of this side appended) and the reply fed back in.
+local function forward(co, ok, ...)
+  if ok then
+    if ... ~= REQUEST then return true, ... end
+    local _, name, problem, tb = ...
+    return forward(co, co_resume(co, co_yield(REQUEST, name, problem,
+                                              tb .. "\n" .. traceback(nil, 2), select(5, ...))))
+  end
+  local e = ...
+  if e == NOMEM and not abort then abort = "memory" end
+  if abort or e == KILL then error(KILL, 0) end
+  last_error, last_error_tb = e, traceback(co)
+  return false, e
+end
+
+local function s_create(f)
+  local co = co_create(f)
+  sethook(co, hook, "", HOOK_COUNT)  -- hooks are not inherited by new coroutines
+  return co
+end
+
+local function s_resume(co, ...)
+  return forward(co, co_resume(co, ...))
+end
+
+local function unwrap(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+
+local function s_wrap(f)
+  local co = s_create(f)
+  return function(...)
+    return unwrap(forward(co, co_resume(co, ...)))
+  end
+end
+
+local function s_yield(...)
+  if roots[co_running()] then error("attempt to yield from outside a coroutine", 2) end
+  return co_yield(...)
+end
+
+local function s_running()
+  local co = co_running()
+  return co, roots[co] == true
+end
+
+local function s_isyieldable(co)
+  co = co or co_running()
+  return not roots[co] and co_isyieldable(co)
+end
+
+local function s_close(co)
+  return pass(co_close(co))
+end
+
+local function s_pcall(f, ...)
+  return pass(pcall(f, ...))
+end
+
+local function s_xpcall(f, handler, ...)
+  if type(handler) ~= "function" then
+    error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
+  end
+  return pass(xpcall(f, function(e)
+    if abort or e == KILL or e == NOMEM then return e end
+    return handler(e)
+  end, ...))
+end
+
+local function s_load(chunk, chunkname, mode, fenv)
+  if type(mode) == "string" and find(mode, "b", 1, true) then
+    violation("load() with mode '" .. mode .. "': binary chunks are not allowed", 2)
+  end
+  if type(chunk) == "string" and sub(chunk, 1, 1) == "\27" then
+    violation("load() of a binary chunk", 2)
+  end
+  if fenv == nil then fenv = env end
+  local f, message = real_load(chunk, chunkname, "t", fenv)
+  if f == nil then
+    if message == NOMEM and not abort then abort = "memory" end
+    if abort or message == KILL then error(KILL, 0) end
+    if type(message) == "string" and find(message, "attempt to load a binary chunk", 1, true) then
+      violation("load() of a binary chunk", 2)
+    end
+  end
+  return f, message
+end
+
+local GC_OPTIONS = {count = true, collect = true, step = true}
+local function s_collectgarbage(option, ...)
+  if option == nil then option = "collect" end
+  if not GC_OPTIONS[option] then
+    violation("collectgarbage(" .. format("%q", tostring(option)) .. ")", 2)
+  end
+  return real_collectgarbage(option, ...)
+end
+
+-- Finalizers run with hooks off, so a __gc loop could never be stopped.
+local function s_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    violation("a __gc metamethod (finalizers would run outside the time limit)", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+local function s_print(...)
+  local n = select("#", ...)
+  local parts = {...}
+  for i = 1, n do parts[i] = tostring(parts[i]) end
+  nout = nout + 1
+  outbuf[nout] = text(concat(parts, "\t", 1, n))
+end
+
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+
+-- A fresh environment per run, so that a run cannot leave anything to the next one.
+local function make_env(args)
+  for k in next, STRING_MT do STRING_MT[k] = nil end
+  for k, v in next, STRING_MT_FIELDS do STRING_MT[k] = v end
+  local string_copy = copy(string_lib)
+  STRING_MT.__index = string_copy
+  ERR_MT = {__tostring = error_tostring, __name = "SpellError"}
+  local e = {
+    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,
+    tostring = tostring, type = type, rawequal = rawequal, rawget = rawget, rawset = rawset,
+    rawlen = rawlen, setmetatable = s_setmetatable, getmetatable = getmetatable,
+    string = string_copy, table = copy(table_lib), math = copy(math_lib),
+    utf8 = copy(utf8_lib), os = {time = os_time, clock = os_clock, date = os_date},
+    coroutine = {create = s_create, resume = s_resume, yield = s_yield, status = co_status,
+                 wrap = s_wrap, running = s_running, isyieldable = s_isyieldable,
+                 close = s_close},
+    load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
+    args = args, errors = copy(ERRORS), on_cancel = on_cancel,
+    tools = setmetatable({call = tools_call, list = tools_list}, {__index = tools_index}),
+  }
+  e._G = e
+  if trusted then
+    e.io, e.debug, e.package, e.require, e.dofile, e.loadfile, e.warn =
+      io, debug, package, require, dofile, loadfile, warn
+    e.os, e.collectgarbage, e.setmetatable = copy(os_lib), real_collectgarbage, setmetatable
+    e.load = function(chunk, chunkname, mode, fenv)
+      return real_load(chunk, chunkname, mode, fenv == nil and e or fenv)
+    end
+  end
+  return e
+end
+
+-- The run ------------------------------------------------------------------------------
+
+local function call_main(main, args)
+  local result = main(args)  -- a local named main, so that tracebacks name it
+  return result
+end
+
+-- Runs before the stack unwinds: what was thrown, with the traceback where it was thrown.
+local function on_error(e)
+  if e == NOMEM and not abort then abort = "memory" end
+  if abort or e == KILL then return KILL end
+  local tb = traceback(nil, 2)
+  if last_error ~= nil and rawequal(e, last_error) then tb = last_error_tb .. "\n" .. tb end
+  local te, described = type(e), nil
+  if te == "table" or te == "userdata" then
+    local mt = raw_getmetatable(e)
+    if mt and mt ~= ERR_MT and rawget(mt, "__tostring") ~= nil then
+      local ok, s = pcall(tostring, e)  -- script code, still under the hook
+      if ok and type(s) == "string" then described = text(s) end
+    end
+  end
+  return {sanitize(e, 0, {}), te, described, text(tb)}
+end
+
+-- The script's coroutine. The chunk is called by xpcall itself, so that tracebacks
+-- call it "main chunk"; then main(args), if the chunk defined it.
+local function body(chunk, args)
+  local ok, value = xpcall(chunk, on_error, args)
+  if not ok then return false, value end
+  local main = rawget(env, "main")
+  if type(main) == "function" then
+    ok, value = xpcall(call_main, on_error, main, args)
+    if not ok then return false, value end
+  end
+  local what, ltype, path = check(value)
+  if what then return true, value, text(format(what, "result" .. path)), ltype end
+  return true, value
+end
+
+-- What a resumption of a root coroutine came to, as flat values for Python:
+-- status, number of buffered output lines, then per status:
+--   request id name problem traceback params | done value | bad_result problem lua_type
+--   error value lua_type tostring traceback | abort reason traceback | syntax message
+local function finish(co, ok, a, ...)
+  local n = nout
+  if abort then return "abort", n, abort, abort_tb and text(abort_tb) end
+  if not ok then  -- only a memory error can escape the bodies' xpcall
+    if a == NOMEM then return "abort", n, "memory" end
+    return "error", n, type(a) == "string" and text(a) or type(a), "string"
+  end
+  if a == REQUEST then
+    last_id = last_id + 1
+    waiting[last_id] = co
+    return "request", n, last_id, ...
+  end
+  local b, c, d = ...
+  if a then
+    if c then return "bad_result", n, c, d end
+    return "done", n, b
+  end
+  if b == NOMEM then return "abort", n, "memory" end
+  if type(b) == "table" and b ~= KILL then return "error", n, b[1], b[2], b[3], b[4] end
+  return "error", n, type(b) == "string" and text(b) or type(b), "string"
+end
+
+local function root(body, ...)
+  local co = co_create(body)
+  sethook(co, hook, "", HOOK_COUNT)
+  roots[co] = true
+  return finish(co, co_resume(co, ...))
+end
+
+-- A fresh environment, then the chunk compiled in it (or the "syntax" outcome).
+local function prepare(source, chunkname, args, ...)
+  abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
+  outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
+  tool_infos = pack(...)
+  env = make_env(args)
+  local chunk, message = real_load(source, chunkname, "t", env)
+  if chunk then prefix = getinfo(chunk, "S").short_src .. ":" end  -- raw bytes
+  return chunk, message
+end
+
+local function start(source, chunkname, args, dl, ...)
+  local chunk, message = prepare(source, chunkname, args, ...)
+  if not chunk then return "syntax", 0, text(message) end
+  set_deadline(dl)
+  return root(body, chunk, args)
+end
+
+-- A tools file: its chunk returns a table of functions, which the host calls by name.
+local function library(chunk)
+  local ok, value = xpcall(chunk, on_error)
+  if not ok then return false, value end
+  if type(value) ~= "table" then
+    return true, nil, "a Lua tools file must return a table of functions, not " ..
+      (value == nil and "nothing" or "a " .. type(value)), type(value)
+  end
+  local names = {}
+  for k, v in next, value do
+    if type(k) == "string" and type(v) == "function" then
+      -- called as a field with a constant name, so that tracebacks name it ("field 'k'")
+      exports[k] = real_load(format("local m, p = ... local r = m[%q](p) return r", k),
+                             "=(polyspell)", "t", {})
+      names[#names + 1] = text(k)
+    end
+  end
+  module = value
+  table_lib.sort(names)
+  return true, names
+end
+
+local function load_library(source, chunkname, dl, ...)
+  local chunk, message = prepare(source, chunkname, nil, ...)
+  if not chunk then return "syntax", 0, text(message) end
+  set_deadline(dl)
+  return root(library, chunk)
+end
+
+local function exported(name, params)
+  local ok, value = xpcall(exports[name], on_error, module, params)
+  if not ok then return false, value end
+  local what, ltype, path = check(value)
+  if what then return true, value, text(format(what, "result" .. path)), ltype end
+  return true, value
+end
+
+local function call(name, params, dl)
+  set_deadline(dl)
+  return root(exported, name, params)
+end
+
+-- Deliver the reply to request `id`: ok and the result, or not ok and the error envelope.
+local function step(id, dl, ok, value)
+  local co = waiting[id]
+  waiting[id] = nil
+  set_deadline(dl)
+  return finish(co, co_resume(co, ok, value))
+end
+
+local function drain()
+  local lines = outbuf
+  outbuf, nout = {}, 0
+  return lines
+end
+
+local function short_src(chunkname)
+  return text(getinfo(real_load("", chunkname), "S").short_src)
+end
+
+return start, step, drain, short_src, load_library, call
