@@ -29,6 +29,7 @@ string) runs to its end before the hook can stop it.
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable
 from importlib import resources
@@ -59,8 +60,10 @@ _LUA_IDSIZE = 60
 MAX_DEPTH = 100
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
-# Values that cross as they are (ints only within 64 bits: checked by _check_data).
+# Values that cross as they are (ints only within 64 bits: checked by _check_data; strs
+# only when they have a UTF-8 form: see _utf8).
 _SCALARS = frozenset({str, float, bool, type(None)})
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 PRELUDE = resources.files("engines").joinpath("lua_prelude.lua").read_text("utf-8")
 
@@ -107,6 +110,45 @@ _LuaTable: type = type(lupa.LuaRuntime(register_eval=False, register_builtins=Fa
 
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Python attributes are not reachable from Lua")
+
+
+def _utf8(text: str) -> str:
+    """``text`` as a Lua string can hold it: valid UTF-8.
+
+    Lua strings are bytes and the prelude reads them as UTF-8, turning invalid bytes into
+    U+FFFD on the way out; a Python string with a lone surrogate (a careless tool's
+    ``"a\\ud800"``, a file name decoded with ``surrogateescape``) has no UTF-8 form, so on
+    the way in each lone surrogate becomes U+FFFD too, and a pair of surrogates the
+    character it stands for (as JavaScript reads them). Cheap for the usual text: an
+    ASCII check is O(1), and only text with a surrogate is copied. Tables are built
+    first as they are: only when lupa cannot encode a string is the data copied.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _SURROGATE.search(text) is not None
+
+
+def _utf8_data(value: Any) -> Any:
+    """JSON-like ``value`` with its strings (keys too) made valid UTF-8 by :func:`_utf8`;
+    containers are copied only where something changed."""
+    kind = type(value)
+    if kind is str:
+        return _utf8(value)
+    if kind is dict:
+        items = [(_utf8(key) if type(key) is str else key, _utf8_data(item))
+                 for key, item in value.items()]
+        if all(k is key and v is item for (k, v), (key, item) in zip(items, value.items(),
+                                                                      strict=True)):
+            return value
+        return dict(items)
+    if kind is list or kind is tuple:
+        items = [_utf8_data(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
 
 
 class _NotData(Exception):
@@ -214,10 +256,19 @@ class LuaEngine(Engine):
         self._script = LuaScript(filename=filename, source=source)
         self._waiting.clear()
         self._started = time.monotonic()
-        chunkname = "@" + filename
-        if len(filename.encode()) >= _LUA_IDSIZE - 1:
+        shown = _utf8(filename)  # the name Lua knows the chunk by
+        chunkname = "@" + shown
+        if len(shown.encode()) >= _LUA_IDSIZE - 1:
             self._script.short_src = self._lua_short_src(chunkname)
-        infos = [text for info in tools for text in (info.name, info.description)]
+        elif shown is not filename:
+            self._script.short_src = shown
+        if _has_surrogate(source):  # code is not data: refused, as JavaScript refuses it
+            at = _SURROGATE.search(source).start()  # type: ignore[union-attr]
+            line = source.count("\n", 0, at) + 1
+            return self._fail(compilation_failed(
+                self._script, f"{self._script.prefix}{line}: the source is not valid UTF-8 "
+                              f"text (a lone surrogate at index {at})"))
+        infos = [_utf8(text) for info in tools for text in (info.name, info.description)]
         try:
             data = [self._to_lua(value, "args") for value in args]
             outcome = entry(source, chunkname, *data, deadline, *infos)
@@ -338,19 +389,27 @@ class LuaEngine(Engine):
         """JSON-like Python data as a Lua value (tables built by lupa, never Python objects)."""
         kind = type(value)
         if kind in _SCALARS:
-            return value
+            return _utf8(value) if kind is str else value
         if kind is dict:  # the usual tool result: a flat dict, checked in one loop
             for key, item in value.items():
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
                         item_kind is not int or not _INT64[0] <= item <= _INT64[1])):
                     _check_data(value, path)
-                    return self._table_from(value, recursive=True)
-            return self._table_from(value)
-        _check_data(value, path)
-        if kind is int:
-            return value
-        return self._table_from(value, recursive=True)
+                    break
+            else:
+                try:
+                    return self._table_from(value)
+                except UnicodeEncodeError:  # a lone surrogate: see _utf8
+                    return self._table_from(_utf8_data(value))
+        else:
+            _check_data(value, path)
+            if kind is int:
+                return value
+        try:
+            return self._table_from(value, recursive=True)
+        except UnicodeEncodeError:  # a lone surrogate: see _utf8
+            return self._table_from(_utf8_data(value), recursive=True)
 
     def _from_lua(self, value: Any) -> Any:
         """Lua data (already checked or copied by the prelude) as JSON-like Python data."""
