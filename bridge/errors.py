@@ -263,11 +263,11 @@ class SpellError(Exception):
         frames = python_frames(exc.__traceback__)
         if variant.kind == "python_exception" and variant.category == "runtime":
             fields.setdefault("exception_type", exception_type_name(exc))
-            fields.setdefault("exception_message", str(exc))
+            fields.setdefault("exception_message", exception_message(exc))
             cause = exc.__cause__
         else:
             if "reason" in variant.fields_model.model_fields:
-                fields.setdefault("reason", f"{exception_type_name(exc)}: {exc}")
+                fields.setdefault("reason", describe_exception(exc))
             cause = exc
         return variant(frames=frames, cause=cause, **fields)
 
@@ -539,9 +539,46 @@ def _short(value: Any, limit: int = 60) -> str:
 
 
 def exception_type_name(exc: BaseException) -> str:
-    """``KeyError`` for builtins, ``package.module.Class`` for the rest, as Python prints it."""
+    """``KeyError`` for builtins, ``package.module.Class`` for the rest, as Python prints it.
+
+    Never fails: a class whose names cannot be read is named by ``type.__name__``.
+    """
     cls = type(exc)
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        module, name = cls.__module__, cls.__qualname__
+        if type(name) is not str:
+            raise TypeError("__qualname__ is not a string")
+    except Exception:
+        return type.__dict__["__name__"].__get__(cls)  # the C slot: no metaclass in between
+    if module == "builtins" or type(module) is not str:
+        return name
+    return f"{module}.{name}"
+
+
+def exception_message(exc: BaseException) -> str:
+    """``str(exc)``, never failing: Python's own ``<exception str() failed>`` when the
+    exception cannot describe itself (its ``__str__`` raises, its ``args`` are broken...).
+
+    A ``KeyboardInterrupt`` raised meanwhile is not swallowed.
+    """
+    try:
+        text = str(exc)
+        return text if type(text) is str else str.__str__(text)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        return "<exception str() failed>"
+
+
+def describe_exception(exc: BaseException, *, qualified: bool = True) -> str:
+    """``Type: message`` for any exception, however broken (see :func:`exception_message`).
+
+    ``qualified`` names the type with its module as :func:`exception_type_name` does;
+    otherwise by its bare class name, as tool failures are described.
+    """
+    if qualified:
+        name = exception_type_name(exc)
+    else:
+        name = type.__dict__["__name__"].__get__(type(exc))
+    return f"{name}: {exception_message(exc)}"
 

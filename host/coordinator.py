@@ -42,6 +42,7 @@ import anyio
 from pydantic import BaseModel, JsonValue, PrivateAttr
 
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
+from bridge.errors import describe_exception
 from host.host import Host, check_positive
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
@@ -469,7 +470,8 @@ class _Execution:
                 except Exception as exc:  # a bug must still end as a unified error
                     outcome = (False, SpellError.wrap(
                         exc, "runtime", "internal_error",
-                        reason=f"running task {state.id!r}: {type(exc).__name__}: {exc}"))
+                        reason=f"running task {state.id!r}: "
+                               f"{describe_exception(exc, qualified=False)}"))
                 group.cancel_scope.cancel()
         finally:
             _printing_task.reset(token)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import threading
 import time
 import uuid
@@ -24,6 +25,7 @@ import anyio.to_thread
 import engines
 from bridge import BridgeError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope
+from bridge.errors import describe_exception
 from bridge.frames import is_internal
 from bridge.pytraceback import attach_python_traceback, remember_source
 from engines import (
@@ -137,9 +139,9 @@ class ScriptRun:
                                 self.deadline)
             step = self._converse(engine, step)
         except Exception as exc:  # a bug in an engine must still end as a unified error
+            why = describe_exception(exc, qualified=False)
             return self._decorate(SpellError.wrap(
-                exc, "runtime", "internal_error",
-                reason=f"{self.language} engine failed: {type(exc).__name__}: {exc}"))
+                exc, "runtime", "internal_error", reason=f"{self.language} engine failed: {why}"))
         finally:
             engine.close()
             for library in self._libraries.values():
@@ -187,9 +189,11 @@ class ScriptRun:
             return ToolReply(request.id, result=result)
         except SpellError as err:
             error = err
-        except Exception as exc:  # frames: where the tool failed; cause: the exception
+        except BaseException as exc:  # frames: where the tool failed; cause: the exception
+            if _ends_the_run(exc):
+                raise
             error = ToolError.wrap(
-                exc, tool_name=request.tool, reason=f"{type(exc).__name__}: {exc}",
+                exc, tool_name=request.tool, reason=describe_exception(exc, qualified=False),
                 parameters=preview(request.params),
                 execution_time=time.perf_counter() - started)
         self._at_tool_boundary(error, request)
@@ -232,7 +236,11 @@ class ScriptRun:
             return tool.fn(*args, **kwargs)
         remaining = self.deadline - time.monotonic()
         if tool.is_async:
-            return anyio.from_thread.run(self._call_async, tool, args, kwargs, remaining)
+            try:
+                return anyio.from_thread.run(self._call_async, tool, args, kwargs, remaining)
+            except _Raised as raised:
+                exc = raised.exc
+            raise exc  # outside the except clause: its __context__ stays the tool's
         if tool.timeout >= remaining:
             return tool.fn(*args, **kwargs)
         return _call_with_timeout(tool, args, kwargs)
@@ -245,6 +253,10 @@ class ScriptRun:
                 scope.cancel()
             try:
                 return await tool.fn(*args, **kwargs)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # even SystemExit: it must not stop the event loop
+                raise _Raised(exc) from None
             finally:
                 self._async_scope = None
         if self._cancel is not None:
@@ -310,6 +322,31 @@ class ScriptRun:
                 "operation": f"run {filename}" if tool is None else f"call {tool.function}",
             })
         return err
+
+
+class _Raised(Exception):
+    """Carries what an async tool raised, whatever it is (``SystemExit``,
+    ``KeyboardInterrupt``...), from the event loop to the engine's thread, where
+    :meth:`ScriptRun._answer` treats it as any tool's exception."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__()
+        self.exc = exc
+
+
+def _ends_the_run(exc: BaseException) -> bool:
+    """Whether an exception out of a tool call ends the run rather than fail the call.
+
+    A tool's exception, of any class (``SystemExit``, ``GeneratorExit``, a bare
+    ``BaseException``...), is the tool's failure, which the script can catch; only
+    ``KeyboardInterrupt`` (Ctrl-C, or a tool raising it) ends the run and leaves
+    ``Host.run`` as it leaves any Python code, and so does the event loop cancelling the
+    run (trio's ``Cancelled``; asyncio's reaches this thread as an ``Exception``).
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
 
 
 def _preserve_stack(err: SpellError) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import engines
 from bridge import ConfigurationError, SpellError, ToolError
+from bridge.errors import describe_exception
 
 if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from pydantic import BaseModel, ValidationError
@@ -284,7 +285,7 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained") -> list[Tool
     except BaseException as exc:  # any import failure, even SystemExit, is a bad tools file
         del sys.modules[module_name]
         raise ConfigurationError.LoadFailed(
-            path=str(path), reason=f"{type(exc).__name__}: {exc}") from exc
+            path=str(path), reason=describe_exception(exc, qualified=False)) from exc
     found = [getattr(value, TOOL_ATTRIBUTE) for value in vars(module).values()
              if hasattr(value, TOOL_ATTRIBUTE)]
     if not found:
