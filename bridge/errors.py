@@ -76,7 +76,8 @@ class _LazyFieldsModel:
                 for name, default in getattr(owner, "_field_defaults", {}).items()}
             model = create_model(
                 f"{owner.__name__}Fields", **definitions,
-                __config__=ConfigDict(strict=True, extra="forbid", defer_build=True))
+                __config__=ConfigDict(strict=True, extra="forbid", defer_build=True,
+                                      allow_inf_nan=False))  # fields are JSON data
             owner._fields_model = model
         return model
 
@@ -296,8 +297,15 @@ class SpellError(Exception):
         return render_text(self, verbose=verbose, color=color)
 
     def to_json(self, *, indent: int | None = None) -> str:
-        """The error as one JSON object (keys: category, kind, message, severity, fields...)."""
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """The error as one JSON object (keys: category, kind, message, severity, fields...).
+
+        RFC 8259 JSON (see :mod:`bridge.jsontext`): fields never hold a number that is not
+        finite (they are validated as JSON data); elsewhere (``retry_after``, context
+        metadata) one is written as ``null``.
+        """
+        from bridge.jsontext import json_text
+
+        return json_text(self.to_dict(), indent=indent)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SpellError:

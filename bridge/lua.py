@@ -24,6 +24,7 @@ from bridge.envelope import error_from_script
 from bridge.errors import SpellError
 from bridge.frames import Frame
 from bridge.hierarchy import ScriptError
+from bridge.jsontext import finite
 from bridge.patterns import recognise
 
 TRACEBACK_HEADER = "stack traceback:"
@@ -207,7 +208,7 @@ def thrown_error(
     error = text if text is not None else describe_value(value, lua_type)
     return ScriptError.Lua(
         error=error, script=script.filename, script_line=_innermost(frames),
-        stack_trace=script.script_traceback(traceback), thrown=value, frames=frames)
+        stack_trace=script.script_traceback(traceback), thrown=finite(value), frames=frames)
 
 
 def describe_value(value: Any, lua_type: str) -> str:

@@ -107,12 +107,45 @@ def _add_tools_option(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polyspell`` console script; returns the exit code."""
+    _escape_unencodable(sys.stdout)
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
         print("polyspell: interrupted", file=sys.stderr)
         return 130
+
+
+def _escape_unencodable(stream: Any) -> None:
+    """Print text the stream cannot encode (a lone surrogate in an error's message) as a
+    backslash escape, as Python prints it on stderr, rather than fail with a traceback."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):  # not a text stream that can change its errors
+            pass
+
+
+def print_json(value: Any, *, indent: int | None = None) -> None:
+    """Print ``value`` on stdout as RFC 8259 JSON, the one way the CLI prints JSON.
+
+    A number that is not finite is written as ``null`` and a lone surrogate as its
+    ``\\uXXXX`` escape (:func:`bridge.jsontext.json_text`); when stdout cannot encode the
+    text (a non-UTF-8 locale), every non-ASCII character is escaped instead.
+    """
+    import codecs
+
+    from bridge.jsontext import json_text
+
+    text = json_text(value, indent=indent)
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    try:
+        if codecs.lookup(encoding).name != "utf-8":  # json_text is always valid UTF-8
+            text.encode(encoding)
+    except (LookupError, UnicodeEncodeError):
+        text = json_text(value, indent=indent, ensure_ascii=True)
+    print(text)
 
 
 def exit_code(err: Any) -> int:
@@ -142,13 +175,21 @@ def _run(args: argparse.Namespace) -> int:
     except SpellError as err:
         return _report_failure(err, args)
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
-        return _report_failure(SpellError.wrap(
-            exc, "runtime", "internal_error", reason=f"{type(exc).__name__}: {exc}"), args)
+        return _report_failure(_internal_error(exc), args)
     if args.json:
-        print(json.dumps({"ok": True, "result": result}, ensure_ascii=False))
+        print_json({"ok": True, "result": result})
     else:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print_json(result, indent=2)
     return EXIT_OK
+
+
+def _internal_error(exc: Exception) -> Any:
+    """A bug of ours as one unified error (``runtime/internal_error``)."""
+    from bridge import SpellError
+    from bridge.errors import describe_exception
+
+    return SpellError.wrap(exc, "runtime", "internal_error",
+                           reason=describe_exception(exc, qualified=False))
 
 
 def _script_args(args: argparse.Namespace) -> Any:
@@ -183,7 +224,7 @@ def _script_args(args: argparse.Namespace) -> Any:
 
 def _report_failure(err: Any, args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": err.to_dict()}, ensure_ascii=False))
+        print_json({"ok": False, "error": err.to_dict()})
     else:
         print(err.to_text(verbose=getattr(args, "verbose", False), color=_color(sys.stderr)),
               file=sys.stderr)
@@ -224,10 +265,9 @@ def _plan(args: argparse.Namespace) -> int:
     except SpellError as err:
         return _report_failure(err, args)
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
-        return _report_failure(SpellError.wrap(
-            exc, "runtime", "internal_error", reason=f"{type(exc).__name__}: {exc}"), args)
+        return _report_failure(_internal_error(exc), args)
     if args.json:
-        print(report.model_dump_json())
+        print_json(report.model_dump(mode="json"))  # pydantic's JSON refuses lone surrogates
     else:
         sys.stdout.write(format_plan_report(report, verbose=args.verbose,
                                             color=_color(sys.stdout)))
@@ -376,7 +416,7 @@ def _explain(args: argparse.Namespace) -> int:
         print(problem.to_text(), file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print(err.to_json(indent=2))
+        print_json(err.to_dict(), indent=2)  # err.to_json(indent=2), safe for any stdout
     else:
         print(err.to_text(verbose=args.verbose, color=_color(sys.stdout)))
     return EXIT_OK
@@ -387,6 +427,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _tools(args: argparse.Namespace) -> int:
     from bridge import SpellError
+    from bridge.jsontext import json_text
     from host.tools import load_tools_file
 
     try:
@@ -396,14 +437,14 @@ def _tools(args: argparse.Namespace) -> int:
     listing = [{"name": t.name, "description": t.description, "timeout": t.timeout,
                 "async": t.is_async, "parameters": t.schema()} for t in tools]
     if args.json:
-        print(json.dumps(listing, indent=2))
+        print_json(listing, indent=2)
         return EXIT_OK
     if not listing:
         print("no tools (name tools files with --tools FILE)", file=sys.stderr)
     for entry in listing:
         summary = entry["description"].splitlines()[0] if entry["description"] else ""
         print(f"{entry['name']}  {summary}")
-        print(f"  parameters: {json.dumps(entry['parameters'])}")
+        print(f"  parameters: {json_text(entry['parameters'])}")
     return EXIT_OK
 
 
@@ -422,7 +463,7 @@ def _catalog(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return EXIT_USAGE
     if args.json:
-        print(json.dumps(catalog, indent=2))
+        print_json(catalog, indent=2)
     else:
         sys.stdout.write(format_catalog(catalog))
     return EXIT_OK
