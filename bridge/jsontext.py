@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -35,14 +36,29 @@ def json_text(value: Any, *, indent: int | None = None, ensure_ascii: bool = Fal
 
 
 def finite(value: Any) -> Any:
-    """JSON-like ``value`` with every float that is not finite replaced by ``None``;
-    containers are copied only where something changed (tuples become lists)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+    """JSON-like ``value`` with every float that is not finite replaced by ``None``."""
+    return replaced(value, _finite_leaf)
+
+
+def replaced(value: Any, leaf: Callable[[Any], Any],
+             key: Callable[[Any], Any] | None = None) -> Any:
+    """JSON-like ``value`` with ``leaf`` applied to each scalar (and ``key`` to each key).
+
+    Containers are copied only where something changed (a changed tuple becomes a list),
+    so data that needs nothing comes back as the very same object.
+    """
     if isinstance(value, dict):
-        items = {key: finite(item) for key, item in value.items()}
-        return value if all(items[k] is v for k, v in value.items()) else items
+        items = [(k if key is None else key(k), replaced(v, leaf, key))
+                 for k, v in value.items()]
+        if all(new_k is k and new_v is v
+               for (new_k, new_v), (k, v) in zip(items, value.items(), strict=True)):
+            return value
+        return dict(items)
     if isinstance(value, (list, tuple)):
-        items = [finite(item) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    return value
+        values = [replaced(item, leaf, key) for item in value]
+        return value if all(a is b for a, b in zip(values, value, strict=True)) else values
+    return leaf(value)
+
+
+def _finite_leaf(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value

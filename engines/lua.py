@@ -40,6 +40,7 @@ import lupa.lua55 as lupa
 from bridge import BridgeError, ResourceError, ScriptError, SpellError, variants
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
+from bridge.jsontext import replaced
 from bridge.lua import LuaScript, compilation_failed, thrown_error
 from engines.base import (
     Engine,
@@ -133,22 +134,12 @@ def _has_surrogate(text: str) -> bool:
 
 
 def _utf8_data(value: Any) -> Any:
-    """JSON-like ``value`` with its strings (keys too) made valid UTF-8 by :func:`_utf8`;
-    containers are copied only where something changed."""
-    kind = type(value)
-    if kind is str:
-        return _utf8(value)
-    if kind is dict:
-        items = [(_utf8(key) if type(key) is str else key, _utf8_data(item))
-                 for key, item in value.items()]
-        if all(k is key and v is item for (k, v), (key, item) in zip(items, value.items(),
-                                                                      strict=True)):
-            return value
-        return dict(items)
-    if kind is list or kind is tuple:
-        items = [_utf8_data(item) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    return value
+    """JSON-like ``value`` with its strings (keys too) made valid UTF-8 by :func:`_utf8`."""
+    return replaced(value, _utf8_leaf, _utf8_leaf)
+
+
+def _utf8_leaf(value: Any) -> Any:
+    return _utf8(value) if type(value) is str else value
 
 
 class _NotData(Exception):

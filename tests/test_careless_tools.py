@@ -85,6 +85,17 @@ def test_a_lone_surrogate_in_a_script_name_does_not_crash_lua():
     assert info.value.code == "script/lua"
 
 
+def test_a_source_with_a_lone_surrogate_is_refused_as_code_in_both_languages(language):
+    source = pick(language, "local a = 1\nreturn 'x\ud800'\n",
+                  "function main() {\n  return 'x\ud800';\n}\n")
+    with pytest.raises(SpellError) as info:
+        _quiet().run_source(source, language, "agent")
+    assert info.value.code == "script/compilation_failed"
+    assert "not valid UTF-8" in info.value.message
+    if language == "lua":
+        assert info.value.fields["line"] == 2
+
+
 # -- item 9: exceptions that cannot be described ----------------------------------------
 
 class StrFails(Exception):
