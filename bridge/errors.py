@@ -25,6 +25,7 @@ from time import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bridge.frames import Frame, frame_from_data, python_frames
+from bridge.jsontext import finite, json_text
 from bridge.severity import Severity
 
 # Keyword arguments of the constructor; a variant's fields cannot use these names.
@@ -275,7 +276,11 @@ class SpellError(Exception):
     # -- JSON -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The error as JSON-ready data; see :meth:`from_dict` for the way back."""
+        """The error as JSON-ready data; see :meth:`from_dict` for the way back.
+
+        JSON data in the RFC 8259 sense: a number that is not finite (a ``retry_after`` or
+        context metadata given as NaN) is ``None``; fields never hold one.
+        """
         cause = self.cause
         return {
             "category": self.category,
@@ -283,11 +288,11 @@ class SpellError(Exception):
             "message": self.message,
             "severity": str(self.severity),
             "retryable": self.retryable,
-            "retry_after": self.retry_after,
+            "retry_after": finite(self.retry_after),
             "fields": self.fields,
             "frames": [frame.to_dict() for frame in self.frames],
             "cause": None if cause is None else cause.to_dict(),
-            "context": self.context.model_dump(mode="json"),
+            "context": finite(self.context.model_dump(mode="json")),
         }
 
     def to_text(self, *, verbose: bool = False, color: bool = False) -> str:
@@ -299,12 +304,9 @@ class SpellError(Exception):
     def to_json(self, *, indent: int | None = None) -> str:
         """The error as one JSON object (keys: category, kind, message, severity, fields...).
 
-        RFC 8259 JSON (see :mod:`bridge.jsontext`): fields never hold a number that is not
-        finite (they are validated as JSON data); elsewhere (``retry_after``, context
-        metadata) one is written as ``null``.
+        RFC 8259 JSON (see :mod:`bridge.jsontext` and :meth:`to_dict`), UTF-8 encodable
+        even when a message holds a lone surrogate.
         """
-        from bridge.jsontext import json_text
-
         return json_text(self.to_dict(), indent=indent)
 
     @classmethod

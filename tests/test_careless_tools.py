@@ -291,10 +291,10 @@ def test_a_tools_base_exception_is_a_tool_failure_the_script_can_catch(language,
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("name", ["SystemExit", "GeneratorExit", "Custom"])
-async def test_an_async_tools_base_exception_under_asyncio_and_trio(language, name):
-    host = _quiet(quit_async)
-    got = await host.arun_source(CATCH[language], language, "agent",
-                                 {"tool": "quit_async", "name": name})
+@pytest.mark.parametrize("fn", ["quit_sync", "quit_async", "quit_thread"])
+async def test_a_tools_base_exception_under_asyncio_and_trio(language, name, fn):
+    host = _quiet(*QUITTERS)
+    got = await host.arun_source(CATCH[language], language, "agent", {"tool": fn, "name": name})
     assert got[:3] == ["false", "tool", "execution_failed"]
 
 
@@ -309,11 +309,12 @@ def test_a_tools_keyboard_interrupt_ends_the_run_as_in_any_python_code(language,
 
 
 @pytest.mark.anyio
-async def test_an_async_tools_keyboard_interrupt_under_asyncio_and_trio(language):
-    host = _quiet(quit_async)
+@pytest.mark.parametrize("fn", ["quit_sync", "quit_async", "quit_thread"])
+async def test_a_tools_keyboard_interrupt_under_asyncio_and_trio(language, fn):
+    host = _quiet(*QUITTERS)
     with pytest.raises(KeyboardInterrupt):
         await host.arun_source(CATCH[language], language, "agent",
-                               {"tool": "quit_async", "name": "KeyboardInterrupt"})
+                               {"tool": fn, "name": "KeyboardInterrupt"})
 
 
 @pytest.mark.parametrize("helper", LANGUAGES)

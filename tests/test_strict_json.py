@@ -57,6 +57,8 @@ def test_json_text_writes_non_finite_numbers_as_null_and_escapes_lone_surrogates
 def test_an_errors_json_is_strict_and_reads_back():
     err = ToolError.Timeout(tool_name="t", duration=1.0, retry_after=math.inf)
     assert strict(err.to_json())["retry_after"] is None
+    assert err.to_dict()["retry_after"] is None
+    strict(json.dumps(err.to_dict(), allow_nan=False))
     with pytest.raises(SpellError) as info:  # fields hold JSON data: a non-finite is refused
         ToolError.Timeout(tool_name="t", duration=math.nan)
     assert info.value.code == "bridge/invalid_error"
