@@ -13,6 +13,24 @@ from typing import Literal, NamedTuple
 
 Language = Literal["python", "lua", "javascript", "host"]
 LANGUAGES: tuple[str, ...] = ("python", "lua", "javascript", "host")
+# The largest line or column a frame may hold. Script frames are read from text a script
+# can write (a JS error's ``stack``, a Lua function's name inside a traceback), so their
+# numbers are bounded like any other input: far beyond any real source, yet small enough
+# that every consumer (a C ``int`` in Python's code objects and tracebacks) takes them.
+MAX_POSITION = 2**30
+_MAX_DIGITS = len(str(MAX_POSITION))
+
+
+def position(digits: str) -> int | None:
+    """A line or column written as ASCII digits; None when it is not one or out of range.
+
+    Cheap for any input: a number with more digits than ``MAX_POSITION`` is never
+    converted (``int()`` of thousands of digits is slow, and refused past 4300).
+    """
+    if len(digits) > _MAX_DIGITS or not digits.isascii() or not digits.isdigit():
+        return None
+    number = int(digits)
+    return number if number <= MAX_POSITION else None
 
 
 class Frame(NamedTuple):
@@ -55,6 +73,7 @@ class Frame(NamedTuple):
 
 
 _FRAME_TYPES = {"file": str, "line": int, "column": int, "function": str, "source": str}
+_POSITIONS = ("line", "column")
 
 
 def frame_from_data(data: object) -> Frame:
@@ -70,6 +89,8 @@ def frame_from_data(data: object) -> Frame:
         elif value is not None and (type(value) is bool or not isinstance(value,
                                                                           _FRAME_TYPES[key])):
             raise ValueError(f"{key}: must be a {_FRAME_TYPES[key].__name__} or null", key)
+        elif key in _POSITIONS and value is not None and not 0 <= value <= MAX_POSITION:
+            raise ValueError(f"{key}: must be from 0 to {MAX_POSITION} or null", key)
     for key in ("language", "file"):
         if data.get(key) is None:
             raise ValueError(f"{key}: missing", key)
@@ -115,8 +136,11 @@ def python_frames(tb: TracebackType | None) -> list[Frame]:
     while tb is not None:
         code = tb.tb_frame.f_code
         line = tb.tb_lineno
-        frame = Frame("python", code.co_filename, line, None, code.co_name,
-                      linecache.getline(code.co_filename, line).strip() or None)
+        if line is None or line < 0:  # an instruction without a line: unknown
+            frame = Frame("python", code.co_filename, None, None, code.co_name, None)
+        else:
+            frame = Frame("python", code.co_filename, line, None, code.co_name,
+                          linecache.getline(code.co_filename, line).strip() or None)
         if tb.tb_lasti >= 0 and not is_internal(frame):
             position = next(itertools.islice(code.co_positions(), tb.tb_lasti // 2, None),
                             None)

@@ -32,7 +32,7 @@ from typing import Any
 
 from bridge.envelope import error_from_script
 from bridge.errors import SpellError, variant_class
-from bridge.frames import Frame
+from bridge.frames import Frame, position
 from bridge.patterns import recognise
 
 Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
@@ -105,21 +105,21 @@ def read_stack(
     for function, file, line, column in _FRAMES.findall(text):
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
-        number = int(line)
+        number = position(line)  # None when out of range: the text is the script's
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
-            if 0 < number <= count:
+            if number is not None and 0 < number <= count:
                 source = lines[number - 1].strip() or None  # type: ignore[index]
-        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, int(column),
+        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, position(column),
                                          _FUNCTION_NAMES.get(function, function), source)))
     frames.reverse()
-    position = None
+    at = None
     if not frames:  # a parse position matters only to an error without frames
         found = _POSITION.search(text)
-        if found:
-            position = (int(found[1]), int(found[2]))
-    return frames, position
+        if found and position(found[1]) is not None:
+            at = (position(found[1]), position(found[2]))
+    return frames, at
 
 
 def parse_stack(text: str, filename: str, lines: Sequence[str] | None = None) -> list[Frame]:
@@ -253,9 +253,9 @@ def error_from_report(
                                                 report.get("text"), filename)
     name, message = str(report.get("name", "Error")), str(report.get("message", ""))
     stack = str(report.get("stack") or "")
-    frames, position = read_stack(stack, filename, lines)
-    if report.get("compile") and name == "SyntaxError" and position and not frames:
-        return compilation_error(message, filename, *position, lines)
+    frames, at = read_stack(stack, filename, lines)
+    if report.get("compile") and name == "SyntaxError" and at and not frames:
+        return compilation_error(message, filename, *at, lines)
     resource = exhausted_resource(name, message)
     if resource is not None:
         return resource_error(resource, f"{name}: {message}", frames or [_file_frame(filename)],
@@ -297,13 +297,13 @@ def error_from_exception(
     reports) and for modules that fail to compile (``compiling``).
     """
     name, message, stack = split_exception(text)
-    frames, position = read_stack(stack, filename, lines)
+    frames, at = read_stack(stack, filename, lines)
     resource = exhausted_resource(name, message)
     if resource is not None:
         return resource_error(resource, f"{name}: {message}", frames or [_file_frame(filename)],
                               limits)
-    if compiling and name == "SyntaxError" and position and not frames:
-        return compilation_error(message, filename, *position, lines)
+    if compiling and name == "SyntaxError" and at and not frames:
+        return compilation_error(message, filename, *at, lines)
     if not name:
         return thrown_value_error("value", None, message, filename)
     return javascript_error(name, message, stack, frames, filename)

@@ -22,7 +22,7 @@ from typing import Any
 
 from bridge.envelope import error_from_script
 from bridge.errors import SpellError
-from bridge.frames import Frame
+from bridge.frames import Frame, position
 from bridge.hierarchy import ScriptError
 from bridge.jsontext import finite
 from bridge.patterns import recognise
@@ -95,10 +95,10 @@ class LuaScript:
         lines, count, file = self._lines, len(self._lines), self.filename
         frames = []
         for number, what in self._entry.findall(traceback):  # as frame(), without its calls
-            line = int(number)
+            line = position(number)  # None when out of range (see frames.MAX_POSITION)
             frames.append(_new_tuple(Frame, (
                 "lua", file, line, None, _function_name(what),
-                lines[line - 1].strip() if 0 < line <= count else None)))
+                lines[line - 1].strip() if line is not None and 0 < line <= count else None)))
         frames.reverse()
         return frames
 
@@ -107,8 +107,9 @@ class LuaScript:
         prefix = self.prefix
         if message.startswith(prefix):
             number, sep, rest = message[len(prefix):].partition(": ")
-            if sep and number.isdigit():
-                return int(number), rest
+            line = position(number) if sep else None
+            if line is not None:
+                return line, rest
         return None, message
 
     def script_traceback(self, traceback: str | None) -> str | None:

@@ -6,35 +6,73 @@ frame becomes a real frame: a tiny code object named after the script function, 
 ``raise`` sits on the script's line number in a file named after the script, is run once
 and its traceback entry is kept. The entries are linked into the error's traceback, and
 the whole polyglot path is also added as a PEP 678 note for tools that read notes.
+
+Where source lines come from. Python's tools read a traceback entry's lines from
+``linecache`` by its file name, and ``linecache`` reads any name it does not hold from
+disk (a relative one along ``sys.path`` too). A script frame's file name is text a script
+can write (a JS error's ``stack``, a Lua chunk name given to ``load``), so a script frame
+keeps its file name in a traceback entry only when the host itself loaded that file for
+the run (:func:`remember_source`: the script, its tools files): ``linecache`` then holds
+the text the host loaded under that name. Any other script frame's entry is named
+``<not loaded by the host: NAME>``, which ``linecache`` never looks up on disk, and shows
+no source line; the frame itself (``err.frames``, JSON, the polyglot text) keeps ``NAME``
+as data. Names of Python files are never put into ``linecache`` (a run named
+``host/runner.py`` must not change the lines of the real one): such a script's entries are
+named ``<NAME>``.
+
+Cost. An entry is the same small code object whatever its line: one code object compiled
+once, moved to the line by ``co_firstlineno`` (its line table is relative to it), so a
+forged line number costs nothing more than a real one.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.machinery
 import linecache
+from collections import OrderedDict
+from collections.abc import Mapping
 from types import CodeType, TracebackType
 
 from bridge.errors import SpellError
-from bridge.frames import Frame
+from bridge.frames import MAX_POSITION, Frame
 from bridge.render import format_frame
 
 NOTE_HEADER = "Polyglot traceback (outermost first):"
+UNLOADED_FILE = "<not loaded by the host: {}>"  # the entry name of a file no host loaded
+MAX_SOURCES = 1024  # remembered sources; the oldest are forgotten (and leave linecache)
 _EXCEPTION_NAME = "__polyspell_exception__"
+_SCRIPT_LANGUAGES = frozenset({"lua", "javascript"})
+_PYTHON_SUFFIXES = tuple(importlib.machinery.all_suffixes())
+# The raise spans two lines so that Python does not draw carets under a script line
+# whose columns it does not know.
+_TEMPLATE = compile(f"raise ({_EXCEPTION_NAME}\n)", "<polyspell>", "exec")
+_Entry = tuple[int, None, list[str], str]  # a linecache entry: size, mtime, lines, name
+# file name -> (the text the host loaded under that name, its linecache entry)
+_sources: OrderedDict[str, tuple[str, _Entry]] = OrderedDict()
 
 
-def attach_python_traceback(err: SpellError) -> SpellError:
+def attach_python_traceback(
+    err: SpellError, sources: Mapping[str, str] | None = None
+) -> SpellError:
     """Make the error's frames real Python traceback entries and add them as a note.
 
-    Idempotent. The error's ``frames`` are kept as they are: this changes only what
-    Python's own traceback machinery sees.
+    ``sources`` maps the files the host loaded for this run (the script, its tools
+    files) to their text: script frames of other files get entries without source (see
+    the module docstring). Without it, every file :func:`remember_source` was given
+    counts. Idempotent. The error's ``frames`` are kept as they are: this changes only
+    what Python's own traceback machinery sees.
     """
     if getattr(err, "_python_traceback_attached", False):
         return err
+    if sources is not None:
+        for filename, source in sources.items():
+            remember_source(filename, source)
     frames = err.frames  # materialised before the traceback is replaced
     err.frames = frames
     tb = None
     for frame in reversed(frames):
-        tb = _entry(frame, tb)
+        tb = _entry(frame, _entry_file(frame, sources), tb)
     err.__traceback__ = tb
     if any(f.language != "python" for f in frames):
         lines = [line for f in frames for line in format_frame(f)]
@@ -44,19 +82,52 @@ def attach_python_traceback(err: SpellError) -> SpellError:
 
 
 def remember_source(filename: str, source: str) -> None:
-    """Let Python's traceback tools show lines of a script that is not a file on disk."""
-    lines = source.splitlines(keepends=True)
-    # mtime None: linecache.checkcache leaves the entry alone
-    linecache.cache[filename] = (len(source), None, lines, filename)
+    """Let Python's traceback tools show lines of a script the host loaded (see module).
+
+    A Python file's name is left alone: its ``linecache`` lines stay the real file's.
+    """
+    if filename.endswith(_PYTHON_SUFFIXES):
+        return
+    known = _sources.get(filename)
+    if known is not None and known[0] == source:
+        entry = known[1]
+        _sources.move_to_end(filename)
+    else:  # mtime None: linecache.checkcache leaves the entry alone
+        entry = (len(source), None, source.splitlines(keepends=True), filename)
+        _sources[filename] = (source, entry)
+    linecache.cache[filename] = entry
+    while len(_sources) > MAX_SOURCES:
+        old, (_, old_entry) = _sources.popitem(last=False)
+        if linecache.cache.get(old) is old_entry:
+            del linecache.cache[old]
 
 
-def _entry(frame: Frame, tb_next: TracebackType | None) -> TracebackType:
-    """One real traceback entry at the frame's file, line and function."""
-    line = frame.line or 1
-    code = _code(frame.file, line, _function_name(frame))
+def _entry_file(frame: Frame, sources: Mapping[str, str] | None) -> str:
+    """The file name the traceback entry of ``frame`` gets (see the module docstring)."""
+    file = frame.file
+    if frame.language not in _SCRIPT_LANGUAGES:
+        return file  # Python's own frames, and the host's ("<tool call>")
+    loaded = file in sources if sources is not None else file in _sources
+    if not loaded:
+        return UNLOADED_FILE.format(file)
+    known = _sources.get(file)
+    if known is None:  # a Python file's name (never remembered), or forgotten since
+        return f"<{file}>"
+    entry = known[1]
+    if linecache.cache.get(file) is not entry:  # cleared (linecache.clearcache()) or replaced
+        linecache.cache[file] = entry
+    return file
+
+
+def _entry(frame: Frame, file: str, tb_next: TracebackType | None) -> TracebackType:
+    """One real traceback entry at ``file``, the frame's line, and its function."""
+    line = frame.line
+    if line is None or not 1 <= line <= MAX_POSITION:  # unknown (or not a line at all)
+        line = 1
+    code = _code(file, line, _function_name(frame))
     marker = _Marker()
     try:
-        exec(code, {"__name__": frame.file, _EXCEPTION_NAME: marker})
+        exec(code, {"__name__": file, _EXCEPTION_NAME: marker})
     except _Marker as raised:
         own = raised.__traceback__.tb_next  # skip this function's frame
     assert own is not None
@@ -65,11 +136,8 @@ def _entry(frame: Frame, tb_next: TracebackType | None) -> TracebackType:
 
 @functools.lru_cache(maxsize=4096)
 def _code(filename: str, line: int, function: str) -> CodeType:
-    # The raise spans two lines so that Python does not draw carets under a script line
-    # whose columns it does not know.
-    source = "\n" * (line - 1) + f"raise ({_EXCEPTION_NAME}\n)"
-    code = compile(source, filename.replace("\0", "\\0"), "exec")  # no NUL in file names
-    return code.replace(co_name=function, co_qualname=function)
+    return _TEMPLATE.replace(co_filename=filename.replace("\0", "\\0"),  # no NUL in names
+                             co_firstlineno=line, co_name=function, co_qualname=function)
 
 
 def _function_name(frame: Frame) -> str:

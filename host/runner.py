@@ -27,7 +27,7 @@ from bridge import BridgeError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
-from bridge.pytraceback import attach_python_traceback, remember_source
+from bridge.pytraceback import attach_python_traceback
 from engines import (
     Engine,
     Failed,
@@ -117,11 +117,11 @@ class ScriptRun:
         if isinstance(outcome, SpellError):
             _preserve_stack(outcome)
             if any(frame.language != "python" for frame in outcome.frames):
-                remember_source(self.filename, self.source)
-                for tool in self.tools:
-                    if isinstance(tool, ScriptTool):
-                        remember_source(tool.filename, tool.source)
-                attach_python_traceback(outcome)
+                # only text this run loaded is ever shown as a script frame's source
+                sources = {tool.filename: tool.source for tool in self.tools
+                           if isinstance(tool, ScriptTool)}
+                sources[self.filename] = self.source
+                attach_python_traceback(outcome, sources)
             raise outcome
         return outcome
 
