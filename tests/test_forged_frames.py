@@ -157,7 +157,7 @@ def test_a_lua_message_with_a_strange_line_number_is_a_script_error():
 
 def test_frames_keep_their_real_lines_in_python_tracebacks(language):
     lines = "\n" * 40
-    source = pick(language, f"{lines}local t = nil\nreturn t.x\n", f"{lines}const t = null;\nt.x;\n")
+    source = lines + pick(language, "local t = nil\nreturn t.x\n", "const t = null;\nt.x;\n")
     err = run_error(language, source, name="real_lines")
     entries = traceback.extract_tb(err.__traceback__)
     script = [entry for entry in entries if entry.filename.startswith("real_lines.")]
