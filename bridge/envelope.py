@@ -16,7 +16,13 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bridge.errors import SpellError, categories, field_annotations, variant_class
+from bridge.errors import (
+    SpellError,
+    categories,
+    field_annotations,
+    mark_raised_by_script,
+    variant_class,
+)
 from bridge.frames import Frame
 
 
@@ -43,12 +49,16 @@ def error_from_script(
     data: Mapping[str, Any],
     frames: list[Frame],
     resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
+    *,
+    by_script: bool = True,
 ) -> SpellError:
     """The unified error a script raised as ``{category, kind, fields, message?, cause?}``.
 
     An envelope that came from Python and is rethrown unchanged (same ``ref``) resolves to
     the original error. Invalid data gives ``bridge/invalid_error`` (returned, not raised)
-    whose frames are ``frames``, so it points at the script line that raised it.
+    whose frames are ``frames``, so it points at the script line that raised it. A
+    security or resource error is marked as the script's (:func:`mark_raised_by_script`)
+    unless ``by_script`` is false: the engine's prelude raised it (a sandbox violation).
     """
     ref = data.get("ref")
     if isinstance(ref, int) and not isinstance(ref, bool):
@@ -68,8 +78,9 @@ def error_from_script(
         cause = None
         if isinstance(cause_data, Mapping):
             cause = error_from_script(cause_data, frames, resolve_ref)
-        return variant(_text(message), cause=cause, frames=frames,
-                       **_lists_restored(variant, fields or {}))
+        err = variant(_text(message), cause=cause, frames=frames,
+                      **_lists_restored(variant, fields or {}))
+        return mark_raised_by_script(err) if by_script else err
     except SpellError as problem:
         if problem.code != "bridge/invalid_error":
             raise

@@ -228,6 +228,12 @@ class SpellError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (SpellError.from_dict, (self.to_dict(),))
 
+    @property
+    def raised_by_script(self) -> bool:
+        """Whether a script raised this error itself (see :func:`mark_raised_by_script`)."""
+        context = self._context
+        return context is not None and context.metadata.get(RAISED_BY) == "script"
+
     def chain(self) -> Iterator[SpellError]:
         """This error, then its cause, then that one's cause..."""
         err: SpellError | None = self
@@ -406,6 +412,32 @@ def _collect_fields(cls: type[SpellError]) -> dict[str, Any]:
         if fields[name] is not ...:
             delattr(cls, name)  # fields live in err.fields, never as class attributes
     return fields
+
+
+# context.metadata key, "script" for a security or resource error a script raised itself.
+RAISED_BY = "raised_by"
+_OBSERVED_CATEGORIES = frozenset({"security", "resource"})
+_OBSERVED_CODES = frozenset({"script/resource_exhaustion", "script/security_violation"})
+
+
+def claims_observation(err: SpellError) -> bool:
+    """Whether the error's code says the host saw it happen: a sandbox violation, a limit."""
+    return err.category in _OBSERVED_CATEGORIES or err.code in _OBSERVED_CODES
+
+
+def mark_raised_by_script(err: SpellError) -> SpellError:
+    """Say that a script raised ``err`` itself, if its code claims what only the host sees.
+
+    Scripts may raise security and resource errors (``errors.SecurityError{...}``, ``new
+    ResourceError({...})``, or a message that reads like one), but such an error must not
+    pass for one the host or the engine observed: its context says ``raised_by: script``,
+    its text says so, and the CLI exits as for any script failure. Returns ``err``.
+    """
+    if claims_observation(err) and not err.raised_by_script:
+        context = err.context
+        err.context = context.model_copy(
+            update={"metadata": {**context.metadata, RAISED_BY: "script"}})
+    return err
 
 
 def category_class(category: str | None) -> type[SpellError]:

@@ -147,7 +147,11 @@ def split_exception(text: str) -> tuple[str, str, str]:
 
 
 def exhausted_resource(name: str, message: str) -> str | None:
-    """``time``, ``memory`` or ``stack`` when the error is quickjs hitting a limit."""
+    """``time``, ``memory`` or ``stack`` when quickjs's text for a limit is ``name: message``.
+
+    Text alone proves nothing (a script can write it): the engine uses this only together
+    with what it observed (see ``JavaScriptEngine._observed_limit``).
+    """
     return _EXHAUSTION.get((name, message))
 
 
@@ -237,15 +241,24 @@ def error_from_report(
     resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
     *,
     limits: Limits | None = None,
+    limit: str | None = None,
 ) -> SpellError:
     """The unified error for an uncaught value the prelude described (see module doc).
 
     An error with ``category`` and ``kind`` goes through :func:`error_from_script` (a
     ``ref`` it knows gives back the original Python error); a builtin or user Error gives
     ``script/javascript``; a SyntaxError of the script's own evaluation, at a parse
-    position, ``script/compilation_failed``; a stack overflow or memory error the
-    prelude caught, the resource error (see :func:`resource_error`).
+    position, ``script/compilation_failed``. ``limit`` (``memory`` or ``stack``) is the
+    limit the engine observed it hit, which gives the resource error (see
+    :func:`resource_error`): the report itself, which the script's code may have written
+    (getters, proxies, toJSON), never decides that.
     """
+    if limit is not None:
+        name, message = str(report.get("name", "Error")), str(report.get("message", ""))
+        frames = read_stack(str(report.get("stack") or ""), filename, lines)[0]
+        return resource_error(limit, f"{name}: {message}" if not report.get("thrown")
+                              else "InternalError: out of memory",
+                              frames or [_file_frame(filename)], limits)
     if report.get("thrown"):
         value = report.get("value")
         recognised = isinstance(value, str) and recognise(value, [_file_frame(filename)])
@@ -256,10 +269,6 @@ def error_from_report(
     frames, at = read_stack(stack, filename, lines)
     if report.get("compile") and name == "SyntaxError" and at and not frames:
         return compilation_error(message, filename, *at, lines)
-    resource = exhausted_resource(name, message)
-    if resource is not None:
-        return resource_error(resource, f"{name}: {message}", frames or [_file_frame(filename)],
-                              limits)
     spell = report.get("spell")
     if isinstance(spell, Mapping):
         ref = spell.get("ref")
@@ -289,18 +298,18 @@ def _spell_error(spell: Mapping[str, Any], frames: list[Frame]) -> SpellError:
 
 def error_from_exception(
     text: str, filename: str, lines: Sequence[str] | None = None, *, compiling: bool = False,
-    limits: Limits | None = None,
+    limits: Limits | None = None, limit: str | None = None,
 ) -> SpellError:
     """The unified error for quickjs exception text that reached Python.
 
     That happens for what the prelude cannot catch (the time limit, errors while it
-    reports) and for modules that fail to compile (``compiling``).
+    reports) and for modules that fail to compile (``compiling``). ``limit`` is the limit
+    the engine observed (see JavaScriptEngine._observed_limit), never read from the text.
     """
     name, message, stack = split_exception(text)
     frames, at = read_stack(stack, filename, lines)
-    resource = exhausted_resource(name, message)
-    if resource is not None:
-        return resource_error(resource, f"{name}: {message}", frames or [_file_frame(filename)],
+    if limit is not None:
+        return resource_error(limit, f"{name}: {message}", frames or [_file_frame(filename)],
                               limits)
     if compiling and name == "SyntaxError" and at and not frames:
         return compilation_error(message, filename, *at, lines)

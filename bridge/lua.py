@@ -147,23 +147,6 @@ def function_name(what: str) -> str:
 _function_name = functools.lru_cache(maxsize=4096)(function_name)
 
 
-def stack_depth(traceback: str | None) -> int:
-    """How many levels deep the stack of a traceback was (counting skipped levels)."""
-    if not traceback:
-        return 0
-    depth = 0
-    for raw in traceback.split("\n"):
-        entry = raw.strip()
-        if not entry or entry == TRACEBACK_HEADER or entry == "(...tail calls...)":
-            continue
-        if entry.startswith("..."):
-            digits = "".join(ch for ch in entry if ch.isdigit())
-            depth += int(digits) if digits else 0
-            continue
-        depth += 1
-    return depth
-
-
 def compilation_failed(script: LuaScript, message: str) -> SpellError:
     """``script/compilation_failed`` for the message ``load`` gave for a syntax error."""
     line, error = script.split_message(message)
@@ -181,21 +164,27 @@ def thrown_error(
     text: str | None,
     traceback: str | None,
     resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
+    *,
+    overflow: int | None = None,
+    from_prelude: bool = False,
 ) -> SpellError:
     """The unified error for a value a script raised and did not catch.
 
     ``value`` is the raised value as JSON-like data (a string message, an error table
     read into a dict, any other value copied as data), ``lua_type`` its Lua type,
     ``text`` what ``tostring`` gave for a value with a ``__tostring`` metamethod, and
-    ``traceback`` the ``debug.traceback`` taken before the stack unwound.
+    ``traceback`` the ``debug.traceback`` taken before the stack unwound. ``overflow`` is
+    the stack depth when the engine observed a real stack overflow (its stack full where
+    the error was raised), else None: a message alone, which a script can write, says
+    nothing about limits. ``from_prelude``: the engine's prelude raised the error table (a
+    sandbox violation); a security or resource error of the script's own is marked so.
     """
     frames = script.frames(traceback)
+    if overflow is not None:
+        return ScriptError.ResourceExhaustion(
+            language="lua", resource_type="stack", current_usage=overflow, frames=frames)
     if lua_type == "string" and isinstance(value, str):
         line, error = script.split_message(value)
-        if error.endswith("stack overflow"):
-            return ScriptError.ResourceExhaustion(
-                language="lua", resource_type="stack", current_usage=stack_depth(traceback),
-                frames=frames)
         recognised = recognise(error, frames)  # error("Tool 'x' not found") of old scripts
         if recognised is not None:
             return recognised
@@ -205,7 +194,8 @@ def thrown_error(
     if isinstance(value, Mapping) and "category" in value and "kind" in value:
         own = value.get("traceback")
         own_frames = script.frames(own) if isinstance(own, str) else []
-        return error_from_script(value, own_frames or frames, resolve_ref)
+        return error_from_script(value, own_frames or frames, resolve_ref,
+                                 by_script=not from_prelude)
     error = text if text is not None else describe_value(value, lua_type)
     return ScriptError.Lua(
         error=error, script=script.filename, script_line=_innermost(frames),

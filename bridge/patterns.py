@@ -17,7 +17,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.errors import SpellError, field_annotations, variant_class, variants
+from bridge.errors import (
+    SpellError,
+    field_annotations,
+    mark_raised_by_script,
+    variant_class,
+    variants,
+)
 from bridge.frames import Frame
 
 
@@ -188,4 +194,5 @@ def recognise(message: str, frames: list[Frame]) -> SpellError | None:
     err = patterns.match(message)
     if err is not None:
         err.frames = frames
+        mark_raised_by_script(err)  # a message that reads like a limit is not one
     return err

@@ -18,6 +18,8 @@ MAX_FRAMES = 60  # per error: the outermost and innermost halves are kept
 MAX_MESSAGE_CHARS = 4000
 MAX_CHAIN = 20
 REPEAT_THRESHOLD = 3  # like Python: identical frames beyond three collapse into one line
+# after the message of a security or resource error a script raised itself
+SCRIPT_RAISED_NOTE = " (raised by the script itself, not observed by the host)"
 
 # ANSI styles for terminals (no dependency: four codes do not need a library).
 _STYLES = {"language": "\033[36m", "location": "\033[1m", "function": "\033[35m",
@@ -51,6 +53,8 @@ def _render_one(err: SpellError, verbose: bool, color: bool) -> str:
     if len(message) > MAX_MESSAGE_CHARS:
         hidden = len(message) - MAX_MESSAGE_CHARS
         message = message[:MAX_MESSAGE_CHARS] + f" [... {hidden} more characters]"
+    if err.raised_by_script:
+        message += SCRIPT_RAISED_NOTE
     lines.append(f"{_paint(err.code, 'code', color)}: {message}")
     return "\n".join(lines)
 

@@ -106,6 +106,8 @@ class JavaScriptEngine(Engine):
 
     _ctx: Any = None
     _broken = False
+    _cpu_mark = 0.0  # process CPU seconds when the current time limit was set ...
+    _cpu_budget = math.inf  # ... and the CPU seconds it allows
 
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
@@ -163,7 +165,7 @@ class JavaScriptEngine(Engine):
         ctx.set_max_stack_size(self.limits.stack_kb * 1024)
         module = filename.endswith(".mjs")
         try:
-            ctx.set_time_limit(_GRACE * self.cpu_factor)
+            self._grace()
             api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
             self._call_export = api("callExport")
@@ -228,7 +230,13 @@ class JavaScriptEngine(Engine):
         if now >= self._rearm_at:
             budget = (self._deadline - now) * self.cpu_factor
             self._ctx.set_time_limit(budget if budget < 1e9 else NO_TIME_LIMIT)
+            self._cpu_mark, self._cpu_budget = time.process_time(), budget
             self._rearm_at = now + _REARM
+
+    def _grace(self) -> None:
+        """The time limit for the engine's own JS outside the run's time (``_GRACE``)."""
+        self._cpu_mark, self._cpu_budget = time.process_time(), _GRACE * self.cpu_factor
+        self._ctx.set_time_limit(self._cpu_budget)
 
     def _unguarded(self) -> None:
         """Lift the time limit for calls that run none of the script's code.
@@ -276,13 +284,16 @@ class JavaScriptEngine(Engine):
             case 1:
                 return Finished(state[2])
             case 2:
-                report = state[2]
-                if report.get("thrown") and report.get("type") == "null" and self._memory_full():
+                # The limit is what the prelude observed of the engine's own error object
+                # (observedLimit), never what the report, which the script wrote, says.
+                observed = state[3] if len(state) > 3 else 0
+                limit = _OBSERVED_LIMITS.get(observed)
+                if observed == -1 and self._memory_full():
                     # quickjs throws null when it cannot even allocate the out-of-memory error
-                    report = {"name": "InternalError", "message": "out of memory", "stack": ""}
+                    limit = "memory"
                 return Failed(translate.error_from_report(
-                    report, self._filename, self._source_lines(), self.resolve_ref,
-                    limits=self._limit_values()))
+                    state[2], self._filename, self._source_lines(), self.resolve_ref,
+                    limits=self._limit_values(), limit=limit))
             case 3:
                 return Failed(_crossing_error("javascript", "python",
                                               state[2]["message"], state[2]["type"]))
@@ -317,7 +328,7 @@ class JavaScriptEngine(Engine):
         self._broken = True
         if self._ctx is not None and self._drain is not None:
             try:
-                self._ctx.set_time_limit(_GRACE * self.cpu_factor)
+                self._grace()
                 for line in json.loads(self._drain()):
                     self.on_output(line)
             except (quickjs.JSException, quickjs.StackOverflow, ValueError, TypeError):
@@ -332,15 +343,41 @@ class JavaScriptEngine(Engine):
                 [translate.make_frame(self._filename, None, None, "<script>")],
                 self._limit_values())
         if isinstance(exc, quickjs.JSException | quickjs.StackOverflow):
-            return self._from_exception(str(exc))
+            return self._from_exception(str(exc),
+                                        overflow=isinstance(exc, quickjs.StackOverflow))
         if isinstance(exc, SpellError):
             return exc
         return variant_class("runtime", "internal_error")(
             reason=f"JavaScript engine: {type(exc).__name__}: {exc}", cause=exc)
 
-    def _from_exception(self, text: str, *, compiling: bool = False) -> SpellError:
+    def _from_exception(
+        self, text: str, *, compiling: bool = False, overflow: bool = False
+    ) -> SpellError:
         return translate.error_from_exception(text, self._filename, self._source_lines(),
-                                              compiling=compiling, limits=self._limit_values())
+                                              compiling=compiling, limits=self._limit_values(),
+                                              limit=self._observed_limit(text, overflow))
+
+    def _observed_limit(self, text: str, overflow: bool) -> str | None:
+        """The limit an exception that reached Python stands for, from what was observed.
+
+        Only the engine's own code and the interrupt reach Python this way (the prelude
+        catches every error of the script's code), but the text may still be a script's
+        (an error thrown from a toJSON the engine ran): so the interrupt counts only once
+        its budget is spent (the deadline passed, or the CPU seconds the call was given),
+        and a stack overflow only as the binding's own ``StackOverflow``.
+        """
+        name, message, _ = translate.split_exception(text)
+        resource = translate.exhausted_resource(name, message)
+        if resource == "time":
+            return "time" if self._budget_spent() else None
+        if resource == "stack":
+            return "stack" if overflow else None
+        return resource
+
+    def _budget_spent(self) -> bool:
+        """Whether the time limit could have fired: the deadline or the CPU budget is used up."""
+        return (_monotonic() >= self._deadline
+                or time.process_time() - self._cpu_mark >= self._cpu_budget)
 
     def _memory_full(self) -> bool:
         """Whether the context still holds nearly all the memory it may use."""
@@ -358,6 +395,7 @@ class JavaScriptEngine(Engine):
         return self._lines
 
 
+_OBSERVED_LIMITS = {1: "memory", 2: "stack"}  # the prelude's observedLimit
 _encode = json.JSONEncoder(allow_nan=False).encode  # one encoder: json.dumps makes one a call
 _MAX_SAFE_INTEGER = 2**53
 

@@ -11,7 +11,9 @@
   "use strict";
   const { json, clean, rawStack, setStack, names } = core;
   const stringify = JSON.stringify;
+  const parse = JSON.parse;
   const isArray = Array.isArray;
+  const setPrototypeOf = Object.setPrototypeOf;
   const RAW = Symbol("raw"); // makes an error without reading an init object
   const TEMPLATED = new WeakMap(); // error -> its message, when made from the template
   // The constructors' own frames, innermost in the stack of every error they make.
@@ -188,7 +190,8 @@
     return null;
   }
 
-  // Why `value` (tool parameters when `strict`) cannot cross as JSON: {message, type}.
+  // Why `value` (tool parameters when `strict`) cannot cross as JSON: {message, type},
+  // without a prototype (JSON.stringify of it runs no script code: no inherited toJSON).
   function problem(value, root, strict) {
     let found;
     try {
@@ -197,7 +200,13 @@
     } catch (error) {
       found = ["error", [root], error];
     }
-    return describe(found || ["error", [root], "its JSON form changed while it was read"]);
+    let said;
+    try {
+      said = describe(found || ["error", [root], "its JSON form changed while it was read"]);
+    } catch {
+      said = { message: `${root} has no JSON form`, type: "error" };
+    }
+    return { __proto__: null, message: String(said.message), type: String(said.type) };
   }
 
   function describe([reason, path, value]) {
@@ -226,10 +235,23 @@
     return /^[aeiou]/i.test(word) ? "an" : "a";
   }
 
-  // An uncaught value, as bridge/javascript.py reads it.
+  // JSON text parsed into objects and arrays without prototypes: the report that holds them
+  // is turned into JSON again by poll, which must run no script code (no toJSON).
+  function detached(key, value) {
+    if (value !== null && typeof value === "object") setPrototypeOf(value, null);
+    return value;
+  }
+
+  // An uncaught value, as bridge/javascript.py reads it: objects without prototypes (see
+  // detached). What it says is the script's own (getters, toJSON and proxies may run):
+  // it never decides whether a limit was hit (the prelude's observedLimit does).
   function report(error, depth) {
-    const spellLike = error !== null && typeof error === "object" &&
-      typeof error.category === "string" && typeof error.kind === "string";
+    let category, kind; // each read once: a getter may answer differently each time
+    if (error !== null && typeof error === "object") {
+      category = error.category;
+      kind = error.kind;
+    }
+    const spellLike = typeof category === "string" && typeof kind === "string";
     let out;
     if (error instanceof Error) {
       let name = show(error.name);
@@ -238,24 +260,27 @@
       }
       // quickjs's own text, which bridge/javascript.py reads, unless the stack was set.
       const stack = Object.hasOwn(error, "stack") ? error.stack : rawStack.call(error);
-      out = { name, message: show(error.message), stack: typeof stack === "string" ? stack : "" };
+      out = { __proto__: null, name, message: show(error.message),
+        stack: typeof stack === "string" ? stack : "" };
     } else if (spellLike) { // a plain {category, kind, fields} object, as Lua scripts raise
       const message = typeof error.message === "string" ? error.message : undefined;
-      out = { name: "SpellError", message, stack: "" };
+      out = { __proto__: null, name: "SpellError", message, stack: "" };
     } else {
       const text = json(error, false);
-      return { thrown: true, type: typeName(error), value: text === null ? null : JSON.parse(text),
-        text: text === null ? show(error) : null };
+      return { __proto__: null, thrown: true, type: typeName(error),
+        value: text === null ? null : parse(text, detached), text: text === null ? show(error) : null };
     }
     if (spellLike) {
       const fields = json(error.fields || {}, false);
+      const ref = error.ref;
       out.spell = {
-        category: error.category,
-        kind: error.kind,
+        __proto__: null,
+        category,
+        kind,
         message: TEMPLATED.get(error) === error.message ? null : out.message ?? null,
-        fields: fields === null ? null : JSON.parse(fields),
+        fields: fields === null ? null : parse(fields, detached),
         problem: fields === null ? problem(error.fields, "fields", false).message : null,
-        ref: error.ref === undefined ? null : error.ref,
+        ref: typeof ref === "number" ? ref : null,
       };
     }
     if (error.cause !== undefined && depth < 16) out.cause = report(error.cause, depth + 1);

@@ -43,6 +43,13 @@
   const slice = Function.prototype.call.bind(String.prototype.slice);
   const readStack = Function.prototype.call.bind(rawStack);
   const writeStack = Function.prototype.call.bind(setStack);
+  // For observedLimit: read before any script ran, run no script code on a real error.
+  const getPrototypeOf = Object.getPrototypeOf;
+  const ownDescriptor = Object.getOwnPropertyDescriptor;
+  const hasOwn = Object.hasOwn;
+  const INTERNAL_ERROR = InternalError.prototype;
+  const RANGE_ERROR = RangeError.prototype;
+  const STACK_TRACE_LIMIT = 64;
   const BLOCKED = new Set(["then", "catch", "finally", "toJSON", "constructor"]);
   // request id -> [resolve, reject, stack of the call site]; no prototype (unguarded code)
   const waiting = { __proto__: null };
@@ -256,24 +263,65 @@
   // ----------------------------------------------------------------------- run
 
   function activation() {
-    const record = { __proto__: null, state: "loading", result: undefined, failure: null };
+    const record = { __proto__: null, state: "loading", result: undefined, failure: null,
+      limit: 0 };
     record.finish = (value) => finish(record, value);
     record.fail = (error) => fail(record, error);
     return record;
+  }
+
+  // Which limit the engine hit, if `error` is the engine's own limit error: 1 memory, 2
+  // stack, else 0. Decided from what the engine made, never from what a script can write:
+  // a real error object (the engine's backtrace getter answers only for those, and for no
+  // Proxy, without running a trap), with the engine's prototype and its own message as a
+  // data property (no getter runs); a stack overflow also needs a full backtrace (the
+  // engine throws it deep down; a script's look-alike made near the top has a short one).
+  // Scripts cannot construct an InternalError (see the end of this file).
+  function observedLimit(error) {
+    if (error === null || typeof error !== "object") return 0;
+    let stack;
+    try {
+      stack = readStack(error);
+    } catch {
+      return 0;
+    }
+    if (typeof stack !== "string") return 0;
+    const prototype = getPrototypeOf(error);
+    const described = ownDescriptor(error, "message");
+    if (described === undefined || !hasOwn(described, "value")) return 0;
+    const message = described.value;
+    if (prototype === INTERNAL_ERROR) {
+      if (message === "out of memory" || message === "string too long") return 1;
+      if (message === "stack overflow" && framesIn(stack) >= STACK_TRACE_LIMIT) return 2;
+    } else if (prototype === RANGE_ERROR && message === "Maximum call stack size exceeded" &&
+      framesIn(stack) >= STACK_TRACE_LIMIT) {
+      return 2;
+    }
+    return 0;
+  }
+
+  function framesIn(stack) {
+    let count = 0;
+    for (let at = indexOf(stack, "    at ", 0); at !== -1; at = indexOf(stack, "    at ", at + 7)) {
+      count++;
+    }
+    return count;
   }
 
   // `compiling`: the script's own evaluation failed, so a parse position is a syntax error.
   function fail(record, error, compiling) {
     if (record.state === "failed") return;
     record.state = "failed";
+    record.limit = error === null ? -1 : observedLimit(error); // -1: null (see javascript.py)
     let failure;
     try {
       failure = loadErrors().report(error, 0);
     } catch {
       // Out of memory, most likely: say what can still be said.
-      failure = { name: "InternalError", message: "out of memory", stack: "" };
+      failure = { __proto__: null, name: "InternalError", message: "out of memory", stack: "" };
       try {
-        failure = { name: String(error.name), message: String(error.message), stack: "" };
+        failure = { __proto__: null, name: String(error.name), message: String(error.message),
+          stack: "" };
       } catch {}
     }
     failure.compile = compiling === true;
@@ -420,7 +468,8 @@
   //       request whose params have no JSON form has -id and, for params, the problem; a
   //       call site seen for the first time is [number, stack], later just its number)
   //   [1, lines, result]                       finished
-  //   [2, lines, report]                       failed (javascript_errors.js: report)
+  //   [2, lines, report, limit]                failed (javascript_errors.js: report;
+  //       limit: what observedLimit found, -1 when null was thrown)
   //   [3, lines, {message, type}]              finished with a result that has no JSON form
   //   [4, lines, 0]                            waiting on a promise with no request queued
   // Without `full` (unguarded code, see the top) it answers 0 instead of running the script's
@@ -449,7 +498,7 @@
       }
     } else if (record.state === "failed") {
       kind = "[2,";
-      body = stringify(record.failure);
+      body = stringify(record.failure) + "," + record.limit; // no prototypes: no toJSON runs
     } else {
       kind = "[4,";
       body = "0";
@@ -533,6 +582,18 @@
     Object.defineProperty(InternalError.prototype, key,
       { value, writable: false, enumerable: false, configurable: false });
   }
+
+  // InternalError is the engine's own (its limits, its interrupt): scripts cannot make one.
+  // The global is not a constructor; `instanceof InternalError` still works.
+  const internalError = () => {
+    throw new TypeError("InternalError is the engine's own: scripts cannot make one");
+  };
+  Object.defineProperty(internalError, "name", { value: "polyspell$InternalError" });
+  Object.defineProperty(internalError, "prototype", { value: INTERNAL_ERROR });
+  Object.defineProperty(INTERNAL_ERROR, "constructor",
+    { value: internalError, writable: false, enumerable: false, configurable: false });
+  Object.defineProperty(globalThis, "InternalError",
+    { value: internalError, writable: true, enumerable: false, configurable: true });
 
   const API = { setup, run, module, library, callExport, settle, poll, drain };
   return (name) => API[name];

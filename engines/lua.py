@@ -328,10 +328,12 @@ class LuaEngine(Engine):
         if status == "done":
             return Finished(self._from_lua(outcome[2]))
         if status == "error":
-            _, _, value, lua_type, described, traceback = (*outcome, None, None)[:6]
+            _, _, value, lua_type, described, traceback, overflow, own = (
+                *outcome, None, None, None, None)[:8]
             # the script (or the called function) failed; the engine itself can go on
             return Failed(thrown_error(script, self._from_lua(value), lua_type, described,
-                                       traceback, self.resolve_ref))
+                                       traceback, self.resolve_ref, overflow=overflow,
+                                       from_prelude=own is True))
         if status == "abort":
             if outcome[2] == "memory":
                 return self._fail(self._memory_error())

@@ -12,7 +12,7 @@ local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyiel
       coroutine.status, coroutine.close, coroutine.isyieldable
 local sethook, lua_traceback, getinfo, raw_getmetatable =
       debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable
-local concat, pack = table.concat, table.pack
+local concat, pack, unpack = table.concat, table.pack, table.unpack
 local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
       string.gmatch, string.match, string.sub
 local utf8_len, math_type, huge = utf8.len, math.type, math.huge
@@ -77,6 +77,9 @@ local HOOK_COUNT = 1000        -- instructions between two ticks of the count ho
 local MAX_DEPTH = 100          -- data nested deeper does not cross to Python
 local MAX_ENTRIES = 1000       -- entries of a thrown table copied for the error report
 local NOMEM = "not enough memory"
+-- A stack overflow is a limit only when the stack is really full (see stack_full): below
+-- this depth, a coroutine that died of one (whose stack cannot be probed) did not overflow.
+local OVERFLOW_DEPTH = 180
 -- The private error value that stops a run; the sandbox's catchers re-raise it.
 local KILL = setmetatable({}, {__tostring = function() return "polyspell: run stopped" end})
 local REQUEST = {}             -- marks a coroutine yield that carries a tool request
@@ -244,11 +247,102 @@ local function script_traceback(tb)
   return concat(out, "\n")
 end
 
+-- Limits are classified from what Lua observed, never from an error's text alone.
+--
+-- Memory: Lua raises any error value equal to its memory message as a memory error
+-- (lua_error: no message handler runs), so error("not enough memory", 0) looks exactly
+-- like the allocator refusing. The sandbox's error and assert count each raise of that
+-- value (`forged`), and each place that meets a memory error takes one off the count
+-- instead of believing the allocator refused (out_of_memory).
+local forged, forged_tb = 0, nil
+
+local function out_of_memory(e)
+  if e ~= NOMEM then return false end
+  if forged > 0 then
+    forged = forged - 1
+    return false
+  end
+  return true
+end
+
+-- Whether error(v, level) raised from the function at `level` of the caller's stack
+-- raises exactly NOMEM (no "file:line:" put before it), and if so count it as forged.
+local function count_forged(v, level)
+  if v ~= NOMEM then return end
+  if type(level) == "number" and level > 0 then
+    local ar = getinfo(level + 1, "l")
+    if ar and ar.currentline > 0 then return end  -- error() will add the position
+  end
+  forged, forged_tb = forged + 1, traceback(nil, 3)
+end
+
+-- error and assert as Lua's own (levels count from the script's call), counting forged
+-- memory errors. Not tail calls: a tail-called C function would see this frame as level 1.
+local function s_error(v, level)
+  if level == nil then level = 1 end
+  local n = tonumber(level)
+  if n == nil then
+    error("bad argument #2 to 'error' (number expected, got " .. type(level) .. ")", 2)
+  end
+  if n > 0 then level = n + 1 end
+  count_forged(v, level)
+  error(v, level)
+end
+
+local function s_assert(...)
+  if (...) then return ... end
+  local n = select("#", ...)
+  if n == 0 then error("bad argument #1 to 'assert' (value expected)", 2) end
+  local message = "assertion failed!"
+  if n > 1 then message = select(2, ...) end
+  count_forged(message, 2)
+  error(message, 2)
+end
+
+-- Stack: an error saying "stack overflow" is the stack limit only when the stack is full
+-- where it was raised: no room for a few hundred more values (Lua's own stack), or for a
+-- few more nested C calls (the C stack). Probed in the message handler, before unwinding.
+local PROBE = {}
+local function nest(n)
+  if n == 0 then return true end
+  local ok, deeper = pcall(nest, n - 1)
+  return ok and deeper
+end
+
+local function stack_full()
+  return not pcall(unpack, PROBE, 1, 300) or not nest(25)
+end
+
+local function has_level(co, level)
+  if co then return getinfo(co, level, "l") ~= nil end
+  return getinfo(level + 1, "l") ~= nil
+end
+
+-- How many levels deep a stack is (getinfo walks it from the top: a doubling then a
+-- binary search costs O(depth log depth), counting one by one O(depth^2)).
+local function depth_of(co)
+  local lo, hi = 1, 2
+  while has_level(co, hi) do lo, hi = hi, hi * 2 end
+  while hi - lo > 1 do
+    local mid = (lo + hi) // 2
+    if has_level(co, mid) then lo = mid else hi = mid end
+  end
+  return lo
+end
+
+local function says_overflow(e)
+  return type(e) == "string" and sub(e, -14) == "stack overflow"
+end
+
+-- The last stack overflow a script coroutine really died of, and its depth (the script
+-- may re-raise it: coroutine.wrap does).
+local overflowed, overflow_depth = nil, nil
+
 -- Re-raise what must not be caught inside the sandbox: the deadline and memory errors.
 local function pass(ok, ...)
   if not ok then
     local e = ...
-    if e == NOMEM and not abort then abort = "memory" end
+    if not abort and out_of_memory(e) then abort = "memory" end
     if abort or e == KILL then error(KILL, 0) end
   end
   return ok, ...
@@ -307,10 +401,16 @@ local function as_error(t, tb)
   return setmetatable(t, ERR_MT)
 end
 
+-- The error tables the prelude itself raised (sandbox violations), by their code: a
+-- private mark, so that a script's own errors.SecurityError{...} never passes for one.
+local OWN = setmetatable({}, {__mode = "k"})
+
 local function violation(what, level)
-  error(new_error("security", "script_safety_violation", "SecurityError",
-                  {engine = "lua", violation = what}, nil, nil,
-                  script_traceback(traceback(nil, level + 1))), level + 1)
+  local e = new_error("security", "script_safety_violation", "SecurityError",
+                      {engine = "lua", violation = what}, nil, nil,
+                      script_traceback(traceback(nil, level + 1)))
+  OWN[e] = "security/script_safety_violation"
+  error(e, level + 1)
 end
 
 local ERRORS = {}
@@ -338,7 +438,7 @@ local function cancelled(e)
   for i = 1, #handlers do
     local ok, problem = pcall(handlers[i], e)
     if not ok then
-      if problem == NOMEM and not abort then abort = "memory" end
+      if not abort and out_of_memory(problem) then abort = "memory" end
       if abort or problem == KILL then error(KILL, 0) end
       outbuf[nout + 1], nout = text("on_cancel handler failed: " .. tostring(problem)), nout + 1
     end
@@ -416,9 +516,13 @@ local function forward(co, ok, ...)
                                               tb .. "\n" .. traceback(nil, 2), select(5, ...))))
   end
   local e = ...
-  if e == NOMEM and not abort then abort = "memory" end
+  if not abort and out_of_memory(e) then abort = "memory" end
   if abort or e == KILL then error(KILL, 0) end
   last_error, last_error_tb = e, traceback(co)
+  if says_overflow(e) then  -- its stack is kept: how deep did it get?
+    local depth = depth_of(co)
+    if depth >= OVERFLOW_DEPTH then overflowed, overflow_depth = e, depth end
+  end
   return false, e
 end
 
@@ -434,7 +538,9 @@ end
 
 local function unwrap(ok, ...)
   if ok then return ... end
-  error((...), 0)
+  local e = ...
+  count_forged(e, 0)  -- met once by forward already: raised again
+  error(e, 0)
 end
 
 local function s_wrap(f)
@@ -460,11 +566,25 @@ local function s_isyieldable(co)
 end
 
 local function s_close(co)
+  if type(co) == "thread" and co_status(co) == "dead" then
+    -- its error, if any, was met when it died (forward): closing only hands it back
+    local ok, e = co_close(co)
+    if abort or e == KILL then error(KILL, 0) end
+    return ok, e
+  end
   return pass(co_close(co))
 end
 
-local function s_pcall(f, ...)
-  return pass(pcall(f, ...))
+-- The message handler of the sandbox's pcall: notes a real stack overflow before the
+-- stack unwinds (the script may raise its message again later).
+local function observe(e)
+  if says_overflow(e) and stack_full() then overflowed, overflow_depth = e, depth_of(nil) end
+  return e
+end
+
+local function s_pcall(...)
+  if select("#", ...) == 0 then error("bad argument #1 to 'pcall' (value expected)", 2) end
+  return pass(xpcall(..., observe, select(2, ...)))
 end
 
 local function s_xpcall(f, handler, ...)
@@ -472,8 +592,11 @@ local function s_xpcall(f, handler, ...)
     error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
   end
   return pass(xpcall(f, function(e)
-    if abort or e == KILL or e == NOMEM then return e end
-    return handler(e)
+    if abort or e == KILL then return e end
+    observe(e)
+    local result = handler(e)
+    count_forged(result, 0)  -- what xpcall returns: not a memory error, whatever it says
+    return result
   end, ...))
 end
 
@@ -487,7 +610,7 @@ local function s_load(chunk, chunkname, mode, fenv)
   if fenv == nil then fenv = env end
   local f, message = real_load(chunk, chunkname, "t", fenv)
   if f == nil then
-    if message == NOMEM and not abort then abort = "memory" end
+    if not abort and out_of_memory(message) then abort = "memory" end
     if abort or message == KILL then error(KILL, 0) end
     if type(message) == "string" and find(message, "attempt to load a binary chunk", 1, true) then
       violation("load() of a binary chunk", 2)
@@ -535,7 +658,7 @@ local function make_env(args)
   STRING_MT.__index = string_copy
   ERR_MT = {__tostring = error_tostring, __name = "SpellError"}
   local e = {
-    assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+    assert = s_assert, error = s_error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,
     tostring = tostring, type = type, rawequal = rawequal, rawget = rawget, rawset = rawset,
     rawlen = rawlen, setmetatable = s_setmetatable, getmetatable = getmetatable,
@@ -569,8 +692,16 @@ end
 
 -- Runs before the stack unwinds: what was thrown, with the traceback where it was thrown.
 local function on_error(e)
-  if e == NOMEM and not abort then abort = "memory" end
+  -- (never called for a memory error: Lua calls no message handler for one)
   if abort or e == KILL then return KILL end
+  local depth  -- the depth of a real stack overflow (see stack_full)
+  if says_overflow(e) then
+    if stack_full() then
+      depth = depth_of(nil)
+    elseif rawequal(e, overflowed) then
+      depth = overflow_depth
+    end
+  end
   local tb = traceback(nil, 2)
   if last_error ~= nil and rawequal(e, last_error) then tb = last_error_tb .. "\n" .. tb end
   local te, described = type(e), nil
@@ -579,9 +710,13 @@ local function on_error(e)
     if mt and mt ~= ERR_MT and rawget(mt, "__tostring") ~= nil then
       local ok, s = pcall(tostring, e)  -- script code, still under the hook
       if ok and type(s) == "string" then described = text(s) end
+      if not ok and not abort and out_of_memory(s) then abort = "memory" end
     end
   end
-  return {sanitize(e, 0, {}), te, described, text(tb)}
+  -- the prelude's own error, unchanged since (a script may have caught and edited it)
+  local own = te == "table" and OWN[e] ~= nil
+      and OWN[e] == tostring(rawget(e, "category")) .. "/" .. tostring(rawget(e, "kind"))
+  return {sanitize(e, 0, {}), te, described, text(tb), depth, own}
 end
 
 -- The script's coroutine. The chunk is called by xpcall itself, so that tracebacks
@@ -602,12 +737,13 @@ end
 -- What a resumption of a root coroutine came to, as flat values for Python:
 -- status, number of buffered output lines, then per status:
 --   request id name problem traceback params | done value | bad_result problem lua_type
---   error value lua_type tostring traceback | abort reason traceback | syntax message
+--   error value lua_type tostring traceback overflow_depth own | abort reason traceback |
+--   syntax message
 local function finish(co, ok, a, ...)
   local n = nout
   if abort then return "abort", n, abort, abort_tb and text(abort_tb) end
   if not ok then  -- only a memory error can escape the bodies' xpcall
-    if a == NOMEM then return "abort", n, "memory" end
+    if out_of_memory(a) then return "abort", n, "memory" end
     return "error", n, type(a) == "string" and text(a) or type(a), "string"
   end
   if a == REQUEST then
@@ -620,8 +756,13 @@ local function finish(co, ok, a, ...)
     if c then return "bad_result", n, c, d end
     return "done", n, b
   end
-  if b == NOMEM then return "abort", n, "memory" end
-  if type(b) == "table" and b ~= KILL then return "error", n, b[1], b[2], b[3], b[4] end
+  if b == NOMEM then  -- the chunk's xpcall met a memory error (no handler ran)
+    if out_of_memory(b) then return "abort", n, "memory" end
+    return "error", n, b, "string", nil, forged_tb and text(forged_tb)
+  end
+  if type(b) == "table" and b ~= KILL then
+    return "error", n, b[1], b[2], b[3], b[4], b[5], b[6]
+  end
   return "error", n, type(b) == "string" and text(b) or type(b), "string"
 end
 
@@ -635,6 +776,7 @@ end
 -- A fresh environment, then the chunk compiled in it (or the "syntax" outcome).
 local function prepare(source, chunkname, args, ...)
   abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
+  forged, forged_tb, overflowed, overflow_depth = 0, nil, nil, nil
   outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
   tool_infos = pack(...)
   env = make_env(args)

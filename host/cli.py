@@ -149,9 +149,15 @@ def print_json(value: Any, *, indent: int | None = None) -> None:
 
 
 def exit_code(err: Any) -> int:
-    """The exit code for a unified error: 2 configuration, 3 security, 4 resource, else 1."""
+    """The exit code for a unified error: 2 configuration, 3 security, 4 resource, else 1.
+
+    3 and 4 say the host or the engine observed a violation or a limit: a security or
+    resource error a script raised itself (``raised_by_script``) exits 1.
+    """
     if err.category == "configuration":
         return EXIT_USAGE
+    if getattr(err, "raised_by_script", False):
+        return EXIT_FAILED
     if err.category == "security" or err.code == "script/security_violation":
         return EXIT_SECURITY
     if err.category == "resource" or err.code == "script/resource_exhaustion":

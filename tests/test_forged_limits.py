@@ -1,0 +1,226 @@
+"""Limits and violations a script forges: classified from what the engine observed.
+
+A script can write any message ("not enough memory", "stack overflow", "interrupted") and
+raise any unified error. Only what the engine and the host observed (the allocator
+refused, the stack was full, the deadline passed, the prelude caught a forbidden use) may
+give a resource limit or a sandbox violation; a security or resource error a script
+raised itself stays allowed, marked as the script's, and exits as a script failure.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bridge import SpellError
+from bridge.render import SCRIPT_RAISED_NOTE
+from host import Host
+from host.cli import exit_code
+from tests.conftest import pick
+
+
+def failure(language: str, source: str, **limits: float) -> SpellError:
+    host = Host(on_output=lambda line: None, **{"timeout": 5.0, "memory_mb": 64, **limits})
+    with pytest.raises(SpellError) as info:
+        host.run_source(source, language, f"agent.{pick(language, 'lua', 'js')}")
+    return info.value
+
+
+def result(language: str, source: str) -> object:
+    host = Host(on_output=lambda line: None, timeout=5.0, memory_mb=64)
+    return host.run_source(source, language, f"agent.{pick(language, 'lua', 'js')}")
+
+
+def is_limit(err: SpellError) -> bool:
+    return err.category == "resource" or err.code == "script/resource_exhaustion"
+
+
+# -- forged limits ---------------------------------------------------------------------
+
+LUA_FORGED = {
+    "memory_message": 'error("not enough memory", 0)',
+    "memory_assert": 'local f = coroutine.wrap(assert)\nf(false, "not enough memory")',
+    "memory_wrap": 'coroutine.wrap(function() error("not enough memory", 0) end)()',
+    "stack_message": 'error("stack overflow")',
+    "c_stack_message": 'error("C stack overflow", 0)',
+    "stack_deep": 'local function f(n)\n  if n == 0 then error("stack overflow", 0) end\n'
+                  '  return 1 + f(n - 1)\nend\nf(500)',
+    "limit_text": 'error("Script resource exhaustion: time in lua", 0)',
+    "memory_text": 'error("Memory exhausted in lua: the script needed more", 0)',
+}
+JS_FORGED = {
+    "interrupted": 'const e = new Error("interrupted");\n'
+                   "Object.setPrototypeOf(e, InternalError.prototype);\nthrow e;",
+    "interrupted_constructed": 'throw new InternalError("interrupted");',
+    "memory_constructed": 'throw new InternalError("out of memory");',
+    "stack_constructed": 'throw new RangeError("Maximum call stack size exceeded");',
+    "stack_proxy": "throw new Proxy(new TypeError('x'), {get(target, key) {\n"
+                   "  return key === 'message' ? 'Maximum call stack size exceeded'\n"
+                   "    : key === 'name' ? 'RangeError' : target[key]; },\n"
+                   "  getPrototypeOf() { return RangeError.prototype; }});",
+    "memory_getter": 'const e = new RangeError("x");\n'
+                     'Object.defineProperty(e, "message", {get() { return "out of memory"; }});\n'
+                     "Object.setPrototypeOf(e, InternalError.prototype);\nthrow e;",
+    "stack_tojson": "Object.prototype.toJSON = function () {\n"
+                    '  return {name: "RangeError", message: "Maximum call stack size exceeded",'
+                    ' stack: ""};\n};\nthrow new Error("plain");',
+    "time_tojson": "Object.prototype.toJSON = function () {\n"
+                   '  const e = new Error("interrupted");\n'
+                   "  Object.setPrototypeOf(e, InternalError.prototype);\n  throw e;\n};\n"
+                   'function main() { return {a: 1}; }',
+    "limit_text": 'throw "Script resource exhaustion: time in javascript";',
+}
+
+
+@pytest.mark.parametrize("case", list(LUA_FORGED))
+def test_a_lua_script_cannot_forge_a_limit(case):
+    err = failure("lua", LUA_FORGED[case])
+    assert not is_limit(err) or err.raised_by_script, err.code
+    assert exit_code(err) == 1
+
+
+@pytest.mark.parametrize("case", list(JS_FORGED))
+def test_a_javascript_script_cannot_forge_a_limit(case):
+    err = failure("javascript", JS_FORGED[case])
+    assert not is_limit(err) or err.raised_by_script, err.code
+    assert exit_code(err) == 1
+
+
+def test_a_forged_lua_memory_error_is_an_ordinary_catchable_error():
+    source = """
+local caught = {}
+caught[1] = select(2, pcall(error, "not enough memory", 0))
+caught[2] = select(2, pcall(assert, false, "not enough memory"))
+caught[3] = select(2, xpcall(function() error("x") end, function() return "not enough memory" end))
+local co = coroutine.create(function() error("not enough memory", 0) end)
+caught[4] = select(2, coroutine.resume(co))
+caught[5] = select(2, coroutine.close(co))
+caught[6] = select(2, load(function() error("not enough memory", 0) end))
+caught[7] = select(2, pcall(coroutine.wrap(function() error("not enough memory", 0) end)))
+caught[8] = select(2, pcall(function()
+  local x <close> = setmetatable({}, {__close = function() pcall(error, "y") end})
+  error("not enough memory", 0)
+end))
+return caught
+"""
+    assert result("lua", source) == ["not enough memory"] * 8
+
+
+def test_lua_error_and_assert_keep_their_levels_and_messages():
+    source = """
+local function f() error("boom", 2) end
+local ok1, e1 = pcall(function() f() end)
+local ok2, e2 = pcall(function() assert(false, "sure") end)
+local ok3, e3 = pcall(function() assert(nil) end)
+local ok4, e4 = pcall(error)
+local ok5, e5 = pcall(error, {code = 1})
+return {e1, e2, e3, tostring(e4), e5.code, select("#", assert(1, 2, 3))}
+"""
+    assert result("lua", source) == ["agent.lua:3: boom", "agent.lua:4: sure",
+                                     "agent.lua:5: assertion failed!", "<no error object>", 1,
+                                     3]
+
+
+# -- genuine limits are still limits ---------------------------------------------------
+
+GENUINE = {
+    "memory": ('local t = {} for i = 1, 1e9 do t[i] = string.rep("x", 1024) .. i end',
+               'let t = []; for (let i = 0; ; i++) t.push("x".repeat(1e5) + i);',
+               "resource/memory_exhaustion", None),
+    "memory_caught": ("local ok = pcall(function()\n  local t = {}\n"
+                      "  for i = 1, 1e9 do t[i] = {} end\nend)\nreturn 'caught'",
+                      "function main() { let s = 'x'; while (true) s += s; }",
+                      "resource/memory_exhaustion", None),
+    "stack": ("local function f(n) return 1 + f(n + 1) end return f(1)",
+              "function f(n) { return 1 + f(n + 1); } f(1);",
+              "script/resource_exhaustion", "stack"),
+    "stack_rethrown": ("local function f(n) return 1 + f(n + 1) end\n"
+                       "local ok, e = pcall(f, 1)\nerror(e, 0)",
+                       "function f(n) { return 1 + f(n + 1); }\n"
+                       "try { f(1); } catch (e) { throw e; }",
+                       "script/resource_exhaustion", "stack"),
+    "stack_in_coroutine": ("local function f(n) return 1 + f(n + 1) end\n"
+                           "return coroutine.wrap(function() return f(1) end)()",
+                           "function f(n) { return 1 + f(n + 1); }\n"
+                           "async function main() { await null; return f(1); }",
+                           "script/resource_exhaustion", "stack"),
+    "time": ("while true do end", "while (true) {}", "script/resource_exhaustion", "time"),
+}
+
+
+@pytest.mark.parametrize("case", list(GENUINE))
+def test_genuine_limits_are_still_classified(language, case):
+    lua, js, code, resource = GENUINE[case]
+    err = failure(language, pick(language, lua, js), timeout=5.0 if case != "time" else 0.5,
+                  memory_mb=32 if case.startswith("memory") else 256)
+    assert err.code == code
+    if resource:
+        assert err.fields["resource_type"] == resource
+    assert not err.raised_by_script
+    assert exit_code(err) == 4
+
+
+def test_a_lua_c_stack_overflow_is_a_stack_limit():
+    err = failure("lua", 'local t = setmetatable({}, {__index = function(t, k)\n'
+                         '  return t[k .. "x"]\nend})\nreturn t.x')
+    assert (err.code, err.fields["resource_type"]) == ("script/resource_exhaustion", "stack")
+
+
+# -- security errors: the script's own, and the sandbox's -----------------------------
+
+
+def test_a_script_may_raise_a_security_error_but_it_says_it_is_the_scripts(language):
+    source = pick(language,
+                  'error(errors.SecurityError{kind = "script_safety_violation", '
+                  'engine = "lua", violation = "prompt injection"})',
+                  'throw new SecurityError({kind: "script_safety_violation", '
+                  'engine: "javascript", violation: "prompt injection"});')
+    err = failure(language, source)
+    assert err.code == "security/script_safety_violation"
+    assert err.raised_by_script
+    assert err.context.metadata["raised_by"] == "script"
+    assert SCRIPT_RAISED_NOTE in err.to_text()
+    assert exit_code(err) == 1
+    back = SpellError.from_json(err.to_json())
+    assert back.raised_by_script and exit_code(back) == 1
+
+
+def test_a_script_raised_resource_error_is_not_a_limit(language):
+    source = pick(language,
+                  'error(errors.ResourceError{kind = "memory_exhaustion", location = "lua",'
+                  ' description = "fake", available = 1})',
+                  'throw new ResourceError({kind: "memory_exhaustion", location: "js",'
+                  ' description: "fake", available: 1});')
+    err = failure(language, source)
+    assert err.code == "resource/memory_exhaustion" and err.raised_by_script
+    assert exit_code(err) == 1
+
+
+def test_the_sandboxs_own_violations_stay_genuine():
+    for source in ('return load("\\27Lua binary chunk")',
+                   "setmetatable({}, {__gc = function() end})",
+                   'collectgarbage("stop")',
+                   # caught and raised again: still the prelude's own error
+                   'local ok, e = pcall(load, "\\27Lua")\nerror(e)'):
+        err = failure("lua", source)
+        assert err.code == "security/script_safety_violation"
+        assert not err.raised_by_script
+        assert SCRIPT_RAISED_NOTE not in err.to_text()
+        assert exit_code(err) == 3
+
+
+def test_a_violation_the_script_edited_is_the_scripts():
+    source = ('local ok, e = pcall(load, "\\27Lua")\ne.category = "resource"\n'
+              'e.kind = "memory_exhaustion"\ne.fields = {location = "lua", description = "x",'
+              ' available = 1}\nerror(e)')
+    err = failure("lua", source)
+    assert err.code == "resource/memory_exhaustion"
+    assert err.raised_by_script and exit_code(err) == 1
+
+
+def test_the_mark_survives_json():
+    err = failure("javascript", 'throw new SecurityError({kind: "script_safety_violation",'
+                                ' engine: "javascript", violation: "x"});')
+    data = json.loads(err.to_json())
+    assert data["context"]["metadata"]["raised_by"] == "script"
