@@ -10,8 +10,8 @@ local rawget, rawset, rawlen, rawequal, setmetatable, getmetatable =
 local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyieldable =
       coroutine.create, coroutine.resume, coroutine.yield, coroutine.running,
       coroutine.status, coroutine.close, coroutine.isyieldable
-local sethook, lua_traceback, getinfo, raw_getmetatable =
-      debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable
+local sethook, lua_traceback, getinfo, raw_getmetatable, raw_setmetatable =
+      debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable, debug.setmetatable
 local concat, pack, unpack = table.concat, table.pack, table.unpack
 local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
       string.gmatch, string.match, string.sub
@@ -30,6 +30,9 @@ if not trusted then
   -- search (constrained scripts have no require) a traceback costs a third.
   for name in next, package.loaded do package.loaded[name] = nil end
 end
+-- The metatable of all strings stays Lua's own for scripts (getmetatable("").__index is
+-- the string table, and a script may add to it); make_env resets it for every run, with
+-- raw accesses only, since that code runs outside the time limit.
 local STRING_MT = getmetatable("")
 local STRING_MT_FIELDS = {}
 for k, v in next, STRING_MT do STRING_MT_FIELDS[k] = v end
@@ -80,8 +83,14 @@ local NOMEM = "not enough memory"
 -- A stack overflow is a limit only when the stack is really full (see stack_full): below
 -- this depth, a coroutine that died of one (whose stack cannot be probed) did not overflow.
 local OVERFLOW_DEPTH = 180
+-- Every metatable the prelude sets is protected (__metatable): getmetatable gives false
+-- and setmetatable refuses, so that no script can reach one. A metatable a script could
+-- change is a way into code that runs outside the time limit: a __gc field added to it
+-- marks every object the prelude gives it afterwards for finalization, and finalizers run
+-- with hooks off. Sentinels are compared with rawequal, so that no __eq of a script runs.
 -- The private error value that stops a run; the sandbox's catchers re-raise it.
-local KILL = setmetatable({}, {__tostring = function() return "polyspell: run stopped" end})
+local KILL = setmetatable({}, {__tostring = function() return "polyspell: run stopped" end,
+                               __metatable = false})
 local REQUEST = {}             -- marks a coroutine yield that carries a tool request
 
 -- State of the current run.
@@ -90,7 +99,7 @@ local abort, abort_tb          -- why the run is being stopped ("time", "memory"
 local env, ERR_MT, prefix = nil, nil, "?:"
 -- The coroutines the host runs script code in (the script's, one per call of an exported
 -- function): to scripts they are the main thread. Requests wait by id for their reply.
-local roots = setmetatable({}, {__mode = "k"})
+local roots = setmetatable({}, {__mode = "k", __metatable = false})
 local waiting, last_id = {}, 0
 local module, exports = nil, {}  -- a tools file's table, and a caller per function
 local tool_infos = {n = 0}
@@ -343,7 +352,7 @@ local function pass(ok, ...)
   if not ok then
     local e = ...
     if not abort and out_of_memory(e) then abort = "memory" end
-    if abort or e == KILL then error(KILL, 0) end
+    if abort or rawequal(e, KILL) then error(KILL, 0) end
   end
   return ok, ...
 end
@@ -403,7 +412,7 @@ end
 
 -- The error tables the prelude itself raised (sandbox violations), by their code: a
 -- private mark, so that a script's own errors.SecurityError{...} never passes for one.
-local OWN = setmetatable({}, {__mode = "k"})
+local OWN = setmetatable({}, {__mode = "k", __metatable = false})
 
 local function violation(what, level)
   local e = new_error("security", "script_safety_violation", "SecurityError",
@@ -439,7 +448,7 @@ local function cancelled(e)
     local ok, problem = pcall(handlers[i], e)
     if not ok then
       if not abort and out_of_memory(problem) then abort = "memory" end
-      if abort or problem == KILL then error(KILL, 0) end
+      if abort or rawequal(problem, KILL) then error(KILL, 0) end
       outbuf[nout + 1], nout = text("on_cancel handler failed: " .. tostring(problem)), nout + 1
     end
   end
@@ -510,14 +519,14 @@ end
 -- (with the traceback of this side appended) and the reply fed back in.
 local function forward(co, ok, ...)
   if ok then
-    if ... ~= REQUEST then return true, ... end
+    if not rawequal(..., REQUEST) then return true, ... end
     local _, name, problem, tb = ...
     return forward(co, co_resume(co, co_yield(REQUEST, name, problem,
                                               tb .. "\n" .. traceback(nil, 2), select(5, ...))))
   end
   local e = ...
   if not abort and out_of_memory(e) then abort = "memory" end
-  if abort or e == KILL then error(KILL, 0) end
+  if abort or rawequal(e, KILL) then error(KILL, 0) end
   last_error, last_error_tb = e, traceback(co)
   if says_overflow(e) then  -- its stack is kept: how deep did it get?
     local depth = depth_of(co)
@@ -569,7 +578,7 @@ local function s_close(co)
   if type(co) == "thread" and co_status(co) == "dead" then
     -- its error, if any, was met when it died (forward): closing only hands it back
     local ok, e = co_close(co)
-    if abort or e == KILL then error(KILL, 0) end
+    if abort or rawequal(e, KILL) then error(KILL, 0) end
     return ok, e
   end
   return pass(co_close(co))
@@ -592,7 +601,7 @@ local function s_xpcall(f, handler, ...)
     error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
   end
   return pass(xpcall(f, function(e)
-    if abort or e == KILL then return e end
+    if abort or rawequal(e, KILL) then return e end
     observe(e)
     local result = handler(e)
     count_forged(result, 0)  -- what xpcall returns: not a memory error, whatever it says
@@ -611,7 +620,7 @@ local function s_load(chunk, chunkname, mode, fenv)
   local f, message = real_load(chunk, chunkname, "t", fenv)
   if f == nil then
     if not abort and out_of_memory(message) then abort = "memory" end
-    if abort or message == KILL then error(KILL, 0) end
+    if abort or rawequal(message, KILL) then error(KILL, 0) end
     if type(message) == "string" and find(message, "attempt to load a binary chunk", 1, true) then
       violation("load() of a binary chunk", 2)
     end
@@ -652,11 +661,12 @@ end
 
 -- A fresh environment per run, so that a run cannot leave anything to the next one.
 local function make_env(args)
-  for k in next, STRING_MT do STRING_MT[k] = nil end
-  for k, v in next, STRING_MT_FIELDS do STRING_MT[k] = v end
+  raw_setmetatable(STRING_MT, nil)
+  for k in next, STRING_MT do rawset(STRING_MT, k, nil) end
+  for k, v in next, STRING_MT_FIELDS do rawset(STRING_MT, k, v) end
   local string_copy = copy(string_lib)
-  STRING_MT.__index = string_copy
-  ERR_MT = {__tostring = error_tostring, __name = "SpellError"}
+  rawset(STRING_MT, "__index", string_copy)
+  ERR_MT = {__tostring = error_tostring, __name = "SpellError", __metatable = false}
   local e = {
     assert = s_assert, error = s_error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,
@@ -669,7 +679,8 @@ local function make_env(args)
                  close = s_close},
     load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
     args = args, errors = copy(ERRORS), on_cancel = on_cancel,
-    tools = setmetatable({call = tools_call, list = tools_list}, {__index = tools_index}),
+    tools = setmetatable({call = tools_call, list = tools_list},
+                         {__index = tools_index, __metatable = false}),
   }
   e._G = e
   if trusted then
@@ -693,7 +704,7 @@ end
 -- Runs before the stack unwinds: what was thrown, with the traceback where it was thrown.
 local function on_error(e)
   -- (never called for a memory error: Lua calls no message handler for one)
-  if abort or e == KILL then return KILL end
+  if abort or rawequal(e, KILL) then return KILL end
   local depth  -- the depth of a real stack overflow (see stack_full)
   if says_overflow(e) then
     if stack_full() then
@@ -746,7 +757,7 @@ local function finish(co, ok, a, ...)
     if out_of_memory(a) then return "abort", n, "memory" end
     return "error", n, type(a) == "string" and text(a) or type(a), "string"
   end
-  if a == REQUEST then
+  if rawequal(a, REQUEST) then
     last_id = last_id + 1
     waiting[last_id] = co
     return "request", n, last_id, ...
@@ -760,7 +771,7 @@ local function finish(co, ok, a, ...)
     if out_of_memory(b) then return "abort", n, "memory" end
     return "error", n, b, "string", nil, forged_tb and text(forged_tb)
   end
-  if type(b) == "table" and b ~= KILL then
+  if type(b) == "table" and not rawequal(b, KILL) then
     return "error", n, b[1], b[2], b[3], b[4], b[5], b[6]
   end
   return "error", n, type(b) == "string" and text(b) or type(b), "string"
