@@ -535,32 +535,69 @@ local function forward(co, ok, ...)
   return false, e
 end
 
-local function s_create(f)
+-- Lua's own argument errors, located at the script's call (level 3: the caller of the
+-- built-in that calls this): a C function of Lua's called from the prelude would name
+-- the prelude's local and line instead. `got` names what argument n is, as Lua does.
+local function got(n, ...)
+  if select("#", ...) < n then return "no value" end
+  local v = select(n, ...)
+  local mt = raw_getmetatable(v)
+  local name = mt and rawget(mt, "__name")
+  return type(name) == "string" and name or type(v)
+end
+
+local function arg_error(n, fname, problem)
+  error(format("bad argument #%d to '%s' (%s)", n, fname, problem), 3)
+end
+
+local function expect_thread(fname, ...)
+  if type((...)) ~= "thread" then
+    error(format("bad argument #1 to '%s' (thread expected, got %s)", fname, got(1, ...)), 3)
+  end
+end
+
+local function s_create(...)
+  local f = ...
+  if type(f) ~= "function" then arg_error(1, "create", "function expected, got " .. got(1, ...)) end
   local co = co_create(f)
   sethook(co, hook, "", HOOK_COUNT)  -- hooks are not inherited by new coroutines
   return co
 end
 
-local function s_resume(co, ...)
-  return forward(co, co_resume(co, ...))
+-- The coroutines the host runs script code in are the main thread to scripts: one
+-- cannot be resumed, closed or yielded from by a script (no reply can be forged).
+local function s_resume(...)
+  local co = ...
+  expect_thread("resume", ...)
+  if roots[co] then return false, "cannot resume non-suspended coroutine" end
+  return forward(co, co_resume(...))
 end
 
-local function unwrap(ok, ...)
+local function unwrap(co, ok, ...)
   if ok then return ... end
   local e = ...
-  count_forged(e, 0)  -- met once by forward already: raised again
+  local closed, problem = co_close(co)  -- as Lua's wrap: close it, run its __close
+  if not closed and not rawequal(problem, e) then
+    pass(false, problem)  -- an error of a __close handler: met here first
+    e = problem
+  else
+    count_forged(e, 0)  -- met once by forward already: raised again
+  end
   error(e, 0)
 end
 
-local function s_wrap(f)
-  local co = s_create(f)
+local function s_wrap(...)
+  local f = ...
+  if type(f) ~= "function" then arg_error(1, "wrap", "function expected, got " .. got(1, ...)) end
+  local co = co_create(f)
+  sethook(co, hook, "", HOOK_COUNT)
   return function(...)
-    return unwrap(forward(co, co_resume(co, ...)))
+    return unwrap(co, forward(co, co_resume(co, ...)))
   end
 end
 
 local function s_yield(...)
-  if roots[co_running()] then error("attempt to yield from outside a coroutine", 2) end
+  if roots[co_running()] then error("attempt to yield from outside a coroutine", 0) end
   return co_yield(...)
 end
 
@@ -569,13 +606,26 @@ local function s_running()
   return co, roots[co] == true
 end
 
-local function s_isyieldable(co)
-  co = co or co_running()
+local function s_status(...)
+  local co = ...
+  expect_thread("status", ...)
+  if roots[co] and co ~= co_running() then return "normal" end
+  return co_status(co)
+end
+
+local function s_isyieldable(...)
+  local co = ...
+  if select("#", ...) == 0 then co = co_running() else expect_thread("isyieldable", ...) end
   return not roots[co] and co_isyieldable(co)
 end
 
-local function s_close(co)
-  if type(co) == "thread" and co_status(co) == "dead" then
+local function s_close(...)
+  local co = ...
+  if select("#", ...) == 0 then co = co_running() else expect_thread("close", ...) end
+  if roots[co] then
+    error(co == co_running() and "cannot close main thread" or "cannot close a normal coroutine", 2)
+  end
+  if co_status(co) == "dead" then
     -- its error, if any, was met when it died (forward): closing only hands it back
     local ok, e = co_close(co)
     if abort or rawequal(e, KILL) then error(KILL, 0) end
@@ -592,13 +642,14 @@ local function observe(e)
 end
 
 local function s_pcall(...)
-  if select("#", ...) == 0 then error("bad argument #1 to 'pcall' (value expected)", 2) end
+  if select("#", ...) == 0 then arg_error(1, "pcall", "value expected") end
   return pass(xpcall(..., observe, select(2, ...)))
 end
 
-local function s_xpcall(f, handler, ...)
+local function s_xpcall(f, ...)
+  local handler = ...
   if type(handler) ~= "function" then
-    error("bad argument #2 to 'xpcall' (function expected, got " .. type(handler) .. ")", 2)
+    arg_error(2, "xpcall", "function expected, got " .. got(1, ...))
   end
   return pass(xpcall(f, function(e)
     if abort or rawequal(e, KILL) then return e end
@@ -606,18 +657,29 @@ local function s_xpcall(f, handler, ...)
     local result = handler(e)
     count_forged(result, 0)  -- what xpcall returns: not a memory error, whatever it says
     return result
-  end, ...))
+  end, select(2, ...)))
 end
 
-local function s_load(chunk, chunkname, mode, fenv)
-  if type(mode) == "string" and find(mode, "b", 1, true) then
+local function s_load(...)
+  local chunk, chunkname, mode, fenv = ...
+  local tc, tn, tm = type(chunk), type(chunkname), type(mode)
+  if tm ~= "nil" and tm ~= "string" and tm ~= "number" then
+    arg_error(3, "load", "string expected, got " .. got(3, ...))
+  end
+  if tn ~= "nil" and tn ~= "string" and tn ~= "number" then
+    arg_error(2, "load", "string expected, got " .. got(2, ...))
+  end
+  if tc ~= "string" and tc ~= "number" and tc ~= "function" then
+    arg_error(1, "load", "function expected, got " .. got(1, ...))
+  end
+  if tm == "string" and find(mode, "b", 1, true) then
     violation("load() with mode '" .. mode .. "': binary chunks are not allowed", 2)
   end
-  if type(chunk) == "string" and sub(chunk, 1, 1) == "\27" then
+  if tc == "string" and sub(chunk, 1, 1) == "\27" then
     violation("load() of a binary chunk", 2)
   end
-  if fenv == nil then fenv = env end
-  local f, message = real_load(chunk, chunkname, "t", fenv)
+  if select("#", ...) < 4 then fenv = env end  -- an explicit nil is a nil _ENV, as in Lua
+  local f, message = real_load(chunk, chunkname, mode or "t", fenv)
   if f == nil then
     if not abort and out_of_memory(message) then abort = "memory" end
     if abort or rawequal(message, KILL) then error(KILL, 0) end
@@ -628,18 +690,44 @@ local function s_load(chunk, chunkname, mode, fenv)
   return f, message
 end
 
-local GC_OPTIONS = {count = true, collect = true, step = true}
-local function s_collectgarbage(option, ...)
+-- Lua 5.5's options: the allowed ones, and the others, refused as a violation.
+local GC_OPTIONS = {count = true, collect = true, step = true, stop = false, restart = false,
+                    isrunning = false, generational = false, incremental = false,
+                    param = false}
+local function s_collectgarbage(...)
+  local option, arg = ...
   if option == nil then option = "collect" end
-  if not GC_OPTIONS[option] then
-    violation("collectgarbage(" .. format("%q", tostring(option)) .. ")", 2)
+  local to = type(option)
+  if to ~= "string" and to ~= "number" then
+    arg_error(1, "collectgarbage", "string expected, got " .. got(1, ...))
   end
-  return real_collectgarbage(option, ...)
+  local allowed = GC_OPTIONS[option]
+  if allowed == nil then
+    arg_error(1, "collectgarbage", "invalid option '" .. tostring(option) .. "'")
+  elseif not allowed then
+    violation("collectgarbage(" .. format("%q", option) .. ")", 2)
+  end
+  if option == "step" and arg ~= nil and math_type(arg) ~= "integer" then
+    arg_error(2, "collectgarbage", type(arg) == "number"
+              and "number has no integer representation" or "number expected, got " .. got(2, ...))
+  end
+  return real_collectgarbage(option, arg)
 end
 
 -- Finalizers run with hooks off, so a __gc loop could never be stopped.
-local function s_setmetatable(t, mt)
-  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+local function s_setmetatable(...)
+  local t, mt = ...
+  if type(t) ~= "table" then
+    arg_error(1, "setmetatable", "table expected, got " .. got(1, ...))
+  end
+  if select("#", ...) < 2 or (mt ~= nil and type(mt) ~= "table") then
+    arg_error(2, "setmetatable", "nil or table expected, got " .. got(2, ...))
+  end
+  local old = raw_getmetatable(t)
+  if old and rawget(old, "__metatable") ~= nil then
+    error("cannot change a protected metatable", 2)
+  end
+  if mt and rawget(mt, "__gc") ~= nil then
     violation("a __gc metamethod (finalizers would run outside the time limit)", 2)
   end
   return setmetatable(t, mt)
@@ -648,7 +736,21 @@ end
 local function s_print(...)
   local n = select("#", ...)
   local parts = {...}
-  for i = 1, n do parts[i] = tostring(parts[i]) end
+  for i = 1, n do
+    local v = parts[i]
+    local tv = type(v)
+    if tv ~= "string" then
+      local mt = tv ~= "number" and raw_getmetatable(v)
+      local f = mt and rawget(mt, "__tostring")
+      if f then  -- called here, so that an error in it is located at the script's call
+        v = f(v)
+        if type(v) ~= "string" and type(v) ~= "number" then
+          error("'__tostring' must return a string", 2)
+        end
+      end
+      parts[i] = tostring(v)
+    end
+  end
   nout = nout + 1
   outbuf[nout] = text(concat(parts, "\t", 1, n))
 end
@@ -674,7 +776,7 @@ local function make_env(args)
     rawlen = rawlen, setmetatable = s_setmetatable, getmetatable = getmetatable,
     string = string_copy, table = copy(table_lib), math = copy(math_lib),
     utf8 = copy(utf8_lib), os = {time = os_time, clock = os_clock, date = os_date},
-    coroutine = {create = s_create, resume = s_resume, yield = s_yield, status = co_status,
+    coroutine = {create = s_create, resume = s_resume, yield = s_yield, status = s_status,
                  wrap = s_wrap, running = s_running, isyieldable = s_isyieldable,
                  close = s_close},
     load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
@@ -701,10 +803,16 @@ local function call_main(main, args)
   return result
 end
 
--- Runs before the stack unwinds: what was thrown, with the traceback where it was thrown.
+-- The message handler of the run's xpcalls. It runs before the stack unwinds, and makes
+-- the report of what was thrown (a copy as data, its Lua type, its tostring, the traceback
+-- where it was thrown...), but it gives the error value back unchanged: Lua also calls it
+-- for errors that an inner protected call catches (load's "C stack overflow" while
+-- parsing), where the value must stay the error's own. `failed` takes the report.
+local reported, report  -- the last error on_error saw, and its report
 local function on_error(e)
   -- (never called for a memory error: Lua calls no message handler for one)
-  if abort or rawequal(e, KILL) then return KILL end
+  if abort or rawequal(e, KILL) then return e end
+  reported, report = e, nil
   local depth  -- the depth of a real stack overflow (see stack_full)
   if says_overflow(e) then
     if stack_full() then
@@ -727,18 +835,29 @@ local function on_error(e)
   -- the prelude's own error, unchanged since (a script may have caught and edited it)
   local own = te == "table" and OWN[e] ~= nil
       and OWN[e] == tostring(rawget(e, "category")) .. "/" .. tostring(rawget(e, "kind"))
-  return {sanitize(e, 0, {}), te, described, text(tb), depth, own}
+  report = {sanitize(e, 0, {}), te, described, text(tb), depth, own}
+  return e
+end
+
+-- The report of the error an xpcall with on_error ended in (KILL once the run is stopped).
+local function failed(e)
+  if abort or rawequal(e, KILL) then return KILL end
+  local r, seen = report, reported
+  reported, report = nil, nil
+  -- (Lua 5.5 turns a nil error value into "<no error object>" after the handler ran)
+  if r and (rawequal(e, seen) or e ~= e or seen == nil) then return r end
+  return e  -- not seen by on_error (a memory error, an error in the handler): finish reads it
 end
 
 -- The script's coroutine. The chunk is called by xpcall itself, so that tracebacks
 -- call it "main chunk"; then main(args), if the chunk defined it.
 local function body(chunk, args)
   local ok, value = xpcall(chunk, on_error, args)
-  if not ok then return false, value end
+  if not ok then return false, failed(value) end
   local main = rawget(env, "main")
   if type(main) == "function" then
     ok, value = xpcall(call_main, on_error, main, args)
-    if not ok then return false, value end
+    if not ok then return false, failed(value) end
   end
   local what, ltype, path = check(value)
   if what then return true, value, text(format(what, "result" .. path)), ltype end
@@ -788,6 +907,7 @@ end
 local function prepare(source, chunkname, args, ...)
   abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
   forged, forged_tb, overflowed, overflow_depth = 0, nil, nil, nil
+  reported, report = nil, nil
   outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
   tool_infos = pack(...)
   env = make_env(args)
@@ -806,7 +926,7 @@ end
 -- A tools file: its chunk returns a table of functions, which the host calls by name.
 local function library(chunk)
   local ok, value = xpcall(chunk, on_error)
-  if not ok then return false, value end
+  if not ok then return false, failed(value) end
   if type(value) ~= "table" then
     return true, nil, "a Lua tools file must return a table of functions, not " ..
       (value == nil and "nothing" or "a " .. type(value)), type(value)
@@ -834,7 +954,7 @@ end
 
 local function exported(name, params)
   local ok, value = xpcall(exports[name], on_error, module, params)
-  if not ok then return false, value end
+  if not ok then return false, failed(value) end
   local what, ltype, path = check(value)
   if what then return true, value, text(format(what, "result" .. path)), ltype end
   return true, value

@@ -135,3 +135,80 @@ def test_the_string_metatable_is_lua_s_own_and_is_reset_for_the_next_run() -> No
                           "b.lua", None, [], time.monotonic() + 2)
     assert second == Finished(["X", True, True])
     assert time.monotonic() - started < 2
+
+
+# -- Lua's own functions keep their behaviour ------------------------------------------------
+
+DEEP = "'return ' .. ('('):rep(1000) .. '1' .. (')'):rep(1000)"
+# Each expression is evaluated in a function under pcall, in the sandbox and in a bare Lua 5.5;
+# both must give the same (ok, value) pair.
+AS_IN_LUA = [
+    f"select(2, load({DEEP}))",
+    "coroutine.create(1)", "coroutine.wrap({})", "coroutine.resume(1)", "coroutine.resume()",
+    "coroutine.close(1)", "coroutine.close(nil)", "coroutine.close(coroutine.running())",
+    "coroutine.close()", "coroutine.isyieldable(1)", "coroutine.status()",
+    "select(2, coroutine.resume(coroutine.running()))",
+    "coroutine.create(setmetatable({}, {__name = 'Thing'}))",
+    "pcall()", "xpcall(print)", "xpcall(print, nil)",
+    "load()", "load('return 1', {})", "load('return 1', 'c', {})",
+    "select(2, load('return 1', 'c', 'x'))", "load('return x', 'c', 't', nil)()",
+    "collectgarbage('foo')", "collectgarbage({})", "collectgarbage(1)",
+    "collectgarbage('step', 'x')", "collectgarbage('step', 1.5)",
+    "setmetatable(1, {})", "setmetatable({})", "setmetatable({}, 1)",
+    "setmetatable(setmetatable({}, {__metatable = 1}), {})",
+    "print(setmetatable({}, {__tostring = function() return {} end}))",
+    "coroutine.yield(1)",
+    # Lua 5.5: a coroutine may close itself; its resume then returns true
+    "select('#', coroutine.resume(coroutine.create(function() "
+    "coroutine.close(coroutine.running()) end)))",
+    # wrap closes a coroutine that fails (its to-be-closed variables are closed)
+    "select(2, pcall(coroutine.wrap(function() local x <close> = setmetatable({}, "
+    "{__close = function() closed = true end}) error('e', 0) end))) .. tostring(closed)",
+]
+
+
+def _in_a_function(expression: str) -> str:
+    return (f"local ok, value = pcall(function() local r = {expression} return r end)\n"
+            "return {ok, tostring(value)}")
+
+
+@pytest.mark.parametrize("expression", AS_IN_LUA)
+def test_lua_s_own_functions_behave_as_in_lua(expression: str) -> None:
+    import lupa.lua55 as lupa
+
+    source = _in_a_function(expression)
+    bare = lupa.LuaRuntime()
+    expected = list(bare.execute("return assert(load(..., '@agent.lua', 't'))()", source).values())
+    assert drive(source).result == expected
+
+
+def test_load_of_a_deeply_nested_chunk_gives_lua_s_message_outside_any_pcall() -> None:
+    source = f"local f, message = load({DEEP})\nlocal t = nil\nreturn {{f, message, t.x}}"
+    error = drive(source).error
+    assert error.fields["error"] == "attempt to index a nil value (local 't')"
+    assert [f.line for f in error.frames] == [3]
+    assert drive(f"local f, message = load({DEEP}) return {{f == nil, message}}").result == [
+        True, "C stack overflow"]
+
+
+def test_closing_the_main_thread_is_an_error_the_script_can_catch() -> None:
+    source = "local ok, e = pcall(coroutine.close, coroutine.running())\nreturn {ok, e}"
+    assert drive(source).result == [False, "cannot close main thread"]
+    error = drive("local x = 1\ncoroutine.close()").error
+    assert error.code == "script/lua" and error.fields["error"] == "cannot close main thread"
+    assert [f.line for f in error.frames] == [2]
+
+
+def test_the_host_s_coroutines_cannot_be_resumed_or_closed_by_a_script() -> None:
+    source = """
+local main = coroutine.running()
+local co = coroutine.create(function()
+  local ok, e = coroutine.resume(main, true, "forged")
+  local closed, problem = pcall(coroutine.close, main)
+  return {ok, e, coroutine.status(main), closed, problem}
+end)
+local _, r = coroutine.resume(co)
+return r
+"""
+    assert drive(source).result == [False, "cannot resume non-suspended coroutine", "normal",
+                                    False, "cannot close a normal coroutine"]
