@@ -28,6 +28,7 @@ from bridge.jsontext import finite
 from bridge.patterns import recognise
 
 TRACEBACK_HEADER = "stack traceback:"
+TAIL_CALLS = "(...tail calls...)"  # where Lua's traceback elided the callers of a tail call
 MAX_CACHED_TRACEBACKS = 256
 _DESCRIBE_LIMIT = 200
 
@@ -74,7 +75,10 @@ class LuaScript:
         """The script's own frames in ``debug.traceback`` text, outermost first.
 
         Frames of other chunks (the engine's prelude, ``load``ed strings) and of C
-        functions are left out. Several tracebacks may be concatenated, innermost first
+        functions are left out. Where Lua elided the callers of a tail call, a frame
+        without a line named ``(...tail calls...)`` stands (for a marker that follows a
+        script frame or starts a traceback: the prelude's own tail calls are not the
+        script's business). Several tracebacks may be concatenated, innermost first
         (a coroutine's, then the one that resumed it). Results are cached per text,
         since a tool called in a loop gives the same traceback every time.
         """
@@ -92,6 +96,8 @@ class LuaScript:
             self._entry = re.compile(rf"^\s*{re.escape(self.prefix)}(\d+):(.*)$", re.MULTILINE)
         if self._lines is None:
             self._lines = self.source.splitlines()
+        if TAIL_CALLS in traceback:
+            return self._parse_lines(traceback)
         lines, count, file = self._lines, len(self._lines), self.filename
         frames = []
         for number, what in self._entry.findall(traceback):  # as frame(), without its calls
@@ -99,6 +105,27 @@ class LuaScript:
             frames.append(_new_tuple(Frame, (
                 "lua", file, line, None, _function_name(what),
                 lines[line - 1].strip() if line is not None and 0 < line <= count else None)))
+        frames.reverse()
+        return frames
+
+    def _parse_lines(self, traceback: str) -> list[Frame]:
+        """:meth:`_parse` line by line, for a traceback with tail-call markers."""
+        assert self._entry is not None
+        frames, after = [], False
+        for raw in traceback.split("\n"):
+            entry = raw.strip()
+            found = self._entry.match(raw)
+            if found:
+                line = int(found.group(1))
+                frames.append(Frame("lua", self.filename, line, None,
+                                    _function_name(found.group(2)), self.line_text(line)))
+                after = True
+            elif entry == TAIL_CALLS:
+                if after:
+                    frames.append(Frame("lua", self.filename, None, None, TAIL_CALLS, None))
+                after = False
+            else:
+                after = entry == TRACEBACK_HEADER
         frames.reverse()
         return frames
 
@@ -113,11 +140,23 @@ class LuaScript:
         return None, message
 
     def script_traceback(self, traceback: str | None) -> str | None:
-        """``traceback`` with only this script's lines, as Lua would print it."""
+        """``traceback`` with only this script's lines (and tail-call markers, as in
+        :meth:`frames`), as Lua would print it."""
         if not traceback:
             return None
         prefix = self.prefix
-        lines = [raw for raw in traceback.split("\n") if raw.strip().startswith(prefix)]
+        lines, after = [], False
+        for raw in traceback.split("\n"):
+            entry = raw.strip()
+            if entry.startswith(prefix):
+                lines.append(raw)
+                after = True
+            elif entry == TAIL_CALLS:
+                if after:
+                    lines.append(raw)
+                after = False
+            else:
+                after = entry == TRACEBACK_HEADER
         return "\n".join([TRACEBACK_HEADER, *lines])
 
 
@@ -129,7 +168,8 @@ def function_name(what: str) -> str:
 
     ``in function 'f'``, ``in local 'f'``, ``in upvalue 'f'``, ``in method 'm'``,
     ``in field 'f'`` give the quoted name; ``in main chunk`` gives ``main chunk``;
-    ``in function <agent.lua:3>`` (a function without a name) gives ``<anonymous>``.
+    ``in function <agent.lua:3>`` (a function Lua has no name for: an anonymous one, or
+    one reached by a tail call) gives ``function <agent.lua:3>``, as Lua names it.
     """
     what = what.strip()
     if what == "in main chunk":
@@ -138,8 +178,6 @@ def function_name(what: str) -> str:
     end = what.rfind("'")
     if 0 <= start < end:
         return what[start + 1:end]
-    if "<" in what:
-        return "<anonymous>"
     return what.removeprefix("in ").strip() or "?"
 
 

@@ -120,9 +120,15 @@ def _entry_file(frame: Frame, sources: Mapping[str, str] | None) -> str:
 
 
 def _entry(frame: Frame, file: str, tb_next: TracebackType | None) -> TracebackType:
-    """One real traceback entry at ``file``, the frame's line, and its function."""
+    """One real traceback entry at ``file``, the frame's line, and its function.
+
+    A frame without a line (Lua's ``(...tail calls...)`` marker) is an entry at line 0,
+    which has no source line to show.
+    """
     line = frame.line
-    if line is None or not 1 <= line <= MAX_POSITION:  # unknown (or not a line at all)
+    if line is None:
+        line = 0
+    elif not 1 <= line <= MAX_POSITION:  # not a line at all
         line = 1
     code = _code(file, line, _function_name(frame))
     marker = _Marker()

@@ -42,14 +42,20 @@ for k, v in next, STRING_MT do STRING_MT_FIELDS[k] = v end
 -- the path users read. Names as Lua gives them (bridge/lua.py reads the quoted name).
 -- A stack deeper than MAX_LEVELS (runaway recursion) keeps Lua's own traceback: getinfo
 -- walks the stack from the top, so rebuilding one costs O(depth^2).
+-- With `below`, a traceback that starts above a function that was tail-called (a tool's or
+-- an error constructor's, in `return tools.x{}`) starts with Lua's "(...tail calls...)":
+-- Lua prints the marker after the frame of the called function, which is left out here.
 local MAX_LEVELS = 1000
-local function traceback(co, level)
+local TAIL_CALLS = "\t(...tail calls...)"
+local function traceback(co, level, below)
   local tb
   if co then
     tb, level = lua_traceback(co), 0
   else
+    local tail = below and getinfo(level, "t").istailcall
     level = level + 1
     tb = lua_traceback(nil, level)
+    if tail then tb = "stack traceback:\n" .. TAIL_CALLS .. sub(tb, 17) end
   end
   if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
   local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
@@ -58,7 +64,7 @@ local function traceback(co, level)
   if depth > MAX_LEVELS then return tb end
   local lines, n = {"stack traceback:"}, 1
   for l = level, level + depth - 1 do
-    local ar = co and getinfo(co, l, "Sln") or getinfo(l, "Sln")
+    local ar = co and getinfo(co, l, "Slnt") or getinfo(l, "Slnt")
     if not ar then break end
     local what
     if ar.namewhat ~= "" then
@@ -72,6 +78,7 @@ local function traceback(co, level)
     end
     n = n + 1
     lines[n] = "\t" .. ar.short_src .. ":" .. ar.currentline .. ": in " .. what
+    if ar.istailcall then n = n + 1 lines[n] = TAIL_CALLS end
   end
   return concat(lines, "\n")
 end
@@ -247,11 +254,19 @@ local function sanitize(v, depth, seen)
   return copy
 end
 
--- A traceback with only the script's own lines (for the error tables scripts see).
+-- A traceback with only the script's own lines (for the error tables scripts see), and
+-- the tail-call markers that follow one of them or start a traceback.
 local function script_traceback(tb)
-  local out = {"stack traceback:"}
-  for line in gmatch(tb, "\n\t([^\n]*)") do
-    if sub(line, 1, #prefix) == prefix then out[#out + 1] = "\t" .. line end
+  local out, after = {"stack traceback:"}, false
+  for line in gmatch(tb, "[^\n]+") do
+    if sub(line, 2, #prefix + 1) == prefix then
+      out[#out + 1], after = line, true
+    elseif line == TAIL_CALLS then
+      if after then out[#out + 1] = line end
+      after = false
+    else
+      after = line == "stack traceback:"
+    end
   end
   return concat(out, "\n")
 end
@@ -417,7 +432,7 @@ local OWN = setmetatable({}, {__mode = "k", __metatable = false})
 local function violation(what, level)
   local e = new_error("security", "script_safety_violation", "SecurityError",
                       {engine = "lua", violation = what}, nil, nil,
-                      script_traceback(traceback(nil, level + 1)))
+                      script_traceback(traceback(nil, level + 1, true)))
   OWN[e] = "security/script_safety_violation"
   error(e, level + 1)
 end
@@ -433,7 +448,7 @@ for cname, category in next, CONSTRUCTORS do
       if k ~= "kind" and k ~= "message" and k ~= "cause" then fields[k] = v end
     end
     return new_error(category, rawget(spec, "kind"), cname, fields, rawget(spec, "message"),
-                     rawget(spec, "cause"), script_traceback(traceback(nil, 2)))
+                     rawget(spec, "cause"), script_traceback(traceback(nil, 2, true)))
   end
 end
 
@@ -475,7 +490,7 @@ local function call_tool(name, nargs, params)
     end
   end
   if problem then params = nil end
-  local tb = traceback(nil, 3)  -- from the script's call site: cheaper than from here
+  local tb = traceback(nil, 3, true)  -- from the script's call site: cheaper than from here
   local ok, value = co_yield(REQUEST, text(name), problem, tb, params)
   if ok then return value end
   local e = as_error(value, script_traceback(tb))

@@ -239,7 +239,7 @@ return {ok1, y, ok2, r, coroutine.status(co), gen(), gen()}
     assert [r.params for r in run.requests] == [{"n": 1}, {"n": 3}, {"i": 1}, {"i": 2}]
     # The frames of a request from a coroutine reach out to the main chunk.
     assert [(f.line, f.function) for f in run.requests[0].frames] == [
-        (8, "main chunk"), (3, "<anonymous>")]
+        (8, "main chunk"), (3, "function <agent.lua:2>")]
 
 
 def test_coroutine_functions_still_behave_like_lua() -> None:
@@ -420,7 +420,7 @@ return r
     error = drive(source).error
     assert error.fields["error"] == "attempt to index a nil value (local 't')"
     assert [(f.line, f.function) for f in error.frames] == [(5, "main chunk"),
-                                                            (3, "<anonymous>")]
+                                                            (3, "function <agent.lua:1>")]
 
 
 def test_frames_use_the_real_file_name_even_when_lua_shortens_it() -> None:
