@@ -405,7 +405,12 @@ class LuaEngine(Engine):
             return self._table_from(_utf8_data(value), recursive=True)
 
     def _from_lua(self, value: Any) -> Any:
-        """Lua data (already checked or copied by the prelude) as JSON-like Python data."""
+        """Lua data (already checked or copied by the prelude) as JSON-like Python data.
+
+        A table with string keys becomes a dict with its keys sorted (by code point):
+        the order of Lua's ``next`` follows string hashes, which Lua seeds per state, so
+        the same run would otherwise give its data in another order in every process.
+        """
         if type(value) is not _LuaTable:
             return value
         data = {}
@@ -413,7 +418,7 @@ class LuaEngine(Engine):
             data[key] = self._from_lua(item) if type(item) is _LuaTable else item
         if data and type(next(iter(data))) is int:  # the prelude let only arrays 1..n through
             return [data[index] for index in range(1, len(data) + 1)]
-        return data
+        return dict(sorted(data.items())) if len(data) > 1 else data
 
 
 def _closed() -> SpellError:
