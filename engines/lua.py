@@ -418,7 +418,7 @@ class LuaEngine(Engine):
             data[key] = self._from_lua(item) if type(item) is _LuaTable else item
         if data and type(next(iter(data))) is int:  # the prelude let only arrays 1..n through
             return [data[index] for index in range(1, len(data) + 1)]
-        return dict(sorted(data.items())) if len(data) > 1 else data
+        return {key: data[key] for key in sorted(data)} if len(data) > 1 else data
 
 
 def _closed() -> SpellError:
