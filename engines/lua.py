@@ -13,10 +13,14 @@ environment and drives the script inside a coroutine:
   runs before the stack unwinds, and translated by :mod:`bridge.lua`.
 
 No Python object is reachable from a script: data crosses as Lua tables built from
-JSON-like Python data, checked on the way in and out. The one Python callable inside
-the runtime is ``time.monotonic``, an upvalue of the count hook (constrained scripts
-have no ``debug`` library to reach it), and attribute access on Python objects is
-refused outright, so even a trusted script that digs it out can only call it.
+JSON-like Python data, checked on the way in and out (a table's string keys come out
+sorted, so that a run gives the same data in every process). No metatable of the
+prelude's is reachable either (each is protected with ``__metatable``), since a script
+that could add ``__gc`` to one would get finalizers, which run with hooks off.
+The one Python callable inside the runtime is ``time.monotonic``, an upvalue of the
+count hook (constrained scripts have no ``debug`` library to reach it), and attribute
+access on Python objects is refused outright, so even a trusted script that digs it out
+can only call it.
 
 Limits: a count hook on the script's coroutine and on every coroutine the script
 creates stops the run at the deadline with a private error value that the sandbox's
