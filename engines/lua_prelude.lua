@@ -860,7 +860,9 @@ local function failed(e)
   local r, seen = report, reported
   reported, report = nil, nil
   -- (Lua 5.5 turns a nil error value into "<no error object>" after the handler ran)
-  if r and (rawequal(e, seen) or e ~= e or seen == nil) then return r end
+  if r and (rawequal(e, seen) or e ~= e or seen == nil and e == "<no error object>") then
+    return r
+  end
   return e  -- not seen by on_error (a memory error, an error in the handler): finish reads it
 end
 
