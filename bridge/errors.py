@@ -17,13 +17,13 @@ all read the same registry, so a variant declared once exists on every side.
 from __future__ import annotations
 
 import inspect
-import json
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from time import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from bridge.data import MAX_DEPTH, TooDeep, read_json
 from bridge.frames import Frame, frame_from_data, python_frames
 from bridge.jsontext import finite, json_text
 from bridge.severity import Severity
@@ -36,6 +36,9 @@ RESERVED_NAMES = frozenset(
 JSON_KEYS = ("category", "kind", "message", "severity", "retryable", "retry_after", "fields",
              "frames", "cause", "context")
 MAX_CAUSE_DEPTH = 64
+# How deeply error JSON may nest: a cause chain MAX_CAUSE_DEPTH long whose innermost error
+# holds script data (up to bridge.data.MAX_DEPTH) in a field, in context, frames and so on.
+MAX_JSON_DEPTH = MAX_CAUSE_DEPTH + MAX_DEPTH + 8
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -319,7 +322,9 @@ class SpellError(Exception):
     def from_json(cls, text: str | bytes) -> SpellError:
         """Read back an error written by :meth:`to_json`; bad input raises ``bridge/...``."""
         try:
-            data = json.loads(text)
+            data = read_json(text, MAX_JSON_DEPTH)
+        except TooDeep as exc:
+            raise _bad_json(f"error JSON {exc}", "$") from None
         except (ValueError, TypeError) as exc:
             raise _bad_json(f"not valid JSON ({exc})", "$") from None
         return cls.from_dict(data)

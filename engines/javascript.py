@@ -19,6 +19,11 @@ Scripts (``.js``) are evaluated as global code; if they define a function ``main
 declared or exported, ``import`` has nothing to load. Either way one line is appended after
 the source (it reads ``main``), which changes no line or column of the script.
 
+Data a script hands to Python (results, tool parameters) is JSON text made by the
+prelude's ``json()``, whose replacer stops it past ``bridge.data.MAX_DEPTH`` levels or once
+Python would build more than the memory limit from it (``resource/memory_exhaustion``, as
+when making the text ran the context out of memory).
+
 Limits: memory and stack are quickjs's own. Time is quickjs's interrupt, which counts the
 CPU time of the whole process (``clock()``) from the start of each call into JS; each call
 gets ``remaining wall seconds x cpu_factor``, so it cannot fire before the deadline even
@@ -63,6 +68,7 @@ except ImportError:  # pragma: no cover - a layout where only the package is imp
     import quickjs  # type: ignore[no-redef]
 
 from bridge import javascript as translate
+from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
@@ -93,6 +99,10 @@ _INT32 = 2**31  # quickjs's binding passes smaller ints as int32 (and truncates 
 
 class _OutOfTime(Exception):
     """The deadline passed between two calls into JS."""
+
+
+class _TooLarge(Exception):
+    """Data a script hands to Python would need more than the run's memory limit."""
 
 
 class JavaScriptEngine(Engine):
@@ -128,7 +138,7 @@ class JavaScriptEngine(Engine):
         self._last_activation = activation = self._last_activation + 1
         try:
             params_json = _encode(params)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             return Failed(_crossing_error("python", "javascript", f"params: {exc}",
                                           type(params).__name__))
         try:
@@ -150,11 +160,13 @@ class JavaScriptEngine(Engine):
         self._sites: dict[int, list[Frame]] = {}  # call site number -> its frames
         self._owners: dict[int, int] = {}  # request id -> the activation that made it
         self._last_activation = 0  # 0: the script itself, or the tools file's load
+        self._max_text = self._memory_limit()  # the longest answer of poll Python reads
         try:
             config = _encode({"file": filename, "args": args, "library": library,
                               "tools": [[t.name, t.description] for t in tools],
-                              "constructors": _constructors()})
-        except (TypeError, ValueError) as exc:
+                              "constructors": _constructors(),
+                              "bounds": [MAX_DEPTH, ITEM_BYTES, self._memory_limit()]})
+        except (TypeError, ValueError, RecursionError) as exc:
             return self._fail(_crossing_error("python", "javascript", f"args: {exc}",
                                               type(args).__name__))
         problem = _unpassable(source)
@@ -270,6 +282,8 @@ class JavaScriptEngine(Engine):
         if text == 0:  # not suspended: the prelude may run script code to say what happened
             self._allow()
             text = self._poll(True, activation)
+        if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
+            return self._fail(self._too_large("data"))
         state = _scan(text, 0)[0]
         if state[1]:
             for line in state[1]:
@@ -295,8 +309,11 @@ class JavaScriptEngine(Engine):
                     state[2], self._filename, self._source_lines(), self.resolve_ref,
                     limits=self._limit_values(), limit=limit))
             case 3:
+                problem = state[2]
+                if self._out_of_memory(problem["memory"]):
+                    return self._fail(self._too_large("result"))
                 return Failed(_crossing_error("javascript", "python",
-                                              state[2]["message"], state[2]["type"]))
+                                              problem["message"], problem["type"]))
             case _:  # loading or running, with nothing queued that could settle it
                 return Failed(variant_class("script", "runtime_error")(
                     language="javascript",
@@ -318,6 +335,10 @@ class JavaScriptEngine(Engine):
             if request_id > 0:
                 requests.append(ToolRequest(request_id, tool, params, None, sites[site][:]))
             else:  # the params have no JSON form: `params` says why
+                if params.__class__ is list:  # [why, memory]: memory may be why
+                    params, memory = params
+                    if self._out_of_memory(memory):
+                        raise _TooLarge("parameters")
                 requests.append(ToolRequest(-request_id, tool, None, params, sites[site][:]))
         return requests
 
@@ -345,6 +366,8 @@ class JavaScriptEngine(Engine):
         if isinstance(exc, quickjs.JSException | quickjs.StackOverflow):
             return self._from_exception(str(exc),
                                         overflow=isinstance(exc, quickjs.StackOverflow))
+        if isinstance(exc, _TooLarge):
+            return self._too_large(str(exc))
         if isinstance(exc, SpellError):
             return exc
         return variant_class("runtime", "internal_error")(
@@ -378,6 +401,25 @@ class JavaScriptEngine(Engine):
         """Whether the time limit could have fired: the deadline or the CPU budget is used up."""
         return (_monotonic() >= self._deadline
                 or time.process_time() - self._cpu_mark >= self._cpu_budget)
+
+    def _memory_limit(self) -> int:
+        return self.limits.memory_mb * 1024 * 1024
+
+    def _out_of_memory(self, memory: int) -> bool:
+        """Whether JSON text the prelude could not make failed for want of memory.
+
+        ``memory`` is what its ``failure`` observed: 1 yes (over the budget, or the
+        engine's own out-of-memory error), -1 the engine threw null, which it does when it
+        cannot even make that error, 0 no.
+        """
+        return memory == 1 or (memory == -1 and self._memory_full())
+
+    def _too_large(self, what: str) -> SpellError:
+        return translate.resource_error(
+            "memory", f"its {what} would need more memory than the run may use, as JSON "
+                      f"text in the engine or copied to Python",
+            [translate.make_frame(self._filename, None, None, "<script>")],
+            self._limit_values())
 
     def _memory_full(self) -> bool:
         """Whether the context still holds nearly all the memory it may use."""
@@ -449,7 +491,7 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
         return 0, value
     try:
         return 1, _encode(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:  # the host checks depth first
         err = _crossing_error("python", "javascript", f"tool result: {exc}", kind.__name__)
         return 2, _encode(error_envelope(err))
 

@@ -9,7 +9,7 @@
 //   problem      why a value has no JSON form: {message: "params.f is a function", type}
 (function (core) {
   "use strict";
-  const { json, clean, rawStack, setStack, names } = core;
+  const { json, clean, rawStack, setStack, names, maxDepth } = core;
   const stringify = JSON.stringify;
   const parse = JSON.parse;
   const isArray = Array.isArray;
@@ -181,6 +181,7 @@
     if (value instanceof Map || value instanceof Set || value instanceof Promise) {
       return ["class", path, value];
     }
+    if (parents.length >= maxDepth) return ["deep", path, value];
     parents.push(value);
     for (const key of isArray(value) ? value.keys() : Object.keys(value)) {
       const found = locate(value[key], [...path, key], strict, parents);
@@ -192,7 +193,8 @@
 
   // Why `value` (tool parameters when `strict`) cannot cross as JSON: {message, type},
   // without a prototype (JSON.stringify of it runs no script code: no inherited toJSON).
-  function problem(value, root, strict) {
+  // `threw`: JSON.stringify threw `thrown` while it read `value`.
+  function problem(value, root, strict, threw, thrown) {
     let found;
     try {
       found = strict && (value === null || typeof value !== "object" || isArray(value))
@@ -202,7 +204,8 @@
     }
     let said;
     try {
-      said = describe(found || ["error", [root], "its JSON form changed while it was read"]);
+      said = describe(found || ["error", [root], threw === true ? thrown
+        : "its JSON form changed while it was read"]);
     } catch {
       said = { message: `${root} has no JSON form`, type: "error" };
     }
@@ -218,6 +221,8 @@
         return { message: `${where} is ${value}`, type };
       case "cycle":
         return { message: `cyclic object at ${where}`, type };
+      case "deep":
+        return { message: `${where} is nested more than ${maxDepth} levels deep`, type };
       case "class":
         return { message: `${where} is a ${type}${type === "Promise" ? " (a missing await?)" : ""}`,
           type };

@@ -64,6 +64,21 @@
   let errors = null; // what javascript_errors.js returns, once loaded
   let strict = false; // check: refuse undefined too (tool parameters)
   let bad = false; // check: found a value without a JSON form
+  // Bounds on the data Python reads (bridge/data.py), from setup: how deeply it may nest,
+  // and the bytes Python may build from it (ITEM_BYTES per value plus string lengths).
+  let maxDepth = 100;
+  let itemBytes = 64;
+  let budget = Infinity;
+  let spent = 0; // check: bytes counted so far
+  let depth = 0; // check: the arrays and objects open around the value
+  let open = newList(); // check: open[1..depth], the outermost first
+  let converting = false; // json: a conversion is under way (a toJSON may call a tool)
+  const STOP = {}; // check throws it to stop JSON.stringify; `stopped` says why
+  let stopped = 0; // json: why the last text is null: 0 (a value without a JSON form),
+  let caught; // DEEP, LARGE, or THREW (JSON.stringify threw `caught`: a getter, memory...)
+  const DEEP = 1;
+  const LARGE = 2;
+  const THREW = 3;
   let lastId = 0;
   // Requests not yet handed to Python, as JSON text (4 items each, see poll): the latest
   // ones comma-separated in `queue`, which a long burst moves to the list `queued` in
@@ -139,38 +154,115 @@
     return joinList(parts, "");
   }
 
-  // JSON.stringify's replacer: notes what JSON would silently drop or change.
+  // JSON.stringify's replacer: notes what JSON would silently drop or change, and stops it
+  // (throwing STOP) when the data nests too deeply or grows too large for Python. Each
+  // value counts itemBytes, a string its length too (keys: Python's reader shares them);
+  // json() checks the total at the end, this only where it can grow fast. `this` holds
+  // `value`: the innermost array or object still open, once those finished are closed.
   function check(key, value) {
+    spent += itemBytes;
     const type = typeof value; // if-else: quicker than a switch in quickjs
     if (type === "number") {
       if (value - value !== 0) bad = true; // NaN, Infinity, -Infinity
+    } else if (type === "string") {
+      spent += value.length;
+      if (spent > budget) stop(LARGE);
     } else if (type === "object") {
+      if (value === null) return value;
       if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
+      while (depth !== 0 && open[depth] !== this) depth--;
+      if (depth >= maxDepth) stop(DEEP);
+      if (spent > budget) stop(LARGE);
+      open[++depth] = value;
     } else if (type === "undefined") {
       if (strict) bad = true;
-    } else if (type !== "string" && type !== "boolean") {
+    } else if (type !== "boolean") {
       bad = true; // function, bigint, symbol
     }
     return value;
   }
 
+  function stop(why) {
+    stopped = why;
+    throw STOP;
+  }
+
   // The JSON text of `value`, or null when part of it has no JSON form (a function, a
-  // cycle, NaN...; and undefined when `refuseUndefined`): errors.problem() says which.
+  // cycle, NaN...; and undefined when `refuseUndefined`): errors.problem() says which,
+  // `stopped` whether it was cut short instead.
   function json(value, refuseUndefined) {
+    if (converting) return nestedJson(value, refuseUndefined);
+    converting = true;
     strict = refuseUndefined;
     bad = false;
+    spent = 0;
+    depth = 0;
+    let text;
     try {
-      const text = stringify(value, check);
-      return bad ? null : text === undefined ? "null" : text;
-    } catch {
-      return null;
+      text = stringify(value, check);
+    } catch (error) {
+      converting = false;
+      return stopJson(error);
     }
+    converting = false;
+    if (bad) return stopJson(STOP, 0);
+    if (spent > budget) return stopJson(STOP, LARGE);
+    return text === undefined ? "null" : text;
+  }
+
+  // After json() failed: null, with why in `stopped` (STOP: check said why).
+  function stopJson(error, why) {
+    if (why !== undefined) stopped = why;
+    else if (error !== STOP) {
+      stopped = THREW;
+      caught = error;
+    }
+    return null;
+  }
+
+  // json() called while another conversion runs (a toJSON that calls a tool): the other
+  // one's state is kept and given back.
+  function nestedJson(value, refuseUndefined) {
+    const outerStrict = strict, outerBad = bad, outerSpent = spent, outerDepth = depth;
+    const outerOpen = open;
+    open = newList();
+    converting = false;
+    try {
+      return json(value, refuseUndefined);
+    } finally {
+      strict = outerStrict;
+      bad = outerBad;
+      spent = outerSpent;
+      depth = outerDepth;
+      open = outerOpen;
+      converting = true;
+    }
+  }
+
+  // Why json(value) just answered null: {message, type} (see errors.problem) and `memory`:
+  // 1 when the text would outgrow the budget or making it ran the engine out of memory
+  // (observedLimit: the engine's own error, not one a toJSON threw), -1 when the engine
+  // threw null (it could not even make its error: javascript.py looks at its memory).
+  function failure(value, root, refuseUndefined) {
+    let found;
+    let memory = 0;
+    if (stopped === LARGE) {
+      found = { __proto__: null, message: root + " needs more than " + budget +
+        " bytes in Python", type: "" };
+      memory = 1;
+    } else {
+      found = loadErrors().problem(value, root, refuseUndefined, stopped === THREW, caught);
+      if (stopped === THREW) memory = caught === null ? -1 : observedLimit(caught) === 1 ? 1 : 0;
+    }
+    found.memory = memory;
+    caught = undefined;
+    return found;
   }
 
   function loadErrors() {
     if (errors === null) {
       errors = indirectEval(errorsSource)({ FILE, json, clean, rawStack, setStack,
-        catalog: catalogText, names: config.constructors });
+        catalog: catalogText, names: config.constructors, maxDepth });
       for (const name of Object.keys(errors.globals)) define(name, errors.globals[name]);
     }
     return errors;
@@ -200,8 +292,12 @@
     const text = params === undefined ? "{}"
       : params !== null && typeof params === "object" && !isArray(params) ? json(params, true)
       : null;
-    const problem = text === null
-      ? stringify(loadErrors().problem(params, "params", true).message) : null;
+    let problem = null;
+    if (text === null) { // [message, memory] when memory may be why (see failure)
+      const found = failure(params, "params", true);
+      problem = found.memory === 0 ? stringify(found.message)
+        : "[" + stringify(found.message) + "," + found.memory + "]";
+    }
     const id = ++lastId;
     const { promise, resolve, reject } = withResolvers();
     waiting[id] = [resolve, reject, site];
@@ -494,7 +590,7 @@
       kind = "[1,";
       if (body === null) {
         kind = "[3,";
-        body = stringify(loadErrors().problem(record.result, "result", false));
+        body = stringify(failure(record.result, "result", false));
       }
     } else if (record.state === "failed") {
       kind = "[2,";
@@ -534,6 +630,9 @@
   function setup(text, errorsCode, catalog) {
     config = parse(text);
     FILE = config.file;
+    maxDepth = config.bounds[0];
+    itemBytes = config.bounds[1];
+    budget = config.bounds[2];
     errorsSource = errorsCode;
     catalogText = catalog;
     define("args", config.args);
@@ -550,8 +649,9 @@
   }
 
   // (and those that could be innermost in the stack of an out-of-memory error)
-  for (const fn of [call, tool, request, check, json, format, log, fail, begin, run, moduleDone,
-    poll, newList, append, flat, library, exported, callExport, abort]) {
+  for (const fn of [call, tool, request, check, stop, json, stopJson, nestedJson, failure, format, log,
+    fail, begin, run, moduleDone, poll, newList, append, flat, library, exported, callExport,
+    abort]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 

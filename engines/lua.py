@@ -13,8 +13,10 @@ environment and drives the script inside a coroutine:
   runs before the stack unwinds, and translated by :mod:`bridge.lua`.
 
 No Python object is reachable from a script: data crosses as Lua tables built from
-JSON-like Python data, checked on the way in and out (a table's string keys come out
-sorted, so that a run gives the same data in every process). No metatable of the
+JSON-like Python data, checked on the way in and out (``bridge.data``: at most MAX_DEPTH
+levels deep, and what Python builds from a script's data bounded by the memory limit and
+the deadline: see :meth:`LuaEngine._from_lua`; a table's string keys come out sorted, so
+that a run gives the same data in every process). No metatable of the
 prelude's is reachable either (each is protected with ``__metatable``), since a script
 that could add ``__gc`` to one would get finalizers, which run with hooks off.
 The one Python callable inside the runtime is ``time.monotonic``, an upvalue of the
@@ -42,6 +44,7 @@ from typing import Any
 import lupa.lua55 as lupa
 
 from bridge import BridgeError, ResourceError, ScriptError, SpellError, variants
+from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
 from bridge.jsontext import replaced
@@ -61,8 +64,8 @@ from engines.base import (
 
 # Lua names files of 60 bytes or more as "..." plus their tail (luaO_chunkid).
 _LUA_IDSIZE = 60
-# Data nested deeper than this does not cross (Lua checks the same bound on its side).
-MAX_DEPTH = 100
+# Lua data the host converts: the clock is read each time this much of the budget is spent.
+_CLOCK_EVERY = 2**20
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
 # Values that cross as they are (ints only within 64 bits: checked by _check_data; strs
@@ -96,7 +99,8 @@ def _generated_tables() -> str:
     constructors = ", ".join(f"[{_lua_string(name)}] = {_lua_string(category)}"
                              for name, category in script_constructors().items())
     return (f"local MESSAGES = {_lua_string(messages)}\n"
-            f"local CONSTRUCTORS = {{{constructors}}}\n")
+            f"local CONSTRUCTORS = {{{constructors}}}\n"
+            f"local MAX_DEPTH, ITEM_BYTES = {MAX_DEPTH}, {ITEM_BYTES}\n")
 
 
 @functools.cache
@@ -195,6 +199,8 @@ class LuaEngine(Engine):
         super().__init__(limits=limits, sandbox=sandbox, on_output=on_output,
                          resolve_ref=resolve_ref)
         self._memory_limit = limits.memory_mb * 2**20
+        self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
+        self._deadline = 0.0
         self._script: LuaScript | None = None
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._started = 0.0
@@ -206,7 +212,7 @@ class LuaEngine(Engine):
         try:
             (self._start, self._step, self._drain, self._lua_short_src, self._load_library,
              self._call) = self._lua.execute(prelude_bytecode(), time.monotonic,
-                                             sandbox == "trusted")
+                                             sandbox == "trusted", self._memory_limit)
         except lupa.LuaMemoryError:
             self._failed = self._memory_error()
 
@@ -240,7 +246,7 @@ class LuaEngine(Engine):
             return self._fail(self._not_data(bad))
         except lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
-        return self._outcome(outcome)
+        return self._outcome(outcome, deadline)
 
     def _begin(self, source: str, filename: str, tools: list[ToolInfo], deadline: float,
                entry: Any, *args: Any) -> Step:
@@ -271,7 +277,7 @@ class LuaEngine(Engine):
             return self._fail(self._not_data(bad))
         except lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
-        return self._outcome(outcome)
+        return self._outcome(outcome, deadline)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
         """Deliver the reply to a pending tool call and run its coroutine on."""
@@ -298,7 +304,7 @@ class LuaEngine(Engine):
             return self._fail(self._not_data(bad))
         except lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
-        return self._outcome(outcome)
+        return self._outcome(outcome, deadline)
 
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""
@@ -310,8 +316,20 @@ class LuaEngine(Engine):
 
     # -- the steps -------------------------------------------------------------------
 
-    def _outcome(self, outcome: tuple[Any, ...]) -> Step:
+    def _outcome(self, outcome: tuple[Any, ...], deadline: float) -> Step:
         """The step that a flat outcome of the prelude's ``finish`` describes."""
+        self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
+        try:
+            return self._read_outcome(outcome)
+        except _TooLarge as exc:
+            return self._fail(self._memory_error(
+                f"its {exc.what} would need more than the {self.limits.memory_mb} MiB of "
+                f"memory the run may use once copied to Python (each reference to a table "
+                f"or string becomes a copy of its own)"))
+        except _OutOfTime:
+            return self._fail(self._time_error(None))
+
+    def _read_outcome(self, outcome: tuple[Any, ...]) -> Step:
         if outcome[1]:
             for line in self._drain().values():
                 self.on_output(line)
@@ -325,22 +343,24 @@ class LuaEngine(Engine):
             elif params is None:
                 params = {}
             else:
-                params = self._from_lua(params)
+                params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback))])
         if status == "done":
-            return Finished(self._from_lua(outcome[2]))
+            return Finished(self._from_lua(outcome[2], "result"))
         if status == "error":
             _, _, value, lua_type, described, traceback, overflow, own = (
                 *outcome, None, None, None, None)[:8]
             # the script (or the called function) failed; the engine itself can go on
-            return Failed(thrown_error(script, self._from_lua(value), lua_type, described,
-                                       traceback, self.resolve_ref, overflow=overflow,
-                                       from_prelude=own is True))
+            return Failed(thrown_error(script, self._from_lua(value, "error"), lua_type,
+                                       described, traceback, self.resolve_ref,
+                                       overflow=overflow, from_prelude=own is True))
         if status == "abort":
             if outcome[2] == "memory":
                 return self._fail(self._memory_error())
+            if outcome[2] == "large":
+                raise _TooLarge
             return self._fail(self._time_error(outcome[3]))
         if status == "bad_result":
             return Failed(ScriptError.CrossEngineCommunication(
@@ -373,11 +393,11 @@ class LuaEngine(Engine):
             current_usage=round(time.monotonic() - self._started, 3),
             limit=self.limits.timeout, frames=frames)
 
-    def _memory_error(self) -> SpellError:
+    def _memory_error(self, description: str | None = None) -> SpellError:
         return ResourceError.MemoryExhaustion(
             location="lua",
-            description=f"the script needed more than the {self.limits.memory_mb} MiB "
-                        f"of memory it may use",
+            description=description or f"the script needed more than the "
+                                       f"{self.limits.memory_mb} MiB of memory it may use",
             available=self._memory_limit)
 
     # -- data across the boundary --------------------------------------------------------
@@ -408,21 +428,68 @@ class LuaEngine(Engine):
         except UnicodeEncodeError:  # a lone surrogate: see _utf8
             return self._table_from(_utf8_data(value), recursive=True)
 
-    def _from_lua(self, value: Any) -> Any:
+    def _from_lua(self, value: Any, what: str) -> Any:
         """Lua data (already checked or copied by the prelude) as JSON-like Python data.
+
+        Every conversion of a script's data (results, tool parameters, thrown values,
+        tools-file results) goes through here, bounded by the run's limits: it builds at
+        most the run's memory limit (counted as ``bridge.data`` says: each reference to a
+        string or table is a copy in Python, so a string shared a thousand times counts a
+        thousand times), and it stops at the deadline. It raises :class:`_TooLarge` (which
+        names ``what`` it was reading) or :class:`_OutOfTime`.
 
         A table with string keys becomes a dict with its keys sorted (by code point):
         the order of Lua's ``next`` follows string hashes, which Lua seeds per state, so
         the same run would otherwise give its data in another order in every process.
         """
-        if type(value) is not _LuaTable:
+        if value.__class__ is not _LuaTable:
             return value
-        data = {}
-        for key, item in value.items():
-            data[key] = self._from_lua(item) if type(item) is _LuaTable else item
-        if data and type(next(iter(data))) is int:  # the prelude let only arrays 1..n through
-            return [data[index] for index in range(1, len(data) + 1)]
-        return {key: data[key] for key in sorted(data)} if len(data) > 1 else data
+        return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what])
+
+
+def _convert(table: Any, state: list[Any]) -> Any:
+    """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
+    built, the count at which to look at the budget and the clock next, the deadline, and
+    what is being read."""
+    data = {}
+    left = state[0]
+    for key, item in table.items():
+        left -= ITEM_BYTES + len(key) if key.__class__ is str else ITEM_BYTES
+        kind = item.__class__
+        if kind is str:
+            left -= len(item)
+        elif kind is _LuaTable:
+            state[0] = left
+            item = _convert(item, state)
+            left = state[0]
+        if left < state[1]:
+            _spent(left, state)
+        data[key] = item
+    state[0] = left
+    if data and next(iter(data)).__class__ is int:  # the prelude let only arrays 1..n through
+        return [data[index] for index in range(1, len(data) + 1)]
+    return {key: data[key] for key in sorted(data)} if len(data) > 1 else data
+
+
+def _spent(left: int, state: list[Any]) -> None:
+    """Another ``_CLOCK_EVERY`` bytes converted (or the budget spent): check both limits."""
+    if left < 0:
+        raise _TooLarge(state[3])
+    if time.monotonic() >= state[2]:
+        raise _OutOfTime
+    state[1] = max(left - _CLOCK_EVERY, 0)
+
+
+class _TooLarge(Exception):
+    """Lua data whose Python copy would need more than the run's memory limit."""
+
+    def __init__(self, what: str = "data") -> None:
+        super().__init__(what)
+        self.what = what
+
+
+class _OutOfTime(Exception):
+    """The deadline passed while Lua data was converted."""
 
 
 def _closed() -> SpellError:

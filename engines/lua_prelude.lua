@@ -1,7 +1,8 @@
 -- polyspell prelude: runs once per LuaRuntime, in the runtime's own globals.
--- MESSAGES and CONSTRUCTORS are generated from the error hierarchy and put before this
--- file's text by engines/lua.py (prelude_bytecode).
-local monotonic, trusted = ...
+-- MESSAGES and CONSTRUCTORS are generated from the error hierarchy, MAX_DEPTH and
+-- ITEM_BYTES from bridge/data.py, and put before this file's text by engines/lua.py
+-- (prelude_bytecode). budget: the bytes the host may build from data a script hands it.
+local monotonic, trusted, budget = ...
 
 local type, next, select, error, pcall, xpcall, tostring, tonumber =
       type, next, select, error, pcall, xpcall, tostring, tonumber
@@ -84,7 +85,6 @@ local function traceback(co, level, below)
 end
 
 local HOOK_COUNT = 1000        -- instructions between two ticks of the count hook
-local MAX_DEPTH = 100          -- data nested deeper does not cross to Python
 local MAX_ENTRIES = 1000       -- entries of a thrown table copied for the error report
 local NOMEM = "not enough memory"
 -- A stack overflow is a limit only when the stack is really full (see stack_full): below
@@ -167,7 +167,9 @@ end
 -- Whether v is JSON-like data (raw access only: no metamethod runs). Returns nothing
 -- when it is, else a message pattern (%s is the path), the offending Lua type and the
 -- path below v.
-local active = {}
+-- Counts what the host would build from it (bridge/data.py) in `spent`, and stops the run
+-- when that exceeds the budget: each reference to a string or table is a copy in Python.
+local active, spent = {}, 0
 local function check_table(v, depth)
   if active[v] then return "cyclic table at %s", "table", "" end
   if depth >= MAX_DEPTH then
@@ -192,6 +194,11 @@ local function check_table(v, depth)
              .. " key (keys must be strings, or 1..n for an array)", "table", ""
     end
     local tx = type(x)
+    spent = spent + ITEM_BYTES + (tk == "string" and #k or 0) + (tx == "string" and #x or 0)
+    if spent > budget then
+      abort = "large"
+      error(KILL, 0)
+    end
     if tx == "table" then
       local what, lt, path = check_table(x, depth + 1)
       if what then active[v] = nil return what, lt, keypath(k) .. path end
@@ -212,6 +219,7 @@ end
 
 local function check(v)
   local tv = type(v)
+  spent = 0
   if tv == "table" then return check_table(v, 0) end
   if tv == "string" then
     if utf8_len(v) then return end
@@ -485,6 +493,7 @@ local function call_tool(name, nargs, params)
     if type(params) ~= "table" then
       problem = "params is a " .. type(params) .. ", expected a table"
     else
+      spent = 0
       local what, _, path = check_table(params, 0)
       if what then problem = text(format(what, "params" .. path)) end
     end

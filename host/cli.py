@@ -7,7 +7,6 @@ Exit codes: 0 success; 1 the script (or plan) failed; 2 usage or configuration e
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -200,11 +199,15 @@ def _internal_error(exc: Exception) -> Any:
 
 def _script_args(args: argparse.Namespace) -> Any:
     from bridge import ConfigurationError
+    from bridge.data import TooDeep, read_json
 
     script_args: Any = None
     if args.args_json is not None:
         try:
-            script_args = json.loads(args.args_json)
+            script_args = read_json(args.args_json)
+        except TooDeep as exc:
+            raise ConfigurationError.InvalidValue(
+                key="--args-json", value=args.args_json[:200], reason=f"JSON {exc}") from None
         except ValueError as exc:
             raise ConfigurationError.InvalidValue(
                 key="--args-json", value=args.args_json[:200],
@@ -222,7 +225,10 @@ def _script_args(args: argparse.Namespace) -> Any:
                 raise ConfigurationError.Usage(
                     reason=f"argument {item!r} is not key=value", command="run")
             try:
-                script_args[key] = json.loads(raw)
+                script_args[key] = read_json(raw)
+            except TooDeep as exc:
+                raise ConfigurationError.InvalidValue(
+                    key=key, value=raw[:200], reason=f"JSON {exc}") from None
             except ValueError:
                 script_args[key] = raw
     return script_args
@@ -397,7 +403,9 @@ def _plan_output(progress: _PlanProgress | None) -> Any:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from bridge import ConfigurationError, SpellError
+    from bridge import BridgeError, ConfigurationError, SpellError
+    from bridge.data import TooDeep, read_json
+    from bridge.errors import MAX_JSON_DEPTH
 
     try:
         if args.file == "-":
@@ -411,7 +419,10 @@ def _explain(args: argparse.Namespace) -> int:
             except (OSError, UnicodeDecodeError) as exc:
                 raise ConfigurationError.LoadFailed(path=args.file, reason=str(exc)) from None
         try:
-            data = json.loads(text)
+            data = read_json(text, MAX_JSON_DEPTH + 1)  # + 1: run --json's {"error": ...}
+        except TooDeep as exc:
+            raise BridgeError.DeserializationFailed(reason=f"error JSON {exc}", path="$") \
+                from None
         except ValueError as exc:
             raise ConfigurationError.ParseFailed(source=args.file, reason=f"not JSON ({exc})") \
                 from None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import reprlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,20 @@ def check_json_like(value: Any, path: str) -> None:
     """Refuse data that cannot enter a script, naming where it is."""
     problem = not_json_like(value, path)
     if problem is not None:
-        where, piece = problem
-        raise ConfigurationError.InvalidValue(
-            key=where, value=repr(piece)[:200],
-            reason=f"{where} is not JSON-like data (null, booleans, finite numbers, strings, "
-                   f"lists, string-keyed objects)")
+        where, piece, why = problem
+        if why.startswith("is nested"):
+            reason = f"{where} {why}"
+        else:
+            reason = (f"{where} is not JSON-like data (null, booleans, finite numbers, "
+                      f"strings, lists, string-keyed objects)")
+        raise ConfigurationError.InvalidValue(key=where, value=_preview(piece), reason=reason)
+
+
+def _preview(piece: Any) -> str:
+    """``repr(piece)`` cut to 200 characters; lists and mappings only a few levels deep."""
+    if isinstance(piece, (Mapping, list, tuple)):
+        return reprlib.repr(piece)[:200]
+    return repr(piece)[:200]
 
 
 def check_positive(name: str, value: Any) -> None:

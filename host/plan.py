@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 
 import engines
 from bridge import ConfigurationError, SpellError
+from bridge.data import MAX_DEPTH
 
 Strategy = Literal["propagate", "collect", "cancel_dependents", "isolate"]
 STRATEGIES: tuple[str, ...] = ("propagate", "collect", "cancel_dependents", "isolate")
@@ -299,6 +300,9 @@ def load_plan(path: str | Path) -> Plan:
     except tomllib.TOMLDecodeError as exc:
         raise invalid_plan(plan=name, reason=f"not valid TOML: {exc}",
                                              location=str(path)) from None
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        raise invalid_plan(plan=name, reason="nested too deeply to read (task args may "
+                           f"nest {MAX_DEPTH} levels)", location=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=str(exc)) from None
 

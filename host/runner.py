@@ -24,6 +24,7 @@ import anyio.to_thread
 
 import engines
 from bridge import BridgeError, Frame, ScriptError, SpellError, ToolError
+from bridge.data import MAX_DEPTH
 from bridge.envelope import error_envelope
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
@@ -405,37 +406,43 @@ def _crossing(value: Any, source: str, target: str) -> Any:
         return value
     problem = not_json_like(value, "result")
     if problem is not None:  # from an engine, only a float that is not finite
+        where, piece, why = problem
+        if isinstance(piece, float):
+            why = f"is not a finite number, which {target} cannot receive"
         raise ScriptError.CrossEngineCommunication(
-            from_engine=source, to_engine=target, data_type="float",
-            error=f"{problem[0]} is not a finite number, which {target} cannot receive")
+            from_engine=source, to_engine=target, data_type=type(piece).__name__,
+            error=f"{where} {why}")
     return value
 
 
-def not_json_like(value: Any, path: str) -> tuple[str, Any] | None:
-    """Where in ``value`` the first piece that has no JSON form is, and that piece.
+def not_json_like(value: Any, path: str, depth: int = 0) -> tuple[str, Any, str] | None:
+    """Where in ``value`` the first piece that has no JSON form is, that piece, and why.
 
     JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
-    mappings with string keys. A mapping with another key is itself the piece.
+    mappings with string keys, nested at most ``bridge.data.MAX_DEPTH`` levels. A mapping
+    with another key, or a list or mapping nested deeper, is itself the piece.
     """
     if value is None or isinstance(value, (bool, int, str)):
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value)
+        return None if math.isfinite(value) else (path, value, "is not a finite number")
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
+        return path, value, f"is nested more than {MAX_DEPTH} levels deep"
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                return path, value
-            found = not_json_like(item, f"{path}.{key}")
+                return path, value, f"has a key that is not a string ({key!r})"
+            found = not_json_like(item, f"{path}.{key}", depth + 1)
             if found is not None:
                 return found
         return None
     if isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            found = not_json_like(item, f"{path}[{index}]")
+            found = not_json_like(item, f"{path}[{index}]", depth + 1)
             if found is not None:
                 return found
         return None
-    return path, value
+    return path, value, f"is a {type(value).__name__}"
 
 
 def _data_type(problem: str) -> str:
@@ -448,21 +455,30 @@ def _data_type(problem: str) -> str:
     return "key" if "key" in problem else "data"
 
 
-def to_script_data(value: Any, language: str, path: str = "result") -> Any:
-    """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not."""
+def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:
+    """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not.
+
+    Lists and mappings nested more than ``bridge.data.MAX_DEPTH`` levels deep are
+    ``script/cross_engine_communication``, as the engines refuse them themselves.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if hasattr(type(value), "model_dump"):  # a pydantic model (not imported unless used)
-        return value.model_dump(mode="json")
+        return to_script_data(value.model_dump(mode="json"), language, path, depth)
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
+        raise ScriptError.CrossEngineCommunication(
+            from_engine="python", to_engine=language, data_type=type(value).__name__,
+            error=f"{path} is nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _unconvertible(f"a {type(key).__name__} key", language, f"{path}")
-            out[key] = to_script_data(item, language, f"{path}.{key}")
+            out[key] = to_script_data(item, language, f"{path}.{key}", depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [to_script_data(item, language, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [to_script_data(item, language, f"{path}[{i}]", depth + 1)
+                for i, item in enumerate(value)]
     raise _unconvertible(type(value).__name__, language, path)
 
 

@@ -1,0 +1,67 @@
+"""Bounds on the data that crosses between the engines and Python, for every layer.
+
+Data crosses as JSON-like values: Lua tables and JS objects become Python dicts and
+lists, and back. Two bounds hold wherever it crosses:
+
+- depth: no value nests more than :data:`MAX_DEPTH` lists/objects/tables (the outermost
+  counts as one). Python's own readers and writers of such data recurse (``json``'s
+  scanner, ``copy``, pydantic), so deeper data would end as a ``RecursionError`` deep
+  inside the host. The Lua prelude, the JS prelude, the engines and the host all check
+  this one bound; the error names the path where it was passed;
+- size: what the host builds from an engine's data is bounded by the run's memory limit,
+  counted as :data:`ITEM_BYTES` per value plus the length of every string (and key):
+  about what Python spends on it. A string that a script shares a thousand times is
+  counted a thousand times, since Python makes a thousand copies of it.
+
+:func:`read_json` reads JSON text from outside (a file, a command line) with the depth
+bound checked before Python's recursive scanner sees the text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import accumulate
+from typing import Any
+
+MAX_DEPTH = 100
+ITEM_BYTES = 64
+
+# JSON strings (which may hold brackets), then everything that is not a bracket.
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+class TooDeep(ValueError):
+    """JSON text nested deeper than the bound it was read with."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"nested more than {limit} levels deep")
+        self.limit = limit
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of the JSON ``text`` nest, found without recursion.
+
+    Brackets inside strings do not count. For text that is not JSON the answer is only an
+    estimate (the JSON reader then refuses the text anyway).
+    """
+    skeleton = _NOT_BRACKETS.sub("", _STRINGS.sub("", text))
+    return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
+
+
+def read_json(text: str | bytes | bytearray, max_depth: int = MAX_DEPTH) -> Any:
+    """``json.loads(text)``, refusing text nested more than ``max_depth`` levels.
+
+    Raises :class:`TooDeep` (a ``ValueError``) before Python's recursive scanner would
+    reach its recursion limit (or, with a raised limit, the end of the C stack), and
+    ``ValueError``/``TypeError`` as ``json.loads`` does for text that is not JSON.
+    """
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")
+    if not isinstance(text, str):
+        raise TypeError(f"the JSON object must be str or bytes, not {type(text).__name__}")
+    if json_depth(text) > max_depth:
+        raise TooDeep(max_depth)
+    return json.loads(text)
