@@ -20,7 +20,8 @@ callable is ever entered from script code and no Python object ever enters an en
 Only JSON-like data crosses: None, bool, int, float, str, list, dict with str keys.
 
 An engine object is used from one thread only (quickjs requires it); the host gives each
-engine a thread of its own.
+engine a thread of its own. The one exception is :meth:`Engine.stop`, which any thread
+may call.
 """
 
 from __future__ import annotations
@@ -148,6 +149,15 @@ class Engine(ABC):
 
         ``replies`` answer the requests of one :class:`Suspended` step, all of them.
         A script error fails only its activation; a limit (time, memory) ends the engine.
+        """
+
+    def stop(self) -> None:  # noqa: B027 - an engine that cannot be stopped early
+        """Ask the engine to end its script as soon as it can; callable from any thread.
+
+        For a run the host has given up on (its deadline passed, or its caller was
+        cancelled or interrupted): the step in progress, or the next one, fails with the
+        time limit. How soon depends on the engine; one that cannot stop keeps running
+        until its own limit, on a thread that does not keep the process alive.
         """
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here

@@ -118,6 +118,7 @@ class JavaScriptEngine(Engine):
     _broken = False
     _cpu_mark = 0.0  # process CPU seconds when the current time limit was set ...
     _cpu_budget = math.inf  # ... and the CPU seconds it allows
+    _stopped = False  # stop() was called: every deadline has passed
 
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
@@ -153,7 +154,7 @@ class JavaScriptEngine(Engine):
         self._filename = filename
         self._source = source
         self._lines: list[str] | None = None
-        self._deadline = deadline
+        self._deadline = -math.inf if self._stopped else deadline
         self._started = time.monotonic()
         self._rearm_at = -math.inf  # when the time limit must be computed again
         self._broken = False  # a limit was hit: the context runs no more code
@@ -220,8 +221,17 @@ class JavaScriptEngine(Engine):
             return self._fail(self._from_python(exc))
 
     def _set_deadline(self, deadline: float) -> None:
-        self._deadline = deadline
+        self._deadline = -math.inf if self._stopped else deadline
         self._rearm_at = -math.inf
+
+    def stop(self) -> None:
+        """Fail the next call into JS (callable from any thread).
+
+        quickjs cannot be interrupted from outside: a call in progress (a busy loop) runs
+        on until its own time limit, up to ``cpu_factor`` times the time that was left.
+        """
+        self._stopped = True
+        self._set_deadline(-math.inf)
 
     def close(self) -> None:
         """Free the context (call it on the engine's thread, like everything else)."""

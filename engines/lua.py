@@ -19,22 +19,25 @@ the deadline: see :meth:`LuaEngine._from_lua`; a table's string keys come out so
 that a run gives the same data in every process). No metatable of the
 prelude's is reachable either (each is protected with ``__metatable``), since a script
 that could add ``__gc`` to one would get finalizers, which run with hooks off.
-The one Python callable inside the runtime is ``time.monotonic``, an upvalue of the
-count hook (constrained scripts have no ``debug`` library to reach it), and attribute
-access on Python objects is refused outright, so even a trusted script that digs it out
-can only call it.
+The one Python callable inside the runtime is the engine's clock (``time.monotonic``, or
+infinity once the engine has been stopped), an upvalue of the count hook (constrained
+scripts have no ``debug`` library to reach it), and attribute access on Python objects
+is refused outright, so even a trusted script that digs it out can only call it.
 
 Limits: a count hook on the script's coroutine and on every coroutine the script
 creates stops the run at the deadline with a private error value that the sandbox's
 ``pcall``, ``xpcall``, ``load`` and coroutine functions re-raise (so do they with memory
-errors); ``max_memory`` bounds memory; Lua bounds the stack itself. A single long C call
-(``table.sort`` of millions of items, pattern matching with many quantifiers on a long
-string) runs to its end before the hook can stop it.
+errors); ``max_memory`` bounds memory; Lua bounds the stack itself. :meth:`LuaEngine.stop`
+(from any thread) makes the clock read infinity, so the hook stops the script at its next
+look at the clock, within about 20 ms. A single long C call (``table.sort`` of millions
+of items, pattern matching with many quantifiers on a long string) runs to its end before
+the hook can stop it.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 from collections.abc import Callable
@@ -205,13 +208,19 @@ class LuaEngine(Engine):
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._started = 0.0
         self._failed: SpellError | None = None  # set once the engine must not run again
+        self._stopped = stopped = [False]  # stop(): the clock reads infinity from then on
+
+        def clock() -> float:
+            return math.inf if stopped[0] else time.monotonic()
+
+        self._clock = clock
         self._lua: Any = lupa.LuaRuntime(
             register_eval=False, register_builtins=False, unpack_returned_tuples=True,
             max_memory=self._memory_limit, attribute_filter=_deny_attributes)
         self._table_from = self._lua.table_from
         try:
             (self._start, self._step, self._drain, self._lua_short_src, self._load_library,
-             self._call) = self._lua.execute(prelude_bytecode(), time.monotonic,
+             self._call) = self._lua.execute(prelude_bytecode(), clock,
                                              sandbox == "trusted", self._memory_limit)
         except lupa.LuaMemoryError:
             self._failed = self._memory_error()
@@ -238,7 +247,7 @@ class LuaEngine(Engine):
         if self._lua is None or self._script is None:
             return self._fail(_closed() if self._lua is None else BridgeError.ProtocolViolation(
                 reason="call() on a Lua engine that has loaded no tools file"))
-        if time.monotonic() >= deadline:
+        if self._clock() >= deadline:
             return self._fail(self._time_error(None))
         try:
             outcome = self._call(function, self._to_lua(params, "params"), deadline)
@@ -291,7 +300,7 @@ class LuaEngine(Engine):
                        f"{sorted(self._waiting)}, got replies {[r.id for r in replies]}"))
         reply = replies[0]
         self._waiting.discard(reply.id)
-        if time.monotonic() >= deadline:
+        if self._clock() >= deadline:
             return self._fail(self._time_error(None))
         try:
             if reply.error is None:
@@ -305,6 +314,10 @@ class LuaEngine(Engine):
         except lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         return self._outcome(outcome, deadline)
+
+    def stop(self) -> None:
+        """End the script at the hook's next look at the clock (callable from any thread)."""
+        self._stopped[0] = True
 
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""

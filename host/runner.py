@@ -1,14 +1,19 @@
 """One run of one script: drives its engine and answers its tool calls.
 
-The conversation with the engine (see ``engines.base``) runs on one worker thread, the
-engine's own: sync tools are called right there, without a thread hop, which is what
-keeps a tool round trip within microseconds; async tools go to the host's event loop.
+The conversation with the engine (see ``engines.base``) runs on one thread, the run's
+own: sync tools are called right there, without a thread hop, which is what keeps a tool
+round trip within microseconds; async tools go to the host's event loop. That thread is
+a daemon thread: once the host has given up on a run (its deadline passed, its caller was
+cancelled, Ctrl-C), the run's engines are told to stop, and what cannot stop (a JS busy
+loop until its CPU limit, a long Lua C call, a sync tool that does not return) finishes
+in the background without keeping the process alive.
 Every error a tool raises is decorated here, once, with the whole path: the script's
 call site, a host frame for the boundary, and the tool's own Python frames.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import re
 import sys
@@ -20,6 +25,7 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
+import anyio.lowlevel
 import anyio.to_thread
 
 import engines
@@ -87,6 +93,11 @@ class ScriptRun:
         self._cancel: SpellError | None = None
         self._cancel_told = False  # the script has been handed the cancellation
         self._async_scope: anyio.CancelScope | None = None
+        self._token: anyio.lowlevel.EventLoopToken | None = None  # the host's event loop
+        self._engines: list[Engine] = []  # every engine of the run, to stop them
+        self._ended = threading.Event()  # the run's thread is done, or the host gave up
+        self._outcome: Any = None  # what _drive came to (an _Escaped if it raised)
+        self._given_up = False
 
     def cancel(self, error: SpellError) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
@@ -108,13 +119,27 @@ class ScriptRun:
         return self._cancel
 
     async def execute(self) -> Any:
-        """Run the script to its end; its result, or the unified error it failed with."""
+        """Run the script to its end; its result, or the unified error it failed with.
+
+        The script runs on a daemon thread of the run's own. If this is cancelled (or
+        interrupted) before the run ends, or the run is stuck past its deadline, the
+        host gives up on it at once: see :meth:`_give_up`.
+        """
         self.deadline = time.monotonic() + self.limits.timeout
+        self._token = anyio.lowlevel.current_token()
         with anyio.move_on_after(self.limits.timeout + DEADLINE_GRACE) as scope:
-            outcome = await anyio.to_thread.run_sync(self._drive, abandon_on_cancel=True)
+            try:
+                # an anyio worker waits for the run's thread: anyio's thread limiter and
+                # its way back to the event loop stay as they are for every backend
+                outcome = await anyio.to_thread.run_sync(self._wait_for_run_thread,
+                                                         abandon_on_cancel=True)
+            finally:
+                self._give_up()
         if scope.cancelled_caught:  # stuck past the deadline, e.g. in a slow sync tool
             outcome = self._decorate(ScriptError.ResourceExhaustion(
                 language=self.language, resource_type="time", limit=self.limits.timeout))
+        if isinstance(outcome, _Escaped):
+            raise outcome.exception
         if isinstance(outcome, SpellError):
             _preserve_stack(outcome)
             if any(frame.language != "python" for frame in outcome.frames):
@@ -126,7 +151,46 @@ class ScriptRun:
             raise outcome
         return outcome
 
-    # -- on the engine's thread -----------------------------------------------------
+    def _give_up(self) -> None:
+        """Stop waiting for the run, and stop what of it can be stopped (on the event loop).
+
+        Nothing is waited for: the engines are told to stop (Lua within about 20 ms; JS
+        before its next step, a busy loop only at its own CPU limit), an async tool in
+        progress is cancelled, a sync tool runs to its end and its result is dropped.
+        The run's thread is a daemon thread, so whatever still runs keeps no process alive.
+        """
+        if self._ended.is_set():  # the run's thread is done: nothing to stop
+            return
+        self._given_up = True
+        self._ended.set()  # the anyio worker waiting for the run is free at once
+        for engine in list(self._engines):
+            engine.stop()
+        if self._async_scope is not None:
+            self._async_scope.cancel()
+
+    # -- on the run's threads ------------------------------------------------------------
+
+    def _wait_for_run_thread(self) -> Any:
+        """Start the run's thread and wait for its outcome (on an anyio worker thread).
+
+        The run's thread, not anyio's worker, runs the engine: anyio's asyncio workers are
+        not daemon threads, so interpreter exit would wait for a script that no longer
+        matters. This worker only waits, and :meth:`_give_up` frees it.
+        """
+        context = contextvars.copy_context()  # e.g. which plan task prints
+        thread = threading.Thread(target=context.run, args=(self._run_thread,),
+                                  name=f"polyspell run {self.filename}", daemon=True)
+        thread.start()
+        self._ended.wait()
+        return self._outcome
+
+    def _run_thread(self) -> None:
+        try:
+            self._outcome = self._drive()
+        except BaseException as exc:  # handed to the waiting task, as anyio's worker did
+            self._outcome = _Escaped(exc)
+        finally:
+            self._ended.set()
 
     def _drive(self) -> Any:
         if self._cancel is not None:  # cancelled before it began
@@ -154,9 +218,13 @@ class ScriptRun:
         return step.result
 
     def _engine(self, language: str) -> Engine:
-        return engines.engine_class(language)(
+        engine = engines.engine_class(language)(
             limits=self.limits, sandbox=self.sandbox, on_output=self.on_output,
             resolve_ref=self._refs.get)
+        self._engines.append(engine)
+        if self._given_up:  # given up on while this engine was being made
+            engine.stop()
+        return engine
 
     def _infos(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description) for t in self.tools]
@@ -164,6 +232,9 @@ class ScriptRun:
     def _converse(self, engine: Engine, step: Step) -> Finished | Failed:
         """Answer the engine's tool calls until the script (or the called function) ends."""
         while isinstance(step, Suspended):
+            if self._given_up:  # no tool runs for a run nobody waits for
+                return Failed(ScriptError.ResourceExhaustion(
+                    language=engine.language, resource_type="time", limit=self.limits.timeout))
             if self._cancel_told:  # it was told and still calls tools: stop it here
                 return Failed(self._cancel)  # type: ignore[arg-type]
             replies = [self._answer(request, engine.language) for request in step.requests]
@@ -238,7 +309,8 @@ class ScriptRun:
         remaining = self.deadline - time.monotonic()
         if tool.is_async:
             try:
-                return anyio.from_thread.run(self._call_async, tool, args, kwargs, remaining)
+                return anyio.from_thread.run(self._call_async, tool, args, kwargs, remaining,
+                                             token=self._token)
             except _Raised as raised:
                 exc = raised.exc
             raise exc  # outside the except clause: its __context__ stays the tool's
@@ -249,8 +321,8 @@ class ScriptRun:
     async def _call_async(self, tool: Tool, args: tuple, kwargs: dict, remaining: float) -> Any:
         limit = remaining if tool.timeout is None else min(tool.timeout, remaining)
         with anyio.move_on_after(limit) as scope:
-            self._async_scope = scope  # cancel() stops the tool too
-            if self._cancel is not None:
+            self._async_scope = scope  # cancel() and _give_up() stop the tool too
+            if self._cancel is not None or self._given_up:
                 scope.cancel()
             try:
                 return await tool.fn(*args, **kwargs)
@@ -348,6 +420,13 @@ def _ends_the_run(exc: BaseException) -> bool:
         return True
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(exc, trio.Cancelled)
+
+
+class _Escaped:
+    """An exception that escaped ``_drive`` on the run's thread, for the awaiting task."""
+
+    def __init__(self, exception: BaseException) -> None:
+        self.exception = exception
 
 
 def _preserve_stack(err: SpellError) -> None:
