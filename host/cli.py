@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("script", help="the script file")
     run.add_argument("params", nargs="*", metavar="key=value",
-                     help="arguments for the script's args (values are JSON, else strings)")
+                     help="arguments for the script's args, anywhere after the script, "
+                     "before or after options (values are JSON, else strings; a later "
+                     "key wins)")
     run.add_argument("--args-json", metavar="JSON", help="the script's args as a JSON object")
     _add_tools_option(run)
     run.add_argument("--timeout", type=float, default=30.0, metavar="S",
@@ -107,7 +109,7 @@ def _add_tools_option(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polyspell`` console script; returns the exit code."""
     _escape_unencodable(sys.stdout)
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
@@ -145,6 +147,27 @@ def print_json(value: Any, *, indent: int | None = None) -> None:
     except (LookupError, UnicodeEncodeError):
         text = json_text(value, indent=indent, ensure_ascii=True)
     print(text)
+
+
+def parse_arguments(parser: argparse.ArgumentParser,
+                    argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that ``run`` takes key=value pairs after options too.
+
+    argparse fills a positional list once, from the first run of positionals, so
+    ``run agent.lua --tools t.py city=Lisbon`` would leave ``city=Lisbon`` over. What is
+    left over and does not start with ``-`` is one more pair; anything else (an unknown
+    option) is the usage error (exit 2) it always was.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "run":
+        unknown = [item for item in extra if item.startswith("-")]
+        if not unknown:
+            args.params = [*args.params, *extra]
+            return args
+        extra = unknown
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def exit_code(err: Any) -> int:

@@ -208,3 +208,34 @@ def test_tools_lists_the_functions_of_lua_and_javascript_tools_files():
     assert out.returncode == 0, out.stderr
     names = [entry["name"] for entry in json.loads(out.stdout)]
     assert names == ["brief", "shout", "upper", "words"]
+
+
+@pytest.mark.parametrize("name,source", [("echo.lua", "return args"),
+                                         ("echo.js", "function main(a) { return a; }")])
+def test_key_value_arguments_may_come_after_options(tmp_path, name, source):
+    script = tmp_path / name
+    script.write_text(source)
+    out = polyspell("run", script, "--tools", "scripts/tools.py", "city=Lisbon")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"city": "Lisbon"}
+    mixed = polyspell("run", script, "a=1", "--timeout", "5", "b=x", "--json", "a=2",
+                      "--args-json", '{"c": true}')
+    assert mixed.returncode == 0, mixed.stderr
+    assert json.loads(mixed.stdout) == {"ok": True, "result": {"a": 2, "b": "x", "c": True}}
+
+
+def test_flags_after_key_value_arguments_are_still_flags(tmp_path):
+    script = tmp_path / "echo.lua"
+    script.write_text("return args")
+    for bad in (["city=Lisbon", "--no-such-flag"], ["--tools", "scripts/tools.py", "a=1",
+                                                    "--no-such=1", "b=2"],
+                ["a=1", "-x=1"]):
+        out = polyspell("run", script, *bad)
+        assert out.returncode == 2, (bad, out.stdout)
+        assert "unrecognized arguments" in out.stderr and out.stdout == ""
+    after = polyspell("run", script, "city=Lisbon", "--timeout", "x=1")  # a value, not a pair
+    assert after.returncode == 2 and "--timeout" in after.stderr
+    not_pair = polyspell("run", script, "--json", "oops")
+    assert not_pair.returncode == 2 and "'oops' is not key=value" in not_pair.stdout
+    usage = polyspell("run", "--help")
+    assert "anywhere after the script" in " ".join(usage.stdout.split())
