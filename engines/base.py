@@ -124,7 +124,9 @@ class Engine(ABC):
     ) -> Step:
         """Compile and run ``source`` (named ``filename`` in frames) until it suspends or ends.
 
-        ``args`` is the global ``args`` (and, in Lua, the chunk's ``...``). If the script
+        ``args`` is the global ``args`` (and, in Lua, the chunk's ``...``); ``None``, no
+        data, is an empty table (Lua) or object (JS), never nil/null. A tools file's
+        ``load`` gets an empty ``args`` too. If the script
         defines a global ``main``, it is called with ``args`` and its (awaited) return value
         is the result; otherwise the chunk's return value (JS: ``undefined``/None).
         ``deadline`` is a ``time.monotonic()`` instant: pure script code still running then

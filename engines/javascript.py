@@ -163,7 +163,8 @@ class JavaScriptEngine(Engine):
         self._last_activation = 0  # 0: the script itself, or the tools file's load
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
         try:
-            config = _encode({"file": filename, "args": args, "library": library,
+            config = _encode({"file": filename, "args": {} if args is None else args,
+                              "library": library,
                               "tools": [[t.name, t.description] for t in tools],
                               "constructors": _constructors(),
                               "bounds": [MAX_DEPTH, ITEM_BYTES, self._memory_limit()]})

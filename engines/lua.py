@@ -280,7 +280,7 @@ class LuaEngine(Engine):
                               f"text (a lone surrogate at index {at})"))
         infos = [_utf8(text) for info in tools for text in (info.name, info.description)]
         try:
-            data = [self._to_lua(value, "args") for value in args]
+            data = [self._to_lua({} if value is None else value, "args") for value in args]
             outcome = entry(source, chunkname, *data, deadline, *infos)
         except _NotData as bad:
             return self._fail(self._not_data(bad))

@@ -972,7 +972,7 @@ local function library(chunk)
 end
 
 local function load_library(source, chunkname, dl, ...)
-  local chunk, message = prepare(source, chunkname, nil, ...)
+  local chunk, message = prepare(source, chunkname, {}, ...)  -- no caller: empty args
   if not chunk then return "syntax", 0, text(message) end
   set_deadline(dl)
   return root(library, chunk)

@@ -71,6 +71,21 @@ def test_json_output_on_success_and_failure():
     assert err.cause.fields["exception_type"] == "LookupError"
 
 
+@pytest.mark.parametrize("name,source", [
+    ("echo.lua", "return {type(args), args}"),
+    ("echo.js", "function main(a) { return [args === null ? 'null' : typeof a, args]; }")])
+def test_without_arguments_args_is_an_empty_object(tmp_path, name, source):
+    script = tmp_path / name
+    script.write_text(source)
+    out = polyspell("run", script)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [pick(name, "table", "object"), {}]
+
+
+def pick(name: str, lua: str, javascript: str) -> str:
+    return lua if name.endswith(".lua") else javascript
+
+
 def test_key_value_arguments_are_json_or_strings(tmp_path):
     script = tmp_path / "echo.lua"
     script.write_text("return args")

@@ -22,7 +22,7 @@ from bridge import (
     ToolError,
 )
 from host import Host, tool
-from tests.conftest import pick
+from tests.conftest import EXTENSION, pick
 
 
 @tool
@@ -101,6 +101,49 @@ def test_async_main_is_awaited(host):
 
 def test_lua_receives_args_as_varargs_too(host):
     assert host.run_source("local a = ... return a.n", "lua", "a.lua", {"n": 5}) == 5
+
+
+ARGS_SHAPE = (
+    # what args is, as the chunk (and Lua's ...) and main(args) see it
+    "local a = ... local seen = {type(args), type(a)}\n"
+    "function main(m) seen[3] = type(m) return {seen = seen, args = args} end",
+    "const seen = [typeof args, args === null ? 'null' : 'object'];\n"
+    "function main(m) { seen.push(m === null ? 'null' : typeof m); return {seen, args}; }",
+)
+
+
+@pytest.mark.anyio
+async def test_without_arguments_args_is_empty_not_nil(host, language, tmp_path):
+    lua, js = ARGS_SHAPE
+    expected = ({"seen": ["table"] * 3, "args": {}} if language == "lua" else
+                {"seen": ["object"] * 3, "args": {}})
+    assert await host.arun_source(pick(language, lua, js), language) == expected
+    script = tmp_path / f"agent{EXTENSION[language]}"
+    script.write_text(pick(language, lua, js))
+    assert await host.arun(script) == expected
+    assert await host.new_run(script).execute() == expected
+    assert await host.new_run_source(pick(language, lua, js), language).execute() == expected
+    # data given is passed as it is: a list, a scalar, an empty object
+    for given in ([1, 2], 5, {}):
+        assert await host.arun_source(pick(language, "return args",
+                                           "function main(a) { return a; }"),
+                                      language, args=given) == given
+
+
+def test_without_arguments_args_is_empty_in_sync_runs_too(host, language):
+    expected = pick(language, "table", "object")
+    assert run(host, language, *ARGS_SHAPE)["seen"] == [expected] * 3
+
+
+def test_a_tools_file_sees_an_empty_args_too(language, tmp_path):
+    helper = tmp_path / f"helpers{EXTENSION[language]}"
+    helper.write_text(pick(
+        language,
+        "local kind = type(args)\nreturn {kind = function() return kind end}",
+        "const kind = args === null ? 'null' : typeof args;\nexports.kind = () => kind;"))
+    host = Host([helper], timeout=5)
+    assert run(host, language, "return tools.kind{}",
+               "function main() { return tools.kind(); }") == pick(language, "table", "object")
 
 
 def test_empty_lua_table_is_an_empty_object(host):
