@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from host.lines import write_lines
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SECURITY, EXIT_RESOURCE = 0, 1, 2, 3, 4
 
 
@@ -113,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        print("polyspell: interrupted", file=sys.stderr)
+        write_lines("polyspell: interrupted")
         return 130
 
 
@@ -368,7 +370,7 @@ class _PlanProgress:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
         except ImportError:  # plain lines: a header, then one line per task that ends
-            print(f"plan {plan.name}: {self.total} tasks", file=sys.stderr, flush=True)
+            write_lines(f"plan {plan.name}: {self.total} tasks")
             return contextlib.nullcontext()
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
                             MofNCompleteColumn(), console=Console(stderr=True),
@@ -387,7 +389,7 @@ class _PlanProgress:
         line = f"{task.id} ({task.engine or '?'}) {task.status} after {task.duration:.2f}s"
         if self.bar is None:
             self.done += 1
-            print(f"[{self.done}/{self.total}] {line}", file=sys.stderr, flush=True)
+            write_lines(f"[{self.done}/{self.total}] {line}")
             return
         from rich.markup import escape
 
@@ -399,7 +401,7 @@ class _PlanProgress:
 
     def output(self, task_id: str, line: str) -> None:
         if self.bar is None:
-            print(f"[{task_id}] {line}", file=sys.stderr, flush=True)
+            write_lines(line, prefix=f"[{task_id}] ")
         else:
             from rich.markup import escape
 
@@ -412,14 +414,9 @@ class _PlanProgress:
 
 
 def _plan_output(progress: _PlanProgress | None) -> Any:
-    """Where scripts' print lines go: through the live display, else to stderr."""
-    if progress is not None:
-        return progress.output
-
-    def to_stderr(task_id: str, line: str) -> None:
-        print(f"[{task_id}] {line}", file=sys.stderr, flush=True)
-
-    return to_stderr
+    """Where scripts' print lines go: through the live display, else (None) the
+    coordinator's default, stderr."""
+    return None if progress is None else progress.output
 
 
 # -- explain --------------------------------------------------------------------------

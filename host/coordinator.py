@@ -31,7 +31,6 @@ import contextvars
 import functools
 import inspect
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from pydantic import BaseModel, JsonValue, PrivateAttr
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
 from host.host import Host, check_positive
+from host.lines import write_lines
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ class Coordinator:
 
 
 def _print_to_stderr(task_id: str, line: str) -> None:
-    print(f"[{task_id}] {line}", file=sys.stderr, flush=True)
+    write_lines(line, prefix=f"[{task_id}] ")
 
 
 # -- one execution of one plan ------------------------------------------------------------

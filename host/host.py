@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import reprlib
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import anyio
 import engines
 from bridge import ConfigurationError
 from engines import Limits, Sandbox
+from host.lines import write_lines
 from host.runner import ScriptRun, not_json_like
 from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, load_tools_file
 
@@ -52,7 +52,7 @@ class Host:
         self.limits = Limits(timeout=float(timeout), memory_mb=int(memory_mb),
                              stack_kb=int(stack_kb))
         self.sandbox: Sandbox = sandbox
-        self.on_output = on_output or _print_to_stderr
+        self.on_output = on_output or write_lines
         self.tools = ToolRegistry()
         for item in tools:
             for loaded in _load(item, sandbox):
@@ -160,6 +160,3 @@ def check_positive(name: str, value: Any) -> None:
         raise ConfigurationError.InvalidValue(key=name, value=repr(value),
                                               reason=f"{name} must be a positive number")
 
-
-def _print_to_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

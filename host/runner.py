@@ -219,12 +219,16 @@ class ScriptRun:
 
     def _engine(self, language: str) -> Engine:
         engine = engines.engine_class(language)(
-            limits=self.limits, sandbox=self.sandbox, on_output=self.on_output,
+            limits=self.limits, sandbox=self.sandbox, on_output=self._output,
             resolve_ref=self._refs.get)
         self._engines.append(engine)
         if self._given_up:  # given up on while this engine was being made
             engine.stop()
         return engine
+
+    def _output(self, line: str) -> None:
+        if not self._given_up:  # a run already reported (or interrupted) prints no more
+            self.on_output(line)
 
     def _infos(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description) for t in self.tools]

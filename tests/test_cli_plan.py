@@ -157,3 +157,30 @@ def test_progress_is_shown_on_a_terminal():
     assert "fetch_atlantis (lua) failed after" in text
     assert "summarize (javascript) cancelled after" in text
     assert "plan capitals" in text
+
+
+def test_lines_printed_by_concurrent_tasks_are_written_whole(tmp_path):
+    (tmp_path / "t.py").write_text("from host import tool\n\n@tool\ndef tick() -> bool:\n"
+                                   "    return True\n")
+    (tmp_path / "talk.lua").write_text(
+        "for batch = 1, 20 do\n"
+        "  for i = 1, 100 do print(args.name .. ' line ' .. batch * 1000 + i) end\n"
+        "  tools.tick{}\nend\n"
+        "print(args.name .. ' first\\n' .. args.name .. ' second')\n")
+    (tmp_path / "talk.js").write_text(
+        "async function main(a) {\n"
+        "  for (let batch = 1; batch <= 20; batch++) {\n"
+        "    for (let i = 1; i <= 100; i++) console.log(`${a.name} line ${batch * 1000 + i}`);\n"
+        "    await tools.tick();\n  }\n"
+        "  console.log(`${a.name} first\\n${a.name} second`);\n}\n")
+    names = [f"{language}{n}" for language in ("lua", "js") for n in range(4)]
+    (tmp_path / "p.toml").write_text("".join(
+        f'[[task]]\nid = "{name}"\nscript = "talk.{name[:-1]}"\nargs = {{name = "{name}"}}\n'
+        for name in names))
+    out = polyspell("plan", tmp_path / "p.toml", "--tools", tmp_path / "t.py")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stderr.splitlines()
+    whole = re.compile(r"\[(\w+)\] (\w+) (line \d+|first|second)")
+    broken = [line for line in lines if not (m := whole.fullmatch(line)) or m[1] != m[2]]
+    assert broken == [], broken[:5]
+    assert len(lines) == len(names) * 2002

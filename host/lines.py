@@ -1,0 +1,32 @@
+"""The one writer of the lines polyspell prints about runs: script output, plan progress.
+
+Runs print from their own threads, concurrently. ``print(text, file=sys.stderr)`` writes
+the text and the newline in two calls, so two threads' lines merge
+(``[apple] getting apple[banana] getting banana``). Here every line is written whole: the
+whole block in one ``write`` call, under one lock shared by every writer in the process,
+then flushed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+_lock = threading.Lock()
+
+
+def write_lines(text: str, *, prefix: str = "", stream: TextIO | None = None) -> None:
+    """Write ``text`` as whole lines on ``stream`` (by default the current ``sys.stderr``).
+
+    Each line of ``text`` (it may hold several) gets ``prefix`` and a newline; they are
+    written in one call, under the lock every writer shares, so no other line written
+    through here ever lands inside them.
+    """
+    stream = sys.stderr if stream is None else stream
+    if stream is None:  # no stderr at all (pythonw): nowhere to write
+        return
+    block = "".join(f"{prefix}{line}\n" for line in text.split("\n"))
+    with _lock:
+        stream.write(block)
+        stream.flush()
