@@ -153,14 +153,17 @@ class Engine(ABC):
         A script error fails only its activation; a limit (time, memory) ends the engine.
         """
 
-    def stop(self) -> None:  # noqa: B027 - an engine that cannot be stopped early
+    def stop(self) -> bool:
         """Ask the engine to end its script as soon as it can; callable from any thread.
 
         For a run the host has given up on (its deadline passed, or its caller was
         cancelled or interrupted): the step in progress, or the next one, fails with the
         time limit. How soon depends on the engine; one that cannot stop keeps running
-        until its own limit, on a thread that does not keep the process alive.
+        until its own limit, on a thread that does not keep the process alive. Returns
+        whether a step in progress ends within moments (the host then lets it end before
+        the interpreter exits).
         """
+        return False
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Free the interpreter; the engine is not used again."""

@@ -225,7 +225,7 @@ class JavaScriptEngine(Engine):
         self._deadline = -math.inf if self._stopped else deadline
         self._rearm_at = -math.inf
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
         """Fail the next call into JS (callable from any thread).
 
         quickjs cannot be interrupted from outside: a call in progress (a busy loop) runs
@@ -233,6 +233,7 @@ class JavaScriptEngine(Engine):
         """
         self._stopped = True
         self._set_deadline(-math.inf)
+        return False
 
     def close(self) -> None:
         """Free the context (call it on the engine's thread, like everything else)."""

@@ -315,9 +315,10 @@ class LuaEngine(Engine):
             return self._fail(self._engine_error(exc))
         return self._outcome(outcome, deadline)
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
         """End the script at the hook's next look at the clock (callable from any thread)."""
         self._stopped[0] = True
+        return True
 
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""

@@ -13,6 +13,7 @@ call site, a host frame for the boundary, and the tool's own Python frames.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import math
 import re
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -97,6 +99,9 @@ class ScriptRun:
         self._engines: list[Engine] = []  # every engine of the run, to stop them
         self._ended = threading.Event()  # the run's thread is done, or the host gave up
         self._outcome: Any = None  # what _drive came to (an _Escaped if it raised)
+        self._thread: threading.Thread | None = None  # the run's thread, once started
+        self._in_sync_tool = False  # the run's thread is in a sync Python tool
+        self._in_async_tool = False  # the run's thread waits for an async tool
         self._given_up = False
 
     def cancel(self, error: SpellError) -> None:
@@ -163,10 +168,13 @@ class ScriptRun:
             return
         self._given_up = True
         self._ended.set()  # the anyio worker waiting for the run is free at once
-        for engine in list(self._engines):
-            engine.stop()
+        stopping = [engine.stop() for engine in list(self._engines)]
         if self._async_scope is not None:
             self._async_scope.cancel()
+        thread = self._thread
+        if thread is not None and (self._in_async_tool or (any(stopping)
+                                                           and not self._in_sync_tool)):
+            _stopping.add(thread)  # it ends in a moment: interpreter exit waits for it
 
     # -- on the run's threads ------------------------------------------------------------
 
@@ -178,8 +186,9 @@ class ScriptRun:
         matters. This worker only waits, and :meth:`_give_up` frees it.
         """
         context = contextvars.copy_context()  # e.g. which plan task prints
-        thread = threading.Thread(target=context.run, args=(self._run_thread,),
-                                  name=f"polyspell run {self.filename}", daemon=True)
+        thread = self._thread = threading.Thread(
+            target=context.run, args=(self._run_thread,), name=f"polyspell run {self.filename}",
+            daemon=True)
         thread.start()
         self._ended.wait()
         return self._outcome
@@ -211,6 +220,8 @@ class ScriptRun:
             engine.close()
             for library in self._libraries.values():
                 library.close()
+        if self._given_up:  # nobody reads the outcome
+            return None
         if self._cancel is not None:  # even if the script swallowed it and went on
             return self._decorate(self._cancel)
         if isinstance(step, Failed):
@@ -308,19 +319,26 @@ class ScriptRun:
 
     def _call(self, tool: Tool, params: Any) -> Any:
         args, kwargs = tool.arguments(params)
-        if tool.timeout is None and not tool.is_async:  # the common case, kept short
-            return tool.fn(*args, **kwargs)
-        remaining = self.deadline - time.monotonic()
         if tool.is_async:
+            self._in_async_tool = True  # _give_up cancels it
             try:
-                return anyio.from_thread.run(self._call_async, tool, args, kwargs, remaining,
+                return anyio.from_thread.run(self._call_async, tool, args, kwargs,
+                                             self.deadline - time.monotonic(),
                                              token=self._token)
             except _Raised as raised:
                 exc = raised.exc
+            finally:
+                self._in_async_tool = False
             raise exc  # outside the except clause: its __context__ stays the tool's
-        if tool.timeout >= remaining:
-            return tool.fn(*args, **kwargs)
-        return _call_with_timeout(tool, args, kwargs)
+        self._in_sync_tool = True  # nothing stops this thread before the tool returns
+        try:
+            if tool.timeout is None:  # the common case, kept short
+                return tool.fn(*args, **kwargs)
+            if tool.timeout >= self.deadline - time.monotonic():
+                return tool.fn(*args, **kwargs)
+            return _call_with_timeout(tool, args, kwargs)
+        finally:
+            self._in_sync_tool = False
 
     async def _call_async(self, tool: Tool, args: tuple, kwargs: dict, remaining: float) -> Any:
         limit = remaining if tool.timeout is None else min(tool.timeout, remaining)
@@ -424,6 +442,24 @@ def _ends_the_run(exc: BaseException) -> bool:
         return True
     trio = sys.modules.get("trio")
     return trio is not None and isinstance(exc, trio.Cancelled)
+
+
+# The threads of runs given up on that were told to stop and end in a moment (a Lua
+# script stops within about 20 ms): interpreter exit waits for them, EXIT_WAIT seconds
+# at most in all. A daemon thread still running Python code when the interpreter
+# finalizes is ended where it stands, and where that is inside pydantic-core (building
+# the run's error) the process aborts ("FATAL: exception not rethrown").
+_stopping: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+EXIT_WAIT = 1.0
+
+
+def _wait_at_exit() -> None:
+    ends = time.monotonic() + EXIT_WAIT
+    for thread in list(_stopping):
+        thread.join(max(0.0, ends - time.monotonic()))
+
+
+atexit.register(_wait_at_exit)
 
 
 class _Escaped:
