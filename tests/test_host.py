@@ -5,6 +5,8 @@ Each test states a behaviour once and runs it in Lua and in JavaScript.
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 import time
 
@@ -158,6 +160,24 @@ def test_script_output_goes_to_the_log_not_the_result(language):
                  'console.log("hello", 42); function main() { return 1; }')
     assert result == 1
     assert lines == [pick(language, "hello\t42", "hello 42")]
+
+
+@pytest.mark.anyio
+async def test_by_default_each_printed_line_reaches_stderr_whole(capfd):
+    host = Host([add], timeout=20)  # the default output: stderr
+    lua = ("for b = 1, 10 do for i = 1, 200 do print(args.me .. ' ' .. b * 1000 + i) end "
+           "tools.add{a = 1, b = 2} end")
+    js = ("async function main(a) { for (let b = 1; b <= 10; b++) { for (let i = 1; i <= 200; "
+          "i++) console.log(`${a.me} ${b * 1000 + i}`); await tools.add({a: 1, b: 2}); } }")
+    async with anyio.create_task_group() as group:
+        for n in range(6):
+            language = ("lua", "javascript")[n % 2]
+            group.start_soon(functools.partial(host.arun_source, pick(language, lua, js),
+                                               language, args={"me": f"run{n}"}))
+    lines = capfd.readouterr().err.splitlines()
+    assert len(lines) == 6 * 2000
+    assert all(re.fullmatch(r"run\d \d+", line) for line in lines), [
+        line for line in lines if not re.fullmatch(r"run\d \d+", line)][:3]
 
 
 # -- tools ------------------------------------------------------------------------------

@@ -147,20 +147,25 @@ def _start(started: list[Process], *args: str | Path, cwd: Path) -> Process:
 # -- Ctrl-C ------------------------------------------------------------------------------
 
 
+def _interrupt(process: Process) -> None:
+    """Ctrl-C once the scripts run: polyspell ends at once, says so, exits 130."""
+    time.sleep(0.2)  # inside the loop (or the tool) by now
+    interrupted = time.monotonic()
+    process.proc.send_signal(signal.SIGINT)
+    code, ended = process.wait(timeout=20)
+    assert code == 130, process.stderr()  # not -6: nothing aborts the exit either
+    assert ended - interrupted < 5, process.stderr()
+    assert process.lines[-1][1] == "polyspell: interrupted"
+    assert "Traceback" not in process.stderr()
+    process.assert_nothing_left()
+
+
 @pytest.mark.parametrize("script", ["loop.js", "loop.lua", "stuck.lua", "stuck.js"])
 def test_ctrl_c_ends_a_run_at_once(workdir, started, script):
     process = _start(started, "run", script, "--tools", "tools.py", "--timeout", "30",
                      cwd=workdir)
     process.wait_for_line("READY")
-    time.sleep(0.2)  # inside the loop (or the tool) by now
-    interrupted = time.monotonic()
-    process.proc.send_signal(signal.SIGINT)
-    code, ended = process.wait(timeout=20)
-    assert code == 130, process.stderr()
-    assert ended - interrupted < 5, process.stderr()
-    assert process.lines[-1][1] == "polyspell: interrupted"
-    assert "Traceback" not in process.stderr()
-    process.assert_nothing_left()
+    _interrupt(process)
 
 
 def test_ctrl_c_ends_a_plan_at_once(workdir, started):
@@ -183,14 +188,7 @@ def test_ctrl_c_ends_a_plan_at_once(workdir, started):
     """))
     process = _start(started, "plan", "plan.toml", cwd=workdir)
     process.wait_for_line("READY", count=3)
-    time.sleep(0.2)
-    interrupted = time.monotonic()
-    process.proc.send_signal(signal.SIGINT)
-    code, ended = process.wait(timeout=20)
-    assert code == 130, process.stderr()
-    assert ended - interrupted < 5, process.stderr()
-    assert process.lines[-1][1] == "polyspell: interrupted"
-    process.assert_nothing_left()
+    _interrupt(process)
 
 
 # -- the time limit ----------------------------------------------------------------------
