@@ -673,12 +673,16 @@
 
   // The binding also turns an uncaught error into text once a time limit has fired, with
   // no limit: the interrupt throws an InternalError, whose text no script may take over.
+  // ToString looks up Symbol.toPrimitive first (on the whole prototype chain, up to
+  // Object.prototype), then toString: both are the prelude's own on InternalError.prototype.
+  function internalErrorText() {
+    const message = this.message;
+    return typeof message === "string" && message !== "" ? "InternalError: " + message
+      : "InternalError";
+  }
+  Object.defineProperty(internalErrorText, "name", { value: "toString" });
   for (const [key, value] of [["name", "InternalError"], ["message", ""],
-    ["toString", function toString() {
-      const message = this.message;
-      return typeof message === "string" && message !== "" ? "InternalError: " + message
-        : "InternalError";
-    }]]) {
+    ["toString", internalErrorText], [Symbol.toPrimitive, internalErrorText]]) {
     Object.defineProperty(InternalError.prototype, key,
       { value, writable: false, enumerable: false, configurable: false });
   }

@@ -39,6 +39,12 @@ HOSTILE = {
     "error_to_string": "Error.prototype.toString = () => { while (true) {} }; while (true) {}",
     "error_name": 'Object.defineProperty(Error.prototype, "name", '
                   "{get() { while (true) {} }}); while (true) {}",
+    # ToString of the interrupt error looks up Symbol.toPrimitive along the whole chain
+    "object_to_primitive": "Object.prototype[Symbol.toPrimitive] = function () "
+                           "{ for (;;) {} }; for (;;) {}",
+    "error_to_primitive": "Error.prototype[Symbol.toPrimitive] = function () "
+                          "{ for (;;) {} }; for (;;) {}",
+    "object_value_of": "Object.prototype.valueOf = function () { for (;;) {} }; for (;;) {}",
 }
 
 
