@@ -253,3 +253,13 @@ def test_a_stack_overflow_in_async_recursion_is_a_stack_limit():
     err = failure("javascript", "async function f(n) { return 1 + await f(n + 1); }\n"
                                 "async function main() { return await f(1); }", memory_mb=256)
     assert err.code == "script/resource_exhaustion"
+
+
+@pytest.mark.xfail(strict=True, reason="quickjs-ng throws a RangeError for a stack overflow, "
+                   "which scripts can construct too: a deep enough backtrace is all it checks")
+def test_a_range_error_thrown_deep_in_a_recursion_is_not_a_stack_limit():
+    err = failure("javascript",
+                  "function f(n) {\n"
+                  '  if (n === 0) throw new RangeError("Maximum call stack size exceeded");\n'
+                  "  return f(n - 1) + 1;\n}\nf(80);")
+    assert not is_limit(err)
