@@ -16,7 +16,8 @@ local sethook, lua_traceback, getinfo, raw_getmetatable, raw_setmetatable =
 local concat, pack, unpack = table.concat, table.pack, table.unpack
 local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
       string.gmatch, string.match, string.sub
-local utf8_len, math_type, huge = utf8.len, math.type, math.huge
+local utf8_len, math_type, math_tointeger, huge = utf8.len, math.type, math.tointeger,
+      math.huge
 local os_clock, os_time, os_date = os.clock, os.time, os.date  -- for scripts
 local real_load, real_collectgarbage = load, collectgarbage
 local string_lib, table_lib, math_lib, utf8_lib, os_lib = string, table, math, utf8, os
@@ -281,44 +282,67 @@ end
 
 -- Limits are classified from what Lua observed, never from an error's text alone.
 --
--- Memory: Lua raises any error value equal to its memory message as a memory error
--- (lua_error: no message handler runs), so error("not enough memory", 0) looks exactly
--- like the allocator refusing. The sandbox's error and assert count each raise of that
--- value (`forged`), and each place that meets a memory error takes one off the count
--- instead of believing the allocator refused (out_of_memory).
-local forged, forged_tb = 0, nil
+-- Memory: Lua 5.5 raises any error value equal to its memory message as a memory error
+-- (lua_error: no message handler runs), so error("not enough memory", 0) would look
+-- exactly like the allocator refusing. So the sandbox never raises that string for a
+-- script: its error and assert (and an xpcall handler's result) raise FORGED_NOMEM
+-- instead, a private value that stands for the script's own "not enough memory", and
+-- every place the prelude hands an error value back to script code (pcall, xpcall and its
+-- handler's argument, coroutine.resume, wrap and close, load) gives the plain string again
+-- (`seen`). The string itself as an error value then only ever comes from the allocator,
+-- whatever Lua does with error values in flight (a __close handler's error replaces one).
+-- Still observable: a __close handler's error argument, which Lua passes unchanged, is
+-- the sentinel (a table whose tostring is the message) where plain Lua gives the string.
+local NOMEM_MT = {__tostring = function() return NOMEM end, __name = "string",
+                  __metatable = false}
+local FORGED_NOMEM = setmetatable({}, NOMEM_MT)  -- a fresh one per run (prepare)
 
 local function out_of_memory(e)
-  if e ~= NOMEM then return false end
-  if forged > 0 then
-    forged = forged - 1
-    return false
-  end
-  return true
+  return rawequal(e, NOMEM)
 end
 
--- Whether error(v, level) raised from the function at `level` of the caller's stack
--- raises exactly NOMEM (no "file:line:" put before it), and if so count it as forged.
-local function count_forged(v, level)
-  if v ~= NOMEM then return end
-  if type(level) == "number" and level > 0 then
+-- The error value a script sees for e.
+local function seen(e)
+  if rawequal(e, FORGED_NOMEM) then return NOMEM end
+  return e
+end
+
+-- What to raise for v, given to error(v, level) in the caller of this function: v, unless
+-- it is exactly NOMEM and Lua would put no position ("file:line:") before it.
+local function raisable(v, level)
+  if not rawequal(v, NOMEM) then return v end
+  if level > 0 then
     local ar = getinfo(level + 1, "l")
-    if ar and ar.currentline > 0 then return end  -- error() will add the position
+    if ar and ar.currentline > 0 then return v end  -- error() will add the position
   end
-  forged, forged_tb = forged + 1, traceback(nil, 3)
+  return FORGED_NOMEM
 end
 
--- error and assert as Lua's own (levels count from the script's call), counting forged
--- memory errors. Not tail calls: a tail-called C function would see this frame as level 1.
+-- error and assert as Lua's own (levels count from the script's call; the level checked
+-- as luaL_checkinteger does). Not tail calls: a tail-called C function would see this
+-- frame as level 1.
+local PRELUDE_SOURCE = getinfo(1, "S").source
 local function s_error(v, level)
   if level == nil then level = 1 end
   local n = tonumber(level)
   if n == nil then
     error("bad argument #2 to 'error' (number expected, got " .. type(level) .. ")", 2)
   end
-  if n > 0 then level = n + 1 end
-  count_forged(v, level)
-  error(v, level)
+  n = math_tointeger(n)
+  if n == nil then
+    error("bad argument #2 to 'error' (number has no integer representation)", 2)
+  end
+  if n > 0 then  -- the script's level n: the sandbox's own frames (pcall's) are not its
+    local l, k = 1, 0
+    while k < n do
+      l = l + 1
+      local ar = getinfo(l, "S")
+      if not ar then break end  -- past the stack: no position, as in Lua
+      if ar.source ~= PRELUDE_SOURCE then k = k + 1 end
+    end
+    n = l
+  end
+  error(raisable(v, n), n)
 end
 
 local function s_assert(...)
@@ -327,8 +351,7 @@ local function s_assert(...)
   if n == 0 then error("bad argument #1 to 'assert' (value expected)", 2) end
   local message = "assertion failed!"
   if n > 1 then message = select(2, ...) end
-  count_forged(message, 2)
-  error(message, 2)
+  error(raisable(message, 2), 2)
 end
 
 -- Stack: an error saying "stack overflow" is the stack limit only when the stack is full
@@ -366,6 +389,17 @@ local function says_overflow(e)
   return type(e) == "string" and sub(e, -14) == "stack overflow"
 end
 
+-- Whether an error being raised can be the engine's own stack overflow: not when it is
+-- raised by Lua's error function, which only the sandbox calls (its error and assert for
+-- scripts, its re-raises of what a coroutine died of). Lua raises its overflows itself
+-- (luaG_runerror). `level`: the level of the raising function in the stack of `co`, or in
+-- the caller's stack (a message handler runs on top of the raising function).
+local function engine_raised(co, level)
+  local ar
+  if co then ar = getinfo(co, level, "f") else ar = getinfo(level + 1, "f") end
+  return ar ~= nil and not rawequal(ar.func, error)
+end
+
 -- The last stack overflow a script coroutine really died of, and its depth (the script
 -- may re-raise it: coroutine.wrap does).
 local overflowed, overflow_depth = nil, nil
@@ -376,6 +410,7 @@ local function pass(ok, ...)
     local e = ...
     if not abort and out_of_memory(e) then abort = "memory" end
     if abort or rawequal(e, KILL) then error(KILL, 0) end
+    if rawequal(e, FORGED_NOMEM) then return false, NOMEM end
   end
   return ok, ...
 end
@@ -433,15 +468,41 @@ local function as_error(t, tb)
   return setmetatable(t, ERR_MT)
 end
 
--- The error tables the prelude itself raised (sandbox violations), by their code: a
--- private mark, so that a script's own errors.SecurityError{...} never passes for one.
+-- The error tables the prelude itself raised (sandbox violations), each with a private
+-- copy of everything in it as made: one passes for the prelude's own only while all it
+-- shows is unchanged (code, name, message, fields, cause, traceback), so that neither a
+-- script's own errors.SecurityError{...} nor a caught violation the script edited (its
+-- text, its fields) passes for one.
 local OWN = setmetatable({}, {__mode = "k", __metatable = false})
+
+local function snapshot(t)
+  local c = {}
+  for k, v in next, t do c[k] = type(v) == "table" and snapshot(v) or v end
+  return c
+end
+
+-- Whether table t (raw contents only, as sanitize reads them) is the same as snapshot s.
+local function unchanged(t, s, depth)
+  if depth > MAX_DEPTH then return false end
+  local n = 0
+  for k, v in next, t do
+    n = n + 1
+    local was = rawget(s, k)
+    if type(v) == "table" then
+      if type(was) ~= "table" or not unchanged(v, was, depth + 1) then return false end
+    elseif not rawequal(v, was) then
+      return false
+    end
+  end
+  for _ in next, s do n = n - 1 end
+  return n == 0
+end
 
 local function violation(what, level)
   local e = new_error("security", "script_safety_violation", "SecurityError",
                       {engine = "lua", violation = what}, nil, nil,
                       script_traceback(traceback(nil, level + 1, true)))
-  OWN[e] = "security/script_safety_violation"
+  OWN[e] = snapshot(e)
   error(e, level + 1)
 end
 
@@ -552,7 +613,7 @@ local function forward(co, ok, ...)
   if not abort and out_of_memory(e) then abort = "memory" end
   if abort or rawequal(e, KILL) then error(KILL, 0) end
   last_error, last_error_tb = e, traceback(co)
-  if says_overflow(e) then  -- its stack is kept: how deep did it get?
+  if says_overflow(e) and engine_raised(co, 0) then  -- its stack is kept: how deep?
     local depth = depth_of(co)
     if depth >= OVERFLOW_DEPTH then overflowed, overflow_depth = e, depth end
   end
@@ -594,7 +655,7 @@ local function s_resume(...)
   local co = ...
   expect_thread("resume", ...)
   if roots[co] then return false, "cannot resume non-suspended coroutine" end
-  return forward(co, co_resume(...))
+  return pass(forward(co, co_resume(...)))
 end
 
 local function unwrap(co, ok, ...)
@@ -604,10 +665,8 @@ local function unwrap(co, ok, ...)
   if not closed and not rawequal(problem, e) then
     pass(false, problem)  -- an error of a __close handler: met here first
     e = problem
-  else
-    count_forged(e, 0)  -- met once by forward already: raised again
   end
-  error(e, 0)
+  error(e, 0)  -- as raised (FORGED_NOMEM stays the sentinel until a catcher shows it)
 end
 
 local function s_wrap(...)
@@ -649,19 +708,16 @@ local function s_close(...)
   if roots[co] then
     error(co == co_running() and "cannot close main thread" or "cannot close a normal coroutine", 2)
   end
-  if co_status(co) == "dead" then
-    -- its error, if any, was met when it died (forward): closing only hands it back
-    local ok, e = co_close(co)
-    if abort or rawequal(e, KILL) then error(KILL, 0) end
-    return ok, e
-  end
   return pass(co_close(co))
 end
 
 -- The message handler of the sandbox's pcall: notes a real stack overflow before the
 -- stack unwinds (the script may raise its message again later).
-local function observe(e)
-  if says_overflow(e) and stack_full() then overflowed, overflow_depth = e, depth_of(nil) end
+-- `level`: of the raising function in the caller's stack (1: observe is the handler).
+local function observe(e, level)
+  if says_overflow(e) and engine_raised(nil, (level or 1) + 1) and stack_full() then
+    overflowed, overflow_depth = e, depth_of(nil)
+  end
   return e
 end
 
@@ -677,10 +733,9 @@ local function s_xpcall(f, ...)
   end
   return pass(xpcall(f, function(e)
     if abort or rawequal(e, KILL) then return e end
-    observe(e)
-    local result = handler(e)
-    count_forged(result, 0)  -- what xpcall returns: not a memory error, whatever it says
-    return result
+    observe(e, 2)
+    -- what xpcall returns: not a memory error, whatever it says
+    return raisable(handler(seen(e)), 0)
   end, select(2, ...)))
 end
 
@@ -711,7 +766,7 @@ local function s_load(...)
       violation("load() of a binary chunk", 2)
     end
   end
-  return f, message
+  return f, seen(message)
 end
 
 -- Lua 5.5's options: the allowed ones, and the others, refused as a violation.
@@ -731,9 +786,11 @@ local function s_collectgarbage(...)
   elseif not allowed then
     violation("collectgarbage(" .. format("%q", option) .. ")", 2)
   end
-  if option == "step" and arg ~= nil and math_type(arg) ~= "integer" then
-    arg_error(2, "collectgarbage", type(arg) == "number"
-              and "number has no integer representation" or "number expected, got " .. got(2, ...))
+  if option == "step" and arg ~= nil then  -- as luaL_optinteger
+    local n = tonumber(arg)
+    if n == nil then arg_error(2, "collectgarbage", "number expected, got " .. got(2, ...)) end
+    arg = math_tointeger(n)
+    if arg == nil then arg_error(2, "collectgarbage", "number has no integer representation") end
   end
   return real_collectgarbage(option, arg)
 end
@@ -837,9 +894,10 @@ local function on_error(e)
   -- (never called for a memory error: Lua calls no message handler for one)
   if abort or rawequal(e, KILL) then return e end
   reported, report = e, nil
-  local depth  -- the depth of a real stack overflow (see stack_full)
+  local v = seen(e)  -- the script's own "not enough memory" is an ordinary error
+  local depth  -- the depth of a real stack overflow (see stack_full, engine_raised)
   if says_overflow(e) then
-    if stack_full() then
+    if engine_raised(nil, 2) and stack_full() then
       depth = depth_of(nil)
     elseif rawequal(e, overflowed) then
       depth = overflow_depth
@@ -847,7 +905,7 @@ local function on_error(e)
   end
   local tb = traceback(nil, 2)
   if last_error ~= nil and rawequal(e, last_error) then tb = last_error_tb .. "\n" .. tb end
-  local te, described = type(e), nil
+  local te, described = type(v), nil
   if te == "table" or te == "userdata" then
     local mt = raw_getmetatable(e)
     if mt and mt ~= ERR_MT and rawget(mt, "__tostring") ~= nil then
@@ -857,9 +915,8 @@ local function on_error(e)
     end
   end
   -- the prelude's own error, unchanged since (a script may have caught and edited it)
-  local own = te == "table" and OWN[e] ~= nil
-      and OWN[e] == tostring(rawget(e, "category")) .. "/" .. tostring(rawget(e, "kind"))
-  report = {sanitize(e, 0, {}), te, described, text(tb), depth, own}
+  local own = te == "table" and OWN[e] ~= nil and unchanged(e, OWN[e], 0)
+  report = {sanitize(v, 0, {}), te, described, text(tb), depth, own}
   return e
 end
 
@@ -912,9 +969,8 @@ local function finish(co, ok, a, ...)
     if c then return "bad_result", n, c, d end
     return "done", n, b
   end
-  if b == NOMEM then  -- the chunk's xpcall met a memory error (no handler ran)
-    if out_of_memory(b) then return "abort", n, "memory" end
-    return "error", n, b, "string", nil, forged_tb and text(forged_tb)
+  if out_of_memory(b) then  -- the chunk's xpcall met a memory error (no handler ran)
+    return "abort", n, "memory"
   end
   if type(b) == "table" and not rawequal(b, KILL) then
     return "error", n, b[1], b[2], b[3], b[4], b[5], b[6]
@@ -932,7 +988,7 @@ end
 -- A fresh environment, then the chunk compiled in it (or the "syntax" outcome).
 local function prepare(source, chunkname, args, ...)
   abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
-  forged, forged_tb, overflowed, overflow_depth = 0, nil, nil, nil
+  FORGED_NOMEM, overflowed, overflow_depth = setmetatable({}, NOMEM_MT), nil, nil
   reported, report = nil, nil
   outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
   tool_infos = pack(...)

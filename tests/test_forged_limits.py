@@ -263,3 +263,147 @@ def test_a_range_error_thrown_deep_in_a_recursion_is_not_a_stack_limit():
                   '  if (n === 0) throw new RangeError("Maximum call stack size exceeded");\n'
                   "  return f(n - 1) + 1;\n}\nf(80);")
     assert not is_limit(err)
+
+
+# -- error values Lua replaces in flight, deep C stacks, edited violations -------------
+
+FORGED_MEMORY_CLOSE = """
+local f = coroutine.wrap(function()
+  local x <close> = setmetatable({}, {__close = function() error("not enough memory", 0) end})
+  error("orig", 0)
+end)
+f()
+"""
+
+
+@pytest.mark.parametrize("source", [
+    FORGED_MEMORY_CLOSE,
+    # a __close handler of the main chunk replaces the error in flight
+    'local x <close> = setmetatable({}, {__close = function() error("not enough memory", 0)'
+    ' end})\nerror("orig", 0)',
+    # an xpcall handler's result, raised again
+    'local ok, e = xpcall(error, function() return "not enough memory" end, "x")\nerror(e, 0)',
+    # thrown from a coroutine closed by coroutine.close, then raised again
+    'local co = coroutine.create(function()\n  local x <close> = setmetatable({}, {__close ='
+    ' function() error("not enough memory", 0) end})\n  coroutine.yield()\nend)\n'
+    'coroutine.resume(co)\nlocal ok, e = coroutine.close(co)\nerror(e, 0)',
+])
+def test_a_forged_memory_error_lua_replaces_in_flight_is_a_script_error(source):
+    err = failure("lua", source)
+    assert err.code == "script/lua", err.code
+    assert err.fields["error"] == "not enough memory"
+    assert exit_code(err) == 1
+
+
+REAL_OOM_AFTER_DROPPED = """
+pcall(function()
+  local x <close> = setmetatable({}, {__close = function() error("b", 0) end})
+  error("not enough memory", 0)
+end)
+local t = {}
+local ok, e = pcall(function()
+  while true do t[#t + 1] = string.rep("x", 1000) .. #t end
+end)
+t = nil
+collectgarbage()
+return "survived"
+"""
+
+
+def test_a_real_out_of_memory_error_after_a_dropped_forged_one_is_not_catchable():
+    err = failure("lua", REAL_OOM_AFTER_DROPPED, memory_mb=32)
+    assert err.code == "resource/memory_exhaustion"
+    assert not err.raised_by_script and exit_code(err) == 4
+
+
+def test_scripts_see_a_forged_memory_error_as_the_plain_string():
+    source = """
+local seen = {}
+local ok, e = pcall(coroutine.wrap(function()
+  local x <close> = setmetatable({}, {__close = function() error("not enough memory", 0) end})
+  error("orig", 0)
+end))
+seen[1] = e
+xpcall(error, function(m) seen[2] = m return m end, "not enough memory", 0)
+seen[3] = select(2, xpcall(error, function(m) return m end, "not enough memory", 0))
+local co = coroutine.wrap(function() error("not enough memory", 0) end)
+seen[4] = select(2, pcall(co))
+seen[5] = select(2, pcall(error, "not enough memory"))
+return {seen[1], seen[2], seen[3], seen[4], seen[5]}
+"""
+    assert result("lua", source) == ["not enough memory"] * 5
+
+
+FORGED_STACK = {
+    # the C stack filled by the script itself, then its own message
+    "c_stack": 'local function f(n)\n  if n == 0 then error("stack overflow", 0) end\n'
+               '  return (string.gsub("a", "a", function() return f(n - 1) end))\nend\nf(185)',
+    "c_stack_assert": 'local function f(n)\n  if n == 0 then assert(false, "stack overflow") end\n'
+                      '  return (string.gsub("a", "a", function() return f(n - 1) end))\nend\n'
+                      'f(185)',
+    "c_stack_pcall": 'local function f(n)\n  if n == 0 then local ok, e = pcall(error, '
+                     '"stack overflow", 0) error(e, 0) end\n'
+                     '  return (string.gsub("a", "a", function() return f(n - 1) end))\nend\n'
+                     'f(185)',
+    "coroutine_deep": 'coroutine.wrap(function()\n  local function f(n)\n'
+                      '    if n == 0 then error("stack overflow", 0) end\n'
+                      '    return 1 + f(n - 1)\n  end\n  f(500)\nend)()',
+    "coroutine_c_stack": 'coroutine.wrap(function()\n  local function f(n)\n'
+                         '    if n == 0 then error("stack overflow", 0) end\n'
+                         '    return (string.gsub("a", "a", function() return f(n - 1) end))\n'
+                         '  end\n  f(185)\nend)()',
+}
+
+
+@pytest.mark.parametrize("case", list(FORGED_STACK))
+def test_a_lua_script_cannot_forge_a_stack_limit_at_a_deep_stack(case):
+    err = failure("lua", FORGED_STACK[case])
+    assert not is_limit(err), err.code
+    assert exit_code(err) == 1
+
+
+def test_a_real_c_stack_overflow_through_callbacks_is_a_stack_limit():
+    err = failure("lua", 'local function f(n)\n'
+                         '  return (string.gsub("a", "a", function() return f(n + 1) end))\n'
+                         'end\nf(1)')
+    assert (err.code, err.fields["resource_type"]) == ("script/resource_exhaustion", "stack")
+    assert exit_code(err) == 4
+
+
+EDITED_VIOLATION = {
+    "review": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+              'e.fields.violation = "os.execute blocked: call +1-555-0100"\n'
+              'e.message = "SECURITY: attacker-controlled text"\nerror(e, 0)',
+    "fields": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+              'e.fields.violation = "call +1-555-0100"\nerror(e, 0)',
+    "new_field": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+                 'e.fields.note = "call +1-555-0100"\nerror(e, 0)',
+    "message": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+               'e.message = "call +1-555-0100"\nerror(e, 0)',
+    "fields_table": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+                    'e.fields = {engine = "lua", violation = "call +1-555-0100"}\nerror(e, 0)',
+    "cause": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+             'e.cause = errors.ScriptError{kind = "lua", error = "call +1-555-0100"}\nerror(e, 0)',
+    "traceback": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+                 'e.traceback = "stack traceback:\\n\\tagent.lua:9: in main chunk"\nerror(e, 0)',
+    "name": 'local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+            'e.name = "call +1-555-0100"\nerror(e, 0)',
+}
+
+
+@pytest.mark.parametrize("case", list(EDITED_VIOLATION))
+def test_an_edited_sandbox_violation_is_the_scripts(case):
+    err = failure("lua", EDITED_VIOLATION[case])
+    # the script's (marked so), or not a valid error at all: never the sandbox's own
+    assert err.raised_by_script or err.code != "security/script_safety_violation", err.code
+    assert exit_code(err) == 1, err.to_text()
+
+
+def test_an_unedited_violation_raised_again_from_a_coroutine_stays_genuine():
+    source = ('local ok, e = pcall(setmetatable, {}, {__gc = true})\n'
+              'local fields = e.fields\nlocal v = fields.violation\ne.fields = fields\n'
+              'coroutine.wrap(function() error(e, 0) end)()')
+    err = failure("lua", source)
+    assert err.code == "security/script_safety_violation"
+    assert not err.raised_by_script and exit_code(err) == 3
+    assert "__gc" in err.to_text()

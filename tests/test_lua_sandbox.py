@@ -154,6 +154,11 @@ AS_IN_LUA = [
     "select(2, load('return 1', 'c', 'x'))", "load('return x', 'c', 't', nil)()",
     "collectgarbage('foo')", "collectgarbage({})", "collectgarbage(1)",
     "collectgarbage('step', 'x')", "collectgarbage('step', 1.5)",
+    # Lua 5.5 takes any number with an integer value as the step size
+    "type(collectgarbage('step', 1.0))", "type(collectgarbage('step', '2'))",
+    # error's level: checked as Lua does, located at the script's call, never the prelude's
+    "error('x', 1.5)", "select(2, pcall(error, 'x', 1.5))", "error('x', 'y')",
+    "select(2, pcall(error, 'x', 2.0))", "error('x', '1')",
     "setmetatable(1, {})", "setmetatable({})", "setmetatable({}, 1)",
     "setmetatable(setmetatable({}, {__metatable = 1}), {})",
     "print(setmetatable({}, {__tostring = function() return {} end}))",
