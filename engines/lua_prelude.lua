@@ -31,6 +31,9 @@ if not trusted then
   -- debug.traceback looks for every function's name in package.loaded; with nothing to
   -- search (constrained scripts have no require) a traceback costs a third.
   for name in next, package.loaded do package.loaded[name] = nil end
+  -- but Lua's argument errors name a function called from C by it ('string.rep')
+  package.loaded.string, package.loaded.table, package.loaded.math, package.loaded.utf8 =
+    string_lib, table_lib, math_lib, utf8_lib
 end
 -- The metatable of all strings stays Lua's own for scripts (getmetatable("").__index is
 -- the string table, and a script may add to it); make_env resets it for every run, with

@@ -159,6 +159,7 @@ AS_IN_LUA = [
     # error's level: checked as Lua does, located at the script's call, never the prelude's
     "error('x', 1.5)", "select(2, pcall(error, 'x', 1.5))", "error('x', 'y')",
     "select(2, pcall(error, 'x', 2.0))", "error('x', '1')",
+    "select(2, pcall(string.rep))", "select(2, pcall(math.floor, {}))",
     "setmetatable(1, {})", "setmetatable({})", "setmetatable({}, 1)",
     "setmetatable(setmetatable({}, {__metatable = 1}), {})",
     "print(setmetatable({}, {__tostring = function() return {} end}))",
