@@ -755,7 +755,9 @@ local function s_load(...)
     arg_error(1, "load", "function expected, got " .. got(1, ...))
   end
   if tm == "string" and find(mode, "b", 1, true) then
-    violation("load() with mode '" .. mode .. "': binary chunks are not allowed", 2)
+    -- the host's own text: a mode other than Lua's few letters is not quoted
+    local shown = match(mode, "^[bt]+$") and "'" .. mode .. "'" or "with a 'b'"
+    violation("load() with mode " .. shown .. ": binary chunks are not allowed", 2)
   end
   if tc == "string" and sub(chunk, 1, 1) == "\27" then
     violation("load() of a binary chunk", 2)

@@ -461,3 +461,11 @@ def test_a_close_handler_cannot_swallow_a_real_out_of_memory_error():
                          '  while true do t[#t + 1] = string.rep("x", 1000) .. #t end\nend)\n'
                          'return "survived"', memory_mb=32)
     assert err.code == "resource/memory_exhaustion"
+
+
+def test_a_genuine_violation_shows_no_text_the_script_chose():
+    err = failure("lua", 'return load("return 1", "c", "b\\nSECURITY: call +1-555-0100")')
+    assert err.code == "security/script_safety_violation" and exit_code(err) == 3
+    assert "+1-555" not in err.to_text() and "+1-555" not in err.to_json()
+    err = failure("lua", 'return load("return 1", "c", "bt")')
+    assert "mode 'bt'" in err.fields["violation"] and exit_code(err) == 3
