@@ -19,6 +19,7 @@ from typing import Any
 from bridge.errors import (
     SpellError,
     categories,
+    cause_chain,
     field_annotations,
     mark_raised_by_script,
     variant_class,
@@ -27,17 +28,28 @@ from bridge.frames import Frame
 
 
 def error_envelope(err: SpellError, ref: Callable[[SpellError], int] | None = None) -> dict:
-    """The error and its cause chain as data for a script; ``ref`` numbers each error."""
-    cause = err.cause
-    return {
-        "category": err.category,
-        "kind": err.kind,
-        "name": type(err).script_name or categories()[err.category].script_name,
-        "message": err.message,
-        "fields": err.fields,
-        "cause": None if cause is None else error_envelope(cause, ref),
-        "ref": None if ref is None else ref(err),
-    }
+    """The error and its cause chain as data for a script; ``ref`` numbers each error.
+
+    The chain is the bounded one of :func:`~bridge.errors.cause_chain`: the last cause
+    kept says in its message where a loop or a very deep chain was cut.
+    """
+    walk = cause_chain(err)
+    out: dict | None = None
+    for one in reversed(walk.errors):
+        message = one.message
+        if out is None and walk.note:
+            message = f"{message} {walk.note}"
+        out = {
+            "category": one.category,
+            "kind": one.kind,
+            "name": type(one).script_name or categories()[one.category].script_name,
+            "message": message,
+            "fields": one.fields,
+            "cause": out,
+            "ref": None if ref is None else ref(one),
+        }
+    assert out is not None
+    return out
 
 
 def script_constructors() -> dict[str, str]:

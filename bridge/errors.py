@@ -238,13 +238,8 @@ class SpellError(Exception):
         return context is not None and context.metadata.get(RAISED_BY) == "script"
 
     def chain(self) -> Iterator[SpellError]:
-        """This error, then its cause, then that one's cause..."""
-        err: SpellError | None = self
-        seen: set[int] = set()
-        while err is not None and id(err) not in seen:
-            seen.add(id(err))
-            yield err
-            err = err.cause
+        """This error, then its cause, then that one's cause... (see :func:`cause_chain`)."""
+        return iter(cause_chain(self).errors)
 
     # -- construction from other things -------------------------------------------------
 
@@ -290,7 +285,19 @@ class SpellError(Exception):
         JSON data in the RFC 8259 sense: a number that is not finite (a ``retry_after`` or
         context metadata given as NaN) is ``None``; fields never hold one.
         """
-        cause = self.cause
+        walk = cause_chain(self)
+        out: dict[str, Any] | None = None
+        for err in reversed(walk.errors):
+            data = err._own_dict()
+            if out is None and walk.note:  # the last kept cause says where the chain was cut
+                data["message"] = f"{data['message']} {walk.note}"
+            data["cause"] = out
+            out = data
+        assert out is not None
+        return out
+
+    def _own_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the cause (``None``)."""
         return {
             "category": self.category,
             "kind": self.kind,
@@ -300,7 +307,7 @@ class SpellError(Exception):
             "retry_after": finite(self.retry_after),
             "fields": self.fields,
             "frames": [frame.to_dict() for frame in self.frames],
-            "cause": None if cause is None else cause.to_dict(),
+            "cause": None,
             "context": finite(self.context.model_dump(mode="json")),
         }
 
@@ -375,6 +382,69 @@ class SpellError(Exception):
             field = exc.fields.get("field") or ""
             raise _bad_json(exc.fields.get("reason", exc.message),
                             f"{_path}.fields.{field}" if field else f"{_path}.fields") from None
+
+
+# -- cause chains -----------------------------------------------------------------------
+
+# Beyond MAX_CAUSE_DEPTH, how far a chain is followed only to count what was left out.
+MAX_COUNTED = 100_000
+
+
+class CauseChain(typing.NamedTuple):
+    """An error and its causes, outermost first, as far as :func:`cause_chain` kept them.
+
+    ``omitted`` counts the causes left out beyond the last kept one (a lower bound when
+    more than ``MAX_COUNTED``); ``loops`` says the chain went on to an error already in it.
+    """
+
+    errors: list[SpellError]
+    omitted: int
+    loops: bool
+
+    @property
+    def note(self) -> str:
+        """What the last kept error says about the cut ("" when nothing was cut)."""
+        if self.omitted:
+            more = "more than " if self.omitted >= MAX_COUNTED else ""
+            loop = ", then it loops back to an earlier one" if self.loops else ""
+            return f"[... {more}{self.omitted} more causes not shown{loop}]"
+        if self.loops:
+            return "[the cause chain loops back to an earlier error here]"
+        return ""
+
+
+def cause_chain(err: SpellError, limit: int = MAX_CAUSE_DEPTH) -> CauseChain:
+    """``err`` and at most ``limit`` causes: the one bounded, cycle-safe walk of a chain.
+
+    Every consumer (``chain()``, ``to_dict()``, pickling, ``to_text()``, script envelopes)
+    reads a chain through here, so a tool exception that is its own cause, or one 3,000
+    causes deep, costs a bounded amount and never recurses. A plain exception in the chain
+    is seen through its SpellError view (:attr:`SpellError.cause`); loops are found by the
+    identity of the raw ``__cause__`` objects, which those views share.
+    """
+    errors = [err]
+    seen = {id(err)}
+    raw = _raw_cause(err)
+    while raw is not None and id(raw) not in seen and len(errors) <= limit:
+        seen.add(id(raw))
+        view = errors[-1].cause
+        if view is None:  # a __cause__ that is no exception
+            raw = None
+            break
+        errors.append(view)
+        seen.add(id(view))
+        raw = _raw_cause(view)
+    omitted = 0
+    while raw is not None and id(raw) not in seen and omitted < MAX_COUNTED:
+        seen.add(id(raw))
+        omitted += 1
+        raw = _raw_cause(raw)
+    return CauseChain(errors, omitted, raw is not None and id(raw) in seen)
+
+
+def _raw_cause(exc: BaseException) -> BaseException | None:
+    cause = getattr(exc, "__cause__", None)
+    return cause if isinstance(cause, BaseException) else None
 
 
 # -- registry ---------------------------------------------------------------------------

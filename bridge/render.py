@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from bridge.errors import SpellError
+from bridge.errors import MAX_COUNTED, SpellError, cause_chain
 from bridge.frames import Frame, is_internal
 
 CAUSE_SEPARATOR = "\n\nThe above exception was the direct cause of the following exception:\n\n"
@@ -33,13 +33,17 @@ def _paint(text: str, style: str, color: bool) -> str:
 
 def render_text(err: SpellError, *, verbose: bool = False, color: bool = False) -> str:
     """The error and its cause chain as a polyglot traceback (ANSI-coloured if ``color``)."""
-    chain = list(err.chain())
-    cut = len(chain) > MAX_CHAIN
-    chain = chain[:MAX_CHAIN]
+    walk = cause_chain(err)
+    chain = walk.errors[:MAX_CHAIN]
+    hidden = len(walk.errors) - len(chain) + walk.omitted
     blocks = [_render_one(e, verbose, color) for e in reversed(chain)]
     text = _paint(CAUSE_SEPARATOR, "note", color).join(blocks)
-    if cut:
-        text = f"[... {len(list(err.chain())) - MAX_CHAIN} earlier causes not shown]\n" + text
+    if hidden:
+        more = "more than " if walk.omitted >= MAX_COUNTED else ""
+        loop = ", then the chain loops back" if walk.loops else ""
+        text = f"[... {more}{hidden} earlier causes not shown{loop}]\n" + text
+    elif walk.loops:
+        text = "[the cause chain loops back to an error shown below]\n" + text
     return text
 
 
