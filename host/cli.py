@@ -112,11 +112,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polyspell`` console script; returns the exit code."""
     _escape_unencodable(sys.stdout)
     args = parse_arguments(build_parser(), argv)
+    results = sys.stdout
+    redirect = args.command in ("run", "plan") and sys.stderr is not None
+    if redirect:  # what Python code prints during a run goes to stderr: stdout is the result's
+        _result_streams.append(results)
+        sys.stdout = sys.stderr
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
         write_lines("polyspell: interrupted")
         return 130
+    finally:
+        if redirect:
+            _result_streams.pop()
+            if sys.stdout is sys.stderr:
+                sys.stdout = results
+
+
+# The real stdout while ``run`` or ``plan`` point sys.stdout at stderr (innermost last).
+_result_streams: list[Any] = []
+
+
+def _results() -> Any:
+    """Where results go: stdout as it was when ``main`` began (``run`` and ``plan`` point
+    ``sys.stdout`` at stderr meanwhile, so that what tools print stays off the result)."""
+    return _result_streams[-1] if _result_streams else sys.stdout
 
 
 def _escape_unencodable(stream: Any) -> None:
@@ -142,13 +162,14 @@ def print_json(value: Any, *, indent: int | None = None) -> None:
     from bridge.jsontext import json_text
 
     text = json_text(value, indent=indent)
-    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+    out = _results()
+    encoding = getattr(out, "encoding", None) or "utf-8"
     try:
         if codecs.lookup(encoding).name != "utf-8":  # json_text is always valid UTF-8
             text.encode(encoding)
     except (LookupError, UnicodeEncodeError):
         text = json_text(value, indent=indent, ensure_ascii=True)
-    print(text)
+    print(text, file=out)
 
 
 def parse_arguments(parser: argparse.ArgumentParser,
@@ -306,8 +327,8 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.model_dump(mode="json"))  # pydantic's JSON refuses lone surrogates
     else:
-        sys.stdout.write(format_plan_report(report, verbose=args.verbose,
-                                            color=_color(sys.stdout)))
+        _results().write(format_plan_report(report, verbose=args.verbose,
+                                            color=_color(_results())))
     return EXIT_OK if report.outcome == "succeeded" else EXIT_FAILED
 
 
