@@ -42,7 +42,15 @@ from pydantic import BaseModel, JsonValue, PrivateAttr
 
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
-from host.host import Host, check_positive
+from host.host import (
+    MAX_MEMORY_MB,
+    MAX_STACK_KB,
+    MAX_TIMEOUT,
+    Host,
+    check_callable,
+    check_positive,
+    tool_items,
+)
 from host.lines import write_lines
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
@@ -182,8 +190,11 @@ class Coordinator:
         engine_timeouts: Mapping[str, float] | None = None,
         on_output: Callable[[str, str], None] | None = None,
     ) -> None:
-        check_positive("max_concurrency", max_concurrency)
-        self.tools = list(tools)
+        check_positive("max_concurrency", max_concurrency, at_least=1)
+        check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
+        check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
+        check_callable("on_output", on_output)
+        self.tools = tool_items(tools)
         self.memory_mb = memory_mb
         self.stack_kb = stack_kb
         self.sandbox = sandbox
@@ -197,7 +208,7 @@ class Coordinator:
                 raise ConfigurationError.InvalidValue(
                     key="engine_timeouts", value=str(language),
                     reason="engine timeouts are for 'lua' and 'javascript'")
-            check_positive(f"engine_timeouts[{language!r}]", seconds)
+            check_positive(f"engine_timeouts[{language!r}]", seconds, at_most=MAX_TIMEOUT)
             self.engine_timeouts[language] = float(seconds)
         self.on_output = on_output or _print_to_stderr
         # built here so that bad options or tools fail now, and tools load once

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import os
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -16,9 +18,14 @@ from bridge import ConfigurationError
 from engines import Limits, Sandbox
 from host.lines import write_lines
 from host.runner import ScriptRun, not_json_like
-from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, load_tools_file
+from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, check_file, load_tools_file
 
 SANDBOXES = ("constrained", "trusted")
+# The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
+# with room to spare): far beyond any machine, refused rather than overflowing.
+MAX_MEMORY_MB = 1 << 32
+MAX_STACK_KB = 1 << 32
+MAX_TIMEOUT = 1e9  # seconds (about 31 years): a limit, finite for every wait and deadline
 
 
 class Host:
@@ -42,9 +49,11 @@ class Host:
         sandbox: Sandbox = "constrained",
         on_output: Callable[[str], None] | None = None,
     ) -> None:
-        check_positive("timeout", timeout)
-        check_positive("memory_mb", memory_mb)
-        check_positive("stack_kb", stack_kb)
+        check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
+        check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
+        check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
+        check_callable("on_output", on_output)
+        items = tool_items(tools)
         if sandbox not in SANDBOXES:
             raise ConfigurationError.InvalidValue(
                 key="sandbox", value=str(sandbox),
@@ -54,7 +63,7 @@ class Host:
         self.sandbox: Sandbox = sandbox
         self.on_output = on_output or write_lines
         self.tools = ToolRegistry()
-        for item in tools:
+        for item in items:
             for loaded in _load(item, sandbox):
                 self.tools.add(loaded)
 
@@ -83,6 +92,11 @@ class Host:
         For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
         task. ``timeout`` replaces the host's for this run.
         """
+        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+            raise ConfigurationError.InvalidValue(
+                key="script", value=_preview(path),
+                reason=f"a script is the path of a file (str or Path), not "
+                f"{type(path).__name__}")
         path = Path(path)
         language = engines.language_for_path(path)
         if language is None:
@@ -104,10 +118,14 @@ class Host:
         if not isinstance(code, str):
             raise ConfigurationError.InvalidValue(key="code", value=type(code).__name__,
                                                   reason="script source must be a string")
+        if name is not None and not isinstance(name, str):
+            raise ConfigurationError.InvalidValue(
+                key="name", value=_preview(name),
+                reason=f"a script's name is a string, not {type(name).__name__}")
         check_json_like(args, "args")
         limits = self.limits
         if timeout is not None:
-            check_positive("timeout", timeout)
+            check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
             limits = dataclasses.replace(limits, timeout=float(timeout))
         return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
@@ -122,8 +140,7 @@ def _load(item: Any, sandbox: Sandbox) -> list[Tool | ScriptTool]:
 
 
 def _read_script(path: Path) -> str:
-    if not path.is_file():
-        raise ConfigurationError.FileNotFound(path=str(path))
+    check_file(path)
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -154,9 +171,42 @@ def _preview(piece: Any) -> str:
     return repr(piece)[:200]
 
 
-def check_positive(name: str, value: Any) -> None:
-    """Refuse a limit or count that is not a positive number (``configuration/invalid_value``)."""
+def check_positive(name: str, value: Any, *, at_least: float | None = None,
+                   at_most: float | None = None) -> None:
+    """Refuse a limit or count that is not a finite positive number, or is out of
+    ``[at_least, at_most]`` (``configuration/invalid_value``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigurationError.InvalidValue(key=name, value=repr(value),
-                                              reason=f"{name} must be a positive number")
+        reason = f"{name} must be a positive number"
+    elif isinstance(value, float) and not math.isfinite(value):
+        reason = f"{name} must be a finite number"
+    elif at_least is not None and value < at_least:
+        reason = f"{name} must be at least {at_least}"
+    elif at_most is not None and value > at_most:
+        reason = f"{name} must be at most {at_most}"
+    else:
+        return
+    raise ConfigurationError.InvalidValue(key=name, value=_preview(value), reason=reason)
+
+
+def check_callable(name: str, value: Any) -> None:
+    """Refuse a callback that is neither ``None`` nor callable."""
+    if value is not None and not callable(value):
+        raise ConfigurationError.InvalidValue(
+            key=name, value=_preview(value),
+            reason=f"{name} must be a function (or None), not {type(value).__name__}")
+
+
+def tool_items(tools: Any) -> list[Any]:
+    """``tools`` as a list: a collection of tools, never one path or a non-iterable."""
+    if isinstance(tools, (str, bytes, os.PathLike)):
+        raise ConfigurationError.InvalidValue(
+            key="tools", value=_preview(tools),
+            reason="tools is a list of tools and tools files: put this path in a list")
+    try:
+        return list(tools)
+    except TypeError:
+        raise ConfigurationError.InvalidValue(
+            key="tools", value=_preview(tools),
+            reason=f"tools is a list of tools and tools files, not "
+            f"{type(tools).__name__}") from None
 

@@ -40,6 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 import engines
 from bridge import ConfigurationError, SpellError
 from bridge.data import MAX_DEPTH
+from host.host import MAX_TIMEOUT
+from host.tools import check_file
 
 Strategy = Literal["propagate", "collect", "cancel_dependents", "isolate"]
 STRATEGIES: tuple[str, ...] = ("propagate", "collect", "cancel_dependents", "isolate")
@@ -113,7 +115,7 @@ class Task(_PlanModel):
     script: str = Field(min_length=1)
     args: dict[str, JsonValue] = {}
     after: list[str] = []
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     retry: Retry | None = None
 
     @field_validator("script", mode="before")
@@ -150,7 +152,7 @@ class Plan(_PlanModel):
     strategy: Strategy = "cancel_dependents"
     tolerance: float = Field(0.0, ge=0, le=1)
     max_concurrency: int | None = Field(None, ge=1)
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     engine_timeouts: dict[Language, float] = {}
     tools: list[str] = []
     base_dir: str | None = None
@@ -172,8 +174,9 @@ class Plan(_PlanModel):
     @classmethod
     def _positive(cls, value: dict[str, float]) -> dict[str, float]:
         for language, seconds in value.items():
-            if not seconds > 0:
-                raise ValueError(f"the {language} timeout must be a positive number")
+            if not 0 < seconds <= MAX_TIMEOUT:  # NaN too
+                raise ValueError(f"the {language} timeout must be a positive number of "
+                                 f"seconds, at most {MAX_TIMEOUT:g}")
         return value
 
     def model_post_init(self, context: Any, /) -> None:
@@ -204,12 +207,11 @@ class Plan(_PlanModel):
                 raise self._invalid(f"cannot tell the language of {task.script!r} "
                                     f"(known extensions: {known})", where)
             if not self.path(task.script).is_file():
-                raise self._invalid(f"script {task.script!r} not found "
-                                    f"(looked for {self.path(task.script)})", where)
+                raise self._invalid(f"script {task.script!r} {_missing(self.path(task.script))}",
+                                    where)
         for index, tools in enumerate(self.tools):
             if not self.path(tools).is_file():
-                raise self._invalid(f"tools file {tools!r} not found "
-                                    f"(looked for {self.path(tools)})",
+                raise self._invalid(f"tools file {tools!r} {_missing(self.path(tools))}",
                                     self._where(f"[plan] tools[{index}]"))
 
     def _where(self, what: str) -> str:
@@ -285,6 +287,13 @@ PLAN_KEYS = ("name", "strategy", "tolerance", "max_concurrency", "timeout",
              "engine_timeouts", "tools")
 
 
+def _missing(path: Path) -> str:
+    """Why ``path`` is no file to read, for a plan's message."""
+    if path.is_dir():
+        return f"is a directory, not a file ({path})"
+    return f"not found (looked for {path})"
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read and check a TOML plan; paths in it are relative to the file's folder.
 
@@ -292,8 +301,7 @@ def load_plan(path: str | Path) -> Plan:
     ``configuration/invalid_plan`` whose ``location`` names the file, the task and the field.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError.FileNotFound(path=str(path))
+    check_file(path)
     name = path.stem
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -255,16 +255,27 @@ def _same_tool(a: Tool | ScriptTool, b: Tool | ScriptTool) -> bool:
     return a == b  # one tools file loaded twice
 
 
+def check_file(path: Path) -> None:
+    """Refuse a path that is not a readable regular file: ``configuration/file_not_found``
+    when nothing is there, ``configuration/load_failed`` naming what is (a directory...)."""
+    if path.is_file():
+        return
+    if not path.exists():
+        raise ConfigurationError.FileNotFound(path=str(path))
+    what = "a directory" if path.is_dir() else "not a regular file"
+    raise ConfigurationError.LoadFailed(path=str(path), reason=f"it is {what}, not a file")
+
+
 def load_tools_file(path: str | Path, sandbox: str = "constrained") -> list[Tool | ScriptTool]:
     """The tools of a file: a Python file's ``@tool`` functions, or the functions a Lua or
     JavaScript tools file exports (loaded once here, in ``sandbox``, to find them).
 
-    A missing file is ``configuration/file_not_found``; a file that does not import or
-    load is ``configuration/load_failed`` with the failure as its cause.
+    A missing file is ``configuration/file_not_found``; a directory, or a file that does
+    not import or load, is ``configuration/load_failed`` (with the failure as its cause).
+    A ``KeyboardInterrupt`` while it imports is the user's Ctrl-C: it propagates.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigurationError.FileNotFound(path=str(path))
+    check_file(path)
     language = engines.language_for_path(path)
     if language is not None:
         return _load_script_tools(path, language, sandbox)
@@ -282,7 +293,10 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained") -> list[Tool
         spec.loader.exec_module(module)
     except SpellError:
         raise
-    except BaseException as exc:  # any import failure, even SystemExit, is a bad tools file
+    except KeyboardInterrupt:  # the user's Ctrl-C while the file imports: not the file's fault
+        del sys.modules[module_name]
+        raise
+    except BaseException as exc:  # any other import failure, even SystemExit: a bad tools file
         del sys.modules[module_name]
         raise ConfigurationError.LoadFailed(
             path=str(path), reason=describe_exception(exc, qualified=False)) from exc

@@ -78,3 +78,70 @@ def test_a_failing_run_keeps_printed_noise_off_stdout(language, tmp_path):
     out = polyspell("run", script, "--tools", tools, "--json")
     assert out.returncode == 1
     assert json.loads(out.stdout)["ok"] is False
+
+
+# -- limits out of range are usage errors -------------------------------------------------
+
+@pytest.mark.parametrize("option,value", [
+    ("--memory-mb", "99999999999999999999"), ("--memory-mb", "9999999999999"),
+    ("--timeout", "inf"), ("--timeout", "nan"), ("--timeout", "1e400"),
+    ("--timeout", "1e300"),
+])
+def test_run_limits_out_of_range_exit_2(language, tmp_path, option, value):
+    script = tmp_path / f"a{EXTENSION[language]}"
+    script.write_text(pick(language, "return 1", "async function main() { return 1; }"))
+    out = polyspell("run", script, option, value)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("configuration/invalid_value: ")
+    assert "internal_error" not in out.stderr and out.stdout == ""
+    out = polyspell("run", script, option, value, "--json")
+    assert out.returncode == 2
+    assert json.loads(out.stdout)["error"]["kind"] == "invalid_value"
+
+
+@pytest.mark.parametrize("value,code", [("99999999999999999999", 0), ("0", 2), ("-1", 2),
+                                        ("1e3", 2), ("x", 2)])
+def test_plan_max_concurrency_out_of_range(value, code):
+    out = polyspell("plan", "scripts/plans/succeeded.toml", "--max-concurrency", value)
+    assert out.returncode == code, out.stderr
+    assert "internal_error" not in out.stderr
+
+
+@pytest.mark.parametrize("field", ["timeout = inf", "timeout = nan", "timeout = 1e300"])
+def test_a_plans_timeout_out_of_range_is_a_bad_plan(tmp_path, field):
+    (tmp_path / "a.lua").write_text("return 1")
+    (tmp_path / "p.toml").write_text(f'[[task]]\nid = "a"\nscript = "a.lua"\n{field}\n')
+    out = polyspell("plan", tmp_path / "p.toml")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "configuration/invalid_plan" in out.stderr and "field 'timeout'" in out.stderr
+
+
+# -- a directory as the script; Ctrl-C while tools import --------------------------------
+
+def test_a_directory_given_as_the_script_or_tools_file_is_a_usage_error(language, tmp_path):
+    folder = tmp_path / f"x{EXTENSION[language]}"
+    folder.mkdir()
+    for args in (["run", folder], ["run", folder, "--json"],
+                 ["run", tmp_path / "missing.lua"], ["plan", folder], ["tools", "--tools", folder]):
+        out = polyspell(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "internal_error" not in out.stderr + out.stdout
+    out = polyspell("run", folder)
+    assert "is a directory, not a file" in out.stderr
+    (tmp_path / "a.lua").write_text("return 1")
+    (tmp_path / "p.toml").write_text(f'[[task]]\nid = "a"\nscript = "{folder.name}"\n')
+    out = polyspell("plan", tmp_path / "p.toml")
+    assert out.returncode == 2 and "is a directory, not a file" in out.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "tools"])
+def test_a_keyboard_interrupt_while_tools_import_is_an_interruption(tmp_path, command):
+    tools = tmp_path / "ki.py"
+    tools.write_text("raise KeyboardInterrupt\n")
+    (tmp_path / "a.lua").write_text("return 1")
+    (tmp_path / "p.toml").write_text('[[task]]\nid = "a"\nscript = "a.lua"\n')
+    target = {"run": [tmp_path / "a.lua"], "plan": [tmp_path / "p.toml"], "tools": []}[command]
+    out = polyspell(command, *target, "--tools", tools)
+    assert out.returncode == 130, out.stderr
+    assert out.stderr.strip().endswith("polyspell: interrupted")
+    assert out.stdout == ""
