@@ -156,11 +156,13 @@
 
   // JSON.stringify's replacer: notes what JSON would silently drop or change, and stops it
   // (throwing STOP) when the data nests too deeply or grows too large for Python. Each
-  // value counts itemBytes, a string its length too (keys: Python's reader shares them);
-  // json() checks the total at the end, this only where it can grow fast. `this` holds
+  // value counts itemBytes, a string its length too (keys: Python's reader shares them),
+  // and the budget is checked at every value. `this` holds
   // `value`: the innermost array or object still open, once those finished are closed.
   function check(key, value) {
-    spent += itemBytes;
+    // every value counts, null and holes of a sparse array too: a 1e8-long empty array
+    // stops here at the budget, not after 1e8 calls
+    if ((spent += itemBytes) > budget) stop(LARGE);
     const type = typeof value; // if-else: quicker than a switch in quickjs
     if (type === "number") {
       if (value - value !== 0) bad = true; // NaN, Infinity, -Infinity
@@ -172,7 +174,6 @@
       if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
       while (depth !== 0 && open[depth] !== this) depth--;
       if (depth >= maxDepth) stop(DEEP);
-      if (spent > budget) stop(LARGE);
       open[++depth] = value;
     } else if (type === "undefined") {
       if (strict) bad = true;
