@@ -65,6 +65,12 @@ from engines.base import (
     ToolRequest,
 )
 
+# The values the host hands to a Lua script, by the path _to_lua names them with.
+_HANDED = {"args": "run's arguments", "params": "call's parameters",
+           "result": "tool's result", "error": "tool's error"}
+# The entries of the prelude's `enter`, and the longest string Lua interns (LUAI_MAXSHORTLEN).
+_START, _STEP, _LOAD_LIBRARY, _CALL = 1, 2, 3, 4
+_LUA_SHORT_STRING = 40
 # Lua names files of 60 bytes or more as "..." plus their tail (luaO_chunkid).
 _LUA_IDSIZE = 60
 # Lua data the host converts: the clock is read each time this much of the budget is spent.
@@ -153,6 +159,10 @@ def _utf8_leaf(value: Any) -> Any:
     return _utf8(value) if type(value) is str else value
 
 
+class _NoRoom(Exception):
+    """Python data that obviously cannot fit in the Lua engine's memory limit."""
+
+
 class _NotData(Exception):
     """Python data that has no Lua counterpart (raised by :func:`_check_data`)."""
 
@@ -161,27 +171,40 @@ class _NotData(Exception):
         self.data_type = data_type
 
 
-def _check_data(value: Any, path: str, depth: int = 0) -> None:
-    """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold."""
+def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
+    """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold.
+
+    Returns a lower bound of the bytes the value takes as a Lua value, counting each list
+    and dict once (lupa builds one table for an object however often it is referenced):
+    8 bytes a slot; a dict entry also its key's length and its string value's (each entry
+    costs a node and a string of its own for the key, more than a short string value);
+    a list's long strings (over 40 bytes: Lua interns only shorter ones) their length.
+    """
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is float:
-        return
+    if value is None or kind is bool or kind is float:
+        return 0
+    if kind is str:
+        return len(value) if len(value) > _LUA_SHORT_STRING else 0
     if kind is int:
         if not _INT64[0] <= value <= _INT64[1]:
             raise _NotData(path, "is an integer too large for Lua (64 bits)", "int")
-        return
+        return 0
     if depth >= MAX_DEPTH:
         raise _NotData(path, f"is nested more than {MAX_DEPTH} levels deep", kind.__name__)
+    first = id(value) not in seen
+    seen.add(id(value))
+    size = 0
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
                 raise _NotData(path, f"has a key that is not a string ({key!r})", "dict")
-            _check_data(item, f"{path}.{key}", depth + 1)
-        return
+            size += 8 + len(key) + (len(item) if type(item) is str else
+                                    _check_data(item, f"{path}.{key}", depth + 1, seen))
+        return size if first else 0
     if kind is list or kind is tuple:
         for index, item in enumerate(value, 1):
-            _check_data(item, f"{path}[{index}]", depth + 1)
-        return
+            size += 8 + _check_data(item, f"{path}[{index}]", depth + 1, seen)
+        return size if first else 0
     raise _NotData(path, f"is a {kind.__name__}, not JSON-like data", kind.__name__)
 
 
@@ -218,11 +241,16 @@ class LuaEngine(Engine):
             register_eval=False, register_builtins=False, unpack_returned_tuples=True,
             max_memory=self._memory_limit, attribute_filter=_deny_attributes)
         self._table_from = self._lua.table_from
+        self._set_max_memory = self._lua.set_max_memory
+        self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
-            (self._start, self._step, self._drain, self._lua_short_src, self._load_library,
-             self._call) = self._lua.execute(prelude_bytecode(), clock,
-                                             sandbox == "trusted", self._memory_limit)
-        except lupa.LuaMemoryError:
+            self._enter, self._unbox, self._drain, self._lua_short_src, box_size = (
+                self._lua.execute(prelude_bytecode(), clock, sandbox == "trusted",
+                                  self._memory_limit))
+            self._padding = (False,) * box_size
+        finally:
+            self._set_max_memory(self._memory_limit)
+        if self._over_limit():
             self._failed = self._memory_error()
 
     # -- the Engine interface ----------------------------------------------------------
@@ -231,11 +259,11 @@ class LuaEngine(Engine):
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
     ) -> Step:
         """Compile and run ``source`` as ``filename`` until it suspends or ends."""
-        return self._begin(source, filename, tools, deadline, self._start, args)
+        return self._begin(source, filename, tools, deadline, _START, args)
 
     def load(self, source: str, filename: str, tools: list[ToolInfo], deadline: float) -> Step:
         """Run a tools file: its chunk returns a table; its functions are the exports."""
-        step = self._begin(source, filename, tools, deadline, self._load_library)
+        step = self._begin(source, filename, tools, deadline, _LOAD_LIBRARY, None)
         if isinstance(step, Finished) and not step.result:
             step.result = []  # an empty Lua table reads as {}
         return step
@@ -249,16 +277,10 @@ class LuaEngine(Engine):
                 reason="call() on a Lua engine that has loaded no tools file"))
         if self._clock() >= deadline:
             return self._fail(self._time_error(None))
-        try:
-            outcome = self._call(function, self._to_lua(params, "params"), deadline)
-        except _NotData as bad:
-            return self._fail(self._not_data(bad))
-        except lupa.LuaError as exc:
-            return self._fail(self._engine_error(exc))
-        return self._outcome(outcome, deadline)
+        return self._handoff(_CALL, deadline, function, None, params, "params")
 
     def _begin(self, source: str, filename: str, tools: list[ToolInfo], deadline: float,
-               entry: Any, *args: Any) -> Step:
+               entry: int, args: Any) -> Step:
         if self._failed is not None:
             return Failed(self._failed)
         if self._lua is None:
@@ -269,7 +291,13 @@ class LuaEngine(Engine):
         shown = _utf8(filename)  # the name Lua knows the chunk by
         chunkname = "@" + shown
         if len(shown.encode()) >= _LUA_IDSIZE - 1:
-            self._script.short_src = self._lua_short_src(chunkname)
+            self._set_max_memory(0)  # the prelude's own work (see _enter)
+            try:
+                self._script.short_src = self._lua_short_src(chunkname)
+            except lupa.LuaError as exc:
+                return self._fail(self._engine_error(exc))
+            finally:
+                self._set_max_memory(self._memory_limit)
         elif shown is not filename:
             self._script.short_src = shown
         if _has_surrogate(source):  # code is not data: refused, as JavaScript refuses it
@@ -279,14 +307,8 @@ class LuaEngine(Engine):
                 self._script, f"{self._script.prefix}{line}: the source is not valid UTF-8 "
                               f"text (a lone surrogate at index {at})"))
         infos = [_utf8(text) for info in tools for text in (info.name, info.description)]
-        try:
-            data = [self._to_lua({} if value is None else value, "args") for value in args]
-            outcome = entry(source, chunkname, *data, deadline, *infos)
-        except _NotData as bad:
-            return self._fail(self._not_data(bad))
-        except lupa.LuaError as exc:
-            return self._fail(self._engine_error(exc))
-        return self._outcome(outcome, deadline)
+        return self._handoff(entry, deadline, source, chunkname,
+                             {} if args is None else args, "args", infos)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
         """Deliver the reply to a pending tool call and run its coroutine on."""
@@ -302,18 +324,9 @@ class LuaEngine(Engine):
         self._waiting.discard(reply.id)
         if self._clock() >= deadline:
             return self._fail(self._time_error(None))
-        try:
-            if reply.error is None:
-                outcome = self._step(reply.id, deadline, True,
-                                     self._to_lua(reply.result, "result"))
-            else:
-                outcome = self._step(reply.id, deadline, False,
-                                     self._to_lua(reply.error, "error"))
-        except _NotData as bad:
-            return self._fail(self._not_data(bad))
-        except lupa.LuaError as exc:
-            return self._fail(self._engine_error(exc))
-        return self._outcome(outcome, deadline)
+        if reply.error is None:
+            return self._handoff(_STEP, deadline, reply.id, True, reply.result, "result")
+        return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
 
     def stop(self) -> bool:
         """End the script at the hook's next look at the clock (callable from any thread)."""
@@ -323,16 +336,73 @@ class LuaEngine(Engine):
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""
         self._waiting.clear()
-        self._start = self._step = self._drain = self._lua_short_src = None
-        self._load_library = self._call = None
-        self._table_from = None
+        self._enter = self._unbox = self._drain = self._lua_short_src = None
+        self._table_from = self._set_max_memory = None
         self._lua = None
 
     # -- the steps -------------------------------------------------------------------
 
-    def _outcome(self, outcome: tuple[Any, ...], deadline: float) -> Step:
-        """The step that a flat outcome of the prelude's ``finish`` describes."""
+    def _handoff(self, entry: int, deadline: float, first: Any, second: Any, data: Any,
+                 path: str, infos: list[str] | None = None) -> Step:
+        """Run the prelude's ``entry`` with these values: the one way Python enters Lua.
+
+        lupa pushes a call's arguments onto the Lua stack, and reads its results back,
+        outside any protected call: when the memory limit's allocator refuses there, Lua
+        panics and aborts the whole process. So every value that needs Lua memory (the
+        strings, ``data`` as tables, the tool infos) is built into one table, the box, with
+        the limit lifted; then the limit is back, and if what was built does not fit in it
+        (after a full collection, as Lua itself would try), the run fails with
+        ``resource/memory_exhaustion`` before any Lua code runs. The call itself pushes only
+        the entry's index, the box and the deadline (numbers and a reference: no
+        allocation); the prelude puts the outcome into the box's slots, and it is read back
+        with the limit lifted again. ``data`` that obviously cannot fit (a lower bound of
+        its size in Lua above the limit) is refused before anything is copied.
+        """
+        self._set_max_memory(0)
+        try:
+            box = self._table_from((_utf8(first) if type(first) is str else first, second,
+                                    self._to_lua(data, path),
+                                    None if infos is None else self._table_from(infos),
+                                    *self._padding[4:]))
+        except _NotData as bad:
+            return self._fail(self._not_data(bad))
+        except _NoRoom:
+            return self._fail(self._no_room(path))
+        finally:
+            self._set_max_memory(self._memory_limit)
+        if self._over_limit():
+            return self._fail(self._no_room(path))
+        try:
+            n = self._enter(entry, box, deadline)
+        except lupa.LuaError as exc:
+            return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
+        self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
+        try:
+            return self._outcome(self._unbox(box, n))
+        finally:
+            if self._lua is not None:
+                self._set_max_memory(self._memory_limit)
+
+    def _over_limit(self) -> bool:
+        """Whether the Lua state holds more than the limit, even after a full collection."""
+        lua = self._lua
+        if lua.get_memory_used() < self._memory_limit:
+            return False
+        self._set_max_memory(0)  # a collection may allocate (the string table's resizing)
+        try:
+            lua.gccollect()
+        finally:
+            self._set_max_memory(self._memory_limit)
+        return bool(lua.get_memory_used() >= self._memory_limit)
+
+    def _no_room(self, path: str) -> SpellError:
+        return self._memory_error(
+            f"the {_HANDED.get(path, path)} did not fit in the {self.limits.memory_mb} MiB of "
+            f"memory the script may use")
+
+    def _outcome(self, outcome: tuple[Any, ...]) -> Step:
+        """The step that a flat outcome of the prelude's ``finish`` describes."""
         try:
             return self._read_outcome(outcome)
         except _TooLarge as exc:
@@ -417,26 +487,42 @@ class LuaEngine(Engine):
     # -- data across the boundary --------------------------------------------------------
 
     def _to_lua(self, value: Any, path: str) -> Any:
-        """JSON-like Python data as a Lua value (tables built by lupa, never Python objects)."""
+        """JSON-like Python data as a Lua value (tables built by lupa, never Python objects).
+
+        Called only by :meth:`_handoff`, with the memory limit lifted. Raises
+        :class:`_NotData`, or :class:`_NoRoom` before copying anything when a lower bound
+        of the value's size in Lua (see :func:`_check_data`) is above the memory limit.
+        """
         kind = type(value)
         if kind in _SCALARS:
-            return _utf8(value) if kind is str else value
+            if kind is str:
+                if len(value) > self._memory_limit:
+                    raise _NoRoom
+                return _utf8(value)
+            return value
         if kind is dict:  # the usual tool result: a flat dict, checked in one loop
+            size = 0
             for key, item in value.items():
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
                         item_kind is not int or not _INT64[0] <= item <= _INT64[1])):
-                    _check_data(value, path)
+                    size = _check_data(value, path, 0, set())
                     break
+                if item_kind is str:
+                    size += len(item)
             else:
+                if size > self._memory_limit:
+                    raise _NoRoom
                 try:
                     return self._table_from(value)
                 except UnicodeEncodeError:  # a lone surrogate: see _utf8
                     return self._table_from(_utf8_data(value))
         else:
-            _check_data(value, path)
+            size = _check_data(value, path, 0, set())
             if kind is int:
                 return value
+        if size > self._memory_limit:
+            raise _NoRoom
         try:
             return self._table_from(value, recursive=True)
         except UnicodeEncodeError:  # a lone surrogate: see _utf8

@@ -113,7 +113,7 @@ local env, ERR_MT, prefix = nil, nil, "?:"
 local roots = setmetatable({}, {__mode = "k", __metatable = false})
 local waiting, last_id = {}, 0
 local module, exports = nil, {}  -- a tools file's table, and a caller per function
-local tool_infos = {n = 0}
+local tool_infos = {}  -- name, description, name, ...
 local outbuf, nout = {}, 0
 local last_error, last_error_tb  -- the last error a script coroutine died of
 local cancel_handlers = {}       -- on_cancel(fn)
@@ -595,7 +595,7 @@ end
 
 local function tools_list()
   local list = {}
-  for i = 1, tool_infos.n, 2 do
+  for i = 1, #tool_infos, 2 do
     list[#list + 1] = {name = tool_infos[i], description = tool_infos[i + 1]}
   end
   return list
@@ -991,20 +991,20 @@ local function root(body, ...)
 end
 
 -- A fresh environment, then the chunk compiled in it (or the "syntax" outcome).
-local function prepare(source, chunkname, args, ...)
+local function prepare(source, chunkname, args, infos)
   abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
   FORGED_NOMEM, overflowed, overflow_depth = setmetatable({}, NOMEM_MT), nil, nil
   reported, report = nil, nil
   outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
-  tool_infos = pack(...)
+  tool_infos = infos
   env = make_env(args)
   local chunk, message = real_load(source, chunkname, "t", env)
   if chunk then prefix = getinfo(chunk, "S").short_src .. ":" end  -- raw bytes
   return chunk, message
 end
 
-local function start(source, chunkname, args, dl, ...)
-  local chunk, message = prepare(source, chunkname, args, ...)
+local function start(source, chunkname, args, infos, dl)
+  local chunk, message = prepare(source, chunkname, args, infos)
   if not chunk then return "syntax", 0, text(message) end
   set_deadline(dl)
   return root(body, chunk, args)
@@ -1032,8 +1032,8 @@ local function library(chunk)
   return true, names
 end
 
-local function load_library(source, chunkname, dl, ...)
-  local chunk, message = prepare(source, chunkname, {}, ...)  -- no caller: empty args
+local function load_library(source, chunkname, _, infos, dl)
+  local chunk, message = prepare(source, chunkname, {}, infos)  -- no caller: empty args
   if not chunk then return "syntax", 0, text(message) end
   set_deadline(dl)
   return root(library, chunk)
@@ -1047,13 +1047,13 @@ local function exported(name, params)
   return true, value
 end
 
-local function call(name, params, dl)
+local function call(name, _, params, _, dl)
   set_deadline(dl)
   return root(exported, name, params)
 end
 
 -- Deliver the reply to request `id`: ok and the result, or not ok and the error envelope.
-local function step(id, dl, ok, value)
+local function step(id, ok, value, _, dl)
   local co = waiting[id]
   waiting[id] = nil
   set_deadline(dl)
@@ -1070,4 +1070,29 @@ local function short_src(chunkname)
   return text(getinfo(real_load("", chunkname), "S").short_src)
 end
 
-return start, step, drain, short_src, load_library, call
+-- The host's way into the functions above. Python hands its values over in one table,
+-- the box, built with the memory limit lifted, and the outcome goes back in the same box:
+-- lupa pushes call arguments (strings, tables) and makes a registry reference for each
+-- table it reads back outside any protected call, where a refused allocation makes Lua
+-- panic and abort the process. So the call itself carries only the box, a number and the
+-- entry's index, and returns only the outcome's length; the box's slots exist already
+-- (the host pads it to BOX values), so storing the outcome allocates nothing.
+local ENTRIES = {start, step, load_library, call}
+local BOX = 8
+
+local function boxed(box, ...)
+  local n = select("#", ...)
+  local a, b, c, d, e, f, g, h = ...
+  box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = a, b, c, d, e, f, g, h
+  return n
+end
+
+local function enter(index, box, dl)
+  return boxed(box, ENTRIES[index](box[1], box[2], box[3], box[4], dl))
+end
+
+local function unbox(box, n)
+  return unpack(box, 1, n)
+end
+
+return enter, unbox, drain, short_src, BOX
