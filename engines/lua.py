@@ -27,7 +27,12 @@ is refused outright, so even a trusted script that digs it out can only call it.
 Limits: a count hook on the script's coroutine and on every coroutine the script
 creates stops the run at the deadline with a private error value that the sandbox's
 ``pcall``, ``xpcall``, ``load`` and coroutine functions re-raise (so do they with memory
-errors); ``max_memory`` bounds memory; Lua bounds the stack itself. :meth:`LuaEngine.stop`
+errors); ``max_memory`` bounds memory; Lua bounds the stack itself. What the host hands
+to a script (its args, tool results and errors, a tools file's parameters) is built with
+the memory limit lifted and must then fit in it, or the run fails with
+``resource/memory_exhaustion`` before the script sees it (see :meth:`LuaEngine._handoff`):
+lupa pushes values outside any protected call, where Lua would panic and abort the process
+if the allocator refused. :meth:`LuaEngine.stop`
 (from any thread) makes the clock read infinity, so the hook stops the script at its next
 look at the clock, within about 20 ms. A single long C call (``table.sort`` of millions
 of items, pattern matching with many quantifiers on a long string) runs to its end before
@@ -244,10 +249,9 @@ class LuaEngine(Engine):
         self._set_max_memory = self._lua.set_max_memory
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
-            self._enter, self._unbox, self._drain, self._lua_short_src, box_size = (
+            self._put, self._enter, self._take, self._drain, self._lua_short_src = (
                 self._lua.execute(prelude_bytecode(), clock, sandbox == "trusted",
                                   self._memory_limit))
-            self._padding = (False,) * box_size
         finally:
             self._set_max_memory(self._memory_limit)
         if self._over_limit():
@@ -336,7 +340,7 @@ class LuaEngine(Engine):
     def close(self) -> None:
         """Drop the runtime; the engine cannot run again."""
         self._waiting.clear()
-        self._enter = self._unbox = self._drain = self._lua_short_src = None
+        self._put = self._enter = self._take = self._drain = self._lua_short_src = None
         self._table_from = self._set_max_memory = None
         self._lua = None
 
@@ -349,21 +353,20 @@ class LuaEngine(Engine):
         lupa pushes a call's arguments onto the Lua stack, and reads its results back,
         outside any protected call: when the memory limit's allocator refuses there, Lua
         panics and aborts the whole process. So every value that needs Lua memory (the
-        strings, ``data`` as tables, the tool infos) is built into one table, the box, with
-        the limit lifted; then the limit is back, and if what was built does not fit in it
-        (after a full collection, as Lua itself would try), the run fails with
-        ``resource/memory_exhaustion`` before any Lua code runs. The call itself pushes only
-        the entry's index, the box and the deadline (numbers and a reference: no
-        allocation); the prelude puts the outcome into the box's slots, and it is read back
-        with the limit lifted again. ``data`` that obviously cannot fit (a lower bound of
-        its size in Lua above the limit) is refused before anything is copied.
+        strings, ``data`` as tables, the tool infos) is built and handed to the prelude's
+        box (``put``) with the limit lifted; then the limit is back, and if what was built
+        does not fit in it (after a full collection, as Lua itself would try), the run
+        fails with ``resource/memory_exhaustion`` before any Lua code runs. The call that
+        runs Lua code (``enter``) takes the entry's index and the deadline and returns the
+        outcome's length (numbers: no allocation); the outcome, in the box, is read back
+        (``take``) with the limit lifted again. ``data`` that obviously cannot fit (a lower
+        bound of its size in Lua above the limit) is refused before anything is copied.
         """
         self._set_max_memory(0)
         try:
-            box = self._table_from((_utf8(first) if type(first) is str else first, second,
-                                    self._to_lua(data, path),
-                                    None if infos is None else self._table_from(infos),
-                                    *self._padding[4:]))
+            self._put(_utf8(first) if type(first) is str else first, second,
+                      self._to_lua(data, path),
+                      None if infos is None else self._table_from(infos))
         except _NotData as bad:
             return self._fail(self._not_data(bad))
         except _NoRoom:
@@ -373,13 +376,13 @@ class LuaEngine(Engine):
         if self._over_limit():
             return self._fail(self._no_room(path))
         try:
-            n = self._enter(entry, box, deadline)
+            n = self._enter(entry, deadline)
         except lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
         try:
-            return self._outcome(self._unbox(box, n))
+            return self._outcome(self._take()[:n])
         finally:
             if self._lua is not None:
                 self._set_max_memory(self._memory_limit)
@@ -517,10 +520,12 @@ class LuaEngine(Engine):
                     return self._table_from(value)
                 except UnicodeEncodeError:  # a lone surrogate: see _utf8
                     return self._table_from(_utf8_data(value))
+        elif kind is int:
+            if not _INT64[0] <= value <= _INT64[1]:
+                _check_data(value, path, 0, set())  # raises _NotData
+            return value
         else:
             size = _check_data(value, path, 0, set())
-            if kind is int:
-                return value
         if size > self._memory_limit:
             raise _NoRoom
         try:

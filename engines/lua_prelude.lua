@@ -1070,29 +1070,35 @@ local function short_src(chunkname)
   return text(getinfo(real_load("", chunkname), "S").short_src)
 end
 
--- The host's way into the functions above. Python hands its values over in one table,
--- the box, built with the memory limit lifted, and the outcome goes back in the same box:
--- lupa pushes call arguments (strings, tables) and makes a registry reference for each
--- table it reads back outside any protected call, where a refused allocation makes Lua
--- panic and abort the process. So the call itself carries only the box, a number and the
--- entry's index, and returns only the outcome's length; the box's slots exist already
--- (the host pads it to BOX values), so storing the outcome allocates nothing.
+-- The host's way into the functions above. lupa pushes a call's arguments (strings,
+-- tables) and makes a registry reference for each table it reads back outside any
+-- protected call, where a refused allocation makes Lua panic and abort the process. So the
+-- host hands its values over with `put`, with the memory limit lifted; `enter` runs an
+-- entry with the limit back, taking and returning only numbers; and `take` gives the
+-- outcome back, with the limit lifted again. The box's slots exist from the start (the
+-- constructor makes them), so storing into it never allocates.
 local ENTRIES = {start, step, load_library, call}
-local BOX = 8
+local box = {false, false, false, false, false, false, false, false}
 
-local function boxed(box, ...)
-  local n = select("#", ...)
-  local a, b, c, d, e, f, g, h = ...
-  box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = a, b, c, d, e, f, g, h
-  return n
+local function put(a, b, c, d)
+  box[1], box[2], box[3], box[4] = a, b, c, d
 end
 
-local function enter(index, box, dl)
-  return boxed(box, ENTRIES[index](box[1], box[2], box[3], box[4], dl))
+local function boxed(...)
+  box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = ...
+  return select("#", ...)
 end
 
-local function unbox(box, n)
-  return unpack(box, 1, n)
+local function enter(index, dl)
+  local a, b, c, d = box[1], box[2], box[3], box[4]
+  box[1], box[2], box[3], box[4] = nil, nil, nil, nil
+  return boxed(ENTRIES[index](a, b, c, d, dl))
 end
 
-return enter, unbox, drain, short_src, BOX
+local function take()
+  local a, b, c, d, e, f, g, h = box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8]
+  box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
+  return a, b, c, d, e, f, g, h
+end
+
+return put, enter, take, drain, short_src
