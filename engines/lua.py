@@ -357,16 +357,22 @@ class LuaEngine(Engine):
         box (``put``) with the limit lifted; then the limit is back, and if what was built
         does not fit in it (after a full collection, as Lua itself would try), the run
         fails with ``resource/memory_exhaustion`` before any Lua code runs. The call that
-        runs Lua code (``enter``) takes the entry's index and the deadline and returns the
-        outcome's length (numbers: no allocation); the outcome, in the box, is read back
+        runs Lua code (``enter``) takes the entry's index and the deadline (and, when none
+        needs Lua memory, the values themselves: numbers, booleans, ``None``, tables already
+        built) and returns the outcome's length; the outcome, in the box, is read back
         (``take``) with the limit lifted again. ``data`` that obviously cannot fit (a lower
         bound of its size in Lua above the limit) is refused before anything is copied.
         """
         self._set_max_memory(0)
         try:
-            self._put(_utf8(first) if type(first) is str else first, second,
-                      self._to_lua(data, path),
-                      None if infos is None else self._table_from(infos))
+            value = self._to_lua(data, path)
+            if infos is None and type(first) is not str and type(value) is not str:
+                # numbers, booleans, nil and tables already made: pushed with no allocation
+                direct: tuple[Any, ...] = (True, first, second, value)
+            else:
+                self._put(_utf8(first) if type(first) is str else first, second, value,
+                          None if infos is None else self._table_from(infos))
+                direct = ()
         except _NotData as bad:
             return self._fail(self._not_data(bad))
         except _NoRoom:
@@ -376,7 +382,7 @@ class LuaEngine(Engine):
         if self._over_limit():
             return self._fail(self._no_room(path))
         try:
-            n = self._enter(entry, deadline)
+            n = self._enter(entry, deadline, *direct)
         except lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)

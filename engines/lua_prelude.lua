@@ -1074,7 +1074,8 @@ end
 -- tables) and makes a registry reference for each table it reads back outside any
 -- protected call, where a refused allocation makes Lua panic and abort the process. So the
 -- host hands its values over with `put`, with the memory limit lifted; `enter` runs an
--- entry with the limit back, taking and returning only numbers; and `take` gives the
+-- entry with the limit back, taking and returning only numbers (or values that need no
+-- allocation to push: numbers, booleans, nil, tables already built); and `take` gives the
 -- outcome back, with the limit lifted again. The box's slots exist from the start (the
 -- constructor makes them), so storing into it never allocates.
 local ENTRIES = {start, step, load_library, call}
@@ -1089,8 +1090,11 @@ local function boxed(...)
   return select("#", ...)
 end
 
-local function enter(index, dl)
-  local a, b, c, d = box[1], box[2], box[3], box[4]
+-- direct: the values come as arguments (numbers, booleans, nil, tables: no allocation).
+local function enter(index, dl, direct, a, b, c)
+  if direct then return boxed(ENTRIES[index](a, b, c, nil, dl)) end
+  local d
+  a, b, c, d = box[1], box[2], box[3], box[4]
   box[1], box[2], box[3], box[4] = nil, nil, nil, nil
   return boxed(ENTRIES[index](a, b, c, d, dl))
 end
