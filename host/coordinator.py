@@ -43,8 +43,6 @@ from pydantic import BaseModel, JsonValue, PrivateAttr
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
 from host.host import (
-    MAX_MEMORY_MB,
-    MAX_STACK_KB,
     MAX_TIMEOUT,
     Host,
     check_callable,
@@ -190,9 +188,8 @@ class Coordinator:
         engine_timeouts: Mapping[str, float] | None = None,
         on_output: Callable[[str, str], None] | None = None,
     ) -> None:
+        # memory_mb, stack_kb, sandbox: checked by the Host built below
         check_positive("max_concurrency", max_concurrency, at_least=1)
-        check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
-        check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
         check_callable("on_output", on_output)
         self.tools = tool_items(tools)
         self.memory_mb = memory_mb
