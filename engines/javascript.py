@@ -313,10 +313,9 @@ class JavaScriptEngine(Engine):
                 # The limit is what the prelude observed of the engine's own error object
                 # (observedLimit), never what the report, which the script wrote, says.
                 observed = state[3] if len(state) > 3 else 0
-                limit = _OBSERVED_LIMITS.get(observed)
-                if observed == -1 and self._memory_full():
-                    # quickjs throws null when it cannot even allocate the out-of-memory error
-                    limit = "memory"
+                # -1: null thrown, which may be out of memory (see _out_of_memory)
+                limit = "memory" if self._out_of_memory(observed) else \
+                    _OBSERVED_LIMITS.get(observed)
                 return Failed(translate.error_from_report(
                     state[2], self._filename, self._source_lines(), self.resolve_ref,
                     limits=self._limit_values(), limit=limit))
