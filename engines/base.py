@@ -37,6 +37,27 @@ Sandbox = Literal["constrained", "trusted"]
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """What the host needs to know about an engine's language, declared once per engine.
+
+    The registry (``engines.spec_of``), the CLI, messages and the host's data rules all
+    read these instead of naming languages.
+    """
+
+    name: str  # the canonical name: "lua", "javascript"
+    display_name: str  # as people write it: "Lua", "JavaScript"
+    aliases: tuple[str, ...]  # other names a user may give ("js")
+    extensions: tuple[str, ...]  # script files in this language, by suffix (lower case)
+    engine: str  # "module:Class" of the Engine, imported on first use
+    exports: str  # where a tools file puts the functions it exports, for messages
+    # whether a float that is not finite passes between two engines of this language (Lua
+    # numbers hold them; JSON, which JavaScript data crosses as, does not)
+    non_finite_numbers: bool = False
+    # whether an empty table reads as {} where a list may be meant (Lua has one table type)
+    empty_table_ambiguous: bool = False
+
+
+@dataclass(frozen=True)
 class Limits:
     """What a run may use. Exceeding one fails the run with a resource error."""
 
@@ -53,6 +74,23 @@ class ToolInfo:
     description: str = ""
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Why a value has no JSON form and cannot cross, as facts the host builds errors from.
+
+    ``message`` is the whole sentence (``params.f is a function``); ``path`` says where in
+    the value (``params.f``), ``data_type`` what was found there (``function``, ``cycle``,
+    ``int``, ``float``, ``key``...).
+    """
+
+    path: str
+    data_type: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
 @dataclass
 class ToolRequest:
     """A script asked for a tool; the host answers with a :class:`ToolReply` of the same id."""
@@ -61,8 +99,9 @@ class ToolRequest:
     tool: str
     params: Any = None  # JSON-like data, as the script passed it
     # Why the parameters could not be read (a function, a cycle, a non-string key...);
-    # the host then answers with tool/invalid_parameters (error_type "parse").
-    problem: str | None = None
+    # the host then answers with tool/invalid_parameters (error_type "parse"), or, for a
+    # tools file's function, script/cross_engine_communication.
+    problem: Problem | None = None
     frames: list[Frame] = field(default_factory=list)  # the script's call site, outermost first
 
 
@@ -75,11 +114,17 @@ class ToolReply:
     error: dict[str, Any] | None = None
 
 
+# Every step carries only data, so that it can cross a pipe (pickled, or as JSON): the
+# lines the script printed since the last step (``output``), and errors whose envelope
+# refs are left for the host to resolve (bridge.envelope.resolve_refs).
+
+
 @dataclass
 class Suspended:
     """The script waits for these tool calls (Lua: always one; JS: one or more)."""
 
     requests: list[ToolRequest]
+    output: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,13 +132,28 @@ class Finished:
     """The script completed; ``result`` is JSON-like data."""
 
     result: Any = None
+    output: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(eq=False)
 class Failed:
-    """The script failed; ``error`` is already a unified error whose frames point at the script."""
+    """The script failed; ``error`` is already a unified error whose frames point at the script.
+
+    ``problem`` is set when what failed is the script's result, which has no JSON form:
+    ``error`` then says so for the host, and the host names the engine that was to receive
+    it (``script/cross_engine_communication``, built from the problem).
+    """
 
     error: SpellError
+    output: list[str] = field(default_factory=list)
+    problem: Problem | None = None
+
+    def __eq__(self, other: object) -> bool:
+        # errors are exceptions, equal only to themselves: a step compares by their data
+        if not isinstance(other, Failed):
+            return NotImplemented
+        return (self.output == other.output and self.problem == other.problem
+                and self.error.to_dict() == other.error.to_dict())
 
 
 Step = Suspended | Finished | Failed
