@@ -11,9 +11,11 @@ from pathlib import PurePath
 
 from engines.base import (
     Engine,
+    EngineSpec,
     Failed,
     Finished,
     Limits,
+    Problem,
     Sandbox,
     Step,
     Suspended,
@@ -25,6 +27,7 @@ from engines.base import (
 _ENGINES = {"lua": ("engines.lua", "LuaEngine"),
             "javascript": ("engines.javascript", "JavaScriptEngine")}
 _ALIASES = {"lua": "lua", "javascript": "javascript", "js": "javascript"}
+DEFAULT_LIMITS = Limits()
 EXTENSIONS = {".lua": "lua", ".js": "javascript", ".mjs": "javascript"}
 
 
@@ -44,7 +47,18 @@ def engine_class(language: str) -> type[Engine]:
     return getattr(importlib.import_module(module), name)
 
 
+def make_engine(language: str, *, limits: Limits = DEFAULT_LIMITS,
+                sandbox: Sandbox = "constrained") -> Engine:
+    """A new built-in engine for ``language``: the default engine factory of a host.
+
+    An engine factory is any callable of this signature (``Host(engine_factory=...)``);
+    one that wraps this one sees one call per engine a run uses.
+    """
+    return engine_class(language)(limits=limits, sandbox=sandbox)
+
+
 __all__ = [
-    "EXTENSIONS", "Engine", "Failed", "Finished", "Limits", "Sandbox", "Step", "Suspended",
-    "ToolInfo", "ToolReply", "ToolRequest", "engine_class", "language_for_path", "language_of",
+    "EXTENSIONS", "Engine", "EngineSpec", "Failed", "Finished", "Limits", "Problem", "Sandbox",
+    "Step", "Suspended", "ToolInfo", "ToolReply", "ToolRequest", "engine_class",
+    "language_for_path", "language_of", "make_engine",
 ]
