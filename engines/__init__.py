@@ -58,7 +58,7 @@ def make_engine(language: str, *, limits: Limits = DEFAULT_LIMITS,
 
 
 __all__ = [
-    "EXTENSIONS", "Engine", "EngineSpec", "Failed", "Finished", "Limits", "Problem", "Sandbox",
-    "Step", "Suspended", "ToolInfo", "ToolReply", "ToolRequest", "engine_class",
-    "language_for_path", "language_of", "make_engine",
+    "DEFAULT_LIMITS", "EXTENSIONS", "Engine", "EngineSpec", "Failed", "Finished", "Limits",
+    "Problem", "Sandbox", "Step", "Suspended", "ToolInfo", "ToolReply", "ToolRequest",
+    "engine_class", "language_for_path", "language_of", "make_engine",
 ]

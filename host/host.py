@@ -16,8 +16,9 @@ import anyio
 import engines
 from bridge import ConfigurationError
 from engines import Limits, Sandbox
+from host.data import not_json_like
 from host.lines import write_lines
-from host.runner import ScriptRun, not_json_like
+from host.runner import EngineFactory, ScriptRun
 from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, check_file, load_tools_file
 
 SANDBOXES = ("constrained", "trusted")
@@ -37,6 +38,10 @@ class Host:
     ``exports``), which every script can call, across languages. Every run gets a fresh,
     sandboxed engine on a thread of its own, so runs never share script state and
     several runs proceed in parallel. Failures raise :class:`bridge.SpellError`.
+
+    ``engine_factory(language, limits=..., sandbox=...)`` makes every engine the host
+    uses (a run's, a tools file's, and the one that lists a tools file's functions); the
+    default, :func:`engines.make_engine`, makes the built-in engines.
     """
 
     def __init__(
@@ -48,11 +53,13 @@ class Host:
         stack_kb: int = 1024,
         sandbox: Sandbox = "constrained",
         on_output: Callable[[str], None] | None = None,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
         check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
         check_callable("on_output", on_output)
+        check_callable("engine_factory", engine_factory)
         items = tool_items(tools)
         if sandbox not in SANDBOXES:
             raise ConfigurationError.InvalidValue(
@@ -62,9 +69,10 @@ class Host:
                              stack_kb=int(stack_kb))
         self.sandbox: Sandbox = sandbox
         self.on_output = on_output or write_lines
+        self.engine_factory: EngineFactory = engine_factory or engines.make_engine
         self.tools = ToolRegistry()
         for item in items:
-            for loaded in _load(item, sandbox):
+            for loaded in _load(item, sandbox, self.engine_factory):
                 self.tools.add(loaded)
 
     def run(self, path: str | Path, args: Any = None) -> Any:
@@ -130,12 +138,15 @@ class Host:
         return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
-            on_output=self.on_output)
+            on_output=self.on_output, engine_factory=self.engine_factory)
 
 
-def _load(item: Any, sandbox: Sandbox) -> list[Tool | ScriptTool]:
+def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
+          ) -> list[Tool | ScriptTool]:
     if isinstance(item, (str, Path)):
-        return load_tools_file(item, sandbox)
+        return load_tools_file(item, sandbox, engine_factory=engine_factory)
+    if isinstance(item, ScriptTool):  # already listed, e.g. by another host
+        return [item]
     return [as_tool(item)]
 
 

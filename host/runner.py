@@ -1,14 +1,16 @@
 """One run of one script: drives its engine and answers its tool calls.
 
 The conversation with the engine (see ``engines.base``) runs on one thread, the run's
-own: sync tools are called right there, without a thread hop, which is what keeps a tool
+own. Each tool call goes through the run's pipeline (:mod:`host.calls`); sync tools are
+called right there on the run's thread, without a thread hop, which is what keeps a tool
 round trip within microseconds; async tools go to the host's event loop. That thread is
 a daemon thread: once the host has given up on a run (its deadline passed, its caller was
 cancelled, Ctrl-C), the run's engines are told to stop, and what cannot stop (a JS busy
 loop until its CPU limit, a long Lua C call, a sync tool that does not return) finishes
 in the background without keeping the process alive.
-Every error a tool raises is decorated here, once, with the whole path: the script's
-call site, a host frame for the boundary, and the tool's own Python frames.
+Every error a tool raises is decorated, once per boundary, with the whole path: the
+script's call site, a host frame for the boundary, and the tool's own Python frames
+(:meth:`ScriptRun.at_boundary`, applied by the pipeline's ``boundary`` layer).
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import atexit
 import contextvars
 import math
 import re
-import sys
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import anyio
 import anyio.from_thread
@@ -31,8 +32,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 import engines
-from bridge import BridgeError, Frame, ScriptError, SpellError, ToolError
-from bridge.data import MAX_DEPTH
+from bridge import Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
@@ -49,7 +49,10 @@ from engines import (
     ToolReply,
     ToolRequest,
 )
-from host.tools import ScriptTool, Tool, ToolRegistry, load_library, preview
+from host.calls import DeadlineReached, Layer, Timeouts, ToolCall, boundary, pipeline
+from host.control import RunControl
+from host.data import crossing
+from host.tools import ScriptTool, ToolRegistry, load_library, preview
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
@@ -58,12 +61,20 @@ DEADLINE_GRACE = 0.25
 MAX_TOOL_DEPTH = 64
 
 
-class ScriptRun:
-    """The state of one run: its engines, deadline, error refs and correlation id.
+class EngineFactory(Protocol):
+    """Makes the engine for a language with a run's limits and sandbox
+    (``Host(engine_factory=...)``; the default is :func:`engines.make_engine`)."""
 
-    Tools files (:class:`ScriptTool`) get an engine each, on the run's thread, loaded at
+    def __call__(self, language: str, *, limits: Limits, sandbox: Sandbox) -> Engine: ...
+
+
+class ScriptRun:
+    """One run: its engines, deadline, control, error refs and correlation id.
+
+    Tools files (:class:`ScriptTool`) get an engine each, on the run's thread, made at
     their first call and closed with the run; a call into one is driven like the script
-    itself, nested inside the tool call that made it.
+    itself, nested inside the tool call that made it. Every tool call goes through the
+    run's pipeline (:mod:`host.calls`).
     """
 
     def __init__(
@@ -77,6 +88,8 @@ class ScriptRun:
         limits: Limits,
         sandbox: Sandbox,
         on_output: Callable[[str], None],
+        engine_factory: EngineFactory = engines.make_engine,
+        layers: Sequence[Layer] = (),
     ) -> None:
         self.source = source
         self.language = language
@@ -86,23 +99,18 @@ class ScriptRun:
         self.limits = limits
         self.sandbox = sandbox
         self.on_output = on_output
+        self.engine_factory = engine_factory
         self.correlation_id = uuid.uuid4().hex
         self.deadline = math.inf
+        self.control = RunControl()
+        self._call = pipeline([boundary, *layers, Timeouts()], self._invoke)
         self._refs: dict[int, SpellError] = {}
-        self._placed: dict[int, int] = {}  # error id -> the depth of its outermost boundary
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
         self._depth = 0  # tool calls into tools files in progress
-        self._cancel: SpellError | None = None
-        self._cancel_told = False  # the script has been handed the cancellation
-        self._async_scope: anyio.CancelScope | None = None
         self._token: anyio.lowlevel.EventLoopToken | None = None  # the host's event loop
         self._engines: list[Engine] = []  # every engine of the run, to stop them
-        self._ended = threading.Event()  # the run's thread is done, or the host gave up
         self._outcome: Any = None  # what _drive came to (an _Escaped if it raised)
         self._thread: threading.Thread | None = None  # the run's thread, once started
-        self._in_sync_tool = False  # the run's thread is in a sync Python tool
-        self._in_async_tool = False  # the run's thread waits for an async tool
-        self._given_up = False
 
     def cancel(self, error: SpellError) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
@@ -111,17 +119,14 @@ class ScriptRun:
         next tool call (after its ``on_cancel`` handlers / ``signal`` listeners), so its
         cleanup runs; an async tool in progress is cancelled. The run then ends with this
         error even if the script swallows it. A script that never calls a tool again runs
-        until its end or its time limit.
+        until its end or its time limit. The first reason given wins.
         """
-        if self._cancel is None:
-            self._cancel = error
-            if self._async_scope is not None:
-                self._async_scope.cancel()
+        self.control.request_stop(error)
 
     @property
     def cancelled(self) -> SpellError | None:
         """The error the run was cancelled with, if it was."""
-        return self._cancel
+        return self.control.reason
 
     async def execute(self) -> Any:
         """Run the script to its end; its result, or the unified error it failed with.
@@ -148,13 +153,17 @@ class ScriptRun:
         if isinstance(outcome, SpellError):
             _preserve_stack(outcome)
             if any(frame.language != "python" for frame in outcome.frames):
-                # only text this run loaded is ever shown as a script frame's source
-                sources = {tool.filename: tool.source for tool in self.tools
-                           if isinstance(tool, ScriptTool)}
-                sources[self.filename] = self.source
-                attach_python_traceback(outcome, sources)
+                attach_python_traceback(outcome, self.sources())
             raise outcome
         return outcome
+
+    def sources(self) -> dict[str, str]:
+        """The text of every file this run loaded, by name: the only text ever shown as a
+        script frame's source."""
+        sources = {tool.filename: tool.source for tool in self.tools
+                   if isinstance(tool, ScriptTool)}
+        sources[self.filename] = self.source
+        return sources
 
     def _give_up(self) -> None:
         """Stop waiting for the run, and stop what of it can be stopped (on the event loop).
@@ -164,16 +173,14 @@ class ScriptRun:
         progress is cancelled, a sync tool runs to its end and its result is dropped.
         The run's thread is a daemon thread, so whatever still runs keeps no process alive.
         """
-        if self._ended.is_set():  # the run's thread is done: nothing to stop
+        control = self.control
+        if control.ended.is_set():  # the run's thread is done: nothing to stop
             return
-        self._given_up = True
-        self._ended.set()  # the anyio worker waiting for the run is free at once
+        control.give_up()  # the anyio worker waiting for the run is free at once
         stopping = [engine.stop() for engine in list(self._engines)]
-        if self._async_scope is not None:
-            self._async_scope.cancel()
         thread = self._thread
-        if thread is not None and (self._in_async_tool or (any(stopping)
-                                                           and not self._in_sync_tool)):
+        if thread is not None and (control.in_tool_kind == "async" or (
+                any(stopping) and control.in_tool_kind != "sync")):
             _stopping.add(thread)  # it ends in a moment: interpreter exit waits for it
 
     # -- on the run's threads ------------------------------------------------------------
@@ -190,7 +197,7 @@ class ScriptRun:
             target=context.run, args=(self._run_thread,), name=f"polyspell run {self.filename}",
             daemon=True)
         thread.start()
-        self._ended.wait()
+        self.control.ended.wait()
         return self._outcome
 
     def _run_thread(self) -> None:
@@ -199,11 +206,12 @@ class ScriptRun:
         except BaseException as exc:  # handed to the waiting task, as anyio's worker did
             self._outcome = _Escaped(exc)
         finally:
-            self._ended.set()
+            self.control.ended.set()
 
     def _drive(self) -> Any:
-        if self._cancel is not None:  # cancelled before it began
-            return self._decorate(self._cancel)
+        control = self.control
+        if control.reason is not None:  # cancelled before it began
+            return self._decorate(control.reason)
         try:
             engine = self._engine(self.language)
         except SpellError as err:
@@ -220,25 +228,25 @@ class ScriptRun:
             engine.close()
             for library in self._libraries.values():
                 library.close()
-        if self._given_up:  # nobody reads the outcome
+        if control.given_up:  # nobody reads the outcome
             return None
-        if self._cancel is not None:  # even if the script swallowed it and went on
-            return self._decorate(self._cancel)
+        if control.reason is not None:  # even if the script swallowed it and went on
+            return self._decorate(control.reason)
         if isinstance(step, Failed):
             return self._decorate(step.error)
         return step.result
 
     def _engine(self, language: str) -> Engine:
-        engine = engines.engine_class(language)(
-            limits=self.limits, sandbox=self.sandbox, on_output=self._output,
-            resolve_ref=self._refs.get)
+        """A new engine for ``language``, from the host's engine factory."""
+        engine = self.engine_factory(language, limits=self.limits, sandbox=self.sandbox)
+        engine.on_output, engine.resolve_ref = self._output, self._refs.get  # type: ignore[attr-defined]  # until steps carry them
         self._engines.append(engine)
-        if self._given_up:  # given up on while this engine was being made
+        if self.control.given_up:  # given up on while this engine was being made
             engine.stop()
         return engine
 
     def _output(self, line: str) -> None:
-        if not self._given_up:  # a run already reported (or interrupted) prints no more
+        if not self.control.given_up:  # a run already reported (or interrupted) prints no more
             self.on_output(line)
 
     def _infos(self) -> list[ToolInfo]:
@@ -246,52 +254,49 @@ class ScriptRun:
 
     def _converse(self, engine: Engine, step: Step) -> Finished | Failed:
         """Answer the engine's tool calls until the script (or the called function) ends."""
+        control = self.control
         while isinstance(step, Suspended):
-            if self._given_up:  # no tool runs for a run nobody waits for
+            if control.given_up:  # no tool runs for a run nobody waits for
                 return Failed(ScriptError.ResourceExhaustion(
                     language=engine.language, resource_type="time", limit=self.limits.timeout))
-            if self._cancel_told:  # it was told and still calls tools: stop it here
-                return Failed(self._cancel)  # type: ignore[arg-type]
+            if control.delivered:  # it was told and still calls tools: stop it here
+                return Failed(control.reason)  # type: ignore[arg-type]
             replies = [self._answer(request, engine.language) for request in step.requests]
             step = engine.resume(replies, self.deadline)
         return step
 
     def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
-        tool = self.tools.get(request.tool)
-        started = time.perf_counter()
+        """One request through the pipeline: the tool's result, or its error's envelope."""
+        call = ToolCall(request.tool, self.tools.get(request.tool), request.params,
+                        request.problem, caller, request.frames, self._depth, self,
+                        self.deadline)
         try:
-            if self._cancel is not None:
-                self._cancel_told = True
-                raise self._cancel
-            if tool is None:
-                raise ToolError.NotFound(tool_name=request.tool)
-            if isinstance(tool, ScriptTool):
-                result = self._call_script(tool, request, caller)
-            else:
-                if request.problem is not None:
-                    raise ToolError.InvalidParameters(
-                        tool_name=request.tool, validation_error=request.problem,
-                        error_type="parse")
-                result = to_script_data(self._call(tool, tool.validate(request.params)), caller)
-            return ToolReply(request.id, result=result)
+            return ToolReply(request.id, result=self._call(call))
         except SpellError as err:
-            error = err
-        except BaseException as exc:  # frames: where the tool failed; cause: the exception
-            if _ends_the_run(exc):
-                raise
-            error = ToolError.wrap(
-                exc, tool_name=request.tool, reason=describe_exception(exc, qualified=False),
-                parameters=preview(request.params),
-                execution_time=time.perf_counter() - started)
-        self._at_tool_boundary(error, request)
-        return ToolReply(request.id, error=error_envelope(error, ref=self._ref))
+            return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
-    def _call_script(self, tool: ScriptTool, request: ToolRequest, caller: str) -> Any:
+    def _invoke(self, call: ToolCall) -> Any:
+        """The innermost step of every call: the run's stop request, then the tool."""
+        reason = self.control.deliver()
+        if reason is not None:
+            raise reason
+        if call.tool is None:
+            raise ToolError.NotFound(tool_name=call.name)
+        try:
+            return call.tool.invoke(call)
+        except DeadlineReached as reached:
+            if reached.deadline < self.deadline:
+                raise  # a layer's own deadline: that layer reports it
+        # the run's own deadline: the engine stops the script at its next step
+        raise ScriptError.ResourceExhaustion(language=self.language, resource_type="time",
+                                             limit=self.limits.timeout)
+
+    def call_library(self, tool: ScriptTool, call: ToolCall) -> Any:
         """Call a tools file's function in its engine, answering its own tool calls."""
-        if request.problem is not None:
+        if call.problem is not None:
             raise ScriptError.CrossEngineCommunication(
-                from_engine=caller, to_engine=tool.language, error=request.problem,
-                data_type=_data_type(request.problem))
+                from_engine=call.caller, to_engine=tool.language, error=str(call.problem),
+                data_type=_data_type(str(call.problem)))
         if self._depth >= MAX_TOOL_DEPTH:
             raise ScriptError.ResourceExhaustion(
                 language=tool.language, resource_type="stack", current_usage=self._depth,
@@ -302,7 +307,7 @@ class ScriptRun:
             load_library(engine, tool.source, tool.filename, self._infos(), self.deadline)
         self._depth += 1
         try:
-            step = self._converse(engine, engine.call(tool.function, request.params,
+            step = self._converse(engine, engine.call(tool.function, call.params,
                                                       self.deadline))
         finally:
             self._depth -= 1
@@ -312,55 +317,36 @@ class ScriptRun:
                     and err.fields["to_engine"] == "python"
                     and err.context.correlation_id is None):  # its result has no JSON form
                 err = ScriptError.CrossEngineCommunication(
-                    from_engine=tool.language, to_engine=caller, error=err.fields["error"],
+                    from_engine=tool.language, to_engine=call.caller, error=err.fields["error"],
                     data_type=err.fields["data_type"], frames=err.frames)
             raise self._decorate(err, tool)
-        return _crossing(step.result, tool.language, caller)
+        return crossing(step.result, tool.language, call.caller)
 
-    def _call(self, tool: Tool, params: Any) -> Any:
-        args, kwargs = tool.arguments(params)
-        if tool.is_async:
-            self._in_async_tool = True  # _give_up cancels it
+    def await_on_loop(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                      deadline: float) -> Any:
+        """Await an async tool's ``fn`` on the host's event loop, until ``deadline``
+        (see :func:`host.calls.run_python`)."""
+        with self.control.in_tool("async"):  # _give_up cancels it
             try:
-                return anyio.from_thread.run(self._call_async, tool, args, kwargs,
-                                             self.deadline - time.monotonic(),
+                return anyio.from_thread.run(self._await, fn, args, kwargs, deadline,
                                              token=self._token)
             except _Raised as raised:
                 exc = raised.exc
-            finally:
-                self._in_async_tool = False
-            raise exc  # outside the except clause: its __context__ stays the tool's
-        self._in_sync_tool = True  # nothing stops this thread before the tool returns
-        try:
-            if tool.timeout is None:  # the common case, kept short
-                return tool.fn(*args, **kwargs)
-            if tool.timeout >= self.deadline - time.monotonic():
-                return tool.fn(*args, **kwargs)
-            return _call_with_timeout(tool, args, kwargs)
-        finally:
-            self._in_sync_tool = False
+        raise exc  # outside the except clause: its __context__ stays the tool's
 
-    async def _call_async(self, tool: Tool, args: tuple, kwargs: dict, remaining: float) -> Any:
-        limit = remaining if tool.timeout is None else min(tool.timeout, remaining)
-        with anyio.move_on_after(limit) as scope:
-            self._async_scope = scope  # cancel() and _give_up() stop the tool too
-            if self._cancel is not None or self._given_up:
-                scope.cancel()
+    async def _await(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
+                     deadline: float) -> Any:
+        with anyio.move_on_after(deadline - time.monotonic()) as scope, \
+                self.control.async_scope(scope):  # a stop request or give-up cancels it
             try:
-                return await tool.fn(*args, **kwargs)
+                return await fn(*args, **kwargs)
             except anyio.get_cancelled_exc_class():
                 raise
             except BaseException as exc:  # even SystemExit: it must not stop the event loop
                 raise _Raised(exc) from None
-            finally:
-                self._async_scope = None
-        if self._cancel is not None:
-            raise self._cancel
-        if scope.cancelled_caught and tool.timeout is not None and tool.timeout <= remaining:
-            raise ToolError.Timeout(tool_name=tool.name, duration=tool.timeout)
-        # the run's own deadline: the engine stops the script at its next step
-        raise ScriptError.ResourceExhaustion(language=self.language, resource_type="time",
-                                             limit=self.limits.timeout)
+        if self.control.reason is not None:
+            raise self.control.reason
+        raise DeadlineReached(deadline)
 
     def _ref(self, err: SpellError) -> int:
         ref = id(err)
@@ -369,33 +355,35 @@ class ScriptRun:
 
     # -- decoration -----------------------------------------------------------------
 
-    def _at_tool_boundary(self, err: SpellError, request: ToolRequest) -> None:
+    def at_boundary(self, err: SpellError, call: ToolCall) -> None:
         """Give a tool's error the path through this boundary, and the boundary's context.
 
         The path is the calling script's call site, a host frame for the boundary, then
         the error's own frames: where the tool raised it, or the path it brought from a
         deeper boundary (a tools file's function calling a tool). Each boundary is added
-        once per error, so an error rethrown through several levels gets each level once.
+        once per error: the error records the depth of the outermost boundary it crossed
+        (:func:`_crossed`), so an error rethrown through several levels gets each level
+        once, and one rethrown again at a level it already crossed gets nothing more.
         """
         from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
 
-        placed = self._placed.get(id(err))
-        if placed is not None and placed <= self._depth:
+        crossed = _crossed(err)
+        if crossed is not None and crossed <= call.depth:
             return  # already has its path from here inwards
-        self._placed[id(err)] = self._depth
-        boundary = Frame("host", "<tool call>", None, None, request.tool)
+        setattr(err, _CROSSED, call.depth)
+        boundary_frame = Frame("host", "<tool call>", None, None, call.name)
         own = [f for f in err.frames if not is_internal(f)]
-        err.frames = [*request.frames, boundary, *own]
-        site = request.frames[-1] if request.frames else None
-        step = CallFrame(function_name=request.tool,
+        err.frames = [*call.frames, boundary_frame, *own]
+        site = call.frames[-1] if call.frames else None
+        step = CallFrame(function_name=call.name,
                          file_location=site and FileLocation(file=site.file, line=site.line,
                                                              column=site.column),
-                         parameters=preview(request.params))
+                         parameters=preview(call.params))
         context = err.context
-        if context.correlation_id is None:  # the innermost boundary: where it happened
+        if context.correlation_id is None:  # not yet given the run's context: where it happened
             err.context = context.model_copy(update={
                 "correlation_id": self.correlation_id,
-                "component": ToolComponent(tool_name=request.tool),
+                "component": ToolComponent(tool_name=call.name),
                 "operation": f"tool call from {site.file if site else self.filename}",
                 "execution_trace": ExecutionTrace(call_stack=[step]),
             })
@@ -419,6 +407,15 @@ class ScriptRun:
         return err
 
 
+# The attribute in which an error records the depth of the outermost tool boundary it
+# has crossed in its run (see ScriptRun.at_boundary).
+_CROSSED = "_polyspell_crossed"
+
+
+def _crossed(err: SpellError) -> int | None:
+    return getattr(err, _CROSSED, None)
+
+
 class _Raised(Exception):
     """Carries what an async tool raised, whatever it is (``SystemExit``,
     ``KeyboardInterrupt``...), from the event loop to the engine's thread, where
@@ -427,21 +424,6 @@ class _Raised(Exception):
     def __init__(self, exc: BaseException) -> None:
         super().__init__()
         self.exc = exc
-
-
-def _ends_the_run(exc: BaseException) -> bool:
-    """Whether an exception out of a tool call ends the run rather than fail the call.
-
-    A tool's exception, of any class (``SystemExit``, ``GeneratorExit``, a bare
-    ``BaseException``...), is the tool's failure, which the script can catch; only
-    ``KeyboardInterrupt`` (Ctrl-C, or a tool raising it) ends the run and leaves
-    ``Host.run`` as it leaves any Python code, and so does the event loop cancelling the
-    run (trio's ``Cancelled``; asyncio's reaches this thread as an ``Exception``).
-    """
-    if isinstance(exc, KeyboardInterrupt):
-        return True
-    trio = sys.modules.get("trio")
-    return trio is not None and isinstance(exc, trio.Cancelled)
 
 
 # The threads of runs given up on that were told to stop and end in a moment (a Lua
@@ -491,79 +473,6 @@ def _preserve_stack(err: SpellError) -> None:
     err.context = err.context.model_copy(update={"metadata": metadata})
 
 
-def _call_with_timeout(tool: Tool, args: tuple, kwargs: dict) -> Any:
-    """Run a sync tool on a thread of its own and stop waiting after its timeout.
-
-    Python cannot stop a thread: a tool that overruns finishes in the background and
-    its result is dropped.
-    """
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = tool.fn(*args, **kwargs)
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=target, name=f"polyspell-tool-{tool.name}", daemon=True)
-    worker.start()
-    worker.join(tool.timeout)
-    if worker.is_alive():
-        raise ToolError.Timeout(tool_name=tool.name, duration=float(tool.timeout or 0))
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("result")
-
-
-def _crossing(value: Any, source: str, target: str) -> Any:
-    """A tools file's result on its way to another engine, or cross_engine_communication.
-
-    The engines hold what JSON holds; a float that is not finite only passes between two
-    Lua engines (nested in a result it has no JSON form for JavaScript).
-    """
-    if source == target == "lua":
-        return value
-    problem = not_json_like(value, "result")
-    if problem is not None:  # from an engine, only a float that is not finite
-        where, piece, why = problem
-        if isinstance(piece, float):
-            why = f"is not a finite number, which {target} cannot receive"
-        raise ScriptError.CrossEngineCommunication(
-            from_engine=source, to_engine=target, data_type=type(piece).__name__,
-            error=f"{where} {why}")
-    return value
-
-
-def not_json_like(value: Any, path: str, depth: int = 0) -> tuple[str, Any, str] | None:
-    """Where in ``value`` the first piece that has no JSON form is, that piece, and why.
-
-    JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
-    mappings with string keys, nested at most ``bridge.data.MAX_DEPTH`` levels. A mapping
-    with another key, or a list or mapping nested deeper, is itself the piece.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return None
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value, "is not a finite number")
-    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
-        return path, value, f"is nested more than {MAX_DEPTH} levels deep"
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                return path, value, f"has a key that is not a string ({key!r})"
-            found = not_json_like(item, f"{path}.{key}", depth + 1)
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = not_json_like(item, f"{path}[{index}]", depth + 1)
-            if found is not None:
-                return found
-        return None
-    return path, value, f"is a {type(value).__name__}"
-
-
 def _data_type(problem: str) -> str:
     """The kind of value a script's "params.f is a function" problem is about."""
     if problem.startswith("cyclic"):
@@ -574,37 +483,11 @@ def _data_type(problem: str) -> str:
     return "key" if "key" in problem else "data"
 
 
-def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:
-    """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not.
-
-    Lists and mappings nested more than ``bridge.data.MAX_DEPTH`` levels deep are
-    ``script/cross_engine_communication``, as the engines refuse them themselves.
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(type(value), "model_dump"):  # a pydantic model (not imported unless used)
-        return to_script_data(value.model_dump(mode="json"), language, path, depth)
-    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
-        raise ScriptError.CrossEngineCommunication(
-            from_engine="python", to_engine=language, data_type=type(value).__name__,
-            error=f"{path} is nested more than {MAX_DEPTH} levels deep")
-    if isinstance(value, Mapping):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise _unconvertible(f"a {type(key).__name__} key", language, f"{path}")
-            out[key] = to_script_data(item, language, f"{path}.{key}", depth + 1)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [to_script_data(item, language, f"{path}[{i}]", depth + 1)
-                for i, item in enumerate(value)]
-    raise _unconvertible(type(value).__name__, language, path)
-
-
-def _unconvertible(data_type: str, language: str, path: str) -> SpellError:
-    return BridgeError.TypeConversion(
-        data_type=data_type, from_language="python", to_language=language,
-        reason=f"{path} is a {data_type}; only null, booleans, numbers, strings, "
-               f"lists and string-keyed dicts cross")
-
-
+def _data_type(problem: str) -> str:
+    """The kind of value a script's "params.f is a function" problem is about."""
+    if problem.startswith("cyclic"):
+        return "cycle"
+    match = re.search(r" is an? ([\w ]+?)(?:$|,| \(| not)", problem)
+    if match:
+        return match.group(1)
+    return "key" if "key" in problem else "data"

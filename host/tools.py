@@ -20,9 +20,13 @@ from typing import TYPE_CHECKING, Any
 import engines
 from bridge import ConfigurationError, SpellError, ToolError
 from bridge.errors import describe_exception
+from host.calls import run_python
+from host.data import preview, to_script_data
 
 if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from pydantic import BaseModel, ValidationError
+
+    from host.calls import ToolCall
 
 TOOL_ATTRIBUTE = "__polyspell_tool__"
 
@@ -74,6 +78,16 @@ class Tool:
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the parameters."""
         return self.params_model.model_json_schema()
+
+    def invoke(self, call: ToolCall) -> Any:
+        """Validate the call's parameters and call the function within the call's deadline;
+        its result as data the calling script can hold (see :mod:`host.calls`)."""
+        if call.problem is not None:
+            raise ToolError.InvalidParameters(
+                tool_name=self.name, validation_error=str(call.problem), error_type="parse")
+        args, kwargs = self.arguments(self.validate(call.params))
+        return to_script_data(run_python(call, self.fn, args, kwargs, self.is_async),
+                              call.caller)
 
 
 def tool(
@@ -180,17 +194,22 @@ class ScriptTool:
                 "description": f"one table/object of parameters, the argument of "
                                f"{self.function} in {self.filename}"}
 
+    def invoke(self, call: ToolCall) -> Any:
+        """Call the function in the run's engine for this file (see :mod:`host.calls`)."""
+        return call.run.call_library(self, call)
+
 
 # Seconds a tools file may take to load (it runs once at registration, once per run).
 LOAD_TIMEOUT = 10.0
 
 
-def _load_script_tools(path: Path, language: str, sandbox: str) -> list[ScriptTool]:
+def _load_script_tools(path: Path, language: str, sandbox: str,
+                       engine_factory: Callable[..., engines.Engine]) -> list[ScriptTool]:
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=str(exc)) from None
-    engine = engines.engine_class(language)(sandbox=sandbox)  # type: ignore[arg-type]
+    engine = engine_factory(language, limits=engines.DEFAULT_LIMITS, sandbox=sandbox)
     try:
         names = load_library(engine, source, str(path), [], time.monotonic() + LOAD_TIMEOUT)
     finally:
@@ -266,9 +285,12 @@ def check_file(path: Path) -> None:
     raise ConfigurationError.LoadFailed(path=str(path), reason=f"it is {what}, not a file")
 
 
-def load_tools_file(path: str | Path, sandbox: str = "constrained") -> list[Tool | ScriptTool]:
+def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
+                    engine_factory: Callable[..., engines.Engine] | None = None,
+                    ) -> list[Tool | ScriptTool]:
     """The tools of a file: a Python file's ``@tool`` functions, or the functions a Lua or
-    JavaScript tools file exports (loaded once here, in ``sandbox``, to find them).
+    JavaScript tools file exports (loaded once here, in ``sandbox``, in an engine from
+    ``engine_factory`` (default :func:`engines.make_engine`), to find them).
 
     A missing file is ``configuration/file_not_found``; a directory, or a file that does
     not import or load, is ``configuration/load_failed`` (with the failure as its cause).
@@ -278,7 +300,8 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained") -> list[Tool
     check_file(path)
     language = engines.language_for_path(path)
     if language is not None:
-        return _load_script_tools(path, language, sandbox)
+        return _load_script_tools(path, language, sandbox,
+                                  engine_factory or engines.make_engine)
     if path.suffix != ".py":
         raise ConfigurationError.LoadFailed(
             path=str(path), reason="a tools file must be a Python (.py), Lua (.lua) or "
@@ -328,18 +351,3 @@ def _is_list(annotation: Any) -> bool:
         return any(_is_list(arg) for arg in typing.get_args(annotation))
     return origin in (list, tuple, set, frozenset) or (
         isinstance(origin, type) and issubclass(origin, (list, tuple)))
-
-
-PREVIEW_CHARS = 2000
-
-
-def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
-    """Parameters to keep in an error: as they are when small JSON-like data, else a cut text.
-
-    Errors carry the parameters a tool was called with; a huge payload must not make
-    every error (and every log line of it) huge.
-    """
-    text = repr(value)
-    if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))):
-        return value
-    return text[:limit] + ("..." if len(text) > limit else "")

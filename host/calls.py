@@ -1,0 +1,248 @@
+"""The tool call as one pipeline: one value per call, one way to invoke a tool, and layers.
+
+Every tool call a script makes travels the same way, whatever the tool is::
+
+    runner ── ToolCall ──> boundary ──> layer ... ──> timeouts ──> tool.invoke(call)
+
+- :class:`ToolCall` is the call as a value: what was asked (tool, parameters, or the
+  :class:`~engines.Problem` that kept them from crossing), who asked (the caller's language
+  and call-site frames, the depth of tools-file calls around it) and the run it belongs to
+  (its context and control).
+- :class:`Invocable` is the one protocol of everything a script can call: a Python tool
+  (``host.tools.Tool``) and a function of a Lua or JavaScript tools file
+  (``host.tools.ScriptTool``) both implement ``invoke(call)``.
+- A :data:`Layer` is ``layer(call, next) -> result``: it may look at or change the call,
+  call ``next`` (once, several times, or not at all) and see its result or error.
+  Recovery, hooks and monitoring are layers or users of layers. The runner applies
+  :func:`boundary` outermost (it gives every error the path through this boundary, once)
+  and :class:`Timeouts` innermost; with no other layer the call costs what it did before
+  there were layers.
+
+Deadlines are one mechanism: a call carries the instant it must end by
+(``call.deadline``, the run's own unless a layer narrows it), and invoking a Python
+function honours it (:func:`run_python`). A layer that narrows the deadline recognises
+its own expiry by :class:`DeadlineReached` and turns it into its error.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bridge import Frame, SpellError, ToolError
+from bridge.errors import describe_exception
+from engines import Problem
+from host.data import preview
+
+if TYPE_CHECKING:
+    from host.runner import ScriptRun
+
+
+class Invocable(Protocol):
+    """What a script can call: a Python tool or a tools file's function."""
+
+    name: str
+    description: str
+    timeout: float | None
+
+    def invoke(self, call: ToolCall) -> Any:
+        """Carry out ``call``; its result as data the calling script can hold."""
+        ...
+
+
+@dataclass
+class ToolCall:
+    """One tool call, from the script's request to the tool's answer."""
+
+    name: str  # the tool asked for
+    tool: Invocable | None  # None: no tool of that name (the boundary still applies)
+    params: Any  # JSON-like data, as the script passed it
+    problem: Problem | None  # why the parameters could not be read, if they could not
+    caller: str  # the calling engine's language
+    frames: list[Frame]  # the script's call site, outermost first
+    depth: int  # calls into tools files in progress around this one
+    run: ScriptRun  # the run's context (correlation id, files) and control
+    deadline: float  # time.monotonic() instant the call must end by
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def time_left(self) -> float:
+        """Seconds until the call's deadline."""
+        return self.deadline - time.monotonic()
+
+
+Next = Callable[[ToolCall], Any]
+Layer = Callable[[ToolCall, Next], Any]
+
+
+def pipeline(layers: Sequence[Layer], invoke: Next) -> Next:
+    """``invoke`` wrapped in ``layers``, the first outermost: one callable per run."""
+    call = invoke
+    for layer in reversed(layers):
+        call = _bind(layer, call)
+    return call
+
+
+def _bind(layer: Layer, inner: Next) -> Next:
+    def step(call: ToolCall) -> Any:
+        return layer(call, inner)
+
+    return step
+
+
+class DeadlineReached(Exception):
+    """A Python tool did not return by ``deadline`` (raised by :func:`run_python`).
+
+    The layer that set that deadline turns it into its own error; the run's own deadline
+    is the run's time limit.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(deadline)
+        self.deadline = deadline
+
+
+class Timeouts:
+    """The layer of per-tool timeouts: a tool declared with ``timeout=`` must answer in time.
+
+    It narrows the call's deadline when the tool's timeout ends before the run's, and a
+    call that overruns it is ``tool/timeout``. A sync tool then runs on a pooled daemon
+    thread and is left to finish in the background (Python cannot stop a thread); an
+    async tool is cancelled.
+    """
+
+    def __call__(self, call: ToolCall, next: Next) -> Any:
+        timeout = call.tool.timeout if call.tool is not None else None
+        if timeout is None:
+            return next(call)
+        deadline = time.monotonic() + timeout
+        if deadline > call.deadline:  # the run ends first: its own limit applies
+            return next(call)
+        outer, call.deadline = call.deadline, deadline
+        try:
+            return next(call)
+        except DeadlineReached as reached:
+            if reached.deadline != deadline:
+                raise
+            raise ToolError.Timeout(tool_name=call.name, duration=timeout) from None
+        finally:
+            call.deadline = outer
+
+
+def boundary(call: ToolCall, next: Next) -> Any:
+    """The layer that gives every error out of a call the path through this boundary.
+
+    A tool's exception becomes ``tool/execution_failed`` (its frames: where the tool
+    raised it; its cause: the exception); then the run adds the calling script's call
+    site and a host frame for the boundary (see ``ScriptRun.at_boundary``), once per
+    boundary an error crosses. ``KeyboardInterrupt`` (and the event loop cancelling the
+    run) pass untouched: they end the run rather than fail the call.
+    """
+    try:
+        return next(call)
+    except SpellError as err:
+        error = err
+    except BaseException as exc:  # frames: where the tool failed; cause: the exception
+        if ends_the_run(exc):
+            raise
+        error = ToolError.wrap(
+            exc, tool_name=call.name, reason=describe_exception(exc, qualified=False),
+            parameters=preview(call.params),
+            execution_time=time.perf_counter() - call.started)
+    call.run.at_boundary(error, call)
+    raise error
+
+
+def ends_the_run(exc: BaseException) -> bool:
+    """Whether an exception out of a tool call ends the run rather than fail the call.
+
+    A tool's exception, of any class (``SystemExit``, ``GeneratorExit``, a bare
+    ``BaseException``...), is the tool's failure, which the script can catch; only
+    ``KeyboardInterrupt`` (Ctrl-C, or a tool raising it) ends the run and leaves
+    ``Host.run`` as it leaves any Python code, and so does the event loop cancelling the
+    run (trio's ``Cancelled``; asyncio's reaches this thread as an ``Exception``).
+    """
+    import sys
+
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
+
+
+# -- running a Python function within a deadline ------------------------------------------
+
+
+def run_python(call: ToolCall, fn: Callable[..., Any], args: tuple, kwargs: dict,
+               is_async: bool) -> Any:
+    """Call a Python tool's function for ``call``, within ``call.deadline``.
+
+    The one place a Python function runs for a script: a sync function on the run's own
+    thread when only the run's deadline applies (the run's end stops waiting for it: the
+    fast path), else on a pooled daemon thread waited for until the deadline; an async
+    function on the host's event loop, cancelled at the deadline. Past the deadline it
+    raises :class:`DeadlineReached` (the run's stop requests reach a waiting call too).
+    """
+    run = call.run
+    if is_async:
+        return run.await_on_loop(fn, args, kwargs, call.deadline)
+    if call.deadline >= run.deadline:
+        with run.control.in_tool("sync"):
+            return fn(*args, **kwargs)
+    return _WORKERS.run(fn, args, kwargs, call.deadline)
+
+
+class _DaemonWorkers:
+    """Daemon threads for sync tools that have a timeout, kept for reuse while there is work.
+
+    Daemon threads, so that a tool that never returns keeps no process alive; reused, so
+    that a timed call costs a queue hand-off rather than a new thread. A worker waits
+    ``IDLE`` seconds for more work and then ends.
+    """
+
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        self._work: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, deadline: float) -> Any:
+        future: Future = Future()
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._serve, name="polyspell tool worker",
+                                 daemon=True).start()
+        self._work.put((lambda: fn(*args, **kwargs), future))
+        try:
+            return future.result(max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DeadlineReached(deadline) from None
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                work, future = self._work.get(timeout=self.IDLE)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle and self._work.empty():
+                        self._idle -= 1
+                        return
+                continue
+            try:
+                future.set_result(work())
+            except BaseException as exc:  # handed to the caller, whatever it is
+                future.set_exception(exc)
+            del work, future
+            with self._lock:
+                self._idle += 1
+
+
+_WORKERS = _DaemonWorkers()

@@ -1,0 +1,114 @@
+"""Data between the host and the engines: what crosses, and the error when it cannot.
+
+The engines hold what JSON holds (see ``engines.base``); a Python tool's result must be
+such data before a script gets it (:func:`to_script_data`), a tools file's result must be
+so for the engine it goes to (:func:`crossing`), and data the host is given for a script
+(``args``) is checked with :func:`not_json_like`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from bridge import BridgeError, ScriptError, SpellError
+from bridge.data import MAX_DEPTH
+
+
+def crossing(value: Any, source: str, target: str) -> Any:
+    """A tools file's result on its way to another engine, or cross_engine_communication.
+
+    The engines hold what JSON holds; a float that is not finite only passes between two
+    Lua engines (nested in a result it has no JSON form for JavaScript).
+    """
+    if source == target == "lua":
+        return value
+    problem = not_json_like(value, "result")
+    if problem is not None:  # from an engine, only a float that is not finite
+        where, piece, why = problem
+        if isinstance(piece, float):
+            why = f"is not a finite number, which {target} cannot receive"
+        raise ScriptError.CrossEngineCommunication(
+            from_engine=source, to_engine=target, data_type=type(piece).__name__,
+            error=f"{where} {why}")
+    return value
+
+
+def not_json_like(value: Any, path: str, depth: int = 0) -> tuple[str, Any, str] | None:
+    """Where in ``value`` the first piece that has no JSON form is, that piece, and why.
+
+    JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
+    mappings with string keys, nested at most ``bridge.data.MAX_DEPTH`` levels. A mapping
+    with another key, or a list or mapping nested deeper, is itself the piece.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, value, "is not a finite number")
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
+        return path, value, f"is nested more than {MAX_DEPTH} levels deep"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return path, value, f"has a key that is not a string ({key!r})"
+            found = not_json_like(item, f"{path}.{key}", depth + 1)
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = not_json_like(item, f"{path}[{index}]", depth + 1)
+            if found is not None:
+                return found
+        return None
+    return path, value, f"is a {type(value).__name__}"
+
+
+def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:
+    """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not.
+
+    Lists and mappings nested more than ``bridge.data.MAX_DEPTH`` levels deep are
+    ``script/cross_engine_communication``, as the engines refuse them themselves.
+    """
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(type(value), "model_dump"):  # a pydantic model (not imported unless used)
+        return to_script_data(value.model_dump(mode="json"), language, path, depth)
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
+        raise ScriptError.CrossEngineCommunication(
+            from_engine="python", to_engine=language, data_type=type(value).__name__,
+            error=f"{path} is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, Mapping):
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _unconvertible(f"a {type(key).__name__} key", language, f"{path}")
+            out[key] = to_script_data(item, language, f"{path}.{key}", depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [to_script_data(item, language, f"{path}[{i}]", depth + 1)
+                for i, item in enumerate(value)]
+    raise _unconvertible(type(value).__name__, language, path)
+
+
+def _unconvertible(data_type: str, language: str, path: str) -> SpellError:
+    return BridgeError.TypeConversion(
+        data_type=data_type, from_language="python", to_language=language,
+        reason=f"{path} is a {data_type}; only null, booleans, numbers, strings, "
+               f"lists and string-keyed dicts cross")
+
+
+PREVIEW_CHARS = 2000
+
+
+def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """Parameters to keep in an error: as they are when small JSON-like data, else a cut text.
+
+    Errors carry the parameters a tool was called with; a huge payload must not make
+    every error (and every log line of it) huge.
+    """
+    text = repr(value)
+    if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))):
+        return value
+    return text[:limit] + ("..." if len(text) > limit else "")
