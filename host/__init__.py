@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from host.calls import Layer, ToolCall
     from host.coordinator import Coordinator, PlanReport, TaskReport
     from host.host import Host
     from host.plan import Plan, Retry, Task, load_plan
@@ -18,7 +19,7 @@ _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "ToolRegistry": "host.tools", "Coordinator": "host.coordinator",
             "PlanReport": "host.coordinator", "TaskReport": "host.coordinator",
             "Plan": "host.plan", "Retry": "host.plan", "Task": "host.plan",
-            "load_plan": "host.plan"}
+            "load_plan": "host.plan", "ToolCall": "host.calls", "Layer": "host.calls"}
 
 
 def __getattr__(name: str) -> Any:
@@ -29,5 +30,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'host' has no attribute {name!r}")
 
 
-__all__ = ["Coordinator", "Host", "Plan", "PlanReport", "Retry", "Task", "TaskReport", "Tool",
-           "ToolRegistry", "load_plan", "tool"]
+__all__ = ["Coordinator", "Host", "Layer", "Plan", "PlanReport", "Retry", "Task", "TaskReport",
+           "Tool", "ToolCall", "ToolRegistry", "load_plan", "tool"]

@@ -53,7 +53,7 @@ from host.lines import write_lines
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
 if TYPE_CHECKING:
-    from host.runner import ScriptRun
+    from host.runner import EngineFactory, ScriptRun
 
 TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
 Outcome = Literal["succeeded", "all_failed", "cascading_failure", "partial_failure"]
@@ -161,7 +161,7 @@ class Coordinator:
     adds its own. ``engine_timeouts`` are the default per-try timeouts of tasks without
     one (``{"lua": 30, "javascript": 30}``); a plan's ``engine_timeouts`` win over them.
     ``on_output(task_id, line)`` receives what scripts print (default: stderr, prefixed
-    with the task id).
+    with the task id). ``engine_factory`` makes every engine, as for :class:`host.Host`.
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -187,6 +187,7 @@ class Coordinator:
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         engine_timeouts: Mapping[str, float] | None = None,
         on_output: Callable[[str, str], None] | None = None,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox: checked by the Host built below
         check_positive("max_concurrency", max_concurrency, at_least=1)
@@ -210,7 +211,9 @@ class Coordinator:
         self.on_output = on_output or _print_to_stderr
         # built here so that bad options or tools fail now, and tools load once
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
-                          sandbox=sandbox, on_output=self._output)  # type: ignore[arg-type]
+                          sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
+                          engine_factory=engine_factory)
+        self.engine_factory = self._host.engine_factory
         self._listeners: dict[str, list[tuple[str | None, Callback]]] = {
             name: [] for name in ("started", "completed", "cancel_started", "cleanup",
                                   "cancel_completed")}
@@ -316,9 +319,11 @@ class Coordinator:
     def _host_for(self, plan: Plan) -> Host:
         if not plan.tools:
             return self._host
-        tools = [*self.tools, *(plan.path(p) for p in plan.tools)]
+        # the coordinator's own tools are loaded already: only the plan's files load here
+        tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
         return Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
-                    sandbox=self.sandbox, on_output=self._output)  # type: ignore[arg-type]
+                    sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
+                    engine_factory=self.engine_factory)
 
     def _output(self, line: str) -> None:
         self.on_output(_printing_task.get("?"), line)
@@ -348,8 +353,7 @@ class _TaskState:
     caused_by: list[str] = field(default_factory=list)
     cancel_error: SpellError | None = None  # a strategy cancelled the task: never retried
     wake: anyio.Event | None = None  # set when cancelled, to cut a retry's backoff short
-    run: ScriptRun | None = None  # the try in progress
-    stop_error: SpellError | None = None  # what the try in progress was stopped with
+    run: ScriptRun | None = None  # the try in progress (its control says if it was stopped)
     callback_errors: list[SpellError] = field(default_factory=list)
 
     @property
@@ -448,13 +452,13 @@ class _Execution:
                                     timeout=budget + CLEANUP_GRACE)
         except SpellError as err:
             return False, err
-        state.run, state.stop_error = run, None
+        state.run = run
         if state.cancel_error is not None:
             self._stop(state, state.cancel_error)
 
         async def watchdog() -> None:
             await anyio.sleep(budget)
-            if state.stop_error is None:
+            if run.control.reason is None:
                 error = AsyncExecutionError.TaskTimeout(
                     task_id=state.id, duration=round(budget, 3), task_type=run.language)
                 self._stop(state, error)
@@ -484,7 +488,7 @@ class _Execution:
         finally:
             _printing_task.reset(token)
             state.run = None
-        stop = state.stop_error
+        stop = run.control.reason
         if stop is None:
             return outcome
         if not outcome[0] and outcome[1] is not stop:
@@ -498,8 +502,7 @@ class _Execution:
 
     def _stop(self, state: _TaskState, error: SpellError) -> None:
         """Stop the try in progress with ``error`` (once: the first reason wins)."""
-        if state.run is not None and state.stop_error is None:
-            state.stop_error = error
+        if state.run is not None:
             state.run.cancel(error)
 
     async def _cleanup(self, state: _TaskState, error: SpellError) -> None:

@@ -16,6 +16,7 @@ import anyio
 import engines
 from bridge import ConfigurationError
 from engines import Limits, Sandbox
+from host.calls import Layer
 from host.data import not_json_like
 from host.lines import write_lines
 from host.runner import EngineFactory, ScriptRun
@@ -41,7 +42,8 @@ class Host:
 
     ``engine_factory(language, limits=..., sandbox=...)`` makes every engine the host
     uses (a run's, a tools file's, and the one that lists a tools file's functions); the
-    default, :func:`engines.make_engine`, makes the built-in engines.
+    default, :func:`engines.make_engine`, makes the built-in engines. ``layers`` wrap
+    every tool call, the first outermost (see :mod:`host.calls`): ``layer(call, next)``.
     """
 
     def __init__(
@@ -54,12 +56,16 @@ class Host:
         sandbox: Sandbox = "constrained",
         on_output: Callable[[str], None] | None = None,
         engine_factory: EngineFactory | None = None,
+        layers: Iterable[Layer] = (),
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
         check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
         check_callable("on_output", on_output)
         check_callable("engine_factory", engine_factory)
+        self.layers: list[Layer] = list(layers)
+        for layer in self.layers:
+            check_callable("layers", layer)
         items = tool_items(tools)
         if sandbox not in SANDBOXES:
             raise ConfigurationError.InvalidValue(
@@ -138,7 +144,7 @@ class Host:
         return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
-            on_output=self.on_output, engine_factory=self.engine_factory)
+            on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers)
 
 
 def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
