@@ -103,7 +103,8 @@ class ScriptRun:
         self.correlation_id = uuid.uuid4().hex
         self.deadline = math.inf
         self.control = RunControl()
-        self._call = pipeline([boundary, *layers, Timeouts()], self._invoke)
+        self._layers: list[Layer] = [boundary, *layers, Timeouts()]
+        self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
         self._depth = 0  # tool calls into tools files in progress
@@ -267,19 +268,22 @@ class ScriptRun:
 
     def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
         """One request through the pipeline: the tool's result, or its error's envelope."""
-        call = ToolCall(request.tool, self.tools.get(request.tool), request.params,
-                        request.problem, caller, request.frames, self._depth, self,
-                        self.deadline)
+        name = request.tool
+        tool = self.tools.get(name)
+        path = self._paths.get(name)
+        if path is None:
+            path = self._paths[name] = pipeline(self._layers, self._invoke, tool)
+        call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
+                        self._depth, self, self.deadline, time.perf_counter())
         try:
-            return ToolReply(request.id, result=self._call(call))
+            return ToolReply(request.id, result=path(call))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
     def _invoke(self, call: ToolCall) -> Any:
         """The innermost step of every call: the run's stop request, then the tool."""
-        reason = self.control.deliver()
-        if reason is not None:
-            raise reason
+        if self.control.reason is not None:
+            raise self.control.deliver()  # type: ignore[misc]
         if call.tool is None:
             raise ToolError.NotFound(tool_name=call.name)
         try:
