@@ -14,6 +14,9 @@ from bridge.errors import SpellError, categories, variants
 def describe_type(annotation: Any) -> str:
     """A short, readable name for a field's type: ``str``, ``float | None``, ``list[str]``."""
     origin = typing.get_origin(annotation)
+    choices = getattr(annotation, "choices", None)  # bridge.languages' names: known at run time
+    if callable(choices):
+        return " | ".join(repr(choice) for choice in choices())
     if origin is typing.Literal:
         return " | ".join(repr(arg) for arg in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):

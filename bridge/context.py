@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from bridge.languages import ScriptLanguageName
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
@@ -69,7 +71,7 @@ class ScriptComponent(_Model):
     """A script, by language and id (its file name)."""
 
     type: Literal["script"] = "script"
-    language: Literal["lua", "javascript"]
+    language: ScriptLanguageName
     script_id: str
 
 

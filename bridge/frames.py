@@ -9,16 +9,25 @@ import linecache
 import os
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, NamedTuple
+from typing import Any, NamedTuple
 
-Language = Literal["python", "lua", "javascript", "host"]
-LANGUAGES: tuple[str, ...] = ("python", "lua", "javascript", "host")
+from bridge.languages import is_script_language, languages
+
+# A frame's language: "python", "host", or a script language its engine registered (see
+# bridge.languages). LANGUAGES, every one known now, is read through __getattr__ below.
+Language = str
 # The largest line or column a frame may hold. Script frames are read from text a script
 # can write (a JS error's ``stack``, a Lua function's name inside a traceback), so their
 # numbers are bounded like any other input: far beyond any real source, yet small enough
 # that every consumer (a C ``int`` in Python's code objects and tracebacks) takes them.
 MAX_POSITION = 2**30
 _MAX_DIGITS = len(str(MAX_POSITION))
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LANGUAGES":  # the old constant: now the languages registered so far
+        return languages()
+    raise AttributeError(f"module 'bridge.frames' has no attribute {name!r}")
 
 
 def position(digits: str) -> int | None:
@@ -43,7 +52,7 @@ class Frame(NamedTuple):
     them when they are read from JSON.
     """
 
-    language: Language
+    language: Language  # "python", "host" or a script language (see bridge.languages)
     file: str
     line: int | None = None
     column: int | None = None
@@ -60,6 +69,11 @@ class Frame(NamedTuple):
             "function": self.function,
             "source": self.source,
         }
+
+    @property
+    def is_script(self) -> bool:
+        """Whether the frame is a script's (not Python's, not the host's)."""
+        return is_script_language(self.language)
 
     @property
     def location(self) -> str:
@@ -82,8 +96,8 @@ def frame_from_data(data: object) -> Frame:
         raise ValueError("a frame must be an object")
     for key, value in data.items():
         if key == "language":
-            if value not in LANGUAGES:
-                raise ValueError(f"language: must be one of {', '.join(LANGUAGES)}", key)
+            if value not in languages():
+                raise ValueError(f"language: must be one of {', '.join(languages())}", key)
         elif key not in _FRAME_TYPES:
             raise ValueError("unknown key", key)
         elif value is not None and (type(value) is bool or not isinstance(value,

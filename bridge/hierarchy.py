@@ -13,10 +13,11 @@ those names belong to every error.
 from typing import Literal
 
 from bridge.errors import Json, SpellError
+from bridge.languages import EngineLanguageName
 from bridge.severity import Severity
 
 Number = int | float
-ScriptLanguage = Literal["lua", "javascript", "python"]
+ScriptLanguage = EngineLanguageName  # a registered script language, or "python"
 SecuritySeverity = Literal["low", "medium", "high", "critical"]
 
 # fmt: off

@@ -44,6 +44,7 @@ class LuaScript:
     filename: str
     source: str
     short_src: str = ""
+    language: str = "lua"  # what frames and errors name: the engine's (a Lua version's) name
     _lines: list[str] | None = field(default=None, repr=False)
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
     _entry: re.Pattern[str] | None = field(default=None, repr=False)
@@ -69,7 +70,7 @@ class LuaScript:
 
     def frame(self, line: int | None, function: str) -> Frame:
         """A Lua frame of this script."""
-        return Frame("lua", self.filename, line, None, function, self.line_text(line))
+        return Frame(self.language, self.filename, line, None, function, self.line_text(line))
 
     def frames(self, traceback: str | None) -> list[Frame]:
         """The script's own frames in ``debug.traceback`` text, outermost first.
@@ -98,12 +99,13 @@ class LuaScript:
             self._lines = self.source.splitlines()
         if TAIL_CALLS in traceback:
             return self._parse_lines(traceback)
-        lines, count, file = self._lines, len(self._lines), self.filename
+        lines, count, file, language = (self._lines, len(self._lines), self.filename,
+                                        self.language)
         frames = []
         for number, what in self._entry.findall(traceback):  # as frame(), without its calls
             line = position(number)  # None when out of range (see frames.MAX_POSITION)
             frames.append(_new_tuple(Frame, (
-                "lua", file, line, None, _function_name(what),
+                language, file, line, None, _function_name(what),
                 lines[line - 1].strip() if line is not None and 0 < line <= count else None)))
         frames.reverse()
         return frames
@@ -117,12 +119,13 @@ class LuaScript:
             found = self._entry.match(raw)
             if found:
                 line = int(found.group(1))
-                frames.append(Frame("lua", self.filename, line, None,
+                frames.append(Frame(self.language, self.filename, line, None,
                                     _function_name(found.group(2)), self.line_text(line)))
                 after = True
             elif entry == TAIL_CALLS:
                 if after:
-                    frames.append(Frame("lua", self.filename, None, None, TAIL_CALLS, None))
+                    frames.append(Frame(self.language, self.filename, None, None, TAIL_CALLS,
+                                        None))
                 after = False
             else:
                 after = entry == TRACEBACK_HEADER
@@ -190,7 +193,7 @@ def compilation_failed(script: LuaScript, message: str) -> SpellError:
     line, error = script.split_message(message)
     text = script.line_text(line)
     return ScriptError.CompilationFailed(
-        language="lua", error=error, file=script.filename, line=line, source_code=text,
+        language=script.language, error=error, file=script.filename, line=line, source_code=text,
         frames=[script.frame(line, "main chunk")],
     )
 
@@ -220,7 +223,7 @@ def thrown_error(
     frames = script.frames(traceback)
     if overflow is not None:
         return ScriptError.ResourceExhaustion(
-            language="lua", resource_type="stack", current_usage=overflow, frames=frames)
+            language=script.language, resource_type="stack", current_usage=overflow, frames=frames)
     if lua_type == "string" and isinstance(value, str):
         line, error = script.split_message(value)
         recognised = recognise(error, frames)  # error("Tool 'x' not found") of old scripts

@@ -42,7 +42,6 @@ NOTE_HEADER = "Polyglot traceback (outermost first):"
 UNLOADED_FILE = "<not loaded by the host: {}>"  # the entry name of a file no host loaded
 MAX_SOURCES = 1024  # remembered sources; the oldest are forgotten (and leave linecache)
 _EXCEPTION_NAME = "__polyspell_exception__"
-_SCRIPT_LANGUAGES = frozenset({"lua", "javascript"})
 _PYTHON_SUFFIXES = tuple(importlib.machinery.all_suffixes())
 # The raise spans two lines so that Python does not draw carets under a script line
 # whose columns it does not know.
@@ -105,7 +104,7 @@ def remember_source(filename: str, source: str) -> None:
 def _entry_file(frame: Frame, sources: Mapping[str, str] | None) -> str:
     """The file name the traceback entry of ``frame`` gets (see the module docstring)."""
     file = frame.file
-    if frame.language not in _SCRIPT_LANGUAGES:
+    if not frame.is_script:
         return file  # Python's own frames, and the host's ("<tool call>")
     loaded = file in sources if sources is not None else file in _sources
     if not loaded:

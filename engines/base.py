@@ -44,14 +44,15 @@ class EngineSpec:
     read these instead of naming languages.
     """
 
-    name: str  # the canonical name: "lua", "javascript"
+    name: str  # the canonical name: "lua", "javascript" (frames and errors name it so)
     display_name: str  # as people write it: "Lua", "JavaScript"
     aliases: tuple[str, ...]  # other names a user may give ("js")
     extensions: tuple[str, ...]  # script files in this language, by suffix (lower case)
     engine: str  # "module:Class" of the Engine, imported on first use
     exports: str  # where a tools file puts the functions it exports, for messages
-    # whether a float that is not finite passes between two engines of this language (Lua
-    # numbers hold them; JSON, which JavaScript data crosses as, does not)
+    # whether this language's engines hold floats that are not finite (Lua numbers do;
+    # JavaScript data crosses as JSON, which has none): such a float in a tools file's
+    # result passes to the caller only when both engines hold them
     non_finite_numbers: bool = False
     # whether an empty table reads as {} where a list may be meant (Lua has one table type)
     empty_table_ambiguous: bool = False
@@ -162,8 +163,16 @@ Step = Suspended | Finished | Failed
 class Engine(ABC):
     """One sandboxed interpreter, running one script at a time."""
 
-    language: ClassVar[Literal["lua", "javascript"]]
-    extensions: ClassVar[tuple[str, ...]]
+    spec: ClassVar[EngineSpec]  # the language it runs, as the registry knows it
+    language: ClassVar[str]  # spec.name, set for each class that declares a spec
+    extensions: ClassVar[tuple[str, ...]]  # spec.extensions, likewise
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:  # code reads engine.language: derived here, never written twice
+            cls.language = spec.name
+            cls.extensions = spec.extensions
 
     def __init__(
         self,

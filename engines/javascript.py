@@ -82,6 +82,7 @@ from engines.base import (
     ToolReply,
     ToolRequest,
 )
+from engines.specs import JAVASCRIPT
 
 _HERE = resources.files("engines")
 PRELUDE = _HERE.joinpath("javascript_prelude.js").read_text("utf-8")
@@ -108,8 +109,7 @@ class _TooLarge(Exception):
 class JavaScriptEngine(Engine):
     """Runs one JavaScript script (or ES module) in a fresh quickjs-ng context."""
 
-    language = "javascript"
-    extensions = (".js", ".mjs")
+    spec = JAVASCRIPT
     # CPU seconds allowed per wall-clock second left (see the module docstring). A host
     # that runs each engine alone in a worker process may lower it towards 1.
     cpu_factor: ClassVar[float] = float(os.cpu_count() or 1)

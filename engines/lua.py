@@ -69,6 +69,7 @@ from engines.base import (
     ToolReply,
     ToolRequest,
 )
+from engines.specs import LUA
 
 # The values the host hands to a Lua script, by the path _to_lua names them with.
 _HANDED = {"args": "run's arguments", "params": "call's parameters",
@@ -216,8 +217,7 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
 class LuaEngine(Engine):
     """Runs one Lua script at a time in its own sandboxed Lua 5.5 runtime (see the module)."""
 
-    language = "lua"
-    extensions = (".lua",)
+    spec = LUA
 
     def __init__(
         self,
@@ -289,7 +289,7 @@ class LuaEngine(Engine):
             return Failed(self._failed)
         if self._lua is None:
             return self._fail(_closed())
-        self._script = LuaScript(filename=filename, source=source)
+        self._script = LuaScript(filename=filename, source=source, language=self.language)
         self._waiting.clear()
         self._started = time.monotonic()
         shown = _utf8(filename)  # the name Lua knows the chunk by
@@ -457,21 +457,22 @@ class LuaEngine(Engine):
             return self._fail(self._time_error(outcome[3]))
         if status == "bad_result":
             return Failed(ScriptError.CrossEngineCommunication(
-                from_engine="lua", to_engine="python", error=outcome[2], data_type=outcome[3]))
+                from_engine=self.language, to_engine="python", error=outcome[2],
+                data_type=outcome[3]))
         if status == "syntax":
             return self._fail(compilation_failed(script, outcome[2]))
         return self._fail(ScriptError.RuntimeError(
-            language="lua", error=f"unexpected step outcome {status!r}"))
+            language=self.language, error=f"unexpected step outcome {status!r}"))
 
     def _not_data(self, bad: _NotData) -> SpellError:
         return ScriptError.CrossEngineCommunication(
-            from_engine="python", to_engine="lua", error=str(bad), data_type=bad.data_type)
+            from_engine="python", to_engine=self.language, error=str(bad), data_type=bad.data_type)
 
     def _engine_error(self, exc: Exception) -> SpellError:
         if isinstance(exc, lupa.LuaMemoryError):
             return self._memory_error()
         # The prelude itself failed: a bug in polyspell, not in the script.
-        return ScriptError.RuntimeError(language="lua", error=str(exc),
+        return ScriptError.RuntimeError(language=self.language, error=str(exc),
                                         reason="the engine's prelude failed")
 
     def _fail(self, error: SpellError) -> Failed:
@@ -482,13 +483,13 @@ class LuaEngine(Engine):
     def _time_error(self, traceback: str | None) -> SpellError:
         frames = self._script.frames(traceback) if self._script else []
         return ScriptError.ResourceExhaustion(
-            language="lua", resource_type="time",
+            language=self.language, resource_type="time",
             current_usage=round(time.monotonic() - self._started, 3),
             limit=self.limits.timeout, frames=frames)
 
     def _memory_error(self, description: str | None = None) -> SpellError:
         return ResourceError.MemoryExhaustion(
-            location="lua",
+            location=self.language,
             description=description or f"the script needed more than the "
                                        f"{self.limits.memory_mb} MiB of memory it may use",
             available=self._memory_limit)

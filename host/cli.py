@@ -18,10 +18,14 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SECURITY, EXIT_RESOURCE = 0, 1, 2, 3, 4
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
+    import engines  # light: the specs, not the engines (their modules load when used)
+
+    names = [spec.display_name for spec in engines.specs()]
+    suffixes = ", ".join(suffix for spec in engines.specs() for suffix in spec.extensions)
     parser = argparse.ArgumentParser(
         prog="polyspell",
-        description="Run Lua and JavaScript agent scripts that call Python tools, "
-        "with one error language across all three.",
+        description=f"Run {engines.spoken(names, 'and')} agent scripts that call Python "
+        f"tools, with one error language across all of them.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -35,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.set_defaults(handler=_catalog)
 
     run = commands.add_parser(
-        "run", help="run a Lua or JavaScript agent script",
-        description="Run an agent script (engine chosen by extension: .lua, .js, .mjs). "
+        "run", help=f"run a {engines.spoken(names)} agent script",
+        description=f"Run an agent script (engine chosen by extension: {suffixes}). "
         "The result is printed as JSON on stdout; on failure the translated traceback "
         "goes to stderr. Exit codes: 0 success, 1 the script failed, 2 usage or "
         "configuration error, 3 security violation, 4 resource limit.",
@@ -70,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     tools.set_defaults(handler=_tools)
 
     plan = commands.add_parser(
-        "plan", help="run a plan of Lua and JavaScript tasks (TOML)",
+        "plan", help=f"run a plan of {engines.spoken(names, 'and')} tasks (TOML)",
         description="Run the tasks of a TOML plan, concurrently where they do not depend "
         "on each other, and print a table of tasks, the outcome and the root causes of "
         "failures with their tracebacks. Progress is shown on a terminal. Exit codes: 0 "
@@ -102,10 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_tools_option(parser: argparse.ArgumentParser) -> None:
+    import engines
+
+    kinds = ["Python (its @tool functions)",
+             *(f"{spec.display_name} (the functions of {spec.exports})"
+               for spec in engines.specs())]
     parser.add_argument("--tools", action="append", default=[], metavar="FILE",
-                        help="a tools file scripts may call (repeatable): Python (its "
-                        "@tool functions), Lua (the functions of the table it returns) or "
-                        "JavaScript (the functions of its global exports)")
+                        help=f"a tools file scripts may call (repeatable): "
+                        f"{engines.spoken(kinds)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

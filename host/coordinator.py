@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 from pydantic import BaseModel, JsonValue, PrivateAttr
 
+import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
 from host.host import (
@@ -155,11 +156,12 @@ Callback = Callable[..., Any]
 
 
 class Coordinator:
-    """Runs plans of Lua and JavaScript tasks that call the given Python tools.
+    """Runs plans of script tasks (Lua, JavaScript...) that call the given Python tools.
 
     ``tools`` are as for :class:`host.Host` (``@tool`` functions or tools files); a plan
     adds its own. ``engine_timeouts`` are the default per-try timeouts of tasks without
-    one (``{"lua": 30, "javascript": 30}``); a plan's ``engine_timeouts`` win over them.
+    one, by language (``{"lua": 30, "javascript": 30}``); a plan's ``engine_timeouts`` win
+    over them.
     ``on_output(task_id, line)`` receives what scripts print (default: stderr, prefixed
     with the task id). ``engine_factory`` makes every engine, as for :class:`host.Host`.
 
@@ -197,15 +199,15 @@ class Coordinator:
         self.stack_kb = stack_kb
         self.sandbox = sandbox
         self.max_concurrency = int(max_concurrency)
-        self.engine_timeouts = {"lua": DEFAULT_ENGINE_TIMEOUT,
-                                "javascript": DEFAULT_ENGINE_TIMEOUT}
+        self.engine_timeouts = {spec.name: DEFAULT_ENGINE_TIMEOUT for spec in engines.specs()}
         for language, seconds in (engine_timeouts or {}).items():
             if language not in self.engine_timeouts:
                 from bridge import ConfigurationError
 
+                names = engines.spoken((repr(name) for name in self.engine_timeouts), "and")
                 raise ConfigurationError.InvalidValue(
                     key="engine_timeouts", value=str(language),
-                    reason="engine timeouts are for 'lua' and 'javascript'")
+                    reason=f"engine timeouts are for {names}")
             check_positive(f"engine_timeouts[{language!r}]", seconds, at_most=MAX_TIMEOUT)
             self.engine_timeouts[language] = float(seconds)
         self.on_output = on_output or _print_to_stderr
@@ -424,7 +426,8 @@ class _Execution:
                 return
             state.attempts += 1
             await self._notify(state, "started", task.id, state.attempts)
-            budget = min(task.timeout or self.timeouts[task.language or "lua"], remaining)
+            budget = min(task.timeout or self.timeouts.get(task.language or "",
+                                                           DEFAULT_ENGINE_TIMEOUT), remaining)
             ok, value = await self._try(state, args, budget)
             if ok:
                 await self._finish(state, "succeeded", result=value)

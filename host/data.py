@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import engines
 from bridge import BridgeError, ScriptError, SpellError
 from bridge.data import MAX_DEPTH
 
@@ -19,10 +20,12 @@ from bridge.data import MAX_DEPTH
 def crossing(value: Any, source: str, target: str) -> Any:
     """A tools file's result on its way to another engine, or cross_engine_communication.
 
-    The engines hold what JSON holds; a float that is not finite only passes between two
-    Lua engines (nested in a result it has no JSON form for JavaScript).
+    The engines hold what JSON holds; a float that is not finite passes only between two
+    engines whose specs say they hold one (Lua: nested in a result it has no JSON form for
+    JavaScript).
     """
-    if source == target == "lua":
+    sides = engines.spec_of(source), engines.spec_of(target)
+    if all(spec is not None and spec.non_finite_numbers for spec in sides):
         return value
     problem = not_json_like(value, "result")
     if problem is not None:  # from an engine, only a float that is not finite

@@ -91,7 +91,8 @@ class Host:
 
     def run_source(self, code: str, language: str, name: str | None = None,
                    args: Any = None) -> Any:
-        """Run script source given as text; ``language`` is ``lua`` or ``javascript``/``js``."""
+        """Run script source given as text; ``language`` is a language's name or alias
+        (``lua``, ``javascript``/``js``: see :func:`engines.specs`)."""
         return anyio.run(functools.partial(self.arun_source, code, language, name, args))
 
     async def arun_source(self, code: str, language: str, name: str | None = None,
@@ -126,9 +127,12 @@ class Host:
         """:meth:`new_run` for script source given as text."""
         canonical = engines.language_of(language) if isinstance(language, str) else None
         if canonical is None:
+            specs = engines.specs()
+            aliases = [repr(alias) for spec in specs for alias in spec.aliases]
             raise ConfigurationError.InvalidValue(
                 key="language", value=str(language),
-                reason="the language must be 'lua' or 'javascript' (or 'js')")
+                reason=f"the language must be {engines.spoken(repr(s.name) for s in specs)}"
+                       + (f" (or {engines.spoken(aliases)})" if aliases else ""))
         if not isinstance(code, str):
             raise ConfigurationError.InvalidValue(key="code", value=type(code).__name__,
                                                   reason="script source must be a string")

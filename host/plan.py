@@ -1,4 +1,4 @@
-"""Plans: tasks (a Lua or JS script each) with dependencies, and how to run them.
+"""Plans: tasks (a script each, Lua, JavaScript...) with dependencies, and how to run them.
 
 A plan is given in Python (``Plan(tasks=[Task(...), ...])``) or read from a TOML file
 (:func:`load_plan`)::
@@ -40,13 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, f
 import engines
 from bridge import ConfigurationError, SpellError
 from bridge.data import MAX_DEPTH
+from bridge.languages import ScriptLanguageName
 from host.host import MAX_TIMEOUT
 from host.tools import check_file
 
 Strategy = Literal["propagate", "collect", "cancel_dependents", "isolate"]
 STRATEGIES: tuple[str, ...] = ("propagate", "collect", "cancel_dependents", "isolate")
 Backoff = Literal["fixed", "linear", "exponential"]
-Language = Literal["lua", "javascript"]
+Language = ScriptLanguageName  # a registered language's name (engines.specs())
 
 
 # Set while a model is being validated: pydantic calls the __init__ of nested models too.
@@ -104,7 +105,8 @@ class Retry(_PlanModel):
 
 
 class Task(_PlanModel):
-    """One script to run: its id, file (``.lua``, ``.js``, ``.mjs``), args and dependencies.
+    """One script to run: its id, file (``.lua``, ``.js``...: see :func:`engines.specs`),
+    args and dependencies.
 
     The script receives ``args`` plus ``args.inputs``: the results of the tasks it runs
     ``after``, by id. ``timeout`` (seconds) bounds each try; without it the plan's
@@ -133,7 +135,8 @@ class Task(_PlanModel):
 
     @property
     def language(self) -> str | None:
-        """``lua`` or ``javascript``, from the script's extension (None if unknown)."""
+        """The script's language (``lua``, ``javascript``...), from its extension (None if
+        unknown)."""
         return engines.language_for_path(self.script)
 
 

@@ -470,8 +470,7 @@ def _preserve_stack(err: SpellError) -> None:
     stack = err.fields.get("stack_trace")
     if isinstance(stack, str) and stack:
         metadata["preserved_stack_trace"] = stack
-    script = next((f for f in reversed(err.frames) if f.language in ("lua", "javascript")),
-                  None)
+    script = next((f for f in reversed(err.frames) if f.is_script), None)
     if script is not None:
         metadata["source_engine"] = {"language": script.language, "script": script.file}
     err.context = err.context.model_copy(update={"metadata": metadata})

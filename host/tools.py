@@ -173,7 +173,8 @@ def as_tool(item: Any) -> Tool:
 
 @dataclass(frozen=True)
 class ScriptTool:
-    """A function that a Lua or JavaScript tools file exports, callable by every script.
+    """A function that a script tools file (Lua, JavaScript...) exports, callable by every
+    script.
 
     Each run gives the file an engine of its own, loaded on the first call and kept for
     the run, so the file's module state lives as long as the run.
@@ -181,7 +182,7 @@ class ScriptTool:
 
     name: str
     function: str  # its name in the file (``name`` unless renamed to avoid a clash)
-    language: str
+    language: str  # a registered language (engines.spec_of)
     filename: str  # as given: frames and tracebacks name it so
     source: str
     description: str = ""
@@ -214,13 +215,14 @@ def _load_script_tools(path: Path, language: str, sandbox: str,
         names = load_library(engine, source, str(path), [], time.monotonic() + LOAD_TIMEOUT)
     finally:
         engine.close()
+    spec = engines.spec_of(language)
+    assert spec is not None  # the language of the file's extension: registered
     if not names:
-        where = "the table it returns" if language == "lua" else "the object `exports`"
         raise ConfigurationError.LoadFailed(
-            path=str(path), reason=f"it exports no functions (put them in {where})")
-    kind = "Lua" if language == "lua" else "JavaScript"
+            path=str(path), reason=f"it exports no functions (put them in {spec.exports})")
     return [ScriptTool(name=name, function=name, language=language, filename=str(path),
-                       source=source, description=f"{kind} function {name} of {path.name}")
+                       source=source,
+                       description=f"{spec.display_name} function {name} of {path.name}")
             for name in names]
 
 
@@ -288,9 +290,10 @@ def check_file(path: Path) -> None:
 def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
                     engine_factory: Callable[..., engines.Engine] | None = None,
                     ) -> list[Tool | ScriptTool]:
-    """The tools of a file: a Python file's ``@tool`` functions, or the functions a Lua or
-    JavaScript tools file exports (loaded once here, in ``sandbox``, in an engine from
-    ``engine_factory`` (default :func:`engines.make_engine`), to find them).
+    """The tools of a file: a Python file's ``@tool`` functions, or the functions a script
+    tools file (Lua, JavaScript...: by extension) exports (loaded once here, in
+    ``sandbox``, in an engine from ``engine_factory`` (default :func:`engines.make_engine`),
+    to find them).
 
     A missing file is ``configuration/file_not_found``; a directory, or a file that does
     not import or load, is ``configuration/load_failed`` (with the failure as its cause).
@@ -303,9 +306,10 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
         return _load_script_tools(path, language, sandbox,
                                   engine_factory or engines.make_engine)
     if path.suffix != ".py":
+        kinds = ["Python (.py)", *(f"{spec.display_name} ({', '.join(spec.extensions)})"
+                                   for spec in engines.specs())]
         raise ConfigurationError.LoadFailed(
-            path=str(path), reason="a tools file must be a Python (.py), Lua (.lua) or "
-                                   "JavaScript (.js, .mjs) file")
+            path=str(path), reason=f"a tools file must be a {engines.spoken(kinds)} file")
     module_name = f"polyspell_tools_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+# The script languages exist once the engines' specs are registered (bridge is told them):
+# tests that read frames or errors from JSON without running an engine need them too.
+import engines  # noqa: F401
+
 LANGUAGES = ["lua", "javascript"]
 EXTENSION = {"lua": ".lua", "javascript": ".js"}
 

@@ -33,6 +33,8 @@ def for_annotation(annotation: Any) -> st.SearchStrategy[Any]:
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return st.sampled_from(args)
+    if callable(getattr(annotation, "choices", None)):  # a language (bridge.languages)
+        return st.sampled_from(annotation.choices())
     if origin in (typing.Union, types.UnionType):
         return st.one_of([for_annotation(arg) for arg in args])
     if origin is list:
@@ -56,6 +58,8 @@ def example_value(annotation: Any) -> Any:
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return args[0]
+    if callable(getattr(annotation, "choices", None)):  # a language (bridge.languages)
+        return annotation.choices()[0]
     if origin in (typing.Union, types.UnionType):
         return example_value(next(a for a in args if a is not type(None)))
     if origin is list:
