@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bridge.envelope import error_from_script
+from bridge.envelope import error_from_script, with_ref
 from bridge.errors import SpellError, variant_class
 from bridge.frames import Frame, position
 from bridge.patterns import recognise
@@ -238,15 +238,16 @@ def error_from_report(
     report: Mapping[str, Any],
     filename: str,
     lines: Sequence[str] | None = None,
-    resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
     *,
     limits: Limits | None = None,
     limit: str | None = None,
 ) -> SpellError:
     """The unified error for an uncaught value the prelude described (see module doc).
 
-    An error with ``category`` and ``kind`` goes through :func:`error_from_script` (a
-    ``ref`` it knows gives back the original Python error); a builtin or user Error gives
+    An error with ``category`` and ``kind`` goes through :func:`error_from_script`; one
+    with a ``ref`` (a rethrown envelope from Python) is a copy that carries the ref, for
+    the host to swap for the original (``bridge.envelope.resolve_refs``), its cause too.
+    A builtin or user Error gives
     ``script/javascript``; a SyntaxError of the script's own evaluation, at a parse
     position, ``script/compilation_failed``. ``limit`` (``memory`` or ``stack``) is the
     limit the engine observed it hit, which gives the resource error (see
@@ -271,17 +272,13 @@ def error_from_report(
         return compilation_error(message, filename, *at, lines)
     spell = report.get("spell")
     if isinstance(spell, Mapping):
-        ref = spell.get("ref")
-        original = resolve_ref(ref) if isinstance(ref, int) and not isinstance(ref, bool) else None
-        if original is not None:
-            return original  # a rethrown tool error: the very error Python raised
-        err = _spell_error(spell, frames or [_file_frame(filename)])
+        err = with_ref(_spell_error(spell, frames or [_file_frame(filename)]), spell.get("ref"))
     else:  # a plain Error("Agent not found: x") of an old script may name a unified error
         err = (name == "Error" and recognise(message, frames or [_file_frame(filename)])) or \
             javascript_error(name, message, stack, frames, filename)
     cause = report.get("cause")
     if isinstance(cause, Mapping):
-        err.__cause__ = error_from_report(cause, filename, lines, resolve_ref, limits=limits)
+        err.__cause__ = error_from_report(cause, filename, lines, limits=limits)
     return err
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +204,6 @@ def thrown_error(
     lua_type: str,
     text: str | None,
     traceback: str | None,
-    resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
     *,
     overflow: int | None = None,
     from_prelude: bool = False,
@@ -219,6 +218,8 @@ def thrown_error(
     the error was raised), else None: a message alone, which a script can write, says
     nothing about limits. ``from_prelude``: the engine's prelude raised the error table (a
     sandbox violation); a security or resource error of the script's own is marked so.
+    An error table from an envelope gives a copy carrying its ref, for the host to resolve
+    (``bridge.envelope.resolve_refs``).
     """
     frames = script.frames(traceback)
     if overflow is not None:
@@ -235,8 +236,7 @@ def thrown_error(
     if isinstance(value, Mapping) and "category" in value and "kind" in value:
         own = value.get("traceback")
         own_frames = script.frames(own) if isinstance(own, str) else []
-        return error_from_script(value, own_frames or frames, resolve_ref,
-                                 by_script=not from_prelude)
+        return error_from_script(value, own_frames or frames, by_script=not from_prelude)
     error = text if text is not None else describe_value(value, lua_type)
     return ScriptError.Lua(
         error=error, script=script.filename, script_line=_innermost(frames),

@@ -27,11 +27,10 @@ may call.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from bridge import Frame, SpellError
+from bridge import Frame, ScriptError, SpellError
 
 Sandbox = Literal["constrained", "trusted"]
 
@@ -80,8 +79,10 @@ class Problem:
     """Why a value has no JSON form and cannot cross, as facts the host builds errors from.
 
     ``message`` is the whole sentence (``params.f is a function``); ``path`` says where in
-    the value (``params.f``), ``data_type`` what was found there (``function``, ``cycle``,
-    ``int``, ``float``, ``key``...).
+    the value (``params.f``), ``data_type`` what the engine found there: for a result, the
+    value's type in the engine's language (``function``, ``table``, ``object``, ``bigint``,
+    ``int``...); for tool parameters the same, except that a cycle is ``cycle`` and a
+    table with a key that cannot cross (Lua) is ``key``.
     """
 
     path: str
@@ -101,7 +102,7 @@ class ToolRequest:
     params: Any = None  # JSON-like data, as the script passed it
     # Why the parameters could not be read (a function, a cycle, a non-string key...);
     # the host then answers with tool/invalid_parameters (error_type "parse"), or, for a
-    # tools file's function, script/cross_engine_communication.
+    # tools file's function, script/cross_engine_communication (crossing_error).
     problem: Problem | None = None
     frames: list[Frame] = field(default_factory=list)  # the script's call site, outermost first
 
@@ -116,8 +117,10 @@ class ToolReply:
 
 
 # Every step carries only data, so that it can cross a pipe (pickled, or as JSON): the
-# lines the script printed since the last step (``output``), and errors whose envelope
-# refs are left for the host to resolve (bridge.envelope.resolve_refs).
+# lines the script printed since the last step (``output``, in the order printed; the
+# shared empty tuple when there are none, so that a tool round trip allocates nothing
+# for it), and errors whose envelope refs are left for the host to resolve
+# (bridge.envelope.resolve_refs).
 
 
 @dataclass
@@ -125,7 +128,7 @@ class Suspended:
     """The script waits for these tool calls (Lua: always one; JS: one or more)."""
 
     requests: list[ToolRequest]
-    output: list[str] = field(default_factory=list)
+    output: tuple[str, ...] = ()
 
 
 @dataclass
@@ -133,7 +136,7 @@ class Finished:
     """The script completed; ``result`` is JSON-like data."""
 
     result: Any = None
-    output: list[str] = field(default_factory=list)
+    output: tuple[str, ...] = ()
 
 
 @dataclass(eq=False)
@@ -146,7 +149,7 @@ class Failed:
     """
 
     error: SpellError
-    output: list[str] = field(default_factory=list)
+    output: tuple[str, ...] = ()
     problem: Problem | None = None
 
     def __eq__(self, other: object) -> bool:
@@ -160,8 +163,25 @@ class Failed:
 Step = Suspended | Finished | Failed
 
 
+def crossing_error(problem: Problem, source: str, target: str) -> SpellError:
+    """``script/cross_engine_communication``: a value of ``source``'s has no form ``target``
+    can receive, as ``problem`` says (its message, and what was found there).
+
+    The one way this error is made from a problem: the engines for a result that cannot
+    reach Python (``target`` ``python``), the host for parameters or a result on their
+    way between two engines.
+    """
+    return ScriptError.CrossEngineCommunication(
+        from_engine=source, to_engine=target, error=problem.message,
+        data_type=problem.data_type)
+
+
 class Engine(ABC):
-    """One sandboxed interpreter, running one script at a time."""
+    """One sandboxed interpreter, running one script at a time.
+
+    An engine takes only data (its limits and sandbox) and gives only data (steps): what
+    scripts print comes in each step's ``output``, and the host resolves error refs.
+    """
 
     spec: ClassVar[EngineSpec]  # the language it runs, as the registry knows it
     language: ClassVar[str]  # spec.name, set for each class that declares a spec
@@ -174,18 +194,9 @@ class Engine(ABC):
             cls.language = spec.name
             cls.extensions = spec.extensions
 
-    def __init__(
-        self,
-        *,
-        limits: Limits = Limits(),
-        sandbox: Sandbox = "constrained",
-        on_output: Callable[[str], None] = lambda line: None,
-        resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
-    ) -> None:
+    def __init__(self, *, limits: Limits = Limits(), sandbox: Sandbox = "constrained") -> None:
         self.limits = limits
         self.sandbox = sandbox
-        self.on_output = on_output  # receives each line of print / console.log
-        self.resolve_ref = resolve_ref  # maps an error envelope's ref back to the original
 
     @abstractmethod
     def start(

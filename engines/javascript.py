@@ -76,11 +76,13 @@ from engines.base import (
     Engine,
     Failed,
     Finished,
+    Problem,
     Step,
     Suspended,
     ToolInfo,
     ToolReply,
     ToolRequest,
+    crossing_error,
 )
 from engines.specs import JAVASCRIPT
 
@@ -140,8 +142,8 @@ class JavaScriptEngine(Engine):
         try:
             params_json = _encode(params)
         except (TypeError, ValueError, RecursionError) as exc:
-            return Failed(_crossing_error("python", "javascript", f"params: {exc}",
-                                          type(params).__name__))
+            return Failed(crossing_error(Problem("params", type(params).__name__,
+                                                 f"params: {exc}"), "python", "javascript"))
         try:
             self._enter(self._call_export, activation, function, params_json)
             return self._advance(activation)
@@ -169,8 +171,8 @@ class JavaScriptEngine(Engine):
                               "constructors": _constructors(),
                               "bounds": [MAX_DEPTH, ITEM_BYTES, self._memory_limit()]})
         except (TypeError, ValueError, RecursionError) as exc:
-            return self._fail(_crossing_error("python", "javascript", f"args: {exc}",
-                                              type(args).__name__))
+            return self._fail(crossing_error(Problem("args", type(args).__name__,
+                                                     f"args: {exc}"), "python", "javascript"))
         problem = _unpassable(source)
         if problem:
             return self._fail(translate.compilation_error(problem, filename, None, None))
@@ -297,18 +299,19 @@ class JavaScriptEngine(Engine):
         if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
         state = _scan(text, 0)[0]
-        if state[1]:
-            for line in state[1]:
-                self.on_output(line)
+        lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
         if kind == 0:
-            requests = self._requests(state)
+            try:
+                requests = self._requests(state)
+            except _TooLarge as exc:
+                return self._fail(self._too_large(str(exc)), lines)
             for request in requests:
                 self._owners[request.id] = activation
-            return Suspended(requests)
+            return Suspended(requests, lines)
         match kind:
             case 1:
-                return Finished(state[2])
+                return Finished(state[2], lines)
             case 2:
                 # The limit is what the prelude observed of the engine's own error object
                 # (observedLimit), never what the report, which the script wrote, says.
@@ -317,20 +320,21 @@ class JavaScriptEngine(Engine):
                 limit = "memory" if self._out_of_memory(observed) else \
                     _OBSERVED_LIMITS.get(observed)
                 return Failed(translate.error_from_report(
-                    state[2], self._filename, self._source_lines(), self.resolve_ref,
-                    limits=self._limit_values(), limit=limit))
+                    state[2], self._filename, self._source_lines(),
+                    limits=self._limit_values(), limit=limit), lines)
             case 3:
-                problem = state[2]
-                if self._out_of_memory(problem["memory"]):
-                    return self._fail(self._too_large("result"))
-                return Failed(_crossing_error("javascript", "python",
-                                              problem["message"], problem["type"]))
+                found = state[2]  # {message, type, path, memory}: see failure in the prelude
+                if self._out_of_memory(found["memory"]):
+                    return self._fail(self._too_large("result"), lines)
+                problem = Problem(found["path"], found["type"], found["message"])
+                return Failed(crossing_error(problem, "javascript", "python"), lines, problem)
             case _:  # loading or running, with nothing queued that could settle it
                 return Failed(variant_class("script", "runtime_error")(
                     language="javascript",
                     error="the script is waiting on a promise that nothing will resolve",
                     reason="no tool call is pending and no job is left to run",
-                    frames=[translate.make_frame(self._filename, None, None, "<script>")]))
+                    frames=[translate.make_frame(self._filename, None, None, "<script>")]),
+                    lines)
 
     def _requests(self, state: list[Any]) -> list[ToolRequest]:
         """The requests of a poll: ``id, site, tool, params`` from index 2 (see poll())."""
@@ -345,27 +349,27 @@ class JavaScriptEngine(Engine):
                 sites[site] = translate.parse_stack(stack, self._filename, self._source_lines())
             if request_id > 0:
                 requests.append(ToolRequest(request_id, tool, params, None, sites[site][:]))
-            else:  # the params have no JSON form: `params` says why
-                if params.__class__ is list:  # [why, memory]: memory may be why
-                    params, memory = params
-                    if self._out_of_memory(memory):
-                        raise _TooLarge("parameters")
-                requests.append(ToolRequest(-request_id, tool, None, params, sites[site][:]))
+            else:  # the params have no JSON form: [message, type, path, memory] says why
+                message, data_type, path, memory = params
+                if memory and self._out_of_memory(memory):  # memory may be why
+                    raise _TooLarge("parameters")
+                requests.append(ToolRequest(-request_id, tool, None,
+                                            Problem(path, data_type, message), sites[site][:]))
         return requests
 
     # -- failing ---------------------------------------------------------------------
 
-    def _fail(self, err: SpellError) -> Failed:
-        """Stop the engine with ``err`` (a limit, a broken context), handing on its output."""
+    def _fail(self, err: SpellError, lines: tuple[str, ...] = ()) -> Failed:
+        """Stop the engine with ``err`` (a limit, a broken context), handing on its output:
+        ``lines`` already read, then those the prelude still holds."""
         self._broken = True
         if self._ctx is not None and self._drain is not None:
             try:
                 self._grace()
-                for line in json.loads(self._drain()):
-                    self.on_output(line)
+                lines += tuple(json.loads(self._drain()))
             except (quickjs.JSException, quickjs.StackOverflow, ValueError, TypeError):
                 pass  # the context is broken (out of memory...): the lines are lost
-        return Failed(err)
+        return Failed(err, lines)
 
     def _from_python(self, exc: Exception) -> SpellError:
         """The unified error for whatever stopped a call into JS."""
@@ -503,18 +507,14 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
     try:
         return 1, _encode(value)
     except (TypeError, ValueError, RecursionError) as exc:  # the host checks depth first
-        err = _crossing_error("python", "javascript", f"tool result: {exc}", kind.__name__)
+        err = crossing_error(Problem("result", kind.__name__, f"tool result: {exc}"),
+                             "python", "javascript")
         return 2, _encode(error_envelope(err))
 
 
 @functools.cache
 def _constructors() -> dict[str, str]:
     return script_constructors()
-
-
-def _crossing_error(source: str, target: str, why: str, data_type: str) -> SpellError:
-    return variant_class("script", "cross_engine_communication")(
-        from_engine=source, to_engine=target, error=why, data_type=data_type)
 
 
 def _unpassable(source: str) -> str | None:

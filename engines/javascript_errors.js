@@ -191,8 +191,9 @@
     return null;
   }
 
-  // Why `value` (tool parameters when `strict`) cannot cross as JSON: {message, type},
+  // Why `value` (tool parameters when `strict`) cannot cross as JSON: {message, type, path},
   // without a prototype (JSON.stringify of it runs no script code: no inherited toJSON).
+  // `type` is the JS type found at `path`; for parameters, a cycle is "cycle".
   // `threw`: JSON.stringify threw `thrown` while it read `value`.
   function problem(value, root, strict, threw, thrown) {
     let found;
@@ -205,34 +206,35 @@
     let said;
     try {
       said = describe(found || ["error", [root], threw === true ? thrown
-        : "its JSON form changed while it was read"]);
+        : "its JSON form changed while it was read"], strict);
     } catch {
-      said = { message: `${root} has no JSON form`, type: "error" };
+      said = { message: `${root} has no JSON form`, type: "error", where: root };
     }
-    return { __proto__: null, message: String(said.message), type: String(said.type) };
+    return { __proto__: null, message: String(said.message), type: String(said.type),
+      path: String(said.where) };
   }
 
-  function describe([reason, path, value]) {
+  function describe([reason, path, value], strict) {
     const where = pathText(path);
     const type = typeName(value);
     switch (reason) {
       case "number":
       case "undefined":
-        return { message: `${where} is ${value}`, type };
+        return { message: `${where} is ${value}`, type, where };
       case "cycle":
-        return { message: `cyclic object at ${where}`, type };
+        return { message: `cyclic object at ${where}`, type: strict ? "cycle" : type, where };
       case "deep":
-        return { message: `${where} is nested more than ${maxDepth} levels deep`, type };
+        return { message: `${where} is nested more than ${maxDepth} levels deep`, type, where };
       case "class":
         return { message: `${where} is a ${type}${type === "Promise" ? " (a missing await?)" : ""}`,
-          type };
+          type, where };
       case "not_object":
         return { message: `${where} is ${value === null ? "null" : `${article(type)} ${type}`}, ` +
-          "not an object", type };
+          "not an object", type, where };
       case "error":
-        return { message: `${where} could not be read: ${show(value)}`, type: "error" };
+        return { message: `${where} could not be read: ${show(value)}`, type: "error", where };
       default:
-        return { message: `${where} is a ${reason}`, type };
+        return { message: `${where} is a ${reason}`, type, where };
     }
   }
 

@@ -240,7 +240,7 @@
     }
   }
 
-  // Why json(value) just answered null: {message, type} (see errors.problem) and `memory`:
+  // Why json(value) just answered null: {message, type, path} (see errors.problem) and `memory`:
   // 1 when the text would outgrow the budget or making it ran the engine out of memory
   // (observedLimit: the engine's own error, not one a toJSON threw), -1 when the engine
   // threw null (it could not even make its error: javascript.py looks at its memory).
@@ -249,7 +249,7 @@
     let memory = 0;
     if (stopped === LARGE) {
       found = { __proto__: null, message: root + " needs more than " + budget +
-        " bytes in Python", type: "" };
+        " bytes in Python", type: "", path: root };
       memory = 1;
     } else {
       found = loadErrors().problem(value, root, refuseUndefined, stopped === THREW, caught);
@@ -294,10 +294,10 @@
       : params !== null && typeof params === "object" && !isArray(params) ? json(params, true)
       : null;
     let problem = null;
-    if (text === null) { // [message, memory] when memory may be why (see failure)
+    if (text === null) { // [message, type, path, memory] (see failure)
       const found = failure(params, "params", true);
-      problem = found.memory === 0 ? stringify(found.message)
-        : "[" + stringify(found.message) + "," + found.memory + "]";
+      problem = "[" + stringify(found.message) + "," + stringify(found.type) + "," +
+        stringify(found.path) + "," + found.memory + "]"; // strings: no toJSON runs
     }
     const id = ++lastId;
     const { promise, resolve, reject } = withResolvers();
@@ -562,12 +562,13 @@
 
   // Where the script stands, as the JSON array [state, console lines or 0, ...]:
   //   [0, lines, id, site, tool, params, ...]  suspended: four items per request (a
-  //       request whose params have no JSON form has -id and, for params, the problem; a
+  //       request whose params have no JSON form has -id and, for params, the problem
+  //       [message, type, path, memory] (see failure); a
   //       call site seen for the first time is [number, stack], later just its number)
   //   [1, lines, result]                       finished
   //   [2, lines, report, limit]                failed (javascript_errors.js: report;
   //       limit: what observedLimit found, -1 when null was thrown)
-  //   [3, lines, {message, type}]              finished with a result that has no JSON form
+  //   [3, lines, {message, type, path, memory}] finished with a result that has no JSON form
   //   [4, lines, 0]                            waiting on a promise with no request queued
   // Without `full` (unguarded code, see the top) it answers 0 instead of running the script's
   // code, as the JSON of a result can (toJSON).

@@ -45,7 +45,6 @@ import functools
 import math
 import re
 import time
-from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -62,12 +61,14 @@ from engines.base import (
     Failed,
     Finished,
     Limits,
+    Problem,
     Sandbox,
     Step,
     Suspended,
     ToolInfo,
     ToolReply,
     ToolRequest,
+    crossing_error,
 )
 from engines.specs import LUA
 
@@ -174,7 +175,7 @@ class _NotData(Exception):
 
     def __init__(self, path: str, problem: str, data_type: str) -> None:
         super().__init__(f"{path} {problem}")
-        self.data_type = data_type
+        self.problem = Problem(path, data_type, f"{path} {problem}")
 
 
 def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
@@ -224,11 +225,8 @@ class LuaEngine(Engine):
         *,
         limits: Limits = DEFAULT_LIMITS,
         sandbox: Sandbox = "constrained",
-        on_output: Callable[[str], None] = lambda line: None,
-        resolve_ref: Callable[[int], SpellError | None] = lambda ref: None,
     ) -> None:
-        super().__init__(limits=limits, sandbox=sandbox, on_output=on_output,
-                         resolve_ref=resolve_ref)
+        super().__init__(limits=limits, sandbox=sandbox)
         self._memory_limit = limits.memory_mb * 2**20
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
@@ -411,27 +409,30 @@ class LuaEngine(Engine):
             f"memory the script may use")
 
     def _outcome(self, outcome: tuple[Any, ...]) -> Step:
-        """The step that a flat outcome of the prelude's ``finish`` describes."""
+        """The step that a flat outcome of the prelude's ``finish`` describes, with the
+        lines the script printed (the shared empty tuple when it printed none)."""
+        lines = tuple(self._drain().values()) if outcome[1] else ()
         try:
-            return self._read_outcome(outcome)
+            step = self._read_outcome(outcome)
         except _TooLarge as exc:
-            return self._fail(self._memory_error(
+            step = self._fail(self._memory_error(
                 f"its {exc.what} would need more than the {self.limits.memory_mb} MiB of "
                 f"memory the run may use once copied to Python (each reference to a table "
                 f"or string becomes a copy of its own)"))
         except _OutOfTime:
-            return self._fail(self._time_error(None))
+            step = self._fail(self._time_error(None))
+        if lines:
+            step.output = lines
+        return step
 
     def _read_outcome(self, outcome: tuple[Any, ...]) -> Step:
-        if outcome[1]:
-            for line in self._drain().values():
-                self.on_output(line)
         status = outcome[0]
         script = self._script
         assert script is not None
         if status == "request":
             _, _, request_id, name, problem, traceback, params = outcome
-            if problem is not None:
+            if problem is not None:  # {message, data_type, path}: see call_tool
+                problem = Problem(problem[3], problem[2], problem[1])
                 params = None
             elif params is None:
                 params = {}
@@ -447,7 +448,7 @@ class LuaEngine(Engine):
                 *outcome, None, None, None, None)[:8]
             # the script (or the called function) failed; the engine itself can go on
             return Failed(thrown_error(script, self._from_lua(value, "error"), lua_type,
-                                       described, traceback, self.resolve_ref,
+                                       described, traceback,
                                        overflow=overflow, from_prelude=own is True))
         if status == "abort":
             if outcome[2] == "memory":
@@ -455,18 +456,16 @@ class LuaEngine(Engine):
             if outcome[2] == "large":
                 raise _TooLarge
             return self._fail(self._time_error(outcome[3]))
-        if status == "bad_result":
-            return Failed(ScriptError.CrossEngineCommunication(
-                from_engine=self.language, to_engine="python", error=outcome[2],
-                data_type=outcome[3]))
+        if status == "bad_result":  # message, Lua type, path
+            problem = Problem(outcome[4], outcome[3], outcome[2])
+            return Failed(crossing_error(problem, self.language, "python"), problem=problem)
         if status == "syntax":
             return self._fail(compilation_failed(script, outcome[2]))
         return self._fail(ScriptError.RuntimeError(
             language=self.language, error=f"unexpected step outcome {status!r}"))
 
     def _not_data(self, bad: _NotData) -> SpellError:
-        return ScriptError.CrossEngineCommunication(
-            from_engine="python", to_engine=self.language, error=str(bad), data_type=bad.data_type)
+        return crossing_error(bad.problem, "python", self.language)
 
     def _engine_error(self, exc: Exception) -> SpellError:
         if isinstance(exc, lupa.LuaMemoryError):

@@ -169,13 +169,14 @@ local function keypath(k)
 end
 
 -- Whether v is JSON-like data (raw access only: no metamethod runs). Returns nothing
--- when it is, else a message pattern (%s is the path), the offending Lua type and the
--- path below v.
+-- when it is, else a message pattern (%s is the path), the offending Lua type, the path
+-- below v, and for a cycle or a key that cannot cross "cycle" or "key" (what a request's
+-- problem names as its data type; a result's names the Lua type).
 -- Counts what the host would build from it (bridge/data.py) in `spent`, and stops the run
 -- when that exceeds the budget: each reference to a string or table is a copy in Python.
 local active, spent = {}, 0
 local function check_table(v, depth)
-  if active[v] then return "cyclic table at %s", "table", "" end
+  if active[v] then return "cyclic table at %s", "table", "", "cycle" end
   if depth >= MAX_DEPTH then
     return "%s is nested more than " .. MAX_DEPTH .. " levels deep", "table", ""
   end
@@ -186,7 +187,7 @@ local function check_table(v, depth)
     if tk == "string" then
       if not utf8_len(k) then
         active[v] = nil
-        return "%s has a key that is not valid UTF-8 text", "table", ""
+        return "%s has a key that is not valid UTF-8 text", "table", "", "key"
       end
       nstr = nstr + 1
     elseif tk == "integer" and k > 0 then
@@ -195,7 +196,7 @@ local function check_table(v, depth)
     else
       active[v] = nil
       return "%s has a " .. (tk == "float" and "non-integer number" or tk)
-             .. " key (keys must be strings, or 1..n for an array)", "table", ""
+             .. " key (keys must be strings, or 1..n for an array)", "table", "", "key"
     end
     local tx = type(x)
     spent = spent + ITEM_BYTES + (tk == "string" and #k or 0) + (tx == "string" and #x or 0)
@@ -204,8 +205,8 @@ local function check_table(v, depth)
       error(KILL, 0)
     end
     if tx == "table" then
-      local what, lt, path = check_table(x, depth + 1)
-      if what then active[v] = nil return what, lt, keypath(k) .. path end
+      local what, lt, path, fault = check_table(x, depth + 1)
+      if what then active[v] = nil return what, lt, keypath(k) .. path, fault end
     elseif tx == "string" then
       if not utf8_len(x) then
         active[v] = nil
@@ -217,7 +218,7 @@ local function check_table(v, depth)
     end
   end
   active[v] = nil
-  if nstr > 0 and nint > 0 then return "%s mixes string and integer keys", "table", "" end
+  if nstr > 0 and nint > 0 then return "%s mixes string and integer keys", "table", "", "key" end
   if top ~= nint then return "%s is an array with holes", "table", "" end
 end
 
@@ -548,18 +549,22 @@ local function on_cancel(fn)
   cancel_handlers[#cancel_handlers + 1] = fn
 end
 
--- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params.
+-- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params;
+-- problem: nil, or why the params cannot cross as {message, data type, path}.
 local function call_tool(name, nargs, params)
   local problem
   if nargs > 1 then
-    problem = "expected one table of parameters, got " .. nargs .. " arguments"
+    problem = {"expected one table of parameters, got " .. nargs .. " arguments", "data",
+               "params"}
   elseif params ~= nil then
     if type(params) ~= "table" then
-      problem = "params is a " .. type(params) .. ", expected a table"
+      problem = {"params is a " .. type(params) .. ", expected a table", type(params), "params"}
     else
       spent = 0
-      local what, _, path = check_table(params, 0)
-      if what then problem = text(format(what, "params" .. path)) end
+      local what, lt, path, fault = check_table(params, 0)
+      if what then
+        problem = {text(format(what, "params" .. path)), fault or lt, text("params" .. path)}
+      end
     end
   end
   if problem then params = nil end
@@ -948,13 +953,16 @@ local function body(chunk, args)
     if not ok then return false, failed(value) end
   end
   local what, ltype, path = check(value)
-  if what then return true, value, text(format(what, "result" .. path)), ltype end
+  if what then
+    return true, value, text(format(what, "result" .. path)), ltype, text("result" .. path)
+  end
   return true, value
 end
 
 -- What a resumption of a root coroutine came to, as flat values for Python:
 -- status, number of buffered output lines, then per status:
---   request id name problem traceback params | done value | bad_result problem lua_type
+--   request id name problem traceback params | done value |
+--   bad_result message lua_type path
 --   error value lua_type tostring traceback overflow_depth own | abort reason traceback |
 --   syntax message
 local function finish(co, ok, a, ...)
@@ -969,9 +977,9 @@ local function finish(co, ok, a, ...)
     waiting[last_id] = co
     return "request", n, last_id, ...
   end
-  local b, c, d = ...
+  local b, c, d, e = ...
   if a then
-    if c then return "bad_result", n, c, d end
+    if c then return "bad_result", n, c, d, e end
     return "done", n, b
   end
   if out_of_memory(b) then  -- the chunk's xpcall met a memory error (no handler ran)
@@ -1016,7 +1024,7 @@ local function library(chunk)
   if not ok then return false, failed(value) end
   if type(value) ~= "table" then
     return true, nil, "a Lua tools file must return a table of functions, not " ..
-      (value == nil and "nothing" or "a " .. type(value)), type(value)
+      (value == nil and "nothing" or "a " .. type(value)), type(value), "result"
   end
   local names = {}
   for k, v in next, value do
@@ -1043,7 +1051,9 @@ local function exported(name, params)
   local ok, value = xpcall(exports[name], on_error, module, params)
   if not ok then return false, failed(value) end
   local what, ltype, path = check(value)
-  if what then return true, value, text(format(what, "result" .. path)), ltype end
+  if what then
+    return true, value, text(format(what, "result" .. path)), ltype, text("result" .. path)
+  end
   return true, value
 end
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import atexit
 import contextvars
 import math
-import re
 import threading
 import time
 import uuid
@@ -33,7 +32,7 @@ import anyio.to_thread
 
 import engines
 from bridge import Frame, ScriptError, SpellError, ToolError
-from bridge.envelope import error_envelope
+from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
 from bridge.pytraceback import attach_python_traceback
@@ -49,6 +48,7 @@ from engines import (
     ToolReply,
     ToolRequest,
 )
+from engines.base import crossing_error
 from host.calls import DeadlineReached, Layer, Timeouts, ToolCall, boundary, pipeline
 from host.control import RunControl
 from host.data import crossing
@@ -218,8 +218,8 @@ class ScriptRun:
         except SpellError as err:
             return err
         try:
-            step = engine.start(self.source, self.filename, self.args, self._infos(),
-                                self.deadline)
+            step = self._received(engine.start(self.source, self.filename, self.args,
+                                               self._infos(), self.deadline))
             step = self._converse(engine, step)
         except Exception as exc:  # a bug in an engine must still end as a unified error
             why = describe_exception(exc, qualified=False)
@@ -240,7 +240,6 @@ class ScriptRun:
     def _engine(self, language: str) -> Engine:
         """A new engine for ``language``, from the host's engine factory."""
         engine = self.engine_factory(language, limits=self.limits, sandbox=self.sandbox)
-        engine.on_output, engine.resolve_ref = self._output, self._refs.get  # type: ignore[attr-defined]  # until steps carry them
         self._engines.append(engine)
         if self.control.given_up:  # given up on while this engine was being made
             engine.stop()
@@ -249,6 +248,16 @@ class ScriptRun:
     def _output(self, line: str) -> None:
         if not self.control.given_up:  # a run already reported (or interrupted) prints no more
             self.on_output(line)
+
+    def _received(self, step: Step) -> Step:
+        """An engine's step, taken in: the lines it printed go out, and a failure's error
+        is the original where the script rethrew an error this run handed it."""
+        if step.output:
+            for line in step.output:
+                self._output(line)
+        if step.__class__ is Failed:
+            step.error = resolve_refs(step.error, self._refs.get)  # type: ignore[union-attr]
+        return step
 
     def _infos(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description) for t in self.tools]
@@ -263,7 +272,7 @@ class ScriptRun:
             if control.delivered:  # it was told and still calls tools: stop it here
                 return Failed(control.reason)  # type: ignore[arg-type]
             replies = [self._answer(request, engine.language) for request in step.requests]
-            step = engine.resume(replies, self.deadline)
+            step = self._received(engine.resume(replies, self.deadline))
         return step
 
     def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
@@ -298,9 +307,7 @@ class ScriptRun:
     def call_library(self, tool: ScriptTool, call: ToolCall) -> Any:
         """Call a tools file's function in its engine, answering its own tool calls."""
         if call.problem is not None:
-            raise ScriptError.CrossEngineCommunication(
-                from_engine=call.caller, to_engine=tool.language, error=str(call.problem),
-                data_type=_data_type(str(call.problem)))
+            raise crossing_error(call.problem, call.caller, tool.language)
         if self._depth >= MAX_TOOL_DEPTH:
             raise ScriptError.ResourceExhaustion(
                 language=tool.language, resource_type="stack", current_usage=self._depth,
@@ -308,21 +315,19 @@ class ScriptRun:
         engine = self._libraries.get(tool.filename)
         if engine is None:
             engine = self._libraries[tool.filename] = self._engine(tool.language)
-            load_library(engine, tool.source, tool.filename, self._infos(), self.deadline)
+            load_library(engine, tool.source, tool.filename, self._infos(), self.deadline,
+                         self._output)
         self._depth += 1
         try:
-            step = self._converse(engine, engine.call(tool.function, call.params,
-                                                      self.deadline))
+            step = self._converse(engine, self._received(
+                engine.call(tool.function, call.params, self.deadline)))
         finally:
             self._depth -= 1
         if isinstance(step, Failed):
             err = step.error
-            if (err.code == "script/cross_engine_communication"
-                    and err.fields["to_engine"] == "python"
-                    and err.context.correlation_id is None):  # its result has no JSON form
-                err = ScriptError.CrossEngineCommunication(
-                    from_engine=tool.language, to_engine=call.caller, error=err.fields["error"],
-                    data_type=err.fields["data_type"], frames=err.frames)
+            if step.problem is not None:  # its result has no JSON form: name the caller
+                err = crossing_error(step.problem, tool.language, call.caller)
+                err.frames = step.error.frames
             raise self._decorate(err, tool)
         return crossing(step.result, tool.language, call.caller)
 
@@ -476,21 +481,3 @@ def _preserve_stack(err: SpellError) -> None:
     err.context = err.context.model_copy(update={"metadata": metadata})
 
 
-def _data_type(problem: str) -> str:
-    """The kind of value a script's "params.f is a function" problem is about."""
-    if problem.startswith("cyclic"):
-        return "cycle"
-    match = re.search(r" is an? ([\w ]+?)(?:$|,| \(| not)", problem)
-    if match:
-        return match.group(1)
-    return "key" if "key" in problem else "data"
-
-
-def _data_type(problem: str) -> str:
-    """The kind of value a script's "params.f is a function" problem is about."""
-    if problem.startswith("cyclic"):
-        return "cycle"
-    match = re.search(r" is an? ([\w ]+?)(?:$|,| \(| not)", problem)
-    if match:
-        return match.group(1)
-    return "key" if "key" in problem else "data"

@@ -227,9 +227,15 @@ def _load_script_tools(path: Path, language: str, sandbox: str,
 
 
 def load_library(engine: engines.Engine, source: str, filename: str,
-                 tools: list[engines.ToolInfo], deadline: float) -> list[str]:
-    """Load a tools file into ``engine``; the names it exports, or ``configuration/load_failed``."""
+                 tools: list[engines.ToolInfo], deadline: float,
+                 output: Callable[[str], None] = lambda line: None) -> list[str]:
+    """Load a tools file into ``engine``; the names it exports, or ``configuration/load_failed``.
+
+    ``output`` receives the lines the file printed while it loaded.
+    """
     step = engine.load(source, filename, tools, deadline)
+    for line in step.output:
+        output(line)
     if isinstance(step, engines.Finished):
         return list(step.result)
     if isinstance(step, engines.Suspended):

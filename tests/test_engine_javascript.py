@@ -1,7 +1,9 @@
 """The JavaScript engine on real quickjs-ng: conventions, tools, errors, frames, limits.
 
 A tiny driver plays the host: it answers each ToolRequest from a dict of Python functions
-(a result, or an error envelope for a SpellError they raise) until the run ends.
+(a result, or an error envelope for a SpellError they raise) until the run ends, hands
+each step's output lines to ``on_output`` and, as the host does, resolves the refs of a
+failure's error (bridge.envelope.resolve_refs).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 
 from bridge import AgentError, ProviderError, ResourceError, ScriptError, SpellError, ToolError
 from bridge import javascript as translate
-from bridge.envelope import error_envelope
+from bridge.envelope import error_envelope, resolve_refs
 from engines.base import (
     Failed,
     Finished,
@@ -40,8 +42,8 @@ class Driver:
         self.suspensions: list[Suspended] = []
         self.refs: dict[int, SpellError] = {}
         self.limits = Limits(**{"timeout": 5.0, "memory_mb": 64, **limits})
-        self.engine = JavaScriptEngine(limits=self.limits, on_output=self.output.append,
-                                       resolve_ref=self.refs.get)
+        self.engine = JavaScriptEngine(limits=self.limits)
+        self.on_output: Callable[[str], None] = self.output.append
 
     def ref(self, err: SpellError) -> int:
         self.refs[len(self.refs) + 1] = err
@@ -52,7 +54,7 @@ class Driver:
         try:
             if request.problem is not None:
                 raise ToolError.InvalidParameters(tool_name=request.tool, error_type="parse",
-                                                  validation_error=request.problem)
+                                                  validation_error=request.problem.message)
             if tool is None:
                 raise ToolError.NotFound(tool_name=request.tool)
             return ToolReply(request.id, result=tool(request.params))
@@ -62,11 +64,20 @@ class Driver:
     def run(self, source: str, args: Any = None, filename: str = "agent.js") -> Step:
         deadline = time.monotonic() + self.limits.timeout
         infos = [ToolInfo(name, tool.__doc__ or "") for name, tool in self.tools.items()]
-        step = self.engine.start(source, filename, args, infos, deadline)
+        step = self.take(self.engine.start(source, filename, args, infos, deadline))
         while isinstance(step, Suspended):
             self.suspensions.append(step)
-            step = self.engine.resume([self.answer(r) for r in step.requests], deadline)
+            step = self.take(self.engine.resume([self.answer(r) for r in step.requests],
+                                                deadline))
         self.engine.close()
+        return step
+
+    def take(self, step: Step) -> Step:
+        """A step as the host takes it in: its lines printed, its error's refs resolved."""
+        for line in step.output:
+            self.on_output(line)
+        if isinstance(step, Failed):
+            step.error = resolve_refs(step.error, self.refs.get)
         return step
 
 
@@ -282,7 +293,7 @@ def test_params_without_a_json_form_still_suspend_with_a_problem(params: str,
     driver = Driver({"echo": echo})
     assert finished(driver.run(source)) == ["ToolError", "invalid_parameters", "parse"]
     [request] = driver.suspensions[0].requests
-    assert (request.params, request.problem) == (None, problem)
+    assert (request.params, request.problem.message) == (None, problem)
     assert request.frames[-1].line == 3
 
 
@@ -425,7 +436,7 @@ def test_a_caught_and_rethrown_error_reply_keeps_its_identity() -> None:
 
 def test_an_error_reply_without_a_known_ref_is_rebuilt() -> None:
     driver = Driver({"fetch": failing_fetch})
-    driver.ref = lambda err: 999  # type: ignore[method-assign] # resolve_ref won't know it
+    driver.ref = lambda err: 999  # type: ignore[method-assign] # resolve_refs won't know it
     err = failed(driver.run("async function main() {\n  await tools.fetch({})\n}"))
     assert isinstance(err, ToolError.ExecutionFailed)
     assert err.fields["reason"] == "upstream busy"
@@ -651,10 +662,10 @@ def test_module_errors() -> None:
 # -- console ------------------------------------------------------------------------------
 
 
-def test_console_lines_go_to_on_output_at_each_step() -> None:
+def test_console_lines_come_with_each_step() -> None:
     seen: list[tuple[str, int]] = []
     driver = Driver({"echo": echo})
-    driver.engine.on_output = lambda line: seen.append((line, len(driver.suspensions)))
+    driver.on_output = lambda line: seen.append((line, len(driver.suspensions)))
     source = """async function main() {
   console.log('a', 1, {b: [2]}, null, undefined, true);
   console.info('info'); console.warn('warn'); console.debug('debug');

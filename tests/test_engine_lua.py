@@ -2,7 +2,8 @@
 
 A tiny driver stands in for the host: it answers each tool request from a dict of Python
 functions, with the function's result or, when it raises a SpellError, an error envelope
-whose ref maps back to the raised error.
+whose ref maps back to the raised error; it collects each step's output lines and, as the
+host does, resolves the refs of a failure's error (bridge.envelope.resolve_refs).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from bridge import AgentError, Frame, SpellError, ToolError
-from bridge.envelope import error_envelope
+from bridge.envelope import error_envelope, resolve_refs
 from engines.base import Failed, Finished, Limits, Step, Suspended, ToolInfo, ToolReply, ToolRequest
 from engines.lua import LuaEngine
 
@@ -54,8 +55,7 @@ def drive(
     tools = tools or {}
     refs: dict[int, SpellError] = {}
     output: list[str] = []
-    engine = LuaEngine(limits=Limits(timeout=timeout, memory_mb=memory_mb), sandbox=sandbox,
-                       on_output=output.append, resolve_ref=refs.get)
+    engine = LuaEngine(limits=Limits(timeout=timeout, memory_mb=memory_mb), sandbox=sandbox)
 
     def ref(err: SpellError) -> int:
         refs[id(err)] = err
@@ -64,6 +64,7 @@ def drive(
     deadline = time.monotonic() + timeout
     infos = [ToolInfo(name, f"the {name} tool") for name in tools]
     step = engine.start(source, filename, args, infos, deadline)
+    output.extend(step.output)
     requests = []
     while isinstance(step, Suspended):
         assert len(step.requests) == 1
@@ -72,7 +73,7 @@ def drive(
         try:
             if request.problem is not None:
                 raise ToolError.InvalidParameters(tool_name=request.tool,
-                                                  validation_error=request.problem,
+                                                  validation_error=request.problem.message,
                                                   error_type="parse")
             if request.tool not in tools:
                 raise ToolError.NotFound(tool_name=request.tool)
@@ -80,7 +81,10 @@ def drive(
         except SpellError as err:
             reply = ToolReply(request.id, error=error_envelope(err, ref=ref))
         step = engine.resume([reply], deadline)
+        output.extend(step.output)
     engine.close()
+    if isinstance(step, Failed):
+        step.error = resolve_refs(step.error, refs.get)
     return Run(step, requests, output, refs)
 
 
@@ -173,7 +177,7 @@ def test_args_that_are_not_data_fail_before_the_script_runs() -> None:
     assert "args.f is a object" in error.fields["error"]
 
 
-def test_print_goes_to_on_output_line_by_line() -> None:
+def test_print_goes_to_the_steps_output_line_by_line() -> None:
     run = drive("print('a', 1, nil, true)\nlocal r = tools.echo{}\nprint('b\\nc')\nreturn 'done'",
                 tools={"echo": echo})
     assert run.output == ["a\t1\tnil\ttrue", "b\nc"]
@@ -270,7 +274,7 @@ def test_unreadable_params_still_suspend_with_a_problem(call: str, problem: str)
     run = drive(source, tools={"t": echo})
     [request] = run.requests
     assert request.params is None
-    assert request.problem is not None and request.problem.startswith(problem)
+    assert request.problem is not None and request.problem.message.startswith(problem)
     assert run.result == [False, "invalid_parameters"]
 
 
