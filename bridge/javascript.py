@@ -33,7 +33,7 @@ from typing import Any
 from bridge.envelope import error_from_script, with_ref
 from bridge.errors import SpellError, variant_class
 from bridge.frames import Frame, position
-from bridge.patterns import recognise
+from bridge.patterns import PatternRegistry, recognise
 
 Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
 
@@ -239,6 +239,7 @@ def error_from_report(
     filename: str,
     lines: Sequence[str] | None = None,
     *,
+    patterns: PatternRegistry,
     limits: Limits | None = None,
     limit: str | None = None,
 ) -> SpellError:
@@ -247,7 +248,8 @@ def error_from_report(
     An error with ``category`` and ``kind`` goes through :func:`error_from_script`; one
     with a ``ref`` (a rethrown envelope from Python) is a copy that carries the ref, for
     the host to swap for the original (``bridge.envelope.resolve_refs``), its cause too.
-    A builtin or user Error gives
+    A string thrown, or a plain ``Error``, may read as a unified error by ``patterns``
+    (see :mod:`bridge.patterns`); a builtin or user Error gives
     ``script/javascript``; a SyntaxError of the script's own evaluation, at a parse
     position, ``script/compilation_failed``. ``limit`` (``memory`` or ``stack``) is the
     limit the engine observed it hit, which gives the resource error (see
@@ -262,7 +264,8 @@ def error_from_report(
                               frames or [_file_frame(filename)], limits)
     if report.get("thrown"):
         value = report.get("value")
-        recognised = isinstance(value, str) and recognise(value, [_file_frame(filename)])
+        recognised = isinstance(value, str) and recognise(value, [_file_frame(filename)],
+                                                          patterns)
         return recognised or thrown_value_error(str(report.get("type", "value")), value,
                                                 report.get("text"), filename)
     name, message = str(report.get("name", "Error")), str(report.get("message", ""))
@@ -274,11 +277,13 @@ def error_from_report(
     if isinstance(spell, Mapping):
         err = with_ref(_spell_error(spell, frames or [_file_frame(filename)]), spell.get("ref"))
     else:  # a plain Error("Agent not found: x") of an old script may name a unified error
-        err = (name == "Error" and recognise(message, frames or [_file_frame(filename)])) or \
+        err = (name == "Error" and recognise(message, frames or [_file_frame(filename)],
+                                             patterns)) or \
             javascript_error(name, message, stack, frames, filename)
     cause = report.get("cause")
     if isinstance(cause, Mapping):
-        err.__cause__ = error_from_report(cause, filename, lines, limits=limits)
+        err.__cause__ = error_from_report(cause, filename, lines, patterns=patterns,
+                                          limits=limits)
     return err
 
 

@@ -25,7 +25,7 @@ from bridge.errors import SpellError
 from bridge.frames import Frame, position
 from bridge.hierarchy import ScriptError
 from bridge.jsontext import finite
-from bridge.patterns import recognise
+from bridge.patterns import PatternRegistry, recognise
 
 TRACEBACK_HEADER = "stack traceback:"
 TAIL_CALLS = "(...tail calls...)"  # where Lua's traceback elided the callers of a tail call
@@ -205,6 +205,7 @@ def thrown_error(
     text: str | None,
     traceback: str | None,
     *,
+    patterns: PatternRegistry,
     overflow: int | None = None,
     from_prelude: bool = False,
 ) -> SpellError:
@@ -218,7 +219,8 @@ def thrown_error(
     the error was raised), else None: a message alone, which a script can write, says
     nothing about limits. ``from_prelude``: the engine's prelude raised the error table (a
     sandbox violation); a security or resource error of the script's own is marked so.
-    An error table from an envelope gives a copy carrying its ref, for the host to resolve
+    ``patterns`` reads plain-string messages of older scripts (``bridge.patterns``). An
+    error table from an envelope gives a copy carrying its ref, for the host to resolve
     (``bridge.envelope.resolve_refs``).
     """
     frames = script.frames(traceback)
@@ -227,7 +229,8 @@ def thrown_error(
             language=script.language, resource_type="stack", current_usage=overflow, frames=frames)
     if lua_type == "string" and isinstance(value, str):
         line, error = script.split_message(value)
-        recognised = recognise(error, frames)  # error("Tool 'x' not found") of old scripts
+        # error("Tool 'x' not found") of old scripts
+        recognised = recognise(error, frames, patterns)
         if recognised is not None:
             return recognised
         return ScriptError.Lua(

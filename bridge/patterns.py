@@ -186,11 +186,12 @@ def builtin_patterns() -> list[MessagePattern]:
 
 
 patterns = PatternRegistry()
-"""The registry the engine translators consult for plain-string errors."""
+"""The process's registry: what engines hand their translators unless given another."""
 
 
-def recognise(message: str, frames: list[Frame]) -> SpellError | None:
-    """The unified error a plain-string script error stands for, placed at ``frames``."""
+def recognise(message: str, frames: list[Frame], patterns: PatternRegistry) -> SpellError | None:
+    """The unified error a plain-string script error stands for by ``patterns``, placed at
+    ``frames``; None when no pattern matches."""
     err = patterns.match(message)
     if err is not None:
         err.frames = frames

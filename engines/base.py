@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from bridge import Frame, ScriptError, SpellError
+from bridge.patterns import PatternRegistry
+from bridge.patterns import patterns as process_patterns
 
 Sandbox = Literal["constrained", "trusted"]
 
@@ -193,6 +195,11 @@ class Engine(ABC):
         if spec is not None:  # code reads engine.language: derived here, never written twice
             cls.language = spec.name
             cls.extensions = spec.extensions
+
+    # The patterns the engine's translator reads plain-string errors of older scripts
+    # with (bridge.patterns); by default the process's registry, which users extend with
+    # ``patterns.add(...)``. Set another registry on an engine to give it its own.
+    patterns: PatternRegistry = process_patterns
 
     def __init__(self, *, limits: Limits = Limits(), sandbox: Sandbox = "constrained") -> None:
         self.limits = limits

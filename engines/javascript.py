@@ -320,7 +320,7 @@ class JavaScriptEngine(Engine):
                 limit = "memory" if self._out_of_memory(observed) else \
                     _OBSERVED_LIMITS.get(observed)
                 return Failed(translate.error_from_report(
-                    state[2], self._filename, self._source_lines(),
+                    state[2], self._filename, self._source_lines(), patterns=self.patterns,
                     limits=self._limit_values(), limit=limit), lines)
             case 3:
                 found = state[2]  # {message, type, path, memory}: see failure in the prelude

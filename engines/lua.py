@@ -448,7 +448,7 @@ class LuaEngine(Engine):
                 *outcome, None, None, None, None)[:8]
             # the script (or the called function) failed; the engine itself can go on
             return Failed(thrown_error(script, self._from_lua(value, "error"), lua_type,
-                                       described, traceback,
+                                       described, traceback, patterns=self.patterns,
                                        overflow=overflow, from_prelude=own is True))
         if status == "abort":
             if outcome[2] == "memory":

@@ -137,11 +137,13 @@ def deep_lua_error() -> tuple[str, str]:
 def lua_translation(n: int) -> float:
     """Seconds per Lua error -> unified error, for an error 20 frames deep."""
     from bridge.lua import LuaScript, thrown_error
+    from bridge.patterns import patterns
 
     message, traceback = deep_lua_error()
     start = time.perf_counter()
     for _ in range(n):  # a new script each time: nothing cached from the last error
-        err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback)
+        err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback,
+                           patterns=patterns)
     # Lua's debug.traceback keeps the first 10 and last 11 levels of a deeper stack
     assert len(err.frames) >= DEEP - 3, err.frames
     return (time.perf_counter() - start) / n
@@ -152,6 +154,7 @@ def js_translation(n: int) -> float:
     import _quickjs
 
     from bridge.javascript import error_from_report
+    from bridge.patterns import patterns
 
     context = _quickjs.Context()
     # the engine's prelude keeps 64 frames; quickjs' default is 10
@@ -160,7 +163,7 @@ def js_translation(n: int) -> float:
     report = {"name": "TypeError", "message": "deep failure", "stack": stack}
     start = time.perf_counter()
     for _ in range(n):
-        err = error_from_report(report, "deep.js", JS_DEEP.splitlines())
+        err = error_from_report(report, "deep.js", JS_DEEP.splitlines(), patterns=patterns)
     assert len(err.frames) >= DEEP, err.frames
     return (time.perf_counter() - start) / n
 
@@ -168,9 +171,11 @@ def js_translation(n: int) -> float:
 def rendering(n: int) -> float:
     """Seconds to render a 20-frame error as text."""
     from bridge.lua import LuaScript, thrown_error
+    from bridge.patterns import patterns
 
     message, traceback = deep_lua_error()
-    err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback)
+    err = thrown_error(LuaScript("deep.lua", LUA_DEEP), message, "string", None, traceback,
+                       patterns=patterns)
     start = time.perf_counter()
     for _ in range(n):
         err.to_text()
