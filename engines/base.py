@@ -30,7 +30,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from bridge import Frame, ScriptError, SpellError
+from bridge import BridgeError, Frame, ScriptError, SpellError
 from bridge.patterns import PatternRegistry
 from bridge.patterns import patterns as process_patterns
 
@@ -176,6 +176,15 @@ def crossing_error(problem: Problem, source: str, target: str) -> SpellError:
     return ScriptError.CrossEngineCommunication(
         from_engine=source, to_engine=target, error=problem.message,
         data_type=problem.data_type)
+
+
+def protocol_violation(reason: str) -> SpellError:
+    """``bridge/protocol_violation``: the host broke the step protocol (a reply to a request
+    the engine is not waiting for, a call with no tools file loaded, a closed engine).
+
+    Every engine fails a breach with this error, so the host sees one error for one fault.
+    """
+    return BridgeError.ProtocolViolation(reason=reason)
 
 
 class Engine(ABC):

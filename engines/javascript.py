@@ -83,6 +83,7 @@ from engines.base import (
     ToolReply,
     ToolRequest,
     crossing_error,
+    protocol_violation,
 )
 from engines.specs import JAVASCRIPT
 
@@ -135,8 +136,8 @@ class JavaScriptEngine(Engine):
     def call(self, function: str, params: Any, deadline: float) -> Step:
         """Call ``exports[function](params)`` as an activation of its own, until it stops."""
         if self._ctx is None or self._broken:
-            return Failed(variant_class("runtime", "internal_error")(
-                reason="call() on a JavaScript engine that has no tools file loaded"))
+            return Failed(protocol_violation(
+                "call() on a JavaScript engine that has no tools file loaded"))
         self._set_deadline(deadline)
         self._last_activation = activation = self._last_activation + 1
         try:
@@ -206,9 +207,9 @@ class JavaScriptEngine(Engine):
         owners = self._owners if self._ctx is not None and not self._broken else {}
         activation = owners.get(replies[0].id) if replies else None
         if activation is None or any(owners.get(r.id) != activation for r in replies):
-            return Failed(variant_class("runtime", "internal_error")(
-                reason="resume() on a JavaScript engine with replies to requests it is not "
-                       f"waiting for: {[reply.id for reply in replies]}"))
+            return Failed(protocol_violation(
+                "resume() on a JavaScript engine with replies to requests it is not "
+                f"waiting for: {[reply.id for reply in replies]}"))
         if deadline != self._deadline:
             self._set_deadline(deadline)
         try:

@@ -50,7 +50,7 @@ from typing import Any
 
 import lupa.lua55 as lupa
 
-from bridge import BridgeError, ResourceError, ScriptError, SpellError, variants
+from bridge import ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
@@ -69,6 +69,7 @@ from engines.base import (
     ToolReply,
     ToolRequest,
     crossing_error,
+    protocol_violation,
 )
 from engines.specs import LUA
 
@@ -275,8 +276,8 @@ class LuaEngine(Engine):
         if self._failed is not None:
             return Failed(self._failed)
         if self._lua is None or self._script is None:
-            return self._fail(_closed() if self._lua is None else BridgeError.ProtocolViolation(
-                reason="call() on a Lua engine that has loaded no tools file"))
+            return self._fail(_closed() if self._lua is None else protocol_violation(
+                "call() on a Lua engine that has loaded no tools file"))
         if self._clock() >= deadline:
             return self._fail(self._time_error(None))
         return self._handoff(_CALL, deadline, function, None, params, "params")
@@ -319,9 +320,9 @@ class LuaEngine(Engine):
                 return Failed(self._failed)
             if self._lua is None:
                 return self._fail(_closed())
-            return self._fail(BridgeError.ProtocolViolation(
-                reason=f"the Lua script waits for the replies to requests "
-                       f"{sorted(self._waiting)}, got replies {[r.id for r in replies]}"))
+            return self._fail(protocol_violation(
+                f"the Lua script waits for the replies to requests "
+                f"{sorted(self._waiting)}, got replies {[r.id for r in replies]}"))
         reply = replies[0]
         self._waiting.discard(reply.id)
         if self._clock() >= deadline:
@@ -604,4 +605,4 @@ class _OutOfTime(Exception):
 
 
 def _closed() -> SpellError:
-    return BridgeError.ProtocolViolation(reason="the Lua engine is closed")
+    return protocol_violation("the Lua engine is closed")

@@ -184,11 +184,11 @@ def test_each_start_gets_fresh_globals() -> None:
     assert finished(step) == "undefined"
 
 
-def test_resume_after_the_end_is_an_internal_error() -> None:
+def test_resume_after_the_end_is_a_protocol_violation() -> None:
     engine = JavaScriptEngine()
     finished(engine.start("1", "a.js", None, [], time.monotonic() + 5))
     step = engine.resume([], time.monotonic() + 5)
-    assert failed(step).code == "runtime/internal_error"
+    assert failed(step).code == "bridge/protocol_violation"
 
 
 # -- tools ------------------------------------------------------------------------------
