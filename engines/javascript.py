@@ -386,8 +386,10 @@ class JavaScriptEngine(Engine):
             return self._too_large(str(exc))
         if isinstance(exc, SpellError):
             return exc
-        return variant_class("runtime", "internal_error")(
+        err = variant_class("runtime", "internal_error")(
             reason=f"JavaScript engine: {type(exc).__name__}: {exc}", cause=exc)
+        # the exception as data (its frames, type and message): a step holds no live object
+        return SpellError.from_dict(err.to_dict())
 
     def _from_exception(
         self, text: str, *, compiling: bool = False, overflow: bool = False
