@@ -101,3 +101,31 @@ def test_other_plain_errors_stay_script_errors():
     with pytest.raises(SpellError) as info:
         Host(on_output=lambda line: None).run_source('error("disk on fire")', "lua", "a.lua")
     assert info.value.code == "script/lua"
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+@pytest.mark.parametrize("throw", ["string", "error"])
+def test_an_engine_reads_plain_errors_with_the_patterns_it_is_given(language, throw):
+    import time
+
+    from engines import make_engine
+
+    registry = PatternRegistry()
+    registry.add(r"quota hit for (?P<provider>\w+)", "provider", "quota_exceeded")
+    source = {
+        ("lua", "string"): 'error("quota hit for acme")',
+        ("lua", "error"): 'error("quota hit for acme", 0)',
+        ("javascript", "string"): 'throw "quota hit for acme";',
+        ("javascript", "error"): 'throw new Error("quota hit for acme");',
+    }[language, throw]
+    codes = []
+    for given in (registry, None):
+        engine = make_engine(language)
+        if given is not None:
+            engine.patterns = given
+        step = engine.start(source, "old.src", None, [], time.monotonic() + 5)
+        engine.close()
+        codes.append(step.error.code)
+    # its own registry only: the process's (bridge.patterns.patterns) knows no such message
+    assert codes == ["provider/quota_exceeded", f"script/{language}"]
+    assert patterns.match("quota hit for acme") is None
