@@ -8,6 +8,11 @@ A run is a conversation between the host and an engine, one step at a time:
         step = engine.resume(replies, deadline)
     # step is Finished(result) or Failed(error)
 
+Steps are data only (they pickle, and can cross a pipe): each carries the lines the
+script printed since the last one (``step.output``), and the error of a :class:`Failed`
+may stand for an error the host handed the script (a rethrown envelope): the host swaps
+it for the original with ``bridge.envelope.resolve_refs(step.error, lookup)``.
+
 A tools file (``helpers.lua``, ``helpers.js``) is a library instead: ``load`` runs it and
 answers the names of the functions it exports; each ``call`` of one is an *activation* of
 its own, driven the same way (``call``, then ``resume`` while it is suspended). Calls may
