@@ -203,17 +203,17 @@ class Engine(ABC):
     language: ClassVar[str]  # spec.name, set for each class that declares a spec
     extensions: ClassVar[tuple[str, ...]]  # spec.extensions, likewise
 
+    # The patterns the engine's translator reads plain-string errors of older scripts
+    # with (bridge.patterns); by default the process's registry, which users extend with
+    # ``patterns.add(...)``. Set another registry on an engine to give it its own.
+    patterns: PatternRegistry = process_patterns
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         spec = cls.__dict__.get("spec")
         if spec is not None:  # code reads engine.language: derived here, never written twice
             cls.language = spec.name
             cls.extensions = spec.extensions
-
-    # The patterns the engine's translator reads plain-string errors of older scripts
-    # with (bridge.patterns); by default the process's registry, which users extend with
-    # ``patterns.add(...)``. Set another registry on an engine to give it its own.
-    patterns: PatternRegistry = process_patterns
 
     def __init__(self, *, limits: Limits = Limits(), sandbox: Sandbox = "constrained") -> None:
         self.limits = limits
