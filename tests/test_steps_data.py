@@ -69,10 +69,10 @@ class Driven:
         self.refs = refs
 
 
-def drive(language: str, name: str, *, answer: bool = True) -> Driven:
-    """Run one of SCRIPTS to the step asked for; the tool ``t`` fails with a timeout.
-
-    Without ``answer`` the first step is the one wanted (a Suspended step).
+def drive(language: str, name: str, *, answer: bool = True, source: str | None = None
+          ) -> Driven:
+    """Run one of SCRIPTS (or ``source``) to the step asked for; the tool ``t`` fails
+    with a timeout. Without ``answer`` the first step is the one wanted (a Suspended step).
     """
     timeout = 0.3 if name == "time" else 5.0
     engine = make_engine(language, limits=Limits(timeout=timeout, memory_mb=16))
@@ -84,7 +84,7 @@ def drive(language: str, name: str, *, answer: bool = True) -> Driven:
 
     deadline = time.monotonic() + timeout
     try:
-        step = engine.start(SCRIPTS[language][name], f"steps.{language}", None,
+        step = engine.start(source or SCRIPTS[language][name], f"steps.{language}", None,
                             [ToolInfo("t", "a tool")], deadline)
         while answer and isinstance(step, Suspended):
             err = ToolError.Timeout(tool_name="t", duration=1.0)
@@ -236,3 +236,18 @@ def test_frames_problems_and_requests_pickle() -> None:
     problem = Problem("params[2]", "cycle", "cyclic table at params[2]")
     assert roundtrip(frame) == frame and roundtrip(problem) == problem
     assert str(roundtrip(problem)) == "cyclic table at params[2]"
+
+
+SPOILED = {"lua": "local ok, e = pcall(tools.t, {})\ne.fields = 5\nerror(e)",
+           "javascript": ("async function main() {\n  try { await tools.t({}) } catch (e) {\n"
+                          "    e.fields.f = () => 1; throw e;\n  }\n}")}
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_an_envelope_rethrown_with_spoiled_fields_still_resolves(language: str) -> None:
+    driven = drive(language, "spoiled", source=SPOILED[language])
+    [original] = [err for err in driven.refs.values() if err.code == "tool/timeout"]
+    assert driven.step.error.code == "bridge/invalid_error"  # the copy could not be built
+    copy = roundtrip(driven.step)
+    assert copy == driven.step
+    assert resolve_refs(copy.error, driven.refs.get) is original
