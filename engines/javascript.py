@@ -405,8 +405,12 @@ class JavaScriptEngine(Engine):
         catches every error of the script's code), but the text may still be a script's
         (an error thrown from a toJSON the engine ran): so the interrupt counts only once
         its budget is spent (the deadline passed, or the CPU seconds the call was given),
-        and a stack overflow only as the binding's own ``StackOverflow``.
+        and a stack overflow only as the binding's own ``StackOverflow``. A thrown ``null``
+        is what quickjs throws when it cannot even make its out-of-memory error (the
+        prelude's own catch could not run either): memory, if the context is still full.
         """
+        if text.strip() == "null":
+            return "memory" if self._memory_full() else None
         name, message, _ = translate.split_exception(text)
         resource = translate.exhausted_resource(name, message)
         if resource == "time":
