@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import engines
 from bridge import BridgeError, ScriptError, SpellError
 from bridge.data import MAX_DEPTH
+from engines.base import Problem, crossing_error
 
 
 def crossing(value: Any, source: str, target: str) -> Any:
@@ -27,18 +28,26 @@ def crossing(value: Any, source: str, target: str) -> Any:
     sides = engines.spec_of(source), engines.spec_of(target)
     if all(spec is not None and spec.non_finite_numbers for spec in sides):
         return value
-    problem = not_json_like(value, "result")
-    if problem is not None:  # from an engine, only a float that is not finite
-        where, piece, why = problem
-        if isinstance(piece, float):
+    unfit = not_json_like(value, "result")
+    if unfit is not None:  # from an engine, only a float that is not finite
+        why = unfit.why
+        if isinstance(unfit.piece, float):
             why = f"is not a finite number, which {target} cannot receive"
-        raise ScriptError.CrossEngineCommunication(
-            from_engine=source, to_engine=target, data_type=type(piece).__name__,
-            error=f"{where} {why}")
+        raise crossing_error(Problem(unfit.path, type(unfit.piece).__name__,
+                                     f"{unfit.path} {why}"), source, target)
     return value
 
 
-def not_json_like(value: Any, path: str, depth: int = 0) -> tuple[str, Any, str] | None:
+class Unfit(NamedTuple):
+    """The first piece of a value that has no JSON form: where, what, why."""
+
+    path: str
+    piece: Any
+    why: str  # "is a set", "is not a finite number"...
+    too_deep: bool = False  # the piece is a list or mapping nested past MAX_DEPTH
+
+
+def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     """Where in ``value`` the first piece that has no JSON form is, that piece, and why.
 
     JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
@@ -48,13 +57,13 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> tuple[str, Any, str]
     if value is None or isinstance(value, (bool, int, str)):
         return None
     if isinstance(value, float):
-        return None if math.isfinite(value) else (path, value, "is not a finite number")
+        return None if math.isfinite(value) else Unfit(path, value, "is not a finite number")
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
-        return path, value, f"is nested more than {MAX_DEPTH} levels deep"
+        return Unfit(path, value, f"is nested more than {MAX_DEPTH} levels deep", True)
     if isinstance(value, Mapping):
         for key, item in value.items():
             if not isinstance(key, str):
-                return path, value, f"has a key that is not a string ({key!r})"
+                return Unfit(path, value, f"has a key that is not a string ({key!r})")
             found = not_json_like(item, f"{path}.{key}", depth + 1)
             if found is not None:
                 return found
@@ -65,7 +74,7 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> tuple[str, Any, str]
             if found is not None:
                 return found
         return None
-    return path, value, f"is a {type(value).__name__}"
+    return Unfit(path, value, f"is a {type(value).__name__}")
 
 
 def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:

@@ -174,15 +174,15 @@ def _read_script(path: Path) -> str:
 
 def check_json_like(value: Any, path: str) -> None:
     """Refuse data that cannot enter a script, naming where it is."""
-    problem = not_json_like(value, path)
-    if problem is not None:
-        where, piece, why = problem
-        if why.startswith("is nested"):
-            reason = f"{where} {why}"
+    unfit = not_json_like(value, path)
+    if unfit is not None:
+        if unfit.too_deep:
+            reason = f"{unfit.path} {unfit.why}"
         else:
-            reason = (f"{where} is not JSON-like data (null, booleans, finite numbers, "
+            reason = (f"{unfit.path} is not JSON-like data (null, booleans, finite numbers, "
                       f"strings, lists, string-keyed objects)")
-        raise ConfigurationError.InvalidValue(key=where, value=_preview(piece), reason=reason)
+        raise ConfigurationError.InvalidValue(key=unfit.path, value=_preview(unfit.piece),
+                                              reason=reason)
 
 
 def _preview(piece: Any) -> str:
