@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,8 @@ import pytest
 from bridge import SpellError, ToolError
 from bridge.errors import describe_exception, exception_message
 from host import Host, tool
+from tests.cli import polyspell
 from tests.conftest import EXTENSION, LANGUAGES, pick
-
-ROOT = Path(__file__).resolve().parent.parent
-POLYSPELL = shutil.which("polyspell")
-needs_cli = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
 
 
 def _quiet(*tools, **options) -> Host:
@@ -363,12 +359,9 @@ def _strict(text: str) -> object:
 def _cli(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     tools = tmp_path / "careless.py"
     tools.write_text(CLI_TOOLS)
-    return subprocess.run([POLYSPELL, *map(str, args), "--tools", str(tools)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          encoding="utf-8", errors="surrogateescape")
+    return polyspell(*args, "--tools", tools, encoding="utf-8", errors="surrogateescape")
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_cli_prints_a_lone_surrogate_as_json(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"
@@ -382,7 +375,6 @@ def test_cli_prints_a_lone_surrogate_as_json(language, tmp_path):
         assert (data["result"] if flags else data) == expected
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_cli_a_tools_system_exit_is_a_json_failure(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"
@@ -396,7 +388,6 @@ def test_cli_a_tools_system_exit_is_a_json_failure(language, tmp_path):
     assert payload["error"]["fields"]["reason"] == "SystemExit: bye"
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_cli_a_tools_keyboard_interrupt_is_an_interruption(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"
