@@ -19,7 +19,7 @@ CALLS: Counter[str] = Counter()
 FAILURES: dict[str, SpellError] = {}
 FAILED = threading.Event()
 RUNNING = {"now": 0, "peak": 0}
-LOCK = threading.Lock()
+LOCK = threading.Condition()
 TICKED = threading.Event()  # some script has called tick: it is inside its loop
 ENDED: set[str] = set()  # the tasks the coordinator has reported ended
 ENDING = threading.Condition()
@@ -94,11 +94,13 @@ def _ended(report: TaskReport) -> None:
 
 @tool
 def busy(seconds: float) -> int:
-    """Count how many tasks are inside at once."""
+    """Count how many tasks are inside at once (the first waits up to 5 s for a second)."""
     with LOCK:
         RUNNING["now"] += 1
         RUNNING["peak"] = max(RUNNING["peak"], RUNNING["now"])
-    time.sleep(seconds)
+        LOCK.notify_all()
+        LOCK.wait_for(lambda: RUNNING["peak"] >= 2, timeout=5)
+    time.sleep(seconds)  # holds its place: one more, if let in, would raise the peak
     with LOCK:
         RUNNING["now"] -= 1
     return RUNNING["peak"]
