@@ -216,7 +216,7 @@ def test_two_levels_deep_a_broken_exception_is_the_tools_failure(language, helpe
                                 "async function main(args) { return await tools.guard(args); }"),
                            language, "agent", {"kind": kind}) == ["execution_failed", "broken"]
     # nobody catches it: the agent's error is the Python tool's failure, not a ValueError
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(ToolError.ExecutionFailed) as info:
         host.run_source(pick(language, "return tools.relay{kind = args.kind}",
                              "async function main(args) { return await tools.relay(args); }"),
                         language, "agent", {"kind": kind})
@@ -318,7 +318,7 @@ def test_two_levels_deep_a_base_exception_is_the_tools_failure(language, helper,
     path = tmp_path / f"relay{EXTENSION[helper]}"
     path.write_text(RELAY[helper].replace("broken", "quit_sync"))
     host = _quiet(quit_sync, path)
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(ToolError.ExecutionFailed) as info:
         host.run_source(pick(language, "return tools.relay{name = 'SystemExit'}",
                              "async function main() { return await tools.relay("
                              "{name: 'SystemExit'}); }"), language, "agent")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import host.runner
-from bridge import Frame, SpellError
+from bridge import BridgeError, Frame, SpellError
 from bridge.frames import MAX_POSITION, frame_from_data
 from bridge.pytraceback import UNLOADED_FILE, attach_python_traceback
 from host import Host
@@ -174,8 +174,9 @@ def test_frames_from_json_must_have_sane_positions():
         == MAX_POSITION
     data = {"category": "script", "kind": "lua", "message": "x", "fields": {"error": "x"},
             "frames": [{"language": "lua", "file": "a.lua", "line": 10**12}]}
-    with pytest.raises(SpellError) as info:
+    with pytest.raises(BridgeError.DeserializationFailed) as info:
         SpellError.from_json(json.dumps(data))
+    assert info.value.fields["path"] == "$.frames[0].line"
     assert "line" in str(info.value)
 
 

@@ -222,6 +222,7 @@ def test_a_violation_the_script_edited_is_the_scripts():
 def test_the_mark_survives_json():
     err = failure("javascript", 'throw new SecurityError({kind: "script_safety_violation",'
                                 ' engine: "javascript", violation: "x"});')
+    assert err.code == "security/script_safety_violation"
     data = json.loads(err.to_json())
     assert data["context"]["metadata"]["raised_by"] == "script"
 
