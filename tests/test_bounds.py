@@ -9,7 +9,6 @@ however often the script shares one string (issue 9, items 5 and 6). Depth: one 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -21,10 +20,10 @@ from bridge import BridgeError, ConfigurationError, ResourceError, ScriptError, 
 from bridge.data import MAX_DEPTH, TooDeep, json_depth, read_json
 from engines import Limits
 from host import Host, tool
+from tests.cli import polyspell
 from tests.conftest import pick
 
 ROOT = Path(__file__).resolve().parent.parent
-POLYSPELL = shutil.which("polyspell")
 
 
 @tool
@@ -300,15 +299,10 @@ def test_error_json_with_a_deep_cause_chain_is_refused_cleanly():
 
 # -- the command line -------------------------------------------------------------------
 
-needs_cli = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
-
-
 def _polyspell(*args: str | Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POLYSPELL, *map(str, args)], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT, input=stdin)
+    return polyspell(*args, input=stdin)
 
 
-@needs_cli
 def test_cli_deep_args_are_a_usage_error(tmp_path):
     script = tmp_path / "args.lua"
     script.write_text("return args.a ~= nil\n")
@@ -324,7 +318,6 @@ def test_cli_deep_args_are_a_usage_error(tmp_path):
     assert (out.returncode, out.stdout.strip()) == (0, "true"), out.stderr
 
 
-@needs_cli
 def test_cli_explain_of_a_deep_cause_chain_is_a_usage_error(tmp_path):
     head = '{"category": "tool", "kind": "not_found", "fields": {"tool_name": "x"}, "cause": '
     leaf = '{"category": "tool", "kind": "not_found", "fields": {"tool_name": "x"}}'
@@ -338,7 +331,6 @@ def test_cli_explain_of_a_deep_cause_chain_is_a_usage_error(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
-@needs_cli
 def test_cli_plan_with_deeply_nested_args_is_a_usage_error(tmp_path):
     plan = tmp_path / "deep.toml"
     plan.write_text('[plan]\nname = "deep"\n[[task]]\nid = "a"\nscript = "a.lua"\n'

@@ -16,10 +16,14 @@ pytestmark = pytest.mark.anyio
 
 
 
-def _host(lines: list[str], *tools) -> Host:
+def _host(lines: list[str], *tools) -> tuple[Host, anyio.Event]:
+    """A host with the tools below, and the event its ``wait`` tool sets once entered."""
+    entered = anyio.Event()
+
     @tool
     async def wait(seconds: float) -> str:
         """Sleeps: the script is suspended here when the test cancels it."""
+        entered.set()
         await anyio.sleep(seconds)
         return "woke up"
 
@@ -28,13 +32,14 @@ def _host(lines: list[str], *tools) -> Host:
         lines.append(f"tool {text}")
         return text
 
-    return Host([wait, note, *tools], timeout=10, on_output=lines.append)
+    return Host([wait, note, *tools], timeout=10, on_output=lines.append), entered
 
 
-async def _cancelled_run(run, error: SpellError) -> SpellError:
-    """Execute ``run``, cancel it with ``error`` once it waits in a tool; what it raised."""
+async def _cancelled_run(run, error: SpellError, waiting: anyio.Event) -> SpellError:
+    """Execute ``run``, cancel it with ``error`` once it waits in a tool (``waiting`` is
+    set); what it raised."""
     async def cancel_soon() -> None:
-        await anyio.sleep(0.05)
+        await waiting.wait()  # the script is inside its tool: an event, not a guess
         run.cancel(error)
 
     with anyio.fail_after(5):
@@ -52,7 +57,7 @@ def _cancelled() -> SpellError:
 
 async def test_cleanup_runs_and_the_run_ends_with_the_cancellation(language):
     lines: list[str] = []
-    host = _host(lines)
+    host, waiting = _host(lines)
     source = pick(language, """
 on_cancel(function(e) print("on_cancel " .. e.kind) end)
 local ok, err = pcall(tools.wait, {seconds = 30})
@@ -70,7 +75,7 @@ async function main() {
 """)
     run = host.new_run_source(source, language, "task.src")
     error = _cancelled()
-    assert await _cancelled_run(run, error) is error
+    assert await _cancelled_run(run, error, waiting) is error
     assert run.cancelled is error
     if language == "lua":
         assert lines == ["on_cancel task_cancelled",
@@ -87,7 +92,7 @@ async function main() {
 async def test_a_script_that_swallows_the_cancellation_is_stopped_at_its_next_tool_call(
         language):
     lines: list[str] = []
-    host = _host(lines)
+    host, waiting = _host(lines)
     source = pick(language, """
 pcall(tools.wait, {seconds = 30})
 print("swallowed")
@@ -104,25 +109,25 @@ async function main() {
 """)
     run = host.new_run_source(source, language, "task.src")
     error = AsyncExecutionError.TaskTimeout(task_id="t1", duration=0.05)
-    assert await _cancelled_run(run, error) is error
+    assert await _cancelled_run(run, error, waiting) is error
     assert lines == ["swallowed"]  # the note tool never ran
 
 
 async def test_a_script_that_swallows_it_and_returns_still_ends_cancelled(language):
     lines: list[str] = []
-    host = _host(lines)
+    host, waiting = _host(lines)
     source = pick(language,
                   "local ok = pcall(tools.wait, {seconds = 30})\nreturn 'done'\n",
                   "async function main() {\n  try { await tools.wait({seconds: 30}); }"
                   " catch {}\n  return 'done';\n}\n")
     run = host.new_run_source(source, language, "task.src")
     error = _cancelled()
-    assert await _cancelled_run(run, error) is error
+    assert await _cancelled_run(run, error, waiting) is error
 
 
 async def test_a_run_cancelled_before_it_starts_runs_nothing(language):
     lines: list[str] = []
-    host = _host(lines)
+    host, _ = _host(lines)
     run = host.new_run_source(pick(language, "print('ran')", "console.log('ran');"),
                               language, "task.src")
     error = _cancelled()
@@ -145,18 +150,18 @@ async def test_the_cancellation_reaches_a_script_inside_a_tools_file(language, t
                             "                          () => console.log('helper cleanup'));\n"
                             "  return await tools.wait({seconds: 30});\n};\n"))
     lines: list[str] = []
-    host = _host(lines, helpers)
+    host, waiting = _host(lines, helpers)
     source = pick(language, "local ok, e = pcall(tools.slow, {})\nprint('agent saw ' .. e.kind)\n",
                   "async function main() {\n  try { await tools.slow({}); }\n"
                   "  catch (e) { console.log(`agent saw ${e.kind}`); }\n}\n")
     run = host.new_run_source(source, language, "agent.src")
     error = _cancelled()
-    assert await _cancelled_run(run, error) is error
+    assert await _cancelled_run(run, error, waiting) is error
     assert lines == ["helper cleanup", "agent saw task_cancelled"]
 
 
 async def test_a_finished_run_is_not_affected_by_a_later_cancel(language):
-    host = _host([])
+    host, _ = _host([])
     run = host.new_run_source(pick(language, "return 1", "function main() { return 1; }"),
                               language, "task.src")
     assert await run.execute() == 1

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +17,8 @@ import pytest
 from bridge import SpellError, ToolError
 from bridge.errors import describe_exception, exception_message
 from host import Host, tool
+from tests.cli import polyspell
 from tests.conftest import EXTENSION, LANGUAGES, pick
-
-ROOT = Path(__file__).resolve().parent.parent
-POLYSPELL = shutil.which("polyspell")
-needs_cli = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
 
 
 def _quiet(*tools, **options) -> Host:
@@ -220,7 +216,7 @@ def test_two_levels_deep_a_broken_exception_is_the_tools_failure(language, helpe
                                 "async function main(args) { return await tools.guard(args); }"),
                            language, "agent", {"kind": kind}) == ["execution_failed", "broken"]
     # nobody catches it: the agent's error is the Python tool's failure, not a ValueError
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(ToolError.ExecutionFailed) as info:
         host.run_source(pick(language, "return tools.relay{kind = args.kind}",
                              "async function main(args) { return await tools.relay(args); }"),
                         language, "agent", {"kind": kind})
@@ -322,7 +318,7 @@ def test_two_levels_deep_a_base_exception_is_the_tools_failure(language, helper,
     path = tmp_path / f"relay{EXTENSION[helper]}"
     path.write_text(RELAY[helper].replace("broken", "quit_sync"))
     host = _quiet(quit_sync, path)
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(ToolError.ExecutionFailed) as info:
         host.run_source(pick(language, "return tools.relay{name = 'SystemExit'}",
                              "async function main() { return await tools.relay("
                              "{name: 'SystemExit'}); }"), language, "agent")
@@ -363,12 +359,9 @@ def _strict(text: str) -> object:
 def _cli(tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     tools = tmp_path / "careless.py"
     tools.write_text(CLI_TOOLS)
-    return subprocess.run([POLYSPELL, *map(str, args), "--tools", str(tools)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          encoding="utf-8", errors="surrogateescape")
+    return polyspell(*args, "--tools", tools, encoding="utf-8", errors="surrogateescape")
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_cli_prints_a_lone_surrogate_as_json(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"
@@ -382,7 +375,6 @@ def test_cli_prints_a_lone_surrogate_as_json(language, tmp_path):
         assert (data["result"] if flags else data) == expected
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_cli_a_tools_system_exit_is_a_json_failure(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"
@@ -396,7 +388,6 @@ def test_cli_a_tools_system_exit_is_a_json_failure(language, tmp_path):
     assert payload["error"]["fields"]["reason"] == "SystemExit: bye"
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_cli_a_tools_keyboard_interrupt_is_an_interruption(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"

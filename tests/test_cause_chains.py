@@ -130,7 +130,7 @@ def test_through_a_tools_file_a_looping_or_deep_chain_is_the_tools_failure(
     assert host.run_source(pick(language, "return tools.guard{how = args.how}",
                                 "async function main(args) { return await tools.guard(args); }"),
                            language, "agent", {"how": how}) == ["execution_failed", "failing"]
-    with pytest.raises(ToolError) as info:
+    with pytest.raises(ToolError.ExecutionFailed) as info:
         host.run_source(pick(language, "return tools.relay{how = args.how}",
                              "async function main(args) { return await tools.relay(args); }"),
                         language, "agent", {"how": how})

@@ -1,21 +1,11 @@
-"""``polyspell catalog``, run as users run it: the installed console script."""
+"""``polyspell catalog``, run as users run it (this checkout's, as ``python -m host.cli``)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-
-import pytest
 
 from bridge import variants
-
-POLYSPELL = shutil.which("polyspell")
-pytestmark = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
-
-
-def polyspell(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POLYSPELL, *args], capture_output=True, text=True, timeout=60)
+from tests.cli import polyspell
 
 
 def test_catalog_json_lists_all_sixteen_categories_with_every_kind():

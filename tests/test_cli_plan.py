@@ -6,7 +6,6 @@ import json
 import os
 import pty
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,10 @@ import pytest
 
 from bridge import SpellError
 from host import PlanReport
+from tests.cli import POLYSPELL, environment, polyspell
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANS = ROOT / "scripts" / "plans"
-POLYSPELL = shutil.which("polyspell")
-pytestmark = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
-
-
-def polyspell(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POLYSPELL, *map(str, args)], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
 
 
 def report_of(*args: str | Path) -> tuple[int, PlanReport]:
@@ -138,9 +131,9 @@ def test_tools_come_from_the_command_line_too(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a pseudo-terminal")
 def test_progress_is_shown_on_a_terminal():
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([POLYSPELL, "plan", "scripts/plans/cascading.toml"], cwd=ROOT,
+    proc = subprocess.Popen([*POLYSPELL, "plan", "scripts/plans/cascading.toml"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=follower,
-                            env={**os.environ, "COLUMNS": "120"})
+                            env=environment({"COLUMNS": "120"}))
     os.close(follower)
     chunks = []
     while True:

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from bridge import SpellError
+from tests.cli import polyspell
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "scripts"
-POLYSPELL = shutil.which("polyspell")
-pytestmark = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
-
-
-def polyspell(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POLYSPELL, *map(str, args)], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
 
 
 @pytest.mark.parametrize("script", ["agent.lua", "agent.js"])

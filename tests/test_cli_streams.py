@@ -9,28 +9,18 @@ interruption, never ``runtime/internal_error``.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.cli import polyspell
 from tests.conftest import EXTENSION, pick
-
-ROOT = Path(__file__).resolve().parent.parent
-POLYSPELL = shutil.which("polyspell")
-pytestmark = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
 
 NOISY_TOOLS = (
     "import sys\nfrom host import tool\n\nprint('noise while importing')\n\n"
     "@tool\ndef noisy(n: int) -> int:\n    \"\"\"Prints, then answers.\"\"\"\n"
     "    print('debug from tool', n)\n    sys.stdout.write('raw write\\n')\n"
     "    sys.stdout.flush()\n    return n + 1\n")
-
-
-def polyspell(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POLYSPELL, *map(str, args)], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
 
 
 def _noisy(tmp_path: Path, language: str) -> tuple[Path, Path]:

@@ -12,14 +12,17 @@ import anyio
 import pytest
 
 from bridge import CrossEngineCoordinationError, ProviderError, SpellError
-from host import Coordinator, Plan, PlanReport, Retry, Task, tool
+from host import Coordinator, Plan, PlanReport, Retry, Task, TaskReport, tool
 from tests.conftest import EXTENSION, pick
 
 CALLS: Counter[str] = Counter()
 FAILURES: dict[str, SpellError] = {}
 FAILED = threading.Event()
 RUNNING = {"now": 0, "peak": 0}
-LOCK = threading.Lock()
+LOCK = threading.Condition()
+TICKED = threading.Event()  # some script has called tick: it is inside its loop
+ENDED: set[str] = set()  # the tasks the coordinator has reported ended
+ENDING = threading.Condition()
 
 
 @tool
@@ -34,6 +37,7 @@ def fetch(source: str) -> str:
 @tool
 async def tick(seconds: float = 0.01) -> int:
     """A suspension point: scripts looping on it can be cancelled at every call."""
+    TICKED.set()
     await anyio.sleep(seconds)
     return 1
 
@@ -65,12 +69,38 @@ def wait_for_failure() -> bool:
 
 
 @tool
+def after_a_tick() -> bool:
+    """Block until some script has called tick (a failure then finds the loop running)."""
+    if not TICKED.wait(10):
+        raise TimeoutError("no script called tick")
+    return True
+
+
+@tool
+def after(tasks: list[str]) -> bool:
+    """Block until the coordinator has reported these tasks ended (orders the failures)."""
+    with ENDING:
+        if not ENDING.wait_for(lambda: ENDED >= set(tasks), timeout=10):
+            raise TimeoutError(f"tasks {sorted(set(tasks) - ENDED)} did not end")
+    return True
+
+
+def _ended(report: TaskReport) -> None:
+    """A listener: tells the ``after`` tool that a task ended."""
+    with ENDING:
+        ENDED.add(report.id)
+        ENDING.notify_all()
+
+
+@tool
 def busy(seconds: float) -> int:
-    """Count how many tasks are inside at once."""
+    """Count how many tasks are inside at once (the first waits up to 5 s for a second)."""
     with LOCK:
         RUNNING["now"] += 1
         RUNNING["peak"] = max(RUNNING["peak"], RUNNING["now"])
-    time.sleep(seconds)
+        LOCK.notify_all()
+        LOCK.wait_for(lambda: RUNNING["peak"] >= 2, timeout=5)
+    time.sleep(seconds)  # holds its place: one more, if let in, would raise the peak
     with LOCK:
         RUNNING["now"] -= 1
     return RUNNING["peak"]
@@ -86,7 +116,7 @@ def meet() -> bool:
     return True
 
 
-TOOLS = [fetch, tick, flaky, lookup, wait_for_failure, busy, meet]
+TOOLS = [fetch, tick, flaky, lookup, wait_for_failure, after_a_tick, after, busy, meet]
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +124,8 @@ def fresh_tools():
     CALLS.clear()
     FAILURES.clear()
     FAILED.clear()
+    TICKED.clear()
+    ENDED.clear()
     RUNNING.update(now=0, peak=0)
     BARRIER.reset()
 
@@ -105,7 +137,9 @@ def output() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def coordinator(output) -> Coordinator:
-    return Coordinator(TOOLS, on_output=lambda task, line: output.append((task, line)))
+    coordinator = Coordinator(TOOLS, on_output=lambda task, line: output.append((task, line)))
+    coordinator.on_task_completed(_ended)
+    return coordinator
 
 
 class Scripts:
@@ -302,9 +336,10 @@ def test_all_failed_names_the_most_severe_root_cause(scripts, coordinator):
         scripts.task("warns", 'error(errors.ProviderError{kind = "rate_limited", provider = "p"})',
                      'throw new ProviderError({kind: "rate_limited", provider: "p"});'),
         # the critical one fails last: severity wins over order
-        scripts.task("corrupt", 'tools.tick{seconds = 0.1} error(errors.AgentError{kind = '
-                     '"state_corruption", agent_id = "x", description = "bad state"})',
-                     'async function main() { await tools.tick({seconds: 0.1}); throw new '
+        scripts.task("corrupt", 'tools.after{tasks = {"warns", "plain"}} error(errors.AgentError{'
+                     'kind = "state_corruption", agent_id = "x", description = "bad state"})',
+                     'async function main() { await tools.after({tasks: ["warns", "plain"]}); '
+                     'throw new '
                      'AgentError({kind: "state_corruption", agent_id: "x", '
                      'description: "bad state"}); }'),
         fail(scripts, "plain"),
@@ -320,8 +355,8 @@ def test_all_failed_names_the_most_severe_root_cause(scripts, coordinator):
 
 def test_all_failed_ties_go_to_the_first_to_fail(scripts, coordinator):
     report = coordinator.run(Plan(strategy="collect", tasks=[
-        scripts.task("late", 'tools.tick{seconds = 0.15} return tools.fetch{source = "bad"}',
-                     'async function main() { await tools.tick({seconds: 0.15}); '
+        scripts.task("late", 'tools.after{tasks = {"early"}} return tools.fetch{source = "bad"}',
+                     'async function main() { await tools.after({tasks: ["early"]}); '
                      'return await tools.fetch({source: "bad"}); }'),
         fail(scripts, "early"),
     ]))
@@ -430,14 +465,21 @@ async def test_arun_under_asyncio_and_trio(tmp_path, coordinator):
 @pytest.mark.anyio
 async def test_a_caller_that_gives_up_stops_the_scripts_too(tmp_path, coordinator):
     scripts = Scripts(tmp_path)
-    task = scripts.task("loop", 'for i = 1, 500 do tools.fetch{source = "x"} tools.tick{} end',
-                        language="lua")
-    with anyio.move_on_after(0.2):
-        await coordinator.arun([task])
-    await anyio.sleep(0.1)  # the script's next tool call stops it
+    # left alone, the loop runs 25 s: far longer than the 10 s it is given to stop
+    task = scripts.task("loop", 'for i = 1, 500 do tools.fetch{source = "x"} '
+                        'tools.tick{seconds = 0.05} end', language="lua")
+    name = f"polyspell run {task.script}"  # the script's engine thread
+    async with anyio.create_task_group() as group:
+        group.start_soon(coordinator.arun, [task])
+        with anyio.fail_after(10):
+            while CALLS["x"] < 2:  # the script is inside its loop
+                await anyio.sleep(0.01)
+        (thread,) = [t for t in threading.enumerate() if t.name == name]
+        group.cancel_scope.cancel()  # the caller gives up
     calls = CALLS["x"]
-    await anyio.sleep(0.2)
-    assert 0 < calls == CALLS["x"]  # no script left running behind the caller's back
+    await anyio.to_thread.run_sync(thread.join, 10)
+    assert not thread.is_alive()  # no script left running behind the caller's back
+    assert CALLS["x"] - calls <= 1  # at most the call it was in when the caller gave up
 
 
 # -- cancellation -----------------------------------------------------------------------
@@ -465,8 +507,8 @@ CLEANUP = (
 def test_cancellation_runs_the_scripts_cleanup(scripts, coordinator, output):
     plan = Plan(strategy="propagate", tasks=[
         scripts.task("loop", *CLEANUP),
-        scripts.task("bad", 'tools.tick{seconds = 0.1} error("x")',
-                     'async function main() { await tools.tick({seconds: 0.1}); '
+        scripts.task("bad", 'tools.after_a_tick{} error("x")',
+                     'async function main() { await tools.after_a_tick({}); '
                      'throw new Error("x"); }')])
     report = coordinator.run(plan)
     assert report.task("loop").status == "cancelled"
@@ -488,8 +530,8 @@ def test_a_script_that_swallows_its_cancellation_is_still_stopped(scripts, coord
              "return 'pretended'; }")
     started = time.monotonic()
     report = coordinator.run(Plan(strategy="propagate", tasks=[
-        swallow, scripts.task("bad", 'tools.tick{seconds = 0.1} error("x")',
-                              'async function main() { await tools.tick({seconds: 0.1}); '
+        swallow, scripts.task("bad", 'tools.after_a_tick{} error("x")',
+                              'async function main() { await tools.after_a_tick({}); '
                               'throw new Error("x"); }')]))
     assert time.monotonic() - started < 1.5
     assert report.task("stubborn").status == "cancelled"
@@ -521,8 +563,8 @@ def test_python_listeners_and_cleanups_per_task(scripts, output):
     coordinator.on_task_completed(broken, task="bad")
     plan = Plan(strategy="propagate", tasks=[
         looping(scripts, "loop"),
-        scripts.task("bad", 'tools.tick{seconds = 0.1} error("x")',
-                     'async function main() { await tools.tick({seconds: 0.1}); '
+        scripts.task("bad", 'tools.after_a_tick{} error("x")',
+                     'async function main() { await tools.after_a_tick({}); '
                      'throw new Error("x"); }'),
         ok(scripts, "pending", after=["loop"]),
     ])
@@ -647,8 +689,8 @@ def test_a_timed_out_try_is_retried(scripts, coordinator):
 def test_a_cancelled_task_is_not_retried(scripts, coordinator):
     plan = Plan(strategy="propagate", tasks=[
         looping(scripts, "loop", retry=Retry(attempts=5, on="any", initial=0)),
-        scripts.task("bad", 'tools.tick{seconds = 0.05} error("x")',
-                     'async function main() { await tools.tick({seconds: 0.05}); '
+        scripts.task("bad", 'tools.after_a_tick{} error("x")',
+                     'async function main() { await tools.after_a_tick({}); '
                      'throw new Error("x"); }')])
     report = coordinator.run(plan)
     assert (report.task("loop").status, report.task("loop").attempts) == ("cancelled", 1)

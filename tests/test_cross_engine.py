@@ -299,8 +299,9 @@ def test_a_name_exported_twice_is_refused(tmp_path, helpers):
     other = tmp_path / ("twin.js" if helpers.suffix == ".lua" else "twin.lua")
     other.write_text(pick(_lang(other), "return {add = function() end}",
                           "exports.add = () => 1;"))
-    with pytest.raises(ConfigurationError) as info:
+    with pytest.raises(ConfigurationError.InvalidValue) as info:
         Host([helpers, other])
+    assert (info.value.fields["key"], info.value.fields["value"]) == ("tools", "add")
     assert "two tools are named 'add'" in info.value.message
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import host.runner
-from bridge import Frame, SpellError
+from bridge import BridgeError, Frame, SpellError
 from bridge.frames import MAX_POSITION, frame_from_data
 from bridge.pytraceback import UNLOADED_FILE, attach_python_traceback
 from host import Host
@@ -50,6 +50,17 @@ def forged_stack_source(language: str, file: str, line: int | str = 1) -> str:
             f't["x\'\\n\\t{file}:{line}: in function \'y"]()\n')
 
 
+def forged_error(language: str, file: str, name: str = "agent") -> SpellError:
+    """The error of a run of :func:`forged_stack_source`, checked to name ``file`` (so the
+    forgery ran: an error of another cause would show no file and prove nothing)."""
+    err = run_error(language, forged_stack_source(language, file), name=name)
+    if language == "javascript":
+        assert any(frame.file == file for frame in err.frames), err.frames
+    else:  # Lua names the forged chunk (shortened if long) in the message, not in a frame
+        assert err.fields["error"].endswith(f"{Path(file).name}:1: boom"), err.fields
+    return err
+
+
 def every_text(err: SpellError) -> str:
     """What the error shows through every consumer: traceback, notes, text, JSON."""
     return "\n".join(["".join(traceback.format_exception(err)), err.to_text(),
@@ -65,7 +76,7 @@ def secret_file(tmp_path: Path) -> Path:
 
 def test_a_script_cannot_make_tracebacks_show_a_host_file(language, secret_file):
     for file in (str(secret_file), "/etc/passwd"):
-        err = run_error(language, forged_stack_source(language, file))
+        err = forged_error(language, file)
         text = every_text(err)
         assert SECRET not in text
         assert "root:" not in text
@@ -79,7 +90,7 @@ def test_a_script_cannot_change_what_tracebacks_show_for_a_python_file(language)
     assert first  # the real first line of host/runner.py
     relative = str(Path(RUNNER).relative_to(Path(RUNNER).parent.parent))
     for file in (RUNNER, relative, "os.py"):
-        err = run_error(language, forged_stack_source(language, file), name="runner")
+        err = forged_error(language, file, name="runner")
         assert '"""One run of one script' not in "".join(traceback.format_exception(err))
     assert linecache.getline(RUNNER, 1) == first
     assert linecache.cache[RUNNER][1] is not None  # still the file's own entry, from disk
@@ -101,7 +112,7 @@ def test_a_script_cannot_show_another_runs_source(language):
     other = pick(language, f'-- {SECRET}\nerror("x")\n', f'// {SECRET}\nthrow new Error("x");\n')
     run_error(language, other, name="other_run")  # the host loaded it, for another run
     file = f"other_run.{pick(language, 'lua', 'js')}"
-    err = run_error(language, forged_stack_source(language, file))
+    err = forged_error(language, file)
     assert SECRET not in "".join(traceback.format_exception(err))
 
 
@@ -145,7 +156,7 @@ def test_a_forged_line_number_costs_nothing(language, line):
     assert forged
     for frame in forged:  # a line past MAX_POSITION is not a line: unknown
         assert frame.line == (line if isinstance(line, int) and line <= MAX_POSITION else None)
-    assert err.code in ("script/lua", "script/javascript")
+    assert err.code == pick(language, "script/lua", "script/javascript")
     assert "Traceback" in text
 
 
@@ -174,8 +185,9 @@ def test_frames_from_json_must_have_sane_positions():
         == MAX_POSITION
     data = {"category": "script", "kind": "lua", "message": "x", "fields": {"error": "x"},
             "frames": [{"language": "lua", "file": "a.lua", "line": 10**12}]}
-    with pytest.raises(SpellError) as info:
+    with pytest.raises(BridgeError.DeserializationFailed) as info:
         SpellError.from_json(json.dumps(data))
+    assert info.value.fields["path"] == "$.frames[0].line"
     assert "line" in str(info.value)
 
 

@@ -73,9 +73,34 @@ JS_FORGED = {
 }
 
 
+# What each forgery's error says: the forgery ran (a script that fails for another reason
+# is no limit either, and would pass the tests below without testing anything).
+LUA_SAYS = {
+    "memory_message": "not enough memory", "memory_assert": "not enough memory",
+    "memory_wrap": "not enough memory", "stack_message": "stack overflow",
+    "c_stack_message": "C stack overflow", "stack_deep": "stack overflow",
+    "limit_text": "Script resource exhaustion: time in lua",
+    "memory_text": "Memory exhausted in lua: the script needed more",
+}
+JS_SAYS = {
+    "interrupted": "InternalError: interrupted",
+    # quickjs-ng's InternalError cannot be constructed: that forgery is refused before it
+    # is thrown (a binding that allows it makes this fail, and the case test something)
+    "interrupted_constructed": "TypeError: not a constructor",
+    "memory_constructed": "TypeError: not a constructor",
+    "stack_constructed": "RangeError: Maximum call stack size exceeded",
+    "stack_proxy": "RangeError: Maximum call stack size exceeded",
+    "memory_getter": "InternalError: out of memory",
+    "stack_tojson": "Error: plain",
+    "time_tojson": "result could not be read: InternalError: interrupted",
+    "limit_text": "Script resource exhaustion: time in javascript",
+}
+
+
 @pytest.mark.parametrize("case", list(LUA_FORGED))
 def test_a_lua_script_cannot_forge_a_limit(case):
     err = failure("lua", LUA_FORGED[case])
+    assert LUA_SAYS[case] in err.message, err.message
     assert not is_limit(err) or err.raised_by_script, err.code
     assert exit_code(err) == 1
 
@@ -83,6 +108,7 @@ def test_a_lua_script_cannot_forge_a_limit(case):
 @pytest.mark.parametrize("case", list(JS_FORGED))
 def test_a_javascript_script_cannot_forge_a_limit(case):
     err = failure("javascript", JS_FORGED[case])
+    assert JS_SAYS[case] in err.message, err.message
     assert not is_limit(err) or err.raised_by_script, err.code
     assert exit_code(err) == 1
 
@@ -222,6 +248,7 @@ def test_a_violation_the_script_edited_is_the_scripts():
 def test_the_mark_survives_json():
     err = failure("javascript", 'throw new SecurityError({kind: "script_safety_violation",'
                                 ' engine: "javascript", violation: "x"});')
+    assert err.code == "security/script_safety_violation"
     data = json.loads(err.to_json())
     assert data["context"]["metadata"]["raised_by"] == "script"
 
@@ -358,6 +385,7 @@ FORGED_STACK = {
 @pytest.mark.parametrize("case", list(FORGED_STACK))
 def test_a_lua_script_cannot_forge_a_stack_limit_at_a_deep_stack(case):
     err = failure("lua", FORGED_STACK[case])
+    assert err.message.endswith("stack overflow"), err.message  # the forgery ran
     assert not is_limit(err), err.code
     assert exit_code(err) == 1
 

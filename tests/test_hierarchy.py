@@ -181,7 +181,7 @@ def test_severity_defaults_and_overrides():
     assert AgentError.StateCorruption(agent_id="a", description="d").severity is Severity.CRITICAL
     err = ToolError.Timeout(tool_name="t", duration=1.0, severity="fatal")
     assert err.severity is Severity.FATAL
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown severity 'loud'"):
         ToolError.Timeout(tool_name="t", duration=1.0, severity="loud")
 
 

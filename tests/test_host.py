@@ -438,6 +438,34 @@ def test_limits_stop_the_script_and_the_host_runs_on(language, case):
                "async function main() { return await tools.add({a: 1, b: 2}); }") == 3
 
 
+# The same allocation under two limits: it must fail under 16 MiB and fit in 64. A test
+# of the error alone reads the limit back from the settings, and would pass if the engine
+# enforced some other limit.
+ALLOCATIONS = {
+    "one block": ("local s = string.rep('x', 24 * 2^20)\nreturn #s\n",
+                  "function main() { return 'x'.repeat(24 * 2 ** 20).length; }", 24 * 2**20),
+    "many pieces": ("local parts = {}\n"
+                    "for i = 1, 24 * 1024 do parts[i] = string.rep('x', 1000) .. i end\n"
+                    "return #parts\n",
+                    "function main() {\n  const parts = [];\n"
+                    "  for (let i = 0; i < 24 * 1024; i++) parts.push('x'.repeat(1000) + i);\n"
+                    "  return parts.length;\n}\n", 24 * 1024),
+}
+
+
+@pytest.mark.parametrize("shape", list(ALLOCATIONS))
+def test_the_memory_limit_the_engine_enforces_is_the_one_set(language, shape):
+    lua, js, size = ALLOCATIONS[shape]
+    source = pick(language, lua, js)
+    small = Host(memory_mb=16, timeout=30, on_output=lambda line: None)
+    with pytest.raises(ResourceError.MemoryExhaustion) as info:
+        small.run_source(source, language, "alloc.src")
+    assert info.value.fields["location"] == language
+    assert info.value.fields["available"] == 16 * 2**20
+    large = Host(memory_mb=64, timeout=30, on_output=lambda line: None)
+    assert large.run_source(source, language, "alloc.src") == size
+
+
 def test_a_stuck_sync_tool_still_ends_the_run_at_its_timeout(language):
     release = threading.Event()
 

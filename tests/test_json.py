@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from bridge import BridgeError, Frame, SpellError, ToolError, variants
 from bridge.errors import MAX_CAUSE_DEPTH
-from tests.strategies import error_chains, errors
+from tests.strategies import error_chains, errors, json_values
 
 
 def assert_same_error(back: SpellError, sent: SpellError) -> None:
@@ -148,12 +148,42 @@ def test_a_cause_chain_too_deep_is_refused_not_a_recursion_error():
         SpellError.from_dict(data)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(), c,
-                                                                        max_size=3)))
-def test_arbitrary_json_never_crashes_with_a_raw_exception(value):
+ARBITRARY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(), c, max_size=3))
+
+
+@st.composite
+def edited_error_json(draw: st.DrawFn) -> dict:
+    """An error's JSON with up to two top-level keys dropped or set to any JSON value:
+    some are still errors (an optional key went), most are not."""
+    data = json.loads(draw(error_chains(depth=2, min_depth=1)).to_json())
+    for key in draw(st.lists(st.sampled_from(sorted(data)), max_size=2, unique=True)):
+        if draw(st.booleans()):
+            del data[key]
+        else:
+            data[key] = draw(json_values)
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(ARBITRARY_JSON, edited_error_json()))
+def test_any_json_is_read_as_the_error_it_says_or_refused_clearly(value):
     try:
-        SpellError.from_json(json.dumps(value))
-    except BridgeError:
-        pass
+        back = SpellError.from_json(json.dumps(value))
+    except BridgeError.DeserializationFailed as refusal:  # never a raw exception
+        assert refusal.fields["path"].startswith("$")
+        return
+    event("accepted")
+    # what it read is what the JSON says...
+    written = json.loads(back.to_json())
+    for key in ("category", "kind", "cause"):
+        if key in value:
+            assert written[key] == value[key], key
+    if isinstance(value.get("message"), str):  # null or none: the variant's own message
+        assert back.message == value["message"]
+    assert written["frames"] == (value.get("frames") or [])  # null or none: no frames
+    given_fields = value.get("fields") or {}  # null or none: the defaults, if any
+    assert {name: written["fields"][name] for name in given_fields} == given_fields
+    # ...and writes and reads back as itself: class, fields, message, frames, causes
+    assert_same_error(SpellError.from_json(back.to_json()), back)

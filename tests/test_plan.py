@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from bridge import ConfigurationError, SpellError
@@ -213,8 +214,9 @@ def test_a_long_chain_of_tasks_is_checked_without_recursion(folder):
 
 def test_plans_are_immutable_and_invalid_plan_is_a_configuration_error(folder):
     task = Task(id="a", script="a.lua")
-    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+    with pytest.raises(pydantic.ValidationError) as frozen:
         task.id = "b"  # type: ignore[misc]
+    assert [(e["type"], e["loc"]) for e in frozen.value.errors()] == [("frozen_instance", ("id",))]
     err = refused(Plan, tasks=[])
     assert isinstance(err, ConfigurationError)
 

@@ -42,18 +42,20 @@ def ready() -> bool:
 
 
 @tool
-def stuck(seconds: float = 30) -> str:
-    """A careless sync tool: it sleeps."""
+def stuck(seconds: float = 30, say_ready: bool = False) -> str:
+    """A careless sync tool: it sleeps (once it has told the test it is in here)."""
+    if say_ready:
+        ready()
     time.sleep(seconds)
     return "woke up"
 '''
 
-# What each script does once it has said it is running.
+# Each script says READY on stderr when it is about to loop, or is inside its stuck tool.
 SCRIPTS = {
     "loop.js": "tools.ready().then(() => { while (true) {} });",
     "loop.lua": "tools.ready{}\nwhile true do end",
-    "stuck.lua": "tools.ready{}\nreturn tools.stuck{}",
-    "stuck.js": "async function main() { await tools.ready(); return await tools.stuck(); }",
+    "stuck.lua": "return tools.stuck{say_ready = true}",
+    "stuck.js": "async function main() { return await tools.stuck({say_ready: true}); }",
 }
 
 
@@ -102,6 +104,25 @@ class Process:
     def stderr(self) -> str:
         return "\n".join(line for _, line in self.lines)
 
+    def wait_for_spinning(self, count: int, timeout: float = 30) -> None:
+        """Until ``count`` of its threads have each burnt 0.1 s of CPU since this was called:
+        its busy loops run (READY comes just before them, from a tool)."""
+        if count == 0:
+            return
+        if not Path("/proc/self/task").is_dir():  # no per-thread CPU times to read here
+            time.sleep(0.5)
+            return
+        before = _thread_cpu(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while True:
+            now = _thread_cpu(self.proc.pid)
+            spinning = [tid for tid, cpu in now.items() if cpu - before.get(tid, 0.0) >= 0.1]
+            if len(spinning) >= count:
+                return
+            assert time.monotonic() < deadline, (
+                f"not {count} busy threads within {timeout}s: {self.stderr()}")
+            time.sleep(0.02)
+
     def kill(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -144,12 +165,26 @@ def _start(started: list[Process], *args: str | Path, cwd: Path) -> Process:
     return process
 
 
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """The CPU seconds (user + system) each thread of process ``pid`` has used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    times = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # the thread just ended
+            continue
+        times[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return times
+
+
 # -- Ctrl-C ------------------------------------------------------------------------------
 
 
-def _interrupt(process: Process) -> None:
-    """Ctrl-C once the scripts run: polyspell ends at once, says so, exits 130."""
-    time.sleep(0.2)  # inside the loop (or the tool) by now
+def _interrupt(process: Process, loops: int) -> None:
+    """Ctrl-C once the scripts run (``loops`` of them in busy loops, the others inside
+    their stuck tool): polyspell ends at once, says so, exits 130."""
+    process.wait_for_spinning(loops)
     interrupted = time.monotonic()
     process.proc.send_signal(signal.SIGINT)
     code, ended = process.wait(timeout=20)
@@ -165,7 +200,7 @@ def test_ctrl_c_ends_a_run_at_once(workdir, started, script):
     process = _start(started, "run", script, "--tools", "tools.py", "--timeout", "30",
                      cwd=workdir)
     process.wait_for_line("READY")
-    _interrupt(process)
+    _interrupt(process, loops=1 if script.startswith("loop") else 0)
 
 
 def test_ctrl_c_ends_a_plan_at_once(workdir, started):
@@ -188,7 +223,7 @@ def test_ctrl_c_ends_a_plan_at_once(workdir, started):
     """))
     process = _start(started, "plan", "plan.toml", cwd=workdir)
     process.wait_for_line("READY", count=3)
-    _interrupt(process)
+    _interrupt(process, loops=2)
 
 
 # -- the time limit ----------------------------------------------------------------------

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,11 +18,8 @@ import pytest
 from bridge import SpellError, ToolError
 from bridge.jsontext import json_text
 from host import Host, tool
+from tests import cli
 from tests.conftest import EXTENSION, LANGUAGES, pick
-
-ROOT = Path(__file__).resolve().parent.parent
-POLYSPELL = shutil.which("polyspell")
-needs_cli = pytest.mark.skipif(POLYSPELL is None, reason="polyspell is not installed")
 
 
 def strict(text: str) -> object:
@@ -36,9 +31,8 @@ def strict(text: str) -> object:
 
 
 def polyspell(*args: str | Path, encoding: str = "utf-8") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([POLYSPELL, *map(str, args)], capture_output=True, text=True,
-                          timeout=60, cwd=ROOT, encoding=encoding, errors="surrogateescape",
-                          env={**os.environ, "PYTHONIOENCODING": encoding})
+    return cli.polyspell(*args, encoding=encoding, errors="surrogateescape",
+                         env={"PYTHONIOENCODING": encoding})
 
 
 def test_json_text_writes_non_finite_numbers_as_null_and_escapes_lone_surrogates():
@@ -112,7 +106,6 @@ FAILURES = {
 }
 
 
-@needs_cli
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_run_prints_strict_json(language, tmp_path):
     script = tmp_path / f"agent{EXTENSION[language]}"
@@ -135,7 +128,6 @@ def test_run_prints_strict_json(language, tmp_path):
     assert strict(explained.stdout)["fields"] == payload["error"]["fields"]
 
 
-@needs_cli
 def test_explain_json_is_strict_whatever_it_read(tmp_path):
     saved = tmp_path / "error.json"
     saved.write_text('{"category": "tool", "kind": "timeout", "retry_after": NaN, '
@@ -145,7 +137,6 @@ def test_explain_json_is_strict_whatever_it_read(tmp_path):
     assert strict(out.stdout)["retry_after"] is None
 
 
-@needs_cli
 def test_plan_tools_and_catalog_json_are_strict(tmp_path):
     (tmp_path / "nan.lua").write_text("return {x = 0/0, y = math.huge}")
     (tmp_path / "plan.toml").write_text(
@@ -171,7 +162,6 @@ def test_plan_tools_and_catalog_json_are_strict(tmp_path):
     strict(params)
 
 
-@needs_cli
 def test_json_on_a_stdout_that_is_not_utf8_is_ascii_json(tmp_path):
     script = tmp_path / "agent.lua"
     script.write_text('return {"\u00e9\U0001f600", 0/0}', encoding="utf-8")
@@ -182,7 +172,6 @@ def test_json_on_a_stdout_that_is_not_utf8_is_ascii_json(tmp_path):
         assert strict(out.stdout) == {"ok": True, "result": ["\u00e9\U0001f600", None]}
 
 
-@needs_cli
 def test_text_that_stdout_cannot_encode_is_escaped_not_a_crash(tmp_path):
     saved = tmp_path / "error.json"
     saved.write_text('{"category": "tool", "kind": "timeout", "message": "bad \\ud800", '
