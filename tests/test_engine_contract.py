@@ -18,16 +18,15 @@ import pickle
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 import engines
 from bridge import SpellError, ToolError
-from bridge.envelope import error_envelope, resolve_refs
-from engines import Failed, Finished, Limits, Step, Suspended, ToolInfo, ToolReply, ToolRequest
+from engines import Failed, Finished, Limits, Step, Suspended, ToolInfo, ToolReply
 from engines.specs import BUILT_IN
+from tests.engine_driver import FILE, Run, converse, drive
 
 SPECS = [spec.name for spec in BUILT_IN]
 
@@ -38,77 +37,6 @@ def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-FILE = {"lua": "agent.lua", "javascript": "agent.js"}
-
-
-@dataclass
-class Run:
-    """What one driven activation produced."""
-
-    step: Step
-    requests: list[ToolRequest] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)
-    refs: dict[int, SpellError] = field(default_factory=dict)
-
-    @property
-    def result(self) -> Any:
-        assert isinstance(self.step, Finished), self.step
-        return self.step.result
-
-    @property
-    def error(self) -> SpellError:
-        assert isinstance(self.step, Failed), self.step
-        return resolve_refs(self.step.error, self.refs.get)
-
-
-Tools = dict[str, Callable[[Any], Any]]
-
-
-def converse(engine: engines.Engine, step: Step, tools: Tools, deadline: float,
-             run: Run) -> Run:
-    """Answer ``step``'s requests from ``tools`` until the activation ends."""
-    run.output.extend(step.output)
-    while isinstance(step, Suspended):
-        replies = []
-        for request in step.requests:
-            run.requests.append(request)
-            try:
-                if request.problem is not None:
-                    raise ToolError.InvalidParameters(
-                        tool_name=request.tool, validation_error=str(request.problem),
-                        error_type="parse")
-                if request.tool not in tools:
-                    raise ToolError.NotFound(tool_name=request.tool)
-                replies.append(ToolReply(request.id, result=tools[request.tool](request.params)))
-            except SpellError as err:
-                replies.append(ToolReply(request.id, error=error_envelope(err, ref=run_ref(run))))
-        step = engine.resume(replies, deadline)
-        run.output.extend(step.output)
-    run.step = step
-    return run
-
-
-def run_ref(run: Run) -> Callable[[SpellError], int]:
-    def ref(err: SpellError) -> int:
-        run.refs[id(err)] = err
-        return id(err)
-    return ref
-
-
-def drive(name: str, source: str, args: Any = None, tools: Tools | None = None, *,
-          timeout: float = 5.0, memory_mb: int = 64, sandbox: engines.Sandbox = "constrained",
-          filename: str | None = None) -> Run:
-    """Run ``source`` in a new engine of ``name`` to its end."""
-    tools = tools or {}
-    engine = engines.make_engine(name, limits=Limits(timeout=timeout, memory_mb=memory_mb),
-                                 sandbox=sandbox)
-    deadline = time.monotonic() + timeout
-    try:
-        infos = [ToolInfo(tool, f"the {tool} tool") for tool in tools]
-        step = engine.start(source, filename or FILE[name], args, infos, deadline)
-        return converse(engine, step, tools, deadline, Run(step))
-    finally:
-        engine.close()
 
 
 def echo(params: Any) -> Any:

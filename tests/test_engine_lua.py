@@ -10,35 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from bridge import AgentError, Frame, SpellError, ToolError
-from bridge.envelope import error_envelope, resolve_refs
-from engines.base import Failed, Finished, Limits, Step, Suspended, ToolInfo, ToolReply, ToolRequest
+from engines.base import Failed, Finished, Limits, Suspended, ToolReply
 from engines.lua import LuaEngine
-
-
-@dataclass
-class Run:
-    """What one driven run produced."""
-
-    step: Step
-    requests: list[ToolRequest] = field(default_factory=list)
-    output: list[str] = field(default_factory=list)
-    refs: dict[int, SpellError] = field(default_factory=dict)
-
-    @property
-    def result(self) -> Any:
-        assert isinstance(self.step, Finished), self.step
-        return self.step.result
-
-    @property
-    def error(self) -> SpellError:
-        assert isinstance(self.step, Failed), self.step
-        return self.step.error
+from tests import engine_driver
+from tests.engine_driver import Run
 
 
 def drive(
@@ -52,40 +32,10 @@ def drive(
     sandbox: str = "constrained",
 ) -> Run:
     """Run ``source`` to the end, answering tool requests from ``tools``."""
-    tools = tools or {}
-    refs: dict[int, SpellError] = {}
-    output: list[str] = []
-    engine = LuaEngine(limits=Limits(timeout=timeout, memory_mb=memory_mb), sandbox=sandbox)
-
-    def ref(err: SpellError) -> int:
-        refs[id(err)] = err
-        return id(err)
-
-    deadline = time.monotonic() + timeout
-    infos = [ToolInfo(name, f"the {name} tool") for name in tools]
-    step = engine.start(source, filename, args, infos, deadline)
-    output.extend(step.output)
-    requests = []
-    while isinstance(step, Suspended):
-        assert len(step.requests) == 1
-        request = step.requests[0]
-        requests.append(request)
-        try:
-            if request.problem is not None:
-                raise ToolError.InvalidParameters(tool_name=request.tool,
-                                                  validation_error=request.problem.message,
-                                                  error_type="parse")
-            if request.tool not in tools:
-                raise ToolError.NotFound(tool_name=request.tool)
-            reply = ToolReply(request.id, result=tools[request.tool](request.params))
-        except SpellError as err:
-            reply = ToolReply(request.id, error=error_envelope(err, ref=ref))
-        step = engine.resume([reply], deadline)
-        output.extend(step.output)
-    engine.close()
-    if isinstance(step, Failed):
-        step.error = resolve_refs(step.error, refs.get)
-    return Run(step, requests, output, refs)
+    # a Lua script waits for one tool call at a time: each step suspends with one request
+    return engine_driver.drive("lua", source, args, tools, filename=filename,
+                               timeout=timeout, memory_mb=memory_mb, sandbox=sandbox,
+                               one_at_a_time=True)
 
 
 def echo(params: Any) -> Any:
