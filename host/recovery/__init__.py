@@ -1,0 +1,17 @@
+"""Recovery: the strategies of the error-handling design as layers of the tool-call pipeline.
+
+Each policy is a pydantic model (so it loads from TOML and serialises) that makes a layer
+of the tool-call pipeline (:mod:`host.calls`). A tool's layers are composed in one fixed
+order, outermost first: fallback, total timeout, retry, circuit breaker, attempt timeout,
+the call (Polly v8's order).
+
+- :mod:`host.recovery.retry`: :class:`Retry`, tries again with backoff and jitter; the
+  coordinator's task retry is the same model.
+- :mod:`host.recovery.breaker`: :class:`CircuitBreaker`, stops calling a failing service.
+"""
+
+from __future__ import annotations
+
+from host.recovery.retry import Retry
+
+__all__ = ["Retry"]
