@@ -178,17 +178,22 @@ boundary.wrap = _wrap_boundary  # type: ignore[attr-defined]
 
 def _at_boundary(call: ToolCall, exc: BaseException) -> BaseException:
     """The error to raise out of ``call`` for ``exc``, with this boundary's path."""
-    if isinstance(exc, SpellError):
-        error = exc
-    elif ends_the_run(exc):
+    if ends_the_run(exc):
         return exc
-    else:  # frames: where the tool failed; cause: the exception
-        error = ToolError.wrap(
-            exc, tool_name=call.name, reason=describe_exception(exc, qualified=False),
-            parameters=preview(call.params),
-            execution_time=time.perf_counter() - call.started)
+    error = as_spell_error(call, exc)
     call.run.at_boundary(error, call)
     return error
+
+
+def as_spell_error(call: ToolCall, exc: BaseException) -> SpellError:
+    """The unified error ``exc`` out of ``call`` stands for: itself if it is one, else
+    ``tool/execution_failed`` whose frames are where the tool raised it and whose cause is
+    the exception. Layers that decide on errors (retry, breakers) decide on this."""
+    if isinstance(exc, SpellError):
+        return exc
+    return ToolError.wrap(
+        exc, tool_name=call.name, reason=describe_exception(exc, qualified=False),
+        parameters=preview(call.params), execution_time=time.perf_counter() - call.started)
 
 
 def ends_the_run(exc: BaseException) -> bool:
