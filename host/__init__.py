@@ -12,14 +12,16 @@ if TYPE_CHECKING:
     from host.calls import Layer, ToolCall
     from host.coordinator import Coordinator, PlanReport, TaskReport
     from host.host import Host
-    from host.plan import Plan, Retry, Task, load_plan
+    from host.plan import Plan, Task, load_plan
+    from host.recovery import Retry, ToolRecovery
     from host.tools import Tool, ToolRegistry, tool
 
 _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "ToolRegistry": "host.tools", "Coordinator": "host.coordinator",
             "PlanReport": "host.coordinator", "TaskReport": "host.coordinator",
-            "Plan": "host.plan", "Retry": "host.plan", "Task": "host.plan",
-            "load_plan": "host.plan", "ToolCall": "host.calls", "Layer": "host.calls"}
+            "Plan": "host.plan", "Task": "host.plan", "load_plan": "host.plan",
+            "Retry": "host.recovery", "ToolRecovery": "host.recovery",
+            "ToolCall": "host.calls", "Layer": "host.calls"}
 
 
 def __getattr__(name: str) -> Any:
@@ -31,4 +33,4 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Coordinator", "Host", "Layer", "Plan", "PlanReport", "Retry", "Task", "TaskReport",
-           "Tool", "ToolCall", "ToolRegistry", "load_plan", "tool"]
+           "Tool", "ToolCall", "ToolRecovery", "ToolRegistry", "load_plan", "tool"]

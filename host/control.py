@@ -35,6 +35,7 @@ class RunControl:
         # stops before it returns) or "async" (waiting for an async tool on the event loop)
         self.in_tool_kind: Literal["sync", "async"] | None = None
         self._scope: anyio.CancelScope | None = None  # the async tool in progress
+        self._wake = threading.Event()  # set by a stop request or give-up: ends sleep()
 
     @property
     def state(self) -> RunState:
@@ -54,6 +55,7 @@ class RunControl:
         if self.reason is not None:
             return False
         self.reason = reason
+        self._wake.set()
         if self._scope is not None:
             self._scope.cancel()
         return True
@@ -68,8 +70,14 @@ class RunControl:
         """The host stops waiting for the run: it has ended for everyone but its thread."""
         self.given_up = True
         self.ended.set()
+        self._wake.set()
         if self._scope is not None:
             self._scope.cancel()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` on the run's thread (a retry's delay); False, at once, if the
+        run is asked to stop or given up on meanwhile."""
+        return not self._wake.wait(seconds)
 
     @contextmanager
     def in_tool(self, kind: Literal["sync", "async"]) -> Iterator[None]:

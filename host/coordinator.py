@@ -440,11 +440,14 @@ class _Execution:
                 await self._cleanup(state, state.cancel_error)
                 await self._finish(state, _status_of(value), error=value)
                 return
-            if (retry is None or state.attempts >= retry.attempts
-                    or not (value.retryable or retry.on == "any")):
+            # a task's tries are bounded by the plan's timeout; max_elapsed only when set
+            elapsed = (time.monotonic() - state.started
+                       if retry is not None and "max_elapsed" in retry.model_fields_set else 0.0)
+            delay = None if retry is None else retry.next_delay(state.attempts, value, elapsed)
+            if delay is None:
                 await self._finish(state, _status_of(value), error=value)
                 return
-            with anyio.move_on_after(retry.delay(state.attempts)):
+            with anyio.move_on_after(delay):
                 await state.wake.wait()  # type: ignore[union-attr]
 
     async def _try(self, state: _TaskState, args: dict[str, Any],

@@ -9,7 +9,7 @@ import os
 import reprlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -20,7 +20,18 @@ from host.calls import Layer
 from host.data import not_json_like
 from host.lines import write_lines
 from host.runner import EngineFactory, ScriptRun
-from host.tools import ScriptTool, Tool, ToolRegistry, as_tool, check_file, load_tools_file
+from host.tools import (
+    ScriptTool,
+    Tool,
+    ToolRegistry,
+    as_tool,
+    check_file,
+    load_tools_file,
+    parse_recovery,
+)
+
+if TYPE_CHECKING:
+    from host.recovery import ToolRecovery
 
 SANDBOXES = ("constrained", "trusted")
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
@@ -44,6 +55,9 @@ class Host:
     uses (a run's, a tools file's, and the one that lists a tools file's functions); the
     default, :func:`engines.make_engine`, makes the built-in engines. ``layers`` wrap
     every tool call, the first outermost (see :mod:`host.calls`): ``layer(call, next)``.
+    ``recovery`` maps tool names to their recovery policies (``{"search": {"retry":
+    {"attempts": 4}}}``, or :class:`host.recovery.ToolRecovery` values), which win over
+    what ``@tool`` set (see :mod:`host.recovery`).
     """
 
     def __init__(
@@ -57,6 +71,7 @@ class Host:
         on_output: Callable[[str], None] | None = None,
         engine_factory: EngineFactory | None = None,
         layers: Iterable[Layer] = (),
+        recovery: Mapping[str, Any] | None = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
@@ -80,6 +95,7 @@ class Host:
         for item in items:
             for loaded in _load(item, sandbox, self.engine_factory):
                 self.tools.add(loaded)
+        self.recovery = _recovery_policies(self.tools, recovery)
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
@@ -148,7 +164,8 @@ class Host:
         return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
-            on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers)
+            on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers,
+            recovery=self.recovery)
 
 
 def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
@@ -158,6 +175,32 @@ def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
     if isinstance(item, ScriptTool):  # already listed, e.g. by another host
         return [item]
     return [as_tool(item)]
+
+
+def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None
+                       ) -> dict[str, ToolRecovery]:
+    """Each tool's recovery policies: its own (``@tool``) with the host's in their place."""
+    policies: dict[str, ToolRecovery] = {}
+    for item in tools:
+        own = getattr(item, "recovery", None)
+        if own is not None:
+            policies[item.name] = own
+    if given is None:
+        return policies
+    if not isinstance(given, Mapping):
+        raise ConfigurationError.InvalidValue(
+            key="recovery", value=_preview(given),
+            reason="recovery maps tool names to their policies")
+    from host.recovery import ToolRecovery
+
+    for name, data in given.items():
+        if not isinstance(name, str) or tools.get(name) is None:
+            raise ConfigurationError.InvalidValue(
+                key="recovery", value=_preview(name),
+                reason=f"recovery names a tool that does not exist: {name!r}")
+        policy = parse_recovery(name, data, ToolRecovery)
+        policies[name] = policies[name].merged(policy) if name in policies else policy
+    return policies
 
 
 def _read_script(path: Path) -> str:

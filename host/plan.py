@@ -31,7 +31,6 @@ import difflib
 import os
 import tomllib
 from collections.abc import Mapping
-from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,16 +41,17 @@ from bridge import ConfigurationError, SpellError
 from bridge.data import MAX_DEPTH
 from bridge.languages import ScriptLanguageName
 from host.host import MAX_TIMEOUT
+from host.recovery import Retry
+from host.recovery.retry import VALIDATING
 from host.tools import check_file
 
 Strategy = Literal["propagate", "collect", "cancel_dependents", "isolate"]
 STRATEGIES: tuple[str, ...] = ("propagate", "collect", "cancel_dependents", "isolate")
-Backoff = Literal["fixed", "linear", "exponential"]
 Language = ScriptLanguageName  # a registered language's name (engines.specs())
 
 
 # Set while a model is being validated: pydantic calls the __init__ of nested models too.
-_validating: ContextVar[bool] = ContextVar("polyspell_plan_validating", default=False)
+_validating = VALIDATING  # one flag for plans and the policies inside them
 
 
 class _PlanModel(BaseModel):
@@ -76,32 +76,6 @@ class _PlanModel(BaseModel):
             raise err.with_traceback(None)  # noqa: B904 - the error is the same one
         finally:
             _validating.reset(token)
-
-
-class Retry(_PlanModel):
-    """How a failed task is tried again before the plan's strategy applies.
-
-    ``attempts`` counts every try, the first included. The delay before try n+1 is
-    ``initial`` (fixed), ``initial * n`` (linear) or ``initial * 2**(n-1)``
-    (exponential), at most ``max_delay``. Only retryable errors (``err.retryable``) are
-    retried, unless ``on = "any"``; a task the coordinator cancelled is never retried.
-    """
-
-    attempts: int = Field(3, ge=1, le=100)
-    backoff: Backoff = "exponential"
-    initial: float = Field(0.1, ge=0)
-    max_delay: float = Field(10.0, ge=0)
-    on: Literal["retryable", "any"] = "retryable"
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed try number ``attempt`` (1-based)."""
-        if self.backoff == "fixed":
-            delay = self.initial
-        elif self.backoff == "linear":
-            delay = self.initial * attempt
-        else:
-            delay = self.initial * 2 ** (attempt - 1)
-        return min(delay, self.max_delay)
 
 
 class Task(_PlanModel):

@@ -22,8 +22,9 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.from_thread
@@ -53,6 +54,9 @@ from host.calls import DeadlineReached, Layer, Timeouts, ToolCall, boundary, pip
 from host.control import RunControl
 from host.data import crossing
 from host.tools import ScriptTool, ToolRegistry, load_library, preview
+
+if TYPE_CHECKING:  # pydantic is imported when the first policy is made
+    from host.recovery.policy import ToolRecovery
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
@@ -90,6 +94,7 @@ class ScriptRun:
         on_output: Callable[[str], None],
         engine_factory: EngineFactory = engines.make_engine,
         layers: Sequence[Layer] = (),
+        recovery: Mapping[str, ToolRecovery] | None = None,
     ) -> None:
         self.source = source
         self.language = language
@@ -103,7 +108,9 @@ class ScriptRun:
         self.correlation_id = uuid.uuid4().hex
         self.deadline = math.inf
         self.control = RunControl()
-        self._layers: list[Layer] = [boundary, *layers, Timeouts()]
+        self.layers = list(layers)
+        self.recovery_policies = recovery or {}
+        self.recovery: list[dict[str, Any]] = []  # what recovery did in this run (events)
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
@@ -281,13 +288,34 @@ class ScriptRun:
         tool = self.tools.get(name)
         path = self._paths.get(name)
         if path is None:
-            path = self._paths[name] = pipeline(self._layers, self._invoke, tool)
+            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
                         self._depth, self, self.deadline, time.perf_counter())
         try:
             return ToolReply(request.id, result=path(call))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _layers_for(self, name: str) -> list[Layer]:
+        """A tool's layers, outermost first: the boundary, the host's layers, the tool's
+        recovery policies (see host.recovery), then its own timeout."""
+        policy = self.recovery_policies.get(name)
+        own = policy.layers() if policy is not None else []
+        return [boundary, *self.layers, *own, Timeouts()]
+
+    def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError,
+                        delay: float | None = None) -> dict[str, Any]:
+        """Add an event to the run's recovery history (``run.recovery``) and return it."""
+        event = {"action": action, "tool": tool, "attempt": attempt,
+                 "delay": None if delay is None else round(delay, 6), "error": err.code,
+                 "at": datetime.now(UTC).isoformat()}
+        self.recovery.append(event)
+        return event
+
+    def attach_recovery(self, err: SpellError) -> None:
+        """Attach the run's recovery history so far to an error that escapes recovery."""
+        metadata = {**err.context.metadata, "recovery": [dict(e) for e in self.recovery]}
+        err.context = err.context.model_copy(update={"metadata": metadata})
 
     def _invoke(self, call: ToolCall) -> Any:
         """The innermost step of every call: the run's stop request, then the tool."""

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from pydantic import BaseModel, ValidationError
 
     from host.calls import ToolCall
+    from host.recovery import Retry, ToolRecovery
 
 TOOL_ATTRIBUTE = "__polyspell_tool__"
 
@@ -43,6 +44,7 @@ class Tool:
     is_async: bool = False
     takes_model: bool = False  # fn takes one pydantic model instead of keyword arguments
     list_fields: frozenset[str] = field(default_factory=frozenset)
+    recovery: ToolRecovery | None = None  # its own recovery policies (@tool(retry=...))
 
     def validate(self, params: Any) -> BaseModel:
         """The parameters as the tool's model; ``tool/invalid_parameters`` when they do not fit."""
@@ -97,15 +99,17 @@ def tool(
     description: str | None = None,
     timeout: float | None = None,
     params: type[BaseModel] | None = None,
+    retry: Retry | None = None,
 ) -> Any:
     """Register a function as a tool scripts can call: ``@tool`` or ``@tool(timeout=2.0)``.
 
-    The function stays callable as before; the tool is attached to it.
+    The function stays callable as before; the tool is attached to it. ``retry`` (a
+    :class:`host.Retry`) tries a failed call again (see :mod:`host.recovery`).
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         setattr(fn, TOOL_ATTRIBUTE, make_tool(fn, name=name, description=description,
-                                              timeout=timeout, params=params))
+                                              timeout=timeout, params=params, retry=retry))
         return fn
 
     return register if fn is None else register(fn)
@@ -118,6 +122,7 @@ def make_tool(
     description: str | None = None,
     timeout: float | None = None,
     params: type[BaseModel] | None = None,
+    retry: Retry | None = None,
 ) -> Tool:
     """Build the :class:`Tool` of a function (what ``@tool`` attaches)."""
     from pydantic import BaseModel, ConfigDict, create_model
@@ -155,7 +160,41 @@ def make_tool(
         takes_model=takes_model,
         list_fields=frozenset(
             name for name, info in model.model_fields.items() if _is_list(info.annotation)),
+        recovery=_recovery(tool_name, retry=retry),
     )
+
+
+def _recovery(tool_name: str, **policies: Any) -> ToolRecovery | None:
+    """The policies given to ``@tool``, checked, or None when none was."""
+    given = {name: value for name, value in policies.items() if value is not None}
+    if not given:
+        return None
+    from host.recovery import ToolRecovery
+
+    return parse_recovery(tool_name, given, ToolRecovery)
+
+
+def parse_recovery(tool_name: str, data: Any, model: type[ToolRecovery]) -> ToolRecovery:
+    """``data`` (a mapping of policies, or a ToolRecovery) as ``model``; bad values are
+    ``configuration/invalid_value`` naming the tool and the field."""
+    if isinstance(data, model):
+        return data
+    from pydantic import ValidationError
+
+    from host.recovery.retry import VALIDATING, field_path
+
+    token = VALIDATING.set(True)  # nested policies leave their errors to this one
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = field_path(problem["loc"])
+        raise ConfigurationError.InvalidValue(
+            key=f"{tool_name}.{where}" if where else tool_name,
+            value=repr(problem.get("input"))[:200],
+            reason=f"{tool_name}: {describe_validation(exc)}") from None
+    finally:
+        VALIDATING.reset(token)
 
 
 def as_tool(item: Any) -> Tool:

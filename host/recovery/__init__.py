@@ -12,6 +12,7 @@ the call (Polly v8's order).
 
 from __future__ import annotations
 
+from host.recovery.policy import ToolRecovery
 from host.recovery.retry import Retry
 
-__all__ = ["Retry"]
+__all__ = ["Retry", "ToolRecovery"]

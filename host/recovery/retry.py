@@ -1,0 +1,197 @@
+"""``Retry``: try a failed call again, after a delay that grows, while it may still succeed.
+
+One model for every retry in polyspell: a tool call's (the :meth:`Retry.layer` of its
+pipeline), a script's ``recovery.retry`` and a coordinator task's (``Task.retry``, the
+same TOML shape as before). The decisions are the model's (:meth:`Retry.next_delay`); the
+tool-call layer and the coordinator only wait as it says, each on its own clock.
+
+Bounds: ``attempts`` counts every try, the first included, and ``max_elapsed`` seconds
+bound the whole (a retry whose delay would end past it is not made), so a retry is never
+unbounded. The delay before try n+1 is ``initial`` (fixed), ``initial * n`` (linear),
+``initial * 2**(n-1)`` (exponential) or ``initial * fib(n)`` (fibonacci: 1, 1, 2, 3, 5...),
+at most ``max_delay``; jitter then draws it from ``[delay * (1 - jitter), delay]`` (``1``,
+the default, is full jitter; ``0`` turns it off); an error's ``retry_after`` (a rate
+limit's ``Retry-After``) is a floor.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bridge import SpellError
+from bridge.errors import categories, variants
+
+if TYPE_CHECKING:
+    from host.calls import Next, ToolCall
+
+# Set while an outer model (a plan, a tool's policies) validates: a nested policy then
+# leaves pydantic's error to it, which names the whole path.
+VALIDATING: ContextVar[bool] = ContextVar("polyspell_validating", default=False)
+Backoff = Literal["fixed", "linear", "exponential", "fibonacci"]
+# A cancellation is never retried, whatever the condition (a run's own time limit is not
+# either: no delay fits in the time left).
+NEVER_RETRIED = frozenset({"async_execution/task_cancelled"})
+
+
+def _fibonacci(n: int) -> int:
+    a, b = 1, 1
+    for _ in range(n - 1):
+        a, b = b, a + b
+    return a
+
+
+class Retry(BaseModel):
+    """How a failed call (or task) is tried again; see the module docstring."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True,
+                              arbitrary_types_allowed=True)
+
+    def __init__(self, **data: Any) -> None:
+        if VALIDATING.get():  # inside a plan or policy being validated: it reports the path
+            super().__init__(**data)
+            return
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:  # bad input is one unified error, not pydantic's
+            raise invalid_policy("retry", exc) from None
+
+    attempts: int = Field(3, ge=1, le=100)
+    max_elapsed: float = Field(30.0, gt=0, le=1e9, allow_inf_nan=False)
+    backoff: Backoff | Callable[[int], float] = "exponential"
+    initial: float = Field(0.1, ge=0, le=1e6, allow_inf_nan=False)
+    max_delay: float = Field(10.0, ge=0, le=1e6, allow_inf_nan=False)
+    jitter: float = Field(1.0, ge=0, le=1)
+    # "retryable": the error's own retryable; "any"; a list of codes ("tool/timeout") or
+    # categories ("network"); or (Python) a callable condition on the error
+    on: Literal["retryable", "any"] | list[str] | Callable[[SpellError], bool] = "retryable"
+    except_: list[str] = Field(default_factory=list, alias="except")
+
+    @field_validator("on", "except_")
+    @classmethod
+    def _known_codes(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for code in value:
+                if not _known(code):
+                    raise ValueError(f"unknown error code or category {code!r}")
+        return value
+
+    # -- decisions ---------------------------------------------------------------------
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt`` (1-based), before jitter."""
+        if callable(self.backoff):
+            delay = float(self.backoff(attempt))
+        elif self.backoff == "fixed":
+            delay = self.initial
+        elif self.backoff == "linear":
+            delay = self.initial * attempt
+        elif self.backoff == "fibonacci":
+            delay = self.initial * _fibonacci(attempt)
+        else:
+            delay = self.initial * 2 ** min(attempt - 1, 64)
+        return max(0.0, min(delay, self.max_delay))
+
+    def applies_to(self, err: SpellError) -> bool:
+        """Whether the condition lets ``err`` be retried at all."""
+        if err.code in NEVER_RETRIED or _matches(err, self.except_):
+            return False
+        if self.on == "retryable":
+            return err.retryable
+        if self.on == "any":
+            return True
+        if isinstance(self.on, list):
+            return _matches(err, self.on)
+        return bool(self.on(err))
+
+    def next_delay(self, attempt: int, err: SpellError, elapsed: float,
+                   rng: Callable[[], float] = random.random) -> float | None:
+        """The delay before the next try after try ``attempt`` failed with ``err``,
+        ``elapsed`` seconds after the first began; None when there is to be no next try."""
+        if attempt >= self.attempts or not self.applies_to(err):
+            return None
+        delay = self.delay(attempt)
+        delay -= delay * self.jitter * rng()
+        if err.retry_after is not None:
+            delay = max(delay, err.retry_after)
+        if elapsed + delay > self.max_elapsed:
+            return None
+        return delay
+
+    # -- the tool-call layer -----------------------------------------------------------
+
+    def layer(self) -> Callable[[ToolCall, Next], Any]:
+        """This policy as a layer of a tool's pipeline (see :mod:`host.calls`)."""
+        return RetryLayer(self)
+
+
+class RetryLayer:
+    """Tries the rest of the pipeline again as the :class:`Retry` says.
+
+    The waits happen on the run's thread through the run's control, so they count
+    against the run's time and end at once when the run is asked to stop (the next
+    try then meets the stop request). Each retry is recorded in the run's recovery
+    history, and the history is attached to the error that finally escapes.
+    """
+
+    def __init__(self, policy: Retry) -> None:
+        self.policy = policy
+
+    def __call__(self, call: ToolCall, next: Next) -> Any:
+        from host.calls import as_spell_error, ends_the_run
+
+        policy = self.policy
+        started = time.monotonic()
+        attempt = 1
+        history: list[dict[str, Any]] = []
+        while True:
+            try:
+                return next(call)
+            except BaseException as exc:
+                if ends_the_run(exc):
+                    raise
+                err = as_spell_error(call, exc)
+            delay = policy.next_delay(attempt, err, time.monotonic() - started)
+            if delay is None or delay >= call.time_left:
+                if history:
+                    call.run.attach_recovery(err)
+                raise err
+            event = call.run.record_recovery("retry", call.name, attempt, err, delay)
+            history.append(event)
+            call.run.control.sleep(delay)
+            attempt += 1
+
+
+def invalid_policy(policy: str, exc: ValidationError) -> SpellError:
+    """pydantic's first problem with a policy as ``configuration/invalid_value``."""
+    from bridge import ConfigurationError
+
+    problem = exc.errors()[0]
+    where = field_path(problem["loc"])
+    return ConfigurationError.InvalidValue(
+        key=f"{policy}.{where}" if where else policy, value=repr(problem.get("input"))[:200],
+        reason=f"{policy}.{where}: {problem['msg']}")
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """pydantic's location as the field's path (``retry.backoff``), without the names of
+    the union members it tried (``literal['fixed',...]``, ``function``)."""
+    return ".".join(str(part) for part in loc
+                    if isinstance(part, int) or str(part).isidentifier())
+
+
+def _matches(err: SpellError, codes: list[str]) -> bool:
+    return any(code == err.code or code == err.category for code in codes)
+
+
+def _known(code: Any) -> bool:
+    if not isinstance(code, str):
+        return False
+    if "/" not in code:
+        return code in categories()
+    return any(f"{cls.category}/{cls.kind}" == code for cls in variants())
