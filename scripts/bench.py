@@ -346,6 +346,11 @@ def main() -> None:
     rows.append(("tool round trip, Lua (sync tool, 2 params)",
                  median_of(repeats, lambda: tool_round_trip(host, "lua", LUA_LOOP, 20_000)) * us,
                  "us", "<= 10"))
+    retrying = Host([add], on_output=lambda line: None,
+                    recovery={"add": {"retry": {"attempts": 3}}})
+    rows.append(("  the same tool with a retry policy (no retry)",
+                 median_of(repeats, lambda: tool_round_trip(retrying, "lua", LUA_LOOP, 20_000))
+                 * us, "us", "+ <= 1 or 10%"))
     rows.append(("  raw lupa Lua -> Python call",
                  median_of(repeats, lambda: raw_lua_call(200_000)) * us, "us", ""))
     rows.append(("tool round trip, JS (sync tool, 2 params)",
