@@ -278,8 +278,14 @@ class ScriptRun:
                     language=engine.language, resource_type="time", limit=self.limits.timeout))
             if control.delivered:  # it was told and still calls tools: stop it here
                 return Failed(control.reason)  # type: ignore[arg-type]
-            replies = [self._answer(request, engine.language) for request in step.requests]
-            step = self._received(engine.resume(replies, self.deadline))
+            requests = step.requests
+            if len(requests) == 1:  # the usual step (always, in Lua): no comprehension
+                replies = [self._answer(requests[0], engine.language)]
+            else:
+                replies = [self._answer(request, engine.language) for request in requests]
+            step = engine.resume(replies, self.deadline)
+            if step.output or step.__class__ is Failed:  # _received, inlined: the hot loop
+                self._received(step)
         return step
 
     def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
