@@ -229,6 +229,7 @@ def test_the_ratio_stays_closed_below_it():
         succeed(breaker), succeed(breaker), fail(breaker)
     assert breaker.state == "closed"
     assert breaker.snapshot()["window_failures"] == 10
+    assert breaker.snapshot()["successes"] == 20
 
 
 def test_a_call_admitted_before_it_opened_has_no_say_after():
@@ -258,6 +259,7 @@ def test_an_outcome_that_is_not_the_tools_is_neither_failure_nor_success():
     assert breaker.state == "half_open"
     succeed(breaker)
     assert breaker.state == "closed"
+    assert (breaker.snapshot()["failures"], breaker.snapshot()["successes"]) == (2, 1)
 
 
 def test_reset_force_open_snapshot_and_changes_announced():

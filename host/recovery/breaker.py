@@ -58,6 +58,7 @@ leaves open only through ``recovery_timeout`` (or :meth:`Breakers.reset`).
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -208,6 +209,7 @@ class Breaker:
         self.on_change = on_change
         self._lock = threading.Lock()
         self._phase: _Phase = (CLOSED, 0, math.inf)
+        self._fast: Permit | None = (0, False)  # the permit while closed, else None
         self._window = _Window(policy.window) if policy.failure_ratio is not None else None
         self._consecutive = 0  # failures in a row while closed
         self._open_since = 0.0  # when it left closed
@@ -217,7 +219,8 @@ class Breaker:
         self._probe_successes = 0
         self._opened = 0  # times it opened
         self._refused = 0
-        self._successes = 0
+        # successes are counted without the lock (next() on a count is atomic)
+        self._successes = itertools.count()
         self._failures = 0
 
     @property
@@ -237,9 +240,9 @@ class Breaker:
         ``deadline`` (the call's, ``time.monotonic`` based) tells refused callers how long
         a probe may still take.
         """
-        state, generation, _ = self._phase
-        if state == CLOSED:  # the fast path: no lock
-            return generation, False
+        fast = self._fast
+        if fast is not None:  # closed: no lock
+            return fast
         return self._admit_slowly(deadline)
 
     def _admit_slowly(self, deadline: float) -> Permit:
@@ -277,15 +280,20 @@ class Breaker:
         """Record how the call ``permit`` admitted ended: True succeeded, False failed
         (the tool's fault), None neither (see :func:`counts_against`)."""
         generation, probe = permit
-        if outcome is None and not probe:
-            return
+        if not probe:
+            if outcome is None:
+                return
+            if outcome is True:
+                next(self._successes)
+                if not self._consecutive and self._window is None:
+                    return  # nothing to reset: no lock
         now = self.clock()
         change = None
         with self._lock:
-            if outcome is True:
-                self._successes += 1
-            elif outcome is False:
+            if outcome is False:
                 self._failures += 1
+            elif outcome and probe:
+                next(self._successes)
             if generation != self._phase[1]:
                 return  # admitted before the last change of state: no say in this one
             if probe:
@@ -336,6 +344,7 @@ class Breaker:
     def _enter(self, state: State, until: float) -> int:
         generation = self._phase[1] + 1
         self._phase = (state, generation, until)
+        self._fast = (generation, False) if state == CLOSED else None
         self._probes = 0
         self._probe_deadlines.clear()
         self._probe_successes = 0
@@ -401,7 +410,7 @@ class Breaker:
                 "probe_successes": self._probe_successes,
                 "times_opened": self._opened,
                 "refused": self._refused,
-                "successes": self._successes,
+                "successes": int(repr(self._successes)[6:-1]),  # "count(n)"
                 "failures": self._failures,
             }
 
