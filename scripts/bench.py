@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -253,7 +254,8 @@ def refusal_in_layer(n: int) -> float:
     breakers = Breakers()
     step = breakers.layer_for("guarded", CircuitBreaker()).wrap(lambda call: None)
     breakers.force_open("guarded")
-    call = type("Call", (), {"deadline": 0.0, "name": "guarded", "run": None})()
+    run = SimpleNamespace(record_recovery=lambda *event: None)
+    call = SimpleNamespace(deadline=0.0, name="guarded", run=run)
     start = time.perf_counter()
     for _ in range(n):
         try:

@@ -6,6 +6,7 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pydantic
 import pytest
 
@@ -322,7 +323,7 @@ def test_through_the_layer_the_runs_own_stop_and_an_outer_deadline_do_not_count(
     breakers = Breakers(clock=clock)
     layer = breakers.layer_for("search", CircuitBreaker(failure_threshold=1))
     stop = failing()  # a run stopped with any error: still not the tool's failure
-    call = SimpleNamespace(name="search", deadline=clock.now + 5,
+    call = SimpleNamespace(name="search", deadline=clock.now + 5, params={}, started=0.0,
                            run=SimpleNamespace(control=SimpleNamespace(reason=stop)))
 
     def raises(exc: BaseException) -> Any:
@@ -397,12 +398,16 @@ def test_a_failing_tool_opens_its_breaker_the_script_is_refused_and_a_probe_clos
     assert host.run_source(CALL_THRICE[language], language) == [failed, failed, REFUSED]
     assert SERVICE.calls == 2  # the refused call never reached the tool
     assert breakers.state("lookup") == "open"
+    run = host.new_run_source(CALL_THRICE[language], language)
+    assert anyio.run(run.execute) == [REFUSED] * 3
+    assert [(e["action"], e["tool"], e["error"]) for e in run.recovery] == \
+        [("breaker_refused", "lookup", "runtime/circuit_breaker_open")] * 3
 
     clock.advance(0.5)
     SERVICE.up = True
     assert host.run_source(CALL_THRICE[language], language) == ["K", "K", "K"]
     assert breakers.state("lookup") == "closed"
-    assert breakers.snapshot()["lookup"]["refused"] == 1
+    assert breakers.snapshot()["lookup"]["refused"] == 4
 
 
 def test_the_refusal_reaches_python_with_its_retry_after(language):

@@ -433,8 +433,8 @@ def outcome_of(call: ToolCall, exc: BaseException) -> bool | None:
 class BreakerLayer:
     """The layer of one tool's breaker in its pipeline (see :mod:`host.calls`).
 
-    A refusal is recorded in the run's recovery history (``breaker_refused``) when the
-    run keeps one.
+    A refusal is recorded in the run's recovery history (``run.recovery``:
+    ``breaker_refused``, with the refusal's code).
     """
 
     def __init__(self, breaker: Breaker) -> None:
@@ -470,9 +470,7 @@ class BreakerLayer:
 
 
 def _record_refusal(call: ToolCall, refused: SpellError) -> None:
-    record = getattr(call.run, "record_recovery", None)  # the run's recovery history
-    if record is not None:
-        record("breaker_refused", call.name, 1, refused, refused.retry_after)
+    call.run.record_recovery("breaker_refused", call.name, 1, refused)
 
 
 class Breakers:
