@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from host.coordinator import Coordinator, PlanReport, TaskReport
     from host.host import Host
     from host.plan import Plan, Task, load_plan
-    from host.recovery import Retry, ToolRecovery
+    from host.recovery import Breakers, CircuitBreaker, Retry, ToolRecovery
     from host.tools import Tool, ToolRegistry, tool
 
 _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
@@ -21,6 +21,7 @@ _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "PlanReport": "host.coordinator", "TaskReport": "host.coordinator",
             "Plan": "host.plan", "Task": "host.plan", "load_plan": "host.plan",
             "Retry": "host.recovery", "ToolRecovery": "host.recovery",
+            "CircuitBreaker": "host.recovery", "Breakers": "host.recovery",
             "ToolCall": "host.calls", "Layer": "host.calls"}
 
 
@@ -32,5 +33,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'host' has no attribute {name!r}")
 
 
-__all__ = ["Coordinator", "Host", "Layer", "Plan", "PlanReport", "Retry", "Task", "TaskReport",
-           "Tool", "ToolCall", "ToolRecovery", "ToolRegistry", "load_plan", "tool"]
+__all__ = ["Breakers", "CircuitBreaker", "Coordinator", "Host", "Layer", "Plan", "PlanReport",
+           "Retry", "Task", "TaskReport", "Tool", "ToolCall", "ToolRecovery", "ToolRegistry",
+           "load_plan", "tool"]

@@ -20,12 +20,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engines import Limits, engine_class  # noqa: E402
-from host import Host, tool  # noqa: E402
+from host import Breakers, CircuitBreaker, Host, tool  # noqa: E402
 
 
 @tool
@@ -220,6 +221,50 @@ def caught_failure(host: Host, language: str, source: str, n: int) -> float:
     return (timed(True) - timed(False)) / n
 
 
+REFUSED_CALLS = [0]  # calls that reached the tool behind the open breaker: must stay 0
+
+
+@tool
+def guarded(reason: str) -> None:
+    """The tool behind a breaker held open: never called."""
+    REFUSED_CALLS[0] += 1
+
+
+LUA_REFUSED = LUA_CATCH.replace("tools.explode", "tools.guarded")
+JS_REFUSED = JS_CATCH.replace("tools.explode", "tools.guarded")
+
+
+def breaker_host() -> Host:
+    """A host whose tool ``guarded`` is behind a breaker forced open."""
+    breakers = Breakers()
+    layer = breakers.layer_for("guarded", CircuitBreaker(failure_threshold=1))
+    breakers.force_open("guarded")
+    return Host([guarded], layers=[layer], on_output=lambda line: None)
+
+
+def refused_call(host: Host, language: str, source: str, n: int) -> float:
+    """Seconds per call refused by an open breaker, delivered into the script and caught."""
+    per_call = caught_failure(host, language, source, n)
+    assert REFUSED_CALLS[0] == 0, "the breaker let a call through"
+    return per_call
+
+
+def refusal_in_layer(n: int) -> float:
+    """Seconds per refusal of the breaker layer alone (admit, the error made and raised)."""
+    breakers = Breakers()
+    step = breakers.layer_for("guarded", CircuitBreaker()).wrap(lambda call: None)
+    breakers.force_open("guarded")
+    run = SimpleNamespace(record_recovery=lambda *event: None)
+    call = SimpleNamespace(deadline=0.0, name="guarded", run=run)
+    start = time.perf_counter()
+    for _ in range(n):
+        try:
+            step(call)  # type: ignore[arg-type]
+        except Exception:
+            pass
+    return (time.perf_counter() - start) / n
+
+
 def cli_hello() -> float:
     """Seconds for ``polyspell run scripts/hello.lua`` as a user types it."""
     start = time.perf_counter()
@@ -375,6 +420,16 @@ def main() -> None:
     rows.append(("tool failure caught in JS, per error",
                  median_of(repeats, lambda: caught_failure(host, "javascript", JS_CATCH, 2000))
                  * us, "us", ""))
+    guarded_host = breaker_host()
+    rows.append(("call refused by an open breaker, Lua",
+                 median_of(repeats, lambda: refused_call(guarded_host, "lua", LUA_REFUSED,
+                                                         2000)) * us, "us", "<= 20"))
+    rows.append(("call refused by an open breaker, JS",
+                 median_of(repeats, lambda: refused_call(guarded_host, "javascript",
+                                                         JS_REFUSED, 2000)) * us, "us",
+                 "<= 20"))
+    rows.append(("  the refusal in the breaker layer alone",
+                 median_of(repeats, lambda: refusal_in_layer(20_000)) * us, "us", ""))
     rows.append(("polyspell run hello.lua, end to end",
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 

@@ -7,12 +7,14 @@ the call (Polly v8's order).
 
 - :mod:`host.recovery.retry`: :class:`Retry`, tries again with backoff and jitter; the
   coordinator's task retry is the same model.
-- :mod:`host.recovery.breaker`: :class:`CircuitBreaker`, stops calling a failing service.
+- :mod:`host.recovery.breaker`: :class:`CircuitBreaker`, stops calling a failing service;
+  the state of a host's breakers is its :class:`Breakers`.
 """
 
 from __future__ import annotations
 
+from host.recovery.breaker import Breaker, BreakerLayer, Breakers, CircuitBreaker
 from host.recovery.policy import ToolRecovery
 from host.recovery.retry import Retry
 
-__all__ = ["Retry", "ToolRecovery"]
+__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Retry", "ToolRecovery"]
