@@ -323,9 +323,11 @@ class Coordinator:
             return self._host
         # the coordinator's own tools are loaded already: only the plan's files load here
         tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
-        return Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
+        host = Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
                     engine_factory=self.engine_factory)
+        host.breakers = self._host.breakers  # one breaker per tool for the coordinator
+        return host
 
     def _output(self, line: str) -> None:
         self.on_output(_printing_task.get("?"), line)

@@ -31,7 +31,7 @@ from host.tools import (
 )
 
 if TYPE_CHECKING:
-    from host.recovery import ToolRecovery
+    from host.recovery import Breakers, ToolRecovery
 
 SANDBOXES = ("constrained", "trusted")
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
@@ -96,6 +96,7 @@ class Host:
             for loaded in _load(item, sandbox, self.engine_factory):
                 self.tools.add(loaded)
         self.recovery = _recovery_policies(self.tools, recovery)
+        self._breakers: Breakers | None = None
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
@@ -165,7 +166,22 @@ class Host:
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
             on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers,
-            recovery=self.recovery)
+            recovery=self.recovery, breakers=self.breakers if self.recovery else None)
+
+    @property
+    def breakers(self) -> Breakers:
+        """The circuit breakers of this host's tools, shared by all its runs: each one's
+        state and counts (``host.breakers.snapshot()``), ``reset(name)``,
+        ``force_open(name)`` (see :mod:`host.recovery.breaker`)."""
+        if self._breakers is None:
+            from host.recovery import Breakers
+
+            self._breakers = Breakers()
+        return self._breakers
+
+    @breakers.setter
+    def breakers(self, value: Breakers) -> None:
+        self._breakers = value
 
 
 def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory

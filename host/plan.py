@@ -42,7 +42,7 @@ from bridge.data import MAX_DEPTH
 from bridge.languages import ScriptLanguageName
 from host.host import MAX_TIMEOUT
 from host.recovery import Retry
-from host.recovery.retry import VALIDATING
+from host.recovery.model import VALIDATING
 from host.tools import check_file
 
 Strategy = Literal["propagate", "collect", "cancel_dependents", "isolate"]

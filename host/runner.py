@@ -56,7 +56,7 @@ from host.data import crossing
 from host.tools import ScriptTool, ToolRegistry, load_library, preview
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
-    from host.recovery.policy import ToolRecovery
+    from host.recovery import Breakers, ToolRecovery
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
@@ -95,6 +95,7 @@ class ScriptRun:
         engine_factory: EngineFactory = engines.make_engine,
         layers: Sequence[Layer] = (),
         recovery: Mapping[str, ToolRecovery] | None = None,
+        breakers: Breakers | None = None,
     ) -> None:
         self.source = source
         self.language = language
@@ -110,6 +111,7 @@ class ScriptRun:
         self.control = RunControl()
         self.layers = list(layers)
         self.recovery_policies = recovery or {}
+        self.breakers = breakers  # the host's circuit breakers, shared by its runs
         self.recovery: list[dict[str, Any]] = []  # what recovery did in this run (events)
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}
@@ -306,7 +308,14 @@ class ScriptRun:
         """A tool's layers, outermost first: the boundary, the host's layers, the tool's
         recovery policies (see host.recovery), then its own timeout."""
         policy = self.recovery_policies.get(name)
-        own = policy.layers() if policy is not None else []
+        if policy is None:
+            own: list[Layer] = []
+        else:
+            if self.breakers is None:
+                from host.recovery import Breakers
+
+                self.breakers = Breakers()
+            own = policy.layers(name, self.breakers)
         return [boundary, *self.layers, *own, Timeouts()]
 
     def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError,

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from pydantic import BaseModel, ValidationError
 
     from host.calls import ToolCall
-    from host.recovery import Retry, ToolRecovery
+    from host.recovery import CircuitBreaker, Retry, ToolRecovery
 
 TOOL_ATTRIBUTE = "__polyspell_tool__"
 
@@ -100,16 +100,20 @@ def tool(
     timeout: float | None = None,
     params: type[BaseModel] | None = None,
     retry: Retry | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> Any:
     """Register a function as a tool scripts can call: ``@tool`` or ``@tool(timeout=2.0)``.
 
     The function stays callable as before; the tool is attached to it. ``retry`` (a
-    :class:`host.Retry`) tries a failed call again (see :mod:`host.recovery`).
+    :class:`host.Retry`) tries a failed call again, ``breaker`` (a
+    :class:`host.CircuitBreaker`) stops calling it while it keeps failing (see
+    :mod:`host.recovery`).
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         setattr(fn, TOOL_ATTRIBUTE, make_tool(fn, name=name, description=description,
-                                              timeout=timeout, params=params, retry=retry))
+                                              timeout=timeout, params=params, retry=retry,
+                                              breaker=breaker))
         return fn
 
     return register if fn is None else register(fn)
@@ -123,6 +127,7 @@ def make_tool(
     timeout: float | None = None,
     params: type[BaseModel] | None = None,
     retry: Retry | None = None,
+    breaker: CircuitBreaker | None = None,
 ) -> Tool:
     """Build the :class:`Tool` of a function (what ``@tool`` attaches)."""
     from pydantic import BaseModel, ConfigDict, create_model
@@ -160,7 +165,7 @@ def make_tool(
         takes_model=takes_model,
         list_fields=frozenset(
             name for name, info in model.model_fields.items() if _is_list(info.annotation)),
-        recovery=_recovery(tool_name, retry=retry),
+        recovery=_recovery(tool_name, retry=retry, breaker=breaker),
     )
 
 
@@ -181,7 +186,7 @@ def parse_recovery(tool_name: str, data: Any, model: type[ToolRecovery]) -> Tool
         return data
     from pydantic import ValidationError
 
-    from host.recovery.retry import VALIDATING, field_path
+    from host.recovery.model import VALIDATING, field_path
 
     token = VALIDATING.set(True)  # nested policies leave their errors to this one
     try:

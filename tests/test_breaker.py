@@ -7,7 +7,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
-import pydantic
 import pytest
 
 from bridge import AsyncExecutionError, SpellError
@@ -80,8 +79,10 @@ def test_the_policy_takes_the_issues_toml_fields_and_defaults():
     {"failure_threshold": None},  # and no ratio: it would never open
 ])
 def test_a_bad_policy_is_refused(bad):
-    with pytest.raises(pydantic.ValidationError):
+    with pytest.raises(SpellError) as info:
         CircuitBreaker(**bad)
+    assert info.value.code == "configuration/invalid_value"
+    assert info.value.fields["key"].startswith("breaker")
 
 
 # -- the state machine -----------------------------------------------------------------------

@@ -58,19 +58,19 @@ leaves open only through ``recovery_timeout`` (or :meth:`Breakers.reset`).
 
 from __future__ import annotations
 
-import itertools
 import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from bridge import SpellError
 from bridge.hierarchy import RuntimeCircuitBreakerOpen
 from host.calls import DeadlineReached, as_spell_error, ends_the_run
+from host.recovery.model import Policy
 
 if TYPE_CHECKING:
     from host.calls import Invocable, Next, ToolCall
@@ -111,7 +111,7 @@ def counts_against(err: SpellError) -> bool:
     return False
 
 
-class CircuitBreaker(BaseModel):
+class CircuitBreaker(Policy):
     """When a tool's breaker opens and closes (see the module docstring).
 
     ``failure_threshold`` consecutive failures open it (None: only the ratio does);
@@ -121,7 +121,7 @@ class CircuitBreaker(BaseModel):
     close it. ``health_check``/``health_check_interval`` are accepted but not active yet.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    policy_name: ClassVar[str] = "breaker"
 
     failure_threshold: int | None = Field(5, ge=1, le=MAX_COUNT)
     recovery_timeout: float = Field(30.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
@@ -219,8 +219,9 @@ class Breaker:
         self._probe_successes = 0
         self._opened = 0  # times it opened
         self._refused = 0
-        # successes are counted without the lock (next() on a count is atomic)
-        self._successes = itertools.count()
+        # successes are counted without the lock, to keep the closed path lock-free: two
+        # threads ending at the same instant may count one (a statistic, never a decision)
+        self._successes = 0
         self._failures = 0
 
     @property
@@ -284,7 +285,7 @@ class Breaker:
             if outcome is None:
                 return
             if outcome is True:
-                next(self._successes)
+                self._successes += 1
                 if not self._consecutive and self._window is None:
                     return  # nothing to reset: no lock
         now = self.clock()
@@ -293,7 +294,7 @@ class Breaker:
             if outcome is False:
                 self._failures += 1
             elif outcome and probe:
-                next(self._successes)
+                self._successes += 1
             if generation != self._phase[1]:
                 return  # admitted before the last change of state: no say in this one
             if probe:
@@ -410,7 +411,7 @@ class Breaker:
                 "probe_successes": self._probe_successes,
                 "times_opened": self._opened,
                 "refused": self._refused,
-                "successes": int(repr(self._successes)[6:-1]),  # "count(n)"
+                "successes": self._successes,
                 "failures": self._failures,
             }
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from host.recovery.breaker import Breakers, CircuitBreaker
 from host.recovery.retry import Retry
 
 if TYPE_CHECKING:
@@ -19,13 +20,17 @@ class ToolRecovery(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
     retry: Retry | None = None
+    breaker: CircuitBreaker | None = None
 
-    def layers(self) -> list[Layer]:
-        """The layers of these policies, outermost first: fallback, total timeout, retry,
-        circuit breaker, attempt timeout (Polly v8's order)."""
+    def layers(self, name: str, breakers: Breakers) -> list[Layer]:
+        """The layers of tool ``name``'s policies, outermost first: fallback, total
+        timeout, retry, circuit breaker (its state in ``breakers``, the host's), attempt
+        timeout (Polly v8's order)."""
         layers: list[Layer] = []
         if self.retry is not None:
             layers.append(self.retry.layer())
+        if self.breaker is not None:
+            layers.append(breakers.layer_for(name, self.breaker))
         return layers
 
     def merged(self, more_specific: ToolRecovery) -> ToolRecovery:

@@ -19,20 +19,17 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
 from bridge import SpellError
 from bridge.errors import categories, variants
+from host.recovery.model import Policy
 
 if TYPE_CHECKING:
     from host.calls import Next, ToolCall
 
-# Set while an outer model (a plan, a tool's policies) validates: a nested policy then
-# leaves pydantic's error to it, which names the whole path.
-VALIDATING: ContextVar[bool] = ContextVar("polyspell_validating", default=False)
 Backoff = Literal["fixed", "linear", "exponential", "fibonacci"]
 # A cancellation is never retried, whatever the condition (a run's own time limit is not
 # either: no delay fits in the time left).
@@ -46,20 +43,10 @@ def _fibonacci(n: int) -> int:
     return a
 
 
-class Retry(BaseModel):
+class Retry(Policy):
     """How a failed call (or task) is tried again; see the module docstring."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, populate_by_name=True,
-                              arbitrary_types_allowed=True)
-
-    def __init__(self, **data: Any) -> None:
-        if VALIDATING.get():  # inside a plan or policy being validated: it reports the path
-            super().__init__(**data)
-            return
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:  # bad input is one unified error, not pydantic's
-            raise invalid_policy("retry", exc) from None
+    policy_name: ClassVar[str] = "retry"
 
     attempts: int = Field(3, ge=1, le=100)
     max_elapsed: float = Field(30.0, gt=0, le=1e9, allow_inf_nan=False)
@@ -165,24 +152,6 @@ class RetryLayer:
             history.append(event)
             call.run.control.sleep(delay)
             attempt += 1
-
-
-def invalid_policy(policy: str, exc: ValidationError) -> SpellError:
-    """pydantic's first problem with a policy as ``configuration/invalid_value``."""
-    from bridge import ConfigurationError
-
-    problem = exc.errors()[0]
-    where = field_path(problem["loc"])
-    return ConfigurationError.InvalidValue(
-        key=f"{policy}.{where}" if where else policy, value=repr(problem.get("input"))[:200],
-        reason=f"{policy}.{where}: {problem['msg']}")
-
-
-def field_path(loc: tuple[Any, ...]) -> str:
-    """pydantic's location as the field's path (``retry.backoff``), without the names of
-    the union members it tried (``literal['fixed',...]``, ``function``)."""
-    return ".".join(str(part) for part in loc
-                    if isinstance(part, int) or str(part).isidentifier())
 
 
 def _matches(err: SpellError, codes: list[str]) -> bool:
