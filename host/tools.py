@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import engines
 from bridge import ConfigurationError, SpellError, ToolError
+from bridge.envelope import resolve_refs
 from bridge.errors import describe_exception
 from host.calls import run_python
 from host.data import preview, to_script_data
@@ -286,10 +287,16 @@ def load_library(engine: engines.Engine, source: str, filename: str,
         reason = (f"it calls the tool {step.requests[0].tool!r} while loading; "
                   f"call tools from inside its functions")
         cause = None
-    else:
-        reason, cause = step.error.message, step.error
+    else:  # a fresh engine was handed no error: any ref on this one is made up
+        cause = resolve_refs(step.error, _no_error)
+        reason = cause.message
     raise ConfigurationError.LoadFailed(path=filename, reason=reason, cause=cause,
                                         frames=cause.frames if cause else [])
+
+
+def _no_error(ref: int) -> None:
+    """The lookup of an engine that was handed no error: no ref stands for one."""
+    return None
 
 
 class ToolRegistry:

@@ -1,0 +1,207 @@
+"""Attacks on the seams issue 10 made: error refs as data, the boundary's crossed-depth
+record, the tool-call pipeline's layers, timed tools on pooled workers, the engine factory.
+
+Each test is a defect a red-team pass found (or an attack that held and should keep
+holding), with real engines in both languages where the attack exists in both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bridge import SpellError
+from bridge.envelope import REF_KEY
+from host import Host, tool
+from tests.conftest import EXTENSION, pick
+
+
+@tool
+def fail() -> None:
+    """Always fails, with nothing to hide."""
+    raise ValueError("plain")
+
+
+@tool
+def secret() -> None:
+    """Fails with something only the tools file that calls it should see."""
+    raise ValueError("SECRET=hunter2")
+
+
+def _no_ref_anywhere(err: SpellError) -> None:
+    assert REF_KEY not in err.to_json()
+    for one in err.chain():
+        assert REF_KEY not in one.context.metadata
+
+
+# -- refs as data ------------------------------------------------------------------------
+
+LOAD_FAILS_WITH_REF = {
+    "lua": ("error({category = 'tool', kind = 'execution_failed',"
+            " fields = {tool_name = 'x', reason = 'y'}, ref = 12345})\n"),
+    "javascript": ("const e = new ToolError({kind: 'execution_failed', tool_name: 'x',"
+                   " reason: 'y'});\ne.ref = 12345;\nthrow e;\n"),
+}
+
+
+def test_a_tools_file_that_fails_to_load_with_a_ref_leaks_no_ref_key(
+        language: str, tmp_path: Path) -> None:
+    """A ref a tools file puts on the error it fails to load with is the host's private
+    data: it must not show in the configuration/load_failed error or its JSON."""
+    path = tmp_path / f"lib{EXTENSION[language]}"
+    path.write_text(LOAD_FAILS_WITH_REF[language])
+    with pytest.raises(SpellError) as info:
+        Host(tools=[path])
+    assert info.value.code == "configuration/load_failed"
+    _no_ref_anywhere(info.value)
+
+
+LIBRARY = {  # a tools file that hides the error of the tool it calls, and a rethrow helper
+    "lua": ("local M = {}\n"
+            "function M.hidden() pcall(tools.secret) return 'fine' end\n"
+            "function M.rethrow(e) error(e) end\n"
+            "return M\n"),
+    "javascript": ("exports.hidden = async function () {\n"
+                   "  try { await tools.secret() } catch (e) {}\n  return 'fine';\n}\n"
+                   "exports.rethrow = function (e) {\n"
+                   "  const err = new ToolError({kind: e.kind, ...e.fields}); err.ref = e.ref;\n"
+                   "  throw err;\n}\n"),
+}
+
+# The script sees the refs of its own errors, made just before and after the one the
+# tools file hid, and guesses the hidden one's ref between them.
+GUESS_REF = {
+    "lua": """
+for i = 1, 3 do pcall(tools.fail) end
+local _, before = pcall(tools.fail)
+tools.hidden()
+local _, after = pcall(tools.fail)
+local seen = {}
+for guess = math.min(before.ref, after.ref) - 4096, math.max(before.ref, after.ref) + 4096, 8 do
+  local ok, e = pcall(tools.rethrow, {category = 'tool', kind = 'execution_failed',
+                                     fields = {tool_name = 'x', reason = 'y'}, ref = guess})
+  if type(e) == 'table' and tostring(e):find('SECRET') then return 'leaked' end
+end
+return {before.ref, after.ref}
+""",
+    "javascript": """
+async function main() {
+  for (let i = 0; i < 3; i++) { try { await tools.fail() } catch (e) {} }
+  let before, after;
+  try { await tools.fail() } catch (e) { before = e }
+  await tools.hidden();
+  try { await tools.fail() } catch (e) { after = e }
+  const lo = Math.min(before.ref, after.ref) - 4096, hi = Math.max(before.ref, after.ref) + 4096;
+  for (let guess = lo; guess <= hi; guess += 8) {
+    try {
+      await tools.rethrow({kind: 'execution_failed', fields: {tool_name: 'x', reason: 'y'},
+                           ref: guess});
+    } catch (e) { if (String(e).includes('SECRET')) return 'leaked' }
+  }
+  return [before.ref, after.ref];
+}
+""",
+}
+
+
+def test_a_script_cannot_guess_the_ref_of_an_error_only_a_tools_file_saw(
+        language: str, tmp_path: Path) -> None:
+    """Refs were ``id(err)``: heap addresses, handed to the script and close together, so
+    a script could guess the ref of an error a tools file caught and kept to itself, and
+    get that error (its message, fields, frames and Python cause) by rethrowing the guess.
+    A ref tells nothing about memory and cannot be guessed from the refs a script saw."""
+    path = tmp_path / f"lib{EXTENSION[language]}"
+    path.write_text(LIBRARY[language])
+    host = Host(tools=[fail, secret, path])
+    result = host.run_source(GUESS_REF[language], language)
+    assert result != "leaked"
+    before, after = result
+    assert abs(after - before) > 1 << 32  # nothing like neighbouring addresses
+
+
+# -- the boundary's record -----------------------------------------------------------------
+
+SHARED: list[SpellError] = []
+
+
+@tool
+def shared_error() -> None:
+    """Raises one error instance, the same at every call (a module-level constant)."""
+    raise SHARED[0]
+
+
+def test_an_error_instance_raised_again_in_a_second_run_gets_that_runs_path(
+        language: str) -> None:
+    """A tool raising one shared error instance in two runs of one host: the second run's
+    error must point at the second run's script and call site, not keep the first's."""
+    from bridge import ProviderError
+
+    SHARED[:] = [ProviderError.RateLimited(provider="p", retry_after=1.0)]
+    host = Host(tools=[shared_error])
+    seen = []
+    for n, name in enumerate(["first", "second"]):
+        padding = pick(language, "local x = 1\n", "var x = 1;\n") * (3 * n)
+        script = padding + pick(language, "tools.shared_error()",
+                                "await tools.shared_error()")
+        if language == "javascript":
+            script = f"async function main() {{\n{script}\n}}"
+        with pytest.raises(SpellError) as info:
+            host.run_source(script, language, f"{name}{EXTENSION[language]}")
+        err = info.value
+        seen.append((err.context.correlation_id, [(f.file, f.line) for f in err.frames]))
+    (first_id, first_frames), (second_id, second_frames) = seen
+    assert second_frames[0][0] == f"second{EXTENSION[language]}"
+    assert [f for f in second_frames if f[0].startswith("first")] == []
+    assert [f for f in second_frames if f[0] == "<tool call>"] == [("<tool call>", None)]
+    assert second_id != first_id
+
+
+# -- parameters kept in errors -------------------------------------------------------------
+
+
+def test_a_failing_tool_called_with_a_non_finite_number_is_execution_failed() -> None:
+    """Lua passes NaN and infinities in tool parameters; a tool that then fails is
+    ``tool/execution_failed`` (its parameters kept as text), not ``bridge/invalid_error``
+    about the error's own parameters field."""
+
+    @tool
+    def boom(x: float = 0) -> None:
+        raise ValueError("boom")
+
+    host = Host(tools=[boom])
+    result = host.run_source("local ok, e = pcall(tools.boom, {x = 0/0})\n"
+                             "return {e.category, e.kind}", "lua")
+    assert result == ["tool", "execution_failed"]
+
+
+def test_a_layer_that_puts_unfit_parameters_into_the_call_still_fails_as_a_tool_error(
+        language: str) -> None:
+    """A layer may change the call; an error out of it keeps its parameters as text when
+    they are no JSON, instead of failing the whole run as runtime/internal_error."""
+
+    def spoil(call, next):
+        call.params = {"x": object()}
+        raise ValueError("layer failed")
+
+    host = Host(tools=[fail], layers=[spoil])
+    script = pick(language, "local ok, e = pcall(tools.fail, {}) return {e.category, e.kind}",
+                  "async function main() { try { await tools.fail({}) } catch (e) "
+                  "{ return [e.category, e.kind] } }")
+    assert host.run_source(script, language) == ["tool", "execution_failed"]
+
+
+def test_refs_and_the_tools_file_helpers_keep_json_clean(language: str, tmp_path: Path) -> None:
+    """An error rethrown through a tools file and out of the run: its JSON has no ref key."""
+    path = tmp_path / f"lib{EXTENSION[language]}"
+    path.write_text(LIBRARY[language])
+    host = Host(tools=[fail, secret, path])
+    script = pick(language, "local ok, e = pcall(tools.fail)\ntools.rethrow(e)",
+                  "async function main() {\n  try { await tools.fail() } catch (e) "
+                  "{ await tools.rethrow({kind: e.kind, fields: e.fields, ref: e.ref}) }\n}")
+    with pytest.raises(SpellError) as info:
+        host.run_source(script, language)
+    _no_ref_anywhere(info.value)
+    data = json.loads(info.value.to_json())
+    assert (data["category"], data["kind"]) == ("tool", "execution_failed")
