@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import contextvars
 import math
+import secrets
 import threading
 import time
 import uuid
@@ -114,7 +115,8 @@ class ScriptRun:
         self.breakers = breakers  # the host's circuit breakers, shared by its runs
         self.recovery: list[dict[str, Any]] = []  # what recovery did in this run (events)
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
-        self._refs: dict[int, SpellError] = {}
+        self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
+        self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
         self._depth = 0  # tool calls into tools files in progress
         self._token: anyio.lowlevel.EventLoopToken | None = None  # the host's event loop
@@ -401,8 +403,21 @@ class ScriptRun:
         raise DeadlineReached(deadline)
 
     def _ref(self, err: SpellError) -> int:
-        ref = id(err)
-        self._refs[ref] = err
+        """The ref ``err`` is handed to a script under: random, not ``id(err)``.
+
+        A script sees the refs of the errors it is handed and may throw any number as a
+        ref. An address would tell it where the heap is, and errors made one after the
+        other lie close together: it could guess the ref of an error only a tools file
+        was handed and get that error back. A random 53-bit number (exact in a JS number)
+        cannot be guessed from the ones it saw.
+        """
+        ref = self._ref_of.get(id(err))
+        if ref is None:
+            ref = secrets.randbits(53)
+            while ref in self._refs:
+                ref = secrets.randbits(53)
+            self._refs[ref] = err
+            self._ref_of[id(err)] = ref  # _refs keeps err alive: its id stays its own
         return ref
 
     # -- decoration -----------------------------------------------------------------
