@@ -25,7 +25,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
 import anyio.from_thread
@@ -429,24 +429,37 @@ class ScriptRun:
         the error's own frames: where the tool raised it, or the path it brought from a
         deeper boundary (a tools file's function calling a tool). Each boundary is added
         once per error: the error records the depth of the outermost boundary it crossed
-        (:func:`_crossed`), so an error rethrown through several levels gets each level
-        once, and one rethrown again at a level it already crossed gets nothing more.
+        in this run (:class:`_Crossed`), so an error rethrown through several levels gets
+        each level once, and one rethrown again at a level it already crossed gets nothing
+        more. An error that crossed in another run keeps that path when the other run
+        was inside this call (a tool running a script of its own), and otherwise starts
+        again from its own frames with this run's context (a tool raising one shared
+        instance in every run: the earlier run's path is not this one's).
         """
         from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
 
-        crossed = _crossed(err)
-        if crossed is not None and crossed <= call.depth:
-            return  # already has its path from here inwards
-        setattr(err, _CROSSED, call.depth)
+        crossed = getattr(err, _CROSSED, None)
+        context = err.context
+        if crossed is None or (crossed.run != self.correlation_id
+                               and crossed.when >= call.started):
+            own = [f for f in err.frames if not is_internal(f)]
+        elif crossed.run == self.correlation_id:
+            if crossed.depth <= call.depth:
+                return  # already has its path from here inwards
+            own = [f for f in err.frames if not is_internal(f)]
+        else:  # its path and context are those of an earlier call in another run
+            own = crossed.own
+            metadata = {k: v for k, v in context.metadata.items() if k not in _PRESERVED}
+            context = context.model_copy(update={"correlation_id": None, "metadata": metadata})
+        setattr(err, _CROSSED, _Crossed(self.correlation_id, call.depth, time.perf_counter(),
+                                        own if crossed is None else crossed.own))
         boundary_frame = Frame("host", "<tool call>", None, None, call.name)
-        own = [f for f in err.frames if not is_internal(f)]
         err.frames = [*call.frames, boundary_frame, *own]
         site = call.frames[-1] if call.frames else None
         step = CallFrame(function_name=call.name,
                          file_location=site and FileLocation(file=site.file, line=site.line,
                                                              column=site.column),
                          parameters=preview(call.params))
-        context = err.context
         if context.correlation_id is None:  # not yet given the run's context: where it happened
             err.context = context.model_copy(update={
                 "correlation_id": self.correlation_id,
@@ -474,13 +487,24 @@ class ScriptRun:
         return err
 
 
-# The attribute in which an error records the depth of the outermost tool boundary it
-# has crossed in its run (see ScriptRun.at_boundary).
+# The attribute in which an error records the outermost tool boundary it has crossed
+# (see ScriptRun.at_boundary).
 _CROSSED = "_polyspell_crossed"
 
 
-def _crossed(err: SpellError) -> int | None:
-    return getattr(err, _CROSSED, None)
+class _Crossed(NamedTuple):
+    """The outermost tool boundary an error crossed: in which run, at which depth, and
+    the error's own frames before its first boundary (where a tool raised it)."""
+
+    run: str  # the run's correlation id
+    depth: int
+    when: float  # time.perf_counter() at the crossing (a ToolCall's clock)
+    own: list[Frame]
+
+
+# What _preserve_stack keeps of the run an error left: an earlier run's, in an error
+# that crosses again in another run, is not this run's.
+_PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
 
 
 class _Raised(Exception):

@@ -157,6 +157,31 @@ def test_an_error_instance_raised_again_in_a_second_run_gets_that_runs_path(
     assert [f for f in second_frames if f[0].startswith("first")] == []
     assert [f for f in second_frames if f[0] == "<tool call>"] == [("<tool call>", None)]
     assert second_id != first_id
+    assert info.value.context.metadata["execution_path"][0].startswith(
+        f"{language} second{EXTENSION[language]}")
+
+
+INNER = Host(tools=[fail])
+
+
+@tool
+def nested() -> None:
+    """Runs a script of its own (in a host of its own), which fails."""
+    INNER.run_source("local y = 2\ntools.fail()", "lua", "inner.lua")
+
+
+def test_an_error_out_of_a_run_inside_a_tool_keeps_both_paths(language: str) -> None:
+    """A tool that runs a script of its own: the error crosses the inner run's boundary,
+    then the outer one. Its path is the outer script's call site, then the inner run's
+    (the outer frames were missing: the inner crossing's depth was taken for this run's)."""
+    script = pick(language, "local x = 1\ntools.nested()",
+                  "async function main() {\n  await tools.nested()\n}")
+    with pytest.raises(SpellError) as info:
+        Host(tools=[nested]).run_source(script, language, f"outer{EXTENSION[language]}")
+    path = [(f.file, f.line) for f in info.value.frames if f.language != "python"]
+    assert path == [(f"outer{EXTENSION[language]}", 2), ("<tool call>", None),
+                    ("inner.lua", 2), ("<tool call>", None)]
+    assert info.value.frames[-1].function == "fail"
 
 
 # -- parameters kept in errors -------------------------------------------------------------
