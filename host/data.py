@@ -118,9 +118,11 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
     """Parameters to keep in an error: as they are when small JSON-like data, else a cut text.
 
     Errors carry the parameters a tool was called with; a huge payload must not make
-    every error (and every log line of it) huge.
+    every error (and every log line of it) huge, and data with no JSON form (a Lua NaN, an
+    object a layer put there) must not make the error itself invalid.
     """
     text = repr(value)
-    if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))):
+    if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))) \
+            and not_json_like(value, "parameters") is None:
         return value
     return text[:limit] + ("..." if len(text) > limit else "")
