@@ -54,7 +54,7 @@ from engines.base import crossing_error
 from host.calls import DeadlineReached, Layer, Timeouts, ToolCall, boundary, pipeline
 from host.control import RunControl
 from host.data import crossing
-from host.tools import ScriptTool, ToolRegistry, load_library, preview
+from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, preview
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.recovery import Breakers, ToolRecovery
@@ -237,9 +237,12 @@ class ScriptRun:
             return self._decorate(SpellError.wrap(
                 exc, "runtime", "internal_error", reason=f"{self.language} engine failed: {why}"))
         finally:
-            engine.close()
-            for library in self._libraries.values():
-                library.close()
+            broken = _close_all([engine, *self._libraries.values()])
+        if broken is not None:  # the run went well, then an engine failed to close
+            why = describe_exception(broken, qualified=False)
+            return self._decorate(SpellError.wrap(
+                broken, "runtime", "internal_error",
+                reason=f"{self.language} engine failed to close: {why}"))
         if control.given_up:  # nobody reads the outcome
             return None
         if control.reason is not None:  # even if the script swallowed it and went on
@@ -250,7 +253,7 @@ class ScriptRun:
 
     def _engine(self, language: str) -> Engine:
         """A new engine for ``language``, from the host's engine factory."""
-        engine = self.engine_factory(language, limits=self.limits, sandbox=self.sandbox)
+        engine = build_engine(self.engine_factory, language, self.limits, self.sandbox)
         self._engines.append(engine)
         if self.control.given_up:  # given up on while this engine was being made
             engine.stop()
@@ -505,6 +508,17 @@ class _Crossed(NamedTuple):
 # What _preserve_stack keeps of the run an error left: an earlier run's, in an error
 # that crosses again in another run, is not this run's.
 _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
+
+
+def _close_all(engines_: list[Engine]) -> Exception | None:
+    """Close every engine, even when one fails to; the first failure, if any."""
+    first = None
+    for engine in engines_:
+        try:
+            engine.close()
+        except Exception as exc:  # a bug in an engine: the others still close
+            first = first or exc
+    return first
 
 
 class _Raised(Exception):

@@ -255,7 +255,7 @@ def _load_script_tools(path: Path, language: str, sandbox: str,
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=str(exc)) from None
-    engine = engine_factory(language, limits=engines.DEFAULT_LIMITS, sandbox=sandbox)
+    engine = build_engine(engine_factory, language, engines.DEFAULT_LIMITS, sandbox)
     try:
         names = load_library(engine, source, str(path), [], time.monotonic() + LOAD_TIMEOUT)
     finally:
@@ -269,6 +269,38 @@ def _load_script_tools(path: Path, language: str, sandbox: str,
                        source=source,
                        description=f"{spec.display_name} function {name} of {path.name}")
             for name in names]
+
+
+def build_engine(engine_factory: Callable[..., engines.Engine], language: str,
+                 limits: engines.Limits, sandbox: str) -> engines.Engine:
+    """An engine for ``language`` from a host's ``engine_factory``, checked.
+
+    A factory that raises, or returns something that is not an engine of that language,
+    is ``configuration/invalid_value`` (key ``engine_factory``) naming what went wrong,
+    never a raw exception out of the run; a unified error it raises is its own, and
+    ``KeyboardInterrupt`` passes as from any Python code.
+    """
+    try:
+        engine = engine_factory(language, limits=limits, sandbox=sandbox)
+    except (SpellError, KeyboardInterrupt):
+        raise
+    except BaseException as exc:  # even SystemExit: a factory's failure, not the host's end
+        raise ConfigurationError.wrap(
+            exc, kind="invalid_value", key="engine_factory",
+            value=_callable_name(engine_factory),
+            reason=f"engine_factory failed to make a {language} engine: "
+                   f"{describe_exception(exc, qualified=False)}") from exc
+    if not isinstance(engine, engines.Engine) or engine.language != language:
+        what = (f"a {engine.language} engine" if isinstance(engine, engines.Engine)
+                else f"{type(engine).__name__}, not an engines.Engine")
+        raise ConfigurationError.InvalidValue(
+            key="engine_factory", value=_callable_name(engine_factory),
+            reason=f"engine_factory returned {what} for {language}")
+    return engine
+
+
+def _callable_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
 def load_library(engine: engines.Engine, source: str, filename: str,

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import engines
+
 from bridge import SpellError
 from bridge.envelope import REF_KEY
 from host import Host, tool
@@ -231,3 +233,90 @@ def test_refs_and_the_tools_file_helpers_keep_json_clean(language: str, tmp_path
     _no_ref_anywhere(info.value)
     data = json.loads(info.value.to_json())
     assert (data["category"], data["kind"]) == ("tool", "execution_failed")
+
+
+# -- the engine factory --------------------------------------------------------------------
+
+
+def _raises(exc: BaseException):
+    def factory(language, **kwargs):
+        raise exc
+    return factory
+
+
+def _other_language(language, **kwargs):
+    other = "javascript" if language == "lua" else "lua"
+    return engines.make_engine(other, **kwargs)
+
+
+class _ClosesBadly:
+    """A factory whose engines fail to close (a bug in a custom engine)."""
+
+    def __call__(self, language, **kwargs):
+        engine = engines.make_engine(language, **kwargs)
+        real_close = engine.close
+
+        def close() -> None:
+            real_close()
+            raise RuntimeError("close failed")
+
+        engine.close = close  # type: ignore[method-assign]
+        return engine
+
+
+BAD_FACTORIES = {
+    "returns_none": lambda language, **kwargs: None,
+    "returns_object": lambda language, **kwargs: object(),
+    "raises_value_error": _raises(ValueError("no engine today")),
+    "raises_system_exit": _raises(SystemExit(2)),
+    "wrong_signature": lambda language: engines.make_engine(language),
+    "other_language": _other_language,
+}
+
+
+@pytest.mark.parametrize("factory", BAD_FACTORIES.values(), ids=BAD_FACTORIES.keys())
+def test_a_bad_engine_factory_is_a_configuration_error(language: str, factory, tmp_path: Path
+                                                       ) -> None:
+    """A factory that raises or returns no engine of the language: the run, and listing a
+    tools file, fail with configuration/invalid_value naming the factory, never a raw
+    AttributeError/TypeError/SystemExit out of Host.run."""
+    with pytest.raises(SpellError) as info:
+        Host(engine_factory=factory).run_source(
+            pick(language, "return 1", "function main() { return 1 }"), language)
+    assert info.value.code == "configuration/invalid_value"
+    assert info.value.fields["key"] == "engine_factory"
+    path = tmp_path / f"lib{EXTENSION[language]}"
+    path.write_text(pick(language, "return {f = function() return 1 end}\n",
+                         "exports.f = function() { return 1 }\n"))
+    with pytest.raises(SpellError) as info:
+        Host(tools=[path], engine_factory=factory)
+    assert info.value.code == "configuration/invalid_value"
+
+
+def test_a_bad_engine_factory_for_a_tools_file_is_an_error_the_script_can_catch(
+        language: str, tmp_path: Path) -> None:
+    """The run's engine is fine; the tools file's engine, made at its first call, is not:
+    the script catches the configuration error at that call."""
+    path = tmp_path / f"lib{EXTENSION[language]}"
+    path.write_text(pick(language, "return {f = function() return 1 end}\n",
+                         "exports.f = function() { return 1 }\n"))
+    made: list[str] = []
+
+    def factory(lang, **kwargs):
+        made.append(lang)
+        if len(made) > 2:  # the listing's engine, the run's: then the tools file's
+            return None
+        return engines.make_engine(lang, **kwargs)
+
+    host = Host(tools=[path], engine_factory=factory)
+    script = pick(language, "local ok, e = pcall(tools.f) return {e.category, e.kind}",
+                  "async function main() { try { await tools.f() } catch (e) "
+                  "{ return [e.category, e.kind] } }")
+    assert host.run_source(script, language) == ["configuration", "invalid_value"]
+
+
+def test_an_engine_that_fails_to_close_is_an_internal_error(language: str) -> None:
+    with pytest.raises(SpellError) as info:
+        Host(engine_factory=_ClosesBadly()).run_source(
+            pick(language, "return 1", "function main() { return 1 }"), language)
+    assert info.value.code == "runtime/internal_error"
