@@ -40,7 +40,7 @@ from collections.abc import Iterable
 from pathlib import PurePath
 
 from bridge import ConfigurationError
-from bridge.languages import register_language, unregister_language
+from bridge.languages import HOST_LANGUAGES, register_language, unregister_language
 from engines.base import (
     Engine,
     EngineSpec,
@@ -95,6 +95,8 @@ def register(spec: EngineSpec) -> EngineSpec:
 def _malformed(spec: EngineSpec) -> str | None:
     if any(alias != alias.lower() or not alias for alias in spec.aliases):
         return "aliases are lower case"
+    if any(alias in HOST_LANGUAGES for alias in spec.aliases):  # frames name those
+        return f"aliases are not {spoken(HOST_LANGUAGES)}, which are the host's languages"
     if any(not suffix.startswith(".") or suffix != suffix.lower() or suffix == ".py"
            for suffix in spec.extensions):
         return "extensions are lower-case suffixes such as '.lua' (and '.py' is Python's)"

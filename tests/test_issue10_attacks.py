@@ -320,3 +320,23 @@ def test_an_engine_that_fails_to_close_is_an_internal_error(language: str) -> No
         Host(engine_factory=_ClosesBadly()).run_source(
             pick(language, "return 1", "function main() { return 1 }"), language)
     assert info.value.code == "runtime/internal_error"
+
+
+# -- engine specs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["python", "host"])
+def test_a_spec_cannot_take_the_hosts_languages_as_an_alias(alias: str) -> None:
+    """``python`` and ``host`` name the host's own frames; as an alias of a script
+    language, ``run_source(code, "python")`` would run the code in that engine."""
+    from engines.base import EngineSpec
+
+    spec = EngineSpec(name="lua_alias_test", display_name="Lua", aliases=(alias,),
+                      extensions=(".luaalias",), engine="engines.lua:LuaEngine", exports="t")
+    try:
+        with pytest.raises(SpellError) as info:
+            engines.register(spec)
+        assert info.value.code == "configuration/invalid_value"
+        assert engines.language_of(alias) is None
+    finally:
+        engines.unregister(spec.name)
