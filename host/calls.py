@@ -40,6 +40,7 @@ from engines import Problem
 from host.data import preview
 
 if TYPE_CHECKING:
+    from host.control import RunControl
     from host.runner import ScriptRun
 
 
@@ -224,7 +225,8 @@ def run_python(call: ToolCall, fn: Callable[..., Any], args: tuple, kwargs: dict
     thread when only the run's deadline applies (the run's end stops waiting for it: the
     fast path), else on a pooled daemon thread waited for until the deadline; an async
     function on the host's event loop, cancelled at the deadline. Past the deadline it
-    raises :class:`DeadlineReached` (the run's stop requests reach a waiting call too).
+    raises :class:`DeadlineReached`; a stop request ends the wait for a timed sync tool or
+    an async one with the stop's reason.
     """
     run = call.run
     if is_async:
@@ -234,7 +236,7 @@ def run_python(call: ToolCall, fn: Callable[..., Any], args: tuple, kwargs: dict
     try:
         if call.deadline >= run.deadline:
             return fn(*args, **kwargs)
-        return _WORKERS.run(fn, args, kwargs, call.deadline)
+        return _WORKERS.run(fn, args, kwargs, call.deadline, control)
     finally:
         control.in_tool_kind = None
 
@@ -254,8 +256,13 @@ class _DaemonWorkers:
         self._idle = 0
         self._lock = threading.Lock()
 
-    def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, deadline: float) -> Any:
+    def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, deadline: float,
+            control: RunControl) -> Any:
+        """``fn(*args, **kwargs)`` on a worker, waited for until ``deadline`` or until the
+        run is asked to stop (then the script gets the stop's reason, as at a tool call)."""
         future: Future = Future()
+        wake = threading.Event()
+        future.add_done_callback(lambda _: wake.set())
         with self._lock:
             if self._idle:
                 self._idle -= 1
@@ -263,10 +270,13 @@ class _DaemonWorkers:
                 threading.Thread(target=self._serve, name="polyspell tool worker",
                                  daemon=True).start()
         self._work.put((lambda: fn(*args, **kwargs), future))
-        try:
-            return future.result(max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            raise DeadlineReached(deadline) from None
+        with control.waiting(wake):
+            wake.wait(max(0.0, deadline - time.monotonic()))
+        if future.done():
+            return future.result()
+        if control.reason is not None:  # the tool finishes in the background
+            raise control.deliver()  # type: ignore[misc]
+        raise DeadlineReached(deadline)
 
     def _serve(self) -> None:
         while True:

@@ -36,6 +36,7 @@ class RunControl:
         self.in_tool_kind: Literal["sync", "async"] | None = None
         self._scope: anyio.CancelScope | None = None  # the async tool in progress
         self._wake = threading.Event()  # set by a stop request or give-up: ends sleep()
+        self._waiting: threading.Event | None = None  # set to stop waiting for a sync tool
 
     @property
     def state(self) -> RunState:
@@ -58,6 +59,8 @@ class RunControl:
         self._wake.set()
         if self._scope is not None:
             self._scope.cancel()
+        if self._waiting is not None:
+            self._waiting.set()
         return True
 
     def deliver(self) -> SpellError | None:
@@ -73,6 +76,8 @@ class RunControl:
         self._wake.set()
         if self._scope is not None:
             self._scope.cancel()
+        if self._waiting is not None:
+            self._waiting.set()
 
     def sleep(self, seconds: float) -> bool:
         """Wait ``seconds`` on the run's thread (a retry's delay); False, at once, if the
@@ -98,3 +103,15 @@ class RunControl:
             yield
         finally:
             self._scope = None
+
+    @contextmanager
+    def waiting(self, wake: threading.Event) -> Iterator[None]:
+        """The run's thread waits on ``wake`` for a sync tool running on another thread:
+        a stop request or give-up sets it, so the wait ends at once."""
+        self._waiting = wake
+        if self.reason is not None or self.given_up:
+            wake.set()
+        try:
+            yield
+        finally:
+            self._waiting = None

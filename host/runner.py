@@ -401,8 +401,8 @@ class ScriptRun:
                 raise
             except BaseException as exc:  # even SystemExit: it must not stop the event loop
                 raise _Raised(exc) from None
-        if self.control.reason is not None:
-            raise self.control.reason
+        if self.control.reason is not None:  # handed to the script, as at a tool call
+            raise self.control.deliver()  # type: ignore[misc]
         raise DeadlineReached(deadline)
 
     def _ref(self, err: SpellError) -> int:

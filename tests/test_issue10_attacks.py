@@ -340,3 +340,64 @@ def test_a_spec_cannot_take_the_hosts_languages_as_an_alias(alias: str) -> None:
         assert engines.language_of(alias) is None
     finally:
         engines.unregister(spec.name)
+
+
+# -- stopping a run while it waits ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["timed_sync", "async"])
+def test_a_stop_request_ends_the_wait_for_a_tool_and_is_delivered(language: str,
+                                                                   kind: str) -> None:
+    """``run.cancel`` while the script waits for a timed sync tool (on a pooled worker)
+    or an async one: the script gets the reason at once (it waited for the sync tool to
+    return, however long), and the run's state says it was delivered."""
+    import threading
+    import time
+
+    import anyio
+
+    from bridge import AsyncExecutionError
+
+    entered, release = threading.Event(), threading.Event()
+
+    @tool(timeout=20)
+    def blocking() -> int:
+        entered.set()
+        release.wait(20)
+        return 1
+
+    @tool
+    async def waiting() -> int:
+        entered.set()
+        await anyio.sleep(20)
+        return 1
+
+    states: list[str] = []
+    name = "blocking" if kind == "timed_sync" else "waiting"
+    script = pick(language, f"local ok, e = pcall(tools.{name})\nprint(e.kind)\nreturn 1",
+                  f"async function main() {{\n  try {{ await tools.{name}() }} catch (e) "
+                  f"{{ console.log(e.kind) }}\n  return 1;\n}}")
+    host = Host(tools=[blocking, waiting], timeout=30,
+                on_output=lambda line: states.append(f"{line} {run.control.state}"))
+    run = host.new_run_source(script, language)
+
+    async def main() -> float:
+        async def stop() -> None:
+            await anyio.to_thread.run_sync(entered.wait, 10)
+            run.cancel(AsyncExecutionError.TaskCancelled(task_id="t", reason="stop"))
+
+        started = time.monotonic()
+        async with anyio.create_task_group() as group:
+            group.start_soon(stop)
+            with pytest.raises(SpellError) as info:
+                await run.execute()
+        assert info.value.code == "async_execution/task_cancelled"
+        return time.monotonic() - started
+
+    try:
+        took = anyio.run(main)
+    finally:
+        release.set()
+    assert took < 5
+    assert states == ["task_cancelled delivered"]
+    assert run.control.state == "ended"
