@@ -33,7 +33,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 import engines
-from bridge import Frame, ScriptError, SpellError, ToolError
+from bridge import ConfigurationError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
@@ -354,6 +354,14 @@ class ScriptRun:
 
     def call_library(self, tool: ScriptTool, call: ToolCall) -> Any:
         """Call a tools file's function in its engine, answering its own tool calls."""
+        if threading.current_thread() is not self._thread:
+            # an engine is driven by one thread at a time (quickjs crashes the process
+            # otherwise): a layer that calls next on a thread of its own is refused here
+            raise ConfigurationError.InvalidValue(
+                key="layers", value=tool.name,
+                reason=f"a layer called {tool.name!r}, a function of {tool.filename}, on "
+                       f"another thread than its run's: a tools file's functions run on "
+                       f"the run's thread (call next there)")
         if call.problem is not None:
             raise crossing_error(call.problem, call.caller, tool.language)
         if self._depth >= MAX_TOOL_DEPTH:

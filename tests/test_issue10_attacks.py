@@ -401,3 +401,41 @@ def test_a_stop_request_ends_the_wait_for_a_tool_and_is_delivered(language: str,
     assert took < 5
     assert states == ["task_cancelled delivered"]
     assert run.control.state == "ended"
+
+
+# -- layers --------------------------------------------------------------------------------
+
+
+def test_a_layer_calling_a_tools_file_function_on_another_thread_is_refused(
+        language: str, tmp_path: Path) -> None:
+    """A layer that calls ``next`` on a thread of its own (a home-made timeout, a hedged
+    retry) would drive the tools file's engine from two threads: eight at once crashed
+    the process (quickjs) or mixed up the Lua engine's steps. It is a configuration error
+    the script sees at that call; Python tools are unaffected."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / f"lib{EXTENSION[language]}"
+    path.write_text(pick(language, "return {f = function(p) return p.n + 1 end}\n",
+                         "exports.f = function f(p) { return p.n + 1 }\n"))
+    pool = ThreadPoolExecutor(1)
+
+    def elsewhere(call, next):
+        return pool.submit(next, call).result()
+
+    @tool
+    def plus(n: int) -> int:
+        """A Python tool: any thread will do."""
+        return n + 1
+
+    host = Host(tools=[path, plus], layers=[elsewhere])
+    script = pick(language,
+                  "local ok, e = pcall(tools.f, {n = 1})\n"
+                  "return {e.category, e.kind, e.fields.key, tools.plus({n = 1})}",
+                  "async function main() {\n  try { await tools.f({n: 1}) } catch (e) {\n"
+                  "    return [e.category, e.kind, e.fields.key, await tools.plus({n: 1})]\n"
+                  "  }\n}")
+    try:
+        assert host.run_source(script, language) == ["configuration", "invalid_value",
+                                                      "layers", 2]
+    finally:
+        pool.shutdown()
