@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge import Frame, SpellError, ToolError
 from bridge.errors import describe_exception
 from engines import Problem
-from host.data import preview
+from host.data import preview, to_script_data
 
 if TYPE_CHECKING:
     from host.control import RunControl
@@ -195,6 +195,14 @@ def as_spell_error(call: ToolCall, exc: BaseException) -> SpellError:
     return ToolError.wrap(
         exc, tool_name=call.name, reason=describe_exception(exc, qualified=False),
         parameters=preview(call.params), execution_time=time.perf_counter() - call.started)
+
+
+def script_data(call: ToolCall, next: Next) -> Any:
+    """The layer, just inside :func:`boundary` when a host has layers of its own, that
+    checks what the layers answer as a tool's result is checked (``to_script_data``):
+    a set or an object a layer returns is ``bridge/type_conversion``, an error the script
+    can catch, not a reply its engine refuses, failing the run."""
+    return to_script_data(next(call), call.caller)
 
 
 def ends_the_run(exc: BaseException) -> bool:

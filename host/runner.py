@@ -51,7 +51,15 @@ from engines import (
     ToolRequest,
 )
 from engines.base import crossing_error
-from host.calls import DeadlineReached, Layer, Timeouts, ToolCall, boundary, pipeline
+from host.calls import (
+    DeadlineReached,
+    Layer,
+    Timeouts,
+    ToolCall,
+    boundary,
+    pipeline,
+    script_data,
+)
 from host.control import RunControl
 from host.data import crossing
 from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, preview
@@ -321,7 +329,10 @@ class ScriptRun:
 
                 self.breakers = Breakers()
             own = policy.layers(name, self.breakers)
-        return [boundary, *self.layers, *own, Timeouts()]
+        # a host's layer may answer in a tool's place: what it returns must be data a
+        # script can hold, checked like a tool's result (no check without them: fast path)
+        checked = [script_data] if self.layers else []
+        return [boundary, *checked, *self.layers, *own, Timeouts()]
 
     def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError,
                         delay: float | None = None) -> dict[str, Any]:

@@ -439,3 +439,17 @@ def test_a_layer_calling_a_tools_file_function_on_another_thread_is_refused(
                                                       "layers", 2]
     finally:
         pool.shutdown()
+
+
+@pytest.mark.parametrize("answer", [{1, 2}, object(), b"x", {"a": {1: 2}}],
+                         ids=["set", "object", "bytes", "int_key"])
+def test_a_layer_answering_with_data_a_script_cannot_hold_is_an_error_it_can_catch(
+        language: str, answer) -> None:
+    """A layer answering in the tool's place with a set, an object...: the script gets
+    ``bridge/type_conversion`` at that call, as for a tool returning it (it was a reply the
+    engine refused: script/cross_engine_communication, failing the whole run)."""
+    host = Host(tools=[fail], layers=[lambda call, next: answer])
+    script = pick(language, "local ok, e = pcall(tools.fail) return {e.category, e.kind}",
+                  "async function main() { try { await tools.fail() } catch (e) "
+                  "{ return [e.category, e.kind] } }")
+    assert host.run_source(script, language) == ["bridge", "type_conversion"]
