@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import engines
-
 from bridge import SpellError
 from bridge.envelope import REF_KEY
 from host import Host, tool
@@ -154,7 +153,7 @@ def test_an_error_instance_raised_again_in_a_second_run_gets_that_runs_path(
             host.run_source(script, language, f"{name}{EXTENSION[language]}")
         err = info.value
         seen.append((err.context.correlation_id, [(f.file, f.line) for f in err.frames]))
-    (first_id, first_frames), (second_id, second_frames) = seen
+    (first_id, _), (second_id, second_frames) = seen
     assert second_frames[0][0] == f"second{EXTENSION[language]}"
     assert [f for f in second_frames if f[0].startswith("first")] == []
     assert [f for f in second_frames if f[0] == "<tool call>"] == [("<tool call>", None)]
