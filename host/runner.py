@@ -309,13 +309,29 @@ class ScriptRun:
         tool = self.tools.get(name)
         path = self._paths.get(name)
         if path is None:
-            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
+            path = self._paths[name] = self._path(name, tool)
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
                         self._depth, self, self.deadline, time.perf_counter())
         try:
             return ToolReply(request.id, result=path(call))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _path(self, name: str, tool: Any) -> Callable[[ToolCall], Any]:
+        """The pipeline of calls to ``name``; a layer that fails to set up for it (its
+        ``applies`` or ``wrap`` raised) makes every call of it a configuration error the
+        script can catch, not an internal error of the engine."""
+        try:
+            return pipeline(self._layers_for(name), self._invoke, tool)
+        except Exception as exc:
+            why = describe_exception(exc, qualified=False)
+
+            def refused(call: ToolCall) -> Any:
+                raise ConfigurationError.InvalidValue(
+                    key="layers", value=name,
+                    reason=f"a layer failed to set up for the tool {name!r}: {why}")
+
+            return pipeline([boundary], refused, tool)
 
     def _layers_for(self, name: str) -> list[Layer]:
         """A tool's layers, outermost first: the boundary, the host's layers, the tool's

@@ -452,3 +452,23 @@ def test_a_layer_answering_with_data_a_script_cannot_hold_is_an_error_it_can_cat
                   "async function main() { try { await tools.fail() } catch (e) "
                   "{ return [e.category, e.kind] } }")
     assert host.run_source(script, language) == ["bridge", "type_conversion"]
+
+
+def test_a_layer_that_fails_to_set_up_for_a_tool_is_a_configuration_error(
+        language: str) -> None:
+    """A layer's ``applies(tool)`` (the pipeline's way to leave a layer out) raising: the
+    script gets configuration/invalid_value at that call (it was runtime/internal_error,
+    "lua engine failed", ending the run)."""
+
+    class Broken:
+        def applies(self, tool: object) -> bool:
+            raise ValueError("applies broke")
+
+        def __call__(self, call, next):
+            return next(call)
+
+    host = Host(tools=[fail], layers=[Broken()])
+    script = pick(language, "local ok, e = pcall(tools.fail) return {e.category, e.kind}",
+                  "async function main() { try { await tools.fail() } catch (e) "
+                  "{ return [e.category, e.kind] } }")
+    assert host.run_source(script, language) == ["configuration", "invalid_value"]
