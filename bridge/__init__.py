@@ -27,6 +27,7 @@ from bridge.hierarchy import (
     WorkflowError,
 )
 from bridge.severity import Severity
+from bridge.wrapping import wrap
 
 # The context models are pydantic models: imported when first asked for.
 _CONTEXT_NAMES = frozenset({
@@ -54,5 +55,5 @@ __all__ = [
     "SecurityError", "Severity", "SpellError", "SpellRuntimeError", "StorageError",
     "SystemComponent", "ToolComponent", "ToolError", "UserContext", "WorkflowComponent",
     "WorkflowError", "categories", "category_class", "hierarchy", "python_frames",
-    "variant_class", "variants",
+    "variant_class", "variants", "wrap",
 ]
