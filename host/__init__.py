@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from bridge import wrap
     from host.calls import Layer, ToolCall
     from host.coordinator import Coordinator, PlanReport, TaskReport
     from host.host import Host
@@ -22,7 +23,8 @@ _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "Plan": "host.plan", "Task": "host.plan", "load_plan": "host.plan",
             "Retry": "host.recovery", "ToolRecovery": "host.recovery",
             "CircuitBreaker": "host.recovery", "Breakers": "host.recovery",
-            "ToolCall": "host.calls", "Layer": "host.calls"}
+            "ToolCall": "host.calls", "Layer": "host.calls",
+            "wrap": "bridge"}  # the table of tool exceptions -> unified errors
 
 
 def __getattr__(name: str) -> Any:
@@ -35,4 +37,4 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["Breakers", "CircuitBreaker", "Coordinator", "Host", "Layer", "Plan", "PlanReport",
            "Retry", "Task", "TaskReport", "Tool", "ToolCall", "ToolRecovery", "ToolRegistry",
-           "load_plan", "tool"]
+           "load_plan", "tool", "wrap"]

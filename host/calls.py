@@ -34,8 +34,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bridge import Frame, SpellError, ToolError
+from bridge import Frame, SpellError, ToolError, wrap
 from bridge.errors import describe_exception
+from bridge.wrapping import MappingFailed
 from engines import Problem
 from host.data import preview, to_script_data
 
@@ -187,14 +188,23 @@ def _at_boundary(call: ToolCall, exc: BaseException) -> BaseException:
 
 
 def as_spell_error(call: ToolCall, exc: BaseException) -> SpellError:
-    """The unified error ``exc`` out of ``call`` stands for: itself if it is one, else
-    ``tool/execution_failed`` whose frames are where the tool raised it and whose cause is
-    the exception. Layers that decide on errors (retry, breakers) decide on this."""
+    """The unified error ``exc`` out of ``call`` stands for: itself if it is one, else the
+    error the exception table maps it to (:data:`bridge.wrap`: ``TimeoutError`` is
+    ``tool/timeout``, an ``httpx`` 429 ``provider/rate_limited``...), else
+    ``tool/execution_failed``; either way its frames are where the tool raised it and its
+    cause is the exception. Layers that decide on errors (retry, breakers) decide on this."""
     if isinstance(exc, SpellError):
         return exc
-    return ToolError.wrap(
-        exc, tool_name=call.name, reason=describe_exception(exc, qualified=False),
-        parameters=preview(call.params), execution_time=time.perf_counter() - call.started)
+    elapsed = time.perf_counter() - call.started
+    reason = describe_exception(exc, qualified=False)
+    try:
+        mapped = wrap.lookup(exc, tool_name=call.name, elapsed=elapsed)
+    except MappingFailed as failed:  # a broken entry must not break the call's error
+        mapped, reason = None, f"{reason} ({failed})"
+    if mapped is not None:
+        return mapped
+    return ToolError.wrap(exc, tool_name=call.name, reason=reason,
+                          parameters=preview(call.params), execution_time=elapsed)
 
 
 def script_data(call: ToolCall, next: Next) -> Any:
