@@ -108,7 +108,9 @@ def test_a_bad_policy_on_a_host_names_the_tool():
 # -- the retry layer on real engines -------------------------------------------------------
 
 
-def _flaky(failures: int, error: type[Exception] | SpellError = ConnectionError):
+# RuntimeError: a tool's plain failure (tool/execution_failed); a ConnectionError would be
+# network/connection (bridge.wrap)
+def _flaky(failures: int, error: type[Exception] | SpellError = RuntimeError):
     calls: list[float] = []
 
     def flaky(q: str) -> str:
@@ -150,7 +152,7 @@ def test_when_retries_run_out_the_last_error_escapes_with_the_history(language):
     err = info.value
     assert len(calls) == 3
     assert err.code == "tool/execution_failed"
-    assert isinstance(err.__cause__, ConnectionError)
+    assert isinstance(err.__cause__, RuntimeError)
     assert [e["attempt"] for e in err.context.metadata["recovery"]] == [1, 2]
     # decorated once, like any tool error: the script's call site, then the boundary
     assert [f.language for f in err.frames[:2]] == [language, "host"]
