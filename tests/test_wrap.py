@@ -554,3 +554,33 @@ def test_retry_after_as_seconds_or_an_http_date():
     assert retry_after_seconds("-5") == 0.0
     for bad in (None, "", "soon", "nan", "inf"):
         assert retry_after_seconds(bad) is None
+
+
+# -- what recovery makes of it ---------------------------------------------------------------
+
+def test_retry_on_network_retries_a_connection_error_and_honours_retry_after(language, server):
+    """``on=["network"]`` sees a ConnectionResetError as network/connection; an httpx 429's
+    ``Retry-After`` is the floor of the delay before the next try."""
+    from host import Retry
+
+    failures = {"reset": 2, "/429?after=0.3": 1}
+
+    @tool(retry=Retry(attempts=3, backoff="fixed", initial=0.01, jitter=0,
+                      on=["network", "provider/rate_limited"]))
+    def flaky(case: str) -> str:
+        """Fails as ``case`` says, a given number of times, then answers."""
+        if failures[case]:
+            failures[case] -= 1
+            if case == "reset":
+                raise ConnectionResetError(104, "Connection reset by peer")
+            httpx.get(server + case).raise_for_status()
+        return "ok"
+
+    host = Host([flaky])
+    source = pick(language, "return tools.flaky{case = args.case}",
+                  "async function main() { return await tools.flaky({case: args.case}); }")
+    assert host.run_source(source, language, "agent.src", {"case": "reset"}) == "ok"
+    started = time.monotonic()
+    assert host.run_source(source, language, "agent.src", {"case": "/429?after=0.3"}) == "ok"
+    assert time.monotonic() - started >= 0.3
+    assert failures == {"reset": 0, "/429?after=0.3": 0}
