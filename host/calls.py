@@ -196,14 +196,15 @@ def as_spell_error(call: ToolCall, exc: BaseException) -> SpellError:
     if isinstance(exc, SpellError):
         return exc
     elapsed = time.perf_counter() - call.started
-    reason = describe_exception(exc, qualified=False)
+    why = ""
     try:
         mapped = wrap.lookup(exc, tool_name=call.name, elapsed=elapsed)
     except MappingFailed as failed:  # a broken entry must not break the call's error
-        mapped, reason = None, f"{reason} ({failed})"
+        mapped, why = None, f" ({failed})"
     if mapped is not None:
         return mapped
-    return ToolError.wrap(exc, tool_name=call.name, reason=reason,
+    return ToolError.wrap(exc, tool_name=call.name,
+                          reason=describe_exception(exc, qualified=False) + why,
                           parameters=preview(call.params), execution_time=elapsed)
 
 
