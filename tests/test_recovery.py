@@ -20,7 +20,7 @@ def _service(failures: int):
     def service() -> str:
         calls.append(1)
         if len(calls) <= failures:
-            raise ConnectionError("down")
+            raise RuntimeError("down")  # a plain failure (a ConnectionError: network/...)
         return "up"
 
     return service, calls
