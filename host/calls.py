@@ -120,24 +120,31 @@ class DeadlineReached(Exception):
 
 
 class Timeouts:
-    """The layer of per-tool timeouts: a tool declared with ``timeout=`` must answer in time.
+    """The layer of timeouts: a call must answer within ``seconds``, or the tool's own
+    ``timeout`` (``@tool(timeout=...)``) when no ``seconds`` are given.
 
-    It narrows the call's deadline when the tool's timeout ends before the run's, and a
-    call that overruns it is ``tool/timeout``. A sync tool then runs on a pooled daemon
-    thread and is left to finish in the background (Python cannot stop a thread); an
-    async tool is cancelled.
+    One mechanism for every timeout (a tool's own, a recovery policy's per attempt and in
+    total): it narrows the call's deadline when its limit ends before the deadline the
+    call already has, and a call that overruns it is ``tool/timeout``. A sync tool then
+    runs on a pooled daemon thread and is left to finish in the background (Python cannot
+    stop a thread); an async tool is cancelled.
     """
 
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = seconds
+
     def applies(self, tool: Invocable | None) -> bool:
-        """Only a tool declared with a timeout has one to keep."""
-        return tool is not None and tool.timeout is not None
+        """Whether there is a limit to keep: a fixed one, or the tool's own."""
+        return self.seconds is not None or (tool is not None and tool.timeout is not None)
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        timeout = call.tool.timeout if call.tool is not None else None
+        timeout = self.seconds
+        if timeout is None:
+            timeout = call.tool.timeout if call.tool is not None else None
         if timeout is None:
             return next(call)
         deadline = time.monotonic() + timeout
-        if deadline > call.deadline:  # the run ends first: its own limit applies
+        if deadline > call.deadline:  # an outer limit (the run's) ends first: it applies
             return next(call)
         outer, call.deadline = call.deadline, deadline
         try:

@@ -86,3 +86,49 @@ def test_a_coordinators_tasks_share_one_breaker(tmp_path):
         "tool/execution_failed", "tool/execution_failed",
         "runtime/circuit_breaker_open", "runtime/circuit_breaker_open"]
     assert len(calls) == 2
+
+
+def test_an_attempt_timeout_inside_a_retry_and_a_total_that_ends_the_retries(language):
+    import threading
+
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            release.wait(5)  # stuck: the attempt timeout ends it
+            return "late"
+        return "up"
+
+    host = Host([tool(slow, name="service")], recovery={"service": {
+        "retry": {"attempts": 5, "backoff": "fixed", "initial": 0.01, "jitter": 0,
+                  "on": ["tool/timeout"]},
+        "timeout": {"attempt": 0.1, "total": 10}}})
+    try:
+        assert host.run_source(CALL[language], language) == "up"
+    finally:
+        release.set()
+    assert len(calls) == 3  # two attempts timed out, the third answered
+    release.clear()
+    calls.clear()
+    host = Host([tool(slow, name="service")], recovery={"service": {
+        "retry": {"attempts": 50, "backoff": "fixed", "initial": 0.01, "jitter": 0,
+                  "on": ["tool/timeout"]},
+        "timeout": {"attempt": 5, "total": 0.2}}})
+    import time
+
+    started = time.monotonic()
+    try:
+        assert host.run_source(CALL[language], language) == "tool/timeout"
+    finally:
+        release.set()
+    assert time.monotonic() - started < 3  # the total ended it, not the 5 s attempt
+    assert len(calls) == 1  # no retry can start once the total is spent
+
+
+def test_a_bad_timeout_policy_is_refused():
+    service, _ = _service(0)
+    with pytest.raises(SpellError) as info:
+        Host([tool(service)], recovery={"service": {"timeout": {"attempt": 0}}})
+    assert info.value.fields["key"] == "service.timeout.attempt"

@@ -16,5 +16,7 @@ from __future__ import annotations
 from host.recovery.breaker import Breaker, BreakerLayer, Breakers, CircuitBreaker
 from host.recovery.policy import ToolRecovery
 from host.recovery.retry import Retry
+from host.recovery.timeout import Timeout
 
-__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Retry", "ToolRecovery"]
+__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Retry", "Timeout",
+           "ToolRecovery"]

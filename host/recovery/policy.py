@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from host.recovery.breaker import Breakers, CircuitBreaker
 from host.recovery.retry import Retry
+from host.recovery.timeout import Timeout
 
 if TYPE_CHECKING:
     from host.calls import Layer
@@ -21,16 +22,24 @@ class ToolRecovery(BaseModel):
 
     retry: Retry | None = None
     breaker: CircuitBreaker | None = None
+    timeout: Timeout | None = None
 
     def layers(self, name: str, breakers: Breakers) -> list[Layer]:
         """The layers of tool ``name``'s policies, outermost first: fallback, total
         timeout, retry, circuit breaker (its state in ``breakers``, the host's), attempt
         timeout (Polly v8's order)."""
+        from host.calls import Timeouts
+
+        timeout = self.timeout or Timeout()
         layers: list[Layer] = []
+        if timeout.total is not None:
+            layers.append(Timeouts(timeout.total))
         if self.retry is not None:
             layers.append(self.retry.layer())
         if self.breaker is not None:
             layers.append(breakers.layer_for(name, self.breaker))
+        if timeout.attempt is not None:
+            layers.append(Timeouts(timeout.attempt))
         return layers
 
     def merged(self, more_specific: ToolRecovery) -> ToolRecovery:

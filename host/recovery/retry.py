@@ -130,7 +130,7 @@ class RetryLayer:
         self.policy = policy
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import as_spell_error, ends_the_run
+        from host.calls import DeadlineReached, as_spell_error, ends_the_run
 
         policy = self.policy
         started = time.monotonic()
@@ -140,7 +140,9 @@ class RetryLayer:
             try:
                 return next(call)
             except BaseException as exc:
-                if ends_the_run(exc):
+                # an outer layer's deadline passed (a total timeout): no time to retry in,
+                # and that layer reports it
+                if ends_the_run(exc) or isinstance(exc, DeadlineReached):
                     raise
                 err = as_spell_error(call, exc)
             delay = policy.next_delay(attempt, err, time.monotonic() - started)
