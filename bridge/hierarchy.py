@@ -632,9 +632,11 @@ class RuntimeInternalError(SpellRuntimeError, kind="internal_error", severity=Se
 class RuntimeAllFallbacksFailed(SpellRuntimeError, kind="all_fallbacks_failed",
                                 template="All fallbacks failed: {attempted_options} options "
                                          "attempted"):
-    """Every fallback of an operation failed."""
+    """Every fallback of an operation failed; ``errors`` holds each one's error as JSON, in
+    the order tried (the first is also the cause)."""
     attempted_options: int
     operation: str = ""
+    errors: Json = []
 
 
 class RuntimeCircuitBreakerOpen(SpellRuntimeError, kind="circuit_breaker_open",

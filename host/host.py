@@ -97,6 +97,7 @@ class Host:
                 self.tools.add(loaded)
         self.recovery = _recovery_policies(self.tools, recovery)
         self._breakers: Breakers | None = None
+        self._caches: dict[str, Any] = {}  # tool name -> its fallback cache (host.recovery)
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
@@ -166,7 +167,8 @@ class Host:
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
             on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers,
-            recovery=self.recovery, breakers=self.breakers if self.recovery else None)
+            recovery=self.recovery, breakers=self.breakers if self.recovery else None,
+            caches=self._caches)
 
     @property
     def breakers(self) -> Breakers:
@@ -216,6 +218,13 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None
                 reason=f"recovery names a tool that does not exist: {name!r}")
         policy = parse_recovery(name, data, ToolRecovery)
         policies[name] = policies[name].merged(policy) if name in policies else policy
+    for name, policy in policies.items():
+        for other in policy.fallback.tools() if policy.fallback is not None else []:
+            if tools.get(other) is None or other == name:
+                why = "is the tool it protects" if other == name else "does not exist"
+                raise ConfigurationError.InvalidValue(
+                    key=f"{name}.fallback", value=other,
+                    reason=f"{name}.fallback names a tool that {why}: {other!r}")
     return policies
 
 

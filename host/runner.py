@@ -105,6 +105,7 @@ class ScriptRun:
         layers: Sequence[Layer] = (),
         recovery: Mapping[str, ToolRecovery] | None = None,
         breakers: Breakers | None = None,
+        caches: dict[str, Any] | None = None,
     ) -> None:
         self.source = source
         self.language = language
@@ -121,6 +122,7 @@ class ScriptRun:
         self.layers = list(layers)
         self.recovery_policies = recovery or {}
         self.breakers = breakers  # the host's circuit breakers, shared by its runs
+        self.caches = {} if caches is None else caches  # the host's fallback caches
         self.recovery: list[dict[str, Any]] = []  # what recovery did in this run (events)
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
@@ -333,6 +335,16 @@ class ScriptRun:
 
             return pipeline([boundary], refused, tool)
 
+    def call_tool(self, name: str, call: ToolCall) -> Any:
+        """Call another tool with ``call``'s parameters, from the same call site, through
+        that tool's own pipeline (a fallback option): its result, or its unified error."""
+        tool = self.tools.get(name)
+        path = self._paths.get(name)
+        if path is None:
+            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
+        return path(ToolCall(name, tool, call.params, call.problem, call.caller, call.frames,
+                             call.depth, self, self.deadline, time.perf_counter()))
+
     def _layers_for(self, name: str) -> list[Layer]:
         """A tool's layers, outermost first: the boundary, the host's layers, the tool's
         recovery policies (see host.recovery), then its own timeout."""
@@ -344,7 +356,7 @@ class ScriptRun:
                 from host.recovery import Breakers
 
                 self.breakers = Breakers()
-            own = policy.layers(name, self.breakers)
+            own = policy.layers(name, self.breakers, self.caches)
         # a host's layer may answer in a tool's place: what it returns must be data a
         # script can hold, checked like a tool's result (no check without them: fast path)
         checked = [script_data] if self.layers else []

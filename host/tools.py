@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from pydantic import BaseModel, ValidationError
 
     from host.calls import ToolCall
-    from host.recovery import CircuitBreaker, Retry, ToolRecovery
+    from host.recovery import CircuitBreaker, Fallback, Retry, ToolRecovery
 
 TOOL_ATTRIBUTE = "__polyspell_tool__"
 
@@ -102,6 +102,7 @@ def tool(
     params: type[BaseModel] | None = None,
     retry: Retry | None = None,
     breaker: CircuitBreaker | None = None,
+    fallback: Fallback | None = None,
 ) -> Any:
     """Register a function as a tool scripts can call: ``@tool`` or ``@tool(timeout=2.0)``.
 
@@ -114,7 +115,7 @@ def tool(
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         setattr(fn, TOOL_ATTRIBUTE, make_tool(fn, name=name, description=description,
                                               timeout=timeout, params=params, retry=retry,
-                                              breaker=breaker))
+                                              breaker=breaker, fallback=fallback))
         return fn
 
     return register if fn is None else register(fn)
@@ -129,6 +130,7 @@ def make_tool(
     params: type[BaseModel] | None = None,
     retry: Retry | None = None,
     breaker: CircuitBreaker | None = None,
+    fallback: Fallback | None = None,
 ) -> Tool:
     """Build the :class:`Tool` of a function (what ``@tool`` attaches)."""
     from pydantic import BaseModel, ConfigDict, create_model
@@ -166,7 +168,7 @@ def make_tool(
         takes_model=takes_model,
         list_fields=frozenset(
             name for name, info in model.model_fields.items() if _is_list(info.annotation)),
-        recovery=_recovery(tool_name, retry=retry, breaker=breaker),
+        recovery=_recovery(tool_name, retry=retry, breaker=breaker, fallback=fallback),
     )
 
 

@@ -132,3 +132,117 @@ def test_a_bad_timeout_policy_is_refused():
     with pytest.raises(SpellError) as info:
         Host([tool(service)], recovery={"service": {"timeout": {"attempt": 0}}})
     assert info.value.fields["key"] == "service.timeout.attempt"
+
+
+# -- fallback -----------------------------------------------------------------------------
+
+FALLBACK_CALL = {"lua": "local ok, r = pcall(tools.service, {q = 'x'})"
+                        " if ok then return r end return {r.category .. '/' .. r.kind,"
+                        " r.fields.attempted_options}",
+                 "javascript": "async function main() { try { return await tools.service("
+                               "{q: 'x'}); } catch (e) { return [`${e.category}/${e.kind}`,"
+                               " e.fields.attempted_options]; } }"}
+
+
+def _failing(name: str, calls: list[str]):
+    def fn(q: str) -> str:
+        calls.append(name)
+        raise RuntimeError(f"{name} is down")
+
+    return tool(fn, name=name)
+
+
+def test_fallbacks_are_tried_in_order_and_a_value_ends_them(language):
+    calls: list[str] = []
+    host = Host([_failing("service", calls), _failing("backup", calls)],
+                recovery={"service": {"fallback": [{"tool": "backup"}, {"value": "default"}]}})
+    run = host.new_run_source(FALLBACK_CALL[language], language)
+    import anyio
+
+    assert anyio.run(run.execute) == "default"
+    assert calls == ["service", "backup"]
+    assert [e["action"] for e in run.recovery] == ["fallback", "fallback"]
+
+
+def test_when_every_fallback_fails_every_error_is_kept(language):
+    calls: list[str] = []
+    host = Host([_failing("service", calls), _failing("backup", calls),
+                 _failing("other", calls)],
+                recovery={"service": {"fallback": [{"tool": "backup"}, {"tool": "other"},
+                                                   {"cached": True}]}})
+    assert host.run_source(FALLBACK_CALL[language], language) == \
+        ["runtime/all_fallbacks_failed", 3]
+    source = pick_raise(language)
+    with pytest.raises(SpellError) as info:
+        host.run_source(source, language)
+    err = info.value
+    assert err.code == "runtime/all_fallbacks_failed"
+    assert [e["fields"]["tool_name"] for e in err.fields["errors"]] == \
+        ["service", "backup", "other"]
+    assert err.cause is not None and err.cause.fields["tool_name"] == "service"
+    again = SpellError.from_json(err.to_json())  # every error survives JSON
+    assert [e["message"] for e in again.fields["errors"]] == \
+        [e["message"] for e in err.fields["errors"]]
+
+
+def pick_raise(language: str) -> str:
+    return {"lua": "return tools.service{q = 'x'}",
+            "javascript": "async function main() { return await tools.service({q: 'x'}); }"
+            }[language]
+
+
+def test_the_cache_answers_with_the_last_good_result_and_an_open_breaker_is_skipped(language):
+    state = {"up": True}
+    calls: list[str] = []
+
+    def service(q: str) -> str:
+        calls.append("service")
+        if not state["up"]:
+            raise RuntimeError("down")
+        return f"fresh {q}"
+
+    backup_calls: list[str] = []
+    host = Host([tool(service), _failing("backup", backup_calls)], recovery={
+        "service": {"fallback": [{"tool": "backup"}, {"cached": True, "max_age": 60}]},
+        "backup": {"breaker": {"failure_threshold": 1, "recovery_timeout": 60}}})
+    assert host.run_source(pick_raise(language), language) == "fresh x"
+    state["up"] = False
+    assert host.run_source(pick_raise(language), language) == "fresh x"  # from the cache
+    assert backup_calls == ["backup"]  # tried once: it failed and its breaker opened
+    assert host.run_source(pick_raise(language), language) == "fresh x"
+    assert backup_calls == ["backup"]  # skipped: its breaker is open
+
+
+@pytest.mark.parametrize("fallback, key", [
+    ([{"tool": "nowhere"}], "service.fallback"),
+    ([{"tool": "service"}], "service.fallback"),
+    ([], "service.fallback.options"),
+    ([{"tool": "backup", "value": 1}], "service.fallback.options.0"),
+])
+def test_a_bad_fallback_is_refused(fallback, key):
+    calls: list[str] = []
+    with pytest.raises(SpellError) as info:
+        Host([_failing("service", calls), _failing("backup", calls)],
+             recovery={"service": {"fallback": fallback}})
+    assert info.value.code == "configuration/invalid_value"
+    assert info.value.fields["key"] == key
+
+
+def test_a_decorated_fallback_to_a_tools_file_function_of_the_other_language(language,
+                                                                            tmp_path):
+    from host import Fallback
+
+    other = "javascript" if language == "lua" else "lua"
+    library = tmp_path / ("backup.js" if other == "javascript" else "backup.lua")
+    library.write_text({"lua": "return {backup = function(p) return 'lua backup ' .. p.q end}",
+                        "javascript": "exports.backup = function (p) {"
+                                      " return 'javascript backup ' + p.q; };"}[other])
+    calls: list[str] = []
+
+    def service(q: str) -> str:
+        calls.append(q)
+        raise RuntimeError("down")
+
+    host = Host([tool(service, fallback=Fallback(options=[{"tool": "backup"}])), library])
+    assert host.run_source(pick_raise(language), language) == f"{other} backup x"
+    assert calls == ["x"]

@@ -14,9 +14,10 @@ the call (Polly v8's order).
 from __future__ import annotations
 
 from host.recovery.breaker import Breaker, BreakerLayer, Breakers, CircuitBreaker
+from host.recovery.fallback import Fallback, FallbackOption
 from host.recovery.policy import ToolRecovery
 from host.recovery.retry import Retry
 from host.recovery.timeout import Timeout
 
-__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Retry", "Timeout",
-           "ToolRecovery"]
+__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Fallback",
+           "FallbackOption", "Retry", "Timeout", "ToolRecovery"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict
 
 from host.recovery.breaker import Breakers, CircuitBreaker
+from host.recovery.fallback import Cache, Fallback, FallbackLayer
 from host.recovery.retry import Retry
 from host.recovery.timeout import Timeout
 
@@ -23,15 +24,21 @@ class ToolRecovery(BaseModel):
     retry: Retry | None = None
     breaker: CircuitBreaker | None = None
     timeout: Timeout | None = None
+    fallback: Fallback | None = None
 
-    def layers(self, name: str, breakers: Breakers) -> list[Layer]:
-        """The layers of tool ``name``'s policies, outermost first: fallback, total
-        timeout, retry, circuit breaker (its state in ``breakers``, the host's), attempt
-        timeout (Polly v8's order)."""
+    def layers(self, name: str, breakers: Breakers, caches: dict[str, Cache]) -> list[Layer]:
+        """The layers of tool ``name``'s policies, outermost first: fallback (its cache of
+        good results in ``caches``), total timeout, retry, circuit breaker (its state in
+        ``breakers``), attempt timeout (Polly v8's order). ``breakers`` and ``caches`` are
+        the host's, shared by its runs."""
         from host.calls import Timeouts
 
         timeout = self.timeout or Timeout()
         layers: list[Layer] = []
+        if self.fallback is not None:
+            layers.append(FallbackLayer(self.fallback, caches.setdefault(name, {}),
+                                        lambda tool: tool in breakers
+                                        and breakers.state(tool) == "open"))
         if timeout.total is not None:
             layers.append(Timeouts(timeout.total))
         if self.retry is not None:

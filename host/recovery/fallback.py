@@ -1,0 +1,151 @@
+"""``Fallback``: when a call fails, try the alternatives in order.
+
+Options (the seed's fallback types; built so far: another tool, a value, the cache):
+
+- ``{tool = "search_backup"}``: another tool of the host, in any language, called with the
+  same parameters through its own pipeline; skipped while its circuit breaker is open;
+- ``{value = ...}``: a default value (``null`` too);
+- ``{cached = true, max_age = 3600}``: the last good result of this tool for the same
+  parameters, at most ``max_age`` seconds old (kept per host, for the tools that have the
+  option); skipped when there is none.
+
+The layer is the outermost of a tool's policies. When every option fails (or is skipped),
+the call fails with ``runtime/all_fallbacks_failed``: ``attempted_options``, the operation
+(the tool), and every error in the order tried in ``fields.errors`` (as error JSON), the
+first (the tool's own) also as the cause. Each option tried is recorded in the run's
+recovery history (``fallback``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+
+from bridge import SpellError
+from host.recovery.model import Policy
+
+if TYPE_CHECKING:
+    from host.calls import Next, ToolCall
+
+_MISSING = object()
+
+
+class FallbackOption(BaseModel):
+    """One alternative: exactly one of ``tool``, ``value``, ``cached``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    tool: str | None = Field(None, min_length=1)
+    value: JsonValue = None
+    cached: bool = False
+    max_age: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FallbackOption:
+        kinds = [self.tool is not None, "value" in self.model_fields_set, self.cached]
+        if sum(kinds) != 1:
+            raise ValueError("a fallback option is one of {tool = ...}, {value = ...}, "
+                             "{cached = true}")
+        if self.max_age is not None and not self.cached:
+            raise ValueError("max_age is for a {cached = true} option")
+        return self
+
+
+class Fallback(Policy):
+    """The alternatives of a tool, tried in order (``fallback = [ {...}, ... ]``)."""
+
+    policy_name: ClassVar[str] = "fallback"
+
+    options: list[FallbackOption] = Field(min_length=1, max_length=32)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_list(cls, data: Any) -> Any:
+        return {"options": data} if isinstance(data, list) else data
+
+    @property
+    def caches(self) -> bool:
+        """Whether one of the options reads the cache (so good results are kept)."""
+        return any(option.cached for option in self.options)
+
+    def tools(self) -> list[str]:
+        """The tools the options name."""
+        return [option.tool for option in self.options if option.tool is not None]
+
+
+Cache = dict[str, tuple[float, Any]]  # parameters as JSON text -> (when, result)
+
+
+class FallbackLayer:
+    """Tries the tool (the rest of its pipeline), then each option, as :class:`Fallback`
+    says. ``cache`` is the host's store of this tool's last good results."""
+
+    def __init__(self, policy: Fallback, cache: Cache,
+                 is_open: Callable[[str], bool]) -> None:
+        self.policy = policy
+        self.cache = cache
+        self.is_open = is_open  # whether a tool's breaker refuses calls now
+
+    def __call__(self, call: ToolCall, next: Next) -> Any:
+        from host.calls import DeadlineReached, as_spell_error, ends_the_run
+
+        try:
+            result = next(call)
+        except BaseException as exc:
+            if ends_the_run(exc) or isinstance(exc, DeadlineReached):
+                raise
+            first = as_spell_error(call, exc)
+        else:
+            if self.policy.caches:
+                key = _key(call.params)
+                if key is not None:
+                    self.cache[key] = (time.monotonic(), result)
+            return result
+        if first.code == "async_execution/task_cancelled":  # the run is stopping
+            raise first
+        errors: list[SpellError] = [first]
+        attempted = 0
+        for option in self.policy.options:
+            answer = self._try(option, call, errors)
+            if answer is not _MISSING:
+                return answer
+            attempted += 1
+        from bridge import SpellError as Error
+
+        raise Error(category="runtime", kind="all_fallbacks_failed",
+                    attempted_options=attempted, operation=call.name,
+                    errors=[err.to_dict() for err in errors], cause=first)
+
+    def _try(self, option: FallbackOption, call: ToolCall, errors: list[SpellError]) -> Any:
+        run = call.run
+        last = errors[-1]
+        if option.tool is not None:
+            if self.is_open(option.tool):
+                return _MISSING  # unavailable: its breaker is open
+            run.record_recovery("fallback", call.name, len(errors), last)
+            try:
+                return run.call_tool(option.tool, call)
+            except SpellError as err:
+                errors.append(err)
+                return _MISSING
+        if option.cached:
+            key = _key(call.params)
+            kept = self.cache.get(key) if key is not None else None
+            if kept is None or (option.max_age is not None
+                                and time.monotonic() - kept[0] > option.max_age):
+                return _MISSING
+            run.record_recovery("fallback", call.name, len(errors), last)
+            return kept[1]
+        run.record_recovery("fallback", call.name, len(errors), last)
+        return option.value
+
+
+def _key(params: Any) -> str | None:
+    try:
+        return json.dumps(params, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
