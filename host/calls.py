@@ -166,10 +166,7 @@ def boundary(call: ToolCall, next: Next) -> Any:
     boundary an error crosses. ``KeyboardInterrupt`` (and the event loop cancelling the
     run) pass untouched: they end the run rather than fail the call.
     """
-    try:
-        return next(call)
-    except BaseException as exc:
-        raise _at_boundary(call, exc)  # noqa: B904 - the error keeps its own cause
+    return _wrap_boundary(next)(call)
 
 
 def _wrap_boundary(next: Next) -> Next:

@@ -35,8 +35,9 @@ class RunControl:
         # stops before it returns) or "async" (waiting for an async tool on the event loop)
         self.in_tool_kind: Literal["sync", "async"] | None = None
         self._scope: anyio.CancelScope | None = None  # the async tool in progress
-        self._wake = threading.Event()  # set by a stop request or give-up: ends sleep()
         self._waiting: threading.Event | None = None  # set to stop waiting for a sync tool
+        # set by a stop request or give-up, never cleared: ends every sleep(), on any thread
+        self._wake = threading.Event()
 
     @property
     def state(self) -> RunState:
@@ -56,11 +57,7 @@ class RunControl:
         if self.reason is not None:
             return False
         self.reason = reason
-        self._wake.set()
-        if self._scope is not None:
-            self._scope.cancel()
-        if self._waiting is not None:
-            self._waiting.set()
+        self._interrupt()
         return True
 
     def deliver(self) -> SpellError | None:
@@ -73,6 +70,10 @@ class RunControl:
         """The host stops waiting for the run: it has ended for everyone but its thread."""
         self.given_up = True
         self.ended.set()
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        """End what the run's thread waits for: an async tool, a timed sync tool, a delay."""
         self._wake.set()
         if self._scope is not None:
             self._scope.cancel()

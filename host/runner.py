@@ -309,9 +309,7 @@ class ScriptRun:
         """One request through the pipeline: the tool's result, or its error's envelope."""
         name = request.tool
         tool = self.tools.get(name)
-        path = self._paths.get(name)
-        if path is None:
-            path = self._paths[name] = self._path(name, tool)
+        path = self._paths.get(name) or self._path(name, tool)
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
                         self._depth, self, self.deadline, time.perf_counter())
         try:
@@ -320,11 +318,13 @@ class ScriptRun:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
     def _path(self, name: str, tool: Any) -> Callable[[ToolCall], Any]:
-        """The pipeline of calls to ``name``; a layer that fails to set up for it (its
-        ``applies`` or ``wrap`` raised) makes every call of it a configuration error the
-        script can catch, not an internal error of the engine."""
+        """The pipeline of calls to ``name``, built on its first call and kept for the run;
+        a layer that fails to set up for it (its ``applies`` or ``wrap`` raised) makes
+        every call of it a configuration error the script can catch, not an internal error
+        of the engine."""
         try:
-            return pipeline(self._layers_for(name), self._invoke, tool)
+            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
+            return path
         except Exception as exc:
             why = describe_exception(exc, qualified=False)
 
@@ -333,15 +333,14 @@ class ScriptRun:
                     key="layers", value=name,
                     reason=f"a layer failed to set up for the tool {name!r}: {why}")
 
-            return pipeline([boundary], refused, tool)
+            path = self._paths[name] = pipeline([boundary], refused, tool)
+            return path
 
     def call_tool(self, name: str, call: ToolCall) -> Any:
         """Call another tool with ``call``'s parameters, from the same call site, through
         that tool's own pipeline (a fallback option): its result, or its unified error."""
         tool = self.tools.get(name)
-        path = self._paths.get(name)
-        if path is None:
-            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
+        path = self._paths.get(name) or self._path(name, tool)
         return path(ToolCall(name, tool, call.params, call.problem, call.caller, call.frames,
                              call.depth, self, self.deadline, time.perf_counter()))
 

@@ -189,18 +189,14 @@ def parse_recovery(tool_name: str, data: Any, model: type[ToolRecovery]) -> Tool
         return data
     from pydantic import ValidationError
 
-    from host.recovery.model import VALIDATING, field_path
+    from host.recovery.model import VALIDATING, invalid_policy
 
     token = VALIDATING.set(True)  # nested policies leave their errors to this one
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problem = exc.errors()[0]
-        where = field_path(problem["loc"])
-        raise ConfigurationError.InvalidValue(
-            key=f"{tool_name}.{where}" if where else tool_name,
-            value=repr(problem.get("input"))[:200],
-            reason=f"{tool_name}: {describe_validation(exc)}") from None
+        raise invalid_policy(tool_name, exc,
+                             f"{tool_name}: {describe_validation(exc)}") from None
     finally:
         VALIDATING.reset(token)
 

@@ -114,11 +114,9 @@ class FallbackLayer:
             if answer is not _MISSING:
                 return answer
             attempted += 1
-        from bridge import SpellError as Error
-
-        raise Error(category="runtime", kind="all_fallbacks_failed",
-                    attempted_options=attempted, operation=call.name,
-                    errors=[err.to_dict() for err in errors], cause=first)
+        raise SpellError(category="runtime", kind="all_fallbacks_failed",
+                         attempted_options=attempted, operation=call.name,
+                         errors=[err.to_dict() for err in errors], cause=first)
 
     def _try(self, option: FallbackOption, call: ToolCall, errors: list[SpellError]) -> Any:
         run = call.run

@@ -32,15 +32,18 @@ class Policy(BaseModel):
             raise invalid_policy(self.policy_name, exc) from None
 
 
-def invalid_policy(policy: str, exc: ValidationError) -> SpellError:
-    """pydantic's first problem with a policy as ``configuration/invalid_value``."""
+def invalid_policy(policy: str, exc: ValidationError, reason: str | None = None
+                   ) -> SpellError:
+    """pydantic's first problem with a policy as ``configuration/invalid_value``, its key
+    the field's path under ``policy`` (a policy's name, or a tool's for its policies)."""
     from bridge import ConfigurationError
 
     problem = exc.errors()[0]
     where = field_path(problem["loc"])
     key = f"{policy}.{where}" if where else policy
     return ConfigurationError.InvalidValue(
-        key=key, value=repr(problem.get("input"))[:200], reason=f"{key}: {problem['msg']}")
+        key=key, value=repr(problem.get("input"))[:200],
+        reason=reason or f"{key}: {problem['msg']}")
 
 
 def field_path(loc: tuple[Any, ...]) -> str:

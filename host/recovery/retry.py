@@ -135,7 +135,6 @@ class RetryLayer:
         policy = self.policy
         started = time.monotonic()
         attempt = 1
-        history: list[dict[str, Any]] = []
         while True:
             try:
                 return next(call)
@@ -147,11 +146,10 @@ class RetryLayer:
                 err = as_spell_error(call, exc)
             delay = policy.next_delay(attempt, err, time.monotonic() - started)
             if delay is None or delay >= call.time_left:
-                if history:
+                if attempt > 1:  # it was retried: the history goes with the error
                     call.run.attach_recovery(err)
                 raise err
-            event = call.run.record_recovery("retry", call.name, attempt, err, delay)
-            history.append(event)
+            call.run.record_recovery("retry", call.name, attempt, err, delay)
             call.run.control.sleep(delay)
             attempt += 1
 
