@@ -186,6 +186,12 @@ class SpellError(Exception):
         return self.default_retry_after if self._retry_after is None else self._retry_after
 
     @property
+    def requested_retry_after(self) -> float | None:
+        """The ``retry_after`` this error was given (a ``Retry-After`` header, a breaker's
+        time left), not its kind's default: the floor a retry policy keeps to."""
+        return self._retry_after
+
+    @property
     def context(self) -> ErrorContext:
         """Where, when and in what the error happened (made on first use)."""
         if self._context is None:
@@ -364,6 +370,8 @@ class SpellError(Exception):
                             f"{_path}.fields")
         message = _optional(data, "message", "string", _path)
         retry_after = _optional(data, "retry_after", "number", _path)
+        if retry_after == variant.default_retry_after:
+            retry_after = None  # its kind's default, not a delay asked for (same JSON)
         retryable = _optional(data, "retryable", "boolean", _path)
         try:
             severity = None if data.get("severity") is None else Severity.parse(data["severity"])

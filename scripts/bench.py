@@ -12,6 +12,7 @@ that the script's own start-up is not counted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engines import Limits, engine_class  # noqa: E402
-from host import Breakers, CircuitBreaker, Host, tool  # noqa: E402
+from host import Breakers, CircuitBreaker, Host, Retry, tool  # noqa: E402
 
 
 @tool
@@ -265,6 +266,32 @@ def refusal_in_layer(n: int) -> float:
     return (time.perf_counter() - start) / n
 
 
+FLAKY_TIMES: list[float] = []  # when each call of the flaky tool began
+
+
+@tool
+def flaky() -> str:
+    """Fails with a retryable error until its fourth call."""
+    FLAKY_TIMES.append(time.monotonic())
+    if len(FLAKY_TIMES) < 4:
+        raise ConnectionError("the service hung up")  # network/connection: retryable
+    return "ok"
+
+
+RETRY_SCHEDULE = Retry(attempts=4, backoff="exponential", initial=0.02, max_delay=1, jitter=0)
+
+
+def retry_overshoot(host: Host) -> float:
+    """Seconds by which the worst of a retried call's three waits passed its schedule
+    (0.02, 0.04, 0.08 s: exponential, no jitter), measured between the tries' starts."""
+    FLAKY_TIMES.clear()
+    assert host.run_source("return tools.flaky{}", "lua") == "ok"
+    gaps = [later - earlier for earlier, later in itertools.pairwise(FLAKY_TIMES)]
+    schedule = [RETRY_SCHEDULE.delay(attempt) for attempt in (1, 2, 3)]
+    assert all(gap >= wait for gap, wait in zip(gaps, schedule, strict=True)), (gaps, schedule)
+    return max(gap - wait for gap, wait in zip(gaps, schedule, strict=True))
+
+
 def cli_hello() -> float:
     """Seconds for ``polyspell run scripts/hello.lua`` as a user types it."""
     start = time.perf_counter()
@@ -396,6 +423,13 @@ def main() -> None:
     rows.append(("  the same tool with a retry policy (no retry)",
                  median_of(repeats, lambda: tool_round_trip(retrying, "lua", LUA_LOOP, 20_000))
                  * us, "us", "+ <= 1 or 10%"))
+    guarded_add = Host([add], on_output=lambda line: None,
+                       recovery={"add": {"retry": {"attempts": 3},
+                                         "breaker": {"failure_threshold": 5}}})
+    rows.append(("  ... with a retry and a breaker (closed)",
+                 median_of(repeats, lambda: tool_round_trip(guarded_add, "lua", LUA_LOOP,
+                                                            20_000)) * us,
+                 "us", "+ <= 1 or 10%"))
     rows.append(("  raw lupa Lua -> Python call",
                  median_of(repeats, lambda: raw_lua_call(200_000)) * us, "us", ""))
     rows.append(("tool round trip, JS (sync tool, 2 params)",
@@ -430,6 +464,10 @@ def main() -> None:
                  "<= 20"))
     rows.append(("  the refusal in the breaker layer alone",
                  median_of(repeats, lambda: refusal_in_layer(20_000)) * us, "us", ""))
+    flaky_host = Host([flaky], on_output=lambda line: None,
+                      recovery={"flaky": {"retry": RETRY_SCHEDULE}})
+    rows.append(("retry waits past schedule (worst of 3)",
+                 median_of(repeats, lambda: retry_overshoot(flaky_host)) * ms, "ms", "<= 10"))
     rows.append(("polyspell run hello.lua, end to end",
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 

@@ -645,7 +645,7 @@ def test_default_timeouts_per_engine(tmp_path):
 def test_a_retryable_failure_is_retried_with_backoff(scripts, coordinator):
     task = scripts.task("flaky", 'return tools.flaky{key = "k", failures = 2}',
                         'function main() { return tools.flaky({key: "k", failures: 2}); }',
-                        retry=Retry(attempts=3, backoff="exponential", initial=0.05))
+                        retry=Retry(attempts=3, backoff="exponential", initial=0.05, jitter=0))
     started = time.monotonic()
     report = coordinator.run([task])
     assert time.monotonic() - started >= 0.05 + 0.1  # the two delays

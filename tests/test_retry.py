@@ -60,6 +60,20 @@ def test_retry_after_is_a_floor():
     assert policy.next_delay(1, limited, 0) == 2.0
 
 
+def test_a_kinds_default_retry_after_is_not_a_floor():
+    # network/connection's kind suggests 1 s; the user's schedule for the tool wins
+    refused = NetworkError.Connection(reason="refused")
+    assert refused.retry_after == 1.0 and refused.requested_retry_after is None
+    policy = Retry(backoff="fixed", initial=0.02, jitter=0)
+    assert policy.next_delay(1, refused, 0) == 0.02
+    # a delay the error was given stays a floor after a JSON round trip; the default
+    # stays a default
+    asked = NetworkError.Connection(reason="refused", retry_after=3.0)
+    assert policy.next_delay(1, SpellError.from_dict(asked.to_dict()), 0) == 3.0
+    again = SpellError.from_dict(refused.to_dict())
+    assert again.to_dict() == refused.to_dict() and again.requested_retry_after is None
+
+
 def test_conditions_codes_categories_except_and_callables():
     timeout = ToolError.Timeout(tool_name="t", duration=1.0)
     failed = ToolError.ExecutionFailed(tool_name="t", reason="x")

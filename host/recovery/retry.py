@@ -10,8 +10,10 @@ bound the whole (a retry whose delay would end past it is not made), so a retry 
 unbounded. The delay before try n+1 is ``initial`` (fixed), ``initial * n`` (linear),
 ``initial * 2**(n-1)`` (exponential) or ``initial * fib(n)`` (fibonacci: 1, 1, 2, 3, 5...),
 at most ``max_delay``; jitter then draws it from ``[delay * (1 - jitter), delay]`` (``1``,
-the default, is full jitter; ``0`` turns it off); an error's ``retry_after`` (a rate
-limit's ``Retry-After``) is a floor.
+the default, is full jitter; ``0`` turns it off); a ``retry_after`` the error was given (a
+rate limit's ``Retry-After``, a breaker's time left) is a floor. The default ``retry_after``
+of an error's kind (``network/connection``: 1 s) is not: the policy's schedule is the
+user's choice for that tool.
 """
 
 from __future__ import annotations
@@ -104,8 +106,8 @@ class Retry(Policy):
             return None
         delay = self.delay(attempt)
         delay -= delay * self.jitter * rng()
-        if err.retry_after is not None:
-            delay = max(delay, err.retry_after)
+        if err.requested_retry_after is not None:  # asked for; a kind's default is not
+            delay = max(delay, err.requested_retry_after)
         if elapsed + delay > self.max_elapsed:
             return None
         return delay
