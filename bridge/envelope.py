@@ -50,6 +50,8 @@ def error_envelope(err: SpellError, ref: Callable[[SpellError], int] | None = No
             "name": type(one).script_name or categories()[one.category].script_name,
             "message": message,
             "fields": one.fields,
+            "retryable": one.retryable,  # to read; the host decides on its own copy (ref)
+            "retry_after": one.retry_after,
             "cause": out,
             "ref": None if ref is None else ref(one),
         }

@@ -122,6 +122,8 @@
     error.category = envelope.category;
     error.kind = envelope.kind;
     error.fields = envelope.fields || {};
+    error.retryable = envelope.retryable === true;
+    error.retry_after = typeof envelope.retry_after === "number" ? envelope.retry_after : null;
     if (envelope.cause) error.cause = fromEnvelope(envelope.cause, site);
     error.ref = envelope.ref === undefined ? null : envelope.ref;
     error.stack = clean(site);
