@@ -1,0 +1,36 @@
+"""The recovery examples of scripts/recovery run as the README shows them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cli import ROOT, polyspell
+
+FOLDER = ROOT / "scripts" / "recovery"
+TOOLS = FOLDER / "tools.py"
+
+
+def test_a_flaky_search_is_retried_until_it_answers():
+    done = polyspell("run", FOLDER / "flaky.lua", "--tools", TOOLS)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [  # a script's own output goes to stderr
+        "lua coroutines: first hit", "lua coroutines: second hit",
+        "search was called 3 times"]
+    assert done.stdout == "2\n"  # its result to stdout
+
+
+def test_a_rate_limit_is_waited_out_as_long_as_the_service_asked():
+    done = polyspell("run", FOLDER / "rate_limited.js", "--tools", TOOLS)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["ACME at 12.5, after waiting at least 0.5 s"]
+    assert done.stdout == "12.5\n"
+
+
+def test_a_dead_service_is_refused_by_its_breaker_and_replaced_by_its_fallback():
+    done = polyspell("run", FOLDER / "breaker.lua", "--tools", TOOLS, "--json")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert lines[:4] == [f"{city}: mild (backup source)"
+                         for city in ("Paris", "Lisbon", "Oslo", "Rome")]
+    assert lines[4] == "the dead service was called 2 times for 4 cities"
+    assert json.loads(done.stdout)["ok"] is True
