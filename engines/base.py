@@ -112,6 +112,10 @@ class ToolRequest:
     # tools file's function, script/cross_engine_communication (crossing_error).
     problem: Problem | None = None
     frames: list[Frame] = field(default_factory=list)  # the script's call site, outermost first
+    # "tool": a tool call (``tool`` names it); "recovery": a step of the script's own
+    # recovery.retry/recovery.fallback (``tool`` names the step; see host.recovery.script),
+    # which only the prelude makes: no tool name a script gives reaches this kind.
+    kind: Literal["tool", "recovery"] = "tool"
 
 
 @dataclass

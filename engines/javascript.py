@@ -60,7 +60,7 @@ import time
 import types
 import typing
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 try:  # the C module alone: the `quickjs` package starts an executor thread on import
     import _quickjs as quickjs
@@ -348,14 +348,19 @@ class JavaScriptEngine(Engine):
             if site.__class__ is list:  # the first call from there: [number, stack text]
                 site, stack = site
                 sites[site] = translate.parse_stack(stack, self._filename, self._source_lines())
+            kind: Literal["tool", "recovery"] = "tool"
+            if tool.__class__ is list:  # ["retry"]: a step of the script's own recovery
+                tool, kind = tool[0], "recovery"
             if request_id > 0:
-                requests.append(ToolRequest(request_id, tool, params, None, sites[site][:]))
+                requests.append(ToolRequest(request_id, tool, params, None, sites[site][:],
+                                            kind))
             else:  # the params have no JSON form: [message, type, path, memory] says why
                 message, data_type, path, memory = params
                 if memory and self._out_of_memory(memory):  # memory may be why
                     raise _TooLarge("parameters")
                 requests.append(ToolRequest(-request_id, tool, None,
-                                            Problem(path, data_type, message), sites[site][:]))
+                                            Problem(path, data_type, message), sites[site][:],
+                                            kind))
         return requests
 
     # -- failing ---------------------------------------------------------------------

@@ -286,10 +286,13 @@
   }
 
   // Records the request (see poll) and returns its promise. The call site's stack leaves
-  // out the frames from `skip` (tool or call) inwards: fewer frames are cheaper to build.
-  function request(tool, toolJSON, params, skip) {
-    captureStack(holder, skip);
-    const site = holder.stack;
+  // out the frames from `skip` (tool or call) inwards: fewer frames are cheaper to build;
+  // `site`, when given, is that stack already taken.
+  function request(tool, toolJSON, params, skip, site) {
+    if (site === undefined) {
+      captureStack(holder, skip);
+      site = holder.stack;
+    }
     const text = params === undefined ? "{}"
       : params !== null && typeof params === "object" && !isArray(params) ? json(params, true)
       : null;
@@ -338,6 +341,81 @@
 
   function list() {
     return config.tools.map(([name, description]) => ({ name, description }));
+  }
+
+  // ------------------------------------------------------------------ recovery
+
+  // recovery.retry and recovery.fallback: the script's functions run here; whether to
+  // try again, and every wait, is the host's (host/recovery/script.py), asked by a
+  // request of the reserved kind "recovery": its name is a JSON array, which no tool
+  // name (always a string) makes. The host decides on the error a caught envelope's ref
+  // stands for, never on what the script's copy says.
+  const RETRY = '["retry"]';
+  const FALLBACK = '["fallback"]';
+  const FAILED = '["failed"]';
+
+  // What the host learns of a caught error, as data.
+  function errorReport(error) {
+    if (error !== null && typeof error === "object") {
+      const { ref, category, kind, message } = error;
+      const fields = typeof category === "string" ? json(error.fields ?? {}, false) : null;
+      const name = typeof error.name === "string" ? error.name : "Error";
+      return {
+        ref: typeof ref === "number" ? ref : null,
+        category: typeof category === "string" ? category : null,
+        kind: typeof kind === "string" ? kind : null,
+        message: typeof message !== "string" ? null
+          : typeof category === "string" ? message : `${name}: ${message}`,
+        fields: fields === null ? null : parse(fields),
+      };
+    }
+    return { message: `uncaught ${typeof error} ${format(error)}` };
+  }
+
+  // The engine's own errors (a limit, the interrupt) are never retried or caught here.
+  function engineOwn(error) {
+    return error !== null && typeof error === "object" && getPrototypeOf(error) === INTERNAL_ERROR;
+  }
+
+  async function retry(fn, opts) {
+    if (typeof fn !== "function") throw new TypeError("recovery.retry: fn must be a function");
+    captureStack(holder, retry);
+    const site = holder.stack; // the script's call: every step of this retry is made there
+    const session = await request("retry", RETRY, { opts: opts ?? null }, retry, site);
+    for (;;) {
+      try {
+        return await fn();
+      } catch (error) {
+        if (engineOwn(error)) throw error;
+        const again = await request("failed", FAILED, { session, error: errorReport(error) }, retry,
+          site);
+        if (!again) throw error; // what fn threw, as it threw it
+      }
+    }
+  }
+
+  async function fallback(fns) {
+    if (!isArray(fns)) throw new TypeError("recovery.fallback: expected an array of functions");
+    const list = [...fns];
+    list.forEach((fn, i) => {
+      if (typeof fn !== "function") {
+        throw new TypeError(`recovery.fallback: item ${i} is not a function`);
+      }
+    });
+    captureStack(holder, fallback);
+    const site = holder.stack;
+    const session = await request("fallback", FALLBACK, { count: list.length }, fallback, site);
+    for (const fn of list) {
+      try {
+        return await fn();
+      } catch (error) {
+        if (engineOwn(error)) throw error;
+        // after the last, the host rejects with runtime/all_fallbacks_failed
+        const next = await request("failed", FAILED, { session, error: errorReport(error) },
+          fallback, site);
+        if (!next) throw error;
+      }
+    }
   }
 
   // ------------------------------------------------------------------- console
@@ -641,6 +719,7 @@
     define("tools", new Proxy({ call, list }, toolsHandler));
     define("console", { log, info: log, warn: log, error: log, debug: log });
     define("signal", signal);
+    define("recovery", Object.freeze({ retry, fallback }));
     if (config.library) define("exports", {});
     // The error constructors are compiled when a script first touches one of them.
     for (const name of ["SpellError", "errors", ...Object.keys(config.constructors)]) {
@@ -651,7 +730,8 @@
   }
 
   // (and those that could be innermost in the stack of an out-of-memory error)
-  for (const fn of [call, tool, request, check, stop, json, stopJson, nestedJson, failure, format, log,
+  for (const fn of [call, tool, request, retry, fallback, errorReport, engineOwn, check, stop, json, stopJson, nestedJson,
+  failure, format, log,
     fail, begin, run, moduleDone, poll, newList, append, flat, library, exported, callExport,
     abort]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });

@@ -431,7 +431,7 @@ class LuaEngine(Engine):
         script = self._script
         assert script is not None
         if status == "request":
-            _, _, request_id, name, problem, traceback, params = outcome
+            _, _, request_id, name, problem, traceback, params, *kind = outcome
             if problem is not None:  # {message, data_type, path}: see call_tool
                 problem = Problem(problem[3], problem[2], problem[1])
                 params = None
@@ -441,7 +441,8 @@ class LuaEngine(Engine):
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
             return Suspended([ToolRequest(request_id, name, params, problem,
-                                          script.frames(traceback))])
+                                          script.frames(traceback),
+                                          "recovery" if kind and kind[0] else "tool")])
         if status == "done":
             return Finished(self._from_lua(outcome[2], "result"))
         if status == "error":

@@ -549,9 +549,11 @@ local function on_cancel(fn)
   cancel_handlers[#cancel_handlers + 1] = fn
 end
 
--- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params;
--- problem: nil, or why the params cannot cross as {message, data type, path}.
-local function call_tool(name, nargs, params)
+-- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params,
+-- kind; problem: nil, or why the params cannot cross as {message, data type, path};
+-- kind: nil (a tool call) or "recovery" (a step of recovery.retry/fallback: only the
+-- prelude passes it, so no tool name a script gives makes one).
+local function call_tool(name, nargs, params, kind)
   local problem
   if nargs > 1 then
     problem = {"expected one table of parameters, got " .. nargs .. " arguments", "data",
@@ -569,7 +571,7 @@ local function call_tool(name, nargs, params)
   end
   if problem then params = nil end
   local tb = traceback(nil, 3, true)  -- from the script's call site: cheaper than from here
-  local ok, value = co_yield(REQUEST, text(name), problem, tb, params)
+  local ok, value = co_yield(REQUEST, text(name), problem, tb, params, kind)
   if ok then return value end
   local e = as_error(value, script_traceback(tb))
   local kind = rawget(e, "kind")
@@ -747,6 +749,77 @@ local function s_xpcall(f, ...)
   end, select(2, ...)))
 end
 
+-- Recovery ----------------------------------------------------------------------------
+
+-- recovery.retry and recovery.fallback: the script's functions run here; whether to try
+-- again, and every wait, is the host's (host/recovery/script.py), asked by a request of
+-- the reserved kind "recovery". The host decides on the error a caught envelope's ref
+-- stands for, never on what the script's copy says.
+local RECOVERY = "recovery"
+
+-- What the host learns of a caught error, as data.
+local function caught(e)
+  if type(e) == "table" then
+    local ref, category, kind = rawget(e, "ref"), rawget(e, "category"), rawget(e, "kind")
+    local message, fields = rawget(e, "message"), rawget(e, "fields")
+    return {ref = math_type(ref) == "integer" and ref or nil,
+            category = type(category) == "string" and text(category) or nil,
+            kind = type(kind) == "string" and text(kind) or nil,
+            message = type(message) == "string" and text(message) or nil,
+            fields = type(fields) == "table" and sanitize(fields, 1, {}) or nil}
+  end
+  if type(e) == "string" then return {message = text(seen(e))} end
+  return {message = "error value " .. text(tostring(sanitize(e, 0, {})))}
+end
+
+-- Call fn protected as the sandbox's pcall does (the deadline and memory pass through):
+-- true and its results in a packed table, or false and the error.
+local function attempt(fn)
+  local r = pack(pass(xpcall(fn, observe)))
+  return r[1], r
+end
+
+local function recovery_retry(fn, opts)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'retry' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad argument #2 to 'retry' (table expected, got " .. type(opts) .. ")", 2)
+  end
+  local session = call_tool("retry", 1, {opts = opts}, RECOVERY)
+  while true do
+    local ok, r = attempt(fn)
+    if ok then return unpack(r, 2, r.n) end
+    if not call_tool("failed", 1, {session = session, error = caught(r[2])}, RECOVERY) then
+      error(raisable(r[2], 0), 0)  -- what fn raised, as it raised it
+    end
+  end
+end
+
+local function recovery_fallback(fns)
+  if type(fns) ~= "table" then
+    error("bad argument #1 to 'fallback' (table expected, got " .. type(fns) .. ")", 2)
+  end
+  local list, n = {}, rawlen(fns)
+  for i = 1, n do
+    local fn = rawget(fns, i)
+    if type(fn) ~= "function" then
+      error("bad argument #1 to 'fallback' (function expected at index " .. i .. ", got " ..
+            type(fn) .. ")", 2)
+    end
+    list[i] = fn
+  end
+  local session = call_tool("fallback", 1, {count = n}, RECOVERY)
+  for i = 1, n do
+    local ok, r = attempt(list[i])
+    if ok then return unpack(r, 2, r.n) end
+    -- after the last, the host raises runtime/all_fallbacks_failed with every error
+    if not call_tool("failed", 1, {session = session, error = caught(r[2])}, RECOVERY) then
+      error(raisable(r[2], 0), 0)
+    end
+  end
+end
+
 local function s_load(...)
   local chunk, chunkname, mode, fenv = ...
   local tc, tn, tm = type(chunk), type(chunkname), type(mode)
@@ -872,6 +945,7 @@ local function make_env(args)
                  close = s_close},
     load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
     args = args, errors = copy(ERRORS), on_cancel = on_cancel,
+    recovery = {retry = recovery_retry, fallback = recovery_fallback},
     tools = setmetatable({call = tools_call, list = tools_list},
                          {__index = tools_index, __metatable = false}),
   }

@@ -66,10 +66,13 @@ from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, pre
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.recovery import Breakers, ToolRecovery
+    from host.recovery.script import ScriptRecovery
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
 DEADLINE_GRACE = 0.25
+# Events kept in a run's recovery history (run.recovery); later ones are only counted.
+MAX_RECOVERY_EVENTS = 1000
 # Tools files calling each other (JS -> Lua -> JS ...) nest no deeper than this.
 MAX_TOOL_DEPTH = 64
 
@@ -124,6 +127,7 @@ class ScriptRun:
         self.breakers = breakers  # the host's circuit breakers, shared by its runs
         self.caches = {} if caches is None else caches  # the host's fallback caches
         self.recovery: list[dict[str, Any]] = []  # what recovery did in this run (events)
+        self.recovery_dropped = 0  # events past MAX_RECOVERY_EVENTS, counted only
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
@@ -133,6 +137,7 @@ class ScriptRun:
         self._engines: list[Engine] = []  # every engine of the run, to stop them
         self._outcome: Any = None  # what _drive came to (an _Escaped if it raised)
         self._thread: threading.Thread | None = None  # the run's thread, once started
+        self._script_recovery: ScriptRecovery | None = None  # recovery.retry/fallback
 
     def cancel(self, error: SpellError) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
@@ -307,6 +312,8 @@ class ScriptRun:
 
     def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
         """One request through the pipeline: the tool's result, or its error's envelope."""
+        if request.kind != "tool":
+            return self._recover(request, caller)
         name = request.tool
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
@@ -316,6 +323,22 @@ class ScriptRun:
             return ToolReply(request.id, result=path(call))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _recover(self, request: ToolRequest, caller: str) -> ToolReply:
+        """A step of the script's own ``recovery.retry``/``recovery.fallback`` (see
+        host.recovery.script): the host decides, and waits, on the run's thread."""
+        if self._script_recovery is None:
+            from host.recovery.script import ScriptRecovery
+
+            self._script_recovery = ScriptRecovery(self)
+        try:
+            return ToolReply(request.id, result=self._script_recovery.answer(request, caller))
+        except SpellError as err:
+            return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def handed_error(self, ref: int) -> SpellError | None:
+        """The error this run handed a script under ``ref`` (see :meth:`_ref`), if any."""
+        return self._refs.get(ref)
 
     def _path(self, name: str, tool: Any) -> Callable[[ToolCall], Any]:
         """The pipeline of calls to ``name``, built on its first call and kept for the run;
@@ -367,7 +390,10 @@ class ScriptRun:
         event = {"action": action, "tool": tool, "attempt": attempt,
                  "delay": None if delay is None else round(delay, 6), "error": err.code,
                  "at": datetime.now(UTC).isoformat()}
-        self.recovery.append(event)
+        if len(self.recovery) < MAX_RECOVERY_EVENTS:
+            self.recovery.append(event)
+        else:  # a script retrying in a loop: the history stays bounded, the rest counted
+            self.recovery_dropped += 1
         return event
 
     def attach_recovery(self, err: SpellError) -> None:

@@ -114,9 +114,7 @@ class FallbackLayer:
             if answer is not _MISSING:
                 return answer
             attempted += 1
-        raise SpellError(category="runtime", kind="all_fallbacks_failed",
-                         attempted_options=attempted, operation=call.name,
-                         errors=[err.to_dict() for err in errors], cause=first)
+        raise all_fallbacks_failed(call.name, errors, attempted)
 
     def _try(self, option: FallbackOption, call: ToolCall, errors: list[SpellError]) -> Any:
         run = call.run
@@ -140,6 +138,17 @@ class FallbackLayer:
             return kept[1]
         run.record_recovery("fallback", call.name, len(errors), last)
         return option.value
+
+
+def all_fallbacks_failed(operation: str, errors: list[SpellError], attempted: int
+                         ) -> SpellError:
+    """``runtime/all_fallbacks_failed`` of ``operation`` after ``attempted`` options: every
+    error in the order tried in ``fields.errors`` (as error JSON), the first as its cause.
+    The one construction of this error (a tool's fallbacks, a script's
+    ``recovery.fallback``)."""
+    return SpellError(category="runtime", kind="all_fallbacks_failed",
+                      attempted_options=attempted, operation=operation,
+                      errors=[err.to_dict() for err in errors], cause=errors[0])
 
 
 def _key(params: Any) -> str | None:
