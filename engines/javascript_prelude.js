@@ -730,10 +730,9 @@
   }
 
   // (and those that could be innermost in the stack of an out-of-memory error)
-  for (const fn of [call, tool, request, retry, fallback, errorReport, engineOwn, check, stop, json, stopJson, nestedJson,
-  failure, format, log,
-    fail, begin, run, moduleDone, poll, newList, append, flat, library, exported, callExport,
-    abort]) {
+  for (const fn of [call, tool, request, retry, fallback, errorReport, engineOwn, check, stop,
+    json, stopJson, nestedJson, failure, format, log, fail, begin, run, moduleDone, poll,
+    newList, append, flat, library, exported, callExport, abort]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
