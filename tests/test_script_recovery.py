@@ -423,3 +423,29 @@ def test_a_task_in_a_retry_backoff_is_cancelled_promptly_by_a_failing_sibling(la
     assert statuses == {"waiting": "cancelled", "failing": "failed"}
     assert report.task("waiting").error["kind"] == "task_cancelled"
     assert ("waiting", "cleaned up") in lines  # its cleanup ran, in the script
+
+
+TOOLS_FILE = {
+    "lua": ("local M = {}\n"
+            "function M.sturdy(params)\n"
+            "  return recovery.retry(function() return tools.flaky{} end,\n"
+            "                        {attempts = 3, on = 'any', initial = 0.01, jitter = 0})\n"
+            "end\n"
+            "return M\n"),
+    "javascript": ("exports.sturdy = async (params) => recovery.retry(() => tools.flaky({}),\n"
+                   "  {attempts: 3, on: 'any', initial: 0.01, jitter: 0});\n"),
+}
+
+
+@pytest.mark.parametrize("library", ["lua", "javascript"])
+def test_a_tools_file_function_retries_too(language, library, tmp_path):
+    """recovery.retry in a tools file's function called from a script of either language."""
+    flaky, calls = _flaky(2)
+    path = tmp_path / f"helpers{EXTENSION[library]}"
+    path.write_text(TOOLS_FILE[library])
+    source = pick(language, "local r = tools.sturdy{} return r",
+                  "async function main() { return await tools.sturdy({}); }")
+    result, run = _run(Host([flaky, path]), source, language)
+    assert result == "ok after 3"
+    assert len(calls) == 3
+    assert [(e["tool"], e["attempt"]) for e in run.recovery] == [("flaky", 1), ("flaky", 2)]

@@ -9,6 +9,8 @@ the call (Polly v8's order).
   coordinator's task retry is the same model.
 - :mod:`host.recovery.breaker`: :class:`CircuitBreaker`, stops calling a failing service;
   the state of a host's breakers is its :class:`Breakers`.
+- :mod:`host.recovery.script`: a script's own ``recovery.retry`` and ``recovery.fallback``,
+  decided and waited for by the host.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from engines import ToolRequest
     from host.runner import ScriptRun
 
-MAX_SESSIONS = 256  # retries and fallbacks in progress in one run
+MAX_SESSIONS = 1024  # retries and fallbacks in progress in one run
 MAX_FALLBACKS = 32  # functions of one recovery.fallback (as a tool's Fallback options)
 # The Retry fields a script may set (the others are callables, or aliases of these).
 SCRIPT_FIELDS = ("attempts", "max_elapsed", "backoff", "initial", "max_delay", "jitter",
@@ -104,13 +104,14 @@ class ScriptRecovery:
                            f"not {count!r}")
             return self._open(_FallingBack(count))
         if step == "failed":
-            session = self.sessions.get(params.get("session"))  # type: ignore[arg-type]
+            number = params.get("session")
+            session = self.sessions.get(number) if number.__class__ is int else None
             if session is None:  # never opened, or forgotten: no more tries
                 return False
             err = self._real_error(params.get("error"), request, language)
             if isinstance(session, _Retrying):
-                return self._retry(params["session"], session, err)
-            return self._fall_back(params["session"], session, err, request)
+                return self._retry(number, session, err)  # type: ignore[arg-type]
+            return self._fall_back(number, session, err, request)  # type: ignore[arg-type]
         raise ConfigurationError.InvalidValue(key="recovery", value=repr(step)[:200],
                                               reason=f"unknown recovery step {step!r}")
 
