@@ -305,6 +305,9 @@ class ScriptRun:
                 replies = [self._answer(requests[0], engine.language)]
             else:
                 replies = [self._answer(request, engine.language) for request in requests]
+            recovering = self._script_recovery
+            if recovering is not None and recovering.delays:  # retries of the script's own
+                recovering.wait(replies)
             step = engine.resume(replies, self.deadline)
             if step.output or step.__class__ is Failed:  # _received, inlined: the hot loop
                 self._received(step)

@@ -17,18 +17,17 @@ from host.runner import MAX_RECOVERY_EVENTS
 from tests.conftest import EXTENSION, pick
 
 
-def _flaky(failures: int, exc: type[Exception] = RuntimeError):
+def _flaky(failures: int, exc: type[Exception] = RuntimeError, name: str = "flaky"):
     """A tool that raises ``exc`` ``failures`` times, then answers; ``calls`` times each call."""
     calls: list[float] = []
 
-    @tool
     def flaky() -> str:
         calls.append(time.monotonic())
         if len(calls) <= failures:
             raise exc(f"failure {len(calls)}")
         return f"ok after {len(calls)}"
 
-    return flaky, calls
+    return tool(flaky, name=name), calls
 
 
 def _run(host: Host, source: str, language: str):
@@ -449,3 +448,21 @@ def test_a_tools_file_function_retries_too(language, library, tmp_path):
     assert result == "ok after 3"
     assert len(calls) == 3
     assert [(e["tool"], e["attempt"]) for e in run.recovery] == [("flaky", 1), ("flaky", 2)]
+
+
+def test_retries_asked_for_together_wait_together():
+    """JS: two retries in one Promise.all wait once (their delays overlap), not one after
+    the other."""
+    first, first_calls = _flaky(1)
+    second, second_calls = _flaky(1, name="second")
+    source = ("async function main() { const o = {attempts: 2, backoff: 'fixed', initial: 0.5,"
+              " jitter: 0, on: 'any'};\n"
+              " return await Promise.all([recovery.retry(() => tools.flaky({}), o),"
+              " recovery.retry(() => tools.second({}), o)]); }")
+    started = time.monotonic()
+    result, run = _run(Host([first, second]), source, "javascript")
+    took = time.monotonic() - started
+    assert result == ["ok after 2", "ok after 2"]
+    assert [e["delay"] for e in run.recovery] == [0.5, 0.5]
+    assert first_calls[1] - first_calls[0] >= 0.5 and second_calls[1] - second_calls[0] >= 0.5
+    assert took < 0.9  # one wait of 0.5 s, not two

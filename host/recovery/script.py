@@ -25,11 +25,13 @@ An error the script made itself is read the usual way (a table or object with
 ``retry_after``: the default condition (``retryable``) does not retry it, ``on = "any"``
 or a list of codes does.
 
-Waits are the run's (``control.sleep``): they count against the run's time, a stop
-request or the host giving up ends them at once (the stop reason is then raised in the
-script, as at a tool call), and a retry whose delay would not end before the run's
-deadline is not made: it gives up at once and the script gets the error it caught, as a
-tool's retry does. Each retry and fallback is recorded in ``run.recovery``.
+Waits are the run's (``control.sleep``, once a step's requests are answered: the retries
+a JS script asks for together wait together, the longest delay): they count against the
+run's time, a stop request or the host giving up ends them at once (the stop reason is
+then raised in the script, as at a tool call), and a retry whose delay would not end
+before the run's deadline is not made: it gives up at once and the script gets the error
+it caught, as a tool's retry does. Each retry and fallback is recorded in
+``run.recovery``.
 
 A hostile script gains nothing by calling it in a loop: sessions are numbered at random
 and at most :data:`MAX_SESSIONS` are kept (the oldest is forgotten, and a forgotten
@@ -45,7 +47,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge import ConfigurationError, ScriptError, SpellError
-from bridge.envelope import error_from_script
+from bridge.envelope import error_envelope, error_from_script
+from engines import ToolReply
 from host.recovery.fallback import all_fallbacks_failed
 from host.recovery.retry import Retry
 
@@ -80,6 +83,7 @@ class ScriptRecovery:
     def __init__(self, run: ScriptRun) -> None:
         self.run = run
         self.sessions: dict[int, _Retrying | _FallingBack] = {}
+        self.delays: dict[int, float] = {}  # request id -> the retry's delay, to wait for
 
     def answer(self, request: ToolRequest, language: str) -> Any:
         """What a ``recovery`` request gets: a result, or a SpellError raised (the reply's
@@ -110,7 +114,8 @@ class ScriptRecovery:
                 return False
             err = self._real_error(params.get("error"), request, language)
             if isinstance(session, _Retrying):
-                return self._retry(number, session, err)  # type: ignore[arg-type]
+                return self._retry(number, session, err,  # type: ignore[arg-type]
+                                   request.id)
             return self._fall_back(number, session, err, request)  # type: ignore[arg-type]
         raise ConfigurationError.InvalidValue(key="recovery", value=repr(step)[:200],
                                               reason=f"unknown recovery step {step!r}")
@@ -125,7 +130,8 @@ class ScriptRecovery:
         sessions[number] = session
         return number
 
-    def _retry(self, number: int, session: _Retrying, err: SpellError) -> bool:
+    def _retry(self, number: int, session: _Retrying, err: SpellError, request_id: int
+               ) -> bool:
         run = self.run
         delay = session.policy.next_delay(session.attempt, err,
                                           time.monotonic() - session.started)
@@ -135,12 +141,28 @@ class ScriptRecovery:
                 run.attach_recovery(err)
             return False
         run.record_recovery("retry", _tool_of(err), session.attempt, err, delay)
-        if not run.control.sleep(delay):  # stopped or given up on while waiting
-            del self.sessions[number]
-            raise run.control.deliver() or ScriptError.ResourceExhaustion(
-                language=run.language, resource_type="time", limit=run.limits.timeout)
+        self.delays[request_id] = delay  # waited for once the step is answered (wait)
         session.attempt += 1
         return True
+
+    def wait(self, replies: list[ToolReply]) -> None:
+        """Wait for the retries ``replies`` answer (after a step's requests are answered).
+
+        One wait, the longest delay, for all the retries of a step (JS may ask for several
+        at once: their delays overlap, as they would in the script's own time). A stop
+        request or the host giving up ends it at once, and the retries' replies become
+        the stop reason (or the time limit), raised in the script at its calls.
+        """
+        delays, self.delays = self.delays, {}
+        run = self.run
+        if run.control.sleep(max(delays.values())):
+            return
+        err = run.control.deliver() or ScriptError.ResourceExhaustion(
+            language=run.language, resource_type="time", limit=run.limits.timeout)
+        envelope = error_envelope(err, ref=run._ref)
+        for i, reply in enumerate(replies):
+            if reply.id in delays:
+                replies[i] = ToolReply(reply.id, error=envelope)
 
     def _fall_back(self, number: int, session: _FallingBack, err: SpellError,
                    request: ToolRequest) -> bool:
