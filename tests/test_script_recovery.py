@@ -38,6 +38,9 @@ def _run(host: Host, source: str, language: str):
         return err, run
 
 
+FAST = 'backoff: "fixed", initial: 0.01, jitter: 0'
+
+
 def _retry(language: str, opts: str, *, call: str = "tools.flaky({})") -> str:
     """A script returning recovery.retry of ``call`` (or, caught, the error's code)."""
     lua_opts = opts.replace(":", " =").replace("[", "{").replace("]", "}")
@@ -50,19 +53,32 @@ def _retry(language: str, opts: str, *, call: str = "tools.flaky({})") -> str:
         " } catch (e) { return e.code; } }")
 
 
-FAST = 'backoff: "fixed", initial: 0.01, jitter: 0'
-
-
 def test_retry_succeeds_on_the_third_attempt_of_a_flaky_tool(language):
-    flaky, calls = _flaky(2, ConnectionResetError)  # network/connection: retryable, 1 s floor
+    flaky, calls = _flaky(2, ConnectionResetError)  # network/connection: retryable
     host = Host([flaky])
-    result, run = _run(host, _retry(language, 'attempts: 3'), language)
+    result, run = _run(host, _retry(language, f'attempts: 3, {FAST}'), language)
     assert result == "ok after 3"
     assert len(calls) == 3
-    assert [(e["action"], e["tool"], e["attempt"], e["error"]) for e in run.recovery] == [
-        ("retry", "flaky", 1, "network/connection"), ("retry", "flaky", 2, "network/connection")]
-    assert all(e["delay"] >= 1.0 for e in run.recovery)  # the error's retry_after is a floor
-    assert calls[1] - calls[0] >= 1.0
+    assert [(e["action"], e["tool"], e["attempt"], e["error"], e["delay"])
+            for e in run.recovery] == [("retry", "flaky", 1, "network/connection", 0.01),
+                                       ("retry", "flaky", 2, "network/connection", 0.01)]
+
+
+def test_a_retry_after_the_error_was_given_is_a_floor(language):
+    calls: list[float] = []
+
+    @tool
+    def limited() -> str:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise ProviderError.RateLimited(provider="api", retry_after=0.3)
+        return "through"
+
+    result, run = _run(Host([limited]), _retry(language, FAST, call="tools.limited({})"),
+                       language)
+    assert result == "through"
+    assert [e["delay"] for e in run.recovery] == [0.3]
+    assert calls[1] - calls[0] >= 0.3
 
 
 def test_the_script_gets_what_its_function_returned_and_no_retry_on_success(language):

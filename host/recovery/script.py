@@ -196,7 +196,7 @@ class ScriptRecovery:
             variant = ScriptError.Lua if language == "lua" else ScriptError.Javascript
             err = variant(error=message or "error", script=self.run.filename,
                           frames=request.frames)
-        if not err.retryable and err.retry_after is None:
+        if not err.retryable and err.requested_retry_after is None:
             return err
         return type(err)(err.message, retryable=False, frames=err.frames,
                          context=err.context, **err.fields)
