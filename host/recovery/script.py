@@ -114,9 +114,8 @@ class ScriptRecovery:
                 return False
             err = self._real_error(params.get("error"), request, language)
             if isinstance(session, _Retrying):
-                return self._retry(number, session, err,  # type: ignore[arg-type]
-                                   request.id)
-            return self._fall_back(number, session, err, request)  # type: ignore[arg-type]
+                return self._retry(number, session, err, request.id)
+            return self._fall_back(number, session, err, request)
         raise ConfigurationError.InvalidValue(key="recovery", value=repr(step)[:200],
                                               reason=f"unknown recovery step {step!r}")
 
