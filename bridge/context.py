@@ -149,13 +149,32 @@ class EventEmission(_Model):
     timestamp: datetime | None = None
 
 
+class RecoveryAttempt(_Model):
+    """One thing recovery did on the way to the error: a retry, a fallback tried, a
+    breaker's refusal, a restart, a degraded answer (an event of the run's recovery
+    history; see ``host.history``)."""
+
+    action: str  # retry, fallback, breaker_refused, restart, degraded
+    tool: str
+    attempt: int
+    delay: float | None = None  # seconds waited before the next try
+    error: str  # the code of the error recovery acted on
+    at: datetime
+    option: str | None = None  # a fallback's option: a tool, value, cached, endpoint <url>
+
+
 class ExecutionTrace(_Model):
-    """Everything known about how execution reached the error."""
+    """Everything known about how execution reached the error.
+
+    ``recovery_attempts`` is the run's recovery history (at most ``host.history``'s
+    ``MAX_EVENTS``; ``recovery_dropped`` counts the ones left out)."""
 
     call_stack: list[CallFrame] = Field(default_factory=list)
     async_context: AsyncContext | None = None
     hook_execution_path: list[HookExecution] = Field(default_factory=list)
     event_emission_chain: list[EventEmission] = Field(default_factory=list)
+    recovery_attempts: list[RecoveryAttempt] = Field(default_factory=list)
+    recovery_dropped: int = 0
 
 
 class UserContext(_Model):

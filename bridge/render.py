@@ -44,7 +44,99 @@ def render_text(err: SpellError, *, verbose: bool = False, color: bool = False) 
         text = f"[... {more}{hidden} earlier causes not shown{loop}]\n" + text
     elif walk.loops:
         text = "[the cause chain loops back to an error shown below]\n" + text
+    # the outermost error with a history has the whole of it: shown once, at the end
+    for outer in chain:
+        context = getattr(outer, "_context", None)  # made on first use: none, no history
+        metadata = context.metadata if context is not None else {}
+        events = metadata.get("recovery")
+        if isinstance(events, list) and events:
+            dropped = metadata.get("recovery_dropped")
+            lines = recovery_summary(events, dropped if isinstance(dropped, int) else 0)
+            text += "\n" + "\n".join(_paint(line, "note", color) for line in lines)
+            break
     return text
+
+
+# -- the recovery history, summarised ------------------------------------------------------
+
+MAX_RECOVERY_TOOLS = 8  # lines of a recovery block, one per tool
+MAX_FALLBACKS_NAMED = 4  # options named in a tool's line
+MAX_NAME_CHARS = 80
+_OPTION_NAMES = {"value": "a default value", "cached": "the cached result"}
+
+
+def recovery_summary(events: list, dropped: int = 0, lead: str = "recovery: ") -> list[str]:
+    """A recovery history (the events of ``context.metadata["recovery"]``, a run's or a
+    task's) as a few lines: one per tool, what was done in the order first done::
+
+        recovery: search retried 3x (0.1 s → 0.4 s; tool/execution_failed), then fell
+                  back to search_backup, then to a default value
+
+    Bounded whatever the history holds (at most :data:`MAX_RECOVERY_TOOLS` lines and a
+    line for the rest); events that are not well-formed (read back from any JSON) are
+    skipped. ``lead`` starts the first line; the others are indented under it.
+    """
+    tools: dict[str, dict[str, list[dict]]] = {}
+    for event in events:
+        if not isinstance(event, dict) or not isinstance(event.get("action"), str):
+            continue
+        tool = _short(str(event.get("tool", "?")))
+        tools.setdefault(tool, {}).setdefault(_short(event["action"]), []).append(event)
+    lines = []
+    for n, (tool, actions) in enumerate(tools.items()):
+        if n == MAX_RECOVERY_TOOLS:
+            lines.append(f"[... {len(tools) - n} more tools recovered]")
+            break
+        parts = [_action_text(action, done) for action, done in actions.items()]
+        lines.append(f"{tool} " + ", then ".join(parts))
+    if dropped > 0:
+        lines.append(f"[... {dropped} more recovery events not recorded]")
+    if not lines:
+        return []
+    return [lead + lines[0], *(" " * len(lead) + line for line in lines[1:])]
+
+
+def _action_text(action: str, events: list[dict]) -> str:
+    count = len(events)
+    codes = list(dict.fromkeys(_short(str(e.get("error", "?"))) for e in events))
+    why = ", ".join(codes[:3]) + (f" and {len(codes) - 3} more" if len(codes) > 3 else "")
+    if action == "retry":
+        delays = [e["delay"] for e in events
+                  if isinstance(e.get("delay"), (int, float)) and not isinstance(
+                      e.get("delay"), bool)]
+        waited = ""
+        if delays:
+            first, last = _seconds(delays[0]), _seconds(delays[-1])
+            waited = f"{first} → {last}; " if count > 1 and first != last else f"{first}; "
+        return f"retried {count}x ({waited}{why})"
+    if action == "fallback":
+        options = [_option_text(e.get("option")) for e in events]
+        named = options[:MAX_FALLBACKS_NAMED]
+        more = len(options) - len(named)
+        text = "fell back to " + ", then to ".join(named)
+        return text + (f" and {more} more options" if more else "") + f" ({why})"
+    if action == "breaker_refused":
+        return f"refused {count}x by its open circuit breaker"
+    if action == "restart":
+        return f"restarted {count}x ({why})"
+    if action == "degraded":
+        return f"answered degraded {count}x ({why})"
+    return f"{action} {count}x ({why})"
+
+
+def _option_text(option: object) -> str:
+    if not isinstance(option, str):
+        return "an option"
+    return _OPTION_NAMES.get(option) or _short(option)
+
+
+def _short(text: str) -> str:
+    text = text.replace("\n", " ")
+    return text if len(text) <= MAX_NAME_CHARS else text[:MAX_NAME_CHARS - 1] + "…"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3g} s"
 
 
 def _render_one(err: SpellError, verbose: bool, color: bool) -> str:

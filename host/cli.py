@@ -224,22 +224,32 @@ def exit_code(err: Any) -> int:
 def _run(args: argparse.Namespace) -> int:
     from bridge import SpellError
 
+    run = None
     try:
         script_args = _script_args(args)
+        import anyio
+
         from host.host import Host
 
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
                     sandbox=args.sandbox)
-        result = host.run(args.script, script_args)
+        run = host.new_run(args.script, script_args)  # its recovery history is reported
+        result = anyio.run(run.execute)
     except SpellError as err:
-        return _report_failure(err, args)
+        return _report_failure(err, args, run)
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
-        return _report_failure(_internal_error(exc), args)
+        return _report_failure(_internal_error(exc), args, run)
     if args.json:
-        print_json({"ok": True, "result": result})
+        print_json({"ok": True, "result": result, **_recovery_json(run)})
     else:
         print_json(result, indent=2)
     return EXIT_OK
+
+
+def _recovery_json(run: Any) -> dict[str, Any]:
+    """``"recovery"`` (and ``"recovery_dropped"``) of run --json, when recovery acted."""
+    history = getattr(run, "recovery", None)
+    return history.as_json() if history else {}
 
 
 def _internal_error(exc: Exception) -> Any:
@@ -288,9 +298,9 @@ def _script_args(args: argparse.Namespace) -> Any:
     return script_args
 
 
-def _report_failure(err: Any, args: argparse.Namespace) -> int:
+def _report_failure(err: Any, args: argparse.Namespace, run: Any = None) -> int:
     if getattr(args, "json", False):
-        print_json({"ok": False, "error": err.to_dict()})
+        print_json({"ok": False, "error": err.to_dict(), **_recovery_json(run)})
     else:
         print(err.to_text(verbose=getattr(args, "verbose", False), color=_color(sys.stderr)),
               file=sys.stderr)
@@ -309,6 +319,7 @@ def _color(stream: Any) -> bool:
 STATUS_COLORS = {"succeeded": "32", "failed": "31", "timed_out": "31", "cancelled": "33",
                  "skipped": "33"}
 MAX_ROOT_CAUSES_SHOWN = 5
+MAX_RECOVERY_TASKS_SHOWN = 20
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -342,6 +353,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def format_plan_report(report: Any, *, verbose: bool = False, color: bool = False) -> str:
     """A plan's report as people read it: the tasks, the outcome, the root causes."""
+    from bridge.render import recovery_summary
+
     def paint(text: str, code: str | None) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
 
@@ -370,6 +383,13 @@ def format_plan_report(report: Any, *, verbose: bool = False, color: bool = Fals
         lines.append(f"propagation: {', '.join(report.propagation)}")
     if report.representative_task:
         lines.append(f"representative error: {report.representative_task}")
+    recovered = [t for t in report.tasks if t.recovery]
+    for task in recovered[:MAX_RECOVERY_TASKS_SHOWN]:
+        lines += recovery_summary(task.recovery, task.recovery_dropped,
+                                  lead=f"recovery in {task.id}: ")
+    if len(recovered) > MAX_RECOVERY_TASKS_SHOWN:
+        lines.append(f"... and {len(recovered) - MAX_RECOVERY_TASKS_SHOWN} more tasks "
+                     f"recovered (--json shows them all)")
     for task_id in report.root_causes[:MAX_ROOT_CAUSES_SHOWN]:
         err = report.error(task_id)
         if err is not None:

@@ -43,6 +43,7 @@ from pydantic import BaseModel, JsonValue, PrivateAttr
 import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
+from host.history import RecoveryHistory, recovery_event
 from host.host import (
     MAX_TIMEOUT,
     Host,
@@ -83,6 +84,10 @@ class TaskReport(BaseModel):
     error: dict[str, Any] | None = None  # the unified error, as SpellError.to_dict() gives it
     caused_by: list[str] = []  # the tasks whose failure caused this one's
     callback_errors: list[dict[str, Any]] = []  # Python listeners or cleanups that raised
+    # what recovery did in the task's tries and the task's own retries (host.history's
+    # events; a task retry's "tool" is the task's script), and how many were left out
+    recovery: list[dict[str, Any]] = []
+    recovery_dropped: int = 0
 
 
 class PlanReport(BaseModel):
@@ -359,6 +364,7 @@ class _TaskState:
     wake: anyio.Event | None = None  # set when cancelled, to cut a retry's backoff short
     run: ScriptRun | None = None  # the try in progress (its control says if it was stopped)
     callback_errors: list[SpellError] = field(default_factory=list)
+    recovery: RecoveryHistory = field(default_factory=RecoveryHistory)
 
     @property
     def id(self) -> str:
@@ -449,6 +455,8 @@ class _Execution:
             if delay is None:
                 await self._finish(state, _status_of(value), error=value)
                 return
+            state.recovery.add(recovery_event("retry", task.script, state.attempts,
+                                              value.code, delay))
             with anyio.move_on_after(delay):
                 await state.wake.wait()  # type: ignore[union-attr]
 
@@ -496,6 +504,7 @@ class _Execution:
         finally:
             _printing_task.reset(token)
             state.run = None
+            state.recovery.absorb(run.recovery, run.recovery.dropped)
         stop = run.control.reason
         if stop is None:
             return outcome
@@ -596,7 +605,8 @@ class _Execution:
             duration=round(duration, 6), result=state.result,
             error=None if state.error is None else state.error.to_dict(),
             caused_by=state.caused_by,
-            callback_errors=[e.to_dict() for e in state.callback_errors])
+            callback_errors=[e.to_dict() for e in state.callback_errors],
+            recovery=list(state.recovery), recovery_dropped=state.recovery.dropped)
 
     def report(self) -> PlanReport:
         """Classify the run (the seed's CrossEngineErrorPattern) and report every task."""

@@ -24,7 +24,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import anyio
@@ -62,6 +61,7 @@ from host.calls import (
 )
 from host.control import RunControl
 from host.data import crossing
+from host.history import MAX_EVENTS, RecoveryHistory, recovery_event
 from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, preview
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # pydantic is imported when the first policy is made
 # (with the script line it stopped at) before it reports it without.
 DEADLINE_GRACE = 0.25
 # Events kept in a run's recovery history (run.recovery); later ones are only counted.
-MAX_RECOVERY_EVENTS = 1000
+MAX_RECOVERY_EVENTS = MAX_EVENTS
 # Tools files calling each other (JS -> Lua -> JS ...) nest no deeper than this.
 MAX_TOOL_DEPTH = 64
 
@@ -126,8 +126,8 @@ class ScriptRun:
         self.recovery_policies = recovery or {}
         self.breakers = breakers  # the host's circuit breakers, shared by its runs
         self.caches = {} if caches is None else caches  # the host's fallback caches
-        self.recovery: list[dict[str, Any]] = []  # what recovery did in this run (events)
-        self.recovery_dropped = 0  # events past MAX_RECOVERY_EVENTS, counted only
+        # what recovery did in this run: events, bounded (see host.history)
+        self.recovery = RecoveryHistory()
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
@@ -178,6 +178,7 @@ class ScriptRun:
         if isinstance(outcome, _Escaped):
             raise outcome.exception
         if isinstance(outcome, SpellError):
+            self._attach_trace(outcome)
             _preserve_stack(outcome)
             if any(frame.language != "python" for frame in outcome.frames):
                 attach_python_traceback(outcome, self.sources())
@@ -388,21 +389,42 @@ class ScriptRun:
         return [boundary, *checked, *self.layers, *own, Timeouts()]
 
     def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError,
-                        delay: float | None = None) -> dict[str, Any]:
-        """Add an event to the run's recovery history (``run.recovery``) and return it."""
-        event = {"action": action, "tool": tool, "attempt": attempt,
-                 "delay": None if delay is None else round(delay, 6), "error": err.code,
-                 "at": datetime.now(UTC).isoformat()}
-        if len(self.recovery) < MAX_RECOVERY_EVENTS:
-            self.recovery.append(event)
-        else:  # a script retrying in a loop: the history stays bounded, the rest counted
-            self.recovery_dropped += 1
-        return event
+                        delay: float | None = None, option: str | None = None
+                        ) -> dict[str, Any]:
+        """Add an event to the run's recovery history (``run.recovery``, see
+        :mod:`host.history`) and return it."""
+        return self.recovery.add(recovery_event(action, tool, attempt, err.code, delay,
+                                                option))
+
+    @property
+    def recovery_dropped(self) -> int:
+        """Events left out of :attr:`recovery` (it keeps ``MAX_RECOVERY_EVENTS``)."""
+        return self.recovery.dropped
 
     def attach_recovery(self, err: SpellError) -> None:
-        """Attach the run's recovery history so far to an error that escapes recovery."""
-        metadata = {**err.context.metadata, "recovery": [dict(e) for e in self.recovery]}
+        """Attach the run's recovery history so far to an error that escapes recovery:
+        ``context.metadata["recovery"]`` (and ``recovery_dropped``), rendered under its
+        traceback. Nothing when the history is empty."""
+        if not self.recovery:
+            return
+        metadata = {**err.context.metadata, **self.recovery.as_json()}
+        if not self.recovery.dropped:
+            metadata.pop("recovery_dropped", None)
         err.context = err.context.model_copy(update={"metadata": metadata})
+
+    def _attach_trace(self, err: SpellError) -> None:
+        """The run's whole recovery history on the error the run fails with: in its
+        metadata and, as typed attempts, in its execution trace."""
+        if not self.recovery:
+            return
+        from bridge.context import RecoveryAttempt
+
+        self.attach_recovery(err)
+        context = err.context
+        trace = context.execution_trace.model_copy(update={
+            "recovery_attempts": [RecoveryAttempt.model_validate(e) for e in self.recovery],
+            "recovery_dropped": self.recovery.dropped})
+        err.context = context.model_copy(update={"execution_trace": trace})
 
     def _invoke(self, call: ToolCall) -> Any:
         """The innermost step of every call: the run's stop request, then the tool."""

@@ -114,7 +114,9 @@ class FallbackLayer:
             if answer is not _MISSING:
                 return answer
             attempted += 1
-        raise all_fallbacks_failed(call.name, errors, attempted)
+        failed = all_fallbacks_failed(call.name, errors, attempted)
+        call.run.attach_recovery(failed)
+        raise failed
 
     def _try(self, option: FallbackOption, call: ToolCall, errors: list[SpellError]) -> Any:
         run = call.run
@@ -122,7 +124,7 @@ class FallbackLayer:
         if option.tool is not None:
             if self.is_open(option.tool):
                 return _MISSING  # unavailable: its breaker is open
-            run.record_recovery("fallback", call.name, len(errors), last)
+            run.record_recovery("fallback", call.name, len(errors), last, option=option.tool)
             try:
                 return run.call_tool(option.tool, call)
             except SpellError as err:
@@ -134,9 +136,9 @@ class FallbackLayer:
             if kept is None or (option.max_age is not None
                                 and time.monotonic() - kept[0] > option.max_age):
                 return _MISSING
-            run.record_recovery("fallback", call.name, len(errors), last)
+            run.record_recovery("fallback", call.name, len(errors), last, option="cached")
             return kept[1]
-        run.record_recovery("fallback", call.name, len(errors), last)
+        run.record_recovery("fallback", call.name, len(errors), last, option="value")
         return option.value
 
 
