@@ -633,10 +633,40 @@ class RuntimeAllFallbacksFailed(SpellRuntimeError, kind="all_fallbacks_failed",
                                 template="All fallbacks failed: {attempted_options} options "
                                          "attempted"):
     """Every fallback of an operation failed; ``errors`` holds each one's error as JSON, in
-    the order tried (the first is also the cause)."""
+    the order tried (the first is also the cause).
+
+    In Python, :attr:`exceptions` gives them back as errors and
+    :meth:`as_exception_group` as an ``ExceptionGroup`` (``except*`` works on it).
+    """
     attempted_options: int
     operation: str = ""
     errors: Json = []
+
+    @property
+    def exceptions(self) -> tuple[SpellError, ...]:
+        """Every option's error, in the order tried, as errors: the first is the cause
+        itself (its whole chain) when there is one, the others are read back from
+        ``fields.errors``; an entry that is no error JSON is ``bridge/deserialization_failed``
+        in its place."""
+        entries = self.fields.get("errors")
+        if not isinstance(entries, list):
+            entries = []
+        out: list[SpellError] = []
+        for n, entry in enumerate(entries):
+            if n == 0 and self.cause is not None:
+                out.append(self.cause)
+                continue
+            try:
+                out.append(SpellError.from_dict(entry, _path=f"$.fields.errors[{n}]"))
+            except SpellError as bad:
+                out.append(bad)
+        return tuple(out)
+
+    def as_exception_group(self) -> ExceptionGroup:
+        """:attr:`exceptions` as an ``ExceptionGroup`` with this error's message:
+        ``except* ToolError`` then catches the options' tool errors. An error without
+        entries gives a group of itself."""
+        return ExceptionGroup(self.message, list(self.exceptions) or [self])
 
 
 class RuntimeCircuitBreakerOpen(SpellRuntimeError, kind="circuit_breaker_open",
