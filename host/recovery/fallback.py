@@ -7,7 +7,15 @@ Options (the seed's fallback types; built so far: another tool, a value, the cac
 - ``{value = ...}``: a default value (``null`` too);
 - ``{cached = true, max_age = 3600}``: the last good result of this tool for the same
   parameters, at most ``max_age`` seconds old (kept per host, for the tools that have the
-  option); skipped when there is none.
+  option); skipped when there is none;
+- ``{endpoint = "https://...", timeout = 5}``: an HTTP service: the call's parameters are
+  POSTed to it as JSON (through ``httpx``, an optional dependency: the option is refused
+  when it is not installed), and the JSON body of its answer is the result. ``timeout``
+  (default 10 s) bounds the request, and the call's deadline bounds the timeout. An HTTP
+  error status, a timeout or a connection failure is the unified error of ``bridge.wrap``
+  (429 with ``Retry-After``: ``provider/rate_limited``; 5xx: ``provider/unavailable``);
+  a body that is not JSON or larger than :data:`MAX_RESPONSE_BYTES` is
+  ``provider/invalid_response``. Redirects are not followed (a 3xx is an error).
 
 The layer is the outermost of a tool's policies. When every option fails (or is skipped),
 the call fails with ``runtime/all_fallbacks_failed``: ``attempted_options``, the operation
@@ -22,6 +30,7 @@ import json
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -34,8 +43,13 @@ if TYPE_CHECKING:
 _MISSING = object()
 
 
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024  # an endpoint's answer, read at most
+DEFAULT_ENDPOINT_TIMEOUT = 10.0
+MAX_URL_CHARS = 2048
+
+
 class FallbackOption(BaseModel):
-    """One alternative: exactly one of ``tool``, ``value``, ``cached``."""
+    """One alternative: exactly one of ``tool``, ``value``, ``cached``, ``endpoint``."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -43,16 +57,66 @@ class FallbackOption(BaseModel):
     value: JsonValue = None
     cached: bool = False
     max_age: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
+    endpoint: str | None = Field(None, min_length=1, max_length=MAX_URL_CHARS)
+    timeout: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_kind(self) -> FallbackOption:
-        kinds = [self.tool is not None, "value" in self.model_fields_set, self.cached]
+        kinds = [self.tool is not None, "value" in self.model_fields_set, self.cached,
+                 self.endpoint is not None]
         if sum(kinds) != 1:
             raise ValueError("a fallback option is one of {tool = ...}, {value = ...}, "
-                             "{cached = true}")
+                             "{cached = true}, {endpoint = ...}")
         if self.max_age is not None and not self.cached:
             raise ValueError("max_age is for a {cached = true} option")
+        if self.timeout is not None and self.endpoint is None:
+            raise ValueError("timeout is for an {endpoint = ...} option")
+        if self.endpoint is not None:
+            _check_url(self.endpoint)
+            if not httpx_installed():
+                raise ValueError("an {endpoint = ...} fallback needs httpx, which is not "
+                                 "installed (pip install httpx)")
         return self
+
+    @property
+    def label(self) -> str:
+        """The option as a recovery event names it: the tool, ``value``, ``cached`` or
+        ``endpoint <url>`` (without query, fragment or credentials: they may be secret)."""
+        if self.tool is not None:
+            return self.tool
+        if self.endpoint is not None:
+            return f"endpoint {_public_url(self.endpoint)}"
+        return "cached" if self.cached else "value"
+
+
+def httpx_installed() -> bool:
+    """Whether ``httpx`` can be imported (an endpoint option needs it)."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_url(url: str) -> None:
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        raise ValueError("an endpoint URL has no spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is no number or out of range
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"an endpoint is an http:// or https:// URL, not "
+                         f"{parts.scheme + ':' if parts.scheme else 'a relative one'}")
+    if not parts.hostname:
+        raise ValueError("an endpoint URL names a host")
+
+
+def _public_url(url: str) -> str:
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class Fallback(Policy):
@@ -124,9 +188,16 @@ class FallbackLayer:
         if option.tool is not None:
             if self.is_open(option.tool):
                 return _MISSING  # unavailable: its breaker is open
-            run.record_recovery("fallback", call.name, len(errors), last, option=option.tool)
+            run.record_recovery("fallback", call.name, len(errors), last, option=option.label)
             try:
                 return run.call_tool(option.tool, call)
+            except SpellError as err:
+                errors.append(err)
+                return _MISSING
+        if option.endpoint is not None:
+            run.record_recovery("fallback", call.name, len(errors), last, option=option.label)
+            try:
+                return _post(option, call)
             except SpellError as err:
                 errors.append(err)
                 return _MISSING
@@ -151,6 +222,52 @@ def all_fallbacks_failed(operation: str, errors: list[SpellError], attempted: in
     return SpellError(category="runtime", kind="all_fallbacks_failed",
                       attempted_options=attempted, operation=operation,
                       errors=[err.to_dict() for err in errors], cause=errors[0])
+
+
+def _post(option: FallbackOption, call: ToolCall) -> Any:
+    """POST the call's parameters to ``option.endpoint``; its JSON answer as script data."""
+    import httpx
+
+    from bridge import ProviderError, ToolError
+    from bridge.data import TooDeep, read_json
+    from bridge.jsontext import json_text
+    from host.calls import as_spell_error
+    from host.data import to_script_data
+
+    url = option.endpoint
+    assert url is not None
+    where = _public_url(url)
+    host = urlsplit(url).hostname or ""
+    limit = min(option.timeout or DEFAULT_ENDPOINT_TIMEOUT, call.time_left)
+    if limit <= 0:
+        raise ToolError.Timeout(tool_name=call.name, duration=0.0)
+    deadline = time.monotonic() + limit
+    body = bytearray()
+    try:
+        with httpx.Client(timeout=limit, follow_redirects=False) as client, \
+                client.stream("POST", url, content=json_text(call.params).encode(),
+                              headers={"content-type": "application/json",
+                                       "accept": "application/json"}) as response:
+            response.raise_for_status()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise ProviderError.InvalidResponse(
+                        provider=host, reason=f"the answer of {where} is larger than "
+                                              f"{MAX_RESPONSE_BYTES} bytes")
+                if time.monotonic() > deadline:  # a server dripping its answer
+                    raise httpx.ReadTimeout("the answer took longer than the timeout",
+                                            request=response.request)
+    except httpx.HTTPError as exc:
+        raise as_spell_error(call, exc) from exc
+    try:
+        result = read_json(bytes(body))
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        why = "nested too deeply" if isinstance(exc, TooDeep) else "not JSON"
+        raise ProviderError.InvalidResponse(
+            provider=host, reason=f"the answer of {where} is {why} ({exc})",
+            response_excerpt=bytes(body[:200]).decode("utf-8", "replace")) from None
+    return to_script_data(result, call.caller)
 
 
 def _key(params: Any) -> str | None:
