@@ -204,6 +204,7 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None
         if own is not None:
             policies[item.name] = own
     if given is None:
+        _check_health_checks(tools, policies)
         return policies
     if not isinstance(given, Mapping):
         raise ConfigurationError.InvalidValue(
@@ -218,6 +219,7 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None
                 reason=f"recovery names a tool that does not exist: {name!r}")
         policy = parse_recovery(name, data, ToolRecovery)
         policies[name] = policies[name].merged(policy) if name in policies else policy
+    _check_health_checks(tools, policies)
     for name, policy in policies.items():
         for other in policy.fallback.tools() if policy.fallback is not None else []:
             if tools.get(other) is None or other == name:
@@ -226,6 +228,20 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None
                     key=f"{name}.fallback", value=other,
                     reason=f"{name}.fallback names a tool that {why}: {other!r}")
     return policies
+
+
+def _check_health_checks(tools: ToolRegistry, policies: Mapping[str, ToolRecovery]) -> None:
+    """A breaker's ``health_check`` names a Python tool of the host: it is called outside
+    any run, where a tools file's function cannot run."""
+    for name, policy in policies.items():
+        check = policy.breaker.health_check if policy.breaker is not None else None
+        if check is not None and not isinstance(tools.get(check), Tool):
+            why = ("does not exist" if tools.get(check) is None else
+                   "is not a Python tool (a health check is called outside any run, where "
+                   "a tools file's function cannot run)")
+            raise ConfigurationError.InvalidValue(
+                key=f"{name}.breaker.health_check", value=check,
+                reason=f"{name}.breaker.health_check names a tool that {why}: {check!r}")
 
 
 def _read_script(path: Path) -> str:

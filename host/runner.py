@@ -382,7 +382,7 @@ class ScriptRun:
                 from host.recovery import Breakers
 
                 self.breakers = Breakers()
-            own = policy.layers(name, self.breakers, self.caches)
+            own = policy.layers(name, self.breakers, self.caches, self.tools)
         # a host's layer may answer in a tool's place: what it returns must be data a
         # script can hold, checked like a tool's result (no check without them: fast path)
         checked = [script_data] if self.layers else []

@@ -51,9 +51,15 @@ Wiring (what a host does)::
     host.breakers.snapshot()            # {"search": {"state": ..., counts...}}
     host.breakers.reset("search"); host.breakers.force_open("search")
 
-Not active yet: ``health_check`` (a tool name) and ``health_check_interval`` are accepted
-and validated, but nothing calls the health check while the breaker is open; the breaker
-leaves open only through ``recovery_timeout`` (or :meth:`Breakers.reset`).
+Active health check: with ``health_check = "tool_name"`` (a Python tool of the host), while
+the breaker is open a daemon thread calls that tool every ``health_check_interval`` seconds
+with no parameters (``{}``), outside any run, within the tool's own timeout (else the
+interval); the first call that returns without raising closes the breaker (announced as
+any change). The thread holds the breaker only by a weak reference: it ends when the
+breaker closes (at once) or when the host that holds it is collected (within an interval). A
+check still running when the next is due makes that one skip: at most one check in flight
+per breaker, a check that never returns costs one thread. A breaker forced open without a
+duration is not closed by its health check (only :meth:`Breakers.reset` closes it).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -118,7 +125,8 @@ class CircuitBreaker(Policy):
     ``failure_ratio`` (None: off), ``window`` (seconds) and ``minimum_calls`` open it on
     the share of failed calls; ``recovery_timeout`` seconds later it is half-open and
     admits ``half_open_calls`` probes at a time; ``success_threshold`` successful probes
-    close it. ``health_check``/``health_check_interval`` are accepted but not active yet.
+    close it. While it is open, ``health_check`` (a Python tool's name) is called every
+    ``health_check_interval`` seconds, and its first success closes it.
     """
 
     policy_name: ClassVar[str] = "breaker"
@@ -202,11 +210,19 @@ class Breaker:
 
     def __init__(self, name: str, policy: CircuitBreaker, *,
                  clock: Callable[[], float] = time.monotonic,
-                 on_change: Listener | None = None) -> None:
+                 on_change: Listener | None = None,
+                 health: HealthCheck | None = None,
+                 health_timeout: float | None = None) -> None:
         self.name = name
         self.policy = policy
         self.clock = clock
         self.on_change = on_change
+        # the active health check (policy.health_check's tool, callable with no arguments)
+        self.health = health
+        self.health_timeout = health_timeout or policy.health_check_interval
+        self._checker: threading.Thread | None = None  # its thread, while there is one
+        self._checks_wake = threading.Event()  # ends the checker's wait at once
+        weakref.finalize(self, self._checks_wake.set)  # the breaker is gone: it ends too
         self._lock = threading.Lock()
         self._phase: _Phase = (CLOSED, 0, math.inf)
         self._fast: Permit | None = (0, False)  # the permit while closed, else None
@@ -363,8 +379,36 @@ class Breaker:
         self._enter(CLOSED, math.inf)
 
     def _announce(self, old: State, new: State) -> None:
+        if new == OPEN:
+            self._start_health_checks()
+        elif new == CLOSED:
+            self._checks_wake.set()
         if self.on_change is not None:
             self.on_change(self.name, old, new)
+
+    # -- the active health check ---------------------------------------------------------
+
+    def _start_health_checks(self) -> None:
+        """Start the checker thread, unless there is no check or it runs already."""
+        if self.health is None or self.policy.health_check is None:
+            return
+        with self._lock:
+            if self._checker is not None:
+                return
+            thread = self._checker = threading.Thread(
+                target=_check_while_open,
+                args=(weakref.ref(self), self._checks_wake, self.policy.health_check_interval),
+                name=f"polyspell health check {self.name}", daemon=True)
+        thread.start()
+
+    def _healthy(self, generation: int) -> None:
+        """The health check succeeded in ``generation``: close, if nothing changed since."""
+        with self._lock:
+            state, now_generation, _ = self._phase
+            if state != OPEN or now_generation != generation or self._forced:
+                return
+            self._close()
+        self._announce(OPEN, CLOSED)
 
     # -- by hand -------------------------------------------------------------------------
 
@@ -414,6 +458,56 @@ class Breaker:
                 "successes": self._successes,
                 "failures": self._failures,
             }
+
+
+# -- the active health check ----------------------------------------------------------------
+
+HealthCheck = Callable[[], Any]  # the check: returns (healthy) or raises (not yet)
+
+
+def _check_while_open(ref: weakref.ref[Breaker], wake: threading.Event,
+                      interval: float) -> None:
+    """The checker thread of a breaker (see the module docstring): it holds the breaker
+    only while it looks at it, so that a host dropped takes its breakers along."""
+    pending: threading.Thread | None = None  # a check still running
+    while True:
+        wake.wait(interval)
+        breaker = ref()
+        if breaker is None:
+            return
+        with breaker._lock:
+            state, generation, _ = breaker._phase
+            if state == CLOSED:
+                breaker._checker = None  # under the lock: a reopening starts a new one
+                return
+            wake.clear()
+            due = state == OPEN and not breaker._forced and breaker.health is not None
+        check, timeout = breaker.health, breaker.health_timeout
+        del breaker  # not held while the check runs or while waiting
+        if not due or (pending is not None and pending.is_alive()):
+            continue
+        done = threading.Event()
+        healthy: list[bool] = []
+        pending = threading.Thread(target=_run_check, args=(check, healthy, done),
+                                   name="polyspell health check call", daemon=True)
+        pending.start()
+        del check
+        if done.wait(timeout) and healthy:
+            breaker = ref()
+            if breaker is None:
+                return
+            breaker._healthy(generation)
+            del breaker
+
+
+def _run_check(check: HealthCheck, healthy: list[bool], done: threading.Event) -> None:
+    try:
+        check()
+        healthy.append(True)
+    except BaseException:  # any failure: not healthy yet
+        pass
+    finally:
+        done.set()
 
 
 # -- the layer ------------------------------------------------------------------------------
@@ -489,11 +583,15 @@ class Breakers:
         self._breakers: dict[str, Breaker] = {}
         self._lock = threading.Lock()
 
-    def breaker(self, name: str, policy: CircuitBreaker) -> Breaker:
+    def breaker(self, name: str, policy: CircuitBreaker, *,
+                health: HealthCheck | None = None,
+                health_timeout: float | None = None) -> Breaker:
         """The breaker of tool ``name``, made with ``policy`` on first use.
 
         The same name always gives the same breaker; a different policy for it is
-        refused (one tool, one breaker state, one policy).
+        refused (one tool, one breaker state, one policy). ``health`` is the call of the
+        policy's ``health_check`` tool (``health_timeout``: its time limit), kept by the
+        breaker the first time it is given.
         """
         with self._lock:
             found = self._breakers.get(name)
@@ -502,11 +600,17 @@ class Breakers:
                                                        on_change=self.on_change)
             elif found.policy != policy:
                 raise ValueError(f"tool {name!r} already has a breaker with another policy")
+            if found.health is None and health is not None:
+                found.health_timeout = health_timeout or policy.health_check_interval
+                found.health = health
             return found
 
-    def layer_for(self, name: str, policy: CircuitBreaker) -> BreakerLayer:
+    def layer_for(self, name: str, policy: CircuitBreaker, *,
+                  health: HealthCheck | None = None,
+                  health_timeout: float | None = None) -> BreakerLayer:
         """The layer that puts tool ``name``'s breaker in its pipeline."""
-        return BreakerLayer(self.breaker(name, policy))
+        return BreakerLayer(self.breaker(name, policy, health=health,
+                                         health_timeout=health_timeout))
 
     def __getitem__(self, name: str) -> Breaker:
         return self._breakers[name]

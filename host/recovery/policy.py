@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -26,11 +28,13 @@ class ToolRecovery(BaseModel):
     timeout: Timeout | None = None
     fallback: Fallback | None = None
 
-    def layers(self, name: str, breakers: Breakers, caches: dict[str, Cache]) -> list[Layer]:
+    def layers(self, name: str, breakers: Breakers, caches: dict[str, Cache],
+               tools: Any = None) -> list[Layer]:
         """The layers of tool ``name``'s policies, outermost first: fallback (its cache of
         good results in ``caches``), total timeout, retry, circuit breaker (its state in
         ``breakers``), attempt timeout (Polly v8's order). ``breakers`` and ``caches`` are
-        the host's, shared by its runs."""
+        the host's, shared by its runs; ``tools`` (the host's registry) gives the
+        breaker's health check tool."""
         from host.calls import Timeouts
 
         timeout = self.timeout or Timeout()
@@ -44,7 +48,11 @@ class ToolRecovery(BaseModel):
         if self.retry is not None:
             layers.append(self.retry.layer())
         if self.breaker is not None:
-            layers.append(breakers.layer_for(name, self.breaker))
+            check = tools.get(self.breaker.health_check) if (
+                tools is not None and self.breaker.health_check is not None) else None
+            layers.append(breakers.layer_for(
+                name, self.breaker, health=None if check is None else health_call(check),
+                health_timeout=getattr(check, "timeout", None)))
         if timeout.attempt is not None:
             layers.append(Timeouts(timeout.attempt))
         return layers
@@ -53,3 +61,17 @@ class ToolRecovery(BaseModel):
         """These policies with each one ``more_specific`` sets put in its place."""
         return self.model_copy(update={name: getattr(more_specific, name)
                                        for name in more_specific.model_fields_set})
+
+
+def health_call(tool: Any) -> Callable[[], Any]:
+    """A Python tool called with no parameters (``{}``), outside any run: a breaker's
+    health check (an async tool runs on an event loop of its own)."""
+    def check() -> Any:
+        args, kwargs = tool.arguments(tool.validate({}))
+        if tool.is_async:
+            import anyio
+
+            return anyio.run(functools.partial(tool.fn, *args, **kwargs))
+        return tool.fn(*args, **kwargs)
+
+    return check
