@@ -168,7 +168,7 @@ CALLS = []
 def flaky(fail: int) -> str:
     CALLS.append(1)
     if len(CALLS) <= fail:
-        raise ConnectionError("not yet")
+        raise RuntimeError("not yet")
     return "up"
 '''
 
@@ -194,12 +194,12 @@ def test_run_json_adds_the_history_beside_the_result_or_the_error(cli_files, scr
     ok = _run_json(cli_files, script, 2)
     assert ok["ok"] and ok["result"] == "up"
     assert [(e["action"], e["tool"], e["attempt"], e["error"]) for e in ok["recovery"]] == \
-        [("retry", "flaky", 1, "network/connection"), ("retry", "flaky", 2,
-                                                       "network/connection")]
+        [("retry", "flaky", 1, "tool/execution_failed"),
+         ("retry", "flaky", 2, "tool/execution_failed")]
     plain = _run_json(cli_files, script, 0)
     assert set(plain) == {"ok", "result"}  # nothing recovered, nothing added
     failed = _run_json(cli_files, script, 5)
-    assert not failed["ok"] and failed["error"]["category"] == "network"
+    assert not failed["ok"] and failed["error"]["kind"] == "execution_failed"
     assert [e["attempt"] for e in failed["recovery"]] == [1, 2]
     assert failed["error"]["context"]["metadata"]["recovery"] == failed["recovery"]
 
@@ -209,7 +209,7 @@ def test_run_text_shows_the_recovery_block_under_the_traceback(cli_files):
                     "fail=5", cwd=cli_files)
     assert out.returncode != 0
     assert out.stderr.rstrip().endswith(
-        "recovery: flaky retried 2x (1 s; network/connection)")  # retry_after: 1 s floor
+        "recovery: flaky retried 2x (0.01 s; tool/execution_failed)")
 
 
 # -- the plan report ----------------------------------------------------------------------
@@ -250,3 +250,10 @@ def test_the_plan_report_keeps_each_tasks_history_and_its_own_retries(tmp_path):
     line = next(line for line in text.splitlines() if line.startswith("recovery in "))
     assert line == ("recovery in wobble: wobbly retried 2x (0.01 s; tool/execution_failed)")
     assert textwrap.dedent(text).count("recovery in ") == 1
+
+
+def test_run_text_says_on_stderr_what_recovery_did_for_a_result(cli_files):
+    out = polyspell("run", cli_files / "call.js", "--tools", cli_files / "tools.py",
+                    "fail=1", cwd=cli_files)
+    assert (out.returncode, out.stdout) == (0, '"up"\n')
+    assert out.stderr == "recovery: flaky retried 1x (0.01 s; tool/execution_failed)\n"
