@@ -110,8 +110,12 @@ def _action_text(action: str, events: list[dict]) -> str:
             waited = f"{first} → {last}; " if count > 1 and first != last else f"{first}; "
         return f"retried {count}x ({waited}{why})"
     if action == "fallback":
-        options = [_option_text(e.get("option")) for e in events]
-        named = options[:MAX_FALLBACKS_NAMED]
+        options: dict[str, int] = {}  # option -> times, in the order first used
+        for event in events:
+            option = _option_text(event.get("option"))
+            options[option] = options.get(option, 0) + 1
+        named = [f"{option} ({times}x)" if times > 1 else option
+                 for option, times in list(options.items())[:MAX_FALLBACKS_NAMED]]
         more = len(options) - len(named)
         text = "fell back to " + ", then to ".join(named)
         return text + (f" and {more} more options" if more else "") + f" ({why})"

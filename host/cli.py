@@ -242,11 +242,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": True, "result": result, **_recovery_json(run)})
     else:
-        if run.recovery:  # it worked, but not at once: say so where diagnostics go
-            from bridge.render import recovery_summary
-
-            for line in recovery_summary(run.recovery, run.recovery.dropped):
-                print(line, file=sys.stderr)
         print_json(result, indent=2)
     return EXIT_OK
 

@@ -252,8 +252,11 @@ def test_the_plan_report_keeps_each_tasks_history_and_its_own_retries(tmp_path):
     assert textwrap.dedent(text).count("recovery in ") == 1
 
 
-def test_run_text_says_on_stderr_what_recovery_did_for_a_result(cli_files):
-    out = polyspell("run", cli_files / "call.js", "--tools", cli_files / "tools.py",
-                    "fail=1", cwd=cli_files)
-    assert (out.returncode, out.stdout) == (0, '"up"\n')
-    assert out.stderr == "recovery: flaky retried 1x (0.01 s; tool/execution_failed)\n"
+
+def test_fallbacks_to_the_same_option_are_counted_not_repeated():
+    events = [recovery_event("fallback", "forecast", 1, "network/connection",
+                             option="forecast_backup") for _ in range(4)]
+    events.append(recovery_event("fallback", "forecast", 2, "tool/timeout", option="value"))
+    assert recovery_summary(events) == [
+        "recovery: forecast fell back to forecast_backup (4x), then to a default value "
+        "(network/connection, tool/timeout)"]
