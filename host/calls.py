@@ -241,7 +241,7 @@ def ends_the_run(exc: BaseException) -> bool:
 
 
 def run_python(call: ToolCall, fn: Callable[..., Any], args: tuple, kwargs: dict,
-               is_async: bool) -> Any:
+               is_async: bool, *, interruptible: bool = False) -> Any:
     """Call a Python tool's function for ``call``, within ``call.deadline``.
 
     The one place a Python function runs for a script: a sync function on the run's own
@@ -249,7 +249,8 @@ def run_python(call: ToolCall, fn: Callable[..., Any], args: tuple, kwargs: dict
     fast path), else on a pooled daemon thread waited for until the deadline; an async
     function on the host's event loop, cancelled at the deadline. Past the deadline it
     raises :class:`DeadlineReached`; a stop request ends the wait for a timed sync tool or
-    an async one with the stop's reason.
+    an async one with the stop's reason. ``interruptible`` runs a sync function on a
+    worker even under the run's deadline alone, so that a stop request ends the wait.
     """
     run = call.run
     if is_async:
@@ -257,7 +258,7 @@ def run_python(call: ToolCall, fn: Callable[..., Any], args: tuple, kwargs: dict
     control = run.control
     control.in_tool_kind = "sync"  # nothing stops this thread before the tool returns
     try:
-        if call.deadline >= run.deadline:
+        if call.deadline >= run.deadline and not interruptible:
             return fn(*args, **kwargs)
         return _WORKERS.run(fn, args, kwargs, call.deadline, control)
     finally:

@@ -148,9 +148,11 @@ def test_the_calls_deadline_bounds_the_timeout(server):
                 recovery={"service": {"fallback": [{"endpoint": f"{server}/slow",
                                                     "timeout": 30}]}})
     began = time.monotonic()
-    with pytest.raises(SpellError):
+    with pytest.raises(SpellError) as info:
         host.run_source(CALL["lua"], "lua")
     assert time.monotonic() - began < 2
+    err = info.value  # the run's time limit, not an option's failure
+    assert (err.code, err.fields["resource_type"]) == ("script/resource_exhaustion", "time")
 
 
 @pytest.mark.parametrize("path,why", [("/text", "is not JSON"),
@@ -210,3 +212,29 @@ def test_without_httpx_an_endpoint_option_is_a_configuration_error(monkeypatch):
         Host([tool(service)], recovery={"service": {"fallback": [{"endpoint": "http://x"}]}})
     assert info.value.code == "configuration/invalid_value"
     assert "needs httpx, which is not installed (pip install httpx)" in info.value.message
+
+
+def test_a_stop_request_ends_the_wait_for_a_slow_endpoint(server, language):
+    import anyio
+
+    from bridge import AsyncExecutionError
+
+    run = _host(f"{server}/slow", timeout=30).new_run_source(CALL[language], language)
+    stop = AsyncExecutionError.TaskCancelled(task_id="t", reason="enough",
+                                             cancellation_source="caller")
+
+    async def main() -> float:
+        began = time.monotonic()
+        async with anyio.create_task_group() as group:
+            async def cancel() -> None:
+                await anyio.sleep(0.3)
+                run.cancel(stop)
+
+            group.start_soon(cancel)
+            with pytest.raises(SpellError) as info:
+                await run.execute()
+        assert info.value is stop  # not an option's failure: no other option was tried
+        return time.monotonic() - began
+
+    assert anyio.run(main) < 1.5
+    assert [e["option"] for e in run.recovery] == [f"endpoint {server}/slow"]

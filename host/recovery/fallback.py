@@ -192,6 +192,8 @@ class FallbackLayer:
             try:
                 return run.call_tool(option.tool, call)
             except SpellError as err:
+                if err is run.control.reason:  # the run is stopping: no more options
+                    raise
                 errors.append(err)
                 return _MISSING
         if option.endpoint is not None:
@@ -199,6 +201,8 @@ class FallbackLayer:
             try:
                 return _post(option, call)
             except SpellError as err:
+                if err is run.control.reason:
+                    raise
                 errors.append(err)
                 return _MISSING
         if option.cached:
@@ -225,10 +229,40 @@ def all_fallbacks_failed(operation: str, errors: list[SpellError], attempted: in
 
 
 def _post(option: FallbackOption, call: ToolCall) -> Any:
-    """POST the call's parameters to ``option.endpoint``; its JSON answer as script data."""
+    """POST the call's parameters to ``option.endpoint``; its JSON answer as script data.
+
+    The request runs as a Python tool does (:func:`host.calls.run_python`), within its
+    own deadline: a stop request of the run ends the wait at once (the request finishes
+    in the background, within its timeout)."""
+    import dataclasses
+
+    from bridge import NetworkError, ScriptError, ToolError
+    from host.calls import DeadlineReached, run_python
+
+    limit = min(option.timeout or DEFAULT_ENDPOINT_TIMEOUT, call.time_left)
+    if limit <= 0:
+        raise ToolError.Timeout(tool_name=call.name, duration=0.0)
+    deadline = time.monotonic() + limit
+    timed = dataclasses.replace(call, deadline=min(call.deadline, deadline))
+    try:
+        return run_python(timed, _request, (option, call, limit, deadline), {}, False,
+                          interruptible=True)
+    except DeadlineReached as reached:
+        run = call.run
+        if reached.deadline >= run.deadline:  # the run's time limit, as at any tool call
+            raise ScriptError.ResourceExhaustion(
+                language=run.language, resource_type="time",
+                limit=run.limits.timeout) from None
+        if reached.deadline != deadline:
+            raise  # an outer layer's deadline came first: that layer reports it
+        raise NetworkError.Timeout(endpoint=_public_url(option.endpoint or ""),
+                                   duration=round(limit, 3)) from None
+
+
+def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: float) -> Any:
     import httpx
 
-    from bridge import ProviderError, ToolError
+    from bridge import ProviderError
     from bridge.data import TooDeep, read_json
     from bridge.jsontext import json_text
     from host.calls import as_spell_error
@@ -238,10 +272,6 @@ def _post(option: FallbackOption, call: ToolCall) -> Any:
     assert url is not None
     where = _public_url(url)
     host = urlsplit(url).hostname or ""
-    limit = min(option.timeout or DEFAULT_ENDPOINT_TIMEOUT, call.time_left)
-    if limit <= 0:
-        raise ToolError.Timeout(tool_name=call.name, duration=0.0)
-    deadline = time.monotonic() + limit
     body = bytearray()
     try:
         with httpx.Client(timeout=limit, follow_redirects=False) as client, \
