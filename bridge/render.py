@@ -156,7 +156,34 @@ def _render_one(err: SpellError, verbose: bool, color: bool) -> str:
     if err.raised_by_script:
         message += SCRIPT_RAISED_NOTE
     lines.append(f"{_paint(err.code, 'code', color)}: {message}")
+    if err.code == "runtime/all_fallbacks_failed":
+        tried = _options_tried(err.fields.get("errors"), err.fields.get("operation"))
+        if tried:
+            lines.append(_paint(f"  errors in the order tried: {tried}", "note", color))
     return "\n".join(lines)
+
+
+def _options_tried(errors: object, operation: object) -> str:
+    """``network/connection (search), tool/timeout (search_backup)``: the errors of an
+    ``all_fallbacks_failed`` (its ``fields.errors``, any JSON; the first is the
+    operation's own), bounded."""
+    if not isinstance(errors, list):
+        return ""
+    parts = []
+    for n, entry in enumerate(errors[:MAX_RECOVERY_TOOLS]):
+        if not isinstance(entry, dict):
+            parts.append("?")
+            continue
+        code = _short(f"{entry.get('category', '?')}/{entry.get('kind', '?')}")
+        fields = entry.get("fields") if isinstance(entry.get("fields"), dict) else {}
+        name = next((fields[key] for key in ("tool_name", "provider", "endpoint", "service")
+                     if isinstance(fields.get(key), str) and fields[key]), None)
+        if name is None and n == 0 and isinstance(operation, str) and operation:
+            name = operation
+        parts.append(f"{code} ({_short(name)})" if name else code)
+    if len(errors) > MAX_RECOVERY_TOOLS:
+        parts.append(f"and {len(errors) - MAX_RECOVERY_TOOLS} more")
+    return ", ".join(parts)
 
 
 def _frame_lines(frames: list[Frame], color: bool = False) -> list[str]:

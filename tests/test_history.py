@@ -72,6 +72,8 @@ def test_the_traceback_ends_with_a_summary_per_tool(language):
         "\nrecovery: search retried 2x (0.01 s → 0.02 s; tool/execution_failed), then fell "
         "back to search_backup (tool/execution_failed)")
     assert text.count("recovery:") == 1  # once, although the cause carries a history too
+    assert "\n  errors in the order tried: tool/execution_failed (search), " \
+           "tool/execution_failed (search_backup)\n" in text
     assert len(err.context.metadata["recovery"]) == 3
 
 
@@ -135,6 +137,19 @@ def test_any_history_read_back_from_json_renders_bounded(events):
     lines = err.to_text().splitlines()
     assert len(lines) <= 12
     assert all(len(line) < 400 for line in lines)
+
+
+def test_the_errors_of_all_fallbacks_failed_are_listed_bounded_whatever_they_are():
+    err = SpellError.from_dict({
+        "category": "runtime", "kind": "all_fallbacks_failed",
+        "fields": {"attempted_options": 3, "operation": "op",
+                   "errors": [{"category": "x" * 500, "fields": []}, 7,
+                              {"category": "tool", "kind": "timeout",
+                               "fields": {"tool_name": "t"}}] * 100}})
+    (line,) = [line for line in err.to_text().splitlines() if "order tried" in line]
+    cut = "x" * 79 + "…"  # a code of 500 characters (kind missing): cut at 80
+    assert line == (f"  errors in the order tried: {cut} (op), ?, tool/timeout (t), "
+                    f"{cut}, ?, tool/timeout (t), {cut}, ?, and 292 more")
 
 
 def test_the_summary_names_each_kind_of_event():
