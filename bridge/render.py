@@ -130,7 +130,7 @@ def _action_text(action: str, events: list[dict]) -> str:
 
 def _option_text(option: object) -> str:
     if not isinstance(option, str):
-        return "an option"
+        return "the next option"
     return _OPTION_NAMES.get(option) or _short(option)
 
 
