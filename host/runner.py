@@ -61,7 +61,7 @@ from host.calls import (
 )
 from host.control import RunControl
 from host.data import crossing
-from host.history import MAX_EVENTS, RecoveryHistory, recovery_event
+from host.history import RecoveryHistory, recovery_event
 from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, preview
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
@@ -72,7 +72,6 @@ if TYPE_CHECKING:  # pydantic is imported when the first policy is made
 # (with the script line it stopped at) before it reports it without.
 DEADLINE_GRACE = 0.25
 # Events kept in a run's recovery history (run.recovery); later ones are only counted.
-MAX_RECOVERY_EVENTS = MAX_EVENTS
 # Tools files calling each other (JS -> Lua -> JS ...) nest no deeper than this.
 MAX_TOOL_DEPTH = 64
 
@@ -395,11 +394,6 @@ class ScriptRun:
         :mod:`host.history`) and return it."""
         return self.recovery.add(recovery_event(action, tool, attempt, err.code, delay,
                                                 option))
-
-    @property
-    def recovery_dropped(self) -> int:
-        """Events left out of :attr:`recovery` (it keeps ``MAX_RECOVERY_EVENTS``)."""
-        return self.recovery.dropped
 
     def attach_recovery(self, err: SpellError) -> None:
         """Attach the run's recovery history so far to an error that escapes recovery:

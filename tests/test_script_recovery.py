@@ -12,8 +12,8 @@ import pytest
 
 from bridge import ProviderError, SpellError
 from host import Coordinator, Host, Plan, Task, tool
+from host.history import MAX_EVENTS
 from host.recovery.script import MAX_SESSIONS
-from host.runner import MAX_RECOVERY_EVENTS
 from tests.conftest import EXTENSION, pick
 
 
@@ -359,7 +359,7 @@ def test_a_script_retrying_in_a_loop_stops_at_its_time_limit(language):
 
 def test_the_history_and_the_sessions_stay_bounded(language):
     per_call = 100
-    loops = MAX_RECOVERY_EVENTS // (per_call - 1) + 5
+    loops = MAX_EVENTS // (per_call - 1) + 5
     source = pick(
         language,
         f"for i = 1, {loops} do pcall(recovery.retry, function() error('x') end,"
@@ -373,8 +373,8 @@ def test_the_history_and_the_sessions_stay_bounded(language):
         " return 'done'; }")
     result, run = _run(Host(), source, language)
     assert result == "done"
-    assert len(run.recovery) == MAX_RECOVERY_EVENTS
-    assert run.recovery_dropped == loops * (per_call - 1) - MAX_RECOVERY_EVENTS
+    assert len(run.recovery) == MAX_EVENTS
+    assert run.recovery.dropped == loops * (per_call - 1) - MAX_EVENTS
     assert len(run._script_recovery.sessions) <= MAX_SESSIONS
 
 
