@@ -14,7 +14,16 @@ if TYPE_CHECKING:
     from host.coordinator import Coordinator, PlanReport, TaskReport
     from host.host import Host
     from host.plan import Plan, Task, load_plan
-    from host.recovery import Breakers, CircuitBreaker, Fallback, Retry, Timeout, ToolRecovery
+    from host.recovery import (
+        Breakers,
+        CircuitBreaker,
+        Degradation,
+        DegradationLevel,
+        Fallback,
+        Retry,
+        Timeout,
+        ToolRecovery,
+    )
     from host.tools import Tool, ToolRegistry, tool
 
 _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
@@ -24,6 +33,7 @@ _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "Retry": "host.recovery", "ToolRecovery": "host.recovery",
             "CircuitBreaker": "host.recovery", "Breakers": "host.recovery",
             "Timeout": "host.recovery", "Fallback": "host.recovery",
+            "Degradation": "host.recovery", "DegradationLevel": "host.recovery",
             "ToolCall": "host.calls", "Layer": "host.calls",
             "wrap": "bridge"}  # the table of tool exceptions -> unified errors
 
@@ -36,6 +46,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'host' has no attribute {name!r}")
 
 
-__all__ = ["Breakers", "CircuitBreaker", "Coordinator", "Fallback", "Host", "Layer", "Plan",
-           "PlanReport", "Retry", "Task", "TaskReport", "Timeout", "Tool", "ToolCall",
-           "ToolRecovery", "ToolRegistry", "load_plan", "tool", "wrap"]
+__all__ = ["Breakers", "CircuitBreaker", "Coordinator", "Degradation", "DegradationLevel",
+           "Fallback", "Host", "Layer", "Plan", "PlanReport", "Retry", "Task", "TaskReport",
+           "Timeout", "Tool", "ToolCall", "ToolRecovery", "ToolRegistry", "load_plan", "tool",
+           "wrap"]

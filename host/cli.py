@@ -236,13 +236,16 @@ def _run(args: argparse.Namespace) -> int:
         run = host.new_run(args.script, script_args)  # its recovery history is reported
         result = anyio.run(run.execute)
     except SpellError as err:
-        return _report_failure(err, args, run)
+        code = _report_failure(err, args, run)
+        _report_degraded(run)
+        return code
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
         return _report_failure(_internal_error(exc), args, run)
     if args.json:
         print_json({"ok": True, "result": result, **_recovery_json(run)})
     else:
         print_json(result, indent=2)
+    _report_degraded(run)
     return EXIT_OK
 
 
@@ -250,6 +253,26 @@ def _recovery_json(run: Any) -> dict[str, Any]:
     """``"recovery"`` (and ``"recovery_dropped"``) of run --json, when recovery acted."""
     history = getattr(run, "recovery", None)
     return history.as_json() if history else {}
+
+
+def _report_degraded(run: Any) -> None:
+    """One line on stderr per tool that answered degraded in ``run`` (see
+    :mod:`host.recovery.degrade`): what it answered and why."""
+    if run is None:
+        return
+    import json
+
+    for tool, why in run.degraded_reasons.items():
+        policy = run.recovery_policies.get(tool)
+        value = json.dumps(policy.degraded if policy is not None else None,
+                           ensure_ascii=False, default=str)
+        if len(value) > 60:
+            value = value[:57] + "..."
+        distinct = ", ".join(why)
+        times = sum(why.values())
+        calls = f"{times} calls: " if times > 1 else ""
+        print(f"polyspell: ran degraded: {tool} answered {value} ({calls}{distinct})",
+              file=sys.stderr)
 
 
 def _internal_error(exc: Exception) -> Any:
@@ -381,6 +404,9 @@ def format_plan_report(report: Any, *, verbose: bool = False, color: bool = Fals
         lines.append(f"root causes: {', '.join(report.root_causes)}")
     if report.propagation:
         lines.append(f"propagation: {', '.join(report.propagation)}")
+    degraded = [f"{t.id} ({', '.join(t.degraded)})" for t in report.tasks if t.degraded]
+    if degraded:
+        lines.append(f"ran degraded: {', '.join(degraded)}")
     if report.representative_task:
         lines.append(f"representative error: {report.representative_task}")
     recovered = [t for t in report.tasks if t.recovery]

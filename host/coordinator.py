@@ -88,6 +88,7 @@ class TaskReport(BaseModel):
     # events; a task retry's "tool" is the task's script), and how many were left out
     recovery: list[dict[str, Any]] = []
     recovery_dropped: int = 0
+    degraded: list[str] = []  # the tools that answered degraded in its last try
 
 
 class PlanReport(BaseModel):
@@ -365,6 +366,7 @@ class _TaskState:
     run: ScriptRun | None = None  # the try in progress (its control says if it was stopped)
     callback_errors: list[SpellError] = field(default_factory=list)
     recovery: RecoveryHistory = field(default_factory=RecoveryHistory)
+    degraded: list[str] = field(default_factory=list)  # of the last try (host.recovery)
 
     @property
     def id(self) -> str:
@@ -505,8 +507,9 @@ class _Execution:
             _printing_task.reset(token)
             state.run = None
             state.recovery.absorb(run.recovery, run.recovery.dropped)
+            state.degraded = run.degraded
         stop = run.control.reason
-        if stop is None:
+        if stop is None or stop is run.failed_fast:  # a fail-fast tool's failure: no cancel
             return outcome
         if not outcome[0] and outcome[1] is not stop:
             # the script ended some other way after it was told to stop (the engine's time
@@ -606,7 +609,8 @@ class _Execution:
             error=None if state.error is None else state.error.to_dict(),
             caused_by=state.caused_by,
             callback_errors=[e.to_dict() for e in state.callback_errors],
-            recovery=list(state.recovery), recovery_dropped=state.recovery.dropped)
+            recovery=list(state.recovery), recovery_dropped=state.recovery.dropped,
+            degraded=state.degraded)
 
     def report(self) -> PlanReport:
         """Classify the run (the seed's CrossEngineErrorPattern) and report every task."""

@@ -32,6 +32,7 @@ from host.tools import (
 
 if TYPE_CHECKING:
     from host.recovery import Breakers, ToolRecovery
+    from host.recovery.degrade import DegradationState
 
 SANDBOXES = ("constrained", "trusted")
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
@@ -57,7 +58,10 @@ class Host:
     every tool call, the first outermost (see :mod:`host.calls`): ``layer(call, next)``.
     ``recovery`` maps tool names to their recovery policies (``{"search": {"retry":
     {"attempts": 4}}}``, or :class:`host.recovery.ToolRecovery` values), which win over
-    what ``@tool`` set (see :mod:`host.recovery`).
+    what ``@tool`` set (see :mod:`host.recovery`). ``degradation`` is the host's
+    degradation levels (``{"levels": [{"name": "cached", "when_open": 1}, ...]}`` or a
+    :class:`host.recovery.Degradation`; see :mod:`host.recovery.degrade`), followed in
+    ``host.degradation``.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class Host:
         engine_factory: EngineFactory | None = None,
         layers: Iterable[Layer] = (),
         recovery: Mapping[str, Any] | None = None,
+        degradation: Any = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
@@ -98,6 +103,7 @@ class Host:
         self.recovery = _recovery_policies(self.tools, recovery)
         self._breakers: Breakers | None = None
         self._caches: dict[str, Any] = {}  # tool name -> its fallback cache (host.recovery)
+        self._degradation = _degradation_state(degradation)
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
@@ -167,8 +173,9 @@ class Host:
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
             on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers,
-            recovery=self.recovery, breakers=self.breakers if self.recovery else None,
-            caches=self._caches)
+            recovery=self.recovery,
+            breakers=self.breakers if self.recovery or self._degradation else None,
+            caches=self._caches, degradation=self._degradation)
 
     @property
     def breakers(self) -> Breakers:
@@ -178,12 +185,28 @@ class Host:
         if self._breakers is None:
             from host.recovery import Breakers
 
-            self._breakers = Breakers()
-        return self._breakers
+            breakers = Breakers()
+            for name, policy in self.recovery.items():  # so that each can be forced open
+                if policy.breaker is not None:       # or reset before its first call
+                    breakers.breaker(name, policy.breaker)
+            self.breakers = breakers
+        return self._breakers  # type: ignore[return-value]
 
     @breakers.setter
     def breakers(self, value: Breakers) -> None:
         self._breakers = value
+        if self._degradation is not None:  # the levels follow these breakers
+            value.add_listener(self._degradation.breaker_changed)
+            for name in value:
+                state = value.state(name)
+                if state != "closed":
+                    self._degradation.breaker_changed(name, "closed", state)
+
+    @property
+    def degradation(self) -> DegradationState | None:
+        """Where the host stands among its degradation levels (None: it has none):
+        ``.level``, ``.history``, ``.on_change(fn)`` (see :mod:`host.recovery.degrade`)."""
+        return self._degradation
 
 
 def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
@@ -193,6 +216,22 @@ def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
     if isinstance(item, ScriptTool):  # already listed, e.g. by another host
         return [item]
     return [as_tool(item)]
+
+
+def _degradation_state(given: Any) -> DegradationState | None:
+    """The state of the levels ``given`` (a Degradation, a mapping of its fields, None)."""
+    if given is None:
+        return None
+    from host.recovery.degrade import Degradation, DegradationState
+
+    if isinstance(given, Degradation):
+        return DegradationState(given)
+    if not isinstance(given, Mapping):
+        raise ConfigurationError.InvalidValue(
+            key="degradation", value=_preview(given),
+            reason="degradation is a table of levels: {levels = [{name = ..., when_open = "
+                   "...}, ...]}")
+    return DegradationState(Degradation(**{str(key): value for key, value in given.items()}))
 
 
 def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None

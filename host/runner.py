@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import inspect
 import math
 import secrets
 import threading
@@ -66,6 +67,7 @@ from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, pre
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.recovery import Breakers, ToolRecovery
+    from host.recovery.degrade import DegradationState
     from host.recovery.script import ScriptRecovery
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
@@ -108,6 +110,7 @@ class ScriptRun:
         recovery: Mapping[str, ToolRecovery] | None = None,
         breakers: Breakers | None = None,
         caches: dict[str, Any] | None = None,
+        degradation: DegradationState | None = None,
     ) -> None:
         self.source = source
         self.language = language
@@ -127,6 +130,12 @@ class ScriptRun:
         self.caches = {} if caches is None else caches  # the host's fallback caches
         # what recovery did in this run: events, bounded (see host.history)
         self.recovery = RecoveryHistory()
+        self.degradation = degradation  # the host's degradation levels, if it has them
+        self.cleanup_errors: list[SpellError] = []  # what the run's cleanups raised
+        # tool -> {why it answered degraded (an error code, "level <name>"): times}
+        self.degraded_reasons: dict[str, dict[str, int]] = {}
+        self.failed_fast: SpellError | None = None  # a fail-fast tool's error that stopped it
+        self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
@@ -154,13 +163,70 @@ class ScriptRun:
         """The error the run was cancelled with, if it was."""
         return self.control.reason
 
+    @property
+    def degraded(self) -> list[str]:
+        """The tools that answered degraded in this run (``degraded`` events of its
+        recovery history; ``degraded_reasons`` counts why, even past the history's cap),
+        in the order they first did."""
+        return list(self.degraded_reasons)
+
+    def on_cleanup(self, fn: Callable[[SpellError | None], Any]) -> Callable[..., Any]:
+        """Register a cleanup, ``fn(error)``: run once when the run ends, however it ends
+        (``error``: the unified error it failed with, the exception that ended it, or
+        None when it succeeded), the last registered first, before the run's
+        result or error leaves :meth:`execute`. ``fn`` may be async. A cleanup that raises
+        does not stop the others: its error is kept in ``run.cleanup_errors`` and, when the
+        run failed, in its error's ``context.metadata["cleanup_errors"]`` (the run's own
+        error is the one raised); when the run succeeded, the first such error is raised
+        in place of the result."""
+        if not callable(fn):
+            raise ConfigurationError.InvalidValue(key="on_cleanup", value=repr(fn)[:200],
+                                                  reason="a cleanup must be callable")
+        self._cleanups.append(fn)
+        return fn
+
+    async def _clean_up(self, error: BaseException | None) -> None:
+        """Run the cleanups (once, last first), shielded from the caller's cancellation."""
+        cleanups, self._cleanups = self._cleanups[::-1], []
+        with anyio.CancelScope(shield=True):
+            for fn in cleanups:
+                try:
+                    outcome = fn(error)
+                    if inspect.isawaitable(outcome):
+                        await outcome
+                except Exception as exc:  # kept; never masks the run's own outcome
+                    self.cleanup_errors.append(SpellError.wrap(exc))
+        if self.cleanup_errors and isinstance(error, SpellError):
+            metadata = {**error.context.metadata,
+                        "cleanup_errors": [e.to_dict() for e in self.cleanup_errors]}
+            error.context = error.context.model_copy(update={"metadata": metadata})
+
     async def execute(self) -> Any:
         """Run the script to its end; its result, or the unified error it failed with.
 
         The script runs on a daemon thread of the run's own. If this is cancelled (or
         interrupted) before the run ends, or the run is stuck past its deadline, the
-        host gives up on it at once: see :meth:`_give_up`.
+        host gives up on it at once: see :meth:`_give_up`. The run's cleanups
+        (:meth:`on_cleanup`) run before its result or error leaves.
         """
+        if self.degradation is not None:
+            self.degradation.running(self)
+        try:
+            result = await self._execute()
+        except BaseException as exc:
+            if self._cleanups:
+                await self._clean_up(exc)
+            raise
+        finally:
+            if self.degradation is not None:
+                self.degradation.ended(self)
+        if self._cleanups:
+            await self._clean_up(None)
+            if self.cleanup_errors:
+                raise self.cleanup_errors[0]
+        return result
+
+    async def _execute(self) -> Any:
         self.deadline = time.monotonic() + self.limits.timeout
         self._token = anyio.lowlevel.current_token()
         with anyio.move_on_after(self.limits.timeout + DEADLINE_GRACE) as scope:
@@ -374,6 +440,10 @@ class ScriptRun:
         """A tool's layers, outermost first: the boundary, the host's layers, the tool's
         recovery policies (see host.recovery), then its own timeout."""
         policy = self.recovery_policies.get(name)
+        if policy is None and self.degradation is not None:
+            from host.recovery import ToolRecovery
+
+            policy = ToolRecovery()  # no policy of its own: the host's levels still apply
         if policy is None:
             own: list[Layer] = []
         else:
@@ -381,19 +451,27 @@ class ScriptRun:
                 from host.recovery import Breakers
 
                 self.breakers = Breakers()
-            own = policy.layers(name, self.breakers, self.caches, self.tools)
+            own = policy.layers(name, self.breakers, self.caches, self.tools,
+                                self.degradation)
         # a host's layer may answer in a tool's place: what it returns must be data a
         # script can hold, checked like a tool's result (no check without them: fast path)
         checked = [script_data] if self.layers else []
         return [boundary, *checked, *self.layers, *own, Timeouts()]
 
-    def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError,
-                        delay: float | None = None, option: str | None = None
+    def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError | None,
+                        delay: float | None = None, option: str | None = None, **more: Any
                         ) -> dict[str, Any]:
         """Add an event to the run's recovery history (``run.recovery``, see
-        :mod:`host.history`) and return it."""
-        return self.recovery.add(recovery_event(action, tool, attempt, err.code, delay,
-                                                option))
+        :mod:`host.history`) and return it; ``err`` None for an event no error caused (a
+        degradation level's), ``more`` its own keys (``level``...)."""
+        event = recovery_event(action, tool, attempt, None if err is None else err.code,
+                               delay, option)
+        event.update(more)
+        if action == "degraded":  # kept apart from the history, which may drop it
+            reasons = self.degraded_reasons.setdefault(tool, {})
+            why = event["error"] or f"level {more.get('level')}"
+            reasons[why] = reasons.get(why, 0) + 1
+        return self.recovery.add(event)
 
     def attach_recovery(self, err: SpellError) -> None:
         """Attach the run's recovery history so far to an error that escapes recovery:

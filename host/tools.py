@@ -103,19 +103,25 @@ def tool(
     retry: Retry | None = None,
     breaker: CircuitBreaker | None = None,
     fallback: Fallback | None = None,
+    optional: bool = False,
+    degraded: Any = None,
+    fail_fast: bool = False,
 ) -> Any:
     """Register a function as a tool scripts can call: ``@tool`` or ``@tool(timeout=2.0)``.
 
     The function stays callable as before; the tool is attached to it. ``retry`` (a
     :class:`host.Retry`) tries a failed call again, ``breaker`` (a
-    :class:`host.CircuitBreaker`) stops calling it while it keeps failing (see
-    :mod:`host.recovery`).
+    :class:`host.CircuitBreaker`) stops calling it while it keeps failing, ``optional``
+    makes it answer ``degraded`` instead of failing, ``fail_fast`` turns its recovery off
+    and makes its failure end the run (see :mod:`host.recovery`).
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         setattr(fn, TOOL_ATTRIBUTE, make_tool(fn, name=name, description=description,
                                               timeout=timeout, params=params, retry=retry,
-                                              breaker=breaker, fallback=fallback))
+                                              breaker=breaker, fallback=fallback,
+                                              optional=optional, degraded=degraded,
+                                              fail_fast=fail_fast))
         return fn
 
     return register if fn is None else register(fn)
@@ -131,6 +137,9 @@ def make_tool(
     retry: Retry | None = None,
     breaker: CircuitBreaker | None = None,
     fallback: Fallback | None = None,
+    optional: bool = False,
+    degraded: Any = None,
+    fail_fast: bool = False,
 ) -> Tool:
     """Build the :class:`Tool` of a function (what ``@tool`` attaches)."""
     from pydantic import BaseModel, ConfigDict, create_model
@@ -168,7 +177,9 @@ def make_tool(
         takes_model=takes_model,
         list_fields=frozenset(
             name for name, info in model.model_fields.items() if _is_list(info.annotation)),
-        recovery=_recovery(tool_name, retry=retry, breaker=breaker, fallback=fallback),
+        recovery=_recovery(tool_name, retry=retry, breaker=breaker, fallback=fallback,
+                           optional=optional or None, degraded=degraded,
+                           fail_fast=fail_fast or None),
     )
 
 

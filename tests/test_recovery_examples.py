@@ -34,3 +34,15 @@ def test_a_dead_service_is_refused_by_its_breaker_and_replaced_by_its_fallback()
                          for city in ("Paris", "Lisbon", "Oslo", "Rome")]
     assert lines[4] == "the dead service was called 2 times for 4 cities"
     assert json.loads(done.stdout)["ok"] is True
+
+
+def test_an_optional_service_that_is_down_leaves_the_run_degraded_not_failed():
+    done = polyspell("run", FOLDER / "degraded.js", "--tools", TOOLS)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        city: {"weather": f"{city}: mild (backup source)", "headlines": []}
+        for city in ("Paris", "Oslo", "Rome")}
+    assert done.stderr.splitlines() == [
+        "the news service was called 1 time(s)",
+        "polyspell: ran degraded: headlines answered [] "
+        "(3 calls: network/connection, runtime/circuit_breaker_open)"]

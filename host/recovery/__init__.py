@@ -11,15 +11,22 @@ the call (Polly v8's order).
   the state of a host's breakers is its :class:`Breakers`.
 - :mod:`host.recovery.script`: a script's own ``recovery.retry`` and ``recovery.fallback``,
   decided and waited for by the host.
+- :mod:`host.recovery.degrade`: an optional tool answers a degraded value instead of
+  failing (``ToolRecovery.optional``/``degraded``); the host's :class:`Degradation`
+  levels, followed in a :class:`DegradationState` (``host.degradation``).
+- :mod:`host.recovery.failfast`: ``ToolRecovery.fail_fast``, no recovery; a failure ends
+  the run after its cleanups (``run.on_cleanup``).
 """
 
 from __future__ import annotations
 
 from host.recovery.breaker import Breaker, BreakerLayer, Breakers, CircuitBreaker
+from host.recovery.degrade import Degradation, DegradationLevel, DegradationState
 from host.recovery.fallback import Fallback, FallbackOption
 from host.recovery.policy import ToolRecovery
 from host.recovery.retry import Retry
 from host.recovery.timeout import Timeout
 
-__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Fallback",
-           "FallbackOption", "Retry", "Timeout", "ToolRecovery"]
+__all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Degradation",
+           "DegradationLevel", "DegradationState", "Fallback", "FallbackOption", "Retry",
+           "Timeout", "ToolRecovery"]

@@ -580,8 +580,20 @@ class Breakers:
                  on_change: Listener | None = None) -> None:
         self.clock = clock
         self.on_change = on_change
+        self._listeners: list[Listener] = []  # add_listener's, after on_change
         self._breakers: dict[str, Breaker] = {}
         self._lock = threading.Lock()
+
+    def add_listener(self, fn: Listener) -> None:
+        """Also call ``fn(name, old, new)`` on every change of state of every breaker
+        (outside the breaker's lock; e.g. the host's degradation levels)."""
+        self._listeners.append(fn)
+
+    def _announce(self, name: str, old: State, new: State) -> None:
+        if self.on_change is not None:
+            self.on_change(name, old, new)
+        for fn in list(self._listeners):
+            fn(name, old, new)
 
     def breaker(self, name: str, policy: CircuitBreaker, *,
                 health: HealthCheck | None = None,
@@ -597,7 +609,7 @@ class Breakers:
             found = self._breakers.get(name)
             if found is None:
                 found = self._breakers[name] = Breaker(name, policy, clock=self.clock,
-                                                       on_change=self.on_change)
+                                                       on_change=self._announce)
             elif found.policy != policy:
                 raise ValueError(f"tool {name!r} already has a breaker with another policy")
             if found.health is None and health is not None:

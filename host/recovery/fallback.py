@@ -206,13 +206,11 @@ class FallbackLayer:
                 errors.append(err)
                 return _MISSING
         if option.cached:
-            key = _key(call.params)
-            kept = self.cache.get(key) if key is not None else None
-            if kept is None or (option.max_age is not None
-                                and time.monotonic() - kept[0] > option.max_age):
+            kept = cached_result(self.cache, option, call.params)
+            if kept is _MISSING:
                 return _MISSING
             run.record_recovery("fallback", call.name, len(errors), last, option="cached")
-            return kept[1]
+            return kept
         run.record_recovery("fallback", call.name, len(errors), last, option="value")
         return option.value
 
@@ -298,6 +296,17 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
             provider=host, reason=f"the answer of {where} is {why} ({exc})",
             response_excerpt=bytes(body[:200]).decode("utf-8", "replace")) from None
     return to_script_data(result, call.caller)
+
+
+def cached_result(cache: Cache, option: FallbackOption, params: Any) -> Any:
+    """The good result ``cache`` keeps for ``params`` if ``option`` (a ``{cached = true}``
+    option) may use it (at most its ``max_age`` old), else the module's ``_MISSING``."""
+    key = _key(params)
+    kept = cache.get(key) if key is not None else None
+    if kept is None or (option.max_age is not None
+                        and time.monotonic() - kept[0] > option.max_age):
+        return _MISSING
+    return kept[1]
 
 
 def _key(params: Any) -> str | None:

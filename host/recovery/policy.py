@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
 
 from host.recovery.breaker import Breakers, CircuitBreaker
 from host.recovery.fallback import Cache, Fallback, FallbackLayer
@@ -15,6 +15,7 @@ from host.recovery.timeout import Timeout
 
 if TYPE_CHECKING:
     from host.calls import Layer
+    from host.recovery.degrade import DegradationState
 
 
 class ToolRecovery(BaseModel):
@@ -27,18 +28,47 @@ class ToolRecovery(BaseModel):
     breaker: CircuitBreaker | None = None
     timeout: Timeout | None = None
     fallback: Fallback | None = None
+    # degrade instead of failing (host.recovery.degrade): answer `degraded` (JSON, null
+    # by default) when the call fails after the other policies
+    optional: bool = Field(False, strict=True)
+    degraded: JsonValue = None
+    # no recovery at all: the other policies are ignored, a failure ends the run after
+    # its cleanups (host.recovery.failfast)
+    fail_fast: bool = Field(False, strict=True)
+
+    @field_validator("degraded")
+    @classmethod
+    def _degraded_needs_optional(cls, value: JsonValue, info: ValidationInfo) -> JsonValue:
+        if not info.data.get("optional"):  # only when given: a default is not validated
+            raise ValueError("degraded is the value of an optional tool: set optional = true")
+        return value
 
     def layers(self, name: str, breakers: Breakers, caches: dict[str, Cache],
-               tools: Any = None) -> list[Layer]:
-        """The layers of tool ``name``'s policies, outermost first: fallback (its cache of
-        good results in ``caches``), total timeout, retry, circuit breaker (its state in
+               tools: Any = None, degradation: DegradationState | None = None
+               ) -> list[Layer]:
+        """The layers of tool ``name``'s policies, outermost first: degrade (an optional
+        tool's, and the host's degradation levels in ``degradation``), fallback (its cache
+        of good results in ``caches``), total timeout, retry, circuit breaker (its state in
         ``breakers``), attempt timeout (Polly v8's order). ``breakers`` and ``caches`` are
         the host's, shared by its runs; ``tools`` (the host's registry) gives the
-        breaker's health check tool."""
+        breaker's health check tool. A fail-fast tool has only the levels' layer and its
+        own (:mod:`host.recovery.failfast`)."""
         from host.calls import Timeouts
+        from host.recovery.degrade import DegradeLayer
 
-        timeout = self.timeout or Timeout()
+        levels = degradation is not None and degradation.policy is not None
         layers: list[Layer] = []
+        if self.fail_fast:
+            from host.recovery.failfast import FailFastLayer
+
+            if levels:
+                layers.append(DegradeLayer(False, None, degradation, None, {}))
+            layers.append(FailFastLayer())
+            return layers
+        if self.optional or levels:
+            layers.append(DegradeLayer(self.optional, self.degraded, degradation,
+                                       self.fallback, caches.setdefault(name, {})))
+        timeout = self.timeout or Timeout()
         if self.fallback is not None:
             layers.append(FallbackLayer(self.fallback, caches.setdefault(name, {}),
                                         lambda tool: tool in breakers

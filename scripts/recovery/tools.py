@@ -6,6 +6,7 @@ gets a script through it:
     polyspell run scripts/recovery/flaky.lua --tools scripts/recovery/tools.py
     polyspell run scripts/recovery/rate_limited.js --tools scripts/recovery/tools.py
     polyspell run scripts/recovery/breaker.lua --tools scripts/recovery/tools.py
+    polyspell run scripts/recovery/degraded.js --tools scripts/recovery/tools.py
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from bridge import ProviderError
 from host import CircuitBreaker, Fallback, Retry, tool
 
-_calls = {"search": 0, "quote": 0, "forecast": 0}
+_calls = {"search": 0, "quote": 0, "forecast": 0, "headlines": 0}
 
 
 @tool(retry=Retry(attempts=3, backoff="exponential", initial=0.1, jitter=0))
@@ -47,6 +48,15 @@ def forecast(city: str) -> str:
 def forecast_backup(city: str) -> str:
     """A coarser weather source, used when the main one is down."""
     return f"{city}: mild (backup source)"
+
+
+@tool(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=30), optional=True,
+      degraded=[])
+def headlines(topic: str) -> list[str]:
+    """Nice-to-have headlines from a news service that is down: optional, so a call
+    answers [] (its degraded value) instead of failing the report."""
+    _calls["headlines"] += 1
+    raise ConnectionError(f"news.example: connection refused ({topic})")
 
 
 @tool
