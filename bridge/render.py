@@ -98,7 +98,7 @@ def recovery_summary(events: list, dropped: int = 0, lead: str = "recovery: ") -
 
 def _action_text(action: str, events: list[dict]) -> str:
     count = len(events)
-    codes = list(dict.fromkeys(_short(str(e.get("error", "?"))) for e in events))
+    codes = list(dict.fromkeys(_short(_why(e)) for e in events))
     why = ", ".join(codes[:3]) + (f" and {len(codes) - 3} more" if len(codes) > 3 else "")
     if action == "retry":
         delays = [e["delay"] for e in events
@@ -125,7 +125,19 @@ def _action_text(action: str, events: list[dict]) -> str:
         return f"restarted {count}x ({why})"
     if action == "degraded":
         return f"answered degraded {count}x ({why})"
+    if action == "degradation":  # the host's degradation level changed (no error)
+        levels = [_short(str(e.get("level") or "normal")) for e in events]
+        return "took the host's degradation level to " + " → ".join(levels[:8])
     return f"{action} {count}x ({why})"
+
+
+def _why(event: dict) -> str:
+    """An event's error code, or for an event no error caused, the degradation level
+    that decided it."""
+    error = event.get("error", "?")
+    if error is None and event.get("level") is not None:
+        return f"level {event['level']}"
+    return str(error)
 
 
 def _option_text(option: object) -> str:

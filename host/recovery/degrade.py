@@ -266,7 +266,8 @@ class DegradeLayer:
 
                 kept = cached_result(self.cache, self.cached, call.params)
                 if kept is not _MISSING:
-                    call.run.record_recovery("fallback", call.name, 0, None, level=level.name)
+                    call.run.record_recovery("fallback", call.name, 0, None, option="cached",
+                                             level=level.name)
                     return kept
             if self.optional and rank >= MODES.index("skip_optional"):
                 call.run.record_recovery("degraded", call.name, 0, None, level=level.name)
