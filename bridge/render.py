@@ -70,7 +70,7 @@ def recovery_summary(events: list, dropped: int = 0, lead: str = "recovery: ") -
     task's) as a few lines: one per tool, what was done in the order first done::
 
         recovery: search retried 3x (0.1 s → 0.4 s; tool/execution_failed), then fell
-                  back to search_backup, then to a default value
+                  back to search_backup, then to a default value (after tool/timeout)
 
     Bounded whatever the history holds (at most :data:`MAX_RECOVERY_TOOLS` lines and a
     line for the rest); events that are not well-formed (read back from any JSON) are
@@ -118,7 +118,9 @@ def _action_text(action: str, events: list[dict]) -> str:
                  for option, times in list(options.items())[:MAX_FALLBACKS_NAMED]]
         more = len(options) - len(named)
         text = "fell back to " + ", then to ".join(named)
-        return text + (f" and {more} more options" if more else "") + f" ({why})"
+        # the codes are what the tool (or an earlier option) failed with, not the options'
+        # own outcomes: a run that failed shows those in "errors in the order tried"
+        return text + (f" and {more} more options" if more else "") + f" (after {why})"
     if action == "breaker_refused":
         return f"refused {count}x by its open circuit breaker"
     if action == "restart":

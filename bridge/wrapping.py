@@ -86,8 +86,8 @@ class Wrapping:
         ``None``: not mapped (the tool's exception stays ``tool/execution_failed``, even if
         a base class or a built-in entry would map it). ``fields(exc)`` gives the error's
         fields; fields it leaves out among ``tool_name``, ``duration``,
-        ``execution_time`` and ``reason`` are filled in when known (the tool, the time since
-        the call started, ``Type: message``).
+        ``execution_time``, ``endpoint`` and ``reason`` are filled in when known (the tool,
+        the time since the call started, the tool again, ``Type: message``).
         """
         self._put(self._user, exc_type, code, fields)
 
@@ -169,7 +169,8 @@ class Wrapping:
             given = dict(fields_fn(exc)) if fields_fn is not None else {}
             options = {key: given.pop(key) for key in _OPTIONS if key in given}
             known = variant.fields_model.model_fields
-            filled = {"tool_name": tool_name, "duration": elapsed, "execution_time": elapsed}
+            filled = {"tool_name": tool_name, "duration": elapsed, "execution_time": elapsed,
+                      "endpoint": tool_name}  # the service is the tool's, when no URL says
             for name, value in filled.items():
                 if name in known and name not in given and value is not None:
                     given[name] = value

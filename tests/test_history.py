@@ -70,7 +70,7 @@ def test_the_traceback_ends_with_a_summary_per_tool(language):
     text = err.to_text()
     assert text.endswith(
         "\nrecovery: search retried 2x (0.01 s → 0.02 s; tool/execution_failed), then fell "
-        "back to search_backup (tool/execution_failed)")
+        "back to search_backup (after tool/execution_failed)")
     assert text.count("recovery:") == 1  # once, although the cause carries a history too
     assert "\n  errors in the order tried: tool/execution_failed (search), " \
            "tool/execution_failed (search_backup)\n" in text
@@ -159,7 +159,7 @@ def test_the_summary_names_each_kind_of_event():
               recovery_event("fallback", "search", 1, "tool/timeout", option="cached")]
     assert recovery_summary(events) == [
         "recovery: search refused 1x by its open circuit breaker, then answered degraded 1x "
-        "(runtime/all_fallbacks_failed), then fell back to the cached result (tool/timeout)",
+        "(runtime/all_fallbacks_failed), then fell back to the cached result (after tool/timeout)",
         "          tools.lua restarted 1x (script/resource_exhaustion)"]
 
 
@@ -274,4 +274,4 @@ def test_fallbacks_to_the_same_option_are_counted_not_repeated():
     events.append(recovery_event("fallback", "forecast", 2, "tool/timeout", option="value"))
     assert recovery_summary(events) == [
         "recovery: forecast fell back to forecast_backup (4x), then to a default value "
-        "(network/connection, tool/timeout)"]
+        "(after network/connection, tool/timeout)"]

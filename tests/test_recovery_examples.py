@@ -46,3 +46,31 @@ def test_an_optional_service_that_is_down_leaves_the_run_degraded_not_failed():
         "the news service was called 1 time(s)",
         "polyspell: ran degraded: headlines answered [] "
         "(3 calls: network/connection, runtime/circuit_breaker_open)"]
+
+
+def test_when_every_option_fails_the_traceback_says_what_recovery_tried():
+    done = polyspell("run", FOLDER / "exhausted.lua", "--tools", TOOLS)
+    assert done.returncode == 1
+    tail = done.stderr.splitlines()[-6:]
+    assert tail == [
+        "    local issues = tools.archive{year = year}",
+        "  host <tool call>, in archive",
+        "runtime/all_fallbacks_failed: All fallbacks failed: 1 options attempted",
+        "  errors in the order tried: network/connection (archive), tool/timeout "
+        "(archive_mirror)",
+        "recovery: archive retried 1x (0.05 s; network/connection), then fell back to "
+        "archive_mirror (after network/connection)"]
+
+
+def test_a_script_retries_and_falls_back_by_itself_and_json_shows_what_was_done():
+    done = polyspell("run", FOLDER / "in_script.js", "--tools", TOOLS, "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["result"] == {"meaning": "spell: a form of words with magic power",
+                             "archive": ["(the archive is down: nothing from 1999)"]}
+    assert [(e["action"], e["tool"], e["error"]) for e in out["recovery"]] == [
+        ("retry", "lookup", "tool/timeout"), ("retry", "lookup", "tool/timeout"),
+        ("retry", "archive", "network/connection"),
+        ("fallback", "archive", "network/connection"),
+        ("fallback", "archive", "runtime/all_fallbacks_failed")]
+    assert [e["delay"] for e in out["recovery"][:3]] == [0.05, 0.05, 0.05]

@@ -7,6 +7,8 @@ gets a script through it:
     polyspell run scripts/recovery/rate_limited.js --tools scripts/recovery/tools.py
     polyspell run scripts/recovery/breaker.lua --tools scripts/recovery/tools.py
     polyspell run scripts/recovery/degraded.js --tools scripts/recovery/tools.py
+    polyspell run scripts/recovery/exhausted.lua --tools scripts/recovery/tools.py
+    polyspell run scripts/recovery/in_script.js --tools scripts/recovery/tools.py
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 from bridge import ProviderError
 from host import CircuitBreaker, Fallback, Retry, tool
 
-_calls = {"search": 0, "quote": 0, "forecast": 0, "headlines": 0}
+_calls = {"search": 0, "quote": 0, "forecast": 0, "headlines": 0, "lookup": 0,
+          "archive": 0}
 
 
 @tool(retry=Retry(attempts=3, backoff="exponential", initial=0.1, jitter=0))
@@ -57,6 +60,30 @@ def headlines(topic: str) -> list[str]:
     answers [] (its degraded value) instead of failing the report."""
     _calls["headlines"] += 1
     raise ConnectionError(f"news.example: connection refused ({topic})")
+
+
+@tool(retry=Retry(attempts=2, backoff="fixed", initial=0.05, jitter=0),
+      fallback=Fallback(options=[{"tool": "archive_mirror"}]))
+def archive(year: int) -> list[str]:
+    """An archive service that is down, behind a mirror that is down too."""
+    _calls["archive"] += 1
+    raise ConnectionError(f"archive.example: connection refused ({year})")
+
+
+@tool
+def archive_mirror(year: int) -> list[str]:
+    """The archive's mirror: it does not answer either."""
+    raise TimeoutError(f"mirror.example did not answer ({year})")
+
+
+@tool
+def lookup(word: str) -> str:
+    """A dictionary service with no policy of its own (the script retries it): it times
+    out twice, then answers."""
+    _calls["lookup"] += 1
+    if _calls["lookup"] <= 2:
+        raise TimeoutError("dictionary.example did not answer")
+    return f"{word}: a form of words with magic power"
 
 
 @tool
