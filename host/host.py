@@ -31,6 +31,7 @@ from host.tools import (
 )
 
 if TYPE_CHECKING:
+    from host.config import Config
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
 
@@ -61,7 +62,10 @@ class Host:
     what ``@tool`` set (see :mod:`host.recovery`). ``degradation`` is the host's
     degradation levels (``{"levels": [{"name": "cached", "when_open": 1}, ...]}`` or a
     :class:`host.recovery.Degradation`; see :mod:`host.recovery.degrade`), followed in
-    ``host.degradation``.
+    ``host.degradation``. ``config`` is a config file's path (a ``polyspell.toml``) or a
+    loaded :class:`host.config.Config`: its ``[recovery]`` defaults, ``[tools.<name>]``
+    and ``[errors."<code>"]`` tables; ``recovery`` wins over it tool by tool (the
+    precedence: :mod:`host.config`).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class Host:
         layers: Iterable[Layer] = (),
         recovery: Mapping[str, Any] | None = None,
         degradation: Any = None,
+        config: str | os.PathLike[str] | Config | None = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
@@ -87,6 +92,10 @@ class Host:
         for layer in self.layers:
             check_callable("layers", layer)
         items = tool_items(tools)
+        if config is not None:  # a bad file fails before any tools file loads
+            from host.config import as_config
+
+            config = as_config(config)
         if sandbox not in SANDBOXES:
             raise ConfigurationError.InvalidValue(
                 key="sandbox", value=str(sandbox),
@@ -100,7 +109,8 @@ class Host:
         for item in items:
             for loaded in _load(item, sandbox, self.engine_factory):
                 self.tools.add(loaded)
-        self.recovery = _recovery_policies(self.tools, recovery)
+        self.config: Config | None = config
+        self.recovery = _recovery_policies(self.tools, recovery, config)
         self._breakers: Breakers | None = None
         self._caches: dict[str, Any] = {}  # tool name -> its fallback cache (host.recovery)
         self._degradation = _degradation_state(degradation)
@@ -234,30 +244,32 @@ def _degradation_state(given: Any) -> DegradationState | None:
     return DegradationState(Degradation(**{str(key): value for key, value in given.items()}))
 
 
-def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None
-                       ) -> dict[str, ToolRecovery]:
-    """Each tool's recovery policies: its own (``@tool``) with the host's in their place."""
-    policies: dict[str, ToolRecovery] = {}
-    for item in tools:
-        own = getattr(item, "recovery", None)
-        if own is not None:
-            policies[item.name] = own
-    if given is None:
-        _check_health_checks(tools, policies)
-        return policies
-    if not isinstance(given, Mapping):
+def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None,
+                       config: Config | None = None) -> dict[str, ToolRecovery]:
+    """Each tool's recovery policies: its own (``@tool``), the config file's, and the
+    host's (``given``) in their place (the precedence: :mod:`host.config`)."""
+    if given is not None and not isinstance(given, Mapping):
         raise ConfigurationError.InvalidValue(
             key="recovery", value=_preview(given),
             reason="recovery maps tool names to their policies")
-    from host.recovery import ToolRecovery
+    if config is None and not given:  # the tools' own: no pydantic imported for none
+        policies = {item.name: item.recovery for item in tools
+                    if getattr(item, "recovery", None) is not None}
+        _check_health_checks(tools, policies)
+        return policies
+    from host.config import Config
 
-    for name, data in given.items():
-        if not isinstance(name, str) or tools.get(name) is None:
-            raise ConfigurationError.InvalidValue(
-                key="recovery", value=_preview(name),
-                reason=f"recovery names a tool that does not exist: {name!r}")
-        policy = parse_recovery(name, data, ToolRecovery)
-        policies[name] = policies[name].merged(policy) if name in policies else policy
+    parsed = {}
+    if given:
+        from host.recovery import ToolRecovery
+
+        for name, data in given.items():
+            if not isinstance(name, str) or tools.get(name) is None:
+                raise ConfigurationError.InvalidValue(
+                    key="recovery", value=_preview(name),
+                    reason=f"recovery names a tool that does not exist: {name!r}")
+            parsed[name] = parse_recovery(name, data, ToolRecovery)
+    policies = (config or Config()).policies(tools, parsed)
     _check_health_checks(tools, policies)
     for name, policy in policies.items():
         for other in policy.fallback.tools() if policy.fallback is not None else []:

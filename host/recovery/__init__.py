@@ -23,10 +23,10 @@ from __future__ import annotations
 from host.recovery.breaker import Breaker, BreakerLayer, Breakers, CircuitBreaker
 from host.recovery.degrade import Degradation, DegradationLevel, DegradationState
 from host.recovery.fallback import Fallback, FallbackOption
-from host.recovery.policy import ToolRecovery
+from host.recovery.policy import ErrorRecovery, ToolRecovery
 from host.recovery.retry import Retry
 from host.recovery.timeout import Timeout
 
 __all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Degradation",
-           "DegradationLevel", "DegradationState", "Fallback", "FallbackOption", "Retry",
-           "Timeout", "ToolRecovery"]
+           "DegradationLevel", "DegradationState", "ErrorRecovery", "Fallback", "FallbackOption",
+           "Retry", "Timeout", "ToolRecovery"]

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+)
 
 from host.recovery.breaker import Breakers, CircuitBreaker
 from host.recovery.fallback import Cache, Fallback, FallbackLayer
-from host.recovery.retry import Retry
+from host.recovery.retry import Retry, RetryLayer, check_code
 from host.recovery.timeout import Timeout
 
 if TYPE_CHECKING:
@@ -18,9 +26,27 @@ if TYPE_CHECKING:
     from host.recovery.degrade import DegradationState
 
 
+# an error code ("provider/rate_limited") or a bare category ("network") of the catalog
+ErrorCode = Annotated[str, AfterValidator(check_code)]
+
+
+class ErrorRecovery(BaseModel):
+    """How calls that fail with one error code or category recover (a config file's
+    ``[errors."provider/rate_limited"]`` table): ``retry``, the :class:`Retry` for those
+    errors in place of the tool's general one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retry: Retry
+
+
 class ToolRecovery(BaseModel):
     """The recovery policies of one tool (a ``[tools.<name>]`` table of a config file,
-    a value of ``Host(recovery={...})``, or what ``@tool(retry=...)`` sets)."""
+    a value of ``Host(recovery={...})``, or what ``@tool(retry=...)`` sets).
+
+    ``errors`` maps error codes and categories to their own recovery (for the retry layer:
+    the :class:`Retry` of the failed try's code, else of its category, else ``retry``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -35,6 +61,7 @@ class ToolRecovery(BaseModel):
     # no recovery at all: the other policies are ignored, a failure ends the run after
     # its cleanups (host.recovery.failfast)
     fail_fast: bool = Field(False, strict=True)
+    errors: dict[ErrorCode, ErrorRecovery] | None = None
 
     @field_validator("degraded")
     @classmethod
@@ -75,8 +102,9 @@ class ToolRecovery(BaseModel):
                                         and breakers.state(tool) == "open"))
         if timeout.total is not None:
             layers.append(Timeouts(timeout.total))
-        if self.retry is not None:
-            layers.append(self.retry.layer())
+        if self.retry is not None or self.errors:
+            by_error = {code: table.retry for code, table in (self.errors or {}).items()}
+            layers.append(RetryLayer(self.retry, by_error))
         if self.breaker is not None:
             check = tools.get(self.breaker.health_check) if (
                 tools is not None and self.breaker.health_check is not None) else None

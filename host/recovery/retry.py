@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -66,8 +66,7 @@ class Retry(Policy):
     def _known_codes(cls, value: Any) -> Any:
         if isinstance(value, list):
             for code in value:
-                if not _known(code):
-                    raise ValueError(f"unknown error code or category {code!r}")
+                check_code(code)
         return value
 
     # -- decisions ---------------------------------------------------------------------
@@ -122,19 +121,36 @@ class Retry(Policy):
 class RetryLayer:
     """Tries the rest of the pipeline again as the :class:`Retry` says.
 
+    ``by_error`` maps error codes (``provider/rate_limited``) and bare categories
+    (``network``) to the :class:`Retry` for the errors they match (a config file's
+    ``[errors."<code>"]``): after each failed try, the retry of the error's code decides,
+    else the one of its category, else ``policy`` (None: the error is not retried). One
+    count of tries and one clock run through all of them, so ``attempts`` and
+    ``max_elapsed`` of the deciding retry bound the whole call.
+
     The waits happen on the run's thread through the run's control, so they count
     against the run's time and end at once when the run is asked to stop (the next
     try then meets the stop request). Each retry is recorded in the run's recovery
     history, and the history is attached to the error that finally escapes.
     """
 
-    def __init__(self, policy: Retry) -> None:
+    def __init__(self, policy: Retry | None,
+                 by_error: Mapping[str, Retry] | None = None) -> None:
         self.policy = policy
+        self.by_error = dict(by_error or {})
+
+    def policy_for(self, err: SpellError) -> Retry | None:
+        """The retry that decides about ``err``: its code's, its category's, the default."""
+        by_error = self.by_error
+        if by_error:
+            chosen = by_error.get(err.code) or by_error.get(err.category)
+            if chosen is not None:
+                return chosen
+        return self.policy
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
         from host.calls import DeadlineReached, as_spell_error, ends_the_run
 
-        policy = self.policy
         started = time.monotonic()
         attempt = 1
         while True:
@@ -146,7 +162,9 @@ class RetryLayer:
                 if ends_the_run(exc) or isinstance(exc, DeadlineReached):
                     raise
                 err = as_spell_error(call, exc)
-            delay = policy.next_delay(attempt, err, time.monotonic() - started)
+            policy = self.policy_for(err)
+            delay = (None if policy is None
+                     else policy.next_delay(attempt, err, time.monotonic() - started))
             if delay is None or delay >= call.time_left:
                 if attempt > 1:  # it was retried: the history goes with the error
                     call.run.attach_recovery(err)
@@ -158,6 +176,14 @@ class RetryLayer:
 
 def _matches(err: SpellError, codes: list[str]) -> bool:
     return any(code == err.code or code == err.category for code in codes)
+
+
+def check_code(code: Any) -> str:
+    """``code`` when it is a known error code (``tool/timeout``) or category
+    (``network``), else ValueError (what a validator raises)."""
+    if not _known(code):
+        raise ValueError(f"unknown error code or category {code!r}")
+    return code
 
 
 def _known(code: Any) -> bool:
