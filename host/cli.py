@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "key wins)")
     run.add_argument("--args-json", metavar="JSON", help="the script's args as a JSON object")
     _add_tools_option(run)
+    _add_config_option(run)
     run.add_argument("--timeout", type=float, default=30.0, metavar="S",
                      help="wall-clock limit for the run in seconds (default 30)")
     run.add_argument("--memory-mb", type=int, default=256, metavar="N",
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every task succeeded, 1 any other outcome, 2 a bad plan or usage.")
     plan.add_argument("plan", help="the plan file (TOML)")
     _add_tools_option(plan)
+    _add_config_option(plan)
     plan.add_argument("--strategy", choices=["propagate", "collect", "cancel_dependents",
                                              "isolate"],
                       help="what a failure does to the other tasks (overrides the plan's)")
@@ -114,6 +116,24 @@ def _add_tools_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tools", action="append", default=[], metavar="FILE",
                         help=f"a tools file scripts may call (repeatable): "
                         f"{engines.spoken(kinds)}")
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="a polyspell config file (TOML): recovery policies in "
+                        "[recovery] (defaults for every tool), [tools.<name>] and "
+                        "[errors.\"<code>\"] tables; without it, the [tool.polyspell] "
+                        "table of ./pyproject.toml when there is one")
+
+
+def _config(args: argparse.Namespace) -> Any:
+    """The config of ``--config FILE``, else ``[tool.polyspell]`` of ./pyproject.toml,
+    else None."""
+    from host.config import load_config, load_pyproject
+
+    if args.config is not None:
+        return load_config(args.config)
+    return load_pyproject()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -232,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
         from host.host import Host
 
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
-                    sandbox=args.sandbox)
+                    sandbox=args.sandbox, config=_config(args))
         run = host.new_run(args.script, script_args)  # its recovery history is reported
         result = anyio.run(run.execute)
     except SpellError as err:
@@ -352,7 +372,8 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         from host.coordinator import Coordinator
 
-        coordinator = Coordinator(args.tools, on_output=_plan_output(progress))
+        coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
+                                  config=_config(args))
         plan = coordinator.prepare(args.plan, strategy=args.strategy,
                                    max_concurrency=args.max_concurrency)
         if progress is None:

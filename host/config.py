@@ -380,6 +380,8 @@ def _line(lines: Mapping[Path_, int], path: Path_) -> int | None:
 # -- where keys are ---------------------------------------------------------------------
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+_SPACE = re.compile(r"[ \t\r]+")
+_SCALAR = re.compile(r"[^ \t\r\n,\]}#]+")
 
 
 def key_lines(text: str) -> dict[Path_, int]:
@@ -394,6 +396,8 @@ def key_lines(text: str) -> dict[Path_, int]:
     lines: dict[Path_, int] = {}
 
     def note(path: Path_, line: int) -> None:
+        if path in lines:  # and so are the tables that contain it
+            return
         for end in range(1, len(path) + 1):
             lines.setdefault(path[:end], line)
 
@@ -411,7 +415,7 @@ def key_lines(text: str) -> dict[Path_, int]:
             statement = statement or not stack
             continue
         if char in " \t\r":
-            pos += 1
+            pos = _SPACE.match(text, pos).end()  # type: ignore[union-attr]
             continue
         if char == "#":
             end = text.find("\n", pos)
@@ -467,9 +471,7 @@ def key_lines(text: str) -> dict[Path_, int]:
             continue
         if stack and stack[-1][0] == "array":  # a number, boolean or date in an array
             note((*stack[-1][1], stack[-1][2]), line)
-        pos += 1
-        while pos < size and text[pos] not in " \t\r\n,]}#":
-            pos += 1
+        pos = _SCALAR.match(text, pos).end()  # type: ignore[union-attr]
     return lines
 
 
@@ -514,28 +516,20 @@ def _key(text: str, pos: int, stop: str) -> tuple[Path_, int]:
     return tuple(parts), pos
 
 
+_STRING_END = {'"': re.compile(r'(?:[^"\\\n]|\\.)*(?:"|$)', re.M),
+               "'": re.compile(r"[^'\n]*(?:'|$)", re.M),
+               '"""': re.compile(r'(?:[^"\\]|\\.|"(?!""))*(?:"""|\Z)', re.S),
+               "'''": re.compile(r"(?:[^']|'(?!''))*(?:'''|\Z)", re.S)}
+
+
 def _skip_string(text: str, pos: int) -> int:
     """The position just after the string that starts at ``pos`` (any TOML string)."""
     quote = text[pos]
-    triple = text.startswith(quote * 3, pos)
-    size = len(text)
-    pos += 3 if triple else 1
-    while pos < size:
-        char = text[pos]
-        if char == "\\" and quote == '"':
-            pos += 2
-            continue
-        if char == quote:
-            if not triple:
-                return pos + 1
-            if text.startswith(quote * 3, pos):
-                pos += 3
-                extra = 0  # up to two more quotes belong to the string ("""a"""")
-                while pos < size and text[pos] == quote and extra < 2:
-                    pos += 1
-                    extra += 1
-                return pos
-        if char == "\n" and not triple:
-            return pos
-        pos += 1
-    return size
+    opening = quote * 3 if text.startswith(quote * 3, pos) else quote
+    end = _STRING_END[opening].match(text, pos + len(opening)).end()  # type: ignore[union-attr]
+    if len(opening) == 3:  # up to two more quotes belong to the string: """a""""
+        extra = 0
+        while end < len(text) and text[end] == quote and extra < 2:
+            end += 1
+            extra += 1
+    return end

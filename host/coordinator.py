@@ -31,6 +31,7 @@ import contextvars
 import functools
 import inspect
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from host.lines import write_lines
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
 if TYPE_CHECKING:
+    from host.config import Config
     from host.runner import EngineFactory, ScriptRun
 
 TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
@@ -170,6 +172,10 @@ class Coordinator:
     over them.
     ``on_output(task_id, line)`` receives what scripts print (default: stderr, prefixed
     with the task id). ``engine_factory`` makes every engine, as for :class:`host.Host`.
+    ``recovery`` and ``config`` (a config file's path or a :class:`host.config.Config`)
+    set the tools' recovery policies, as for :class:`host.Host`; they are checked against
+    the tools when a plan runs (a plan's tools files may add the tools they name). A
+    task's own ``retry`` retries the whole task, apart from them.
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -196,6 +202,8 @@ class Coordinator:
         engine_timeouts: Mapping[str, float] | None = None,
         on_output: Callable[[str, str], None] | None = None,
         engine_factory: EngineFactory | None = None,
+        recovery: Mapping[str, Any] | None = None,
+        config: str | os.PathLike[str] | Config | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox: checked by the Host built below
         check_positive("max_concurrency", max_concurrency, at_least=1)
@@ -217,7 +225,13 @@ class Coordinator:
             check_positive(f"engine_timeouts[{language!r}]", seconds, at_most=MAX_TIMEOUT)
             self.engine_timeouts[language] = float(seconds)
         self.on_output = on_output or _print_to_stderr
-        # built here so that bad options or tools fail now, and tools load once
+        if config is not None:  # a bad file fails now
+            from host.config import as_config
+
+            config = as_config(config)
+        self.recovery, self.config = recovery, config
+        # built here so that bad options or tools fail now, and tools load once; the
+        # recovery policies wait for the plan, whose tools files they may name
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory)
@@ -325,13 +339,17 @@ class Coordinator:
         return plan
 
     def _host_for(self, plan: Plan) -> Host:
-        if not plan.tools:
+        """The host of a plan's run: the coordinator's, with the plan's tools files and
+        the recovery policies (``recovery`` and ``config``, checked against every tool)."""
+        if not plan.tools and self.recovery is None and self.config is None:
             return self._host
         # the coordinator's own tools are loaded already: only the plan's files load here
         tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
         host = Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
-                    engine_factory=self.engine_factory)
+                    engine_factory=self.engine_factory, recovery=self.recovery,
+                    config=self.config)
+        host._caches = self._host._caches  # fallback caches too, like the breakers
         host.breakers = self._host.breakers  # one breaker per tool for the coordinator
         return host
 
