@@ -122,6 +122,27 @@ def test_recovery_defaults_apply_to_every_tool(tmp_path, language):
     assert (len(once_calls), len(twice_calls)) == (2, 2)
 
 
+SCRIPT_TOOLS = {
+    "lua": ("flaky.lua", "local calls = 0\nreturn {search = function(p)\n"
+                         "  calls = calls + 1\n  if calls < 3 then error('down') end\n"
+                         "  return 'lua tool ' .. p.q .. ' ' .. calls\nend}\n"),
+    "javascript": ("flaky.js", "let calls = 0;\nexports.search = function (p) {\n"
+                               "  calls += 1;\n  if (calls < 3) throw new Error('down');\n"
+                               "  return 'js tool ' + p.q + ' ' + calls;\n};\n"),
+}
+
+
+def test_a_config_table_drives_a_tool_of_a_lua_or_js_tools_file(tmp_path, language):
+    name, text = SCRIPT_TOOLS[language]
+    config = write(tmp_path, '[tools.search]\nretry = { attempts = 3, on = "any", '
+                             'backoff = "fixed", initial = 0.001 }\n')
+    host = Host([str(write(tmp_path, text, name))], config=config)
+    for caller in ("lua", "javascript"):  # called from either language
+        result, recovery = run(host, caller, "search")
+        assert result == f"{language.replace('javascript', 'js')} tool x 3"
+        assert [e["action"] for e in recovery] == ["retry", "retry"]
+
+
 # -- precedence ---------------------------------------------------------------------------
 
 
