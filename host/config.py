@@ -21,7 +21,8 @@ the levels below it; policies are not merged field by field):
 1. ``Host(recovery={"search": ...})``, the Python argument;
 2. ``[tools.search]`` of the config file;
 3. ``[errors."<code>"]``, then ``[errors."<category>"]``: the retry of a call that failed
-   with that code, for every tool whose retry levels 1 and 2 do not set;
+   with that code, for every tool whose ``retry`` (or ``errors``) levels 1 and 2 do not
+   set;
 4. ``@tool(retry=..., ...)``, the tool's own settings in code;
 5. ``[recovery]``, the defaults for every tool (a default fallback is not given to the
    tool it names).
@@ -30,7 +31,13 @@ A tool's table and ``Host(recovery=)`` speak about one tool completely, so they 
 per-error table; ``@tool`` settings are the code's defaults that a config file overrides
 (as ``Host(recovery=)`` does), but a tool's own settings are more specific than the
 defaults for every tool. ``[tools.<name>.errors."<code>"]`` sets a per-error retry for one
-tool (level 2).
+tool (level 2). After each failed try the retry layer asks the retry of the error's code,
+else of its category, else the tool's ``retry`` (none: not retried); one count of tries
+and one clock run through them all.
+
+``Host(config=)``, ``Coordinator(config=)`` and ``polyspell run/plan --config`` read a
+file; only the command line falls back to ``[tool.polyspell]`` of ``./pyproject.toml``
+when it is given no ``--config`` (a library's host never reads the working directory).
 
 Every problem is one unified error naming the file and line: ``configuration/parse_failed``
 (not TOML), ``configuration/load_failed`` (unreadable, not UTF-8, larger than
@@ -83,6 +90,20 @@ class Config(BaseModel):
     _text: str | None = PrivateAttr(None)  # its text, to find lines in
     _prefix: Path_ = PrivateAttr(())  # where the table is in the file ([tool.polyspell])
     _lines: dict[Path_, int] | None = PrivateAttr(None)
+
+    def __init__(self, **data: Any) -> None:
+        from host.recovery.model import VALIDATING
+
+        if VALIDATING.get():  # from_mapping validates: it knows the file to name
+            super().__init__(**data)
+            return
+        token = VALIDATING.set(True)  # nested policies leave their errors to this one
+        try:  # built in code (Config(tools={...})): bad values are one unified error too
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise _from_validation(exc, None, None, (), data) from None
+        finally:
+            VALIDATING.reset(token)
 
     @classmethod
     def from_mapping(cls, data: Any, *, source: str | None = None, text: str | None = None,

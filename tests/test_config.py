@@ -241,6 +241,12 @@ def test_config_object_and_no_policies_keep_the_fast_path(tmp_path):
     config = load_config(write(tmp_path, "[errors.network]\nretry = { attempts = 2 }\n"))
     assert Host([fn], config=config).recovery["svc"].errors["network"].retry.attempts == 2
     assert Host([fn], config=Config()).recovery == {}
+    built = Config(tools={"svc": {"retry": {"attempts": 3}}})
+    assert Host([fn], config=built).recovery["svc"].retry.attempts == 3
+    with pytest.raises(SpellError) as info:
+        Config(tools={"svc": {"retry": {"attempts": 0}}})
+    assert info.value.code == "configuration/invalid_value"
+    assert "<config>: tools.svc.retry.attempts: Input should be" in str(info.value)
 
 
 # -- pyproject.toml ---------------------------------------------------------------------
