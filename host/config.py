@@ -15,6 +15,9 @@ The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by 
     [errors."provider/rate_limited"] # how calls failing with this code (or category) retry
     retry = { attempts = 6, backoff = "fixed", initial = 1 }
 
+    [degradation]                    # the host's levels (Host(degradation=) wins over it)
+    levels = [ { name = "cached", when_open = 1 }, { name = "fail", when_open = 3 } ]
+
 Precedence, most specific first (a policy given at a level replaces the whole policy of
 the levels below it; policies are not merged field by field):
 
@@ -63,6 +66,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from bridge import ConfigurationError, SpellError
+from host.recovery.degrade import Degradation
 from host.recovery.policy import ErrorCode, ErrorRecovery, ToolRecovery
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes: 1 MiB is far past any
@@ -73,7 +77,8 @@ Path_ = tuple[str | int, ...]  # a place in a TOML document: keys, and indexes i
 
 class Config(BaseModel):
     """A polyspell config file, validated: ``recovery`` (the defaults for every tool),
-    ``tools`` (each tool's own policies) and ``errors`` (per error code or category).
+    ``tools`` (each tool's own policies), ``errors`` (per error code or category) and
+    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`).
 
     Load one with :func:`load_config` (or :func:`load_pyproject`); build one from a
     mapping with :meth:`from_mapping`. :meth:`policies` resolves each tool's policies
@@ -85,6 +90,7 @@ class Config(BaseModel):
     recovery: ToolRecovery | None = None
     tools: dict[str, ToolRecovery] = {}
     errors: dict[ErrorCode, ErrorRecovery] = {}
+    degradation: Degradation | None = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in

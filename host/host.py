@@ -64,8 +64,9 @@ class Host:
     :class:`host.recovery.Degradation`; see :mod:`host.recovery.degrade`), followed in
     ``host.degradation``. ``config`` is a config file's path (a ``polyspell.toml``) or a
     loaded :class:`host.config.Config`: its ``[recovery]`` defaults, ``[tools.<name>]``
-    and ``[errors."<code>"]`` tables; ``recovery`` wins over it tool by tool (the
-    precedence: :mod:`host.config`).
+    and ``[errors."<code>"]`` tables, its ``[degradation]`` levels; ``recovery`` wins over
+    it tool by tool, and ``degradation`` over its levels (the precedence:
+    :mod:`host.config`).
     """
 
     def __init__(
@@ -113,6 +114,8 @@ class Host:
         self.recovery = _recovery_policies(self.tools, recovery, config)
         self._breakers: Breakers | None = None
         self._caches: dict[str, Any] = {}  # tool name -> its fallback cache (host.recovery)
+        if degradation is None and config is not None:  # the argument wins over the file
+            degradation = config.degradation
         self._degradation = _degradation_state(degradation)
 
     def run(self, path: str | Path, args: Any = None) -> Any:

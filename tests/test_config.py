@@ -25,7 +25,8 @@ retry = { attempts = 4, backoff = "exponential", initial = 0.05, max_delay = 1, 
 breaker = { failure_threshold = 3, recovery_timeout = 10, half_open_calls = 1, success_threshold = 1 }
 fallback = [ { tool = "search_backup" }, { cached = true, max_age = 3600 }, { value = [] } ]
 timeout = { attempt = 2, total = 10 }
-"""  # noqa: E501 - the issue's example, less `optional = true` (Degrade adds that key)
+optional = true                 # degrade instead of failing
+"""  # noqa: E501 - the issue's example
 
 # A script that calls one tool and returns its result, or the code of the error it got.
 CALL = {"lua": "local ok, r = pcall(tools[args.tool], {q = 'x'})\n"
@@ -89,6 +90,26 @@ def test_the_issues_example_loads_field_by_field(tmp_path):
     assert search.breaker.failure_threshold == 3
     assert [o.tool for o in search.fallback.options] == ["search_backup", None, None]
     assert (search.timeout.attempt, search.timeout.total) == (2, 10)
+    assert search.optional is True
+
+
+def test_degradation_levels_from_the_file_and_the_argument_over_them(tmp_path, language):
+    text = ('[tools.svc]\nbreaker = { failure_threshold = 1, recovery_timeout = 60 }\n'
+            '[degradation]\nlevels = [ { name = "fail", when_open = 1 } ]\n')
+    fn, _ = flaky("svc", 100)
+    other, other_calls = flaky("other", 0)
+    host = Host([fn, other], config=write(tmp_path, text))
+    assert run(host, language, "svc")[0] == "network/connection"  # its breaker opens
+    assert host.degradation.level.name == "fail"
+    assert run(host, language, "other")[0] == "runtime/circuit_breaker_open"
+    assert other_calls == []  # the host has stopped calling tools
+    host = Host([fn, other], config=write(tmp_path, text),
+                degradation={"levels": [{"name": "cached", "when_open": 1}]})
+    assert [level.name for level in host.degradation.policy.levels] == ["cached"]
+    bad = write(tmp_path, "[degradation]\nlevels = [\n  { name = 'cached', when_open = 0 },\n]\n")
+    with pytest.raises(SpellError) as info:
+        load_config(bad)
+    assert f"{bad}:3: degradation.levels[0].when_open:" in str(info.value)
 
 
 def test_the_issues_example_retries_a_flaky_tool_in_both_languages(tmp_path, language):
