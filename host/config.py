@@ -165,9 +165,8 @@ class Config(BaseModel):
                 hint = (f" (did you mean {close[0]!r}?)" if close
                         else f" (tools: {', '.join(sorted(known)) or 'none'})")
                 path = ("tools", name)
-                raise ConfigurationError.InvalidValue(
-                    key=_dotted((*self._prefix, *path)), value=name,
-                    reason=f"{self.where(path)}: there is no tool named {name!r}{hint}")
+                raise _located(_dotted((*self._prefix, *path)), name,
+                               f"{self.where(path)}: there is no tool named {name!r}{hint}")
         tables = [(("tools", name), name, table) for name, table in self.tools.items()]
         tables.append((("recovery",), None, self.recovery))
         for path, owner, table in tables:
@@ -178,10 +177,9 @@ class Config(BaseModel):
                     continue
                 why = "is the tool it protects" if option.tool == owner else "does not exist"
                 where = (*path, "fallback", index, "tool")
-                raise ConfigurationError.InvalidValue(
-                    key=_dotted((*self._prefix, *where)), value=option.tool,
-                    reason=f"{self.where(where)}: the fallback names a tool that {why}: "
-                    f"{option.tool!r}")
+                raise _located(_dotted((*self._prefix, *where)), option.tool,
+                               f"{self.where(where)}: the fallback names a tool that {why}: "
+                               f"{option.tool!r}")
         resolved: dict[str, ToolRecovery] = {}
         for name, own in known.items():
             policy = resolve(name, own=own, defaults=self.recovery, errors=self.errors,
@@ -309,9 +307,16 @@ def _invalid(source: str | None, text: str | None, prefix: Path_, value: Any,
              path: Path_, reason: str) -> SpellError:
     full = (*prefix, *path)
     line = _line(key_lines(text), full) if text is not None else None
-    return ConfigurationError.InvalidValue(
-        key=_dotted(full), value=repr(value)[:200],
-        reason=f"{_where(source, line, full)}: {reason}")
+    return _located(_dotted(full), repr(value)[:200],
+                    f"{_where(source, line, full)}: {reason}")
+
+
+def _located(key: str, value: str, where_and_why: str) -> SpellError:
+    """``configuration/invalid_value`` whose message is ``file:line: key: problem``, said
+    once as a compiler says it (not after the template's "Invalid configuration value for
+    <key>:" again)."""
+    return ConfigurationError.InvalidValue(where_and_why, key=key, value=value,
+                                           reason=where_and_why)
 
 
 def _where(source: str | None, line: int | None, path: Path_) -> str:

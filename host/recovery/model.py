@@ -43,7 +43,7 @@ def invalid_policy(policy: str, exc: ValidationError, reason: str | None = None
     key = f"{policy}.{where}" if where else policy
     return ConfigurationError.InvalidValue(
         key=key, value=repr(problem.get("input"))[:200],
-        reason=reason or f"{key}: {problem['msg']}")
+        reason=reason or problem["msg"])
 
 
 def field_path(loc: tuple[Any, ...]) -> str:
