@@ -258,6 +258,13 @@ class Engine(ABC):
         A script error fails only its activation; a limit (time, memory) ends the engine.
         """
 
+    @property
+    def usable(self) -> bool:
+        """Whether the engine can still run code: false once a limit (time, memory...) or
+        a broken protocol ended it, or it was closed. A script error fails only its
+        activation and leaves the engine usable."""
+        return True
+
     def stop(self) -> bool:
         """Ask the engine to end its script as soon as it can; callable from any thread.
 

@@ -228,6 +228,11 @@ class JavaScriptEngine(Engine):
         self._deadline = -math.inf if self._stopped else deadline
         self._rearm_at = -math.inf
 
+    @property
+    def usable(self) -> bool:
+        """Whether the engine can still run code (see :attr:`Engine.usable`)."""
+        return self._ctx is not None and not self._broken
+
     def stop(self) -> bool:
         """Fail the next call into JS (callable from any thread).
 
@@ -330,6 +335,12 @@ class JavaScriptEngine(Engine):
                 problem = Problem(found["path"], found["type"], found["message"])
                 return Failed(crossing_error(problem, "javascript", "python"), lines, problem)
             case _:  # loading or running, with nothing queued that could settle it
+                if self._memory_full():  # out of memory in a job: its rejection was lost
+                    return Failed(translate.resource_error(
+                        "memory", "the script ran out of memory in an async function (its "
+                                  "promise could not even be rejected)",
+                        [translate.make_frame(self._filename, None, None, "<script>")],
+                        self._limit_values()), lines)
                 return Failed(variant_class("script", "runtime_error")(
                     language="javascript",
                     error="the script is waiting on a promise that nothing will resolve",

@@ -331,6 +331,11 @@ class LuaEngine(Engine):
             return self._handoff(_STEP, deadline, reply.id, True, reply.result, "result")
         return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
 
+    @property
+    def usable(self) -> bool:
+        """Whether the engine can still run code (see :attr:`Engine.usable`)."""
+        return self._failed is None and self._lua is not None
+
     def stop(self) -> bool:
         """End the script at the hook's next look at the clock (callable from any thread)."""
         self._stopped[0] = True

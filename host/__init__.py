@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         Degradation,
         DegradationLevel,
         Fallback,
+        Restart,
         Retry,
         Timeout,
         ToolRecovery,
@@ -34,6 +35,7 @@ _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "CircuitBreaker": "host.recovery", "Breakers": "host.recovery",
             "Timeout": "host.recovery", "Fallback": "host.recovery",
             "Degradation": "host.recovery", "DegradationLevel": "host.recovery",
+            "Restart": "host.recovery",
             "ToolCall": "host.calls", "Layer": "host.calls",
             "wrap": "bridge"}  # the table of tool exceptions -> unified errors
 
@@ -47,6 +49,6 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["Breakers", "CircuitBreaker", "Coordinator", "Degradation", "DegradationLevel",
-           "Fallback", "Host", "Layer", "Plan", "PlanReport", "Retry", "Task", "TaskReport",
-           "Timeout", "Tool", "ToolCall", "ToolRecovery", "ToolRegistry", "load_plan", "tool",
-           "wrap"]
+           "Fallback", "Host", "Layer", "Plan", "PlanReport", "Restart", "Retry", "Task",
+           "TaskReport", "Timeout", "Tool", "ToolCall", "ToolRecovery", "ToolRegistry",
+           "load_plan", "tool", "wrap"]

@@ -281,6 +281,10 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None,
                 raise ConfigurationError.InvalidValue(
                     key=f"{name}.fallback", value=other,
                     reason=f"{name}.fallback names a tool that {why}: {other!r}")
+        if policy.restart is not None:
+            from host.recovery.restart import check_restart
+
+            check_restart(name, tools.get(name), policy.restart)
     return policies
 
 

@@ -63,7 +63,15 @@ from host.calls import (
 from host.control import RunControl
 from host.data import crossing
 from host.history import RecoveryHistory, recovery_event
-from host.tools import ScriptTool, ToolRegistry, build_engine, load_library, preview
+from host.tools import (
+    STATE_EXPORT,
+    STATE_RESTORE,
+    ScriptTool,
+    ToolRegistry,
+    build_engine,
+    load_library,
+    preview,
+)
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.recovery import Breakers, ToolRecovery
@@ -140,6 +148,16 @@ class ScriptRun:
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
+        self._active: dict[str, int] = {}  # tools file -> calls into it in progress
+        self._restarts: dict[str, int] = {}  # tools file -> restarts by a Restart policy
+        self._reloads: dict[str, int] = {}  # tools file -> engines of it thrown away
+        self._timed_out: set[str] = set()  # tools files whose engine a timeout stopped
+        self._ended: dict[str, str] = {}  # tools file -> the code of what ended its engine
+        # the tools files whose state is kept across restarts (Restart(state="keep") on one
+        # of their functions), and the state each exported after its last good call
+        self._keeps = _keeping(tools, self.recovery_policies)
+        self._kept: dict[str, Any] = {}
+        self._bound = math.inf  # the deadline of the innermost tools-file call (or the run's)
         self._depth = 0  # tool calls into tools files in progress
         self._token: anyio.lowlevel.EventLoopToken | None = None  # the host's event loop
         self._engines: list[Engine] = []  # every engine of the run, to stop them
@@ -227,7 +245,7 @@ class ScriptRun:
         return result
 
     async def _execute(self) -> Any:
-        self.deadline = time.monotonic() + self.limits.timeout
+        self.deadline = self._bound = time.monotonic() + self.limits.timeout
         self._token = anyio.lowlevel.current_token()
         with anyio.move_on_after(self.limits.timeout + DEADLINE_GRACE) as scope:
             try:
@@ -312,7 +330,7 @@ class ScriptRun:
         try:
             step = self._received(engine.start(self.source, self.filename, self.args,
                                                self._infos(), self.deadline))
-            step = self._converse(engine, step)
+            step = self._converse(engine, step, self.deadline)
         except Exception as exc:  # a bug in an engine must still end as a unified error
             why = describe_exception(exc, qualified=False)
             return self._decorate(SpellError.wrap(
@@ -357,8 +375,9 @@ class ScriptRun:
     def _infos(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description) for t in self.tools]
 
-    def _converse(self, engine: Engine, step: Step) -> Finished | Failed:
-        """Answer the engine's tool calls until the script (or the called function) ends."""
+    def _converse(self, engine: Engine, step: Step, deadline: float) -> Finished | Failed:
+        """Answer the engine's tool calls until the script (or the called function) ends,
+        by ``deadline``."""
         control = self.control
         while isinstance(step, Suspended):
             if control.given_up:  # no tool runs for a run nobody waits for
@@ -374,7 +393,7 @@ class ScriptRun:
             recovering = self._script_recovery
             if recovering is not None and recovering.delays:  # retries of the script's own
                 recovering.wait(replies)
-            step = engine.resume(replies, self.deadline)
+            step = engine.resume(replies, deadline)
             if step.output or step.__class__ is Failed:  # _received, inlined: the hot loop
                 self._received(step)
         return step
@@ -386,8 +405,9 @@ class ScriptRun:
         name = request.tool
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
+        # a call made inside a tools-file function ends by that function's deadline
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
-                        self._depth, self, self.deadline, time.perf_counter())
+                        self._depth, self, self._bound, time.perf_counter())
         try:
             return ToolReply(request.id, result=path(call))
         except SpellError as err:
@@ -434,7 +454,7 @@ class ScriptRun:
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
         return path(ToolCall(name, tool, call.params, call.problem, call.caller, call.frames,
-                             call.depth, self, self.deadline, time.perf_counter()))
+                             call.depth, self, self._bound, time.perf_counter()))
 
     def _layers_for(self, name: str) -> list[Layer]:
         """A tool's layers, outermost first: the boundary, the host's layers, the tool's
@@ -507,9 +527,10 @@ class ScriptRun:
         try:
             return call.tool.invoke(call)
         except DeadlineReached as reached:
-            if reached.deadline < self.deadline:
+            if reached.deadline < self._bound:
                 raise  # a layer's own deadline: that layer reports it
-        # the run's own deadline: the engine stops the script at its next step
+        # the run's own deadline, or that of the tools-file call this call was made in:
+        # the engine stops the script (or that function) at its next step
         raise ScriptError.ResourceExhaustion(language=self.language, resource_type="time",
                                              limit=self.limits.timeout)
 
@@ -529,24 +550,165 @@ class ScriptRun:
             raise ScriptError.ResourceExhaustion(
                 language=tool.language, resource_type="stack", current_usage=self._depth,
                 limit=MAX_TOOL_DEPTH)
-        engine = self._libraries.get(tool.filename)
-        if engine is None:
-            engine = self._libraries[tool.filename] = self._engine(tool.language)
-            load_library(engine, tool.source, tool.filename, self._infos(), self.deadline,
-                         self._output)
+        # the call's deadline (a timeout's) if a layer narrowed it: the engine stops there
+        deadline = min(call.deadline, self.deadline)
+        filename = tool.filename
+        engine = self._library(tool, deadline)
+        active = self._active
+        outer, self._bound = self._bound, deadline
         self._depth += 1
+        active[filename] = active.get(filename, 0) + 1
         try:
             step = self._converse(engine, self._received(
-                engine.call(tool.function, call.params, self.deadline)))
+                engine.call(tool.function, call.params, deadline)), deadline)
+            failed = None
+            if isinstance(step, Failed):
+                failed = step.error
+                if step.problem is not None:  # its result has no JSON form: name the caller
+                    failed = crossing_error(step.problem, tool.language, call.caller)
+                    failed.frames = step.error.frames
+                failed = self._decorate(failed, tool)
+            elif filename in self._keeps and active[filename] == 1:
+                failed = self._snapshot(engine, tool, deadline)
         finally:
             self._depth -= 1
+            self._bound = outer
+            active[filename] -= 1
+        if failed is None:
+            return crossing(step.result, tool.language, call.caller)  # type: ignore[union-attr]
+        if not engine.usable:
+            self._ended.setdefault(filename, failed.code)
+        if deadline < self.deadline and not engine.usable and time.monotonic() >= deadline:
+            # a timeout stopped the engine (it cannot go on): it is loaded again at the
+            # file's next call, once no other call into it is in progress
+            self._timed_out.add(filename)
+        if filename in self._timed_out and not active[filename]:
+            self._timed_out.discard(filename)
+            self._discard(tool, ToolError.Timeout(tool_name=tool.name,
+                                                  duration=round(time.monotonic()
+                                                                 - call.started, 3)))
+        if deadline < self.deadline and time.monotonic() >= deadline and (
+                not engine.usable or _out_of_time(failed)):
+            raise DeadlineReached(deadline)  # the layer that set it reports it
+        raise failed
+
+    # -- tools-file engines: loading, restarts, kept state ---------------------------
+
+    def _library(self, tool: ScriptTool, deadline: float) -> Engine:
+        """The run's engine for ``tool``'s file, loaded at its first call (and again after
+        a restart, then given the state the file kept, if it keeps its state)."""
+        engine = self._libraries.get(tool.filename)
+        if engine is not None:
+            if engine.usable:
+                return engine
+            # ended by a limit earlier in this run, and not restarted: one clear error
+            # (the engine would answer with its old error, or a protocol breach)
+            raise self._decorate(ScriptError.RuntimeError(
+                language=tool.language,
+                error=f"the engine of {tool.filename} was ended earlier in this run "
+                      f"({self._ended.get(tool.filename, 'a limit')}): its functions cannot "
+                      f"run again in this run",
+                reason="give the function a Restart policy to load the file again"), tool)
+        engine = self._libraries[tool.filename] = self._engine(tool.language)
+        try:
+            load_library(engine, tool.source, tool.filename, self._infos(), deadline,
+                         self._output)
+            if tool.filename in self._kept:
+                self._restore(engine, tool, self._kept[tool.filename], deadline)
+        except SpellError:
+            if deadline < self.deadline and time.monotonic() >= deadline:
+                self._drop(tool.filename)
+                raise DeadlineReached(deadline) from None
+            if self._reloads.get(tool.filename):  # a reload failed: the next call tries again
+                self._drop(tool.filename)
+            raise
+        return engine
+
+    def _restore(self, engine: Engine, tool: ScriptTool, state: Any, deadline: float) -> None:
+        """Hand a reloaded engine the state its file exported (``polyspell_restore``)."""
+        step = self._received(engine.call(STATE_RESTORE, state, deadline))
+        if isinstance(step, Finished):
+            return
+        cause = step.error if isinstance(step, Failed) else None
+        why = cause.message if cause is not None else "it called a tool"
+        raise ConfigurationError.LoadFailed(
+            path=tool.filename, cause=cause, frames=cause.frames if cause else [],
+            reason=f"{STATE_RESTORE} failed to take back the state it kept: {why}")
+
+    def _snapshot(self, engine: Engine, tool: ScriptTool, deadline: float
+                  ) -> SpellError | None:
+        """Keep the state ``tool``'s file exports (``polyspell_state``) after a good call;
+        the error that call then fails with if the state cannot be kept."""
+        step = self._received(engine.call(STATE_EXPORT, None, deadline))
+        if isinstance(step, Finished):
+            self._kept[tool.filename] = step.result
+            return None
         if isinstance(step, Failed):
-            err = step.error
-            if step.problem is not None:  # its result has no JSON form: name the caller
-                err = crossing_error(step.problem, tool.language, call.caller)
-                err.frames = step.error.frames
-            raise self._decorate(err, tool)
-        return crossing(step.result, tool.language, call.caller)
+            cause = step.error
+            why = (str(step.problem) + " (the state must be JSON-like data)"
+                   if step.problem is not None else cause.message)
+        else:
+            cause, why = None, "it called a tool (it must only return the state)"
+        return self._decorate(ConfigurationError.InvalidValue(
+            key=f"{tool.filename}:{STATE_EXPORT}", value=tool.filename, cause=cause,
+            reason=f"{STATE_EXPORT} of {tool.filename} did not give a state to keep: {why}"),
+            tool)
+
+    def library_broken(self, tool: ScriptTool, err: SpellError) -> bool:
+        """Whether ``err``, out of a call of ``tool``, left the file's engine broken (see
+        :mod:`host.recovery.restart`): the engine ended, or it observed a memory or stack
+        limit, or the function raised ``agent/state_corruption`` itself."""
+        engine = self._libraries.get(tool.filename)
+        if engine is None:  # thrown away (a timeout): the next call loads it again
+            return False
+        if not engine.usable:
+            return True
+        if id(err) in self._ref_of:  # a tool it called raised it: not this file's state
+            return False
+        if err.code == "agent/state_corruption":
+            return True
+        if err.raised_by_script:  # a limit the script only claims
+            return False
+        return err.code == "resource/memory_exhaustion" or (
+            err.code == "script/resource_exhaustion"
+            and err.fields.get("resource_type") in ("memory", "stack"))
+
+    def restarts(self, tool: ScriptTool) -> int:
+        """How often a Restart policy restarted ``tool``'s file in this run."""
+        return self._restarts.get(tool.filename, 0)
+
+    def restart_library(self, tool: ScriptTool, err: SpellError, *, keep: bool) -> bool:
+        """Throw away the engine of ``tool``'s file, broken by ``err``; its next call loads
+        the file again, with the state it kept if ``keep``, else as new. Recorded in the
+        run's recovery history. False (nothing done) while another call into the file is
+        in progress: its engine stays for that call."""
+        if self._active.get(tool.filename):
+            return False
+        if not keep:
+            self._kept.pop(tool.filename, None)
+        self._restarts[tool.filename] = self.restarts(tool) + 1
+        self._discard(tool, err)
+        return True
+
+    def _discard(self, tool: ScriptTool, err: SpellError) -> None:
+        """Throw away the engine of ``tool``'s file and record it as a restart."""
+        reloads = self._reloads[tool.filename] = self._reloads.get(tool.filename, 0) + 1
+        self._ended.pop(tool.filename, None)
+        self._drop(tool.filename)
+        self.record_recovery("restart", tool.name, reloads, err)
+
+    def _drop(self, filename: str) -> None:
+        engine = self._libraries.pop(filename, None)
+        if engine is None:
+            return
+        try:
+            self._engines.remove(engine)
+        except ValueError:
+            pass
+        try:
+            engine.close()
+        except Exception:  # a broken engine that fails to close is gone all the same
+            pass
 
     def await_on_loop(self, fn: Callable[..., Any], args: tuple, kwargs: dict,
                       deadline: float) -> Any:
@@ -677,6 +839,23 @@ class _Crossed(NamedTuple):
 # What _preserve_stack keeps of the run an error left: an earlier run's, in an error
 # that crosses again in another run, is not this run's.
 _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
+
+
+def _out_of_time(err: SpellError) -> bool:
+    """Whether ``err`` is an engine's time limit (not one a script raised itself)."""
+    return (err.code == "script/resource_exhaustion" and not err.raised_by_script
+            and err.fields.get("resource_type") == "time")
+
+
+def _keeping(tools: ToolRegistry, policies: Mapping[str, Any]) -> set[str]:
+    """The tools files one of whose functions has ``Restart(state="keep")``."""
+    files = set()
+    for name, policy in policies.items():
+        restart = getattr(policy, "restart", None)
+        tool = tools.get(name)
+        if restart is not None and restart.state == "keep" and isinstance(tool, ScriptTool):
+            files.add(tool.filename)
+    return files
 
 
 def _close_all(engines_: list[Engine]) -> Exception | None:

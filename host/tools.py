@@ -242,6 +242,8 @@ class ScriptTool:
     description: str = ""
     timeout: float | None = None
     is_async: bool = False
+    # the file exports polyspell_state and polyspell_restore (see host.recovery.restart)
+    state_hooks: bool = False
 
     def schema(self) -> dict[str, Any]:
         """What the function takes: one table/object (scripts check it themselves)."""
@@ -253,6 +255,13 @@ class ScriptTool:
         """Call the function in the run's engine for this file (see :mod:`host.calls`)."""
         return call.run.call_library(self, call)
 
+
+# The functions a tools file exports to keep its state across a restart (Restart(state=
+# "keep"), see host.recovery.restart): not tools. polyspell_state() returns the state as
+# JSON-like data; polyspell_restore(state) takes it back after the file is loaded again.
+STATE_EXPORT = "polyspell_state"
+STATE_RESTORE = "polyspell_restore"
+STATE_HOOKS = (STATE_EXPORT, STATE_RESTORE)
 
 # Seconds a tools file may take to load (it runs once at registration, once per run).
 LOAD_TIMEOUT = 10.0
@@ -271,11 +280,18 @@ def _load_script_tools(path: Path, language: str, sandbox: str,
         engine.close()
     spec = engines.spec_of(language)
     assert spec is not None  # the language of the file's extension: registered
+    hooks = [name for name in names if name in STATE_HOOKS]
+    if len(hooks) == 1:
+        missing = next(name for name in STATE_HOOKS if name not in hooks)
+        raise ConfigurationError.LoadFailed(
+            path=str(path), reason=f"it exports {hooks[0]} without {missing} (a file that "
+                                   f"keeps its state across a restart exports both)")
+    names = [name for name in names if name not in STATE_HOOKS]
     if not names:
         raise ConfigurationError.LoadFailed(
             path=str(path), reason=f"it exports no functions (put them in {spec.exports})")
     return [ScriptTool(name=name, function=name, language=language, filename=str(path),
-                       source=source,
+                       source=source, state_hooks=bool(hooks),
                        description=f"{spec.display_name} function {name} of {path.name}")
             for name in names]
 

@@ -2,8 +2,8 @@
 
 Each policy is a pydantic model (so it loads from TOML and serialises) that makes a layer
 of the tool-call pipeline (:mod:`host.calls`). A tool's layers are composed in one fixed
-order, outermost first: fallback, total timeout, retry, circuit breaker, attempt timeout,
-the call (Polly v8's order).
+order, outermost first: fallback, total timeout, retry, circuit breaker, restart, attempt
+timeout, the call (Polly v8's order).
 
 - :mod:`host.recovery.retry`: :class:`Retry`, tries again with backoff and jitter; the
   coordinator's task retry is the same model.
@@ -16,6 +16,8 @@ the call (Polly v8's order).
   levels, followed in a :class:`DegradationState` (``host.degradation``).
 - :mod:`host.recovery.failfast`: ``ToolRecovery.fail_fast``, no recovery; a failure ends
   the run after its cleanups (``run.on_cleanup``).
+- :mod:`host.recovery.restart`: :class:`Restart`, reloads a tools file's broken engine
+  (state reset, or kept as the file exported it) and calls again.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from host.recovery.breaker import Breaker, BreakerLayer, Breakers, CircuitBreake
 from host.recovery.degrade import Degradation, DegradationLevel, DegradationState
 from host.recovery.fallback import Fallback, FallbackOption
 from host.recovery.policy import ErrorRecovery, ToolRecovery
+from host.recovery.restart import Restart, RestartLayer
 from host.recovery.retry import Retry
 from host.recovery.timeout import Timeout
 
 __all__ = ["Breaker", "BreakerLayer", "Breakers", "CircuitBreaker", "Degradation",
            "DegradationLevel", "DegradationState", "ErrorRecovery", "Fallback", "FallbackOption",
-           "Retry", "Timeout", "ToolRecovery"]
+           "Restart", "RestartLayer", "Retry", "Timeout", "ToolRecovery"]

@@ -18,6 +18,7 @@ from pydantic import (
 
 from host.recovery.breaker import Breakers, CircuitBreaker
 from host.recovery.fallback import Cache, Fallback, FallbackLayer
+from host.recovery.restart import Restart
 from host.recovery.retry import Retry, RetryLayer, check_code
 from host.recovery.timeout import Timeout
 
@@ -62,6 +63,7 @@ class ToolRecovery(BaseModel):
     # its cleanups (host.recovery.failfast)
     fail_fast: bool = Field(False, strict=True)
     errors: dict[ErrorCode, ErrorRecovery] | None = None
+    restart: Restart | None = None  # functions of Lua/JS tools files only
 
     @field_validator("degraded")
     @classmethod
@@ -76,10 +78,12 @@ class ToolRecovery(BaseModel):
         """The layers of tool ``name``'s policies, outermost first: degrade (an optional
         tool's, and the host's degradation levels in ``degradation``), fallback (its cache
         of good results in ``caches``), total timeout, retry, circuit breaker (its state in
-        ``breakers``), attempt timeout (Polly v8's order). ``breakers`` and ``caches`` are
-        the host's, shared by its runs; ``tools`` (the host's registry) gives the
-        breaker's health check tool. A fail-fast tool has only the levels' layer and its
-        own (:mod:`host.recovery.failfast`)."""
+        ``breakers``), restart (a tools file's engine), attempt timeout (Polly v8's order,
+        with restart where it sees each try's failure and gives the try again its own
+        attempt time). ``breakers`` and ``caches`` are the host's, shared by its runs;
+        ``tools`` (the host's registry) gives the breaker's health check tool. A
+        fail-fast tool has only the levels' layer and its own
+        (:mod:`host.recovery.failfast`)."""
         from host.calls import Timeouts
         from host.recovery.degrade import DegradeLayer
 
@@ -111,6 +115,8 @@ class ToolRecovery(BaseModel):
             layers.append(breakers.layer_for(
                 name, self.breaker, health=None if check is None else health_call(check),
                 health_timeout=getattr(check, "timeout", None)))
+        if self.restart is not None:
+            layers.append(self.restart.layer())
         if timeout.attempt is not None:
             layers.append(Timeouts(timeout.attempt))
         return layers

@@ -4,7 +4,9 @@ Both are the tool-call pipeline's one timeout mechanism (:class:`host.calls.Time
 two places of a tool's pipeline: ``total`` outside the retries (no retry starts that
 cannot end in time), ``attempt`` inside the breaker, around each try, on top of the tool's
 own ``timeout`` (the tighter one wins). Either running out is ``tool/timeout``. They bound
-Python tools; a tools file's function is bounded by the run's time limit only.
+Python tools and functions of Lua/JS tools files alike: the file's engine stops the function
+at the deadline, and since a stopped engine cannot go on, the file is loaded again at its
+next call (see :mod:`host.recovery.restart`).
 """
 
 from __future__ import annotations

@@ -1,0 +1,32 @@
+// A tools file that keeps a counter, exports it across restarts, and breaks on demand.
+// tools.ticket (a Python tool of the test) numbers the calls that ask for trouble, so a
+// call fails on its first tries and works once the engine was restarted enough times.
+let state = { count: 0 };
+
+exports.bump = async function (p) {
+  state.count += 1;
+  if (p.blow && (await tools.ticket({})) <= p.blow) {
+    // past the memory limit, held where the collector cannot free it: the engine's
+    // memory stays full, as in a leak
+    globalThis.hog = [];
+    for (let i = 0; ; i++) globalThis.hog.push("x".repeat(64) + i);
+  }
+  return state.count;
+};
+
+exports.corrupt = async function (p) {
+  if ((await tools.ticket({})) <= p.times) {
+    state.count = -999; // half-done work: the state the host must not keep
+    throw new AgentError({ kind: "state_corruption", agent_id: "counter",
+                           description: "the counter is off" });
+  }
+  return state.count;
+};
+
+exports.spin = function (p) {
+  console.log("spin " + state.count);
+  for (;;) {}
+};
+
+exports.polyspell_state = function () { return state; };
+exports.polyspell_restore = function (kept) { state = kept; };
