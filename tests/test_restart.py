@@ -120,9 +120,26 @@ def test_an_agent_state_corruption_a_tool_raised_is_not_the_files(language):
     assert run.recovery == []  # the file only let it through: no restart
 
 
+def test_no_restart_while_another_call_into_the_file_is_in_progress(language):
+    host = _host(language, {"bump": {"restart": {"state": "reset"}}})
+    result, run = _run(host, language, ("nested", {"blow": 1}))
+    # the engine is in use by nested, which waits for bump: it is not thrown away under it
+    assert result == ["resource/memory_exhaustion"]
+    assert run.recovery == []
+    host = _host(language, {"bump": {"restart": {"state": "reset"}}})
+    result, run = _run(host, language, ("nested", {"blow": 1}), ("bump", {}))
+    assert result[0] == "resource/memory_exhaustion" and isinstance(result[1], int)
+    # Lua: the memory limit ended the engine, and bump's policy restarts it; JavaScript
+    # goes on after it (its memory, held by the file, may still be full)
+    assert _events(run) in ([], [("restart", "bump", "script/runtime_error")],
+                            [("restart", "bump", "resource/memory_exhaustion")])
+    if language == "lua":
+        assert _events(run) == [("restart", "bump", "script/runtime_error")]
+
+
 def test_the_state_hooks_are_not_tools(language):
     host = _host(language, {})
-    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "spin", "ticket"]
+    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "nested", "spin", "ticket"]
     result, _ = _run(host, language, ("polyspell_state", {}))
     assert result == ["tool/not_found"]
 
