@@ -127,7 +127,9 @@ class Timeouts:
     total): it narrows the call's deadline when its limit ends before the deadline the
     call already has, and a call that overruns it is ``tool/timeout``. A sync tool then
     runs on a pooled daemon thread and is left to finish in the background (Python cannot
-    stop a thread); an async tool is cancelled.
+    stop a thread); an async tool is cancelled; a tools file's function is stopped by its
+    engine, which is then thrown away (the file is loaded again at its next call), and
+    the tools it calls meanwhile end by the same deadline.
     """
 
     def __init__(self, seconds: float | None = None) -> None:

@@ -97,8 +97,9 @@ class ScriptRun:
     """One run: its engines, deadline, control, error refs and correlation id.
 
     Tools files (:class:`ScriptTool`) get an engine each, on the run's thread, made at
-    their first call and closed with the run; a call into one is driven like the script
-    itself, nested inside the tool call that made it. Every tool call goes through the
+    their first call and closed with the run (or thrown away and made again: a timeout,
+    a restart); a call into one is driven like the script itself, nested inside the tool
+    call that made it. Every tool call goes through the
     run's pipeline (:mod:`host.calls`).
     """
 
@@ -535,7 +536,15 @@ class ScriptRun:
                                              limit=self.limits.timeout)
 
     def call_library(self, tool: ScriptTool, call: ToolCall) -> Any:
-        """Call a tools file's function in its engine, answering its own tool calls."""
+        """Call a tools file's function in its engine, answering its own tool calls.
+
+        The engine stops the function at the call's deadline (a timeout layer's, or the
+        run's), and the tools it calls end by it too. Past a layer's deadline this raises
+        :class:`DeadlineReached` for that layer, and the engine, which a time limit ends,
+        is thrown away: the file is loaded again at its next call (see
+        :mod:`host.recovery.restart`). After a good call of a file that keeps its state,
+        the state it exports is kept for a restart.
+        """
         if threading.current_thread() is not self._thread:
             # an engine is driven by one thread at a time (quickjs crashes the process
             # otherwise): a layer that calls next on a thread of its own is refused here

@@ -231,7 +231,9 @@ class ScriptTool:
     script.
 
     Each run gives the file an engine of its own, loaded on the first call and kept for
-    the run, so the file's module state lives as long as the run.
+    the run, so the file's module state lives as long as the run (or until a timeout or
+    a restart throws the engine away: with ``Restart(state="keep")`` the state the file
+    exports with ``polyspell_state`` is handed back to ``polyspell_restore``).
     """
 
     name: str

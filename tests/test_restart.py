@@ -73,6 +73,15 @@ def test_a_function_past_the_memory_limit_restarts_its_file_and_the_call_succeed
     assert run.recovery[0]["attempt"] == 1
 
 
+def test_a_function_past_the_stack_limit_restarts_its_file(language):
+    host = _host(language, {"deep": {"restart": {"state": "keep", "max_restarts": 2}}},
+                 memory_mb=64)
+    result, run = _run(host, language, ("bump", {}), ("deep", {"times": 2}), ("bump", {}))
+    # the kept count is 1 at each restart: the failed calls' increments are gone
+    assert result == [1, 2, 3]
+    assert _events(run) == [("restart", "deep", "script/resource_exhaustion")] * 2
+
+
 def test_max_restarts_bounds_the_restarts_then_the_error_escapes_with_the_history(language):
     host = _host(language, {"bump": {"restart": {"max_restarts": 2, "state": "keep"}}})
     result, run = _run(host, language, ("bump", {}), ("bump", {"blow": 3}))
@@ -139,7 +148,7 @@ def test_no_restart_while_another_call_into_the_file_is_in_progress(language):
 
 def test_the_state_hooks_are_not_tools(language):
     host = _host(language, {})
-    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "nested", "spin", "ticket"]
+    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "deep", "nested", "spin", "ticket"]
     result, _ = _run(host, language, ("polyspell_state", {}))
     assert result == ["tool/not_found"]
 
@@ -227,6 +236,12 @@ def test_an_attempt_timeout_stops_a_function_that_never_returns_and_a_retry_runs
                             ("retry", "spin", "tool/timeout"),
                             ("restart", "spin", "tool/timeout")]
     assert 0.4 <= elapsed < 5
+
+    with pytest.raises(SpellError) as info:  # escaping, it carries what was tried
+        host.run_source(pick_raise(language, "spin", {}), language)
+    assert info.value.code == "tool/timeout"
+    assert [e["action"] for e in info.value.context.metadata["recovery"]] == \
+        ["restart", "retry", "restart"]
 
 
 def test_a_timeout_keeps_the_state_of_a_file_that_keeps_it(language):

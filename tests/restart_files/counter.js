@@ -23,6 +23,15 @@ exports.corrupt = async function (p) {
   return state.count;
 };
 
+exports.deep = async function (p) {
+  state.count += 1;
+  if ((await tools.ticket({})) <= p.times) {
+    const dig = (n) => 1 + dig(n + 1); // past the stack limit
+    return dig(0);
+  }
+  return state.count;
+};
+
 exports.spin = function (p) {
   console.log("spin " + state.count);
   for (;;) {}

@@ -22,6 +22,16 @@ function M.corrupt(p)
   return state.count
 end
 
+function M.deep(p)
+  state.count = state.count + 1
+  if tools.ticket{} <= p.times then
+    -- past the stack limit (C levels, through __index: quicker than 200,000 Lua calls)
+    local function dig() return setmetatable({}, {__index = function(_, k) return dig()[k] end}) end
+    return dig().x
+  end
+  return state.count
+end
+
 function M.spin(p)
   print("spin " .. state.count)
   while true do end
