@@ -148,7 +148,8 @@ def test_no_restart_while_another_call_into_the_file_is_in_progress(language):
 
 def test_the_state_hooks_are_not_tools(language):
     host = _host(language, {})
-    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "deep", "nested", "spin", "ticket"]
+    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "deep", "nested", "spin",
+                                                  "ticket"]
     result, _ = _run(host, language, ("polyspell_state", {}))
     assert result == ["tool/not_found"]
 
