@@ -180,6 +180,22 @@ def test_a_state_that_is_not_json_data_is_a_clear_error(language, kind, says):
         assert err.__cause__ is not None and err.__cause__.code == "resource/memory_exhaustion"
 
 
+def test_a_state_hook_that_calls_a_tool_or_a_restore_that_fails_is_a_clear_error(language):
+    host = _host(language, {"set_kind": {"restart": {"state": "keep"}},
+                            "corrupt": {"restart": {"state": "keep"}}}, name="hostile")
+    result, run = _run(host, language, ("set_kind", {"kind": "tool"}),
+                       ("set_kind", {"kind": "poison"}), ("corrupt", {}), ("set_kind", {}))
+    # the state hook may not call tools; a restore that fails is the file failing to load
+    # again (and the next call tries to load it again)
+    assert result == ["configuration/invalid_value", "poison", "configuration/load_failed",
+                      "configuration/load_failed"]
+    assert _events(run) == [("restart", "corrupt", "agent/state_corruption")]
+    code = pick_raise(language, "set_kind", {"kind": "tool"})
+    with pytest.raises(SpellError) as info:
+        host.run_source(code, language)
+    assert "it called a tool" in info.value.message
+
+
 @pytest.mark.parametrize("stem", ["half"])
 def test_a_file_exporting_one_state_hook_is_refused(language, stem):
     with pytest.raises(SpellError) as info:

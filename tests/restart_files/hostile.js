@@ -1,9 +1,15 @@
-// A tools file whose exported state is not data: which kind is chosen by set_kind.
+// A tools file whose state hooks misbehave: how is chosen by set_kind.
 let kind = "function";
 
 exports.set_kind = function (p) { kind = p.kind; return kind; };
 
-exports.polyspell_state = function () {
+exports.corrupt = function () {
+  throw new AgentError({ kind: "state_corruption", agent_id: "hostile", description: "x" });
+};
+
+exports.polyspell_state = async function () {
+  if (kind === "tool") return await tools.ticket({});
+  if (kind === "poison") return { poison: true };
   if (kind === "function") return { f: function () {} };
   if (kind === "cycle") { const s = {}; s.self = s; return s; }
   // huge: one MiB string referenced 200 times is 200 MiB once copied out
@@ -12,4 +18,6 @@ exports.polyspell_state = function () {
   return many;
 };
 
-exports.polyspell_restore = function (kept) {};
+exports.polyspell_restore = function (kept) {
+  if (kept.poison) throw new Error("cannot take this state back");
+};
