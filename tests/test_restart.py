@@ -206,7 +206,6 @@ def test_a_file_exporting_one_state_hook_is_refused(language, stem):
 
 def test_bad_restart_policies_are_refused(language):
     counter = FILES / f"counter.{EXTENSION[language]}"
-    half = FILES / "hostile.lua"
     ticket, _ = _ticket()
     cases = [
         ({"ticket": {"restart": {}}}, "ticket.restart"),  # a Python tool: no engine
@@ -216,7 +215,7 @@ def test_bad_restart_policies_are_refused(language):
     ]
     for recovery, key in cases:
         with pytest.raises(SpellError) as info:
-            Host([ticket, counter, half], recovery=recovery)
+            Host([ticket, counter], recovery=recovery)
         assert info.value.code == "configuration/invalid_value", recovery
         assert info.value.fields["key"] == key
     with pytest.raises(SpellError) as info:
