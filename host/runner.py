@@ -426,6 +426,12 @@ class ScriptRun:
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
+    @property
+    def current_deadline(self) -> float:
+        """The deadline of what runs now: the innermost tools-file call's (a timeout may
+        have narrowed it), else the run's."""
+        return self._bound
+
     def handed_error(self, ref: int) -> SpellError | None:
         """The error this run handed a script under ``ref`` (see :meth:`_ref`), if any."""
         return self._refs.get(ref)

@@ -148,8 +148,8 @@ def test_no_restart_while_another_call_into_the_file_is_in_progress(language):
 
 def test_the_state_hooks_are_not_tools(language):
     host = _host(language, {})
-    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "deep", "nested", "spin",
-                                                  "ticket"]
+    assert sorted(t.name for t in host.tools) == ["bump", "corrupt", "deep", "nested", "patient",
+                                                  "spin", "ticket"]
     result, _ = _run(host, language, ("polyspell_state", {}))
     assert result == ["tool/not_found"]
 
@@ -288,6 +288,15 @@ def test_a_total_timeout_and_a_tools_own_deadline_reach_the_tools_it_calls(langu
     assert result == ["tool/timeout", 1]
     assert time.monotonic() - started < 3
     assert _events(run) == [("restart", "bump", "tool/timeout")]
+
+
+def test_a_scripts_own_retry_in_a_timed_function_waits_no_longer_than_its_timeout(language):
+    host = _host(language, {"patient": {"timeout": {"attempt": 1}}})
+    started = time.monotonic()
+    result, run = _run(host, language, ("patient", {}), ("bump", {}))
+    assert time.monotonic() - started < 3  # no 5 s wait: it would end past the timeout
+    assert result == [f"script/{language}", 1]  # the error it caught, the engine goes on
+    assert run.recovery == []
 
 
 def pick_raise(language: str, name: str, params: dict) -> str:

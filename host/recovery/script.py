@@ -134,7 +134,7 @@ class ScriptRecovery:
         run = self.run
         delay = session.policy.next_delay(session.attempt, err,
                                           time.monotonic() - session.started)
-        if delay is None or delay >= run.deadline - time.monotonic():
+        if delay is None or delay >= run.current_deadline - time.monotonic():
             del self.sessions[number]
             if session.attempt > 1:  # it was retried: the history goes with the error
                 run.attach_recovery(err)

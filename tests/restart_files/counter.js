@@ -32,6 +32,12 @@ exports.deep = async function (p) {
   return state.count;
 };
 
+// retries 5 s apart: more than its timeout leaves, so it gives up at once
+exports.patient = async function (p) {
+  return await recovery.retry(() => { throw new Error("not yet"); },
+                              { attempts: 3, backoff: "fixed", initial: 5, jitter: 0, on: "any" });
+};
+
 exports.spin = function (p) {
   console.log("spin " + state.count);
   for (;;) {}

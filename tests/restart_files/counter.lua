@@ -32,6 +32,12 @@ function M.deep(p)
   return state.count
 end
 
+function M.patient(p)
+  -- retries 5 s apart: more than its timeout leaves, so it gives up at once
+  return recovery.retry(function() error("not yet") end,
+                        {attempts = 3, backoff = "fixed", initial = 5, jitter = 0, on = "any"})
+end
+
 function M.spin(p)
   print("spin " .. state.count)
   while true do end
