@@ -274,6 +274,9 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None,
             parsed[name] = parse_recovery(name, data, ToolRecovery)
     policies = (config or Config()).policies(tools, parsed)
     _check_health_checks(tools, policies)
+    # a [recovery] default restart applies to the tools files' functions only
+    default_restart = config.recovery.restart if (
+        config is not None and config.recovery is not None) else None
     for name, policy in policies.items():
         for other in policy.fallback.tools() if policy.fallback is not None else []:
             if tools.get(other) is None or other == name:
@@ -281,7 +284,8 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None,
                 raise ConfigurationError.InvalidValue(
                     key=f"{name}.fallback", value=other,
                     reason=f"{name}.fallback names a tool that {why}: {other!r}")
-        if policy.restart is not None:
+        if policy.restart is not None and not (
+                policy.restart is default_restart and isinstance(tools.get(name), Tool)):
             from host.recovery.restart import check_restart
 
             check_restart(name, tools.get(name), policy.restart)

@@ -299,6 +299,33 @@ def test_a_scripts_own_retry_in_a_timed_function_waits_no_longer_than_its_timeou
     assert run.recovery == []
 
 
+def test_a_config_file_sets_restart_and_a_default_restart_skips_python_tools(language,
+                                                                          tmp_path):
+    config = tmp_path / "polyspell.toml"
+    config.write_text('[recovery]\nrestart = { max_restarts = 2 }\n\n'
+                      '[tools.bump]\nrestart = { state = "keep" }\n')
+    ticket, _ = _ticket()
+    host = Host([ticket, FILES / f"counter.{EXTENSION[language]}"], memory_mb=16,
+                config=config)
+    assert host.recovery["bump"].restart == Restart(state="keep")
+    assert host.recovery["deep"].restart == Restart(max_restarts=2)  # the default
+    result, run = _run(host, language, ("bump", {}), ("bump", {"blow": 1}),
+                       ("deep", {"times": 4}))
+    # bump kept its count; deep's restart (state reset, the default) started the file
+    # again from 0, once: the restarts are counted per file (ticket 3 failed, then 4 too,
+    # and the file had had its two restarts)
+    assert result == [1, 2, "script/resource_exhaustion"]
+    assert _events(run) == [("restart", "bump", "resource/memory_exhaustion"),
+                            ("restart", "deep", "script/resource_exhaustion")]
+    result, run = _run(host, language, ("deep", {"times": 5}))
+    assert result == [1]  # a new run: restarts to spare, and the file starts from 0
+
+    config.write_text('[tools.ticket]\nrestart = { max_restarts = 2 }\n')
+    with pytest.raises(SpellError) as info:  # named for a Python tool: refused
+        Host([ticket, FILES / f"counter.{EXTENSION[language]}"], config=config)
+    assert info.value.fields["key"] == "ticket.restart"
+
+
 def pick_raise(language: str, name: str, params: dict) -> str:
     """A script that calls ``name`` once and lets its error escape."""
     import json
