@@ -932,7 +932,13 @@ local function make_env(args)
   for k, v in next, STRING_MT_FIELDS do rawset(STRING_MT, k, v) end
   local string_copy = copy(string_lib)
   rawset(STRING_MT, "__index", string_copy)
-  ERR_MT = {__tostring = error_tostring, __name = "SpellError", __metatable = false}
+  ERR_MT = {__tostring = error_tostring, __name = "SpellError", __metatable = false,
+            -- err.code reads "category/kind", as in JS and Python (computed: never stale)
+            __index = function(t, k)
+              if k == "code" then
+                return tostring(rawget(t, "category")) .. "/" .. tostring(rawget(t, "kind"))
+              end
+            end}
   local e = {
     assert = s_assert, error = s_error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,

@@ -74,3 +74,17 @@ def test_a_script_retries_and_falls_back_by_itself_and_json_shows_what_was_done(
         ("fallback", "archive", "network/connection"),
         ("fallback", "archive", "runtime/all_fallbacks_failed")]
     assert [e["delay"] for e in out["recovery"][:3]] == [0.05, 0.05, 0.05]
+
+
+def test_a_broken_tools_file_is_restarted_with_its_state_and_a_stuck_one_stopped():
+    done = polyspell("run", FOLDER / "notes_agent.lua", "--tools", FOLDER / "notes.lua",
+                     "--memory-mb", "16", "--config", FOLDER / "notes.toml", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == ["first\t1", "second\t2", "third\t3",
+                                        "spin\ttool/timeout"]
+    out = json.loads(done.stdout)
+    assert out["result"] == 4  # the notes kept across the restart: first, second, ...
+    assert [(e["action"], e["tool"], e["error"]) for e in out["recovery"]] == [
+        ("restart", "add_note", "resource/memory_exhaustion"),
+        ("restart", "spin", "tool/timeout"), ("retry", "spin", "tool/timeout"),
+        ("restart", "spin", "tool/timeout")]

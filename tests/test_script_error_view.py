@@ -55,3 +55,16 @@ def test_scripts_read_retryable_and_retry_after_but_cannot_change_them(language)
     err = caught.value  # the rethrown envelope is the host's own error, as it was
     assert err.code == "provider/rate_limited"
     assert err.retryable is True and err.retry_after == 2.5
+
+
+@pytest.mark.parametrize(("language", "source"), [
+    ("lua", "local ok, e = pcall(tools.broken, {}); local made = errors.AgentError{"
+            "kind = 'execution_failed', reason = 'r'}; print(e.code .. ' ' .. made.code)"),
+    ("javascript", "async function main() { try { await tools.broken({}); } catch (e) {"
+                   " const made = new AgentError({kind: 'execution_failed', reason: 'r'});"
+                   " console.log(e.code + ' ' + made.code); } }"),
+])
+def test_scripts_read_an_errors_code_as_python_does(language, source):
+    lines: list[str] = []
+    Host([broken], on_output=lines.append).run_source(source, language)
+    assert lines == ["tool/execution_failed agent/execution_failed"]
