@@ -222,6 +222,15 @@ def script_data(call: ToolCall, next: Next) -> Any:
     return to_script_data(next(call), call.caller)
 
 
+def failure_to_recover(call: ToolCall, exc: BaseException) -> SpellError:
+    """The unified error a recovery layer decides on, for ``exc`` out of ``next(call)``;
+    re-raises what no layer may recover from: the run ending, and an outer layer's
+    deadline (a total timeout: no time left to recover in, and that layer reports it)."""
+    if ends_the_run(exc) or isinstance(exc, DeadlineReached):
+        raise exc
+    return as_spell_error(call, exc)
+
+
 def ends_the_run(exc: BaseException) -> bool:
     """Whether an exception out of a tool call ends the run rather than fail the call.
 

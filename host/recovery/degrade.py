@@ -274,14 +274,12 @@ class DegradeLayer:
                 return self.value
         if not self.optional:
             return next(call)
-        from host.calls import DeadlineReached, as_spell_error, ends_the_run
+        from host.calls import failure_to_recover
 
         try:
             return next(call)
         except BaseException as exc:
-            if ends_the_run(exc) or isinstance(exc, DeadlineReached):
-                raise
-            err = as_spell_error(call, exc)
+            err = failure_to_recover(call, exc)
             if not degradable(call, err):
                 raise
         call.run.record_recovery("degraded", call.name, 1, err)

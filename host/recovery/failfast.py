@@ -24,15 +24,13 @@ class FailFastLayer:
     """The one layer of a fail-fast tool: a failed call stops the run with its error."""
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import DeadlineReached, as_spell_error, ends_the_run
+        from host.calls import failure_to_recover
 
         try:
             return next(call)
         except BaseException as exc:
-            if ends_the_run(exc) or isinstance(exc, DeadlineReached):
-                raise
+            err = failure_to_recover(call, exc)
             control = call.run.control
-            err = as_spell_error(call, exc)
             if control.reason is None and not _ends_anyway(err):
                 call.run.failed_fast = err  # a stop of its own, not a cancellation
                 control.request_stop(err)

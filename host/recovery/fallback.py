@@ -155,14 +155,12 @@ class FallbackLayer:
         self.is_open = is_open  # whether a tool's breaker refuses calls now
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import DeadlineReached, as_spell_error, ends_the_run
+        from host.calls import failure_to_recover
 
         try:
             result = next(call)
         except BaseException as exc:
-            if ends_the_run(exc) or isinstance(exc, DeadlineReached):
-                raise
-            first = as_spell_error(call, exc)
+            first = failure_to_recover(call, exc)
         else:
             if self.policy.caches:
                 key = _key(call.params)

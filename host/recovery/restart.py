@@ -80,7 +80,7 @@ class RestartLayer:
         return isinstance(tool, ScriptTool)
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import DeadlineReached, as_spell_error, ends_the_run
+        from host.calls import failure_to_recover
 
         run, tool = call.run, call.tool
         keep = self.policy.state == "keep"
@@ -88,9 +88,7 @@ class RestartLayer:
             try:
                 return next(call)
             except BaseException as exc:
-                if ends_the_run(exc) or isinstance(exc, DeadlineReached):
-                    raise  # an outer layer's deadline: that layer reports it
-                err = as_spell_error(call, exc)
+                err = failure_to_recover(call, exc)
             if not run.library_broken(tool, err):  # type: ignore[arg-type]
                 raise err
             if (run.restarts(tool) >= self.policy.max_restarts  # type: ignore[arg-type]

@@ -149,7 +149,7 @@ class RetryLayer:
         return self.policy
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import DeadlineReached, as_spell_error, ends_the_run
+        from host.calls import failure_to_recover
 
         started = time.monotonic()
         attempt = 1
@@ -157,11 +157,7 @@ class RetryLayer:
             try:
                 return next(call)
             except BaseException as exc:
-                # an outer layer's deadline passed (a total timeout): no time to retry in,
-                # and that layer reports it
-                if ends_the_run(exc) or isinstance(exc, DeadlineReached):
-                    raise
-                err = as_spell_error(call, exc)
+                err = failure_to_recover(call, exc)
             policy = self.policy_for(err)
             delay = (None if policy is None
                      else policy.next_delay(attempt, err, time.monotonic() - started))
