@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bridge import SpellError
+from host.calls import failure_to_recover
 from host.recovery.breaker import CLOSED, MAX_COUNT, State, counts_against
 from host.recovery.model import Policy
 
@@ -274,8 +275,6 @@ class DegradeLayer:
                 return self.value
         if not self.optional:
             return next(call)
-        from host.calls import failure_to_recover
-
         try:
             return next(call)
         except BaseException as exc:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from host.calls import failure_to_recover
+
 if TYPE_CHECKING:
     from host.calls import Next, ToolCall
 
@@ -24,8 +26,6 @@ class FailFastLayer:
     """The one layer of a fail-fast tool: a failed call stops the run with its error."""
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import failure_to_recover
-
         try:
             return next(call)
         except BaseException as exc:

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from bridge import SpellError
+from host.calls import failure_to_recover
 from host.recovery.model import Policy
 
 if TYPE_CHECKING:
@@ -155,8 +156,6 @@ class FallbackLayer:
         self.is_open = is_open  # whether a tool's breaker refuses calls now
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import failure_to_recover
-
         try:
             result = next(call)
         except BaseException as exc:

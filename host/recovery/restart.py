@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from host.calls import failure_to_recover
 from host.recovery.model import Policy
 
 if TYPE_CHECKING:
@@ -80,8 +81,6 @@ class RestartLayer:
         return isinstance(tool, ScriptTool)
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import failure_to_recover
-
         run, tool = call.run, call.tool
         keep = self.policy.state == "keep"
         while True:

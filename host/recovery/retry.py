@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from bridge import SpellError
 from bridge.errors import categories, variants
+from host.calls import failure_to_recover
 from host.recovery.model import Policy
 
 if TYPE_CHECKING:
@@ -149,18 +150,28 @@ class RetryLayer:
         return self.policy
 
     def __call__(self, call: ToolCall, next: Next) -> Any:
-        from host.calls import failure_to_recover
+        return self.wrap(next)(call)
 
-        started = time.monotonic()
-        attempt = 1
-        while True:
+    def wrap(self, next: Next) -> Next:
+        """The retrying step before ``next``: a try that succeeds costs one frame."""
+
+        def retrying(call: ToolCall) -> Any:
             try:
                 return next(call)
             except BaseException as exc:
                 err = failure_to_recover(call, exc)
+            return self._again(call, next, err)
+
+        return retrying
+
+    def _again(self, call: ToolCall, next: Next, err: SpellError) -> Any:
+        """Retry after the first try failed with ``err``, as long as the policy says."""
+        attempt = 1
+        while True:
             policy = self.policy_for(err)
+            # elapsed since the first try began (the call's start: outer layers add ~0)
             delay = (None if policy is None
-                     else policy.next_delay(attempt, err, time.monotonic() - started))
+                     else policy.next_delay(attempt, err, time.perf_counter() - call.started))
             if delay is None or delay >= call.time_left:
                 if attempt > 1:  # it was retried: the history goes with the error
                     call.run.attach_recovery(err)
@@ -168,6 +179,10 @@ class RetryLayer:
             call.run.record_recovery("retry", call.name, attempt, err, delay)
             call.run.control.sleep(delay)
             attempt += 1
+            try:
+                return next(call)
+            except BaseException as exc:
+                err = failure_to_recover(call, exc)
 
 
 def _matches(err: SpellError, codes: list[str]) -> bool:
