@@ -27,7 +27,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, NamedTuple
 
 from bridge.errors import SpellError, category_class, describe_exception, variant_class
@@ -237,6 +236,8 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
         seconds = float(value)
     except ValueError:
         try:
+            from email.utils import parsedate_to_datetime  # 15 ms: only for a date
+
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None

@@ -129,11 +129,35 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Any:
     """The config of ``--config FILE``, else ``[tool.polyspell]`` of ./pyproject.toml,
     else None."""
-    from host.config import load_config, load_pyproject
-
     if args.config is not None:
+        from host.config import load_config
+
         return load_config(args.config)
+    if not _may_have_polyspell_table("pyproject.toml"):
+        return None  # the usual case: no policy models to import (they cost ~0.2 s)
+    from host.config import load_pyproject
+
     return load_pyproject()
+
+
+def _may_have_polyspell_table(path: str) -> bool:
+    """Whether ``path`` is a file that may hold ``[tool.polyspell]``: false only when it
+    surely does not (no file, or valid TOML without the table); a file that cannot be
+    read or parsed is left to :func:`host.config.load_pyproject` to report."""
+    import os
+    import tomllib
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except (OSError, ValueError):
+        return True
+    tool = data.get("tool")
+    if tool is None:
+        return False
+    return not isinstance(tool, dict) or "polyspell" in tool
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -531,3 +531,14 @@ def test_coordinator_takes_recovery_and_config_for_the_plans_tools(project, lang
     assert report.outcome != "succeeded"
     with pytest.raises(SpellError, match="does not exist: 'nope'"):
         Coordinator(tools, recovery={"nope": {}}).run(plan)
+
+
+def test_cli_run_skips_a_pyproject_without_the_table_and_reports_a_broken_one(project):
+    write(project, '[project]\nname = "agent"\n[tool.ruff]\nline-length = 99\n',
+          "pyproject.toml")
+    done = polyspell("run", "agent.lua", "--tools", "tools.py", "--json", cwd=project)
+    assert strict_json(done.stdout)["ok"] is False  # no policy: the flaky tool fails
+    write(project, '[tool.polyspell.tools.flaky]\nretry = { attempts = ', "pyproject.toml")
+    done = polyspell("run", "agent.lua", "--tools", "tools.py", "--json", cwd=project)
+    assert done.returncode == 2
+    assert strict_json(done.stdout)["error"]["kind"] == "parse_failed"
