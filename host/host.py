@@ -259,6 +259,7 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None,
         policies = {item.name: item.recovery for item in tools
                     if getattr(item, "recovery", None) is not None}
         _check_health_checks(tools, policies)
+        _check_fallbacks(tools, policies)
         return policies
     from host.config import Config
 
@@ -278,18 +279,48 @@ def _recovery_policies(tools: ToolRegistry, given: Mapping[str, Any] | None,
     default_restart = config.recovery.restart if (
         config is not None and config.recovery is not None) else None
     for name, policy in policies.items():
-        for other in policy.fallback.tools() if policy.fallback is not None else []:
-            if tools.get(other) is None or other == name:
-                why = "is the tool it protects" if other == name else "does not exist"
-                raise ConfigurationError.InvalidValue(
-                    key=f"{name}.fallback", value=other,
-                    reason=f"{name}.fallback names a tool that {why}: {other!r}")
         if policy.restart is not None and not (
                 policy.restart is default_restart and isinstance(tools.get(name), Tool)):
             from host.recovery.restart import check_restart
 
             check_restart(name, tools.get(name), policy.restart)
+    _check_fallbacks(tools, policies)
     return policies
+
+
+def _check_fallbacks(tools: ToolRegistry, policies: Mapping[str, ToolRecovery]) -> None:
+    """A fallback names a tool of the host, and never leads back to the tool it protects,
+    directly or through other tools' fallbacks (a → b → a would call itself until the run
+    ran out of time or stack): refused, naming the loop. Checked whatever set the policy
+    (``@tool`` alone too)."""
+    graph = {name: policy.fallback.tools() for name, policy in policies.items()
+             if policy.fallback is not None}
+    for name, others in graph.items():
+        for other in others:
+            if tools.get(other) is None or other == name:
+                why = "is the tool it protects" if other == name else "does not exist"
+                raise ConfigurationError.InvalidValue(
+                    key=f"{name}.fallback", value=other,
+                    reason=f"{name}.fallback names a tool that {why}: {other!r}")
+    done: set[str] = set()  # tools from which no loop is reachable
+    for start in graph:  # depth first, each tool once (linear in the options)
+        if start in done:
+            continue
+        path, stack = [start], [iter(graph[start])]
+        while stack:
+            other = next(stack[-1], None)
+            if other is None:
+                done.add(path.pop())
+                stack.pop()
+            elif other in path:  # back to a tool on the way here: a loop
+                loop = [*path[path.index(other):], other]
+                raise ConfigurationError.InvalidValue(
+                    key=f"{other}.fallback", value=loop[1],
+                    reason=f"{other}.fallback loops back to {other!r} through other "
+                           f"tools' fallbacks: {' -> '.join(loop)}")
+            elif other not in done and other in graph:
+                path.append(other)
+                stack.append(iter(graph[other]))
 
 
 def _check_health_checks(tools: ToolRegistry, policies: Mapping[str, ToolRecovery]) -> None:

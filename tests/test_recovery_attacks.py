@@ -1,0 +1,85 @@
+"""Issue 11's recovery attacked as a hostile script, a careless tool author and a malformed
+config would: each test is a defect found by the red team (redteam11), on the real engines,
+real files and real loopback servers."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from bridge import SpellError
+from host import Fallback, Host, tool
+from tests.conftest import EXTENSION, pick
+
+
+def _run(host: Host, source: str, language: str):
+    run = host.new_run_source(source, language)
+    try:
+        return anyio.run(run.execute), run
+    except SpellError as err:
+        return err, run
+
+
+# -- fallbacks that lead back to the tool they protect ----------------------------------
+
+
+def _down(name: str, fallback_to: str | None = None):
+    def fn() -> str:
+        raise ConnectionError(f"{name} down")
+
+    fn.__name__ = name
+    return tool(fn, fallback=None if fallback_to is None
+                else Fallback(options=[{"tool": fallback_to}]))
+
+
+@pytest.mark.parametrize("tools", [
+    [("a", "b"), ("b", "a")],                      # a -> b -> a
+    [("a", "b"), ("b", "c"), ("c", "a")],          # a -> b -> c -> a
+    [("x", None), ("a", "b"), ("b", "c"), ("c", "b")],  # a leads into the b <-> c loop
+])
+def test_a_fallback_loop_through_other_tools_is_refused_when_the_host_is_made(tools):
+    # before: @tool alone skipped the check, and a -> b -> a recursed for the run's whole
+    # time limit, ending in a garbled cross_engine_communication error
+    with pytest.raises(SpellError) as caught:
+        Host([_down(name, other) for name, other in tools])
+    assert caught.value.code == "configuration/invalid_value"
+    assert "loops back" in str(caught.value)
+
+
+def test_a_tools_own_fallback_to_itself_or_nothing_is_refused_without_a_config():
+    for tools in ([_down("a", "a")], [_down("a", "nope")]):
+        with pytest.raises(SpellError) as caught:
+            Host(tools)
+        assert caught.value.code == "configuration/invalid_value"
+        assert "a.fallback" in str(caught.value)
+
+
+def test_a_wide_fallback_graph_without_a_loop_is_checked_quickly():
+    # each tool falls back to every later one: 2**30 paths, one pass
+    names = [f"t{i}" for i in range(31)]
+    tools = []
+    for i, name in enumerate(names):
+        def fn() -> str:
+            return "ok"
+        fn.__name__ = name
+        later = [{"tool": other} for other in names[i + 1:i + 33]]
+        tools.append(tool(fn, fallback=Fallback(options=later) if later else None))
+    started = time.monotonic()
+    Host(tools)
+    assert time.monotonic() - started < 2
+
+
+def test_a_config_files_fallback_loop_over_a_tools_file_is_refused(tmp_path: Path, language):
+    lib = tmp_path / f"lib{EXTENSION[language]}"
+    lib.write_text(pick(language, "return {b = function() error('b down') end}\n",
+                        "exports.b = function () { throw new Error('b down'); };\n"))
+    config = tmp_path / "polyspell.toml"
+    config.write_text('[tools.a]\nfallback = [{tool = "b"}]\n'
+                      '[tools.b]\nfallback = [{tool = "a"}]\n')
+    with pytest.raises(SpellError) as caught:
+        Host([_down("a"), str(lib)], config=str(config))
+    assert caught.value.code == "configuration/invalid_value"
+    assert "a -> b -> a" in str(caught.value) or "b -> a -> b" in str(caught.value)
