@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from bridge import SpellError
-from host import Fallback, Host, tool
+from host import CircuitBreaker, Fallback, Host, tool
 from tests.conftest import EXTENSION, pick
 
 
@@ -83,3 +83,46 @@ def test_a_config_files_fallback_loop_over_a_tools_file_is_refused(tmp_path: Pat
         Host([_down("a"), str(lib)], config=str(config))
     assert caught.value.code == "configuration/invalid_value"
     assert "a -> b -> a" in str(caught.value) or "b -> a -> b" in str(caught.value)
+
+
+# -- a breaker listener with a bug ----------------------------------------------------------
+
+
+def _wait_for(predicate, seconds: float = 5.0) -> bool:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_breaker_listener_that_raises_changes_no_outcome_and_no_health_check(language):
+    @tool
+    def ping() -> str:
+        return "pong"
+
+    @tool(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=300,
+                                 health_check="ping", health_check_interval=0.02))
+    def svc() -> str:
+        raise ConnectionError("svc down")
+
+    host = Host([svc, ping])
+    seen: list[tuple[str, str]] = []
+
+    def buggy(name: str, old: str, new: str) -> None:
+        seen.append((old, new))
+        raise RuntimeError("listener bug")
+
+    host.breakers.add_listener(buggy)
+    source = pick(language,
+                  "local ok, e = pcall(tools.svc, {}) return e.category .. '/' .. e.kind",
+                  "async function main() { try { await tools.svc({}); } "
+                  "catch (e) { return e.code; } }")
+    for _ in range(2):  # opened, closed by its health check, opened and closed again
+        result, _ = _run(host, source, language)
+        # before: the script got tool/execution_failed "RuntimeError: listener bug"
+        assert result == "network/connection"
+        assert _wait_for(lambda: host.breakers.state("svc") == "closed")
+    assert seen == [("closed", "open"), ("open", "closed")] * 2
+    assert [err.message for err in host.breakers.listener_errors][-1].endswith("listener bug")

@@ -199,6 +199,18 @@ Permit = tuple[int, bool]
 _Phase = tuple[State, int, float]
 
 Listener = Callable[[str, State, State], None]  # (tool name, old state, new state)
+MAX_LISTENER_ERRORS = 100  # the newest errors listeners raised, kept to be looked at
+
+
+def _notify(fn: Listener, name: str, old: State, new: State,
+            errors: deque[SpellError]) -> None:
+    """Call listener ``fn``; an error it raises is kept in ``errors``, never raised: a
+    listener's bug must not replace the outcome of the call that changed the state, nor
+    end the health check thread that closed the breaker."""
+    try:
+        fn(name, old, new)
+    except Exception as exc:
+        errors.append(SpellError.wrap(exc))
 
 
 class Breaker:
@@ -217,6 +229,8 @@ class Breaker:
         self.policy = policy
         self.clock = clock
         self.on_change = on_change
+        # what on_change raised (kept, never raised into the breaker's caller)
+        self.listener_errors: deque[SpellError] = deque(maxlen=MAX_LISTENER_ERRORS)
         # the active health check (policy.health_check's tool, callable with no arguments)
         self.health = health
         self.health_timeout = health_timeout or policy.health_check_interval
@@ -384,7 +398,7 @@ class Breaker:
         elif new == CLOSED:
             self._checks_wake.set()
         if self.on_change is not None:
-            self.on_change(self.name, old, new)
+            _notify(self.on_change, self.name, old, new, self.listener_errors)
 
     # -- the active health check ---------------------------------------------------------
 
@@ -468,7 +482,20 @@ HealthCheck = Callable[[], Any]  # the check: returns (healthy) or raises (not y
 def _check_while_open(ref: weakref.ref[Breaker], wake: threading.Event,
                       interval: float) -> None:
     """The checker thread of a breaker (see the module docstring): it holds the breaker
-    only while it looks at it, so that a host dropped takes its breakers along."""
+    only while it looks at it, so that a host dropped takes its breakers along. However
+    it ends, the breaker no longer counts it as its checker (else no check would start
+    when it opens again)."""
+    try:
+        _checks(ref, wake, interval)
+    finally:
+        breaker = ref()
+        if breaker is not None:
+            with breaker._lock:
+                if breaker._checker is threading.current_thread():
+                    breaker._checker = None
+
+
+def _checks(ref: weakref.ref[Breaker], wake: threading.Event, interval: float) -> None:
     pending: threading.Thread | None = None  # a check still running
     while True:
         wake.wait(interval)
@@ -581,6 +608,8 @@ class Breakers:
         self.clock = clock
         self.on_change = on_change
         self._listeners: list[Listener] = []  # add_listener's, after on_change
+        # the newest errors the listeners raised (kept, never raised into a call)
+        self.listener_errors: deque[SpellError] = deque(maxlen=MAX_LISTENER_ERRORS)
         self._breakers: dict[str, Breaker] = {}
         self._lock = threading.Lock()
 
@@ -590,10 +619,11 @@ class Breakers:
         self._listeners.append(fn)
 
     def _announce(self, name: str, old: State, new: State) -> None:
+        errors = self.listener_errors
         if self.on_change is not None:
-            self.on_change(name, old, new)
-        for fn in list(self._listeners):
-            fn(name, old, new)
+            _notify(self.on_change, name, old, new, errors)
+        for fn in list(self._listeners):  # one listener's bug does not silence the next
+            _notify(fn, name, old, new, errors)
 
     def breaker(self, name: str, policy: CircuitBreaker, *,
                 health: HealthCheck | None = None,

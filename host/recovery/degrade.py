@@ -52,6 +52,7 @@ import itertools
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -60,7 +61,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bridge import SpellError
 from host.calls import failure_to_recover
-from host.recovery.breaker import CLOSED, MAX_COUNT, State, counts_against
+from host.recovery.breaker import (
+    CLOSED,
+    MAX_COUNT,
+    MAX_LISTENER_ERRORS,
+    State,
+    counts_against,
+)
 from host.recovery.model import Policy
 
 if TYPE_CHECKING:
@@ -153,7 +160,9 @@ class DegradationState:
         self.policy = policy
         self.level: DegradationLevel | None = None
         self.history: list[dict[str, Any]] = []
-        self.listener_errors: list[SpellError] = []
+        # the newest errors listeners raised (bounded: a listener failing on every change
+        # of a host that lives for weeks must not grow it forever)
+        self.listener_errors: deque[SpellError] = deque(maxlen=MAX_LISTENER_ERRORS)
         self._open: set[str] = set()
         self._entered = time.monotonic()  # when the current level was entered
         self._listeners: list[Listener] = []
