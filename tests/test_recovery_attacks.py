@@ -4,7 +4,10 @@ real files and real loopback servers."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import anyio
@@ -12,6 +15,7 @@ import pytest
 
 from bridge import SpellError
 from host import CircuitBreaker, Fallback, Host, tool
+from tests.cli import polyspell
 from tests.conftest import EXTENSION, pick
 
 
@@ -126,3 +130,58 @@ def test_a_breaker_listener_that_raises_changes_no_outcome_and_no_health_check(l
         assert _wait_for(lambda: host.breakers.state("svc") == "closed")
     assert seen == [("closed", "open"), ("open", "closed")] * 2
     assert [err.message for err in host.breakers.listener_errors][-1].endswith("listener bug")
+
+
+# -- an endpoint's secrets ------------------------------------------------------------------
+
+
+class _Statuses(BaseHTTPRequestHandler):
+    """Answers POST /<status> with that HTTP status (and a Location for a 3xx)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        status = int(self.path.partition("?")[0].strip("/"))
+        self.send_response(status)
+        if 300 <= status < 400:
+            self.send_header("Location", "file:///etc/passwd")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+
+@pytest.fixture(scope="module")
+def statuses():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Statuses)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("status", [401, 503, 302])
+def test_an_endpoints_credentials_and_query_never_reach_the_errors_json(
+        tmp_path: Path, statuses: int, status: int, language):
+    # before: httpx's 'Client error ... for url' message, kept as the cause, carried
+    # user:password, ?token= and #fragment into fields.errors and polyspell run --json
+    (tmp_path / "tools.py").write_text(
+        "from host import Fallback, tool\n"
+        f"URL = 'http://alice:HUNTER2@127.0.0.1:{statuses}/{status}?token=SECRETQ#SECRETF'\n"
+        "@tool(fallback=Fallback(options=[{'endpoint': URL}]))\n"
+        "def svc(q: str) -> str:\n"
+        "    raise ConnectionError('svc down')\n")
+    script = tmp_path / f"s{EXTENSION[language]}"
+    script.write_text(pick(language, "return tools.svc{q = 'x'}\n",
+                           "async function main() { return await tools.svc({q: 'x'}); }\n"))
+    outputs = {}
+    for args in (["--json"], []):
+        done = polyspell("run", script, "--tools", tmp_path / "tools.py", *args, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr
+        outputs[bool(args)] = out = done.stdout + done.stderr
+        assert "all_fallbacks_failed" in out
+        for secret in ("HUNTER2", "SECRETQ", "SECRETF"):
+            assert secret not in out
+    errors = json.loads(outputs[True])["error"]["fields"]["errors"]
+    assert f"127.0.0.1:{statuses}/{status}" in json.dumps(errors)  # where, still said

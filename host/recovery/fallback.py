@@ -284,6 +284,7 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
                     raise httpx.ReadTimeout("the answer took longer than the timeout",
                                             request=response.request)
     except httpx.HTTPError as exc:
+        _redact(exc, url, where)
         raise as_spell_error(call, exc) from exc
     try:
         result = read_json(bytes(body))
@@ -293,6 +294,32 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
             provider=host, reason=f"the answer of {where} is {why} ({exc})",
             response_excerpt=bytes(body[:200]).decode("utf-8", "replace")) from None
     return to_script_data(result, call.caller)
+
+
+def _redact(exc: BaseException, url: str, public: str) -> None:
+    """Take ``url`` (its credentials, query and fragment may be secrets) out of the
+    messages of ``exc`` and the exceptions behind it, in favour of ``public``: httpx puts
+    the whole URL in an error status's message, and the exception stays the cause of the
+    unified error (in its JSON, ``--json``, a Python user's traceback)."""
+    secrets = {url}
+    try:
+        secrets.add(str(exc.request.url))  # type: ignore[attr-defined] - as httpx wrote it
+    except (AttributeError, RuntimeError):  # no request was set
+        pass
+    secrets = {secret for secret in secrets if secret and secret != public}
+    seen: set[int] = set()
+    problem: BaseException | None = exc
+    while problem is not None and id(problem) not in seen:
+        seen.add(id(problem))
+        if any(isinstance(arg, str) for arg in problem.args):
+            args = []
+            for arg in problem.args:
+                if isinstance(arg, str):
+                    for secret in sorted(secrets, key=len, reverse=True):
+                        arg = arg.replace(secret, public)
+                args.append(arg)
+            problem.args = tuple(args)
+        problem = problem.__cause__ or problem.__context__
 
 
 def cached_result(cache: Cache, option: FallbackOption, params: Any) -> Any:
