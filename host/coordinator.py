@@ -472,7 +472,9 @@ class _Execution:
             elapsed = (time.monotonic() - state.started
                        if retry is not None and "max_elapsed" in retry.model_fields_set else 0.0)
             delay = None if retry is None else retry.next_delay(state.attempts, value, elapsed)
-            if delay is None:
+            # a retry whose delay would not end before the plan's deadline is not made (as
+            # at a tool call): waiting it out would only hold the plan past its timeout
+            if delay is None or delay >= self.deadline - time.monotonic():
                 await self._finish(state, _status_of(value), error=value)
                 return
             state.recovery.add(recovery_event("retry", task.script, state.attempts,

@@ -13,8 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from bridge import SpellError
-from host import CircuitBreaker, Fallback, Host, tool
+from bridge import ProviderError, SpellError
+from host import CircuitBreaker, Coordinator, Fallback, Host, Plan, Retry, Task, tool
 from tests.cli import polyspell
 from tests.conftest import EXTENSION, pick
 
@@ -185,3 +185,25 @@ def test_an_endpoints_credentials_and_query_never_reach_the_errors_json(
             assert secret not in out
     errors = json.loads(outputs[True])["error"]["fields"]["errors"]
     assert f"127.0.0.1:{statuses}/{status}" in json.dumps(errors)  # where, still said
+
+
+# -- a task's retry_after past the plan's timeout ----------------------------------------------
+
+
+def test_a_tasks_retry_after_past_the_plans_timeout_does_not_hold_the_plan(
+        tmp_path: Path, language):
+    @tool
+    def limited() -> str:
+        raise ProviderError.RateLimited(provider="api", retry_after=20)
+
+    script = tmp_path / f"t{EXTENSION[language]}"
+    script.write_text(pick(language, "return tools.limited{}\n",
+                           "async function main() { return await tools.limited({}); }\n"))
+    plan = Plan(name="p", timeout=1, tasks=[
+        Task(id="t", script=str(script), retry=Retry(attempts=3, initial=0.01, jitter=0))])
+    started = time.monotonic()
+    report = Coordinator([limited]).run(plan)
+    # before: the coordinator slept the whole 20 s, then gave up anyway
+    assert time.monotonic() - started < 5
+    assert (report.task("t").status, report.task("t").attempts) == ("failed", 1)
+    assert report.error("t").code == "provider/rate_limited"
