@@ -4,6 +4,7 @@ real files and real loopback servers."""
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 import time
@@ -207,3 +208,45 @@ def test_a_tasks_retry_after_past_the_plans_timeout_does_not_hold_the_plan(
     assert time.monotonic() - started < 5
     assert (report.task("t").status, report.task("t").attempts) == ("failed", 1)
     assert report.error("t").code == "provider/rate_limited"
+
+
+# -- a health check that hangs ---------------------------------------------------------------
+
+
+def _threads(name: str) -> int:
+    return sum(thread.name == name for thread in threading.enumerate())
+
+
+def test_a_hanging_health_check_is_one_thread_however_often_its_breaker_reopens(language):
+    release = threading.Event()
+
+    @tool
+    def hangs() -> str:
+        release.wait(30)
+        return "late"
+
+    @tool(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=300,
+                                 health_check="hangs", health_check_interval=0.02))
+    def svc() -> str:
+        raise ConnectionError("svc down")
+
+    calls_before = _threads("polyspell health check call")
+    try:
+        host = Host([svc, hangs])
+        _run(host, pick(language, "pcall(tools.svc, {}) return 1",
+                        "async function main() { try { await tools.svc({}); } catch (e) {} }"),
+             language)
+        assert host.breakers.state("svc") == "open"
+        for _ in range(10):  # each opening starts a checker: before, each one a new call
+            time.sleep(0.06)
+            host.breakers.reset("svc")
+            time.sleep(0.03)
+            host.breakers.force_open("svc", 300)
+        time.sleep(0.1)
+        assert _threads("polyspell health check call") - calls_before == 1
+        del host
+        gc.collect()
+        # the checker holds its breaker weakly, also between two checks it skipped
+        assert _wait_for(lambda: _threads("polyspell health check svc") == 0)
+    finally:
+        release.set()

@@ -235,6 +235,7 @@ class Breaker:
         self.health = health
         self.health_timeout = health_timeout or policy.health_check_interval
         self._checker: threading.Thread | None = None  # its thread, while there is one
+        self._check_call: threading.Thread | None = None  # the last check's call
         self._checks_wake = threading.Event()  # ends the checker's wait at once
         weakref.finalize(self, self._checks_wake.set)  # the breaker is gone: it ends too
         self._lock = threading.Lock()
@@ -496,7 +497,6 @@ def _check_while_open(ref: weakref.ref[Breaker], wake: threading.Event,
 
 
 def _checks(ref: weakref.ref[Breaker], wake: threading.Event, interval: float) -> None:
-    pending: threading.Thread | None = None  # a check still running
     while True:
         wake.wait(interval)
         breaker = ref()
@@ -509,16 +509,22 @@ def _checks(ref: weakref.ref[Breaker], wake: threading.Event, interval: float) -
                 return
             wake.clear()
             due = state == OPEN and not breaker._forced and breaker.health is not None
-        check, timeout = breaker.health, breaker.health_timeout
+            # one check in flight per breaker, whichever checker thread started it: a
+            # check that hangs is not joined by another at each reopening
+            pending = breaker._check_call
+            if due and (pending is None or not pending.is_alive()):
+                done = threading.Event()
+                healthy: list[bool] = []
+                pending = breaker._check_call = threading.Thread(
+                    target=_run_check, args=(breaker.health, healthy, done),
+                    name="polyspell health check call", daemon=True)
+                timeout = breaker.health_timeout
+            else:
+                pending = None
         del breaker  # not held while the check runs or while waiting
-        if not due or (pending is not None and pending.is_alive()):
+        if pending is None:
             continue
-        done = threading.Event()
-        healthy: list[bool] = []
-        pending = threading.Thread(target=_run_check, args=(check, healthy, done),
-                                   name="polyspell health check call", daemon=True)
         pending.start()
-        del check
         if done.wait(timeout) and healthy:
             breaker = ref()
             if breaker is None:
