@@ -250,3 +250,35 @@ def test_a_hanging_health_check_is_one_thread_however_often_its_breaker_reopens(
         assert _wait_for(lambda: _threads("polyspell health check svc") == 0)
     finally:
         release.set()
+
+
+# -- values a policy answers are strict JSON ---------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {"x": [1, float("-inf")]}])
+def test_a_degraded_or_fallback_value_that_is_not_json_is_refused(bad):
+    # before: accepted, the script got NaN and the CLI said 'ran degraded: a answered NaN'
+    def a() -> str:
+        raise ConnectionError("down")
+
+    for recovery in ({"optional": True, "degraded": bad}, {"fallback": [{"value": bad}]}):
+        with pytest.raises(SpellError) as caught:
+            Host([tool(a)], recovery={"a": recovery})
+        assert caught.value.code == "configuration/invalid_value"
+        assert "NaN and Infinity" in str(caught.value)
+    with pytest.raises(SpellError) as caught:
+        tool(a, optional=True, degraded=bad)
+    assert caught.value.code == "configuration/invalid_value"
+
+
+@pytest.mark.parametrize("toml", ["degraded = nan", "fallback = [{value = [1, inf]}]"])
+def test_a_config_files_nan_or_inf_value_is_refused_with_its_line(tmp_path: Path, toml):
+    def a() -> str:
+        raise ConnectionError("down")
+
+    config = tmp_path / "polyspell.toml"
+    config.write_text(f"[tools.a]\noptional = true\n{toml}\n")
+    with pytest.raises(SpellError) as caught:
+        Host([tool(a)], config=str(config))
+    assert caught.value.code == "configuration/invalid_value"
+    assert f"{config}:3:" in str(caught.value)

@@ -32,11 +32,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bridge import SpellError
 from host.calls import failure_to_recover
-from host.recovery.model import Policy
+from host.recovery.model import Policy, StrictJsonValue
 
 if TYPE_CHECKING:
     from host.calls import Next, ToolCall
@@ -55,7 +55,7 @@ class FallbackOption(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     tool: str | None = Field(None, min_length=1)
-    value: JsonValue = None
+    value: StrictJsonValue = None
     cached: bool = False
     max_age: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
     endpoint: str | None = Field(None, min_length=1, max_length=MAX_URL_CHARS)

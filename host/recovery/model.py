@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from contextvars import ContextVar
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, JsonValue, ValidationError
 
 from bridge import SpellError
 
@@ -51,3 +52,18 @@ def field_path(loc: tuple[Any, ...]) -> str:
     the union members it tried (``literal['fixed',...]``, ``function``)."""
     return ".".join(str(part) for part in loc
                     if isinstance(part, int) or str(part).isidentifier())
+
+
+def _strict_json(value: Any) -> Any:
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("a value is JSON: NaN and Infinity are not (JSON has no such "
+                         "number)") from None
+    return value
+
+
+# A value a policy answers in a tool's place (a fallback's {value = ...}, an optional
+# tool's degraded value): JSON, strictly (TOML's nan and inf, Python's float("nan") are
+# refused: they have no JSON form, and the value is written out as JSON).
+StrictJsonValue = Annotated[JsonValue, AfterValidator(_strict_json)]

@@ -18,6 +18,7 @@ from pydantic import (
 
 from host.recovery.breaker import Breakers, CircuitBreaker
 from host.recovery.fallback import Cache, Fallback, FallbackLayer
+from host.recovery.model import StrictJsonValue
 from host.recovery.restart import Restart
 from host.recovery.retry import Retry, RetryLayer, check_code
 from host.recovery.timeout import Timeout
@@ -58,7 +59,7 @@ class ToolRecovery(BaseModel):
     # degrade instead of failing (host.recovery.degrade): answer `degraded` (JSON, null
     # by default) when the call fails after the other policies
     optional: bool = Field(False, strict=True)
-    degraded: JsonValue = None
+    degraded: StrictJsonValue = None
     # no recovery at all: the other policies are ignored, a failure ends the run after
     # its cleanups (host.recovery.failfast)
     fail_fast: bool = Field(False, strict=True)
