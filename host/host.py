@@ -209,11 +209,7 @@ class Host:
     def breakers(self, value: Breakers) -> None:
         self._breakers = value
         if self._degradation is not None:  # the levels follow these breakers
-            value.add_listener(self._degradation.breaker_changed)
-            for name in value:
-                state = value.state(name)
-                if state != "closed":
-                    self._degradation.breaker_changed(name, "closed", state)
+            self._degradation.follow(value)
 
     @property
     def degradation(self) -> DegradationState | None:

@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from bridge import ProviderError, SpellError
-from host import CircuitBreaker, Coordinator, Fallback, Host, Plan, Retry, Task, tool
+from host import Breakers, CircuitBreaker, Coordinator, Fallback, Host, Plan, Retry, Task, tool
 from tests.cli import polyspell
 from tests.conftest import EXTENSION, pick
 
@@ -286,3 +286,39 @@ def test_a_config_files_nan_or_inf_value_is_refused_with_its_line(tmp_path: Path
         Host([tool(a)], config=str(config))
     assert caught.value.code == "configuration/invalid_value"
     assert f"{config}:3:" in str(caught.value)
+
+
+# -- degradation levels hear breakers' changes out of order ------------------------------------
+
+
+def test_a_late_opening_heard_after_the_close_does_not_hold_the_host_at_a_fail_level(language):
+    @tool(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=300))
+    def svc() -> str:
+        raise ConnectionError("svc down")
+
+    @tool
+    def other() -> str:
+        return "ok"
+
+    opened, closed = threading.Event(), threading.Event()
+
+    def slow_to_tell(name: str, old: str, new: str) -> None:
+        if new == "open" and not opened.is_set():  # the opening's thread is preempted here
+            opened.set()
+            closed.wait(10)
+
+    host = Host([svc, other], degradation={"levels": [{"name": "fail", "when_open": 1}]})
+    host.breakers = Breakers(on_change=slow_to_tell)
+    call = pick(language, "local ok, e = pcall(tools.{0}, {{}}) return ok and e or e.code",
+                "async function main() {{ try {{ return await tools.{0}({{}}); }} "
+                "catch (e) {{ return e.code; }} }}")
+    failing = threading.Thread(target=_run, args=(host, call.format("svc"), language))
+    failing.start()
+    assert opened.wait(10)
+    host.breakers.reset("svc")  # closed (and heard) before the opening is heard
+    closed.set()
+    failing.join(10)
+    assert host.breakers.state("svc") == "closed"
+    # before: the host stayed at 'fail' with no breaker open, refusing every call for good
+    assert host.degradation.level is None
+    assert _run(host, call.format("other"), language)[0] == "ok"

@@ -72,6 +72,7 @@ from host.recovery.model import Policy
 
 if TYPE_CHECKING:
     from host.calls import Next, ToolCall
+    from host.recovery.breaker import Breakers
     from host.recovery.fallback import Cache, Fallback
     from host.runner import ScriptRun
 
@@ -167,6 +168,7 @@ class DegradationState:
         self._entered = time.monotonic()  # when the current level was entered
         self._listeners: list[Listener] = []
         self._runs: weakref.WeakSet[ScriptRun] = weakref.WeakSet()
+        self._breakers: Breakers | None = None  # the breakers followed (follow)
         self._lock = threading.Lock()
 
     @property
@@ -186,9 +188,29 @@ class DegradationState:
         self._listeners.append(fn)
         return fn
 
-    def breaker_changed(self, name: str, old: State, new: State) -> None:
-        """A breaker changed state: recount, and announce a change of level."""
+    def follow(self, breakers: Breakers) -> None:
+        """Follow ``breakers`` (a host's): count the ones not closed now, and recount at
+        each of their changes of state."""
         with self._lock:
+            self._breakers = breakers
+        breakers.add_listener(self.breaker_changed)
+        for name in breakers:
+            state = breakers.state(name)
+            if state != CLOSED:
+                self.breaker_changed(name, CLOSED, state)
+
+    def breaker_changed(self, name: str, old: State, new: State) -> None:
+        """A breaker changed state: recount, and announce a change of level.
+
+        The breaker's state is read now, under this lock, rather than taken from ``new``:
+        breakers announce outside their locks, so two changes on two threads (an opening,
+        then a probe or health check closing it) may arrive in either order, and the
+        opening heard last would hold the host at a level (a ``fail`` one: refusing every
+        call, so that no breaker could change again) while no breaker is open."""
+        with self._lock:
+            breakers = self._breakers
+            if breakers is not None and name in breakers:
+                new = breakers.state(name)
             if new == CLOSED:
                 self._open.discard(name)
             else:
