@@ -16,6 +16,7 @@ import pytest
 
 from bridge import ProviderError, SpellError
 from host import Breakers, CircuitBreaker, Coordinator, Fallback, Host, Plan, Retry, Task, tool
+from host.history import MAX_EVENTS
 from tests.cli import polyspell
 from tests.conftest import EXTENSION, pick
 
@@ -322,3 +323,18 @@ def test_a_late_opening_heard_after_the_close_does_not_hold_the_host_at_a_fail_l
     # before: the host stayed at 'fail' with no breaker open, refusing every call for good
     assert host.degradation.level is None
     assert _run(host, call.format("other"), language)[0] == "ok"
+
+
+def test_a_flapping_breakers_degradation_history_is_bounded():
+    @tool(breaker=CircuitBreaker(failure_threshold=1, recovery_timeout=300))
+    def svc() -> str:
+        return "ok"
+
+    host = Host([svc], degradation={"levels": [{"name": "cached", "when_open": 1}]})
+    for _ in range(MAX_EVENTS * 2):  # before: every change kept for the host's life
+        host.breakers.force_open("svc")
+        host.breakers.reset("svc")
+    history = host.degradation.history
+    assert len(history) == MAX_EVENTS
+    assert history.dropped == MAX_EVENTS * 3
+    assert history[0]["seq"] == 1 and history[-1]["seq"] == MAX_EVENTS * 4

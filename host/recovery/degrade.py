@@ -61,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bridge import SpellError
 from host.calls import failure_to_recover
+from host.history import RecoveryHistory
 from host.recovery.breaker import (
     CLOSED,
     MAX_COUNT,
@@ -150,8 +151,10 @@ class DegradationState:
 
     It follows the host's breakers (:meth:`breaker_changed` is a listener of its
     :class:`~host.recovery.breaker.Breakers`). ``level`` is the current
-    :class:`DegradationLevel` (None: normal); ``history`` every change so far, as events
-    ``{"level", "previous", "tool", "open", "at", "seq"}``; ``listener_errors`` the
+    :class:`DegradationLevel` (None: normal); ``history`` the changes so far, as events
+    ``{"level", "previous", "tool", "open", "at", "seq"}`` (a
+    :class:`~host.history.RecoveryHistory`: bounded, ``history.dropped`` counts the
+    changes left out); ``listener_errors`` the
     errors listeners raised (kept, never raised into the breaker's caller). Thread-safe:
     one lock guards the state, and no lock is held while listeners run (so two changes
     on two threads may reach listeners out of order: ``seq`` gives the true order).
@@ -160,7 +163,10 @@ class DegradationState:
     def __init__(self, policy: Degradation | None = None) -> None:
         self.policy = policy
         self.level: DegradationLevel | None = None
-        self.history: list[dict[str, Any]] = []
+        # bounded as a run's history is (host.history): a host whose breakers flap for
+        # weeks keeps the first changes and the newest, and counts the ones dropped
+        self.history = RecoveryHistory()
+        self._changes = 0  # changes of level so far (an event's seq)
         # the newest errors listeners raised (bounded: a listener failing on every change
         # of a host that lives for weeks must not grow it forever)
         self.listener_errors: deque[SpellError] = deque(maxlen=MAX_LISTENER_ERRORS)
@@ -224,8 +230,9 @@ class DegradationState:
             event = {"level": None if level is None else level.name,
                      "previous": None if previous is None else previous.name,
                      "tool": name, "open": sorted(self._open),
-                     "at": datetime.now(UTC).isoformat(), "seq": len(self.history) + 1}
-            self.history.append(event)
+                     "at": datetime.now(UTC).isoformat(), "seq": self._changes + 1}
+            self._changes += 1
+            self.history.add(event)
             runs = list(self._runs)
             listeners = list(self._listeners)
         for run in runs:
