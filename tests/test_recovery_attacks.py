@@ -338,3 +338,30 @@ def test_a_flapping_breakers_degradation_history_is_bounded():
     assert len(history) == MAX_EVENTS
     assert history.dropped == MAX_EVENTS * 3
     assert history[0]["seq"] == 1 and history[-1]["seq"] == MAX_EVENTS * 4
+
+
+# -- an all_fallbacks_failed made huge by its options' errors -----------------------------------
+
+
+def test_huge_errors_of_a_scripts_fallbacks_are_kept_shortened(language):
+    source = pick(
+        language,
+        "local fns = {}\n"
+        "for i = 1, 32 do fns[i] = function() error({category = 'tool', "
+        "kind = 'execution_failed', message = string.rep('x', 500000) .. i, "
+        "fields = {tool_name = 't' .. i, reason = string.rep('r', 200000)}}) end end\n"
+        "return recovery.fallback(fns)",
+        "async function main() {\n"
+        "  const fns = [];\n"
+        "  for (let i = 1; i <= 32; i++) fns.push(() => { const e = new Error("
+        "'x'.repeat(500000) + i); e.category = 'tool'; e.kind = 'execution_failed'; "
+        "e.fields = {tool_name: 't' + i, reason: 'r'.repeat(200000)}; throw e; });\n"
+        "  return await recovery.fallback(fns);\n}")
+    err, _ = _run(Host([]), source, language)
+    assert isinstance(err, SpellError) and err.code == "runtime/all_fallbacks_failed"
+    # before: every option's error whole, 32 x 700 KB in fields.errors
+    assert len(json.dumps(err.to_dict())) < 2_000_000
+    errors = err.fields["errors"]
+    assert [e["fields"]["tool_name"] for e in errors] == [f"t{i}" for i in range(1, 33)]
+    assert all(e["message"].endswith("more characters]") for e in errors)
+    assert err.cause is not None and len(err.cause.message) == 500001  # the first, whole

@@ -47,6 +47,7 @@ _MISSING = object()
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024  # an endpoint's answer, read at most
 DEFAULT_ENDPOINT_TIMEOUT = 10.0
 MAX_URL_CHARS = 2048
+MAX_KEPT_CHARS = 4000  # a string of an error kept in all_fallbacks_failed's fields.errors
 
 
 class FallbackOption(BaseModel):
@@ -218,9 +219,22 @@ def all_fallbacks_failed(operation: str, errors: list[SpellError], attempted: in
     error in the order tried in ``fields.errors`` (as error JSON), the first as its cause.
     The one construction of this error (a tool's fallbacks, a script's
     ``recovery.fallback``)."""
+    from bridge.jsontext import replaced
+
     return SpellError(category="runtime", kind="all_fallbacks_failed",
                       attempted_options=attempted, operation=operation,
-                      errors=[err.to_dict() for err in errors], cause=errors[0])
+                      errors=[replaced(err.to_dict(), _shortened) for err in errors],
+                      cause=errors[0])
+
+
+def _shortened(leaf: Any) -> Any:
+    """A string of an option's error JSON, at most :data:`MAX_KEPT_CHARS` long: up to 32
+    errors are kept, each as large as its raiser made it (a script's error of 6 MB made
+    a 200 MB error of the fallback); the first error stays whole, as the cause."""
+    if isinstance(leaf, str) and len(leaf) > MAX_KEPT_CHARS:
+        hidden = len(leaf) - MAX_KEPT_CHARS
+        return f"{leaf[:MAX_KEPT_CHARS]} [... {hidden} more characters]"
+    return leaf
 
 
 def _post(option: FallbackOption, call: ToolCall) -> Any:
