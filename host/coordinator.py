@@ -471,7 +471,12 @@ class _Execution:
             # a task's tries are bounded by the plan's timeout; max_elapsed only when set
             elapsed = (time.monotonic() - state.started
                        if retry is not None and "max_elapsed" in retry.model_fields_set else 0.0)
-            delay = None if retry is None else retry.next_delay(state.attempts, value, elapsed)
+            try:
+                delay = None if retry is None else retry.next_delay(
+                    state.attempts, value, elapsed, owner=f"{task.id}.retry")
+            except SpellError as bad:  # its condition or backoff function raised
+                await self._finish(state, _status_of(bad), error=bad)
+                return
             # a retry whose delay would not end before the plan's deadline is not made (as
             # at a tool call): waiting it out would only hold the plan past its timeout
             if delay is None or delay >= self.deadline - time.monotonic():

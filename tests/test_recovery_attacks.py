@@ -365,3 +365,44 @@ def test_huge_errors_of_a_scripts_fallbacks_are_kept_shortened(language):
     assert [e["fields"]["tool_name"] for e in errors] == [f"t{i}" for i in range(1, 33)]
     assert all(e["message"].endswith("more characters]") for e in errors)
     assert err.cause is not None and len(err.cause.message) == 500001  # the first, whole
+
+
+# -- a retry's own functions that raise ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,policy", [
+    ("on", lambda: Retry(attempts=3, initial=0, on=lambda err: 1 / 0)),
+    ("backoff", lambda: Retry(attempts=3, backoff=lambda n: 10 ** 400)),
+])
+def test_a_retry_function_that_raises_is_the_policys_error_not_the_tools(
+        field, policy, language):
+    def flaky() -> str:
+        raise ConnectionError("down")
+
+    host = Host([tool(flaky, retry=policy())])
+    err, _ = _run(host, pick(language, "return tools.flaky{}",
+                             "async function main() { return await tools.flaky({}); }"),
+                  language)
+    # before: tool/execution_failed 'flaky - ZeroDivisionError', as if the tool had raised it
+    assert err.code == "configuration/invalid_value"
+    assert err.fields["key"] == f"flaky.retry.{field}"
+    assert "network/connection" in err.message
+
+
+def test_a_tasks_retry_condition_that_raises_fails_the_task_not_the_coordinator(
+        tmp_path: Path, language):
+    @tool
+    def down() -> str:
+        raise ConnectionError("down")
+
+    script = tmp_path / f"t{EXTENSION[language]}"
+    script.write_text(pick(language, "return tools.down{}\n",
+                           "async function main() { return await tools.down({}); }\n"))
+    plan = Plan(name="p", timeout=10, tasks=[
+        Task(id="t", script=str(script), retry=Retry(attempts=3, on=lambda err: 1 / 0)),
+        Task(id="u", script=str(script))])
+    # before: the plan raised a bare ExceptionGroup out of Coordinator.run
+    report = Coordinator([down]).run(plan)
+    assert report.error("t").code == "configuration/invalid_value"
+    assert report.error("t").fields["key"] == "t.retry.on"
+    assert report.error("u").code == "network/connection"

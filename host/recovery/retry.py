@@ -99,18 +99,40 @@ class Retry(Policy):
         return bool(self.on(err))
 
     def next_delay(self, attempt: int, err: SpellError, elapsed: float,
-                   rng: Callable[[], float] = random.random) -> float | None:
+                   rng: Callable[[], float] = random.random, owner: str = "retry"
+                   ) -> float | None:
         """The delay before the next try after try ``attempt`` failed with ``err``,
-        ``elapsed`` seconds after the first began; None when there is to be no next try."""
-        if attempt >= self.attempts or not self.applies_to(err):
+        ``elapsed`` seconds after the first began; None when there is to be no next try.
+
+        A condition or backoff function (Python) that raises is the policy's bug, not the
+        call's: ``configuration/invalid_value`` naming ``owner`` (``search.retry``) and the
+        field, the function's exception as its cause."""
+        if attempt >= self.attempts:
             return None
-        delay = self.delay(attempt)
+        try:
+            if not self.applies_to(err):
+                return None
+        except Exception as exc:
+            raise self._failed(owner, "on", exc, err) from exc
+        try:
+            delay = self.delay(attempt)
+        except Exception as exc:
+            raise self._failed(owner, "backoff", exc, err) from exc
         delay -= delay * self.jitter * rng()
         if err.requested_retry_after is not None:  # asked for; a kind's default is not
             delay = max(delay, err.requested_retry_after)
         if elapsed + delay > self.max_elapsed:
             return None
         return delay
+
+    def _failed(self, owner: str, field: str, exc: Exception, err: SpellError
+                ) -> SpellError:
+        from bridge import ConfigurationError
+        from bridge.errors import describe_exception
+
+        return ConfigurationError.InvalidValue(
+            key=f"{owner}.{field}", value=repr(getattr(self, field))[:200],
+            reason=f"the function raised {describe_exception(exc)} (deciding on {err.code})")
 
     # -- the tool-call layer -----------------------------------------------------------
 
@@ -171,7 +193,8 @@ class RetryLayer:
             policy = self.policy_for(err)
             # elapsed since the first try began (the call's start: outer layers add ~0)
             delay = (None if policy is None
-                     else policy.next_delay(attempt, err, time.perf_counter() - call.started))
+                     else policy.next_delay(attempt, err, time.perf_counter() - call.started,
+                                            owner=f"{call.name}.retry"))
             if delay is None or delay >= call.time_left:
                 if attempt > 1:  # it was retried: the history goes with the error
                     call.run.attach_recovery(err)
