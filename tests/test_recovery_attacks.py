@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -406,3 +407,54 @@ def test_a_tasks_retry_condition_that_raises_fails_the_task_not_the_coordinator(
     assert report.error("t").code == "configuration/invalid_value"
     assert report.error("t").fields["key"] == "t.retry.on"
     assert report.error("u").code == "network/connection"
+
+
+# -- an endpoint that sends its headers a byte at a time -------------------------------------
+
+
+@pytest.fixture
+def slowloris():
+    """A loopback server that answers a status line, then a header every 0.05 s forever;
+    ``hung_up`` is set when the client closes the connection."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    hung_up = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not hung_up.is_set():
+                conn.sendall(b"X-Drip: 1\r\n")
+                time.sleep(0.05)
+        except OSError:
+            hung_up.set()
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1], hung_up
+    hung_up.set()
+    listener.close()
+
+
+def test_an_endpoint_dripping_its_headers_is_hung_up_on_at_the_timeout(slowloris, language):
+    port, hung_up = slowloris
+
+    def svc() -> str:
+        raise ConnectionError("down")
+
+    host = Host([tool(svc, fallback=Fallback(options=[
+        {"endpoint": f"http://127.0.0.1:{port}/x", "timeout": 0.5}]))])
+    started = time.monotonic()
+    err, _ = _run(host, pick(language, "return tools.svc{}",
+                             "async function main() { return await tools.svc({}); }"),
+                  language)
+    assert err.code == "runtime/all_fallbacks_failed"
+    assert err.fields["errors"][1]["category"] == "network"
+    assert time.monotonic() - started < 3
+    # before: httpx's timeout bounds each read only: the request went on in a worker
+    # thread for as long as the server dripped (minutes), after the call had given up
+    assert hung_up.wait(3)

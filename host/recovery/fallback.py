@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bridge import SpellError
@@ -281,22 +282,9 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
     assert url is not None
     where = _public_url(url)
     host = urlsplit(url).hostname or ""
-    body = bytearray()
     try:
-        with httpx.Client(timeout=limit, follow_redirects=False) as client, \
-                client.stream("POST", url, content=json_text(call.params).encode(),
-                              headers={"content-type": "application/json",
-                                       "accept": "application/json"}) as response:
-            response.raise_for_status()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > MAX_RESPONSE_BYTES:
-                    raise ProviderError.InvalidResponse(
-                        provider=host, reason=f"the answer of {where} is larger than "
-                                              f"{MAX_RESPONSE_BYTES} bytes")
-                if time.monotonic() > deadline:  # a server dripping its answer
-                    raise httpx.ReadTimeout("the answer took longer than the timeout",
-                                            request=response.request)
+        body = anyio.run(_exchange, url, json_text(call.params).encode(), limit, deadline,
+                         host, where)
     except httpx.HTTPError as exc:
         _redact(exc, url, where)
         raise as_spell_error(call, exc) from exc
@@ -308,6 +296,39 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
             provider=host, reason=f"the answer of {where} is {why} ({exc})",
             response_excerpt=bytes(body[:200]).decode("utf-8", "replace")) from None
     return to_script_data(result, call.caller)
+
+
+async def _exchange(url: str, content: bytes, limit: float, deadline: float, host: str,
+                    where: str) -> bytearray:
+    """The POST of :func:`_request` and its answer's body, ended at ``deadline`` whatever
+    the server does: httpx's timeout bounds each read, not the whole, so a server sending
+    its headers (or body) a byte at a time held the worker thread long after the call
+    had given up on it; a cancel scope closes the connection at the deadline."""
+    import httpx
+
+    from bridge import ProviderError
+
+    body = bytearray()
+    async with httpx.AsyncClient(timeout=limit, follow_redirects=False) as client:
+        request = client.build_request("POST", url, content=content,
+                                       headers={"content-type": "application/json",
+                                                "accept": "application/json"})
+        with anyio.move_on_after(max(0.0, deadline - time.monotonic())) as scope:
+            response = await client.send(request, stream=True)
+            try:
+                response.raise_for_status()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise ProviderError.InvalidResponse(
+                            provider=host, reason=f"the answer of {where} is larger than "
+                                                  f"{MAX_RESPONSE_BYTES} bytes")
+            finally:
+                await response.aclose()
+        if scope.cancelled_caught:  # a server dripping its headers or its answer
+            raise httpx.ReadTimeout("the answer took longer than the timeout",
+                                    request=request)
+    return body
 
 
 def _redact(exc: BaseException, url: str, public: str) -> None:
