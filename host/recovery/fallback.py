@@ -224,11 +224,11 @@ def all_fallbacks_failed(operation: str, errors: list[SpellError], attempted: in
 
     return SpellError(category="runtime", kind="all_fallbacks_failed",
                       attempted_options=attempted, operation=operation,
-                      errors=[replaced(err.to_dict(), _shortened) for err in errors],
+                      errors=[replaced(err.to_dict(), shortened) for err in errors],
                       cause=errors[0])
 
 
-def _shortened(leaf: Any) -> Any:
+def shortened(leaf: Any) -> Any:
     """A string of an option's error JSON, at most :data:`MAX_KEPT_CHARS` long: up to 32
     errors are kept, each as large as its raiser made it (a script's error of 6 MB made
     a 200 MB error of the fallback); the first error stays whole, as the cause."""

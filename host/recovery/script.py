@@ -48,8 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import ConfigurationError, ScriptError, SpellError
 from bridge.envelope import error_envelope, error_from_script
+from bridge.jsontext import replaced
 from engines import ToolReply
-from host.recovery.fallback import all_fallbacks_failed
+from host.recovery.fallback import all_fallbacks_failed, shortened
 from host.recovery.retry import Retry
 
 if TYPE_CHECKING:
@@ -184,6 +185,10 @@ class ScriptRecovery:
             original = self.run.handed_error(ref)
             if original is not None:
                 return original
+        # what the script made itself is kept (a fallback keeps up to 32 per session, in
+        # up to MAX_SESSIONS sessions) with its strings shortened: one 1 MB string the
+        # script raises again and again costs the engine nothing, the host a copy each
+        data = replaced(data, shortened)
         category, kind, message = data.get("category"), data.get("kind"), data.get("message")
         message = message if isinstance(message, str) else None
         if isinstance(category, str) and isinstance(kind, str):
