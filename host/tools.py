@@ -399,7 +399,10 @@ def check_file(path: Path) -> None:
         return
     if not path.exists():
         raise ConfigurationError.FileNotFound(path=str(path))
-    what = "a directory" if path.is_dir() else "not a regular file"
+    what = ("a directory" if path.is_dir() else
+            "a FIFO" if path.is_fifo() else
+            "a device" if path.is_char_device() or path.is_block_device() else
+            "a socket" if path.is_socket() else "not a regular file")
     raise ConfigurationError.LoadFailed(path=str(path), reason=f"it is {what}, not a file")
 
 

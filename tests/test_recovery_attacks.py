@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import socket
 import threading
 import time
@@ -497,3 +498,17 @@ def test_an_endpoint_dripping_its_headers_is_hung_up_on_at_the_timeout(slowloris
     # before: httpx's timeout bounds each read only: the request went on in a worker
     # thread for as long as the server dripped (minutes), after the call had given up
     assert hung_up.wait(3)
+
+
+# -- a config that is no regular file ----------------------------------------------------------
+
+
+def test_a_config_that_is_a_fifo_is_refused_at_once_naming_what_it_is(tmp_path: Path):
+    fifo = tmp_path / "polyspell.toml"
+    os.mkfifo(fifo)  # opening it to read would wait for a writer for ever
+    script = tmp_path / "s.lua"
+    script.write_text("return 1\n")
+    done = polyspell("run", script, "--config", fifo, cwd=tmp_path)
+    assert done.returncode == 2
+    # before: 'it is not a regular file, not a file'
+    assert "configuration/load_failed" in done.stderr and "it is a FIFO" in done.stderr
