@@ -93,6 +93,10 @@ class EngineFactory(Protocol):
     def __call__(self, language: str, *, limits: Limits, sandbox: Sandbox) -> Engine: ...
 
 
+# Errors a run remembers having handed to its scripts, to give back the very error when one
+# is rethrown (see ScriptRun._ref); the oldest are forgotten past this many.
+MAX_HANDED_ERRORS = 1024
+
 class ScriptRun:
     """One run: its engines, deadline, control, error refs and correlation id.
 
@@ -759,12 +763,20 @@ class ScriptRun:
         other lie close together: it could guess the ref of an error only a tools file
         was handed and get that error back. A random 53-bit number (exact in a JS number)
         cannot be guessed from the ones it saw.
+
+        The run remembers the newest :data:`MAX_HANDED_ERRORS` errors it handed out: a
+        script catching failures in a loop cannot make it hold every one (hundreds of MB).
+        A forgotten error rethrown is what the script's copy says, like any error a script
+        makes (its Python frames and cause are gone).
         """
         ref = self._ref_of.get(id(err))
         if ref is None:
             ref = secrets.randbits(53)
             while ref in self._refs:
                 ref = secrets.randbits(53)
+            if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest (a dict's order)
+                oldest = next(iter(self._refs))
+                del self._ref_of[id(self._refs.pop(oldest))]
             self._refs[ref] = err
             self._ref_of[id(err)] = ref  # _refs keeps err alive: its id stays its own
         return ref

@@ -512,3 +512,46 @@ def test_a_config_that_is_a_fifo_is_refused_at_once_naming_what_it_is(tmp_path: 
     assert done.returncode == 2
     # before: 'it is not a regular file, not a file'
     assert "configuration/load_failed" in done.stderr and "it is a FIFO" in done.stderr
+
+
+# -- a run remembers a bounded number of the errors it handed to scripts ------------------
+
+HANDED_LOOP = {
+    "lua": """
+local last
+for i = 1, args.n do
+  local ok, err = pcall(tools.always_fails, {})
+  last = err
+end
+error(last)
+""",
+    "javascript": """
+async function main(args) {
+  let last;
+  for (let i = 0; i < args.n; i++) {
+    try { await tools.always_fails({}); } catch (e) { last = e; }
+  }
+  throw last;
+}
+""",
+}
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+def test_a_script_catching_failures_in_a_loop_does_not_make_the_run_keep_them_all(language):
+    from host.runner import MAX_HANDED_ERRORS
+
+    @tool
+    def always_fails() -> None:
+        """Fails every time."""
+        raise ConnectionError("down")
+
+    host = Host([always_fails], on_output=lambda line: None)
+    run = host.new_run_source(HANDED_LOOP[language], language,
+                              args={"n": MAX_HANDED_ERRORS + 300})
+    with pytest.raises(SpellError) as caught:
+        anyio.run(run.execute)
+    assert len(run._refs) <= MAX_HANDED_ERRORS  # not one per failure
+    err = caught.value  # the newest, rethrown, is still the host's own error
+    assert err.code == "network/connection"
+    assert isinstance(err.__cause__, ConnectionError)
