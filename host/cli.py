@@ -276,7 +276,8 @@ def _run(args: argparse.Namespace) -> int:
         from host.host import Host
 
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
-                    sandbox=args.sandbox, config=_config(args))
+                    sandbox=args.sandbox, config=_config(args),
+                    on_human_input=_terminal_input())
         run = host.new_run(args.script, script_args)  # its recovery history is reported
         result = anyio.run(run.execute)
     except SpellError as err:
@@ -291,6 +292,19 @@ def _run(args: argparse.Namespace) -> int:
         print_json(result, indent=2)
     _report_degraded(run)
     return EXIT_OK
+
+
+def _terminal_input() -> Any:
+    """Who answers a tool's AskHuman in ``polyspell run``: the person at the terminal
+    (question on stderr, answer a line of stdin) when stdin is one, else no one."""
+    try:
+        if not sys.stdin.isatty():
+            return None
+    except (AttributeError, ValueError):  # stdin closed or replaced
+        return None
+    from host.steer import TerminalInput
+
+    return TerminalInput(sys.stdin, sys.stderr)
 
 
 def _recovery_json(run: Any) -> dict[str, Any]:
