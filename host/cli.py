@@ -287,7 +287,8 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
         return _report_failure(_internal_error(exc), args, run)
     if args.json:
-        print_json({"ok": True, "result": result, **_recovery_json(run)})
+        stopped = {"stopped_by": run.stopped.tool} if run.stopped is not None else {}
+        print_json({"ok": True, "result": result, **stopped, **_recovery_json(run)})
     else:
         print_json(result, indent=2)
     _report_degraded(run)

@@ -220,6 +220,19 @@ def _site(call: ToolCall) -> str:
     return f" (called at {site.file}:{site.line})" if site and site.line else ""
 
 
+MAX_QUESTION_CHARS = 4000  # shown on a terminal, at most
+
+
+def printable(question: str) -> str:
+    """``question`` as safe to show on a terminal: control characters (escape sequences
+    a script's text could carry into the question) shown escaped, newlines and tabs kept,
+    at most :data:`MAX_QUESTION_CHARS` characters."""
+    if len(question) > MAX_QUESTION_CHARS:
+        question = question[:MAX_QUESTION_CHARS] + f"... ({len(question)} characters)"
+    return "".join(ch if ch in "\n\t" or (ch.isprintable() and ch not in "\x7f")
+                   else ch.encode("unicode_escape").decode("ascii") for ch in question)
+
+
 class TerminalInput:
     """``polyspell run``'s ``on_human_input`` on a terminal: the question on stderr, the
     answer one line of stdin. One question at a time (runs of a plan may ask together)."""
@@ -231,7 +244,7 @@ class TerminalInput:
 
     def __call__(self, question: str) -> str:
         with self._lock:
-            self._stderr.write(f"polyspell: {question}\n> ")
+            self._stderr.write(f"polyspell: {printable(question)}\n> ")
             self._stderr.flush()
             line = self._stdin.readline()
         if not line:

@@ -160,8 +160,14 @@ def make_tool(
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
     # a parameter annotated ToolContext gets the call's context: not a parameter scripts pass
-    context_param = next((name for name, hint in hints.items()
-                          if hint is ToolContext and name in signature.parameters), None)
+    contexts = [name for name, hint in hints.items()
+                if name in signature.parameters and _is_context(hint)]
+    if len(contexts) > 1:
+        raise ConfigurationError.InvalidValue(
+            key=f"{tool_name}.{contexts[1]}", value=", ".join(contexts),
+            reason=f"the tool {tool_name} declares {len(contexts)} ToolContext parameters "
+                   f"({', '.join(contexts)}): one receives the call's context")
+    context_param = contexts[0] if contexts else None
     positional = [parameter for parameter in signature.parameters.values()
                   if parameter.name != context_param]
     takes_model = params is not None or (
@@ -480,6 +486,15 @@ def describe_validation(exc: ValidationError) -> str:
         else:
             parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
+
+
+def _is_context(annotation: Any) -> bool:
+    """Whether a parameter's annotation asks for the call's ToolContext (``ToolContext``,
+    or ``ToolContext | None``)."""
+    if annotation is ToolContext:
+        return True
+    args = typing.get_args(annotation)
+    return ToolContext in args and all(arg in (ToolContext, type(None)) for arg in args)
 
 
 def _is_list(annotation: Any) -> bool:

@@ -13,6 +13,7 @@ import time
 import anyio
 import anyio.to_thread
 import pytest
+from pydantic import BaseModel
 
 from bridge import AsyncExecutionError, SpellError
 from host import AskHuman, Coordinator, Host, StopRun, Task, ToolContext, tool
@@ -139,7 +140,8 @@ def test_stop_run_on_the_cli_prints_the_result_and_exits_0(language, tmp_path):
     assert json.loads(done.stdout[done.stdout.index("{"):]) == {"answer": "42"}
     done = polyspell("run", script, "--tools", tools, "--json")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout.splitlines()[-1]) == {"ok": True, "result": {"answer": "42"}}
+    assert json.loads(done.stdout.splitlines()[-1]) == {"ok": True, "result": {"answer": "42"},
+                                                         "stopped_by": "finish"}
 
 
 # -- AskHuman -----------------------------------------------------------------------------
@@ -257,10 +259,20 @@ async def test_a_cancelled_run_stops_waiting_for_the_answer(language):
     assert time.monotonic() - started < 2
 
 
+def test_a_coordinator_answers_its_tasks(language, tmp_path):
+    script = tmp_path / f"ask{EXTENSION[language]}"
+    script.write_text(ASKING[language])
+    coordinator = Coordinator([ask], on_human_input=lambda question: "Atlantis")
+    report = coordinator.run([Task(id="a", script=str(script))])
+    assert report.task("a").result == "got Atlantis"
+
+
 def test_on_human_input_must_be_callable():
-    with pytest.raises(SpellError) as info:
-        Host([ask], on_human_input="yes")
-    assert info.value.code == "configuration/invalid_value"
+    for make in (Host, Coordinator):
+        with pytest.raises(SpellError) as info:
+            make([ask], on_human_input="yes")
+        assert info.value.code == "configuration/invalid_value"
+        assert info.value.fields["key"] == "on_human_input"
 
 
 def _pty_run(args: list[str], answer: bytes) -> tuple[int, str]:
@@ -306,6 +318,20 @@ def test_the_cli_asks_on_a_real_terminal(language, tmp_path):
     assert code == 0, seen
     assert "polyspell: Which city?" in seen
     assert '"got Atlantis"' in seen
+
+
+def test_a_question_cannot_send_escape_sequences_to_the_terminal(language, tmp_path):
+    tools = tmp_path / "ask_tools.py"
+    tools.write_text("from host import AskHuman, tool\n\n@tool\ndef ask(question: str):\n"
+                     "    \"\"\"Asks.\"\"\"\n    raise AskHuman(question)\n")
+    script = tmp_path / f"ask{EXTENSION[language]}"
+    script.write_text(pick(language, "return tools.ask{question = 'title\\27]0;pwned\\7?'}\n",
+                           "async function main() {\n  return await tools.ask("
+                           "{question: 'title\\x1b]0;pwned\\x07?'});\n}\n"))
+    code, seen = _pty_run(["run", str(script), "--tools", str(tools)], b"fine\n")
+    assert code == 0, seen
+    assert "\x1b" not in seen and "\x07" not in seen
+    assert "polyspell: title\\x1b]0;pwned\\x07?" in seen
 
 
 def test_the_cli_without_a_terminal_has_no_one_to_ask(language, tmp_path):
@@ -424,6 +450,34 @@ def test_the_context_is_not_part_of_the_schema(tmp_path):
     assert done.returncode == 0, done.stderr
     assert '"steps"' in done.stdout and "ctx" not in done.stdout
     assert "ctx" not in json.dumps(crunch.__polyspell_tool__.schema())
+
+
+class Steps(BaseModel):
+    steps: int
+
+
+@tool
+def crunch_model(params: Steps, context: ToolContext | None = None) -> list:
+    """A tool that takes a model, and the context (optional)."""
+    assert context is not None
+    return [params.steps, context.tool]
+
+
+def test_a_tool_taking_a_model_gets_the_context_too(language):
+    source = pick(language, "return tools.crunch_model{steps = 3}",
+                  "async function main() { return await tools.crunch_model({steps: 3}); }")
+    assert Host([crunch_model]).run_source(source, language) == [3, "crunch_model"]
+    assert "context" not in json.dumps(crunch_model.__polyspell_tool__.schema())
+
+
+def test_two_context_parameters_are_refused():
+    def twice(a: ToolContext, b: ToolContext) -> None:
+        """Two contexts."""
+
+    with pytest.raises(SpellError) as info:
+        tool(twice)
+    assert info.value.code == "configuration/invalid_value"
+    assert "declares 2 ToolContext parameters (a, b)" in info.value.message
 
 
 def test_a_script_cannot_pass_the_context(language):
