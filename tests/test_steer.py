@@ -16,7 +16,7 @@ import pytest
 from pydantic import BaseModel
 
 from bridge import AsyncExecutionError, SpellError
-from host import AskHuman, Coordinator, Host, StopRun, Task, ToolContext, tool
+from host import AskHuman, Coordinator, Host, Plan, StopRun, Task, ToolContext, tool
 from tests.cli import POLYSPELL, ROOT, environment, polyspell
 from tests.conftest import EXTENSION, pick
 
@@ -439,6 +439,37 @@ def test_a_sync_tool_stops_on_its_signal_when_a_coordinator_cancels_it(language,
     assert report.task("long").status == "timed_out"
     assert STOPPED.wait(2)
     assert time.monotonic() - started < 2
+
+
+@tool
+def fail_once_crunching() -> None:
+    """Fails once crunch is running (the coordinator then cancels it)."""
+    if not STARTED.wait(5):
+        raise TimeoutError("crunch never started")
+    raise LookupError("failed on purpose")
+
+
+def test_a_sync_tool_stops_on_its_signal_when_a_failure_elsewhere_cancels_it(
+        language, tmp_path):
+    _reset()
+    ext = EXTENSION[language]
+    (tmp_path / f"long{ext}").write_text(pick(
+        language, "return tools.crunch{steps = 100000}\n",
+        "async function main() { return await tools.crunch({steps: 100000}); }\n"))
+    (tmp_path / f"bad{ext}").write_text(pick(
+        language, "return tools.fail_once_crunching()\n",
+        "async function main() { return await tools.fail_once_crunching(); }\n"))
+    plan = Plan(strategy="propagate", tasks=[
+        Task(id="long", script=str(tmp_path / f"long{ext}"), timeout=60),
+        Task(id="bad", script=str(tmp_path / f"bad{ext}"), timeout=60)])
+    started = time.monotonic()
+    report = Coordinator([crunch, fail_once_crunching]).run(plan)
+    assert STOPPED.wait(2)
+    assert time.monotonic() - started < 3  # not the 60 s of its timeout, nor 100000 steps
+    assert report.task("long").status == "cancelled"
+    (ctx,) = CONTEXTS
+    reason = ctx.signal.reason
+    assert isinstance(reason, SpellError) and reason.code == "async_execution/task_cancelled"
 
 
 def test_the_context_is_not_part_of_the_schema(tmp_path):
