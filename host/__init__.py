@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Timeout,
         ToolRecovery,
     )
+    from host.steer import AskHuman, StopRun, ToolContext
     from host.tools import Tool, ToolRegistry, tool
 
 _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
@@ -37,6 +38,7 @@ _EXPORTS = {"Host": "host.host", "tool": "host.tools", "Tool": "host.tools",
             "Degradation": "host.recovery", "DegradationLevel": "host.recovery",
             "Restart": "host.recovery",
             "ToolCall": "host.calls", "Layer": "host.calls",
+            "StopRun": "host.steer", "AskHuman": "host.steer", "ToolContext": "host.steer",
             "wrap": "bridge"}  # the table of tool exceptions -> unified errors
 
 
@@ -48,7 +50,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'host' has no attribute {name!r}")
 
 
-__all__ = ["Breakers", "CircuitBreaker", "Coordinator", "Degradation", "DegradationLevel",
-           "Fallback", "Host", "Layer", "Plan", "PlanReport", "Restart", "Retry", "Task",
-           "TaskReport", "Timeout", "Tool", "ToolCall", "ToolRecovery", "ToolRegistry",
-           "load_plan", "tool", "wrap"]
+__all__ = ["AskHuman", "Breakers", "CircuitBreaker", "Coordinator", "Degradation",
+           "DegradationLevel", "Fallback", "Host", "Layer", "Plan", "PlanReport", "Restart",
+           "Retry", "StopRun", "Task", "TaskReport", "Timeout", "Tool", "ToolCall",
+           "ToolContext", "ToolRecovery", "ToolRegistry", "load_plan", "tool", "wrap"]

@@ -276,7 +276,8 @@ def _run(args: argparse.Namespace) -> int:
         from host.host import Host
 
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
-                    sandbox=args.sandbox, config=_config(args))
+                    sandbox=args.sandbox, config=_config(args),
+                    on_human_input=_terminal_input())
         run = host.new_run(args.script, script_args)  # its recovery history is reported
         result = anyio.run(run.execute)
     except SpellError as err:
@@ -286,11 +287,25 @@ def _run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
         return _report_failure(_internal_error(exc), args, run)
     if args.json:
-        print_json({"ok": True, "result": result, **_recovery_json(run)})
+        stopped = {"stopped_by": run.stopped.tool} if run.stopped is not None else {}
+        print_json({"ok": True, "result": result, **stopped, **_recovery_json(run)})
     else:
         print_json(result, indent=2)
     _report_degraded(run)
     return EXIT_OK
+
+
+def _terminal_input() -> Any:
+    """Who answers a tool's AskHuman in ``polyspell run``: the person at the terminal
+    (question on stderr, answer a line of stdin) when stdin is one, else no one."""
+    try:
+        if not sys.stdin.isatty():
+            return None
+    except (AttributeError, ValueError):  # stdin closed or replaced
+        return None
+    from host.steer import TerminalInput
+
+    return TerminalInput(sys.stdin, sys.stderr)
 
 
 def _recovery_json(run: Any) -> dict[str, Any]:

@@ -175,7 +175,8 @@ class Coordinator:
     ``recovery`` and ``config`` (a config file's path or a :class:`host.config.Config`)
     set the tools' recovery policies, as for :class:`host.Host`; they are checked against
     the tools when a plan runs (a plan's tools files may add the tools they name). A
-    task's own ``retry`` retries the whole task, apart from them.
+    task's own ``retry`` retries the whole task, apart from them. ``on_human_input``
+    answers the tasks' tools' ``AskHuman``, as for :class:`host.Host`.
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -204,8 +205,9 @@ class Coordinator:
         engine_factory: EngineFactory | None = None,
         recovery: Mapping[str, Any] | None = None,
         config: str | os.PathLike[str] | Config | None = None,
+        on_human_input: Callable[[str], Any] | None = None,
     ) -> None:
-        # memory_mb, stack_kb, sandbox: checked by the Host built below
+        # memory_mb, stack_kb, sandbox, on_human_input: checked by the Host built below
         check_positive("max_concurrency", max_concurrency, at_least=1)
         check_callable("on_output", on_output)
         self.tools = tool_items(tools)
@@ -234,7 +236,7 @@ class Coordinator:
         # recovery policies wait for the plan, whose tools files they may name
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
-                          engine_factory=engine_factory)
+                          engine_factory=engine_factory, on_human_input=on_human_input)
         self.engine_factory = self._host.engine_factory
         self._listeners: dict[str, list[tuple[str | None, Callback]]] = {
             name: [] for name in ("started", "completed", "cancel_started", "cleanup",
@@ -348,7 +350,7 @@ class Coordinator:
         host = Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
                     engine_factory=self.engine_factory, recovery=self.recovery,
-                    config=self.config)
+                    config=self.config, on_human_input=self._host.on_human_input)
         host._caches = self._host._caches  # fallback caches too, like the breakers
         host.breakers = self._host.breakers  # one breaker per tool for the coordinator
         return host

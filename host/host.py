@@ -66,7 +66,8 @@ class Host:
     loaded :class:`host.config.Config`: its ``[recovery]`` defaults, ``[tools.<name>]``
     and ``[errors."<code>"]`` tables, its ``[degradation]`` levels; ``recovery`` wins over
     it tool by tool, and ``degradation`` over its levels (the precedence:
-    :mod:`host.config`).
+    :mod:`host.config`). ``on_human_input(question)`` (sync or async) answers a tool's
+    ``AskHuman`` with a string (see :mod:`host.steer`); without it, no one is asked.
     """
 
     def __init__(
@@ -83,12 +84,15 @@ class Host:
         recovery: Mapping[str, Any] | None = None,
         degradation: Any = None,
         config: str | os.PathLike[str] | Config | None = None,
+        on_human_input: Callable[[str], Any] | None = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
         check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
         check_callable("on_output", on_output)
         check_callable("engine_factory", engine_factory)
+        check_callable("on_human_input", on_human_input)
+        self.on_human_input = on_human_input
         self.layers: list[Layer] = list(layers)
         for layer in self.layers:
             check_callable("layers", layer)
@@ -188,7 +192,8 @@ class Host:
             on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers,
             recovery=self.recovery,
             breakers=self.breakers if self.recovery or self._degradation else None,
-            caches=self._caches, degradation=self._degradation)
+            caches=self._caches, degradation=self._degradation,
+            on_human_input=self.on_human_input)
 
     @property
     def breakers(self) -> Breakers:

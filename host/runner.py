@@ -77,6 +77,7 @@ if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
     from host.recovery.script import ScriptRecovery
+    from host.steer import StopOutcome
 
 # Seconds the host waits past the deadline for the engine to report the time limit itself
 # (with the script line it stopped at) before it reports it without.
@@ -124,6 +125,7 @@ class ScriptRun:
         breakers: Breakers | None = None,
         caches: dict[str, Any] | None = None,
         degradation: DegradationState | None = None,
+        on_human_input: Callable[[str], Any] | None = None,
     ) -> None:
         self.source = source
         self.language = language
@@ -148,6 +150,9 @@ class ScriptRun:
         # tool -> {why it answered degraded (an error code, "level <name>"): times}
         self.degraded_reasons: dict[str, dict[str, int]] = {}
         self.failed_fast: SpellError | None = None  # a fail-fast tool's error that stopped it
+        # who answers a tool's AskHuman (see host.steer); None: no one
+        self.on_human_input = on_human_input
+        self.stopped: StopOutcome | None = None  # a tool's StopRun that ended the run
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
@@ -349,6 +354,8 @@ class ScriptRun:
                 reason=f"{self.language} engine failed to close: {why}"))
         if control.given_up:  # nobody reads the outcome
             return None
+        if self.stopped is not None:  # a tool's StopRun: its result, whatever the script did
+            return self.stopped.result
         if control.reason is not None:  # even if the script swallowed it and went on
             return self._decorate(control.reason)
         if isinstance(step, Failed):

@@ -23,6 +23,7 @@ from bridge.envelope import resolve_refs
 from bridge.errors import describe_exception
 from host.calls import run_python
 from host.data import preview, to_script_data
+from host.steer import AskHuman, StopRun, ToolContext, ask_human, stop_run, tool_context
 
 if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from pydantic import BaseModel, ValidationError
@@ -46,6 +47,7 @@ class Tool:
     takes_model: bool = False  # fn takes one pydantic model instead of keyword arguments
     list_fields: frozenset[str] = field(default_factory=frozenset)
     recovery: ToolRecovery | None = None  # its own recovery policies (@tool(retry=...))
+    context_param: str | None = None  # the parameter that takes the call's ToolContext
 
     def validate(self, params: Any) -> BaseModel:
         """The parameters as the tool's model; ``tool/invalid_parameters`` when they do not fit."""
@@ -89,8 +91,15 @@ class Tool:
             raise ToolError.InvalidParameters(
                 tool_name=self.name, validation_error=str(call.problem), error_type="parse")
         args, kwargs = self.arguments(self.validate(call.params))
-        return to_script_data(run_python(call, self.fn, args, kwargs, self.is_async),
-                              call.caller)
+        if self.context_param is not None:
+            kwargs = {**kwargs, self.context_param: tool_context(call)}
+        try:
+            result = run_python(call, self.fn, args, kwargs, self.is_async)
+        except (StopRun, AskHuman) as steer:  # the tool steers its run (host.steer)
+            if isinstance(steer, AskHuman):
+                return ask_human(call, steer.question)
+            raise stop_run(call, steer) from None
+        return to_script_data(result, call.caller)
 
 
 def tool(
@@ -150,7 +159,17 @@ def make_tool(
                                               reason="a tool timeout must be positive")
     signature = inspect.signature(fn)
     hints = typing.get_type_hints(fn)
-    positional = list(signature.parameters.values())
+    # a parameter annotated ToolContext gets the call's context: not a parameter scripts pass
+    contexts = [name for name, hint in hints.items()
+                if name in signature.parameters and _is_context(hint)]
+    if len(contexts) > 1:
+        raise ConfigurationError.InvalidValue(
+            key=f"{tool_name}.{contexts[1]}", value=", ".join(contexts),
+            reason=f"the tool {tool_name} declares {len(contexts)} ToolContext parameters "
+                   f"({', '.join(contexts)}): one receives the call's context")
+    context_param = contexts[0] if contexts else None
+    positional = [parameter for parameter in signature.parameters.values()
+                  if parameter.name != context_param]
     takes_model = params is not None or (
         len(positional) == 1
         and isinstance(hints.get(positional[0].name), type)
@@ -180,6 +199,7 @@ def make_tool(
         recovery=_recovery(tool_name, retry=retry, breaker=breaker, fallback=fallback,
                            optional=optional or None, degraded=degraded,
                            fail_fast=fail_fast or None),
+        context_param=context_param,
     )
 
 
@@ -466,6 +486,15 @@ def describe_validation(exc: ValidationError) -> str:
         else:
             parts.append(f"{where}: {problem['msg']}")
     return "; ".join(parts)
+
+
+def _is_context(annotation: Any) -> bool:
+    """Whether a parameter's annotation asks for the call's ToolContext (``ToolContext``,
+    or ``ToolContext | None``)."""
+    if annotation is ToolContext:
+        return True
+    args = typing.get_args(annotation)
+    return ToolContext in args and all(arg in (ToolContext, type(None)) for arg in args)
 
 
 def _is_list(annotation: Any) -> bool:

@@ -8,6 +8,11 @@ Options (the seed's fallback types; built so far: another tool, a value, the cac
 - ``{cached = true, max_age = 3600}``: the last good result of this tool for the same
   parameters, at most ``max_age`` seconds old (kept per host, for the tools that have the
   option); skipped when there is none;
+- ``{ask = "{tool} failed ({error}); what should it answer for {params}?"}``: a
+  person's answer (a string), asked as a tool's ``AskHuman`` is (``Host(on_human_input=
+  ...)``, or the terminal of ``polyspell run``: see :mod:`host.steer`), with the template
+  filled from the call: ``{tool}``, ``{params}`` (as JSON), ``{error}`` (the last error's
+  message); with no one to ask, a failed option (the next one is tried);
 - ``{endpoint = "https://...", timeout = 5}``: an HTTP service: the call's parameters are
   POSTed to it as JSON (through ``httpx``, an optional dependency: the option is refused
   when it is not installed), and the JSON body of its answer is the result. ``timeout``
@@ -49,10 +54,13 @@ MAX_RESPONSE_BYTES = 10 * 1024 * 1024  # an endpoint's answer, read at most
 DEFAULT_ENDPOINT_TIMEOUT = 10.0
 MAX_URL_CHARS = 2048
 MAX_KEPT_CHARS = 4000  # a string of an error kept in all_fallbacks_failed's fields.errors
+MAX_ASK_CHARS = 4096
+ASK_FIELDS = ("tool", "params", "error")  # what an {ask = ...} template may name
 
 
 class FallbackOption(BaseModel):
-    """One alternative: exactly one of ``tool``, ``value``, ``cached``, ``endpoint``."""
+    """One alternative: exactly one of ``tool``, ``value``, ``cached``, ``endpoint``,
+    ``ask``."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
@@ -62,14 +70,17 @@ class FallbackOption(BaseModel):
     max_age: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
     endpoint: str | None = Field(None, min_length=1, max_length=MAX_URL_CHARS)
     timeout: float | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
+    ask: str | None = Field(None, min_length=1, max_length=MAX_ASK_CHARS)
 
     @model_validator(mode="after")
     def _one_kind(self) -> FallbackOption:
         kinds = [self.tool is not None, "value" in self.model_fields_set, self.cached,
-                 self.endpoint is not None]
+                 self.endpoint is not None, self.ask is not None]
         if sum(kinds) != 1:
             raise ValueError("a fallback option is one of {tool = ...}, {value = ...}, "
-                             "{cached = true}, {endpoint = ...}")
+                             "{cached = true}, {endpoint = ...}, {ask = ...}")
+        if self.ask is not None:
+            _check_template(self.ask)
         if self.max_age is not None and not self.cached:
             raise ValueError("max_age is for a {cached = true} option")
         if self.timeout is not None and self.endpoint is None:
@@ -89,6 +100,8 @@ class FallbackOption(BaseModel):
             return self.tool
         if self.endpoint is not None:
             return f"endpoint {_public_url(self.endpoint)}"
+        if self.ask is not None:
+            return "ask"
         return "cached" if self.cached else "value"
 
 
@@ -114,6 +127,33 @@ def _check_url(url: str) -> None:
                          f"{parts.scheme + ':' if parts.scheme else 'a relative one'}")
     if not parts.hostname:
         raise ValueError("an endpoint URL names a host")
+
+
+def _check_template(template: str) -> None:
+    """Refuse an ``{ask = ...}`` template that names anything but ``{tool}``,
+    ``{params}`` and ``{error}`` (plain names: no attribute, index or nested field)."""
+    import string
+
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"an ask template is not a valid format string ({exc})") from None
+    for name, spec in fields:
+        if name not in ASK_FIELDS or "{" in (spec or ""):
+            raise ValueError(f"an ask template names only {{tool}}, {{params}} and "
+                             f"{{error}}, not {{{name}}}")
+
+
+def ask_question(template: str, call: ToolCall, error: SpellError) -> str:
+    """The question of an ``{ask = ...}`` option for ``call``, failed with ``error``."""
+    from bridge.jsontext import json_text
+
+    try:
+        params = json_text(call.params)
+    except (TypeError, ValueError):
+        params = repr(call.params)
+    return template.format(tool=call.name, params=params, error=error.message)
 
 
 def _public_url(url: str) -> str:
@@ -199,6 +239,17 @@ class FallbackLayer:
             run.record_recovery("fallback", call.name, len(errors), last, option=option.label)
             try:
                 return _post(option, call)
+            except SpellError as err:
+                if err is run.control.reason:
+                    raise
+                errors.append(err)
+                return _MISSING
+        if option.ask is not None:
+            from host.steer import ask_human
+
+            run.record_recovery("fallback", call.name, len(errors), last, option="ask")
+            try:
+                return ask_human(call, ask_question(option.ask, call, last))
             except SpellError as err:
                 if err is run.control.reason:
                     raise
