@@ -344,16 +344,24 @@ def test_fail_hands_the_script_a_unified_error(language, error, code):
 
 
 def test_continue_and_recover_after_a_call(language):
+    finished = []
+
+    @hooks.observer("tool_call_finished")
+    def watch(ctx):
+        finished.append((ctx.result, ctx.error, ctx.recovered_from and ctx.recovered_from.code))
+
     @hooks.controller("after_tool_call")
     def rescue(ctx):
         if ctx.error is not None and ctx.error_type == "execution":
             return hooks.Recover(f"n/a ({ctx.error.code})")
         return hooks.Continue()
 
-    host = Host([add, boom], hooks=[rescue])
+    host = Host([add, boom], hooks=[rescue, watch])
     assert run(host, language, "return {tools.add({a = 1, b = 1}), tools.boom({reason = 'r'})}",
                "return [tools.add({a: 1, b: 1}), tools.boom({reason: 'r'})];") == [
         2, "n/a (tool/execution_failed)"]
+    assert finished == [(2, None, None),
+                        ("n/a (tool/execution_failed)", None, "tool/execution_failed")]
 
 
 def test_retry_is_bounded_and_recorded(language):
@@ -611,3 +619,32 @@ def test_a_shared_error_raised_again_and_again_keeps_a_bounded_hook_path(languag
         "for i = 1, 150 do pcall(tools.same, {}) end",
         "for (let i = 0; i < 150; i++) { try { tools.same({}); } catch (e) {} }")
     assert len(shared.context.execution_trace.hook_execution_path) == 100
+
+
+def test_stacked_decorators_make_one_hook_per_point(language):
+    seen = []
+
+    @hooks.observer("tool_call_started")
+    @hooks.observer("tool_call_finished")
+    def both(ctx):
+        seen.append(type(ctx).__name__)
+
+    inner = both.fn
+    assert (both.point, inner.point) == ("tool_call_started", "tool_call_finished")
+    run(Host([add], hooks=[both, inner]), language, "return tools.add({a = 1, b = 1})",
+        "return tools.add({a: 1, b: 1});")
+    assert seen == ["ToolCallContext", "ToolResultContext"]
+
+
+def test_degraded_fires_when_an_optional_tool_answers_degraded(language):
+    seen = []
+
+    @hooks.observer("degraded")
+    def degraded(ctx):
+        seen.append((ctx.tool, ctx.error))
+
+    host = Host([boom], hooks=[degraded],
+                recovery={"boom": {"optional": True, "degraded": "later"}})
+    assert run(host, language, "return tools.boom({reason = 'r'})",
+               "return tools.boom({reason: 'r'});") == "later"
+    assert seen == [("boom", "tool/execution_failed")]

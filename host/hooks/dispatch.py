@@ -74,14 +74,14 @@ class Hook:
             raise ConfigurationError.InvalidValue(
                 key=f"hooks.{point}.timeout", value=repr(timeout)[:200],
                 reason="a hook's timeout is a number of seconds, more than 0, at most 3600")
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]  # first: it copies __dict__
         self.fn = fn
         self.point = point
         self.kind = kind
         self.priority = priority
         self.timeout = float(budget)
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)[:80]
-        self.is_async = inspect.iscoroutinefunction(fn)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        self.is_async = inspect.iscoroutinefunction(fn) or getattr(fn, "is_async", False) is True
 
     def __call__(self, context: Any) -> Any:
         return self.fn(context)

@@ -31,7 +31,7 @@ from bridge import HookError, SpellError
 from host.calls import as_spell_error, failure_to_recover
 from host.data import not_json_like
 from host.hooks.actions import Fail, Recover, Rethrow, Retry, Skip
-from host.hooks.dispatch import Dispatcher, Hook, Record, hook_failure, record
+from host.hooks.dispatch import MAX_PATH, Dispatcher, Hook, Record, hook_failure, record
 from host.hooks.points import Caller, ToolCallContext, ToolResultContext, copy_data
 
 if TYPE_CHECKING:
@@ -64,8 +64,6 @@ def error_type(err: SpellError) -> str:
 def add_hook_path(err: SpellError, records: list[Record]) -> None:
     """Append ``records`` to ``err``'s ``context.execution_trace.hook_execution_path``."""
     from bridge import HookExecution
-
-    from host.hooks.dispatch import MAX_PATH
 
     context = err.context
     trace = context.execution_trace
@@ -135,7 +133,7 @@ class ToolCallHooks:
                 if action.params is not None:  # Proceed with changed parameters
                     _checked(action.params, hook, "Proceed", "params")
                     call.params, call.problem = action.params, None
-        attempt = 1
+        attempt, recovered = 1, None
         while True:
             result = err = None
             try:
@@ -156,14 +154,15 @@ class ToolCallHooks:
                     attempt += 1
                     continue
             elif isinstance(action, Recover):
-                result, err = _checked(action.result, hook, "Recover"), None
+                result = _checked(action.result, hook, "Recover")
+                recovered, err = err, None
             elif isinstance(action, Rethrow):
                 err = _rethrown(action, err, hook)
             break
         if err is not None and d.on_tool_error is not None \
                 and err is not run.control.reason:
             self._handle(call, err, records, token)
-        self._finished(call, caller, result, err, attempt, records, token)
+        self._finished(call, caller, result, err, attempt, records, token, recovered)
         if err is not None:
             raise err
         return result
@@ -215,13 +214,14 @@ class ToolCallHooks:
             control.request_stop(err)
 
     def _finished(self, call: ToolCall, caller: Caller, result: Any, err: SpellError | None,
-                  attempt: int, records: list[Record], token: Any) -> None:
+                  attempt: int, records: list[Record], token: Any,
+                  recovered: SpellError | None = None) -> None:
         d = self.dispatcher
         if d.has("tool_call_finished"):
             d.observe("tool_call_finished", ToolResultContext(
                 call.run.correlation_id, call.name, copy_data(call.params), caller,
                 call.depth, copy_data(result), err, None if err is None else error_type(err),
-                time.perf_counter() - call.started, attempt), records, token)
+                time.perf_counter() - call.started, attempt, recovered), records, token)
 
 
 def d_run(hook: Hook, args: tuple, token: Any) -> Any:

@@ -89,7 +89,8 @@ class ToolResultContext:
     ``error`` (the unified error) and ``error_type`` (``parse``: the parameters could not
     cross; ``validation``: the tool refused them; ``timeout``; ``execution``: anything
     else); ``duration`` in seconds since the call began; ``attempt`` the try (1-based:
-    an ``after_tool_call`` controller's ``Retry`` makes the next)."""
+    an ``after_tool_call`` controller's ``Retry`` makes the next); ``recovered_from``
+    (``tool_call_finished`` only) the error a controller's ``Recover`` answered for."""
 
     run_id: str
     tool: str
@@ -101,6 +102,7 @@ class ToolResultContext:
     error_type: ErrorType | None
     duration: float
     attempt: int
+    recovered_from: Any = None
 
 
 @dataclass(frozen=True, slots=True)
