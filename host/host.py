@@ -89,7 +89,7 @@ class Host:
         recovery: Mapping[str, Any] | None = None,
         degradation: Any = None,
         config: str | os.PathLike[str] | Config | None = None,
-        hooks: Iterable[Any] = (),
+        hooks: Iterable[Any] | None = (),
         on_tool_error: Callable[..., Any] | None = None,
         stop_on_tool_error: bool = False,
     ) -> None:
@@ -245,6 +245,8 @@ def _dispatcher(hooks: Any, on_tool_error: Callable[..., Any] | None,
                 key="stop_on_tool_error", value="True",
                 reason="give on_tool_error or stop_on_tool_error=True, not both")
         on_tool_error = _stop_on_tool_error
+    if hooks is None:
+        hooks = ()
     if on_tool_error is None and isinstance(hooks, (tuple, list)) and not hooks:
         return None
     from host.hooks import Dispatcher

@@ -648,3 +648,16 @@ def test_degraded_fires_when_an_optional_tool_answers_degraded(language):
     assert run(host, language, "return tools.boom({reason = 'r'})",
                "return tools.boom({reason: 'r'});") == "later"
     assert seen == [("boom", "tool/execution_failed")]
+
+
+def test_proceed_with_params_a_script_could_not_send_is_refused(language):
+    @hooks.controller("before_tool_call", name="setter")
+    def setter(ctx):
+        return hooks.Proceed(params={"a": {1}, "b": 1})
+
+    with pytest.raises(SpellError) as info:
+        run(Host([add], hooks=[setter]), language, "return tools.add({a = 1, b = 1})",
+            "return tools.add({a: 1, b: 1});")
+    assert info.value.code == "hook/invalid_result"
+    assert "setter" in info.value.message and "params.a" in info.value.message
+    assert Host([add], hooks=None).hooks is None
