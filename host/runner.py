@@ -153,6 +153,8 @@ class ScriptRun:
         self.hooks = hooks  # the host's hooks (host.hooks), None when it has none
         # the hooks that ran for the run itself (not for one tool call): its error's path
         self.hook_path: list[dict[str, Any]] = []
+        self._cancelled = False  # cancel() stopped it (for cancellation_finished)
+        self._cancel_hooks: threading.Thread | None = None  # cancellation_started's
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
@@ -183,8 +185,24 @@ class ScriptRun:
         cleanup runs; an async tool in progress is cancelled. The run then ends with this
         error even if the script swallows it. A script that never calls a tool again runs
         until its end or its time limit. The first reason given wins.
+
+        With ``cancellation_started`` observers, they run at once on a thread of their
+        own (this is called on the event loop, which must not wait for them);
+        ``cancellation_finished`` observers run as the cancelled run ends.
         """
-        self.control.request_stop(error)
+        first = self.control.request_stop(error)
+        hooks = self.hooks
+        if first and hooks is not None:
+            self._cancelled = True
+            if hooks.has("cancellation_started"):
+                from host.hooks import CancellationContext
+
+                thread = self._cancel_hooks = threading.Thread(
+                    target=hooks.observe, name="polyspell cancellation hooks", daemon=True,
+                    args=("cancellation_started",
+                          CancellationContext(self.correlation_id, error), self.hook_path,
+                          self._token))
+                thread.start()
 
     @property
     def cancelled(self) -> SpellError | None:
@@ -281,6 +299,14 @@ class ScriptRun:
                 result, error = None, err
         else:
             error = None
+        if self._cancelled and hooks.has("cancellation_finished"):
+            from host.hooks import CancellationContext
+
+            started = self._cancel_hooks
+            if started is not None:  # after cancellation_started's, within their budgets
+                await anyio.to_thread.run_sync(started.join, _budget(hooks))
+            await self._dispatch(hooks.observe, "cancellation_finished", CancellationContext(
+                self.correlation_id, self.control.reason))
         if hooks.has("run_finished"):
             await self._dispatch(hooks.observe, "run_finished", RunFinishedContext(
                 self.correlation_id, self.filename, self.language, copy_data(result),
@@ -963,6 +989,11 @@ class _Crossed(NamedTuple):
 # What _preserve_stack keeps of the run an error left: an earlier run's, in an error
 # that crosses again in another run, is not this run's.
 _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
+
+
+def _budget(hooks: Dispatcher) -> float:
+    """The seconds ``cancellation_started``'s observers may take in all."""
+    return sum(hook.timeout for hook in hooks.by_point.get("cancellation_started", ()))
 
 
 def _out_of_time(err: SpellError) -> bool:

@@ -661,3 +661,58 @@ def test_proceed_with_params_a_script_could_not_send_is_refused(language):
     assert info.value.code == "hook/invalid_result"
     assert "setter" in info.value.message and "params.a" in info.value.message
     assert Host([add], hooks=None).hooks is None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+def test_cancellation_points_fire_once_in_order(language, anyio_backend):
+    import anyio
+
+    from bridge import AsyncExecutionError
+
+    seen = []
+    entered = threading.Event()
+
+    @tool
+    async def wait(seconds: float) -> str:
+        """Sleeps until cancelled."""
+        entered.set()
+        await anyio.sleep(seconds)
+        return "woke"
+
+    @hooks.observer("cancellation_started")
+    async def started(ctx):  # async: on the host's loop, from the hooks' own thread
+        seen.append(("started", ctx.reason.code))
+
+    @hooks.observer("cancellation_finished")
+    def finished(ctx):
+        seen.append(("finished", ctx.reason.code))
+
+    @hooks.observer("run_finished")
+    def ended(ctx):
+        seen.append(("run_finished", ctx.error.code))
+
+    error = AsyncExecutionError.TaskCancelled(task_id="t", reason="test",
+                                              cancellation_source="test")
+    source = pick(language, "pcall(tools.wait, {seconds = 30})\nreturn 'swallowed'",
+                  "async function main() { try { await tools.wait({seconds: 30}); } "
+                  "catch (e) {} return 'swallowed'; }")
+
+    async def main():
+        host = Host([wait], hooks=[started, finished, ended])
+        run_ = host.new_run_source(source, language)
+
+        async def cancel_soon():
+            await anyio.to_thread.run_sync(entered.wait, 5)
+            run_.cancel(error)
+            run_.cancel(error)  # the first reason wins: no second cancellation_started
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancel_soon)
+                with pytest.raises(SpellError) as info:
+                    await run_.execute()
+        return info.value
+
+    assert anyio.run(main, backend=anyio_backend) is error
+    code = "async_execution/task_cancelled"
+    assert seen == [("started", code), ("finished", code), ("run_finished", code)]

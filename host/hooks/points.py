@@ -17,8 +17,8 @@ fallback                 observer    RecoveryContext        a fallback option is
 degraded                 observer    RecoveryContext        a tool answers degraded
 circuit_changed          observer    CircuitContext         a breaker changes state
 output                   observer    OutputContext          a print / console.log line
-cancellation_started     observer    CancellationContext    (not fired yet)
-cancellation_finished    observer    CancellationContext    (not fired yet)
+cancellation_started     observer    CancellationContext    ``run.cancel(error)`` is called
+cancellation_finished    observer    CancellationContext    a cancelled run ends
 task_started             observer    TaskContext            (not fired yet: coordinator)
 task_finished            observer    TaskContext            (not fired yet: coordinator)
 before_tool_call         controller  ToolCallContext        before each tool call
@@ -150,8 +150,9 @@ class OutputContext:
 
 @dataclass(frozen=True, slots=True)
 class CancellationContext:
-    """``cancellation_started`` / ``cancellation_finished``: the run is stopped with
-    ``reason``."""
+    """``cancellation_started`` / ``cancellation_finished``: the run is cancelled
+    (``run.cancel(reason)``, e.g. by the coordinator) with ``reason``, a SpellError.
+    ``cancellation_started`` runs on a thread of its own, at once."""
 
     run_id: str
     reason: Any
@@ -190,8 +191,7 @@ CONTROLLER_POINTS: dict[str, type] = {
 POINTS: dict[str, type] = {**OBSERVER_POINTS, **CONTROLLER_POINTS}
 """Every hook point, by name, and the context its hooks receive."""
 
-NOT_FIRED_YET = frozenset({"cancellation_started", "cancellation_finished", "task_started",
-                           "task_finished", "after_task_failure"})
+NOT_FIRED_YET = frozenset({"task_started", "task_finished", "after_task_failure"})
 """Points that can be registered on but that nothing fires yet."""
 
 
