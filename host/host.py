@@ -260,6 +260,9 @@ def _stop_on_tool_error(error: Any, tool_name: str, error_type: str, params: Any
     return False
 
 
+_stop_on_tool_error.__qualname__ = "stop_on_tool_error"  # its name in hook paths
+
+
 def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
           ) -> list[Tool | ScriptTool]:
     if isinstance(item, (str, Path)):

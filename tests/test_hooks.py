@@ -716,3 +716,87 @@ def test_cancellation_points_fire_once_in_order(language, anyio_backend):
     assert anyio.run(main, backend=anyio_backend) is error
     code = "async_execution/task_cancelled"
     assert seen == [("started", code), ("finished", code), ("run_finished", code)]
+
+
+def test_the_traceback_and_explain_show_the_hook_path(tmp_path, language):
+    import subprocess
+    import sys
+
+    @hooks.observer("tool_call_started", name="broken")
+    def broken(ctx):
+        raise ValueError("observer bug")
+
+    with pytest.raises(SpellError) as info:
+        run(Host([boom], hooks=[broken]), language, "return tools.boom({reason = 'r'})",
+            "return tools.boom({reason: 'r'});")
+    line = "hook: broken at tool_call_started: failed ("
+    text = info.value.to_text()
+    assert line in text and "hook/execution_failed: Hook execution failed: broken" in text
+    saved = tmp_path / "error.json"
+    saved.write_text(json.dumps(info.value.to_dict()))
+    shown = subprocess.run([sys.executable, "-m", "host.cli", "explain", str(saved)],
+                           capture_output=True, text=True, timeout=60)
+    assert line in shown.stdout + shown.stderr
+
+
+def test_a_stop_handed_out_again_keeps_the_hook_path_of_the_call_that_failed(language):
+    @hooks.observer("tool_call_finished", name="watch")
+    def watch(ctx):
+        pass
+
+    host = Host([boom, add], hooks=[watch], stop_on_tool_error=True)
+    lua, _ = caught(language, "tools.boom({reason = 'r'})")
+    _, js = caught(language, "tools.boom({reason: 'r'})")
+    lua = lua.replace("if ok then", "tools.add({a = 1, b = 1})\nif ok then")
+    js = js.replace("return e.code;", "tools.add({a: 1, b: 1}); return e.code;")
+    with pytest.raises(SpellError) as info:
+        run(host, language, lua, js)
+    path = info.value.context.execution_trace.hook_execution_path
+    assert [(h.hook_name, h.outcome) for h in path] == [
+        ("stop_on_tool_error", "stop_run"), ("watch", "observed")]
+
+
+def test_a_controller_past_its_budget_fails_the_call_with_hook_timeout(language):
+    @hooks.controller("before_tool_call", timeout=0.05)
+    def slow(ctx):
+        time.sleep(0.5)
+
+    lua, _ = caught(language, "tools.add({a = 1, b = 1})")
+    _, js = caught(language, "tools.add({a: 1, b: 1})")
+    began = time.monotonic()
+    assert run(Host([add], hooks=[slow]), language, lua, js) == "hook/timeout"
+    assert time.monotonic() - began < 0.45
+
+
+def test_an_async_observer_past_its_budget_is_cancelled(language):
+    import anyio
+
+    done = []
+
+    @hooks.observer("tool_call_finished", timeout=0.05)
+    async def slow(ctx):
+        await anyio.sleep(5)
+        done.append(True)
+
+    @hooks.observer("tool_call_finished")
+    def after(ctx):
+        done.append("after")
+
+    began = time.monotonic()
+    assert run(Host([add], hooks=[slow, after]), language, "return tools.add({a = 1, b = 1})",
+               "return tools.add({a: 1, b: 1});") == 2
+    assert time.monotonic() - began < 2
+    assert done == ["after"]
+
+
+def test_after_script_error_continue_leaves_the_error(language):
+    @hooks.controller("after_script_error", name="looks")
+    def looks(ctx):
+        return hooks.Continue()
+
+    with pytest.raises(SpellError) as info:
+        run(Host([], hooks=[looks]), language, "error('plain')", "throw new Error('plain');")
+    assert info.value.code.startswith("script/")
+    path = info.value.context.execution_trace.hook_execution_path
+    assert [(h.hook_name, h.hook_point, h.outcome) for h in path] == [
+        ("looks", "after_script_error", "continue")]

@@ -100,10 +100,11 @@ class ToolCallHooks:
 
         def hooked(call: ToolCall) -> Any:
             records: list[Record] = []
+            stopping = call.run.control.reason  # the run's stop, handed out again and again
             try:
                 return self._call(call, next, records)
             except SpellError as err:
-                if records:
+                if records and err is not stopping:
                     add_hook_path(err, records)
                 raise
 
