@@ -800,3 +800,35 @@ def test_after_script_error_continue_leaves_the_error(language):
     path = info.value.context.execution_trace.hook_execution_path
     assert [(h.hook_name, h.hook_point, h.outcome) for h in path] == [
         ("looks", "after_script_error", "continue")]
+
+
+def test_a_failing_after_controller_fails_the_call_with_its_own_cause(language):
+    finished = []
+
+    @hooks.controller("after_tool_call", name="broken")
+    def broken(ctx):
+        raise KeyError("nope")
+
+    @hooks.observer("tool_call_finished")
+    def watch(ctx):
+        finished.append(ctx.error.code)
+
+    with pytest.raises(SpellError) as info:
+        run(Host([boom], hooks=[broken, watch]), language, "return tools.boom({reason = 'r'})",
+            "return tools.boom({reason: 'r'});")
+    assert info.value.code == "hook/execution_failed"
+    assert info.value.cause.code == "runtime/python_exception"  # the KeyError
+    assert "KeyError" in info.value.cause.message
+    assert finished == ["hook/execution_failed"]
+
+
+def test_a_controller_past_its_budget_has_the_tools_error_as_cause(language):
+    @hooks.controller("after_tool_call", name="slow", timeout=0.02)
+    def slow(ctx):
+        time.sleep(0.2)
+
+    with pytest.raises(SpellError) as info:
+        run(Host([boom], hooks=[slow]), language, "return tools.boom({reason = 'r'})",
+            "return tools.boom({reason: 'r'});")
+    assert info.value.code == "hook/timeout"
+    assert info.value.cause.code == "tool/execution_failed"

@@ -257,7 +257,7 @@ class Dispatcher:
             error = hook_failure(hook, exc, time.perf_counter() - began)
             if records is not None:
                 records.append(record(hook, "failed", began, error))
-            raise error from None
+            raise error from (None if isinstance(exc, _PastBudget) else exc)
         if action is None:
             action = accepts[0]()
         if not isinstance(action, accepts):

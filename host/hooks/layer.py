@@ -121,19 +121,21 @@ class ToolCallHooks:
                                       caller, call.depth)
             d.observe("tool_call_started", context, records, token)
             if before:
-                action, hook = d.decide("before_tool_call", context, records, token,
-                                        _with_params)
-                if isinstance(action, Skip):
-                    result = _checked(action.result, hook, "Skip")
-                    self._finished(call, caller, result, None, 1, records, token)
-                    return result
-                if isinstance(action, Fail):
-                    err = _fail_error(call, action, hook)
-                    self._finished(call, caller, None, err, 1, records, token)
-                    raise err
-                if action.params is not None:  # Proceed with changed parameters
-                    _checked(action.params, hook, "Proceed", "params")
-                    call.params, call.problem = action.params, None
+                try:
+                    action, hook = d.decide("before_tool_call", context, records, token,
+                                            _with_params)
+                    if isinstance(action, Skip):
+                        result = _checked(action.result, hook, "Skip")
+                        self._finished(call, caller, result, None, 1, records, token)
+                        return result
+                    if isinstance(action, Fail):
+                        raise _fail_error(call, action, hook)
+                    if action.params is not None:  # Proceed with changed parameters
+                        _checked(action.params, hook, "Proceed", "params")
+                        call.params, call.problem = action.params, None
+                except SpellError as failed:  # a Fail, or a controller that failed
+                    self._finished(call, caller, None, failed, 1, records, token)
+                    raise
         attempt, recovered = 1, None
         while True:
             result = err = None
@@ -149,16 +151,21 @@ class ToolCallHooks:
                 run.correlation_id, call.name, copy_data(call.params), caller, call.depth,
                 copy_data(result), err, None if err is None else error_type(err),
                 time.perf_counter() - call.started, attempt)
-            action, hook = d.decide("after_tool_call", context, records, token)
-            if isinstance(action, Retry):
-                if self._may_retry(call, action, attempt, err):
-                    attempt += 1
-                    continue
-            elif isinstance(action, Recover):
-                result = _checked(action.result, hook, "Recover")
-                recovered, err = err, None
-            elif isinstance(action, Rethrow):
-                err = _rethrown(action, err, hook)
+            try:
+                action, hook = d.decide("after_tool_call", context, records, token)
+                if isinstance(action, Retry):
+                    if self._may_retry(call, action, attempt, err):
+                        attempt += 1
+                        continue
+                elif isinstance(action, Recover):
+                    result = _checked(action.result, hook, "Recover")
+                    recovered, err = err, None
+                elif isinstance(action, Rethrow):
+                    err = _rethrown(action, err, hook)
+            except SpellError as failed:  # a controller that failed: the call's error
+                if err is not None and failed.__cause__ is None:
+                    failed.__cause__ = err  # what it was deciding about
+                result, err = None, failed
             break
         if err is not None and d.on_tool_error is not None \
                 and err is not run.control.reason:
@@ -200,14 +207,16 @@ class ToolCallHooks:
                 raise
             failure = hook_failure(hook, exc, time.perf_counter() - began)
             records.append(record(hook, "failed", began, failure))
-            raise failure from err
+            if failure.__cause__ is None:  # past its budget: the error it was handling
+                failure.__cause__ = err
+            raise failure  # noqa: B904 - its cause is set
         if not isinstance(go_on, bool):
             failure = HookError.InvalidResult(
                 hook_name=hook.name, hook_point="on_tool_error",
                 reason=f"it returned {go_on!r:.120}; on_tool_error returns True (go on) or "
                        f"False (stop the run with the error)")
             records.append(record(hook, "invalid", began, failure))
-            raise failure from err
+            raise failure from err  # the error it was handling
         records.append(record(hook, "continue" if go_on else "stop_run", began))
         control = call.run.control
         if not go_on and control.reason is None:
