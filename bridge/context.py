@@ -133,12 +133,17 @@ class AsyncContext(_Model):
 
 
 class HookExecution(_Model):
-    """One hook that ran on the way to the error."""
+    """One hook that ran on the way to the error: its name, its point, its ``outcome``
+    (an observer's ``observed``; a controller's action: ``proceed``, ``skip``, ``fail``,
+    ``continue``, ``recover``, ``retry``, ``rethrow``; ``failed`` or ``invalid`` when the
+    hook itself failed, then ``error`` is that error as ``code: message``), its duration
+    in seconds (see ``host.hooks``)."""
 
     hook_name: str
     hook_point: str = ""
     outcome: str = ""
     duration: float | None = None
+    error: str | None = None
 
 
 class EventEmission(_Model):

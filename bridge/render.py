@@ -54,7 +54,33 @@ def render_text(err: SpellError, *, verbose: bool = False, color: bool = False) 
             lines = recovery_summary(events, dropped if isinstance(dropped, int) else 0)
             text += "\n" + "\n".join(_paint(line, "note", color) for line in lines)
             break
+    for outer in chain:  # the hooks that ran for the failing operation: the outermost's
+        context = getattr(outer, "_context", None)
+        path = context.execution_trace.hook_execution_path if context is not None else []
+        if path:
+            text += "\n" + "\n".join(_paint(line, "note", color) for line in hook_summary(path))
+            break
     return text
+
+
+MAX_HOOK_LINES = 8  # lines of a hook path block
+
+
+def hook_summary(path: list) -> list[str]:
+    """A hook path (``context.execution_trace.hook_execution_path``) as lines::
+
+        hook: watch at tool_call_finished: observed (0.2 ms)
+        hook: on_tool_error at on_tool_error: stop_run (0.1 ms)
+    """
+    lines = []
+    for hook in path[:MAX_HOOK_LINES]:
+        took = f" ({hook.duration * 1000:.1f} ms)" if hook.duration is not None else ""
+        failed = f" - {hook.error}" if hook.error else ""
+        lines.append(f"hook: {hook.hook_name} at {hook.hook_point}: {hook.outcome}{took}"
+                     f"{failed}")
+    if len(path) > MAX_HOOK_LINES:
+        lines.append(f"[... {len(path) - MAX_HOOK_LINES} more hooks not shown]")
+    return lines
 
 
 # -- the recovery history, summarised ------------------------------------------------------

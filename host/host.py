@@ -32,6 +32,7 @@ from host.tools import (
 
 if TYPE_CHECKING:
     from host.config import Config
+    from host.hooks import Dispatcher
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
 
@@ -68,6 +69,12 @@ class Host:
     it tool by tool, and ``degradation`` over its levels (the precedence:
     :mod:`host.config`). ``on_human_input(question)`` (sync or async) answers a tool's
     ``AskHuman`` with a string (see :mod:`host.steer`); without it, no one is asked.
+    ``hooks`` are observers and controllers (``@hooks.observer``,
+    ``@hooks.controller``: see :mod:`host.hooks`); with none, no run pays for them.
+    ``on_tool_error(error, tool_name, error_type, params)`` sees every tool call that
+    fails (after its controllers): True, the script gets the error as usual; False, the
+    run stops with it (no ``pcall``/``catch`` can keep it going; cleanups still run).
+    ``stop_on_tool_error=True`` is ``on_tool_error`` always answering False.
     """
 
     def __init__(
@@ -85,6 +92,9 @@ class Host:
         degradation: Any = None,
         config: str | os.PathLike[str] | Config | None = None,
         on_human_input: Callable[[str], Any] | None = None,
+        hooks: Iterable[Any] | None = (),
+        on_tool_error: Callable[..., Any] | None = None,
+        stop_on_tool_error: bool = False,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
@@ -93,6 +103,8 @@ class Host:
         check_callable("engine_factory", engine_factory)
         check_callable("on_human_input", on_human_input)
         self.on_human_input = on_human_input
+        check_callable("on_tool_error", on_tool_error)
+        self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)
         self.layers: list[Layer] = list(layers)
         for layer in self.layers:
             check_callable("layers", layer)
@@ -193,7 +205,7 @@ class Host:
             recovery=self.recovery,
             breakers=self.breakers if self.recovery or self._degradation else None,
             caches=self._caches, degradation=self._degradation,
-            on_human_input=self.on_human_input)
+            on_human_input=self.on_human_input, hooks=self.hooks)
 
     @property
     def breakers(self) -> Breakers:
@@ -213,6 +225,9 @@ class Host:
     @breakers.setter
     def breakers(self, value: Breakers) -> None:
         self._breakers = value
+        hooks = self.hooks
+        if hooks is not None and hooks.has("circuit_changed"):
+            value.add_listener(hooks.circuit_changed)
         if self._degradation is not None:  # the levels follow these breakers
             self._degradation.follow(value)
 
@@ -221,6 +236,37 @@ class Host:
         """Where the host stands among its degradation levels (None: it has none):
         ``.level``, ``.history``, ``.on_change(fn)`` (see :mod:`host.recovery.degrade`)."""
         return self._degradation
+
+
+def _dispatcher(hooks: Any, on_tool_error: Callable[..., Any] | None,
+                stop_on_tool_error: Any) -> Dispatcher | None:
+    """The host's hooks (None: it has none, and no run pays for them)."""
+    if not isinstance(stop_on_tool_error, bool):
+        raise ConfigurationError.InvalidValue(
+            key="stop_on_tool_error", value=_preview(stop_on_tool_error),
+            reason="stop_on_tool_error is True or False")
+    if stop_on_tool_error:
+        if on_tool_error is not None:
+            raise ConfigurationError.InvalidValue(
+                key="stop_on_tool_error", value="True",
+                reason="give on_tool_error or stop_on_tool_error=True, not both")
+        on_tool_error = _stop_on_tool_error
+    if hooks is None:
+        hooks = ()
+    if on_tool_error is None and isinstance(hooks, (tuple, list)) and not hooks:
+        return None
+    from host.hooks import Dispatcher
+
+    dispatcher = Dispatcher(hooks, on_tool_error)
+    return dispatcher if dispatcher.hooks or on_tool_error is not None else None
+
+
+def _stop_on_tool_error(error: Any, tool_name: str, error_type: str, params: Any) -> bool:
+    """``stop_on_tool_error=True``: every failed tool call stops the run with its error."""
+    return False
+
+
+_stop_on_tool_error.__qualname__ = "stop_on_tool_error"  # its name in hook paths
 
 
 def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory

@@ -74,6 +74,7 @@ from host.tools import (
 )
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
+    from host.hooks import Dispatcher
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
     from host.recovery.script import ScriptRecovery
@@ -126,6 +127,7 @@ class ScriptRun:
         caches: dict[str, Any] | None = None,
         degradation: DegradationState | None = None,
         on_human_input: Callable[[str], Any] | None = None,
+        hooks: Dispatcher | None = None,
     ) -> None:
         self.source = source
         self.language = language
@@ -153,6 +155,11 @@ class ScriptRun:
         # who answers a tool's AskHuman (see host.steer); None: no one
         self.on_human_input = on_human_input
         self.stopped: StopOutcome | None = None  # a tool's StopRun that ended the run
+        self.hooks = hooks  # the host's hooks (host.hooks), None when it has none
+        # the hooks that ran for the run itself (not for one tool call): its error's path
+        self.hook_path: list[dict[str, Any]] = []
+        self._cancelled = False  # cancel() stopped it (for cancellation_finished)
+        self._cancel_hooks: threading.Thread | None = None  # cancellation_started's
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
@@ -183,8 +190,24 @@ class ScriptRun:
         cleanup runs; an async tool in progress is cancelled. The run then ends with this
         error even if the script swallows it. A script that never calls a tool again runs
         until its end or its time limit. The first reason given wins.
+
+        With ``cancellation_started`` observers, they run at once on a thread of their
+        own (this is called on the event loop, which must not wait for them);
+        ``cancellation_finished`` observers run as the cancelled run ends.
         """
-        self.control.request_stop(error)
+        first = self.control.request_stop(error)
+        hooks = self.hooks
+        if first and hooks is not None:
+            self._cancelled = True
+            if hooks.has("cancellation_started"):
+                from host.hooks import CancellationContext
+
+                thread = self._cancel_hooks = threading.Thread(
+                    target=hooks.observe, name="polyspell cancellation hooks", daemon=True,
+                    args=("cancellation_started",
+                          CancellationContext(self.correlation_id, error), self.hook_path,
+                          self._token))
+                thread.start()
 
     @property
     def cancelled(self) -> SpellError | None:
@@ -237,6 +260,11 @@ class ScriptRun:
         host gives up on it at once: see :meth:`_give_up`. The run's cleanups
         (:meth:`on_cleanup`) run before its result or error leaves.
         """
+        if self.hooks is not None:
+            return await self._execute_hooked(self.hooks)
+        return await self._execute_cleaned()
+
+    async def _execute_cleaned(self) -> Any:
         if self.degradation is not None:
             self.degradation.running(self)
         try:
@@ -253,6 +281,80 @@ class ScriptRun:
             if self.cleanup_errors:
                 raise self.cleanup_errors[0]
         return result
+
+    async def _execute_hooked(self, hooks: Dispatcher) -> Any:
+        """:meth:`execute` with the run's hooks: ``run_started``, then the run; an error
+        escaping it goes to ``script_error`` observers and ``after_script_error``
+        controllers (which may recover with a result or rethrow another error); then
+        ``run_finished``. The hooks that ran are in the run's error's hook path."""
+        from host.hooks import RunContext, RunFinishedContext
+        from host.hooks.points import copy_data
+
+        self._token = anyio.lowlevel.current_token()
+        began = time.perf_counter()
+        if hooks.has("run_started"):
+            await self._dispatch(hooks.observe, "run_started", RunContext(
+                self.correlation_id, self.filename, self.language, copy_data(self.args)))
+        try:
+            result = await self._execute_cleaned()
+        except SpellError as err:
+            if hooks.has("script_error") or hooks.has("after_script_error"):
+                result, error = await anyio.to_thread.run_sync(self._script_failed, err)
+            else:
+                result, error = None, err
+        else:
+            error = None
+        if self._cancelled and hooks.has("cancellation_finished"):
+            from host.hooks import CancellationContext
+
+            started = self._cancel_hooks
+            if started is not None:  # after cancellation_started's, within their budgets
+                await anyio.to_thread.run_sync(started.join, _budget(hooks))
+            await self._dispatch(hooks.observe, "cancellation_finished", CancellationContext(
+                self.correlation_id, self.control.reason))
+        if hooks.has("run_finished"):
+            await self._dispatch(hooks.observe, "run_finished", RunFinishedContext(
+                self.correlation_id, self.filename, self.language, copy_data(result),
+                error, time.perf_counter() - began))
+        if error is not None:
+            if self.hook_path:
+                from host.hooks.layer import add_hook_path
+
+                add_hook_path(error, self.hook_path)
+            raise error
+        return result
+
+    async def _dispatch(self, method: Callable[..., Any], point: str, context: Any) -> None:
+        """Run ``point``'s observers off the event loop (a sync hook waits on a thread)."""
+        await anyio.to_thread.run_sync(method, point, context, self.hook_path, self._token)
+
+    def _script_failed(self, err: SpellError) -> tuple[Any, SpellError | None]:
+        """``script_error`` observers and ``after_script_error`` controllers on ``err``:
+        the run's result and error after them (on a worker thread)."""
+        from host.hooks import Recover, Rethrow, ScriptErrorContext
+        from host.hooks.layer import _checked, _rethrown
+
+        hooks = self.hooks
+        assert hooks is not None
+        context = ScriptErrorContext(self.correlation_id, self.filename, self.language, err)
+        hooks.observe("script_error", context, self.hook_path, self._token)
+        if not hooks.has("after_script_error"):
+            return None, err
+        try:
+            action, hook = hooks.decide("after_script_error", context, self.hook_path,
+                                        self._token)
+            if isinstance(action, Recover):
+                return _checked(action.result, hook, "Recover"), None
+            if isinstance(action, Rethrow):
+                new = _rethrown(action, err, hook)
+                if new is not err:
+                    self._decorate(new)
+                return None, new
+        except SpellError as failure:  # the controller failed: its error, the run's as cause
+            if failure.__cause__ is None:
+                failure.__cause__ = err
+            return None, self._decorate(failure)
+        return None, err
 
     async def _execute(self) -> Any:
         self.deadline = self._bound = time.monotonic() + self.limits.timeout
@@ -373,6 +475,12 @@ class ScriptRun:
     def _output(self, line: str) -> None:
         if not self.control.given_up:  # a run already reported (or interrupted) prints no more
             self.on_output(line)
+            hooks = self.hooks
+            if hooks is not None and hooks.has("output"):
+                from host.hooks import OutputContext
+
+                hooks.observe("output", OutputContext(self.correlation_id, line),
+                              self.hook_path, self._token, keep_ok=False)
 
     def _received(self, step: Step) -> Step:
         """An engine's step, taken in: the lines it printed go out, and a failure's error
@@ -494,6 +602,11 @@ class ScriptRun:
         # a host's layer may answer in a tool's place: what it returns must be data a
         # script can hold, checked like a tool's result (no check without them: fast path)
         checked = [script_data] if self.layers else []
+        hooks = self.hooks
+        if hooks is not None and hooks.tool_calls:  # none registered: no layer, no cost
+            from host.hooks.layer import ToolCallHooks
+
+            checked.insert(0, ToolCallHooks(hooks))
         return [boundary, *checked, *self.layers, *own, Timeouts()]
 
     def record_recovery(self, action: str, tool: str, attempt: int, err: SpellError | None,
@@ -505,6 +618,14 @@ class ScriptRun:
         event = recovery_event(action, tool, attempt, None if err is None else err.code,
                                delay, option)
         event.update(more)
+        hooks = self.hooks
+        if hooks is not None and action in ("retry", "fallback", "degraded") \
+                and hooks.has(action):
+            from host.hooks import RecoveryContext
+
+            hooks.observe(action, RecoveryContext(
+                self.correlation_id, tool, attempt, event["delay"], event["error"],
+                option), self.hook_path, self._token, keep_ok=False)
         if action == "degraded":  # kept apart from the history, which may drop it
             reasons = self.degraded_reasons.setdefault(tool, {})
             why = event["error"] or f"level {more.get('level')}"
@@ -833,7 +954,9 @@ class ScriptRun:
                 "correlation_id": self.correlation_id,
                 "component": ToolComponent(tool_name=call.name),
                 "operation": f"tool call from {site.file if site else self.filename}",
-                "execution_trace": ExecutionTrace(call_stack=[step]),
+                "execution_trace": ExecutionTrace(  # the call's hooks stay (host.hooks)
+                    call_stack=[step],
+                    hook_execution_path=context.execution_trace.hook_execution_path),
             })
         else:  # an outer boundary: the call stack grows outwards
             trace = context.execution_trace
@@ -873,6 +996,11 @@ class _Crossed(NamedTuple):
 # What _preserve_stack keeps of the run an error left: an earlier run's, in an error
 # that crosses again in another run, is not this run's.
 _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
+
+
+def _budget(hooks: Dispatcher) -> float:
+    """The seconds ``cancellation_started``'s observers may take in all."""
+    return sum(hook.timeout for hook in hooks.by_point.get("cancellation_started", ()))
 
 
 def _out_of_time(err: SpellError) -> bool:

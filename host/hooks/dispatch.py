@@ -1,0 +1,360 @@
+"""Hooks and the one dispatcher that runs them.
+
+``@observer(point)`` and ``@controller(point, priority=...)`` make a :class:`Hook` of a
+plain or async function taking one context. A host's :class:`Dispatcher` runs them:
+
+- **Observers** are isolated: one that raises, returns past its time budget (default
+  :data:`OBSERVER_TIMEOUT`, 100 ms) or is not a hook at all changes nothing of the run.
+  Its failure (``hook/execution_failed``, ``hook/timeout``) is recorded in the
+  operation's hook path and logged on the ``polyspell`` logger; after
+  :data:`SWITCH_OFF_AFTER` failures in a row it is switched off for the host's life, with
+  a warning. A sync hook runs on a pooled daemon thread, so that one that never returns
+  is abandoned at its budget (Python cannot stop a thread) and the run goes on.
+- **Controllers** of a point run one after the other, the highest ``priority`` first
+  (equal priorities: in registration order), until one answers something other than
+  ``Proceed``/``Continue``: that answer decides, and the controllers after it do not
+  run. ``Proceed(params)`` hands the changed parameters to the next controllers and to
+  the tool. A controller that raises, runs past its budget (default
+  :data:`CONTROLLER_TIMEOUT`) or answers what its point does not take fails the
+  operation with ``hook/execution_failed``, ``hook/timeout`` or ``hook/invalid_result``
+  (naming the hook and what it returned): a decision that could not be made is an error,
+  never a silent default.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from bridge import ConfigurationError, HookError, SpellError
+from bridge.errors import describe_exception
+from host.hooks.actions import AFTER, BEFORE, NAMES, Continue, Proceed, Recover, Rethrow
+from host.hooks.points import CONTROLLER_POINTS, OBSERVER_POINTS, POINTS
+
+logger = logging.getLogger("polyspell")
+
+OBSERVER_TIMEOUT = 0.1  # seconds an observer may take
+CONTROLLER_TIMEOUT = 1.0  # seconds a controller may take to decide
+SWITCH_OFF_AFTER = 3  # an observer failing this many times in a row is switched off
+MAX_PATH = 100  # entries of one hook path (a run's own: the failures of frequent points)
+
+# the actions each controller point takes
+ACCEPTS: dict[str, tuple[type, ...]] = {
+    "before_tool_call": BEFORE, "after_tool_call": AFTER,
+    "after_script_error": (Continue, Recover, Rethrow), "after_task_failure": AFTER}
+
+
+class Hook:
+    """A function registered on a hook point (made by :func:`observer`/:func:`controller`).
+
+    Calling it calls the function, so a decorated function stays usable as before.
+    """
+
+    def __init__(self, fn: Callable[[Any], Any], point: str, kind: str, *,
+                 priority: int = 0, timeout: float | None = None,
+                 name: str | None = None) -> None:
+        if not callable(fn):
+            raise ConfigurationError.InvalidValue(
+                key="hooks", value=repr(fn)[:200],
+                reason=f"a hook is a function taking one context, not {type(fn).__name__}")
+        _check_point(point, kind, fn)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ConfigurationError.InvalidValue(
+                key=f"hooks.{point}.priority", value=repr(priority)[:200],
+                reason="a controller's priority is an integer")
+        budget = (OBSERVER_TIMEOUT if kind == "observer" else CONTROLLER_TIMEOUT) \
+            if timeout is None else timeout
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
+                or not 0 < budget <= 3600:
+            raise ConfigurationError.InvalidValue(
+                key=f"hooks.{point}.timeout", value=repr(timeout)[:200],
+                reason="a hook's timeout is a number of seconds, more than 0, at most 3600")
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]  # first: it copies __dict__
+        self.fn = fn
+        self.point = point
+        self.kind = kind
+        self.priority = priority
+        self.timeout = float(budget)
+        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)[:80]
+        self.is_async = inspect.iscoroutinefunction(fn) or getattr(fn, "is_async", False) is True
+
+    def __call__(self, context: Any) -> Any:
+        return self.fn(context)
+
+    def __repr__(self) -> str:
+        return f"<{self.kind} {self.name} on {self.point}>"
+
+
+def _check_point(point: Any, kind: str, fn: Any) -> None:
+    if kind == "handler":  # Host(on_tool_error=...): not a point of its own
+        return
+    where = getattr(fn, "__qualname__", repr(fn)[:80])
+    if point in (CONTROLLER_POINTS if kind == "controller" else OBSERVER_POINTS):
+        return
+    if kind == "observer" and point in CONTROLLER_POINTS:
+        reason = (f"{point!r} is a controller point: register {where} with "
+                  f"@hooks.controller({point!r}) (observers: {', '.join(OBSERVER_POINTS)})")
+    elif kind == "controller" and point in OBSERVER_POINTS:
+        reason = (f"{point!r} takes observers only: a controller ({where}) can be registered "
+                  f"on {', '.join(CONTROLLER_POINTS)}")
+    else:
+        reason = f"unknown hook point {point!r} for {where} (the points: {', '.join(POINTS)})"
+    raise ConfigurationError.InvalidValue(key="hooks", value=repr(point)[:200], reason=reason)
+
+
+def observer(point: str, *, timeout: float | None = None,
+             name: str | None = None) -> Callable[[Callable[[Any], Any]], Hook]:
+    """Register the decorated function (sync or async, one context argument) as an
+    observer of ``point``; ``timeout`` its budget in seconds (default 0.1)."""
+    _check_point(point, "observer", f"an observer of {point!r}")
+    return lambda fn: Hook(fn, point, "observer", timeout=timeout, name=name)
+
+
+def controller(point: str, *, priority: int = 0, timeout: float | None = None,
+               name: str | None = None) -> Callable[[Callable[[Any], Any]], Hook]:
+    """Register the decorated function (sync or async, one context argument) as a
+    controller of ``point``: it returns an action (:mod:`host.hooks.actions`); higher
+    ``priority`` runs first; ``timeout`` its budget in seconds (default 1)."""
+    _check_point(point, "controller", f"a controller of {point!r}")
+    return lambda fn: Hook(fn, point, "controller", priority=priority, timeout=timeout,
+                           name=name)
+
+
+def hook_items(hooks: Any) -> list[Hook]:
+    """``Host(hooks=...)`` as a list of hooks: refused, naming the item, if not."""
+    if isinstance(hooks, Hook):
+        return [hooks]
+    try:
+        items = list(hooks)
+    except TypeError:
+        raise ConfigurationError.InvalidValue(
+            key="hooks", value=repr(hooks)[:200],
+            reason=f"hooks is a list of hooks, not {type(hooks).__name__}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, Hook):
+            raise ConfigurationError.InvalidValue(
+                key=f"hooks[{index}]", value=repr(item)[:200],
+                reason="not a hook: decorate the function with @hooks.observer(point) or "
+                       "@hooks.controller(point)")
+    return items
+
+
+Record = dict[str, Any]  # one hook that ran: hook_name, hook_point, outcome, duration, error
+
+
+class Dispatcher:
+    """Runs a host's hooks: its one place for observers and controllers (see the module
+    docstring). ``on_tool_error`` is the seed's error handler (see :mod:`host.hooks.layer`)."""
+
+    def __init__(self, hooks: Iterable[Hook] = (),
+                 on_tool_error: Callable[..., Any] | None = None) -> None:
+        self.hooks = hook_items(hooks)
+        self.by_point: dict[str, list[Hook]] = {}
+        for hook in self.hooks:
+            self.by_point.setdefault(hook.point, []).append(hook)
+        for point, registered in self.by_point.items():
+            if point in CONTROLLER_POINTS:  # stable: equal priorities keep their order
+                registered.sort(key=lambda h: -h.priority)
+        self.on_tool_error = None if on_tool_error is None else _error_handler(on_tool_error)
+        self._failures: dict[Hook, int] = {}  # failures in a row, per observer
+        self._lock = threading.Lock()
+
+    def has(self, point: str) -> bool:
+        """Whether any hook is registered on ``point`` (and still switched on)."""
+        return bool(self.by_point.get(point))
+
+    @property
+    def tool_calls(self) -> bool:
+        """Whether tool calls have anything to dispatch (else no layer is added)."""
+        return self.on_tool_error is not None or any(self.by_point.get(p) for p in (
+            "tool_call_started", "tool_call_finished", "before_tool_call", "after_tool_call"))
+
+    # -- observers -------------------------------------------------------------------
+
+    def observe(self, point: str, context: Any, records: list[Record] | None = None,
+                token: Any = None, *, keep_ok: bool = True) -> None:
+        """Run the observers of ``point`` on ``context``; nothing they do reaches the
+        caller. Each one that ran is added to ``records`` (the operation's hook path;
+        with ``keep_ok`` false, only those that failed: points that fire often, such as
+        ``output``, whose records go to the run's path)."""
+        for hook in list(self.by_point.get(point, ())):
+            began = time.perf_counter()
+            try:
+                run_hook(hook, context, token)
+            except BaseException as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self._failed(hook, hook_failure(hook, exc, time.perf_counter() - began),
+                             records, began)
+                continue
+            if self._failures.get(hook):
+                self._failures[hook] = 0
+            if keep_ok and records is not None and len(records) < MAX_PATH:
+                records.append(record(hook, "observed", began))
+
+    def _failed(self, hook: Hook, error: SpellError, records: list[Record] | None,
+                began: float) -> None:
+        if records is not None and len(records) < MAX_PATH:
+            records.append(record(hook, "failed", began, error))
+        logger.error("hook %s at %s failed: %s", hook.name, hook.point, error.message)
+        with self._lock:
+            failures = self._failures[hook] = self._failures.get(hook, 0) + 1
+            if failures < SWITCH_OFF_AFTER:
+                return
+            registered = self.by_point.get(hook.point, [])
+            if hook not in registered:
+                return
+            registered.remove(hook)
+        logger.warning("hook %s at %s failed %d times in a row: switched off for this "
+                       "host's life", hook.name, hook.point, failures)
+
+    def circuit_changed(self, tool: str, old: str, new: str) -> None:
+        """A breaker listener (``Breakers.add_listener``): ``circuit_changed`` observers."""
+        from host.hooks.points import CircuitContext
+
+        self.observe("circuit_changed", CircuitContext(tool, old, new), None)
+
+    # -- controllers -----------------------------------------------------------------
+
+    def decide(self, point: str, context: Any, records: list[Record] | None = None,
+               token: Any = None, rebuild: Callable[[Any, Any], Any] | None = None
+               ) -> tuple[Any, Hook | None]:
+        """The action of the controllers of ``point`` on ``context`` (see the module
+        docstring), and the controller that answered it: the first that is not
+        ``Proceed``/``Continue``, else ``Proceed`` (with the last changed parameters, and
+        the controller that changed them) or ``Continue``. ``rebuild(context, params)``
+        makes the context the next controller sees after a ``Proceed(params)``. Raises
+        the hook error of a controller that failed to decide."""
+        accepts = ACCEPTS[point]
+        changed, changer = None, None
+        for hook in self.by_point.get(point, ()):
+            action = self.ask(hook, context, accepts, records, token)
+            if isinstance(action, Proceed):
+                if action.params is not None:
+                    changed, changer = action.params, hook
+                    if rebuild is not None:
+                        context = rebuild(context, changed)
+                continue
+            if isinstance(action, Continue):
+                continue
+            return action, hook
+        return (Proceed(changed), changer) if accepts is BEFORE else (Continue(), None)
+
+    def ask(self, hook: Hook, context: Any, accepts: tuple[type, ...],
+            records: list[Record] | None, token: Any = None) -> Any:
+        """One controller's action (None: the point's default), checked."""
+        began = time.perf_counter()
+        try:
+            action = run_hook(hook, context, token)
+        except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            error = hook_failure(hook, exc, time.perf_counter() - began)
+            if records is not None:
+                records.append(record(hook, "failed", began, error))
+            raise error from (None if isinstance(exc, _PastBudget) else exc)
+        if action is None:
+            action = accepts[0]()
+        if not isinstance(action, accepts):
+            error = HookError.InvalidResult(
+                hook_name=hook.name, hook_point=hook.point,
+                reason=f"it returned {_shown(action)}; at {hook.point} a controller "
+                       f"returns one of " + ", ".join(f"hooks.{a.__name__}" for a in accepts)
+                       + " (or None)")
+            if records is not None:
+                records.append(record(hook, "invalid", began, error))
+            raise error
+        if records is not None:
+            records.append(record(hook, NAMES[type(action)], began))
+        return action
+
+
+def _error_handler(fn: Callable[..., Any]) -> Hook:
+    """``Host(on_tool_error=fn)`` as a hook taking ``(error, tool_name, error_type,
+    params)`` as one tuple, with a controller's budget."""
+    check = Hook(fn, "after_tool_call", "controller")  # refuses what is not callable
+    if check.is_async:
+        async def handler(args: tuple) -> Any:
+            return await fn(*args)
+    else:
+        def handler(args: tuple) -> Any:
+            return fn(*args)
+    return Hook(handler, "on_tool_error", "handler", name=check.name)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def record(hook: Hook, outcome: str, began: float, error: SpellError | None = None
+           ) -> Record:
+    """One entry of a hook path (``context.execution_trace.hook_execution_path``)."""
+    return {"hook_name": hook.name, "hook_point": hook.point, "outcome": outcome,
+            "duration": round(time.perf_counter() - began, 6),
+            "error": None if error is None else f"{error.code}: {error.message}"}
+
+
+def hook_failure(hook: Hook, exc: BaseException, elapsed: float) -> SpellError:
+    """The unified error of a hook that raised ``exc`` (or ran past its budget)."""
+    if isinstance(exc, _PastBudget):
+        return HookError.Timeout(hook_name=hook.name, hook_point=hook.point,
+                                 duration=round(hook.timeout, 6))
+    return HookError.ExecutionFailed(hook_name=hook.name, hook_point=hook.point,
+                                     reason=describe_exception(exc, qualified=False),
+                                     cause=exc)
+
+
+class _PastBudget(Exception):
+    """A hook did not return within its time budget."""
+
+
+def run_hook(hook: Hook, context: Any, token: Any = None) -> Any:
+    """``hook(context)`` within its budget: a sync hook on a pooled daemon thread
+    (abandoned past its budget), an async one on the host's event loop (``token``), or
+    on a loop of its own on such a thread when there is none at hand. Raises what the
+    hook raised, or :class:`_PastBudget`."""
+    from host.calls import _WORKERS, DeadlineReached
+
+    deadline = time.monotonic() + hook.timeout
+    if hook.is_async:
+        if token is not None:
+            import anyio.from_thread
+
+            return anyio.from_thread.run(_bounded, hook.fn, context, hook.timeout,
+                                         token=token)
+        fn, args = _own_loop, (hook.fn, context, hook.timeout)
+    else:
+        fn, args = hook.fn, (context,)
+    try:
+        return _WORKERS.run(fn, args, {}, deadline, _NEVER_STOPPED)
+    except DeadlineReached:
+        raise _PastBudget() from None
+
+
+async def _bounded(fn: Callable[[Any], Any], context: Any, timeout: float) -> Any:
+    import anyio
+
+    with anyio.move_on_after(timeout):
+        return await fn(context)
+    raise _PastBudget()
+
+
+def _own_loop(fn: Callable[[Any], Any], context: Any, timeout: float) -> Any:
+    import anyio
+
+    return anyio.run(_bounded, fn, context, timeout)
+
+
+def _never_stopped() -> Any:
+    from host.control import RunControl
+
+    return RunControl()  # nothing asks it to stop: a hook's wait ends at its budget only
+
+
+_NEVER_STOPPED = _never_stopped()

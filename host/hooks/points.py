@@ -1,0 +1,205 @@
+"""The hook points: one list, and the read-only context each point's hooks receive.
+
+Every point has a name (the same in Python, Lua and JavaScript), a context class and a
+kind: *observer* points only tell (their hooks cannot change the run), *controller* points
+ask for a decision (a typed action, see :mod:`host.hooks.actions`).
+
+=======================  ==========  =====================  ===============================
+point                    kind        context                fired
+=======================  ==========  =====================  ===============================
+run_started              observer    RunContext             as a run begins
+run_finished             observer    RunFinishedContext     as a run ends (result or error)
+tool_call_started        observer    ToolCallContext        before each tool call
+tool_call_finished       observer    ToolResultContext      after each tool call
+script_error             observer    ScriptErrorContext     an error escaping the script
+retry                    observer    RecoveryContext        a recovery retry is made
+fallback                 observer    RecoveryContext        a fallback option is tried
+degraded                 observer    RecoveryContext        a tool answers degraded
+circuit_changed          observer    CircuitContext         a breaker changes state
+output                   observer    OutputContext          a print / console.log line
+cancellation_started     observer    CancellationContext    ``run.cancel(error)`` is called
+cancellation_finished    observer    CancellationContext    a cancelled run ends
+task_started             observer    TaskContext            (not fired yet: coordinator)
+task_finished            observer    TaskContext            (not fired yet: coordinator)
+before_tool_call         controller  ToolCallContext        before each tool call
+after_tool_call          controller  ToolResultContext      after each tool call
+after_script_error       controller  ScriptErrorContext     an error escaping the script
+after_task_failure       controller  TaskContext            (not fired yet: coordinator)
+=======================  ==========  =====================  ===============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ErrorType = Literal["parse", "validation", "execution", "timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Where a tool call was made: the calling script's language and innermost frame."""
+
+    language: str
+    file: str | None = None
+    line: int | None = None
+    column: int | None = None
+    function: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """``run_started``: a run of ``script`` (its file name) in ``language`` begins."""
+
+    run_id: str
+    script: str
+    language: str
+    args: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinishedContext:
+    """``run_finished``: the run ended with ``result``, or with ``error`` (a SpellError),
+    after ``duration`` seconds."""
+
+    run_id: str
+    script: str
+    language: str
+    result: Any
+    error: Any
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallContext:
+    """``tool_call_started`` and ``before_tool_call``: a script calls ``tool`` with
+    ``params`` (a copy: changing it changes nothing), from ``caller``; ``depth`` counts
+    tools-file calls around it."""
+
+    run_id: str
+    tool: str
+    params: Any
+    caller: Caller
+    depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultContext:
+    """``tool_call_finished`` and ``after_tool_call``: the call's ``result``, or its
+    ``error`` (the unified error) and ``error_type`` (``parse``: the parameters could not
+    cross; ``validation``: the tool refused them; ``timeout``; ``execution``: anything
+    else); ``duration`` in seconds since the call began; ``attempt`` the try (1-based:
+    an ``after_tool_call`` controller's ``Retry`` makes the next); ``recovered_from``
+    (``tool_call_finished`` only) the error a controller's ``Recover`` answered for."""
+
+    run_id: str
+    tool: str
+    params: Any
+    caller: Caller
+    depth: int
+    result: Any
+    error: Any
+    error_type: ErrorType | None
+    duration: float
+    attempt: int
+    recovered_from: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptErrorContext:
+    """``script_error`` and ``after_script_error``: ``error`` escapes the script."""
+
+    run_id: str
+    script: str
+    language: str
+    error: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryContext:
+    """``retry``, ``fallback`` and ``degraded``: an event of the run's recovery history
+    (see :mod:`host.history`): ``attempt`` the try that failed, ``delay`` the seconds
+    waited before the next, ``error`` the code of the error recovery acted on, ``option``
+    a fallback's option (a tool name, ``value``, ``cached``, ``endpoint <url>``)."""
+
+    run_id: str
+    tool: str
+    attempt: int
+    delay: float | None
+    error: str | None
+    option: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitContext:
+    """``circuit_changed``: the breaker of ``tool`` went from ``old`` to ``new``
+    (``closed``, ``open``, ``half_open``)."""
+
+    tool: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
+class OutputContext:
+    """``output``: the script (or a tools file) printed ``line``."""
+
+    run_id: str
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancellationContext:
+    """``cancellation_started`` / ``cancellation_finished``: the run is cancelled
+    (``run.cancel(reason)``, e.g. by the coordinator) with ``reason``, a SpellError.
+    ``cancellation_started`` runs on a thread of its own, at once."""
+
+    run_id: str
+    reason: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskContext:
+    """``task_started``, ``task_finished`` and ``after_task_failure`` (coordinator)."""
+
+    task_id: str
+    script: str
+    result: Any = None
+    error: Any = None
+    duration: float | None = None
+    attempt: int = 1
+
+
+OBSERVER_POINTS: dict[str, type] = {
+    "run_started": RunContext, "run_finished": RunFinishedContext,
+    "tool_call_started": ToolCallContext, "tool_call_finished": ToolResultContext,
+    "script_error": ScriptErrorContext, "retry": RecoveryContext,
+    "fallback": RecoveryContext, "degraded": RecoveryContext,
+    "circuit_changed": CircuitContext, "output": OutputContext,
+    "cancellation_started": CancellationContext,
+    "cancellation_finished": CancellationContext,
+    "task_started": TaskContext, "task_finished": TaskContext,
+}
+"""Observer points and their contexts."""
+
+CONTROLLER_POINTS: dict[str, type] = {
+    "before_tool_call": ToolCallContext, "after_tool_call": ToolResultContext,
+    "after_script_error": ScriptErrorContext, "after_task_failure": TaskContext,
+}
+"""Controller points and their contexts."""
+
+POINTS: dict[str, type] = {**OBSERVER_POINTS, **CONTROLLER_POINTS}
+"""Every hook point, by name, and the context its hooks receive."""
+
+NOT_FIRED_YET = frozenset({"task_started", "task_finished", "after_task_failure"})
+"""Points that can be registered on but that nothing fires yet."""
+
+
+def copy_data(value: Any) -> Any:
+    """A copy of JSON-like ``value`` (dicts and lists copied, the rest shared), so that
+    a hook changing what its context shows changes nothing of the run."""
+    if isinstance(value, dict):
+        return {key: copy_data(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [copy_data(item) for item in value]
+    return value
