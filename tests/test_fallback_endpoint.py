@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from bridge import SpellError
 from host import Host, tool
 from host.recovery.fallback import MAX_RESPONSE_BYTES
+from tests.loopback import http_server
 
 CALL = {"lua": "return tools.service{q = 'x', n = 2}",
         "javascript": "async function main() { return await tools.service({q: 'x', n: 2}); }"}
@@ -76,13 +76,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(_Handler) as url:
+        yield url
 
 
 def _host(url: str, timeout: float = 2.0) -> Host:

@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import anyio
@@ -22,14 +22,9 @@ from host import Breakers, CircuitBreaker, Coordinator, Fallback, Host, Plan, Re
 from host.history import MAX_EVENTS
 from tests.cli import polyspell
 from tests.conftest import EXTENSION, pick
+from tests.loopback import http_server, run_outcome
 
-
-def _run(host: Host, source: str, language: str):
-    run = host.new_run_source(source, language)
-    try:
-        return anyio.run(run.execute), run
-    except SpellError as err:
-        return err, run
+_run = run_outcome
 
 
 # -- fallbacks that lead back to the tool they protect ----------------------------------
@@ -162,12 +157,8 @@ class _Statuses(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def statuses():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Statuses)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
+    with http_server(_Statuses) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.mark.parametrize("status", [401, 503, 302])

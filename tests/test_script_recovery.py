@@ -7,7 +7,6 @@ import itertools
 import threading
 import time
 
-import anyio
 import pytest
 
 from bridge import ProviderError, SpellError
@@ -15,6 +14,7 @@ from host import Coordinator, Host, Plan, Task, tool
 from host.history import MAX_EVENTS
 from host.recovery.script import MAX_SESSIONS
 from tests.conftest import EXTENSION, pick
+from tests.loopback import run_outcome
 
 
 def _flaky(failures: int, exc: type[Exception] = RuntimeError, name: str = "flaky"):
@@ -30,12 +30,7 @@ def _flaky(failures: int, exc: type[Exception] = RuntimeError, name: str = "flak
     return tool(flaky, name=name), calls
 
 
-def _run(host: Host, source: str, language: str):
-    run = host.new_run_source(source, language)
-    try:
-        return anyio.run(run.execute), run
-    except SpellError as err:
-        return err, run
+_run = run_outcome
 
 
 FAST = 'backoff: "fixed", initial: 0.01, jitter: 0'
