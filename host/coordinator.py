@@ -28,6 +28,7 @@ The :class:`PlanReport` classifies the run (the seed's CrossEngineErrorPattern):
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 import json
@@ -45,6 +46,7 @@ import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
 from host.history import RecoveryHistory, recovery_event
+from host.hooks.points import TaskContext, copy_data
 from host.host import (
     MAX_TIMEOUT,
     Host,
@@ -176,7 +178,12 @@ class Coordinator:
     set the tools' recovery policies, as for :class:`host.Host`; they are checked against
     the tools when a plan runs (a plan's tools files may add the tools they name). A
     task's own ``retry`` retries the whole task, apart from them. ``on_human_input``
-    answers the tasks' tools' ``AskHuman``, as for :class:`host.Host`.
+    answers the tasks' tools' ``AskHuman``, as for :class:`host.Host`. ``hooks``
+    (``@hooks.observer``, ``@hooks.controller``: see :mod:`host.hooks`) are the hooks of
+    every task's runs and tool calls, as for :class:`host.Host`, and of the tasks
+    themselves: ``task_started`` and ``task_finished`` observers see each try of each
+    task (a :class:`host.hooks.TaskContext`). One dispatcher runs them all, whatever
+    host a plan's tools files need.
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -206,8 +213,9 @@ class Coordinator:
         recovery: Mapping[str, Any] | None = None,
         config: str | os.PathLike[str] | Config | None = None,
         on_human_input: Callable[[str], Any] | None = None,
+        hooks: Iterable[Any] | None = (),
     ) -> None:
-        # memory_mb, stack_kb, sandbox, on_human_input: checked by the Host built below
+        # memory_mb, stack_kb, sandbox, on_human_input, hooks: checked by the Host below
         check_positive("max_concurrency", max_concurrency, at_least=1)
         check_callable("on_output", on_output)
         self.tools = tool_items(tools)
@@ -236,8 +244,10 @@ class Coordinator:
         # recovery policies wait for the plan, whose tools files they may name
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
-                          engine_factory=engine_factory, on_human_input=on_human_input)
+                          engine_factory=engine_factory, on_human_input=on_human_input,
+                          hooks=hooks)
         self.engine_factory = self._host.engine_factory
+        self.hooks = self._host.hooks  # the one dispatcher (None: no hooks, no cost)
         self._listeners: dict[str, list[tuple[str | None, Callback]]] = {
             name: [] for name in ("started", "completed", "cancel_started", "cleanup",
                                   "cancel_completed")}
@@ -353,6 +363,9 @@ class Coordinator:
                     config=self.config, on_human_input=self._host.on_human_input)
         host._caches = self._host._caches  # fallback caches too, like the breakers
         host.breakers = self._host.breakers  # one breaker per tool for the coordinator
+        # the one dispatcher (set after the breakers, which announce to it already): its
+        # switched-off observers stay off, whatever the plan
+        host.hooks = self.hooks
         return host
 
     def _output(self, line: str) -> None:
@@ -456,9 +469,12 @@ class _Execution:
                 return
             state.attempts += 1
             await self._notify(state, "started", task.id, state.attempts)
+            await self._observe("task_started", state)
             budget = min(task.timeout or self.timeouts.get(task.language or "",
                                                            DEFAULT_ENGINE_TIMEOUT), remaining)
+            began = time.monotonic()
             ok, value = await self._try(state, args, budget)
+            await self._observe("task_finished", state, ok, value, time.monotonic() - began)
             if ok:
                 await self._finish(state, "succeeded", result=value)
                 return
@@ -610,6 +626,24 @@ class _Execution:
                     await outcome
             except Exception as exc:  # a listener's bug never stops the plan
                 state.callback_errors.append(SpellError.wrap(exc))
+
+    async def _observe(self, point: str, state: _TaskState, ok: bool = False,
+                       value: Any = None, duration: float | None = None) -> None:
+        """The ``task_started``/``task_finished`` observers of the host's dispatcher, off
+        the event loop (a sync one waits on a thread); nothing they do reaches the plan."""
+        hooks = self.host.hooks
+        if hooks is None or not hooks.has(point):
+            return
+        task = state.task
+        context = TaskContext(task.id, task.script, attempt=state.attempts,
+                              language=task.language or "")
+        if point == "task_finished":
+            context = dataclasses.replace(
+                context, duration=duration, result=copy_data(value) if ok else None,
+                error=None if ok else value, status="succeeded" if ok else _status_of(value))
+        with anyio.CancelScope(shield=True):  # a try that ended is told, cancelled or not
+            await anyio.to_thread.run_sync(hooks.observe, point, context, None,
+                                           anyio.lowlevel.current_token())
 
     def _input(self, dep: str) -> Any:
         """What a dependent sees of ``dep``: its result, or its error as data (isolate)."""

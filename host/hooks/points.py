@@ -19,8 +19,8 @@ circuit_changed          observer    CircuitContext         a breaker changes st
 output                   observer    OutputContext          a print / console.log line
 cancellation_started     observer    CancellationContext    ``run.cancel(error)`` is called
 cancellation_finished    observer    CancellationContext    a cancelled run ends
-task_started             observer    TaskContext            (not fired yet: coordinator)
-task_finished            observer    TaskContext            (not fired yet: coordinator)
+task_started             observer    TaskContext            as each try of a coordinator task starts
+task_finished            observer    TaskContext            as each try of a coordinator task ends
 before_tool_call         controller  ToolCallContext        before each tool call
 after_tool_call          controller  ToolResultContext      after each tool call
 after_script_error       controller  ScriptErrorContext     an error escaping the script
@@ -160,7 +160,12 @@ class CancellationContext:
 
 @dataclass(frozen=True, slots=True)
 class TaskContext:
-    """``task_started``, ``task_finished`` and ``after_task_failure`` (coordinator)."""
+    """``task_started`` and ``task_finished``: try ``attempt`` (1-based: a task's own
+    ``retry`` makes the next) of a coordinator task ``task_id`` running ``script`` (its
+    file name) in ``language``. ``task_finished`` also has the try's ``status``
+    (``succeeded``, ``failed``, ``timed_out``, ``cancelled``), its ``result`` (a copy) or
+    ``error`` (a SpellError) and its ``duration`` in seconds. (``after_task_failure``:
+    not fired yet.)"""
 
     task_id: str
     script: str
@@ -168,6 +173,8 @@ class TaskContext:
     error: Any = None
     duration: float | None = None
     attempt: int = 1
+    language: str = ""
+    status: str | None = None
 
 
 OBSERVER_POINTS: dict[str, type] = {
@@ -191,7 +198,7 @@ CONTROLLER_POINTS: dict[str, type] = {
 POINTS: dict[str, type] = {**OBSERVER_POINTS, **CONTROLLER_POINTS}
 """Every hook point, by name, and the context its hooks receive."""
 
-NOT_FIRED_YET = frozenset({"task_started", "task_finished", "after_task_failure"})
+NOT_FIRED_YET = frozenset({"after_task_failure"})
 """Points that can be registered on but that nothing fires yet."""
 
 
