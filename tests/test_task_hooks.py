@@ -162,3 +162,18 @@ def test_bad_hooks_are_refused_when_the_coordinator_is_made():
         Coordinator(TOOLS, hooks=[lambda ctx: None])
     assert caught.value.code == "configuration/invalid_value"
     assert "hooks[0]" in caught.value.message
+
+
+def test_an_observer_changing_its_context_changes_nothing(scripts):
+    changed = []
+
+    @hooks.observer("task_finished")
+    def meddle(ctx):
+        ctx.result["items"].append("injected")
+        ctx.result["extra"] = True
+        changed.append(ctx.result)
+
+    task = scripts.task("a", 'return {items = {"x"}}', 'function main() { return {items: ["x"]}; }')
+    report = Coordinator(TOOLS, hooks=[meddle], on_output=lambda *_: None).run([task])
+    assert changed == [{"items": ["x", "injected"], "extra": True}]  # it did run
+    assert report.results == {"a": {"items": ["x"]}}
