@@ -224,45 +224,34 @@ class FallbackLayer:
     def _try(self, option: FallbackOption, call: ToolCall, errors: list[SpellError]) -> Any:
         run = call.run
         last = errors[-1]
-        if option.tool is not None:
-            if self.is_open(option.tool):
-                return _MISSING  # unavailable: its breaker is open
-            run.record_recovery("fallback", call.name, len(errors), last, option=option.label)
-            try:
-                return run.call_tool(option.tool, call)
-            except SpellError as err:
-                if err is run.control.reason:  # the run is stopping: no more options
-                    raise
-                errors.append(err)
-                return _MISSING
-        if option.endpoint is not None:
-            run.record_recovery("fallback", call.name, len(errors), last, option=option.label)
-            try:
-                return _post(option, call)
-            except SpellError as err:
-                if err is run.control.reason:
-                    raise
-                errors.append(err)
-                return _MISSING
-        if option.ask is not None:
-            from host.steer import ask_human
-
-            run.record_recovery("fallback", call.name, len(errors), last, option="ask")
-            try:
-                return ask_human(call, ask_question(option.ask, call, last))
-            except SpellError as err:
-                if err is run.control.reason:
-                    raise
-                errors.append(err)
-                return _MISSING
         if option.cached:
             kept = cached_result(self.cache, option, call.params)
-            if kept is _MISSING:
-                return _MISSING
-            run.record_recovery("fallback", call.name, len(errors), last, option="cached")
+            if kept is not _MISSING:
+                run.record_recovery("fallback", call.name, len(errors), last, option="cached")
             return kept
-        run.record_recovery("fallback", call.name, len(errors), last, option="value")
-        return option.value
+        if option.tool is not None and self.is_open(option.tool):
+            return _MISSING  # unavailable: its breaker is open
+        run.record_recovery("fallback", call.name, len(errors), last, option=option.label)
+        if option.tool is None and option.endpoint is None and option.ask is None:
+            return option.value
+        try:
+            return _call_option(option, call, last)
+        except SpellError as err:
+            if err is run.control.reason:  # the run is stopping: no more options
+                raise
+            errors.append(err)
+            return _MISSING
+
+
+def _call_option(option: FallbackOption, call: ToolCall, last: SpellError) -> Any:
+    """The answer of an option that calls something: a tool, an endpoint, a person."""
+    if option.tool is not None:
+        return call.run.call_tool(option.tool, call)
+    if option.endpoint is not None:
+        return _post(option, call)
+    from host.steer import ask_human
+
+    return ask_human(call, ask_question(option.ask, call, last))
 
 
 def all_fallbacks_failed(operation: str, errors: list[SpellError], attempted: int
