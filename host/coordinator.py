@@ -28,7 +28,6 @@ The :class:`PlanReport` classifies the run (the seed's CrossEngineErrorPattern):
 from __future__ import annotations
 
 import contextvars
-import dataclasses
 import functools
 import inspect
 import json
@@ -426,9 +425,15 @@ class _Execution:
         self.ended = 0
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as group:
-            for state in self.states.values():
-                group.start_soon(self._task, state, name=f"polyspell task {state.id}")
+        try:
+            async with anyio.create_task_group() as group:
+                for state in self.states.values():
+                    group.start_soon(self._task, state, name=f"polyspell task {state.id}")
+        finally:
+            hooks = self.host.hooks
+            if hooks is not None:  # every observer has seen the plan, within its budget
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(hooks.flush)
 
     # -- one task ---------------------------------------------------------------------
 
@@ -629,8 +634,8 @@ class _Execution:
 
     async def _observe(self, point: str, state: _TaskState, ok: bool = False,
                        value: Any = None, duration: float | None = None) -> None:
-        """The ``task_started``/``task_finished`` observers of the host's dispatcher, off
-        the event loop (a sync one waits on a thread); nothing they do reaches the plan."""
+        """Tell the ``task_started``/``task_finished`` observers of the host's dispatcher
+        (see :mod:`host.hooks.delivery`); nothing they do reaches the plan."""
         hooks = self.host.hooks
         if hooks is None or not hooks.has(point):
             return
@@ -638,12 +643,10 @@ class _Execution:
         context = TaskContext(task.id, task.script, attempt=state.attempts,
                               language=task.language or "")
         if point == "task_finished":
-            context = dataclasses.replace(
-                context, duration=duration, result=copy_data(value) if ok else None,
+            context = context._replace(
+                duration=duration, result=copy_data(value) if ok else None,
                 error=None if ok else value, status="succeeded" if ok else _status_of(value))
-        with anyio.CancelScope(shield=True):  # a try that ended is told, cancelled or not
-            await anyio.to_thread.run_sync(hooks.observe, point, context, None,
-                                           anyio.lowlevel.current_token())
+        hooks.observe(point, context, None, anyio.lowlevel.current_token(), wait=False)
 
     def _input(self, dep: str) -> Any:
         """What a dependent sees of ``dep``: its result, or its error as data (isolate)."""

@@ -159,7 +159,6 @@ class ScriptRun:
         # the hooks that ran for the run itself (not for one tool call): its error's path
         self.hook_path: list[dict[str, Any]] = []
         self._cancelled = False  # cancel() stopped it (for cancellation_finished)
-        self._cancel_hooks: threading.Thread | None = None  # cancellation_started's
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
@@ -191,9 +190,8 @@ class ScriptRun:
         error even if the script swallows it. A script that never calls a tool again runs
         until its end or its time limit. The first reason given wins.
 
-        With ``cancellation_started`` observers, they run at once on a thread of their
-        own (this is called on the event loop, which must not wait for them);
-        ``cancellation_finished`` observers run as the cancelled run ends.
+        ``cancellation_started`` observers are told at once, ``cancellation_finished``
+        observers as the cancelled run ends.
         """
         first = self.control.request_stop(error)
         hooks = self.hooks
@@ -202,12 +200,9 @@ class ScriptRun:
             if hooks.has("cancellation_started"):
                 from host.hooks import CancellationContext
 
-                thread = self._cancel_hooks = threading.Thread(
-                    target=hooks.observe, name="polyspell cancellation hooks", daemon=True,
-                    args=("cancellation_started",
-                          CancellationContext(self.correlation_id, error), self.hook_path,
-                          self._token))
-                thread.start()
+                hooks.observe("cancellation_started",  # on the event loop: never waits
+                              CancellationContext(self.correlation_id, error), self.hook_path,
+                              self._token, wait=False)
 
     @property
     def cancelled(self) -> SpellError | None:
@@ -293,8 +288,9 @@ class ScriptRun:
         self._token = anyio.lowlevel.current_token()
         began = time.perf_counter()
         if hooks.has("run_started"):
-            await self._dispatch(hooks.observe, "run_started", RunContext(
-                self.correlation_id, self.filename, self.language, copy_data(self.args)))
+            hooks.observe("run_started", RunContext(
+                self.correlation_id, self.filename, self.language, copy_data(self.args)),
+                self.hook_path, self._token, wait=False)
         try:
             result = await self._execute_cleaned()
         except SpellError as err:
@@ -307,15 +303,16 @@ class ScriptRun:
         if self._cancelled and hooks.has("cancellation_finished"):
             from host.hooks import CancellationContext
 
-            started = self._cancel_hooks
-            if started is not None:  # after cancellation_started's, within their budgets
-                await anyio.to_thread.run_sync(started.join, _budget(hooks))
-            await self._dispatch(hooks.observe, "cancellation_finished", CancellationContext(
-                self.correlation_id, self.control.reason))
+            hooks.observe("cancellation_finished", CancellationContext(
+                self.correlation_id, self.control.reason), self.hook_path, self._token,
+                wait=False)
         if hooks.has("run_finished"):
-            await self._dispatch(hooks.observe, "run_finished", RunFinishedContext(
+            hooks.observe("run_finished", RunFinishedContext(
                 self.correlation_id, self.filename, self.language, copy_data(result),
-                error, time.perf_counter() - began))
+                error, time.perf_counter() - began), self.hook_path, self._token,
+                wait=False)
+        with anyio.CancelScope(shield=True):  # every observer has seen the run, within budgets
+            await anyio.to_thread.run_sync(hooks.flush)
         if error is not None:
             if self.hook_path:
                 from host.hooks.layer import add_hook_path
@@ -323,10 +320,6 @@ class ScriptRun:
                 add_hook_path(error, self.hook_path)
             raise error
         return result
-
-    async def _dispatch(self, method: Callable[..., Any], point: str, context: Any) -> None:
-        """Run ``point``'s observers off the event loop (a sync hook waits on a thread)."""
-        await anyio.to_thread.run_sync(method, point, context, self.hook_path, self._token)
 
     def _script_failed(self, err: SpellError) -> tuple[Any, SpellError | None]:
         """``script_error`` observers and ``after_script_error`` controllers on ``err``:
@@ -996,11 +989,6 @@ class _Crossed(NamedTuple):
 # What _preserve_stack keeps of the run an error left: an earlier run's, in an error
 # that crosses again in another run, is not this run's.
 _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
-
-
-def _budget(hooks: Dispatcher) -> float:
-    """The seconds ``cancellation_started``'s observers may take in all."""
-    return sum(hook.timeout for hook in hooks.by_point.get("cancellation_started", ()))
 
 
 def _out_of_time(err: SpellError) -> bool:

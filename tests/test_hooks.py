@@ -234,7 +234,68 @@ def test_an_observer_failing_three_times_in_a_row_is_switched_off(language, capl
     assert "switched off" in caplog.text
 
 
-def test_an_observer_failure_is_in_the_failing_calls_hook_path(language):
+def test_a_hung_observer_is_abandoned_and_the_others_still_see_every_event(language):
+    release = threading.Event()
+    seen = []
+
+    @hooks.observer("tool_call_started", timeout=0.05)
+    def hung(ctx):
+        release.wait(10)
+
+    @hooks.observer("tool_call_started")
+    def after(ctx):
+        seen.append(ctx.params["a"])
+
+    host = Host([add], hooks=[hung, after])
+    began = time.monotonic()
+    try:
+        assert run(host, language, "for i = 1, 4 do tools.add({a = i, b = 1}) end return 0",
+                   "for (let i = 1; i <= 4; i++) tools.add({a: i, b: 1}); return 0;") == 0
+    finally:
+        release.set()
+    assert time.monotonic() - began < 2
+    assert seen == [1, 2, 3, 4]  # in order, none lost: each abandonment resumes after it
+    assert hung not in host.hooks.by_point["tool_call_started"]  # 3 timeouts in a row
+
+
+def test_every_observer_has_seen_the_run_in_order_when_it_returns(language):
+    seen = []
+
+    @hooks.observer("tool_call_started")
+    @hooks.observer("tool_call_finished")
+    @hooks.observer("run_finished")
+    def note(ctx):
+        time.sleep(0.001)  # slower than the run: events wait in the queue
+        seen.append((type(ctx).__name__, getattr(ctx, "params", None)))
+
+    host = Host([add], hooks=[note, note.fn, note.fn.fn])
+    run(host, language, "for i = 1, 20 do tools.add({a = i, b = 1}) end",
+        "for (let i = 1; i <= 20; i++) tools.add({a: i, b: 1});")
+    calls = [(kind, {"a": i, "b": 1}) for i in range(1, 21)
+             for kind in ("ToolCallContext", "ToolResultContext")]
+    assert seen == [*calls, ("RunFinishedContext", None)]
+
+
+def test_slow_observers_hold_the_run_back_rather_than_queue_without_bound(
+        language, monkeypatch):
+    from host.hooks import delivery
+
+    monkeypatch.setattr(delivery, "MAX_PENDING", 8)
+    waiting = []
+
+    @hooks.observer("tool_call_finished")
+    def slow(ctx):
+        waiting.append(len(host.hooks._delivery._pending))
+        time.sleep(0.002)
+
+    host = Host([add], hooks=[slow])
+    run(host, language, "for i = 1, 100 do tools.add({a = i, b = 1}) end",
+        "for (let i = 1; i <= 100; i++) tools.add({a: i, b: 1});")
+    assert len(waiting) == 100
+    assert max(waiting) <= 8
+
+
+def test_an_observer_failure_is_in_the_failed_runs_hook_path(language):
     @hooks.observer("tool_call_started")
     def broken(ctx):
         raise ValueError("observer bug")
@@ -249,9 +310,9 @@ def test_an_observer_failure_is_in_the_failing_calls_hook_path(language):
             "return tools.boom({reason: 'r'});")
     path = info.value.context.execution_trace.hook_execution_path
     assert [(h.hook_name, h.hook_point, h.outcome) for h in path] == [
-        ("test_an_observer_failure_is_in_the_failing_calls_hook_path.<locals>.broken",
+        ("test_an_observer_failure_is_in_the_failed_runs_hook_path.<locals>.broken",
          "tool_call_started", "failed"),
-        ("test_an_observer_failure_is_in_the_failing_calls_hook_path.<locals>.slow",
+        ("test_an_observer_failure_is_in_the_failed_runs_hook_path.<locals>.slow",
          "tool_call_started", "failed")]
     assert path[0].error.startswith("hook/execution_failed: ")
     assert "observer bug" in path[0].error
@@ -516,7 +577,7 @@ def test_on_tool_error_answering_neither_true_nor_false_is_refused(language):
 def test_the_hook_path_survives_json(language):
     @hooks.observer("tool_call_started")
     def look(ctx):
-        pass
+        raise ValueError("observer bug")
 
     @hooks.controller("after_tool_call", name="passes")
     def passes(ctx):
@@ -527,9 +588,11 @@ def test_the_hook_path_survives_json(language):
             "return tools.boom({reason: 'r'});")
     back = SpellError.from_dict(json.loads(json.dumps(info.value.to_dict())))
     path = back.context.execution_trace.hook_execution_path
+    # the call's controllers, then the run's (its observers' failures)
     assert [(h.hook_point, h.outcome) for h in path] == [
-        ("tool_call_started", "observed"), ("after_tool_call", "continue")]
-    assert path[1].hook_name == "passes"
+        ("after_tool_call", "continue"), ("tool_call_started", "failed")]
+    assert path[0].hook_name == "passes"
+    assert "observer bug" in path[1].error
     assert all(h.duration is not None and h.duration >= 0 for h in path)
 
 
@@ -574,7 +637,7 @@ def test_the_hook_path_crosses_a_lua_js_python_hop(tmp_path):
 
     @hooks.observer("tool_call_finished", name="watch")
     def watch(ctx):
-        pass
+        raise ValueError(f"observer bug at {ctx.tool}")
 
     host = Host([boom, str(relay)], hooks=[watch])
     with pytest.raises(SpellError) as info:
@@ -582,8 +645,9 @@ def test_the_hook_path_crosses_a_lua_js_python_hop(tmp_path):
     err = SpellError.from_dict(json.loads(json.dumps(info.value.to_dict())))
     assert err.code == "tool/execution_failed"
     path = err.context.execution_trace.hook_execution_path
-    assert [(h.hook_name, h.hook_point) for h in path] == [
-        ("watch", "tool_call_finished"), ("watch", "tool_call_finished")]
+    assert [(h.hook_name, h.hook_point, h.outcome) for h in path] == [
+        ("watch", "tool_call_finished", "failed")] * 2
+    assert ["at boom" in path[0].error, "at relay" in path[1].error] == [True, True]
     assert [f.language for f in err.frames][:3] == ["lua", "host", "javascript"]
 
 
@@ -611,9 +675,9 @@ def test_a_shared_error_raised_again_and_again_keeps_a_bounded_hook_path(languag
         """Raises one shared error."""
         raise shared
 
-    @hooks.observer("tool_call_finished")
+    @hooks.controller("after_tool_call")
     def watch(ctx):
-        pass
+        return hooks.Continue()
 
     run(Host([same], hooks=[watch]), language,
         "for i = 1, 150 do pcall(tools.same, {}) end",
@@ -740,9 +804,9 @@ def test_the_traceback_and_explain_show_the_hook_path(tmp_path, language):
 
 
 def test_a_stop_handed_out_again_keeps_the_hook_path_of_the_call_that_failed(language):
-    @hooks.observer("tool_call_finished", name="watch")
+    @hooks.controller("after_tool_call", name="watch")
     def watch(ctx):
-        pass
+        return hooks.Continue()
 
     host = Host([boom, add], hooks=[watch], stop_on_tool_error=True)
     lua, _ = caught(language, "tools.boom({reason = 'r'})")
@@ -753,7 +817,7 @@ def test_a_stop_handed_out_again_keeps_the_hook_path_of_the_call_that_failed(lan
         run(host, language, lua, js)
     path = info.value.context.execution_trace.hook_execution_path
     assert [(h.hook_name, h.outcome) for h in path] == [
-        ("stop_on_tool_error", "stop_run"), ("watch", "observed")]
+        ("watch", "continue"), ("stop_on_tool_error", "stop_run")]
 
 
 def test_a_controller_past_its_budget_fails_the_call_with_hook_timeout(language):

@@ -3,13 +3,14 @@
 ``@observer(point)`` and ``@controller(point, priority=...)`` make a :class:`Hook` of a
 plain or async function taking one context. A host's :class:`Dispatcher` runs them:
 
-- **Observers** are isolated: one that raises, returns past its time budget (default
+- **Observers** are isolated: the run only queues their events, and they see them in
+  order on the host's observer thread (:mod:`host.hooks.delivery`) while the run goes on;
+  the run waits for them at its end. One that raises, runs past its time budget (default
   :data:`OBSERVER_TIMEOUT`, 100 ms) or is not a hook at all changes nothing of the run.
-  Its failure (``hook/execution_failed``, ``hook/timeout``) is recorded in the
-  operation's hook path and logged on the ``polyspell`` logger; after
-  :data:`SWITCH_OFF_AFTER` failures in a row it is switched off for the host's life, with
-  a warning. A sync hook runs on a pooled daemon thread, so that one that never returns
-  is abandoned at its budget (Python cannot stop a thread) and the run goes on.
+  Its failure (``hook/execution_failed``, ``hook/timeout``) is recorded in the run's hook
+  path and logged on the ``polyspell`` logger; after :data:`SWITCH_OFF_AFTER` failures in
+  a row it is switched off for the host's life, with a warning. One that never returns is
+  abandoned at its budget (Python cannot stop a thread) and the others go on.
 - **Controllers** of a point run one after the other, the highest ``priority`` first
   (equal priorities: in registration order), until one answers something other than
   ``Proceed``/``Continue``: that answer decides, and the controllers after it do not
@@ -34,6 +35,7 @@ from typing import Any
 from bridge import ConfigurationError, HookError, SpellError
 from bridge.errors import describe_exception
 from host.hooks.actions import AFTER, BEFORE, NAMES, Continue, Proceed, Recover, Rethrow
+from host.hooks.delivery import Delivery, _same
 from host.hooks.points import CONTROLLER_POINTS, OBSERVER_POINTS, POINTS
 
 logger = logging.getLogger("polyspell")
@@ -163,6 +165,7 @@ class Dispatcher:
         self.on_tool_error = None if on_tool_error is None else _error_handler(on_tool_error)
         self._failures: dict[Hook, int] = {}  # failures in a row, per observer
         self._lock = threading.Lock()
+        self._delivery = Delivery(self)
 
     def has(self, point: str) -> bool:
         """Whether any hook is registered on ``point`` (and still switched on)."""
@@ -177,30 +180,56 @@ class Dispatcher:
     # -- observers -------------------------------------------------------------------
 
     def observe(self, point: str, context: Any, records: list[Record] | None = None,
-                token: Any = None, *, keep_ok: bool = True) -> None:
-        """Run the observers of ``point`` on ``context``; nothing they do reaches the
-        caller. Each one that ran is added to ``records`` (the operation's hook path;
-        with ``keep_ok`` false, only those that failed: points that fire often, such as
-        ``output``, whose records go to the run's path)."""
-        for hook in list(self.by_point.get(point, ())):
-            began = time.perf_counter()
-            try:
-                run_hook(hook, context, token)
-            except BaseException as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                self._failed(hook, hook_failure(hook, exc, time.perf_counter() - began),
-                             records, began)
-                continue
-            if self._failures.get(hook):
-                self._failures[hook] = 0
-            if keep_ok and records is not None and len(records) < MAX_PATH:
-                records.append(record(hook, "observed", began))
+                token: Any = None, *, keep_ok: bool = True, wait: bool = True) -> None:
+        """Hand ``context`` to the observers of ``point``, which see it on the host's
+        observer thread, in order, while the run goes on (see :mod:`host.hooks.delivery`);
+        nothing they do reaches the caller. Each one that ran is added to ``records`` (a
+        hook path; with ``keep_ok`` false, only those that failed: points that fire
+        often). ``token``: the event loop of async observers. ``wait`` false: never wait
+        for the observers, even when too many events are waiting (a caller on the event
+        loop, which async observers need)."""
+        self._delivery.put(point, _same, (context,), records, token, keep_ok, wait)
+
+    def observe_lazily(self, point: str, make: Callable[..., Any], args: tuple,
+                       records: list[Record] | None = None, token: Any = None, *,
+                       keep_ok: bool = True, wait: bool = True) -> None:
+        """:meth:`observe` with the context ``make(*args)``, made on the observers' thread
+        (points that fire often: their context costs the run nothing)."""
+        self._delivery.put(point, make, args, records, token, keep_ok, wait)
+
+    def flush(self) -> None:
+        """Wait (off the event loop) until the observers have seen every event so far."""
+        self._delivery.flush()
+
+    @staticmethod
+    def run_observer(hook: Hook, context: Any, token: Any) -> Any:
+        """``hook(context)`` on this thread, the observers' (see :func:`run_inline`)."""
+        return run_inline(hook, context, token)
+
+    def book(self, hook: Hook, failure: BaseException | None, elapsed: float,
+             began: float, records: list[Record] | None, keep_ok: bool) -> None:
+        """An observer ran for ``elapsed`` seconds and raised ``failure`` (or None):
+        past its budget or raising, it failed (recorded, logged, counted); else its
+        failures in a row start again."""
+        if failure is None and elapsed > hook.timeout:
+            failure = _PastBudget()
+        if failure is not None:
+            self._failed(hook, hook_failure(hook, failure, elapsed), records, began)
+            return
+        if self._failures.get(hook):
+            self._failures[hook] = 0
+        if keep_ok and records is not None:
+            self._record(records, record(hook, "observed", began))
+
+    @staticmethod
+    def _record(records: list[Record], entry: Record) -> None:
+        if len(records) < MAX_PATH:
+            records.append(entry)
 
     def _failed(self, hook: Hook, error: SpellError, records: list[Record] | None,
                 began: float) -> None:
-        if records is not None and len(records) < MAX_PATH:
-            records.append(record(hook, "failed", began, error))
+        if records is not None:
+            self._record(records, record(hook, "failed", began, error))
         logger.error("hook %s at %s failed: %s", hook.name, hook.point, error.message)
         with self._lock:
             failures = self._failures[hook] = self._failures.get(hook, 0) + 1
@@ -335,6 +364,18 @@ def run_hook(hook: Hook, context: Any, token: Any = None) -> Any:
         return _WORKERS.run(fn, args, {}, deadline, _NEVER_STOPPED)
     except DeadlineReached:
         raise _PastBudget() from None
+
+
+def run_inline(hook: Hook, context: Any, token: Any = None) -> Any:
+    """``hook(context)`` on this thread (an observer's, see :mod:`host.hooks.delivery`):
+    an async hook on the event loop ``token`` (or a loop of its own), within its budget."""
+    if not hook.is_async:
+        return hook.fn(context)
+    if token is not None:
+        import anyio.from_thread
+
+        return anyio.from_thread.run(_bounded, hook.fn, context, hook.timeout, token=token)
+    return _own_loop(hook.fn, context, hook.timeout)
 
 
 async def _bounded(fn: Callable[[Any], Any], context: Any, timeout: float) -> Any:

@@ -12,8 +12,10 @@ each call::
     on_tool_error(error, tool_name, error_type, params) -> True (go on) | False (stop the run)
     tool_call_finished observers
 
-Every hook that ran for the call is in its error's
-``context.execution_trace.hook_execution_path``.
+Every controller that ran for the call (and ``on_tool_error``) is in its error's
+``context.execution_trace.hook_execution_path``. Observers see the call on the host's
+observer thread while the run goes on (see :mod:`host.hooks.delivery`): one that fails
+is in the run's hook path, which a failed run's error carries.
 
 A controller's ``Retry`` goes through :data:`RETRY` (a :class:`host.recovery.Retry`):
 at most its ``attempts`` tries in all and ``max_elapsed`` seconds, the delay the action's
@@ -23,7 +25,6 @@ asked to stop), recorded in the run's recovery history; past the bound the outco
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +84,7 @@ def _caller(call: ToolCall) -> Caller:
 
 
 def _with_params(context: Any, params: Any) -> Any:
-    return dataclasses.replace(context, params=copy_data(params))
+    return context._replace(params=copy_data(params))
 
 
 class ToolCallHooks:
@@ -97,6 +98,10 @@ class ToolCallHooks:
 
     def wrap(self, next: Next) -> Next:
         """The hooked step before ``next``."""
+        d = self.dispatcher
+        if d.on_tool_error is None and not d.by_point.get("before_tool_call") \
+                and not d.by_point.get("after_tool_call"):
+            return self._observed(next)
 
         def hooked(call: ToolCall) -> Any:
             records: list[Record] = []
@@ -110,6 +115,37 @@ class ToolCallHooks:
 
         return hooked
 
+    def _observed(self, next: Next) -> Next:
+        """The step before ``next`` when only observers watch tool calls: it queues two
+        events, whose contexts are made on the observers' thread."""
+        d = self.dispatcher
+
+        def observed(call: ToolCall) -> Any:
+            run = call.run
+            if d.has("tool_call_started"):
+                d.observe_lazily("tool_call_started", _started_context,
+                                 (run.correlation_id, call.name, call.params, call),
+                                 run.hook_path, run._token, keep_ok=False)
+            try:
+                result = next(call)
+            except BaseException as exc:
+                err = failure_to_recover(call, exc)  # the run's end passes untouched
+            else:
+                if d.has("tool_call_finished"):
+                    d.observe_lazily("tool_call_finished", _result_context, (
+                        run.correlation_id, call.name, call.params, call, result, None,
+                        time.perf_counter() - call.started, 1, None),
+                        run.hook_path, run._token, keep_ok=False)
+                return result
+            if d.has("tool_call_finished"):
+                d.observe_lazily("tool_call_finished", _result_context, (
+                    run.correlation_id, call.name, call.params, call, None, err,
+                    time.perf_counter() - call.started, 1, None),
+                    run.hook_path, run._token, keep_ok=False)
+            raise err
+
+        return observed
+
     def _call(self, call: ToolCall, next: Next, records: list[Record]) -> Any:
         d = self.dispatcher
         run = call.run
@@ -119,14 +155,14 @@ class ToolCallHooks:
         if before or d.has("tool_call_started"):
             context = ToolCallContext(run.correlation_id, call.name, copy_data(call.params),
                                       caller, call.depth)
-            d.observe("tool_call_started", context, records, token)
+            d.observe("tool_call_started", context, run.hook_path, token, keep_ok=False)
             if before:
                 try:
                     action, hook = d.decide("before_tool_call", context, records, token,
                                             _with_params)
                     if isinstance(action, Skip):
                         result = _checked(action.result, hook, "Skip")
-                        self._finished(call, caller, result, None, 1, records, token)
+                        self._finished(call, result, None, 1, records, token)
                         return result
                     if isinstance(action, Fail):
                         raise _fail_error(call, action, hook)
@@ -134,7 +170,7 @@ class ToolCallHooks:
                         _checked(action.params, hook, "Proceed", "params")
                         call.params, call.problem = action.params, None
                 except SpellError as failed:  # a Fail, or a controller that failed
-                    self._finished(call, caller, None, failed, 1, records, token)
+                    self._finished(call, None, failed, 1, records, token)
                     raise
         attempt, recovered = 1, None
         while True:
@@ -170,7 +206,7 @@ class ToolCallHooks:
         if err is not None and d.on_tool_error is not None \
                 and err is not run.control.reason:
             self._handle(call, err, records, token)
-        self._finished(call, caller, result, err, attempt, records, token, recovered)
+        self._finished(call, result, err, attempt, records, token, recovered)
         if err is not None:
             raise err
         return result
@@ -223,15 +259,29 @@ class ToolCallHooks:
             call.run.failed_fast = err  # a stop of its own, not a cancellation
             control.request_stop(err)
 
-    def _finished(self, call: ToolCall, caller: Caller, result: Any, err: SpellError | None,
+    def _finished(self, call: ToolCall, result: Any, err: SpellError | None,
                   attempt: int, records: list[Record], token: Any,
                   recovered: SpellError | None = None) -> None:
         d = self.dispatcher
         if d.has("tool_call_finished"):
-            d.observe("tool_call_finished", ToolResultContext(
-                call.run.correlation_id, call.name, copy_data(call.params), caller,
-                call.depth, copy_data(result), err, None if err is None else error_type(err),
-                time.perf_counter() - call.started, attempt, recovered), records, token)
+            d.observe_lazily("tool_call_finished", _result_context, (
+                call.run.correlation_id, call.name, call.params, call, result, err,
+                time.perf_counter() - call.started, attempt, recovered), call.run.hook_path,
+                token, keep_ok=False)
+
+
+def _started_context(run_id: str, tool: str, params: Any, call: ToolCall
+                     ) -> ToolCallContext:
+    return ToolCallContext(run_id, tool, copy_data(params), _caller(call), call.depth)
+
+
+def _result_context(run_id: str, tool: str, params: Any, call: ToolCall, result: Any,
+                    err: SpellError | None, duration: float, attempt: int,
+                    recovered: SpellError | None) -> ToolResultContext:
+    return ToolResultContext(run_id, tool, copy_data(params), _caller(call), call.depth,
+                             copy_data(result), err,
+                             None if err is None else error_type(err), duration, attempt,
+                             recovered)
 
 
 def d_run(hook: Hook, args: tuple, token: Any) -> Any:

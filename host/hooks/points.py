@@ -1,6 +1,7 @@
 """The hook points: one list, and the read-only context each point's hooks receive.
 
-Every point has a name (the same in Python, Lua and JavaScript), a context class and a
+Every point has a name (the same in Python, Lua and JavaScript), a context class (a
+read-only named tuple: ``ctx.tool``; ``ctx._replace(...)`` makes a changed copy) and a
 kind: *observer* points only tell (their hooks cannot change the run), *controller* points
 ask for a decision (a typed action, see :mod:`host.hooks.actions`).
 
@@ -30,14 +31,12 @@ after_task_failure       controller  TaskContext            (not fired yet: coor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 ErrorType = Literal["parse", "validation", "execution", "timeout"]
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
+class Caller(NamedTuple):
     """Where a tool call was made: the calling script's language and innermost frame."""
 
     language: str
@@ -47,8 +46,7 @@ class Caller:
     function: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class RunContext:
+class RunContext(NamedTuple):
     """``run_started``: a run of ``script`` (its file name) in ``language`` begins."""
 
     run_id: str
@@ -57,8 +55,7 @@ class RunContext:
     args: Any
 
 
-@dataclass(frozen=True, slots=True)
-class RunFinishedContext:
+class RunFinishedContext(NamedTuple):
     """``run_finished``: the run ended with ``result``, or with ``error`` (a SpellError),
     after ``duration`` seconds."""
 
@@ -70,8 +67,7 @@ class RunFinishedContext:
     duration: float
 
 
-@dataclass(frozen=True, slots=True)
-class ToolCallContext:
+class ToolCallContext(NamedTuple):
     """``tool_call_started`` and ``before_tool_call``: a script calls ``tool`` with
     ``params`` (a copy: changing it changes nothing), from ``caller``; ``depth`` counts
     tools-file calls around it."""
@@ -83,8 +79,7 @@ class ToolCallContext:
     depth: int
 
 
-@dataclass(frozen=True, slots=True)
-class ToolResultContext:
+class ToolResultContext(NamedTuple):
     """``tool_call_finished`` and ``after_tool_call``: the call's ``result``, or its
     ``error`` (the unified error) and ``error_type`` (``parse``: the parameters could not
     cross; ``validation``: the tool refused them; ``timeout``; ``execution``: anything
@@ -105,8 +100,7 @@ class ToolResultContext:
     recovered_from: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class ScriptErrorContext:
+class ScriptErrorContext(NamedTuple):
     """``script_error`` and ``after_script_error``: ``error`` escapes the script."""
 
     run_id: str
@@ -115,8 +109,7 @@ class ScriptErrorContext:
     error: Any
 
 
-@dataclass(frozen=True, slots=True)
-class RecoveryContext:
+class RecoveryContext(NamedTuple):
     """``retry``, ``fallback`` and ``degraded``: an event of the run's recovery history
     (see :mod:`host.history`): ``attempt`` the try that failed, ``delay`` the seconds
     waited before the next, ``error`` the code of the error recovery acted on, ``option``
@@ -130,8 +123,7 @@ class RecoveryContext:
     option: str | None
 
 
-@dataclass(frozen=True, slots=True)
-class CircuitContext:
+class CircuitContext(NamedTuple):
     """``circuit_changed``: the breaker of ``tool`` went from ``old`` to ``new``
     (``closed``, ``open``, ``half_open``)."""
 
@@ -140,26 +132,22 @@ class CircuitContext:
     new: str
 
 
-@dataclass(frozen=True, slots=True)
-class OutputContext:
+class OutputContext(NamedTuple):
     """``output``: the script (or a tools file) printed ``line``."""
 
     run_id: str
     line: str
 
 
-@dataclass(frozen=True, slots=True)
-class CancellationContext:
+class CancellationContext(NamedTuple):
     """``cancellation_started`` / ``cancellation_finished``: the run is cancelled
-    (``run.cancel(reason)``, e.g. by the coordinator) with ``reason``, a SpellError.
-    ``cancellation_started`` runs on a thread of its own, at once."""
+    (``run.cancel(reason)``, e.g. by the coordinator) with ``reason``, a SpellError."""
 
     run_id: str
     reason: Any
 
 
-@dataclass(frozen=True, slots=True)
-class TaskContext:
+class TaskContext(NamedTuple):
     """``task_started`` and ``task_finished``: try ``attempt`` (1-based: a task's own
     ``retry`` makes the next) of a coordinator task ``task_id`` running ``script`` (its
     file name) in ``language``. ``task_finished`` also has the try's ``status``
@@ -205,8 +193,13 @@ NOT_FIRED_YET = frozenset({"after_task_failure"})
 def copy_data(value: Any) -> Any:
     """A copy of JSON-like ``value`` (dicts and lists copied, the rest shared), so that
     a hook changing what its context shows changes nothing of the run."""
-    if isinstance(value, dict):
-        return {key: copy_data(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [copy_data(item) for item in value]
+    kind = type(value)
+    if kind is dict or (kind not in _SHARED and isinstance(value, dict)):
+        return {key: item if type(item) in _SHARED else copy_data(item)
+                for key, item in value.items()}
+    if kind is list or (kind not in _SHARED and isinstance(value, list)):
+        return [item if type(item) in _SHARED else copy_data(item) for item in value]
     return value
+
+
+_SHARED = frozenset({str, int, float, bool, type(None)})  # immutable: nothing to copy

@@ -1,0 +1,194 @@
+"""Observers' delivery: in order, on a thread of the host's, off the run's path.
+
+An observer cannot change the run, so the run does not wait for it: at a point, the
+run only queues the event (well under a microsecond), and one daemon thread per
+dispatcher calls the observers, in the order the events happened, while the run goes
+on. The run waits for its observers at two moments only:
+
+- at its end (:meth:`Delivery.flush`), so that when ``host.run`` returns every
+  observer has seen every event of the run, ``run_finished`` included, and the run's
+  hook path (where failures are recorded) is complete;
+- when :data:`MAX_PENDING` events are waiting (observers slower than the run): memory
+  stays bounded and the run goes at its observers' pace, as it would if it waited for
+  each of them.
+
+A sync observer past its budget cannot be stopped (Python cannot stop a thread): the
+first wait that finds it there (the next event's, or the run's end) abandons the thread
+to it, records ``hook/timeout`` and starts a new thread, which resumes with the next
+observer of the same event. An observer that returns past its budget is a ``hook/timeout``
+too. Async observers run on the run's event loop (``token``), within their budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from host.hooks.dispatch import Dispatcher, Hook, Record
+
+logger = logging.getLogger("polyspell")
+
+MAX_PENDING = 256  # events waiting for the observers: past it the run waits for them
+POLL = 0.01  # seconds between the observers' looks at the queue while events come
+IDLE_AFTER = 10  # looks that found nothing before waiting to be woken
+
+
+class _Event(NamedTuple):
+    point: str
+    make: Callable[..., Any]  # make(*args) is the context: made here, off the run's path
+    args: tuple
+    records: list[Record] | None  # where the observers' records go (a hook path)
+    token: Any  # the event loop of async observers (None: a loop of their own)
+    keep_ok: bool  # record observers that did fine too (else failures only)
+
+
+class _InFlight(NamedTuple):
+    event: _Event
+    context: Any
+    hook: Hook
+    rest: list[Hook]  # the event's observers after it
+    began: float  # perf_counter
+    deadline: float  # monotonic
+    generation: int  # of the thread running it
+
+
+class Delivery:
+    """The observers of one :class:`host.hooks.Dispatcher` (see the module docstring)."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        # while events come, the thread takes them in batches every POLL seconds, so that
+        # an event costs the run an append, not a wake-up of another thread
+        self._pending: deque[Any] = deque()
+        self._wake = threading.Event()
+        self._idle = False  # the thread waits to be woken (set it, then wake it)
+        self._lock = threading.Lock()
+        self._generation = 0  # the thread serving the queue: older ones were abandoned
+        self._started = False
+        self._current: _InFlight | None = None
+
+    def put(self, point: str, make: Callable[..., Any], args: tuple,
+            records: list[Record] | None, token: Any, keep_ok: bool, wait: bool = True
+            ) -> None:
+        """Queue one event for ``point``'s observers, whose context is ``make(*args)``
+        (the run's only cost: the context is made on the observers' thread); with too
+        many waiting, wait for them unless ``wait`` is false."""
+        if not self._started:
+            self._start(None)
+        self._abandon_if_stuck()
+        self._pending.append(_Event(point, make, args, records, token, keep_ok))
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+        if wait and len(self._pending) >= MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        """Wait until the observers have seen every event queued so far (each within
+        its budget: a stuck one is abandoned). Call it off the event loop."""
+        if not self._started:
+            return
+        done = threading.Event()
+        self._pending.append(done)
+        self._idle = False
+        self._wake.set()
+        while not done.wait(self._wait_for()):
+            self._abandon_if_stuck()
+
+    # -- the delivery thread -----------------------------------------------------------
+
+    def _start(self, resume: tuple[_Event, list[Hook]] | None) -> None:
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            self._started = True
+        threading.Thread(target=self._serve, args=(generation, resume), daemon=True,
+                         name="polyspell observers").start()
+
+    def _serve(self, generation: int, resume: tuple[_Event, list[Hook]] | None) -> None:
+        if resume is not None and not self._deliver(*resume, generation):
+            return
+        looks = 0
+        while True:
+            while self._pending:
+                item = self._pending.popleft()  # this thread is the only one taking
+                if isinstance(item, threading.Event):  # a flush
+                    item.set()
+                elif not self._deliver(item, None, generation):
+                    return  # abandoned to an observer past its budget: another serves
+                looks = 0
+            self._wake.clear()
+            if self._pending:
+                continue
+            if looks < IDLE_AFTER:
+                looks += 1
+                self._wake.wait(POLL)
+                continue
+            self._idle = True
+            if self._pending:  # came in before it was seen idle
+                self._idle = False
+                continue
+            self._wake.wait()
+            looks = 0
+
+    def _deliver(self, event: _Event, observers: list[Hook] | None, generation: int
+                 ) -> bool:
+        """Run ``observers`` (None: all of the event's point) on ``event``; False if
+        this thread was abandoned meanwhile."""
+        d = self._dispatcher
+        if observers is None:
+            observers = list(d.by_point.get(event.point, ()))
+        if not observers:
+            return True
+        try:
+            context = event.make(*event.args)
+        except Exception:  # e.g. a tool changing the result it returned meanwhile
+            logger.exception("polyspell could not make the context of %s for its observers",
+                             event.point)
+            return True
+        for index, hook in enumerate(observers):
+            began = time.perf_counter()
+            self._current = _InFlight(event, context, hook, observers[index + 1:], began,
+                                      time.monotonic() + hook.timeout, generation)
+            failure: BaseException | None = None
+            try:
+                d.run_observer(hook, context, event.token)
+            except BaseException as exc:  # an observer's bug changes nothing of the run
+                failure = exc
+            elapsed = time.perf_counter() - began
+            with self._lock:
+                if self._generation != generation:
+                    return False  # booked as past its budget by who abandoned it
+                self._current = None
+            d.book(hook, failure, elapsed, began, event.records, event.keep_ok)
+        return True
+
+    def _wait_for(self) -> float:
+        """Seconds to wait before looking for a stuck observer again."""
+        current = self._current
+        if current is None:
+            return 0.05
+        return min(0.05, max(0.001, current.deadline - time.monotonic()))
+
+    def _abandon_if_stuck(self) -> None:
+        current = self._current
+        if current is None or time.monotonic() < current.deadline:
+            return
+        with self._lock:
+            if self._current is not current or self._generation != current.generation:
+                return
+            self._current = None
+            self._generation += 1  # the stuck thread sees it when (if) its hook returns
+        self._dispatcher.book(current.hook, None, float("inf"), current.began,
+                              current.event.records, False)
+        self._start((current.event._replace(make=_same, args=(current.context,)),
+                     current.rest))
+
+
+def _same(context: Any) -> Any:
+    return context
