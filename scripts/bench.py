@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engines import Limits, engine_class  # noqa: E402
-from host import Breakers, CircuitBreaker, Host, Retry, tool  # noqa: E402
+from host import Breakers, CircuitBreaker, Host, Retry, hooks, tool  # noqa: E402
 
 
 @tool
@@ -401,15 +401,54 @@ def coordinator_rows(repeats: int) -> list[tuple[str, float, str, str]]:
         ]
 
 
+def added_cost(base: Host, other: Host, language: str, source: str, repeats: int
+               ) -> tuple[float, float]:
+    """Round trips of ``base`` and ``other`` measured in turn: the median of ``base``'s
+    and what ``other`` adds to it (median of the differences of each pair), in seconds."""
+    pairs = [(tool_round_trip(base, language, source, 20_000),
+              tool_round_trip(other, language, source, 20_000)) for _ in range(repeats)]
+    return (statistics.median(b for b, _ in pairs),
+            statistics.median(o - b for b, o in pairs))
+
+
+@hooks.observer("tool_call_finished")
+def watch_calls(ctx: hooks.ToolResultContext) -> None:
+    """The smallest observer."""
+
+
+@hooks.controller("after_tool_call")
+def pass_calls(ctx: hooks.ToolResultContext) -> None:
+    """The smallest controller: answers Continue."""
+
+
+def hooks_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """What hooks add to a Lua tool round trip, each against no hooks in the same run."""
+    us = 1e6
+    plain = Host([add], on_output=lambda line: None)
+    rows = []
+    base, _ = added_cost(plain, plain, "lua", LUA_LOOP, repeats)
+    rows.append(("round trip, Lua, no hooks registered", base * us, "us", ""))
+    for name, hook in (("one Python observer (tool_call_finished)", watch_calls),
+                       ("one Python controller (after_tool_call)", pass_calls)):
+        hooked = Host([add], on_output=lambda line: None, hooks=[hook])
+        _, extra = added_cost(plain, hooked, "lua", LUA_LOOP, repeats)
+        rows.append((f"  + {name}", extra * us, "us",
+                     "<= 2" if "observer" in name else ""))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["coordinator"],
+    parser.add_argument("--only", choices=["coordinator", "hooks"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
     if options.only == "coordinator":
         print_table(repeats, coordinator_rows(repeats))
+        return
+    if options.only == "hooks":
+        print_table(repeats, hooks_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -471,6 +510,7 @@ def main() -> None:
     rows.append(("polyspell run hello.lua, end to end",
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 
+    rows += hooks_rows(repeats)
     rows += coordinator_rows(repeats)
     print_table(repeats, rows)
 

@@ -896,3 +896,31 @@ def test_a_controller_past_its_budget_has_the_tools_error_as_cause(language):
             "return tools.boom({reason: 'r'});")
     assert info.value.code == "hook/timeout"
     assert info.value.cause.code == "tool/execution_failed"
+
+
+def test_a_host_no_longer_used_takes_its_observers_thread_with_it(language, monkeypatch):
+    import gc
+
+    from host.hooks import delivery
+
+    monkeypatch.setattr(delivery, "IDLE_AFTER", 1)
+    monkeypatch.setattr(delivery, "IDLE_CHECK", 0.02)
+
+    def observers_threads() -> int:
+        return sum(t.name == "polyspell observers" for t in threading.enumerate())
+
+    before = observers_threads()
+
+    @hooks.observer("tool_call_finished")
+    def watch(ctx):
+        pass
+
+    host = Host([add], hooks=[watch])
+    run(host, language, "return tools.add({a = 1, b = 1})", "return tools.add({a: 1, b: 1});")
+    assert observers_threads() == before + 1
+    del host
+    deadline = time.monotonic() + 5
+    while observers_threads() > before and time.monotonic() < deadline:
+        gc.collect()  # the host's dispatcher and its delivery refer to each other
+        time.sleep(0.02)
+    assert observers_threads() == before

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -36,6 +37,7 @@ logger = logging.getLogger("polyspell")
 MAX_PENDING = 256  # events waiting for the observers: past it the run waits for them
 POLL = 0.01  # seconds between the observers' looks at the queue while events come
 IDLE_AFTER = 10  # looks that found nothing before waiting to be woken
+IDLE_CHECK = 5.0  # seconds between an idle thread's looks at whether its host is gone
 
 
 class _Event(NamedTuple):
@@ -104,15 +106,17 @@ class Delivery:
 
     def _start(self, resume: tuple[_Event, list[Hook]] | None) -> None:
         with self._lock:
+            if self._started and resume is None:
+                return  # another caller started it meanwhile
             self._generation += 1
             generation = self._generation
             self._started = True
-        threading.Thread(target=self._serve, args=(generation, resume), daemon=True,
-                         name="polyspell observers").start()
+        threading.Thread(target=_serve, args=(weakref.ref(self), generation, resume),
+                         daemon=True, name="polyspell observers").start()
 
-    def _serve(self, generation: int, resume: tuple[_Event, list[Hook]] | None) -> None:
-        if resume is not None and not self._deliver(*resume, generation):
-            return
+    def _serve_until_idle(self, generation: int) -> threading.Event | None:
+        """Deliver what comes until nothing has come for a while: then the event to wait
+        on (the thread is idle), or None if this thread was abandoned."""
         looks = 0
         while True:
             while self._pending:
@@ -120,7 +124,7 @@ class Delivery:
                 if isinstance(item, threading.Event):  # a flush
                     item.set()
                 elif not self._deliver(item, None, generation):
-                    return  # abandoned to an observer past its budget: another serves
+                    return None  # abandoned to an observer past its budget
                 looks = 0
             self._wake.clear()
             if self._pending:
@@ -133,8 +137,7 @@ class Delivery:
             if self._pending:  # came in before it was seen idle
                 self._idle = False
                 continue
-            self._wake.wait()
-            looks = 0
+            return self._wake
 
     def _deliver(self, event: _Event, observers: list[Hook] | None, generation: int
                  ) -> bool:
@@ -188,6 +191,27 @@ class Delivery:
                               current.event.records, False)
         self._start((current.event._replace(make=_same, args=(current.context,)),
                      current.rest))
+
+
+def _serve(ref: weakref.ref[Delivery], generation: int,
+           resume: tuple[_Event, list[Hook]] | None) -> None:
+    """The observers' thread. It holds its delivery only while it delivers, so that a
+    host no longer used is collected, and then its idle thread ends."""
+    delivery = ref()
+    if delivery is None or (resume is not None and not delivery._deliver(*resume,
+                                                                          generation)):
+        return
+    while True:
+        wake = delivery._serve_until_idle(generation)
+        if wake is None:
+            return
+        del delivery
+        while not wake.wait(IDLE_CHECK):
+            if ref() is None:
+                return
+        delivery = ref()
+        if delivery is None:
+            return
 
 
 def _same(context: Any) -> Any:
