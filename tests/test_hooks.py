@@ -906,8 +906,8 @@ def test_a_host_no_longer_used_takes_its_observers_thread_with_it(language, monk
     monkeypatch.setattr(delivery, "IDLE_AFTER", 1)
     monkeypatch.setattr(delivery, "IDLE_CHECK", 0.02)
 
-    def observers_threads() -> int:
-        return sum(t.name == "polyspell observers" for t in threading.enumerate())
+    def observers_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "polyspell observers"}
 
     before = observers_threads()
 
@@ -917,10 +917,10 @@ def test_a_host_no_longer_used_takes_its_observers_thread_with_it(language, monk
 
     host = Host([add], hooks=[watch])
     run(host, language, "return tools.add({a = 1, b = 1})", "return tools.add({a: 1, b: 1});")
-    assert observers_threads() == before + 1
+    (its,) = observers_threads() - before
     del host
     deadline = time.monotonic() + 5
-    while observers_threads() > before and time.monotonic() < deadline:
-        gc.collect()  # the host's dispatcher and its delivery refer to each other
-        time.sleep(0.02)
-    assert observers_threads() == before
+    while its.is_alive() and time.monotonic() < deadline:
+        gc.collect()
+        its.join(0.05)
+    assert not its.is_alive()

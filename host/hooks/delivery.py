@@ -63,7 +63,9 @@ class Delivery:
     """The observers of one :class:`host.hooks.Dispatcher` (see the module docstring)."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
-        self._dispatcher = dispatcher
+        # not a strong reference: a host no longer used is freed at once, and its idle
+        # thread then ends (see _serve)
+        self._dispatcher = weakref.ref(dispatcher)
         # while events come, the thread takes them in batches every POLL seconds, so that
         # an event costs the run an append, not a wake-up of another thread
         self._pending: deque[Any] = deque()
@@ -143,7 +145,9 @@ class Delivery:
                  ) -> bool:
         """Run ``observers`` (None: all of the event's point) on ``event``; False if
         this thread was abandoned meanwhile."""
-        d = self._dispatcher
+        d = self._dispatcher()
+        if d is None:
+            return True
         if observers is None:
             observers = list(d.by_point.get(event.point, ()))
         if not observers:
@@ -187,8 +191,10 @@ class Delivery:
                 return
             self._current = None
             self._generation += 1  # the stuck thread sees it when (if) its hook returns
-        self._dispatcher.book(current.hook, None, float("inf"), current.began,
-                              current.event.records, False)
+        d = self._dispatcher()
+        if d is not None:
+            d.book(current.hook, None, float("inf"), current.began, current.event.records,
+                   False)
         self._start((current.event._replace(make=_same, args=(current.context,)),
                      current.rest))
 
