@@ -1,5 +1,5 @@
-"""Recovery policies from a config file: ``polyspell.toml``, or ``[tool.polyspell]`` of a
-``pyproject.toml``.
+"""Recovery policies (and hooks) from a config file: ``polyspell.toml``, or
+``[tool.polyspell]`` of a ``pyproject.toml``.
 
 The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by field)::
 
@@ -41,6 +41,10 @@ defaults for every tool. ``[tools.<name>.errors."<code>"]`` sets a per-error ret
 tool (level 2). After each failed try the retry layer asks the retry of the error's code,
 else of its category, else the tool's ``retry`` (none: not retried); one count of tries
 and one clock run through them all.
+
+``[hooks]`` names hook presets and hooks files (:mod:`host.hooks.files`): ``Host(config=)``
+and ``Coordinator(config=)`` register them before their own ``hooks``, and ``polyspell
+run/plan``'s ``--hooks`` and ``--hooks-file`` add to them.
 
 ``Host(config=)``, ``Coordinator(config=)`` and ``polyspell run/plan --config`` read a
 file; only the command line falls back to ``[tool.polyspell]`` of ``./pyproject.toml``
