@@ -94,8 +94,8 @@ def test_an_unknown_preset_is_refused_before_the_script_runs(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "configuration/invalid_value: Invalid configuration value for --hooks: unknown hook "
-        "preset 'loging' (the presets: logging, verbose_logging, timing, error_logging, "
-        "monitoring, silent)")
+        "preset 'loging' (did you mean 'logging'? the presets: logging, verbose_logging, "
+        "timing, error_logging, monitoring, silent)")
     assert not marker.exists()
     plan = polyspell("plan", tmp_path / "missing.toml", "--hooks", "nope")
     assert plan.returncode == 2

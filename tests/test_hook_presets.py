@@ -195,6 +195,26 @@ def test_error_logging_tells_a_degraded_answer_as_recovered(language, caplog):
     assert all("Recovered: no" not in b for b in blocks)
 
 
+def test_a_fallback_is_logged_and_its_error_told_as_being_recovered(language, caplog):
+    caplog.set_level(logging.INFO, logger="polyspell")
+    host = Host(TOOLS, hooks=presets.monitoring(),
+                recovery={"boom": {"fallback": [{"value": "backup"}]}})
+    assert run(host, language, "local r = tools.boom{reason = 'x'}\nreturn r",
+               "const r = tools.boom({reason: 'x'});\nreturn r;") == "backup"
+    lines = messages(caplog)
+    assert any(re.fullmatch(r"fallback: boom -> a default value \(after "
+                            r"tool/execution_failed\) \[run [0-9a-f]{8}\]", line)
+               for line in lines), lines
+    (block,) = [r for r in records(caplog) if r.getMessage().startswith("❌")]
+    assert block.levelname == "WARNING"
+    assert block.getMessage().split("\n")[:3] == [
+        "❌ Tool error: boom", "   Error: tool/execution_failed",
+        "   Recovered: falling back to a default value (if it fails too, the call's own "
+        "block follows)"]
+    assert any(line.startswith(f"tool ok: boom from agent.{pick(language, 'lua', 'js')}:1")
+               for line in lines)
+
+
 # -- timing ------------------------------------------------------------------------------
 
 

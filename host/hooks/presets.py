@@ -47,6 +47,7 @@ another).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging as _logging
 import math
@@ -258,7 +259,8 @@ def logging(verbose: bool = False) -> Preset:
     @observer("fallback", name="presets.logging.fallback")
     def fell_back(ctx: Any) -> None:
         logger.info("fallback: %s -> %s (after %s) [run %s]", _text(ctx.tool),
-                    _text(ctx.option or "the next option"), _text(ctx.error),
+                    _FALLBACKS.get(ctx.option) or _text(ctx.option or "the next option"),
+                    _text(ctx.error),
                     _run(ctx.run_id))
 
     @observer("degraded", name="presets.logging.degraded")
@@ -425,6 +427,9 @@ def _block(title: str, lines: list[tuple[str, str]]) -> str:
     return "\n".join([f"❌ {title}", *(f"   {key}: {value}" for key, value in lines)])
 
 
+_FALLBACKS = {"value": "a default value", "cached": "the cached result"}  # bridge.render's
+
+
 def error_logging() -> Preset:
     """One block per failed tool call or failed run, in the spirit of the seed's
     ``❌ Gadget Error``::
@@ -460,8 +465,10 @@ def error_logging() -> Preset:
     def fell_back(ctx: Any) -> None:
         if ctx.error is None:  # a degradation level's cached answer: no error to report
             return
+        option = _FALLBACKS.get(ctx.option) or _text(ctx.option or "the next option")
         lines = [("Error", _text(ctx.error)),
-                 ("Recovered", f"trying the fallback {_text(ctx.option or 'the next option')}"),
+                 ("Recovered", f"falling back to {option} (if it fails too, the call's own "
+                               f"block follows)"),
                  ("Run", _run(ctx.run_id))]
         logger.warning("%s", _block(f"Tool error: {_text(ctx.tool)}", lines))
 
@@ -607,9 +614,11 @@ def named(names: Iterable[str], key: str = "--hooks") -> Preset:
     for name in names:
         factory = PRESETS.get(name)
         if factory is None:
+            close = difflib.get_close_matches(name, list(PRESETS), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise ConfigurationError.InvalidValue(
                 key=key, value=_text(name),
-                reason=f"unknown hook preset {_text(name)!r} (the presets: "
+                reason=f"unknown hook preset {_text(name)!r} ({hint}the presets: "
                        f"{', '.join(PRESETS)})")
         chosen.append(factory())
     return merge(*chosen)
