@@ -906,10 +906,12 @@ def test_a_host_no_longer_used_takes_its_observers_thread_with_it(language, monk
     monkeypatch.setattr(delivery, "IDLE_AFTER", 1)
     monkeypatch.setattr(delivery, "IDLE_CHECK", 0.02)
 
-    def observers_threads() -> int:
-        return sum(t.name == "polyspell observers" for t in threading.enumerate())
+    # threads of earlier tests' hosts (ending now that IDLE_AFTER is short) are not counted
+    before = {t for t in threading.enumerate() if t.name == "polyspell observers"}
 
-    before = observers_threads()
+    def observers_threads() -> int:
+        return sum(t.name == "polyspell observers" and t not in before
+                   for t in threading.enumerate())
 
     @hooks.observer("tool_call_finished")
     def watch(ctx):
@@ -917,10 +919,10 @@ def test_a_host_no_longer_used_takes_its_observers_thread_with_it(language, monk
 
     host = Host([add], hooks=[watch])
     run(host, language, "return tools.add({a = 1, b = 1})", "return tools.add({a: 1, b: 1});")
-    assert observers_threads() == before + 1
+    assert observers_threads() == 1
     del host
     deadline = time.monotonic() + 5
-    while observers_threads() > before and time.monotonic() < deadline:
+    while observers_threads() > 0 and time.monotonic() < deadline:
         gc.collect()  # the host's dispatcher and its delivery refer to each other
         time.sleep(0.02)
-    assert observers_threads() == before
+    assert observers_threads() == 0
