@@ -107,6 +107,28 @@ def echo(text: str) -> str:
     return text
 
 
+@tool
+def login(user: str, password: str, options: dict) -> str:
+    """Fails, whatever it is given."""
+    raise PermissionError("denied")
+
+
+def test_parameters_that_name_secrets_are_never_shown(language, caplog):
+    caplog.set_level(logging.INFO, logger="polyspell")
+    host = Host([login], hooks=presets.merge(presets.logging(verbose=True),
+                                             presets.error_logging()))
+    run(host, language,
+        "pcall(tools.login, {user = 'ann', password = 'hunter2', "
+        "options = {API_KEY = 'k-123', nested = {auth_token = 'abc'}}})",
+        "try { tools.login({user: 'ann', password: 'hunter2', "
+        "options: {API_KEY: 'k-123', nested: {auth_token: 'abc'}}}); } catch (e) {}")
+    shown = "\n".join(messages(caplog))
+    assert '"user": "ann"' in shown and '"password": "***"' in shown
+    assert '"API_KEY": "***"' in shown and '"auth_token": "***"' in shown
+    for secret in ("hunter2", "k-123", "abc"):
+        assert secret not in shown
+
+
 # -- error logging -----------------------------------------------------------------------
 
 

@@ -34,7 +34,9 @@ shows everything; ``logging.getLogger("polyspell").setLevel(...)`` or a handler 
 that was recovered (and a fallback being tried), ERROR for one that was not; timing's
 per-call lines are DEBUG. A script's text (parameters, results, messages, file names) is
 shown on one line with its control characters escaped (:func:`host.lines.shown_text`) and
-cut, so a hostile script cannot forge a log line, colour a terminal or flood the log.
+cut, so a hostile script cannot forge a log line, colour a terminal or flood the log; the
+values of keys that name secrets (``password``, ``token``, ``api_key``, ``auth``...) are
+shown as ``"***"`` (an error's message is the tool's own: it is shown, cut).
 
 **Merging.** ``merge`` flattens presets and hooks, in order, into one :class:`Preset`:
 the same hook object given twice is kept once; the same preset given twice (``merge(
@@ -51,6 +53,7 @@ import difflib
 import json
 import logging as _logging
 import math
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -101,9 +104,14 @@ def _text(value: Any, limit: int = NAME_CHARS) -> str:
     return shown_text(value if isinstance(value, str) else str(value), limit=limit)
 
 
+_SECRET = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|auth(?!or)|credential|private[_-]?key|"
+                     r"cookie|session", re.IGNORECASE)
+
+
 def _data(value: Any, limit: int = SHOWN_CHARS) -> str:
     """JSON-like data from a script as JSON text on one line, escaped and cut; the work
-    is bounded by ``limit`` too (a 10 MB parameter is not encoded whole)."""
+    is bounded by ``limit`` too (a 10 MB parameter is not encoded whole). The value of a
+    key that names a secret (``password``, ``api_key``, ``token``...) is ``"***"``."""
     parts: list[str] = []
     room = [limit + 1]  # one more: to know that it was cut
 
@@ -128,8 +136,12 @@ def _data(value: Any, limit: int = SHOWN_CHARS) -> str:
             if not add("{"):
                 return False
             for n, (key, sub) in enumerate(item.items()):
-                if (n and not add(", ")) or not walk(str(key), depth + 1) \
-                        or not add(": ") or not walk(sub, depth + 1):
+                if (n and not add(", ")) or not walk(str(key), depth + 1) or not add(": "):
+                    return False
+                if _SECRET.search(str(key)[:100]):  # never a password in a log
+                    if not add('"***"'):
+                        return False
+                elif not walk(sub, depth + 1):
                     return False
             return add("}")
         if isinstance(item, (list, tuple)):
