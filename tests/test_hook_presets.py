@@ -129,6 +129,16 @@ def test_parameters_that_name_secrets_are_never_shown(language, caplog):
         assert secret not in shown
 
 
+@pytest.mark.parametrize("key,secret", [
+    ("password", True), ("apiKey", True), ("X-Auth-Token", True), ("authorization", True),
+    ("client_secret", True), ("private_key", True), ("sessionId", True),
+    ("max_tokens", False), ("author", False), ("passage", False), ("query", False)])
+def test_which_parameter_names_are_secrets(key, secret):
+    from host.hooks.presets import _data
+
+    assert (_data({key: "v"}) == f'{{"{key}": "***"}}') is secret
+
+
 # -- error logging -----------------------------------------------------------------------
 
 

@@ -104,8 +104,19 @@ def _text(value: Any, limit: int = NAME_CHARS) -> str:
     return shown_text(value if isinstance(value, str) else str(value), limit=limit)
 
 
-_SECRET = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|auth(?!or)|credential|private[_-]?key|"
-                     r"cookie|session", re.IGNORECASE)
+_SECRET_WORDS = frozenset({"password", "passwd", "pass", "secret", "token", "apikey", "auth",
+                           "authorization", "credential", "credentials", "cookie",
+                           "session", "sessionid", "privatekey", "passphrase"})
+_SECRET_PAIRS = ("api_key", "private_key", "access_key", "secret_key", "session_id")
+
+
+def _secret(key: str) -> bool:
+    """Whether a parameter named ``key`` holds a secret: one of its words (``api_key``,
+    ``apiKey``, ``X-Auth-Token``...) names one. ``max_tokens`` and ``author`` do not."""
+    words = re.findall(r"[a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key[:100]).lower())
+    joined = "_".join(words)
+    return any(word in _SECRET_WORDS for word in words) or any(
+        pair in joined for pair in _SECRET_PAIRS)
 
 
 def _data(value: Any, limit: int = SHOWN_CHARS) -> str:
@@ -138,7 +149,7 @@ def _data(value: Any, limit: int = SHOWN_CHARS) -> str:
             for n, (key, sub) in enumerate(item.items()):
                 if (n and not add(", ")) or not walk(str(key), depth + 1) or not add(": "):
                     return False
-                if _SECRET.search(str(key)[:100]):  # never a password in a log
+                if _secret(str(key)):  # never a password in a log
                     if not add('"***"'):
                         return False
                 elif not walk(sub, depth + 1):
