@@ -126,8 +126,8 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="a polyspell config file (TOML): recovery policies in "
                         "[recovery] (defaults for every tool), [tools.<name>] and "
-                        "[errors.\"<code>\"] tables; without it, the [tool.polyspell] "
-                        "table of ./pyproject.toml when there is one")
+                        "[errors.\"<code>\"] tables, hooks in [hooks]; without it, the "
+                        "[tool.polyspell] table of ./pyproject.toml when there is one")
 
 
 # host.hooks.presets.PRESETS, named here so that the parser imports no hooks (a test
