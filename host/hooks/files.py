@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,8 +70,8 @@ def _located(err: SpellError, path: Path) -> SpellError:
                                            value=err.fields.get("value"), reason=reason)
 
 
-def load_hooks(presets: list[str] = (), files: list[str | os.PathLike[str]] = (), *,
-               key: str = "--hooks") -> Preset:
+def load_hooks(presets: Iterable[str] = (), files: Iterable[str | os.PathLike[str]] = (),
+               *, key: str = "--hooks") -> Preset:
     """The presets named in ``presets`` and the hooks of ``files``, merged in that order
     (each file loaded once, however often it is named)."""
     items: list[Any] = [named(presets, key)]
