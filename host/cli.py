@@ -7,8 +7,10 @@ Exit codes: 0 success; 1 the script (or plan) failed; 2 usage or configuration e
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from host.lines import write_lines
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--args-json", metavar="JSON", help="the script's args as a JSON object")
     _add_tools_option(run)
     _add_config_option(run)
+    _add_hooks_options(run)
     run.add_argument("--timeout", type=float, default=30.0, metavar="S",
                      help="wall-clock limit for the run in seconds (default 30)")
     run.add_argument("--memory-mb", type=int, default=256, metavar="N",
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("plan", help="the plan file (TOML)")
     _add_tools_option(plan)
     _add_config_option(plan)
+    _add_hooks_options(plan)
     plan.add_argument("--strategy", choices=["propagate", "collect", "cancel_dependents",
                                              "isolate"],
                       help="what a failure does to the other tasks (overrides the plan's)")
@@ -122,8 +126,77 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="a polyspell config file (TOML): recovery policies in "
                         "[recovery] (defaults for every tool), [tools.<name>] and "
-                        "[errors.\"<code>\"] tables; without it, the [tool.polyspell] "
-                        "table of ./pyproject.toml when there is one")
+                        "[errors.\"<code>\"] tables, hooks in [hooks]; without it, the "
+                        "[tool.polyspell] table of ./pyproject.toml when there is one")
+
+
+# host.hooks.presets.PRESETS, named here so that the parser imports no hooks (a test
+# keeps the two the same)
+HOOK_PRESETS = ("logging", "verbose_logging", "timing", "error_logging", "monitoring",
+                "silent")
+
+
+def _add_hooks_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hooks", action="append", default=[], metavar="NAMES",
+                        help=f"hook presets, comma-separated (repeatable): "
+                        f"{', '.join(HOOK_PRESETS)}; their log lines go to stderr")
+    parser.add_argument("--hooks-file", action="append", default=[], metavar="FILE",
+                        help="a Python file whose hooks (@hooks.observer, "
+                        "@hooks.controller at its top level) are registered (repeatable)")
+
+
+def _cli_hooks(args: argparse.Namespace) -> Any:
+    """The hooks of ``--hooks`` and ``--hooks-file`` (a config's ``[hooks]`` are the
+    host's to add, before them); an unknown preset or a bad file is a configuration
+    error, before anything runs."""
+    names = [name.strip() for item in args.hooks for name in item.split(",") if name.strip()]
+    if not names and not args.hooks_file:
+        return ()
+    from host.hooks.files import load_hooks
+
+    return load_hooks(names, args.hooks_file)
+
+
+@contextlib.contextmanager
+def _hook_logs(hooks: Any, config: Any, write: Any = None) -> Iterator[None]:
+    """While a command runs with hooks from the command line or the config file, show the
+    ``polyspell`` logger's records (INFO and up: the presets' lines) on stderr, one whole
+    block per record, ``polyspell: `` before it, unless logging was configured (a handler
+    on ``polyspell`` or on the root logger, which a hooks or tools file may add).
+    ``write(text)`` writes a record (default :func:`host.lines.write_lines`)."""
+    ours, root = logging.getLogger("polyspell"), logging.getLogger()
+    wanted = bool(hooks) or (config is not None and getattr(config, "hooks", None)
+                             is not None)
+    if not wanted or ours.handlers or root.handlers:
+        yield
+        return
+    handler = _LinesHandler(write or write_lines)
+    handler.setFormatter(logging.Formatter("polyspell: %(message)s"))
+    level = ours.level
+    ours.addHandler(handler)
+    if level == logging.NOTSET:
+        ours.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+
+
+class _LinesHandler(logging.Handler):
+    """A logging handler writing each record whole on the current stderr, through the
+    one writer of lines (so it never lands inside a script's output line), or through the
+    plan's live progress display."""
+
+    def __init__(self, write: Any) -> None:
+        super().__init__()
+        self.write = write
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(self.format(record))
+        except Exception:  # as logging's own handlers do: never raise into the caller
+            self.handleError(record)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -275,11 +348,14 @@ def _run(args: argparse.Namespace) -> int:
 
         from host.host import Host
 
+        config = _config(args)
+        hooks = _cli_hooks(args)
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
-                    sandbox=args.sandbox, config=_config(args),
+                    sandbox=args.sandbox, config=config, hooks=hooks,
                     on_human_input=_terminal_input())
         run = host.new_run(args.script, script_args)  # its recovery history is reported
-        result = anyio.run(run.execute)
+        with _hook_logs(hooks, config):
+            result = anyio.run(run.execute)
     except SpellError as err:
         code = _report_failure(err, args, run)
         _report_degraded(run)
@@ -411,16 +487,19 @@ def _plan(args: argparse.Namespace) -> int:
     try:
         from host.coordinator import Coordinator
 
+        config = _config(args)
+        hooks = _cli_hooks(args)
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
-                                  config=_config(args))
+                                  config=config, hooks=hooks)
         plan = coordinator.prepare(args.plan, strategy=args.strategy,
                                    max_concurrency=args.max_concurrency)
         if progress is None:
-            report = coordinator.run(plan)
+            with _hook_logs(hooks, config):
+                report = coordinator.run(plan)
         else:
             coordinator.on_task_started(progress.started)
             coordinator.on_task_completed(progress.completed)
-            with progress.live(plan):
+            with progress.live(plan), _hook_logs(hooks, config, progress.log):
                 report = coordinator.run(plan)
     except SpellError as err:
         return _report_failure(err, args)
@@ -533,6 +612,15 @@ class _PlanProgress:
         self.bar.console.print(f"[{color}]{escape(line)}[/]")
         self.bar.advance(self.row)
         self._describe()
+
+    def log(self, text: str) -> None:
+        """A hook preset's log record, above the live display."""
+        if self.bar is None:
+            write_lines(text)
+        else:
+            from rich.markup import escape
+
+            self.bar.console.print(escape(text), highlight=False, emoji=False)
 
     def output(self, task_id: str, line: str) -> None:
         if self.bar is None:

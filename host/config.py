@@ -1,5 +1,5 @@
-"""Recovery policies from a config file: ``polyspell.toml``, or ``[tool.polyspell]`` of a
-``pyproject.toml``.
+"""Recovery policies (and hooks) from a config file: ``polyspell.toml``, or
+``[tool.polyspell]`` of a ``pyproject.toml``.
 
 The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by field)::
 
@@ -17,6 +17,10 @@ The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by 
 
     [degradation]                    # the host's levels (Host(degradation=) wins over it)
     levels = [ { name = "cached", when_open = 1 }, { name = "fail", when_open = 3 } ]
+
+    [hooks]                          # hook presets and hooks files (host.hooks.files)
+    presets = ["error_logging", "timing"]
+    files = ["hooks.py"]             # relative to this file
 
 Precedence, most specific first (a policy given at a level replaces the whole policy of
 the levels below it; policies are not merged field by field):
@@ -37,6 +41,10 @@ defaults for every tool. ``[tools.<name>.errors."<code>"]`` sets a per-error ret
 tool (level 2). After each failed try the retry layer asks the retry of the error's code,
 else of its category, else the tool's ``retry`` (none: not retried); one count of tries
 and one clock run through them all.
+
+``[hooks]`` names hook presets and hooks files (:mod:`host.hooks.files`): ``Host(config=)``
+and ``Coordinator(config=)`` register them before their own ``hooks``, and ``polyspell
+run/plan``'s ``--hooks`` and ``--hooks-file`` add to them.
 
 ``Host(config=)``, ``Coordinator(config=)`` and ``polyspell run/plan --config`` read a
 file; only the command line falls back to ``[tool.polyspell]`` of ``./pyproject.toml``
@@ -61,9 +69,9 @@ import tomllib
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from bridge import ConfigurationError, SpellError
 from host.recovery.degrade import Degradation
@@ -75,10 +83,33 @@ PYPROJECT_TABLE = ("tool", "polyspell")
 Path_ = tuple[str | int, ...]  # a place in a TOML document: keys, and indexes in arrays
 
 
+def _known_preset(name: str) -> str:
+    from host.hooks.presets import PRESETS
+
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(f"unknown hook preset {name[:100]!r} ({hint}the presets: "
+                         f"{', '.join(PRESETS)})")
+    return name
+
+
+class HooksTable(BaseModel):
+    """A config file's ``[hooks]``: ``presets``, names of :mod:`host.hooks.presets`
+    (``--hooks``'s names), and ``files``, Python hooks files (``--hooks-file``), relative
+    to the config file. Loaded by :func:`host.hooks.files.config_hooks`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    presets: list[Annotated[str, AfterValidator(_known_preset)]] = []
+    files: list[str] = []
+
+
 class Config(BaseModel):
     """A polyspell config file, validated: ``recovery`` (the defaults for every tool),
-    ``tools`` (each tool's own policies), ``errors`` (per error code or category) and
-    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`).
+    ``tools`` (each tool's own policies), ``errors`` (per error code or category),
+    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`) and
+    ``hooks`` (presets and hooks files, :mod:`host.hooks.files`).
 
     Load one with :func:`load_config` (or :func:`load_pyproject`); build one from a
     mapping with :meth:`from_mapping`. :meth:`policies` resolves each tool's policies
@@ -91,11 +122,13 @@ class Config(BaseModel):
     tools: dict[str, ToolRecovery] = {}
     errors: dict[ErrorCode, ErrorRecovery] = {}
     degradation: Degradation | None = None
+    hooks: HooksTable | None = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in
     _prefix: Path_ = PrivateAttr(())  # where the table is in the file ([tool.polyspell])
     _lines: dict[Path_, int] | None = PrivateAttr(None)
+    _hooks: Any = PrivateAttr(None)  # [hooks] loaded (host.hooks.files.config_hooks): once
 
     def __init__(self, **data: Any) -> None:
         from host.recovery.model import VALIDATING

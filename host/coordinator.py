@@ -45,6 +45,7 @@ import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
 from host.history import RecoveryHistory, recovery_event
+from host.hooks.files import with_config_hooks
 from host.hooks.points import TaskContext, copy_data
 from host.host import (
     MAX_TIMEOUT,
@@ -244,7 +245,7 @@ class Coordinator:
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory, on_human_input=on_human_input,
-                          hooks=hooks)
+                          hooks=with_config_hooks(hooks, config))  # [hooks] first
         self.engine_factory = self._host.engine_factory
         self.hooks = self._host.hooks  # the one dispatcher (None: no hooks, no cost)
         self._listeners: dict[str, list[tuple[str | None, Callback]]] = {

@@ -65,7 +65,8 @@ class Host:
     :class:`host.recovery.Degradation`; see :mod:`host.recovery.degrade`), followed in
     ``host.degradation``. ``config`` is a config file's path (a ``polyspell.toml``) or a
     loaded :class:`host.config.Config`: its ``[recovery]`` defaults, ``[tools.<name>]``
-    and ``[errors."<code>"]`` tables, its ``[degradation]`` levels; ``recovery`` wins over
+    and ``[errors."<code>"]`` tables, its ``[degradation]`` levels, its ``[hooks]``
+    (registered before ``hooks``: see :mod:`host.hooks.files`); ``recovery`` wins over
     it tool by tool, and ``degradation`` over its levels (the precedence:
     :mod:`host.config`). ``on_human_input(question)`` (sync or async) answers a tool's
     ``AskHuman`` with a string (see :mod:`host.steer`); without it, no one is asked.
@@ -104,15 +105,19 @@ class Host:
         check_callable("on_human_input", on_human_input)
         self.on_human_input = on_human_input
         check_callable("on_tool_error", on_tool_error)
+        if config is not None:  # a bad file fails before any tools file loads
+            from host.config import as_config
+
+            config = as_config(config)
+            if config.hooks is not None:  # its [hooks] first, then the argument's
+                from host.hooks.files import with_config_hooks
+
+                hooks = with_config_hooks(hooks, config)
         self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)
         self.layers: list[Layer] = list(layers)
         for layer in self.layers:
             check_callable("layers", layer)
         items = tool_items(tools)
-        if config is not None:  # a bad file fails before any tools file loads
-            from host.config import as_config
-
-            config = as_config(config)
         if sandbox not in SANDBOXES:
             raise ConfigurationError.InvalidValue(
                 key="sandbox", value=str(sandbox),

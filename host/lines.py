@@ -1,4 +1,6 @@
-"""The one writer of the lines polyspell prints about runs: script output, plan progress.
+"""The one writer of the lines polyspell prints about runs (script output, plan progress,
+hook presets' log lines), and :func:`shown_text`, what makes a script's text safe to show
+in them.
 
 Runs print from their own threads, concurrently. ``print(text, file=sys.stderr)`` writes
 the text and the newline in two calls, so two threads' lines merge
@@ -30,3 +32,16 @@ def write_lines(text: str, *, prefix: str = "", stream: TextIO | None = None) ->
     with _lock:
         stream.write(block)
         stream.flush()
+
+
+def shown_text(text: str, *, limit: int, keep: str = "") -> str:
+    """``text`` as safe to show among polyspell's lines: every character that is not
+    printable (a newline that would start a forged line, an ANSI escape sequence, a bidi
+    override) shown as its backslash escape, except those in ``keep``; cut to ``limit``
+    characters with the total said (``... (12000 characters)``)."""
+    size = len(text)
+    if size > limit:
+        text = text[:limit]
+    text = "".join(ch if ch in keep or (ch.isprintable() and ch != "\x7f")
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return text + f"... ({size} characters)" if size > limit else text

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bridge import AsyncExecutionError, ConfigurationError, SpellError, ToolError
 from bridge.errors import describe_exception
+from host.lines import shown_text
 
 if TYPE_CHECKING:
     from host.calls import ToolCall
@@ -227,10 +228,7 @@ def printable(question: str) -> str:
     """``question`` as safe to show on a terminal: control characters (escape sequences
     a script's text could carry into the question) shown escaped, newlines and tabs kept,
     at most :data:`MAX_QUESTION_CHARS` characters."""
-    if len(question) > MAX_QUESTION_CHARS:
-        question = question[:MAX_QUESTION_CHARS] + f"... ({len(question)} characters)"
-    return "".join(ch if ch in "\n\t" or (ch.isprintable() and ch not in "\x7f")
-                   else ch.encode("unicode_escape").decode("ascii") for ch in question)
+    return shown_text(question, limit=MAX_QUESTION_CHARS, keep="\n\t")
 
 
 class TerminalInput:

@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import sys
 import time
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -449,7 +450,21 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
                                    for spec in engines.specs())]
         raise ConfigurationError.LoadFailed(
             path=str(path), reason=f"a tools file must be a {engines.spoken(kinds)} file")
-    module_name = f"polyspell_tools_{abs(hash(str(path.resolve())))}"
+    module = import_python_file(path, "polyspell_tools")
+    found = [getattr(value, TOOL_ATTRIBUTE) for value in vars(module).values()
+             if hasattr(value, TOOL_ATTRIBUTE)]
+    if not found:
+        raise ConfigurationError.LoadFailed(path=str(path),
+                                            reason="it defines no @tool functions")
+    return found
+
+
+def import_python_file(path: Path, prefix: str) -> types.ModuleType:
+    """Import the Python file ``path`` (checked by :func:`check_file`) as a module of its
+    own, named ``<prefix>_<hash of its path>``; a file that does not import (any
+    exception, even ``SystemExit``) is ``configuration/load_failed`` naming it, with the
+    failure as its cause. A SpellError it raises, and the user's Ctrl-C, propagate."""
+    module_name = f"{prefix}_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ConfigurationError.LoadFailed(path=str(path), reason="not importable")
@@ -466,12 +481,7 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
         del sys.modules[module_name]
         raise ConfigurationError.LoadFailed(
             path=str(path), reason=describe_exception(exc, qualified=False)) from exc
-    found = [getattr(value, TOOL_ATTRIBUTE) for value in vars(module).values()
-             if hasattr(value, TOOL_ATTRIBUTE)]
-    if not found:
-        raise ConfigurationError.LoadFailed(path=str(path),
-                                            reason="it defines no @tool functions")
-    return found
+    return module
 
 
 def describe_validation(exc: ValidationError) -> str:

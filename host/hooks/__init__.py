@@ -18,10 +18,14 @@
 - :mod:`host.hooks.dispatch`: :func:`observer`, :func:`controller`, :class:`Hook` and
   the :class:`Dispatcher` (time budgets, isolation, switch-off, chaining).
 - :mod:`host.hooks.layer`: the tool-call layer and ``Host(on_tool_error=...)``.
+- :mod:`host.hooks.presets` (``hooks.presets``): ready-made observers, ``logging()``,
+  ``timing()``, ``error_logging()``, ``monitoring()``, ``silent()``, ``merge(...)``.
+- :mod:`host.hooks.files`: ``--hooks-file`` and ``[hooks]`` of a config file.
 """
 
 from __future__ import annotations
 
+from host.hooks import presets  # first: it imports the dispatcher it uses itself
 from host.hooks.actions import Continue, Fail, Proceed, Recover, Rethrow, Retry, Skip
 from host.hooks.dispatch import (
     CONTROLLER_TIMEOUT,
@@ -55,4 +59,4 @@ __all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "NOT_FIRED_YET", "OBSERVER
            "CircuitContext", "Continue", "Dispatcher", "Fail", "Hook", "OutputContext",
            "Proceed", "Recover", "RecoveryContext", "Rethrow", "Retry", "RunContext",
            "RunFinishedContext", "ScriptErrorContext", "Skip", "TaskContext",
-           "ToolCallContext", "ToolResultContext", "controller", "observer"]
+           "ToolCallContext", "ToolResultContext", "controller", "observer", "presets"]

@@ -128,7 +128,9 @@ def controller(point: str, *, priority: int = 0, timeout: float | None = None,
 
 
 def hook_items(hooks: Any) -> list[Hook]:
-    """``Host(hooks=...)`` as a list of hooks: refused, naming the item, if not."""
+    """``Host(hooks=...)`` as a list of hooks: refused, naming the item, if not. Presets
+    (and lists of hooks) among the items are flattened by :func:`host.hooks.presets.merge`
+    (the same hook or preset given twice is kept once)."""
     if isinstance(hooks, Hook):
         return [hooks]
     try:
@@ -137,6 +139,10 @@ def hook_items(hooks: Any) -> list[Hook]:
         raise ConfigurationError.InvalidValue(
             key="hooks", value=repr(hooks)[:200],
             reason=f"hooks is a list of hooks, not {type(hooks).__name__}") from None
+    if any(isinstance(item, (list, tuple)) for item in items):  # presets among them
+        from host.hooks.presets import merge
+
+        return list(merge(*items))
     for index, item in enumerate(items):
         if not isinstance(item, Hook):
             raise ConfigurationError.InvalidValue(
