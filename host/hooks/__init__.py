@@ -34,6 +34,7 @@ from host.hooks.dispatch import (
 )
 from host.hooks.points import (
     CONTROLLER_POINTS,
+    LISTENER_POINTS,
     NOT_FIRED_YET,
     OBSERVER_POINTS,
     POINTS,
@@ -50,8 +51,9 @@ from host.hooks.points import (
     ToolResultContext,
 )
 
-__all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "NOT_FIRED_YET", "OBSERVER_POINTS",
-           "OBSERVER_TIMEOUT", "POINTS", "SWITCH_OFF_AFTER", "Caller", "CancellationContext",
+__all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "LISTENER_POINTS", "NOT_FIRED_YET",
+           "OBSERVER_POINTS", "OBSERVER_TIMEOUT", "POINTS", "SWITCH_OFF_AFTER", "Caller",
+           "CancellationContext",
            "CircuitContext", "Continue", "Dispatcher", "Fail", "Hook", "OutputContext",
            "Proceed", "Recover", "RecoveryContext", "Rethrow", "Retry", "RunContext",
            "RunFinishedContext", "ScriptErrorContext", "Skip", "TaskContext",
