@@ -315,11 +315,15 @@ class Coordinator:
         none yet), called with ``arguments(context)`` for ``task`` (None: every task)."""
         from host.hooks.dispatch import Dispatcher, Hook
 
-        if not callable(fn):
+        if not callable(fn) or not (task is None or isinstance(task, str)):
             from bridge import ConfigurationError
 
-            raise ConfigurationError.InvalidValue(key=point, value=repr(fn)[:200],
-                                                  reason="a listener must be callable")
+            if not callable(fn):
+                raise ConfigurationError.InvalidValue(key=point, value=repr(fn)[:200],
+                                                      reason="a listener must be callable")
+            raise ConfigurationError.InvalidValue(
+                key=f"{point}.task", value=repr(task)[:200],
+                reason="a listener's task is a task id (a string), or None for every task")
 
         def listener(context: Any) -> Any:
             if task is None or context.task_id == task:

@@ -638,3 +638,39 @@ def test_after_task_failure_is_fired_now():
     assert "after_task_failure" not in hooks.NOT_FIRED_YET
     assert hooks.NOT_FIRED_YET == frozenset()
     assert CALLS is not None
+
+
+def test_bad_listeners_are_refused_naming_the_point():
+    from bridge import ConfigurationError
+
+    coordinator = Coordinator(TOOLS, on_output=lambda *_: None)
+    with pytest.raises(ConfigurationError) as caught:
+        coordinator.on_cancel("not a function")
+    assert (caught.value.code, caught.value.fields["key"]) == (
+        "configuration/invalid_value", "cancellation_finished")
+    with pytest.raises(ConfigurationError) as caught:
+        coordinator.on_task_started(print, task=3)
+    assert caught.value.fields["key"] == "task_started.task"
+    assert coordinator.hooks is None  # nothing half-registered
+
+
+@pytest.mark.anyio
+async def test_listeners_and_controllers_under_asyncio_and_trio(tmp_path):
+    scripts = Scripts(tmp_path)
+
+    @hooks.controller("after_task_failure")
+    async def rescue(ctx):
+        await anyio.sleep(0)
+        return hooks.Recover(0)
+
+    coordinator = Coordinator(TOOLS, hooks=[rescue], on_output=lambda *_: None)
+    ended = []
+
+    async def completed(report):
+        await anyio.sleep(0)
+        ended.append((report.id, report.status, report.recovered_by))
+
+    coordinator.on_task_completed(completed)
+    report = await coordinator.arun([fail(scripts, "bad"), reads_input(scripts, "next", "bad")])
+    assert report.results == {"bad": 0, "next": {"got": 0}}
+    assert ended == [("bad", "succeeded", rescue.name), ("next", "succeeded", None)]
