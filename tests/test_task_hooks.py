@@ -329,38 +329,38 @@ def test_task_completed_tells_every_task_once_skipped_ones_too(scripts):
 
 
 def test_a_task_stop_fires_the_cancellation_points_once_at_the_task_level(scripts):
-    seen: list[tuple] = []
-    lock = threading.Lock()
+    observed: list[tuple] = []  # on the observers' thread, in order
+    listened: list[tuple] = []  # on the event loop, in order
 
     @hooks.observer("cancellation_started")
     def started(ctx):
-        with lock:
-            seen.append(("observer started", ctx.task_id, ctx.run_id is not None,
-                         ctx.reason.kind))
+        observed.append(("started", ctx.task_id, ctx.run_id is not None, ctx.reason.kind))
 
     @hooks.observer("cancellation_finished")
     def finished(ctx):
-        with lock:
-            seen.append(("observer finished", ctx.task_id, ctx.run_id is not None))
+        observed.append(("finished", ctx.task_id, ctx.run_id is not None))
 
     coordinator = Coordinator(TOOLS, hooks=[started, finished], on_output=lambda *_: None)
+    coordinator.on_cancellation_started(
+        lambda task_id, err: listened.append(("started", task_id)))
     # registered before the cleanup: the cleanup still runs first
-    coordinator.on_cancellation_completed(lambda task_id, err: seen.append(("done", task_id)))
-    coordinator.on_cancel(lambda task_id, err: seen.append(("cleanup", task_id)))
+    coordinator.on_cancellation_completed(lambda task_id, err: listened.append(("done", task_id)))
+    coordinator.on_cancel(lambda task_id, err: listened.append(("cleanup", task_id)))
     plan = [looping(scripts, "loop"), after_a_tick_fails(scripts, "bad"),
             ok(scripts, "pending", after=["loop"])]
     report = coordinator.run(plan, strategy="propagate")
     assert {t.id: t.status for t in report.tasks} == {
         "loop": "cancelled", "bad": "failed", "pending": "cancelled"}
+    for task_id in ("loop", "pending"):
+        assert [e for e in listened if e[1] == task_id] == [
+            ("started", task_id), ("cleanup", task_id), ("done", task_id)]
     # once per task (the loop's run does not announce its own), the running one with its
-    # run, the pending one without
-    assert [e for e in seen if e[1] == "loop"] == [
-        ("observer started", "loop", True, "task_cancelled"), ("cleanup", "loop"),
-        ("done", "loop"), ("observer finished", "loop", True)]
-    assert [e for e in seen if e[1] == "pending"] == [
-        ("observer started", "pending", False, "task_cancelled"), ("cleanup", "pending"),
-        ("done", "pending"), ("observer finished", "pending", False)]
-    assert len(seen) == 8
+    # run, the pending one without; every observer had its events when run() returned
+    assert [e for e in observed if e[1] == "loop"] == [
+        ("started", "loop", True, "task_cancelled"), ("finished", "loop", True)]
+    assert [e for e in observed if e[1] == "pending"] == [
+        ("started", "pending", False, "task_cancelled"), ("finished", "pending", False)]
+    assert len(observed) == 4 and len(listened) == 6
 
 
 def test_a_plain_run_still_announces_its_own_cancellation(tmp_path, language):
