@@ -554,6 +554,13 @@ class _Execution:
                 return
             if hooks is not None and hooks.has("after_task_failure"):
                 action, value = await self._after_failure(state, tried)
+                if state.cancel_error is not None:  # a strategy stopped it meanwhile
+                    await self._cleanup(state, state.cancel_error)
+                    if isinstance(action, Recover):
+                        await self._finish(state, "succeeded", result=value)
+                    else:
+                        await self._finish(state, _status_of(value), error=value)
+                    return
                 if isinstance(action, Recover):
                     await self._finish(state, "succeeded", result=value)
                     return

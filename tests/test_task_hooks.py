@@ -10,7 +10,7 @@ import time
 import anyio
 import pytest
 
-from host import Coordinator, Retry, hooks
+from host import Coordinator, Retry, hooks, tool
 from tests.conftest import pick
 from tests.test_coordinator import (
     CALLS,
@@ -674,3 +674,44 @@ async def test_listeners_and_controllers_under_asyncio_and_trio(tmp_path):
     report = await coordinator.arun([fail(scripts, "bad"), reads_input(scripts, "next", "bad")])
     assert report.results == {"bad": 0, "next": {"got": 0}}
     assert ended == [("bad", "succeeded", rescue.name), ("next", "succeeded", None)]
+
+
+ASKED = threading.Event()
+
+
+@tool
+def wait_until_asked() -> bool:
+    """Block until an after_task_failure controller has been asked (orders two tasks)."""
+    return ASKED.wait(5)
+
+
+def test_a_task_cancelled_while_its_controllers_decide_ends_once_cleaned_up(scripts):
+    from tests.test_coordinator import ENDED, ENDING, _ended
+
+    ASKED.clear()
+
+    @hooks.controller("after_task_failure", timeout=5)
+    def wait_for_bad(ctx):
+        if ctx.task_id == "first":  # decides only once "bad" has failed and cancelled it
+            ASKED.set()
+            with ENDING:
+                assert ENDING.wait_for(lambda: "bad" in ENDED, timeout=4)
+            return hooks.Retry()
+        return hooks.Continue()
+
+    coordinator = Coordinator([*TOOLS, wait_until_asked], hooks=[wait_for_bad],
+                              on_output=lambda *_: None)
+    coordinator.on_task_completed(_ended)
+    events = []
+    coordinator.on_cancellation_started(lambda task_id, err: events.append(("started", task_id)))
+    coordinator.on_cancel(lambda task_id, err: events.append(("cleanup", task_id)))
+    bad = scripts.task("bad", 'tools.wait_until_asked{} error("x")',
+                       'async function main() { await tools.wait_until_asked({}); '
+                       'throw new Error("x"); }')
+    report = coordinator.run([fail(scripts, "first"), bad], strategy="propagate")
+    first = report.task("first")
+    # its own failure stands (no retry: it was cancelled), told as any stopped task
+    assert (first.status, first.attempts, first.error["kind"]) == (
+        "failed", 1, "execution_failed")
+    assert report.task("bad").status == "failed"
+    assert events == [("started", "first"), ("cleanup", "first")]

@@ -16,7 +16,8 @@
 - :mod:`host.hooks.points`: the one list of points (:data:`POINTS`) and their contexts.
 - :mod:`host.hooks.actions`: what controllers answer.
 - :mod:`host.hooks.dispatch`: :func:`observer`, :func:`controller`, :class:`Hook` and
-  the :class:`Dispatcher` (time budgets, isolation, switch-off, chaining).
+  the :class:`Dispatcher` (time budgets, isolation, switch-off, chaining; the
+  coordinator's listeners, the third kind of hook, and :meth:`Dispatcher.notify`).
 - :mod:`host.hooks.layer`: the tool-call layer and ``Host(on_tool_error=...)``.
 """
 
