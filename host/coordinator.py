@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import inspect
 import json
 import os
 import time
@@ -45,8 +44,10 @@ import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
 from host.history import RecoveryHistory, recovery_event
+from host.hooks.actions import Continue, Recover, Rethrow
+from host.hooks.actions import Retry as RetryAction
 from host.hooks.files import with_config_hooks
-from host.hooks.points import TaskContext, copy_data
+from host.hooks.points import CancellationContext, TaskContext, copy_data
 from host.host import (
     MAX_TIMEOUT,
     Host,
@@ -59,6 +60,7 @@ from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
 if TYPE_CHECKING:
     from host.config import Config
+    from host.hooks.dispatch import Dispatcher
     from host.runner import EngineFactory, ScriptRun
 
 TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
@@ -88,6 +90,10 @@ class TaskReport(BaseModel):
     error: dict[str, Any] | None = None  # the unified error, as SpellError.to_dict() gives it
     caused_by: list[str] = []  # the tasks whose failure caused this one's
     callback_errors: list[dict[str, Any]] = []  # Python listeners or cleanups that raised
+    # an after_task_failure controller answered Recover(result): its name, and the error
+    # of the try it answered for (the task succeeded with that result)
+    recovered_by: str | None = None
+    recovered_from: dict[str, Any] | None = None
     # what recovery did in the task's tries and the task's own retries (host.history's
     # events; a task retry's "tool" is the task's script), and how many were left out
     recovery: list[dict[str, Any]] = []
@@ -182,8 +188,30 @@ class Coordinator:
     (``@hooks.observer``, ``@hooks.controller``: see :mod:`host.hooks`) are the hooks of
     every task's runs and tool calls, as for :class:`host.Host`, and of the tasks
     themselves: ``task_started`` and ``task_finished`` observers see each try of each
-    task (a :class:`host.hooks.TaskContext`). One dispatcher runs them all, whatever
-    host a plan's tools files need.
+    task (a :class:`host.hooks.TaskContext`), ``task_completed`` observers each task's
+    end, ``cancellation_started``/``cancellation_finished`` observers each task's stop,
+    and ``after_task_failure`` controllers decide after each try that failed or timed
+    out (not one the coordinator stopped), in priority order, before the task's own
+    ``retry``:
+
+    - ``Continue()`` (or None): the failure stands; the task's own ``retry`` and the
+      plan's strategy go on as without the controller;
+    - ``Recover(result)``: the task succeeds with ``result`` (JSON-like data, a copy),
+      which its dependents receive; its report's ``recovered_by`` names the controller
+      and ``recovered_from`` is the error it answered for;
+    - ``Retry(delay=None)``: one more try after ``delay`` seconds, bounded by the one
+      retry of controllers (:func:`host.hooks.layer.hook_retry`: 3 tries in all, 30 s)
+      and the plan's deadline. Tries are counted once, whoever asks for them: the
+      controller's count toward the task's own ``retry.attempts``, and past the bound
+      the answer counts as ``Continue()``;
+    - ``Rethrow(error=None)``: the task fails now with ``error`` (the try's as its
+      cause; a string is ``hook/rejected``), or with the try's own error: no more tries,
+      and the strategy cascades from it.
+
+    A controller that raises, runs past its budget or answers anything else fails the
+    task with ``hook/execution_failed``, ``hook/timeout`` or ``hook/invalid_result`` (no
+    more tries). The controllers that ran are in the task's error's hook path. One
+    dispatcher runs every hook, whatever host a plan's tools files need.
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -195,8 +223,13 @@ class Coordinator:
       stopped (at once for a task that had not started);
     - ``on_cancellation_completed(fn)``: ``fn(task_id, error)`` after the cleanups.
 
-    A listener that raises never stops the plan: its error is kept in the task's
-    ``callback_errors``. Listeners run on the event loop: keep sync ones short.
+    They are hooks of the one dispatcher too, of the third kind, *listeners*, at the
+    points ``task_started``, ``task_completed``, ``cancellation_started`` and
+    ``cancellation_finished`` (the cleanups first): at each point the listeners run
+    first, awaited one after the other on the event loop in registration order, with no
+    time budget (a cleanup may take long), then the point's observers. A listener that
+    raises never stops the plan and is never switched off: its error is kept in the
+    task's ``callback_errors``. Keep sync listeners short: they hold the event loop.
     """
 
     def __init__(
@@ -247,40 +280,61 @@ class Coordinator:
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config))  # [hooks] first
         self.engine_factory = self._host.engine_factory
-        self.hooks = self._host.hooks  # the one dispatcher (None: no hooks, no cost)
-        self._listeners: dict[str, list[tuple[str | None, Callback]]] = {
-            name: [] for name in ("started", "completed", "cancel_started", "cleanup",
-                                  "cancel_completed")}
+        # the one dispatcher (None: no hooks nor listeners, no cost)
+        self.hooks: Dispatcher | None = self._host.hooks
 
     # -- listeners ------------------------------------------------------------------
 
     def on_task_started(self, fn: Callback, *, task: str | None = None) -> Callback:
-        """Call ``fn(task_id, attempt)`` as each try of a task starts."""
-        return self._listen("started", fn, task)
+        """Call ``fn(task_id, attempt)`` as each try of a task starts (``task_started``)."""
+        return self._listen("task_started", fn, task, lambda c: (c.task_id, c.attempt))
 
     def on_task_completed(self, fn: Callback, *, task: str | None = None) -> Callback:
-        """Call ``fn(report)`` with a task's :class:`TaskReport` when it ends, however."""
-        return self._listen("completed", fn, task)
+        """Call ``fn(report)`` with a task's :class:`TaskReport` when it ends, however
+        (``task_completed``)."""
+        return self._listen("task_completed", fn, task, lambda c: (c.report,))
 
     def on_cancellation_started(self, fn: Callback, *, task: str | None = None) -> Callback:
-        """Call ``fn(task_id, error)`` when the coordinator decides to stop a task."""
-        return self._listen("cancel_started", fn, task)
+        """Call ``fn(task_id, error)`` when the coordinator decides to stop a task
+        (``cancellation_started``)."""
+        return self._listen("cancellation_started", fn, task, lambda c: (c.task_id, c.reason))
 
     def on_cancel(self, fn: Callback, *, task: str | None = None) -> Callback:
-        """Register a cleanup, ``fn(task_id, error)``, run once a stopped task's script ended."""
-        return self._listen("cleanup", fn, task)
+        """Register a cleanup, ``fn(task_id, error)``, run once a stopped task's script
+        ended (``cancellation_finished``, before its other listeners)."""
+        return self._listen("cancellation_finished", fn, task,
+                            lambda c: (c.task_id, c.reason), priority=1)
 
     def on_cancellation_completed(self, fn: Callback, *, task: str | None = None) -> Callback:
-        """Call ``fn(task_id, error)`` when a stopped task has ended and been cleaned up."""
-        return self._listen("cancel_completed", fn, task)
+        """Call ``fn(task_id, error)`` when a stopped task has ended and been cleaned up
+        (``cancellation_finished``, after the cleanups)."""
+        return self._listen("cancellation_finished", fn, task, lambda c: (c.task_id, c.reason))
 
-    def _listen(self, event: str, fn: Callback, task: str | None) -> Callback:
-        if not callable(fn):
+    def _listen(self, point: str, fn: Callback, task: str | None,
+                arguments: Callable[[Any], tuple[Any, ...]], priority: int = 0) -> Callback:
+        """``fn`` as a listener of ``point`` in the one dispatcher (made now if there is
+        none yet), called with ``arguments(context)`` for ``task`` (None: every task)."""
+        from host.hooks.dispatch import Dispatcher, Hook
+
+        if not callable(fn) or not (task is None or isinstance(task, str)):
             from bridge import ConfigurationError
 
-            raise ConfigurationError.InvalidValue(key=event, value=repr(fn)[:200],
-                                                  reason="a listener must be callable")
-        self._listeners[event].append((task, fn))
+            if not callable(fn):
+                raise ConfigurationError.InvalidValue(key=point, value=repr(fn)[:200],
+                                                      reason="a listener must be callable")
+            raise ConfigurationError.InvalidValue(
+                key=f"{point}.task", value=repr(task)[:200],
+                reason="a listener's task is a task id (a string), or None for every task")
+
+        def listener(context: Any) -> Any:
+            if task is None or context.task_id == task:
+                return fn(*arguments(context))
+            return None
+
+        if self.hooks is None:  # the first listener: a dispatcher for it (the runs share it)
+            self.hooks = self._host.hooks = Dispatcher()
+        self.hooks.listen(Hook(listener, point, "listener", priority=priority,
+                               name=getattr(fn, "__qualname__", None) or repr(fn)[:80]))
         return fn
 
     # -- running --------------------------------------------------------------------
@@ -371,9 +425,6 @@ class Coordinator:
     def _output(self, line: str) -> None:
         self.on_output(_printing_task.get("?"), line)
 
-    def _callbacks(self, event: str, task_id: str) -> list[Callback]:
-        return [fn for only, fn in self._listeners[event] if only in (None, task_id)]
-
 
 def _print_to_stderr(task_id: str, line: str) -> None:
     write_lines(line, prefix=f"[{task_id}] ")
@@ -398,6 +449,14 @@ class _TaskState:
     wake: anyio.Event | None = None  # set when cancelled, to cut a retry's backoff short
     run: ScriptRun | None = None  # the try in progress (its control says if it was stopped)
     callback_errors: list[SpellError] = field(default_factory=list)
+    run_id: str | None = None  # the run of the try in progress or last made
+    stopped_run: str | None = None  # the run of the try a cancellation stopped
+    # a strategy is cancelling it: set for all its targets before it tells the first (its
+    # listeners may yield), so that none starts, or is skipped, meanwhile
+    doomed: bool = False
+    announcing: anyio.Event | None = None  # set once cancellation_started has been told
+    recovered_by: str | None = None  # an after_task_failure controller's Recover
+    recovered_from: SpellError | None = None
     recovery: RecoveryHistory = field(default_factory=RecoveryHistory)
     degraded: list[str] = field(default_factory=list)  # of the last try (host.recovery)
 
@@ -441,8 +500,8 @@ class _Execution:
     async def _task(self, state: _TaskState) -> None:
         for dep in state.task.after:
             await self.states[dep].done.wait()
-        if state.status is not None:  # a strategy ended it while it waited
-            return
+        if state.status is not None or state.doomed:
+            return  # a strategy ended it while it waited (or is ending it: its listeners run)
         blocked = [d for d in state.task.after if self.states[d].status != "succeeded"]
         if blocked and self.plan.strategy != "isolate":
             # propagate and cancel_dependents have ended it already; collect skips it
@@ -451,7 +510,7 @@ class _Execution:
                 task_id=state.id, reason=reason, cancellation_source="dependency"))
             return
         async with self.limiter:
-            if state.status is None:
+            if state.status is None and not state.doomed:
                 await self._tries(state)
 
     async def _tries(self, state: _TaskState) -> None:
@@ -474,13 +533,15 @@ class _Execution:
                     await self._finish(state, _status_of(state.error), error=state.error)
                 return
             state.attempts += 1
-            await self._notify(state, "started", task.id, state.attempts)
-            await self._observe("task_started", state)
+            await self._notify("task_started", state, self._context(state))
             budget = min(task.timeout or self.timeouts.get(task.language or "",
                                                            DEFAULT_ENGINE_TIMEOUT), remaining)
             began = time.monotonic()
             ok, value = await self._try(state, args, budget)
-            await self._observe("task_finished", state, ok, value, time.monotonic() - began)
+            hooks = self.host.hooks
+            if hooks is not None:
+                tried = self._context(state, ok, value, time.monotonic() - began)
+                await self._notify("task_finished", state, tried)
             if ok:
                 await self._finish(state, "succeeded", result=value)
                 return
@@ -492,6 +553,29 @@ class _Execution:
                 await self._cleanup(state, state.cancel_error)
                 await self._finish(state, _status_of(value), error=value)
                 return
+            if hooks is not None and hooks.has("after_task_failure"):
+                action, value = await self._after_failure(state, tried)
+                if state.cancel_error is not None:  # a strategy stopped it meanwhile
+                    await self._cleanup(state, state.cancel_error)
+                    if isinstance(action, Recover):
+                        await self._finish(state, "succeeded", result=value)
+                    else:
+                        await self._finish(state, _status_of(value), error=value)
+                    return
+                if isinstance(action, Recover):
+                    await self._finish(state, "succeeded", result=value)
+                    return
+                state.error = value
+                if not isinstance(action, (Continue, RetryAction)):  # Rethrow, or it failed
+                    await self._finish(state, _status_of(value), error=value)
+                    return
+                delay = None if isinstance(action, Continue) else self._hook_delay(state, action)
+                if delay is not None:  # else past the bound: as Continue
+                    state.recovery.add(recovery_event("retry", task.script, state.attempts,
+                                                      value.code, delay))
+                    with anyio.move_on_after(delay):
+                        await state.wake.wait()  # type: ignore[union-attr]
+                    continue
             # a task's tries are bounded by the plan's timeout; max_elapsed only when set
             elapsed = (time.monotonic() - state.started
                        if retry is not None and "max_elapsed" in retry.model_fields_set else 0.0)
@@ -519,7 +603,7 @@ class _Execution:
                                     timeout=budget + CLEANUP_GRACE)
         except SpellError as err:
             return False, err
-        state.run = run
+        state.run, state.run_id = run, run.correlation_id
         if state.cancel_error is not None:
             self._stop(state, state.cancel_error)
 
@@ -530,7 +614,7 @@ class _Execution:
                     task_id=state.id, duration=round(budget, 3), task_type=run.language)
                 self._stop(state, error)
                 with anyio.CancelScope(shield=True):  # listeners run even if the run just ended
-                    await self._notify(state, "cancel_started", state.id, error)
+                    await self._cancelling("cancellation_started", state, error)
 
         token = _printing_task.set(state.id)
         try:
@@ -542,7 +626,8 @@ class _Execution:
                     outcome = (False, err)
                 except anyio.get_cancelled_exc_class():
                     # the caller gave up on the whole plan: stop the script, do not wait
-                    self._stop(state, AsyncExecutionError.TaskCancelled(
+                    # (no task-level events: the run announces its own cancellation)
+                    run.cancel(AsyncExecutionError.TaskCancelled(
                         task_id=state.id, reason="the plan was cancelled",
                         cancellation_source="caller"))
                     raise
@@ -570,13 +655,32 @@ class _Execution:
         return outcome
 
     def _stop(self, state: _TaskState, error: SpellError) -> None:
-        """Stop the try in progress with ``error`` (once: the first reason wins)."""
+        """Stop the try in progress with ``error`` (once: the first reason wins), quietly:
+        the task's cancellation points are the coordinator's to fire."""
         if state.run is not None:
-            state.run.cancel(error)
+            state.run.cancel(error, announce=False)
 
     async def _cleanup(self, state: _TaskState, error: SpellError) -> None:
-        await self._notify(state, "cleanup", state.id, error)
-        await self._notify(state, "cancel_completed", state.id, error)
+        """``cancellation_finished``: the cleanups (``on_cancel``) first, then the
+        other listeners and the observers."""
+        await self._cancelling("cancellation_finished", state, error)
+
+    async def _cancelling(self, point: str, state: _TaskState, error: SpellError) -> None:
+        hooks = self.host.hooks
+        if hooks is None or not hooks.fires(point):
+            return
+        context = CancellationContext(None, error, state.id)
+        if point == "cancellation_started":  # the try it stops, if one is running
+            state.stopped_run = state.run_id if state.run is not None else None
+            state.announcing = told = anyio.Event()
+            try:
+                await self._notify(point, state, context._replace(run_id=state.stopped_run))
+            finally:
+                told.set()
+            return
+        if state.announcing is not None:  # the stop may have ended the try already
+            await state.announcing.wait()
+        await self._notify(point, state, context._replace(run_id=state.stopped_run))
 
     async def _cancel(self, state: _TaskState, cause: str, reason: str) -> None:
         """A strategy cancels ``state`` because task ``cause`` failed."""
@@ -588,7 +692,7 @@ class _Execution:
         state.caused_by = [cause]
         state.wake.set()  # type: ignore[union-attr]
         self._stop(state, error)  # a running try ends at the script's next tool call
-        await self._notify(state, "cancel_started", state.id, error)
+        await self._cancelling("cancellation_started", state, error)
         if state.started is None and state.status is None:  # not started: it ends now
             await self._cleanup(state, error)
             await self._finish(state, "cancelled", error=error)
@@ -603,15 +707,22 @@ class _Execution:
         state.status, state.result, state.error = status, result, error
         state.ended, state.order = time.monotonic(), self.ended
         state.done.set()
-        await self._notify(state, "completed", self._task_report(state))
+        hooks = self.host.hooks
+        if hooks is not None and hooks.fires("task_completed"):
+            report = self._task_report(state)
+            await self._notify("task_completed", state, TaskContext(
+                state.id, state.task.script, result=copy_data(result), error=error,
+                duration=report.duration, attempt=state.attempts,
+                language=state.task.language or "", status=status, report=report))
         if status in ("failed", "timed_out"):
             await self._apply_strategy(state)
 
     async def _apply_strategy(self, failed: _TaskState) -> None:
         reason = f"task {failed.id!r} {failed.status.replace('_', ' ')}"  # type: ignore[union-attr]
+        doomed: list[tuple[_TaskState, str, str]] = []
         if self.plan.strategy == "propagate":
-            for state in self.states.values():
-                await self._cancel(state, failed.id, reason)
+            doomed = [(state, failed.id, reason) for state in self.states.values()
+                      if state.status is None and state.cancel_error is None]
         elif self.plan.strategy == "cancel_dependents":
             # breadth first, so each cancelled task names the one it depended on
             queue = [failed.id]
@@ -619,35 +730,84 @@ class _Execution:
                 current = queue.pop(0)
                 for child in self.dependents[current]:
                     state = self.states[child]
-                    if state.status is None and state.cancel_error is None:
-                        await self._cancel(state, current, f"dependency {current!r} did not "
-                                           f"succeed ({reason})")
+                    if state.status is None and state.cancel_error is None \
+                            and not state.doomed:
+                        state.doomed = True
+                        doomed.append((state, current, f"dependency {current!r} did not "
+                                                       f"succeed ({reason})"))
                         queue.append(child)
+        for state, _, _ in doomed:
+            state.doomed = True
+        for state, cause, why in doomed:
+            await self._cancel(state, cause, why)
 
-    async def _notify(self, state: _TaskState, event: str, *args: Any) -> None:
-        for fn in self.coordinator._callbacks(event, state.id):
-            try:
-                outcome = fn(*args)
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception as exc:  # a listener's bug never stops the plan
-                state.callback_errors.append(SpellError.wrap(exc))
-
-    async def _observe(self, point: str, state: _TaskState, ok: bool = False,
-                       value: Any = None, duration: float | None = None) -> None:
-        """Tell the ``task_started``/``task_finished`` observers of the host's dispatcher
-        (see :mod:`host.hooks.delivery`); nothing they do reaches the plan."""
+    async def _notify(self, point: str, state: _TaskState, context: Any) -> None:
+        """Fire ``point`` through the one dispatcher: its listeners on this loop (their
+        errors in the task's ``callback_errors``), then its observers; nothing they do
+        reaches the plan."""
         hooks = self.host.hooks
-        if hooks is None or not hooks.has(point):
-            return
+        if hooks is not None and hooks.fires(point):
+            await hooks.notify(point, context, state.callback_errors.append)
+
+    def _context(self, state: _TaskState, ok: bool | None = None, value: Any = None,
+                 duration: float | None = None) -> TaskContext:
+        """A try's context: as it starts (``ok`` None), or as it ended."""
         task = state.task
         context = TaskContext(task.id, task.script, attempt=state.attempts,
                               language=task.language or "")
-        if point == "task_finished":
-            context = context._replace(
-                duration=duration, result=copy_data(value) if ok else None,
-                error=None if ok else value, status="succeeded" if ok else _status_of(value))
-        hooks.observe(point, context, None, anyio.lowlevel.current_token(), wait=False)
+        if ok is None:
+            return context
+        return context._replace(
+            duration=duration, result=copy_data(value) if ok else None,
+            error=None if ok else value, status="succeeded" if ok else _status_of(value))
+
+    async def _after_failure(self, state: _TaskState, context: TaskContext
+                             ) -> tuple[Any, Any]:
+        """The ``after_task_failure`` controllers on a failed try (failed or timed out,
+        not stopped by the coordinator): the action and what follows of it, the
+        recovered result (``Recover``, checked as JSON-like data) or the task's error
+        (the try's; ``Rethrow``'s, the try's as its cause; or the hook error of a
+        controller that raised, ran past its budget or answered what the point does not
+        take). The controllers that ran are in that error's hook path."""
+        from host.hooks.layer import _checked, _rethrown, add_hook_path
+
+        hooks = self.host.hooks
+        assert hooks is not None
+        err: SpellError = context.error
+        records: list[dict[str, Any]] = []
+        try:
+            with anyio.CancelScope(shield=True):  # a decision asked for is waited for
+                action, hook = await anyio.to_thread.run_sync(
+                    hooks.decide, "after_task_failure", context, records,
+                    anyio.lowlevel.current_token())
+            if isinstance(action, Recover):
+                result = copy_data(_checked(action.result, hook, "Recover"))  # its own
+                state.recovered_by = hook.name if hook is not None else None
+                state.recovered_from = err
+                return action, result
+            if isinstance(action, Rethrow):
+                err = _rethrown(action, err, hook)
+        except SpellError as failure:  # the controller failed: its error, the try's as cause
+            if failure.__cause__ is None:
+                failure.__cause__ = err
+            action, err = Rethrow(failure), failure
+        if records:
+            add_hook_path(err, records)
+        return action, err
+
+    def _hook_delay(self, state: _TaskState, action: RetryAction) -> float | None:
+        """The wait before a controller's ``Retry``, or None past its bound: the ONE
+        retry's (:func:`host.hooks.layer.hook_retry`: 3 tries in all, whoever made them,
+        30 s since the first began), and the plan's deadline."""
+        from host.hooks.layer import hook_delay, hook_retry
+
+        policy = hook_retry()
+        delay = hook_delay(action, state.attempts)
+        elapsed = time.monotonic() - (state.started or time.monotonic())
+        if state.attempts >= policy.attempts or elapsed + delay > policy.max_elapsed \
+                or delay >= self.deadline - time.monotonic():
+            return None
+        return delay
 
     def _input(self, dep: str) -> Any:
         """What a dependent sees of ``dep``: its result, or its error as data (isolate)."""
@@ -674,6 +834,9 @@ class _Execution:
             error=None if state.error is None else state.error.to_dict(),
             caused_by=state.caused_by,
             callback_errors=[e.to_dict() for e in state.callback_errors],
+            recovered_by=state.recovered_by,
+            recovered_from=None if state.recovered_from is None
+            else state.recovered_from.to_dict(),
             recovery=list(state.recovery), recovery_dropped=state.recovery.dropped,
             degraded=state.degraded)
 

@@ -181,7 +181,7 @@ class ScriptRun:
         self._thread: threading.Thread | None = None  # the run's thread, once started
         self._script_recovery: ScriptRecovery | None = None  # recovery.retry/fallback
 
-    def cancel(self, error: SpellError) -> None:
+    def cancel(self, error: SpellError, *, announce: bool = True) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
 
         Call it from the event loop, at any time. The error is raised in the script at its
@@ -191,11 +191,13 @@ class ScriptRun:
         until its end or its time limit. The first reason given wins.
 
         ``cancellation_started`` observers are told at once, ``cancellation_finished``
-        observers as the cancelled run ends.
+        observers as the cancelled run ends. With ``announce`` false they are not: the
+        caller fires them itself (the coordinator, once per task, see
+        :mod:`host.hooks.points`).
         """
         first = self.control.request_stop(error)
         hooks = self.hooks
-        if first and hooks is not None:
+        if first and hooks is not None and announce:
             self._cancelled = True
             if hooks.has("cancellation_started"):
                 from host.hooks import CancellationContext

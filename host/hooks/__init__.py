@@ -16,7 +16,8 @@
 - :mod:`host.hooks.points`: the one list of points (:data:`POINTS`) and their contexts.
 - :mod:`host.hooks.actions`: what controllers answer.
 - :mod:`host.hooks.dispatch`: :func:`observer`, :func:`controller`, :class:`Hook` and
-  the :class:`Dispatcher` (time budgets, isolation, switch-off, chaining).
+  the :class:`Dispatcher` (time budgets, isolation, switch-off, chaining; the
+  coordinator's listeners, the third kind of hook, and :meth:`Dispatcher.notify`).
 - :mod:`host.hooks.layer`: the tool-call layer and ``Host(on_tool_error=...)``.
 - :mod:`host.hooks.presets` (``hooks.presets``): ready-made observers, ``logging()``,
   ``timing()``, ``error_logging()``, ``monitoring()``, ``silent()``, ``merge(...)``.
@@ -38,6 +39,7 @@ from host.hooks.dispatch import (
 )
 from host.hooks.points import (
     CONTROLLER_POINTS,
+    LISTENER_POINTS,
     NOT_FIRED_YET,
     OBSERVER_POINTS,
     POINTS,
@@ -54,8 +56,9 @@ from host.hooks.points import (
     ToolResultContext,
 )
 
-__all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "NOT_FIRED_YET", "OBSERVER_POINTS",
-           "OBSERVER_TIMEOUT", "POINTS", "SWITCH_OFF_AFTER", "Caller", "CancellationContext",
+__all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "LISTENER_POINTS", "NOT_FIRED_YET",
+           "OBSERVER_POINTS", "OBSERVER_TIMEOUT", "POINTS", "SWITCH_OFF_AFTER", "Caller",
+           "CancellationContext",
            "CircuitContext", "Continue", "Dispatcher", "Fail", "Hook", "OutputContext",
            "Proceed", "Recover", "RecoveryContext", "Rethrow", "Retry", "RunContext",
            "RunFinishedContext", "ScriptErrorContext", "Skip", "TaskContext",

@@ -20,6 +20,13 @@ plain or async function taking one context. A host's :class:`Dispatcher` runs th
   operation with ``hook/execution_failed``, ``hook/timeout`` or ``hook/invalid_result``
   (naming the hook and what it returned): a decision that could not be made is an error,
   never a silent default.
+- **Listeners** (the coordinator's ``on_task_*``/``on_cancel*`` functions, made
+  by :meth:`host.Coordinator.on_task_started` and the like) are the third kind: kept in
+  their point's :attr:`Dispatcher.listeners`, they run only where a point is fired
+  through :meth:`Dispatcher.notify` (the coordinator's task and cancellation points),
+  awaited in order on the caller's event loop, with no time budget (a cleanup may take
+  long) and never switched off; one that raises hands its error to the caller's sink
+  (a task's ``callback_errors``) and the others still run.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,7 +44,7 @@ from bridge import ConfigurationError, HookError, SpellError
 from bridge.errors import describe_exception
 from host.hooks.actions import AFTER, BEFORE, NAMES, Continue, Proceed, Recover, Rethrow
 from host.hooks.delivery import Delivery, _same
-from host.hooks.points import CONTROLLER_POINTS, OBSERVER_POINTS, POINTS
+from host.hooks.points import CONTROLLER_POINTS, LISTENER_POINTS, OBSERVER_POINTS, POINTS
 
 logger = logging.getLogger("polyspell")
 
@@ -65,14 +73,17 @@ class Hook:
                 key="hooks", value=repr(fn)[:200],
                 reason=f"a hook is a function taking one context, not {type(fn).__name__}")
         _check_point(point, kind, fn)
+        if kind == "listener":  # no budget: awaited on the loop, as long as it takes
+            timeout = math.inf
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ConfigurationError.InvalidValue(
                 key=f"hooks.{point}.priority", value=repr(priority)[:200],
                 reason="a controller's priority is an integer")
         budget = (OBSERVER_TIMEOUT if kind == "observer" else CONTROLLER_TIMEOUT) \
             if timeout is None else timeout
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) \
-                or not 0 < budget <= 3600:
+        if kind != "listener" and (isinstance(budget, bool)
+                                   or not isinstance(budget, (int, float))
+                                   or not 0 < budget <= 3600):
             raise ConfigurationError.InvalidValue(
                 key=f"hooks.{point}.timeout", value=repr(timeout)[:200],
                 reason="a hook's timeout is a number of seconds, more than 0, at most 3600")
@@ -95,6 +106,13 @@ class Hook:
 def _check_point(point: Any, kind: str, fn: Any) -> None:
     if kind == "handler":  # Host(on_tool_error=...): not a point of its own
         return
+    if kind == "listener":
+        if point in LISTENER_POINTS:
+            return
+        raise ConfigurationError.InvalidValue(
+            key="hooks", value=repr(point)[:200],
+            reason=f"a listener can be registered on {', '.join(LISTENER_POINTS)}, "
+                   f"not {point!r}")
     where = getattr(fn, "__qualname__", repr(fn)[:80])
     if point in (CONTROLLER_POINTS if kind == "controller" else OBSERVER_POINTS):
         return
@@ -162,9 +180,13 @@ class Dispatcher:
     def __init__(self, hooks: Iterable[Hook] = (),
                  on_tool_error: Callable[..., Any] | None = None) -> None:
         self.hooks = hook_items(hooks)
-        self.by_point: dict[str, list[Hook]] = {}
+        self.by_point: dict[str, list[Hook]] = {}  # observers and controllers
+        self.listeners: dict[str, list[Hook]] = {}  # beside them: observe() never runs these
         for hook in self.hooks:
-            self.by_point.setdefault(hook.point, []).append(hook)
+            if hook.kind == "listener":
+                self.listen(hook)
+            else:
+                self.by_point.setdefault(hook.point, []).append(hook)
         for point, registered in self.by_point.items():
             if point in CONTROLLER_POINTS:  # stable: equal priorities keep their order
                 registered.sort(key=lambda h: -h.priority)
@@ -253,6 +275,42 @@ class Dispatcher:
         from host.hooks.points import CircuitContext
 
         self.observe("circuit_changed", CircuitContext(tool, old, new), None)
+
+    # -- listeners -------------------------------------------------------------------
+
+    def listen(self, hook: Hook) -> Hook:
+        """Add the listener ``hook`` to its point's listeners: the highest ``priority``
+        first, equal priorities in registration order."""
+        if hook.kind != "listener":
+            raise ConfigurationError.InvalidValue(
+                key="hooks", value=repr(hook)[:200], reason="not a listener")
+        with self._lock:
+            listeners = self.listeners.setdefault(hook.point, [])
+            listeners.append(hook)
+            listeners.sort(key=lambda h: -h.priority)
+        return hook
+
+    def fires(self, point: str) -> bool:
+        """Whether :meth:`notify` has anything to run at ``point``."""
+        return bool(self.listeners.get(point)) or self.has(point)
+
+    async def notify(self, point: str, context: Any,
+                     sink: Callable[[SpellError], Any]) -> None:
+        """Fire ``point`` from async code: its listeners, awaited one after the other on
+        this event loop (an error of one goes to ``sink`` as a SpellError, the next still
+        runs), then hands it to its observers (:meth:`observe`, never waiting: this is
+        the event loop)."""
+        for hook in list(self.listeners.get(point, ())):
+            try:
+                outcome = hook.fn(context)
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception as exc:  # a listener's bug never stops its caller
+                sink(SpellError.wrap(exc))
+        if self.has(point):
+            import anyio.lowlevel
+
+            self.observe(point, context, None, anyio.lowlevel.current_token(), wait=False)
 
     # -- controllers -----------------------------------------------------------------
 

@@ -53,6 +53,20 @@ def hook_retry() -> Any:
     return _RETRY
 
 
+def hook_delay(action: Retry, attempt: int) -> float:
+    """The seconds to wait before a controller's ``Retry`` after try ``attempt``: its
+    ``delay``, else :func:`hook_retry`'s; one that is not a number from 0 to the
+    policy's ``max_delay`` is that ``max_delay``."""
+    policy = hook_retry()
+    delay = action.delay
+    if delay is None:
+        delay = policy.delay(attempt)
+    if (isinstance(delay, bool) or not isinstance(delay, (int, float))
+            or not 0 <= delay <= policy.max_delay):
+        delay = policy.max_delay
+    return float(delay)
+
+
 def error_type(err: SpellError) -> str:
     """``parse``, ``validation``, ``timeout`` or ``execution``: what kind of failure."""
     if err.code == "tool/invalid_parameters":
@@ -215,12 +229,7 @@ class ToolCallHooks:
                    err: SpellError | None) -> bool:
         """Wait before the controller's retry, if :func:`hook_retry`'s bound allows it."""
         policy = hook_retry()
-        delay = action.delay
-        if delay is None:
-            delay = policy.delay(attempt)
-        if (isinstance(delay, bool) or not isinstance(delay, (int, float))
-                or not 0 <= delay <= policy.max_delay):
-            delay = policy.max_delay
+        delay = hook_delay(action, attempt)
         elapsed = time.perf_counter() - call.started
         if attempt >= policy.attempts or elapsed + delay > policy.max_elapsed \
                 or delay >= call.time_left:
@@ -318,19 +327,20 @@ def _fail_error(call: ToolCall, action: Fail, hook: Hook | None) -> SpellError:
 
 def _rethrown(action: Rethrow, err: SpellError | None, hook: Hook | None) -> SpellError:
     name = hook.name if hook is not None else "?"
+    point = hook.point if hook is not None else "after_tool_call"
     new = action.error
     if new is None:
         if err is not None:
             return err
         return HookError.InvalidResult(
-            hook_name=name, hook_point="after_tool_call",
+            hook_name=name, hook_point=point,
             reason="Rethrow() after a call that succeeded: give the error to fail with")
     if isinstance(new, str):
-        new = HookError.Rejected(hook_name=name, hook_point="after_tool_call", reason=new)
+        new = HookError.Rejected(hook_name=name, hook_point=point, reason=new)
     elif not isinstance(new, SpellError):
         if not isinstance(new, BaseException):
             return HookError.InvalidResult(
-                hook_name=name, hook_point="after_tool_call",
+                hook_name=name, hook_point=point,
                 reason=f"Rethrow's error is {new!r:.120}: a SpellError, an exception or a "
                        f"string")
         new = SpellError.wrap(new)

@@ -18,15 +18,36 @@ fallback                 observer    RecoveryContext        a fallback option is
 degraded                 observer    RecoveryContext        a tool answers degraded
 circuit_changed          observer    CircuitContext         a breaker changes state
 output                   observer    OutputContext          a print / console.log line
-cancellation_started     observer    CancellationContext    ``run.cancel(error)`` is called
-cancellation_finished    observer    CancellationContext    a cancelled run ends
-task_started             observer    TaskContext            as each try of a coordinator task starts
-task_finished            observer    TaskContext            as each try of a coordinator task ends
+cancellation_started     observer*   CancellationContext    a run or a coordinator task is
+                                                            told to stop
+cancellation_finished    observer*   CancellationContext    the stopped run / task ended
+task_started             observer*   TaskContext            as each try of a coordinator
+                                                            task starts
+task_finished            observer*   TaskContext            as each try of a coordinator
+                                                            task ends
+task_completed           observer*   TaskContext            once per coordinator task, as
+                                                            it ends (however: skipped too)
 before_tool_call         controller  ToolCallContext        before each tool call
 after_tool_call          controller  ToolResultContext      after each tool call
 after_script_error       controller  ScriptErrorContext     an error escaping the script
-after_task_failure       controller  TaskContext            (not fired yet: coordinator)
+after_task_failure       controller  TaskContext            a try of a coordinator task
+                                                            failed or timed out
 =======================  ==========  =====================  ===============================
+
+(*) also the points of the coordinator's listeners (:data:`LISTENER_POINTS`, see
+:class:`host.Coordinator`): ``on_task_started`` at ``task_started``,
+``on_task_completed`` at ``task_completed``, ``on_cancellation_started`` at
+``cancellation_started``, ``on_cancel`` (the cleanups, first) and
+``on_cancellation_completed`` at ``cancellation_finished``.
+
+**Cancellation, run and task.** A plain run fires ``cancellation_started`` when
+``run.cancel(reason)`` is called and ``cancellation_finished`` as the cancelled run ends
+(``task_id`` None). A coordinator task fires them instead at the task level, once per
+stop, whether a try was running or not: ``cancellation_started`` when the coordinator
+decides to stop it (a strategy cancelled it, or its try ran out of time),
+``cancellation_finished`` once its script has stopped and its cleanups ran (``task_id``
+the task's, ``run_id`` its try's run, None if none was running); its runs do not fire
+them again.
 """
 
 from __future__ import annotations
@@ -141,19 +162,27 @@ class OutputContext(NamedTuple):
 
 class CancellationContext(NamedTuple):
     """``cancellation_started`` / ``cancellation_finished``: the run is cancelled
-    (``run.cancel(reason)``, e.g. by the coordinator) with ``reason``, a SpellError."""
+    (``run.cancel(reason)``) with ``reason``, a SpellError. For a coordinator task (see
+    the module docstring) ``task_id`` is the task's and ``run_id`` its try's run (None:
+    no try was running)."""
 
-    run_id: str
+    run_id: str | None
     reason: Any
+    task_id: str | None = None
 
 
 class TaskContext(NamedTuple):
-    """``task_started`` and ``task_finished``: try ``attempt`` (1-based: a task's own
-    ``retry`` makes the next) of a coordinator task ``task_id`` running ``script`` (its
-    file name) in ``language``. ``task_finished`` also has the try's ``status``
+    """``task_started``, ``task_finished`` and ``after_task_failure``: try ``attempt``
+    (1-based: the task's own ``retry`` or a controller's ``Retry`` makes the next) of a
+    coordinator task ``task_id`` running ``script`` (its file name) in ``language``.
+    ``task_finished`` and ``after_task_failure`` also have the try's ``status``
     (``succeeded``, ``failed``, ``timed_out``, ``cancelled``), its ``result`` (a copy) or
-    ``error`` (a SpellError) and its ``duration`` in seconds. (``after_task_failure``:
-    not fired yet.)"""
+    ``error`` (a SpellError) and its ``duration`` in seconds.
+
+    ``task_completed``: the task's end, once, however it ended: its final ``status``
+    (``skipped`` too), ``result`` (a copy) or ``error``, ``duration`` since its first
+    try began (0: it never ran), ``attempt`` its number of tries (0: none), and
+    ``report``, its :class:`host.TaskReport`."""
 
     task_id: str
     script: str
@@ -163,6 +192,7 @@ class TaskContext(NamedTuple):
     attempt: int = 1
     language: str = ""
     status: str | None = None
+    report: Any = None
 
 
 OBSERVER_POINTS: dict[str, type] = {
@@ -173,7 +203,7 @@ OBSERVER_POINTS: dict[str, type] = {
     "circuit_changed": CircuitContext, "output": OutputContext,
     "cancellation_started": CancellationContext,
     "cancellation_finished": CancellationContext,
-    "task_started": TaskContext, "task_finished": TaskContext,
+    "task_started": TaskContext, "task_finished": TaskContext, "task_completed": TaskContext,
 }
 """Observer points and their contexts."""
 
@@ -186,8 +216,14 @@ CONTROLLER_POINTS: dict[str, type] = {
 POINTS: dict[str, type] = {**OBSERVER_POINTS, **CONTROLLER_POINTS}
 """Every hook point, by name, and the context its hooks receive."""
 
-NOT_FIRED_YET = frozenset({"after_task_failure"})
-"""Points that can be registered on but that nothing fires yet."""
+LISTENER_POINTS: tuple[str, ...] = (
+    "task_started", "task_finished", "task_completed", "cancellation_started",
+    "cancellation_finished")
+"""The points a coordinator fires through :meth:`host.hooks.Dispatcher.notify`: where
+listeners (the coordinator's ``on_task_*``/``on_cancel*``) can be registered."""
+
+NOT_FIRED_YET: frozenset[str] = frozenset()
+"""Points that can be registered on but that nothing fires yet (none left)."""
 
 
 def copy_data(value: Any) -> Any:
