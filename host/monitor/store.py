@@ -1,0 +1,371 @@
+"""The error store: one SQLite file (WAL), safe with several processes writing at once.
+
+Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRATIONS`):
+
+- ``errors``: one row per record (see :mod:`host.monitor.records`), the error's JSON
+  compressed with zlib; indexed by time, code, component and fingerprint;
+- ``groups``: one row per fingerprint: first and last seen, count, status (``new``,
+  ``ongoing``, ``regressed`` when it comes back after a quiet period);
+- ``rollup``: counts per hour and per (code, severity, component, engine, tool,
+  handled, recovered, recovery, fingerprint), written with the records, so that
+  statistics and trends over a million records read a few thousand rows;
+- ``calls``: counts and seconds per hour of tool calls, runs and tasks by outcome, so
+  that a rate of failure has its denominator;
+- ``meta``: what the file is (``app``), and what could not be recorded (``dropped``).
+
+Every failure is a unified ``storage/...`` error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bridge import StorageError
+from host.monitor.records import RECORD_KEYS
+
+APP = "polyspell-errors"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
+QUIET_BEFORE_REGRESSION = 24 * 3600.0  # a group silent this long that comes back regressed
+
+_COLUMNS = ("id", "ts", "code", "category", "kind", "severity", "message", "component",
+            "engine", "tool", "file", "line", "function", "run_id", "task_id", "plan_id",
+            "fingerprint", "handled", "recovered", "recovery", "impact", "error")
+_SEVERITY = {"trace": 0, "info": 1, "warning": 2, "error": 3, "critical": 4, "fatal": 5}
+_SEVERITY_NAMES = {number: name for name, number in _SEVERITY.items()}
+
+MIGRATIONS: list[str] = [
+    # version 1
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE errors (
+        id TEXT PRIMARY KEY, ts REAL NOT NULL, code TEXT NOT NULL, category TEXT NOT NULL,
+        kind TEXT NOT NULL, severity INTEGER NOT NULL, message TEXT NOT NULL,
+        component TEXT NOT NULL, engine TEXT, tool TEXT, file TEXT, line INTEGER,
+        function TEXT, run_id TEXT, task_id TEXT, plan_id TEXT,
+        fingerprint TEXT NOT NULL, handled INTEGER NOT NULL, recovered INTEGER NOT NULL,
+        recovery TEXT, impact REAL NOT NULL, error BLOB NOT NULL);
+    CREATE INDEX errors_by_time ON errors (ts);
+    CREATE INDEX errors_by_code ON errors (code, ts);
+    CREATE INDEX errors_by_component ON errors (component, ts);
+    CREATE INDEX errors_by_fingerprint ON errors (fingerprint, ts);
+    CREATE TABLE groups (
+        fingerprint TEXT PRIMARY KEY, code TEXT NOT NULL, component TEXT NOT NULL,
+        engine TEXT, tool TEXT, file TEXT, function TEXT, message TEXT NOT NULL,
+        first_seen REAL NOT NULL, last_seen REAL NOT NULL, count INTEGER NOT NULL,
+        status TEXT NOT NULL, regressed_at REAL);
+    CREATE INDEX groups_by_last_seen ON groups (last_seen);
+    CREATE TABLE rollup (
+        hour INTEGER NOT NULL, code TEXT NOT NULL, severity INTEGER NOT NULL,
+        component TEXT NOT NULL, engine TEXT NOT NULL, tool TEXT NOT NULL,
+        handled INTEGER NOT NULL, recovered INTEGER NOT NULL, recovery TEXT NOT NULL,
+        fingerprint TEXT NOT NULL, count INTEGER NOT NULL, impact REAL NOT NULL,
+        PRIMARY KEY (hour, code, severity, component, engine, tool, handled, recovered,
+                     recovery, fingerprint)) WITHOUT ROWID;
+    CREATE TABLE calls (
+        hour INTEGER NOT NULL, what TEXT NOT NULL, name TEXT NOT NULL, engine TEXT NOT NULL,
+        outcome TEXT NOT NULL, count INTEGER NOT NULL, seconds REAL NOT NULL,
+        PRIMARY KEY (hour, what, name, engine, outcome)) WITHOUT ROWID;
+    """,
+]
+
+
+def _failure(path: str, exc: BaseException, operation: str) -> StorageError:
+    """The unified error of a SQLite failure on ``path``."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.DatabaseError) and (
+            "not a database" in text or "malformed" in text or "file is encrypted" in text):
+        return StorageError.Corrupted(key=path, reason=f"not a readable SQLite file ({text})")
+    if "readonly" in text or "read-only" in text or "unable to open" in text \
+            or isinstance(exc, OSError):
+        return StorageError.Unavailable(backend=f"sqlite {path}",
+                                        reason=f"cannot {operation} it: {text}")
+    if "locked" in text or "busy" in text:
+        return StorageError.Conflict(key=path, reason=f"{operation}: {text}")
+    return StorageError.OperationFailed(reason=f"{path}: {operation}: {text}",
+                                        operation=operation)
+
+
+class Store:
+    """An error store in the SQLite file ``path`` (made, with its folders, if missing).
+
+    One connection per store, used by one thread at a time (the store's lock); several
+    stores, in this process or others, may use the same file.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 quiet_before_regression: float = QUIET_BEFORE_REGRESSION) -> None:
+        self.path = str(path)
+        self.quiet_before_regression = quiet_before_regression
+        self._lock = threading.Lock()
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
+                                       isolation_level=None, check_same_thread=False)
+        except (sqlite3.Error, OSError) as exc:
+            raise _failure(self.path, exc, "open") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except StorageError:
+            self._db.close()
+            raise
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _failure(self.path, exc, "open") from None
+
+    # -- schema -----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        db = self._db
+        with self._transaction("open"):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {row[0] for row in db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if version == 0 and tables:
+                raise StorageError.Corrupted(
+                    key=self.path, reason="a SQLite file of something else (tables "
+                    f"{', '.join(sorted(tables))[:200]}), not a polyspell error store")
+            if version > len(MIGRATIONS):
+                raise StorageError.OperationFailed(
+                    reason=f"{self.path}: its schema is version {version}, from a newer "
+                           f"polyspell (this one reads up to {len(MIGRATIONS)}): upgrade "
+                           "polyspell, or use another file", operation="open")
+            if version and db.execute("SELECT value FROM meta WHERE key = 'app'"
+                                      ).fetchone() != (APP,):
+                raise StorageError.Corrupted(key=self.path,
+                                             reason="not a polyspell error store")
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                if number == 0:
+                    db.execute("INSERT INTO meta VALUES ('app', ?), ('dropped', '0')", (APP,))
+            if version < len(MIGRATIONS):
+                db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    @contextmanager
+    def _transaction(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``: the file's write lock at once, so
+        that two processes never deadlock upgrading a read lock)."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _failure(self.path, exc, operation) from None
+            try:
+                yield db
+            except BaseException as exc:
+                db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise _failure(self.path, exc, operation) from None
+                raise
+            else:
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK")
+                    raise _failure(self.path, exc, operation) from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as exc:
+                raise _failure(self.path, exc, "read") from None
+
+    def close(self) -> None:
+        """Close the file (what is written stays)."""
+        with self._lock:
+            self._db.close()
+
+    # -- writing ----------------------------------------------------------------------
+
+    def write(self, records: Iterable[dict[str, Any]] = (),
+              counts: Iterable[tuple[float, str, str, str, str, float]] = ()) -> None:
+        """Write ``records`` (see :mod:`host.monitor.records`) and ``counts`` (``(when,
+        what, name, engine, outcome, seconds)``: one tool call, run or task) in one
+        transaction, with their groups and hourly rollups."""
+        rows = [_row(record) for record in records]
+        counted: dict[tuple[int, str, str, str, str], list[float]] = {}
+        for when, what, name, engine, outcome, seconds in counts:
+            key = (int(when // 3600), what, name, engine or "", outcome)
+            total = counted.setdefault(key, [0, 0.0])
+            total[0] += 1
+            total[1] += seconds
+        if not rows and not counted:
+            return
+        with self._transaction("write") as db:
+            db.executemany(f"INSERT OR IGNORE INTO errors VALUES "
+                           f"({', '.join('?' * len(_COLUMNS))})", rows)
+            rolled: dict[tuple[Any, ...], list[float]] = {}
+            for row in rows:
+                self._group(db, row)
+                key = (int(row[1] // 3600), row[2], row[5], row[7], row[8] or "",
+                       row[9] or "", row[17], row[18], row[19] or "", row[16])
+                total = rolled.setdefault(key, [0, 0.0])
+                total[0] += 1
+                total[1] += row[20]
+            db.executemany(
+                "INSERT INTO rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET count = count + excluded.count, "
+                "impact = impact + excluded.impact",
+                [(*key, n, impact) for key, (n, impact) in rolled.items()])
+            db.executemany(
+                "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET count = count + excluded.count, "
+                "seconds = seconds + excluded.seconds",
+                [(*key, n, seconds) for key, (n, seconds) in counted.items()])
+
+    def _group(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
+        ts, fingerprint = row[1], row[16]
+        found = db.execute("SELECT last_seen, status FROM groups WHERE fingerprint = ?",
+                           (fingerprint,)).fetchone()
+        if found is None:
+            db.execute("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'new', "
+                       "NULL)", (fingerprint, row[2], row[7], row[8], row[9], row[10],
+                                 row[12], row[6], ts, ts))
+            return
+        last_seen, status = found
+        if ts - last_seen >= self.quiet_before_regression:
+            db.execute("UPDATE groups SET last_seen = ?, count = count + 1, "
+                       "status = 'regressed', regressed_at = ?, message = ? "
+                       "WHERE fingerprint = ?", (ts, ts, row[6], fingerprint))
+        else:
+            db.execute("UPDATE groups SET last_seen = max(last_seen, ?), "
+                       "first_seen = min(first_seen, ?), count = count + 1, "
+                       "status = CASE status WHEN 'new' THEN 'ongoing' ELSE status END "
+                       "WHERE fingerprint = ?", (ts, ts, fingerprint))
+        del status
+
+    def add_dropped(self, count: int) -> None:
+        """Count ``count`` records that could not be recorded (a full queue)."""
+        if count:
+            with self._transaction("write") as db:
+                db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? "
+                           "WHERE key = 'dropped'", (count,))
+
+    def prune(self, *, max_age: float | None = None, max_rows: int | None = None,
+              now: float | None = None) -> int:
+        """Delete records older than ``max_age`` seconds and the oldest past ``max_rows``
+        (and the rollups and groups last seen before the age): the records deleted."""
+        now = time.time() if now is None else now
+        deleted = 0
+        with self._transaction("prune") as db:
+            if max_age is not None:
+                cutoff = now - max_age
+                deleted += db.execute("DELETE FROM errors WHERE ts < ?", (cutoff,)).rowcount
+                db.execute("DELETE FROM rollup WHERE hour < ?", (int(cutoff // 3600),))
+                db.execute("DELETE FROM calls WHERE hour < ?", (int(cutoff // 3600),))
+                db.execute("DELETE FROM groups WHERE last_seen < ?", (cutoff,))
+            if max_rows is not None:
+                total = db.execute("SELECT count(*) FROM errors").fetchone()[0]
+                if total > max_rows:
+                    deleted += db.execute(
+                        "DELETE FROM errors WHERE id IN (SELECT id FROM errors ORDER BY ts "
+                        "LIMIT ?)", (total - max_rows,)).rowcount
+        return deleted
+
+    # -- reading ----------------------------------------------------------------------
+
+    def dropped(self) -> int:
+        """Records that could not be recorded, in all."""
+        rows = self._read("SELECT value FROM meta WHERE key = 'dropped'")
+        return int(rows[0][0]) if rows else 0
+
+    def records(self, *, since: float | None = None, code: str | None = None,
+                component: str | None = None, group: str | None = None,
+                limit: int = 100) -> list[dict[str, Any]]:
+        """The newest records first, filtered (``code`` a ``category/kind`` or a
+        ``category``)."""
+        where, args = ["1"], []
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if code is not None:
+            where.append("(code = ? OR category = ?)")
+            args += [code, code]
+        if component is not None:
+            where.append("component = ?")
+            args.append(component)
+        if group is not None:
+            where.append("fingerprint = ?")
+            args.append(group)
+        rows = self._read(f"SELECT * FROM errors WHERE {' AND '.join(where)} "
+                          f"ORDER BY ts DESC LIMIT ?", [*args, limit])
+        return [_record(row) for row in rows]
+
+    def record(self, record_id: str) -> dict[str, Any]:
+        """The record ``record_id`` (or a unique prefix of it)."""
+        rows = self._read("SELECT * FROM errors WHERE id >= ? AND id < ? LIMIT 2",
+                          (record_id, record_id + "\uffff"))
+        if len(rows) != 1 or not record_id:
+            raise StorageError.NotFound(
+                key=record_id, store=self.path if not rows else
+                f"{self.path} (several records start with it)")
+        return _record(rows[0])
+
+    def groups(self, *, since: float | None = None, limit: int = 100
+               ) -> list[dict[str, Any]]:
+        """Groups, the most recently seen first."""
+        rows = self._read("SELECT fingerprint, code, component, engine, tool, file, "
+                          "function, message, first_seen, last_seen, count, status, "
+                          "regressed_at FROM groups WHERE last_seen >= ? "
+                          "ORDER BY last_seen DESC LIMIT ?",
+                          (since if since is not None else 0, limit))
+        keys = ("fingerprint", "code", "component", "engine", "tool", "file", "function",
+                "message", "first_seen", "last_seen", "count", "status", "regressed_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def rollup(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """The hourly rollup rows from ``since`` (seconds since the epoch)."""
+        until = time.time() if until is None else until
+        rows = self._read("SELECT * FROM rollup WHERE hour >= ? AND hour <= ?",
+                          (int(since // 3600), int(until // 3600)))
+        keys = ("hour", "code", "severity", "component", "engine", "tool", "handled",
+                "recovered", "recovery", "fingerprint", "count", "impact")
+        out = [dict(zip(keys, row, strict=True)) for row in rows]
+        for row in out:
+            row["severity"] = _SEVERITY_NAMES.get(row["severity"], str(row["severity"]))
+        return out
+
+    def calls(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """The hourly counts of tool calls, runs and tasks from ``since``."""
+        until = time.time() if until is None else until
+        rows = self._read("SELECT * FROM calls WHERE hour >= ? AND hour <= ?",
+                          (int(since // 3600), int(until // 3600)))
+        keys = ("hour", "what", "name", "engine", "outcome", "count", "seconds")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _row(record: dict[str, Any]) -> tuple[Any, ...]:
+    data = json.dumps(record["error"], ensure_ascii=False, allow_nan=False)
+    return (record["id"], float(record["timestamp"]), record["code"], record["category"],
+            record["kind"], _SEVERITY.get(record["severity"], 3), record["message"],
+            record["component"], record["engine"], record["tool"], record["file"],
+            record["line"], record["function"], record["run_id"], record["task_id"],
+            record["plan_id"], record["fingerprint"], int(bool(record["handled"])),
+            int(bool(record["recovered"])), record["recovery"], float(record["impact"]),
+            zlib.compress(data.encode("utf-8", "surrogatepass"), 6))
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    out = dict(zip(_COLUMNS, row, strict=True))
+    out["ts"] = out["timestamp"] = out["ts"]
+    out = {key: out[key] for key in RECORD_KEYS}
+    out["severity"] = _SEVERITY_NAMES.get(out["severity"], str(out["severity"]))
+    out["handled"], out["recovered"] = bool(out["handled"]), bool(out["recovered"])
+    out["error"] = json.loads(zlib.decompress(out["error"]).decode("utf-8", "surrogatepass"))
+    return out
