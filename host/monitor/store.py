@@ -211,13 +211,16 @@ class Store:
             db.executemany(f"INSERT OR IGNORE INTO errors VALUES "
                            f"({', '.join('?' * len(_COLUMNS))})", rows)
             rolled: dict[tuple[Any, ...], list[float]] = {}
+            batch: dict[str, list[tuple[Any, ...]]] = {}  # the rows of each group
             for row in rows:
-                self._group(db, row)
+                batch.setdefault(row[16], []).append(row)
                 key = (int(row[1] // 3600), row[2], row[5], row[7], row[8] or "",
                        row[9] or "", row[17], row[18], row[19] or "", row[16])
                 total = rolled.setdefault(key, [0, 0.0])
                 total[0] += 1
                 total[1] += row[20]
+            for group_rows in batch.values():
+                self._group(db, sorted(group_rows, key=lambda row: row[1]))
             db.executemany(
                 "INSERT INTO rollup VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET count = count + excluded.count, "
@@ -229,26 +232,35 @@ class Store:
                 "seconds = seconds + excluded.seconds",
                 [(*key, n, seconds) for key, (n, seconds) in counted.items()])
 
-    def _group(self, db: sqlite3.Connection, row: tuple[Any, ...]) -> None:
-        ts, fingerprint = row[1], row[16]
-        found = db.execute("SELECT last_seen, status FROM groups WHERE fingerprint = ?",
+    def _group(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Count ``rows`` (one group's, oldest first) in their group: a group seen again
+        after a quiet period is ``regressed``."""
+        fingerprint = rows[0][16]
+        found = db.execute("SELECT last_seen FROM groups WHERE fingerprint = ?",
                            (fingerprint,)).fetchone()
         if found is None:
+            first = rows[0]
             db.execute("INSERT INTO groups VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 'new', "
-                       "NULL)", (fingerprint, row[2], row[7], row[8], row[9], row[10],
-                                 row[12], row[6], ts, ts))
-            return
-        last_seen, status = found
-        if ts - last_seen >= self.quiet_before_regression:
-            db.execute("UPDATE groups SET last_seen = ?, count = count + 1, "
-                       "status = 'regressed', regressed_at = ?, message = ? "
-                       "WHERE fingerprint = ?", (ts, ts, row[6], fingerprint))
+                       "NULL)", (fingerprint, first[2], first[7], first[8], first[9],
+                                 first[10], first[12], first[6], first[1], first[1]))
+            last_seen, rows = first[1], rows[1:]
         else:
-            db.execute("UPDATE groups SET last_seen = max(last_seen, ?), "
-                       "first_seen = min(first_seen, ?), count = count + 1, "
-                       "status = CASE status WHEN 'new' THEN 'ongoing' ELSE status END "
-                       "WHERE fingerprint = ?", (ts, ts, fingerprint))
-        del status
+            last_seen = found[0]
+        regressed_at = None
+        for row in rows:  # the newest quiet period that ended within this batch
+            if row[1] - last_seen >= self.quiet_before_regression:
+                regressed_at = row[1]
+            last_seen = max(last_seen, row[1])
+        if not rows:
+            return
+        newest = rows[-1]
+        db.execute("UPDATE groups SET last_seen = max(last_seen, ?), "
+                   "first_seen = min(first_seen, ?), count = count + ?, message = ?, "
+                   "status = CASE WHEN ? IS NOT NULL THEN 'regressed' "
+                   "WHEN status = 'new' THEN 'ongoing' ELSE status END, "
+                   "regressed_at = coalesce(?, regressed_at) WHERE fingerprint = ?",
+                   (newest[1], rows[0][1], len(rows), newest[6], regressed_at, regressed_at,
+                    fingerprint))
 
     def add_dropped(self, count: int) -> None:
         """Count ``count`` records that could not be recorded (a full queue)."""
@@ -358,7 +370,7 @@ def _row(record: dict[str, Any]) -> tuple[Any, ...]:
             record["line"], record["function"], record["run_id"], record["task_id"],
             record["plan_id"], record["fingerprint"], int(bool(record["handled"])),
             int(bool(record["recovered"])), record["recovery"], float(record["impact"]),
-            zlib.compress(data.encode("utf-8", "surrogatepass"), 6))
+            zlib.compress(data.encode("utf-8", "surrogatepass"), 1))
 
 
 def _record(row: tuple[Any, ...]) -> dict[str, Any]:
