@@ -51,6 +51,11 @@ class RecoveryHistory(list):
         self.limit = max(2, limit)
         self.dropped = 0
 
+    @property
+    def total(self) -> int:
+        """Events ever added, kept or dropped (it only grows)."""
+        return len(self) + self.dropped
+
     def add(self, event: dict[str, Any]) -> dict[str, Any]:
         """Keep ``event`` (the newest), dropping the oldest of the second half when full."""
         if len(self) >= self.limit:

@@ -158,6 +158,7 @@ class ScriptRun:
         self.hooks = hooks  # the host's hooks (host.hooks), None when it has none
         # the hooks that ran for the run itself (not for one tool call): its error's path
         self.hook_path: list[dict[str, Any]] = []
+        self.tool_stats: dict[str, list[Any]] = {}  # by tool, for run_finished observers
         self._cancelled = False  # cancel() stopped it (for cancellation_finished)
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
@@ -309,10 +310,14 @@ class ScriptRun:
                 self.correlation_id, self.control.reason), self.hook_path, self._token,
                 wait=False)
         if hooks.has("run_finished"):
+            from host.hooks import ToolCallStats
+
             hooks.observe("run_finished", RunFinishedContext(
                 self.correlation_id, self.filename, self.language, copy_data(result),
-                error, time.perf_counter() - began), self.hook_path, self._token,
-                wait=False)
+                error, time.perf_counter() - began,
+                {tool: ToolCallStats(calls, failures, seconds, tuple(buckets))
+                 for tool, (calls, failures, seconds, buckets) in self.tool_stats.items()}),
+                self.hook_path, self._token, wait=False, failed=error is not None)
         with anyio.CancelScope(shield=True):  # every observer has seen the run, within budgets
             await anyio.to_thread.run_sync(hooks.flush)
         if error is not None:
@@ -620,7 +625,7 @@ class ScriptRun:
 
             hooks.observe(action, RecoveryContext(
                 self.correlation_id, tool, attempt, event["delay"], event["error"],
-                option), self.hook_path, self._token, keep_ok=False)
+                option, err), self.hook_path, self._token, keep_ok=False)
         if action == "degraded":  # kept apart from the history, which may drop it
             reasons = self.degraded_reasons.setdefault(tool, {})
             why = event["error"] or f"level {more.get('level')}"

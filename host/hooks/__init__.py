@@ -39,6 +39,8 @@ from host.hooks.dispatch import (
 )
 from host.hooks.points import (
     CONTROLLER_POINTS,
+    DURATION_BUCKETS,
+    FAILURE_POINTS,
     LISTENER_POINTS,
     NOT_FIRED_YET,
     OBSERVER_POINTS,
@@ -53,13 +55,14 @@ from host.hooks.points import (
     ScriptErrorContext,
     TaskContext,
     ToolCallContext,
+    ToolCallStats,
     ToolResultContext,
 )
 
-__all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "LISTENER_POINTS", "NOT_FIRED_YET",
-           "OBSERVER_POINTS", "OBSERVER_TIMEOUT", "POINTS", "SWITCH_OFF_AFTER", "Caller",
-           "CancellationContext",
-           "CircuitContext", "Continue", "Dispatcher", "Fail", "Hook", "OutputContext",
-           "Proceed", "Recover", "RecoveryContext", "Rethrow", "Retry", "RunContext",
-           "RunFinishedContext", "ScriptErrorContext", "Skip", "TaskContext",
-           "ToolCallContext", "ToolResultContext", "controller", "observer", "presets"]
+__all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "DURATION_BUCKETS", "FAILURE_POINTS",
+           "LISTENER_POINTS", "NOT_FIRED_YET", "OBSERVER_POINTS", "OBSERVER_TIMEOUT", "POINTS",
+           "SWITCH_OFF_AFTER", "Caller", "CancellationContext", "CircuitContext", "Continue",
+           "Dispatcher", "Fail", "Hook", "OutputContext", "Proceed", "Recover", "RecoveryContext",
+           "Rethrow", "Retry", "RunContext", "RunFinishedContext", "ScriptErrorContext", "Skip",
+           "TaskContext", "ToolCallContext", "ToolCallStats", "ToolResultContext", "controller",
+           "observer", "presets"]

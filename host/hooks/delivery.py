@@ -47,6 +47,7 @@ class _Event(NamedTuple):
     records: list[Record] | None  # where the observers' records go (a hook path)
     token: Any  # the event loop of async observers (None: a loop of their own)
     keep_ok: bool  # record observers that did fine too (else failures only)
+    failed: bool  # what it tells failed (else failures_only observers skip it)
 
 
 class _InFlight(NamedTuple):
@@ -77,15 +78,15 @@ class Delivery:
         self._current: _InFlight | None = None
 
     def put(self, point: str, make: Callable[..., Any], args: tuple,
-            records: list[Record] | None, token: Any, keep_ok: bool, wait: bool = True
-            ) -> None:
+            records: list[Record] | None, token: Any, keep_ok: bool, wait: bool = True,
+            failed: bool = True) -> None:
         """Queue one event for ``point``'s observers, whose context is ``make(*args)``
         (the run's only cost: the context is made on the observers' thread); with too
         many waiting, wait for them unless ``wait`` is false."""
         if not self._started:
             self._start(None)
         self._abandon_if_stuck()
-        self._pending.append(_Event(point, make, args, records, token, keep_ok))
+        self._pending.append(_Event(point, make, args, records, token, keep_ok, failed))
         if self._idle:
             self._idle = False
             self._wake.set()
@@ -150,6 +151,8 @@ class Delivery:
             return True
         if observers is None:
             observers = list(d.by_point.get(event.point, ()))
+            if not event.failed:
+                observers = [hook for hook in observers if not hook.failures_only]
         if not observers:
             return True
         try:

@@ -44,7 +44,13 @@ from bridge import ConfigurationError, HookError, SpellError
 from bridge.errors import describe_exception
 from host.hooks.actions import AFTER, BEFORE, NAMES, Continue, Proceed, Recover, Rethrow
 from host.hooks.delivery import Delivery, _same
-from host.hooks.points import CONTROLLER_POINTS, LISTENER_POINTS, OBSERVER_POINTS, POINTS
+from host.hooks.points import (
+    CONTROLLER_POINTS,
+    FAILURE_POINTS,
+    LISTENER_POINTS,
+    OBSERVER_POINTS,
+    POINTS,
+)
 
 logger = logging.getLogger("polyspell")
 
@@ -67,7 +73,7 @@ class Hook:
 
     def __init__(self, fn: Callable[[Any], Any], point: str, kind: str, *,
                  priority: int = 0, timeout: float | None = None,
-                 name: str | None = None) -> None:
+                 name: str | None = None, failures_only: bool = False) -> None:
         if not callable(fn):
             raise ConfigurationError.InvalidValue(
                 key="hooks", value=repr(fn)[:200],
@@ -95,6 +101,11 @@ class Hook:
         self.timeout = float(budget)
         self.name = name or getattr(fn, "__qualname__", None) or repr(fn)[:80]
         self.is_async = inspect.iscoroutinefunction(fn) or getattr(fn, "is_async", False) is True
+        if failures_only and (kind != "observer" or point not in FAILURE_POINTS):
+            raise ConfigurationError.InvalidValue(
+                key=f"hooks.{point}.failures_only", value="True",
+                reason=f"only observers of {', '.join(FAILURE_POINTS)} take failures_only")
+        self.failures_only = bool(failures_only)
 
     def __call__(self, context: Any) -> Any:
         return self.fn(context)
@@ -127,12 +138,17 @@ def _check_point(point: Any, kind: str, fn: Any) -> None:
     raise ConfigurationError.InvalidValue(key="hooks", value=repr(point)[:200], reason=reason)
 
 
-def observer(point: str, *, timeout: float | None = None,
-             name: str | None = None) -> Callable[[Callable[[Any], Any]], Hook]:
+def observer(point: str, *, timeout: float | None = None, name: str | None = None,
+             failures_only: bool = False) -> Callable[[Callable[[Any], Any]], Hook]:
     """Register the decorated function (sync or async, one context argument) as an
-    observer of ``point``; ``timeout`` its budget in seconds (default 0.1)."""
+    observer of ``point``; ``timeout`` its budget in seconds (default 0.1).
+    ``failures_only`` (at ``tool_call_finished``, ``run_finished``, ``task_finished``): it
+    sees only what failed, or what recovery or a controller answered for (a retry, a
+    fallback, a degraded answer, a ``Recover``); the calls that simply succeed cost the
+    run nothing for it."""
     _check_point(point, "observer", f"an observer of {point!r}")
-    return lambda fn: Hook(fn, point, "observer", timeout=timeout, name=name)
+    return lambda fn: Hook(fn, point, "observer", timeout=timeout, name=name,
+                           failures_only=failures_only)
 
 
 def controller(point: str, *, priority: int = 0, timeout: float | None = None,
@@ -193,37 +209,51 @@ class Dispatcher:
         self.on_tool_error = None if on_tool_error is None else _error_handler(on_tool_error)
         self._failures: dict[Hook, int] = {}  # failures in a row, per observer
         self._lock = threading.Lock()
+        self._successes = self._points_told_of_successes()
         self._delivery = Delivery(self)
 
     def has(self, point: str) -> bool:
         """Whether any hook is registered on ``point`` (and still switched on)."""
         return bool(self.by_point.get(point))
 
+    def wants_successes(self, point: str) -> bool:
+        """Whether an observer of ``point`` is to see what succeeded (one without
+        ``failures_only``)."""
+        return point in self._successes
+
+    def _points_told_of_successes(self) -> frozenset[str]:
+        return frozenset(point for point, registered in self.by_point.items()
+                         if any(not hook.failures_only for hook in registered))
+
     @property
     def tool_calls(self) -> bool:
-        """Whether tool calls have anything to dispatch (else no layer is added)."""
+        """Whether tool calls have anything to dispatch, or to count for ``run_finished``
+        (else no layer is added)."""
         return self.on_tool_error is not None or any(self.by_point.get(p) for p in (
-            "tool_call_started", "tool_call_finished", "before_tool_call", "after_tool_call"))
+            "tool_call_started", "tool_call_finished", "before_tool_call", "after_tool_call",
+            "run_finished"))
 
     # -- observers -------------------------------------------------------------------
 
     def observe(self, point: str, context: Any, records: list[Record] | None = None,
-                token: Any = None, *, keep_ok: bool = True, wait: bool = True) -> None:
+                token: Any = None, *, keep_ok: bool = True, wait: bool = True,
+                failed: bool = True) -> None:
         """Hand ``context`` to the observers of ``point``, which see it on the host's
         observer thread, in order, while the run goes on (see :mod:`host.hooks.delivery`);
         nothing they do reaches the caller. Each one that ran is added to ``records`` (a
         hook path; with ``keep_ok`` false, only those that failed: points that fire
         often). ``token``: the event loop of async observers. ``wait`` false: never wait
         for the observers, even when too many events are waiting (a caller on the event
-        loop, which async observers need)."""
-        self._delivery.put(point, _same, (context,), records, token, keep_ok, wait)
+        loop, which async observers need). ``failed`` false: what it tells succeeded (no
+        ``failures_only`` observer sees it)."""
+        self._delivery.put(point, _same, (context,), records, token, keep_ok, wait, failed)
 
     def observe_lazily(self, point: str, make: Callable[..., Any], args: tuple,
                        records: list[Record] | None = None, token: Any = None, *,
-                       keep_ok: bool = True, wait: bool = True) -> None:
+                       keep_ok: bool = True, wait: bool = True, failed: bool = True) -> None:
         """:meth:`observe` with the context ``make(*args)``, made on the observers' thread
         (points that fire often: their context costs the run nothing)."""
-        self._delivery.put(point, make, args, records, token, keep_ok, wait)
+        self._delivery.put(point, make, args, records, token, keep_ok, wait, failed)
 
     def flush(self) -> None:
         """Wait (off the event loop) until the observers have seen every event so far."""
@@ -267,6 +297,7 @@ class Dispatcher:
             if hook not in registered:
                 return
             registered.remove(hook)
+            self._successes = self._points_told_of_successes()
         logger.warning("hook %s at %s failed %d times in a row: switched off for this "
                        "host's life", hook.name, hook.point, failures)
 
@@ -310,7 +341,8 @@ class Dispatcher:
         if self.has(point):
             import anyio.lowlevel
 
-            self.observe(point, context, None, anyio.lowlevel.current_token(), wait=False)
+            self.observe(point, context, None, anyio.lowlevel.current_token(), wait=False,
+                         failed=getattr(context, "error", None) is not None)
 
     # -- controllers -----------------------------------------------------------------
 

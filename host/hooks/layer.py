@@ -25,6 +25,7 @@ asked to stop), recorded in the run's recovery history; past the bound the outco
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,13 @@ from host.calls import as_spell_error, failure_to_recover
 from host.data import not_json_like
 from host.hooks.actions import Fail, Recover, Rethrow, Retry, Skip
 from host.hooks.dispatch import MAX_PATH, Dispatcher, Hook, Record, hook_failure, record
-from host.hooks.points import Caller, ToolCallContext, ToolResultContext, copy_data
+from host.hooks.points import (
+    DURATION_BUCKETS,
+    Caller,
+    ToolCallContext,
+    ToolResultContext,
+    copy_data,
+)
 
 if TYPE_CHECKING:
     from host.calls import Next, ToolCall
@@ -130,8 +137,10 @@ class ToolCallHooks:
         return hooked
 
     def _observed(self, next: Next) -> Next:
-        """The step before ``next`` when only observers watch tool calls: it queues two
-        events, whose contexts are made on the observers' thread."""
+        """The step before ``next`` when only observers watch tool calls: it counts the
+        call for ``run_finished`` and queues its events, whose contexts are made on the
+        observers' thread (a call that simply succeeds: none for ``failures_only``
+        observers)."""
         d = self.dispatcher
 
         def observed(call: ToolCall) -> Any:
@@ -140,22 +149,30 @@ class ToolCallHooks:
                 d.observe_lazily("tool_call_started", _started_context,
                                  (run.correlation_id, call.name, call.params, call),
                                  run.hook_path, run._token, keep_ok=False)
+            recoveries = run.recovery.total
             try:
                 result = next(call)
             except BaseException as exc:
                 err = failure_to_recover(call, exc)  # the run's end passes untouched
             else:
-                if d.has("tool_call_finished"):
+                duration = time.perf_counter() - call.started
+                if d.has("run_finished"):
+                    count_call(run.tool_stats, call.name, duration, False)
+                recovered = run.recovery.total != recoveries
+                if d.wants_successes("tool_call_finished") or (
+                        recovered and d.has("tool_call_finished")):
                     d.observe_lazily("tool_call_finished", _result_context, (
                         run.correlation_id, call.name, call.params, call, result, None,
-                        time.perf_counter() - call.started, 1, None),
-                        run.hook_path, run._token, keep_ok=False)
+                        duration, 1, None), run.hook_path, run._token, keep_ok=False,
+                        failed=recovered)
                 return result
+            duration = time.perf_counter() - call.started
+            if d.has("run_finished"):
+                count_call(run.tool_stats, call.name, duration, True)
             if d.has("tool_call_finished"):
                 d.observe_lazily("tool_call_finished", _result_context, (
                     run.correlation_id, call.name, call.params, call, None, err,
-                    time.perf_counter() - call.started, 1, None),
-                    run.hook_path, run._token, keep_ok=False)
+                    duration, 1, None), run.hook_path, run._token, keep_ok=False)
             raise err
 
         return observed
@@ -165,6 +182,7 @@ class ToolCallHooks:
         run = call.run
         token = run._token
         caller = _caller(call)
+        recoveries = run.recovery.total
         before = d.has("before_tool_call")
         if before or d.has("tool_call_started"):
             context = ToolCallContext(run.correlation_id, call.name, copy_data(call.params),
@@ -176,7 +194,8 @@ class ToolCallHooks:
                                             _with_params)
                     if isinstance(action, Skip):
                         result = _checked(action.result, hook, "Skip")
-                        self._finished(call, result, None, 1, records, token)
+                        self._finished(call, result, None, 1, records, token,
+                                       recoveries=recoveries)
                         return result
                     if isinstance(action, Fail):
                         raise _fail_error(call, action, hook)
@@ -184,7 +203,8 @@ class ToolCallHooks:
                         _checked(action.params, hook, "Proceed", "params")
                         call.params, call.problem = action.params, None
                 except SpellError as failed:  # a Fail, or a controller that failed
-                    self._finished(call, None, failed, 1, records, token)
+                    self._finished(call, None, failed, 1, records, token,
+                                   recoveries=recoveries)
                     raise
         attempt, recovered = 1, None
         while True:
@@ -220,7 +240,7 @@ class ToolCallHooks:
         if err is not None and d.on_tool_error is not None \
                 and err is not run.control.reason:
             self._handle(call, err, records, token)
-        self._finished(call, result, err, attempt, records, token, recovered)
+        self._finished(call, result, err, attempt, records, token, recovered, recoveries)
         if err is not None:
             raise err
         return result
@@ -270,13 +290,31 @@ class ToolCallHooks:
 
     def _finished(self, call: ToolCall, result: Any, err: SpellError | None,
                   attempt: int, records: list[Record], token: Any,
-                  recovered: SpellError | None = None) -> None:
+                  recovered: SpellError | None = None, recoveries: int = 0) -> None:
         d = self.dispatcher
+        duration = time.perf_counter() - call.started
+        if d.has("run_finished"):
+            count_call(call.run.tool_stats, call.name, duration, err is not None)
         if d.has("tool_call_finished"):
             d.observe_lazily("tool_call_finished", _result_context, (
                 call.run.correlation_id, call.name, call.params, call, result, err,
-                time.perf_counter() - call.started, attempt, recovered), call.run.hook_path,
-                token, keep_ok=False)
+                duration, attempt, recovered), call.run.hook_path, token, keep_ok=False,
+                failed=err is not None or recovered is not None
+                or call.run.recovery.total != recoveries)
+
+
+def count_call(stats: dict[str, list[Any]], tool: str, seconds: float, failed: bool
+               ) -> None:
+    """Count one call of ``tool`` in a run's ``stats`` (made into
+    :class:`host.hooks.ToolCallStats` for ``run_finished``)."""
+    counted = stats.get(tool)
+    if counted is None:
+        counted = stats[tool] = [0, 0, 0.0, [0] * (len(DURATION_BUCKETS) + 1)]
+    counted[0] += 1
+    if failed:
+        counted[1] += 1
+    counted[2] += seconds
+    counted[3][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
 
 
 def _started_context(run_id: str, tool: str, params: Any, call: ToolCall

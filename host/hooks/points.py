@@ -76,9 +76,26 @@ class RunContext(NamedTuple):
     args: Any
 
 
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0)
+"""Upper bounds (seconds) of :attr:`ToolCallStats.buckets`; the last bucket is the rest."""
+
+
+class ToolCallStats(NamedTuple):
+    """The calls of one tool in a run: how many, how many failed (the script received an
+    error), their seconds in all, and how many took at most each bound of
+    :data:`DURATION_BUCKETS` (not cumulative; one more bucket for the slower ones)."""
+
+    calls: int
+    failures: int
+    seconds: float
+    buckets: tuple[int, ...]
+
+
 class RunFinishedContext(NamedTuple):
     """``run_finished``: the run ended with ``result``, or with ``error`` (a SpellError),
-    after ``duration`` seconds."""
+    after ``duration`` seconds; ``tool_calls`` its tool calls, by tool
+    (:class:`ToolCallStats`)."""
 
     run_id: str
     script: str
@@ -86,6 +103,7 @@ class RunFinishedContext(NamedTuple):
     result: Any
     error: Any
     duration: float
+    tool_calls: dict[str, ToolCallStats] = {}  # the host always gives its own
 
 
 class ToolCallContext(NamedTuple):
@@ -134,7 +152,8 @@ class RecoveryContext(NamedTuple):
     """``retry``, ``fallback`` and ``degraded``: an event of the run's recovery history
     (see :mod:`host.history`): ``attempt`` the try that failed, ``delay`` the seconds
     waited before the next, ``error`` the code of the error recovery acted on, ``option``
-    a fallback's option (a tool name, ``value``, ``cached``, ``endpoint <url>``)."""
+    a fallback's option (a tool name, ``value``, ``cached``, ``endpoint <url>``),
+    ``failure`` that error itself (a SpellError)."""
 
     run_id: str
     tool: str
@@ -142,6 +161,7 @@ class RecoveryContext(NamedTuple):
     delay: float | None
     error: str | None
     option: str | None
+    failure: Any = None
 
 
 class CircuitContext(NamedTuple):
@@ -224,6 +244,8 @@ listeners (the coordinator's ``on_task_*``/``on_cancel*``) can be registered."""
 
 NOT_FIRED_YET: frozenset[str] = frozenset()
 """Points that can be registered on but that nothing fires yet (none left)."""
+FAILURE_POINTS = ("tool_call_finished", "run_finished", "task_finished")
+"""Points whose observers may see only failures (``observer(..., failures_only=True)``)."""
 
 
 def copy_data(value: Any) -> Any:
