@@ -211,7 +211,9 @@ class Coordinator:
     A controller that raises, runs past its budget or answers anything else fails the
     task with ``hook/execution_failed``, ``hook/timeout`` or ``hook/invalid_result`` (no
     more tries). The controllers that ran are in the task's error's hook path. One
-    dispatcher runs every hook, whatever host a plan's tools files need.
+    dispatcher runs every hook, whatever host a plan's tools files need. ``monitor``
+    records every task's errors and counts every try, as ``Host(monitor=...)`` (see
+    :mod:`host.monitor`).
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -247,6 +249,7 @@ class Coordinator:
         config: str | os.PathLike[str] | Config | None = None,
         on_human_input: Callable[[str], Any] | None = None,
         hooks: Iterable[Any] | None = (),
+        monitor: Any = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox, on_human_input, hooks: checked by the Host below
         check_positive("max_concurrency", max_concurrency, at_least=1)
@@ -278,7 +281,9 @@ class Coordinator:
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory, on_human_input=on_human_input,
-                          hooks=with_config_hooks(hooks, config))  # [hooks] first
+                          hooks=with_config_hooks(hooks, config),  # [hooks] first
+                          monitor=monitor)
+        self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)
         self.hooks: Dispatcher | None = self._host.hooks
@@ -420,6 +425,7 @@ class Coordinator:
         # the one dispatcher (set after the breakers, which announce to it already): its
         # switched-off observers stay off, whatever the plan
         host.hooks = self.hooks
+        host.monitor = self.monitor
         return host
 
     def _output(self, line: str) -> None:

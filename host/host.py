@@ -76,6 +76,9 @@ class Host:
     fails (after its controllers): True, the script gets the error as usual; False, the
     run stops with it (no ``pcall``/``catch`` can keep it going; cleanups still run).
     ``stop_on_tool_error=True`` is ``on_tool_error`` always answering False.
+    ``monitor`` records every error of the host's runs (a :class:`host.monitor.Monitor`,
+    the path of its SQLite file, or True for the default file; see
+    :mod:`host.monitor`).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class Host:
         hooks: Iterable[Any] | None = (),
         on_tool_error: Callable[..., Any] | None = None,
         stop_on_tool_error: bool = False,
+        monitor: Any = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
@@ -113,6 +117,11 @@ class Host:
                 from host.hooks.files import with_config_hooks
 
                 hooks = with_config_hooks(hooks, config)
+        from host.monitor import as_monitor
+
+        self.monitor = as_monitor(monitor)
+        if self.monitor is not None:  # a user of the one dispatcher, after the hooks given
+            hooks = [*(hooks or ()), *self.monitor.hooks]
         self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)
         self.layers: list[Layer] = list(layers)
         for layer in self.layers:

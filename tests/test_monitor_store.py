@@ -94,13 +94,13 @@ def test_rollups_count_what_the_records_say(tmp_path: Path):
     now = time.time()
     store.write([make_record(failure(), when=now) for _ in range(5)]
                 + [make_record(failure(), when=now, recovered=True, recovery="retry")],
-                [(now, "tool", "search", "lua", "ok", 0.01)] * 10)
+                [(now, "tool", "search", "lua", 2, 1, 0.01)] * 5)
     rows = store.rollup(now - HOUR)
     assert sum(r["count"] for r in rows) == 6
     assert {(r["recovered"], r["recovery"], r["count"]) for r in rows} == {
         (0, "", 5), (1, "retry", 1)}
     (calls,) = store.calls(now - HOUR)
-    assert (calls["count"], round(calls["seconds"], 6)) == (10, 0.1)
+    assert (calls["count"], calls["failures"], round(calls["seconds"], 6)) == (10, 5, 0.05)
 
 
 def test_retention_by_age_and_by_rows(tmp_path: Path):

@@ -1,0 +1,138 @@
+"""Error monitoring: every error recorded, grouped and counted over time.
+
+``Host(monitor=Monitor())`` (or ``monitor=True``, or a path) records every error that
+ends a tool call (handled by the script or not), a run or a task try, and every
+recovery with its outcome, into a SQLite file, off the runs' path:
+
+- :mod:`host.monitor.records`: what one record holds, and its fingerprint (its group);
+- :mod:`host.monitor.store`: the SQLite file (WAL, schema versions, groups, rollups,
+  retention), safe with several processes;
+- :mod:`host.monitor.writer`: the background writer (batches, a bounded queue);
+- :mod:`host.monitor.recorder`: the hook observers that feed it (the monitor is a user of
+  the one hook dispatcher, see :mod:`host.hooks`).
+
+Where the file is: ``path``, else ``$POLYSPELL_ERRORS_DB``, else ``errors.db`` in
+polyspell's folder of the user's state directory (:func:`default_path`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bridge import ConfigurationError, SpellError
+from host.hooks import Hook
+from host.monitor.recorder import Recorder
+from host.monitor.store import QUIET_BEFORE_REGRESSION, Store
+from host.monitor.writer import MAX_PENDING, Writer
+
+logger = logging.getLogger("polyspell")
+
+ENV_VAR = "POLYSPELL_ERRORS_DB"
+MAX_AGE = 30 * 86400.0  # seconds a record is kept by default
+MAX_ROWS = 1_000_000  # records kept by default
+
+
+def default_path() -> Path:
+    """``$POLYSPELL_ERRORS_DB``, else ``polyspell/errors.db`` in the user's state
+    directory: ``$XDG_STATE_HOME`` or ``~/.local/state`` (Linux and the like),
+    ``~/Library/Application Support`` (macOS), ``%LOCALAPPDATA%`` (Windows)."""
+    given = os.environ.get(ENV_VAR)
+    if given:
+        return Path(given).expanduser()
+    home = Path.home()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
+    elif sys.platform == "darwin":
+        base = home / "Library" / "Application Support"
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or home / ".local" / "state")
+    return base / "polyspell" / "errors.db"
+
+
+class Monitor:
+    """Records the errors of the hosts it is given to (see the module docstring).
+
+    ``max_age`` (seconds) and ``max_rows`` bound what is kept (pruned when the monitor
+    opens the file and then hourly); a group silent for ``quiet_before_regression``
+    seconds that comes back is ``regressed``; ``max_pending`` records may wait for the
+    writer (more are counted as dropped). A file that cannot be used is a ``storage/...``
+    error with ``strict``; without it (a run must never fail for its monitor), the
+    monitor says so once on the ``polyspell`` logger and counts what it does not record.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 max_age: float | None = MAX_AGE, max_rows: int | None = MAX_ROWS,
+                 quiet_before_regression: float = QUIET_BEFORE_REGRESSION,
+                 max_pending: int = MAX_PENDING, strict: bool = False) -> None:
+        self.path = str(default_path() if path is None else Path(path))
+        self.max_age, self.max_rows = max_age, max_rows
+        self.failure: SpellError | None = None
+        self.store: Store | None = None
+        try:
+            self.store = Store(self.path, quiet_before_regression=quiet_before_regression)
+            self.store.prune(max_age=max_age, max_rows=max_rows)
+        except SpellError as err:
+            if strict:
+                raise
+            self.failure = err
+            logger.error("polyspell cannot record errors in %s: %s (the runs go on, "
+                         "unrecorded)", self.path, err.message)
+        self.writer = Writer(self.store, max_pending=max_pending,
+                             maintenance=self.prune) if self.store is not None else None
+        self._recorder = Recorder(self.writer) if self.writer is not None else None
+
+    @property
+    def hooks(self) -> list[Hook]:
+        """The observers that feed the monitor (none if its file cannot be used)."""
+        return [] if self._recorder is None else self._recorder.hooks()
+
+    @property
+    def dropped(self) -> int:
+        """Records not recorded in this process: the queue was full, or the file failed."""
+        writer = self.writer
+        return 0 if writer is None else writer.dropped + writer.lost
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Write every record made so far; False if it took longer than ``timeout``."""
+        return True if self.writer is None else self.writer.flush(timeout)
+
+    def prune(self) -> int:
+        """Delete what is older than ``max_age`` or past ``max_rows``: the records
+        deleted."""
+        if self.store is None:
+            return 0
+        return self.store.prune(max_age=self.max_age, max_rows=self.max_rows)
+
+    def close(self) -> None:
+        """Write what is queued and close the file."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.store is not None:
+            self.store.close()
+
+    def __repr__(self) -> str:
+        return f"Monitor({self.path!r})"
+
+
+def as_monitor(value: Any) -> Monitor | None:
+    """``Host(monitor=...)``: a :class:`Monitor`, a path, True (the default file), or
+    None/False (none)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Monitor()
+    if isinstance(value, Monitor):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return Monitor(value)
+    raise ConfigurationError.InvalidValue(
+        key="monitor", value=repr(value)[:200],
+        reason="monitor is a Monitor, a path to its file, True (the default file) or None")
+
+
+__all__ = ["ENV_VAR", "MAX_AGE", "MAX_ROWS", "Monitor", "Store", "as_monitor",
+           "default_path"]

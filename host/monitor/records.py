@@ -54,8 +54,8 @@ def script_site(err: SpellError) -> tuple[str | None, str | None, int | None, st
     """``(engine, file, line, function)`` of the innermost script frame of ``err`` or,
     if it has none, of its causes (the script line that failed)."""
     for each in err.chain():
-        for frame in reversed(each.frames):
-            if frame.language not in SCRIPT_LANGUAGES_EXCLUDED:
+        for frame in reversed(each.frames):  # a frame without a line: Lua's tail calls
+            if frame.language not in SCRIPT_LANGUAGES_EXCLUDED and frame.line is not None:
                 return frame.language, frame.file, frame.line, frame.function
     return None, None, None, None
 
@@ -78,11 +78,11 @@ def fingerprint(err: SpellError, *, engine: str | None, tool: str | None,
     return digest.hexdigest()
 
 
-def impact(err: SpellError, *, handled: bool, recovered: bool) -> float:
-    """How much a person using the agent felt it, from 0 (nothing) to 1 (the run failed
-    on a fatal error): the severity, scaled down when the script handled the error or
-    recovery answered in its place (the seed's ``user_impact``)."""
-    score = min(1.0, max(0.0, (int(err.severity) - int(Severity.INFO)) / 4))
+def impact(severity: Severity | str, *, handled: bool, recovered: bool) -> float:
+    """How much a person using the agent felt an error of ``severity``, from 0 (nothing)
+    to 1 (a fatal error that ended the run): scaled down when the script handled the
+    error or recovery answered in its place (the seed's ``user_impact``)."""
+    score = min(1.0, max(0.0, (int(Severity.parse(severity)) - int(Severity.INFO)) / 4))
     if recovered:
         score *= 0.2
     elif handled:
@@ -94,15 +94,21 @@ def make_record(err: SpellError, *, handled: bool = False, recovered: bool = Fal
                 recovery: str | None = None, tool: str | None = None,
                 run_id: str | None = None, task_id: str | None = None,
                 plan_id: str | None = None, engine: str | None = None,
-                when: float | None = None) -> dict[str, Any]:
+                when: float | None = None,
+                site: tuple[str, str | None, int | None, str | None] | None = None
+                ) -> dict[str, Any]:
     """The record of one occurrence of ``err`` (see the module docstring).
 
     ``handled``: the script caught it (the run went on); ``recovered``: recovery (a
     retry, a fallback, a degraded answer, a hook) answered in its place, ``recovery``
     naming how; ``tool``: the tool call it ended; ``engine``: the run's language when no
-    script frame says it; ``when``: seconds since the epoch (default: now).
+    script frame says it; ``when``: seconds since the epoch (default: now); ``site``:
+    ``(language, file, line, function)`` of the script line that made the call, when the
+    error's frames have none (an error not handed to the script yet).
     """
     site_engine, file, line, function = script_site(err)
+    if file is None and site is not None and site[1] is not None:
+        site_engine, file, line, function = site
     engine = site_engine or engine
     if tool is None:
         name = err.fields.get("tool_name")
@@ -135,7 +141,7 @@ def make_record(err: SpellError, *, handled: bool = False, recovered: bool = Fal
         "handled": handled,
         "recovered": recovered,
         "recovery": recovery,
-        "impact": impact(err, handled=handled, recovered=recovered),
+        "impact": impact(err.severity, handled=handled, recovered=recovered),
         "error": data,
     }
 

@@ -9,8 +9,9 @@ Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRA
 - ``rollup``: counts per hour and per (code, severity, component, engine, tool,
   handled, recovered, recovery, fingerprint), written with the records, so that
   statistics and trends over a million records read a few thousand rows;
-- ``calls``: counts and seconds per hour of tool calls, runs and tasks by outcome, so
-  that a rate of failure has its denominator;
+- ``calls``: per hour, the tool calls, runs, task tries and recoveries (by strategy):
+  how many, how many failed, their seconds, so that a rate of failure has its
+  denominator;
 - ``meta``: what the file is (``app``), and what could not be recorded (``dropped``).
 
 Every failure is a unified ``storage/...`` error naming the file.
@@ -73,8 +74,8 @@ MIGRATIONS: list[str] = [
                      recovery, fingerprint)) WITHOUT ROWID;
     CREATE TABLE calls (
         hour INTEGER NOT NULL, what TEXT NOT NULL, name TEXT NOT NULL, engine TEXT NOT NULL,
-        outcome TEXT NOT NULL, count INTEGER NOT NULL, seconds REAL NOT NULL,
-        PRIMARY KEY (hour, what, name, engine, outcome)) WITHOUT ROWID;
+        count INTEGER NOT NULL, failures INTEGER NOT NULL, seconds REAL NOT NULL,
+        PRIMARY KEY (hour, what, name, engine)) WITHOUT ROWID;
     """,
 ]
 
@@ -194,17 +195,18 @@ class Store:
     # -- writing ----------------------------------------------------------------------
 
     def write(self, records: Iterable[dict[str, Any]] = (),
-              counts: Iterable[tuple[float, str, str, str, str, float]] = ()) -> None:
+              counts: Iterable[tuple[float, str, str, str, int, int, float]] = ()) -> None:
         """Write ``records`` (see :mod:`host.monitor.records`) and ``counts`` (``(when,
-        what, name, engine, outcome, seconds)``: one tool call, run or task) in one
-        transaction, with their groups and hourly rollups."""
+        what, name, engine, count, failures, seconds)``: tool calls, a run, a task try,
+        a recovery) in one transaction, with their groups and hourly rollups."""
         rows = [_row(record) for record in records]
-        counted: dict[tuple[int, str, str, str, str], list[float]] = {}
-        for when, what, name, engine, outcome, seconds in counts:
-            key = (int(when // 3600), what, name, engine or "", outcome)
-            total = counted.setdefault(key, [0, 0.0])
-            total[0] += 1
-            total[1] += seconds
+        counted: dict[tuple[int, str, str, str], list[float]] = {}
+        for when, what, name, engine, count, failures, seconds in counts:
+            key = (int(when // 3600), what, name, engine or "")
+            total = counted.setdefault(key, [0, 0, 0.0])
+            total[0] += count
+            total[1] += failures
+            total[2] += seconds
         if not rows and not counted:
             return
         with self._transaction("write") as db:
@@ -229,8 +231,8 @@ class Store:
             db.executemany(
                 "INSERT INTO calls VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT DO UPDATE SET count = count + excluded.count, "
-                "seconds = seconds + excluded.seconds",
-                [(*key, n, seconds) for key, (n, seconds) in counted.items()])
+                "failures = failures + excluded.failures, seconds = seconds + excluded.seconds",
+                [(*key, *totals) for key, totals in counted.items()])
 
     def _group(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         """Count ``rows`` (one group's, oldest first) in their group: a group seen again
@@ -354,11 +356,11 @@ class Store:
         return out
 
     def calls(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
-        """The hourly counts of tool calls, runs and tasks from ``since``."""
+        """The hourly counts of tool calls, runs, tasks and recoveries from ``since``."""
         until = time.time() if until is None else until
         rows = self._read("SELECT * FROM calls WHERE hour >= ? AND hour <= ?",
                           (int(since // 3600), int(until // 3600)))
-        keys = ("hour", "what", "name", "engine", "outcome", "count", "seconds")
+        keys = ("hour", "what", "name", "engine", "count", "failures", "seconds")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 

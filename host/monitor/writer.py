@@ -16,8 +16,10 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
+import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from bridge import SpellError
@@ -28,14 +30,18 @@ logger = logging.getLogger("polyspell")
 MAX_PENDING = 10_000  # records and counts waiting for the writer: past it, dropped
 FLUSH_INTERVAL = 0.1  # seconds between writes
 BATCH = 5_000  # records per transaction at most
+MAINTENANCE_EVERY = 3600.0  # seconds between two calls of the writer's maintenance
 
 
 class Writer:
     """Writes records and counts to ``store`` in batches (see the module docstring)."""
 
     def __init__(self, store: Store, *, max_pending: int = MAX_PENDING,
-                 interval: float = FLUSH_INTERVAL) -> None:
+                 interval: float = FLUSH_INTERVAL,
+                 maintenance: Callable[[], Any] | None = None) -> None:
         self.store = store
+        self.maintenance = maintenance  # called on the writer's thread, hourly (pruning)
+        self._maintained = time.monotonic()
         self.max_pending = max_pending
         self.interval = interval
         self.dropped = 0  # overflowed the queue (also added to the store's count)
@@ -63,7 +69,7 @@ class Writer:
         self._records.append(record)
 
     def count(self, item: tuple[Any, ...]) -> None:
-        """Queue one count: ``(when, what, name, engine, outcome, seconds)``."""
+        """Queue one count: ``(when, what, name, engine, count, failures, seconds)``."""
         if len(self._records) + len(self._counts) >= self.max_pending or self._closed:
             return  # counts are statistics: an overflow drops them without a record
         self._counts.append(item)
@@ -111,6 +117,13 @@ class Writer:
             except Exception as exc:  # a bug of ours must not end the writer
                 self.lost += len(records)
                 logger.exception("polyspell's error writer failed: %s", exc)
+        if self.maintenance is not None \
+                and time.monotonic() - self._maintained >= MAINTENANCE_EVERY:
+            self._maintained = time.monotonic()
+            try:
+                self.maintenance()
+            except Exception as exc:  # pruning can wait for the next hour
+                logger.warning("polyspell could not prune %s: %s", self.store.path, exc)
         with self._written:
             self._done = asked
             self._written.notify_all()
