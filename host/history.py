@@ -50,14 +50,11 @@ class RecoveryHistory(list):
         super().__init__()
         self.limit = max(2, limit)
         self.dropped = 0
-
-    @property
-    def total(self) -> int:
-        """Events ever added, kept or dropped (it only grows)."""
-        return len(self) + self.dropped
+        self.total = 0  # events ever added, kept or dropped: it only grows
 
     def add(self, event: dict[str, Any]) -> dict[str, Any]:
         """Keep ``event`` (the newest), dropping the oldest of the second half when full."""
+        self.total += 1
         if len(self) >= self.limit:
             del self[self.limit // 2]  # a memmove of a few hundred pointers
             self.dropped += 1
@@ -69,6 +66,7 @@ class RecoveryHistory(list):
         for event in events:
             self.add(event)
         self.dropped += dropped
+        self.total += dropped
 
     def as_json(self) -> dict[str, Any]:
         """``{"recovery": [...]}``, with ``recovery_dropped`` when some were dropped: the

@@ -142,6 +142,7 @@ class ToolCallHooks:
         observers' thread (a call that simply succeeds: none for ``failures_only``
         observers)."""
         d = self.dispatcher
+        counting = d.has("run_finished")  # run_finished observers are never switched off
 
         def observed(call: ToolCall) -> Any:
             run = call.run
@@ -149,16 +150,17 @@ class ToolCallHooks:
                 d.observe_lazily("tool_call_started", _started_context,
                                  (run.correlation_id, call.name, call.params, call),
                                  run.hook_path, run._token, keep_ok=False)
-            recoveries = run.recovery.total
+            history = run.recovery
+            recoveries = history.total
             try:
                 result = next(call)
             except BaseException as exc:
                 err = failure_to_recover(call, exc)  # the run's end passes untouched
             else:
                 duration = time.perf_counter() - call.started
-                if d.has("run_finished"):
+                if counting:
                     count_call(run.tool_stats, call.name, duration, False)
-                recovered = run.recovery.total != recoveries
+                recovered = history.total != recoveries
                 if d.wants_successes("tool_call_finished") or (
                         recovered and d.has("tool_call_finished")):
                     d.observe_lazily("tool_call_finished", _result_context, (
@@ -167,7 +169,7 @@ class ToolCallHooks:
                         failed=recovered)
                 return result
             duration = time.perf_counter() - call.started
-            if d.has("run_finished"):
+            if counting:
                 count_call(run.tool_stats, call.name, duration, True)
             if d.has("tool_call_finished"):
                 d.observe_lazily("tool_call_finished", _result_context, (
