@@ -158,7 +158,11 @@ class ScriptRun:
         self.hooks = hooks  # the host's hooks (host.hooks), None when it has none
         # the hooks that ran for the run itself (not for one tool call): its error's path
         self.hook_path: list[dict[str, Any]] = []
-        self.tool_stats: dict[str, list[Any]] = {}  # by tool, for run_finished observers
+        self.tool_times: Any = None  # by tool, for run_finished observers
+        if hooks is not None:
+            from host.hooks.layer import ToolTimes
+
+            self.tool_times = ToolTimes()
         self._cancelled = False  # cancel() stopped it (for cancellation_finished)
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
@@ -310,13 +314,9 @@ class ScriptRun:
                 self.correlation_id, self.control.reason), self.hook_path, self._token,
                 wait=False)
         if hooks.has("run_finished"):
-            from host.hooks import ToolCallStats
-
             hooks.observe("run_finished", RunFinishedContext(
                 self.correlation_id, self.filename, self.language, copy_data(result),
-                error, time.perf_counter() - began,
-                {tool: ToolCallStats(calls, failures, seconds, tuple(buckets))
-                 for tool, (calls, failures, seconds, buckets) in self.tool_stats.items()}),
+                error, time.perf_counter() - began, self.tool_times.stats()),
                 self.hook_path, self._token, wait=False, failed=error is not None)
         with anyio.CancelScope(shield=True):  # every observer has seen the run, within budgets
             await anyio.to_thread.run_sync(hooks.flush)

@@ -25,6 +25,7 @@ asked to stop), recorded in the run's recovery history; past the bound the outco
 
 from __future__ import annotations
 
+import array
 import bisect
 import time
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from host.hooks.points import (
     DURATION_BUCKETS,
     Caller,
     ToolCallContext,
+    ToolCallStats,
     ToolResultContext,
     copy_data,
 )
@@ -159,7 +161,10 @@ class ToolCallHooks:
             else:
                 duration = time.perf_counter() - call.started
                 if counting:
-                    count_call(run.tool_stats, call.name, duration, False)
+                    times = run.tool_times.get(call.name)
+                    if times is None or len(times) >= FOLD_AFTER:
+                        times = run.tool_times.times(call.name)
+                    times.append(duration)
                 recovered = history.total != recoveries
                 if d.wants_successes("tool_call_finished") or (
                         recovered and d.has("tool_call_finished")):
@@ -170,7 +175,7 @@ class ToolCallHooks:
                 return result
             duration = time.perf_counter() - call.started
             if counting:
-                count_call(run.tool_stats, call.name, duration, True)
+                run.tool_times.failed(call.name, duration)
             if d.has("tool_call_finished"):
                 d.observe_lazily("tool_call_finished", _result_context, (
                     run.correlation_id, call.name, call.params, call, None, err,
@@ -296,7 +301,10 @@ class ToolCallHooks:
         d = self.dispatcher
         duration = time.perf_counter() - call.started
         if d.has("run_finished"):
-            count_call(call.run.tool_stats, call.name, duration, err is not None)
+            if err is None:
+                call.run.tool_times.times(call.name).append(duration)
+            else:
+                call.run.tool_times.failed(call.name, duration)
         if d.has("tool_call_finished"):
             d.observe_lazily("tool_call_finished", _result_context, (
                 call.run.correlation_id, call.name, call.params, call, result, err,
@@ -305,18 +313,57 @@ class ToolCallHooks:
                 or call.run.recovery.total != recoveries)
 
 
-def count_call(stats: dict[str, list[Any]], tool: str, seconds: float, failed: bool
-               ) -> None:
-    """Count one call of ``tool`` in a run's ``stats`` (made into
-    :class:`host.hooks.ToolCallStats` for ``run_finished``)."""
-    counted = stats.get(tool)
-    if counted is None:
-        counted = stats[tool] = [0, 0, 0.0, [0] * (len(DURATION_BUCKETS) + 1)]
-    counted[0] += 1
-    if failed:
-        counted[1] += 1
-    counted[2] += seconds
-    counted[3][bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+FOLD_AFTER = 65536  # a tool's call times kept before they are folded into its counts
+
+
+class ToolTimes(dict):
+    """A run's tool calls, for ``run_finished``: by tool, the seconds of its latest calls
+    (an array a call appends to: the cheapest count), folded into its counts every
+    :data:`FOLD_AFTER` calls so that a long run stays small."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: dict[str, list[Any]] = {}  # calls, failures, seconds, buckets
+
+    def times(self, tool: str) -> array.array:
+        """The array of ``tool``'s latest call times (folded first when full)."""
+        times = self.get(tool)
+        if times is None:
+            times = self[tool] = array.array("d")
+        elif len(times) >= FOLD_AFTER:
+            self._fold(tool, times)
+        return times
+
+    def failed(self, tool: str, seconds: float) -> None:
+        """One call of ``tool`` that failed."""
+        self.times(tool).append(seconds)
+        self._counts(tool)[1] += 1
+
+    def stats(self) -> dict[str, ToolCallStats]:
+        """Every tool's :class:`ToolCallStats` so far."""
+        for tool, times in self.items():
+            self._fold(tool, times)
+        return {tool: ToolCallStats(calls, failures, seconds, tuple(buckets))
+                for tool, (calls, failures, seconds, buckets) in self.counts.items()}
+
+    def _counts(self, tool: str) -> list[Any]:
+        counts = self.counts.get(tool)
+        if counts is None:
+            counts = self.counts[tool] = [0, 0, 0.0, [0] * (len(DURATION_BUCKETS) + 1)]
+        return counts
+
+    def _fold(self, tool: str, times: array.array) -> None:
+        counts = self._counts(tool)
+        counts[0] += len(times)
+        counts[2] += sum(times)
+        ordered = sorted(times)  # then one bisection per bucket, not one per call
+        buckets, below = counts[3], 0
+        for index, bound in enumerate(DURATION_BUCKETS):
+            at_most = bisect.bisect_right(ordered, bound)
+            buckets[index] += at_most - below
+            below = at_most
+        buckets[-1] += len(ordered) - below
+        del times[:]
 
 
 def _started_context(run_id: str, tool: str, params: Any, call: ToolCall
