@@ -289,7 +289,7 @@ class ScriptRun:
         escaping it goes to ``script_error`` observers and ``after_script_error``
         controllers (which may recover with a result or rethrow another error); then
         ``run_finished``. The hooks that ran are in the run's error's hook path."""
-        from host.hooks import RunContext, RunFinishedContext
+        from host.hooks import RunContext
         from host.hooks.points import copy_data
 
         self._token = anyio.lowlevel.current_token()
@@ -314,9 +314,10 @@ class ScriptRun:
                 self.correlation_id, self.control.reason), self.hook_path, self._token,
                 wait=False)
         if hooks.has("run_finished"):
-            hooks.observe("run_finished", RunFinishedContext(
-                self.correlation_id, self.filename, self.language, copy_data(result),
-                error, time.perf_counter() - began, self.tool_times.stats()),
+            hooks.observe_lazily(  # its tool counts are made on the observers' thread
+                "run_finished", _run_finished, (
+                    self.correlation_id, self.filename, self.language, copy_data(result),
+                    error, time.perf_counter() - began, self.tool_times),
                 self.hook_path, self._token, wait=False, failed=error is not None)
         with anyio.CancelScope(shield=True):  # every observer has seen the run, within budgets
             await anyio.to_thread.run_sync(hooks.flush)
@@ -996,6 +997,14 @@ class _Crossed(NamedTuple):
 # What _preserve_stack keeps of the run an error left: an earlier run's, in an error
 # that crosses again in another run, is not this run's.
 _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
+
+
+def _run_finished(run_id: str, script: str, language: str, result: Any, error: Any,
+                  duration: float, tool_times: Any) -> Any:
+    from host.hooks import RunFinishedContext
+
+    return RunFinishedContext(run_id, script, language, result, error, duration,
+                              tool_times.stats())
 
 
 def _out_of_time(err: SpellError) -> bool:
