@@ -183,3 +183,19 @@ def test_a_broken_store_never_fails_a_run_and_says_so_once(tmp_path, caplog, lan
     with pytest.raises(SpellError) as info:
         Monitor(path, strict=True)
     assert info.value.code == "storage/corrupted"
+
+
+def test_runs_that_never_tell_their_end_cannot_grow_the_recorder(monitor, monkeypatch):
+    from bridge import ToolError
+    from host.hooks import Caller, ToolResultContext
+    from host.monitor import recorder
+
+    monkeypatch.setattr(recorder, "MAX_RUNS", 2)
+    observe = monitor._recorder.tool_call_finished
+    for run_id in ("r1", "r2", "r3"):  # interrupted runs: no run_finished ever comes
+        err = ToolError.ExecutionFailed(tool_name="t", reason=run_id)
+        observe(ToolResultContext(run_id, "t", {}, Caller("lua", "a.lua", 1), 0, None, err,
+                                  "execution", 0.1, 1))
+    assert sorted(monitor._recorder._runs) == ["r2", "r3"]
+    (record,) = recorded(monitor)  # r1's went out as it was, not lost
+    assert (record["run_id"], record["handled"]) == ("r1", True)

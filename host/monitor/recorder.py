@@ -16,7 +16,9 @@ with ``run_finished``). What they observe:
 - ``task_finished``: the task try's count.
 
 A run keeps at most :data:`MAX_PER_RUN` records waiting for its end; past it they go
-out at once, as handled (the run was still going when they happened).
+out at once, as handled (the run was still going when they happened). At most
+:data:`MAX_RUNS` runs wait so (an interrupted run never tells its end): past it, the
+oldest one's records go out as they are.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from host.monitor.writer import Writer
 
 MAX_PER_RUN = 1000  # records a run keeps until its end
+MAX_RUNS = 1000  # runs whose records wait for their end (an interrupted run never ends)
 BUDGET = 5.0  # seconds an observer of the monitor may take (a record of a deep error: ms)
 
 
@@ -95,8 +98,13 @@ class Recorder:
             """Recovery acted on ``ctx.failure``: its outcome comes with the call's end."""
             if isinstance(ctx.failure, SpellError):  # not a degradation level's change
                 with self._lock:
-                    self._recovering.setdefault((ctx.run_id, ctx.tool), []).append(
-                        (action, ctx.failure))
+                    waiting = self._recovering.setdefault((ctx.run_id, ctx.tool), [])
+                    if len(waiting) < MAX_PER_RUN:
+                        waiting.append((action, ctx.failure))
+                    else:  # its outcome is not waited for: recorded as not recovered
+                        self.writer.put(make_record(
+                            ctx.failure, handled=True, recovery=action, tool=ctx.tool,
+                            run_id=ctx.run_id))
 
         return recovery
 
@@ -143,7 +151,13 @@ class Recorder:
     # -- helpers ------------------------------------------------------------------------
 
     def _keep(self, run_id: str, record: dict[str, Any]) -> None:
-        kept = self._runs.setdefault(run_id, [])
+        kept = self._runs.get(run_id)
+        if kept is None:
+            if len(self._runs) >= MAX_RUNS:  # a run that never told its end (interrupted)
+                oldest = next(iter(self._runs))
+                for forgotten in self._runs.pop(oldest):
+                    self.writer.put(forgotten)
+            kept = self._runs[run_id] = []
         if len(kept) < MAX_PER_RUN:
             kept.append(record)
         else:
