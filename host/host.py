@@ -117,10 +117,12 @@ class Host:
                 from host.hooks.files import with_config_hooks
 
                 hooks = with_config_hooks(hooks, config)
-        from host.monitor import as_monitor
+        self.monitor: Any = None
+        if monitor is not None and monitor is not False:  # no import of it without one
+            from host.monitor import as_monitor
 
-        self.monitor = as_monitor(monitor)
-        if self.monitor is not None:  # a user of the one dispatcher, after the hooks given
+            self.monitor = as_monitor(monitor)
+            # a user of the one dispatcher, after the hooks given
             hooks = [*(hooks or ()), *self.monitor.hooks]
         self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)
         self.layers: list[Layer] = list(layers)
