@@ -416,6 +416,16 @@ def watch_calls(ctx: hooks.ToolResultContext) -> None:
     """The smallest observer."""
 
 
+@hooks.observer("tool_call_finished", failures_only=True)
+def watch_failures(ctx: hooks.ToolResultContext) -> None:
+    """The smallest observer of failed calls (none fail here)."""
+
+
+@hooks.observer("run_finished")
+def watch_runs(ctx: hooks.RunFinishedContext) -> None:
+    """The smallest run observer: the run counts its tool calls for it."""
+
+
 @hooks.controller("after_tool_call")
 def pass_calls(ctx: hooks.ToolResultContext) -> None:
     """The smallest controller: answers Continue."""
@@ -429,6 +439,8 @@ def hooks_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     base, _ = added_cost(plain, plain, "lua", LUA_LOOP, repeats)
     rows.append(("round trip, Lua, no hooks registered", base * us, "us", ""))
     for name, hook in (("one Python observer (tool_call_finished)", watch_calls),
+                       ("one observer of failed calls only", watch_failures),
+                       ("one run_finished observer (counts calls)", watch_runs),
                        ("one Python controller (after_tool_call)", pass_calls)):
         hooked = Host([add], on_output=lambda line: None, hooks=[hook])
         _, extra = added_cost(plain, hooked, "lua", LUA_LOOP, repeats)
