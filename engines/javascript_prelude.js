@@ -277,11 +277,13 @@
 
   function call(tool, params) {
     if (typeof tool !== "string") throw new TypeError("tools.call: the tool name must be a string");
+    if (scriptHooks !== null && hooking === 0) return hooked(tool, params, call);
     return request(tool, undefined, params, call);
   }
 
   // `this`: {name, json: the name's JSON text} (see toolsHandler)
   function tool(params) {
+    if (scriptHooks !== null && hooking === 0) return hooked(this.name, params, tool);
     return request(this.name, this.json, params, tool);
   }
 
@@ -416,6 +418,330 @@
         if (!next) throw error;
       }
     }
+  }
+
+  // ------------------------------------------------------------- script hooks
+
+  // hooks.beforeToolCall(fn), hooks.afterToolCall(fn) and hooks.on(point, fn): the
+  // script's own hooks on its tool calls, run here, in the script's context, under its
+  // limits. Before a call they run before the request leaves the script (so before the
+  // host's hooks, which see the params they proceeded with); after a call they see what
+  // the host's hooks made of it. Controllers of a point chain in registration order until
+  // one answers something other than proceed/continue (nothing returned is that). A hook
+  // may be async (its promise is awaited); a tool call made while a hook runs (before the
+  // hook's first await) fires no hook. Lists and records have no prototype: a script's
+  // Array.prototype or iterator never sees them.
+  const MAX_SCRIPT_HOOKS = 100; // hooks a run may register, all points together
+  const SWITCH_OFF = 3; // an observer failing this many times in a row is switched off
+  const OBSERVABLE = { __proto__: null, tool_call_started: "tool_call_started",
+    toolCallStarted: "tool_call_started", tool_call_finished: "tool_call_finished",
+    toolCallFinished: "tool_call_finished" };
+  const CONTROLLER_NAMES = { __proto__: null, before_tool_call: "beforeToolCall",
+    beforeToolCall: "beforeToolCall", after_tool_call: "afterToolCall",
+    afterToolCall: "afterToolCall" };
+  // what each controller point takes: action -> the one other key it may have ("": none)
+  const ACTIONS = {
+    __proto__: null,
+    before_tool_call: { __proto__: null, proceed: "params", skip: "result" },
+    after_tool_call: { __proto__: null, continue: "", recover: "result", rethrow: "error" },
+  };
+  const SAY_ACTIONS = {
+    __proto__: null,
+    before_tool_call: 'nothing, {action: "proceed", params} or {action: "skip", result}',
+    after_tool_call: 'nothing, {action: "continue"}, {action: "recover", result} or ' +
+      '{action: "rethrow", error}',
+  };
+  const now = performance.now.bind(performance);
+  const keysOf = Object.keys;
+  let scriptHooks = null; // null while the run registered none: a call costs one test
+  let hooking = 0; // hooks running (their synchronous part)
+
+  function configError(value, reason) {
+    const { ConfigurationError } = loadErrors().globals;
+    return new ConfigurationError({ kind: "invalid_value", key: "hooks", value, reason });
+  }
+
+  // "name (file:line)" of a hook: its function's name and where it was registered.
+  function hookName(fn, skip) {
+    let name = "";
+    try {
+      name = typeof fn.name === "string" ? fn.name : "";
+    } catch {}
+    captureStack(holder, skip);
+    const stack = clean(holder.stack);
+    const open = indexOf(stack, "(", 0);
+    const close = indexOf(stack, ")", 0);
+    let where = open !== -1 && close > open ? slice(stack, open + 1, close)
+      : slice(stack, 7, indexOf(stack, "\n", 0) === -1 ? stack.length : indexOf(stack, "\n", 0));
+    const colon = where.lastIndexOf(":");
+    if (colon > 0 && where.indexOf(":") !== colon) where = slice(where, 0, colon); // no column
+    return name === "" ? where : name + " (" + where + ")";
+  }
+
+  function register(point, fn, skip) {
+    if (typeof fn !== "function") {
+      throw new TypeError(`hooks: a hook is a function, not ${fn === null ? "null" : typeof fn}`);
+    }
+    const h = scriptHooks ?? { __proto__: null, before_tool_call: newList(),
+      after_tool_call: newList(), tool_call_started: newList(),
+      tool_call_finished: newList(), count: 0 };
+    if (h.count >= MAX_SCRIPT_HOOKS) {
+      throw configError(point, `a run registers at most ${MAX_SCRIPT_HOOKS} script hooks`);
+    }
+    append(h[point], { __proto__: null, fn, name: hookName(fn, skip), fails: 0 });
+    h.count++;
+    scriptHooks = h;
+  }
+
+  function beforeToolCall(fn) {
+    register("before_tool_call", fn, beforeToolCall);
+  }
+
+  function afterToolCall(fn) {
+    register("after_tool_call", fn, afterToolCall);
+  }
+
+  function on(point, fn) {
+    if (typeof point !== "string") {
+      throw new TypeError(`hooks.on: the point is a string, not ${point === null ? "null" : typeof point}`);
+    }
+    const known = OBSERVABLE[point];
+    if (known === undefined) {
+      const controller = CONTROLLER_NAMES[point];
+      throw configError(point, controller !== undefined
+        ? `'${point}' is a controller point: register with hooks.${controller}(fn) (hooks.on ` +
+          "takes tool_call_started, tool_call_finished)"
+        : `unknown hook point ${stringify(point)} for a script (a script observes ` +
+          "tool_call_started, tool_call_finished, also written toolCallStarted, " +
+          "toolCallFinished; the host's other points take Python hooks)");
+    }
+    register(known, fn, on);
+  }
+
+  function thenable(value) {
+    return value !== null && typeof value === "object" && typeof value.then === "function";
+  }
+
+  function invoke(hk, ctx) {
+    hooking++;
+    try {
+      return hk.fn(ctx);
+    } finally {
+      hooking--;
+    }
+  }
+
+  // The hook/execution_failed error of hook hk that threw `error`, located where it
+  // threw (an Error's stack) or else at the call site. A limit goes on as it is.
+  function hookFailed(hk, point, error, site) {
+    if (engineOwn(error) || observedLimit(error) !== 0) throw error;
+    let reason;
+    try {
+      reason = error instanceof Error ? `${error.name}: ${error.message}` : format(error);
+    } catch {
+      reason = "a value that cannot be shown";
+    }
+    const { HookError } = loadErrors().globals;
+    const spec = { kind: "execution_failed", hook_name: hk.name, hook_point: point, reason };
+    if (error instanceof Error) spec.cause = error;
+    const failure = new HookError(spec);
+    let stack = null;
+    try {
+      if (error instanceof Error) stack = error.stack;
+    } catch {}
+    failure.stack = typeof stack === "string" && stack !== "" ? stack : clean(site);
+    return failure;
+  }
+
+  function invalid(hk, point, reason, site, cause) {
+    const { HookError } = loadErrors().globals;
+    const spec = { kind: "invalid_result", hook_name: hk.name, hook_point: point, reason };
+    if (cause !== undefined && cause !== null) spec.cause = cause;
+    const failure = new HookError(spec);
+    failure.stack = clean(site);
+    return failure;
+  }
+
+  function shown(value) {
+    if (typeof value === "string") return stringify(value.length > 60 ? value.slice(0, 57) + "..." : value);
+    if (value !== null && typeof value === "object" && !isArray(value)) {
+      const action = value.action;
+      return action === undefined ? "an object without action" : `{action: ${shown(action)}, ...}`;
+    }
+    if (isArray(value)) return "an array";
+    if (typeof value === "function") return "a function";
+    return String(value);
+  }
+
+  // The action a controller answered (undefined: proceed/continue), checked: an action of
+  // its point with no other keys than that action's one.
+  function actionOf(hk, point, value, site, cause) {
+    if (value === undefined || value === null) return undefined;
+    const takes = ACTIONS[point];
+    const action = typeof value === "object" && !isArray(value) ? value.action : undefined;
+    let key = typeof action === "string" ? takes[action] : undefined;
+    let extra = "";
+    if (key !== undefined) {
+      const keys = keysOf(value);
+      for (let i = 0; i < keys.length; i++) {
+        if (keys[i] !== "action" && keys[i] !== key) {
+          extra = ` with a key ${stringify(action)} does not take (${stringify(keys[i])})`;
+          key = undefined;
+          break;
+        }
+      }
+    }
+    if (key === undefined) {
+      throw invalid(hk, point, `it returned ${shown(value)}${extra}; at ${point} a script ` +
+        `hook returns ${SAY_ACTIONS[point]}`, site, cause);
+    }
+    return action;
+  }
+
+  // Observers: a failure changes nothing of the call; it is reported as a console line,
+  // and after SWITCH_OFF in a row the observer is switched off for the run. An async
+  // observer is not waited for.
+  function observeHooks(list, point, ctx, site) {
+    const count = list.length; // a hook registered now runs from the next call on
+    for (let i = 0; i < count; i++) {
+      const hk = list[i];
+      if (hk.fails >= SWITCH_OFF) continue;
+      let value;
+      try {
+        value = invoke(hk, ctx);
+      } catch (error) {
+        observerFailed(hk, point, error, site);
+        continue;
+      }
+      hk.fails = 0;
+      if (thenable(value)) {
+        try {
+          value.then(undefined, (error) => observerFailed(hk, point, error, site));
+        } catch (error) {
+          observerFailed(hk, point, error, site);
+        }
+      }
+    }
+  }
+
+  function observerFailed(hk, point, error, site) {
+    const failure = hookFailed(hk, point, error, site);
+    hk.fails++;
+    let line = `${failure.code}: ${failure.message}`;
+    if (hk.fails >= SWITCH_OFF) {
+      line += ` (failed ${SWITCH_OFF} times in a row: switched off)`;
+    }
+    append(output, stringify(line));
+  }
+
+  // A tool call through the script's hooks (see above); `site`: the call site's stack.
+  function hooked(name, params, skip) {
+    captureStack(holder, skip);
+    return hookedCall(name, params, holder.stack);
+  }
+
+  async function hookedCall(name, params, site) {
+    const h = scriptHooks;
+    if (h.tool_call_started.length !== 0) {
+      observeHooks(h.tool_call_started, "tool_call_started",
+        { tool: name, params, attempt: 1 }, site);
+    }
+    let skipped = false, result = null, err = null;
+    let list = h.before_tool_call;
+    if (list.length !== 0) {
+      const ctx = { tool: name, params, attempt: 1 };
+      const count = list.length; // a hook registered now runs from the next call on
+      for (let i = 0; i < count; i++) {
+        const hk = list[i];
+        let value;
+        try {
+          value = invoke(hk, ctx);
+          if (thenable(value)) value = await value;
+        } catch (error) {
+          err = hookFailed(hk, "before_tool_call", error, site);
+          break;
+        }
+        let action;
+        try {
+          action = actionOf(hk, "before_tool_call", value, site);
+        } catch (error) {
+          err = error;
+          break;
+        }
+        if (action === "skip") {
+          skipped = true;
+          result = value.result;
+          break;
+        }
+        if (action === "proceed" && value.params !== undefined) ctx.params = params = value.params;
+      }
+    }
+    const began = now();
+    if (!skipped && err === null) {
+      let failed = false;
+      try {
+        result = await request(name, undefined, params, undefined, site);
+      } catch (error) {
+        failed = true;
+        err = error;
+        result = null;
+      }
+      list = h.after_tool_call;
+      if (list.length !== 0) {
+        const ctx = { tool: name, params, result, error: err, duration: (now() - began) / 1000,
+          attempt: 1 };
+        const count = list.length;
+        for (let i = 0; i < count; i++) {
+          const hk = list[i];
+          let value;
+          try {
+            value = invoke(hk, ctx);
+            if (thenable(value)) value = await value;
+          } catch (error) {
+            const failure = hookFailed(hk, "after_tool_call", error, site);
+            if (failed && failure.cause === undefined) failure.cause = err;
+            result = null;
+            err = failure;
+            failed = true;
+            break;
+          }
+          const action = actionOf(hk, "after_tool_call", value, site, failed ? err : undefined);
+          if (action === "recover") {
+            result = value.result;
+            err = null;
+            failed = false;
+            break;
+          }
+          if (action === "rethrow") {
+            let replaced = value.error;
+            if (replaced === undefined && !failed) {
+              replaced = invalid(hk, "after_tool_call", '{action: "rethrow"} after a call ' +
+                "that succeeded: give the error to fail with", site);
+            } else if (replaced === undefined) {
+              replaced = err;
+            } else if (failed && replaced instanceof Error && !hasOwn(replaced, "cause")) {
+              replaced.cause = err; // the original error as its cause
+            }
+            result = null;
+            err = replaced;
+            failed = true;
+            break;
+          }
+        }
+      }
+      if (h.tool_call_finished.length !== 0) {
+        observeHooks(h.tool_call_finished, "tool_call_finished", { tool: name, params, result,
+          error: failed ? err : null, duration: (now() - began) / 1000, attempt: 1 }, site);
+      }
+      if (failed) throw err;
+      return result;
+    }
+    if (h.tool_call_finished.length !== 0) {
+      observeHooks(h.tool_call_finished, "tool_call_finished", { tool: name, params, result,
+        error: err, duration: (now() - began) / 1000, attempt: 1 }, site);
+    }
+    if (err !== null) throw err;
+    return result;
   }
 
   // ------------------------------------------------------------------- console
@@ -721,6 +1047,7 @@
     define("signal", signal);
     define("recovery", Object.freeze({ retry, fallback }));
     if (config.library) define("exports", {});
+    else define("hooks", Object.freeze({ beforeToolCall, afterToolCall, on }));
     // The error constructors are compiled when a script first touches one of them.
     for (const name of ["SpellError", "errors", ...Object.keys(config.constructors)]) {
       const get = () => loadErrors().globals[name];
@@ -732,7 +1059,9 @@
   // (and those that could be innermost in the stack of an out-of-memory error)
   for (const fn of [call, tool, request, retry, fallback, errorReport, engineOwn, check, stop,
     json, stopJson, nestedJson, failure, format, log, fail, begin, run, moduleDone, poll,
-    newList, append, flat, library, exported, callExport, abort]) {
+    newList, append, flat, library, exported, callExport, abort, configError, hookName,
+    register, beforeToolCall, afterToolCall, on, thenable, invoke, hookFailed, invalid, shown,
+    actionOf, observeHooks, observerFailed, hooked, hookedCall]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
