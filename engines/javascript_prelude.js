@@ -452,6 +452,7 @@
       '{action: "rethrow", error}',
   };
   const now = performance.now.bind(performance);
+  const promiseThen = Function.prototype.call.bind(Promise.prototype.then);
   const keysOf = Object.keys;
   let scriptHooks = null; // null while the run registered none: a call costs one test
   let hooking = 0; // hooks running (their synchronous part)
@@ -549,7 +550,14 @@
     try {
       if (error instanceof Error) stack = error.stack;
     } catch {}
-    failure.stack = typeof stack === "string" && stack !== "" ? stack : clean(site);
+    // where it threw, then where the script made the call (an after hook runs in a job of
+    // its own, whose stack does not reach the call site)
+    const tail = clean(site);
+    if (typeof stack !== "string") stack = "";
+    if (stack.length < tail.length || slice(stack, stack.length - tail.length) !== tail) {
+      stack += tail;
+    }
+    failure.stack = stack;
     return failure;
   }
 
@@ -615,8 +623,9 @@
       }
       hk.fails = 0;
       if (thenable(value)) {
+        const polyspell$failed = (error) => observerFailed(hk, point, error, site);
         try {
-          value.then(undefined, (error) => observerFailed(hk, point, error, site));
+          value.then(undefined, polyspell$failed);
         } catch (error) {
           observerFailed(hk, point, error, site);
         }
@@ -635,112 +644,177 @@
   }
 
   // A tool call through the script's hooks (see above); `site`: the call site's stack.
+  // Sync hooks keep it to one promise reaction more than a plain call (an async function
+  // would cost three times that), and the state of a call after its request is passed in
+  // arguments, not in objects (quickjs makes an object in about a microsecond): only a
+  // hook that returns a promise takes the async path.
   function hooked(name, params, skip) {
     captureStack(holder, skip);
-    return hookedCall(name, params, holder.stack);
-  }
-
-  async function hookedCall(name, params, site) {
+    const site = holder.stack;
     const h = scriptHooks;
     if (h.tool_call_started.length !== 0) {
-      observeHooks(h.tool_call_started, "tool_call_started",
-        { tool: name, params, attempt: 1 }, site);
+      observeHooks(h.tool_call_started, "tool_call_started", { tool: name, params, attempt: 1 },
+        site);
     }
-    let skipped = false, result = null, err = null;
-    let list = h.before_tool_call;
-    if (list.length !== 0) {
-      const ctx = { tool: name, params, attempt: 1 };
-      const count = list.length; // a hook registered now runs from the next call on
-      for (let i = 0; i < count; i++) {
-        const hk = list[i];
-        let value;
-        try {
-          value = invoke(hk, ctx);
-          if (thenable(value)) value = await value;
-        } catch (error) {
-          err = hookFailed(hk, "before_tool_call", error, site);
-          break;
-        }
-        let action;
-        try {
-          action = actionOf(hk, "before_tool_call", value, site);
-        } catch (error) {
-          err = error;
-          break;
-        }
-        if (action === "skip") {
-          skipped = true;
-          result = value.result;
-          break;
-        }
-        if (action === "proceed" && value.params !== undefined) ctx.params = params = value.params;
-      }
-    }
-    const began = now();
-    if (!skipped && err === null) {
-      let failed = false;
+    const count = h.before_tool_call.length; // a hook registered now runs from the next call
+    if (count === 0) return send(h, name, params, site);
+    const state = { __proto__: null, params, count };
+    return before(h, name, { tool: name, params, attempt: 1 }, state, site, 0);
+  }
+
+  // The before hooks from index i on; `state`: the params so far, and how many hooks run.
+  function before(h, name, ctx, state, site, i) {
+    const list = h.before_tool_call;
+    for (; i < state.count; i++) {
+      const hk = list[i];
+      let value;
       try {
-        result = await request(name, undefined, params, undefined, site);
+        value = invoke(hk, ctx);
       } catch (error) {
-        failed = true;
-        err = error;
-        result = null;
+        return early(h, name, state.params, site, null,
+          hookFailed(hk, "before_tool_call", error, site));
       }
-      list = h.after_tool_call;
-      if (list.length !== 0) {
-        const ctx = { tool: name, params, result, error: err, duration: (now() - began) / 1000,
-          attempt: 1 };
-        const count = list.length;
-        for (let i = 0; i < count; i++) {
-          const hk = list[i];
-          let value;
-          try {
-            value = invoke(hk, ctx);
-            if (thenable(value)) value = await value;
-          } catch (error) {
-            const failure = hookFailed(hk, "after_tool_call", error, site);
-            if (failed && failure.cause === undefined) failure.cause = err;
-            result = null;
-            err = failure;
-            failed = true;
-            break;
-          }
-          const action = actionOf(hk, "after_tool_call", value, site, failed ? err : undefined);
-          if (action === "recover") {
-            result = value.result;
-            err = null;
-            failed = false;
-            break;
-          }
-          if (action === "rethrow") {
-            let replaced = value.error;
-            if (replaced === undefined && !failed) {
-              replaced = invalid(hk, "after_tool_call", '{action: "rethrow"} after a call ' +
-                "that succeeded: give the error to fail with", site);
-            } else if (replaced === undefined) {
-              replaced = err;
-            } else if (failed && replaced instanceof Error && !hasOwn(replaced, "cause")) {
-              replaced.cause = err; // the original error as its cause
-            }
-            result = null;
-            err = replaced;
-            failed = true;
-            break;
-          }
-        }
-      }
-      if (h.tool_call_finished.length !== 0) {
-        observeHooks(h.tool_call_finished, "tool_call_finished", { tool: name, params, result,
-          error: failed ? err : null, duration: (now() - began) / 1000, attempt: 1 }, site);
-      }
-      if (failed) throw err;
-      return result;
+      if (thenable(value)) return beforeAsync(h, name, ctx, state, site, i, value);
+      const stop = decideBefore(h, hk, value, name, ctx, state, site);
+      if (stop !== undefined) return stop;
     }
+    return send(h, name, state.params, site);
+  }
+
+  async function beforeAsync(h, name, ctx, state, site, i, pending) {
+    const hk = h.before_tool_call[i];
+    let value;
+    try {
+      value = await pending;
+    } catch (error) {
+      return early(h, name, state.params, site, null,
+        hookFailed(hk, "before_tool_call", error, site));
+    }
+    const stop = decideBefore(h, hk, value, name, ctx, state, site);
+    return stop !== undefined ? stop : before(h, name, ctx, state, site, i + 1);
+  }
+
+  // What a before hook's answer does: undefined to go on, or the call's promise.
+  function decideBefore(h, hk, value, name, ctx, state, site) {
+    let action;
+    try {
+      action = actionOf(hk, "before_tool_call", value, site);
+    } catch (error) {
+      return early(h, name, state.params, site, null, error);
+    }
+    if (action === "skip") return early(h, name, state.params, site, value.result, null);
+    if (action === "proceed" && value.params !== undefined) {
+      ctx.params = state.params = value.params; // request() checks them as the script's own
+    }
+    return undefined;
+  }
+
+  // A call that ended before its request: skipped (error null) or failed.
+  function early(h, name, params, site, result, error) {
+    const { promise, resolve, reject } = withResolvers();
+    try {
+      resolve(settleCall(h, name, params, site, 0, result, error, error !== null));
+    } catch (thrown) {
+      reject(thrown);
+    }
+    return promise;
+  }
+
+  function send(h, name, params, site) {
+    const began = now();
+    // named so, these closures stay out of the stacks scripts see (see clean)
+    const polyspell$result = (result) => after(h, name, params, site, began, result, null, false);
+    const polyspell$error = (error) => after(h, name, params, site, began, null, error, true);
+    return promiseThen(request(name, undefined, params, undefined, site), polyspell$result,
+      polyspell$error);
+  }
+
+  function after(h, name, params, site, began, result, error, failed) {
+    const count = h.after_tool_call.length;
+    if (count === 0) return settleCall(h, name, params, site, began, result, error, failed);
+    const ctx = { tool: name, params, result, error, duration: (now() - began) / 1000,
+      attempt: 1 };
+    return afterFrom(h, name, params, site, began, ctx, 0, count, result, error, failed);
+  }
+
+  function afterFrom(h, name, params, site, began, ctx, i, count, result, error, failed) {
+    const list = h.after_tool_call;
+    for (; i < count; i++) {
+      const hk = list[i];
+      let value;
+      try {
+        value = invoke(hk, ctx);
+      } catch (thrown) {
+        const failure = afterFailure(hk, thrown, site, error, failed);
+        return settleCall(h, name, params, site, began, null, failure, true);
+      }
+      if (thenable(value)) {
+        return afterAsync(h, name, params, site, began, ctx, i, count, result, error, failed,
+          value);
+      }
+      const outcome = decideAfter(hk, value, site, error, failed);
+      if (outcome !== undefined) {
+        return settleCall(h, name, params, site, began, outcome[0], outcome[1], outcome[2]);
+      }
+    }
+    return settleCall(h, name, params, site, began, result, error, failed);
+  }
+
+  async function afterAsync(h, name, params, site, began, ctx, i, count, result, error, failed,
+    pending) {
+    const hk = h.after_tool_call[i];
+    let value;
+    try {
+      value = await pending;
+    } catch (thrown) {
+      const failure = afterFailure(hk, thrown, site, error, failed);
+      return settleCall(h, name, params, site, began, null, failure, true);
+    }
+    const outcome = decideAfter(hk, value, site, error, failed);
+    if (outcome !== undefined) {
+      return settleCall(h, name, params, site, began, outcome[0], outcome[1], outcome[2]);
+    }
+    return afterFrom(h, name, params, site, began, ctx, i + 1, count, result, error, failed);
+  }
+
+  // A failed after hook's error: the call's, with the error it decided on as its cause.
+  function afterFailure(hk, thrown, site, error, failed) {
+    const failure = hookFailed(hk, "after_tool_call", thrown, site);
+    if (failed && failure.cause === undefined) failure.cause = error;
+    return failure;
+  }
+
+  // What an after hook's answer does: undefined to go on, else the outcome it decided,
+  // [result, error, failed] (the hooks after it do not run).
+  function decideAfter(hk, value, site, error, failed) {
+    let action;
+    try {
+      action = actionOf(hk, "after_tool_call", value, site, failed ? error : undefined);
+    } catch (invalidResult) {
+      return [null, invalidResult, true];
+    }
+    if (action === "recover") return [value.result, null, false];
+    if (action !== "rethrow") return undefined;
+    let replaced = value.error;
+    if (replaced === undefined && !failed) {
+      replaced = invalid(hk, "after_tool_call", '{action: "rethrow"} after a call that ' +
+        "succeeded: give the error to fail with", site);
+    } else if (replaced === undefined) {
+      replaced = error;
+    } else if (failed && replaced instanceof Error && !hasOwn(replaced, "cause")) {
+      replaced.cause = error; // the original error as its cause
+    }
+    return [null, replaced, true];
+  }
+
+  // The finished observers, then the call's outcome (thrown: its promise rejects).
+  function settleCall(h, name, params, site, began, result, error, failed) {
     if (h.tool_call_finished.length !== 0) {
-      observeHooks(h.tool_call_finished, "tool_call_finished", { tool: name, params, result,
-        error: err, duration: (now() - began) / 1000, attempt: 1 }, site);
+      observeHooks(h.tool_call_finished, "tool_call_finished", { tool: name, params,
+        result: failed ? null : result, error: failed ? error : null,
+        duration: began === 0 ? 0 : (now() - began) / 1000, attempt: 1 }, site);
     }
-    if (err !== null) throw err;
+    if (failed) throw error;
     return result;
   }
 
@@ -1061,7 +1135,8 @@
     json, stopJson, nestedJson, failure, format, log, fail, begin, run, moduleDone, poll,
     newList, append, flat, library, exported, callExport, abort, configError, hookName,
     register, beforeToolCall, afterToolCall, on, thenable, invoke, hookFailed, invalid, shown,
-    actionOf, observeHooks, observerFailed, hooked, hookedCall]) {
+    actionOf, observeHooks, observerFailed, hooked, before, beforeAsync, decideBefore, early,
+    send, after, afterFrom, afterAsync, afterFailure, decideAfter, settleCall]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 

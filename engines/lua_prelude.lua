@@ -1016,6 +1016,18 @@ do
     end
   end
 
+  -- ctx.duration is read from the clock when a hook first reads it (hooks run as the reply
+  -- arrives): a clock read is a Python call, about a microsecond, which a call whose hooks
+  -- never look at the duration does not pay. Protected, as every metatable of the prelude.
+  local BEGAN = setmetatable({}, {__mode = "k", __metatable = false})  -- ctx -> start time
+  local DURATION_MT = {__metatable = false, __index = function(ctx, key)
+    if key ~= "duration" then return nil end
+    local began = BEGAN[ctx]
+    local d = began and monotonic() - began or 0
+    rawset(ctx, "duration", d)
+    return d
+  end}
+
   hooked_call = function(name, nargs, params, tb)
     local h = script_hooks
     name = text(name)
@@ -1048,8 +1060,9 @@ do
       if ok then result = value else err = reply_error(value, tb) end
       list = h.after_tool_call
       if #list > 0 then
-        local ctx = {tool = name, params = params, result = result, error = err,
-                     duration = monotonic() - began, attempt = 1}
+        local ctx = setmetatable({tool = name, params = params, result = result, error = err,
+                                  attempt = 1}, DURATION_MT)
+        BEGAN[ctx] = began
         for i = 1, #list do
           local hk = list[i]
           local ok, v = run_hook(hk, "after_tool_call", ctx, tb)
@@ -1080,9 +1093,10 @@ do
       end
     end
     if #h.tool_call_finished > 0 then
-      observe_hooks(h.tool_call_finished, "tool_call_finished",
-                    {tool = name, params = params, result = result, error = err,
-                     duration = monotonic() - began, attempt = 1}, tb)
+      local ctx = setmetatable({tool = name, params = params, result = result, error = err,
+                                attempt = 1}, DURATION_MT)
+      BEGAN[ctx] = began
+      observe_hooks(h.tool_call_finished, "tool_call_finished", ctx, tb)
     end
     if err ~= nil then error(err, 0) end
     return result

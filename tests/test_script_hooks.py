@@ -80,7 +80,8 @@ end)
 return tools.add{a = 1, b = 2}
 """
     js = """
-hooks.beforeToolCall((ctx) => ({action: "proceed", params: {a: ctx.params.a * 10, b: ctx.params.b}}));
+hooks.beforeToolCall((ctx) =>
+  ({action: "proceed", params: {a: ctx.params.a * 10, b: ctx.params.b}}));
 async function main() { return await tools.add({a: 1, b: 2}); }
 """
     assert run(host(python_sees), language, lua, js) == 12
@@ -120,7 +121,8 @@ local r = tools.add{a = 1, b = 2}
 return {r.cached, tools.add ~= nil}
 """
     js = """
-hooks.beforeToolCall((ctx) => ctx.tool === "add" ? {action: "skip", result: {cached: true}} : undefined);
+hooks.beforeToolCall((ctx) =>
+  ctx.tool === "add" ? {action: "skip", result: {cached: true}} : undefined);
 async function main() { const r = await tools.add({a: 1, b: 2}); return [r.cached, true]; }
 """
     assert run(host(python_sees), language, lua, js) == [True, True]
@@ -195,8 +197,12 @@ def test_controllers_chain_in_registration_order_until_one_decides(language):
 local order = {}
 hooks.after_tool_call(function(ctx) order[#order + 1] = 1 end)
 hooks.after_tool_call(function(ctx) order[#order + 1] = 2 return {action = "continue"} end)
-hooks.after_tool_call(function(ctx) order[#order + 1] = 3 return {action = "recover", result = ctx.result * 100} end)
-hooks.after_tool_call(function(ctx) order[#order + 1] = 4 return {action = "recover", result = -1} end)
+hooks.after_tool_call(function(ctx)
+  order[#order + 1] = 3 return {action = "recover", result = ctx.result * 100}
+end)
+hooks.after_tool_call(function(ctx)
+  order[#order + 1] = 4 return {action = "recover", result = -1}
+end)
 local r = tools.add{a = 1, b = 1}
 return {r, order}
 """
@@ -204,7 +210,9 @@ return {r, order}
 const order = [];
 hooks.afterToolCall(() => { order.push(1); });
 hooks.afterToolCall(() => { order.push(2); return {action: "continue"}; });
-hooks.afterToolCall((ctx) => { order.push(3); return {action: "recover", result: ctx.result * 100}; });
+hooks.afterToolCall((ctx) => {
+  order.push(3); return {action: "recover", result: ctx.result * 100};
+});
 hooks.afterToolCall(() => { order.push(4); return {action: "recover", result: -1}; });
 async function main() { const r = await tools.add({a: 1, b: 1}); return [r, order]; }
 """
@@ -213,8 +221,12 @@ async function main() { const r = await tools.add({a: 1, b: 1}); return [r, orde
 
 def test_before_controllers_pass_changed_params_along_the_chain(language):
     lua = """
-hooks.before_tool_call(function(ctx) return {action = "proceed", params = {a = ctx.params.a + 1, b = 0}} end)
-hooks.before_tool_call(function(ctx) return {action = "proceed", params = {a = ctx.params.a * 2, b = 0}} end)
+hooks.before_tool_call(function(ctx)
+  return {action = "proceed", params = {a = ctx.params.a + 1, b = 0}}
+end)
+hooks.before_tool_call(function(ctx)
+  return {action = "proceed", params = {a = ctx.params.a * 2, b = 0}}
+end)
 return tools.add{a = 1, b = 5}
 """
     js = """
@@ -238,7 +250,8 @@ end)
 return tools.boom{reason = "x"}
 """
     js = """
-hooks.afterToolCall((ctx) => ({action: "recover", result: {seen: ctx.result, error: ctx.error === null}}));
+hooks.afterToolCall((ctx) =>
+  ({action: "recover", result: {seen: ctx.result, error: ctx.error === null}}));
 async function main() { return await tools.boom({reason: "x"}); }
 """
     assert run(host(python_recovers), language, lua, js) == {"seen": "from python", "error": True}
@@ -268,6 +281,10 @@ async function main() {{ return await tools.add({{a: 1, b: 1}}); }}
     assert err.fields["hook_point"] == f"{point}_tool_call"
     source = pick(language, lua, js)
     hook_line = line_of(source, "hook fails here")
+    # every frame is the script's (no prelude frame), the call site's among them
+    assert all(f.line <= len(source.splitlines()) for f in err.frames), err.frames
+    assert line_of(source, "tools.add") in [f.line for f in err.frames] \
+        or language == "lua"  # (Lua: a tail call leaves the main chunk's frame out)
     innermost = err.frames[-1]  # frames are outermost first
     assert innermost.file == f"agent.{pick(language, 'lua', 'js')}"
     assert innermost.line == hook_line
@@ -392,9 +409,12 @@ async function main() { return await tools.boom({reason: "x"}); }
 def test_observers_fire_once_per_call_with_the_calls_context(language):
     lua = """
 local seen = {}
-hooks.on("tool_call_started", function(ctx) seen[#seen + 1] = {"started", ctx.tool, ctx.params.a or "-", ctx.attempt} end)
+hooks.on("tool_call_started", function(ctx)
+  seen[#seen + 1] = {"started", ctx.tool, ctx.params.a or "-", ctx.attempt}
+end)
 hooks.on("tool_call_finished", function(ctx)
-  seen[#seen + 1] = {"finished", ctx.tool, ctx.result or false, ctx.error and ctx.error.code or false,
+  seen[#seen + 1] = {"finished", ctx.tool, ctx.result or false,
+                     ctx.error and ctx.error.code or false,
                      type(ctx.duration) == "number" and ctx.duration >= 0, ctx.attempt}
 end)
 tools.add{a = 1, b = 2}
@@ -403,7 +423,9 @@ return seen
 """
     js = """
 const seen = [];
-hooks.on("tool_call_started", (ctx) => { seen.push(["started", ctx.tool, ctx.params.a ?? "-", ctx.attempt]); });
+hooks.on("tool_call_started", (ctx) => {
+  seen.push(["started", ctx.tool, ctx.params.a ?? "-", ctx.attempt]);
+});
 hooks.on("toolCallFinished", (ctx) => {
   seen.push(["finished", ctx.tool, ctx.result ?? false, ctx.error ? ctx.error.code : false,
              typeof ctx.duration === "number" && ctx.duration >= 0, ctx.attempt]);
@@ -485,7 +507,8 @@ async function main() {
   const out = [];
   try { hooks.afterToolCall(42); } catch (e) { out.push(false, String(e)); }
   for (let i = 0; i < 200; i++) {
-    try { hooks.on("tool_call_started", () => {}); } catch (e) { out.push(false, e.code, e.fields.reason); break; }
+    try { hooks.on("tool_call_started", () => {}); }
+    catch (e) { out.push(false, e.code, e.fields.reason); break; }
   }
   return out;
 }
@@ -536,7 +559,8 @@ async function main() {
   return "never refused";
 }
 """
-    i, code, cause = run(host(), language, lua, js)
+    refused_at, code, cause = run(host(), language, lua, js)
+    assert 5 <= refused_at <= 8  # 1, 3, 7, 15... hooks: the 101st is refused
     assert (code, cause) == ("hook/execution_failed", "configuration/invalid_value")
 
 
@@ -556,13 +580,15 @@ def test_a_tools_file_has_no_script_hooks(tmp_path, language):
 def test_a_forged_security_error_rethrown_by_a_hook_stays_the_scripts(language):
     lua = """
 hooks.after_tool_call(function(ctx)
-  return {action = "rethrow", error = errors.SecurityError{kind = "script_safety_violation", engine = "lua", violation = "x"}}
+  return {action = "rethrow", error = errors.SecurityError{
+    kind = "script_safety_violation", engine = "lua", violation = "x"}}
 end)
 return tools.boom{reason = "x"}
 """
     js = """
 hooks.afterToolCall(() => ({action: "rethrow",
-  error: new SecurityError({kind: "script_safety_violation", engine: "javascript", violation: "x"})}));
+  error: new SecurityError(
+    {kind: "script_safety_violation", engine: "javascript", violation: "x"})}));
 async function main() { return await tools.boom({reason: "x"}); }
 """
     err = failure(host(), language, lua, js)
