@@ -4,7 +4,7 @@
 // as JSON strings and plain numbers, strings, booleans and null, both ways.
 //
 // Scripts get `args`, `tools` (each call records a request and returns a Promise),
-// `console`, and `error.stack` with the real file name and without this prelude. The
+// `console`, `hooks` (their own tool-call hooks, see "script hooks"), and `error.stack` with the real file name and without this prelude. The
 // error constructors (SpellError, ToolError...) and the explanations of bad data live in
 // javascript_errors.js, compiled on first use: quickjs compiles about 50 us of code per KB
 // for every new engine, so this file keeps only what every run needs.
@@ -535,7 +535,8 @@
   // The hook/execution_failed error of hook hk that threw `error`, located where it
   // threw (an Error's stack) or else at the call site. A limit goes on as it is.
   function hookFailed(hk, point, error, site) {
-    if (engineOwn(error) || observedLimit(error) !== 0) throw error;
+    // (null: what the engine throws when it cannot even make its error, out of memory)
+    if (error === null || engineOwn(error) || observedLimit(error) !== 0) throw error;
     let reason;
     try {
       reason = error instanceof Error ? `${error.name}: ${error.message}` : format(error);
@@ -634,7 +635,8 @@
   }
 
   function observerFailed(hk, point, error, site) {
-    const failure = hookFailed(hk, point, error, site);
+    // a thrown null changes nothing either (out of memory, the next allocation fails again)
+    const failure = hookFailed(hk, point, error === null ? "null" : error, site);
     hk.fails++;
     let line = `${failure.code}: ${failure.message}`;
     if (hk.fails >= SWITCH_OFF) {

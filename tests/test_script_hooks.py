@@ -610,3 +610,162 @@ def test_a_script_without_hooks_sends_its_calls_as_before(language):
     lua = "return {tools.add{a = 1, b = 2}, hooks ~= nil}"
     js = "async function main() { return [await tools.add({a: 1, b: 2}), typeof hooks]; }"
     assert run(host(), language, lua, js) == [3, pick(language, True, "object")]
+
+
+# -- the order with the host's hooks, and what a hook cannot do --------------------------
+
+
+def test_one_calls_order_script_before_then_python_then_script_after(language):
+    events: list[str] = []
+
+    @hooks.observer("tool_call_started")
+    def py_started(ctx):
+        events.append("python tool_call_started")
+
+    @hooks.controller("before_tool_call")
+    def py_before(ctx):
+        events.append("python before_tool_call")
+
+    @hooks.controller("after_tool_call")
+    def py_after(ctx):
+        events.append("python after_tool_call")
+
+    @hooks.observer("tool_call_finished")
+    def py_finished(ctx):
+        events.append("python tool_call_finished")
+
+    lua = """
+hooks.on("tool_call_started", function() print("script tool_call_started") end)
+hooks.before_tool_call(function() print("script before_tool_call") end)
+hooks.after_tool_call(function() print("script after_tool_call") end)
+hooks.on("tool_call_finished", function() print("script tool_call_finished") end)
+return tools.add{a = 1, b = 1}
+"""
+    js = """
+hooks.on("toolCallStarted", () => console.log("script tool_call_started"));
+hooks.beforeToolCall(() => { console.log("script before_tool_call"); });
+hooks.afterToolCall(() => { console.log("script after_tool_call"); });
+hooks.on("tool_call_finished", () => console.log("script tool_call_finished"));
+async function main() { return await tools.add({a: 1, b: 1}); }
+"""
+    h = Host([add], on_output=events.append, timeout=5.0,
+             hooks=[py_started, py_before, py_after, py_finished])
+    assert run(h, language, lua, js) == 2
+    assert events == [
+        "script tool_call_started", "script before_tool_call",
+        "python tool_call_started", "python before_tool_call",
+        "python after_tool_call", "python tool_call_finished",
+        "script after_tool_call", "script tool_call_finished"]
+
+
+def test_a_python_controller_has_the_last_word_on_params_a_script_hook_changed(language):
+    @hooks.controller("before_tool_call")
+    def no_big_numbers(ctx):
+        if ctx.params.get("a", 0) > 100:
+            return hooks.Fail("a is too big")
+
+    lua = """
+hooks.before_tool_call(function(ctx) return {action = "proceed", params = {a = 1000, b = 0}} end)
+return tools.add{a = 1, b = 1}
+"""
+    js = """
+hooks.beforeToolCall(() => ({action: "proceed", params: {a: 1000, b: 0}}));
+async function main() { return await tools.add({a: 1, b: 1}); }
+"""
+    err = failure(host(no_big_numbers), language, lua, js)
+    assert err.code == "hook/rejected"
+    assert CALLS == []
+
+
+def test_a_recover_hook_cannot_swallow_a_tools_stop_run(language):
+    from host import StopRun
+
+    @tool
+    def finish(answer: str) -> str:
+        """Ends the run."""
+        raise StopRun(answer)
+
+    lua = """
+hooks.after_tool_call(function(ctx) return {action = "recover", result = "swallowed"} end)
+local r = tools.finish{answer = "done"}
+return "the script went on with " .. tostring(r)
+"""
+    js = """
+hooks.afterToolCall(() => ({action: "recover", result: "swallowed"}));
+async function main() {
+  const r = await tools.finish({answer: "done"});
+  return "the script went on with " + r;
+}
+"""
+    h = Host([finish], on_output=lambda line: None, timeout=5.0)
+    assert run(h, language, lua, js) == "done"
+
+
+def test_async_hooks_in_javascript_are_awaited():
+    js = """
+hooks.beforeToolCall(async (ctx) => {
+  await null;
+  return {action: "proceed", params: {a: ctx.params.a + 1, b: ctx.params.b}};
+});
+hooks.afterToolCall(async (ctx) => {
+  await null;
+  return {action: "recover", result: ctx.result * 2};
+});
+async function main() { return await tools.add({a: 1, b: 1}); }
+"""
+    assert run(host(), "javascript", "", js) == 6
+    err = failure(host(), "javascript", "", """
+hooks.afterToolCall(async function late() { await null; throw new Error("later"); });
+async function main() { return await tools.add({a: 1, b: 1}); }
+""")
+    assert err.code == "hook/execution_failed"
+    assert err.fields["hook_name"] == "late (agent.js:2)"
+    assert [f.line for f in err.frames] == [3, 2]  # the call site, then the hook's line
+
+
+def test_the_example_agents_run(language):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    lines: list[str] = []
+    h = Host([root / "scripts" / "tools.py"], on_output=lines.append, timeout=10.0)
+    path = root / "scripts" / "hooks" / pick(language, "agent.lua", "agent.js")
+    result = h.run_source(path.read_text(), language, path.name)
+    assert result == {"hits": ["Atlantis is a legendary island first mentioned by Plato."],
+                      "weather": {"sky": "unknown", "because": "tool/execution_failed"}}
+    assert lines == ["search: ok", "weather: ok"]
+
+
+def test_a_hook_that_runs_out_of_memory_is_the_runs_memory_limit(language):
+    lua = """
+local t = {}
+hooks.after_tool_call(function(ctx)
+  while true do t[#t + 1] = string.rep("x", 1000) .. #t end
+end)
+local ok = pcall(tools.add, {a = 1, b = 1})
+return "caught: " .. tostring(ok)
+"""
+    js = """
+const t = [];
+hooks.afterToolCall(() => { for (;;) t.push("x".repeat(1000) + t.length); });
+async function main() { return await tools.add({a: 1, b: 1}); }
+"""
+    err = failure(host(memory_mb=32), language, lua, js)
+    assert err.code == "resource/memory_exhaustion", err.code
+    assert not err.raised_by_script
+
+
+def test_an_observer_throwing_anything_changes_nothing(language):
+    lines: list[str] = []
+    lua = """
+hooks.on("tool_call_started", function() error(nil) end)
+hooks.on("tool_call_finished", function() error({1, 2}) end)
+return tools.add{a = 1, b = 1}
+"""
+    js = """
+hooks.on("tool_call_started", () => { throw null; });
+hooks.on("tool_call_finished", () => { throw {not: "an error"}; });
+async function main() { return await tools.add({a: 1, b: 1}); }
+"""
+    assert run(host(lines=lines), language, lua, js) == 2
+    assert [line.split(":")[0] for line in lines] == ["hook/execution_failed"] * 2
