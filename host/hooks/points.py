@@ -80,7 +80,8 @@ of one call: the script's ``tool_call_started`` observers and ``before_tool_call
 and ``before_tool_call`` controllers (on the params the script's hooks proceeded with; the
 tool validates them as any params), the call, the host's ``after_tool_call`` controllers,
 ``on_tool_error`` and ``tool_call_finished`` observers, then the script's
-``after_tool_call`` hooks and ``tool_call_finished`` observers. A script's ``skip`` never
+``after_tool_call`` hooks and ``tool_call_finished`` observers (the host's observers are
+fired there; their delivery may come later). A script's ``skip`` never
 reaches the host (the call is not made, as if the script had not made it).
 """
 
