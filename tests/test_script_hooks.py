@@ -772,3 +772,35 @@ async function main() { return await tools.add({a: 1, b: 1}); }
 """
     assert run(host(lines=lines), language, lua, js) == 2
     assert [line.split(":")[0] for line in lines] == ["hook/execution_failed"] * 2
+
+
+def test_a_runs_hooks_end_with_it(language):
+    h = host()
+    lua = 'hooks.before_tool_call(function() return {action = "skip", result = -1} end)\n' \
+          "return tools.add{a = 1, b = 1}"
+    js = 'hooks.beforeToolCall(() => ({action: "skip", result: -1}));\n' \
+         "async function main() { return await tools.add({a: 1, b: 1}); }"
+    assert run(h, language, lua, js) == -1
+    for _ in range(3):  # the next runs (a reused engine too) start with no hooks
+        assert run(h, language, "return tools.add{a = 1, b = 1}",
+                   "async function main() { return await tools.add({a: 1, b: 1}); }") == 2
+    assert len(CALLS) == 3
+
+
+def test_a_lua_runtime_started_again_has_no_hooks_of_the_run_before():
+    import engines
+    from engines import Limits, ToolInfo
+    from tests.engine_driver import Run, converse
+
+    engine = engines.make_engine("lua", limits=Limits(timeout=5.0, memory_mb=64))
+    tools = {"add": lambda p: p["a"] + p["b"]}
+    infos = [ToolInfo("add", "adds")]
+    try:
+        first = 'hooks.before_tool_call(function() return {action = "skip", result = -1} end)\n' \
+                "return tools.add{a = 1, b = 1}"
+        for source, expected in ((first, -1), ("return tools.add{a = 1, b = 1}", 2)):
+            deadline = time.monotonic() + 5.0
+            step = engine.start(source, "agent.lua", None, infos, deadline)
+            assert converse(engine, step, tools, deadline, Run(step)).result == expected
+    finally:
+        engine.close()
