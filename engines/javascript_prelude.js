@@ -4,7 +4,7 @@
 // as JSON strings and plain numbers, strings, booleans and null, both ways.
 //
 // Scripts get `args`, `tools` (each call records a request and returns a Promise),
-// `console`, and `error.stack` with the real file name and without this prelude. The
+// `console`, `hooks` (their own tool-call hooks, see "script hooks"), and `error.stack` with the real file name and without this prelude. The
 // error constructors (SpellError, ToolError...) and the explanations of bad data live in
 // javascript_errors.js, compiled on first use: quickjs compiles about 50 us of code per KB
 // for every new engine, so this file keeps only what every run needs.
@@ -277,11 +277,13 @@
 
   function call(tool, params) {
     if (typeof tool !== "string") throw new TypeError("tools.call: the tool name must be a string");
+    if (scriptHooks !== null && hooking === 0) return hooked(tool, params, call);
     return request(tool, undefined, params, call);
   }
 
   // `this`: {name, json: the name's JSON text} (see toolsHandler)
   function tool(params) {
+    if (scriptHooks !== null && hooking === 0) return hooked(this.name, params, tool);
     return request(this.name, this.json, params, tool);
   }
 
@@ -416,6 +418,406 @@
         if (!next) throw error;
       }
     }
+  }
+
+  // ------------------------------------------------------------- script hooks
+
+  // hooks.beforeToolCall(fn), hooks.afterToolCall(fn) and hooks.on(point, fn): the
+  // script's own hooks on its tool calls, run here, in the script's context, under its
+  // limits. Before a call they run before the request leaves the script (so before the
+  // host's hooks, which see the params they proceeded with); after a call they see what
+  // the host's hooks made of it. Controllers of a point chain in registration order until
+  // one answers something other than proceed/continue (nothing returned is that). A hook
+  // may be async (its promise is awaited); a tool call made while a hook runs (before the
+  // hook's first await) fires no hook. Lists and records have no prototype: a script's
+  // Array.prototype or iterator never sees them.
+  const MAX_SCRIPT_HOOKS = 100; // hooks a run may register, all points together
+  const SWITCH_OFF = 3; // an observer failing this many times in a row is switched off
+  const OBSERVABLE = { __proto__: null, tool_call_started: "tool_call_started",
+    toolCallStarted: "tool_call_started", tool_call_finished: "tool_call_finished",
+    toolCallFinished: "tool_call_finished" };
+  const CONTROLLER_NAMES = { __proto__: null, before_tool_call: "beforeToolCall",
+    beforeToolCall: "beforeToolCall", after_tool_call: "afterToolCall",
+    afterToolCall: "afterToolCall" };
+  // what each controller point takes: action -> the one other key it may have ("": none)
+  const ACTIONS = {
+    __proto__: null,
+    before_tool_call: { __proto__: null, proceed: "params", skip: "result" },
+    after_tool_call: { __proto__: null, continue: "", recover: "result", rethrow: "error" },
+  };
+  const SAY_ACTIONS = {
+    __proto__: null,
+    before_tool_call: 'nothing, {action: "proceed", params} or {action: "skip", result}',
+    after_tool_call: 'nothing, {action: "continue"}, {action: "recover", result} or ' +
+      '{action: "rethrow", error}',
+  };
+  const now = performance.now.bind(performance);
+  const promiseThen = Function.prototype.call.bind(Promise.prototype.then);
+  const keysOf = Object.keys;
+  let scriptHooks = null; // null while the run registered none: a call costs one test
+  let hooking = 0; // hooks running (their synchronous part)
+
+  function configError(value, reason) {
+    const { ConfigurationError } = loadErrors().globals;
+    return new ConfigurationError({ kind: "invalid_value", key: "hooks", value, reason });
+  }
+
+  // "name (file:line)" of a hook: its function's name and where it was registered.
+  function hookName(fn, skip) {
+    let name = "";
+    try {
+      name = typeof fn.name === "string" ? fn.name : "";
+    } catch {}
+    captureStack(holder, skip);
+    const stack = clean(holder.stack);
+    const open = indexOf(stack, "(", 0);
+    const close = indexOf(stack, ")", 0);
+    let where = open !== -1 && close > open ? slice(stack, open + 1, close)
+      : slice(stack, 7, indexOf(stack, "\n", 0) === -1 ? stack.length : indexOf(stack, "\n", 0));
+    const colon = where.lastIndexOf(":");
+    if (colon > 0 && where.indexOf(":") !== colon) where = slice(where, 0, colon); // no column
+    return name === "" ? where : name + " (" + where + ")";
+  }
+
+  function register(point, fn, skip) {
+    if (typeof fn !== "function") {
+      throw new TypeError(`hooks: a hook is a function, not ${fn === null ? "null" : typeof fn}`);
+    }
+    const h = scriptHooks ?? { __proto__: null, before_tool_call: newList(),
+      after_tool_call: newList(), tool_call_started: newList(),
+      tool_call_finished: newList(), count: 0 };
+    if (h.count >= MAX_SCRIPT_HOOKS) {
+      throw configError(point, `a run registers at most ${MAX_SCRIPT_HOOKS} script hooks`);
+    }
+    append(h[point], { __proto__: null, fn, name: hookName(fn, skip), fails: 0 });
+    h.count++;
+    scriptHooks = h;
+  }
+
+  function beforeToolCall(fn) {
+    register("before_tool_call", fn, beforeToolCall);
+  }
+
+  function afterToolCall(fn) {
+    register("after_tool_call", fn, afterToolCall);
+  }
+
+  function on(point, fn) {
+    if (typeof point !== "string") {
+      throw new TypeError(`hooks.on: the point is a string, not ${point === null ? "null" : typeof point}`);
+    }
+    const known = OBSERVABLE[point];
+    if (known === undefined) {
+      const controller = CONTROLLER_NAMES[point];
+      throw configError(point, controller !== undefined
+        ? `'${point}' is a controller point: register with hooks.${controller}(fn) (hooks.on ` +
+          "takes tool_call_started, tool_call_finished)"
+        : `unknown hook point ${stringify(point)} for a script (a script observes ` +
+          "tool_call_started, tool_call_finished, also written toolCallStarted, " +
+          "toolCallFinished; the host's other points take Python hooks)");
+    }
+    register(known, fn, on);
+  }
+
+  function thenable(value) {
+    return value !== null && typeof value === "object" && typeof value.then === "function";
+  }
+
+  function invoke(hk, ctx) {
+    hooking++;
+    try {
+      return hk.fn(ctx);
+    } finally {
+      hooking--;
+    }
+  }
+
+  // The hook/execution_failed error of hook hk that threw `error`, located where it
+  // threw (an Error's stack) or else at the call site. A limit goes on as it is.
+  function hookFailed(hk, point, error, site) {
+    // (null: what the engine throws when it cannot even make its error, out of memory)
+    if (error === null || engineOwn(error) || observedLimit(error) !== 0) throw error;
+    let reason;
+    try {
+      reason = error instanceof Error ? `${error.name}: ${error.message}` : format(error);
+    } catch {
+      reason = "a value that cannot be shown";
+    }
+    const { HookError } = loadErrors().globals;
+    const spec = { kind: "execution_failed", hook_name: hk.name, hook_point: point, reason };
+    if (error instanceof Error) spec.cause = error;
+    const failure = new HookError(spec);
+    let stack = null;
+    try {
+      if (error instanceof Error) stack = error.stack;
+    } catch {}
+    // where it threw, then where the script made the call (an after hook runs in a job of
+    // its own, whose stack does not reach the call site)
+    const tail = clean(site);
+    if (typeof stack !== "string") stack = "";
+    if (stack.length < tail.length || slice(stack, stack.length - tail.length) !== tail) {
+      stack += tail;
+    }
+    failure.stack = stack;
+    return failure;
+  }
+
+  function invalid(hk, point, reason, site, cause) {
+    const { HookError } = loadErrors().globals;
+    const spec = { kind: "invalid_result", hook_name: hk.name, hook_point: point, reason };
+    if (cause !== undefined && cause !== null) spec.cause = cause;
+    const failure = new HookError(spec);
+    failure.stack = clean(site);
+    return failure;
+  }
+
+  function shown(value) {
+    if (typeof value === "string") return stringify(value.length > 60 ? value.slice(0, 57) + "..." : value);
+    if (value !== null && typeof value === "object" && !isArray(value)) {
+      const action = value.action;
+      return action === undefined ? "an object without action" : `{action: ${shown(action)}, ...}`;
+    }
+    if (isArray(value)) return "an array";
+    if (typeof value === "function") return "a function";
+    return String(value);
+  }
+
+  // The action a controller answered (undefined: proceed/continue), checked: an action of
+  // its point with no other keys than that action's one.
+  function actionOf(hk, point, value, site, cause) {
+    if (value === undefined || value === null) return undefined;
+    const takes = ACTIONS[point];
+    const action = typeof value === "object" && !isArray(value) ? value.action : undefined;
+    let key = typeof action === "string" ? takes[action] : undefined;
+    let extra = "";
+    if (key !== undefined) {
+      const keys = keysOf(value);
+      for (let i = 0; i < keys.length; i++) {
+        if (keys[i] !== "action" && keys[i] !== key) {
+          extra = ` with a key ${stringify(action)} does not take (${stringify(keys[i])})`;
+          key = undefined;
+          break;
+        }
+      }
+    }
+    if (key === undefined) {
+      throw invalid(hk, point, `it returned ${shown(value)}${extra}; at ${point} a script ` +
+        `hook returns ${SAY_ACTIONS[point]}`, site, cause);
+    }
+    return action;
+  }
+
+  // Observers: a failure changes nothing of the call; it is reported as a console line,
+  // and after SWITCH_OFF in a row the observer is switched off for the run. An async
+  // observer is not waited for.
+  function observeHooks(list, point, ctx, site) {
+    const count = list.length; // a hook registered now runs from the next call on
+    for (let i = 0; i < count; i++) {
+      const hk = list[i];
+      if (hk.fails >= SWITCH_OFF) continue;
+      let value;
+      try {
+        value = invoke(hk, ctx);
+      } catch (error) {
+        observerFailed(hk, point, error, site);
+        continue;
+      }
+      hk.fails = 0;
+      if (thenable(value)) {
+        const polyspell$failed = (error) => observerFailed(hk, point, error, site);
+        try {
+          value.then(undefined, polyspell$failed);
+        } catch (error) {
+          observerFailed(hk, point, error, site);
+        }
+      }
+    }
+  }
+
+  function observerFailed(hk, point, error, site) {
+    // a thrown null changes nothing either (out of memory, the next allocation fails again)
+    const failure = hookFailed(hk, point, error === null ? "null" : error, site);
+    hk.fails++;
+    let line = `${failure.code}: ${failure.message}`;
+    if (hk.fails >= SWITCH_OFF) {
+      line += ` (failed ${SWITCH_OFF} times in a row: switched off)`;
+    }
+    append(output, stringify(line));
+  }
+
+  // A tool call through the script's hooks (see above); `site`: the call site's stack.
+  // Sync hooks keep it to one promise reaction more than a plain call (an async function
+  // would cost three times that), and the state of a call after its request is passed in
+  // arguments, not in objects (quickjs makes an object in about a microsecond): only a
+  // hook that returns a promise takes the async path.
+  function hooked(name, params, skip) {
+    captureStack(holder, skip);
+    const site = holder.stack;
+    const h = scriptHooks;
+    if (h.tool_call_started.length !== 0) {
+      observeHooks(h.tool_call_started, "tool_call_started", { tool: name, params, attempt: 1 },
+        site);
+    }
+    const count = h.before_tool_call.length; // a hook registered now runs from the next call
+    if (count === 0) return send(h, name, params, site);
+    const state = { __proto__: null, params, count };
+    return before(h, name, { tool: name, params, attempt: 1 }, state, site, 0);
+  }
+
+  // The before hooks from index i on; `state`: the params so far, and how many hooks run.
+  function before(h, name, ctx, state, site, i) {
+    const list = h.before_tool_call;
+    for (; i < state.count; i++) {
+      const hk = list[i];
+      let value;
+      try {
+        value = invoke(hk, ctx);
+      } catch (error) {
+        return early(h, name, state.params, site, null,
+          hookFailed(hk, "before_tool_call", error, site));
+      }
+      if (thenable(value)) return beforeAsync(h, name, ctx, state, site, i, value);
+      const stop = decideBefore(h, hk, value, name, ctx, state, site);
+      if (stop !== undefined) return stop;
+    }
+    return send(h, name, state.params, site);
+  }
+
+  async function beforeAsync(h, name, ctx, state, site, i, pending) {
+    const hk = h.before_tool_call[i];
+    let value;
+    try {
+      value = await pending;
+    } catch (error) {
+      return early(h, name, state.params, site, null,
+        hookFailed(hk, "before_tool_call", error, site));
+    }
+    const stop = decideBefore(h, hk, value, name, ctx, state, site);
+    return stop !== undefined ? stop : before(h, name, ctx, state, site, i + 1);
+  }
+
+  // What a before hook's answer does: undefined to go on, or the call's promise.
+  function decideBefore(h, hk, value, name, ctx, state, site) {
+    let action;
+    try {
+      action = actionOf(hk, "before_tool_call", value, site);
+    } catch (error) {
+      return early(h, name, state.params, site, null, error);
+    }
+    if (action === "skip") return early(h, name, state.params, site, value.result, null);
+    if (action === "proceed" && value.params !== undefined) {
+      ctx.params = state.params = value.params; // request() checks them as the script's own
+    }
+    return undefined;
+  }
+
+  // A call that ended before its request: skipped (error null) or failed.
+  function early(h, name, params, site, result, error) {
+    const { promise, resolve, reject } = withResolvers();
+    try {
+      resolve(settleCall(h, name, params, site, 0, result, error, error !== null));
+    } catch (thrown) {
+      reject(thrown);
+    }
+    return promise;
+  }
+
+  function send(h, name, params, site) {
+    const began = now();
+    // named so, these closures stay out of the stacks scripts see (see clean)
+    const polyspell$result = (result) => after(h, name, params, site, began, result, null, false);
+    const polyspell$error = (error) => after(h, name, params, site, began, null, error, true);
+    return promiseThen(request(name, undefined, params, undefined, site), polyspell$result,
+      polyspell$error);
+  }
+
+  function after(h, name, params, site, began, result, error, failed) {
+    const count = h.after_tool_call.length;
+    if (count === 0) return settleCall(h, name, params, site, began, result, error, failed);
+    const ctx = { tool: name, params, result, error, duration: (now() - began) / 1000,
+      attempt: 1 };
+    return afterFrom(h, name, params, site, began, ctx, 0, count, result, error, failed);
+  }
+
+  function afterFrom(h, name, params, site, began, ctx, i, count, result, error, failed) {
+    const list = h.after_tool_call;
+    for (; i < count; i++) {
+      const hk = list[i];
+      let value;
+      try {
+        value = invoke(hk, ctx);
+      } catch (thrown) {
+        const failure = afterFailure(hk, thrown, site, error, failed);
+        return settleCall(h, name, params, site, began, null, failure, true);
+      }
+      if (thenable(value)) {
+        return afterAsync(h, name, params, site, began, ctx, i, count, result, error, failed,
+          value);
+      }
+      const outcome = decideAfter(hk, value, site, error, failed);
+      if (outcome !== undefined) {
+        return settleCall(h, name, params, site, began, outcome[0], outcome[1], outcome[2]);
+      }
+    }
+    return settleCall(h, name, params, site, began, result, error, failed);
+  }
+
+  async function afterAsync(h, name, params, site, began, ctx, i, count, result, error, failed,
+    pending) {
+    const hk = h.after_tool_call[i];
+    let value;
+    try {
+      value = await pending;
+    } catch (thrown) {
+      const failure = afterFailure(hk, thrown, site, error, failed);
+      return settleCall(h, name, params, site, began, null, failure, true);
+    }
+    const outcome = decideAfter(hk, value, site, error, failed);
+    if (outcome !== undefined) {
+      return settleCall(h, name, params, site, began, outcome[0], outcome[1], outcome[2]);
+    }
+    return afterFrom(h, name, params, site, began, ctx, i + 1, count, result, error, failed);
+  }
+
+  // A failed after hook's error: the call's, with the error it decided on as its cause.
+  function afterFailure(hk, thrown, site, error, failed) {
+    const failure = hookFailed(hk, "after_tool_call", thrown, site);
+    if (failed && failure.cause === undefined) failure.cause = error;
+    return failure;
+  }
+
+  // What an after hook's answer does: undefined to go on, else the outcome it decided,
+  // [result, error, failed] (the hooks after it do not run).
+  function decideAfter(hk, value, site, error, failed) {
+    let action;
+    try {
+      action = actionOf(hk, "after_tool_call", value, site, failed ? error : undefined);
+    } catch (invalidResult) {
+      return [null, invalidResult, true];
+    }
+    if (action === "recover") return [value.result, null, false];
+    if (action !== "rethrow") return undefined;
+    let replaced = value.error;
+    if (replaced === undefined && !failed) {
+      replaced = invalid(hk, "after_tool_call", '{action: "rethrow"} after a call that ' +
+        "succeeded: give the error to fail with", site);
+    } else if (replaced === undefined) {
+      replaced = error;
+    } else if (failed && replaced instanceof Error && !hasOwn(replaced, "cause")) {
+      replaced.cause = error; // the original error as its cause
+    }
+    return [null, replaced, true];
+  }
+
+  // The finished observers, then the call's outcome (thrown: its promise rejects).
+  function settleCall(h, name, params, site, began, result, error, failed) {
+    if (h.tool_call_finished.length !== 0) {
+      observeHooks(h.tool_call_finished, "tool_call_finished", { tool: name, params,
+        result: failed ? null : result, error: failed ? error : null,
+        duration: began === 0 ? 0 : (now() - began) / 1000, attempt: 1 }, site);
+    }
+    if (failed) throw error;
+    return result;
   }
 
   // ------------------------------------------------------------------- console
@@ -721,6 +1123,7 @@
     define("signal", signal);
     define("recovery", Object.freeze({ retry, fallback }));
     if (config.library) define("exports", {});
+    else define("hooks", Object.freeze({ beforeToolCall, afterToolCall, on }));
     // The error constructors are compiled when a script first touches one of them.
     for (const name of ["SpellError", "errors", ...Object.keys(config.constructors)]) {
       const get = () => loadErrors().globals[name];
@@ -732,7 +1135,10 @@
   // (and those that could be innermost in the stack of an out-of-memory error)
   for (const fn of [call, tool, request, retry, fallback, errorReport, engineOwn, check, stop,
     json, stopJson, nestedJson, failure, format, log, fail, begin, run, moduleDone, poll,
-    newList, append, flat, library, exported, callExport, abort]) {
+    newList, append, flat, library, exported, callExport, abort, configError, hookName,
+    register, beforeToolCall, afterToolCall, on, thenable, invoke, hookFailed, invalid, shown,
+    actionOf, observeHooks, observerFailed, hooked, before, beforeAsync, decideBefore, early,
+    send, after, afterFrom, afterAsync, afterFailure, decideAfter, settleCall]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 

@@ -553,7 +553,8 @@ end
 -- kind; problem: nil, or why the params cannot cross as {message, data type, path};
 -- kind: nil (a tool call) or "recovery" (a step of recovery.retry/fallback: only the
 -- prelude passes it, so no tool name a script gives makes one).
-local function call_tool(name, nargs, params, kind)
+-- Why params cannot cross, as {message, data type, path}, or nil.
+local function params_problem(nargs, params)
   local problem
   if nargs > 1 then
     problem = {"expected one table of parameters, got " .. nargs .. " arguments", "data",
@@ -569,17 +570,36 @@ local function call_tool(name, nargs, params, kind)
       end
     end
   end
-  if problem then params = nil end
-  local tb = traceback(nil, 3, true)  -- from the script's call site: cheaper than from here
-  local ok, value = co_yield(REQUEST, text(name), problem, tb, params, kind)
-  if ok then return value end
+  return problem
+end
+
+-- The error table for the host's error reply to a call made at `tb`.
+local function reply_error(value, tb)
   local e = as_error(value, script_traceback(tb))
   local kind = rawget(e, "kind")
   if rawget(e, "category") == "async_execution"
       and (kind == "task_cancelled" or kind == "task_timeout") then
     cancelled(e)
   end
-  error(e, 0)
+  return e
+end
+
+-- Script hooks (hooks.before_tool_call...): nil while the run registered none, so that a
+-- call without hooks costs one test. `hooking` counts the hooks running: a tool call a
+-- hook makes fires no hook.
+local script_hooks, hooking = nil, 0
+local hooked_call  -- (name, nargs, params, tb): a tool call through the script's hooks
+
+local function call_tool(name, nargs, params, kind)
+  if script_hooks and kind == nil and hooking == 0 then
+    return hooked_call(name, nargs, params, traceback(nil, 3, true))
+  end
+  local problem = params_problem(nargs, params)
+  if problem then params = nil end
+  local tb = traceback(nil, 3, true)  -- from the script's call site: cheaper than from here
+  local ok, value = co_yield(REQUEST, text(name), problem, tb, params, kind)
+  if ok then return value end
+  error(reply_error(value, tb), 0)
 end
 
 local function tools_index(t, name)
@@ -820,6 +840,269 @@ local function recovery_fallback(fns)
   end
 end
 
+-- Script hooks ------------------------------------------------------------------------
+
+-- hooks.before_tool_call(fn), hooks.after_tool_call(fn) and hooks.on(point, fn): the
+-- script's own hooks on its tool calls, run here, in the script's coroutine, under its
+-- limits. Before a call they run before the request leaves the script (so before the
+-- host's hooks, which see the params they proceeded with); after a call they see what
+-- the host's hooks made of it. Controllers of a point chain in registration order until
+-- one answers something other than proceed/continue (nothing returned is that).
+local hooks_before, hooks_after, hooks_on  -- the functions of the table `hooks`
+do
+  local MAX_SCRIPT_HOOKS = 100   -- hooks a run may register, all points together
+  local SWITCH_OFF = 3           -- an observer failing this many times in a row is switched off
+  local OBSERVABLE = {tool_call_started = true, tool_call_finished = true}
+  local OBSERVABLE_LIST = "tool_call_started, tool_call_finished"
+  -- what each controller point takes: action -> the one other key it may have
+  local ACTIONS = {
+    before_tool_call = {proceed = "params", skip = "result"},
+    after_tool_call = {continue = false, recover = "result", rethrow = "error"},
+  }
+  local SAY_ACTIONS = {
+    before_tool_call = 'nothing, {action = "proceed", params = ...} or ' ..
+                       '{action = "skip", result = ...}',
+    after_tool_call = 'nothing, {action = "continue"}, {action = "recover", result = ...} or ' ..
+                      '{action = "rethrow", error = ...}',
+  }
+
+  local function config_error(value, reason, level)
+    error(new_error("configuration", "invalid_value", "ConfigurationError",
+                    {key = "hooks", value = value, reason = reason}, nil, nil,
+                    script_traceback(traceback(nil, level + 1, true))), level + 1)
+  end
+
+  local function register(point, fn, fname)
+    if type(fn) ~= "function" then
+      error("bad argument #" .. (fname == "on" and 2 or 1) .. " to '" .. fname ..
+            "' (function expected, got " .. type(fn) .. ")", 3)
+    end
+    local h = script_hooks or {before_tool_call = {}, after_tool_call = {},
+                               tool_call_started = {}, tool_call_finished = {}, count = 0}
+    if h.count >= MAX_SCRIPT_HOOKS then
+      config_error(point, "a run registers at most " .. MAX_SCRIPT_HOOKS .. " script hooks", 2)
+    end
+    local ar = getinfo(fn, "S")
+    local list = h[point]
+    list[#list + 1] = {fn = fn, name = text(ar.short_src .. ":" .. ar.linedefined), fails = 0}
+    h.count = h.count + 1
+    script_hooks = h
+  end
+
+  hooks_on = function(point, fn)
+    if type(point) ~= "string" then
+      error("bad argument #1 to 'on' (string expected, got " .. type(point) .. ")", 2)
+    end
+    if not OBSERVABLE[point] then
+      local reason
+      if ACTIONS[point] then
+        reason = "'" .. point .. "' is a controller point: register with hooks." .. point ..
+                 "(fn) (hooks.on takes " .. OBSERVABLE_LIST .. ")"
+      else
+        reason = "unknown hook point " .. format("%q", text(point)) .. " for a script (a script " ..
+                 "observes " .. OBSERVABLE_LIST .. "; the host's other points take Python hooks)"
+      end
+      config_error(text(point), reason, 1)
+    end
+    register(point, fn, "on")
+  end
+
+  hooks_before = function(fn) register("before_tool_call", fn, "before_tool_call") end
+  hooks_after = function(fn) register("after_tool_call", fn, "after_tool_call") end
+
+  -- The message handler of a hook's xpcall: the traceback where the hook failed.
+  local hook_tb
+  local function hook_handler(e)
+    if abort or rawequal(e, KILL) then return e end
+    observe(e, 2)
+    hook_tb = traceback(nil, 2)
+    return e
+  end
+
+  -- What a hook returned or raised, shown in a message.
+  local function shown(v)
+    local tv = type(v)
+    if tv == "string" then
+      return #v > 60 and format("%q", text(sub(v, 1, 57))) .. "..." or format("%q", text(v))
+    end
+    if tv == "table" then
+      local a = rawget(v, "action")
+      if a == nil then return "a table without action" end
+      return "{action = " .. shown(a) .. ", ...}"
+    end
+    if tv == "number" or tv == "boolean" then return tostring(v) end
+    return "a " .. tv
+  end
+
+  -- Run hook hk on ctx: true and what it returned, or false and the hook/execution_failed
+  -- error (the traceback where it failed). The run's stop, a memory error and a real stack
+  -- overflow are limits, not the hook's failure: they go on as they are; so does a
+  -- sandbox violation (the prelude's own error).
+  local function run_hook(hk, point, ctx, tb)
+    hooking = hooking + 1
+    hook_tb = nil
+    local ok, r = xpcall(hk.fn, hook_handler, ctx)
+    hooking = hooking - 1
+    if ok then return true, r end
+    if not abort and out_of_memory(r) then abort = "memory" end
+    if abort or rawequal(r, KILL) then error(KILL, 0) end
+    if rawequal(r, overflowed) then error(r, 0) end
+    if type(r) == "table" and OWN[r] ~= nil and unchanged(r, OWN[r], 0) then error(r, 0) end
+    local v, reason = seen(r), nil
+    local tv = type(v)
+    if tv == "string" then
+      reason = v
+    elseif tv == "table" and raw_getmetatable(v) == ERR_MT then
+      reason = error_tostring(v)
+    else
+      local mt = (tv == "table" or tv == "userdata") and raw_getmetatable(v)
+      if mt and rawget(mt, "__tostring") ~= nil then
+        local oks, s = pcall(tostring, v)  -- script code, still under the count hook
+        if oks and type(s) == "string" then reason = s end
+      end
+      reason = reason or "error value " .. shown(v)
+    end
+    local cause = tv == "table" and type(rawget(v, "category")) == "string" and v or nil
+    return false, new_error("hook", "execution_failed", "HookError",
+                            {hook_name = hk.name, hook_point = point, reason = text(reason)},
+                            nil, cause, script_traceback(hook_tb or tb))
+  end
+
+  local function invalid(hk, point, reason, tb, cause)
+    return new_error("hook", "invalid_result", "HookError",
+                     {hook_name = hk.name, hook_point = point, reason = reason}, nil, cause,
+                     script_traceback(tb))
+  end
+
+  -- The action a controller answered (nil: proceed/continue), checked: an action of its
+  -- point with no other keys than that action's one.
+  local function action_of(hk, point, v, tb, cause)
+    if v == nil then return nil end
+    local takes = ACTIONS[point]
+    local a = type(v) == "table" and rawget(v, "action")
+    local key = takes[a]
+    if key ~= nil then
+      for k in next, v do
+        if k ~= "action" and k ~= key then key = nil break end
+      end
+    end
+    if key == nil then
+      error(invalid(hk, point, "it returned " .. shown(v) .. (type(v) == "table" and
+            takes[a] ~= nil and " with a key " .. a .. " does not take" or "") ..
+            "; at " .. point .. " a script hook returns " .. SAY_ACTIONS[point], tb, cause), 0)
+    end
+    return a
+  end
+
+  -- Observers: a failure changes nothing of the call; it is reported as an output line, and
+  -- after SWITCH_OFF in a row the observer is switched off for the run.
+  local function observe_hooks(list, point, ctx, tb)
+    for i = 1, #list do
+      local hk = list[i]
+      if hk.fails < SWITCH_OFF then
+        local ok, e = run_hook(hk, point, ctx, tb)
+        if ok then
+          hk.fails = 0
+        else
+          hk.fails = hk.fails + 1
+          local line = error_tostring(e)
+          if hk.fails >= SWITCH_OFF then
+            line = line .. " (failed " .. SWITCH_OFF .. " times in a row: switched off)"
+          end
+          nout = nout + 1
+          outbuf[nout] = text(line)
+        end
+      end
+    end
+  end
+
+  -- ctx.duration is read from the clock when a hook first reads it (hooks run as the reply
+  -- arrives): a clock read is a Python call, about a microsecond, which a call whose hooks
+  -- never look at the duration does not pay. Protected, as every metatable of the prelude.
+  local BEGAN = setmetatable({}, {__mode = "k", __metatable = false})  -- ctx -> start time
+  local DURATION_MT = {__metatable = false, __index = function(ctx, key)
+    if key ~= "duration" then return nil end
+    local began = BEGAN[ctx]
+    local d = began and monotonic() - began or 0
+    rawset(ctx, "duration", d)
+    return d
+  end}
+
+  hooked_call = function(name, nargs, params, tb)
+    local h = script_hooks
+    name = text(name)
+    if #h.tool_call_started > 0 then
+      observe_hooks(h.tool_call_started, "tool_call_started", {tool = name, params = params,
+                                                               attempt = 1}, tb)
+    end
+    local skipped, result, err = false, nil, nil
+    local list = h.before_tool_call
+    if #list > 0 then
+      local ctx = {tool = name, params = params, attempt = 1}
+      for i = 1, #list do
+        local hk = list[i]
+        local ok, v = run_hook(hk, "before_tool_call", ctx, tb)
+        if not ok then err = v break end
+        local a = action_of(hk, "before_tool_call", v, tb)
+        if a == "skip" then
+          skipped, result = true, rawget(v, "result")
+          break
+        elseif a == "proceed" and rawget(v, "params") ~= nil then
+          params, nargs = rawget(v, "params"), 1
+          ctx.params = params
+        end
+      end
+    end
+    local began = monotonic()
+    if not skipped and err == nil then
+      local problem = params_problem(nargs, params)  -- changed params are checked the same
+      local ok, value = co_yield(REQUEST, name, problem, tb, not problem and params or nil)
+      if ok then result = value else err = reply_error(value, tb) end
+      list = h.after_tool_call
+      if #list > 0 then
+        local ctx = setmetatable({tool = name, params = params, result = result, error = err,
+                                  attempt = 1}, DURATION_MT)
+        BEGAN[ctx] = began
+        for i = 1, #list do
+          local hk = list[i]
+          local ok, v = run_hook(hk, "after_tool_call", ctx, tb)
+          if not ok then
+            if rawget(v, "cause") == nil then rawset(v, "cause", err) end
+            result, err = nil, v
+            break
+          end
+          local a = action_of(hk, "after_tool_call", v, tb, err)
+          if a == "recover" then
+            result, err = rawget(v, "result"), nil
+            break
+          elseif a == "rethrow" then
+            local new = rawget(v, "error")
+            if new == nil and err == nil then
+              new = invalid(hk, "after_tool_call", '{action = "rethrow"} after a call that ' ..
+                            'succeeded: give the error to fail with', tb)
+            elseif new == nil then
+              new = err
+            elseif err ~= nil and type(new) == "table" and raw_getmetatable(new) == ERR_MT
+                and rawget(new, "cause") == nil then
+              rawset(new, "cause", err)  -- the original error as its cause
+            end
+            result, err = nil, new
+            break
+          end
+        end
+      end
+    end
+    if #h.tool_call_finished > 0 then
+      local ctx = setmetatable({tool = name, params = params, result = result, error = err,
+                                attempt = 1}, DURATION_MT)
+      BEGAN[ctx] = began
+      observe_hooks(h.tool_call_finished, "tool_call_finished", ctx, tb)
+    end
+    if err ~= nil then error(err, 0) end
+    return result
+  end
+end
+
 local function s_load(...)
   local chunk, chunkname, mode, fenv = ...
   local tc, tn, tm = type(chunk), type(chunkname), type(mode)
@@ -926,7 +1209,7 @@ local function copy(t)
 end
 
 -- A fresh environment per run, so that a run cannot leave anything to the next one.
-local function make_env(args)
+local function make_env(args, library)
   raw_setmetatable(STRING_MT, nil)
   for k in next, STRING_MT do rawset(STRING_MT, k, nil) end
   for k, v in next, STRING_MT_FIELDS do rawset(STRING_MT, k, v) end
@@ -955,6 +1238,9 @@ local function make_env(args)
     tools = setmetatable({call = tools_call, list = tools_list},
                          {__index = tools_index, __metatable = false}),
   }
+  if not library then  -- a tools file's calls are the host's to hook (Python hooks)
+    e.hooks = {before_tool_call = hooks_before, after_tool_call = hooks_after, on = hooks_on}
+  end
   e._G = e
   if trusted then
     e.io, e.debug, e.package, e.require, e.dofile, e.loadfile, e.warn =
@@ -1079,13 +1365,14 @@ local function root(body, ...)
 end
 
 -- A fresh environment, then the chunk compiled in it (or the "syntax" outcome).
-local function prepare(source, chunkname, args, infos)
+local function prepare(source, chunkname, args, infos, library)
   abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
+  script_hooks, hooking = nil, 0
   FORGED_NOMEM, overflowed, overflow_depth = setmetatable({}, NOMEM_MT), nil, nil
   reported, report = nil, nil
   outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
   tool_infos = infos
-  env = make_env(args)
+  env = make_env(args, library)
   local chunk, message = real_load(source, chunkname, "t", env)
   if chunk then prefix = getinfo(chunk, "S").short_src .. ":" end  -- raw bytes
   return chunk, message
@@ -1121,7 +1408,7 @@ local function library(chunk)
 end
 
 local function load_library(source, chunkname, _, infos, dl)
-  local chunk, message = prepare(source, chunkname, {}, infos)  -- no caller: empty args
+  local chunk, message = prepare(source, chunkname, {}, infos, true)  -- no caller: empty args
   if not chunk then return "syntax", 0, text(message) end
   set_deadline(dl)
   return root(library, chunk)

@@ -380,6 +380,10 @@ def cpu_speedup(folder: Path, language: str) -> float:
     return timings[0] / timings[1]
 
 
+LUA_HOOK = "hooks.after_tool_call(function(ctx) end)\n"
+JS_HOOK = "hooks.afterToolCall((ctx) => {});\n"
+
+
 def coordinator_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     """The coordinator's rows of the table."""
     import tempfile
@@ -432,7 +436,9 @@ def pass_calls(ctx: hooks.ToolResultContext) -> None:
 
 
 def hooks_rows(repeats: int) -> list[tuple[str, float, str, str]]:
-    """What hooks add to a Lua tool round trip, each against no hooks in the same run."""
+    """What hooks add to a tool round trip, each against no hooks in the same run: Python
+    hooks to a Lua one; a script's own after_tool_call hook (returning nothing) to its
+    language's."""
     us = 1e6
     plain = Host([add], on_output=lambda line: None)
     rows = []
@@ -446,6 +452,14 @@ def hooks_rows(repeats: int) -> list[tuple[str, float, str, str]]:
         _, extra = added_cost(plain, hooked, "lua", LUA_LOOP, repeats)
         rows.append((f"  + {name}", extra * us, "us",
                      "<= 2" if "observer" in name else ""))
+    for language, loop, hook, name in (("lua", LUA_LOOP, LUA_HOOK, "Lua"),
+                                       ("javascript", JS_LOOP, JS_HOOK, "JS")):
+        tool_round_trip(plain, language, hook + loop, 2000)  # warm up
+        pairs = [(tool_round_trip(plain, language, loop, 20_000),
+                  tool_round_trip(plain, language, hook + loop, 20_000))
+                 for _ in range(repeats)]
+        rows.append((f"  + one {name} script hook (after_tool_call)",
+                     statistics.median(o - b for b, o in pairs) * us, "us", "<= 3"))
     return rows
 
 

@@ -27,6 +27,10 @@ plain or async function taking one context. A host's :class:`Dispatcher` runs th
   awaited in order on the caller's event loop, with no time budget (a cleanup may take
   long) and never switched off; one that raises hands its error to the caller's sink
   (a task's ``callback_errors``) and the others still run.
+
+Script-side hooks (``hooks.before_tool_call(fn)`` in Lua, ``hooks.beforeToolCall(fn)`` in
+JavaScript...) chain by the same rule, in registration order, inside the script's engine
+(see :mod:`host.hooks.points`).
 """
 
 from __future__ import annotations

@@ -48,6 +48,41 @@ decides to stop it (a strategy cancelled it, or its try ran out of time),
 ``cancellation_finished`` once its script has stopped and its cleanups ran (``task_id``
 the task's, ``run_id`` its try's run, None if none was running); its runs do not fire
 them again.
+
+Scripts hook their own tool calls (``engines/lua_prelude.lua``,
+``engines/javascript_prelude.js``): the hooks run inside the script's engine, under its
+limits, and see ``ctx.tool``, ``ctx.params``, ``ctx.result``, ``ctx.error`` (the error
+object the script would receive), ``ctx.duration`` (seconds) and ``ctx.attempt`` (1: the
+host's retries happen inside the one call a script sees).
+
+======================  ==================================  ==================================
+Python                  Lua                                 JavaScript
+======================  ==================================  ==================================
+``before_tool_call``    ``hooks.before_tool_call(fn)``      ``hooks.beforeToolCall(fn)``
+``after_tool_call``     ``hooks.after_tool_call(fn)``       ``hooks.afterToolCall(fn)``
+``tool_call_started``   ``hooks.on("tool_call_started",     ``hooks.on("tool_call_started"`` or
+                        fn)``                               ``"toolCallStarted", fn)``
+``tool_call_finished``  ``hooks.on("tool_call_finished",    ``hooks.on("tool_call_finished"`` or
+                        fn)``                               ``"toolCallFinished", fn)``
+``Proceed(params)``     ``{action = "proceed", params =     ``{action: "proceed", params}``
+                        ...}``
+``Skip(result)``        ``{action = "skip", result = ...}``  ``{action: "skip", result}``
+``Continue()``          ``{action = "continue"}``           ``{action: "continue"}``
+``Recover(result)``     ``{action = "recover", result =     ``{action: "recover", result}``
+                        ...}``
+``Rethrow(error)``      ``{action = "rethrow", error =      ``{action: "rethrow", error}``
+                        ...}``
+======================  ==================================  ==================================
+
+Returning nothing is proceed/continue; anything else is ``hook/invalid_result``. The order
+of one call: the script's ``tool_call_started`` observers and ``before_tool_call`` hooks
+(before the request leaves the script), then the host's ``tool_call_started`` observers
+and ``before_tool_call`` controllers (on the params the script's hooks proceeded with; the
+tool validates them as any params), the call, the host's ``after_tool_call`` controllers,
+``on_tool_error`` and ``tool_call_finished`` observers, then the script's
+``after_tool_call`` hooks and ``tool_call_finished`` observers (the host's observers are
+fired there; their delivery may come later). A script's ``skip`` never
+reaches the host (the call is not made, as if the script had not made it).
 """
 
 from __future__ import annotations
