@@ -13,20 +13,9 @@ from bridge import ConfigurationError, SpellError
 from host import Coordinator, Host, Task, hooks, tool
 from host.hooks import presets
 from tests.conftest import pick
+from tests.test_hooks import add, boom
 
 LOGGER = "polyspell.hooks"
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Add two numbers."""
-    return a + b
-
-
-@tool
-def boom(reason: str) -> str:
-    """Always fails, with the reason (text from the script) as its message."""
-    raise RuntimeError(reason)
 
 
 TOOLS = [add, boom]

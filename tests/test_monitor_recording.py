@@ -3,7 +3,6 @@ Python tools, tools files and coordinator tasks."""
 
 from __future__ import annotations
 
-import itertools
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from host import Coordinator, Host, hooks, tool
 from host.monitor import Monitor
 from host.plan import Task
 from tests.conftest import EXTENSION, pick
+from tests.test_hook_failures import shaky_tool
 
 
 @tool
@@ -26,19 +26,6 @@ def boom(reason: str) -> str:
 def add(a: int, b: int) -> int:
     """Adds."""
     return a + b
-
-
-def shaky_tool():
-    tries = itertools.count()
-
-    @tool
-    def shaky(n: int) -> int:
-        """Fails its first try of each call."""
-        if next(tries) % 2 == 0:
-            raise RuntimeError("first try")
-        return n
-
-    return shaky
 
 
 def run(host: Host, language: str, lua: str, js: str):
