@@ -536,20 +536,35 @@
   // threw (an Error's stack) or else at the call site. A limit goes on as it is.
   function hookFailed(hk, point, error, site) {
     // (null: what the engine throws when it cannot even make its error, out of memory)
-    if (error === null || engineOwn(error) || observedLimit(error) !== 0) throw error;
+    if (error === null) throw error;
+    // A Proxy's traps run at each look at it (its prototype...), and may throw: the hook
+    // failed all the same, with a value that is no Error (a limit met in a trap goes on)
+    let limit = false;
+    let isError = false;
+    try {
+      limit = engineOwn(error) || observedLimit(error) !== 0;
+      isError = !limit && error instanceof Error;
+    } catch (trap) {
+      let own = trap === null;
+      try {
+        own = own || engineOwn(trap);
+      } catch {}
+      if (own) throw trap;
+    }
+    if (limit) throw error;
     let reason;
     try {
-      reason = error instanceof Error ? `${error.name}: ${error.message}` : format(error);
+      reason = isError ? `${error.name}: ${error.message}` : format(error);
     } catch {
       reason = "a value that cannot be shown";
     }
     const { HookError } = loadErrors().globals;
     const spec = { kind: "execution_failed", hook_name: hk.name, hook_point: point, reason };
-    if (error instanceof Error) spec.cause = error;
+    if (isError) spec.cause = error;
     const failure = new HookError(spec);
     let stack = null;
     try {
-      if (error instanceof Error) stack = error.stack;
+      if (isError) stack = error.stack;
     } catch {}
     // where it threw, then where the script made the call (an after hook runs in a job of
     // its own, whose stack does not reach the call site)

@@ -588,6 +588,10 @@ end
 -- call without hooks costs one test. `hooking` counts the hooks running: a tool call a
 -- hook makes fires no hook.
 local script_hooks, hooking = nil, 0
+-- The coroutines a script hook runs in (the number of hooks running in each): a hook
+-- cannot yield them, which would leave it suspended, `hooking` counting it, and so every
+-- later call of the run without hooks.
+local hook_threads = setmetatable({}, {__mode = "k", __metatable = false})
 local hooked_call  -- (name, nargs, params, tb): a tool call through the script's hooks
 
 local function call_tool(name, nargs, params, kind)
@@ -710,7 +714,9 @@ local function s_wrap(...)
 end
 
 local function s_yield(...)
-  if roots[co_running()] then error("attempt to yield from outside a coroutine", 0) end
+  local co = co_running()
+  if roots[co] then error("attempt to yield from outside a coroutine", 0) end
+  if hook_threads[co] then error("attempt to yield across a script hook", 0) end
   return co_yield(...)
 end
 
@@ -729,7 +735,7 @@ end
 local function s_isyieldable(...)
   local co = ...
   if select("#", ...) == 0 then co = co_running() else expect_thread("isyieldable", ...) end
-  return not roots[co] and co_isyieldable(co)
+  return not roots[co] and not hook_threads[co] and co_isyieldable(co)
 end
 
 local function s_close(...)
@@ -940,8 +946,12 @@ do
   -- sandbox violation (the prelude's own error).
   local function run_hook(hk, point, ctx, tb)
     hooking = hooking + 1
+    local co = co_running()
+    local depth = hook_threads[co]
+    hook_threads[co] = (depth or 0) + 1
     hook_tb = nil
     local ok, r = xpcall(hk.fn, hook_handler, ctx)
+    hook_threads[co] = depth
     hooking = hooking - 1
     if ok then return true, r end
     if not abort and out_of_memory(r) then abort = "memory" end
@@ -1368,6 +1378,7 @@ end
 local function prepare(source, chunkname, args, infos, library)
   abort, abort_tb, last_error, last_error_tb, cancel_handlers = nil, nil, nil, nil, {}
   script_hooks, hooking = nil, 0
+  hook_threads = setmetatable({}, {__mode = "k", __metatable = false})
   FORGED_NOMEM, overflowed, overflow_depth = setmetatable({}, NOMEM_MT), nil, nil
   reported, report = nil, nil
   outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}

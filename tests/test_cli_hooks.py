@@ -345,3 +345,18 @@ def test_a_hostile_script_cannot_forge_a_line_on_stderr(tmp_path):
     assert not any(line.startswith("   Recovered: yes") for line in lines)
     assert "\x1b" not in out.stderr
     assert "\\npolyspell: ❌ Tool error: forged\\n" in out.stderr
+
+
+def test_a_hooks_file_in_a_symlink_loop_is_not_found_as_for_tools(tmp_path):
+    (tmp_path / "a.py").symlink_to(tmp_path / "b.py")
+    (tmp_path / "b.py").symlink_to(tmp_path / "a.py")
+    out = atlantis("lua", "--hooks-file", str(tmp_path / "a.py"))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"configuration/file_not_found: File not found: " \
+                                 f"{tmp_path / 'a.py'}"
+    (tmp_path / "polyspell.toml").write_text('[hooks]\nfiles = ["a.py"]\n')
+    out = atlantis("lua", "--config", str(tmp_path / "polyspell.toml"))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == (
+        f"configuration/file_not_found: File not found: {tmp_path / 'a.py'} (named at "
+        f"{tmp_path / 'polyspell.toml'}:2: hooks.files[0])")

@@ -924,3 +924,77 @@ def test_a_host_no_longer_used_takes_its_observers_thread_with_it(language, monk
         gc.collect()
         its.join(0.05)
     assert not its.is_alive()
+
+
+# -- red team: careless hooks -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["controller", "async controller", "on_tool_error"])
+def test_a_hook_raising_keyboard_interrupt_is_its_failure_not_a_ctrl_c(language, kind):
+    # the hook runs on a worker thread (or the event loop): its KeyboardInterrupt is a bug
+    # of the hook, not the user's Ctrl-C, which reaches the run's own thread
+    if kind == "controller":
+        @hooks.controller("after_tool_call")
+        def interrupting(ctx):
+            if ctx.error is not None:
+                raise KeyboardInterrupt
+        host = Host([add, boom], hooks=[interrupting])
+    elif kind == "async controller":
+        @hooks.controller("after_tool_call")
+        async def interrupting(ctx):
+            if ctx.error is not None:
+                raise KeyboardInterrupt
+        host = Host([add, boom], hooks=[interrupting])
+    else:
+        def interrupting(error, tool_name, error_type, params):
+            raise KeyboardInterrupt
+        host = Host([add, boom], on_tool_error=interrupting)
+    lua, js = caught(language, "tools.boom({reason = 'x'})".replace(
+        "{reason = 'x'}", pick(language, "{reason = 'x'}", "{reason: 'x'}")))
+    assert run(host, language, lua, js) == "hook/execution_failed"
+    assert run(host, language, "return tools.add({a = 1, b = 1})",
+               "return tools.add({a: 1, b: 1});") == 2  # the host goes on
+
+
+class Unreadable(dict):
+    """A mapping of a hook's own that cannot be looked at."""
+
+    def items(self):
+        raise RuntimeError("unreadable")
+
+
+@pytest.mark.parametrize("action", ["skip", "proceed", "recover"])
+def test_an_answer_that_cannot_be_read_is_the_hooks_invalid_result(language, action):
+    if action == "recover":
+        @hooks.controller("after_tool_call")
+        def answer(ctx):
+            return hooks.Recover(Unreadable(x=1))
+    else:
+        @hooks.controller("before_tool_call")
+        def answer(ctx):
+            value = Unreadable(a=1, b=2)
+            return hooks.Skip(value) if action == "skip" else hooks.Proceed(value)
+    lua, js = caught(language, pick(language, "tools.add({a = 1, b = 1})",
+                                    "tools.add({a: 1, b: 1})"))
+    # not the tool's tool/execution_failed: the tool did nothing wrong
+    assert run(Host([add], hooks=[answer]), language, lua, js) == "hook/invalid_result"
+
+
+def test_many_observers_of_one_event_cost_linear_time():
+    from host.hooks.delivery import Delivery
+
+    seen = []
+    observers = []
+    for _ in range(40_000):
+        @hooks.observer("run_started")
+        def each(ctx):
+            seen.append(ctx)
+        observers.append(each)
+    dispatcher = hooks.Dispatcher(observers)
+    assert isinstance(dispatcher._delivery, Delivery)
+    began = time.perf_counter()
+    dispatcher.observe("run_started", "ctx")
+    dispatcher.flush()
+    # each observer once copied the list of those after it: 40 000² / 2 copies, seconds
+    assert time.perf_counter() - began < 1.5
+    assert len(seen) == 40_000

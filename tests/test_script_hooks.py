@@ -804,3 +804,71 @@ def test_a_lua_runtime_started_again_has_no_hooks_of_the_run_before():
             assert converse(engine, step, tools, deadline, Run(step)).result == expected
     finally:
         engine.close()
+
+
+# -- red team: hostile hooks --------------------------------------------------------
+
+
+PROXY = 'new Proxy({}, {getPrototypeOf() { throw new Error("trap"); }, ' \
+        'get() { throw new Error("trap"); }})'
+
+
+def test_an_observer_throwing_a_proxy_whose_traps_throw_changes_nothing():
+    lines: list[str] = []
+    js = f"""
+hooks.on("tool_call_started", () => {{ throw {PROXY}; }});
+hooks.on("tool_call_finished", () => {{ throw {PROXY}; }});
+hooks.on("tool_call_finished", async () => {{ throw {PROXY}; }});
+async function main() {{ return await tools.add({{a: 1, b: 1}}); }}
+"""
+    assert run(host(lines=lines), "javascript", "", js) == 2
+    assert len(lines) == 3, lines
+    assert all(line.startswith("hook/execution_failed: ") for line in lines), lines
+
+
+@pytest.mark.parametrize("point", ["beforeToolCall", "afterToolCall"])
+@pytest.mark.parametrize("asynchronous", ["", "async "])
+def test_a_controller_throwing_a_proxy_is_hook_execution_failed(point, asynchronous):
+    js = f"""
+hooks.{point}({asynchronous}() => {{ throw {PROXY}; }});
+async function main() {{
+  let call;
+  try {{ call = tools.add({{a: 1, b: 1}}); }} catch (e) {{ return "thrown at the call"; }}
+  try {{ await call; return "ok"; }} catch (e) {{ return e.code + " " + e.message; }}
+}}
+"""
+    answer = run(host(), "javascript", "", js)
+    assert answer.startswith("hook/execution_failed "), answer
+    assert "a value that cannot be shown" in answer
+
+
+def test_a_lua_hook_cannot_yield_the_coroutine_it_runs_in():
+    lua = """
+local fired = 0
+hooks.before_tool_call(function(ctx)
+  fired = fired + 1
+  if ctx.params.a == 1 then coroutine.yield("from the hook") end
+end)
+local co = coroutine.wrap(function()
+  local ok, err = pcall(tools.add, {a = 1, b = 1})
+  return ok and "yielded" or err.code .. " " .. err.fields.reason
+end)
+local first = co()
+local second = tools.add{a = 2, b = 2}  -- the hooks still fire
+return {first, second, fired}
+"""
+    first, second, fired = run(host(), "lua", lua, "")
+    assert first == "hook/execution_failed attempt to yield across a script hook"
+    assert (second, fired) == (4, 2)
+
+
+def test_a_lua_hook_may_yield_coroutines_of_its_own():
+    lua = """
+hooks.before_tool_call(function(ctx)
+  local gen = coroutine.wrap(function() coroutine.yield(10) end)
+  assert(not coroutine.isyieldable())
+  return {action = "proceed", params = {a = ctx.params.a * gen(), b = ctx.params.b}}
+end)
+return tools.add{a = 1, b = 2}
+"""
+    assert run(host(), "lua", lua, "") == 12

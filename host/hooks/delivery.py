@@ -54,7 +54,8 @@ class _InFlight(NamedTuple):
     event: _Event
     context: Any
     hook: Hook
-    rest: list[Hook]  # the event's observers after it
+    observers: list[Hook]  # the event's: those after index are still to run
+    index: int  # of hook in observers (not a copy of the rest per observer: n² for n)
     began: float  # perf_counter
     deadline: float  # monotonic
     generation: int  # of the thread running it
@@ -163,7 +164,7 @@ class Delivery:
             return True
         for index, hook in enumerate(observers):
             began = time.perf_counter()
-            self._current = _InFlight(event, context, hook, observers[index + 1:], began,
+            self._current = _InFlight(event, context, hook, observers, index, began,
                                       time.monotonic() + hook.timeout, generation)
             failure: BaseException | None = None
             try:
@@ -199,7 +200,7 @@ class Delivery:
             d.book(current.hook, None, float("inf"), current.began, current.event.records,
                    False)
         self._start((current.event._replace(make=_same, args=(current.context,)),
-                     current.rest))
+                     current.observers[current.index + 1:]))
 
 
 def _serve(ref: weakref.ref[Delivery], generation: int,

@@ -367,12 +367,26 @@ class Dispatcher:
                 if action.params is not None:
                     changed, changer = action.params, hook
                     if rebuild is not None:
-                        context = rebuild(context, changed)
+                        context = self._rebuilt(rebuild, context, changed, hook)
                 continue
             if isinstance(action, Continue):
                 continue
             return action, hook
         return (Proceed(changed), changer) if accepts is BEFORE else (Continue(), None)
+
+    @staticmethod
+    def _rebuilt(rebuild: Callable[[Any, Any], Any], context: Any, params: Any,
+                 hook: Hook) -> Any:
+        """The context after ``hook``'s ``Proceed(params)``; params that cannot even be
+        copied (a mapping of the hook's whose ``items`` raises) are the hook's invalid
+        result, not an error of the operation's."""
+        try:
+            return rebuild(context, params)
+        except Exception as exc:
+            raise HookError.InvalidResult(
+                hook_name=hook.name, hook_point=hook.point,
+                reason=f"its Proceed's params cannot be read "
+                       f"({describe_exception(exc, qualified=False)})") from exc
 
     def ask(self, hook: Hook, context: Any, accepts: tuple[type, ...],
             records: list[Record] | None, token: Any = None) -> Any:
@@ -382,7 +396,9 @@ class Dispatcher:
             action = run_hook(hook, context, token)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
-                raise
+                raise  # the user's Ctrl-C while the run waited (a hook's own is HookRaised)
+            if isinstance(exc, HookRaised):
+                exc = exc.raised
             error = hook_failure(hook, exc, time.perf_counter() - began)
             if records is not None:
                 records.append(record(hook, "failed", began, error))
@@ -431,6 +447,8 @@ def record(hook: Hook, outcome: str, began: float, error: SpellError | None = No
 
 def hook_failure(hook: Hook, exc: BaseException, elapsed: float) -> SpellError:
     """The unified error of a hook that raised ``exc`` (or ran past its budget)."""
+    if isinstance(exc, HookRaised):
+        exc = exc.raised
     if isinstance(exc, _PastBudget):
         return HookError.Timeout(hook_name=hook.name, hook_point=hook.point,
                                  duration=round(hook.timeout, 6))
@@ -441,6 +459,25 @@ def hook_failure(hook: Hook, exc: BaseException, elapsed: float) -> SpellError:
 
 class _PastBudget(Exception):
     """A hook did not return within its time budget."""
+
+
+class HookRaised(Exception):
+    """A hook raised ``raised``, an exception that is not an :class:`Exception`
+    (``KeyboardInterrupt``, ``SystemExit``...): a bug of the hook, on the thread that ran
+    it, not the user's Ctrl-C, which reaches the run's own thread."""
+
+    def __init__(self, raised: BaseException) -> None:
+        super().__init__(raised)
+        self.raised = raised
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HookRaised(exc) from exc
 
 
 def run_hook(hook: Hook, context: Any, token: Any = None) -> Any:
@@ -461,7 +498,7 @@ def run_hook(hook: Hook, context: Any, token: Any = None) -> Any:
     else:
         fn, args = hook.fn, (context,)
     try:
-        return _WORKERS.run(fn, args, {}, deadline, _NEVER_STOPPED)
+        return _WORKERS.run(_guarded, (fn, *args), {}, deadline, _NEVER_STOPPED)
     except DeadlineReached:
         raise _PastBudget() from None
 
@@ -482,7 +519,10 @@ async def _bounded(fn: Callable[[Any], Any], context: Any, timeout: float) -> An
     import anyio
 
     with anyio.move_on_after(timeout):
-        return await fn(context)
+        try:
+            return await fn(context)
+        except (KeyboardInterrupt, SystemExit) as exc:  # the event loop's own to stop on
+            raise HookRaised(exc) from exc
     raise _PastBudget()
 
 

@@ -77,12 +77,25 @@ def load_hooks(presets: Iterable[str] = (), files: Iterable[str | os.PathLike[st
     items: list[Any] = [named(presets, key)]
     seen: set[Path] = set()
     for file in files:
-        resolved = Path(file).resolve()
+        resolved = _resolved(Path(file))
         if resolved in seen:
             continue
         seen.add(resolved)
         items.append(load_hooks_file(file))
     return merge(*items)
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` resolved, to load each file once; a path that does not lead to a regular
+    file (a symlink loop too, which ``resolve`` cannot follow) is refused as
+    :func:`host.tools.check_file` refuses it."""
+    from host.tools import check_file
+
+    check_file(path)
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a loop, before Python 3.13
+        raise ConfigurationError.FileNotFound(path=str(path)) from None
 
 
 def config_hooks(config: Config) -> Preset:
@@ -101,10 +114,11 @@ def config_hooks(config: Config) -> Preset:
         seen: set[Path] = set()
         for index, file in enumerate(table.files):
             path = base / file
-            if path.resolve() in seen:
-                continue
-            seen.add(path.resolve())
             try:
+                resolved = _resolved(path)
+                if resolved in seen:
+                    continue
+                seen.add(resolved)
                 items.append(load_hooks_file(path))
             except SpellError as err:  # the same error, saying where the config names it
                 raise _named_at(err, config.where(("hooks", "files", index))) \

@@ -31,6 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bridge import HookError, SpellError
+from bridge.errors import describe_exception
 from host.calls import as_spell_error, failure_to_recover
 from host.data import not_json_like
 from host.hooks.actions import Fail, Recover, Rethrow, Retry, Skip
@@ -388,13 +389,23 @@ def d_run(hook: Hook, args: tuple, token: Any) -> Any:
 
 
 def _checked(value: Any, hook: Hook | None, action: str, what: str = "result") -> Any:
-    """``value`` if it is JSON-like data a script can hold, else ``hook/invalid_result``."""
-    unfit = not_json_like(value, what)
+    """``value`` if it is JSON-like data a script can hold, else ``hook/invalid_result``
+    (one that cannot even be looked at, a mapping of the hook's whose ``items`` raises,
+    too: the hook's answer is at fault, not the tool)."""
+    name = hook.name if hook is not None else "?"
+    point = hook.point if hook is not None else ""
+    try:
+        unfit = not_json_like(value, what)
+    except Exception as exc:
+        raise HookError.InvalidResult(
+            hook_name=name, hook_point=point,
+            reason=f"{action}'s {what} cannot be read "
+                   f"({describe_exception(exc, qualified=False)}): a script receives "
+                   f"JSON-like data") from exc
     if unfit is None:
         return value
-    name = hook.name if hook is not None else "?"
     raise HookError.InvalidResult(
-        hook_name=name, hook_point=hook.point if hook is not None else "",
+        hook_name=name, hook_point=point,
         reason=f"{action}'s {unfit.path} {unfit.why}: a script receives JSON-like data")
 
 
