@@ -499,7 +499,7 @@ class _Execution:
             hooks = self.host.hooks
             if hooks is not None:  # every observer has seen the plan, within its budget
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(hooks.flush)
+                    await anyio.to_thread.run_sync(hooks.catch_up)
 
     # -- one task ---------------------------------------------------------------------
 

@@ -207,9 +207,9 @@ class ScriptRun:
             if hooks.has("cancellation_started"):
                 from host.hooks import CancellationContext
 
-                hooks.observe("cancellation_started",  # on the event loop: never waits
+                hooks.observe("cancellation_started",
                               CancellationContext(self.correlation_id, error), self.hook_path,
-                              self._token, wait=False)
+                              self._token)
 
     @property
     def cancelled(self) -> SpellError | None:
@@ -297,7 +297,7 @@ class ScriptRun:
         if hooks.has("run_started"):
             hooks.observe("run_started", RunContext(
                 self.correlation_id, self.filename, self.language, copy_data(self.args)),
-                self.hook_path, self._token, wait=False)
+                self.hook_path, self._token)
         try:
             result = await self._execute_cleaned()
         except SpellError as err:
@@ -311,16 +311,15 @@ class ScriptRun:
             from host.hooks import CancellationContext
 
             hooks.observe("cancellation_finished", CancellationContext(
-                self.correlation_id, self.control.reason), self.hook_path, self._token,
-                wait=False)
+                self.correlation_id, self.control.reason), self.hook_path, self._token)
         if hooks.has("run_finished"):
             hooks.observe_lazily(  # its tool counts are made on the observers' thread
                 "run_finished", _run_finished, (
                     self.correlation_id, self.filename, self.language, copy_data(result),
                     error, time.perf_counter() - began, self.tool_times),
-                self.hook_path, self._token, wait=False, failed=error is not None)
-        with anyio.CancelScope(shield=True):  # every observer has seen the run, within budgets
-            await anyio.to_thread.run_sync(hooks.flush)
+                self.hook_path, self._token, failed=error is not None)
+        with anyio.CancelScope(shield=True):  # its observers catch up, for a short while
+            await anyio.to_thread.run_sync(hooks.catch_up)
         if error is not None:
             if self.hook_path:
                 from host.hooks.layer import add_hook_path

@@ -1,22 +1,24 @@
 """Observers' delivery: in order, on a thread of the host's, off the run's path.
 
-An observer cannot change the run, so the run does not wait for it: at a point, the
-run only queues the event (well under a microsecond), and one daemon thread per
-dispatcher calls the observers, in the order the events happened, while the run goes
-on. The run waits for its observers at two moments only:
+An observer cannot change the run, so the run never waits for it: at a point, the run
+only queues the event (well under a microsecond), and one daemon thread per dispatcher
+calls the observers, in the order the events happened, while the run goes on.
 
-- at its end (:meth:`Delivery.flush`), so that when ``host.run`` returns every
-  observer has seen every event of the run, ``run_finished`` included, and the run's
-  hook path (where failures are recorded) is complete;
-- when :data:`MAX_PENDING` events are waiting (observers slower than the run): memory
-  stays bounded and the run goes at its observers' pace, as it would if it waited for
-  each of them.
+- At its end the run gives its observers up to :data:`FLUSH_GRACE` seconds
+  (:meth:`Delivery.flush`) to see every event it queued, ``run_finished`` included, so
+  that when ``host.run`` returns they have (and the run's hook path, where failures are
+  recorded, is complete); what slower observers have not seen by then they see in the
+  background, after the run.
+- Past :data:`MAX_PENDING` waiting events (observers far slower than the run), an event
+  is dropped rather than waited for: memory stays bounded and a run's time is its own.
+  Dropped events are counted (:attr:`Delivery.dropped`) and logged, never lost silently.
 
 A sync observer past its budget cannot be stopped (Python cannot stop a thread): the
-first wait that finds it there (the next event's, or the run's end) abandons the thread
-to it, records ``hook/timeout`` and starts a new thread, which resumes with the next
-observer of the same event. An observer that returns past its budget is a ``hook/timeout``
-too. Async observers run on the run's event loop (``token``), within their budget.
+first look that finds it there (at the next event, or while the run's end waits)
+abandons the thread to it, records ``hook/timeout`` and starts a new thread, which
+resumes with the next observer of the same event. An observer that returns past its
+budget is a ``hook/timeout`` too. Async observers run on the run's event loop
+(``token``), within their budget.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("polyspell")
 
-MAX_PENDING = 256  # events waiting for the observers: past it the run waits for them
+MAX_PENDING = 10_000  # events waiting for the observers: past it, dropped and counted
+FLUSH_GRACE = 1.0  # seconds a run's end gives its observers to catch up
 POLL = 0.01  # seconds between the observers' looks at the queue while events come
 IDLE_AFTER = 10  # looks that found nothing before waiting to be woken
 IDLE_CHECK = 5.0  # seconds between an idle thread's looks at whether its host is gone
@@ -77,34 +80,48 @@ class Delivery:
         self._generation = 0  # the thread serving the queue: older ones were abandoned
         self._started = False
         self._current: _InFlight | None = None
+        self.dropped = 0  # events dropped: the observers were too far behind
+        self._overflowing = False
 
     def put(self, point: str, make: Callable[..., Any], args: tuple,
-            records: list[Record] | None, token: Any, keep_ok: bool, wait: bool = True,
+            records: list[Record] | None, token: Any, keep_ok: bool,
             failed: bool = True) -> None:
         """Queue one event for ``point``'s observers, whose context is ``make(*args)``
-        (the run's only cost: the context is made on the observers' thread); with too
-        many waiting, wait for them unless ``wait`` is false."""
+        (the run's only cost: the context is made on the observers' thread); with
+        :data:`MAX_PENDING` waiting, drop it (counted, and logged once per overflow)."""
         if not self._started:
             self._start(None)
         self._abandon_if_stuck()
+        if len(self._pending) >= MAX_PENDING:
+            if not self._overflowing:
+                self._overflowing = True
+                logger.warning("polyspell's observers are far behind the runs (%d events "
+                               "waiting): events are dropped until they catch up",
+                               MAX_PENDING)
+            self.dropped += 1
+            return
+        self._overflowing = False
         self._pending.append(_Event(point, make, args, records, token, keep_ok, failed))
         if self._idle:
             self._idle = False
             self._wake.set()
-        if wait and len(self._pending) >= MAX_PENDING:
-            self.flush()
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until the observers have seen every event queued so far (each within
-        its budget: a stuck one is abandoned). Call it off the event loop."""
+        its budget: a stuck one is abandoned), or ``timeout`` seconds: whether they have.
+        Call it off the event loop."""
         if not self._started:
-            return
+            return True
         done = threading.Event()
         self._pending.append(done)
         self._idle = False
         self._wake.set()
+        end = None if timeout is None else time.monotonic() + timeout
         while not done.wait(self._wait_for()):
             self._abandon_if_stuck()
+            if end is not None and time.monotonic() >= end:
+                return False
+        return True
 
     # -- the delivery thread -----------------------------------------------------------
 

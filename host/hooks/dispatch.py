@@ -240,28 +240,33 @@ class Dispatcher:
     # -- observers -------------------------------------------------------------------
 
     def observe(self, point: str, context: Any, records: list[Record] | None = None,
-                token: Any = None, *, keep_ok: bool = True, wait: bool = True,
-                failed: bool = True) -> None:
+                token: Any = None, *, keep_ok: bool = True, failed: bool = True) -> None:
         """Hand ``context`` to the observers of ``point``, which see it on the host's
         observer thread, in order, while the run goes on (see :mod:`host.hooks.delivery`);
         nothing they do reaches the caller. Each one that ran is added to ``records`` (a
         hook path; with ``keep_ok`` false, only those that failed: points that fire
-        often). ``token``: the event loop of async observers. ``wait`` false: never wait
-        for the observers, even when too many events are waiting (a caller on the event
-        loop, which async observers need). ``failed`` false: what it tells succeeded (no
-        ``failures_only`` observer sees it)."""
-        self._delivery.put(point, _same, (context,), records, token, keep_ok, wait, failed)
+        often). ``token``: the event loop of async observers. ``failed`` false: what it
+        tells succeeded (no ``failures_only`` observer sees it). Never waits."""
+        self._delivery.put(point, _same, (context,), records, token, keep_ok, failed)
 
     def observe_lazily(self, point: str, make: Callable[..., Any], args: tuple,
                        records: list[Record] | None = None, token: Any = None, *,
-                       keep_ok: bool = True, wait: bool = True, failed: bool = True) -> None:
+                       keep_ok: bool = True, failed: bool = True) -> None:
         """:meth:`observe` with the context ``make(*args)``, made on the observers' thread
         (points that fire often: their context costs the run nothing)."""
-        self._delivery.put(point, make, args, records, token, keep_ok, wait, failed)
+        self._delivery.put(point, make, args, records, token, keep_ok, failed)
 
-    def flush(self) -> None:
-        """Wait (off the event loop) until the observers have seen every event so far."""
-        self._delivery.flush()
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (off the event loop) until the observers have seen every event so far, or
+        ``timeout`` seconds: whether they have (the rest they see later)."""
+        return self._delivery.flush(timeout)
+
+    def catch_up(self) -> bool:
+        """:meth:`flush` at a run's (or a plan's) end: for at most
+        :data:`host.hooks.delivery.FLUSH_GRACE` seconds."""
+        from host.hooks import delivery
+
+        return self._delivery.flush(delivery.FLUSH_GRACE)
 
     @staticmethod
     def run_observer(hook: Hook, context: Any, token: Any) -> Any:
@@ -345,7 +350,7 @@ class Dispatcher:
         if self.has(point):
             import anyio.lowlevel
 
-            self.observe(point, context, None, anyio.lowlevel.current_token(), wait=False,
+            self.observe(point, context, None, anyio.lowlevel.current_token(),
                          failed=getattr(context, "error", None) is not None)
 
     # -- controllers -----------------------------------------------------------------
