@@ -22,6 +22,16 @@ The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by 
     presets = ["error_logging", "timing"]
     files = ["hooks.py"]             # relative to this file
 
+    [alerts]                         # the monitor's alerts (host.monitor.alerts)
+    repeat_interval = "1h"
+    [[alerts.rules]]
+    kind = "rate"
+    threshold = 10
+    window = "5m"
+    [[alerts.channels]]
+    type = "file"
+    path = "alerts.jsonl"            # relative to this file
+
 Precedence, most specific first (a policy given at a level replaces the whole policy of
 the levels below it; policies are not merged field by field):
 
@@ -74,6 +84,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from bridge import ConfigurationError, SpellError
+from host.monitor.alerts import AlertConfig
 from host.recovery.degrade import Degradation
 from host.recovery.policy import ErrorCode, ErrorRecovery, ToolRecovery
 
@@ -108,8 +119,9 @@ class HooksTable(BaseModel):
 class Config(BaseModel):
     """A polyspell config file, validated: ``recovery`` (the defaults for every tool),
     ``tools`` (each tool's own policies), ``errors`` (per error code or category),
-    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`) and
-    ``hooks`` (presets and hooks files, :mod:`host.hooks.files`).
+    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`),
+    ``hooks`` (presets and hooks files, :mod:`host.hooks.files`) and ``alerts`` (the
+    monitor's alert rules and channels, :mod:`host.monitor.alerts`).
 
     Load one with :func:`load_config` (or :func:`load_pyproject`); build one from a
     mapping with :meth:`from_mapping`. :meth:`policies` resolves each tool's policies
@@ -123,6 +135,7 @@ class Config(BaseModel):
     errors: dict[ErrorCode, ErrorRecovery] = {}
     degradation: Degradation | None = None
     hooks: HooksTable | None = None
+    alerts: AlertConfig | None = None  # the monitor's (host.monitor.alerts)
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in
