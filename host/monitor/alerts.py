@@ -99,6 +99,7 @@ SHOWN = 500  # characters of a summary in a log line
 DEFAULT_REPEAT = 3600.0
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 SEVERITIES = ("trace", "info", "warning", "error", "critical", "fatal")
+_LEVEL = {name: int(Severity.parse(name)) for name in SEVERITIES}
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -170,10 +171,9 @@ class Rule(Policy):
         return self.name or self.kind
 
     @property
-    def floor(self) -> int:
+    def floor(self) -> str:
         """The lowest severity the rule counts."""
-        given = self.min_severity or ("critical" if self.kind == "severity" else "trace")
-        return int(Severity.parse(given))
+        return self.min_severity or ("critical" if self.kind == "severity" else "trace")
 
 
 DEFAULT_RULES = (Rule(kind="severity", min_severity="critical"),
@@ -330,12 +330,18 @@ def _summary(rule: Rule, record: dict[str, Any], count: int, window: float | Non
            f"(more than {rule.factor:g} times the median of the previous {rule.windows})"
 
 
+def alert_key(rule: Rule, record: dict[str, Any]) -> str:
+    """What groups the alerts of ``rule`` for ``record``: (rule, component, group); a
+    rate or spike by component has no group in it."""
+    group = record["fingerprint"] if rule.kind not in ("rate", "spike") \
+        or rule.by == "group" else ""
+    return f"{rule.label}|{record['component']}|{group}"
+
+
 def make_alert(rule: Rule, record: dict[str, Any], *, count: int = 1,
                window: float | None = None, first: float | None = None,
                quiet: float | None = None) -> dict[str, Any]:
     """The alert ``rule`` raises for ``record`` (a strict-JSON dict)."""
-    group = record["fingerprint"] if rule.kind not in ("rate", "spike") \
-        or rule.by == "group" else ""
     severity = record["severity"] if rule.kind in ("severity", "new_group", "regression") \
         else "error"
     when = float(record["timestamp"])
@@ -343,7 +349,7 @@ def make_alert(rule: Rule, record: dict[str, Any], *, count: int = 1,
         "id": uuid.uuid4().hex[:16],
         "rule": rule.label,
         "kind": rule.kind,
-        "key": f"{rule.label}|{record['component']}|{group}",
+        "key": alert_key(rule, record),
         "severity": severity,
         "summary": _summary(rule, record, count, window, quiet),
         "record_id": record["id"],
@@ -449,14 +455,14 @@ class AlertEngine:
             except SpellError:  # the monitor reports its store's failures itself
                 known = False
         self._groups.put(fingerprint, when if previous is None else max(previous, when))
-        severity = int(Severity.parse(record["severity"]))
+        severity = _LEVEL.get(record["severity"], 3)
         out = []
         for index, rule in enumerate(self.config.rules):
-            if severity < rule.floor or not _matches(rule, record) \
+            if severity < _LEVEL[rule.floor] or not _matches(rule, record) \
                     or (not known and rule.kind in ("new_group", "regression")):
                 continue
-            alert = self._fires(index, rule, record, when, previous)
-            if alert is None:
+            found = self._fires(index, rule, record, when, previous)
+            if found is None:
                 continue
             self.stats["fired"] += 1
             if record.get("tool") in self._open:
@@ -464,27 +470,31 @@ class AlertEngine:
                 continue
             repeat = self.config.repeat_interval if rule.repeat_interval is None \
                 else rule.repeat_interval
-            sent = self._sent.get(alert["key"])
+            key = alert_key(rule, record)
+            sent = self._sent.get(key)
             if sent is not None and when - sent[0] < repeat:
                 sent[1] += 1
                 self.stats["suppressed"] += 1
                 continue
+            alert = make_alert(rule, record, **found)  # built only when it is sent
             alert["suppressed"] = 0 if sent is None else sent[1]
-            self._sent.put(alert["key"], [when, 0])
+            self._sent.put(key, [when, 0])
             out.append(alert)
         return out
 
     def _fires(self, index: int, rule: Rule, record: dict[str, Any], when: float,
                previous: float | None) -> dict[str, Any] | None:
+        """Whether ``rule`` fires for ``record``: None, or what its alert says (count,
+        window, first time, quiet period)."""
         kind = rule.kind
         if kind == "severity":
-            return make_alert(rule, record)
+            return {}
         if kind == "new_group":
-            return make_alert(rule, record) if previous is None else None
+            return {} if previous is None else None
         if kind == "regression":
             quiet = rule.quiet or self.quiet
             if previous is not None and when - previous >= quiet:
-                return make_alert(rule, record, quiet=when - previous, first=previous)
+                return {"quiet": when - previous, "first": previous}
             return None
         key = (index, record["component"] if rule.by == "component"
                else record["fingerprint"])
@@ -497,8 +507,7 @@ class AlertEngine:
             while times and times[0] <= when - rule.window:
                 times.popleft()
             if len(times) > rule.threshold:
-                return make_alert(rule, record, count=len(times), window=rule.window,
-                                  first=times[0])
+                return {"count": len(times), "window": rule.window, "first": times[0]}
             return None
         # spike: counts per window, the current one against the previous ones' median
         bucket = int(when // rule.window)
@@ -521,8 +530,8 @@ class AlertEngine:
         median = statistics.median(counts.get(bucket - i, 0)
                                    for i in range(1, rule.windows + 1))
         if current >= rule.min_count and current > rule.factor * median:
-            return make_alert(rule, record, count=current, window=rule.window,
-                              first=bucket * rule.window)
+            return {"count": current, "window": rule.window,
+                    "first": bucket * rule.window}
         return None
 
     # -- sending (the sender thread) ---------------------------------------------------
@@ -739,4 +748,4 @@ def _post(channel: Channel, alert: dict[str, Any]) -> None:
 
 
 __all__ = ["DEFAULT_RULES", "AlertConfig", "AlertEngine", "Channel", "Rule", "alert_json",
-           "as_alert_config", "deliver", "make_alert"]
+           "alert_key", "as_alert_config", "deliver", "make_alert"]
