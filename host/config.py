@@ -81,10 +81,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from bridge import ConfigurationError, SpellError
-from host.monitor.alerts import AlertConfig
 from host.recovery.degrade import Degradation
 from host.recovery.policy import ErrorCode, ErrorRecovery, ToolRecovery
 
@@ -135,13 +141,29 @@ class Config(BaseModel):
     errors: dict[ErrorCode, ErrorRecovery] = {}
     degradation: Degradation | None = None
     hooks: HooksTable | None = None
-    alerts: AlertConfig | None = None  # the monitor's (host.monitor.alerts)
+    # the monitor's (a host.monitor.alerts.AlertConfig), imported only for a config that
+    # has [alerts]: host.monitor loads sqlite3 and the hooks, which a run without a
+    # monitor does not pay for
+    alerts: Any = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in
     _prefix: Path_ = PrivateAttr(())  # where the table is in the file ([tool.polyspell])
     _lines: dict[Path_, int] | None = PrivateAttr(None)
     _hooks: Any = PrivateAttr(None)  # [hooks] loaded (host.hooks.files.config_hooks): once
+
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _alerts(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from host.monitor.alerts import AlertConfig
+
+        if isinstance(value, AlertConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError("[alerts] is a table")
+        return AlertConfig.model_validate(dict(value))
 
     def __init__(self, **data: Any) -> None:
         from host.recovery.model import VALIDATING
@@ -169,9 +191,18 @@ class Config(BaseModel):
         if isinstance(data.get("recovery"), Mapping) and "errors" in data["recovery"]:
             raise _invalid(source, text, prefix, data, ("recovery", "errors"),
                            'per-error tables are top-level: [errors."<code>"]')
+        data = dict(data)
         token = VALIDATING.set(True)  # nested policies leave their errors to this one
         try:
-            config = cls.model_validate(dict(data))
+            if isinstance(data.get("alerts"), Mapping):  # validated apart: see the field
+                from host.monitor.alerts import AlertConfig
+
+                try:
+                    data["alerts"] = AlertConfig.model_validate(dict(data["alerts"]))
+                except ValidationError as exc:
+                    raise _from_validation(exc, source, text, (*prefix, "alerts"),
+                                           data["alerts"], root=AlertConfig) from None
+            config = cls.model_validate(data)
         except ValidationError as exc:
             raise _from_validation(exc, source, text, prefix, data) from None
         finally:
@@ -336,12 +367,12 @@ def _parse(text: str, source: str) -> dict[str, Any]:
 
 
 def _from_validation(exc: ValidationError, source: str | None, text: str | None,
-                     prefix: Path_, data: Any) -> SpellError:
+                     prefix: Path_, data: Any, root: Any = None) -> SpellError:
     problems = exc.errors()
     first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
     path = _data_path(data, first["loc"])
     if first["type"] == "extra_forbidden":
-        reason = f"unknown key {str(path[-1])!r}{_hint(path)}"
+        reason = f"unknown key {str(path[-1])!r}{_hint(path, root)}"
     elif first["type"] == "missing":
         reason = f"missing key {str(path[-1])!r}"
     else:
@@ -393,17 +424,18 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> Path_:
     return tuple(path)
 
 
-def _hint(path: Path_) -> str:
-    """A "did you mean" for an unknown key at ``path``, from the model that holds it."""
-    known = _known_keys(path[:-1])
+def _hint(path: Path_, root: Any = None) -> str:
+    """A "did you mean" for an unknown key at ``path``, from the model that holds it
+    (``path`` from ``root``, a model: by default :class:`Config`)."""
+    known = _known_keys(path[:-1], root)
     if not known:
         return ""
     close = difflib.get_close_matches(str(path[-1]), known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 
-def _known_keys(path: Path_) -> list[str]:
-    model: Any = Config
+def _known_keys(path: Path_, root: Any = None) -> list[str]:
+    model: Any = Config if root is None else root
     for part in path:
         if isinstance(part, int):
             continue

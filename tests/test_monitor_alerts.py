@@ -622,3 +622,17 @@ def test_a_store_that_fails_its_reads_mutes_only_the_rules_that_need_it():
     eng = engine(Rule(kind="new_group"), Rule(kind="regression"),
                  Rule(kind="severity", min_severity="error"), last_seen=broken)
     assert [alert["rule"] for alert in fired(eng, record())] == ["severity"]
+
+
+def test_a_config_without_alerts_does_not_load_the_monitor(tmp_path: Path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "polyspell.toml"
+    config.write_text("[recovery]\nretry = { attempts = 2 }\n")
+    code = ("import sys\nfrom host.config import load_config\n"
+            f"load_config({str(config)!r})\n"
+            "print(sorted(m for m in ('sqlite3', 'host.monitor') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "[]"
