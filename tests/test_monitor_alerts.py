@@ -547,6 +547,9 @@ def test_rules_and_channels_from_a_config_file(tmp_path: Path, monitor_with, lan
      "alerts.channels[0]", "an endpoint is an http:// or https:// URL"),
     ('[[alerts.channels]]\ntype = "file"\n', 1, "alerts.channels[0]",
      "a 'file' channel needs path"),
+    ('[[alerts.channels]]\ntype = "webhook"\nurl = "http://127.0.0.1:9/"\n'
+     'retry = { attempts = 0 }\n', 4, "alerts.channels[0].retry.attempts",
+     "greater than or equal to 1"),
     ('[[alerts.channels]]\ntype = "callable"\nfunction = "os.system"\n', 3,
      "alerts.channels[0].function", ""),
 ])

@@ -197,13 +197,6 @@ class Channel(Policy):
     retry: Retry | None = None
     function: Callable[[dict[str, Any]], Any] | None = None
 
-    @model_validator(mode="before")
-    @classmethod
-    def _retry_table(cls, data: Any) -> Any:
-        if isinstance(data, Mapping) and isinstance(data.get("retry"), Mapping):
-            data = {**data, "retry": Retry.model_validate(dict(data["retry"]))}
-        return data
-
     @model_validator(mode="after")
     def _fields_of_type(self) -> Channel:
         needs = {"logging": set(), "file": {"path"}, "webhook": {"url"},
