@@ -424,23 +424,28 @@ def test_alerts_in_a_json_lines_file_keep_hostile_text_as_data(tmp_path: Path, c
     assert "\\n[polyspell] forged\\x1b[31m" in logged[0]
 
 
-def test_appends_of_several_engines_never_mix(tmp_path: Path):
+def test_appends_of_several_processes_never_mix(tmp_path: Path):
+    import subprocess
+    import sys
+
     lines = tmp_path / "alerts.jsonl"
-    engines = [AlertEngine(AlertConfig(rules=[Rule(kind="severity", min_severity="error")],
-                                       channels=[{"type": "file", "path": str(lines)}],
-                                       repeat_interval=0)) for _ in range(4)]
-
-    def burst(eng: AlertEngine) -> None:
-        for i in range(50):
-            eng.observe(record(message="y" * 3000, when=NOW + i))
-
-    threads = [threading.Thread(target=burst, args=(eng,)) for eng in engines]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert all(eng.flush() for eng in engines)
-    assert len([strict(line) for line in lines.read_text().splitlines()]) == 200
+    code = (
+        "import sys\n"
+        "from tests.test_monitor_alerts import NOW, record\n"
+        "from host.monitor.alerts import AlertConfig, AlertEngine, Rule\n"
+        "eng = AlertEngine(AlertConfig(rules=[Rule(kind='severity', min_severity='error')],"
+        " channels=[{'type': 'file', 'path': sys.argv[1]}], repeat_interval=0))\n"
+        "for i in range(100):\n"
+        "    eng.observe(record(message=sys.argv[2] * 5000, when=NOW + i))\n"
+        "assert eng.flush()\n")
+    root = Path(__file__).parent.parent
+    workers = [subprocess.Popen([sys.executable, "-c", code, str(lines), letter], cwd=root)
+               for letter in "ab"]
+    assert [worker.wait(60) for worker in workers] == [0, 0]
+    alerts = [strict(line) for line in lines.read_text().splitlines()]
+    assert len(alerts) == 200
+    for letter in "ab":
+        assert sum(f"{letter * 150}" in alert["summary"] for alert in alerts) == 100
 
 
 def test_a_channel_that_fails_does_not_lose_the_alert_for_the_others(tmp_path: Path,

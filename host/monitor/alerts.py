@@ -575,8 +575,8 @@ class AlertEngine:
                 deliver(channel, alert)
             except SpellError as err:
                 failures.append((channel, err))
-            except Exception as exc:
-                failures.append((channel, _unified(exc)))
+            except Exception as exc:  # a callable's own exception
+                failures.append((channel, _unified(exc, channel.label)))
         for channel, err in failures:
             logger.warning("alert %s: channel %s failed: %s", alert["id"], channel.label,
                            shown_text(err.message, limit=SHOWN))
