@@ -194,6 +194,20 @@ def test_a_spike_is_this_windows_count_against_the_median_of_the_previous():
     assert fired(quiet, record(when=NOW), record(when=NOW + 1)) == []
 
 
+def test_what_an_engine_keeps_is_bounded(monkeypatch):
+    import host.monitor.alerts as alerts
+
+    monkeypatch.setattr(alerts, "MAX_KEYS", 50)
+    eng = engine(Rule(kind="rate", threshold=3, window=60, by="group"),
+                 Rule(kind="spike", window=60, by="group"),
+                 Rule(kind="severity", min_severity="error"), Rule(kind="new_group"))
+    for i in range(500):
+        eng.observe(record(file=f"file{i}.lua", when=NOW + i))
+    kept = [eng._groups, eng._sent, *eng._windows]
+    assert [len(each) for each in kept] == [50, 50, 50, 50, 0, 0]  # 2 rules: no windows
+    assert eng.flush() and len(eng.got) == 1000  # each group: new, and its severity
+
+
 def test_rules_narrowed_by_codes_and_components():
     eng = engine(Rule(kind="severity", min_severity="error", codes=["network"],
                       components=["tool:search"]))

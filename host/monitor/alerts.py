@@ -53,8 +53,10 @@ next one sent); while a tool's circuit breaker is open (``circuit_changed``, obs
 the one hook dispatcher) the alerts of that tool's calls are inhibited (counted).
 
 Evaluation runs on the monitor's observers' thread (never a run's): windows are kept in
-memory, per process (bounded: at most :data:`MAX_KEYS` keys, each with a capped deque),
-so a rate counts the errors this process saw; whether a group is new or regressed is read
+memory, per process (bounded: at most :data:`MAX_KEYS` keys, the least recent
+forgotten, each with a deque of at most ``threshold + 1`` times or ``windows + 1``
+counts, and at most :data:`MAX_TIMES` items per rule), so a rate counts the errors this
+process saw; whether a group is new or regressed is read
 from the store for a fingerprint this process has not seen yet. Times are the records'
 own timestamps. Sending happens on one sender thread per monitor, through a bounded
 queue (:data:`MAX_QUEUED`; past it an alert is dropped, counted and logged once): a
@@ -92,7 +94,8 @@ from host.recovery.retry import Retry, check_code
 
 logger = logging.getLogger("polyspell.alerts")
 
-MAX_KEYS = 10_000  # alert keys (and windows) kept in memory, the least recent dropped
+MAX_KEYS = 10_000  # alert keys (and groups) kept in memory, the least recent dropped
+MAX_TIMES = 1_000_000  # times (or window counts) one rule keeps in memory, over its keys
 MAX_QUEUED = 1_000  # alerts waiting for the sender thread
 MAX_TEXT = 200  # characters of a script's text (a file, a message) in a summary
 SHOWN = 500  # characters of a summary in a log line
@@ -141,7 +144,7 @@ class Rule(Policy):
     codes: list[str] = Field(default_factory=list, max_length=100)
     components: list[str] = Field(default_factory=list, max_length=100)
     repeat_interval: Seconds | None = Field(None, ge=0, le=1e9, allow_inf_nan=False)
-    threshold: int = Field(10, ge=0, le=100_000)
+    threshold: int = Field(10, ge=0, le=10_000)
     window: Seconds = Field(300.0, gt=0, le=1e9, allow_inf_nan=False)
     by: Literal["component", "group"] = "component"
     quiet: Seconds | None = Field(None, gt=0, le=1e9, allow_inf_nan=False)
@@ -398,8 +401,11 @@ class AlertEngine:
                       "dropped": 0, "failed": 0}
         self._lock = threading.Lock()
         self._groups = _Lru(MAX_KEYS)  # fingerprint -> last seen
-        self._rates = _Lru(MAX_KEYS)  # (rule index, key) -> deque of times
-        self._spikes = _Lru(MAX_KEYS)  # (rule index, key) -> deque of [bucket, count]
+        # per rule: key -> deque of times (rate), of [window, count] (spike); a rule keeps
+        # at most MAX_TIMES items over all its keys (and MAX_KEYS keys)
+        self._windows = [_Lru(min(MAX_KEYS, max(100, MAX_TIMES // (
+            (rule.threshold if rule.kind == "rate" else rule.windows) + 1))))
+            for rule in config.rules]
         self._sent = _Lru(MAX_KEYS)  # alert key -> [last sent, suppressed since]
         self._open: set[str] = set()  # tools whose breaker is open
         self._queue: queue.Queue[Any] = queue.Queue(max_queued)
@@ -489,14 +495,14 @@ class AlertEngine:
             if previous is not None and when - previous >= quiet:
                 return {"quiet": when - previous, "first": previous}
             return None
-        key = (index, record["component"] if rule.by == "component"
-               else record["fingerprint"])
+        key = record["component"] if rule.by == "component" else record["fingerprint"]
+        windows = self._windows[index]
         if kind == "rate":
-            times = self._rates.get(key)
+            times = windows.get(key)
             if times is None:
                 times = deque(maxlen=rule.threshold + 1)
             times.append(when)
-            self._rates.put(key, times)
+            windows.put(key, times)
             while times and times[0] <= when - rule.window:
                 times.popleft()
             if len(times) > rule.threshold:
@@ -504,7 +510,7 @@ class AlertEngine:
             return None
         # spike: counts per window, the current one against the previous ones' median
         bucket = int(when // rule.window)
-        history = self._spikes.get(key)
+        history = windows.get(key)
         if history is None:
             history = deque(maxlen=rule.windows + 1)
         if history and history[-1][0] == bucket:
@@ -515,9 +521,9 @@ class AlertEngine:
             for item in history:
                 if item[0] == bucket:
                     item[1] += 1
-            self._spikes.put(key, history)
+            windows.put(key, history)
             return None
-        self._spikes.put(key, history)
+        windows.put(key, history)
         counts = {b: n for b, n in history}
         current = counts[bucket]
         median = statistics.median(counts.get(bucket - i, 0)
