@@ -27,6 +27,7 @@ from host.monitor.alerts import (
     AlertConfig,
     AlertEngine,
     Channel,
+    LastSeen,
     Rule,
     as_alert_config,
 )
@@ -153,7 +154,7 @@ def test_a_new_group_fires_once_and_not_for_a_group_the_store_knows(tmp_path: Pa
     store = Store(tmp_path / "errors.db")
     known = record("tool/timeout", when=NOW - 60)
     store.write([known])
-    eng = engine(Rule(kind="new_group"), last_seen=store.last_seen)
+    eng = engine(Rule(kind="new_group"), last_seen=LastSeen(store.path))
     first = record(when=NOW)
     alert, = fired(eng, first, record(when=NOW + 1), record("tool/timeout", when=NOW + 2))
     assert alert["summary"] == "new error group tool/execution_failed in tool:search " \
@@ -658,3 +659,29 @@ def test_a_config_without_alerts_does_not_load_the_monitor(tmp_path: Path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_group_reads_never_wait_for_a_writer(tmp_path: Path):
+    import sqlite3
+
+    from bridge import StorageError
+
+    store = Store(tmp_path / "errors.db")
+    known = record(when=NOW)
+    store.write([known])
+    other = sqlite3.connect(tmp_path / "errors.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process writing
+    reader = LastSeen(store.path)
+    with store._lock:  # this process's writer in a transaction
+        started = time.monotonic()
+        assert reader(known["fingerprint"]) == NOW
+        assert reader("0" * 16) is None
+        assert time.monotonic() - started < 0.5
+    other.execute("ROLLBACK")
+    other.close()
+    reader.close()
+    store.close()
+    with pytest.raises(StorageError) as info:
+        LastSeen(str(tmp_path / "missing.db"))("0" * 16)
+    assert info.value.code == "storage/unavailable" and "missing.db" in info.value.message
+    assert not (tmp_path / "missing.db").exists()

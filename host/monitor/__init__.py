@@ -27,7 +27,7 @@ from typing import Any
 
 from bridge import ConfigurationError, SpellError
 from host.hooks import Hook
-from host.monitor.alerts import AlertEngine, as_alert_config
+from host.monitor.alerts import AlertEngine, LastSeen, as_alert_config
 from host.monitor.recorder import Recorder
 from host.monitor.store import QUIET_BEFORE_REGRESSION, Store
 from host.monitor.writer import MAX_PENDING, Writer
@@ -104,7 +104,8 @@ class Monitor:
         if config is None or self.alerts is not None or self._recorder is None \
                 or self.store is None or self.writer is None:
             return
-        self.alerts = AlertEngine(config, last_seen=self.store.last_seen,
+        reader = self.store.last_seen if self.path == ":memory:" else LastSeen(self.path)
+        self.alerts = AlertEngine(config, last_seen=reader,
                                   record=self.writer.put, quiet=self.quiet_before_regression)
         self._recorder.on_record = self.alerts.observe
 

@@ -75,6 +75,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import statistics
 import threading
 import time
@@ -377,6 +378,38 @@ class _Lru(OrderedDict[Any, Any]):
             self.popitem(last=False)
 
 
+class LastSeen:
+    """When the store at ``path`` last saw a group (None: never), read on a connection
+    of its own: with WAL a read never waits for the writer's transactions, so the
+    observers' thread is not held while another process has the file's write lock (a
+    :class:`Store` shares one connection, under one lock, with its writer)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+
+    def __call__(self, fingerprint: str) -> float | None:
+        from bridge import StorageError
+
+        try:
+            if self._db is None:  # read-only: this never makes nor changes the file
+                uri = f"{Path(self.path).absolute().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, timeout=1.0,
+                                           check_same_thread=False)
+            row = self._db.execute("SELECT last_seen FROM groups WHERE fingerprint = ?",
+                                   (fingerprint,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StorageError.Unavailable(backend=f"sqlite {self.path}",
+                                           reason=f"cannot read its groups: {exc}") from None
+        return None if row is None else float(row[0])
+
+    def close(self) -> None:
+        """Close its connection."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+
 _STOP = object()
 
 
@@ -630,6 +663,8 @@ class AlertEngine:
         """Send what is queued (for at most ``timeout``) and stop the sender; later
         alerts are dropped."""
         self._closed = True  # later alerts are dropped, and counted
+        if isinstance(self.last_seen, LastSeen):
+            self.last_seen.close()
         if self._thread is not None:
             self.flush(timeout)
             try:
@@ -746,5 +781,6 @@ def _post(channel: Channel, alert: dict[str, Any]) -> None:
         attempt += 1
 
 
-__all__ = ["DEFAULT_RULES", "AlertConfig", "AlertEngine", "Channel", "Rule", "alert_json",
+__all__ = ["DEFAULT_RULES", "AlertConfig", "AlertEngine", "Channel", "LastSeen", "Rule",
+           "alert_json",
            "alert_key", "as_alert_config", "deliver", "make_alert"]
