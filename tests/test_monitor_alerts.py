@@ -503,6 +503,25 @@ def test_when_every_channel_fails_an_event_error_is_logged_and_recorded(
     assert "every channel failed" in caplog.text
 
 
+def test_the_sender_thread_ends_when_idle_and_comes_back(monkeypatch):
+    import host.monitor.alerts as alerts
+
+    monkeypatch.setattr(alerts, "IDLE", 0.05)
+    eng = engine(Rule(kind="severity", min_severity="error"))
+    eng.observe(record())
+    assert eng.flush()
+    sender = eng._thread
+    assert sender is not None
+    sender.join(5)
+    assert not sender.is_alive() and eng._thread is None
+    eng.observe(record())
+    assert eng.flush() and len(eng.got) == 2
+    eng.close()
+    assert eng._thread is None and eng.flush()
+    eng.observe(record())  # after close: dropped, counted
+    assert eng.stats["dropped"] == 1 and len(eng.got) == 2
+
+
 def test_a_full_sender_queue_drops_and_counts(caplog):
     release = threading.Event()
     eng = AlertEngine(AlertConfig(rules=[Rule(kind="severity", min_severity="error")],

@@ -98,6 +98,7 @@ logger = logging.getLogger("polyspell.alerts")
 MAX_KEYS = 10_000  # alert keys (and groups) kept in memory, the least recent dropped
 MAX_TIMES = 1_000_000  # times (or window counts) one rule keeps in memory, over its keys
 MAX_QUEUED = 1_000  # alerts waiting for the sender thread
+IDLE = 10.0  # seconds without an alert after which the sender thread ends
 MAX_TEXT = 200  # characters of a script's text (a file, a message) in a summary
 SHOWN = 500  # characters of a summary in a log line
 DEFAULT_REPEAT = 3600.0
@@ -442,7 +443,8 @@ class AlertEngine:
         self._sent = _Lru(MAX_KEYS)  # alert key -> [last sent, suppressed since]
         self._open: set[str] = set()  # tools whose breaker is open
         self._queue: queue.Queue[Any] = queue.Queue(max_queued)
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the sender, while there is work
+        self._starting = threading.Lock()
         self._told_full = False
         self._closed = False
         atexit.register(_flush_at_exit, weakref.ref(self))
@@ -582,18 +584,31 @@ class AlertEngine:
                              "(a channel is slow); dropped ones are counted",
                              self._queue.maxsize)
             return
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._send_all, daemon=True,
-                                                    name="polyspell alert sender")
-                    self._thread.start()
+        self._sender()
+
+    def _sender(self) -> None:
+        """Start the sender thread if there is none (called after a put: a sender going
+        idle sees what was put, or is replaced)."""
+        with self._starting:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._send_all, daemon=True,
+                                                name="polyspell alert sender")
+                self._thread.start()
 
     def _send_all(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=IDLE)
+            except queue.Empty:
+                with self._starting:
+                    if self._queue.empty():  # idle: the next alert starts another
+                        self._thread = None
+                        return
+                continue
             try:
                 if item is _STOP:
+                    with self._starting:
+                        self._thread = None
                     return
                 if isinstance(item, threading.Event):
                     item.set()
@@ -649,14 +664,14 @@ class AlertEngine:
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Wait until every alert queued so far is sent; False after ``timeout``."""
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        if self._thread is None and (self._closed or self._queue.empty()):
             return True
         done = threading.Event()
         try:
             self._queue.put(done, timeout=timeout)
         except queue.Full:
             return False
+        self._sender()
         return done.wait(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
@@ -665,13 +680,14 @@ class AlertEngine:
         self._closed = True  # later alerts are dropped, and counted
         if isinstance(self.last_seen, LastSeen):
             self.last_seen.close()
-        if self._thread is not None:
-            self.flush(timeout)
+        self.flush(timeout)
+        thread = self._thread
+        if thread is not None:
             try:
                 self._queue.put(_STOP, timeout=1.0)
             except queue.Full:
                 return
-            self._thread.join(1.0)
+            thread.join(1.0)
 
 
 def _flush_at_exit(ref: weakref.ref[AlertEngine]) -> None:
