@@ -58,9 +58,12 @@ forgotten, each with a deque of at most ``threshold + 1`` times or ``windows + 1
 counts, and at most :data:`MAX_TIMES` items per rule), so a rate counts the errors this
 process saw; whether a group is new or regressed is read
 from the store for a fingerprint this process has not seen yet. Times are the records'
-own timestamps. Sending happens on one sender thread per monitor, through a bounded
-queue (:data:`MAX_QUEUED`; past it an alert is dropped, counted and logged once): a
-webhook that hangs holds only that thread, for at most its timeout and retries.
+own timestamps. Sending happens on one sender thread per monitor (started by an alert,
+ended after :data:`IDLE` seconds without one), through a bounded queue
+(:data:`MAX_QUEUED`; past it an alert is dropped, counted and logged once): a webhook
+that hangs holds only that thread, for at most its timeout and retries. A callable
+channel runs on that thread too. ``Monitor.flush()`` waits for the alerts raised so far
+to be sent; at exit, they are given 5 seconds.
 
 A channel that fails does not keep the alert from the others. When every channel fails,
 the alert is lost: that is ``event/emission_failed`` (``event_type = "alert"``), logged on
