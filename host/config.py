@@ -22,6 +22,16 @@ The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by 
     presets = ["error_logging", "timing"]
     files = ["hooks.py"]             # relative to this file
 
+    [alerts]                         # the monitor's alerts (host.monitor.alerts)
+    repeat_interval = "1h"
+    [[alerts.rules]]
+    kind = "rate"
+    threshold = 10
+    window = "5m"
+    [[alerts.channels]]
+    type = "file"
+    path = "alerts.jsonl"            # relative to this file
+
 Precedence, most specific first (a policy given at a level replaces the whole policy of
 the levels below it; policies are not merged field by field):
 
@@ -71,7 +81,14 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PrivateAttr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 from bridge import ConfigurationError, SpellError
 from host.recovery.degrade import Degradation
@@ -108,8 +125,9 @@ class HooksTable(BaseModel):
 class Config(BaseModel):
     """A polyspell config file, validated: ``recovery`` (the defaults for every tool),
     ``tools`` (each tool's own policies), ``errors`` (per error code or category),
-    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`) and
-    ``hooks`` (presets and hooks files, :mod:`host.hooks.files`).
+    ``degradation`` (the host's degradation levels, :mod:`host.recovery.degrade`),
+    ``hooks`` (presets and hooks files, :mod:`host.hooks.files`) and ``alerts`` (the
+    monitor's alert rules and channels, :mod:`host.monitor.alerts`).
 
     Load one with :func:`load_config` (or :func:`load_pyproject`); build one from a
     mapping with :meth:`from_mapping`. :meth:`policies` resolves each tool's policies
@@ -123,12 +141,29 @@ class Config(BaseModel):
     errors: dict[ErrorCode, ErrorRecovery] = {}
     degradation: Degradation | None = None
     hooks: HooksTable | None = None
+    # the monitor's (a host.monitor.alerts.AlertConfig), imported only for a config that
+    # has [alerts]: host.monitor loads sqlite3 and the hooks, which a run without a
+    # monitor does not pay for
+    alerts: Any = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in
     _prefix: Path_ = PrivateAttr(())  # where the table is in the file ([tool.polyspell])
     _lines: dict[Path_, int] | None = PrivateAttr(None)
     _hooks: Any = PrivateAttr(None)  # [hooks] loaded (host.hooks.files.config_hooks): once
+
+    @field_validator("alerts", mode="before")
+    @classmethod
+    def _alerts(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        from host.monitor.alerts import AlertConfig
+
+        if isinstance(value, AlertConfig):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError("[alerts] is a table")
+        return AlertConfig.model_validate(dict(value))
 
     def __init__(self, **data: Any) -> None:
         from host.recovery.model import VALIDATING
@@ -156,9 +191,18 @@ class Config(BaseModel):
         if isinstance(data.get("recovery"), Mapping) and "errors" in data["recovery"]:
             raise _invalid(source, text, prefix, data, ("recovery", "errors"),
                            'per-error tables are top-level: [errors."<code>"]')
+        data = dict(data)
         token = VALIDATING.set(True)  # nested policies leave their errors to this one
         try:
-            config = cls.model_validate(dict(data))
+            if isinstance(data.get("alerts"), Mapping):  # validated apart: see the field
+                from host.monitor.alerts import AlertConfig
+
+                try:
+                    data["alerts"] = AlertConfig.model_validate(dict(data["alerts"]))
+                except ValidationError as exc:
+                    raise _from_validation(exc, source, text, (*prefix, "alerts"),
+                                           data["alerts"], root=AlertConfig) from None
+            config = cls.model_validate(data)
         except ValidationError as exc:
             raise _from_validation(exc, source, text, prefix, data) from None
         finally:
@@ -323,12 +367,12 @@ def _parse(text: str, source: str) -> dict[str, Any]:
 
 
 def _from_validation(exc: ValidationError, source: str | None, text: str | None,
-                     prefix: Path_, data: Any) -> SpellError:
+                     prefix: Path_, data: Any, root: Any = None) -> SpellError:
     problems = exc.errors()
     first = next((p for p in problems if p["type"] == "extra_forbidden"), problems[0])
     path = _data_path(data, first["loc"])
     if first["type"] == "extra_forbidden":
-        reason = f"unknown key {str(path[-1])!r}{_hint(path)}"
+        reason = f"unknown key {str(path[-1])!r}{_hint(path, root)}"
     elif first["type"] == "missing":
         reason = f"missing key {str(path[-1])!r}"
     else:
@@ -380,17 +424,18 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> Path_:
     return tuple(path)
 
 
-def _hint(path: Path_) -> str:
-    """A "did you mean" for an unknown key at ``path``, from the model that holds it."""
-    known = _known_keys(path[:-1])
+def _hint(path: Path_, root: Any = None) -> str:
+    """A "did you mean" for an unknown key at ``path``, from the model that holds it
+    (``path`` from ``root``, a model: by default :class:`Config`)."""
+    known = _known_keys(path[:-1], root)
     if not known:
         return ""
     close = difflib.get_close_matches(str(path[-1]), known, n=1)
     return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 
-def _known_keys(path: Path_) -> list[str]:
-    model: Any = Config
+def _known_keys(path: Path_, root: Any = None) -> list[str]:
+    model: Any = Config if root is None else root
     for part in path:
         if isinstance(part, int):
             continue

@@ -276,6 +276,12 @@ class Coordinator:
 
             config = as_config(config)
         self.recovery, self.config = recovery, config
+        if monitor is not None and monitor is not False and config is not None \
+                and config.alerts is not None:  # no import of host.monitor without one
+            from host.monitor import as_monitor
+
+            monitor = as_monitor(monitor)
+            monitor.use_alerts(config)  # its file's [alerts], unless it has its own
         # built here so that bad options or tools fail now, and tools load once; the
         # recovery policies wait for the plan, whose tools files they may name
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,

@@ -122,6 +122,8 @@ class Host:
             from host.monitor import as_monitor
 
             self.monitor = as_monitor(monitor)
+            if config is not None and config.alerts is not None:
+                self.monitor.use_alerts(config)  # its file's [alerts], unless it has its own
             # a user of the one dispatcher, after the hooks given
             hooks = [*(hooks or ()), *self.monitor.hooks]
         self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)

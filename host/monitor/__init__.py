@@ -9,7 +9,9 @@ recovery with its outcome, into a SQLite file, off the runs' path:
   retention), safe with several processes;
 - :mod:`host.monitor.writer`: the background writer (batches, a bounded queue);
 - :mod:`host.monitor.recorder`: the hook observers that feed it (the monitor is a user of
-  the one hook dispatcher, see :mod:`host.hooks`).
+  the one hook dispatcher, see :mod:`host.hooks`);
+- :mod:`host.monitor.alerts`: alert rules evaluated on each record, and their channels
+  (``Monitor(alerts=...)``).
 
 Where the file is: ``path``, else ``$POLYSPELL_ERRORS_DB``, else ``errors.db`` in
 polyspell's folder of the user's state directory (:func:`default_path`).
@@ -25,6 +27,7 @@ from typing import Any
 
 from bridge import ConfigurationError, SpellError
 from host.hooks import Hook
+from host.monitor.alerts import AlertEngine, LastSeen, as_alert_config
 from host.monitor.recorder import Recorder
 from host.monitor.store import QUIET_BEFORE_REGRESSION, Store
 from host.monitor.writer import MAX_PENDING, Writer
@@ -62,12 +65,16 @@ class Monitor:
     writer (more are counted as dropped). A file that cannot be used is a ``storage/...``
     error with ``strict``; without it (a run must never fail for its monitor), the
     monitor says so once on the ``polyspell`` logger and counts what it does not record.
+    ``alerts``: the alert rules and channels (:func:`host.monitor.alerts.as_alert_config`:
+    a list of rules, an ``AlertConfig``, a ``Config`` with ``[alerts]``, True for the
+    defaults), evaluated on each record as it is made (:attr:`alerts`, the engine).
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  max_age: float | None = MAX_AGE, max_rows: int | None = MAX_ROWS,
                  quiet_before_regression: float = QUIET_BEFORE_REGRESSION,
-                 max_pending: int = MAX_PENDING, strict: bool = False) -> None:
+                 max_pending: int = MAX_PENDING, strict: bool = False,
+                 alerts: Any = None) -> None:
         self.path = str(default_path() if path is None else Path(path))
         self.max_age, self.max_rows = max_age, max_rows
         self.failure: SpellError | None = None
@@ -83,12 +90,32 @@ class Monitor:
                          "unrecorded)", self.path, err.message)
         self.writer = Writer(self.store, max_pending=max_pending,
                              maintenance=self.prune) if self.store is not None else None
+        self.quiet_before_regression = quiet_before_regression
         self._recorder = Recorder(self.writer) if self.writer is not None else None
+        self.alerts: AlertEngine | None = None
+        self.use_alerts(alerts)
+
+    def use_alerts(self, alerts: Any) -> None:
+        """Evaluate ``alerts`` (as ``Monitor(alerts=)`` takes them) on every record from
+        now on, unless the monitor has alerts already (``Host(config=)`` gives its file's
+        ``[alerts]`` this way: the monitor's own win). Before the monitor's :attr:`hooks`
+        are registered (its breaker observer is one of them)."""
+        config = as_alert_config(alerts)
+        if config is None or self.alerts is not None or self._recorder is None \
+                or self.store is None or self.writer is None:
+            return
+        reader = self.store.last_seen if self.path == ":memory:" else LastSeen(self.path)
+        self.alerts = AlertEngine(config, last_seen=reader,
+                                  record=self.writer.put, quiet=self.quiet_before_regression)
+        self._recorder.on_record = self.alerts.observe
 
     @property
     def hooks(self) -> list[Hook]:
         """The observers that feed the monitor (none if its file cannot be used)."""
-        return [] if self._recorder is None else self._recorder.hooks()
+        if self._recorder is None:
+            return []
+        alerts = [] if self.alerts is None else self.alerts.hooks()
+        return [*self._recorder.hooks(), *alerts]
 
     @property
     def dropped(self) -> int:
@@ -97,8 +124,10 @@ class Monitor:
         return 0 if writer is None else writer.dropped + writer.lost
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Write every record made so far; False if it took longer than ``timeout``."""
-        return True if self.writer is None else self.writer.flush(timeout)
+        """Send the alerts raised so far and write every record made so far; False if it
+        took longer than ``timeout``."""
+        sent = True if self.alerts is None else self.alerts.flush(timeout)
+        return (True if self.writer is None else self.writer.flush(timeout)) and sent
 
     def prune(self) -> int:
         """Delete what is older than ``max_age`` or past ``max_rows``: the records
@@ -108,7 +137,9 @@ class Monitor:
         return self.store.prune(max_age=self.max_age, max_rows=self.max_rows)
 
     def close(self) -> None:
-        """Write what is queued and close the file."""
+        """Send the alerts and write what is queued, and close the file."""
+        if self.alerts is not None:
+            self.alerts.close()
         if self.writer is not None:
             self.writer.close()
         if self.store is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from bridge import SpellError
@@ -49,8 +50,10 @@ BUDGET = 5.0  # seconds an observer of the monitor may take (a record of a deep 
 class Recorder:
     """Records what its observers see into ``writer`` (see the module docstring)."""
 
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer,
+                 on_record: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.writer = writer
+        self.on_record = on_record  # called with each record as it is made (alerts)
         self._lock = threading.Lock()  # one monitor may serve several hosts' threads
         self._runs: dict[str, list[dict[str, Any]]] = {}  # run id -> its records
         self._recovering: dict[tuple[str, str], list[tuple[str, SpellError]]] = {}
@@ -118,6 +121,7 @@ class Recorder:
                                stats.seconds))
         with self._lock:
             records = self._runs.pop(ctx.run_id, [])
+            made = len(records)  # those seen by on_record as they were kept
             for key in [key for key in self._recovering if key[0] == ctx.run_id]:
                 for action, failure in self._recovering.pop(key):  # a script's own retry
                     records.append(make_record(
@@ -140,6 +144,12 @@ class Recorder:
         # one error crossing nested calls (a tools file's call inside a call) is one
         # occurrence: its outermost record, the last made, is kept
         unique = {record["error"]["context"]["error_id"]: record for record in records}
+        if self.on_record is not None:
+            seen = {record["error"]["context"]["error_id"] for record in records[:made]}
+            for record in records[made:]:
+                if record["error"]["context"]["error_id"] not in seen:
+                    seen.add(record["error"]["context"]["error_id"])
+                    self.on_record(record)
         for record in unique.values():
             self.writer.put(record)
 
@@ -158,6 +168,10 @@ class Recorder:
                 for forgotten in self._runs.pop(oldest):
                     self.writer.put(forgotten)
             kept = self._runs[run_id] = []
+        if self.on_record is not None:  # once per error: the innermost record of one
+            error_id = record["error"]["context"]["error_id"]  # crossing nested calls
+            if all(each["error"]["context"]["error_id"] != error_id for each in kept):
+                self.on_record(record)
         if len(kept) < MAX_PER_RUN:
             kept.append(record)
         else:

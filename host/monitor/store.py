@@ -343,6 +343,12 @@ class Store:
                 "message", "first_seen", "last_seen", "count", "status", "regressed_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def last_seen(self, fingerprint: str) -> float | None:
+        """When the group ``fingerprint`` was last seen; None if it never was."""
+        rows = self._read("SELECT last_seen FROM groups WHERE fingerprint = ?",
+                          (fingerprint,))
+        return rows[0][0] if rows else None
+
     def rollup(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """The hourly rollup rows from ``since`` (seconds since the epoch)."""
         until = time.time() if until is None else until
