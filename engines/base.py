@@ -62,6 +62,9 @@ class EngineSpec:
     non_finite_numbers: bool = False
     # whether an empty table reads as {} where a list may be meant (Lua has one table type)
     empty_table_ambiguous: bool = False
+    # the bits of the integers this language's numbers hold exactly (a sign bit apart):
+    # a tool's result with a larger integer is refused, never rounded
+    integer_bits: int = 53
 
 
 @dataclass(frozen=True)

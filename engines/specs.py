@@ -18,6 +18,7 @@ LUA = EngineSpec(
     exports="the table it returns",
     non_finite_numbers=True,
     empty_table_ambiguous=True,
+    integer_bits=63,
 )
 
 JAVASCRIPT = EngineSpec(

@@ -83,9 +83,19 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
     Lists and mappings nested more than ``bridge.data.MAX_DEPTH`` levels deep are
     ``script/cross_engine_communication``, as the engines refuse them themselves.
     """
-    if value is None or isinstance(value, (bool, int, float, str)):
+    kind = type(value)
+    if kind is str or kind is float or kind is bool or value is None:
         return value
-    if hasattr(type(value), "model_dump"):  # a pydantic model (not imported unless used)
+    if kind is int:
+        limit = _LIMITS[language]
+        return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
+    if isinstance(value, str):  # a StrEnum member, a str subclass: its text, as any engine
+        return str.__str__(value)  # has it (a subclass's own __str__ is not data)
+    if isinstance(value, int):  # an IntEnum member: its number
+        return to_script_data(int.__index__(value), language, path, depth)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if hasattr(kind, "model_dump"):  # a pydantic model (not imported unless used)
         return to_script_data(value.model_dump(mode="json"), language, path, depth)
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         raise ScriptError.CrossEngineCommunication(
@@ -102,6 +112,28 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
         return [to_script_data(item, language, f"{path}[{i}]", depth + 1)
                 for i, item in enumerate(value)]
     raise _unconvertible(type(value).__name__, language, path)
+
+
+class _IntegerLimits(dict):
+    """The largest integer each language holds exactly (from its spec), by name."""
+
+    def __missing__(self, language: str) -> int:
+        spec = engines.spec_of(language)
+        limit = self[language] = 2 ** (spec.integer_bits if spec is not None else 53) - 1
+        return limit
+
+
+_LIMITS = _IntegerLimits()
+
+
+def _too_large(value: int, language: str, path: str) -> Any:
+    spec = engines.spec_of(language)
+    bits = spec.integer_bits if spec is not None else 53
+    name = spec.display_name if spec is not None else language
+    raise ScriptError.CrossEngineCommunication(
+        from_engine="python", to_engine=language, data_type="int",
+        error=f"{path} is an integer larger than {name} holds exactly ({bits} bits and a "
+              f"sign): give it as a string")
 
 
 def _unconvertible(data_type: str, language: str, path: str) -> SpellError:

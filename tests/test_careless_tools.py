@@ -10,6 +10,7 @@ import json
 import pickle
 import subprocess
 import sys
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
 import pytest
@@ -403,3 +404,55 @@ def test_cli_a_tools_keyboard_interrupt_is_an_interruption(language, tmp_path):
 
 if sys.platform == "win32":  # pragma: no cover
     pytestmark = pytest.mark.skip("POSIX only")
+
+
+# -- results of str, int and float subclasses, and integers too large -------------------
+
+class Color(StrEnum):
+    RED = "red"
+
+
+class Size(IntEnum):
+    BIG = 3
+
+
+class Loud(str):
+    def __str__(self) -> str:  # not the data: the text it holds is
+        return "FORGED"
+
+
+@tool
+def enums() -> dict:
+    """Members of enums and a str subclass, as a tool may well return them."""
+    return {"color": Color.RED, "size": Size.BIG, "loud": Loud("quiet"), "list": [Color.RED]}
+
+
+def test_subclasses_of_str_and_int_cross_as_their_values_in_both_languages(language):
+    source = pick(language, "return tools.enums{}",
+                  "async function main() { return await tools.enums({}); }")
+    assert _quiet(enums).run_source(source, language) == {
+        "color": "red", "size": 3, "loud": "quiet", "list": ["red"]}
+
+
+@tool
+def huge(bits: int) -> int:
+    """2**bits - 1."""
+    return 2 ** bits - 1
+
+
+@pytest.mark.parametrize("language, fits, too_large", [
+    ("lua", 63, 64), ("javascript", 53, 54)])
+def test_an_integer_larger_than_the_language_holds_is_a_catchable_refusal(
+        language, fits, too_large):
+    host = _quiet(huge)
+    source = pick(
+        language,
+        "local ok, e = pcall(tools.huge, {bits = args.bits}) "
+        "if ok then return e end return e.code .. '|' .. e.message",
+        "async function main(args) { try { return await tools.huge({bits: args.bits}); } "
+        "catch (e) { return e.code + '|' + e.message; } }")
+    assert host.run_source(source, language, args={"bits": fits}) == 2 ** fits - 1
+    refused = host.run_source(source, language, args={"bits": too_large})
+    code, message = refused.split("|")
+    assert code == "script/cross_engine_communication"  # not rounded, and the run goes on
+    assert f"{fits} bits" in message and "as a string" in message
