@@ -186,3 +186,23 @@ def test_runs_that_never_tell_their_end_cannot_grow_the_recorder(monitor, monkey
     assert sorted(monitor._recorder._runs) == ["r2", "r3"]
     (record,) = recorded(monitor)  # r1's went out as it was, not lost
     assert (record["run_id"], record["handled"]) == ("r1", True)
+
+
+@tool
+def lookup(key: str) -> str:
+    """Fails with a LookupError (a well-known exception: wrapped on its way out)."""
+    raise LookupError(f"no {key!r}")
+
+
+def test_an_error_out_through_script_functions_is_one_record_with_its_whole_way(
+        monitor, language):
+    host = Host([lookup], monitor=monitor)
+    with pytest.raises(SpellError) as info:
+        run(host, language,
+            "local function describe()\n  local found = tools.lookup({key = 'x'})\n"
+            "  return found\nend\nreturn describe()",
+            "async function describe() {\n  const found = tools.lookup({key: 'x'});\n"
+            "  return found;\n}\nreturn await describe();")
+    (record,) = recorded(monitor)  # the call's error and the run's are one occurrence
+    assert record["handled"] is False
+    assert record["error"]["context"]["error_id"] == info.value.context.error_id

@@ -131,15 +131,16 @@ class Recorder:
         error = ctx.error
         if isinstance(error, SpellError):
             ended = {each.context.error_id for each in error.chain()}
-            found = False
+            final = None
             for record in records:
-                if record["error"]["context"]["error_id"] in ended \
-                        and not record["recovered"]:
+                # the same occurrence: the error the call ended with, or one made of it on
+                # its way out (the boundary's, the script's rethrow), sharing a cause
+                if not record["recovered"] and not ended.isdisjoint(_chain_ids(record)):
                     record["handled"] = False  # it ended the run after all
                     record["impact"] = impact(record["severity"], handled=False,
                                               recovered=False)
-                    found = True
-            if not found:
+                    record["error"] = final = final or error.to_dict()  # its whole way
+            if final is None:
                 records.append(make_record(error, run_id=ctx.run_id, engine=ctx.language))
         # one error crossing nested calls (a tools file's call inside a call) is one
         # occurrence: its outermost record, the last made, is kept
@@ -176,6 +177,15 @@ class Recorder:
             kept.append(record)
         else:
             self.writer.put(record)  # as handled: the run was still going
+
+
+def _chain_ids(record: dict[str, Any]) -> set[str]:
+    """The error ids of a record's error and its causes."""
+    ids, data = set(), record["error"]
+    while isinstance(data, dict):
+        ids.add(data.get("context", {}).get("error_id"))
+        data = data.get("cause")
+    return ids
 
 
 def _recovery_count(strategy: str, recovered: bool) -> tuple[Any, ...]:
