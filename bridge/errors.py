@@ -17,6 +17,7 @@ all read the same registry, so a variant declared once exists on every side.
 from __future__ import annotations
 
 import inspect
+import threading
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -39,6 +40,7 @@ MAX_CAUSE_DEPTH = 64
 # How deeply error JSON may nest: a cause chain MAX_CAUSE_DEPTH long whose innermost error
 # holds script data (up to bridge.data.MAX_DEPTH) in a field, in context, frames and so on.
 MAX_JSON_DEPTH = MAX_CAUSE_DEPTH + MAX_DEPTH + 8
+_CONTEXT_LOCK = threading.Lock()  # an error's context is made once, whichever thread asks
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -194,11 +196,16 @@ class SpellError(Exception):
     @property
     def context(self) -> ErrorContext:
         """Where, when and in what the error happened (made on first use)."""
-        if self._context is None:
+        context = self._context
+        if context is None:
             from bridge.context import ErrorContext
 
-            self._context = ErrorContext(timestamp=datetime.fromtimestamp(self._created, UTC))
-        return self._context
+            with _CONTEXT_LOCK:  # two threads (a run's, the observers') make one context
+                if self._context is None:
+                    self._context = ErrorContext(
+                        timestamp=datetime.fromtimestamp(self._created, UTC))
+                context = self._context
+        return context
 
     @context.setter
     def context(self, value: ErrorContext) -> None:

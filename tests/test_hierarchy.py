@@ -321,3 +321,25 @@ def test_errors_pickle_with_fields_frames_and_cause():
     back = pickle.loads(pickle.dumps(err))
     assert type(back) is type(err) and back.fields == err.fields
     assert back.frames == err.frames and back.cause.fields["exception_type"] == "OSError"
+
+
+def test_an_errors_context_is_made_once_whichever_threads_ask_at_once():
+    import threading
+
+    from bridge import ToolError
+
+    for _ in range(200):
+        err = ToolError.NotFound(tool_name="t")
+        seen: list[str] = []
+        barrier = threading.Barrier(4)
+
+        def look(err=err, seen=seen, barrier=barrier) -> None:
+            barrier.wait()
+            seen.append(err.context.error_id)
+
+        threads = [threading.Thread(target=look) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(set(seen)) == 1, seen
