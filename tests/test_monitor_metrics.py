@@ -292,3 +292,24 @@ def test_polyspell_metrics_on_a_foreign_file_is_a_storage_error(tmp_path):
     assert time.monotonic() - started < 60
     assert done.returncode == 1
     assert "storage/corrupted" in done.stderr and str(foreign) in done.stderr
+
+
+def test_a_store_that_cannot_be_read_scrapes_as_down(tmp_path, caplog):
+    import sqlite3
+
+    from host.monitor.store import Store
+
+    path = tmp_path / "errors.db"
+    store = Store(path)
+    try:
+        registry = registry_of(StoreCollector(store))
+        assert registry.get_sample_value("polyspell_monitor_store_up", {}) == 1
+        other = sqlite3.connect(path)
+        other.execute("DROP TABLE calls")  # another program broke the file
+        other.close()
+        text = prometheus_client.generate_latest(registry).decode()
+        assert "polyspell_monitor_store_up 0.0" in text
+        assert "polyspell_runs_total" not in text
+        assert str(path) in caplog.text
+    finally:
+        store.close()
