@@ -313,3 +313,22 @@ def test_a_store_that_cannot_be_read_scrapes_as_down(tmp_path, caplog):
         assert str(path) in caplog.text
     finally:
         store.close()
+
+
+def test_a_bad_address_is_a_configuration_error(monitor):
+    with pytest.raises(ConfigurationError) as info:
+        monitor.serve(0, addr="no such host.invalid")
+    assert info.value.code == "configuration/invalid_value"
+    assert info.value.fields["key"] == "addr"
+
+
+def test_without_prometheus_client_metrics_say_how_to_install_it(tmp_path):
+    db = str(tmp_path / "e.db")
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "from host.cli import main\n"
+            f"sys.exit(main(['metrics', '--port', '0', '--errors-db', {db!r}]))")
+    done = subprocess.run([POLYSPELL[0], "-c", code], capture_output=True, text=True,
+                          env=environment(), timeout=60)
+    assert done.returncode == 2
+    assert "configuration/usage" in done.stderr
+    assert "polyspell[monitoring]" in done.stderr and "Traceback" not in done.stderr

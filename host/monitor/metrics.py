@@ -37,6 +37,7 @@ buckets (its histogram has only ``+Inf``) nor breaker states (no ``circuit_state
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -349,6 +350,10 @@ class MetricsServer:
         try:
             self._server, self._thread = prometheus_client.start_http_server(
                 number, addr=addr, registry=registry)
+        except socket.gaierror as exc:
+            raise ConfigurationError.InvalidValue(
+                key="addr", value=str(addr)[:100],
+                reason=f"cannot serve metrics on {addr!r}: {exc.strerror or exc}") from None
         except OSError as exc:
             why = "it is in use" if getattr(exc, "errno", None) in (48, 98, 10048) else \
                 exc.strerror or str(exc)
