@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 
 from bridge import SpellError
-from host import Host, tool
+from host import Host
 from host.monitor import Monitor
 from tests.conftest import EXTENSION, pick
-
-
-@tool
-def boom(reason: str) -> str:
-    """Always fails."""
-    raise RuntimeError(reason)
-
+from tests.test_hooks import boom
 
 SOURCE = {
     "lua": "local function ask()\n  local answer = tools.boom({reason = 'kaput'})\n"

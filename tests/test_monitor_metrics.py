@@ -4,7 +4,6 @@ parser."""
 
 from __future__ import annotations
 
-import itertools
 import socket
 import subprocess
 import time
@@ -18,38 +17,14 @@ httpx = pytest.importorskip("httpx")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from bridge import ConfigurationError, SpellError  # noqa: E402
-from host import Host, tool  # noqa: E402
+from host import Host  # noqa: E402
 from host.hooks import CircuitContext  # noqa: E402
 from host.monitor import Monitor  # noqa: E402
 from host.monitor.metrics import OTHER, Counts, StoreCollector, registry_of  # noqa: E402
 from tests.cli import POLYSPELL, environment  # noqa: E402
 from tests.conftest import EXTENSION, pick  # noqa: E402
-
-
-@tool
-def add(a: int, b: int) -> int:
-    """Adds."""
-    return a + b
-
-
-@tool
-def boom(reason: str) -> str:
-    """Always fails."""
-    raise RuntimeError(reason)
-
-
-def shaky_tool():
-    tries = itertools.count()
-
-    @tool
-    def shaky(n: int) -> int:
-        """Fails its first try of each call."""
-        if next(tries) % 2 == 0:
-            raise RuntimeError("first try")
-        return n
-
-    return shaky
-
+from tests.test_hook_failures import shaky_tool  # noqa: E402
+from tests.test_hooks import add, boom  # noqa: E402
 
 LUA = """
 for i = 1, 5 do tools.add({a = i, b = 1}) end
