@@ -307,3 +307,20 @@ def test_without_prometheus_client_metrics_say_how_to_install_it(tmp_path):
     assert done.returncode == 2
     assert "configuration/usage" in done.stderr
     assert "polyspell[monitoring]" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_tools_file_with_thousands_of_tools_cannot_blow_up_the_labels(monitor, tmp_path):
+    many = tmp_path / "many.py"
+    many.write_text("from host import tool\n" + "".join(
+        f"\n@tool\ndef t{n}() -> int:\n    \"\"\"Tool {n}.\"\"\"\n    return {n}\n"
+        for n in range(260)))
+    host = Host([str(many)], monitor=monitor)
+    assert host.run_source("local s = 0 for i = 0, 259 do s = s + tools['t' .. i]() end "
+                           "return s", "lua", "many.lua") == sum(range(260))
+    host.hooks.flush()
+    got = scrape(monitor.serve(0).url)
+    tools = {dict(key)["tool"] for key in got["polyspell_tool_calls_total"]}
+    assert len(tools) == 201 and "other" in tools
+    assert value(got, "polyspell_tool_calls_total", tool="other", outcome="success") == 60
+    assert len({dict(key)["tool"] for key in got["polyspell_tool_duration_seconds_count"]}) \
+        == 201
