@@ -108,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--verbose", action="store_true",
                          help="show polyspell's own frames too")
     explain.set_defaults(handler=_explain)
+
+    metrics = commands.add_parser(
+        "metrics", help="serve the error store's metrics for Prometheus at /metrics",
+        description="Serve the Prometheus metrics of an error store (what every polyspell "
+        "run and plan that recorded into it counted) at http://ADDR:PORT/metrics, read "
+        "from the store at each scrape, until interrupted. Needs prometheus-client "
+        "(pip install 'polyspell[monitoring]').")
+    metrics.add_argument("--port", default="9464", metavar="N",
+                         help="the TCP port (default 9464; 0: any free port)")
+    metrics.add_argument("--addr", default="127.0.0.1", metavar="ADDR",
+                         help="the address to listen on (default 127.0.0.1, this machine "
+                         "only; 0.0.0.0 for every interface)")
+    metrics.add_argument("--errors-db", metavar="PATH",
+                         help="the error store (default $POLYSPELL_ERRORS_DB, else "
+                         "errors.db in polyspell's user state directory)")
+    metrics.set_defaults(handler=_metrics)
     return parser
 
 
@@ -705,6 +721,37 @@ def _tools(args: argparse.Namespace) -> int:
         summary = entry["description"].splitlines()[0] if entry["description"] else ""
         print(f"{entry['name']}  {summary}")
         print(f"  parameters: {json_text(entry['parameters'])}")
+    return EXIT_OK
+
+
+# -- metrics --------------------------------------------------------------------------
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    import threading
+
+    from bridge import SpellError
+    from host.monitor import default_path
+    from host.monitor.metrics import MetricsServer, StoreCollector, registry_of
+    from host.monitor.store import Store
+
+    try:
+        path = args.errors_db if args.errors_db is not None else default_path()
+        store = Store(path)
+        try:
+            server = MetricsServer(registry_of(StoreCollector(store)), args.port, args.addr)
+        except SpellError:
+            store.close()
+            raise
+    except SpellError as err:
+        return _report_failure(err, args)
+    print(f"polyspell: serving the metrics of {store.path} at {server.url} "
+          "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        threading.Event().wait()  # until KeyboardInterrupt (main reports it)
+    finally:
+        server.close()
+        store.close()
     return EXIT_OK
 
 

@@ -3,6 +3,7 @@
     python scripts/bench.py            # everything
     python scripts/bench.py --quick    # fewer repeats
     python scripts/bench.py --only coordinator    # only the coordinator's rows
+    python scripts/bench.py --only monitor        # only the monitor's rows
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -463,10 +464,69 @@ def hooks_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
+def record_cost(host: Host, n: int) -> float:
+    """Seconds to make the record of a tool failure caught in Lua (its JSON is most)."""
+    from bridge import SpellError
+    from host.monitor.records import make_record
+
+    try:
+        host.run_source("local x = tools.explode{reason = 'no'} return x", "lua", "catch")
+    except SpellError as err:
+        start = time.perf_counter()
+        for _ in range(n):
+            make_record(err, handled=True, tool="explode", run_id="r", engine="lua")
+        return (time.perf_counter() - start) / n
+    raise AssertionError("explode did not fail")
+
+
+def monitor_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """What a Monitor (host.monitor) adds: to a tool round trip when nothing fails, and to
+    a failing call on the run's thread, each against no monitor in the same run."""
+    import tempfile
+
+    from host.monitor import Monitor
+
+    us = 1e6
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        monitor = Monitor(Path(folder) / "errors.db")
+        plain = Host([add, explode], on_output=lambda line: None)
+        watched = Host([add, explode], on_output=lambda line: None, monitor=monitor)
+        for language, source in (("lua", LUA_LOOP), ("javascript", JS_LOOP)):
+            base, extra = added_cost(plain, watched, language, source, repeats)
+            rows.append((f"round trip, {language}, monitoring off", base * us, "us", ""))
+            rows.append(("  + monitoring on (nothing fails), %", extra / base * 100, "%",
+                         "<= 3"))
+        for language, source in (("lua", LUA_CATCH), ("javascript", JS_CATCH)):
+            pairs = [(caught_failure(plain, language, source, 300),
+                      caught_failure(watched, language, source, 300))
+                     for _ in range(repeats)]
+            monitor.flush(60)
+            rows.append((f"failing call caught, {language}, no monitor",
+                         statistics.median(b for b, _ in pairs) * us, "us", ""))
+            rows.append(("  + recorded (wall time, GIL shared)",
+                         statistics.median(o - b for b, o in pairs) * us, "us", "<= 50"))
+
+        def recorded_end_to_end() -> float:
+            start = time.perf_counter()
+            assert watched.run_source(LUA_CATCH, "lua", "catch", {"n": 300, "call": True}) \
+                == 300
+            watched.hooks.flush()
+            monitor.flush(60)
+            return (time.perf_counter() - start) / 300
+
+        rows.append(("  Lua failing call, run + record + SQLite write",
+                     median_of(repeats, recorded_end_to_end) * us, "us", ""))
+        rows.append(("  make_record of that error (observers' thread)",
+                     median_of(repeats, lambda: record_cost(plain, 500)) * us, "us", ""))
+        monitor.close()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["coordinator", "hooks"],
+    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
@@ -475,6 +535,9 @@ def main() -> None:
         return
     if options.only == "hooks":
         print_table(repeats, hooks_rows(repeats))
+        return
+    if options.only == "monitor":
+        print_table(repeats, monitor_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -537,6 +600,7 @@ def main() -> None:
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 
     rows += hooks_rows(repeats)
+    rows += monitor_rows(repeats)
     rows += coordinator_rows(repeats)
     print_table(repeats, rows)
 

@@ -11,7 +11,10 @@ recovery with its outcome, into a SQLite file, off the runs' path:
 - :mod:`host.monitor.recorder`: the hook observers that feed it (the monitor is a user of
   the one hook dispatcher, see :mod:`host.hooks`);
 - :mod:`host.monitor.alerts`: alert rules evaluated on each record, and their channels
-  (``Monitor(alerts=...)``).
+  (``Monitor(alerts=...)``);
+- :mod:`host.monitor.metrics`: Prometheus metrics (``Monitor.metrics``,
+  ``Monitor.serve``), counted in memory as the recorder goes;
+- :mod:`host.monitor.export`: OpenTelemetry span events and Sentry events.
 
 Where the file is: ``path``, else ``$POLYSPELL_ERRORS_DB``, else ``errors.db`` in
 polyspell's folder of the user's state directory (:func:`default_path`).
@@ -28,6 +31,7 @@ from typing import Any
 from bridge import ConfigurationError, SpellError
 from host.hooks import Hook
 from host.monitor.alerts import AlertEngine, LastSeen, as_alert_config
+from host.monitor.metrics import Counts
 from host.monitor.recorder import Recorder
 from host.monitor.store import QUIET_BEFORE_REGRESSION, Store
 from host.monitor.writer import MAX_PENDING, Writer
@@ -92,6 +96,12 @@ class Monitor:
                              maintenance=self.prune) if self.store is not None else None
         self.quiet_before_regression = quiet_before_regression
         self._recorder = Recorder(self.writer) if self.writer is not None else None
+        self.counts = Counts()  # the live metrics, in memory (see host.monitor.metrics)
+        if self._recorder is not None:
+            self._recorder.on_run.append(self.counts.records)
+            self._recorder.on_count.append(self.counts.count)
+        self._registry: Any = None
+        self._servers: list[Any] = []
         self.alerts: AlertEngine | None = None
         self.use_alerts(alerts)
 
@@ -115,7 +125,35 @@ class Monitor:
         if self._recorder is None:
             return []
         alerts = [] if self.alerts is None else self.alerts.hooks()
-        return [*self._recorder.hooks(), *alerts]
+        return [*self._recorder.hooks(), *alerts, *self.counts.hooks()]
+
+    @property
+    def metrics(self) -> Any:
+        """This monitor's ``prometheus_client`` registry (its own, not the process's
+        default), made on first use: the errors, runs, tool calls and recoveries of the
+        hosts it monitors since it was made (see :mod:`host.monitor.metrics`)."""
+        if self._registry is None:
+            from host.monitor.metrics import LiveCollector, registry_of
+
+            self._registry = registry_of(LiveCollector(self.counts, lambda: self.dropped))
+        return self._registry
+
+    def serve(self, port: int = 9464, addr: str = "127.0.0.1") -> Any:
+        """Serve :attr:`metrics` at ``http://addr:port/metrics`` in a daemon thread (port
+        0: any free one) until :meth:`close`: the :class:`host.monitor.metrics.
+        MetricsServer` (its ``url``). A bad or busy port is a ``configuration`` error."""
+        from host.monitor.metrics import MetricsServer
+
+        server = MetricsServer(self.metrics, port, addr)
+        self._servers.append(server)
+        return server
+
+    def add_listener(self, listener: Any) -> None:
+        """Have ``listener(records, ctx)`` called with each run's records as the run ends
+        (``ctx`` its ``RunFinishedContext``; None for records that went out before it),
+        on the observers' thread: how exporters get them."""
+        if self._recorder is not None:
+            self._recorder.on_run.append(listener)
 
     @property
     def dropped(self) -> int:
@@ -137,7 +175,11 @@ class Monitor:
         return self.store.prune(max_age=self.max_age, max_rows=self.max_rows)
 
     def close(self) -> None:
-        """Send the alerts and write what is queued, and close the file."""
+        """Send the alerts, write what is queued, stop serving metrics and close the
+        file."""
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         if self.alerts is not None:
             self.alerts.close()
         if self.writer is not None:

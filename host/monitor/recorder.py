@@ -23,6 +23,7 @@ oldest one's records go out as they are.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +43,8 @@ from host.monitor.records import impact, make_record
 if TYPE_CHECKING:
     from host.monitor.writer import Writer
 
+logger = logging.getLogger("polyspell")
+
 MAX_PER_RUN = 1000  # records a run keeps until its end
 MAX_RUNS = 1000  # runs whose records wait for their end (an interrupted run never ends)
 BUDGET = 5.0  # seconds an observer of the monitor may take (a record of a deep error: ms)
@@ -57,6 +60,12 @@ class Recorder:
         self._lock = threading.Lock()  # one monitor may serve several hosts' threads
         self._runs: dict[str, list[dict[str, Any]]] = {}  # run id -> its records
         self._recovering: dict[tuple[str, str], list[tuple[str, SpellError]]] = {}
+        # what else the monitor feeds (metrics, exporters), on this same thread: a run's
+        # records with its context (None: records that went out before the run's end),
+        # and each count as the writer gets it
+        self.on_run: list[Callable[[list[dict[str, Any]], RunFinishedContext | None],
+                                   Any]] = []
+        self.on_count: list[Callable[[tuple[Any, ...]], Any]] = []
 
     def hooks(self) -> list[Hook]:
         """The observers to register (``Host(monitor=...)`` does)."""
@@ -85,12 +94,12 @@ class Recorder:
                 self._keep(ctx.run_id, make_record(
                     failure, handled=True, recovered=recovered, recovery=action,
                     tool=ctx.tool, run_id=ctx.run_id, engine=engine, site=site))
-                self.writer.count(_recovery_count(action, recovered))
+                self._count(_recovery_count(action, recovered))
             if ctx.recovered_from is not None:
                 self._keep(ctx.run_id, make_record(
                     ctx.recovered_from, handled=True, recovered=True, recovery="hook",
                     tool=ctx.tool, run_id=ctx.run_id, engine=engine, site=site))
-                self.writer.count(_recovery_count("hook", True))
+                self._count(_recovery_count("hook", True))
             if ctx.error is not None:
                 self._keep(ctx.run_id, make_record(
                     ctx.error, handled=True, tool=ctx.tool, run_id=ctx.run_id,
@@ -105,20 +114,22 @@ class Recorder:
                     if len(waiting) < MAX_PER_RUN:
                         waiting.append((action, ctx.failure))
                     else:  # its outcome is not waited for: recorded as not recovered
-                        self.writer.put(make_record(
+                        record = make_record(
                             ctx.failure, handled=True, recovery=action, tool=ctx.tool,
-                            run_id=ctx.run_id))
+                            run_id=ctx.run_id)
+                        self.writer.put(record)
+                        self._tell([record], None)
 
         return recovery
 
     def run_finished(self, ctx: RunFinishedContext) -> None:
         """The run's counts, its error, and its records, now complete."""
         now = time.time()
-        self.writer.count((now, "run", ctx.script, ctx.language, 1,
-                           int(ctx.error is not None), ctx.duration))
+        self._count((now, "run", ctx.script, ctx.language, 1, int(ctx.error is not None),
+                     ctx.duration))
         for tool, stats in ctx.tool_calls.items():
-            self.writer.count((now, "tool", tool, ctx.language, stats.calls, stats.failures,
-                               stats.seconds))
+            self._count((now, "tool", tool, ctx.language, stats.calls, stats.failures,
+                         stats.seconds))
         with self._lock:
             records = self._runs.pop(ctx.run_id, [])
             made = len(records)  # those seen by on_record as they were kept
@@ -153,11 +164,12 @@ class Recorder:
                     self.on_record(record)
         for record in unique.values():
             self.writer.put(record)
+        self._tell(list(unique.values()), ctx)
 
     def task_finished(self, ctx: TaskContext) -> None:
         """One try of a coordinator task."""
-        self.writer.count((time.time(), "task", ctx.script, ctx.language, 1,
-                           int(ctx.status != "succeeded"), ctx.duration or 0.0))
+        self._count((time.time(), "task", ctx.script, ctx.language, 1,
+                     int(ctx.status != "succeeded"), ctx.duration or 0.0))
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -166,8 +178,10 @@ class Recorder:
         if kept is None:
             if len(self._runs) >= MAX_RUNS:  # a run that never told its end (interrupted)
                 oldest = next(iter(self._runs))
-                for forgotten in self._runs.pop(oldest):
-                    self.writer.put(forgotten)
+                forgotten = self._runs.pop(oldest)
+                for each in forgotten:
+                    self.writer.put(each)
+                self._tell(forgotten, None)
             kept = self._runs[run_id] = []
         if self.on_record is not None:  # once per error: the innermost record of one
             error_id = record["error"]["context"]["error_id"]  # crossing nested calls
@@ -177,6 +191,22 @@ class Recorder:
             kept.append(record)
         else:
             self.writer.put(record)  # as handled: the run was still going
+            self._tell([record], None)
+
+    def _count(self, item: tuple[Any, ...]) -> None:
+        self.writer.count(item)
+        for listener in self.on_count:
+            try:
+                listener(item)
+            except Exception:  # metrics must not cost the store its counts
+                logger.exception("polyspell monitor: %r failed", listener)
+
+    def _tell(self, records: list[dict[str, Any]], ctx: RunFinishedContext | None) -> None:
+        for listener in self.on_run:
+            try:
+                listener(records, ctx)
+            except Exception:  # an exporter must not cost the store its records
+                logger.exception("polyspell monitor: %r failed", listener)
 
 
 def _chain_ids(record: dict[str, Any]) -> set[str]:
