@@ -37,7 +37,14 @@ def json_text(value: Any, *, indent: int | None = None, ensure_ascii: bool = Fal
 
 def finite(value: Any) -> Any:
     """JSON-like ``value`` with every float that is not finite replaced by ``None``."""
-    return replaced(value, _finite_leaf)
+    try:  # most data has none: the C encoder says so several times faster than a walk
+        _check_finite(value)
+    except (ValueError, TypeError, RecursionError):
+        return replaced(value, _finite_leaf)
+    return value
+
+
+_check_finite = json.JSONEncoder(allow_nan=False).encode
 
 
 def replaced(value: Any, leaf: Callable[[Any], Any],
