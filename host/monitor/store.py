@@ -42,6 +42,8 @@ _COLUMNS = ("id", "ts", "code", "category", "kind", "severity", "message", "comp
             "engine", "tool", "file", "line", "function", "run_id", "task_id", "plan_id",
             "fingerprint", "handled", "recovered", "recovery", "impact", "error")
 _SEVERITY = {"trace": 0, "info": 1, "warning": 2, "error": 3, "critical": 4, "fatal": 5}
+_GROUP_KEYS = ("fingerprint", "code", "component", "engine", "tool", "file", "function",
+               "message", "first_seen", "last_seen", "count", "status", "regressed_at")
 _SEVERITY_NAMES = {number: name for name, number in _SEVERITY.items()}
 
 MIGRATIONS: list[str] = [
@@ -334,14 +336,27 @@ class Store:
     def groups(self, *, since: float | None = None, limit: int = 100
                ) -> list[dict[str, Any]]:
         """Groups, the most recently seen first."""
-        rows = self._read("SELECT fingerprint, code, component, engine, tool, file, "
-                          "function, message, first_seen, last_seen, count, status, "
-                          "regressed_at FROM groups WHERE last_seen >= ? "
-                          "ORDER BY last_seen DESC LIMIT ?",
+        rows = self._read(f"SELECT {', '.join(_GROUP_KEYS)} FROM groups "
+                          "WHERE last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
                           (since if since is not None else 0, limit))
-        keys = ("fingerprint", "code", "component", "engine", "tool", "file", "function",
-                "message", "first_seen", "last_seen", "count", "status", "regressed_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(_GROUP_KEYS, row, strict=True)) for row in rows]
+
+    def groups_of(self, fingerprints: Sequence[str]) -> list[dict[str, Any]]:
+        """The groups of ``fingerprints`` (those that still exist)."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(fingerprints), 500):  # SQLite's bound on parameters
+            chunk = list(fingerprints[start:start + 500])
+            rows = self._read(f"SELECT {', '.join(_GROUP_KEYS)} FROM groups WHERE "
+                              f"fingerprint IN ({', '.join('?' * len(chunk))})", chunk)
+            out += [dict(zip(_GROUP_KEYS, row, strict=True)) for row in rows]
+        return out
+
+    def seen_before(self, fingerprint: str, when: float) -> float | None:
+        """The end of the last hour before ``when``'s in which ``fingerprint`` was seen
+        (from the rollups: how long a group that came back had been quiet), or None."""
+        rows = self._read("SELECT max(hour) FROM rollup WHERE fingerprint = ? AND hour < ?",
+                          (fingerprint, int(when // 3600)))
+        return None if not rows or rows[0][0] is None else (rows[0][0] + 1) * 3600.0
 
     def last_seen(self, fingerprint: str) -> float | None:
         """When the group ``fingerprint`` was last seen; None if it never was."""
