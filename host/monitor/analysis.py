@@ -155,7 +155,7 @@ def stats(store: Store, window: str | float = "24h", *, now: float | None = None
     runs = _rates(calls, "run")
     tasks = _rates(calls, "task")
     out = {
-        "window": _window_name(seconds),
+        "window": window.strip() if isinstance(window, str) else _window_name(seconds),
         "since": iso(first * HOUR),
         "until": iso(now),
         "hours": hours,
@@ -223,7 +223,7 @@ def _iso(value: float | None) -> str | None:
 
 
 def _window_name(seconds: float) -> str:
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         if seconds >= UNITS[unit] and seconds % UNITS[unit] == 0:
             return f"{int(seconds // UNITS[unit])}{unit}"
     return f"{seconds:g}s"
@@ -246,7 +246,10 @@ def recommendations(summary: Mapping[str, Any], groups: Iterable[Mapping[str, An
                 fix = "raise its timeout or add a fallback"
             elif mostly is not None and mostly.startswith(("network/", "external/")):
                 fix = "add a retry with backoff or a fallback"
-            elif mostly is not None and mostly.startswith("validation/"):
+            elif mostly == "tool/not_found":
+                fix = "no such tool: fix the name the scripts call, or give its tools file"
+            elif (mostly is not None and mostly.startswith("validation/")) \
+                    or mostly == "tool/invalid_parameters":
                 fix = "the scripts call it with bad arguments: check its schema"
             else:
                 fix = "add a fallback or a circuit breaker"
@@ -365,7 +368,8 @@ def trends(store: Store, window: str | float = "7d", bucket: str | float = "1d",
         direction = "rising"
     elif newest < baseline / 1.5 and baseline - newest >= 2:
         direction = "falling"
-    return {"window": _window_name(seconds), "bucket": _window_name(size),
+    return {"window": window.strip() if isinstance(window, str) else _window_name(seconds),
+            "bucket": bucket.strip() if isinstance(bucket, str) else _window_name(size),
             "since": iso(first * HOUR), "until": iso(now),
             "total": sum(slot["errors"] for slot in buckets),
             "buckets": buckets, "codes": dict(codes.most_common(10)),
