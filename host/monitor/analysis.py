@@ -362,6 +362,7 @@ def trends(store: Store, window: str | float = "7d", bucket: str | float = "1d",
         slot["codes"] = dict(slot["codes"].most_common(5))
     earlier = [slot["errors"] for slot in buckets[:-1]]
     baseline = statistics.median(earlier) if earlier else 0
+    baseline = int(baseline) if float(baseline).is_integer() else baseline
     newest = buckets[-1]["errors"]
     direction = "steady"
     if newest > baseline * 1.5 and newest - baseline >= 2:
