@@ -685,6 +685,9 @@ def store_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     rows.append(("polyspell errors stats --window 30d (1M), CLI",
                  median_of(repeats, lambda: cli_errors(big, "stats", "--window", "30d")),
                  "s", "<= 1"))
+    rows.append(("polyspell errors trends --window 30d (1M), CLI",
+                 median_of(repeats, lambda: cli_errors(big, "trends", "--window", "30d")),
+                 "s", ""))
     rows.append(("polyspell errors groups (1M records), CLI",
                  median_of(repeats, lambda: cli_errors(big, "groups")), "s", "<= 1"))
     rows.append(("polyspell errors list --limit 50 (1M), CLI",

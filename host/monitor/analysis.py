@@ -38,6 +38,8 @@ DAY = 24 * HOUR
 UNITS = {"s": 1.0, "m": 60.0, "h": HOUR, "d": DAY, "w": 7 * DAY}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", re.IGNORECASE)
 TOP_GROUPS = 10  # groups shown by stats
+_KINDS = ("code", "severity", "component", "engine", "tool", "handled", "recovered",
+          "recovery", "fingerprint")
 HALF_LIFE = 24 * HOUR  # predict: a failure this old weighs half as much as one now
 HISTORY = 7 * DAY  # predict: how far back it looks
 MIN_CALLS = 5  # calls of a tool (or recoveries of a strategy) before advice about it
@@ -98,40 +100,44 @@ def stats(store: Store, window: str | float = "24h", *, now: float | None = None
     now = time.time() if now is None else now
     seconds = parse_duration(window) if isinstance(window, str) else float(window)
     first, last = _hours(now - seconds, now)
-    rollup = store.rollup(first * HOUR, now)
-    calls = store.calls(first * HOUR, now)
+    since = first * HOUR
+    calls = store.calls(since, now)
     hours = last - first + 1
 
-    total = sum(row["count"] for row in rollup)
+    # the window's rollup summed over its hours in SQLite: a row per kind of record
+    # (code, severity, component, engine, tool, handled, recovered, recovery, group)
+    kinds = store.rollup_totals(since, now, _KINDS)
+    total = handled = recovered = 0
+    impact = 0.0
     severity: Counter[str] = Counter()
     component: Counter[str] = Counter()
     engine: Counter[str] = Counter()
     code: Counter[str] = Counter()
     by_group: Counter[str] = Counter()
-    handled = recovered = 0
-    impact = 0.0
     impact_by_component: Counter[str] = Counter()
     tool_codes: dict[str, Counter[str]] = defaultdict(Counter)
     recovered_by: dict[str, dict[str, list[int]]] = defaultdict(dict)  # strategy, tool
-    for row in rollup:
-        n = row["count"]
-        severity[row["severity"]] += n
-        component[row["component"]] += n
-        engine[row["engine"] or "none"] += n
-        code[row["code"]] += n
-        by_group[row["fingerprint"]] += n
-        handled += n if row["handled"] else 0
-        recovered += n if row["recovered"] else 0
-        impact += row["impact"]
-        impact_by_component[row["component"]] += row["impact"]
-        if row["tool"]:
-            tool_codes[row["tool"]][row["code"]] += n
-            if row["recovery"]:
-                acted = recovered_by[row["recovery"]].setdefault(row["tool"], [0, 0])
+    for (each_code, each_severity, each_component, each_engine, tool, _, _, strategy,
+         fingerprint, n, weight, n_handled, n_recovered) in kinds:
+        total += n
+        handled += n_handled
+        recovered += n_recovered
+        impact += weight
+        severity[each_severity] += n
+        component[each_component] += n
+        engine[each_engine or "none"] += n
+        code[each_code] += n
+        by_group[fingerprint] += n
+        impact_by_component[each_component] += weight
+        if tool:
+            tool_codes[tool][each_code] += n
+            if strategy:
+                acted = recovered_by[strategy].setdefault(tool, [0, 0])
                 acted[0] += n
-                acted[1] += n if row["recovered"] else 0
+                acted[1] += n_recovered
 
-    known = {g["fingerprint"]: g for g in store.groups_of(list(by_group))}
+    known = {g["fingerprint"]: g for g in store.groups_of(
+        [fingerprint for fingerprint, _ in by_group.most_common(top)])}
     top_groups = []
     for fingerprint, n in by_group.most_common(top):
         group = known.get(fingerprint, {})
@@ -335,17 +341,17 @@ def trends(store: Store, window: str | float = "7d", bucket: str | float = "1d",
             reason=f"{count} buckets in {_window_name(seconds)}: at most 1000")
     last = int(now // HOUR)
     first = last - count * per + 1
-    rollup = store.rollup(first * HOUR, now)
     calls = store.calls(first * HOUR, now)
     buckets = [{"start": iso((first + k * per) * HOUR), "errors": 0, "unhandled": 0,
                 "severity": Counter(), "codes": Counter(), "calls": 0, "failures": 0}
                for k in range(count)]
-    for row in rollup:
-        slot = buckets[(row["hour"] - first) // per]
-        slot["errors"] += row["count"]
-        slot["unhandled"] += 0 if row["handled"] else row["count"]
-        slot["severity"][row["severity"]] += row["count"]
-        slot["codes"][row["code"]] += row["count"]
+    for hour, each_severity, each_code, n, _, n_handled, _ in store.rollup_totals(
+            first * HOUR, now, ("hour", "severity", "code")):
+        slot = buckets[(hour - first) // per]
+        slot["errors"] += n
+        slot["unhandled"] += n - n_handled
+        slot["severity"][each_severity] += n
+        slot["codes"][each_code] += n
     for row in calls:
         if row["what"] == "tool":
             slot = buckets[(row["hour"] - first) // per]

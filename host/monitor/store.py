@@ -55,6 +55,8 @@ _COLUMNS = ("id", "ts", "code", "category", "kind", "severity", "message", "comp
 _SEVERITY = {"trace": 0, "info": 1, "warning": 2, "error": 3, "critical": 4, "fatal": 5}
 _GROUP_KEYS = ("fingerprint", "code", "component", "engine", "tool", "file", "function",
                "message", "first_seen", "last_seen", "count", "status", "regressed_at")
+_ROLLUP_KEYS = ("hour", "code", "severity", "component", "engine", "tool", "handled",
+                "recovered", "recovery", "fingerprint", "count", "impact")
 _SEVERITY_NAMES = {number: name for name, number in _SEVERITY.items()}
 
 MIGRATIONS: list[str] = [
@@ -494,12 +496,30 @@ class Store:
         until = time.time() if until is None else until
         rows = self._read("SELECT * FROM rollup WHERE hour >= ? AND hour <= ?",
                           (int(since // 3600), int(until // 3600)))
-        keys = ("hour", "code", "severity", "component", "engine", "tool", "handled",
-                "recovered", "recovery", "fingerprint", "count", "impact")
-        out = [dict(zip(keys, row, strict=True)) for row in rows]
+        out = [dict(zip(_ROLLUP_KEYS, row, strict=True)) for row in rows]
         for row in out:
             row["severity"] = _SEVERITY_NAMES.get(row["severity"], str(row["severity"]))
         return out
+
+    def rollup_totals(self, since: float, until: float | None = None,
+                      by: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+        """The rollup from ``since`` summed in SQLite by the columns ``by`` (of the
+        rollup's): rows of ``(*by, count, impact, handled, recovered)`` (a million
+        records' statistics without a row per hour reaching Python)."""
+        unknown = [name for name in by if name not in _ROLLUP_KEYS[:10]]
+        if unknown:
+            raise ValueError(f"not a rollup column: {unknown}")
+        until = time.time() if until is None else until
+        columns = "".join(f"{name}, " for name in by)
+        group = f" GROUP BY {', '.join(by)}" if by else ""
+        rows = self._read(f"SELECT {columns}sum(count), sum(impact), sum(count * handled), "
+                          f"sum(count * recovered) FROM rollup WHERE hour >= ? AND "
+                          f"hour <= ?{group}", (int(since // 3600), int(until // 3600)))
+        if "severity" in by:
+            at = list(by).index("severity")
+            rows = [(*row[:at], _SEVERITY_NAMES.get(row[at], str(row[at])), *row[at + 1:])
+                    for row in rows]
+        return [row for row in rows if row[len(by)] is not None]
 
     def calls(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """The hourly counts of tool calls, runs, tasks and recoveries from ``since``."""
