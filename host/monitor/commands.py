@@ -33,7 +33,7 @@ MESSAGE = 60  # characters of a message in a table row
 
 def run_errors(args: argparse.Namespace) -> int:
     """``polyspell errors ACTION``: the exit code."""
-    from host.cli import EXIT_OK, _report_failure
+    from host.cli import EXIT_OK, _internal_error, _report_failure
 
     store = None
     try:
@@ -41,6 +41,8 @@ def run_errors(args: argparse.Namespace) -> int:
         out = ACTION_HANDLERS[args.action](store, args)
     except SpellError as err:
         return _report_failure(err, args)
+    except Exception as exc:  # a bug of ours: still one unified error, never a traceback
+        return _report_failure(_internal_error(exc), args)
     finally:
         if store is not None:
             store.close()
