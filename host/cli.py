@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                      '{"ok": false, "error": ...}')
     run.add_argument("--verbose", action="store_true",
                      help="show polyspell's own frames in tracebacks")
+    _add_record_options(run)
     run.set_defaults(handler=_run)
 
     tools = commands.add_parser(
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print the report as one JSON object on stdout")
     plan.add_argument("--verbose", action="store_true",
                       help="show polyspell's own frames in tracebacks")
+    _add_record_options(plan)
     plan.set_defaults(handler=_plan)
 
     explain = commands.add_parser(
@@ -124,7 +126,110 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the error store (default $POLYSPELL_ERRORS_DB, else "
                          "errors.db in polyspell's user state directory)")
     metrics.set_defaults(handler=_metrics)
+
+    _add_errors_parser(commands)
     return parser
+
+
+def _add_errors_parser(commands: Any) -> None:
+    """``polyspell errors ACTION`` (its handlers: :mod:`host.monitor.commands`, loaded
+    when it runs)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--errors-db", metavar="PATH",
+                        help="the error store (default: $POLYSPELL_ERRORS_DB, else "
+                        "errors.db in polyspell's folder of the user's state directory)")
+    common.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout")
+    errors = commands.add_parser(
+        "errors", help="the recorded errors: list, show, groups, stats, trends, predict, "
+        "prune", description="Read the errors polyspell run and plan recorded (see "
+        "--no-record): list them, show one as a traceback, their groups, statistics and "
+        "trends over a window, how likely a tool is to fail next, or prune the store.")
+    actions = errors.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", parents=[common], help="the newest records first")
+    _errors_filters(listing)
+    listing.add_argument("--code", metavar="CODE",
+                         help="only this code (category/kind) or category")
+    listing.add_argument("--component", metavar="NAME",
+                         help="only this component (tool:search, script:agent.lua...)")
+    listing.add_argument("--group", metavar="FINGERPRINT", help="only this group")
+    show = actions.add_parser("show", parents=[common],
+                              help="one record: its polyglot traceback and where it was")
+    show.add_argument("id", help="the record's id, or a unique prefix of it")
+    show.add_argument("--verbose", action="store_true",
+                      help="show polyspell's own frames too")
+    groups = actions.add_parser("groups", parents=[common],
+                                help="the groups (fingerprints), the most recent first")
+    _errors_filters(groups)
+    summary = actions.add_parser("stats", parents=[common],
+                                 help="statistics and recommendations over a window")
+    summary.add_argument("--window", default="24h", metavar="DURATION",
+                         help="30m, 24h, 7d... (default 24h; whole hours)")
+    trend = actions.add_parser("trends", parents=[common],
+                               help="errors per bucket over a window, as a bar chart")
+    trend.add_argument("--window", default="7d", metavar="DURATION",
+                       help="default 7d")
+    trend.add_argument("--bucket", default="1d", metavar="DURATION",
+                       help="whole hours: 1h, 6h, 1d (default 1d)")
+    guess = actions.add_parser("predict", parents=[common],
+                               help="how likely the next call of a tool fails")
+    guess.add_argument("tool", nargs="?", help="the tool")
+    guess.add_argument("--script", metavar="NAME",
+                       help="a script instead: how likely its next run fails")
+    prune = actions.add_parser("prune", parents=[common],
+                               help="delete old records (default: older than 30 days, "
+                               "past 1000000 records)")
+    prune.add_argument("--max-age", metavar="DURATION",
+                       help="delete what is older (default 30d)")
+    prune.add_argument("--max-rows", type=int, metavar="N",
+                       help="keep at most N records, the newest (default 1000000)")
+    for action in actions.choices.values():
+        action.set_defaults(handler=_errors)
+
+
+def _errors(args: argparse.Namespace) -> int:
+    from host.monitor.commands import run_errors
+
+    return run_errors(args)
+
+
+def _errors_filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--since", metavar="WHEN",
+                        help="a duration back from now (30m, 24h, 7d) or an ISO date/time")
+    parser.add_argument("--limit", type=int, default=50, metavar="N",
+                        help="at most N (default 50)")
+
+
+def _add_record_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--errors-db", metavar="PATH",
+                        help="record errors into this SQLite file (default: "
+                        "$POLYSPELL_ERRORS_DB, else errors.db in polyspell's folder of the "
+                        "user's state directory; see polyspell errors)")
+    parser.add_argument("--no-record", action="store_true",
+                        help="do not record this run's errors")
+
+
+def _cli_monitor(args: argparse.Namespace) -> Any:
+    """The monitor of ``run`` and ``plan``: records into ``--errors-db`` or the default
+    file, unless ``--no-record`` (a file that cannot be used: one line on stderr, and the
+    run goes on unrecorded)."""
+    if args.no_record:
+        return None
+    from host.monitor import Monitor
+
+    return Monitor(args.errors_db)
+
+
+@contextlib.contextmanager
+def _recording(args: argparse.Namespace) -> Iterator[Any]:
+    """The monitor of a command, closed (what it recorded written) when it ends."""
+    monitor = _cli_monitor(args)
+    try:
+        yield monitor
+    finally:
+        if monitor is not None:
+            monitor.close()
 
 
 def _add_tools_option(parser: argparse.ArgumentParser) -> None:
@@ -355,6 +460,11 @@ def exit_code(err: Any) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    with _recording(args) as monitor:
+        return _run_recorded(args, monitor)
+
+
+def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
     from bridge import SpellError
 
     run = None
@@ -368,7 +478,7 @@ def _run(args: argparse.Namespace) -> int:
         hooks = _cli_hooks(args)
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
                     sandbox=args.sandbox, config=config, hooks=hooks,
-                    on_human_input=_terminal_input())
+                    on_human_input=_terminal_input(), monitor=monitor)
         run = host.new_run(args.script, script_args)  # its recovery history is reported
         with _hook_logs(hooks, config):
             result = anyio.run(run.execute)
@@ -497,6 +607,11 @@ MAX_RECOVERY_TASKS_SHOWN = 20
 
 
 def _plan(args: argparse.Namespace) -> int:
+    with _recording(args) as monitor:
+        return _plan_recorded(args, monitor)
+
+
+def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
     from bridge import SpellError
 
     progress = _PlanProgress() if sys.stderr.isatty() else None
@@ -506,7 +621,7 @@ def _plan(args: argparse.Namespace) -> int:
         config = _config(args)
         hooks = _cli_hooks(args)
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
-                                  config=config, hooks=hooks)
+                                  config=config, hooks=hooks, monitor=monitor)
         plan = coordinator.prepare(args.plan, strategy=args.strategy,
                                    max_concurrency=args.max_concurrency)
         if progress is None:

@@ -3,7 +3,7 @@
     python scripts/bench.py            # everything
     python scripts/bench.py --quick    # fewer repeats
     python scripts/bench.py --only coordinator    # only the coordinator's rows
-    python scripts/bench.py --only monitor        # only the monitor's rows
+    python scripts/bench.py --only monitor        # only the monitor's and its store's rows
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -523,6 +523,182 @@ def monitor_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
+# -- the error store (host.monitor) -----------------------------------------------------
+
+STORE_FRAMES = 20  # frames of the error each record holds
+MILLION = 1_000_000
+BIG_STORE = Path(os.environ.get("TMPDIR", "/tmp")) / "polyspell-bench-1m-errors.db"
+
+
+def store_records(count: int, start: float, span: float, groups: int = 40
+                  ) -> list[dict]:
+    """``count`` records of 20-frame errors over ``span`` seconds from ``start``, in
+    ``groups`` groups (8 tools, 5 codes), a third of them handled."""
+    from bridge import NetworkError, ToolError
+    from bridge.frames import Frame
+    from host.monitor.records import make_record
+
+    bases = []
+    for n in range(groups):
+        tool_name = f"tool{n % 8}"
+        makers = [lambda t=tool_name: ToolError.ExecutionFailed(tool_name=t, reason="down"),
+                  lambda t=tool_name: ToolError.Timeout(tool_name=t, duration=2.0),
+                  lambda t=tool_name: NetworkError.Timeout(endpoint=f"https://{t}", duration=5),
+                  lambda t=tool_name: NetworkError.HttpStatus(endpoint=f"https://{t}",
+                                                              status=503),
+                  lambda t=tool_name: ToolError.NotFound(tool_name=t)]
+        err = makers[n % 5]()
+        err.frames = [Frame("lua" if i % 2 else "python",
+                            f"agent{n % 3}.lua" if i % 2 else "tools.py", 10 + i, 3,
+                            f"step{i}", f"local x{i} = tools.{tool_name}{{query = q}}")
+                      for i in range(STORE_FRAMES)]
+        bases.append(make_record(err, tool=tool_name, run_id="bench"))
+    step = span / max(1, count)
+    out = []
+    for i in range(count):
+        record = dict(bases[i % groups])
+        record["id"] = f"{i:08x}{os.getpid() & 0xffff:04x}{len(out) & 0xffff:04x}"
+        record["timestamp"] = start + i * step
+        record["handled"] = i % 3 == 0
+        out.append(record)
+    return out
+
+
+def store_write_rate(path: Path, records: list[dict], baseline: bool = False) -> float:
+    """Records per second written by Store.write in batches of 5000 (``baseline``: as
+    schema 1 wrote them: each record's whole error JSON compressed)."""
+    from host.monitor import store as store_module
+
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = store_module.Store(path)
+    if baseline:
+        import json
+        import zlib
+
+        def whole_row(record: dict, shared: dict) -> tuple:
+            row = original(record, shared)
+            data = json.dumps(record["error"], ensure_ascii=False, allow_nan=False)
+            return (*row[:-1], zlib.compress(data.encode("utf-8", "surrogatepass"), 1))
+
+        original = store._row
+        store._row = whole_row  # type: ignore[method-assign]
+    began = time.perf_counter()
+    for start in range(0, len(records), 5000):
+        store.write(records[start:start + 5000])
+    elapsed = time.perf_counter() - began
+    store.close()
+    return len(records) / elapsed
+
+
+def store_size_per_record(path: Path, count: int) -> float:
+    """Bytes of the file per record, after a checkpoint (the WAL folded in)."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = db.execute("PRAGMA page_count").fetchone()[0]
+    size = db.execute("PRAGMA page_size").fetchone()[0]
+    db.close()
+    return pages * size / count
+
+
+def big_store() -> Path:
+    """A store of a million records over 30 days, made once (kept in the temporary
+    folder for later runs, by schema version)."""
+    from host.monitor.store import SCHEMA_VERSION, Store
+
+    path = BIG_STORE.with_suffix(f".v{SCHEMA_VERSION}.db")
+    if path.exists():
+        return path
+    building = path.with_suffix(".building")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{building}{suffix}").unlink(missing_ok=True)
+    store = Store(building)
+    now = time.time()
+    chunk = 50_000
+    for first in range(0, MILLION, chunk):
+        records = store_records(chunk, now - 30 * 86400 + first * 30 * 86400 / MILLION,
+                                chunk * 30 * 86400 / MILLION)
+        for record in records:
+            record["id"] = f"{first:08x}{record['id'][8:]}"
+        for start in range(0, chunk, 10_000):
+            store.write(records[start:start + 10_000])
+    store.close()
+    import sqlite3
+
+    db = sqlite3.connect(building)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    building.rename(path)
+    return path
+
+
+def stats_seconds(path: Path, window: str) -> float:
+    from host.monitor.analysis import stats
+    from host.monitor.store import Store
+
+    store = Store(path)
+    began = time.perf_counter()
+    stats(store, window)
+    elapsed = time.perf_counter() - began
+    store.close()
+    return elapsed
+
+
+def cli_errors(path: Path, *args: str) -> float:
+    """Seconds of ``polyspell errors ARGS --json`` end to end (a new process)."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "host.cli", "errors", *args, "--errors-db",
+                    str(path), "--json"], check=True, capture_output=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - began
+
+
+def store_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """The error store: sustained writing (against schema 1's encoding in the same
+    run), size per record, and statistics over a million records."""
+    import tempfile
+
+    rows = []
+    folder = Path(tempfile.mkdtemp(prefix="polyspell-bench-"))
+    records = store_records(50_000, time.time() - 86400, 86400)
+    pairs = [(store_write_rate(folder / "new.db", records),
+              store_write_rate(folder / "old.db", records, baseline=True))
+             for _ in range(max(3, repeats // 2))]
+    rows.append((f"store: records written per second ({STORE_FRAMES} frames)",
+                 statistics.median(n for n, _ in pairs) / 1000, "k/s", ">= 20"))
+    rows.append(("  baseline: each whole error JSON zlib'd (v1)",
+                 statistics.median(o for _, o in pairs) / 1000, "k/s", ""))
+    store_write_rate(folder / "new.db", records)
+    rows.append((f"store: size per record ({STORE_FRAMES}-frame error)",
+                 store_size_per_record(folder / "new.db", len(records)) / 1024, "KB",
+                 "<= 2"))
+    store_write_rate(folder / "old.db", records, baseline=True)
+    rows.append(("  baseline: each whole error JSON zlib'd (v1)",
+                 store_size_per_record(folder / "old.db", len(records)) / 1024, "KB", ""))
+    big = big_store()
+    for window in ("24h", "30d"):
+        rows.append((f"stats --window {window}, 1,000,000 records, in-process",
+                     median_of(repeats, lambda w=window: stats_seconds(big, w)), "s",
+                     "<= 1"))
+    rows.append(("polyspell errors stats --window 30d (1M), CLI",
+                 median_of(repeats, lambda: cli_errors(big, "stats", "--window", "30d")),
+                 "s", "<= 1"))
+    rows.append(("polyspell errors trends --window 30d (1M), CLI",
+                 median_of(repeats, lambda: cli_errors(big, "trends", "--window", "30d")),
+                 "s", ""))
+    rows.append(("polyspell errors groups (1M records), CLI",
+                 median_of(repeats, lambda: cli_errors(big, "groups")), "s", "<= 1"))
+    rows.append(("polyspell errors list --limit 50 (1M), CLI",
+                 median_of(repeats, lambda: cli_errors(big, "list")), "s", ""))
+    for suffix in ("new.db", "old.db"):
+        for extra in ("", "-wal", "-shm"):
+            Path(f"{folder / suffix}{extra}").unlink(missing_ok=True)
+    folder.rmdir()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
@@ -530,14 +706,14 @@ def main() -> None:
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
+    if options.only == "monitor":
+        print_table(repeats, monitor_rows(repeats) + store_rows(repeats))
+        return
     if options.only == "coordinator":
         print_table(repeats, coordinator_rows(repeats))
         return
     if options.only == "hooks":
         print_table(repeats, hooks_rows(repeats))
-        return
-    if options.only == "monitor":
-        print_table(repeats, monitor_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -602,6 +778,7 @@ def main() -> None:
     rows += hooks_rows(repeats)
     rows += monitor_rows(repeats)
     rows += coordinator_rows(repeats)
+    rows += store_rows(repeats)
     print_table(repeats, rows)
 
 

@@ -12,6 +12,15 @@ LANGUAGES = ["lua", "javascript"]
 EXTENSION = {"lua": ".lua", "javascript": ".js"}
 
 
+@pytest.fixture(autouse=True)
+def _errors_db(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+               ) -> None:
+    """Every test records errors (``polyspell run`` does by default) into a file of its
+    own, never the user's: the CLIs a test starts inherit the variable."""
+    folder = tmp_path_factory.mktemp("errors-db")
+    monkeypatch.setenv("POLYSPELL_ERRORS_DB", str(folder / "errors.db"))
+
+
 @pytest.fixture(params=LANGUAGES)
 def language(request: pytest.FixtureRequest) -> str:
     """The script language under test."""

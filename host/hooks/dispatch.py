@@ -110,6 +110,9 @@ class Hook:
                 key=f"hooks.{point}.failures_only", value="True",
                 reason=f"only observers of {', '.join(FAILURE_POINTS)} take failures_only")
         self.failures_only = bool(failures_only)
+        # False: an internal observer (the monitor's), left out of an error's hook path
+        # when it did fine (a failure of it is still there)
+        self.traced = True
 
     def __call__(self, context: Any) -> Any:
         return self.fn(context)
@@ -285,7 +288,7 @@ class Dispatcher:
             return
         if self._failures.get(hook):
             self._failures[hook] = 0
-        if keep_ok and records is not None:
+        if keep_ok and records is not None and hook.traced:
             self._record(records, record(hook, "observed", began))
 
     @staticmethod

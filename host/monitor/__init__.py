@@ -78,8 +78,9 @@ class Monitor:
                  max_age: float | None = MAX_AGE, max_rows: int | None = MAX_ROWS,
                  quiet_before_regression: float = QUIET_BEFORE_REGRESSION,
                  max_pending: int = MAX_PENDING, strict: bool = False,
-                 alerts: Any = None) -> None:
+                 alerts: Any = None, predictor: Any = None) -> None:
         self.path = str(default_path() if path is None else Path(path))
+        self.predictor = predictor  # replaces predict's rules (host.monitor.analysis)
         self.max_age, self.max_rows = max_age, max_rows
         self.failure: SpellError | None = None
         self.store: Store | None = None
@@ -173,6 +174,49 @@ class Monitor:
         if self.store is None:
             return 0
         return self.store.prune(max_age=self.max_age, max_rows=self.max_rows)
+
+    # -- reading (host.monitor.analysis) ---------------------------------------------
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise self.failure or SpellError.wrap(RuntimeError("no store"), "storage")
+        return self.store
+
+    def records(self, **filters: Any) -> list[dict[str, Any]]:
+        """The newest records first (``since``, ``code``, ``component``, ``group``,
+        ``limit``: :meth:`Store.records`)."""
+        return self._store().records(**filters)
+
+    def record(self, record_id: str) -> dict[str, Any]:
+        """The record ``record_id`` (or a unique prefix of it)."""
+        return self._store().record(record_id)
+
+    def groups(self, **filters: Any) -> list[dict[str, Any]]:
+        """The groups, the most recently seen first (``since``, ``limit``)."""
+        return self._store().groups(**filters)
+
+    def stats(self, window: str | float = "24h", **options: Any) -> dict[str, Any]:
+        """What happened over ``window``: :func:`host.monitor.analysis.stats`."""
+        from host.monitor.analysis import stats
+
+        return stats(self._store(), window, **options)
+
+    def trends(self, window: str | float = "7d", bucket: str | float = "1d",
+               **options: Any) -> dict[str, Any]:
+        """Counts per bucket over ``window``: :func:`host.monitor.analysis.trends`."""
+        from host.monitor.analysis import trends
+
+        return trends(self._store(), window, bucket, **options)
+
+    def predict(self, *, tool: str | None = None, script: str | None = None,
+                breakers: Any = None, **options: Any) -> dict[str, Any]:
+        """How likely the next call of ``tool`` (or run of ``script``) fails, with the
+        evidence: :func:`host.monitor.analysis.predict` (``breakers``: a host's, to
+        count an open breaker; the monitor's ``predictor`` replaces the rules)."""
+        from host.monitor.analysis import predict
+
+        return predict(self._store(), tool=tool, script=script, breakers=breakers,
+                       predictor=self.predictor, **options)
 
     def close(self) -> None:
         """Send the alerts, write what is queued, stop serving metrics and close the

@@ -70,7 +70,7 @@ class Recorder:
     def hooks(self) -> list[Hook]:
         """The observers to register (``Host(monitor=...)`` does)."""
         budget = BUDGET
-        return [
+        hooks = [
             observer("tool_call_finished", failures_only=True, timeout=budget,
                      name="monitor.tool_call_finished")(self.tool_call_finished),
             *(observer(action, name=f"monitor.{action}", timeout=budget)(
@@ -80,6 +80,9 @@ class Recorder:
             observer("task_finished", name="monitor.task_finished", timeout=budget)(
                 self.task_finished),
         ]
+        for hook in hooks:  # recording is not one of the run's hooks in its tracebacks
+            hook.traced = False
+        return hooks
 
     # -- the observers ------------------------------------------------------------------
 

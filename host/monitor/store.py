@@ -3,7 +3,8 @@
 Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRATIONS`):
 
 - ``errors``: one row per record (see :mod:`host.monitor.records`), the error's JSON
-  compressed with zlib; indexed by time, code, component and fingerprint;
+  (compressed with zlib when it is long); indexed by time, code, component and
+  fingerprint;
 - ``groups``: one row per fingerprint: first and last seen, count, status (``new``,
   ``ongoing``, ``regressed`` when it comes back after a quiet period);
 - ``rollup``: counts per hour and per (code, severity, component, engine, tool,
@@ -12,6 +13,11 @@ Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRA
 - ``calls``: per hour, the tool calls, runs, task tries and recoveries (by strategy):
   how many, how many failed, their seconds, so that a rate of failure has its
   denominator;
+- ``frames``: the frames of errors, once per group and place (schema 2): a record's
+  JSON names its frames by key when they are the same as an earlier record's of its
+  group (an error that keeps coming back comes back from the same place), which makes
+  a record a few times cheaper to write and smaller; :meth:`Store.record` gives it back
+  whole, exactly;
 - ``meta``: what the file is (``app``), and what could not be recorded (``dropped``).
 
 Every failure is a unified ``storage/...`` error naming the file.
@@ -19,6 +25,7 @@ Every failure is a unified ``storage/...`` error naming the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -34,7 +41,11 @@ from bridge import StorageError
 from host.monitor.records import RECORD_KEYS
 
 APP = "polyspell-errors"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+COMPRESS_OVER = 1024  # bytes of a record's JSON past which it is compressed (zlib's setup
+# costs more than it saves on a small one; a JSON text starts with "{", zlib's with 0x78)
+MIN_SHARED_FRAMES = 3  # an error with fewer frames keeps them in its own JSON
+MAX_PLACES = 5_000  # places kept in memory to compare with (per store; ~1 KB each)
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
 QUIET_BEFORE_REGRESSION = 24 * 3600.0  # a group silent this long that comes back regressed
 
@@ -42,6 +53,10 @@ _COLUMNS = ("id", "ts", "code", "category", "kind", "severity", "message", "comp
             "engine", "tool", "file", "line", "function", "run_id", "task_id", "plan_id",
             "fingerprint", "handled", "recovered", "recovery", "impact", "error")
 _SEVERITY = {"trace": 0, "info": 1, "warning": 2, "error": 3, "critical": 4, "fatal": 5}
+_GROUP_KEYS = ("fingerprint", "code", "component", "engine", "tool", "file", "function",
+               "message", "first_seen", "last_seen", "count", "status", "regressed_at")
+_ROLLUP_KEYS = ("hour", "code", "severity", "component", "engine", "tool", "handled",
+                "recovered", "recovery", "fingerprint", "count", "impact")
 _SEVERITY_NAMES = {number: name for name, number in _SEVERITY.items()}
 
 MIGRATIONS: list[str] = [
@@ -77,7 +92,17 @@ MIGRATIONS: list[str] = [
         count INTEGER NOT NULL, failures INTEGER NOT NULL, seconds REAL NOT NULL,
         PRIMARY KEY (hour, what, name, engine)) WITHOUT ROWID;
     """,
+    # version 2: the frames of a group's errors, once
+    """
+    CREATE TABLE frames (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL,
+                         data BLOB NOT NULL);
+    CREATE INDEX frames_by_fingerprint ON frames (fingerprint);
+    """,
 ]
+
+# one encoder for every record (json.dumps with options makes one per call)
+_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False,
+                           separators=(",", ":")).encode
 
 
 def _failure(path: str, exc: BaseException, operation: str) -> StorageError:
@@ -108,6 +133,9 @@ class Store:
         self.path = str(path)
         self.quiet_before_regression = quiet_before_regression
         self._lock = threading.Lock()
+        # fingerprint -> [(frames as JSON data, their key)]: what this store wrote
+        self._places: dict[str, list[tuple[list[Any], str, bytes]]] = {}
+        self._place_count = 0
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -199,7 +227,8 @@ class Store:
         """Write ``records`` (see :mod:`host.monitor.records`) and ``counts`` (``(when,
         what, name, engine, count, failures, seconds)``: tool calls, a run, a task try,
         a recovery) in one transaction, with their groups and hourly rollups."""
-        rows = [_row(record) for record in records]
+        shared: dict[str, tuple[str, bytes]] = {}  # frames new to the file: key -> row
+        rows = [self._row(record, shared) for record in records]
         counted: dict[tuple[int, str, str, str], list[float]] = {}
         for when, what, name, engine, count, failures, seconds in counts:
             key = (int(when // 3600), what, name, engine or "")
@@ -210,6 +239,8 @@ class Store:
         if not rows and not counted:
             return
         with self._transaction("write") as db:
+            db.executemany("INSERT OR IGNORE INTO frames VALUES (?, ?, ?)",
+                           [(key, *row) for key, row in shared.items()])
             db.executemany(f"INSERT OR IGNORE INTO errors VALUES "
                            f"({', '.join('?' * len(_COLUMNS))})", rows)
             rolled: dict[tuple[Any, ...], list[float]] = {}
@@ -290,7 +321,104 @@ class Store:
                     deleted += db.execute(
                         "DELETE FROM errors WHERE id IN (SELECT id FROM errors ORDER BY ts "
                         "LIMIT ?)", (total - max_rows,)).rowcount
+            if deleted:  # the frames of groups with no record left
+                db.execute("DELETE FROM frames WHERE NOT EXISTS (SELECT 1 FROM errors "
+                           "WHERE errors.fingerprint = frames.fingerprint)")
+        if deleted:
+            with self._lock:
+                self._places.clear()  # what was deleted is written again when it comes
+                self._place_count = 0
         return deleted
+
+    # -- records as rows ----------------------------------------------------------------
+
+    def _row(self, record: dict[str, Any], shared: dict[str, tuple[str, bytes]]
+             ) -> tuple[Any, ...]:
+        """The row of ``record``: its error's frames (and its causes') named by key when
+        they are a place of its group already written (``shared`` gets the new ones)."""
+        fingerprint = record["fingerprint"]
+        data = self._shared_frames(record["error"], fingerprint, shared)
+        blob = _encode(data).encode("utf-8", "surrogatepass")
+        if len(blob) > COMPRESS_OVER:
+            blob = zlib.compress(blob, 1)
+        return (record["id"], float(record["timestamp"]), record["code"],
+                record["category"], record["kind"], _SEVERITY.get(record["severity"], 3),
+                record["message"], record["component"], record["engine"], record["tool"],
+                record["file"], record["line"], record["function"], record["run_id"],
+                record["task_id"], record["plan_id"], fingerprint,
+                int(bool(record["handled"])), int(bool(record["recovered"])),
+                record["recovery"], float(record["impact"]), blob)
+
+    def _shared_frames(self, data: Any, fingerprint: str,
+                       shared: dict[str, tuple[str, bytes]], depth: int = 0) -> Any:
+        """``data`` (an error's JSON) with its frames, and its causes', as keys."""
+        if not isinstance(data, dict) or depth > 50:
+            return data
+        frames = data.get("frames")
+        cause = data.get("cause")
+        if not (isinstance(frames, list) and len(frames) >= MIN_SHARED_FRAMES) \
+                and not isinstance(cause, dict):
+            return data
+        out = dict(data)
+        if isinstance(frames, list) and len(frames) >= MIN_SHARED_FRAMES:
+            out["frames"] = self._place(frames, fingerprint, shared)
+        if isinstance(cause, dict):
+            out["cause"] = self._shared_frames(cause, fingerprint, shared, depth + 1)
+        return out
+
+    def _place(self, frames: list[Any], fingerprint: str,
+               shared: dict[str, tuple[str, bytes]]) -> str:
+        """The key of ``frames`` in the ``frames`` table (written with the batch):
+        compared as data first, so that a place seen before costs no encoding."""
+        places = self._places.setdefault(fingerprint, [])
+        for known, key, blob in places:
+            if known == frames:
+                # written again with each batch that uses it (INSERT OR IGNORE): another
+                # process may have pruned the group meanwhile
+                shared[key] = (fingerprint, blob)
+                return key
+        text = _encode(frames).encode("utf-8", "surrogatepass")
+        key = "f" + hashlib.blake2b(text, digest_size=12).hexdigest()
+        blob = zlib.compress(text, 6)
+        shared[key] = (fingerprint, blob)
+        if self._place_count < MAX_PLACES and len(places) < 50:
+            places.append((frames, key, blob))
+            self._place_count += 1
+        return key
+
+    def _record(self, row: tuple[Any, ...], found: dict[str, Any]) -> dict[str, Any]:
+        """The record of ``row``, its error whole (``found``: frames read so far)."""
+        out = dict(zip(_COLUMNS, row, strict=True))
+        out["ts"] = out["timestamp"] = out["ts"]
+        out = {key: out[key] for key in RECORD_KEYS}
+        out["severity"] = _SEVERITY_NAMES.get(out["severity"], str(out["severity"]))
+        out["handled"], out["recovered"] = bool(out["handled"]), bool(out["recovered"])
+        try:
+            blob = out["error"]
+            if blob[:1] != b"{":
+                blob = zlib.decompress(blob)
+            data = json.loads(blob.decode("utf-8", "surrogatepass"))
+        except (zlib.error, ValueError) as exc:
+            raise StorageError.Corrupted(key=f"{self.path} record {out['id']}",
+                                         reason=f"its error cannot be read ({exc})") from None
+        level = data
+        for _ in range(100):
+            if not isinstance(level, dict):
+                break
+            key = level.get("frames")
+            if isinstance(key, str):  # a key: the frames are in the frames table
+                if key not in found:
+                    rows = self._read("SELECT data FROM frames WHERE key = ?", (key,))
+                    if not rows:
+                        raise StorageError.Corrupted(
+                            key=f"{self.path} record {out['id']}",
+                            reason=f"its frames {key} are missing")
+                    found[key] = zlib.decompress(rows[0][0]).decode("utf-8",
+                                                                   "surrogatepass")
+                level["frames"] = json.loads(found[key])
+            level = level.get("cause")
+        out["error"] = data
+        return out
 
     # -- reading ----------------------------------------------------------------------
 
@@ -319,7 +447,8 @@ class Store:
             args.append(group)
         rows = self._read(f"SELECT * FROM errors WHERE {' AND '.join(where)} "
                           f"ORDER BY ts DESC LIMIT ?", [*args, limit])
-        return [_record(row) for row in rows]
+        found: dict[str, Any] = {}
+        return [self._record(row, found) for row in rows]
 
     def record(self, record_id: str) -> dict[str, Any]:
         """The record ``record_id`` (or a unique prefix of it)."""
@@ -329,19 +458,32 @@ class Store:
             raise StorageError.NotFound(
                 key=record_id, store=self.path if not rows else
                 f"{self.path} (several records start with it)")
-        return _record(rows[0])
+        return self._record(rows[0], {})
 
     def groups(self, *, since: float | None = None, limit: int = 100
                ) -> list[dict[str, Any]]:
         """Groups, the most recently seen first."""
-        rows = self._read("SELECT fingerprint, code, component, engine, tool, file, "
-                          "function, message, first_seen, last_seen, count, status, "
-                          "regressed_at FROM groups WHERE last_seen >= ? "
-                          "ORDER BY last_seen DESC LIMIT ?",
+        rows = self._read(f"SELECT {', '.join(_GROUP_KEYS)} FROM groups "
+                          "WHERE last_seen >= ? ORDER BY last_seen DESC LIMIT ?",
                           (since if since is not None else 0, limit))
-        keys = ("fingerprint", "code", "component", "engine", "tool", "file", "function",
-                "message", "first_seen", "last_seen", "count", "status", "regressed_at")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return [dict(zip(_GROUP_KEYS, row, strict=True)) for row in rows]
+
+    def groups_of(self, fingerprints: Sequence[str]) -> list[dict[str, Any]]:
+        """The groups of ``fingerprints`` (those that still exist)."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(fingerprints), 500):  # SQLite's bound on parameters
+            chunk = list(fingerprints[start:start + 500])
+            rows = self._read(f"SELECT {', '.join(_GROUP_KEYS)} FROM groups WHERE "
+                              f"fingerprint IN ({', '.join('?' * len(chunk))})", chunk)
+            out += [dict(zip(_GROUP_KEYS, row, strict=True)) for row in rows]
+        return out
+
+    def seen_before(self, fingerprint: str, when: float) -> float | None:
+        """The end of the last hour before ``when``'s in which ``fingerprint`` was seen
+        (from the rollups: how long a group that came back had been quiet), or None."""
+        rows = self._read("SELECT max(hour) FROM rollup WHERE fingerprint = ? AND hour < ?",
+                          (fingerprint, int(when // 3600)))
+        return None if not rows or rows[0][0] is None else (rows[0][0] + 1) * 3600.0
 
     def last_seen(self, fingerprint: str) -> float | None:
         """When the group ``fingerprint`` was last seen; None if it never was."""
@@ -354,12 +496,30 @@ class Store:
         until = time.time() if until is None else until
         rows = self._read("SELECT * FROM rollup WHERE hour >= ? AND hour <= ?",
                           (int(since // 3600), int(until // 3600)))
-        keys = ("hour", "code", "severity", "component", "engine", "tool", "handled",
-                "recovered", "recovery", "fingerprint", "count", "impact")
-        out = [dict(zip(keys, row, strict=True)) for row in rows]
+        out = [dict(zip(_ROLLUP_KEYS, row, strict=True)) for row in rows]
         for row in out:
             row["severity"] = _SEVERITY_NAMES.get(row["severity"], str(row["severity"]))
         return out
+
+    def rollup_totals(self, since: float, until: float | None = None,
+                      by: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+        """The rollup from ``since`` summed in SQLite by the columns ``by`` (of the
+        rollup's): rows of ``(*by, count, impact, handled, recovered)`` (a million
+        records' statistics without a row per hour reaching Python)."""
+        unknown = [name for name in by if name not in _ROLLUP_KEYS[:10]]
+        if unknown:
+            raise ValueError(f"not a rollup column: {unknown}")
+        until = time.time() if until is None else until
+        columns = "".join(f"{name}, " for name in by)
+        group = f" GROUP BY {', '.join(by)}" if by else ""
+        rows = self._read(f"SELECT {columns}sum(count), sum(impact), sum(count * handled), "
+                          f"sum(count * recovered) FROM rollup WHERE hour >= ? AND "
+                          f"hour <= ?{group}", (int(since // 3600), int(until // 3600)))
+        if "severity" in by:
+            at = list(by).index("severity")
+            rows = [(*row[:at], _SEVERITY_NAMES.get(row[at], str(row[at])), *row[at + 1:])
+                    for row in rows]
+        return [row for row in rows if row[len(by)] is not None]
 
     def calls(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
         """The hourly counts of tool calls, runs, tasks and recoveries from ``since``."""
@@ -370,22 +530,3 @@ class Store:
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
-def _row(record: dict[str, Any]) -> tuple[Any, ...]:
-    data = json.dumps(record["error"], ensure_ascii=False, allow_nan=False)
-    return (record["id"], float(record["timestamp"]), record["code"], record["category"],
-            record["kind"], _SEVERITY.get(record["severity"], 3), record["message"],
-            record["component"], record["engine"], record["tool"], record["file"],
-            record["line"], record["function"], record["run_id"], record["task_id"],
-            record["plan_id"], record["fingerprint"], int(bool(record["handled"])),
-            int(bool(record["recovered"])), record["recovery"], float(record["impact"]),
-            zlib.compress(data.encode("utf-8", "surrogatepass"), 1))
-
-
-def _record(row: tuple[Any, ...]) -> dict[str, Any]:
-    out = dict(zip(_COLUMNS, row, strict=True))
-    out["ts"] = out["timestamp"] = out["ts"]
-    out = {key: out[key] for key in RECORD_KEYS}
-    out["severity"] = _SEVERITY_NAMES.get(out["severity"], str(out["severity"]))
-    out["handled"], out["recovered"] = bool(out["handled"]), bool(out["recovered"])
-    out["error"] = json.loads(zlib.decompress(out["error"]).decode("utf-8", "surrogatepass"))
-    return out
