@@ -195,7 +195,7 @@ def _render_one(err: SpellError, verbose: bool, color: bool) -> str:
         message = message[:MAX_MESSAGE_CHARS] + f" [... {hidden} more characters]"
     if err.raised_by_script:
         message += SCRIPT_RAISED_NOTE
-    lines.append(f"{_paint(err.code, 'code', color)}: {message}")
+    lines.append(f"{_paint(err.code, 'code', color)}: {_message(message)}")
     if err.code == "runtime/all_fallbacks_failed":
         tried = _options_tried(err.fields.get("errors"), err.fields.get("operation"))
         if tried:
@@ -267,9 +267,25 @@ def _repeated(count: int) -> str:
 def format_frame(frame: Frame, color: bool = False) -> list[str]:
     """``  lua agent.lua:12:5, in main`` and the source line under it."""
     where = (f"  {_paint(frame.language, 'language', color)} "
-             f"{_paint(_relative(frame.location), 'location', color)}")
+             f"{_paint(printable(_relative(frame.location)), 'location', color)}")
     if frame.function:
-        where += f", in {_paint(frame.function, 'function', color)}"
+        where += f", in {_paint(printable(frame.function), 'function', color)}"
     if frame.source:
-        return [where, _paint(f"    {frame.source.strip()}", "source", color)]
+        return [where, _paint(f"    {printable(frame.source.strip())}", "source", color)]
     return [where]
+
+
+def printable(text: str, keep: str = "") -> str:
+    """``text`` with every character that is not printable (a newline that would start a
+    forged line, an ANSI escape sequence, a bidi override) shown as its backslash escape,
+    except those in ``keep``: script text on a terminal among polyspell's own lines."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch in keep or (ch.isprintable() and ch != "\x7f")
+                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _message(text: str) -> str:
+    """An error's message as shown: its lines kept, each after the first indented under
+    the code, so that none can pass for a traceback's own line; the rest escaped."""
+    return printable(text, keep="\n").replace("\n", "\n    ")

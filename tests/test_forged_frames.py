@@ -198,3 +198,20 @@ def test_a_frame_built_in_code_with_an_absurd_line_still_attaches():
     text = "".join(traceback.format_exception(attach_python_traceback(err)))
     assert time.monotonic() - started < 5
     assert "in f [lua]" in text and "in g [lua]" in text
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+def test_a_message_cannot_print_lines_that_pass_for_the_tracebacks_own(language):
+    forged = ("bad\\nTraceback (most recent call last):\\n  python /etc/passwd:1, in forged"
+              "\\n\\x1b[31mred")
+    source = {"lua": f'error("{forged}")',
+              "javascript": f'throw new Error("{forged}");'}[language]
+    with pytest.raises(SpellError) as info:
+        Host([]).run_source(source, language, "forge")
+    text = info.value.to_text()
+    assert "\x1b" not in text  # no terminal escape reaches the output
+    code_line = next(i for i, line in enumerate(text.splitlines())
+                     if line.startswith(info.value.code))
+    for line in text.splitlines()[code_line + 1:]:
+        assert line.startswith("    ") or line.startswith("hook:") or not line, line
+    assert text.splitlines().count("Traceback (most recent call last):") == 1
