@@ -616,6 +616,7 @@ class _Execution:
         except SpellError as err:
             return False, err
         state.run, state.run_id = run, run.correlation_id
+        run.task_id, run.plan_id = state.id, self.plan.name  # for its hooks and records
         if state.cancel_error is not None:
             self._stop(state, state.cancel_error)
 

@@ -139,6 +139,8 @@ class ScriptRun:
         self.on_output = on_output
         self.engine_factory = engine_factory
         self.correlation_id = uuid.uuid4().hex
+        self.task_id: str | None = None  # set by a coordinator: the task and plan it runs
+        self.plan_id: str | None = None
         self.deadline = math.inf
         self.control = RunControl()
         self.layers = list(layers)
@@ -296,8 +298,8 @@ class ScriptRun:
         began = time.perf_counter()
         if hooks.has("run_started"):
             hooks.observe("run_started", RunContext(
-                self.correlation_id, self.filename, self.language, copy_data(self.args)),
-                self.hook_path, self._token)
+                self.correlation_id, self.filename, self.language, copy_data(self.args),
+                self.task_id, self.plan_id), self.hook_path, self._token)
         try:
             result = await self._execute_cleaned()
         except SpellError as err:
@@ -316,7 +318,8 @@ class ScriptRun:
             hooks.observe_lazily(  # its tool counts are made on the observers' thread
                 "run_finished", _run_finished, (
                     self.correlation_id, self.filename, self.language, copy_data(result),
-                    error, time.perf_counter() - began, self.tool_times),
+                    error, time.perf_counter() - began, self.tool_times, self.task_id,
+                    self.plan_id),
                 self.hook_path, self._token, failed=error is not None)
         with anyio.CancelScope(shield=True):  # its observers catch up, for a short while
             await anyio.to_thread.run_sync(hooks.catch_up)
@@ -999,11 +1002,12 @@ _PRESERVED = ("execution_path", "preserved_stack_trace", "source_engine")
 
 
 def _run_finished(run_id: str, script: str, language: str, result: Any, error: Any,
-                  duration: float, tool_times: Any) -> Any:
+                  duration: float, tool_times: Any, task_id: str | None,
+                  plan_id: str | None) -> Any:
     from host.hooks import RunFinishedContext
 
     return RunFinishedContext(run_id, script, language, result, error, duration,
-                              tool_times.stats())
+                              tool_times.stats(), task_id, plan_id)
 
 
 def _out_of_time(err: SpellError) -> bool:

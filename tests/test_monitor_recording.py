@@ -153,6 +153,7 @@ def test_coordinator_tasks_are_counted_and_their_errors_recorded(tmp_path, monit
     assert report.outcome != "succeeded"
     (record,) = recorded(monitor)
     assert record["handled"] is False and "task" in record["message"]
+    assert (record["task_id"], record["plan_id"]) == ("t", report.plan)
     tasks = [c for c in monitor.store.calls(time.time() - 60) if c["what"] == "task"]
     assert [(t["count"], t["failures"]) for t in tasks] == [(1, 1)]
 

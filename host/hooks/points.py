@@ -103,12 +103,15 @@ class Caller(NamedTuple):
 
 
 class RunContext(NamedTuple):
-    """``run_started``: a run of ``script`` (its file name) in ``language`` begins."""
+    """``run_started``: a run of ``script`` (its file name) in ``language`` begins;
+    ``task_id`` and ``plan_id`` (the plan's name) when a coordinator runs it."""
 
     run_id: str
     script: str
     language: str
     args: Any
+    task_id: str | None = None
+    plan_id: str | None = None
 
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -130,7 +133,7 @@ class ToolCallStats(NamedTuple):
 class RunFinishedContext(NamedTuple):
     """``run_finished``: the run ended with ``result``, or with ``error`` (a SpellError),
     after ``duration`` seconds; ``tool_calls`` its tool calls, by tool
-    (:class:`ToolCallStats`)."""
+    (:class:`ToolCallStats`); ``task_id`` and ``plan_id`` when a coordinator runs it."""
 
     run_id: str
     script: str
@@ -139,6 +142,8 @@ class RunFinishedContext(NamedTuple):
     error: Any
     duration: float
     tool_calls: dict[str, ToolCallStats] = {}  # the host always gives its own
+    task_id: str | None = None
+    plan_id: str | None = None
 
 
 class ToolCallContext(NamedTuple):

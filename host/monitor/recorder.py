@@ -156,6 +156,10 @@ class Recorder:
                     record["error"] = final = final or error.to_dict()  # its whole way
             if final is None:
                 records.append(make_record(error, run_id=ctx.run_id, engine=ctx.language))
+        if ctx.task_id is not None:  # a coordinator's task: its records say which
+            for record in records:
+                record["task_id"] = record["task_id"] or ctx.task_id
+                record["plan_id"] = record["plan_id"] or ctx.plan_id
         # one error crossing nested calls (a tools file's call inside a call) is one
         # occurrence: its outermost record, the last made, is kept
         unique = {record["error"]["context"]["error_id"]: record for record in records}
