@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -235,3 +236,49 @@ def test_two_processes_writing_the_same_file_lose_nothing(tmp_path: Path):
     assert len(store.records(limit=10_000)) == 800
     (group,) = store.groups()
     assert group["count"] == 800
+
+
+_KILLED_WRITER = """
+import sys, time
+sys.path.insert(0, {root!r})
+from bridge import ToolError
+from host.monitor.records import make_record
+from host.monitor.store import Store
+from host.monitor.writer import Writer
+
+writer = Writer(Store({path!r}))
+for i in range(100_000):
+    err = ToolError.ExecutionFailed(tool_name="t", reason=str(i))
+    writer.put(make_record(err, when=time.time()))
+    print(i, time.time(), flush=True)
+    time.sleep(0.005)
+"""
+
+
+def test_a_writer_killed_9_loses_at_most_its_flush_window(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+
+    from host.monitor.writer import FLUSH_INTERVAL
+    from tests.cli import ROOT
+
+    path = str(tmp_path / "errors.db")
+    Store(path).close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER.format(root=str(ROOT), path=path)],
+        stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    put: list[float] = []
+    while len(put) < 150:  # about a second of records
+        line = child.stdout.readline()
+        assert line, "the writer ended early"
+        put.append(float(line.split()[1]))
+    os.kill(child.pid, signal.SIGKILL)
+    killed = time.time()
+    child.wait()
+    kept = len(Store(path).records(limit=100_000))
+    # every record put a flush window (and a margin for a loaded machine) before the kill
+    # is in the file; the ones after may be lost, never more
+    assert kept >= sum(when < killed - FLUSH_INTERVAL - 0.5 for when in put)
+    assert kept <= len(put) + 1
