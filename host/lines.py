@@ -15,6 +15,8 @@ import sys
 import threading
 from typing import TextIO
 
+from bridge.render import printable
+
 _lock = threading.Lock()
 
 
@@ -40,8 +42,5 @@ def shown_text(text: str, *, limit: int, keep: str = "") -> str:
     override) shown as its backslash escape, except those in ``keep``; cut to ``limit``
     characters with the total said (``... (12000 characters)``)."""
     size = len(text)
-    if size > limit:
-        text = text[:limit]
-    text = "".join(ch if ch in keep or (ch.isprintable() and ch != "\x7f")
-                   else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    text = printable(text[:limit] if size > limit else text, keep)
     return text + f"... ({size} characters)" if size > limit else text
