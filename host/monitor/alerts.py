@@ -218,9 +218,9 @@ class Channel(Policy):
         if needs - given:
             raise ValueError(f"a {self.type!r} channel needs {', '.join(sorted(needs))}")
         if self.url is not None:
-            from host.recovery.fallback import _check_url, httpx_installed
+            from host.recovery.fallback import check_url, httpx_installed
 
-            _check_url(self.url)
+            check_url(self.url)
             if not httpx_installed():
                 raise ValueError("a webhook channel needs httpx (pip install httpx)")
         return self
@@ -229,9 +229,9 @@ class Channel(Policy):
     def label(self) -> str:
         """The channel as errors name it (a webhook without credentials or query)."""
         if self.type == "webhook":
-            from host.recovery.fallback import _public_url
+            from host.recovery.fallback import public_url
 
-            return f"webhook {_public_url(self.url or '')}"
+            return f"webhook {public_url(self.url or '')}"
         if self.type == "file":
             return f"file {self.path}"
         if self.type == "callable":
@@ -772,10 +772,10 @@ def _post(channel: Channel, alert: dict[str, Any]) -> None:
     import anyio
     import httpx
 
-    from host.recovery.fallback import _exchange, _public_url, _redact
+    from host.recovery.fallback import exchange, public_url, redact
 
     url = channel.url or ""
-    public = _public_url(url)
+    public = public_url(url)
     limit = channel.timeout or DEFAULT_WEBHOOK_TIMEOUT
     policy = channel.retry or Retry(attempts=3, initial=0.2, max_delay=2.0,
                                     max_elapsed=limit * 3 + 5)
@@ -784,11 +784,11 @@ def _post(channel: Channel, alert: dict[str, Any]) -> None:
     attempt = 1
     while True:
         try:
-            anyio.run(_exchange, url, content, limit, time.monotonic() + limit,
+            anyio.run(exchange, url, content, limit, time.monotonic() + limit,
                       httpx.URL(url).host, public)
             return
         except httpx.HTTPError as exc:
-            _redact(exc, url, public)
+            redact(exc, url, public)
             err = _unified(exc, public)
         except SpellError as err_:
             err = err_

@@ -86,7 +86,7 @@ class FallbackOption(BaseModel):
         if self.timeout is not None and self.endpoint is None:
             raise ValueError("timeout is for an {endpoint = ...} option")
         if self.endpoint is not None:
-            _check_url(self.endpoint)
+            check_url(self.endpoint)
             if not httpx_installed():
                 raise ValueError("an {endpoint = ...} fallback needs httpx, which is not "
                                  "installed (pip install httpx)")
@@ -99,7 +99,7 @@ class FallbackOption(BaseModel):
         if self.tool is not None:
             return self.tool
         if self.endpoint is not None:
-            return f"endpoint {_public_url(self.endpoint)}"
+            return f"endpoint {public_url(self.endpoint)}"
         if self.ask is not None:
             return "ask"
         return "cached" if self.cached else "value"
@@ -114,7 +114,9 @@ def httpx_installed() -> bool:
     return True
 
 
-def _check_url(url: str) -> None:
+def check_url(url: str) -> None:
+    """Refuse (``ValueError``, saying why) a URL an endpoint may not have: the rules of
+    the endpoint fallback and of the webhook alert channel."""
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise ValueError("an endpoint URL has no spaces or control characters")
     try:
@@ -156,7 +158,8 @@ def ask_question(template: str, call: ToolCall, error: SpellError) -> str:
     return template.format(tool=call.name, params=params, error=error.message)
 
 
-def _public_url(url: str) -> str:
+def public_url(url: str) -> str:
+    """``url`` without its credentials, query and fragment: what errors and logs show."""
     parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
@@ -305,7 +308,7 @@ def _post(option: FallbackOption, call: ToolCall) -> Any:
                 limit=run.limits.timeout) from None
         if reached.deadline != deadline:
             raise  # an outer layer's deadline came first: that layer reports it
-        raise NetworkError.Timeout(endpoint=_public_url(option.endpoint or ""),
+        raise NetworkError.Timeout(endpoint=public_url(option.endpoint or ""),
                                    duration=round(limit, 3)) from None
 
 
@@ -320,13 +323,13 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
 
     url = option.endpoint
     assert url is not None
-    where = _public_url(url)
+    where = public_url(url)
     host = urlsplit(url).hostname or ""
     try:
-        body = anyio.run(_exchange, url, json_text(call.params).encode(), limit, deadline,
+        body = anyio.run(exchange, url, json_text(call.params).encode(), limit, deadline,
                          host, where)
     except httpx.HTTPError as exc:
-        _redact(exc, url, where)
+        redact(exc, url, where)
         raise as_spell_error(call, exc) from exc
     try:
         result = read_json(bytes(body))
@@ -338,12 +341,13 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
     return to_script_data(result, call.caller)
 
 
-async def _exchange(url: str, content: bytes, limit: float, deadline: float, host: str,
+async def exchange(url: str, content: bytes, limit: float, deadline: float, host: str,
                     where: str) -> bytearray:
-    """The POST of :func:`_request` and its answer's body, ended at ``deadline`` whatever
-    the server does: httpx's timeout bounds each read, not the whole, so a server sending
-    its headers (or body) a byte at a time held the worker thread long after the call
-    had given up on it; a cancel scope closes the connection at the deadline."""
+    """The POST of :func:`_request` (and of the webhook alert channel) and its answer's
+    body, ended at ``deadline`` whatever the server does: httpx's timeout bounds each
+    read, not the whole, so a server sending its headers (or body) a byte at a time held
+    the worker thread long after the call had given up on it; a cancel scope closes the
+    connection at the deadline."""
     import httpx
 
     from bridge import ProviderError
@@ -371,7 +375,7 @@ async def _exchange(url: str, content: bytes, limit: float, deadline: float, hos
     return body
 
 
-def _redact(exc: BaseException, url: str, public: str) -> None:
+def redact(exc: BaseException, url: str, public: str) -> None:
     """Take ``url`` (its credentials, query and fragment may be secrets) out of the
     messages of ``exc`` and the exceptions behind it, in favour of ``public``: httpx puts
     the whole URL in an error status's message, and the exception stays the cause of the
