@@ -216,7 +216,7 @@ class Delivery:
         if d is not None:
             d.book(current.hook, None, float("inf"), current.began, current.event.records,
                    False)
-        self._start((current.event._replace(make=_same, args=(current.context,)),
+        self._start((current.event._replace(make=given, args=(current.context,)),
                      current.observers[current.index + 1:]))
 
 
@@ -241,5 +241,6 @@ def _serve(ref: weakref.ref[Delivery], generation: int,
             return
 
 
-def _same(context: Any) -> Any:
+def given(context: Any) -> Any:
+    """The ``make`` of an event whose context is made already: the context itself."""
     return context

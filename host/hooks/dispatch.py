@@ -47,7 +47,7 @@ from typing import Any
 from bridge import ConfigurationError, HookError, SpellError
 from bridge.errors import describe_exception
 from host.hooks.actions import AFTER, BEFORE, NAMES, Continue, Proceed, Recover, Rethrow
-from host.hooks.delivery import Delivery, _same
+from host.hooks.delivery import Delivery, given
 from host.hooks.points import (
     CONTROLLER_POINTS,
     FAILURE_POINTS,
@@ -250,7 +250,7 @@ class Dispatcher:
         hook path; with ``keep_ok`` false, only those that failed: points that fire
         often). ``token``: the event loop of async observers. ``failed`` false: what it
         tells succeeded (no ``failures_only`` observer sees it). Never waits."""
-        self._delivery.put(point, _same, (context,), records, token, keep_ok, failed)
+        self._delivery.put(point, given, (context,), records, token, keep_ok, failed)
 
     def observe_lazily(self, point: str, make: Callable[..., Any], args: tuple,
                        records: list[Record] | None = None, token: Any = None, *,
