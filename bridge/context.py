@@ -7,6 +7,7 @@ models, so that a context read back from JSON is validated like everything else.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import socket
@@ -15,13 +16,27 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 
+from bridge.jsontext import finite
 from bridge.languages import ScriptLanguageName
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+# JSON output is RFC 8259 JSON, with no NaN or Infinity: the fields that may hold a float
+# write one that is not finite as null, so that a context dumps as JSON data with no walk
+# over all of it afterwards (only data a user or a script gave is looked through)
+FiniteInJson = Annotated[float, PlainSerializer(_finite_or_none, when_used="json")]
+"""A float field written as null in JSON output when it is not finite."""
+JsonData = Annotated[JsonValue, PlainSerializer(finite, when_used="json")]
+"""JSON-like data, its floats that are not finite written as null in JSON output."""
 
 
 # -- which component an error belongs to (the seed's ComponentIdentifier) --------------
@@ -118,9 +133,9 @@ class CallFrame(_Model):
 
     function_name: str
     file_location: FileLocation | None = None
-    parameters: JsonValue = None
-    local_variables: JsonValue = None
-    execution_time: float | None = None  # seconds
+    parameters: JsonData = None
+    local_variables: JsonData = None
+    execution_time: FiniteInJson | None = None  # seconds
 
 
 class AsyncContext(_Model):
@@ -142,7 +157,7 @@ class HookExecution(_Model):
     hook_name: str
     hook_point: str = ""
     outcome: str = ""
-    duration: float | None = None
+    duration: FiniteInJson | None = None
     error: str | None = None
 
 
@@ -162,7 +177,7 @@ class RecoveryAttempt(_Model):
     action: str  # retry, fallback, breaker_refused, restart, degraded
     tool: str
     attempt: int
-    delay: float | None = None  # seconds waited before the next try
+    delay: FiniteInJson | None = None  # seconds waited before the next try
     error: str  # the code of the error recovery acted on
     at: datetime
     option: str | None = None  # a fallback's option: a tool, value, cached, endpoint <url>
@@ -188,7 +203,7 @@ class UserContext(_Model):
     user_id: str | None = None
     session_id: str | None = None
     request_id: str | None = None
-    attributes: dict[str, JsonValue] = Field(default_factory=dict)
+    attributes: dict[str, JsonData] = Field(default_factory=dict)
 
 
 class EnvironmentInfo(_Model):
@@ -234,5 +249,5 @@ class ErrorContext(_Model):
     correlation_id: str | None = None
     user_context: UserContext | None = None
     environment: EnvironmentInfo = Field(default_factory=current_environment)
-    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+    metadata: dict[str, JsonData] = Field(default_factory=dict)
     execution_trace: ExecutionTrace = Field(default_factory=ExecutionTrace)

@@ -17,6 +17,7 @@ all read the same registry, so a variant declared once exists on every side.
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bridge.data import MAX_DEPTH, TooDeep, read_json
 from bridge.frames import Frame, frame_from_data, python_frames
-from bridge.jsontext import finite, json_text
+from bridge.jsontext import json_text
 from bridge.severity import Severity
 
 # Keyword arguments of the constructor; a variant's fields cannot use these names.
@@ -311,17 +312,20 @@ class SpellError(Exception):
 
     def _own_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the cause (``None``)."""
+        retry_after = self.retry_after
         return {
             "category": self.category,
             "kind": self.kind,
             "message": self.message,
             "severity": str(self.severity),
             "retryable": self.retryable,
-            "retry_after": finite(self.retry_after),
+            "retry_after": None if retry_after.__class__ is float
+            and not math.isfinite(retry_after) else retry_after,
             "fields": self.fields,
             "frames": [frame.to_dict() for frame in self.frames],
             "cause": None,
-            "context": finite(self.context.model_dump(mode="json")),
+            # finite already: the context's models write non-finite floats as null
+            "context": self.context.model_dump(mode="json"),
         }
 
     def to_text(self, *, verbose: bool = False, color: bool = False) -> str:

@@ -16,6 +16,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from pydantic_core import PydanticSerializationError
+from pydantic_core import to_json as _to_json
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -33,6 +36,21 @@ def json_text(value: Any, *, indent: int | None = None, ensure_ascii: bool = Fal
     if not text.isascii():
         text = _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
     return text
+
+
+def json_bytes(value: Any) -> bytes:
+    """``value`` as compact RFC 8259 JSON in UTF-8: what polyspell stores and sends.
+
+    pydantic-core's encoder writes it (about three times as fast as ``json`` here; a float
+    that is not finite is ``null``); what it refuses (a lone surrogate, which UTF-8 cannot
+    hold) is written as :func:`json_text` writes it. For JSON-like data (pydantic-core
+    also writes a set, a tuple or a datetime, as it does for models; what neither can
+    write is a TypeError, as from ``json.dumps``).
+    """
+    try:
+        return _to_json(value, inf_nan_mode="null")
+    except PydanticSerializationError:
+        return json_text(value).encode("utf-8")
 
 
 def finite(value: Any) -> Any:

@@ -21,6 +21,7 @@ from host import Host  # noqa: E402
 from host.hooks import CircuitContext  # noqa: E402
 from host.monitor import Monitor  # noqa: E402
 from host.monitor.metrics import OTHER, Counts, StoreCollector, registry_of  # noqa: E402
+from host.monitor.store import Store  # noqa: E402
 from tests.cli import POLYSPELL, environment  # noqa: E402
 from tests.conftest import EXTENSION, pick  # noqa: E402
 from tests.test_hook_failures import shaky_tool  # noqa: E402
@@ -195,9 +196,43 @@ def test_the_store_collector_counts_what_every_writer_recorded(tmp_path):
                 "component": "tool", "severity": "error"}) == 3
         assert sample("polyspell_tool_calls_total", {"tool": "add", "outcome": "success"}) == 10
         assert sample("polyspell_tool_duration_seconds_count", {"tool": "add"}) == 10
+        # the store keeps the buckets: ten fast calls are in every bucket from 1 s on
+        assert sample("polyspell_tool_duration_seconds_bucket",
+                      {"tool": "add", "le": "1.0"}) == 10
+        assert sample("polyspell_tool_duration_seconds_bucket",
+                      {"tool": "add", "le": "+Inf"}) == 10
         assert sample("polyspell_error_recoveries_total",
                       {"strategy": "retry", "outcome": "recovered"}) == 2
         assert sample("polyspell_monitor_store_up", {}) == 1
+    finally:
+        reader.close()
+
+
+def test_the_store_histogram_places_each_call_in_its_bucket(tmp_path):
+    """Counts written as the recorder writes them, by duration bucket, come back in the
+    right cumulative buckets; calls counted with no buckets (before schema 3) stay in
+    +Inf only, so the buckets never claim more than was measured."""
+    from host.hooks import DURATION_BUCKETS
+
+    store = Store(tmp_path / "errors.db")
+    now = time.time()
+    fast = [0] * (len(DURATION_BUCKETS) + 1)
+    fast[0], fast[DURATION_BUCKETS.index(0.5)], fast[-1] = 3, 2, 1  # <=1 ms, <=0.5 s, >10 s
+    store.write(counts=[(now, "tool", "search", "lua", 6, 0, 20.0, tuple(fast)),
+                        (now, "tool", "search", "lua", 4, 1, 1.0)])  # 4 with no buckets
+    store.close()
+    reader = Store(tmp_path / "errors.db")
+    try:
+        sample = registry_of(StoreCollector(reader)).get_sample_value
+
+        def bucket(le: str) -> float | None:
+            return sample("polyspell_tool_duration_seconds_bucket",
+                          {"tool": "search", "le": le})
+
+        assert (bucket("0.001"), bucket("0.25"), bucket("0.5"), bucket("10.0"),
+                bucket("+Inf")) == (3, 3, 5, 5, 10)
+        assert sample("polyspell_tool_duration_seconds_count", {"tool": "search"}) == 10
+        assert sample("polyspell_tool_duration_seconds_sum", {"tool": "search"}) == 21.0
     finally:
         reader.close()
 

@@ -143,13 +143,24 @@ class ToolCallHooks:
         """The step before ``next`` when only observers watch tool calls: it counts the
         call for ``run_finished`` and queues its events, whose contexts are made on the
         observers' thread (a call that simply succeeds: none for ``failures_only``
-        observers)."""
+        observers).
+
+        What cannot change during the host's life is decided here, once per tool's path:
+        hooks are registered when the dispatcher is made, and one that is switched off
+        leaves its point's list in place (so a list read here stays current), and only
+        ever takes a point's successes away. A call that succeeds then costs one timing
+        and one append (monitoring's price on every call).
+        """
         d = self.dispatcher
         counting = d.has("run_finished")  # run_finished observers are never switched off
+        started = d.by_point.get("tool_call_started")
+        finished = d.by_point.get("tool_call_finished")
+        successes = d.wants_successes("tool_call_finished")
+        clock = time.perf_counter
 
         def observed(call: ToolCall) -> Any:
             run = call.run
-            if d.has("tool_call_started"):
+            if started:
                 d.observe_lazily("tool_call_started", _started_context,
                                  (run.correlation_id, call.name, call.params, call),
                                  run.hook_path, run._token, keep_ok=False)
@@ -160,24 +171,24 @@ class ToolCallHooks:
             except BaseException as exc:
                 err = failure_to_recover(call, exc)  # the run's end passes untouched
             else:
-                duration = time.perf_counter() - call.started
+                duration = clock() - call.started
                 if counting:
                     times = run.tool_times.get(call.name)
                     if times is None or len(times) >= FOLD_AFTER:
                         times = run.tool_times.times(call.name)
                     times.append(duration)
-                recovered = history.total != recoveries
-                if d.wants_successes("tool_call_finished") or (
-                        recovered and d.has("tool_call_finished")):
-                    d.observe_lazily("tool_call_finished", _result_context, (
-                        run.correlation_id, call.name, call.params, call, result, None,
-                        duration, 1, None), run.hook_path, run._token, keep_ok=False,
-                        failed=recovered)
+                if finished:
+                    recovered = history.total != recoveries
+                    if recovered or (successes and d.wants_successes("tool_call_finished")):
+                        d.observe_lazily("tool_call_finished", _result_context, (
+                            run.correlation_id, call.name, call.params, call, result, None,
+                            duration, 1, None), run.hook_path, run._token, keep_ok=False,
+                            failed=recovered)
                 return result
-            duration = time.perf_counter() - call.started
+            duration = clock() - call.started
             if counting:
                 run.tool_times.failed(call.name, duration)
-            if d.has("tool_call_finished"):
+            if finished:
                 d.observe_lazily("tool_call_finished", _result_context, (
                     run.correlation_id, call.name, call.params, call, None, err,
                     duration, 1, None), run.hook_path, run._token, keep_ok=False)

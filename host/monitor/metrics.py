@@ -29,13 +29,15 @@ monitor's recorder on the observers' thread: a run pays nothing for them); the
 ``Monitor.serve``), so that a run that exposes nothing never imports it. The store's
 metrics (:class:`StoreCollector`, ``polyspell metrics``) are read from its tables on
 each scrape: counters since the store's oldest kept hour; the store keeps no duration
-buckets (its histogram has only ``+Inf``) nor breaker states (no ``circuit_state``).
+buckets for the hours it counted before schema 3 (those calls are in ``+Inf`` only) nor
+breaker states (no ``circuit_state``).
 
 ``prometheus-client`` comes with ``pip install 'polyspell[monitoring]'``.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import socket
 import threading
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import ConfigurationError, SpellError
 from host.hooks import DURATION_BUCKETS, CircuitContext, Hook, RunFinishedContext, observer
+from host.monitor.store import BUCKET_BOUNDS
 
 if TYPE_CHECKING:
     from host.monitor.store import Store
@@ -125,8 +128,9 @@ class Counts:
 
     def count(self, item: tuple[Any, ...]) -> None:
         """One of the writer's counts: ``(when, what, name, engine, count, failures,
-        seconds)``, ``what`` a ``tool``, a ``run`` or a ``recovery``."""
-        _, what, name, engine, count, failures, _seconds = item
+        seconds)`` (and a tool's buckets), ``what`` a ``tool``, a ``run`` or a
+        ``recovery``."""
+        _, what, name, engine, count, failures, _seconds, *_buckets = item
         with self._lock:
             if what == "tool":
                 tool = self.tool(name)
@@ -195,10 +199,8 @@ class Counts:
             histogram = HistogramMetricFamily(
                 "polyspell_tool_duration_seconds", "Tool call durations.", labels=["tool"])
             for tool, buckets in sorted(self.buckets.items()):
-                bounds = (*DURATION_BUCKETS, float("inf")) if len(buckets) > 1 \
-                    else (float("inf"),)  # the store's: +Inf only
                 cumulative, total = [], 0.0
-                for bound, n in zip(bounds, buckets, strict=True):
+                for bound, n in zip(BUCKET_BOUNDS, buckets, strict=True):
                     total += n
                     cumulative.append((floatToGoString(bound), total))
                 histogram.add_metric([tool], cumulative, sum_value=self.seconds.get(tool, 0))
@@ -264,11 +266,19 @@ class StoreCollector:
         for row in sorted(calls, key=lambda row: row["hour"]):
             counts.count((0, row["what"], row["name"], row["engine"], row["count"],
                           row["failures"], row["seconds"]))
-            if row["what"] == "tool":  # the store keeps no buckets: all in +Inf
+            if row["what"] == "tool":  # every call in +Inf, until its bucket is known
                 tool = counts.tool(row["name"])
-                buckets = counts.buckets.setdefault(tool, [0.0])
-                buckets[0] += row["count"]
+                buckets = counts.buckets.setdefault(tool, [0.0] * len(BUCKET_BOUNDS))
+                buckets[-1] += row["count"]
                 counts.seconds[tool] = counts.seconds.get(tool, 0.0) + row["seconds"]
+        for row in self.store.durations(0):
+            # a bound of another polyspell's buckets counts in the next bound of these
+            index = bisect.bisect_left(BUCKET_BOUNDS, row["le"])
+            buckets = counts.buckets.get(counts.tool(row["tool"]))
+            if buckets is not None and index < len(buckets) - 1:
+                n = min(row["count"], buckets[-1])  # never more than the calls counted
+                buckets[index] += n
+                buckets[-1] -= n
         for row in self.store.rollup(0):
             category, _, kind = row["code"].partition("/")
             n = row["count"]

@@ -132,7 +132,7 @@ class Recorder:
                      ctx.duration))
         for tool, stats in ctx.tool_calls.items():
             self._count((now, "tool", tool, ctx.language, stats.calls, stats.failures,
-                         stats.seconds))
+                         stats.seconds, stats.buckets))
         with self._lock:
             records = self._runs.pop(ctx.run_id, [])
             made = len(records)  # those seen by on_record as they were kept

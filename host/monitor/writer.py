@@ -69,7 +69,8 @@ class Writer:
         self._records.append(record)
 
     def count(self, item: tuple[Any, ...]) -> None:
-        """Queue one count: ``(when, what, name, engine, count, failures, seconds)``."""
+        """Queue one count: ``(when, what, name, engine, count, failures, seconds)``, and
+        for a tool its calls by duration (``ToolCallStats.buckets``) last."""
         if len(self._records) + len(self._counts) >= self.max_pending or self._closed:
             return  # counts are statistics: an overflow drops them without a record
         self._counts.append(item)
