@@ -28,8 +28,9 @@ at EOF on its socket).
 from __future__ import annotations
 
 import atexit
-import json
+import math
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -65,6 +66,7 @@ RECYCLE_AFTER = 100
 SPAWN_TIMEOUT = 30.0
 _MB = 1 << 20
 _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a dead worker is an error, not SIGPIPE
+_NO_WAIT = socket.MSG_DONTWAIT
 
 
 class _Late(Exception):
@@ -93,6 +95,8 @@ class Worker:
         self.ready = False  # its ready frame has been read
         self.address_space_kb = 0  # as it reported when ready
         self._pending = bytearray()  # bytes received past the last frame
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
 
     @property
     def alive(self) -> bool:
@@ -100,14 +104,31 @@ class Worker:
         return self.process.poll() is None
 
     def send(self, data: bytes, deadline: float) -> None:
-        """One frame to the worker, by ``deadline`` (:class:`_Late`, :class:`_Ended`)."""
+        """One frame to the worker, by ``deadline`` (:class:`_Late`, :class:`_Ended`).
+
+        The socket stays in blocking mode; each call says not to wait (MSG_DONTWAIT),
+        and the waiting is a poll with the deadline: a small message is one system call.
+        """
+        view = memoryview(data)
         try:
-            self.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            self.sock.sendall(data, _SEND_FLAGS)
-        except TimeoutError:
-            raise _Late() from None
+            while view:
+                try:
+                    view = view[self.sock.send(view, _NO_WAIT | _SEND_FLAGS):]
+                except BlockingIOError:
+                    self._wait(select.POLLOUT, deadline)
         except OSError:  # EPIPE, ECONNRESET, a closed socket: it is gone
             raise _Ended(0) from None
+
+    def _wait(self, events: int, deadline: float) -> None:
+        """Until the socket is ready for ``events`` (:class:`_Late` past ``deadline``)."""
+        poller = self._poller
+        poller.modify(self.sock, events)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Late()
+            if poller.poll(max(1, math.ceil(remaining * 1000))):
+                return
 
     def receive(self, deadline: float, limit: int) -> Any:
         """The worker's next message (its ready frame first read and checked), by
@@ -125,31 +146,29 @@ class Worker:
         if size > limit:
             raise wire.WireError(f"the worker sent a message of {size} bytes, more than "
                                  f"the engine's memory limit ({limit} bytes)")
-        body = self._exactly(size, deadline, wire.HEADER.size)
-        try:
-            return json.loads(body)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-            raise wire.WireError(f"the worker sent a message that is not JSON "
-                                 f"({str(exc)[:200]})") from None
+        return wire.message(self._exactly(size, deadline, wire.HEADER.size))
 
-    def _exactly(self, size: int, deadline: float, before: int) -> bytes:
+    def _exactly(self, size: int, deadline: float, before: int) -> bytearray:
         buffer = self._pending
-        sock = self.sock
+        if len(buffer) == size:  # the usual case: what was read is the whole frame
+            self._pending = bytearray()
+            return buffer
+        recv = self.sock.recv
         while len(buffer) < size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _Late()
+            self._wait(select.POLLIN, deadline)
             try:
-                sock.settimeout(remaining)
-                chunk = sock.recv(min(max(size - len(buffer), 1 << 16), 1 << 20))
-            except TimeoutError:
-                raise _Late() from None
+                chunk = recv(min(max(size - len(buffer), 1 << 16), 1 << 20), _NO_WAIT)
+            except BlockingIOError:
+                continue
             except OSError:
                 chunk = b""
             if not chunk:
                 raise _Ended(before + len(buffer))
             buffer += chunk
-        data = bytes(buffer[:size])
+        if len(buffer) == size:
+            self._pending = bytearray()
+            return buffer
+        data = buffer[:size]
         del buffer[:size]
         return data
 

@@ -27,6 +27,12 @@ from __future__ import annotations
 
 import json
 import struct
+from json.encoder import encode_basestring_ascii
+
+try:
+    from _json import make_encoder as c_make_encoder
+except ImportError:  # an interpreter without the C accelerator
+    c_make_encoder = None
 from dataclasses import asdict
 from typing import Any
 
@@ -46,7 +52,12 @@ from engines.base import (
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = (1 << 32) - 1  # what the header can say
-_dumps = json.JSONEncoder(separators=(",", ":")).encode
+# json.dumps' C encoder, made once (json.dumps makes one per call, half its cost on a
+# small message): compact, ASCII, NaN and Infinity allowed, no check for cycles (steps
+# hold data that came out of an engine or went through the host's checks).
+_encode = c_make_encoder(None, None, encode_basestring_ascii, None, ":", ",", False, False,
+                         True) if c_make_encoder is not None else None
+_decode = json.JSONDecoder().raw_decode
 
 
 class WireError(ValueError):
@@ -54,11 +65,28 @@ class WireError(ValueError):
 
 
 def frame(message: Any) -> bytes:
-    """``message`` as one frame (header and body in one buffer: one write)."""
-    body = _dumps(message).encode("ascii")
+    """``message`` as one frame (header and body in one buffer: one write).
+
+    ``TypeError`` for a value JSON has no form for, ``ValueError`` for a message too long.
+    """
+    text = "".join(_encode(message, 0)) if _encode is not None else json.dumps(
+        message, separators=(",", ":"))
+    body = text.encode("ascii")
     if len(body) > MAX_FRAME:
         raise ValueError(f"a message of {len(body)} bytes is too long for one frame")
     return HEADER.pack(len(body)) + body
+
+
+def message(body: bytes | bytearray | memoryview) -> Any:
+    """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that."""
+    try:
+        text = bytes(body).decode("ascii")
+        value, end = _decode(text)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise WireError(f"a message that is not JSON ({str(exc)[:200]})") from None
+    if end != len(text):
+        raise WireError(f"a message with bytes after its JSON (at {end} of {len(text)})")
+    return value
 
 
 # -- host to worker -----------------------------------------------------------------------
@@ -109,8 +137,8 @@ def step_to_wire(step: Step, usable: bool) -> list[Any]:
     output = list(step.output)
     if isinstance(step, Suspended):
         return ["S", usable, output, [
-            [r.id, r.tool, r.params, _problem_to_wire(r.problem), [list(f) for f in r.frames],
-             r.kind] for r in step.requests]]
+            [r.id, r.tool, r.params, _problem_to_wire(r.problem), r.frames, r.kind]
+            for r in step.requests]]  # frames are tuples: JSON lists of 6 items
     if isinstance(step, Finished):
         return ["F", usable, output, step.result]
     return ["X", usable, output, step.error.to_dict(), _problem_to_wire(step.problem)]
@@ -157,13 +185,31 @@ def _request(item: Any) -> ToolRequest:
     return ToolRequest(id_, tool, params, _problem(problem), [_frame(f) for f in frames], kind)
 
 
+# Frames already checked, by their items: a script's tool calls come from a few call
+# sites, each sending the same frames at every call. Bounded: a worker sending ever new
+# frames empties it, it does not grow.
+_FRAMES: dict[tuple[Any, ...], Frame] = {}
+_FRAMES_KEPT = 512
+
+
 def _frame(item: Any) -> Frame:
     if type(item) is not list or len(item) != len(Frame._fields):
         raise WireError(f"a frame must be a list of {len(Frame._fields)} items")
+    key = (*item, *map(type, item))  # with the types: 1, True and 1.0 are equal keys
     try:
-        return frame_from_data(dict(zip(Frame._fields, item, strict=True)))
+        known = _FRAMES.get(key)
+    except TypeError:  # an unhashable item (a list, an object): not a frame
+        raise WireError("a frame's items must be strings, integers or null") from None
+    if known is not None:
+        return known
+    try:
+        frame = frame_from_data(dict(zip(Frame._fields, item, strict=True)))
     except ValueError as exc:
         raise WireError(f"bad frame: {exc.args[0]}") from None
+    if len(_FRAMES) >= _FRAMES_KEPT:
+        _FRAMES.clear()
+    _FRAMES[key] = frame
+    return frame
 
 
 def _problem(item: Any) -> Problem | None:

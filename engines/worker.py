@@ -11,7 +11,7 @@ engine on ``close``. One thread only: every engine lives on the thread that made
 It never outlives the host: the kernel kills it when the host's spawning thread ends
 (``PR_SET_PDEATHSIG``, which covers a host killed with SIGKILL while a script runs), and
 it exits when the host's end of the socket closes (EOF while it waits). Its address space
-is bounded (``RLIMIT_AS``, :data:`MEMORY_MARGIN_MB` over the engine's limit), so the
+is bounded (``RLIMIT_AS``, from the engine's limit: :data:`MEMORY_MARGIN_MB`), so the
 engine and everything the worker builds from its steps stay inside a known size.
 """
 
@@ -33,14 +33,15 @@ from bridge.hierarchy import ResourceError
 from engines import wire
 from engines.base import Engine, Limits, protocol_violation
 
-# The address space a worker may use beyond its engine's memory limit: the interpreter
-# with lupa, quickjs, pydantic and bridge imported and one engine of each language made
-# (VmSize about 50 MB here, see the ready frame's second item), plus room for the Python
-# copies of a step's data and its JSON text (a result as large as the engine's limit
-# needs about as much again). Measured: 64 MB fails to start workers on this machine
-# once glibc maps its arenas; 128 MB passes every test with the engine's own limit
-# hit first.
-MEMORY_MARGIN_MB = 128
+# The address space of a worker, in MB: RESULT_COPIES times its engine's memory limit
+# plus MEMORY_MARGIN_MB. The margin is the interpreter with lupa, quickjs, pydantic and
+# bridge imported and one engine of each language made (VmSize 24 MB here, sent in the
+# ready frame) with room for the step machinery; the copies are what the worker builds
+# from a result as large as the engine holds, while the engine still holds it: the
+# Python data and its JSON text (measured: a Lua result of 70% of a 64 MB limit needs
+# about 210 MB in all; with one copy fewer it failed as out of memory).
+MEMORY_MARGIN_MB = 64
+RESULT_COPIES = 3
 # Exit status of a worker whose Python code ran out of address space outside a step.
 EXIT_OUT_OF_MEMORY = 3
 # Exit status of a worker the host talked to in a way it does not understand.
@@ -65,9 +66,9 @@ def die_with_parent(parent: int) -> None:
 
 
 def bound_memory(memory_mb: int) -> None:
-    """Bound the worker's address space to its engine's limit plus the margin, for good
-    (soft and hard: even code that escaped the sandbox cannot raise it again)."""
-    size = (memory_mb + MEMORY_MARGIN_MB) << 20
+    """Bound the worker's address space (see :data:`MEMORY_MARGIN_MB`), for good (soft
+    and hard: even code that escaped the sandbox cannot raise it again)."""
+    size = (RESULT_COPIES * memory_mb + MEMORY_MARGIN_MB) << 20
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     if hard != resource.RLIM_INFINITY:
         size = min(size, hard)
@@ -101,6 +102,7 @@ class Connection:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._pending = bytearray()  # bytes received past the last frame
 
     def receive(self) -> Any:
         """The next message from the host; None at EOF (the host is gone)."""
@@ -110,20 +112,26 @@ class Connection:
         body = self._exactly(wire.HEADER.unpack(header)[0])
         if body is None:
             return None
-        return json.loads(body)
+        return json.loads(body.decode("ascii"))
 
-    def _exactly(self, size: int) -> bytes | None:
-        data = bytearray()
-        while len(data) < size:
-            chunk = self.sock.recv(min(size - len(data), 1 << 20))
+    def _exactly(self, size: int) -> bytearray | None:
+        buffer = self._pending
+        while len(buffer) < size:  # one read takes a whole small frame, header and all
+            chunk = self.sock.recv(max(size - len(buffer), 1 << 16))
             if not chunk:
                 return None
-            data += chunk
-        return bytes(data)
+            buffer += chunk
+        data = buffer[:size]
+        del buffer[:size]
+        return data
 
     def send(self, message: Any) -> None:
         """One frame to the host."""
-        self.sock.sendall(wire.frame(message))
+        self.send_frame(wire.frame(message))
+
+    def send_frame(self, frame: bytes | memoryview) -> None:
+        """A frame made by :func:`engines.wire.frame`, written whole."""
+        self.sock.sendall(frame)
 
 
 class Server:
@@ -212,7 +220,7 @@ class Server:
                 location="worker process",
                 description="the step's data did not fit in the worker's address space"))
             message = wire.frame(wire.step_to_wire(step, False))
-        self.connection.sock.sendall(message)
+        self.connection.send_frame(message)
 
 
 def main(argv: list[str] | None = None) -> None:
