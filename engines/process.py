@@ -531,10 +531,16 @@ class WorkerPool:
         """Whether :meth:`close` has been called."""
         return self._closed
 
-    def pids(self) -> list[int]:
-        """The process ids of the pool's workers not yet ended (idle or in use)."""
+    def pids(self, *, busy: bool | None = None) -> list[int]:
+        """The process ids of the pool's workers not yet ended: all of them, or (``busy``
+        true) those an engine holds, or (false) the idle ones."""
         with self._lock:
-            return sorted(worker.pid for worker in self._workers)
+            idle = {worker for workers in self._idle.values() for worker in workers}
+            if busy is None:
+                chosen = self._workers
+            else:
+                chosen = self._workers - idle if busy else idle & self._workers
+            return sorted(worker.pid for worker in chosen)
 
     def close(self) -> None:
         """End every worker (idle or in use: engines still running fail at once)."""

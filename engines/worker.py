@@ -223,8 +223,9 @@ class Server:
         self.connection.send_frame(message)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run a worker (see the module's docstring)."""
+def main(argv: list[str] | None = None, server: type[Server] = Server) -> None:
+    """Run a worker (see the module's docstring); ``server`` serves the host (tests give
+    one that misbehaves)."""
     fd, parent, memory_mb = (int(arg) for arg in (argv or sys.argv[1:])[:3])
     die_with_parent(parent)
     # Ctrl-C reaches the whole foreground process group: the host decides what it ends
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     connection = Connection(sock)
     connection.send(["R", os.getpid(), address_space_kb()])
     try:
-        Server(connection).serve()
+        server(connection).serve()
     except MemoryError:
         os._exit(EXIT_OUT_OF_MEMORY)
     except (OSError, ValueError, TypeError, IndexError):
