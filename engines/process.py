@@ -238,6 +238,9 @@ class ProcessEngine(Engine):
         self._usable = True  # as the worker last said
         self._busy = False  # a request is out and its answer not read: not reusable
         self._stopped = False  # stop() killed the worker
+        # the code of what made the host kill the worker (a step after it is refused);
+        # a limit the engine reports itself leaves the worker to answer as the engine does
+        self._ended: str | None = None
         self._limit = min(limits.memory_mb * _MB, wire.MAX_FRAME)
         self._open = wire.frame(["open", wire.spec_to_wire(self.spec), limits.timeout,
                                  limits.memory_mb, limits.stack_kb, sandbox])
@@ -269,8 +272,9 @@ class ProcessEngine(Engine):
             return self._out_of_time()
         if worker is None:
             return Failed(protocol_violation("a step of a closed engine"))
-        if not self._usable:
-            return Failed(protocol_violation("a step of an engine a limit ended"))
+        if self._ended is not None:  # the worker was killed: it answers nothing more
+            return Failed(protocol_violation(
+                f"a step of an engine whose worker was ended ({self._ended})"))
         try:
             data = wire.frame(message)
         except (TypeError, ValueError) as exc:  # the host's own data: not JSON-like
@@ -311,6 +315,7 @@ class ProcessEngine(Engine):
     def _broken(self, step: Failed) -> Failed:
         """The worker is not to be trusted again: it is killed, the engine unusable."""
         self._usable = False
+        self._ended = step.error.code
         worker = self._worker
         if worker is not None:
             worker.kill()

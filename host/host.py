@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import reprlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -170,6 +171,7 @@ class Host:
             from engines.process import WorkerPool
 
             self.pool = WorkerPool(memory_mb=self.limits.memory_mb)
+            weakref.finalize(self, self.pool.close)  # a host dropped unclosed: its workers too
             engine_factory = self.pool.make_engine
         self.engine_factory: EngineFactory = engine_factory or engines.make_engine
         self.tools = ToolRegistry()

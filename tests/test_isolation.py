@@ -526,3 +526,17 @@ def test_a_tool_error_crosses_back_as_the_original(process_host, language):
                                  "async function main() { try { await tools.slow({}); }"
                                  " catch (e) { throw e; } }"), language)
     assert err is raised
+
+
+def test_a_limit_inside_a_nested_call_ends_as_in_thread_mode(language):
+    # a limit the engine reports itself (not a kill) leaves the worker to answer the
+    # outer activation as the engine does in thread mode
+    from tests.test_restart import _host, _run
+
+    results = []
+    for isolation in ("thread", "process"):
+        host = _host(language, {"bump": {"restart": {"state": "reset"}}}, isolation=isolation)
+        with host:
+            results.append(_run(host, language, ("nested", {"blow": 1}), ("bump", {}))[0])
+    assert results[0][0] == "resource/memory_exhaustion"
+    assert results[1] == results[0]
