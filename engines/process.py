@@ -297,10 +297,12 @@ class ProcessEngine(Engine):
                     reason=f"the worker's message was cut off after {ended.received} bytes "
                            f"({error.fields['reason']})", cause=error)
             return self._broken(Failed(error))
-        except (wire.WireError, SpellError) as bad:
-            if self._stopped:
+        except Exception as bad:  # WireError, a SpellError from_dict raised, or anything
+            if self._stopped:     # else the worker's data made the checks trip over
                 return self._broken(self._out_of_time())
-            reason = bad.message if isinstance(bad, SpellError) else str(bad)
+            reason = (bad.message if isinstance(bad, SpellError) else str(bad)
+                      if isinstance(bad, wire.WireError) else
+                      f"its step could not be read ({type(bad).__name__}: {str(bad)[:200]})")
             cause = bad if isinstance(bad, SpellError) else None
             return self._broken(Failed(BridgeError.ProtocolViolation(
                 reason=f"worker {worker.pid}: {reason}", cause=cause)))

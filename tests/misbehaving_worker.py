@@ -47,6 +47,11 @@ MODES = {
     # a step whose error is no error of the hierarchy
     "forged_error": lambda sock: _send(sock, wire.frame(
         ["X", True, [], {"category": "nope", "kind": "x", "message": "forged"}, None])),
+    # an error whose fields are named like the constructor's arguments
+    "colliding_field": lambda sock: _send(sock, wire.frame(
+        ["X", True, [], {"category": "script", "kind": "runtime_error",
+                         "fields": {"language": "lua", "error": "e", "retryable": True}},
+         None])),
     # a request whose frame is no frame
     "bad_frame": lambda sock: _send(sock, wire.frame(
         ["S", True, [], [[1, "echo", {}, None, [["lua", 7, "x", None, None, None]], "tool"]]])),

@@ -337,6 +337,7 @@ def bad_pool() -> Iterator[WorkerPool]:
     ("no_requests", "bridge/protocol_violation", "non-empty list"),
     ("forged_error", "bridge/protocol_violation", "unknown category 'nope'"),
     ("bad_frame", "bridge/protocol_violation", "bad frame: file"),
+    ("colliding_field", "bridge/protocol_violation", "unknown field 'retryable'"),
     ("segfault", "runtime/worker_died", "SIGSEGV"),
 ])
 def test_a_worker_that_misbehaves_is_killed_and_its_step_fails_clearly(
