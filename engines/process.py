@@ -65,8 +65,12 @@ RECYCLE_AFTER = 100
 # Seconds to wait for a worker being started by the pool's spawner thread.
 SPAWN_TIMEOUT = 30.0
 _MB = 1 << 20
-_SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a dead worker is an error, not SIGPIPE
-_NO_WAIT = socket.MSG_DONTWAIT
+# flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
+_NO_WAIT = int(socket.MSG_DONTWAIT)
+_SEND = _NO_WAIT | int(getattr(socket, "MSG_NOSIGNAL", 0))  # a dead worker: EPIPE, no signal
+_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_HEADER_SIZE = wire.HEADER.size
+_unpack = wire.HEADER.unpack_from
 
 
 class _Late(Exception):
@@ -96,7 +100,8 @@ class Worker:
         self.address_space_kb = 0  # as it reported when ready
         self._pending = bytearray()  # bytes received past the last frame
         self._poller = select.poll()
-        self._poller.register(sock, select.POLLIN)
+        self._poller.register(sock, _POLLIN)
+        self._events = _POLLIN  # what the poller waits for
 
     @property
     def alive(self) -> bool:
@@ -109,25 +114,33 @@ class Worker:
         The socket stays in blocking mode; each call says not to wait (MSG_DONTWAIT),
         and the waiting is a poll with the deadline: a small message is one system call.
         """
-        view = memoryview(data)
         try:
+            sent = self.sock.send(data, _SEND)
+            if sent == len(data):
+                return
+            view = memoryview(data)[sent:]
             while view:
                 try:
-                    view = view[self.sock.send(view, _NO_WAIT | _SEND_FLAGS):]
+                    view = view[self.sock.send(view, _SEND):]
                 except BlockingIOError:
-                    self._wait(select.POLLOUT, deadline)
+                    self._wait(_POLLOUT, deadline)
+        except BlockingIOError:  # the very first write found the buffer full
+            self._wait(_POLLOUT, deadline)
+            self.send(data, deadline)
         except OSError:  # EPIPE, ECONNRESET, a closed socket: it is gone
             raise _Ended(0) from None
 
     def _wait(self, events: int, deadline: float) -> None:
         """Until the socket is ready for ``events`` (:class:`_Late` past ``deadline``)."""
         poller = self._poller
-        poller.modify(self.sock, events)
+        if events != self._events:
+            poller.modify(self.sock, events)
+            self._events = events
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Late()
-            if poller.poll(max(1, math.ceil(remaining * 1000))):
+            if poller.poll(math.ceil(remaining * 1000)):
                 return
 
     def receive(self, deadline: float, limit: int) -> Any:
@@ -142,29 +155,39 @@ class Worker:
         return self._message(deadline, limit)
 
     def _message(self, deadline: float, limit: int) -> Any:
-        (size,) = wire.HEADER.unpack(self._exactly(wire.HEADER.size, deadline, 0))
+        if not self._pending:  # the usual case: one read brings one whole small frame
+            chunk = self._read(deadline, 0)
+            if len(chunk) > _HEADER_SIZE:
+                size = _unpack(chunk)[0]
+                if size + _HEADER_SIZE == len(chunk) and size <= limit:
+                    return wire.message(memoryview(chunk)[_HEADER_SIZE:])
+            self._pending += chunk
+        (size,) = _unpack(self._exactly(_HEADER_SIZE, deadline, 0))
         if size > limit:
             raise wire.WireError(f"the worker sent a message of {size} bytes, more than "
                                  f"the engine's memory limit ({limit} bytes)")
-        return wire.message(self._exactly(size, deadline, wire.HEADER.size))
+        return wire.message(self._exactly(size, deadline, _HEADER_SIZE))
 
-    def _exactly(self, size: int, deadline: float, before: int) -> bytearray:
-        buffer = self._pending
-        if len(buffer) == size:  # the usual case: what was read is the whole frame
-            self._pending = bytearray()
-            return buffer
-        recv = self.sock.recv
-        while len(buffer) < size:
-            self._wait(select.POLLIN, deadline)
+    def _read(self, deadline: float, before: int, size: int = 1 << 16) -> bytes:
+        """What the worker has sent, once it has sent something; :class:`_Ended` at EOF
+        (``before``: the bytes of the frame read so far)."""
+        while True:
+            self._wait(_POLLIN, deadline)
             try:
-                chunk = recv(min(max(size - len(buffer), 1 << 16), 1 << 20), _NO_WAIT)
+                chunk = self.sock.recv(size, _NO_WAIT)
             except BlockingIOError:
                 continue
             except OSError:
                 chunk = b""
             if not chunk:
-                raise _Ended(before + len(buffer))
-            buffer += chunk
+                raise _Ended(before)
+            return chunk
+
+    def _exactly(self, size: int, deadline: float, before: int) -> bytearray:
+        buffer = self._pending
+        while len(buffer) < size:
+            buffer += self._read(deadline, before + len(buffer),
+                                 min(max(size - len(buffer), 1 << 16), 1 << 20))
         if len(buffer) == size:
             self._pending = bytearray()
             return buffer

@@ -80,7 +80,7 @@ def frame(message: Any) -> bytes:
 def message(body: bytes | bytearray | memoryview) -> Any:
     """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that."""
     try:
-        text = bytes(body).decode("ascii")
+        text = str(body, "ascii")
         value, end = _decode(text)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise WireError(f"a message that is not JSON ({str(exc)[:200]})") from None

@@ -17,7 +17,6 @@ engine and everything the worker builds from its steps stay inside a known size.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal
@@ -42,6 +41,8 @@ from engines.base import Engine, Limits, protocol_violation
 # about 210 MB in all; with one copy fewer it failed as out of memory).
 MEMORY_MARGIN_MB = 64
 RESULT_COPIES = 3
+_HEADER_SIZE = wire.HEADER.size
+_unpack = wire.HEADER.unpack_from
 # Exit status of a worker whose Python code ran out of address space outside a step.
 EXIT_OUT_OF_MEMORY = 3
 # Exit status of a worker the host talked to in a way it does not understand.
@@ -106,13 +107,21 @@ class Connection:
 
     def receive(self) -> Any:
         """The next message from the host; None at EOF (the host is gone)."""
-        header = self._exactly(wire.HEADER.size)
+        if not self._pending:  # the usual case: one read brings one whole small frame
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            if len(chunk) > _HEADER_SIZE and \
+                    _unpack(chunk)[0] + _HEADER_SIZE == len(chunk):
+                return wire.message(memoryview(chunk)[_HEADER_SIZE:])
+            self._pending += chunk
+        header = self._exactly(_HEADER_SIZE)
         if header is None:
             return None
-        body = self._exactly(wire.HEADER.unpack(header)[0])
+        body = self._exactly(_unpack(header)[0])
         if body is None:
             return None
-        return json.loads(body.decode("ascii"))
+        return wire.message(body)
 
     def _exactly(self, size: int) -> bytearray | None:
         buffer = self._pending
