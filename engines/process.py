@@ -315,6 +315,11 @@ class ProcessEngine(Engine):
             if self._stopped:
                 return self._broken(self._out_of_time())
             error = worker.death()
+            if self._pool.closed:  # the host was closed under the run: not a crash
+                error = SpellRuntimeError.WorkerDied(
+                    reason=f"worker {worker.pid} was ended: its host was closed",
+                    signal=error.fields["signal"], exit_status=error.fields["exit_status"],
+                    pid=worker.pid)
             if ended.received:
                 error = BridgeError.ProtocolViolation(
                     reason=f"the worker's message was cut off after {ended.received} bytes "
@@ -403,9 +408,11 @@ class WorkerPool:
     the background, for engines of ``memory_mb``; an engine of another memory limit gets
     a worker started for it. :meth:`make_engine` is an engine factory
     (``Host(engine_factory=pool.make_engine)``, which ``Host(isolation="process")`` does):
-    each engine takes an idle worker (or one started then, if none is idle), and its
-    ``close()`` gives it back. A worker is replaced after a limit ended its engine, a
-    crash, a kill, or :data:`RECYCLE_AFTER` engines; the pool keeps ``size`` idle.
+    each engine takes an idle worker, or one started then if none is idle (so more runs
+    at once than ``size`` still run at once, the extra ones paying a worker's start), and
+    its ``close()`` gives the worker back. At most ``size`` workers of each memory limit
+    are kept idle; one ended after a limit, a crash, a kill, or :data:`RECYCLE_AFTER`
+    engines is replaced in the background while fewer are idle.
 
     ``entry`` is the module workers run (``python -m entry``): tests give one that
     misbehaves. Workers are started with ``subprocess.Popen`` of a new interpreter, not a

@@ -447,6 +447,26 @@ def test_closing_a_host_ends_its_workers_and_later_runs_fail_clearly():
     host.close()  # again: nothing
 
 
+def test_closing_a_host_under_a_run_fails_the_run_at_once_saying_so():
+    host = Host(timeout=30, isolation="process")
+    errors: list[SpellError] = []
+
+    def run() -> None:
+        try:
+            host.run_source("while true do end", "lua")
+        except SpellError as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert wait_until(lambda: host.pool.pids(busy=True))
+    host.close()
+    thread.join(5)
+    [err] = errors
+    assert err.code == "runtime/worker_died"
+    assert "its host was closed" in str(err)
+
+
 def test_a_host_killed_with_sigkill_leaves_no_worker_alive():
     child = textwrap.dedent("""
         import json, sys, threading, time
@@ -541,3 +561,16 @@ def test_a_limit_inside_a_nested_call_ends_as_in_thread_mode(language):
             results.append(_run(host, language, ("nested", {"blow": 1}), ("bump", {}))[0])
     assert results[0][0] == "resource/memory_exhaustion"
     assert results[1] == results[0]
+
+
+def test_a_worker_exits_when_its_host_end_of_the_socket_closes(worker_pool):
+    # the other half of "never outlives the host" (the first is the parent-death signal):
+    # a worker waiting for a step exits at EOF
+    engine = worker_pool.make_engine("lua", limits=Limits(memory_mb=64))
+    try:
+        engine.start("return 1", "a", None, [], time.monotonic() + 10)
+        pid = engine.pid
+        engine._worker.sock.close()  # type: ignore[union-attr]
+        assert pid is not None and wait_until(lambda: not alive(pid))
+    finally:
+        engine.close()
