@@ -574,3 +574,24 @@ def test_a_worker_exits_when_its_host_end_of_the_socket_closes(worker_pool):
         assert pid is not None and wait_until(lambda: not alive(pid))
     finally:
         engine.close()
+
+
+def test_concurrent_runs_each_get_their_own_worker_and_results(process_host):
+    # more runs at once than the pool keeps: the extra ones get workers started for them
+    async def main() -> list[Any]:
+        results: list[Any] = [None] * 8
+
+        async def one(n: int) -> None:
+            language = "lua" if n % 2 else "javascript"
+            source = pick(language, "return {n = tools.add{a = args.n, b = 0}}",
+                          "async function main(args) {"
+                          " return {n: await tools.add({a: args.n, b: 0})}; }")
+            results[n] = await process_host.arun_source(source, language, None, {"n": n})
+
+        async with anyio.create_task_group() as group:
+            for n in range(8):
+                group.start_soon(one, n)
+        return results
+
+    assert anyio.run(main) == [{"n": n} for n in range(8)]
+    assert len(process_host.pool.pids(busy=False)) <= process_host.pool.size
