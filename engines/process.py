@@ -602,10 +602,19 @@ class WorkerPool:
         self.close()
 
 
+# What a worker gets of the host's environment: what the interpreter and its native
+# libraries need to start, never the rest (API keys, tokens): a script that escaped its
+# sandbox into a worker finds none of the host's secrets there.
+_INHERITED = frozenset({"PATH", "LANG", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH",
+                        "SYSTEMROOT"})
+
+
 def _worker_environment() -> dict[str, str]:
-    """The host's environment, with this package importable (``python -m`` from any
-    directory finds it where the host found it)."""
-    env = dict(os.environ)
+    """The environment of a worker: the inherited names (:data:`_INHERITED`, ``LC_*``,
+    ``PYTHON*``), with this package importable (``python -m`` from any directory finds it
+    where the host found it)."""
+    env = {name: value for name, value in os.environ.items()
+           if name in _INHERITED or name.startswith(("LC_", "PYTHON"))}
     root = os.path.dirname(os.path.dirname(os.path.abspath(engines.__file__)))
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = root if not path else root + os.pathsep + path

@@ -341,13 +341,12 @@ def bad_pool() -> Iterator[WorkerPool]:
     ("segfault", "runtime/worker_died", "SIGSEGV"),
 ])
 def test_a_worker_that_misbehaves_is_killed_and_its_step_fails_clearly(
-        bad_pool, tmp_path, monkeypatch, how, code, says):
-    pwned = tmp_path / "pwned"
-    monkeypatch.setenv("POLYSPELL_PWNED", str(pwned))  # where the pickle would write
+        bad_pool, tmp_path, how, code, says):
+    pwned = tmp_path / "pwned"  # the file the pickle would create in a host that loads it
     engine = bad_pool.make_engine("lua", limits=Limits(timeout=20, memory_mb=64))
     began = time.monotonic()
     try:
-        step = engine.start(f"--misbehave:{how}", "agent.lua", None, [],
+        step = engine.start(f"--misbehave:{how} {pwned}", "agent.lua", None, [],
                             time.monotonic() + 20)
         pid = engine.pid
     finally:
@@ -595,3 +594,18 @@ def test_concurrent_runs_each_get_their_own_worker_and_results(process_host):
 
     assert anyio.run(main) == [{"n": n} for n in range(8)]
     assert len(process_host.pool.pids(busy=False)) <= process_host.pool.size
+
+
+def test_a_worker_gets_none_of_the_host_secrets(monkeypatch):
+    monkeypatch.setenv("POLYSPELL_TEST_API_KEY", "secret")
+    with WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker") as pool:
+        engine = pool.make_engine("lua", limits=Limits(memory_mb=64))
+        try:
+            step = engine.start("--misbehave:environment POLYSPELL_TEST_API_KEY", "a.lua",
+                                None, [], time.monotonic() + 20)
+            assert isinstance(step, Finished) and step.result is None
+            step = engine.start("--misbehave:environment PYTHONPATH", "a.lua", None, [],
+                                time.monotonic() + 20)
+            assert str(ROOT) in step.result  # what it needs, it has
+        finally:
+            engine.close()
