@@ -184,7 +184,10 @@ class Server:
         """Drop the engine (the next proxy gets a fresh one)."""
         engine, self.engine, self.failure = self.engine, None, None
         if engine is not None:
-            engine.close()
+            try:
+                engine.close()
+            except Exception:  # a broken engine that fails to close is gone all the same
+                pass
 
     def step(self, verb: str, args: list[Any]) -> tuple[Any, bool]:
         """Run one step: the step and whether the engine can still run code."""
@@ -228,6 +231,11 @@ class Server:
             step = engines.Failed(ResourceError.MemoryExhaustion(
                 location="worker process",
                 description="the step's data did not fit in the worker's address space"))
+            message = wire.frame(wire.step_to_wire(step, False))
+        except (TypeError, ValueError) as exc:  # no JSON form, or longer than a frame
+            step = engines.Failed(SpellError.wrap(
+                exc, "runtime", "internal_error",
+                reason=f"the worker cannot send its step: {describe_exception(exc)}"))
             message = wire.frame(wire.step_to_wire(step, False))
         self.connection.send_frame(message)
 
