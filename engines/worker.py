@@ -77,7 +77,17 @@ def bound_memory(memory_mb: int) -> None:
 
 
 def warm_up() -> None:
-    """Import the built-in engines and run a script in each."""
+    """Import the built-in engines and run a script in each.
+
+    An engine here runs alone on the worker's one thread, so the process's CPU time is
+    its own: an engine class that scales a CPU-time limit for other threads' work
+    (``cpu_factor``, JavaScript's) counts one CPU second per second left, and a busy loop
+    reports its own time limit, with its frames, at the deadline.
+    """
+    for spec in engines.specs():
+        cls = engines.engine_class(spec.name)
+        if hasattr(cls, "cpu_factor"):
+            cls.cpu_factor = 1.0  # type: ignore[attr-defined]
     for language, source in _WARM_UP.items():
         engine = engines.make_engine(language)
         try:
