@@ -413,23 +413,23 @@ def test_workers_outlive_the_threads_that_took_them():
 
 def test_a_worker_is_recycled_after_its_runs_and_after_a_limit():
     with WorkerPool(1, memory_mb=64, recycle_after=2) as pool:
-        assert wait_until(lambda: pool.pids(busy=False))  # the one prewarmed
-
-        def run(source: str = "return 1") -> int | None:
+        def run(source: str = "return 1") -> int:
+            assert wait_until(lambda: pool.pids(busy=False))  # a worker waits, warm
             engine = pool.make_engine("lua", limits=Limits(timeout=0.3, memory_mb=64))
             try:
                 engine.start(source, "a", None, [], time.monotonic() + 0.3)
+                assert engine.pid is not None
                 return engine.pid
             finally:
                 engine.close()
 
         first, second = run(), run()
-        assert first == second
-        third = run()
-        assert third != second and first is not None and not alive(first)
-        assert run("while true do end") == third
-        assert third is not None and wait_until(lambda: not alive(third))
-        assert run() != third
+        assert first == second  # given back and taken again
+        assert wait_until(lambda: not alive(first))  # ended after its second run
+        assert run() != first
+        limited = run("while true do end")
+        assert wait_until(lambda: not alive(limited))  # ended after its limit
+        assert run() != limited
 
 
 def test_closing_a_host_ends_its_workers_and_later_runs_fail_clearly():
