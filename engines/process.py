@@ -98,6 +98,7 @@ class Worker:
         self.runs = 0  # proxies served
         self.ready = False  # its ready frame has been read
         self.address_space_kb = 0  # as it reported when ready
+        self.walls: list[str] = []  # what confines it (engines.confine), as it reported
         self._pending = bytearray()  # bytes received past the last frame
         self._poller = select.poll()
         self._poller.register(sock, _POLLIN)
@@ -148,10 +149,11 @@ class Worker:
         ``deadline``; at most ``limit`` bytes (:class:`wire.WireError` past it)."""
         if not self.ready:
             hello = self._message(deadline, limit)
-            if (type(hello) is not list or len(hello) != 3 or hello[:2] != ["R", self.pid]
-                    or type(hello[2]) is not int):
+            if (type(hello) is not list or len(hello) != 4 or hello[:2] != ["R", self.pid]
+                    or type(hello[2]) is not int or type(hello[3]) is not list):
                 raise wire.WireError("the worker's first message is not its ready frame")
             self.ready, self.address_space_kb = True, hello[2]
+            self.walls = [str(wall) for wall in hello[3][:8]]  # what confines it
         return self._message(deadline, limit)
 
     def _message(self, deadline: float, limit: int) -> Any:
@@ -357,6 +359,13 @@ class ProcessEngine(Engine):
     def usable(self) -> bool:
         """Whether the engine can still run code (see :attr:`Engine.usable`)."""
         return self._usable and not self._stopped and self._worker is not None
+
+    @property
+    def walls(self) -> list[str]:
+        """What confines the worker (:func:`engines.confine.confine`), as it said when it
+        was ready (empty before its first step, and once the engine is closed)."""
+        worker = self._worker
+        return [] if worker is None else list(worker.walls)
 
     @property
     def pid(self) -> int | None:

@@ -8,6 +8,10 @@ none of that; then, for each proxy it serves, it makes a fresh engine
 engine on ``close``. One thread only: every engine lives on the thread that made it
 (quickjs requires it), and there is nothing to wait for but the host.
 
+Once ready it confines itself (:mod:`engines.confine`: no file, socket or process can be
+opened any more, where the kernel offers Landlock and seccomp), so a script that found a
+way out of its engine into the worker's Python finds nothing to reach.
+
 It never outlives the host: the kernel kills it when the host's spawning thread ends
 (``PR_SET_PDEATHSIG``, which covers a host killed with SIGKILL while a script runs), and
 it exits when the host's end of the socket closes (EOF while it waits). Its address space
@@ -29,7 +33,7 @@ import engines
 from bridge import SpellError
 from bridge.errors import describe_exception
 from bridge.hierarchy import ResourceError
-from engines import wire
+from engines import confine, wire
 from engines.base import Engine, Limits, protocol_violation
 
 # The address space of a worker, in MB: RESULT_COPIES times its engine's memory limit
@@ -259,9 +263,13 @@ def main(argv: list[str] | None = None, server: type[Server] = Server) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=fd)
     warm_up()
+    confine.settle()
     bound_memory(memory_mb)
+    size = address_space_kb()
+    # from here on the worker opens no file, socket or process (engines.confine)
+    walls = confine.confine()
     connection = Connection(sock)
-    connection.send(["R", os.getpid(), address_space_kb()])
+    connection.send(["R", os.getpid(), size, walls])
     try:
         server(connection).serve()
     except MemoryError:

@@ -40,6 +40,30 @@ def _environment(sock: Any, name: str) -> None:
     sock.sendall(wire.frame(["F", True, [], os.environ.get(name)]))
 
 
+def _reach_out(sock: Any, path: str) -> None:
+    """Try what a script that escaped into the worker's Python would: read a file of the
+    host's, open a socket, start a process; answer with what each gave."""
+    import socket
+    import subprocess
+
+    def attempt(action: Any) -> str:
+        try:
+            action()
+        except OSError as exc:
+            return exc.__class__.__name__
+        return "allowed"
+
+    def fork() -> None:
+        if os.fork() == 0:  # the child of an unconfined worker: gone at once
+            os._exit(0)
+
+    seen = {"file": attempt(lambda: open(path).read()),
+            "socket": attempt(lambda: socket.socket().close()),
+            "process": attempt(lambda: subprocess.run(["/bin/true"], check=False)),
+            "fork": attempt(fork)}
+    sock.sendall(wire.frame(["F", True, [], seen]))
+
+
 MODES = {
     # bytes that are no JSON, in a well-formed frame
     "garbage": lambda sock, arg: _send(sock, wire.HEADER.pack(9) + b"not json!"),
@@ -66,6 +90,8 @@ MODES = {
     # a request whose frame is no frame
     "bad_frame": lambda sock, arg: _send(sock, wire.frame(
         ["S", True, [], [[1, "echo", {}, None, [["lua", 7, "x", None, None, None]], "tool"]]])),
+    # what it can reach of the machine: a file (the argument), a socket, a process
+    "reach_out": _reach_out,
     # no answer at all
     "hang": lambda sock, arg: time.sleep(600),
     # a crash of the engine

@@ -609,3 +609,24 @@ def test_a_worker_gets_none_of_the_host_secrets(monkeypatch):
             assert str(ROOT) in step.result  # what it needs, it has
         finally:
             engine.close()
+
+
+def test_a_worker_opens_no_file_socket_or_process_once_ready(tmp_path):
+    """Defence in depth (engines.confine): a worker whose script escaped into its Python
+    still cannot read the host's files, open a socket or start a process, where the
+    kernel offers Landlock and seccomp (this machine's does: the test says if not)."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the host's")
+    with WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker") as pool:
+        engine = pool.make_engine("lua", limits=Limits(memory_mb=64))
+        try:
+            step = engine.start(f"--misbehave:reach_out {secret}", "a.lua", None, [],
+                                time.monotonic() + 20)
+            walls = engine.walls
+        finally:
+            engine.close()
+    if not {"landlock fs", "seccomp"} <= set(walls):
+        pytest.skip(f"this kernel confines workers with {walls} only")
+    assert isinstance(step, Finished)
+    assert step.result == {"file": "PermissionError", "socket": "PermissionError",
+                           "process": "PermissionError", "fork": "PermissionError"}
