@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
+import subprocess
 import sys
 import time
 from typing import Any
@@ -42,10 +44,8 @@ def _environment(sock: Any, name: str) -> None:
 
 def _reach_out(sock: Any, path: str) -> None:
     """Try what a script that escaped into the worker's Python would: read a file of the
-    host's, open a socket, start a process; answer with what each gave."""
-    import socket
-    import subprocess
-
+    host's, open a socket, start a process; answer with what each gave (the modules it
+    uses are imported when the worker starts: a confined worker cannot read them later)."""
     def attempt(action: Any) -> str:
         try:
             action()

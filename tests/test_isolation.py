@@ -625,8 +625,11 @@ def test_a_worker_opens_no_file_socket_or_process_once_ready(tmp_path):
             walls = engine.walls
         finally:
             engine.close()
-    if not {"landlock fs", "seccomp"} <= set(walls):
-        pytest.skip(f"this kernel confines workers with {walls} only")
+    from tests.test_confine import walls_offered
+
+    if not {"landlock fs", "seccomp"} <= set(walls_offered()):
+        pytest.skip(f"this kernel offers {walls_offered()} only")
+    assert {"no_new_privs", "landlock fs", "seccomp"} <= set(walls)
     assert isinstance(step, Finished)
     assert step.result == {"file": "PermissionError", "socket": "PermissionError",
                            "process": "PermissionError", "fork": "PermissionError"}
