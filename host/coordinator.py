@@ -252,7 +252,7 @@ class Coordinator:
         on_human_input: Callable[[str], Any] | None = None,
         hooks: Iterable[Any] | None = (),
         monitor: Any = None,
-        isolation: str = "thread",
+        isolation: str | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation: checked by the
         # Host below
@@ -292,8 +292,9 @@ class Coordinator:
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
-                          monitor=monitor, isolation=isolation)
-        self.isolation = isolation
+                          monitor=monitor, isolation=isolation if isolation is not None
+                          else config.isolation if config is not None else None)
+        self.isolation = self._host.isolation
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)

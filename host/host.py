@@ -85,7 +85,8 @@ class Host:
     the path of its SQLite file, or True for the default file; see
     :mod:`host.monitor`).
 
-    ``isolation`` says where the engines run: ``"thread"`` (the default), in the host's
+    ``isolation`` says where the engines run (default: the config file's ``isolation``,
+    else ``"thread"``): ``"thread"``, in the host's
     process, each on a thread of its own; ``"process"``, each in a worker process from a
     pool of prewarmed workers the host owns (:class:`engines.process.WorkerPool`, its
     engine factory: so not with ``engine_factory``). In process mode a run ends at its
@@ -115,9 +116,15 @@ class Host:
         on_tool_error: Callable[..., Any] | None = None,
         stop_on_tool_error: bool = False,
         monitor: Any = None,
-        isolation: str = "thread",
+        isolation: str | None = None,
     ) -> None:
         self.pool: WorkerPool | None = None  # the worker processes, in process isolation
+        if config is not None:  # a bad file fails before any tools file loads
+            from host.config import as_config
+
+            config = as_config(config)
+        if isolation is None:  # the config file's, else the default
+            isolation = (config.isolation if config is not None else None) or "thread"
         if isolation not in ISOLATIONS:
             raise ConfigurationError.InvalidValue(
                 key="isolation", value=_preview(isolation),
@@ -136,10 +143,7 @@ class Host:
         check_callable("on_human_input", on_human_input)
         self.on_human_input = on_human_input
         check_callable("on_tool_error", on_tool_error)
-        if config is not None:  # a bad file fails before any tools file loads
-            from host.config import as_config
-
-            config = as_config(config)
+        if config is not None:
             if config.hooks is not None:  # its [hooks] first, then the argument's
                 from host.hooks.files import with_config_hooks
 

@@ -493,7 +493,7 @@ def test_a_host_killed_with_sigkill_leaves_no_worker_alive():
 # -- configuration --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["processes", "", None, 1])
+@pytest.mark.parametrize("value", ["processes", "", 1])
 def test_an_unknown_isolation_is_refused(value):
     with pytest.raises(ConfigurationError) as info:
         Host(isolation=value)
@@ -633,3 +633,46 @@ def test_a_worker_opens_no_file_socket_or_process_once_ready(tmp_path):
     assert isinstance(step, Finished)
     assert step.result == {"file": "PermissionError", "socket": "PermissionError",
                            "process": "PermissionError", "fork": "PermissionError"}
+
+
+# -- where isolation is chosen: the command line and the config file ----------------------
+
+
+@pytest.mark.parametrize("script", ["scripts/agent.lua", "scripts/agent.js"])
+def test_polyspell_run_prints_the_same_in_both_modes(script):
+    """--isolation process: the same result, traceback and exit code as in thread mode."""
+    from tests.cli import polyspell
+
+    outcomes = {}
+    for isolation in ("thread", "process"):
+        for city in ("Lisbon", "Atlantis"):
+            done = polyspell("run", script, f"city={city}", "--tools", "scripts/tools.py",
+                             "--no-record", "--isolation", isolation)
+            outcomes.setdefault(isolation, []).append(
+                (done.returncode, done.stdout, done.stderr))
+    assert outcomes["process"] == outcomes["thread"]
+    assert [code for code, _, _ in outcomes["thread"]] == [0, 1]
+
+
+def test_an_unknown_isolation_is_a_usage_error():
+    from tests.cli import polyspell
+
+    done = polyspell("run", "scripts/hello.lua", "--isolation", "vm", "--no-record")
+    assert done.returncode == 2
+    assert "--isolation" in done.stderr and "vm" in done.stderr
+
+
+def test_the_config_file_chooses_the_isolation_unless_the_code_does(tmp_path):
+    config = tmp_path / "polyspell.toml"
+    config.write_text('isolation = "process"\n')
+    with Host(config=config) as host:
+        assert host.isolation == "process" and host.pool is not None
+        assert host.run_source("return 6 * 7", "lua") == 42
+    with Host(config=config, isolation="thread") as host:
+        assert host.isolation == "thread" and host.pool is None
+    with Coordinator(config=config) as coordinator:
+        assert coordinator.isolation == "process"
+    config.write_text('isolation = "vm"\n')
+    with pytest.raises(ConfigurationError) as caught:
+        Host(config=config)
+    assert "isolation" in caught.value.message
