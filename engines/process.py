@@ -419,9 +419,12 @@ class WorkerPool:
     (``Host(engine_factory=pool.make_engine)``, which ``Host(isolation="process")`` does):
     each engine takes an idle worker, or one started then if none is idle (so more runs
     at once than ``size`` still run at once, the extra ones paying a worker's start), and
-    its ``close()`` gives the worker back. At most ``size`` workers of each memory limit
-    are kept idle; one ended after a limit, a crash, a kill, or :data:`RECYCLE_AFTER`
-    engines is replaced in the background while fewer are idle.
+    its ``close()`` gives the worker back. As many workers of each memory limit are kept
+    idle as were ever busy at once (at least ``size``): a host that runs ten scripts at
+    once keeps ten workers, rather than ending and starting workers at each run (a
+    worker costs about 30 MB while idle; all end with the pool). One ended after a limit,
+    a crash, a kill, or :data:`RECYCLE_AFTER` engines is replaced in the background
+    while fewer are idle.
 
     ``entry`` is the module workers run (``python -m entry``): tests give one that
     misbehaves. Workers are started with ``subprocess.Popen`` of a new interpreter, not a
@@ -446,6 +449,10 @@ class WorkerPool:
         self._idle: dict[int, list[Worker]] = {}
         self._workers: set[Worker] = set()  # every worker not yet ended, to end at close
         self._starting = 0  # workers the spawner will start for the idle list
+        # by memory limit: workers engines hold now, and the most they ever held at once
+        # (how many the pool keeps idle)
+        self._busy: dict[int, int] = {}
+        self._keep: dict[int, int] = {}
         self._closed = False
         self._requests: list[tuple[int, Future[Worker] | None] | None] = []
         self._wake = threading.Condition(self._lock)
@@ -472,6 +479,9 @@ class WorkerPool:
                 raise ConfigurationError.InvalidValue(
                     key="isolation", value="process",
                     reason="the worker pool is closed (its host was closed)")
+            busy = self._busy[memory_mb] = self._busy.get(memory_mb, 0) + 1
+            if busy > self._keep.get(memory_mb, self.size):
+                self._keep[memory_mb] = busy
             idle = self._idle.get(memory_mb, [])
             while idle:
                 worker = idle.pop()
@@ -487,6 +497,8 @@ class WorkerPool:
         try:
             return future.result(SPAWN_TIMEOUT)
         except Exception as exc:
+            with self._lock:
+                self._busy[memory_mb] -= 1
             raise SpellError.wrap(exc, "runtime", "internal_error",
                                   reason=f"could not start a worker process: {exc}") from exc
 
@@ -501,8 +513,10 @@ class WorkerPool:
             except (_Late, _Ended):
                 keep = False
         with self._lock:
-            idle = self._idle.setdefault(worker.memory_mb, [])
-            if keep and not self._closed and len(idle) < self.size:
+            memory_mb = worker.memory_mb
+            self._busy[memory_mb] = max(0, self._busy.get(memory_mb, 0) - 1)
+            idle = self._idle.setdefault(memory_mb, [])
+            if keep and not self._closed and len(idle) < self._keep.get(memory_mb, self.size):
                 idle.append(worker)
                 return
             self._workers.discard(worker)

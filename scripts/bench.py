@@ -374,17 +374,20 @@ def coordinator_overhead(folder: Path, n: int) -> float:
     return (coordinated_time - direct_time) / n
 
 
-def independent_plan(folder: Path, n: int) -> float:
-    """Seconds for a plan of n independent trivial tasks, half Lua, half JS."""
+def independent_plan(folder: Path, n: int, isolation: str = "thread") -> float:
+    """Seconds for a plan of n independent trivial tasks, half Lua, half JS (the
+    coordinator made and warm first: in process mode, its pool's workers ready)."""
     from host import Coordinator, Plan, Task
 
     scripts = bench_scripts(folder, TRIVIAL, "trivial")
     plan = Plan(tasks=[Task(id=f"t{i}", script=scripts["lua" if i % 2 else "javascript"],
                             args={"n": i}) for i in range(n)])
-    coordinator = Coordinator(on_output=lambda task, line: None)
+    coordinator = Coordinator(on_output=lambda task, line: None, isolation=isolation)
+    coordinator.run(Plan(tasks=plan.tasks[:4]))
     start = time.perf_counter()
     report = coordinator.run(plan)
     elapsed = time.perf_counter() - start
+    coordinator.close()
     assert report.results == {f"t{i}": i for i in range(n)}
     return elapsed
 
@@ -746,6 +749,16 @@ def pool_engine(pool: WorkerPool, language: str, first_step: bool) -> float:
     return elapsed
 
 
+def cli_run_hello(isolation: str) -> float:
+    """Seconds of ``polyspell run scripts/hello.lua --no-record`` end to end (a new
+    process, as a user starts it)."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "host.cli", "run", "scripts/hello.lua",
+                    "--no-record", "--isolation", isolation], check=True,
+                   capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.perf_counter() - began
+
+
 def isolation_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     """Process isolation against thread mode, in the same run (issue 14's rows)."""
     rows = []
@@ -761,6 +774,20 @@ def isolation_rows(repeats: int) -> list[tuple[str, float, str, str]]:
             rows.append((f"tool round trip, {name}, process mode",
                          median_of(repeats, lambda h=processes, lang=language, src=source:
                                    tool_round_trip(h, lang, src, 5000)) * us, "us", "<= 40"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as name:
+        pairs = [(independent_plan(Path(name), 1000),
+                  independent_plan(Path(name), 1000, "process"))
+                 for _ in range(max(3, repeats // 2))]
+    rows.append(("plan of 1,000 trivial tasks, thread mode",
+                 statistics.median(t for t, _ in pairs), "s", ""))
+    rows.append(("  process mode, x thread mode", statistics.median(p / t for t, p in pairs),
+                 "x", "<= 2"))
+    for isolation in ("thread", "process"):
+        rows.append((f"polyspell run hello.lua --isolation {isolation}, end to end",
+                     median_of(repeats, lambda i=isolation: cli_run_hello(i)) * ms, "ms",
+                     "<= 250" if isolation == "process" else ""))
     with WorkerPool(1) as pool:
         pool_engine(pool, "lua", True)  # started and warm
         for language in ("lua", "javascript"):
