@@ -448,7 +448,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._idle: dict[int, list[Worker]] = {}
         self._workers: set[Worker] = set()  # every worker not yet ended, to end at close
-        self._starting = 0  # workers the spawner will start for the idle list
+        self._starting: dict[int, int] = {}  # by memory limit: being started to be idle
         # by memory limit: workers engines hold now, and the most they ever held at once
         # (how many the pool keeps idle)
         self._busy: dict[int, int] = {}
@@ -520,7 +520,7 @@ class WorkerPool:
                 idle.append(worker)
                 return
             self._workers.discard(worker)
-            if not self._closed and worker.memory_mb == self.memory_mb:
+            if not self._closed:
                 self._ask(worker.memory_mb, None)  # another in its place, if idle is short
         worker.end()
 
@@ -530,9 +530,11 @@ class WorkerPool:
         """Have the spawner start a worker (under the lock): for ``future``, or idle."""
         if future is None:
             idle = len(self._idle.get(memory_mb, ()))
-            if idle + self._starting >= self.size:
+            starting = self._starting.get(memory_mb, 0)
+            busy = self._busy.get(memory_mb, 0)  # they come back to the idle list
+            if idle + starting + busy >= self._keep.get(memory_mb, self.size):
                 return
-            self._starting += 1
+            self._starting[memory_mb] = starting + 1
         self._requests.append((memory_mb, future))
         self._wake.notify()
 
@@ -550,13 +552,13 @@ class WorkerPool:
             except BaseException as exc:
                 with self._lock:
                     if future is None:
-                        self._starting -= 1
+                        self._starting[memory_mb] -= 1
                 if future is not None:
                     future.set_exception(exc)
                 continue
             with self._lock:
                 if future is None:
-                    self._starting -= 1
+                    self._starting[memory_mb] -= 1
                 closed = self._closed
                 if not closed:
                     self._workers.add(worker)

@@ -438,9 +438,11 @@ class Coordinator:
             return self._host
         # the coordinator's own tools are loaded already: only the plan's files load here
         tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
+        pool = self._host.pool  # the plan's host shares the coordinator's workers
         host = Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
-                    engine_factory=self.engine_factory, recovery=self.recovery,
+                    engine_factory=None if pool else self.engine_factory,
+                    isolation=pool or "thread", recovery=self.recovery,
                     config=self.config, on_human_input=self._host.on_human_input)
         host._caches = self._host._caches  # fallback caches too, like the breakers
         host.breakers = self._host.breakers  # one breaker per tool for the coordinator

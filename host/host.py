@@ -42,6 +42,7 @@ SANDBOXES = ("constrained", "trusted")
 # Where a host's engines run: on threads of the host's process, or in worker processes
 # the host can always kill (see engines.process).
 ISOLATIONS = ("thread", "process")
+DEFAULT_ISOLATION = "thread"  # a host's, when neither its code nor its config file says
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
 # with room to spare): far beyond any machine, refused rather than overflowing.
 MAX_MEMORY_MB = 1 << 32
@@ -86,15 +87,16 @@ class Host:
     :mod:`host.monitor`).
 
     ``isolation`` says where the engines run (default: the config file's ``isolation``,
-    else ``"thread"``): ``"thread"``, in the host's
-    process, each on a thread of its own; ``"process"``, each in a worker process from a
-    pool of prewarmed workers the host owns (:class:`engines.process.WorkerPool`, its
-    engine factory: so not with ``engine_factory``). In process mode a run ends at its
-    deadline whatever its script does (a long C call, a busy loop: the worker is
-    killed), a crash of an engine fails only its run (``runtime/worker_died``), and
-    an engine's memory stays in its worker; Python tools still run in the host. Close the
-    host (:meth:`close`, or ``with Host(...) as host:``) to end its workers; they end
-    with the process in any case.
+    else ``"thread"``): ``"thread"``, in the host's process, each on a thread of its own;
+    ``"process"``, each in a worker process from a pool of prewarmed workers the host
+    owns (:class:`engines.process.WorkerPool`, its engine factory: so not with
+    ``engine_factory``); or a ``WorkerPool`` of the caller's, which several hosts may
+    share (the caller closes it). In process mode a run ends at its deadline whatever its
+    script does (a long C call, a busy loop: the worker is killed), a crash of an engine
+    fails only its run (``runtime/worker_died``), and an engine's memory stays in its
+    worker; Python tools still run in the host. Close the host (:meth:`close`, or ``with
+    Host(...) as host:``) to end the workers it owns; they end with the process in any
+    case.
     """
 
     def __init__(
@@ -116,15 +118,23 @@ class Host:
         on_tool_error: Callable[..., Any] | None = None,
         stop_on_tool_error: bool = False,
         monitor: Any = None,
-        isolation: str | None = None,
+        isolation: str | WorkerPool | None = None,
     ) -> None:
         self.pool: WorkerPool | None = None  # the worker processes, in process isolation
+        self._owns_pool = False
         if config is not None:  # a bad file fails before any tools file loads
             from host.config import as_config
 
             config = as_config(config)
-        if isolation is None:  # the config file's, else the default
-            isolation = (config.isolation if config is not None else None) or "thread"
+        if isolation is None:  # an engine factory of the code's, else the config file's
+            isolation = "thread" if engine_factory is not None else (
+                config.isolation if config is not None else None) or DEFAULT_ISOLATION
+        shared = None
+        if not isinstance(isolation, str):
+            from engines.process import WorkerPool
+
+            if isinstance(isolation, WorkerPool):  # a pool of the caller's, shared
+                shared, isolation = isolation, "process"
         if isolation not in ISOLATIONS:
             raise ConfigurationError.InvalidValue(
                 key="isolation", value=_preview(isolation),
@@ -170,13 +180,17 @@ class Host:
                              stack_kb=int(stack_kb))
         self.sandbox: Sandbox = sandbox
         self.on_output = on_output or write_lines
-        self.isolation = isolation
+        self.isolation: str = isolation
         if isolation == "process":
             from engines.process import WorkerPool
 
-            self.pool = WorkerPool(memory_mb=self.limits.memory_mb)
-            weakref.finalize(self, self.pool.close)  # a host dropped unclosed: its workers too
-            engine_factory = self.pool.make_engine
+            if shared is None:
+                shared = WorkerPool(memory_mb=self.limits.memory_mb)
+                self._owns_pool = True
+                # a host dropped unclosed: its workers too
+                weakref.finalize(self, shared.close)
+            self.pool = shared
+            engine_factory = shared.make_engine
         self.engine_factory: EngineFactory = engine_factory or engines.make_engine
         self.tools = ToolRegistry()
         self.config: Config | None = config
@@ -200,7 +214,7 @@ class Host:
         Runs still in progress fail at once; runs started later fail with
         ``configuration/invalid_value``. Closing again does nothing.
         """
-        if self.pool is not None:
+        if self.pool is not None and self._owns_pool:
             self.pool.close()
 
     def __enter__(self) -> Host:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,31 @@ def pick(language: str, lua: str, javascript: str) -> str:
 def worker_pool() -> Iterator[WorkerPool]:
     """One pool of worker processes for the session's process-isolation tests (engines
     of 64 MB prewarmed, as the engine driver makes by default)."""
+    from engines import Limits
     from engines.process import WorkerPool
 
     with WorkerPool(memory_mb=64) as pool:
+        # and four of a host's default 256 MB, so that a test with a short timeout in
+        # process mode (the isolation fixture) finds a worker ready, as a warm host does
+        warm = [pool.make_engine("lua", limits=Limits(memory_mb=256)) for _ in range(4)]
+        for engine in warm:
+            engine.start("return 1", "warm.lua", None, [], time.monotonic() + 60)
+            engine.close()
         yield pool
+
+
+@pytest.fixture(params=["thread", "process"])
+def isolation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Where engines run: a test module that uses this fixture for all its tests
+    (``pytestmark = pytest.mark.usefixtures("isolation")``) runs each test in both modes,
+    every Host made without an isolation of its own (and every Coordinator's) taking it
+    (see ``host.Host``'s ``isolation``). What works in thread mode works in process mode,
+    with the same results, errors, frames and exit codes."""
+    import host.host
+
+    mode = request.param
+    # process mode: the session's pool, shared by every host (each of them starting its
+    # own workers would cost the suite a minute)
+    monkeypatch.setattr(host.host, "DEFAULT_ISOLATION", mode if mode == "thread"
+                        else request.getfixturevalue("worker_pool"))
+    return mode

@@ -12,7 +12,8 @@ from bridge import AsyncExecutionError, SpellError
 from host import Host, tool
 from tests.conftest import pick
 
-pytestmark = pytest.mark.anyio
+# every test in both isolation modes: engines in threads, and in worker processes
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("isolation")]
 
 
 

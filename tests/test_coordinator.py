@@ -15,6 +15,9 @@ from bridge import CrossEngineCoordinationError, ProviderError, SpellError
 from host import Coordinator, Plan, PlanReport, Retry, Task, TaskReport, tool
 from tests.conftest import EXTENSION, pick
 
+# every test in both isolation modes: engines in threads, and in worker processes
+pytestmark = pytest.mark.usefixtures("isolation")
+
 CALLS: Counter[str] = Counter()
 FAILURES: dict[str, SpellError] = {}
 FAILED = threading.Event()

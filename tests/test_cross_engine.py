@@ -15,6 +15,9 @@ from bridge import ConfigurationError, SpellError, ToolError
 from host import Host, tool
 from tests.conftest import EXTENSION, LANGUAGES, pick
 
+# every test in both isolation modes: engines in threads, and in worker processes
+pytestmark = pytest.mark.usefixtures("isolation")
+
 # A tools file in each language: the same functions, line for line where it matters.
 HELPERS = {
     "lua": """local M = {}

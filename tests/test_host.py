@@ -26,6 +26,9 @@ from bridge import (
 from host import Host, tool
 from tests.conftest import EXTENSION, pick
 
+# every test in both isolation modes: engines in threads, and in worker processes
+pytestmark = pytest.mark.usefixtures("isolation")
+
 
 @tool
 def add(a: int, b: int) -> int:

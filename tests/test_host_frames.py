@@ -21,6 +21,9 @@ from bridge import Frame, SpellError, ToolError
 from host import Host, tool
 from tests.conftest import EXTENSION, LANGUAGES, pick
 
+# every test in both isolation modes: engines in threads, and in worker processes
+pytestmark = pytest.mark.usefixtures("isolation")
+
 HERE = str(Path(__file__))
 RAISED: list[BaseException] = []  # what the tool raised, last one last
 

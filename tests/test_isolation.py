@@ -576,7 +576,7 @@ def test_a_worker_exits_when_its_host_end_of_the_socket_closes(worker_pool):
 
 
 def test_concurrent_runs_each_get_their_own_worker_and_results(process_host):
-    # more runs at once than the pool keeps: the extra ones get workers started for them
+    # more runs at once than the pool started with: the extra ones get workers started
     async def main() -> list[Any]:
         results: list[Any] = [None] * 8
 
@@ -593,7 +593,8 @@ def test_concurrent_runs_each_get_their_own_worker_and_results(process_host):
         return results
 
     assert anyio.run(main) == [{"n": n} for n in range(8)]
-    assert len(process_host.pool.pids(busy=False)) <= process_host.pool.size
+    # as many workers as ran at once, kept for the next runs: never more
+    assert len(process_host.pool.pids()) <= 8
 
 
 def test_a_worker_gets_none_of_the_host_secrets(monkeypatch):
@@ -696,3 +697,31 @@ def test_the_pool_keeps_as_many_workers_as_were_busy_at_once():
         first = three()
         assert sorted(pool.pids(busy=False)) == sorted(first)
         assert sorted(three()) == sorted(first)  # the same workers served again
+
+
+def test_the_isolation_fixture_puts_every_host_in_its_mode(isolation, tmp_path):
+    """What the modules that run in both modes rely on: a Host made with no isolation of
+    its own, a Coordinator's too, takes the fixture's; closing one leaves the others'
+    shared workers alone."""
+    with Host() as first:
+        assert first.isolation == isolation
+        assert (first.pool is not None) == (isolation == "process")
+    with Coordinator() as coordinator, Host() as second:
+        assert coordinator.isolation == isolation
+        assert second.run_source("return 1", "lua") == 1
+
+
+def test_a_plan_runs_with_a_config_that_says_process(tmp_path):
+    """The plan's own host shares the coordinator's workers (it used to refuse an engine
+    factory beside the config's isolation)."""
+    (tmp_path / "polyspell.toml").write_text('isolation = "process"\n')
+    (tmp_path / "a.lua").write_text("return 40 + 2\n")
+    (tmp_path / "plan.toml").write_text(
+        '[plan]\nname = "p"\n[[task]]\nid = "a"\nscript = "a.lua"\n')
+    from tests.cli import polyspell
+
+    done = polyspell("plan", "plan.toml", "--config", "polyspell.toml", "--json",
+                     "--no-record", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [task] = json.loads(done.stdout)["tasks"]
+    assert (task["status"], task["result"]) == ("succeeded", 42)
