@@ -33,6 +33,7 @@ from host.tools import (
 if TYPE_CHECKING:
     from host.config import Config
     from host.hooks import Dispatcher
+    from host.libraries import Libraries
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
 
@@ -79,6 +80,11 @@ class Host:
     ``monitor`` records every error of the host's runs (a :class:`host.monitor.Monitor`,
     the path of its SQLite file, or True for the default file; see
     :mod:`host.monitor`).
+
+    ``libraries`` are the folders a script's ``require`` searches (see
+    :mod:`host.libraries`): the script's own folder first (unless
+    ``script_dir_library=False``), then these in order, then a config file's
+    ``libraries``. A folder that does not exist is ``configuration/file_not_found`` here.
     """
 
     def __init__(
@@ -100,6 +106,8 @@ class Host:
         on_tool_error: Callable[..., Any] | None = None,
         stop_on_tool_error: bool = False,
         monitor: Any = None,
+        libraries: Iterable[str | os.PathLike[str]] = (),
+        script_dir_library: bool | None = None,
     ) -> None:
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
@@ -127,6 +135,7 @@ class Host:
             # a user of the one dispatcher, after the hooks given
             hooks = [*(hooks or ()), *self.monitor.hooks]
         self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)
+        self.libraries = _libraries(libraries, script_dir_library, config)
         self.layers: list[Layer] = list(layers)
         for layer in self.layers:
             check_callable("layers", layer)
@@ -190,8 +199,10 @@ class Host:
             raise ConfigurationError.InvalidValue(
                 key="script", value=str(path),
                 reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
-        return self.new_run_source(_read_script(path), language, str(path), args,
-                                   timeout=timeout)
+        run = self.new_run_source(_read_script(path), language, str(path), args,
+                                  timeout=timeout)
+        run.library_roots = self.libraries.roots_for(path)
+        return run
 
     def new_run_source(self, code: str, language: str, name: str | None = None,
                        args: Any = None, *, timeout: float | None = None) -> ScriptRun:
@@ -223,7 +234,8 @@ class Host:
             recovery=self.recovery,
             breakers=self.breakers if self.recovery or self._degradation else None,
             caches=self._caches, degradation=self._degradation,
-            on_human_input=self.on_human_input, hooks=self.hooks)
+            on_human_input=self.on_human_input, hooks=self.hooks,
+            libraries=self.libraries, library_roots=self.libraries.roots_for(None))
 
     @property
     def breakers(self) -> Breakers:
@@ -254,6 +266,20 @@ class Host:
         """Where the host stands among its degradation levels (None: it has none):
         ``.level``, ``.history``, ``.on_change(fn)`` (see :mod:`host.recovery.degrade`)."""
         return self._degradation
+
+
+def _libraries(given: Iterable[str | os.PathLike[str]], script_dir: bool | None,
+               config: Config | None) -> Libraries:
+    """The host's library roots: ``given``, then the config file's (relative to it); the
+    script's folder first unless ``script_dir`` (else the config's key) says not."""
+    from host.libraries import Libraries
+
+    if script_dir is None:
+        script_dir = config.script_dir_library if config is not None else None
+    libraries = Libraries(given, script_dir=True if script_dir is None else script_dir)
+    if config is not None and config.libraries:
+        libraries = libraries.with_roots(config.library_roots())
+    return libraries
 
 
 def _dispatcher(hooks: Any, on_tool_error: Callable[..., Any] | None,

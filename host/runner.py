@@ -75,6 +75,7 @@ from host.tools import (
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.hooks import Dispatcher
+    from host.libraries import Libraries, Root
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
     from host.recovery.script import ScriptRecovery
@@ -128,6 +129,8 @@ class ScriptRun:
         degradation: DegradationState | None = None,
         on_human_input: Callable[[str], Any] | None = None,
         hooks: Dispatcher | None = None,
+        libraries: Libraries | None = None,
+        library_roots: Sequence[Root] = (),
     ) -> None:
         self.source = source
         self.language = language
@@ -187,6 +190,11 @@ class ScriptRun:
         self._outcome: Any = None  # what _drive came to (an _Escaped if it raised)
         self._thread: threading.Thread | None = None  # the run's thread, once started
         self._script_recovery: ScriptRecovery | None = None  # recovery.retry/fallback
+        # require: the host's libraries (their cache), the roots this run searches in
+        # order, and the modules it loaded (file name -> text: shown in tracebacks)
+        self.libraries = libraries
+        self.library_roots = list(library_roots)
+        self.modules: dict[str, str] = {}
 
     def cancel(self, error: SpellError, *, announce: bool = True) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
@@ -388,6 +396,7 @@ class ScriptRun:
         script frame's source."""
         sources = {tool.filename: tool.source for tool in self.tools
                    if isinstance(tool, ScriptTool)}
+        sources.update(self.modules)
         sources[self.filename] = self.source
         return sources
 
@@ -524,6 +533,8 @@ class ScriptRun:
     def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
         """One request through the pipeline: the tool's result, or its error's envelope."""
         if request.kind != "tool":
+            if request.kind == "module":
+                return self._module(request)
             return self._recover(request, caller)
         name = request.tool
         tool = self.tools.get(name)
@@ -547,6 +558,23 @@ class ScriptRun:
             return ToolReply(request.id, result=self._script_recovery.answer(request, caller))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _module(self, request: ToolRequest) -> ToolReply:
+        """A script's ``require``: the module's file and text, found and read by the host
+        in the run's library roots (see host.libraries), or Lua's "not found" message."""
+        from host.libraries import Libraries, Missing, not_found_message
+
+        try:
+            libraries = self.libraries or Libraries(script_dir=False)
+            found = libraries.resolve(request.tool, self.library_roots)
+        except SpellError as err:
+            err.frames = [*request.frames, *err.frames]
+            return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+        if isinstance(found, Missing):
+            return ToolReply(request.id, result={
+                "missing": not_found_message(request.tool, found.tried)})
+        self.modules.setdefault(found.file, found.source)
+        return ToolReply(request.id, result={"file": found.file, "source": found.source})
 
     @property
     def current_deadline(self) -> float:
