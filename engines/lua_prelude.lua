@@ -1292,7 +1292,8 @@ do
     end
     req.loading = req.loading + 1
     local guard <close> = LOADING_GUARD
-    value = chunk(name, file)
+    -- called as the result of a call, so that Lua has no name for it: "main chunk"
+    value = select(1, chunk)(name, file)
     if value ~= nil then req.loaded[name] = value end
     if req.loaded[name] == nil then req.loaded[name] = true end
     return req.loaded[name], file

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "key wins)")
     run.add_argument("--args-json", metavar="JSON", help="the script's args as a JSON object")
     _add_tools_option(run)
+    _add_library_options(run)
     _add_config_option(run)
     _add_hooks_options(run)
     run.add_argument("--timeout", type=float, default=30.0, metavar="S",
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every task succeeded, 1 any other outcome, 2 a bad plan or usage.")
     plan.add_argument("plan", help="the plan file (TOML)")
     _add_tools_option(plan)
+    _add_library_options(plan)
     _add_config_option(plan)
     _add_hooks_options(plan)
     plan.add_argument("--strategy", choices=["propagate", "collect", "cancel_dependents",
@@ -241,6 +243,14 @@ def _add_tools_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tools", action="append", default=[], metavar="FILE",
                         help=f"a tools file scripts may call (repeatable): "
                         f"{engines.spoken(kinds)}")
+
+
+def _add_library_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lib", action="append", default=[], metavar="DIR",
+                        help="a folder that require searches for modules (repeatable; "
+                        "searched in the order given, after the script's own folder)")
+    parser.add_argument("--no-script-dir-lib", action="store_true",
+                        help="do not search the script's own folder for modules")
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -478,7 +488,8 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
         hooks = _cli_hooks(args)
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
                     sandbox=args.sandbox, config=config, hooks=hooks,
-                    on_human_input=_terminal_input(), monitor=monitor)
+                    on_human_input=_terminal_input(), monitor=monitor, libraries=args.lib,
+                    script_dir_library=False if args.no_script_dir_lib else None)
         run = host.new_run(args.script, script_args)  # its recovery history is reported
         with _hook_logs(hooks, config):
             result = anyio.run(run.execute)
@@ -621,7 +632,10 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
         config = _config(args)
         hooks = _cli_hooks(args)
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
-                                  config=config, hooks=hooks, monitor=monitor)
+                                  config=config, hooks=hooks, monitor=monitor,
+                                  libraries=args.lib,
+                                  script_dir_library=False if args.no_script_dir_lib
+                                  else None)
         plan = coordinator.prepare(args.plan, strategy=args.strategy,
                                    max_concurrency=args.max_concurrency)
         if progress is None:

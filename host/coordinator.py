@@ -213,7 +213,9 @@ class Coordinator:
     more tries). The controllers that ran are in the task's error's hook path. One
     dispatcher runs every hook, whatever host a plan's tools files need. ``monitor``
     records every task's errors and counts every try, as ``Host(monitor=...)`` (see
-    :mod:`host.monitor`).
+    :mod:`host.monitor`). ``libraries`` and ``script_dir_library`` are the folders a
+    script's ``require`` searches, as for :class:`Host`; a plan's ``libraries`` come after
+    them (see :mod:`host.libraries`).
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -250,6 +252,8 @@ class Coordinator:
         on_human_input: Callable[[str], Any] | None = None,
         hooks: Iterable[Any] | None = (),
         monitor: Any = None,
+        libraries: Iterable[str | os.PathLike[str]] = (),
+        script_dir_library: bool | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox, on_human_input, hooks: checked by the Host below
         check_positive("max_concurrency", max_concurrency, at_least=1)
@@ -288,7 +292,8 @@ class Coordinator:
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
-                          monitor=monitor)
+                          monitor=monitor, libraries=libraries,
+                          script_dir_library=script_dir_library)
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)
@@ -418,7 +423,8 @@ class Coordinator:
     def _host_for(self, plan: Plan) -> Host:
         """The host of a plan's run: the coordinator's, with the plan's tools files and
         the recovery policies (``recovery`` and ``config``, checked against every tool)."""
-        if not plan.tools and self.recovery is None and self.config is None:
+        if not plan.tools and self.recovery is None and self.config is None \
+                and not plan.libraries:
             return self._host
         # the coordinator's own tools are loaded already: only the plan's files load here
         tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
@@ -432,6 +438,9 @@ class Coordinator:
         # switched-off observers stay off, whatever the plan
         host.hooks = self.hooks
         host.monitor = self.monitor
+        # the coordinator's roots (its own, its config's), then the plan's; one cache
+        host.libraries = self._host.libraries.with_roots(
+            [plan.path(p) for p in plan.libraries])
         return host
 
     def _output(self, line: str) -> None:

@@ -363,7 +363,12 @@ def load_library(engine: engines.Engine, source: str, filename: str,
         output(line)
     if isinstance(step, engines.Finished):
         return list(step.result)
-    if isinstance(step, engines.Suspended):
+    if isinstance(step, engines.Suspended) and step.requests[0].kind == "module":
+        reason = (f"it requires {step.requests[0].tool!r} while loading; a tools file "
+                  f"cannot load modules while its functions are listed (require them "
+                  f"inside its functions)")
+        cause = None
+    elif isinstance(step, engines.Suspended):
         reason = (f"it calls the tool {step.requests[0].tool!r} while loading; "
                   f"call tools from inside its functions")
         cause = None
