@@ -82,6 +82,8 @@ class LuaScript:
         return self if short_src == self.short_src else self._modules.get(short_src, self)
 
     def _prefixes(self) -> list[str]:
+        if not self._modules:
+            return [self.prefix]
         return [self.prefix, *(module.prefix for module in self._modules.values())]
 
     def line_text(self, line: int | None) -> str | None:

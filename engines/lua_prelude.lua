@@ -1236,8 +1236,8 @@ local s_require
 do
   local MODULE = "module"
   local MAX_LOADING = 195
-  local LOADING_GUARD = setmetatable({}, {__close = function() req.loading = req.loading - 1 end,
-                                          __metatable = false})
+  local LOADING_GUARD = setmetatable({}, {
+    __close = function() req.loading = req.loading - 1 end, __metatable = false})
 
   -- Line n of source (for a compilation error's source_code).
   local function source_line(source, n)
@@ -1280,7 +1280,11 @@ do
     local file, source = rawget(reply, "file"), rawget(reply, "source")
     local chunk, message = real_load(source, "@" .. file, "t", env)
     local short = getinfo(chunk or real_load("", "@" .. file), "S").short_src
-    req.prefixes[#req.prefixes + 1] = short .. ":"
+    local own, known = short .. ":", false
+    for i = 1, #req.prefixes do
+      if req.prefixes[i] == own then known = true break end
+    end
+    if not known then req.prefixes[#req.prefixes + 1] = own end
     if not chunk then
       if not abort and out_of_memory(message) then abort = "memory" end
       if abort or rawequal(message, KILL) then error(KILL, 0) end
