@@ -473,7 +473,10 @@ class LuaEngine(Engine):
         assert script is not None
         if status == "request":
             _, _, request_id, name, problem, traceback, params, *kind = outcome
-            if problem is not None:  # {message, data_type, path}: see call_tool
+            reserved = _RESERVED.get(kind[0]) if kind else None
+            if reserved == "module":  # a require: the name is all there is
+                self._modules.add(request_id)
+            elif problem is not None:  # {message, data_type, path}: see call_tool
                 problem = Problem(problem[3], problem[2], problem[1])
                 params = None
             elif params is None:
@@ -481,9 +484,6 @@ class LuaEngine(Engine):
             else:
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
-            reserved = _RESERVED.get(kind[0]) if kind else None
-            if reserved == "module":
-                self._modules.add(request_id)
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback), reserved or "tool")])
         if status == "done":

@@ -514,3 +514,59 @@ def test_a_json_library_through_require(tmp_path: Path) -> None:
     assert err.fields["script"] == str(tmp_path / "vendor" / "json.lua")
     assert err.fields["error"] == "expected ':' at character 6"
     assert err.frames[-1].source == 'error(string.format("%s at character %d", msg, i))'
+
+
+# -- require inside other machinery: tools, coroutines, limits, the engine's protocol ------
+
+
+def test_a_module_may_call_tools_while_it_loads_and_from_a_coroutine(tmp_path: Path) -> None:
+    def lookup(key: str) -> str:
+        return key.upper()
+
+    write(tmp_path / "config.lua", 'return {value = tools.lookup{key = "abc"}}')
+    script = write(tmp_path / "agent.lua",
+                   'local co = coroutine.wrap(function() return require("config").value end)\n'
+                   'return {co(), require("config").value}')
+    assert run(script, tools=[lookup]) == ["ABC", "ABC"]
+
+
+def test_a_module_that_never_ends_stops_at_the_time_limit_in_its_own_line(
+        tmp_path: Path) -> None:
+    write(tmp_path / "spin.lua", "local n = 0\nwhile true do n = n + 1 end\n")
+    err = failure(write(tmp_path / "agent.lua", 'local s = require "spin"'), timeout=0.3)
+    assert err.code == "script/resource_exhaustion"
+    assert err.fields["resource_type"] == "time"
+    assert lua_frames(err) == [(str(tmp_path / "agent.lua"), 1), (str(tmp_path / "spin.lua"), 2)]
+
+
+def test_the_engine_asks_with_the_module_kind_and_refuses_a_malformed_answer() -> None:
+    from tests.engine_driver import drive
+
+    good = drive("lua", 'local m = require "m"\nreturn m.f()',
+                 tools={"m": lambda _: {"file": "lib/m.lua",
+                                        "source": "return {f = function()\n"
+                                                  "  error('in m')\nend}"}})
+    assert [request.kind for request in good.requests] == ["module"]
+    assert good.requests[0].tool == "m" and good.requests[0].params is None
+    assert good.error.fields["script"] == "lib/m.lua" and good.error.fields["script_line"] == 2
+    assert good.error.frames[-1].source == "error('in m')"
+    plain = drive("lua", 'return tools.m{}', tools={"m": lambda _: 1})
+    assert [request.kind for request in plain.requests] == ["tool"]  # a name is only a name
+    bad = drive("lua", 'return require "m"', tools={"m": lambda _: {"file": "/etc/passwd"}})
+    assert bad.error.code == "bridge/protocol_violation"
+
+
+def test_a_plans_tasks_read_a_module_once(tmp_path: Path) -> None:
+    from host.coordinator import Coordinator
+    from host.plan import Plan, Task
+
+    lib = tmp_path / "lib"
+    write(lib / "shared.lua", 'return {n = 7}')
+    write(tmp_path / "task.lua", 'return require("shared").n + args.k')
+    coordinator = Coordinator(libraries=[lib], on_output=lambda task, line: None)
+    plan = Plan(tasks=[Task(id=f"t{k}", script=str(tmp_path / "task.lua"), args={"k": k})
+                       for k in range(20)])
+    report = coordinator.run(plan)
+    assert report.outcome == "succeeded"
+    assert sorted(task.result for task in report.tasks) == [7 + k for k in range(20)]
+    assert coordinator._host.libraries.cache.reads == 1
