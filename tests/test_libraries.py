@@ -379,6 +379,16 @@ def test_the_cli_lib_option_and_switch(tmp_path: Path) -> None:
     assert done.returncode == 2
     error = json.loads(done.stdout)["error"]
     assert (error["category"], error["kind"]) == ("configuration", "file_not_found")
+    config = write(tmp_path / "polyspell.toml",
+                   'libraries = ["two"]\nscript_dir_library = false\n')
+    done = polyspell("run", script, "--config", config, cwd=tmp_path)
+    assert json.loads(done.stdout) == ["two", "two"], done.stderr
+    done = polyspell("run", script, "--config", config, "--lib", "one", cwd=tmp_path)
+    assert json.loads(done.stdout) == ["one", "two"], done.stderr  # --lib first
+    plan = write(tmp_path / "plan.toml", f'[[task]]\nid = "t"\nscript = "{script}"\n')
+    done = polyspell("plan", plan, "--json", "--lib", "one", "--lib", "two",
+                     "--no-script-dir-lib", cwd=tmp_path)
+    assert json.loads(done.stdout)["tasks"][0]["result"] == ["one", "two"], done.stdout
 
 
 def test_the_cli_traceback_goes_through_the_library_frame(tmp_path: Path) -> None:
