@@ -1230,8 +1230,8 @@ end
 -- chunk is loaded here under its real file name, in the script's environment, and run
 -- once per run: `loaded` is the run's package.loaded. A cycle recurses as in Lua 5.5,
 -- whose C stack stops it after MAX_LOADING nested loads ("C stack overflow").
--- the run's package.loaded, its nested loads in progress (see s_require)
-local req = {loading = 0, loaded = {}}
+-- req: the run's package.loaded, its nested loads in progress, its files' prefixes.
+local req = {loading = 0, loaded = {}, prefixes = prefixes}
 local s_require
 do
   local MODULE = "module"
@@ -1256,10 +1256,13 @@ do
     local n, rest = match(sub(message, #short + 2), "^(%d+): (.*)$")
     n = tonumber(n)
     local tb = traceback(nil, 3, true)
-    if n then tb = "stack traceback:\n\t" .. short .. ":" .. n .. ": in main chunk\n" .. sub(tb, 18) end
+    local line = n and source_line(source, n)
+    if n then  -- the module's line, as the innermost frame (sub: after "stack traceback:\n")
+      tb = "stack traceback:\n\t" .. short .. ":" .. n .. ": in main chunk\n" .. sub(tb, 18)
+    end
     local e = new_error("script", "compilation_failed", "ScriptError",
                         {language = "lua", error = text(rest or message), file = text(file),
-                         line = n, source_code = n and text(source_line(source, n))},
+                         line = n, source_code = line and text(line) or nil},
                         nil, nil, script_traceback(tb))
     OWN[e] = snapshot(e)
     error(e, 0)

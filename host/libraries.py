@@ -149,7 +149,15 @@ class SourceCache:
 
     def read(self, real: str, shown: str) -> str:
         """The text of file ``real`` (named ``shown`` in errors): from the cache while
-        its modification time and size are the same, else read (bounded, UTF-8)."""
+        its modification time and size are the same, else read (bounded, UTF-8).
+
+        One read at a time, under the cache's lock: runs that start together (a plan's
+        tasks) wait for the first one's read instead of each reading the file.
+        """
+        with self._lock:
+            return self._read(real, shown)
+
+    def _read(self, real: str, shown: str) -> str:
         try:
             fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
                          | getattr(os, "O_NONBLOCK", 0))
@@ -161,11 +169,10 @@ class SourceCache:
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError.LoadFailed(path=shown, reason="not a regular file")
             key = (info.st_mtime_ns, info.st_size)
-            with self._lock:
-                cached = self._files.get(real)
-                if cached is not None and cached[:2] == key:
-                    self._files.move_to_end(real)
-                    return cached[2]
+            cached = self._files.get(real)
+            if cached is not None and cached[:2] == key:
+                self._files.move_to_end(real)
+                return cached[2]
             if info.st_size > MAX_MODULE_BYTES:
                 raise _too_large(shown, info.st_size)
             data = file.read(MAX_MODULE_BYTES + 1)
@@ -177,16 +184,15 @@ class SourceCache:
             raise ConfigurationError.LoadFailed(
                 path=shown, reason=f"not UTF-8 text ({exc.reason} at byte {exc.start})") \
                 from None
-        with self._lock:
-            self.reads += 1
-            old = self._files.pop(real, None)
-            if old is not None:
-                self._bytes -= len(old[2])
-            self._files[real] = (*key, text)
-            self._bytes += len(text)
-            while self._bytes > MAX_CACHED_BYTES and len(self._files) > 1:
-                _, (_, _, dropped) = self._files.popitem(last=False)
-                self._bytes -= len(dropped)
+        self.reads += 1
+        old = self._files.pop(real, None)
+        if old is not None:
+            self._bytes -= len(old[2])
+        self._files[real] = (*key, text)
+        self._bytes += len(text)
+        while self._bytes > MAX_CACHED_BYTES and len(self._files) > 1:
+            _, (_, _, dropped) = self._files.popitem(last=False)
+            self._bytes -= len(dropped)
         return text
 
 
