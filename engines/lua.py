@@ -10,7 +10,11 @@ environment and drives the script inside a coroutine:
 - the reply resumes the script: a result is the call's value, an error envelope is
   raised at the call site as an error table (``category``, ``kind``, ``fields``...);
 - an uncaught error is captured, with ``debug.traceback``, by a message handler that
-  runs before the stack unwinds, and translated by :mod:`bridge.lua`.
+  runs before the stack unwinds, and translated by :mod:`bridge.lua`;
+- ``require`` yields a request of the reserved kind ``"module"``: the host finds and
+  reads the file (:mod:`host.libraries`) and answers with its name and text, which the
+  engine registers with the script (:meth:`bridge.lua.LuaScript.add_module`: the
+  module's frames and lines are its own) and the prelude loads under that name.
 
 No Python object is reachable from a script: data crosses as Lua tables built from
 JSON-like Python data, checked on the way in and out (``bridge.data``: at most MAX_DEPTH
