@@ -397,6 +397,10 @@ def test_the_cli_traceback_goes_through_the_library_frame(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert "lib/util.lua:4" in done.stderr  # shown relative to the working folder
     assert "error('negative: ' .. x)" in done.stderr
+    escape = write(tmp_path / "escape.lua", 'return require "../../etc/passwd"')
+    done = polyspell("run", escape, cwd=tmp_path)
+    assert done.returncode == 3  # a security error's exit code
+    assert "security/access_denied: Access denied: require '../../etc/passwd'" in done.stderr
 
 
 def test_a_plan_names_roots_relative_to_itself(tmp_path: Path) -> None:
@@ -580,3 +584,25 @@ def test_a_plans_tasks_read_a_module_once(tmp_path: Path) -> None:
     assert report.outcome == "succeeded"
     assert sorted(task.result for task in report.tasks) == [7 + k for k in range(20)]
     assert coordinator._host.libraries.cache.reads == 1
+
+
+def test_a_lua_tools_files_functions_may_require(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    write(lib / "shout.lua", "return function(s)\n  if s == '' then error('nothing to shout') end\n"
+                             "  return s:upper() .. '!'\nend\n")
+    helpers = write(tmp_path / "tools" / "helpers.lua",
+                    "return {loud = function(p)\n"
+                    "  local shout = require 'shout'\n"
+                    "  local r = shout(p.text)\n"
+                    "  return r\n"
+                    "end}\n")
+    script = write(tmp_path / "agent.lua", "return tools.loud{text = 'hi'}")
+    assert run(script, tools=[helpers], libraries=[lib]) == "HI!"
+    failing = write(tmp_path / "fail.lua", "local r = tools.loud{text = ''}\nreturn r")
+    err = failure(failing, tools=[helpers], libraries=[lib])
+    assert lua_frames(err)[-2:] == [(str(helpers), 3), (str(lib / "shout.lua"), 2)]
+    top = write(tmp_path / "tools" / "top.lua", "local shout = require 'shout'\nreturn {}\n")
+    with pytest.raises(SpellError) as caught:
+        Host([top], libraries=[lib])
+    assert caught.value.code == "configuration/load_failed"
+    assert "requires 'shout' while loading" in caught.value.fields["reason"]
