@@ -151,7 +151,7 @@ class Host:
         self.engine_factory: EngineFactory = engine_factory or engines.make_engine
         self.tools = ToolRegistry()
         for item in items:
-            for loaded in _load(item, sandbox, self.engine_factory):
+            for loaded in _load(item, sandbox, self.engine_factory, self.libraries):
                 self.tools.add(loaded)
         self.config: Config | None = config
         self.recovery = _recovery_policies(self.tools, recovery, config)
@@ -313,10 +313,14 @@ def _stop_on_tool_error(error: Any, tool_name: str, error_type: str, params: Any
 _stop_on_tool_error.__qualname__ = "stop_on_tool_error"  # its name in hook paths
 
 
-def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
-          ) -> list[Tool | ScriptTool]:
+def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory,
+          libraries: Libraries) -> list[Tool | ScriptTool]:
     if isinstance(item, (str, Path)):
-        return load_tools_file(item, sandbox, engine_factory=engine_factory)
+        from host.libraries import answer
+
+        roots = libraries.roots_for(item)  # a tools file's modules: its folder, then these
+        return load_tools_file(item, sandbox, engine_factory=engine_factory,
+                               modules=lambda request: answer(libraries, request, roots))
     if isinstance(item, ScriptTool):  # already listed, e.g. by another host
         return [item]
     return [as_tool(item)]

@@ -9,7 +9,9 @@ Roots, searched in order: the script's own folder (unless switched off:
 ``Host(script_dir_library=False)``, ``--no-script-dir-lib``, ``script_dir_library =
 false`` in a config file), then the roots given (``Host(libraries=[...])``, ``--lib DIR``),
 then a config file's ``libraries``, then a plan's. A root that does not exist is
-``configuration/file_not_found`` when the host is made, before anything runs.
+``configuration/file_not_found`` when the host is made, before anything runs. A Lua tools
+file's ``require`` searches its own folder in place of the script's (:func:`answer` is
+the one reply, for runs and for the listing of a tools file's functions).
 
 Names. A module name is a name, never a path: dot-separated parts (``pl.pretty`` is
 ``pl/pretty.lua``), each non-empty, without ``/``, ``\\``, ``:``, NUL or any other control
@@ -28,12 +30,14 @@ import os
 import stat
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bridge import ConfigurationError, SecurityError, SpellError
+from bridge.envelope import error_envelope
+from engines import ToolReply, ToolRequest
 
 MAX_MODULE_BYTES = 8 << 20  # a module's source: lodash is 0.5 MiB; 8 MiB is far past any
 MAX_NAME_LENGTH = 256  # characters of a module name
@@ -261,6 +265,26 @@ class Libraries:
                     continue
                 return Found(shown, self.cache.read(real, shown))
         return Missing(tuple(tried))
+
+
+def answer(libraries: Libraries, request: ToolRequest, roots: Sequence[Root],
+           ref: Callable[[SpellError], int] | None = None,
+           loaded: dict[str, str] | None = None) -> ToolReply:
+    """The host's reply to a ``require`` (a request of kind ``"module"``): the module's
+    file and text, or Lua's "not found" message; a refusal (a name that is a path, a file
+    outside its root, one too large) is an error envelope, with the request's frames.
+    ``ref`` gives errors their refs (a run's), ``loaded`` collects the files read."""
+    try:
+        found = libraries.resolve(request.tool, roots)
+    except SpellError as err:
+        err.frames = [*request.frames, *err.frames]
+        return ToolReply(request.id, error=error_envelope(err, ref=ref))
+    if isinstance(found, Missing):
+        return ToolReply(request.id, result={
+            "missing": not_found_message(request.tool, found.tried)})
+    if loaded is not None:
+        loaded.setdefault(found.file, found.source)
+    return ToolReply(request.id, result={"file": found.file, "source": found.source})
 
 
 def _too_large(shown: str, size: int) -> SpellError:

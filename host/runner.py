@@ -195,6 +195,7 @@ class ScriptRun:
         self.libraries = libraries
         self.library_roots = list(library_roots)
         self.modules: dict[str, str] = {}
+        self._roots_of: dict[str, list[Root]] = {}  # tools file -> its roots
 
     def cancel(self, error: SpellError, *, announce: bool = True) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
@@ -507,9 +508,10 @@ class ScriptRun:
     def _infos(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description) for t in self.tools]
 
-    def _converse(self, engine: Engine, step: Step, deadline: float) -> Finished | Failed:
+    def _converse(self, engine: Engine, step: Step, deadline: float,
+                  roots: Sequence[Root] | None = None) -> Finished | Failed:
         """Answer the engine's tool calls until the script (or the called function) ends,
-        by ``deadline``."""
+        by ``deadline`` (``roots``: where a tools file's require searches)."""
         control = self.control
         while isinstance(step, Suspended):
             if control.given_up:  # no tool runs for a run nobody waits for
@@ -519,9 +521,10 @@ class ScriptRun:
                 return Failed(control.reason)  # type: ignore[arg-type]
             requests = step.requests
             if len(requests) == 1:  # the usual step (always, in Lua): no comprehension
-                replies = [self._answer(requests[0], engine.language)]
+                replies = [self._answer(requests[0], engine.language, roots)]
             else:
-                replies = [self._answer(request, engine.language) for request in requests]
+                replies = [self._answer(request, engine.language, roots)
+                           for request in requests]
             recovering = self._script_recovery
             if recovering is not None and recovering.delays:  # retries of the script's own
                 recovering.wait(replies)
@@ -530,11 +533,12 @@ class ScriptRun:
                 self._received(step)
         return step
 
-    def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
+    def _answer(self, request: ToolRequest, caller: str,
+                roots: Sequence[Root] | None = None) -> ToolReply:
         """One request through the pipeline: the tool's result, or its error's envelope."""
         if request.kind != "tool":
             if request.kind == "module":
-                return self._module(request)
+                return self._module(request, roots)
             return self._recover(request, caller)
         name = request.tool
         tool = self.tools.get(name)
@@ -559,22 +563,28 @@ class ScriptRun:
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
-    def _module(self, request: ToolRequest) -> ToolReply:
-        """A script's ``require``: the module's file and text, found and read by the host
-        in the run's library roots (see host.libraries), or Lua's "not found" message."""
-        from host.libraries import Libraries, Missing, not_found_message
+    def _module(self, request: ToolRequest, roots: Sequence[Root] | None = None
+                ) -> ToolReply:
+        """A ``require``: the module's file and text, found and read by the host in the
+        library roots (the run's; ``roots``: a tools file's), or Lua's "not found"
+        message (see host.libraries)."""
+        from host.libraries import Libraries, answer
 
-        try:
-            libraries = self.libraries or Libraries(script_dir=False)
-            found = libraries.resolve(request.tool, self.library_roots)
-        except SpellError as err:
-            err.frames = [*request.frames, *err.frames]
-            return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
-        if isinstance(found, Missing):
-            return ToolReply(request.id, result={
-                "missing": not_found_message(request.tool, found.tried)})
-        self.modules.setdefault(found.file, found.source)
-        return ToolReply(request.id, result={"file": found.file, "source": found.source})
+        if self.libraries is None:
+            self.libraries = Libraries(script_dir=False)
+        return answer(self.libraries, request,
+                      self.library_roots if roots is None else roots, self._ref,
+                      self.modules)
+
+    def _tool_roots(self, tool: ScriptTool) -> list[Root] | None:
+        """The roots a tools file's require searches: its own folder first (as a script's),
+        then the host's roots (None: the run has no libraries)."""
+        if self.libraries is None:
+            return None
+        roots = self._roots_of.get(tool.filename)
+        if roots is None:
+            roots = self._roots_of[tool.filename] = self.libraries.roots_for(tool.filename)
+        return roots
 
     @property
     def current_deadline(self) -> float:
@@ -738,7 +748,8 @@ class ScriptRun:
         active[filename] = active.get(filename, 0) + 1
         try:
             step = self._converse(engine, self._received(
-                engine.call(tool.function, call.params, deadline)), deadline)
+                engine.call(tool.function, call.params, deadline)), deadline,
+                self._tool_roots(tool))
             failed = None
             if isinstance(step, Failed):
                 failed = step.error
@@ -789,8 +800,10 @@ class ScriptRun:
                 reason="give the function a Restart policy to load the file again"), tool)
         engine = self._libraries[tool.filename] = self._engine(tool.language)
         try:
+            roots = self._tool_roots(tool)
             load_library(engine, tool.source, tool.filename, self._infos(), deadline,
-                         self._output)
+                         self._output,
+                         modules=lambda request: self._module(request, roots))
             if tool.filename in self._kept:
                 self._restore(engine, tool, self._kept[tool.filename], deadline)
         except SpellError:

@@ -601,8 +601,24 @@ def test_a_lua_tools_files_functions_may_require(tmp_path: Path) -> None:
     failing = write(tmp_path / "fail.lua", "local r = tools.loud{text = ''}\nreturn r")
     err = failure(failing, tools=[helpers], libraries=[lib])
     assert lua_frames(err)[-2:] == [(str(helpers), 3), (str(lib / "shout.lua"), 2)]
-    top = write(tmp_path / "tools" / "top.lua", "local shout = require 'shout'\nreturn {}\n")
+
+
+
+def test_a_lua_tools_file_requires_at_load_from_its_folder_then_the_roots(
+        tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    write(lib / "shout.lua", "return function(s) return s:upper() .. '!' end\n")
+    write(lib / "word.lua", "return 'from lib'")
+    write(tmp_path / "tools" / "word.lua", "return 'from the tools folder'")
+    top = write(tmp_path / "tools" / "top.lua",
+                "local shout, word = require 'shout', require 'word'\n"
+                "return {loud = function(p) return shout(p.text) .. ' ' .. word end}\n")
+    script = write(tmp_path / "run" / "agent.lua", "return tools.loud{text = 'hi'}")
+    write(tmp_path / "run" / "word.lua", "return 'from the script folder'")
+    host = Host([top], libraries=[lib], on_output=lambda line: None)  # listed: loads once
+    assert host.run(script) == "HI! from the tools folder"
+    bad = write(tmp_path / "tools" / "bad.lua", "local x = require '../secret'\nreturn {}\n")
     with pytest.raises(SpellError) as caught:
-        Host([top], libraries=[lib])
+        Host([bad], libraries=[lib])
     assert caught.value.code == "configuration/load_failed"
-    assert "requires 'shout' while loading" in caught.value.fields["reason"]
+    assert caught.value.cause.code == "security/access_denied"
