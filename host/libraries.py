@@ -32,7 +32,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bridge import ConfigurationError, SecurityError, SpellError
@@ -291,12 +290,6 @@ def _too_large(shown: str, size: int) -> SpellError:
     return ConfigurationError.LoadFailed(
         path=shown, reason=f"the module is {size} bytes; a module is at most "
                            f"{MAX_MODULE_BYTES} bytes ({MAX_MODULE_BYTES >> 20} MiB)")
-
-
-def library_paths(paths: Iterable[str], base: str | os.PathLike[str] | None) -> list[str]:
-    """Library roots named in a file (a config, a plan), relative to its folder ``base``."""
-    return [path if base is None or os.path.isabs(path) else str(Path(base) / path)
-            for path in paths]
 
 
 def not_found_message(name: str, tried: Sequence[str]) -> str:
