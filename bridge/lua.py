@@ -53,6 +53,7 @@ class LuaScript:
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
     _entry: re.Pattern[str] | None = field(default=None, repr=False)
     _modules: dict[str, LuaScript] = field(default_factory=dict, repr=False)
+    _all_prefixes: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.short_src:
@@ -74,17 +75,20 @@ class LuaScript:
         if known is not None and known.source == source:
             return known
         self._modules[module.short_src] = module
-        self._entry = None
+        self._entry = self._all_prefixes = None
         self._frames.clear()
         return module
 
     def _owner(self, short_src: str) -> LuaScript:
         return self if short_src == self.short_src else self._modules.get(short_src, self)
 
-    def _prefixes(self) -> list[str]:
-        if not self._modules:
-            return [self.prefix]
-        return [self.prefix, *(module.prefix for module in self._modules.values())]
+    def _prefixes(self) -> tuple[str, ...]:
+        """What the lines of this script's files start with: its own, then its modules'."""
+        prefixes = self._all_prefixes
+        if prefixes is None or not self._modules:  # (short_src may be set after creation)
+            prefixes = self._all_prefixes = (
+                self.prefix, *(module.prefix for module in self._modules.values()))
+        return prefixes
 
     def line_text(self, line: int | None) -> str | None:
         """The source text of a 1-based line, stripped, or None when there is no such line."""
@@ -191,7 +195,7 @@ class LuaScript:
         :meth:`frames`), as Lua would print it."""
         if not traceback:
             return None
-        prefixes = tuple(self._prefixes())
+        prefixes = self._prefixes()
         lines, after = [], False
         for raw in traceback.split("\n"):
             entry = raw.strip()

@@ -56,6 +56,11 @@ class Root:
     shown: str
     real: str
 
+    @property
+    def inside(self) -> str:
+        """What the real path of every file inside the root starts with."""
+        return self.real if self.real.endswith(os.sep) else self.real + os.sep
+
     def file_name(self, relative: str) -> str:
         """The name a module file under this root goes by in frames and messages."""
         return relative if self.shown in ("", ".") else os.path.join(self.shown, relative)
@@ -167,7 +172,7 @@ class SourceCache:
         except OSError as exc:
             raise ConfigurationError.LoadFailed(path=shown, reason=exc.strerror or str(exc)) \
                 from None
-        with os.fdopen(fd, "rb") as file:
+        try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError.LoadFailed(path=shown, reason="not a regular file")
@@ -178,7 +183,16 @@ class SourceCache:
                 return cached[2]
             if info.st_size > MAX_MODULE_BYTES:
                 raise _too_large(shown, info.st_size)
-            data = file.read(MAX_MODULE_BYTES + 1)
+            chunks, size = [], 0
+            while size <= MAX_MODULE_BYTES:  # bounded, whatever the file grew to since
+                chunk = os.read(fd, MAX_MODULE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            data = b"".join(chunks)
+        finally:
+            os.close(fd)
         if len(data) > MAX_MODULE_BYTES:
             raise _too_large(shown, len(data))
         try:
@@ -256,7 +270,7 @@ class Libraries:
                     tried.append(shown)
                     continue
                 real = os.path.realpath(candidate)
-                if os.path.commonpath([real, root.real]) != root.real:
+                if not real.startswith(root.inside) and real != root.real:
                     raise refused(name, roots, f"{shown} resolves to a file outside its "
                                                f"library root")
                 if not os.path.isfile(real):
