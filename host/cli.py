@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tools", help="list the tools of tools files with their parameter schemas",
         description="List the @tool functions of the given files with their JSON schemas.")
     _add_tools_option(tools)
+    _add_library_options(tools)
     tools.add_argument("--json", action="store_true", help="print the list as JSON")
     tools.set_defaults(handler=_tools)
 
@@ -833,10 +834,16 @@ def _explain(args: argparse.Namespace) -> int:
 def _tools(args: argparse.Namespace) -> int:
     from bridge import SpellError
     from bridge.jsontext import json_text
+    from host.libraries import Libraries, answer
     from host.tools import load_tools_file
 
+    def listed(path: str, libraries: Libraries) -> list[Any]:
+        roots = libraries.roots_for(path)  # a Lua tools file's require: as in a run
+        return load_tools_file(path, modules=lambda request: answer(libraries, request, roots))
+
     try:
-        tools = [t for path in args.tools for t in load_tools_file(path)]
+        libraries = Libraries(args.lib, script_dir=not args.no_script_dir_lib)
+        tools = [t for path in args.tools for t in listed(path, libraries)]
     except SpellError as err:
         return _report_failure(err, args)
     listing = [{"name": t.name, "description": t.description, "timeout": t.timeout,

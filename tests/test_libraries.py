@@ -622,3 +622,14 @@ def test_a_lua_tools_file_requires_at_load_from_its_folder_then_the_roots(
         Host([bad], libraries=[lib])
     assert caught.value.code == "configuration/load_failed"
     assert caught.value.cause.code == "security/access_denied"
+
+
+def test_the_tools_command_lists_a_tools_file_that_requires(tmp_path: Path) -> None:
+    write(tmp_path / "vendor" / "dep.lua", "return {x = 1}")
+    tools = write(tmp_path / "tools.lua",
+                  'local dep = require "dep"\nreturn {f = function(p) return dep.x end}\n')
+    done = polyspell("tools", "--tools", tools, "--lib", "vendor", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert [entry["name"] for entry in json.loads(done.stdout)] == ["f"]
+    done = polyspell("tools", "--tools", tools, cwd=tmp_path)
+    assert done.returncode != 0 and "module 'dep' not found" in done.stderr
