@@ -379,6 +379,9 @@ class SpellError(Exception):
         if not isinstance(fields, Mapping):
             raise _bad_json(f"'fields' must be an object, got {_json_type(fields)}",
                             f"{_path}.fields")
+        taken = sorted(key for key in fields if key in _CONSTRUCTOR_KEYS)
+        if taken:  # a field named like an argument of the constructor: no field of any kind
+            raise _bad_json(f"unknown field {taken[0]!r}", f"{_path}.fields.{taken[0]}")
         message = _optional(data, "message", "string", _path)
         retry_after = _optional(data, "retry_after", "number", _path)
         if retry_after == variant.default_retry_after:
@@ -401,6 +404,12 @@ class SpellError(Exception):
             field = exc.fields.get("field") or ""
             raise _bad_json(exc.fields.get("reason", exc.message),
                             f"{_path}.fields.{field}" if field else f"{_path}.fields") from None
+
+
+# The keyword arguments of SpellError's constructor: never field names (from_dict passes
+# the fields as keywords beside them).
+_CONSTRUCTOR_KEYS = frozenset({"kind", "category", "severity", "retryable", "retry_after",
+                               "context", "frames", "cause"})
 
 
 # -- cause chains -----------------------------------------------------------------------

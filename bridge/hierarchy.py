@@ -629,6 +629,17 @@ class RuntimeInternalError(SpellRuntimeError, kind="internal_error", severity=Se
     reason: str
 
 
+class RuntimeWorkerDied(SpellRuntimeError, kind="worker_died", severity=Severity.CRITICAL,
+                        template="Worker process died: {reason}"):
+    """The worker process running an engine ended in the middle of a step (process
+    isolation): killed by ``signal`` (its name, such as ``SIGSEGV``), or exited with
+    ``exit_status``; ``reason`` says which, in words. The host starts another worker."""
+    reason: str
+    signal: str = ""
+    exit_status: int | None = None
+    pid: int = 0
+
+
 class RuntimeAllFallbacksFailed(SpellRuntimeError, kind="all_fallbacks_failed",
                                 template="All fallbacks failed: {attempted_options} options "
                                          "attempted"):

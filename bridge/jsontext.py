@@ -16,9 +16,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from pydantic_core import PydanticSerializationError
-from pydantic_core import to_json as _to_json
-
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -47,8 +44,10 @@ def json_bytes(value: Any) -> bytes:
     also writes a set, a tuple or a datetime, as it does for models; what neither can
     write is a TypeError, as from ``json.dumps``).
     """
+    from pydantic_core import PydanticSerializationError, to_json  # not for every command
+
     try:
-        return _to_json(value, inf_nan_mode="null")
+        return to_json(value, inf_nan_mode="null")
     except PydanticSerializationError:
         return json_text(value).encode("utf-8")
 

@@ -103,6 +103,11 @@ class Problem:
         return self.message
 
 
+# The kinds of request an engine makes (ToolRequest.kind): a tool call, and the reserved
+# kinds only an engine's prelude makes (never from a tool name a script gives).
+REQUEST_KINDS = ("tool", "recovery", "module")
+
+
 @dataclass
 class ToolRequest:
     """A script asked for a tool; the host answers with a :class:`ToolReply` of the same id."""

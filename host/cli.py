@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sandbox", choices=["constrained", "trusted"], default="constrained",
                      help="constrained (default): pure built-ins only; trusted: the "
                      "language's standard libraries too")
+    _add_isolation_option(run)
     run.add_argument("--json", action="store_true",
                      help='print one JSON object: {"ok": true, "result": ...} or '
                      '{"ok": false, "error": ...}')
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="what a failure does to the other tasks (overrides the plan's)")
     plan.add_argument("--max-concurrency", type=int, metavar="N",
                       help="tasks running at once at most (overrides the plan's)")
+    _add_isolation_option(plan)
     plan.add_argument("--json", action="store_true",
                       help="print the report as one JSON object on stdout")
     plan.add_argument("--verbose", action="store_true",
@@ -132,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_errors_parser(commands)
     return parser
+
+
+def _add_isolation_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--isolation", choices=["thread", "process"], default=None,
+        help="where engines run: thread (default: in this process, each on a thread of "
+        "its own) or process (each run's engines in a worker process, killed at the "
+        "deadline whatever the script does; slower to start)")
 
 
 def _add_errors_parser(commands: Any) -> None:
@@ -489,10 +499,11 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
         hooks = _cli_hooks(args)
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
                     sandbox=args.sandbox, config=config, hooks=hooks,
-                    on_human_input=_terminal_input(), monitor=monitor, libraries=args.lib,
+                    on_human_input=_terminal_input(), monitor=monitor,
+                    isolation=args.isolation, libraries=args.lib,
                     script_dir_library=False if args.no_script_dir_lib else None)
-        run = host.new_run(args.script, script_args)  # its recovery history is reported
-        with _hook_logs(hooks, config):
+        with host, _hook_logs(hooks, config):
+            run = host.new_run(args.script, script_args)  # its recovery history is reported
             result = anyio.run(run.execute)
     except SpellError as err:
         code = _report_failure(err, args, run)
@@ -634,19 +645,20 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
         hooks = _cli_hooks(args)
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
                                   config=config, hooks=hooks, monitor=monitor,
-                                  libraries=args.lib,
+                                  isolation=args.isolation, libraries=args.lib,
                                   script_dir_library=False if args.no_script_dir_lib
                                   else None)
-        plan = coordinator.prepare(args.plan, strategy=args.strategy,
-                                   max_concurrency=args.max_concurrency)
-        if progress is None:
-            with _hook_logs(hooks, config):
-                report = coordinator.run(plan)
-        else:
-            coordinator.on_task_started(progress.started)
-            coordinator.on_task_completed(progress.completed)
-            with progress.live(plan), _hook_logs(hooks, config, progress.log):
-                report = coordinator.run(plan)
+        with coordinator:  # its worker processes end with it (process isolation)
+            plan = coordinator.prepare(args.plan, strategy=args.strategy,
+                                       max_concurrency=args.max_concurrency)
+            if progress is None:
+                with _hook_logs(hooks, config):
+                    report = coordinator.run(plan)
+            else:
+                coordinator.on_task_started(progress.started)
+                coordinator.on_task_completed(progress.completed)
+                with progress.live(plan), _hook_logs(hooks, config, progress.log):
+                    report = coordinator.run(plan)
     except SpellError as err:
         return _report_failure(err, args)
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback

@@ -3,6 +3,8 @@
 
 The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by field)::
 
+    isolation = "process"            # where engines run (Host(isolation=), --isolation win)
+
     [recovery]                       # defaults for every tool
     retry = { attempts = 2 }
 
@@ -84,7 +86,7 @@ import tomllib
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -155,6 +157,9 @@ class Config(BaseModel):
     # script's own folder is searched first (None: as the host says, by default yes)
     libraries: list[str] = []
     script_dir_library: StrictBool | None = None
+    # where engines run (host.Host's ``isolation``): the file's unless the code or the
+    # command line says
+    isolation: Literal["thread", "process"] | None = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in

@@ -213,9 +213,12 @@ class Coordinator:
     more tries). The controllers that ran are in the task's error's hook path. One
     dispatcher runs every hook, whatever host a plan's tools files need. ``monitor``
     records every task's errors and counts every try, as ``Host(monitor=...)`` (see
-    :mod:`host.monitor`). ``libraries`` and ``script_dir_library`` are the folders a
-    script's ``require`` searches, as for :class:`Host`; a plan's ``libraries`` come after
-    them (see :mod:`host.libraries`).
+    :mod:`host.monitor`). ``isolation`` (``"thread"`` or ``"process"``) says where every
+    task's engines run, as for :class:`host.Host`: in process mode the coordinator owns a
+    pool of worker processes, ended by :meth:`close` (or ``with Coordinator(...)``).
+    ``libraries`` and ``script_dir_library`` are the folders a script's ``require``
+    searches, as for :class:`Host`; a plan's ``libraries`` come after them (see
+    :mod:`host.libraries`).
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -254,8 +257,10 @@ class Coordinator:
         monitor: Any = None,
         libraries: Iterable[str | os.PathLike[str]] = (),
         script_dir_library: bool | None = None,
+        isolation: str | None = None,
     ) -> None:
-        # memory_mb, stack_kb, sandbox, on_human_input, hooks: checked by the Host below
+        # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation: checked by the
+        # Host below
         check_positive("max_concurrency", max_concurrency, at_least=1)
         check_callable("on_output", on_output)
         self.tools = tool_items(tools)
@@ -292,12 +297,24 @@ class Coordinator:
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
-                          monitor=monitor, libraries=libraries,
-                          script_dir_library=script_dir_library)
+                          monitor=monitor, isolation=isolation if isolation is not None
+                          else config.isolation if config is not None else None,
+                          libraries=libraries, script_dir_library=script_dir_library)
+        self.isolation = self._host.isolation
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)
         self.hooks: Dispatcher | None = self._host.hooks
+
+    def close(self) -> None:
+        """End the worker processes of process isolation (see :meth:`host.Host.close`)."""
+        self._host.close()
+
+    def __enter__(self) -> Coordinator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- listeners ------------------------------------------------------------------
 

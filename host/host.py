@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import reprlib
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from host.tools import (
 )
 
 if TYPE_CHECKING:
+    from engines.process import WorkerPool
     from host.config import Config
     from host.hooks import Dispatcher
     from host.libraries import Libraries
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
     from host.recovery.degrade import DegradationState
 
 SANDBOXES = ("constrained", "trusted")
+# Where a host's engines run: on threads of the host's process, or in worker processes
+# the host can always kill (see engines.process).
+ISOLATIONS = ("thread", "process")
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
 # with room to spare): far beyond any machine, refused rather than overflowing.
 MAX_MEMORY_MB = 1 << 32
@@ -81,6 +86,17 @@ class Host:
     the path of its SQLite file, or True for the default file; see
     :mod:`host.monitor`).
 
+    ``isolation`` says where the engines run (default: the config file's ``isolation``,
+    else ``"thread"``): ``"thread"``, in the host's
+    process, each on a thread of its own; ``"process"``, each in a worker process from a
+    pool of prewarmed workers the host owns (:class:`engines.process.WorkerPool`, its
+    engine factory: so not with ``engine_factory``). In process mode a run ends at its
+    deadline whatever its script does (a long C call, a busy loop: the worker is
+    killed), a crash of an engine fails only its run (``runtime/worker_died``), and
+    an engine's memory stays in its worker; Python tools still run in the host. Close the
+    host (:meth:`close`, or ``with Host(...) as host:``) to end its workers; they end
+    with the process in any case.
+
     ``libraries`` are the folders a script's ``require`` searches (see
     :mod:`host.libraries`): the script's own folder first (unless
     ``script_dir_library=False``), then these in order, then a config file's
@@ -108,7 +124,25 @@ class Host:
         monitor: Any = None,
         libraries: Iterable[str | os.PathLike[str]] = (),
         script_dir_library: bool | None = None,
+        isolation: str | None = None,
     ) -> None:
+        self.pool: WorkerPool | None = None  # the worker processes, in process isolation
+        if config is not None:  # a bad file fails before any tools file loads
+            from host.config import as_config
+
+            config = as_config(config)
+        if isolation is None:  # the config file's, else the default
+            isolation = (config.isolation if config is not None else None) or "thread"
+        if isolation not in ISOLATIONS:
+            raise ConfigurationError.InvalidValue(
+                key="isolation", value=_preview(isolation),
+                reason=f"unknown isolation {_preview(isolation)} (one of "
+                       f"{', '.join(ISOLATIONS)})")
+        if isolation == "process" and engine_factory is not None:
+            raise ConfigurationError.InvalidValue(
+                key="isolation", value="process",
+                reason="give engine_factory or isolation='process', not both (process "
+                       "isolation is an engine factory: the worker pool's)")
         check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
         check_positive("memory_mb", memory_mb, at_least=1, at_most=MAX_MEMORY_MB)
         check_positive("stack_kb", stack_kb, at_least=1, at_most=MAX_STACK_KB)
@@ -117,10 +151,7 @@ class Host:
         check_callable("on_human_input", on_human_input)
         self.on_human_input = on_human_input
         check_callable("on_tool_error", on_tool_error)
-        if config is not None:  # a bad file fails before any tools file loads
-            from host.config import as_config
-
-            config = as_config(config)
+        if config is not None:
             if config.hooks is not None:  # its [hooks] first, then the argument's
                 from host.hooks.files import with_config_hooks
 
@@ -148,18 +179,44 @@ class Host:
                              stack_kb=int(stack_kb))
         self.sandbox: Sandbox = sandbox
         self.on_output = on_output or write_lines
+        self.isolation = isolation
+        if isolation == "process":
+            from engines.process import WorkerPool
+
+            self.pool = WorkerPool(memory_mb=self.limits.memory_mb)
+            weakref.finalize(self, self.pool.close)  # a host dropped unclosed: its workers too
+            engine_factory = self.pool.make_engine
         self.engine_factory: EngineFactory = engine_factory or engines.make_engine
         self.tools = ToolRegistry()
-        for item in items:
-            for loaded in _load(item, sandbox, self.engine_factory, self.libraries):
-                self.tools.add(loaded)
         self.config: Config | None = config
-        self.recovery = _recovery_policies(self.tools, recovery, config)
         self._breakers: Breakers | None = None
         self._caches: dict[str, Any] = {}  # tool name -> its fallback cache (host.recovery)
-        if degradation is None and config is not None:  # the argument wins over the file
-            degradation = config.degradation
-        self._degradation = _degradation_state(degradation)
+        try:
+            for item in items:
+                for loaded in _load(item, sandbox, self.engine_factory, self.libraries):
+                    self.tools.add(loaded)
+            self.recovery = _recovery_policies(self.tools, recovery, config)
+            if degradation is None and config is not None:  # the argument wins over the file
+                degradation = config.degradation
+            self._degradation = _degradation_state(degradation)
+        except BaseException:
+            self.close()  # a host that failed to be made leaves no worker behind
+            raise
+
+    def close(self) -> None:
+        """End the host's worker processes (process isolation; nothing in thread mode).
+
+        Runs still in progress fail at once; runs started later fail with
+        ``configuration/invalid_value``. Closing again does nothing.
+        """
+        if self.pool is not None:
+            self.pool.close()
+
+    def __enter__(self) -> Host:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""

@@ -4,6 +4,7 @@
     python scripts/bench.py --quick    # fewer repeats
     python scripts/bench.py --only coordinator    # only the coordinator's rows
     python scripts/bench.py --only monitor        # only the monitor's and its store's rows
+    python scripts/bench.py --only isolation      # process isolation against thread mode
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engines import Limits, engine_class  # noqa: E402
+from engines.process import WorkerPool  # noqa: E402
 from host import Breakers, CircuitBreaker, Host, Retry, hooks, tool  # noqa: E402
 
 
@@ -730,10 +732,51 @@ def store_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
+def pool_engine(pool: WorkerPool, language: str, first_step: bool) -> float:
+    """Seconds to a ready engine from a pool of prewarmed workers (``first_step``: and to
+    the end of its first trivial script, which makes the engine in the worker)."""
+    source = "return 1" if language == "lua" else "1"
+    start = time.perf_counter()
+    engine = pool.make_engine(language, limits=Limits())
+    if first_step:
+        engine.start(source, "ready", None, [], time.monotonic() + 10)
+    elapsed = time.perf_counter() - start
+    engine.close()
+    time.sleep(0.005)  # the worker settles (drops the engine) before the next take
+    return elapsed
+
+
+def isolation_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """Process isolation against thread mode, in the same run (issue 14's rows)."""
+    rows = []
+    us, ms = 1e6, 1e3
+    with Host([add], on_output=lambda line: None) as threads, \
+            Host([add], on_output=lambda line: None, isolation="process") as processes:
+        processes.run_source("return 1", "lua")  # the pool is warm
+        for language, source in (("lua", LUA_LOOP), ("javascript", JS_LOOP)):
+            name = "Lua" if language == "lua" else "JS"
+            rows.append((f"tool round trip, {name}, thread mode",
+                         median_of(repeats, lambda h=threads, lang=language, src=source:
+                                   tool_round_trip(h, lang, src, 5000)) * us, "us", ""))
+            rows.append((f"tool round trip, {name}, process mode",
+                         median_of(repeats, lambda h=processes, lang=language, src=source:
+                                   tool_round_trip(h, lang, src, 5000)) * us, "us", "<= 40"))
+    with WorkerPool(1) as pool:
+        pool_engine(pool, "lua", True)  # started and warm
+        for language in ("lua", "javascript"):
+            rows.append((f"ready engine from the pool, {language}",
+                         median_of(repeats * 5, lambda lang=language:
+                                   pool_engine(pool, lang, False)) * ms, "ms", "<= 1"))
+            rows.append(("  ... and its first trivial script",
+                         median_of(repeats * 5, lambda lang=language:
+                                   pool_engine(pool, lang, True)) * ms, "ms", ""))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor"],
+    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
@@ -745,6 +788,9 @@ def main() -> None:
         return
     if options.only == "hooks":
         print_table(repeats, hooks_rows(repeats))
+        return
+    if options.only == "isolation":
+        print_table(repeats, isolation_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -810,6 +856,7 @@ def main() -> None:
     rows += monitor_rows(repeats)
     rows += coordinator_rows(repeats)
     rows += store_rows(repeats)
+    rows += isolation_rows(repeats)
     print_table(repeats, rows)
 
 

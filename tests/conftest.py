@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 import pytest
 
 # The script languages exist once the engines' specs are registered (bridge is told them):
 # tests that read frames or errors from JSON without running an engine need them too.
 import engines  # noqa: F401
+
+if TYPE_CHECKING:
+    from engines.process import WorkerPool
 
 LANGUAGES = ["lua", "javascript"]
 EXTENSION = {"lua": ".lua", "javascript": ".js"}
@@ -36,3 +42,13 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def pick(language: str, lua: str, javascript: str) -> str:
     """The source for the language under test."""
     return lua if language == "lua" else javascript
+
+
+@pytest.fixture(scope="session")
+def worker_pool() -> Iterator[WorkerPool]:
+    """One pool of worker processes for the session's process-isolation tests (engines
+    of 64 MB prewarmed, as the engine driver makes by default)."""
+    from engines.process import WorkerPool
+
+    with WorkerPool(memory_mb=64) as pool:
+        yield pool

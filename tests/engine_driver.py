@@ -20,6 +20,16 @@ from engines import Failed, Finished, Limits, Step, Suspended, ToolInfo, ToolRep
 
 FILE = {"lua": "agent.lua", "javascript": "agent.js"}
 
+# What the driver makes engines with: engines.make_engine (thread isolation), or a worker
+# pool's factory (process isolation), which the engine-contract suite sets per test.
+factory: Callable[..., engines.Engine] = engines.make_engine
+
+
+def make_engine(name: str, *, limits: Limits = engines.DEFAULT_LIMITS,
+                sandbox: str = "constrained") -> engines.Engine:
+    """A new engine of ``name`` from the driver's :data:`factory`."""
+    return factory(name, limits=limits, sandbox=sandbox)
+
 
 @dataclass
 class Run:
@@ -84,8 +94,8 @@ def drive(name: str, source: str, args: Any = None, tools: Tools | None = None, 
           filename: str | None = None, one_at_a_time: bool = False) -> Run:
     """Run ``source`` in a new engine of ``name`` to its end."""
     tools = tools or {}
-    engine = engines.make_engine(name, limits=Limits(timeout=timeout, memory_mb=memory_mb),
-                                 sandbox=sandbox)  # type: ignore[arg-type]
+    engine = make_engine(name, limits=Limits(timeout=timeout, memory_mb=memory_mb),
+                         sandbox=sandbox)
     deadline = time.monotonic() + timeout
     try:
         infos = [ToolInfo(tool, f"the {tool} tool") for tool in tools]

@@ -8,8 +8,9 @@ spec's name); what is checked is the same for all. What is specific to one engin
 in its own test file.
 
 The driver stands in for the host through the public interface only: an engine made by
-``engines.make_engine``, steps read as data (output lines from the steps, error refs
-resolved by ``bridge.envelope.resolve_refs``).
+``engines.make_engine`` (thread isolation) or by a worker pool (process isolation: the
+``name`` fixture runs every test in both), steps read as data (output lines from the
+steps, error refs resolved by ``bridge.envelope.resolve_refs``).
 """
 
 from __future__ import annotations
@@ -22,19 +23,26 @@ from typing import Any
 
 import pytest
 
-import engines
 from bridge import SpellError, ToolError
 from engines import Failed, Finished, Limits, Step, Suspended, ToolInfo, ToolReply
 from engines.specs import BUILT_IN
-from tests.engine_driver import FILE, Run, converse, drive
+from tests import engine_driver
+from tests.engine_driver import FILE, Run, converse, drive, make_engine
 
 SPECS = [spec.name for spec in BUILT_IN]
+ISOLATIONS = ["thread", "process"]
 
 
-@pytest.fixture(params=SPECS)
-def name(request: pytest.FixtureRequest) -> str:
-    """The engine under test, by its spec's name."""
-    return request.param
+@pytest.fixture(params=[(spec, isolation) for isolation in ISOLATIONS for spec in SPECS],
+                ids="-".join)
+def name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine under test, by its spec's name, in each isolation mode: the driver makes
+    engines with engines.make_engine (thread) or a worker pool's factory (process)."""
+    language, isolation = request.param
+    if isolation == "process":
+        pool = request.getfixturevalue("worker_pool")
+        monkeypatch.setattr(engine_driver, "factory", pool.make_engine)
+    return language
 
 
 
@@ -110,7 +118,7 @@ LIBRARY = {"lua": "return {double = function(p) return p.n * 2 end,\n"
 
 
 def test_a_tools_file_loads_to_its_exports_and_each_call_is_an_activation(name):
-    engine = engines.make_engine(name, limits=Limits(timeout=5))
+    engine = make_engine(name, limits=Limits(timeout=5))
     deadline = time.monotonic() + 5
     try:
         loaded = engine.load(LIBRARY[name], "lib", [ToolInfo("echo")], deadline)
@@ -225,7 +233,7 @@ def test_deep_recursion_is_a_stack_exhaustion(name):
 
 
 def test_stop_from_another_thread_ends_the_run_with_the_time_limit(name):
-    engine = engines.make_engine(name, limits=Limits(timeout=30))
+    engine = make_engine(name, limits=Limits(timeout=30))
     source = {"lua": "tools.echo{} while true do end",
               "javascript": "async function main() { await tools.echo({}); }"}
     deadline = time.monotonic() + 30
@@ -243,7 +251,7 @@ def test_stop_from_another_thread_ends_the_run_with_the_time_limit(name):
 
 
 def test_a_reply_to_a_request_it_did_not_make_is_a_protocol_violation(name):
-    engine = engines.make_engine(name)
+    engine = make_engine(name)
     deadline = time.monotonic() + 5
     try:
         step = engine.start({"lua": "return tools.echo{}",
@@ -287,7 +295,7 @@ def test_every_step_pickles_to_an_equal_value(name):
               "javascript": "async function main() { console.log('x');"
                             " try { await tools.echo({f: () => 1}); } catch (e) {}"
                             " await tools.echo({a: 1}); throw new Error('boom'); }"}
-    engine = engines.make_engine(name)
+    engine = make_engine(name)
     deadline = time.monotonic() + 5
     steps: list[Step] = []
     try:

@@ -97,6 +97,11 @@ BAD_INPUTS = {
                          "Input should be a valid number"),
     "unknown field": (_good(fields={"tool_name": "s", "duration": 2, "x": 1}), "$.fields.x",
                       "unknown field 'x'"),
+    "field named like an argument": (  # was a TypeError out of the constructor
+        _good(fields={"tool_name": "s", "duration": 2, "retryable": True}),
+        "$.fields.retryable", "unknown field 'retryable'"),
+    "field named cause": (_good(fields={"tool_name": "s", "duration": 2, "cause": "x"}),
+                          "$.fields.cause", "unknown field 'cause'"),
     "bad severity": (_good(severity="loud"), "$.severity", "unknown severity 'loud'"),
     "severity wrong type": (_good(severity=[1]), "$.severity", "severity must be"),
     "message wrong type": (_good(message=3), "$.message", "'message' must be a string"),

@@ -633,3 +633,17 @@ def test_the_tools_command_lists_a_tools_file_that_requires(tmp_path: Path) -> N
     assert [entry["name"] for entry in json.loads(done.stdout)] == ["f"]
     done = polyspell("tools", "--tools", tools, cwd=tmp_path)
     assert done.returncode != 0 and "module 'dep' not found" in done.stderr
+
+
+def test_require_in_process_isolation_where_the_worker_opens_no_file(tmp_path: Path) -> None:
+    """The confined worker cannot open files: the host reads the module and hands it over."""
+    lib, script = _library_error_files(tmp_path)
+    write(tmp_path / "ok.lua", 'return require("util").check(5)')
+    with Host(isolation="process", libraries=[lib], on_output=lambda line: None) as host:
+        assert host.run(tmp_path / "ok.lua") == 5
+        with pytest.raises(SpellError) as caught:
+            host.run(script)
+    err = caught.value
+    assert err.fields["script"] == str(lib / "util.lua") and err.fields["script_line"] == 4
+    assert lua_frames(err)[-2:] == [(str(script), 3), (str(lib / "util.lua"), 4)]
+    assert err.frames[-1].source == "error('negative: ' .. x)"

@@ -680,6 +680,32 @@ def test_a_config_without_alerts_does_not_load_the_monitor(tmp_path: Path):
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.parametrize("with_config", [False, True])
+def test_a_monitor_without_alerts_never_loads_them(tmp_path: Path, with_config: bool):
+    """polyspell run records by default: without alert rules it must not pay for the
+    alerts' models (nor recovery's, for webhooks): a third of a second of start-up. (A
+    config file loads recovery's models itself: it holds recovery policies.)"""
+    import subprocess
+    import sys
+
+    config = tmp_path / "polyspell.toml"
+    config.write_text("[hooks]\npresets = []\n")
+    made = f"config=load_config({str(config)!r})" if with_config else ""
+    loader = "from host.config import load_config\n" if with_config else ""
+    code = ("import sys\nfrom host import Host\n" + loader +
+            "from host.monitor import Monitor\n"
+            f"monitor = Monitor({str(tmp_path / 'errors.db')!r})\n"
+            f"host = Host(monitor=monitor, {made})\n"
+            "assert host.run_source('return 1', 'lua') == 1\n"
+            "monitor.close()\n"
+            "print(sorted(m for m in ('host.monitor.alerts', 'host.recovery') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).parent.parent)
+    expected = "['host.recovery']" if with_config else "[]"
+    assert out.stdout.strip() == expected, out.stderr
+
+
 def test_group_reads_never_wait_for_a_writer(tmp_path: Path):
     import sqlite3
 

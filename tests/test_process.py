@@ -203,6 +203,34 @@ def test_ctrl_c_ends_a_run_at_once(workdir, started, script):
     _interrupt(process, loops=1 if script.startswith("loop") else 0)
 
 
+@pytest.mark.parametrize("script", ["loop.js", "loop.lua"])
+def test_ctrl_c_ends_a_run_and_its_worker_at_once(workdir, started, script):
+    """With --isolation process the busy loop runs in a worker process (of polyspell's
+    process group): Ctrl-C ends polyspell at once, and its worker with it."""
+    process = _start(started, "run", script, "--tools", "tools.py", "--timeout", "30",
+                     "--isolation", "process", cwd=workdir)
+    process.wait_for_line("READY")
+    workers = _children(process.proc.pid)
+    assert workers, "no worker process runs the script"
+    time.sleep(0.3)  # the loop spins in the worker
+    _interrupt(process, loops=0)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry.name))
+    return found
+
+
 def test_ctrl_c_ends_a_plan_at_once(workdir, started):
     (workdir / "plan.toml").write_text(textwrap.dedent("""
         [plan]

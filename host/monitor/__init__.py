@@ -26,15 +26,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import ConfigurationError, SpellError
 from host.hooks import Hook
-from host.monitor.alerts import AlertEngine, LastSeen, as_alert_config
 from host.monitor.metrics import Counts
 from host.monitor.recorder import Recorder
 from host.monitor.store import QUIET_BEFORE_REGRESSION, Store
 from host.monitor.writer import MAX_PENDING, Writer
+
+if TYPE_CHECKING:
+    from host.monitor.alerts import AlertEngine
 
 logger = logging.getLogger("polyspell")
 
@@ -111,6 +113,13 @@ class Monitor:
         now on, unless the monitor has alerts already (``Host(config=)`` gives its file's
         ``[alerts]`` this way: the monitor's own win). Before the monitor's :attr:`hooks`
         are registered (its breaker observer is one of them)."""
+        config_module = sys.modules.get("host.config")  # a Config was made: it is loaded
+        if alerts is None or alerts is False or (
+                config_module is not None and isinstance(alerts, config_module.Config)
+                and alerts.alerts is None):
+            return  # no alerts: their models (and recovery's, for webhooks) never load
+        from host.monitor.alerts import AlertEngine, LastSeen, as_alert_config
+
         config = as_alert_config(alerts)
         if config is None or self.alerts is not None or self._recorder is None \
                 or self.store is None or self.writer is None:

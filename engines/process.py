@@ -1,0 +1,639 @@
+"""Engines in worker processes the host can always kill (process isolation).
+
+:class:`ProcessEngine` is an :class:`engines.base.Engine` whose steps run in a worker
+process (:mod:`engines.worker`): each step's request goes over a socket as one frame
+(:mod:`engines.wire`), the worker runs it in a real engine and sends the step back. The
+runner drives it like any engine (httpx: one transport interface, several transports).
+:class:`WorkerPool` keeps prewarmed workers and is the engine factory of a host in
+process mode (``Host(isolation="process")``).
+
+What the worker cannot do to the host:
+
+- make it wait: every read has the step's deadline plus :data:`KILL_GRACE`; past it the
+  worker is killed (SIGKILL) and the step fails with ``script/resource_exhaustion``
+  (time), whatever the script is doing (a long C call in Lua, a JS loop, a hang);
+- run code in it: what it sends is JSON, checked field by field
+  (:func:`engines.wire.step_from_wire`), errors rebuilt by ``SpellError.from_dict``;
+- grow its memory: a message longer than the engine's memory limit is refused before it
+  is read; garbage, a truncated message, a bad step: the worker is killed and the step
+  fails with ``bridge/protocol_violation``;
+- crash it: a worker that dies (a signal, an exit, the kernel's OOM killer) fails its
+  step with ``runtime/worker_died`` saying how, and the pool starts another.
+
+Workers never outlive the host: :meth:`WorkerPool.close`, interpreter exit (atexit), and
+a host killed with SIGKILL (each worker asks for SIGKILL when its parent dies, and exits
+at EOF on its socket).
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from typing import Any
+
+import engines
+from bridge import BridgeError, ConfigurationError, ScriptError, SpellError
+from bridge.hierarchy import SpellRuntimeError
+from engines import wire
+from engines.base import (
+    Engine,
+    Failed,
+    Limits,
+    Sandbox,
+    Step,
+    ToolInfo,
+    ToolReply,
+    protocol_violation,
+)
+
+# Seconds past a step's deadline the host waits for the worker's answer before it kills
+# the worker: time for the engine to report its own time limit, with the script line it
+# stopped at (Lua looks at the clock every 20 ms or so; quickjs at its interrupt).
+KILL_GRACE = 0.5
+# Runs a worker serves before it is replaced (a long-lived interpreter's heap only grows).
+RECYCLE_AFTER = 100
+# Seconds to wait for a worker being started by the pool's spawner thread.
+SPAWN_TIMEOUT = 30.0
+_MB = 1 << 20
+# flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
+_NO_WAIT = int(socket.MSG_DONTWAIT)
+_SEND = _NO_WAIT | int(getattr(socket, "MSG_NOSIGNAL", 0))  # a dead worker: EPIPE, no signal
+_POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
+_HEADER_SIZE = wire.HEADER.size
+_unpack = wire.HEADER.unpack_from
+
+
+class _Late(Exception):
+    """The deadline (and its grace) passed before the worker answered."""
+
+
+class _Ended(Exception):
+    """The worker's end closed; ``received`` bytes of a frame had come (0: none)."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(received)
+        self.received = received
+
+
+class Worker:
+    """One worker process and the host's end of its socket (used by one thread at a time,
+    except :meth:`kill`, which any thread may call)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], sock: socket.socket,
+                 memory_mb: int) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.sock = sock
+        self.memory_mb = memory_mb
+        self.runs = 0  # proxies served
+        self.ready = False  # its ready frame has been read
+        self.address_space_kb = 0  # as it reported when ready
+        self.walls: list[str] = []  # what confines it (engines.confine), as it reported
+        self._pending = bytearray()  # bytes received past the last frame
+        self._poller = select.poll()
+        self._poller.register(sock, _POLLIN)
+        self._events = _POLLIN  # what the poller waits for
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process has not ended (as far as the host has seen)."""
+        return self.process.poll() is None
+
+    def send(self, data: bytes, deadline: float) -> None:
+        """One frame to the worker, by ``deadline`` (:class:`_Late`, :class:`_Ended`).
+
+        The socket stays in blocking mode; each call says not to wait (MSG_DONTWAIT),
+        and the waiting is a poll with the deadline: a small message is one system call.
+        """
+        try:
+            sent = self.sock.send(data, _SEND)
+            if sent == len(data):
+                return
+            view = memoryview(data)[sent:]
+            while view:
+                try:
+                    view = view[self.sock.send(view, _SEND):]
+                except BlockingIOError:
+                    self._wait(_POLLOUT, deadline)
+        except BlockingIOError:  # the very first write found the buffer full
+            self._wait(_POLLOUT, deadline)
+            self.send(data, deadline)
+        except OSError:  # EPIPE, ECONNRESET, a closed socket: it is gone
+            raise _Ended(0) from None
+
+    def _wait(self, events: int, deadline: float) -> None:
+        """Until the socket is ready for ``events`` (:class:`_Late` past ``deadline``)."""
+        poller = self._poller
+        if events != self._events:
+            poller.modify(self.sock, events)
+            self._events = events
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Late()
+            if poller.poll(math.ceil(remaining * 1000)):
+                return
+
+    def receive(self, deadline: float, limit: int) -> Any:
+        """The worker's next message (its ready frame first read and checked), by
+        ``deadline``; at most ``limit`` bytes (:class:`wire.WireError` past it)."""
+        if not self.ready:
+            hello = self._message(deadline, limit)
+            if (type(hello) is not list or len(hello) != 4 or hello[:2] != ["R", self.pid]
+                    or type(hello[2]) is not int or type(hello[3]) is not list):
+                raise wire.WireError("the worker's first message is not its ready frame")
+            self.ready, self.address_space_kb = True, hello[2]
+            self.walls = [str(wall) for wall in hello[3][:8]]  # what confines it
+        return self._message(deadline, limit)
+
+    def _message(self, deadline: float, limit: int) -> Any:
+        if not self._pending:  # the usual case: one read brings one whole small frame
+            chunk = self._read(deadline, 0)
+            if len(chunk) > _HEADER_SIZE:
+                size = _unpack(chunk)[0]
+                if size + _HEADER_SIZE == len(chunk) and size <= limit:
+                    return wire.message(memoryview(chunk)[_HEADER_SIZE:])
+            self._pending += chunk
+        (size,) = _unpack(self._exactly(_HEADER_SIZE, deadline, 0))
+        if size > limit:
+            raise wire.WireError(f"the worker sent a message of {size} bytes, more than "
+                                 f"the engine's memory limit ({limit} bytes)")
+        return wire.message(self._exactly(size, deadline, _HEADER_SIZE))
+
+    def _read(self, deadline: float, before: int, size: int = 1 << 16) -> bytes:
+        """What the worker has sent, once it has sent something; :class:`_Ended` at EOF
+        (``before``: the bytes of the frame read so far)."""
+        while True:
+            self._wait(_POLLIN, deadline)
+            try:
+                chunk = self.sock.recv(size, _NO_WAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise _Ended(before)
+            return chunk
+
+    def _exactly(self, size: int, deadline: float, before: int) -> bytearray:
+        buffer = self._pending
+        while len(buffer) < size:
+            buffer += self._read(deadline, before + len(buffer),
+                                 min(max(size - len(buffer), 1 << 16), 1 << 20))
+        if len(buffer) == size:
+            self._pending = bytearray()
+            return buffer
+        data = buffer[:size]
+        del buffer[:size]
+        return data
+
+    def kill(self) -> None:
+        """SIGKILL the process (any thread; nothing if it has already been reaped)."""
+        try:
+            self.process.kill()
+        except OSError:
+            pass
+
+    def end(self) -> None:
+        """Kill the process, reap it and close the socket (the owning thread)."""
+        self.kill()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # unkillable (stopped in the kernel): left
+            pass
+        self.sock.close()
+
+    def death(self) -> SpellError:
+        """``runtime/worker_died`` saying how the process ended (reaped here)."""
+        self.kill()  # an end of the socket closed, yet alive: it ends now
+        try:
+            status = self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            status = None
+        self.sock.close()
+        return died(self.pid, status)
+
+
+def died(pid: int, status: int | None) -> SpellError:
+    """``runtime/worker_died`` for a process that ended with ``status`` (Popen's: a
+    negative number is the signal that killed it)."""
+    if status is None:
+        return SpellRuntimeError.WorkerDied(reason=f"worker {pid} stopped answering",
+                                            pid=pid)
+    if status < 0:
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = f"signal {-status}"
+        why = " (out of memory?)" if name == "SIGKILL" else ""
+        return SpellRuntimeError.WorkerDied(reason=f"worker {pid} was killed by {name}{why}",
+                                            signal=name, pid=pid)
+    from engines.worker import EXIT_OUT_OF_MEMORY
+
+    why = " (out of memory)" if status == EXIT_OUT_OF_MEMORY else ""
+    return SpellRuntimeError.WorkerDied(
+        reason=f"worker {pid} exited with status {status}{why}", exit_status=status, pid=pid)
+
+
+class ProcessEngine(Engine):
+    """An engine running in a worker process, driven through the socket.
+
+    One subclass per language (:func:`proxy_class`) carries that language's spec, so the
+    runner reads ``engine.language`` and ``engine.spec`` as for the real engine. Made by
+    :meth:`WorkerPool.make_engine`, which hands it a worker; :meth:`close` gives the
+    worker back (or ends it, if it is not healthy).
+    """
+
+    def __init__(self, pool: WorkerPool, worker: Worker, *, limits: Limits = engines.DEFAULT_LIMITS,
+                 sandbox: Sandbox = "constrained") -> None:
+        super().__init__(limits=limits, sandbox=sandbox)
+        self._pool = pool
+        self._worker: Worker | None = worker
+        self._lock = threading.Lock()  # close() against stop() from another thread
+        self._usable = True  # as the worker last said
+        self._busy = False  # a request is out and its answer not read: not reusable
+        self._stopped = False  # stop() killed the worker
+        # the code of what made the host kill the worker (a step after it is refused);
+        # a limit the engine reports itself leaves the worker to answer as the engine does
+        self._ended: str | None = None
+        self._limit = min(limits.memory_mb * _MB, wire.MAX_FRAME)
+        self._open = wire.frame(["open", wire.spec_to_wire(self.spec), limits.timeout,
+                                 limits.memory_mb, limits.stack_kb, sandbox])
+
+    # -- the steps ------------------------------------------------------------------
+
+    def start(self, source: str, filename: str, args: Any, tools: list[ToolInfo],
+              deadline: float) -> Step:
+        """See :meth:`Engine.start`: run in the worker."""
+        return self._step(["start", source, filename, args, wire.tools_to_wire(tools),
+                           deadline], deadline)
+
+    def load(self, source: str, filename: str, tools: list[ToolInfo], deadline: float) -> Step:
+        """See :meth:`Engine.load`: run in the worker."""
+        return self._step(["load", source, filename, wire.tools_to_wire(tools), deadline],
+                          deadline)
+
+    def call(self, function: str, params: Any, deadline: float) -> Step:
+        """See :meth:`Engine.call`: run in the worker."""
+        return self._step(["call", function, params, deadline], deadline)
+
+    def resume(self, replies: list[ToolReply], deadline: float) -> Step:
+        """See :meth:`Engine.resume`: run in the worker."""
+        return self._step(["resume", wire.replies_to_wire(replies), deadline], deadline)
+
+    def _step(self, message: list[Any], deadline: float) -> Step:
+        worker = self._worker
+        if self._stopped:
+            return self._out_of_time()
+        if worker is None:
+            return Failed(protocol_violation("a step of a closed engine"))
+        if self._ended is not None:  # the worker was killed: it answers nothing more
+            return Failed(protocol_violation(
+                f"a step of an engine whose worker was ended ({self._ended})"))
+        try:
+            data = wire.frame(message)
+        except (TypeError, ValueError) as exc:  # the host's own data: not JSON-like
+            return Failed(protocol_violation(f"a step the worker cannot be sent: {exc}"))
+        ends = deadline + KILL_GRACE
+        self._busy = True
+        try:
+            if self._open:  # the proxy's first step: the worker makes the engine first
+                data, self._open = self._open + data, b""
+            worker.send(data, ends)
+            step, usable = wire.step_from_wire(worker.receive(ends, self._limit))
+        except _Late:
+            return self._broken(self._out_of_time())
+        except _Ended as ended:
+            if self._stopped:
+                return self._broken(self._out_of_time())
+            error = worker.death()
+            if self._pool.closed:  # the host was closed under the run: not a crash
+                error = SpellRuntimeError.WorkerDied(
+                    reason=f"worker {worker.pid} was ended: its host was closed",
+                    signal=error.fields["signal"], exit_status=error.fields["exit_status"],
+                    pid=worker.pid)
+            if ended.received:
+                error = BridgeError.ProtocolViolation(
+                    reason=f"the worker's message was cut off after {ended.received} bytes "
+                           f"({error.fields['reason']})", cause=error)
+            return self._broken(Failed(error))
+        except Exception as bad:  # WireError, a SpellError from_dict raised, or anything
+            if self._stopped:     # else the worker's data made the checks trip over
+                return self._broken(self._out_of_time())
+            reason = (bad.message if isinstance(bad, SpellError) else str(bad)
+                      if isinstance(bad, wire.WireError) else
+                      f"its step could not be read ({type(bad).__name__}: {str(bad)[:200]})")
+            cause = bad if isinstance(bad, SpellError) else None
+            return self._broken(Failed(BridgeError.ProtocolViolation(
+                reason=f"worker {worker.pid}: {reason}", cause=cause)))
+        self._busy = False
+        self._usable = usable
+        return step
+
+    def _out_of_time(self) -> Failed:
+        return Failed(ScriptError.ResourceExhaustion(
+            language=self.language, resource_type="time", limit=self.limits.timeout))
+
+    def _broken(self, step: Failed) -> Failed:
+        """The worker is not to be trusted again: it is killed, the engine unusable."""
+        self._usable = False
+        self._ended = step.error.code
+        worker = self._worker
+        if worker is not None:
+            worker.kill()
+        return step
+
+    # -- state ----------------------------------------------------------------------
+
+    @property
+    def usable(self) -> bool:
+        """Whether the engine can still run code (see :attr:`Engine.usable`)."""
+        return self._usable and not self._stopped and self._worker is not None
+
+    @property
+    def walls(self) -> list[str]:
+        """What confines the worker (:func:`engines.confine.confine`), as it said when it
+        was ready (empty before its first step, and once the engine is closed)."""
+        worker = self._worker
+        return [] if worker is None else list(worker.walls)
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id (None once the engine is closed)."""
+        worker = self._worker
+        return None if worker is None else worker.pid
+
+    def stop(self) -> bool:
+        """Kill the worker (any thread): the step in progress, or the next one, fails
+        with the time limit at once."""
+        with self._lock:
+            self._stopped = True
+            worker = self._worker
+            if worker is not None:
+                worker.kill()
+        return True
+
+    def close(self) -> None:
+        """Give the worker back to the pool, or end it if it is not fit to serve again."""
+        with self._lock:
+            worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        healthy = self._usable and not self._stopped and not self._busy
+        self._pool.give_back(worker, healthy, opened=not self._open)
+
+
+_PROXIES: dict[str, type[ProcessEngine]] = {}
+
+
+def proxy_class(language: str) -> type[ProcessEngine]:
+    """The :class:`ProcessEngine` subclass of a registered language (made once)."""
+    spec = engines.spec_of(language)
+    if spec is None or spec.name != language:
+        raise KeyError(language)
+    cls = _PROXIES.get(language)
+    if cls is None or cls.spec != spec:
+        cls = _PROXIES[language] = type(
+            f"Process{spec.name.title()}Engine", (ProcessEngine,),
+            {"spec": spec, "__module__": __name__,
+             "__doc__": f"A {spec.display_name} engine in a worker process."})
+    return cls
+
+
+class WorkerPool:
+    """Prewarmed worker processes, and the engine factory that hands them out.
+
+    ``size`` workers (default: the cores this process may use) are started at once, in
+    the background, for engines of ``memory_mb``; an engine of another memory limit gets
+    a worker started for it. :meth:`make_engine` is an engine factory
+    (``Host(engine_factory=pool.make_engine)``, which ``Host(isolation="process")`` does):
+    each engine takes an idle worker, or one started then if none is idle (so more runs
+    at once than ``size`` still run at once, the extra ones paying a worker's start), and
+    its ``close()`` gives the worker back. At most ``size`` workers of each memory limit
+    are kept idle; one ended after a limit, a crash, a kill, or :data:`RECYCLE_AFTER`
+    engines is replaced in the background while fewer are idle.
+
+    ``entry`` is the module workers run (``python -m entry``): tests give one that
+    misbehaves. Workers are started with ``subprocess.Popen`` of a new interpreter, not a
+    fork of the host (the host has threads: a fork copies locks held by other threads),
+    with the socket as the one inherited file (``pass_fds``): stdin and stdout stay free,
+    so nothing a library prints can corrupt a frame, and one socket carries both ways.
+    They are started on one thread of the pool's own (the spawner), because the kernel's
+    parent-death signal follows the *thread* that started a process: a worker started on
+    a run's thread would be killed when that run's thread ends.
+    """
+
+    def __init__(self, size: int | None = None, *, memory_mb: int = 256,
+                 recycle_after: int = RECYCLE_AFTER, entry: str = "engines.worker") -> None:
+        if size is None:
+            size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+        self.size = max(1, int(size))
+        self.memory_mb = int(memory_mb)
+        self.recycle_after = recycle_after
+        self.entry = entry
+        self._lock = threading.Lock()
+        self._idle: dict[int, list[Worker]] = {}
+        self._workers: set[Worker] = set()  # every worker not yet ended, to end at close
+        self._starting = 0  # workers the spawner will start for the idle list
+        self._closed = False
+        self._requests: list[tuple[int, Future[Worker] | None] | None] = []
+        self._wake = threading.Condition(self._lock)
+        self._spawner = threading.Thread(target=self._spawn_loop, daemon=True,
+                                         name="polyspell worker spawner")
+        self._spawner.start()
+        with self._lock:
+            for _ in range(self.size):
+                self._ask(self.memory_mb, None)
+        _POOLS.add(self)
+
+    # -- the engine factory ---------------------------------------------------------
+
+    def make_engine(self, language: str, *, limits: Limits = engines.DEFAULT_LIMITS,
+                    sandbox: Sandbox = "constrained") -> ProcessEngine:
+        """A fresh engine for ``language`` in a worker (an engine factory)."""
+        cls = proxy_class(language)
+        return cls(self, self._take(limits.memory_mb), limits=limits, sandbox=sandbox)
+
+    def _take(self, memory_mb: int) -> Worker:
+        future: Future[Worker] | None = None
+        with self._lock:
+            if self._closed:
+                raise ConfigurationError.InvalidValue(
+                    key="isolation", value="process",
+                    reason="the worker pool is closed (its host was closed)")
+            idle = self._idle.get(memory_mb, [])
+            while idle:
+                worker = idle.pop()
+                if worker.alive:
+                    break
+                self._workers.discard(worker)
+                worker.end()
+            else:
+                future = Future()
+                self._ask(memory_mb, future)
+        if future is None:
+            return worker
+        try:
+            return future.result(SPAWN_TIMEOUT)
+        except Exception as exc:
+            raise SpellError.wrap(exc, "runtime", "internal_error",
+                                  reason=f"could not start a worker process: {exc}") from exc
+
+    def give_back(self, worker: Worker, healthy: bool, *, opened: bool = True) -> None:
+        """Take back a worker its engine is done with: idle again if ``healthy`` and it
+        may serve more, else ended (and another started in its place)."""
+        worker.runs += opened
+        keep = healthy and worker.runs < self.recycle_after and worker.alive
+        if keep and opened:
+            try:
+                worker.send(wire.frame(["close"]), time.monotonic() + 1)
+            except (_Late, _Ended):
+                keep = False
+        with self._lock:
+            idle = self._idle.setdefault(worker.memory_mb, [])
+            if keep and not self._closed and len(idle) < self.size:
+                idle.append(worker)
+                return
+            self._workers.discard(worker)
+            if not self._closed and worker.memory_mb == self.memory_mb:
+                self._ask(worker.memory_mb, None)  # another in its place, if idle is short
+        worker.end()
+
+    # -- starting workers -----------------------------------------------------------
+
+    def _ask(self, memory_mb: int, future: Future[Worker] | None) -> None:
+        """Have the spawner start a worker (under the lock): for ``future``, or idle."""
+        if future is None:
+            idle = len(self._idle.get(memory_mb, ()))
+            if idle + self._starting >= self.size:
+                return
+            self._starting += 1
+        self._requests.append((memory_mb, future))
+        self._wake.notify()
+
+    def _spawn_loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._requests:
+                    self._wake.wait()
+                request = self._requests.pop(0)
+            if request is None:
+                return
+            memory_mb, future = request
+            try:
+                worker = self._spawn(memory_mb)
+            except BaseException as exc:
+                with self._lock:
+                    if future is None:
+                        self._starting -= 1
+                if future is not None:
+                    future.set_exception(exc)
+                continue
+            with self._lock:
+                if future is None:
+                    self._starting -= 1
+                closed = self._closed
+                if not closed:
+                    self._workers.add(worker)
+                    if future is None:
+                        self._idle.setdefault(memory_mb, []).append(worker)
+            if closed:
+                worker.end()
+                if future is not None:
+                    future.set_exception(RuntimeError("the worker pool is closed"))
+            elif future is not None:
+                future.set_result(worker)
+
+    def _spawn(self, memory_mb: int) -> Worker:
+        ours, theirs = socket.socketpair()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", self.entry, str(theirs.fileno()), str(os.getpid()),
+                 str(memory_mb)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, env=_worker_environment())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        return Worker(process, ours, memory_mb)
+
+    # -- the end --------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def pids(self, *, busy: bool | None = None) -> list[int]:
+        """The process ids of the pool's workers not yet ended: all of them, or (``busy``
+        true) those an engine holds, or (false) the idle ones."""
+        with self._lock:
+            idle = {worker for workers in self._idle.values() for worker in workers}
+            if busy is None:
+                chosen = self._workers
+            else:
+                chosen = self._workers - idle if busy else idle & self._workers
+            return sorted(worker.pid for worker in chosen)
+
+    def close(self) -> None:
+        """End every worker (idle or in use: engines still running fail at once)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            workers, self._workers = list(self._workers), set()
+            self._idle.clear()
+            self._requests.insert(0, None)
+            self._wake.notify()
+        for worker in workers:
+            worker.kill()
+        for worker in workers:
+            worker.end()
+        _POOLS.discard(self)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# What a worker gets of the host's environment: what the interpreter and its native
+# libraries need to start, never the rest (API keys, tokens): a script that escaped its
+# sandbox into a worker finds none of the host's secrets there.
+_INHERITED = frozenset({"PATH", "LANG", "TZ", "TMPDIR", "HOME", "LD_LIBRARY_PATH",
+                        "SYSTEMROOT"})
+
+
+def _worker_environment() -> dict[str, str]:
+    """The environment of a worker: the inherited names (:data:`_INHERITED`, ``LC_*``,
+    ``PYTHON*``), with this package importable (``python -m`` from any directory finds it
+    where the host found it)."""
+    env = {name: value for name, value in os.environ.items()
+           if name in _INHERITED or name.startswith(("LC_", "PYTHON"))}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(engines.__file__)))
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root if not path else root + os.pathsep + path
+    return env
+
+
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in list(_POOLS):
+        pool.close()

@@ -1,0 +1,124 @@
+"""A worker that misbehaves on request, for tests: ``python -m tests.misbehaving_worker``.
+
+It serves like :mod:`engines.worker` (same arguments), except for a script whose source
+starts with ``--misbehave:<how> [argument]``: instead of the step, it does what ``how``
+says (see ``MODES``), as a compromised worker could.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from engines import wire, worker
+
+MARK = "--misbehave:"
+MB = 1 << 20
+
+
+class Payload:
+    """A pickle that runs code when loaded: what a host reading pickles would execute
+    (it creates the file ``path``)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {self.path}",))
+
+
+def _send(sock: Any, data: bytes) -> None:
+    sock.sendall(data)
+
+
+def _environment(sock: Any, name: str) -> None:
+    """Answer with the value of an environment variable (what an escaped script sees)."""
+    sock.sendall(wire.frame(["F", True, [], os.environ.get(name)]))
+
+
+def _reach_out(sock: Any, path: str) -> None:
+    """Try what a script that escaped into the worker's Python would: read a file of the
+    host's, open a socket, start a process; answer with what each gave (the modules it
+    uses are imported when the worker starts: a confined worker cannot read them later)."""
+    def attempt(action: Any) -> str:
+        try:
+            action()
+        except OSError as exc:
+            return exc.__class__.__name__
+        return "allowed"
+
+    def fork() -> None:
+        if os.fork() == 0:  # the child of an unconfined worker: gone at once
+            os._exit(0)
+
+    seen = {"file": attempt(lambda: open(path).read()),
+            "socket": attempt(lambda: socket.socket().close()),
+            "process": attempt(lambda: subprocess.run(["/bin/true"], check=False)),
+            "fork": attempt(fork)}
+    sock.sendall(wire.frame(["F", True, [], seen]))
+
+
+MODES = {
+    # bytes that are no JSON, in a well-formed frame
+    "garbage": lambda sock, arg: _send(sock, wire.HEADER.pack(9) + b"not json!"),
+    # a pickle that would run a command in a host that unpickled it
+    "pickle": lambda sock, arg: _send(sock, _framed(pickle.dumps(Payload(arg)))),
+    # the value of an environment variable, as a result
+    "environment": _environment,
+    # a header announcing more than the engine's memory limit, then nothing
+    "oversized": lambda sock, arg: (_send(sock, wire.HEADER.pack(int(sys.argv[3]) * MB + 1)),
+                               time.sleep(600)),
+    # a frame cut off, then the worker ends
+    "truncated": lambda sock, arg: (_send(sock, wire.HEADER.pack(100) + b'["F",true,[],'),
+                               os._exit(0)),
+    # JSON, but no step (a suspension with no requests would loop the host forever)
+    "no_requests": lambda sock, arg: _send(sock, wire.frame(["S", True, [], []])),
+    # a step whose error is no error of the hierarchy
+    "forged_error": lambda sock, arg: _send(sock, wire.frame(
+        ["X", True, [], {"category": "nope", "kind": "x", "message": "forged"}, None])),
+    # an error whose fields are named like the constructor's arguments
+    "colliding_field": lambda sock, arg: _send(sock, wire.frame(
+        ["X", True, [], {"category": "script", "kind": "runtime_error",
+                         "fields": {"language": "lua", "error": "e", "retryable": True}},
+         None])),
+    # a request whose frame is no frame
+    "bad_frame": lambda sock, arg: _send(sock, wire.frame(
+        ["S", True, [], [[1, "echo", {}, None, [["lua", 7, "x", None, None, None]], "tool"]]])),
+    # what it can reach of the machine: a file (the argument), a socket, a process
+    "reach_out": _reach_out,
+    # no answer at all
+    "hang": lambda sock, arg: time.sleep(600),
+    # a crash of the engine
+    "segfault": lambda sock, arg: os.kill(os.getpid(), signal.SIGSEGV),
+}
+
+
+def _framed(body: bytes) -> bytes:
+    return wire.HEADER.pack(len(body)) + body
+
+
+class Misbehaving(worker.Server):
+    """A server that misbehaves for a script marked so."""
+
+    def step(self, verb: str, args: list[Any]) -> tuple[Any, bool]:
+        if verb == "start" and isinstance(args[0], str) and args[0].startswith(MARK):
+            how, _, arg = args[0][len(MARK):].partition(" ")
+            return (MARK, how, arg), False
+        return super().step(verb, args)
+
+    def answer(self, outcome: tuple[Any, bool]) -> None:
+        step, _ = outcome
+        if isinstance(step, tuple) and step[0] == MARK:
+            MODES[step[1]](self.connection.sock, step[2])
+            return
+        super().answer(outcome)
+
+
+if __name__ == "__main__":
+    worker.main(server=Misbehaving)
