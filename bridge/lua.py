@@ -9,7 +9,9 @@ process, on its own.
 
 Lua names a file in messages and tracebacks by its *short source*: the file name, or
 ``...`` plus its last 56 bytes when the name is 60 bytes or longer. :class:`LuaScript`
-keeps both names and matches on the short one.
+keeps both names and matches on the short one. A script's modules (``require``) are
+chunks of their own files: :meth:`LuaScript.add_module` registers each one's name and
+text, so that its frames, source lines and ``script_line`` are its own.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class LuaScript:
     """The script being run, as the translator sees it: its names, its lines, a frame cache.
 
     ``short_src`` is how Lua itself names the file (see the module docstring); the
-    engine asks Lua for it when the file name is long, else it is the file name.
+    engine asks Lua for it when the file name is long, else it is the file name. The
+    modules the script loaded (:meth:`add_module`) are LuaScripts of their own, found by
+    their short names in tracebacks and messages.
     """
 
     filename: str
@@ -48,6 +52,8 @@ class LuaScript:
     _lines: list[str] | None = field(default=None, repr=False)
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
     _entry: re.Pattern[str] | None = field(default=None, repr=False)
+    _modules: dict[str, LuaScript] = field(default_factory=dict, repr=False)
+    _all_prefixes: tuple[str, ...] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.short_src:
@@ -57,6 +63,32 @@ class LuaScript:
     def prefix(self) -> str:
         """What every message and traceback line about this file starts with."""
         return self.short_src + ":"
+
+    def add_module(self, filename: str, source: str, short_src: str = "") -> LuaScript:
+        """Register a module's file (the host loaded ``source`` under ``filename``; Lua
+        calls it ``short_src``): its frames and messages are then its own. Returns it."""
+        module = LuaScript(filename=filename, source=source, short_src=short_src,
+                           language=self.language)
+        if module.short_src == self.short_src:
+            return self
+        known = self._modules.get(module.short_src)
+        if known is not None and known.source == source:
+            return known
+        self._modules[module.short_src] = module
+        self._entry = self._all_prefixes = None
+        self._frames.clear()
+        return module
+
+    def _owner(self, short_src: str) -> LuaScript:
+        return self if short_src == self.short_src else self._modules.get(short_src, self)
+
+    def _prefixes(self) -> tuple[str, ...]:
+        """What the lines of this script's files start with: its own, then its modules'."""
+        prefixes = self._all_prefixes
+        if prefixes is None or not self._modules:  # (short_src may be set after creation)
+            prefixes = self._all_prefixes = (
+                self.prefix, *(module.prefix for module in self._modules.values()))
+        return prefixes
 
     def line_text(self, line: int | None) -> str | None:
         """The source text of a 1-based line, stripped, or None when there is no such line."""
@@ -97,7 +129,7 @@ class LuaScript:
             self._entry = re.compile(rf"^\s*{re.escape(self.prefix)}(\d+):(.*)$", re.MULTILINE)
         if self._lines is None:
             self._lines = self.source.splitlines()
-        if TAIL_CALLS in traceback:
+        if TAIL_CALLS in traceback or self._modules:
             return self._parse_lines(traceback)
         lines, count, file, language = (self._lines, len(self._lines), self.filename,
                                         self.language)
@@ -112,19 +144,19 @@ class LuaScript:
 
     def _parse_lines(self, traceback: str) -> list[Frame]:
         """:meth:`_parse` line by line, for a traceback with tail-call markers."""
-        assert self._entry is not None
-        frames, after = [], False
+        frames, after, owner = [], False, self
         for raw in traceback.split("\n"):
             entry = raw.strip()
-            found = self._entry.match(raw)
-            if found:
-                line = int(found.group(1))
-                frames.append(Frame(self.language, self.filename, line, None,
-                                    _function_name(found.group(2)), self.line_text(line)))
+            found = self._match(entry)
+            if found is not None:
+                owner, number, what = found
+                line = position(number)
+                frames.append(Frame(self.language, owner.filename, line, None,
+                                    _function_name(what), owner.line_text(line)))
                 after = True
             elif entry == TAIL_CALLS:
                 if after:
-                    frames.append(Frame(self.language, self.filename, None, None, TAIL_CALLS,
+                    frames.append(Frame(self.language, owner.filename, None, None, TAIL_CALLS,
                                         None))
                 after = False
             else:
@@ -132,26 +164,42 @@ class LuaScript:
         frames.reverse()
         return frames
 
+    def _match(self, entry: str) -> tuple[LuaScript, str, str] | None:
+        """``"agent.lua:12: in ..."`` (a stripped traceback line) of this script or of one
+        of its modules -> (that file's LuaScript, ``"12"``, ``" in ..."``)."""
+        for prefix in self._prefixes():
+            if entry.startswith(prefix):
+                number, sep, rest = entry[len(prefix):].partition(":")
+                if sep and number.isdigit():
+                    return self._owner(prefix[:-1]), number, rest
+        return None
+
     def split_message(self, message: str) -> tuple[int | None, str]:
         """``"agent.lua:12: boom"`` -> ``(12, "boom")``; other messages come back whole."""
-        prefix = self.prefix
-        if message.startswith(prefix):
-            number, sep, rest = message[len(prefix):].partition(": ")
-            line = position(number) if sep else None
-            if line is not None:
-                return line, rest
-        return None, message
+        _, line, rest = self.locate(message)
+        return line, rest
+
+    def locate(self, message: str) -> tuple[LuaScript, int | None, str]:
+        """The file a message is located in (this script or a module), its line and the
+        rest: ``"lib/json.lua:12: boom"`` -> ``(json's LuaScript, 12, "boom")``."""
+        for prefix in self._prefixes():
+            if message.startswith(prefix):
+                number, sep, rest = message[len(prefix):].partition(": ")
+                line = position(number) if sep else None
+                if line is not None:
+                    return self._owner(prefix[:-1]), line, rest
+        return self, None, message
 
     def script_traceback(self, traceback: str | None) -> str | None:
         """``traceback`` with only this script's lines (and tail-call markers, as in
         :meth:`frames`), as Lua would print it."""
         if not traceback:
             return None
-        prefix = self.prefix
+        prefixes = self._prefixes()
         lines, after = [], False
         for raw in traceback.split("\n"):
             entry = raw.strip()
-            if entry.startswith(prefix):
+            if entry.startswith(prefixes):
                 lines.append(raw)
                 after = True
             elif entry == TAIL_CALLS:
@@ -228,13 +276,14 @@ def thrown_error(
         return ScriptError.ResourceExhaustion(
             language=script.language, resource_type="stack", current_usage=overflow, frames=frames)
     if lua_type == "string" and isinstance(value, str):
-        line, error = script.split_message(value)
+        owner, line, error = script.locate(value)
         # error("Tool 'x' not found") of old scripts
         recognised = recognise(error, frames, patterns)
         if recognised is not None:
             return recognised
         return ScriptError.Lua(
-            error=error, script=script.filename, script_line=line or _innermost(frames),
+            error=error, script=owner.filename if line is not None or not frames
+            else frames[-1].file, script_line=line or _innermost(frames),
             stack_trace=script.script_traceback(traceback), frames=frames)
     if isinstance(value, Mapping) and "category" in value and "kind" in value:
         own = value.get("traceback")
@@ -242,7 +291,8 @@ def thrown_error(
         return error_from_script(value, own_frames or frames, by_script=not from_prelude)
     error = text if text is not None else describe_value(value, lua_type)
     return ScriptError.Lua(
-        error=error, script=script.filename, script_line=_innermost(frames),
+        error=error, script=frames[-1].file if frames else script.filename,
+        script_line=_innermost(frames),
         stack_trace=script.script_traceback(traceback), thrown=finite(value), frames=frames)
 
 

@@ -287,5 +287,6 @@ def printable(text: str, keep: str = "") -> str:
 
 def _message(text: str) -> str:
     """An error's message as shown: its lines kept, each after the first indented under
-    the code, so that none can pass for a traceback's own line; the rest escaped."""
-    return printable(text, keep="\n").replace("\n", "\n    ")
+    the code, so that none can pass for a traceback's own line, and its tabs (Lua's
+    messages indent with them: "module 'x' not found:\n\tno file ..."); the rest escaped."""
+    return printable(text, keep="\n\t").replace("\n", "\n    ")

@@ -103,6 +103,11 @@ class Problem:
         return self.message
 
 
+# The kinds of request an engine makes (ToolRequest.kind): a tool call, and the reserved
+# kinds only an engine's prelude makes (never from a tool name a script gives).
+REQUEST_KINDS = ("tool", "recovery", "module")
+
+
 @dataclass
 class ToolRequest:
     """A script asked for a tool; the host answers with a :class:`ToolReply` of the same id."""
@@ -118,7 +123,11 @@ class ToolRequest:
     # "tool": a tool call (``tool`` names it); "recovery": a step of the script's own
     # recovery.retry/recovery.fallback (``tool`` names the step; see host.recovery.script),
     # which only the prelude makes: no tool name a script gives reaches this kind.
-    kind: Literal["tool", "recovery"] = "tool"
+    # "module": the script's ``require`` (``tool`` is the module's name, ``params`` None);
+    # the host answers with ``{"file": name, "source": text}`` (the engine loads that text
+    # under that name: engines never open files) or ``{"missing": [files looked for]}``
+    # (see host.libraries). Only the prelude's require makes one, like "recovery".
+    kind: Literal["tool", "recovery", "module"] = "tool"
 
 
 @dataclass

@@ -10,7 +10,11 @@ environment and drives the script inside a coroutine:
 - the reply resumes the script: a result is the call's value, an error envelope is
   raised at the call site as an error table (``category``, ``kind``, ``fields``...);
 - an uncaught error is captured, with ``debug.traceback``, by a message handler that
-  runs before the stack unwinds, and translated by :mod:`bridge.lua`.
+  runs before the stack unwinds, and translated by :mod:`bridge.lua`;
+- ``require`` yields a request of the reserved kind ``"module"``: the host finds and
+  reads the file (:mod:`host.libraries`) and answers with its name and text, which the
+  engine registers with the script (:meth:`bridge.lua.LuaScript.add_module`: the
+  module's frames and lines are its own) and the prelude loads under that name.
 
 No Python object is reachable from a script: data crosses as Lua tables built from
 JSON-like Python data, checked on the way in and out (``bridge.data``: at most MAX_DEPTH
@@ -78,6 +82,8 @@ _HANDED = {"args": "run's arguments", "params": "call's parameters",
            "result": "tool's result", "error": "tool's error"}
 # The entries of the prelude's `enter`, and the longest string Lua interns (LUAI_MAXSHORTLEN).
 _START, _STEP, _LOAD_LIBRARY, _CALL = 1, 2, 3, 4
+# The reserved request kinds only the prelude makes (engines.base.ToolRequest.kind).
+_RESERVED = {"recovery": "recovery", "module": "module"}
 _LUA_SHORT_STRING = 40
 # Lua names files of 60 bytes or more as "..." plus their tail (luaO_chunkid).
 _LUA_IDSIZE = 60
@@ -233,6 +239,7 @@ class LuaEngine(Engine):
         self._deadline = 0.0
         self._script: LuaScript | None = None
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
+        self._modules: set[int] = set()  # those of them that are require's (kind "module")
         self._started = 0.0
         self._failed: SpellError | None = None  # set once the engine must not run again
         self._stopped = stopped = [False]  # stop(): the clock reads infinity from then on
@@ -290,6 +297,7 @@ class LuaEngine(Engine):
             return self._fail(_closed())
         self._script = LuaScript(filename=filename, source=source, language=self.language)
         self._waiting.clear()
+        self._modules.clear()
         self._started = time.monotonic()
         shown = _utf8(filename)  # the name Lua knows the chunk by
         chunkname = "@" + shown
@@ -327,9 +335,41 @@ class LuaEngine(Engine):
         self._waiting.discard(reply.id)
         if self._clock() >= deadline:
             return self._fail(self._time_error(None))
+        if self._modules and reply.id in self._modules:
+            self._modules.discard(reply.id)
+            if reply.error is None:
+                problem = self._take_module(reply.result)
+                if problem is not None:
+                    return self._fail(problem)
         if reply.error is None:
             return self._handoff(_STEP, deadline, reply.id, True, reply.result, "result")
         return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
+
+    def _take_module(self, answer: Any) -> SpellError | None:
+        """The host's answer to a ``require``: a module found (``file``, ``source``) is
+        registered with the script, so that its frames and lines are its own; anything
+        but that or ``missing`` (a message) breaks the protocol."""
+        if type(answer) is dict and type(answer.get("missing")) is str and len(answer) == 1:
+            return None
+        if not (type(answer) is dict and answer.keys() == {"file", "source"}
+                and type(answer["file"]) is str and type(answer["source"]) is str
+                and answer["file"] and "\0" not in answer["file"]):
+            return protocol_violation("the answer to a require is {file, source} or "
+                                      "{missing}")
+        assert self._script is not None
+        file = answer["file"]
+        shown = _utf8(file)
+        short = shown
+        if len(shown.encode()) >= _LUA_IDSIZE - 1:
+            self._set_max_memory(0)  # the prelude's own work (see _enter)
+            try:
+                short = self._lua_short_src("@" + shown)
+            except lupa.LuaError as exc:
+                return self._engine_error(exc)
+            finally:
+                self._set_max_memory(self._memory_limit)
+        self._script.add_module(file, answer["source"], short)
+        return None
 
     @property
     def usable(self) -> bool:
@@ -437,7 +477,10 @@ class LuaEngine(Engine):
         assert script is not None
         if status == "request":
             _, _, request_id, name, problem, traceback, params, *kind = outcome
-            if problem is not None:  # {message, data_type, path}: see call_tool
+            reserved = _RESERVED.get(kind[0]) if kind else None
+            if reserved == "module":  # a require: the name is all there is
+                self._modules.add(request_id)
+            elif problem is not None:  # {message, data_type, path}: see call_tool
                 problem = Problem(problem[3], problem[2], problem[1])
                 params = None
             elif params is None:
@@ -446,8 +489,7 @@ class LuaEngine(Engine):
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
             return Suspended([ToolRequest(request_id, name, params, problem,
-                                          script.frames(traceback),
-                                          "recovery" if kind and kind[0] else "tool")])
+                                          script.frames(traceback), reserved or "tool")])
         if status == "done":
             return Finished(self._from_lua(outcome[2], "result"))
         if status == "error":

@@ -108,6 +108,8 @@ local REQUEST = {}             -- marks a coroutine yield that carries a tool re
 local deadline = huge
 local abort, abort_tb          -- why the run is being stopped ("time", "memory")
 local env, ERR_MT, prefix = nil, nil, "?:"
+-- What the script's files' traceback lines start with: the script's, then its modules'.
+local prefixes = {prefix}
 -- The coroutines the host runs script code in (the script's, one per call of an exported
 -- function): to scripts they are the main thread. Requests wait by id for their reply.
 local roots = setmetatable({}, {__mode = "k", __metatable = false})
@@ -272,7 +274,14 @@ end
 local function script_traceback(tb)
   local out, after = {"stack traceback:"}, false
   for line in gmatch(tb, "[^\n]+") do
-    if sub(line, 2, #prefix + 1) == prefix then
+    local own = sub(line, 2, #prefix + 1) == prefix
+    if not own then
+      for i = 2, #prefixes do
+        local p = prefixes[i]
+        if sub(line, 2, #p + 1) == p then own = true break end
+      end
+    end
+    if own then
       out[#out + 1], after = line, true
     elseif line == TAIL_CALLS then
       if after then out[#out + 1] = line end
@@ -1212,6 +1221,92 @@ local function s_print(...)
   outbuf[nout] = text(concat(parts, "\t", 1, n))
 end
 
+-- Modules -----------------------------------------------------------------------------
+
+-- require: module resolution is the host's (host/libraries.py). The prelude asks with a
+-- request of the reserved kind "module" (only this function makes one, as recovery's),
+-- and the host answers {file = name, source = text} or {missing = Lua's "not found"
+-- message}, or fails the request (a name that is a path: security/access_denied). The
+-- chunk is loaded here under its real file name, in the script's environment, and run
+-- once per run: `loaded` is the run's package.loaded. A cycle recurses as in Lua 5.5,
+-- whose C stack stops it after MAX_LOADING nested loads ("C stack overflow").
+-- req: the run's package.loaded, its nested loads in progress, its files' prefixes.
+local req = {loading = 0, loaded = {}, prefixes = prefixes}
+local s_require
+do
+  local MODULE = "module"
+  local MAX_LOADING = 195
+  local LOADING_GUARD = setmetatable({}, {
+    __close = function() req.loading = req.loading - 1 end, __metatable = false})
+
+  -- Line n of source (for a compilation error's source_code).
+  local function source_line(source, n)
+    local i = 0
+    for l in gmatch(source, "([^\n]*)\n?") do
+      i = i + 1
+      if i == n then return (gsub(l, "\r$", "")) end
+      if i > n then break end
+    end
+    return nil
+  end
+
+  -- script/compilation_failed for a module's syntax error `message` (raised at the caller
+  -- of require, `level` 3 from here), with the module's line as its innermost frame.
+  local function module_syntax_error(file, short, message, source)
+    local n, rest = match(sub(message, #short + 2), "^(%d+): (.*)$")
+    n = tonumber(n)
+    local tb = traceback(nil, 3, true)
+    local line = n and source_line(source, n)
+    if n then  -- the module's line, as the innermost frame (sub: after "stack traceback:\n")
+      tb = "stack traceback:\n\t" .. short .. ":" .. n .. ": in main chunk\n" .. sub(tb, 18)
+    end
+    local e = new_error("script", "compilation_failed", "ScriptError",
+                        {language = "lua", error = text(rest or message), file = text(file),
+                         line = n, source_code = line and text(line) or nil},
+                        nil, nil, script_traceback(tb))
+    OWN[e] = snapshot(e)
+    error(e, 0)
+  end
+
+  s_require = function(...)
+    local name = ...
+    local tn = type(name)
+    if tn ~= "string" and tn ~= "number" then
+      arg_error(1, "require", "string expected, got " .. got(1, ...))
+    end
+    name = tostring(name)  -- as luaL_checkstring: a number is its text
+    local value = req.loaded[name]
+    if value then return value end
+    local reply = call_tool(name, 1, nil, MODULE)
+    local missing = rawget(reply, "missing")
+    if missing ~= nil then error(missing, 2) end
+    local file, source = rawget(reply, "file"), rawget(reply, "source")
+    local chunk, message = real_load(source, "@" .. file, "t", env)
+    local short = getinfo(chunk or real_load("", "@" .. file), "S").short_src
+    local own, known = short .. ":", false
+    for i = 1, #req.prefixes do
+      if req.prefixes[i] == own then known = true break end
+    end
+    if not known then req.prefixes[#req.prefixes + 1] = own end
+    if not chunk then
+      if not abort and out_of_memory(message) then abort = "memory" end
+      if abort or rawequal(message, KILL) then error(KILL, 0) end
+      module_syntax_error(file, short, message, source)
+    end
+    if req.loading >= MAX_LOADING then
+      error("error loading module '" .. name .. "' from file '" .. file ..
+            "':\n\tC stack overflow", 0)
+    end
+    req.loading = req.loading + 1
+    local guard <close> = LOADING_GUARD
+    -- called as the result of a call, so that Lua has no name for it: "main chunk"
+    value = select(1, chunk)(name, file)
+    if value ~= nil then req.loaded[name] = value end
+    if req.loaded[name] == nil then req.loaded[name] = true end
+    return req.loaded[name], file
+  end
+end
+
 local function copy(t)
   local c = {}
   for k, v in next, t do c[k] = v end
@@ -1248,6 +1343,12 @@ local function make_env(args, library)
     tools = setmetatable({call = tools_call, list = tools_list},
                          {__index = tools_index, __metatable = false}),
   }
+  local loaded = {_G = e, string = e.string, table = e.table, math = e.math, utf8 = e.utf8,
+                  coroutine = e.coroutine, os = e.os}
+  e.package = {loaded = loaded}
+  loaded.package = e.package
+  req.loaded = loaded
+  e.require = s_require
   if not library then  -- a tools file's calls are the host's to hook (Python hooks)
     e.hooks = {before_tool_call = hooks_before, after_tool_call = hooks_after, on = hooks_on}
   end
@@ -1386,6 +1487,8 @@ local function prepare(source, chunkname, args, infos, library)
   env = make_env(args, library)
   local chunk, message = real_load(source, chunkname, "t", env)
   if chunk then prefix = getinfo(chunk, "S").short_src .. ":" end  -- raw bytes
+  prefixes, req.loading = {prefix}, 0
+  req.prefixes = prefixes
   return chunk, message
 end
 

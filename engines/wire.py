@@ -39,6 +39,7 @@ from typing import Any
 from bridge import SpellError
 from bridge.frames import Frame, frame_from_data
 from engines.base import (
+    REQUEST_KINDS,
     EngineSpec,
     Failed,
     Finished,
@@ -177,9 +178,9 @@ def _request(item: Any) -> ToolRequest:
     if type(item) is not list or len(item) != 6:
         raise WireError("a request must be a list of 6 items")
     id_, tool, params, problem, frames, kind = item
-    if type(id_) is not int or type(tool) is not str or kind not in ("tool", "recovery"):
+    if type(id_) is not int or type(tool) is not str or kind not in REQUEST_KINDS:
         raise WireError("a request's id must be an integer, its tool a string and its kind "
-                        "'tool' or 'recovery'")
+                        f"one of {', '.join(map(repr, REQUEST_KINDS))}")
     if type(frames) is not list:
         raise WireError("a request's frames must be a list")
     return ToolRequest(id_, tool, params, _problem(problem), [_frame(f) for f in frames], kind)

@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "key wins)")
     run.add_argument("--args-json", metavar="JSON", help="the script's args as a JSON object")
     _add_tools_option(run)
+    _add_library_options(run)
     _add_config_option(run)
     _add_hooks_options(run)
     run.add_argument("--timeout", type=float, default=30.0, metavar="S",
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tools", help="list the tools of tools files with their parameter schemas",
         description="List the @tool functions of the given files with their JSON schemas.")
     _add_tools_option(tools)
+    _add_library_options(tools)
     tools.add_argument("--json", action="store_true", help="print the list as JSON")
     tools.set_defaults(handler=_tools)
 
@@ -87,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every task succeeded, 1 any other outcome, 2 a bad plan or usage.")
     plan.add_argument("plan", help="the plan file (TOML)")
     _add_tools_option(plan)
+    _add_library_options(plan)
     _add_config_option(plan)
     _add_hooks_options(plan)
     plan.add_argument("--strategy", choices=["propagate", "collect", "cancel_dependents",
@@ -251,6 +254,14 @@ def _add_tools_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tools", action="append", default=[], metavar="FILE",
                         help=f"a tools file scripts may call (repeatable): "
                         f"{engines.spoken(kinds)}")
+
+
+def _add_library_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lib", action="append", default=[], metavar="DIR",
+                        help="a folder that require searches for modules (repeatable; "
+                        "searched in the order given, after the script's own folder)")
+    parser.add_argument("--no-script-dir-lib", action="store_true",
+                        help="do not search the script's own folder for modules")
 
 
 def _add_config_option(parser: argparse.ArgumentParser) -> None:
@@ -489,7 +500,8 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
                     sandbox=args.sandbox, config=config, hooks=hooks,
                     on_human_input=_terminal_input(), monitor=monitor,
-                    isolation=args.isolation)
+                    isolation=args.isolation, libraries=args.lib,
+                    script_dir_library=False if args.no_script_dir_lib else None)
         with host, _hook_logs(hooks, config):
             run = host.new_run(args.script, script_args)  # its recovery history is reported
             result = anyio.run(run.execute)
@@ -633,7 +645,9 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
         hooks = _cli_hooks(args)
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
                                   config=config, hooks=hooks, monitor=monitor,
-                                  isolation=args.isolation)
+                                  isolation=args.isolation, libraries=args.lib,
+                                  script_dir_library=False if args.no_script_dir_lib
+                                  else None)
         with coordinator:  # its worker processes end with it (process isolation)
             plan = coordinator.prepare(args.plan, strategy=args.strategy,
                                        max_concurrency=args.max_concurrency)
@@ -832,10 +846,16 @@ def _explain(args: argparse.Namespace) -> int:
 def _tools(args: argparse.Namespace) -> int:
     from bridge import SpellError
     from bridge.jsontext import json_text
+    from host.libraries import Libraries, answer
     from host.tools import load_tools_file
 
+    def listed(path: str, libraries: Libraries) -> list[Any]:
+        roots = libraries.roots_for(path)  # a Lua tools file's require: as in a run
+        return load_tools_file(path, modules=lambda request: answer(libraries, request, roots))
+
     try:
-        tools = [t for path in args.tools for t in load_tools_file(path)]
+        libraries = Libraries(args.lib, script_dir=not args.no_script_dir_lib)
+        tools = [t for path in args.tools for t in listed(path, libraries)]
     except SpellError as err:
         return _report_failure(err, args)
     listing = [{"name": t.name, "description": t.description, "timeout": t.timeout,

@@ -34,6 +34,11 @@ The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by 
     type = "file"
     path = "alerts.jsonl"            # relative to this file
 
+At the top, before any table: ``libraries = ["lib"]`` (folders a script's ``require``
+searches, relative to this file, after those given in code or with ``--lib``) and
+``script_dir_library = false`` (the script's own folder is no library root; see
+:mod:`host.libraries`).
+
 Precedence, most specific first (a policy given at a level replaces the whole policy of
 the levels below it; policies are not merged field by field):
 
@@ -88,6 +93,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     field_validator,
 )
@@ -147,6 +153,10 @@ class Config(BaseModel):
     # has [alerts]: host.monitor loads sqlite3 and the hooks, which a run without a
     # monitor does not pay for
     alerts: Any = None
+    # folders a script's require searches (relative to the file), and whether the
+    # script's own folder is searched first (None: as the host says, by default yes)
+    libraries: list[str] = []
+    script_dir_library: StrictBool | None = None
     # where engines run (host.Host's ``isolation``): the file's unless the code or the
     # command line says
     isolation: Literal["thread", "process"] | None = None
@@ -219,6 +229,20 @@ class Config(BaseModel):
     def source(self) -> str | None:
         """The file this config was read from (None for one built in code)."""
         return self._source
+
+    def library_roots(self) -> list[str]:
+        """``libraries`` relative to the file's folder; a folder that does not exist is
+        ``configuration/file_not_found`` naming the file and line."""
+        base = Path(self._source).parent if self._source is not None else None
+        roots = []
+        for index, given in enumerate(self.libraries):
+            root = given if base is None or os.path.isabs(given) else str(base / given)
+            if not os.path.isdir(root):
+                raise ConfigurationError.FileNotFound(
+                    f"{self.where(('libraries', index))}: library folder not found: {root}",
+                    path=root)
+            roots.append(root)
+        return roots
 
     def line_of(self, path: Path_) -> int | None:
         """The line of ``path`` (under this config's table) in its file, or of the nearest

@@ -216,6 +216,9 @@ class Coordinator:
     :mod:`host.monitor`). ``isolation`` (``"thread"`` or ``"process"``) says where every
     task's engines run, as for :class:`host.Host`: in process mode the coordinator owns a
     pool of worker processes, ended by :meth:`close` (or ``with Coordinator(...)``).
+    ``libraries`` and ``script_dir_library`` are the folders a script's ``require``
+    searches, as for :class:`Host`; a plan's ``libraries`` come after them (see
+    :mod:`host.libraries`).
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -252,6 +255,8 @@ class Coordinator:
         on_human_input: Callable[[str], Any] | None = None,
         hooks: Iterable[Any] | None = (),
         monitor: Any = None,
+        libraries: Iterable[str | os.PathLike[str]] = (),
+        script_dir_library: bool | None = None,
         isolation: str | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation: checked by the
@@ -293,7 +298,8 @@ class Coordinator:
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
                           monitor=monitor, isolation=isolation if isolation is not None
-                          else config.isolation if config is not None else None)
+                          else config.isolation if config is not None else None,
+                          libraries=libraries, script_dir_library=script_dir_library)
         self.isolation = self._host.isolation
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
@@ -434,7 +440,8 @@ class Coordinator:
     def _host_for(self, plan: Plan) -> Host:
         """The host of a plan's run: the coordinator's, with the plan's tools files and
         the recovery policies (``recovery`` and ``config``, checked against every tool)."""
-        if not plan.tools and self.recovery is None and self.config is None:
+        if not plan.tools and self.recovery is None and self.config is None \
+                and not plan.libraries:
             return self._host
         # the coordinator's own tools are loaded already: only the plan's files load here
         tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
@@ -450,6 +457,9 @@ class Coordinator:
         # switched-off observers stay off, whatever the plan
         host.hooks = self.hooks
         host.monitor = self.monitor
+        # the coordinator's roots (its own, its config's), then the plan's; one cache
+        host.libraries = self._host.libraries.with_roots(
+            [plan.path(p) for p in plan.libraries])
         return host
 
     def _output(self, line: str) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from engines.process import WorkerPool
     from host.config import Config
     from host.hooks import Dispatcher
+    from host.libraries import Libraries
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
 
@@ -97,6 +98,11 @@ class Host:
     worker; Python tools still run in the host. Close the host (:meth:`close`, or ``with
     Host(...) as host:``) to end the workers it owns; they end with the process in any
     case.
+
+    ``libraries`` are the folders a script's ``require`` searches (see
+    :mod:`host.libraries`): the script's own folder first (unless
+    ``script_dir_library=False``), then these in order, then a config file's
+    ``libraries``. A folder that does not exist is ``configuration/file_not_found`` here.
     """
 
     def __init__(
@@ -118,6 +124,8 @@ class Host:
         on_tool_error: Callable[..., Any] | None = None,
         stop_on_tool_error: bool = False,
         monitor: Any = None,
+        libraries: Iterable[str | os.PathLike[str]] = (),
+        script_dir_library: bool | None = None,
         isolation: str | WorkerPool | None = None,
     ) -> None:
         self.pool: WorkerPool | None = None  # the worker processes, in process isolation
@@ -168,6 +176,7 @@ class Host:
             # a user of the one dispatcher, after the hooks given
             hooks = [*(hooks or ()), *self.monitor.hooks]
         self.hooks = _dispatcher(hooks, on_tool_error, stop_on_tool_error)
+        self.libraries = _libraries(libraries, script_dir_library, config)
         self.layers: list[Layer] = list(layers)
         for layer in self.layers:
             check_callable("layers", layer)
@@ -198,7 +207,7 @@ class Host:
         self._caches: dict[str, Any] = {}  # tool name -> its fallback cache (host.recovery)
         try:
             for item in items:
-                for loaded in _load(item, sandbox, self.engine_factory):
+                for loaded in _load(item, sandbox, self.engine_factory, self.libraries):
                     self.tools.add(loaded)
             self.recovery = _recovery_policies(self.tools, recovery, config)
             if degradation is None and config is not None:  # the argument wins over the file
@@ -261,8 +270,10 @@ class Host:
             raise ConfigurationError.InvalidValue(
                 key="script", value=str(path),
                 reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
-        return self.new_run_source(_read_script(path), language, str(path), args,
-                                   timeout=timeout)
+        run = self.new_run_source(_read_script(path), language, str(path), args,
+                                  timeout=timeout)
+        run.library_roots = self.libraries.roots_for(path)
+        return run
 
     def new_run_source(self, code: str, language: str, name: str | None = None,
                        args: Any = None, *, timeout: float | None = None) -> ScriptRun:
@@ -294,7 +305,8 @@ class Host:
             recovery=self.recovery,
             breakers=self.breakers if self.recovery or self._degradation else None,
             caches=self._caches, degradation=self._degradation,
-            on_human_input=self.on_human_input, hooks=self.hooks)
+            on_human_input=self.on_human_input, hooks=self.hooks,
+            libraries=self.libraries, library_roots=self.libraries.roots_for(None))
 
     @property
     def breakers(self) -> Breakers:
@@ -325,6 +337,20 @@ class Host:
         """Where the host stands among its degradation levels (None: it has none):
         ``.level``, ``.history``, ``.on_change(fn)`` (see :mod:`host.recovery.degrade`)."""
         return self._degradation
+
+
+def _libraries(given: Iterable[str | os.PathLike[str]], script_dir: bool | None,
+               config: Config | None) -> Libraries:
+    """The host's library roots: ``given``, then the config file's (relative to it); the
+    script's folder first unless ``script_dir`` (else the config's key) says not."""
+    from host.libraries import Libraries
+
+    if script_dir is None:
+        script_dir = config.script_dir_library if config is not None else None
+    libraries = Libraries(given, script_dir=True if script_dir is None else script_dir)
+    if config is not None and config.libraries:
+        libraries = libraries.with_roots(config.library_roots())
+    return libraries
 
 
 def _dispatcher(hooks: Any, on_tool_error: Callable[..., Any] | None,
@@ -358,10 +384,14 @@ def _stop_on_tool_error(error: Any, tool_name: str, error_type: str, params: Any
 _stop_on_tool_error.__qualname__ = "stop_on_tool_error"  # its name in hook paths
 
 
-def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory
-          ) -> list[Tool | ScriptTool]:
+def _load(item: Any, sandbox: Sandbox, engine_factory: EngineFactory,
+          libraries: Libraries) -> list[Tool | ScriptTool]:
     if isinstance(item, (str, Path)):
-        return load_tools_file(item, sandbox, engine_factory=engine_factory)
+        from host.libraries import answer
+
+        roots = libraries.roots_for(item)  # a tools file's modules: its folder, then these
+        return load_tools_file(item, sandbox, engine_factory=engine_factory,
+                               modules=lambda request: answer(libraries, request, roots))
     if isinstance(item, ScriptTool):  # already listed, e.g. by another host
         return [item]
     return [as_tool(item)]

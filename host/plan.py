@@ -8,6 +8,7 @@ A plan is given in Python (``Plan(tasks=[Task(...), ...])``) or read from a TOML
     strategy = "cancel_dependents"
     tolerance = 0.5
     tools = ["tools.py"]
+    libraries = ["lib"]              # folders require searches (host.libraries)
 
     [[task]]
     id = "fetch_a"
@@ -132,6 +133,7 @@ class Plan(_PlanModel):
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     engine_timeouts: dict[Language, float] = {}
     tools: list[str] = []
+    libraries: list[str] = []  # folders require searches, after the coordinator's
     base_dir: str | None = None
     source: str | None = None  # the file the plan was read from, for error locations
 
@@ -140,7 +142,7 @@ class Plan(_PlanModel):
     def _path_as_text(cls, value: Any) -> Any:
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
-    @field_validator("tools", mode="before")
+    @field_validator("tools", "libraries", mode="before")
     @classmethod
     def _paths_as_text(cls, value: Any) -> Any:
         if isinstance(value, (list, tuple)):
@@ -190,6 +192,11 @@ class Plan(_PlanModel):
             if not self.path(tools).is_file():
                 raise self._invalid(f"tools file {tools!r} {_missing(self.path(tools))}",
                                     self._where(f"[plan] tools[{index}]"))
+        for index, folder in enumerate(self.libraries):
+            if not self.path(folder).is_dir():  # before anything runs
+                raise ConfigurationError.FileNotFound(
+                    f"{self._where(f'[plan] libraries[{index}]')}: library folder not "
+                    f"found: {self.path(folder)}", path=str(self.path(folder)))
 
     def _where(self, what: str) -> str:
         return f"{self.source}: {what}" if self.source else what
@@ -261,7 +268,7 @@ def invalid_plan(*, plan: str, reason: str, location: str = "") -> SpellError:
 # -- TOML -------------------------------------------------------------------------------
 
 PLAN_KEYS = ("name", "strategy", "tolerance", "max_concurrency", "timeout",
-             "engine_timeouts", "tools")
+             "engine_timeouts", "tools", "libraries")
 
 
 def _missing(path: Path) -> str:

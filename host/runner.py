@@ -75,6 +75,7 @@ from host.tools import (
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
     from host.hooks import Dispatcher
+    from host.libraries import Libraries, Root
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
     from host.recovery.script import ScriptRecovery
@@ -128,6 +129,8 @@ class ScriptRun:
         degradation: DegradationState | None = None,
         on_human_input: Callable[[str], Any] | None = None,
         hooks: Dispatcher | None = None,
+        libraries: Libraries | None = None,
+        library_roots: Sequence[Root] = (),
     ) -> None:
         self.source = source
         self.language = language
@@ -187,6 +190,12 @@ class ScriptRun:
         self._outcome: Any = None  # what _drive came to (an _Escaped if it raised)
         self._thread: threading.Thread | None = None  # the run's thread, once started
         self._script_recovery: ScriptRecovery | None = None  # recovery.retry/fallback
+        # require: the host's libraries (their cache), the roots this run searches in
+        # order, and the modules it loaded (file name -> text: shown in tracebacks)
+        self.libraries = libraries
+        self.library_roots = list(library_roots)
+        self.modules: dict[str, str] = {}
+        self._roots_of: dict[str, list[Root]] = {}  # tools file -> its roots
 
     def cancel(self, error: SpellError, *, announce: bool = True) -> None:
         """Stop the run with ``error`` (e.g. ``async_execution/task_cancelled``).
@@ -388,6 +397,7 @@ class ScriptRun:
         script frame's source."""
         sources = {tool.filename: tool.source for tool in self.tools
                    if isinstance(tool, ScriptTool)}
+        sources.update(self.modules)
         sources[self.filename] = self.source
         return sources
 
@@ -498,9 +508,10 @@ class ScriptRun:
     def _infos(self) -> list[ToolInfo]:
         return [ToolInfo(t.name, t.description) for t in self.tools]
 
-    def _converse(self, engine: Engine, step: Step, deadline: float) -> Finished | Failed:
+    def _converse(self, engine: Engine, step: Step, deadline: float,
+                  roots: Sequence[Root] | None = None) -> Finished | Failed:
         """Answer the engine's tool calls until the script (or the called function) ends,
-        by ``deadline``."""
+        by ``deadline`` (``roots``: where a tools file's require searches)."""
         control = self.control
         while isinstance(step, Suspended):
             if control.given_up:  # no tool runs for a run nobody waits for
@@ -510,9 +521,10 @@ class ScriptRun:
                 return Failed(control.reason)  # type: ignore[arg-type]
             requests = step.requests
             if len(requests) == 1:  # the usual step (always, in Lua): no comprehension
-                replies = [self._answer(requests[0], engine.language)]
+                replies = [self._answer(requests[0], engine.language, roots)]
             else:
-                replies = [self._answer(request, engine.language) for request in requests]
+                replies = [self._answer(request, engine.language, roots)
+                           for request in requests]
             recovering = self._script_recovery
             if recovering is not None and recovering.delays:  # retries of the script's own
                 recovering.wait(replies)
@@ -521,9 +533,12 @@ class ScriptRun:
                 self._received(step)
         return step
 
-    def _answer(self, request: ToolRequest, caller: str) -> ToolReply:
+    def _answer(self, request: ToolRequest, caller: str,
+                roots: Sequence[Root] | None = None) -> ToolReply:
         """One request through the pipeline: the tool's result, or its error's envelope."""
         if request.kind != "tool":
+            if request.kind == "module":
+                return self._module(request, roots)
             return self._recover(request, caller)
         name = request.tool
         tool = self.tools.get(name)
@@ -547,6 +562,29 @@ class ScriptRun:
             return ToolReply(request.id, result=self._script_recovery.answer(request, caller))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _module(self, request: ToolRequest, roots: Sequence[Root] | None = None
+                ) -> ToolReply:
+        """A ``require``: the module's file and text, found and read by the host in the
+        library roots (the run's; ``roots``: a tools file's), or Lua's "not found"
+        message (see host.libraries)."""
+        from host.libraries import Libraries, answer
+
+        if self.libraries is None:
+            self.libraries = Libraries(script_dir=False)
+        return answer(self.libraries, request,
+                      self.library_roots if roots is None else roots, self._ref,
+                      self.modules)
+
+    def _tool_roots(self, tool: ScriptTool) -> list[Root] | None:
+        """The roots a tools file's require searches: its own folder first (as a script's),
+        then the host's roots (None: the run has no libraries)."""
+        if self.libraries is None:
+            return None
+        roots = self._roots_of.get(tool.filename)
+        if roots is None:
+            roots = self._roots_of[tool.filename] = self.libraries.roots_for(tool.filename)
+        return roots
 
     @property
     def current_deadline(self) -> float:
@@ -710,7 +748,8 @@ class ScriptRun:
         active[filename] = active.get(filename, 0) + 1
         try:
             step = self._converse(engine, self._received(
-                engine.call(tool.function, call.params, deadline)), deadline)
+                engine.call(tool.function, call.params, deadline)), deadline,
+                self._tool_roots(tool))
             failed = None
             if isinstance(step, Failed):
                 failed = step.error
@@ -761,8 +800,10 @@ class ScriptRun:
                 reason="give the function a Restart policy to load the file again"), tool)
         engine = self._libraries[tool.filename] = self._engine(tool.language)
         try:
+            roots = self._tool_roots(tool)
             load_library(engine, tool.source, tool.filename, self._infos(), deadline,
-                         self._output)
+                         self._output,
+                         modules=lambda request: self._module(request, roots))
             if tool.filename in self._kept:
                 self._restore(engine, tool, self._kept[tool.filename], deadline)
         except SpellError:

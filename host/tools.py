@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # pydantic is imported when the first tool is made
     from host.recovery import CircuitBreaker, Fallback, Retry, ToolRecovery
 
 TOOL_ATTRIBUTE = "__polyspell_tool__"
+# What answers a tools file's require (a request of kind "module": see host.libraries).
+Modules = Callable[[engines.ToolRequest], engines.ToolReply]
 
 
 @dataclass
@@ -291,14 +293,16 @@ LOAD_TIMEOUT = 10.0
 
 
 def _load_script_tools(path: Path, language: str, sandbox: str,
-                       engine_factory: Callable[..., engines.Engine]) -> list[ScriptTool]:
+                       engine_factory: Callable[..., engines.Engine],
+                       modules: Modules | None = None) -> list[ScriptTool]:
     try:
         source = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=str(exc)) from None
     engine = build_engine(engine_factory, language, engines.DEFAULT_LIMITS, sandbox)
     try:
-        names = load_library(engine, source, str(path), [], time.monotonic() + LOAD_TIMEOUT)
+        names = load_library(engine, source, str(path), [], time.monotonic() + LOAD_TIMEOUT,
+                             modules=modules)
     finally:
         engine.close()
     spec = engines.spec_of(language)
@@ -353,17 +357,30 @@ def _callable_name(fn: Any) -> str:
 
 def load_library(engine: engines.Engine, source: str, filename: str,
                  tools: list[engines.ToolInfo], deadline: float,
-                 output: Callable[[str], None] = lambda line: None) -> list[str]:
+                 output: Callable[[str], None] = lambda line: None, *,
+                 modules: Modules | None = None) -> list[str]:
     """Load a tools file into ``engine``; the names it exports, or ``configuration/load_failed``.
 
-    ``output`` receives the lines the file printed while it loaded.
+    ``output`` receives the lines the file printed while it loaded; ``modules`` answers
+    the modules it requires while it loads (see :mod:`host.libraries`; without it, a
+    ``require`` at load is refused).
     """
     step = engine.load(source, filename, tools, deadline)
+    while (modules is not None and isinstance(step, engines.Suspended)
+           and all(request.kind == "module" for request in step.requests)):
+        for line in step.output:
+            output(line)
+        step = engine.resume([modules(request) for request in step.requests], deadline)
     for line in step.output:
         output(line)
     if isinstance(step, engines.Finished):
         return list(step.result)
-    if isinstance(step, engines.Suspended):
+    if isinstance(step, engines.Suspended) and step.requests[0].kind == "module":
+        reason = (f"it requires {step.requests[0].tool!r} while loading; a tools file "
+                  f"cannot load modules while its functions are listed (require them "
+                  f"inside its functions)")
+        cause = None
+    elif isinstance(step, engines.Suspended):
         reason = (f"it calls the tool {step.requests[0].tool!r} while loading; "
                   f"call tools from inside its functions")
         cause = None
@@ -429,6 +446,7 @@ def check_file(path: Path) -> None:
 
 def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
                     engine_factory: Callable[..., engines.Engine] | None = None,
+                    modules: Modules | None = None,
                     ) -> list[Tool | ScriptTool]:
     """The tools of a file: a Python file's ``@tool`` functions, or the functions a script
     tools file (Lua, JavaScript...: by extension) exports (loaded once here, in
@@ -444,7 +462,7 @@ def load_tools_file(path: str | Path, sandbox: str = "constrained", *,
     language = engines.language_for_path(path)
     if language is not None:
         return _load_script_tools(path, language, sandbox,
-                                  engine_factory or engines.make_engine)
+                                  engine_factory or engines.make_engine, modules)
     if path.suffix != ".py":
         kinds = ["Python (.py)", *(f"{spec.display_name} ({', '.join(spec.extensions)})"
                                    for spec in engines.specs())]

@@ -270,7 +270,7 @@ def test_a_reply_to_a_request_it_did_not_make_is_a_protocol_violation(name):
 
 ESCAPES = {
     "lua": ["return io.open('/etc/passwd')", "return os.execute('true')",
-            "return require('os')", "return python.eval('1')"],
+            "return package.loadlib('/lib/libc.so.6', 'system')", "return python.eval('1')"],
     "javascript": ["return require('fs')", "return process.env",
                    "return std.loadFile('/etc/passwd')", "return os.exec(['true'])"],
 }

@@ -1,0 +1,313 @@
+"""Library roots and module resolution: the host finds, checks and reads every module.
+
+A script's ``require "json"`` (Lua) suspends the script with a request of the reserved
+kind ``"module"`` (see ``engines.base.ToolRequest``); the run answers it from here with
+the module's file name and source text, which the engine loads under that name. Engines
+never open files: module resolution is the host's.
+
+Roots, searched in order: the script's own folder (unless switched off:
+``Host(script_dir_library=False)``, ``--no-script-dir-lib``, ``script_dir_library =
+false`` in a config file), then the roots given (``Host(libraries=[...])``, ``--lib DIR``),
+then a config file's ``libraries``, then a plan's. A root that does not exist is
+``configuration/file_not_found`` when the host is made, before anything runs. A Lua tools
+file's ``require`` searches its own folder in place of the script's (:func:`answer` is
+the one reply, for runs and for the listing of a tools file's functions).
+
+Names. A module name is a name, never a path: dot-separated parts (``pl.pretty`` is
+``pl/pretty.lua``), each non-empty, without ``/``, ``\\``, ``:``, NUL or any other control
+character, at most :data:`MAX_NAME_LENGTH` characters. Anything else (``../../etc/passwd``,
+``/etc/passwd``, a name with a newline) is refused with ``security/access_denied`` naming
+the module and the roots, and so is a file that resolves (after symlinks) outside its root.
+
+Reading. Sources are read by the host, at most :data:`MAX_MODULE_BYTES` each, as UTF-8,
+and cached per host (:class:`Libraries`) by real path, modification time and size: a plan
+of a thousand tasks reads a module once, and a changed file is read again.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bridge import ConfigurationError, SecurityError, SpellError
+from bridge.envelope import error_envelope
+from engines import ToolReply, ToolRequest
+
+MAX_MODULE_BYTES = 8 << 20  # a module's source: lodash is 0.5 MiB; 8 MiB is far past any
+MAX_NAME_LENGTH = 256  # characters of a module name
+MAX_CACHED_BYTES = 64 << 20  # sources a host keeps; the least recently used go first
+# The files a module name may be, per language, as Lua's package.path writes them.
+LUA_TEMPLATES = ("?.lua", "?/init.lua")
+SANDBOX_HINT = ("(this is polyspell's sandbox: require searches only the library roots, "
+                "the script's folder and those given with --lib DIR, Host(libraries=[...]) "
+                "or libraries = [...] in a config file or plan)")
+
+
+@dataclass(frozen=True)
+class Root:
+    """A library root: the folder as it is named in file names (``shown``) and its real
+    path (symlinks resolved), which every module file must stay inside."""
+
+    shown: str
+    real: str
+
+    @property
+    def inside(self) -> str:
+        """What the real path of every file inside the root starts with."""
+        return self.real if self.real.endswith(os.sep) else self.real + os.sep
+
+    def file_name(self, relative: str) -> str:
+        """The name a module file under this root goes by in frames and messages."""
+        return relative if self.shown in ("", ".") else os.path.join(self.shown, relative)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A module found: its file name (as frames name it) and its source text."""
+
+    file: str
+    source: str
+
+
+@dataclass(frozen=True)
+class Missing:
+    """A module found in no root: the files looked for, in order."""
+
+    tried: tuple[str, ...]
+
+
+def make_root(path: str | os.PathLike[str], *, key: str = "libraries") -> Root:
+    """A root for the folder ``path``: ``configuration/file_not_found`` if there is none,
+    ``configuration/invalid_value`` if it is not a folder."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise ConfigurationError.InvalidValue(
+            key=key, value=repr(path)[:200],
+            reason=f"a library root is the path of a folder (str or Path), not "
+                   f"{type(path).__name__}")
+    shown = os.fspath(path)
+    if "\0" in shown:
+        raise ConfigurationError.InvalidValue(key=key, value=repr(shown)[:200],
+                                              reason="a folder's path has no NUL character")
+    if not os.path.exists(shown):
+        raise ConfigurationError.FileNotFound(f"Library folder not found: {shown}",
+                                              path=shown)
+    if not os.path.isdir(shown):
+        raise ConfigurationError.InvalidValue(
+            key=key, value=shown, reason=f"a library root is a folder; {shown} is not one")
+    return Root(shown.rstrip("/") or "/", os.path.realpath(shown))
+
+
+def script_root(script: str | os.PathLike[str]) -> Root:
+    """The folder of a script file as a root (its name as the script's path names it)."""
+    folder = os.path.dirname(os.fspath(script))
+    return Root(folder, os.path.realpath(folder or "."))
+
+
+def check_name(name: Any, roots: Sequence[Root]) -> list[str]:
+    """The parts of module name ``name`` (``pl.pretty`` -> ``["pl", "pretty"]``), or
+    ``security/access_denied`` when it is not a module name (a path, a control character)."""
+    why = None
+    if not isinstance(name, str) or not name:
+        why = "a module name is a non-empty string"
+    elif len(name) > MAX_NAME_LENGTH:
+        why = f"a module name is at most {MAX_NAME_LENGTH} characters"
+    elif name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        why = "a module name is a name, not an absolute path"
+    elif ".." in name or "/" in name or "\\" in name:
+        why = ("a module name is a name, not a path: dot-separated parts (pl.pretty), "
+               "without '..', '/' or '\\'")
+    elif any(not ch.isprintable() for ch in name) or ":" in name:
+        why = "a module name has no control characters (NUL, newline...) and no ':'"
+    elif name.startswith(".") or name.endswith("."):
+        why = "a module name does not start or end with '.'"
+    if why is not None:
+        raise refused(str(name), roots, why)
+    return name.split(".")
+
+
+def refused(name: str, roots: Sequence[Root], why: str) -> SpellError:
+    """``security/access_denied`` for a module that may not be loaded, naming the roots."""
+    shown = _shown_name(name)
+    where = ", ".join(root.shown or "." for root in roots) or "none"
+    return SecurityError.AccessDenied(
+        f"Access denied: require {shown}: {why} (library roots: {where})",
+        resource=shown, operation="require", reason=f"{why} (library roots: {where})")
+
+
+def _shown_name(name: str) -> str:
+    text = name if len(name) <= 200 else name[:197] + "..."
+    return repr(text)
+
+
+class SourceCache:
+    """Module sources read from disk, by real path, kept while the file's modification
+    time and size stay the same (at most :data:`MAX_CACHED_BYTES`, least recently used
+    dropped first). Thread-safe: runs resolve modules from their own threads."""
+
+    def __init__(self) -> None:
+        self.reads = 0  # files read from disk (the cache's misses)
+        self._files: OrderedDict[str, tuple[int, int, str]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def read(self, real: str, shown: str) -> str:
+        """The text of file ``real`` (named ``shown`` in errors): from the cache while
+        its modification time and size are the same, else read (bounded, UTF-8).
+
+        One read at a time, under the cache's lock: runs that start together (a plan's
+        tasks) wait for the first one's read instead of each reading the file.
+        """
+        with self._lock:
+            return self._read(real, shown)
+
+    def _read(self, real: str, shown: str) -> str:
+        try:
+            fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0))
+        except OSError as exc:
+            raise ConfigurationError.LoadFailed(path=shown, reason=exc.strerror or str(exc)) \
+                from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigurationError.LoadFailed(path=shown, reason="not a regular file")
+            key = (info.st_mtime_ns, info.st_size)
+            cached = self._files.get(real)
+            if cached is not None and cached[:2] == key:
+                self._files.move_to_end(real)
+                return cached[2]
+            if info.st_size > MAX_MODULE_BYTES:
+                raise _too_large(shown, info.st_size)
+            chunks, size = [], 0
+            while size <= MAX_MODULE_BYTES:  # bounded, whatever the file grew to since
+                chunk = os.read(fd, MAX_MODULE_BYTES + 1 - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            data = b"".join(chunks)
+        finally:
+            os.close(fd)
+        if len(data) > MAX_MODULE_BYTES:
+            raise _too_large(shown, len(data))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError.LoadFailed(
+                path=shown, reason=f"not UTF-8 text ({exc.reason} at byte {exc.start})") \
+                from None
+        self.reads += 1
+        old = self._files.pop(real, None)
+        if old is not None:
+            self._bytes -= len(old[2])
+        self._files[real] = (*key, text)
+        self._bytes += len(text)
+        while self._bytes > MAX_CACHED_BYTES and len(self._files) > 1:
+            _, (_, _, dropped) = self._files.popitem(last=False)
+            self._bytes -= len(dropped)
+        return text
+
+
+class Libraries:
+    """A host's library roots and its :class:`SourceCache` (shared by all its runs, and
+    by the hosts a coordinator makes for its plans).
+
+    ``roots`` are searched after the script's folder (when ``script_dir`` is true) for
+    every run of a script file.
+    """
+
+    def __init__(self, roots: Iterable[str | os.PathLike[str]] = (), *,
+                 script_dir: bool = True, cache: SourceCache | None = None) -> None:
+        if not isinstance(script_dir, bool):
+            raise ConfigurationError.InvalidValue(
+                key="script_dir_library", value=repr(script_dir)[:200],
+                reason="script_dir_library is True or False")
+        if isinstance(roots, (str, bytes, os.PathLike)):
+            raise ConfigurationError.InvalidValue(
+                key="libraries", value=repr(roots)[:200],
+                reason="libraries is a list of folders: put this path in a list")
+        try:
+            given = list(roots)
+        except TypeError:
+            raise ConfigurationError.InvalidValue(
+                key="libraries", value=repr(roots)[:200],
+                reason=f"libraries is a list of folders, not {type(roots).__name__}") from None
+        self.roots: list[Root] = [make_root(path) for path in given]
+        self.script_dir = script_dir
+        self.cache = cache if cache is not None else SourceCache()
+
+    def with_roots(self, roots: Iterable[str | os.PathLike[str]]) -> Libraries:
+        """These libraries with more roots after their own, sharing their cache."""
+        more = Libraries(roots, script_dir=self.script_dir, cache=self.cache)
+        more.roots = [*self.roots, *more.roots]
+        return more
+
+    def roots_for(self, script: str | os.PathLike[str] | None) -> list[Root]:
+        """The roots a run of ``script`` (a file's path; None for source text) searches."""
+        if script is None or not self.script_dir:
+            return list(self.roots)
+        return [script_root(script), *self.roots]
+
+    def resolve(self, name: Any, roots: Sequence[Root],
+                templates: Sequence[str] = LUA_TEMPLATES) -> Found | Missing:
+        """Find module ``name`` in ``roots``: the first file of the first root that has
+        one. Raises ``security/access_denied`` for a name that is not a module name or a
+        file outside its root, ``configuration/load_failed`` for a file that cannot be
+        read (too large, not UTF-8, unreadable)."""
+        relative = "/".join(check_name(name, roots))
+        tried = []
+        for root in roots:
+            for template in templates:
+                path = template.replace("?", relative)
+                shown = root.file_name(path)
+                candidate = os.path.join(root.real, path)
+                if not os.path.lexists(candidate):
+                    tried.append(shown)
+                    continue
+                real = os.path.realpath(candidate)
+                if not real.startswith(root.inside) and real != root.real:
+                    raise refused(name, roots, f"{shown} resolves to a file outside its "
+                                               f"library root")
+                if not os.path.isfile(real):
+                    tried.append(shown)
+                    continue
+                return Found(shown, self.cache.read(real, shown))
+        return Missing(tuple(tried))
+
+
+def answer(libraries: Libraries, request: ToolRequest, roots: Sequence[Root],
+           ref: Callable[[SpellError], int] | None = None,
+           loaded: dict[str, str] | None = None) -> ToolReply:
+    """The host's reply to a ``require`` (a request of kind ``"module"``): the module's
+    file and text, or Lua's "not found" message; a refusal (a name that is a path, a file
+    outside its root, one too large) is an error envelope, with the request's frames.
+    ``ref`` gives errors their refs (a run's), ``loaded`` collects the files read."""
+    try:
+        found = libraries.resolve(request.tool, roots)
+    except SpellError as err:
+        err.frames = [*request.frames, *err.frames]
+        return ToolReply(request.id, error=error_envelope(err, ref=ref))
+    if isinstance(found, Missing):
+        return ToolReply(request.id, result={
+            "missing": not_found_message(request.tool, found.tried)})
+    if loaded is not None:
+        loaded.setdefault(found.file, found.source)
+    return ToolReply(request.id, result={"file": found.file, "source": found.source})
+
+
+def _too_large(shown: str, size: int) -> SpellError:
+    return ConfigurationError.LoadFailed(
+        path=shown, reason=f"the module is {size} bytes; a module is at most "
+                           f"{MAX_MODULE_BYTES} bytes ({MAX_MODULE_BYTES >> 20} MiB)")
+
+
+def not_found_message(name: str, tried: Sequence[str]) -> str:
+    """Lua's own message for a module found nowhere, and the sandbox's hint."""
+    lines = [f"module '{name}' not found:"]
+    lines += [f"\tno file '{path}'" for path in tried] or ["\tno library roots to search"]
+    return "\n".join([*lines, SANDBOX_HINT])
