@@ -64,6 +64,14 @@ KILL_GRACE = 0.5
 RECYCLE_AFTER = 100
 # Seconds to wait for a worker being started by the pool's spawner thread.
 SPAWN_TIMEOUT = 30.0
+# Workers of one memory limit a pool keeps, busy or idle, per core it was sized for: past
+# it a new engine waits for a worker to come back rather than starting one (200 runs at
+# once share 16 workers on 2 cores, not 200 processes of 30 MB each) ...
+WORKERS_PER_CORE = 8
+# ... for at most this long: an engine a run needs while it holds another (a tools file
+# in another language) must not wait for workers that wait for it, so past this wait one
+# more worker is started anyway (sooner for a run with less time than that)
+WAIT_FOR_WORKER = 5.0
 _MB = 1 << 20
 # flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
 _NO_WAIT = int(socket.MSG_DONTWAIT)
@@ -420,9 +428,11 @@ class WorkerPool:
     each engine takes an idle worker, or one started then if none is idle (so more runs
     at once than ``size`` still run at once, the extra ones paying a worker's start), and
     its ``close()`` gives the worker back. As many workers of each memory limit are kept
-    idle as were ever busy at once (at least ``size``): a host that runs ten scripts at
-    once keeps ten workers, rather than ending and starting workers at each run (a
-    worker costs about 30 MB while idle; all end with the pool). One ended after a limit,
+    idle as were ever busy at once (at least ``size``, at most :attr:`max_workers`): a
+    host that runs ten scripts at once keeps ten workers, rather than ending and starting
+    workers at each run (a worker costs about 30 MB while idle; all end with the pool).
+    Past ``max_workers`` busy at once, a new engine waits for a worker to come back (at
+    most :data:`WAIT_FOR_WORKER`, then one more is started: see there). One ended after a limit,
     a crash, a kill, or :data:`RECYCLE_AFTER` engines is replaced in the background
     while fewer are idle.
 
@@ -442,6 +452,7 @@ class WorkerPool:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
                 else (os.cpu_count() or 1)
         self.size = max(1, int(size))
+        self.max_workers = WORKERS_PER_CORE * self.size  # of one memory limit, at once
         self.memory_mb = int(memory_mb)
         self.recycle_after = recycle_after
         self.entry = entry
@@ -455,7 +466,8 @@ class WorkerPool:
         self._keep: dict[int, int] = {}
         self._closed = False
         self._requests: list[tuple[int, Future[Worker] | None] | None] = []
-        self._wake = threading.Condition(self._lock)
+        self._wake = threading.Condition(self._lock)  # the spawner: a worker to start
+        self._returned = threading.Condition(self._lock)  # a worker is idle again
         self._spawner = threading.Thread(target=self._spawn_loop, daemon=True,
                                          name="polyspell worker spawner")
         self._spawner.start()
@@ -470,19 +482,23 @@ class WorkerPool:
                     sandbox: Sandbox = "constrained") -> ProcessEngine:
         """A fresh engine for ``language`` in a worker (an engine factory)."""
         cls = proxy_class(language)
-        return cls(self, self._take(limits.memory_mb), limits=limits, sandbox=sandbox)
+        return cls(self, self._take(limits.memory_mb, min(WAIT_FOR_WORKER, limits.timeout / 4)),
+                   limits=limits, sandbox=sandbox)
 
-    def _take(self, memory_mb: int) -> Worker:
+    def _take(self, memory_mb: int, wait: float = WAIT_FOR_WORKER) -> Worker:
         future: Future[Worker] | None = None
         with self._lock:
+            idle = self._idle.setdefault(memory_mb, [])
+            if not idle and self._busy.get(memory_mb, 0) >= self.max_workers:
+                # at the bound: wait for one to come back
+                self._returned.wait_for(lambda: idle or self._closed, wait)
             if self._closed:
                 raise ConfigurationError.InvalidValue(
                     key="isolation", value="process",
                     reason="the worker pool is closed (its host was closed)")
             busy = self._busy[memory_mb] = self._busy.get(memory_mb, 0) + 1
             if busy > self._keep.get(memory_mb, self.size):
-                self._keep[memory_mb] = busy
-            idle = self._idle.get(memory_mb, [])
+                self._keep[memory_mb] = min(busy, self.max_workers)
             while idle:
                 worker = idle.pop()
                 if worker.alive:
@@ -518,6 +534,7 @@ class WorkerPool:
             idle = self._idle.setdefault(memory_mb, [])
             if keep and not self._closed and len(idle) < self._keep.get(memory_mb, self.size):
                 idle.append(worker)
+                self._returned.notify()
                 return
             self._workers.discard(worker)
             if not self._closed:
@@ -614,6 +631,7 @@ class WorkerPool:
             self._idle.clear()
             self._requests.insert(0, None)
             self._wake.notify()
+            self._returned.notify_all()
         for worker in workers:
             worker.kill()
         for worker in workers:

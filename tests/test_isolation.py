@@ -725,3 +725,55 @@ def test_a_plan_runs_with_a_config_that_says_process(tmp_path):
     assert done.returncode == 0, done.stderr
     [task] = json.loads(done.stdout)["tasks"]
     assert (task["status"], task["result"]) == ("succeeded", 42)
+
+
+def test_200_runs_at_once_share_a_bounded_pool_with_nothing_lost_or_crossed():
+    """200 concurrent runs in process mode, half Lua, half JS, each calling a Python tool
+    with its own number: every result comes back to its own run, and the pool keeps at
+    most max_workers workers (not 200 processes)."""
+    with WorkerPool(1) as pool, Host([add], isolation=pool, on_output=lambda line: None,
+                                     timeout=120) as host:
+        async def main() -> list[Any]:
+            results: list[Any] = [None] * 200
+
+            async def one(n: int) -> None:
+                language = "lua" if n % 2 else "javascript"
+                source = pick(language, "return {n = tools.add{a = args.n, b = 1000}}",
+                              "async function main(args) {"
+                              " return {n: await tools.add({a: args.n, b: 1000})}; }")
+                results[n] = await host.arun_source(source, language, None, {"n": n})
+
+            async with anyio.create_task_group() as group:
+                for n in range(200):
+                    group.start_soon(one, n)
+            return results
+
+        assert anyio.run(main) == [{"n": n + 1000} for n in range(200)]
+        assert len(pool.pids()) <= pool.max_workers + 2  # + what a slow start let past
+
+
+def test_a_run_at_the_bound_still_gets_the_engine_of_its_tools_file(tmp_path):
+    """Every worker busy with a run that needs a second engine (a JS tools file) while it
+    holds its own: no run waits for the others forever (past a short wait one more
+    worker starts)."""
+    (tmp_path / "helpers.js").write_text(
+        "exports.double = function double(params) { return params.n * 2; };\n")
+    with WorkerPool(1) as pool, Host([str(tmp_path / "helpers.js")], isolation=pool,
+                                     on_output=lambda line: None, timeout=60) as host:
+        pool.max_workers = 2  # a tiny bound, so that both runs hold all of it
+
+        async def main() -> list[Any]:
+            results: list[Any] = [None] * 2
+
+            async def one(n: int) -> None:
+                results[n] = await host.arun_source(
+                    "return tools.double{n = args.n}", "lua", None, {"n": n})
+
+            async with anyio.create_task_group() as group:
+                for n in range(2):
+                    group.start_soon(one, n)
+            return results
+
+        began = time.monotonic()
+        assert anyio.run(main) == [0, 2]
+        assert time.monotonic() - began < 30
