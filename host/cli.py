@@ -489,8 +489,13 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
     from bridge import SpellError
 
     run = None
+    pool = None
     try:
         script_args = _script_args(args)
+        if args.isolation == "process":  # its worker starts while the host is imported
+            from engines.process import WorkerPool
+
+            pool = WorkerPool(1, memory_mb=args.memory_mb)
         import anyio
 
         from host.host import Host
@@ -500,7 +505,7 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
         host = Host(args.tools, timeout=args.timeout, memory_mb=args.memory_mb,
                     sandbox=args.sandbox, config=config, hooks=hooks,
                     on_human_input=_terminal_input(), monitor=monitor,
-                    isolation=args.isolation, libraries=args.lib,
+                    isolation=pool or args.isolation, libraries=args.lib,
                     script_dir_library=False if args.no_script_dir_lib else None)
         with host, _hook_logs(hooks, config):
             run = host.new_run(args.script, script_args)  # its recovery history is reported
@@ -511,6 +516,9 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
         return code
     except Exception as exc:  # a bug of ours: still one unified error, never a raw traceback
         return _report_failure(_internal_error(exc), args, run)
+    finally:
+        if pool is not None:
+            pool.close()
     if args.json:
         stopped = {"stopped_by": run.stopped.tool} if run.stopped is not None else {}
         print_json({"ok": True, "result": result, **stopped, **_recovery_json(run)})
