@@ -748,7 +748,7 @@ def pool_engine(pool: WorkerPool, language: str, first_step: bool) -> float:
         engine.start(source, "ready", None, [], time.monotonic() + 10)
     elapsed = time.perf_counter() - start
     engine.close()
-    time.sleep(0.005)  # the worker settles (drops the engine) before the next take
+    time.sleep(0.05)  # the worker settles (drops the engine) before the next take
     return elapsed
 
 

@@ -777,3 +777,20 @@ def test_a_run_at_the_bound_still_gets_the_engine_of_its_tools_file(tmp_path):
         began = time.monotonic()
         assert anyio.run(main) == [0, 2]
         assert time.monotonic() - began < 30
+
+
+def test_a_spare_engine_is_fresh_for_each_run():
+    """A worker makes the next engine while it waits: it must still be a fresh one, with
+    nothing of the previous run's globals (state isolation, as in thread mode)."""
+    with WorkerPool(1, memory_mb=64) as pool:
+        seen = []
+        for _ in range(3):
+            engine = pool.make_engine("lua", limits=Limits(memory_mb=64))
+            step = engine.start("local before = leaked\nleaked = (leaked or 0) + 1\n"
+                                "return before == nil", "a.lua", None, [],
+                                time.monotonic() + 20)
+            seen.append((engine.pid, step.result if isinstance(step, Finished) else step))
+            engine.close()
+            time.sleep(0.05)  # the worker makes its spare meanwhile
+        assert [result for _, result in seen] == [True, True, True]
+        assert len({pid for pid, _ in seen}) == 1  # one worker served them all
