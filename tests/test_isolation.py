@@ -783,6 +783,9 @@ def test_a_spare_engine_is_fresh_for_each_run():
     """A worker makes the next engine while it waits: it must still be a fresh one, with
     nothing of the previous run's globals (state isolation, as in thread mode)."""
     with WorkerPool(1, memory_mb=64) as pool:
+        began = time.monotonic()
+        while not pool.pids(busy=False) and time.monotonic() - began < 20:
+            time.sleep(0.01)  # its one worker started: every run takes that one
         seen = []
         for _ in range(3):
             engine = pool.make_engine("lua", limits=Limits(memory_mb=64))
