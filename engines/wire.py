@@ -37,6 +37,8 @@ from dataclasses import asdict
 from typing import Any
 
 from bridge import SpellError
+from bridge.data import MAX_DEPTH, nested_deeper
+from bridge.errors import MAX_CAUSE_DEPTH
 from bridge.frames import Frame, frame_from_data
 from engines.base import (
     REQUEST_KINDS,
@@ -149,11 +151,18 @@ def _problem_to_wire(problem: Problem | None) -> list[str] | None:
     return None if problem is None else [problem.path, problem.data_type, problem.message]
 
 
+# How deep an error's data may nest: its causes (each one level), and in the innermost its
+# fields' data (as deep as any data an engine sends) and the levels of the error itself.
+_ERROR_DEPTH = MAX_CAUSE_DEPTH + MAX_DEPTH + 4
+
+
 def step_from_wire(data: Any) -> tuple[Step, bool]:
     """The step a worker sent, and whether its engine is still usable.
 
-    Everything is checked: :class:`WireError` says what does not fit; an error that
-    ``SpellError.from_dict`` refuses raises its ``bridge/deserialization_failed``.
+    Everything is checked, as an engine in the host would have made it: :class:`WireError`
+    says what does not fit (data nested past ``bridge.data.MAX_DEPTH``, which the engines
+    never send, included); an error that ``SpellError.from_dict`` refuses raises its
+    ``bridge/deserialization_failed``.
     """
     if type(data) is not list or len(data) < 4:
         raise WireError("a step must be a list of at least 4 items")
@@ -168,8 +177,13 @@ def step_from_wire(data: Any) -> tuple[Step, bool]:
             raise WireError("a suspended step's requests must be a non-empty list")
         return Suspended([_request(item) for item in data[3]], lines), usable
     if tag == "F" and len(data) == 4:
+        if nested_deeper(data[3]):
+            raise WireError(f"a result nested more than {MAX_DEPTH} levels deep (an engine "
+                            f"sends none)")
         return Finished(data[3], lines), usable
     if tag == "X" and len(data) == 5:
+        if nested_deeper(data[3], _ERROR_DEPTH):
+            raise WireError(f"an error nested more than {_ERROR_DEPTH} levels deep")
         return Failed(SpellError.from_dict(data[3]), lines, _problem(data[4])), usable
     raise WireError(f"unknown step {str(tag)[:20]!r} of {len(data)} items")
 
@@ -183,6 +197,9 @@ def _request(item: Any) -> ToolRequest:
                         f"one of {', '.join(map(repr, REQUEST_KINDS))}")
     if type(frames) is not list:
         raise WireError("a request's frames must be a list")
+    if nested_deeper(params):
+        raise WireError(f"a request's params nested more than {MAX_DEPTH} levels deep (an "
+                        f"engine sends none)")
     return ToolRequest(id_, tool, params, _problem(problem), [_frame(f) for f in frames], kind)
 
 
