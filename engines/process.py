@@ -68,6 +68,7 @@ _MB = 1 << 20
 # flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
 _NO_WAIT = int(socket.MSG_DONTWAIT)
 _SEND = _NO_WAIT | int(getattr(socket, "MSG_NOSIGNAL", 0))  # a dead worker: EPIPE, no signal
+_PEEK = _NO_WAIT | int(socket.MSG_PEEK)
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _HEADER_SIZE = wire.HEADER.size
 _unpack = wire.HEADER.unpack_from
@@ -196,6 +197,24 @@ class Worker:
         data = buffer[:size]
         del buffer[:size]
         return data
+
+    def quiet(self) -> bool:
+        """Whether the worker has said nothing it was not asked for: no bytes past its last
+        answer, none waiting on the socket, no EOF (a worker not yet read has only its
+        ready frame to say). An idle worker that talks (an answer queued for a step not
+        yet asked, a closed end) is not fit to serve: what it queued would answer the
+        next run's first step."""
+        if not self.ready:
+            return True
+        if self._pending:
+            return False
+        try:
+            self.sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:  # reset, or a closed socket
+            return False
+        return False  # a byte, or EOF
 
     def kill(self) -> None:
         """SIGKILL the process (any thread; nothing if it has already been reaped)."""
@@ -485,7 +504,7 @@ class WorkerPool:
             idle = self._idle.get(memory_mb, [])
             while idle:
                 worker = idle.pop()
-                if worker.alive:
+                if worker.alive and worker.quiet():
                     break
                 self._workers.discard(worker)
                 worker.end()
@@ -506,7 +525,8 @@ class WorkerPool:
         """Take back a worker its engine is done with: idle again if ``healthy`` and it
         may serve more, else ended (and another started in its place)."""
         worker.runs += opened
-        keep = healthy and worker.runs < self.recycle_after and worker.alive
+        keep = (healthy and worker.runs < self.recycle_after and worker.alive
+                and worker.quiet())
         if keep and opened:
             try:
                 worker.send(wire.frame(["close"]), time.monotonic() + 1)
