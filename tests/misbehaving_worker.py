@@ -7,6 +7,7 @@ says (see ``MODES``), as a compromised worker could.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -64,6 +65,23 @@ def _reach_out(sock: Any, path: str) -> None:
     sock.sendall(wire.frame(["F", True, [], seen]))
 
 
+def _descriptors(sock: Any, arg: str) -> None:
+    """Answer with what each open descriptor is: ``[fd, kind, device, inode, rdev]`` (what
+    an escaped script could write to)."""
+    import stat
+
+    seen = []
+    for fd in range(1024):
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            continue
+        kind = "socket" if stat.S_ISSOCK(info.st_mode) else "char" if stat.S_ISCHR(
+            info.st_mode) else "other"
+        seen.append([fd, kind, info.st_dev, info.st_ino, info.st_rdev])
+    sock.sendall(wire.frame(["F", True, [], seen]))
+
+
 MODES = {
     # bytes that are no JSON, in a well-formed frame
     "garbage": lambda sock, arg: _send(sock, wire.HEADER.pack(9) + b"not json!"),
@@ -96,6 +114,18 @@ MODES = {
     "hang": lambda sock, arg: time.sleep(600),
     # a crash of the engine
     "segfault": lambda sock, arg: os.kill(os.getpid(), signal.SIGSEGV),
+    # any message (the argument, as JSON) in a well-formed frame
+    "send": lambda sock, arg: _send(sock, wire.frame(json.loads(arg))),
+    # the same message twice: the second answers a step the host has not asked for yet
+    "send_twice": lambda sock, arg: _send(sock, wire.frame(json.loads(arg)) * 2),
+    # a finished step whose result nests ``arg`` lists deep (the engines stop at 100)
+    "deep": lambda sock, arg: _send(sock, wire.HEADER.pack(14 + 2 * int(arg)) + b'["F",true,[],'
+                                    + b"[" * int(arg) + b"]" * int(arg) + b"]"),
+    # the worker's open descriptors
+    "descriptors": _descriptors,
+    # text written to the worker's stderr, then a finished step
+    "stderr": lambda sock, arg: (os.write(2, arg.encode()),
+                                 _send(sock, wire.frame(["F", True, [], "done"]))),
 }
 
 

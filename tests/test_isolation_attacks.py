@@ -1,0 +1,294 @@
+"""A compromised worker against its host (issue 14, red team).
+
+Each test plays a worker whose script escaped its engine into the worker's Python (real
+worker processes: ``tests.misbehaving_worker``, which sends what it is told to), and
+checks that the host lets it do no more than an engine in the host could: the data it
+sends is bounded as the engines bound theirs, what it queued for a later step never
+answers another run, and it has no descriptor of the host's terminal to write to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import SpellError
+from bridge.data import MAX_DEPTH
+from engines import Failed, Finished, Limits
+from engines.process import WorkerPool
+from host import Host, tool
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "TOP-SECRET-LINE of the host"
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Python, in the host."""
+    return a + b
+
+
+@pytest.fixture(scope="module")
+def bad_pool() -> Iterator[WorkerPool]:
+    with WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker") as pool:
+        yield pool
+
+
+def step_of(pool: WorkerPool, how: str, arg: str = "") -> tuple[object, int | None]:
+    engine = pool.make_engine("lua", limits=Limits(timeout=20, memory_mb=64))
+    try:
+        step = engine.start(f"--misbehave:{how} {arg}", "agent.lua", None, [],
+                            time.monotonic() + 20)
+        return step, engine.pid
+    finally:
+        engine.close()
+
+
+def nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+# -- data no engine sends --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 900])
+def test_a_result_nested_deeper_than_any_engine_sends_is_refused(bad_pool, levels):
+    # an engine refuses a result past MAX_DEPTH; the decoder alone let ~990 levels in
+    step, _ = step_of(bad_pool, "deep", str(levels))
+    assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
+    assert f"nested more than {MAX_DEPTH} levels deep" in str(step.error)
+
+
+def test_a_result_as_deep_as_an_engine_sends_still_crosses(bad_pool):
+    step, _ = step_of(bad_pool, "deep", str(MAX_DEPTH))
+    assert isinstance(step, Finished)
+    depth, value = 0, step.result
+    while isinstance(value, list):
+        depth, value = depth + 1, value[0] if value else None
+    assert depth == MAX_DEPTH
+
+
+def test_the_deepest_result_a_real_engine_sends_crosses_in_process_mode(worker_pool):
+    source = ("local t = {} local c = t\nfor i = 1, %d do local n = {} c[1] = n c = n end\n"
+              "return t")
+    host = Host(isolation=worker_pool, on_output=lambda line: None, memory_mb=64)
+    result = host.run_source(source % (MAX_DEPTH - 1), "lua")  # MAX_DEPTH tables
+    depth = 0
+    while isinstance(result, list):
+        depth, result = depth + 1, result[0] if result else None
+    assert depth == MAX_DEPTH - 1  # the innermost table is empty: {} (a dict)
+    with pytest.raises(SpellError) as info:  # one more: the engine refuses it, as in threads
+        host.run_source(source % MAX_DEPTH, "lua")
+    assert info.value.code == "script/cross_engine_communication"
+
+
+def test_tool_params_nested_deeper_than_any_engine_sends_never_reach_the_tool(bad_pool):
+    calls = []
+
+    @tool
+    def record(**params: object) -> None:
+        """Would see the params."""
+        calls.append(params)
+
+    request = f'[1, "record", {{"x": {nested(MAX_DEPTH + 5)}}}, null, [], "tool"]'
+    host = Host([record], engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    with pytest.raises(SpellError) as info:
+        host.run_source(f'--misbehave:send ["S", true, [], [{request}]]', "lua")
+    assert info.value.code == "bridge/protocol_violation"
+    assert "params nested more than" in str(info.value)
+    assert calls == []
+
+
+def test_an_error_whose_data_nests_deeper_than_an_engine_sends_is_refused_briefly(bad_pool):
+    # pydantic refused it too, but deep in its recursion, with a path 13 kB long as reason
+    error = json.dumps({"category": "script", "kind": "runtime_error",
+                        "fields": {"language": "lua", "error": "x"},
+                        "context": {"metadata": {"k": []}}}).replace("[]", nested(900))
+    step, _ = step_of(bad_pool, "send", f'["X", true, [], {error}, null]')
+    assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
+    assert "an error nested more than" in str(step.error)
+    assert len(step.error.to_json()) < 5000
+
+
+# -- answers nobody asked for ------------------------------------------------------------
+
+
+def test_an_answer_queued_by_one_run_never_answers_the_next_run(bad_pool):
+    host = Host(engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    # the run's own step is answered, and the same answer is queued for the next step
+    assert host.run_source('--misbehave:send_twice ["F", true, [], "forged"]', "lua") \
+        == "forged"
+    for _ in range(3):  # the next runs (on the one idle worker, or a new one) are their own
+        assert host.run_source('return "honest"', "lua") == "honest"
+
+
+def test_an_idle_worker_that_talks_is_not_handed_out(bad_pool):
+    step, pid = step_of(bad_pool, "send", '["F", true, [], "fine"]')
+    assert isinstance(step, Finished) and bad_pool.pids(busy=False) == [pid]
+    engine = bad_pool.make_engine("lua", limits=Limits(timeout=20, memory_mb=64))
+    try:  # the worker came back quiet: it serves again
+        assert engine.pid == pid
+        # now it speaks out of turn while idle (an escaped script's thread could)
+        engine.start('--misbehave:send_twice ["F", true, [], "early"]', "a.lua", None, [],
+                     time.monotonic() + 20)
+    finally:
+        engine.close()
+    engine = bad_pool.make_engine("lua", limits=Limits(timeout=20, memory_mb=64))
+    try:
+        assert engine.pid != pid
+        step = engine.start("return 'mine'", "a.lua", None, [], time.monotonic() + 20)
+        assert isinstance(step, Finished) and step.result == "mine"
+    finally:
+        engine.close()
+
+
+# -- what a worker may write to ----------------------------------------------------------
+
+
+def test_a_worker_keeps_no_descriptor_but_its_socket_and_the_null_device(bad_pool):
+    step, _ = step_of(bad_pool, "descriptors")
+    assert isinstance(step, Finished)
+    null = os.stat(os.devnull)
+    kinds = {fd: (kind, rdev) for fd, kind, _dev, _ino, rdev in step.result}
+    for fd in (0, 1, 2):  # stdin, stdout and (since it was ready) stderr
+        assert kinds.pop(fd) == ("char", null.st_rdev), step.result
+    assert [kind for kind, _ in kinds.values()] == ["socket"], step.result
+
+
+def test_a_worker_cannot_write_on_the_hosts_stderr(tmp_path):
+    program = tmp_path / "host_program.py"
+    program.write_text(textwrap.dedent("""
+        from engines.process import WorkerPool
+        from host import Host
+
+        with WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker") as pool:
+            host = Host(engine_factory=pool.make_engine, timeout=20, memory_mb=64)
+            print(host.run_source("--misbehave:stderr Error: FORGED by the worker", "lua"))
+    """))
+    done = subprocess.run([sys.executable, str(program)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "done"  # the worker did write (to the null device)
+    assert "FORGED" not in done.stderr
+
+
+# -- what a worker's error may show ------------------------------------------------------
+
+
+def test_an_error_from_a_worker_shows_no_line_of_a_host_file_it_names(bad_pool, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(f"{SECRET}\n")
+    frames = [{"language": "lua", "file": str(secret), "line": 1, "function": "steal"},
+              {"language": "lua", "file": str(ROOT / "host" / "runner.py"), "line": 1}]
+    error = {"category": "script", "kind": "runtime_error",
+             "fields": {"language": "lua", "error": "boom"}}
+    request = json.dumps(["X", True, [], {**error, "frames": frames}, None])
+    host = Host(engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    with pytest.raises(SpellError) as info:
+        host.run_source(f"--misbehave:send {request}", "lua")
+    err = info.value
+    assert err.code == "script/runtime_error", err
+    files = [frame.file for frame in err.frames]
+    assert str(secret) in files and str(ROOT / "host" / "runner.py") in files, files
+    shown = "\n".join(["".join(traceback.format_exception(err)), err.to_text(),
+                       err.to_json()])
+    assert SECRET not in shown
+    runner_lines = (ROOT / "host" / "runner.py").read_text().splitlines()
+    assert runner_lines[0].strip() not in shown  # no line of the host's own file either
+
+
+# -- workers that die, over and over ------------------------------------------------------
+
+
+def test_fifty_runs_that_each_kill_their_worker_leave_nothing_behind(bad_pool):
+    host = Host(engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    pids = set()
+    for _ in range(50):
+        with pytest.raises(SpellError) as info:
+            host.run_source("--misbehave:segfault", "lua")
+        assert info.value.code == "runtime/worker_died"
+        assert info.value.fields["signal"] == "SIGSEGV"
+        pids.add(info.value.fields["pid"])
+    assert len(pids) == 50  # each run had a worker of its own, replaced after the crash
+    assert host.run_source("return 'still here'", "lua") == "still here"
+    assert len(bad_pool.pids()) <= bad_pool.size + 1
+    children = _children(os.getpid())
+    assert not (pids & children)  # each dead worker was reaped: no zombie left
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as status:
+                    if int(status.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.add(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def test_two_hosts_each_with_its_own_pool_end_only_their_workers():
+    first = Host([add], isolation="process", on_output=lambda line: None)
+    second = Host([add], isolation="process", on_output=lambda line: None)
+    try:
+        assert first.run_source("return tools.add{a = 1, b = 2}", "lua") == 3
+        assert second.run_source("return tools.add{a = 2, b = 2}", "lua") == 4
+        assert first.pool is not None and second.pool is not None
+        mine = set(first.pool.pids())
+        assert mine and not mine & set(second.pool.pids())
+        first.close()
+        assert second.run_source("return tools.add{a = 3, b = 3}", "lua") == 6
+        assert all(_gone(pid) for pid in mine)
+    finally:
+        first.close()
+        second.close()
+
+
+def _gone(pid: int) -> bool:
+    ends = time.monotonic() + 5
+    while time.monotonic() < ends:
+        try:
+            with open(f"/proc/{pid}/stat") as status:
+                if status.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_socket_descriptor_past_fd_setsize_still_serves(bad_pool):
+    # the host's checks on a worker's socket must not use select() (FD_SETSIZE: 1024)
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if limits[1] != resource.RLIM_INFINITY and limits[1] < 1200:
+        pytest.skip(f"at most {limits[1]} descriptors here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(limits[0], 1200), limits[1]))
+    held = []
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            held.append(fd)
+            if fd > 1100:
+                break
+        with WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker") as pool:
+            host = Host(engine_factory=pool.make_engine, timeout=20, memory_mb=64)
+            for _ in range(3):
+                assert host.run_source("return 7", "lua") == 7
+            assert len(pool.pids()) == 1  # the one worker served all three
+            assert all(worker.sock.fileno() > 1024 for worker in pool._workers)
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
