@@ -51,6 +51,7 @@ from engines.base import (
     Limits,
     Sandbox,
     Step,
+    Suspended,
     ToolInfo,
     ToolReply,
     protocol_violation,
@@ -355,6 +356,12 @@ class ProcessEngine(Engine):
             cause = bad if isinstance(bad, SpellError) else None
             return self._broken(Failed(BridgeError.ProtocolViolation(
                 reason=f"worker {worker.pid}: {reason}", cause=cause)))
+        if step.__class__ is Suspended and time.monotonic() >= deadline:
+            # an engine stops at its deadline (it looks at the clock as it runs, and at
+            # every resume): a request sent past it would have its tool run after the
+            # run's time, in the grace the host gives for the engine's own time error
+            # (up to the runner's DEADLINE_GRACE); the worker is ended instead
+            return self._broken(self._out_of_time())
         self._busy = False
         self._usable = usable
         return step

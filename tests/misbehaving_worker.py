@@ -121,6 +121,9 @@ MODES = {
     # a finished step whose result nests ``arg`` lists deep (the engines stop at 100)
     "deep": lambda sock, arg: _send(sock, wire.HEADER.pack(14 + 2 * int(arg)) + b'["F",true,[],'
                                     + b"[" * int(arg) + b"]" * int(arg) + b"]"),
+    # a message (the argument after the seconds, as JSON) sent that many seconds late
+    "late": lambda sock, arg: (time.sleep(float(arg.split(" ", 1)[0])),
+                               _send(sock, wire.frame(json.loads(arg.split(" ", 1)[1])))),
     # the worker's open descriptors
     "descriptors": _descriptors,
     # text written to the worker's stderr, then a finished step
