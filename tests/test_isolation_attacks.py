@@ -238,6 +238,52 @@ def test_an_error_from_a_worker_shows_no_line_of_a_host_file_it_names(bad_pool, 
     assert runner_lines[0].strip() not in shown  # no line of the host's own file either
 
 
+@pytest.mark.parametrize("language", ["python", "host"])
+def test_a_frame_that_says_it_is_pythons_shows_no_line_of_a_file_it_names(
+        bad_pool, tmp_path, language):
+    # the host's traceback would read the named file from disk (linecache), with the
+    # host's privileges: a confined worker (no file access) reading ~/.ssh/id_rsa
+    secret = tmp_path / "id_rsa"
+    secret.write_text(f"{SECRET}\n")
+    frames = [{"language": language, "file": str(secret), "line": 1, "function": "steal"},
+              {"language": "lua", "file": "agent.lua", "line": 1}]
+    error = {"category": "script", "kind": "runtime_error", "frames": frames,
+             "fields": {"language": "lua", "error": "boom"}}
+    host = Host(engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    with pytest.raises(SpellError) as info:
+        host.run_source("--misbehave:send " + json.dumps(["X", True, [], error, None]), "lua")
+    err = info.value
+    assert str(secret) in [frame.file for frame in err.frames]  # kept, as data
+    shown = "".join(traceback.format_exception(err))
+    assert f"<not loaded by the host: {secret}>" in shown
+    assert SECRET not in shown + err.to_text() + err.to_json()
+
+
+def test_an_error_read_from_json_shows_no_line_of_a_file_its_python_frame_names(tmp_path):
+    from bridge.pytraceback import attach_python_traceback
+
+    secret = tmp_path / "id_rsa"
+    secret.write_text(f"{SECRET}\n")
+    data = {"category": "script", "kind": "lua", "fields": {"error": "x"},
+            "frames": [{"language": "python", "file": str(secret), "line": 1},
+                       {"language": "lua", "file": "agent.lua", "line": 1}]}
+    err = attach_python_traceback(SpellError.from_json(json.dumps(data)))
+    assert SECRET not in "".join(traceback.format_exception(err))
+
+
+def test_a_real_python_frame_still_shows_its_line():
+    from bridge import Frame, ScriptError
+    from bridge.pytraceback import attach_python_traceback
+
+    here = str(Path(__file__).resolve())  # a loaded module's file: its lines show
+    line = test_a_real_python_frame_still_shows_its_line.__code__.co_firstlineno
+    err = ScriptError.RuntimeError(language="lua", error="x", frames=[
+        Frame("python", here, line, None, "f", None), Frame("lua", "agent.lua", 1, None,
+                                                            None, None)])
+    shown = "".join(traceback.format_exception(attach_python_traceback(err)))
+    assert "def test_a_real_python_frame_still_shows_its_line" in shown, shown
+
+
 # -- workers that die, over and over ------------------------------------------------------
 
 
