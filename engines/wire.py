@@ -38,7 +38,8 @@ from typing import Any
 
 from bridge import SpellError
 from bridge.data import MAX_DEPTH, nested_deeper
-from bridge.errors import MAX_CAUSE_DEPTH
+from bridge.envelope import REF_KEY
+from bridge.errors import MAX_CAUSE_DEPTH, RAISED_BY
 from bridge.frames import Frame, frame_from_data
 from engines.base import (
     REQUEST_KINDS,
@@ -184,8 +185,36 @@ def step_from_wire(data: Any) -> tuple[Step, bool]:
     if tag == "X" and len(data) == 5:
         if nested_deeper(data[3], _ERROR_DEPTH):
             raise WireError(f"an error nested more than {_ERROR_DEPTH} levels deep")
-        return Failed(SpellError.from_dict(data[3]), lines, _problem(data[4])), usable
+        return Failed(SpellError.from_dict(_as_engines_make_it(data[3])), lines,
+                      _problem(data[4])), usable
     raise WireError(f"unknown step {str(tag)[:20]!r} of {len(data)} items")
+
+
+def _as_engines_make_it(error: Any, depth: int = 0) -> Any:
+    """A worker's error (``SpellError.to_dict``'s form) with only what an engine in the
+    host gives its errors: category, kind, message, fields, frames, cause, and of the
+    context the two marks an engine sets (``raised_by``: a script raised it; the ref of an
+    error the run handed the script, which the host swaps for its original). Retryable,
+    a retry delay, a severity and the rest of the context are the host's to decide: a
+    worker that sent ``retryable``/``retry_after`` would have a plan retry its task when it
+    chose, one that sent a ``correlation_id`` would have its error filed under another
+    run. Anything that is not an object is left for ``SpellError.from_dict`` to refuse."""
+    if type(error) is not dict:
+        return error
+    kept = {key: value for key, value in error.items() if key not in _HOSTS_TO_DECIDE}
+    context = error.get("context")
+    metadata = context.get("metadata") if type(context) is dict else None
+    if type(metadata) is dict:
+        marks = {key: metadata[key] for key in _ENGINE_MARKS if key in metadata}
+        if marks:
+            kept["context"] = {"metadata": marks}
+    if kept.get("cause") is not None and depth <= MAX_CAUSE_DEPTH:
+        kept["cause"] = _as_engines_make_it(kept["cause"], depth + 1)
+    return kept
+
+
+_HOSTS_TO_DECIDE = frozenset({"retryable", "retry_after", "severity", "context"})
+_ENGINE_MARKS = (RAISED_BY, REF_KEY)
 
 
 def _request(item: Any) -> ToolRequest:

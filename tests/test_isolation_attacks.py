@@ -120,6 +120,36 @@ def test_an_error_whose_data_nests_deeper_than_an_engine_sends_is_refused_briefl
     assert len(step.error.to_json()) < 5000
 
 
+def test_a_worker_cannot_decide_retries_severity_or_the_run_an_error_is_filed_under(
+        bad_pool):
+    # an engine's errors carry their kind's defaults and no context but its two marks;
+    # a worker's said a plan should retry its task (after the delay it chose), how severe
+    # it was, and that it belonged to another run
+    cause = {"category": "tool", "kind": "execution_failed",
+             "fields": {"tool_name": "t", "reason": "r"}, "retryable": True,
+             "context": {"correlation_id": "another-run"}}
+    error = {"category": "script", "kind": "runtime_error",
+             "fields": {"language": "lua", "error": "boom"}, "retryable": True,
+             "retry_after": 3600, "severity": "critical", "cause": cause,
+             "context": {"correlation_id": "another-run", "operation": "forged",
+                         "metadata": {"raised_by": "script", "planted": 1}}}
+    host = Host(engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    with pytest.raises(SpellError) as info:
+        host.run_source("--misbehave:send " + json.dumps(["X", True, [], error, None]), "lua")
+    err = info.value
+    honest = SpellError.from_dict({key: error[key] for key in ("category", "kind", "fields")})
+    assert (err.code, err.fields["error"]) == ("script/runtime_error", "boom")
+    assert err.retryable == honest.retryable and err.requested_retry_after is None
+    assert err.severity == honest.severity
+    assert err.context.correlation_id not in ("another-run", None)
+    assert err.context.operation != "forged" and "planted" not in err.context.metadata
+    assert err.raised_by_script  # the one mark an engine sets, kept (it only lowers)
+    assert isinstance(err.__cause__, SpellError)
+    assert err.__cause__.context.correlation_id != "another-run"
+    assert err.__cause__.retryable == SpellError.from_dict(
+        {key: cause[key] for key in ("category", "kind", "fields")}).retryable
+
+
 # -- answers nobody asked for ------------------------------------------------------------
 
 
