@@ -164,13 +164,13 @@ class Worker:
             if len(chunk) > _HEADER_SIZE:
                 size = _unpack(chunk)[0]
                 if size + _HEADER_SIZE == len(chunk) and size <= limit:
-                    return wire.message(memoryview(chunk)[_HEADER_SIZE:])
+                    return wire.message(memoryview(chunk)[_HEADER_SIZE:], limit)
             self._pending += chunk
         (size,) = _unpack(self._exactly(_HEADER_SIZE, deadline, 0))
         if size > limit:
             raise wire.WireError(f"the worker sent a message of {size} bytes, more than "
                                  f"the engine's memory limit ({limit} bytes)")
-        return wire.message(self._exactly(size, deadline, _HEADER_SIZE))
+        return wire.message(self._exactly(size, deadline, _HEADER_SIZE), limit)
 
     def _read(self, deadline: float, before: int, size: int = 1 << 16) -> bytes:
         """What the worker has sent, once it has sent something; :class:`_Ended` at EOF

@@ -26,6 +26,7 @@ then one step per step asked for: ``[tag, usable, output, ...]`` (see :func:`ste
 from __future__ import annotations
 
 import json
+import re
 import struct
 from json.encoder import encode_basestring_ascii
 
@@ -37,7 +38,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bridge import SpellError
-from bridge.data import MAX_DEPTH, nested_deeper
+from bridge.data import ITEM_BYTES, MAX_DEPTH, nested_deeper
 from bridge.envelope import REF_KEY
 from bridge.errors import MAX_CAUSE_DEPTH, RAISED_BY
 from bridge.frames import Frame, frame_from_data
@@ -81,8 +82,17 @@ def frame(message: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def message(body: bytes | bytearray | memoryview) -> Any:
-    """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that."""
+def message(body: bytes | bytearray | memoryview, budget: int | None = None) -> Any:
+    """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that, or
+    (with a ``budget``, in bytes) if reading it would build more than the budget allows
+    (see :func:`read_cost`): checked before a byte is decoded."""
+    if budget is not None and len(body) * ITEM_BYTES > budget and (
+            sum(map(bytes(body).count, _SEPARATORS)) + 1) * ITEM_BYTES > budget:
+        values = values_in(body)  # punctuation inside strings counted, it may be less
+        if values * ITEM_BYTES > budget:
+            raise WireError(f"a message of {values} values: reading it would take about "
+                            f"{values * ITEM_BYTES >> 20} MB, more than the engine's memory "
+                            f"limit ({budget >> 20} MB) allows for data")
     try:
         text = str(body, "ascii")
         value, end = _decode(text)
@@ -91,6 +101,29 @@ def message(body: bytes | bytearray | memoryview) -> Any:
     if end != len(text):
         raise WireError(f"a message with bytes after its JSON (at {end} of {len(text)})")
     return value
+
+
+# JSON strings (which may hold any punctuation), in bytes
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def values_in(body: bytes | bytearray | memoryview) -> int:
+    """How many values (and object keys) the compact JSON ``body`` holds, at most, found
+    without decoding it: each but the outermost follows a ``[``, ``{``, ``,`` or ``:``,
+    and an empty ``[]`` or ``{}`` holds none.
+
+    What the host builds from data is bounded as the engines bound theirs: about
+    ``bridge.data.ITEM_BYTES`` per value besides its text. JSON is far denser than the
+    Python objects it becomes (``[]`` is 3 bytes of text and some 60 of Python): a frame
+    within the memory limit could otherwise become many times the limit in the host.
+    """
+    data = bytes(body) if isinstance(body, memoryview) else body
+    skeleton = _STRINGS.sub(b"", data)  # punctuation inside strings is no value
+    return (sum(map(skeleton.count, _SEPARATORS)) + 1
+            - skeleton.count(b"[]") - skeleton.count(b"{}"))
+
+
+_SEPARATORS = (b",", b"[", b"{", b":")
 
 
 # -- host to worker -----------------------------------------------------------------------

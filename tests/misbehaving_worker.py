@@ -124,6 +124,9 @@ MODES = {
     # a message (the argument after the seconds, as JSON) sent that many seconds late
     "late": lambda sock, arg: (time.sleep(float(arg.split(" ", 1)[0])),
                                _send(sock, wire.frame(json.loads(arg.split(" ", 1)[1])))),
+    # a finished step whose result is ``arg`` empty lists (3 bytes each as JSON)
+    "wide": lambda sock, arg: _send(sock, _framed(
+        b'["F",true,[],[' + b"[]," * (int(arg) - 1) + b"[]]]")),
     # the worker's open descriptors
     "descriptors": _descriptors,
     # text written to the worker's stderr, then a finished step

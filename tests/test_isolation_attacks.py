@@ -150,6 +150,25 @@ def test_a_worker_cannot_decide_retries_severity_or_the_run_an_error_is_filed_un
         {key: cause[key] for key in ("category", "kind", "fields")}).retryable
 
 
+def test_a_frame_within_the_limit_that_would_become_far_more_in_the_host_is_refused(
+        bad_pool):
+    # 64 MB of "[]," is 21 million lists: 1.6 GB of Python objects in the host (measured)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    step, _ = step_of(bad_pool, "wide", str(21_000_000))
+    assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
+    assert "more than the engine's memory limit (64 MB) allows" in str(step.error)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
+    assert grown_mb < 400  # the frame's bytes and a copy, not the objects
+
+
+def test_as_many_values_as_an_engine_sends_still_cross(bad_pool, worker_pool):
+    step, _ = step_of(bad_pool, "wide", str(900_000))  # 57.6 MB by the engines' count
+    assert isinstance(step, Finished) and len(step.result) == 900_000
+    host = Host(isolation=worker_pool, on_output=lambda line: None, memory_mb=64)
+    assert len(host.run_source("local t = {} for i = 1, 500000 do t[i] = {} end\n"
+                               "t[1] = 'a,b:[c]{' return t", "lua")) == 500_000
+
+
 # -- answers nobody asked for ------------------------------------------------------------
 
 
