@@ -382,6 +382,29 @@ def test_two_hosts_each_with_its_own_pool_end_only_their_workers():
         second.close()
 
 
+def test_interpreter_exit_with_a_run_in_progress_leaves_no_worker(tmp_path):
+    program = tmp_path / "exits.py"
+    program.write_text(textwrap.dedent("""
+        import sys, threading, time
+        from host import Host
+
+        host = Host(isolation="process", timeout=60, on_output=lambda line: None)
+        threading.Thread(target=lambda: host.run_source("while true do end", "lua"),
+                         daemon=True).start()
+        while not host.pool.pids(busy=True):
+            time.sleep(0.05)
+        print(" ".join(map(str, host.pool.pids())), flush=True)
+        sys.exit(0)  # the run still in progress, its worker busy
+    """))
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, str(program)], capture_output=True, text=True,
+                          timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - began < 20  # it did not wait for the run's 60 s
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert pids and all(_gone(pid) for pid in pids)
+
+
 def _gone(pid: int) -> bool:
     ends = time.monotonic() + 5
     while time.monotonic() < ends:
