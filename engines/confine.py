@@ -11,7 +11,8 @@ kernel to refuse it
   Unix sockets (Landlock scopes, ABI 6 on),
 - new processes and sockets (a seccomp filter: ``fork``, ``vfork``, a ``clone`` that is
   not a thread, ``clone3`` (C libraries then use ``clone``), ``execve``, ``execveat``,
-  ``socket``, ``socketpair``: each fails with EPERM),
+  ``socket``, ``socketpair``: each fails with EPERM), and undoing the parent-death
+  signal (``prctl(PR_SET_PDEATHSIG)``, same filter: the worker dies with its host),
 
 after ``prctl(PR_SET_NO_NEW_PRIVS)``, which both need and which keeps an ``exec`` from
 gaining privileges. Each is used where the kernel offers it; what it does not offer is
@@ -49,11 +50,13 @@ _SCOPES = 0b11  # ABSTRACT_UNIX_SOCKET, SIGNAL (ABI 6)
 # seccomp: (audit arch, {system call: number}) of the architectures the filter knows
 _SECCOMP_ARCH = {
     "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "clone": 56, "fork": 57,
-                            "vfork": 58, "execve": 59, "execveat": 322, "clone3": 435}),
-    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "clone": 220,
+                            "vfork": 58, "execve": 59, "prctl": 157, "execveat": 322,
+                            "clone3": 435}),
+    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "prctl": 167, "clone": 220,
                              "execve": 221, "execveat": 281, "clone3": 435}),
 }
 CLONE_THREAD = 0x00010000
+PR_SET_PDEATHSIG = 1
 EPERM, ENOSYS = 1, 38
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
@@ -174,6 +177,14 @@ def _filter(arch: int, numbers: dict[str, int]) -> list[tuple[int, int, int, int
         (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
         (_JGE_K, 0, 1, X32_SYSCALL_BIT),
         (_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),  # an x32 call: refused
+        # prctl(PR_SET_PDEATHSIG): refused, so that the kernel's kill at the host's death
+        # stays asked for (a worker that cleared it would outlive a host killed with
+        # SIGKILL); prctl's other options are allowed
+        (_JEQ_K, 0, 4, numbers["prctl"]),
+        (_LD_W_ABS, 0, 0, 16),  # the low half of prctl's option (args[0])
+        (_JEQ_K, 0, 1, PR_SET_PDEATHSIG),
+        deny,
+        (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ]
     # clone3 gets ENOSYS, so that a C library falls back to clone, which is checked here
     tail = [

@@ -82,6 +82,17 @@ def _descriptors(sock: Any, arg: str) -> None:
     sock.sendall(wire.frame(["F", True, [], seen]))
 
 
+def _outlive(sock: Any, arg: str) -> None:
+    """Clear the parent-death signal (what an escaped script would do to outlive its host),
+    answer with what prctl gave, then stay busy (not reading: no EOF to see) for minutes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    code = libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG, no signal
+    sock.sendall(wire.frame(["F", True, [], [code, ctypes.get_errno()]]))
+    time.sleep(600)
+
+
 MODES = {
     # bytes that are no JSON, in a well-formed frame
     "garbage": lambda sock, arg: _send(sock, wire.HEADER.pack(9) + b"not json!"),
@@ -127,6 +138,8 @@ MODES = {
     # a finished step whose result is ``arg`` empty lists (3 bytes each as JSON)
     "wide": lambda sock, arg: _send(sock, _framed(
         b'["F",true,[],[' + b"[]," * (int(arg) - 1) + b"[]]]")),
+    # the parent-death signal cleared
+    "outlive": _outlive,
     # the worker's open descriptors
     "descriptors": _descriptors,
     # text written to the worker's stderr, then a finished step

@@ -405,6 +405,36 @@ def test_interpreter_exit_with_a_run_in_progress_leaves_no_worker(tmp_path):
     assert pids and all(_gone(pid) for pid in pids)
 
 
+def test_a_worker_cannot_undo_its_death_with_the_host(tmp_path):
+    """An escaped script clears the parent-death signal, then keeps the worker busy (no
+    read, so no EOF): the host killed with SIGKILL must still take it along."""
+    from tests.test_confine import walls_offered
+
+    if "seccomp" not in walls_offered():
+        pytest.skip(f"this kernel offers {walls_offered()} only")
+    program = tmp_path / "host_program.py"
+    program.write_text(textwrap.dedent("""
+        import json, time
+        from engines.process import WorkerPool
+        from host import Host
+
+        pool = WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker")
+        host = Host(engine_factory=pool.make_engine, timeout=20, memory_mb=64)
+        print(json.dumps([host.run_source("--misbehave:outlive", "lua"), pool.pids()]),
+              flush=True)
+        time.sleep(600)
+    """))
+    host = subprocess.Popen([sys.executable, str(program)], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        said, pids = json.loads(host.stdout.readline() if host.stdout else "null")
+    finally:
+        host.kill()
+        host.wait()
+    assert said == [-1, 1], said  # prctl(PR_SET_PDEATHSIG, 0) refused: EPERM
+    assert pids and all(_gone(pid) for pid in pids)
+
+
 def _gone(pid: int) -> bool:
     ends = time.monotonic() + 5
     while time.monotonic() < ends:
