@@ -12,7 +12,9 @@ kernel to refuse it
 - new processes and sockets (a seccomp filter: ``fork``, ``vfork``, a ``clone`` that is
   not a thread, ``clone3`` (C libraries then use ``clone``), ``execve``, ``execveat``,
   ``socket``, ``socketpair``: each fails with EPERM), and undoing the parent-death
-  signal (``prctl(PR_SET_PDEATHSIG)``, same filter: the worker dies with its host),
+  signal (``prctl(PR_SET_PDEATHSIG)``: the worker dies with its host) or a resource
+  limit (``setrlimit``, ``prlimit64`` setting one: its address space stays bounded even
+  with ``CAP_SYS_RESOURCE``, in a host run as root),
 
 after ``prctl(PR_SET_NO_NEW_PRIVS)``, which both need and which keeps an ``exec`` from
 gaining privileges. Each is used where the kernel offers it; what it does not offer is
@@ -50,10 +52,11 @@ _SCOPES = 0b11  # ABSTRACT_UNIX_SOCKET, SIGNAL (ABI 6)
 # seccomp: (audit arch, {system call: number}) of the architectures the filter knows
 _SECCOMP_ARCH = {
     "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "clone": 56, "fork": 57,
-                            "vfork": 58, "execve": 59, "prctl": 157, "execveat": 322,
-                            "clone3": 435}),
-    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "prctl": 167, "clone": 220,
-                             "execve": 221, "execveat": 281, "clone3": 435}),
+                            "vfork": 58, "execve": 59, "prctl": 157, "setrlimit": 160,
+                            "prlimit64": 302, "execveat": 322, "clone3": 435}),
+    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "setrlimit": 164,
+                             "prctl": 167, "clone": 220, "execve": 221, "prlimit64": 261,
+                             "execveat": 281, "clone3": 435}),
 }
 CLONE_THREAD = 0x00010000
 PR_SET_PDEATHSIG = 1
@@ -168,7 +171,7 @@ def _seccomp(libc: ctypes.CDLL) -> bool:
 def _filter(arch: int, numbers: dict[str, int]) -> list[tuple[int, int, int, int]]:
     """The classic BPF program: refuse the calls that make processes or sockets."""
     refuse = [numbers[name] for name in ("socket", "socketpair", "fork", "vfork", "execve",
-                                         "execveat") if name in numbers]
+                                         "execveat", "setrlimit") if name in numbers]
     deny = (_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)
     program: list[tuple[int, int, int, int]] = [
         (_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
@@ -183,6 +186,16 @@ def _filter(arch: int, numbers: dict[str, int]) -> list[tuple[int, int, int, int
         (_JEQ_K, 0, 4, numbers["prctl"]),
         (_LD_W_ABS, 0, 0, 16),  # the low half of prctl's option (args[0])
         (_JEQ_K, 0, 1, PR_SET_PDEATHSIG),
+        deny,
+        (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        # prlimit64 with a new limit (args[2] not NULL): refused, as setrlimit is, so that
+        # the address-space bound stays even for a worker that holds CAP_SYS_RESOURCE (a
+        # host run as root); reading a limit (NULL) is allowed
+        (_JEQ_K, 0, 6, numbers["prlimit64"]),
+        (_LD_W_ABS, 0, 0, 32),  # args[2], low half
+        (_JEQ_K, 0, 2, 0),
+        (_LD_W_ABS, 0, 0, 36),  # args[2], high half
+        (_JEQ_K, 1, 0, 0),
         deny,
         (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ]

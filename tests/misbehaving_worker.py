@@ -93,6 +93,25 @@ def _outlive(sock: Any, arg: str) -> None:
     time.sleep(600)
 
 
+def _unbound(sock: Any, arg: str) -> None:
+    """Try to raise the address-space bound back to infinity (a worker running as root
+    holds CAP_SYS_RESOURCE) and to lower it (allowed to anyone, unless refused): answer
+    with what each gave and the bound after."""
+    import resource
+
+    def attempt(limits: tuple[int, int]) -> str:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, limits)
+        except (OSError, ValueError) as exc:
+            return exc.__class__.__name__
+        return "allowed"
+
+    now = resource.getrlimit(resource.RLIMIT_AS)
+    seen = [attempt((resource.RLIM_INFINITY,) * 2), attempt((now[0] - 4096, now[1]))]
+    sock.sendall(wire.frame(["F", True, [], [*seen, list(resource.getrlimit(
+        resource.RLIMIT_AS))]]))
+
+
 MODES = {
     # bytes that are no JSON, in a well-formed frame
     "garbage": lambda sock, arg: _send(sock, wire.HEADER.pack(9) + b"not json!"),
@@ -138,6 +157,8 @@ MODES = {
     # a finished step whose result is ``arg`` empty lists (3 bytes each as JSON)
     "wide": lambda sock, arg: _send(sock, _framed(
         b'["F",true,[],[' + b"[]," * (int(arg) - 1) + b"[]]]")),
+    # the address-space bound raised
+    "unbound": _unbound,
     # the parent-death signal cleared
     "outlive": _outlive,
     # the worker's open descriptors

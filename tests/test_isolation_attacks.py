@@ -435,6 +435,21 @@ def test_a_worker_cannot_undo_its_death_with_the_host(tmp_path):
     assert pids and all(_gone(pid) for pid in pids)
 
 
+def test_a_worker_cannot_set_its_resource_limits_again(bad_pool):
+    """Not even with CAP_SYS_RESOURCE (a host run as root): setrlimit and prlimit64 with
+    a new limit are refused by the seccomp filter; reading a limit still works."""
+    from tests.test_confine import walls_offered
+
+    if "seccomp" not in walls_offered():
+        pytest.skip(f"this kernel offers {walls_offered()} only")
+    step, _ = step_of(bad_pool, "unbound")
+    assert isinstance(step, Finished)
+    raised, lowered, limits = step.result
+    # Python reads EPERM from setrlimit as ValueError; lowering is allowed unfiltered
+    assert (raised, lowered) == ("ValueError", "ValueError")
+    assert limits[0] == limits[1] != resource.RLIM_INFINITY
+
+
 def _gone(pid: int) -> bool:
     ends = time.monotonic() + 5
     while time.monotonic() < ends:
