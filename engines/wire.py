@@ -85,14 +85,9 @@ def frame(message: Any) -> bytes:
 def message(body: bytes | bytearray | memoryview, budget: int | None = None) -> Any:
     """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that, or
     (with a ``budget``, in bytes) if reading it would build more than the budget allows
-    (see :func:`read_cost`): checked before a byte is decoded."""
-    if budget is not None and len(body) * ITEM_BYTES > budget and (
-            sum(map(bytes(body).count, _SEPARATORS)) + 1) * ITEM_BYTES > budget:
-        values = values_in(body)  # punctuation inside strings counted, it may be less
-        if values * ITEM_BYTES > budget:
-            raise WireError(f"a message of {values} values: reading it would take about "
-                            f"{values * ITEM_BYTES >> 20} MB, more than the engine's memory "
-                            f"limit ({budget >> 20} MB) allows for data")
+    (see :func:`values_in`): checked before a byte is decoded."""
+    if budget is not None and len(body) * ITEM_BYTES > budget:
+        _within(bytes(body) if isinstance(body, memoryview) else body, budget)
     try:
         text = str(body, "ascii")
         value, end = _decode(text)
@@ -124,6 +119,16 @@ def values_in(body: bytes | bytearray | memoryview) -> int:
 
 
 _SEPARATORS = (b",", b"[", b"{", b":")
+
+
+def _within(data: bytes | bytearray, budget: int) -> None:
+    if (sum(map(data.count, _SEPARATORS)) + 1) * ITEM_BYTES <= budget:
+        return  # even counting the punctuation inside strings
+    values = values_in(data)
+    if values * ITEM_BYTES > budget:
+        raise WireError(f"a message of {values} values: reading it would take about "
+                        f"{values * ITEM_BYTES >> 20} MB, more than the engine's memory "
+                        f"limit ({budget >> 20} MB) allows for data")
 
 
 # -- host to worker -----------------------------------------------------------------------

@@ -230,6 +230,25 @@ def test_a_tool_request_before_the_deadline_is_answered(bad_pool):
     assert step.__class__.__name__ == "Suspended" and step.requests[0].tool == "record"
 
 
+def test_a_pool_that_recycles_after_one_run_gives_no_run_a_worker_another_used():
+    """What an escaped script can still do: stay in its worker, which serves the pool's
+    next runs (up to RECYCLE_AFTER). Scripts that must not meet get a pool whose workers
+    serve one run each."""
+    with WorkerPool(1, memory_mb=64, recycle_after=1) as pool:
+        seen: list[list[int]] = []
+
+        @tool
+        def serving() -> None:
+            """Records the worker that serves the run calling it."""
+            seen.append(pool.pids(busy=True))
+
+        host = Host([serving], isolation=pool, memory_mb=64, on_output=lambda line: None)
+        for _ in range(3):
+            host.run_source("tools.serving{}", "lua")
+        assert [len(pids) for pids in seen] == [1, 1, 1]
+        assert len({pids[0] for pids in seen}) == 3, seen
+
+
 # -- what a worker may write to ----------------------------------------------------------
 
 
