@@ -382,6 +382,29 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def test_runs_that_crash_their_workers_among_others_on_one_pool(bad_pool):
+    import threading
+
+    host = Host([add], engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
+    outcomes: dict[int, object] = {}
+
+    def run(index: int) -> None:
+        source = "--misbehave:segfault" if index % 3 == 0 else \
+            f"return tools.add{{a = {index}, b = 1000}}"
+        try:
+            outcomes[index] = host.run_source(source, "lua")
+        except SpellError as err:
+            outcomes[index] = err.code
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert outcomes == {index: "runtime/worker_died" if index % 3 == 0 else index + 1000
+                        for index in range(12)}
+
+
 def test_two_hosts_each_with_its_own_pool_end_only_their_workers():
     first = Host([add], isolation="process", on_output=lambda line: None)
     second = Host([add], isolation="process", on_output=lambda line: None)
