@@ -73,6 +73,7 @@ _PEEK = _NO_WAIT | int(socket.MSG_PEEK)
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _HEADER_SIZE = wire.HEADER.size
 _unpack = wire.HEADER.unpack_from
+_LONGEST_POLL_MS = 86_400_000  # one day: a timeout may be up to host.host.MAX_TIMEOUT (1e9 s)
 
 
 class _Late(Exception):
@@ -143,7 +144,8 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Late()
-            if poller.poll(math.ceil(remaining * 1000)):
+            # poll takes a C int of milliseconds (24 days): a longer wait is several polls
+            if poller.poll(min(math.ceil(remaining * 1000), _LONGEST_POLL_MS)):
                 return
 
     def receive(self, deadline: float, limit: int) -> Any:

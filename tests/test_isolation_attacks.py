@@ -249,6 +249,17 @@ def test_a_pool_that_recycles_after_one_run_gives_no_run_a_worker_another_used()
         assert len({pids[0] for pids in seen}) == 3, seen
 
 
+def test_the_longest_timeout_a_host_takes_works_in_process_mode(worker_pool):
+    # poll() takes a C int of milliseconds (24.8 days): 1e9 s overflowed it, and every
+    # run failed as a protocol violation of the worker's (thread mode ran it)
+    from host.host import MAX_TIMEOUT
+
+    for isolation in ("thread", worker_pool):
+        host = Host(isolation=isolation, timeout=MAX_TIMEOUT, memory_mb=64,
+                    on_output=lambda line: None)
+        assert host.run_source("return 5", "lua") == 5
+
+
 # -- what a worker may write to ----------------------------------------------------------
 
 
