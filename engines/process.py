@@ -77,7 +77,10 @@ _LONGEST_POLL_MS = 86_400_000  # one day: a timeout may be up to host.host.MAX_T
 
 
 class _Late(Exception):
-    """The deadline (and its grace) passed before the worker answered."""
+    """The deadline (and its grace) passed before the worker answered; ``received`` bytes
+    of its answer had come (0: none)."""
+
+    received = 0
 
 
 class _Ended(Exception):
@@ -178,7 +181,11 @@ class Worker:
         """What the worker has sent, once it has sent something; :class:`_Ended` at EOF
         (``before``: the bytes of the frame read so far)."""
         while True:
-            self._wait(_POLLIN, deadline)
+            try:
+                self._wait(_POLLIN, deadline)
+            except _Late as late:
+                late.received = before
+                raise
             try:
                 chunk = self.sock.recv(size, _NO_WAIT)
             except BlockingIOError:
@@ -333,7 +340,13 @@ class ProcessEngine(Engine):
                 data, self._open = self._open + data, b""
             worker.send(data, ends)
             step, usable = wire.step_from_wire(worker.receive(ends, self._limit))
-        except _Late:
+        except _Late as late:
+            received = late.received
+            if received and not self._stopped:  # it began its answer, then fell silent
+                return self._broken(Failed(BridgeError.ProtocolViolation(
+                    reason=f"worker {worker.pid}: its message was cut off after {received} "
+                           f"bytes, and nothing more came by the step's deadline and its "
+                           f"grace")))
             return self._broken(self._out_of_time())
         except _Ended as ended:
             if self._stopped:

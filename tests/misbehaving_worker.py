@@ -161,6 +161,9 @@ MODES = {
     "unbound": _unbound,
     # the parent-death signal cleared
     "outlive": _outlive,
+    # a frame cut off, then silence (the worker stays)
+    "stalled": lambda sock, arg: (_send(sock, wire.HEADER.pack(100) + b'["F",true,[],'),
+                                  time.sleep(600)),
     # the worker's open descriptors
     "descriptors": _descriptors,
     # text written to the worker's stderr, then a finished step

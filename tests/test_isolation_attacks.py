@@ -219,6 +219,19 @@ def test_a_tool_request_sent_past_the_deadline_is_not_given_out(bad_pool):
     assert pid is not None and _gone(pid)
 
 
+def test_a_message_cut_off_then_silence_is_a_protocol_violation_at_the_deadline(bad_pool):
+    engine = bad_pool.make_engine("lua", limits=Limits(timeout=0.5, memory_mb=64))
+    try:
+        step = engine.start("--misbehave:stalled", "agent.lua", None, [],
+                            time.monotonic() + 0.5)
+        pid = engine.pid
+    finally:
+        engine.close()
+    assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
+    assert "cut off after 17 bytes" in str(step.error)
+    assert pid is not None and _gone(pid)
+
+
 def test_a_tool_request_before_the_deadline_is_answered(bad_pool):
     request = '["S", true, [], [[1, "record", {}, null, [], "tool"]]]'
     engine = bad_pool.make_engine("lua", limits=Limits(timeout=20, memory_mb=64))
