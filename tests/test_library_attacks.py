@@ -124,3 +124,45 @@ def test_a_module_replaced_during_a_run_is_the_same_module_until_the_next_run(ro
     assert host.run_source('local a = require("ver")\ntools.change{}\n'
                            'return {a, require("ver")}', "lua") == [1, 1]
     assert host.run_source('return require("ver")', "lua") == 22
+
+
+def test_a_folder_swapped_for_a_symlink_while_a_module_is_found_never_leaks_out(tmp_path):
+    """A race: the module's path is resolved inside the root, then a folder on the way is
+    swapped for a symlink out of it before the file is opened. Before the opened file
+    was checked by its own path, up to one require in twenty here gave the outside
+    file's text (and realpath tripping on the swap was a runtime/internal_error)."""
+    import threading
+
+    lib, outside = tmp_path / "lib", tmp_path / "outside" / "pkg"
+    (lib / "pkg").mkdir(parents=True)
+    outside.mkdir(parents=True)
+    (lib / "pkg" / "m.lua").write_text('return "inside"\n')
+    (outside / "m.lua").write_text('return "OUTSIDE"\n')
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            (lib / "pkg").rename(lib / "pkg_real")
+            (lib / "pkg").symlink_to(outside, target_is_directory=True)
+            (lib / "pkg").unlink()
+            (lib / "pkg_real").rename(lib / "pkg")
+
+    host = make_host(lib)
+    seen: dict[object, int] = {}
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    try:
+        ends = time.monotonic() + 4
+        while time.monotonic() < ends:
+            try:
+                outcome = host.run_source('return require("pkg.m")', "lua")
+            except SpellError as err:
+                outcome = err.code
+            seen[outcome] = seen.get(outcome, 0) + 1
+    finally:
+        stop.set()
+        flipper.join()
+    assert "OUTSIDE" not in seen, seen
+    assert set(seen) <= {"inside", "security/access_denied", "configuration/load_failed",
+                         "script/lua"}, seen  # found, refused, or not there at that moment
+    assert host.run_source('return require("pkg.m")', "lua") == "inside"
