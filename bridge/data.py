@@ -51,6 +51,25 @@ def json_depth(text: str) -> int:
     return max(accumulate(map(_STEP.__getitem__, skeleton)), default=0)
 
 
+def nested_deeper(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether the lists and dicts of ``value`` (JSON-like data, as ``json`` reads it) nest
+    more than ``limit`` levels deep, found without recursion (level by level: a flat value
+    costs one look at each item)."""
+    level = [value] if value.__class__ in (list, dict) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for item in level:
+            for child in (item.values() if item.__class__ is dict else item):
+                if child.__class__ in (list, dict):
+                    inner.append(child)
+        level = inner
+    return False
+
+
 def read_json(text: str | bytes | bytearray, max_depth: int = MAX_DEPTH) -> Any:
     """``json.loads(text)``, refusing text nested more than ``max_depth`` levels.
 

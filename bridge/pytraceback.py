@@ -18,7 +18,9 @@ the text the host loaded under that name. Any other script frame's entry is name
 no source line; the frame itself (``err.frames``, JSON, the polyglot text) keeps ``NAME``
 as data. Names of Python files are never put into ``linecache`` (a run named
 ``host/runner.py`` must not change the lines of the real one): such a script's entries are
-named ``<NAME>``.
+named ``<NAME>``. A frame that says it is Python's (or the host's) keeps its name only
+when Python itself loaded code from that file (:func:`_python_loaded`): such a frame read
+from data (JSON, a worker process's step) names any file its sender chose.
 
 Cost. An entry is the same small code object whatever its line: one code object compiled
 once, moved to the line by ``co_firstlineno`` (its line table is relative to it), so a
@@ -30,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib.machinery
 import linecache
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from types import CodeType, TracebackType
@@ -104,8 +107,8 @@ def remember_source(filename: str, source: str) -> None:
 def _entry_file(frame: Frame, sources: Mapping[str, str] | None) -> str:
     """The file name the traceback entry of ``frame`` gets (see the module docstring)."""
     file = frame.file
-    if not frame.is_script:
-        return file  # Python's own frames, and the host's ("<tool call>")
+    if not frame.is_script:  # Python's own frames, and the host's ("<tool call>")
+        return file if _python_loaded(file) else UNLOADED_FILE.format(file)
     loaded = file in sources if sources is not None else file in _sources
     if not loaded:
         return UNLOADED_FILE.format(file)
@@ -116,6 +119,34 @@ def _entry_file(frame: Frame, sources: Mapping[str, str] | None) -> str:
     if linecache.cache.get(file) is not entry:  # cleared (linecache.clearcache()) or replaced
         linecache.cache[file] = entry
     return file
+
+
+def _python_loaded(file: str) -> bool:
+    """Whether ``file`` is a file Python's traceback tools may read lines of: one this
+    interpreter loaded a module from, or a name ``linecache`` never reads from disk
+    (``<string>``, ``<tool call>``). Not any name ``linecache`` holds: it holds the scripts
+    of other runs too (:func:`remember_source`).
+
+    A frame that says it is Python's may have been read from data (an error's JSON, a
+    worker process's step): its file is then text the sender chose, and ``linecache``
+    would read that file from disk (``~/.ssh/id_rsa``) into the traceback, on the host's
+    privileges. Frames of live tracebacks name the files of loaded modules."""
+    if file.startswith("<") and file.endswith(">"):
+        return True
+    global _module_files_seen
+    modules = sys.modules
+    if len(modules) != _module_files_seen:  # modules were imported (or dropped) since
+        _module_files.clear()
+        for module in list(modules.values()):
+            path = getattr(module, "__file__", None)
+            if isinstance(path, str):
+                _module_files.add(path)
+        _module_files_seen = len(modules)
+    return file in _module_files
+
+
+_module_files: set[str] = set()  # the __file__ of every module in sys.modules
+_module_files_seen = -1  # len(sys.modules) when _module_files was made
 
 
 def _entry(frame: Frame, file: str, tb_next: TracebackType | None) -> TracebackType:

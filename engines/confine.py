@@ -11,7 +11,10 @@ kernel to refuse it
   Unix sockets (Landlock scopes, ABI 6 on),
 - new processes and sockets (a seccomp filter: ``fork``, ``vfork``, a ``clone`` that is
   not a thread, ``clone3`` (C libraries then use ``clone``), ``execve``, ``execveat``,
-  ``socket``, ``socketpair``: each fails with EPERM),
+  ``socket``, ``socketpair``: each fails with EPERM), and undoing the parent-death
+  signal (``prctl(PR_SET_PDEATHSIG)``: the worker dies with its host) or a resource
+  limit (``setrlimit``, ``prlimit64`` setting one: its address space stays bounded even
+  with ``CAP_SYS_RESOURCE``, in a host run as root),
 
 after ``prctl(PR_SET_NO_NEW_PRIVS)``, which both need and which keeps an ``exec`` from
 gaining privileges. Each is used where the kernel offers it; what it does not offer is
@@ -49,11 +52,14 @@ _SCOPES = 0b11  # ABSTRACT_UNIX_SOCKET, SIGNAL (ABI 6)
 # seccomp: (audit arch, {system call: number}) of the architectures the filter knows
 _SECCOMP_ARCH = {
     "x86_64": (0xC000003E, {"socket": 41, "socketpair": 53, "clone": 56, "fork": 57,
-                            "vfork": 58, "execve": 59, "execveat": 322, "clone3": 435}),
-    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "clone": 220,
-                             "execve": 221, "execveat": 281, "clone3": 435}),
+                            "vfork": 58, "execve": 59, "prctl": 157, "setrlimit": 160,
+                            "prlimit64": 302, "execveat": 322, "clone3": 435}),
+    "aarch64": (0xC00000B7, {"socket": 198, "socketpair": 199, "setrlimit": 164,
+                             "prctl": 167, "clone": 220, "execve": 221, "prlimit64": 261,
+                             "execveat": 281, "clone3": 435}),
 }
 CLONE_THREAD = 0x00010000
+PR_SET_PDEATHSIG = 1
 EPERM, ENOSYS = 1, 38
 SECCOMP_RET_ALLOW = 0x7FFF0000
 SECCOMP_RET_ERRNO = 0x00050000
@@ -165,7 +171,7 @@ def _seccomp(libc: ctypes.CDLL) -> bool:
 def _filter(arch: int, numbers: dict[str, int]) -> list[tuple[int, int, int, int]]:
     """The classic BPF program: refuse the calls that make processes or sockets."""
     refuse = [numbers[name] for name in ("socket", "socketpair", "fork", "vfork", "execve",
-                                         "execveat") if name in numbers]
+                                         "execveat", "setrlimit") if name in numbers]
     deny = (_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM)
     program: list[tuple[int, int, int, int]] = [
         (_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
@@ -174,6 +180,24 @@ def _filter(arch: int, numbers: dict[str, int]) -> list[tuple[int, int, int, int
         (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
         (_JGE_K, 0, 1, X32_SYSCALL_BIT),
         (_RET_K, 0, 0, SECCOMP_RET_ERRNO | EPERM),  # an x32 call: refused
+        # prctl(PR_SET_PDEATHSIG): refused, so that the kernel's kill at the host's death
+        # stays asked for (a worker that cleared it would outlive a host killed with
+        # SIGKILL); prctl's other options are allowed
+        (_JEQ_K, 0, 4, numbers["prctl"]),
+        (_LD_W_ABS, 0, 0, 16),  # the low half of prctl's option (args[0])
+        (_JEQ_K, 0, 1, PR_SET_PDEATHSIG),
+        deny,
+        (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        # prlimit64 with a new limit (args[2] not NULL): refused, as setrlimit is, so that
+        # the address-space bound stays even for a worker that holds CAP_SYS_RESOURCE (a
+        # host run as root); reading a limit (NULL) is allowed
+        (_JEQ_K, 0, 6, numbers["prlimit64"]),
+        (_LD_W_ABS, 0, 0, 32),  # args[2], low half
+        (_JEQ_K, 0, 2, 0),
+        (_LD_W_ABS, 0, 0, 36),  # args[2], high half
+        (_JEQ_K, 1, 0, 0),
+        deny,
+        (_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ]
     # clone3 gets ENOSYS, so that a C library falls back to clone, which is checked here
     tail = [

@@ -51,6 +51,7 @@ from engines.base import (
     Limits,
     Sandbox,
     Step,
+    Suspended,
     ToolInfo,
     ToolReply,
     protocol_violation,
@@ -76,13 +77,18 @@ _MB = 1 << 20
 # flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
 _NO_WAIT = int(socket.MSG_DONTWAIT)
 _SEND = _NO_WAIT | int(getattr(socket, "MSG_NOSIGNAL", 0))  # a dead worker: EPIPE, no signal
+_PEEK = _NO_WAIT | int(socket.MSG_PEEK)
 _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _HEADER_SIZE = wire.HEADER.size
 _unpack = wire.HEADER.unpack_from
+_LONGEST_POLL_MS = 86_400_000  # one day: a timeout may be up to host.host.MAX_TIMEOUT (1e9 s)
 
 
 class _Late(Exception):
-    """The deadline (and its grace) passed before the worker answered."""
+    """The deadline (and its grace) passed before the worker answered; ``received`` bytes
+    of its answer had come (0: none)."""
+
+    received = 0
 
 
 class _Ended(Exception):
@@ -149,7 +155,8 @@ class Worker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Late()
-            if poller.poll(math.ceil(remaining * 1000)):
+            # poll takes a C int of milliseconds (24 days): a longer wait is several polls
+            if poller.poll(min(math.ceil(remaining * 1000), _LONGEST_POLL_MS)):
                 return
 
     def receive(self, deadline: float, limit: int) -> Any:
@@ -170,19 +177,23 @@ class Worker:
             if len(chunk) > _HEADER_SIZE:
                 size = _unpack(chunk)[0]
                 if size + _HEADER_SIZE == len(chunk) and size <= limit:
-                    return wire.message(memoryview(chunk)[_HEADER_SIZE:])
+                    return wire.message(memoryview(chunk)[_HEADER_SIZE:], limit)
             self._pending += chunk
         (size,) = _unpack(self._exactly(_HEADER_SIZE, deadline, 0))
         if size > limit:
             raise wire.WireError(f"the worker sent a message of {size} bytes, more than "
                                  f"the engine's memory limit ({limit} bytes)")
-        return wire.message(self._exactly(size, deadline, _HEADER_SIZE))
+        return wire.message(self._exactly(size, deadline, _HEADER_SIZE), limit)
 
     def _read(self, deadline: float, before: int, size: int = 1 << 16) -> bytes:
         """What the worker has sent, once it has sent something; :class:`_Ended` at EOF
         (``before``: the bytes of the frame read so far)."""
         while True:
-            self._wait(_POLLIN, deadline)
+            try:
+                self._wait(_POLLIN, deadline)
+            except _Late as late:
+                late.received = before
+                raise
             try:
                 chunk = self.sock.recv(size, _NO_WAIT)
             except BlockingIOError:
@@ -204,6 +215,24 @@ class Worker:
         data = buffer[:size]
         del buffer[:size]
         return data
+
+    def quiet(self) -> bool:
+        """Whether the worker has said nothing it was not asked for: no bytes past its last
+        answer, none waiting on the socket, no EOF (a worker not yet read has only its
+        ready frame to say). An idle worker that talks (an answer queued for a step not
+        yet asked, a closed end) is not fit to serve: what it queued would answer the
+        next run's first step."""
+        if not self.ready:
+            return True
+        if self._pending:
+            return False
+        try:
+            self.sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:  # reset, or a closed socket
+            return False
+        return False  # a byte, or EOF
 
     def kill(self) -> None:
         """SIGKILL the process (any thread; nothing if it has already been reaped)."""
@@ -319,7 +348,13 @@ class ProcessEngine(Engine):
                 data, self._open = self._open + data, b""
             worker.send(data, ends)
             step, usable = wire.step_from_wire(worker.receive(ends, self._limit))
-        except _Late:
+        except _Late as late:
+            received = late.received
+            if received and not self._stopped:  # it began its answer, then fell silent
+                return self._broken(Failed(BridgeError.ProtocolViolation(
+                    reason=f"worker {worker.pid}: its message was cut off after {received} "
+                           f"bytes, and nothing more came by the step's deadline and its "
+                           f"grace")))
             return self._broken(self._out_of_time())
         except _Ended as ended:
             if self._stopped:
@@ -344,6 +379,12 @@ class ProcessEngine(Engine):
             cause = bad if isinstance(bad, SpellError) else None
             return self._broken(Failed(BridgeError.ProtocolViolation(
                 reason=f"worker {worker.pid}: {reason}", cause=cause)))
+        if step.__class__ is Suspended and time.monotonic() >= deadline:
+            # an engine stops at its deadline (it looks at the clock as it runs, and at
+            # every resume): a request sent past it would have its tool run after the
+            # run's time, in the grace the host gives for the engine's own time error
+            # (up to the runner's DEADLINE_GRACE); the worker is ended instead
+            return self._broken(self._out_of_time())
         self._busy = False
         self._usable = usable
         return step
@@ -501,7 +542,7 @@ class WorkerPool:
                 self._keep[memory_mb] = min(busy, self.max_workers)
             while idle:
                 worker = idle.pop()
-                if worker.alive:
+                if worker.alive and worker.quiet():
                     break
                 self._workers.discard(worker)
                 worker.end()
@@ -522,7 +563,8 @@ class WorkerPool:
         """Take back a worker its engine is done with: idle again if ``healthy`` and it
         may serve more, else ended (and another started in its place)."""
         worker.runs += opened
-        keep = healthy and worker.runs < self.recycle_after and worker.alive
+        keep = (healthy and worker.runs < self.recycle_after and worker.alive
+                and worker.quiet())
         if keep and opened:
             try:
                 worker.send(wire.frame(["close"]), time.monotonic() + 1)

@@ -26,6 +26,7 @@ then one step per step asked for: ``[tag, usable, output, ...]`` (see :func:`ste
 from __future__ import annotations
 
 import json
+import re
 import struct
 from json.encoder import encode_basestring_ascii
 
@@ -37,6 +38,9 @@ from dataclasses import asdict
 from typing import Any
 
 from bridge import SpellError
+from bridge.data import ITEM_BYTES, MAX_DEPTH, nested_deeper
+from bridge.envelope import REF_KEY
+from bridge.errors import MAX_CAUSE_DEPTH, RAISED_BY
 from bridge.frames import Frame, frame_from_data
 from engines.base import (
     REQUEST_KINDS,
@@ -78,8 +82,12 @@ def frame(message: Any) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def message(body: bytes | bytearray | memoryview) -> Any:
-    """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that."""
+def message(body: bytes | bytearray | memoryview, budget: int | None = None) -> Any:
+    """The JSON a frame's body holds; :class:`WireError` if it is not (exactly) that, or
+    (with a ``budget``, in bytes) if reading it would build more than the budget allows
+    (see :func:`values_in`): checked before a byte is decoded."""
+    if budget is not None and len(body) * ITEM_BYTES > budget:
+        _within(bytes(body) if isinstance(body, memoryview) else body, budget)
     try:
         text = str(body, "ascii")
         value, end = _decode(text)
@@ -88,6 +96,39 @@ def message(body: bytes | bytearray | memoryview) -> Any:
     if end != len(text):
         raise WireError(f"a message with bytes after its JSON (at {end} of {len(text)})")
     return value
+
+
+# JSON strings (which may hold any punctuation), in bytes
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def values_in(body: bytes | bytearray | memoryview) -> int:
+    """How many values (and object keys) the compact JSON ``body`` holds, at most, found
+    without decoding it: each but the outermost follows a ``[``, ``{``, ``,`` or ``:``,
+    and an empty ``[]`` or ``{}`` holds none.
+
+    What the host builds from data is bounded as the engines bound theirs: about
+    ``bridge.data.ITEM_BYTES`` per value besides its text. JSON is far denser than the
+    Python objects it becomes (``[]`` is 3 bytes of text and some 60 of Python): a frame
+    within the memory limit could otherwise become many times the limit in the host.
+    """
+    data = bytes(body) if isinstance(body, memoryview) else body
+    skeleton = _STRINGS.sub(b"", data)  # punctuation inside strings is no value
+    return (sum(map(skeleton.count, _SEPARATORS)) + 1
+            - skeleton.count(b"[]") - skeleton.count(b"{}"))
+
+
+_SEPARATORS = (b",", b"[", b"{", b":")
+
+
+def _within(data: bytes | bytearray, budget: int) -> None:
+    if (sum(map(data.count, _SEPARATORS)) + 1) * ITEM_BYTES <= budget:
+        return  # even counting the punctuation inside strings
+    values = values_in(data)
+    if values * ITEM_BYTES > budget:
+        raise WireError(f"a message of {values} values: reading it would take about "
+                        f"{values * ITEM_BYTES >> 20} MB, more than the engine's memory "
+                        f"limit ({budget >> 20} MB) allows for data")
 
 
 # -- host to worker -----------------------------------------------------------------------
@@ -149,11 +190,18 @@ def _problem_to_wire(problem: Problem | None) -> list[str] | None:
     return None if problem is None else [problem.path, problem.data_type, problem.message]
 
 
+# How deep an error's data may nest: its causes (each one level), and in the innermost its
+# fields' data (as deep as any data an engine sends) and the levels of the error itself.
+_ERROR_DEPTH = MAX_CAUSE_DEPTH + MAX_DEPTH + 4
+
+
 def step_from_wire(data: Any) -> tuple[Step, bool]:
     """The step a worker sent, and whether its engine is still usable.
 
-    Everything is checked: :class:`WireError` says what does not fit; an error that
-    ``SpellError.from_dict`` refuses raises its ``bridge/deserialization_failed``.
+    Everything is checked, as an engine in the host would have made it: :class:`WireError`
+    says what does not fit (data nested past ``bridge.data.MAX_DEPTH``, which the engines
+    never send, included); an error that ``SpellError.from_dict`` refuses raises its
+    ``bridge/deserialization_failed``.
     """
     if type(data) is not list or len(data) < 4:
         raise WireError("a step must be a list of at least 4 items")
@@ -168,10 +216,43 @@ def step_from_wire(data: Any) -> tuple[Step, bool]:
             raise WireError("a suspended step's requests must be a non-empty list")
         return Suspended([_request(item) for item in data[3]], lines), usable
     if tag == "F" and len(data) == 4:
+        if nested_deeper(data[3]):
+            raise WireError(f"a result nested more than {MAX_DEPTH} levels deep (an engine "
+                            f"sends none)")
         return Finished(data[3], lines), usable
     if tag == "X" and len(data) == 5:
-        return Failed(SpellError.from_dict(data[3]), lines, _problem(data[4])), usable
+        if nested_deeper(data[3], _ERROR_DEPTH):
+            raise WireError(f"an error nested more than {_ERROR_DEPTH} levels deep")
+        return Failed(SpellError.from_dict(_as_engines_make_it(data[3])), lines,
+                      _problem(data[4])), usable
     raise WireError(f"unknown step {str(tag)[:20]!r} of {len(data)} items")
+
+
+def _as_engines_make_it(error: Any, depth: int = 0) -> Any:
+    """A worker's error (``SpellError.to_dict``'s form) with only what an engine in the
+    host gives its errors: category, kind, message, fields, frames, cause, and of the
+    context the two marks an engine sets (``raised_by``: a script raised it; the ref of an
+    error the run handed the script, which the host swaps for its original). Retryable,
+    a retry delay, a severity and the rest of the context are the host's to decide: a
+    worker that sent ``retryable``/``retry_after`` would have a plan retry its task when it
+    chose, one that sent a ``correlation_id`` would have its error filed under another
+    run. Anything that is not an object is left for ``SpellError.from_dict`` to refuse."""
+    if type(error) is not dict:
+        return error
+    kept = {key: value for key, value in error.items() if key not in _HOSTS_TO_DECIDE}
+    context = error.get("context")
+    metadata = context.get("metadata") if type(context) is dict else None
+    if type(metadata) is dict:
+        marks = {key: metadata[key] for key in _ENGINE_MARKS if key in metadata}
+        if marks:
+            kept["context"] = {"metadata": marks}
+    if kept.get("cause") is not None and depth <= MAX_CAUSE_DEPTH:
+        kept["cause"] = _as_engines_make_it(kept["cause"], depth + 1)
+    return kept
+
+
+_HOSTS_TO_DECIDE = frozenset({"retryable", "retry_after", "severity", "context"})
+_ENGINE_MARKS = (RAISED_BY, REF_KEY)
 
 
 def _request(item: Any) -> ToolRequest:
@@ -183,6 +264,9 @@ def _request(item: Any) -> ToolRequest:
                         f"one of {', '.join(map(repr, REQUEST_KINDS))}")
     if type(frames) is not list:
         raise WireError("a request's frames must be a list")
+    if nested_deeper(params):
+        raise WireError(f"a request's params nested more than {MAX_DEPTH} levels deep (an "
+                        f"engine sends none)")
     return ToolRequest(id_, tool, params, _problem(problem), [_frame(f) for f in frames], kind)
 
 

@@ -80,6 +80,23 @@ def bound_memory(memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
 
+def let_go_of_stderr() -> None:
+    """Point the worker's stderr at the null device once start-up is done.
+
+    Until then it is the host's (an import that fails at start-up is seen there); after
+    it, no script runs with a descriptor of the host's terminal or log: one that escaped
+    into the worker's Python could otherwise write anything there (a forged error
+    report, escape sequences), at any time, beside the host's own output. Its socket is
+    then the one descriptor the worker keeps of the host (stdin and stdout are the null
+    device from the start).
+    """
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+    finally:
+        os.close(null)
+
+
 def warm_up() -> None:
     """Import the built-in engines and run a script in each.
 
@@ -292,6 +309,7 @@ def main(argv: list[str] | None = None, server: type[Server] = Server) -> None:
     sock = socket.socket(fileno=fd)
     warm_up()
     confine.settle()
+    let_go_of_stderr()
     bound_memory(memory_mb)
     size = address_space_kb()
     # from here on the worker opens no file, socket or process (engines.confine)

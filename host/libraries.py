@@ -155,17 +155,23 @@ class SourceCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def read(self, real: str, shown: str) -> str:
+    def read(self, real: str, shown: str, within: str | None = None) -> str:
         """The text of file ``real`` (named ``shown`` in errors): from the cache while
         its modification time and size are the same, else read (bounded, UTF-8).
+
+        ``within``: what the path of the file opened must start with. ``real`` was
+        resolved before it is opened: a folder on the way swapped for a symlink in
+        between would have the open follow it out of the root, so the file opened is
+        checked by its own path (``/proc/self/fd``, Linux; elsewhere the check is the
+        resolution's alone).
 
         One read at a time, under the cache's lock: runs that start together (a plan's
         tasks) wait for the first one's read instead of each reading the file.
         """
         with self._lock:
-            return self._read(real, shown)
+            return self._read(real, shown, within)
 
-    def _read(self, real: str, shown: str) -> str:
+    def _read(self, real: str, shown: str, within: str | None) -> str:
         try:
             fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
                          | getattr(os, "O_NONBLOCK", 0))
@@ -173,6 +179,8 @@ class SourceCache:
             raise ConfigurationError.LoadFailed(path=shown, reason=exc.strerror or str(exc)) \
                 from None
         try:
+            if within is not None and not _opened_within(fd, within):
+                raise _Outside()
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError.LoadFailed(path=shown, reason="not a regular file")
@@ -211,6 +219,20 @@ class SourceCache:
             _, (_, _, dropped) = self._files.popitem(last=False)
             self._bytes -= len(dropped)
         return text
+
+
+class _Outside(Exception):
+    """The file opened is not where its path was resolved to (see SourceCache.read)."""
+
+
+def _opened_within(fd: int, within: str) -> bool:
+    """Whether the file open as ``fd`` has a path that starts with ``within`` (true where
+    the system does not say: no ``/proc``)."""
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True
+    return opened.startswith(within)
 
 
 class Libraries:
@@ -269,14 +291,22 @@ class Libraries:
                 if not os.path.lexists(candidate):
                     tried.append(shown)
                     continue
-                real = os.path.realpath(candidate)
+                try:
+                    real = os.path.realpath(candidate)
+                except OSError as exc:  # a link changed under realpath (EINVAL, ENOENT)
+                    raise ConfigurationError.LoadFailed(
+                        path=shown, reason=exc.strerror or str(exc)) from None
                 if not real.startswith(root.inside) and real != root.real:
                     raise refused(name, roots, f"{shown} resolves to a file outside its "
                                                f"library root")
                 if not os.path.isfile(real):
                     tried.append(shown)
                     continue
-                return Found(shown, self.cache.read(real, shown))
+                try:
+                    return Found(shown, self.cache.read(real, shown, root.inside))
+                except _Outside:
+                    raise refused(name, roots, f"{shown} resolved to a file outside its "
+                                               f"library root as it was opened") from None
         return Missing(tuple(tried))
 
 

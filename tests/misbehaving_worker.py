@@ -7,6 +7,7 @@ says (see ``MODES``), as a compromised worker could.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import signal
@@ -64,6 +65,53 @@ def _reach_out(sock: Any, path: str) -> None:
     sock.sendall(wire.frame(["F", True, [], seen]))
 
 
+def _descriptors(sock: Any, arg: str) -> None:
+    """Answer with what each open descriptor is: ``[fd, kind, device, inode, rdev]`` (what
+    an escaped script could write to)."""
+    import stat
+
+    seen = []
+    for fd in range(1024):
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            continue
+        kind = "socket" if stat.S_ISSOCK(info.st_mode) else "char" if stat.S_ISCHR(
+            info.st_mode) else "other"
+        seen.append([fd, kind, info.st_dev, info.st_ino, info.st_rdev])
+    sock.sendall(wire.frame(["F", True, [], seen]))
+
+
+def _outlive(sock: Any, arg: str) -> None:
+    """Clear the parent-death signal (what an escaped script would do to outlive its host),
+    answer with what prctl gave, then stay busy (not reading: no EOF to see) for minutes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    code = libc.prctl(1, 0, 0, 0, 0)  # PR_SET_PDEATHSIG, no signal
+    sock.sendall(wire.frame(["F", True, [], [code, ctypes.get_errno()]]))
+    time.sleep(600)
+
+
+def _unbound(sock: Any, arg: str) -> None:
+    """Try to raise the address-space bound back to infinity (a worker running as root
+    holds CAP_SYS_RESOURCE) and to lower it (allowed to anyone, unless refused): answer
+    with what each gave and the bound after."""
+    import resource
+
+    def attempt(limits: tuple[int, int]) -> str:
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, limits)
+        except (OSError, ValueError) as exc:
+            return exc.__class__.__name__
+        return "allowed"
+
+    now = resource.getrlimit(resource.RLIMIT_AS)
+    seen = [attempt((resource.RLIM_INFINITY,) * 2), attempt((now[0] - 4096, now[1]))]
+    sock.sendall(wire.frame(["F", True, [], [*seen, list(resource.getrlimit(
+        resource.RLIMIT_AS))]]))
+
+
 MODES = {
     # bytes that are no JSON, in a well-formed frame
     "garbage": lambda sock, arg: _send(sock, wire.HEADER.pack(9) + b"not json!"),
@@ -96,6 +144,31 @@ MODES = {
     "hang": lambda sock, arg: time.sleep(600),
     # a crash of the engine
     "segfault": lambda sock, arg: os.kill(os.getpid(), signal.SIGSEGV),
+    # any message (the argument, as JSON) in a well-formed frame
+    "send": lambda sock, arg: _send(sock, wire.frame(json.loads(arg))),
+    # the same message twice: the second answers a step the host has not asked for yet
+    "send_twice": lambda sock, arg: _send(sock, wire.frame(json.loads(arg)) * 2),
+    # a finished step whose result nests ``arg`` lists deep (the engines stop at 100)
+    "deep": lambda sock, arg: _send(sock, wire.HEADER.pack(14 + 2 * int(arg)) + b'["F",true,[],'
+                                    + b"[" * int(arg) + b"]" * int(arg) + b"]"),
+    # a message (the argument after the seconds, as JSON) sent that many seconds late
+    "late": lambda sock, arg: (time.sleep(float(arg.split(" ", 1)[0])),
+                               _send(sock, wire.frame(json.loads(arg.split(" ", 1)[1])))),
+    # a finished step whose result is ``arg`` empty lists (3 bytes each as JSON)
+    "wide": lambda sock, arg: _send(sock, _framed(
+        b'["F",true,[],[' + b"[]," * (int(arg) - 1) + b"[]]]")),
+    # the address-space bound raised
+    "unbound": _unbound,
+    # the parent-death signal cleared
+    "outlive": _outlive,
+    # a frame cut off, then silence (the worker stays)
+    "stalled": lambda sock, arg: (_send(sock, wire.HEADER.pack(100) + b'["F",true,[],'),
+                                  time.sleep(600)),
+    # the worker's open descriptors
+    "descriptors": _descriptors,
+    # text written to the worker's stderr, then a finished step
+    "stderr": lambda sock, arg: (os.write(2, arg.encode()),
+                                 _send(sock, wire.frame(["F", True, [], "done"]))),
 }
 
 
