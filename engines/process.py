@@ -473,7 +473,8 @@ class WorkerPool:
     host that runs ten scripts at once keeps ten workers, rather than ending and starting
     workers at each run (a worker costs about 30 MB while idle; all end with the pool).
     Past ``max_workers`` busy at once, a new engine waits for a worker to come back (at
-    most :data:`WAIT_FOR_WORKER`, then one more is started: see there). One ended after a limit,
+    most :data:`WAIT_FOR_WORKER`, then one more is started: see there); at most
+    ``max_workers`` are kept idle over every memory limit together. One ended after a limit,
     a crash, a kill, or :data:`RECYCLE_AFTER` engines is replaced in the background
     while fewer are idle.
 
@@ -574,7 +575,8 @@ class WorkerPool:
             memory_mb = worker.memory_mb
             self._busy[memory_mb] = max(0, self._busy.get(memory_mb, 0) - 1)
             idle = self._idle.setdefault(memory_mb, [])
-            if keep and not self._closed and len(idle) < self._keep.get(memory_mb, self.size):
+            if keep and not self._closed and len(idle) < self._keep.get(memory_mb, self.size) \
+                    and self._idle_total() < self.max_workers:
                 idle.append(worker)
                 self._returned.notify()
                 return
@@ -582,6 +584,11 @@ class WorkerPool:
             if not self._closed:
                 self._ask(worker.memory_mb, None)  # another in its place, if idle is short
         worker.end()
+
+    def _idle_total(self) -> int:
+        """Idle workers of every memory limit (under the lock): at most ``max_workers``, so
+        that hosts with many different limits sharing a pool keep a bounded number."""
+        return sum(len(workers) for workers in self._idle.values())
 
     # -- starting workers -----------------------------------------------------------
 
@@ -591,7 +598,8 @@ class WorkerPool:
             idle = len(self._idle.get(memory_mb, ()))
             starting = self._starting.get(memory_mb, 0)
             busy = self._busy.get(memory_mb, 0)  # they come back to the idle list
-            if idle + starting + busy >= self._keep.get(memory_mb, self.size):
+            if idle + starting + busy >= self._keep.get(memory_mb, self.size) \
+                    or self._idle_total() + starting >= self.max_workers:
                 return
             self._starting[memory_mb] = starting + 1
         self._requests.append((memory_mb, future))

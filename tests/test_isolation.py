@@ -797,3 +797,17 @@ def test_a_spare_engine_is_fresh_for_each_run():
             time.sleep(0.05)  # the worker makes its spare meanwhile
         assert [result for _, result in seen] == [True, True, True]
         assert len({pid for pid, _ in seen}) == 1  # one worker served them all
+
+
+def test_idle_workers_stay_bounded_across_memory_limits():
+    """Hosts with many different memory limits sharing one pool: the idle workers of all
+    limits together stay within max_workers (20 limits used to leave 21 processes)."""
+    with WorkerPool(1, memory_mb=64) as pool:
+        pool.max_workers = 4
+        for n in range(10):
+            engine = pool.make_engine("lua", limits=Limits(memory_mb=32 + n))
+            step = engine.start("return 1", "a.lua", None, [], time.monotonic() + 20)
+            assert isinstance(step, Finished)
+            engine.close()
+        time.sleep(0.5)  # replacements, if any, have started
+        assert len(pool.pids()) <= pool.max_workers
