@@ -803,8 +803,8 @@ def test_idle_workers_stay_bounded_across_memory_limits():
     """Hosts with many different memory limits sharing one pool: the idle workers of all
     limits together stay within max_workers (20 limits used to leave 21 processes)."""
     with WorkerPool(1, memory_mb=64) as pool:
-        pool.max_workers = 4
-        for n in range(10):
+        pool.max_workers = 3
+        for n in range(6):
             engine = pool.make_engine("lua", limits=Limits(memory_mb=32 + n))
             step = engine.start("return 1", "a.lua", None, [], time.monotonic() + 20)
             assert isinstance(step, Finished)
