@@ -74,25 +74,25 @@ X32_SYSCALL_BIT = 0x40000000  # x86-64's x32 system calls: the same arch, number
 
 def settle() -> None:
     """Do now what running scripts would otherwise do on first use and needs files for:
-    build the pydantic models of every error variant and of contexts (their schemas are
-    built lazily, importing as they go), and read this process's environment (the
-    installed polyspell's version), so that :func:`confine` can follow."""
-    from bridge import SpellError, context
-    from bridge.errors import variants
+    import pydantic and what building a model imports (one error variant's fields and the
+    contexts' models, built lazily otherwise), and read this process's environment (the
+    installed polyspell's version), so that :func:`confine` can follow.
 
-    for variant in variants():
-        variant.fields_model.model_rebuild()
+    The other variants' models are still built when first used: once pydantic's own
+    modules are in, building one opens no file (tested in a confined process), and
+    building them all here would cost a worker's start 0.1 s more.
+    """
+    from bridge import SpellError, ToolError, context
+
+    ToolError.ExecutionFailed.fields_model.model_rebuild()
     for model in vars(context).values():
         if isinstance(model, type) and issubclass(model, context._Model):
             model.model_rebuild()
     context.current_environment()
-    from pydantic import ValidationError  # imported by a failed validation
-
     try:
         SpellError.from_dict({"category": "tool"})  # a failed one, for its own imports
     except SpellError:
         pass
-    del ValidationError
 
 
 def confine() -> list[str]:
