@@ -33,6 +33,7 @@ from engines.process import KILL_GRACE, WorkerPool
 from engines.worker import MEMORY_MARGIN_MB, RESULT_COPIES
 from host import Coordinator, Host, Task, tool
 from tests.conftest import EXTENSION, pick
+from tests.procs import alive, children, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED = threading.Event()
@@ -70,31 +71,6 @@ TOOLS = [add, where, lookup, started]
 def process_host() -> Iterator[Host]:
     with Host(TOOLS, isolation="process", on_output=lambda line: None) as host:
         yield host
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not ended (a zombie has ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_until(condition: Any, seconds: float = 5.0) -> bool:
-    ends = time.monotonic() + seconds
-    while time.monotonic() < ends:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 # -- the same runs in both modes ------------------------------------------------------------
@@ -512,26 +488,10 @@ def test_process_isolation_and_an_engine_factory_are_refused_together():
 def test_a_host_whose_tools_fail_to_load_leaves_no_worker(tmp_path):
     bad = tmp_path / "bad.lua"
     bad.write_text("return {f = function() end,")
-    before = set(_children())
+    before = set(children(zombies=False))
     with pytest.raises(SpellError):
         Host([bad], isolation="process")
-    assert wait_until(lambda: not set(_children()) - before)
-
-
-def _children() -> list[int]:
-    """The live child processes of this process."""
-    me = str(os.getpid())
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    fields = stat.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                found.append(int(entry))
-    return found
+    assert wait_until(lambda: not set(children(zombies=False)) - before)
 
 
 def test_a_tool_error_crosses_back_as_the_original(process_host, language):
@@ -575,24 +535,30 @@ def test_a_worker_exits_when_its_host_end_of_the_socket_closes(worker_pool):
         engine.close()
 
 
-def test_concurrent_runs_each_get_their_own_worker_and_results(process_host):
-    # more runs at once than the pool started with: the extra ones get workers started
+def adds_at_once(host: Host, count: int, b: int = 0) -> list[Any]:
+    """``count`` runs at once on ``host``, half Lua, half JS, each adding ``b`` to its own
+    number with the Python tool ``add``: their results, in the runs' order."""
     async def main() -> list[Any]:
-        results: list[Any] = [None] * 8
+        results: list[Any] = [None] * count
 
         async def one(n: int) -> None:
             language = "lua" if n % 2 else "javascript"
-            source = pick(language, "return {n = tools.add{a = args.n, b = 0}}",
+            source = pick(language, f"return {{n = tools.add{{a = args.n, b = {b}}}}}",
                           "async function main(args) {"
-                          " return {n: await tools.add({a: args.n, b: 0})}; }")
-            results[n] = await process_host.arun_source(source, language, None, {"n": n})
+                          f" return {{n: await tools.add({{a: args.n, b: {b}}})}}; }}")
+            results[n] = await host.arun_source(source, language, None, {"n": n})
 
         async with anyio.create_task_group() as group:
-            for n in range(8):
+            for n in range(count):
                 group.start_soon(one, n)
         return results
 
-    assert anyio.run(main) == [{"n": n} for n in range(8)]
+    return anyio.run(main)
+
+
+def test_concurrent_runs_each_get_their_own_worker_and_results(process_host):
+    # more runs at once than the pool started with: the extra ones get workers started
+    assert adds_at_once(process_host, 8) == [{"n": n} for n in range(8)]
     # as many workers as ran at once, kept for the next runs: never more
     assert len(process_host.pool.pids()) <= 8
 
@@ -733,22 +699,7 @@ def test_200_runs_at_once_share_a_bounded_pool_with_nothing_lost_or_crossed():
     most max_workers workers (not 200 processes)."""
     with WorkerPool(1) as pool, Host([add], isolation=pool, on_output=lambda line: None,
                                      timeout=120) as host:
-        async def main() -> list[Any]:
-            results: list[Any] = [None] * 200
-
-            async def one(n: int) -> None:
-                language = "lua" if n % 2 else "javascript"
-                source = pick(language, "return {n = tools.add{a = args.n, b = 1000}}",
-                              "async function main(args) {"
-                              " return {n: await tools.add({a: args.n, b: 1000})}; }")
-                results[n] = await host.arun_source(source, language, None, {"n": n})
-
-            async with anyio.create_task_group() as group:
-                for n in range(200):
-                    group.start_soon(one, n)
-            return results
-
-        assert anyio.run(main) == [{"n": n + 1000} for n in range(200)]
+        assert adds_at_once(host, 200, 1000) == [{"n": n + 1000} for n in range(200)]
         assert len(pool.pids()) <= pool.max_workers + 2  # + what a slow start let past
 
 

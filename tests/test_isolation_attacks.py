@@ -27,6 +27,7 @@ from bridge.data import MAX_DEPTH
 from engines import Failed, Finished, Limits
 from engines.process import WorkerPool
 from host import Host, tool
+from tests.procs import alive, children, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "TOP-SECRET-LINE of the host"
@@ -216,7 +217,7 @@ def test_a_tool_request_sent_past_the_deadline_is_not_given_out(bad_pool):
     assert isinstance(step, Failed), step
     assert step.error.code == "script/resource_exhaustion"
     assert step.error.fields["resource_type"] == "time"
-    assert pid is not None and _gone(pid)
+    assert pid is not None and wait_until(lambda pid=pid: not alive(pid))
 
 
 def test_a_message_cut_off_then_silence_is_a_protocol_violation_at_the_deadline(bad_pool):
@@ -229,7 +230,7 @@ def test_a_message_cut_off_then_silence_is_a_protocol_violation_at_the_deadline(
         engine.close()
     assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
     assert "cut off after 17 bytes" in str(step.error)
-    assert pid is not None and _gone(pid)
+    assert pid is not None and wait_until(lambda pid=pid: not alive(pid))
 
 
 def test_a_tool_request_before_the_deadline_is_answered(bad_pool):
@@ -389,21 +390,7 @@ def test_twenty_runs_that_each_kill_their_worker_leave_nothing_behind(bad_pool):
     assert len(pids) == 20  # each run had a worker of its own, replaced after the crash
     assert host.run_source("return 'still here'", "lua") == "still here"
     assert len(bad_pool.pids()) <= bad_pool.size + 1
-    children = _children(os.getpid())
-    assert not (pids & children)  # each dead worker was reaped: no zombie left
-
-
-def _children(pid: int) -> set[int]:
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as status:
-                    if int(status.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.add(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return found
+    assert not (pids & set(children()))  # each dead worker was reaped: no zombie left
 
 
 def test_runs_that_crash_their_workers_among_others_on_one_pool(bad_pool):
@@ -440,7 +427,7 @@ def test_two_hosts_each_with_its_own_pool_end_only_their_workers():
         assert mine and not mine & set(second.pool.pids())
         first.close()
         assert second.run_source("return tools.add{a = 3, b = 3}", "lua") == 6
-        assert all(_gone(pid) for pid in mine)
+        assert all(wait_until(lambda pid=pid: not alive(pid)) for pid in mine)
     finally:
         first.close()
         second.close()
@@ -466,7 +453,7 @@ def test_interpreter_exit_with_a_run_in_progress_leaves_no_worker(tmp_path):
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - began < 20  # it did not wait for the run's 60 s
     pids = [int(pid) for pid in done.stdout.split()]
-    assert pids and all(_gone(pid) for pid in pids)
+    assert pids and all(wait_until(lambda pid=pid: not alive(pid)) for pid in pids)
 
 
 def test_a_worker_cannot_undo_its_death_with_the_host(tmp_path):
@@ -496,7 +483,7 @@ def test_a_worker_cannot_undo_its_death_with_the_host(tmp_path):
         host.kill()
         host.wait()
     assert said == [-1, 1], said  # prctl(PR_SET_PDEATHSIG, 0) refused: EPERM
-    assert pids and all(_gone(pid) for pid in pids)
+    assert pids and all(wait_until(lambda pid=pid: not alive(pid)) for pid in pids)
 
 
 def test_a_worker_cannot_set_its_resource_limits_again(bad_pool):
@@ -512,19 +499,6 @@ def test_a_worker_cannot_set_its_resource_limits_again(bad_pool):
     # Python reads EPERM from setrlimit as ValueError; lowering is allowed unfiltered
     assert (raised, lowered) == ("ValueError", "ValueError")
     assert limits[0] == limits[1] != resource.RLIM_INFINITY
-
-
-def _gone(pid: int) -> bool:
-    ends = time.monotonic() + 5
-    while time.monotonic() < ends:
-        try:
-            with open(f"/proc/{pid}/stat") as status:
-                if status.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_socket_descriptor_past_fd_setsize_still_serves(bad_pool):

@@ -23,6 +23,7 @@ import pytest
 from bridge import SpellError
 from host import Host, tool
 from tests.conftest import pick
+from tests.procs import children
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,25 +211,13 @@ def test_ctrl_c_ends_a_run_and_its_worker_at_once(workdir, started, script):
     process = _start(started, "run", script, "--tools", "tools.py", "--timeout", "30",
                      "--isolation", "process", cwd=workdir)
     process.wait_for_line("READY")
-    workers = _children(process.proc.pid)
+    workers = children(process.proc.pid)
     assert workers, "no worker process runs the script"
     time.sleep(0.3)  # the loop spins in the worker
     _interrupt(process, loops=0)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                found.append(int(entry.name))
-    return found
 
 
 def test_ctrl_c_ends_a_plan_at_once(workdir, started):
