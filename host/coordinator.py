@@ -53,6 +53,7 @@ from host.host import (
     Host,
     check_callable,
     check_positive,
+    chosen_isolation,
     tool_items,
 )
 from host.lines import write_lines
@@ -297,8 +298,8 @@ class Coordinator:
                           sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
-                          monitor=monitor, isolation=isolation if isolation is not None
-                          else config.isolation if config is not None else None,
+                          monitor=monitor,
+                          isolation=chosen_isolation(isolation, config, engine_factory),
                           libraries=libraries, script_dir_library=script_dir_library)
         self.isolation = self._host.isolation
         self.monitor = self._host.monitor

@@ -51,6 +51,18 @@ MAX_STACK_KB = 1 << 32
 MAX_TIMEOUT = 1e9  # seconds (about 31 years): a limit, finite for every wait and deadline
 
 
+def chosen_isolation(isolation: str | WorkerPool | None, config: Config | None,
+                     engine_factory: EngineFactory | None) -> str | WorkerPool:
+    """Where a host's engines run: the code's ``isolation``, else (unless the code gives an
+    engine factory of its own, which decides) its config file's, else
+    :data:`DEFAULT_ISOLATION`. The one rule for :class:`Host` and the coordinator."""
+    if isolation is not None:
+        return isolation
+    if engine_factory is not None:
+        return "thread"
+    return (config.isolation if config is not None else None) or DEFAULT_ISOLATION
+
+
 class Host:
     """Runs Lua and JavaScript agent scripts that call the given Python tools.
 
@@ -134,9 +146,7 @@ class Host:
             from host.config import as_config
 
             config = as_config(config)
-        if isolation is None:  # an engine factory of the code's, else the config file's
-            isolation = "thread" if engine_factory is not None else (
-                config.isolation if config is not None else None) or DEFAULT_ISOLATION
+        isolation = chosen_isolation(isolation, config, engine_factory)
         shared = None
         if not isinstance(isolation, str):
             from engines.process import WorkerPool

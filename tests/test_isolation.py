@@ -762,3 +762,16 @@ def test_idle_workers_stay_bounded_across_memory_limits():
             engine.close()
         time.sleep(0.5)  # replacements, if any, have started
         assert len(pool.pids()) <= pool.max_workers
+
+
+def test_an_engine_factory_of_the_code_wins_over_the_config_file_s_isolation(tmp_path):
+    """One rule for Host and Coordinator: a config file's isolation = "process" gives way
+    to an engine factory the code passes (the coordinator refused that pair before)."""
+    import engines
+
+    config = tmp_path / "polyspell.toml"
+    config.write_text('isolation = "process"\n')
+    with Host(config=config, engine_factory=engines.make_engine) as host:
+        assert (host.isolation, host.pool) == ("thread", None)
+    with Coordinator(config=config, engine_factory=engines.make_engine) as coordinator:
+        assert coordinator.isolation == "thread"
