@@ -7,7 +7,6 @@ models, so that a context read back from JSON is validated like everything else.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import platform
 import socket
@@ -18,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
 
-from bridge.jsontext import finite
+from bridge.jsontext import finite, finite_number
 from bridge.languages import ScriptLanguageName
 
 
@@ -26,14 +25,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 # JSON output is RFC 8259 JSON, with no NaN or Infinity: the fields that may hold a float
 # write one that is not finite as null, so that a context dumps as JSON data with no walk
 # over all of it afterwards (only data a user or a script gave is looked through)
-FiniteInJson = Annotated[float, PlainSerializer(_finite_or_none, when_used="json")]
+FiniteInJson = Annotated[float, PlainSerializer(finite_number, when_used="json")]
 """A float field written as null in JSON output when it is not finite."""
 JsonData = Annotated[JsonValue, PlainSerializer(finite, when_used="json")]
 """JSON-like data, its floats that are not finite written as null in JSON output."""

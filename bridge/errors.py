@@ -17,7 +17,6 @@ all read the same registry, so a variant declared once exists on every side.
 from __future__ import annotations
 
 import inspect
-import math
 import threading
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bridge.data import MAX_DEPTH, TooDeep, read_json
 from bridge.frames import Frame, frame_from_data, python_frames
-from bridge.jsontext import json_text
+from bridge.jsontext import finite_number, json_text
 from bridge.severity import Severity
 
 # Keyword arguments of the constructor; a variant's fields cannot use these names.
@@ -312,15 +311,13 @@ class SpellError(Exception):
 
     def _own_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the cause (``None``)."""
-        retry_after = self.retry_after
         return {
             "category": self.category,
             "kind": self.kind,
             "message": self.message,
             "severity": str(self.severity),
             "retryable": self.retryable,
-            "retry_after": None if retry_after.__class__ is float
-            and not math.isfinite(retry_after) else retry_after,
+            "retry_after": finite_number(self.retry_after),
             "fields": self.fields,
             "frames": [frame.to_dict() for frame in self.frames],
             "cause": None,

@@ -57,7 +57,7 @@ def finite(value: Any) -> Any:
     try:  # most data has none: the C encoder says so several times faster than a walk
         _check_finite(value)
     except (ValueError, TypeError, RecursionError):
-        return replaced(value, _finite_leaf)
+        return replaced(value, finite_number)
     return value
 
 
@@ -84,5 +84,6 @@ def replaced(value: Any, leaf: Callable[[Any], Any],
     return leaf(value)
 
 
-def _finite_leaf(value: Any) -> Any:
+def finite_number(value: Any) -> Any:
+    """``value``, or ``None`` for a float that is not finite (JSON has no NaN)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value

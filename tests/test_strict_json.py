@@ -181,3 +181,30 @@ def test_text_that_stdout_cannot_encode_is_escaped_not_a_crash(tmp_path):
     assert "tool/timeout: bad \\ud800" in out.stdout
     as_json = polyspell("explain", saved, "--json")
     assert strict(as_json.stdout)["message"] == "bad \ud800"
+
+
+def test_an_error_whose_context_holds_numbers_that_are_not_finite_is_strict_json():
+    """A context's floats and user data may hold NaN or Infinity (a tool's metadata, a
+    measured time, a Retry-After): to_dict writes each as null (the context's models do
+    it themselves, without a walk over the whole context): to_dict is JSON data."""
+    from bridge.context import CallFrame, RecoveryAttempt
+
+    err = ToolError.ExecutionFailed(tool_name="t", reason="x", retry_after=math.nan)
+    context = err.context
+    trace = context.execution_trace.model_copy(update={
+        "call_stack": [CallFrame(function_name="f", execution_time=math.inf,
+                                 parameters={"x": [math.nan, 1.5]})],
+        "recovery_attempts": [RecoveryAttempt(action="retry", tool="t", attempt=1,
+                                              delay=-math.inf, error="tool/timeout",
+                                              at=context.timestamp)]})
+    err.context = context.model_copy(update={
+        "metadata": {"ratio": math.nan, "nested": {"deep": [math.inf, 2.0]}},
+        "execution_trace": trace})
+    data = err.to_dict()
+    json.dumps(data, allow_nan=False)  # a NaN left anywhere would raise here
+    assert data["retry_after"] is None
+    assert data["context"]["metadata"] == {"ratio": None, "nested": {"deep": [None, 2.0]}}
+    [frame] = data["context"]["execution_trace"]["call_stack"]
+    assert (frame["execution_time"], frame["parameters"]) == (None, {"x": [None, 1.5]})
+    [attempt] = data["context"]["execution_trace"]["recovery_attempts"]
+    assert attempt["delay"] is None
