@@ -30,6 +30,32 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'bridge.frames' has no attribute {name!r}")
 
 
+# The characters of a source line a frame keeps: a longer line (minified code) is cut to
+# the text around the failing column, so neither a traceback nor an error's JSON carries
+# a whole bundle per frame.
+MAX_SOURCE_LINE = 160
+CUT = "..."
+
+
+def source_excerpt(text: str, column: int | None = None) -> str | None:
+    """A source line as a frame shows it: stripped, None when blank.
+
+    A line longer than :data:`MAX_SOURCE_LINE` keeps the text around ``column`` (1-based,
+    as engines count; its start when there is none), with :data:`CUT` where text was left
+    out on either side.
+    """
+    if len(text) <= MAX_SOURCE_LINE:
+        return text.strip() or None
+    end = len(text.rstrip())
+    first = end - len(text[:end].lstrip())  # the first character that is not blank
+    if end - first <= MAX_SOURCE_LINE:
+        return text[first:end] or None
+    at = first if column is None else min(max(column - 1, first), end - 1)
+    start = max(first, min(at - MAX_SOURCE_LINE // 2, end - MAX_SOURCE_LINE))
+    stop = start + MAX_SOURCE_LINE
+    return (CUT if start > first else "") + text[start:stop] + (CUT if stop < end else "")
+
+
 def position(digits: str) -> int | None:
     """A line or column written as ASCII digits; None when it is not one or out of range.
 

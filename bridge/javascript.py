@@ -32,7 +32,7 @@ from typing import Any
 
 from bridge.envelope import error_from_script, with_ref
 from bridge.errors import SpellError, variant_class
-from bridge.frames import Frame, position
+from bridge.frames import Frame, position, source_excerpt
 from bridge.patterns import PatternRegistry, recognise
 
 Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
@@ -72,11 +72,13 @@ def function_name(name: str | None) -> str:
     return _FUNCTION_NAMES.get(name, name)  # type: ignore[arg-type]
 
 
-def source_line(lines: Sequence[str] | None, line: int | None) -> str | None:
-    """Line ``line`` (1-based) of the source, stripped; None when unknown."""
+def source_line(lines: Sequence[str] | None, line: int | None,
+                column: int | None = None) -> str | None:
+    """Line ``line`` (1-based) of the source as a frame shows it (around ``column`` when
+    it is long: :func:`bridge.frames.source_excerpt`); None when unknown."""
     if not lines or line is None or not 1 <= line <= len(lines):
         return None
-    return lines[line - 1].strip() or None
+    return source_excerpt(lines[line - 1], column)
 
 
 def make_frame(
@@ -85,7 +87,7 @@ def make_frame(
 ) -> Frame:
     """One frame of the script ``filename``."""
     return Frame(LANGUAGE, filename, line, column, function_name(function),
-                 source_line(lines, line))
+                 source_line(lines, line, column))
 
 
 def read_stack(
@@ -106,12 +108,13 @@ def read_stack(
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
         number = position(line)  # None when out of range: the text is the script's
+        at = position(column)
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
             if number is not None and 0 < number <= count:
-                source = lines[number - 1].strip() or None  # type: ignore[index]
-        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, position(column),
+                source = source_excerpt(lines[number - 1], at)  # type: ignore[index]
+        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, at,
                                          _FUNCTION_NAMES.get(function, function), source)))
     frames.reverse()
     at = None

@@ -35,6 +35,16 @@ def json_text(value: Any, *, indent: int | None = None, ensure_ascii: bool = Fal
     return text
 
 
+def unicode_text(text: str) -> str:
+    """``text`` as every encoder takes it: each lone surrogate (a careless tool's
+    ``"a\\ud800"``, a byte that is not UTF-8 carried with ``surrogateescape``) as U+FFFD, a
+    pair of surrogates as the character it stands for (as JavaScript reads them). Cheap for
+    the usual text: an ASCII check is O(1), and only text with a surrogate is copied."""
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def json_bytes(value: Any) -> bytes:
     """``value`` as compact RFC 8259 JSON in UTF-8: what polyspell stores and sends.
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bridge.envelope import error_from_script
 from bridge.errors import SpellError
-from bridge.frames import Frame, position
+from bridge.frames import Frame, position, source_excerpt
 from bridge.hierarchy import ScriptError
 from bridge.jsontext import finite
 from bridge.patterns import PatternRegistry, recognise
@@ -97,7 +97,7 @@ class LuaScript:
         if self._lines is None:
             self._lines = self.source.splitlines()
         if 1 <= line <= len(self._lines):
-            return self._lines[line - 1].strip()
+            return source_excerpt(self._lines[line - 1]) or ""
         return None
 
     def frame(self, line: int | None, function: str) -> Frame:
@@ -138,7 +138,8 @@ class LuaScript:
             line = position(number)  # None when out of range (see frames.MAX_POSITION)
             frames.append(_new_tuple(Frame, (
                 language, file, line, None, _function_name(what),
-                lines[line - 1].strip() if line is not None and 0 < line <= count else None)))
+                source_excerpt(lines[line - 1]) or "" if line is not None and 0 < line <= count
+                else None)))
         frames.reverse()
         return frames
 
@@ -256,6 +257,7 @@ def thrown_error(
     patterns: PatternRegistry,
     overflow: int | None = None,
     from_prelude: bool = False,
+    hints: Mapping[str, str] | None = None,
 ) -> SpellError:
     """The unified error for a value a script raised and did not catch.
 
@@ -269,7 +271,8 @@ def thrown_error(
     sandbox violation); a security or resource error of the script's own is marked so.
     ``patterns`` reads plain-string messages of older scripts (``bridge.patterns``). An
     error table from an envelope gives a copy carrying its ref, for the host to resolve
-    (``bridge.envelope.resolve_refs``).
+    (``bridge.envelope.resolve_refs``). ``hints``: what the sandbox removed (``"io"``,
+    ``"os.execute"``) and what to do instead, for :func:`sandbox_hint`.
     """
     frames = script.frames(traceback)
     if overflow is not None:
@@ -281,6 +284,8 @@ def thrown_error(
         recognised = recognise(error, frames, patterns)
         if recognised is not None:
             return recognised
+        if hints:
+            error = sandbox_hint(error, frames[-1].source if frames else None, hints)
         return ScriptError.Lua(
             error=error, script=owner.filename if line is not None or not frames
             else frames[-1].file, script_line=line or _innermost(frames),
@@ -294,6 +299,31 @@ def thrown_error(
         error=error, script=frames[-1].file if frames else script.filename,
         script_line=_innermost(frames),
         stack_trace=script.script_traceback(traceback), thrown=finite(value), frames=frames)
+
+
+# What Lua says when a script reaches for something that is not there.
+_ABSENT = re.compile(
+    r"attempt to (?:index|call|concatenate) a nil value \((global|field) '([A-Za-z_]\w*)'\)$")
+
+
+def sandbox_hint(error: str, line: str | None, hints: Mapping[str, str]) -> str:
+    """Lua's message ``error``, plus one line when it is about something the sandbox removed.
+
+    ``attempt to index a nil value (global 'io')`` names a global; for a field (``os.execute``)
+    Lua names only ``execute``, so the table is read from the failing source ``line``.
+    ``hints`` maps such names to the line to add.
+    """
+    found = _ABSENT.search(error)
+    if found is None:
+        return error
+    kind, name = found.groups()
+    if kind == "field":
+        owner = re.search(rf"\b([A-Za-z_]\w*)\s*[.:]\s*{name}\b", line or "")
+        if owner is None:
+            return error
+        name = f"{owner.group(1)}.{name}"
+    hint = hints.get(name)
+    return error if hint is None else f"{error}\n{hint}"
 
 
 def describe_value(value: Any, lua_type: str) -> str:

@@ -38,7 +38,8 @@ from collections.abc import Mapping
 from types import CodeType, TracebackType
 
 from bridge.errors import SpellError
-from bridge.frames import MAX_POSITION, Frame
+from bridge.frames import MAX_POSITION, MAX_SOURCE_LINE, Frame, source_excerpt
+from bridge.jsontext import unicode_text
 from bridge.render import format_frame
 
 NOTE_HEADER = "Polyglot traceback (outermost first):"
@@ -95,7 +96,11 @@ def remember_source(filename: str, source: str) -> None:
         entry = known[1]
         _sources.move_to_end(filename)
     else:  # mtime None: linecache.checkcache leaves the entry alone
-        entry = (len(source), None, source.splitlines(keepends=True), filename)
+        lines = unicode_text(source).splitlines(keepends=True)  # bytes not UTF-8: U+FFFD
+        if len(source) > MAX_SOURCE_LINE:  # a minified line: its start (see source_excerpt)
+            lines = [line if len(line) <= MAX_SOURCE_LINE else f"{source_excerpt(line)}\n"
+                     for line in lines]
+        entry = (len(source), None, lines, filename)
         _sources[filename] = (source, entry)
     linecache.cache[filename] = entry
     while len(_sources) > MAX_SOURCES:

@@ -65,6 +65,10 @@ class EngineSpec:
     # the bits of the integers this language's numbers hold exactly (a sign bit apart):
     # a tool's result with a larger integer is refused, never rounded
     integer_bits: int = 53
+    # whether a source may be any bytes, not only UTF-8 text (Lua's may: a Latin-1 string
+    # literal is legal Lua); the host carries bytes that are not UTF-8 as surrogate
+    # escapes, which the engine turns back into the same bytes
+    byte_source: bool = False
 
 
 @dataclass(frozen=True)

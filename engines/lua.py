@@ -58,7 +58,7 @@ from bridge import ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
-from bridge.jsontext import replaced
+from bridge.jsontext import replaced, unicode_text
 from bridge.lua import LuaScript, compilation_failed, thrown_error
 from engines.base import (
     Engine,
@@ -95,8 +95,34 @@ _INT64 = (-(2**63), 2**63 - 1)
 # only when they have a UTF-8 form: see _utf8).
 _SCALARS = frozenset({str, float, bool, type(None)})
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_A_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogateescape uses U+DC80-DCFF
 
 PRELUDE = resources.files("engines").joinpath("lua_prelude.lua").read_text("utf-8")
+
+
+def _sandbox_line(removed: str, instead: str) -> str:
+    return f"(this is polyspell's sandbox: {removed}; {instead})"
+
+
+_TRUSTED = "or run a script you trust with --sandbox trusted"
+_TOOL = f"call a tool for what it does, {_TRUSTED}"
+# What the constrained sandbox removed, and what to do instead: the line an error about one
+# of them gets (bridge.lua.sandbox_hint). `require` has its own, from the host's roots.
+SANDBOX_HINTS: dict[str, str] = {
+    "io": _sandbox_line("io is removed", f"read and write files through a tool, {_TRUSTED}"),
+    "debug": _sandbox_line("debug is removed", f"every error comes with its traceback, {_TRUSTED}"),
+    "dofile": _sandbox_line("dofile is removed", "load Lua modules with require and --lib DIR"),
+    "loadfile": _sandbox_line("loadfile is removed",
+                              "load Lua modules with require and --lib DIR"),
+    "warn": _sandbox_line("warn is removed", "print, or raise an error"),
+    **{f"os.{name}": _sandbox_line("os has only time, clock and date", _TOOL)
+       for name in ("execute", "exit", "getenv", "remove", "rename", "setlocale", "tmpname")},
+    "string.dump": _sandbox_line("string.dump is removed",
+                                 "binary chunks cannot be loaded in it either"),
+    **{f"package.{name}": _sandbox_line(
+        "package has only loaded", "require searches the library roots: add one with --lib DIR")
+       for name in ("path", "cpath", "loadlib", "searchpath", "searchers", "preload")},
+}
 
 
 def _lua_string(value: str) -> str:
@@ -144,20 +170,11 @@ def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
     raise AttributeError("Python attributes are not reachable from Lua")
 
 
-def _utf8(text: str) -> str:
-    """``text`` as a Lua string can hold it: valid UTF-8.
-
-    Lua strings are bytes and the prelude reads them as UTF-8, turning invalid bytes into
-    U+FFFD on the way out; a Python string with a lone surrogate (a careless tool's
-    ``"a\\ud800"``, a file name decoded with ``surrogateescape``) has no UTF-8 form, so on
-    the way in each lone surrogate becomes U+FFFD too, and a pair of surrogates the
-    character it stands for (as JavaScript reads them). Cheap for the usual text: an
-    ASCII check is O(1), and only text with a surrogate is copied. Tables are built
-    first as they are: only when lupa cannot encode a string is the data copied.
-    """
-    if text.isascii() or _SURROGATE.search(text) is None:
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+# ``text`` as a Lua string can hold it: valid UTF-8. Lua strings are bytes and the prelude
+# reads them as UTF-8, turning invalid bytes into U+FFFD on the way out; a Python string with
+# a lone surrogate has no UTF-8 form, so on the way in each one becomes U+FFFD too. Tables are
+# built first as they are: only when lupa cannot encode a string is the data copied.
+_utf8 = unicode_text
 
 
 def _has_surrogate(text: str) -> bool:
@@ -185,6 +202,31 @@ class _NotData(Exception):
         self.problem = Problem(path, data_type, f"{path} {problem}")
 
 
+class _SourceBytes(bytes):
+    """A Lua source that is not UTF-8 (Latin-1 string literals are legal Lua), as the bytes
+    the host read (it carries them as surrogate escapes): handed to Lua as they are. Only
+    the engine makes these, so no tool result becomes a Lua string from bytes."""
+
+
+def _source_code(source: str) -> str | _SourceBytes | None:
+    """What Lua compiles for ``source``: itself, or the bytes its surrogate escapes stand
+    for; None when it holds a surrogate that stands for no byte (not source at all)."""
+    if not _has_surrogate(source):
+        return source
+    try:
+        return _SourceBytes(source.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return None
+
+
+def _not_source(script: LuaScript, source: str) -> str:
+    """The compiler's message for a source holding a surrogate that is no byte's escape."""
+    at = _NOT_A_BYTE.search(source).start()  # type: ignore[union-attr]
+    line = source.count("\n", 0, at) + 1
+    return (f"{script.prefix}{line}: the source is not valid UTF-8 text (a lone surrogate "
+            f"at index {at})")
+
+
 def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
     """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold.
 
@@ -203,6 +245,8 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
         if not _INT64[0] <= value <= _INT64[1]:
             raise _NotData(path, "is an integer too large for Lua (64 bits)", "int")
         return 0
+    if kind is _SourceBytes:
+        return len(value)
     if depth >= MAX_DEPTH:
         raise _NotData(path, f"is nested more than {MAX_DEPTH} levels deep", kind.__name__)
     first = id(value) not in seen
@@ -234,6 +278,7 @@ class LuaEngine(Engine):
         sandbox: Sandbox = "constrained",
     ) -> None:
         super().__init__(limits=limits, sandbox=sandbox)
+        self._hints = SANDBOX_HINTS if sandbox == "constrained" else None
         self._memory_limit = limits.memory_mb * 2**20
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
@@ -295,7 +340,9 @@ class LuaEngine(Engine):
             return Failed(self._failed)
         if self._lua is None:
             return self._fail(_closed())
-        self._script = LuaScript(filename=filename, source=source, language=self.language)
+        code = _source_code(source)
+        # what tracebacks show of it: bytes that are not UTF-8 replaced (U+FFFD)
+        self._script = LuaScript(filename=filename, source=_utf8(source), language=self.language)
         self._waiting.clear()
         self._modules.clear()
         self._started = time.monotonic()
@@ -311,14 +358,10 @@ class LuaEngine(Engine):
                 self._set_max_memory(self._memory_limit)
         elif shown is not filename:
             self._script.short_src = shown
-        if _has_surrogate(source):  # code is not data: refused, as JavaScript refuses it
-            at = _SURROGATE.search(source).start()  # type: ignore[union-attr]
-            line = source.count("\n", 0, at) + 1
-            return self._fail(compilation_failed(
-                self._script, f"{self._script.prefix}{line}: the source is not valid UTF-8 "
-                              f"text (a lone surrogate at index {at})"))
+        if code is None:  # code is not data: refused, as JavaScript refuses it
+            return self._fail(compilation_failed(self._script, _not_source(self._script, source)))
         infos = [_utf8(text) for info in tools for text in (info.name, info.description)]
-        return self._handoff(entry, deadline, source, chunkname,
+        return self._handoff(entry, deadline, code, chunkname,
                              {} if args is None else args, "args", infos)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
@@ -338,19 +381,21 @@ class LuaEngine(Engine):
         if self._modules and reply.id in self._modules:
             self._modules.discard(reply.id)
             if reply.error is None:
-                problem = self._take_module(reply.result)
-                if problem is not None:
-                    return self._fail(problem)
+                module = self._take_module(reply.result)
+                if isinstance(module, SpellError):
+                    return self._fail(module)
+                return self._handoff(_STEP, deadline, reply.id, True, module, "result")
         if reply.error is None:
             return self._handoff(_STEP, deadline, reply.id, True, reply.result, "result")
         return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
 
-    def _take_module(self, answer: Any) -> SpellError | None:
-        """The host's answer to a ``require``: a module found (``file``, ``source``) is
-        registered with the script, so that its frames and lines are its own; anything
-        but that or ``missing`` (a message) breaks the protocol."""
+    def _take_module(self, answer: Any) -> SpellError | dict[str, Any]:
+        """The host's answer to a ``require``, as the prelude takes it: a module found
+        (``file``, ``source``) is registered with the script, so that its frames and lines
+        are its own, and its source goes as Lua's bytes (see :func:`_source_code`);
+        anything but that or ``missing`` (a message) breaks the protocol."""
         if type(answer) is dict and type(answer.get("missing")) is str and len(answer) == 1:
-            return None
+            return answer
         if not (type(answer) is dict and answer.keys() == {"file", "source"}
                 and type(answer["file"]) is str and type(answer["source"]) is str
                 and answer["file"] and "\0" not in answer["file"]):
@@ -368,8 +413,11 @@ class LuaEngine(Engine):
                 return self._engine_error(exc)
             finally:
                 self._set_max_memory(self._memory_limit)
-        self._script.add_module(file, answer["source"], short)
-        return None
+        module = self._script.add_module(file, _utf8(answer["source"]), short)
+        code = _source_code(answer["source"])
+        if code is None:
+            return compilation_failed(module, _not_source(module, answer["source"]))
+        return {"file": file, "source": code}
 
     @property
     def usable(self) -> bool:
@@ -498,7 +546,8 @@ class LuaEngine(Engine):
             # the script (or the called function) failed; the engine itself can go on
             return Failed(thrown_error(script, self._from_lua(value, "error"), lua_type,
                                        described, traceback, patterns=self.patterns,
-                                       overflow=overflow, from_prelude=own is True))
+                                       overflow=overflow, from_prelude=own is True,
+                                       hints=self._hints))
         if status == "abort":
             if outcome[2] == "memory":
                 return self._fail(self._memory_error())

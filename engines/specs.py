@@ -19,6 +19,7 @@ LUA = EngineSpec(
     non_finite_numbers=True,
     empty_table_ambiguous=True,
     integer_bits=63,
+    byte_source=True,
 )
 
 JAVASCRIPT = EngineSpec(

@@ -514,12 +514,11 @@ def _check_health_checks(tools: ToolRegistry, policies: Mapping[str, ToolRecover
 
 
 def _read_script(path: Path) -> str:
+    from host.libraries import decode_source
+
     check_file(path)
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigurationError.LoadFailed(
-            path=str(path), reason=f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        return decode_source(path.read_bytes(), str(path))
     except OSError as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=exc.strerror or str(exc)) \
             from None

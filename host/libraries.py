@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import engines
 from bridge import ConfigurationError, SecurityError, SpellError
 from bridge.envelope import error_envelope
 from engines import ToolReply, ToolRequest
@@ -203,12 +204,7 @@ class SourceCache:
             os.close(fd)
         if len(data) > MAX_MODULE_BYTES:
             raise _too_large(shown, len(data))
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ConfigurationError.LoadFailed(
-                path=shown, reason=f"not UTF-8 text ({exc.reason} at byte {exc.start})") \
-                from None
+        text = decode_source(data, shown)
         self.reads += 1
         old = self._files.pop(real, None)
         if old is not None:
@@ -308,6 +304,25 @@ class Libraries:
                     raise refused(name, roots, f"{shown} resolved to a file outside its "
                                                f"library root as it was opened") from None
         return Missing(tuple(tried))
+
+
+def decode_source(data: bytes, file: str) -> str:
+    """The text of source ``file`` read as ``data``.
+
+    A language whose source is bytes (``EngineSpec.byte_source``: Lua, where a Latin-1
+    string literal is legal) takes any file: bytes that are not UTF-8 are kept as surrogate
+    escapes, which its engine turns back into the same bytes. A file of any other language
+    that is not UTF-8 is ``configuration/load_failed``.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        language = engines.language_for_path(file)
+        spec = engines.spec_of(language) if language is not None else None
+        if spec is not None and spec.byte_source:
+            return data.decode("utf-8", "surrogateescape")
+        raise ConfigurationError.LoadFailed(
+            path=file, reason=f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def answer(libraries: Libraries, request: ToolRequest, roots: Sequence[Root],

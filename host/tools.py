@@ -295,9 +295,11 @@ LOAD_TIMEOUT = 10.0
 def _load_script_tools(path: Path, language: str, sandbox: str,
                        engine_factory: Callable[..., engines.Engine],
                        modules: Modules | None = None) -> list[ScriptTool]:
+    from host.libraries import decode_source  # (lazily, as Host does: start-up time)
+
     try:
-        source = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        source = decode_source(path.read_bytes(), str(path))
+    except OSError as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=str(exc)) from None
     engine = build_engine(engine_factory, language, engines.DEFAULT_LIMITS, sandbox)
     try:
