@@ -38,6 +38,22 @@ def test_each_example_plan_has_its_outcome_and_exit_code(plan, outcome, code):
     assert (report.outcome, returncode) == (outcome, code)
 
 
+_DURATION = re.compile(r"\b\d+\.\d+s\b")
+
+
+@pytest.mark.parametrize("plan", ["cascading", "degraded"])
+def test_an_example_plan_prints_the_same_in_process_isolation(plan):
+    """Table, outcome, decision, root causes and tracebacks: the same text in both modes,
+    durations aside (a worker's start counts in its first task's)."""
+    shown = {}
+    for mode in ("thread", "process"):
+        out = polyspell("plan", PLANS / f"{plan}.toml", "--isolation", mode, "--no-record")
+        shown[mode] = (out.returncode, _DURATION.sub("<t>", out.stdout),
+                       _DURATION.sub("<t>", out.stderr))
+    assert shown["process"] == shown["thread"]
+    assert "Traceback (most recent call last):" in shown["thread"][1] + shown["thread"][2]
+
+
 def test_the_succeeded_example_mixes_lua_and_javascript():
     _, report = report_of("scripts/plans/succeeded.toml")
     assert {t.engine for t in report.tasks} == {"lua", "javascript"}
