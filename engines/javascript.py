@@ -55,10 +55,12 @@ import inspect
 import json
 import math
 import os
+import posixpath
 import re
 import time
 import types
 import typing
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar, Literal
 
@@ -72,6 +74,7 @@ from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
+from engines import javascript_modules as modules
 from engines.base import (
     Engine,
     Failed,
@@ -107,6 +110,35 @@ class _OutOfTime(Exception):
 
 class _TooLarge(Exception):
     """Data a script hands to Python would need more than the run's memory limit."""
+
+
+_MODULE_IDS = 1 << 40  # ids of the engine's own module requests: past any the prelude makes
+
+
+@dataclass
+class _Record:
+    """A module of a run: its id (the prelude's), file, where the host says it is, its
+    kind ("es", "cjs" or "script": the script's own CommonJS text), what it imports (by
+    specifier: a record's id, or [message, envelope JSON or None, site]) and the chain of
+    imports that first reached it (stack lines, innermost first)."""
+
+    id: int
+    file: str
+    place: list[Any] | None
+    kind: str
+    specifiers: dict[str, modules.Import]
+    deps: dict[str, Any] = field(default_factory=dict)
+    chain: str = ""
+    es: modules.EsModule | None = None
+    segment: list[Any] | None = None  # its <input> lines, once compiled
+    source: str = ""
+    frames: list[Frame] = field(default_factory=list)  # the imports that led to it
+
+
+def _chain(frames: list[Frame]) -> str:
+    """Frames as stack lines (innermost first), for errors made in the prelude."""
+    return "".join(f"    at {frame.function} ({frame.file}:{frame.line}:{frame.column})\n"
+                   for frame in reversed(frames))
 
 
 class JavaScriptEngine(Engine):
@@ -181,12 +213,24 @@ class JavaScriptEngine(Engine):
         ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
         ctx.set_max_stack_size(self.limits.stack_kb * 1024)
         module = filename.endswith(".mjs")
+        self._map: modules.LineMap | None = None
+        self._records: dict[str, _Record] = {}  # file -> the module loaded from it
+        self._by_id: list[_Record] = []
+        self._loading: dict[int, tuple[_Record, str]] = {}  # request id -> what asked
+        self._dynamic: dict[int, _Record] = {}  # an import()'s request id -> its module
+        self._held: list[ToolReply] = []  # replies that wait for modules being loaded
+        self._then: Any = None  # what to do once every module asked for is there
+        self._imports: list[tuple[int, _Record, str]] = []  # import() calls answered
         try:
             self._grace()
-            api = ctx.eval(PRELUDE)
+            api = self._api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
             self._call_export = api("callExport")
             api("setup")(config, ERRORS, _catalog_json())
+            if not library:
+                linked = self._load_main(source, filename, module)
+                if linked is not None:
+                    return linked
             if module:
                 try:
                     evaluation = self._enter(ctx.module, source + MODULE_TAIL)
@@ -202,6 +246,269 @@ class JavaScriptEngine(Engine):
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
+    # -- modules (see javascript_modules.py: the host finds and reads them) ------------
+
+    def _load_main(self, source: str, filename: str, module: bool) -> Step | None:
+        """Start a script that imports (``.mjs``) or requires (``.js``): ask the host for
+        its modules first. None: it does neither, and runs as it is."""
+        if module:
+            try:
+                es = modules.es_module(source)
+            except modules.ModuleSyntaxError as exc:
+                return self._fail(translate.compilation_error(
+                    exc.message, filename, exc.line, exc.column, self._source_lines()))
+            if not es.linked:
+                return None
+            self._map = modules.LineMap(1)
+            record = self._new_record(filename, source, None, "es", [], es=es)
+        else:
+            if not modules.uses_require(source):
+                return None
+            self._map = modules.LineMap(len(self._source_lines()) + 2)
+            record = self._new_record(filename, source, None, "script", [])
+        self._then = record
+        requests = self._want(record, 0)
+        if requests:
+            return Suspended(requests, ())
+        return self._loaded_all()
+
+    def _new_record(self, file: str, source: str, place: list[Any] | None, kind: str,
+                    frames: list[Frame], es: modules.EsModule | None = None) -> _Record:
+        if kind == "es" and es is None:
+            try:
+                es = modules.es_module(source)
+            except modules.ModuleSyntaxError as exc:
+                raise translate.compilation_error(exc.message, file, exc.line, exc.column,
+                                                  source.split("\n")) from None
+        if es is not None:
+            specifiers = {}
+            for item in es.imports:
+                specifiers.setdefault(item.specifier, item)
+        elif file.endswith(".json"):
+            specifiers = {}
+        else:
+            specifiers = {item.specifier: item for item in reversed(modules.requires(source))}
+        record = _Record(len(self._by_id), file, place, kind, specifiers, es=es,
+                         source=source, frames=frames)
+        self._by_id.append(record)
+        self._records[(file, kind)] = record
+        return record
+
+    def _site(self, record: _Record, item: modules.Import) -> list[Frame]:
+        """The frames of an import or require in ``record``: the chain that led to it."""
+        lines = record.source.split("\n")
+        own = translate.make_frame(record.file, item.line, item.column,
+                                   "<module>" if record.id else "<script>", lines)
+        return [*record.frames, own]
+
+    def _want(self, record: _Record, activation: int) -> list[ToolRequest]:
+        """Requests for the modules ``record`` imports that it does not have yet."""
+        requests = []
+        style = "import" if record.kind == "es" else "require"
+        for specifier, item in record.specifiers.items():
+            if specifier in record.deps:
+                continue
+            record.deps[specifier] = None
+            self._last_module = request_id = getattr(self, "_last_module", _MODULE_IDS) + 1
+            self._loading[request_id] = (record, specifier)
+            self._owners[request_id] = activation
+            requests.append(ToolRequest(request_id, specifier,
+                                        {"style": style, "importer": record.place}, None,
+                                        self._site(record, item), "module"))
+        return requests
+
+    def _dynamic_import(self, request_id: int, module_id: Any, specifier: Any,
+                        frames: list[Frame]) -> ToolRequest:
+        """The host request for an ``import()`` the prelude queued."""
+        record = self._by_id[module_id]
+        item = modules.Import(str(specifier), frames[-1].line or 1, frames[-1].column or 1) \
+            if frames else modules.Import(str(specifier), 1, 1)
+        record.specifiers.setdefault(item.specifier, item)
+        self._dynamic[request_id] = (record, item.specifier)
+        return ToolRequest(request_id, item.specifier,
+                           {"style": "import", "importer": record.place}, None, frames,
+                           "module")
+
+    def _modules_arrived(self, replies: list[ToolReply], activation: int) -> Step | None:
+        """Take the host's answers to module requests in; a step while more are needed
+        (or the script's start, once all are there), None to go on with the rest."""
+        wanted: list[ToolRequest] = []
+        for reply in replies:
+            if reply.id in self._loading:
+                record, specifier = self._loading.pop(reply.id)
+            elif reply.id in self._dynamic:
+                record, specifier = self._dynamic.pop(reply.id)
+                self._imports.append((reply.id, record, specifier))
+                if specifier in record.deps and record.deps[specifier] is not None:
+                    self._owners.pop(reply.id, None)
+                    continue
+            else:
+                self._held.append(reply)
+                continue
+            self._owners.pop(reply.id, None)
+            wanted += self._arrived(record, specifier, reply, activation)
+        if self._loading:
+            return Suspended(wanted, ())
+        return self._loaded_all()
+
+    def _arrived(self, record: _Record, specifier: str, reply: ToolReply,
+                 activation: int) -> list[ToolRequest]:
+        item = record.specifiers[specifier]
+        frames = self._site(record, item)
+        chain = _chain(frames)
+        result = reply.result
+        if reply.error is not None:
+            record.deps[specifier] = [str(reply.error.get("message", "")), _encode(reply.error),
+                                      chain]
+            return []
+        if not isinstance(result, dict) or not isinstance(result.get("file", result.get(
+                "missing")), str):
+            raise protocol_violation(f"a module request's answer is {{file, source}} or "
+                                     f"{{missing}}: {str(result)[:200]}")
+        if "missing" in result:
+            record.deps[specifier] = [result["missing"], None, chain]
+            return []
+        kind = "es" if record.kind == "es" else "cjs"
+        known = self._records.get((result["file"], kind))
+        if known is None:
+            if not isinstance(result.get("source"), str):
+                raise protocol_violation("a module request's answer has no source text")
+            problem = _unpassable(result["source"])
+            if problem:
+                raise translate.compilation_error(problem, result["file"], None, None)
+            known = self._new_record(result["file"], result["source"], result.get("importer"),
+                                     kind, frames)
+            known.chain = chain
+            record.deps[specifier] = known.id
+            return self._want(known, activation)
+        record.deps[specifier] = known.id
+        return []
+
+    def _loaded_all(self) -> Step | None:
+        """Every module asked for is there: compile and hand over the new ones, then start
+        the script, or answer the import() calls that waited."""
+        api = self._api
+        for record in self._by_id:
+            if record.segment is None:
+                self._define(record)
+        for record in self._by_id:
+            if record.es is not None:
+                self._check_names(record)
+        imports, self._imports = self._imports, []
+        for request_id, record, specifier in imports:
+            dep = record.deps.get(specifier)
+            self._enter(api("settleImport"), request_id,
+                        dep if isinstance(dep, int) else _encode(dep[:2]))
+        start, self._then = self._then, None
+        if start is None:
+            return None
+        if start.kind == "es":
+            self._enter(api("startModules"), start.id)
+        else:
+            self._enter(api("defineRequire"), start.id)
+            self._enter(api("run"), self._source + SCRIPT_TAIL)
+        return self._advance(0)
+
+    def _define(self, record: _Record) -> None:
+        """Compile ``record``'s text under lines of its own, and hand it to the prelude."""
+        assert self._map is not None
+        fn = None
+        es = record.es
+        if record.kind == "script":
+            record.segment = []
+        else:
+            if es is not None:
+                text, shift = es.text(record.id == 0), len(es.wrapper())
+            else:
+                text = modules.commonjs(record.source, record.file.endswith(".json"))
+                shift = len(modules.commonjs("")) - 3
+            newlines = self._map.add(record.file, record.source, shift)
+            record.segment = [newlines + 1, record.file, record.source.count("\n") + 1, shift]
+            try:
+                fn = self._enter(self._ctx.eval, "\n" * newlines + text)
+            except quickjs.JSException as exc:
+                name, message, stack = translate.split_exception(self._relocate(str(exc)))
+                frames, at = translate.read_stack(stack, record.file,
+                                                  record.source.split("\n"))
+                if name == "SyntaxError" and at:
+                    raise translate.compilation_error(
+                        message, record.file, *at, record.source.split("\n")) from None
+                raise
+        deps = record.deps
+        meta = {"file": record.file, "kind": record.kind, "deps": deps,
+                "imports": list(record.specifiers), "chain": record.chain,
+                "dir": posixpath.dirname(record.file), "bindings": {}, "reexports": {},
+                "stars": [], "segment": record.segment or None}
+        if es is not None:
+            names = [item.specifier for item in es.imports]
+            meta["bindings"] = {local: [names[i], name] for local, (i, name)
+                                in es.bindings.items()}
+            meta["reexports"] = {name: [names[i], imported] for name, (i, imported)
+                                 in es.reexports.items()}
+            meta["stars"] = [names[i] for i in es.stars]
+        self._enter(self._api("defineModule"), record.id, fn, _encode(meta))
+
+    def _export_names(self, record: _Record, seen: set[int] | None = None) -> set[str]:
+        es = record.es
+        if es is None:
+            return set()
+        seen = set() if seen is None else seen
+        seen.add(record.id)
+        names = set(es.exports) | set(es.reexports)
+        specifiers = [item.specifier for item in es.imports]
+        for index in es.stars:
+            dep = record.deps.get(specifiers[index])
+            if isinstance(dep, int) and dep not in seen:
+                names |= self._export_names(self._by_id[dep], seen) - {"default"}
+        return names
+
+    def _check_names(self, record: _Record) -> None:
+        """An import of a name its module does not export is a SyntaxError, as in ES."""
+        es = record.es
+        assert es is not None
+        for local, (index, name) in es.bindings.items():
+            item = es.imports[index]
+            dep = record.deps.get(item.specifier)
+            if name == "*" or not isinstance(dep, int):
+                continue
+            if name not in self._export_names(self._by_id[dep]):
+                raise translate.compilation_error(
+                    f"the module '{item.specifier}' has no export named '{name}' (imported "
+                    f"as '{local}')", record.file, item.line, item.column,
+                    record.source.split("\n"))
+
+    def _relocate(self, text: str) -> str:
+        """A stack text with each module's lines its own (see LineMap)."""
+        return text if self._map is None else self._map.relocate(text)
+
+    def _relocated_report(self, report: Any) -> Any:
+        """A report (see bridge/javascript.py) with its stacks' module lines their own."""
+        if self._map is None or not isinstance(report, dict):
+            return report
+        if isinstance(report.get("stack"), str):
+            report["stack"] = self._relocate(report["stack"])
+        if "cause" in report:
+            report["cause"] = self._relocated_report(report["cause"])
+        return report
+
+    def _own_frames(self, frames: list[Frame]) -> list[Frame]:
+        """Frames with each module file's source line, and ``<module>`` for its top level."""
+        if self._map is None:
+            return frames
+        fixed = []
+        for frame in frames:
+            if frame.function == modules.BODY:
+                frame = frame._replace(function="<module>")
+            if frame.source is None and frame.file != self._filename and frame.line:
+                frame = frame._replace(source=self._map.source_line(frame.file, frame.line))
+            fixed.append(frame)
+        return fixed
+
+    def _own_error(self, err: SpellError) -> SpellError:
+        if self._map is not None:
+            err.frames = self._own_frames(list(err.frames))
+        return err
+
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
         """Settle the promises of ``replies`` (all of one activation) and run it on."""
         owners = self._owners if self._ctx is not None and not self._broken else {}
@@ -212,6 +519,16 @@ class JavaScriptEngine(Engine):
                 f"waiting for: {[reply.id for reply in replies]}"))
         if deadline != self._deadline:
             self._set_deadline(deadline)
+        if self._loading or self._dynamic:
+            try:
+                loading = self._modules_arrived(replies, activation)
+            except Exception as exc:  # every way out of a step is a Failed step
+                return self._fail(self._from_python(exc))
+            if loading is not None:
+                return loading
+            replies, self._held = self._held, []
+            if not replies:
+                return self._advance(activation)
         try:
             settle = self._settle
             for reply in replies:
@@ -325,9 +642,9 @@ class JavaScriptEngine(Engine):
                 # -1: null thrown, which may be out of memory (see _out_of_memory)
                 limit = "memory" if self._out_of_memory(observed) else \
                     _OBSERVED_LIMITS.get(observed)
-                return Failed(translate.error_from_report(
-                    state[2], self._filename, self._source_lines(), patterns=self.patterns,
-                    limits=self._limit_values(), limit=limit), lines)
+                return Failed(self._own_error(translate.error_from_report(
+                    self._relocated_report(state[2]), self._filename, self._source_lines(), patterns=self.patterns,
+                    limits=self._limit_values(), limit=limit)), lines)
             case 3:
                 found = state[2]  # {message, type, path, memory}: see failure in the prelude
                 if self._out_of_memory(found["memory"]):
@@ -358,9 +675,14 @@ class JavaScriptEngine(Engine):
             request_id, site, tool, params = state[i:i + 4]
             if site.__class__ is list:  # the first call from there: [number, stack text]
                 site, stack = site
-                sites[site] = translate.parse_stack(stack, self._filename, self._source_lines())
+                sites[site] = self._own_frames(translate.parse_stack(
+                    self._relocate(stack), self._filename, self._source_lines()))
             kind: Literal["tool", "recovery"] = "tool"
             if tool.__class__ is list:  # ["retry"]: a step of the script's own recovery
+                if tool[0] == "import":  # ["import", module id, specifier]: import()
+                    requests.append(self._dynamic_import(request_id, tool[1], tool[2],
+                                                         sites[site][:]))
+                    continue
                 tool, kind = tool[0], "recovery"
             if request_id > 0:
                 requests.append(ToolRequest(request_id, tool, params, None, sites[site][:],
@@ -410,9 +732,9 @@ class JavaScriptEngine(Engine):
     def _from_exception(
         self, text: str, *, compiling: bool = False, overflow: bool = False
     ) -> SpellError:
-        return translate.error_from_exception(text, self._filename, self._source_lines(),
-                                              compiling=compiling, limits=self._limit_values(),
-                                              limit=self._observed_limit(text, overflow))
+        return self._own_error(translate.error_from_exception(
+            self._relocate(text), self._filename, self._source_lines(), compiling=compiling,
+            limits=self._limit_values(), limit=self._observed_limit(text, overflow)))
 
     def _observed_limit(self, text: str, overflow: bool) -> str | None:
         """The limit an exception that reached Python stands for, from what was observed.
