@@ -262,7 +262,7 @@ class JavaScriptEngine(Engine):
             self._map = modules.LineMap(1)
             record = self._new_record(filename, source, None, "es", [], es=es)
         else:
-            if not modules.uses_require(source):
+            if not modules.requires(source):  # require("...") calls: else no require at all
                 return None
             self._map = modules.LineMap(len(self._source_lines()) + 2)
             record = self._new_record(filename, source, None, "script", [])
@@ -428,7 +428,7 @@ class JavaScriptEngine(Engine):
                 fn = self._enter(self._ctx.eval, "\n" * newlines + text)
             except quickjs.JSException as exc:
                 name, message, stack = translate.split_exception(self._relocate(str(exc)))
-                frames, at = translate.read_stack(stack, record.file,
+                _, at = translate.read_stack(stack, record.file,
                                                   record.source.split("\n"))
                 if name == "SyntaxError" and at:
                     raise translate.compilation_error(
@@ -643,8 +643,8 @@ class JavaScriptEngine(Engine):
                 limit = "memory" if self._out_of_memory(observed) else \
                     _OBSERVED_LIMITS.get(observed)
                 return Failed(self._own_error(translate.error_from_report(
-                    self._relocated_report(state[2]), self._filename, self._source_lines(), patterns=self.patterns,
-                    limits=self._limit_values(), limit=limit)), lines)
+                    self._relocated_report(state[2]), self._filename, self._source_lines(),
+                    patterns=self.patterns, limits=self._limit_values(), limit=limit)), lines)
             case 3:
                 found = state[2]  # {message, type, path, memory}: see failure in the prelude
                 if self._out_of_memory(found["memory"]):

@@ -566,9 +566,9 @@ class ScriptRun:
 
     def _module(self, request: ToolRequest, roots: Sequence[Root] | None = None
                 ) -> ToolReply:
-        """A ``require`` or ``import``: the module's file and text, found and read by the host in the
-        library roots (the run's; ``roots``: a tools file's), or Lua's "not found"
-        message (see host.libraries)."""
+        """A ``require`` or ``import``: the module's file and text, found and read by the
+        host in the library roots (the run's; ``roots``: a tools file's), or a "not
+        found" message (see host.libraries)."""
         from host.libraries import Libraries, answer, script_root
 
         if self.libraries is None:
