@@ -112,6 +112,7 @@ class _TooLarge(Exception):
     """Data a script hands to Python would need more than the run's memory limit."""
 
 
+_POSITION = re.compile(r"^\s*at [^\n]*?:(\d+):(\d+)\)?\s*$", re.MULTILINE)
 _MODULE_IDS = 1 << 40  # ids of the engine's own module requests: past any the prelude makes
 
 
@@ -278,8 +279,10 @@ class JavaScriptEngine(Engine):
             try:
                 es = modules.es_module(source)
             except modules.ModuleSyntaxError as exc:
-                raise translate.compilation_error(exc.message, file, exc.line, exc.column,
-                                                  source.split("\n")) from None
+                err = translate.compilation_error(exc.message, file, exc.line, exc.column,
+                                                  source.split("\n"))
+                err.frames = [*frames, *err.frames]
+                raise err from None
         if es is not None:
             specifiers = {}
             for item in es.imports:
@@ -427,13 +430,17 @@ class JavaScriptEngine(Engine):
             try:
                 fn = self._enter(self._ctx.eval, "\n" * newlines + text)
             except quickjs.JSException as exc:
-                name, message, stack = translate.split_exception(self._relocate(str(exc)))
-                _, at = translate.read_stack(stack, record.file,
+                # The text went through the prelude's clean(), which does not know this
+                # module yet: its position is <input>'s (named as the script), mapped here.
+                name, message, stack = translate.split_exception(str(exc))
+                at = _POSITION.search(stack)
+                place = self._map.place(int(at[1]), int(at[2])) if at else None
+                if name != "SyntaxError" or place is None:
+                    raise
+                err = translate.compilation_error(message, record.file, place[1], place[2],
                                                   record.source.split("\n"))
-                if name == "SyntaxError" and at:
-                    raise translate.compilation_error(
-                        message, record.file, *at, record.source.split("\n")) from None
-                raise
+                err.frames = [*record.frames, *err.frames]
+                raise err from None
         deps = record.deps
         meta = {"file": record.file, "kind": record.kind, "deps": deps,
                 "imports": list(record.specifiers), "chain": record.chain,
@@ -472,10 +479,12 @@ class JavaScriptEngine(Engine):
             if name == "*" or not isinstance(dep, int):
                 continue
             if name not in self._export_names(self._by_id[dep]):
-                raise translate.compilation_error(
+                err = translate.compilation_error(
                     f"the module '{item.specifier}' has no export named '{name}' (imported "
                     f"as '{local}')", record.file, item.line, item.column,
                     record.source.split("\n"))
+                err.frames = self._site(record, item)
+                raise err
 
     def _relocate(self, text: str) -> str:
         """A stack text with each module's lines its own (see LineMap)."""

@@ -192,8 +192,8 @@ class EsModule:
 
     @property
     def linked(self) -> bool:
-        """Whether it must be linked (it imports or exports); else quickjs runs it as is."""
-        return bool(self.imports or self.exports or self.reexports or self.dynamic)
+        """Whether a script must be linked (it imports); else quickjs runs it as it is."""
+        return bool(self.imports or self.dynamic)
 
     def wrapper(self) -> str:
         """The function expression the prelude calls with the module's scope object (one
