@@ -514,9 +514,18 @@ class JavaScriptEngine(Engine):
         return fixed
 
     def _own_error(self, err: SpellError) -> SpellError:
+        """A translated error with its modules' frames their own, and the sandbox's hint
+        where the script ran into something the sandbox leaves out (see _hint)."""
         if self._map is not None:
             err.frames = self._own_frames(list(err.frames))
-        return err
+        hint = _hint(err, self._filename.endswith(".mjs"))
+        if hint is None:
+            return err
+        fields = {**err.fields, "error": f"{err.fields['error']}\n{hint}"}
+        hinted = type(err)(severity=err.severity, frames=err.frames, **fields)
+        if err.__cause__ is not None:
+            hinted.__cause__ = err.__cause__
+        return hinted
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
         """Settle the promises of ``replies`` (all of one activation) and run it on."""
@@ -804,6 +813,48 @@ class JavaScriptEngine(Engine):
         if self._lines is None:
             self._lines = self._source.split("\n")  # quickjs counts lines by "\n" only
         return self._lines
+
+
+# What the sandbox leaves out of JavaScript, by the engine's own message: one line added
+# to it (as host.libraries does for Lua's require) saying so, and what to do instead.
+_SANDBOX = "(this is polyspell's sandbox: "
+_HINTS = {
+    "ReferenceError: process is not defined": _SANDBOX + (
+        "there is no process; a script gets its input as args (main(args)) and reaches "
+        "the outside only through tools.NAME(...))"),
+    "ReferenceError: require is not defined": _SANDBOX + (
+        'require("x") works in .js scripts, with a string literal; it loads from the '
+        "script's folder and the roots given with --lib DIR)"),
+    "ReferenceError: module is not defined": _SANDBOX + (
+        "a .js script is not a CommonJS module: module and exports exist in the files "
+        "it requires; a script hands its result back from main(args))"),
+}
+_MODULE_HINTS = {
+    "ReferenceError: require is not defined": _SANDBOX + (
+        'an ES module (.mjs) has no require: import x from "x" loads from the script\'s '
+        "folder and the roots given with --lib DIR)"),
+}
+_IMPORT_HINT = _SANDBOX + (
+    "import and export are for ES modules: name the script .mjs, or load libraries in a "
+    '.js script with require("x"), from its folder and the roots given with --lib DIR)')
+
+
+def _hint(err: SpellError, module: bool) -> str | None:
+    """The sandbox's hint for ``err`` (see _HINTS), if it needs one."""
+    if err.category != "script" or err.kind not in ("javascript", "compilation_failed"):
+        return None
+    text = err.fields.get("error")
+    if not isinstance(text, str) or _SANDBOX in text:
+        return None
+    if err.kind == "compilation_failed":
+        line = err.fields.get("source_code") or ""
+        if not module and re.match(r"(import|export)\b(?!\s*[.(])", line.lstrip()):
+            return _IMPORT_HINT
+        return None
+    first = text.split("\n", 1)[0]
+    if "could not load module" in first and not module:
+        return _IMPORT_HINT
+    return (_MODULE_HINTS if module else {}).get(first) or _HINTS.get(first)
 
 
 _OBSERVED_LIMITS = {1: "memory", 2: "stack"}  # the prelude's observedLimit
