@@ -516,12 +516,19 @@ class JavaScriptEngine(Engine):
     def _own_error(self, err: SpellError) -> SpellError:
         """A translated error with its modules' frames their own, and the sandbox's hint
         where the script ran into something the sandbox leaves out (see _hint)."""
+        fields = None
         if self._map is not None:
-            err.frames = self._own_frames(list(err.frames))
+            err.frames = frames = self._own_frames(list(err.frames))
+            # script_line is the innermost frame's: script names that frame's file too
+            if (err.category, err.kind) == ("script", "javascript") and frames and \
+                    frames[-1].file != err.fields.get("script") and \
+                    frames[-1].line == err.fields.get("script_line"):
+                fields = {**err.fields, "script": frames[-1].file}
         hint = _hint(err, self._filename.endswith(".mjs"))
-        if hint is None:
+        if hint is not None:
+            fields = {**(fields or err.fields), "error": f"{err.fields['error']}\n{hint}"}
+        if fields is None:
             return err
-        fields = {**err.fields, "error": f"{err.fields['error']}\n{hint}"}
         hinted = type(err)(severity=err.severity, frames=err.frames, **fields)
         if err.__cause__ is not None:
             hinted.__cause__ = err.__cause__
@@ -697,7 +704,9 @@ class JavaScriptEngine(Engine):
                     self._relocate(stack), self._filename, self._source_lines()))
             kind: Literal["tool", "recovery"] = "tool"
             if tool.__class__ is list:  # ["retry"]: a step of the script's own recovery
-                if tool[0] == "import":  # ["import", module id, specifier]: import()
+                if (tool[0] == "import" and len(tool) == 3 and tool[1].__class__ is int
+                        and 0 <= tool[1] < len(self._by_id)
+                        and tool[2].__class__ is str):  # [.., module id, specifier]: import()
                     requests.append(self._dynamic_import(request_id, tool[1], tool[2],
                                                          sites[site][:]))
                     continue

@@ -277,7 +277,8 @@ def test_a_library_error_is_at_its_own_file_and_line(tmp_path: Path, kind: str) 
     data = err.to_dict()
     assert err.code == "script/javascript"
     assert data["fields"]["error"] == "RangeError: negative: -1"
-    assert data["fields"]["script_line"] == 3
+    assert (data["fields"]["script"], data["fields"]["script_line"]) == (util, 3)
+    assert err.message.startswith(f"JavaScript error in {util}: RangeError")
     assert [(f["file"], f["line"], f["source"]) for f in data["frames"]] == [
         (str(script), 3, "return check(-1);"),
         (util, 3, 'throw new RangeError("negative: " + x);')]
