@@ -135,6 +135,20 @@ class _Record:
     source: str = ""
     frames: list[Frame] = field(default_factory=list)  # the imports that led to it
 
+    @functools.cached_property
+    def lines(self) -> list[str]:
+        return self.source.split("\n")
+
+
+def _resolution_key(place: list[Any] | None, specifier: str, style: str) -> Any:
+    """What a specifier's resolution depends on (None: too much to say: not memoised):
+    a relative one's importer's root and folder, a bare one nothing else."""
+    if not specifier.startswith("."):
+        return (style, specifier)
+    if place is None or not isinstance(place[1], str):
+        return None
+    return (style, place[0], posixpath.dirname(place[1]), specifier)
+
 
 def _chain(frames: list[Frame]) -> str:
     """Frames as stack lines (innermost first), for errors made in the prelude."""
@@ -217,7 +231,10 @@ class JavaScriptEngine(Engine):
         self._map: modules.LineMap | None = None
         self._records: dict[str, _Record] = {}  # file -> the module loaded from it
         self._by_id: list[_Record] = []
-        self._loading: dict[int, tuple[_Record, str]] = {}  # request id -> what asked
+        # request id -> (its resolution key, the modules and specifiers waiting for it)
+        self._loading: dict[int, tuple[Any, list[tuple[_Record, str]]]] = {}
+        self._asked: dict[Any, int] = {}  # resolution key -> the request asking
+        self._resolved: dict[Any, int] = {}  # resolution key -> the module it found
         self._dynamic: dict[int, _Record] = {}  # an import()'s request id -> its module
         self._held: list[ToolReply] = []  # replies that wait for modules being loaded
         self._then: Any = None  # what to do once every module asked for is there
@@ -299,7 +316,7 @@ class JavaScriptEngine(Engine):
 
     def _site(self, record: _Record, item: modules.Import) -> list[Frame]:
         """The frames of an import or require in ``record``: the chain that led to it."""
-        lines = record.source.split("\n")
+        lines = record.lines
         own = translate.make_frame(record.file, item.line, item.column,
                                    "<module>" if record.id else "<script>", lines)
         return [*record.frames, own]
@@ -311,9 +328,21 @@ class JavaScriptEngine(Engine):
         for specifier, item in record.specifiers.items():
             if specifier in record.deps:
                 continue
+            # the same specifier from the same folder is the same file: asked for once
+            key = _resolution_key(record.place, specifier, style)
+            known = self._resolved.get(key) if key is not None else None
+            if known is not None:
+                record.deps[specifier] = known
+                continue
             record.deps[specifier] = None
+            asked = self._asked.get(key) if key is not None else None
+            if asked is not None:
+                self._loading[asked][1].append((record, specifier))
+                continue
             self._last_module = request_id = getattr(self, "_last_module", _MODULE_IDS) + 1
-            self._loading[request_id] = (record, specifier)
+            self._loading[request_id] = (key, [(record, specifier)])
+            if key is not None:
+                self._asked[key] = request_id
             self._owners[request_id] = activation
             requests.append(ToolRequest(request_id, specifier,
                                         {"style": style, "importer": record.place}, None,
@@ -338,8 +367,17 @@ class JavaScriptEngine(Engine):
         wanted: list[ToolRequest] = []
         for reply in replies:
             if reply.id in self._loading:
-                record, specifier = self._loading.pop(reply.id)
-            elif reply.id in self._dynamic:
+                key, waiting = self._loading.pop(reply.id)
+                self._owners.pop(reply.id, None)
+                if key is not None:
+                    del self._asked[key]
+                for record, specifier in waiting:
+                    wanted += self._arrived(record, specifier, reply, activation)
+                    found = record.deps[specifier]
+                    if key is not None and isinstance(found, int):
+                        self._resolved[key] = found
+                continue
+            if reply.id in self._dynamic:
                 record, specifier = self._dynamic.pop(reply.id)
                 self._imports.append((reply.id, record, specifier))
                 if specifier in record.deps and record.deps[specifier] is not None:
@@ -391,9 +429,7 @@ class JavaScriptEngine(Engine):
         """Every module asked for is there: compile and hand over the new ones, then start
         the script, or answer the import() calls that waited."""
         api = self._api
-        for record in self._by_id:
-            if record.segment is None:
-                self._define(record)
+        self._define([record for record in self._by_id if record.segment is None])
         for record in self._by_id:
             if record.es is not None:
                 self._check_names(record)
@@ -412,48 +448,62 @@ class JavaScriptEngine(Engine):
             self._enter(api("run"), self._source + SCRIPT_TAIL)
         return self._advance(0)
 
-    def _define(self, record: _Record) -> None:
-        """Compile ``record``'s text under lines of its own, and hand it to the prelude."""
+    def _define(self, records: list[_Record]) -> None:
+        """Compile the new modules ``records`` in one evaluation, each under lines of its
+        own (one array of their functions), and hand them to the prelude."""
         assert self._map is not None
-        fn = None
-        es = record.es
-        if record.kind == "script":
-            record.segment = []
-        else:
-            if es is not None:
-                text, shift = es.text(record.id == 0), len(es.wrapper())
+        texts, metas, fns = [], [], None
+        first = self._map.next_line
+        for record in records:
+            es = record.es
+            if record.kind == "script":  # the script itself, evaluated on its own
+                record.segment = []
             else:
-                text = modules.commonjs(record.source, record.file.endswith(".json"))
-                shift = len(modules.commonjs("")) - 3
-            newlines = self._map.add(record.file, record.source, shift)
-            record.segment = [newlines + 1, record.file, record.source.count("\n") + 1, shift]
+                if es is not None:
+                    text, shift = es.text(record.id == 0), len(es.wrapper())
+                else:
+                    text = modules.commonjs(record.source, record.file.endswith(".json"))
+                    shift = len(modules.commonjs("")) - 3
+                span = text.count("\n") + 1
+                at = self._map.add(record.file, record.lines, shift, span)
+                record.segment = [at, record.file, len(record.lines), shift]
+                texts.append(text)
+            meta = {"file": record.file, "kind": record.kind, "deps": record.deps,
+                    "imports": list(record.specifiers), "chain": record.chain,
+                    "dir": posixpath.dirname(record.file), "bindings": {}, "reexports": {},
+                    "stars": [], "segment": record.segment or None, "id": record.id}
+            if es is not None:
+                names = [item.specifier for item in es.imports]
+                meta["bindings"] = {local: [names[i], name] for local, (i, name)
+                                    in es.bindings.items()}
+                meta["reexports"] = {name: [names[i], imported] for name, (i, imported)
+                                     in es.reexports.items()}
+                meta["stars"] = [names[i] for i in es.stars]
+            metas.append(meta)
+        if texts:
+            # "[" on the line before the first module's: each text starts a line of its own
             try:
-                fn = self._enter(self._ctx.eval, "\n" * newlines + text)
+                fns = self._enter(self._ctx.eval, "\n" * (first - 2) + "[\n"
+                                  + ",\n".join(texts) + "]")
             except quickjs.JSException as exc:
-                # The text went through the prelude's clean(), which does not know this
-                # module yet: its position is <input>'s (named as the script), mapped here.
-                name, message, stack = translate.split_exception(str(exc))
-                at = _POSITION.search(stack)
-                place = self._map.place(int(at[1]), int(at[2])) if at else None
-                if name != "SyntaxError" or place is None:
-                    raise
-                err = translate.compilation_error(message, record.file, place[1], place[2],
-                                                  record.source.split("\n"))
-                err.frames = [*record.frames, *err.frames]
-                raise err from None
-        deps = record.deps
-        meta = {"file": record.file, "kind": record.kind, "deps": deps,
-                "imports": list(record.specifiers), "chain": record.chain,
-                "dir": posixpath.dirname(record.file), "bindings": {}, "reexports": {},
-                "stars": [], "segment": record.segment or None}
-        if es is not None:
-            names = [item.specifier for item in es.imports]
-            meta["bindings"] = {local: [names[i], name] for local, (i, name)
-                                in es.bindings.items()}
-            meta["reexports"] = {name: [names[i], imported] for name, (i, imported)
-                                 in es.reexports.items()}
-            meta["stars"] = [names[i] for i in es.stars]
-        self._enter(self._api("defineModule"), record.id, fn, _encode(meta))
+                raise self._module_syntax_error(str(exc)) from None
+        self._enter(self._api("defineModules"), fns, _encode(metas))
+
+    def _module_syntax_error(self, text: str) -> Exception:
+        """A module's syntax error at its own file and line (the text went through the
+        prelude's clean(), which does not know these modules yet: its position is
+        <input>'s, named as the script, mapped here)."""
+        assert self._map is not None
+        name, message, stack = translate.split_exception(text)
+        at = _POSITION.search(stack)
+        place = self._map.place(int(at[1]), int(at[2])) if at else None
+        if name != "SyntaxError" or place is None:
+            return quickjs.JSException(text)
+        record = next(r for r in reversed(self._by_id) if r.file == place[0])
+        err = translate.compilation_error(message, record.file, place[1], place[2],
+                                          record.lines)
+        err.frames = [*record.frames, *err.frames]
+        return err
 
     def _export_names(self, record: _Record, seen: set[int] | None = None) -> set[str]:
         es = record.es
@@ -481,8 +531,7 @@ class JavaScriptEngine(Engine):
             if name not in self._export_names(self._by_id[dep]):
                 err = translate.compilation_error(
                     f"the module '{item.specifier}' has no export named '{name}' (imported "
-                    f"as '{local}')", record.file, item.line, item.column,
-                    record.source.split("\n"))
+                    f"as '{local}')", record.file, item.line, item.column, record.lines)
                 err.frames = self._site(record, item)
                 raise err
 

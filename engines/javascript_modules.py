@@ -29,10 +29,13 @@ start, is a regex), and reads only ``import``/``export`` declarations at the top
 from __future__ import annotations
 
 import bisect
-import functools
 import json
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 BODY = "$module$"  # the module function's name: its frames say <module>
 DEFAULT = "$dflt$"  # export default's binding: as long as what it replaces, see es_module
@@ -57,10 +60,6 @@ class Token:
     newline: bool  # a line break before it (automatic semicolons)
 
 
-_SPACE = re.compile(r"(?:\s+|//[^\n]*|/\*.*?\*/)+", re.DOTALL)
-_ID = re.compile(r"[A-Za-z_$\u0080-\uffff][\w$\u0080-\uffff]*")
-_NUM = re.compile(r"\.?\d[\w.]*(?:[eE][+-]\d+)?")
-_STR = re.compile(r"'(?:[^'\\\n]|\\.|\\\n)*'|\"(?:[^\"\\\n]|\\.|\\\n)*\"", re.DOTALL)
 _TEMPLATE = re.compile(r"(?:[^`\\$]|\\.|\$(?!\{))*", re.DOTALL)
 _REGEX = re.compile(r"/(?:[^/\\\[\n]|\\.|\[(?:[^\]\\\n]|\\.)*\])+/[\w$]*")
 _PUNCT = re.compile(r">>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|\?\?=|&&=|\|\|=|=>|==|!=|<=|>="
@@ -70,6 +69,15 @@ _BEFORE_REGEX = {"return", "typeof", "instanceof", "in", "of", "new", "delete", 
                  "throw", "case", "do", "else", "yield", "await"}
 
 
+_TOKEN = re.compile(
+    r"(?P<space>(?:\s+|//[^\n]*|/\*.*?\*/)+)"
+    r"|(?P<str>'(?:[^'\\\n]|\\.|\\\n)*'|\"(?:[^\"\\\n]|\\.|\\\n)*\")"
+    r"|(?P<id>\#?[A-Za-z_$\u0080-\uffff][\w$\u0080-\uffff]*)"
+    r"|(?P<num>\.?\d[\w.]*(?:[eE][+-]\d+)?)"
+    r"|(?P<special>[/`}])",
+    re.DOTALL)
+
+
 def tokens(source: str) -> list[Token]:
     """The tokens of ``source`` (comments and white space left out)."""
     out: list[Token] = []
@@ -77,49 +85,38 @@ def tokens(source: str) -> list[Token]:
     depth = 0
     i, n = 0, len(source)
     newline = False
+    match_token, match_punct, match_regex = _TOKEN.match, _PUNCT.match, _REGEX.match
     while i < n:
-        space = _SPACE.match(source, i)
-        if space:
-            newline = newline or "\n" in space.group()
-            i = space.end()
-            if i >= n:
-                break
-        c = source[i]
-        if c == "}" and braces and braces[-1] == depth:
-            braces.pop()  # the end of a template's ${...}: the template goes on
-            i = _template(source, i + 1, braces, depth, out, newline)
-            newline = False
+        match = match_token(source, i)
+        kind = match.lastgroup if match else None
+        if kind == "space":
+            newline = newline or "\n" in match.group()
+            i = match.end()
             continue
-        if c == "`":
-            i = _template(source, i + 1, braces, depth, out, newline)
-            newline = False
-            continue
-        match = None
-        kind = "p"
-        if c in "'\"":
-            match, kind = _STR.match(source, i), "str"
-        elif c.isdigit() or (c == "." and i + 1 < n and source[i + 1].isdigit()):
-            match, kind = _NUM.match(source, i), "num"
-        elif c == "/" and _regex_allowed(out):
-            match, kind = _REGEX.match(source, i), "re"
-        elif c == "#" or _ID.match(c):
-            match, kind = _ID.match(source, i + (c == "#")), "id"
-            if match and c == "#":  # a private name: #x
-                out.append(Token("id", source[i:match.end()], i, match.end(), newline))
-                i, newline = match.end(), False
+        if kind == "special":
+            c = source[i]
+            if c == "}" and braces and braces[-1] == depth:
+                braces.pop()  # the end of a template's ${...}: the template goes on
+                i = _template(source, i + 1, braces, depth, out, newline)
+                newline = False
                 continue
-        if match is None:
-            match, kind = _PUNCT.match(source, i), "p"
-        if match is None:  # an unterminated string or regex: let quickjs say so
-            match, kind = _PUNCT.match(source, i), "p"
-        text = match.group()
-        if kind == "p":
+            if c == "`":
+                i = _template(source, i + 1, braces, depth, out, newline)
+                newline = False
+                continue
+            match = match_regex(source, i) if c == "/" and _regex_allowed(out) else None
+            kind = "re" if match else None
+        if kind is None:  # a punctuator (or an unterminated string: quickjs will say so)
+            match = match_punct(source, i)
+            kind = "p"
+            text = match.group()
             if text in "{([":
                 depth += 1
             elif text in "})]":
                 depth -= 1
-        out.append(Token(kind, text, i, match.end(), newline))
-        i, newline = match.end(), False
+        end = match.end()
+        out.append(Token(kind, match.group(), i, end, newline))
+        i, newline = end, False
     return out
 
 
@@ -225,8 +222,44 @@ def _put(chars: list[str], start: int, end: int, text: str) -> None:
         chars[start + k] = ch
 
 
-@functools.lru_cache(maxsize=64)
+class _Cache:
+    """Results by source text, for at most :data:`CACHED_CHARS` characters of sources
+    (least recently used dropped first): a plan's runs import the same modules, and
+    scanning lodash-es's 640 files takes longer than linking them."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, source: str, make: Callable[[str], Any]) -> Any:
+        with self._lock:
+            found = self._items.get(source, _NONE)
+            if found is not _NONE:
+                self._items.move_to_end(source)
+                return found
+        value = make(source)  # outside the lock: it raises for bad sources, never caches
+        with self._lock:
+            if source not in self._items:
+                self._items[source] = value
+                self._chars += len(source)
+            while self._chars > CACHED_CHARS and len(self._items) > 1:
+                dropped, _ = self._items.popitem(last=False)
+                self._chars -= len(dropped)
+        return value
+
+
+_NONE = object()
+CACHED_CHARS = 32 << 20
+_es_cache, _require_cache = _Cache(), _Cache()
+
+
 def es_module(source: str) -> EsModule:
+    """``source`` (an ES module) transformed (cached by its text; see :func:`_es_module`)."""
+    return _es_cache.get(source, _es_module)
+
+
+def _es_module(source: str) -> EsModule:
     """``source`` (an ES module) transformed; ``ModuleSyntaxError`` for an import or export
     form it cannot read (quickjs reports every other syntax error itself)."""
     toks = tokens(source)
@@ -481,11 +514,14 @@ def _declared_names(toks: list[Token], k: int) -> list[str]:
 _REQUIRE = re.compile(r"\brequire\b")
 
 
-@functools.lru_cache(maxsize=64)
 def requires(source: str) -> tuple[Import, ...]:
     """The ``require("literal")`` calls of a CommonJS source (not ``x.require(...)``)."""
     if not _REQUIRE.search(source):
         return ()
+    return _require_cache.get(source, _requires)
+
+
+def _requires(source: str) -> tuple[Import, ...]:
     toks = tokens(source)
     found = []
     for k in range(len(toks) - 3):
@@ -530,16 +566,17 @@ class LineMap:
     def __init__(self, first: int = 1) -> None:
         self.segments: list[Segment] = []
         self._starts: list[int] = []
-        self.next_line = first  # the first line no text has (after the script's own)
+        self.next_line = max(first, 2)  # the first line no text has (the script's own
+        # lines before it); never 1: the "[" of the array of modules goes on the line before
 
-    def add(self, file: str, source: str, shift: int) -> int:
-        """Place a module's text; the number of newlines to put before it."""
+    def add(self, file: str, lines: list[str], shift: int, span: int) -> int:
+        """Place a module's text (``span`` lines, the module's ``lines`` first, its first
+        line after ``shift`` characters of wrapper): the ``<input>`` line it starts on."""
         first = self.next_line
-        lines = source.split("\n")
         self.segments.append(Segment(first, file, lines, shift))
         self._starts.append(first)
-        self.next_line = first + len(lines) + 2  # the wrapper's own last lines
-        return first - 1
+        self.next_line = first + span
+        return first
 
     def place(self, line: int, column: int) -> tuple[str, int, int] | None:
         """The file, line and column of ``<input>`` line ``line``; None: not a module's."""

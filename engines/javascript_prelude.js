@@ -1248,15 +1248,18 @@
   // ones when required (cached: a cycle sees the partial exports, as in Node).
   const modules = { __proto__: null };
 
-  function defineModule(id, fn, metaText) {
-    const meta = parse(metaText);
-    meta.id = id;
-    meta.fn = fn;
-    meta.state = 0; // 0 new, 1 linked, 2 evaluated (or evaluating)
-    meta.ns = null;
-    meta.module = null;
-    modules[id] = meta;
-    if (meta.segment !== null) append(segments, meta.segment);
+  // fns: the modules' functions, in the order of the metas that have a segment (text).
+  function defineModules(fns, metasText) {
+    const metas = parse(metasText);
+    let next = 0;
+    for (const meta of metas) {
+      meta.fn = meta.segment === null ? null : fns[next++];
+      meta.state = 0; // 0 new, 1 linked, 2 evaluated (or evaluating)
+      meta.ns = null;
+      meta.module = null;
+      modules[meta.id] = meta;
+      if (meta.segment !== null) append(segments, meta.segment);
+    }
   }
 
   function loadFailure(dep) {
@@ -1444,7 +1447,7 @@
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
-  const API = { setup, run, module, library, callExport, settle, poll, drain, defineModule,
+  const API = { setup, run, module, library, callExport, settle, poll, drain, defineModules,
     startModules, settleImport, defineRequire };
   return (name) => API[name];
 })();
