@@ -16,8 +16,16 @@ prelude where the script stands: requests queued (:class:`Suspended`), ``main`` 
 Scripts (``.js``) are evaluated as global code; if they define a function ``main``
 (``function main`` or ``const main = ...``), ``main(args)`` is called and awaited. Modules
 (``.mjs``) are evaluated as ES modules, so top-level ``await`` works; ``main`` may be
-declared or exported, ``import`` has nothing to load. Either way one line is appended after
-the source (it reads ``main``), which changes no line or column of the script.
+declared or exported. Either way one line is appended after the source (it reads
+``main``), which changes no line or column of the script.
+
+Libraries: a module that imports (``import``, ``import()``), or a script that calls
+``require("...")``, first suspends with requests of the reserved kind ``module`` (params
+``{"style": "import" | "require", "importer": where the host said the importing file
+is}``); the host answers with the file's name and text (host/libraries.py). The engine
+compiles what it is given as javascript_modules.py describes (quickjs's binding has no
+module loader and names every source ``<input>``), hands the modules to the prelude, which
+links and runs them, and maps each module's ``<input>`` lines back to its own file.
 
 Data a script hands to Python (results, tool parameters) is JSON text made by the
 prelude's ``json()``, whose replacer stops it past ``bridge.data.MAX_DEPTH`` levels or once
@@ -887,6 +895,7 @@ _HINTS = {
         "a .js script is not a CommonJS module: module and exports exist in the files "
         "it requires; a script hands its result back from main(args))"),
 }
+_HINTS["ReferenceError: exports is not defined"] = _HINTS["ReferenceError: module is not defined"]
 _MODULE_HINTS = {
     "ReferenceError: require is not defined": _SANDBOX + (
         'an ES module (.mjs) has no require: import x from "x" loads from the script\'s '

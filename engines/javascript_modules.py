@@ -62,11 +62,27 @@ class Token:
 
 _TEMPLATE = re.compile(r"(?:[^`\\$]|\\.|\$(?!\{))*", re.DOTALL)
 _REGEX = re.compile(r"/(?:[^/\\\[\n]|\\.|\[(?:[^\]\\\n]|\\.)*\])+/[\w$]*")
-_PUNCT = re.compile(r">>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|\?\?=|&&=|\|\|=|=>|==|!=|<=|>="
-                    r"|&&|\|\||\?\?|\?\.|\+\+|--|<<|>>|\*\*|[-+*/%&|^]=|[^\s]")
+_PUNCT = re.compile(
+    r">>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|\?\?=|&&=|\|\|=|=>|==|!=|<=|>="
+    r"|&&|\|\||\?\?|\?\.|\+\+|--|<<|>>|\*\*|[-+*/%&|^]=|[^\s]"
+)
 # After these a "/" starts a regular expression, not a division.
-_BEFORE_REGEX = {"return", "typeof", "instanceof", "in", "of", "new", "delete", "void",
-                 "throw", "case", "do", "else", "yield", "await"}
+_BEFORE_REGEX = {
+    "return",
+    "typeof",
+    "instanceof",
+    "in",
+    "of",
+    "new",
+    "delete",
+    "void",
+    "throw",
+    "case",
+    "do",
+    "else",
+    "yield",
+    "await",
+}
 
 
 _TOKEN = re.compile(
@@ -75,7 +91,8 @@ _TOKEN = re.compile(
     r"|(?P<id>\#?[A-Za-z_$\u0080-\uffff][\w$\u0080-\uffff]*)"
     r"|(?P<num>\.?\d[\w.]*(?:[eE][+-]\d+)?)"
     r"|(?P<special>[/`}])",
-    re.DOTALL)
+    re.DOTALL,
+)
 
 
 def tokens(source: str) -> list[Token]:
@@ -120,17 +137,18 @@ def tokens(source: str) -> list[Token]:
     return out
 
 
-def _template(source: str, i: int, braces: list[int], depth: int, out: list[Token],
-              newline: bool) -> int:
+def _template(
+    source: str, i: int, braces: list[int], depth: int, out: list[Token], newline: bool
+) -> int:
     """Scan a template literal from ``i`` (after ` or a ${...}'s }) to its end or its next
     ${ (pushed on ``braces``); returns where scanning goes on."""
     start = i - 1
     end = _TEMPLATE.match(source, i).end()
     if source.startswith("${", end):
         braces.append(depth)
-        out.append(Token("tpl", source[start:end + 2], start, end + 2, newline))
+        out.append(Token("tpl", source[start : end + 2], start, end + 2, newline))
         return end + 2
-    out.append(Token("tpl", source[start:end + 1], start, min(end + 1, len(source)), newline))
+    out.append(Token("tpl", source[start : end + 1], start, min(end + 1, len(source)), newline))
     return end + 1
 
 
@@ -195,17 +213,20 @@ class EsModule:
     def wrapper(self) -> str:
         """The function expression the prelude calls with the module's scope object (one
         line, before the body's first line)."""
-        getters = [f"get {json.dumps(name)}() {{ return {local}; }}"
-                   for name, local in self.exports.items()]
-        return (f"(function (polyspell$scope) {{ with (polyspell$scope) {{ return async "
-                f"function {BODY}({EXPORTS}) {{ \"use strict\"; {EXPORTS}({{"
-                f"{', '.join(getters)}}}); await {EXPORTS}.ready; ")
+        getters = [
+            f"get {json.dumps(name)}() {{ return {local}; }}"
+            for name, local in self.exports.items()
+        ]
+        return (
+            f"(function (polyspell$scope) {{ with (polyspell$scope) {{ return async "
+            f'function {BODY}({EXPORTS}) {{ "use strict"; {EXPORTS}({{'
+            f"{', '.join(getters)}}}); await {EXPORTS}.ready; "
+        )
 
     def text(self, main: bool) -> str:
         """The whole function expression (``main``: the script, whose ``main`` function
         the prelude runs, exported or not)."""
-        tail = (f"\n;{EXPORTS}.main = typeof main === \"function\" ? main : undefined;"
-                if main else "")
+        tail = f'\n;{EXPORTS}.main = typeof main === "function" ? main : undefined;' if main else ""
         return self.wrapper() + self.body + tail + "\n}; } })"
 
 
@@ -290,8 +311,7 @@ def _es_module(source: str) -> EsModule:
     def end_of(k: int) -> int:
         """The end offset of the statement whose last token is k (with its ;)."""
         nxt = at(k + 1)
-        return nxt.end if nxt is not None and nxt.text == ";" and nxt.kind == "p" \
-            else toks[k].end
+        return nxt.end if nxt is not None and nxt.text == ";" and nxt.kind == "p" else toks[k].end
 
     def names_list(k: int) -> tuple[list[tuple[str, str]], int]:
         """``{a, b as c, "x" as d}`` from k (at "{"): [(name, alias)], index after "}"."""
@@ -309,8 +329,9 @@ def _es_module(source: str) -> EsModule:
                 alias_token = at(k + 2)
                 if alias_token is None:
                     raise fail("SyntaxError: a name expected after 'as'", k + 1)
-                alias = (_string_value(alias_token) if alias_token.kind == "str"
-                         else alias_token.text)
+                alias = (
+                    _string_value(alias_token) if alias_token.kind == "str" else alias_token.text
+                )
                 k += 2
             pairs.append((name, alias))
             k += 1
@@ -355,14 +376,14 @@ def _es_module(source: str) -> EsModule:
             if depth != 0:
                 i += 1
                 continue
-            i = _import(toks, i, module, chars, names_list, add_import, expect_string,
-                        end_of, fail)
+            i = _import(toks, i, module, chars, names_list, add_import, expect_string, end_of, fail)
             continue
         if depth != 0:
             i += 1
             continue
-        i = _export(toks, i, module, chars, names_list, add_import, expect_string, end_of,
-                    fail, source)
+        i = _export(
+            toks, i, module, chars, names_list, add_import, expect_string, end_of, fail, source
+        )
     module.body = "".join(chars)
     return module
 
@@ -378,8 +399,11 @@ def _import(toks, i, module, chars, names_list, add_import, expect_string, end_o
         return k + 1
     bindings: list[tuple[str, str]] = []  # (local, imported name or "*")
     if (k < len(toks) and toks[k].kind == "id" and toks[k].text != "from") or (
-            k < len(toks) and toks[k].text == "from" and k + 1 < len(toks)
-            and toks[k + 1].text in (",", "from")):
+        k < len(toks)
+        and toks[k].text == "from"
+        and k + 1 < len(toks)
+        and toks[k + 1].text in (",", "from")
+    ):
         bindings.append((toks[k].text, "default"))
         k += 1
         if k < len(toks) and toks[k].text == ",":
@@ -402,8 +426,7 @@ def _import(toks, i, module, chars, names_list, add_import, expect_string, end_o
     return k + 2
 
 
-def _export(toks, i, module, chars, names_list, add_import, expect_string, end_of, fail,
-            source):
+def _export(toks, i, module, chars, names_list, add_import, expect_string, end_of, fail, source):
     """One export from toks[i] ("export"): rewritten, its names recorded."""
     token = toks[i]
     k = i + 1
@@ -425,8 +448,7 @@ def _export(toks, i, module, chars, names_list, add_import, expect_string, end_o
         k += 1
         alias = None
         if k < len(toks) and toks[k].text == "as":
-            alias = toks[k + 1].text if toks[k + 1].kind != "str" else \
-                _string_value(toks[k + 1])
+            alias = toks[k + 1].text if toks[k + 1].kind != "str" else _string_value(toks[k + 1])
             k += 2
         if k >= len(toks) or toks[k].text != "from":
             raise fail("SyntaxError: 'from' expected after 'export *'", k - 1)
@@ -486,8 +508,14 @@ def _declared_names(toks: list[Token], k: int) -> list[str]:
     in_default = False
     while k < len(toks):
         token = toks[k]
-        if depth == 0 and token.newline and not expecting and k > 0 \
-                and toks[k - 1].text not in ("=", ",") and token.kind != "p":
+        if (
+            depth == 0
+            and token.newline
+            and not expecting
+            and k > 0
+            and toks[k - 1].text not in ("=", ",")
+            and token.kind != "p"
+        ):
             break
         if token.text == ";" and depth == 0:
             break
@@ -545,8 +573,7 @@ def commonjs(body: str, json_file: bool = False) -> str:
     """A CommonJS module's function expression (Node's wrapper, on the first line)."""
     if json_file:
         body = f"module.exports = JSON.parse({json.dumps(body)});"
-    return (f"(function {BODY}(exports, require, module, __filename, __dirname) {{"
-            f"{body}\n}})")
+    return f"(function {BODY}(exports, require, module, __filename, __dirname) {{{body}\n}})"
 
 
 @dataclass
