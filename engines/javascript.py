@@ -177,6 +177,8 @@ class JavaScriptEngine(Engine):
     _cpu_mark = 0.0  # process CPU seconds when the current time limit was set ...
     _cpu_budget = math.inf  # ... and the CPU seconds it allows
     _stopped = False  # stop() was called: every deadline has passed
+    _tools_file = False
+    _map: modules.LineMap | None = None  # once the script links modules (_load_main)
 
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
@@ -236,7 +238,7 @@ class JavaScriptEngine(Engine):
         ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
         ctx.set_max_stack_size(self.limits.stack_kb * 1024)
         module = filename.endswith(".mjs")
-        self._map: modules.LineMap | None = None
+        self._map = None
         self._records: dict[str, _Record] = {}  # file -> the module loaded from it
         self._by_id: list[_Record] = []
         # request id -> (its resolution key, the modules and specifiers waiting for it)
@@ -246,6 +248,7 @@ class JavaScriptEngine(Engine):
         self._dynamic: dict[int, _Record] = {}  # an import()'s request id -> its module
         self._held: list[ToolReply] = []  # replies that wait for modules being loaded
         self._then: Any = None  # what to do once every module asked for is there
+        self._tools_file = library  # no modules (and no hints about them) in a tools file
         self._imports: list[tuple[int, _Record, str]] = []  # import() calls answered
         try:
             self._grace()
@@ -581,7 +584,7 @@ class JavaScriptEngine(Engine):
                     frames[-1].file != err.fields.get("script") and \
                     frames[-1].line == err.fields.get("script_line"):
                 fields = {**err.fields, "script": frames[-1].file}
-        hint = _hint(err, self._filename.endswith(".mjs"))
+        hint = None if self._tools_file else _hint(err, self._filename.endswith(".mjs"))
         if hint is not None:
             fields = {**(fields or err.fields), "error": f"{err.fields['error']}\n{hint}"}
         if fields is None:

@@ -19,6 +19,11 @@ character, at most :data:`MAX_NAME_LENGTH` characters. Anything else (``../../et
 ``/etc/passwd``, a name with a newline) is refused with ``security/access_denied`` naming
 the module and the roots, and so is a file that resolves (after symlinks) outside its root.
 
+JavaScript. An ``import`` (``.mjs``) or ``require`` (``.js``) asks the same way, with a
+specifier in place of a name (:meth:`Libraries.resolve_js`: ``./x.mjs`` relative to the
+importing file, in its root; ``dayjs`` in every root; a folder's ``package.json`` entry or
+index file); the reply also says where the file is, for the imports it makes in turn.
+
 Reading. Sources are read by the host, at most :data:`MAX_MODULE_BYTES` each, as UTF-8,
 and cached per host (:class:`Libraries`) by real path, modification time and size: a plan
 of a thousand tasks reads a module once, and a changed file is read again.
