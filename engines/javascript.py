@@ -303,6 +303,8 @@ class JavaScriptEngine(Engine):
 
     def _new_record(self, file: str, source: str, place: list[Any] | None, kind: str,
                     frames: list[Frame], es: modules.EsModule | None = None) -> _Record:
+        if kind == "es" and es is None and file.endswith(".json"):
+            es = modules.json_module(source)
         if kind == "es" and es is None:
             try:
                 es = modules.es_module(source)

@@ -213,8 +213,8 @@ class EsModule:
     def wrapper(self) -> str:
         """The function expression the prelude calls with the module's scope object (one
         line, before the body's first line)."""
-        getters = [
-            f"get {json.dumps(name)}() {{ return {local}; }}"
+        getters = [  # named polyspell$...: read too early, they throw from a hidden frame
+            f"{json.dumps(name)}: function polyspell$export() {{ return {local}; }}"
             for name, local in self.exports.items()
         ]
         return (
@@ -278,6 +278,13 @@ _es_cache, _require_cache = _Cache(), _Cache()
 def es_module(source: str) -> EsModule:
     """``source`` (an ES module) transformed (cached by its text; see :func:`_es_module`)."""
     return _es_cache.get(source, _es_module)
+
+
+def json_module(source: str) -> EsModule:
+    """A JSON file imported as an ES module: its value is its default export."""
+    return EsModule(
+        f"const {DEFAULT} = JSON.parse({json.dumps(source)});", exports={"default": DEFAULT}
+    )
 
 
 def _es_module(source: str) -> EsModule:
@@ -395,8 +402,9 @@ def _import(toks, i, module, chars, names_list, add_import, expect_string, end_o
     if k < len(toks) and toks[k].kind == "str":  # import "x"
         expect_string(k)
         add_import(k)
-        _blank(chars, start, end_of(k))
-        return k + 1
+        last = _attributes(toks, k + 1, fail)
+        _blank(chars, start, end_of(last))
+        return last + 1
     bindings: list[tuple[str, str]] = []  # (local, imported name or "*")
     if (k < len(toks) and toks[k].kind == "id" and toks[k].text != "from") or (
         k < len(toks)
@@ -422,8 +430,26 @@ def _import(toks, i, module, chars, names_list, add_import, expect_string, end_o
     index = add_import(k + 1)
     for local, name in bindings:
         module.bindings[local] = (index, name)
-    _blank(chars, start, end_of(k + 1))
-    return k + 2
+    last = _attributes(toks, k + 2, fail)
+    _blank(chars, start, end_of(last))
+    return last + 1
+
+
+def _attributes(toks: list[Token], k: int, fail: Any) -> int:
+    """The index of an import's last token: its specifier (at k - 1), or the ``}`` of the
+    ``with {type: "json"}`` (or older ``assert {...}``) after it."""
+    if (
+        k < len(toks)
+        and toks[k].text in ("with", "assert")
+        and not toks[k].newline
+        and k + 1 < len(toks)
+        and toks[k + 1].text == "{"
+    ):
+        for end in range(k + 2, len(toks)):
+            if toks[end].text == "}":
+                return end
+        raise fail("SyntaxError: '}' expected after the import's attributes", k)
+    return k - 1
 
 
 def _export(toks, i, module, chars, names_list, add_import, expect_string, end_of, fail, source):

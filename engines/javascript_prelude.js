@@ -1294,16 +1294,20 @@
     for (const local of Object.keys(record.bindings)) {
       const [specifier, name] = record.bindings[local];
       const dep = modules[record.deps[specifier]];
-      Object.defineProperty(scope, local, name === "*" ? { get: () => dep.ns }
-        : { get: () => dep.ns[name] });
+      // named polyspell$...: a binding read too early throws from here, a hidden frame
+      Object.defineProperty(scope, local, name === "*"
+        ? { get: function polyspell$namespace() { return dep.ns; } }
+        : { get: function polyspell$binding() { return dep.ns[name]; } });
     }
-    const load = (specifier) => importFrom(record, specifier);
+    const load = function polyspell$import(specifier) { return importFrom(record, specifier); };
     load.meta = { url: record.file };
     scope.$impt$ = load;
     const inner = record.fn(scope);
     let go;
-    const register = (getters) => {
-      Object.defineProperties(record.ns, Object.getOwnPropertyDescriptors(getters));
+    const register = function polyspell$register(getters) {
+      for (const name of Object.keys(getters)) {
+        Object.defineProperty(record.ns, name, { get: getters[name], enumerable: true });
+      }
     };
     register.ready = new Promise((resolve) => { go = resolve; });
     record.go = go;
@@ -1319,14 +1323,16 @@
       for (const name of Object.keys(record.reexports)) {
         const [specifier, imported] = record.reexports[name];
         const dep = modules[record.deps[specifier]];
-        Object.defineProperty(record.ns, name, imported === "*" ? { get: () => dep.ns, enumerable: true }
-          : { get: () => dep.ns[imported], enumerable: true });
+        Object.defineProperty(record.ns, name, imported === "*"
+          ? { get: function polyspell$namespace() { return dep.ns; }, enumerable: true }
+          : { get: function polyspell$binding() { return dep.ns[imported]; }, enumerable: true });
       }
       for (const specifier of record.stars) {
         const dep = modules[record.deps[specifier]];
         for (const name of Object.keys(dep.ns)) {
           if (name === "default" || hasOwn(record.ns, name)) continue;
-          Object.defineProperty(record.ns, name, { get: () => dep.ns[name], enumerable: true });
+          Object.defineProperty(record.ns, name,
+            { get: function polyspell$binding() { return dep.ns[name]; }, enumerable: true });
         }
       }
     }
@@ -1340,6 +1346,11 @@
       const record = order[k];
       if (record.state === 2) continue;
       record.state = 2;
+      // what it imports first (an import() of the same modules may be running them)
+      for (const specifier of record.imports) {
+        const dep = modules[record.deps[specifier]];
+        if (dep !== record && dep.done !== undefined) await dep.done;
+      }
       record.go();
       record.done = record.body;
       try {

@@ -650,3 +650,47 @@ def test_a_script_cannot_make_a_module_request_of_its_own(tmp_path: Path) -> Non
         "}",
     )
     assert run(script) == "TypeError"
+
+
+def test_a_json_file_imported_with_its_attributes_is_its_value(tmp_path: Path) -> None:
+    write(tmp_path / "data.json", '{"a": [1, 2], "b": "x"}')
+    script = write(
+        tmp_path / "agent.mjs",
+        'import data from "./data.json" with { type: "json" };\n'
+        "export function main() { return data; }",
+    )
+    assert run(script) == {"a": [1, 2], "b": "x"}
+
+
+def test_imports_that_share_a_module_with_top_level_await_wait_for_it(tmp_path: Path) -> None:
+    def slow(n: int) -> int:
+        """A tool the shared module awaits while it loads."""
+        return n
+
+    write(tmp_path / "shared.mjs", "export const v = await tools.slow({n: 5});")
+    write(tmp_path / "a.mjs", 'import {v} from "./shared.mjs";\nexport const a = v + 1;')
+    write(tmp_path / "b.mjs", 'import {v} from "./shared.mjs";\nexport const b = v + 2;')
+    script = write(
+        tmp_path / "agent.mjs",
+        "export async function main() {\n"
+        '  const [a, b] = await Promise.all([import("./a.mjs"), import("./b.mjs")]);\n'
+        "  return [a.a, b.b];\n}",
+    )
+    assert run(script, tools=[slow]) == [6, 7]
+
+
+def test_a_binding_read_before_its_module_ran_fails_at_the_line_that_reads_it(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "a.mjs", 'import {b} from "./b.mjs";\nexport const late = 1;')
+    write(
+        tmp_path / "b.mjs", 'import {late} from "./a.mjs";\nconsole.log(late);\nexport const b = 1;'
+    )
+    script = write(tmp_path / "agent.mjs", 'import "./a.mjs";\n')
+    err = failure(script)
+    assert err.fields["error"].startswith("ReferenceError: late is not initialized")
+    assert js_frames(err) == [
+        (str(script), 1, "<script>"),
+        (str(tmp_path / "a.mjs"), 1, "<module>"),
+        (str(tmp_path / "b.mjs"), 2, "<module>"),
+    ]
