@@ -239,13 +239,14 @@ class JavaScriptEngine(Engine):
         ctx.set_max_stack_size(self.limits.stack_kb * 1024)
         module = filename.endswith(".mjs")
         self._map = None
-        self._records: dict[str, _Record] = {}  # file -> the module loaded from it
+        self._records: dict[tuple[str, str], _Record] = {}  # (file, kind) -> its module
         self._by_id: list[_Record] = []
         # request id -> (its resolution key, the modules and specifiers waiting for it)
         self._loading: dict[int, tuple[Any, list[tuple[_Record, str]]]] = {}
         self._asked: dict[Any, int] = {}  # resolution key -> the request asking
         self._resolved: dict[Any, int] = {}  # resolution key -> the module it found
-        self._dynamic: dict[int, _Record] = {}  # an import()'s request id -> its module
+        # an import()'s request id -> the module that calls it, and the specifier
+        self._dynamic: dict[int, tuple[_Record, str]] = {}
         self._held: list[ToolReply] = []  # replies that wait for modules being loaded
         self._then: Any = None  # what to do once every module asked for is there
         self._tools_file = library  # no modules (and no hints about them) in a tools file
@@ -281,6 +282,8 @@ class JavaScriptEngine(Engine):
         """Start a script that imports (``.mjs``) or requires (``.js``): ask the host for
         its modules first. None: it does neither, and runs as it is."""
         if module:
+            if "import" not in source:  # the scan costs more than this look
+                return None
             try:
                 es = modules.es_module(source)
             except modules.ModuleSyntaxError as exc:
@@ -442,10 +445,12 @@ class JavaScriptEngine(Engine):
         """Every module asked for is there: compile and hand over the new ones, then start
         the script, or answer the import() calls that waited."""
         api = self._api
-        self._define([record for record in self._by_id if record.segment is None])
-        for record in self._by_id:
+        new = [record for record in self._by_id if record.segment is None]
+        self._define(new)
+        names: dict[int, set[str]] = {}
+        for record in new:
             if record.es is not None:
-                self._check_names(record)
+                self._check_names(record, names)
         imports, self._imports = self._imports, []
         for request_id, record, specifier in imports:
             dep = record.deps.get(specifier)
@@ -518,10 +523,15 @@ class JavaScriptEngine(Engine):
         err.frames = [*record.frames, *err.frames]
         return err
 
-    def _export_names(self, record: _Record, seen: set[int] | None = None) -> set[str]:
+    def _export_names(self, record: _Record, known: dict[int, set[str]],
+                      seen: set[int] | None = None) -> set[str]:
+        """The names ES module ``record`` exports (``known``: those already found)."""
         es = record.es
         if es is None:
             return set()
+        if record.id in known:
+            return known[record.id]
+        top = seen is None
         seen = set() if seen is None else seen
         seen.add(record.id)
         names = set(es.exports) | set(es.reexports)
@@ -529,10 +539,12 @@ class JavaScriptEngine(Engine):
         for index in es.stars:
             dep = record.deps.get(specifiers[index])
             if isinstance(dep, int) and dep not in seen:
-                names |= self._export_names(self._by_id[dep], seen) - {"default"}
+                names |= self._export_names(self._by_id[dep], known, seen) - {"default"}
+        if top:  # (inside, a cycle of stars cut short may still be missing names)
+            known[record.id] = names
         return names
 
-    def _check_names(self, record: _Record) -> None:
+    def _check_names(self, record: _Record, known: dict[int, set[str]]) -> None:
         """An import of a name its module does not export is a SyntaxError, as in ES."""
         es = record.es
         assert es is not None
@@ -541,7 +553,7 @@ class JavaScriptEngine(Engine):
             dep = record.deps.get(item.specifier)
             if name == "*" or not isinstance(dep, int):
                 continue
-            if name not in self._export_names(self._by_id[dep]):
+            if name not in self._export_names(self._by_id[dep], known):
                 err = translate.compilation_error(
                     f"the module '{item.specifier}' has no export named '{name}' (imported "
                     f"as '{local}')", record.file, item.line, item.column, record.lines)

@@ -590,11 +590,6 @@ def _requires(source: str) -> tuple[Import, ...]:
     return tuple(found)
 
 
-def uses_require(source: str) -> bool:
-    """Whether a script may call ``require`` (its text names it)."""
-    return _REQUIRE.search(source) is not None
-
-
 def commonjs(body: str, json_file: bool = False) -> str:
     """A CommonJS module's function expression (Node's wrapper, on the first line)."""
     if json_file:
