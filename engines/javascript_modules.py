@@ -66,6 +66,7 @@ _PUNCT = re.compile(
     r">>>=|\.\.\.|===|!==|\*\*=|<<=|>>=|>>>|\?\?=|&&=|\|\|=|=>|==|!=|<=|>="
     r"|&&|\|\||\?\?|\?\.|\+\+|--|<<|>>|\*\*|[-+*/%&|^]=|[^\s]"
 )
+_CONTROL = {"if", "while", "for", "with"}
 # After these a "/" starts a regular expression, not a division.
 _BEFORE_REGEX = {
     "return",
@@ -103,6 +104,8 @@ def tokens(source: str) -> list[Token]:
     i, n = 0, len(source)
     newline = False
     match_token, match_punct, match_regex = _TOKEN.match, _PUNCT.match, _REGEX.match
+    parens: list[bool] = []  # per open "(": whether it is the head of an if, while, for
+    control = False  # the last token is the ")" of such a head
     while i < n:
         match = match_token(source, i)
         kind = match.lastgroup if match else None
@@ -121,16 +124,22 @@ def tokens(source: str) -> list[Token]:
                 i = _template(source, i + 1, braces, depth, out, newline)
                 newline = False
                 continue
-            match = match_regex(source, i) if c == "/" and _regex_allowed(out) else None
+            allowed = control or _regex_allowed(out)
+            match = match_regex(source, i) if c == "/" and allowed else None
             kind = "re" if match else None
+        control = False
         if kind is None:  # a punctuator (or an unterminated string: quickjs will say so)
             match = match_punct(source, i)
             kind = "p"
             text = match.group()
             if text in "{([":
                 depth += 1
+                if text == "(":  # if (...) /re/: a regex after the head's ")"
+                    parens.append(bool(out) and out[-1].text in _CONTROL)
             elif text in "})]":
                 depth -= 1
+                if text == ")" and parens:
+                    control = parens.pop()
         end = match.end()
         out.append(Token(kind, match.group(), i, end, newline))
         i, newline = end, False

@@ -694,3 +694,54 @@ def test_a_binding_read_before_its_module_ran_fails_at_the_line_that_reads_it(
         (str(tmp_path / "a.mjs"), 1, "<module>"),
         (str(tmp_path / "b.mjs"), 2, "<module>"),
     ]
+
+
+# -- the scanner (engines/javascript_modules.py) --------------------------------------------
+
+TRICKY = """// import fake from "comment";
+/* export const nope = 1; require("in comment") */
+import real from "./real.mjs";
+const re = /["'`]import x from "y"/g, half = 10 / 2 / 1;
+if (half) /'/.test("'");
+const t = `a ${`b ${{a: "}"}.a} c`} import z from "w" ${"}"}`;
+const s = "export const no = 1; require('no')", u = x.import, v = obj.require("no");
+export const [first, second] = [1, 2], {third, k: fourth} = {third: 3, k: 4};
+export async function later() { return import("./dyn.mjs"); }
+export default class Thing {}
+export { half as "half value" };
+"""
+
+
+def test_the_scanner_reads_only_real_imports_and_exports() -> None:
+    from engines.javascript_modules import es_module, requires
+
+    module = es_module(TRICKY)
+    assert [item.specifier for item in module.imports] == ["./real.mjs"]
+    assert module.bindings == {"real": (0, "default")}
+    assert module.exports == {
+        "first": "first",
+        "second": "second",
+        "third": "third",
+        "fourth": "fourth",
+        "later": "later",
+        "default": "Thing",
+        "half value": "half",
+    }
+    assert module.dynamic
+    assert [item.specifier for item in requires(TRICKY)] == []
+    cjs = 'const a = require("./a");\nif (a) /"/.test(a);\nconst b = require(\'./b\');'
+    assert [(i.specifier, i.line) for i in requires(cjs)] == [("./a", 1), ("./b", 3)]
+
+
+@pytest.mark.parametrize("name", ["TRICKY", "mustache.mjs"])
+def test_the_transform_keeps_every_line_and_column(name: str) -> None:
+    from engines.javascript_modules import es_module
+
+    source = TRICKY if name == "TRICKY" else (VENDOR / "mustache" / name).read_text()
+    body = es_module(source).body
+    assert len(body) == len(source) or "export default" in source
+    before, after = source.split("\n"), body.split("\n")
+    assert len(before) == len(after)
+    for old, new in zip(before, after, strict=True):
+        if not any(word in old for word in ("import", "export")):
+            assert old == new
