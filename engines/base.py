@@ -127,7 +127,8 @@ class ToolRequest:
     # "tool": a tool call (``tool`` names it); "recovery": a step of the script's own
     # recovery.retry/recovery.fallback (``tool`` names the step; see host.recovery.script),
     # which only the prelude makes: no tool name a script gives reaches this kind.
-    # "module": the script's ``require`` (``tool`` is the module's name, ``params`` None);
+    # "module": the script's ``require`` or ``import`` (``tool`` is the module's name;
+    # ``params`` None for Lua, JavaScript's say where the importing file is);
     # the host answers with ``{"file": name, "source": text}`` (the engine loads that text
     # under that name: engines never open files) or ``{"missing": [files looked for]}``
     # (see host.libraries). Only the prelude's require makes one, like "recovery".

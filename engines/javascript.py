@@ -16,8 +16,16 @@ prelude where the script stands: requests queued (:class:`Suspended`), ``main`` 
 Scripts (``.js``) are evaluated as global code; if they define a function ``main``
 (``function main`` or ``const main = ...``), ``main(args)`` is called and awaited. Modules
 (``.mjs``) are evaluated as ES modules, so top-level ``await`` works; ``main`` may be
-declared or exported, ``import`` has nothing to load. Either way one line is appended after
-the source (it reads ``main``), which changes no line or column of the script.
+declared or exported. Either way one line is appended after the source (it reads
+``main``), which changes no line or column of the script.
+
+Libraries: a module that imports (``import``, ``import()``), or a script that calls
+``require("...")``, first suspends with requests of the reserved kind ``module`` (params
+``{"style": "import" | "require", "importer": where the host said the importing file
+is}``); the host answers with the file's name and text (host/libraries.py). The engine
+compiles what it is given as javascript_modules.py describes (quickjs's binding has no
+module loader and names every source ``<input>``), hands the modules to the prelude, which
+links and runs them, and maps each module's ``<input>`` lines back to its own file.
 
 Data a script hands to Python (results, tool parameters) is JSON text made by the
 prelude's ``json()``, whose replacer stops it past ``bridge.data.MAX_DEPTH`` levels or once
@@ -55,10 +63,12 @@ import inspect
 import json
 import math
 import os
+import posixpath
 import re
 import time
 import types
 import typing
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar, Literal
 
@@ -72,6 +82,7 @@ from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
+from engines import javascript_modules as modules
 from engines.base import (
     Engine,
     Failed,
@@ -109,6 +120,50 @@ class _TooLarge(Exception):
     """Data a script hands to Python would need more than the run's memory limit."""
 
 
+_POSITION = re.compile(r"^\s*at [^\n]*?:(\d+):(\d+)\)?\s*$", re.MULTILINE)
+_MODULE_IDS = 1 << 40  # ids of the engine's own module requests: past any the prelude makes
+
+
+@dataclass
+class _Record:
+    """A module of a run: its id (the prelude's), file, where the host says it is, its
+    kind ("es", "cjs" or "script": the script's own CommonJS text), what it imports (by
+    specifier: a record's id, or [message, envelope JSON or None, site]) and the chain of
+    imports that first reached it (stack lines, innermost first)."""
+
+    id: int
+    file: str
+    place: list[Any] | None
+    kind: str
+    specifiers: dict[str, modules.Import]
+    deps: dict[str, Any] = field(default_factory=dict)
+    chain: str = ""
+    es: modules.EsModule | None = None
+    segment: list[Any] | None = None  # its <input> lines, once compiled
+    source: str = ""
+    frames: list[Frame] = field(default_factory=list)  # the imports that led to it
+
+    @functools.cached_property
+    def lines(self) -> list[str]:
+        return self.source.split("\n")
+
+
+def _resolution_key(place: list[Any] | None, specifier: str, style: str) -> Any:
+    """What a specifier's resolution depends on (None: too much to say: not memoised):
+    a relative one's importer's root and folder, a bare one nothing else."""
+    if not specifier.startswith("."):
+        return (style, specifier)
+    if place is None or not isinstance(place[1], str):
+        return None
+    return (style, place[0], posixpath.dirname(place[1]), specifier)
+
+
+def _chain(frames: list[Frame]) -> str:
+    """Frames as stack lines (innermost first), for errors made in the prelude."""
+    return "".join(f"    at {frame.function} ({frame.file}:{frame.line}:{frame.column})\n"
+                   for frame in reversed(frames))
+
+
 class JavaScriptEngine(Engine):
     """Runs one JavaScript script (or ES module) in a fresh quickjs-ng context."""
 
@@ -122,6 +177,8 @@ class JavaScriptEngine(Engine):
     _cpu_mark = 0.0  # process CPU seconds when the current time limit was set ...
     _cpu_budget = math.inf  # ... and the CPU seconds it allows
     _stopped = False  # stop() was called: every deadline has passed
+    _tools_file = False
+    _map: modules.LineMap | None = None  # once the script links modules (_load_main)
 
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
@@ -181,12 +238,29 @@ class JavaScriptEngine(Engine):
         ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
         ctx.set_max_stack_size(self.limits.stack_kb * 1024)
         module = filename.endswith(".mjs")
+        self._map = None
+        self._records: dict[tuple[str, str], _Record] = {}  # (file, kind) -> its module
+        self._by_id: list[_Record] = []
+        # request id -> (its resolution key, the modules and specifiers waiting for it)
+        self._loading: dict[int, tuple[Any, list[tuple[_Record, str]]]] = {}
+        self._asked: dict[Any, int] = {}  # resolution key -> the request asking
+        self._resolved: dict[Any, int] = {}  # resolution key -> the module it found
+        # an import()'s request id -> the module that calls it, and the specifier
+        self._dynamic: dict[int, tuple[_Record, str]] = {}
+        self._held: list[ToolReply] = []  # replies that wait for modules being loaded
+        self._then: Any = None  # what to do once every module asked for is there
+        self._tools_file = library  # no modules (and no hints about them) in a tools file
+        self._imports: list[tuple[int, _Record, str]] = []  # import() calls answered
         try:
             self._grace()
-            api = ctx.eval(PRELUDE)
+            api = self._api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
             self._call_export = api("callExport")
             api("setup")(config, ERRORS, _catalog_json())
+            if not library:
+                linked = self._load_main(source, filename, module)
+                if linked is not None:
+                    return linked
             if module:
                 try:
                     evaluation = self._enter(ctx.module, source + MODULE_TAIL)
@@ -202,6 +276,338 @@ class JavaScriptEngine(Engine):
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
+    # -- modules (see javascript_modules.py: the host finds and reads them) ------------
+
+    def _load_main(self, source: str, filename: str, module: bool) -> Step | None:
+        """Start a script that imports (``.mjs``) or requires (``.js``): ask the host for
+        its modules first. None: it does neither, and runs as it is."""
+        if module:
+            if "import" not in source:  # the scan costs more than this look
+                return None
+            try:
+                es = modules.es_module(source)
+            except modules.ModuleSyntaxError as exc:
+                return self._fail(translate.compilation_error(
+                    exc.message, filename, exc.line, exc.column, self._source_lines()))
+            if not es.linked:
+                return None
+            self._map = modules.LineMap(1)
+            record = self._new_record(filename, source, None, "es", [], es=es)
+        else:
+            if not modules.requires(source):  # require("...") calls: else no require at all
+                return None
+            self._map = modules.LineMap(len(self._source_lines()) + 2)
+            record = self._new_record(filename, source, None, "script", [])
+        self._then = record
+        requests = self._want(record, 0)
+        if requests:
+            return Suspended(requests, ())
+        return self._loaded_all()
+
+    def _new_record(self, file: str, source: str, place: list[Any] | None, kind: str,
+                    frames: list[Frame], es: modules.EsModule | None = None) -> _Record:
+        if kind == "es" and es is None and file.endswith(".json"):
+            es = modules.json_module(source)
+        if kind == "es" and es is None:
+            try:
+                es = modules.es_module(source)
+            except modules.ModuleSyntaxError as exc:
+                err = translate.compilation_error(exc.message, file, exc.line, exc.column,
+                                                  source.split("\n"))
+                err.frames = [*frames, *err.frames]
+                raise err from None
+        if es is not None:
+            specifiers = {}
+            for item in es.imports:
+                specifiers.setdefault(item.specifier, item)
+        elif file.endswith(".json"):
+            specifiers = {}
+        else:
+            specifiers = {item.specifier: item for item in reversed(modules.requires(source))}
+        record = _Record(len(self._by_id), file, place, kind, specifiers, es=es,
+                         source=source, frames=frames)
+        self._by_id.append(record)
+        self._records[(file, kind)] = record
+        return record
+
+    def _site(self, record: _Record, item: modules.Import) -> list[Frame]:
+        """The frames of an import or require in ``record``: the chain that led to it."""
+        lines = record.lines
+        own = translate.make_frame(record.file, item.line, item.column,
+                                   "<module>" if record.id else "<script>", lines)
+        return [*record.frames, own]
+
+    def _want(self, record: _Record, activation: int) -> list[ToolRequest]:
+        """Requests for the modules ``record`` imports that it does not have yet."""
+        requests = []
+        style = "import" if record.kind == "es" else "require"
+        for specifier, item in record.specifiers.items():
+            if specifier in record.deps:
+                continue
+            # the same specifier from the same folder is the same file: asked for once
+            key = _resolution_key(record.place, specifier, style)
+            known = self._resolved.get(key) if key is not None else None
+            if known is not None:
+                record.deps[specifier] = known
+                continue
+            record.deps[specifier] = None
+            asked = self._asked.get(key) if key is not None else None
+            if asked is not None:
+                self._loading[asked][1].append((record, specifier))
+                continue
+            self._last_module = request_id = getattr(self, "_last_module", _MODULE_IDS) + 1
+            self._loading[request_id] = (key, [(record, specifier)])
+            if key is not None:
+                self._asked[key] = request_id
+            self._owners[request_id] = activation
+            requests.append(ToolRequest(request_id, specifier,
+                                        {"style": style, "importer": record.place}, None,
+                                        self._site(record, item), "module"))
+        return requests
+
+    def _dynamic_import(self, request_id: int, module_id: Any, specifier: Any,
+                        frames: list[Frame]) -> ToolRequest:
+        """The host request for an ``import()`` the prelude queued."""
+        record = self._by_id[module_id]
+        item = modules.Import(str(specifier), frames[-1].line or 1, frames[-1].column or 1) \
+            if frames else modules.Import(str(specifier), 1, 1)
+        record.specifiers.setdefault(item.specifier, item)
+        self._dynamic[request_id] = (record, item.specifier)
+        return ToolRequest(request_id, item.specifier,
+                           {"style": "import", "importer": record.place}, None, frames,
+                           "module")
+
+    def _modules_arrived(self, replies: list[ToolReply], activation: int) -> Step | None:
+        """Take the host's answers to module requests in; a step while more are needed
+        (or the script's start, once all are there), None to go on with the rest."""
+        wanted: list[ToolRequest] = []
+        for reply in replies:
+            if reply.id in self._loading:
+                key, waiting = self._loading.pop(reply.id)
+                self._owners.pop(reply.id, None)
+                if key is not None:
+                    del self._asked[key]
+                for record, specifier in waiting:
+                    wanted += self._arrived(record, specifier, reply, activation)
+                    found = record.deps[specifier]
+                    if key is not None and isinstance(found, int):
+                        self._resolved[key] = found
+                continue
+            if reply.id in self._dynamic:
+                record, specifier = self._dynamic.pop(reply.id)
+                self._imports.append((reply.id, record, specifier))
+                if specifier in record.deps and record.deps[specifier] is not None:
+                    self._owners.pop(reply.id, None)
+                    continue
+            else:
+                self._held.append(reply)
+                continue
+            self._owners.pop(reply.id, None)
+            wanted += self._arrived(record, specifier, reply, activation)
+        if self._loading:
+            return Suspended(wanted, ())
+        return self._loaded_all()
+
+    def _arrived(self, record: _Record, specifier: str, reply: ToolReply,
+                 activation: int) -> list[ToolRequest]:
+        item = record.specifiers[specifier]
+        frames = self._site(record, item)
+        chain = _chain(frames)
+        result = reply.result
+        if reply.error is not None:
+            record.deps[specifier] = [str(reply.error.get("message", "")), _encode(reply.error),
+                                      chain]
+            return []
+        if not isinstance(result, dict) or not isinstance(result.get("file", result.get(
+                "missing")), str):
+            raise protocol_violation(f"a module request's answer is {{file, source}} or "
+                                     f"{{missing}}: {str(result)[:200]}")
+        if "missing" in result:
+            record.deps[specifier] = [result["missing"], None, chain]
+            return []
+        kind = "es" if record.kind == "es" else "cjs"
+        known = self._records.get((result["file"], kind))
+        if known is None:
+            if not isinstance(result.get("source"), str):
+                raise protocol_violation("a module request's answer has no source text")
+            problem = _unpassable(result["source"])
+            if problem:
+                raise translate.compilation_error(problem, result["file"], None, None)
+            known = self._new_record(result["file"], result["source"], result.get("importer"),
+                                     kind, frames)
+            known.chain = chain
+            record.deps[specifier] = known.id
+            return self._want(known, activation)
+        record.deps[specifier] = known.id
+        return []
+
+    def _loaded_all(self) -> Step | None:
+        """Every module asked for is there: compile and hand over the new ones, then start
+        the script, or answer the import() calls that waited."""
+        api = self._api
+        new = [record for record in self._by_id if record.segment is None]
+        self._define(new)
+        names: dict[int, set[str]] = {}
+        for record in new:
+            if record.es is not None:
+                self._check_names(record, names)
+        imports, self._imports = self._imports, []
+        for request_id, record, specifier in imports:
+            dep = record.deps.get(specifier)
+            self._enter(api("settleImport"), request_id,
+                        dep if isinstance(dep, int) else _encode(dep[:2]))
+        start, self._then = self._then, None
+        if start is None:
+            return None
+        if start.kind == "es":
+            self._enter(api("startModules"), start.id)
+        else:
+            self._enter(api("defineRequire"), start.id)
+            self._enter(api("run"), self._source + SCRIPT_TAIL)
+        return self._advance(0)
+
+    def _define(self, records: list[_Record]) -> None:
+        """Compile the new modules ``records`` in one evaluation, each under lines of its
+        own (one array of their functions), and hand them to the prelude."""
+        assert self._map is not None
+        texts, metas, fns = [], [], None
+        first = self._map.next_line
+        for record in records:
+            es = record.es
+            if record.kind == "script":  # the script itself, evaluated on its own
+                record.segment = []
+            else:
+                if es is not None:
+                    text, shift = es.text(record.id == 0), len(es.wrapper())
+                else:
+                    text = modules.commonjs(record.source, record.file.endswith(".json"))
+                    shift = len(modules.commonjs("")) - 3
+                span = text.count("\n") + 1
+                at = self._map.add(record.file, record.lines, shift, span)
+                record.segment = [at, record.file, len(record.lines), shift]
+                texts.append(text)
+            meta = {"file": record.file, "kind": record.kind, "deps": record.deps,
+                    "imports": list(record.specifiers), "chain": record.chain,
+                    "dir": posixpath.dirname(record.file), "bindings": {}, "reexports": {},
+                    "stars": [], "segment": record.segment or None, "id": record.id}
+            if es is not None:
+                names = [item.specifier for item in es.imports]
+                meta["bindings"] = {local: [names[i], name] for local, (i, name)
+                                    in es.bindings.items()}
+                meta["reexports"] = {name: [names[i], imported] for name, (i, imported)
+                                     in es.reexports.items()}
+                meta["stars"] = [names[i] for i in es.stars]
+            metas.append(meta)
+        if texts:
+            # "[" on the line before the first module's: each text starts a line of its own
+            try:
+                fns = self._enter(self._ctx.eval, "\n" * (first - 2) + "[\n"
+                                  + ",\n".join(texts) + "]")
+            except quickjs.JSException as exc:
+                raise self._module_syntax_error(str(exc)) from None
+        self._enter(self._api("defineModules"), fns, _encode(metas))
+
+    def _module_syntax_error(self, text: str) -> Exception:
+        """A module's syntax error at its own file and line (the text went through the
+        prelude's clean(), which does not know these modules yet: its position is
+        <input>'s, named as the script, mapped here)."""
+        assert self._map is not None
+        name, message, stack = translate.split_exception(text)
+        at = _POSITION.search(stack)
+        place = self._map.place(int(at[1]), int(at[2])) if at else None
+        if name != "SyntaxError" or place is None:
+            return quickjs.JSException(text)
+        record = next(r for r in reversed(self._by_id) if r.file == place[0])
+        err = translate.compilation_error(message, record.file, place[1], place[2],
+                                          record.lines)
+        err.frames = [*record.frames, *err.frames]
+        return err
+
+    def _export_names(self, record: _Record, known: dict[int, set[str]],
+                      seen: set[int] | None = None) -> set[str]:
+        """The names ES module ``record`` exports (``known``: those already found)."""
+        es = record.es
+        if es is None:
+            return set()
+        if record.id in known:
+            return known[record.id]
+        top = seen is None
+        seen = set() if seen is None else seen
+        seen.add(record.id)
+        names = set(es.exports) | set(es.reexports)
+        specifiers = [item.specifier for item in es.imports]
+        for index in es.stars:
+            dep = record.deps.get(specifiers[index])
+            if isinstance(dep, int) and dep not in seen:
+                names |= self._export_names(self._by_id[dep], known, seen) - {"default"}
+        if top:  # (inside, a cycle of stars cut short may still be missing names)
+            known[record.id] = names
+        return names
+
+    def _check_names(self, record: _Record, known: dict[int, set[str]]) -> None:
+        """An import of a name its module does not export is a SyntaxError, as in ES."""
+        es = record.es
+        assert es is not None
+        for local, (index, name) in es.bindings.items():
+            item = es.imports[index]
+            dep = record.deps.get(item.specifier)
+            if name == "*" or not isinstance(dep, int):
+                continue
+            if name not in self._export_names(self._by_id[dep], known):
+                err = translate.compilation_error(
+                    f"the module '{item.specifier}' has no export named '{name}' (imported "
+                    f"as '{local}')", record.file, item.line, item.column, record.lines)
+                err.frames = self._site(record, item)
+                raise err
+
+    def _relocate(self, text: str) -> str:
+        """A stack text with each module's lines its own (see LineMap)."""
+        return text if self._map is None else self._map.relocate(text)
+
+    def _relocated_report(self, report: Any) -> Any:
+        """A report (see bridge/javascript.py) with its stacks' module lines their own."""
+        if self._map is None or not isinstance(report, dict):
+            return report
+        if isinstance(report.get("stack"), str):
+            report["stack"] = self._relocate(report["stack"])
+        if "cause" in report:
+            report["cause"] = self._relocated_report(report["cause"])
+        return report
+
+    def _own_frames(self, frames: list[Frame]) -> list[Frame]:
+        """Frames with each module file's source line, and ``<module>`` for its top level."""
+        if self._map is None:
+            return frames
+        fixed = []
+        for frame in frames:
+            if frame.function == modules.BODY:
+                frame = frame._replace(function="<module>")
+            if frame.source is None and frame.file != self._filename and frame.line:
+                frame = frame._replace(source=self._map.source_line(frame.file, frame.line))
+            fixed.append(frame)
+        return fixed
+
+    def _own_error(self, err: SpellError) -> SpellError:
+        """A translated error with its modules' frames their own, and the sandbox's hint
+        where the script ran into something the sandbox leaves out (see _hint)."""
+        fields = None
+        if self._map is not None:
+            err.frames = frames = self._own_frames(list(err.frames))
+            # script_line is the innermost frame's: script names that frame's file too
+            if (err.category, err.kind) == ("script", "javascript") and frames and \
+                    frames[-1].file != err.fields.get("script") and \
+                    frames[-1].line == err.fields.get("script_line"):
+                fields = {**err.fields, "script": frames[-1].file}
+        hint = None if self._tools_file else _hint(err, self._filename.endswith(".mjs"))
+        if hint is not None:
+            fields = {**(fields or err.fields), "error": f"{err.fields['error']}\n{hint}"}
+        if fields is None:
+            return err
+        hinted = type(err)(severity=err.severity, frames=err.frames, **fields)
+        if err.__cause__ is not None:
+            hinted.__cause__ = err.__cause__
+        return hinted
+
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
         """Settle the promises of ``replies`` (all of one activation) and run it on."""
         owners = self._owners if self._ctx is not None and not self._broken else {}
@@ -212,6 +618,16 @@ class JavaScriptEngine(Engine):
                 f"waiting for: {[reply.id for reply in replies]}"))
         if deadline != self._deadline:
             self._set_deadline(deadline)
+        if self._loading or self._dynamic:
+            try:
+                loading = self._modules_arrived(replies, activation)
+            except Exception as exc:  # every way out of a step is a Failed step
+                return self._fail(self._from_python(exc))
+            if loading is not None:
+                return loading
+            replies, self._held = self._held, []
+            if not replies:
+                return self._advance(activation)
         try:
             settle = self._settle
             for reply in replies:
@@ -325,9 +741,9 @@ class JavaScriptEngine(Engine):
                 # -1: null thrown, which may be out of memory (see _out_of_memory)
                 limit = "memory" if self._out_of_memory(observed) else \
                     _OBSERVED_LIMITS.get(observed)
-                return Failed(translate.error_from_report(
-                    state[2], self._filename, self._source_lines(), patterns=self.patterns,
-                    limits=self._limit_values(), limit=limit), lines)
+                return Failed(self._own_error(translate.error_from_report(
+                    self._relocated_report(state[2]), self._filename, self._source_lines(),
+                    patterns=self.patterns, limits=self._limit_values(), limit=limit)), lines)
             case 3:
                 found = state[2]  # {message, type, path, memory}: see failure in the prelude
                 if self._out_of_memory(found["memory"]):
@@ -358,9 +774,16 @@ class JavaScriptEngine(Engine):
             request_id, site, tool, params = state[i:i + 4]
             if site.__class__ is list:  # the first call from there: [number, stack text]
                 site, stack = site
-                sites[site] = translate.parse_stack(stack, self._filename, self._source_lines())
+                sites[site] = self._own_frames(translate.parse_stack(
+                    self._relocate(stack), self._filename, self._source_lines()))
             kind: Literal["tool", "recovery"] = "tool"
             if tool.__class__ is list:  # ["retry"]: a step of the script's own recovery
+                if (tool[0] == "import" and len(tool) == 3 and tool[1].__class__ is int
+                        and 0 <= tool[1] < len(self._by_id)
+                        and tool[2].__class__ is str):  # [.., module id, specifier]: import()
+                    requests.append(self._dynamic_import(request_id, tool[1], tool[2],
+                                                         sites[site][:]))
+                    continue
                 tool, kind = tool[0], "recovery"
             if request_id > 0:
                 requests.append(ToolRequest(request_id, tool, params, None, sites[site][:],
@@ -410,9 +833,9 @@ class JavaScriptEngine(Engine):
     def _from_exception(
         self, text: str, *, compiling: bool = False, overflow: bool = False
     ) -> SpellError:
-        return translate.error_from_exception(text, self._filename, self._source_lines(),
-                                              compiling=compiling, limits=self._limit_values(),
-                                              limit=self._observed_limit(text, overflow))
+        return self._own_error(translate.error_from_exception(
+            self._relocate(text), self._filename, self._source_lines(), compiling=compiling,
+            limits=self._limit_values(), limit=self._observed_limit(text, overflow)))
 
     def _observed_limit(self, text: str, overflow: bool) -> str | None:
         """The limit an exception that reached Python stands for, from what was observed.
@@ -473,6 +896,49 @@ class JavaScriptEngine(Engine):
         if self._lines is None:
             self._lines = self._source.split("\n")  # quickjs counts lines by "\n" only
         return self._lines
+
+
+# What the sandbox leaves out of JavaScript, by the engine's own message: one line added
+# to it (as host.libraries does for Lua's require) saying so, and what to do instead.
+_SANDBOX = "(this is polyspell's sandbox: "
+_HINTS = {
+    "ReferenceError: process is not defined": _SANDBOX + (
+        "there is no process; a script gets its input as args (main(args)) and reaches "
+        "the outside only through tools.NAME(...))"),
+    "ReferenceError: require is not defined": _SANDBOX + (
+        'require("x") works in .js scripts, with a string literal; it loads from the '
+        "script's folder and the roots given with --lib DIR)"),
+    "ReferenceError: module is not defined": _SANDBOX + (
+        "a .js script is not a CommonJS module: module and exports exist in the files "
+        "it requires; a script hands its result back from main(args))"),
+}
+_HINTS["ReferenceError: exports is not defined"] = _HINTS["ReferenceError: module is not defined"]
+_MODULE_HINTS = {
+    "ReferenceError: require is not defined": _SANDBOX + (
+        'an ES module (.mjs) has no require: import x from "x" loads from the script\'s '
+        "folder and the roots given with --lib DIR)"),
+}
+_IMPORT_HINT = _SANDBOX + (
+    "import and export are for ES modules: name the script .mjs, or load libraries in a "
+    '.js script with require("x"), from its folder and the roots given with --lib DIR)')
+
+
+def _hint(err: SpellError, module: bool) -> str | None:
+    """The sandbox's hint for ``err`` (see _HINTS), if it needs one."""
+    if err.category != "script" or err.kind not in ("javascript", "compilation_failed"):
+        return None
+    text = err.fields.get("error")
+    if not isinstance(text, str) or _SANDBOX in text:
+        return None
+    if err.kind == "compilation_failed":
+        line = err.fields.get("source_code") or ""
+        if not module and re.match(r"(import|export)\b(?!\s*[.(])", line.lstrip()):
+            return _IMPORT_HINT
+        return None
+    first = text.split("\n", 1)[0]
+    if "could not load module" in first and not module:
+        return _IMPORT_HINT
+    return (_MODULE_HINTS if module else {}).get(first) or _HINTS.get(first)
 
 
 _OBSERVED_LIMITS = {1: "memory", 2: "stack"}  # the prelude's observedLimit

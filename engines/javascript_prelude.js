@@ -118,8 +118,46 @@
       if (isBarePosition(line) && endsNative(text, start)) continue; // JSON.parse/eval text
       append(kept, line);
     }
-    return replaceAll(replaceAll(joinList(kept, ""), "<input>:", FILE + ":"),
-      "at <eval> (", "at <script> (");
+    return replaceAll(replaceAll(replaceAll(relocate(joinList(kept, "")), "<input>:",
+      FILE + ":"), "at <eval> (", "at <script> ("), "at $module$ (", "at <module> (");
+  }
+
+  // Modules' lines (javascript_modules.py's LineMap): [first line, file, lines, shift] each.
+  // Unguarded like clean: string indexes, ===, + and bound functions only.
+  const segments = newList();
+  const DIGITS = "0123456789";
+
+  function relocate(text) {
+    if (segments.length === 0) return text;
+    const parts = newList();
+    let start = 0;
+    for (let at = indexOf(text, "<input>:", 0); at !== -1; at = indexOf(text, "<input>:", start)) {
+      let i = at + 8;
+      let line = 0;
+      let column = 0;
+      for (let d = indexOf(DIGITS, text[i], 0); i < text.length && d !== -1;
+        d = indexOf(DIGITS, text[++i], 0)) line = line * 10 + d;
+      if (text[i] === ":") {
+        for (let d = indexOf(DIGITS, text[++i], 0); i < text.length && d !== -1;
+          d = indexOf(DIGITS, text[++i], 0)) column = column * 10 + d;
+      }
+      append(parts, slice(text, start, at));
+      start = i;
+      let placed = null;
+      for (let k = segments.length - 1; k >= 0; k--) {
+        const segment = segments[k];
+        if (line < segment[0]) continue;
+        const local = line - segment[0] + 1;
+        if (local <= segment[2] + 2) {
+          placed = segment[1] + ":" + (local > segment[2] ? segment[2] : local) + ":" +
+            (local === 1 && column > segment[3] ? column - segment[3] : column);
+        }
+        break;
+      }
+      append(parts, placed === null ? slice(text, at, i) : placed);
+    }
+    append(parts, slice(text, start));
+    return joinList(parts, "");
   }
 
   // "    at <input>:12:5\n": a position with no function, before a native frame.
@@ -1201,6 +1239,226 @@
   Object.defineProperty(globalThis, "InternalError",
     { value: internalError, writable: true, enumerable: false, configurable: true });
 
-  const API = { setup, run, module, library, callExport, settle, poll, drain };
+  // ------------------------------------------------------------------ modules
+
+  // Modules the engine compiled and handed over (see javascript_modules.py): id -> record.
+  // deps: specifier -> a module's id, or [message, envelope JSON or null, site] (not
+  // loaded: not found, or refused). ES modules are linked and run as ES does (depth
+  // first, each once, a cycle's modules seeing each other's hoisted functions), CommonJS
+  // ones when required (cached: a cycle sees the partial exports, as in Node).
+  const modules = { __proto__: null };
+
+  // fns: the modules' functions, in the order of the metas that have a segment (text).
+  function defineModules(fns, metasText) {
+    const metas = parse(metasText);
+    let next = 0;
+    for (const meta of metas) {
+      meta.fn = meta.segment === null ? null : fns[next++];
+      meta.state = 0; // 0 new, 1 linked, 2 evaluated (or evaluating)
+      meta.ns = null;
+      meta.module = null;
+      modules[meta.id] = meta;
+      if (meta.segment !== null) append(segments, meta.segment);
+    }
+  }
+
+  function loadFailure(dep) {
+    if (dep[1] !== null) return loadErrors().fromEnvelope(parse(dep[1]), dep[2]);
+    const error = new Error(dep[0]);
+    if (dep[2] !== null) error.stack = clean(dep[2]);
+    return error;
+  }
+
+  function dependency(record, specifier) {
+    const dep = record.deps[specifier];
+    if (typeof dep === "number") return modules[dep];
+    throw loadFailure(dep === undefined ? [`module '${specifier}' was not loaded`, null, null]
+      : dep);
+  }
+
+  function namespace() {
+    const ns = Object.create(null);
+    Object.defineProperty(ns, Symbol.toStringTag, { value: "Module" });
+    return ns;
+  }
+
+  // Link `record` and what it imports (depth first), appending them to `order` as ES
+  // evaluates them; each module's function runs up to its `await ready`, having handed
+  // over getters of its exports.
+  function linkModule(record, order) {
+    if (record.state !== 0) return;
+    record.state = 1;
+    record.ns = namespace();
+    for (const specifier of record.imports) linkModule(dependency(record, specifier), order);
+    const scope = { __proto__: null };
+    for (const local of Object.keys(record.bindings)) {
+      const [specifier, name] = record.bindings[local];
+      const dep = modules[record.deps[specifier]];
+      // named polyspell$...: a binding read too early throws from here, a hidden frame
+      Object.defineProperty(scope, local, name === "*"
+        ? { get: function polyspell$namespace() { return dep.ns; } }
+        : { get: function polyspell$binding() { return dep.ns[name]; } });
+    }
+    const load = function polyspell$import(specifier) { return importFrom(record, specifier); };
+    load.meta = { url: record.file };
+    scope.$impt$ = load;
+    const inner = record.fn(scope);
+    let go;
+    const register = function polyspell$register(getters) {
+      for (const name of Object.keys(getters)) {
+        Object.defineProperty(record.ns, name, { get: getters[name], enumerable: true });
+      }
+    };
+    register.ready = new Promise((resolve) => { go = resolve; });
+    record.go = go;
+    record.register = register;
+    record.body = inner(register);
+    record.body.catch(() => {}); // its failure is reported when its turn comes
+    append(order, record);
+  }
+
+  function reexport(order) {
+    for (let k = 0; k < order.length; k++) {
+      const record = order[k];
+      for (const name of Object.keys(record.reexports)) {
+        const [specifier, imported] = record.reexports[name];
+        const dep = modules[record.deps[specifier]];
+        Object.defineProperty(record.ns, name, imported === "*"
+          ? { get: function polyspell$namespace() { return dep.ns; }, enumerable: true }
+          : { get: function polyspell$binding() { return dep.ns[imported]; }, enumerable: true });
+      }
+      for (const specifier of record.stars) {
+        const dep = modules[record.deps[specifier]];
+        for (const name of Object.keys(dep.ns)) {
+          if (name === "default" || hasOwn(record.ns, name)) continue;
+          Object.defineProperty(record.ns, name,
+            { get: function polyspell$binding() { return dep.ns[name]; }, enumerable: true });
+        }
+      }
+    }
+  }
+
+  // Run the linked modules of `order` one after the other (a module's top-level await
+  // holds the next one back, as in ES); a module that throws stops them, its error
+  // showing the imports that led to it.
+  async function evaluateModules(order) {
+    for (let k = 0; k < order.length; k++) {
+      const record = order[k];
+      if (record.state === 2) continue;
+      record.state = 2;
+      // what it imports first (an import() of the same modules may be running them)
+      for (const specifier of record.imports) {
+        const dep = modules[record.deps[specifier]];
+        if (dep !== record && dep.done !== undefined) await dep.done;
+      }
+      record.go();
+      record.done = record.body;
+      try {
+        await record.body;
+      } catch (error) {
+        if (record.chain !== "") {
+          try {
+            const raw = readStack(error);
+            if (typeof raw === "string") writeStack(error, raw + record.chain);
+          } catch {}
+        }
+        throw error;
+      }
+    }
+  }
+
+  // The script is an ES module that imports: link, run, then main (exported or not).
+  function startModules(id) {
+    const record = modules[id];
+    const order = newList();
+    try {
+      linkModule(record, order);
+      reexport(order);
+    } catch (error) {
+      fail(activations[0], error);
+      return;
+    }
+    evaluateModules(order).then(function polyspell$modulesDone() {
+      begin(activations[0], record.register.main, config.args);
+    }, activations[0].fail);
+  }
+
+  // import(specifier) in module `record`: a module it already has, or a request of the
+  // reserved kind "module" (the engine loads what it needs, then calls settleImport).
+  function importFrom(record, specifier) {
+    specifier = String(specifier);
+    const dep = record.deps[specifier];
+    if (typeof dep === "number") return loaded(modules[dep]);
+    if (dep !== undefined) return Promise.reject(loadFailure(dep));
+    captureStack(holder, importFrom);
+    return request(["import", record.id, specifier], undefined, undefined, importFrom,
+      holder.stack);
+  }
+
+  async function loaded(record) {
+    if (record.state === 0) {
+      const order = newList();
+      linkModule(record, order);
+      reexport(order);
+      await evaluateModules(order);
+    }
+    await record.done;
+    return record.ns;
+  }
+
+  // The engine's answer to an import(): the module's id, or why it is not there
+  // ([message, envelope JSON or null]).
+  function settleImport(id, found) {
+    const entry = waiting[id];
+    if (entry === undefined) return;
+    delete waiting[id];
+    if (typeof found === "number") {
+      loaded(modules[found]).then(entry[0], entry[1]);
+    } else {
+      const [message, envelope] = parse(found);
+      entry[1](loadFailure([message, envelope, entry[2]]));
+    }
+  }
+
+  // CommonJS: the require of module `record` (0: the script itself, a global `require`).
+  function requireFrom(record) {
+    const require = function (specifier) {
+      if (typeof specifier !== "string") {
+        throw new TypeError(`require: the module name must be a string, got ${typeof specifier}`);
+      }
+      const dep = record.deps[specifier];
+      if (dep === undefined) {
+        throw new Error(`require(${stringify(specifier)}): polyspell loads modules before ` +
+          "the script runs, from the require(\"...\") calls with a string literal in its " +
+          "files, and this name was not one of them");
+      }
+      if (typeof dep !== "number") {
+        captureStack(holder, require);
+        throw loadFailure([dep[0], dep[1], holder.stack]);
+      }
+      const target = modules[dep];
+      if (target.module !== null) return target.module.exports;
+      const module = target.module = { exports: {}, id: target.file, filename: target.file,
+        loaded: false, children: [], paths: [] };
+      target.fn.call(module.exports, module.exports, requireFrom(target), module, target.file,
+        target.dir);
+      module.loaded = true;
+      return module.exports;
+    };
+    Object.defineProperty(require, "name", { value: "polyspell$require" });
+    return require;
+  }
+
+  function defineRequire(id) {
+    define("require", requireFrom(modules[id]));
+  }
+
+  for (const fn of [linkModule, reexport, evaluateModules, startModules, importFrom, loaded,
+    settleImport, loadFailure, dependency, relocate]) {
+    Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
+  }
+
+  const API = { setup, run, module, library, callExport, settle, poll, drain, defineModules,
+    startModules, settleImport, defineRequire };
   return (name) => API[name];
 })();

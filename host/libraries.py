@@ -19,6 +19,11 @@ character, at most :data:`MAX_NAME_LENGTH` characters. Anything else (``../../et
 ``/etc/passwd``, a name with a newline) is refused with ``security/access_denied`` naming
 the module and the roots, and so is a file that resolves (after symlinks) outside its root.
 
+JavaScript. An ``import`` (``.mjs``) or ``require`` (``.js``) asks the same way, with a
+specifier in place of a name (:meth:`Libraries.resolve_js`: ``./x.mjs`` relative to the
+importing file, in its root; ``dayjs`` in every root; a folder's ``package.json`` entry or
+index file); the reply also says where the file is, for the imports it makes in turn.
+
 Reading. Sources are read by the host, at most :data:`MAX_MODULE_BYTES` each, as UTF-8,
 and cached per host (:class:`Libraries`) by real path, modification time and size: a plan
 of a thousand tasks reads a module once, and a changed file is read again.
@@ -26,7 +31,10 @@ of a thousand tasks reads a module once, and a changed file is read again.
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
+import re
 import stat
 import threading
 from collections import OrderedDict
@@ -38,15 +46,24 @@ import engines
 from bridge import ConfigurationError, SecurityError, SpellError
 from bridge.envelope import error_envelope
 from engines import ToolReply, ToolRequest
+from engines.base import protocol_violation
 
 MAX_MODULE_BYTES = 8 << 20  # a module's source: lodash is 0.5 MiB; 8 MiB is far past any
 MAX_NAME_LENGTH = 256  # characters of a module name
 MAX_CACHED_BYTES = 64 << 20  # sources a host keeps; the least recently used go first
 # The files a module name may be, per language, as Lua's package.path writes them.
 LUA_TEMPLATES = ("?.lua", "?/init.lua")
+# What a JavaScript specifier's path may be followed by, per style (import or require),
+# and the index files of a folder (see Libraries.resolve_js).
+JS_SUFFIXES = {"import": ("", ".mjs", ".js"), "require": ("", ".js", ".cjs", ".json")}
+JS_INDEX = {"import": ("index.mjs", "index.js"), "require": ("index.js",)}
 SANDBOX_HINT = ("(this is polyspell's sandbox: require searches only the library roots, "
                 "the script's folder and those given with --lib DIR, Host(libraries=[...]) "
                 "or libraries = [...] in a config file or plan)")
+
+JS_SANDBOX_HINT = ("(this is polyspell's sandbox: modules are looked for only in the library "
+                   "roots, the script's folder and those given with --lib DIR, "
+                   "Host(libraries=[...]) or libraries = [...] in a config file or plan)")
 
 
 @dataclass(frozen=True)
@@ -69,10 +86,14 @@ class Root:
 
 @dataclass(frozen=True)
 class Found:
-    """A module found: its file name (as frames name it) and its source text."""
+    """A module found: its file name (as frames name it) and its source text; the index
+    of its root in the roots searched and its path in that root (how a JavaScript module
+    names the module that imports: see :meth:`Libraries.resolve_js`)."""
 
     file: str
     source: str
+    root: int = -1
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,13 +152,69 @@ def check_name(name: Any, roots: Sequence[Root]) -> list[str]:
     return name.split(".")
 
 
-def refused(name: str, roots: Sequence[Root], why: str) -> SpellError:
-    """``security/access_denied`` for a module that may not be loaded, naming the roots."""
-    shown = _shown_name(name)
+def refused(name: str, roots: Sequence[Root], why: str,
+            operation: str = "require") -> SpellError:
+    """``security/access_denied`` for a module that may not be loaded, naming the roots
+    (``operation``: "require" or "import")."""
+    shown = _shown_name(str(name))
     where = ", ".join(root.shown or "." for root in roots) or "none"
     return SecurityError.AccessDenied(
-        f"Access denied: require {shown}: {why} (library roots: {where})",
-        resource=shown, operation="require", reason=f"{why} (library roots: {where})")
+        f"Access denied: {operation} {shown}: {why} (library roots: {where})",
+        resource=shown, operation=operation, reason=f"{why} (library roots: {where})")
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def check_specifier(specifier: Any, roots: Sequence[Root], operation: str) -> str:
+    """A JavaScript module specifier, checked: ``./x``, ``../x`` or a bare name whose
+    ``/``-separated parts are names. Anything else is ``security/access_denied``."""
+    why = None
+    if not isinstance(specifier, str) or not specifier:
+        why = "a module specifier is a non-empty string"
+    elif len(specifier) > MAX_NAME_LENGTH:
+        why = f"a module specifier is at most {MAX_NAME_LENGTH} characters"
+    elif any(not ch.isprintable() for ch in specifier) or "\\" in specifier:
+        why = "a module specifier has no control characters (NUL, newline...) and no '\\'"
+    elif specifier.startswith("/") or _URL.match(specifier):
+        why = ("a module specifier is relative (./util.mjs) or a bare name (dayjs), not an "
+               "absolute path or a URL")
+    elif specifier in (".", "..") or specifier.startswith(("./", "../")):
+        return specifier if specifier not in (".", "..") else specifier + "/"
+    elif any(part in ("", ".", "..") for part in specifier.split("/")):
+        why = "a bare module name is made of names: no empty part, no '.' or '..'"
+    if why is not None:
+        raise refused(str(specifier), roots, why, operation)
+    return specifier
+
+
+def package_entry(text: str, style: str) -> str | None:
+    """The file a folder's ``package.json`` (``text``) names as its entry for ``style``:
+    for an import, ``exports["."].import``, ``exports.import``, ``module``, then ``main``;
+    for a require, ``exports["."].require``, ``exports.require``, a string ``exports``
+    (or ``exports["."]``), then ``main``. None when it names none (or is not JSON)."""
+    try:
+        package = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(package, dict):
+        return None
+    exports = package.get("exports")
+    choices: list[Any] = []
+    for table in (exports.get(".") if isinstance(exports, dict) else None, exports):
+        if isinstance(table, dict):
+            choices += [table.get(style), table.get("default")]
+        elif isinstance(table, str):
+            choices.append(table)
+    if style == "import":
+        choices.append(package.get("module"))
+    choices.append(package.get("main"))
+    for choice in choices:
+        if isinstance(choice, dict):  # {"import": {"types": ..., "default": "x.mjs"}}
+            choice = choice.get("default")
+        if isinstance(choice, str) and choice and "\0" not in choice:
+            return choice
+    return None
 
 
 def _shown_name(name: str) -> str:
@@ -278,32 +355,110 @@ class Libraries:
         file outside its root, ``configuration/load_failed`` for a file that cannot be
         read (too large, not UTF-8, unreadable)."""
         relative = "/".join(check_name(name, roots))
-        tried = []
-        for root in roots:
+        tried: list[str] = []
+        for index, root in enumerate(roots):
             for template in templates:
-                path = template.replace("?", relative)
-                shown = root.file_name(path)
-                candidate = os.path.join(root.real, path)
-                if not os.path.lexists(candidate):
-                    tried.append(shown)
-                    continue
-                try:
-                    real = os.path.realpath(candidate)
-                except OSError as exc:  # a link changed under realpath (EINVAL, ENOENT)
-                    raise ConfigurationError.LoadFailed(
-                        path=shown, reason=exc.strerror or str(exc)) from None
-                if not real.startswith(root.inside) and real != root.real:
-                    raise refused(name, roots, f"{shown} resolves to a file outside its "
-                                               f"library root")
-                if not os.path.isfile(real):
-                    tried.append(shown)
-                    continue
-                try:
-                    return Found(shown, self.cache.read(real, shown, root.inside))
-                except _Outside:
-                    raise refused(name, roots, f"{shown} resolved to a file outside its "
-                                               f"library root as it was opened") from None
+                found = self._file(root, index, template.replace("?", relative), name,
+                                   roots, tried)
+                if found is not None:
+                    return found
         return Missing(tuple(tried))
+
+    def _file(self, root: Root, index: int, path: str, name: str, roots: Sequence[Root],
+              tried: list[str], operation: str = "require") -> Found | None:
+        """The module file ``path`` (relative, normalised) of ``root``, read; None (and
+        its name added to ``tried``) when there is no such file. A file that resolves
+        outside its root is ``security/access_denied``."""
+        shown = root.file_name(path)
+        candidate = os.path.join(root.real, path)
+        if not os.path.lexists(candidate):
+            tried.append(shown)
+            return None
+        try:
+            real = os.path.realpath(candidate)
+        except OSError as exc:  # a link changed under realpath (EINVAL, ENOENT)
+            raise ConfigurationError.LoadFailed(
+                path=shown, reason=exc.strerror or str(exc)) from None
+        if not real.startswith(root.inside) and real != root.real:
+            raise refused(name, roots, f"{shown} resolves to a file outside its "
+                                       f"library root", operation)
+        if not os.path.isfile(real):
+            tried.append(shown)
+            return None
+        try:
+            return Found(shown, self.cache.read(real, shown, root.inside), index, path)
+        except _Outside:
+            raise refused(name, roots, f"{shown} resolved to a file outside its "
+                                       f"library root as it was opened", operation) from None
+
+    def resolve_js(self, specifier: Any, importer: tuple[int, str] | None,
+                   roots: Sequence[Root], style: str) -> Found | Missing:
+        """Find the file of a JavaScript ``import`` (``style`` "import") or ``require``
+        (``style`` "require") of ``specifier`` by the module ``importer`` (its root's
+        index in ``roots`` and its path in that root; None: a script that is in no root).
+
+        A relative specifier (``./util.mjs``, ``../x``) is the importer's folder's file,
+        which must stay inside the importer's root; a bare one (``dayjs``,
+        ``dayjs/plugin/utc``, ``@scope/pkg``) is looked for in every root in order. The
+        files looked for: the path itself, then (see :data:`JS_SUFFIXES`) ``.mjs`` and
+        ``.js`` for an import, ``.js``, ``.cjs`` and ``.json`` for a require; a folder's
+        ``package.json`` entry (:func:`package_entry`), then its ``index.mjs``/``index.js``
+        (import) or ``index.js`` (require). Absolute paths, URLs (``node:fs``,
+        ``file:///``), backslashes and control characters are ``security/access_denied``.
+        """
+        operation = "import" if style == "import" else "require"
+        relative = check_specifier(specifier, roots, operation)
+        tried: list[str] = []
+        if relative.startswith("."):
+            if importer is None:
+                raise refused(specifier, roots, "a relative specifier names a file next to "
+                              "the importing one, and this script is in no library root "
+                              "(its folder is a root unless script_dir_library is off)",
+                              operation)
+            index, path = importer
+            joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), relative))
+            if joined == ".." or joined.startswith("../") or joined.startswith("/"):
+                raise refused(specifier, roots, "it leads out of the importing module's "
+                                                "library root", operation)
+            places = [(index, joined)]
+        else:
+            places = [(index, relative) for index in range(len(roots))]
+        for index, path in places:
+            found = self._js_file(roots, index, path, specifier, style, tried, operation)
+            if found is not None:
+                return found
+        return Missing(tuple(tried))
+
+    def _js_file(self, roots: Sequence[Root], index: int, path: str, specifier: str,
+                 style: str, tried: list[str], operation: str) -> Found | None:
+        """The file ``path`` of root ``index`` stands for (see :meth:`resolve_js`)."""
+        root = roots[index]
+        for suffix in JS_SUFFIXES[style]:
+            found = self._file(root, index, path + suffix, specifier, roots, tried, operation)
+            if found is not None:
+                return found
+        if path == ".":
+            path = ""
+        package = self._file(root, index, posixpath.join(path, "package.json"), specifier,
+                             roots, [], operation)
+        if package is not None:
+            entry = package_entry(package.source, style)
+            if entry is not None:
+                target = posixpath.normpath(posixpath.join(path, entry))
+                if target == ".." or target.startswith(("../", "/")):
+                    raise refused(specifier, roots, f"{package.file} names an entry outside "
+                                                    f"its library root", operation)
+                for suffix in ("", *JS_SUFFIXES[style][1:]):
+                    found = self._file(root, index, target + suffix, specifier, roots, tried,
+                                       operation)
+                    if found is not None:
+                        return found
+        for index_file in JS_INDEX[style]:
+            found = self._file(root, index, posixpath.join(path, index_file), specifier, roots,
+                               tried, operation)
+            if found is not None:
+                return found
+        return None
 
 
 def decode_source(data: bytes, file: str) -> str:
@@ -328,27 +483,68 @@ def decode_source(data: bytes, file: str) -> str:
 def answer(libraries: Libraries, request: ToolRequest, roots: Sequence[Root],
            ref: Callable[[SpellError], int] | None = None,
            loaded: dict[str, str] | None = None) -> ToolReply:
-    """The host's reply to a ``require`` (a request of kind ``"module"``): the module's
-    file and text, or Lua's "not found" message; a refusal (a name that is a path, a file
-    outside its root, one too large) is an error envelope, with the request's frames.
-    ``ref`` gives errors their refs (a run's), ``loaded`` collects the files read."""
+    """The host's reply to a ``require`` or ``import`` (a request of kind ``"module"``):
+    the module's file and text, or a "not found" message (Lua's own for Lua); a refusal
+    (a name that is a path, a file outside its root, one too large) is an error envelope,
+    with the request's frames. ``ref`` gives errors their refs (a run's), ``loaded``
+    collects the files read.
+
+    A JavaScript request's ``params`` are ``{"style": "import" | "require", "importer":
+    [root index, path] | None}`` (see :meth:`Libraries.resolve_js`); its reply also says
+    where the module is (``"importer"``, for the requests the module makes in turn).
+    Lua's are None."""
+    params = request.params
     try:
-        found = libraries.resolve(request.tool, roots)
+        if params is None:
+            found = libraries.resolve(request.tool, roots)
+        else:
+            style, importer = _js_request(params, roots)
+            found = libraries.resolve_js(request.tool, importer, roots, style)
     except SpellError as err:
         err.frames = [*request.frames, *err.frames]
         return ToolReply(request.id, error=error_envelope(err, ref=ref))
     if isinstance(found, Missing):
-        return ToolReply(request.id, result={
-            "missing": not_found_message(request.tool, found.tried)})
+        message = (not_found_message(request.tool, found.tried) if params is None
+                   else js_not_found_message(request.tool, found.tried))
+        return ToolReply(request.id, result={"missing": message})
     if loaded is not None:
         loaded.setdefault(found.file, found.source)
-    return ToolReply(request.id, result={"file": found.file, "source": found.source})
+    result: dict[str, Any] = {"file": found.file, "source": found.source}
+    if params is not None:
+        result["importer"] = [found.root, found.path]
+    return ToolReply(request.id, result=result)
+
+
+def _js_request(params: Any, roots: Sequence[Root]) -> tuple[str, tuple[int, str] | None]:
+    """The style and importer of a JavaScript module request (made by the engine, never
+    by a script's own data), checked all the same."""
+    style = params.get("style") if isinstance(params, dict) else None
+    importer = params.get("importer") if isinstance(params, dict) else None
+    if style not in ("import", "require"):
+        raise protocol_violation(f"a module request's style is import or require: {style!r}")
+    if importer is None:
+        return style, None
+    if (not isinstance(importer, list) or len(importer) != 2
+            or not isinstance(importer[0], int) or not 0 <= importer[0] < len(roots)
+            or not isinstance(importer[1], str)):
+        raise protocol_violation(f"a module request's importer is [root, path]: {importer!r}")
+    path = posixpath.normpath(importer[1])
+    if path.startswith(("../", "/")) or path == "..":
+        raise protocol_violation(f"a module request's importer is in its root: {importer!r}")
+    return style, (importer[0], path)
 
 
 def _too_large(shown: str, size: int) -> SpellError:
     return ConfigurationError.LoadFailed(
         path=shown, reason=f"the module is {size} bytes; a module is at most "
                            f"{MAX_MODULE_BYTES} bytes ({MAX_MODULE_BYTES >> 20} MiB)")
+
+
+def js_not_found_message(specifier: str, tried: Sequence[str]) -> str:
+    """A JavaScript module found nowhere: where it was looked for, and the sandbox's hint."""
+    lines = [f"Cannot find module '{specifier}', looked for:"]
+    lines += [f"\t{path}" for path in tried] or ["\tno library roots to search"]
+    return "\n".join([*lines, JS_SANDBOX_HINT])
 
 
 def not_found_message(name: str, tried: Sequence[str]) -> str:

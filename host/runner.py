@@ -19,6 +19,7 @@ import atexit
 import contextvars
 import inspect
 import math
+import os
 import secrets
 import threading
 import time
@@ -565,13 +566,19 @@ class ScriptRun:
 
     def _module(self, request: ToolRequest, roots: Sequence[Root] | None = None
                 ) -> ToolReply:
-        """A ``require``: the module's file and text, found and read by the host in the
-        library roots (the run's; ``roots``: a tools file's), or Lua's "not found"
-        message (see host.libraries)."""
-        from host.libraries import Libraries, answer
+        """A ``require`` or ``import``: the module's file and text, found and read by the
+        host in the library roots (the run's; ``roots``: a tools file's), or a "not
+        found" message (see host.libraries)."""
+        from host.libraries import Libraries, answer, script_root
 
         if self.libraries is None:
             self.libraries = Libraries(script_dir=False)
+        params = request.params
+        if roots is None and isinstance(params, dict) and params.get("importer") is None:
+            # a JavaScript import or require by the script itself: where the script is
+            script = self.library_roots[:1] == [script_root(self.filename)]
+            request.params = {**params, "importer": [0, os.path.basename(self.filename)]
+                              if script else None}
         return answer(self.libraries, request,
                       self.library_roots if roots is None else roots, self._ref,
                       self.modules)

@@ -5,6 +5,7 @@
     python scripts/bench.py --only coordinator    # only the coordinator's rows
     python scripts/bench.py --only monitor        # only the monitor's and its store's rows
     python scripts/bench.py --only isolation      # process isolation against thread mode
+    python scripts/bench.py --only modules        # JavaScript import and require
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -803,10 +804,54 @@ def isolation_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
+def module_run(host: Host, script: Path) -> float:
+    began = time.perf_counter()
+    host.run(script)
+    return time.perf_counter() - began
+
+
+def modules_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """JavaScript modules (issue 15): a run that brings a library in, against one that does
+    not; mustache.js as vendored for the tests, and a graph of 200 small ES modules."""
+    import shutil
+    import tempfile
+
+    rows = []
+    ms = 1e3
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        shutil.copytree(ROOT / "tests" / "vendor" / "mustache", folder / "lib" / "mustache")
+        for i in range(200):
+            following = f'import {{v{i + 1}}} from "./m{i + 1}.mjs";\n' if i < 199 else ""
+            tail = f"v{i + 1} + 1" if i < 199 else "1"
+            (folder / "lib" / f"m{i}.mjs").write_text(f"{following}export const v{i} = {tail};\n")
+        scripts = {}
+        for key, source in {
+            "plain.js": "function main() { return 1; }",
+            "use_require.js": 'const M = require("mustache");\n'
+                              'function main() { return M.render("{{a}}", {a: 1}); }',
+            "use_import.mjs": 'import M from "mustache";\n'
+                              'export function main() { return M.render("{{a}}", {a: 1}); }',
+            "use_graph.mjs": 'import {v0} from "m0.mjs";\nexport function main() { return v0; }',
+        }.items():
+            scripts[key] = folder / key
+            scripts[key].write_text(source)
+        with Host(libraries=[folder / "lib"], on_output=lambda line: None) as host:
+            for key, label in (("plain.js", "a .js script run, no module"),
+                               ("use_require.js", "  ... requiring mustache.js (25 KB)"),
+                               ("use_import.mjs", "  ... importing mustache.mjs (23 KB)"),
+                               ("use_graph.mjs", "  ... importing a chain of 200 modules")):
+                module_run(host, scripts[key])  # read once: the host's cache is warm
+                rows.append((label, median_of(repeats * 3, lambda s=scripts[key]:
+                                              module_run(host, s)) * ms, "ms", ""))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation"],
+    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation",
+                                           "modules"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
@@ -821,6 +866,9 @@ def main() -> None:
         return
     if options.only == "isolation":
         print_table(repeats, isolation_rows(repeats))
+        return
+    if options.only == "modules":
+        print_table(repeats, modules_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -887,6 +935,7 @@ def main() -> None:
     rows += coordinator_rows(repeats)
     rows += store_rows(repeats)
     rows += isolation_rows(repeats)
+    rows += modules_rows(repeats)
     print_table(repeats, rows)
 
 

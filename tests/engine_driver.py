@@ -64,6 +64,11 @@ def converse(engine: engines.Engine, step: Step, tools: Tools, deadline: float,
         replies = []
         for request in step.requests:
             run.requests.append(request)
+            if request.kind == "module" and request.tool not in tools:  # as a host with no
+                # library roots answers
+                replies.append(ToolReply(request.id, result={
+                    "missing": f"Cannot find module {request.tool!r} (no library roots)"}))
+                continue
             try:
                 if request.problem is not None:
                     raise ToolError.InvalidParameters(
