@@ -43,6 +43,7 @@ from pydantic import BaseModel, JsonValue, PrivateAttr
 import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
+from host.executors import Executor, as_executor
 from host.history import RecoveryHistory, recovery_event
 from host.hooks.actions import Continue, Recover, Rethrow
 from host.hooks.actions import Retry as RetryAction
@@ -62,6 +63,7 @@ from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 if TYPE_CHECKING:
     from host.config import Config
     from host.hooks.dispatch import Dispatcher
+    from host.ray_executor import HostRecipe
     from host.runner import EngineFactory, ScriptRun
 
 TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
@@ -259,6 +261,8 @@ class Coordinator:
         libraries: Iterable[str | os.PathLike[str]] = (),
         script_dir_library: bool | None = None,
         isolation: str | None = None,
+        executor: str | Executor | None = None,
+        ray_address: str | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation: checked by the
         # Host below
@@ -302,14 +306,23 @@ class Coordinator:
                           isolation=chosen_isolation(isolation, config, engine_factory),
                           libraries=libraries, script_dir_library=script_dir_library)
         self.isolation = self._host.isolation
+        self.libraries = [os.fspath(path) for path in libraries]
+        self.script_dir_library = script_dir_library
+        if executor is None and ray_address is None and config is not None:
+            executor, ray_address = config.executor, config.ray_address
+        self.executor = as_executor(executor, ray_address=ray_address)
+        self._owns_executor = not isinstance(executor, Executor)  # else the caller's
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)
         self.hooks: Dispatcher | None = self._host.hooks
 
     def close(self) -> None:
-        """End the worker processes of process isolation (see :meth:`host.Host.close`)."""
+        """End the worker processes of process isolation (see :meth:`host.Host.close`)
+        and what the executor holds (a local Ray it started)."""
         self._host.close()
+        if self._owns_executor:
+            self.executor.close()
 
     def __enter__(self) -> Coordinator:
         return self
@@ -402,7 +415,9 @@ class Coordinator:
     ) -> PlanReport:
         """:meth:`run` for async code (asyncio or trio)."""
         plan = self.prepare(plan, strategy=strategy, max_concurrency=max_concurrency)
-        execution = _Execution(self, plan, self._host_for(plan))
+        host = self._host_for(plan)
+        self.executor.prepare(self, plan, host)
+        execution = _Execution(self, plan, host)
         await execution.run()
         report = execution.report()
         if raise_on_failure and report.outcome != "succeeded":
@@ -437,6 +452,21 @@ class Coordinator:
             plan = Plan(**{**dict(plan), **updates})
         plan.check_files()
         return plan
+
+    def recipe(self, plan: Plan) -> HostRecipe:
+        """What the host of ``plan``'s tries is made of, for an executor that makes it
+        elsewhere (a Ray worker): the coordinator's settings, tools and files."""
+        from host.ray_executor import HostRecipe, file_digests
+
+        tools = [*self.tools, *(plan.path(p) for p in plan.tools)]
+        roots = [*self.libraries, *(os.fspath(plan.path(p)) for p in plan.libraries)]
+        files = [os.fspath(t) for t in tools if isinstance(t, (str, os.PathLike))]
+        config_roots = self.config.library_roots() if self.config is not None else []
+        return HostRecipe(
+            tools=tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
+            sandbox=self.sandbox, recovery=self.recovery, config=self.config,
+            libraries=roots, script_dir_library=self.script_dir_library,
+            files=file_digests([*files, *roots, *config_roots]))
 
     def _host_for(self, plan: Plan) -> Host:
         """The host of a plan's run: the coordinator's, with the plan's tools files and
@@ -640,8 +670,9 @@ class _Execution:
                    budget: float) -> tuple[bool, Any]:
         """One run of the task's script, stopped after ``budget`` seconds."""
         try:
-            run = self.host.new_run(self.plan.path(state.task.script), args,
-                                    timeout=budget + CLEANUP_GRACE)
+            run = self.coordinator.executor.new_run(
+                self.host, self.plan.path(state.task.script), args,
+                timeout=budget + CLEANUP_GRACE)
         except SpellError as err:
             return False, err
         state.run, state.run_id = run, run.correlation_id

@@ -1,0 +1,470 @@
+"""Tries on a Ray cluster: the coordinator's plan, run by polyspell hosts in Ray actors.
+
+The coordinator stays where it is (strategies, retries, timeouts, classification, report,
+task listeners: all on the driver). Each try of a task runs in a Ray actor that keeps a
+polyspell host (and its engines) for the plan, built from the same :class:`HostRecipe`
+as the driver's host; an actor per CPU of the cluster, each try on the least busy one.
+
+What travels. The script, by content (read by the driver, run under its own file name, so
+frames are the same as a local run's); ``@tool`` functions, recovery policies and the
+config, by Ray's own serialisation (cloudpickle); tools files and library roots by path,
+checked on each worker: a file that is not there, or whose content is not the driver's, is
+``configuration/load_failed`` naming it, before any task runs. Hooks of runs and tool
+calls (and a monitor, made of such hooks) would run on the workers, away from the
+driver's state: a plan with any is refused before anything runs; task hooks and listeners
+run on the driver as always.
+
+What comes back. A try's result (JSON-like data), or its unified error whole, as
+:meth:`SpellError.to_dict` writes it (class, fields, frames, cause chain, and the context
+of where it was made: the worker's host name and pid), read back with ``from_dict`` (the
+JSON Ray's history advises, never a pickled exception); the lines the script printed,
+streamed as they come (a Ray generator), in order, with the task's prefix; its recovery
+history. Ray's own failures (a worker or node that died, an actor that died, an object
+lost, Ray's out-of-memory killer) are ``runtime/remote_failed`` with the Ray error as
+cause: retryable, by the task's own ``retry`` (Ray's ``max_retries`` and actors'
+``max_restarts`` stay 0: one retry layer). Stopping a try (a timeout, a strategy's
+cancel) asks its actor to cancel the run, which delivers the error to the script at its
+next tool call, so its ``on_cancel``/``signal`` cleanup runs on the worker.
+
+Network: a local Ray started here binds the loopback address (``127.0.0.1``): no traffic
+leaves the machine. ``ray_address`` (``"auto"``, ``"host:port"``) joins a running cluster;
+one that does not answer within :data:`CONNECT_TIMEOUT` is ``network/connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from bridge import ConfigurationError, NetworkError, SpellError
+from host.control import RunControl
+from host.executors import Executor, TaskRun
+from host.history import RecoveryHistory
+
+if TYPE_CHECKING:
+    from host.coordinator import Coordinator
+    from host.host import Host
+    from host.plan import Plan
+
+MIN_RAY = (2, 40)  # the oldest Ray the executor is tested against (generators, actors)
+CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's address before giving up
+# the points whose hooks run where the tries run; the others are the driver's
+DRIVER_POINTS = frozenset({"task_started", "task_finished", "task_completed",
+                           "after_task_failure", "cancellation_started",
+                           "cancellation_finished"})
+
+
+def _ray() -> Any:
+    """The ray module, or a clear ``configuration`` error saying what to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigurationError.Missing(
+            key="ray (the ray executor needs Ray: pip install 'polyspell[ray]')") from None
+    version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    if version < MIN_RAY:
+        raise ConfigurationError.InvalidValue(
+            key="executor", value="ray",
+            reason=f"Ray {ray.__version__} is too old for the ray executor (it needs "
+                   f"{'.'.join(map(str, MIN_RAY))} or newer)")
+    return ray
+
+
+@dataclass
+class HostRecipe:
+    """What a host is made of, as the coordinator made its own: what a remote worker
+    needs to make an equal one. Tools are ``@tool`` objects or tools files' paths."""
+
+    tools: list[Any]
+    memory_mb: int
+    stack_kb: int
+    sandbox: str
+    recovery: Mapping[str, Any] | None = None
+    config: Any = None
+    libraries: list[str] = field(default_factory=list)
+    script_dir_library: bool | None = None
+    files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its content
+
+    def build(self, on_output: Callable[[str], None]) -> Host:
+        """The host, here (on a worker): every file checked against the driver's first."""
+        for path, digest in self.files.items():
+            _check_same_file(path, digest)
+        from host.host import Host
+
+        return Host(self.tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
+                    sandbox=self.sandbox, on_output=on_output, recovery=self.recovery,
+                    config=self.config, libraries=self.libraries,
+                    script_dir_library=self.script_dir_library, isolation="thread")
+
+
+def file_digests(paths: Iterable[str]) -> dict[str, str]:
+    """Each file's sha256, and each file under each folder (library roots), by path."""
+    digests: dict[str, str] = {}
+    for path in paths:
+        if os.path.isdir(path):
+            for folder, _, names in os.walk(path):
+                for name in sorted(names):
+                    full = os.path.join(folder, name)
+                    digests[full] = _digest(full)
+        else:
+            digests[path] = _digest(path)
+    return digests
+
+
+def _digest(path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()
+    except OSError as exc:
+        raise ConfigurationError.LoadFailed(path=path, reason=exc.strerror or str(exc)) \
+            from None
+
+
+def _check_same_file(path: str, digest: str) -> None:
+    if _digest(path) != digest:
+        raise ConfigurationError.LoadFailed(
+            path=path, reason="its content on this Ray worker is not the driver's (tools "
+                              "files and libraries travel by path: give every node the "
+                              "same files)")
+
+
+# -- the actor (on a Ray worker) -------------------------------------------------------------
+
+_output_to: contextvars.ContextVar[Callable[[str], None] | None] = \
+    contextvars.ContextVar("polyspell_remote_output", default=None)
+
+
+class TryRunner:
+    """A polyspell host on a Ray worker: runs tries and streams back what they print and
+    how they ended (made a Ray actor by :class:`RayExecutor`)."""
+
+    def __init__(self, recipe: HostRecipe) -> None:
+        self._host = recipe.build(self._print)
+        self._runs: dict[str, Any] = {}
+        self._stops: dict[str, SpellError] = {}  # stops that came before their run
+
+    @staticmethod
+    def _print(line: str) -> None:
+        send = _output_to.get()
+        if send is not None:
+            send(line)
+
+    def ready(self) -> str:
+        """The node this worker runs on (and that it is up)."""
+        return socket.gethostname()
+
+    async def run(self, key: str, script: str, source: str, language: str, args: Any,
+                  timeout: float, task_id: str | None, plan_id: str | None) -> Any:
+        """Run one try; yields ``("out", line)`` items, then ``("done", outcome)``."""
+        loop = asyncio.get_running_loop()
+        lines: asyncio.Queue[str] = asyncio.Queue()
+        _output_to.set(lambda line: loop.call_soon_threadsafe(lines.put_nowait, line))
+        try:
+            run = self._host.new_run_source(source, language, script, args, timeout=timeout)
+        except SpellError as err:
+            yield ("done", {"ok": False, "error": err.to_dict()})
+            return
+        run.library_roots = self._host.libraries.roots_for(script)
+        run.task_id, run.plan_id = task_id, plan_id
+        self._runs[key] = run
+        early = self._stops.pop(key, None)
+        if early is not None:
+            run.cancel(early, announce=False)
+        ending = asyncio.ensure_future(self._outcome(run))
+        try:
+            while True:
+                line = asyncio.ensure_future(lines.get())
+                done, _ = await asyncio.wait({ending, line},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if line not in done:
+                    line.cancel()
+                    break
+                yield ("out", line.result())
+            while not lines.empty():
+                yield ("out", lines.get_nowait())
+            yield ("done", ending.result())
+        finally:
+            self._runs.pop(key, None)
+
+    @staticmethod
+    async def _outcome(run: Any) -> dict[str, Any]:
+        try:
+            value = await run.execute()
+            outcome: dict[str, Any] = {"ok": True, "value": value}
+        except SpellError as err:
+            stop = run.control.reason
+            outcome = {"ok": False, "error": err.to_dict(), "is_stop": err is stop,
+                       "failed_fast": stop is not None and stop is run.failed_fast}
+        outcome.update(recovery=list(run.recovery), dropped=run.recovery.dropped,
+                       degraded=run.degraded)
+        return outcome
+
+    def stop(self, key: str, error: dict[str, Any]) -> None:
+        """Stop the try ``key`` with ``error`` (delivered at its next tool call)."""
+        reason = SpellError.from_dict(error)
+        run = self._runs.get(key)
+        if run is None:
+            self._stops[key] = reason
+        else:
+            run.cancel(reason, announce=False)
+
+
+# -- the driver's side ----------------------------------------------------------------------
+
+
+class RayExecutor(Executor):
+    """Runs tries on a Ray cluster (see the module). ``address``: None starts a local Ray
+    on the loopback address (or uses the one this process already joined); ``"auto"`` or
+    ``"host:port"`` joins a running cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ConfigurationError.InvalidValue(
+                key="ray_address", value=repr(address)[:200],
+                reason="a Ray address is 'auto' or 'host:port'")
+        self.address = address
+        self._ray: Any = None
+        self._started = False  # whether this executor started the local Ray it uses
+        self._actors: list[Any] = []
+        self._busy: list[int] = []
+        self._recipe_key: Any = None
+        self._recipe: HostRecipe | None = None
+        self._actor_class: Any = None
+        self._lock = threading.Lock()
+        self.nodes: list[str] = []  # the host names of the nodes the actors run on
+
+    # -- set-up -----------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Join (or start) the cluster once; the ray module."""
+        if self._ray is not None:
+            return self._ray
+        ray = _ray()
+        if self.address is not None:
+            _reachable(self.address)
+        if not ray.is_initialized():  # else: the cluster this process joined already
+            if self.address is None:
+                ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                         include_dashboard=False, configure_logging=False,
+                         log_to_driver=False)
+                self._started = True
+            else:
+                try:
+                    ray.init(address=self.address, configure_logging=False,
+                             log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise NetworkError.Connection(endpoint=self.address,
+                                                  reason=str(exc)[:500]) from exc
+        self._ray = ray
+        return ray
+
+    def prepare(self, coordinator: Coordinator, plan: Plan, host: Host) -> None:
+        """Refuse what cannot travel, then make the actors for the plan's host (see the
+        module)."""
+        hooks = host.hooks
+        if hooks is not None:
+            remote = sorted(point for point, registered in hooks.by_point.items()
+                            if registered and point not in DRIVER_POINTS)
+            if remote or hooks.on_tool_error is not None:
+                raise ConfigurationError.InvalidValue(
+                    key="hooks", value=", ".join(remote or ["on_tool_error"]),
+                    reason="hooks of runs and tool calls (and a monitor, made of them) "
+                           "would run on the Ray workers, away from this process: the ray "
+                           "executor takes only task hooks and listeners")
+        if host.on_human_input is not None:
+            raise ConfigurationError.InvalidValue(
+                key="on_human_input", value=repr(host.on_human_input)[:200],
+                reason="a tool's question to a human cannot reach this process from a "
+                       "Ray worker")
+        ray = self.connect()
+        key = (id(coordinator), tuple(plan.tools), tuple(plan.libraries), plan.base_dir)
+        if key == self._recipe_key and self._actors:
+            return
+        recipe = coordinator.recipe(plan)
+        self._end_actors()
+        count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if self._actor_class is None:  # one retry layer, polyspell's: Ray's stays off
+            self._actor_class = ray.remote(num_cpus=1, max_restarts=0,
+                                           max_task_retries=0)(TryRunner)
+        actors = [self._actor_class.remote(recipe) for _ in range(count)]
+        try:
+            self.nodes = ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayActorError as exc:
+            for a in actors:
+                ray.kill(a)
+            raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
+        self._actors, self._busy = actors, [0] * count
+        self._recipe_key, self._recipe = key, recipe
+
+    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float) -> TaskRun:
+        import engines
+        from host.host import _read_script
+
+        language = engines.language_for_path(script)
+        if language is None:
+            raise ConfigurationError.InvalidValue(
+                key="script", value=str(script), reason="cannot tell the language of the script")
+        return RemoteRun(self, host, str(script), _read_script(script), language, args,
+                         timeout)
+
+    def close(self) -> None:
+        self._end_actors()
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+        self._ray, self._started = None, False
+
+    def _end_actors(self) -> None:
+        for actor in self._actors:
+            try:
+                self._ray.kill(actor)
+            except Exception:  # an actor already gone
+                pass
+        self._actors, self._busy, self._recipe_key = [], [], None
+
+    def _replace(self, index: int, dead: Any) -> None:
+        """A new actor in place of ``dead`` (its worker or node died), for the next tries."""
+        with self._lock:
+            if index < len(self._actors) and self._actors[index] is dead \
+                    and self._recipe is not None:
+                self._actors[index] = self._actor_class.remote(self._recipe)
+
+    def _take(self) -> int:
+        with self._lock:
+            index = min(range(len(self._busy)), key=self._busy.__getitem__)
+            self._busy[index] += 1
+            return index
+
+    def _give_back(self, index: int) -> None:
+        with self._lock:
+            if index < len(self._busy):
+                self._busy[index] -= 1
+
+
+def _reachable(address: str) -> None:
+    """An explicit ``host:port`` that does not answer: ``network/connection`` at once."""
+    if address == "auto" or address.startswith(("ray://", "anyscale://")):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError.InvalidValue(key="ray_address", value=address,
+                                              reason="a Ray address is 'auto' or 'host:port'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise NetworkError.Connection(endpoint=address, reason=exc.strerror or str(exc)) \
+            from None
+
+
+def _actor_failure(exc: BaseException) -> SpellError:
+    """A Ray failure as ``runtime/remote_failed`` (retryable), the Ray error its cause; an
+    error the worker's host raised while it was made is that error."""
+    from bridge import SpellRuntimeError
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SpellError):
+        return cause
+    return SpellRuntimeError.RemoteFailed(
+        executor="ray", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        if str(exc) else type(exc).__name__, cause=exc)
+
+
+class RemoteRun:
+    """One try on a Ray actor, driven like a :class:`host.runner.ScriptRun`."""
+
+    def __init__(self, executor: RayExecutor, host: Host, script: str, source: str,
+                 language: str, args: Any, timeout: float) -> None:
+        self._executor, self._host = executor, host
+        self._request = (script, source, language, args, timeout)
+        self.correlation_id = uuid.uuid4().hex
+        self.language = language
+        self.task_id: str | None = None
+        self.plan_id: str | None = None
+        self.control = RunControl()
+        self.failed_fast: SpellError | None = None
+        self.recovery = RecoveryHistory()
+        self._degraded: list[str] = []
+        self._actor: Any = None
+
+    @property
+    def degraded(self) -> list[str]:
+        """The tools that answered degraded in this try (as ``ScriptRun.degraded``)."""
+        return list(self._degraded)
+
+    def cancel(self, error: SpellError, *, announce: bool = True) -> None:
+        """Stop the try with ``error``: its actor delivers it at the next tool call."""
+        if not self.control.request_stop(error):
+            return
+        if self._actor is not None:
+            self._actor.stop.remote(self.correlation_id, error.to_dict())
+
+    async def execute(self) -> Any:
+        """Run the try on the least busy actor; its result, or raise its error."""
+        executor = self._executor
+        ray = executor._ray
+        index = executor._take()
+        self._actor = actor = executor._actors[index]
+        try:
+            stream = actor.run.options(num_returns="streaming").remote(
+                self.correlation_id, *self._request, self.task_id, self.plan_id)
+            if self.control.reason is not None:  # stopped before it was sent
+                actor.stop.remote(self.correlation_id, self.control.reason.to_dict())
+            outcome = None
+            try:
+                while True:
+                    item = await anyio.to_thread.run_sync(_next_item, ray, stream,
+                                                          abandon_on_cancel=True)
+                    if item is None:
+                        break
+                    if item[0] == "out":
+                        self._host.on_output(item[1])
+                    else:
+                        outcome = item[1]
+            except anyio.get_cancelled_exc_class():
+                ray.cancel(stream, force=False)
+                raise
+            except ray.exceptions.RayError as exc:
+                if isinstance(exc, ray.exceptions.RayActorError):  # dead: another in its place
+                    executor._replace(index, actor)
+                raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
+        finally:
+            executor._give_back(index)
+        if outcome is None:
+            raise _actor_failure(RuntimeError("the Ray worker ended the try without an answer"))
+        return self._ended(outcome)
+
+    def _ended(self, outcome: dict[str, Any]) -> Any:
+        self.recovery.absorb(outcome.get("recovery", []), outcome.get("dropped", 0))
+        self._degraded = list(outcome.get("degraded", []))
+        if outcome["ok"]:
+            return outcome["value"]
+        error = SpellError.from_dict(outcome["error"])
+        stop = self.control.reason
+        if outcome.get("is_stop") and stop is not None:  # the stop it was given, delivered
+            stop.frames = error.frames
+            raise stop
+        if outcome.get("failed_fast"):
+            self.failed_fast = error
+            self.control.request_stop(error)
+        raise error
+
+
+def _next_item(ray: Any, stream: Any) -> Any:
+    """The next item of a Ray generator (blocking), or None at its end."""
+    try:
+        ref = next(stream)
+    except StopIteration:
+        return None
+    return ray.get(ref)

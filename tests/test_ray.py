@@ -1,0 +1,245 @@
+"""Plans on a real local Ray (issue 16): the same report as the local executor, errors whole,
+output streamed, Ray's failures as unified errors, what cannot travel refused up front.
+
+One local Ray for the session, bound to 127.0.0.1 (started by the first test that needs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray")
+
+from bridge import ConfigurationError, NetworkError, SpellError
+from host import Coordinator, Task, tool
+from host.hooks import observer
+from host.ray_executor import RayExecutor
+from tests.cli import polyspell
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANS = ROOT / "scripts" / "plans"
+EXAMPLES = ["succeeded", "cascading", "partial", "all_failed", "degraded"]
+
+
+@pytest.fixture(scope="module")
+def ray_executor() -> Iterator[RayExecutor]:
+    executor = RayExecutor()
+    yield executor
+    executor.close()
+
+
+def comparable(report: Any) -> Any:
+    """A report as data, without what differs from run to run and node to node (times,
+    error ids, pids, host names)."""
+    # which of several equally severe failures came first is timing too
+    skipped = ("duration", "context", "at", "timestamp", "elapsed", "execution_time",
+               "representative_task", "representative_error")
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items() if key not in skipped}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    return clean(report.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize("plan", EXAMPLES)
+def test_every_example_plan_reports_the_same_on_ray(plan: str,
+                                                    ray_executor: RayExecutor) -> None:
+    with Coordinator(on_output=lambda task, line: None) as local:
+        expected = local.run(PLANS / f"{plan}.toml")
+    with Coordinator(on_output=lambda task, line: None, executor=ray_executor) as remote:
+        got = remote.run(PLANS / f"{plan}.toml")
+    assert comparable(got) == comparable(expected)
+    assert got.outcome == expected.outcome
+    if expected.representative_task is not None:  # one of the root causes, as locally
+        assert got.representative_task in expected.root_causes
+        assert got.representative_error["kind"] == expected.representative_error["kind"]
+    assert any(task.status != "succeeded" for task in got.tasks) == (plan != "succeeded")
+
+
+@tool
+def shout(text: str) -> str:
+    """The text, upper case (a tool that travels to the Ray workers by value)."""
+    if text == "boom":
+        raise ValueError("no boom on a Ray worker")
+    return text.upper()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_python_tool_travels_and_its_error_comes_back_whole(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    script = write(tmp_path / "agent.lua", 'print("before")\n'
+                                           'local r = tools.shout{text = args.text}\n'
+                                           'print("after " .. r)\nreturn r\n')
+    lines: list[tuple[str, str]] = []
+    with Coordinator([shout], executor=ray_executor,
+                     on_output=lambda task, line: lines.append((task, line))) as coordinator:
+        report = coordinator.run([Task(id="ok", script=str(script), args={"text": "hi"}),
+                                  Task(id="bad", script=str(script), args={"text": "boom"})])
+    assert report.task("ok").result == "HI"
+    assert [line for task, line in lines if task == "ok"] == ["before", "after HI"]
+    assert [line for task, line in lines if task == "bad"] == ["before"]
+    err = report.error("bad")
+    assert err is not None and err.code == "tool/execution_failed"
+    assert err.cause is not None and err.cause.code == "runtime/python_exception"
+    assert "no boom on a Ray worker" in err.message
+    files = [(frame.language, frame.file, frame.line) for frame in err.frames]
+    assert ("lua", str(script), 2) in files
+    assert any(lang == "python" and file == __file__ for lang, file, _ in files)
+    assert err.context is not None and err.context.environment.pid != os.getpid()
+
+
+def test_ray_failures_are_retryable_unified_errors_and_the_actor_is_replaced(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    marker = tmp_path / "died-once"
+
+    @tool
+    def die_once() -> str:
+        """Kill the process it runs in (a Ray worker), the first time only."""
+        if not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return "alive"
+
+    script = write(tmp_path / "agent.lua", "return tools.die_once()\n")
+    with Coordinator([die_once], executor=ray_executor,
+                     on_output=lambda task, line: None) as coordinator:
+        once = coordinator.run([Task(id="t", script=str(script))])
+        marker.unlink()
+        retried = coordinator.run([Task(id="t", script=str(script),
+                                        retry={"attempts": 2, "initial": 0.1})])
+    err = once.error("t")
+    assert err is not None and err.code == "runtime/remote_failed" and err.retryable
+    assert err.fields["executor"] == "ray" and "Actor" in err.fields["reason"]
+    assert err.cause is not None  # Ray's own error
+    task = retried.task("t")
+    assert (task.status, task.attempts, task.result) == ("succeeded", 2, "alive")
+
+
+def test_a_timeout_stops_the_remote_script_and_its_cleanup_runs_there(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    @tool
+    def nap() -> None:
+        """Sleep a little."""
+        time.sleep(0.05)
+
+    script = write(tmp_path / "loop.lua", 'on_cancel(function(err) print("cleanup: " .. '
+                                          'err.kind) end)\n'
+                                          "while true do tools.nap() end\n")
+    lines: list[str] = []
+    with Coordinator([nap], executor=ray_executor,
+                     on_output=lambda task, line: lines.append(line)) as coordinator:
+        report = coordinator.run([Task(id="loop", script=str(script), timeout=1.0)])
+    assert report.task("loop").status == "timed_out"
+    assert report.error("loop").code == "async_execution/task_timeout"  # type: ignore[union-attr]
+    assert lines == ["cleanup: task_timeout"]
+
+
+def test_run_and_tool_hooks_and_questions_cannot_travel_and_are_refused_first(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    seen: list[Any] = []
+
+    @observer("tool_call_finished")
+    def watch(ctx: Any) -> None:
+        seen.append(ctx)
+
+    script = write(tmp_path / "agent.lua", "return 1\n")
+    with Coordinator(hooks=[watch], executor=ray_executor) as coordinator, \
+            pytest.raises(ConfigurationError.InvalidValue) as caught:
+        coordinator.run([Task(id="t", script=str(script))])
+    assert caught.value.fields["value"] == "tool_call_finished"
+    assert "Ray workers" in str(caught.value)
+    with Coordinator(executor=ray_executor, on_human_input=lambda q: "yes") as coordinator, \
+            pytest.raises(ConfigurationError.InvalidValue) as caught:
+        coordinator.run([Task(id="t", script=str(script))])
+    assert caught.value.fields["key"] == "on_human_input"
+    assert seen == []
+
+
+def test_a_tools_file_that_differs_on_the_worker_is_refused(tmp_path: Path) -> None:
+    from host.ray_executor import HostRecipe, file_digests
+
+    tools = write(tmp_path / "tools.py", "x = 1\n")
+    recipe = HostRecipe(tools=[str(tools)], memory_mb=64, stack_kb=256,
+                        sandbox="constrained", files=file_digests([str(tools)]))
+    tools.write_text("x = 2\n")  # as if the worker's node had another version
+    with pytest.raises(ConfigurationError.LoadFailed) as caught:
+        recipe.build(print)
+    assert str(tools) in str(caught.value) and "not the driver's" in str(caught.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_address_is_a_network_error_naming_it_at_once() -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    began = time.monotonic()
+    with pytest.raises(NetworkError.Connection) as caught:
+        RayExecutor(address).connect()
+    assert address in str(caught.value)
+    assert time.monotonic() - began < 10
+
+
+def test_without_ray_the_executor_is_a_configuration_error_saying_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    script = write(tmp_path / "agent.lua", "return 1\n")
+    with pytest.raises(ConfigurationError) as caught:
+        Coordinator(executor="ray").run([Task(id="t", script=str(script))])
+    assert "pip install 'polyspell[ray]'" in str(caught.value)
+
+
+def test_the_cli_runs_a_plan_on_ray_and_prints_the_local_report(tmp_path: Path) -> None:
+    done = {}
+    for executor in ("local", "ray"):
+        out = polyspell("plan", PLANS / "partial.toml", "--executor", executor, "--json",
+                        "--no-record", timeout=180)
+        done[executor] = (out.returncode, comparable_json(out.stdout))
+    assert done["ray"] == done["local"]
+
+
+def comparable_json(text: str) -> Any:
+    from host import PlanReport
+
+    return comparable(PlanReport.model_validate(json.loads(text)))
+
+
+def test_ray_address_without_the_ray_executor_is_a_usage_error() -> None:
+    out = polyspell("plan", PLANS / "partial.toml", "--ray-address", "auto")
+    assert out.returncode == 2 and "--ray-address goes with --executor ray" in out.stderr
+
+
+def test_an_unknown_executor_is_refused() -> None:
+    with pytest.raises(ConfigurationError.InvalidValue):
+        Coordinator(executor="dask")
+    out = polyspell("plan", PLANS / "partial.toml", "--executor", "dask")
+    assert out.returncode == 2
+
+
+def test_errors_made_remotely_read_back_as_the_same_variant() -> None:
+    err = SpellError.from_dict(json.loads(json.dumps(
+        SpellError.from_dict({"category": "runtime", "kind": "remote_failed",
+                              "message": "x", "fields": {"executor": "ray",
+                                                          "reason": "ActorDiedError"}})
+        .to_dict())))
+    assert err.code == "runtime/remote_failed" and err.retryable
