@@ -161,8 +161,10 @@ class TryRunner:
             send(line)
 
     def ready(self) -> str:
-        """The node this worker runs on (and that it is up)."""
-        return socket.gethostname()
+        """The Ray node this worker runs on (and that it is up): its id."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
 
     async def run(self, key: str, script: str, source: str, language: str, args: Any,
                   timeout: float, task_id: str | None, plan_id: str | None) -> Any:
@@ -244,7 +246,7 @@ class RayExecutor(Executor):
         self._recipe: HostRecipe | None = None
         self._actor_class: Any = None
         self._lock = threading.Lock()
-        self.nodes: list[str] = []  # the host names of the nodes the actors run on
+        self.nodes: list[str] = []  # the Ray node id of each actor, in their order
 
     # -- set-up -----------------------------------------------------------------
 
@@ -257,6 +259,7 @@ class RayExecutor(Executor):
             _reachable(self.address)
         if not ray.is_initialized():  # else: the cluster this process joined already
             if self.address is None:
+                loopback_only(ray)
                 ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
                          include_dashboard=False, configure_logging=False,
                          log_to_driver=False)
@@ -332,25 +335,52 @@ class RayExecutor(Executor):
                 self._ray.kill(actor)
             except Exception:  # an actor already gone
                 pass
-        self._actors, self._busy, self._recipe_key = [], [], None
+        self._actors, self._busy, self.nodes, self._recipe_key = [], [], [], None
 
-    def _replace(self, index: int, dead: Any) -> None:
-        """A new actor in place of ``dead`` (its worker or node died), for the next tries."""
+    def _replace(self, dead: Any) -> None:
+        """Drop ``dead`` (its worker or node died); a new actor takes its place when the
+        cluster has a CPU for it (not when its node went away with its CPUs)."""
         with self._lock:
-            if index < len(self._actors) and self._actors[index] is dead \
-                    and self._recipe is not None:
-                self._actors[index] = self._actor_class.remote(self._recipe)
+            if dead not in self._actors:
+                return
+            index = self._actors.index(dead)
+            del self._actors[index], self._busy[index], self.nodes[index]
+            if self._recipe is not None \
+                    and self._ray.available_resources().get("CPU", 0) >= 1:
+                self._actors.append(self._actor_class.remote(self._recipe))
+                self._busy.append(0)
+                self.nodes.append("")  # not known until it answers
+            if not self._actors:  # every node gone: the next plan makes them anew
+                self._recipe_key = None
 
-    def _take(self) -> int:
+    def _take(self) -> tuple[Any, str]:
+        """The least busy actor, counted busy one more time, and its node."""
         with self._lock:
+            if not self._actors:
+                from bridge import SpellRuntimeError
+
+                raise SpellRuntimeError.RemoteFailed(
+                    executor="ray", reason="no Ray worker is left to run the task")
             index = min(range(len(self._busy)), key=self._busy.__getitem__)
             self._busy[index] += 1
-            return index
+            return self._actors[index], self.nodes[index]
 
-    def _give_back(self, index: int) -> None:
+    def _give_back(self, actor: Any) -> None:
         with self._lock:
-            if index < len(self._busy):
-                self._busy[index] -= 1
+            if actor in self._actors:
+                self._busy[self._actors.index(actor)] -= 1
+
+
+def loopback_only(ray: Any) -> None:
+    """Make the Ray this process starts (its nodes, and their workers) use the loopback
+    address, not the machine's own interface: nothing it sends leaves the machine.
+
+    Ray takes a node's address from the interface that routes outward unless clusters
+    are switched off for the platform (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: then
+    ``127.0.0.1``); set here for this process (read at call time) and for the processes
+    Ray starts (which inherit the environment)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _reachable(address: str) -> None:
@@ -368,7 +398,7 @@ def _reachable(address: str) -> None:
             from None
 
 
-def _actor_failure(exc: BaseException) -> SpellError:
+def _actor_failure(exc: BaseException, node: str = "") -> SpellError:
     """A Ray failure as ``runtime/remote_failed`` (retryable), the Ray error its cause; an
     error the worker's host raised while it was made is that error."""
     from bridge import SpellRuntimeError
@@ -378,7 +408,7 @@ def _actor_failure(exc: BaseException) -> SpellError:
         return cause
     return SpellRuntimeError.RemoteFailed(
         executor="ray", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        if str(exc) else type(exc).__name__, cause=exc)
+        if str(exc) else type(exc).__name__, node=node, cause=exc)
 
 
 class RemoteRun:
@@ -414,8 +444,8 @@ class RemoteRun:
         """Run the try on the least busy actor; its result, or raise its error."""
         executor = self._executor
         ray = executor._ray
-        index = executor._take()
-        self._actor = actor = executor._actors[index]
+        actor, node = executor._take()
+        self._actor = actor
         try:
             stream = actor.run.options(num_returns="streaming").remote(
                 self.correlation_id, *self._request, self.task_id, self.plan_id)
@@ -437,10 +467,10 @@ class RemoteRun:
                 raise
             except ray.exceptions.RayError as exc:
                 if isinstance(exc, ray.exceptions.RayActorError):  # dead: another in its place
-                    executor._replace(index, actor)
-                raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
+                    executor._replace(actor)
+                raise _actor_failure(exc, node)  # noqa: B904 - its cause is set: the Ray error
         finally:
-            executor._give_back(index)
+            executor._give_back(actor)
         if outcome is None:
             raise _actor_failure(RuntimeError("the Ray worker ended the try without an answer"))
         return self._ended(outcome)

@@ -104,6 +104,10 @@ def test_a_python_tool_travels_and_its_error_comes_back_whole(
     assert ("lua", str(script), 2) in files
     assert any(lang == "python" and file == __file__ for lang, file, _ in files)
     assert err.context is not None and err.context.environment.pid != os.getpid()
+    import ray
+
+    nodes = ray.nodes()  # a local Ray started here listens on the loopback address only
+    assert nodes and {node["NodeManagerAddress"] for node in nodes} == {"127.0.0.1"}
 
 
 def test_ray_failures_are_retryable_unified_errors_and_the_actor_is_replaced(
