@@ -657,23 +657,26 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
 
         config = _config(args)
         hooks = _cli_hooks(args)
-        executor = args.executor or (config.executor if config is not None else None)
-        ray_address = args.ray_address or (config.ray_address if config is not None
-                                           else None)
-        if args.ray_address is not None and executor != "ray":
+        from host.plan import load_plan
+
+        if args.ray_address is not None and args.executor == "local":
             from bridge import ConfigurationError
 
             raise ConfigurationError.Usage(reason="--ray-address goes with --executor ray")
+        given = args.executor or ("ray" if args.ray_address is not None else None)
+        plan_file = load_plan(args.plan)
+        # where the tries run: the flags, else the plan's, else the config file's
+        executor = given or plan_file.executor or (config.executor if config is not None
+                                                   else None)
         if executor == "ray":  # a run's hooks would run on the workers: not recorded yet
             monitor = None
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
                                   config=config, hooks=hooks, monitor=monitor,
                                   isolation=args.isolation, libraries=args.lib,
                                   script_dir_library=False if args.no_script_dir_lib
-                                  else None, executor=executor,
-                                  ray_address=ray_address if executor == "ray" else None)
+                                  else None, executor=given, ray_address=args.ray_address)
         with coordinator:  # its worker processes end with it (process isolation)
-            plan = coordinator.prepare(args.plan, strategy=args.strategy,
+            plan = coordinator.prepare(plan_file, strategy=args.strategy,
                                        max_concurrency=args.max_concurrency)
             if progress is None:
                 with _hook_logs(hooks, config):

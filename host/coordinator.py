@@ -308,10 +308,13 @@ class Coordinator:
         self.isolation = self._host.isolation
         self.libraries = [os.fspath(path) for path in libraries]
         self.script_dir_library = script_dir_library
-        if executor is None and ray_address is None and config is not None:
+        # the code's executor wins over a plan's, a plan's over the config file's
+        self._executor_given = executor is not None or ray_address is not None
+        if not self._executor_given and config is not None:
             executor, ray_address = config.executor, config.ray_address
         self.executor = as_executor(executor, ray_address=ray_address)
         self._owns_executor = not isinstance(executor, Executor)  # else the caller's
+        self._plan_executors: dict[tuple[str, str | None], Executor] = {}
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)
@@ -323,6 +326,9 @@ class Coordinator:
         self._host.close()
         if self._owns_executor:
             self.executor.close()
+        for executor in self._plan_executors.values():
+            executor.close()
+        self._plan_executors.clear()
 
     def __enter__(self) -> Coordinator:
         return self
@@ -416,8 +422,9 @@ class Coordinator:
         """:meth:`run` for async code (asyncio or trio)."""
         plan = self.prepare(plan, strategy=strategy, max_concurrency=max_concurrency)
         host = self._host_for(plan)
-        self.executor.prepare(self, plan, host)
-        execution = _Execution(self, plan, host)
+        executor = self._executor_for(plan)
+        executor.prepare(self, plan, host)
+        execution = _Execution(self, plan, host, executor)
         await execution.run()
         report = execution.report()
         if raise_on_failure and report.outcome != "succeeded":
@@ -452,6 +459,16 @@ class Coordinator:
             plan = Plan(**{**dict(plan), **updates})
         plan.check_files()
         return plan
+
+    def _executor_for(self, plan: Plan) -> Executor:
+        """The executor of ``plan``'s tries: the coordinator's, unless the plan names one
+        and the coordinator was given none (made once, kept until :meth:`close`)."""
+        if self._executor_given or (plan.executor is None and plan.ray_address is None):
+            return self.executor
+        key = (plan.executor or "local", plan.ray_address)
+        if key not in self._plan_executors:
+            self._plan_executors[key] = as_executor(key[0], ray_address=key[1])
+        return self._plan_executors[key]
 
     def recipe(self, plan: Plan) -> HostRecipe:
         """What the host of ``plan``'s tries is made of, for an executor that makes it
@@ -539,10 +556,12 @@ class _TaskState:
 class _Execution:
     """The state of one run of one plan: its tasks, their states, the strategy at work."""
 
-    def __init__(self, coordinator: Coordinator, plan: Plan, host: Host) -> None:
+    def __init__(self, coordinator: Coordinator, plan: Plan, host: Host,
+                 executor: Executor) -> None:
         self.coordinator = coordinator
         self.plan = plan
         self.host = host
+        self.executor = executor
         self.states = {t.id: _TaskState(t, anyio.Event(), wake=anyio.Event())
                        for t in plan.tasks}
         self.dependents: dict[str, list[str]] = {t.id: [] for t in plan.tasks}
@@ -670,7 +689,7 @@ class _Execution:
                    budget: float) -> tuple[bool, Any]:
         """One run of the task's script, stopped after ``budget`` seconds."""
         try:
-            run = self.coordinator.executor.new_run(
+            run = self.executor.new_run(
                 self.host, self.plan.path(state.task.script), args,
                 timeout=budget + CLEANUP_GRACE)
         except SpellError as err:

@@ -55,6 +55,20 @@ def comparable(report: Any) -> Any:
     return clean(report.model_dump(mode="json"))
 
 
+def test_propagate_stops_everything_on_ray_too(ray_executor: RayExecutor) -> None:
+    """The one strategy no example plan uses: which tasks were still running when the
+    first failure came is timing, so the report is compared where it is not."""
+    reports = []
+    for executor in (None, ray_executor):
+        with Coordinator(on_output=lambda task, line: None, executor=executor) as coordinator:
+            reports.append(coordinator.run(PLANS / "cascading.toml", strategy="propagate"))
+    local, remote = reports
+    assert (remote.outcome, remote.root_causes) == (local.outcome, local.root_causes)
+    assert remote.error("fetch_atlantis").to_dict()["frames"] == \
+        local.error("fetch_atlantis").to_dict()["frames"]  # type: ignore[union-attr]
+    assert {t.status for t in remote.tasks} <= {"succeeded", "failed", "cancelled"}
+
+
 @pytest.mark.parametrize("plan", EXAMPLES)
 def test_every_example_plan_reports_the_same_on_ray(plan: str,
                                                     ray_executor: RayExecutor) -> None:
@@ -228,9 +242,30 @@ def comparable_json(text: str) -> Any:
     return comparable(PlanReport.model_validate(json.loads(text)))
 
 
-def test_ray_address_without_the_ray_executor_is_a_usage_error() -> None:
-    out = polyspell("plan", PLANS / "partial.toml", "--ray-address", "auto")
+def test_ray_address_with_the_local_executor_is_a_usage_error() -> None:
+    out = polyspell("plan", PLANS / "partial.toml", "--executor", "local",
+                    "--ray-address", "auto")
     assert out.returncode == 2 and "--ray-address goes with --executor ray" in out.stderr
+
+
+def test_a_plan_names_its_executor_and_the_code_wins_over_it(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    script = write(tmp_path / "pid.lua", "return 1\n")
+    plan = write(tmp_path / "plan.toml", '[plan]\nexecutor = "ray"\nray_address = "auto"\n'
+                                         f'[[task]]\nid = "t"\nscript = "{script.name}"\n')
+    from host.plan import load_plan
+
+    loaded = load_plan(plan)
+    assert (loaded.executor, loaded.ray_address) == ("ray", "auto")
+    with Coordinator(on_output=lambda task, line: None) as coordinator:
+        assert coordinator._executor_for(loaded).name == "ray"  # the plan's
+    with Coordinator(executor="local") as coordinator:
+        assert coordinator._executor_for(loaded) is coordinator.executor  # the code's
+        assert coordinator.run(loaded).task("t").result == 1
+    bad = write(tmp_path / "bad.toml", '[plan]\nexecutor = "dask"\n[[task]]\nid = "t"\n'
+                                       f'script = "{script.name}"\n')
+    with pytest.raises(ConfigurationError.InvalidPlan):
+        load_plan(bad)
 
 
 def test_an_unknown_executor_is_refused() -> None:
