@@ -282,3 +282,14 @@ def test_errors_made_remotely_read_back_as_the_same_variant() -> None:
                                                           "reason": "ActorDiedError"}})
         .to_dict())))
     assert err.code == "runtime/remote_failed" and err.retryable
+
+
+def test_a_ray_too_old_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from host.ray_executor import _ray
+
+    monkeypatch.setattr(ray, "__version__", "2.9.3")
+    with pytest.raises(ConfigurationError.InvalidValue) as caught:
+        _ray()
+    assert "Ray 2.9.3 is too old" in str(caught.value)
