@@ -665,11 +665,6 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
             raise ConfigurationError.Usage(reason="--ray-address goes with --executor ray")
         given = args.executor or ("ray" if args.ray_address is not None else None)
         plan_file = load_plan(args.plan)
-        # where the tries run: the flags, else the plan's, else the config file's
-        executor = given or plan_file.executor or (config.executor if config is not None
-                                                   else None)
-        if executor == "ray":  # a run's hooks would run on the workers: not recorded yet
-            monitor = None
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
                                   config=config, hooks=hooks, monitor=monitor,
                                   isolation=args.isolation, libraries=args.lib,

@@ -9,10 +9,12 @@ What travels. The script, by content (read by the driver, run under its own file
 frames are the same as a local run's); ``@tool`` functions, recovery policies and the
 config, by Ray's own serialisation (cloudpickle); tools files and library roots by path,
 checked on each worker: a file that is not there, or whose content is not the driver's, is
-``configuration/load_failed`` naming it, before any task runs. Hooks of runs and tool
-calls (and a monitor, made of such hooks) would run on the workers, away from the
-driver's state: a plan with any is refused before anything runs; task hooks and listeners
-run on the driver as always.
+``configuration/load_failed`` naming it, before any task runs. Observers of runs and tool
+calls (a monitor among them) see the workers' events on the driver: each worker forwards
+the contexts of the points the driver observes, as data, through the try's stream, to the
+driver's one dispatcher. Controllers of those points (and ``on_human_input``) would decide
+on a worker: a plan with any is refused before anything runs; task hooks and listeners run
+on the driver as always.
 
 What comes back. A try's result (JSON-like data), or its unified error whole, as
 :meth:`SpellError.to_dict` writes it (class, fields, frames, cause chain, and the context
@@ -95,17 +97,72 @@ class HostRecipe:
     libraries: list[str] = field(default_factory=list)
     script_dir_library: bool | None = None
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its content
+    # the points of runs and tool calls the driver observes -> whether it wants successes
+    observed: dict[str, bool] = field(default_factory=dict)
 
-    def build(self, on_output: Callable[[str], None]) -> Host:
-        """The host, here (on a worker): every file checked against the driver's first."""
+    def build(self, on_output: Callable[[str], None],
+              on_event: Callable[[str, Any, bool], None] | None = None) -> Host:
+        """The host, here (on a worker): every file checked against the driver's first.
+        ``on_event(point, context, failed)`` gets what the observed points see."""
         for path, digest in self.files.items():
             _check_same_file(path, digest)
+        from host.hooks import observer
         from host.host import Host
 
+        hooks = []
+        if on_event is not None:
+            for point, successes in self.observed.items():
+                def forward(ctx: Any, point: str = point, successes: bool = successes) -> None:
+                    on_event(point, ctx, not successes or _failed(ctx))
+
+                hooks.append(observer(point, failures_only=not successes,
+                                      name=f"ray.forward.{point}")(forward))
+        config = self.config
+        if config is not None and getattr(config, "hooks", None):  # the driver runs them
+            config = config.model_copy(update={"hooks": None})
         return Host(self.tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=on_output, recovery=self.recovery,
-                    config=self.config, libraries=self.libraries,
+                    config=config, libraries=self.libraries, hooks=hooks,
                     script_dir_library=self.script_dir_library, isolation="thread")
+
+
+def _failed(context: Any) -> bool:
+    """Whether an observed event tells of a failure (or of something recovery answered)."""
+    return (getattr(context, "error", None) is not None
+            or getattr(context, "recovered_from", None) is not None)
+
+
+def context_data(value: Any) -> Any:
+    """A hook's context as data that crosses a process: named tuples by their class
+    name, errors by ``to_dict`` (see :func:`context_from_data`)."""
+    if isinstance(value, SpellError):
+        return {"$error": value.to_dict()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {"$context": type(value).__name__, "fields": [context_data(v) for v in value]}
+    if isinstance(value, dict):
+        return {"$dict": [[key, context_data(item)] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [context_data(item) for item in value]
+    return value
+
+
+def context_from_data(data: Any) -> Any:
+    """The context :func:`context_data` wrote; only the hook points' own classes."""
+    from host.hooks import points
+
+    if isinstance(data, dict):
+        if "$error" in data:
+            return SpellError.from_dict(data["$error"])
+        if "$dict" in data:
+            return {key: context_from_data(item) for key, item in data["$dict"]}
+        name = data.get("$context")
+        kind = getattr(points, name, None) if isinstance(name, str) else None
+        if kind is None or not (isinstance(kind, type) and issubclass(kind, tuple)):
+            raise ValueError(f"not a hook context: {name!r}")
+        return kind(*(context_from_data(item) for item in data["fields"]))
+    if isinstance(data, list):
+        return [context_from_data(item) for item in data]
+    return data
 
 
 def file_digests(paths: Iterable[str]) -> dict[str, str]:
@@ -150,8 +207,9 @@ class TryRunner:
     how they ended (made a Ray actor by :class:`RayExecutor`)."""
 
     def __init__(self, recipe: HostRecipe) -> None:
-        self._host = recipe.build(self._print)
+        self._host = recipe.build(self._print, self._event)
         self._runs: dict[str, Any] = {}
+        self._streams: dict[str, Callable[[Any], None]] = {}  # a run's id -> its stream
         self._stops: dict[str, SpellError] = {}  # stops that came before their run
 
     @staticmethod
@@ -159,6 +217,13 @@ class TryRunner:
         send = _output_to.get()
         if send is not None:
             send(line)
+
+    def _event(self, point: str, context: Any, failed: bool) -> None:
+        """An observed point's event (on the host's observers' thread): to its run's
+        stream; one of no run of this worker's (a breaker's change) is dropped."""
+        send = self._streams.get(getattr(context, "run_id", None) or "")
+        if send is not None:
+            send(("event", point, context_data(context), failed))
 
     def ready(self) -> str:
         """The Ray node this worker runs on (and that it is up): its id."""
@@ -170,8 +235,12 @@ class TryRunner:
                   timeout: float, task_id: str | None, plan_id: str | None) -> Any:
         """Run one try; yields ``("out", line)`` items, then ``("done", outcome)``."""
         loop = asyncio.get_running_loop()
-        lines: asyncio.Queue[str] = asyncio.Queue()
-        _output_to.set(lambda line: loop.call_soon_threadsafe(lines.put_nowait, line))
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def send(item: Any) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        _output_to.set(lambda line: send(("out", line)))
         try:
             run = self._host.new_run_source(source, language, script, args, timeout=timeout)
         except SpellError as err:
@@ -180,24 +249,30 @@ class TryRunner:
         run.library_roots = self._host.libraries.roots_for(script)
         run.task_id, run.plan_id = task_id, plan_id
         self._runs[key] = run
+        self._streams[run.correlation_id] = send
         early = self._stops.pop(key, None)
         if early is not None:
             run.cancel(early, announce=False)
         ending = asyncio.ensure_future(self._outcome(run))
         try:
             while True:
-                line = asyncio.ensure_future(lines.get())
-                done, _ = await asyncio.wait({ending, line},
+                item = asyncio.ensure_future(items.get())
+                done, _ = await asyncio.wait({ending, item},
                                              return_when=asyncio.FIRST_COMPLETED)
-                if line not in done:
-                    line.cancel()
+                if item not in done:
+                    item.cancel()
                     break
-                yield ("out", line.result())
-            while not lines.empty():
-                yield ("out", lines.get_nowait())
+                yield item.result()
+            hooks = self._host.hooks
+            if hooks is not None:  # the observers have told the run's last events
+                await asyncio.to_thread(hooks.catch_up)
+                await asyncio.sleep(0)  # (their sends land in the queue)
+            while not items.empty():
+                yield items.get_nowait()
             yield ("done", ending.result())
         finally:
             self._runs.pop(key, None)
+            self._streams.pop(run.correlation_id, None)
 
     @staticmethod
     async def _outcome(run: Any) -> dict[str, Any]:
@@ -279,14 +354,16 @@ class RayExecutor(Executor):
         module)."""
         hooks = host.hooks
         if hooks is not None:
-            remote = sorted(point for point, registered in hooks.by_point.items()
-                            if registered and point not in DRIVER_POINTS)
-            if remote or hooks.on_tool_error is not None:
+            deciding = sorted(point for point, registered in hooks.by_point.items()
+                              if point not in DRIVER_POINTS
+                              and any(hook.kind != "observer" for hook in registered))
+            if deciding or hooks.on_tool_error is not None:
                 raise ConfigurationError.InvalidValue(
-                    key="hooks", value=", ".join(remote or ["on_tool_error"]),
-                    reason="hooks of runs and tool calls (and a monitor, made of them) "
-                           "would run on the Ray workers, away from this process: the ray "
-                           "executor takes only task hooks and listeners")
+                    key="hooks", value=", ".join(deciding or ["on_tool_error"]),
+                    reason="controllers of runs and tool calls would decide on the Ray "
+                           "workers, away from this process: the ray executor takes "
+                           "observers (they see the workers' events here), task hooks "
+                           "and listeners")
         if host.on_human_input is not None:
             raise ConfigurationError.InvalidValue(
                 key="on_human_input", value=repr(host.on_human_input)[:200],
@@ -297,6 +374,10 @@ class RayExecutor(Executor):
         if key == self._recipe_key and self._actors:
             return
         recipe = coordinator.recipe(plan)
+        if hooks is not None:
+            recipe.observed = {point: hooks.wants_successes(point)
+                               for point, registered in hooks.by_point.items()
+                               if registered and point not in DRIVER_POINTS}
         self._end_actors()
         count = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if self._actor_class is None:  # one retry layer, polyspell's: Ray's stays off
@@ -460,6 +541,8 @@ class RemoteRun:
                         break
                     if item[0] == "out":
                         self._host.on_output(item[1])
+                    elif item[0] == "event":
+                        self._observe(item[1], item[2], item[3])
                     else:
                         outcome = item[1]
             except anyio.get_cancelled_exc_class():
@@ -474,6 +557,12 @@ class RemoteRun:
         if outcome is None:
             raise _actor_failure(RuntimeError("the Ray worker ended the try without an answer"))
         return self._ended(outcome)
+
+    def _observe(self, point: str, data: Any, failed: bool) -> None:
+        """A worker's event, to this host's observers of ``point`` (the one dispatcher)."""
+        hooks = self._host.hooks
+        if hooks is not None:
+            hooks.observe(point, context_from_data(data), failed=failed)
 
     def _ended(self, outcome: dict[str, Any]) -> Any:
         self.recovery.absorb(outcome.get("recovery", []), outcome.get("dropped", 0))

@@ -170,25 +170,66 @@ def test_a_timeout_stops_the_remote_script_and_its_cleanup_runs_there(
     assert lines == ["cleanup: task_timeout"]
 
 
-def test_run_and_tool_hooks_and_questions_cannot_travel_and_are_refused_first(
+def test_observers_see_the_workers_events_here_and_a_monitor_records_them(
         tmp_path: Path, ray_executor: RayExecutor) -> None:
-    seen: list[Any] = []
+    from host.monitor import Monitor
+
+    seen: list[tuple[str, str | None]] = []
 
     @observer("tool_call_finished")
     def watch(ctx: Any) -> None:
-        seen.append(ctx)
+        seen.append((ctx.tool, ctx.error.code if ctx.error is not None else None))
+
+    @observer("run_finished")
+    def runs(ctx: Any) -> None:
+        seen.append(("run", ctx.script))
+
+    script = write(tmp_path / "agent.lua", "local ok = pcall(tools.shout, {text = 'boom'})\n"
+                                           "return tools.shout{text = 'hi'}\n")
+    monitor = Monitor(tmp_path / "errors.db")
+    with Coordinator([shout], hooks=[watch, runs], monitor=monitor, executor=ray_executor,
+                     on_output=lambda task, line: None) as coordinator:
+        report = coordinator.run([Task(id="t", script=str(script))])
+    assert report.task("t").result == "HI"
+    assert seen == [("shout", "tool/execution_failed"), ("shout", None), ("run", str(script))]
+    monitor.close()
+    records = Monitor(tmp_path / "errors.db").records()
+    assert [record["code"] for record in records] == ["tool/execution_failed"]
+    assert records[0]["tool"] == "shout"
+
+
+def test_controllers_and_questions_cannot_travel_and_are_refused_first(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    from host.hooks import Continue, controller
+
+    @controller("before_tool_call")
+    def decide(ctx: Any) -> Any:
+        return Continue()
 
     script = write(tmp_path / "agent.lua", "return 1\n")
-    with Coordinator(hooks=[watch], executor=ray_executor) as coordinator, \
+    with Coordinator(hooks=[decide], executor=ray_executor) as coordinator, \
             pytest.raises(ConfigurationError.InvalidValue) as caught:
         coordinator.run([Task(id="t", script=str(script))])
-    assert caught.value.fields["value"] == "tool_call_finished"
+    assert caught.value.fields["value"] == "before_tool_call"
     assert "Ray workers" in str(caught.value)
     with Coordinator(executor=ray_executor, on_human_input=lambda q: "yes") as coordinator, \
             pytest.raises(ConfigurationError.InvalidValue) as caught:
         coordinator.run([Task(id="t", script=str(script))])
     assert caught.value.fields["key"] == "on_human_input"
-    assert seen == []
+
+
+def test_a_context_crosses_as_data_and_only_as_a_hook_context() -> None:
+    from bridge import ToolError
+    from host.hooks.points import Caller, ToolResultContext
+    from host.ray_executor import context_data, context_from_data
+
+    ctx = ToolResultContext("r", "t", {"a": [1]}, Caller("lua", "x.lua", 3), 1, None,
+                            ToolError.NotFound(tool_name="t"), "execution", 0.5, 1)
+    back = context_from_data(json.loads(json.dumps(context_data(ctx))))
+    assert back._replace(error=None) == ctx._replace(error=None)
+    assert back.error.to_dict()["fields"] == ctx.error.to_dict()["fields"]
+    with pytest.raises(ValueError):
+        context_from_data({"$context": "Popen", "fields": []})
 
 
 def test_a_tools_file_that_differs_on_the_worker_is_refused(tmp_path: Path) -> None:
