@@ -640,6 +640,18 @@ class RuntimeWorkerDied(SpellRuntimeError, kind="worker_died", severity=Severity
     pid: int = 0
 
 
+class RuntimeRemoteFailed(SpellRuntimeError, kind="remote_failed", retryable=True,
+                          retry_after=1.0,
+                          template="Remote execution failed on {executor}: {reason}"):
+    """The executor running a task's try elsewhere lost it (a distributed plan): a Ray
+    worker, node or actor that died, an object lost, Ray's out-of-memory killer. The
+    executor's own error is the cause. Retryable, by the task's ``retry``: the next try
+    may run on another worker."""
+    executor: str
+    reason: str
+    node: str = ""
+
+
 class RuntimeAllFallbacksFailed(SpellRuntimeError, kind="all_fallbacks_failed",
                                 template="All fallbacks failed: {attempted_options} options "
                                          "attempted"):

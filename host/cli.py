@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-concurrency", type=int, metavar="N",
                       help="tasks running at once at most (overrides the plan's)")
     _add_isolation_option(plan)
+    plan.add_argument("--executor", choices=["local", "ray"], default=None,
+                      help="where the tasks' tries run: local (default: here) or ray (on "
+                      "a Ray cluster; needs pip install 'polyspell[ray]')")
+    plan.add_argument("--ray-address", metavar="ADDR",
+                      help="the Ray cluster to join with --executor ray: auto, or "
+                      "HOST:PORT (default: start a local Ray on 127.0.0.1)")
     plan.add_argument("--json", action="store_true",
                       help="print the report as one JSON object on stdout")
     plan.add_argument("--verbose", action="store_true",
@@ -651,13 +657,21 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
 
         config = _config(args)
         hooks = _cli_hooks(args)
+        from host.plan import load_plan
+
+        if args.ray_address is not None and args.executor == "local":
+            from bridge import ConfigurationError
+
+            raise ConfigurationError.Usage(reason="--ray-address goes with --executor ray")
+        given = args.executor or ("ray" if args.ray_address is not None else None)
+        plan_file = load_plan(args.plan)
         coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
                                   config=config, hooks=hooks, monitor=monitor,
                                   isolation=args.isolation, libraries=args.lib,
                                   script_dir_library=False if args.no_script_dir_lib
-                                  else None)
+                                  else None, executor=given, ray_address=args.ray_address)
         with coordinator:  # its worker processes end with it (process isolation)
-            plan = coordinator.prepare(args.plan, strategy=args.strategy,
+            plan = coordinator.prepare(plan_file, strategy=args.strategy,
                                        max_concurrency=args.max_concurrency)
             if progress is None:
                 with _hook_logs(hooks, config):

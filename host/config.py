@@ -160,6 +160,10 @@ class Config(BaseModel):
     # where engines run (host.Host's ``isolation``): the file's unless the code or the
     # command line says
     isolation: Literal["thread", "process"] | None = None
+    # where a plan's tries run (Coordinator's ``executor``, ``ray_address``): the file's
+    # unless the code or the command line says
+    executor: Literal["local", "ray"] | None = None
+    ray_address: str | None = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in

@@ -43,6 +43,7 @@ from pydantic import BaseModel, JsonValue, PrivateAttr
 import engines
 from bridge import AsyncExecutionError, CrossEngineCoordinationError, SpellError
 from bridge.errors import describe_exception
+from host.executors import Executor, as_executor
 from host.history import RecoveryHistory, recovery_event
 from host.hooks.actions import Continue, Recover, Rethrow
 from host.hooks.actions import Retry as RetryAction
@@ -62,6 +63,7 @@ from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 if TYPE_CHECKING:
     from host.config import Config
     from host.hooks.dispatch import Dispatcher
+    from host.ray_executor import HostRecipe
     from host.runner import EngineFactory, ScriptRun
 
 TaskStatus = Literal["succeeded", "failed", "cancelled", "timed_out", "skipped"]
@@ -259,6 +261,8 @@ class Coordinator:
         libraries: Iterable[str | os.PathLike[str]] = (),
         script_dir_library: bool | None = None,
         isolation: str | None = None,
+        executor: str | Executor | None = None,
+        ray_address: str | None = None,
     ) -> None:
         # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation: checked by the
         # Host below
@@ -302,14 +306,29 @@ class Coordinator:
                           isolation=chosen_isolation(isolation, config, engine_factory),
                           libraries=libraries, script_dir_library=script_dir_library)
         self.isolation = self._host.isolation
+        self.libraries = [os.fspath(path) for path in libraries]
+        self.script_dir_library = script_dir_library
+        # the code's executor wins over a plan's, a plan's over the config file's
+        self._executor_given = executor is not None or ray_address is not None
+        if not self._executor_given and config is not None:
+            executor, ray_address = config.executor, config.ray_address
+        self.executor = as_executor(executor, ray_address=ray_address)
+        self._owns_executor = not isinstance(executor, Executor)  # else the caller's
+        self._plan_executors: dict[tuple[str, str | None], Executor] = {}
         self.monitor = self._host.monitor
         self.engine_factory = self._host.engine_factory
         # the one dispatcher (None: no hooks nor listeners, no cost)
         self.hooks: Dispatcher | None = self._host.hooks
 
     def close(self) -> None:
-        """End the worker processes of process isolation (see :meth:`host.Host.close`)."""
+        """End the worker processes of process isolation (see :meth:`host.Host.close`)
+        and what the executor holds (a local Ray it started)."""
         self._host.close()
+        if self._owns_executor:
+            self.executor.close()
+        for executor in self._plan_executors.values():
+            executor.close()
+        self._plan_executors.clear()
 
     def __enter__(self) -> Coordinator:
         return self
@@ -402,7 +421,10 @@ class Coordinator:
     ) -> PlanReport:
         """:meth:`run` for async code (asyncio or trio)."""
         plan = self.prepare(plan, strategy=strategy, max_concurrency=max_concurrency)
-        execution = _Execution(self, plan, self._host_for(plan))
+        host = self._host_for(plan)
+        executor = self._executor_for(plan)
+        executor.prepare(self, plan, host)
+        execution = _Execution(self, plan, host, executor)
         await execution.run()
         report = execution.report()
         if raise_on_failure and report.outcome != "succeeded":
@@ -437,6 +459,31 @@ class Coordinator:
             plan = Plan(**{**dict(plan), **updates})
         plan.check_files()
         return plan
+
+    def _executor_for(self, plan: Plan) -> Executor:
+        """The executor of ``plan``'s tries: the coordinator's, unless the plan names one
+        and the coordinator was given none (made once, kept until :meth:`close`)."""
+        if self._executor_given or (plan.executor is None and plan.ray_address is None):
+            return self.executor
+        key = (plan.executor or "local", plan.ray_address)
+        if key not in self._plan_executors:
+            self._plan_executors[key] = as_executor(key[0], ray_address=key[1])
+        return self._plan_executors[key]
+
+    def recipe(self, plan: Plan) -> HostRecipe:
+        """What the host of ``plan``'s tries is made of, for an executor that makes it
+        elsewhere (a Ray worker): the coordinator's settings, tools and files."""
+        from host.ray_executor import HostRecipe, file_digests
+
+        tools = [*self.tools, *(plan.path(p) for p in plan.tools)]
+        roots = [*self.libraries, *(os.fspath(plan.path(p)) for p in plan.libraries)]
+        files = [os.fspath(t) for t in tools if isinstance(t, (str, os.PathLike))]
+        config_roots = self.config.library_roots() if self.config is not None else []
+        return HostRecipe(
+            tools=tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
+            sandbox=self.sandbox, recovery=self.recovery, config=self.config,
+            libraries=roots, script_dir_library=self.script_dir_library,
+            files=file_digests([*files, *roots, *config_roots]))
 
     def _host_for(self, plan: Plan) -> Host:
         """The host of a plan's run: the coordinator's, with the plan's tools files and
@@ -509,10 +556,12 @@ class _TaskState:
 class _Execution:
     """The state of one run of one plan: its tasks, their states, the strategy at work."""
 
-    def __init__(self, coordinator: Coordinator, plan: Plan, host: Host) -> None:
+    def __init__(self, coordinator: Coordinator, plan: Plan, host: Host,
+                 executor: Executor) -> None:
         self.coordinator = coordinator
         self.plan = plan
         self.host = host
+        self.executor = executor
         self.states = {t.id: _TaskState(t, anyio.Event(), wake=anyio.Event())
                        for t in plan.tasks}
         self.dependents: dict[str, list[str]] = {t.id: [] for t in plan.tasks}
@@ -640,8 +689,9 @@ class _Execution:
                    budget: float) -> tuple[bool, Any]:
         """One run of the task's script, stopped after ``budget`` seconds."""
         try:
-            run = self.host.new_run(self.plan.path(state.task.script), args,
-                                    timeout=budget + CLEANUP_GRACE)
+            run = self.executor.new_run(
+                self.host, self.plan.path(state.task.script), args,
+                timeout=budget + CLEANUP_GRACE)
         except SpellError as err:
             return False, err
         state.run, state.run_id = run, run.correlation_id

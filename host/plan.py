@@ -9,6 +9,7 @@ A plan is given in Python (``Plan(tasks=[Task(...), ...])``) or read from a TOML
     tolerance = 0.5
     tools = ["tools.py"]
     libraries = ["lib"]              # folders require searches (host.libraries)
+    executor = "ray"                 # where the tries run (host.executors); ray_address
 
     [[task]]
     id = "fetch_a"
@@ -134,6 +135,10 @@ class Plan(_PlanModel):
     engine_timeouts: dict[Language, float] = {}
     tools: list[str] = []
     libraries: list[str] = []  # folders require searches, after the coordinator's
+    # where the tries run, unless the coordinator was given an executor (the code's or
+    # --executor win; a plan's wins over a config file's)
+    executor: Literal["local", "ray"] | None = None
+    ray_address: str | None = Field(None, min_length=1)
     base_dir: str | None = None
     source: str | None = None  # the file the plan was read from, for error locations
 
@@ -268,7 +273,7 @@ def invalid_plan(*, plan: str, reason: str, location: str = "") -> SpellError:
 # -- TOML -------------------------------------------------------------------------------
 
 PLAN_KEYS = ("name", "strategy", "tolerance", "max_concurrency", "timeout",
-             "engine_timeouts", "tools", "libraries")
+             "engine_timeouts", "tools", "libraries", "executor", "ray_address")
 
 
 def _missing(path: Path) -> str:

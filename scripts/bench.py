@@ -6,6 +6,7 @@
     python scripts/bench.py --only monitor        # only the monitor's and its store's rows
     python scripts/bench.py --only isolation      # process isolation against thread mode
     python scripts/bench.py --only modules        # JavaScript import and require
+    python scripts/bench.py --only ray            # plans on a local Ray against local
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -375,16 +377,18 @@ def coordinator_overhead(folder: Path, n: int) -> float:
     return (coordinated_time - direct_time) / n
 
 
-def independent_plan(folder: Path, n: int, isolation: str = "thread") -> float:
+def independent_plan(folder: Path, n: int, isolation: str = "thread",
+                     executor: Any = None) -> float:
     """Seconds for a plan of n independent trivial tasks, half Lua, half JS (the
     coordinator made and warm first: in process mode, as many workers ready as the plan
-    runs at once)."""
+    runs at once; on Ray, its actors made)."""
     from host import Coordinator, Plan, Task
 
     scripts = bench_scripts(folder, TRIVIAL, "trivial")
     plan = Plan(tasks=[Task(id=f"t{i}", script=scripts["lua" if i % 2 else "javascript"],
                             args={"n": i}) for i in range(n)])
-    coordinator = Coordinator(on_output=lambda task, line: None, isolation=isolation)
+    coordinator = Coordinator(on_output=lambda task, line: None, isolation=isolation,
+                              executor=executor)
     # warm: in process mode its pool grows to the plan's concurrency once (a long-lived
     # host's state; a worker's start is its own row)
     coordinator.run(Plan(tasks=plan.tasks[:64]))
@@ -396,14 +400,17 @@ def independent_plan(folder: Path, n: int, isolation: str = "thread") -> float:
     return elapsed
 
 
-def cpu_speedup(folder: Path, language: str) -> float:
-    """Two CPU-bound tasks, each on its own engine: one after the other / at the same time."""
+def cpu_speedup(folder: Path, language: str, executor: Any = None) -> float:
+    """Two CPU-bound tasks, each on its own engine (on Ray: its own worker): one after
+    the other / at the same time."""
     from host import Coordinator, Plan, Task
 
     script = bench_scripts(folder, {language: CPU_BOUND[language]}, "cpu")[language]
     tasks = [Task(id=f"cpu{i}", script=script, args={"n": CPU_LOOPS[language]})
              for i in range(2)]
-    coordinator = Coordinator(on_output=lambda task, line: None)
+    coordinator = Coordinator(on_output=lambda task, line: None, executor=executor)
+    if executor is not None:  # its workers made first (a local coordinator has none)
+        coordinator.run(Plan(tasks=[Task(id="warm", script=script, args={"n": 1})]))
     timings = []
     for concurrency in (1, 2):
         start = time.perf_counter()
@@ -844,6 +851,64 @@ def modules_rows(repeats: int) -> list[tuple[str, float, str, str]]:
                 module_run(host, scripts[key])  # read once: the host's cache is warm
                 rows.append((label, median_of(repeats * 3, lambda s=scripts[key]:
                                               module_run(host, s)) * ms, "ms", ""))
+def rss_mb() -> float:
+    """This process's resident memory, in MB (Linux)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def plan_memory(folder: Path, n: int, executor: Any) -> float:
+    """MB the coordinator's process grows by at most while it runs a plan of n trivial
+    tasks (sampled every 10 ms), over what it held before."""
+    import threading
+
+    from host import Coordinator, Plan, Task
+
+    script = bench_scripts(folder, TRIVIAL, "trivial")["lua"]
+    plan = Plan(tasks=[Task(id=f"t{i}", script=script, args={"n": i}) for i in range(n)])
+    coordinator = Coordinator(on_output=lambda task, line: None, executor=executor)
+    coordinator.run(Plan(tasks=plan.tasks[:8]))  # its workers made
+    before, peak, done = rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], rss_mb())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    report = coordinator.run(plan)
+    done.set()
+    sampler.join()
+    assert report.outcome == "succeeded", report.outcome
+    return max(peak[0], rss_mb()) - before
+
+
+def ray_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """Plans on a local Ray (2 CPUs here) against the local executor (issue 16's rows)."""
+    import tempfile
+
+    from host.ray_executor import RayExecutor
+
+    executor = RayExecutor()
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            pairs = [(independent_plan(folder, 1000), independent_plan(folder, 1000,
+                                                                       executor=executor))
+                     for _ in range(max(3, repeats // 2))]
+            rows.append(("plan of 1,000 trivial tasks, local executor",
+                         statistics.median(t for t, _ in pairs), "s", ""))
+            rows.append(("  on a local Ray, x local", statistics.median(r / t for t, r in pairs),
+                         "x", "<= 5"))
+            for language in ("lua", "javascript"):
+                rows.append((f"2 CPU-bound {language} tasks on Ray: speed-up",
+                             median_of(3, lambda lang=language: cpu_speedup(
+                                 folder, lang, executor)), "x", ">= 1.6"))
+            rows.append(("coordinator memory, 10,000-task plan on Ray",
+                         plan_memory(folder, 10_000, executor), "MB", "<= 100"))
+    finally:
+        executor.close()
     return rows
 
 
@@ -851,7 +916,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation",
-                                           "modules"],
+                                           "modules", "ray"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
@@ -869,6 +934,9 @@ def main() -> None:
         return
     if options.only == "modules":
         print_table(repeats, modules_rows(repeats))
+        return
+    if options.only == "ray":
+        print_table(repeats, ray_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -936,6 +1004,7 @@ def main() -> None:
     rows += store_rows(repeats)
     rows += isolation_rows(repeats)
     rows += modules_rows(repeats)
+    rows += ray_rows(repeats)
     print_table(repeats, rows)
 
 

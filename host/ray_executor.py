@@ -1,0 +1,589 @@
+"""Tries on a Ray cluster: the coordinator's plan, run by polyspell hosts in Ray actors.
+
+The coordinator stays where it is (strategies, retries, timeouts, classification, report,
+task listeners: all on the driver). Each try of a task runs in a Ray actor that keeps a
+polyspell host (and its engines) for the plan, built from the same :class:`HostRecipe`
+as the driver's host; an actor per CPU of the cluster, each try on the least busy one.
+
+What travels. The script, by content (read by the driver, run under its own file name, so
+frames are the same as a local run's); ``@tool`` functions, recovery policies and the
+config, by Ray's own serialisation (cloudpickle); tools files and library roots by path,
+checked on each worker: a file that is not there, or whose content is not the driver's, is
+``configuration/load_failed`` naming it, before any task runs. Observers of runs and tool
+calls (a monitor among them) see the workers' events on the driver: each worker forwards
+the contexts of the points the driver observes, as data, through the try's stream, to the
+driver's one dispatcher. Controllers of those points (and ``on_human_input``) would decide
+on a worker: a plan with any is refused before anything runs; task hooks and listeners run
+on the driver as always.
+
+What comes back. A try's result (JSON-like data), or its unified error whole, as
+:meth:`SpellError.to_dict` writes it (class, fields, frames, cause chain, and the context
+of where it was made: the worker's host name and pid), read back with ``from_dict`` (the
+JSON Ray's history advises, never a pickled exception); the lines the script printed,
+streamed as they come (a Ray generator), in order, with the task's prefix; its recovery
+history. Ray's own failures (a worker or node that died, an actor that died, an object
+lost, Ray's out-of-memory killer) are ``runtime/remote_failed`` with the Ray error as
+cause: retryable, by the task's own ``retry`` (Ray's ``max_retries`` and actors'
+``max_restarts`` stay 0: one retry layer). Stopping a try (a timeout, a strategy's
+cancel) asks its actor to cancel the run, which delivers the error to the script at its
+next tool call, so its ``on_cancel``/``signal`` cleanup runs on the worker.
+
+Network: a local Ray started here binds the loopback address (``127.0.0.1``): no traffic
+leaves the machine. ``ray_address`` (``"auto"``, ``"host:port"``) joins a running cluster;
+one that does not answer within :data:`CONNECT_TIMEOUT` is ``network/connection``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from bridge import ConfigurationError, NetworkError, SpellError
+from host.control import RunControl
+from host.executors import Executor, TaskRun
+from host.history import RecoveryHistory
+
+if TYPE_CHECKING:
+    from host.coordinator import Coordinator
+    from host.host import Host
+    from host.plan import Plan
+
+MIN_RAY = (2, 40)  # the oldest Ray the executor is tested against (generators, actors)
+CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's address before giving up
+# the points whose hooks run where the tries run; the others are the driver's
+DRIVER_POINTS = frozenset({"task_started", "task_finished", "task_completed",
+                           "after_task_failure", "cancellation_started",
+                           "cancellation_finished"})
+
+
+def _ray() -> Any:
+    """The ray module, or a clear ``configuration`` error saying what to install."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigurationError.Missing(
+            key="ray (the ray executor needs Ray: pip install 'polyspell[ray]')") from None
+    version = tuple(int(part) for part in ray.__version__.split(".")[:2] if part.isdigit())
+    if version < MIN_RAY:
+        raise ConfigurationError.InvalidValue(
+            key="executor", value="ray",
+            reason=f"Ray {ray.__version__} is too old for the ray executor (it needs "
+                   f"{'.'.join(map(str, MIN_RAY))} or newer)")
+    return ray
+
+
+@dataclass
+class HostRecipe:
+    """What a host is made of, as the coordinator made its own: what a remote worker
+    needs to make an equal one. Tools are ``@tool`` objects or tools files' paths."""
+
+    tools: list[Any]
+    memory_mb: int
+    stack_kb: int
+    sandbox: str
+    recovery: Mapping[str, Any] | None = None
+    config: Any = None
+    libraries: list[str] = field(default_factory=list)
+    script_dir_library: bool | None = None
+    files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its content
+    # the points of runs and tool calls the driver observes -> whether it wants successes
+    observed: dict[str, bool] = field(default_factory=dict)
+
+    def build(self, on_output: Callable[[str], None],
+              on_event: Callable[[str, Any, bool], None] | None = None) -> Host:
+        """The host, here (on a worker): every file checked against the driver's first.
+        ``on_event(point, context, failed)`` gets what the observed points see."""
+        for path, digest in self.files.items():
+            _check_same_file(path, digest)
+        from host.hooks import observer
+        from host.host import Host
+
+        hooks = []
+        if on_event is not None:
+            for point, successes in self.observed.items():
+                def forward(ctx: Any, point: str = point, successes: bool = successes) -> None:
+                    on_event(point, ctx, not successes or _failed(ctx))
+
+                hooks.append(observer(point, failures_only=not successes,
+                                      name=f"ray.forward.{point}")(forward))
+        config = self.config
+        if config is not None and getattr(config, "hooks", None):  # the driver runs them
+            config = config.model_copy(update={"hooks": None})
+        return Host(self.tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
+                    sandbox=self.sandbox, on_output=on_output, recovery=self.recovery,
+                    config=config, libraries=self.libraries, hooks=hooks,
+                    script_dir_library=self.script_dir_library, isolation="thread")
+
+
+def _failed(context: Any) -> bool:
+    """Whether an observed event tells of a failure (or of something recovery answered)."""
+    return (getattr(context, "error", None) is not None
+            or getattr(context, "recovered_from", None) is not None)
+
+
+def context_data(value: Any) -> Any:
+    """A hook's context as data that crosses a process: named tuples by their class
+    name, errors by ``to_dict`` (see :func:`context_from_data`)."""
+    if isinstance(value, SpellError):
+        return {"$error": value.to_dict()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return {"$context": type(value).__name__, "fields": [context_data(v) for v in value]}
+    if isinstance(value, dict):
+        return {"$dict": [[key, context_data(item)] for key, item in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [context_data(item) for item in value]
+    return value
+
+
+def context_from_data(data: Any) -> Any:
+    """The context :func:`context_data` wrote; only the hook points' own classes."""
+    from host.hooks import points
+
+    if isinstance(data, dict):
+        if "$error" in data:
+            return SpellError.from_dict(data["$error"])
+        if "$dict" in data:
+            return {key: context_from_data(item) for key, item in data["$dict"]}
+        name = data.get("$context")
+        kind = getattr(points, name, None) if isinstance(name, str) else None
+        if kind is None or not (isinstance(kind, type) and issubclass(kind, tuple)):
+            raise ValueError(f"not a hook context: {name!r}")
+        return kind(*(context_from_data(item) for item in data["fields"]))
+    if isinstance(data, list):
+        return [context_from_data(item) for item in data]
+    return data
+
+
+def file_digests(paths: Iterable[str]) -> dict[str, str]:
+    """Each file's sha256, and each file under each folder (library roots), by path."""
+    digests: dict[str, str] = {}
+    for path in paths:
+        if os.path.isdir(path):
+            for folder, _, names in os.walk(path):
+                for name in sorted(names):
+                    full = os.path.join(folder, name)
+                    digests[full] = _digest(full)
+        else:
+            digests[path] = _digest(path)
+    return digests
+
+
+def _digest(path: str) -> str:
+    try:
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()
+    except OSError as exc:
+        raise ConfigurationError.LoadFailed(path=path, reason=exc.strerror or str(exc)) \
+            from None
+
+
+def _check_same_file(path: str, digest: str) -> None:
+    if _digest(path) != digest:
+        raise ConfigurationError.LoadFailed(
+            path=path, reason="its content on this Ray worker is not the driver's (tools "
+                              "files and libraries travel by path: give every node the "
+                              "same files)")
+
+
+# -- the actor (on a Ray worker) -------------------------------------------------------------
+
+_output_to: contextvars.ContextVar[Callable[[str], None] | None] = \
+    contextvars.ContextVar("polyspell_remote_output", default=None)
+
+
+class TryRunner:
+    """A polyspell host on a Ray worker: runs tries and streams back what they print and
+    how they ended (made a Ray actor by :class:`RayExecutor`)."""
+
+    def __init__(self, recipe: HostRecipe) -> None:
+        self._host = recipe.build(self._print, self._event)
+        self._runs: dict[str, Any] = {}
+        self._streams: dict[str, Callable[[Any], None]] = {}  # a run's id -> its stream
+        self._stops: dict[str, SpellError] = {}  # stops that came before their run
+
+    @staticmethod
+    def _print(line: str) -> None:
+        send = _output_to.get()
+        if send is not None:
+            send(line)
+
+    def _event(self, point: str, context: Any, failed: bool) -> None:
+        """An observed point's event (on the host's observers' thread): to its run's
+        stream; one of no run of this worker's (a breaker's change) is dropped."""
+        send = self._streams.get(getattr(context, "run_id", None) or "")
+        if send is not None:
+            send(("event", point, context_data(context), failed))
+
+    def ready(self) -> str:
+        """The Ray node this worker runs on (and that it is up): its id."""
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+    async def run(self, key: str, script: str, source: str, language: str, args: Any,
+                  timeout: float, task_id: str | None, plan_id: str | None) -> Any:
+        """Run one try; yields ``("out", line)`` items, then ``("done", outcome)``."""
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def send(item: Any) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        _output_to.set(lambda line: send(("out", line)))
+        try:
+            run = self._host.new_run_source(source, language, script, args, timeout=timeout)
+        except SpellError as err:
+            yield ("done", {"ok": False, "error": err.to_dict()})
+            return
+        run.library_roots = self._host.libraries.roots_for(script)
+        run.task_id, run.plan_id = task_id, plan_id
+        self._runs[key] = run
+        self._streams[run.correlation_id] = send
+        early = self._stops.pop(key, None)
+        if early is not None:
+            run.cancel(early, announce=False)
+        ending = asyncio.ensure_future(self._outcome(run))
+        try:
+            while True:
+                item = asyncio.ensure_future(items.get())
+                done, _ = await asyncio.wait({ending, item},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if item not in done:
+                    item.cancel()
+                    break
+                yield item.result()
+            hooks = self._host.hooks
+            if hooks is not None:  # the observers have told the run's last events
+                await asyncio.to_thread(hooks.catch_up)
+                await asyncio.sleep(0)  # (their sends land in the queue)
+            while not items.empty():
+                yield items.get_nowait()
+            yield ("done", ending.result())
+        finally:
+            self._runs.pop(key, None)
+            self._streams.pop(run.correlation_id, None)
+
+    @staticmethod
+    async def _outcome(run: Any) -> dict[str, Any]:
+        try:
+            value = await run.execute()
+            outcome: dict[str, Any] = {"ok": True, "value": value}
+        except SpellError as err:
+            stop = run.control.reason
+            outcome = {"ok": False, "error": err.to_dict(), "is_stop": err is stop,
+                       "failed_fast": stop is not None and stop is run.failed_fast}
+        outcome.update(recovery=list(run.recovery), dropped=run.recovery.dropped,
+                       degraded=run.degraded)
+        return outcome
+
+    def stop(self, key: str, error: dict[str, Any]) -> None:
+        """Stop the try ``key`` with ``error`` (delivered at its next tool call)."""
+        reason = SpellError.from_dict(error)
+        run = self._runs.get(key)
+        if run is None:
+            self._stops[key] = reason
+        else:
+            run.cancel(reason, announce=False)
+
+
+# -- the driver's side ----------------------------------------------------------------------
+
+
+class RayExecutor(Executor):
+    """Runs tries on a Ray cluster (see the module). ``address``: None starts a local Ray
+    on the loopback address (or uses the one this process already joined); ``"auto"`` or
+    ``"host:port"`` joins a running cluster."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None) -> None:
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ConfigurationError.InvalidValue(
+                key="ray_address", value=repr(address)[:200],
+                reason="a Ray address is 'auto' or 'host:port'")
+        self.address = address
+        self._ray: Any = None
+        self._started = False  # whether this executor started the local Ray it uses
+        self._actors: list[Any] = []
+        self._busy: list[int] = []
+        self._recipe_key: Any = None
+        self._recipe: HostRecipe | None = None
+        self._actor_class: Any = None
+        self._lock = threading.Lock()
+        self.nodes: list[str] = []  # the Ray node id of each actor, in their order
+
+    # -- set-up -----------------------------------------------------------------
+
+    def connect(self) -> Any:
+        """Join (or start) the cluster once; the ray module."""
+        if self._ray is not None:
+            return self._ray
+        ray = _ray()
+        if self.address is not None:
+            _reachable(self.address)
+        if not ray.is_initialized():  # else: the cluster this process joined already
+            if self.address is None:
+                loopback_only(ray)
+                ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                         include_dashboard=False, configure_logging=False,
+                         log_to_driver=False)
+                self._started = True
+            else:
+                try:
+                    ray.init(address=self.address, configure_logging=False,
+                             log_to_driver=False)
+                except (ConnectionError, RuntimeError, ValueError) as exc:
+                    raise NetworkError.Connection(endpoint=self.address,
+                                                  reason=str(exc)[:500]) from exc
+        self._ray = ray
+        return ray
+
+    def prepare(self, coordinator: Coordinator, plan: Plan, host: Host) -> None:
+        """Refuse what cannot travel, then make the actors for the plan's host (see the
+        module)."""
+        hooks = host.hooks
+        if hooks is not None:
+            deciding = sorted(point for point, registered in hooks.by_point.items()
+                              if point not in DRIVER_POINTS
+                              and any(hook.kind != "observer" for hook in registered))
+            if deciding or hooks.on_tool_error is not None:
+                raise ConfigurationError.InvalidValue(
+                    key="hooks", value=", ".join(deciding or ["on_tool_error"]),
+                    reason="controllers of runs and tool calls would decide on the Ray "
+                           "workers, away from this process: the ray executor takes "
+                           "observers (they see the workers' events here), task hooks "
+                           "and listeners")
+        if host.on_human_input is not None:
+            raise ConfigurationError.InvalidValue(
+                key="on_human_input", value=repr(host.on_human_input)[:200],
+                reason="a tool's question to a human cannot reach this process from a "
+                       "Ray worker")
+        ray = self.connect()
+        key = (id(coordinator), tuple(plan.tools), tuple(plan.libraries), plan.base_dir)
+        if key == self._recipe_key and self._actors:
+            return
+        recipe = coordinator.recipe(plan)
+        if hooks is not None:
+            recipe.observed = {point: hooks.wants_successes(point)
+                               for point, registered in hooks.by_point.items()
+                               if registered and point not in DRIVER_POINTS}
+        self._end_actors()
+        count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        if self._actor_class is None:  # one retry layer, polyspell's: Ray's stays off
+            self._actor_class = ray.remote(num_cpus=1, max_restarts=0,
+                                           max_task_retries=0)(TryRunner)
+        actors = [self._actor_class.remote(recipe) for _ in range(count)]
+        try:
+            self.nodes = ray.get([a.ready.remote() for a in actors])
+        except ray.exceptions.RayActorError as exc:
+            for a in actors:
+                ray.kill(a)
+            raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
+        self._actors, self._busy = actors, [0] * count
+        self._recipe_key, self._recipe = key, recipe
+
+    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float) -> TaskRun:
+        import engines
+        from host.host import _read_script
+
+        language = engines.language_for_path(script)
+        if language is None:
+            raise ConfigurationError.InvalidValue(
+                key="script", value=str(script), reason="cannot tell the language of the script")
+        return RemoteRun(self, host, str(script), _read_script(script), language, args,
+                         timeout)
+
+    def close(self) -> None:
+        self._end_actors()
+        if self._started and self._ray is not None:
+            self._ray.shutdown()
+        self._ray, self._started = None, False
+
+    def _end_actors(self) -> None:
+        for actor in self._actors:
+            try:
+                self._ray.kill(actor)
+            except Exception:  # an actor already gone
+                pass
+        self._actors, self._busy, self.nodes, self._recipe_key = [], [], [], None
+
+    def _replace(self, dead: Any) -> None:
+        """Drop ``dead`` (its worker or node died); a new actor takes its place when the
+        cluster has a CPU for it (not when its node went away with its CPUs)."""
+        with self._lock:
+            if dead not in self._actors:
+                return
+            index = self._actors.index(dead)
+            del self._actors[index], self._busy[index], self.nodes[index]
+            if self._recipe is not None \
+                    and self._ray.available_resources().get("CPU", 0) >= 1:
+                self._actors.append(self._actor_class.remote(self._recipe))
+                self._busy.append(0)
+                self.nodes.append("")  # not known until it answers
+            if not self._actors:  # every node gone: the next plan makes them anew
+                self._recipe_key = None
+
+    def _take(self) -> tuple[Any, str]:
+        """The least busy actor, counted busy one more time, and its node."""
+        with self._lock:
+            if not self._actors:
+                from bridge import SpellRuntimeError
+
+                raise SpellRuntimeError.RemoteFailed(
+                    executor="ray", reason="no Ray worker is left to run the task")
+            index = min(range(len(self._busy)), key=self._busy.__getitem__)
+            self._busy[index] += 1
+            return self._actors[index], self.nodes[index]
+
+    def _give_back(self, actor: Any) -> None:
+        with self._lock:
+            if actor in self._actors:
+                self._busy[self._actors.index(actor)] -= 1
+
+
+def loopback_only(ray: Any) -> None:
+    """Make the Ray this process starts (its nodes, and their workers) use the loopback
+    address, not the machine's own interface: nothing it sends leaves the machine.
+
+    Ray takes a node's address from the interface that routes outward unless clusters
+    are switched off for the platform (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: then
+    ``127.0.0.1``); set here for this process (read at call time) and for the processes
+    Ray starts (which inherit the environment)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _reachable(address: str) -> None:
+    """An explicit ``host:port`` that does not answer: ``network/connection`` at once."""
+    if address == "auto" or address.startswith(("ray://", "anyscale://")):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError.InvalidValue(key="ray_address", value=address,
+                                              reason="a Ray address is 'auto' or 'host:port'")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        raise NetworkError.Connection(endpoint=address, reason=exc.strerror or str(exc)) \
+            from None
+
+
+def _actor_failure(exc: BaseException, node: str = "") -> SpellError:
+    """A Ray failure as ``runtime/remote_failed`` (retryable), the Ray error its cause; an
+    error the worker's host raised while it was made is that error."""
+    from bridge import SpellRuntimeError
+
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, SpellError):
+        return cause
+    return SpellRuntimeError.RemoteFailed(
+        executor="ray", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        if str(exc) else type(exc).__name__, node=node, cause=exc)
+
+
+class RemoteRun:
+    """One try on a Ray actor, driven like a :class:`host.runner.ScriptRun`."""
+
+    def __init__(self, executor: RayExecutor, host: Host, script: str, source: str,
+                 language: str, args: Any, timeout: float) -> None:
+        self._executor, self._host = executor, host
+        self._request = (script, source, language, args, timeout)
+        self.correlation_id = uuid.uuid4().hex
+        self.language = language
+        self.task_id: str | None = None
+        self.plan_id: str | None = None
+        self.control = RunControl()
+        self.failed_fast: SpellError | None = None
+        self.recovery = RecoveryHistory()
+        self._degraded: list[str] = []
+        self._actor: Any = None
+
+    @property
+    def degraded(self) -> list[str]:
+        """The tools that answered degraded in this try (as ``ScriptRun.degraded``)."""
+        return list(self._degraded)
+
+    def cancel(self, error: SpellError, *, announce: bool = True) -> None:
+        """Stop the try with ``error``: its actor delivers it at the next tool call."""
+        if not self.control.request_stop(error):
+            return
+        if self._actor is not None:
+            self._actor.stop.remote(self.correlation_id, error.to_dict())
+
+    async def execute(self) -> Any:
+        """Run the try on the least busy actor; its result, or raise its error."""
+        executor = self._executor
+        ray = executor._ray
+        actor, node = executor._take()
+        self._actor = actor
+        try:
+            stream = actor.run.options(num_returns="streaming").remote(
+                self.correlation_id, *self._request, self.task_id, self.plan_id)
+            if self.control.reason is not None:  # stopped before it was sent
+                actor.stop.remote(self.correlation_id, self.control.reason.to_dict())
+            outcome = None
+            try:
+                while True:
+                    item = await anyio.to_thread.run_sync(_next_item, ray, stream,
+                                                          abandon_on_cancel=True)
+                    if item is None:
+                        break
+                    if item[0] == "out":
+                        self._host.on_output(item[1])
+                    elif item[0] == "event":
+                        self._observe(item[1], item[2], item[3])
+                    else:
+                        outcome = item[1]
+            except anyio.get_cancelled_exc_class():
+                ray.cancel(stream, force=False)
+                raise
+            except ray.exceptions.RayError as exc:
+                if isinstance(exc, ray.exceptions.RayActorError):  # dead: another in its place
+                    executor._replace(actor)
+                raise _actor_failure(exc, node)  # noqa: B904 - its cause is set: the Ray error
+        finally:
+            executor._give_back(actor)
+        if outcome is None:
+            raise _actor_failure(RuntimeError("the Ray worker ended the try without an answer"))
+        return self._ended(outcome)
+
+    def _observe(self, point: str, data: Any, failed: bool) -> None:
+        """A worker's event, to this host's observers of ``point`` (the one dispatcher)."""
+        hooks = self._host.hooks
+        if hooks is not None:
+            hooks.observe(point, context_from_data(data), failed=failed)
+
+    def _ended(self, outcome: dict[str, Any]) -> Any:
+        self.recovery.absorb(outcome.get("recovery", []), outcome.get("dropped", 0))
+        self._degraded = list(outcome.get("degraded", []))
+        if outcome["ok"]:
+            return outcome["value"]
+        error = SpellError.from_dict(outcome["error"])
+        stop = self.control.reason
+        if outcome.get("is_stop") and stop is not None:  # the stop it was given, delivered
+            stop.frames = error.frames
+            raise stop
+        if outcome.get("failed_fast"):
+            self.failed_fast = error
+            self.control.request_stop(error)
+        raise error
+
+
+def _next_item(ray: Any, stream: Any) -> Any:
+    """The next item of a Ray generator (blocking), or None at its end."""
+    try:
+        ref = next(stream)
+    except StopIteration:
+        return None
+    return ray.get(ref)

@@ -1,0 +1,336 @@
+"""Plans on a real local Ray (issue 16): the same report as the local executor, errors whole,
+output streamed, Ray's failures as unified errors, what cannot travel refused up front.
+
+One local Ray for the session, bound to 127.0.0.1 (started by the first test that needs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray")
+
+from bridge import ConfigurationError, NetworkError, SpellError
+from host import Coordinator, Task, tool
+from host.hooks import observer
+from host.ray_executor import RayExecutor
+from tests.cli import polyspell
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANS = ROOT / "scripts" / "plans"
+EXAMPLES = ["succeeded", "cascading", "partial", "all_failed", "degraded"]
+
+
+@pytest.fixture(scope="module")
+def ray_executor() -> Iterator[RayExecutor]:
+    executor = RayExecutor()
+    yield executor
+    executor.close()
+
+
+def comparable(report: Any) -> Any:
+    """A report as data, without what differs from run to run and node to node (times,
+    error ids, pids, host names)."""
+    # which of several equally severe failures came first is timing too
+    skipped = ("duration", "context", "at", "timestamp", "elapsed", "execution_time",
+               "representative_task", "representative_error")
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items() if key not in skipped}
+        if isinstance(value, list):
+            return [clean(item) for item in value]
+        return value
+
+    return clean(report.model_dump(mode="json"))
+
+
+def test_propagate_stops_everything_on_ray_too(ray_executor: RayExecutor) -> None:
+    """The one strategy no example plan uses: which tasks were still running when the
+    first failure came is timing, so the report is compared where it is not."""
+    reports = []
+    for executor in (None, ray_executor):
+        with Coordinator(on_output=lambda task, line: None, executor=executor) as coordinator:
+            reports.append(coordinator.run(PLANS / "cascading.toml", strategy="propagate"))
+    local, remote = reports
+    assert (remote.outcome, remote.root_causes) == (local.outcome, local.root_causes)
+    assert remote.error("fetch_atlantis").to_dict()["frames"] == \
+        local.error("fetch_atlantis").to_dict()["frames"]  # type: ignore[union-attr]
+    assert {t.status for t in remote.tasks} <= {"succeeded", "failed", "cancelled"}
+
+
+@pytest.mark.parametrize("plan", EXAMPLES)
+def test_every_example_plan_reports_the_same_on_ray(plan: str,
+                                                    ray_executor: RayExecutor) -> None:
+    with Coordinator(on_output=lambda task, line: None) as local:
+        expected = local.run(PLANS / f"{plan}.toml")
+    with Coordinator(on_output=lambda task, line: None, executor=ray_executor) as remote:
+        got = remote.run(PLANS / f"{plan}.toml")
+    assert comparable(got) == comparable(expected)
+    assert got.outcome == expected.outcome
+    if expected.representative_task is not None:  # one of the root causes, as locally
+        assert got.representative_task in expected.root_causes
+        assert got.representative_error["kind"] == expected.representative_error["kind"]
+    assert any(task.status != "succeeded" for task in got.tasks) == (plan != "succeeded")
+
+
+@tool
+def shout(text: str) -> str:
+    """The text, upper case (a tool that travels to the Ray workers by value)."""
+    if text == "boom":
+        raise ValueError("no boom on a Ray worker")
+    return text.upper()
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_a_python_tool_travels_and_its_error_comes_back_whole(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    script = write(tmp_path / "agent.lua", 'print("before")\n'
+                                           'local r = tools.shout{text = args.text}\n'
+                                           'print("after " .. r)\nreturn r\n')
+    lines: list[tuple[str, str]] = []
+    with Coordinator([shout], executor=ray_executor,
+                     on_output=lambda task, line: lines.append((task, line))) as coordinator:
+        report = coordinator.run([Task(id="ok", script=str(script), args={"text": "hi"}),
+                                  Task(id="bad", script=str(script), args={"text": "boom"})])
+    assert report.task("ok").result == "HI"
+    assert [line for task, line in lines if task == "ok"] == ["before", "after HI"]
+    assert [line for task, line in lines if task == "bad"] == ["before"]
+    err = report.error("bad")
+    assert err is not None and err.code == "tool/execution_failed"
+    assert err.cause is not None and err.cause.code == "runtime/python_exception"
+    assert "no boom on a Ray worker" in err.message
+    files = [(frame.language, frame.file, frame.line) for frame in err.frames]
+    assert ("lua", str(script), 2) in files
+    assert any(lang == "python" and file == __file__ for lang, file, _ in files)
+    assert err.context is not None and err.context.environment.pid != os.getpid()
+    import ray
+
+    nodes = ray.nodes()  # a local Ray started here listens on the loopback address only
+    assert nodes and {node["NodeManagerAddress"] for node in nodes} == {"127.0.0.1"}
+
+
+def test_ray_failures_are_retryable_unified_errors_and_the_actor_is_replaced(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    marker = tmp_path / "died-once"
+
+    @tool
+    def die_once() -> str:
+        """Kill the process it runs in (a Ray worker), the first time only."""
+        if not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return "alive"
+
+    script = write(tmp_path / "agent.lua", "return tools.die_once()\n")
+    with Coordinator([die_once], executor=ray_executor,
+                     on_output=lambda task, line: None) as coordinator:
+        once = coordinator.run([Task(id="t", script=str(script))])
+        marker.unlink()
+        retried = coordinator.run([Task(id="t", script=str(script),
+                                        retry={"attempts": 2, "initial": 0.1})])
+    err = once.error("t")
+    assert err is not None and err.code == "runtime/remote_failed" and err.retryable
+    assert err.fields["executor"] == "ray" and "Actor" in err.fields["reason"]
+    assert err.cause is not None  # Ray's own error
+    task = retried.task("t")
+    assert (task.status, task.attempts, task.result) == ("succeeded", 2, "alive")
+
+
+def test_a_timeout_stops_the_remote_script_and_its_cleanup_runs_there(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    @tool
+    def nap() -> None:
+        """Sleep a little."""
+        time.sleep(0.05)
+
+    script = write(tmp_path / "loop.lua", 'on_cancel(function(err) print("cleanup: " .. '
+                                          'err.kind) end)\n'
+                                          "while true do tools.nap() end\n")
+    lines: list[str] = []
+    with Coordinator([nap], executor=ray_executor,
+                     on_output=lambda task, line: lines.append(line)) as coordinator:
+        report = coordinator.run([Task(id="loop", script=str(script), timeout=1.0)])
+    assert report.task("loop").status == "timed_out"
+    assert report.error("loop").code == "async_execution/task_timeout"  # type: ignore[union-attr]
+    assert lines == ["cleanup: task_timeout"]
+
+
+def test_observers_see_the_workers_events_here_and_a_monitor_records_them(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    from host.monitor import Monitor
+
+    seen: list[tuple[str, str | None]] = []
+
+    @observer("tool_call_finished")
+    def watch(ctx: Any) -> None:
+        seen.append((ctx.tool, ctx.error.code if ctx.error is not None else None))
+
+    @observer("run_finished")
+    def runs(ctx: Any) -> None:
+        seen.append(("run", ctx.script))
+
+    script = write(tmp_path / "agent.lua", "local ok = pcall(tools.shout, {text = 'boom'})\n"
+                                           "return tools.shout{text = 'hi'}\n")
+    monitor = Monitor(tmp_path / "errors.db")
+    with Coordinator([shout], hooks=[watch, runs], monitor=monitor, executor=ray_executor,
+                     on_output=lambda task, line: None) as coordinator:
+        report = coordinator.run([Task(id="t", script=str(script))])
+    assert report.task("t").result == "HI"
+    assert seen == [("shout", "tool/execution_failed"), ("shout", None), ("run", str(script))]
+    monitor.close()
+    records = Monitor(tmp_path / "errors.db").records()
+    assert [record["code"] for record in records] == ["tool/execution_failed"]
+    assert records[0]["tool"] == "shout"
+
+
+def test_controllers_and_questions_cannot_travel_and_are_refused_first(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    from host.hooks import Continue, controller
+
+    @controller("before_tool_call")
+    def decide(ctx: Any) -> Any:
+        return Continue()
+
+    script = write(tmp_path / "agent.lua", "return 1\n")
+    with Coordinator(hooks=[decide], executor=ray_executor) as coordinator, \
+            pytest.raises(ConfigurationError.InvalidValue) as caught:
+        coordinator.run([Task(id="t", script=str(script))])
+    assert caught.value.fields["value"] == "before_tool_call"
+    assert "Ray workers" in str(caught.value)
+    with Coordinator(executor=ray_executor, on_human_input=lambda q: "yes") as coordinator, \
+            pytest.raises(ConfigurationError.InvalidValue) as caught:
+        coordinator.run([Task(id="t", script=str(script))])
+    assert caught.value.fields["key"] == "on_human_input"
+
+
+def test_a_context_crosses_as_data_and_only_as_a_hook_context() -> None:
+    from bridge import ToolError
+    from host.hooks.points import Caller, ToolResultContext
+    from host.ray_executor import context_data, context_from_data
+
+    ctx = ToolResultContext("r", "t", {"a": [1]}, Caller("lua", "x.lua", 3), 1, None,
+                            ToolError.NotFound(tool_name="t"), "execution", 0.5, 1)
+    back = context_from_data(json.loads(json.dumps(context_data(ctx))))
+    assert back._replace(error=None) == ctx._replace(error=None)
+    assert back.error.to_dict()["fields"] == ctx.error.to_dict()["fields"]
+    with pytest.raises(ValueError):
+        context_from_data({"$context": "Popen", "fields": []})
+
+
+def test_a_tools_file_that_differs_on_the_worker_is_refused(tmp_path: Path) -> None:
+    from host.ray_executor import HostRecipe, file_digests
+
+    tools = write(tmp_path / "tools.py", "x = 1\n")
+    recipe = HostRecipe(tools=[str(tools)], memory_mb=64, stack_kb=256,
+                        sandbox="constrained", files=file_digests([str(tools)]))
+    tools.write_text("x = 2\n")  # as if the worker's node had another version
+    with pytest.raises(ConfigurationError.LoadFailed) as caught:
+        recipe.build(print)
+    assert str(tools) in str(caught.value) and "not the driver's" in str(caught.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_address_is_a_network_error_naming_it_at_once() -> None:
+    address = f"127.0.0.1:{_closed_port()}"
+    began = time.monotonic()
+    with pytest.raises(NetworkError.Connection) as caught:
+        RayExecutor(address).connect()
+    assert address in str(caught.value)
+    assert time.monotonic() - began < 10
+
+
+def test_without_ray_the_executor_is_a_configuration_error_saying_what_to_install(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    script = write(tmp_path / "agent.lua", "return 1\n")
+    with pytest.raises(ConfigurationError) as caught:
+        Coordinator(executor="ray").run([Task(id="t", script=str(script))])
+    assert "pip install 'polyspell[ray]'" in str(caught.value)
+
+
+def test_the_cli_runs_a_plan_on_ray_and_prints_the_local_report(tmp_path: Path) -> None:
+    done = {}
+    for executor in ("local", "ray"):
+        out = polyspell("plan", PLANS / "partial.toml", "--executor", executor, "--json",
+                        "--no-record", timeout=180)
+        done[executor] = (out.returncode, comparable_json(out.stdout))
+    assert done["ray"] == done["local"]
+
+
+def comparable_json(text: str) -> Any:
+    from host import PlanReport
+
+    return comparable(PlanReport.model_validate(json.loads(text)))
+
+
+def test_ray_address_with_the_local_executor_is_a_usage_error() -> None:
+    out = polyspell("plan", PLANS / "partial.toml", "--executor", "local",
+                    "--ray-address", "auto")
+    assert out.returncode == 2 and "--ray-address goes with --executor ray" in out.stderr
+
+
+def test_a_plan_names_its_executor_and_the_code_wins_over_it(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    script = write(tmp_path / "pid.lua", "return 1\n")
+    plan = write(tmp_path / "plan.toml", '[plan]\nexecutor = "ray"\nray_address = "auto"\n'
+                                         f'[[task]]\nid = "t"\nscript = "{script.name}"\n')
+    from host.plan import load_plan
+
+    loaded = load_plan(plan)
+    assert (loaded.executor, loaded.ray_address) == ("ray", "auto")
+    with Coordinator(on_output=lambda task, line: None) as coordinator:
+        assert coordinator._executor_for(loaded).name == "ray"  # the plan's
+    with Coordinator(executor="local") as coordinator:
+        assert coordinator._executor_for(loaded) is coordinator.executor  # the code's
+        assert coordinator.run(loaded).task("t").result == 1
+    bad = write(tmp_path / "bad.toml", '[plan]\nexecutor = "dask"\n[[task]]\nid = "t"\n'
+                                       f'script = "{script.name}"\n')
+    with pytest.raises(ConfigurationError.InvalidPlan):
+        load_plan(bad)
+
+
+def test_an_unknown_executor_is_refused() -> None:
+    with pytest.raises(ConfigurationError.InvalidValue):
+        Coordinator(executor="dask")
+    out = polyspell("plan", PLANS / "partial.toml", "--executor", "dask")
+    assert out.returncode == 2
+
+
+def test_errors_made_remotely_read_back_as_the_same_variant() -> None:
+    err = SpellError.from_dict(json.loads(json.dumps(
+        SpellError.from_dict({"category": "runtime", "kind": "remote_failed",
+                              "message": "x", "fields": {"executor": "ray",
+                                                          "reason": "ActorDiedError"}})
+        .to_dict())))
+    assert err.code == "runtime/remote_failed" and err.retryable
+
+
+def test_a_ray_too_old_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from host.ray_executor import _ray
+
+    monkeypatch.setattr(ray, "__version__", "2.9.3")
+    with pytest.raises(ConfigurationError.InvalidValue) as caught:
+        _ray()
+    assert "Ray 2.9.3 is too old" in str(caught.value)
