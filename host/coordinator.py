@@ -483,6 +483,7 @@ class Coordinator:
             tools=tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
             sandbox=self.sandbox, recovery=self.recovery, config=self.config,
             libraries=roots, script_dir_library=self.script_dir_library,
+            isolation=self.isolation,
             files=file_digests([*files, *roots, *config_roots]))
 
     def _host_for(self, plan: Plan) -> Host:

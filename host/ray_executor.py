@@ -99,6 +99,9 @@ class HostRecipe:
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its content
     # the points of runs and tool calls the driver observes -> whether it wants successes
     observed: dict[str, bool] = field(default_factory=dict)
+    # where the worker's engines run: as the coordinator's ("process": a script that broke
+    # out of its engine is in a confined process, not in the Ray worker)
+    isolation: str = "thread"
 
     def build(self, on_output: Callable[[str], None],
               on_event: Callable[[str, Any, bool], None] | None = None) -> Host:
@@ -123,7 +126,7 @@ class HostRecipe:
         return Host(self.tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=on_output, recovery=self.recovery,
                     config=config, libraries=self.libraries, hooks=hooks,
-                    script_dir_library=self.script_dir_library, isolation="thread")
+                    script_dir_library=self.script_dir_library, isolation=self.isolation)
 
 
 def _failed(context: Any) -> bool:

@@ -334,3 +334,28 @@ def test_a_ray_too_old_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(ConfigurationError.InvalidValue) as caught:
         _ray()
     assert "Ray 2.9.3 is too old" in str(caught.value)
+
+
+@tool
+def engine_workers() -> list[str]:
+    """The command lines of this process's children that are polyspell engine workers."""
+    me = os.getpid()
+    children = set()
+    for task in os.listdir(f"/proc/{me}/task"):
+        with open(f"/proc/{me}/task/{task}/children") as listed:
+            children.update(listed.read().split())
+    lines = []
+    for child in children:
+        with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+            lines.append(cmdline.read().replace(b"\0", b" ").decode())
+    return [line for line in lines if "engines.worker" in line]
+
+
+def test_in_process_isolation_the_workers_engines_run_in_confined_processes(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    script = write(tmp_path / "agent.lua", "return tools.engine_workers()\n")
+    for isolation, expected in (("thread", False), ("process", True)):
+        with Coordinator([engine_workers], executor=ray_executor, isolation=isolation,
+                         on_output=lambda task, line: None) as coordinator:
+            report = coordinator.run([Task(id="t", script=str(script))])
+        assert bool(report.task("t").result) is expected, (isolation, report.task("t"))
