@@ -268,13 +268,17 @@ def test_without_ray_the_executor_is_a_configuration_error_saying_what_to_instal
     assert "pip install 'polyspell[ray]'" in str(caught.value)
 
 
-def test_the_cli_runs_a_plan_on_ray_and_prints_the_local_report(tmp_path: Path) -> None:
-    done = {}
-    for executor in ("local", "ray"):
-        out = polyspell("plan", PLANS / "partial.toml", "--executor", executor, "--json",
-                        "--no-record", timeout=180)
-        done[executor] = (out.returncode, comparable_json(out.stdout))
-    assert done["ray"] == done["local"]
+def test_the_cli_joins_a_cluster_and_prints_the_local_report(
+        ray_executor: RayExecutor) -> None:
+    import ray
+
+    ray_executor.connect()  # the session's local Ray: the CLI joins it by its address
+    address = ray.get_runtime_context().gcs_address
+    local = polyspell("plan", PLANS / "partial.toml", "--json", "--no-record")
+    remote = polyspell("plan", PLANS / "partial.toml", "--executor", "ray", "--ray-address",
+                       address, "--json", "--no-record", timeout=180)
+    assert remote.returncode == local.returncode == 1, remote.stderr
+    assert comparable_json(remote.stdout) == comparable_json(local.stdout)
 
 
 def comparable_json(text: str) -> Any:
