@@ -46,15 +46,16 @@ the hook can stop it.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import re
 import time
 from importlib import resources
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal
 
-import lupa.lua55 as lupa
 
-from bridge import ResourceError, ScriptError, SpellError, variants
+from bridge import ConfigurationError, ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
@@ -98,6 +99,35 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 PRELUDE = resources.files("engines").joinpath("lua_prelude.lua").read_text("utf-8")
 
+LuaVersion = Literal["5.5", "5.4", "luajit"]
+# The Lua versions offered, each by the lupa module that brings it (the first: the default).
+LUA_VERSIONS: dict[str, str] = {"5.5": "lupa.lua55", "5.4": "lupa.lua54",
+                                "luajit": "lupa.luajit21"}
+DEFAULT_LUA_VERSION: LuaVersion = "5.5"
+
+
+@functools.cache
+def lua_module(version: str) -> ModuleType:
+    """The lupa module of a Lua version (``"5.5"``, ``"5.4"``, ``"luajit"``), imported once."""
+    if version not in LUA_VERSIONS:
+        raise ValueError(f"unknown Lua version {version!r} (one of {', '.join(LUA_VERSIONS)})")
+    return importlib.import_module(LUA_VERSIONS[version])
+
+
+def _compat_source(version: str) -> str:
+    """What a version lacks of Lua 5.4's that the prelude uses, as a chunk that defines the
+    local ``COMPAT`` (empty on 5.4 and 5.5; ``lua_compat_luajit.lua`` on LuaJIT)."""
+    if version != "luajit":
+        return "local COMPAT = {}\n"
+    return resources.files("engines").joinpath("lua_compat_luajit.lua").read_text("utf-8")
+
+
+def _prelude_source(version: str) -> str:
+    """The prelude's text for a version: the one file, with LuaJIT reading no attributes
+    (``<close>``: 5.4 syntax; the prelude does by hand what it does where ``COMPAT.no_close``)."""
+    text = PRELUDE if version != "luajit" else PRELUDE.replace(" <close>", "")
+    return _generated_tables() + _compat_source(version) + text
+
 
 def _lua_string(value: str) -> str:
     return '"' + "".join(
@@ -127,17 +157,26 @@ def _generated_tables() -> str:
 
 
 @functools.cache
-def prelude_bytecode() -> bytes:
-    """The prelude compiled once per process; each runtime loads it without compiling."""
-    source = (_generated_tables() + PRELUDE).encode()
-    compiler = lupa.LuaRuntime(register_eval=False, register_builtins=False, encoding=None)
+def prelude_bytecode(version: str = DEFAULT_LUA_VERSION) -> bytes:
+    """The prelude compiled once per process and version; each runtime loads it without
+    compiling (bytecode is the version's own: each version compiles its copy)."""
+    source = _prelude_source(version).encode()
+    module = lua_module(version)
+    compiler = module.LuaRuntime(register_eval=False, register_builtins=False, encoding=None)
     dumped: bytes = compiler.execute(
         b"return string.dump(assert(load(..., '=[polyspell]', 't')))", source)
     return dumped
 
 
-# The type of the Lua tables lupa hands to Python (lupa does not export it).
-_LuaTable: type = type(lupa.LuaRuntime(register_eval=False, register_builtins=False).table())
+@functools.cache
+def _table_type(version: str) -> type:
+    """The type of the Lua tables a version's lupa module hands to Python (not exported)."""
+    module = lua_module(version)
+    return type(module.LuaRuntime(register_eval=False, register_builtins=False).table())
+
+
+# The table types of the versions imported so far (a table crossing is one of them).
+_LUA_TABLES: set[type] = {_table_type(DEFAULT_LUA_VERSION)}
 
 
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
@@ -223,7 +262,15 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
 
 
 class LuaEngine(Engine):
-    """Runs one Lua script at a time in its own sandboxed Lua 5.5 runtime (see the module)."""
+    """Runs one Lua script at a time in its own sandboxed runtime (see the module).
+
+    ``lua_version`` chooses the Lua: ``"5.5"`` (the default), ``"5.4"`` or ``"luajit"``
+    (LuaJIT 2.1, Lua 5.1 with its extensions), each from its lupa module, all with the one
+    prelude. LuaJIT's count hook does not fire inside JIT-compiled code, so the time limit
+    would not hold: the engine turns the JIT compiler off (an interpreter whose hook fires,
+    still faster than Lua 5.5's) unless ``jit=True``, which only a worker process that the
+    host kills at the deadline may ask for (:mod:`engines.worker`).
+    """
 
     spec = LUA
 
@@ -232,8 +279,17 @@ class LuaEngine(Engine):
         *,
         limits: Limits = DEFAULT_LIMITS,
         sandbox: Sandbox = "constrained",
+        lua_version: LuaVersion = DEFAULT_LUA_VERSION,
+        jit: bool = False,
     ) -> None:
         super().__init__(limits=limits, sandbox=sandbox)
+        if lua_version not in LUA_VERSIONS:
+            raise ConfigurationError.InvalidValue(
+                key="lua_version", value=str(lua_version)[:100],
+                reason=f"unknown Lua version (one of {', '.join(LUA_VERSIONS)})")
+        self.lua_version = lua_version
+        self._lupa = lupa = lua_module(lua_version)
+        _LUA_TABLES.add(_table_type(lua_version))
         self._memory_limit = limits.memory_mb * 2**20
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
@@ -256,8 +312,8 @@ class LuaEngine(Engine):
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
             self._put, self._enter, self._take, self._drain, self._lua_short_src = (
-                self._lua.execute(prelude_bytecode(), clock, sandbox == "trusted",
-                                  self._memory_limit))
+                self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
+                                  self._memory_limit, jit))
         finally:
             self._set_max_memory(self._memory_limit)
         if self._over_limit():
@@ -305,7 +361,7 @@ class LuaEngine(Engine):
             self._set_max_memory(0)  # the prelude's own work (see _enter)
             try:
                 self._script.short_src = self._lua_short_src(chunkname)
-            except lupa.LuaError as exc:
+            except self._lupa.LuaError as exc:
                 return self._fail(self._engine_error(exc))
             finally:
                 self._set_max_memory(self._memory_limit)
@@ -364,7 +420,7 @@ class LuaEngine(Engine):
             self._set_max_memory(0)  # the prelude's own work (see _enter)
             try:
                 short = self._lua_short_src("@" + shown)
-            except lupa.LuaError as exc:
+            except self._lupa.LuaError as exc:
                 return self._engine_error(exc)
             finally:
                 self._set_max_memory(self._memory_limit)
@@ -427,7 +483,7 @@ class LuaEngine(Engine):
             return self._fail(self._no_room(path))
         try:
             n = self._enter(entry, deadline, *direct)
-        except lupa.LuaError as exc:
+        except self._lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
@@ -517,7 +573,7 @@ class LuaEngine(Engine):
         return crossing_error(bad.problem, "python", self.language)
 
     def _engine_error(self, exc: Exception) -> SpellError:
-        if isinstance(exc, lupa.LuaMemoryError):
+        if isinstance(exc, self._lupa.LuaMemoryError):
             return self._memory_error()
         # The prelude itself failed: a bug in polyspell, not in the script.
         return ScriptError.RuntimeError(language=self.language, error=str(exc),
@@ -602,7 +658,7 @@ class LuaEngine(Engine):
         the order of Lua's ``next`` follows string hashes, which Lua seeds per state, so
         the same run would otherwise give its data in another order in every process.
         """
-        if value.__class__ is not _LuaTable:
+        if value.__class__ not in _LUA_TABLES:
             return value
         return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what])
 
@@ -618,7 +674,7 @@ def _convert(table: Any, state: list[Any]) -> Any:
         kind = item.__class__
         if kind is str:
             left -= len(item)
-        elif kind is _LuaTable:
+        elif kind in _LUA_TABLES:
             state[0] = left
             item = _convert(item, state)
             left = state[0]
