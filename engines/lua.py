@@ -76,7 +76,7 @@ from engines.base import (
     crossing_error,
     protocol_violation,
 )
-from engines.specs import LUA
+from engines.specs import LUA, LUA_VERSIONS as _OFFERED
 
 # The values the host hands to a Lua script, by the path _to_lua names them with.
 _HANDED = {"args": "run's arguments", "params": "call's parameters",
@@ -101,8 +101,8 @@ PRELUDE = resources.files("engines").joinpath("lua_prelude.lua").read_text("utf-
 
 LuaVersion = Literal["5.5", "5.4", "luajit"]
 # The Lua versions offered, each by the lupa module that brings it (the first: the default).
-LUA_VERSIONS: dict[str, str] = {"5.5": "lupa.lua55", "5.4": "lupa.lua54",
-                                "luajit": "lupa.luajit21"}
+LUA_VERSIONS: dict[str, str] = dict(zip(_OFFERED, ("lupa.lua55", "lupa.lua54",
+                                                   "lupa.luajit21"), strict=True))
 DEFAULT_LUA_VERSION: LuaVersion = "5.5"
 
 
@@ -273,6 +273,9 @@ class LuaEngine(Engine):
     """
 
     spec = LUA
+    # LuaJIT's compiler stays on (else off: see the class): set by a worker process
+    # (engines.worker), which the host kills at the deadline.
+    jit = False
 
     def __init__(
         self,
@@ -280,7 +283,7 @@ class LuaEngine(Engine):
         limits: Limits = DEFAULT_LIMITS,
         sandbox: Sandbox = "constrained",
         lua_version: LuaVersion = DEFAULT_LUA_VERSION,
-        jit: bool = False,
+        jit: bool | None = None,
     ) -> None:
         super().__init__(limits=limits, sandbox=sandbox)
         if lua_version not in LUA_VERSIONS:
@@ -313,7 +316,7 @@ class LuaEngine(Engine):
         try:
             self._put, self._enter, self._take, self._drain, self._lua_short_src = (
                 self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
-                                  self._memory_limit, jit))
+                                  self._memory_limit, self.jit if jit is None else jit))
         finally:
             self._set_max_memory(self._memory_limit)
         if self._over_limit():

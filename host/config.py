@@ -160,6 +160,9 @@ class Config(BaseModel):
     # where engines run (host.Host's ``isolation``): the file's unless the code or the
     # command line says
     isolation: Literal["thread", "process"] | None = None
+    # the Lua of Lua scripts (host.Host's ``lua_version``): the file's unless the code or
+    # the command line says
+    lua_version: Literal["5.5", "5.4", "luajit"] | None = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in

@@ -9,11 +9,13 @@ A plan is given in Python (``Plan(tasks=[Task(...), ...])``) or read from a TOML
     tolerance = 0.5
     tools = ["tools.py"]
     libraries = ["lib"]              # folders require searches (host.libraries)
+    lua_version = "5.4"              # the Lua of the plan's Lua tasks (default: the host's)
 
     [[task]]
     id = "fetch_a"
     script = "fetch.lua"
     args = { source = "a" }
+    lua_version = "luajit"           # this task's own
 
     [[task]]
     id = "summarize"
@@ -55,6 +57,10 @@ Language = ScriptLanguageName  # a registered language's name (engines.specs())
 _validating = VALIDATING  # one flag for plans and the policies inside them
 
 
+# The Lua versions a task may ask for (engines.specs.LUA_VERSIONS).
+LuaVersion = Literal["5.5", "5.4", "luajit"]
+
+
 class _PlanModel(BaseModel):
     """Strict models: a wrong type or an unknown field is an error, never coerced.
 
@@ -85,7 +91,8 @@ class Task(_PlanModel):
 
     The script receives ``args`` plus ``args.inputs``: the results of the tasks it runs
     ``after``, by id. ``timeout`` (seconds) bounds each try; without it the plan's
-    default for the task's engine applies.
+    default for the task's engine applies. ``lua_version`` (``"5.5"``, ``"5.4"``,
+    ``"luajit"``) is the Lua of a Lua task; without it, the plan's, else the host's.
     """
 
     id: str = Field(min_length=1)
@@ -94,6 +101,7 @@ class Task(_PlanModel):
     after: list[str] = []
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     retry: Retry | None = None
+    lua_version: LuaVersion | None = None
 
     @field_validator("script", mode="before")
     @classmethod
@@ -134,6 +142,7 @@ class Plan(_PlanModel):
     engine_timeouts: dict[Language, float] = {}
     tools: list[str] = []
     libraries: list[str] = []  # folders require searches, after the coordinator's
+    lua_version: LuaVersion | None = None  # its Lua tasks' (else the coordinator's)
     base_dir: str | None = None
     source: str | None = None  # the file the plan was read from, for error locations
 
@@ -268,7 +277,7 @@ def invalid_plan(*, plan: str, reason: str, location: str = "") -> SpellError:
 # -- TOML -------------------------------------------------------------------------------
 
 PLAN_KEYS = ("name", "strategy", "tolerance", "max_concurrency", "timeout",
-             "engine_timeouts", "tools", "libraries")
+             "engine_timeouts", "tools", "libraries", "lua_version")
 
 
 def _missing(path: Path) -> str:
