@@ -81,6 +81,24 @@ do
     return sub(tb, 2)
   end
   COMPAT.global_hook = true
+
+  -- Its tracebacks leave out the middle of a deep stack as "\n\t..." with no count: the
+  -- prelude rebuilds them from the depth (of the stack of co, or of the caller's).
+  COMPAT.levels_left_out = true
+  local getinfo = debug.getinfo
+  function COMPAT.depth(co)
+    local lo, hi = 1, 2
+    local function has(level)
+      if co then return getinfo(co, level, "l") ~= nil end
+      return getinfo(level, "l") ~= nil
+    end
+    while has(hi) do lo, hi = hi, hi * 2 end
+    while hi - lo > 1 do
+      local mid = floor((lo + hi) / 2)
+      if has(mid) then lo = mid else hi = mid end
+    end
+    return lo
+  end
   -- Lua 5.1 has no `<close>`: the prelude undoes by hand what a guard would have.
   COMPAT.no_close = true
 

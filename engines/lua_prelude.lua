@@ -70,10 +70,20 @@ local function traceback(co, level, below)
     tb = lua_traceback(nil, level)
     if tail then tb = "stack traceback:\n" .. TAIL_CALLS .. sub(tb, 17) end
   end
-  if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
-  local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
-  if not skipped then return tb end
-  local depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
+  local depth
+  if COMPAT.levels_left_out then  -- LuaJIT: "\n\t..." and no count
+    if not find(tb, "\n\t...\n", 1, true) then return tb end
+    -- a runaway recursion (no stack left to spare either) keeps LuaJIT's own traceback
+    if (co and getinfo(co, MAX_LEVELS, "l") or not co and getinfo(level + MAX_LEVELS, "l")) then
+      return tb
+    end
+    depth = COMPAT.depth(co)  -- (at least the depth: the loop below stops at the end)
+  else
+    if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
+    local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
+    if not skipped then return tb end
+    depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
+  end
   if depth > MAX_LEVELS then return tb end
   local lines, n = {"stack traceback:"}, 1
   for l = level, level + depth - 1 do
@@ -1168,7 +1178,9 @@ local function s_load(...)
   if f == nil then
     if not abort and out_of_memory(message) then abort = "memory" end
     if abort or rawequal(message, KILL) then error(KILL, 0) end
-    if type(message) == "string" and find(message, "attempt to load a binary chunk", 1, true) then
+    -- (LuaJIT says "attempt to load chunk with wrong mode")
+    if type(message) == "string" and (find(message, "attempt to load a binary chunk", 1, true)
+        or find(message, "attempt to load chunk with wrong mode", 1, true)) then
       violation("load() of a binary chunk", 2)
     end
   end
