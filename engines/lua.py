@@ -54,7 +54,6 @@ from importlib import resources
 from types import ModuleType
 from typing import Any, Literal
 
-
 from bridge import ConfigurationError, ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
@@ -76,7 +75,8 @@ from engines.base import (
     crossing_error,
     protocol_violation,
 )
-from engines.specs import LUA, LUA_VERSIONS as _OFFERED
+from engines.specs import LUA
+from engines.specs import LUA_VERSIONS as _OFFERED
 
 # The values the host hands to a Lua script, by the path _to_lua names them with.
 _HANDED = {"args": "run's arguments", "params": "call's parameters",
@@ -92,6 +92,9 @@ _LUA_IDSIZE = 60
 _CLOCK_EVERY = 2**20
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
+# LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
+# never rounded, as host.data refuses one larger than a language's spec says).
+_INT53 = (-(2**53), 2**53)
 # Values that cross as they are (ints only within 64 bits: checked by _check_data; strs
 # only when they have a UTF-8 form: see _utf8).
 _SCALARS = frozenset({str, float, bool, type(None)})
@@ -224,7 +227,8 @@ class _NotData(Exception):
         self.problem = Problem(path, data_type, f"{path} {problem}")
 
 
-def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
+def _check_data(value: Any, path: str, depth: int, seen: set[int],
+                ints: tuple[int, int] = _INT64) -> int:
     """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold.
 
     Returns a lower bound of the bytes the value takes as a Lua value, counting each list
@@ -239,8 +243,9 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
     if kind is str:
         return len(value) if len(value) > _LUA_SHORT_STRING else 0
     if kind is int:
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise _NotData(path, "is an integer too large for Lua (64 bits)", "int")
+        if not ints[0] <= value <= ints[1]:
+            what = "Lua (64 bits)" if ints is _INT64 else "LuaJIT (53 bits and a sign)"
+            raise _NotData(path, f"is an integer too large for {what}", "int")
         return 0
     if depth >= MAX_DEPTH:
         raise _NotData(path, f"is nested more than {MAX_DEPTH} levels deep", kind.__name__)
@@ -252,11 +257,11 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
             if type(key) is not str:
                 raise _NotData(path, f"has a key that is not a string ({key!r})", "dict")
             size += 8 + len(key) + (len(item) if type(item) is str else
-                                    _check_data(item, f"{path}.{key}", depth + 1, seen))
+                                    _check_data(item, f"{path}.{key}", depth + 1, seen, ints))
         return size if first else 0
     if kind is list or kind is tuple:
         for index, item in enumerate(value, 1):
-            size += 8 + _check_data(item, f"{path}[{index}]", depth + 1, seen)
+            size += 8 + _check_data(item, f"{path}[{index}]", depth + 1, seen, ints)
         return size if first else 0
     raise _NotData(path, f"is a {kind.__name__}, not JSON-like data", kind.__name__)
 
@@ -292,6 +297,7 @@ class LuaEngine(Engine):
                 reason=f"unknown Lua version (one of {', '.join(LUA_VERSIONS)})")
         self.lua_version = lua_version
         self._lupa = lupa = lua_module(lua_version)
+        self._ints = _INT53 if lua_version == "luajit" else _INT64  # what it holds exactly
         _LUA_TABLES.add(_table_type(lua_version))
         self._memory_limit = limits.memory_mb * 2**20
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
@@ -611,6 +617,7 @@ class LuaEngine(Engine):
         of the value's size in Lua (see :func:`_check_data`) is above the memory limit.
         """
         kind = type(value)
+        ints = self._ints
         if kind in _SCALARS:
             if kind is str:
                 if len(value) > self._memory_limit:
@@ -622,8 +629,8 @@ class LuaEngine(Engine):
             for key, item in value.items():
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
-                        item_kind is not int or not _INT64[0] <= item <= _INT64[1])):
-                    size = _check_data(value, path, 0, set())
+                        item_kind is not int or not ints[0] <= item <= ints[1])):
+                    size = _check_data(value, path, 0, set(), ints)
                     break
                 if item_kind is str:
                     size += len(item)
@@ -635,11 +642,11 @@ class LuaEngine(Engine):
                 except UnicodeEncodeError:  # a lone surrogate: see _utf8
                     return self._table_from(_utf8_data(value))
         elif kind is int:
-            if not _INT64[0] <= value <= _INT64[1]:
-                _check_data(value, path, 0, set())  # raises _NotData
+            if not ints[0] <= value <= ints[1]:
+                _check_data(value, path, 0, set(), ints)  # raises _NotData
             return value
         else:
-            size = _check_data(value, path, 0, set())
+            size = _check_data(value, path, 0, set(), ints)
         if size > self._memory_limit:
             raise _NoRoom
         try:

@@ -21,8 +21,6 @@ from tests import engine_driver
 from tests.conftest import NO_INTEGERS_ON_LUAJIT, nil_indexed
 from tests.engine_driver import Run
 
-
-
 # every test on each Lua version (tests/conftest.py: lua_version)
 pytestmark = pytest.mark.usefixtures("lua_version")
 
