@@ -5,6 +5,7 @@
     python scripts/bench.py --only coordinator    # only the coordinator's rows
     python scripts/bench.py --only monitor        # only the monitor's and its store's rows
     python scripts/bench.py --only isolation      # process isolation against thread mode
+    python scripts/bench.py --only lua            # Lua 5.5, 5.4 and LuaJIT on CPU-bound work
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -803,10 +804,57 @@ def isolation_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
+# CPU-bound Lua: arithmetic and table work, no tool call (the same value on every version).
+LUA_CPU = """
+local t, total = {}, 0
+for i = 1, 1000 do t[i] = i end
+for r = 1, args.n do
+  for i = 1, 1000 do
+    local v = t[i] * 3 + r
+    t[i] = v % 1000
+    total = total + v % 7
+  end
+end
+return total
+"""
+
+
+def lua_cpu_seconds(host: Host, n: int) -> float:
+    """Seconds of a run of LUA_CPU (n rounds of 1,000 items) on the host's Lua."""
+    start = time.perf_counter()
+    host.run_source(LUA_CPU, "lua", "cpu.lua", {"n": n})
+    return time.perf_counter() - start
+
+
+def lua_versions_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """Each Lua version on CPU-bound work (issue 15): LuaJIT compiles only in a worker
+    process (the host kills it at the deadline), interprets in thread mode (its count
+    hook does not fire in compiled code, so the time limit needs the interpreter)."""
+    n, ms = 2000, 1e3
+    rows, seconds, values = [], {}, set()
+    with WorkerPool(1) as pool:
+        cases = [("5.5", "thread"), ("5.4", "thread"), ("luajit", "thread"),
+                 ("5.5", "process"), ("luajit", "process")]
+        for version, isolation in cases:
+            host = Host(lua_version=version, timeout=120, on_output=lambda line: None,
+                        isolation=pool if isolation == "process" else "thread")
+            values.add(host.run_source(LUA_CPU, "lua", "cpu.lua", {"n": 10}))  # and warm
+            seconds[version, isolation] = median_of(repeats, lambda h=host: lua_cpu_seconds(h, n))
+            name = {"5.5": "Lua 5.5", "5.4": "Lua 5.4", "luajit": "LuaJIT"}[version]
+            rows.append((f"CPU-bound Lua (2M items), {name}, {isolation}",
+                         seconds[version, isolation] * ms, "ms", ""))
+    assert len(values) == 1, values  # the same work, the same value, on every version
+    rows.append(("  Lua 5.5 / LuaJIT, thread mode (JIT off)",
+                 seconds["5.5", "thread"] / seconds["luajit", "thread"], "x", ""))
+    rows.append(("  Lua 5.5 / LuaJIT, process mode (JIT on)",
+                 seconds["5.5", "process"] / seconds["luajit", "process"], "x", ""))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation"],
+    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation", "lua"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
@@ -821,6 +869,9 @@ def main() -> None:
         return
     if options.only == "isolation":
         print_table(repeats, isolation_rows(repeats))
+        return
+    if options.only == "lua":
+        print_table(repeats, lua_versions_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -887,6 +938,7 @@ def main() -> None:
     rows += coordinator_rows(repeats)
     rows += store_rows(repeats)
     rows += isolation_rows(repeats)
+    rows += lua_versions_rows(repeats)
     print_table(repeats, rows)
 
 
