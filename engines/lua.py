@@ -1,4 +1,5 @@
-"""The Lua engine: Lua 5.5 on lupa, sandboxed, with tool calls as coroutine yields.
+"""The Lua engine: Lua 5.5 (or 5.4, or LuaJIT) on lupa, sandboxed, with tool calls as
+coroutine yields.
 
 Every engine owns one ``LuaRuntime``. A prelude (``lua_prelude.lua`` beside this module,
 compiled once per process and loaded as bytecode into each runtime) builds each run's
@@ -271,10 +272,13 @@ class LuaEngine(Engine):
 
     ``lua_version`` chooses the Lua: ``"5.5"`` (the default), ``"5.4"`` or ``"luajit"``
     (LuaJIT 2.1, Lua 5.1 with its extensions), each from its lupa module, all with the one
-    prelude. LuaJIT's count hook does not fire inside JIT-compiled code, so the time limit
-    would not hold: the engine turns the JIT compiler off (an interpreter whose hook fires,
-    still faster than Lua 5.5's) unless ``jit=True``, which only a worker process that the
-    host kills at the deadline may ask for (:mod:`engines.worker`).
+    prelude (and, on LuaJIT, ``lua_compat_luajit.lua`` before it). LuaJIT's count hook does
+    not fire inside JIT-compiled code, so the time limit would not hold: the engine turns
+    the JIT compiler off (an interpreter whose hook fires, still faster than Lua 5.5's)
+    unless ``jit=True`` (or the class's ``jit``), which a worker process sets: the host
+    kills it at the deadline (:mod:`engines.worker`). LuaJIT has no limit on C-stack depth
+    (a script recursing through ``string.gsub`` or ``coroutine.wrap`` crashes the process),
+    so the host runs it only in worker processes (``host.host.PROCESS_ONLY``).
     """
 
     spec = LUA

@@ -152,8 +152,8 @@ def _add_lua_option(command: argparse.ArgumentParser) -> None:
     command.add_argument(
         "--lua", choices=LUA_VERSIONS, default=None, dest="lua_version",
         help="the Lua of Lua scripts: 5.5 (default), 5.4 or luajit (LuaJIT 2.1, Lua 5.1 "
-        "with its extensions; its JIT compiler only with --isolation process); a config "
-        "file's lua_version, a plan's or a task's own otherwise")
+        "with its extensions; only with --isolation process); a config file's "
+        "lua_version, a plan's or a task's own otherwise")
 
 
 def _add_errors_parser(commands: Any) -> None:

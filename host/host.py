@@ -46,6 +46,14 @@ SANDBOXES = ("constrained", "trusted")
 ISOLATIONS = ("thread", "process")
 DEFAULT_ISOLATION = "thread"  # a host's, when neither its code nor its config file says
 DEFAULT_LUA_VERSION = LUA_VERSIONS[0]  # likewise: Lua 5.5
+# The Lua versions that run only in worker processes, and why (measured: README).
+PROCESS_ONLY = {
+    "luajit": "LuaJIT runs only in process isolation (--isolation process, or "
+              "isolation='process'): it has no limit on C-stack depth, so a script that "
+              "recurses through string.gsub or coroutine.wrap crashes the whole process "
+              "(a worker's crash fails only its run), and its count hook does not fire in "
+              "JIT-compiled code (a worker is killed at the deadline)",
+}
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
 # with room to spare): far beyond any machine, refused rather than overflowing.
 MAX_MEMORY_MB = 1 << 32
@@ -115,9 +123,10 @@ class Host:
 
     ``lua_version`` is the Lua that runs Lua scripts: ``"5.5"`` (the default, else the
     config file's ``lua_version``), ``"5.4"`` or ``"luajit"`` (LuaJIT 2.1, Lua 5.1 with
-    its extensions; in thread mode its JIT compiler is off, since the time limit's hook
-    does not fire in compiled code; in process mode it compiles, and the worker is killed
-    at the deadline). A run may choose its own (:meth:`new_run`). The built-in engine
+    its extensions: in process isolation only, since a script can crash a LuaJIT
+    process by recursing through C functions, and its count hook does not fire in
+    compiled code; a worker's crash fails only its run, and the worker is killed at the
+    deadline). A run may choose its own (:meth:`new_run`). The built-in engine
     factories take it; an ``engine_factory`` of the caller's makes its own engines, so
     ``lua_version`` is refused with one.
 
@@ -296,6 +305,9 @@ class Host:
                 key="lua_version", value=lua_version,
                 reason="the host's engines come from its engine_factory, which chooses "
                        "their Lua: give it the version")
+        if lua_version in PROCESS_ONLY and self.pool is None:
+            raise ConfigurationError.InvalidValue(
+                key="lua_version", value=lua_version, reason=PROCESS_ONLY[lua_version])
         if lua_version == DEFAULT_LUA_VERSION:
             return base
         return functools.partial(base, lua_version=lua_version)

@@ -53,11 +53,24 @@ def version(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture(scope="module")
+def pool() -> WorkerPool:
+    with WorkerPool(memory_mb=64) as workers:
+        yield workers
+
+
+def host_of(version: str, pool: WorkerPool, tools: list | None = None, **options: object) -> Host:
+    """A host running ``version``: LuaJIT's in the pool's worker processes (it runs only
+    there), the others' in threads."""
+    isolation = pool if version == "luajit" else "thread"
+    return Host(tools or [], lua_version=version, isolation=isolation, **options)  # type: ignore[arg-type]
+
+
 # -- choosing the version ------------------------------------------------------------------
 
 
-def test_each_version_runs_its_own_lua(version: str) -> None:
-    with Host(lua_version=version) as host:
+def test_each_version_runs_its_own_lua(version: str, pool: WorkerPool) -> None:
+    with host_of(version, pool) as host:
         assert host.run_source("return _VERSION", "lua") == VERSION_OF[version]
         assert host.lua_version == version
 
@@ -85,8 +98,8 @@ def test_a_version_with_an_engine_factory_of_the_caller_s_is_refused() -> None:
         host.new_run_source("return 1", "lua", lua_version="luajit")
 
 
-def test_a_run_may_choose_its_own_version() -> None:
-    host = Host(lua_version="5.4")
+def test_a_run_may_choose_its_own_version(pool: WorkerPool) -> None:
+    host = Host(lua_version="5.4", isolation=pool)
     run = host.new_run_source("return _VERSION", "lua", lua_version="luajit")
     import anyio
 
@@ -94,17 +107,16 @@ def test_a_run_may_choose_its_own_version() -> None:
     assert host.run_source("return _VERSION", "lua") == "Lua 5.4"
 
 
-def test_javascript_runs_whatever_the_lua_version() -> None:
-    assert Host(lua_version="luajit").run_source("async function main() { return 2; }", "js") == 2
+def test_javascript_runs_whatever_the_lua_version(pool: WorkerPool) -> None:
+    host = Host(lua_version="luajit", isolation=pool)
+    assert host.run_source("async function main() { return 2; }", "js") == 2
 
 
 def test_the_config_file_s_version_unless_the_code_says(tmp_path: Path) -> None:
     config = tmp_path / "polyspell.toml"
     config.write_text('lua_version = "5.4"\n')
     assert Host(config=config).run_source("return _VERSION", "lua") == "Lua 5.4"
-    assert (
-        Host(config=config, lua_version="luajit").run_source("return _VERSION", "lua") == "Lua 5.1"
-    )
+    assert Host(config=config, lua_version="5.5").run_source("return _VERSION", "lua") == "Lua 5.5"
     config.write_text('lua_version = "5.3"\n')
     with pytest.raises(SpellError) as info:
         Host(config=config)
@@ -114,7 +126,7 @@ def test_the_config_file_s_version_unless_the_code_says(tmp_path: Path) -> None:
 def test_the_cli_flag_on_run(tmp_path: Path) -> None:
     script = tmp_path / "v.lua"
     script.write_text("return _VERSION")
-    for flag, expected in [("5.4", "Lua 5.4"), ("luajit", "Lua 5.1"), ("5.5", "Lua 5.5")]:
+    for flag, expected in [("5.4", "Lua 5.4"), ("5.5", "Lua 5.5")]:
         out = polyspell("run", script, "--lua", flag)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout) == expected
@@ -128,6 +140,43 @@ def test_the_cli_flag_on_run_in_process_mode(tmp_path: Path) -> None:
     out = polyspell("run", script, "--lua", "luajit", "--isolation", "process")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == "Lua 5.1"
+    refused = polyspell("run", script, "--lua", "luajit")
+    assert refused.returncode != 0
+    assert "configuration/invalid_value" in refused.stderr
+    assert "--isolation process" in refused.stderr
+
+
+def test_luajit_is_refused_in_thread_mode_and_says_why() -> None:
+    with pytest.raises(ConfigurationError.InvalidValue) as info:
+        Host(lua_version="luajit")
+    assert "--isolation process" in str(info.value) and "C-stack" in str(info.value)
+    with pytest.raises(ConfigurationError.InvalidValue, match="process isolation"):
+        Host().new_run_source("return 1", "lua", lua_version="luajit")
+
+
+# A script that recurses through C functions: LuaJIT has no C-stack limit there (Lua 5.4
+# and 5.5 stop it with "C stack overflow"), so the process that runs it crashes.
+C_RECURSION = {
+    "gsub": "local function f(s) return (string.gsub(s, '.', f)) end\nreturn f('ab')",
+    "wrap": "local function f() return coroutine.wrap(f)() end\nreturn f()",
+}
+
+
+@pytest.mark.parametrize("case", list(C_RECURSION))
+def test_a_crash_of_luajit_fails_only_its_run(case: str, pool: WorkerPool) -> None:
+    with Host(lua_version="luajit", isolation=pool) as host:
+        with pytest.raises(SpellError) as info:
+            host.run_source(C_RECURSION[case], "lua", "crash.lua")
+        assert info.value.code == "runtime/worker_died"
+        assert host.run_source("return _VERSION", "lua") == "Lua 5.1"
+
+
+@pytest.mark.parametrize("case", list(C_RECURSION))
+def test_lua_5_stops_the_same_recursion_as_an_error(case: str) -> None:
+    for version in ("5.5", "5.4"):
+        with pytest.raises(SpellError) as info:
+            Host(lua_version=version).run_source(C_RECURSION[case], "lua", "crash.lua")
+        assert info.value.category in ("script", "resource")
 
 
 def _plan(tmp_path: Path, header: str = "") -> Path:
@@ -147,12 +196,22 @@ def _results(report: object) -> dict[str, object]:
 
 
 def test_a_plan_s_version_and_a_task_s_own(tmp_path: Path) -> None:
-    with Coordinator(on_output=lambda task, line: None) as coordinator:
+    quiet = {"on_output": lambda task, line: None, "isolation": "process"}
+    with Coordinator(**quiet) as coordinator:  # type: ignore[arg-type]
         report = coordinator.run(coordinator.prepare(_plan(tmp_path, 'lua_version = "5.4"')))
-    assert _results(report) == {"plain": "Lua 5.4", "jit": "Lua 5.1", "five": "Lua 5.5"}
-    with Coordinator(on_output=lambda task, line: None, lua_version="luajit") as coordinator:
+        assert _results(report) == {"plain": "Lua 5.4", "jit": "Lua 5.1", "five": "Lua 5.5"}
+    with Coordinator(**quiet, lua_version="luajit") as coordinator:  # type: ignore[arg-type]
         report = coordinator.run(coordinator.prepare(_plan(tmp_path)))
-    assert _results(report) == {"plain": "Lua 5.1", "jit": "Lua 5.1", "five": "Lua 5.5"}
+        assert _results(report) == {"plain": "Lua 5.1", "jit": "Lua 5.1", "five": "Lua 5.5"}
+
+
+def test_a_luajit_task_in_thread_mode_fails_with_the_reason(tmp_path: Path) -> None:
+    with Coordinator(on_output=lambda task, line: None) as coordinator:
+        report = coordinator.run(coordinator.prepare(_plan(tmp_path)))
+    tasks = {task.id: task for task in report.tasks}
+    assert tasks["plain"].result == "Lua 5.5"
+    assert tasks["jit"].error["category"] == "configuration"
+    assert tasks["jit"].error["kind"] == "invalid_value"
 
 
 def test_a_plan_with_an_unknown_version_is_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -164,19 +223,13 @@ def test_a_plan_with_an_unknown_version_is_refused_before_anything_runs(tmp_path
 
 
 def test_the_cli_flag_on_plan(tmp_path: Path) -> None:
-    out = polyspell("plan", _plan(tmp_path), "--lua", "5.4", "--json")
+    out = polyspell("plan", _plan(tmp_path), "--lua", "5.4", "--json", "--isolation", "process")
     assert out.returncode == 0, out.stderr
     tasks = {task["id"]: task["result"] for task in json.loads(out.stdout)["tasks"]}
     assert tasks == {"plain": "Lua 5.4", "jit": "Lua 5.1", "five": "Lua 5.5"}
 
 
 # -- process mode --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pool() -> WorkerPool:
-    with WorkerPool(memory_mb=64) as workers:
-        yield workers
 
 
 def test_each_version_runs_in_a_worker_process(pool: WorkerPool, version: str) -> None:
@@ -190,7 +243,9 @@ def test_each_version_runs_in_a_worker_process(pool: WorkerPool, version: str) -
 def test_luajit_compiles_only_in_a_worker_process(pool: WorkerPool) -> None:
     # trusted scripts reach LuaJIT's jit module: its status says whether it compiles
     source = "return (require('jit').status())"
-    assert Host(lua_version="luajit", sandbox="trusted").run_source(source, "lua") is False
+    engine = LuaEngine(lua_version="luajit", sandbox="trusted")
+    step = engine.start(source, "jit.lua", None, [], time.monotonic() + 5)
+    assert step.result is False  # type: ignore[union-attr]
     with Host(isolation=pool, lua_version="luajit", sandbox="trusted") as host:
         assert host.run_source(source, "lua") is True
 
@@ -261,19 +316,23 @@ def test_what_the_sandbox_removes_is_absent_on_every_version(name: str, version:
         "utf8.x",
     ],
 )
-def test_require_reaches_no_library_of_the_runtime(module: str, version: str) -> None:
+def test_require_reaches_no_library_of_the_runtime(
+    module: str, version: str, pool: WorkerPool
+) -> None:
     with pytest.raises(SpellError) as info:
-        Host(lua_version=version).run_source(f"return require('{module}')", "lua")
+        host_of(version, pool).run_source(f"return require('{module}')", "lua")
     assert info.value.code == "script/lua"
     assert "not found" in info.value.fields["error"]
 
 
-def test_require_of_a_standard_library_gives_the_sandbox_s_own(version: str) -> None:
+def test_require_of_a_standard_library_gives_the_sandbox_s_own(
+    version: str, pool: WorkerPool
+) -> None:
     source = (
         "local os_, package_ = require('os'), require('package')\n"
         "return {os_ == os, os_.execute == nil, package_.loadlib == nil}"
     )
-    assert Host(lua_version=version).run_source(source, "lua") == [True, True, True]
+    assert host_of(version, pool).run_source(source, "lua") == [True, True, True]
 
 
 LOAD_ESCAPES = {
@@ -329,8 +388,8 @@ def test_luajit_s_own_libraries_for_scripts() -> None:
     assert drive("return {bit == nil, unpack == nil}", "5.5").result == [True, True]
 
 
-def test_integers_beyond_what_luajit_holds_are_refused_not_rounded() -> None:
-    host = Host(lua_version="luajit")
+def test_integers_beyond_what_luajit_holds_are_refused_not_rounded(pool: WorkerPool) -> None:
+    host = Host(lua_version="luajit", isolation=pool)
     assert host.run_source("return args.n", "lua", args={"n": 2**53}) == 2**53
     with pytest.raises(SpellError) as info:
         host.run_source("return args.n", "lua", args={"n": 2**53 + 1})
@@ -396,8 +455,10 @@ def test_tracebacks_name_files_functions_and_lines_on_every_version(version: str
     assert "inner" in error.frames[-1].function
 
 
-def test_a_tool_error_reaches_the_script_as_a_table_on_every_version(version: str) -> None:
-    host = Host([lost], lua_version=version)
+def test_a_tool_error_reaches_the_script_as_a_table_on_every_version(
+    version: str, pool: WorkerPool
+) -> None:
+    host = host_of(version, pool, [lost])
     source = (
         "local ok, e = pcall(tools.lost, {query = 'x'})\n"
         "return {ok, e.category, e.kind, e.fields.tool_name}"
