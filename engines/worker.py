@@ -56,9 +56,6 @@ _PR_SET_PDEATHSIG = 1
 # Scripts run once at start-up in each built-in language: what the first real engine
 # would otherwise pay (the binding's import, the prelude's first compilation).
 _WARM_UP = {"lua": "return 1", "javascript": "async function main() { return 1; }"}
-# Lua versions beside the default (engines.lua.LUA_VERSIONS): their lupa modules are
-# imported and their preludes compiled at start-up too.
-_OTHER_LUA_VERSIONS = ("5.4", "luajit")
 
 
 def die_with_parent(parent: int) -> None:
@@ -114,15 +111,14 @@ def warm_up() -> None:
             cls.cpu_factor = 1.0  # type: ignore[attr-defined]
         if hasattr(cls, "jit"):  # the host kills a worker at the deadline: LuaJIT may compile
             cls.jit = True  # type: ignore[attr-defined]
+        if hasattr(cls, "before_confinement"):  # what it would open later (Lua versions)
+            cls.before_confinement()  # type: ignore[attr-defined]
     for language, source in _WARM_UP.items():
         engine = engines.make_engine(language)
         try:
             engine.start(source, "<warm-up>", None, [], time.monotonic() + 10)
         finally:
             engine.close()
-    # The other Lua versions: a confined worker can open no file (their modules) later.
-    for version in _OTHER_LUA_VERSIONS:
-        engines.make_engine("lua", lua_version=version).close()
 
 
 def address_space_kb() -> int:

@@ -30,8 +30,10 @@ RUN = """
 import sys
 from host import Host
 try:
-    print(Host(timeout=1, on_output=lambda line: None, lua_version=sys.argv[2]).run_source(
-        sys.argv[1], "lua", "gc.lua"))
+    # (LuaJIT runs only in worker processes)
+    isolation = "process" if sys.argv[2] == "luajit" else "thread"
+    print(Host(timeout=1, on_output=lambda line: None, lua_version=sys.argv[2],
+               isolation=isolation).run_source(sys.argv[1], "lua", "gc.lua"))
 except Exception as exc:
     print(exc.code)
 """
