@@ -1620,8 +1620,9 @@ end
 -- direct: the values come as arguments (numbers, booleans, nil, tables: no allocation).
 local enter
 do
-  local function entered(...)
-    if COMPAT.global_hook then sethook() end  -- LuaJIT: see set_deadline
+  -- LuaJIT: its one hook is cleared as control goes back to the host (see set_deadline)
+  local entered = not COMPAT.global_hook and boxed or function(...)
+    sethook()
     return boxed(...)
   end
 

@@ -195,8 +195,8 @@ def _results(report: object) -> dict[str, object]:
     return {task.id: task.result for task in report.tasks}  # type: ignore[attr-defined]
 
 
-def test_a_plan_s_version_and_a_task_s_own(tmp_path: Path) -> None:
-    quiet = {"on_output": lambda task, line: None, "isolation": "process"}
+def test_a_plan_s_version_and_a_task_s_own(tmp_path: Path, pool: WorkerPool) -> None:
+    quiet = {"on_output": lambda task, line: None, "isolation": pool}  # the module's workers
     with Coordinator(**quiet) as coordinator:  # type: ignore[arg-type]
         report = coordinator.run(coordinator.prepare(_plan(tmp_path, 'lua_version = "5.4"')))
         assert _results(report) == {"plain": "Lua 5.4", "jit": "Lua 5.1", "five": "Lua 5.5"}
