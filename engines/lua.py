@@ -180,8 +180,7 @@ def _table_type(version: str) -> type:
     return type(module.LuaRuntime(register_eval=False, register_builtins=False).table())
 
 
-# The table types of the versions imported so far (a table crossing is one of them).
-_LUA_TABLES: set[type] = {_table_type(DEFAULT_LUA_VERSION)}
+_table_type(DEFAULT_LUA_VERSION)  # the default version's module, imported with this one
 
 
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
@@ -293,7 +292,7 @@ class LuaEngine(Engine):
         for version in LUA_VERSIONS:
             lua_module(version)
             _compat_source(version)
-            _LUA_TABLES.add(_table_type(version))
+            _table_type(version)
 
     # LuaJIT's compiler stays on (else off: see the class): set by a worker process
     # (engines.worker), which the host kills at the deadline.
@@ -315,7 +314,7 @@ class LuaEngine(Engine):
         self.lua_version = lua_version
         self._lupa = lupa = lua_module(lua_version)
         self._ints = _INT53 if lua_version == "luajit" else _INT64  # what it holds exactly
-        _LUA_TABLES.add(_table_type(lua_version))
+        self._table_type = _table_type(lua_version)  # what its tables are in Python
         self._memory_limit = limits.memory_mb * 2**20
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
@@ -685,23 +684,25 @@ class LuaEngine(Engine):
         the order of Lua's ``next`` follows string hashes, which Lua seeds per state, so
         the same run would otherwise give its data in another order in every process.
         """
-        if value.__class__ not in _LUA_TABLES:
+        table_type = self._table_type
+        if value.__class__ is not table_type:
             return value
-        return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what])
+        return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
+                                table_type])
 
 
 def _convert(table: Any, state: list[Any]) -> Any:
     """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
-    built, the count at which to look at the budget and the clock next, the deadline, and
-    what is being read."""
+    built, the count at which to look at the budget and the clock next, the deadline, what
+    is being read, and the type of the engine's Lua tables (one per lupa module)."""
     data = {}
-    left = state[0]
+    left, table_type = state[0], state[4]
     for key, item in table.items():
         left -= ITEM_BYTES + len(key) if key.__class__ is str else ITEM_BYTES
         kind = item.__class__
         if kind is str:
             left -= len(item)
-        elif kind in _LUA_TABLES:
+        elif kind is table_type:
             state[0] = left
             item = _convert(item, state)
             left = state[0]
