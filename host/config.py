@@ -4,6 +4,8 @@
 The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by field)::
 
     isolation = "process"            # where engines run (Host(isolation=), --isolation win)
+    lua_version = "5.4"              # Lua scripts' Lua: 5.5, 5.4, luajit (Host(lua_version=),
+                                     # --lua, a plan's and a task's own win)
 
     [recovery]                       # defaults for every tool
     retry = { attempts = 2 }

@@ -471,3 +471,13 @@ def lost(query: str) -> str:
     from bridge import ToolError
 
     raise ToolError.NotFound(tool_name="backend")
+
+
+def test_a_memory_hog_on_luajit_in_a_worker_is_the_memory_limit(pool: WorkerPool) -> None:
+    # the JIT compiles the loop there; max_memory still counts what it allocates
+    hog = "local t = {} for i = 1, 1e8 do t[i] = string.rep('x', 64) .. i end"
+    with Host(lua_version="luajit", isolation=pool, memory_mb=64) as host:
+        with pytest.raises(SpellError) as info:
+            host.run_source(hog, "lua", "hog.lua")
+        assert info.value.code == "resource/memory_exhaustion"
+        assert host.run_source("return 1", "lua") == 1
