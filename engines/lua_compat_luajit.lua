@@ -81,6 +81,13 @@ do
     return sub(tb, 2)
   end
   COMPAT.global_hook = true
+  -- Whether the hook fired in the prelude's own code on the main thread (between two
+  -- steps, or as a step ends), which it never stops: scripts run only in coroutines.
+  local running = coroutine.running
+  function COMPAT.on_main()
+    local co, main = running()
+    return co == nil or main == true
+  end
 
   -- Its tracebacks leave out the middle of a deep stack as "\n\t..." with no count: the
   -- prelude rebuilds them from the depth (of the stack of co, or of the caller's).

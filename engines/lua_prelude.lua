@@ -14,7 +14,8 @@ local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyiel
       coroutine.create, coroutine.resume, coroutine.yield, coroutine.running,
       coroutine.status, coroutine.close or COMPAT.co_close, coroutine.isyieldable
 local sethook, lua_traceback, getinfo, raw_getmetatable, raw_setmetatable =
-      debug.sethook, COMPAT.traceback or debug.traceback, debug.getinfo, debug.getmetatable, debug.setmetatable
+      debug.sethook, COMPAT.traceback or debug.traceback, debug.getinfo, debug.getmetatable,
+      debug.setmetatable
 local concat, pack, unpack = table.concat, table.pack or COMPAT.pack,
       table.unpack or COMPAT.unpack
 local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
@@ -74,9 +75,8 @@ local function traceback(co, level, below)
   if COMPAT.levels_left_out then  -- LuaJIT: "\n\t..." and no count
     if not find(tb, "\n\t...\n", 1, true) then return tb end
     -- a runaway recursion (no stack left to spare either) keeps LuaJIT's own traceback
-    if (co and getinfo(co, MAX_LEVELS, "l") or not co and getinfo(level + MAX_LEVELS, "l")) then
-      return tb
-    end
+    local far = co and getinfo(co, MAX_LEVELS, "l") or not co and getinfo(level + MAX_LEVELS, "l")
+    if far then return tb end
     depth = COMPAT.depth(co)  -- (at least the depth: the loop below stops at the end)
   else
     if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
@@ -87,7 +87,8 @@ local function traceback(co, level, below)
   if depth > MAX_LEVELS then return tb end
   local lines, n = {"stack traceback:"}, 1
   for l = level, level + depth - 1 do
-    local ar = co and getinfo(co, l, COMPAT.tail_info or "Slnt") or getinfo(l, COMPAT.tail_info or "Slnt")
+    local what_info = COMPAT.tail_info or "Slnt"
+    local ar = co and getinfo(co, l, what_info) or getinfo(l, what_info)
     if not ar then break end
     local what
     if ar.namewhat ~= "" then
@@ -154,13 +155,18 @@ local function kill()
   error(KILL, 0)
 end
 
+-- (LuaJIT: COMPAT.on_main, the prelude's own code on the main thread, is never stopped)
 local function hook()
-  if abort then kill() end
+  if abort then
+    if COMPAT.on_main and COMPAT.on_main() then return end
+    kill()
+  end
   ticks_left = ticks_left - 1
   if ticks_left > 0 then return end
   local now = monotonic()
   local left = deadline - now
   if left <= 0 then
+    if COMPAT.on_main and COMPAT.on_main() then return end
     abort, abort_tb = "time", traceback(nil, 2)
     kill()
   end
@@ -1367,9 +1373,11 @@ local function make_env(args, library)
     pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,
     tostring = tostring, type = type, rawequal = rawequal, rawget = rawget, rawset = rawset,
     rawlen = not COMPAT.jit and rawlen or nil, setmetatable = s_setmetatable,
-    getmetatable = getmetatable, unpack = COMPAT.jit and unpack or nil, bit = COMPAT.jit and copy(bit) or nil,
+    getmetatable = getmetatable, unpack = COMPAT.jit and unpack or nil,
+    bit = COMPAT.jit and copy(bit) or nil,
     string = string_copy, table = copy(table_lib), math = copy(math_lib),
-    utf8 = utf8_lib and copy(utf8_lib), os = {time = os_time, clock = os_clock, date = os_date},
+    utf8 = utf8_lib and copy(utf8_lib),
+    os = {time = os_time, clock = os_clock, date = os_date},
     coroutine = {create = s_create, resume = s_resume, yield = s_yield, status = s_status,
                  wrap = s_wrap, running = s_running, isyieldable = s_isyieldable,
                  close = not COMPAT.jit and s_close or nil},
