@@ -481,3 +481,14 @@ def test_a_memory_hog_on_luajit_in_a_worker_is_the_memory_limit(pool: WorkerPool
             host.run_source(hog, "lua", "hog.lua")
         assert info.value.code == "resource/memory_exhaustion"
         assert host.run_source("return 1", "lua") == 1
+
+
+def test_a_coordinator_takes_the_config_file_s_version(tmp_path: Path) -> None:
+    config = tmp_path / "polyspell.toml"
+    config.write_text('lua_version = "5.4"\n')
+    plan = tmp_path / "plan.toml"
+    (tmp_path / "v.lua").write_text("return _VERSION")
+    plan.write_text('[[task]]\nid = "a"\nscript = "v.lua"\n')
+    with Coordinator(config=config, on_output=lambda task, line: None) as coordinator:
+        report = coordinator.run(coordinator.prepare(plan))
+    assert _results(report) == {"a": "Lua 5.4"}
