@@ -26,11 +26,9 @@ package-data glob for a prelude of a new extension), a ``ScriptError`` variant i
 ``bridge/hierarchy.py`` if its uncaught errors get a kind of their own (as
 ``ScriptError.Lua`` and ``ScriptError.Javascript``), and its tests. Nothing in ``host``
 names a language. A package that brings an engine of its own calls :func:`register`
-with its spec instead of editing ``engines.specs``. A second Lua version beside 5.5
-(``lupa.lua54``) could reuse the Lua prelude and translator (the translator names frames
-after the engine's spec): an engine class and a spec, once ``LuaEngine`` takes its lupa
-module from the class rather than importing ``lupa.lua55`` (not done, nor the prelude
-checked on 5.4).
+with its spec instead of editing ``engines.specs``. A Lua version
+is not a language: ``LuaEngine(lua_version=...)`` runs Lua 5.5, 5.4 or LuaJIT with one
+prelude and one translator (``make_engine(..., lua_version=...)``).
 """
 
 from __future__ import annotations
@@ -157,13 +155,18 @@ def spoken(words: Iterable[str], last: str = "or") -> str:
 
 
 def make_engine(language: str, *, limits: Limits = DEFAULT_LIMITS,
-                sandbox: Sandbox = "constrained") -> Engine:
+                sandbox: Sandbox = "constrained", lua_version: str | None = None) -> Engine:
     """A new built-in engine for ``language``: the default engine factory of a host.
 
     An engine factory is any callable of this signature (``Host(engine_factory=...)``);
-    one that wraps this one sees one call per engine a run uses.
+    one that wraps this one sees one call per engine a run uses. ``lua_version`` (``"5.5"``,
+    the default, ``"5.4"`` or ``"luajit"``: ``engines.lua.LUA_VERSIONS``) chooses the Lua
+    of a Lua engine; other languages have none to choose.
     """
-    return engine_class(language)(limits=limits, sandbox=sandbox)
+    cls = engine_class(language)
+    if lua_version is not None and language == "lua":
+        return cls(limits=limits, sandbox=sandbox, lua_version=lua_version)  # type: ignore[call-arg]
+    return cls(limits=limits, sandbox=sandbox)
 
 
 for _spec in BUILT_IN:

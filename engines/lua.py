@@ -1,4 +1,5 @@
-"""The Lua engine: Lua 5.5 on lupa, sandboxed, with tool calls as coroutine yields.
+"""The Lua engine: Lua 5.5 (or 5.4, or LuaJIT) on lupa, sandboxed, with tool calls as
+coroutine yields.
 
 Every engine owns one ``LuaRuntime``. A prelude (``lua_prelude.lua`` beside this module,
 compiled once per process and loaded as bytecode into each runtime) builds each run's
@@ -46,15 +47,15 @@ the hook can stop it.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import re
 import time
 from importlib import resources
-from typing import Any
+from types import ModuleType
+from typing import Any, Literal
 
-import lupa.lua55 as lupa
-
-from bridge import ResourceError, ScriptError, SpellError, variants
+from bridge import ConfigurationError, ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
@@ -76,6 +77,7 @@ from engines.base import (
     protocol_violation,
 )
 from engines.specs import LUA
+from engines.specs import LUA_VERSIONS as _OFFERED
 
 # The values the host hands to a Lua script, by the path _to_lua names them with.
 _HANDED = {"args": "run's arguments", "params": "call's parameters",
@@ -91,6 +93,9 @@ _LUA_IDSIZE = 60
 _CLOCK_EVERY = 2**20
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
+# LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
+# never rounded, as host.data refuses one larger than a language's spec says).
+_INT53 = (-(2**53), 2**53)
 # Values that cross as they are (ints only within 64 bits: checked by _check_data; strs
 # only when they have a UTF-8 form: see _utf8).
 _SCALARS = frozenset({str, float, bool, type(None)})
@@ -98,6 +103,36 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _NOT_A_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")  # surrogateescape uses U+DC80-DCFF
 
 PRELUDE = resources.files("engines").joinpath("lua_prelude.lua").read_text("utf-8")
+
+LuaVersion = Literal["5.5", "5.4", "luajit"]
+# The Lua versions offered, each by the lupa module that brings it (the first: the default).
+LUA_VERSIONS: dict[str, str] = dict(zip(_OFFERED, ("lupa.lua55", "lupa.lua54",
+                                                   "lupa.luajit21"), strict=True))
+DEFAULT_LUA_VERSION: LuaVersion = "5.5"
+
+
+@functools.cache
+def lua_module(version: str) -> ModuleType:
+    """The lupa module of a Lua version (``"5.5"``, ``"5.4"``, ``"luajit"``), imported once."""
+    if version not in LUA_VERSIONS:
+        raise ValueError(f"unknown Lua version {version!r} (one of {', '.join(LUA_VERSIONS)})")
+    return importlib.import_module(LUA_VERSIONS[version])
+
+
+@functools.cache
+def _compat_source(version: str) -> str:
+    """What a version lacks of Lua 5.4's that the prelude uses, as a chunk that defines the
+    local ``COMPAT`` (empty on 5.4 and 5.5; ``lua_compat_luajit.lua`` on LuaJIT)."""
+    if version != "luajit":
+        return "local COMPAT = {}\n"
+    return resources.files("engines").joinpath("lua_compat_luajit.lua").read_text("utf-8")
+
+
+def _prelude_source(version: str) -> str:
+    """The prelude's text for a version: the one file, with LuaJIT reading no attributes
+    (``<close>``: 5.4 syntax; the prelude does by hand what it does where ``COMPAT.no_close``)."""
+    text = PRELUDE if version != "luajit" else PRELUDE.replace(" <close>", "")
+    return _generated_tables() + _compat_source(version) + text
 
 
 def _sandbox_line(removed: str, instead: str) -> str:
@@ -153,17 +188,25 @@ def _generated_tables() -> str:
 
 
 @functools.cache
-def prelude_bytecode() -> bytes:
-    """The prelude compiled once per process; each runtime loads it without compiling."""
-    source = (_generated_tables() + PRELUDE).encode()
-    compiler = lupa.LuaRuntime(register_eval=False, register_builtins=False, encoding=None)
+def prelude_bytecode(version: str = DEFAULT_LUA_VERSION) -> bytes:
+    """The prelude compiled once per process and version; each runtime loads it without
+    compiling (bytecode is the version's own: each version compiles its copy)."""
+    source = _prelude_source(version).encode()
+    module = lua_module(version)
+    compiler = module.LuaRuntime(register_eval=False, register_builtins=False, encoding=None)
     dumped: bytes = compiler.execute(
         b"return string.dump(assert(load(..., '=[polyspell]', 't')))", source)
     return dumped
 
 
-# The type of the Lua tables lupa hands to Python (lupa does not export it).
-_LuaTable: type = type(lupa.LuaRuntime(register_eval=False, register_builtins=False).table())
+@functools.cache
+def _table_type(version: str) -> type:
+    """The type of the Lua tables a version's lupa module hands to Python (not exported)."""
+    module = lua_module(version)
+    return type(module.LuaRuntime(register_eval=False, register_builtins=False).table())
+
+
+_table_type(DEFAULT_LUA_VERSION)  # the default version's module, imported with this one
 
 
 def _deny_attributes(obj: Any, name: Any, is_setting: bool) -> Any:
@@ -227,7 +270,8 @@ def _not_source(script: LuaScript, source: str) -> str:
             f"at index {at})")
 
 
-def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
+def _check_data(value: Any, path: str, depth: int, seen: set[int],
+                ints: tuple[int, int] = _INT64) -> int:
     """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold.
 
     Returns a lower bound of the bytes the value takes as a Lua value, counting each list
@@ -242,8 +286,9 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
     if kind is str:
         return len(value) if len(value) > _LUA_SHORT_STRING else 0
     if kind is int:
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise _NotData(path, "is an integer too large for Lua (64 bits)", "int")
+        if not ints[0] <= value <= ints[1]:
+            what = "Lua (64 bits)" if ints is _INT64 else "LuaJIT (53 bits and a sign)"
+            raise _NotData(path, f"is an integer too large for {what}", "int")
         return 0
     if kind is _SourceBytes:
         return len(value)
@@ -257,28 +302,64 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int]) -> int:
             if type(key) is not str:
                 raise _NotData(path, f"has a key that is not a string ({key!r})", "dict")
             size += 8 + len(key) + (len(item) if type(item) is str else
-                                    _check_data(item, f"{path}.{key}", depth + 1, seen))
+                                    _check_data(item, f"{path}.{key}", depth + 1, seen, ints))
         return size if first else 0
     if kind is list or kind is tuple:
         for index, item in enumerate(value, 1):
-            size += 8 + _check_data(item, f"{path}[{index}]", depth + 1, seen)
+            size += 8 + _check_data(item, f"{path}[{index}]", depth + 1, seen, ints)
         return size if first else 0
     raise _NotData(path, f"is a {kind.__name__}, not JSON-like data", kind.__name__)
 
 
 class LuaEngine(Engine):
-    """Runs one Lua script at a time in its own sandboxed Lua 5.5 runtime (see the module)."""
+    """Runs one Lua script at a time in its own sandboxed runtime (see the module).
+
+    ``lua_version`` chooses the Lua: ``"5.5"`` (the default), ``"5.4"`` or ``"luajit"``
+    (LuaJIT 2.1, Lua 5.1 with its extensions), each from its lupa module, all with the one
+    prelude (and, on LuaJIT, ``lua_compat_luajit.lua`` before it). LuaJIT's count hook does
+    not fire inside JIT-compiled code, so the time limit would not hold: the engine turns
+    the JIT compiler off (an interpreter whose hook fires, still faster than Lua 5.5's)
+    unless ``jit=True`` (or the class's ``jit``), which a worker process sets: the host
+    kills it at the deadline (:mod:`engines.worker`). LuaJIT has no limit on C-stack depth
+    (a script recursing through ``string.gsub`` or ``coroutine.wrap`` crashes the process),
+    so the host runs it only in worker processes (``host.host.PROCESS_ONLY``).
+    """
 
     spec = LUA
+
+    @classmethod
+    def before_confinement(cls) -> None:
+        """Load from files all that an engine of any version needs (its lupa module, the
+        LuaJIT compat chunk), for a process that can open no file later (a confined
+        worker, :mod:`engines.worker`). Each version's prelude compiles, in memory, when
+        its first engine is made (about 7 ms)."""
+        for version in LUA_VERSIONS:
+            lua_module(version)
+            _compat_source(version)
+            _table_type(version)
+
+    # LuaJIT's compiler stays on (else off: see the class): set by a worker process
+    # (engines.worker), which the host kills at the deadline.
+    jit = False
 
     def __init__(
         self,
         *,
         limits: Limits = DEFAULT_LIMITS,
         sandbox: Sandbox = "constrained",
+        lua_version: LuaVersion = DEFAULT_LUA_VERSION,
+        jit: bool | None = None,
     ) -> None:
         super().__init__(limits=limits, sandbox=sandbox)
         self._hints = SANDBOX_HINTS if sandbox == "constrained" else None
+        if lua_version not in LUA_VERSIONS:
+            raise ConfigurationError.InvalidValue(
+                key="lua_version", value=str(lua_version)[:100],
+                reason=f"unknown Lua version (one of {', '.join(LUA_VERSIONS)})")
+        self.lua_version = lua_version
+        self._lupa = lupa = lua_module(lua_version)
+        self._ints = _INT53 if lua_version == "luajit" else _INT64  # what it holds exactly
+        self._table_type = _table_type(lua_version)  # what its tables are in Python
         self._memory_limit = limits.memory_mb * 2**20
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
@@ -301,8 +382,8 @@ class LuaEngine(Engine):
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
             self._put, self._enter, self._take, self._drain, self._lua_short_src = (
-                self._lua.execute(prelude_bytecode(), clock, sandbox == "trusted",
-                                  self._memory_limit))
+                self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
+                                  self._memory_limit, self.jit if jit is None else jit))
         finally:
             self._set_max_memory(self._memory_limit)
         if self._over_limit():
@@ -352,7 +433,7 @@ class LuaEngine(Engine):
             self._set_max_memory(0)  # the prelude's own work (see _enter)
             try:
                 self._script.short_src = self._lua_short_src(chunkname)
-            except lupa.LuaError as exc:
+            except self._lupa.LuaError as exc:
                 return self._fail(self._engine_error(exc))
             finally:
                 self._set_max_memory(self._memory_limit)
@@ -409,7 +490,7 @@ class LuaEngine(Engine):
             self._set_max_memory(0)  # the prelude's own work (see _enter)
             try:
                 short = self._lua_short_src("@" + shown)
-            except lupa.LuaError as exc:
+            except self._lupa.LuaError as exc:
                 return self._engine_error(exc)
             finally:
                 self._set_max_memory(self._memory_limit)
@@ -475,7 +556,7 @@ class LuaEngine(Engine):
             return self._fail(self._no_room(path))
         try:
             n = self._enter(entry, deadline, *direct)
-        except lupa.LuaError as exc:
+        except self._lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
@@ -566,7 +647,7 @@ class LuaEngine(Engine):
         return crossing_error(bad.problem, "python", self.language)
 
     def _engine_error(self, exc: Exception) -> SpellError:
-        if isinstance(exc, lupa.LuaMemoryError):
+        if isinstance(exc, self._lupa.LuaMemoryError):
             return self._memory_error()
         # The prelude itself failed: a bug in polyspell, not in the script.
         return ScriptError.RuntimeError(language=self.language, error=str(exc),
@@ -601,6 +682,7 @@ class LuaEngine(Engine):
         of the value's size in Lua (see :func:`_check_data`) is above the memory limit.
         """
         kind = type(value)
+        ints = self._ints
         if kind in _SCALARS:
             if kind is str:
                 if len(value) > self._memory_limit:
@@ -612,8 +694,8 @@ class LuaEngine(Engine):
             for key, item in value.items():
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
-                        item_kind is not int or not _INT64[0] <= item <= _INT64[1])):
-                    size = _check_data(value, path, 0, set())
+                        item_kind is not int or not ints[0] <= item <= ints[1])):
+                    size = _check_data(value, path, 0, set(), ints)
                     break
                 if item_kind is str:
                     size += len(item)
@@ -625,11 +707,11 @@ class LuaEngine(Engine):
                 except UnicodeEncodeError:  # a lone surrogate: see _utf8
                     return self._table_from(_utf8_data(value))
         elif kind is int:
-            if not _INT64[0] <= value <= _INT64[1]:
-                _check_data(value, path, 0, set())  # raises _NotData
+            if not ints[0] <= value <= ints[1]:
+                _check_data(value, path, 0, set(), ints)  # raises _NotData
             return value
         else:
-            size = _check_data(value, path, 0, set())
+            size = _check_data(value, path, 0, set(), ints)
         if size > self._memory_limit:
             raise _NoRoom
         try:
@@ -651,23 +733,25 @@ class LuaEngine(Engine):
         the order of Lua's ``next`` follows string hashes, which Lua seeds per state, so
         the same run would otherwise give its data in another order in every process.
         """
-        if value.__class__ is not _LuaTable:
+        table_type = self._table_type
+        if value.__class__ is not table_type:
             return value
-        return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what])
+        return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
+                                table_type])
 
 
 def _convert(table: Any, state: list[Any]) -> Any:
     """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
-    built, the count at which to look at the budget and the clock next, the deadline, and
-    what is being read."""
+    built, the count at which to look at the budget and the clock next, the deadline, what
+    is being read, and the type of the engine's Lua tables (one per lupa module)."""
     data = {}
-    left = state[0]
+    left, table_type = state[0], state[4]
     for key, item in table.items():
         left -= ITEM_BYTES + len(key) if key.__class__ is str else ITEM_BYTES
         kind = item.__class__
         if kind is str:
             left -= len(item)
-        elif kind is _LuaTable:
+        elif kind is table_type:
             state[0] = left
             item = _convert(item, state)
             left = state[0]

@@ -1,27 +1,36 @@
 -- polyspell prelude: runs once per LuaRuntime, in the runtime's own globals.
 -- MESSAGES and CONSTRUCTORS are generated from the error hierarchy, MAX_DEPTH and
 -- ITEM_BYTES from bridge/data.py, and put before this file's text by engines/lua.py
--- (prelude_bytecode). budget: the bytes the host may build from data a script hands it.
+-- (prelude_bytecode), and before those, COMPAT: what the Lua version lacks (see
+-- lua_compat_luajit.lua; empty on 5.4 and 5.5). budget: the bytes the host may build from
+-- data a script hands it. jit: on LuaJIT, whether its compiler stays on (see below).
 local monotonic, trusted, budget = ...
 
 local type, next, select, error, pcall, xpcall, tostring, tonumber =
       type, next, select, error, pcall, xpcall, tostring, tonumber
 local rawget, rawset, rawlen, rawequal, setmetatable, getmetatable =
-      rawget, rawset, rawlen, rawequal, setmetatable, getmetatable
+      rawget, rawset, rawlen or COMPAT.rawlen, rawequal, setmetatable, getmetatable
 local co_create, co_resume, co_yield, co_running, co_status, co_close, co_isyieldable =
       coroutine.create, coroutine.resume, coroutine.yield, coroutine.running,
-      coroutine.status, coroutine.close, coroutine.isyieldable
+      coroutine.status, coroutine.close or COMPAT.co_close, coroutine.isyieldable
 local sethook, lua_traceback, getinfo, raw_getmetatable, raw_setmetatable =
-      debug.sethook, debug.traceback, debug.getinfo, debug.getmetatable, debug.setmetatable
-local concat, pack, unpack = table.concat, table.pack, table.unpack
+      debug.sethook, COMPAT.traceback or debug.traceback, debug.getinfo, debug.getmetatable,
+      debug.setmetatable
+local concat, pack, unpack = table.concat, table.pack or COMPAT.pack,
+      table.unpack or COMPAT.unpack
 local format, find, gsub, gmatch, match, sub = string.format, string.find, string.gsub,
       string.gmatch, string.match, string.sub
-local utf8_len, math_type, math_tointeger, huge = utf8.len, math.type, math.tointeger,
-      math.huge
+local utf8_len, math_type, math_tointeger, huge = COMPAT.utf8_len or utf8.len,
+      COMPAT.math_type or math.type, COMPAT.math_tointeger or math.tointeger, math.huge
 local os_clock, os_time, os_date = os.clock, os.time, os.date  -- for scripts
 local real_load, real_collectgarbage = load, collectgarbage
 local string_lib, table_lib, math_lib, utf8_lib, os_lib = string, table, math, utf8, os
 local VERSION = _VERSION
+-- LuaJIT: its count hook does not fire inside compiled code, so the compiler is off
+-- (interpreted code runs the hook) unless the host kills the worker process at the
+-- deadline. Its own libraries beside Lua 5.1's: bit (plain functions on numbers) is the
+-- script's; jit and ffi never are (require is the host's, and package.loaded is emptied).
+if COMPAT.jit and not select(4, ...) then jit.off() end  -- `...`'s 4th: keep it on
 
 -- Nothing of Python stays reachable, even for trusted scripts (require "python").
 python = nil
@@ -57,19 +66,29 @@ local function traceback(co, level, below)
   if co then
     tb, level = lua_traceback(co), 0
   else
-    local tail = below and getinfo(level, "t").istailcall
+    local tail = below and not COMPAT.no_tail_info and getinfo(level, "t").istailcall
     level = level + 1
     tb = lua_traceback(nil, level)
     if tail then tb = "stack traceback:\n" .. TAIL_CALLS .. sub(tb, 17) end
   end
-  if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
-  local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
-  if not skipped then return tb end
-  local depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
+  local depth
+  if COMPAT.levels_left_out then  -- LuaJIT: "\n\t..." and no count
+    if not find(tb, "\n\t...\n", 1, true) then return tb end
+    -- a runaway recursion (no stack left to spare either) keeps LuaJIT's own traceback
+    local far = co and getinfo(co, MAX_LEVELS, "l") or not co and getinfo(level + MAX_LEVELS, "l")
+    if far then return tb end
+    depth = COMPAT.depth(co)  -- (at least the depth: the loop below stops at the end)
+  else
+    if not find(tb, "\t(skipping ", 1, true) then return tb end  -- the usual case
+    local skipped = match(tb, "\n\t%.%.%.\t%(skipping (%d+) levels%)")
+    if not skipped then return tb end
+    depth = tonumber(skipped) + 21  -- Lua shows the first 10 levels and the last 11
+  end
   if depth > MAX_LEVELS then return tb end
   local lines, n = {"stack traceback:"}, 1
   for l = level, level + depth - 1 do
-    local ar = co and getinfo(co, l, "Slnt") or getinfo(l, "Slnt")
+    local what_info = COMPAT.tail_info or "Slnt"
+    local ar = co and getinfo(co, l, what_info) or getinfo(l, what_info)
     if not ar then break end
     local what
     if ar.namewhat ~= "" then
@@ -128,25 +147,41 @@ local cancel_handlers = {}       -- on_cancel(fn)
 local ticks_left, ticks_gate, tick_seconds, last_look = 1, 1, 1e-5, nil
 local LOOK_EVERY = 0.02
 
+-- LuaJIT's one hook for the whole state would fire in the prelude's own code too, as it
+-- unwinds: there it is cleared once the run is stopped (every catcher of the sandbox
+-- re-raises KILL, so no script code runs after it).
+local function kill()
+  if COMPAT.global_hook then sethook() end
+  error(KILL, 0)
+end
+
+-- (LuaJIT: COMPAT.on_main, the prelude's own code on the main thread, is never stopped)
 local function hook()
-  if abort then error(KILL, 0) end
+  if abort then
+    if COMPAT.on_main and COMPAT.on_main() then return end
+    kill()
+  end
   ticks_left = ticks_left - 1
   if ticks_left > 0 then return end
   local now = monotonic()
   local left = deadline - now
   if left <= 0 then
+    if COMPAT.on_main and COMPAT.on_main() then return end
     abort, abort_tb = "time", traceback(nil, 2)
-    error(KILL, 0)
+    kill()
   end
   if last_look then tick_seconds = (now - last_look) / ticks_gate + 1e-9 end
-  local ticks = (left > 2 * LOOK_EVERY and LOOK_EVERY or left / 2) // tick_seconds
+  local ticks = math_lib.floor((left > 2 * LOOK_EVERY and LOOK_EVERY or left / 2) / tick_seconds)
   ticks_gate = ticks < 1 and 1 or ticks > 1e6 and 1e6 or ticks
   ticks_left, last_look = ticks_gate, now
 end
 
--- A new deadline (each start and resume): look at the clock at the first tick.
+-- A new deadline (each start and resume): look at the clock at the first tick. (LuaJIT's
+-- one hook for the whole state is set here, and cleared when control goes back to the
+-- host: see enter.)
 local function set_deadline(dl)
   deadline, ticks_left, last_look = dl, 1, nil
+  if COMPAT.global_hook then sethook(hook, "", HOOK_COUNT) end
 end
 
 -- Text safe to hand to Python: invalid UTF-8 bytes become U+FFFD.
@@ -392,7 +427,7 @@ local function depth_of(co)
   local lo, hi = 1, 2
   while has_level(co, hi) do lo, hi = hi, hi * 2 end
   while hi - lo > 1 do
-    local mid = (lo + hi) // 2
+    local mid = math_lib.floor((lo + hi) / 2)
     if has_level(co, mid) then lo = mid else hi = mid end
   end
   return lo
@@ -1143,11 +1178,15 @@ local function s_load(...)
     violation("load() of a binary chunk", 2)
   end
   if select("#", ...) < 4 then fenv = env end  -- an explicit nil is a nil _ENV, as in Lua
+  -- LuaJIT gives a chunk loaded with a nil environment the state's globals: an escape
+  if COMPAT.jit and fenv == nil then fenv = COMPAT.nil_env end
   local f, message = real_load(chunk, chunkname, mode or "t", fenv)
   if f == nil then
     if not abort and out_of_memory(message) then abort = "memory" end
     if abort or rawequal(message, KILL) then error(KILL, 0) end
-    if type(message) == "string" and find(message, "attempt to load a binary chunk", 1, true) then
+    -- (LuaJIT says "attempt to load chunk with wrong mode")
+    if type(message) == "string" and (find(message, "attempt to load a binary chunk", 1, true)
+        or find(message, "attempt to load chunk with wrong mode", 1, true)) then
       violation("load() of a binary chunk", 2)
     end
   end
@@ -1301,6 +1340,8 @@ do
     local guard <close> = LOADING_GUARD
     -- called as the result of a call, so that Lua has no name for it: "main chunk"
     value = select(1, chunk)(name, file)
+    -- (LuaJIT has no <close>: a load that raised stays counted until the run ends)
+    if COMPAT.no_close then req.loading = req.loading - 1 end
     if value ~= nil then req.loaded[name] = value end
     if req.loaded[name] == nil then req.loaded[name] = true end
     return req.loaded[name], file
@@ -1331,12 +1372,15 @@ local function make_env(args, library)
     assert = s_assert, error = s_error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = s_pcall, xpcall = s_xpcall, select = select, tonumber = tonumber,
     tostring = tostring, type = type, rawequal = rawequal, rawget = rawget, rawset = rawset,
-    rawlen = rawlen, setmetatable = s_setmetatable, getmetatable = getmetatable,
+    rawlen = not COMPAT.jit and rawlen or nil, setmetatable = s_setmetatable,
+    getmetatable = getmetatable, unpack = COMPAT.jit and unpack or nil,
+    bit = COMPAT.jit and copy(bit) or nil,
     string = string_copy, table = copy(table_lib), math = copy(math_lib),
-    utf8 = copy(utf8_lib), os = {time = os_time, clock = os_clock, date = os_date},
+    utf8 = utf8_lib and copy(utf8_lib),
+    os = {time = os_time, clock = os_clock, date = os_date},
     coroutine = {create = s_create, resume = s_resume, yield = s_yield, status = s_status,
                  wrap = s_wrap, running = s_running, isyieldable = s_isyieldable,
-                 close = s_close},
+                 close = not COMPAT.jit and s_close or nil},
     load = s_load, collectgarbage = s_collectgarbage, print = s_print, _VERSION = VERSION,
     args = args, errors = copy(ERRORS), on_cancel = on_cancel,
     recovery = {retry = recovery_retry, fallback = recovery_fallback},
@@ -1582,12 +1626,21 @@ local function boxed(...)
 end
 
 -- direct: the values come as arguments (numbers, booleans, nil, tables: no allocation).
-local function enter(index, dl, direct, a, b, c)
-  if direct then return boxed(ENTRIES[index](a, b, c, nil, dl)) end
-  local d
-  a, b, c, d = box[1], box[2], box[3], box[4]
-  box[1], box[2], box[3], box[4] = nil, nil, nil, nil
-  return boxed(ENTRIES[index](a, b, c, d, dl))
+local enter
+do
+  -- LuaJIT: its one hook is cleared as control goes back to the host (see set_deadline)
+  local entered = not COMPAT.global_hook and boxed or function(...)
+    sethook()
+    return boxed(...)
+  end
+
+  enter = function(index, dl, direct, a, b, c)
+    if direct then return entered(ENTRIES[index](a, b, c, nil, dl)) end
+    local d
+    a, b, c, d = box[1], box[2], box[3], box[4]
+    box[1], box[2], box[3], box[4] = nil, nil, nil, nil
+    return entered(ENTRIES[index](a, b, c, d, dl))
+  end
 end
 
 local function take()

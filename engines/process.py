@@ -292,7 +292,7 @@ class ProcessEngine(Engine):
     """
 
     def __init__(self, pool: WorkerPool, worker: Worker, *, limits: Limits = engines.DEFAULT_LIMITS,
-                 sandbox: Sandbox = "constrained") -> None:
+                 sandbox: Sandbox = "constrained", lua_version: str | None = None) -> None:
         super().__init__(limits=limits, sandbox=sandbox)
         self._pool = pool
         self._worker: Worker | None = worker
@@ -305,7 +305,7 @@ class ProcessEngine(Engine):
         self._ended: str | None = None
         self._limit = min(limits.memory_mb * _MB, wire.MAX_FRAME)
         self._open = wire.frame(["open", wire.spec_to_wire(self.spec), limits.timeout,
-                                 limits.memory_mb, limits.stack_kb, sandbox])
+                                 limits.memory_mb, limits.stack_kb, sandbox, lua_version])
 
     # -- the steps ------------------------------------------------------------------
 
@@ -521,11 +521,13 @@ class WorkerPool:
     # -- the engine factory ---------------------------------------------------------
 
     def make_engine(self, language: str, *, limits: Limits = engines.DEFAULT_LIMITS,
-                    sandbox: Sandbox = "constrained") -> ProcessEngine:
-        """A fresh engine for ``language`` in a worker (an engine factory)."""
+                    sandbox: Sandbox = "constrained",
+                    lua_version: str | None = None) -> ProcessEngine:
+        """A fresh engine for ``language`` in a worker (an engine factory; ``lua_version``
+        as :func:`engines.make_engine`'s)."""
         cls = proxy_class(language)
         return cls(self, self._take(limits.memory_mb, min(WAIT_FOR_WORKER, limits.timeout / 4)),
-                   limits=limits, sandbox=sandbox)
+                   limits=limits, sandbox=sandbox, lua_version=lua_version)
 
     def _take(self, memory_mb: int, wait: float = WAIT_FOR_WORKER) -> Worker:
         future: Future[Worker] | None = None

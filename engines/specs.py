@@ -32,3 +32,7 @@ JAVASCRIPT = EngineSpec(
 )
 
 BUILT_IN: tuple[EngineSpec, ...] = (LUA, JAVASCRIPT)
+
+# The Lua versions a Lua engine runs (``engines.lua.LuaEngine``'s ``lua_version``), the
+# default first: Lua 5.5, Lua 5.4 and LuaJIT 2.1 (Lua 5.1 with its extensions).
+LUA_VERSIONS: tuple[str, ...] = ("5.5", "5.4", "luajit")

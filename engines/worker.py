@@ -109,6 +109,10 @@ def warm_up() -> None:
         cls = engines.engine_class(spec.name)
         if hasattr(cls, "cpu_factor"):
             cls.cpu_factor = 1.0  # type: ignore[attr-defined]
+        if hasattr(cls, "jit"):  # the host kills a worker at the deadline: LuaJIT may compile
+            cls.jit = True  # type: ignore[attr-defined]
+        if hasattr(cls, "before_confinement"):  # what it would open later (Lua versions)
+            cls.before_confinement()  # type: ignore[attr-defined]
     for language, source in _WARM_UP.items():
         engine = engines.make_engine(language)
         try:
@@ -205,14 +209,14 @@ class Server:
                 self.answer(self.step(verb, message[1:]))
 
     def open(self, spec: dict[str, Any], timeout: float, memory_mb: int, stack_kb: int,
-             sandbox: str) -> None:
+             sandbox: str, lua_version: str | None = None) -> None:
         """Make the engine of the next proxy (a failure is told at its first step)."""
         self.close()
         try:
             known = wire.spec_from_wire(spec)
             if engines.spec_of(known.name) != known:  # a language the host registered
                 engines.register(known)
-            wanted = (known.name, timeout, memory_mb, stack_kb, sandbox)
+            wanted = (known.name, timeout, memory_mb, stack_kb, sandbox, lua_version)
             self.last = wanted
             spare, self.spare = self.spare, None
             if spare is not None and self.spare_for == wanted:
@@ -221,7 +225,8 @@ class Server:
             if spare is not None:
                 spare.close()
             self.engine = engines.make_engine(known.name, sandbox=sandbox,  # type: ignore
-                                              limits=Limits(timeout, memory_mb, stack_kb))
+                                              limits=Limits(timeout, memory_mb, stack_kb),
+                                              lua_version=lua_version)
         except Exception as exc:
             self.failure = SpellError.wrap(
                 exc, "runtime", "internal_error",
@@ -231,10 +236,11 @@ class Server:
         """Make the engine the next proxy most likely asks for: as the last one did."""
         if self.last is None or self.spare is not None:
             return
-        name, timeout, memory_mb, stack_kb, sandbox = self.last
+        name, timeout, memory_mb, stack_kb, sandbox, lua_version = self.last
         try:
             self.spare = engines.make_engine(name, sandbox=sandbox,
-                                             limits=Limits(timeout, memory_mb, stack_kb))
+                                             limits=Limits(timeout, memory_mb, stack_kb),
+                                             lua_version=lua_version)
             self.spare_for = self.last
         except Exception:  # then the next proxy makes its own, and says what failed
             self.spare = None

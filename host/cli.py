@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="constrained (default): pure built-ins only; trusted: the "
                      "language's standard libraries too")
     _add_isolation_option(run)
+    _add_lua_option(run)
     run.add_argument("--json", action="store_true",
                      help='print one JSON object: {"ok": true, "result": ...} or '
                      '{"ok": false, "error": ...}')
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--ray-address", metavar="ADDR",
                       help="the Ray cluster to join with --executor ray: auto, or "
                       "HOST:PORT (default: start a local Ray on 127.0.0.1)")
+    _add_lua_option(plan)
     plan.add_argument("--json", action="store_true",
                       help="print the report as one JSON object on stdout")
     plan.add_argument("--verbose", action="store_true",
@@ -148,6 +150,16 @@ def _add_isolation_option(command: argparse.ArgumentParser) -> None:
         help="where engines run: thread (default: in this process, each on a thread of "
         "its own) or process (each run's engines in a worker process, killed at the "
         "deadline whatever the script does; slower to start)")
+
+
+def _add_lua_option(command: argparse.ArgumentParser) -> None:
+    from engines.specs import LUA_VERSIONS
+
+    command.add_argument(
+        "--lua", choices=LUA_VERSIONS, default=None, dest="lua_version",
+        help="the Lua of Lua scripts: 5.5 (default), 5.4 or luajit (LuaJIT 2.1, Lua 5.1 "
+        "with its extensions; only with --isolation process); a config file's "
+        "lua_version, a plan's or a task's own otherwise")
 
 
 def _add_errors_parser(commands: Any) -> None:
@@ -512,7 +524,8 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
                     sandbox=args.sandbox, config=config, hooks=hooks,
                     on_human_input=_terminal_input(), monitor=monitor,
                     isolation=pool or args.isolation, libraries=args.lib,
-                    script_dir_library=False if args.no_script_dir_lib else None)
+                    script_dir_library=False if args.no_script_dir_lib else None,
+                    lua_version=args.lua_version)
         with host, _hook_logs(hooks, config):
             run = host.new_run(args.script, script_args)  # its recovery history is reported
             result = anyio.run(run.execute)
@@ -669,7 +682,8 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
                                   config=config, hooks=hooks, monitor=monitor,
                                   isolation=args.isolation, libraries=args.lib,
                                   script_dir_library=False if args.no_script_dir_lib
-                                  else None, executor=given, ray_address=args.ray_address)
+                                  else None, executor=given, ray_address=args.ray_address,
+                                  lua_version=args.lua_version)
         with coordinator:  # its worker processes end with it (process isolation)
             plan = coordinator.prepare(plan_file, strategy=args.strategy,
                                        max_concurrency=args.max_concurrency)

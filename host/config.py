@@ -4,6 +4,8 @@
 The file's shape (each table is a :class:`host.recovery.ToolRecovery`, field by field)::
 
     isolation = "process"            # where engines run (Host(isolation=), --isolation win)
+    lua_version = "5.4"              # Lua scripts' Lua: 5.5, 5.4, luajit (Host(lua_version=),
+                                     # --lua, a plan's and a task's own win)
 
     [recovery]                       # defaults for every tool
     retry = { attempts = 2 }
@@ -164,6 +166,9 @@ class Config(BaseModel):
     # unless the code or the command line says
     executor: Literal["local", "ray"] | None = None
     ray_address: str | None = None
+    # the Lua of Lua scripts (host.Host's ``lua_version``): the file's unless the code or
+    # the command line says
+    lua_version: Literal["5.5", "5.4", "luajit"] | None = None
 
     _source: str | None = PrivateAttr(None)  # the file, for messages
     _text: str | None = PrivateAttr(None)  # its text, to find lines in

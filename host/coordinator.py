@@ -221,7 +221,8 @@ class Coordinator:
     pool of worker processes, ended by :meth:`close` (or ``with Coordinator(...)``).
     ``libraries`` and ``script_dir_library`` are the folders a script's ``require``
     searches, as for :class:`Host`; a plan's ``libraries`` come after them (see
-    :mod:`host.libraries`).
+    :mod:`host.libraries`). ``lua_version`` is the Lua of Lua tasks, as for
+    :class:`Host` (else the config file's); a plan's ``lua_version`` and a task's own win.
 
     Listeners and cleanups, each for every task or (``task="id"``) for one, sync or async:
 
@@ -263,9 +264,10 @@ class Coordinator:
         isolation: str | None = None,
         executor: str | Executor | None = None,
         ray_address: str | None = None,
+        lua_version: str | None = None,
     ) -> None:
-        # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation: checked by the
-        # Host below
+        # memory_mb, stack_kb, sandbox, on_human_input, hooks, isolation, lua_version:
+        # checked by the Host below
         check_positive("max_concurrency", max_concurrency, at_least=1)
         check_callable("on_output", on_output)
         self.tools = tool_items(tools)
@@ -304,7 +306,10 @@ class Coordinator:
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
                           monitor=monitor,
                           isolation=chosen_isolation(isolation, config, engine_factory),
-                          libraries=libraries, script_dir_library=script_dir_library)
+                          libraries=libraries, script_dir_library=script_dir_library,
+                          lua_version=lua_version if lua_version is not None or config is None
+                          or engine_factory is not None else config.lua_version)
+        self._given_factory = engine_factory  # a plan's host is made with it again
         self.isolation = self._host.isolation
         self.libraries = [os.fspath(path) for path in libraries]
         self.script_dir_library = script_dir_library
@@ -484,6 +489,7 @@ class Coordinator:
             sandbox=self.sandbox, recovery=self.recovery, config=self.config,
             libraries=roots, script_dir_library=self.script_dir_library,
             isolation=self.isolation,
+            lua_version=None if self._given_factory else self._host.lua_version,
             files=file_digests([*files, *roots, *config_roots]))
 
     def _host_for(self, plan: Plan) -> Host:
@@ -497,8 +503,9 @@ class Coordinator:
         pool = self._host.pool  # the plan's host shares the coordinator's workers
         host = Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
-                    engine_factory=None if pool else self.engine_factory,
+                    engine_factory=None if pool else self._given_factory,
                     isolation=pool or "thread", recovery=self.recovery,
+                    lua_version=None if self._given_factory else self._host.lua_version,
                     config=self.config, on_human_input=self._host.on_human_input)
         host._caches = self._host._caches  # fallback caches too, like the breakers
         host.breakers = self._host.breakers  # one breaker per tool for the coordinator
@@ -692,7 +699,8 @@ class _Execution:
         try:
             run = self.executor.new_run(
                 self.host, self.plan.path(state.task.script), args,
-                timeout=budget + CLEANUP_GRACE)
+                timeout=budget + CLEANUP_GRACE,
+                lua_version=state.task.lua_version or self.plan.lua_version)
         except SpellError as err:
             return False, err
         state.run, state.run_id = run, run.correlation_id

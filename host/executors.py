@@ -60,9 +60,11 @@ class Executor(ABC):
         error if not."""
 
     @abstractmethod
-    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float) -> TaskRun:
+    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
+                lua_version: str | None = None) -> TaskRun:
         """One try of the task whose script is ``script``, with ``args``, stopped by its
-        engine's time limit after ``timeout`` seconds at the latest."""
+        engine's time limit after ``timeout`` seconds at the latest; a Lua script runs on
+        ``lua_version`` (None: the host's)."""
 
     def close(self) -> None:  # noqa: B027 - nothing to release here
         """Release what the executor holds (connections, remote workers)."""
@@ -73,8 +75,9 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float) -> TaskRun:
-        return host.new_run(script, args, timeout=timeout)
+    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
+                lua_version: str | None = None) -> TaskRun:
+        return host.new_run(script, args, timeout=timeout, lua_version=lua_version)
 
 
 def as_executor(executor: str | Executor | None, *, ray_address: str | None = None,

@@ -17,6 +17,7 @@ import anyio
 import engines
 from bridge import ConfigurationError
 from engines import Limits, Sandbox
+from engines.specs import LUA_VERSIONS
 from host.calls import Layer
 from host.data import not_json_like
 from host.lines import write_lines
@@ -44,6 +45,15 @@ SANDBOXES = ("constrained", "trusted")
 # the host can always kill (see engines.process).
 ISOLATIONS = ("thread", "process")
 DEFAULT_ISOLATION = "thread"  # a host's, when neither its code nor its config file says
+DEFAULT_LUA_VERSION = LUA_VERSIONS[0]  # likewise: Lua 5.5
+# The Lua versions that run only in worker processes, and why (measured: README).
+PROCESS_ONLY = {
+    "luajit": "LuaJIT runs only in process isolation (--isolation process, or "
+              "isolation='process'): it has no limit on C-stack depth, so a script that "
+              "recurses through string.gsub or coroutine.wrap crashes the whole process "
+              "(a worker's crash fails only its run), and its count hook does not fire in "
+              "JIT-compiled code (a worker is killed at the deadline)",
+}
 # The largest limits the engines take (bytes in a C long / size_t on 64-bit platforms,
 # with room to spare): far beyond any machine, refused rather than overflowing.
 MAX_MEMORY_MB = 1 << 32
@@ -111,6 +121,15 @@ class Host:
     Host(...) as host:``) to end the workers it owns; they end with the process in any
     case.
 
+    ``lua_version`` is the Lua that runs Lua scripts: ``"5.5"`` (the default, else the
+    config file's ``lua_version``), ``"5.4"`` or ``"luajit"`` (LuaJIT 2.1, Lua 5.1 with
+    its extensions: in process isolation only, since a script can crash a LuaJIT
+    process by recursing through C functions, and its count hook does not fire in
+    compiled code; a worker's crash fails only its run, and the worker is killed at the
+    deadline). A run may choose its own (:meth:`new_run`). The built-in engine
+    factories take it; an ``engine_factory`` of the caller's makes its own engines, so
+    ``lua_version`` is refused with one.
+
     ``libraries`` are the folders a script's ``require`` searches (see
     :mod:`host.libraries`): the script's own folder first (unless
     ``script_dir_library=False``), then these in order, then a config file's
@@ -139,6 +158,7 @@ class Host:
         libraries: Iterable[str | os.PathLike[str]] = (),
         script_dir_library: bool | None = None,
         isolation: str | WorkerPool | None = None,
+        lua_version: str | None = None,
     ) -> None:
         self.pool: WorkerPool | None = None  # the worker processes, in process isolation
         self._owns_pool = False
@@ -210,7 +230,17 @@ class Host:
                 weakref.finalize(self, shared.close)
             self.pool = shared
             engine_factory = shared.make_engine
+        # the built-in factories (engines.make_engine, a pool's) take the Lua version
+        self._versioned: EngineFactory | None = (
+            None if engine_factory is not None and self.pool is None
+            else engine_factory or engines.make_engine)
+        if lua_version is None and self._versioned is not None and config is not None:
+            lua_version = config.lua_version  # the file's, unless the code says
+        self.lua_version: str = DEFAULT_LUA_VERSION
         self.engine_factory: EngineFactory = engine_factory or engines.make_engine
+        if lua_version is not None:
+            self.lua_version = lua_version
+            self.engine_factory = self._factory_for(lua_version)
         self.tools = ToolRegistry()
         self.config: Config | None = config
         self._breakers: Breakers | None = None
@@ -261,12 +291,33 @@ class Host:
         """:meth:`run_source` for async code (asyncio or trio)."""
         return await self.new_run_source(code, language, name, args).execute()
 
+    def _factory_for(self, lua_version: str) -> EngineFactory:
+        """The engine factory of runs in ``lua_version`` (checked: a usage error if the
+        version is unknown, or if the host's engines come from a factory of the caller's)."""
+        if not isinstance(lua_version, str) or lua_version not in LUA_VERSIONS:
+            raise ConfigurationError.InvalidValue(
+                key="lua_version", value=_preview(lua_version),
+                reason=f"unknown Lua version {_preview(lua_version)} (one of "
+                       f"{', '.join(LUA_VERSIONS)})")
+        base = self._versioned
+        if base is None:
+            raise ConfigurationError.InvalidValue(
+                key="lua_version", value=lua_version,
+                reason="the host's engines come from its engine_factory, which chooses "
+                       "their Lua: give it the version")
+        if lua_version in PROCESS_ONLY and self.pool is None:
+            raise ConfigurationError.InvalidValue(
+                key="lua_version", value=lua_version, reason=PROCESS_ONLY[lua_version])
+        if lua_version == DEFAULT_LUA_VERSION:
+            return base
+        return functools.partial(base, lua_version=lua_version)
+
     def new_run(self, path: str | Path, args: Any = None, *,
-                timeout: float | None = None) -> ScriptRun:
+                timeout: float | None = None, lua_version: str | None = None) -> ScriptRun:
         """A run of a script file, prepared but not started: ``await run.execute()``.
 
         For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
-        task. ``timeout`` replaces the host's for this run.
+        task. ``timeout`` replaces the host's for this run, ``lua_version`` its Lua.
         """
         if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
             raise ConfigurationError.InvalidValue(
@@ -281,12 +332,13 @@ class Host:
                 key="script", value=str(path),
                 reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
         run = self.new_run_source(_read_script(path), language, str(path), args,
-                                  timeout=timeout)
+                                  timeout=timeout, lua_version=lua_version)
         run.library_roots = self.libraries.roots_for(path)
         return run
 
     def new_run_source(self, code: str, language: str, name: str | None = None,
-                       args: Any = None, *, timeout: float | None = None) -> ScriptRun:
+                       args: Any = None, *, timeout: float | None = None,
+                       lua_version: str | None = None) -> ScriptRun:
         """:meth:`new_run` for script source given as text."""
         canonical = engines.language_of(language) if isinstance(language, str) else None
         if canonical is None:
@@ -308,10 +360,13 @@ class Host:
         if timeout is not None:
             check_positive("timeout", timeout, at_most=MAX_TIMEOUT)
             limits = dataclasses.replace(limits, timeout=float(timeout))
+        factory = self.engine_factory
+        if lua_version is not None and lua_version != self.lua_version:
+            factory = self._factory_for(lua_version)
         return ScriptRun(
             source=code, language=canonical, filename=name or f"<{canonical}>",
             args=args, tools=self.tools, limits=limits, sandbox=self.sandbox,
-            on_output=self.on_output, engine_factory=self.engine_factory, layers=self.layers,
+            on_output=self.on_output, engine_factory=factory, layers=self.layers,
             recovery=self.recovery,
             breakers=self.breakers if self.recovery or self._degradation else None,
             caches=self._caches, degradation=self._degradation,

@@ -10,11 +10,13 @@ A plan is given in Python (``Plan(tasks=[Task(...), ...])``) or read from a TOML
     tools = ["tools.py"]
     libraries = ["lib"]              # folders require searches (host.libraries)
     executor = "ray"                 # where the tries run (host.executors); ray_address
+    lua_version = "5.4"              # the Lua of the plan's Lua tasks (default: the host's)
 
     [[task]]
     id = "fetch_a"
     script = "fetch.lua"
     args = { source = "a" }
+    lua_version = "luajit"           # this task's own
 
     [[task]]
     id = "summarize"
@@ -56,6 +58,10 @@ Language = ScriptLanguageName  # a registered language's name (engines.specs())
 _validating = VALIDATING  # one flag for plans and the policies inside them
 
 
+# The Lua versions a task may ask for (engines.specs.LUA_VERSIONS).
+LuaVersion = Literal["5.5", "5.4", "luajit"]
+
+
 class _PlanModel(BaseModel):
     """Strict models: a wrong type or an unknown field is an error, never coerced.
 
@@ -86,7 +92,8 @@ class Task(_PlanModel):
 
     The script receives ``args`` plus ``args.inputs``: the results of the tasks it runs
     ``after``, by id. ``timeout`` (seconds) bounds each try; without it the plan's
-    default for the task's engine applies.
+    default for the task's engine applies. ``lua_version`` (``"5.5"``, ``"5.4"``,
+    ``"luajit"``) is the Lua of a Lua task; without it, the plan's, else the host's.
     """
 
     id: str = Field(min_length=1)
@@ -95,6 +102,7 @@ class Task(_PlanModel):
     after: list[str] = []
     timeout: float | None = Field(None, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)
     retry: Retry | None = None
+    lua_version: LuaVersion | None = None
 
     @field_validator("script", mode="before")
     @classmethod
@@ -139,6 +147,7 @@ class Plan(_PlanModel):
     # --executor win; a plan's wins over a config file's)
     executor: Literal["local", "ray"] | None = None
     ray_address: str | None = Field(None, min_length=1)
+    lua_version: LuaVersion | None = None  # its Lua tasks' (else the coordinator's)
     base_dir: str | None = None
     source: str | None = None  # the file the plan was read from, for error locations
 
@@ -273,7 +282,8 @@ def invalid_plan(*, plan: str, reason: str, location: str = "") -> SpellError:
 # -- TOML -------------------------------------------------------------------------------
 
 PLAN_KEYS = ("name", "strategy", "tolerance", "max_concurrency", "timeout",
-             "engine_timeouts", "tools", "libraries", "executor", "ray_address")
+             "engine_timeouts", "tools", "libraries", "executor", "ray_address",
+             "lua_version")
 
 
 def _missing(path: Path) -> str:

@@ -102,6 +102,7 @@ class HostRecipe:
     # where the worker's engines run: as the coordinator's ("process": a script that broke
     # out of its engine is in a confined process, not in the Ray worker)
     isolation: str = "thread"
+    lua_version: str | None = None  # the host's Lua (None: the default, or the config's)
 
     def build(self, on_output: Callable[[str], None],
               on_event: Callable[[str, Any, bool], None] | None = None) -> Host:
@@ -126,7 +127,8 @@ class HostRecipe:
         return Host(self.tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
                     sandbox=self.sandbox, on_output=on_output, recovery=self.recovery,
                     config=config, libraries=self.libraries, hooks=hooks,
-                    script_dir_library=self.script_dir_library, isolation=self.isolation)
+                    script_dir_library=self.script_dir_library, isolation=self.isolation,
+                    lua_version=self.lua_version)
 
 
 def _failed(context: Any) -> bool:
@@ -235,7 +237,8 @@ class TryRunner:
         return str(ray.get_runtime_context().get_node_id())
 
     async def run(self, key: str, script: str, source: str, language: str, args: Any,
-                  timeout: float, task_id: str | None, plan_id: str | None) -> Any:
+                  timeout: float, lua_version: str | None, task_id: str | None,
+                  plan_id: str | None) -> Any:
         """Run one try; yields ``("out", line)`` items, then ``("done", outcome)``."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
@@ -245,7 +248,8 @@ class TryRunner:
 
         _output_to.set(lambda line: send(("out", line)))
         try:
-            run = self._host.new_run_source(source, language, script, args, timeout=timeout)
+            run = self._host.new_run_source(source, language, script, args, timeout=timeout,
+                                            lua_version=lua_version)
         except SpellError as err:
             yield ("done", {"ok": False, "error": err.to_dict()})
             return
@@ -396,7 +400,8 @@ class RayExecutor(Executor):
         self._actors, self._busy = actors, [0] * count
         self._recipe_key, self._recipe = key, recipe
 
-    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float) -> TaskRun:
+    def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
+                lua_version: str | None = None) -> TaskRun:
         import engines
         from host.host import _read_script
 
@@ -405,7 +410,7 @@ class RayExecutor(Executor):
             raise ConfigurationError.InvalidValue(
                 key="script", value=str(script), reason="cannot tell the language of the script")
         return RemoteRun(self, host, str(script), _read_script(script), language, args,
-                         timeout)
+                         timeout, lua_version)
 
     def close(self) -> None:
         self._end_actors()
@@ -499,9 +504,10 @@ class RemoteRun:
     """One try on a Ray actor, driven like a :class:`host.runner.ScriptRun`."""
 
     def __init__(self, executor: RayExecutor, host: Host, script: str, source: str,
-                 language: str, args: Any, timeout: float) -> None:
+                 language: str, args: Any, timeout: float,
+                 lua_version: str | None = None) -> None:
         self._executor, self._host = executor, host
-        self._request = (script, source, language, args, timeout)
+        self._request = (script, source, language, args, timeout, lua_version)
         self.correlation_id = uuid.uuid4().hex
         self.language = language
         self.task_id: str | None = None

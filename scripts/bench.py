@@ -7,6 +7,7 @@
     python scripts/bench.py --only isolation      # process isolation against thread mode
     python scripts/bench.py --only modules        # JavaScript import and require
     python scripts/bench.py --only ray            # plans on a local Ray against local
+    python scripts/bench.py --only lua            # Lua 5.5, 5.4 and LuaJIT on CPU-bound work
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -16,6 +17,7 @@ that the script's own start-up is not counted.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import os
 import platform
@@ -31,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines import Limits, engine_class  # noqa: E402
+from engines import Limits, engine_class, make_engine  # noqa: E402
 from engines.process import WorkerPool  # noqa: E402
 from host import Breakers, CircuitBreaker, Host, Retry, hooks, tool  # noqa: E402
 
@@ -909,6 +911,58 @@ def ray_rows(repeats: int) -> list[tuple[str, float, str, str]]:
                          plan_memory(folder, 10_000, executor), "MB", "<= 100"))
     finally:
         executor.close()
+# CPU-bound Lua: arithmetic and table work, no tool call (the same value on every version).
+LUA_CPU = """
+local t, total = {}, 0
+for i = 1, 1000 do t[i] = i end
+for r = 1, args.n do
+  for i = 1, 1000 do
+    local v = t[i] * 3 + r
+    t[i] = v % 1000
+    total = total + v % 7
+  end
+end
+return total
+"""
+
+
+def lua_cpu_seconds(host: Host, n: int) -> float:
+    """Seconds of a run of LUA_CPU (n rounds of 1,000 items) on the host's Lua."""
+    start = time.perf_counter()
+    host.run_source(LUA_CPU, "lua", "cpu.lua", {"n": n})
+    return time.perf_counter() - start
+
+
+def lua_versions_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+    """Each Lua version on CPU-bound work (issue 15): LuaJIT compiles only in a worker
+    process (the host kills it at the deadline), interprets in thread mode (its count
+    hook does not fire in compiled code, so the time limit needs the interpreter)."""
+    n, ms = 2000, 1e3
+    rows, seconds, values = [], {}, set()
+    with WorkerPool(1) as pool:
+        cases = [("5.5", "thread"), ("5.4", "thread"), ("luajit", "thread"),
+                 ("5.5", "process"), ("luajit", "process")]
+        for version, isolation in cases:
+            if version == "luajit" and isolation == "thread":
+                # not offered by the host (README: Lua versions): engines made directly,
+                # whose JIT compiler is off so that the count hook holds
+                factory = functools.partial(make_engine, lua_version="luajit")
+                host = Host(timeout=120, on_output=lambda line: None, engine_factory=factory)
+            else:
+                host = Host(lua_version=version, timeout=120, on_output=lambda line: None,
+                            isolation=pool if isolation == "process" else "thread")
+            values.add(host.run_source(LUA_CPU, "lua", "cpu.lua", {"n": 10}))  # and warm
+            seconds[version, isolation] = median_of(repeats, lambda h=host: lua_cpu_seconds(h, n))
+            name = {"5.5": "Lua 5.5", "5.4": "Lua 5.4", "luajit": "LuaJIT"}[version]
+            where = "engine, JIT off" if (version, isolation) == ("luajit", "thread") \
+                else isolation
+            rows.append((f"CPU-bound Lua (2M items), {name}, {where}",
+                         seconds[version, isolation] * ms, "ms", ""))
+    assert len(values) == 1, values  # the same work, the same value, on every version
+    rows.append(("  Lua 5.5 / LuaJIT, engine with JIT off",
+                 seconds["5.5", "thread"] / seconds["luajit", "thread"], "x", ""))
+    rows.append(("  Lua 5.5 / LuaJIT, process mode (JIT on)",
+                 seconds["5.5", "process"] / seconds["luajit", "process"], "x", ""))
     return rows
 
 
@@ -916,7 +970,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation",
-                                           "modules", "ray"],
+                                           "modules", "ray", "lua"],
                         help="run only this section of the table")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
@@ -937,6 +991,9 @@ def main() -> None:
         return
     if options.only == "ray":
         print_table(repeats, ray_rows(repeats))
+        return
+    if options.only == "lua":
+        print_table(repeats, lua_versions_rows(repeats))
         return
     host = Host([add, explode], on_output=lambda line: None)
 
@@ -1005,6 +1062,7 @@ def main() -> None:
     rows += isolation_rows(repeats)
     rows += modules_rows(repeats)
     rows += ray_rows(repeats)
+    rows += lua_versions_rows(repeats)
     print_table(repeats, rows)
 
 

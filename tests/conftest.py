@@ -77,3 +77,43 @@ def isolation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(host.host, "DEFAULT_ISOLATION", mode if mode == "thread"
                         else request.getfixturevalue("worker_pool"))
     return mode
+
+
+LUA_VERSIONS = ["5.5", "5.4", "luajit"]
+# Why a test of a Lua 5.4+ feature does not run on LuaJIT (Lua 5.1 with extensions).
+NO_CLOSE_ON_LUAJIT = "LuaJIT (Lua 5.1) has no to-be-closed variables nor coroutine.close"
+NO_INTEGERS_ON_LUAJIT = "LuaJIT (Lua 5.1) has no integer subtype: no math.type, math.maxinteger"
+
+
+def nil_indexed(lua_version: str, what: str) -> str:
+    """Lua's message for indexing a nil ``what`` (``"local 't'"``), as the version words it."""
+    if lua_version == "luajit":
+        return f"attempt to index {what} (a nil value)"
+    return f"attempt to index a nil value ({what})"
+
+
+@pytest.fixture(params=LUA_VERSIONS)
+def lua_version(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The Lua version under test: every Lua engine made in this process without a version
+    of its own (``LuaEngine()``, ``Host()``, ``engines.make_engine``) runs it. A module
+    marked ``pytestmark = pytest.mark.usefixtures("lua_version")`` runs its Lua tests on
+    each version (its tests of other languages only once: skipped on the others). Worker
+    processes keep their default (tests/test_lua_versions.py runs each version there)."""
+    version = request.param
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    # the language and isolation of a test parametrized by them (the contract's `name`
+    # is a (language, isolation) pair)
+    language, isolation = params.get("language", "lua"), params.get("isolation", "thread")
+    if isinstance(params.get("name"), tuple):
+        language, isolation = params["name"]
+    if version != "5.5" and language != "lua":
+        pytest.skip(f"a {language} test: runs once, not per Lua version")
+    if version != "5.5" and isolation == "process":
+        pytest.skip("worker processes run their default Lua (see tests/test_lua_versions.py)")
+    from engines.lua import LuaEngine
+
+    defaults = LuaEngine.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "lua_version", version)
+    return version

@@ -29,6 +29,9 @@ from engines.specs import BUILT_IN
 from tests import engine_driver
 from tests.engine_driver import FILE, Run, converse, drive, make_engine
 
+# every test on each Lua version (tests/conftest.py: lua_version)
+pytestmark = pytest.mark.usefixtures("lua_version")
+
 SPECS = [spec.name for spec in BUILT_IN]
 ISOLATIONS = ["thread", "process"]
 

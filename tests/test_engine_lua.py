@@ -18,8 +18,11 @@ from bridge import AgentError, Frame, SpellError, ToolError
 from engines.base import Failed, Finished, Limits, Suspended, ToolReply
 from engines.lua import LuaEngine
 from tests import engine_driver
+from tests.conftest import NO_INTEGERS_ON_LUAJIT, nil_indexed
 from tests.engine_driver import Run
 
+# every test on each Lua version (tests/conftest.py: lua_version)
+pytestmark = pytest.mark.usefixtures("lua_version")
 
 def drive(
     source: str,
@@ -85,7 +88,10 @@ def test_main_is_called_with_args_and_its_value_is_the_result() -> None:
         ("nil", None),
     ],
 )
-def test_results_become_json_like_data(expression: str, expected: Any) -> None:
+def test_results_become_json_like_data(expression: str, expected: Any,
+                                       lua_version: str) -> None:
+    if lua_version == "luajit" and "." in expression:
+        pytest.skip(NO_INTEGERS_ON_LUAJIT)  # 2.0 is the integer 2 there
     result = drive(f"return {expression}").result
     assert result == expected
     assert [type(item) for item in _leaves(result)] == [type(item) for item in _leaves(expected)]
@@ -155,7 +161,9 @@ return {found, again, empty}
     assert [r.frames[-1].line for r in run.requests] == [2, 3, 4]
 
 
-def test_tool_results_of_every_shape_reach_the_script() -> None:
+def test_tool_results_of_every_shape_reach_the_script(lua_version: str) -> None:
+    if lua_version == "luajit":
+        pytest.skip(NO_INTEGERS_ON_LUAJIT)
     values = {"n": 3, "f": 2.5, "s": "x", "b": False, "list": [1, [2, {"k": "v"}]], "d": {}}
     source = """
 local r = tools.get{}
@@ -231,7 +239,9 @@ def test_unreadable_params_still_suspend_with_a_problem(call: str, problem: str)
 # -- errors from tools --------------------------------------------------------------------
 
 
-def test_a_tool_error_is_a_lua_error_table_at_the_call_site() -> None:
+def test_a_tool_error_is_a_lua_error_table_at_the_call_site(lua_version: str) -> None:
+    if lua_version == "luajit":
+        pytest.skip(NO_INTEGERS_ON_LUAJIT)
     source = """
 local ok, err = pcall(tools.search, {query = "x"})
 return {ok = ok, category = err.category, kind = err.kind, name = err.name,
@@ -335,7 +345,7 @@ def test_a_wrong_field_gives_invalid_error_at_the_script_line() -> None:
         (2, "error(errors.AgentError{kind = 'execution_failed', agent_id = 'a'})")]
 
 
-def test_a_runtime_error_has_the_script_frames() -> None:
+def test_a_runtime_error_has_the_script_frames(lua_version: str) -> None:
     source = """local config = {}
 
 local function lookup(key)
@@ -352,7 +362,7 @@ return result
 """
     error = drive(source).error
     assert error.code == "script/lua"
-    assert error.fields["error"] == "attempt to index a nil value (field 'section')"
+    assert error.fields["error"] == nil_indexed(lua_version, "field 'section'")
     assert error.fields["script"] == "agent.lua" and error.fields["script_line"] == 4
     assert error.fields["thrown"] is None
     assert error.frames == [
@@ -363,7 +373,8 @@ return result
     assert error.fields["stack_trace"].startswith("stack traceback:\n\tagent.lua:4:")
 
 
-def test_an_error_inside_a_script_coroutine_has_the_frames_of_both_sides() -> None:
+def test_an_error_inside_a_script_coroutine_has_the_frames_of_both_sides(
+        lua_version: str) -> None:
     source = """local worker = coroutine.wrap(function()
   local t = nil
   return t.field
@@ -372,9 +383,11 @@ local r = worker()
 return r
 """
     error = drive(source).error
-    assert error.fields["error"] == "attempt to index a nil value (local 't')"
-    assert [(f.line, f.function) for f in error.frames] == [(5, "main chunk"),
-                                                            (3, "function <agent.lua:1>")]
+    assert error.fields["error"] == nil_indexed(lua_version, "local 't'")
+    inside = [(3, "function <agent.lua:1>")]
+    if lua_version == "luajit":
+        inside = []  # LuaJIT keeps no line of a coroutine that died (README: Lua versions)
+    assert [(f.line, f.function) for f in error.frames] == [(5, "main chunk"), *inside]
 
 
 def test_frames_use_the_real_file_name_even_when_lua_shortens_it() -> None:
@@ -396,8 +409,10 @@ def test_frames_use_the_real_file_name_even_when_lua_shortens_it() -> None:
     ],
 )
 def test_values_that_are_not_messages_are_kept_as_thrown(
-    raise_: str, message: str, thrown: Any
+    raise_: str, message: str, thrown: Any, lua_version: str
 ) -> None:
+    if lua_version == "luajit" and raise_ == "error(42)":
+        message, thrown = "42", None  # Lua 5.1's error makes a message of a number
     error = drive(f"local x = 1\n{raise_}").error
     assert error.code == "script/lua"
     assert error.fields["error"].startswith(message)
@@ -466,7 +481,7 @@ def test_allowed_builtins_work() -> None:
 local f = load("return x + 1", "chunk", "t", {x = 41})
 local g = load("return args.n")
 return {f(), g(), collectgarbage("count") > 0, select("#", 1, 2), os.time() > 0,
-        ("abc"):upper(), string.format("%d", 3), _G == _ENV, _G.undefined_name}
+        ("abc"):upper(), string.format("%d", 3), _G == (_ENV or _G), _G.undefined_name}
 """
     assert drive(source, {"n": 7}).result == [42, 7, True, 2, True, "ABC", "3", True]
 
