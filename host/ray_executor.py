@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 MIN_RAY = (2, 40)  # the oldest Ray the executor is tested against (generators, actors)
 CONNECT_TIMEOUT = 5.0  # seconds to reach a cluster's address before giving up
+READY_TIMEOUT = 120.0  # seconds for a plan's actors to be up (their hosts made)
 # the points whose hooks run where the tries run; the others are the driver's
 DRIVER_POINTS = frozenset({"task_started", "task_finished", "task_completed",
                            "after_task_failure", "cancellation_started",
@@ -387,13 +388,16 @@ class RayExecutor(Executor):
                                if registered and point not in DRIVER_POINTS}
         self._end_actors()
         count = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        if self._actor_class is None:  # one retry layer, polyspell's: Ray's stays off
-            self._actor_class = ray.remote(num_cpus=1, max_restarts=0,
-                                           max_task_retries=0)(TryRunner)
+        if self._actor_class is None:
+            # one retry layer, polyspell's: Ray's stays off. No CPU held for the actor's
+            # life (num_cpus=0), so plans of several drivers share a cluster instead of
+            # waiting for each other's idle actors; SPREAD places them across the nodes.
+            self._actor_class = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0,
+                                           scheduling_strategy="SPREAD")(TryRunner)
         actors = [self._actor_class.remote(recipe) for _ in range(count)]
         try:
-            self.nodes = ray.get([a.ready.remote() for a in actors])
-        except ray.exceptions.RayActorError as exc:
+            self.nodes = ray.get([a.ready.remote() for a in actors], timeout=READY_TIMEOUT)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             for a in actors:
                 ray.kill(a)
             raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
@@ -427,15 +431,15 @@ class RayExecutor(Executor):
         self._actors, self._busy, self.nodes, self._recipe_key = [], [], [], None
 
     def _replace(self, dead: Any) -> None:
-        """Drop ``dead`` (its worker or node died); a new actor takes its place when the
-        cluster has a CPU for it (not when its node went away with its CPUs)."""
+        """Drop ``dead`` (its worker or node died); a new actor takes its place, on a node
+        that is alive."""
         with self._lock:
             if dead not in self._actors:
                 return
             index = self._actors.index(dead)
             del self._actors[index], self._busy[index], self.nodes[index]
             if self._recipe is not None \
-                    and self._ray.available_resources().get("CPU", 0) >= 1:
+                    and any(node.get("Alive") for node in self._ray.nodes()):
                 self._actors.append(self._actor_class.remote(self._recipe))
                 self._busy.append(0)
                 self.nodes.append("")  # not known until it answers

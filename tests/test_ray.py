@@ -363,3 +363,13 @@ def test_in_process_isolation_the_workers_engines_run_in_confined_processes(
                          on_output=lambda task, line: None) as coordinator:
             report = coordinator.run([Task(id="t", script=str(script))])
         assert bool(report.task("t").result) is expected, (isolation, report.task("t"))
+
+
+def test_a_task_runs_on_its_lua_version_on_a_ray_worker(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    script = write(tmp_path / "version.lua", "return _VERSION\n")
+    tasks = [Task(id="default", script=str(script)),
+             Task(id="old", script=str(script), lua_version="5.4")]
+    with Coordinator(executor=ray_executor, on_output=lambda task, line: None) as coordinator:
+        report = coordinator.run(tasks)
+    assert report.results == {"default": "Lua 5.5", "old": "Lua 5.4"}
