@@ -177,7 +177,7 @@ class Worker:
             if len(chunk) > _HEADER_SIZE:
                 size = _unpack(chunk)[0]
                 if size + _HEADER_SIZE == len(chunk) and size <= limit:
-                    return wire.message(memoryview(chunk)[_HEADER_SIZE:], limit)
+                    return wire.message(chunk[_HEADER_SIZE:], limit)
             self._pending += chunk
         (size,) = _unpack(self._exactly(_HEADER_SIZE, deadline, 0))
         if size > limit:
