@@ -230,7 +230,7 @@ def step_from_wire(data: Any) -> tuple[Step, bool]:
     tag, usable, output = data[0], data[1], data[2]
     if type(usable) is not bool:
         raise WireError("a step's 'usable' must be a boolean")
-    if type(output) is not list or any(type(line) is not str for line in output):
+    if type(output) is not list or (output and any(type(line) is not str for line in output)):
         raise WireError("a step's output must be a list of strings")
     lines = tuple(output) if output else ()
     if tag == "S" and len(data) == 4:
@@ -286,10 +286,14 @@ def _request(item: Any) -> ToolRequest:
                         f"one of {', '.join(map(repr, REQUEST_KINDS))}")
     if type(frames) is not list:
         raise WireError("a request's frames must be a list")
-    if nested_deeper(params):
+    if params.__class__ in _CONTAINERS and nested_deeper(params):
         raise WireError(f"a request's params nested more than {MAX_DEPTH} levels deep (an "
                         f"engine sends none)")
-    return ToolRequest(id_, tool, params, _problem(problem), [_frame(f) for f in frames], kind)
+    return ToolRequest(id_, tool, params, None if problem is None else _problem(problem),
+                       [_frame(f) for f in frames], kind)
+
+
+_CONTAINERS = (list, dict)
 
 
 # Frames already checked, by their items: a script's tool calls come from a few call
@@ -302,12 +306,15 @@ _FRAMES_KEPT = 512
 def _frame(item: Any) -> Frame:
     if type(item) is not list or len(item) != len(Frame._fields):
         raise WireError(f"a frame must be a list of {len(Frame._fields)} items")
-    key = (*item, *map(type, item))  # with the types: 1, True and 1.0 are equal keys
+    key = tuple(item)
     try:
         known = _FRAMES.get(key)
     except TypeError:  # an unhashable item (a list, an object): not a frame
         raise WireError("a frame's items must be strings, integers or null") from None
-    if known is not None:
+    # 1, True and 1.0 are equal keys: the line and column (the frame's only numbers; a
+    # string or null equals only its like) must be of the known frame's types too
+    if known is not None and item[2].__class__ is known.line.__class__ \
+            and item[3].__class__ is known.column.__class__:
         return known
     try:
         frame = frame_from_data(dict(zip(Frame._fields, item, strict=True)))
