@@ -672,7 +672,10 @@ class WorkerPool:
             if expired:
                 ends = time.monotonic() + RETIRE_GRACE
                 for worker in expired:
-                    worker.retire(ends)
+                    try:
+                        worker.retire(ends)
+                    except Exception:  # the spawner must go on: the next one still ends
+                        worker.kill()
                 continue
             if request is None:
                 return

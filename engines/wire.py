@@ -4,9 +4,10 @@ Every message is one frame: a 4-byte big-endian length, then that many bytes of 
 (compact UTF-8; a lone surrogate in a script's string, which UTF-8 cannot hold, crosses
 as ``\\udxxx``). Both directions are plain JSON, never pickle: a script that escaped its
 sandbox into the worker owns the worker, and what it sends must stay data to the host,
-which reads it with :func:`step_from_wire` (every field checked, errors rebuilt and checked by
-``SpellError.from_dict``). JSON keeps what steps hold apart: ints from floats, and the
-non-finite floats Lua numbers may be (``NaN``, ``Infinity``, which both readers read).
+which reads it with :func:`step_from_wire` (every field checked, errors rebuilt and
+checked by ``SpellError.from_dict``). JSON keeps what steps hold apart: ints from floats,
+and the non-finite floats Lua numbers may be (``NaN``, ``Infinity``, which both readers
+read).
 
 Host to worker (lists, the verb first)::
 
@@ -198,11 +199,12 @@ def step_to_wire(step: Step, usable: bool) -> list[Any]:
     """
     output = list(step.output)
     if isinstance(step, Suspended):
+        # frames as lists of 6 items (the encoder takes a named tuple for a dataclass:
+        # four times as slow)
         return ["S", usable, output, [
             [r.id, r.tool, r.params, _problem_to_wire(r.problem), list(map(list, r.frames)),
              r.kind]
-            for r in step.requests]]  # frames as JSON lists of 6 items (as lists: the
-            # encoder takes a named tuple for a dataclass, four times as slow)
+            for r in step.requests]]
     if isinstance(step, Finished):
         return ["F", usable, output, step.result]
     return ["X", usable, output, step.error.to_dict(), _problem_to_wire(step.problem)]

@@ -397,35 +397,34 @@ def _run_in(pool: WorkerPool, source: str = "return 1") -> tuple[Any, int | None
         engine.close()
 
 
-def _seen_until(pool: WorkerPool, condition: Any, seconds: float = 30.0) -> set[int]:
-    """Every worker pid the pool showed until ``condition(pids)`` held (asserted)."""
-    seen: set[int] = set()
-
-    def look() -> bool:
-        pids = pool.pids()
-        seen.update(pids)
-        return bool(condition(pids))
-
-    assert wait_until(look, seconds)
-    return seen
+def _two_busy_then_idle(pool: WorkerPool) -> set[int]:
+    """Two engines held at once (two workers), then both given back: the pids."""
+    first = pool.make_engine("lua", limits=Limits(timeout=10, memory_mb=64))
+    second = pool.make_engine("lua", limits=Limits(timeout=10, memory_mb=64))
+    pids = {first.pid, second.pid}
+    for engine in (first, second):
+        assert engine.start("return 1", "a.lua", None, [], time.monotonic() + 10).result == 1
+        engine.close()
+    assert None not in pids and len(pids) == 2
+    return pids  # type: ignore[return-value]
 
 
 def test_idle_workers_are_ended_and_reaped_after_the_idle_timeout():
-    with WorkerPool(2, memory_mb=64, idle_timeout=0.2, min_idle=0) as pool:
-        started = _seen_until(pool, lambda pids: len(pids) == 2)  # both started, then idle
-        result, pid = _run_in(pool)
-        assert result == 1 and pid is not None
-        ended = started | {pid}
-        _seen_until(pool, lambda pids: not pids)  # every one ended, the last 0.2 s after its run
-        assert wait_until(lambda: not any(alive(p) for p in ended))
+    with WorkerPool(1, memory_mb=64, idle_timeout=0.2, min_idle=0) as pool:
+        ended = _two_busy_then_idle(pool)
+        assert wait_until(lambda: not pool.pids(), 30)  # each 0.2 s after it was given back
+        assert wait_until(lambda: not any(alive(pid) for pid in ended))
         assert wait_until(lambda: not set(children()) & ended)  # reaped: no zombie left
         assert _run_in(pool, "return 2")[0] == 2  # the next run still gets a worker
 
 
 def test_the_idle_timeout_keeps_min_idle_workers_warm():
-    with WorkerPool(2, memory_mb=64, idle_timeout=0.2) as pool:  # min_idle: 1
-        _seen_until(pool, lambda pids: len(pids) == 2)
-        (kept,) = _seen_until(pool, lambda pids: len(pids) == 1) & set(pool.pids())
+    with WorkerPool(1, memory_mb=64, idle_timeout=0.2) as pool:  # min_idle: 1
+        both = _two_busy_then_idle(pool)
+        assert wait_until(lambda: len(pool.pids()) == 1, 30)
+        [kept] = pool.pids()
+        [gone] = both - {kept}
+        assert wait_until(lambda: not alive(gone) and gone not in children())
         time.sleep(0.6)  # three time-outs more
         assert pool.pids() == [kept] and alive(kept)
         assert _run_in(pool) == (1, kept)  # the warm one
@@ -436,8 +435,8 @@ def test_the_idle_timeout_keeps_min_idle_workers_warm():
             assert engine.start("return 3", "b.lua", None, [], time.monotonic() + 10).result == 3
         finally:
             engine.close()
-        assert other != kept
-        _seen_until(pool, lambda pids: pids == [kept])
+        assert other is not None and other != kept
+        assert wait_until(lambda: pool.pids() == [kept], 30)
         assert wait_until(lambda: not alive(other) and other not in children())
 
 
@@ -457,7 +456,7 @@ def test_a_busy_worker_is_never_ended_by_the_idle_timeout():
             assert isinstance(step, Finished) and step.result == 4
         finally:
             engine.close()
-        _seen_until(pool, lambda pids: not pids)  # idle now: it times out
+        assert wait_until(lambda: not pool.pids(), 30)  # idle now: it times out
         assert wait_until(lambda: not alive(pid))
 
 
