@@ -33,7 +33,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -87,11 +86,6 @@ _POLLIN, _POLLOUT = select.POLLIN, select.POLLOUT
 _HEADER_SIZE = wire.HEADER.size
 _unpack = wire.HEADER.unpack_from
 _LONGEST_POLL_MS = 86_400_000  # one day: a timeout may be up to host.host.MAX_TIMEOUT (1e9 s)
-# The host's reads from a worker block in recv for at most this long (SO_RCVTIMEO): a read
-# with more time than that left is one system call (no poll first), and the deadline is
-# looked at again after each tick; the last tick before a deadline is a poll to the instant
-_READ_TICK = 0.05
-_READ_TICK_TIMEVAL = struct.pack("@ll", 0, int(_READ_TICK * 1_000_000))
 
 
 class _Late(Exception):
@@ -125,7 +119,6 @@ class Worker:
         self.walls: list[str] = []  # what confines it (engines.confine), as it reported
         self.idle_since = 0.0  # time.monotonic() when it last became idle
         self._pending = bytearray()  # bytes received past the last frame
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _READ_TICK_TIMEVAL)
         self._poller = select.poll()
         self._poller.register(sock, _POLLIN)
         self._events = _POLLIN  # what the poller waits for
@@ -202,14 +195,12 @@ class Worker:
         (``before``: the bytes of the frame read so far)."""
         while True:
             try:
-                if deadline - time.monotonic() > _READ_TICK:  # one call: the read waits
-                    chunk = self.sock.recv(size)  # (EAGAIN after a tick with nothing read)
-                else:
-                    self._wait(_POLLIN, deadline)
-                    chunk = self.sock.recv(size, _NO_WAIT)
+                self._wait(_POLLIN, deadline)
             except _Late as late:
                 late.received = before
                 raise
+            try:
+                chunk = self.sock.recv(size, _NO_WAIT)
             except BlockingIOError:
                 continue
             except OSError:
