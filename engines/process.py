@@ -73,6 +73,10 @@ WORKERS_PER_CORE = 8
 # in another language) must not wait for workers that wait for it, so past this wait one
 # more worker is started anyway (sooner for a run with less time than that)
 WAIT_FOR_WORKER = 5.0
+# Seconds a worker may wait idle before the pool ends it (WorkerPool's idle_timeout) ...
+IDLE_TIMEOUT = 60.0
+# ... and seconds an ended idle worker has to exit on its own (it reads EOF) before SIGKILL
+RETIRE_GRACE = 1.0
 _MB = 1 << 20
 # flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
 _NO_WAIT = int(socket.MSG_DONTWAIT)
@@ -113,6 +117,7 @@ class Worker:
         self.ready = False  # its ready frame has been read
         self.address_space_kb = 0  # as it reported when ready
         self.walls: list[str] = []  # what confines it (engines.confine), as it reported
+        self.idle_since = 0.0  # time.monotonic() when it last became idle
         self._pending = bytearray()  # bytes received past the last frame
         self._poller = select.poll()
         self._poller.register(sock, _POLLIN)
@@ -177,7 +182,7 @@ class Worker:
             if len(chunk) > _HEADER_SIZE:
                 size = _unpack(chunk)[0]
                 if size + _HEADER_SIZE == len(chunk) and size <= limit:
-                    return wire.message(memoryview(chunk)[_HEADER_SIZE:], limit)
+                    return wire.message(chunk[_HEADER_SIZE:], limit)
             self._pending += chunk
         (size,) = _unpack(self._exactly(_HEADER_SIZE, deadline, 0))
         if size > limit:
@@ -249,6 +254,19 @@ class Worker:
         except subprocess.TimeoutExpired:  # unkillable (stopped in the kernel): left
             pass
         self.sock.close()
+
+    def retire(self, deadline: float) -> None:
+        """End an idle worker cleanly: its socket closed, it reads EOF and exits; SIGKILL if
+        it is still there at ``deadline``; reaped either way (the owning thread)."""
+        self.sock.close()
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.kill()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:  # unkillable (stopped in the kernel): left
+                pass
 
     def death(self) -> SpellError:
         """``runtime/worker_died`` saying how the process ended (reaped here)."""
@@ -478,6 +496,13 @@ class WorkerPool:
     a crash, a kill, or :data:`RECYCLE_AFTER` engines is replaced in the background
     while fewer are idle.
 
+    The pool shrinks when it is not used: a worker idle for ``idle_timeout`` seconds
+    (default :data:`IDLE_TIMEOUT`; None: never) is ended (its socket closed, SIGKILL if it
+    has not exited :data:`RETIRE_GRACE` later, reaped), and the pool then keeps only as
+    many as are idle or busy; ``min_idle`` workers of ``memory_mb`` are kept however long
+    they wait (default 1: a host that runs again later finds a warm worker), none of another
+    memory limit. A busy worker is never ended by the time-out. The spawner thread does it.
+
     ``entry`` is the module workers run (``python -m entry``): tests give one that
     misbehaves. Workers are started with ``subprocess.Popen`` of a new interpreter, not a
     fork of the host (the host has threads: a fork copies locks held by other threads),
@@ -489,7 +514,20 @@ class WorkerPool:
     """
 
     def __init__(self, size: int | None = None, *, memory_mb: int = 256,
-                 recycle_after: int = RECYCLE_AFTER, entry: str = "engines.worker") -> None:
+                 recycle_after: int = RECYCLE_AFTER, entry: str = "engines.worker",
+                 idle_timeout: float | None = IDLE_TIMEOUT, min_idle: int = 1) -> None:
+        if idle_timeout is not None and not (
+                type(idle_timeout) in (int, float) and 0 < idle_timeout < math.inf):
+            raise ConfigurationError.InvalidValue(
+                key="idle_timeout", value=str(idle_timeout),
+                reason="a worker pool's idle_timeout is a finite number of seconds above 0, "
+                       "or None (never)")
+        if type(min_idle) is not int or min_idle < 0:
+            raise ConfigurationError.InvalidValue(
+                key="min_idle", value=str(min_idle),
+                reason="a worker pool's min_idle is a whole number of workers, 0 or more")
+        self.idle_timeout = None if idle_timeout is None else float(idle_timeout)
+        self.min_idle = min_idle
         if size is None:
             size = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
                 else (os.cpu_count() or 1)
@@ -510,6 +548,7 @@ class WorkerPool:
         self._requests: list[tuple[int, Future[Worker] | None] | None] = []
         self._wake = threading.Condition(self._lock)  # the spawner: a worker to start
         self._returned = threading.Condition(self._lock)  # a worker is idle again
+        self._waits_forever = False  # the spawner waits with no idle time-out to watch
         self._spawner = threading.Thread(target=self._spawn_loop, daemon=True,
                                          name="polyspell worker spawner")
         self._spawner.start()
@@ -579,8 +618,11 @@ class WorkerPool:
             idle = self._idle.setdefault(memory_mb, [])
             if keep and not self._closed and len(idle) < self._keep.get(memory_mb, self.size) \
                     and self._idle_total() < self.max_workers:
+                worker.idle_since = time.monotonic()
                 idle.append(worker)
                 self._returned.notify()
+                if self._waits_forever and len(idle) > self._floor(memory_mb):
+                    self._wake.notify()  # the spawner now has a time-out to wait for
                 return
             self._workers.discard(worker)
             if not self._closed:
@@ -608,11 +650,26 @@ class WorkerPool:
         self._wake.notify()
 
     def _spawn_loop(self) -> None:
+        """The spawner thread: starts the workers asked for, and ends those idle too long."""
         while True:
             with self._lock:
-                while not self._requests:
-                    self._wake.wait()
-                request = self._requests.pop(0)
+                while True:
+                    expired = self._expired()
+                    if expired or self._requests:
+                        break
+                    wait = self._until_expiry()
+                    self._waits_forever = wait is None
+                    self._wake.wait(wait)
+                    self._waits_forever = False
+                request = None if expired else self._requests.pop(0)
+            if expired:
+                ends = time.monotonic() + RETIRE_GRACE
+                for worker in expired:
+                    try:
+                        worker.retire(ends)
+                    except Exception:  # the spawner must go on: the next one still ends
+                        worker.kill()
+                continue
             if request is None:
                 return
             memory_mb, future = request
@@ -632,6 +689,7 @@ class WorkerPool:
                 if not closed:
                     self._workers.add(worker)
                     if future is None:
+                        worker.idle_since = time.monotonic()
                         self._idle.setdefault(memory_mb, []).append(worker)
             if closed:
                 worker.end()
@@ -654,6 +712,43 @@ class WorkerPool:
         finally:
             theirs.close()
         return Worker(process, ours, memory_mb)
+
+    # -- idle workers ---------------------------------------------------------------
+
+    def _floor(self, memory_mb: int) -> int:
+        """How many idle workers of ``memory_mb`` the time-out leaves."""
+        return self.min_idle if memory_mb == self.memory_mb else 0
+
+    def _expired(self) -> list[Worker]:
+        """Take out the workers idle past the time-out, oldest first, down to the floor of
+        their memory limit, and keep no more of that limit than are busy or idle now
+        (under the lock)."""
+        if self.idle_timeout is None or self._closed:
+            return []
+        since = time.monotonic() - self.idle_timeout
+        expired: list[Worker] = []
+        for memory_mb, idle in self._idle.items():
+            floor = self._floor(memory_mb)
+            count = 0  # the list is in the order they became idle: the oldest first
+            while len(idle) - count > floor and idle[count].idle_since <= since:
+                count += 1
+            if count:
+                expired += idle[:count]
+                del idle[:count]
+                self._keep[memory_mb] = max(self._busy.get(memory_mb, 0) + len(idle), floor)
+        self._workers.difference_update(expired)
+        return expired
+
+    def _until_expiry(self) -> float | None:
+        """Seconds until the next idle worker may be ended (None: no time-out to wait for;
+        under the lock)."""
+        if self.idle_timeout is None:
+            return None
+        oldest = [idle[0].idle_since for memory_mb, idle in self._idle.items()
+                  if len(idle) > self._floor(memory_mb)]
+        if not oldest:
+            return None
+        return max(0.0, min(oldest) + self.idle_timeout - time.monotonic()) + 0.001
 
     # -- the end --------------------------------------------------------------------
 

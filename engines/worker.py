@@ -148,7 +148,7 @@ class Connection:
                 return None
             if len(chunk) > _HEADER_SIZE and \
                     _unpack(chunk)[0] + _HEADER_SIZE == len(chunk):
-                return wire.message(memoryview(chunk)[_HEADER_SIZE:])
+                return wire.message(chunk[_HEADER_SIZE:])
             self._pending += chunk
         header = self._exactly(_HEADER_SIZE)
         if header is None:

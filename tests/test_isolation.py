@@ -387,6 +387,90 @@ def test_workers_outlive_the_threads_that_took_them():
             engine.close()
 
 
+def _run_in(pool: WorkerPool, source: str = "return 1") -> tuple[Any, int | None]:
+    """A Lua script run in a worker of ``pool`` (64 MB): its result and the worker's pid."""
+    engine = pool.make_engine("lua", limits=Limits(timeout=10, memory_mb=64))
+    try:
+        step = engine.start(source, "a.lua", None, [], time.monotonic() + 10)
+        return (step.result if isinstance(step, Finished) else step), engine.pid
+    finally:
+        engine.close()
+
+
+def _two_busy_then_idle(pool: WorkerPool) -> set[int]:
+    """Two engines held at once (two workers), then both given back: the pids."""
+    first = pool.make_engine("lua", limits=Limits(timeout=10, memory_mb=64))
+    second = pool.make_engine("lua", limits=Limits(timeout=10, memory_mb=64))
+    pids = {first.pid, second.pid}
+    for engine in (first, second):
+        assert engine.start("return 1", "a.lua", None, [], time.monotonic() + 10).result == 1
+        engine.close()
+    assert None not in pids and len(pids) == 2
+    return pids  # type: ignore[return-value]
+
+
+def test_idle_workers_are_ended_and_reaped_after_the_idle_timeout():
+    with WorkerPool(1, memory_mb=64, idle_timeout=0.2, min_idle=0) as pool:
+        ended = _two_busy_then_idle(pool)
+        assert wait_until(lambda: not pool.pids(), 30)  # each 0.2 s after it was given back
+        assert wait_until(lambda: not any(alive(pid) for pid in ended))
+        assert wait_until(lambda: not set(children()) & ended)  # reaped: no zombie left
+        assert _run_in(pool, "return 2")[0] == 2  # the next run still gets a worker
+
+
+def test_the_idle_timeout_keeps_min_idle_workers_warm():
+    with WorkerPool(1, memory_mb=64, idle_timeout=0.2) as pool:  # min_idle: 1
+        both = _two_busy_then_idle(pool)
+        assert wait_until(lambda: len(pool.pids()) == 1, 30)
+        [kept] = pool.pids()
+        [gone] = both - {kept}
+        assert wait_until(lambda: not alive(gone) and gone not in children())
+        time.sleep(0.6)  # three time-outs more
+        assert pool.pids() == [kept] and alive(kept)
+        assert _run_in(pool) == (1, kept)  # the warm one
+        # an engine of another memory limit gets a worker of its own, not kept idle
+        engine = pool.make_engine("lua", limits=Limits(timeout=10, memory_mb=32))
+        try:
+            other = engine.pid
+            assert engine.start("return 3", "b.lua", None, [], time.monotonic() + 10).result == 3
+        finally:
+            engine.close()
+        assert other is not None and other != kept
+        assert wait_until(lambda: pool.pids() == [kept], 30)
+        assert wait_until(lambda: not alive(other) and other not in children())
+
+
+def test_a_busy_worker_is_never_ended_by_the_idle_timeout():
+    with WorkerPool(1, memory_mb=64, idle_timeout=0.2, min_idle=0) as pool:
+        engine = pool.make_engine("lua", limits=Limits(timeout=30, memory_mb=64))
+        try:
+            deadline = time.monotonic() + 30
+            step = engine.start("return tools.add{a = 1, b = 2} + 1", "a.lua", None,
+                                [ToolInfo("add", "")], deadline)
+            assert isinstance(step, Suspended)
+            pid = engine.pid
+            assert pid is not None
+            time.sleep(1.0)  # five time-outs: the worker waits for its host, held by a run
+            assert alive(pid) and pid in pool.pids(busy=True)
+            step = engine.resume([ToolReply(step.requests[0].id, result=3)], deadline)
+            assert isinstance(step, Finished) and step.result == 4
+        finally:
+            engine.close()
+        assert wait_until(lambda: not pool.pids(), 30)  # idle now: it times out
+        assert wait_until(lambda: not alive(pid))
+
+
+@pytest.mark.parametrize("options", [
+    {"idle_timeout": 0}, {"idle_timeout": -1.0}, {"idle_timeout": "60"},
+    {"idle_timeout": True}, {"idle_timeout": float("inf")}, {"idle_timeout": float("nan")},
+    {"min_idle": -1}, {"min_idle": 1.5}])
+def test_a_bad_idle_timeout_or_min_idle_is_a_configuration_error(options):
+    with pytest.raises(ConfigurationError) as caught:
+        WorkerPool(1, **options)
+    assert caught.value.code == "configuration/invalid_value"
+    assert next(iter(options)) in str(caught.value)
+
+
 def test_a_worker_is_recycled_after_its_runs_and_after_a_limit():
     with WorkerPool(1, memory_mb=64, recycle_after=2) as pool:
         def run(source: str = "return 1") -> int:

@@ -110,6 +110,20 @@ def test_tool_params_nested_deeper_than_any_engine_sends_never_reach_the_tool(ba
     assert calls == []
 
 
+@pytest.mark.parametrize("line", ["true", "1.0"])
+def test_a_frame_equal_to_a_checked_one_but_for_its_line_s_type_is_checked(bad_pool, line):
+    """The host keeps the frames it checked, by their items (a call site sends the same
+    frames at each call): 1, true and 1.0 are equal keys, yet only 1 is a line."""
+    frame = '["lua", "agent.lua", 1, null, "main chunk", "x()"]'
+    good = f'["S", true, [], [[1, "record", {{}}, null, [{frame}], "tool"]]]'
+    step, _ = step_of(bad_pool, "send", good)
+    assert step.__class__.__name__ == "Suspended" and step.requests[0].frames[0].line == 1
+    forged = good.replace(", 1, null,", f", {line}, null,")
+    step, _ = step_of(bad_pool, "send", forged)
+    assert isinstance(step, Failed) and step.error.code == "bridge/protocol_violation"
+    assert "line" in str(step.error)
+
+
 def test_an_error_whose_data_nests_deeper_than_an_engine_sends_is_refused_briefly(bad_pool):
     # pydantic refused it too, but deep in its recursion, with a path 13 kB long as reason
     error = json.dumps({"category": "script", "kind": "runtime_error",
