@@ -212,13 +212,16 @@ def test_a_script_that_cannot_be_interrupted_ends_at_its_deadline(language, sour
         assert took < 1.0 + 1.0
         # nothing of it runs on: the worker that ran it is gone (its CPU with it)
         [pid] = busy
-        assert wait_until(lambda: not alive(pid), 0.5)
+        assert wait_until(lambda: not alive(pid), 2.0)
 
 
 def test_the_next_run_works_after_a_run_hit_its_time_limit():
     with Host(timeout=0.5, isolation="process") as host:
         assert failure(host, PATHOLOGICAL_FIND, "lua").fields["resource_type"] == "time"
-        assert host.run_source("return 6 * 7", "lua") == 42
+        # (its own time: the killed worker's replacement may take longer than 0.5 s to
+        # start on a loaded machine, which is not what this test is about)
+        run = host.new_run_source("return 6 * 7", "lua", timeout=30)
+        assert anyio.run(run.execute) == 42
 
 
 @pytest.mark.parametrize("signum", [signal.SIGSEGV, signal.SIGKILL])
