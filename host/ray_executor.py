@@ -338,6 +338,9 @@ class RayExecutor(Executor):
         if self._ray is not None:
             return self._ray
         ray = _ray()
+        # Ray's progress bars would replace builtins.print in this process (its
+        # tqdm_ray.safe_print): not a library's to change in its user's program
+        os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
         if self.address is not None:
             _reachable(self.address)
         if not ray.is_initialized():  # else: the cluster this process joined already
@@ -394,7 +397,14 @@ class RayExecutor(Executor):
             # waiting for each other's idle actors; SPREAD places them across the nodes.
             self._actor_class = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0,
                                            scheduling_strategy="SPREAD")(TryRunner)
-        actors = [self._actor_class.remote(recipe) for _ in range(count)]
+        try:
+            actors = [self._actor_class.remote(recipe) for _ in range(count)]
+        except Exception as exc:  # cloudpickle refused something in it
+            raise ConfigurationError.InvalidValue(
+                key="tools", value=type(exc).__name__,
+                reason=f"the plan's host cannot travel to the Ray workers (its tools, "
+                       f"recovery policies and config go by Ray's serialisation): "
+                       f"{str(exc).splitlines()[0][:300] if str(exc) else exc!r}") from exc
         try:
             self.nodes = ray.get([a.ready.remote() for a in actors], timeout=READY_TIMEOUT)
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:

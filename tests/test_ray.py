@@ -373,3 +373,34 @@ def test_a_task_runs_on_its_lua_version_on_a_ray_worker(
     with Coordinator(executor=ray_executor, on_output=lambda task, line: None) as coordinator:
         report = coordinator.run(tasks)
     assert report.results == {"default": "Lua 5.5", "old": "Lua 5.4"}
+
+
+def test_a_tool_that_cannot_travel_is_refused_before_anything_runs(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    import threading
+
+    lock = threading.Lock()  # no pickle of it exists
+
+    @tool
+    def locked() -> int:
+        """Holds a lock."""
+        with lock:
+            return 1
+
+    script = write(tmp_path / "agent.lua", "return tools.locked()\n")
+    with Coordinator([locked], executor=ray_executor) as coordinator, \
+            pytest.raises(ConfigurationError.InvalidValue) as caught:
+        coordinator.run([Task(id="t", script=str(script))])
+    assert "cannot travel to the Ray workers" in str(caught.value)
+
+
+def test_ray_leaves_this_process_print_alone(ray_executor: RayExecutor) -> None:
+    import builtins
+
+    original = builtins.print
+    ray_executor.connect()
+    import ray
+    from ray.experimental import tqdm_ray
+
+    tqdm_ray.instance()  # what Ray calls when a worker's progress bar reaches the driver
+    assert builtins.print is original and ray.is_initialized()

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 from pydantic import BaseModel
 
-from bridge import ConfigurationError, ToolError
+from bridge import ConfigurationError, ScriptError, ToolError
 from host import Host, tool
 from host.tools import ToolRegistry, as_tool, load_tools_file
 
@@ -160,10 +160,13 @@ def test_host_refuses_bad_scripts_and_args(tmp_path):
     odd.write_text("print(1)")
     with pytest.raises(ConfigurationError.InvalidValue, match="cannot tell the language"):
         host.run(odd)
-    binary = tmp_path / "agent.lua"
+    binary = tmp_path / "agent.js"  # (Lua source may be any bytes, as Lua takes it)
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigurationError.LoadFailed, match="not UTF-8"):
         host.run(binary)
+    binary.rename(tmp_path / "agent.lua")
+    with pytest.raises(ScriptError.CompilationFailed, match="unexpected symbol"):
+        host.run(tmp_path / "agent.lua")
     with pytest.raises(ConfigurationError.InvalidValue, match="must be 'lua' or 'javascript'"):
         host.run_source("return 1", "python")
     with pytest.raises(ConfigurationError.InvalidValue, match=r"args\.when is not JSON-like"):
