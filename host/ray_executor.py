@@ -315,6 +315,8 @@ class RayExecutor(Executor):
             raise ConfigurationError.InvalidValue(
                 key="ray_address", value=repr(address)[:200],
                 reason="a Ray address is 'auto' or 'host:port'")
+        if address is not None:
+            _host_port(address)  # a malformed one is refused here, before anything runs
         self.address = address
         self._ray: Any = None
         self._started = False  # whether this executor started the local Ray it uses
@@ -469,17 +471,36 @@ def loopback_only(ray: Any) -> None:
 
 def _reachable(address: str) -> None:
     """An explicit ``host:port`` that does not answer: ``network/connection`` at once."""
-    if address == "auto" or address.startswith(("ray://", "anyscale://")):
+    parts = _host_port(address)
+    if parts is None:
         return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigurationError.InvalidValue(key="ray_address", value=address,
-                                              reason="a Ray address is 'auto' or 'host:port'")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+        socket.create_connection(parts, timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
         raise NetworkError.Connection(endpoint=address, reason=exc.strerror or str(exc)) \
             from None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The host and port of ``address`` as Ray reads it (``host:port``, an IPv6 host in
+    brackets: ``[::1]:6379``); None for ``"auto"`` and client URLs (``ray://``), which
+    Ray resolves itself. Anything else (no port, a port out of 1-65535 or not in ASCII
+    digits, an IPv6 host without brackets) is ``configuration/invalid_value``."""
+    if address == "auto" or address.startswith(("ray://", "anyscale://")):
+        return None
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ok = ":" in host
+    else:
+        ok = ":" not in host  # an IPv6 host needs its brackets: where would its port be?
+    number = int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else 0
+    if not (ok and host and 1 <= number <= 65535):
+        raise ConfigurationError.InvalidValue(
+            key="ray_address", value=address[:200],
+            reason=f"{address[:200]!r} is not a Ray address: 'auto', 'host:port' or "
+                   "'[IPv6]:port', the port a number from 1 to 65535")
+    return host, number
 
 
 def _actor_failure(exc: BaseException, node: str = "") -> SpellError:
