@@ -320,6 +320,7 @@ class RayExecutor(Executor):
         self.address = address
         self._ray: Any = None
         self._started = False  # whether this executor started the local Ray it uses
+        self._keeper: threading.Event | None = None  # set: the local Ray's thread may end
         self._actors: list[Any] = []
         self._busy: list[int] = []
         self._recipe_key: Any = None
@@ -340,9 +341,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():  # else: the cluster this process joined already
             if self.address is None:
                 loopback_only(ray)
-                ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-                         include_dashboard=False, configure_logging=False,
-                         log_to_driver=False)
+                self._keeper = _start_local_ray(ray)
                 self._started = True
             else:
                 try:
@@ -413,7 +412,9 @@ class RayExecutor(Executor):
         self._end_actors()
         if self._started and self._ray is not None:
             self._ray.shutdown()
-        self._ray, self._started = None, False
+        if self._keeper is not None:  # its thread may end now: Ray's processes are gone
+            self._keeper.set()
+        self._ray, self._started, self._keeper = None, False, None
 
     def _end_actors(self) -> None:
         for actor in self._actors:
@@ -467,6 +468,36 @@ def loopback_only(ray: Any) -> None:
     Ray starts (which inherit the environment)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _start_local_ray(ray: Any) -> threading.Event:
+    """Start a local Ray (on the loopback address) from a thread of its own, which lives
+    until the returned event is set (:meth:`RayExecutor.close`, after ``ray.shutdown``).
+
+    Ray's processes are started with Linux's parent-death signal, which fires when the
+    *thread* that started them ends, not the process: a local Ray started by a plan run
+    from a short-lived thread (a web server's request) would die with it, and Ray then
+    ends the whole process when it cannot reach its GCS."""
+    done = threading.Event()
+    keep = threading.Event()
+    failure: list[BaseException] = []
+
+    def keeper() -> None:
+        try:
+            ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
+                     include_dashboard=False, configure_logging=False, log_to_driver=False)
+        except BaseException as exc:  # handed to the thread that asked
+            failure.append(exc)
+            done.set()
+            return
+        done.set()
+        keep.wait()
+
+    threading.Thread(target=keeper, name="polyspell-local-ray", daemon=True).start()
+    done.wait()
+    if failure:
+        raise failure[0]
+    return keep
 
 
 def _reachable(address: str) -> None:

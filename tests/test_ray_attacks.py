@@ -5,13 +5,44 @@ that share one executor, what workers forward. Real sockets and a real local Ray
 from __future__ import annotations
 
 import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("ray")
 
-from bridge import ConfigurationError, NetworkError
+from bridge import ConfigurationError, NetworkError, SpellError
+from host import Coordinator, Task, tool
 from host.ray_executor import RayExecutor
+
+
+@pytest.fixture(scope="module")
+def ray_executor() -> Iterator[RayExecutor]:
+    executor = RayExecutor()
+    yield executor
+    executor.close()
+
+
+@tool
+def wait_for(started: str, release: str) -> str:
+    """Say it started (a file), then wait until told to finish (another file)."""
+    Path(started).touch()
+    for _ in range(6000):
+        if Path(release).exists():
+            return "released"
+        time.sleep(0.01)
+    return "never released"
+
+
+@tool
+def echo(text: str) -> str:
+    """The text."""
+    return text
+
 
 # -- addresses ----------------------------------------------------------------------------
 
@@ -44,3 +75,93 @@ def test_a_bracketed_ipv6_address_is_probed_at_that_address() -> None:
         RayExecutor(address).connect()
     assert address in str(caught.value)
     assert "refused" in str(caught.value).lower()
+
+
+# -- coordinators sharing one executor ------------------------------------------------------
+
+
+def test_a_second_coordinator_does_not_kill_the_workers_of_a_plan_running(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    """Two coordinators, one RayExecutor: the second's plan must not end the actors the
+    first one's task is running on (they were made for the first's host, its tools); it
+    waits its turn or is refused clearly, and never runs on the other's workers."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    slow = tmp_path / "slow.lua"
+    slow.write_text(f"return tools.wait_for{{started = {str(started)!r}, "
+                    f"release = {str(release)!r}}}\n")
+    quick = tmp_path / "quick.lua"
+    quick.write_text('return tools.echo{text = "quick"}\n')
+    reports: dict[str, Any] = {}
+
+    def first() -> None:
+        with Coordinator([wait_for], executor=ray_executor,
+                         on_output=lambda task, line: None) as coordinator:
+            reports["first"] = coordinator.run([Task(id="slow", script=str(slow))])
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        for _ in range(12000):  # its task is running on a Ray worker
+            if started.exists() or not thread.is_alive():
+                break
+            time.sleep(0.01)
+        assert started.exists()
+        with Coordinator([echo], executor=ray_executor,
+                         on_output=lambda task, line: None) as second:
+            try:
+                reports["second"] = second.run([Task(id="quick", script=str(quick))])
+            except SpellError as err:
+                reports["second"] = err
+    finally:
+        release.touch()
+        thread.join(120)
+    first_report = reports["first"]
+    assert first_report.task("slow").status == "succeeded", first_report.error("slow")
+    assert first_report.task("slow").result == "released"
+    second_report = reports["second"]
+    if isinstance(second_report, SpellError):  # refused while the other plan runs
+        assert "another plan" in str(second_report)
+    else:
+        assert second_report.task("quick").result == "quick"
+
+
+# -- a local Ray started from a thread that ends ----------------------------------------------
+
+THREAD_THEN_MAIN = '''
+import sys, threading
+from host import Coordinator, Task
+from host.ray_executor import RayExecutor
+
+executor = RayExecutor()
+script = sys.argv[1]
+outcomes = []
+
+def plan():
+    with Coordinator(executor=executor, on_output=lambda task, line: None) as coordinator:
+        outcomes.append(coordinator.run([Task(id="t", script=script)]).outcome)
+
+thread = threading.Thread(target=plan)  # a web server's request thread, say
+thread.start()
+thread.join()
+plan()  # the same executor, from another thread, once the first has ended
+executor.close()
+print(outcomes)
+'''
+
+
+def test_a_local_ray_started_from_a_thread_outlives_the_thread(tmp_path: Path) -> None:
+    """Ray's processes die with the thread that started them (Linux's parent-death signal
+    is per thread): a local Ray started by a plan run from a short-lived thread must not
+    go away with it, taking the next plan (and then the whole process) down."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "agent.lua"
+    script.write_text("return 1\n")
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-c", THREAD_THEN_MAIN, str(script)],
+                         capture_output=True, text=True, timeout=240, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "['succeeded', 'succeeded']"
