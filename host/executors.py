@@ -64,6 +64,9 @@ class Executor(ABC):
         """One try of the task whose script is ``script``, with ``args``, stopped by its
         engine's time limit after ``timeout`` seconds at the latest."""
 
+    def finish(self, host: Host) -> None:  # noqa: B027 - nothing held per plan here
+        """The plan :meth:`prepare` accepted with ``host`` has ended (every task done)."""
+
     def close(self) -> None:  # noqa: B027 - nothing to release here
         """Release what the executor holds (connections, remote workers)."""
 

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bridge import ConfigurationError, NetworkError, SpellError
+from bridge import ConfigurationError, NetworkError, ResourceError, SpellError
 from host.control import RunControl
 from host.executors import Executor, TaskRun
 from host.history import RecoveryHistory
@@ -321,6 +321,7 @@ class RayExecutor(Executor):
         self._ray: Any = None
         self._started = False  # whether this executor started the local Ray it uses
         self._keeper: threading.Event | None = None  # set: the local Ray's thread may end
+        self._plans = 0  # plans running on the actors (made for one host, the last's)
         self._actors: list[Any] = []
         self._busy: list[int] = []
         self._recipe_key: Any = None
@@ -375,8 +376,26 @@ class RayExecutor(Executor):
                        "Ray worker")
         ray = self.connect()
         key = (id(coordinator), tuple(plan.tools), tuple(plan.libraries), plan.base_dir)
-        if key == self._recipe_key and self._actors:
-            return
+        with self._lock:
+            if key == self._recipe_key and self._actors:  # the same host: its actors
+                self._plans += 1
+                return
+            if self._plans:  # the actors are another host's, and a plan runs on them
+                raise ResourceError.PoolExhausted(
+                    pool="this RayExecutor's workers (made for another plan's host, whose "
+                         "plan is running: run the plans one after the other, or each "
+                         "coordinator with its own cluster)", capacity=len(self._actors))
+            self._plans = 1  # this plan's, from now (a second one waits for none)
+        try:
+            self._make_actors(ray, coordinator, plan, key, hooks)
+        except BaseException:
+            with self._lock:
+                self._plans = 0
+            raise
+
+    def _make_actors(self, ray: Any, coordinator: Coordinator, plan: Plan, key: Any,
+                     hooks: Any) -> None:
+        """End the actors of the last plan's host; make those of ``plan``'s."""
         recipe = coordinator.recipe(plan)
         if hooks is not None:
             recipe.observed = {point: hooks.wants_successes(point)
@@ -408,8 +427,15 @@ class RayExecutor(Executor):
         return RemoteRun(self, host, str(script), _read_script(script), language, args,
                          timeout)
 
+    def finish(self, host: Host) -> None:
+        """A plan :meth:`prepare` let run has ended: another host's may replace its
+        actors."""
+        with self._lock:
+            self._plans = max(0, self._plans - 1)
+
     def close(self) -> None:
         self._end_actors()
+        self._plans = 0
         if self._started and self._ray is not None:
             self._ray.shutdown()
         if self._keeper is not None:  # its thread may end now: Ray's processes are gone
