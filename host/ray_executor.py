@@ -205,6 +205,17 @@ _output_to: contextvars.ContextVar[Callable[[str], None] | None] = \
     contextvars.ContextVar("polyspell_remote_output", default=None)
 
 
+BATCH = 1000  # the most lines and events one item of a try's stream carries
+
+
+def _queued(items: asyncio.Queue[Any]) -> list[Any]:
+    """What ``items`` holds now (:data:`BATCH` at most), taken out of it."""
+    batch = []
+    while len(batch) < BATCH and not items.empty():
+        batch.append(items.get_nowait())
+    return batch
+
+
 class TryRunner:
     """A polyspell host on a Ray worker: runs tries and streams back what they print and
     how they ended (made a Ray actor by :class:`RayExecutor`)."""
@@ -236,7 +247,9 @@ class TryRunner:
 
     async def run(self, key: str, script: str, source: str, language: str, args: Any,
                   timeout: float, task_id: str | None, plan_id: str | None) -> Any:
-        """Run one try; yields ``("out", line)`` items, then ``("done", outcome)``."""
+        """Run one try; yields ``("batch", [("out", line) | ("event", ...), ...])`` items
+        (what was queued when the stream was read: each item of a Ray generator is a
+        round trip of its own), then ``("done", outcome)``."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -265,13 +278,13 @@ class TryRunner:
                 if item not in done:
                     item.cancel()
                     break
-                yield item.result()
+                yield ("batch", [item.result(), *_queued(items)])
             hooks = self._host.hooks
             if hooks is not None:  # the observers have told the run's last events
                 await asyncio.to_thread(hooks.catch_up)
                 await asyncio.sleep(0)  # (their sends land in the queue)
             while not items.empty():
-                yield items.get_nowait()
+                yield ("batch", _queued(items))
             yield ("done", ending.result())
         finally:
             self._runs.pop(key, None)
@@ -620,12 +633,14 @@ class RemoteRun:
                                                           abandon_on_cancel=True)
                     if item is None:
                         break
-                    if item[0] == "out":
-                        self._host.on_output(item[1])
-                    elif item[0] == "event":
-                        self._observe(item[1], item[2], item[3])
-                    else:
+                    if item[0] == "done":
                         outcome = item[1]
+                        continue
+                    for kind, *data in item[1]:
+                        if kind == "out":
+                            self._host.on_output(data[0])
+                        else:
+                            self._observe(*data)
             except anyio.get_cancelled_exc_class():
                 ray.cancel(stream, force=False)
                 raise
