@@ -522,9 +522,11 @@ def _start_local_ray(ray: Any) -> threading.Event:
     failure: list[BaseException] = []
 
     def keeper() -> None:
-        try:
-            ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-                     include_dashboard=False, configure_logging=False, log_to_driver=False)
+        try:  # "local": a new Ray, whatever Ray's discovery finds (RAY_ADDRESS, a cluster
+            # someone started on this machine with `ray start`)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1,
+                     _node_ip_address="127.0.0.1", include_dashboard=False,
+                     configure_logging=False, log_to_driver=False)
         except BaseException as exc:  # handed to the thread that asked
             failure.append(exc)
             done.set()
@@ -535,7 +537,14 @@ def _start_local_ray(ray: Any) -> threading.Event:
     threading.Thread(target=keeper, name="polyspell-local-ray", daemon=True).start()
     done.wait()
     if failure:
-        raise failure[0]
+        from bridge import SpellRuntimeError
+
+        exc = failure[0]
+        if isinstance(exc, SpellError) or not isinstance(exc, Exception):
+            raise exc
+        raise SpellRuntimeError.RemoteFailed(
+            executor="ray", reason=f"a local Ray did not start: {type(exc).__name__}: "
+                                   f"{str(exc)[:300]}", cause=exc)
     return keep
 
 

@@ -212,3 +212,27 @@ def test_a_flood_of_lines_travels_in_batches_whole_and_in_order(tmp_path: Path) 
     assert len(items) <= 2 + count // 100, len(items)
     assert items[-1][0] == "done" or items[-1][1][-1][0] == "done"
 
+
+def test_a_local_ray_is_started_whatever_the_environment_names(tmp_path: Path) -> None:
+    """``ray_address=None`` starts a local Ray: Ray's own discovery (``RAY_ADDRESS``, a
+    cluster another user started with ``ray start`` on this machine) must not make it join
+    another cluster, nor fail with Ray's raw ``ValueError`` about ``num_cpus``."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "agent.lua"
+    script.write_text("return 1\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys\nfrom host import Coordinator, Task\n"
+            "with Coordinator(executor='ray', on_output=lambda task, line: None) as c:\n"
+            "    print(c.run([Task(id='t', script=sys.argv[1])]).outcome)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True,
+                         text=True, timeout=240, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root),
+                              "RAY_ADDRESS": f"127.0.0.1:{closed}"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "succeeded"
