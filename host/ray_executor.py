@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from bridge import ConfigurationError, NetworkError, ResourceError, SpellError
+from bridge.jsontext import unicode_text
 from host.control import RunControl
 from host.executors import Executor, TaskRun
 from host.history import RecoveryHistory
@@ -352,6 +353,7 @@ class RayExecutor(Executor):
         ray = _ray()
         if self.address is not None:
             _reachable(self.address)
+        _utf8_entrypoint(ray)
         if not ray.is_initialized():  # else: the cluster this process joined already
             if self.address is None:
                 loopback_only(ray)
@@ -507,6 +509,23 @@ def loopback_only(ray: Any) -> None:
     Ray starts (which inherit the environment)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _utf8_entrypoint(ray: Any) -> None:
+    """Make the name Ray gives this driver's job (its command line, read from
+    ``/proc``) text UTF-8 can encode: Ray sends it as UTF-8, and a file name that is not
+    UTF-8 on the command line (surrogate escapes) made ``ray.init`` fail. Once per
+    process; only the job's displayed name changes (U+FFFD for each such byte)."""
+    utils = ray._private.utils
+    original = getattr(utils, "get_entrypoint_name", None)
+    if original is None or getattr(original, "polyspell_utf8", False):
+        return
+
+    def entrypoint_name() -> str:
+        return unicode_text(original())
+
+    entrypoint_name.polyspell_utf8 = True  # type: ignore[attr-defined]
+    utils.get_entrypoint_name = entrypoint_name
 
 
 def _start_local_ray(ray: Any) -> threading.Event:

@@ -236,3 +236,31 @@ def test_a_local_ray_is_started_whatever_the_environment_names(tmp_path: Path) -
                               "RAY_ADDRESS": f"127.0.0.1:{closed}"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "succeeded"
+
+
+def test_a_command_line_that_is_not_utf8_does_not_stop_ray_from_starting(
+        tmp_path: Path) -> None:
+    """Ray names the driver's job by its command line, which it sends as UTF-8: a file
+    name that is not UTF-8 there (``polyspell plan café/plan.toml`` in Latin-1) made the
+    local Ray fail to start."""
+    import os
+    import subprocess
+    import sys
+
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    os.mkdir(folder)
+    script = os.path.join(folder, b"agent.lua")
+    with open(script, "wb") as file:
+        file.write(b"return 1\n")
+    plan = os.path.join(folder, b"plan.toml")
+    with open(plan, "wb") as file:
+        file.write(b'[[task]]\nid = "t"\nscript = "agent.lua"\n')
+    root = Path(__file__).resolve().parent.parent
+    code = ("import sys\nfrom host import Coordinator\n"
+            "with Coordinator(executor='ray', on_output=lambda task, line: None) as c:\n"
+            "    print(c.run(sys.argv[1]).outcome)\n")
+    out = subprocess.run([os.fsencode(sys.executable), b"-c", code.encode(), plan],
+                         capture_output=True, timeout=240, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr[-3000:].decode(errors="replace")
+    assert out.stdout.decode().strip().splitlines()[-1] == "succeeded"
