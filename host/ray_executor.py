@@ -288,6 +288,14 @@ class TryRunner:
                 yield ("batch", _queued(items))
             yield ("done", ending.result())
         finally:
+            if not ending.done():  # the stream was cancelled (ray.cancel): so is the run,
+                # whose cleanup (on_cancel, signal) runs here; the stop the driver sends
+                # after it (its own reason) would find no run
+                from bridge import AsyncExecutionError
+
+                run.cancel(self._stops.pop(key, None) or AsyncExecutionError.TaskCancelled(
+                    task_id=task_id or key, reason="its Ray task was cancelled",
+                    cancellation_source="caller"), announce=False)
             self._runs.pop(key, None)
             self._streams.pop(run.correlation_id, None)
 

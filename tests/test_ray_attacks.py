@@ -264,3 +264,44 @@ def test_a_command_line_that_is_not_utf8_does_not_stop_ray_from_starting(
                          env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr[-3000:].decode(errors="replace")
     assert out.stdout.decode().strip().splitlines()[-1] == "succeeded"
+
+
+# -- a plan its caller cancels ---------------------------------------------------------------
+
+
+@tool
+def mark(path: str) -> bool:
+    """Touch ``path``, then take a short nap (a tool call in a loop)."""
+    Path(path).touch()
+    time.sleep(0.05)
+    return True
+
+
+def test_a_plan_its_caller_cancels_stops_the_script_on_the_worker(
+        tmp_path: Path, ray_executor: RayExecutor) -> None:
+    """The caller gives up on the plan (an anyio cancel): Ray cancels the try's stream
+    first, and the stop the coordinator sends next found no run on the actor: the script
+    went on calling its tools on the worker until its engine's time limit (minutes)."""
+    import anyio
+
+    started = tmp_path / "started"
+    script = tmp_path / "loop.lua"
+    script.write_text(f"while true do tools.mark{{path = {str(started)!r}}} end\n")
+
+    async def main() -> None:
+        with Coordinator([mark], executor=ray_executor,
+                         on_output=lambda task, line: None) as coordinator:
+            async with anyio.create_task_group() as group:
+                group.start_soon(coordinator.arun, [Task(id="loop", script=str(script),
+                                                         timeout=120)])
+                while not started.exists():
+                    await anyio.sleep(0.05)
+                group.cancel_scope.cancel()
+
+    anyio.run(main)
+    for _ in range(60):  # the script stops at its next tool call: no more marks
+        started.unlink(missing_ok=True)
+        time.sleep(0.5)  # (a slow worker can only make this pass late, never fail)
+        if not started.exists():
+            break
+    assert not started.exists()
