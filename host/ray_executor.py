@@ -207,14 +207,24 @@ _output_to: contextvars.ContextVar[Callable[[str], None] | None] = \
 
 
 BATCH = 1000  # the most lines and events one item of a try's stream carries
+BATCH_CHARS = 4 * 2**20  # and the most characters of lines (a Ray object each, in memory)
 
 
-def _queued(items: asyncio.Queue[Any]) -> list[Any]:
-    """What ``items`` holds now (:data:`BATCH` at most), taken out of it."""
+def _queued(items: asyncio.Queue[Any], chars: int = 0) -> list[Any]:
+    """What ``items`` holds now, taken out of it: :data:`BATCH` items at most, and no
+    more once their lines hold :data:`BATCH_CHARS` characters (``chars`` already)."""
     batch = []
-    while len(batch) < BATCH and not items.empty():
-        batch.append(items.get_nowait())
+    while len(batch) < BATCH and chars < BATCH_CHARS and not items.empty():
+        item = items.get_nowait()
+        if item[0] == "out":
+            chars += len(item[1])
+        batch.append(item)
     return batch
+
+
+def _batch(first: Any, items: asyncio.Queue[Any]) -> tuple[str, list[Any]]:
+    """``first`` and what is queued after it (see :func:`_queued`), as one stream item."""
+    return ("batch", [first, *_queued(items, len(first[1]) if first[0] == "out" else 0)])
 
 
 class TryRunner:
@@ -279,7 +289,7 @@ class TryRunner:
                 if item not in done:
                     item.cancel()
                     break
-                yield ("batch", [item.result(), *_queued(items)])
+                yield _batch(item.result(), items)
             hooks = self._host.hooks
             if hooks is not None:  # the observers have told the run's last events
                 await asyncio.to_thread(hooks.catch_up)

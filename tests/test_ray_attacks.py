@@ -305,3 +305,31 @@ def test_a_plan_its_caller_cancels_stops_the_script_on_the_worker(
         if not started.exists():
             break
     assert not started.exists()
+
+
+def test_long_lines_travel_in_batches_of_bounded_size(tmp_path: Path) -> None:
+    """A batch of queued lines is one Ray object: 1,000 lines of a megabyte each would be
+    a gigabyte in one; a batch stops at BATCH_CHARS characters of lines."""
+    import asyncio
+
+    from host.ray_executor import BATCH_CHARS, HostRecipe, TryRunner
+
+    done = tmp_path / "done"
+    source = ("local line = string.rep('x', 2^20)\nfor i = 1, 12 do print(line) end\n"
+              f"tools.flooded{{done = {str(done)!r}}}\nreturn 1\n")
+    runner = TryRunner(HostRecipe(tools=[flooded], memory_mb=64, stack_kb=256,
+                                  sandbox="constrained"))
+
+    async def read() -> list[Any]:
+        stream = runner.run("k", str(tmp_path / "long.lua"), source, "lua", None, 60.0,
+                            None, None)
+        items = [await stream.__anext__()]
+        while not done.exists():
+            await asyncio.sleep(0.01)
+        items += [item async for item in stream]
+        return items
+
+    batches = [item[1] for item in asyncio.run(read()) if item[0] == "batch"]
+    sizes = [sum(len(rest[0]) for kind, *rest in batch if kind == "out") for batch in batches]
+    assert sum(sizes) == 12 * 2**20
+    assert max(sizes) <= BATCH_CHARS + 2**20
