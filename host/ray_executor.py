@@ -371,6 +371,10 @@ class RayExecutor(Executor):
         ray = _ray()
         if self.address is not None:
             _reachable(self.address)
+            if self.address.startswith("ray://") and _client_missing(ray):
+                raise ConfigurationError.Missing(
+                    key=f"ray[client] (a ray:// address, {self.address[:200]}, needs Ray "
+                        "Client: pip install 'ray[client]')")
         _utf8_entrypoint(ray)
         if not ray.is_initialized():  # else: the cluster this process joined already
             if self.address is None:
@@ -527,6 +531,12 @@ def loopback_only(ray: Any) -> None:
     Ray starts (which inherit the environment)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _client_missing(ray: Any) -> bool:
+    """Whether Ray Client (``ray[client]``, which ``ray://`` addresses need) is missing."""
+    check = getattr(ray._private.utils, "get_ray_client_dependency_error", None)
+    return check is not None and check() is not None
 
 
 def _utf8_entrypoint(ray: Any) -> None:

@@ -333,3 +333,15 @@ def test_long_lines_travel_in_batches_of_bounded_size(tmp_path: Path) -> None:
     sizes = [sum(len(rest[0]) for kind, *rest in batch if kind == "out") for batch in batches]
     assert sum(sizes) == 12 * 2**20
     assert max(sizes) <= BATCH_CHARS + 2**20
+
+
+def test_a_ray_client_url_without_ray_client_is_a_configuration_error() -> None:
+    """``ray://`` needs Ray Client (``ray[client]``): without it, what to install is
+    ``configuration/missing``, not a ``network/connection`` failure to an address."""
+    from ray._private.utils import get_ray_client_dependency_error
+
+    if get_ray_client_dependency_error() is None:
+        pytest.skip("Ray Client is installed here")
+    with pytest.raises(ConfigurationError.Missing) as caught:
+        RayExecutor("ray://127.0.0.1:10001").connect()
+    assert "ray[client]" in str(caught.value)
