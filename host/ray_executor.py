@@ -382,10 +382,14 @@ class RayExecutor(Executor):
                 self._keeper = _start_local_ray(ray)
                 self._started = True
             else:
+                parts = _host_port(self.address)
+                if parts is not None and _is_loopback(parts[0]):
+                    loopback_only(ray)  # else Ray rewrites it to the outward address
                 try:
                     ray.init(address=self.address, configure_logging=False,
                              log_to_driver=False)
-                except (ConnectionError, RuntimeError, ValueError) as exc:
+                except (ConnectionError, RuntimeError, ValueError,
+                        ray.exceptions.RayError) as exc:  # (a cluster's token refused)
                     raise NetworkError.Connection(endpoint=self.address,
                                                   reason=str(exc)[:500]) from exc
         self._ray = ray
@@ -531,6 +535,18 @@ def loopback_only(ray: Any) -> None:
     Ray starts (which inherit the environment)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback address."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _client_missing(ray: Any) -> bool:
