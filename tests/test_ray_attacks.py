@@ -394,3 +394,6 @@ def test_a_cluster_on_the_loopback_address_is_joined_there(tmp_path: Path) -> No
                     proc.kill()
                 except psutil.Error:
                     pass
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
