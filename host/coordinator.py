@@ -429,8 +429,11 @@ class Coordinator:
         host = self._host_for(plan)
         executor = self._executor_for(plan)
         executor.prepare(self, plan, host)
-        execution = _Execution(self, plan, host, executor)
-        await execution.run()
+        try:
+            execution = _Execution(self, plan, host, executor)
+            await execution.run()
+        finally:
+            executor.finish(host)
         report = execution.report()
         if raise_on_failure and report.outcome != "succeeded":
             raise report.to_error()  # type: ignore[misc]

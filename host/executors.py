@@ -66,6 +66,9 @@ class Executor(ABC):
         engine's time limit after ``timeout`` seconds at the latest; a Lua script runs on
         ``lua_version`` (None: the host's)."""
 
+    def finish(self, host: Host) -> None:  # noqa: B027 - nothing held per plan here
+        """The plan :meth:`prepare` accepted with ``host`` has ended (every task done)."""
+
     def close(self) -> None:  # noqa: B027 - nothing to release here
         """Release what the executor holds (connections, remote workers)."""
 

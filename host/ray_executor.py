@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bridge import ConfigurationError, NetworkError, SpellError
+from bridge import ConfigurationError, NetworkError, ResourceError, SpellError
+from bridge.jsontext import unicode_text
 from host.control import RunControl
 from host.executors import Executor, TaskRun
 from host.history import RecoveryHistory
@@ -208,6 +209,27 @@ _output_to: contextvars.ContextVar[Callable[[str], None] | None] = \
     contextvars.ContextVar("polyspell_remote_output", default=None)
 
 
+BATCH = 1000  # the most lines and events one item of a try's stream carries
+BATCH_CHARS = 4 * 2**20  # and the most characters of lines (a Ray object each, in memory)
+
+
+def _queued(items: asyncio.Queue[Any], chars: int = 0) -> list[Any]:
+    """What ``items`` holds now, taken out of it: :data:`BATCH` items at most, and no
+    more once their lines hold :data:`BATCH_CHARS` characters (``chars`` already)."""
+    batch = []
+    while len(batch) < BATCH and chars < BATCH_CHARS and not items.empty():
+        item = items.get_nowait()
+        if item[0] == "out":
+            chars += len(item[1])
+        batch.append(item)
+    return batch
+
+
+def _batch(first: Any, items: asyncio.Queue[Any]) -> tuple[str, list[Any]]:
+    """``first`` and what is queued after it (see :func:`_queued`), as one stream item."""
+    return ("batch", [first, *_queued(items, len(first[1]) if first[0] == "out" else 0)])
+
+
 class TryRunner:
     """A polyspell host on a Ray worker: runs tries and streams back what they print and
     how they ended (made a Ray actor by :class:`RayExecutor`)."""
@@ -240,7 +262,9 @@ class TryRunner:
     async def run(self, key: str, script: str, source: str, language: str, args: Any,
                   timeout: float, lua_version: str | None, task_id: str | None,
                   plan_id: str | None) -> Any:
-        """Run one try; yields ``("out", line)`` items, then ``("done", outcome)``."""
+        """Run one try; yields ``("batch", [("out", line) | ("event", ...), ...])`` items
+        (what was queued when the stream was read: each item of a Ray generator is a
+        round trip of its own), then ``("done", outcome)``."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[Any] = asyncio.Queue()
 
@@ -270,15 +294,23 @@ class TryRunner:
                 if item not in done:
                     item.cancel()
                     break
-                yield item.result()
+                yield _batch(item.result(), items)
             hooks = self._host.hooks
             if hooks is not None:  # the observers have told the run's last events
                 await asyncio.to_thread(hooks.catch_up)
                 await asyncio.sleep(0)  # (their sends land in the queue)
             while not items.empty():
-                yield items.get_nowait()
+                yield ("batch", _queued(items))
             yield ("done", ending.result())
         finally:
+            if not ending.done():  # the stream was cancelled (ray.cancel): so is the run,
+                # whose cleanup (on_cancel, signal) runs here; the stop the driver sends
+                # after it (its own reason) would find no run
+                from bridge import AsyncExecutionError
+
+                run.cancel(self._stops.pop(key, None) or AsyncExecutionError.TaskCancelled(
+                    task_id=task_id or key, reason="its Ray task was cancelled",
+                    cancellation_source="caller"), announce=False)
             self._runs.pop(key, None)
             self._streams.pop(run.correlation_id, None)
 
@@ -320,9 +352,13 @@ class RayExecutor(Executor):
             raise ConfigurationError.InvalidValue(
                 key="ray_address", value=repr(address)[:200],
                 reason="a Ray address is 'auto' or 'host:port'")
+        if address is not None:
+            _host_port(address)  # a malformed one is refused here, before anything runs
         self.address = address
         self._ray: Any = None
         self._started = False  # whether this executor started the local Ray it uses
+        self._keeper: threading.Event | None = None  # set: the local Ray's thread may end
+        self._plans = 0  # plans running on the actors (made for one host, the last's)
         self._actors: list[Any] = []
         self._busy: list[int] = []
         self._recipe_key: Any = None
@@ -343,18 +379,25 @@ class RayExecutor(Executor):
         os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
         if self.address is not None:
             _reachable(self.address)
+            if self.address.startswith("ray://") and _client_missing(ray):
+                raise ConfigurationError.Missing(
+                    key=f"ray[client] (a ray:// address, {self.address[:200]}, needs Ray "
+                        "Client: pip install 'ray[client]')")
+        _utf8_entrypoint(ray)
         if not ray.is_initialized():  # else: the cluster this process joined already
             if self.address is None:
                 loopback_only(ray)
-                ray.init(num_cpus=os.cpu_count() or 1, _node_ip_address="127.0.0.1",
-                         include_dashboard=False, configure_logging=False,
-                         log_to_driver=False)
+                self._keeper = _start_local_ray(ray)
                 self._started = True
             else:
+                parts = _host_port(self.address)
+                if parts is not None and _is_loopback(parts[0]):
+                    loopback_only(ray)  # else Ray rewrites it to the outward address
                 try:
                     ray.init(address=self.address, configure_logging=False,
                              log_to_driver=False)
-                except (ConnectionError, RuntimeError, ValueError) as exc:
+                except (ConnectionError, RuntimeError, ValueError,
+                        ray.exceptions.RayError) as exc:  # (a cluster's token refused)
                     raise NetworkError.Connection(endpoint=self.address,
                                                   reason=str(exc)[:500]) from exc
         self._ray = ray
@@ -382,8 +425,26 @@ class RayExecutor(Executor):
                        "Ray worker")
         ray = self.connect()
         key = (id(coordinator), tuple(plan.tools), tuple(plan.libraries), plan.base_dir)
-        if key == self._recipe_key and self._actors:
-            return
+        with self._lock:
+            if key == self._recipe_key and self._actors:  # the same host: its actors
+                self._plans += 1
+                return
+            if self._plans:  # the actors are another host's, and a plan runs on them
+                raise ResourceError.PoolExhausted(
+                    pool="this RayExecutor's workers (made for another plan's host, whose "
+                         "plan is running: run the plans one after the other, or each "
+                         "coordinator with its own cluster)", capacity=len(self._actors))
+            self._plans = 1  # this plan's, from now (a second one waits for none)
+        try:
+            self._make_actors(ray, coordinator, plan, key, hooks)
+        except BaseException:
+            with self._lock:
+                self._plans = 0
+            raise
+
+    def _make_actors(self, ray: Any, coordinator: Coordinator, plan: Plan, key: Any,
+                     hooks: Any) -> None:
+        """End the actors of the last plan's host; make those of ``plan``'s."""
         recipe = coordinator.recipe(plan)
         if hooks is not None:
             recipe.observed = {point: hooks.wants_successes(point)
@@ -426,11 +487,20 @@ class RayExecutor(Executor):
         return RemoteRun(self, host, str(script), _read_script(script), language, args,
                          timeout, lua_version)
 
+    def finish(self, host: Host) -> None:
+        """A plan :meth:`prepare` let run has ended: another host's may replace its
+        actors."""
+        with self._lock:
+            self._plans = max(0, self._plans - 1)
+
     def close(self) -> None:
         self._end_actors()
+        self._plans = 0
         if self._started and self._ray is not None:
             self._ray.shutdown()
-        self._ray, self._started = None, False
+        if self._keeper is not None:  # its thread may end now: Ray's processes are gone
+            self._keeper.set()
+        self._ray, self._started, self._keeper = None, False, None
 
     def _end_actors(self) -> None:
         for actor in self._actors:
@@ -486,19 +556,112 @@ def loopback_only(ray: Any) -> None:
     ray._private.ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback address."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _client_missing(ray: Any) -> bool:
+    """Whether Ray Client (``ray[client]``, which ``ray://`` addresses need) is missing."""
+    check = getattr(ray._private.utils, "get_ray_client_dependency_error", None)
+    return check is not None and check() is not None
+
+
+def _utf8_entrypoint(ray: Any) -> None:
+    """Make the name Ray gives this driver's job (its command line, read from
+    ``/proc``) text UTF-8 can encode: Ray sends it as UTF-8, and a file name that is not
+    UTF-8 on the command line (surrogate escapes) made ``ray.init`` fail. Once per
+    process; only the job's displayed name changes (U+FFFD for each such byte)."""
+    utils = ray._private.utils
+    original = getattr(utils, "get_entrypoint_name", None)
+    if original is None or getattr(original, "polyspell_utf8", False):
+        return
+
+    def entrypoint_name() -> str:
+        return unicode_text(original())
+
+    entrypoint_name.polyspell_utf8 = True  # type: ignore[attr-defined]
+    utils.get_entrypoint_name = entrypoint_name
+
+
+def _start_local_ray(ray: Any) -> threading.Event:
+    """Start a local Ray (on the loopback address) from a thread of its own, which lives
+    until the returned event is set (:meth:`RayExecutor.close`, after ``ray.shutdown``).
+
+    Ray's processes are started with Linux's parent-death signal, which fires when the
+    *thread* that started them ends, not the process: a local Ray started by a plan run
+    from a short-lived thread (a web server's request) would die with it, and Ray then
+    ends the whole process when it cannot reach its GCS."""
+    done = threading.Event()
+    keep = threading.Event()
+    failure: list[BaseException] = []
+
+    def keeper() -> None:
+        try:  # "local": a new Ray, whatever Ray's discovery finds (RAY_ADDRESS, a cluster
+            # someone started on this machine with `ray start`)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1,
+                     _node_ip_address="127.0.0.1", include_dashboard=False,
+                     configure_logging=False, log_to_driver=False)
+        except BaseException as exc:  # handed to the thread that asked
+            failure.append(exc)
+            done.set()
+            return
+        done.set()
+        keep.wait()
+
+    threading.Thread(target=keeper, name="polyspell-local-ray", daemon=True).start()
+    done.wait()
+    if failure:
+        from bridge import SpellRuntimeError
+
+        exc = failure[0]
+        if isinstance(exc, SpellError) or not isinstance(exc, Exception):
+            raise exc
+        raise SpellRuntimeError.RemoteFailed(
+            executor="ray", reason=f"a local Ray did not start: {type(exc).__name__}: "
+                                   f"{str(exc)[:300]}", cause=exc)
+    return keep
+
+
 def _reachable(address: str) -> None:
     """An explicit ``host:port`` that does not answer: ``network/connection`` at once."""
-    if address == "auto" or address.startswith(("ray://", "anyscale://")):
+    parts = _host_port(address)
+    if parts is None:
         return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigurationError.InvalidValue(key="ray_address", value=address,
-                                              reason="a Ray address is 'auto' or 'host:port'")
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT).close()
+        socket.create_connection(parts, timeout=CONNECT_TIMEOUT).close()
     except OSError as exc:
         raise NetworkError.Connection(endpoint=address, reason=exc.strerror or str(exc)) \
             from None
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """The host and port of ``address`` as Ray reads it (``host:port``, an IPv6 host in
+    brackets: ``[::1]:6379``); None for ``"auto"`` and client URLs (``ray://``), which
+    Ray resolves itself. Anything else (no port, a port out of 1-65535 or not in ASCII
+    digits, an IPv6 host without brackets) is ``configuration/invalid_value``."""
+    if address == "auto" or address.startswith(("ray://", "anyscale://")):
+        return None
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ok = ":" in host
+    else:
+        ok = ":" not in host  # an IPv6 host needs its brackets: where would its port be?
+    number = int(port) if port.isascii() and port.isdigit() and len(port) <= 5 else 0
+    if not (ok and host and 1 <= number <= 65535):
+        raise ConfigurationError.InvalidValue(
+            key="ray_address", value=address[:200],
+            reason=f"{address[:200]!r} is not a Ray address: 'auto', 'host:port' or "
+                   "'[IPv6]:port', the port a number from 1 to 65535")
+    return host, number
 
 
 def _actor_failure(exc: BaseException, node: str = "") -> SpellError:
@@ -562,12 +725,14 @@ class RemoteRun:
                                                           abandon_on_cancel=True)
                     if item is None:
                         break
-                    if item[0] == "out":
-                        self._host.on_output(item[1])
-                    elif item[0] == "event":
-                        self._observe(item[1], item[2], item[3])
-                    else:
+                    if item[0] == "done":
                         outcome = item[1]
+                        continue
+                    for kind, *data in item[1]:
+                        if kind == "out":
+                            self._host.on_output(data[0])
+                        else:
+                            self._observe(*data)
             except anyio.get_cancelled_exc_class():
                 ray.cancel(stream, force=False)
                 raise

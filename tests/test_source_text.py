@@ -7,6 +7,7 @@ Real engines and real files; the end-to-end tests run in both isolation modes.
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from pathlib import Path
 
@@ -185,3 +186,28 @@ def test_the_cli_shows_the_hint_under_the_message(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "attempt to index a nil value (global 'io')" in done.stderr
     assert "\n    (this is polyspell's sandbox: io is removed;" in done.stderr
+
+
+# -- a file name that is not UTF-8 (red team) ---------------------------------------------
+
+
+@pytest.mark.usefixtures("isolation")
+def test_a_latin1_file_name_is_recorded_by_the_monitor(tmp_path: Path) -> None:
+    """Python carries a file name that is not UTF-8 with surrogate escapes; SQLite (text
+    is UTF-8) must not see them: the error is recorded, its name with U+FFFD."""
+    from host.monitor import Monitor
+
+    folder = os.fsdecode(bytes(tmp_path)) + os.fsdecode(b"/caf\xe9")
+    os.mkdir(folder)
+    script = Path(folder) / "agent.lua"
+    script.write_bytes(b'error("boom")\n')
+    monitor = Monitor(tmp_path / "errors.db")
+    try:
+        with quiet_host(monitor=monitor) as host, pytest.raises(ScriptError):
+            host.run(script)
+        assert monitor.flush()
+        (record,) = monitor.store.records(limit=10)
+        assert record["file"].endswith("caf\ufffd/agent.lua")
+        assert "caf\ufffd/agent.lua" in record["message"]
+    finally:
+        monitor.close()

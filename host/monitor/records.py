@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bridge import Severity, SpellError
+from bridge.jsontext import unicode_text
 
 RECORD_KEYS = (
     "id", "timestamp", "code", "category", "kind", "severity", "message", "component",
@@ -114,6 +115,10 @@ def make_record(err: SpellError, *, handled: bool = False, recovered: bool = Fal
         name = err.fields.get("tool_name")
         tool = name if isinstance(name, str) else None
     component = component_of(err, tool)
+    # the columns are text a store writes as UTF-8: a name Python read with surrogate
+    # escapes (a file name that is not UTF-8) or a careless tool's lone surrogate as U+FFFD
+    file, function, tool, component = (
+        _text(file), _text(function), _text(tool), _text(component))
     context = err.context
     custom = context.metadata.get("fingerprint")
     if not (isinstance(custom, list) and all(isinstance(p, str) for p in custom)):
@@ -126,7 +131,7 @@ def make_record(err: SpellError, *, handled: bool = False, recovered: bool = Fal
         "category": err.category,
         "kind": err.kind,
         "severity": str(err.severity),
-        "message": err.message[:MAX_MESSAGE],
+        "message": unicode_text(err.message[:MAX_MESSAGE]),
         "component": component,
         "engine": engine,
         "tool": tool,
@@ -144,6 +149,11 @@ def make_record(err: SpellError, *, handled: bool = False, recovered: bool = Fal
         "impact": impact(err.severity, handled=handled, recovered=recovered),
         "error": data,
     }
+
+
+def _text(value: Any) -> Any:
+    """``value`` as UTF-8 can encode it when it is text (see :func:`unicode_text`)."""
+    return unicode_text(value) if isinstance(value, str) else value
 
 
 def iso(timestamp: float) -> str:

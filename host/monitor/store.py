@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import StorageError
-from bridge.jsontext import json_bytes
+from bridge.jsontext import json_bytes, unicode_text
 from host.hooks.points import DURATION_BUCKETS
 from host.monitor.records import RECORD_KEYS
 
@@ -243,7 +243,10 @@ class Store:
         counted: dict[tuple[int, str, str, str], list[float]] = {}
         timed: dict[tuple[int, str, str, float], int] = {}
         for when, what, name, engine, count, failures, seconds, *buckets in counts:
-            key = (int(when // 3600), what, name, engine or "")
+            # a name is text SQLite writes as UTF-8: a script's file name that is not
+            # UTF-8 (surrogate escapes) as U+FFFD, as its records have it
+            key = (int(when // 3600), what, unicode_text(name) if isinstance(name, str)
+                   else name, engine or "")
             total = counted.setdefault(key, [0, 0, 0.0])
             total[0] += count
             total[1] += failures
