@@ -451,15 +451,15 @@ class RayExecutor(Executor):
                                for point, registered in hooks.by_point.items()
                                if registered and point not in DRIVER_POINTS}
         self._end_actors()
-        count = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if self._actor_class is None:
             # one retry layer, polyspell's: Ray's stays off. No CPU held for the actor's
             # life (num_cpus=0), so plans of several drivers share a cluster instead of
-            # waiting for each other's idle actors; SPREAD places them across the nodes.
+            # waiting for each other's idle actors; SPREAD for a replacement.
             self._actor_class = ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0,
                                            scheduling_strategy="SPREAD")(TryRunner)
         try:
-            actors = [self._actor_class.remote(recipe) for _ in range(count)]
+            actors = [self._actor_class.options(scheduling_strategy=place).remote(recipe)
+                      for place in _placements(ray)]
         except Exception as exc:  # cloudpickle refused something in it
             raise ConfigurationError.InvalidValue(
                 key="tools", value=type(exc).__name__,
@@ -472,7 +472,7 @@ class RayExecutor(Executor):
             for a in actors:
                 ray.kill(a)
             raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
-        self._actors, self._busy = actors, [0] * count
+        self._actors, self._busy = actors, [0] * len(actors)
         self._recipe_key, self._recipe = key, recipe
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
@@ -662,6 +662,18 @@ def _host_port(address: str) -> tuple[str, int] | None:
             reason=f"{address[:200]!r} is not a Ray address: 'auto', 'host:port' or "
                    "'[IPv6]:port', the port a number from 1 to 65535")
     return host, number
+
+
+def _placements(ray: Any) -> list[Any]:
+    """Where a plan's actors go: as many on each live node as it has CPUs (at least one
+    actor in all), each pinned to its node softly (another node if it goes away first).
+    SPREAD alone balances only best-effort: two actors could share one node of two."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    places = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+              for node in ray.nodes() if node.get("Alive")
+              for _ in range(int(node.get("Resources", {}).get("CPU", 0)))]
+    return places or ["SPREAD"]
 
 
 def _actor_failure(exc: BaseException, node: str = "") -> SpellError:

@@ -95,8 +95,9 @@ def test_a_cluster_on_the_loopback_address_is_joined_there(tmp_path: Path) -> No
     import tempfile
 
     temp = Path(tempfile.mkdtemp(prefix="rt-ray-", dir="/tmp"))  # Ray's socket paths: short
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_AUTH_MODE": "disabled"}
+    # what an earlier local Ray of this test session left in the environment stays out
+    clean = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env = {**clean, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
     ray_cli = str(Path(sys.executable).with_name("ray"))
     subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
                     "--node-ip-address=127.0.0.1", "--include-dashboard=false",
@@ -113,7 +114,7 @@ def test_a_cluster_on_the_loopback_address_is_joined_there(tmp_path: Path) -> No
         try:
             out = subprocess.run([sys.executable, "-c", code, str(script)],
                                  capture_output=True, text=True, timeout=90, cwd=root,
-                                 env={**os.environ, "PYTHONPATH": str(root)})
+                                 env={**clean, "PYTHONPATH": str(root)})
         except subprocess.TimeoutExpired:
             pytest.fail("joining the loopback cluster never finished")
         assert out.returncode == 0, out.stderr[-3000:]
@@ -247,7 +248,7 @@ def test_a_flood_of_lines_travels_in_batches_whole_and_in_order(tmp_path: Path) 
                                   sandbox="constrained"))
 
     async def read() -> list[Any]:
-        stream = runner.run("k", str(tmp_path / "flood.lua"), source, "lua", None, 60.0,
+        stream = runner.run("k", str(tmp_path / "flood.lua"), source, "lua", None, 60.0, None,
                             None, None)
         items = [await stream.__anext__()]
         while not done.exists():  # everything printed is queued by now
@@ -374,7 +375,7 @@ def test_long_lines_travel_in_batches_of_bounded_size(tmp_path: Path) -> None:
                                   sandbox="constrained"))
 
     async def read() -> list[Any]:
-        stream = runner.run("k", str(tmp_path / "long.lua"), source, "lua", None, 60.0,
+        stream = runner.run("k", str(tmp_path / "long.lua"), source, "lua", None, 60.0, None,
                             None, None)
         items = [await stream.__anext__()]
         while not done.exists():
