@@ -466,13 +466,22 @@ class RayExecutor(Executor):
                 reason=f"the plan's host cannot travel to the Ray workers (its tools, "
                        f"recovery policies and config go by Ray's serialisation): "
                        f"{str(exc).splitlines()[0][:300] if str(exc) else exc!r}") from exc
-        try:
-            self.nodes = ray.get([a.ready.remote() for a in actors], timeout=READY_TIMEOUT)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
-            for a in actors:
-                ray.kill(a)
-            raise _actor_failure(exc)  # noqa: B904 - its cause is set: the Ray error
-        self._actors, self._busy = actors, [0] * len(actors)
+        # the actors that came up (one pinned to a node that went away meanwhile did not)
+        answers = [a.ready.remote() for a in actors]
+        ray.wait(answers, num_returns=len(answers), timeout=READY_TIMEOUT)
+        up, nodes, failure = [], [], None
+        for actor, answer in zip(actors, answers, strict=True):
+            try:
+                nodes.append(ray.get(answer, timeout=0))
+                up.append(actor)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
+                failure = failure or exc
+                ray.kill(actor)
+        if not up:
+            assert failure is not None
+            raise _actor_failure(failure)
+        self.nodes = nodes
+        self._actors, self._busy = up, [0] * len(up)
         self._recipe_key, self._recipe = key, recipe
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
@@ -666,11 +675,12 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 def _placements(ray: Any) -> list[Any]:
     """Where a plan's actors go: as many on each live node as it has CPUs (at least one
-    actor in all), each pinned to its node softly (another node if it goes away first).
-    SPREAD alone balances only best-effort: two actors could share one node of two."""
+    actor in all), each pinned to its node (one whose node goes away before it is up is
+    left out). SPREAD, or a soft affinity, balances only best-effort: both actors of a
+    two-node cluster were seen on one node."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    places = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=True)
+    places = [NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
               for node in ray.nodes() if node.get("Alive")
               for _ in range(int(node.get("Resources", {}).get("CPU", 0)))]
     return places or ["SPREAD"]
