@@ -319,19 +319,8 @@ class Host:
         For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
         task. ``timeout`` replaces the host's for this run, ``lua_version`` its Lua.
         """
-        if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
-            raise ConfigurationError.InvalidValue(
-                key="script", value=_preview(path),
-                reason=f"a script is the path of a file (str or Path), not "
-                f"{type(path).__name__}")
-        path = Path(path)
-        language = engines.language_for_path(path)
-        if language is None:
-            known = ", ".join(sorted(engines.EXTENSIONS))
-            raise ConfigurationError.InvalidValue(
-                key="script", value=str(path),
-                reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
-        run = self.new_run_source(_read_script(path), language, str(path), args,
+        code, language = read_script(path)
+        run = self.new_run_source(code, language, str(path), args,
                                   timeout=timeout, lua_version=lua_version)
         run.library_roots = self.libraries.roots_for(path)
         return run
@@ -568,12 +557,27 @@ def _check_health_checks(tools: ToolRegistry, policies: Mapping[str, ToolRecover
                 reason=f"{name}.breaker.health_check names a tool that {why}: {check!r}")
 
 
-def _read_script(path: Path) -> str:
+def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
+    """A script file's source and language (by its extension), as a run of it takes
+    them; a path that is not one, or of no known language, is
+    ``configuration/invalid_value``, a file that cannot be read ``load_failed``."""
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise ConfigurationError.InvalidValue(
+            key="script", value=_preview(path),
+            reason=f"a script is the path of a file (str or Path), not "
+            f"{type(path).__name__}")
+    path = Path(path)
+    language = engines.language_for_path(path)
+    if language is None:
+        known = ", ".join(sorted(engines.EXTENSIONS))
+        raise ConfigurationError.InvalidValue(
+            key="script", value=str(path),
+            reason=f"cannot tell the language of {path.name!r} (known extensions: {known})")
     from host.libraries import decode_source
 
     check_file(path)
     try:
-        return decode_source(path.read_bytes(), str(path))
+        return decode_source(path.read_bytes(), str(path)), language
     except OSError as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=exc.strerror or str(exc)) \
             from None

@@ -49,7 +49,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from bridge import ConfigurationError, NetworkError, ResourceError, SpellError
+from bridge import (
+    AsyncExecutionError,
+    ConfigurationError,
+    NetworkError,
+    ResourceError,
+    SpellError,
+    SpellRuntimeError,
+)
 from bridge.jsontext import unicode_text
 from host.control import RunControl
 from host.executors import Executor, TaskRun
@@ -306,8 +313,6 @@ class TryRunner:
             if not ending.done():  # the stream was cancelled (ray.cancel): so is the run,
                 # whose cleanup (on_cancel, signal) runs here; the stop the driver sends
                 # after it (its own reason) would find no run
-                from bridge import AsyncExecutionError
-
                 run.cancel(self._stops.pop(key, None) or AsyncExecutionError.TaskCancelled(
                     task_id=task_id or key, reason="its Ray task was cancelled",
                     cancellation_source="caller"), announce=False)
@@ -486,15 +491,11 @@ class RayExecutor(Executor):
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
                 lua_version: str | None = None) -> TaskRun:
-        import engines
-        from host.host import _read_script
+        from host.host import read_script
 
-        language = engines.language_for_path(script)
-        if language is None:
-            raise ConfigurationError.InvalidValue(
-                key="script", value=str(script), reason="cannot tell the language of the script")
-        return RemoteRun(self, host, str(script), _read_script(script), language, args,
-                         timeout, lua_version)
+        source, language = read_script(script)  # here: the script travels by content
+        return RemoteRun(self, host, str(script), source, language, args, timeout,
+                         lua_version)
 
     def finish(self, host: Host) -> None:
         """A plan :meth:`prepare` let run has ended: another host's may replace its
@@ -539,8 +540,6 @@ class RayExecutor(Executor):
         """The least busy actor, counted busy one more time, and its node."""
         with self._lock:
             if not self._actors:
-                from bridge import SpellRuntimeError
-
                 raise SpellRuntimeError.RemoteFailed(
                     executor="ray", reason="no Ray worker is left to run the task")
             index = min(range(len(self._busy)), key=self._busy.__getitem__)
@@ -628,8 +627,6 @@ def _start_local_ray(ray: Any) -> threading.Event:
     threading.Thread(target=keeper, name="polyspell-local-ray", daemon=True).start()
     done.wait()
     if failure:
-        from bridge import SpellRuntimeError
-
         exc = failure[0]
         if isinstance(exc, SpellError) or not isinstance(exc, Exception):
             raise exc
@@ -689,8 +686,6 @@ def _placements(ray: Any) -> list[Any]:
 def _actor_failure(exc: BaseException, node: str = "") -> SpellError:
     """A Ray failure as ``runtime/remote_failed`` (retryable), the Ray error its cause; an
     error the worker's host raised while it was made is that error."""
-    from bridge import SpellRuntimeError
-
     cause = getattr(exc, "cause", None)
     if isinstance(cause, SpellError):
         return cause
