@@ -191,6 +191,15 @@ class Failed:
 Step = Suspended | Finished | Failed
 
 
+SANDBOX_HINT_START = "(this is polyspell's sandbox: "
+
+
+def sandbox_hint(text: str) -> str:
+    """The one line an error gets when a script ran into something the sandbox leaves out
+    (every engine's, and the host's for modules): ``text`` says what, and what to do."""
+    return f"{SANDBOX_HINT_START}{text})"
+
+
 def crossing_error(problem: Problem, source: str, target: str) -> SpellError:
     """``script/cross_engine_communication``: a value of ``source``'s has no form ``target``
     can receive, as ``problem`` says (its message, and what was found there).

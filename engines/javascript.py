@@ -84,6 +84,7 @@ from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
 from engines import javascript_modules as modules
 from engines.base import (
+    SANDBOX_HINT_START,
     Engine,
     Failed,
     Finished,
@@ -900,7 +901,7 @@ class JavaScriptEngine(Engine):
 
 # What the sandbox leaves out of JavaScript, by the engine's own message: one line added
 # to it (as host.libraries does for Lua's require) saying so, and what to do instead.
-_SANDBOX = "(this is polyspell's sandbox: "
+_SANDBOX = SANDBOX_HINT_START
 _HINTS = {
     "ReferenceError: process is not defined": _SANDBOX + (
         "there is no process; a script gets its input as args (main(args)) and reaches "

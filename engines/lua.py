@@ -75,6 +75,7 @@ from engines.base import (
     ToolRequest,
     crossing_error,
     protocol_violation,
+    sandbox_hint,
 )
 from engines.specs import LUA
 from engines.specs import LUA_VERSIONS as _OFFERED
@@ -136,7 +137,7 @@ def _prelude_source(version: str) -> str:
 
 
 def _sandbox_line(removed: str, instead: str) -> str:
-    return f"(this is polyspell's sandbox: {removed}; {instead})"
+    return sandbox_hint(f"{removed}; {instead}")
 
 
 _TRUSTED = "or run a script you trust with --sandbox trusted"

@@ -46,7 +46,7 @@ import engines
 from bridge import ConfigurationError, SecurityError, SpellError
 from bridge.envelope import error_envelope
 from engines import ToolReply, ToolRequest
-from engines.base import protocol_violation
+from engines.base import protocol_violation, sandbox_hint
 
 MAX_MODULE_BYTES = 8 << 20  # a module's source: lodash is 0.5 MiB; 8 MiB is far past any
 MAX_NAME_LENGTH = 256  # characters of a module name
@@ -57,13 +57,13 @@ LUA_TEMPLATES = ("?.lua", "?/init.lua")
 # and the index files of a folder (see Libraries.resolve_js).
 JS_SUFFIXES = {"import": ("", ".mjs", ".js"), "require": ("", ".js", ".cjs", ".json")}
 JS_INDEX = {"import": ("index.mjs", "index.js"), "require": ("index.js",)}
-SANDBOX_HINT = ("(this is polyspell's sandbox: require searches only the library roots, "
-                "the script's folder and those given with --lib DIR, Host(libraries=[...]) "
-                "or libraries = [...] in a config file or plan)")
+SANDBOX_HINT = sandbox_hint(
+    "require searches only the library roots, the script's folder and those given with "
+    "--lib DIR, Host(libraries=[...]) or libraries = [...] in a config file or plan")
 
-JS_SANDBOX_HINT = ("(this is polyspell's sandbox: modules are looked for only in the library "
-                   "roots, the script's folder and those given with --lib DIR, "
-                   "Host(libraries=[...]) or libraries = [...] in a config file or plan)")
+JS_SANDBOX_HINT = sandbox_hint(
+    "modules are looked for only in the library roots, the script's folder and those given "
+    "with --lib DIR, Host(libraries=[...]) or libraries = [...] in a config file or plan")
 
 
 @dataclass(frozen=True)
