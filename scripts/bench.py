@@ -8,6 +8,12 @@
     python scripts/bench.py --only modules        # JavaScript import and require
     python scripts/bench.py --only ray            # plans on a local Ray against local
     python scripts/bench.py --only lua            # Lua 5.5, 5.4 and LuaJIT on CPU-bound work
+    python scripts/bench.py --only core           # tool calls, data, errors, start-up
+    python scripts/bench.py --json > run.json     # the same rows as strict JSON
+
+Rows with a ratio are compared with a naive host measured in the same run (lupa or
+quickjs calling a Python function, then the same pydantic validation): the ratio is the
+figure to read, the absolute median is information only, as the machine is shared.
 
 Timings on a shared machine are noisy: each row is the median of several repeats, and
 per-call costs are differences (a loop of N calls minus the same loop with no call), so
@@ -28,7 +34,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,6 +42,18 @@ sys.path.insert(0, str(ROOT))
 from engines import Limits, engine_class, make_engine  # noqa: E402
 from engines.process import WorkerPool  # noqa: E402
 from host import Breakers, CircuitBreaker, Host, Retry, hooks, tool  # noqa: E402
+
+
+class Row(NamedTuple):
+    """One line of the table: a median, its target, and where the row is compared with a
+    baseline measured in the same run, its ratio to that baseline."""
+
+    what: str
+    median: float
+    unit: str
+    target: str
+    ratio: float | None = None
+    baseline: str | None = None
 
 
 @tool
@@ -108,6 +126,79 @@ def raw_js_call(n: int) -> float:
     start = time.perf_counter()
     context.eval(f"let u = 0; for (let i = 0; i < {n}; i++) u += i + 1; u")
     return (with_calls - (time.perf_counter() - start)) / n
+
+
+AddParams = None  # the naive hosts' pydantic model of add's parameters, made once
+
+
+def add_params() -> Any:
+    """The pydantic model a naive host validates add's parameters with."""
+    global AddParams
+    if AddParams is None:
+        import pydantic
+
+        AddParams = pydantic.create_model("AddParams", a=(int, ...), b=(int, ...))
+    return AddParams
+
+
+def naive_lua_call(n: int) -> float:
+    """Seconds per tool call of a naive Lua host: lupa calls a registered Python function
+    with a table, which validates it with pydantic and returns the sum (no sandbox, no
+    limits, no unified errors)."""
+    import lupa.lua55 as lupa
+
+    model = add_params()
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+
+    def add_tool(table: Any) -> int:
+        params = model.model_validate(dict(table.items()))
+        return params.a + params.b
+
+    loop = runtime.eval("function(f, n) local t = 0 for i = 1, n do t = t + f{a = i, b = 1} "
+                        "end return t end")
+    empty = runtime.eval("function(n) local t = 0 for i = 1, n do t = t + i + 1 end "
+                         "return t end")
+    start = time.perf_counter()
+    assert loop(add_tool, n) == sum(range(2, n + 2))
+    with_calls = time.perf_counter() - start
+    start = time.perf_counter()
+    empty(n)
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def naive_js_call(n: int) -> float:
+    """Seconds per tool call of a naive JavaScript host: quickjs' add_callable receives
+    the parameters as JSON text, validated by pydantic, and returns the sum."""
+    import quickjs
+
+    model = add_params()
+    context = quickjs.Context()
+
+    def add_tool(text: str) -> int:
+        params = model.model_validate_json(text)
+        return params.a + params.b
+
+    context.add_callable("add", add_tool)
+    start = time.perf_counter()
+    total = context.eval(f"let t = 0; for (let i = 1; i <= {n}; i++) "
+                         "t += add(JSON.stringify({a: i, b: 1})); t")
+    with_calls = time.perf_counter() - start
+    assert total == sum(range(2, n + 2)), total
+    start = time.perf_counter()
+    context.eval(f"let u = 0; for (let i = 1; i <= {n}; i++) u += i + 1; u")
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def compared(what: str, unit: str, scale: float, target: str, repeats: int,
+             measure: Callable[[], float], baseline: str, naive: Callable[[], float]
+             ) -> list[Row]:
+    """A row and its naive baseline, measured in turn (one of each per repeat, so that
+    both see the same load), the row carrying its ratio to the baseline."""
+    pairs = [(measure(), naive()) for _ in range(repeats)]
+    ours = statistics.median(p for p, _ in pairs)
+    theirs = statistics.median(b for _, b in pairs)
+    return [Row(what, ours * scale, unit, target, ours / theirs, baseline),
+            Row(f"  {baseline}", theirs * scale, unit, "")]
 
 
 def ready_engine(language: str) -> float:
@@ -426,7 +517,7 @@ LUA_HOOK = "hooks.after_tool_call(function(ctx) end)\n"
 JS_HOOK = "hooks.afterToolCall((ctx) => {});\n"
 
 
-def coordinator_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def coordinator_rows(repeats: int) -> list[Row]:
     """The coordinator's rows of the table."""
     import tempfile
 
@@ -477,7 +568,7 @@ def pass_calls(ctx: hooks.ToolResultContext) -> None:
     """The smallest controller: answers Continue."""
 
 
-def hooks_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def hooks_rows(repeats: int) -> list[Row]:
     """What hooks add to a tool round trip, each against no hooks in the same run: Python
     hooks to a Lua one; a script's own after_tool_call hook (returning nothing) to its
     language's."""
@@ -520,7 +611,7 @@ def record_cost(host: Host, n: int) -> float:
     raise AssertionError("explode did not fail")
 
 
-def monitor_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def monitor_rows(repeats: int) -> list[Row]:
     """What a Monitor (host.monitor) adds: to a tool round trip when nothing fails, and to
     a failing call on the run's thread, each against no monitor in the same run."""
     import tempfile
@@ -704,7 +795,7 @@ def cli_errors(path: Path, *args: str) -> float:
     return time.perf_counter() - began
 
 
-def store_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def store_rows(repeats: int) -> list[Row]:
     """The error store: sustained writing (against schema 1's encoding in the same
     run), size per record, and statistics over a million records."""
     import tempfile
@@ -772,7 +863,7 @@ def cli_run_hello(isolation: str) -> float:
     return time.perf_counter() - began
 
 
-def isolation_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def isolation_rows(repeats: int) -> list[Row]:
     """Process isolation against thread mode, in the same run (issue 14's rows)."""
     rows = []
     us, ms = 1e6, 1e3
@@ -819,7 +910,7 @@ def module_run(host: Host, script: Path) -> float:
     return time.perf_counter() - began
 
 
-def modules_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def modules_rows(repeats: int) -> list[Row]:
     """JavaScript modules (issue 15): a run that brings a library in, against one that does
     not; mustache.js as vendored for the tests, and a graph of 200 small ES modules."""
     import shutil
@@ -885,7 +976,7 @@ def plan_memory(folder: Path, n: int, executor: Any) -> float:
     return max(peak[0], rss_mb()) - before
 
 
-def ray_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def ray_rows(repeats: int) -> list[Row]:
     """Plans on a local Ray (2 CPUs here) against the local executor (issue 16's rows)."""
     import tempfile
 
@@ -933,7 +1024,7 @@ def lua_cpu_seconds(host: Host, n: int) -> float:
     return time.perf_counter() - start
 
 
-def lua_versions_rows(repeats: int) -> list[tuple[str, float, str, str]]:
+def lua_versions_rows(repeats: int) -> list[Row]:
     """Each Lua version on CPU-bound work (issue 15): LuaJIT compiles only in a worker
     process (the host kills it at the deadline), interprets in thread mode (its count
     hook does not fire in compiled code, so the time limit needs the interpreter)."""
@@ -966,42 +1057,15 @@ def lua_versions_rows(repeats: int) -> list[tuple[str, float, str, str]]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["coordinator", "hooks", "monitor", "isolation",
-                                           "modules", "ray", "lua"],
-                        help="run only this section of the table")
-    options = parser.parse_args()
-    repeats = 3 if options.quick else 7
-    if options.only == "monitor":
-        print_table(repeats, monitor_rows(repeats) + store_rows(repeats))
-        return
-    if options.only == "coordinator":
-        print_table(repeats, coordinator_rows(repeats))
-        return
-    if options.only == "hooks":
-        print_table(repeats, hooks_rows(repeats))
-        return
-    if options.only == "isolation":
-        print_table(repeats, isolation_rows(repeats))
-        return
-    if options.only == "modules":
-        print_table(repeats, modules_rows(repeats))
-        return
-    if options.only == "ray":
-        print_table(repeats, ray_rows(repeats))
-        return
-    if options.only == "lua":
-        print_table(repeats, lua_versions_rows(repeats))
-        return
+def core_rows(repeats: int) -> list[Row]:
+    """Tool calls, errors and start-up, the rows most users feel."""
     host = Host([add, explode], on_output=lambda line: None)
 
-    rows: list[tuple[str, float, str, str]] = []
+    rows: list[Row] = []
     us, ms = 1e6, 1e3
-    rows.append(("tool round trip, Lua (sync tool, 2 params)",
-                 median_of(repeats, lambda: tool_round_trip(host, "lua", LUA_LOOP, 20_000)) * us,
-                 "us", "<= 10"))
+    rows += compared("tool round trip, Lua (sync tool, 2 params)", "us", us, "<= 3x",
+                     repeats, lambda: tool_round_trip(host, "lua", LUA_LOOP, 20_000),
+                     "naive host: lupa + pydantic", lambda: naive_lua_call(20_000))
     retrying = Host([add], on_output=lambda line: None,
                     recovery={"add": {"retry": {"attempts": 3}}})
     rows.append(("  the same tool with a retry policy (no retry)",
@@ -1016,9 +1080,9 @@ def main() -> None:
                  "us", "+ <= 1 or 10%"))
     rows.append(("  raw lupa Lua -> Python call",
                  median_of(repeats, lambda: raw_lua_call(200_000)) * us, "us", ""))
-    rows.append(("tool round trip, JS (sync tool, 2 params)",
-                 median_of(repeats, lambda: tool_round_trip(host, "javascript", JS_LOOP,
-                                                            20_000)) * us, "us", "<= 20"))
+    rows += compared("tool round trip, JS (sync tool, 2 params)", "us", us, "<= 3x",
+                     repeats, lambda: tool_round_trip(host, "javascript", JS_LOOP, 20_000),
+                     "naive host: quickjs + JSON + pydantic", lambda: naive_js_call(20_000))
     rows.append(("  raw quickjs JS -> Python call",
                  median_of(repeats, lambda: raw_js_call(200_000)) * us, "us", ""))
     for language, target in (("lua", "<= 0.5"), ("javascript", "<= 1")):
@@ -1055,6 +1119,45 @@ def main() -> None:
     rows.append(("polyspell run hello.lua, end to end",
                  median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
 
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--only", choices=["core", "coordinator", "hooks", "monitor",
+                                           "isolation", "modules", "ray", "lua"],
+                        help="run only this section of the table")
+    parser.add_argument("--json", action="store_true",
+                        help="print the rows as strict JSON (to compare two runs)")
+    options = parser.parse_args()
+    repeats = 3 if options.quick else 7
+    show = print_json if options.json else print_table
+    if options.only == "core":
+        show(repeats, core_rows(repeats))
+        return
+    if options.only == "monitor":
+        show(repeats, monitor_rows(repeats) + store_rows(repeats))
+        return
+    if options.only == "coordinator":
+        show(repeats, coordinator_rows(repeats))
+        return
+    if options.only == "hooks":
+        show(repeats, hooks_rows(repeats))
+        return
+    if options.only == "isolation":
+        show(repeats, isolation_rows(repeats))
+        return
+    if options.only == "modules":
+        show(repeats, modules_rows(repeats))
+        return
+    if options.only == "ray":
+        show(repeats, ray_rows(repeats))
+        return
+    if options.only == "lua":
+        show(repeats, lua_versions_rows(repeats))
+        return
+    rows = core_rows(repeats)
     rows += hooks_rows(repeats)
     rows += monitor_rows(repeats)
     rows += coordinator_rows(repeats)
@@ -1063,16 +1166,40 @@ def main() -> None:
     rows += modules_rows(repeats)
     rows += ray_rows(repeats)
     rows += lua_versions_rows(repeats)
-    print_table(repeats, rows)
+    show(repeats, rows)
 
 
-def print_table(repeats: int, rows: list[tuple[str, float, str, str]]) -> None:
-    print(f"polyspell bench: medians of {repeats} runs; Python {platform.python_version()}, "
-          f"{os.cpu_count()} cores, {platform.machine()} {platform.system()}")
-    print(f"| {'what':<46} | {'median':>9} | {'target':>7} |")
-    print(f"|{'-' * 48}|{'-' * 11}|{'-' * 9}|")
-    for name, value, unit, target in rows:
-        print(f"| {name:<46} | {value:>6.2f} {unit:<2} | {target:>7} |")
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on, and how busy it was."""
+    return {"python": platform.python_version(), "cores": os.cpu_count(),
+            "platform": f"{platform.machine()} {platform.system()}",
+            "load": [round(x, 2) for x in os.getloadavg()]}
+
+
+def print_table(repeats: int, rows: list[Row]) -> None:
+    """The rows as a Markdown table: a row's ratio to its baseline beside its median."""
+    about = machine()
+    print(f"polyspell bench: medians of {repeats} runs; Python {about['python']}, "
+          f"{about['cores']} cores, {about['platform']}, load {about['load'][0]}")
+    print(f"| {'what':<46} | {'ratio':>7} | {'median':>10} | {'target':>13} |")
+    print(f"|{'-' * 48}|{'-' * 9}|{'-' * 12}|{'-' * 15}|")
+    for row in (Row(*r) for r in rows):
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        print(f"| {row.what:<46} | {ratio:>7} | {row.median:>7.2f} {row.unit:<2} "
+              f"| {row.target:>13} |")
+
+
+def print_json(repeats: int, rows: list[Row]) -> None:
+    """The rows as one strict JSON object, for a script comparing two runs."""
+    import json
+    import math
+
+    def number(value: float | None) -> float | None:
+        return value if value is None or math.isfinite(value) else None
+
+    print(json.dumps({"repeats": repeats, "machine": machine(), "rows": [
+        {**row._asdict(), "median": number(row.median), "ratio": number(row.ratio)}
+        for row in (Row(*r) for r in rows)]}, allow_nan=False, indent=1))
 
 
 if __name__ == "__main__":
