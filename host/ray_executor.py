@@ -642,10 +642,44 @@ def _reachable(address: str) -> None:
     if parts is None:
         return
     try:
-        socket.create_connection(parts, timeout=CONNECT_TIMEOUT).close()
+        with socket.create_connection(parts, timeout=CONNECT_TIMEOUT) as sock:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("0", "false", ""):
+                problem = _not_grpc(sock)
+            else:
+                problem = None  # a TLS handshake comes first: Ray's own time-outs apply
     except OSError as exc:
         raise NetworkError.Connection(endpoint=address, reason=exc.strerror or str(exc)) \
             from None
+    if problem is not None:
+        # ray.init would wait for a GCS there for minutes
+        raise NetworkError.Connection(endpoint=address, reason=problem)
+
+
+# An HTTP/2 client's first words (RFC 9113, 3.4) and an empty SETTINGS frame
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _not_grpc(sock: socket.socket) -> str | None:
+    """Why the server on ``sock`` is not a Ray cluster's GCS (a gRPC server), or None.
+
+    A gRPC server answers an HTTP/2 client's preface with a SETTINGS frame of its own at
+    once; a server of another kind answers something else, or nothing."""
+    what = "it accepted a connection but did not answer as a Ray cluster (a GCS) "
+    try:
+        sock.sendall(_HTTP2_HELLO)
+        header = b""
+        while len(header) < 9:
+            chunk = sock.recv(9 - len(header))
+            if not chunk:
+                return what + "(it closed the connection)"
+            header += chunk
+    except TimeoutError:
+        return what + f"within {CONNECT_TIMEOUT:g} s"
+    except OSError as exc:
+        return what + f"({exc.strerror or exc})"
+    if header[3] != 4 or int.from_bytes(header[5:9], "big") & 0x7FFFFFFF != 0:
+        return what + "(it does not speak gRPC)"
+    return None
 
 
 def _host_port(address: str) -> tuple[str, int] | None:

@@ -259,6 +259,39 @@ def test_an_unreachable_address_is_a_network_error_naming_it_at_once() -> None:
     assert time.monotonic() - began < 10
 
 
+def test_a_silent_server_at_the_address_is_a_network_error_within_seconds() -> None:
+    """A port that accepts connections but is no Ray cluster (a listener that never
+    answers): ray.init waited minutes for a GCS there; the probe gives up in seconds."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        began = time.monotonic()
+        with pytest.raises(NetworkError.Connection) as caught:
+            RayExecutor(address).connect()
+    assert address in str(caught.value)
+    assert "did not answer as a Ray cluster" in str(caught.value)
+    assert time.monotonic() - began < 30  # CONNECT_TIMEOUT is 5 s: not Ray's minutes
+
+
+def test_a_web_server_at_the_address_is_a_network_error_saying_it_is_not_ray() -> None:
+    """A real HTTP/1 server on loopback answers the probe with its own error page."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                             http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        address = f"127.0.0.1:{server.server_address[1]}"
+        with pytest.raises(NetworkError.Connection) as caught:
+            RayExecutor(address).connect()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert address in str(caught.value) and "does not speak gRPC" in str(caught.value)
+
+
 def test_without_ray_the_executor_is_a_configuration_error_saying_what_to_install(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
