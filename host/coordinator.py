@@ -481,19 +481,20 @@ class Coordinator:
     def recipe(self, plan: Plan) -> HostRecipe:
         """What the host of ``plan``'s tries is made of, for an executor that makes it
         elsewhere (a Ray worker): the coordinator's settings, tools and files."""
-        from host.ray_executor import HostRecipe, file_digests
+        from host.ray_executor import HostRecipe, shipped_files
 
         tools = [*self.tools, *(plan.path(p) for p in plan.tools)]
         roots = [*self.libraries, *(os.fspath(plan.path(p)) for p in plan.libraries)]
         files = [os.fspath(t) for t in tools if isinstance(t, (str, os.PathLike))]
         config_roots = self.config.library_roots() if self.config is not None else []
+        digests, contents = shipped_files([*files, *roots, *config_roots])
         return HostRecipe(
             tools=tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
             sandbox=self.sandbox, recovery=self.recovery, config=self.config,
             libraries=roots, script_dir_library=self.script_dir_library,
             isolation=self.isolation,
             lua_version=None if self._given_factory else self._host.lua_version,
-            files=file_digests([*files, *roots, *config_roots]))
+            files=digests, contents=contents)
 
     def _host_for(self, plan: Plan) -> Host:
         """The host of a plan's run: the coordinator's, with the plan's tools files and

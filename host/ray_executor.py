@@ -7,14 +7,15 @@ as the driver's host; an actor per CPU of the cluster, each try on the least bus
 
 What travels. The script, by content (read by the driver, run under its own file name, so
 frames are the same as a local run's); ``@tool`` functions, recovery policies and the
-config, by Ray's own serialisation (cloudpickle); tools files and library roots by path,
-checked on each worker: a file that is not there, or whose content is not the driver's, is
-``configuration/load_failed`` naming it, before any task runs. Observers of runs and tool
-calls (a monitor among them) see the workers' events on the driver: each worker forwards
-the contexts of the points the driver observes, as data, through the try's stream, to the
-driver's one dispatcher. Controllers of those points (and ``on_human_input``) would decide
-on a worker: a plan with any is refused before anything runs; task hooks and listeners run
-on the driver as always.
+config, by Ray's own serialisation (cloudpickle); tools files and the files of library
+roots by content (:func:`shipped_files`): a worker whose node lacks one writes the
+driver's copy at the same path (so frames name what they name on the driver); one whose
+content is not the driver's is ``configuration/load_failed`` naming it, before any task
+runs. Observers of runs and tool calls (a monitor among them) see the workers' events on
+the driver: each worker forwards the contexts of the points the driver observes, as data,
+through the try's stream, to the driver's one dispatcher. Controllers of those points (and
+``on_human_input``) would decide on a worker: a plan with any is refused before anything
+runs; task hooks and listeners run on the driver as always.
 
 What comes back. A try's result (JSON-like data), or its unified error whole, as
 :meth:`SpellError.to_dict` writes it (class, fields, frames, cause chain, and the context
@@ -40,6 +41,7 @@ import contextvars
 import hashlib
 import os
 import socket
+import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -106,6 +108,7 @@ class HostRecipe:
     libraries: list[str] = field(default_factory=list)
     script_dir_library: bool | None = None
     files: dict[str, str] = field(default_factory=dict)  # path -> sha256 of its content
+    contents: dict[str, bytes] = field(default_factory=dict)  # sha256 -> the driver's bytes
     # the points of runs and tool calls the driver observes -> whether it wants successes
     observed: dict[str, bool] = field(default_factory=dict)
     # where the worker's engines run: as the coordinator's ("process": a script that broke
@@ -118,7 +121,7 @@ class HostRecipe:
         """The host, here (on a worker): every file checked against the driver's first.
         ``on_event(point, context, failed)`` gets what the observed points see."""
         for path, digest in self.files.items():
-            _check_same_file(path, digest)
+            _same_file_here(path, digest, self.contents.get(digest))
         from host.hooks import observer
         from host.host import Host
 
@@ -179,35 +182,87 @@ def context_from_data(data: Any) -> Any:
     return data
 
 
-def file_digests(paths: Iterable[str]) -> dict[str, str]:
-    """Each file's sha256, and each file under each folder (library roots), by path."""
+MAX_SHIPPED = 64 * 2**20  # bytes of tools files and libraries a plan's workers receive
+
+
+def shipped_files(paths: Iterable[str]) -> tuple[dict[str, str], dict[str, bytes]]:
+    """What travels of tools files and library folders: each file's sha256 by path (each
+    file under each folder), and each content once by its sha256. More than
+    :data:`MAX_SHIPPED` bytes is ``configuration/invalid_value`` before anything runs."""
     digests: dict[str, str] = {}
+    contents: dict[str, bytes] = {}
+    size = 0
+
+    def add(path: str) -> None:
+        nonlocal size
+        content = _read(path)
+        digest = hashlib.sha256(content).hexdigest()
+        digests[path] = digest
+        if digest not in contents:
+            size += len(content)
+            if size > MAX_SHIPPED:
+                raise ConfigurationError.InvalidValue(
+                    key="libraries", value=path[:200],
+                    reason=f"tools files and libraries travel to Ray workers by content, "
+                           f"{MAX_SHIPPED // 2**20} MiB at most; give the plan smaller "
+                           "library folders")
+            contents[digest] = content
+
     for path in paths:
         if os.path.isdir(path):
             for folder, _, names in os.walk(path):
                 for name in sorted(names):
-                    full = os.path.join(folder, name)
-                    digests[full] = _digest(full)
+                    add(os.path.join(folder, name))
         else:
-            digests[path] = _digest(path)
-    return digests
+            add(path)
+    return digests, contents
 
 
-def _digest(path: str) -> str:
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as file:
-            return hashlib.sha256(file.read()).hexdigest()
+            return file.read()
     except OSError as exc:
         raise ConfigurationError.LoadFailed(path=path, reason=exc.strerror or str(exc)) \
             from None
 
 
-def _check_same_file(path: str, digest: str) -> None:
-    if _digest(path) != digest:
+def _same_file_here(path: str, digest: str, content: bytes | None) -> None:
+    """Make sure ``path`` holds the driver's file on this node: a missing file is written
+    from the driver's ``content`` (at the same path, so frames and tracebacks name what
+    they name on the driver); a file there with other content is never overwritten."""
+    if not os.path.lexists(path) and content is not None:
+        _write_new(path, content)
+    try:
+        same = hashlib.sha256(_read(path)).hexdigest() == digest
+    except SpellError as exc:
         raise ConfigurationError.LoadFailed(
-            path=path, reason="its content on this Ray worker is not the driver's (tools "
-                              "files and libraries travel by path: give every node the "
-                              "same files)")
+            path=path, reason=f"missing on this Ray worker's node, and it could not be "
+                              f"written there ({exc.fields.get('reason', exc)})") from None
+    if not same:
+        raise ConfigurationError.LoadFailed(
+            path=path, reason="its content on this Ray worker is not the driver's (a file "
+                              "there is used as it is, never overwritten: give the node the "
+                              "driver's file, or none)")
+
+
+def _write_new(path: str, content: bytes) -> None:
+    """``content`` at ``path``, only if nothing is there (two workers of one node may
+    write it at once: each writes its own temporary file, then links it into place)."""
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".polyspell-")
+    except OSError:
+        return  # (then reading it fails, and says the file is missing)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(content)
+        os.link(temporary, path)
+    except OSError:
+        pass  # another worker's copy is there now, or none can be: reading it tells
+    finally:
+        os.unlink(temporary)
 
 
 # -- the actor (on a Ray worker) -------------------------------------------------------------

@@ -93,6 +93,7 @@ def shout(text: str) -> str:
 
 
 def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
@@ -233,15 +234,63 @@ def test_a_context_crosses_as_data_and_only_as_a_hook_context() -> None:
 
 
 def test_a_tools_file_that_differs_on_the_worker_is_refused(tmp_path: Path) -> None:
-    from host.ray_executor import HostRecipe, file_digests
+    from host.ray_executor import HostRecipe, shipped_files
 
     tools = write(tmp_path / "tools.py", "x = 1\n")
+    files, contents = shipped_files([str(tools)])
     recipe = HostRecipe(tools=[str(tools)], memory_mb=64, stack_kb=256,
-                        sandbox="constrained", files=file_digests([str(tools)]))
+                        sandbox="constrained", files=files, contents=contents)
     tools.write_text("x = 2\n")  # as if the worker's node had another version
     with pytest.raises(ConfigurationError.LoadFailed) as caught:
         recipe.build(print)
     assert str(tools) in str(caught.value) and "not the driver's" in str(caught.value)
+    assert tools.read_text() == "x = 2\n"  # never overwritten
+
+
+def test_tools_files_and_libraries_travel_by_content_to_a_node_without_them(
+        tmp_path: Path) -> None:
+    """A worker's node without the plan's files (another machine) gets the driver's
+    copies at the same paths: the tool and the library work there, and a failure in the
+    tools file names its file and line as on the driver."""
+    import shutil
+
+    from host.ray_executor import HostRecipe, shipped_files
+
+    tools = write(tmp_path / "driver" / "tools.py",
+                  "from host import tool\n\n@tool\ndef twice(x: int) -> int:\n"
+                  "    \"\"\"Doubles x, or fails on 0.\"\"\"\n"
+                  "    if x == 0:\n        raise ValueError('zero')\n    return 2 * x\n")
+    library = tmp_path / "driver" / "lib"
+    write(library / "helper.lua", "return { inc = function(n) return n + 1 end }\n")
+    files, contents = shipped_files([str(tools), str(library)])
+    recipe = HostRecipe(tools=[str(tools)], memory_mb=64, stack_kb=256,
+                        sandbox="constrained", libraries=[str(library)], files=files,
+                        contents=contents)
+    shutil.rmtree(tmp_path / "driver")  # as on a node that never had them
+    lines: list[str] = []
+    host = recipe.build(lines.append)
+    source = ("local helper = require('helper')\n"
+              "return helper.inc(tools.twice{x = 20})\n")
+    assert host.run_source(source, "lua", str(tmp_path / "a.lua")) == 41
+    assert tools.read_text().startswith("from host import tool")
+    with pytest.raises(SpellError) as caught:
+        host.run_source("return tools.twice{x = 0}\n", "lua", str(tmp_path / "b.lua"))
+    python_frames = [f for e in caught.value.chain() for f in e.frames
+                     if f.language == "python"]
+    assert any(f.file == str(tools) and f.line == 7 for f in python_frames), python_frames
+
+
+def test_more_than_the_shipping_limit_is_refused_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from host import ray_executor
+
+    library = tmp_path / "lib"
+    write(library / "a.lua", "return 1\n" * 100)
+    write(library / "b.lua", "return 2\n" * 100)
+    monkeypatch.setattr(ray_executor, "MAX_SHIPPED", 1500)
+    with pytest.raises(ConfigurationError.InvalidValue) as caught:
+        ray_executor.shipped_files([str(library)])
+    assert "by content" in str(caught.value)
 
 
 def _closed_port() -> int:
