@@ -271,6 +271,7 @@ _output_to: contextvars.ContextVar[Callable[[str], None] | None] = \
     contextvars.ContextVar("polyspell_remote_output", default=None)
 
 
+ENDED_KEPT = 4096  # tries an actor remembers as ended (a stop may come after its try)
 BATCH = 1000  # the most lines and events one item of a try's stream carries
 BATCH_CHARS = 4 * 2**20  # and the most characters of lines (a Ray object each, in memory)
 
@@ -301,6 +302,7 @@ class TryRunner:
         self._runs: dict[str, Any] = {}
         self._streams: dict[str, Callable[[Any], None]] = {}  # a run's id -> its stream
         self._stops: dict[str, SpellError] = {}  # stops that came before their run
+        self._ended: dict[str, None] = {}  # the last ENDED_KEPT tries that ended, oldest first
 
     @staticmethod
     def _print(line: str) -> None:
@@ -373,6 +375,10 @@ class TryRunner:
                     cancellation_source="caller"), announce=False)
             self._runs.pop(key, None)
             self._streams.pop(run.correlation_id, None)
+            self._stops.pop(key, None)
+            self._ended[key] = None  # a stop sent as it ended is not kept for ever
+            if len(self._ended) > ENDED_KEPT:
+                del self._ended[next(iter(self._ended))]
 
     @staticmethod
     async def _outcome(run: Any) -> dict[str, Any]:
@@ -389,6 +395,8 @@ class TryRunner:
 
     def stop(self, key: str, error: dict[str, Any]) -> None:
         """Stop the try ``key`` with ``error`` (delivered at its next tool call)."""
+        if key in self._ended:
+            return
         reason = SpellError.from_dict(error)
         run = self._runs.get(key)
         if run is None:

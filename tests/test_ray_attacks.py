@@ -231,6 +231,34 @@ def flooded(done: str) -> bool:
     return True
 
 
+def test_stops_that_come_after_their_try_ended_are_not_kept(tmp_path: Path) -> None:
+    """The driver stops a try as its time runs out, and the try may end just then: its
+    actor kept each such late stop for ever (a plan of many tries timing out grew it)."""
+    import asyncio
+
+    from bridge import AsyncExecutionError
+    from host.ray_executor import HostRecipe, TryRunner
+
+    runner = TryRunner(HostRecipe(tools=[], memory_mb=64, stack_kb=256,
+                                  sandbox="constrained"))
+    stop = AsyncExecutionError.TaskCancelled(task_id="t", reason="late",
+                                             cancellation_source="caller").to_dict()
+
+    async def run(key: str) -> list[Any]:
+        return [item async for item in runner.run(
+            key, str(tmp_path / "a.lua"), "return 1\n", "lua", None, 60.0, None, None, None)]
+
+    for number in range(50):
+        items = asyncio.run(run(f"k{number}"))
+        assert items[-1] == ("done", items[-1][1]) and items[-1][1]["ok"], items[-1]
+        runner.stop(f"k{number}", stop)  # after it ended
+    runner.stop("early", stop)  # before its run came: kept for it
+    assert list(runner._stops) == ["early"]
+    items = asyncio.run(run("early"))
+    assert not items[-1][1]["ok"] and "late" in str(items[-1][1]["error"])
+    assert runner._stops == {}
+
+
 def test_a_flood_of_lines_travels_in_batches_whole_and_in_order(tmp_path: Path) -> None:
     """Each item of a try's stream is a Ray object (a round trip of its own, about a
     millisecond): a script printing 20,000 lines took half a minute where the local
