@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
+import logging
 import os
 import socket
 import tempfile
@@ -675,6 +676,9 @@ def _start_local_ray(ray: Any) -> threading.Event:
     failure: list[BaseException] = []
 
     def keeper() -> None:
+        loggers = [logging.getLogger(name) for name in _NOTICES]
+        for ray_logger in loggers:
+            ray_logger.addFilter(_notice)
         try:  # "local": a new Ray, whatever Ray's discovery finds (RAY_ADDRESS, a cluster
             # someone started on this machine with `ray start`)
             ray.init(address="local", num_cpus=os.cpu_count() or 1,
@@ -684,6 +688,9 @@ def _start_local_ray(ray: Any) -> threading.Event:
             failure.append(exc)
             done.set()
             return
+        finally:
+            for ray_logger in loggers:
+                ray_logger.removeFilter(_notice)
         done.set()
         keep.wait()
 
@@ -697,6 +704,21 @@ def _start_local_ray(ray: Any) -> threading.Event:
             executor="ray", reason=f"a local Ray did not start: {type(exc).__name__}: "
                                    f"{str(exc)[:300]}", cause=exc)
     return keep
+
+
+# What Ray tells of a local Ray it starts that is polyspell's choice, not the user's: it
+# leaves SIGTERM alone off the main thread (as a library should), and protects the cluster
+# with a token (~/.ray/auth_token), Ray's default, kept
+_NOTICES = {
+    "ray._private.worker": "SIGTERM handler is not set",
+    "ray._private.authentication.authentication_token_setup":
+        "Token authentication is enabled for this Ray cluster",
+}
+
+
+def _notice(record: logging.LogRecord) -> bool:
+    """A logging filter: one of :data:`_NOTICES`, left out."""
+    return not str(record.msg).startswith(_NOTICES.get(record.name, "\0"))
 
 
 def _reachable(address: str) -> None:

@@ -318,6 +318,8 @@ def test_a_local_ray_is_started_whatever_the_environment_names(tmp_path: Path) -
                               "RAY_ADDRESS": f"127.0.0.1:{closed}"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "succeeded"
+    # Ray's notices about choices polyspell made for the Ray it started are not the user's
+    assert "SIGTERM handler" not in out.stderr and "Token authentication" not in out.stderr
 
 
 def test_a_command_line_that_is_not_utf8_does_not_stop_ray_from_starting(
