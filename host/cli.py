@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=f"Run {engines.spoken(names, 'and')} agent scripts that call Python "
         f"tools, with one error language across all of them.",
     )
+    parser.add_argument("-V", "--version", action=_Version, help="print polyspell's "
+                        "version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.set_defaults(commands=commands.choices)  # a subcommand's own usage, for errors
 
     catalog = commands.add_parser(
         "catalog", help="list every error category and kind scripts can raise and catch",
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     tools = commands.add_parser(
         "tools", help="list the tools of tools files with their parameter schemas",
         description="List the @tool functions of the given files with their JSON schemas.")
+    tools.add_argument("files", nargs="*", metavar="FILE",
+                       help="tools files (as with --tools)")
     _add_tools_option(tools)
     _add_library_options(tools)
     tools.add_argument("--json", action="store_true", help="print the list as JSON")
@@ -473,9 +478,32 @@ def parse_arguments(parser: argparse.ArgumentParser,
             args.params = [*args.params, *extra]
             return args
         extra = unknown
-    if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # with the usage of the subcommand it is about, not the top level's
+        args.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"polyspell {polyspell_version()} (Python {sys.version.split()[0]})")
+        parser.exit()
+
+
+def polyspell_version() -> str:
+    """polyspell's version as installed (pyproject's), or "unknown" when run from a tree
+    that was never installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("polyspell")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def exit_code(err: Any) -> int:
@@ -891,7 +919,7 @@ def _tools(args: argparse.Namespace) -> int:
 
     try:
         libraries = Libraries(args.lib, script_dir=not args.no_script_dir_lib)
-        tools = [t for path in args.tools for t in listed(path, libraries)]
+        tools = [t for path in [*args.files, *args.tools] for t in listed(path, libraries)]
     except SpellError as err:
         return _report_failure(err, args)
     listing = [{"name": t.name, "description": t.description, "timeout": t.timeout,
@@ -900,7 +928,7 @@ def _tools(args: argparse.Namespace) -> int:
         print_json(listing, indent=2)
         return EXIT_OK
     if not listing:
-        print("no tools (name tools files with --tools FILE)", file=sys.stderr)
+        print("no tools (name tools files: polyspell tools FILE...)", file=sys.stderr)
     for entry in listing:
         summary = entry["description"].splitlines()[0] if entry["description"] else ""
         print(f"{entry['name']}  {summary}")

@@ -55,6 +55,7 @@ from host.host import (
     check_callable,
     check_positive,
     chosen_isolation,
+    run_blocking,
     tool_items,
 )
 from host.lines import write_lines
@@ -412,9 +413,9 @@ class Coordinator:
         ``cross_engine_coordination`` error, which carries the report. A bad plan raises
         ``configuration/invalid_plan`` before anything runs.
         """
-        return anyio.run(functools.partial(
+        return run_blocking(functools.partial(
             self.arun, plan, raise_on_failure=raise_on_failure, strategy=strategy,
-            max_concurrency=max_concurrency))
+            max_concurrency=max_concurrency), "Coordinator.run", "await coordinator.arun(...)")
 
     async def arun(
         self,

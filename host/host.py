@@ -8,7 +8,7 @@ import math
 import os
 import reprlib
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -274,7 +274,8 @@ class Host:
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
-        return anyio.run(functools.partial(self.arun, path, args))
+        return run_blocking(functools.partial(self.arun, path, args), "Host.run",
+                            "await host.arun(...)")
 
     async def arun(self, path: str | Path, args: Any = None) -> Any:
         """:meth:`run` for async code (asyncio or trio)."""
@@ -284,7 +285,8 @@ class Host:
                    args: Any = None) -> Any:
         """Run script source given as text; ``language`` is a language's name or alias
         (``lua``, ``javascript``/``js``: see :func:`engines.specs`)."""
-        return anyio.run(functools.partial(self.arun_source, code, language, name, args))
+        return run_blocking(functools.partial(self.arun_source, code, language, name, args),
+                            "Host.run_source", "await host.arun_source(...)")
 
     async def arun_source(self, code: str, language: str, name: str | None = None,
                           args: Any = None) -> Any:
@@ -642,3 +644,18 @@ def tool_items(tools: Any) -> list[Any]:
             reason=f"tools is a list of tools and tools files, not "
             f"{type(tools).__name__}") from None
 
+
+def run_blocking(fn: Callable[[], Awaitable[Any]], what: str, instead: str) -> Any:
+    """``fn`` run to its end on an event loop of its own (what the blocking methods do).
+
+    Called where an event loop already runs (a coroutine, a Jupyter cell), it would have
+    failed with anyio's raw ``RuntimeError``: ``configuration/usage`` says what to await."""
+    import sniffio
+
+    try:
+        library = sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return anyio.run(fn)
+    raise ConfigurationError.Usage(
+        reason=f"{what} blocks, and was called inside a running {library} event loop: "
+               f"use `{instead}` there", command=what)

@@ -1,0 +1,96 @@
+"""The habits a Python command keeps (issue 18): a version, ``python -m``, a subcommand's
+own usage on a bad flag, files as positionals; and a blocking call inside an event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bridge import ConfigurationError
+from host import Coordinator, Host, Task
+from tests.cli import environment, polyspell
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_the_installed_version(flag: str) -> None:
+    out = polyspell(flag)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"polyspell {importlib.metadata.version('polyspell')} ")
+    assert f"Python {sys.version.split()[0]}" in out.stdout
+
+
+def test_python_m_host_is_the_polyspell_command(tmp_path: Path) -> None:
+    script = tmp_path / "one.lua"
+    script.write_text("return 6 * 7\n")
+    out = subprocess.run([sys.executable, "-m", "host", "run", str(script), "--no-record"],
+                         capture_output=True, text=True, env=environment(), cwd=tmp_path,
+                         timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "42"), out.stderr
+    version = subprocess.run([sys.executable, "-m", "host", "-V"], capture_output=True,
+                             text=True, env=environment(), cwd=tmp_path, timeout=60)
+    assert version.stdout.startswith("polyspell ")
+
+
+@pytest.mark.parametrize("command", [["run", "x.lua"], ["plan", "p.toml"], ["tools"]])
+def test_a_bad_flag_prints_the_subcommands_usage(command: list[str]) -> None:
+    out = polyspell(*command, "--no-such-flag")
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"usage: polyspell {command[0]} "), out.stderr
+    assert f"polyspell {command[0]}: error: unrecognized arguments: --no-such-flag" \
+        in out.stderr
+
+
+def test_tools_takes_files_as_positionals_too(tmp_path: Path) -> None:
+    first = tmp_path / "first.py"
+    first.write_text('from host import tool\n\n@tool\ndef greet(name: str) -> str:\n'
+                     '    """Says hello."""\n    return name\n')
+    second = tmp_path / "second.py"
+    second.write_text('from host import tool\n\n@tool\ndef shout(text: str) -> str:\n'
+                      '    """Says it loud."""\n    return text\n')
+    out = polyspell("tools", first, "--tools", second, "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    assert [entry["name"] for entry in json.loads(out.stdout)] == ["greet", "shout"]
+
+
+def test_host_run_inside_a_running_loop_says_to_await_arun(tmp_path: Path) -> None:
+    """anyio's raw ``RuntimeError: Already running asyncio in this thread`` was all one got
+    from ``Host.run`` in a coroutine (or a Jupyter cell)."""
+    host = Host()
+    script = tmp_path / "one.lua"
+    script.write_text("return 1\n")
+
+    async def inside() -> None:
+        with pytest.raises(ConfigurationError.Usage) as caught:
+            host.run(script)
+        assert "await host.arun(...)" in str(caught.value)
+        assert "asyncio" in str(caught.value)
+        with pytest.raises(ConfigurationError.Usage) as caught:
+            host.run_source("return 1", "lua")
+        assert "await host.arun_source(...)" in str(caught.value)
+        with Coordinator() as coordinator, pytest.raises(ConfigurationError.Usage) as caught:
+            coordinator.run([Task(id="t", script=str(script))])
+        assert "await coordinator.arun(...)" in str(caught.value)
+        assert await host.arun(script) == 1  # what it says works
+
+    asyncio.run(inside())
+    assert host.run(script) == 1  # and outside a loop, as before
+
+
+def test_host_run_inside_trio_says_so_too(tmp_path: Path) -> None:
+    trio = pytest.importorskip("trio")
+    host = Host()
+
+    async def inside() -> None:
+        with pytest.raises(ConfigurationError.Usage) as caught:
+            host.run_source("return 1", "lua")
+        assert "trio" in str(caught.value)
+
+    trio.run(inside)
+
