@@ -105,8 +105,11 @@ class ToolError(SpellError, category="tool", wrap_kind="execution_failed"):
 
 
 class ToolNotFound(ToolError, kind="not_found", template="Tool not found: {tool_name}"):
-    """A script called a tool that is not registered."""
+    """A script called a tool that is not registered. ``did_you_mean``: the registered
+    tool a typo away, if any; ``available``: the registered tools' names."""
     tool_name: str
+    did_you_mean: str | None = None
+    available: list[str] = []
 
 
 class ToolExecutionFailed(ToolError, kind="execution_failed",

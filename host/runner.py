@@ -38,6 +38,7 @@ from bridge import ConfigurationError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
+from bridge.names import closest, listed
 from bridge.pytraceback import attach_python_traceback
 from engines import (
     Engine,
@@ -100,6 +101,7 @@ class EngineFactory(Protocol):
 # Errors a run remembers having handed to its scripts, to give back the very error when one
 # is rethrown (see ScriptRun._ref); the oldest are forgotten past this many.
 MAX_HANDED_ERRORS = 1024
+MAX_LISTED = 200  # tool names a tool/not_found error's fields carry at most
 
 class ScriptRun:
     """One run: its engines, deadline, control, error refs and correlation id.
@@ -710,7 +712,7 @@ class ScriptRun:
         if self.control.reason is not None:
             raise self.control.deliver()  # type: ignore[misc]
         if call.tool is None:
-            raise ToolError.NotFound(tool_name=call.name)
+            raise self._not_found(call.name)
         try:
             return call.tool.invoke(call)
         except DeadlineReached as reached:
@@ -720,6 +722,16 @@ class ScriptRun:
         # the engine stops the script (or that function) at its next step
         raise ScriptError.ResourceExhaustion(language=self.language, resource_type="time",
                                              limit=self.limits.timeout)
+
+    def _not_found(self, name: str) -> SpellError:
+        """``tool/not_found`` for ``name``, with the tool it was likely meant to be and the
+        names of the tools there are (in its fields, for scripts, and in its message)."""
+        available = sorted(tool.name for tool in self.tools)
+        meant = closest(name, available)
+        hint = f"did you mean {meant!r}? " if meant else ""
+        tools = f"tools: {listed(available)}" if available else "no tools are registered"
+        return ToolError.NotFound(f"Tool not found: {name} ({hint}{tools})", tool_name=name,
+                                  did_you_mean=meant, available=available[:MAX_LISTED])
 
     def call_library(self, tool: ScriptTool, call: ToolCall) -> Any:
         """Call a tools file's function in its engine, answering its own tool calls.

@@ -94,3 +94,39 @@ def test_host_run_inside_trio_says_so_too(tmp_path: Path) -> None:
 
     trio.run(inside)
 
+
+
+def search(q: str) -> str:
+    """Searches."""
+    return q
+
+
+def fetch(url: str) -> str:
+    """Fetches."""
+    return url
+
+
+NOT_FOUND = {
+    "lua": "local ok, err = pcall(function() return tools.serch{q = 'x'} end)\n"
+           "return {err.fields.did_you_mean, err.fields.available, err.message}\n",
+    "javascript": "async function main() {\n"
+                  "  try { await tools.serch({q: 'x'}); } catch (err) {\n"
+                  "    return [err.fields.did_you_mean, err.fields.available, err.message];\n"
+                  "  }\n}\n",
+}
+
+
+def test_tool_not_found_suggests_the_tool_meant_and_lists_the_tools(language: str) -> None:
+    from host import tool
+
+    host = Host([tool(search), tool(fetch)])
+    meant, available, message = host.run_source(NOT_FOUND[language], language)
+    assert (meant, available) == ("search", ["fetch", "search"])
+    assert message == "Tool not found: serch (did you mean 'search'? tools: fetch, search)"
+    with pytest.raises(Exception) as caught:
+        host.run_source("return tools.zzz{}" if language == "lua"
+                        else "async function main() { return await tools.zzz({}); }",
+                        language)
+    err = caught.value
+    assert err.code == "tool/not_found" and err.fields["did_you_mean"] is None
+    assert "(tools: fetch, search)" in err.message
