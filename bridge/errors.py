@@ -162,7 +162,7 @@ class SpellError(Exception):
                            f"does not match the class {type(self).__name__}", "kind")
         self.fields = _validate_fields(type(self), fields)
         if message is None:
-            message = self.template.format_map(self.fields)
+            message = self.default_message()
         super().__init__(message)
         self.message = message
         self.severity = self.default_severity if severity is None else Severity.parse(severity)
@@ -174,6 +174,11 @@ class SpellError(Exception):
         self._cause_view: SpellError | None = None
         if cause is not None:
             self.__cause__ = cause
+
+    def default_message(self) -> str:
+        """The message of an error made without one: the variant's template, filled in
+        with its fields (a variant may say more)."""
+        return self.template.format_map(self.fields)
 
     # -- properties -------------------------------------------------------------------
 

@@ -389,6 +389,16 @@ class ScriptResourceExhaustion(ScriptError, kind="resource_exhaustion",
     current_usage: Number = 0
     limit: Number = 0
 
+    def default_message(self) -> str:
+        """The template's words, and for the time limit, what it was and how to raise it."""
+        message = super().default_message()
+        limit = self.fields["limit"]
+        if self.fields["resource_type"] == "time" and limit:
+            message += (f" (its time limit, {limit:g} s, ran out: raise it with --timeout S "
+                        "on polyspell run, timeout = S in a plan's task, or timeout=S in "
+                        "Host(...))")
+        return message
+
 
 # --------------------------------------------------------------------------- bridge
 

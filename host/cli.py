@@ -893,6 +893,13 @@ def _explain(args: argparse.Namespace) -> int:
                 from None
         if isinstance(data, dict) and data.get("ok") is False and "error" in data:
             data = data["error"]  # the output of polyspell run --json
+        elif isinstance(data, dict) and data.get("ok") is True:  # that of a run that worked
+            if args.json:
+                print_json({"ok": True, "error": None})
+            else:
+                print("not an error: this is the output of a run that succeeded "
+                      '({"ok": true, ...}); there is nothing to explain')
+            return EXIT_OK
         err = SpellError.from_dict(data)
     except SpellError as problem:
         print(problem.to_text(), file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import ConfigurationError
+from bridge import ConfigurationError, ScriptError
 from host import Coordinator, Host, Task
 from tests.cli import environment, polyspell
 
@@ -130,3 +130,31 @@ def test_tool_not_found_suggests_the_tool_meant_and_lists_the_tools(language: st
     err = caught.value
     assert err.code == "tool/not_found" and err.fields["did_you_mean"] is None
     assert "(tools: fetch, search)" in err.message
+
+
+def test_a_time_limit_error_says_the_limit_and_how_to_raise_it(tmp_path: Path) -> None:
+    script = tmp_path / "spin.lua"
+    script.write_text("while true do end\n")
+    out = polyspell("run", script, "--timeout", "0.3", "--no-record")
+    assert out.returncode == 4
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("script/resource_exhaustion: Script resource exhaustion: time in "
+                           "lua (its time limit, 0.3 s, ran out: raise it with --timeout S")
+    assert "timeout=S in Host(...)" in last
+    with pytest.raises(ScriptError.ResourceExhaustion) as caught:
+        Host(timeout=0.2).run_source("while (true) {}", "javascript")
+    assert caught.value.fields["limit"] == 0.2 and "0.2 s, ran out" in caught.value.message
+
+
+def test_explain_of_a_success_envelope_says_it_is_not_an_error(tmp_path: Path) -> None:
+    script = tmp_path / "one.lua"
+    script.write_text("return {answer = 42}\n")
+    envelope = polyspell("run", script, "--json", "--no-record")
+    assert envelope.returncode == 0, envelope.stderr
+    out = polyspell("explain", "-", input=envelope.stdout)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("not an error: this is the output of a run that succeeded")
+    out = polyspell("explain", "-", "--json", input=envelope.stdout)
+    import json
+
+    assert json.loads(out.stdout) == {"ok": True, "error": None}
