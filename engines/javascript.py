@@ -924,6 +924,10 @@ _IMPORT_HINT = _SANDBOX + (
     '.js script with require("x"), from its folder and the roots given with --lib DIR)')
 
 
+_AWAIT_HINT = ("(await works only inside an async function, or at the top level of an ES "
+               "module: put the code in async function main(args), or name the script .mjs)")
+
+
 def _hint(err: SpellError, module: bool) -> str | None:
     """The sandbox's hint for ``err`` (see _HINTS), if it needs one."""
     if err.category != "script" or err.kind not in ("javascript", "compilation_failed"):
@@ -935,6 +939,8 @@ def _hint(err: SpellError, module: bool) -> str | None:
         line = err.fields.get("source_code") or ""
         if not module and re.match(r"(import|export)\b(?!\s*[.(])", line.lstrip()):
             return _IMPORT_HINT
+        if re.search(r"\bawait\b", line) and _AWAIT_HINT not in text:
+            return _AWAIT_HINT
         return None
     first = text.split("\n", 1)[0]
     if "could not load module" in first and not module:

@@ -412,7 +412,8 @@ class ToolRegistry:
         if known is not None and not _same_tool(known, item):
             raise ConfigurationError.InvalidValue(
                 key="tools", value=item.name,
-                reason=f"two tools are named {item.name!r}")
+                reason=f"two tools are named {item.name!r}: {_origin(known)} and "
+                       f"{_origin(item)}")
         self._tools[item.name] = item
 
     def get(self, name: str) -> Tool | ScriptTool | None:
@@ -424,6 +425,14 @@ class ToolRegistry:
 
     def __len__(self) -> int:
         return len(self._tools)
+
+
+def _origin(item: Tool | ScriptTool) -> str:
+    """Where a tool was defined, for a message: its file and line."""
+    if isinstance(item, ScriptTool):
+        return item.filename
+    code = getattr(inspect.unwrap(item.fn), "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else repr(item.fn)[:100]
 
 
 def _same_tool(a: Tool | ScriptTool, b: Tool | ScriptTool) -> bool:

@@ -158,3 +158,25 @@ def test_explain_of_a_success_envelope_says_it_is_not_an_error(tmp_path: Path) -
     import json
 
     assert json.loads(out.stdout) == {"ok": True, "error": None}
+
+
+@pytest.mark.parametrize("source", [
+    "const x = await Promise.resolve(1);\n",
+    "function main() {\n  return await tools.add({a: 1, b: 2});\n}\n",
+])
+def test_await_outside_an_async_function_says_where_await_works(source: str) -> None:
+    with pytest.raises(ScriptError.CompilationFailed) as caught:
+        Host().run_source(source, "javascript", "agent.js")
+    assert "put the code in async function main(args), or name the script .mjs" \
+        in caught.value.fields["error"]
+
+
+def test_two_tools_of_one_name_name_both_files(tmp_path: Path) -> None:
+    text = 'from host import tool\n\n\n@tool\ndef search(q: str) -> str:\n    """S."""\n' \
+           '    return q\n'
+    first, second = tmp_path / "first.py", tmp_path / "second.py"
+    first.write_text(text)
+    second.write_text(text)
+    with pytest.raises(ConfigurationError.InvalidValue) as caught:
+        Host([str(first), str(second)])
+    assert f"two tools are named 'search': {first}:4 and {second}:4" in str(caught.value)
