@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from host.lines import write_lines
@@ -146,7 +146,33 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.set_defaults(handler=_metrics)
 
     _add_errors_parser(commands)
+    _add_output_options(commands.choices.values())
     return parser
+
+
+def _add_output_options(parsers: Iterable[argparse.ArgumentParser]) -> None:
+    """``--color`` and ``-q``/``-v`` on every command (and on each action of those with
+    actions, such as ``errors``): argparse reads an option after the subcommand's name."""
+    for parser in parsers:
+        nested = [action for action in parser._actions
+                  if isinstance(action, argparse._SubParsersAction)]
+        if nested:
+            _add_output_options(nested[0].choices.values())
+            continue
+        parser.add_argument("--color", choices=COLOR_CHOICES, default="auto",
+                            help="colour the output: auto (default: on a terminal, unless "
+                            "NO_COLOR or TERM=dumb; FORCE_COLOR forces it), always, never")
+        verbose = [a for a in parser._actions if "--verbose" in a.option_strings]
+        if verbose:  # the command's own --verbose gets its short form
+            verbose[0].option_strings.insert(0, "-v")
+            parser._option_string_actions["-v"] = verbose[0]
+        else:
+            parser.add_argument("-v", "--verbose", action="store_true",
+                                help="say more: polyspell's diagnostics (its logger's "
+                                "debug records) on stderr")
+        parser.add_argument("-q", "--quiet", action="store_true",
+                            help="say less: no progress display (results, errors and what "
+                            "scripts print still show)")
 
 
 def _add_isolation_option(command: argparse.ArgumentParser) -> None:
@@ -402,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``polyspell`` console script; returns the exit code."""
     _escape_unencodable(sys.stdout)
     args = parse_arguments(build_parser(), argv)
+    _color_mode.append(getattr(args, "color", "auto"))
+    diagnostics = _diagnostics() if getattr(args, "verbose", False) else None
     results = sys.stdout
     redirect = args.command in ("run", "plan") and sys.stderr is not None
     if redirect:  # what Python code prints during a run goes to stderr: stdout is the result's
@@ -413,10 +441,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_lines("polyspell: interrupted")
         return 130
     finally:
+        _color_mode.pop()
+        if diagnostics is not None:
+            diagnostics()
         if redirect:
             _result_streams.pop()
             if sys.stdout is sys.stderr:
                 sys.stdout = results
+
+
+def _diagnostics() -> Any:
+    """``--verbose``: the ``polyspell`` logger's records, debug and up, on stderr, unless
+    logging was configured (a handler there or on the root logger); what undoes it."""
+    ours = logging.getLogger("polyspell")
+    if ours.handlers or logging.getLogger().handlers:
+        return None
+    handler = _LinesHandler(write_lines)
+    handler.setFormatter(logging.Formatter("polyspell: %(levelname)s %(name)s: %(message)s"))
+    level = ours.level
+    ours.addHandler(handler)
+    ours.setLevel(logging.DEBUG)
+
+    def undo() -> None:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+
+    return undo
 
 
 # The real stdout while ``run`` or ``plan`` point sys.stdout at stderr (innermost last).
@@ -669,11 +719,26 @@ def _report_failure(err: Any, args: argparse.Namespace, run: Any = None) -> int:
     return exit_code(err)
 
 
+COLOR_CHOICES = ("auto", "always", "never")
+_color_mode = ["auto"]  # --color of the command running (main sets it)
+
+
 def _color(stream: Any) -> bool:
-    """Colour for a terminal, unless NO_COLOR is set (https://no-color.org)."""
+    """Whether to colour what goes to ``stream``: ``--color always|never`` says so;
+    ``auto`` (the default) colours a terminal, unless ``NO_COLOR`` is set
+    (https://no-color.org) or ``TERM=dumb``, and colours anything if ``FORCE_COLOR`` is
+    set (https://force-color.org)."""
     import os
 
-    return stream.isatty() and not os.environ.get("NO_COLOR")
+    mode = _color_mode[-1]
+    if mode != "auto":
+        return mode == "always"
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
 
 
 # -- plan -----------------------------------------------------------------------------
@@ -692,7 +757,7 @@ def _plan(args: argparse.Namespace) -> int:
 def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
     from bridge import SpellError
 
-    progress = _PlanProgress() if sys.stderr.isatty() else None
+    progress = _PlanProgress() if sys.stderr.isatty() and not args.quiet else None
     try:
         from host.coordinator import Coordinator
 

@@ -180,3 +180,66 @@ def test_two_tools_of_one_name_name_both_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError.InvalidValue) as caught:
         Host([str(first), str(second)])
     assert f"two tools are named 'search': {first}:4 and {second}:4" in str(caught.value)
+
+
+@pytest.mark.parametrize(("flags", "env", "colored"), [
+    ([], {}, False),  # not a terminal
+    ([], {"FORCE_COLOR": "1"}, True),
+    (["--color", "never"], {"FORCE_COLOR": "1"}, False),
+    (["--color", "always"], {"NO_COLOR": "1"}, True),  # the flag wins
+    (["--color", "always"], {}, True),
+])
+def test_color_follows_the_flag_then_the_environment(tmp_path: Path, flags: list[str],
+                                                     env: dict[str, str], colored: bool
+                                                     ) -> None:
+    script = tmp_path / "bad.lua"
+    script.write_text("error('boom')\n")
+    clean = {"NO_COLOR": "", "FORCE_COLOR": "", **env}
+    out = polyspell("run", script, "--no-record", *flags, env=clean)
+    assert out.returncode == 1
+    assert ("\x1b[" in out.stderr) is colored, out.stderr
+
+
+@pytest.mark.parametrize(("term", "colored"), [("xterm", True), ("dumb", False)])
+def test_on_a_terminal_color_is_on_unless_term_is_dumb(tmp_path: Path, term: str,
+                                                       colored: bool) -> None:
+    import os
+    import pty
+
+    script = tmp_path / "bad.lua"
+    script.write_text("error('boom')\n")
+    leader, follower = pty.openpty()
+    try:
+        env = environment({"TERM": term, "NO_COLOR": "", "FORCE_COLOR": ""})
+        done = subprocess.run([sys.executable, "-m", "host", "run", str(script),
+                               "--no-record"], stderr=follower, stdout=subprocess.DEVNULL,
+                              env=env, timeout=60)
+        os.close(follower)
+        follower = -1
+        text = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            text += chunk
+    finally:
+        if follower != -1:
+            os.close(follower)
+        os.close(leader)
+    assert done.returncode == 1
+    assert (b"\x1b[" in text) is colored, text
+
+
+def test_short_verbose_and_quiet_flags_are_taken_by_every_command(tmp_path: Path) -> None:
+    script = tmp_path / "bad.lua"
+    script.write_text("error('boom')\n")
+    short = polyspell("run", script, "--no-record", "-v")
+    long = polyspell("run", script, "--no-record", "--verbose")
+    assert short.returncode == long.returncode == 1
+    assert short.stderr.count("\n") == long.stderr.count("\n")
+    for command in (["catalog", "-q"], ["catalog", "-v"], ["tools", "-q"]):
+        out = polyspell(*command)
+        assert out.returncode == 0, out.stderr
