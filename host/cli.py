@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import logging
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from host.lines import write_lines
@@ -835,6 +835,7 @@ def format_plan_report(report: Any, *, verbose: bool = False, color: bool = Fals
         lines.append(f"ran degraded: {', '.join(degraded)}")
     if report.representative_task:
         lines.append(f"representative error: {report.representative_task}")
+    lines += _not_succeeded(report, paint)
     recovered = [t for t in report.tasks if t.recovery]
     for task in recovered[:MAX_RECOVERY_TASKS_SHOWN]:
         lines += recovery_summary(task.recovery, task.recovery_dropped,
@@ -850,6 +851,36 @@ def format_plan_report(report: Any, *, verbose: bool = False, color: bool = Fals
     if hidden > 0:
         lines += ["", f"... and {hidden} more root causes (--json shows them all)"]
     return "\n".join(lines) + "\n"
+
+
+MAX_FAILED_TASKS_SHOWN = 50
+MAX_MESSAGE_SHOWN = 300
+
+
+def _not_succeeded(report: Any, paint: Callable[[str, str | None], str]) -> list[str]:
+    """One line per task that did not succeed: its status, its error's code and message
+    (a script's text, shown safely), and why when another task's failure is the reason."""
+    from host.lines import shown_text
+
+    tasks = [t for t in report.tasks if t.status != "succeeded"]
+    if not tasks:
+        return []
+    width = max(len(t.id) for t in tasks[:MAX_FAILED_TASKS_SHOWN])
+    lines = ["", "did not succeed:"]
+    for task in tasks[:MAX_FAILED_TASKS_SHOWN]:
+        err = report.error(task.id)
+        text = (f"{err.code}: {shown_text(err.message, limit=MAX_MESSAGE_SHOWN)}"
+                if err is not None else "(no error)")
+        if task.id in report.root_causes:
+            text += " (a root cause: its traceback is below)"
+        elif task.caused_by and report.strategy == "isolate" and task.attempts:
+            text += f" (it ran with the failed input of {', '.join(task.caused_by)})"
+        status = paint(task.status.ljust(9), STATUS_COLORS[task.status])
+        lines.append(f"  {task.id.ljust(width)}  {status}  {text}")
+    if len(tasks) > MAX_FAILED_TASKS_SHOWN:
+        lines.append(f"  ... and {len(tasks) - MAX_FAILED_TASKS_SHOWN} more (--json shows "
+                     "them all)")
+    return lines
 
 
 class _PlanProgress:
