@@ -243,3 +243,18 @@ def test_short_verbose_and_quiet_flags_are_taken_by_every_command(tmp_path: Path
     for command in (["catalog", "-q"], ["catalog", "-v"], ["tools", "-q"]):
         out = polyspell(*command)
         assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("constructor", ["AgentError", "ToolError"])
+def test_a_multi_line_throw_points_at_the_throw(constructor: str) -> None:
+    """A ``throw new AgentError({...})`` spread over lines pointed at the closing ``});``
+    (issue 18); the frame names the throw's line, and so does the traceback's excerpt."""
+    init = ('{\n    kind: "timeout",\n    fields: {agent_id: "a", duration: 3},\n  }'
+            if constructor == "AgentError" else
+            '{\n    kind: "not_found",\n    fields: {tool_name: "x"},\n  }')
+    source = f"function main() {{\n  throw new {constructor}({init});\n}}\n"
+    with pytest.raises(Exception) as caught:
+        Host().run_source(source, "javascript", "agent.js")
+    frame = caught.value.frames[-1]
+    assert (frame.file, frame.line) == ("agent.js", 2), caught.value.frames
+    assert frame.source.strip().startswith(f"throw new {constructor}(")
