@@ -34,7 +34,7 @@ import importlib.machinery
 import linecache
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import CodeType, TracebackType
 
 from bridge.errors import SpellError
@@ -188,3 +188,18 @@ def _function_name(frame: Frame) -> str:
 
 class _Marker(Exception):
     """Raised once per synthetic frame to capture it."""
+
+
+def without_frames(tb: TracebackType | None, hidden: Callable[[str], bool]
+                   ) -> TracebackType | None:
+    """``tb`` without the entries whose code's file ``hidden`` names (a host's plumbing:
+    its own modules, its event loop's), the others linked as they were."""
+    kept: list[TracebackType] = []
+    while tb is not None:
+        if not hidden(tb.tb_frame.f_code.co_filename):
+            kept.append(tb)
+        tb = tb.tb_next
+    result = None
+    for entry in reversed(kept):
+        result = TracebackType(result, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return result

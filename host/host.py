@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import reprlib
+import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 import engines
-from bridge import ConfigurationError
+from bridge import ConfigurationError, SpellError
+from bridge.pytraceback import without_frames
 from engines import Limits, Sandbox
 from engines.specs import LUA_VERSIONS
 from host.calls import Layer
@@ -274,24 +276,34 @@ class Host:
 
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
+        __tracebackhide__ = True  # pytest shows the caller's line
         return run_blocking(functools.partial(self.arun, path, args), "Host.run",
                             "await host.arun(...)")
 
     async def arun(self, path: str | Path, args: Any = None) -> Any:
         """:meth:`run` for async code (asyncio or trio)."""
-        return await self.new_run(path, args).execute()
+        __tracebackhide__ = True
+        try:
+            return await self.new_run(path, args).execute()
+        except SpellError as err:
+            raise trimmed(err)  # noqa: B904 (the same error, its own cause and context)
 
     def run_source(self, code: str, language: str, name: str | None = None,
                    args: Any = None) -> Any:
         """Run script source given as text; ``language`` is a language's name or alias
         (``lua``, ``javascript``/``js``: see :func:`engines.specs`)."""
+        __tracebackhide__ = True
         return run_blocking(functools.partial(self.arun_source, code, language, name, args),
                             "Host.run_source", "await host.arun_source(...)")
 
     async def arun_source(self, code: str, language: str, name: str | None = None,
                           args: Any = None) -> Any:
         """:meth:`run_source` for async code (asyncio or trio)."""
-        return await self.new_run_source(code, language, name, args).execute()
+        __tracebackhide__ = True
+        try:
+            return await self.new_run_source(code, language, name, args).execute()
+        except SpellError as err:
+            raise trimmed(err)  # noqa: B904 (the same error, its own cause and context)
 
     def _factory_for(self, lua_version: str) -> EngineFactory:
         """The engine factory of runs in ``lua_version`` (checked: a usage error if the
@@ -655,7 +667,39 @@ def run_blocking(fn: Callable[[], Awaitable[Any]], what: str, instead: str) -> A
     try:
         library = sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
-        return anyio.run(fn)
+        library = None
+    __tracebackhide__ = True  # pytest shows the caller's line, not polyspell's
+    if library is None:  # (outside the except: the run's errors keep their own context)
+        try:
+            return anyio.run(fn)
+        except SpellError as err:
+            raise trimmed(err)  # noqa: B904 (the same error, its own cause and context)
     raise ConfigurationError.Usage(
         reason=f"{what} blocks, and was called inside a running {library} event loop: "
                f"use `{instead}` there", command=what)
+
+
+def trimmed(err: SpellError) -> SpellError:
+    """``err`` with polyspell's own plumbing (its modules, anyio's, asyncio's, trio's)
+    left out of its Python traceback, which keeps the caller's frames and the script's;
+    all of it with ``POLYSPELL_DEBUG=1``."""
+    if os.environ.get("POLYSPELL_DEBUG"):
+        return err
+    seen: set[int] = set()
+    exc: BaseException | None = err
+    while exc is not None and id(exc) not in seen and len(seen) < 100:  # and its causes
+        seen.add(id(exc))
+        exc.__traceback__ = without_frames(exc.__traceback__, _plumbing)
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return err
+
+
+def _plumbing(filename: str) -> bool:
+    return filename.startswith(_plumbing_folders())
+
+
+@functools.cache
+def _plumbing_folders() -> tuple[str, ...]:
+    names = ("host", "engines", "bridge", "anyio", "asyncio", "sniffio", "trio", "outcome")
+    return tuple(os.path.dirname(module.__file__) + os.sep for name in names
+                 if (module := sys.modules.get(name)) is not None and module.__file__)

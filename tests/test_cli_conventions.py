@@ -258,3 +258,51 @@ def test_a_multi_line_throw_points_at_the_throw(constructor: str) -> None:
     frame = caught.value.frames[-1]
     assert (frame.file, frame.line) == ("agent.js", 2), caught.value.frames
     assert frame.source.strip().startswith(f"throw new {constructor}(")
+
+
+PYTEST_SAMPLE = '''
+import sys
+
+from host import Host, tool
+
+
+@tool
+def weather(city: str) -> dict:
+    """Fails."""
+    raise LookupError(f"no weather station in {{city!r}}")
+
+
+def test_agent():
+    Host([weather]).run({script!r})
+'''
+
+
+@pytest.mark.parametrize("debug", ["", "1"])
+def test_pytest_shows_the_tests_line_the_scripts_and_the_tools_not_the_plumbing(
+        tmp_path: Path, debug: str) -> None:
+    script = tmp_path / "agent.lua"
+    script.write_text("local r = tools.weather{city = 'Atlantis'}\nreturn r\n")
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(PYTEST_SAMPLE.format(script=str(script)))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(sample)], capture_output=True, text=True, cwd=tmp_path,
+                         env=environment({"POLYSPELL_DEBUG": debug}), timeout=120)
+    text = out.stdout
+    assert "test_sample.py:14: " in text  # the test's own line
+    assert "agent.lua:1: in main chunk [lua]" in text  # the script's line, with its text
+    assert "local r = tools.weather{city = 'Atlantis'}" in text
+    assert "test_sample.py:10: LookupError" in text  # the tool's line
+    plumbing = ("anyio/", "asyncio/", "host/runner.py", "host/calls.py", "host/host.py")
+    assert any(p in text for p in plumbing) is bool(debug), text
+    assert "AsyncLibraryNotFoundError" not in text  # a blocking run's own check
+
+
+def test_a_blocking_runs_error_keeps_its_own_context(tmp_path: Path) -> None:
+    with pytest.raises(ScriptError) as caught:
+        Host().run_source("error('boom')", "lua")
+    assert caught.value.__context__ is None
+    import traceback
+
+    text = "".join(traceback.format_exception(caught.value))
+    assert "anyio" not in text and "host/runner.py" not in text
+    assert 'File "<lua>", line 1, in main chunk [lua]' in text
