@@ -374,6 +374,43 @@ def _hook_logs(hooks: Any, config: Any, write: Any = None) -> Iterator[None]:
         ours.setLevel(level)
 
 
+@contextlib.contextmanager
+def _script_lines(write: Callable[[str, str], None] | None = None) -> Iterator[None]:
+    """While a command runs scripts, print what they print (the ``polyspell.script``
+    logger's records) as today: each line whole on stderr, ``[task] `` before it in a
+    plan; ``write(task_id, line)`` instead (the plan's live display). The records stop
+    here (a diagnostics or root handler would print them twice)."""
+    from host.lines import SCRIPT_LOGGER
+
+    handler = _ScriptLinesHandler(write)
+    saved = SCRIPT_LOGGER.level, SCRIPT_LOGGER.propagate
+    SCRIPT_LOGGER.addHandler(handler)
+    SCRIPT_LOGGER.setLevel(logging.INFO)
+    SCRIPT_LOGGER.propagate = False
+    try:
+        yield
+    finally:
+        SCRIPT_LOGGER.removeHandler(handler)
+        SCRIPT_LOGGER.setLevel(saved[0])
+        SCRIPT_LOGGER.propagate = saved[1]
+
+
+class _ScriptLinesHandler(logging.Handler):
+    """Prints a script's line as its record says (see :func:`_script_lines`)."""
+
+    def __init__(self, write: Callable[[str, str], None] | None) -> None:
+        super().__init__()
+        self.write = write
+
+    def emit(self, record: logging.LogRecord) -> None:
+        task_id = getattr(record, "task_id", None)
+        line = record.getMessage()
+        if self.write is not None:
+            self.write(task_id or "?", line)
+        else:
+            write_lines(line, prefix=f"[{task_id}] " if task_id else "")
+
+
 class _LinesHandler(logging.Handler):
     """A logging handler writing each record whole on the current stderr, through the
     one writer of lines (so it never lands inside a script's output line), or through the
@@ -604,7 +641,7 @@ def _run_recorded(args: argparse.Namespace, monitor: Any) -> int:
                     isolation=pool or args.isolation, libraries=args.lib,
                     script_dir_library=False if args.no_script_dir_lib else None,
                     lua_version=args.lua_version)
-        with host, _hook_logs(hooks, config):
+        with host, _script_lines(), _hook_logs(hooks, config):
             run = host.new_run(args.script, script_args)  # its recovery history is reported
             result = anyio.run(run.execute)
     except SpellError as err:
@@ -771,8 +808,7 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
             raise ConfigurationError.Usage(reason="--ray-address goes with --executor ray")
         given = args.executor or ("ray" if args.ray_address is not None else None)
         plan_file = load_plan(args.plan)
-        coordinator = Coordinator(args.tools, on_output=_plan_output(progress),
-                                  config=config, hooks=hooks, monitor=monitor,
+        coordinator = Coordinator(args.tools, config=config, hooks=hooks, monitor=monitor,
                                   isolation=args.isolation, libraries=args.lib,
                                   script_dir_library=False if args.no_script_dir_lib
                                   else None, executor=given, ray_address=args.ray_address,
@@ -781,12 +817,13 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
             plan = coordinator.prepare(plan_file, strategy=args.strategy,
                                        max_concurrency=args.max_concurrency)
             if progress is None:
-                with _hook_logs(hooks, config):
+                with _script_lines(), _hook_logs(hooks, config):
                     report = coordinator.run(plan)
             else:
                 coordinator.on_task_started(progress.started)
                 coordinator.on_task_completed(progress.completed)
-                with progress.live(plan), _hook_logs(hooks, config, progress.log):
+                with progress.live(plan), _script_lines(progress.output), \
+                        _hook_logs(hooks, config, progress.log):
                     report = coordinator.run(plan)
     except SpellError as err:
         return _report_failure(err, args)
@@ -952,12 +989,6 @@ class _PlanProgress:
         if self.bar is not None:
             shown = ", ".join(self.running[:4]) + (" ..." if len(self.running) > 4 else "")
             self.bar.update(self.row, description=f"plan {self.name}: {shown or 'waiting'}")
-
-
-def _plan_output(progress: _PlanProgress | None) -> Any:
-    """Where scripts' print lines go: through the live display, else (None) the
-    coordinator's default, stderr."""
-    return None if progress is None else progress.output
 
 
 # -- explain --------------------------------------------------------------------------

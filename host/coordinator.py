@@ -58,7 +58,6 @@ from host.host import (
     run_blocking,
     tool_items,
 )
-from host.lines import write_lines
 from host.plan import STRATEGIES, Plan, Strategy, Task, invalid_plan, load_plan
 
 if TYPE_CHECKING:
@@ -182,8 +181,9 @@ class Coordinator:
     adds its own. ``engine_timeouts`` are the default per-try timeouts of tasks without
     one, by language (``{"lua": 30, "javascript": 30}``); a plan's ``engine_timeouts`` win
     over them.
-    ``on_output(task_id, line)`` receives what scripts print (default: stderr, prefixed
-    with the task id). ``engine_factory`` makes every engine, as for :class:`host.Host`.
+    ``on_output(task_id, line)`` receives what scripts print (default: records of the
+    ``polyspell.script`` logger, with ``task_id`` among their attributes).
+    ``engine_factory`` makes every engine, as for :class:`host.Host`.
     ``recovery`` and ``config`` (a config file's path or a :class:`host.config.Config`)
     set the tools' recovery policies, as for :class:`host.Host`; they are checked against
     the tools when a plan runs (a plan's tools files may add the tools they name). A
@@ -287,7 +287,7 @@ class Coordinator:
                     reason=f"engine timeouts are for {names}")
             check_positive(f"engine_timeouts[{language!r}]", seconds, at_most=MAX_TIMEOUT)
             self.engine_timeouts[language] = float(seconds)
-        self.on_output = on_output or _print_to_stderr
+        self.on_output = on_output  # None: the polyspell.script logger's records
         if config is not None:  # a bad file fails now
             from host.config import as_config
 
@@ -302,7 +302,7 @@ class Coordinator:
         # built here so that bad options or tools fail now, and tools load once; the
         # recovery policies wait for the plan, whose tools files they may name
         self._host = Host(self.tools, memory_mb=memory_mb, stack_kb=stack_kb,
-                          sandbox=sandbox, on_output=self._output,  # type: ignore[arg-type]
+                          sandbox=sandbox, on_output=self._output if on_output else None,
                           engine_factory=engine_factory, on_human_input=on_human_input,
                           hooks=with_config_hooks(hooks, config),  # [hooks] first
                           monitor=monitor,
@@ -507,7 +507,8 @@ class Coordinator:
         tools = [*self._host.tools, *(plan.path(p) for p in plan.tools)]
         pool = self._host.pool  # the plan's host shares the coordinator's workers
         host = Host(tools, memory_mb=self.memory_mb, stack_kb=self.stack_kb,
-                    sandbox=self.sandbox, on_output=self._output,  # type: ignore[arg-type]
+                    sandbox=self.sandbox,
+                    on_output=self._output if self.on_output else None,
                     engine_factory=None if pool else self._given_factory,
                     isolation=pool or "thread", recovery=self.recovery,
                     lua_version=None if self._given_factory else self._host.lua_version,
@@ -525,10 +526,6 @@ class Coordinator:
 
     def _output(self, line: str) -> None:
         self.on_output(_printing_task.get("?"), line)
-
-
-def _print_to_stderr(task_id: str, line: str) -> None:
-    write_lines(line, prefix=f"[{task_id}] ")
 
 
 # -- one execution of one plan ------------------------------------------------------------

@@ -22,7 +22,6 @@ from engines import Limits, Sandbox
 from engines.specs import LUA_VERSIONS
 from host.calls import Layer
 from host.data import not_json_like
-from host.lines import write_lines
 from host.runner import EngineFactory, ScriptRun
 from host.tools import (
     ScriptTool,
@@ -84,6 +83,10 @@ class Host:
     ``exports``), which every script can call, across languages. Every run gets a fresh,
     sandboxed engine on a thread of its own, so runs never share script state and
     several runs proceed in parallel. Failures raise :class:`bridge.SpellError`.
+
+    What scripts print is a record of the ``polyspell.script`` logger (INFO, with
+    ``run_id``, ``task_id`` and ``language`` attributes), or, given ``on_output(line)``,
+    that callable's, line by line.
 
     ``engine_factory(language, limits=..., sandbox=...)`` makes every engine the host
     uses (a run's, a tools file's, and the one that lists a tools file's functions); the
@@ -220,7 +223,7 @@ class Host:
         self.limits = Limits(timeout=float(timeout), memory_mb=int(memory_mb),
                              stack_kb=int(stack_kb))
         self.sandbox: Sandbox = sandbox
-        self.on_output = on_output or write_lines
+        self.on_output = on_output  # None: the polyspell.script logger's records
         self.isolation: str = isolation
         if isolation == "process":
             from engines.process import WorkerPool

@@ -11,6 +11,7 @@ then flushed.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 from typing import TextIO
@@ -18,6 +19,18 @@ from typing import TextIO
 from bridge.render import printable
 
 _lock = threading.Lock()
+
+# What scripts print (Lua's print, JavaScript's console.log), one record a line, at INFO,
+# with the run's ``run_id``, ``task_id`` (None outside a plan) and ``language`` as the
+# record's attributes: routed like any library's logs (the CLI prints them as lines).
+SCRIPT_LOGGER = logging.getLogger("polyspell.script")
+
+
+def log_script_line(line: str, run_id: str, task_id: str | None, language: str) -> None:
+    """A line a script printed, as a record of :data:`SCRIPT_LOGGER`."""
+    if SCRIPT_LOGGER.isEnabledFor(logging.INFO):
+        SCRIPT_LOGGER.info(line, extra={"run_id": run_id, "task_id": task_id,
+                                        "language": language})
 
 
 def write_lines(text: str, *, prefix: str = "", stream: TextIO | None = None) -> None:

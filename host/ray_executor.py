@@ -64,6 +64,7 @@ from bridge.jsontext import unicode_text
 from host.control import RunControl
 from host.executors import Executor, TaskRun
 from host.history import RecoveryHistory
+from host.lines import log_script_line
 
 if TYPE_CHECKING:
     from host.coordinator import Coordinator
@@ -866,7 +867,11 @@ class RemoteRun:
                         continue
                     for kind, *data in item[1]:
                         if kind == "out":
-                            self._host.on_output(data[0])
+                            if self._host.on_output is not None:
+                                self._host.on_output(data[0])
+                            else:
+                                log_script_line(data[0], self.correlation_id, self.task_id,
+                                                self.language)
                         else:
                             self._observe(*data)
             except anyio.get_cancelled_exc_class():

@@ -65,6 +65,7 @@ from host.calls import (
 from host.control import RunControl
 from host.data import crossing
 from host.history import RecoveryHistory, recovery_event
+from host.lines import log_script_line
 from host.tools import (
     STATE_EXPORT,
     STATE_RESTORE,
@@ -123,7 +124,7 @@ class ScriptRun:
         tools: ToolRegistry,
         limits: Limits,
         sandbox: Sandbox,
-        on_output: Callable[[str], None],
+        on_output: Callable[[str], None] | None,
         engine_factory: EngineFactory = engines.make_engine,
         layers: Sequence[Layer] = (),
         recovery: Mapping[str, ToolRecovery] | None = None,
@@ -490,7 +491,10 @@ class ScriptRun:
 
     def _output(self, line: str) -> None:
         if not self.control.given_up:  # a run already reported (or interrupted) prints no more
-            self.on_output(line)
+            if self.on_output is not None:
+                self.on_output(line)
+            else:  # the default: a record of the polyspell.script logger
+                log_script_line(line, self.correlation_id, self.task_id, self.language)
             hooks = self.hooks
             if hooks is not None and hooks.has("output"):
                 from host.hooks import OutputContext

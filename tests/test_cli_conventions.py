@@ -306,3 +306,33 @@ def test_a_blocking_runs_error_keeps_its_own_context(tmp_path: Path) -> None:
     text = "".join(traceback.format_exception(caught.value))
     assert "anyio" not in text and "host/runner.py" not in text
     assert 'File "<lua>", line 1, in main chunk [lua]' in text
+
+
+def test_a_plans_printed_lines_are_records_with_their_task_ids(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    import logging
+
+    (tmp_path / "a.lua").write_text("print('from a')\nreturn 1\n")
+    (tmp_path / "b.js").write_text("function main() { console.log('from b'); return 2; }\n")
+    caplog.set_level(logging.INFO, logger="polyspell.script")
+    with Coordinator() as coordinator:
+        report = coordinator.run([Task(id="a", script=str(tmp_path / "a.lua")),
+                                  Task(id="b", script=str(tmp_path / "b.js"))])
+    assert report.outcome == "succeeded"
+    seen = {(r.task_id, r.language, r.getMessage()) for r in caplog.records
+            if r.name == "polyspell.script"}
+    assert seen == {("a", "lua", "from a"), ("b", "javascript", "from b")}
+
+
+def test_the_cli_prints_what_scripts_print_as_before(
+        tmp_path: Path) -> None:
+    (tmp_path / "a.lua").write_text("print('from a')\nreturn 1\n")
+    (tmp_path / "plan.toml").write_text('[[task]]\nid = "a"\nscript = "a.lua"\n')
+    out = polyspell("plan", tmp_path / "plan.toml", "--no-record")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == ["[a] from a"]
+    script = tmp_path / "b.lua"
+    script.write_text("print('hello')\nreturn 1\n")
+    out = polyspell("run", script, "--no-record")
+    assert (out.stdout.strip(), out.stderr) == ("1", "hello\n")

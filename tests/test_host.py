@@ -165,18 +165,45 @@ def test_script_output_goes_to_the_log_not_the_result(language):
     assert lines == [pick(language, "hello\t42", "hello 42")]
 
 
-@pytest.mark.anyio
-async def test_by_default_each_printed_line_reaches_stderr_whole(capfd):
-    host = Host([add], timeout=20)  # the default output: stderr
-    lua = ("for b = 1, 10 do for i = 1, 200 do print(args.me .. ' ' .. b * 1000 + i) end "
-           "tools.add{a = 1, b = 2} end")
-    js = ("async function main(a) { for (let b = 1; b <= 10; b++) { for (let i = 1; i <= 200; "
-          "i++) console.log(`${a.me} ${b * 1000 + i}`); await tools.add({a: 1, b: 2}); } }")
+LINES_LUA = ("for b = 1, 10 do for i = 1, 200 do print(args.me .. ' ' .. b * 1000 + i) end "
+             "tools.add{a = 1, b = 2} end")
+LINES_JS = ("async function main(a) { for (let b = 1; b <= 10; b++) { for (let i = 1; i <= 200; "
+            "i++) console.log(`${a.me} ${b * 1000 + i}`); await tools.add({a: 1, b: 2}); } }")
+
+
+async def _six_printing_runs(host: Host) -> None:
     async with anyio.create_task_group() as group:
         for n in range(6):
             language = ("lua", "javascript")[n % 2]
-            group.start_soon(functools.partial(host.arun_source, pick(language, lua, js),
+            group.start_soon(functools.partial(host.arun_source,
+                                               pick(language, LINES_LUA, LINES_JS),
                                                language, args={"me": f"run{n}"}))
+
+
+@pytest.mark.anyio
+async def test_by_default_each_printed_line_is_a_record_of_the_script_logger(caplog):
+    """Library users route what scripts print like any library's logs (issue 18)."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="polyspell.script")
+    await _six_printing_runs(Host([add], timeout=20))
+    records = [r for r in caplog.records if r.name == "polyspell.script"]
+    assert len(records) == 6 * 2000
+    by_run: dict[str, set[tuple[str, str | None]]] = {}
+    for record in records:
+        assert re.fullmatch(r"run\d \d+", record.getMessage()), record.getMessage()
+        me = record.getMessage().split()[0]
+        by_run.setdefault(me, set()).add((record.run_id, record.language, record.task_id))
+    assert len(by_run) == 6 and all(len(seen) == 1 for seen in by_run.values())
+    assert {next(iter(seen))[1] for seen in by_run.values()} == {"lua", "javascript"}
+    assert len({next(iter(seen))[0] for seen in by_run.values()}) == 6  # a run id each
+
+
+@pytest.mark.anyio
+async def test_written_as_lines_each_printed_line_reaches_stderr_whole(capfd):
+    from host.lines import write_lines
+
+    await _six_printing_runs(Host([add], timeout=20, on_output=write_lines))
     lines = capfd.readouterr().err.splitlines()
     assert len(lines) == 6 * 2000
     assert all(re.fullmatch(r"run\d \d+", line) for line in lines), [
