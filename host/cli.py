@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     names = [spec.display_name for spec in engines.specs()]
     suffixes = ", ".join(suffix for spec in engines.specs() for suffix in spec.extensions)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="polyspell",
         description=f"Run {engines.spoken(names, 'and')} agent scripts that call Python "
         f"tools, with one error language across all of them.",
@@ -148,6 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_errors_parser(commands)
     _add_output_options(commands.choices.values())
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a "did you mean" for an unknown choice (and a command's
+    own parsers are of this class too)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            from bridge.names import closest
+
+            choices = [str(choice) for choice in action.choices]
+            meant = closest(str(value), choices)
+            hint = f"did you mean {meant!r}? " if meant else ""
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r} ({hint}choose from "
+                        f"{', '.join(map(repr, choices))})")
+        super()._check_value(action, value)
 
 
 def _add_output_options(parsers: Iterable[argparse.ArgumentParser]) -> None:
@@ -1043,7 +1060,6 @@ def _explain(args: argparse.Namespace) -> int:
 
 def _tools(args: argparse.Namespace) -> int:
     from bridge import SpellError
-    from bridge.jsontext import json_text
     from host.libraries import Libraries, answer
     from host.tools import load_tools_file
 
@@ -1066,7 +1082,8 @@ def _tools(args: argparse.Namespace) -> int:
     for entry in listing:
         summary = entry["description"].splitlines()[0] if entry["description"] else ""
         print(f"{entry['name']}  {summary}")
-        print(f"  parameters: {json_text(entry['parameters'])}")
+        for line in parameter_lines(entry["parameters"]):
+            print(f"  {line}")
     return EXIT_OK
 
 
@@ -1101,6 +1118,49 @@ def _metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def parameter_lines(schema: dict[str, Any]) -> list[str]:
+    """A tool's parameters as people read them, one line each (``query: string
+    (required)``, ``limit: integer = 3``, and its description); a type JSON Schema says
+    in more words than a name, as compact JSON."""
+    from bridge.jsontext import json_text
+
+    properties = schema.get("properties") or {}
+    if not properties:
+        return ["(no parameters)"]
+    required = set(schema.get("required") or ())
+    lines = []
+    for name, prop in properties.items():
+        line = f"{name}: {_schema_type(prop, schema.get('$defs') or {})}"
+        line += " (required)" if name in required else (
+            f" = {json_text(prop['default'])}" if "default" in prop else "")
+        if prop.get("description"):
+            line += f"  {prop['description']}"
+        lines.append(line)
+    return lines
+
+
+def _schema_type(prop: dict[str, Any], definitions: dict[str, Any]) -> str:
+    from bridge.jsontext import json_text
+
+    if "$ref" in prop:
+        return str(prop["$ref"]).rsplit("/", 1)[-1]
+    if "anyOf" in prop:
+        return " | ".join(_schema_type(p, definitions) for p in prop["anyOf"])
+    if "enum" in prop:
+        return " | ".join(json_text(value) for value in prop["enum"])
+    kind = prop.get("type")
+    if kind == "array":
+        items = prop.get("items")
+        return f"list of {_schema_type(items, definitions)}" if items else "list"
+    if kind == "object" and "additionalProperties" in prop and isinstance(
+            prop["additionalProperties"], dict):
+        return f"dict of {_schema_type(prop['additionalProperties'], definitions)}"
+    if isinstance(kind, str):
+        return kind
+    return json_text({k: v for k, v in prop.items() if k not in ("title", "default")}) \
+        if prop else "any"
+
+
 # -- catalog --------------------------------------------------------------------------
 
 
@@ -1111,8 +1171,13 @@ def _catalog(args: argparse.Namespace) -> int:
     if args.category:
         catalog = [c for c in catalog if c["category"] == args.category]
         if not catalog:
-            names = ", ".join(c["category"] for c in describe_catalog())
-            print(f"polyspell catalog: unknown category {args.category!r} (one of {names})",
+            from bridge.names import closest
+
+            known = [c["category"] for c in describe_catalog()]
+            meant = closest(args.category, known)
+            hint = f"did you mean {meant!r}? " if meant else ""
+            print(f"polyspell catalog: unknown category {args.category!r} ({hint}one of "
+                  f"{', '.join(known)})",
                   file=sys.stderr)
             return EXIT_USAGE
     if args.json:

@@ -336,3 +336,33 @@ def test_the_cli_prints_what_scripts_print_as_before(
     script.write_text("print('hello')\nreturn 1\n")
     out = polyspell("run", script, "--no-record")
     assert (out.stdout.strip(), out.stderr) == ("1", "hello\n")
+
+
+def test_tools_prints_each_parameter_on_a_line_of_its_own(tmp_path: Path) -> None:
+    tools = tmp_path / "draw.py"
+    tools.write_text(
+        "from typing import Literal\nfrom pydantic import BaseModel, Field\n"
+        "from host import tool\n\n\nclass Point(BaseModel):\n    x: int\n\n\n@tool\n"
+        "def draw(points: list[Point], color: Literal['red', 'blue'] = 'red',\n"
+        "         note: str | None = None, size: int = Field(3, description='pixels')"
+        ") -> str:\n    \"\"\"Draws.\"\"\"\n    return ''\n")
+    out = polyspell("tools", tools)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "draw  Draws.", "  points: list of Point (required)",
+        '  color: "red" | "blue" = "red"', "  note: string | null = null",
+        "  size: integer = 3  pixels"]
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["run", "x.lua", "--sandbox", "trustd"],
+     "invalid choice: 'trustd' (did you mean 'trusted'? choose from 'constrained', "
+     "'trusted')"),
+    (["rnu", "x.lua"], "invalid choice: 'rnu' (did you mean 'run'?"),
+    (["plan", "p.toml", "--strategy", "isolated"], "(did you mean 'isolate'?"),
+    (["catalog", "toool"], "unknown category 'toool' (did you mean 'tool'? one of agent, "),
+])
+def test_unknown_choices_say_what_was_meant(argv: list[str], said: str) -> None:
+    out = polyspell(*argv)
+    assert out.returncode == 2
+    assert said in out.stderr, out.stderr
