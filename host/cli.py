@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from host.lines import write_lines
+from host.terminal import is_terminal
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SECURITY, EXIT_RESOURCE = 0, 1, 2, 3, 4
 
@@ -799,6 +800,8 @@ def _color(stream: Any) -> bool:
 
 STATUS_COLORS = {"succeeded": "32", "failed": "31", "timed_out": "31", "cancelled": "33",
                  "skipped": "33"}
+RICH_STATUS = {"succeeded": "green", "failed": "red", "timed_out": "red", "cancelled": "yellow",
+               "skipped": "yellow"}
 MAX_ROOT_CAUSES_SHOWN = 5
 MAX_RECOVERY_TASKS_SHOWN = 20
 
@@ -848,25 +851,40 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
         return _report_failure(_internal_error(exc), args)
     if args.json:
         print_json(report.model_dump(mode="json"))  # pydantic's JSON refuses lone surrogates
-    else:
-        _results().write(format_plan_report(report, verbose=args.verbose,
-                                            color=_color(_results())))
+        return EXIT_OK if report.outcome == "succeeded" else EXIT_FAILED
+    out = _results()
+    drawn = is_terminal(out)
+    if drawn:  # the task table drawn by rich; the rest as text
+        from host.terminal import print_table
+
+        rows = _task_rows(report)
+        print_table(out, rows[1:], header=rows[0], color=_color(out), right=(3, 4),
+                    styles=[RICH_STATUS[task.status] for task in report.tasks])
+    out.write(format_plan_report(report, verbose=args.verbose, color=_color(out),
+                                 table=not drawn))
     return EXIT_OK if report.outcome == "succeeded" else EXIT_FAILED
 
 
-def format_plan_report(report: Any, *, verbose: bool = False, color: bool = False) -> str:
-    """A plan's report as people read it: the tasks, the outcome, the root causes."""
+def _task_rows(report: Any) -> list[tuple[str, ...]]:
+    """The report's task table: a header, then a row per task."""
+    return [("task", "engine", "status", "attempts", "duration"),
+            *((t.id, t.engine, t.status, str(t.attempts), f"{t.duration:.2f}s")
+              for t in report.tasks)]
+
+
+def format_plan_report(report: Any, *, verbose: bool = False, color: bool = False,
+                       table: bool = True) -> str:
+    """A plan's report as people read it: the tasks (unless ``table`` is false: a
+    terminal draws them), the outcome, the root causes."""
     from bridge.render import recovery_summary
 
     def paint(text: str, code: str | None) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
 
-    rows = [("task", "engine", "status", "attempts", "duration")]
-    rows += [(t.id, t.engine, t.status, str(t.attempts), f"{t.duration:.2f}s")
-             for t in report.tasks]
+    rows = _task_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = []
-    for n, row in enumerate(rows):
+    for n, row in enumerate(rows if table else ()):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]),
                  paint(row[2].ljust(widths[2]), None if n == 0 else STATUS_COLORS[row[2]]),
                  row[3].rjust(widths[3]), row[4].rjust(widths[4])]
@@ -1182,6 +1200,15 @@ def _catalog(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     if args.json:
         print_json(catalog, indent=2)
+    elif is_terminal(sys.stdout):
+        from host.terminal import print_table
+
+        for category in catalog:
+            print_table(sys.stdout, _catalog_rows(category), color=_color(sys.stdout),
+                        header=("kind", "severity", "retry", "fields"),
+                        title=f"{category['category']} ({category['script_name']} in "
+                              f"scripts): {category['description']}")
+            print()
     else:
         sys.stdout.write(format_catalog(catalog))
     return EXIT_OK
@@ -1194,18 +1221,24 @@ def format_catalog(catalog: list[dict[str, Any]]) -> str:
         lines.append(f"{category['category']}  ({category['script_name']} in scripts)  "
                      f"{category['description']}")
         width = max(len(v["kind"]) for v in category["variants"])
-        for variant in category["variants"]:
-            retry = "-"
-            if variant["retryable"]:
-                retry = f"retry {variant['retry_after']}s" if variant["retry_after"] else "retry"
-            fields = ", ".join(
-                f"{f['name']}: {f['type']}" + ("" if f["required"] else f" = {f['default']!r}")
-                for f in variant["fields"]
-            )
-            lines.append(f"  {variant['kind']:<{width}}  {variant['severity']:<8}  "
-                         f"{retry:<11}  {fields}")
+        for kind, severity, retry, fields in _catalog_rows(category):
+            lines.append(f"  {kind:<{width}}  {severity:<8}  {retry:<11}  {fields}")
         lines.append("")
     return "\n".join(lines)
+
+
+def _catalog_rows(category: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """A category's kinds: kind, severity, whether and when to retry, fields."""
+    rows = []
+    for variant in category["variants"]:
+        retry = "-"
+        if variant["retryable"]:
+            retry = f"retry {variant['retry_after']}s" if variant["retry_after"] else "retry"
+        fields = ", ".join(
+            f"{f['name']}: {f['type']}" + ("" if f["required"] else f" = {f['default']!r}")
+            for f in variant["fields"])
+        rows.append((variant["kind"], variant["severity"], retry, fields))
+    return rows
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 
 from bridge import ConfigurationError, ScriptError
 from host import Coordinator, Host, Task
-from tests.cli import environment, polyspell
+from tests.cli import ROOT, environment, polyspell
 
 
 @pytest.mark.parametrize("flag", ["--version", "-V"])
@@ -200,20 +200,17 @@ def test_color_follows_the_flag_then_the_environment(tmp_path: Path, flags: list
     assert ("\x1b[" in out.stderr) is colored, out.stderr
 
 
-@pytest.mark.parametrize(("term", "colored"), [("xterm", True), ("dumb", False)])
-def test_on_a_terminal_color_is_on_unless_term_is_dumb(tmp_path: Path, term: str,
-                                                       colored: bool) -> None:
+def on_terminal(argv: list[str], env: dict[str, str], stream: str = "stderr") -> bytes:
+    """What ``polyspell ARGV`` writes to ``stream`` when that stream is a terminal."""
     import os
     import pty
 
-    script = tmp_path / "bad.lua"
-    script.write_text("error('boom')\n")
     leader, follower = pty.openpty()
     try:
-        env = environment({"TERM": term, "NO_COLOR": "", "FORCE_COLOR": ""})
-        done = subprocess.run([sys.executable, "-m", "host", "run", str(script),
-                               "--no-record"], stderr=follower, stdout=subprocess.DEVNULL,
-                              env=env, timeout=60)
+        streams = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                   stream: follower}
+        subprocess.run([sys.executable, "-m", "host", *argv], env=environment(env),
+                       timeout=60, **streams)
         os.close(follower)
         follower = -1
         text = b""
@@ -221,16 +218,39 @@ def test_on_a_terminal_color_is_on_unless_term_is_dumb(tmp_path: Path, term: str
             try:
                 chunk = os.read(leader, 65536)
             except OSError:  # the terminal's other end is closed: all was read
-                break
+                return text
             if not chunk:
-                break
+                return text
             text += chunk
     finally:
         if follower != -1:
             os.close(follower)
         os.close(leader)
-    assert done.returncode == 1
+
+
+@pytest.mark.parametrize(("term", "colored"), [("xterm", True), ("dumb", False)])
+def test_on_a_terminal_color_is_on_unless_term_is_dumb(tmp_path: Path, term: str,
+                                                       colored: bool) -> None:
+    script = tmp_path / "bad.lua"
+    script.write_text("error('boom')\n")
+    text = on_terminal(["run", str(script), "--no-record"],
+                       {"TERM": term, "NO_COLOR": "", "FORCE_COLOR": ""})
+    assert b"boom" in text
     assert (b"\x1b[" in text) is colored, text
+
+
+def test_on_a_terminal_the_plan_table_and_the_catalog_are_drawn(tmp_path: Path) -> None:
+    env = {"TERM": "xterm", "NO_COLOR": "", "FORCE_COLOR": "", "COLUMNS": "100"}
+    plan = on_terminal(["plan", str(ROOT / "scripts" / "plans" / "cascading.toml"),
+                        "--no-record"], env, "stdout").decode()
+    assert "\x1b[31mfetch_atlantis" in plan  # a failed task's row in red, drawn by rich
+    assert "outcome: \x1b[31mcascading_failure" in plan
+    piped = polyspell("plan", ROOT / "scripts" / "plans" / "cascading.toml", "--no-record")
+    assert piped.stdout.splitlines()[0].split() == ["task", "engine", "status", "attempts",
+                                                    "duration"]  # plain text in a pipe
+    catalog = on_terminal(["catalog", "tool"], {**env, "NO_COLOR": "1"}, "stdout").decode()
+    assert "\x1b[" not in catalog  # NO_COLOR holds for drawn tables too
+    assert "tool (ToolError in scripts):" in catalog and "not_found" in catalog
 
 
 def test_short_verbose_and_quiet_flags_are_taken_by_every_command(tmp_path: Path) -> None:
