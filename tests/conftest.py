@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -43,6 +43,18 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def pick(language: str, lua: str, javascript: str) -> str:
     """The source for the language under test."""
     return lua if language == "lua" else javascript
+
+
+@pytest.fixture(scope="session")
+def ray_executor() -> Iterator[Any]:
+    """One local Ray for the session's Ray tests (bound to 127.0.0.1), started by the
+    first test that needs it: a Ray start costs seconds."""
+    pytest.importorskip("ray")
+    from host.ray_executor import RayExecutor
+
+    executor = RayExecutor()
+    yield executor
+    executor.close()
 
 
 @pytest.fixture(scope="session")

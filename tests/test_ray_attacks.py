@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,6 @@ pytest.importorskip("ray")
 from bridge import ConfigurationError, NetworkError, SpellError
 from host import Coordinator, Task, tool
 from host.ray_executor import RayExecutor
-
-
-@pytest.fixture(scope="module")
-def ray_executor() -> Iterator[RayExecutor]:
-    executor = RayExecutor()
-    yield executor
-    executor.close()
 
 
 @tool
@@ -78,11 +70,10 @@ def test_a_bracketed_ipv6_address_is_probed_at_that_address() -> None:
 
 
 def test_a_cluster_on_the_loopback_address_is_joined_there(tmp_path: Path) -> None:
-    """(Before this module's own local Ray starts: with it running, the joined cluster's
-    actor died; not investigated.) ``ray_address="127.0.0.1:PORT"``: Ray rewrites a
-    loopback host to the machine's outward interface address (its node IP) unless
-    clusters are off, so joining a cluster bound to the loopback address (as every Ray
-    here is) waited forever for a GCS at the other address."""
+    """``ray_address="127.0.0.1:PORT"``: Ray rewrites a loopback host to the machine's
+    outward interface address (its node IP) unless clusters are off, so joining a cluster
+    bound to the loopback address (as every Ray here is) waited forever for a GCS at the
+    other address."""
     import os
     import subprocess
     import sys
@@ -179,20 +170,23 @@ def test_a_second_coordinator_does_not_kill_the_workers_of_a_plan_running(
         assert second_report.task("quick").result == "quick"
 
 
-# -- a local Ray started from a thread that ends ----------------------------------------------
+# -- a local Ray started in awkward places ---------------------------------------------------
 
-THREAD_THEN_MAIN = '''
+# Three ways a local Ray failed to start or died, checked in one process (a Ray start costs
+# seconds): the plan is run from a thread that then ends, RAY_ADDRESS names another cluster,
+# and the command line holds a file name that is not UTF-8.
+AWKWARD_START = b'''
 import sys, threading
-from host import Coordinator, Task
+from host import Coordinator
 from host.ray_executor import RayExecutor
 
 executor = RayExecutor()
-script = sys.argv[1]
+plan_file = sys.argv[1]
 outcomes = []
 
 def plan():
     with Coordinator(executor=executor, on_output=lambda task, line: None) as coordinator:
-        outcomes.append(coordinator.run([Task(id="t", script=script)]).outcome)
+        outcomes.append(coordinator.run(plan_file).outcome)
 
 thread = threading.Thread(target=plan)  # a web server's request thread, say
 thread.start()
@@ -203,22 +197,39 @@ print(outcomes)
 '''
 
 
-def test_a_local_ray_started_from_a_thread_outlives_the_thread(tmp_path: Path) -> None:
-    """Ray's processes die with the thread that started them (Linux's parent-death signal
-    is per thread): a local Ray started by a plan run from a short-lived thread must not
-    go away with it, taking the next plan (and then the whole process) down."""
+def test_a_local_ray_starts_and_lives_wherever_it_is_started_from(tmp_path: Path) -> None:
+    """- Ray's processes die with the *thread* that started them (Linux's parent-death
+    signal is per thread): a local Ray started by a plan run from a short-lived thread
+    must not go away with it, taking the next plan (and then the process) down.
+    - ``ray_address=None`` starts a local Ray: Ray's own discovery (``RAY_ADDRESS``, a
+    cluster someone started with ``ray start``) must not make it join another cluster,
+    nor fail with Ray's raw ``ValueError`` about ``num_cpus``.
+    - Ray names the driver's job by its command line, sent as UTF-8: a file name that is
+    not UTF-8 there (``polyspell plan café/plan.toml`` in Latin-1) made Ray fail to start.
+    - Ray's notices about choices polyspell made for the Ray it started are not shown."""
     import os
     import subprocess
     import sys
 
-    script = tmp_path / "agent.lua"
-    script.write_text("return 1\n")
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
+    os.mkdir(folder)
+    with open(os.path.join(folder, b"agent.lua"), "wb") as file:
+        file.write(b"return 1\n")
+    plan = os.path.join(folder, b"plan.toml")
+    with open(plan, "wb") as file:
+        file.write(b'[[task]]\nid = "t"\nscript = "agent.lua"\n')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
     root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", THREAD_THEN_MAIN, str(script)],
-                         capture_output=True, text=True, timeout=240, cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root)})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "['succeeded', 'succeeded']"
+    out = subprocess.run([os.fsencode(sys.executable), b"-c", AWKWARD_START, plan],
+                         capture_output=True, timeout=240, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root),
+                              "RAY_ADDRESS": f"127.0.0.1:{closed}"})
+    stderr = out.stderr.decode(errors="replace")
+    assert out.returncode == 0, stderr[-3000:]
+    assert out.stdout.decode().strip().splitlines()[-1] == "['succeeded', 'succeeded']"
+    assert "SIGTERM handler" not in stderr and "Token authentication" not in stderr
 
 
 # -- a flood of printed lines -------------------------------------------------------------
@@ -293,61 +304,6 @@ def test_a_flood_of_lines_travels_in_batches_whole_and_in_order(tmp_path: Path) 
     assert lines == [f"line {i}" for i in range(1, count + 1)]
     assert len(items) <= 2 + count // 100, len(items)
     assert items[-1][0] == "done" or items[-1][1][-1][0] == "done"
-
-
-def test_a_local_ray_is_started_whatever_the_environment_names(tmp_path: Path) -> None:
-    """``ray_address=None`` starts a local Ray: Ray's own discovery (``RAY_ADDRESS``, a
-    cluster another user started with ``ray start`` on this machine) must not make it join
-    another cluster, nor fail with Ray's raw ``ValueError`` about ``num_cpus``."""
-    import os
-    import subprocess
-    import sys
-
-    script = tmp_path / "agent.lua"
-    script.write_text("return 1\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
-    root = Path(__file__).resolve().parent.parent
-    code = ("import sys\nfrom host import Coordinator, Task\n"
-            "with Coordinator(executor='ray', on_output=lambda task, line: None) as c:\n"
-            "    print(c.run([Task(id='t', script=sys.argv[1])]).outcome)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(script)], capture_output=True,
-                         text=True, timeout=240, cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root),
-                              "RAY_ADDRESS": f"127.0.0.1:{closed}"})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "succeeded"
-    # Ray's notices about choices polyspell made for the Ray it started are not the user's
-    assert "SIGTERM handler" not in out.stderr and "Token authentication" not in out.stderr
-
-
-def test_a_command_line_that_is_not_utf8_does_not_stop_ray_from_starting(
-        tmp_path: Path) -> None:
-    """Ray names the driver's job by its command line, which it sends as UTF-8: a file
-    name that is not UTF-8 there (``polyspell plan café/plan.toml`` in Latin-1) made the
-    local Ray fail to start."""
-    import os
-    import subprocess
-    import sys
-
-    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")
-    os.mkdir(folder)
-    script = os.path.join(folder, b"agent.lua")
-    with open(script, "wb") as file:
-        file.write(b"return 1\n")
-    plan = os.path.join(folder, b"plan.toml")
-    with open(plan, "wb") as file:
-        file.write(b'[[task]]\nid = "t"\nscript = "agent.lua"\n')
-    root = Path(__file__).resolve().parent.parent
-    code = ("import sys\nfrom host import Coordinator\n"
-            "with Coordinator(executor='ray', on_output=lambda task, line: None) as c:\n"
-            "    print(c.run(sys.argv[1]).outcome)\n")
-    out = subprocess.run([os.fsencode(sys.executable), b"-c", code.encode(), plan],
-                         capture_output=True, timeout=240, cwd=root,
-                         env={**os.environ, "PYTHONPATH": str(root)})
-    assert out.returncode == 0, out.stderr[-3000:].decode(errors="replace")
-    assert out.stdout.decode().strip().splitlines()[-1] == "succeeded"
 
 
 # -- a plan its caller cancels ---------------------------------------------------------------
