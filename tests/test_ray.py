@@ -49,13 +49,15 @@ def comparable(report: Any) -> Any:
 
 def test_propagate_stops_everything_on_ray_too(ray_executor: RayExecutor) -> None:
     """The one strategy no example plan uses: which tasks were still running when the
-    first failure came is timing, so the report is compared where it is not."""
+    first failure came is timing (and so whether any succeeded: a Ray that is still
+    making its actors cancels them all), so the report is compared where it is not."""
     reports = []
     for executor in (None, ray_executor):
         with Coordinator(on_output=lambda task, line: None, executor=executor) as coordinator:
             reports.append(coordinator.run(PLANS / "cascading.toml", strategy="propagate"))
     local, remote = reports
-    assert (remote.outcome, remote.root_causes) == (local.outcome, local.root_causes)
+    assert remote.root_causes == local.root_causes == ["fetch_atlantis"]
+    assert {local.outcome, remote.outcome} <= {"cascading_failure", "all_failed"}
     assert remote.error("fetch_atlantis").to_dict()["frames"] == \
         local.error("fetch_atlantis").to_dict()["frames"]  # type: ignore[union-attr]
     assert {t.status for t in remote.tasks} <= {"succeeded", "failed", "cancelled"}
