@@ -393,6 +393,7 @@ class ScriptRun:
             _preserve_stack(outcome)
             if any(frame.language != "python" for frame in outcome.frames):
                 attach_python_traceback(outcome, self.sources())
+            _attach_to_causes(outcome, self.sources)
             raise outcome
         return outcome
 
@@ -1135,6 +1136,21 @@ class _Escaped:
 
     def __init__(self, exception: BaseException) -> None:
         self.exception = exception
+
+
+def _attach_to_causes(err: SpellError, sources: Callable[[], dict[str, str]]) -> None:
+    """Give each unified error of ``err``'s cause chain that passed through a script (a
+    tool's error handed to a script, which raised another with it as cause) its frames
+    as a Python traceback and note, as the outermost error has: its own traceback is
+    polyspell's plumbing only, so pytest and ``traceback`` showed a bare message."""
+    cause, depth = err.__cause__, 0
+    while isinstance(cause, SpellError) and depth < MAX_CAUSES_ATTACHED:
+        if any(frame.language != "python" for frame in cause.frames):
+            attach_python_traceback(cause, sources())
+        cause, depth = cause.__cause__, depth + 1
+
+
+MAX_CAUSES_ATTACHED = 32
 
 
 def _preserve_stack(err: SpellError) -> None:

@@ -386,3 +386,40 @@ def test_unknown_choices_say_what_was_meant(argv: list[str], said: str) -> None:
     out = polyspell(*argv)
     assert out.returncode == 2
     assert said in out.stderr, out.stderr
+
+
+CHAIN_SAMPLE = '''
+from host import Host, tool
+
+
+@tool
+def fetch(key: str) -> str:
+    """Fails."""
+    raise KeyError(key)
+
+
+def test_chain():
+    Host([fetch]).run({script!r})
+'''
+
+
+def test_every_error_of_a_chain_shows_its_frames_and_note(tmp_path: Path) -> None:
+    """A tool's error caught by a script, which throws another with it as cause: the
+    middle of the chain (the tool's unified error) showed in pytest as a bare message."""
+    script = tmp_path / "agent.js"
+    script.write_text(
+        "async function main() {\n  try {\n    await tools.fetch({key: 'x'});\n"
+        "  } catch (e) {\n    throw new AgentError({kind: 'execution_failed', "
+        "fields: {reason: 'fetch broke'}, cause: e});\n  }\n}\n")
+    sample = tmp_path / "test_sample.py"
+    sample.write_text(CHAIN_SAMPLE.format(script=str(script)))
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(sample)], capture_output=True, text=True, cwd=tmp_path,
+                         env=environment(), timeout=120)
+    text = out.stdout
+    middle = text.index("ToolExecutionFailed: Tool execution failed: fetch")
+    outer = text.index("AgentExecutionFailed: Agent execution failed: fetch broke")
+    assert middle < outer
+    assert "javascript agent.js:3:" in text[middle:outer]  # the middle's own frames
+    assert "python test_sample.py:8:5, in fetch" in text[middle:outer]
+    assert "javascript agent.js:5:" in text[outer:]
