@@ -956,30 +956,25 @@ def _not_succeeded(report: Any, paint: Callable[[str, str | None], str]) -> list
 
 
 class _PlanProgress:
-    """Live progress on stderr: a rich progress bar when rich is installed, else a line
-    per task that ends."""
+    """Live progress on a terminal's stderr (rich's progress bar), with a line per task
+    that ends and what scripts print above it."""
 
     def __init__(self) -> None:
         self.running: list[str] = []
         self.bar: Any = None  # rich's Progress, while it is live
         self.row: Any = None
         self.name = ""
-        self.total = self.done = 0
 
     def live(self, plan: Any) -> Any:
-        import contextlib
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        self.name, self.total = plan.name, len(plan.tasks)
-        try:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        except ImportError:  # plain lines: a header, then one line per task that ends
-            write_lines(f"plan {plan.name}: {self.total} tasks")
-            return contextlib.nullcontext()
+        from host.terminal import rich_console
+
+        self.name = plan.name
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            MofNCompleteColumn(), console=Console(stderr=True),
-                            transient=True)
-        self.row = self.bar.add_task(f"plan {plan.name}", total=self.total)
+                            MofNCompleteColumn(), transient=True,
+                            console=rich_console(sys.stderr, _color(sys.stderr)))
+        self.row = self.bar.add_task(f"plan {plan.name}", total=len(plan.tasks))
         return self.bar
 
     def started(self, task_id: str, attempt: int) -> None:
@@ -990,35 +985,24 @@ class _PlanProgress:
     def completed(self, task: Any) -> None:
         if task.id in self.running:
             self.running.remove(task.id)
-        line = f"{task.id} ({task.engine or '?'}) {task.status} after {task.duration:.2f}s"
-        if self.bar is None:
-            self.done += 1
-            write_lines(f"[{self.done}/{self.total}] {line}")
-            return
-        from rich.markup import escape
-
-        color = {"succeeded": "green", "failed": "red", "timed_out": "red"}.get(task.status,
-                                                                                "yellow")
-        self.bar.console.print(f"[{color}]{escape(line)}[/]")
+        self.print(f"{task.id} ({task.engine or '?'}) {task.status} after "
+                   f"{task.duration:.2f}s", RICH_STATUS.get(task.status))
         self.bar.advance(self.row)
         self._describe()
 
     def log(self, text: str) -> None:
         """A hook preset's log record, above the live display."""
-        if self.bar is None:
-            write_lines(text)
-        else:
-            from rich.markup import escape
-
-            self.bar.console.print(escape(text), highlight=False, emoji=False)
+        self.print(text)
 
     def output(self, task_id: str, line: str) -> None:
-        if self.bar is None:
-            write_lines(line, prefix=f"[{task_id}] ")
-        else:
-            from rich.markup import escape
+        """A line a task's script printed, above the live display."""
+        self.print(f"[{task_id}] {line}")
 
-            self.bar.console.print(escape(f"[{task_id}] {line}"))
+    def print(self, text: str, style: str | None = None) -> None:
+        """``text`` above the live display, as text (never read as markup)."""
+        from rich.text import Text
+
+        self.bar.console.print(Text(text, style=style or ""))
 
     def _describe(self) -> None:
         if self.bar is not None:

@@ -423,3 +423,15 @@ def test_every_error_of_a_chain_shows_its_frames_and_note(tmp_path: Path) -> Non
     assert "javascript agent.js:3:" in text[middle:outer]  # the middle's own frames
     assert "python test_sample.py:8:5, in fetch" in text[middle:outer]
     assert "javascript agent.js:5:" in text[outer:]
+
+
+def test_on_a_terminal_quiet_turns_the_progress_off_and_lines_still_show(tmp_path: Path
+                                                                        ) -> None:
+    (tmp_path / "a.lua").write_text("print('from a')\nreturn 1\n")
+    (tmp_path / "plan.toml").write_text('[[task]]\nid = "a"\nscript = "a.lua"\n')
+    env = {"TERM": "xterm", "NO_COLOR": "1", "COLUMNS": "100"}
+    shown = on_terminal(["plan", str(tmp_path / "plan.toml"), "--no-record"], env).decode()
+    assert "[a] from a" in shown and "a (lua) succeeded after" in shown  # the live display
+    quiet = on_terminal(["plan", str(tmp_path / "plan.toml"), "--no-record", "-q"],
+                        env).decode()
+    assert quiet.split() == ["[a]", "from", "a"]  # the script's line, no progress
