@@ -280,8 +280,11 @@ class Host:
     def run(self, path: str | Path, args: Any = None) -> Any:
         """Run a script file (engine chosen by extension) and return its result."""
         __tracebackhide__ = True  # pytest shows the caller's line
-        return run_blocking(functools.partial(self.arun, path, args), "Host.run",
-                            "await host.arun(...)")
+        try:
+            return run_blocking(functools.partial(self.arun, path, args), "Host.run",
+                                "await host.arun(...)")
+        except SpellError as err:  # here, so that the frames below this one go too
+            raise trimmed(err)  # noqa: B904 (the same error, its own cause and context)
 
     async def arun(self, path: str | Path, args: Any = None) -> Any:
         """:meth:`run` for async code (asyncio or trio)."""
@@ -296,8 +299,12 @@ class Host:
         """Run script source given as text; ``language`` is a language's name or alias
         (``lua``, ``javascript``/``js``: see :func:`engines.specs`)."""
         __tracebackhide__ = True
-        return run_blocking(functools.partial(self.arun_source, code, language, name, args),
-                            "Host.run_source", "await host.arun_source(...)")
+        try:
+            return run_blocking(functools.partial(self.arun_source, code, language, name,
+                                                  args),
+                                "Host.run_source", "await host.arun_source(...)")
+        except SpellError as err:
+            raise trimmed(err)  # noqa: B904 (the same error, its own cause and context)
 
     async def arun_source(self, code: str, language: str, name: str | None = None,
                           args: Any = None) -> Any:
@@ -671,12 +678,8 @@ def run_blocking(fn: Callable[[], Awaitable[Any]], what: str, instead: str) -> A
         library = sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         library = None
-    __tracebackhide__ = True  # pytest shows the caller's line, not polyspell's
     if library is None:  # (outside the except: the run's errors keep their own context)
-        try:
-            return anyio.run(fn)
-        except SpellError as err:
-            raise trimmed(err)  # noqa: B904 (the same error, its own cause and context)
+        return anyio.run(fn)
     raise ConfigurationError.Usage(
         reason=f"{what} blocks, and was called inside a running {library} event loop: "
                f"use `{instead}` there", command=what)

@@ -325,6 +325,7 @@ def test_a_blocking_runs_error_keeps_its_own_context(tmp_path: Path) -> None:
 
     text = "".join(traceback.format_exception(caught.value))
     assert "anyio" not in text and "host/runner.py" not in text
+    assert "run_blocking" not in text  # the entry point's own frame only
     assert 'File "<lua>", line 1, in main chunk [lua]' in text
 
 
