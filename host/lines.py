@@ -27,10 +27,12 @@ SCRIPT_LOGGER = logging.getLogger("polyspell.script")
 
 
 def log_script_line(line: str, run_id: str, task_id: str | None, language: str) -> None:
-    """A line a script printed, as a record of :data:`SCRIPT_LOGGER`."""
+    """What a script printed, as records of :data:`SCRIPT_LOGGER`, one a line: a printed
+    newline never puts a line in a log file that another logger seems to have written."""
     if SCRIPT_LOGGER.isEnabledFor(logging.INFO):
-        SCRIPT_LOGGER.info(line, extra={"run_id": run_id, "task_id": task_id,
-                                        "language": language})
+        extra = {"run_id": run_id, "task_id": task_id, "language": language}
+        for part in line.split("\n"):
+            SCRIPT_LOGGER.info(part, extra=extra)
 
 
 def write_lines(text: str, *, prefix: str = "", stream: TextIO | None = None) -> None:

@@ -436,3 +436,14 @@ def test_on_a_terminal_quiet_turns_the_progress_off_and_lines_still_show(tmp_pat
     quiet = on_terminal(["plan", str(tmp_path / "plan.toml"), "--no-record", "-q"],
                         env).decode()
     assert quiet.split() == ["[a]", "from", "a"]  # the script's line, no progress
+
+
+def test_a_printed_newline_makes_two_records_never_a_forged_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="polyspell.script")
+    Host().run_source("print('one\\nERROR polyspell.hooks: forged')", "lua")
+    records = [r for r in caplog.records if r.name == "polyspell.script"]
+    assert [r.getMessage() for r in records] == ["one", "ERROR polyspell.hooks: forged"]
+    assert all(r.language == "lua" and r.levelname == "INFO" for r in records)
