@@ -92,6 +92,8 @@ _LUA_SHORT_STRING = 40
 _LUA_IDSIZE = 60
 # Lua data the host converts: the clock is read each time this much of the budget is spent.
 _CLOCK_EVERY = 2**20
+# The values of a Lua array read in one call of unpack (Lua's stack holds them meanwhile).
+_UNPACK_PIECE = 2**14
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
 # LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
@@ -382,6 +384,7 @@ class LuaEngine(Engine):
         self._set_max_memory = self._lua.set_max_memory
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
+            self._unpack = self._lua.eval("table.unpack or unpack")  # see _convert
             self._put, self._enter, self._take, self._drain, self._lua_short_src = (
                 self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
                                   self._memory_limit, self.jit if jit is None else jit))
@@ -515,7 +518,7 @@ class LuaEngine(Engine):
         """Drop the runtime; the engine cannot run again."""
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
-        self._table_from = self._set_max_memory = None
+        self._table_from = self._set_max_memory = self._unpack = None
         self._lua = None
 
     # -- the steps -------------------------------------------------------------------
@@ -738,13 +741,17 @@ class LuaEngine(Engine):
         if value.__class__ is not table_type:
             return value
         return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
-                                table_type])
+                                table_type, self._unpack])
 
 
 def _convert(table: Any, state: list[Any]) -> Any:
     """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
     built, the count at which to look at the budget and the clock next, the deadline, what
-    is being read, and the type of the engine's Lua tables (one per lupa module)."""
+    is being read, the type of the engine's Lua tables (one per lupa module), and Lua's
+    ``table.unpack``."""
+    length = len(table)  # raw: the border of the array part, 0 for a table of string keys
+    if length:  # the prelude let only arrays 1..n through with an integer key
+        return _convert_array(table, length, state)
     data = {}
     left, table_type = state[0], state[4]
     for key, item in table.items():
@@ -763,6 +770,39 @@ def _convert(table: Any, state: list[Any]) -> Any:
     if data and next(iter(data)).__class__ is int:  # the prelude let only arrays 1..n through
         return [data[index] for index in range(1, len(data) + 1)]
     return {key: data[key] for key in sorted(data)} if len(data) > 1 else data
+
+
+def _convert_array(table: Any, length: int, state: list[Any]) -> list[Any]:
+    """An array 1..``length`` for :func:`_convert`: its values read by Lua's ``unpack`` (lupa
+    converts the results in C) a piece at a time, each piece's budget counted before it is
+    read; only a piece that holds strings or tables is then looked at value by value."""
+    unpack, table_type = state[5], state[4]
+    values: list[Any] = []
+    for first in range(1, length + 1, _UNPACK_PIECE):
+        last = min(first + _UNPACK_PIECE - 1, length)
+        left = state[0] - ITEM_BYTES * (last - first + 1)
+        if left < state[1]:
+            _spent(left, state)
+        piece = unpack(table, first, last)
+        if last == first:  # one value comes back as itself (unpack_returned_tuples)
+            piece = (piece,)
+        kinds = set(map(type, piece))
+        if str in kinds or table_type in kinds:
+            for item in piece:
+                kind = item.__class__
+                if kind is str:
+                    left -= len(item)
+                elif kind is table_type:
+                    state[0] = left
+                    item = _convert(item, state)
+                    left = state[0]
+                if left < state[1]:
+                    _spent(left, state)
+                values.append(item)
+        else:
+            values += piece
+        state[0] = left
+    return values
 
 
 def _spent(left: int, state: list[Any]) -> None:
