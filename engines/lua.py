@@ -248,6 +248,50 @@ class _NotData(Exception):
         self.problem = Problem(path, data_type, f"{path} {problem}")
 
 
+_PLAIN_DATA = _SCALARS | {int, list, dict}
+
+
+def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set[int]
+                ) -> int | None:
+    """What :func:`_check_data` returns for ``value`` when it is plain data (lists and
+    dicts with string keys, of scalars and ints within ``ints``, less than MAX_DEPTH deep),
+    found with each container's values looked at by C code and no path named; None when it
+    is not, or may not be (for :func:`_check_data` to say why, or to count it)."""
+    if depth >= MAX_DEPTH:
+        return None
+    first = id(value) not in seen
+    seen.add(id(value))
+    is_dict = value.__class__ is dict
+    if is_dict:
+        if not set(map(type, value)) <= {str}:
+            return None
+        items: Any = value.values()
+        size = 8 * len(value) + sum(map(len, value))
+    else:
+        items = value
+        size = 8 * len(value)
+    kinds = set(map(type, items))
+    if not kinds <= _PLAIN_DATA:
+        return None
+    if int in kinds:
+        numbers = items if len(kinds) == 1 else [x for x in items if x.__class__ is int]
+        if min(numbers) < ints[0] or max(numbers) > ints[1]:
+            return None
+    if str in kinds:
+        texts = map(len, items if len(kinds) == 1 else
+                    [x for x in items if x.__class__ is str])
+        # a dict's string values count whole; a list's only when Lua does not intern them
+        size += sum(texts) if is_dict else sum(n for n in texts if n > _LUA_SHORT_STRING)
+    if list in kinds or dict in kinds:
+        for item in items:
+            if item.__class__ is list or item.__class__ is dict:
+                inner = _plain_size(item, ints, depth + 1, seen)
+                if inner is None:
+                    return None
+                size += inner
+    return size if first else 0
+
+
 class _SourceBytes(bytes):
     """A Lua source that is not UTF-8 (Latin-1 string literals are legal Lua), as the bytes
     the host read (it carries them as surrogate escapes): handed to Lua as they are. Only
@@ -699,7 +743,9 @@ class LuaEngine(Engine):
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
                         item_kind is not int or not ints[0] <= item <= ints[1])):
-                    size = _check_data(value, path, 0, set(), ints)
+                    size = _plain_size(value, ints, 0, set())  # type: ignore[assignment]
+                    if size is None:  # not plain, or not data: the walk that names the path
+                        size = _check_data(value, path, 0, set(), ints)
                     break
                 if item_kind is str:
                     size += len(item)
@@ -715,7 +761,9 @@ class LuaEngine(Engine):
                 _check_data(value, path, 0, set(), ints)  # raises _NotData
             return value
         else:
-            size = _check_data(value, path, 0, set(), ints)
+            size = _plain_size(value, ints, 0, set()) if kind is list else None
+            if size is None:  # not plain, or not data at all: the walk that names the path
+                size = _check_data(value, path, 0, set(), ints)
         if size > self._memory_limit:
             raise _NoRoom
         try:
