@@ -66,6 +66,7 @@ import math
 import os
 import posixpath
 import re
+import secrets
 import time
 import types
 import typing
@@ -224,8 +225,11 @@ class JavaScriptEngine(Engine):
         self._owners: dict[int, int] = {}  # request id -> the activation that made it
         self._last_activation = 0  # 0: the script itself, or the tools file's load
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
+        mark = self._nonce = secrets.token_hex(8)  # see LONG_TEXT in the prelude
+        self._mark = "\0" + mark + ":"  # (the text has the NUL as \u0000)
         try:
             config = _encode({"file": filename, "args": {} if args is None else args,
+                              "mark": mark,
                               "library": library,
                               "tools": [[t.name, t.description] for t in tools],
                               "constructors": _constructors(),
@@ -257,6 +261,7 @@ class JavaScriptEngine(Engine):
             self._grace()
             api = self._api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
+            self._stashed = api("stashed")
             self._call_export = api("callExport")
             api("setup")(config, ERRORS, _catalog_json())
             if not library:
@@ -663,7 +668,7 @@ class JavaScriptEngine(Engine):
 
     def close(self) -> None:
         """Free the context (call it on the engine's thread, like everything else)."""
-        self._settle = self._poll = self._drain = self._call_export = None
+        self._settle = self._poll = self._drain = self._call_export = self._stashed = None
         self._ctx = None
 
     # -- running ---------------------------------------------------------------------
@@ -723,6 +728,11 @@ class JavaScriptEngine(Engine):
         if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
         state = _read_state(text)
+        if self._nonce in text:  # long strings handed over as themselves
+            try:
+                state = self._unstash(state, [self._max_text - len(text)])
+            except (quickjs.JSException, _TooLarge):  # no memory left to flatten one
+                return self._fail(self._too_large("data"))
         lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
         if kind == 0:
@@ -765,6 +775,25 @@ class JavaScriptEngine(Engine):
                     reason="no tool call is pending and no job is left to run",
                     frames=[translate.make_frame(self._filename, None, None, "<script>")]),
                     lines)
+
+    def _unstash(self, value: Any, left: list[int]) -> Any:
+        """``value`` (a poll's data) with each long string the prelude handed over by
+        itself in place of its mark (see LONG_TEXT there); raises :class:`_TooLarge` once
+        they would take Python past the poll's text bound (``left``)."""
+        kind = value.__class__
+        if kind is str:
+            if not value.startswith(self._mark):
+                return value
+            text = self._stashed(int(value[len(self._mark):]))
+            left[0] -= len(text)
+            if left[0] < 0:
+                raise _TooLarge("data")
+            return text
+        if kind is list:
+            return [self._unstash(item, left) for item in value]
+        if kind is dict:
+            return {key: self._unstash(item, left) for key, item in value.items()}
+        return value
 
     def _requests(self, state: list[Any]) -> list[ToolRequest]:
         """The requests of a poll: ``id, site, tool, params`` from index 2 (see poll())."""
