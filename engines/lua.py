@@ -249,6 +249,7 @@ class _NotData(Exception):
 
 
 _PLAIN_DATA = _SCALARS | {int, list, dict}
+_SMALL_DICT = 8  # dicts up to this long are looked at item by item
 
 
 def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set[int]
@@ -262,6 +263,26 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
     first = id(value) not in seen
     seen.add(id(value))
     is_dict = value.__class__ is dict
+    if is_dict and len(value) <= _SMALL_DICT:  # a record: cheaper item by item
+        size = 0
+        for key, item in value.items():
+            kind = item.__class__
+            if key.__class__ is not str:
+                return None
+            size += 8 + len(key)
+            if kind is str:
+                size += len(item)
+            elif kind is int:
+                if not ints[0] <= item <= ints[1]:
+                    return None
+            elif kind is list or kind is dict:
+                inner = _plain_size(item, ints, depth + 1, seen)
+                if inner is None:
+                    return None
+                size += inner
+            elif kind not in _SCALARS:
+                return None
+        return size if first else 0
     if is_dict:
         if not set(map(type, value)) <= {str}:
             return None

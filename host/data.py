@@ -134,6 +134,23 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     if depth >= MAX_DEPTH:
         return None
     is_dict = value.__class__ is dict
+    if is_dict and len(value) <= _SMALL:  # a record: cheaper item by item
+        small = {}
+        for key, item in value.items():
+            kind = item.__class__
+            if key.__class__ is not str:
+                return None
+            if kind is int:
+                if item > limit or item < -limit - 1:
+                    return None
+            elif kind is list or kind is dict:
+                item = _plain_copy(item, limit, depth + 1)
+                if item is None:
+                    return None
+            elif kind not in _PLAIN:
+                return None
+            small[key] = item
+        return small
     items = value.values() if is_dict else value
     if is_dict and not set(map(type, value)) <= {str}:
         return None
@@ -168,6 +185,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
 
 
 _PLAIN_INT = _PLAIN | {int}
+_SMALL = 8  # dicts up to this long are looked at item by item
 _PLAIN_DATA = _PLAIN_INT | {list, dict}
 
 
