@@ -1008,8 +1008,19 @@ def _beyond_safe(value: Any) -> bool:
     (each level's values gathered and looked at by C code, not one Python call apiece)."""
     level = [value] if value.__class__ in (list, dict) else []
     while level:
-        values = list(itertools.chain.from_iterable(
-            item.values() if item.__class__ is dict else item for item in level))
+        values = level[0]
+        if len(level) == 1 and values.__class__ is list and values \
+                and values[0].__class__ in (int, float):
+            try:  # numbers only (bools, floats too: a float past 2**53 only costs a re-read)
+                if max(values, default=0) > _MAX_SAFE_INTEGER \
+                        or min(values, default=0) < -_MAX_SAFE_INTEGER:
+                    return True
+                return False
+            except TypeError:  # strings, None, lists or dicts among them
+                pass
+        if values.__class__ is not list or len(level) > 1:
+            values = list(itertools.chain.from_iterable(
+                item.values() if item.__class__ is dict else item for item in level))
         kinds = set(map(type, values))
         if int in kinds:
             ints = values if len(kinds) == 1 else [x for x in values if x.__class__ is int]
