@@ -1008,27 +1008,34 @@ def _beyond_safe(value: Any) -> bool:
     (each level's values gathered and looked at by C code, not one Python call apiece)."""
     level = [value] if value.__class__ in (list, dict) else []
     while level:
-        values = level[0]
-        if len(level) == 1 and values.__class__ is list and values \
-                and values[0].__class__ in (int, float):
-            try:  # numbers only (bools, floats too: a float past 2**53 only costs a re-read)
-                if max(values, default=0) > _MAX_SAFE_INTEGER \
-                        or min(values, default=0) < -_MAX_SAFE_INTEGER:
-                    return True
-                return False
-            except TypeError:  # strings, None, lists or dicts among them
-                pass
-        if values.__class__ is not list or len(level) > 1:
+        if len(level) == 1:
+            values = level[0]
+            if values.__class__ is dict:
+                values = list(values.values())
+            elif values and values[0].__class__ in (int, float):
+                try:  # numbers only (a float past 2**53 only costs a re-read)
+                    return max(values) > _MAX_SAFE_INTEGER or min(values) < -_MAX_SAFE_INTEGER
+                except TypeError:  # strings, None, lists or dicts among them
+                    pass
+        else:
+            containers = set(map(type, level))
             values = list(itertools.chain.from_iterable(
-                item.values() if item.__class__ is dict else item for item in level))
+                map(dict.values, level) if containers == {dict} else level
+                if containers == {list} else
+                (item.values() if item.__class__ is dict else item for item in level)))
         kinds = set(map(type, values))
         if int in kinds:
             ints = values if len(kinds) == 1 else [x for x in values if x.__class__ is int]
             if max(ints) > _MAX_SAFE_INTEGER or min(ints) < -_MAX_SAFE_INTEGER:
                 return True
-        level = [x for x in values if x.__class__ in (list, dict)] \
-            if list in kinds or dict in kinds else []
+        if list in kinds or dict in kinds:
+            level = values if kinds <= {list, dict} else \
+                [x for x in values if x.__class__ is list or x.__class__ is dict]
+        else:
+            level = []
     return False
+
+
 _monotonic = time.monotonic
 
 
