@@ -809,16 +809,20 @@ class LuaEngine(Engine):
         table_type = self._table_type
         if value.__class__ is not table_type:
             return value
+        # unpack converts a piece's strings before their lengths are counted: only for
+        # data the prelude's check has already counted against the same budget (params,
+        # results); a thrown value (a sanitized copy, never counted) goes item by item
+        unpack = None if what == "error" else self._unpack
         return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
-                                table_type, self._unpack])
+                                table_type, unpack])
 
 
 def _convert(table: Any, state: list[Any]) -> Any:
     """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
     built, the count at which to look at the budget and the clock next, the deadline, what
     is being read, the type of the engine's Lua tables (one per lupa module), and Lua's
-    ``table.unpack``."""
-    length = len(table)  # raw: the border of the array part, 0 for a table of string keys
+    ``table.unpack`` (None: read arrays item by item, see :meth:`LuaEngine._from_lua`)."""
+    length = len(table) if state[5] is not None else 0  # raw: 0 for string keys
     if length:  # the prelude let only arrays 1..n through with an integer key
         return _convert_array(table, length, state)
     data = {}

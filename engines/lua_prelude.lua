@@ -217,6 +217,21 @@ local function check_table(v, depth)
   if depth >= MAX_DEPTH then
     return "%s is nested more than " .. MAX_DEPTH .. " levels deep", "table", ""
   end
+  -- An array of numbers, its keys 1..n met in order (as next walks an array part): the
+  -- common case, checked with the least work; anything else is walked again below.
+  local n = 0
+  for k, x in next, v do
+    n = n + 1
+    if k ~= n or type(x) ~= "number" then n = -1 break end
+  end
+  if n >= 0 then
+    spent = spent + n * ITEM_BYTES
+    if spent > budget then
+      abort = "large"
+      error(KILL, 0)
+    end
+    return
+  end
   active[v] = true
   local nstr, nint, top = 0, 0, 0
   for k, x in next, v do
