@@ -1158,8 +1158,8 @@
       lines = "[" + joinList(output, ",") + "]";
       output = newList();
     }
-    if (stash.length !== 0) { // the long strings this text names, for stashed
-      taken = stash;
+    if (stash.length !== 0 || taken.length !== 0) { // the long strings this text names,
+      taken = stash; // for stashed (and no longer those of the last text)
       stash = newList();
     }
     // Up to 512 characters, + makes flat strings (see flat)
