@@ -991,6 +991,7 @@ def _js_number(text: str) -> int | float:
 _scan = json.JSONDecoder(parse_int=_js_number).scan_once
 # The same with ints parsed in C, right for every int within 2**53 (see _read_state).
 _native_scan = json.JSONDecoder().scan_once
+_SMALL_TEXT = 1024
 
 
 def _read_state(text: str) -> Any:
@@ -999,6 +1000,8 @@ def _read_state(text: str) -> Any:
     Parsing ints in C and then looking for one past 2**53 (rare: the text is read again
     with :func:`_js_number` then) costs a fraction of a Python call per int.
     """
+    if len(text) < _SMALL_TEXT:  # a few numbers: cheaper read one by one than looked for
+        return _scan(text, 0)[0]
     state = _native_scan(text, 0)[0]
     return _scan(text, 0)[0] if _beyond_safe(state) else state
 

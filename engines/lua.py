@@ -822,12 +822,12 @@ def _convert(table: Any, state: list[Any]) -> Any:
     built, the count at which to look at the budget and the clock next, the deadline, what
     is being read, the type of the engine's Lua tables (one per lupa module), and Lua's
     ``table.unpack`` (None: read arrays item by item, see :meth:`LuaEngine._from_lua`)."""
-    length = len(table) if state[5] is not None else 0  # raw: 0 for string keys
-    if length:  # the prelude let only arrays 1..n through with an integer key
-        return _convert_array(table, length, state)
     data = {}
-    left, table_type = state[0], state[4]
+    left, table_type, unpack = state[0], state[4], state[5]
     for key, item in table.items():
+        if key.__class__ is int and unpack is not None:
+            # an array: the prelude let only arrays 1..n through with an integer key
+            return _convert_array(table, len(table), state)
         left -= ITEM_BYTES + len(key) if key.__class__ is str else ITEM_BYTES
         kind = item.__class__
         if kind is str:

@@ -195,17 +195,22 @@ def test_js_integers_past_2_53_come_as_the_same_doubles(host: Host, scan: str,
     if scan == "slow":
         monkeypatch.setattr(javascript_engine, "_beyond_safe", lambda value: True)
     source = """async function main() {
-  const values = [1, 2 ** 53, -(2 ** 53), 2 ** 53 + 2, -(2 ** 60), 7, {n: 2 ** 60}];
+  const values = [1, 2 ** 53, -(2 ** 53), 2 ** 53 + 2, -(2 ** 60), 7, {n: 2 ** 60},
+    Array.from({length: 400}, (_, i) => i)];  // a text long enough to be read natively
   return [await tools.take({values}), values, Array.from({length: 20000}, (_, i) => i)];
 }"""
     seen, values, many = host.run_source(source, "javascript", "agent.js")
-    expected = [1, 2**53, -(2**53), float(2**53 + 2), float(-(2**60)), 7, {"n": float(2**60)}]
+    expected = [1, 2**53, -(2**53), float(2**53 + 2), float(-(2**60)), 7, {"n": float(2**60)},
+                list(range(400))]
     assert seen == repr(typed(expected))
     assert typed(values) == typed(expected)
     assert typed(many) == typed(list(range(20000)))
 
 
 def test_js_ints_are_read_natively_only_when_none_is_past_2_53() -> None:
+    long = "[" + ",".join(map(str, range(300))) + ",{\"n\":9007199254740993}]"
+    assert javascript_engine._read_state(long)[-1] == {"n": float(2**53 + 1)}
+    assert type(javascript_engine._read_state(long.replace("993}", "992}"))[-1]["n"]) is int
     assert not javascript_engine._beyond_safe([0, 0, {"values": [2**53, -(2**53)]}, "x"])
     assert javascript_engine._beyond_safe([0, 0, {"values": [1, 2**53 + 1]}])
     assert javascript_engine._beyond_safe({"a": [{"b": [[-(2**53) - 1]]}]})
