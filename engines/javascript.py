@@ -60,11 +60,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import json
 import math
 import os
 import posixpath
 import re
+import secrets
 import time
 import types
 import typing
@@ -223,8 +225,11 @@ class JavaScriptEngine(Engine):
         self._owners: dict[int, int] = {}  # request id -> the activation that made it
         self._last_activation = 0  # 0: the script itself, or the tools file's load
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
+        mark = self._nonce = secrets.token_hex(8)  # see LONG_TEXT in the prelude
+        self._mark = "\0" + mark + ":"  # (the text has the NUL as \u0000)
         try:
             config = _encode({"file": filename, "args": {} if args is None else args,
+                              "mark": mark,
                               "library": library,
                               "tools": [[t.name, t.description] for t in tools],
                               "constructors": _constructors(),
@@ -256,6 +261,7 @@ class JavaScriptEngine(Engine):
             self._grace()
             api = self._api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
+            self._stashed = api("stashed")
             self._call_export = api("callExport")
             api("setup")(config, ERRORS, _catalog_json())
             if not library:
@@ -662,7 +668,7 @@ class JavaScriptEngine(Engine):
 
     def close(self) -> None:
         """Free the context (call it on the engine's thread, like everything else)."""
-        self._settle = self._poll = self._drain = self._call_export = None
+        self._settle = self._poll = self._drain = self._call_export = self._stashed = None
         self._ctx = None
 
     # -- running ---------------------------------------------------------------------
@@ -721,7 +727,12 @@ class JavaScriptEngine(Engine):
             text = self._poll(True, activation)
         if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        state = _scan(text, 0)[0]
+        state = _read_state(text)
+        if self._nonce in text:  # long strings handed over as themselves
+            try:
+                state = self._unstash(state, [self._max_text - len(text)])
+            except (quickjs.JSException, _TooLarge):  # no memory left to flatten one
+                return self._fail(self._too_large("data"))
         lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
         if kind == 0:
@@ -764,6 +775,25 @@ class JavaScriptEngine(Engine):
                     reason="no tool call is pending and no job is left to run",
                     frames=[translate.make_frame(self._filename, None, None, "<script>")]),
                     lines)
+
+    def _unstash(self, value: Any, left: list[int]) -> Any:
+        """``value`` (a poll's data) with each long string the prelude handed over by
+        itself in place of its mark (see LONG_TEXT there); raises :class:`_TooLarge` once
+        they would take Python past the poll's text bound (``left``)."""
+        kind = value.__class__
+        if kind is str:
+            if not value.startswith(self._mark):
+                return value
+            text = self._stashed(int(value[len(self._mark):]))
+            left[0] -= len(text)
+            if left[0] < 0:
+                raise _TooLarge("data")
+            return text
+        if kind is list:
+            return [self._unstash(item, left) for item in value]
+        if kind is dict:
+            return {key: self._unstash(item, left) for key, item in value.items()}
+        return value
 
     def _requests(self, state: list[Any]) -> list[ToolRequest]:
         """The requests of a poll: ``id, site, tool, params`` from index 2 (see poll())."""
@@ -965,6 +995,56 @@ def _js_number(text: str) -> int | float:
 
 # (value, end); json.loads adds 1 us of Python around it
 _scan = json.JSONDecoder(parse_int=_js_number).scan_once
+# The same with ints parsed in C, right for every int within 2**53 (see _read_state).
+_native_scan = json.JSONDecoder().scan_once
+_SMALL_TEXT = 1024
+
+
+def _read_state(text: str) -> Any:
+    """The JSON text of a poll, its integers read as :func:`_js_number` reads them.
+
+    Parsing ints in C and then looking for one past 2**53 (rare: the text is read again
+    with :func:`_js_number` then) costs a fraction of a Python call per int.
+    """
+    if len(text) < _SMALL_TEXT:  # a few numbers: cheaper read one by one than looked for
+        return _scan(text, 0)[0]
+    state = _native_scan(text, 0)[0]
+    return _scan(text, 0)[0] if _beyond_safe(state) else state
+
+
+def _beyond_safe(value: Any) -> bool:
+    """Whether JSON-like ``value`` holds an int beyond 2**53, looked for level by level
+    (each level's values gathered and looked at by C code, not one Python call apiece)."""
+    level = [value] if value.__class__ in (list, dict) else []
+    while level:
+        if len(level) == 1:
+            values = level[0]
+            if values.__class__ is dict:
+                values = list(values.values())
+            elif values and values[0].__class__ in (int, float):
+                try:  # numbers only (a float past 2**53 only costs a re-read)
+                    return max(values) > _MAX_SAFE_INTEGER or min(values) < -_MAX_SAFE_INTEGER
+                except TypeError:  # strings, None, lists or dicts among them
+                    pass
+        else:
+            containers = set(map(type, level))
+            values = list(itertools.chain.from_iterable(
+                map(dict.values, level) if containers == {dict} else level
+                if containers == {list} else
+                (item.values() if item.__class__ is dict else item for item in level)))
+        kinds = set(map(type, values))
+        if int in kinds:
+            ints = values if len(kinds) == 1 else [x for x in values if x.__class__ is int]
+            if max(ints) > _MAX_SAFE_INTEGER or min(ints) < -_MAX_SAFE_INTEGER:
+                return True
+        if list in kinds or dict in kinds:
+            level = values if kinds <= {list, dict} else \
+                [x for x in values if x.__class__ is list or x.__class__ is dict]
+        else:
+            level = []
+    return False
+
+
 _monotonic = time.monotonic
 
 

@@ -41,6 +41,7 @@
   // (String/Array/RegExp methods, Symbol.split or Symbol.replace hooks, Function.call).
   const indexOf = Function.prototype.call.bind(String.prototype.indexOf);
   const slice = Function.prototype.call.bind(String.prototype.slice);
+  const isWellFormed = Function.prototype.call.bind(String.prototype.isWellFormed);
   const readStack = Function.prototype.call.bind(rawStack);
   const writeStack = Function.prototype.call.bind(setStack);
   // For observedLimit: read before any script ran, run no script code on a real error.
@@ -73,6 +74,17 @@
   let depth = 0; // check: the arrays and objects open around the value
   let open = newList(); // check: open[1..depth], the outermost first
   let converting = false; // json: a conversion is under way (a toJSON may call a tool)
+  // Long strings in text for Python are handed over as themselves, not quoted by
+  // JSON.stringify (which takes about 5 ns a character here): check puts each in `stash`
+  // and writes MARK and its index instead; poll moves the stash to `taken`, from which
+  // Python reads them (stashed). MARK is a secret of Python's (setup), so no string of a
+  // script's can be mistaken for one. Strings with a lone surrogate (the binding cannot
+  // hand those over) stay in the JSON text.
+  let stashing = false; // check: the text is for Python (params, a result)
+  let stash = newList();
+  let taken = newList();
+  let MARK = null;
+  const LONG_TEXT = 16384;
   const STOP = {}; // check throws it to stop JSON.stringify; `stopped` says why
   let stopped = 0; // json: why the last text is null: 0 (a value without a JSON form),
   let caught; // DEEP, LARGE, or THREW (JSON.stringify threw `caught`: a getter, memory...)
@@ -207,6 +219,10 @@
     } else if (type === "string") {
       spent += value.length;
       if (spent > budget) stop(LARGE);
+      if (stashing && value.length >= LONG_TEXT && isWellFormed(value)) {
+        append(stash, value);
+        return MARK + (stash.length - 1);
+      }
     } else if (type === "object") {
       if (value === null) return value;
       if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
@@ -229,10 +245,11 @@
   // The JSON text of `value`, or null when part of it has no JSON form (a function, a
   // cycle, NaN...; and undefined when `refuseUndefined`): errors.problem() says which,
   // `stopped` whether it was cut short instead.
-  function json(value, refuseUndefined) {
-    if (converting) return nestedJson(value, refuseUndefined);
+  function json(value, refuseUndefined, forPython) {
+    if (converting) return nestedJson(value, refuseUndefined, forPython);
     converting = true;
     strict = refuseUndefined;
+    stashing = forPython === true && MARK !== null;
     bad = false;
     spent = 0;
     depth = 0;
@@ -261,14 +278,15 @@
 
   // json() called while another conversion runs (a toJSON that calls a tool): the other
   // one's state is kept and given back.
-  function nestedJson(value, refuseUndefined) {
+  function nestedJson(value, refuseUndefined, forPython) {
     const outerStrict = strict, outerBad = bad, outerSpent = spent, outerDepth = depth;
-    const outerOpen = open;
+    const outerOpen = open, outerStashing = stashing;
     open = newList();
     converting = false;
     try {
-      return json(value, refuseUndefined);
+      return json(value, refuseUndefined, forPython);
     } finally {
+      stashing = outerStashing;
       strict = outerStrict;
       bad = outerBad;
       spent = outerSpent;
@@ -334,7 +352,8 @@
       site = holder.stack;
     }
     const text = params === undefined ? "{}"
-      : params !== null && typeof params === "object" && !isArray(params) ? json(params, true)
+      : params !== null && typeof params === "object" && !isArray(params)
+        ? json(params, true, true)
       : null;
     let problem = null;
     if (text === null) { // [message, type, path, memory] (see failure)
@@ -1121,7 +1140,7 @@
     } else if (full !== true) {
       return 0;
     } else if (record.state === "finished") {
-      body = json(record.result, false);
+      body = json(record.result, false, true);
       kind = "[1,";
       if (body === null) {
         kind = "[3,";
@@ -1139,6 +1158,10 @@
       lines = "[" + joinList(output, ",") + "]";
       output = newList();
     }
+    if (stash.length !== 0 || taken.length !== 0) { // the long strings this text names,
+      taken = stash; // for stashed (and no longer those of the last text)
+      stash = newList();
+    }
     // Up to 512 characters, + makes flat strings (see flat)
     return lines.length + body.length < 500 ? kind + lines + "," + body + "]"
       : flat(kind, lines, ",", body, "]");
@@ -1150,6 +1173,11 @@
   // literal, which calls String.prototype.concat.
   function flat(...parts) {
     return joinList(parts, "");
+  }
+
+  // The long string the last poll's text names as MARK + i, flat (see LONG_TEXT).
+  function stashed(i) {
+    return flat(taken[i]);
   }
 
   // The console lines alone, after a failure the prelude could not see (a limit).
@@ -1168,6 +1196,7 @@
     maxDepth = config.bounds[0];
     itemBytes = config.bounds[1];
     budget = config.bounds[2];
+    MARK = typeof config.mark === "string" ? "\u0000" + config.mark + ":" : null;
     errorsSource = errorsCode;
     catalogText = catalog;
     define("args", config.args);
@@ -1188,7 +1217,7 @@
   // (and those that could be innermost in the stack of an out-of-memory error)
   for (const fn of [call, tool, request, retry, fallback, errorReport, engineOwn, check, stop,
     json, stopJson, nestedJson, failure, format, log, fail, begin, run, moduleDone, poll,
-    newList, append, flat, library, exported, callExport, abort, configError, hookName,
+    newList, append, flat, stashed, library, exported, callExport, abort, configError, hookName,
     register, beforeToolCall, afterToolCall, on, thenable, invoke, hookFailed, invalid, shown,
     actionOf, observeHooks, observerFailed, hooked, before, beforeAsync, decideBefore, early,
     send, after, afterFrom, afterAsync, afterFailure, decideAfter, settleCall]) {
@@ -1458,7 +1487,8 @@
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
-  const API = { setup, run, module, library, callExport, settle, poll, drain, defineModules,
+  const API = { setup, run, module, library, callExport, settle, poll, drain, stashed,
+    defineModules,
     startModules, settleImport, defineRequire };
   return (name) => API[name];
 })();

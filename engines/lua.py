@@ -92,6 +92,8 @@ _LUA_SHORT_STRING = 40
 _LUA_IDSIZE = 60
 # Lua data the host converts: the clock is read each time this much of the budget is spent.
 _CLOCK_EVERY = 2**20
+# The values of a Lua array read in one call of unpack (Lua's stack holds them meanwhile).
+_UNPACK_PIECE = 2**14
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
 # LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
@@ -246,6 +248,71 @@ class _NotData(Exception):
         self.problem = Problem(path, data_type, f"{path} {problem}")
 
 
+_PLAIN_DATA = _SCALARS | {int, list, dict}
+_SMALL_DICT = 8  # dicts up to this long are looked at item by item
+
+
+def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set[int]
+                ) -> int | None:
+    """What :func:`_check_data` returns for ``value`` when it is plain data (lists and
+    dicts with string keys, of scalars and ints within ``ints``, less than MAX_DEPTH deep),
+    found with each container's values looked at by C code and no path named; None when it
+    is not, or may not be (for :func:`_check_data` to say why, or to count it)."""
+    if depth >= MAX_DEPTH:
+        return None
+    first = id(value) not in seen
+    seen.add(id(value))
+    is_dict = value.__class__ is dict
+    if is_dict and len(value) <= _SMALL_DICT:  # a record: cheaper item by item
+        size = 0
+        for key, item in value.items():
+            kind = item.__class__
+            if key.__class__ is not str:
+                return None
+            size += 8 + len(key)
+            if kind is str:
+                size += len(item)
+            elif kind is int:
+                if not ints[0] <= item <= ints[1]:
+                    return None
+            elif kind is list or kind is dict:
+                inner = _plain_size(item, ints, depth + 1, seen)
+                if inner is None:
+                    return None
+                size += inner
+            elif kind not in _SCALARS:
+                return None
+        return size if first else 0
+    if is_dict:
+        if not set(map(type, value)) <= {str}:
+            return None
+        items: Any = value.values()
+        size = 8 * len(value) + sum(map(len, value))
+    else:
+        items = value
+        size = 8 * len(value)
+    kinds = set(map(type, items))
+    if not kinds <= _PLAIN_DATA:
+        return None
+    if int in kinds:
+        numbers = items if len(kinds) == 1 else [x for x in items if x.__class__ is int]
+        if min(numbers) < ints[0] or max(numbers) > ints[1]:
+            return None
+    if str in kinds:
+        texts = map(len, items if len(kinds) == 1 else
+                    [x for x in items if x.__class__ is str])
+        # a dict's string values count whole; a list's only when Lua does not intern them
+        size += sum(texts) if is_dict else sum(n for n in texts if n > _LUA_SHORT_STRING)
+    if list in kinds or dict in kinds:
+        for item in items:
+            if item.__class__ is list or item.__class__ is dict:
+                inner = _plain_size(item, ints, depth + 1, seen)
+                if inner is None:
+                    return None
+                size += inner
+    return size if first else 0
+
+
 class _SourceBytes(bytes):
     """A Lua source that is not UTF-8 (Latin-1 string literals are legal Lua), as the bytes
     the host read (it carries them as surrogate escapes): handed to Lua as they are. Only
@@ -382,6 +449,7 @@ class LuaEngine(Engine):
         self._set_max_memory = self._lua.set_max_memory
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
+            self._unpack = self._lua.eval("table.unpack or unpack")  # see _convert
             self._put, self._enter, self._take, self._drain, self._lua_short_src = (
                 self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
                                   self._memory_limit, self.jit if jit is None else jit))
@@ -515,7 +583,7 @@ class LuaEngine(Engine):
         """Drop the runtime; the engine cannot run again."""
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
-        self._table_from = self._set_max_memory = None
+        self._table_from = self._set_max_memory = self._unpack = None
         self._lua = None
 
     # -- the steps -------------------------------------------------------------------
@@ -696,7 +764,9 @@ class LuaEngine(Engine):
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
                         item_kind is not int or not ints[0] <= item <= ints[1])):
-                    size = _check_data(value, path, 0, set(), ints)
+                    size = _plain_size(value, ints, 0, set())  # type: ignore[assignment]
+                    if size is None:  # not plain, or not data: the walk that names the path
+                        size = _check_data(value, path, 0, set(), ints)
                     break
                 if item_kind is str:
                     size += len(item)
@@ -712,7 +782,9 @@ class LuaEngine(Engine):
                 _check_data(value, path, 0, set(), ints)  # raises _NotData
             return value
         else:
-            size = _check_data(value, path, 0, set(), ints)
+            size = _plain_size(value, ints, 0, set()) if kind is list else None
+            if size is None:  # not plain, or not data at all: the walk that names the path
+                size = _check_data(value, path, 0, set(), ints)
         if size > self._memory_limit:
             raise _NoRoom
         try:
@@ -737,17 +809,25 @@ class LuaEngine(Engine):
         table_type = self._table_type
         if value.__class__ is not table_type:
             return value
+        # unpack converts a piece's strings before their lengths are counted: only for
+        # data the prelude's check has already counted against the same budget (params,
+        # results); a thrown value (a sanitized copy, never counted) goes item by item
+        unpack = None if what == "error" else self._unpack
         return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
-                                table_type])
+                                table_type, unpack])
 
 
 def _convert(table: Any, state: list[Any]) -> Any:
     """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
     built, the count at which to look at the budget and the clock next, the deadline, what
-    is being read, and the type of the engine's Lua tables (one per lupa module)."""
+    is being read, the type of the engine's Lua tables (one per lupa module), and Lua's
+    ``table.unpack`` (None: read arrays item by item, see :meth:`LuaEngine._from_lua`)."""
     data = {}
-    left, table_type = state[0], state[4]
+    left, table_type, unpack = state[0], state[4], state[5]
     for key, item in table.items():
+        if key.__class__ is int and unpack is not None:
+            # an array: the prelude let only arrays 1..n through with an integer key
+            return _convert_array(table, len(table), state)
         left -= ITEM_BYTES + len(key) if key.__class__ is str else ITEM_BYTES
         kind = item.__class__
         if kind is str:
@@ -763,6 +843,39 @@ def _convert(table: Any, state: list[Any]) -> Any:
     if data and next(iter(data)).__class__ is int:  # the prelude let only arrays 1..n through
         return [data[index] for index in range(1, len(data) + 1)]
     return {key: data[key] for key in sorted(data)} if len(data) > 1 else data
+
+
+def _convert_array(table: Any, length: int, state: list[Any]) -> list[Any]:
+    """An array 1..``length`` for :func:`_convert`: its values read by Lua's ``unpack`` (lupa
+    converts the results in C) a piece at a time, each piece's budget counted before it is
+    read; only a piece that holds strings or tables is then looked at value by value."""
+    unpack, table_type = state[5], state[4]
+    values: list[Any] = []
+    for first in range(1, length + 1, _UNPACK_PIECE):
+        last = min(first + _UNPACK_PIECE - 1, length)
+        left = state[0] - ITEM_BYTES * (last - first + 1)
+        if left < state[1]:
+            _spent(left, state)
+        piece = unpack(table, first, last)
+        if last == first:  # one value comes back as itself (unpack_returned_tuples)
+            piece = (piece,)
+        kinds = set(map(type, piece))
+        if str in kinds or table_type in kinds:
+            for item in piece:
+                kind = item.__class__
+                if kind is str:
+                    left -= len(item)
+                elif kind is table_type:
+                    state[0] = left
+                    item = _convert(item, state)
+                    left = state[0]
+                if left < state[1]:
+                    _spent(left, state)
+                values.append(item)
+        else:
+            values += piece
+        state[0] = left
+    return values
 
 
 def _spent(left: int, state: list[Any]) -> None:

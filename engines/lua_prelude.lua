@@ -217,23 +217,44 @@ local function check_table(v, depth)
   if depth >= MAX_DEPTH then
     return "%s is nested more than " .. MAX_DEPTH .. " levels deep", "table", ""
   end
+  -- An array of numbers, its keys 1..n met in order (as next walks an array part): the
+  -- common case, checked with the least work; anything else is walked again below.
+  local n = 0
+  for k, x in next, v do
+    n = n + 1
+    if k ~= n or type(x) ~= "number" then n = -1 break end
+  end
+  if n >= 0 then
+    spent = spent + n * ITEM_BYTES
+    if spent > budget then
+      abort = "large"
+      error(KILL, 0)
+    end
+    return
+  end
   active[v] = true
   local nstr, nint, top = 0, 0, 0
   for k, x in next, v do
-    local tk = math_type(k) or type(k)
-    if tk == "string" then
-      if not utf8_len(k) then
-        active[v] = nil
-        return "%s has a key that is not valid UTF-8 text", "table", "", "key"
-      end
-      nstr = nstr + 1
-    elseif tk == "integer" and k > 0 then
-      nint = nint + 1
+    local tk = "integer"
+    if k == nint + 1 then  -- the usual array key (next walks an array part in order)
+      nint = k
       if k > top then top = k end
     else
-      active[v] = nil
-      return "%s has a " .. (tk == "float" and "non-integer number" or tk)
-             .. " key (keys must be strings, or 1..n for an array)", "table", "", "key"
+      tk = math_type(k) or type(k)
+      if tk == "string" then
+        if not utf8_len(k) then
+          active[v] = nil
+          return "%s has a key that is not valid UTF-8 text", "table", "", "key"
+        end
+        nstr = nstr + 1
+      elseif tk == "integer" and k > 0 then
+        nint = nint + 1
+        if k > top then top = k end
+      else
+        active[v] = nil
+        return "%s has a " .. (tk == "float" and "non-integer number" or tk)
+               .. " key (keys must be strings, or 1..n for an array)", "table", "", "key"
+      end
     end
     local tx = type(x)
     spent = spent + ITEM_BYTES + (tk == "string" and #k or 0) + (tx == "string" and #x or 0)
@@ -241,7 +262,8 @@ local function check_table(v, depth)
       abort = "large"
       error(KILL, 0)
     end
-    if tx == "table" then
+    if tx == "number" or tx == "boolean" then  -- nothing more to look at
+    elseif tx == "table" then
       local what, lt, path, fault = check_table(x, depth + 1)
       if what then active[v] = nil return what, lt, keypath(k) .. path, fault end
     elseif tx == "string" then
@@ -249,7 +271,7 @@ local function check_table(v, depth)
         active[v] = nil
         return "%s is not valid UTF-8 text", "string", keypath(k)
       end
-    elseif tx ~= "number" and tx ~= "boolean" then
+    else
       active[v] = nil
       return "%s is a " .. tx, tx, keypath(k)
     end

@@ -82,8 +82,16 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
 
     Lists and mappings nested more than ``bridge.data.MAX_DEPTH`` levels deep are
     ``script/cross_engine_communication``, as the engines refuse them themselves.
+
+    Plain lists and dicts (of the builtin types only, ints within the language's range)
+    are copied by :func:`_plain_copy`, which names no path; anything else, and any value
+    it is not sure of, goes the slow way, which says where and why it cannot cross.
     """
     kind = type(value)
+    if kind is list or kind is dict:
+        copied = _plain_copy(value, _LIMITS[language], depth)
+        if copied is not None:
+            return copied
     if kind is str or kind is float or kind is bool or value is None:
         return value
     if kind is int:
@@ -112,6 +120,73 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
         return [to_script_data(item, language, f"{path}[{i}]", depth + 1)
                 for i, item in enumerate(value)]
     raise _unconvertible(type(value).__name__, language, path)
+
+
+_PLAIN = frozenset({str, float, bool, type(None)})  # crossing as they are, as to_script_data does
+
+
+def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | None:
+    """A copy of ``value`` as :func:`to_script_data` would make it, when it is plain data:
+    lists and dicts (string keys) of plain scalars and ints within ``-limit - 1..limit``,
+    nested less than MAX_DEPTH levels deep. None when it is not (anything else: a tuple, a
+    subclass, a model, an int out of range...), for the slow way to copy or refuse.
+    Each container's values are looked at by C code (their set of types, min and max)."""
+    if depth >= MAX_DEPTH:
+        return None
+    is_dict = value.__class__ is dict
+    if is_dict and len(value) <= _SMALL:  # a record: cheaper item by item
+        small = {}
+        for key, item in value.items():
+            kind = item.__class__
+            if key.__class__ is not str:
+                return None
+            if kind is int:
+                if item > limit or item < -limit - 1:
+                    return None
+            elif kind is list or kind is dict:
+                item = _plain_copy(item, limit, depth + 1)
+                if item is None:
+                    return None
+            elif kind not in _PLAIN:
+                return None
+            small[key] = item
+        return small
+    items = value.values() if is_dict else value
+    if is_dict and not set(map(type, value)) <= {str}:
+        return None
+    kinds = set(map(type, items))
+    if kinds <= _PLAIN:
+        return value.copy()
+    if int in kinds:
+        ints = items if len(kinds) == 1 else [x for x in items if x.__class__ is int]
+        if max(ints) > limit or min(ints) < -limit - 1:
+            return None
+        if kinds <= _PLAIN_INT:
+            return value.copy()
+    if not kinds <= _PLAIN_DATA:
+        return None
+    if is_dict:
+        out_dict = {}
+        for key, item in value.items():
+            if item.__class__ is list or item.__class__ is dict:
+                item = _plain_copy(item, limit, depth + 1)
+                if item is None:
+                    return None
+            out_dict[key] = item
+        return out_dict
+    out = []
+    for item in value:
+        if item.__class__ is list or item.__class__ is dict:
+            item = _plain_copy(item, limit, depth + 1)
+            if item is None:
+                return None
+        out.append(item)
+    return out
+
+
+_PLAIN_INT = _PLAIN | {int}
+_SMALL = 8  # dicts up to this long are looked at item by item
+_PLAIN_DATA = _PLAIN_INT | {list, dict}
 
 
 class _IntegerLimits(dict):

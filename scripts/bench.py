@@ -9,6 +9,7 @@
     python scripts/bench.py --only ray            # plans on a local Ray against local
     python scripts/bench.py --only lua            # Lua 5.5, 5.4 and LuaJIT on CPU-bound work
     python scripts/bench.py --only core           # tool calls, data, errors, start-up
+    python scripts/bench.py --only data           # lists, dicts and strings across
     python scripts/bench.py --json > run.json     # the same rows as strict JSON
 
 Rows with a ratio are compared with a naive host measured in the same run (lupa or
@@ -35,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NamedTuple
+
+from typing_extensions import TypedDict
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -1057,6 +1060,231 @@ def lua_versions_rows(repeats: int) -> list[Row]:
     return rows
 
 
+INTS = 10_000  # the list of integers the data rows move
+DICTS = 1_000  # the list of small dicts ({id, name}) they move
+MEGABYTE = 1 << 20
+
+
+class Item(TypedDict):
+    """The realistic shape of structured data: a small record."""
+
+    id: int
+    name: str
+
+
+@tool
+def take_ints(values: list[int]) -> int:
+    """A list of integers, one way."""
+    return len(values)
+
+
+@tool
+def echo_ints(values: list[int]) -> list[int]:
+    """A list of integers, back to the script."""
+    return values
+
+
+@tool
+def take_items(items: list[Item]) -> int:
+    """A list of small dicts, one way."""
+    return len(items)
+
+
+@tool
+def echo_items(items: list[Item]) -> list[Item]:
+    """A list of small dicts, back to the script."""
+    return items
+
+
+@tool
+def take_text(text: str) -> int:
+    """A long string, one way."""
+    return len(text)
+
+
+# Each script makes its data once, then calls the tool args.n times (or, with no call,
+# does the same work on its own copy): the difference is the cost of the crossings.
+LUA_INTS = f"local data = {{}} for i = 1, {INTS} do data[i] = i end"
+LUA_ITEMS = (f"local data = {{}} for i = 1, {DICTS} do data[i] = {{id = i, "
+             f"name = 'item ' .. i}} end")
+LUA_DATA = {
+    "take_ints": (LUA_INTS, "tools.take_ints{values = data}", "#data"),
+    "echo_ints": (LUA_INTS, "#tools.echo_ints{values = data}", "#data"),
+    "take_items": (LUA_ITEMS, "tools.take_items{items = data}", "#data"),
+    "echo_items": (LUA_ITEMS, "#tools.echo_items{items = data}", "#data"),
+    "take_text": (f"local data = string.rep('x', {MEGABYTE})", "tools.take_text{text = data}",
+                  "#data"),
+}
+LUA_DATA_LOOP = """
+{make}
+local total = 0
+for i = 1, args.n do
+  if args.call then total = total + {call} else total = total + {alone} end
+end
+return total
+"""
+JS_INTS = f"const data = Array.from({{length: {INTS}}}, (_, i) => i + 1);"
+JS_ITEMS = (f"const data = Array.from({{length: {DICTS}}}, (_, i) => ({{id: i + 1, "
+            f"name: 'item ' + (i + 1)}}));")
+JS_DATA = {
+    "take_ints": (JS_INTS, "await tools.take_ints({values: data})", "data.length"),
+    "echo_ints": (JS_INTS, "(await tools.echo_ints({values: data})).length", "data.length"),
+    "take_items": (JS_ITEMS, "await tools.take_items({items: data})", "data.length"),
+    "echo_items": (JS_ITEMS, "(await tools.echo_items({items: data})).length", "data.length"),
+    "take_text": (f"const data = 'x'.repeat({MEGABYTE});", "await tools.take_text({text: data})",
+                  "data.length"),
+}
+JS_DATA_LOOP = """
+async function main(args) {{
+  {make}
+  let total = 0;
+  for (let i = 1; i <= args.n; i++) {{
+    total += args.call ? {call} : {alone};
+  }}
+  return total;
+}}
+"""
+
+
+def data_crossing(host: Host, language: str, name: str, n: int) -> float:
+    """Seconds per call of the data tool ``name`` (see LUA_DATA, JS_DATA): a loop of n
+    calls minus the same loop without calls."""
+    make, call, alone = (LUA_DATA if language == "lua" else JS_DATA)[name]
+    source = (LUA_DATA_LOOP if language == "lua" else JS_DATA_LOOP).format(
+        make=make, call=call, alone=alone)
+
+    def timed(with_call: bool) -> tuple[float, Any]:
+        start = time.perf_counter()
+        result = host.run_source(source, language, f"data.{language}",
+                                 {"n": n, "call": with_call})
+        return time.perf_counter() - start, result
+
+    with_calls, total = timed(True)
+    alone_time, expected = timed(False)
+    assert total == expected, (total, expected)
+    return (with_calls - alone_time) / n
+
+
+@functools.cache
+def data_models() -> SimpleNamespace:
+    """The pydantic models a naive host validates the data tools' parameters with."""
+    import pydantic
+
+    return SimpleNamespace(
+        ints=pydantic.create_model("Ints", values=(list[int], ...)),
+        items=pydantic.create_model("Items", items=(list[Item], ...)),
+        ints_out=pydantic.TypeAdapter(list[int]), items_out=pydantic.TypeAdapter(list[Item]))
+
+
+def naive_lua_data(shape: str, echo: bool, n: int) -> float:
+    """Seconds per call of a naive Lua host moving a list (``"ints"`` or ``"items"``):
+    lupa passes the table to a Python function, which converts it to Python data and
+    validates it with pydantic (and, echoing, hands the validated list back as a table,
+    which the script reads)."""
+    import lupa.lua55 as lupa
+
+    models = data_models()
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+    model = models.ints if shape == "ints" else models.items
+
+    def tool_fn(table: Any) -> Any:
+        if shape == "ints":
+            params = model.model_validate({"values": list(table["values"].values())})
+            values = params.values
+        else:
+            params = model.model_validate({"items": [dict(item.items()) for item in
+                                                     table["items"].values()]})
+            values = params.items
+        if not echo:
+            return len(values)
+        return runtime.table_from(values, recursive=True)
+
+    key = "values" if shape == "ints" else "items"
+    count = INTS if shape == "ints" else DICTS
+    make = LUA_INTS if shape == "ints" else LUA_ITEMS
+    use = f"#f{{{key} = data}}" if echo else f"f{{{key} = data}}"
+    loop = runtime.eval(f"function(f, n) {make} local t = 0 for i = 1, n do t = t + {use} end "
+                        "return t end")
+    empty = runtime.eval(f"function(n) {make} local t = 0 for i = 1, n do t = t + #data end "
+                         "return t end")
+    start = time.perf_counter()
+    assert loop(tool_fn, n) == count * n
+    with_calls = time.perf_counter() - start
+    start = time.perf_counter()
+    empty(n)
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def naive_js_data(shape: str, echo: bool, n: int) -> float:
+    """Seconds per call of a naive JavaScript host moving a list: add_callable receives
+    JSON text, validated by pydantic's model_validate_json (and, echoing, returns the
+    validated list as JSON text, which the script parses)."""
+    import quickjs
+
+    models = data_models()
+    model = models.ints if shape == "ints" else models.items
+    out = models.ints_out if shape == "ints" else models.items_out
+    context = quickjs.Context()
+
+    def tool_fn(text: str) -> Any:
+        params = model.model_validate_json(text)
+        values = params.values if shape == "ints" else params.items
+        return out.dump_json(values).decode() if echo else len(values)
+
+    context.add_callable("f", tool_fn)
+    key = "values" if shape == "ints" else "items"
+    count = INTS if shape == "ints" else DICTS
+    make = JS_INTS if shape == "ints" else JS_ITEMS
+    call = f"f(JSON.stringify({{{key}: data}}))"
+    use = f"JSON.parse({call}).length" if echo else call
+    start = time.perf_counter()
+    total = context.eval(f"(() => {{ {make} let t = 0; for (let i = 1; i <= {n}; i++) "
+                         f"t += {use}; return t; }})()")
+    with_calls = time.perf_counter() - start
+    assert total == count * n, total
+    start = time.perf_counter()
+    context.eval(f"(() => {{ {make} let t = 0; for (let i = 1; i <= {n}; i++) "
+                 "t += data.length; return t; })()")
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def data_rows(repeats: int) -> list[Row]:
+    """Structured data across the boundary (issue 17): lists of 10,000 integers and of
+    1,000 small dicts, one way and echoed back, and a 1 MB string, each compared with a
+    naive host (or, where the target is relative, with the row it is relative to)."""
+    host = Host([take_ints, echo_ints, take_items, echo_items, take_text],
+                on_output=lambda line: None)
+    rows: list[Row] = []
+    ms = 1e3
+    names = {"lua": "Lua", "javascript": "JS"}
+    naive = {"lua": ("naive host: lupa table -> Python + pydantic", naive_lua_data),
+             "javascript": ("naive host: quickjs + JSON + pydantic", naive_js_data)}
+    for language in ("lua", "javascript"):
+        name = names[language]
+        baseline, naive_fn = naive[language]
+        one_way = functools.partial(data_crossing, host, language, "take_ints", 20)
+        rows += compared(f"{INTS:,} ints param, one way, {name}", "ms", ms, "<= 1x", repeats,
+                         one_way, baseline, lambda f=naive_fn: f("ints", False, 20))
+        rows += compared(f"  ... echoed back, {name}", "ms", ms, "<= 2x", repeats,
+                         functools.partial(data_crossing, host, language, "echo_ints", 20),
+                         f"polyspell one way, {name}", one_way)
+        rows += compared(f"  ... echoed back, {name}, against naive", "ms", ms, "", repeats,
+                         functools.partial(data_crossing, host, language, "echo_ints", 20),
+                         f"{baseline}, echoing", lambda f=naive_fn: f("ints", True, 20))
+        rows += compared(f"{DICTS:,} {{id, name}} dicts, one way, {name}", "ms", ms, "",
+                         repeats,
+                         functools.partial(data_crossing, host, language, "take_items", 20),
+                         baseline, lambda f=naive_fn: f("items", False, 20))
+        rows += compared(f"  ... echoed back, {name}", "ms", ms, "", repeats,
+                         functools.partial(data_crossing, host, language, "echo_items", 20),
+                         f"{baseline}, echoing", lambda f=naive_fn: f("items", True, 20))
+    rows += compared("1 MB string param, JS", "ms", ms, "<= 1.5x", repeats,
+                     functools.partial(data_crossing, host, "javascript", "take_text", 10),
+                     "polyspell, the same from Lua",
+                     functools.partial(data_crossing, host, "lua", "take_text", 10))
+    return rows
+
+
 def core_rows(repeats: int) -> list[Row]:
     """Tool calls, errors and start-up, the rows most users feel."""
     host = Host([add, explode], on_output=lambda line: None)
@@ -1125,7 +1353,7 @@ def core_rows(repeats: int) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["core", "coordinator", "hooks", "monitor",
+    parser.add_argument("--only", choices=["core", "data", "coordinator", "hooks", "monitor",
                                            "isolation", "modules", "ray", "lua"],
                         help="run only this section of the table")
     parser.add_argument("--json", action="store_true",
@@ -1135,6 +1363,9 @@ def main() -> None:
     show = print_json if options.json else print_table
     if options.only == "core":
         show(repeats, core_rows(repeats))
+        return
+    if options.only == "data":
+        show(repeats, data_rows(repeats))
         return
     if options.only == "monitor":
         show(repeats, monitor_rows(repeats) + store_rows(repeats))
@@ -1158,6 +1389,7 @@ def main() -> None:
         show(repeats, lua_versions_rows(repeats))
         return
     rows = core_rows(repeats)
+    rows += data_rows(repeats)
     rows += hooks_rows(repeats)
     rows += monitor_rows(repeats)
     rows += coordinator_rows(repeats)

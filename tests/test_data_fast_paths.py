@@ -1,0 +1,271 @@
+"""The fast paths for structured data (issue 17) give what the slow paths gave: the same
+data, of the same types, and for data that cannot cross the same error (code, message,
+path). Each fast path is compared with its slow path in the same test (the fast one
+switched off with monkeypatch), in both languages, on real engines."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pytest
+
+import engines.javascript as javascript_engine
+import engines.lua as lua_engine
+import host.data as host_data
+from bridge import SpellError
+from bridge.data import MAX_DEPTH
+from host import Host, tool
+from host.data import to_script_data
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def typed(value: Any) -> Any:
+    """``value`` with every scalar's type beside it (1 == 1.0 == True in Python)."""
+    if isinstance(value, dict):
+        return ("dict", [(type(k).__name__, k, typed(v)) for k, v in value.items()])
+    if isinstance(value, list | tuple):
+        return (type(value).__name__, [typed(v) for v in value])
+    return (type(value).__name__, repr(value))
+
+
+def outcome(fn: Any, *args: Any) -> Any:
+    """What ``fn(*args)`` came to: its value (typed) or its error (class, code, message)."""
+    try:
+        return ("value", typed(fn(*args)))
+    except SpellError as exc:
+        return ("error", type(exc).__name__, exc.code, str(exc))
+
+
+def nested(levels: int) -> list:
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+class Colour(enum.IntEnum):
+    RED = 1
+
+
+class Name(str):
+    pass
+
+
+def cyclic() -> list:
+    value: list = [1]
+    value.append(value)
+    return value
+
+
+# Plain data (the fast path copies it) and data that is not (the slow path says why).
+RESULTS = [
+    [], {}, [1, 2, 3], ["a", None, True, 1.5, float("nan")], {"a": [1, "x", None]},
+    [{"id": i, "name": f"item {i}"} for i in range(50)],
+    [1] * 40 + [2**53 + 1], [1] * 40 + [-(2**53) - 2], [2**63], [0, -(2**63) - 1],
+    {"a": {"b": [1, {"c": 2**70}]}}, {"a": {1: "x"}}, {"a": {Name("k"): 1}},
+    [1, {2, 3}], [1, (2, 3)], [True, 2**64], [1, Colour.RED], [Name("x"), "y"],
+    nested(MAX_DEPTH), nested(MAX_DEPTH + 1), {"x": nested(MAX_DEPTH)}, cyclic(),
+    [1, object()], {"a": [1, 2], "b": {"c": b"bytes"}},
+]
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+@pytest.mark.parametrize("value", RESULTS, ids=range(len(RESULTS)))
+def test_tool_results_copied_fast_or_slow_alike(value: Any, language: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = outcome(to_script_data, value, language)
+    monkeypatch.setattr(host_data, "_plain_copy", lambda *args: None)
+    assert fast == outcome(to_script_data, value, language)
+
+
+def test_a_plain_result_is_a_copy() -> None:
+    value = {"a": [1, 2], "b": {"c": "d"}}
+    copy = to_script_data(value, "lua")
+    assert copy == value and copy is not value and copy["a"] is not value["a"]
+
+
+shared = ["s" * 50, "t"]
+LUA_HANDOFFS = [
+    [1, 2, 3], ["a" * 41, "b" * 40, None, 1.5, True], {"k": "v" * 100, "n": [1, 2]},
+    [shared, shared, {"x": shared}], [{"id": i, "name": "x" * i} for i in range(60)],
+    [1, 2**63], [1, -(2**63) - 1], {"a": [1, {"b": 2**64}]}, {"a": {1: 2}}, [1, (2, 3)],
+    [1, {3}], nested(MAX_DEPTH), nested(MAX_DEPTH + 1), cyclic(), [Name("x")], [Colour.RED],
+]
+
+
+@pytest.mark.parametrize("ints", [INT64, (-(2**53), 2**53)], ids=["lua", "luajit"])
+@pytest.mark.parametrize("value", LUA_HANDOFFS, ids=range(len(LUA_HANDOFFS)))
+def test_lua_plain_size_is_what_the_checking_walk_counts(value: Any, ints: tuple) -> None:
+    size = lua_engine._plain_size(value, ints, 0, set())
+    try:
+        expected = lua_engine._check_data(value, "args", 0, set(), ints)
+    except lua_engine._NotData:
+        expected = None
+    if size is not None:
+        assert size == expected
+    if LUA_HANDOFFS.index(value) < 5:  # plain data is found plain
+        assert size is not None
+
+
+@tool
+def echo(values: Any) -> Any:
+    """Gives its parameter back."""
+    return values
+
+
+@tool
+def take(values: Any) -> Any:
+    """Says what it was given: the values, typed."""
+    return repr(typed(values))
+
+
+@pytest.fixture
+def host() -> Host:
+    return Host([echo, take], timeout=20, on_output=lambda line: None)
+
+
+def run(host: Host, language: str, lua: str, js: str) -> Any:
+    return host.run_source(lua if language == "lua" else js, language,
+                           "agent.lua" if language == "lua" else "agent.js")
+
+
+def script_line(error: SpellError, file: str) -> int | None:
+    """The line of the innermost frame of the script's own file."""
+    return [frame for frame in error.frames if frame.file == file][-1].line
+
+
+@pytest.mark.parametrize("length", [1, 2, 16383, 16384, 16385, 40000])
+def test_lua_arrays_cross_whole_at_every_length(host: Host, length: int) -> None:
+    # unpack reads 16384 values a call: the pieces' edges, and a piece of one value
+    source = f"""
+local data = {{}}
+for i = 1, {length} do
+  if i % 3 == 0 then data[i] = "s" .. i elseif i % 7 == 0 then data[i] = {{i, {{k = i}}}}
+  else data[i] = i end
+end
+local back = tools.echo{{values = data}}
+return {{#back, back[#back], tools.take{{values = data}}}}
+"""
+    expected = [i if i % 3 and i % 7 else f"s{i}" if i % 3 == 0 else [i, {"k": i}]
+                for i in range(1, length + 1)]
+    count, last, seen = host.run_source(source, "lua", "agent.lua")
+    assert (count, last) == (length, expected[-1])
+    assert seen == repr(typed(expected))
+
+
+def test_lua_arrays_built_out_of_order_and_as_results(host: Host) -> None:
+    source = """
+local t = {}
+for i = 300, 1, -1 do t[i] = i * 2 end  -- integer keys in the hash part
+local f = {}
+f[1] = 0.5 f[2] = "x" f[3] = false
+return {t = t, f = f, e = {}, d = tools.echo{values = t}}
+"""
+    result = host.run_source(source, "lua", "agent.lua")
+    assert result == {"d": [i * 2 for i in range(1, 301)], "e": {}, "f": [0.5, "x", False],
+                      "t": [i * 2 for i in range(1, 301)]}
+
+
+@pytest.mark.parametrize(("make", "problem"), [
+    ("data[16385] = print", "params.values[16385] is a function"),
+    ("data[16387] = 1", "params.values is an array with holes"),
+    ("data.x = 1", "params.values mixes string and integer keys"),
+    ("data[0] = 1", "params.values has a integer key"),
+    ("data[9000] = {1, {nil, 2}}", "params.values[9000][2] is an array with holes"),
+])
+def test_lua_params_that_cannot_cross_still_name_the_place(host: Host, make: str,
+                                                           problem: str) -> None:
+    source = f"""local data = {{}}
+for i = 1, 16385 do data[i] = i end
+{make}
+tools.echo{{values = data}}
+"""
+    with pytest.raises(SpellError) as info:
+        host.run_source(source, "lua", "agent.lua")
+    assert problem in str(info.value)
+    assert script_line(info.value, "agent.lua") == 4
+
+
+@pytest.mark.parametrize("scan", ["fast", "slow"])
+def test_js_integers_past_2_53_come_as_the_same_doubles(host: Host, scan: str,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    if scan == "slow":
+        monkeypatch.setattr(javascript_engine, "_beyond_safe", lambda value: True)
+    source = """async function main() {
+  const values = [1, 2 ** 53, -(2 ** 53), 2 ** 53 + 2, -(2 ** 60), 7, {n: 2 ** 60},
+    Array.from({length: 400}, (_, i) => i)];  // a text long enough to be read natively
+  return [await tools.take({values}), values, Array.from({length: 20000}, (_, i) => i)];
+}"""
+    seen, values, many = host.run_source(source, "javascript", "agent.js")
+    expected = [1, 2**53, -(2**53), float(2**53 + 2), float(-(2**60)), 7, {"n": float(2**60)},
+                list(range(400))]
+    assert seen == repr(typed(expected))
+    assert typed(values) == typed(expected)
+    assert typed(many) == typed(list(range(20000)))
+
+
+def test_js_ints_are_read_natively_only_when_none_is_past_2_53() -> None:
+    long = "[" + ",".join(map(str, range(300))) + ",{\"n\":9007199254740993}]"
+    assert javascript_engine._read_state(long)[-1] == {"n": float(2**53 + 1)}
+    assert type(javascript_engine._read_state(long.replace("993}", "992}"))[-1]["n"]) is int
+    assert not javascript_engine._beyond_safe([0, 0, {"values": [2**53, -(2**53)]}, "x"])
+    assert javascript_engine._beyond_safe([0, 0, {"values": [1, 2**53 + 1]}])
+    assert javascript_engine._beyond_safe({"a": [{"b": [[-(2**53) - 1]]}]})
+    assert not javascript_engine._beyond_safe([True, 1.5e300, None, "9" * 30])
+
+
+LONG = 20000
+
+
+def test_js_long_strings_cross_exactly(host: Host) -> None:
+    source = f"""async function main() {{
+  let rope = "ab";
+  while (rope.length < {LONG}) rope = rope + rope + "c";  // concatenation: a rope
+  const quoted = '"\\\\\\n\\u0001é😀'.repeat({LONG} / 10);
+  const lone = "x".repeat({LONG}) + "\\ud800";
+  const lookAlike = "\\u0000" + "0123456789abcdef:0";
+  const values = {{rope, quoted, lone, lookAlike, list: [quoted, rope, {{deep: lone}}]}};
+  const back = await tools.echo({{values}});
+  return [await tools.take({{values}}), back.rope === rope && back.quoted === quoted
+    && back.lone === lone && back.lookAlike === lookAlike && back.list[2].deep === lone,
+    values];
+}}"""
+    rope = "ab"
+    while len(rope) < LONG:
+        rope = rope + rope + "c"
+    quoted = '"\\\n\x01é😀' * (LONG // 10)
+    lone = "x" * LONG + "\ud800"
+    expected = {"rope": rope, "quoted": quoted, "lone": lone,
+                "lookAlike": "\0" + "0123456789abcdef:0", "list": [quoted, rope, {"deep": lone}]}
+    seen, same, result = host.run_source(source, "javascript", "agent.js")
+    assert seen == repr(typed(expected))
+    assert same is True
+    assert typed(result) == typed(expected)
+
+
+def test_js_long_strings_in_params_without_a_json_form_still_name_the_place(host: Host
+                                                                            ) -> None:
+    source = f"""async function main() {{
+  const text = "y".repeat({LONG});
+  await tools.echo({{values: [text, text, () => 1]}});
+}}"""
+    with pytest.raises(SpellError) as info:
+        host.run_source(source, "javascript", "agent.js")
+    assert "params.values[2] is a function" in str(info.value)
+    assert script_line(info.value, "agent.js") == 3
+
+
+def test_js_long_strings_in_a_thrown_errors_fields_stay_text(host: Host) -> None:
+    # json() for the prelude's own use (error fields) never hands strings over by a mark
+    source = f"""async function main() {{
+  try {{
+    await tools.echo({{values: {{}}, extra: "z".repeat({LONG})}});
+  }} catch (e) {{
+    return [e.kind, typeof e.fields.parameters === "object" || typeof e.fields.parameters];
+  }}
+}}"""
+    kind, _ = host.run_source(source, "javascript", "agent.js")
+    assert kind == "invalid_parameters"
