@@ -58,20 +58,24 @@ from host.calls import (
     Timeouts,
     ToolCall,
     boundary,
+    boundary_error,
     pipeline,
     script_data,
 )
 from host.control import RunControl
-from host.data import crossing
+from host.data import crossing, to_script_data
 from host.history import RecoveryHistory, recovery_event
+from host.steer import AskHuman, StopRun
 from host.tools import (
     STATE_EXPORT,
     STATE_RESTORE,
     ScriptTool,
+    Tool,
     ToolRegistry,
     build_engine,
     load_library,
     preview,
+    steered,
 )
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
@@ -172,6 +176,8 @@ class ScriptRun:
         self._cancelled = False  # cancel() stopped it (for cancellation_finished)
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
+        # tool name -> the tool, for the tools whose pipeline is only the boundary (see _plain)
+        self._plain_tools: dict[str, Tool] = {}
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
@@ -543,12 +549,59 @@ class ScriptRun:
             return self._recover(request, caller)
         name = request.tool
         tool = self.tools.get(name)
+        if tool is not None and self._plain_tools.get(name) is tool \
+                and request.problem is None and self.control.reason is None \
+                and self._bound >= self.deadline:
+            return self._plain(request, tool, caller)  # type: ignore[arg-type]
         path = self._paths.get(name) or self._path(name, tool)
         # a call made inside a tools-file function ends by that function's deadline
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
                         self._depth, self, self._bound, time.perf_counter())
         try:
             return ToolReply(request.id, result=path(call))
+        except SpellError as err:
+            return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _plain(self, request: ToolRequest, tool: Tool, caller: str) -> ToolReply:
+        """A call of a plain tool (:attr:`Tool.plain`) whose pipeline is only the boundary,
+        fused: what ``boundary``, :meth:`_invoke`, :meth:`Tool.invoke` and ``run_python``
+        do for it, without the call's value or the layers' calls while nothing fails.
+
+        The caller has checked what those steps check first (the run's stop request, the
+        parameters' problem, a deadline no narrower than the run's: the function runs
+        right here). Whatever it raises is handled as they handle it, with the call's
+        value made then (its ``started`` taken before validation, as theirs is).
+        """
+        started = time.perf_counter()
+        control = self.control
+        try:
+            args, kwargs = tool.arguments(tool.validate(request.params))
+            control.in_tool_kind = "sync"  # as run_python: nothing stops this thread now
+            try:
+                result = tool.fn(*args, **kwargs)
+            finally:
+                control.in_tool_kind = None
+            return ToolReply(request.id, result=to_script_data(result, caller))
+        except BaseException as exc:
+            call = ToolCall(request.tool, tool, request.params, None, caller, request.frames,
+                            self._depth, self, self._bound, started)
+            return self._plain_failed(request, call, exc)
+
+    def _plain_failed(self, request: ToolRequest, call: ToolCall, exc: BaseException
+                      ) -> ToolReply:
+        """The reply to a fused call (:meth:`_plain`) that raised ``exc``: what the
+        pipeline makes of it (Tool.invoke's steering, _invoke's deadline, the boundary)."""
+        try:
+            try:
+                if isinstance(exc, StopRun | AskHuman):
+                    return ToolReply(request.id, result=steered(call, exc))
+                if isinstance(exc, DeadlineReached) and not exc.deadline < self._bound:
+                    raise ScriptError.ResourceExhaustion(
+                        language=self.language, resource_type="time",
+                        limit=self.limits.timeout) from None
+                raise exc
+            except BaseException as raised:
+                raise boundary_error(call, raised)  # noqa: B904 - the error keeps its own cause
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
@@ -609,7 +662,11 @@ class ScriptRun:
         every call of it a configuration error the script can catch, not an internal error
         of the engine."""
         try:
-            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
+            layers = self._layers_for(name)
+            path = self._paths[name] = pipeline(layers, self._invoke, tool)
+            if isinstance(tool, Tool) and tool.plain and len(layers) == 2 \
+                    and not layers[1].applies(tool):  # [boundary, Timeouts()]: see _plain
+                self._plain_tools[name] = tool
             return path
         except Exception as exc:
             why = describe_exception(exc, qualified=False)
