@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import functools
 import inspect
 import math
 import os
@@ -79,6 +80,7 @@ from host.tools import (
 )
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
+    from bridge.context import ErrorContext
     from host.hooks import Dispatcher
     from host.libraries import Libraries, Root
     from host.recovery import Breakers, ToolRecovery
@@ -1033,10 +1035,8 @@ class ScriptRun:
         again from its own frames with this run's context (a tool raising one shared
         instance in every run: the earlier run's path is not this one's).
         """
-        from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
-
         crossed = getattr(err, _CROSSED, None)
-        context = err.context
+        reset = False
         if crossed is None or (crossed.run != self.correlation_id
                                and crossed.when >= call.started):
             own = [f for f in err.frames if not is_internal(f)]
@@ -1046,30 +1046,17 @@ class ScriptRun:
             own = [f for f in err.frames if not is_internal(f)]
         else:  # its path and context are those of an earlier call in another run
             own = crossed.own
-            metadata = {k: v for k, v in context.metadata.items() if k not in _PRESERVED}
-            context = context.model_copy(update={"correlation_id": None, "metadata": metadata})
+            reset = True
         setattr(err, _CROSSED, _Crossed(self.correlation_id, call.depth, time.perf_counter(),
                                         own if crossed is None else crossed.own))
         boundary_frame = Frame("host", "<tool call>", None, None, call.name)
         err.frames = [*call.frames, boundary_frame, *own]
         site = call.frames[-1] if call.frames else None
-        step = CallFrame(function_name=call.name,
-                         file_location=site and FileLocation(file=site.file, line=site.line,
-                                                             column=site.column),
-                         parameters=preview(call.params))
-        if context.correlation_id is None:  # not yet given the run's context: where it happened
-            err.context = context.model_copy(update={
-                "correlation_id": self.correlation_id,
-                "component": ToolComponent(tool_name=call.name),
-                "operation": f"tool call from {site.file if site else self.filename}",
-                "execution_trace": ExecutionTrace(  # the call's hooks stay (host.hooks)
-                    call_stack=[step],
-                    hook_execution_path=context.execution_trace.hook_execution_path),
-            })
-        else:  # an outer boundary: the call stack grows outwards
-            trace = context.execution_trace
-            err.context = context.model_copy(update={"execution_trace": trace.model_copy(
-                update={"call_stack": [step, *trace.call_stack]})})
+        # the context is made when it is read (most caught failures never are): the same
+        # context, from the call's facts taken now
+        err.update_context(functools.partial(
+            _boundary_context, reset, self.correlation_id, self.filename, call.name, site,
+            call.params))
 
     def _decorate(self, err: SpellError, tool: ScriptTool | None = None) -> SpellError:
         """Give an error that arose in a script (or in ``tool``'s file) the run's context."""
@@ -1084,6 +1071,35 @@ class ScriptRun:
                 "operation": f"run {filename}" if tool is None else f"call {tool.function}",
             })
         return err
+
+
+def _boundary_context(reset: bool, run_id: str, filename: str, name: str, site: Frame | None,
+                      params: Any, context: ErrorContext) -> ErrorContext:
+    """An error's context once it crossed the boundary of a call of tool ``name`` in run
+    ``run_id`` made at ``site`` (see :meth:`ScriptRun.at_boundary`); ``reset``: its
+    context is that of an earlier call in another run, whose run it no longer names."""
+    from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
+
+    if reset:
+        metadata = {k: v for k, v in context.metadata.items() if k not in _PRESERVED}
+        context = context.model_copy(update={"correlation_id": None, "metadata": metadata})
+    step = CallFrame(function_name=name,
+                     file_location=site and FileLocation(file=site.file, line=site.line,
+                                                         column=site.column),
+                     parameters=preview(params))
+    if context.correlation_id is None:  # not yet given the run's context: where it happened
+        return context.model_copy(update={
+            "correlation_id": run_id,
+            "component": ToolComponent(tool_name=name),
+            "operation": f"tool call from {site.file if site else filename}",
+            "execution_trace": ExecutionTrace(  # the call's hooks stay (host.hooks)
+                call_stack=[step],
+                hook_execution_path=context.execution_trace.hook_execution_path),
+        })
+    # an outer boundary: the call stack grows outwards
+    trace = context.execution_trace
+    return context.model_copy(update={"execution_trace": trace.model_copy(
+        update={"call_stack": [step, *trace.call_stack]})})
 
 
 # The attribute in which an error records the outermost tool boundary it has crossed
