@@ -21,7 +21,6 @@ import functools
 import inspect
 import math
 import os
-import secrets
 import threading
 import time
 import uuid
@@ -182,6 +181,7 @@ class ScriptRun:
         self._plain_tools: dict[str, Tool] = {}
         self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
+        self._random_bytes, self._random_at = b"", 0  # see _random_ref
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
         self._active: dict[str, int] = {}  # tools file -> calls into it in progress
         self._restarts: dict[str, int] = {}  # tools file -> restarts by a Restart policy
@@ -1009,15 +1009,24 @@ class ScriptRun:
         """
         ref = self._ref_of.get(id(err))
         if ref is None:
-            ref = secrets.randbits(53)
+            ref = self._random_ref()
             while ref in self._refs:
-                ref = secrets.randbits(53)
+                ref = self._random_ref()
             if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest (a dict's order)
                 oldest = next(iter(self._refs))
                 del self._ref_of[id(self._refs.pop(oldest))]
             self._refs[ref] = err
             self._ref_of[id(err)] = ref  # _refs keeps err alive: its id stays its own
         return ref
+
+    def _random_ref(self) -> int:
+        """A random 53-bit number from the system's CSPRNG (as ``secrets.randbits(53)``),
+        taken from bytes read 64 refs at a time: one system call for 64 failures."""
+        at = self._random_at
+        if at >= len(self._random_bytes):
+            self._random_bytes, at = os.urandom(7 * 64), 0
+        self._random_at = at + 7
+        return int.from_bytes(self._random_bytes[at:at + 7], "big") >> 3
 
     # -- decoration -----------------------------------------------------------------
 
