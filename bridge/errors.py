@@ -635,8 +635,9 @@ def variants(category: str | None = None) -> list[type[SpellError]]:
 
 def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[str, Any]:
     model = variant.fields_model
-    try:
-        return model.model_validate(fields).model_dump()
+    try:  # model_validate() and model_dump() without their Python wrappers: same result
+        return model.__pydantic_serializer__.to_python(
+            model.__pydantic_validator__.validate_python(fields))
     except Exception as exc:
         from pydantic import ValidationError
 
