@@ -551,11 +551,11 @@ class ScriptRun:
             return self._recover(request, caller)
         name = request.tool
         tool = self.tools.get(name)
+        path = self._paths.get(name) or self._path(name, tool)
         if tool is not None and self._plain_tools.get(name) is tool \
                 and request.problem is None and self.control.reason is None \
                 and self._bound >= self.deadline:
             return self._plain(request, tool, caller)  # type: ignore[arg-type]
-        path = self._paths.get(name) or self._path(name, tool)
         # a call made inside a tools-file function ends by that function's deadline
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
                         self._depth, self, self._bound, time.perf_counter())
