@@ -613,7 +613,8 @@ class JavaScriptEngine(Engine):
         """Settle the promises of ``replies`` (all of one activation) and run it on."""
         owners = self._owners if self._ctx is not None and not self._broken else {}
         activation = owners.get(replies[0].id) if replies else None
-        if activation is None or any(owners.get(r.id) != activation for r in replies):
+        if activation is None or (len(replies) > 1 and any(owners.get(r.id) != activation
+                                                          for r in replies)):
             return Failed(protocol_violation(
                 "resume() on a JavaScript engine with replies to requests it is not "
                 f"waiting for: {[reply.id for reply in replies]}"))
@@ -721,10 +722,12 @@ class JavaScriptEngine(Engine):
             text = self._poll(True, activation)
         if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        state = _scan(text, 0)[0]
+        # requests whose numbers are all within 2**53 (the prelude says so: "[0,"), read
+        # with ints parsed natively; anything else with JS's own reading of large ones
+        state = (_scan_native if text.startswith("[0,") else _scan)(text, 0)[0]
         lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
-        if kind == 0:
+        if kind == 0 or kind == 5:
             try:
                 requests = self._requests(state)
             except _TooLarge as exc:
@@ -959,6 +962,7 @@ def _js_number(text: str) -> int | float:
 
 # (value, end); json.loads adds 1 us of Python around it
 _scan = json.JSONDecoder(parse_int=_js_number).scan_once
+_scan_native = json.JSONDecoder().scan_once  # for text with no number beyond 2**53
 _monotonic = time.monotonic
 
 

@@ -206,3 +206,31 @@ def test_a_tool_on_a_narrower_deadline_or_with_context_takes_the_pipeline(
                                  language, "f")
     assert anyio.run(run.execute) == {"ok": True, "value": 3}
     assert list(run._plain_tools) == ["add"]
+
+
+@tool
+def types_of(values: Any) -> list[str]:
+    """The Python types of what a script passed, and the values as text."""
+    return [f"{type(v).__name__} {v!r}" for v in values]
+
+
+def test_js_integers_beyond_2_53_still_arrive_as_the_doubles_they_are() -> None:
+    """Requests are read with native int parsing only when the prelude saw no number
+    beyond 2**53 in them; one that has such a number (nested too) is read as before."""
+    host = Host([types_of], on_output=lambda line: None)
+    source = """
+async function main() {
+  const small = await tools.types_of({values: [1, -2, 2 ** 53, -(2 ** 53), 0.5]});
+  const large = await tools.types_of({values: [2 ** 53 + 2, [25261409972196210], 7]});
+  const again = await tools.types_of({values: [3]});
+  return [small, large, again];
+}
+"""
+    small, large, again = host.run_source(source, "javascript", "big.js")
+    assert small == ["int 1", "int -2", f"int {2**53}", f"int {-(2**53)}", "float 0.5"]
+    assert large[0] == f"float {float(2**53 + 2)!r}" and large[2] == "int 7"
+    assert again == ["int 3"]
+    assert host.run_source("""
+async function main() {
+  return await tools.types_of({values: [{toJSON() { return 2 ** 60; }}]});
+}""", "javascript", "tojson.js") == [f"float {float(2**60)!r}"]
