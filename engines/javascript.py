@@ -722,12 +722,10 @@ class JavaScriptEngine(Engine):
             text = self._poll(True, activation)
         if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        # requests whose numbers are all within 2**53 (the prelude says so: "[0,"), read
-        # with ints parsed natively; anything else with JS's own reading of large ones
-        state = (_scan_native if text.startswith("[0,") else _scan)(text, 0)[0]
+        state = _scan(text, 0)[0]
         lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
-        if kind == 0 or kind == 5:
+        if kind == 0:
             try:
                 requests = self._requests(state)
             except _TooLarge as exc:
@@ -962,7 +960,6 @@ def _js_number(text: str) -> int | float:
 
 # (value, end); json.loads adds 1 us of Python around it
 _scan = json.JSONDecoder(parse_int=_js_number).scan_once
-_scan_native = json.JSONDecoder().scan_once  # for text with no number beyond 2**53
 _monotonic = time.monotonic
 
 

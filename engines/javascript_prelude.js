@@ -80,10 +80,6 @@
   const LARGE = 2;
   const THREW = 3;
   let lastId = 0;
-  // check saw a number beyond 2**53 since the last poll of requests: Python reads such
-  // requests with its exact reader (a JS integer written past 2**53 is a float there),
-  // the others with its native one (see poll)
-  let large = false;
   // Requests not yet handed to Python, as JSON text (4 items each, see poll): the latest
   // ones comma-separated in `queue`, which a long burst moves to the list `queued` in
   // pieces of about 4 KB (appending to one string would copy it each time).
@@ -208,7 +204,6 @@
     const type = typeof value; // if-else: quicker than a switch in quickjs
     if (type === "number") {
       if (value - value !== 0) bad = true; // NaN, Infinity, -Infinity
-      else if (value > 9007199254740992 || value < -9007199254740992) large = true;
     } else if (type === "string") {
       spent += value.length;
       if (spent > budget) stop(LARGE);
@@ -1099,8 +1094,7 @@
   }
 
   // Where the script stands, as the JSON array [state, console lines or 0, ...]:
-  //   [0, lines, id, site, tool, params, ...]  suspended (5 in place of 0: a number in
-  //       the requests is beyond 2**53, see `large`): four items per request (a
+  //   [0, lines, id, site, tool, params, ...]  suspended: four items per request (a
   //       request whose params have no JSON form has -id and, for params, the problem
   //       [message, type, path, memory] (see failure); a
   //       call site seen for the first time is [number, stack], later just its number)
@@ -1116,8 +1110,7 @@
     let kind;
     let body;
     if (queue !== "") {
-      kind = large ? "[5," : "[0,"; // 5: requests that hold a number beyond 2**53
-      large = false;
+      kind = "[0,";
       body = queue;
       if (queued !== null) {
         append(queued, queue);
