@@ -593,19 +593,19 @@ class ScriptRun:
                       ) -> ToolReply:
         """The reply to a fused call (:meth:`_plain`) that raised ``exc``: what the
         pipeline makes of it (Tool.invoke's steering, _invoke's deadline, the boundary)."""
-        try:
+        if isinstance(exc, StopRun | AskHuman):
             try:
-                if isinstance(exc, StopRun | AskHuman):
-                    return ToolReply(request.id, result=steered(call, exc))
-                if isinstance(exc, DeadlineReached) and not exc.deadline < self._bound:
-                    raise ScriptError.ResourceExhaustion(
-                        language=self.language, resource_type="time",
-                        limit=self.limits.timeout) from None
-                raise exc
+                return ToolReply(request.id, result=steered(call, exc))
             except BaseException as raised:
-                raise boundary_error(call, raised)  # noqa: B904 - the error keeps its own cause
-        except SpellError as err:
-            return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+                failure = boundary_error(call, raised)
+        elif isinstance(exc, DeadlineReached) and not exc.deadline < self._bound:
+            failure = boundary_error(call, ScriptError.ResourceExhaustion(
+                language=self.language, resource_type="time", limit=self.limits.timeout))
+        else:  # (not raised again here: its traceback stays where the tool raised it)
+            failure = boundary_error(call, exc)
+        if not isinstance(failure, SpellError):  # KeyboardInterrupt: it ends the run
+            raise failure
+        return ToolReply(request.id, error=error_envelope(failure, ref=self._ref))
 
     def _recover(self, request: ToolRequest, caller: str) -> ToolReply:
         """A step of the script's own ``recovery.retry``/``recovery.fallback`` (see
