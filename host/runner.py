@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -179,7 +180,9 @@ class ScriptRun:
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         # tool name -> the tool, for the tools whose pipeline is only the boundary (see _plain)
         self._plain_tools: dict[str, Tool] = {}
-        self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
+        # ref -> the error handed out under it, oldest first (an OrderedDict: forgetting the
+        # oldest is O(1), where a dict's first key is found past every one removed before)
+        self._refs: OrderedDict[int, SpellError] = OrderedDict()
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
         self._random_bytes, self._random_at = b"", 0  # see _random_ref
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
@@ -1012,9 +1015,8 @@ class ScriptRun:
             ref = self._random_ref()
             while ref in self._refs:
                 ref = self._random_ref()
-            if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest (a dict's order)
-                oldest = next(iter(self._refs))
-                del self._ref_of[id(self._refs.pop(oldest))]
+            if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest
+                del self._ref_of[id(self._refs.popitem(last=False)[1])]
             self._refs[ref] = err
             self._ref_of[id(err)] = ref  # _refs keeps err alive: its id stays its own
         return ref
