@@ -148,7 +148,7 @@ def resolve_refs(err: SpellError, lookup: Callable[[int], SpellError | None]) ->
 
 def _resolved(err: SpellError, lookup: Callable[[int], SpellError | None]) -> SpellError:
     """The original ``err``'s ref stands for, else ``err`` without a ref."""
-    context = err._context  # no context made for errors that have none
+    context = err.context_made  # no context made for errors that have none
     if context is None or REF_KEY not in context.metadata:
         return err
     metadata = dict(context.metadata)

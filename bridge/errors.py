@@ -19,9 +19,10 @@ from __future__ import annotations
 import inspect
 import threading
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from time import time
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bridge.data import MAX_DEPTH, TooDeep, read_json
@@ -169,8 +170,12 @@ class SpellError(Exception):
         self._retryable = retryable
         self._retry_after = retry_after
         self._context = context
+        # what to do to the context when it is next read, in order (see update_context)
+        self._context_updates: list[Callable[[ErrorContext], ErrorContext]] | None = None
         self._created = time()
         self._frames = None if frames is None else list(frames)
+        # a Python traceback whose frames are this error's, read on first use (see wrap)
+        self._frames_from: TracebackType | None = None
         self._cause_view: SpellError | None = None
         if cause is not None:
             self.__cause__ = cause
@@ -202,23 +207,49 @@ class SpellError(Exception):
     def context(self) -> ErrorContext:
         """Where, when and in what the error happened (made on first use)."""
         context = self._context
-        if context is None:
-            from bridge.context import ErrorContext
-
+        if context is None or self._context_updates is not None:
             with _CONTEXT_LOCK:  # two threads (a run's, the observers') make one context
-                if self._context is None:
-                    self._context = ErrorContext(
-                        timestamp=datetime.fromtimestamp(self._created, UTC))
                 context = self._context
+                if context is None:
+                    from bridge.context import ErrorContext
+
+                    context = ErrorContext(timestamp=datetime.fromtimestamp(self._created, UTC))
+                updates, self._context_updates = self._context_updates, None
+                for update in updates or ():
+                    context = update(context)
+                self._context = context
         return context
 
     @context.setter
     def context(self, value: ErrorContext) -> None:
-        self._context = value
+        with _CONTEXT_LOCK:
+            self._context, self._context_updates = value, None
+
+    def update_context(self, update: Callable[[ErrorContext], ErrorContext]) -> None:
+        """Replace the context with ``update(context)`` when it is next read, after the
+        updates given before: the same context as ``err.context = update(err.context)``
+        now, made only if someone reads it (a tool failure a script catches is seldom
+        looked at in Python). ``update`` must only read the context it is given."""
+        with _CONTEXT_LOCK:
+            if self._context_updates is None:
+                self._context_updates = [update]
+            else:
+                self._context_updates.append(update)
+
+    @property
+    def context_made(self) -> ErrorContext | None:
+        """The context if it was made (with every update given so far), else None: for
+        a look that must not make one."""
+        if self._context_updates is not None:
+            return self.context
+        return self._context
 
     @property
     def frames(self) -> list[Frame]:
         """The traceback, outermost first: the frames given, else where Python raised it."""
+        pending = self._frames_from
+        if pending is not None:  # wrapped: the exception's frames, read now (see wrap)
+            self._frames, self._frames_from = python_frames(pending), None
         if self._frames:
             return self._frames
         return python_frames(self.__traceback__)
@@ -226,6 +257,7 @@ class SpellError(Exception):
     @frames.setter
     def frames(self, value: Iterable[Frame]) -> None:
         self._frames = list(value)
+        self._frames_from = None
 
     @property
     def cause(self) -> SpellError | None:
@@ -234,7 +266,8 @@ class SpellError(Exception):
         if raw is None or isinstance(raw, SpellError):
             return raw
         if self._cause_view is None:
-            self._cause_view = SpellError.wrap(raw)
+            # this error holds raw, so the view may read raw's frames when first asked
+            self._cause_view = _wrapped(SpellError, raw, None, None, {}, held=True)
         return self._cause_view
 
     @property
@@ -252,7 +285,7 @@ class SpellError(Exception):
     @property
     def raised_by_script(self) -> bool:
         """Whether a script raised this error itself (see :func:`mark_raised_by_script`)."""
-        context = self._context
+        context = self.context_made
         return context is not None and context.metadata.get(RAISED_BY) == "script"
 
     def chain(self) -> Iterator[SpellError]:
@@ -277,23 +310,7 @@ class SpellError(Exception):
         out is filled with ``Type: message``, and the exception becomes the cause (in
         ``runtime/python_exception`` it is the error itself).
         """
-        if isinstance(exc, SpellError):
-            return exc
-        if category is None:
-            category = cls.category or "runtime"
-        elif isinstance(category, type):
-            category = category.category
-        variant = variant_class(category, kind or category_class(category).wrap_kind)
-        frames = python_frames(exc.__traceback__)
-        if variant.kind == "python_exception" and variant.category == "runtime":
-            fields.setdefault("exception_type", exception_type_name(exc))
-            fields.setdefault("exception_message", exception_message(exc))
-            cause = exc.__cause__
-        else:
-            if "reason" in variant.fields_model.model_fields:
-                fields.setdefault("reason", describe_exception(exc))
-            cause = exc
-        return variant(frames=frames, cause=cause, **fields)
+        return _wrapped(cls, exc, category, kind, fields)
 
     # -- JSON -------------------------------------------------------------------------
 
@@ -441,6 +458,35 @@ class CauseChain(typing.NamedTuple):
         if self.loops:
             return "[the cause chain loops back to an earlier error here]"
         return ""
+
+
+def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[SpellError] | None,
+             kind: str | None, fields: dict[str, Any], *, held: bool = False) -> SpellError:
+    """:meth:`SpellError.wrap`. The exception's frames are read when the error's frames
+    are first asked for (a cause's view often never is: a script's envelope has no
+    frames) where the exception stays alive anyway: it is the error's cause, or ``held``
+    by whoever asked; else they are read at once, so that no traceback (and the frames'
+    locals) is kept only for them."""
+    if isinstance(exc, SpellError):
+        return exc
+    if category is None:
+        category = cls.category or "runtime"
+    elif isinstance(category, type):
+        category = category.category
+    variant = variant_class(category, kind or category_class(category).wrap_kind)
+    if variant.kind == "python_exception" and variant.category == "runtime":
+        fields.setdefault("exception_type", exception_type_name(exc))
+        fields.setdefault("exception_message", exception_message(exc))
+        cause = exc.__cause__
+    else:
+        if "reason" in variant.fields_model.model_fields:
+            fields.setdefault("reason", describe_exception(exc))
+        cause = exc
+    if not held and cause is not exc:
+        return variant(frames=python_frames(exc.__traceback__), cause=cause, **fields)
+    err = variant(frames=(), cause=cause, **fields)
+    err._frames_from = exc.__traceback__
+    return err
 
 
 def cause_chain(err: SpellError, limit: int = MAX_CAUSE_DEPTH) -> CauseChain:
@@ -594,8 +640,9 @@ def variants(category: str | None = None) -> list[type[SpellError]]:
 
 def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[str, Any]:
     model = variant.fields_model
-    try:
-        return model.model_validate(fields).model_dump()
+    try:  # model_validate() and model_dump() without their Python wrappers: same result
+        return model.__pydantic_serializer__.to_python(
+            model.__pydantic_validator__.validate_python(fields))
     except Exception as exc:
         from pydantic import ValidationError
 

@@ -173,19 +173,37 @@ def python_frames(tb: TracebackType | None) -> list[Frame]:
     since finding one walks the code's position table.
     """
     frames = []
+    known = _KNOWN_FRAMES
     while tb is not None:
         code = tb.tb_frame.f_code
-        line = tb.tb_lineno
-        if line is None or line < 0:  # an instruction without a line: unknown
-            frame = Frame("python", code.co_filename, None, None, code.co_name, None)
-        else:
-            frame = Frame("python", code.co_filename, line, None, code.co_name,
-                          linecache.getline(code.co_filename, line).strip() or None)
-        if tb.tb_lasti >= 0 and not is_internal(frame):
-            position = next(itertools.islice(code.co_positions(), tb.tb_lasti // 2, None),
-                            None)
-            if position is not None and position[0] == line and position[2] is not None:
-                frame = frame._replace(column=position[2] + 1)
+        key = (code, tb.tb_lasti, tb.tb_lineno)
+        frame = known.get(key)
+        if frame is None:
+            frame = _python_frame(code, tb.tb_lineno, tb.tb_lasti)
+            if len(known) >= MAX_KNOWN_FRAMES:
+                known.clear()
+            known[key] = frame
         frames.append(frame)
         tb = tb.tb_next
     return frames
+
+
+# The frames python_frames made, by code object, instruction and line: a tool failing in a
+# loop raises from the same few places, and a frame is made of nothing else (its source
+# line as linecache holds it). Bounded: emptied when full.
+_KNOWN_FRAMES: dict[tuple[Any, int, int | None], Frame] = {}
+MAX_KNOWN_FRAMES = 1024
+
+
+def _python_frame(code: Any, line: int | None, lasti: int) -> Frame:
+    """The frame of one traceback entry (see :func:`python_frames`)."""
+    if line is None or line < 0:  # an instruction without a line: unknown
+        frame = Frame("python", code.co_filename, None, None, code.co_name, None)
+    else:
+        frame = Frame("python", code.co_filename, line, None, code.co_name,
+                      linecache.getline(code.co_filename, line).strip() or None)
+    if lasti >= 0 and not is_internal(frame):
+        position = next(itertools.islice(code.co_positions(), lasti // 2, None), None)
+        if position is not None and position[0] == line and position[2] is not None:
+            frame = frame._replace(column=position[2] + 1)
+    return frame

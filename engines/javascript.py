@@ -619,7 +619,8 @@ class JavaScriptEngine(Engine):
         """Settle the promises of ``replies`` (all of one activation) and run it on."""
         owners = self._owners if self._ctx is not None and not self._broken else {}
         activation = owners.get(replies[0].id) if replies else None
-        if activation is None or any(owners.get(r.id) != activation for r in replies):
+        if activation is None or (len(replies) > 1 and any(owners.get(r.id) != activation
+                                                          for r in replies)):
             return Failed(protocol_violation(
                 "resume() on a JavaScript engine with replies to requests it is not "
                 f"waiting for: {[reply.id for reply in replies]}"))

@@ -117,8 +117,28 @@
 
   // A stack as scripts see it: the real file name, no prelude frames. Only string indexes,
   // ===, + and the functions bound above (see there).
+  // The last text clean() was given and what it made of it: a loop that fails at one call
+  // site cleans the same stack each time (twice for a tool error with a cause). What it
+  // makes depends on the text, FILE and the modules' lines (segments), which only grow.
+  let cleanedText = null;
+  let cleanedFile = null;
+  let cleanedSegments = -1;
+  let cleaned = null;
+
   function clean(text) {
     if (typeof text !== "string") return text;
+    if (text === cleanedText && FILE === cleanedFile && segments.length === cleanedSegments) {
+      return cleaned;
+    }
+    const made = cleanText(text);
+    cleanedText = text;
+    cleanedFile = FILE;
+    cleanedSegments = segments.length;
+    cleaned = made;
+    return made;
+  }
+
+  function cleanText(text) {
     const kept = newList();
     let start = 0;
     while (start < text.length) {

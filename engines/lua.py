@@ -605,6 +605,12 @@ class LuaEngine(Engine):
         (``take``) with the limit lifted again. ``data`` that obviously cannot fit (a lower
         bound of its size in Lua above the limit) is refused before anything is copied.
         """
+        kind = data.__class__
+        if infos is None and first.__class__ is not str and (
+                kind is float or kind is bool or data is None or (
+                    kind is int and self._ints[0] <= data <= self._ints[1])):
+            # a tool's usual result: a number, pushed with no allocation (as below)
+            return self._enter_with(entry, deadline, (True, first, second, data), path)
         self._set_max_memory(0)
         try:
             value = self._to_lua(data, path)
@@ -621,6 +627,12 @@ class LuaEngine(Engine):
             return self._fail(self._no_room(path))
         finally:
             self._set_max_memory(self._memory_limit)
+        return self._enter_with(entry, deadline, direct, path)
+
+    def _enter_with(self, entry: int, deadline: float, direct: tuple[Any, ...], path: str
+                    ) -> Step:
+        """:meth:`_handoff` once its values are made: Lua runs ``entry`` with the memory
+        limit back (if what was made fits in it), and its outcome is read back."""
         if self._over_limit():
             return self._fail(self._no_room(path))
         try:

@@ -327,27 +327,40 @@ local function sanitize(v, depth, seen)
 end
 
 -- A traceback with only the script's own lines (for the error tables scripts see), and
--- the tail-call markers that follow one of them or start a traceback.
-local function script_traceback(tb)
-  local out, after = {"stack traceback:"}, false
-  for line in gmatch(tb, "[^\n]+") do
-    local own = sub(line, 2, #prefix + 1) == prefix
-    if not own then
-      for i = 2, #prefixes do
-        local p = prefixes[i]
-        if sub(line, 2, #p + 1) == p then own = true break end
+-- the tail-call markers that follow one of them or start a traceback. The last one made is
+-- kept, with what it depends on: a loop failing at one call site makes the same one.
+local script_traceback
+do
+  local function own_lines(tb)
+    local out, after = {"stack traceback:"}, false
+    for line in gmatch(tb, "[^\n]+") do
+      local own = sub(line, 2, #prefix + 1) == prefix
+      if not own then
+        for i = 2, #prefixes do
+          local p = prefixes[i]
+          if sub(line, 2, #p + 1) == p then own = true break end
+        end
+      end
+      if own then
+        out[#out + 1], after = line, true
+      elseif line == TAIL_CALLS then
+        if after then out[#out + 1] = line end
+        after = false
+      else
+        after = line == "stack traceback:"
       end
     end
-    if own then
-      out[#out + 1], after = line, true
-    elseif line == TAIL_CALLS then
-      if after then out[#out + 1] = line end
-      after = false
-    else
-      after = line == "stack traceback:"
-    end
+    return concat(out, "\n")
   end
-  return concat(out, "\n")
+
+  local last_tb, last_prefixes, last_count, last_out
+  script_traceback = function(tb)
+    if tb ~= last_tb or prefixes ~= last_prefixes or #prefixes ~= last_count then
+      last_out = own_lines(tb)
+      last_tb, last_prefixes, last_count = tb, prefixes, #prefixes
+    end
+    return last_out
+  end
 end
 
 -- Limits are classified from what Lua observed, never from an error's text alone.

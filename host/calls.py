@@ -176,7 +176,7 @@ def _wrap_boundary(next: Next) -> Next:
         try:
             return next(call)
         except BaseException as exc:
-            raise _at_boundary(call, exc)  # noqa: B904 - the error keeps its own cause
+            raise boundary_error(call, exc)  # noqa: B904 - the error keeps its own cause
 
     return through_boundary
 
@@ -184,7 +184,7 @@ def _wrap_boundary(next: Next) -> Next:
 boundary.wrap = _wrap_boundary  # type: ignore[attr-defined]
 
 
-def _at_boundary(call: ToolCall, exc: BaseException) -> BaseException:
+def boundary_error(call: ToolCall, exc: BaseException) -> BaseException:
     """The error to raise out of ``call`` for ``exc``, with this boundary's path."""
     if ends_the_run(exc):
         return exc

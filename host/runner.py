@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import atexit
 import contextvars
+import functools
 import inspect
 import math
 import os
-import secrets
 import threading
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -59,24 +60,29 @@ from host.calls import (
     Timeouts,
     ToolCall,
     boundary,
+    boundary_error,
     pipeline,
     script_data,
 )
 from host.control import RunControl
-from host.data import crossing
+from host.data import crossing, to_script_data
 from host.history import RecoveryHistory, recovery_event
 from host.lines import log_script_line
+from host.steer import AskHuman, StopRun
 from host.tools import (
     STATE_EXPORT,
     STATE_RESTORE,
     ScriptTool,
+    Tool,
     ToolRegistry,
     build_engine,
     load_library,
     preview,
+    steered,
 )
 
 if TYPE_CHECKING:  # pydantic is imported when the first policy is made
+    from bridge.context import ErrorContext
     from host.hooks import Dispatcher
     from host.libraries import Libraries, Root
     from host.recovery import Breakers, ToolRecovery
@@ -175,8 +181,13 @@ class ScriptRun:
         self._cancelled = False  # cancel() stopped it (for cancellation_finished)
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
-        self._refs: dict[int, SpellError] = {}  # ref -> the error handed out under it
+        # tool name -> the tool, for the tools whose pipeline is only the boundary (see _plain)
+        self._plain_tools: dict[str, Tool] = {}
+        # ref -> the error handed out under it, oldest first (an OrderedDict: forgetting the
+        # oldest is O(1), where a dict's first key is found past every one removed before)
+        self._refs: OrderedDict[int, SpellError] = OrderedDict()
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
+        self._random_bytes, self._random_at = b"", 0  # see _random_ref
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
         self._active: dict[str, int] = {}  # tools file -> calls into it in progress
         self._restarts: dict[str, int] = {}  # tools file -> restarts by a Restart policy
@@ -551,6 +562,10 @@ class ScriptRun:
         name = request.tool
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
+        if tool is not None and self._plain_tools.get(name) is tool \
+                and request.problem is None and self.control.reason is None \
+                and self._bound >= self.deadline:
+            return self._plain(request, tool, caller)  # type: ignore[arg-type]
         # a call made inside a tools-file function ends by that function's deadline
         call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
                         self._depth, self, self._bound, time.perf_counter())
@@ -558,6 +573,49 @@ class ScriptRun:
             return ToolReply(request.id, result=path(call))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _plain(self, request: ToolRequest, tool: Tool, caller: str) -> ToolReply:
+        """A call of a plain tool (:attr:`Tool.plain`) whose pipeline is only the boundary,
+        fused: what ``boundary``, :meth:`_invoke`, :meth:`Tool.invoke` and ``run_python``
+        do for it, without the call's value or the layers' calls while nothing fails.
+
+        The caller has checked what those steps check first (the run's stop request, the
+        parameters' problem, a deadline no narrower than the run's: the function runs
+        right here). Whatever it raises is handled as they handle it, with the call's
+        value made then (its ``started`` taken before validation, as theirs is).
+        """
+        started = time.perf_counter()
+        control = self.control
+        try:
+            args, kwargs = tool.arguments(tool.validate(request.params))
+            control.in_tool_kind = "sync"  # as run_python: nothing stops this thread now
+            try:
+                result = tool.fn(*args, **kwargs)
+            finally:
+                control.in_tool_kind = None
+            return ToolReply(request.id, result=to_script_data(result, caller))
+        except BaseException as exc:
+            call = ToolCall(request.tool, tool, request.params, None, caller, request.frames,
+                            self._depth, self, self._bound, started)
+            return self._plain_failed(request, call, exc)
+
+    def _plain_failed(self, request: ToolRequest, call: ToolCall, exc: BaseException
+                      ) -> ToolReply:
+        """The reply to a fused call (:meth:`_plain`) that raised ``exc``: what the
+        pipeline makes of it (Tool.invoke's steering, _invoke's deadline, the boundary)."""
+        if isinstance(exc, StopRun | AskHuman):
+            try:
+                return ToolReply(request.id, result=steered(call, exc))
+            except BaseException as raised:
+                failure = boundary_error(call, raised)
+        elif isinstance(exc, DeadlineReached) and not exc.deadline < self._bound:
+            failure = boundary_error(call, ScriptError.ResourceExhaustion(
+                language=self.language, resource_type="time", limit=self.limits.timeout))
+        else:  # (not raised again here: its traceback stays where the tool raised it)
+            failure = boundary_error(call, exc)
+        if not isinstance(failure, SpellError):  # KeyboardInterrupt: it ends the run
+            raise failure
+        return ToolReply(request.id, error=error_envelope(failure, ref=self._ref))
 
     def _recover(self, request: ToolRequest, caller: str) -> ToolReply:
         """A step of the script's own ``recovery.retry``/``recovery.fallback`` (see
@@ -616,7 +674,11 @@ class ScriptRun:
         every call of it a configuration error the script can catch, not an internal error
         of the engine."""
         try:
-            path = self._paths[name] = pipeline(self._layers_for(name), self._invoke, tool)
+            layers = self._layers_for(name)
+            path = self._paths[name] = pipeline(layers, self._invoke, tool)
+            if isinstance(tool, Tool) and tool.plain and len(layers) == 2 \
+                    and not layers[1].applies(tool):  # [boundary, Timeouts()]: see _plain
+                self._plain_tools[name] = tool
             return path
         except Exception as exc:
             why = describe_exception(exc, qualified=False)
@@ -967,15 +1029,23 @@ class ScriptRun:
         """
         ref = self._ref_of.get(id(err))
         if ref is None:
-            ref = secrets.randbits(53)
+            ref = self._random_ref()
             while ref in self._refs:
-                ref = secrets.randbits(53)
-            if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest (a dict's order)
-                oldest = next(iter(self._refs))
-                del self._ref_of[id(self._refs.pop(oldest))]
+                ref = self._random_ref()
+            if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest
+                del self._ref_of[id(self._refs.popitem(last=False)[1])]
             self._refs[ref] = err
             self._ref_of[id(err)] = ref  # _refs keeps err alive: its id stays its own
         return ref
+
+    def _random_ref(self) -> int:
+        """A random 53-bit number from the system's CSPRNG (as ``secrets.randbits(53)``),
+        taken from bytes read 64 refs at a time: one system call for 64 failures."""
+        at = self._random_at
+        if at >= len(self._random_bytes):
+            self._random_bytes, at = os.urandom(7 * 64), 0
+        self._random_at = at + 7
+        return int.from_bytes(self._random_bytes[at:at + 7], "big") >> 3
 
     # -- decoration -----------------------------------------------------------------
 
@@ -993,10 +1063,8 @@ class ScriptRun:
         again from its own frames with this run's context (a tool raising one shared
         instance in every run: the earlier run's path is not this one's).
         """
-        from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
-
         crossed = getattr(err, _CROSSED, None)
-        context = err.context
+        reset = False
         if crossed is None or (crossed.run != self.correlation_id
                                and crossed.when >= call.started):
             own = [f for f in err.frames if not is_internal(f)]
@@ -1006,30 +1074,17 @@ class ScriptRun:
             own = [f for f in err.frames if not is_internal(f)]
         else:  # its path and context are those of an earlier call in another run
             own = crossed.own
-            metadata = {k: v for k, v in context.metadata.items() if k not in _PRESERVED}
-            context = context.model_copy(update={"correlation_id": None, "metadata": metadata})
+            reset = True
         setattr(err, _CROSSED, _Crossed(self.correlation_id, call.depth, time.perf_counter(),
                                         own if crossed is None else crossed.own))
         boundary_frame = Frame("host", "<tool call>", None, None, call.name)
         err.frames = [*call.frames, boundary_frame, *own]
         site = call.frames[-1] if call.frames else None
-        step = CallFrame(function_name=call.name,
-                         file_location=site and FileLocation(file=site.file, line=site.line,
-                                                             column=site.column),
-                         parameters=preview(call.params))
-        if context.correlation_id is None:  # not yet given the run's context: where it happened
-            err.context = context.model_copy(update={
-                "correlation_id": self.correlation_id,
-                "component": ToolComponent(tool_name=call.name),
-                "operation": f"tool call from {site.file if site else self.filename}",
-                "execution_trace": ExecutionTrace(  # the call's hooks stay (host.hooks)
-                    call_stack=[step],
-                    hook_execution_path=context.execution_trace.hook_execution_path),
-            })
-        else:  # an outer boundary: the call stack grows outwards
-            trace = context.execution_trace
-            err.context = context.model_copy(update={"execution_trace": trace.model_copy(
-                update={"call_stack": [step, *trace.call_stack]})})
+        # the context is made when it is read (most caught failures never are): the same
+        # context, from the call's facts taken now
+        err.update_context(functools.partial(
+            _boundary_context, reset, self.correlation_id, self.filename, call.name, site,
+            call.params))
 
     def _decorate(self, err: SpellError, tool: ScriptTool | None = None) -> SpellError:
         """Give an error that arose in a script (or in ``tool``'s file) the run's context."""
@@ -1044,6 +1099,35 @@ class ScriptRun:
                 "operation": f"run {filename}" if tool is None else f"call {tool.function}",
             })
         return err
+
+
+def _boundary_context(reset: bool, run_id: str, filename: str, name: str, site: Frame | None,
+                      params: Any, context: ErrorContext) -> ErrorContext:
+    """An error's context once it crossed the boundary of a call of tool ``name`` in run
+    ``run_id`` made at ``site`` (see :meth:`ScriptRun.at_boundary`); ``reset``: its
+    context is that of an earlier call in another run, whose run it no longer names."""
+    from bridge.context import CallFrame, ExecutionTrace, FileLocation, ToolComponent
+
+    if reset:
+        metadata = {k: v for k, v in context.metadata.items() if k not in _PRESERVED}
+        context = context.model_copy(update={"correlation_id": None, "metadata": metadata})
+    step = CallFrame(function_name=name,
+                     file_location=site and FileLocation(file=site.file, line=site.line,
+                                                         column=site.column),
+                     parameters=preview(params))
+    if context.correlation_id is None:  # not yet given the run's context: where it happened
+        return context.model_copy(update={
+            "correlation_id": run_id,
+            "component": ToolComponent(tool_name=name),
+            "operation": f"tool call from {site.file if site else filename}",
+            "execution_trace": ExecutionTrace(  # the call's hooks stay (host.hooks)
+                call_stack=[step],
+                hook_execution_path=context.execution_trace.hook_execution_path),
+        })
+    # an outer boundary: the call stack grows outwards
+    trace = context.execution_trace
+    return context.model_copy(update={"execution_trace": trace.model_copy(
+        update={"call_stack": [step, *trace.call_stack]})})
 
 
 # The attribute in which an error records the outermost tool boundary it has crossed

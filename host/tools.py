@@ -99,10 +99,23 @@ class Tool:
         try:
             result = run_python(call, self.fn, args, kwargs, self.is_async)
         except (StopRun, AskHuman) as steer:  # the tool steers its run (host.steer)
-            if isinstance(steer, AskHuman):
-                return ask_human(call, steer.question)
-            raise stop_run(call, steer) from None
+            return steered(call, steer)
         return to_script_data(result, call.caller)
+
+    @property
+    def plain(self) -> bool:
+        """Whether a call of it can take the runner's fused path (``ScriptRun._plain``):
+        a sync function with no timeout of its own and no ToolContext parameter, called on
+        the run's thread exactly as :meth:`invoke` calls it."""
+        return not self.is_async and self.timeout is None and self.context_param is None
+
+
+def steered(call: ToolCall, steer: StopRun | AskHuman) -> Any:
+    """What a tool that raised ``StopRun`` or ``AskHuman`` answers ``call`` with: a
+    person's answer, or (raised) the error that stops the run (see :mod:`host.steer`)."""
+    if isinstance(steer, AskHuman):
+        return ask_human(call, steer.question)
+    raise stop_run(call, steer) from None
 
 
 def tool(

@@ -10,6 +10,7 @@
     python scripts/bench.py --only lua            # Lua 5.5, 5.4 and LuaJIT on CPU-bound work
     python scripts/bench.py --only core           # tool calls, data, errors, start-up
     python scripts/bench.py --only data           # lists, dicts and strings across
+    python scripts/bench.py --only calls          # only the tool calls' rows of core
     python scripts/bench.py --json > run.json     # the same rows as strict JSON
 
 Rows with a ratio are compared with a naive host measured in the same run (lupa or
@@ -202,6 +203,23 @@ def compared(what: str, unit: str, scale: float, target: str, repeats: int,
     theirs = statistics.median(b for _, b in pairs)
     return [Row(what, ours * scale, unit, target, ours / theirs, baseline),
             Row(f"  {baseline}", theirs * scale, unit, "")]
+
+
+# Tools files whose function does what the Python tool ``add`` does: a script calling
+# one makes a cross-engine hop (JS -> Lua, Lua -> JS), compared with calling ``add``.
+HOP_LUA = """
+local M = {}
+function M.add_lua(p) return p.a + p.b end
+return M
+"""
+HOP_JS = "exports.add_js = function (p) { return p.a + p.b; };\n"
+
+
+def hop_host(folder: Path) -> Host:
+    """A host with the Python tool ``add`` and the tools files ``add_lua``, ``add_js``."""
+    (folder / "hop.lua").write_text(HOP_LUA)
+    (folder / "hop.js").write_text(HOP_JS)
+    return Host([add, folder / "hop.lua", folder / "hop.js"], on_output=lambda line: None)
 
 
 def ready_engine(language: str) -> float:
@@ -1285,8 +1303,11 @@ def data_rows(repeats: int) -> list[Row]:
     return rows
 
 
-def core_rows(repeats: int) -> list[Row]:
-    """Tool calls, errors and start-up, the rows most users feel."""
+def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
+    """Tool calls, errors and start-up, the rows most users feel (``calls_only``: the
+    tool calls' rows alone: round trips, failures, hops and refusals)."""
+    import tempfile
+
     host = Host([add, explode], on_output=lambda line: None)
 
     rows: list[Row] = []
@@ -1314,22 +1335,43 @@ def core_rows(repeats: int) -> list[Row]:
     rows.append(("  raw quickjs JS -> Python call",
                  median_of(repeats, lambda: raw_js_call(200_000)) * us, "us", ""))
     for language, target in (("lua", "<= 0.5"), ("javascript", "<= 1")):
+        if calls_only:
+            break
         ready_engine(language)  # import the engine module outside the timing
         rows.append((f"ready sandboxed engine, {language}",
                      median_of(repeats * 5, lambda lang=language: ready_engine(lang)) * ms,
                      "ms", target))
-    rows.append((f"Lua error -> unified error, {DEEP} frames",
-                 median_of(repeats, lambda: lua_translation(500)) * us, "us", "<= 30"))
-    rows.append((f"JS error -> unified error, {DEEP} frames",
-                 median_of(repeats, lambda: js_translation(500)) * us, "us", "<= 30"))
-    rows.append((f"render a {DEEP}-frame error as text",
-                 median_of(repeats, lambda: rendering(500)) * us, "us", "<= 200"))
-    rows.append(("tool failure caught in Lua, per error",
-                 median_of(repeats, lambda: caught_failure(host, "lua", LUA_CATCH, 2000))
-                 * us, "us", ""))
-    rows.append(("tool failure caught in JS, per error",
-                 median_of(repeats, lambda: caught_failure(host, "javascript", JS_CATCH, 2000))
-                 * us, "us", ""))
+    if not calls_only:
+        rows.append((f"Lua error -> unified error, {DEEP} frames",
+                     median_of(repeats, lambda: lua_translation(500)) * us, "us", "<= 30"))
+        rows.append((f"JS error -> unified error, {DEEP} frames",
+                     median_of(repeats, lambda: js_translation(500)) * us, "us", "<= 30"))
+        rows.append((f"render a {DEEP}-frame error as text",
+                     median_of(repeats, lambda: rendering(500)) * us, "us", "<= 200"))
+    # a caught failure, and a call refused by an open breaker, against a successful call
+    # of the same language measured in the same run (the baseline is polyspell's own)
+    rows += compared("tool failure caught in Lua, per error", "us", us, "<= 5x", repeats,
+                     lambda: caught_failure(host, "lua", LUA_CATCH, 2000),
+                     "tool round trip, Lua (success)",
+                     lambda: tool_round_trip(host, "lua", LUA_LOOP, 20_000))
+    rows += compared("tool failure caught in JS, per error", "us", us, "<= 5x", repeats,
+                     lambda: caught_failure(host, "javascript", JS_CATCH, 2000),
+                     "tool round trip, JS (success)",
+                     lambda: tool_round_trip(host, "javascript", JS_LOOP, 20_000))
+    with tempfile.TemporaryDirectory() as name:
+        hops = hop_host(Path(name))
+        rows += compared("cross-engine hop, JS -> Lua tools file", "us", us, "<= 1.5x",
+                         repeats, lambda: tool_round_trip(
+                             hops, "javascript", JS_LOOP.replace("tools.add", "tools.add_lua"),
+                             20_000),
+                         "JS -> Python tool (same host)",
+                         lambda: tool_round_trip(hops, "javascript", JS_LOOP, 20_000))
+        rows += compared("cross-engine hop, Lua -> JS tools file", "us", us, "<= 1.5x",
+                         repeats, lambda: tool_round_trip(
+                             hops, "lua", LUA_LOOP.replace("tools.add", "tools.add_js"),
+                             20_000),
+                         "Lua -> Python tool (same host)",
+                         lambda: tool_round_trip(hops, "lua", LUA_LOOP, 20_000))
     guarded_host = breaker_host()
     rows.append(("call refused by an open breaker, Lua",
                  median_of(repeats, lambda: refused_call(guarded_host, "lua", LUA_REFUSED,
@@ -1340,6 +1382,8 @@ def core_rows(repeats: int) -> list[Row]:
                  "<= 20"))
     rows.append(("  the refusal in the breaker layer alone",
                  median_of(repeats, lambda: refusal_in_layer(20_000)) * us, "us", ""))
+    if calls_only:
+        return rows
     flaky_host = Host([flaky], on_output=lambda line: None,
                       recovery={"flaky": {"retry": RETRY_SCHEDULE}})
     rows.append(("retry waits past schedule (worst of 3)",
@@ -1353,16 +1397,16 @@ def core_rows(repeats: int) -> list[Row]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--only", choices=["core", "data", "coordinator", "hooks", "monitor",
-                                           "isolation", "modules", "ray", "lua"],
+    parser.add_argument("--only", choices=["core", "calls", "data", "coordinator", "hooks",
+                                           "monitor", "isolation", "modules", "ray", "lua"],
                         help="run only this section of the table")
     parser.add_argument("--json", action="store_true",
                         help="print the rows as strict JSON (to compare two runs)")
     options = parser.parse_args()
     repeats = 3 if options.quick else 7
     show = print_json if options.json else print_table
-    if options.only == "core":
-        show(repeats, core_rows(repeats))
+    if options.only in ("core", "calls"):
+        show(repeats, core_rows(repeats, calls_only=options.only == "calls"))
         return
     if options.only == "data":
         show(repeats, data_rows(repeats))
