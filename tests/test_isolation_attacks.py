@@ -235,10 +235,11 @@ def test_a_tool_request_sent_past_the_deadline_is_not_given_out(bad_pool):
 
 
 def test_a_message_cut_off_then_silence_is_a_protocol_violation_at_the_deadline(bad_pool):
-    engine = bad_pool.make_engine("lua", limits=Limits(timeout=0.5, memory_mb=64))
+    # 2 s: under load a worker may need a second to start and send the first bytes
+    engine = bad_pool.make_engine("lua", limits=Limits(timeout=2.0, memory_mb=64))
     try:
         step = engine.start("--misbehave:stalled", "agent.lua", None, [],
-                            time.monotonic() + 0.5)
+                            time.monotonic() + 2.0)
         pid = engine.pid
     finally:
         engine.close()
@@ -392,16 +393,16 @@ def test_a_real_python_frame_still_shows_its_line():
 # -- workers that die, over and over ------------------------------------------------------
 
 
-def test_twenty_runs_that_each_kill_their_worker_leave_nothing_behind(bad_pool):
+def test_runs_that_each_kill_their_worker_leave_nothing_behind(bad_pool):
     host = Host(engine_factory=bad_pool.make_engine, timeout=20, memory_mb=64)
     pids = set()
-    for _ in range(20):  # each one starts a worker: 20 are enough to see a leak grow
+    for _ in range(8):  # each one starts a worker: 8 are enough to see a leak grow
         with pytest.raises(SpellError) as info:
             host.run_source("--misbehave:segfault", "lua")
         assert info.value.code == "runtime/worker_died"
         assert info.value.fields["signal"] == "SIGSEGV"
         pids.add(info.value.fields["pid"])
-    assert len(pids) == 20  # each run had a worker of its own, replaced after the crash
+    assert len(pids) == 8  # each run had a worker of its own, replaced after the crash
     assert host.run_source("return 'still here'", "lua") == "still here"
     assert len(bad_pool.pids()) <= bad_pool.size + 1
     assert not (pids & set(children()))  # each dead worker was reaped: no zombie left
