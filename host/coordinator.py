@@ -55,6 +55,7 @@ from host.host import (
     check_callable,
     check_positive,
     chosen_isolation,
+    read_sources,
     tool_items,
 )
 from host.lines import write_lines
@@ -584,9 +585,15 @@ class _Execution:
         self.start = time.monotonic()
         self.deadline = self.start + (plan.timeout or float("inf"))
         self.ended = 0
+        self.sources: dict[Path, tuple[str, str]] = {}  # read once per plan: see run()
 
     async def run(self) -> None:
         try:
+            # each distinct script read once per plan, on a worker thread: a task's try
+            # then neither stats nor reads its file on the event loop (where each call
+            # waits for the GIL the engine threads hold)
+            self.sources = await anyio.to_thread.run_sync(
+                read_sources, {self.plan.path(s.task.script) for s in self.states.values()})
             async with anyio.create_task_group() as group:
                 for state in self.states.values():
                     group.start_soon(self._task, state, name=f"polyspell task {state.id}")
@@ -700,10 +707,11 @@ class _Execution:
                    budget: float) -> tuple[bool, Any]:
         """One run of the task's script, stopped after ``budget`` seconds."""
         try:
+            script = self.plan.path(state.task.script)
             run = self.executor.new_run(
-                self.host, self.plan.path(state.task.script), args,
-                timeout=budget + CLEANUP_GRACE,
-                lua_version=state.task.lua_version or self.plan.lua_version)
+                self.host, script, args, timeout=budget + CLEANUP_GRACE,
+                lua_version=state.task.lua_version or self.plan.lua_version,
+                source=self.sources.get(script))
         except SpellError as err:
             return False, err
         state.run, state.run_id = run, run.correlation_id

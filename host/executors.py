@@ -61,10 +61,12 @@ class Executor(ABC):
 
     @abstractmethod
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
-                lua_version: str | None = None) -> TaskRun:
+                lua_version: str | None = None,
+                source: tuple[str, str] | None = None) -> TaskRun:
         """One try of the task whose script is ``script``, with ``args``, stopped by its
         engine's time limit after ``timeout`` seconds at the latest; a Lua script runs on
-        ``lua_version`` (None: the host's)."""
+        ``lua_version`` (None: the host's). ``source`` is the script's source and language
+        as ``host.host.read_script`` gave them when the plan started (None: read it now)."""
 
     def finish(self, host: Host) -> None:  # noqa: B027 - nothing held per plan here
         """The plan :meth:`prepare` accepted with ``host`` has ended (every task done)."""
@@ -79,8 +81,10 @@ class LocalExecutor(Executor):
     name = "local"
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
-                lua_version: str | None = None) -> TaskRun:
-        return host.new_run(script, args, timeout=timeout, lua_version=lua_version)
+                lua_version: str | None = None,
+                source: tuple[str, str] | None = None) -> TaskRun:
+        return host.new_run(script, args, timeout=timeout, lua_version=lua_version,
+                            source=source)
 
 
 def as_executor(executor: str | Executor | None, *, ray_address: str | None = None,

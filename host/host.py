@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 import engines
-from bridge import ConfigurationError
+from bridge import ConfigurationError, SpellError
 from engines import Limits, Sandbox
 from engines.specs import LUA_VERSIONS
 from host.calls import Layer
@@ -313,13 +313,16 @@ class Host:
         return functools.partial(base, lua_version=lua_version)
 
     def new_run(self, path: str | Path, args: Any = None, *,
-                timeout: float | None = None, lua_version: str | None = None) -> ScriptRun:
+                timeout: float | None = None, lua_version: str | None = None,
+                source: tuple[str, str] | None = None) -> ScriptRun:
         """A run of a script file, prepared but not started: ``await run.execute()``.
 
         For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
         task. ``timeout`` replaces the host's for this run, ``lua_version`` its Lua.
+        ``source``: the file's source and language as :func:`read_script` gave them
+        already (a plan reads each script once), else the file is read now.
         """
-        code, language = read_script(path)
+        code, language = read_script(path) if source is None else source
         run = self.new_run_source(code, language, str(path), args,
                                   timeout=timeout, lua_version=lua_version)
         run.library_roots = self.libraries.roots_for(path)
@@ -581,6 +584,18 @@ def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
     except OSError as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=exc.strerror or str(exc)) \
             from None
+
+
+def read_sources(paths: Iterable[Path]) -> dict[Path, tuple[str, str]]:
+    """:func:`read_script` of each path that reads (a plan's scripts, read once per plan):
+    a path that does not is left out, for its run to read, and fail, itself."""
+    sources = {}
+    for path in paths:
+        try:
+            sources[path] = read_script(path)
+        except SpellError:
+            continue
+    return sources
 
 
 def check_json_like(value: Any, path: str) -> None:
