@@ -104,24 +104,24 @@ def read_stack(
     # One scan of the whole text, and frames made as plain tuples: a match object per
     # line, and Frame()'s keyword handling, cost more than everything else here.
     frames = []
+    append, names, short = frames.append, _FUNCTION_NAMES, SHORT_DIGITS  # locals: hot loop
     for function, file, line, column in _FRAMES.findall(text):
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
         # position() inlined for short runs (\d matches non-ASCII digits too): None when
         # out of range, the text being the script's
-        number = int(line) if len(line) < SHORT_DIGITS and line.isascii() else position(line)
-        at = int(column) if len(column) < SHORT_DIGITS and column.isascii() \
-            else position(column)
+        number = int(line) if len(line) < short and line.isascii() else position(line)
+        at = int(column) if len(column) < short and column.isascii() else position(column)
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
             if number is not None and 0 < number <= count:
-                text = lines[number - 1]  # type: ignore[index]
+                code = lines[number - 1]  # type: ignore[index]
                 # source_excerpt() inlined for a line that needs no cut
-                source = (text.strip() or None) if len(text) <= MAX_SOURCE_LINE \
-                    else source_excerpt(text, at)
-        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, at,
-                                         _FUNCTION_NAMES.get(function, function), source)))
+                source = (code.strip() or None) if len(code) <= MAX_SOURCE_LINE \
+                    else source_excerpt(code, at)
+        append(_new_tuple(Frame, (LANGUAGE, file, number, at, names.get(function, function),
+                                  source)))
     frames.reverse()
     at = None
     if not frames:  # a parse position matters only to an error without frames

@@ -577,9 +577,16 @@ def coordinator_rows(repeats: int) -> list[Row]:
         folder = Path(name)
         coordinator_overhead(folder, 50)  # warm up: engine modules, pydantic models
         independent_plan(folder, 50)
+        scale = compared("coordinator overhead per task, 10,000 tasks", "ms", 1e3, "<= 1.25x",
+                         repeats, lambda: coordinator_overhead(folder, 10_000),
+                         "the same at 1,000 tasks", lambda: coordinator_overhead(folder, 1000))
+        memory = median_of(max(1, repeats // 2), lambda: plan_memory(folder, 10_000, None))
         return [
             ("coordinator overhead per trivial task",
              median_of(repeats, lambda: coordinator_overhead(folder, 300)) * 1e3, "ms", "<= 1"),
+            *scale,
+            ("plan memory per task, 10,000 tasks (peak RSS growth)", memory * 1e3 / 10_000,
+             "KB", "<= 5"),
             ("plan of 1,000 trivial tasks, half Lua half JS",
              median_of(max(3, repeats // 2), lambda: independent_plan(folder, 1000)), "s",
              "<= 3"),
