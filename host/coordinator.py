@@ -52,6 +52,7 @@ from host.hooks.points import CancellationContext, TaskContext, copy_data
 from host.host import (
     MAX_TIMEOUT,
     Host,
+    ScriptSource,
     check_callable,
     check_positive,
     chosen_isolation,
@@ -585,7 +586,7 @@ class _Execution:
         self.start = time.monotonic()
         self.deadline = self.start + (plan.timeout or float("inf"))
         self.ended = 0
-        self.sources: dict[Path, tuple[str, str]] = {}  # read once per plan: see run()
+        self.sources: dict[Path, ScriptSource] = {}  # read once per plan: see run()
 
     async def run(self) -> None:
         try:
@@ -593,7 +594,8 @@ class _Execution:
             # then neither stats nor reads its file on the event loop (where each call
             # waits for the GIL the engine threads hold)
             self.sources = await anyio.to_thread.run_sync(
-                read_sources, {self.plan.path(s.task.script) for s in self.states.values()})
+                read_sources, {self.plan.path(s.task.script) for s in self.states.values()},
+                self.host.libraries)
             async with anyio.create_task_group() as group:
                 for state in self.states.values():
                     group.start_soon(self._task, state, name=f"polyspell task {state.id}")

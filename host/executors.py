@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from host.control import RunControl
     from host.coordinator import Coordinator
     from host.history import RecoveryHistory
-    from host.host import Host
+    from host.host import Host, ScriptSource
     from host.plan import Plan
 
 EXECUTORS = ("local", "ray")
@@ -62,11 +62,11 @@ class Executor(ABC):
     @abstractmethod
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
                 lua_version: str | None = None,
-                source: tuple[str, str] | None = None) -> TaskRun:
+                source: ScriptSource | None = None) -> TaskRun:
         """One try of the task whose script is ``script``, with ``args``, stopped by its
         engine's time limit after ``timeout`` seconds at the latest; a Lua script runs on
-        ``lua_version`` (None: the host's). ``source`` is the script's source and language
-        as ``host.host.read_script`` gave them when the plan started (None: read it now)."""
+        ``lua_version`` (None: the host's). ``source`` is the script as
+        ``host.host.read_sources`` read it when the plan started (None: read it now)."""
 
     def finish(self, host: Host) -> None:  # noqa: B027 - nothing held per plan here
         """The plan :meth:`prepare` accepted with ``host`` has ended (every task done)."""
@@ -82,7 +82,7 @@ class LocalExecutor(Executor):
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
                 lua_version: str | None = None,
-                source: tuple[str, str] | None = None) -> TaskRun:
+                source: ScriptSource | None = None) -> TaskRun:
         return host.new_run(script, args, timeout=timeout, lua_version=lua_version,
                             source=source)
 

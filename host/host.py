@@ -10,7 +10,7 @@ import reprlib
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from engines.process import WorkerPool
     from host.config import Config
     from host.hooks import Dispatcher
-    from host.libraries import Libraries
+    from host.libraries import Libraries, Root
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
 
@@ -314,18 +314,19 @@ class Host:
 
     def new_run(self, path: str | Path, args: Any = None, *,
                 timeout: float | None = None, lua_version: str | None = None,
-                source: tuple[str, str] | None = None) -> ScriptRun:
+                source: ScriptSource | None = None) -> ScriptRun:
         """A run of a script file, prepared but not started: ``await run.execute()``.
 
         For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
         task. ``timeout`` replaces the host's for this run, ``lua_version`` its Lua.
-        ``source``: the file's source and language as :func:`read_script` gave them
-        already (a plan reads each script once), else the file is read now.
+        ``source``: the file as :func:`read_sources` read it already (a plan reads each
+        script once), else the file is read now.
         """
-        code, language = read_script(path) if source is None else source
+        code, language, roots = (ScriptSource(*read_script(path)) if source is None
+                                 else source)
         run = self.new_run_source(code, language, str(path), args,
                                   timeout=timeout, lua_version=lua_version)
-        run.library_roots = self.libraries.roots_for(path)
+        run.library_roots = self.libraries.roots_for(path) if roots is None else list(roots)
         return run
 
     def new_run_source(self, code: str, language: str, name: str | None = None,
@@ -586,15 +587,28 @@ def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
             from None
 
 
-def read_sources(paths: Iterable[Path]) -> dict[Path, tuple[str, str]]:
-    """:func:`read_script` of each path that reads (a plan's scripts, read once per plan):
+class ScriptSource(NamedTuple):
+    """A script file as a run takes it: its source and language (:func:`read_script`)
+    and, when known, the library roots a run of it searches (``Libraries.roots_for``)."""
+
+    code: str
+    language: str
+    roots: list[Root] | None = None
+
+
+def read_sources(paths: Iterable[Path], libraries: Libraries | None = None,
+                 ) -> dict[Path, ScriptSource]:
+    """Each path that reads, read (a plan's scripts, once per plan, on a worker thread:
+    the reading, and finding the real folder of its library root, touch the file system);
     a path that does not is left out, for its run to read, and fail, itself."""
     sources = {}
     for path in paths:
         try:
-            sources[path] = read_script(path)
+            code, language = read_script(path)
         except SpellError:
             continue
+        sources[path] = ScriptSource(code, language, None if libraries is None
+                                     else libraries.roots_for(path))
     return sources
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from host import Coordinator, Plan, Task, tool
+from host import Coordinator, Host, Plan, Task, tool
 from host.host import read_script, read_sources
 
 pytestmark = pytest.mark.usefixtures("isolation")
@@ -64,7 +64,22 @@ def test_read_sources_reads_each_path_once_and_leaves_out_what_does_not_read(
     unknown = tmp_path / "notes.txt"
     unknown.write_text("x")
     sources = read_sources([good, folder, unknown, tmp_path / "missing.lua"])
-    assert sources == {good: read_script(good)} == {good: ("return 1", "lua")}
+    assert sources == {good: (*read_script(good), None)} == {good: ("return 1", "lua", None)}
+    libraries = Host().libraries
+    found = read_sources([good], libraries)[good]
+    assert found.roots == libraries.roots_for(good) and found.roots
+
+
+def test_a_task_imports_modules_from_its_own_folder(tmp_path: Path) -> None:
+    # the library roots read once per plan are the script's own folder, as for a run
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    for name, word in (("one", "first"), ("two", "second")):
+        (tmp_path / name / "words.lua").write_text(f"return {{word = '{word}'}}")
+        (tmp_path / name / "main.lua").write_text("return require('words').word")
+    report = Coordinator(on_output=lambda task, line: None).run(Plan(tasks=[
+        Task(id=name, script=str(tmp_path / name / "main.lua")) for name in ("one", "two")]))
+    assert report.results == {"one": "first", "two": "second"}, report
 
 
 def test_a_plan_reads_its_scripts_off_the_event_loop_thread(tmp_path: Path) -> None:
@@ -75,9 +90,9 @@ def test_a_plan_reads_its_scripts_off_the_event_loop_thread(tmp_path: Path) -> N
     threads: list[str] = []
     real = host.coordinator.read_sources
 
-    def recording(paths):  # a spy on the real function, which still does the reading
+    def recording(*args):  # a spy on the real function, which still does the reading
         threads.append(threading.current_thread().name)
-        return real(paths)
+        return real(*args)
 
     host.coordinator.read_sources = recording
     try:
