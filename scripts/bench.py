@@ -446,11 +446,14 @@ def command_env() -> dict[str, str]:
     package (pip compiles it), in a folder of the bench's own rather than beside the
     sources (PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise compile
     every module on every start: 40% of the command's time here), warmed by one start."""
+    import atexit
+    import shutil
     import tempfile
 
     env = {key: value for key, value in os.environ.items()
            if key != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="polyspell-bench-pyc-")
+    env["PYTHONPYCACHEPREFIX"] = folder = tempfile.mkdtemp(prefix="polyspell-bench-pyc-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     for command in (["-c", "pass"], ["-m", "host.cli", "run", str(ROOT / "scripts/hello.lua")]):
         subprocess.run([sys.executable, *command], check=True, capture_output=True, cwd=ROOT,
                        env=env)
