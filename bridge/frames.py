@@ -22,6 +22,10 @@ Language = str
 # that every consumer (a C ``int`` in Python's code objects and tracebacks) takes them.
 MAX_POSITION = 2**30
 _MAX_DIGITS = len(str(MAX_POSITION))
+# A run of ASCII digits shorter than this is always a valid position (at most
+# 999,999,999 < MAX_POSITION): translators' hot loops convert such a run with ``int``
+# directly and call :func:`position` only for the rare longer one.
+SHORT_DIGITS = _MAX_DIGITS - 1
 
 
 def __getattr__(name: str) -> Any:

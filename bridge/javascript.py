@@ -32,7 +32,7 @@ from typing import Any
 
 from bridge.envelope import error_from_script, with_ref
 from bridge.errors import SpellError, variant_class
-from bridge.frames import Frame, position, source_excerpt
+from bridge.frames import MAX_SOURCE_LINE, SHORT_DIGITS, Frame, position, source_excerpt
 from bridge.patterns import PatternRegistry, recognise
 
 Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (resource_error)
@@ -104,18 +104,24 @@ def read_stack(
     # One scan of the whole text, and frames made as plain tuples: a match object per
     # line, and Frame()'s keyword handling, cost more than everything else here.
     frames = []
+    append, names, short = frames.append, _FUNCTION_NAMES, SHORT_DIGITS  # locals: hot loop
     for function, file, line, column in _FRAMES.findall(text):
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
-        number = position(line)  # None when out of range: the text is the script's
-        at = position(column)
+        # position() inlined for short runs (\d matches non-ASCII digits too): None when
+        # out of range, the text being the script's
+        number = int(line) if len(line) < short and line.isascii() else position(line)
+        at = int(column) if len(column) < short and column.isascii() else position(column)
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
             if number is not None and 0 < number <= count:
-                source = source_excerpt(lines[number - 1], at)  # type: ignore[index]
-        frames.append(_new_tuple(Frame, (LANGUAGE, file, number, at,
-                                         _FUNCTION_NAMES.get(function, function), source)))
+                code = lines[number - 1]  # type: ignore[index]
+                # source_excerpt() inlined for a line that needs no cut
+                source = (code.strip() or None) if len(code) <= MAX_SOURCE_LINE \
+                    else source_excerpt(code, at)
+        append(_new_tuple(Frame, (LANGUAGE, file, number, at, names.get(function, function),
+                                  source)))
     frames.reverse()
     at = None
     if not frames:  # a parse position matters only to an error without frames

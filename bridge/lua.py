@@ -24,7 +24,7 @@ from typing import Any
 
 from bridge.envelope import error_from_script
 from bridge.errors import SpellError
-from bridge.frames import Frame, position, source_excerpt
+from bridge.frames import MAX_SOURCE_LINE, SHORT_DIGITS, Frame, position, source_excerpt
 from bridge.hierarchy import ScriptError
 from bridge.jsontext import finite
 from bridge.patterns import PatternRegistry, recognise
@@ -52,6 +52,7 @@ class LuaScript:
     _lines: list[str] | None = field(default=None, repr=False)
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
     _entry: re.Pattern[str] | None = field(default=None, repr=False)
+    _own_lines: re.Pattern[str] | None = field(default=None, repr=False)
     _modules: dict[str, LuaScript] = field(default_factory=dict, repr=False)
     _all_prefixes: tuple[str, ...] | None = field(default=None, repr=False)
 
@@ -75,7 +76,7 @@ class LuaScript:
         if known is not None and known.source == source:
             return known
         self._modules[module.short_src] = module
-        self._entry = self._all_prefixes = None
+        self._entry = self._own_lines = self._all_prefixes = None
         self._frames.clear()
         return module
 
@@ -126,7 +127,7 @@ class LuaScript:
 
     def _parse(self, traceback: str) -> list[Frame]:
         if self._entry is None:  # one scan of the whole traceback: "\tagent.lua:12: in ..."
-            self._entry = re.compile(rf"^\s*{re.escape(self.prefix)}(\d+):(.*)$", re.MULTILINE)
+            self._entry = _entry_pattern(self.prefix)
         if self._lines is None:
             self._lines = self.source.splitlines()
         if TAIL_CALLS in traceback or self._modules:
@@ -135,11 +136,18 @@ class LuaScript:
                                         self.language)
         frames = []
         for number, what in self._entry.findall(traceback):  # as frame(), without its calls
-            line = position(number)  # None when out of range (see frames.MAX_POSITION)
-            frames.append(_new_tuple(Frame, (
-                language, file, line, None, _function_name(what),
-                source_excerpt(lines[line - 1]) or "" if line is not None and 0 < line <= count
-                else None)))
+            # position() inlined for short runs (\d matches non-ASCII digits too): None
+            # when out of range (see frames.MAX_POSITION)
+            line = int(number) if len(number) < SHORT_DIGITS and number.isascii() \
+                else position(number)
+            if line is not None and 0 < line <= count:
+                text = lines[line - 1]  # source_excerpt() inlined for a line needing no cut
+                source = (text.strip() if len(text) <= MAX_SOURCE_LINE
+                          else source_excerpt(text) or "")
+            else:
+                source = None
+            frames.append(_new_tuple(Frame, (language, file, line, None, _function_name(what),
+                                             source)))
         frames.reverse()
         return frames
 
@@ -196,6 +204,11 @@ class LuaScript:
         :meth:`frames`), as Lua would print it."""
         if not traceback:
             return None
+        if TAIL_CALLS not in traceback and not self._modules:
+            # no marker to keep: only the lines of this script's file, found in one scan
+            if self._own_lines is None:
+                self._own_lines = _own_lines_pattern(self.prefix)
+            return "\n".join([TRACEBACK_HEADER, *self._own_lines.findall(traceback)])
         prefixes = self._prefixes()
         lines, after = [], False
         for raw in traceback.split("\n"):
@@ -213,6 +226,19 @@ class LuaScript:
 
 
 _new_tuple = tuple.__new__
+
+
+@functools.lru_cache(maxsize=256)
+def _entry_pattern(prefix: str) -> re.Pattern[str]:
+    """A traceback line of the file ``prefix`` names: its line number and the rest."""
+    return re.compile(rf"^\s*{re.escape(prefix)}(\d+):(.*)$", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=256)
+def _own_lines_pattern(prefix: str) -> re.Pattern[str]:
+    """A whole traceback line of the file ``prefix`` names, as :meth:`LuaScript.script_traceback`
+    keeps it (leading blanks but no line break before the name)."""
+    return re.compile(rf"^[^\S\n]*{re.escape(prefix)}[^\n]*", re.MULTILINE)
 
 
 def function_name(what: str) -> str:

@@ -52,9 +52,11 @@ from host.hooks.points import CancellationContext, TaskContext, copy_data
 from host.host import (
     MAX_TIMEOUT,
     Host,
+    ScriptSource,
     check_callable,
     check_positive,
     chosen_isolation,
+    read_sources,
     run_blocking,
     tool_items,
 )
@@ -583,9 +585,16 @@ class _Execution:
         self.start = time.monotonic()
         self.deadline = self.start + (plan.timeout or float("inf"))
         self.ended = 0
+        self.sources: dict[Path, ScriptSource] = {}  # read once per plan: see run()
 
     async def run(self) -> None:
         try:
+            # each distinct script read once per plan, on a worker thread: a task's try
+            # then neither stats nor reads its file on the event loop (where each call
+            # waits for the GIL the engine threads hold)
+            self.sources = await anyio.to_thread.run_sync(
+                read_sources, {self.plan.path(s.task.script) for s in self.states.values()},
+                self.host.libraries)
             async with anyio.create_task_group() as group:
                 for state in self.states.values():
                     group.start_soon(self._task, state, name=f"polyspell task {state.id}")
@@ -699,10 +708,11 @@ class _Execution:
                    budget: float) -> tuple[bool, Any]:
         """One run of the task's script, stopped after ``budget`` seconds."""
         try:
+            script = self.plan.path(state.task.script)
             run = self.executor.new_run(
-                self.host, self.plan.path(state.task.script), args,
-                timeout=budget + CLEANUP_GRACE,
-                lua_version=state.task.lua_version or self.plan.lua_version)
+                self.host, script, args, timeout=budget + CLEANUP_GRACE,
+                lua_version=state.task.lua_version or self.plan.lua_version,
+                source=self.sources.get(script))
         except SpellError as err:
             return False, err
         state.run, state.run_id = run, run.correlation_id

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from host.control import RunControl
     from host.coordinator import Coordinator
     from host.history import RecoveryHistory
-    from host.host import Host
+    from host.host import Host, ScriptSource
     from host.plan import Plan
 
 EXECUTORS = ("local", "ray")
@@ -61,10 +61,12 @@ class Executor(ABC):
 
     @abstractmethod
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
-                lua_version: str | None = None) -> TaskRun:
+                lua_version: str | None = None,
+                source: ScriptSource | None = None) -> TaskRun:
         """One try of the task whose script is ``script``, with ``args``, stopped by its
         engine's time limit after ``timeout`` seconds at the latest; a Lua script runs on
-        ``lua_version`` (None: the host's)."""
+        ``lua_version`` (None: the host's). ``source`` is the script as
+        ``host.host.read_sources`` read it when the plan started (None: read it now)."""
 
     def finish(self, host: Host) -> None:  # noqa: B027 - nothing held per plan here
         """The plan :meth:`prepare` accepted with ``host`` has ended (every task done)."""
@@ -79,8 +81,10 @@ class LocalExecutor(Executor):
     name = "local"
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
-                lua_version: str | None = None) -> TaskRun:
-        return host.new_run(script, args, timeout=timeout, lua_version=lua_version)
+                lua_version: str | None = None,
+                source: ScriptSource | None = None) -> TaskRun:
+        return host.new_run(script, args, timeout=timeout, lua_version=lua_version,
+                            source=source)
 
 
 def as_executor(executor: str | Executor | None, *, ray_address: str | None = None,

@@ -11,7 +11,7 @@ import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from engines.process import WorkerPool
     from host.config import Config
     from host.hooks import Dispatcher
-    from host.libraries import Libraries
+    from host.libraries import Libraries, Root
     from host.recovery import Breakers, ToolRecovery
     from host.recovery.degrade import DegradationState
 
@@ -337,16 +337,20 @@ class Host:
         return functools.partial(base, lua_version=lua_version)
 
     def new_run(self, path: str | Path, args: Any = None, *,
-                timeout: float | None = None, lua_version: str | None = None) -> ScriptRun:
+                timeout: float | None = None, lua_version: str | None = None,
+                source: ScriptSource | None = None) -> ScriptRun:
         """A run of a script file, prepared but not started: ``await run.execute()``.
 
         For code that needs the run itself, e.g. to ``run.cancel(error)`` it from another
         task. ``timeout`` replaces the host's for this run, ``lua_version`` its Lua.
+        ``source``: the file as :func:`read_sources` read it already (a plan reads each
+        script once), else the file is read now.
         """
-        code, language = read_script(path)
+        code, language, roots = (ScriptSource(*read_script(path)) if source is None
+                                 else source)
         run = self.new_run_source(code, language, str(path), args,
                                   timeout=timeout, lua_version=lua_version)
-        run.library_roots = self.libraries.roots_for(path)
+        run.library_roots = self.libraries.roots_for(path) if roots is None else list(roots)
         return run
 
     def new_run_source(self, code: str, language: str, name: str | None = None,
@@ -605,6 +609,31 @@ def read_script(path: str | os.PathLike[str]) -> tuple[str, str]:
     except OSError as exc:
         raise ConfigurationError.LoadFailed(path=str(path), reason=exc.strerror or str(exc)) \
             from None
+
+
+class ScriptSource(NamedTuple):
+    """A script file as a run takes it: its source and language (:func:`read_script`)
+    and, when known, the library roots a run of it searches (``Libraries.roots_for``)."""
+
+    code: str
+    language: str
+    roots: list[Root] | None = None
+
+
+def read_sources(paths: Iterable[Path], libraries: Libraries | None = None,
+                 ) -> dict[Path, ScriptSource]:
+    """Each path that reads, read (a plan's scripts, once per plan, on a worker thread:
+    the reading, and finding the real folder of its library root, touch the file system);
+    a path that does not is left out, for its run to read, and fail, itself."""
+    sources = {}
+    for path in paths:
+        try:
+            code, language = read_script(path)
+        except SpellError:
+            continue
+        sources[path] = ScriptSource(code, language, None if libraries is None
+                                     else libraries.roots_for(path))
+    return sources
 
 
 def check_json_like(value: Any, path: str) -> None:

@@ -193,7 +193,11 @@ class Plan(_PlanModel):
 
     def check_files(self) -> None:
         """Refuse a plan whose scripts or tools files are missing or of unknown language."""
+        checked: set[str] = set()  # a script many tasks run is looked at once
         for task in self.tasks:
+            if task.script in checked:
+                continue
+            checked.add(task.script)
             where = self._where(f"task {task.id!r}, field 'script'")
             if task.language is None:
                 known = ", ".join(sorted(engines.EXTENSIONS))

@@ -68,7 +68,7 @@ from host.lines import log_script_line
 
 if TYPE_CHECKING:
     from host.coordinator import Coordinator
-    from host.host import Host
+    from host.host import Host, ScriptSource
     from host.plan import Plan
 
 MIN_RAY = (2, 40)  # the oldest Ray the executor is tested against (generators, actors)
@@ -555,11 +555,13 @@ class RayExecutor(Executor):
         self._recipe_key, self._recipe = key, recipe
 
     def new_run(self, host: Host, script: Path, args: Any, *, timeout: float,
-                lua_version: str | None = None) -> TaskRun:
+                lua_version: str | None = None, source: ScriptSource | None = None,
+                ) -> TaskRun:
         from host.host import read_script
 
-        source, language = read_script(script)  # here: the script travels by content
-        return RemoteRun(self, host, str(script), source, language, args, timeout,
+        # here: the script travels by content (read once per plan, when the plan gives it)
+        code, language = read_script(script) if source is None else source[:2]
+        return RemoteRun(self, host, str(script), code, language, args, timeout,
                          lua_version)
 
     def finish(self, host: Host) -> None:

@@ -435,11 +435,66 @@ def retry_overshoot(host: Host) -> float:
     return max(gap - wait for gap, wait in zip(gaps, schedule, strict=True))
 
 
+CONCURRENT_RUNS = 100
+RUN_SOURCES = {"lua": "return args.n + 1",
+               "javascript": "function main(args) { return args.n + 1; }"}
+
+
+def concurrent_runs(host: Host, language: str, rounds: int = 3) -> float:
+    """Runs per second, ``CONCURRENT_RUNS`` trivial runs of ``language`` at a time (each a
+    fresh engine: its context or runtime, its sandbox, its prelude)."""
+    import anyio
+
+    source = RUN_SOURCES[language]
+
+    async def one(i: int) -> None:
+        assert await host.arun_source(source, language, args={"n": i}) == i + 1
+
+    async def all_runs() -> None:
+        for _ in range(rounds):
+            async with anyio.create_task_group() as group:
+                for i in range(CONCURRENT_RUNS):
+                    group.start_soon(one, i)
+
+    start = time.perf_counter()
+    anyio.run(all_runs)
+    return rounds * CONCURRENT_RUNS / (time.perf_counter() - start)
+
+
+@functools.cache
+def command_env() -> dict[str, str]:
+    """The environment of the command line rows: bytecode cached, as for an installed
+    package (pip compiles it), in a folder of the bench's own rather than beside the
+    sources (PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise compile
+    every module on every start: 40% of the command's time here), warmed by one start."""
+    import atexit
+    import shutil
+    import tempfile
+
+    env = {key: value for key, value in os.environ.items()
+           if key != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = folder = tempfile.mkdtemp(prefix="polyspell-bench-pyc-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    for command in (["-c", "pass"], ["-m", "host.cli", "run", str(ROOT / "scripts/hello.lua")]):
+        subprocess.run([sys.executable, *command], check=True, capture_output=True, cwd=ROOT,
+                       env=env)
+    return env
+
+
+def python_pass() -> float:
+    """Seconds for ``python -c pass``: the floor of any command line start."""
+    env = command_env()
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True, capture_output=True, env=env)
+    return time.perf_counter() - start
+
+
 def cli_hello() -> float:
     """Seconds for ``polyspell run scripts/hello.lua`` as a user types it."""
+    env = command_env()
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "host.cli", "run", str(ROOT / "scripts/hello.lua")],
-                   check=True, capture_output=True, cwd=ROOT)
+                   check=True, capture_output=True, cwd=ROOT, env=env)
     return time.perf_counter() - start
 
 
@@ -546,9 +601,16 @@ def coordinator_rows(repeats: int) -> list[Row]:
         folder = Path(name)
         coordinator_overhead(folder, 50)  # warm up: engine modules, pydantic models
         independent_plan(folder, 50)
+        scale = compared("coordinator overhead per task, 10,000 tasks", "ms", 1e3, "<= 1.25x",
+                         repeats, lambda: coordinator_overhead(folder, 10_000),
+                         "the same at 1,000 tasks", lambda: coordinator_overhead(folder, 1000))
+        memory = median_of(max(1, repeats // 2), lambda: plan_memory(folder, 10_000, None))
         return [
             ("coordinator overhead per trivial task",
              median_of(repeats, lambda: coordinator_overhead(folder, 300)) * 1e3, "ms", "<= 1"),
+            *scale,
+            ("plan memory per task, 10,000 tasks (peak RSS growth)", memory * 1e3 / 10_000,
+             "KB", "<= 5"),
             ("plan of 1,000 trivial tasks, half Lua half JS",
              median_of(max(3, repeats // 2), lambda: independent_plan(folder, 1000)), "s",
              "<= 3"),
@@ -1388,8 +1450,15 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
                       recovery={"flaky": {"retry": RETRY_SCHEDULE}})
     rows.append(("retry waits past schedule (worst of 3)",
                  median_of(repeats, lambda: retry_overshoot(flaky_host)) * ms, "ms", "<= 10"))
-    rows.append(("polyspell run hello.lua, end to end",
-                 median_of(repeats, cli_hello) * ms, "ms", "<= 200"))
+    runs_host = Host(on_output=lambda line: None)
+    concurrent_runs(runs_host, "javascript", 1)  # warm: engine modules, thread pools
+    concurrent_runs(runs_host, "lua", 1)
+    rows += compared(f"JS runs per second, {CONCURRENT_RUNS} at a time", "runs/s", 1,
+                     ">= 0.8x", repeats, lambda: concurrent_runs(runs_host, "javascript"),
+                     f"Lua runs per second, {CONCURRENT_RUNS} at a time",
+                     lambda: concurrent_runs(runs_host, "lua"))
+    rows += compared("polyspell run hello.lua, end to end", "ms", ms, "<= 4x", repeats,
+                     cli_hello, "python -c pass", python_pass)
 
     return rows
 

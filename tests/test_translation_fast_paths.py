@@ -1,0 +1,76 @@
+"""The translators' fast paths (issue 17) give what their general paths give.
+
+Lua's ``_parse`` and ``script_traceback`` have a one-scan path for a traceback without
+tail-call markers in a script without modules, and both translators convert short digit
+runs with ``int`` directly: these tests feed both paths the same odd texts (non-ASCII
+digits, numbers past ``MAX_POSITION``, long and blank lines, odd whitespace) and compare.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bridge.frames import MAX_POSITION, MAX_SOURCE_LINE, position, source_excerpt
+from bridge.javascript import read_stack
+from bridge.lua import LuaScript
+
+SOURCE = "\n".join(["local x = 1", "   ", "y" * (MAX_SOURCE_LINE + 50), *["f()"] * 20])
+NUMBERS = ["1", "2", "3", "23", "0", "99", "\u0663", "1\u0663", "999999999", "1000000000",
+           str(MAX_POSITION), str(MAX_POSITION + 1), "9" * 12, "0" * 20 + "3"]
+LUA_LINES = ["stack traceback:", "\t[C]: in ?", "agent.lua:", "\tother.lua:3: in x", "",
+             "\tagent.lua:{n}: in function 'f'", " \x0b agent.lua:{n}: in local 'g'\r",
+             "\x1cagent.lua:{n}: in main chunk  ", "\u2003agent.lua:{n}:",
+             "\tagent.lua:{n} no colon", "\tagent.lua:{n}: in function <agent.lua:{n}>"]
+
+
+def lua_tracebacks(seed: int, count: int) -> list[str]:
+    """Random tracebacks of ``agent.lua`` lines and others, without tail-call markers."""
+    rng = random.Random(seed)
+    return ["\n".join(rng.choice(LUA_LINES).format(n=rng.choice(NUMBERS))
+                      for _ in range(rng.randint(0, 9))) for _ in range(count)]
+
+
+def slow_script_traceback(script: LuaScript, traceback: str) -> str | None:
+    """script_traceback's general path: forced by a module no traceback mentions."""
+    general = LuaScript(script.filename, script.source)
+    general.add_module("never-named.lua", "")
+    return general.script_traceback(traceback)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lua_fast_paths_match_the_general_ones(seed: int) -> None:
+    for traceback in lua_tracebacks(seed, 400):
+        script = LuaScript("agent.lua", SOURCE)
+        assert script._parse(traceback) == script._parse_lines(traceback), traceback
+        assert script.script_traceback(traceback) == slow_script_traceback(script, traceback)
+
+
+def test_lua_frames_refuse_what_position_refuses() -> None:
+    script = LuaScript("agent.lua", SOURCE)
+    text = "\n".join(f"\tagent.lua:{n}: in function 'f'" for n in NUMBERS)
+    lines = [frame.line for frame in script.frames(text)]
+    assert lines == [position(n) for n in reversed(NUMBERS)]
+    assert None in lines and 999999999 in lines  # some refused, the longest short one kept
+
+
+def test_lua_long_source_line_is_cut() -> None:
+    frames = LuaScript("agent.lua", SOURCE).frames("\tagent.lua:3: in main chunk")
+    assert frames[0].source == source_excerpt(SOURCE.splitlines()[2])
+    assert len(frames[0].source) < MAX_SOURCE_LINE + 10
+    assert LuaScript("agent.lua", SOURCE).frames("\tagent.lua:2: in x")[0].source == ""
+
+
+@pytest.mark.parametrize("line", NUMBERS)
+@pytest.mark.parametrize("column", ["1", "7", "\u0667", "9" * 11])
+def test_js_positions_match_position(line: str, column: str) -> None:
+    stack = f"    at f (<input>:{line}:{column})\n    at <eval> (<input>:2:1)\n"
+    frames, _ = read_stack(stack, "agent.js", SOURCE.splitlines())
+    inner = frames[-1]
+    assert (inner.line, inner.column) == (position(line), position(column))
+    number = position(line)
+    expected = (source_excerpt(SOURCE.splitlines()[number - 1], position(column))
+                if number is not None and 0 < number <= len(SOURCE.splitlines()) else None)
+    assert inner.source == expected
+    assert frames[0].source is None  # line 2 is blank
