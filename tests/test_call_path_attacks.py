@@ -1,0 +1,160 @@
+"""Attacks on the fused tool call path and the lazy failure work (issue 17): a careless
+tool, a tool's parameter model, two tools files with the same code, one error instance
+shared by every run. Each shows where a fast path answered differently from the slow one
+(or kept more than it did); real engines, both languages where a script is involved."""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib.util
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, field_validator
+
+from bridge import SpellError, ToolError
+from host import Host, tool
+from host.steer import StopRun
+from tests.conftest import pick
+
+
+def passthrough(call: Any, next: Any) -> Any:
+    """A host layer that changes nothing: its tools take the pipeline (the slow path)."""
+    return next(call)
+
+
+# -- python_frames' cache: equal code objects of two files -------------------------------
+
+_SAME_CODE = "def fail(reason: str) -> None:\n    raise ValueError(reason)\n"
+
+
+def _load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_files_with_the_same_code_keep_their_own_file_in_frames(
+        language: str, tmp_path: Path) -> None:
+    """Code objects compare equal across files (co_filename is not part of a code's
+    equality): the frames of a tool in plugins/b.py must not name plugins/a.py because a
+    tool of a.py with the same body failed first."""
+    files = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        files.append(tmp_path / folder / "same_tools.py")
+        files[-1].write_text(_SAME_CODE)
+    first = _load(files[0], "polyspell_attack_same_a")
+    second = _load(files[1], "polyspell_attack_same_b")
+    assert first.fail.__code__ == second.fail.__code__  # the premise: equal code objects
+    host = Host([tool(name="fail_a")(first.fail), tool(name="fail_b")(second.fail)],
+                on_output=lambda line: None)
+    for name, path in (("fail_a", files[0]), ("fail_b", files[1])):
+        source = pick(language, f"\nreturn tools.{name}{{reason = 'x'}}\n",
+                      f"\nasync function main() {{\n  return await tools.{name}({{reason: 'x'}});\n}}\n")
+        with pytest.raises(SpellError) as caught:
+            host.run_source(source, language, "same" + pick(language, ".lua", ".js"))
+        raised = [f.file for f in caught.value.frames if f.function == "fail"]
+        assert raised == [str(path)], (name, raised)
+
+
+# -- update_context: updates nobody reads ---------------------------------------------------
+
+
+class _Held:
+    """Something an update holds (weakly referable, unlike the data a script passes)."""
+
+
+def _named(held: _Held, n: int, context: Any) -> Any:
+    return context.model_copy(update={"operation": f"{context.operation or ''}{n % 10}"[-8:]})
+
+
+def test_updates_nobody_reads_are_not_kept_without_bound() -> None:
+    """An error whose context is never read (a shared instance a careless tool raises in
+    every run of a long-lived host) must not keep every update, and what each holds (the
+    call's parameters), forever: the updates are bounded, and still apply in order."""
+    err = ToolError.Timeout(tool_name="t", duration=1.0)
+    first = _Held()
+    gone = weakref.ref(first)
+    err.update_context(functools.partial(_named, first, 0))
+    del first
+    for n in range(1, 5000):
+        err.update_context(functools.partial(_named, _Held(), n))
+    gc.collect()
+    assert gone() is None, "the first update (and what it holds) is still kept"
+    assert len(err._context_updates or ()) < 100
+    assert err.context.operation == "".join(str(n % 10) for n in range(4992, 5000))
+
+
+SHARED = ToolError.ExecutionFailed(tool_name="shared", reason="always the same instance")
+
+
+@tool
+def shared_failure(payload: str) -> None:
+    """Raises one instance in every run (a careless tool), without its old traceback."""
+    raise SHARED.with_traceback(None)
+
+
+def test_a_shared_error_raised_in_many_runs_keeps_a_bounded_context_work(
+        language: str) -> None:
+    host = Host([shared_failure], on_output=lambda line: None)
+    source = pick(language, "local ok = pcall(tools.shared_failure, {payload = ('x'):rep(1000)})\n"
+                            "return ok\n",
+                  "async function main() {\n  try { await tools.shared_failure("
+                  "{payload: 'x'.repeat(1000)}); return true; }\n  catch (e) { return false; }\n}\n")
+    for _ in range(300):
+        assert host.run_source(source, language, "shared") is False
+    assert len(SHARED._context_updates or ()) < 100
+    # and its context is still that of the last run's boundary
+    stack = SHARED.context.execution_trace.call_stack
+    assert [step.function_name for step in stack] == ["shared_failure"]
+    assert stack[0].parameters == {"payload": "x" * 1000}
+
+
+# -- the fused path steers only for the tool's own StopRun/AskHuman ------------------------
+
+
+class _Odd(BaseModel):
+    n: int
+
+    @field_validator("n")
+    @classmethod
+    def _stop_on_odd(cls, n: int) -> int:
+        if n % 2:  # a careless validator: steering is a tool's, not its parameters'
+            raise StopRun("odd")
+        return n
+
+
+@tool
+def even(p: _Odd) -> int:
+    """The number, if even."""
+    return p.n
+
+
+def test_a_parameter_validator_raising_stop_run_answers_as_the_pipeline(
+        language: str) -> None:
+    """Tool.invoke steers for what the function raises, not for what its parameters'
+    validation raises: the fused path must answer the same."""
+    source = pick(language,
+                  "local ok, e = pcall(tools.even, {n = 1})\n"
+                  "if ok then return {ok = true, value = e} end\n"
+                  "return {ok = false, code = e.code}\n",
+                  "async function main() {\n  try {\n"
+                  "    return {ok: true, value: await tools.even({n: 1})};\n"
+                  "  } catch (e) {\n    return {ok: false, code: e.code};\n  }\n}\n")
+    answers = []
+    for layers in ([], [passthrough]):
+        host = Host([even], on_output=lambda line: None, layers=layers)
+        run = host.new_run_source(source, language, "odd")
+        import anyio
+
+        try:
+            answers.append((repr(anyio.run(run.execute)), run.stopped is not None))
+        except SpellError as err:
+            answers.append((err.code, run.stopped is not None))
+    assert answers[0] == answers[1]
