@@ -158,3 +158,37 @@ def test_a_parameter_validator_raising_stop_run_answers_as_the_pipeline(
         except SpellError as err:
             answers.append((err.code, run.stopped is not None))
     assert answers[0] == answers[1]
+
+
+# -- a host's own Tool (a subclass overriding invoke) ------------------------------------
+
+
+def test_a_tool_subclass_with_its_own_invoke_is_not_fused(language: str) -> None:
+    """Tool is public and a registry takes Tool instances: a host's subclass that
+    overrides invoke (auditing, caching...) must see every call, as the pipeline calls it;
+    the fused path calls the function itself."""
+    import dataclasses
+
+    from host import Tool
+    from host.tools import TOOL_ATTRIBUTE
+
+    seen: list[Any] = []
+
+    class Audited(Tool):
+        def invoke(self, call: Any) -> Any:
+            seen.append(call.params)
+            return super().invoke(call)
+
+    @tool
+    def double(n: int) -> int:
+        """Doubles."""
+        return 2 * n
+
+    base = getattr(double, TOOL_ATTRIBUTE)
+    audited = Audited(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    host = Host([audited], on_output=lambda line: None)
+    source = pick(language, "\nreturn {tools.double{n = 1}, tools.double{n = 2}}\n",
+                  "\nasync function main() {\n  return [await tools.double({n: 1}),\n"
+                  "          await tools.double({n: 2})];\n}\n")
+    assert host.run_source(source, language, "audited") == [2, 4]
+    assert seen == [{"n": 1}, {"n": 2}]
