@@ -192,3 +192,43 @@ def test_a_tool_subclass_with_its_own_invoke_is_not_fused(language: str) -> None
                   "          await tools.double({n: 2})];\n}\n")
     assert host.run_source(source, language, "audited") == [2, 4]
     assert seen == [{"n": 1}, {"n": 2}]
+
+
+# -- the errors handed to a script: a forgotten ref -----------------------------------------
+
+
+@tool
+def refuse(n: int) -> None:
+    """Fails, numbered."""
+    raise ValueError(f"refused {n}")
+
+
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_a_script_rethrowing_a_forgotten_error_gets_its_copy(language: str, which: str
+                                                             ) -> None:
+    """Past MAX_HANDED_ERRORS the oldest handed error is forgotten (the OrderedDict): a
+    script rethrowing it gets the copy it holds (same code and message, no Python frames),
+    one rethrowing a recent one the original."""
+    from host.runner import MAX_HANDED_ERRORS
+
+    count = MAX_HANDED_ERRORS + 10
+    source = pick(language,
+                  f"local first, last\nfor i = 1, {count} do\n"
+                  "  local ok, e = pcall(tools.refuse, {n = i})\n"
+                  "  if i == 1 then first = e end\n  last = e\nend\n"
+                  f"error({which})\n",
+                  f"async function main() {{\n  let first, last;\n"
+                  f"  for (let i = 1; i <= {count}; i++) {{\n"
+                  "    try { await tools.refuse({n: i}); } catch (e) {\n"
+                  "      if (i === 1) first = e;\n      last = e;\n    }\n  }\n"
+                  f"  throw {which};\n}}\n")
+    host = Host([refuse], on_output=lambda line: None)
+    with pytest.raises(SpellError) as caught:
+        host.run_source(source, language, "refs")
+    err = caught.value
+    assert err.code == "tool/execution_failed"
+    n = 1 if which == "first" else count
+    assert err.cause is not None and err.cause.message.endswith(f"refused {n}")
+    python = [f for e in err.chain() for f in e.frames if f.function == "refuse"]
+    assert bool(python) == (which == "last"), python
+    assert "_envelope_ref" not in err.context.metadata
