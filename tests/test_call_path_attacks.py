@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import gc
 import importlib.util
+import re
 import weakref
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,8 @@ def test_two_files_with_the_same_code_keep_their_own_file_in_frames(
                 on_output=lambda line: None)
     for name, path in (("fail_a", files[0]), ("fail_b", files[1])):
         source = pick(language, f"\nreturn tools.{name}{{reason = 'x'}}\n",
-                      f"\nasync function main() {{\n  return await tools.{name}({{reason: 'x'}});\n}}\n")
+                      "\nasync function main() {\n"
+                      f"  return await tools.{name}({{reason: 'x'}});\n}}\n")
         with pytest.raises(SpellError) as caught:
             host.run_source(source, language, "same" + pick(language, ".lua", ".js"))
         raised = [f.file for f in caught.value.frames if f.function == "fail"]
@@ -103,10 +105,11 @@ def shared_failure(payload: str) -> None:
 def test_a_shared_error_raised_in_many_runs_keeps_a_bounded_context_work(
         language: str) -> None:
     host = Host([shared_failure], on_output=lambda line: None)
-    source = pick(language, "local ok = pcall(tools.shared_failure, {payload = ('x'):rep(1000)})\n"
-                            "return ok\n",
+    source = pick(language, "local ok = pcall(tools.shared_failure,\n"
+                            "                 {payload = ('x'):rep(1000)})\nreturn ok\n",
                   "async function main() {\n  try { await tools.shared_failure("
-                  "{payload: 'x'.repeat(1000)}); return true; }\n  catch (e) { return false; }\n}\n")
+                  "{payload: 'x'.repeat(1000)}); return true; }\n"
+                  "  catch (e) { return false; }\n}\n")
     for _ in range(300):
         assert host.run_source(source, language, "shared") is False
     assert len(SHARED._context_updates or ()) < 100
@@ -232,3 +235,120 @@ def test_a_script_rethrowing_a_forgotten_error_gets_its_copy(language: str, whic
     python = [f for e in err.chain() for f in e.frames if f.function == "refuse"]
     assert bool(python) == (which == "last"), python
     assert "_envelope_ref" not in err.context.metadata
+
+
+# -- every kind of exception a careless tool raises: the same answer on both paths ------------
+
+
+class _BrokenText(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _NotAnException(BaseException):
+    """A BaseException that is not an Exception (nor one that ends a run)."""
+
+
+def _raise(what: str) -> Any:
+    import math as _math
+
+    from host.calls import DeadlineReached
+    from host.steer import AskHuman
+
+    made: dict[str, Any] = {
+        "broken_text": lambda: _BrokenText(),
+        "base": lambda: _NotAnException("base"),
+        "generator_exit": lambda: GeneratorExit(),
+        "stop_iteration": lambda: StopIteration(3),
+        "recursion": lambda: RecursionError("deep"),
+        "memory": lambda: MemoryError(),
+        "timeout": lambda: TimeoutError("slow"),
+        "deadline_past": lambda: DeadlineReached(0.0),
+        "deadline_far": lambda: DeadlineReached(_math.inf),
+        "spell": lambda: ToolError.Timeout(tool_name="other", duration=1.0),
+        "stop_bad_result": lambda: StopRun({1, 2}),
+        "stop": lambda: StopRun({"done": True}),
+        "ask_no_one": lambda: AskHuman("who?"),
+        "args_not_text": lambda: ValueError({"k": [1, 2]}, 3),
+        "exit": lambda: SystemExit(0),
+    }
+    raise made[what]()
+
+
+@tool
+def careless(what: str) -> None:
+    """Raises what it is told to."""
+    _raise(what)
+
+
+CARELESS = ["broken_text", "base", "generator_exit", "stop_iteration", "recursion", "memory",
+            "timeout", "deadline_past", "deadline_far", "spell", "stop_bad_result", "stop",
+            "ask_no_one", "args_not_text", "exit"]
+
+
+@pytest.mark.parametrize("what", CARELESS)
+def test_every_exception_a_tool_raises_answers_as_the_pipeline(language: str, what: str
+                                                               ) -> None:
+    import anyio
+
+    source = pick(language,
+                  f"local ok, e = pcall(tools.careless, {{what = '{what}'}})\n"
+                  "if ok then return {ok = true} end\n"
+                  "return {code = e.code, message = e.message,\n"
+                  "        cause = e.cause and e.cause.message}\n",
+                  "async function main() {\n  try {\n"
+                  f"    await tools.careless({{what: '{what}'}});\n    return {{ok: true}};\n"
+                  "  } catch (e) {\n    return {code: e.code, message: e.message,\n"
+                  "            cause: e.cause && e.cause.message};\n  }\n}\n")
+    answers = []
+    for layers in ([], [passthrough]):
+        host = Host([careless], on_output=lambda line: None, layers=layers)
+        run = host.new_run_source(source, language, "careless")
+        try:
+            outcome: Any = repr(anyio.run(run.execute))
+        except SpellError as err:
+            outcome = (err.code, err.message, [e.code for e in err.chain()])
+        except BaseException as exc:  # what ends the run, as it is
+            outcome = type(exc).__name__
+        # (a timeout's message says how long the call took)
+        answers.append((re.sub(r"after [0-9.e-]+s", "after ?s", str(outcome)),
+                        repr(run.stopped)))
+    assert answers[0] == answers[1]
+
+
+def _host_view(err: SpellError) -> Any:
+    from bridge.frames import is_internal
+
+    context = err.context
+    return ([(e.code, re.sub(r"after [0-9.e-]+s", "after ?s", e.message),
+              [(f.language, f.file, f.line, f.function, f.source) for f in e.frames
+               if not is_internal(f) and f.function != "passthrough"])
+             for e in err.chain()],
+            context.operation, context.component.model_dump(),
+            [(s.function_name, s.file_location and s.file_location.model_dump(), s.parameters)
+             for s in context.execution_trace.call_stack])
+
+
+@pytest.mark.parametrize("what", CARELESS)
+def test_every_exception_a_tool_raises_reaches_the_host_as_through_the_pipeline(
+        language: str, what: str) -> None:
+    import anyio
+
+    source = pick(language, f"\n\nreturn tools.careless{{what = '{what}'}}\n",
+                  "\n\nasync function main() {\n"
+                  f"  return await tools.careless({{what: '{what}'}});\n}}\n")
+    seen = []
+    for layers in ([], [passthrough]):
+        host = Host([careless], on_output=lambda line: None, layers=layers)
+        run = host.new_run_source(source, language, "careless" + pick(language, ".lua", ".js"))
+        try:
+            outcome: Any = repr(anyio.run(run.execute))
+        except SpellError as err:
+            outcome = _host_view(err)
+        except BaseException as exc:  # what ends the run, as it is
+            outcome = type(exc).__name__
+        seen.append((outcome, repr(run.stopped)))
+    assert seen[0] == seen[1]
