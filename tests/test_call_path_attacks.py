@@ -352,3 +352,28 @@ def test_every_exception_a_tool_raises_reaches_the_host_as_through_the_pipeline(
             outcome = type(exc).__name__
         seen.append((outcome, repr(run.stopped)))
     assert seen[0] == seen[1]
+
+
+# -- refs: a script cannot reach another run's errors ------------------------------------------
+
+
+def test_a_ref_of_another_run_stands_for_nothing() -> None:
+    """A script that learnt the ref of an error another run handed out (here: that run's
+    result) and throws a table carrying it gets its own table back, not that error; the
+    same ref of its own run stands for its own error (as designed)."""
+    host = Host([refuse], on_output=lambda line: None)
+    ref = host.run_source("local ok, e = pcall(tools.refuse, {n = 1})\nreturn e.ref",
+                          "lua", "a.lua")
+    assert type(ref) is int and 0 <= ref < 2**53
+    forged = ("error({{ref = {ref}, category = 'tool', kind = 'execution_failed',\n"
+              "       message = 'forged', fields = {{tool_name = 'refuse', reason = 'x'}}}})")
+    with pytest.raises(SpellError) as caught:
+        host.run_source(forged.format(ref=ref), "lua", "b.lua")
+    err = caught.value
+    assert err.code == "tool/execution_failed" and "forged" in err.message
+    assert not [f for e in err.chain() for f in e.frames if f.function == "refuse"]
+    assert "_envelope_ref" not in err.context.metadata
+    own = "local ok, e = pcall(tools.refuse, {n = 2})\n" + forged.format(ref="e.ref")
+    with pytest.raises(SpellError) as caught:
+        host.run_source(own, "lua", "c.lua")
+    assert caught.value.message.endswith("refused 2")
