@@ -377,3 +377,46 @@ def test_a_ref_of_another_run_stands_for_nothing() -> None:
     with pytest.raises(SpellError) as caught:
         host.run_source(own, "lua", "c.lua")
     assert caught.value.message.endswith("refused 2")
+
+
+# -- a cancel arriving while a fused tool runs ----------------------------------------------
+
+
+def test_a_cancel_during_a_fused_call_ends_the_run_as_through_the_pipeline(
+        language: str) -> None:
+    """The run is cancelled while a plain tool runs (the tool asks for it, as another
+    thread would): the tool's result still reaches the script, the next call raises the
+    cancel's error, and the run ends with it, on both paths."""
+    import anyio
+
+    from bridge import AsyncExecutionError
+
+    holder: dict[str, Any] = {}
+
+    @tool
+    def cancel_me(n: int) -> int:
+        """Cancels its run on its second call, then answers."""
+        if n == 2:
+            holder["run"].cancel(AsyncExecutionError.TaskCancelled(
+                task_id="t", cancellation_source="test", reason="cancelled mid-call"))
+        return n
+
+    source = pick(language,
+                  "local got = {}\nfor i = 1, 4 do\n"
+                  "  local ok, v = pcall(tools.cancel_me, {n = i})\n"
+                  "  got[#got + 1] = ok and v or v.code\nend\nreturn got\n",
+                  "async function main() {\n  const got = [];\n"
+                  "  for (let i = 1; i <= 4; i++) {\n"
+                  "    try { got.push(await tools.cancel_me({n: i})); }\n"
+                  "    catch (e) { got.push(e.code); }\n  }\n  return got;\n}\n")
+    seen = []
+    for layers in ([], [passthrough]):
+        host = Host([cancel_me], on_output=lambda line: None, layers=layers)
+        run = holder["run"] = host.new_run_source(source, language, "cancel")
+        try:
+            outcome: Any = repr(anyio.run(run.execute))
+        except SpellError as err:
+            outcome = (err.code, [e.code for e in err.chain()])
+        seen.append(outcome)
+    assert seen[0] == seen[1]
+    assert seen[0][0] == "async_execution/task_cancelled", seen
