@@ -420,3 +420,50 @@ def test_a_cancel_during_a_fused_call_ends_the_run_as_through_the_pipeline(
         seen.append(outcome)
     assert seen[0] == seen[1]
     assert seen[0][0] == "async_execution/task_cancelled", seen
+
+
+# -- lazy frames: a reader on another thread and the boundary's path ------------------------
+
+
+def test_frames_read_late_on_another_thread_never_undo_frames_set_meanwhile() -> None:
+    """A wrapped tool error reads its exception's frames when first asked. An observer
+    (the hooks' thread sees a call's error while the run goes on) may be reading them
+    when the run's boundary sets the error's path: the path set must stay, not be
+    replaced by the frames the reader made from the traceback."""
+    import sys
+    import threading
+    import time
+
+    from bridge.frames import Frame
+
+    old_interval, old_limit = sys.getswitchinterval(), sys.getrecursionlimit()
+    sys.setswitchinterval(1e-5)  # (the reader is interrupted while it reads)
+    sys.setrecursionlimit(max(old_limit, 10_000))
+    lost = 0
+    try:
+        for attempt in range(30):
+            namespace: dict[str, Any] = {}
+            exec(compile("def deep(n):\n    if n == 0:\n        raise ValueError('x')\n"
+                         "    deep(n - 1)\n", f"<deep {attempt}>", "exec"), namespace)
+            try:
+                namespace["deep"](4000)  # a long traceback: a read that takes a while
+            except ValueError as exc:
+                err = ToolError.wrap(exc, tool_name="t")
+            path = [Frame("host", "<tool call>", None, None, "t")]
+            reading = threading.Event()
+
+            def read(err: SpellError = err, reading: threading.Event = reading) -> None:
+                reading.set()
+                err.frames  # noqa: B018 - what an observer does
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            reading.wait()
+            time.sleep(0.001)
+            err.frames = path  # what the boundary does
+            reader.join()
+            lost += err.frames != path
+    finally:
+        sys.setswitchinterval(old_interval)
+        sys.setrecursionlimit(old_limit)
+    assert lost == 0, f"the path set was undone {lost} times of 30"
