@@ -41,8 +41,9 @@ MAX_CAUSE_DEPTH = 64
 # How deeply error JSON may nest: a cause chain MAX_CAUSE_DEPTH long whose innermost error
 # holds script data (up to bridge.data.MAX_DEPTH) in a field, in context, frames and so on.
 MAX_JSON_DEPTH = MAX_CAUSE_DEPTH + MAX_DEPTH + 8
-# an error's context is made once, whichever thread asks (and its lazy frames are kept once)
-_CONTEXT_LOCK = threading.Lock()
+_CONTEXT_LOCK = threading.Lock()  # an error's context is made once, whichever thread asks
+# an error's lazy frames are kept once, and never over frames set meanwhile (SpellError.frames)
+_FRAMES_LOCK = threading.Lock()
 # How many updates of an error's context wait to be read (SpellError.update_context): an
 # error crosses one boundary per level of tools-file calls, and more only when a tool
 # raises one instance again and again (then they are applied, not kept).
@@ -262,7 +263,7 @@ class SpellError(Exception):
         pending = self._frames_from
         if pending is not None:  # wrapped: the exception's frames, read now (see wrap)
             made = python_frames(pending)
-            with _CONTEXT_LOCK:  # kept unless frames were set meanwhile (another thread)
+            with _FRAMES_LOCK:  # kept unless frames were set meanwhile (another thread)
                 if self._frames_from is pending:
                     self._frames, self._frames_from = made, None
         if self._frames:
@@ -272,7 +273,7 @@ class SpellError(Exception):
     @frames.setter
     def frames(self, value: Iterable[Frame]) -> None:
         value = list(value)
-        with _CONTEXT_LOCK:  # (see the getter: a late reader's frames do not replace these)
+        with _FRAMES_LOCK:  # (see the getter: a late reader's frames do not replace these)
             self._frames, self._frames_from = value, None
 
     @property
