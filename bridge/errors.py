@@ -42,6 +42,12 @@ MAX_CAUSE_DEPTH = 64
 # holds script data (up to bridge.data.MAX_DEPTH) in a field, in context, frames and so on.
 MAX_JSON_DEPTH = MAX_CAUSE_DEPTH + MAX_DEPTH + 8
 _CONTEXT_LOCK = threading.Lock()  # an error's context is made once, whichever thread asks
+# an error's lazy frames are kept once, and never over frames set meanwhile (SpellError.frames)
+_FRAMES_LOCK = threading.Lock()
+# How many updates of an error's context wait to be read (SpellError.update_context): an
+# error crosses one boundary per level of tools-file calls, and more only when a tool
+# raises one instance again and again (then they are applied, not kept).
+MAX_CONTEXT_UPDATES = 16
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
@@ -229,12 +235,19 @@ class SpellError(Exception):
         """Replace the context with ``update(context)`` when it is next read, after the
         updates given before: the same context as ``err.context = update(err.context)``
         now, made only if someone reads it (a tool failure a script catches is seldom
-        looked at in Python). ``update`` must only read the context it is given."""
+        looked at in Python). ``update`` must only read the context it is given. At most
+        :data:`MAX_CONTEXT_UPDATES` wait: the context is made when there are that many."""
         with _CONTEXT_LOCK:
-            if self._context_updates is None:
+            updates = self._context_updates
+            if updates is None:
                 self._context_updates = [update]
-            else:
-                self._context_updates.append(update)
+                return
+            updates.append(update)
+            if len(updates) < MAX_CONTEXT_UPDATES:
+                return
+        # an error whose context nobody reads (one instance a tool raises in every run of
+        # a long-lived host): its updates, and what they hold, are not kept without bound
+        self.context  # noqa: B018 - made now, with the updates given so far
 
     @property
     def context_made(self) -> ErrorContext | None:
@@ -249,15 +262,19 @@ class SpellError(Exception):
         """The traceback, outermost first: the frames given, else where Python raised it."""
         pending = self._frames_from
         if pending is not None:  # wrapped: the exception's frames, read now (see wrap)
-            self._frames, self._frames_from = python_frames(pending), None
+            made = python_frames(pending)
+            with _FRAMES_LOCK:  # kept unless frames were set meanwhile (another thread)
+                if self._frames_from is pending:
+                    self._frames, self._frames_from = made, None
         if self._frames:
             return self._frames
         return python_frames(self.__traceback__)
 
     @frames.setter
     def frames(self, value: Iterable[Frame]) -> None:
-        self._frames = list(value)
-        self._frames_from = None
+        value = list(value)
+        with _FRAMES_LOCK:  # (see the getter: a late reader's frames do not replace these)
+            self._frames, self._frames_from = value, None
 
     @property
     def cause(self) -> SpellError | None:

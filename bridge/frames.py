@@ -180,7 +180,9 @@ def python_frames(tb: TracebackType | None) -> list[Frame]:
     known = _KNOWN_FRAMES
     while tb is not None:
         code = tb.tb_frame.f_code
-        key = (code, tb.tb_lasti, tb.tb_lineno)
+        # (a code object equals one of another file with the same code: its file is part
+        # of the key)
+        key = (code, code.co_filename, tb.tb_lasti, tb.tb_lineno)
         frame = known.get(key)
         if frame is None:
             frame = _python_frame(code, tb.tb_lineno, tb.tb_lasti)
@@ -192,10 +194,12 @@ def python_frames(tb: TracebackType | None) -> list[Frame]:
     return frames
 
 
-# The frames python_frames made, by code object, instruction and line: a tool failing in a
-# loop raises from the same few places, and a frame is made of nothing else (its source
-# line as linecache holds it). Bounded: emptied when full.
-_KNOWN_FRAMES: dict[tuple[Any, int, int | None], Frame] = {}
+# The frames python_frames made, by code object, file, instruction and line: a tool failing
+# in a loop raises from the same few places, and a frame is made of nothing else (its source
+# line as linecache holds it). The file is in the key because code objects compare by
+# their code, not their file: two files with the same function (same name, lines and
+# body) have equal code objects. Bounded: emptied when full.
+_KNOWN_FRAMES: dict[tuple[Any, str, int, int | None], Frame] = {}
 MAX_KNOWN_FRAMES = 1024
 
 

@@ -586,24 +586,29 @@ class ScriptRun:
         """
         started = time.perf_counter()
         control = self.control
+        running = False  # whether the function runs (only its own StopRun/AskHuman steer)
         try:
             args, kwargs = tool.arguments(tool.validate(request.params))
             control.in_tool_kind = "sync"  # as run_python: nothing stops this thread now
+            running = True
             try:
                 result = tool.fn(*args, **kwargs)
             finally:
                 control.in_tool_kind = None
+            running = False
             return ToolReply(request.id, result=to_script_data(result, caller))
         except BaseException as exc:
             call = ToolCall(request.tool, tool, request.params, None, caller, request.frames,
                             self._depth, self, self._bound, started)
-            return self._plain_failed(request, call, exc)
+            return self._plain_failed(request, call, exc, running)
 
-    def _plain_failed(self, request: ToolRequest, call: ToolCall, exc: BaseException
-                      ) -> ToolReply:
+    def _plain_failed(self, request: ToolRequest, call: ToolCall, exc: BaseException,
+                      steers: bool) -> ToolReply:
         """The reply to a fused call (:meth:`_plain`) that raised ``exc``: what the
-        pipeline makes of it (Tool.invoke's steering, _invoke's deadline, the boundary)."""
-        if isinstance(exc, StopRun | AskHuman):
+        pipeline makes of it (Tool.invoke's steering, for what the function raised
+        (``steers``), not its parameters' validation or its result's check; _invoke's
+        deadline; the boundary)."""
+        if steers and isinstance(exc, StopRun | AskHuman):
             try:
                 return ToolReply(request.id, result=steered(call, exc))
             except BaseException as raised:

@@ -106,8 +106,10 @@ class Tool:
     def plain(self) -> bool:
         """Whether a call of it can take the runner's fused path (``ScriptRun._plain``):
         a sync function with no timeout of its own and no ToolContext parameter, called on
-        the run's thread exactly as :meth:`invoke` calls it."""
-        return not self.is_async and self.timeout is None and self.context_param is None
+        the run's thread exactly as :meth:`invoke` calls it; not for a subclass with an
+        ``invoke`` of its own (the fused path stands for this one's)."""
+        return not self.is_async and self.timeout is None and self.context_param is None \
+            and type(self).invoke is Tool.invoke
 
 
 def steered(call: ToolCall, steer: StopRun | AskHuman) -> Any:
