@@ -5,6 +5,7 @@ it cannot be switched off, the answer the data itself calls for."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 import engines.lua as lua_engine
 import host.data as host_data
 from bridge import SpellError
-from host import tool
+from host import Host, tool
 from host.data import to_script_data
 from host.testing import run_script
 
@@ -110,3 +111,53 @@ def test_a_tool_returning_a_proxy_fails_as_the_slow_path_failed(
     monkeypatch.setattr(lua_engine, "_plain_size", lambda *args: None)
     assert fast == run()
     assert fast != "runtime/internal_error"
+
+
+received: list[str] = []
+
+
+@tool
+def take(values: Any) -> int:
+    """Keeps what it was given (the first characters)."""
+    received.append(values[:12] if isinstance(values, str) else repr(values))
+    return 1
+
+
+def test_a_long_string_is_read_as_itself_however_late_its_request_is_sent(
+        tmp_path: Path) -> None:
+    """A long string in a request's parameters is handed to Python by itself (its mark in
+    the JSON text). A request made while the poll that answers a result runs (a toJSON
+    of the result calls a tool) is sent with the next poll: its mark then named the
+    string of another text, of the next activation (Python read "OTHER", not "SECRET")."""
+    helpers = tmp_path / "helpers.js"
+    helpers.write_text(
+        'exports.leak = (p) => ({ok: 1, later: {toJSON() {\n'
+        '  tools.take({values: "SECRET".repeat(4000)}); return 0; }}});\n'
+        'exports.other = async (p) => {\n'
+        '  await tools.take({values: "OTHER".repeat(4000)}); return 2; };\n')
+    received.clear()
+    with Host([take, helpers], timeout=10, on_output=lambda line: None) as host:
+        result = host.run_source("local a = tools.leak{}\nlocal b = tools.other{}\n"
+                                 "return {a, b}\n", "lua", "s.lua")
+    assert result == [{"later": 0, "ok": 1}, 2]
+    assert received == ["SECRETSECRET", "OTHEROTHEROT"]
+
+
+def test_long_strings_of_params_that_cannot_cross_are_not_kept(tmp_path: Path) -> None:
+    """A conversion that fails (a function among the params) after long strings were put
+    aside keeps none of them: a script that tries again and again does not fill the
+    engine's memory with strings it no longer holds."""
+    source = ("async function main() {\n"
+              "  let failed = 0;\n"
+              "  for (let i = 0; i < 400; i++) {\n"
+              "    const big = String(i).padEnd(200000, 'x');\n"
+              "    try { await tools.take({values: [big, () => 1]}); } catch (e) { failed++; }\n"
+              "  }\n"
+              "  await tools.take({values: 'y'.repeat(20000)});\n"
+              "  return failed;\n"
+              "}\n")
+    received.clear()
+    outcome = run_script("s.js", take, source=source, memory_mb=32)
+    assert outcome.error is None, outcome.error and outcome.error.to_text()
+    assert outcome.result == 400
+    assert received == ["yyyyyyyyyyyy"]
