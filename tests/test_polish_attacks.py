@@ -71,3 +71,35 @@ def test_a_file_larger_than_what_may_travel_is_refused_before_it_is_read(
         tracemalloc.stop()
     assert info.value.code == "configuration/invalid_value"
     assert peak < 8 * 2**20  # not the 64 MiB file read whole
+
+
+@pytest.mark.parametrize("separator", ["\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1e", "\x85",
+                                       "\u2028", "\u2029"],
+                         ids=["cr", "crlf", "vt", "ff", "fs", "rs", "nel", "ls", "ps"])
+def test_a_printed_line_break_of_any_kind_never_forges_a_log_line(
+        separator: str, tmp_path: Path) -> None:
+    """Only "\\n" made two records: a script printing "ok\\rERROR polyspell.hooks: forged"
+    made one record whose text a log file read as two lines (Python's open() reads "\\r"
+    as a line end, splitlines() all of these), the second one seemingly another logger's."""
+    import json
+    import logging
+
+    from host import Host
+
+    log = tmp_path / "run.log"
+    handler = logging.FileHandler(log, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("polyspell.script")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        text = json.dumps("one" + separator + "ERROR polyspell.hooks: forged")
+        Host().run_source(f"console.log({text});", "javascript")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
+    text = log.read_text(encoding="utf-8")
+    for lines in (text.splitlines(), log.open(encoding="utf-8").read().split("\n")[:-1]):
+        assert lines and all(line.startswith("INFO polyspell.script: ") for line in lines), lines
