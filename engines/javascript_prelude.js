@@ -76,13 +76,16 @@
   let converting = false; // json: a conversion is under way (a toJSON may call a tool)
   // Long strings in text for Python are handed over as themselves, not quoted by
   // JSON.stringify (which takes about 5 ns a character here): check puts each in `stash`
-  // and writes MARK and its index instead; poll moves the stash to `taken`, from which
-  // Python reads them (stashed). MARK is a secret of Python's (setup), so no string of a
-  // script's can be mistaken for one. Strings with a lone surrogate (the binding cannot
-  // hand those over) stay in the JSON text.
+  // and writes MARK and its number instead, from which Python reads it (stashed, which
+  // lets it go). MARK is a secret of Python's (setup), so no string of a script's can be
+  // mistaken for one. Numbers are never reused: a text may be sent by a later poll than
+  // the one that made it (a request that a result's toJSON makes), and must name its own
+  // strings then. A conversion that fails lets its strings go (no text names them).
+  // Strings with a lone surrogate (the binding cannot hand those over) stay in the text.
   let stashing = false; // check: the text is for Python (params, a result)
-  let stash = newList();
-  let taken = newList();
+  const stash = { __proto__: null }; // number -> string, until Python reads it
+  let marks = 0; // the number of the next string put in the stash
+  let mine = null; // the numbers the conversion under way put in the stash (or null)
   let MARK = null;
   const LONG_TEXT = 16384;
   const STOP = {}; // check throws it to stop JSON.stringify; `stopped` says why
@@ -240,8 +243,11 @@
       spent += value.length;
       if (spent > budget) stop(LARGE);
       if (stashing && value.length >= LONG_TEXT && isWellFormed(value)) {
-        append(stash, value);
-        return MARK + (stash.length - 1);
+        const number = marks++;
+        stash[number] = value;
+        if (mine === null) mine = newList();
+        append(mine, number);
+        return MARK + number;
       }
     } else if (type === "object") {
       if (value === null) return value;
@@ -273,6 +279,7 @@
     bad = false;
     spent = 0;
     depth = 0;
+    mine = null;
     let text;
     try {
       text = stringify(value, check);
@@ -288,6 +295,10 @@
 
   // After json() failed: null, with why in `stopped` (STOP: check said why).
   function stopJson(error, why) {
+    if (mine !== null) { // no text names the strings it put aside
+      for (let i = 0; i < mine.length; i++) delete stash[mine[i]];
+      mine = null;
+    }
     if (why !== undefined) stopped = why;
     else if (error !== STOP) {
       stopped = THREW;
@@ -300,13 +311,14 @@
   // one's state is kept and given back.
   function nestedJson(value, refuseUndefined, forPython) {
     const outerStrict = strict, outerBad = bad, outerSpent = spent, outerDepth = depth;
-    const outerOpen = open, outerStashing = stashing;
+    const outerOpen = open, outerStashing = stashing, outerMine = mine;
     open = newList();
     converting = false;
     try {
       return json(value, refuseUndefined, forPython);
     } finally {
       stashing = outerStashing;
+      mine = outerMine;
       strict = outerStrict;
       bad = outerBad;
       spent = outerSpent;
@@ -1178,10 +1190,6 @@
       lines = "[" + joinList(output, ",") + "]";
       output = newList();
     }
-    if (stash.length !== 0 || taken.length !== 0) { // the long strings this text names,
-      taken = stash; // for stashed (and no longer those of the last text)
-      stash = newList();
-    }
     // Up to 512 characters, + makes flat strings (see flat)
     return lines.length + body.length < 500 ? kind + lines + "," + body + "]"
       : flat(kind, lines, ",", body, "]");
@@ -1195,9 +1203,11 @@
     return joinList(parts, "");
   }
 
-  // The long string the last poll's text names as MARK + i, flat (see LONG_TEXT).
+  // The long string a poll's text names as MARK + i, flat, let go (see LONG_TEXT).
   function stashed(i) {
-    return flat(taken[i]);
+    const text = stash[i];
+    delete stash[i];
+    return flat(text);
   }
 
   // The console lines alone, after a failure the prelude could not see (a limit).

@@ -258,16 +258,18 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
     dicts with string keys, of scalars and ints within ``ints``, less than MAX_DEPTH deep),
     found with each container's values looked at by C code and no path named; None when it
     is not, or may not be (for :func:`_check_data` to say why, or to count it)."""
+    # type(x), never x.__class__: a proxy (Django's SimpleLazyObject...) answers that
+    # with its target's class, and would cross as a str or an int it is not.
     if depth >= MAX_DEPTH:
         return None
     first = id(value) not in seen
     seen.add(id(value))
-    is_dict = value.__class__ is dict
+    is_dict = type(value) is dict
     if is_dict and len(value) <= _SMALL_DICT:  # a record: cheaper item by item
         size = 0
         for key, item in value.items():
-            kind = item.__class__
-            if key.__class__ is not str:
+            kind = type(item)
+            if type(key) is not str:
                 return None
             size += 8 + len(key)
             if kind is str:
@@ -295,17 +297,17 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
     if not kinds <= _PLAIN_DATA:
         return None
     if int in kinds:
-        numbers = items if len(kinds) == 1 else [x for x in items if x.__class__ is int]
+        numbers = items if len(kinds) == 1 else [x for x in items if type(x) is int]
         if min(numbers) < ints[0] or max(numbers) > ints[1]:
             return None
     if str in kinds:
         texts = map(len, items if len(kinds) == 1 else
-                    [x for x in items if x.__class__ is str])
+                    [x for x in items if type(x) is str])
         # a dict's string values count whole; a list's only when Lua does not intern them
         size += sum(texts) if is_dict else sum(n for n in texts if n > _LUA_SHORT_STRING)
     if list in kinds or dict in kinds:
         for item in items:
-            if item.__class__ is list or item.__class__ is dict:
+            if type(item) is list or type(item) is dict:
                 inner = _plain_size(item, ints, depth + 1, seen)
                 if inner is None:
                     return None

@@ -131,14 +131,16 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     nested less than MAX_DEPTH levels deep. None when it is not (anything else: a tuple, a
     subclass, a model, an int out of range...), for the slow way to copy or refuse.
     Each container's values are looked at by C code (their set of types, min and max)."""
+    # type(x), never x.__class__: a proxy (Django's SimpleLazyObject...) answers that
+    # with its target's class, and would cross as a str or an int it is not.
     if depth >= MAX_DEPTH:
         return None
-    is_dict = value.__class__ is dict
+    is_dict = type(value) is dict
     if is_dict and len(value) <= _SMALL:  # a record: cheaper item by item
         small = {}
         for key, item in value.items():
-            kind = item.__class__
-            if key.__class__ is not str:
+            kind = type(item)
+            if type(key) is not str:
                 return None
             if kind is int:
                 if item > limit or item < -limit - 1:
@@ -158,7 +160,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     if kinds <= _PLAIN:
         return value.copy()
     if int in kinds:
-        ints = items if len(kinds) == 1 else [x for x in items if x.__class__ is int]
+        ints = items if len(kinds) == 1 else [x for x in items if type(x) is int]
         if max(ints) > limit or min(ints) < -limit - 1:
             return None
         if kinds <= _PLAIN_INT:
@@ -168,7 +170,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     if is_dict:
         out_dict = {}
         for key, item in value.items():
-            if item.__class__ is list or item.__class__ is dict:
+            if type(item) is list or type(item) is dict:
                 item = _plain_copy(item, limit, depth + 1)
                 if item is None:
                     return None
@@ -176,7 +178,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
         return out_dict
     out = []
     for item in value:
-        if item.__class__ is list or item.__class__ is dict:
+        if type(item) is list or type(item) is dict:
             item = _plain_copy(item, limit, depth + 1)
             if item is None:
                 return None

@@ -12,6 +12,7 @@ then flushed.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from typing import TextIO
@@ -28,11 +29,17 @@ SCRIPT_LOGGER = logging.getLogger("polyspell.script")
 
 def log_script_line(line: str, run_id: str, task_id: str | None, language: str) -> None:
     """What a script printed, as records of :data:`SCRIPT_LOGGER`, one a line: a printed
-    newline never puts a line in a log file that another logger seems to have written."""
+    line break (of any kind: see _LINE_BREAK) never puts a line in a log file that another
+    logger seems to have written."""
     if SCRIPT_LOGGER.isEnabledFor(logging.INFO):
         extra = {"run_id": run_id, "task_id": task_id, "language": language}
-        for part in line.split("\n"):
+        for part in _LINE_BREAK.split(line):
             SCRIPT_LOGGER.info(part, extra=extra)
+
+
+# Every line end a reader of a log file may see (str.splitlines's; open() reads "\r" as
+# one): a script's text holding any of them is one record a line, never a forged line.
+_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def write_lines(text: str, *, prefix: str = "", stream: TextIO | None = None) -> None:

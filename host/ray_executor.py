@@ -42,6 +42,7 @@ import hashlib
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import uuid
@@ -195,35 +196,46 @@ def shipped_files(paths: Iterable[str]) -> tuple[dict[str, str], dict[str, bytes
     contents: dict[str, bytes] = {}
     size = 0
 
-    def add(path: str) -> None:
+    def add(path: str, in_folder: bool) -> None:
         nonlocal size
-        content = _read(path)
+        content = _read(path, MAX_SHIPPED - size, in_folder)
+        if content is None:  # not a regular file: no library module (a FIFO, a socket...)
+            return
+        if len(content) > MAX_SHIPPED - size:
+            raise ConfigurationError.InvalidValue(
+                key="libraries", value=path[:200],
+                reason=f"tools files and libraries travel to Ray workers by content, "
+                       f"{MAX_SHIPPED // 2**20} MiB at most; give the plan smaller "
+                       "library folders")
         digest = hashlib.sha256(content).hexdigest()
         digests[path] = digest
         if digest not in contents:
             size += len(content)
-            if size > MAX_SHIPPED:
-                raise ConfigurationError.InvalidValue(
-                    key="libraries", value=path[:200],
-                    reason=f"tools files and libraries travel to Ray workers by content, "
-                           f"{MAX_SHIPPED // 2**20} MiB at most; give the plan smaller "
-                           "library folders")
             contents[digest] = content
 
     for path in paths:
         if os.path.isdir(path):
             for folder, _, names in os.walk(path):
                 for name in sorted(names):
-                    add(os.path.join(folder, name))
+                    add(os.path.join(folder, name), True)
         else:
-            add(path)
+            add(path, False)
     return digests, contents
 
 
-def _read(path: str) -> bytes:
+def _read(path: str, most: int | None = None, skip_other: bool = False) -> bytes | None:
+    """The bytes of the regular file at ``path``; with ``most``, no more than ``most + 1``
+    of them (what is past the limit is not read). Anything else (a FIFO, a device, a
+    socket: opened without blocking, never read) is None with ``skip_other``, else
+    ``configuration/load_failed``, as a file that cannot be opened is."""
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(descriptor, "rb") as file:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                if skip_other:
+                    return None
+                raise OSError(0, "not a regular file")
+            return file.read() if most is None else file.read(max(most, 0) + 1)
     except OSError as exc:
         raise ConfigurationError.LoadFailed(path=path, reason=exc.strerror or str(exc)) \
             from None
@@ -236,7 +248,7 @@ def _same_file_here(path: str, digest: str, content: bytes | None) -> None:
     if not os.path.lexists(path) and content is not None:
         _write_new(path, content)
     try:
-        same = hashlib.sha256(_read(path)).hexdigest() == digest
+        same = hashlib.sha256(_read(path) or b"").hexdigest() == digest
     except SpellError as exc:
         raise ConfigurationError.LoadFailed(
             path=path, reason=f"missing on this Ray worker's node, and it could not be "
