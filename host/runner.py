@@ -680,7 +680,9 @@ class ScriptRun:
         of the engine."""
         try:
             layers = self._layers_for(name)
-            path = self._paths[name] = pipeline(layers, self._invoke, tool)
+            path = pipeline(layers, self._invoke, tool)
+            if tool is not None:  # a name no tool has is not kept: a script makes up many
+                self._paths[name] = path
             if isinstance(tool, Tool) and tool.plain and len(layers) == 2 \
                     and not layers[1].applies(tool):  # [boundary, Timeouts()]: see _plain
                 self._plain_tools[name] = tool
@@ -693,7 +695,9 @@ class ScriptRun:
                     key="layers", value=name,
                     reason=f"a layer failed to set up for the tool {name!r}: {why}")
 
-            path = self._paths[name] = pipeline([boundary], refused, tool)
+            path = pipeline([boundary], refused, tool)
+            if tool is not None:
+                self._paths[name] = path
             return path
 
     def call_tool(self, name: str, call: ToolCall) -> Any:
