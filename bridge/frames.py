@@ -165,7 +165,13 @@ def _internal_prefixes() -> tuple[str, ...]:
 
 def is_internal(frame: Frame) -> bool:
     """Whether a frame is polyspell's own Python code, or the machinery it runs on."""
-    return frame.language == "python" and frame.file.startswith(_internal_prefixes())
+    return frame.language == "python" and is_internal_file(frame.file)
+
+
+def is_internal_file(filename: str) -> bool:
+    """Whether Python code in ``filename`` is polyspell's own, or the machinery it runs
+    on (the event loop, worker threads, the import system)."""
+    return filename.startswith(_internal_prefixes())
 
 
 def python_frames(tb: TracebackType | None) -> list[Frame]:

@@ -7,7 +7,6 @@ import functools
 import math
 import os
 import reprlib
-import sys
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import anyio
 
 import engines
 from bridge import ConfigurationError, SpellError
+from bridge.frames import is_internal_file
 from bridge.pytraceback import without_frames
 from engines import Limits, Sandbox
 from engines.specs import LUA_VERSIONS
@@ -715,26 +715,15 @@ def run_blocking(fn: Callable[[], Awaitable[Any]], what: str, instead: str) -> A
 
 
 def trimmed(err: SpellError) -> SpellError:
-    """``err`` with polyspell's own plumbing (its modules, anyio's, asyncio's, trio's)
-    left out of its Python traceback, which keeps the caller's frames and the script's;
-    all of it with ``POLYSPELL_DEBUG=1``."""
+    """``err`` with polyspell's own plumbing (its modules, and the machinery they run on:
+    :func:`bridge.frames.is_internal_file`) left out of its Python traceback, which keeps
+    the caller's frames and the script's; all of it with ``POLYSPELL_DEBUG=1``."""
     if os.environ.get("POLYSPELL_DEBUG"):
         return err
     seen: set[int] = set()
     exc: BaseException | None = err
     while exc is not None and id(exc) not in seen and len(seen) < 100:  # and its causes
         seen.add(id(exc))
-        exc.__traceback__ = without_frames(exc.__traceback__, _plumbing)
+        exc.__traceback__ = without_frames(exc.__traceback__, is_internal_file)
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
     return err
-
-
-def _plumbing(filename: str) -> bool:
-    return filename.startswith(_plumbing_folders())
-
-
-@functools.cache
-def _plumbing_folders() -> tuple[str, ...]:
-    names = ("host", "engines", "bridge", "anyio", "asyncio", "sniffio", "trio", "outcome")
-    return tuple(os.path.dirname(module.__file__) + os.sep for name in names
-                 if (module := sys.modules.get(name)) is not None and module.__file__)
