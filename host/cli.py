@@ -790,18 +790,15 @@ def _color(stream: Any) -> bool:
         return mode == "always"
     if os.environ.get("NO_COLOR"):
         return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty()) and os.environ.get("TERM") != "dumb"
+    return bool(os.environ.get("FORCE_COLOR")) or is_terminal(stream)
 
 
 # -- plan -----------------------------------------------------------------------------
 
-STATUS_COLORS = {"succeeded": "32", "failed": "31", "timed_out": "31", "cancelled": "33",
-                 "skipped": "33"}
-RICH_STATUS = {"succeeded": "green", "failed": "red", "timed_out": "red", "cancelled": "yellow",
-               "skipped": "yellow"}
+# A task status's colour, by name (rich's style) and as its ANSI code (the plain text's)
+STATUS_COLORS = {"succeeded": "green", "failed": "red", "timed_out": "red",
+                 "cancelled": "yellow", "skipped": "yellow"}
+ANSI_COLORS = {"green": "32", "red": "31", "yellow": "33"}
 MAX_ROOT_CAUSES_SHOWN = 5
 MAX_RECOVERY_TASKS_SHOWN = 20
 
@@ -859,7 +856,7 @@ def _plan_recorded(args: argparse.Namespace, monitor: Any) -> int:
 
         rows = _task_rows(report)
         print_table(out, rows[1:], header=rows[0], color=_color(out), right=(3, 4),
-                    styles=[RICH_STATUS[task.status] for task in report.tasks])
+                    styles=[STATUS_COLORS[task.status] for task in report.tasks])
     out.write(format_plan_report(report, verbose=args.verbose, color=_color(out),
                                  table=not drawn))
     return EXIT_OK if report.outcome == "succeeded" else EXIT_FAILED
@@ -878,8 +875,8 @@ def format_plan_report(report: Any, *, verbose: bool = False, color: bool = Fals
     terminal draws them), the outcome, the root causes."""
     from bridge.render import recovery_summary
 
-    def paint(text: str, code: str | None) -> str:
-        return f"\x1b[{code}m{text}\x1b[0m" if color and code else text
+    def paint(text: str, name: str | None) -> str:  # name: a colour of ANSI_COLORS
+        return f"\x1b[{ANSI_COLORS[name]}m{text}\x1b[0m" if color and name else text
 
     rows = _task_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -890,7 +887,7 @@ def format_plan_report(report: Any, *, verbose: bool = False, color: bool = Fals
                  row[3].rjust(widths[3]), row[4].rjust(widths[4])]
         lines.append("  ".join(cells).rstrip())
     failed = sum(t.status != "succeeded" for t in report.tasks)
-    outcome = paint(report.outcome, "32" if report.outcome == "succeeded" else "31")
+    outcome = paint(report.outcome, "green" if report.outcome == "succeeded" else "red")
     counts = (f"{failed} of {len(report.tasks)} tasks did not succeed" if failed
               else f"{len(report.tasks)} tasks")
     lines += ["", f"outcome: {outcome} (plan {report.plan}, strategy {report.strategy}, "
@@ -986,7 +983,7 @@ class _PlanProgress:
         if task.id in self.running:
             self.running.remove(task.id)
         self.print(f"{task.id} ({task.engine or '?'}) {task.status} after "
-                   f"{task.duration:.2f}s", RICH_STATUS.get(task.status))
+                   f"{task.duration:.2f}s", STATUS_COLORS.get(task.status))
         self.bar.advance(self.row)
         self._describe()
 
