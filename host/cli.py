@@ -157,11 +157,10 @@ class _Parser(argparse.ArgumentParser):
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
-            from bridge.names import closest
+            from bridge.names import closest, did_you_mean
 
             choices = [str(choice) for choice in action.choices]
-            meant = closest(str(value), choices)
-            hint = f"did you mean {meant!r}? " if meant else ""
+            hint = did_you_mean(closest(str(value), choices))
             raise argparse.ArgumentError(
                 action, f"invalid choice: {value!r} ({hint}choose from "
                         f"{', '.join(map(repr, choices))})")
@@ -1170,11 +1169,10 @@ def _catalog(args: argparse.Namespace) -> int:
     if args.category:
         catalog = [c for c in catalog if c["category"] == args.category]
         if not catalog:
-            from bridge.names import closest
+            from bridge.names import closest, did_you_mean
 
             known = [c["category"] for c in describe_catalog()]
-            meant = closest(args.category, known)
-            hint = f"did you mean {meant!r}? " if meant else ""
+            hint = did_you_mean(closest(args.category, known))
             print(f"polyspell catalog: unknown category {args.category!r} ({hint}one of "
                   f"{', '.join(known)})",
                   file=sys.stderr)

@@ -80,7 +80,6 @@ headers and keys, inline tables and arrays included.
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -101,6 +100,7 @@ from pydantic import (
 )
 
 from bridge import ConfigurationError, SpellError
+from bridge.names import closest, did_you_mean, known_or_meant
 from host.recovery.degrade import Degradation
 from host.recovery.policy import ErrorCode, ErrorRecovery, ToolRecovery
 
@@ -114,8 +114,7 @@ def _known_preset(name: str) -> str:
     from host.hooks.presets import PRESETS
 
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(closest(name, PRESETS))
         raise ValueError(f"unknown hook preset {name[:100]!r} ({hint}the presets: "
                          f"{', '.join(PRESETS)})")
     return name
@@ -276,8 +275,8 @@ class Config(BaseModel):
         known = {item.name: getattr(item, "recovery", None) for item in tools}
         for name in self.tools:
             if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=1)
-                hint = (f" (did you mean {close[0]!r}?)" if close
+                close = closest(name, known)
+                hint = (f" (did you mean {close!r}?)" if close
                         else f" (tools: {', '.join(sorted(known)) or 'none'})")
                 path = ("tools", name)
                 raise _located(_dotted((*self._prefix, *path)), name,
@@ -468,8 +467,7 @@ def _hint(path: Path_, root: Any = None) -> str:
     known = _known_keys(path[:-1], root)
     if not known:
         return ""
-    close = difflib.get_close_matches(str(path[-1]), known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
+    return known_or_meant(str(path[-1]), known)
 
 
 def _known_keys(path: Path_, root: Any = None) -> list[str]:

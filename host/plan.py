@@ -31,7 +31,6 @@ unknown strategy, a field of the wrong type) is refused before anything runs, wi
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ import engines
 from bridge import ConfigurationError, SpellError
 from bridge.data import MAX_DEPTH
 from bridge.languages import ScriptLanguageName
+from bridge.names import closest, known_or_meant
 from host.host import MAX_TIMEOUT
 from host.recovery import Retry
 from host.recovery.model import VALIDATING
@@ -239,10 +239,10 @@ def check_graph(plan: Plan) -> None:
                 raise plan._invalid(f"task {task.id!r} runs after itself",
                                     plan._where(f"task {task.id!r}, field 'after'"))
             if dep not in ids:
-                hint = difflib.get_close_matches(dep, sorted(ids), n=1)
+                meant = closest(dep, sorted(ids))
                 raise plan._invalid(
                     f"task {task.id!r} runs after unknown task {dep!r}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+                    + (f" (did you mean {meant!r}?)" if meant else ""),
                     plan._where(f"task {task.id!r}, field 'after'"))
     cycle = find_cycle({task.id: task.after for task in plan.tasks})
     if cycle:
@@ -323,7 +323,7 @@ def load_plan(path: str | Path) -> Plan:
 
     for key in data:
         if key not in ("plan", "task"):
-            raise invalid(f"unknown table {key!r}{_hint(key, ('plan', 'task'))} "
+            raise invalid(f"unknown table {key!r}{known_or_meant(key, ('plan', 'task'))} "
                           f"(a plan file has a [plan] table and [[task]] tables)", key)
     header = data.get("plan", {})
     if not isinstance(header, dict):
@@ -332,7 +332,7 @@ def load_plan(path: str | Path) -> Plan:
         name = header["name"]
     for key in header:
         if key not in PLAN_KEYS:
-            raise invalid(f"unknown field {key!r}{_hint(key, PLAN_KEYS)}", f"[plan] {key}")
+            raise invalid(f"unknown field {key!r}{known_or_meant(key, PLAN_KEYS)}", f"[plan] {key}")
     tasks = data.get("task", [])
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise invalid("tasks must be [[task]] tables", "task")
@@ -370,7 +370,7 @@ def invalid_plan_from(exc: ValidationError, data: Mapping[str, Any], *, plan: st
             model_fields = tuple(Retry.model_fields)
     field = ".".join(str(part) for part in loc)
     if first["type"] == "extra_forbidden":
-        reason = f"unknown field {field!r}{_hint(str(loc[-1]), model_fields)}"
+        reason = f"unknown field {field!r}{known_or_meant(str(loc[-1]), model_fields)}"
     elif first["type"] == "missing":
         reason = f"missing field {field!r}"
     else:
@@ -388,11 +388,6 @@ def _task_label(raw: Any, index: int | None = None) -> str:
     if isinstance(task_id, str) and task_id:
         return f"task {task_id!r}"
     return "task" if index is None else f"task #{index + 1}"
-
-
-def _hint(name: str, known: tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(known)})"
 
 
 def _describe(value: Any) -> str:

@@ -39,7 +39,7 @@ from bridge import ConfigurationError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
 from bridge.frames import is_internal
-from bridge.names import closest, listed
+from bridge.names import closest, did_you_mean, listed
 from bridge.pytraceback import attach_python_traceback
 from engines import (
     Engine,
@@ -804,7 +804,7 @@ class ScriptRun:
         names of the tools there are (in its fields, for scripts, and in its message)."""
         available = sorted(tool.name for tool in self.tools)
         meant = closest(name, available)
-        hint = f"did you mean {meant!r}? " if meant else ""
+        hint = did_you_mean(meant)
         tools = f"tools: {listed(available)}" if available else "no tools are registered"
         return ToolError.NotFound(f"Tool not found: {name} ({hint}{tools})", tool_name=name,
                                   did_you_mean=meant, available=available[:MAX_LISTED])

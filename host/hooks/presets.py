@@ -49,7 +49,6 @@ another).
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging as _logging
 import math
@@ -61,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge import ConfigurationError
+from bridge.names import closest, did_you_mean
 from host.hooks.dispatch import Hook, observer
 from host.lines import shown_text
 
@@ -637,8 +637,7 @@ def named(names: Iterable[str], key: str = "--hooks") -> Preset:
     for name in names:
         factory = PRESETS.get(name)
         if factory is None:
-            close = difflib.get_close_matches(name, list(PRESETS), n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(closest(name, PRESETS))
             raise ConfigurationError.InvalidValue(
                 key=key, value=_text(name),
                 reason=f"unknown hook preset {_text(name)!r} ({hint}the presets: "
