@@ -380,15 +380,27 @@ def _hook_logs(hooks: Any, config: Any, write: Any = None) -> Iterator[None]:
         return
     handler = _LinesHandler(write or write_lines)
     handler.setFormatter(logging.Formatter("polyspell: %(message)s"))
-    level = ours.level
-    ours.addHandler(handler)
-    if level == logging.NOTSET:
-        ours.setLevel(logging.INFO)
+    with _handled(ours, handler, logging.INFO if ours.level == logging.NOTSET else None):
+        yield
+
+
+@contextlib.contextmanager
+def _handled(logger: logging.Logger, handler: logging.Handler, level: int | None,
+             propagate: bool | None = None) -> Iterator[None]:
+    """``logger`` with ``handler`` (and ``level``, ``propagate`` when given) while a
+    command runs; as it was after."""
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    if propagate is not None:
+        logger.propagate = propagate
     try:
         yield
     finally:
-        ours.removeHandler(handler)
-        ours.setLevel(level)
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 @contextlib.contextmanager
@@ -399,33 +411,8 @@ def _script_lines(write: Callable[[str, str], None] | None = None) -> Iterator[N
     here (a diagnostics or root handler would print them twice)."""
     from host.lines import SCRIPT_LOGGER
 
-    handler = _ScriptLinesHandler(write)
-    saved = SCRIPT_LOGGER.level, SCRIPT_LOGGER.propagate
-    SCRIPT_LOGGER.addHandler(handler)
-    SCRIPT_LOGGER.setLevel(logging.INFO)
-    SCRIPT_LOGGER.propagate = False
-    try:
+    with _handled(SCRIPT_LOGGER, _ScriptLinesHandler(write), logging.INFO, propagate=False):
         yield
-    finally:
-        SCRIPT_LOGGER.removeHandler(handler)
-        SCRIPT_LOGGER.setLevel(saved[0])
-        SCRIPT_LOGGER.propagate = saved[1]
-
-
-class _ScriptLinesHandler(logging.Handler):
-    """Prints a script's line as its record says (see :func:`_script_lines`)."""
-
-    def __init__(self, write: Callable[[str, str], None] | None) -> None:
-        super().__init__()
-        self.write = write
-
-    def emit(self, record: logging.LogRecord) -> None:
-        task_id = getattr(record, "task_id", None)
-        line = record.getMessage()
-        if self.write is not None:
-            self.write(task_id or "?", line)
-        else:
-            write_lines(line, prefix=f"[{task_id}] " if task_id else "")
 
 
 class _LinesHandler(logging.Handler):
@@ -439,9 +426,29 @@ class _LinesHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.write(self.format(record))
+            self.deliver(record)
         except Exception:  # as logging's own handlers do: never raise into the caller
             self.handleError(record)
+
+    def deliver(self, record: logging.LogRecord) -> None:
+        """Write ``record``, formatted."""
+        self.write(self.format(record))
+
+
+class _ScriptLinesHandler(_LinesHandler):
+    """Writes a script's line as its record says (see :func:`_script_lines`): through
+    ``write(task_id, line)`` when given, else whole on stderr, ``[task] `` before it."""
+
+    def __init__(self, write: Callable[[str, str], None] | None) -> None:
+        super().__init__(write)
+
+    def deliver(self, record: logging.LogRecord) -> None:
+        task_id = getattr(record, "task_id", None)
+        line = record.getMessage()
+        if self.write is not None:
+            self.write(task_id or "?", line)
+        else:
+            write_lines(line, prefix=f"[{task_id}] " if task_id else "")
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -483,44 +490,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     _escape_unencodable(sys.stdout)
     args = parse_arguments(build_parser(), argv)
     _color_mode.append(getattr(args, "color", "auto"))
-    diagnostics = _diagnostics() if getattr(args, "verbose", False) else None
     results = sys.stdout
     redirect = args.command in ("run", "plan") and sys.stderr is not None
     if redirect:  # what Python code prints during a run goes to stderr: stdout is the result's
         _result_streams.append(results)
         sys.stdout = sys.stderr
     try:
-        return int(args.handler(args))
+        with _diagnostics(getattr(args, "verbose", False)):
+            return int(args.handler(args))
     except KeyboardInterrupt:
         write_lines("polyspell: interrupted")
         return 130
     finally:
         _color_mode.pop()
-        if diagnostics is not None:
-            diagnostics()
         if redirect:
             _result_streams.pop()
             if sys.stdout is sys.stderr:
                 sys.stdout = results
 
 
-def _diagnostics() -> Any:
-    """``--verbose``: the ``polyspell`` logger's records, debug and up, on stderr, unless
-    logging was configured (a handler there or on the root logger); what undoes it."""
+def _diagnostics(verbose: bool) -> contextlib.AbstractContextManager[None]:
+    """``--verbose``: the ``polyspell`` logger's records, debug and up, on stderr while the
+    command runs, unless logging was configured (a handler there or on the root logger)."""
     ours = logging.getLogger("polyspell")
-    if ours.handlers or logging.getLogger().handlers:
-        return None
+    if not verbose or ours.handlers or logging.getLogger().handlers:
+        return contextlib.nullcontext()
     handler = _LinesHandler(write_lines)
     handler.setFormatter(logging.Formatter("polyspell: %(levelname)s %(name)s: %(message)s"))
-    level = ours.level
-    ours.addHandler(handler)
-    ours.setLevel(logging.DEBUG)
-
-    def undo() -> None:
-        ours.removeHandler(handler)
-        ours.setLevel(level)
-
-    return undo
+    return _handled(ours, handler, logging.DEBUG)
 
 
 # The real stdout while ``run`` or ``plan`` point sys.stdout at stderr (innermost last).
