@@ -395,8 +395,7 @@ class ScriptRun:
             finally:
                 self._give_up()
         if scope.cancelled_caught:  # stuck past the deadline, e.g. in a slow sync tool
-            outcome = self._decorate(ScriptError.ResourceExhaustion(
-                language=self.language, resource_type="time", limit=self.limits.timeout))
+            outcome = self._decorate(self.out_of_time())
         if isinstance(outcome, _Escaped):
             raise outcome.exception
         if isinstance(outcome, SpellError):
@@ -534,8 +533,7 @@ class ScriptRun:
         control = self.control
         while isinstance(step, Suspended):
             if control.given_up:  # no tool runs for a run nobody waits for
-                return Failed(ScriptError.ResourceExhaustion(
-                    language=engine.language, resource_type="time", limit=self.limits.timeout))
+                return Failed(self.out_of_time(engine.language))
             if control.delivered:  # it was told and still calls tools: stop it here
                 return Failed(control.reason)  # type: ignore[arg-type]
             requests = step.requests
@@ -614,8 +612,7 @@ class ScriptRun:
             except BaseException as raised:
                 failure = boundary_error(call, raised)
         elif isinstance(exc, DeadlineReached) and not exc.deadline < self._bound:
-            failure = boundary_error(call, ScriptError.ResourceExhaustion(
-                language=self.language, resource_type="time", limit=self.limits.timeout))
+            failure = boundary_error(call, self.out_of_time())
         else:  # (not raised again here: its traceback stays where the tool raised it)
             failure = boundary_error(call, exc)
         if not isinstance(failure, SpellError):  # KeyboardInterrupt: it ends the run
@@ -796,8 +793,13 @@ class ScriptRun:
                 raise  # a layer's own deadline: that layer reports it
         # the run's own deadline, or that of the tools-file call this call was made in:
         # the engine stops the script (or that function) at its next step
-        raise ScriptError.ResourceExhaustion(language=self.language, resource_type="time",
-                                             limit=self.limits.timeout)
+        raise self.out_of_time()
+
+    def out_of_time(self, language: str | None = None) -> SpellError:
+        """The error of this run's time limit, in ``language`` (the run's by default): what
+        every place that finds the limit reached raises, or hands the script."""
+        return ScriptError.ResourceExhaustion(language=language or self.language,
+                                              resource_type="time", limit=self.limits.timeout)
 
     def _not_found(self, name: str) -> SpellError:
         """``tool/not_found`` for ``name``, with the tool it was likely meant to be and the

@@ -289,7 +289,7 @@ def _post(option: FallbackOption, call: ToolCall) -> Any:
     in the background, within its timeout)."""
     import dataclasses
 
-    from bridge import NetworkError, ScriptError, ToolError
+    from bridge import NetworkError, ToolError
     from host.calls import DeadlineReached, run_python
 
     limit = min(option.timeout or DEFAULT_ENDPOINT_TIMEOUT, call.time_left)
@@ -303,9 +303,7 @@ def _post(option: FallbackOption, call: ToolCall) -> Any:
     except DeadlineReached as reached:
         run = call.run
         if reached.deadline >= run.deadline:  # the run's time limit, as at any tool call
-            raise ScriptError.ResourceExhaustion(
-                language=run.language, resource_type="time",
-                limit=run.limits.timeout) from None
+            raise run.out_of_time() from None
         if reached.deadline != deadline:
             raise  # an outer layer's deadline came first: that layer reports it
         raise NetworkError.Timeout(endpoint=public_url(option.endpoint or ""),

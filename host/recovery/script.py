@@ -157,8 +157,7 @@ class ScriptRecovery:
         run = self.run
         if run.control.sleep(max(delays.values())):
             return
-        err = run.control.deliver() or ScriptError.ResourceExhaustion(
-            language=run.language, resource_type="time", limit=run.limits.timeout)
+        err = run.control.deliver() or run.out_of_time()
         envelope = error_envelope(err, ref=run._ref)
         for i, reply in enumerate(replies):
             if reply.id in delays:
