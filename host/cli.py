@@ -1125,7 +1125,7 @@ def parameter_lines(schema: dict[str, Any]) -> list[str]:
     required = set(schema.get("required") or ())
     lines = []
     for name, prop in properties.items():
-        line = f"{name}: {_schema_type(prop, schema.get('$defs') or {})}"
+        line = f"{name}: {_schema_type(prop)}"
         line += " (required)" if name in required else (
             f" = {json_text(prop['default'])}" if "default" in prop else "")
         if prop.get("description"):
@@ -1134,22 +1134,22 @@ def parameter_lines(schema: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _schema_type(prop: dict[str, Any], definitions: dict[str, Any]) -> str:
+def _schema_type(prop: dict[str, Any]) -> str:
     from bridge.jsontext import json_text
 
     if "$ref" in prop:
         return str(prop["$ref"]).rsplit("/", 1)[-1]
     if "anyOf" in prop:
-        return " | ".join(_schema_type(p, definitions) for p in prop["anyOf"])
+        return " | ".join(_schema_type(p) for p in prop["anyOf"])
     if "enum" in prop:
         return " | ".join(json_text(value) for value in prop["enum"])
     kind = prop.get("type")
     if kind == "array":
         items = prop.get("items")
-        return f"list of {_schema_type(items, definitions)}" if items else "list"
+        return f"list of {_schema_type(items)}" if items else "list"
     if kind == "object" and "additionalProperties" in prop and isinstance(
             prop["additionalProperties"], dict):
-        return f"dict of {_schema_type(prop['additionalProperties'], definitions)}"
+        return f"dict of {_schema_type(prop['additionalProperties'])}"
     if isinstance(kind, str):
         return kind
     return json_text({k: v for k, v in prop.items() if k not in ("title", "default")}) \

@@ -46,6 +46,7 @@ import stat
 import tempfile
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,7 +317,9 @@ class TryRunner:
         self._runs: dict[str, Any] = {}
         self._streams: dict[str, Callable[[Any], None]] = {}  # a run's id -> its stream
         self._stops: dict[str, SpellError] = {}  # stops that came before their run
-        self._ended: dict[str, None] = {}  # the last ENDED_KEPT tries that ended, oldest first
+        # the last ENDED_KEPT tries that ended, oldest first (an OrderedDict: forgetting
+        # the oldest is O(1), where a dict's first key is found past every one removed)
+        self._ended: OrderedDict[str, None] = OrderedDict()
 
     @staticmethod
     def _print(line: str) -> None:
@@ -392,7 +395,7 @@ class TryRunner:
             self._stops.pop(key, None)
             self._ended[key] = None  # a stop sent as it ended is not kept for ever
             if len(self._ended) > ENDED_KEPT:
-                del self._ended[next(iter(self._ended))]
+                self._ended.popitem(last=False)
 
     @staticmethod
     async def _outcome(run: Any) -> dict[str, Any]:
