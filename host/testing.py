@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+import engines
 from bridge import SpellError
 from bridge.errors import field_defaults, variant_class
 from host.steer import ToolContext
@@ -137,7 +138,8 @@ class Outcome:
 
 def run_script(script: str | Path, *tools: Any, args: Any = None, source: str | None = None,
                language: str | None = None, **host_options: Any) -> Outcome:
-    """Run ``script`` (a file; or ``source`` text, named ``script``, in ``language``) with
+    """Run ``script`` (a file; or ``source`` text, named ``script``, in ``language``, by
+    default the one of its extension, else Lua) with
     ``tools`` (stubs, ``@tool`` functions, tools files) on a fresh :class:`host.Host`
     (``host_options``: its keyword arguments), and keep how it ended instead of raising."""
     from host.host import Host
@@ -149,15 +151,11 @@ def run_script(script: str | Path, *tools: Any, args: Any = None, source: str | 
             if source is None:
                 outcome.result = host.run(script, args)
             else:
-                outcome.result = host.run_source(source, language or _language(script),
-                                                 str(script), args)
+                language = language or engines.language_for_path(script) or "lua"
+                outcome.result = host.run_source(source, language, str(script), args)
         except SpellError as err:
             outcome.error = err
     return outcome
-
-
-def _language(name: str | Path) -> str:
-    return "javascript" if str(name).endswith((".js", ".mjs")) else "lua"
 
 
 def assert_spell_error(outcome: Outcome | SpellError | Callable[[], Any], code: str,
