@@ -604,7 +604,9 @@ class LuaEngine(Engine):
         runs Lua code (``enter``) takes the entry's index and the deadline (and, when none
         needs Lua memory, the values themselves: numbers, booleans, ``None``, tables already
         built) and returns the outcome's length; the outcome, in the box, is read back
-        (``take``) with the limit lifted again. ``data`` that obviously cannot fit (a lower
+        (``take``) with the limit lifted again. An outcome that holds no table (the usual
+        request and result) comes back from ``enter`` itself, as a tuple: reading strings
+        and numbers allocates nothing in Lua. ``data`` that obviously cannot fit (a lower
         bound of its size in Lua above the limit) is refused before anything is copied.
         """
         kind = data.__class__
@@ -642,6 +644,8 @@ class LuaEngine(Engine):
         except self._lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
+        if n.__class__ is tuple:  # the outcome itself: no table in it (see enter)
+            return self._outcome(n)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
         try:
             return self._outcome(self._take()[:n])
@@ -690,7 +694,10 @@ class LuaEngine(Engine):
         if status == "request":
             _, _, request_id, name, problem, traceback, params, *kind = outcome
             reserved = _RESERVED.get(kind[0]) if kind else None
-            if reserved == "module":  # a require: the name is all there is
+            if params is True:  # flat: their keys and values follow (see is_flat)
+                # keys in code point order, as _convert gives them
+                params = dict(sorted(zip(outcome[8::2], outcome[9::2], strict=True)))
+            elif reserved == "module":  # a require: the name is all there is
                 self._modules.add(request_id)
             elif problem is not None:  # {message, data_type, path}: see call_tool
                 problem = Problem(problem[3], problem[2], problem[1])
