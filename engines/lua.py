@@ -55,7 +55,7 @@ from importlib import resources
 from types import ModuleType
 from typing import Any, Literal
 
-from bridge import ConfigurationError, ResourceError, ScriptError, SpellError, variants
+from bridge import ConfigurationError, Frame, ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
@@ -452,9 +452,10 @@ class LuaEngine(Engine):
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
             self._unpack = self._lua.eval("table.unpack or unpack")  # see _convert
-            self._put, self._enter, self._take, self._drain, self._lua_short_src = (
-                self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
-                                  self._memory_limit, self.jit if jit is None else jit))
+            (self._put, self._enter, self._take, self._drain, self._lua_short_src,
+             self._lua_site) = self._lua.execute(
+                prelude_bytecode(lua_version), clock, sandbox == "trusted",
+                self._memory_limit, self.jit if jit is None else jit)
         finally:
             self._set_max_memory(self._memory_limit)
         if self._over_limit():
@@ -585,6 +586,7 @@ class LuaEngine(Engine):
         """Drop the runtime; the engine cannot run again."""
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
+        self._lua_site = None
         self._table_from = self._set_max_memory = self._unpack = None
         self._lua = None
 
@@ -707,6 +709,9 @@ class LuaEngine(Engine):
             else:
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
+            if traceback is None:  # found only if asked for (see call_tool in the prelude)
+                return Suspended([ToolRequest(request_id, name, params, problem, None,
+                                              reserved or "tool", self._call_site)])
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback), reserved or "tool")])
         if status == "done":
@@ -732,6 +737,20 @@ class LuaEngine(Engine):
             return self._fail(compilation_failed(script, outcome[2]))
         return self._fail(ScriptError.RuntimeError(
             language=self.language, error=f"unexpected step outcome {status!r}"))
+
+    def _call_site(self, request_id: int) -> list[Frame]:
+        """The frames of the call that request ``request_id`` waits in (the script's stack
+        is the call's until its reply: see :class:`ToolRequest`)."""
+        if request_id not in self._waiting or self._lua_site is None or self._script is None:
+            return []
+        self._set_max_memory(0)  # the prelude's own work (see _enter)
+        try:
+            traceback = self._lua_site(request_id)
+        except self._lupa.LuaError:  # no memory even for that: the call site is unknown
+            return []
+        finally:
+            self._set_max_memory(self._memory_limit)
+        return self._script.frames(traceback)
 
     def _not_data(self, bad: _NotData) -> SpellError:
         return crossing_error(bad.problem, "python", self.language)

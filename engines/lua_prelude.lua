@@ -63,7 +63,11 @@ local MAX_LEVELS = 1000
 local TAIL_CALLS = "\t(...tail calls...)"
 local function traceback(co, level, below)
   local tb
-  if co then
+  if co and level then  -- a suspended coroutine's, from `level` (see site)
+    local tail = below and not COMPAT.no_tail_info and getinfo(co, level - 1, "t").istailcall
+    tb = lua_traceback(co, nil, level)
+    if tail then tb = "stack traceback:\n" .. TAIL_CALLS .. sub(tb, 17) end
+  elseif co then
     tb, level = lua_traceback(co), 0
   else
     local tail = below and not COMPAT.no_tail_info and getinfo(level, "t").istailcall
@@ -75,7 +79,8 @@ local function traceback(co, level, below)
   if COMPAT.levels_left_out then  -- LuaJIT: "\n\t..." and no count
     if not find(tb, "\n\t...\n", 1, true) then return tb end
     -- a runaway recursion (no stack left to spare either) keeps LuaJIT's own traceback
-    local far = co and getinfo(co, MAX_LEVELS, "l") or not co and getinfo(level + MAX_LEVELS, "l")
+    local far = co and getinfo(co, level + MAX_LEVELS, "l") or
+      not co and getinfo(level + MAX_LEVELS, "l")
     if far then return tb end
     depth = COMPAT.depth(co)  -- (at least the depth: the loop below stops at the end)
   else
@@ -707,21 +712,25 @@ do
   end
 end
 
+-- The call site's traceback is made only when it is needed: when the call fails, here,
+-- and when the host asks for it while the call waits (site): the stack is the same then.
+-- A request leaves with no traceback (nil); forward adds one for a script's own coroutine.
+-- The script's level is 3 both from here (traceback, call_tool, the tool function) and in
+-- the waiting coroutine (yield, call_tool, the tool function).
 local function call_tool(name, nargs, params, kind)
   if script_hooks and kind == nil and hooking == 0 then
     return hooked_call(name, nargs, params, traceback(nil, 3, true))
   end
-  local tb = traceback(nil, 3, true)  -- from the script's call site: cheaper than from here
   local ok, value
   if nargs == 1 and type(params) == "table" and is_flat(params) then
-    ok, value = co_yield(REQUEST, text(name), nil, tb, true, kind, pairs_of(params))
+    ok, value = co_yield(REQUEST, text(name), nil, nil, true, kind, pairs_of(params))
   else
     local problem = params_problem(nargs, params)
     if problem then params = nil end
-    ok, value = co_yield(REQUEST, text(name), problem, tb, params, kind)
+    ok, value = co_yield(REQUEST, text(name), problem, nil, params, kind)
   end
   if ok then return value end
-  error(reply_error(value, tb), 0)
+  error(reply_error(value, traceback(nil, 3, true)), 0)
 end
 
 local function tools_index(t, name)
@@ -758,6 +767,7 @@ local function forward(co, ok, ...)
   if ok then
     if not rawequal(..., REQUEST) then return true, ... end
     local _, name, problem, tb = ...
+    tb = tb or traceback(co, 3, true)  -- call_tool's request: see there
     return forward(co, co_resume(co, co_yield(REQUEST, name, problem,
                                               tb .. "\n" .. traceback(nil, 2), select(5, ...))))
   end
@@ -1696,7 +1706,7 @@ end
 -- outcome back, with the limit lifted again. The box's slots exist from the start (the
 -- constructor makes them), so storing into it never allocates.
 -- (A function of its own: the main chunk is at Lua's limit of 200 local variables.)
-local put, enter, take = (function()
+return (function()
   local ENTRIES = {start, step, load_library, call}
   local box = {false, false, false, false, false, false, false, false}
 
@@ -1735,7 +1745,12 @@ local put, enter, take = (function()
     box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
     return a, b, c, d, e, f, g, h
   end
-  return put, enter, take
+  -- The traceback of the call site of request `id`, while it waits (see call_tool).
+  local function site(id)
+    local co = waiting[id]
+    return co and traceback(co, 3, true)
+  end
+
+  return put, enter, take, drain, short_src, site
 end)()
 
-return put, enter, take, drain, short_src
