@@ -50,6 +50,7 @@ import functools
 import importlib
 import math
 import re
+import threading
 import time
 from importlib import resources
 from types import ModuleType
@@ -434,6 +435,7 @@ class LuaEngine(Engine):
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
         self._script: LuaScript | None = None
+        self._thread = 0  # the thread that runs the script (see _call_site)
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._modules: set[int] = set()  # those of them that are require's (kind "module")
         self._started = 0.0
@@ -494,6 +496,7 @@ class LuaEngine(Engine):
         if self._lua is None:
             return self._fail(_closed())
         code = _source_code(source)
+        self._thread = threading.get_ident()  # where its requests' call sites can be read
         # what tracebacks show of it: bytes that are not UTF-8 replaced (U+FFFD)
         self._script = LuaScript(filename=filename, source=_utf8(source), language=self.language)
         self._waiting.clear()
@@ -741,7 +744,8 @@ class LuaEngine(Engine):
     def _call_site(self, request_id: int) -> list[Frame]:
         """The frames of the call that request ``request_id`` waits in (the script's stack
         is the call's until its reply: see :class:`ToolRequest`)."""
-        if request_id not in self._waiting or self._lua_site is None or self._script is None:
+        if (request_id not in self._waiting or self._lua_site is None or self._script is None
+                or threading.get_ident() != self._thread):  # (a late reader, elsewhere)
             return []
         self._set_max_memory(0)  # the prelude's own work (see _enter)
         try:
