@@ -200,7 +200,8 @@ class JavaScriptEngine(Engine):
         if self._ctx is None or self._broken:
             return Failed(protocol_violation(
                 "call() on a JavaScript engine that has no tools file loaded"))
-        self._set_deadline(deadline)
+        if deadline != self._deadline:
+            self._set_deadline(deadline)
         self._last_activation = activation = self._last_activation + 1
         try:
             params_json = _encode(params)
