@@ -295,6 +295,23 @@ def hop_host(folder: Path) -> Host:
     return Host([add, folder / "hop.lua", folder / "hop.js"], on_output=lambda line: None)
 
 
+def tools_file_call(language: str, n: int) -> float:
+    """Seconds per call of a tools file's function by its engine alone (no host): the
+    other engine's part of a cross-engine hop."""
+    cls = engine_class(language)
+    source, name = (HOP_LUA, "add_lua") if language == "lua" else (HOP_JS, "add_js")
+    engine = cls(limits=Limits())
+    deadline = time.monotonic() + 60
+    engine.load(source, f"hop.{'lua' if language == 'lua' else 'js'}", [], deadline)
+    start = time.perf_counter()
+    for i in range(n):
+        step = engine.call(name, {"a": i, "b": 1}, deadline)
+    elapsed = time.perf_counter() - start
+    assert step.result == n, step  # type: ignore[union-attr]
+    engine.close()
+    return elapsed / n
+
+
 def ready_engine(language: str) -> float:
     """Seconds from nothing to a sandboxed engine that has run a trivial script."""
     cls = engine_class(language)
@@ -1515,6 +1532,11 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
                              20_000),
                          "Lua -> Python tool (same host)",
                          lambda: tool_round_trip(hops, "lua", LUA_LOOP, 20_000))
+        rows.append(("  a Lua tools file's function, its engine alone",
+                     median_of(repeats, lambda: tools_file_call("lua", 20_000)) * us, "us", ""))
+        rows.append(("  a JS tools file's function, its engine alone",
+                     median_of(repeats, lambda: tools_file_call("javascript", 20_000)) * us,
+                     "us", ""))
     guarded_host = breaker_host()
     rows.append(("call refused by an open breaker, Lua",
                  median_of(repeats, lambda: refused_call(guarded_host, "lua", LUA_REFUSED,
