@@ -105,13 +105,16 @@ def read_stack(
     # line, and Frame()'s keyword handling, cost more than everything else here.
     frames = []
     append, names, short = frames.append, _FUNCTION_NAMES, SHORT_DIGITS  # locals: hot loop
+    # position() inlined for short runs of ASCII digits (\d matches non-ASCII digits too,
+    # which an ASCII text has none of): None when out of range, the text being the script's
+    ascii = text.isascii()
     for function, file, line, column in _FRAMES.findall(text):
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
-        # position() inlined for short runs (\d matches non-ASCII digits too): None when
-        # out of range, the text being the script's
-        number = int(line) if len(line) < short and line.isascii() else position(line)
-        at = int(column) if len(column) < short and column.isascii() else position(column)
+        number = int(line) if len(line) < short and (ascii or line.isascii()) \
+            else position(line)
+        at = int(column) if len(column) < short and (ascii or column.isascii()) \
+            else position(column)
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
