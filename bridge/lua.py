@@ -58,6 +58,7 @@ class LuaScript:
     _last_scan: tuple[str, list[tuple[str, str, str]]] | None = field(default=None, repr=False)
     _modules: dict[str, LuaScript] = field(default_factory=dict, repr=False)
     _all_prefixes: tuple[str, ...] | None = field(default=None, repr=False)
+    _prefixes_of: str | None = field(default=None, repr=False)  # the short_src they are for
 
     def __post_init__(self) -> None:
         if not self.short_src:
@@ -89,9 +90,11 @@ class LuaScript:
     def _prefixes(self) -> tuple[str, ...]:
         """What the lines of this script's files start with: its own, then its modules'."""
         prefixes = self._all_prefixes
-        if prefixes is None or not self._modules:  # (short_src may be set after creation)
+        # made again when short_src was set after they were made (the engine sets it)
+        if prefixes is None or self._prefixes_of is not self.short_src:
             prefixes = self._all_prefixes = (
                 self.prefix, *(module.prefix for module in self._modules.values()))
+            self._prefixes_of = self.short_src
         return prefixes
 
     def line_text(self, line: int | None) -> str | None:
@@ -206,12 +209,14 @@ class LuaScript:
     def locate(self, message: str) -> tuple[LuaScript, int | None, str]:
         """The file a message is located in (this script or a module), its line and the
         rest: ``"lib/json.lua:12: boom"`` -> ``(json's LuaScript, 12, "boom")``."""
-        for prefix in self._prefixes():
+        prefixes = self._prefixes()
+        for prefix in prefixes:
             if message.startswith(prefix):
                 number, sep, rest = message[len(prefix):].partition(": ")
                 line = position(number) if sep else None
                 if line is not None:
-                    return self._owner(prefix[:-1]), line, rest
+                    return (self if prefix is prefixes[0] else self._owner(prefix[:-1]),
+                            line, rest)
         return self, None, message
 
     def script_traceback(self, traceback: str | None) -> str | None:

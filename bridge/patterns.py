@@ -73,7 +73,7 @@ class PatternRegistry:
         self._builtins_loaded = False
         # the built-in patterns tried on every message, as one regex that matches a message
         # when one of them does: most messages match none, and this looks once, not once
-        # per pattern (None: not made yet, or these patterns cannot be joined)
+        # per pattern (None: not made yet; one matching everything when they cannot be joined)
         self._any_builtin: re.Pattern[str] | None = None
 
     def _load_builtins(self) -> None:
@@ -184,6 +184,10 @@ def _joined(patterns: list[MessagePattern]) -> re.Pattern[str]:
     joined, so that each is tried."""
     flags = {pattern.regex.flags for pattern in patterns}
     if len(flags) != 1 or any(_UNJOINABLE.search(p.regex.pattern) for p in patterns):
+        return _MATCH_ALL
+    # every "(?P<name>" rewritten must be a group (not text in a character class)
+    if any(len(_GROUP_NAME.findall(p.regex.pattern)) != len(p.regex.groupindex)
+           for p in patterns):
         return _MATCH_ALL
     try:
         return re.compile("|".join(f"(?:{_GROUP_NAME.sub('(?:', p.regex.pattern)})"

@@ -173,3 +173,10 @@ def test_built_in_patterns_added_later_are_tried_joined_or_alone():
     assert registry.match("abc is out of abc").fields["provider"] == "abc"
     assert registry.match("abc is out of abd") is None
     assert registry.match("Tool 'x' not found").code == "tool/not_found"
+
+
+def test_a_group_name_in_a_character_class_keeps_patterns_apart():
+    registry = PatternRegistry()
+    registry.add_builtin(MessagePattern(re.compile(r"odd [(?P<x>]+ (?P<provider>\w+)"),
+                                        "provider", "quota_exceeded"))
+    assert registry.match("odd ?P< openai").fields["provider"] == "openai"
