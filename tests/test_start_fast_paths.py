@@ -78,3 +78,17 @@ def test_a_plain_run_imports_none_of_what_it_does_not_need(tmp_path: Path) -> No
     result, line = out.rsplit("\n", 2)[-3:-1]
     assert json.loads(result) == "hello"
     assert json.loads(line) == [0, []]
+
+
+@pytest.mark.parametrize(("argv", "frozen"), [("None", "True"), ("['catalog', 'tool']", "False")])
+def test_only_a_process_command_skips_the_last_collection(argv: str, frozen: str) -> None:
+    # an exit handler registered before main's runs after it: it sees what main left
+    code = ("import atexit, gc, sys\n"
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+            "sys.argv = ['polyspell', 'catalog', 'tool']\n"
+            "from host.cli import main\n"
+            f"main({argv})\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert "Tool" in out or "tool" in out
+    assert out.rstrip().endswith(f"frozen {frozen}")
