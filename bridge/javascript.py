@@ -40,6 +40,7 @@ Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (res
 LANGUAGE = "javascript"
 _new_tuple = tuple.__new__
 PLACEHOLDER_FILE = "<input>"  # the file name quickjs gives every evaluated source
+_PLACEHOLDER_AT = PLACEHOLDER_FILE + ":"
 HIDDEN_PREFIX = "polyspell$"  # functions of the engine's prelude: their frames are left out
 THROWN_NAME = "thrown value"  # error_name of a non-Error value that was thrown
 
@@ -286,14 +287,14 @@ def error_from_report(
     if report.get("compile") and name == "SyntaxError" and at and not frames:
         return compilation_error(message, filename, *at, lines)
     spell = report.get("spell")
-    if isinstance(spell, Mapping):
+    if spell is not None and isinstance(spell, Mapping):  # (None: no ABC check)
         err = with_ref(_spell_error(spell, frames or [_file_frame(filename)]), spell.get("ref"))
     else:  # a plain Error("Agent not found: x") of an old script may name a unified error
         err = (name == "Error" and recognise(message, frames or [_file_frame(filename)],
                                              patterns)) or \
             javascript_error(name, message, stack, frames, filename)
     cause = report.get("cause")
-    if isinstance(cause, Mapping):
+    if cause is not None and isinstance(cause, Mapping):
         err.__cause__ = error_from_report(cause, filename, lines, patterns=patterns,
                                           limits=limits)
     return err
@@ -352,7 +353,7 @@ def _clean_stack(stack: str, filename: str) -> str:
         stack = "\n".join(kept) + ("\n" if kept else "")
     elif stack and not stack.endswith("\n"):
         stack += "\n"
-    text = stack.replace(f"{PLACEHOLDER_FILE}:", f"{filename}:")
+    text = stack.replace(_PLACEHOLDER_AT, filename + ":")
     return text.replace("at <eval> (", "at <script> (")
 
 
