@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -658,8 +659,15 @@ def variants(category: str | None = None) -> list[type[SpellError]]:
 def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[str, Any]:
     model = variant.fields_model
     try:  # model_validate() and model_dump() without their Python wrappers: same result
-        return model.__pydantic_serializer__.to_python(
-            model.__pydantic_validator__.validate_python(fields))
+        validated = model.__pydantic_validator__.validate_python(fields)
+        plain = variant.__dict__.get("_plain_fields")
+        if plain is None:
+            plain = _plain_fields(variant)
+            variant._plain_fields = plain  # type: ignore[attr-defined]
+        # fields of plain types: the validated model's own dict is what model_dump() gives
+        # (pydantic made it for this model: lists and JSON values copied, defaults too)
+        return validated.__dict__ if plain else model.__pydantic_serializer__.to_python(
+            validated)
     except Exception as exc:
         from pydantic import ValidationError
 
@@ -671,6 +679,29 @@ def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[
         field = ".".join(str(part) for part in first["loc"])
         raise _invalid(f"{variant.category}/{variant.kind}",
                        _describe_problem(variant, first), field.split(".")[0]) from None
+
+
+_PLAIN_TYPES = (str, int, float, bool, type(None), Json)
+
+
+def _plain_fields(variant: type[SpellError]) -> bool:
+    """Whether every field of ``variant`` is of a type that model_dump() gives back as
+    validated: str, int, float, bool, None, JSON data, a Literal, a list or union of
+    those, a language name (a str)."""
+    from bridge.languages import _LanguageName
+
+    def plain(annotation: Any) -> bool:
+        if annotation in _PLAIN_TYPES or (isinstance(annotation, type)
+                                          and issubclass(annotation, _LanguageName)):
+            return True
+        origin = typing.get_origin(annotation)
+        if origin is typing.Literal:
+            return all(type(value) in (str, int, bool) for value in typing.get_args(annotation))
+        if origin in (list, typing.Union, types.UnionType):
+            return all(plain(arg) for arg in typing.get_args(annotation))
+        return False
+
+    return all(plain(annotation) for annotation, _ in field_annotations(variant).values())
 
 
 def _describe_problem(variant: type[SpellError], problem: Mapping[str, Any]) -> str:

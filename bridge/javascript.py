@@ -40,6 +40,7 @@ Limits = Mapping[str, float]  # resource -> limit, and "elapsed" -> seconds (res
 LANGUAGE = "javascript"
 _new_tuple = tuple.__new__
 PLACEHOLDER_FILE = "<input>"  # the file name quickjs gives every evaluated source
+_PLACEHOLDER_AT = PLACEHOLDER_FILE + ":"
 HIDDEN_PREFIX = "polyspell$"  # functions of the engine's prelude: their frames are left out
 THROWN_NAME = "thrown value"  # error_name of a non-Error value that was thrown
 
@@ -105,13 +106,16 @@ def read_stack(
     # line, and Frame()'s keyword handling, cost more than everything else here.
     frames = []
     append, names, short = frames.append, _FUNCTION_NAMES, SHORT_DIGITS  # locals: hot loop
+    # position() inlined for short runs of ASCII digits (\d matches non-ASCII digits too,
+    # which an ASCII text has none of): None when out of range, the text being the script's
+    ascii = text.isascii()
     for function, file, line, column in _FRAMES.findall(text):
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
-        # position() inlined for short runs (\d matches non-ASCII digits too): None when
-        # out of range, the text being the script's
-        number = int(line) if len(line) < short and line.isascii() else position(line)
-        at = int(column) if len(column) < short and column.isascii() else position(column)
+        number = int(line) if len(line) < short and (ascii or line.isascii()) \
+            else position(line)
+        at = int(column) if len(column) < short and (ascii or column.isascii()) \
+            else position(column)
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
@@ -283,14 +287,14 @@ def error_from_report(
     if report.get("compile") and name == "SyntaxError" and at and not frames:
         return compilation_error(message, filename, *at, lines)
     spell = report.get("spell")
-    if isinstance(spell, Mapping):
+    if spell is not None and isinstance(spell, Mapping):  # (None: no ABC check)
         err = with_ref(_spell_error(spell, frames or [_file_frame(filename)]), spell.get("ref"))
     else:  # a plain Error("Agent not found: x") of an old script may name a unified error
         err = (name == "Error" and recognise(message, frames or [_file_frame(filename)],
                                              patterns)) or \
             javascript_error(name, message, stack, frames, filename)
     cause = report.get("cause")
-    if isinstance(cause, Mapping):
+    if cause is not None and isinstance(cause, Mapping):
         err.__cause__ = error_from_report(cause, filename, lines, patterns=patterns,
                                           limits=limits)
     return err
@@ -349,7 +353,7 @@ def _clean_stack(stack: str, filename: str) -> str:
         stack = "\n".join(kept) + ("\n" if kept else "")
     elif stack and not stack.endswith("\n"):
         stack += "\n"
-    text = stack.replace(f"{PLACEHOLDER_FILE}:", f"{filename}:")
+    text = stack.replace(_PLACEHOLDER_AT, filename + ":")
     return text.replace("at <eval> (", "at <script> (")
 
 

@@ -17,6 +17,7 @@ text, so that its frames, source lines and ``script_line`` are its own.
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,10 +52,13 @@ class LuaScript:
     language: str = "lua"  # what frames and errors name: the engine's (a Lua version's) name
     _lines: list[str] | None = field(default=None, repr=False)
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
-    _entry: re.Pattern[str] | None = field(default=None, repr=False)
-    _own_lines: re.Pattern[str] | None = field(default=None, repr=False)
+    _scan: re.Pattern[str] | None = field(default=None, repr=False)
+    # the last traceback _parse scanned, with what the scan found: script_traceback, which
+    # thrown_error asks for right after the frames, reuses it
+    _last_scan: tuple[str, list[tuple[str, str, str]]] | None = field(default=None, repr=False)
     _modules: dict[str, LuaScript] = field(default_factory=dict, repr=False)
     _all_prefixes: tuple[str, ...] | None = field(default=None, repr=False)
+    _prefixes_of: str | None = field(default=None, repr=False)  # the short_src they are for
 
     def __post_init__(self) -> None:
         if not self.short_src:
@@ -76,7 +80,7 @@ class LuaScript:
         if known is not None and known.source == source:
             return known
         self._modules[module.short_src] = module
-        self._entry = self._own_lines = self._all_prefixes = None
+        self._scan = self._all_prefixes = self._last_scan = None
         self._frames.clear()
         return module
 
@@ -86,9 +90,11 @@ class LuaScript:
     def _prefixes(self) -> tuple[str, ...]:
         """What the lines of this script's files start with: its own, then its modules'."""
         prefixes = self._all_prefixes
-        if prefixes is None or not self._modules:  # (short_src may be set after creation)
+        # made again when short_src was set after they were made (the engine sets it)
+        if prefixes is None or self._prefixes_of is not self.short_src:
             prefixes = self._all_prefixes = (
                 self.prefix, *(module.prefix for module in self._modules.values()))
+            self._prefixes_of = self.short_src
         return prefixes
 
     def line_text(self, line: int | None) -> str | None:
@@ -126,16 +132,21 @@ class LuaScript:
         return list(cached)
 
     def _parse(self, traceback: str) -> list[Frame]:
-        if self._entry is None:  # one scan of the whole traceback: "\tagent.lua:12: in ..."
-            self._entry = _entry_pattern(self.prefix)
         if self._lines is None:
             self._lines = self.source.splitlines()
         if TAIL_CALLS in traceback or self._modules:
             return self._parse_lines(traceback)
+        # one scan of the whole traceback finds this file's lines, each with its line
+        # number and description when it is a frame ("\tagent.lua:12: in ..."), the
+        # other ones ("agent.lua: in ...") with none: script_traceback keeps them all
+        found = self._own_scan(traceback)
+        self._last_scan = (traceback, found)
         lines, count, file, language = (self._lines, len(self._lines), self.filename,
                                         self.language)
         frames = []
-        for number, what in self._entry.findall(traceback):  # as frame(), without its calls
+        for _, number, what in found:  # as frame(), without its calls
+            if not number:
+                continue  # a line of this file that is not a frame's
             # position() inlined for short runs (\d matches non-ASCII digits too): None
             # when out of range (see frames.MAX_POSITION)
             line = int(number) if len(number) < SHORT_DIGITS and number.isascii() \
@@ -150,6 +161,13 @@ class LuaScript:
                                              source)))
         frames.reverse()
         return frames
+
+    def _own_scan(self, traceback: str) -> list[tuple[str, str, str]]:
+        """This file's lines in ``traceback``: (the line, its number, the rest) each, the
+        number and rest empty for a line that is not ``file:number:rest``."""
+        if self._scan is None:
+            self._scan = _scan_pattern(self.prefix)
+        return self._scan.findall(traceback)
 
     def _parse_lines(self, traceback: str) -> list[Frame]:
         """:meth:`_parse` line by line, for a traceback with tail-call markers."""
@@ -191,12 +209,14 @@ class LuaScript:
     def locate(self, message: str) -> tuple[LuaScript, int | None, str]:
         """The file a message is located in (this script or a module), its line and the
         rest: ``"lib/json.lua:12: boom"`` -> ``(json's LuaScript, 12, "boom")``."""
-        for prefix in self._prefixes():
+        prefixes = self._prefixes()
+        for prefix in prefixes:
             if message.startswith(prefix):
                 number, sep, rest = message[len(prefix):].partition(": ")
                 line = position(number) if sep else None
                 if line is not None:
-                    return self._owner(prefix[:-1]), line, rest
+                    return (self if prefix is prefixes[0] else self._owner(prefix[:-1]),
+                            line, rest)
         return self, None, message
 
     def script_traceback(self, traceback: str | None) -> str | None:
@@ -206,9 +226,11 @@ class LuaScript:
             return None
         if TAIL_CALLS not in traceback and not self._modules:
             # no marker to keep: only the lines of this script's file, found in one scan
-            if self._own_lines is None:
-                self._own_lines = _own_lines_pattern(self.prefix)
-            return "\n".join([TRACEBACK_HEADER, *self._own_lines.findall(traceback)])
+            # (the one _parse made, when it was for this traceback)
+            last = self._last_scan
+            found = last[1] if last is not None and last[0] == traceback \
+                else self._own_scan(traceback)
+            return "\n".join([TRACEBACK_HEADER, *map(_first, found)])
         prefixes = self._prefixes()
         lines, after = [], False
         for raw in traceback.split("\n"):
@@ -228,17 +250,17 @@ class LuaScript:
 _new_tuple = tuple.__new__
 
 
-@functools.lru_cache(maxsize=256)
-def _entry_pattern(prefix: str) -> re.Pattern[str]:
-    """A traceback line of the file ``prefix`` names: its line number and the rest."""
-    return re.compile(rf"^\s*{re.escape(prefix)}(\d+):(.*)$", re.MULTILINE)
+_first = operator.itemgetter(0)
 
 
 @functools.lru_cache(maxsize=256)
-def _own_lines_pattern(prefix: str) -> re.Pattern[str]:
-    """A whole traceback line of the file ``prefix`` names, as :meth:`LuaScript.script_traceback`
-    keeps it (leading blanks but no line break before the name)."""
-    return re.compile(rf"^[^\S\n]*{re.escape(prefix)}[^\n]*", re.MULTILINE)
+def _scan_pattern(prefix: str) -> re.Pattern[str]:
+    """A whole traceback line of the file ``prefix`` names (leading blanks but no line
+    break before the name), as :meth:`LuaScript.script_traceback` keeps it; with its line
+    number and the rest when it is a frame's line (``file:12:rest``), else two empty
+    strings. The frames are what ``^\\s*file:(\\d+):(.*)$`` finds line by line."""
+    return re.compile(rf"^([^\S\n]*{re.escape(prefix)}(?:(\d+):([^\n]*)|[^\n]*))",
+                      re.MULTILINE)
 
 
 def function_name(what: str) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Sequence
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:
     """The known name ``name`` was most likely meant to be (a typo away), or None."""
+    import difflib  # here: only a name that is not known pays for it
+
     found = difflib.get_close_matches(name, list(known), n=1)
     return found[0] if found else None
 

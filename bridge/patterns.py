@@ -71,6 +71,10 @@ class PatternRegistry:
         self._by_word: dict[str, list[MessagePattern]] = {}  # tried on messages so starting
         self._user_count = 0
         self._builtins_loaded = False
+        # the built-in patterns tried on every message, as one regex that matches a message
+        # when one of them does: most messages match none, and this looks once, not once
+        # per pattern (None: not made yet; one matching everything when they cannot be joined)
+        self._any_builtin: re.Pattern[str] | None = None
 
     def _load_builtins(self) -> None:
         # Compiling a hundred patterns costs milliseconds: only when first needed.
@@ -95,14 +99,29 @@ class PatternRegistry:
         self._patterns.append(pattern)
         if pattern.first_word is None:
             self._always.append(pattern)
+            self._any_builtin = None
         else:
             self._by_word.setdefault(pattern.first_word, []).append(pattern)
 
     def match(self, message: str) -> SpellError | None:
         """The unified error the first matching pattern gives, or None."""
         self._load_builtins()
-        word = _first_word(message)
-        for pattern in (*self._always, *self._by_word.get(word, ())):
+        always, users = self._always, self._user_count
+        for pattern in always[:users]:
+            err = pattern.match(message)
+            if err is not None:
+                return err
+        builtins = always[users:]
+        if builtins:
+            any_builtin = self._any_builtin
+            if any_builtin is None:
+                any_builtin = self._any_builtin = _joined(builtins)
+            if any_builtin.fullmatch(message) or any_builtin.fullmatch(message.strip()):
+                for pattern in builtins:
+                    err = pattern.match(message)
+                    if err is not None:
+                        return err
+        for pattern in self._by_word.get(_first_word(message), ()):
             err = pattern.match(message)
             if err is not None:
                 return err
@@ -149,6 +168,32 @@ COMMON_PHRASINGS: list[tuple[Any, ...]] = [
     (r"(?:[Rr]equest )?[Tt]imed? ?out after (?P<duration>[\d.]+) ?s(?:econds)?"
      r"(?: calling (?P<tool_name>[\w.-]+))?", "tool", "timeout"),
 ]
+
+
+# what may not be joined into one alternation: a group name (named twice there) is
+# rewritten, but a back reference, an inline flag or an escaped "(" before "?" (which the
+# rewriting could take for a group) makes the patterns stand alone
+_GROUP_NAME = re.compile(r"\(\?P<\w+>")
+_UNJOINABLE = re.compile(r"\(\?P=|\\[1-9]|\\g<|\(\?[aiLmsux]|\\\(\?")
+_MATCH_ALL = re.compile(r".*", re.DOTALL)
+
+
+def _joined(patterns: list[MessagePattern]) -> re.Pattern[str]:
+    """One regex that fully matches a message when one of ``patterns`` does (their
+    alternation, group names dropped); one matching everything when they cannot be
+    joined, so that each is tried."""
+    flags = {pattern.regex.flags for pattern in patterns}
+    if len(flags) != 1 or any(_UNJOINABLE.search(p.regex.pattern) for p in patterns):
+        return _MATCH_ALL
+    # every "(?P<name>" rewritten must be a group (not text in a character class)
+    if any(len(_GROUP_NAME.findall(p.regex.pattern)) != len(p.regex.groupindex)
+           for p in patterns):
+        return _MATCH_ALL
+    try:
+        return re.compile("|".join(f"(?:{_GROUP_NAME.sub('(?:', p.regex.pattern)})"
+                                   for p in patterns), flags.pop())
+    except re.error:
+        return _MATCH_ALL
 
 
 def _first_word(text: str) -> str:

@@ -23,7 +23,6 @@ import math
 import os
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -98,6 +97,15 @@ DEADLINE_GRACE = 0.25
 MAX_TOOL_DEPTH = 64
 
 
+def _random_hex_id() -> str:
+    """What ``uuid.uuid4().hex`` gives (128 random bits as a version 4 UUID), without
+    importing uuid, which imports platform: a run's start does not pay for them."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # the version
+    raw[8] = raw[8] & 0x3F | 0x80  # the variant (RFC 4122)
+    return raw.hex()
+
+
 class EngineFactory(Protocol):
     """Makes the engine for a language with a run's limits and sandbox
     (``Host(engine_factory=...)``; the default is :func:`engines.make_engine`)."""
@@ -151,7 +159,7 @@ class ScriptRun:
         self.sandbox = sandbox
         self.on_output = on_output
         self.engine_factory = engine_factory
-        self.correlation_id = uuid.uuid4().hex
+        self.correlation_id = _random_hex_id()
         self.task_id: str | None = None  # set by a coordinator: the task and plan it runs
         self.plan_id: str | None = None
         self.deadline = math.inf

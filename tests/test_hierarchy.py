@@ -7,6 +7,7 @@ import pickle
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge import (
     AgentError,
@@ -343,3 +344,20 @@ def test_an_errors_context_is_made_once_whichever_threads_ask_at_once():
         for thread in threads:
             thread.join()
         assert len(set(seen)) == 1, seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_fields_are_what_model_dump_gives(data):
+    # plain fields are taken from the validated model's dict (issue 17): the same values,
+    # order and types as model_dump(), and never the caller's own lists or JSON values
+    variant = data.draw(st.sampled_from(variants()))
+    fields = data.draw(fields_for(variant))
+    err = variant(**fields)
+    dumped = variant.fields_model.model_validate(fields).model_dump()
+    assert err.fields == dumped
+    assert list(err.fields) == list(dumped)
+    assert [type(v) for v in err.fields.values()] == [type(v) for v in dumped.values()]
+    for name, value in fields.items():
+        if isinstance(value, list | dict):
+            assert err.fields[name] is not value

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bridge import BridgeError, SpellError, variants
-from bridge.patterns import PatternRegistry, patterns, template_pattern
+from bridge.patterns import MessagePattern, PatternRegistry, patterns, template_pattern
 
 RECOGNISED = {
     "Agent not found: planner": ("agent/not_found", {"agent_id": "planner"}),
@@ -129,3 +131,52 @@ def test_an_engine_reads_plain_errors_with_the_patterns_it_is_given(language, th
     # its own registry only: the process's (bridge.patterns.patterns) knows no such message
     assert codes == ["provider/quota_exceeded", f"script/{language}"]
     assert patterns.match("quota hit for acme") is None
+
+
+def one_by_one(registry: PatternRegistry, message: str) -> SpellError | None:
+    """What ``registry.match`` gives, found by trying every pattern in order (the
+    registry looks at its always-tried built-in patterns with one joined regex first)."""
+    words = message.split(None, 1)
+    for pattern in registry:
+        if pattern.first_word is None or pattern.first_word == (words[0] if words else ""):
+            err = pattern.match(message)
+            if err is not None:
+                return err
+    return None
+
+
+JOINED_PROBES = [*RECOGNISED, "just a message", "", "  Tool 'x' not found  ",
+                 "Tool 'x' not found\n",
+                 "Unknown tool: a.b", "unknown tool 'q'", "Rate limit exceeded for x and more",
+                 "Timed out after 2.5 seconds calling fetch", "Request timeout after 3s",
+                 "timeout after 3.5.5s", "Agent 'a' not found!", "tool \"x\" not found",
+                 "Tool 'x' not found\nTool 'y' not found", "Tool '' not found"]
+
+
+@pytest.mark.parametrize("message", JOINED_PROBES)
+def test_the_joined_look_finds_what_each_pattern_finds(message):
+    expected = one_by_one(patterns, message)
+    err = patterns.match(message)
+    assert (err and (err.code, err.fields, err.message)) == \
+        (expected and (expected.code, expected.fields, expected.message))
+
+
+def test_built_in_patterns_added_later_are_tried_joined_or_alone():
+    registry = PatternRegistry()
+    assert registry.match("quota gone for openai") is None  # the joined regex is made now
+    registry.add_builtin(MessagePattern(re.compile(r"quota gone for (?P<provider>\w+)"),
+                                        "provider", "quota_exceeded"))
+    assert registry.match("quota gone for openai").fields["provider"] == "openai"
+    # a back reference cannot be joined: each pattern is then tried alone
+    registry.add_builtin(MessagePattern(re.compile(r"(?P<provider>\w+) is out of (?P=provider)"),
+                                        "provider", "quota_exceeded"))
+    assert registry.match("abc is out of abc").fields["provider"] == "abc"
+    assert registry.match("abc is out of abd") is None
+    assert registry.match("Tool 'x' not found").code == "tool/not_found"
+
+
+def test_a_group_name_in_a_character_class_keeps_patterns_apart():
+    registry = PatternRegistry()
+    registry.add_builtin(MessagePattern(re.compile(r"odd [(?P<x>]+ (?P<provider>\w+)"),
+                                        "provider", "quota_exceeded"))
+    assert registry.match("odd ?P< openai").fields["provider"] == "openai"

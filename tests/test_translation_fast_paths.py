@@ -9,12 +9,13 @@ digits, numbers past ``MAX_POSITION``, long and blank lines, odd whitespace) and
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
 from bridge.frames import MAX_POSITION, MAX_SOURCE_LINE, position, source_excerpt
 from bridge.javascript import read_stack
-from bridge.lua import LuaScript
+from bridge.lua import LuaScript, function_name
 
 SOURCE = "\n".join(["local x = 1", "   ", "y" * (MAX_SOURCE_LINE + 50), *["f()"] * 20])
 NUMBERS = ["1", "2", "3", "23", "0", "99", "\u0663", "1\u0663", "999999999", "1000000000",
@@ -22,7 +23,9 @@ NUMBERS = ["1", "2", "3", "23", "0", "99", "\u0663", "1\u0663", "999999999", "10
 LUA_LINES = ["stack traceback:", "\t[C]: in ?", "agent.lua:", "\tother.lua:3: in x", "",
              "\tagent.lua:{n}: in function 'f'", " \x0b agent.lua:{n}: in local 'g'\r",
              "\x1cagent.lua:{n}: in main chunk  ", "\u2003agent.lua:{n}:",
-             "\tagent.lua:{n} no colon", "\tagent.lua:{n}: in function <agent.lua:{n}>"]
+             "\tagent.lua:{n} no colon", "\tagent.lua:{n}: in function <agent.lua:{n}>",
+             "   ", "\x0b\x0c", "\tagent.lua: in function <agent.lua:{n}>",
+             "agent.lua:{n}:{n}: in upvalue 'a:b'", "\t\tagent.lua:{n}::"]
 
 
 def lua_tracebacks(seed: int, count: int) -> list[str]:
@@ -45,6 +48,30 @@ def test_lua_fast_paths_match_the_general_ones(seed: int) -> None:
         script = LuaScript("agent.lua", SOURCE)
         assert script._parse(traceback) == script._parse_lines(traceback), traceback
         assert script.script_traceback(traceback) == slow_script_traceback(script, traceback)
+
+
+def entry_scan(script: LuaScript, traceback: str) -> list[tuple[int | None, str]]:
+    """(line, function) of each frame line, found as the translator found them before
+    its scan served script_traceback too: ``^\\s*file:(\\d+):(.*)$`` over the text."""
+    entry = re.compile(rf"^\s*{re.escape(script.prefix)}(\d+):(.*)$", re.MULTILINE)
+    return [(position(number), function_name(what))
+            for number, what in reversed(entry.findall(traceback))]
+
+
+@pytest.mark.parametrize("seed", range(5, 8))
+def test_lua_one_scan_finds_the_frames_the_entry_pattern_found(seed: int) -> None:
+    for traceback in lua_tracebacks(seed, 400):
+        script = LuaScript("agent.lua", SOURCE)
+        frames = script.frames(traceback)
+        assert [(f.line, f.function) for f in frames] == entry_scan(script, traceback)
+
+
+def test_lua_script_traceback_rescans_another_traceback() -> None:
+    script = LuaScript("agent.lua", SOURCE)
+    first, second = "\tagent.lua:1: in main chunk", "\tagent.lua:3: in local 'g'"
+    script.frames(first)
+    assert script.script_traceback(second) == "stack traceback:\n" + second
+    assert script.script_traceback(first) == "stack traceback:\n" + first
 
 
 def test_lua_frames_refuse_what_position_refuses() -> None:

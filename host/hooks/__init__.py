@@ -26,7 +26,8 @@
 
 from __future__ import annotations
 
-from host.hooks import presets  # first: it imports the dispatcher it uses itself
+from typing import TYPE_CHECKING, Any
+
 from host.hooks.actions import Continue, Fail, Proceed, Recover, Rethrow, Retry, Skip
 from host.hooks.dispatch import (
     CONTROLLER_TIMEOUT,
@@ -58,6 +59,20 @@ from host.hooks.points import (
     ToolCallStats,
     ToolResultContext,
 )
+
+if TYPE_CHECKING:
+    from host.hooks import presets
+
+
+def __getattr__(name: str) -> Any:
+    # hooks.presets is imported when first used: a host that only registers observers (the
+    # monitor's, for every recorded run of the command line) does not load them
+    if name == "presets":
+        import importlib
+
+        return importlib.import_module("host.hooks.presets")
+    raise AttributeError(f"module 'host.hooks' has no attribute {name!r}")
+
 
 __all__ = ["CONTROLLER_POINTS", "CONTROLLER_TIMEOUT", "DURATION_BUCKETS", "FAILURE_POINTS",
            "LISTENER_POINTS", "NOT_FIRED_YET", "OBSERVER_POINTS", "OBSERVER_TIMEOUT", "POINTS",
