@@ -249,7 +249,7 @@ class _NotData(Exception):
 
 
 _PLAIN_DATA = _SCALARS | {int, list, dict}
-_SMALL_DICT = 8  # dicts up to this long are looked at item by item
+_SMALL_DICT = 32  # dicts up to this long are looked at item by item (faster up to ~32)
 
 
 def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set[int]

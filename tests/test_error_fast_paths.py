@@ -1,0 +1,128 @@
+"""The fast paths of making an error (issue 17: a caught tool failure's cost) give what
+the slow paths give: the fields that skip pydantic are exactly what its strict
+validation and dump return, and everything pydantic refuses is still refused with the
+same error; the exception table remembers only classes no entry can match."""
+
+from __future__ import annotations
+
+import math
+import typing
+from typing import Any
+
+import pytest
+
+from bridge import SpellError, ToolError, variants, wrap
+from bridge.errors import Json, _scalar_fields, _scalar_plan, _validate_fields
+
+
+def _pydantic(variant: type[SpellError], fields: dict[str, Any]) -> Any:
+    """What the fields model alone makes of ``fields``: the dump, or the error raised."""
+    model = variant.fields_model
+    try:
+        return model.__pydantic_serializer__.to_python(
+            model.__pydantic_validator__.validate_python(fields))
+    except Exception as exc:  # compared by type only
+        return type(exc)
+
+
+def _value_for(annotation: Any) -> Any:
+    if annotation is Json:
+        return {"a": [1, "b", None, 2.5, True, {"c": []}]}
+    options = typing.get_args(annotation) or (annotation,)
+    kind = next((o for o in options if o is not type(None)), None)
+    return {str: "text", int: 7, float: 1.5, bool: True}.get(kind, "text")
+
+
+def _samples(variant: type[SpellError]) -> list[dict[str, Any]]:
+    hints = typing.get_type_hints(variant)
+    defaults = getattr(variant, "_field_defaults", {})
+    full = {name: _value_for(hints[name]) for name in defaults}
+    required = {name: full[name] for name, default in defaults.items() if default is ...}
+    out = [full, required]
+    for name in defaults:  # each field spoiled in turn, one way or another
+        for bad in (math.nan, math.inf, True, 1, 1.0, None, ("t",), {1: "x"}, [math.nan],
+                    {"k": {2, 3}}, "\ud800", 2**80, [[[[]]]], {"deep": _nested(40)}):
+            out.append({**full, name: bad})
+        out.append({key: value for key, value in full.items() if key != name})
+    out.append({**full, "no_such_field": 1})
+    out.append({**required, "no_such_field": 1})
+    return out
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("variant", variants(), ids=lambda v: f"{v.category}/{v.kind}")
+def test_fast_fields_are_what_pydantic_makes_or_left_to_it(variant: type[SpellError]) -> None:
+    plan = _scalar_plan(variant)
+    for fields in _samples(variant):
+        expected = _pydantic(variant, fields)
+        if plan is not None:
+            fast = _scalar_fields(plan, fields)
+            if fast is not None:  # taken: exactly pydantic's dump, keys in its order too
+                assert fast == expected and list(fast) == list(expected), fields
+                assert type(expected) is dict
+        try:
+            made = _validate_fields(variant, dict(fields))
+        except SpellError as err:
+            assert expected is not dict and isinstance(expected, type), (fields, err)
+            assert err.code == "bridge/invalid_error"
+        else:
+            assert made == expected and list(made) == list(expected), fields
+
+
+def test_the_usual_tool_failure_takes_the_fast_path_with_a_copy_of_its_parameters() -> None:
+    params = {"query": "x", "nested": {"items": [1, 2.5, None]}}
+    plan = _scalar_plan(ToolError.ExecutionFailed)
+    assert plan is not None
+    fields = {"tool_name": "t", "reason": "ValueError: no", "parameters": params,
+              "execution_time": 0.25}
+    fast = _scalar_fields(plan, fields)
+    assert fast == _pydantic(ToolError.ExecutionFailed, fields)
+    assert fast["parameters"] is not params  # a copy, as pydantic's dump is
+    assert fast["parameters"]["nested"] is not params["nested"]
+    # what only pydantic decides is left to it, and refused as before
+    for spoiled in (math.nan, -math.inf, 3):
+        assert _scalar_fields(plan, {**fields, "execution_time": spoiled}) is None
+    with pytest.raises(SpellError) as caught:
+        ToolError.ExecutionFailed(tool_name="t", reason="r", execution_time=math.nan)
+    assert caught.value.code == "bridge/invalid_error"
+    with pytest.raises(SpellError) as caught:
+        ToolError.ExecutionFailed(tool_name="t", reason="r", typo="x")
+    assert "unknown field 'typo'" in caught.value.message
+
+
+class _Unmapped(Exception):
+    pass
+
+
+def test_the_exception_table_remembers_a_miss_only_until_it_changes() -> None:
+    assert wrap.lookup(_Unmapped("a")) is None
+    assert wrap.lookup(_Unmapped("b")) is None  # remembered: no entry matched
+    wrap.register(_Unmapped, "network/timeout", lambda exc: {"endpoint": "e",
+                                                            "duration": 1.0})
+    try:
+        assert wrap.lookup(_Unmapped("c")).code == "network/timeout"
+    finally:
+        wrap.unregister(_Unmapped)
+    assert wrap.lookup(_Unmapped("d")) is None
+
+
+def test_a_miss_decided_by_a_code_function_is_not_remembered() -> None:
+    calls = []
+
+    def code(exc: BaseException) -> str | None:
+        calls.append(exc)
+        return "network/timeout" if str(exc) == "slow" else None
+
+    wrap.register(_Unmapped, code, lambda exc: {"endpoint": "e", "duration": 1.0})
+    try:
+        assert wrap.lookup(_Unmapped("fine")) is None
+        assert wrap.lookup(_Unmapped("slow")).code == "network/timeout"
+        assert len(calls) == 2
+    finally:
+        wrap.unregister(_Unmapped)
