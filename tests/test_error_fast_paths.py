@@ -126,3 +126,62 @@ def test_a_miss_decided_by_a_code_function_is_not_remembered() -> None:
         assert len(calls) == 2
     finally:
         wrap.unregister(_Unmapped)
+
+
+_DATA = [None, True, 0, -(2**80), 1.5, math.nan, -math.inf, "x", "\ud800", [], {}, [1, [2, [3]]],
+         {"a": {"b": [None, 2.5]}}, {1: "x"}, {"a": (1, 2)}, [{1, 2}], {"a": object()},
+         {"a": math.nan}, [[math.inf]], _nested(99), _nested(100), _nested(101),
+         {"a": _nested(99)}, {"a": _nested(98)}]
+
+
+@pytest.mark.parametrize("value", _DATA, ids=range(len(_DATA)))
+def test_the_plain_check_of_parameters_agrees_with_the_walk_that_names_a_path(value: Any
+                                                                              ) -> None:
+    from host.data import _plain_json, not_json_like, preview
+
+    if _plain_json(value, 0):  # plain: the walk finds nothing either
+        assert not_json_like(value, "parameters") is None
+    assert (preview(value) is value) == (len(repr(value)) <= 2000 and isinstance(
+        value, dict | list | str | int | float | bool | type(None))
+        and not_json_like(value, "parameters") is None)
+
+
+def _envelopes() -> list[Any]:
+    from bridge.envelope import error_envelope
+
+    try:
+        try:
+            raise KeyError("inner")
+        except KeyError as inner:
+            raise ValueError("outer " + "x" * 300) from inner
+    except ValueError as exc:
+        wrapped = ToolError.wrap(exc, tool_name="t", reason="r",
+                                 parameters={"q": [1, 2.5, None, {"deep": "y"}]})
+    made = [error_envelope(wrapped), error_envelope(wrapped, ref=lambda err: 2**53),
+            error_envelope(ToolError.Timeout(tool_name="t", duration=1.0, retry_after=2))]
+    spoiled = []
+    for envelope in made[:2]:
+        for key, bad in (("ref", 2**70), ("ref", "1"), ("retry_after", 2**70),
+                         ("message", 3), ("fields", []), ("fields", {1: 2}), ("extra", 1),
+                         ("fields", {"huge": 2**70}), ("retryable", None)):
+            spoiled.append({**envelope, key: bad})
+            spoiled.append({**envelope, "cause": {**envelope["cause"], key: bad}})
+        spoiled.append({k: v for k, v in envelope.items() if k != "name"})
+    shared = dict(made[0])
+    shared["cause"] = {**shared["cause"], "fields": shared["fields"]}  # one dict twice
+    looped = dict(made[0])
+    looped["cause"] = looped  # a cycle: only a pickled envelope could hold one
+    return [*made, *spoiled, shared, looped]
+
+
+@pytest.mark.parametrize("number", range(len(_envelopes())))
+def test_an_error_envelope_is_sized_for_lua_as_any_data_is(number: int) -> None:
+    from engines.lua import _INT53, _INT64, _envelope_size, _plain_size
+
+    envelope = _envelopes()[number]
+    for ints in (_INT64, _INT53):
+        size = _envelope_size(envelope, ints)
+        if size is not None:  # taken: the same figure, for the same plain data
+            assert size == _plain_size(envelope, ints, 0, set())
+    if number < 3:
+        assert _envelope_size(envelope, _INT64) is not None  # the host's own: taken
