@@ -171,7 +171,17 @@ def is_internal(frame: Frame) -> bool:
 def is_internal_file(filename: str) -> bool:
     """Whether Python code in ``filename`` is polyspell's own, or the machinery it runs
     on (the event loop, worker threads, the import system)."""
-    return filename.startswith(_internal_prefixes())
+    internal = _INTERNAL_FILES.get(filename)
+    if internal is None:
+        internal = filename.startswith(_internal_prefixes())
+        if len(_INTERNAL_FILES) >= MAX_KNOWN_FRAMES:
+            _INTERNAL_FILES.clear()
+        _INTERNAL_FILES[filename] = internal
+    return internal
+
+
+# file name -> whether is_internal_file says so (the prefixes never change)
+_INTERNAL_FILES: dict[str, bool] = {}
 
 
 def python_frames(tb: TracebackType | None) -> list[Frame]:

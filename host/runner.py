@@ -1088,8 +1088,7 @@ class ScriptRun:
             reset = True
         setattr(err, _CROSSED, _Crossed(self.correlation_id, call.depth, time.perf_counter(),
                                         own if crossed is None else crossed.own))
-        boundary_frame = Frame("host", "<tool call>", None, None, call.name)
-        err.frames = [*call.frames, boundary_frame, *own]
+        err.frames = [*call.frames, _boundary_frame(call.name), *own]
         site = call.frames[-1] if call.frames else None
         # the context is made when it is read (most caught failures never are): the same
         # context, from the call's facts taken now
@@ -1110,6 +1109,13 @@ class ScriptRun:
                 "operation": f"run {filename}" if tool is None else f"call {tool.function}",
             })
         return err
+
+
+@functools.lru_cache(maxsize=256)
+def _boundary_frame(name: str) -> Frame:
+    """The host's frame of a boundary of calls to tool ``name`` (frames are immutable:
+    one per name serves every error)."""
+    return Frame("host", "<tool call>", None, None, name)
 
 
 def _boundary_context(reset: bool, run_id: str, filename: str, name: str, site: Frame | None,
