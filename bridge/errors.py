@@ -493,12 +493,14 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
         category = category.category
     variant = variant_class(category, kind or category_class(category).wrap_kind)
     if variant.kind == "python_exception" and variant.category == "runtime":
-        fields.setdefault("exception_type", exception_type_name(exc))
-        fields.setdefault("exception_message", exception_message(exc))
+        if "exception_type" not in fields:
+            fields["exception_type"] = exception_type_name(exc)
+        if "exception_message" not in fields:
+            fields["exception_message"] = exception_message(exc)
         cause = exc.__cause__
     else:
-        if "reason" in getattr(variant, "_field_defaults", ()):  # the model's fields
-            fields.setdefault("reason", describe_exception(exc))
+        if "reason" not in fields and "reason" in getattr(variant, "_field_defaults", ()):
+            fields["reason"] = describe_exception(exc)  # (only if not given: str() runs once)
         cause = exc
     if not held and cause is not exc:
         return variant(frames=python_frames(exc.__traceback__), cause=cause, **fields)

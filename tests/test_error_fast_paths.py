@@ -185,3 +185,17 @@ def test_an_error_envelope_is_sized_for_lua_as_any_data_is(number: int) -> None:
             assert size == _plain_size(envelope, ints, 0, set())
     if number < 3:
         assert _envelope_size(envelope, _INT64) is not None  # the host's own: taken
+
+
+def test_wrapping_a_tool_exception_describes_it_once_when_the_reason_is_given() -> None:
+    described = []
+
+    class Loud(Exception):
+        def __str__(self) -> str:
+            described.append(1)
+            return "loud"
+
+    err = ToolError.wrap(Loud(), tool_name="t", reason="given")
+    assert err.fields["reason"] == "given" and described == []
+    assert ToolError.wrap(Loud(), tool_name="t").fields["reason"].endswith("Loud: loud")
+    assert described == [1]
