@@ -179,6 +179,8 @@ class JavaScriptEngine(Engine):
     _broken = False
     _cpu_mark = 0.0  # process CPU seconds when the current time limit was set ...
     _cpu_budget = math.inf  # ... and the CPU seconds it allows
+    _limit = NO_TIME_LIMIT  # what was given to set_time_limit() for it
+    _lifted = False  # whether the limit is lifted (for unguarded code) since
     _stopped = False  # stop() was called: every deadline has passed
     _tools_file = False
     _map: modules.LineMap | None = None  # once the script links modules (_load_main)
@@ -198,7 +200,8 @@ class JavaScriptEngine(Engine):
         if self._ctx is None or self._broken:
             return Failed(protocol_violation(
                 "call() on a JavaScript engine that has no tools file loaded"))
-        self._set_deadline(deadline)
+        if deadline != self._deadline:
+            self._set_deadline(deadline)
         self._last_activation = activation = self._last_activation + 1
         try:
             params_json = _encode(params)
@@ -685,14 +688,20 @@ class JavaScriptEngine(Engine):
             raise _OutOfTime
         if now >= self._rearm_at:
             budget = (self._deadline - now) * self.cpu_factor
-            self._ctx.set_time_limit(budget if budget < 1e9 else NO_TIME_LIMIT)
+            self._limit = budget if budget < 1e9 else NO_TIME_LIMIT
+            self._ctx.set_time_limit(self._limit)
             self._cpu_mark, self._cpu_budget = time.process_time(), budget
             self._rearm_at = now + _REARM
+            self._lifted = False
+        elif self._lifted:  # lifted for unguarded code since: the same limit, set again
+            self._ctx.set_time_limit(self._limit)
+            self._lifted = False
 
     def _grace(self) -> None:
         """The time limit for the engine's own JS outside the run's time (``_GRACE``)."""
         self._cpu_mark, self._cpu_budget = time.process_time(), _GRACE * self.cpu_factor
         self._ctx.set_time_limit(self._cpu_budget)
+        self._rearm_at = -math.inf  # the next _allow() computes the run's limit again
 
     def _unguarded(self) -> None:
         """Lift the time limit for calls that run none of the script's code.
@@ -700,10 +709,11 @@ class JavaScriptEngine(Engine):
         The prelude's unguarded code (see its top) is a few string operations, and quickjs
         reads the clock at the start of every call with a limit: a tool round trip is
         cheaper with two set_time_limit() calls than with two clock readings. The next
-        ``_allow()`` sets the limit again.
+        ``_allow()`` sets the limit again: the same one, until ``_REARM`` has passed (its
+        CPU mark stays, older than any call it limits: see :meth:`_budget_spent`).
         """
         self._ctx.set_time_limit(NO_TIME_LIMIT)
-        self._rearm_at = -math.inf
+        self._lifted = True
 
     def _enter(self, function: Any, *args: Any) -> Any:
         """Call into JS with the time left as its limit."""
@@ -717,7 +727,7 @@ class JavaScriptEngine(Engine):
             now = _monotonic()
             if now >= deadline:
                 raise _OutOfTime
-            if now >= self._rearm_at:
+            if now >= self._rearm_at or self._lifted:
                 self._allow()
             if not run_job():
                 break
@@ -1001,6 +1011,7 @@ _scan = json.JSONDecoder(parse_int=_js_number).scan_once
 # The same with ints parsed in C, right for every int within 2**53 (see _read_state).
 _native_scan = json.JSONDecoder().scan_once
 _SMALL_TEXT = 1024
+_LONG_DIGITS = re.compile(r"\d{16}").search
 
 
 def _read_state(text: str) -> Any:
@@ -1009,8 +1020,8 @@ def _read_state(text: str) -> Any:
     Parsing ints in C and then looking for one past 2**53 (rare: the text is read again
     with :func:`_js_number` then) costs a fraction of a Python call per int.
     """
-    if len(text) < _SMALL_TEXT:  # a few numbers: cheaper read one by one than looked for
-        return _scan(text, 0)[0]
+    if len(text) < _SMALL_TEXT:  # no run of 16 digits: no int past 2**53 (16 digits)
+        return (_native_scan if _LONG_DIGITS(text) is None else _scan)(text, 0)[0]
     state = _native_scan(text, 0)[0]
     return _scan(text, 0)[0] if _beyond_safe(state) else state
 

@@ -50,12 +50,13 @@ import functools
 import importlib
 import math
 import re
+import threading
 import time
 from importlib import resources
 from types import ModuleType
 from typing import Any, Literal
 
-from bridge import ConfigurationError, ResourceError, ScriptError, SpellError, variants
+from bridge import ConfigurationError, Frame, ResourceError, ScriptError, SpellError, variants
 from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import script_constructors
 from bridge.errors import field_defaults
@@ -475,6 +476,7 @@ class LuaEngine(Engine):
         self._clock_from = max(self._memory_limit - _CLOCK_EVERY, 0)  # see _from_lua
         self._deadline = 0.0
         self._script: LuaScript | None = None
+        self._thread = 0  # the thread that runs the script (see _call_site)
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._modules: set[int] = set()  # those of them that are require's (kind "module")
         self._started = 0.0
@@ -493,9 +495,10 @@ class LuaEngine(Engine):
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
             self._unpack = self._lua.eval("table.unpack or unpack")  # see _convert
-            self._put, self._enter, self._take, self._drain, self._lua_short_src = (
-                self._lua.execute(prelude_bytecode(lua_version), clock, sandbox == "trusted",
-                                  self._memory_limit, self.jit if jit is None else jit))
+            (self._put, self._enter, self._take, self._drain, self._lua_short_src,
+             self._lua_site) = self._lua.execute(
+                prelude_bytecode(lua_version), clock, sandbox == "trusted",
+                self._memory_limit, self.jit if jit is None else jit)
         finally:
             self._set_max_memory(self._memory_limit)
         if self._over_limit():
@@ -534,6 +537,7 @@ class LuaEngine(Engine):
         if self._lua is None:
             return self._fail(_closed())
         code = _source_code(source)
+        self._thread = threading.get_ident()  # where its requests' call sites can be read
         # what tracebacks show of it: bytes that are not UTF-8 replaced (U+FFFD)
         self._script = LuaScript(filename=filename, source=_utf8(source), language=self.language)
         self._waiting.clear()
@@ -626,6 +630,7 @@ class LuaEngine(Engine):
         """Drop the runtime; the engine cannot run again."""
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
+        self._lua_site = None
         self._table_from = self._set_max_memory = self._unpack = None
         self._lua = None
 
@@ -645,7 +650,9 @@ class LuaEngine(Engine):
         runs Lua code (``enter``) takes the entry's index and the deadline (and, when none
         needs Lua memory, the values themselves: numbers, booleans, ``None``, tables already
         built) and returns the outcome's length; the outcome, in the box, is read back
-        (``take``) with the limit lifted again. ``data`` that obviously cannot fit (a lower
+        (``take``) with the limit lifted again. An outcome that holds no table (the usual
+        request and result) comes back from ``enter`` itself, as a tuple: reading strings
+        and numbers allocates nothing in Lua. ``data`` that obviously cannot fit (a lower
         bound of its size in Lua above the limit) is refused before anything is copied.
         """
         kind = data.__class__
@@ -683,6 +690,8 @@ class LuaEngine(Engine):
         except self._lupa.LuaError as exc:
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
+        if n.__class__ is tuple:  # the outcome itself: no table in it (see enter)
+            return self._outcome(n)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
         try:
             return self._outcome(self._take()[:n])
@@ -731,7 +740,10 @@ class LuaEngine(Engine):
         if status == "request":
             _, _, request_id, name, problem, traceback, params, *kind = outcome
             reserved = _RESERVED.get(kind[0]) if kind else None
-            if reserved == "module":  # a require: the name is all there is
+            if params is True:  # flat: their keys and values follow (see is_flat)
+                # keys in code point order, as _convert gives them
+                params = dict(sorted(zip(outcome[8::2], outcome[9::2], strict=True)))
+            elif reserved == "module":  # a require: the name is all there is
                 self._modules.add(request_id)
             elif problem is not None:  # {message, data_type, path}: see call_tool
                 problem = Problem(problem[3], problem[2], problem[1])
@@ -741,6 +753,9 @@ class LuaEngine(Engine):
             else:
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
+            if traceback is None:  # found only if asked for (see call_tool in the prelude)
+                return Suspended([ToolRequest(request_id, name, params, problem, None,
+                                              reserved or "tool", self._call_site)])
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback), reserved or "tool")])
         if status == "done":
@@ -766,6 +781,21 @@ class LuaEngine(Engine):
             return self._fail(compilation_failed(script, outcome[2]))
         return self._fail(ScriptError.RuntimeError(
             language=self.language, error=f"unexpected step outcome {status!r}"))
+
+    def _call_site(self, request_id: int) -> list[Frame]:
+        """The frames of the call that request ``request_id`` waits in (the script's stack
+        is the call's until its reply: see :class:`ToolRequest`)."""
+        if (request_id not in self._waiting or self._lua_site is None or self._script is None
+                or threading.get_ident() != self._thread):  # (a late reader, elsewhere)
+            return []
+        self._set_max_memory(0)  # the prelude's own work (see _enter)
+        try:
+            traceback = self._lua_site(request_id)
+        except self._lupa.LuaError:  # no memory even for that: the call site is unknown
+            return []
+        finally:
+            self._set_max_memory(self._memory_limit)
+        return self._script.frames(traceback)
 
     def _not_data(self, bad: _NotData) -> SpellError:
         return crossing_error(bad.problem, "python", self.language)

@@ -63,7 +63,11 @@ local MAX_LEVELS = 1000
 local TAIL_CALLS = "\t(...tail calls...)"
 local function traceback(co, level, below)
   local tb
-  if co then
+  if co and level then  -- a suspended coroutine's, from `level` (see site)
+    local tail = below and not COMPAT.no_tail_info and getinfo(co, level - 1, "t").istailcall
+    tb = lua_traceback(co, nil, level)
+    if tail then tb = "stack traceback:\n" .. TAIL_CALLS .. sub(tb, 17) end
+  elseif co then
     tb, level = lua_traceback(co), 0
   else
     local tail = below and not COMPAT.no_tail_info and getinfo(level, "t").istailcall
@@ -75,7 +79,8 @@ local function traceback(co, level, below)
   if COMPAT.levels_left_out then  -- LuaJIT: "\n\t..." and no count
     if not find(tb, "\n\t...\n", 1, true) then return tb end
     -- a runaway recursion (no stack left to spare either) keeps LuaJIT's own traceback
-    local far = co and getinfo(co, MAX_LEVELS, "l") or not co and getinfo(level + MAX_LEVELS, "l")
+    local far = co and getinfo(co, level + MAX_LEVELS, "l") or
+      not co and getinfo(level + MAX_LEVELS, "l")
     if far then return tb end
     depth = COMPAT.depth(co)  -- (at least the depth: the loop below stops at the end)
   else
@@ -629,7 +634,7 @@ local function on_cancel(fn)
 end
 
 -- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params,
--- kind; problem: nil, or why the params cannot cross as {message, data type, path};
+-- kind (and, when params is true, the parameters' keys and values: see is_flat); problem: nil, or why the params cannot cross as {message, data type, path};
 -- kind: nil (a tool call) or "recovery" (a step of recovery.retry/fallback: only the
 -- prelude passes it, so no tool name a script gives makes one).
 -- Why params cannot cross, as {message, data type, path}, or nil.
@@ -673,16 +678,59 @@ local script_hooks, hooking = nil, 0
 local hook_threads = setmetatable({}, {__mode = "k", __metatable = false})
 local hooked_call  -- (name, nargs, params, tb): a tool call through the script's hooks
 
+-- The usual parameters: at most MAX_FLAT string keys, each with a number, a boolean or
+-- valid UTF-8 text. is_flat checks and counts them as check_table would, in one walk, and
+-- they leave the coroutine as their keys and values (pairs_of) after `true` in the params'
+-- place: the request then reaches the host with no table to read (see finish). Anything
+-- else (nesting, arrays, more keys, a problem) is check_table's.
+local is_flat, pairs_of
+do
+  local MAX_FLAT = 8
+  function is_flat(params)
+    local n = 0
+    spent = 0
+    for k, x in next, params do
+      n = n + 1
+      local tx = type(x)
+      if n > MAX_FLAT or type(k) ~= "string" or not utf8_len(k) or not (
+          tx == "number" or tx == "boolean" or tx == "string" and utf8_len(x)) then
+        return false
+      end
+      spent = spent + ITEM_BYTES + #k + (tx == "string" and #x or 0)
+    end
+    if spent > budget then
+      abort = "large"
+      error(KILL, 0)
+    end
+    return true
+  end
+
+  function pairs_of(t, k)
+    local key, value = next(t, k)
+    if key == nil then return end
+    return key, value, pairs_of(t, key)
+  end
+end
+
+-- The call site's traceback is made only when it is needed: when the call fails, here,
+-- and when the host asks for it while the call waits (site): the stack is the same then.
+-- A request leaves with no traceback (nil); forward adds one for a script's own coroutine.
+-- The script's level is 3 both from here (traceback, call_tool, the tool function) and in
+-- the waiting coroutine (yield, call_tool, the tool function).
 local function call_tool(name, nargs, params, kind)
   if script_hooks and kind == nil and hooking == 0 then
     return hooked_call(name, nargs, params, traceback(nil, 3, true))
   end
-  local problem = params_problem(nargs, params)
-  if problem then params = nil end
-  local tb = traceback(nil, 3, true)  -- from the script's call site: cheaper than from here
-  local ok, value = co_yield(REQUEST, text(name), problem, tb, params, kind)
+  local ok, value
+  if nargs == 1 and type(params) == "table" and is_flat(params) then
+    ok, value = co_yield(REQUEST, text(name), nil, nil, true, kind, pairs_of(params))
+  else
+    local problem = params_problem(nargs, params)
+    if problem then params = nil end
+    ok, value = co_yield(REQUEST, text(name), problem, nil, params, kind)
+  end
   if ok then return value end
-  error(reply_error(value, tb), 0)
+  error(reply_error(value, traceback(nil, 3, true)), 0)
 end
 
 local function tools_index(t, name)
@@ -719,6 +767,7 @@ local function forward(co, ok, ...)
   if ok then
     if not rawequal(..., REQUEST) then return true, ... end
     local _, name, problem, tb = ...
+    tb = tb or traceback(co, 3, true)  -- call_tool's request: see there
     return forward(co, co_resume(co, co_yield(REQUEST, name, problem,
                                               tb .. "\n" .. traceback(nil, 2), select(5, ...))))
   end
@@ -1517,10 +1566,13 @@ end
 
 -- What a resumption of a root coroutine came to, as flat values for Python:
 -- status, number of buffered output lines, then per status:
---   request id name problem traceback params | done value |
+--   request id name problem traceback params kind [key value ...] | done value |
 --   bad_result message lua_type path
 --   error value lua_type tostring traceback overflow_depth own | abort reason traceback |
 --   syntax message
+-- An outcome that holds no table (a request with no parameters or flat ones, a result that
+-- is not a table: the usual steps) starts with DIRECT: enter returns it itself (see there).
+local DIRECT = {}
 local function finish(co, ok, a, ...)
   local n = nout
   if abort then return "abort", n, abort, abort_tb and text(abort_tb) end
@@ -1531,11 +1583,16 @@ local function finish(co, ok, a, ...)
   if rawequal(a, REQUEST) then
     last_id = last_id + 1
     waiting[last_id] = co
+    local _, problem, _, params = ...
+    if problem == nil and type(params) ~= "table" then
+      return DIRECT, "request", n, last_id, ...
+    end
     return "request", n, last_id, ...
   end
   local b, c, d, e = ...
   if a then
     if c then return "bad_result", n, c, d, e end
+    if type(b) ~= "table" then return DIRECT, "done", n, b end
     return "done", n, b
   end
   if out_of_memory(b) then  -- the chunk's xpcall met a memory error (no handler ran)
@@ -1648,40 +1705,52 @@ end
 -- allocation to push: numbers, booleans, nil, tables already built); and `take` gives the
 -- outcome back, with the limit lifted again. The box's slots exist from the start (the
 -- constructor makes them), so storing into it never allocates.
-local ENTRIES = {start, step, load_library, call}
-local box = {false, false, false, false, false, false, false, false}
+-- (A function of its own: the main chunk is at Lua's limit of 200 local variables.)
+return (function()
+  local ENTRIES = {start, step, load_library, call}
+  local box = {false, false, false, false, false, false, false, false}
 
-local function put(a, b, c, d)
-  box[1], box[2], box[3], box[4] = a, b, c, d
-end
-
-local function boxed(...)
-  box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = ...
-  return select("#", ...)
-end
-
--- direct: the values come as arguments (numbers, booleans, nil, tables: no allocation).
-local enter
-do
-  -- LuaJIT: its one hook is cleared as control goes back to the host (see set_deadline)
-  local entered = not COMPAT.global_hook and boxed or function(...)
-    sethook()
-    return boxed(...)
+  local function put(a, b, c, d)
+    box[1], box[2], box[3], box[4] = a, b, c, d
   end
 
-  enter = function(index, dl, direct, a, b, c)
+  local function boxed(...)
+    box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = ...
+    return select("#", ...)
+  end
+
+  -- An outcome marked DIRECT (strings, numbers, booleans, nil: no table, for which lupa
+  -- would make a registry reference) is returned itself, saving the host the take().
+  local function returned(first, ...)
+    if rawequal(first, DIRECT) then return ... end
+    return boxed(first, ...)
+  end
+  -- LuaJIT: its one hook is cleared as control goes back to the host (see set_deadline)
+  local entered = not COMPAT.global_hook and returned or function(...)
+    sethook()
+    return returned(...)
+  end
+
+  -- direct: the values come as arguments (numbers, booleans, nil, tables: no allocation).
+  local function enter(index, dl, direct, a, b, c)
     if direct then return entered(ENTRIES[index](a, b, c, nil, dl)) end
     local d
     a, b, c, d = box[1], box[2], box[3], box[4]
     box[1], box[2], box[3], box[4] = nil, nil, nil, nil
     return entered(ENTRIES[index](a, b, c, d, dl))
   end
-end
 
-local function take()
-  local a, b, c, d, e, f, g, h = box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8]
-  box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
-  return a, b, c, d, e, f, g, h
-end
+  local function take()
+    local a, b, c, d, e, f, g, h = box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8]
+    box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
+    return a, b, c, d, e, f, g, h
+  end
+  -- The traceback of the call site of request `id`, while it waits (see call_tool).
+  local function site(id)
+    local co = waiting[id]
+    return co and traceback(co, 3, true)
+  end
 
-return put, enter, take, drain, short_src
+  return put, enter, take, drain, short_src, site
+end)()
+

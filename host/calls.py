@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bridge import Frame, SpellError, ToolError, wrap
 from bridge.errors import describe_exception
 from bridge.wrapping import MappingFailed
-from engines import Problem
+from engines import Problem, ToolRequest
 from host.data import preview, to_script_data
 
 if TYPE_CHECKING:
@@ -66,11 +66,23 @@ class ToolCall:
     params: Any  # JSON-like data, as the script passed it
     problem: Problem | None  # why the parameters could not be read, if they could not
     caller: str  # the calling engine's language
-    frames: list[Frame]  # the script's call site, outermost first
+    # the script's call site: its frames, or the request they are read from when first
+    # asked for (see engines.base.ToolRequest: while the call waits, which it does until
+    # the pipeline has answered; a call that nothing asks about never reads them)
+    site: list[Frame] | ToolRequest
     depth: int  # calls into tools files in progress around this one
     run: ScriptRun  # the run's context (correlation id, files) and control
     deadline: float  # time.monotonic() instant the call must end by
     started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def frames(self) -> list[Frame]:
+        """The script's call site, outermost first."""
+        site = self.site
+        if site.__class__ is list:
+            return site  # type: ignore[return-value]
+        frames = self.site = site.frames  # type: ignore[union-attr]
+        return frames
 
     @property
     def time_left(self) -> float:

@@ -565,7 +565,7 @@ class ScriptRun:
                 and self._bound >= self.deadline:
             return self._plain(request, tool, caller)  # type: ignore[arg-type]
         # a call made inside a tools-file function ends by that function's deadline
-        call = ToolCall(name, tool, request.params, request.problem, caller, request.frames,
+        call = ToolCall(name, tool, request.params, request.problem, caller, request,
                         self._depth, self, self._bound, time.perf_counter())
         try:
             return ToolReply(request.id, result=path(call))

@@ -132,6 +132,79 @@ def raw_js_call(n: int) -> float:
     return (with_calls - (time.perf_counter() - start)) / n
 
 
+# The suspension design alone, with nothing of polyspell's: a script's call suspends it
+# (a Lua coroutine yields; a JS promise waits for a job), the host reads the request and
+# resumes it with the result (no validation, no checks, no call site): the floor under
+# every engine's round trip.
+RAW_LUA_SUSPENSION = """
+local co_yield, co_resume, co_create = coroutine.yield, coroutine.resume, coroutine.create
+local function add(p) local ok, v = co_yield("request", "add", p.a, p.b) return v end
+local function body(n) local t = 0 for i = 1, n do t = t + add{a = i, b = 1} end return t end
+local co
+local function start(n) co = co_create(body) return select(2, co_resume(co, n)) end
+local function step(v) return select(2, co_resume(co, true, v)) end
+return start, step
+"""
+RAW_JS_SUSPENSION = """(function () {
+  const waiting = { __proto__: null }; let queue = ""; let id = 0;
+  globalThis.add = function (params) {
+    const { promise, resolve } = Promise.withResolvers();
+    waiting[++id] = resolve;
+    queue = "[" + id + ",\\"add\\"," + JSON.stringify(params) + "]";
+    return promise;
+  };
+  return [function (i, v) { const r = waiting[i]; delete waiting[i]; r(v); },
+          function () { const q = queue; queue = ""; return q; }];
+})()"""
+
+
+def raw_lua_suspension(n: int) -> float:
+    """Seconds per call of the suspension design in Lua (RAW_LUA_SUSPENSION)."""
+    import lupa.lua55 as lupa
+
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False,
+                              unpack_returned_tuples=True)
+    start_loop, step = runtime.execute(RAW_LUA_SUSPENSION)
+    start = time.perf_counter()
+    out = start_loop(n)
+    while type(out) is tuple:
+        out = step(out[2] + out[3])
+    elapsed = time.perf_counter() - start
+    assert out == sum(range(2, n + 2)), out
+    return elapsed / n
+
+
+def raw_js_suspension(n: int, time_limit: bool) -> float:
+    """Seconds per call of the suspension design in JS (RAW_JS_SUSPENSION): settle, run
+    the jobs (one, then one more call that finds none), poll; ``time_limit``: with quickjs'
+    CPU-time limit set, as a sandbox needs (quickjs reads the process CPU clock on every
+    call into JS then)."""
+    import json
+
+    import quickjs
+
+    context = quickjs.Context()
+    context.set("api", context.eval(RAW_JS_SUSPENSION))
+    settle, poll = context.eval("api[0]"), context.eval("api[1]")
+    context.eval(f"var result; (async function (n) {{ let t = 0; for (let i = 1; i <= n; "
+                 f"i++) t += await add({{a: i, b: 1}}); return t; }})({n})"
+                 ".then(v => { result = v; });")
+    if time_limit:
+        context.set_time_limit(1000)
+    run_job = context.execute_pending_job
+    start = time.perf_counter()
+    text = poll()
+    while text:
+        request = json.loads(text)
+        settle(request[0], request[2]["a"] + request[2]["b"])
+        while run_job():
+            pass
+        text = poll()
+    elapsed = time.perf_counter() - start
+    assert context.eval("result") == sum(range(2, n + 2))
+    return elapsed / n
+
+
 AddParams = None  # the naive hosts' pydantic model of add's parameters, made once
 
 
@@ -520,8 +593,10 @@ def bench_scripts(folder: Path, sources: dict[str, str], name: str) -> dict[str,
 
 
 def coordinator_overhead(folder: Path, n: int) -> float:
-    """Seconds the coordinator adds per task: n trivial tasks run one at a time through a
-    plan, minus the same n runs made directly with ``Host.new_run``."""
+    """CPU seconds the coordinator adds per task: n trivial tasks run one at a time through
+    a plan, minus the same n runs made directly with ``Host.new_run``. The process's CPU
+    time, not the wall clock: the overhead is a small difference of two long runs, which
+    other processes' load (this machine is shared) moved by 2x between runs."""
     import anyio
 
     from host import Coordinator, Plan, Task
@@ -536,12 +611,12 @@ def coordinator_overhead(folder: Path, n: int) -> float:
         for i in range(n):
             await host.new_run(script, {"n": i, "inputs": {}}, timeout=30.5).execute()
 
-    start = time.perf_counter()
+    start = time.process_time()
     anyio.run(direct)
-    direct_time = time.perf_counter() - start
-    start = time.perf_counter()
+    direct_time = time.process_time() - start
+    start = time.process_time()
     report = coordinator.run(plan)
-    coordinated_time = time.perf_counter() - start
+    coordinated_time = time.process_time() - start
     assert report.outcome == "succeeded", report.outcome
     return (coordinated_time - direct_time) / n
 
@@ -1391,11 +1466,17 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
                  "us", "+ <= 1 or 10%"))
     rows.append(("  raw lupa Lua -> Python call",
                  median_of(repeats, lambda: raw_lua_call(200_000)) * us, "us", ""))
+    rows.append(("  the suspension design alone, Lua (floor)",
+                 median_of(repeats, lambda: raw_lua_suspension(50_000)) * us, "us", ""))
     rows += compared("tool round trip, JS (sync tool, 2 params)", "us", us, "<= 3x",
                      repeats, lambda: tool_round_trip(host, "javascript", JS_LOOP, 20_000),
                      "naive host: quickjs + JSON + pydantic", lambda: naive_js_call(20_000))
     rows.append(("  raw quickjs JS -> Python call",
                  median_of(repeats, lambda: raw_js_call(200_000)) * us, "us", ""))
+    rows.append(("  the suspension design alone, JS, no time limit",
+                 median_of(repeats, lambda: raw_js_suspension(20_000, False)) * us, "us", ""))
+    rows.append(("  ... with quickjs' time limit set (floor)",
+                 median_of(repeats, lambda: raw_js_suspension(20_000, True)) * us, "us", ""))
     for language, target in (("lua", "<= 0.5"), ("javascript", "<= 1")):
         if calls_only:
             break

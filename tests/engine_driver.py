@@ -63,6 +63,9 @@ def converse(engine: engines.Engine, step: Step, tools: Tools, deadline: float,
         assert not one_at_a_time or len(step.requests) == 1, step.requests
         replies = []
         for request in step.requests:
+            # the call site, taken while the call waits, as the host takes it (an engine may
+            # read it from the script's stack only then: see engines.base.ToolRequest)
+            request.frames = request.frames
             run.requests.append(request)
             if request.kind == "module" and request.tool not in tools:  # as a host with no
                 # library roots answers

@@ -6,6 +6,7 @@ switched off with monkeypatch), in both languages, on real engines."""
 from __future__ import annotations
 
 import enum
+import time
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ import engines.lua as lua_engine
 import host.data as host_data
 from bridge import SpellError
 from bridge.data import MAX_DEPTH
+from engines.base import Suspended
 from host import Host, tool
 from host.data import to_script_data
 
@@ -269,3 +271,75 @@ def test_js_long_strings_in_a_thrown_errors_fields_stay_text(host: Host) -> None
 }}"""
     kind, _ = host.run_source(source, "javascript", "agent.js")
     assert kind == "invalid_parameters"
+
+
+# Lua's flat parameters (issue 17): a few string keys with numbers, booleans or text leave
+# the script as keys and values, not as a table; the request must be what the table path
+# (check_table, then _from_lua) makes of the same parameters. The slow path is switched on
+# by a prelude whose MAX_FLAT lets no table through.
+FLAT_PARAMS = [
+    "{a = 1, b = 2}", "{}", "{z = 'x', a = true, m = 1.5, b = false}",
+    "{['\u00e9'] = '\u00fc', ['\\0k'] = 'v\\0', [''] = ''}", "{a = 0/0, b = -0.0}",
+    "{a = math.huge, b = -math.huge}", "{a = math.maxinteger, b = math.mininteger}",
+    "{a = 2^53 + 1, b = 1e300}", "{a = '\\xff'}", "{['\\xff'] = 1}", "{a = print}",
+    "{a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8}",
+    "{a = 1, b = 2, c = 3, d = 4, e = 5, f = 6, g = 7, h = 8, i = 9}",
+    "{1, 2}", "{a = {}}", "{[1.5] = 1}", "{a = coroutine.create(print)}",
+    "setmetatable({a = 1}, {__index = function() error('no') end, __pairs = error})",
+]
+
+
+def lua_request(params: str, slow: bool, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """What a Lua engine hands the host for ``tools.t(params)``: the request's name,
+    params (typed), problem and call site, or the step it came to instead."""
+    assert "local MAX_FLAT = 8" in lua_engine.PRELUDE
+    if slow:
+        monkeypatch.setattr(lua_engine, "PRELUDE", lua_engine.PRELUDE.replace(
+            "local MAX_FLAT = 8", "local MAX_FLAT = -1"))
+    lua_engine.prelude_bytecode.cache_clear()
+    try:
+        engine = lua_engine.LuaEngine()
+        source = f"local x = 1\nlocal r = tools.t({params})\nreturn r\n"
+        step = engine.start(source, "agent.lua", {}, [], time.monotonic() + 10)
+    finally:
+        monkeypatch.undo()
+        lua_engine.prelude_bytecode.cache_clear()
+    if not isinstance(step, Suspended):
+        return type(step).__name__, getattr(step, "error", None) and step.error.code
+    [request] = step.requests
+    return (request.tool, typed(request.params), request.problem,
+            [(f.file, f.line, f.function) for f in request.frames])
+
+
+@pytest.mark.parametrize("params", FLAT_PARAMS)
+def test_lua_flat_params_are_what_the_table_path_makes(params: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = lua_request(params, False, monkeypatch)
+    assert fast == lua_request(params, True, monkeypatch)
+    if isinstance(fast[1], tuple) and fast[1][0] == "dict":  # keys in code point order
+        keys = [key for _, key, _ in fast[1][1]]
+        assert keys == sorted(keys)
+    if len(fast) == 4:
+        assert fast[3] == [("agent.lua", 2, "main chunk")]
+
+
+def test_lua_flat_params_count_against_the_data_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a flat table's strings count as the table walk counts them: past the budget the run
+    # stops with the same error, on either path
+    source = "local s = string.rep('x', 3 * 2^20)\nreturn tools.echo{values = s, a = s, b = s}\n"
+    host = Host([echo], memory_mb=4, timeout=20, on_output=lambda line: None)
+    codes = []
+    for slow in (False, True):
+        if slow:
+            monkeypatch.setattr(lua_engine, "PRELUDE", lua_engine.PRELUDE.replace(
+                "local MAX_FLAT = 8", "local MAX_FLAT = -1"))
+        lua_engine.prelude_bytecode.cache_clear()
+        try:
+            with pytest.raises(SpellError) as info:
+                host.run_source(source, "lua", "agent.lua")
+        finally:
+            monkeypatch.undo()
+            lua_engine.prelude_bytecode.cache_clear()
+        codes.append((info.value.code, str(info.value)))
+    assert codes[0] == codes[1]
+    assert codes[0][0] == "resource/memory_exhaustion"

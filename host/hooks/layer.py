@@ -100,6 +100,14 @@ def add_hook_path(err: SpellError, records: list[Record]) -> None:
         "execution_trace": trace.model_copy(update={"hook_execution_path": path})})
 
 
+def _pinned(call: ToolCall) -> ToolCall:
+    """``call`` with its call site read now, on the run's thread while the call waits (an
+    engine may read it from the script's stack only then): its contexts are made later,
+    on the observers' thread."""
+    call.site = call.frames
+    return call
+
+
 def _caller(call: ToolCall) -> Caller:
     site = call.frames[-1] if call.frames else None
     if site is None:
@@ -162,7 +170,7 @@ class ToolCallHooks:
             run = call.run
             if started:
                 d.observe_lazily("tool_call_started", _started_context,
-                                 (run.correlation_id, call.name, call.params, call),
+                                 (run.correlation_id, call.name, call.params, _pinned(call)),
                                  run.hook_path, run._token, keep_ok=False)
             history = run.recovery
             recoveries = history.total
@@ -181,7 +189,7 @@ class ToolCallHooks:
                     recovered = history.total != recoveries
                     if recovered or (successes and d.wants_successes("tool_call_finished")):
                         d.observe_lazily("tool_call_finished", _result_context, (
-                            run.correlation_id, call.name, call.params, call, result, None,
+                            run.correlation_id, call.name, call.params, _pinned(call), result, None,
                             duration, 1, None), run.hook_path, run._token, keep_ok=False,
                             failed=recovered)
                 return result
@@ -190,7 +198,7 @@ class ToolCallHooks:
                 run.tool_times.failed(call.name, duration)
             if finished:
                 d.observe_lazily("tool_call_finished", _result_context, (
-                    run.correlation_id, call.name, call.params, call, None, err,
+                    run.correlation_id, call.name, call.params, _pinned(call), None, err,
                     duration, 1, None), run.hook_path, run._token, keep_ok=False)
             raise err
 
@@ -319,7 +327,7 @@ class ToolCallHooks:
                 call.run.tool_times.failed(call.name, duration)
         if d.has("tool_call_finished"):
             d.observe_lazily("tool_call_finished", _result_context, (
-                call.run.correlation_id, call.name, call.params, call, result, err,
+                call.run.correlation_id, call.name, call.params, _pinned(call), result, err,
                 duration, attempt, recovered), call.run.hook_path, token, keep_ok=False,
                 failed=err is not None or recovered is not None
                 or call.run.recovery.total != recoveries)
