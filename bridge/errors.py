@@ -699,8 +699,17 @@ def _scalar_plan(variant: type[SpellError]) -> tuple[tuple[str, frozenset[type],
     default)`` per field (``...``: required; a field of any other annotation takes no
     type: pydantic checks it), or None when one of its defaults is not a scalar of its
     own types (such a variant is left to pydantic). Kept on the class."""
+    try:
+        result = _planned(variant)
+    except Exception:  # an annotation it cannot read or hash: left to pydantic, as before
+        return None
+    variant._scalar_plan = result
+    return result
+
+
+def _planned(variant: type[SpellError]) -> tuple[tuple[str, frozenset[type], Any], ...] | None:
     hints = typing.get_type_hints(variant)
-    plan = []
+    plan: list | None = []
     for name, default in getattr(variant, "_field_defaults", {}).items():
         annotation = hints[name]
         types = _SCALAR_TYPES.get(annotation)
@@ -715,9 +724,7 @@ def _scalar_plan(variant: type[SpellError]) -> tuple[tuple[str, frozenset[type],
             plan = None
             break
         plan.append((name, types, default))
-    result = None if plan is None else tuple(plan)
-    variant._scalar_plan = result
-    return result
+    return None if plan is None else tuple(plan)
 
 
 def _scalar_fields(plan: tuple[tuple[str, frozenset[type], Any], ...],
