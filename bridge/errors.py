@@ -27,7 +27,7 @@ from types import UnionType as _UnionType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bridge.data import MAX_DEPTH, TooDeep, read_json
-from bridge.frames import Frame, frame_from_data, python_frames
+from bridge.frames import Frame, frame_from_data, is_internal, python_frames
 from bridge.jsontext import finite_number, json_text
 from bridge.severity import Severity
 
@@ -270,6 +270,17 @@ class SpellError(Exception):
         if self._frames:
             return self._frames
         return python_frames(self.__traceback__)
+
+    def own_frames(self) -> list[Frame]:
+        """:attr:`frames` without polyspell's own and its machinery's
+        (:func:`bridge.frames.is_internal`): where a tool raised it, as a tool boundary
+        keeps it. Frames read from a traceback are walked without making those left out
+        (a refusal raised inside the pipeline has only such frames)."""
+        pending = self._frames_from
+        if pending is None and self._frames:
+            return [frame for frame in self._frames if not is_internal(frame)]
+        return python_frames(self.__traceback__ if pending is None else pending,
+                             internal=False)
 
     @frames.setter
     def frames(self, value: Iterable[Frame]) -> None:

@@ -38,7 +38,6 @@ import engines
 from bridge import ConfigurationError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
-from bridge.frames import is_internal
 from bridge.names import closest, did_you_mean, listed
 from bridge.pytraceback import attach_python_traceback
 from engines import (
@@ -1078,11 +1077,11 @@ class ScriptRun:
         reset = False
         if crossed is None or (crossed.run != self.correlation_id
                                and crossed.when >= call.started):
-            own = [f for f in err.frames if not is_internal(f)]
+            own = err.own_frames()
         elif crossed.run == self.correlation_id:
             if crossed.depth <= call.depth:
                 return  # already has its path from here inwards
-            own = [f for f in err.frames if not is_internal(f)]
+            own = err.own_frames()
         else:  # its path and context are those of an earlier call in another run
             own = crossed.own
             reset = True

@@ -199,3 +199,35 @@ def test_wrapping_a_tool_exception_describes_it_once_when_the_reason_is_given() 
     assert err.fields["reason"] == "given" and described == []
     assert ToolError.wrap(Loud(), tool_name="t").fields["reason"].endswith("Loud: loud")
     assert described == [1]
+
+
+def _user_raise() -> None:
+    raise ValueError("from user code")
+
+
+def test_own_frames_are_the_frames_that_are_not_polyspells_made_the_short_way() -> None:
+    from bridge.frames import Frame, is_internal
+
+    def slow(err: SpellError) -> list[Frame]:
+        return [frame for frame in err.frames if not is_internal(frame)]
+
+    try:
+        _user_raise()
+    except ValueError as exc:
+        wrapped = ToolError.wrap(exc, tool_name="t")  # frames pending: read on first use
+    assert wrapped.own_frames() == slow(wrapped)
+    assert [f.function for f in wrapped.own_frames()][-1] == "_user_raise"
+    try:
+        ToolError.ExecutionFailed(tool_name="t", reason="r", execution_time=math.nan)
+    except SpellError as refused:  # raised inside bridge: every frame is polyspell's own
+        inner = refused
+    assert inner.own_frames() == slow(inner)
+    assert len(inner.frames) > len(inner.own_frames())  # bridge's own frames left out
+    try:
+        raise ToolError.ExecutionFailed(tool_name="t", reason="r")
+    except SpellError as raised:  # no frames given: its traceback's
+        assert raised.own_frames() == slow(raised) and raised.own_frames()
+    given = ToolError.ExecutionFailed(tool_name="t", reason="r", frames=[
+        Frame("lua", "a.lua", 3), Frame("python", __file__, 1),
+        Frame("python", SpellError.__init__.__code__.co_filename, 2)])  # bridge's own
+    assert given.own_frames() == slow(given) and len(given.own_frames()) == 2
