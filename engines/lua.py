@@ -738,8 +738,9 @@ class LuaEngine(Engine):
         script = self._script
         assert script is not None
         if status == "request":
-            _, _, request_id, name, problem, traceback, params, *kind = outcome
-            reserved = _RESERVED.get(kind[0]) if kind else None
+            request_id, name, problem, traceback, params = outcome[2:7]
+            kind = outcome[7] if len(outcome) > 7 else None
+            reserved = None if kind is None else _RESERVED.get(kind)
             if params is True:  # flat: their keys and values follow (see is_flat)
                 # keys in code point order, as _convert gives them
                 params = dict(sorted(zip(outcome[8::2], outcome[9::2], strict=True)))

@@ -25,6 +25,9 @@ def crossing(value: Any, source: str, target: str) -> Any:
     engines whose specs say they hold one (Lua: nested in a result it has no JSON form for
     JavaScript).
     """
+    kind = value.__class__
+    if kind is int or kind is str or kind is bool or value is None:  # the usual result
+        return value
     sides = engines.spec_of(source), engines.spec_of(target)
     if all(spec is not None and spec.non_finite_numbers for spec in sides):
         return value
