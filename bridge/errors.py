@@ -24,10 +24,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from time import time
 from types import TracebackType
+from types import UnionType as _UnionType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bridge.data import MAX_DEPTH, TooDeep, read_json
-from bridge.frames import Frame, frame_from_data, python_frames
+from bridge.frames import Frame, frame_from_data, is_internal, python_frames
 from bridge.jsontext import finite_number, json_text
 from bridge.severity import Severity
 
@@ -271,6 +272,17 @@ class SpellError(Exception):
             return self._frames
         return python_frames(self.__traceback__)
 
+    def own_frames(self) -> list[Frame]:
+        """:attr:`frames` without polyspell's own and its machinery's
+        (:func:`bridge.frames.is_internal`): where a tool raised it, as a tool boundary
+        keeps it. Frames read from a traceback are walked without making those left out
+        (a refusal raised inside the pipeline has only such frames)."""
+        pending = self._frames_from
+        if pending is None and self._frames:
+            return [frame for frame in self._frames if not is_internal(frame)]
+        return python_frames(self.__traceback__ if pending is None else pending,
+                             internal=False)
+
     @frames.setter
     def frames(self, value: Iterable[Frame]) -> None:
         value = list(value)
@@ -493,12 +505,14 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
         category = category.category
     variant = variant_class(category, kind or category_class(category).wrap_kind)
     if variant.kind == "python_exception" and variant.category == "runtime":
-        fields.setdefault("exception_type", exception_type_name(exc))
-        fields.setdefault("exception_message", exception_message(exc))
+        if "exception_type" not in fields:
+            fields["exception_type"] = exception_type_name(exc)
+        if "exception_message" not in fields:
+            fields["exception_message"] = exception_message(exc)
         cause = exc.__cause__
     else:
-        if "reason" in variant.fields_model.model_fields:
-            fields.setdefault("reason", describe_exception(exc))
+        if "reason" not in fields and "reason" in getattr(variant, "_field_defaults", ()):
+            fields["reason"] = describe_exception(exc)  # (only if not given: str() runs once)
         cause = exc
     if not held and cause is not exc:
         return variant(frames=python_frames(exc.__traceback__), cause=cause, **fields)
@@ -657,6 +671,13 @@ def variants(category: str | None = None) -> list[type[SpellError]]:
 
 
 def _validate_fields(variant: type[SpellError], fields: dict[str, Any]) -> dict[str, Any]:
+    plan = variant.__dict__.get("_scalar_plan", _UNPLANNED)
+    if plan is _UNPLANNED:
+        plan = _scalar_plan(variant)
+    if plan is not None:
+        checked = _scalar_fields(plan, fields)
+        if checked is not None:
+            return checked
     model = variant.fields_model
     try:  # model_validate() and model_dump() without their Python wrappers: same result
         validated = model.__pydantic_validator__.validate_python(fields)
@@ -702,6 +723,112 @@ def _plain_fields(variant: type[SpellError]) -> bool:
         return False
 
     return all(plain(annotation) for annotation, _ in field_annotations(variant).values())
+
+
+_UNPLANNED = object()
+# Exact types a field of this annotation takes as they are (strict mode: no coercion);
+# for JSON fields only scalars (containers are left to pydantic).
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SCALAR_TYPES: dict[Any, frozenset[type]] = {
+    str: frozenset({str}), int: frozenset({int}), float: frozenset({float}),
+    bool: frozenset({bool}), Json: _JSON_SCALARS,
+}
+_JSON_COPY_DEPTH = 32  # deeper lists and dicts in a JSON field are left to pydantic
+
+
+def _scalar_plan(variant: type[SpellError]) -> tuple[tuple[str, frozenset[type], Any], ...] | None:
+    """How :func:`_scalar_fields` checks ``variant``'s fields: ``(name, exact types taken,
+    default)`` per field (``...``: required; a field of any other annotation takes no
+    type: pydantic checks it), or None when one of its defaults is not a scalar of its
+    own types (such a variant is left to pydantic). Kept on the class."""
+    try:
+        result = _planned(variant)
+    except Exception:  # an annotation it cannot read or hash: left to pydantic, as before
+        return None
+    variant._scalar_plan = result
+    return result
+
+
+def _planned(variant: type[SpellError]) -> tuple[tuple[str, frozenset[type], Any], ...] | None:
+    hints = typing.get_type_hints(variant)
+    plan: list | None = []
+    for name, default in getattr(variant, "_field_defaults", {}).items():
+        annotation = hints[name]
+        taken = _SCALAR_TYPES.get(annotation)
+        if taken is None and typing.get_origin(annotation) in (typing.Union, _UnionType):
+            parts = [_SCALAR_TYPES.get(arg) for arg in typing.get_args(annotation)]
+            if all(part is not None or arg is type(None)
+                   for part, arg in zip(parts, typing.get_args(annotation), strict=True)):
+                taken = frozenset().union(*(part or {type(None)} for part in parts))
+        taken = taken or frozenset()
+        if default is not ... and not (type(default) in taken and (
+                type(default) is not float or default - default == 0.0)):
+            plan = None
+            break
+        plan.append((name, taken, default))
+    return None if plan is None else tuple(plan)
+
+
+def _scalar_fields(plan: tuple[tuple[str, frozenset[type], Any], ...],
+                   fields: dict[str, Any]) -> dict[str, Any] | None:
+    """What pydantic's strict validation and dump of the fields model return for
+    ``fields``, when each value is a scalar of its field's exact taken (floats finite) and
+    no name is unknown: the values themselves, in the model's order, defaults filled in.
+    None when anything else is found (pydantic then validates, and says what is wrong)."""
+    out = {}
+    given = 0
+    for name, taken, default in plan:
+        value = fields.get(name, _UNPLANNED)
+        if value is _UNPLANNED:
+            if default is ...:
+                return None
+            out[name] = default
+            continue
+        kind = type(value)
+        if kind not in taken:
+            if taken is not _JSON_SCALARS or (kind is not dict and kind is not list):
+                return None
+            value = _json_copy(value, 0)  # a copy, as pydantic's dump is
+            if value is _UNPLANNED:
+                return None
+        elif kind is float and value - value != 0.0:
+            return None
+        out[name] = value
+        given += 1
+    return out if given == len(fields) else None  # else an unknown name: pydantic says so
+
+
+def _json_copy(value: list | dict, depth: int) -> Any:
+    """A copy of ``value`` when it holds only JSON scalars (floats finite), lists, and
+    dicts with string keys, of these exact types, at most :data:`_JSON_COPY_DEPTH` deep;
+    else :data:`_UNPLANNED`."""
+    if depth >= _JSON_COPY_DEPTH:
+        return _UNPLANNED
+    if type(value) is dict:
+        copy: Any = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                return _UNPLANNED
+            kind = type(item)
+            if kind is dict or kind is list:
+                item = _json_copy(item, depth + 1)
+                if item is _UNPLANNED:
+                    return _UNPLANNED
+            elif kind not in _JSON_SCALARS or (kind is float and item - item != 0.0):
+                return _UNPLANNED
+            copy[key] = item
+        return copy
+    copy = []
+    for item in value:
+        kind = type(item)
+        if kind is dict or kind is list:
+            item = _json_copy(item, depth + 1)
+            if item is _UNPLANNED:
+                return _UNPLANNED
+        elif kind not in _JSON_SCALARS or (kind is float and item - item != 0.0):
+            return _UNPLANNED
+        copy.append(item)
+    return copy
 
 
 def _describe_problem(variant: type[SpellError], problem: Mapping[str, Any]) -> str:

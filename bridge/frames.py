@@ -171,21 +171,35 @@ def is_internal(frame: Frame) -> bool:
 def is_internal_file(filename: str) -> bool:
     """Whether Python code in ``filename`` is polyspell's own, or the machinery it runs
     on (the event loop, worker threads, the import system)."""
-    return filename.startswith(_internal_prefixes())
+    internal = _INTERNAL_FILES.get(filename)
+    if internal is None:
+        internal = filename.startswith(_internal_prefixes())
+        if len(_INTERNAL_FILES) >= MAX_KNOWN_FRAMES:
+            _INTERNAL_FILES.clear()
+        _INTERNAL_FILES[filename] = internal
+    return internal
 
 
-def python_frames(tb: TracebackType | None) -> list[Frame]:
+# file name -> whether is_internal_file says so (the prefixes never change)
+_INTERNAL_FILES: dict[str, bool] = {}
+
+
+def python_frames(tb: TracebackType | None, *, internal: bool = True) -> list[Frame]:
     """The Python frames of a traceback, outermost first, with their source lines.
 
     A direct walk rather than ``traceback.extract_tb``, which stats every frame's file
     (``linecache.checkcache``) each time: a tool failure delivered into a script costs
     two of these. Columns are left out for polyspell's own frames (hidden by default),
-    since finding one walks the code's position table.
+    since finding one walks the code's position table. ``internal=False`` leaves those
+    frames out (:func:`is_internal`), without making them.
     """
     frames = []
     known = _KNOWN_FRAMES
     while tb is not None:
         code = tb.tb_frame.f_code
+        if not internal and is_internal_file(code.co_filename):
+            tb = tb.tb_next
+            continue
         # (a code object equals one of another file with the same code: its file is part
         # of the key)
         key = (code, code.co_filename, tb.tb_lasti, tb.tb_lineno)

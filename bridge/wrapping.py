@@ -76,6 +76,9 @@ class Wrapping:
         self._lock = threading.Lock()
         self._builtin: dict[type | tuple[str, str], _Entry] = {}
         self._user: dict[type | tuple[str, str], _Entry] = {}
+        # exception class -> the (user, built-in) tables in which no class of its MRO has
+        # an entry: the usual tool failure (a ValueError) is looked up once per tables
+        self._unmatched: dict[type, tuple[dict, dict]] = {}
 
     def register(self, exc_type: ExcKey, code: Code, fields: FieldsFn | None = None) -> None:
         """Map ``exc_type`` (a class, or ``"package.ClassName"``) and its subclasses to ``code``.
@@ -126,7 +129,12 @@ class Wrapping:
         Raises :class:`MappingFailed` when a code function raises or names no variant.
         """
         user, builtin = self._user, self._builtin
-        for cls in _MRO(type(exc)):
+        exc_type = type(exc)
+        unmatched = self._unmatched.get(exc_type)
+        if unmatched is not None and unmatched[0] is user and unmatched[1] is builtin:
+            return None
+        mro = _MRO(exc_type)
+        for cls in mro:
             name = _name(cls)
             for table in (user, builtin):
                 found = table.get(cls) or table.get(name)
@@ -146,6 +154,11 @@ class Wrapping:
                     return _variant(code), found.fields
                 except SpellError as problem:
                     raise MappingFailed(exc, str(code), problem) from None
+        if not any(table.get(cls) or table.get(_name(cls)) for cls in mro
+                   for table in (user, builtin)):  # no entry at all: the same next time
+            if len(self._unmatched) >= _UNMATCHED_KEPT:
+                self._unmatched = {}
+            self._unmatched[exc_type] = (user, builtin)
         return None
 
     def lookup(self, exc: BaseException, *, tool_name: str | None = None,
@@ -181,6 +194,8 @@ class Wrapping:
         except Exception as problem:
             raise MappingFailed(exc, f"{variant.category}/{variant.kind}", problem) from None
 
+
+_UNMATCHED_KEPT = 256  # classes remembered as matching no entry (then forgotten at once)
 
 # Read through ``type`` itself: an exception's metaclass may hide or break the attributes.
 _MRO = type.__dict__["__mro__"].__get__

@@ -257,7 +257,7 @@ class _NotData(Exception):
 
 
 _PLAIN_DATA = _SCALARS | {int, list, dict}
-_SMALL_DICT = 8  # dicts up to this long are looked at item by item
+_SMALL_DICT = 32  # dicts up to this long are looked at item by item (faster up to ~32)
 
 
 def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set[int]
@@ -321,6 +321,47 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
                     return None
                 size += inner
     return size if first else 0
+
+
+# The keys of an error envelope (bridge.envelope.error_envelope), and what they weigh in
+# _plain_size's count.
+_ENVELOPE_KEYS = frozenset({"category", "kind", "name", "message", "fields", "retryable",
+                            "retry_after", "cause", "ref"})
+_ENVELOPE_KEY_BYTES = sum(8 + len(key) for key in _ENVELOPE_KEYS)
+
+
+def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
+    """What :func:`_plain_size` returns for an error envelope as the host makes it (its
+    nine keys on each level: strings, a bool, numbers, a dict of fields and the cause's
+    envelope or None), found level by level with only each level's fields walked; None
+    when ``envelope`` is not such (for _plain_size, or the walk that says why)."""
+    size = 0
+    seen: set[int] = set()
+    depth = 0
+    while True:
+        if type(envelope) is not dict or envelope.keys() != _ENVELOPE_KEYS \
+                or depth >= MAX_DEPTH or id(envelope) in seen:
+            return None
+        seen.add(id(envelope))
+        category, kind, name, message, fields, retry_after, ref = (
+            envelope["category"], envelope["kind"], envelope["name"], envelope["message"],
+            envelope["fields"], envelope["retry_after"], envelope["ref"])
+        if not (type(category) is str and type(kind) is str and type(name) is str
+                and type(message) is str and type(fields) is dict
+                and type(envelope["retryable"]) is bool
+                and (retry_after is None or type(retry_after) is float
+                     or (type(retry_after) is int and ints[0] <= retry_after <= ints[1]))
+                and (ref is None or (type(ref) is int and ints[0] <= ref <= ints[1]))):
+            return None
+        inner = _plain_size(fields, ints, depth + 1, seen)
+        if inner is None:
+            return None
+        size += _ENVELOPE_KEY_BYTES + len(category) + len(kind) + len(name) + len(message) \
+            + inner
+        envelope = envelope["cause"]
+        if envelope is None:
+            return size
+        depth += 1
 
 
 class _SourceBytes(bytes):
@@ -810,7 +851,13 @@ class LuaEngine(Engine):
                     raise _NoRoom
                 return _utf8(value)
             return value
-        if kind is dict:  # the usual tool result: a flat dict, checked in one loop
+        if kind is dict and path == "error":  # a failure's envelope: its known shape
+            size = _envelope_size(value, ints)  # type: ignore[assignment]
+            if size is None:
+                size = _plain_size(value, ints, 0, set())  # type: ignore[assignment]
+                if size is None:  # not plain, or not data: the walk that names the path
+                    size = _check_data(value, path, 0, set(), ints)
+        elif kind is dict:  # the usual tool result: a flat dict, checked in one loop
             size = 0
             for key, item in value.items():
                 item_kind = type(item)

@@ -80,6 +80,32 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     return Unfit(path, value, f"is a {type(value).__name__}")
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain_json(value: Any, depth: int) -> bool:
+    """Whether :func:`not_json_like` finds nothing in ``value``, answered without naming a
+    path for data of the builtin types only (False: not sure, ask it)."""
+    kind = type(value)
+    if kind in _JSON_SCALARS:
+        return kind is not float or value - value == 0.0
+    if (kind is not dict and kind is not list) or depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        for key in value:
+            if type(key) is not str:
+                return False
+        value = value.values()
+    for item in value:
+        kind = type(item)
+        if kind in _JSON_SCALARS:
+            if kind is float and item - item != 0.0:
+                return False
+        elif not _plain_json(item, depth + 1):
+            return False
+    return True
+
+
 def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:
     """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not.
 
@@ -235,6 +261,6 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
     """
     text = repr(value)
     if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))) \
-            and not_json_like(value, "parameters") is None:
+            and (_plain_json(value, 0) or not_json_like(value, "parameters") is None):
         return value
     return text[:limit] + ("..." if len(text) > limit else "")

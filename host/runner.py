@@ -37,7 +37,6 @@ import engines
 from bridge import ConfigurationError, Frame, ScriptError, SpellError, ToolError
 from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
-from bridge.frames import is_internal
 from bridge.names import closest, did_you_mean, listed
 from bridge.pytraceback import attach_python_traceback
 from engines import (
@@ -1086,18 +1085,17 @@ class ScriptRun:
         reset = False
         if crossed is None or (crossed.run != self.correlation_id
                                and crossed.when >= call.started):
-            own = [f for f in err.frames if not is_internal(f)]
+            own = err.own_frames()
         elif crossed.run == self.correlation_id:
             if crossed.depth <= call.depth:
                 return  # already has its path from here inwards
-            own = [f for f in err.frames if not is_internal(f)]
+            own = err.own_frames()
         else:  # its path and context are those of an earlier call in another run
             own = crossed.own
             reset = True
         setattr(err, _CROSSED, _Crossed(self.correlation_id, call.depth, time.perf_counter(),
                                         own if crossed is None else crossed.own))
-        boundary_frame = Frame("host", "<tool call>", None, None, call.name)
-        err.frames = [*call.frames, boundary_frame, *own]
+        err.frames = [*call.frames, _boundary_frame(call.name), *own]
         site = call.frames[-1] if call.frames else None
         # the context is made when it is read (most caught failures never are): the same
         # context, from the call's facts taken now
@@ -1118,6 +1116,13 @@ class ScriptRun:
                 "operation": f"run {filename}" if tool is None else f"call {tool.function}",
             })
         return err
+
+
+@functools.lru_cache(maxsize=256)
+def _boundary_frame(name: str) -> Frame:
+    """The host's frame of a boundary of calls to tool ``name`` (frames are immutable:
+    one per name serves every error)."""
+    return Frame("host", "<tool call>", None, None, name)
 
 
 def _boundary_context(reset: bool, run_id: str, filename: str, name: str, site: Frame | None,
