@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import types
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -718,7 +717,7 @@ def _plain_fields(variant: type[SpellError]) -> bool:
         origin = typing.get_origin(annotation)
         if origin is typing.Literal:
             return all(type(value) in (str, int, bool) for value in typing.get_args(annotation))
-        if origin in (list, typing.Union, types.UnionType):
+        if origin in (list, typing.Union, _UnionType):
             return all(plain(arg) for arg in typing.get_args(annotation))
         return False
 
