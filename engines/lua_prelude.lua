@@ -138,6 +138,9 @@ local prefixes = {prefix}
 -- function): to scripts they are the main thread. Requests wait by id for their reply.
 local roots = setmetatable({}, {__mode = "k", __metatable = false})
 local waiting, last_id = {}, 0
+-- The call sites the host asked for (see site), by request id, until the reply: a failed
+-- call's error reuses the traceback instead of making it again.
+local asked = {}
 local module, exports = nil, {}  -- a tools file's table, and a caller per function
 local tool_infos = {}  -- name, description, name, ...
 local outbuf, nout = {}, 0
@@ -721,16 +724,16 @@ local function call_tool(name, nargs, params, kind)
   if script_hooks and kind == nil and hooking == 0 then
     return hooked_call(name, nargs, params, traceback(nil, 3, true))
   end
-  local ok, value
+  local ok, value, tb  -- tb: the call site, if the host asked for it (see site)
   if nargs == 1 and type(params) == "table" and is_flat(params) then
-    ok, value = co_yield(REQUEST, text(name), nil, nil, true, kind, pairs_of(params))
+    ok, value, tb = co_yield(REQUEST, text(name), nil, nil, true, kind, pairs_of(params))
   else
     local problem = params_problem(nargs, params)
     if problem then params = nil end
-    ok, value = co_yield(REQUEST, text(name), problem, nil, params, kind)
+    ok, value, tb = co_yield(REQUEST, text(name), problem, nil, params, kind)
   end
   if ok then return value end
-  error(reply_error(value, traceback(nil, 3, true)), 0)
+  error(reply_error(value, tb or traceback(nil, 3, true)), 0)
 end
 
 local function tools_index(t, name)
@@ -1618,7 +1621,7 @@ local function prepare(source, chunkname, args, infos, library)
   hook_threads = setmetatable({}, {__mode = "k", __metatable = false})
   FORGED_NOMEM, overflowed, overflow_depth = setmetatable({}, NOMEM_MT), nil, nil
   reported, report = nil, nil
-  outbuf, nout, waiting, module, exports = {}, 0, {}, nil, {}
+  outbuf, nout, waiting, module, exports, asked = {}, 0, {}, nil, {}, {}
   tool_infos = infos
   env = make_env(args, library)
   local chunk, message = real_load(source, chunkname, "t", env)
@@ -1681,10 +1684,10 @@ end
 
 -- Deliver the reply to request `id`: ok and the result, or not ok and the error envelope.
 local function step(id, ok, value, _, dl)
-  local co = waiting[id]
-  waiting[id] = nil
+  local co, tb = waiting[id], asked[id]
+  waiting[id], asked[id] = nil, nil
   set_deadline(dl)
-  return finish(co, co_resume(co, ok, value))
+  return finish(co, co_resume(co, ok, value, tb))
 end
 
 local function drain()
@@ -1748,7 +1751,9 @@ return (function()
   -- The traceback of the call site of request `id`, while it waits (see call_tool).
   local function site(id)
     local co = waiting[id]
-    return co and traceback(co, 3, true)
+    local tb = co and traceback(co, 3, true)
+    asked[id] = tb
+    return tb
   end
 
   return put, enter, take, drain, short_src, site
