@@ -22,6 +22,7 @@ import pytest
 import engines.javascript as js_engine
 import engines.lua as lua_engine
 from bridge import SpellError, ToolError
+from bridge.lua import LuaScript
 from engines import Finished, Limits, ToolInfo
 from host import Host, hooks, tool
 from tests.engine_driver import Run, converse, drive, make_engine
@@ -544,3 +545,41 @@ def test_a_lua_tools_files_int_past_2_53_is_refused_to_javascript_as_a_python_to
             codes.append(err.code)
     assert codes[0] == "script/cross_engine_communication"
     assert codes[1] == codes[0]
+
+
+# -- a call site read when asked is made within the script's memory, as at every call ----
+
+# A traceback as large as the script likes: each of 60 levels is named by a 4 MiB key
+# (load makes the constant), so the call site's text is 60 x 4 MiB, far past 64 MiB.
+HUGE_SITE = """local key = string.rep('x', 4 * 1024 * 1024)
+local code = "local t = {}\\n" ..
+  "t['" .. key .. "'] = function(n)\\n" ..
+  "  if n == 0 then local r = tools.t{} return r end\\n" ..
+  "  local r = t['" .. key .. "'](n - 1) return r\\nend\\n" ..
+  "return t['" .. key .. "']"
+key = nil
+local f = load(code)()
+code = nil
+collectgarbage()
+local r = f(60)
+return r
+"""
+
+
+def test_a_call_site_read_when_asked_is_made_within_the_scripts_memory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Made at every call, this traceback ran the script out of its memory at the call; read
+    when the host asks, it must not be built past the limit either (with the limit lifted,
+    it cost the host's process 1 GB for a 64 MiB run, and the run went on)."""
+    texts: list[int] = []
+    frames_of = LuaScript.frames
+
+    def measured(self: LuaScript, traceback: str | None) -> list[Any]:
+        texts.append(len(traceback or ""))
+        return frames_of(self, traceback)
+
+    monkeypatch.setattr(LuaScript, "frames", measured)
+    run = drive("lua", HUGE_SITE, tools={"t": lambda params: "ok"}, memory_mb=64, timeout=30)
+    assert max(texts, default=0) < 64 * 1024 * 1024
+    # as when made at every call: the script ran out of its memory
+    assert run.step.error.code == "resource/memory_exhaustion", run.step
