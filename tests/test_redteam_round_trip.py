@@ -583,3 +583,34 @@ def test_a_call_site_read_when_asked_is_made_within_the_scripts_memory(
     assert max(texts, default=0) < 64 * 1024 * 1024
     # as when made at every call: the script ran out of its memory
     assert run.step.error.code == "resource/memory_exhaustion", run.step
+
+
+@pytest.mark.xfail(strict=True, reason="pre-existing, trusted sandbox only: a script's own "
+                   "debug.sethook runs between the prelude's check of the parameters and their "
+                   "reading (is_flat, then pairs_of; before issue 17: check_table, then the "
+                   "host's _convert), so it can change them: a tool got a live Lua table (a "
+                   "dict holding a Lua function before)")
+def test_a_trusted_scripts_debug_hook_cannot_hand_a_tool_live_lua_objects() -> None:
+    got: list[Any] = []
+
+    @tool
+    def keep(a: Any = None, b: Any = None) -> str:
+        """Keeps what it got."""
+        got.append(a)
+        return "ok"
+
+    source = """local params = {a = 1, b = 2}
+debug.sethook(function()
+  local name = debug.getinfo(2, "n").name
+  if name == "pairs_of" or name == "traceback" then params.a = {nested = print} end
+end, "c")
+local r = tools.keep(params)
+debug.sethook()
+return r"""
+    host = Host([keep], sandbox="trusted", timeout=10, on_output=lambda line: None)
+    try:
+        host.run_source(source, "lua", "agent.lua")
+    except SpellError:
+        pass  # refusing the changed parameters is right too
+    assert all(value == 1 or (value.__class__ in (int, float, str, bool, dict, list)
+                              and "Lua" not in repr(value)) for value in got), got
