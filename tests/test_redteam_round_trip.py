@@ -614,3 +614,35 @@ return r"""
         pass  # refusing the changed parameters is right too
     assert all(value == 1 or (value.__class__ in (int, float, str, bool, dict, list)
                               and "Lua" not in repr(value)) for value in got), got
+
+
+MONITORED = """local x = 1
+local co = coroutine.wrap(function()
+  local done, e = pcall(tools.fails, {n = 1})
+  return done
+end)
+local r = co()
+local done = pcall(tools.fails, {n = 2, a = 'x'})
+return r
+"""
+
+
+def monitored_sites(path: Path) -> list[Any]:
+    from host.monitor import Monitor
+
+    monitor = Monitor(path)
+    host = Host([fails], monitor=monitor, on_output=lambda line: None, timeout=10)
+    assert host.run_source(MONITORED, "lua", "agent.lua") is False
+    monitor.flush()
+    sites = sorted((r["line"], r["file"], r["function"], r["code"], r["handled"])
+                   for r in monitor.records())
+    monitor.close()
+    return sites
+
+
+def test_a_monitor_records_each_caught_failure_at_its_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lazy = monitored_sites(tmp_path / "lazy.db")
+    assert [r[:2] for r in lazy] == [(3, "agent.lua"), (7, "agent.lua")]
+    eager(monkeypatch)
+    assert lazy == monitored_sites(tmp_path / "eager.db")
