@@ -796,14 +796,11 @@ class LuaEngine(Engine):
         if (request_id not in self._waiting or self._lua_site is None or self._script is None
                 or threading.get_ident() != self._thread):  # (a late reader, elsewhere)
             return []
-        self._set_max_memory(0)  # the prelude's own work (see _enter)
-        try:
-            traceback = self._lua_site(request_id)
-        except self._lupa.LuaError:  # no memory even for that: the call site is unknown
+        try:  # under the script's memory limit: the traceback's size is the script's
+            traceback = self._lua_site(request_id)  # (a number in, a string out: see enter)
+        except self._lupa.LuaError:  # (site catches its own errors)
             return []
-        finally:
-            self._set_max_memory(self._memory_limit)
-        return self._script.frames(traceback)
+        return [] if traceback is None else self._script.frames(traceback)
 
     def _not_data(self, bad: _NotData) -> SpellError:
         return crossing_error(bad.problem, "python", self.language)

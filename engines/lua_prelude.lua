@@ -1748,12 +1748,23 @@ return (function()
     box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
     return a, b, c, d, e, f, g, h
   end
-  -- The traceback of the call site of request `id`, while it waits (see call_tool).
-  local function site(id)
-    local co = waiting[id]
-    local tb = co and traceback(co, 3, true)
+  -- The traceback of the call site of request `id`, while it waits (see call_tool). It is
+  -- made under the script's memory limit, as when every call made it: its size is the
+  -- script's to choose (names, depth). Out of memory, the run stops as it would have at
+  -- the call, and the site is unknown (nil).
+  local function remembered(co, id)  -- (see `asked`)
+    local tb = traceback(co, 3, true)
     asked[id] = tb
     return tb
+  end
+
+  local function site(id)
+    local co = waiting[id]
+    if not co then return nil end
+    local ok, tb = pcall(remembered, co, id)
+    if ok then return tb end
+    if not abort and out_of_memory(tb) then abort = "memory" end
+    return nil
   end
 
   return put, enter, take, drain, short_src, site
