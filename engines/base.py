@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from bridge import BridgeError, Frame, ScriptError, SpellError
@@ -116,71 +116,61 @@ REQUEST_KINDS = ("tool", "recovery", "module")
 RequestKind = Literal["tool", "recovery", "module"]
 
 
+@dataclass
 class ToolRequest:
     """A script asked for a tool; the host answers with a :class:`ToolReply` of the same id.
 
-    ``id``, ``tool``: which request, for which tool. ``params``: JSON-like data, as the
-    script passed it. ``problem``: why the parameters could not be read (a function, a
-    cycle, a non-string key...); the host then answers with tool/invalid_parameters
-    (error_type "parse"), or, for a tools file's function, script/cross_engine_communication
-    (crossing_error). ``frames``: the script's call site, outermost first.
-    ``kind``: "tool", a tool call (``tool`` names it); "recovery", a step of the script's
-    own recovery.retry/recovery.fallback (``tool`` names the step; see
-    host.recovery.script), which only the prelude makes: no tool name a script gives
-    reaches this kind; "module", the script's ``require`` or ``import`` (``tool`` is the
-    module's name; ``params`` None for Lua, JavaScript's say where the importing file is):
-    the host answers with ``{"file": name, "source": text}`` (the engine loads that text
-    under that name: engines never open files) or ``{"missing": [files looked for]}`` (see
-    host.libraries). Only the prelude's require makes one, like "recovery".
-
-    An engine may find the call site only when it is asked for (``site(id)``, which a
-    successful call never needs): ``frames`` is then read from the script's stack, which
-    is the call's until the reply is delivered. So read it on the engine's thread, before
-    the reply (the host does: a call's frames are taken when its ToolCall is made).
+    An engine may find the call site only when it is asked for (:meth:`frames_when_read`:
+    a successful call never needs it): ``frames`` is then read from the script's stack,
+    which is the call's until the reply is delivered. So read it on the engine's thread,
+    before the reply (the host does: a call's frames are taken when its ToolCall reads
+    them, while the call waits). Read, copied or pickled, a request is data, as every step.
     """
 
-    __slots__ = ("_frames", "_site", "id", "kind", "params", "problem", "tool")
+    id: int
+    tool: str
+    params: Any = None  # JSON-like data, as the script passed it
+    # Why the parameters could not be read (a function, a cycle, a non-string key...);
+    # the host then answers with tool/invalid_parameters (error_type "parse"), or, for a
+    # tools file's function, script/cross_engine_communication (crossing_error).
+    problem: Problem | None = None
+    frames: list[Frame] = field(default_factory=list)  # the script's call site, outermost first
+    # "tool": a tool call (``tool`` names it); "recovery": a step of the script's own
+    # recovery.retry/recovery.fallback (``tool`` names the step; see host.recovery.script),
+    # which only the prelude makes: no tool name a script gives reaches this kind.
+    # "module": the script's ``require`` or ``import`` (``tool`` is the module's name;
+    # ``params`` None for Lua, JavaScript's say where the importing file is);
+    # the host answers with ``{"file": name, "source": text}`` (the engine loads that text
+    # under that name: engines never open files) or ``{"missing": [files looked for]}``
+    # (see host.libraries). Only the prelude's require makes one, like "recovery".
+    kind: RequestKind = "tool"
 
-    def __init__(self, id: int, tool: str, params: Any = None, problem: Problem | None = None,
-                 frames: list[Frame] | None = None, kind: RequestKind = "tool",
-                 site: Callable[[int], list[Frame]] | None = None) -> None:
-        self.id = id
-        self.tool = tool
-        self.params = params
-        self.problem = problem
-        self.kind = kind
-        self._frames = frames if frames is not None or site is not None else []
-        self._site = site
-
-    @property
-    def frames(self) -> list[Frame]:
-        """The script's call site, outermost first (see the class)."""
-        frames = self._frames
-        if frames is None:
-            site, self._site = self._site, None
-            frames = self._frames = site(self.id) if site is not None else []
-        return frames
-
-    @frames.setter
-    def frames(self, frames: list[Frame]) -> None:
-        self._frames, self._site = frames, None
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not ToolRequest:
-            return NotImplemented
-        return (self.id, self.tool, self.params, self.problem, self.frames, self.kind) == (
-            other.id, other.tool, other.params, other.problem, other.frames,  # type: ignore[attr-defined]
-            other.kind)  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it was
-
-    def __repr__(self) -> str:
-        return (f"ToolRequest(id={self.id!r}, tool={self.tool!r}, params={self.params!r}, "
-                f"problem={self.problem!r}, frames={self.frames!r}, kind={self.kind!r})")
+    def frames_when_read(self, site: Callable[[int], list[Frame]]) -> ToolRequest:
+        """This request, its ``frames`` to be made by ``site(id)`` when first read."""
+        self._frames, self._site = None, site
+        return self
 
     def __reduce__(self) -> tuple[Any, ...]:  # the frames travel, never the engine
         return ToolRequest, (self.id, self.tool, self.params, self.problem, self.frames,
                              self.kind)
+
+
+def _request_frames(request: ToolRequest) -> list[Frame]:
+    frames = request._frames  # type: ignore[attr-defined]
+    if frames is None:
+        site, request._site = request._site, None  # type: ignore[attr-defined]
+        frames = request._frames = site(request.id) if site is not None else []  # type: ignore[attr-defined]
+    return frames  # type: ignore[no-any-return]
+
+
+def _set_request_frames(request: ToolRequest, frames: list[Frame]) -> None:
+    request._frames, request._site = frames, None  # type: ignore[attr-defined]
+
+
+# `frames` stays a field of the dataclass (its __init__, __eq__ and __repr__ go through
+# this property), read from the engine when first asked for (see frames_when_read).
+ToolRequest.frames = property(  # type: ignore[assignment]
+    _request_frames, _set_request_frames, doc="The script's call site, outermost first.")
 
 
 @dataclass

@@ -484,6 +484,7 @@ class LuaEngine(Engine):
         self._deadline = 0.0
         self._script: LuaScript | None = None
         self._thread = 0  # the thread that runs the script (see _call_site)
+        self._closed_sites: dict[int, list[Frame]] = {}  # read as it closed (see close)
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._modules: set[int] = set()  # those of them that are require's (kind "module")
         self._started = 0.0
@@ -634,7 +635,11 @@ class LuaEngine(Engine):
         return True
 
     def close(self) -> None:
-        """Drop the runtime; the engine cannot run again."""
+        """Drop the runtime; the engine cannot run again. The call sites of requests
+        still waiting are read first: their steps stay readable data."""
+        if self._waiting and self._lua is not None:
+            self._closed_sites = {request_id: self._call_site(request_id)
+                                  for request_id in self._waiting}
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
         self._lua_site = None
@@ -762,8 +767,9 @@ class LuaEngine(Engine):
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
             if traceback is None:  # found only if asked for (see call_tool in the prelude)
-                return Suspended([ToolRequest(request_id, name, params, problem, None,
-                                              reserved or "tool", self._call_site)])
+                return Suspended([ToolRequest(request_id, name, params, problem,
+                                              kind=reserved or "tool").frames_when_read(
+                                                  self._call_site)])
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback), reserved or "tool")])
         if status == "done":
@@ -795,7 +801,7 @@ class LuaEngine(Engine):
         is the call's until its reply: see :class:`ToolRequest`)."""
         if (request_id not in self._waiting or self._lua_site is None or self._script is None
                 or threading.get_ident() != self._thread):  # (a late reader, elsewhere)
-            return []
+            return self._closed_sites.get(request_id, [])
         try:  # under the script's memory limit: the traceback's size is the script's
             traceback = self._lua_site(request_id)  # (a number in, a string out: see enter)
         except self._lupa.LuaError:  # (site catches its own errors)

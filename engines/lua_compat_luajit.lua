@@ -73,10 +73,14 @@ do
   COMPAT.no_tail_info, COMPAT.tail_info = true, "Sln"
 
   -- debug.traceback(nil, level) gives nil (a nil message is returned as it is): one with
-  -- an empty message, less its first line (the message's), from the caller's level.
+  -- an empty message, less its first line (the message's), from the caller's level; a
+  -- coroutine's from its `co_level` (called as the prelude calls 5.4's: co, nil, level).
   local lua_traceback, sub = debug.traceback, string.sub
-  function COMPAT.traceback(co, level)
-    if co then return lua_traceback(co) end
+  function COMPAT.traceback(co, level, co_level)
+    if co then
+      if co_level == nil then return lua_traceback(co) end
+      return sub(lua_traceback(co, "", co_level), 2)
+    end
     local tb = lua_traceback("", level + 1)
     return sub(tb, 2)
   end

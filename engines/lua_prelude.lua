@@ -1752,9 +1752,11 @@ return (function()
   -- made under the script's memory limit, as when every call made it: its size is the
   -- script's to choose (names, depth). Out of memory, the run stops as it would have at
   -- the call, and the site is unknown (nil).
-  local function remembered(co, id)  -- (see `asked`)
+  -- (see `asked`; not on LuaJIT, whose elided middle of a stack past MAX_LEVELS starts
+  -- two levels later in a coroutine's traceback than in the running one's)
+  local function remembered(co, id)
     local tb = traceback(co, 3, true)
-    asked[id] = tb
+    if not COMPAT.levels_left_out then asked[id] = tb end
     return tb
   end
 
