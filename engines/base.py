@@ -116,15 +116,16 @@ REQUEST_KINDS = ("tool", "recovery", "module")
 RequestKind = Literal["tool", "recovery", "module"]
 
 
-@dataclass
+@dataclass(init=False)
 class ToolRequest:
     """A script asked for a tool; the host answers with a :class:`ToolReply` of the same id.
 
-    An engine may find the call site only when it is asked for (:meth:`frames_when_read`:
-    a successful call never needs it): ``frames`` is then read from the script's stack,
-    which is the call's until the reply is delivered. So read it on the engine's thread,
-    before the reply (the host does: a call's frames are taken when its ToolCall reads
-    them, while the call waits). Read, copied or pickled, a request is data, as every step.
+    An engine may find the call site only when it is asked for (``site``, called with the
+    request's id when ``frames`` is first read: a successful call never needs it), from
+    the script's stack, which is the call's until the reply is delivered. So read it on
+    the engine's thread, before the reply (the host does: a call's frames are taken when
+    its ToolCall reads them, while the call waits). Read, copied or pickled, a request is
+    data, as every step (a Lua engine reads the sites still waiting as it closes).
     """
 
     id: int
@@ -145,10 +146,12 @@ class ToolRequest:
     # (see host.libraries). Only the prelude's require makes one, like "recovery".
     kind: RequestKind = "tool"
 
-    def frames_when_read(self, site: Callable[[int], list[Frame]]) -> ToolRequest:
-        """This request, its ``frames`` to be made by ``site(id)`` when first read."""
-        self._frames, self._site = None, site
-        return self
+    def __init__(self, id: int, tool: str, params: Any = None, problem: Problem | None = None,
+                 frames: list[Frame] | None = None, kind: RequestKind = "tool",
+                 site: Callable[[int], list[Frame]] | None = None) -> None:
+        self.id, self.tool, self.params, self.problem, self.kind = id, tool, params, problem, kind
+        self._frames = frames if frames is not None or site is not None else []
+        self._site = site
 
     def __reduce__(self) -> tuple[Any, ...]:  # the frames travel, never the engine
         return ToolRequest, (self.id, self.tool, self.params, self.problem, self.frames,
@@ -167,8 +170,8 @@ def _set_request_frames(request: ToolRequest, frames: list[Frame]) -> None:
     request._frames, request._site = frames, None  # type: ignore[attr-defined]
 
 
-# `frames` stays a field of the dataclass (its __init__, __eq__ and __repr__ go through
-# this property), read from the engine when first asked for (see frames_when_read).
+# `frames` stays a field of the dataclass (its __eq__ and __repr__ go through this
+# property), read from the engine when first asked for (see the class).
 ToolRequest.frames = property(  # type: ignore[assignment]
     _request_frames, _set_request_frames, doc="The script's call site, outermost first.")
 

@@ -581,7 +581,7 @@ class LuaEngine(Engine):
                 f"{sorted(self._waiting)}, got replies {[r.id for r in replies]}"))
         reply = replies[0]
         self._waiting.discard(reply.id)
-        if self._clock() >= deadline:
+        if self._stopped[0] or time.monotonic() >= deadline:  # self._clock(), inlined
             return self._fail(self._time_error(None))
         if self._modules and reply.id in self._modules:
             self._modules.discard(reply.id)
@@ -695,7 +695,7 @@ class LuaEngine(Engine):
                     ) -> Step:
         """:meth:`_handoff` once its values are made: Lua runs ``entry`` with the memory
         limit back (if what was made fits in it), and its outcome is read back."""
-        if self._over_limit():
+        if self._lua.get_memory_used() >= self._memory_limit and self._over_limit():
             return self._fail(self._no_room(path))
         try:
             n = self._enter(entry, deadline, *direct)
@@ -703,6 +703,8 @@ class LuaEngine(Engine):
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
         if n.__class__ is tuple:  # the outcome itself: no table in it (see enter)
+            if n[0] == "request" and not n[1]:  # the usual step: nothing printed, no data
+                return self._read_outcome(n)  # to convert (see _outcome)
             return self._outcome(n)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
         try:
@@ -767,9 +769,8 @@ class LuaEngine(Engine):
                 params = self._from_lua(params, "parameters")
             self._waiting.add(request_id)
             if traceback is None:  # found only if asked for (see call_tool in the prelude)
-                return Suspended([ToolRequest(request_id, name, params, problem,
-                                              kind=reserved or "tool").frames_when_read(
-                                                  self._call_site)])
+                return Suspended([ToolRequest(request_id, name, params, problem, None,
+                                              reserved or "tool", self._call_site)])
             return Suspended([ToolRequest(request_id, name, params, problem,
                                           script.frames(traceback), reserved or "tool")])
         if status == "done":

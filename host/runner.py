@@ -565,12 +565,12 @@ class ScriptRun:
                 return self._module(request, roots)
             return self._recover(request, caller)
         name = request.tool
+        plain = self._plain_tools.get(name)  # (a tool's name is never given to another)
+        if plain is not None and request.problem is None and self.control.reason is None \
+                and self._bound >= self.deadline:
+            return self._plain(request, plain, caller)
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
-        if tool is not None and self._plain_tools.get(name) is tool \
-                and request.problem is None and self.control.reason is None \
-                and self._bound >= self.deadline:
-            return self._plain(request, tool, caller)  # type: ignore[arg-type]
         # a call made inside a tools-file function ends by that function's deadline
         call = ToolCall(name, tool, request.params, request.problem, caller, request,
                         self._depth, self, self._bound, time.perf_counter())
@@ -601,9 +601,9 @@ class ScriptRun:
             finally:
                 control.in_tool_kind = None
             running = False
-            return ToolReply(request.id, result=to_script_data(result, caller))
+            return ToolReply(request.id, to_script_data(result, caller))
         except BaseException as exc:
-            call = ToolCall(request.tool, tool, request.params, None, caller, request.frames,
+            call = ToolCall(request.tool, tool, request.params, None, caller, request,
                             self._depth, self, self._bound, started)
             return self._plain_failed(request, call, exc, running)
 
