@@ -703,8 +703,8 @@ class LuaEngine(Engine):
             return self._fail(self._engine_error(exc))
         self._deadline = deadline  # the conversions of Lua data stop there (_from_lua)
         if n.__class__ is tuple:  # the outcome itself: no table in it (see enter)
-            if n[0] == "request" and not n[1]:  # the usual step: nothing printed, no data
-                return self._read_outcome(n)  # to convert (see _outcome)
+            if n[0] == 0 and not n[1]:  # the usual step: a tool call, nothing printed
+                return self._called(n)
             return self._outcome(n)
         self._set_max_memory(0)  # lupa makes a registry reference for each table it reads
         try:
@@ -747,8 +747,21 @@ class LuaEngine(Engine):
             step.output = lines
         return step
 
+    def _called(self, outcome: tuple[Any, ...]) -> Suspended:
+        """The usual step, a tool call with flat parameters or none (see ``finish`` in
+        the prelude): ``0, lines, id, name``, then the parameters' keys and values (their
+        keys in code point order, as :func:`_convert` gives them)."""
+        request_id = outcome[2]
+        params = dict(sorted(zip(outcome[4::2], outcome[5::2], strict=True))) \
+            if len(outcome) > 4 else {}
+        self._waiting.add(request_id)
+        return Suspended([ToolRequest(request_id, outcome[3], params, None, None, "tool",
+                                      self._call_site)])
+
     def _read_outcome(self, outcome: tuple[Any, ...]) -> Step:
         status = outcome[0]
+        if status == 0:
+            return self._called(outcome)
         script = self._script
         assert script is not None
         if status == "request":

@@ -1570,6 +1570,7 @@ end
 -- What a resumption of a root coroutine came to, as flat values for Python:
 -- status, number of buffered output lines, then per status:
 --   request id name problem traceback params kind [key value ...] | done value |
+--   0 id name [key value ...] (a tool call with flat parameters or none, direct) |
 --   bad_result message lua_type path
 --   error value lua_type tostring traceback overflow_depth own | abort reason traceback |
 --   syntax message
@@ -1586,8 +1587,11 @@ local function finish(co, ok, a, ...)
   if rawequal(a, REQUEST) then
     last_id = last_id + 1
     waiting[last_id] = co
-    local _, problem, _, params = ...
+    local _, problem, tb, params, kind = ...
     if problem == nil and type(params) ~= "table" then
+      if tb == nil and kind == nil then  -- the usual call: its name and its flat params
+        return DIRECT, 0, n, last_id, (...), select(6, ...)
+      end
       return DIRECT, "request", n, last_id, ...
     end
     return "request", n, last_id, ...
