@@ -695,6 +695,7 @@ class LuaEngine(Engine):
                     ) -> Step:
         """:meth:`_handoff` once its values are made: Lua runs ``entry`` with the memory
         limit back (if what was made fits in it), and its outcome is read back."""
+        # (_over_limit's first look, made here: this is every tool call's path)
         if self._lua.get_memory_used() >= self._memory_limit and self._over_limit():
             return self._fail(self._no_room(path))
         try:
@@ -749,14 +750,23 @@ class LuaEngine(Engine):
 
     def _called(self, outcome: tuple[Any, ...]) -> Suspended:
         """The usual step, a tool call with flat parameters or none (see ``finish`` in
-        the prelude): ``0, lines, id, name``, then the parameters' keys and values (their
-        keys in code point order, as :func:`_convert` gives them)."""
-        request_id = outcome[2]
-        params = dict(sorted(zip(outcome[4::2], outcome[5::2], strict=True))) \
-            if len(outcome) > 4 else {}
+        the prelude): ``0, lines, id, name``, then the parameters' keys and values."""
+        return self._suspended(outcome[2], outcome[3], _flat_params(outcome, 4), None,
+                               "tool", None)
+
+    def _suspended(self, request_id: int, name: str, params: Any, problem: Problem | None,
+                   kind: Literal["tool", "recovery", "module"], traceback: str | None
+                   ) -> Suspended:
+        """The step of a request the script now waits for; with no ``traceback``, its
+        call site is read from the script's stack only if asked for (see call_tool in the
+        prelude, and :meth:`_call_site`)."""
         self._waiting.add(request_id)
-        return Suspended([ToolRequest(request_id, outcome[3], params, None, None, "tool",
-                                      self._call_site)])
+        if traceback is None:
+            return Suspended([ToolRequest(request_id, name, params, problem, None, kind,
+                                          self._call_site)])
+        assert self._script is not None
+        return Suspended([ToolRequest(request_id, name, params, problem,
+                                      self._script.frames(traceback), kind)])
 
     def _read_outcome(self, outcome: tuple[Any, ...]) -> Step:
         status = outcome[0]
@@ -769,8 +779,7 @@ class LuaEngine(Engine):
             kind = outcome[7] if len(outcome) > 7 else None
             reserved = None if kind is None else _RESERVED.get(kind)
             if params is True:  # flat: their keys and values follow (see is_flat)
-                # keys in code point order, as _convert gives them
-                params = dict(sorted(zip(outcome[8::2], outcome[9::2], strict=True)))
+                params = _flat_params(outcome, 8)
             elif reserved == "module":  # a require: the name is all there is
                 self._modules.add(request_id)
             elif problem is not None:  # {message, data_type, path}: see call_tool
@@ -780,12 +789,8 @@ class LuaEngine(Engine):
                 params = {}
             else:
                 params = self._from_lua(params, "parameters")
-            self._waiting.add(request_id)
-            if traceback is None:  # found only if asked for (see call_tool in the prelude)
-                return Suspended([ToolRequest(request_id, name, params, problem, None,
-                                              reserved or "tool", self._call_site)])
-            return Suspended([ToolRequest(request_id, name, params, problem,
-                                          script.frames(traceback), reserved or "tool")])
+            return self._suspended(request_id, name, params, problem, reserved or "tool",
+                                   traceback)
         if status == "done":
             return Finished(self._from_lua(outcome[2], "result"))
         if status == "error":
@@ -931,6 +936,13 @@ class LuaEngine(Engine):
         unpack = None if what == "error" else self._unpack
         return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
                                 table_type, unpack])
+
+
+def _flat_params(outcome: tuple[Any, ...], start: int) -> dict[str, Any]:
+    """Flat parameters, sent as keys and values from ``outcome[start]`` on (see is_flat in
+    the prelude), as a dict with its keys in code point order, as :func:`_convert` gives a
+    table's."""
+    return dict(sorted(zip(outcome[start::2], outcome[start + 1::2], strict=True)))
 
 
 def _convert(table: Any, state: list[Any]) -> Any:

@@ -637,7 +637,8 @@ local function on_cancel(fn)
 end
 
 -- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params,
--- kind (and, when params is true, the parameters' keys and values: see is_flat); problem: nil, or why the params cannot cross as {message, data type, path};
+-- kind (and, when params is true, the parameters' keys and values: see is_flat);
+-- problem: nil, or why the params cannot cross as {message, data type, path};
 -- kind: nil (a tool call) or "recovery" (a step of recovery.retry/fallback: only the
 -- prelude passes it, so no tool name a script gives makes one).
 -- Why params cannot cross, as {message, data type, path}, or nil.
@@ -1752,18 +1753,19 @@ return (function()
     box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
     return a, b, c, d, e, f, g, h
   end
-  -- The traceback of the call site of request `id`, while it waits (see call_tool). It is
-  -- made under the script's memory limit, as when every call made it: its size is the
-  -- script's to choose (names, depth). Out of memory, the run stops as it would have at
-  -- the call, and the site is unknown (nil).
-  -- (see `asked`; not on LuaJIT, whose elided middle of a stack past MAX_LEVELS starts
-  -- two levels later in a coroutine's traceback than in the running one's)
+  -- A call site, kept for its error (see `asked`); not on LuaJIT, whose elided middle of
+  -- a stack past MAX_LEVELS starts two levels later in a coroutine's traceback than in
+  -- the running one's.
   local function remembered(co, id)
     local tb = traceback(co, 3, true)
     if not COMPAT.levels_left_out then asked[id] = tb end
     return tb
   end
 
+  -- The traceback of the call site of request `id`, while it waits (see call_tool). It is
+  -- made under the script's memory limit, as when every call made it: its size is the
+  -- script's to choose (names, depth). Out of memory, the run stops as it would have at
+  -- the call, and the site is unknown (nil).
   local function site(id)
     local co = waiting[id]
     if not co then return nil end
