@@ -590,9 +590,15 @@ class LuaEngine(Engine):
                 if isinstance(module, SpellError):
                     return self._fail(module)
                 return self._handoff(_STEP, deadline, reply.id, True, module, "result")
-        if reply.error is None:
-            return self._handoff(_STEP, deadline, reply.id, True, reply.result, "result")
-        return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
+        if reply.error is not None:
+            return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
+        result = reply.result
+        kind = result.__class__
+        if kind is float or kind is bool or result is None or (
+                kind is int and self._ints[0] <= result <= self._ints[1]):
+            # a tool's usual result: a number, pushed with no allocation (see _handoff)
+            return self._enter_with(_STEP, deadline, (True, reply.id, True, result), "result")
+        return self._handoff(_STEP, deadline, reply.id, True, result, "result")
 
     def _take_module(self, answer: Any) -> SpellError | dict[str, Any]:
         """The host's answer to a ``require``, as the prelude takes it: a module found
@@ -666,13 +672,9 @@ class LuaEngine(Engine):
         request and result) comes back from ``enter`` itself, as a tuple: reading strings
         and numbers allocates nothing in Lua. ``data`` that obviously cannot fit (a lower
         bound of its size in Lua above the limit) is refused before anything is copied.
+        (A tool's result that is a number, a boolean or ``None`` needs nothing built:
+        :meth:`resume` enters with it directly.)
         """
-        kind = data.__class__
-        if infos is None and first.__class__ is not str and (
-                kind is float or kind is bool or data is None or (
-                    kind is int and self._ints[0] <= data <= self._ints[1])):
-            # a tool's usual result: a number, pushed with no allocation (as below)
-            return self._enter_with(entry, deadline, (True, first, second, data), path)
         self._set_max_memory(0)
         try:
             value = self._to_lua(data, path)
@@ -751,8 +753,10 @@ class LuaEngine(Engine):
     def _called(self, outcome: tuple[Any, ...]) -> Suspended:
         """The usual step, a tool call with flat parameters or none (see ``finish`` in
         the prelude): ``0, lines, id, name``, then the parameters' keys and values."""
-        return self._suspended(outcome[2], outcome[3], _flat_params(outcome, 4), None,
-                               "tool", None)
+        request_id = outcome[2]  # _suspended, inlined: every tool call's path
+        self._waiting.add(request_id)
+        return Suspended([ToolRequest(request_id, outcome[3], _flat_params(outcome, 4), None,
+                                      None, "tool", self._call_site)])
 
     def _suspended(self, request_id: int, name: str, params: Any, problem: Problem | None,
                    kind: Literal["tool", "recovery", "module"], traceback: str | None
@@ -942,6 +946,12 @@ def _flat_params(outcome: tuple[Any, ...], start: int) -> dict[str, Any]:
     """Flat parameters, sent as keys and values from ``outcome[start]`` on (see is_flat in
     the prelude), as a dict with its keys in code point order, as :func:`_convert` gives a
     table's."""
+    left = len(outcome) - start
+    if left == 4:  # the usual two (sorted() and zip() cost a tool call 0.7 us)
+        key, value, other, second = outcome[start:]
+        return {key: value, other: second} if key < other else {other: second, key: value}
+    if left < 3:  # none, or one
+        return {outcome[start]: outcome[start + 1]} if left else {}
     return dict(sorted(zip(outcome[start::2], outcome[start + 1::2], strict=True)))
 
 

@@ -189,7 +189,7 @@ class ScriptRun:
         self._cleanups: list[Callable[[SpellError | None], Any]] = []
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         # tool name -> the tool, for the tools whose pipeline is only the boundary (see _plain)
-        self._plain_tools: dict[str, Tool] = {}
+        self._plain_tools: dict[str, tuple[Tool, Any]] = {}  # and its kwargs_validator
         # ref -> the error handed out under it, oldest first (an OrderedDict: forgetting the
         # oldest is O(1), where a dict's first key is found past every one removed before)
         self._refs: OrderedDict[int, SpellError] = OrderedDict()
@@ -579,7 +579,8 @@ class ScriptRun:
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
-    def _plain(self, request: ToolRequest, tool: Tool, caller: str) -> ToolReply:
+    def _plain(self, request: ToolRequest, plain: tuple[Tool, Any], caller: str
+               ) -> ToolReply:
         """A call of a plain tool (:attr:`Tool.plain`) whose pipeline is only the boundary,
         fused: what ``boundary``, :meth:`_invoke`, :meth:`Tool.invoke` and ``run_python``
         do for it, without the call's value or the layers' calls while nothing fails.
@@ -592,8 +593,19 @@ class ScriptRun:
         started = time.perf_counter()
         control = self.control
         running = False  # whether the function runs (only its own StopRun/AskHuman steer)
+        tool, validator = plain
+        params = request.params
         try:
-            args, kwargs = tool.arguments(tool.validate(request.params))
+            if validator is not None and params.__class__ is dict:  # validate(), inlined
+                try:
+                    args, kwargs = (), validator(params).__dict__
+                except Exception as exc:
+                    error = tool.invalid(params, exc)
+                    if error is exc:
+                        raise
+                    raise error from None
+            else:
+                args, kwargs = tool.arguments(tool.validate(params))
             control.in_tool_kind = "sync"  # as run_python: nothing stops this thread now
             running = True
             try:
@@ -689,7 +701,7 @@ class ScriptRun:
                 self._paths[name] = path
             if isinstance(tool, Tool) and tool.plain and len(layers) == 2 \
                     and not layers[1].applies(tool):  # [boundary, Timeouts()]: see _plain
-                self._plain_tools[name] = tool
+                self._plain_tools[name] = (tool, tool.kwargs_validator)
             return path
         except Exception as exc:
             why = describe_exception(exc, qualified=False)

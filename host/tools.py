@@ -67,15 +67,31 @@ class Tool:
         try:  # the model's core validator: model_validate() minus its Python wrapper
             return self.params_model.__pydantic_validator__.validate_python(params)
         except Exception as exc:
-            from pydantic import ValidationError
-
-            if not isinstance(exc, ValidationError):
+            error = self.invalid(params, exc)
+            if error is exc:  # not a validation error: as it was raised, cause and all
                 raise
-            raise ToolError.InvalidParameters(
-                tool_name=self.name, error_type="validation",
-                validation_error=describe_validation(exc),
-                received_parameters=preview(params), expected_schema=self.schema(),
-            ) from None
+            raise error from None
+
+    def invalid(self, params: Any, exc: Exception) -> Exception:
+        """What :meth:`validate` raises when the model's validator raised ``exc`` for
+        ``params``: ``tool/invalid_parameters`` for a validation error, else ``exc``."""
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            return exc
+        return ToolError.InvalidParameters(
+            tool_name=self.name, error_type="validation",
+            validation_error=describe_validation(exc),
+            received_parameters=preview(params), expected_schema=self.schema())
+
+    @property
+    def kwargs_validator(self) -> Callable[[dict[str, Any]], BaseModel] | None:
+        """The model's core validator where :meth:`validate` and :meth:`arguments` do
+        nothing more for a dict of parameters (keyword arguments, no list fields): its
+        result's ``__dict__`` is then the keyword arguments (see ScriptRun._plain)."""
+        if self.takes_model or self.list_fields:
+            return None
+        return self.params_model.__pydantic_validator__.validate_python  # type: ignore[no-any-return]
 
     def arguments(self, model: BaseModel) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """How to call ``fn`` with validated parameters."""
