@@ -7,10 +7,12 @@ same tools; the two are compared on the real engines, in both languages."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import pytest
+
+from pydantic import AfterValidator, BaseModel, field_validator
 
 from bridge import SpellError
 from bridge.frames import is_internal
@@ -40,6 +42,44 @@ def give(what: str) -> Any:
             "deep": _deep(200), "key": {1: "x"}, "fine": {"a": [1, "b", None]}}[what]
 
 
+class Odd(BaseModel):
+    """A model whose validator refuses (a ValueError: a validation error) or breaks (any
+    other exception, which pydantic lets through)."""
+
+    n: int
+
+    @field_validator("n")
+    @classmethod
+    def odd(cls, n: int) -> int:
+        if n == 0:
+            raise RuntimeError("zero breaks the validator")
+        if n % 2 == 0:
+            raise ValueError("n must be odd")
+        return n
+
+
+@tool
+def odd(params: Odd) -> int:
+    """Takes a model (validated, then handed over whole)."""
+    return params.n
+
+
+def _odd(n: int) -> int:
+    return Odd.odd(n)
+
+
+@tool
+def odd_kw(n: Annotated[int, AfterValidator(_odd)]) -> int:
+    """Takes keyword arguments, one with the same validator."""
+    return n
+
+
+@tool
+def halve(n: int, items: list[int]) -> int:
+    """Has a list field (an empty Lua table arrives as {})."""
+    return n // 2 + len(items)
+
+
 def _cycle() -> list[Any]:
     items: list[Any] = []
     items.append(items)
@@ -59,11 +99,12 @@ def passthrough(call: Any, next: Any) -> Any:
 
 
 def fused() -> Host:
-    return Host([add, explode, give], on_output=lambda line: None)
+    return Host([add, explode, give, odd, odd_kw, halve], on_output=lambda line: None)
 
 
 def pipelined() -> Host:
-    return Host([add, explode, give], on_output=lambda line: None, layers=[passthrough])
+    return Host([add, explode, give, odd, odd_kw, halve], on_output=lambda line: None,
+                layers=[passthrough])
 
 
 CALLS = [  # (tool, Lua params, JS params)
@@ -72,6 +113,12 @@ CALLS = [  # (tool, Lua params, JS params)
     ("add", "{a = 1}", "{a: 1}"),
     ("add", "{a = 1, b = 2, c = 3}", "{a: 1, b: 2, c: 3}"),
     ("explode", "{reason = 'no'}", "{reason: 'no'}"),
+    *[(name, f"{{n = {n}}}", f"{{n: {n}}}") for n in (3, 4, 0, "'x'")
+      for name in ("odd", "odd_kw")],
+    ("halve", "{n = 8, items = {}}", "{n: 8, items: []}"),
+    ("halve", "{n = 8, items = {1, 2}}", "{n: 8, items: [1, 2]}"),
+    ("halve", "{n = 8, items = 'x'}", "{n: 8, items: 'x'}"),
+    ("halve", "{n = 8}", "{n: 8}"),
     *[("give", f"{{what = '{what}'}}", f"{{what: '{what}'}}")
       for what in ("set", "huge", "nan", "cycle", "deep", "key", "fine")],
 ]
