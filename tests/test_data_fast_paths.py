@@ -278,7 +278,8 @@ def test_js_long_strings_in_a_thrown_errors_fields_stay_text(host: Host) -> None
 # (check_table, then _from_lua) makes of the same parameters. The slow path is switched on
 # by a prelude whose MAX_FLAT lets no table through.
 FLAT_PARAMS = [
-    "{a = 1, b = 2}", "{}", "{z = 'x', a = true, m = 1.5, b = false}",
+    "{a = 1, b = 2}", "{}", "{z = 'x', a = true, m = 1.5, b = false}", "{a = 1}",
+    "{z = 1, a = 2}", "{['\u00e9'] = 1, z = 2}", "{['\u00e9'] = 1}", "{b = 'x', B = 'y'}",
     "{['\u00e9'] = '\u00fc', ['\\0k'] = 'v\\0', [''] = ''}", "{a = 0/0, b = -0.0}",
     "{a = math.huge, b = -math.huge}", "{a = math.maxinteger, b = math.mininteger}",
     "{a = 2^53 + 1, b = 1e300}", "{a = '\\xff'}", "{['\\xff'] = 1}", "{a = print}",
