@@ -637,7 +637,7 @@ local function on_cancel(fn)
 end
 
 -- A request leaves the script's coroutine as REQUEST, name, problem, traceback, params,
--- kind (and, when params is true, the parameters' keys and values: see is_flat);
+-- kind (and, when params is true, the parameters' keys and values: see flat);
 -- problem: nil, or why the params cannot cross as {message, data type, path};
 -- kind: nil (a tool call) or "recovery" (a step of recovery.retry/fallback: only the
 -- prelude passes it, so no tool name a script gives makes one).
@@ -682,59 +682,69 @@ local script_hooks, hooking = nil, 0
 local hook_threads = setmetatable({}, {__mode = "k", __metatable = false})
 local hooked_call  -- (name, nargs, params, tb): a tool call through the script's hooks
 
--- The usual parameters: at most MAX_FLAT string keys, each with a number, a boolean or
--- valid UTF-8 text. is_flat checks and counts them as check_table would, in one walk, and
--- they leave the coroutine as their keys and values (pairs_of) after `true` in the params'
--- place: the request then reaches the host with no table to read (see finish). Anything
--- else (nesting, arrays, more keys, a problem) is check_table's.
-local is_flat, pairs_of
-do
-  local MAX_FLAT = 8
-  function is_flat(params)
-    local n = 0
-    spent = 0
-    for k, x in next, params do
-      n = n + 1
-      local tx = type(x)
-      if n > MAX_FLAT or type(k) ~= "string" or not utf8_len(k) or not (
-          tx == "number" or tx == "boolean" or tx == "string" and utf8_len(x)) then
-        return false
-      end
-      spent = spent + ITEM_BYTES + #k + (tx == "string" and #x or 0)
-    end
-    if spent > budget then
-      abort = "large"
-      error(KILL, 0)
-    end
-    return true
-  end
-
-  function pairs_of(t, k)
-    local key, value = next(t, k)
-    if key == nil then return end
-    return key, value, pairs_of(t, key)
-  end
-end
-
 -- The call site's traceback is made only when it is needed: when the call fails, here,
 -- and when the host asks for it while the call waits (site): the stack is the same then.
 -- A request leaves with no traceback (nil); forward adds one for a script's own coroutine.
 -- The script's level is 3 both from here (traceback, call_tool, the tool function) and in
--- the waiting coroutine (yield, call_tool, the tool function).
-local function call_tool(name, nargs, params, kind)
-  if script_hooks and kind == nil and hooking == 0 then
-    return hooked_call(name, nargs, params, traceback(nil, 3, true))
+-- the waiting coroutine (yield, call_tool, the tool function): call_tool goes on in
+-- flat_call or long_call as tail calls, which take its level.
+local call_tool
+do
+  -- The usual parameters: at most MAX_FLAT string keys, each with a number, a boolean or
+  -- valid UTF-8 text. flat gives their keys and values, checked and counted as check_table
+  -- would, in one walk (`whole` false once one is not), and they leave the coroutine after
+  -- `true` in the params' place: the request then reaches the host with no table to read
+  -- (see finish). Anything else (nesting, arrays, more keys, a problem) is check_table's.
+  local MAX_FLAT = 8
+  local whole
+
+  -- The pairs of `t` after key `k`, the n-th on (next is raw: no script code runs).
+  local function flat(t, k, n)
+    local key, x = next(t, k)
+    if key == nil then return end
+    local tx = type(x)
+    if n > MAX_FLAT or type(key) ~= "string" or not utf8_len(key) or not (
+        tx == "number" or tx == "boolean" or tx == "string" and utf8_len(x)) then
+      whole = false
+      return
+    end
+    spent = spent + ITEM_BYTES + #key + (tx == "string" and #x or 0)
+    return key, x, flat(t, key, n + 1)
   end
-  local ok, value, tb  -- tb: the call site, if the host asked for it (see site)
-  if nargs == 1 and type(params) == "table" and is_flat(params) then
-    ok, value, tb = co_yield(REQUEST, text(name), nil, nil, true, kind, pairs_of(params))
-  else
+
+  -- The end of a call: its result, or the host's error raised at the call site (a tail
+  -- call too: the level of the call site is the same here).
+  local function called(ok, value, tb)
+    if ok then return value end
+    error(reply_error(value, tb or traceback(nil, 3, true)), 0)
+  end
+
+  local function long_call(name, nargs, params, kind)
     local problem = params_problem(nargs, params)
     if problem then params = nil end
-    ok, value, tb = co_yield(REQUEST, text(name), problem, nil, params, kind)
+    return called(co_yield(REQUEST, text(name), problem, nil, params, kind))
   end
-  if ok then return value end
-  error(reply_error(value, tb or traceback(nil, 3, true)), 0)
+
+  -- A call with the pairs flat gave, if they are all there.
+  local function flat_call(name, kind, params, ...)
+    if not whole then return long_call(name, 1, params, kind) end
+    if spent > budget then
+      abort = "large"
+      error(KILL, 0)
+    end
+    return called(co_yield(REQUEST, text(name), nil, nil, true, kind, ...))
+  end
+
+  function call_tool(name, nargs, params, kind)
+    if script_hooks and kind == nil and hooking == 0 then
+      return hooked_call(name, nargs, params, traceback(nil, 3, true))
+    end
+    if nargs == 1 and type(params) == "table" then
+      whole, spent = true, 0
+      return flat_call(name, kind, params, flat(params, nil, 1))
+    end
+    return long_call(name, nargs, params, kind)
+  end
 end
 
 local function tools_index(t, name)

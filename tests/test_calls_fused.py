@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 import anyio
 import pytest
-
 from pydantic import AfterValidator, BaseModel, field_validator
 
 from bridge import SpellError

@@ -33,7 +33,7 @@ from tests.test_lua_call_sites import eager
 # the Lua tests on each Lua version (the JavaScript ones run once)
 pytestmark = pytest.mark.usefixtures("lua_version")
 
-FLAT = 'type(params) == "table" and is_flat(params)'
+FLAT = "return flat_call(name, kind, params, flat(params, nil, 1))"
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,7 @@ def no_flat_params(monkeypatch: pytest.MonkeyPatch) -> None:
     text = lua_engine.PRELUDE
     assert text.count(FLAT) == 1, FLAT
     monkeypatch.setattr(lua_engine, "PRELUDE",
-                        text.replace(FLAT, 'type(params) == "table" and false'))
+                        text.replace(FLAT, "return long_call(name, 1, params, kind)"))
     lua_engine.prelude_bytecode.cache_clear()
 
 
@@ -611,24 +611,21 @@ def test_a_call_site_read_when_asked_is_made_within_the_scripts_memory(
     assert run.step.error.code == "resource/memory_exhaustion", run.step
 
 
-@pytest.mark.xfail(strict=True, reason="pre-existing, trusted sandbox only: a script's own "
-                   "debug.sethook runs between the prelude's check of the parameters and their "
-                   "reading (is_flat, then pairs_of; before issue 17: check_table, then the "
-                   "host's _convert), so it can change them: a tool got a live Lua table (a "
-                   "dict holding a Lua function before)")
-def test_a_trusted_scripts_debug_hook_cannot_hand_a_tool_live_lua_objects() -> None:
+def _hooked_keep(params: str, trigger: str) -> list[Any]:
+    """What a tool got from a trusted script whose own debug.sethook changes the params
+    table to hold a Lua function when the prelude calls a function named ``trigger``."""
     got: list[Any] = []
 
     @tool
-    def keep(a: Any = None, b: Any = None) -> str:
+    def keep(a: Any = None, b: Any = None, c: Any = None) -> str:
         """Keeps what it got."""
         got.append(a)
         return "ok"
 
-    source = """local params = {a = 1, b = 2}
+    source = f"""local params = {params}
 debug.sethook(function()
   local name = debug.getinfo(2, "n").name
-  if name == "pairs_of" or name == "traceback" then params.a = {nested = print} end
+  if name == "{trigger}" then params.a = {{nested = print}} end
 end, "c")
 local r = tools.keep(params)
 debug.sethook()
@@ -638,8 +635,28 @@ return r"""
         host.run_source(source, "lua", "agent.lua")
     except SpellError:
         pass  # refusing the changed parameters is right too
-    assert all(value == 1 or (value.__class__ in (int, float, str, bool, dict, list)
-                              and "Lua" not in repr(value)) for value in got), got
+    return got
+
+
+def _plain_values(got: list[Any]) -> bool:
+    return all(value == 1 or (value.__class__ in (int, float, str, bool, dict, list)
+                              and "Lua" not in repr(value)) for value in got)
+
+
+@pytest.mark.parametrize("trigger", ["flat", "flat_call", "called", "text", "traceback"])
+def test_a_trusted_scripts_debug_hook_cannot_change_flat_params_after_their_check(
+        trigger: str) -> None:
+    # flat parameters are read and checked in one walk: what leaves is what was checked
+    assert _plain_values(_hooked_keep("{a = 1, b = 2}", trigger))
+
+
+@pytest.mark.xfail(strict=True, reason="pre-existing, trusted sandbox only: a script's own "
+                   "debug.sethook runs between the prelude's check of parameters that are not "
+                   "flat (check_table) and the host's reading of the table (_convert), so it "
+                   "can change them: a tool got a live Lua table (a dict holding a Lua "
+                   "function before)")
+def test_a_trusted_scripts_debug_hook_cannot_hand_a_tool_live_lua_objects() -> None:
+    assert _plain_values(_hooked_keep("{a = 1, b = 2, c = {1}}", "text"))
 
 
 MONITORED = """local x = 1
