@@ -117,15 +117,15 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
     it is not sure of, goes the slow way, which says where and why it cannot cross.
     """
     kind = type(value)
+    if kind is int:  # the usual result first
+        limit = _LIMITS[language]
+        return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
     if kind is list or kind is dict:
         copied = _plain_copy(value, _LIMITS[language], depth)
         if copied is not None:
             return copied
     if kind is str or kind is float or kind is bool or value is None:
         return value
-    if kind is int:
-        limit = _LIMITS[language]
-        return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
     if isinstance(value, str):  # a StrEnum member, a str subclass: its text, as any engine
         return str.__str__(value)  # has it (a subclass's own __str__ is not data)
     if isinstance(value, int):  # an IntEnum member: its number

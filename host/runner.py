@@ -537,25 +537,25 @@ class ScriptRun:
                   roots: Sequence[Root] | None = None) -> Finished | Failed:
         """Answer the engine's tool calls until the script (or the called function) ends,
         by ``deadline`` (``roots``: where a tools file's require searches)."""
-        control = self.control
-        while isinstance(step, Suspended):
+        control, answer, resume, language = self.control, self._answer, engine.resume, \
+            engine.language  # (looked up once: this loop is every tool call's)
+        while step.__class__ is Suspended:
             if control.given_up:  # no tool runs for a run nobody waits for
-                return Failed(self.out_of_time(engine.language))
+                return Failed(self.out_of_time(language))
             if control.delivered:  # it was told and still calls tools: stop it here
                 return Failed(control.reason)  # type: ignore[arg-type]
-            requests = step.requests
+            requests = step.requests  # type: ignore[union-attr]
             if len(requests) == 1:  # the usual step (always, in Lua): no comprehension
-                replies = [self._answer(requests[0], engine.language, roots)]
+                replies = [answer(requests[0], language, roots)]
             else:
-                replies = [self._answer(request, engine.language, roots)
-                           for request in requests]
+                replies = [answer(request, language, roots) for request in requests]
             recovering = self._script_recovery
             if recovering is not None and recovering.delays:  # retries of the script's own
                 recovering.wait(replies)
-            step = engine.resume(replies, deadline)
+            step = resume(replies, deadline)
             if step.output or step.__class__ is Failed:  # _received, inlined: the hot loop
                 self._received(step)
-        return step
+        return step  # type: ignore[return-value]
 
     def _answer(self, request: ToolRequest, caller: str,
                 roots: Sequence[Root] | None = None) -> ToolReply:
@@ -613,6 +613,9 @@ class ScriptRun:
             finally:
                 control.in_tool_kind = None
             running = False
+            kind = result.__class__
+            if kind is str or kind is float or kind is bool or result is None:
+                return ToolReply(request.id, result)  # (to_script_data's own first look)
             return ToolReply(request.id, to_script_data(result, caller))
         except BaseException as exc:
             call = ToolCall(request.tool, tool, request.params, None, caller, request,
