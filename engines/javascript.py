@@ -84,6 +84,7 @@ from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
+from engines import javascript_bytecode as bytecode
 from engines import javascript_modules as modules
 from engines.base import (
     SANDBOX_HINT_START,
@@ -185,6 +186,13 @@ class JavaScriptEngine(Engine):
     _tools_file = False
     _map: modules.LineMap | None = None  # once the script links modules (_load_main)
 
+    @classmethod
+    def before_confinement(cls) -> None:
+        """Open what an engine needs later (the binding's library, through which the
+        prelude's byte code is read: engines.javascript_bytecode), for a process that can
+        open no file once started (a confined worker, :mod:`engines.worker`)."""
+        bytecode.prepare()
+
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
     ) -> Step:
@@ -243,9 +251,7 @@ class JavaScriptEngine(Engine):
         problem = _unpassable(source)
         if problem:
             return self._fail(translate.compilation_error(problem, filename, None, None))
-        ctx = self._ctx = quickjs.Context()
-        ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
-        ctx.set_max_stack_size(self.limits.stack_kb * 1024)
+        ctx = self._ctx = self._new_context()
         module = filename.endswith(".mjs")
         self._map = None
         self._records: dict[tuple[str, str], _Record] = {}  # (file, kind) -> its module
@@ -261,8 +267,14 @@ class JavaScriptEngine(Engine):
         self._tools_file = library  # no modules (and no hints about them) in a tools file
         self._imports: list[tuple[int, _Record, str]] = []  # import() calls answered
         try:
+            api = bytecode.evaluate(ctx, PRELUDE)  # read as byte code, where it can be
+            if api is None:  # else compiled, as it always was, in a context nothing ran in
+                if bytecode.prepare():  # byte code was tried there (out of memory...)
+                    ctx = self._ctx = self._new_context()
+                self._grace()
+                api = ctx.eval(PRELUDE)  # (what fails here fails as it did)
+            self._api = api
             self._grace()
-            api = self._api = ctx.eval(PRELUDE)
             self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
             self._stashed = api("stashed")
             self._call_export = api("callExport")
@@ -285,6 +297,13 @@ class JavaScriptEngine(Engine):
             return self._advance(0)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _new_context(self) -> Any:
+        """A fresh quickjs context with the engine's memory and stack limits."""
+        ctx = quickjs.Context()
+        ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
+        ctx.set_max_stack_size(self.limits.stack_kb * 1024)
+        return ctx
 
     # -- modules (see javascript_modules.py: the host finds and reads them) ------------
 
