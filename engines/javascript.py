@@ -690,9 +690,13 @@ class JavaScriptEngine(Engine):
         return False
 
     def close(self) -> None:
-        """Free the context (call it on the engine's thread, like everything else)."""
+        """Free the context (call it on the engine's thread, like everything else).
+
+        Every object of the context goes with it (each holds the context): else the
+        context would be freed wherever the engine object is dropped, on another thread.
+        """
         self._settle = self._poll = self._drain = self._call_export = self._stashed = None
-        self._ctx = None
+        self._api = self._ctx = None
 
     # -- running ---------------------------------------------------------------------
 

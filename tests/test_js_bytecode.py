@@ -241,3 +241,13 @@ def test_tools_files_read_the_byte_code_too() -> None:
     step = engine.call("twice", {"n": 21}, time.monotonic() + 5)
     assert isinstance(step, Finished) and step.result == 42
     engine.close()
+
+
+def test_close_lets_the_context_go_on_the_engine_thread() -> None:
+    # no object of the context stays on the engine once closed: the context is freed by
+    # close(), on the engine's thread, not wherever the engine object is dropped later
+    engine = JavaScriptEngine(limits=LIMITS)
+    assert result("function main() { return 1; }", engine=engine) == 1
+    held = [name for name, value in vars(engine).items()
+            if type(value).__module__ == quickjs.__name__]
+    assert held == []
