@@ -274,13 +274,15 @@ class JavaScriptEngine(Engine):
                 self._grace()
                 api = ctx.eval(PRELUDE)  # (what fails here fails as it did)
             self._api = api
-            # taken with no time limit (no clock reading per call): only the prelude's own
-            # lookups run, before any script code exists in the context
-            self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
-            self._stashed = api("stashed")
-            self._call_export = api("callExport")
-            setup, begin = api("setup"), api("module" if module else
-                                             "library" if library else "run")
+            # the functions the prelude left as globals (TAKEN there), read with no call
+            # into JS; setup deletes them before any script code runs
+            get = ctx.get
+            self._settle, self._poll = get("polyspell$settle"), get("polyspell$poll")
+            self._drain, self._stashed = get("polyspell$drain"), get("polyspell$stashed")
+            self._call_export = get("polyspell$callExport")
+            setup = get("polyspell$setup")
+            begin = get("polyspell$module" if module else "polyspell$library" if library
+                        else "polyspell$run")
             self._grace()
             setup(config, ERRORS, _catalog_json())
             if not library:

@@ -1220,7 +1220,11 @@
   // config: {file, args, tools: [[name, description]...], constructors: {name: category}};
   // the source of javascript_errors.js and the JSON of the message templates wait unused
   // until the first error.
+  const TAKEN = ["setup", "run", "module", "library", "settle", "poll", "drain", "stashed",
+    "callExport"];
+
   function setup(text, errorsCode, catalog) {
+    for (const name of TAKEN) delete globalThis[`polyspell$${name}`];
     config = parse(text);
     FILE = config.file;
     maxDepth = config.bounds[0];
@@ -1520,5 +1524,9 @@
   const API = { setup, run, module, library, callExport, settle, poll, drain, stashed,
     defineModules,
     startModules, settleImport, defineRequire };
+  // What Python takes at every start, left as globals for a moment: the binding's get()
+  // reads a global with no call into JS (each call lets the GIL go, and with many runs at
+  // once each costs a thread switch). setup deletes them before any script code runs.
+  for (const name of TAKEN) define(`polyspell$${name}`, API[name]);
   return (name) => API[name];
 })();
