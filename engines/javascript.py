@@ -2,8 +2,10 @@
 
 Every ``start`` makes a fresh ``quickjs.Context``, evaluates the prelude
 (``javascript_prelude.js``, which gives scripts ``args``, ``tools``, ``console`` and the
-error constructors) and then the script. Python only ever calls the few prelude functions
-the prelude hands out, passing JSON strings and plain scalars and receiving JSON strings:
+error constructors; read as byte code made once per process where the binding allows,
+see ``javascript_bytecode.py``, else compiled) and then the script. Python only ever
+calls the few prelude functions the prelude hands out, passing JSON strings and plain
+scalars and receiving JSON strings:
 no Python callable is entered from JS (so quickjs's time limit can stay on) and no Python
 object enters the context.
 

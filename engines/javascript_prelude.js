@@ -7,7 +7,9 @@
 // `console`, `hooks` (their own tool-call hooks, see "script hooks"), and `error.stack` with the real file name and without this prelude. The
 // error constructors (SpellError, ToolError...) and the explanations of bad data live in
 // javascript_errors.js, compiled on first use: quickjs compiles about 50 us of code per KB
-// for every new engine, so this file keeps only what every run needs.
+// for every new engine, so this file keeps only what every run needs. (The engine reads
+// this file as byte code made once per process where the binding allows: about 0.2 ms
+// instead of 2.2 ms to compile it; see javascript_bytecode.py.)
 //
 // Unguarded code: Python calls settle (with a plain value) and poll (without `full`) with no
 // time limit, as a tool round trip is cheaper without one (see javascript.py). That code
