@@ -5,9 +5,8 @@ Every ``start`` makes a fresh ``quickjs.Context``, evaluates the prelude
 error constructors; read as byte code made once per process where the binding allows,
 see ``javascript_bytecode.py``, else compiled) and then the script. Python only ever
 calls the few prelude functions the prelude hands out, passing JSON strings and plain
-scalars and receiving JSON strings:
-no Python callable is entered from JS (so quickjs's time limit can stay on) and no Python
-object enters the context.
+scalars and receiving JSON strings: no Python callable is entered from JS (so quickjs's
+time limit can stay on) and no Python object enters the context.
 
 A tool call in JS records a request and returns a Promise. After each evaluation or
 settlement the engine runs quickjs's pending jobs until there are none, then asks the
