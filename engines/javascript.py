@@ -2,10 +2,11 @@
 
 Every ``start`` makes a fresh ``quickjs.Context``, evaluates the prelude
 (``javascript_prelude.js``, which gives scripts ``args``, ``tools``, ``console`` and the
-error constructors) and then the script. Python only ever calls the few prelude functions
-the prelude hands out, passing JSON strings and plain scalars and receiving JSON strings:
-no Python callable is entered from JS (so quickjs's time limit can stay on) and no Python
-object enters the context.
+error constructors; read as byte code made once per process where the binding allows,
+see ``javascript_bytecode.py``, else compiled) and then the script. Python only ever
+calls the few prelude functions the prelude hands out, passing JSON strings and plain
+scalars and receiving JSON strings: no Python callable is entered from JS (so quickjs's
+time limit can stay on) and no Python object enters the context.
 
 A tool call in JS records a request and returns a Promise. After each evaluation or
 settlement the engine runs quickjs's pending jobs until there are none, then asks the
@@ -58,6 +59,7 @@ An engine, like its quickjs context, is used from one thread; ``close()`` it the
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import itertools
@@ -66,7 +68,6 @@ import math
 import os
 import posixpath
 import re
-import secrets
 import time
 import types
 import typing
@@ -84,6 +85,7 @@ from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
+from engines import javascript_bytecode as bytecode
 from engines import javascript_modules as modules
 from engines.base import (
     SANDBOX_HINT_START,
@@ -185,6 +187,13 @@ class JavaScriptEngine(Engine):
     _tools_file = False
     _map: modules.LineMap | None = None  # once the script links modules (_load_main)
 
+    @classmethod
+    def before_confinement(cls) -> None:
+        """Open what an engine needs later (the binding's library, through which the
+        prelude's byte code is read: engines.javascript_bytecode), for a process that can
+        open no file once started (a confined worker, :mod:`engines.worker`)."""
+        bytecode.prepare()
+
     def start(
         self, source: str, filename: str, args: Any, tools: list[ToolInfo], deadline: float
     ) -> Step:
@@ -228,7 +237,7 @@ class JavaScriptEngine(Engine):
         self._owners: dict[int, int] = {}  # request id -> the activation that made it
         self._last_activation = 0  # 0: the script itself, or the tools file's load
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
-        mark = self._nonce = secrets.token_hex(8)  # see LONG_TEXT in the prelude
+        mark = self._nonce = _new_mark()  # see LONG_TEXT in the prelude
         self._mark = "\0" + mark + ":"  # (the text has the NUL as \u0000)
         try:
             config = _encode({"file": filename, "args": {} if args is None else args,
@@ -243,9 +252,7 @@ class JavaScriptEngine(Engine):
         problem = _unpassable(source)
         if problem:
             return self._fail(translate.compilation_error(problem, filename, None, None))
-        ctx = self._ctx = quickjs.Context()
-        ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
-        ctx.set_max_stack_size(self.limits.stack_kb * 1024)
+        ctx = self._ctx = self._new_context()
         module = filename.endswith(".mjs")
         self._map = None
         self._records: dict[tuple[str, str], _Record] = {}  # (file, kind) -> its module
@@ -261,12 +268,24 @@ class JavaScriptEngine(Engine):
         self._tools_file = library  # no modules (and no hints about them) in a tools file
         self._imports: list[tuple[int, _Record, str]] = []  # import() calls answered
         try:
+            api = bytecode.evaluate(ctx, PRELUDE)  # read as byte code, where it can be
+            if api is None:  # else compiled, as it always was, in a context nothing ran in
+                if bytecode.prepare():  # byte code was tried there (out of memory...)
+                    ctx = self._ctx = self._new_context()
+                self._grace()
+                api = ctx.eval(PRELUDE)  # (what fails here fails as it did)
+            self._api = api
+            # the functions the prelude left as globals (TAKEN there), read with no call
+            # into JS; setup deletes them before any script code runs
+            get = ctx.get
+            self._settle, self._poll = get("polyspell$settle"), get("polyspell$poll")
+            self._drain, self._stashed = get("polyspell$drain"), get("polyspell$stashed")
+            self._call_export = get("polyspell$callExport")
+            setup = get("polyspell$setup")
+            begin = get("polyspell$module" if module else "polyspell$library" if library
+                        else "polyspell$run")
             self._grace()
-            api = self._api = ctx.eval(PRELUDE)
-            self._settle, self._poll, self._drain = api("settle"), api("poll"), api("drain")
-            self._stashed = api("stashed")
-            self._call_export = api("callExport")
-            api("setup")(config, ERRORS, _catalog_json())
+            setup(config, ERRORS, _catalog_json())
             if not library:
                 linked = self._load_main(source, filename, module)
                 if linked is not None:
@@ -279,12 +298,19 @@ class JavaScriptEngine(Engine):
                     if "could not load module" in text:  # there is no module loader
                         text = text.replace("\n", " (scripts cannot import modules)\n", 1)
                     return self._fail(self._from_exception(text, compiling=True))
-                self._enter(api("module"), evaluation)
+                self._enter(begin, evaluation)
             else:
-                self._enter(api("library" if library else "run"), source + SCRIPT_TAIL)
+                self._enter(begin, source + SCRIPT_TAIL)
             return self._advance(0)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _new_context(self) -> Any:
+        """A fresh quickjs context with the engine's memory and stack limits."""
+        ctx = quickjs.Context()
+        ctx.set_memory_limit(self.limits.memory_mb * 1024 * 1024)
+        ctx.set_max_stack_size(self.limits.stack_kb * 1024)
+        return ctx
 
     # -- modules (see javascript_modules.py: the host finds and reads them) ------------
 
@@ -671,9 +697,13 @@ class JavaScriptEngine(Engine):
         return False
 
     def close(self) -> None:
-        """Free the context (call it on the engine's thread, like everything else)."""
+        """Free the context (call it on the engine's thread, like everything else).
+
+        Every object of the context goes with it (each holds the context): else the
+        context would be freed wherever the engine object is dropped, on another thread.
+        """
         self._settle = self._poll = self._drain = self._call_export = self._stashed = None
-        self._ctx = None
+        self._api = self._ctx = None
 
     # -- running ---------------------------------------------------------------------
 
@@ -994,6 +1024,20 @@ _OBSERVED_LIMITS = {1: "memory", 2: "stack"}  # the prelude's observedLimit
 # and a failure's envelope encodes 20% faster, and parses faster, without them
 _encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
 _MAX_SAFE_INTEGER = 2**53
+
+
+_MARKS: collections.deque[str] = collections.deque()  # unused marks (pop is atomic)
+
+
+def _new_mark() -> str:
+    """A secret of 16 hex digits for one engine, from the system's random source 64 at a
+    time (a system call per engine cost about 10 us)."""
+    try:
+        return _MARKS.pop()
+    except IndexError:
+        digits = os.urandom(8 * 64).hex()
+        _MARKS.extend(digits[at:at + 16] for at in range(16, len(digits), 16))
+        return digits[:16]
 
 
 def _js_number(text: str) -> int | float:
