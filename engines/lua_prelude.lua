@@ -695,8 +695,11 @@ do
   -- would, in one walk (`whole` false once one is not), and they leave the coroutine after
   -- `true` in the params' place: the request then reaches the host with no table to read
   -- (see finish). Anything else (nesting, arrays, more keys, a problem) is check_table's.
+  -- `walks` numbers the walks: a trusted script's own debug hook may call a tool while a
+  -- walk goes on (a call or return hook), whose walk sets `whole` and `spent` again; the
+  -- outer call then sees another number and goes the long way (check_table reads again).
   local MAX_FLAT = 8
-  local whole
+  local whole, walks = false, 0
 
   -- The pairs of `t` after key `k`, the n-th on (next is raw: no script code runs).
   local function flat(t, k, n)
@@ -726,8 +729,8 @@ do
   end
 
   -- A call with the pairs flat gave, if they are all there.
-  local function flat_call(name, kind, params, ...)
-    if not whole then return long_call(name, 1, params, kind) end
+  local function flat_call(name, kind, params, walk, ...)
+    if not whole or walk ~= walks then return long_call(name, 1, params, kind) end
     if spent > budget then
       abort = "large"
       error(KILL, 0)
@@ -740,8 +743,9 @@ do
       return hooked_call(name, nargs, params, traceback(nil, 3, true))
     end
     if nargs == 1 and type(params) == "table" then
-      whole, spent = true, 0
-      return flat_call(name, kind, params, flat(params, nil, 1))
+      local walk = walks + 1
+      whole, spent, walks = true, 0, walk
+      return flat_call(name, kind, params, walk, flat(params, nil, 1))
     end
     return long_call(name, nargs, params, kind)
   end

@@ -33,7 +33,7 @@ from tests.test_lua_call_sites import eager
 # the Lua tests on each Lua version (the JavaScript ones run once)
 pytestmark = pytest.mark.usefixtures("lua_version")
 
-FLAT = "return flat_call(name, kind, params, flat(params, nil, 1))"
+FLAT = "return flat_call(name, kind, params, walk, flat(params, nil, 1))"
 
 
 @pytest.fixture(autouse=True)
