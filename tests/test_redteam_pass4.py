@@ -63,3 +63,104 @@ def test_a_tool_called_from_a_hook_during_the_walk_does_not_reset_its_count() ->
     run = drive("lua", source + REENTERED.format(params=params, events="c", at=2),
                 tools={"t": lambda p: 1}, sandbox="trusted", memory_mb=48)
     assert run.error.code == "resource/memory_exhaustion"
+
+
+# -- JavaScript: the prelude read as byte code ------------------------------------------
+
+# Scripts that reach into the prelude's own functions (a proxy's trap or a getter run by
+# the prelude, toJSON, console's toString, the error constructors' getters, a stack
+# captured on a plain object, which the stack getter does not clean): what they see must
+# not tell the two ways of making the prelude apart.
+PRELUDE_PROBES = [
+    "function main() { const o = {}; Error.captureStackTrace(o); return o.stack; }",
+    "function main() { let s; const p = new Proxy({}, {get() { s = new Error('x').stack;"
+    " return 1; }}); tools.add(p); return s; }",
+    "function main() { try { tools.add({toJSON() { throw new Error('tj'); }}); }"
+    " catch (e) { return e.stack + '|' + e.message; } }",
+    "function main() { try { console.log({toString() { throw new Error('ts'); }}); }"
+    " catch (e) { return e.stack; } }",
+    "function main() { return Object.getOwnPropertyNames(globalThis).map((k) => {"
+    " const d = Object.getOwnPropertyDescriptor(globalThis, k);"
+    " return k + ':' + typeof d.value + ':' + (d.get ? String(d.get) : ''); }).join('\\n'); }",
+    "function main() { return [Object.getOwnPropertyDescriptor(globalThis, 'SpellError').get,"
+    " Object.getOwnPropertyDescriptor(Error.prototype, 'stack').get,"
+    " Object.getOwnPropertyDescriptor(Error, 'prepareStackTrace').get].map(String)"
+    ".join('|'); }",
+    "async function main() { try { await tools.nope({}); } catch (e) {"
+    " return [e.stack, e.name, e.message, String(e.constructor)].join('|'); } }",
+    "function main() { try { new InternalError(); } catch (e) { return e.stack; } }",
+    "function main() { const e = new SpellError({category: 'tool', kind: 'timeout',"
+    " tool_name: 'x', duration: 2}); return [e.message, e.stack]; }",
+    "function main() { try { tools.add(1n); } catch (e) { return e.stack; } }",
+    "function main() { return [typeof polyspell$completion, typeof polyspell$setup,"
+    " typeof globalThis['polyspell$poll'], 'polyspell$run' in globalThis]; }",
+]
+
+
+def _seen(step: Any) -> Any:
+    """What a step says: a result, or its error's code, message, fields and frames."""
+    from engines import Finished
+    from tests.test_js_bytecode import error_view
+
+    return ("result", step.result, step.output) if isinstance(step, Finished) \
+        else (*error_view(step), step.output)
+
+
+@pytest.mark.parametrize("language", ["javascript"])  # once, not per Lua version
+@pytest.mark.parametrize("source", PRELUDE_PROBES)
+def test_scripts_that_reach_into_the_prelude_see_the_same_either_way(
+        monkeypatch: pytest.MonkeyPatch, source: str, language: str) -> None:
+    from engines import javascript_bytecode as bytecode
+    from tests.test_js_bytecode import drive as drive_js
+
+    tools = {"add": lambda p: 1}
+    read = _seen(drive_js(source, tools=tools))
+    monkeypatch.setattr(bytecode, "_lib", False)
+    assert _seen(drive_js(source, tools=tools)) == read
+
+
+FIRST_USE = """
+import threading, time
+from engines import Finished, Limits
+from engines import javascript_bytecode as bytecode
+from engines.javascript import JavaScriptEngine
+
+assert not bytecode._codes  # a fresh process: the byte code is made by the first start
+barrier = threading.Barrier(12)
+results, made = [], []
+
+def work(i):
+    barrier.wait()
+    engine = JavaScriptEngine(limits=Limits(timeout=5, memory_mb=64))
+    step = engine.start("function main() { return args.i * 2; }", "a.js", {"i": i}, [],
+                        time.monotonic() + 5)
+    results.append(step.result if isinstance(step, Finished) else repr(step))
+    made.append(engine)
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(12)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+for engine in made:  # closed on another thread than the one that made it
+    engine.close()
+print(sorted(results), len(bytecode._codes))
+"""
+
+
+@pytest.mark.parametrize("language", ["javascript"])  # once, not per Lua version
+def test_many_engines_starting_at_once_in_a_fresh_process(language: str) -> None:
+    # the byte code made while other threads wait for it, each context read on its own
+    # thread; a crash (a context used from two threads) would end the process
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", FIRST_USE], capture_output=True, text=True,
+                          timeout=60, cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert done.returncode == 0, done.stderr
+    from engines import javascript_bytecode as bytecode
+
+    made = 1 if bytecode.prepare() else 0  # the byte code made once, where it can be
+    assert done.stdout.strip() == f"{[2 * i for i in range(12)]} {made}"
