@@ -88,8 +88,11 @@ class Tool:
     def kwargs_validator(self) -> Callable[[dict[str, Any]], BaseModel] | None:
         """The model's core validator where :meth:`validate` and :meth:`arguments` do
         nothing more for a dict of parameters (keyword arguments, no list fields): its
-        result's ``__dict__`` is then the keyword arguments (see ScriptRun._plain)."""
-        if self.takes_model or self.list_fields:
+        result's ``__dict__`` is then the keyword arguments (see ScriptRun._plain). None
+        too for a subclass with a validate or arguments of its own, which invoke calls."""
+        cls = type(self)
+        if self.takes_model or self.list_fields or cls.validate is not Tool.validate \
+                or cls.arguments is not Tool.arguments:
             return None
         return self.params_model.__pydantic_validator__.validate_python  # type: ignore[no-any-return]
 

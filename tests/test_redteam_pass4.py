@@ -164,3 +164,53 @@ def test_many_engines_starting_at_once_in_a_fresh_process(language: str) -> None
 
     made = 1 if bytecode.prepare() else 0  # the byte code made once, where it can be
     assert done.stdout.strip() == f"{[2 * i for i in range(12)]} {made}"
+
+
+# -- the fused call: a host's Tool subclass with its own validate or arguments ----------
+
+
+def _subclassed(cls: type) -> Any:
+    import dataclasses
+
+    from host import tool
+    from host.tools import TOOL_ATTRIBUTE
+
+    @tool
+    def double(n: int) -> int:
+        """Doubles."""
+        return 2 * n
+
+    base = getattr(double, TOOL_ATTRIBUTE)
+    return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+
+
+DOUBLES = {"lua": "return {tools.double{n = 1}, tools.double{n = 2}}",
+           "javascript": "async function main() {\n  return [await tools.double({n: 1}),\n"
+                         "          await tools.double({n: 2})];\n}\n"}
+FILES = {"lua": "agent.lua", "javascript": "agent.js"}
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+def test_a_tool_subclass_with_its_own_validate_or_arguments_is_honoured(
+        language: str) -> None:
+    """Tool is public: a host's subclass that overrides validate (to normalise or audit
+    parameters) or arguments is called by Tool.invoke, so the fused path must call it too
+    (it did before the fused path inlined the model's validator)."""
+    from host import Host, Tool
+
+    seen: list[Any] = []
+
+    class Audited(Tool):
+        def validate(self, params: Any) -> Any:
+            seen.append(dict(params))
+            return super().validate({"n": params["n"] * 10})
+
+    class Shifted(Tool):
+        def arguments(self, model: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return (), {"n": model.n + 100}
+
+    host = Host([_subclassed(Audited)], on_output=lambda line: None)
+    assert host.run_source(DOUBLES[language], language, FILES[language]) == [20, 40]
+    assert seen == [{"n": 1}, {"n": 2}]
+    host = Host([_subclassed(Shifted)], on_output=lambda line: None)
+    assert host.run_source(DOUBLES[language], language, FILES[language]) == [202, 204]
