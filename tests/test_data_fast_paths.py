@@ -343,3 +343,161 @@ def test_lua_flat_params_count_against_the_data_budget(monkeypatch: pytest.Monke
         codes.append((info.value.code, str(info.value)))
     assert codes[0] == codes[1]
     assert codes[0][0] == "resource/memory_exhaustion"
+
+
+# JS arrays of at least 16 finite numbers skip JSON.stringify's replacer (MIN_NUMBERS in the
+# prelude): each case is run with that path and with it switched off (numbers() never
+# called), and must give the same value, or the same error at the same line. `log`
+# records what script code ran (getters, traps, toJSON), in order.
+JS_ARRAYS = [
+    "Array.from({length: 100}, (_, i) => i)",
+    "Array.from({length: 20}, (_, i) => i * 1.5 - 7)",
+    "[-0, 0, 2 ** 53, -(2 ** 53), 2 ** 53 + 2, -(2 ** 60), 1e21, 5e-324, 1.7976931348623157e308,"
+    " ...Array(16).fill(3)]",
+    "[...Array(16).fill(1), NaN, 2]",
+    "[...Array(16).fill(1), Infinity]",
+    "[-Infinity, ...Array(16).fill(1)]",
+    "(() => { const a = Array(20).fill(1); delete a[5]; return a; })()",
+    "(() => { const a = Array(18).fill(1); a[30] = 2; return a; })()",
+    "Array(20)",
+    "[...Array(16).fill(1), 'x']",
+    "[...Array(16).fill(1), null]",
+    "[...Array(16).fill(1), true]",
+    "[...Array(16).fill(1), undefined]",
+    "[...Array(16).fill(1), [2]]",
+    "[...Array(16).fill(1), {}]",
+    "[...Array(16).fill(1), () => 1]",
+    "[...Array(16).fill(1), Symbol('s')]",
+    "[...Array(16).fill(1), 10n]",
+    "[...Array(16).fill(1), new Number(5)]",
+    "[...Array(16).fill(1), new Map()]",
+    "[...Array(16).fill(1), {toJSON() { log.push('toJSON'); return 4; }}]",
+    "(() => { Array.prototype.toJSON = function () { log.push('array toJSON'); "
+    "return this.length; }; return Array(20).fill(2); })()",
+    "(() => { Array.prototype.toJSON = function () { return [NaN, ...this]; }; "
+    "return Array(20).fill(2); })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ log.push('get 3'); return 7; }}); return a; })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ log.push(new Error('here').stack); return 7; }}); return a; })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ throw new TypeError('getter failed'); }}); return a; })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ throw new RangeError('too many arguments in function call'); }}); return a; })()",
+    "(() => { Object.defineProperty(Array.prototype, 5, {get() { log.push('proto 5'); "
+    "return 9; }, set() { log.push('set 5'); }, configurable: true}); "
+    "const a = Array(20).fill(1); delete a[5]; return a; })()",
+    "new Proxy(Array(20).fill(1), {get(t, k) { log.push(String(k)); return t[k]; }})",
+    "new Proxy(Array(20).fill(1), {get(t, k) { return k === '7' ? 'seven' : t[k]; }})",
+    "Array(65535).fill(1)",
+    "Array(65536).fill(1)",
+    "new Proxy([], {get(t, k) { return k === 'length' ? 70000 : 1; }})",
+    "(() => { const a = Array(20).fill(1); a.push(a); return a; })()",
+    "(() => { const a = Array(20).fill(1); return [a, a, {b: a}]; })()",
+    "(() => { let v = Array(20).fill(1); for (let i = 0; i < 98; i++) v = [v]; return v; })()",
+    "(() => { let v = Array(20).fill(1); for (let i = 0; i < 99; i++) v = [v]; return v; })()",
+]
+
+
+def js_outcome(source: str, **options: Any) -> Any:
+    host = Host([echo, take], timeout=20, on_output=lambda line: None, **options)
+    try:
+        return ("value", host.run_source(source, "javascript", "agent.js"))
+    except SpellError as exc:
+        return ("error", type(exc).__name__, exc.code, str(exc), script_line(exc, "agent.js"),
+                [(frame.file, frame.line, frame.function) for frame in exc.frames])
+
+
+def fast_and_slow(source: str, monkeypatch: pytest.MonkeyPatch, **options: Any) -> list:
+    outcomes = []
+    for slow in (False, True):
+        if slow:
+            switched = javascript_engine.PRELUDE.replace(
+                "const placeholder = numbers(value);", "const placeholder = null;")
+            assert switched != javascript_engine.PRELUDE
+            monkeypatch.setattr(javascript_engine, "PRELUDE", switched)
+        try:
+            outcomes.append(js_outcome(source, **options))
+        finally:
+            monkeypatch.undo()
+    return outcomes
+
+
+@pytest.mark.parametrize("values", JS_ARRAYS, ids=range(len(JS_ARRAYS)))
+def test_js_number_arrays_cross_fast_or_slow_alike(values: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    source = f"""async function main() {{
+  const log = [];
+  const values = {values};
+  const seen = await tools.take({{values}});
+  return [seen, log];
+}}"""
+    fast, slow = fast_and_slow(source, monkeypatch)
+    assert fast == slow
+    if values.startswith("Array.from({length: 100}"):
+        assert fast == ("value", [repr(typed(list(range(100)))), []])
+
+
+def test_js_number_arrays_in_params_and_results_count_against_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 arrays of 60,000 numbers: 64 bytes a value, past a 16 MiB run's budget
+    source = """async function main() {
+  const a = Array(60000).fill(1);
+  const fits = await tools.take({values: [a, a]});
+  await tools.take({values: [a, a, a, a, a]});
+}"""
+    fast, slow = fast_and_slow(source, monkeypatch, memory_mb=16)
+    assert fast == slow
+    assert fast[0] == "error" and fast[2] == "resource/memory_exhaustion", fast
+    assert "needs more than" in fast[3] or "memory" in fast[3], fast
+    # a tool's result from a JS tools file takes the same path
+    source = """async function main() { return Array.from({length: 300}, (_, i) => i * 3); }"""
+    assert fast_and_slow(source, monkeypatch) == [("value", list(range(0, 900, 3)))] * 2
+
+
+def test_js_number_arrays_echoed_back_exactly(host: Host) -> None:
+    source = """async function main() {
+  const values = [...Array.from({length: 1000}, (_, i) => i - 500), 0.5, -0, 2 ** 53 + 2,
+    -(2 ** 60), 1e300];
+  const back = await tools.echo({values});
+  return back.length === values.length && back.every((v, i) => Object.is(v, values[i]) ||
+    (v === 0 && values[i] === 0));
+}"""
+    assert host.run_source(source, "javascript", "agent.js") is True
+
+
+def test_js_digit_runs_are_found_in_any_text() -> None:
+    # a long text is looked through for 16 digits in a row (as bytes): non-ASCII text, a
+    # lone surrogate, and digits in a string (a false alarm: read again, still right)
+    filler = ",".join(["1"] * 400)
+    for text, last in [(f'[{filler},"é😀\\ud800",9007199254740993]', float(2**53 + 1)),
+                       (f'[{filler},"é😀",9007199254740992]', 2**53),
+                       (f'[{filler},"x\ud800",-9007199254740993]', float(-(2**53) - 1)),
+                       (f'[{filler},"12345678901234567",5]', 5)]:
+        state = javascript_engine._read_state(text)
+        assert state[-1] == last and type(state[-1]) is type(last), text
+
+
+def test_js_a_getter_read_for_the_fast_path_throws_as_from_json(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # caught by the script, and not: the same error, message, frames (JS_ARRAYS has the
+    # stack a getter sees)
+    caught = """async function main() {
+  const a = Array(20).fill(1);
+  Object.defineProperty(a, 3, {get() { throw new TypeError("getter failed"); }});
+  try {
+    await tools.take({values: a});
+  } catch (e) {
+    return [e.name, e.message, e.stack];
+  }
+}"""
+    fast, slow = fast_and_slow(caught, monkeypatch)
+    assert fast == slow
+    assert fast[1][1].endswith("TypeError: getter failed"), fast
+    uncaught = """async function main() {
+  const a = Array(20).fill(1);
+  Object.defineProperty(a, 3, {get() { throw new TypeError("getter failed"); }});
+  await tools.take({values: a});
+}"""
+    fast, slow = fast_and_slow(uncaught, monkeypatch)
+    assert fast == slow and fast[0] == "error" and fast[4] == 4, fast
