@@ -170,6 +170,29 @@ return {t = t, f = f, e = {}, d = tools.echo{values = t}}
                       "t": [i * 2 for i in range(1, 301)]}
 
 
+@pytest.mark.parametrize("tail", ["true", "false", "0.5", "1e308", "-1e308", "0/0",
+                                  "math.maxinteger", "math.mininteger", "'x'", "{1}",
+                                  "{k = 'é'}"])
+def test_lua_arrays_of_numbers_and_one_other_value_cross_exactly(host: Host, tail: str) -> None:
+    # Python adds a piece's values to see that it holds only numbers and booleans (then
+    # nothing more is looked at): overflowing floats, 64-bit ints, and one value that stops
+    # the sum anywhere in the piece
+    for at in (1, 150, 300):
+        source = f"""
+local data = {{}}
+for i = 1, 300 do data[i] = i % 2 == 0 and 1e308 or math.maxinteger end
+data[{at}] = {tail}
+local back = tools.echo{{values = data}}
+return {{tools.take{{values = data}}, back[{at}] ~= back[{at}] or back[{at}] == data[{at}]
+         or type(back[{at}]) == "table"}}
+"""
+        seen, same = host.run_source(source, "lua", "agent.lua")
+        values = [1e308 if i % 2 == 0 else 2**63 - 1 for i in range(1, 301)]
+        values[at - 1] = host.run_source(f"return {{{tail}}}", "lua", "x.lua")[0]
+        assert seen.replace("nan", "NaN") == repr(typed(values)).replace("nan", "NaN")
+        assert same is True
+
+
 @pytest.mark.parametrize(("make", "problem"), [
     ("data[16385] = print", "params.values[16385] is a function"),
     ("data[16387] = 1", "params.values is an array with holes"),
