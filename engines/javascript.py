@@ -78,6 +78,7 @@ try:  # the C module alone: the `quickjs` package starts an executor thread on i
     import _quickjs as quickjs
 except ImportError:  # pragma: no cover - a layout where only the package is importable
     import quickjs  # type: ignore[no-redef]
+import pydantic_core
 
 from bridge import javascript as translate
 from bridge.data import ITEM_BYTES, MAX_DEPTH
@@ -1011,6 +1012,7 @@ _scan = json.JSONDecoder(parse_int=_js_number).scan_once
 # The same with ints parsed in C, right for every int within 2**53 (see _read_state).
 _native_scan = json.JSONDecoder().scan_once
 _SMALL_TEXT = 1024
+_from_json = pydantic_core.from_json
 _LONG_DIGITS = re.compile(r"\d{16}").search
 # A text's digits as d (UTF-8 writes no other character with the bytes of ASCII digits):
 # a run of 16 found by bytes.find, about 1 ns a character, where re takes 20.
@@ -1027,7 +1029,10 @@ def _read_state(text: str) -> Any:
     """
     if len(text) < _SMALL_TEXT:
         return (_native_scan if _LONG_DIGITS(text) is None else _scan)(text, 0)[0]
-    state = _native_scan(text, 0)[0]
+    try:  # pydantic-core's parser: 40% quicker on numbers; it refuses lone surrogates
+        state = _from_json(text, cache_strings=False)
+    except ValueError:
+        state = _native_scan(text, 0)[0]
     if _SIXTEEN_D not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D):
         return state
     return _scan(text, 0)[0] if _beyond_safe(state) else state

@@ -6,10 +6,13 @@ switched off with monkeypatch), in both languages, on real engines."""
 from __future__ import annotations
 
 import enum
+import json
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engines.javascript as javascript_engine
 import engines.lua as lua_engine
@@ -524,3 +527,18 @@ def test_js_a_getter_read_for_the_fast_path_throws_as_from_json(
 }"""
     fast, slow = fast_and_slow(uncaught, monkeypatch)
     assert fast == slow and fast[0] == "error" and fast[4] == 4, fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+                    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=5)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=5), max_leaves=40))
+def test_js_long_poll_text_reads_as_python_json_reads_it(value: Any) -> None:
+    # a poll's text past _SMALL_TEXT is parsed by pydantic-core, else (a lone surrogate)
+    # by json: both must give what json gives, types and all (ints past 2**53 as doubles)
+    filler = list(range(400))
+    for text in (json.dumps([0, filler, value], ensure_ascii=False, separators=(",", ":")),
+                 json.dumps([0, filler, value], separators=(",", ":"))):
+        expected = json.JSONDecoder(parse_int=javascript_engine._js_number).decode(text)
+        assert typed(javascript_engine._read_state(text)) == typed(expected)
