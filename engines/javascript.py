@@ -1013,6 +1013,7 @@ _scan = json.JSONDecoder(parse_int=_js_number).scan_once
 _native_scan = json.JSONDecoder().scan_once
 _SMALL_TEXT = 1024
 _from_json = pydantic_core.from_json
+_to_json = pydantic_core.to_json
 _LONG_DIGITS = re.compile(r"\d{16}").search
 # A text's digits as d (UTF-8 writes no other character with the bytes of ASCII digits):
 # a run of 16 found by bytes.find, about 1 ns a character, where re takes 20.
@@ -1106,6 +1107,14 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
             return 0, value
     elif value is None or kind is bool:
         return 0, value
+    elif kind is list:  # numbers only (their sum says so, in C) and finite (so is the sum):
+        try:  # pydantic-core writes them 3x quicker than json, to the same values
+            total = sum(value)
+        except TypeError:
+            pass
+        else:
+            if total - total == 0:
+                return 1, _to_json(value).decode()
     try:
         return 1, _encode(value)
     except (TypeError, ValueError, RecursionError) as exc:  # the host checks depth first
