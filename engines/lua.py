@@ -257,6 +257,7 @@ class _NotData(Exception):
 
 
 _PLAIN_DATA = _SCALARS | {int, list, dict}
+_JUST_INTS = {int}
 _SMALL_DICT = 32  # dicts up to this long are looked at item by item (faster up to ~32)
 
 
@@ -902,6 +903,16 @@ class LuaEngine(Engine):
             if not ints[0] <= value <= ints[1]:
                 _check_data(value, path, 0, set(), ints)  # raises _NotData
             return value
+        elif kind is list and ints is _INT64 and set(map(type, value)) == _JUST_INTS:
+            # the usual list of ints: lupa refuses one past 64 bits as it copies them
+            # (OverflowError), so they need no min and max (half the cost of _plain_size)
+            if 8 * len(value) > self._memory_limit:
+                raise _NoRoom
+            try:
+                return self._table_from(value)
+            except OverflowError:
+                _check_data(value, path, 0, set(), ints)  # raises _NotData, naming the int
+                raise
         else:
             size = _plain_size(value, ints, 0, set()) if kind is list else None
             if size is None:  # not plain, or not data at all: the walk that names the path

@@ -561,3 +561,25 @@ def test_js_number_lists_are_settled_as_json_writes_them(values: list) -> None:
     assert (how, json.loads(text) if how == 1 else None) == expected
     if how == 1:
         assert typed(json.loads(text)) == typed(json.loads(javascript_engine._encode(values)))
+
+
+@pytest.mark.parametrize("values", [[1, 2**64], [-(2**63) - 1] + [1] * 40, [2**63 - 1, -(2**63)]])
+def test_lua_lists_of_ints_past_64_bits_are_refused_as_before(values: list) -> None:
+    # a list of ints alone is handed to lupa, which refuses one past 64 bits as it copies:
+    # the same error as a list the check walks first (a float after the ints)
+    from engines.base import Failed
+    from tests.engine_driver import drive
+
+    outcomes = []
+    for extra in ([], [0.5]):
+        run = drive("lua", "local e = tools.give{} return #e",
+                    tools={"give": lambda params, v=values + extra: v})
+        if isinstance(run.step, Failed):
+            outcomes.append((run.error.code, str(run.error)))
+        else:
+            outcomes.append(run.result - len(extra))
+    assert outcomes[0] == outcomes[1]
+    if all(-(2**63) <= v < 2**63 for v in values):
+        assert outcomes[0] == len(values)
+    else:
+        assert "is an integer too large for Lua (64 bits)" in outcomes[0][1], outcomes
