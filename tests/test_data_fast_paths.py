@@ -583,3 +583,39 @@ def test_lua_lists_of_ints_past_64_bits_are_refused_as_before(values: list) -> N
         assert outcomes[0] == len(values)
     else:
         assert "is an integer too large for Lua (64 bits)" in outcomes[0][1], outcomes
+
+
+HOOK_BACK = """
+import sys, time
+from engines import Limits, ToolInfo, ToolReply, Suspended, Failed
+from engines.lua import LuaEngine
+engine = LuaEngine(limits=Limits(timeout=1.0), lua_version=sys.argv[2])
+deadline = time.monotonic() + 1.0
+step = engine.start(sys.argv[1], "agent.lua", None, [ToolInfo("take", "")], deadline)
+while isinstance(step, Suspended):
+    step = engine.resume([ToolReply(r.id, result=1) for r in step.requests], deadline)
+print(step.error.code if isinstance(step, Failed) else step)
+"""
+
+
+@pytest.mark.parametrize("version", ["5.5", "5.4", "luajit"])
+@pytest.mark.parametrize("where", ["script", "coroutine", "pcall", "nested"])
+def test_lua_the_hook_is_back_after_an_array_is_checked_without_it(where: str,
+                                                                   version: str) -> None:
+    # the prelude checks an array of 256 to 65,536 numbers with the count hook off: it is
+    # on again for the script's next loop, in the script's coroutine or its own (the engine
+    # alone: a host would give up on the run at the deadline even if its thread spun on)
+    call = "tools.take{values = data}"
+    body = {"script": f"{call} while true do end",
+            "coroutine": f"coroutine.wrap(function() {call} while true do end end)()",
+            "pcall": f"pcall(function() {call} while true do end end)",
+            "nested": "tools.take{values = {data, {data}}} while true do end"}[where]
+    source = f"local data = {{}} for i = 1, 60000 do data[i] = i end\n{body}\n"
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", HOOK_BACK, source, version],
+                         capture_output=True, text=True, timeout=30,
+                         cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "script/resource_exhaustion", out.stdout + out.stderr
