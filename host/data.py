@@ -185,7 +185,16 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     items = value.values() if is_dict else value
     if is_dict and not set(map(type, value)) <= {str}:
         return None
-    kinds = set(map(type, items))
+    if not is_dict:
+        types = list(map(type, value))
+        if types.count(int) == len(types):  # a list of ints, the usual: counting their
+            # types is quicker than making a set of them (the engines check what they get)
+            if value and (max(value) > limit or min(value) < -limit - 1):
+                return None
+            return value.copy()
+        kinds = set(types)
+    else:
+        kinds = set(map(type, items))
     if kinds <= _PLAIN:
         return value.copy()
     if int in kinds:

@@ -6,10 +6,13 @@ switched off with monkeypatch), in both languages, on real engines."""
 from __future__ import annotations
 
 import enum
+import json
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engines.javascript as javascript_engine
 import engines.lua as lua_engine
@@ -168,6 +171,29 @@ return {t = t, f = f, e = {}, d = tools.echo{values = t}}
     result = host.run_source(source, "lua", "agent.lua")
     assert result == {"d": [i * 2 for i in range(1, 301)], "e": {}, "f": [0.5, "x", False],
                       "t": [i * 2 for i in range(1, 301)]}
+
+
+@pytest.mark.parametrize("tail", ["true", "false", "0.5", "1e308", "-1e308", "0/0",
+                                  "math.maxinteger", "math.mininteger", "'x'", "{1}",
+                                  "{k = 'é'}"])
+def test_lua_arrays_of_numbers_and_one_other_value_cross_exactly(host: Host, tail: str) -> None:
+    # Python adds a piece's values to see that it holds only numbers and booleans (then
+    # nothing more is looked at): overflowing floats, 64-bit ints, and one value that stops
+    # the sum anywhere in the piece
+    for at in (1, 150, 300):
+        source = f"""
+local data = {{}}
+for i = 1, 300 do data[i] = i % 2 == 0 and 1e308 or math.maxinteger end
+data[{at}] = {tail}
+local back = tools.echo{{values = data}}
+return {{tools.take{{values = data}}, back[{at}] ~= back[{at}] or back[{at}] == data[{at}]
+         or type(back[{at}]) == "table"}}
+"""
+        seen, same = host.run_source(source, "lua", "agent.lua")
+        values = [1e308 if i % 2 == 0 else 2**63 - 1 for i in range(1, 301)]
+        values[at - 1] = host.run_source(f"return {{{tail}}}", "lua", "x.lua")[0]
+        assert seen.replace("nan", "NaN") == repr(typed(values)).replace("nan", "NaN")
+        assert same is True
 
 
 @pytest.mark.parametrize(("make", "problem"), [
@@ -344,3 +370,253 @@ def test_lua_flat_params_count_against_the_data_budget(monkeypatch: pytest.Monke
         codes.append((info.value.code, str(info.value)))
     assert codes[0] == codes[1]
     assert codes[0][0] == "resource/memory_exhaustion"
+
+
+# JS arrays of at least 16 finite numbers skip JSON.stringify's replacer (MIN_NUMBERS in the
+# prelude): each case is run with that path and with it switched off (numbers() never
+# called), and must give the same value, or the same error at the same line. `log`
+# records what script code ran (getters, traps, toJSON), in order.
+JS_ARRAYS = [
+    "Array.from({length: 100}, (_, i) => i)",
+    "Array.from({length: 20}, (_, i) => i * 1.5 - 7)",
+    "[-0, 0, 2 ** 53, -(2 ** 53), 2 ** 53 + 2, -(2 ** 60), 1e21, 5e-324, 1.7976931348623157e308,"
+    " ...Array(16).fill(3)]",
+    "[...Array(16).fill(1), NaN, 2]",
+    "[...Array(16).fill(1), Infinity]",
+    "[-Infinity, ...Array(16).fill(1)]",
+    "(() => { const a = Array(20).fill(1); delete a[5]; return a; })()",
+    "(() => { const a = Array(18).fill(1); a[30] = 2; return a; })()",
+    "Array(20)",
+    "[...Array(16).fill(1), 'x']",
+    "[...Array(16).fill(1), null]",
+    "[...Array(16).fill(1), true]",
+    "[...Array(16).fill(1), undefined]",
+    "[...Array(16).fill(1), [2]]",
+    "[...Array(16).fill(1), {}]",
+    "[...Array(16).fill(1), () => 1]",
+    "[...Array(16).fill(1), Symbol('s')]",
+    "[...Array(16).fill(1), 10n]",
+    "[...Array(16).fill(1), new Number(5)]",
+    "[...Array(16).fill(1), new Map()]",
+    "[...Array(16).fill(1), {toJSON() { log.push('toJSON'); return 4; }}]",
+    "(() => { Array.prototype.toJSON = function () { log.push('array toJSON'); "
+    "return this.length; }; return Array(20).fill(2); })()",
+    "(() => { Array.prototype.toJSON = function () { return [NaN, ...this]; }; "
+    "return Array(20).fill(2); })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ log.push('get 3'); return 7; }}); return a; })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ log.push(new Error('here').stack); return 7; }}); return a; })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ throw new TypeError('getter failed'); }}); return a; })()",
+    "(() => { const a = Array(20).fill(1); Object.defineProperty(a, 3, {get() "
+    "{ throw new RangeError('too many arguments in function call'); }}); return a; })()",
+    "(() => { Object.defineProperty(Array.prototype, 5, {get() { log.push('proto 5'); "
+    "return 9; }, set() { log.push('set 5'); }, configurable: true}); "
+    "const a = Array(20).fill(1); delete a[5]; return a; })()",
+    "new Proxy(Array(20).fill(1), {get(t, k) { log.push(String(k)); return t[k]; }})",
+    "new Proxy(Array(20).fill(1), {get(t, k) { return k === '7' ? 'seven' : t[k]; }})",
+    "Array(65535).fill(1)",
+    "Array(65536).fill(1)",
+    "new Proxy([], {get(t, k) { return k === 'length' ? 70000 : 1; }})",
+    "(() => { const a = Array(20).fill(1); a.push(a); return a; })()",
+    "(() => { const a = Array(20).fill(1); return [a, a, {b: a}]; })()",
+    "(() => { let v = Array(20).fill(1); for (let i = 0; i < 98; i++) v = [v]; return v; })()",
+    "(() => { let v = Array(20).fill(1); for (let i = 0; i < 99; i++) v = [v]; return v; })()",
+]
+
+
+def js_outcome(source: str, **options: Any) -> Any:
+    host = Host([echo, take], timeout=20, on_output=lambda line: None, **options)
+    try:
+        return ("value", host.run_source(source, "javascript", "agent.js"))
+    except SpellError as exc:
+        return ("error", type(exc).__name__, exc.code, str(exc), script_line(exc, "agent.js"),
+                [(frame.file, frame.line, frame.function) for frame in exc.frames])
+
+
+def fast_and_slow(source: str, monkeypatch: pytest.MonkeyPatch, **options: Any) -> list:
+    outcomes = []
+    for slow in (False, True):
+        if slow:
+            switched = javascript_engine.PRELUDE.replace(
+                "const placeholder = numbers(value);", "const placeholder = null;")
+            assert switched != javascript_engine.PRELUDE
+            monkeypatch.setattr(javascript_engine, "PRELUDE", switched)
+        try:
+            outcomes.append(js_outcome(source, **options))
+        finally:
+            monkeypatch.undo()
+    return outcomes
+
+
+@pytest.mark.parametrize("values", JS_ARRAYS, ids=range(len(JS_ARRAYS)))
+def test_js_number_arrays_cross_fast_or_slow_alike(values: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    source = f"""async function main() {{
+  const log = [];
+  const values = {values};
+  const seen = await tools.take({{values}});
+  return [seen, log];
+}}"""
+    fast, slow = fast_and_slow(source, monkeypatch)
+    assert fast == slow
+    if values.startswith("Array.from({length: 100}"):
+        assert fast == ("value", [repr(typed(list(range(100)))), []])
+
+
+def test_js_number_arrays_in_params_and_results_count_against_the_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 5 arrays of 60,000 numbers: 64 bytes a value, past a 16 MiB run's budget
+    source = """async function main() {
+  const a = Array(60000).fill(1);
+  const fits = await tools.take({values: [a, a]});
+  await tools.take({values: [a, a, a, a, a]});
+}"""
+    fast, slow = fast_and_slow(source, monkeypatch, memory_mb=16)
+    assert fast == slow
+    assert fast[0] == "error" and fast[2] == "resource/memory_exhaustion", fast
+    assert "needs more than" in fast[3] or "memory" in fast[3], fast
+    # a tool's result from a JS tools file takes the same path
+    source = """async function main() { return Array.from({length: 300}, (_, i) => i * 3); }"""
+    assert fast_and_slow(source, monkeypatch) == [("value", list(range(0, 900, 3)))] * 2
+
+
+def test_js_number_arrays_echoed_back_exactly(host: Host) -> None:
+    source = """async function main() {
+  const values = [...Array.from({length: 1000}, (_, i) => i - 500), 0.5, -0, 2 ** 53 + 2,
+    -(2 ** 60), 1e300];
+  const back = await tools.echo({values});
+  return back.length === values.length && back.every((v, i) => Object.is(v, values[i]) ||
+    (v === 0 && values[i] === 0));
+}"""
+    assert host.run_source(source, "javascript", "agent.js") is True
+
+
+def test_js_digit_runs_are_found_in_any_text() -> None:
+    # a long text is looked through for 16 digits in a row (as bytes): non-ASCII text, a
+    # lone surrogate, and digits in a string (a false alarm: read again, still right)
+    filler = ",".join(["1"] * 400)
+    for text, last in [(f'[{filler},"é😀\\ud800",9007199254740993]', float(2**53 + 1)),
+                       (f'[{filler},"é😀",9007199254740992]', 2**53),
+                       (f'[{filler},"x\ud800",-9007199254740993]', float(-(2**53) - 1)),
+                       (f'[{filler},"12345678901234567",5]', 5)]:
+        state = javascript_engine._read_state(text)
+        assert state[-1] == last and type(state[-1]) is type(last), text
+
+
+def test_js_a_getter_read_for_the_fast_path_throws_as_from_json(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # caught by the script, and not: the same error, message, frames (JS_ARRAYS has the
+    # stack a getter sees)
+    caught = """async function main() {
+  const a = Array(20).fill(1);
+  Object.defineProperty(a, 3, {get() { throw new TypeError("getter failed"); }});
+  try {
+    await tools.take({values: a});
+  } catch (e) {
+    return [e.name, e.message, e.stack];
+  }
+}"""
+    fast, slow = fast_and_slow(caught, monkeypatch)
+    assert fast == slow
+    assert fast[1][1].endswith("TypeError: getter failed"), fast
+    uncaught = """async function main() {
+  const a = Array(20).fill(1);
+  Object.defineProperty(a, 3, {get() { throw new TypeError("getter failed"); }});
+  await tools.take({values: a});
+}"""
+    fast, slow = fast_and_slow(uncaught, monkeypatch)
+    assert fast == slow and fast[0] == "error" and fast[4] == 4, fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70)
+                    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+                    lambda inner: st.lists(inner, max_size=5)
+                    | st.dictionaries(st.text(max_size=5), inner, max_size=5), max_leaves=40))
+def test_js_long_poll_text_reads_as_python_json_reads_it(value: Any) -> None:
+    # a poll's text past _SMALL_TEXT is parsed by pydantic-core, else (a lone surrogate)
+    # by json: both must give what json gives, types and all (ints past 2**53 as doubles)
+    filler = list(range(400))
+    for text in (json.dumps([0, filler, value], ensure_ascii=False, separators=(",", ":")),
+                 json.dumps([0, filler, value], separators=(",", ":"))):
+        expected = json.JSONDecoder(parse_int=javascript_engine._js_number).decode(text)
+        assert typed(javascript_engine._read_state(text)) == typed(expected)
+
+
+@pytest.mark.parametrize("values", [
+    [], list(range(-500, 500)), [True, False, 1, 2.5], [Colour.RED, 2, -0.0, 5e-324, 1e300],
+    [2**53, 2**53 + 1, -(2**70), 1.7976931348623157e308, 0.1, 1e16, 1e-7],
+    [1.0, float("nan")], [float("inf"), 1], [1e308, 1e308], [1, "x"], [1, [2]], [1, None]])
+def test_js_number_lists_are_settled_as_json_writes_them(values: list) -> None:
+    # a list of finite numbers is written by pydantic-core, any other by json: the text
+    # JSON.parse reads gives the same values (or the same refusal: NaN, Infinity)
+    from engines.base import ToolReply
+
+    how, text = javascript_engine._settlement(ToolReply(1, result=values))
+    try:
+        expected = (1, json.loads(javascript_engine._encode(values)))
+    except ValueError:
+        expected = (2, None)
+    assert (how, json.loads(text) if how == 1 else None) == expected
+    if how == 1:
+        assert typed(json.loads(text)) == typed(json.loads(javascript_engine._encode(values)))
+
+
+@pytest.mark.parametrize("values", [[1, 2**64], [-(2**63) - 1] + [1] * 40, [2**63 - 1, -(2**63)]])
+def test_lua_lists_of_ints_past_64_bits_are_refused_as_before(values: list) -> None:
+    # a list of ints alone is handed to lupa, which refuses one past 64 bits as it copies:
+    # the same error as a list the check walks first (a float after the ints)
+    from engines.base import Failed
+    from tests.engine_driver import drive
+
+    outcomes = []
+    for extra in ([], [0.5]):
+        run = drive("lua", "local e = tools.give{} return #e",
+                    tools={"give": lambda params, v=values + extra: v})
+        if isinstance(run.step, Failed):
+            outcomes.append((run.error.code, str(run.error)))
+        else:
+            outcomes.append(run.result - len(extra))
+    assert outcomes[0] == outcomes[1]
+    if all(-(2**63) <= v < 2**63 for v in values):
+        assert outcomes[0] == len(values)
+    else:
+        assert "is an integer too large for Lua (64 bits)" in outcomes[0][1], outcomes
+
+
+HOOK_BACK = """
+import sys, time
+from engines import Limits, ToolInfo, ToolReply, Suspended, Failed
+from engines.lua import LuaEngine
+engine = LuaEngine(limits=Limits(timeout=1.0), lua_version=sys.argv[2])
+deadline = time.monotonic() + 1.0
+step = engine.start(sys.argv[1], "agent.lua", None, [ToolInfo("take", "")], deadline)
+while isinstance(step, Suspended):
+    step = engine.resume([ToolReply(r.id, result=1) for r in step.requests], deadline)
+print(step.error.code if isinstance(step, Failed) else step)
+"""
+
+
+@pytest.mark.parametrize("version", ["5.5", "5.4", "luajit"])
+@pytest.mark.parametrize("where", ["script", "coroutine", "pcall", "nested"])
+def test_lua_the_hook_is_back_after_an_array_is_checked_without_it(where: str,
+                                                                   version: str) -> None:
+    # the prelude checks an array of 256 to 65,536 numbers with the count hook off: it is
+    # on again for the script's next loop, in the script's coroutine or its own (the engine
+    # alone: a host would give up on the run at the deadline even if its thread spun on)
+    call = "tools.take{values = data}"
+    body = {"script": f"{call} while true do end",
+            "coroutine": f"coroutine.wrap(function() {call} while true do end end)()",
+            "pcall": f"pcall(function() {call} while true do end end)",
+            "nested": "tools.take{values = {data, {data}}} while true do end"}[where]
+    source = f"local data = {{}} for i = 1, 60000 do data[i] = i end\n{body}\n"
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", HOOK_BACK, source, version],
+                         capture_output=True, text=True, timeout=30,
+                         cwd=Path(__file__).parent.parent)
+    assert out.stdout.strip() == "script/resource_exhaustion", out.stdout + out.stderr
