@@ -49,13 +49,23 @@
   const ownDescriptor = Object.getOwnPropertyDescriptor;
   const hasOwn = Object.hasOwn;
   const INTERNAL_ERROR = InternalError.prototype;
+  const OBJECT_PROTOTYPE = Object.prototype;
+  const ARRAY_PROTOTYPE = Array.prototype;
   const RANGE_ERROR = RangeError.prototype;
   const STACK_TRACE_LIMIT = 64;
-  const BLOCKED = new Set(["then", "catch", "finally", "toJSON", "constructor"]);
+  // (tables without a prototype, not a Set or a Map: scripts can replace their methods)
+  const BLOCKED = { __proto__: null, then: 1, catch: 1, finally: 1, toJSON: 1, constructor: 1 };
   // request id -> [resolve, reject, stack of the call site]; no prototype (unguarded code)
   const waiting = { __proto__: null };
-  const toolFunctions = new Map();
-  const sites = new Map(); // stack of a call site -> its number, so Python parses it once
+  const toolFunctions = { __proto__: null };
+  // tool bound to a name with the bind there was before any script ran: a script's own
+  // Function.prototype.bind would be handed `tool`, and could call it with any `this`
+  // (a request of a reserved kind)
+  const bindTool = Function.prototype.bind.bind(tool);
+  // stack of a call site -> its number, so Python parses it once; no prototype (no method
+  // or setter of a script's is looked up)
+  const sites = { __proto__: null };
+  let siteCount = 0;
   const holder = { __proto__: null }; // receives each tool call's stack (captureStack)
 
   let FILE = "<script>";
@@ -251,7 +261,11 @@
       }
     } else if (type === "object") {
       if (value === null) return value;
-      if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
+      // a plain object or array is none of these (one look at its prototype: cheaper
+      // than three instanceof lookups, the usual case of tool parameters)
+      const prototype = getPrototypeOf(value);
+      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE &&
+        (value instanceof Map || value instanceof Set || value instanceof Promise)) bad = true;
       while (depth !== 0 && open[depth] !== this) depth--;
       if (depth >= maxDepth) stop(DEEP);
       open[++depth] = value;
@@ -396,14 +410,17 @@
     const id = ++lastId;
     const { promise, resolve, reject } = withResolvers();
     waiting[id] = [resolve, reject, site];
-    let number = sites.get(site);
+    // Joined with + (a template literal calls String.prototype.concat) and numbered in a
+    // table without a prototype (not a Map, whose methods scripts can replace): else a
+    // script could forge the item (its id, call site, or a reserved kind of request).
+    let number = sites[site];
     if (number === undefined) {
-      sites.set(site, (number = sites.size));
-      number = `[${number},${stringify(site)}]`;
+      number = sites[site] = siteCount++;
+      number = "[" + number + "," + stringify(site) + "]";
     }
     const name = toolJSON === undefined ? stringify(tool) : toolJSON;
-    const item = problem === null ? `${id},${number},${name},${text}`
-      : `${-id},${number},${name},${problem}`;
+    const item = problem === null ? id + "," + number + "," + name + "," + text
+      : -id + "," + number + "," + name + "," + problem;
     if (queue === "") {
       queue = item;
     } else if (queue.length < 4096) {
@@ -418,13 +435,13 @@
 
   const toolsHandler = {
     get(target, key) {
-      if (key in target || typeof key !== "string" || BLOCKED.has(key)) return target[key];
-      let fn = toolFunctions.get(key);
+      if (key in target || typeof key !== "string" || BLOCKED[key] === 1) return target[key];
+      let fn = toolFunctions[key];
       if (fn === undefined) {
         // a native wrapper: only `tool` itself shows in stacks
-        fn = tool.bind({ name: key, json: stringify(key) });
+        fn = bindTool({ name: key, json: stringify(key) });
         Object.defineProperty(fn, "name", { value: key });
-        toolFunctions.set(key, fn);
+        toolFunctions[key] = fn;
       }
       return fn;
     },
