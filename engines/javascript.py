@@ -67,11 +67,13 @@ import os
 import posixpath
 import re
 import secrets
+import threading
 import time
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, ClassVar, Literal
 
 try:  # the C module alone: the `quickjs` package starts an executor thread on import
@@ -1013,7 +1015,37 @@ def _hint(err: SpellError, module: bool) -> str | None:
 _OBSERVED_LIMITS = {1: "memory", 2: "stack"}  # the prelude's observedLimit
 # one encoder (json.dumps makes one a call); no spaces: only the prelude reads the text,
 # and a failure's envelope encodes 20% faster, and parses faster, without them
-_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_encode_slowly = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _not_json(value: Any) -> Any:
+    """What JSONEncoder.default does: refuse."""
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+class _Encoder(threading.local):
+    """The C encoder that ``_encode_slowly`` makes for every call, made once per thread
+    (its table of the containers open, for cycles, is its thread's own)."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, Any] = {}
+        self.encode = c_make_encoder(self.open, _not_json, encode_basestring_ascii, None,
+                                     ":", ",", False, False, False)
+
+
+_ENCODER = _Encoder() if c_make_encoder is not None else None
+
+
+def _encode(value: Any) -> str:
+    """JSON text of ``value``, as ``_encode_slowly`` writes it (a few times faster)."""
+    encoder = _ENCODER
+    if encoder is None:  # pragma: no cover - a Python without json's C accelerator
+        return _encode_slowly(value)
+    try:
+        return "".join(encoder.encode(value, 0))
+    except BaseException:
+        encoder.open.clear()  # what a failure left open
+        raise
 _MAX_SAFE_INTEGER = 2**53
 
 

@@ -1039,6 +1039,10 @@
       return;
     }
     record.state = "running";
+    if (value === null || (typeof value !== "object" && typeof value !== "function")) {
+      finish(record, value); // a plain value: Promise.resolve would only defer this to a job
+      return;
+    }
     Promise.resolve(value).then(record.finish, record.fail);
   }
 
@@ -1187,7 +1191,15 @@
       }
       queue = "";
     } else if (full !== true) {
-      return 0;
+      // unguarded: only a plain number, boolean or null result (no script code makes
+      // their text; JSON writes a finite number as + does), anything else the long way
+      if (record.state !== "finished") return 0;
+      const result = record.result;
+      const type = typeof result;
+      if (type === "number" ? result - result !== 0
+        : type !== "boolean" && result !== null && result !== undefined) return 0;
+      kind = "[1,";
+      body = result === undefined ? "null" : "" + result;
     } else if (record.state === "finished") {
       body = json(record.result, false, true);
       kind = "[1,";

@@ -11,6 +11,8 @@ or kind.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import pytest
@@ -157,3 +159,112 @@ def test_a_script_cannot_forge_a_requests_text(forger: str) -> None:
     last = source.count("\n", 0, source.index("tools.t({a: 3})")) + 1
     assert lines == [[("agent.js", 2, "main")], [("agent.js", last - 1, "main")],
                      [("agent.js", last, "main")]]
+
+
+# -- a plain result: finished at once, and read without the time limit ------------------
+
+PLAIN_RESULT = ('if (value === null || (typeof value !== "object" && typeof value !== '
+                '"function")) {')
+PLAIN_POLL = 'if (record.state !== "finished") return 0;'
+
+
+def the_long_way_for_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every engine made from now on waits for a job to finish with any value, and reads
+    every result with the time limit set."""
+    text = js_engine.PRELUDE
+    assert text.count(PLAIN_RESULT) == 1 and text.count(PLAIN_POLL) == 1
+    monkeypatch.setattr(js_engine, "PRELUDE", text.replace(PLAIN_RESULT, "if (false) {")
+                        .replace(PLAIN_POLL, "if (true) return 0;"))
+
+
+RESULTS = {
+    "int": "return p.n;", "float": "return 1.5;", "-0": "return -0;", "1e21": "return 1e21;",
+    "past 2**53": "return 2 ** 60;", "NaN": "return NaN;", "Infinity": "return -Infinity;",
+    "true": "return true;", "null": "return null;", "undefined": "return;",
+    "a string": "return 'x\\n\"';", "an object": "return {a: p.n};",
+    "a bigint": "return 10n;", "a symbol": "return Symbol('s');",
+    "a function": "return function f() {};",
+    "a promise": "return Promise.resolve(p.n);",
+    "a thenable": "return {then(resolve) { resolve(p.n + 1); }};",
+    "a toJSON": "return {toJSON() { console.log('toJSON'); return 7; }};",
+    "a throw": "throw new TypeError('no');",
+    "a call it does not wait for": "tools.t({a: p.n}).then((r) => console.log('got', r.a));\n"
+                                   "return p.n;",
+    "a job before it returns": "Promise.resolve().then(() => console.log('job'));\n"
+                               "return p.n;",
+    "a busy job after": "Promise.resolve().then(() => { for (;;) {} });\nreturn p.n;",
+}
+
+
+def call_export(body: str) -> Any:
+    """A tools file's function with ``body``, called twice: each call's outcome as data."""
+    from engines import Finished, Limits, ToolInfo
+    from tests.engine_driver import converse, make_engine
+
+    engine = make_engine("javascript", limits=Limits(timeout=0.5))
+    deadline = time.monotonic() + 0.5
+    try:
+        source = "exports.f = function f(p) {\n" + body + "\n};\n"
+        step = engine.load(source, "lib.js", [ToolInfo("t")], deadline)
+        assert isinstance(step, Finished), step
+        outcomes = []
+        for n in (1, 2):
+            step = engine.call("f", {"n": n}, deadline)
+            run = converse(engine, step, {"t": echo}, deadline, Run(step))
+            outcomes.append((*seen(run), run.output))
+            if not engine.usable:
+                break
+        return outcomes
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("body", RESULTS.values(), ids=RESULTS.keys())
+def test_a_tools_files_plain_result_is_what_the_long_way_gives(
+        body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = call_export(body)
+    the_long_way_for_results(monkeypatch)
+    before = call_export(body)
+    if "for (;;)" in body:  # the time limit, both ways (its elapsed time differs)
+        assert [o[1] for o in now] == [o[1] for o in before] == ["script/resource_exhaustion"]
+        return
+    assert now == before
+
+
+@pytest.mark.parametrize("body", RESULTS.values(), ids=RESULTS.keys())
+def test_a_scripts_plain_result_is_what_the_long_way_gives(
+        body: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = "function main(args) {\n  const p = {n: 1};\n" + body + "\n}\n"
+    now = seen(drive("javascript", source, tools={"t": echo}, timeout=0.5))
+    the_long_way_for_results(monkeypatch)
+    before = seen(drive("javascript", source, tools={"t": echo}, timeout=0.5))
+    if "for (;;)" in body:
+        assert now[1] == before[1] == "script/resource_exhaustion"
+        return
+    assert now == before
+
+
+def test_json_for_the_prelude_is_what_json_writes() -> None:
+    """engines.javascript._encode (one C encoder per thread) against the JSONEncoder it
+    stands for: the same text, or the same error, and no trace of a failure after it."""
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    looped: dict[str, Any] = {}
+    looped["x"] = [looped]
+    deep: list[Any] = []
+    inner = deep
+    for _ in range(5000):
+        inner.append([])
+        inner = inner[0]
+    shared = [1]
+    values = ["a\u00e9\ud800", 1, 1.5, None, True, {"a": [1, {"b": "c"}]}, [], {},
+              math.nan, {"a": math.inf}, {1: 2}, {(1,): 2}, {"s": {1}}, cycle, looped,
+              2**70, -0.0, 1e300, {"a": b"x"}, deep, [shared, shared], {"k": shared}]
+    for value in values + values:  # again: a failure leaves nothing behind
+        outcomes = []
+        for encode in (js_engine._encode, js_engine._encode_slowly):
+            try:
+                outcomes.append(encode(value))
+            except Exception as exc:  # the error is what is compared
+                outcomes.append((type(exc), str(exc)))
+        assert outcomes[0] == outcomes[1]
