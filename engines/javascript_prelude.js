@@ -1214,6 +1214,9 @@
       kind = "[4,";
       body = "0";
     }
+    // A tools file's call is over once its end is told: its record goes (each call made
+    // one, and kept it: about 400 bytes a call of the engine's memory limit, for good)
+    if (id !== 0 && kind !== "[0," && kind !== "[4,") delete activations[id];
     let lines = "0";
     if (output.length !== 0) { // after the result: its toJSON may have printed
       lines = "[" + joinList(output, ",") + "]";

@@ -268,3 +268,32 @@ def test_json_for_the_prelude_is_what_json_writes() -> None:
             except Exception as exc:  # the error is what is compared
                 outcomes.append((type(exc), str(exc)))
         assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("body", ["return p.a;", "return {a: p.a};", "return NaN;",
+                                  "throw new TypeError('no');",
+                                  "return Promise.resolve(p.a);"],
+                         ids=["plain", "object", "no JSON form", "throws", "async"])
+def test_a_tools_files_calls_leave_nothing_behind(body: str) -> None:
+    """Each call of a tools file's function made a record of its activation that stayed
+    in the engine (about 400 bytes of its memory limit a call, for good)."""
+    from engines import Limits
+    from tests.engine_driver import make_engine
+
+    engine = make_engine("javascript", limits=Limits(timeout=60))
+    deadline = time.monotonic() + 60
+    try:
+        engine.load("exports.f = function f(p) {\n" + body + "\n};\n", "lib.js", [],
+                    deadline)
+
+        def used_after(calls: int) -> int:
+            for n in range(calls):
+                engine.call("f", {"a": n}, deadline)
+            context = engine._ctx  # type: ignore[attr-defined]
+            context.gc()
+            return int(context.memory()["memory_used_size"])
+
+        first = used_after(1000)
+        assert used_after(5000) - first < 20_000  # the records would be about 2 MB
+    finally:
+        engine.close()
