@@ -750,9 +750,10 @@ class JavaScriptEngine(Engine):
         size = len(text)
         if size > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        if size < _SMALL_TEXT and text[1] == "0":  # requests: only their params hold data
-            state = _native_scan(text, 0)[0]
-            if _unsafe_params(state):
+        kind = text[1]
+        if size < _SMALL_TEXT and (kind == "0" or kind == "1"):  # requests, or a result
+            state = _native_scan(text, 0)[0]  # then looked through where data can be
+            if _unsafe_params(state) if kind == "0" else _beyond_safe(state[2:]):
                 state = _scan(text, 0)[0]
         else:
             state = _read_state(text)
@@ -1096,7 +1097,7 @@ def _unsafe_params(state: list[Any]) -> bool:
                 elif kind is dict or kind is list:
                     return _beyond_safe(params)
             return False
-    return any(_beyond_safe(state[i]) for i in range(5, len(state), 4))
+    return _beyond_safe(state[5::4])  # (a list: a toJSON may make params a bare number)
 
 
 def _beyond_safe(value: Any) -> bool:

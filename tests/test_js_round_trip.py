@@ -89,21 +89,29 @@ NUMBERS = {
     "a problem": "{a: 2 ** 60, f() {}}",
     "several at once": "await Promise.all([tools.t({a: 2 ** 60}), tools.t({b: [2 ** 61]}), "
                        "tools.t({c: 3})])",
+    "a toJSON's number": "{toJSON() { return 2 ** 60; }}",
+    "a toJSON's numbers": "await Promise.all([tools.t({toJSON() { return 2 ** 60; }}), "
+                          "tools.t({toJSON() { return -(2 ** 61); }})])",
+    "a result past 2**53": "2 ** 60",
+    "a result within": "[2 ** 53, -(2 ** 53), 1000000000000000]",
+    "a result nested": "({a: [1, {b: -(2 ** 70)}], c: 'x'.repeat(20)})",
 }
 
 
 @pytest.mark.parametrize("params", NUMBERS.values(), ids=NUMBERS.keys())
-def test_params_read_with_c_ints_give_what_the_careful_reading_gives(
+def test_polls_read_with_c_ints_give_what_the_careful_reading_gives(
         params: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    call = params if params.startswith("await") else f"await tools.t({params})"
+    call = params if params.startswith(("await", "2", "[", "(")) else f"await tools.t({params})"
     source = js_main(f"try {{ return {call}; }} catch (e) {{ return 'caught ' + e.message; }}")
     now = seen(drive("javascript", source, tools={"t": echo}))
     for request in now[0]:
         for value in _numbers(request[3]):
             assert type(value) is float or abs(value) <= 2**53, request  # JS's own doubles
-    # every poll read again with the Python-level int parser
-    monkeypatch.setattr(js_engine, "_unsafe_params", lambda state: True)
-    assert now == seen(drive("javascript", source, tools={"t": echo}))
+    # every poll read with the Python-level int parser
+    monkeypatch.setattr(js_engine, "_native_scan", js_engine._scan)
+    before = seen(drive("javascript", source, tools={"t": echo}))
+    assert now == before
+    assert [type(v) for v in _numbers(now[2])] == [type(v) for v in _numbers(before[2])]
 
 
 def _numbers(value: Any) -> list[Any]:
