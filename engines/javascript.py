@@ -750,12 +750,11 @@ class JavaScriptEngine(Engine):
         size = len(text)
         if size > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        kind = text[1]
-        if size < _SMALL_TEXT and (kind == "0" or kind == "1"):  # requests, or a result
-            state = _native_scan(text, 0)[0]  # then looked through where data can be
-            if _unsafe_params(state) if kind == "0" else _beyond_safe(state[2:]):
+        if size < _SMALL_TEXT and text[1] == "0":  # requests: only their params hold data
+            state = _native_scan(text, 0)[0]
+            if _unsafe_params(state):
                 state = _scan(text, 0)[0]
-        else:
+        else:  # (a small result's text: the look for 16 digits costs less than a walk)
             state = _read_state(text)
         if self._nonce in text:  # long strings handed over as themselves
             try:
