@@ -68,11 +68,13 @@ import math
 import os
 import posixpath
 import re
+import threading
 import time
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, ClassVar, Literal
 
 try:  # the C module alone: the `quickjs` package starts an executor thread on import
@@ -670,6 +672,10 @@ class JavaScriptEngine(Engine):
             settle = self._settle
             for reply in replies:
                 del owners[reply.id]
+                value = reply.result
+                if reply.error is None and value.__class__ is int and -_INT32 <= value < _INT32:
+                    settle(reply.id, 0, value)  # the usual result (_settlement's first case)
+                    continue
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit
                     self._allow()
@@ -753,23 +759,34 @@ class JavaScriptEngine(Engine):
 
     def _advance(self, activation: int) -> Step:
         """Run pending jobs until none is left, then say where ``activation`` stands."""
-        run_job, deadline = self._ctx.execute_pending_job, self._deadline
+        ctx = self._ctx
+        run_job, deadline = ctx.execute_pending_job, self._deadline
         while True:  # _allow(), inlined: this loop is most of a tool round trip
             now = _monotonic()
             if now >= deadline:
                 raise _OutOfTime
-            if now >= self._rearm_at or self._lifted:
+            if now >= self._rearm_at:
                 self._allow()
+            elif self._lifted:  # lifted for unguarded code: the same limit, set again
+                ctx.set_time_limit(self._limit)
+                self._lifted = False
             if not run_job():
                 break
-        self._unguarded()
+        ctx.set_time_limit(NO_TIME_LIMIT)  # _unguarded(), inlined
+        self._lifted = True
         text = self._poll(False, activation)
         if text == 0:  # not suspended: the prelude may run script code to say what happened
             self._allow()
             text = self._poll(True, activation)
-        if len(text) > self._max_text:  # the prelude keeps it smaller (its budget)
+        size = len(text)
+        if size > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        state = _read_state(text)
+        if size < _SMALL_TEXT and text[1] == "0":  # requests: only their params hold data
+            state = _native_scan(text, 0)[0]
+            if _unsafe_params(state):
+                state = _scan(text, 0)[0]
+        else:  # (a small result's text: the look for 16 digits costs less than a walk)
+            state = _read_state(text)
         if self._nonce in text:  # long strings handed over as themselves
             try:
                 state = self._unstash(state, [self._max_text - len(text)])
@@ -778,6 +795,12 @@ class JavaScriptEngine(Engine):
         lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
         if kind == 0:
+            if len(state) == 6:  # one request: the usual step, _requests inlined
+                request_id, site, tool, params = state[2:]
+                if request_id > 0 and tool.__class__ is str and site.__class__ is int:
+                    self._owners[request_id] = activation
+                    return Suspended([ToolRequest(request_id, tool, params, None,
+                                                  self._sites[site][:])], lines)
             try:
                 requests = self._requests(state)
             except _TooLarge as exc:
@@ -1023,7 +1046,37 @@ def _hint(err: SpellError, module: bool) -> str | None:
 _OBSERVED_LIMITS = {1: "memory", 2: "stack"}  # the prelude's observedLimit
 # one encoder (json.dumps makes one a call); no spaces: only the prelude reads the text,
 # and a failure's envelope encodes 20% faster, and parses faster, without them
-_encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+_encode_slowly = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+
+
+def _not_json(value: Any) -> Any:
+    """What JSONEncoder.default does: refuse."""
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+class _Encoder(threading.local):
+    """The C encoder that ``_encode_slowly`` makes for every call, made once per thread
+    (its table of the containers open, for cycles, is its thread's own)."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, Any] = {}
+        self.encode = c_make_encoder(self.open, _not_json, encode_basestring_ascii, None,
+                                     ":", ",", False, False, False)
+
+
+_ENCODER = _Encoder() if c_make_encoder is not None else None
+
+
+def _encode(value: Any) -> str:
+    """JSON text of ``value``, as ``_encode_slowly`` writes it (a few times faster)."""
+    encoder = _ENCODER
+    if encoder is None:  # pragma: no cover - a Python without json's C accelerator
+        return _encode_slowly(value)
+    try:
+        return "".join(encoder.encode(value, 0))
+    except BaseException:
+        encoder.open.clear()  # what a failure left open
+        raise
 _MAX_SAFE_INTEGER = 2**53
 
 
@@ -1081,6 +1134,26 @@ def _read_state(text: str) -> Any:
     if _SIXTEEN_D not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D):
         return state
     return _scan(text, 0)[0] if _beyond_safe(state) else state
+
+
+def _unsafe_params(state: list[Any]) -> bool:
+    """Whether the requests of a poll (``[0, lines, id, site, tool, params, ...]``, read
+    with ints parsed in C) hold an int beyond 2**53 (then read again with
+    :func:`_js_number`): only their params can (ids, site numbers and the problems of
+    params without a JSON form are the prelude's own small ints). Cheaper than
+    :data:`_LONG_DIGITS`'s look through the text for the usual flat params."""
+    if len(state) == 6:
+        params = state[5]
+        if params.__class__ is dict:
+            for value in params.values():
+                kind = value.__class__
+                if kind is int:
+                    if value > _MAX_SAFE_INTEGER or value < -_MAX_SAFE_INTEGER:
+                        return True
+                elif kind is dict or kind is list:
+                    return _beyond_safe(params)
+            return False
+    return _beyond_safe(state[5::4])  # (a list: a toJSON may make params a bare number)
 
 
 def _beyond_safe(value: Any) -> bool:

@@ -51,13 +51,23 @@
   const ownDescriptor = Object.getOwnPropertyDescriptor;
   const hasOwn = Object.hasOwn;
   const INTERNAL_ERROR = InternalError.prototype;
+  const OBJECT_PROTOTYPE = Object.prototype;
+  const ARRAY_PROTOTYPE = Array.prototype;
   const RANGE_ERROR = RangeError.prototype;
   const STACK_TRACE_LIMIT = 64;
-  const BLOCKED = new Set(["then", "catch", "finally", "toJSON", "constructor"]);
+  // (tables without a prototype, not a Set or a Map: scripts can replace their methods)
+  const BLOCKED = { __proto__: null, then: 1, catch: 1, finally: 1, toJSON: 1, constructor: 1 };
   // request id -> [resolve, reject, stack of the call site]; no prototype (unguarded code)
   const waiting = { __proto__: null };
-  const toolFunctions = new Map();
-  const sites = new Map(); // stack of a call site -> its number, so Python parses it once
+  const toolFunctions = { __proto__: null };
+  // tool bound to a name with the bind there was before any script ran: a script's own
+  // Function.prototype.bind would be handed `tool`, and could call it with any `this`
+  // (a request of a reserved kind)
+  const bindTool = Function.prototype.bind.bind(tool);
+  // stack of a call site -> its number, so Python parses it once; no prototype (no method
+  // or setter of a script's is looked up)
+  const sites = { __proto__: null };
+  let siteCount = 0;
   const holder = { __proto__: null }; // receives each tool call's stack (captureStack)
 
   let FILE = "<script>";
@@ -276,7 +286,11 @@
       }
     } else if (type === "object") {
       if (value === null) return value;
-      if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
+      // a plain object or array is none of these (one look at its prototype: cheaper
+      // than three instanceof lookups, the usual case of tool parameters)
+      const prototype = getPrototypeOf(value);
+      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE &&
+        (value instanceof Map || value instanceof Set || value instanceof Promise)) bad = true;
       while (depth !== 0 && open[depth] !== this) depth--;
       if (depth >= maxDepth) stop(DEEP);
       if (stashing && isArray(value)) {
@@ -476,14 +490,17 @@
     const id = ++lastId;
     const { promise, resolve, reject } = withResolvers();
     waiting[id] = [resolve, reject, site];
-    let number = sites.get(site);
+    // Joined with + (a template literal calls String.prototype.concat) and numbered in a
+    // table without a prototype (not a Map, whose methods scripts can replace): else a
+    // script could forge the item (its id, call site, or a reserved kind of request).
+    let number = sites[site];
     if (number === undefined) {
-      sites.set(site, (number = sites.size));
-      number = `[${number},${stringify(site)}]`;
+      number = sites[site] = siteCount++;
+      number = "[" + number + "," + stringify(site) + "]";
     }
     const name = toolJSON === undefined ? stringify(tool) : toolJSON;
-    const item = problem === null ? `${id},${number},${name},${text}`
-      : `${-id},${number},${name},${problem}`;
+    const item = problem === null ? id + "," + number + "," + name + "," + text
+      : -id + "," + number + "," + name + "," + problem;
     if (queue === "") {
       queue = item;
     } else if (queue.length < 4096) {
@@ -498,13 +515,13 @@
 
   const toolsHandler = {
     get(target, key) {
-      if (key in target || typeof key !== "string" || BLOCKED.has(key)) return target[key];
-      let fn = toolFunctions.get(key);
+      if (key in target || typeof key !== "string" || BLOCKED[key] === 1) return target[key];
+      let fn = toolFunctions[key];
       if (fn === undefined) {
         // a native wrapper: only `tool` itself shows in stacks
-        fn = tool.bind({ name: key, json: stringify(key) });
+        fn = bindTool({ name: key, json: stringify(key) });
         Object.defineProperty(fn, "name", { value: key });
-        toolFunctions.set(key, fn);
+        toolFunctions[key] = fn;
       }
       return fn;
     },
@@ -1102,6 +1119,10 @@
       return;
     }
     record.state = "running";
+    if (value === null || (typeof value !== "object" && typeof value !== "function")) {
+      finish(record, value); // a plain value: Promise.resolve would only defer this to a job
+      return;
+    }
     Promise.resolve(value).then(record.finish, record.fail);
   }
 
@@ -1250,7 +1271,15 @@
       }
       queue = "";
     } else if (full !== true) {
-      return 0;
+      // unguarded: only a plain number, boolean or null result (no script code makes
+      // their text; JSON writes a finite number as + does), anything else the long way
+      if (record.state !== "finished") return 0;
+      const result = record.result;
+      const type = typeof result;
+      if (type === "number" ? result - result !== 0
+        : type !== "boolean" && result !== null && result !== undefined) return 0;
+      kind = "[1,";
+      body = result === undefined ? "null" : "" + result;
     } else if (record.state === "finished") {
       body = json(record.result, false, true);
       kind = "[1,";
@@ -1265,6 +1294,9 @@
       kind = "[4,";
       body = "0";
     }
+    // A tools file's call is over once its end is told: its record goes (each call made
+    // one, and kept it: about 400 bytes a call of the engine's memory limit, for good)
+    if (id !== 0 && kind !== "[0," && kind !== "[4,") delete activations[id];
     let lines = "0";
     if (output.length !== 0) { // after the result: its toJSON may have printed
       lines = "[" + joinList(output, ",") + "]";
