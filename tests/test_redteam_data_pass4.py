@@ -84,3 +84,120 @@ local seen = tools.kinds{values = t}
 return {#seen, seen[20000], rawget(t, 20000) == 20000 and 1 or 0}
 """
     assert lua_run(source) == ("value", [40000, "int", 1])
+
+
+# JS: numbers() placeholders (MARK + "[" + k) spliced back where they belong, with the
+# fast path on and off alike: strings that look like placeholders, long (stashed) strings
+# beside arrays, arrays met twice, toJSON, a getter or toJSON calling a tool (a nested
+# conversion) while the outer one has placeholders, subclasses, frozen and typed arrays,
+# Proxies whose length or ownKeys lie, big and tiny doubles.
+JS_CASES = {
+    "top level": "return Array.from({length: 20}, (_, i) => i - 0.5);",
+    "echoed": "return await E(Array.from({length: 20}, (_, i) => -i));",
+    "look-alike strings": "const a = Array.from({length: 20}, (_, i) => i); return {s: "
+    "'\"\\\\u0000abc:[0\"', t: '[0', a, u: '\\u0000x:[1', b: a, long: 'x'.repeat(20000) + '[',"
+    " c: [a, [a]], d: '\\u0000'.repeat(3)};",
+    "stashed strings between": "const a = Array.from({length: 20}, (_, i) => i * 1e20); "
+    "const r = await E({long: '\\u0000'.repeat(17000), a, s: '\"[0\"', x: [a, "
+    "'y'.repeat(17000), a]}); return [r.a, r.x[0], r.x[2], r.s, r.long.length, r.x[1].length];",
+    "toJSON": "const a = Array.from({length: 20}, (_, i) => i); return {o: {toJSON() "
+    "{ return a; }}, p: {toJSON() { return [a, {toJSON() { return a; }}]; }}};",
+    "a getter calls a tool": "const a = Array.from({length: 20}, (_, i) => i); "
+    "const b = Array(20).fill(2); Object.defineProperty(b, 2, {get() { E({inner: a, "
+    "s: 'z'.repeat(17000)}); return 5; }}); return await E({b, a, c: [b]});",
+    "a toJSON calls a tool": "const a = Array.from({length: 20}, (_, i) => i); "
+    "const o = {toJSON() { E({inner: [a, a]}); return [a, 'q']; }}; "
+    "return await E({x: [a, o, a]});",
+    "subclass, frozen, typed": "class A extends Array {}; const s = A.from({length: 20}, "
+    "(_, i) => i); s.extra = 'e'; const f = Object.freeze(Array(20).fill(3)); "
+    "return await E({s, f, t: new Float64Array(20), u: [new Uint8Array(3)]});",
+    "negative zero": "const r = await E({a: Array(20).fill(-0)}); "
+    "return [Object.is(r.a[0], -0), String(1 / r.a[1])];",
+    "doubles": "const a = [1e21, 1e-7, 123456789012345680000, 2**53+2, -(2**60), 5e-324, "
+    "...Array(16).fill(0.1)]; const r = await E({a}); return r.a.map((x, i) => x === a[i]);",
+    "length flips": "let n = 0; const p = new Proxy(Array(20).fill(1), {get(t, k) { "
+    "if (k === 'length') { n++; return n === 1 ? 20 : 18; } return t[k]; }}); "
+    "return [await E({p}), n];",
+    "ownKeys lie": "const p = new Proxy(Array(20).fill(1), {ownKeys() { return ['length', "
+    "'0', 'x']; }}); return await E({p});",
+    "one array many times": "const a = Array(16).fill(1); const parts = []; "
+    "for (let i = 0; i < 5000; i++) parts.push(a); return (await E({parts})).parts.length;",
+}
+
+
+@pytest.mark.parametrize("language", ["javascript"])
+@pytest.mark.parametrize("case", JS_CASES, ids=list(JS_CASES))
+def test_js_number_placeholders_land_where_they_belong(case: str, language: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    source = ("const E = (v) => tools.echo({values: v});\n"
+              f"async function main() {{ {JS_CASES[case]} }}")
+    fast, slow = fast_and_slow(source, monkeypatch)
+    assert fast == slow
+    assert fast[0] == "value", fast
+
+
+@pytest.mark.parametrize("language", ["javascript"])
+@pytest.mark.parametrize("depth", [0, 58, 62, 70])
+def test_js_a_getter_throwing_deep_in_the_stack_gives_the_same_frames(
+        depth: int, language: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # numbers() adds frames under the getter (apply, numbers, check): the script's frames
+    # near the stack's 64-frame limit are the same as JSON.stringify's own read gives
+    source = f"""function deep(n) {{
+  if (n === 0) {{
+    const a = Array(20).fill(1);
+    Object.defineProperty(a, 3, {{get() {{ throw new TypeError('getter failed'); }}}});
+    return tools.take({{values: a}});
+  }}
+  return deep(n - 1);
+}}
+async function main() {{
+  return await deep({depth});
+}}"""
+    fast, slow = fast_and_slow(source, monkeypatch)
+    assert fast == slow
+    assert fast[0] == "error"
+
+
+def js_number_text(x: float) -> str:
+    """``x`` as JSON.stringify writes it (shortest digits; JS's exponent form)."""
+    text = repr(x)
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        mantissa = mantissa.removesuffix(".0")
+        power = int(exponent)
+        text = f"{mantissa}e{'+' if power > 0 else '-'}{abs(power)}"
+    elif text.endswith(".0"):
+        text = text[:-2]
+    return text
+
+
+@pytest.mark.parametrize("language", ["javascript"])
+def test_pydantic_core_reads_and_writes_js_doubles_exactly(language: str) -> None:
+    # the long poll's reader (from_json) and the tool list's writer (to_json) against
+    # Python's json on doubles of every exponent, subnormals and extremes included
+    rng = random.Random(17)
+    values = [-0.0, 0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
+              2.0**53, 2.0**53 + 2, 1e21, 1e-7, 0.1]
+    while len(values) < 50000:
+        x = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+        if math.isfinite(x):
+            values.append(x)
+    text = "[" + ",".join(js_number_text(x) for x in values) + "]"
+    read = pydantic_core.from_json(text, cache_strings=False)
+    assert [(x, math.copysign(1, x)) for x in read] == [
+        (x, math.copysign(1, x)) for x in json.loads(text)]
+    written = json.loads(pydantic_core.to_json(values))
+    assert [(x, math.copysign(1, x)) for x in written] == [
+        (x, math.copysign(1, x)) for x in values]
+
+
+@pytest.mark.parametrize("language", ["javascript"])
+@pytest.mark.parametrize("text", [r'"\ud800"', r'"\udc00x"', r'"\ud800\u0041"',
+                                  r'{"\ud800":1}', r'"\ud800\udc00\udc00"'])
+def test_pydantic_core_refuses_the_lone_surrogates_json_reads(text: str,
+                                                              language: str) -> None:
+    # _read_state falls back to json on ValueError: a lone surrogate must be refused
+    # (never read as U+FFFD), so that json reads it as it always did
+    with pytest.raises(ValueError):
+        pydantic_core.from_json(text, cache_strings=False)
+    assert json.loads(text)
