@@ -7,6 +7,7 @@ fast path switched off (tests/test_data_fast_paths.py's fast_and_slow)."""
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import random
@@ -201,3 +202,66 @@ def test_pydantic_core_refuses_the_lone_surrogates_json_reads(text: str,
     with pytest.raises(ValueError):
         pydantic_core.from_json(text, cache_strings=False)
     assert json.loads(text)
+
+
+# A tool's list result through the list-of-ints fast paths (host.data, lupa's copy, the
+# JS writer): refused where it was refused before (same place named), passed whole else.
+class One(enum.IntEnum):
+    ONE = 1
+
+
+RESULT_LISTS = [
+    ([1, 2**64], "result[1]"), ([-(2**63) - 1, 1], "result[0]"), ([True, 2**64], "result[1]"),
+    ([1.0, 2**64], "result[1]"), ([2**63 - 1, -(2**63)], None), ([1, One.ONE], None),
+    ([], None), ([7] * 100_000, None),
+]
+
+
+@pytest.mark.parametrize("language", ["lua", "javascript"])
+@pytest.mark.parametrize(("value", "refused_at"), RESULT_LISTS,
+                         ids=[str(i) for i in range(len(RESULT_LISTS))])
+def test_a_tools_list_of_ints_is_refused_or_passed_as_before(
+        value: list, refused_at: str | None, language: str, lua_version: str) -> None:
+    @tool
+    def give() -> Any:
+        """Gives the list."""
+        return value
+
+    limit = 2**63 - 1 if language == "lua" and lua_version != "luajit" else 2**53 - 1
+    if refused_at is None and any(abs(x) > limit + (x < 0) for x in value):
+        refused_at = "result[0]"
+    host = Host([give], timeout=10, on_output=lambda line: None)
+    source = ("local r = tools.give{} return {n = #r, r = r}" if language == "lua" else
+              "async function main() { const r = await tools.give({}); "
+              "return {n: r.length, r}; }")
+    try:
+        seen = host.run_source(source, language, "agent.lua" if language == "lua"
+                               else "agent.js")
+    except SpellError as exc:
+        assert refused_at is not None, exc
+        assert exc.code == "script/cross_engine_communication"
+        assert f"python -> {language} - " in str(exc) and " is an integer " in str(exc)
+    else:
+        assert refused_at is None, seen
+        empty = {} if language == "lua" else []  # (an empty Lua table reads as {})
+        assert seen == {"n": len(value), "r": [int(x) for x in value] or empty}
+        assert all(type(x) is int for x in seen["r"])
+
+
+@pytest.mark.xfail(strict=True, reason="pre-existing: an int past 2**53 in a tool's list for "
+                   "LuaJIT is named by the engine's walk with Lua's index (result[2] for the "
+                   "second value: engines/lua.py _check_data), one past 2**63 by host.data "
+                   "with Python's (result[1]), for every Lua")
+def test_luajit_names_a_tools_too_large_int_as_the_other_luas_do(lua_version: str) -> None:
+    if lua_version != "luajit":
+        pytest.xfail("the other Luas: the case is LuaJIT's")
+
+    @tool
+    def give() -> Any:
+        """Gives an int past 2**53 second."""
+        return [1, 2**60]
+
+    host = Host([give], timeout=10, on_output=lambda line: None)
+    with pytest.raises(SpellError) as caught:
+        host.run_source("return tools.give{}", "lua", "agent.lua")
+    assert "python -> lua - result[1] is an integer" in str(caught.value)
