@@ -265,3 +265,29 @@ def test_luajit_names_a_tools_too_large_int_as_the_other_luas_do(lua_version: st
     with pytest.raises(SpellError) as caught:
         host.run_source("return tools.give{}", "lua", "agent.lua")
     assert "python -> lua - result[1] is an integer" in str(caught.value)
+
+
+def test_lua_unpacked_pieces_keep_every_value_exactly(lua_version: str) -> None:
+    # _convert_array's sum only says a piece holds numbers and booleans: the values are
+    # the piece's own (ints past 2**53 whose sum rounds, -0.0, inf + -inf, "1", booleans)
+    if lua_version == "luajit":
+        big = "2^53, -(2^53), 2^53, 2^52 + 1"  # (its numbers are doubles)
+        expected_big = [2**53, -(2**53), 2**53, 2**52 + 1]
+    else:
+        big = "math.maxinteger, math.mininteger, (1 << 53) + 1, math.maxinteger - 1"
+        expected_big = [2**63 - 1, -(2**63), 2**53 + 1, 2**63 - 2]
+    source = f"""local t = {{{big}, -0.0, 1e308, 1e308, true, false}}
+for i = 10, 40 do t[i] = i end
+local u = {{1, 2, "1", 3}}
+for i = 5, 40 do u[i] = i end
+return {{t = t, u = u}}
+"""
+    kind, value = lua_run(source)
+    assert kind == "value", value
+    t = value["t"]
+    assert t[:4] == expected_big and all(type(x) is int for x in t[:4])
+    assert t[4] == 0 and t[5:7] == [1e308, 1e308]
+    if lua_version != "luajit":  # (LuaJIT's integral numbers come as ints)
+        assert math.copysign(1, t[4]) == -1
+    assert t[7:9] == [True, False] and t[9:] == list(range(10, 41))
+    assert value["u"] == [1, 2, "1", *range(3, 4), *range(5, 41)]
