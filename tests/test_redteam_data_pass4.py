@@ -291,3 +291,30 @@ return {{t = t, u = u}}
         assert math.copysign(1, t[4]) == -1
     assert t[7:9] == [True, False] and t[9:] == list(range(10, 41))
     assert value["u"] == [1, 2, "1", *range(3, 4), *range(5, 41)]
+
+
+# numbers() took any RangeError whose message starts with "too many arguments" for
+# Reflect.apply's own: a getter that threw one once was swallowed (JSON.stringify's second
+# read then gave the data); only the error Reflect.apply itself throws (its raw stack's
+# first frames) sends the array the usual way now.
+@pytest.mark.parametrize("language", ["javascript"])
+def test_js_a_getter_throwing_a_look_alike_range_error_once_is_not_swallowed(
+        language: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = """async function main() {
+  let n = 0;
+  const a = Array(20).fill(1);
+  Object.defineProperty(a, 3, {get() {
+    if (n++ === 0) throw new RangeError('too many arguments (mine)');
+    return 7;
+  }});
+  return await tools.take({values: a});
+}"""
+    fast, slow = fast_and_slow(source, monkeypatch)
+    assert slow[0] == "error"
+    assert fast == slow
+    # an engine's own RangeError, but a getter's (Reflect.apply in the script's code)
+    own = source.replace("throw new RangeError('too many arguments (mine)')",
+                         "Reflect.apply(Math.max, null, {length: 70000})")
+    fast, slow = fast_and_slow(own, monkeypatch)
+    assert slow[0] == "error" and "too many arguments" in slow[3]
+    assert fast == slow
