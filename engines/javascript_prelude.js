@@ -328,13 +328,18 @@
     return MARK + "[" + k;
   }
 
-  // Whether `error` is the engine's own RangeError for a call with too many arguments
-  // (read without running script code: Error.isError is false for a Proxy).
+  // Whether `error` is the engine's own RangeError for a call with too many arguments,
+  // thrown by numbers()'s Reflect.apply itself (its raw stack's first two frames), not one
+  // a getter or trap threw while it read (read without running script code: Error.isError
+  // is false for a Proxy, and readStack is the engine's own getter).
+  const APPLY_IN_NUMBERS = "    at apply (native)\n    at polyspell$numbers ";
   function tooManyValues(error) {
     if (!isError(error) || getPrototypeOf(error) !== RANGE_ERROR) return false;
     const message = ownDescriptor(error, "message");
-    return message !== undefined && typeof message.value === "string" &&
-      startsWith(message.value, "too many arguments");
+    if (message === undefined || typeof message.value !== "string" ||
+      !startsWith(message.value, "too many arguments")) return false;
+    const raw = readStack(error);
+    return typeof raw === "string" && startsWith(raw, APPLY_IN_NUMBERS);
   }
 
   // `text` with each placeholder of numbers() replaced by its array's text, in order (the

@@ -97,6 +97,29 @@ _CLOCK_EVERY = 2**20
 _UNPACK_PIECE = 2**14
 _JIT_UNPACK_PIECE = 4096  # LuaJIT's unpack gives at most about 8,000 values ("too many results")
 DEFAULT_LIMITS = Limits()
+# The unpack that reads a checked array for the host (_convert_array): raw. Lua 5.5's
+# table.unpack calls the table's __len even when given both bounds, which would run the
+# script's code from Python, after the prelude's check: it could throw (an internal error),
+# loop, or put a function or a cycle into the array before it is read. There the
+# metatable is set aside while unpack reads (and back, even if unpack fails); the
+# versions whose unpack is raw use it as it is.
+_RAW_UNPACK = """
+local unpack = table.unpack or unpack
+if _VERSION < "Lua 5.5" then return unpack end
+local getmetatable, setmetatable, pcall, error = debug.getmetatable, debug.setmetatable,
+  pcall, error
+local function back(t, mt, ok, ...)
+  setmetatable(t, mt)
+  if not ok then error((...), 0) end
+  return ...
+end
+return function(t, i, j)
+  local mt = getmetatable(t)
+  if mt == nil then return unpack(t, i, j) end
+  setmetatable(t, nil)
+  return back(t, mt, pcall(unpack, t, i, j))
+end
+"""
 _INT64 = (-(2**63), 2**63 - 1)
 # LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
 # never rounded, as host.data refuses one larger than a language's spec says).
@@ -504,7 +527,7 @@ class LuaEngine(Engine):
         self._set_max_memory = self._lua.set_max_memory
         self._set_max_memory(0)  # see _enter: the prelude's set-up is the host's, not the script's
         try:
-            self._unpack = self._lua.eval("table.unpack or unpack")  # see _convert
+            self._unpack = self._lua.execute(_RAW_UNPACK)  # see _convert
             (self._put, self._enter, self._take, self._drain, self._lua_short_src,
              self._lua_site) = self._lua.execute(
                 prelude_bytecode(lua_version), clock, sandbox == "trusted",
