@@ -147,10 +147,8 @@ class LuaScript:
         for _, number, what in found:  # as frame(), without its calls
             if not number:
                 continue  # a line of this file that is not a frame's
-            # position() inlined for short runs (\d matches non-ASCII digits too): None
-            # when out of range (see frames.MAX_POSITION)
-            line = int(number) if len(number) < SHORT_DIGITS and number.isascii() \
-                else position(number)
+            # (\d matches non-ASCII digits too: see position; only short runs are kept)
+            line = _line_number(number) if len(number) < SHORT_DIGITS else position(number)
             if line is not None and 0 < line <= count:
                 text = lines[line - 1]  # source_excerpt() inlined for a line needing no cut
                 source = (text.strip() if len(text) <= MAX_SOURCE_LINE
@@ -167,7 +165,7 @@ class LuaScript:
         number and rest empty for a line that is not ``file:number:rest``."""
         if self._scan is None:
             self._scan = _scan_pattern(self.prefix)
-        return self._scan.findall(traceback)
+        return self._scan.findall("\n" + traceback)  # (see _scan_pattern)
 
     def _parse_lines(self, traceback: str) -> list[Frame]:
         """:meth:`_parse` line by line, for a traceback with tail-call markers."""
@@ -258,9 +256,11 @@ def _scan_pattern(prefix: str) -> re.Pattern[str]:
     """A whole traceback line of the file ``prefix`` names (leading blanks but no line
     break before the name), as :meth:`LuaScript.script_traceback` keeps it; with its line
     number and the rest when it is a frame's line (``file:12:rest``), else two empty
-    strings. The frames are what ``^\\s*file:(\\d+):(.*)$`` finds line by line."""
-    return re.compile(rf"^([^\S\n]*{re.escape(prefix)}(?:(\d+):([^\n]*)|[^\n]*))",
-                      re.MULTILINE)
+    strings. The frames are what ``^\\s*file:(\\d+):(.*)$`` finds line by line. Each line
+    starts after a line break (the text scanned is the traceback after one): a pattern
+    that starts with a literal character is searched for by scanning for it, where ``^``
+    made the regex engine try a match at every character."""
+    return re.compile(rf"\n([^\S\n]*{re.escape(prefix)}(?:(\d+):([^\n]*)|[^\n]*))")
 
 
 def function_name(what: str) -> str:
@@ -283,6 +283,8 @@ def function_name(what: str) -> str:
 
 # Tracebacks repeat the same few descriptions ("in function 'f'"): worth a cache.
 _function_name = functools.lru_cache(maxsize=4096)(function_name)
+# A frame's line number from its digits: a loop fails at the same few lines
+_line_number = functools.lru_cache(maxsize=4096)(position)
 
 
 def compilation_failed(script: LuaScript, message: str) -> SpellError:

@@ -101,3 +101,17 @@ def test_js_positions_match_position(line: str, column: str) -> None:
                 if number is not None and 0 < number <= len(SOURCE.splitlines()) else None)
     assert inner.source == expected
     assert frames[0].source is None  # line 2 is blank
+
+
+def test_the_lua_traceback_scan_finds_each_line_the_line_anchored_pattern_finds() -> None:
+    # the scan searches for a line break then the file's name (a literal first character
+    # is found by scanning for it); a pattern anchored at each line's start is the spec
+    script = LuaScript("deep.lua", "return 1\n")
+    spec = re.compile(r"^([^\S\n]*deep\.lua:(?:(\d+):([^\n]*)|[^\n]*))", re.MULTILINE)
+    pieces = ["deep.lua:", "\n", "\t", " ", "12", ":", "x", "\r", "deep.lua:7: in f",
+              "\u2028", "\x0b", "\u0663", "stack traceback:", "other.lua:3:"]
+    rng = random.Random(17)
+    texts = ["", "\n", "deep.lua:1: x", "\tdeep.lua:2: in main chunk\n"]
+    texts += ["".join(rng.choices(pieces, k=rng.randint(0, 14))) for _ in range(3000)]
+    for text in texts:
+        assert script._own_scan(text) == spec.findall(text), text
