@@ -97,29 +97,8 @@ _CLOCK_EVERY = 2**20
 _UNPACK_PIECE = 2**14
 _JIT_UNPACK_PIECE = 4096  # LuaJIT's unpack gives at most about 8,000 values ("too many results")
 DEFAULT_LIMITS = Limits()
-# The unpack that reads a checked array for the host (_convert_array): raw. Lua 5.5's
-# table.unpack calls the table's __len even when given both bounds, which would run the
-# script's code from Python, after the prelude's check: it could throw (an internal error),
-# loop, or put a function or a cycle into the array before it is read. There the
-# metatable is set aside while unpack reads (and back, even if unpack fails); the
-# versions whose unpack is raw use it as it is.
-_RAW_UNPACK = """
-local unpack = table.unpack or unpack
-if _VERSION < "Lua 5.5" then return unpack end
-local getmetatable, setmetatable, pcall, error = debug.getmetatable, debug.setmetatable,
-  pcall, error
-local function back(t, mt, ok, ...)
-  setmetatable(t, mt)
-  if not ok then error((...), 0) end
-  return ...
-end
-return function(t, i, j)
-  local mt = getmetatable(t)
-  if mt == nil then return unpack(t, i, j) end
-  setmetatable(t, nil)
-  return back(t, mt, pcall(unpack, t, i, j))
-end
-"""
+# The unpack that reads a checked array for the host (_convert_array): raw (see the file).
+_RAW_UNPACK = resources.files("engines").joinpath("lua_raw_unpack.lua").read_text("utf-8")
 _INT64 = (-(2**63), 2**63 - 1)
 # LuaJIT's numbers are doubles: the integers they hold exactly (a larger one is refused,
 # never rounded, as host.data refuses one larger than a language's spec says).
@@ -807,7 +786,7 @@ class LuaEngine(Engine):
             request_id, name, problem, traceback, params = outcome[2:7]
             kind = outcome[7] if len(outcome) > 7 else None
             reserved = None if kind is None else _RESERVED.get(kind)
-            if params is True:  # flat: their keys and values follow (see is_flat)
+            if params is True:  # flat: their keys and values follow (see flat)
                 params = _flat_params(outcome, 8)
             elif reserved == "module":  # a require: the name is all there is
                 self._modules.add(request_id)
@@ -979,7 +958,7 @@ class LuaEngine(Engine):
 
 
 def _flat_params(outcome: tuple[Any, ...], start: int) -> dict[str, Any]:
-    """Flat parameters, sent as keys and values from ``outcome[start]`` on (see is_flat in
+    """Flat parameters, sent as keys and values from ``outcome[start]`` on (see flat in
     the prelude), as a dict with its keys in code point order, as :func:`_convert` gives a
     table's."""
     left = len(outcome) - start
