@@ -33,6 +33,45 @@ _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
+# The types of JSON's scalars, exactly (no subclasses: a str or int subclass is not data).
+JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def plain_json_copy(value: list | dict, max_depth: int, depth: int = 0) -> list | dict | None:
+    """A copy of ``value`` when it holds only JSON scalars (floats finite), lists, and
+    dicts with string keys, all of these exact types, nested less than ``max_depth``
+    levels; else None: not plain, or not sure (for a walk that says where and why). The
+    fast look at an error's JSON fields and at a failed call's parameters (its preview).
+    """
+    if depth >= max_depth:
+        return None
+    if type(value) is dict:
+        copy: Any = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                return None
+            kind = type(item)
+            if kind is dict or kind is list:
+                item = plain_json_copy(item, max_depth, depth + 1)
+                if item is None:
+                    return None
+            elif kind not in JSON_SCALARS or (kind is float and item - item != 0.0):
+                return None
+            copy[key] = item
+        return copy
+    copy = []
+    for item in value:  # (the dict's loop, without its keys: a helper would be a call an item)
+        kind = type(item)
+        if kind is dict or kind is list:
+            item = plain_json_copy(item, max_depth, depth + 1)
+            if item is None:
+                return None
+        elif kind not in JSON_SCALARS or (kind is float and item - item != 0.0):
+            return None
+        copy.append(item)
+    return copy
+
+
 class TooDeep(ValueError):
     """JSON text nested deeper than the bound it was read with."""
 

@@ -26,7 +26,7 @@ from types import TracebackType
 from types import UnionType as _UnionType
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from bridge.data import MAX_DEPTH, TooDeep, read_json
+from bridge.data import JSON_SCALARS, MAX_DEPTH, TooDeep, plain_json_copy, read_json
 from bridge.frames import Frame, frame_from_data, is_internal, python_frames
 from bridge.jsontext import finite_number, json_text
 from bridge.severity import Severity
@@ -727,10 +727,9 @@ def _plain_fields(variant: type[SpellError]) -> bool:
 _UNPLANNED = object()
 # Exact types a field of this annotation takes as they are (strict mode: no coercion);
 # for JSON fields only scalars (containers are left to pydantic).
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
 _SCALAR_TYPES: dict[Any, frozenset[type]] = {
     str: frozenset({str}), int: frozenset({int}), float: frozenset({float}),
-    bool: frozenset({bool}), Json: _JSON_SCALARS,
+    bool: frozenset({bool}), Json: JSON_SCALARS,
 }
 _JSON_COPY_DEPTH = 32  # deeper lists and dicts in a JSON field are left to pydantic
 
@@ -785,49 +784,16 @@ def _scalar_fields(plan: tuple[tuple[str, frozenset[type], Any], ...],
             continue
         kind = type(value)
         if kind not in taken:
-            if taken is not _JSON_SCALARS or (kind is not dict and kind is not list):
+            if taken is not JSON_SCALARS or (kind is not dict and kind is not list):
                 return None
-            value = _json_copy(value, 0)  # a copy, as pydantic's dump is
-            if value is _UNPLANNED:
+            value = plain_json_copy(value, _JSON_COPY_DEPTH)  # a copy, as pydantic's dump is
+            if value is None:
                 return None
         elif kind is float and value - value != 0.0:
             return None
         out[name] = value
         given += 1
     return out if given == len(fields) else None  # else an unknown name: pydantic says so
-
-
-def _json_copy(value: list | dict, depth: int) -> Any:
-    """A copy of ``value`` when it holds only JSON scalars (floats finite), lists, and
-    dicts with string keys, of these exact types, at most :data:`_JSON_COPY_DEPTH` deep;
-    else :data:`_UNPLANNED`."""
-    if depth >= _JSON_COPY_DEPTH:
-        return _UNPLANNED
-    if type(value) is dict:
-        copy: Any = {}
-        for key, item in value.items():
-            if type(key) is not str:
-                return _UNPLANNED
-            kind = type(item)
-            if kind is dict or kind is list:
-                item = _json_copy(item, depth + 1)
-                if item is _UNPLANNED:
-                    return _UNPLANNED
-            elif kind not in _JSON_SCALARS or (kind is float and item - item != 0.0):
-                return _UNPLANNED
-            copy[key] = item
-        return copy
-    copy = []
-    for item in value:
-        kind = type(item)
-        if kind is dict or kind is list:
-            item = _json_copy(item, depth + 1)
-            if item is _UNPLANNED:
-                return _UNPLANNED
-        elif kind not in _JSON_SCALARS or (kind is float and item - item != 0.0):
-            return _UNPLANNED
-        copy.append(item)
-    return copy
 
 
 def _describe_problem(variant: type[SpellError], problem: Mapping[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import engines
 from bridge import BridgeError, ScriptError, SpellError
-from bridge.data import MAX_DEPTH
+from bridge.data import MAX_DEPTH, plain_json_copy
 from engines.base import Problem, crossing_error
 
 
@@ -78,32 +78,6 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
                 return found
         return None
     return Unfit(path, value, f"is a {type(value).__name__}")
-
-
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
-
-
-def _plain_json(value: Any, depth: int) -> bool:
-    """Whether :func:`not_json_like` finds nothing in ``value``, answered without naming a
-    path for data of the builtin types only (False: not sure, ask it)."""
-    kind = type(value)
-    if kind in _JSON_SCALARS:
-        return kind is not float or value - value == 0.0
-    if (kind is not dict and kind is not list) or depth >= MAX_DEPTH:
-        return False
-    if kind is dict:
-        for key in value:
-            if type(key) is not str:
-                return False
-        value = value.values()
-    for item in value:
-        kind = type(item)
-        if kind in _JSON_SCALARS:
-            if kind is float and item - item != 0.0:
-                return False
-        elif not _plain_json(item, depth + 1):
-            return False
-    return True
 
 
 def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:
@@ -269,7 +243,9 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
     object a layer put there) must not make the error itself invalid.
     """
     text = repr(value)
-    if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))) \
-            and (_plain_json(value, 0) or not_json_like(value, "parameters") is None):
-        return value
+    if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))):
+        kind = type(value)  # plain lists and dicts looked at without naming a path first
+        if ((kind is dict or kind is list) and plain_json_copy(value, MAX_DEPTH) is not None) \
+                or not_json_like(value, "parameters") is None:
+            return value
     return text[:limit] + ("..." if len(text) > limit else "")

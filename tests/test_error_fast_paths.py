@@ -137,10 +137,13 @@ _DATA = [None, True, 0, -(2**80), 1.5, math.nan, -math.inf, "x", "\ud800", [], {
 @pytest.mark.parametrize("value", _DATA, ids=range(len(_DATA)))
 def test_the_plain_check_of_parameters_agrees_with_the_walk_that_names_a_path(value: Any
                                                                               ) -> None:
-    from host.data import _plain_json, not_json_like, preview
+    from bridge.data import MAX_DEPTH, plain_json_copy
+    from host.data import not_json_like, preview
 
-    if _plain_json(value, 0):  # plain: the walk finds nothing either
+    if type(value) in (list, dict) and plain_json_copy(value, MAX_DEPTH) is not None:
+        # plain: the walk finds nothing either, and the copy is the value's
         assert not_json_like(value, "parameters") is None
+        assert plain_json_copy(value, MAX_DEPTH) == value
     assert (preview(value) is value) == (len(repr(value)) <= 2000 and isinstance(
         value, dict | list | str | int | float | bool | type(None))
         and not_json_like(value, "parameters") is None)
