@@ -430,18 +430,20 @@ def cpu() -> float:
     return time.thread_time()
 
 
-# The round-trip loops, returning the CPU time of the run's thread (sync tools run there):
-# the cost of the run's work, which waiting for the cores on a shared machine does not add to.
-LUA_LOOP_CPU = f"local began = tools.cpu{{}}\n{LUA_LOOP.replace('return total', '')}" \
-    "return tools.cpu{} - began"
-JS_LOOP_CPU = JS_LOOP.replace(
-    "let total = 0;", "let total = 0; const began = await tools.cpu({});").replace(
-    "return total;", "return (await tools.cpu({})) - began;")
-LUA_CATCH_CPU = f"local began = tools.cpu{{}}\n{LUA_CATCH.replace('return caught', '')}" \
-    "return tools.cpu{} - began"
-JS_CATCH_CPU = JS_CATCH.replace(
-    "let caught = 0;", "let caught = 0; const began = await tools.cpu({});").replace(
-    "return caught;", "return (await tools.cpu({})) - began;")
+def cpu_timed(source: str, total: str) -> str:
+    """A bench loop (LUA_LOOP, JS_CATCH...) that returns, instead of its ``total``, the
+    CPU seconds of the run's thread it took (sync tools run there): the cost of the run's
+    work, which waiting for the cores on a shared machine does not add to."""
+    if "async function main" in source:
+        return source.replace(
+            f"let {total} = 0;", f"let {total} = 0; const began = await tools.cpu({{}});"
+        ).replace(f"return {total};", "return (await tools.cpu({})) - began;")
+    return f"local began = tools.cpu{{}}\n{source.replace(f'return {total}', '')}" \
+        "return tools.cpu{} - began"
+
+
+LUA_LOOP_CPU, JS_LOOP_CPU = cpu_timed(LUA_LOOP, "total"), cpu_timed(JS_LOOP, "total")
+LUA_CATCH_CPU, JS_CATCH_CPU = cpu_timed(LUA_CATCH, "caught"), cpu_timed(JS_CATCH, "caught")
 
 
 def run_thread_cpu(host: Host, language: str, source: str, n: int) -> float:
