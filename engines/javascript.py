@@ -59,7 +59,6 @@ An engine, like its quickjs context, is used from one thread; ``close()`` it the
 
 from __future__ import annotations
 
-import collections
 import functools
 import inspect
 import itertools
@@ -88,6 +87,7 @@ from bridge.data import ITEM_BYTES, MAX_DEPTH
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
+from bridge.randomness import random_bits
 from engines import javascript_bytecode as bytecode
 from engines import javascript_modules as modules
 from engines.base import (
@@ -240,7 +240,7 @@ class JavaScriptEngine(Engine):
         self._owners: dict[int, int] = {}  # request id -> the activation that made it
         self._last_activation = 0  # 0: the script itself, or the tools file's load
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
-        mark = self._nonce = _new_mark()  # see LONG_TEXT in the prelude
+        mark = self._nonce = f"{random_bits(64):016x}"  # see LONG_TEXT in the prelude
         self._mark = "\0" + mark + ":"  # (the text has the NUL as \u0000)
         try:
             config = _encode({"file": filename, "args": {} if args is None else args,
@@ -1078,20 +1078,6 @@ def _encode(value: Any) -> str:
         encoder.open.clear()  # what a failure left open
         raise
 _MAX_SAFE_INTEGER = 2**53
-
-
-_MARKS: collections.deque[str] = collections.deque()  # unused marks (pop is atomic)
-
-
-def _new_mark() -> str:
-    """A secret of 16 hex digits for one engine, from the system's random source 64 at a
-    time (a system call per engine cost about 10 us)."""
-    try:
-        return _MARKS.pop()
-    except IndexError:
-        digits = os.urandom(8 * 64).hex()
-        _MARKS.extend(digits[at:at + 16] for at in range(16, len(digits), 16))
-        return digits[:16]
 
 
 def _js_number(text: str) -> int | float:

@@ -39,6 +39,7 @@ from bridge.envelope import error_envelope, resolve_refs
 from bridge.errors import describe_exception
 from bridge.names import closest, did_you_mean, listed
 from bridge.pytraceback import attach_python_traceback
+from bridge.randomness import random_bits
 from engines import (
     Engine,
     Failed,
@@ -99,7 +100,7 @@ MAX_TOOL_DEPTH = 64
 def _random_hex_id() -> str:
     """What ``uuid.uuid4().hex`` gives (128 random bits as a version 4 UUID), without
     importing uuid, which imports platform: a run's start does not pay for them."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(random_bits(64).to_bytes(8, "big") + random_bits(64).to_bytes(8, "big"))
     raw[6] = raw[6] & 0x0F | 0x40  # the version
     raw[8] = raw[8] & 0x3F | 0x80  # the variant (RFC 4122)
     return raw.hex()
@@ -194,7 +195,6 @@ class ScriptRun:
         # oldest is O(1), where a dict's first key is found past every one removed before)
         self._refs: OrderedDict[int, SpellError] = OrderedDict()
         self._ref_of: dict[int, int] = {}  # id(error) -> its ref (the error is in _refs)
-        self._random_bytes, self._random_at = b"", 0  # see _random_ref
         self._libraries: dict[str, Engine] = {}  # tools file -> its engine in this run
         self._active: dict[str, int] = {}  # tools file -> calls into it in progress
         self._restarts: dict[str, int] = {}  # tools file -> restarts by a Restart policy
@@ -1062,23 +1062,14 @@ class ScriptRun:
         """
         ref = self._ref_of.get(id(err))
         if ref is None:
-            ref = self._random_ref()
+            ref = random_bits(53)  # (exact in a JS number)
             while ref in self._refs:
-                ref = self._random_ref()
+                ref = random_bits(53)
             if len(self._refs) >= MAX_HANDED_ERRORS:  # forget the oldest
                 del self._ref_of[id(self._refs.popitem(last=False)[1])]
             self._refs[ref] = err
             self._ref_of[id(err)] = ref  # _refs keeps err alive: its id stays its own
         return ref
-
-    def _random_ref(self) -> int:
-        """A random 53-bit number from the system's CSPRNG (as ``secrets.randbits(53)``),
-        taken from bytes read 64 refs at a time: one system call for 64 failures."""
-        at = self._random_at
-        if at >= len(self._random_bytes):
-            self._random_bytes, at = os.urandom(7 * 64), 0
-        self._random_at = at + 7
-        return int.from_bytes(self._random_bytes[at:at + 7], "big") >> 3
 
     # -- decoration -----------------------------------------------------------------
 
