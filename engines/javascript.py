@@ -1077,6 +1077,8 @@ def _encode(value: Any) -> str:
     except BaseException:
         encoder.open.clear()  # what a failure left open
         raise
+
+
 _MAX_SAFE_INTEGER = 2**53
 
 
