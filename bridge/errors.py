@@ -22,7 +22,6 @@ import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from time import time
-from types import TracebackType
 from types import UnionType as _UnionType
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -168,22 +167,44 @@ class SpellError(Exception):
         if (kind or self.kind) != self.kind or (category or self.category) != self.category:
             raise _invalid(self.code, f"{category or self.category}/{kind or self.kind} "
                            f"does not match the class {type(self).__name__}", "kind")
-        self.fields = _validate_fields(type(self), fields)
+        self._made(_validate_fields(type(self), fields), message, severity, retryable,
+                   retry_after, context, None if frames is None else list(frames), cause)
+
+    # What an error holds until it is given otherwise (class attributes: an error made
+    # without them sets none of them, and its dict stays small).
+    # (no annotations: a class's annotations are its fields)
+    _retryable = None  # bool | None
+    _retry_after = None  # float | None
+    _context = None  # ErrorContext | None
+    # what to do to the context when it is next read, in order (see update_context)
+    _context_updates = None  # list[Callable[[ErrorContext], ErrorContext]] | None
+    _frames = None  # list[Frame] | None
+    # a Python traceback whose frames are this error's, read on first use (see wrap)
+    _frames_from = None  # TracebackType | None
+    _cause_view = None  # SpellError | None
+
+    def _made(self, fields: dict[str, Any], message: str | None,
+              severity: Severity | str | int | None = None, retryable: bool | None = None,
+              retry_after: float | None = None, context: ErrorContext | None = None,
+              frames: list[Frame] | None = None, cause: BaseException | None = None) -> None:
+        """The constructor's work once ``fields`` are validated (what
+        :func:`_validate_fields` returns): :func:`_wrapped` makes an error with fields it
+        knows are valid through here, without the keyword arguments' binding."""
+        self.fields = fields
         if message is None:
             message = self.default_message()
         super().__init__(message)
         self.message = message
         self.severity = self.default_severity if severity is None else Severity.parse(severity)
-        self._retryable = retryable
-        self._retry_after = retry_after
-        self._context = context
-        # what to do to the context when it is next read, in order (see update_context)
-        self._context_updates: list[Callable[[ErrorContext], ErrorContext]] | None = None
+        if retryable is not None:
+            self._retryable = retryable
+        if retry_after is not None:
+            self._retry_after = retry_after
+        if context is not None:
+            self._context = context
         self._created = time()
-        self._frames = None if frames is None else list(frames)
-        # a Python traceback whose frames are this error's, read on first use (see wrap)
-        self._frames_from: TracebackType | None = None
-        self._cause_view: SpellError | None = None
+        if frames is not None:
+            self._frames = frames
         if cause is not None:
             self.__cause__ = cause
 
@@ -513,11 +534,22 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
         if "reason" not in fields and "reason" in getattr(variant, "_field_defaults", ()):
             fields["reason"] = describe_exception(exc)  # (only if not given: str() runs once)
         cause = exc
-    if not held and cause is not exc:
-        return variant(frames=python_frames(exc.__traceback__), cause=cause, **fields)
-    err = variant(frames=(), cause=cause, **fields)
-    err._frames_from = exc.__traceback__
+    lazy = held or cause is exc
+    frames = [] if lazy else python_frames(exc.__traceback__)
+    if variant.__init__ is SpellError.__init__ and variant.__new__ is SpellError.__new__ \
+            and fields.keys().isdisjoint(_KEYWORDS):
+        # the constructor's work without its keyword arguments (the same error)
+        err = Exception.__new__(variant)
+        err._made(_validate_fields(variant, fields), None, frames=frames, cause=cause)
+    else:
+        err = variant(frames=frames, cause=cause, **fields)
+    if lazy:
+        err._frames_from = exc.__traceback__
     return err
+
+
+# The constructor's keyword arguments that are not fields (see SpellError.__init__).
+_KEYWORDS = RESERVED_NAMES - {"message", "fields"}
 
 
 def cause_chain(err: SpellError, limit: int = MAX_CAUSE_DEPTH) -> CauseChain:
