@@ -524,7 +524,10 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
     elif isinstance(category, type):
         category = category.category
     variant = variant_class(category, kind or category_class(category).wrap_kind)
+    valid = False  # whether fields are as validation would return them
     if variant.kind == "python_exception" and variant.category == "runtime":
+        # a view made here (a cause's): two strings, in the model's order
+        valid = not fields and variant.__dict__.get("_scalar_plan") == _VIEW_PLAN
         if "exception_type" not in fields:
             fields["exception_type"] = exception_type_name(exc)
         if "exception_message" not in fields:
@@ -540,7 +543,8 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
             and fields.keys().isdisjoint(_KEYWORDS):
         # the constructor's work without its keyword arguments (the same error)
         err = Exception.__new__(variant)
-        err._made(_validate_fields(variant, fields), None, frames=frames, cause=cause)
+        err._made(fields if valid else _validate_fields(variant, fields), None,
+                  frames=frames, cause=cause)
     else:
         err = variant(frames=frames, cause=cause, **fields)
     if lazy:
@@ -550,6 +554,9 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
 
 # The constructor's keyword arguments that are not fields (see SpellError.__init__).
 _KEYWORDS = RESERVED_NAMES - {"message", "fields"}
+# runtime/python_exception's fields as _scalar_fields checks them (see _wrapped)
+_VIEW_PLAN = (("exception_type", frozenset({str}), ...),
+              ("exception_message", frozenset({str}), ""))
 
 
 def cause_chain(err: SpellError, limit: int = MAX_CAUSE_DEPTH) -> CauseChain:
