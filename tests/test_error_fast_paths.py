@@ -234,3 +234,69 @@ def test_own_frames_are_the_frames_that_are_not_polyspells_made_the_short_way() 
         Frame("lua", "a.lua", 3), Frame("python", __file__, 1),
         Frame("python", SpellError.__init__.__code__.co_filename, 2)])  # bridge's own
     assert given.own_frames() == slow(given) and len(given.own_frames()) == 2
+
+
+def _state(err: SpellError) -> dict[str, Any]:
+    """Everything an error shows, its context's time left out (made when read)."""
+    data: Any = err.to_dict()
+    level = data
+    while level is not None:
+        level.pop("context")
+        level = level.get("cause")
+    return {"class": type(err), "data": data, "args": err.args, "order": list(err.fields), "dict": {
+        k: v for k, v in vars(err).items()
+        if k not in ("_created", "_frames_from", "_context", "_cause_view")}}
+
+
+class _BrokenStr(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+class _Named(KeyError):
+    pass
+
+
+_Named.__qualname__ = "Elsewhere.Named"
+
+
+@pytest.mark.parametrize("exc", [ValueError("v"), _BrokenStr(), _Named("k"), OSError(2, "x"),
+                                 ValueError("\ud800"), ValueError("x" * 5000)],
+                         ids=["plain", "broken-str", "qualname", "oserror", "surrogate", "long"])
+def test_wrap_makes_through_the_shortcut_what_the_constructor_makes(exc: Exception) -> None:
+    """SpellError.wrap builds its error (and a cause's view, whose fields it makes) without
+    the constructor's keywords: the same error as the constructor makes from them."""
+    for err in (ToolError.wrap(exc, tool_name="t", parameters={"a": [1]}, execution_time=0.5),
+                SpellError.wrap(exc), ToolError.wrap(exc, tool_name="t").cause):
+        assert err is not None
+        slow = type(err)(frames=err.frames, cause=err.__cause__, **err.fields)
+        assert _state(err) == _state(slow)
+        assert err.frames == slow.frames and err.__cause__ is slow.__cause__
+
+
+def test_wrap_keeps_the_constructor_for_what_the_shortcut_does_not_cover() -> None:
+    """Fields named like the constructor's keywords, a variant with its own __init__, and
+    fields given to a view are still the constructor's to take or refuse."""
+    with pytest.raises(TypeError):  # as the constructor refuses a field named "frames"
+        ToolError.wrap(ValueError("v"), tool_name="t", frames=[])
+    err = ToolError.wrap(ValueError("v"), tool_name="t", severity="critical")
+    assert err.severity.name == "CRITICAL"  # a keyword, not a field
+    with pytest.raises(SpellError) as refused:  # a view's field of the wrong type
+        SpellError.wrap(ValueError("v"), exception_message=3)
+    assert refused.value.code == "bridge/invalid_error"
+    made = []
+
+    class Own(ToolError, kind="own_init_for_test", template="{tool_name}"):
+        tool_name: str
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(kwargs.get("tool_name"))
+            super().__init__(*args, **kwargs)
+
+    try:
+        assert ToolError.wrap(ValueError("v"), kind="own_init_for_test",
+                              tool_name="t").message == "t"
+        assert made == ["t"]
+    finally:
+        from bridge.errors import _VARIANTS
+        _VARIANTS.pop(("tool", "own_init_for_test"), None)
