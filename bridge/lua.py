@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,14 +148,17 @@ class LuaScript:
         for text in found:  # as frame(), without its calls
             # a line's number and function, read from its text before (by this file's
             # scan: the same text splits otherwise for another file's name)
-            seen = known.get(text)
-            if seen is None or seen[0] is not scan:
+            try:
+                seen = known[text]
+            except KeyError:
                 seen = _read_line(scan, text)
-            _, line, name = seen
+            if seen[0] is not scan:
+                seen = _read_line(scan, text)
+            _, index, line, name = seen
             if name is None:
                 continue  # a line of this file that is not a frame's
-            if line is not None and 0 < line <= count:
-                text = lines[line - 1]  # source_excerpt() inlined for a line needing no cut
+            if index < count:  # (a line from 1 to count: see _read_line)
+                text = lines[index]  # source_excerpt() inlined for a line needing no cut
                 source = (text.strip() if len(text) <= MAX_SOURCE_LINE
                           else source_excerpt(text) or "")
             else:
@@ -319,16 +323,21 @@ _function_name = functools.lru_cache(maxsize=4096)(function_name)
 # few places, and one lookup of the line's text costs less than reading it (two caches'
 # lookups); a dict emptied when full, as a bounded cache that is only ever read costs a
 # third of an lru_cache's lookup.
-_KNOWN_LINES: dict[str, tuple[_Scan, int | None, str | None]] = {}
+_KNOWN_LINES: dict[str, tuple[_Scan, int, int | None, str | None]] = {}
 MAX_KNOWN_LINES = 4096
+_NO_INDEX = sys.maxsize  # the index of a line number that is none: past any list's end
 
 
-def _read_line(scan: _Scan, text: str) -> tuple[_Scan, int | None, str | None]:
-    """(scan, line number, function) of a line ``scan`` found, remembered in
-    :data:`_KNOWN_LINES`."""
+def _read_line(scan: _Scan, text: str) -> tuple[_Scan, int, int | None, str | None]:
+    """(scan, line index, line number, function) of a line ``scan`` found, remembered in
+    :data:`_KNOWN_LINES`. The index is the line number less one, or :data:`_NO_INDEX`
+    for a line number that is not a positive one, so that ``index < len(lines)`` says
+    whether the source has that line."""
     _, number, what = scan.split(text)
     # (\d matches non-ASCII digits too: position refuses them, and long runs)
-    read = (scan, position(number), function_name(what)) if number else (scan, None, None)
+    line = position(number) if number else None
+    index = line - 1 if line is not None and line > 0 else _NO_INDEX
+    read = (scan, index, line, function_name(what)) if number else (scan, _NO_INDEX, None, None)
     if len(_KNOWN_LINES) >= MAX_KNOWN_LINES:
         _KNOWN_LINES.clear()
     _KNOWN_LINES[text] = read
