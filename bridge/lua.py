@@ -236,13 +236,14 @@ class LuaScript:
         :meth:`frames`), as Lua would print it."""
         if not traceback:
             return None
+        # no marker to keep: only the lines of this script's file, found in one scan (the
+        # one _parse made, when it was for this traceback: it scans only a traceback
+        # without markers, and adding a module forgets it)
+        last = self._last_scan
+        if last is not None and last[0] == traceback:
+            return "\n".join([TRACEBACK_HEADER, *last[1]])
         if TAIL_CALLS not in traceback and not self._modules:
-            # no marker to keep: only the lines of this script's file, found in one scan
-            # (the one _parse made, when it was for this traceback)
-            last = self._last_scan
-            found = last[1] if last is not None and last[0] == traceback \
-                else self._own_lines(traceback)
-            return "\n".join([TRACEBACK_HEADER, *found])
+            return "\n".join([TRACEBACK_HEADER, *self._own_lines(traceback)])
         prefixes = self._prefixes()
         lines, after = [], False
         for raw in traceback.split("\n"):
