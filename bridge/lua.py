@@ -326,6 +326,7 @@ _function_name = functools.lru_cache(maxsize=4096)(function_name)
 # third of an lru_cache's lookup.
 _KNOWN_LINES: dict[str, tuple[_Scan, int, int | None, str | None]] = {}
 MAX_KNOWN_LINES = 4096
+MAX_KNOWN_LINE = 512  # longer lines (a script's long function names) are read every time
 _NO_INDEX = sys.maxsize  # the index of a line number that is none: past any list's end
 
 
@@ -339,9 +340,10 @@ def _read_line(scan: _Scan, text: str) -> tuple[_Scan, int, int | None, str | No
     line = position(number) if number else None
     index = line - 1 if line is not None and line > 0 else _NO_INDEX
     read = (scan, index, line, function_name(what)) if number else (scan, _NO_INDEX, None, None)
-    if len(_KNOWN_LINES) >= MAX_KNOWN_LINES:
-        _KNOWN_LINES.clear()
-    _KNOWN_LINES[text] = read
+    if len(text) <= MAX_KNOWN_LINE:
+        if len(_KNOWN_LINES) >= MAX_KNOWN_LINES:
+            _KNOWN_LINES.clear()
+        _KNOWN_LINES[text] = read
     return read
 
 

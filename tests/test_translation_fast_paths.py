@@ -185,6 +185,10 @@ def test_odd_lines_read_the_same_through_the_remembered_reading() -> None:
         assert script.script_traceback(text) == slow_script_traceback(script, text)
     assert [f.function for f in frames][-3:] == [
         "agent.lua:99: in main chunk", "x\r", "a\ud800b"]
+    # a long line is read every time, never kept
+    import bridge.lua
+
+    assert lines[3] not in bridge.lua._KNOWN_LINES and lines[0] in bridge.lua._KNOWN_LINES
 
 
 def test_the_remembered_lines_read_the_same_from_many_threads(monkeypatch) -> None:
