@@ -319,11 +319,12 @@ def function_name(what: str) -> str:
 # Tracebacks repeat the same few descriptions ("in function 'f'"): worth a cache.
 _function_name = functools.lru_cache(maxsize=4096)(function_name)
 
-# What _read_line read from a traceback line's text: (the scan that found it, its line
-# number, its function; None for a line that is not a frame's). A loop fails at the same
-# few places, and one lookup of the line's text costs less than reading it (two caches'
-# lookups); a dict emptied when full, as a bounded cache that is only ever read costs a
-# third of an lru_cache's lookup.
+# What _read_line read from a traceback line's text: the scan that found it (the same
+# text splits otherwise for another file's name), its line's index and number, its
+# function (None for a line that is not a frame's). A loop fails at the same few places,
+# and one lookup of the line's text costs less than reading it (it took two lru_caches'
+# lookups a frame); a plain dict emptied when full: its lookup costs a third of an
+# lru_cache's.
 _KNOWN_LINES: dict[str, tuple[_Scan, int, int | None, str | None]] = {}
 MAX_KNOWN_LINES = 4096
 MAX_KNOWN_LINE = 512  # longer lines (a script's long function names) are read every time
