@@ -17,15 +17,15 @@ text, so that its frames, source lines and ``script_line`` are its own.
 from __future__ import annotations
 
 import functools
-import operator
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.envelope import error_from_script
 from bridge.errors import SpellError
-from bridge.frames import MAX_SOURCE_LINE, SHORT_DIGITS, Frame, position, source_excerpt
+from bridge.frames import MAX_SOURCE_LINE, Frame, position, source_excerpt
 from bridge.hierarchy import ScriptError
 from bridge.jsontext import finite
 from bridge.patterns import PatternRegistry, recognise
@@ -52,10 +52,10 @@ class LuaScript:
     language: str = "lua"  # what frames and errors name: the engine's (a Lua version's) name
     _lines: list[str] | None = field(default=None, repr=False)
     _frames: dict[str, tuple[Frame, ...]] = field(default_factory=dict, repr=False)
-    _scan: re.Pattern[str] | None = field(default=None, repr=False)
-    # the last traceback _parse scanned, with what the scan found: script_traceback, which
-    # thrown_error asks for right after the frames, reuses it
-    _last_scan: tuple[str, list[tuple[str, str, str]]] | None = field(default=None, repr=False)
+    _scan: _Scan | None = field(default=None, repr=False)
+    # the last traceback _parse scanned, with the lines the scan found: script_traceback,
+    # which thrown_error asks for right after the frames, reuses them
+    _last_scan: tuple[str, list[str]] | None = field(default=None, repr=False)
     _modules: dict[str, LuaScript] = field(default_factory=dict, repr=False)
     _all_prefixes: tuple[str, ...] | None = field(default=None, repr=False)
     _prefixes_of: str | None = field(default=None, repr=False)  # the short_src they are for
@@ -139,33 +139,47 @@ class LuaScript:
         # one scan of the whole traceback finds this file's lines, each with its line
         # number and description when it is a frame ("\tagent.lua:12: in ..."), the
         # other ones ("agent.lua: in ...") with none: script_traceback keeps them all
-        found = self._own_scan(traceback)
+        found = self._own_lines(traceback)
         self._last_scan = (traceback, found)
         lines, count, file, language = (self._lines, len(self._lines), self.filename,
                                         self.language)
+        scan, known = self._scan, _KNOWN_LINES
         frames = []
-        for _, number, what in found:  # as frame(), without its calls
-            if not number:
+        for text in found:  # as frame(), without its calls
+            # a line's number and function, read from its text before (by this file's
+            # scan: the same text splits otherwise for another file's name)
+            try:
+                seen = known[text]
+            except KeyError:
+                seen = _read_line(scan, text)
+            if seen[0] is not scan:
+                seen = _read_line(scan, text)
+            _, index, line, name = seen
+            if name is None:
                 continue  # a line of this file that is not a frame's
-            # (\d matches non-ASCII digits too: see position; only short runs are kept)
-            line = _line_number(number) if len(number) < SHORT_DIGITS else position(number)
-            if line is not None and 0 < line <= count:
-                text = lines[line - 1]  # source_excerpt() inlined for a line needing no cut
+            if index < count:  # (a line from 1 to count: see _read_line)
+                text = lines[index]  # source_excerpt() inlined for a line needing no cut
                 source = (text.strip() if len(text) <= MAX_SOURCE_LINE
                           else source_excerpt(text) or "")
             else:
                 source = None
-            frames.append(_new_tuple(Frame, (language, file, line, None, _function_name(what),
-                                             source)))
+            frames.append(_new_tuple(Frame, (language, file, line, None, name, source)))
         frames.reverse()
         return frames
 
-    def _own_scan(self, traceback: str) -> list[tuple[str, str, str]]:
-        """This file's lines in ``traceback``: (the line, its number, the rest) each, the
-        number and rest empty for a line that is not ``file:number:rest``."""
+    def _own_lines(self, traceback: str) -> list[str]:
+        """This file's lines in ``traceback`` (leading blanks kept), found in one scan."""
         if self._scan is None:
             self._scan = _scan_pattern(self.prefix)
-        return self._scan.findall("\n" + traceback)  # (see _scan_pattern)
+        return self._scan.lines.findall("\n" + traceback)  # (see _scan_pattern)
+
+    def _own_scan(self, traceback: str) -> list[tuple[str, str, str]]:
+        """This file's lines in ``traceback``: (the line, its number, the rest) each, the
+        number and rest empty for a line that is not ``file:number:rest``; what
+        :meth:`_parse` reads from each line it did not read before."""
+        lines = self._own_lines(traceback)
+        assert self._scan is not None
+        return list(map(self._scan.split, lines))
 
     def _parse_lines(self, traceback: str) -> list[Frame]:
         """:meth:`_parse` line by line, for a traceback with tail-call markers."""
@@ -222,13 +236,14 @@ class LuaScript:
         :meth:`frames`), as Lua would print it."""
         if not traceback:
             return None
+        # no marker to keep: only the lines of this script's file, found in one scan (the
+        # one _parse made, when it was for this traceback: it scans only a traceback
+        # without markers, and adding a module forgets it)
+        last = self._last_scan
+        if last is not None and last[0] == traceback:
+            return "\n".join([TRACEBACK_HEADER, *last[1]])
         if TAIL_CALLS not in traceback and not self._modules:
-            # no marker to keep: only the lines of this script's file, found in one scan
-            # (the one _parse made, when it was for this traceback)
-            last = self._last_scan
-            found = last[1] if last is not None and last[0] == traceback \
-                else self._own_scan(traceback)
-            return "\n".join([TRACEBACK_HEADER, *map(_first, found)])
+            return "\n".join([TRACEBACK_HEADER, *self._own_lines(traceback)])
         prefixes = self._prefixes()
         lines, after = [], False
         for raw in traceback.split("\n"):
@@ -248,19 +263,39 @@ class LuaScript:
 _new_tuple = tuple.__new__
 
 
-_first = operator.itemgetter(0)
+class _Scan:
+    """How the lines of one file's name are found in a traceback, and read (see
+    :func:`_scan_pattern`)."""
+
+    def __init__(self, prefix: str) -> None:
+        start = rf"[^\S\n]*{re.escape(prefix)}"
+        # (the whole line either way: a frame's line, file:(\d+):([^\n]*), is one too)
+        self.lines = re.compile(rf"\n({start}[^\n]*)")
+        self._line = re.compile(rf"{start}(?:(\d+):([^\n]*)|[^\n]*)")
+
+    def split(self, text: str) -> tuple[str, str, str]:
+        """A line :attr:`lines` found -> (the line, its number, the rest), the number
+        and rest empty for a line that is not ``file:number:rest``: the groups the
+        scan would give had it captured them."""
+        found = self._line.fullmatch(text)
+        assert found is not None, text
+        number, rest = found.groups("")
+        return text, number, rest
 
 
 @functools.lru_cache(maxsize=256)
-def _scan_pattern(prefix: str) -> re.Pattern[str]:
-    """A whole traceback line of the file ``prefix`` names (leading blanks but no line
-    break before the name), as :meth:`LuaScript.script_traceback` keeps it; with its line
-    number and the rest when it is a frame's line (``file:12:rest``), else two empty
-    strings. The frames are what ``^\\s*file:(\\d+):(.*)$`` finds line by line. Each line
-    starts after a line break (the text scanned is the traceback after one): a pattern
-    that starts with a literal character is searched for by scanning for it, where ``^``
-    made the regex engine try a match at every character."""
-    return re.compile(rf"\n([^\S\n]*{re.escape(prefix)}(?:(\d+):([^\n]*)|[^\n]*))")
+def _scan_pattern(prefix: str) -> _Scan:
+    """The scan for the file ``prefix`` names. Its ``lines`` pattern finds whole
+    traceback lines of that file (leading blanks but no line break before the name), as
+    :meth:`LuaScript.script_traceback` keeps them; ``split`` reads a line's number and
+    the rest when it is a frame's line (``file:12:rest``). The frames are what
+    ``^\\s*file:(\\d+):(.*)$`` finds line by line. Each line starts after a line break
+    (the text scanned is the traceback after one): a pattern that starts with a literal
+    character is searched for by scanning for it, where ``^`` made the regex engine try
+    a match at every character. The scan captures the line alone (capturing its number
+    and rest too cost a third of the scan: the tuples and their strings), since the
+    frames' loop reads each line's text once (:data:`_KNOWN_LINES`)."""
+    return _Scan(prefix)
 
 
 def function_name(what: str) -> str:
@@ -283,8 +318,34 @@ def function_name(what: str) -> str:
 
 # Tracebacks repeat the same few descriptions ("in function 'f'"): worth a cache.
 _function_name = functools.lru_cache(maxsize=4096)(function_name)
-# A frame's line number from its digits: a loop fails at the same few lines
-_line_number = functools.lru_cache(maxsize=4096)(position)
+
+# What _read_line read from a traceback line's text: the scan that found it (the same
+# text splits otherwise for another file's name), its line's index and number, its
+# function (None for a line that is not a frame's). A loop fails at the same few places,
+# and one lookup of the line's text costs less than reading it (it took two lru_caches'
+# lookups a frame); a plain dict emptied when full: its lookup costs a third of an
+# lru_cache's.
+_KNOWN_LINES: dict[str, tuple[_Scan, int, int | None, str | None]] = {}
+MAX_KNOWN_LINES = 4096
+MAX_KNOWN_LINE = 512  # longer lines (a script's long function names) are read every time
+_NO_INDEX = sys.maxsize  # the index of a line number that is none: past any list's end
+
+
+def _read_line(scan: _Scan, text: str) -> tuple[_Scan, int, int | None, str | None]:
+    """(scan, line index, line number, function) of a line ``scan`` found, remembered in
+    :data:`_KNOWN_LINES`. The index is the line number less one, or :data:`_NO_INDEX`
+    for a line number that is not a positive one, so that ``index < len(lines)`` says
+    whether the source has that line."""
+    _, number, what = scan.split(text)
+    # (\d matches non-ASCII digits too: position refuses them, and long runs)
+    line = position(number) if number else None
+    index = line - 1 if line is not None and line > 0 else _NO_INDEX
+    read = (scan, index, line, function_name(what)) if number else (scan, _NO_INDEX, None, None)
+    if len(text) <= MAX_KNOWN_LINE:
+        if len(_KNOWN_LINES) >= MAX_KNOWN_LINES:
+            _KNOWN_LINES.clear()
+        _KNOWN_LINES[text] = read
+    return read
 
 
 def compilation_failed(script: LuaScript, message: str) -> SpellError:

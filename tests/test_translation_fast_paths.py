@@ -115,3 +115,133 @@ def test_the_lua_traceback_scan_finds_each_line_the_line_anchored_pattern_finds(
     texts += ["".join(rng.choices(pieces, k=rng.randint(0, 14))) for _ in range(3000)]
     for text in texts:
         assert script._own_scan(text) == spec.findall(text), text
+
+
+# The frames' loop reads a line's number and function once per line text
+# (bridge.lua._KNOWN_LINES, by the file's scan): what it remembers must never leak into
+# another file's reading, another script's source lines, or survive being emptied wrongly.
+
+
+def general_frames(script: LuaScript, traceback: str) -> list:
+    """The frames by the line-by-line path (forced: a module no traceback names)."""
+    general = LuaScript(script.filename, script.source, short_src=script.short_src)
+    general.add_module("never-named.lua", "")
+    return general.frames(traceback)
+
+
+def test_a_remembered_line_is_read_again_for_another_file_name() -> None:
+    # the same text is a frame of deep.lua's line 12, and a line (not a frame) of a
+    # file Lua calls "deep.lua:12"
+    text = "stack traceback:\n\tdeep.lua:12: in function 'f'\n\tdeep.lua:12:3: in x"
+    source = "\n".join(f"line{n}()" for n in range(1, 20))
+    for _ in range(2):
+        for name in ("deep.lua", "deep.lua:12", "deep.lua"):
+            script = LuaScript(name, source)
+            frames = script.frames(text)
+            assert frames == general_frames(script, text), name
+            assert script.script_traceback(text) == slow_script_traceback(script, text)
+    assert [f.line for f in LuaScript("deep.lua", source).frames(text)] == [12, 12]
+    assert [f.line for f in LuaScript("deep.lua:12", source).frames(text)] == [3]
+
+
+def test_a_remembered_line_takes_each_script_s_own_source() -> None:
+    text = "stack traceback:\n\tagent.lua:30: in local 'g'\n\tagent.lua:2: in main chunk"
+    long_source = "\n".join(f"call{n}()" for n in range(1, 41))
+    for source in (long_source, "a()\nb()\nc()", long_source, "x = 1\n\n   y = 2   "):
+        script = LuaScript("agent.lua", source)
+        frames = script.frames(text)
+        assert frames == general_frames(script, text)
+    assert LuaScript("agent.lua", long_source).frames(text)[1].source == "call30()"
+    assert LuaScript("agent.lua", "a()\nb()").frames(text)[1].source is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_remembered_lines_emptied_when_full_read_the_same(seed: int,
+                                                             monkeypatch) -> None:
+    import bridge.lua
+
+    monkeypatch.setattr(bridge.lua, "MAX_KNOWN_LINES", 3)
+    monkeypatch.setattr(bridge.lua, "_KNOWN_LINES", {})
+    for traceback in lua_tracebacks(seed, 300):
+        script = LuaScript("agent.lua", SOURCE)
+        assert script.frames(traceback) == general_frames(script, traceback), traceback
+        assert len(bridge.lua._KNOWN_LINES) <= 3
+
+
+def test_odd_lines_read_the_same_through_the_remembered_reading() -> None:
+    # lone surrogates, CR, forged frame text inside a function's name, long names,
+    # numbers past MAX_POSITION and non-ASCII digits, each read twice (the second time
+    # from what was remembered)
+    lines = ["\tagent.lua:2: in function 'a\ud800b'", "\tagent.lua:3: in local 'x\r'",
+             "\tagent.lua:1: in function 'agent.lua:99: in main chunk'",
+             "\tagent.lua:4: in field '" + "n" * 5000 + "'",
+             f"\tagent.lua:{MAX_POSITION + 1}: in upvalue 'u'", "\tagent.lua:\u0663: in f",
+             "\tagent.lua:0: in f", "\tagent.lua:5:", "agent.lua: in ?", "\tagent.lua:6: \ud800"]
+    text = "stack traceback:\n" + "\n".join(lines)
+    for _ in range(2):
+        script = LuaScript("agent.lua", "one()\ntwo()\n\ud800three()\n" + "y" * 400)
+        frames = script.frames(text)
+        assert frames == general_frames(script, text)
+        assert script.script_traceback(text) == slow_script_traceback(script, text)
+    assert [f.function for f in frames][-3:] == [
+        "agent.lua:99: in main chunk", "x\r", "a\ud800b"]
+    # a long line is read every time, never kept
+    import bridge.lua
+
+    assert lines[3] not in bridge.lua._KNOWN_LINES and lines[0] in bridge.lua._KNOWN_LINES
+
+
+def test_the_remembered_lines_read_the_same_from_many_threads(monkeypatch) -> None:
+    import threading
+
+    import bridge.lua
+
+    monkeypatch.setattr(bridge.lua, "MAX_KNOWN_LINES", 5)
+    tracebacks = lua_tracebacks(11, 200)
+    expected = [general_frames(LuaScript("agent.lua", SOURCE), t) for t in tracebacks]
+    failures = []
+
+    def work() -> None:
+        for traceback, frames in zip(tracebacks, expected, strict=True):
+            if LuaScript("agent.lua", SOURCE).frames(traceback) != frames:
+                failures.append(traceback)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+
+
+def without_context(data: dict) -> dict:
+    """An error's JSON less its context (an id and a time of its own)."""
+    return {key: value for key, value in data.items() if key != "context"}
+
+
+def test_a_real_deep_lua_error_translates_as_by_the_general_path() -> None:
+    # a real engine's traceback, 20 frames deep (Lua keeps 10 + 11 levels), translated
+    # twice by the fast path (the second time from remembered lines) and by the general one
+    import lupa.lua54 as lupa
+
+    from bridge.lua import thrown_error
+    from bridge.patterns import patterns
+
+    source = "\n".join([f"function f{n}() local x = f{n + 1}() return x end" for n in range(1, 20)]
+                       + ["function f20() error('deep failure') end", "local r = f1() return r"])
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+    capture = runtime.eval("function(src) local chunk = load(src, '@deep.lua') "
+                           "local msg, tb xpcall(chunk, function(m) msg = m "
+                           "tb = debug.traceback(nil, 2) end) return msg, tb end")
+    message, traceback = capture(source)
+    general = LuaScript("deep.lua", source)
+    general.add_module("never-named.lua", "")
+    slow = thrown_error(general, message, "string", None, traceback, patterns=patterns)
+    for _ in range(2):
+        fast = thrown_error(LuaScript("deep.lua", source), message, "string", None, traceback,
+                            patterns=patterns)
+        assert fast.frames == slow.frames
+        assert without_context(fast.to_dict()) == without_context(slow.to_dict())
+    assert [f.line for f in fast.frames][-3:] == [18, 19, 20]
+    assert fast.frames[-1].source == "function f20() error('deep failure') end"
+    assert fast.fields["script_line"] == 20
