@@ -1791,6 +1791,20 @@ return (function()
     return tb
   end
 
+  -- Lua 5.4 and 5.5's traceback looks for each level's function among the fields of every
+  -- table in registry._LOADED (in a constrained run: the real string, table, math and utf8
+  -- libraries, some 60 entries, kept for Lua's argument errors), about a third of a call
+  -- site's cost. None of their functions can be on a waiting coroutine's stack: they call
+  -- back into Lua only with lua_call, across which nothing yields (the yield fails,
+  -- "attempt to yield across a C-call boundary", and no request leaves), and no script
+  -- reaches those tables to put a function of its own there. So a site is made with an
+  -- empty table in their place, which names every level the same, and put back even when
+  -- it fails (pcall). Not for trusted scripts (package.loaded is theirs: a function they
+  -- put there is named by it), nor on LuaJIT (its traceback looks for no such names).
+  local REGISTRY = not trusted and not COMPAT.jit and debug.getregistry()
+  local LOADED, UNLOADED = REGISTRY and rawget(REGISTRY, "_LOADED"), {}
+  if LOADED ~= package.loaded then REGISTRY = nil end
+
   -- The traceback of the call site of request `id`, while it waits (see call_tool). It is
   -- made under the script's memory limit, as when every call made it: its size is the
   -- script's to choose (names, depth). Out of memory, the run stops as it would have at
@@ -1798,7 +1812,9 @@ return (function()
   local function site(id)
     local co = waiting[id]
     if not co then return nil end
+    if REGISTRY then rawset(REGISTRY, "_LOADED", UNLOADED) end
     local ok, tb = pcall(remembered, co, id)
+    if REGISTRY then rawset(REGISTRY, "_LOADED", LOADED) end
     if ok then return tb end
     if not abort and out_of_memory(tb) then abort = "memory" end
     return nil
