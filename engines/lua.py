@@ -368,6 +368,68 @@ def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
         depth += 1
 
 
+# The levels of an envelope, and the fields of each, that are handed over flat (see
+# _flat_envelope; the prelude's FIELDS builds a level's fields of up to _FLAT_FIELDS).
+_FLAT_LEVELS, _FLAT_FIELDS = 4, 8
+
+
+def _flat_envelope(envelope: Any, ints: tuple[int, int]) -> tuple[list[Any], int] | None:
+    """An error envelope as the host usually makes it, as the values the prelude's
+    ``put_error`` builds its tables from, and its size as :func:`_envelope_size` counts it;
+    None when it is not such (for :meth:`LuaEngine._to_lua`, the long way).
+
+    Such an envelope has at most _FLAT_LEVELS levels (the error and its causes), each
+    with the nine keys of :func:`_envelope_size`'s checks and at most _FLAT_FIELDS fields
+    of string keys and scalars (numbers within ``ints``, text, booleans, None), no fields
+    dict twice (lupa's recursive ``table_from`` would make the one table of both). The
+    values go level by level from the innermost cause out: the fields' count, category,
+    kind, name, message, retryable, retry_after, ref, then the fields' keys and values.
+    """
+    levels: list[list[Any]] = []
+    seen: list[int] = []
+    size = 0
+    while True:
+        if len(levels) == _FLAT_LEVELS or type(envelope) is not dict \
+                or envelope.keys() != _ENVELOPE_KEYS:
+            return None
+        category, kind, name, message, fields, retryable, retry_after, ref = (
+            envelope["category"], envelope["kind"], envelope["name"], envelope["message"],
+            envelope["fields"], envelope["retryable"], envelope["retry_after"],
+            envelope["ref"])
+        if not (type(category) is str and type(kind) is str and type(name) is str
+                and type(message) is str and type(fields) is dict
+                and len(fields) <= _FLAT_FIELDS and type(retryable) is bool
+                and (retry_after is None or type(retry_after) is float
+                     or (type(retry_after) is int and ints[0] <= retry_after <= ints[1]))
+                and (ref is None or (type(ref) is int and ints[0] <= ref <= ints[1]))
+                and id(fields) not in seen):
+            return None
+        seen.append(id(fields))
+        size += _ENVELOPE_KEY_BYTES + len(category) + len(kind) + len(name) + len(message)
+        level = [len(fields), category, kind, name, message, retryable, retry_after, ref]
+        for key, item in fields.items():
+            item_kind = type(item)
+            if type(key) is not str:
+                return None
+            size += 8 + len(key)
+            if item_kind is str:
+                size += len(item)
+            elif item_kind is int:
+                if not ints[0] <= item <= ints[1]:
+                    return None
+            elif item_kind not in _SCALARS:
+                return None
+            level += (key, item)
+        levels.append(level)
+        envelope = envelope["cause"]
+        if envelope is None:
+            break
+    values = levels.pop()
+    while levels:
+        values += levels.pop()
+    return values, size
+
+
 class _SourceBytes(bytes):
     """A Lua source that is not UTF-8 (Latin-1 string literals are legal Lua), as the bytes
     the host read (it carries them as surrogate escapes): handed to Lua as they are. Only
@@ -508,7 +570,7 @@ class LuaEngine(Engine):
         try:
             self._unpack = self._lua.execute(_RAW_UNPACK)  # see _convert
             (self._put, self._enter, self._take, self._drain, self._lua_short_src,
-             self._lua_site) = self._lua.execute(
+             self._lua_site, self._lua_put_error) = self._lua.execute(
                 prelude_bytecode(lua_version), clock, sandbox == "trusted",
                 self._memory_limit, self.jit if jit is None else jit)
         finally:
@@ -595,6 +657,11 @@ class LuaEngine(Engine):
                     return self._fail(module)
                 return self._handoff(_STEP, deadline, reply.id, True, module, "result")
         if reply.error is not None:
+            flat = _flat_envelope(reply.error, self._ints)
+            if flat is not None:  # the usual envelope: its tables built by the prelude
+                step = self._put_error(reply.id, deadline, *flat)
+                if step is not None:
+                    return step
             return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
         result = reply.result
         kind = result.__class__
@@ -652,7 +719,7 @@ class LuaEngine(Engine):
                                   for request_id in self._waiting}
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
-        self._lua_site = None
+        self._lua_site = self._lua_put_error = None
         self._table_from = self._set_max_memory = self._unpack = None
         self._lua = None
 
@@ -696,6 +763,25 @@ class LuaEngine(Engine):
         finally:
             self._set_max_memory(self._memory_limit)
         return self._enter_with(entry, deadline, direct, path)
+
+    def _put_error(self, request_id: int, deadline: float, values: list[Any], size: int
+                   ) -> Step | None:
+        """:meth:`_handoff` of an error envelope that :func:`_flat_envelope` made flat: the
+        prelude's ``put_error`` builds its tables from ``values`` (lupa converts them as
+        ``table_from`` converts a table's), under the same checks: refused before anything
+        is copied when ``size`` is above the memory limit, then fitting in it once built.
+        None when a string has no UTF-8 form (a lone surrogate): nothing was built, and
+        the envelope goes the long way (see _utf8)."""
+        if size > self._memory_limit:
+            return self._fail(self._no_room("error"))
+        self._set_max_memory(0)
+        try:
+            self._lua_put_error(request_id, *values)
+        except UnicodeEncodeError:
+            return None
+        finally:
+            self._set_max_memory(self._memory_limit)
+        return self._enter_with(_STEP, deadline, (), "error")
 
     def _enter_with(self, entry: int, deadline: float, direct: tuple[Any, ...], path: str
                     ) -> Step:

@@ -1777,6 +1777,44 @@ return (function()
     return entered(ENTRIES[index](a, b, c, d, dl))
   end
 
+  -- An error envelope handed over flat (LuaEngine._flat_envelope), built into the box as
+  -- `put` holds one that lupa built: the reply to request `id`. Each level's values come
+  -- after its fields' count, the innermost cause's first; a level's table is made with
+  -- room for its traceback (as_error), its fields' with room for them all.
+  local FIELDS = {[0] = function() return {} end,
+    function(k1, v1) return {[k1] = v1} end,
+    function(k1, v1, k2, v2) return {[k1] = v1, [k2] = v2} end,
+    function(k1, v1, k2, v2, k3, v3) return {[k1] = v1, [k2] = v2, [k3] = v3} end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5, [k6] = v6}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6, k7, v7)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5, [k6] = v6, [k7] = v7}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6, k7, v7, k8, v8)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5, [k6] = v6, [k7] = v7,
+              [k8] = v8}
+    end}
+
+  local function level(cause, n, category, kind, name, message, retryable, retry_after, ref,
+                       ...)
+    local t = {category = category, kind = kind, name = name, message = message,
+               fields = FIELDS[n](...), retryable = retryable, retry_after = retry_after,
+               cause = cause, ref = ref, traceback = nil}
+    if select("#", ...) == n + n then return t end
+    return level(t, select(n + n + 1, ...))
+  end
+
+  local function put_error(id, ...)
+    box[1], box[2], box[3], box[4] = id, false, level(nil, ...), nil
+  end
+
   local function take()
     local a, b, c, d, e, f, g, h = box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8]
     box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
@@ -1820,6 +1858,6 @@ return (function()
     return nil
   end
 
-  return put, enter, take, drain, short_src, site
+  return put, enter, take, drain, short_src, site, put_error
 end)()
 
