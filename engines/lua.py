@@ -373,21 +373,58 @@ def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
 _FLAT_LEVELS, _FLAT_FIELDS = 4, 8
 
 
-def _flat_envelope(envelope: Any, ints: tuple[int, int]) -> tuple[list[Any], int] | None:
+def _scalars_size(value: list | dict, ints: tuple[int, int]) -> int | None:
+    """What :func:`_plain_size` counts for a list or dict that holds only scalars (text,
+    numbers within ``ints``, booleans, None; a dict's keys text); None for anything else."""
+    if type(value) is dict:
+        size = 0
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str:
+                return None
+            size += 8 + len(key)
+            if kind is str:
+                size += len(item)
+            elif kind is int:
+                if not ints[0] <= item <= ints[1]:
+                    return None
+            elif kind not in _SCALARS:
+                return None
+        return size
+    size = 8 * len(value)
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            if len(item) > _LUA_SHORT_STRING:  # (Lua interns shorter ones)
+                size += len(item)
+        elif kind is int:
+            if not ints[0] <= item <= ints[1]:
+                return None
+        elif kind not in _SCALARS:
+            return None
+    return size
+
+
+def _flat_envelope(envelope: Any, ints: tuple[int, int]
+                   ) -> tuple[list[Any], int, bool] | None:
     """An error envelope as the host usually makes it, as the values the prelude's
-    ``put_error`` builds its tables from, and its size as :func:`_envelope_size` counts it;
-    None when it is not such (for :meth:`LuaEngine._to_lua`, the long way).
+    ``put_error`` builds its tables from, its size as :func:`_envelope_size` counts it,
+    and whether a field holds a list or a dict; None when it is not such (for
+    :meth:`LuaEngine._to_lua`, the long way).
 
     Such an envelope has at most _FLAT_LEVELS levels (the error and its causes), each
     with the nine keys of :func:`_envelope_size`'s checks and at most _FLAT_FIELDS fields
-    of string keys and scalars (numbers within ``ints``, text, booleans, None), no fields
-    dict twice (lupa's recursive ``table_from`` would make the one table of both). The
-    values go level by level from the innermost cause out: the fields' count, category,
-    kind, name, message, retryable, retry_after, ref, then the fields' keys and values.
+    of string keys and scalars (numbers within ``ints``, text, booleans, None) or lists
+    and dicts of scalars (a call's parameters), no dict or list twice (lupa's recursive
+    ``table_from`` builds one met again otherwise). The values go level by level from the
+    innermost cause out: the fields' count, category, kind, name, message, retryable,
+    retry_after, ref, then the fields' keys and values (a list or dict as itself: see
+    :meth:`LuaEngine._put_error`).
     """
     levels: list[list[Any]] = []
     seen: list[int] = []
     size = 0
+    nested = False
     while True:
         if len(levels) == _FLAT_LEVELS or type(envelope) is not dict \
                 or envelope.keys() != _ENVELOPE_KEYS:
@@ -417,6 +454,13 @@ def _flat_envelope(envelope: Any, ints: tuple[int, int]) -> tuple[list[Any], int
             elif item_kind is int:
                 if not ints[0] <= item <= ints[1]:
                     return None
+            elif item_kind is dict or item_kind is list:
+                inner = None if id(item) in seen else _scalars_size(item, ints)
+                if inner is None:
+                    return None
+                seen.append(id(item))
+                size += inner
+                nested = True
             elif item_kind not in _SCALARS:
                 return None
             level += (key, item)
@@ -427,7 +471,7 @@ def _flat_envelope(envelope: Any, ints: tuple[int, int]) -> tuple[list[Any], int
     values = levels.pop()
     while levels:
         values += levels.pop()
-    return values, size
+    return values, size, nested
 
 
 class _SourceBytes(bytes):
@@ -764,18 +808,24 @@ class LuaEngine(Engine):
             self._set_max_memory(self._memory_limit)
         return self._enter_with(entry, deadline, direct, path)
 
-    def _put_error(self, request_id: int, deadline: float, values: list[Any], size: int
-                   ) -> Step | None:
+    def _put_error(self, request_id: int, deadline: float, values: list[Any], size: int,
+                   nested: bool) -> Step | None:
         """:meth:`_handoff` of an error envelope that :func:`_flat_envelope` made flat: the
         prelude's ``put_error`` builds its tables from ``values`` (lupa converts them as
-        ``table_from`` converts a table's), under the same checks: refused before anything
-        is copied when ``size`` is above the memory limit, then fitting in it once built.
-        None when a string has no UTF-8 form (a lone surrogate): nothing was built, and
-        the envelope goes the long way (see _utf8)."""
+        ``table_from`` converts a table's; a field's list or dict of scalars is a table
+        lupa builds, when ``nested``), under the same checks: refused before anything is
+        copied when ``size`` is above the memory limit, then fitting in it once built.
+        None when a string has no UTF-8 form (a lone surrogate): nothing was built (or
+        only tables no Lua value refers to), and the envelope goes the long way (see
+        _utf8)."""
         if size > self._memory_limit:
             return self._fail(self._no_room("error"))
         self._set_max_memory(0)
         try:
+            if nested:
+                table_from = self._table_from
+                values = [table_from(value) if type(value) is dict or type(value) is list
+                          else value for value in values]
             self._lua_put_error(request_id, *values)
         except UnicodeEncodeError:
             return None

@@ -105,6 +105,7 @@ def chain(n: int) -> dict:
     return envelope
 
 
+PARAMS, LIST = {"reason": "no"}, [1, 2]
 FIELD_VALUES = {"none": None, "yes": True, "no": False, "zero": 0, "neg": -1,
                 "max": 2**53, "min": -(2**53), "half": 1.5, "negzero": -0.0,
                 "inf": math.inf, "nan": math.nan, "empty": ""}
@@ -130,7 +131,24 @@ ENVELOPES: dict[str, tuple[Any, bool]] = {
     "cancelled": (level(category="async_execution", kind="task_cancelled",
                         name="AsyncError", fields={"task_id": "x"}), True),
     "nested fields (the long way)": (level(fields={"a": {"b": [1, 2, {"c": None}]}}), False),
-    "a list field (the long way)": (level(inner(fields={"xs": [1, "two", 3.0]})), False),
+    "a list field": (level(inner(fields={"xs": [1, "two", 3.0, None, True]})), True),
+    "a dict field (a call's parameters)": (level(inner(), fields={
+        "tool_name": "t", "parameters": {"reason": "no", "n": 3, "x": None, "ok": True},
+        "execution_time": 0.5}), True),
+    "long strings in a list field": (level(fields={"xs": ["s" * 100, "t" * 10, ""]}), True),
+    "a big dict field": (level(fields={"p": {f"k{i}": i for i in range(40)}}), True),
+    "an empty list and dict": (level(fields={"a": [], "d": {}}), True),
+    "a dict field holding a list (the long way)": (level(fields={"p": {"a": [1]}}), False),
+    "the same parameters in two levels (the long way)": (
+        level(level(fields={"p": PARAMS}), fields={"p": PARAMS}), False),
+    "the same list twice in a level (the long way)": (
+        level(fields={"a": LIST, "b": LIST}), False),
+    "a lone surrogate in a parameter (the long way)": (
+        level(fields={"p": {"k": "\ud800"}}), False),
+    "an int past 64 bits in a list field (the long way)": (level(fields={"p": [2**64]}),
+                                                           False),
+    "a tuple in a dict field (the long way)": (level(fields={"p": {"t": (1,)}}), False),
+    "a non-str key in a dict field (the long way)": (level(fields={"p": {1: 2}}), False),
     "fields not a dict (the long way)": (level(fields=None), False),
     "a missing key (the long way)": ({k: v for k, v in level().items() if k != "ref"}, False),
     "an extra key (the long way)": ({**level(), "extra": 1}, False),
@@ -206,6 +224,15 @@ def test_the_script_sees_the_same_error_whichever_way_the_envelope_went(
     if type(envelope) is dict and flat:  # a table the script caught, with the error's code
         assert isinstance(result, list) and result[2] == (f"{envelope['category']}/"
                                                           f"{envelope['kind']}")
+
+
+@pytest.mark.parametrize("name", ENVELOPES)
+def test_the_flat_envelope_is_sized_as_the_long_way_sizes_it(name: str) -> None:
+    envelope, _ = ENVELOPES[name]
+    for ints in (lua_engine._INT64, lua_engine._INT53):
+        flat = lua_engine._flat_envelope(envelope, ints)
+        if flat is not None:
+            assert flat[1] == lua_engine._envelope_size(envelope, ints)
 
 
 def test_a_fields_dict_met_twice_goes_the_long_way(monkeypatch: pytest.MonkeyPatch) -> None:
