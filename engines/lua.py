@@ -368,6 +368,112 @@ def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
         depth += 1
 
 
+# The levels of an envelope, and the fields of each, that are handed over flat (see
+# _flat_envelope; the prelude's FIELDS builds a level's fields of up to _FLAT_FIELDS).
+_FLAT_LEVELS, _FLAT_FIELDS = 4, 8
+
+
+def _scalars_size(value: list | dict, ints: tuple[int, int]) -> int | None:
+    """What :func:`_plain_size` counts for a list or dict that holds only scalars (text,
+    numbers within ``ints``, booleans, None; a dict's keys text); None for anything else."""
+    if type(value) is dict:
+        size = 0
+        for key, item in value.items():
+            kind = type(item)
+            if type(key) is not str:
+                return None
+            size += 8 + len(key)
+            if kind is str:
+                size += len(item)
+            elif kind is int:
+                if not ints[0] <= item <= ints[1]:
+                    return None
+            elif kind not in _SCALARS:
+                return None
+        return size
+    size = 8 * len(value)
+    for item in value:
+        kind = type(item)
+        if kind is str:
+            if len(item) > _LUA_SHORT_STRING:  # (Lua interns shorter ones)
+                size += len(item)
+        elif kind is int:
+            if not ints[0] <= item <= ints[1]:
+                return None
+        elif kind not in _SCALARS:
+            return None
+    return size
+
+
+def _flat_envelope(envelope: Any, ints: tuple[int, int]
+                   ) -> tuple[list[Any], int, bool] | None:
+    """An error envelope as the host usually makes it, as the values the prelude's
+    ``put_error`` builds its tables from, its size as :func:`_envelope_size` counts it,
+    and whether a field holds a list or a dict; None when it is not such (for
+    :meth:`LuaEngine._to_lua`, the long way).
+
+    Such an envelope has at most _FLAT_LEVELS levels (the error and its causes), each
+    with the nine keys of :func:`_envelope_size`'s checks and at most _FLAT_FIELDS fields
+    of string keys and scalars (numbers within ``ints``, text, booleans, None) or lists
+    and dicts of scalars (a call's parameters), no dict or list twice (lupa's recursive
+    ``table_from`` builds one met again otherwise). The values go level by level from the
+    innermost cause out: the fields' count, category, kind, name, message, retryable,
+    retry_after, ref, then the fields' keys and values (a list or dict as itself: see
+    :meth:`LuaEngine._put_error`).
+    """
+    levels: list[list[Any]] = []
+    seen: list[int] = []
+    size = 0
+    nested = False
+    while True:
+        if len(levels) == _FLAT_LEVELS or type(envelope) is not dict \
+                or envelope.keys() != _ENVELOPE_KEYS:
+            return None
+        category, kind, name, message, fields, retryable, retry_after, ref = (
+            envelope["category"], envelope["kind"], envelope["name"], envelope["message"],
+            envelope["fields"], envelope["retryable"], envelope["retry_after"],
+            envelope["ref"])
+        if not (type(category) is str and type(kind) is str and type(name) is str
+                and type(message) is str and type(fields) is dict
+                and len(fields) <= _FLAT_FIELDS and type(retryable) is bool
+                and (retry_after is None or type(retry_after) is float
+                     or (type(retry_after) is int and ints[0] <= retry_after <= ints[1]))
+                and (ref is None or (type(ref) is int and ints[0] <= ref <= ints[1]))
+                and id(fields) not in seen):
+            return None
+        seen.append(id(fields))
+        size += _ENVELOPE_KEY_BYTES + len(category) + len(kind) + len(name) + len(message)
+        level = [len(fields), category, kind, name, message, retryable, retry_after, ref]
+        for key, item in fields.items():
+            item_kind = type(item)
+            if type(key) is not str:
+                return None
+            size += 8 + len(key)
+            if item_kind is str:
+                size += len(item)
+            elif item_kind is int:
+                if not ints[0] <= item <= ints[1]:
+                    return None
+            elif item_kind is dict or item_kind is list:
+                inner = None if id(item) in seen else _scalars_size(item, ints)
+                if inner is None:
+                    return None
+                seen.append(id(item))
+                size += inner
+                nested = True
+            elif item_kind not in _SCALARS:
+                return None
+            level += (key, item)
+        levels.append(level)
+        envelope = envelope["cause"]
+        if envelope is None:
+            break
+    values = levels.pop()
+    while levels:
+        values += levels.pop()
+    return values, size, nested
+
+
 class _SourceBytes(bytes):
     """A Lua source that is not UTF-8 (Latin-1 string literals are legal Lua), as the bytes
     the host read (it carries them as surrogate escapes): handed to Lua as they are. Only
@@ -508,7 +614,7 @@ class LuaEngine(Engine):
         try:
             self._unpack = self._lua.execute(_RAW_UNPACK)  # see _convert
             (self._put, self._enter, self._take, self._drain, self._lua_short_src,
-             self._lua_site) = self._lua.execute(
+             self._lua_site, self._lua_put_error) = self._lua.execute(
                 prelude_bytecode(lua_version), clock, sandbox == "trusted",
                 self._memory_limit, self.jit if jit is None else jit)
         finally:
@@ -595,6 +701,11 @@ class LuaEngine(Engine):
                     return self._fail(module)
                 return self._handoff(_STEP, deadline, reply.id, True, module, "result")
         if reply.error is not None:
+            flat = _flat_envelope(reply.error, self._ints)
+            if flat is not None:  # the usual envelope: its tables built by the prelude
+                step = self._put_error(reply.id, deadline, *flat)
+                if step is not None:
+                    return step
             return self._handoff(_STEP, deadline, reply.id, False, reply.error, "error")
         result = reply.result
         kind = result.__class__
@@ -652,7 +763,7 @@ class LuaEngine(Engine):
                                   for request_id in self._waiting}
         self._waiting.clear()
         self._put = self._enter = self._take = self._drain = self._lua_short_src = None
-        self._lua_site = None
+        self._lua_site = self._lua_put_error = None
         self._table_from = self._set_max_memory = self._unpack = None
         self._lua = None
 
@@ -696,6 +807,31 @@ class LuaEngine(Engine):
         finally:
             self._set_max_memory(self._memory_limit)
         return self._enter_with(entry, deadline, direct, path)
+
+    def _put_error(self, request_id: int, deadline: float, values: list[Any], size: int,
+                   nested: bool) -> Step | None:
+        """:meth:`_handoff` of an error envelope that :func:`_flat_envelope` made flat: the
+        prelude's ``put_error`` builds its tables from ``values`` (lupa converts them as
+        ``table_from`` converts a table's; a field's list or dict of scalars is a table
+        lupa builds, when ``nested``), under the same checks: refused before anything is
+        copied when ``size`` is above the memory limit, then fitting in it once built.
+        None when a string has no UTF-8 form (a lone surrogate): nothing was built (or
+        only tables no Lua value refers to), and the envelope goes the long way (see
+        _utf8)."""
+        if size > self._memory_limit:
+            return self._fail(self._no_room("error"))
+        self._set_max_memory(0)
+        try:
+            if nested:
+                table_from = self._table_from
+                values = [table_from(value) if type(value) is dict or type(value) is list
+                          else value for value in values]
+            self._lua_put_error(request_id, *values)
+        except UnicodeEncodeError:
+            return None
+        finally:
+            self._set_max_memory(self._memory_limit)
+        return self._enter_with(_STEP, deadline, (), "error")
 
     def _enter_with(self, entry: int, deadline: float, direct: tuple[Any, ...], path: str
                     ) -> Step:

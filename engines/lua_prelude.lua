@@ -1777,6 +1777,44 @@ return (function()
     return entered(ENTRIES[index](a, b, c, d, dl))
   end
 
+  -- An error envelope handed over flat (LuaEngine._flat_envelope), built into the box as
+  -- `put` holds one that lupa built: the reply to request `id`. Each level's values come
+  -- after its fields' count, the innermost cause's first; a level's table is made with
+  -- room for its traceback (as_error), its fields' with room for them all.
+  local FIELDS = {[0] = function() return {} end,
+    function(k1, v1) return {[k1] = v1} end,
+    function(k1, v1, k2, v2) return {[k1] = v1, [k2] = v2} end,
+    function(k1, v1, k2, v2, k3, v3) return {[k1] = v1, [k2] = v2, [k3] = v3} end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5, [k6] = v6}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6, k7, v7)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5, [k6] = v6, [k7] = v7}
+    end,
+    function(k1, v1, k2, v2, k3, v3, k4, v4, k5, v5, k6, v6, k7, v7, k8, v8)
+      return {[k1] = v1, [k2] = v2, [k3] = v3, [k4] = v4, [k5] = v5, [k6] = v6, [k7] = v7,
+              [k8] = v8}
+    end}
+
+  local function level(cause, n, category, kind, name, message, retryable, retry_after, ref,
+                       ...)
+    local t = {category = category, kind = kind, name = name, message = message,
+               fields = FIELDS[n](...), retryable = retryable, retry_after = retry_after,
+               cause = cause, ref = ref, traceback = nil}
+    if select("#", ...) == n + n then return t end
+    return level(t, select(n + n + 1, ...))
+  end
+
+  local function put_error(id, ...)
+    box[1], box[2], box[3], box[4] = id, false, level(nil, ...), nil
+  end
+
   local function take()
     local a, b, c, d, e, f, g, h = box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8]
     box[1], box[2], box[3], box[4], box[5], box[6], box[7], box[8] = nil, nil, nil, nil, nil, nil, nil, nil
@@ -1791,6 +1829,20 @@ return (function()
     return tb
   end
 
+  -- Lua 5.4 and 5.5's traceback looks for each level's function among the fields of every
+  -- table in registry._LOADED (in a constrained run: the real string, table, math and utf8
+  -- libraries, some 60 entries, kept for Lua's argument errors), about a third of a call
+  -- site's cost. None of their functions can be on a waiting coroutine's stack: they call
+  -- back into Lua only with lua_call, across which nothing yields (the yield fails,
+  -- "attempt to yield across a C-call boundary", and no request leaves), and no script
+  -- reaches those tables to put a function of its own there. So a site is made with an
+  -- empty table in their place, which names every level the same, and put back even when
+  -- it fails (pcall). Not for trusted scripts (package.loaded is theirs: a function they
+  -- put there is named by it), nor on LuaJIT (its traceback looks for no such names).
+  local REGISTRY = not trusted and not COMPAT.jit and debug.getregistry()
+  local LOADED, UNLOADED = REGISTRY and rawget(REGISTRY, "_LOADED"), {}
+  if LOADED ~= package.loaded then REGISTRY = nil end
+
   -- The traceback of the call site of request `id`, while it waits (see call_tool). It is
   -- made under the script's memory limit, as when every call made it: its size is the
   -- script's to choose (names, depth). Out of memory, the run stops as it would have at
@@ -1798,12 +1850,14 @@ return (function()
   local function site(id)
     local co = waiting[id]
     if not co then return nil end
+    if REGISTRY then rawset(REGISTRY, "_LOADED", UNLOADED) end
     local ok, tb = pcall(remembered, co, id)
+    if REGISTRY then rawset(REGISTRY, "_LOADED", LOADED) end
     if ok then return tb end
     if not abort and out_of_memory(tb) then abort = "memory" end
     return nil
   end
 
-  return put, enter, take, drain, short_src, site
+  return put, enter, take, drain, short_src, site, put_error
 end)()
 
