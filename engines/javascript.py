@@ -53,6 +53,9 @@ answer is one compact JSON array (see the prelude) read by ``json``'s C scanner 
 ``settle`` with a plain value and ``poll`` while requests are queued run none of the
 script's code, so they run without a time limit (the prelude's "unguarded code", which
 must stay so): the limit is lifted after the jobs and set again before the next job.
+A failure's envelope goes, when it is the usual kind, as ``settleError``'s arguments
+(:func:`_flat_error`: no JSON text to make here and parse there), with the time limit:
+making the error may run the script's code (its setters).
 
 An engine, like its quickjs context, is used from one thread; ``close()`` it there too.
 """
