@@ -1682,9 +1682,7 @@
   }
 
   const API = { setup, run, module, library, callExport, settle, settleError, poll, drain,
-    stashed,
-    defineModules,
-    startModules, settleImport, defineRequire };
+    stashed, defineModules, startModules, settleImport, defineRequire };
   // What Python takes at every start, left as globals for a moment: the binding's get()
   // reads a global with no call into JS (each call lets the GIL go, and with many runs at
   // once each costs a thread switch). setup deletes them before any script code runs.
