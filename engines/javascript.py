@@ -53,6 +53,9 @@ answer is one compact JSON array (see the prelude) read by ``json``'s C scanner 
 ``settle`` with a plain value and ``poll`` while requests are queued run none of the
 script's code, so they run without a time limit (the prelude's "unguarded code", which
 must stay so): the limit is lifted after the jobs and set again before the next job.
+A failure's envelope goes, when it is the usual kind, as ``settleError``'s arguments
+(:func:`_flat_error`: no JSON text to make here and parse there), with the time limit:
+making the error may run the script's code (its setters).
 
 An engine, like its quickjs context, is used from one thread; ``close()`` it there too.
 """
@@ -64,6 +67,7 @@ import inspect
 import itertools
 import json
 import math
+import operator
 import os
 import posixpath
 import re
@@ -282,6 +286,7 @@ class JavaScriptEngine(Engine):
             # into JS; setup deletes them before any script code runs
             get = ctx.get
             self._settle, self._poll = get("polyspell$settle"), get("polyspell$poll")
+            self._settle_error = get("polyspell$settleError")
             self._drain, self._stashed = get("polyspell$drain"), get("polyspell$stashed")
             self._call_export = get("polyspell$callExport")
             setup = get("polyspell$setup")
@@ -676,6 +681,12 @@ class JavaScriptEngine(Engine):
                 if reply.error is None and value.__class__ is int and -_INT32 <= value < _INT32:
                     settle(reply.id, 0, value)  # the usual result (_settlement's first case)
                     continue
+                if reply.error is not None:
+                    flat = _flat_error(reply.error)
+                    if flat is not None:  # the usual envelope (else JSON text, below)
+                        self._allow()  # the error's making may run script code (setters)
+                        self._settle_error(reply.id, *flat)
+                        continue
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit
                     self._allow()
@@ -710,6 +721,7 @@ class JavaScriptEngine(Engine):
         context would be freed wherever the engine object is dropped, on another thread.
         """
         self._settle = self._poll = self._drain = self._call_export = self._stashed = None
+        self._settle_error = None
         self._api = self._ctx = None
 
     # -- running ---------------------------------------------------------------------
@@ -1226,6 +1238,112 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
         err = crossing_error(Problem("result", kind.__name__, f"tool result: {exc}"),
                              "python", "javascript")
         return 2, _encode(error_envelope(err))
+
+
+def _flat_error(envelope: Any) -> list[Any] | None:
+    """An error envelope as the prelude's ``settleError`` takes it, or None where it is not
+    the usual kind (it then crosses as JSON text, which fails as it always did on what has
+    no JSON form).
+
+    Usual: levels that are dicts with every key of :func:`bridge.envelope.error_envelope`;
+    texts (names, message, fields' keys) the binding can pass (UTF-8: no lone surrogate);
+    retryable a bool; retry_after and ref None or finite numbers within 2**53; fields a dict
+    (or None) of at most 31 keys, else its JSON text. A field's value goes as itself when it
+    is a text the binding can pass, a bool, None or such a number (ints past 32 bits as
+    floats: the binding truncates them; within 2**53 a float is exact), else as its JSON
+    text, marked in the level's mask (bit i: the i-th value).
+    """
+    flat: list[Any] = []
+    level = envelope
+    while level is not None:
+        if level.__class__ is not dict:
+            return None
+        try:
+            name, category, kind, message, retryable, retry_after, ref, fields, level = \
+                _LEVEL(level)
+        except KeyError:
+            return None
+        if fields is None:
+            fields = {}
+        elif fields.__class__ is not dict:
+            return None
+        try:  # the texts, and that every key is one (else TypeError)
+            texts = "".join((name, category, kind, message, *fields))
+        except TypeError:
+            return None
+        if retryable.__class__ is not bool or not (texts.isascii() or _utf8(texts)):
+            return None
+        if ref is not None:
+            ref = _flat_number(ref)
+            if ref is None:
+                return None
+        if retry_after is not None:
+            retry_after = _flat_number(retry_after)
+            if retry_after is None:
+                return None
+        if len(fields) > _MASK_BITS:
+            try:
+                flat += (name, category, kind, message, retryable, retry_after, ref, -1,
+                         _encode(fields))
+            except (TypeError, ValueError, RecursionError):
+                return None
+            continue
+        flat += (name, category, kind, message, retryable, retry_after, ref, len(fields))
+        at = len(flat)
+        flat.append(0)
+        mask = 0
+        bit = 1
+        for key, value in fields.items():
+            of = value.__class__
+            if of is float:
+                if value - value != 0.0:  # inf or nan: JSON text refuses them
+                    return None
+            elif of is str:
+                if not value.isascii() and not _utf8(value):
+                    value = _encode(value)  # (escapes the lone surrogate)
+                    mask |= bit
+            elif of is int:
+                if not -_INT32 <= value < _INT32:
+                    value = float(value) if -_SAFE_INT <= value <= _SAFE_INT else str(value)
+                    if value.__class__ is str:  # its digits, read as JSON reads them
+                        mask |= bit
+            elif of is not bool and value is not None:  # a list, a dict...
+                try:
+                    value = _encode(value)
+                except (TypeError, ValueError, RecursionError):
+                    return None
+                mask |= bit
+            flat += (key, value)
+            bit <<= 1
+        flat[at] = mask
+    return flat
+
+
+_LEVEL = operator.itemgetter("name", "category", "kind", "message", "retryable", "retry_after",
+                             "ref", "fields", "cause")
+_MASK_BITS = 31  # a level's fields sent one by one: at most as many as an int32 has bits
+
+
+def _flat_number(value: Any) -> int | float | None:
+    """An int or float as the binding passes it exactly (see _flat_error), or None (not
+    one: a bool, an int past 2**53, inf or nan)."""
+    of = value.__class__
+    if of is float:
+        return value if value - value == 0.0 else None
+    if of is not int:
+        return None
+    if -_INT32 <= value < _INT32:
+        return value
+    return float(value) if -_SAFE_INT <= value <= _SAFE_INT else None
+
+
+def _utf8(text: str) -> bool:
+    """Whether the binding can pass ``text`` (as UTF-8: no lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @functools.cache

@@ -9,11 +9,11 @@
 //   problem      why a value has no JSON form: {message: "params.f is a function", type}
 (function (core) {
   "use strict";
-  const { json, clean, rawStack, setStack, names, maxDepth } = core;
+  // (parse and setPrototypeOf: the prelude's, read before any script ran)
+  const { json, clean, rawStack, setStack, names, maxDepth, parse, setPrototypeOf,
+    OBJECT_PROTOTYPE } = core;
   const stringify = JSON.stringify;
-  const parse = JSON.parse;
   const isArray = Array.isArray;
-  const setPrototypeOf = Object.setPrototypeOf;
   const RAW = Symbol("raw"); // makes an error without reading an init object
   const TEMPLATED = new WeakMap(); // error -> its message, when made from the template
   // The constructors' own frames, innermost in the stack of every error they make.
@@ -113,20 +113,58 @@
   }
 
   // An error envelope from Python as the native error a script catches, with the stack of
-  // the tool call it answers.
-  function fromEnvelope(envelope, site) {
-    const cls = constructors[envelope.name] || byCategory[envelope.category] || SpellError;
-    const error = new cls(RAW);
-    Object.defineProperty(error, "message",
-      { value: envelope.message, writable: true, configurable: true });
+  // the tool call it answers. `bare`, when given, makes the error of a class (the
+  // prelude's traceless), else its constructor does.
+  function fromEnvelope(envelope, site, bare) {
+    const error = begun(envelope.name, envelope.category, envelope.message, bare);
     error.category = envelope.category;
     error.kind = envelope.kind;
     error.fields = envelope.fields || {};
     error.retryable = envelope.retryable === true;
     error.retry_after = typeof envelope.retry_after === "number" ? envelope.retry_after : null;
-    if (envelope.cause) error.cause = fromEnvelope(envelope.cause, site);
+    if (envelope.cause) error.cause = fromEnvelope(envelope.cause, site, bare);
     error.ref = envelope.ref === undefined ? null : envelope.ref;
     error.stack = clean(site);
+    return error;
+  }
+
+  // The same error from an envelope handed over flat (see settleError in the prelude): its
+  // level from values[at], its cause's after it. Python sends only what fromEnvelope would
+  // take as it is: texts, retryable a boolean, retry_after and ref numbers or null, the
+  // fields' keys and values (JSON text where the mask's bit says so), or their JSON text.
+  function fromFlat(values, at, site, bare) {
+    const error = begun(values[at], values[at + 1], values[at + 3], bare);
+    error.category = values[at + 1];
+    error.kind = values[at + 2];
+    const count = values[at + 7];
+    let next = at + 9;
+    let fields;
+    if (count < 0) {
+      fields = parse(values[at + 8]);
+    } else { // own data properties, as JSON.parse makes them: no setter of a script's runs
+      const mask = values[at + 8];
+      fields = { __proto__: null };
+      for (let i = 0; i < count; i++, next += 2) {
+        fields[values[next]] = (mask >> i) & 1 ? parse(values[next + 1]) : values[next + 1];
+      }
+      setPrototypeOf(fields, OBJECT_PROTOTYPE);
+    }
+    error.fields = fields;
+    error.retryable = values[at + 4];
+    error.retry_after = values[at + 5];
+    if (next < values.length) error.cause = fromFlat(values, next, site, bare);
+    error.ref = values[at + 6];
+    error.stack = clean(site);
+    return error;
+  }
+
+  // The error an envelope's name (else its category) stands for, with its message (as
+  // Error's constructor makes one of a string: writable, configurable, not enumerable).
+  function begun(name, category, message, bare) {
+    const cls = constructors[name] || byCategory[category] || SpellError;
+    if (bare !== undefined && typeof message === "string") return bare(cls, message);
+    const error = bare === undefined ? new cls(RAW) : bare(cls);
+    Object.defineProperty(error, "message", { value: message, writable: true, configurable: true });
     return error;
   }
 
@@ -302,5 +340,5 @@
   }
 
   const globals = { ...constructors, errors: { ...constructors } };
-  return { globals, fromEnvelope, report, problem };
+  return { globals, fromEnvelope, fromFlat, report, problem };
 })

@@ -55,6 +55,13 @@
   const ARRAY_PROTOTYPE = Array.prototype;
   const RANGE_ERROR = RangeError.prototype;
   const STACK_TRACE_LIMIT = 64;
+  // For traceless: Error.stackTraceLimit's own setter (the prelude fixes the limit for
+  // scripts, below), the engine's Error and Reflect.construct, read before any script ran.
+  const setTraceLimit = Function.prototype.call.bind(
+    Object.getOwnPropertyDescriptor(Error, "stackTraceLimit").set);
+  const ERROR = Error;
+  const construct = Reflect.construct;
+  const NO_ARGUMENTS = [];
   // (tables without a prototype, not a Set or a Map: scripts can replace their methods)
   const BLOCKED = { __proto__: null, then: 1, catch: 1, finally: 1, toJSON: 1, constructor: 1 };
   // request id -> [resolve, reject, stack of the call site]; no prototype (unguarded code)
@@ -450,7 +457,8 @@
   function loadErrors() {
     if (errors === null) {
       errors = indirectEval(errorsSource)({ FILE, json, clean, rawStack, setStack,
-        catalog: catalogText, names: config.constructors, maxDepth });
+        catalog: catalogText, names: config.constructors, maxDepth, parse, setPrototypeOf,
+        OBJECT_PROTOTYPE });
       for (const name of Object.keys(errors.globals)) define(name, errors.globals[name]);
     }
     return errors;
@@ -1204,12 +1212,45 @@
     else if (how === 1) entry[0](parse(value));
     else {
       const envelope = parse(value);
-      const error = loadErrors().fromEnvelope(envelope, entry[2]);
-      if (envelope.category === "async_execution"
-        && (envelope.kind === "task_cancelled" || envelope.kind === "task_timeout")) {
-        abort(error);
-      }
-      entry[1](error);
+      const error = loadErrors().fromEnvelope(envelope, entry[2], traceless);
+      rejectWith(entry, error, envelope.category, envelope.kind);
+    }
+  }
+
+  // Reject request `id` with the error of an envelope handed over flat, as
+  // engines/javascript.py's _flat_error makes it of the usual one (JSON text costs more to
+  // make in Python and to parse here, and the error is the same): from the second
+  // argument, each level's name, category, kind, message, retryable, retry_after and ref,
+  // then its fields (a count and that many keys and values, or -1 and their JSON text),
+  // the cause's level after its error's.
+  function settleError(id) {
+    const entry = waiting[id];
+    if (entry === undefined) return;
+    delete waiting[id];
+    const error = loadErrors().fromFlat(arguments, 1, entry[2], traceless);
+    rejectWith(entry, error, arguments[2], arguments[3]);
+  }
+
+  function rejectWith(entry, error, category, kind) {
+    if (category === "async_execution" && (kind === "task_cancelled" || kind === "task_timeout")) {
+      abort(error);
+    }
+    entry[1](error);
+  }
+
+  // An error of class `cls` (javascript_errors.js's) with `message` (a string, or none),
+  // made with no stack: quickjs writes one for every error it makes (a line per frame,
+  // with printf: a sixth of what delivering an envelope cost), where an envelope's error
+  // gets its call site's. Only for errors made while no script frame is on the stack
+  // (settle): were the time limit to fire in between, its error would have no stack
+  // either. Runs no script code: the engine's Error, read before any script ran, and a
+  // class's own prototype (a class's `prototype` cannot be changed).
+  function traceless(cls, message) {
+    setTraceLimit(ERROR, 0);
+    try {
+      return construct(ERROR, message === undefined ? NO_ARGUMENTS : [message], cls);
+    } finally {
+      setTraceLimit(ERROR, STACK_TRACE_LIMIT);
     }
   }
 
@@ -1337,8 +1378,8 @@
   // config: {file, args, tools: [[name, description]...], constructors: {name: category}};
   // the source of javascript_errors.js and the JSON of the message templates wait unused
   // until the first error.
-  const TAKEN = ["setup", "run", "module", "library", "settle", "poll", "drain", "stashed",
-    "callExport"];
+  const TAKEN = ["setup", "run", "module", "library", "settle", "settleError", "poll", "drain",
+    "stashed", "callExport"];
 
   function setup(text, errorsCode, catalog) {
     for (const name of TAKEN) delete globalThis[`polyspell$${name}`];
@@ -1372,7 +1413,8 @@
     newList, append, flat, stashed, library, exported, callExport, abort, configError, hookName,
     register, beforeToolCall, afterToolCall, on, thenable, invoke, hookFailed, invalid, shown,
     actionOf, observeHooks, observerFailed, hooked, before, beforeAsync, decideBefore, early,
-    send, after, afterFrom, afterAsync, afterFailure, decideAfter, settleCall]) {
+    send, after, afterFrom, afterAsync, afterFailure, decideAfter, settleCall, settle,
+    settleError, rejectWith, traceless]) {
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
@@ -1639,9 +1681,8 @@
     Object.defineProperty(fn, "name", { value: `polyspell$${fn.name}` });
   }
 
-  const API = { setup, run, module, library, callExport, settle, poll, drain, stashed,
-    defineModules,
-    startModules, settleImport, defineRequire };
+  const API = { setup, run, module, library, callExport, settle, settleError, poll, drain,
+    stashed, defineModules, startModules, settleImport, defineRequire };
   // What Python takes at every start, left as globals for a moment: the binding's get()
   // reads a global with no call into JS (each call lets the GIL go, and with many runs at
   // once each costs a thread switch). setup deletes them before any script code runs.
