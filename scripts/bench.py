@@ -290,11 +290,13 @@ return M
 HOP_JS = "exports.add_js = function (p) { return p.a + p.b; };\n"
 
 
-def hop_host(folder: Path) -> Host:
-    """A host with the Python tool ``add`` and the tools files ``add_lua``, ``add_js``."""
+def hop_host(folder: Path, *more: Any) -> Host:
+    """A host with the Python tool ``add`` (and ``more`` tools) and the tools files
+    ``add_lua``, ``add_js``."""
     (folder / "hop.lua").write_text(HOP_LUA)
     (folder / "hop.js").write_text(HOP_JS)
-    return Host([add, folder / "hop.lua", folder / "hop.js"], on_output=lambda line: None)
+    return Host([add, *more, folder / "hop.lua", folder / "hop.js"],
+                on_output=lambda line: None)
 
 
 def tools_file_call(language: str, n: int) -> float:

@@ -30,7 +30,7 @@ import bench
 
 def _host_loop(language: str, source: str) -> Callable[[int], None]:
     def run(n: int) -> None:
-        host = bench.hop_host(Path(tempfile.mkdtemp()))
+        host = bench.hop_host(Path(tempfile.mkdtemp()), bench.explode)
         host.run_source(source, language, "b", {"n": 10, "call": True})
         host.run_source(source, language, "b", {"n": n, "call": True})
 
@@ -46,6 +46,9 @@ ROWS: dict[str, Callable[[int], None]] = {
     "floor-js": lambda n: bench.raw_js_suspension(n, True),
     "js-lua": _host_loop("javascript", bench.JS_LOOP.replace("tools.add", "tools.add_lua")),
     "lua-js": _host_loop("lua", bench.LUA_LOOP.replace("tools.add", "tools.add_js")),
+    # a tool failure caught in the script (the bench's "tool failure caught in ...")
+    "fail-lua": _host_loop("lua", bench.LUA_CATCH),
+    "fail-js": _host_loop("javascript", bench.JS_CATCH),
 }
 SMALL, LARGE = 200, 5200
 
