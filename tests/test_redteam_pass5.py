@@ -1,0 +1,363 @@
+"""Red team of issue 17's fifth pass: its Lua fast ways attacked as a hostile script (or a
+careless tool) would.
+
+- SpellError.wrap's shortcut (no constructor keywords): a variant with a base that has
+  its own ``__new__`` (OSError, a mixin exception), exceptions whose text or type name
+  misbehave, fields named like the constructor's keywords: the same error (or the same
+  refusal) as the constructor gives.
+- The flat error envelope: odd envelopes a tool's error may carry (NaN and infinities,
+  ints at the version's edges, keys named like the error table's own, str/int/float
+  subclasses, a dict met twice or holding itself, a level that is its own cause): the
+  script sees what the long way gives, and the sizes agree.
+- registry._LOADED emptied while a call site's traceback is made: to-be-closed handlers,
+  coroutines in metamethods, a site out of memory at every margin near the limit: it is
+  always put back, and Lua's own messages still name the libraries.
+- The remembered traceback lines: two real scripts of the same file name, different
+  sources, taking turns from two threads: each error's frames point at its own lines.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import bridge.errors as errors
+import bridge.lua as bridge_lua
+import engines.lua as lua_engine
+from bridge import SpellError
+from bridge.hierarchy import ToolError
+from engines.base import Failed, Finished, Limits, Suspended, ToolInfo, ToolReply
+from tests.test_error_fast_paths import _state
+from tests.test_lua_error_delivery import CAUGHT, both_ways, inner, level, same
+
+pytestmark = pytest.mark.usefixtures("lua_version")
+
+
+# -- SpellError.wrap's shortcut -------------------------------------------------------------
+
+class _Tagging(Exception):
+    """A mixin exception whose own __new__ marks what it makes."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Tagging:
+        made = super().__new__(cls, *args, **kwargs)
+        made.tagged = True
+        return made
+
+
+def _variant(name: str, *bases: type) -> type[SpellError]:
+    """A tool variant a user defines with ``bases`` after ToolError (unregistered by
+    :func:`_forget`)."""
+    return type(name, (ToolError, *bases), {"__annotations__": {"tool_name": "str"}},
+                kind=f"red_{name.lower()}", template="{tool_name} failed")
+
+
+def _forget(variant: type[SpellError]) -> None:
+    errors._VARIANTS.pop((variant.category, variant.kind), None)
+    category = errors._CATEGORIES[variant.category]
+    if hasattr(category, errors.camel(variant.kind)):
+        delattr(category, errors.camel(variant.kind))
+
+
+@pytest.mark.parametrize("bases", [(OSError,), (_Tagging,), (KeyError,)],
+                         ids=["oserror", "mixin-new", "keyerror"])
+def test_wrap_into_a_variant_with_another_exception_base_is_the_constructors(
+        bases: tuple[type, ...]) -> None:
+    """A BUG found here: the shortcut made every variant with Exception.__new__, which
+    refuses a class based on OSError (TypeError: "not safe") and skips a mixin's own
+    __new__; the constructor (SpellError.__new__'s super()) does neither."""
+    variant = _variant("Mixed" + bases[0].__name__.strip("_"), *bases)
+    try:
+        err = ToolError.wrap(ValueError("v"), kind=variant.kind, tool_name="t")
+        slow = variant(frames=err.frames, cause=err.__cause__, tool_name="t")
+        assert type(err) is variant and _state(err) == _state(slow)
+        assert getattr(err, "tagged", False) == getattr(slow, "tagged", False)
+        assert getattr(err, "tagged", False) == (bases == (_Tagging,))
+        # (such a variant goes to the constructor; the usual ones keep the shortcut)
+        assert not variant._exception_new
+        assert type(ToolError.wrap(ValueError("v"), tool_name="t"))._exception_new
+    finally:
+        _forget(variant)
+
+
+class _StrNotText(Exception):
+    def __str__(self) -> Any:
+        return 42  # str() refuses it: TypeError
+
+
+class _ReprBroken(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class _ArgsSelf(Exception):
+    pass
+
+
+_Weird = type("Weird", (Exception,), {})
+_Weird.__qualname__ = "Outer.<locals>.W\u00e9ird" + "q" * 3000
+_HOSTILE = [_StrNotText("x"), _ReprBroken("y"), _Weird("z"), BaseException("base"),
+            KeyboardInterrupt(), Exception(), Exception(None, 1, {"a": [1]})]
+_self_args = _ArgsSelf()
+_self_args.args = (_self_args,)
+_HOSTILE.append(_self_args)
+
+
+@pytest.mark.parametrize("exc", _HOSTILE, ids=range(len(_HOSTILE)))
+def test_wrap_of_hostile_exceptions_is_what_the_constructor_makes(
+        exc: BaseException, monkeypatch: pytest.MonkeyPatch) -> None:
+    def made() -> list[Any]:
+        out = []
+        for make in (lambda: ToolError.wrap(exc, tool_name="t", parameters={"a": 1}),
+                     lambda: SpellError.wrap(exc),
+                     lambda: ToolError.wrap(exc, tool_name="t").cause):
+            try:
+                out.append(_state(make()))
+            except Exception as refused:  # (compared both ways)
+                out.append((type(refused), str(refused)))
+        return out
+
+    fast = made()
+    # every field named like a keyword: the constructor's way, the view's too
+    monkeypatch.setattr(errors, "_KEYWORDS", errors._KEYWORDS | {
+        "tool_name", "exception_type", "exception_message", "reason"})
+    assert made() == fast
+
+
+@pytest.mark.parametrize("name", ["message", "severity", "kind", "category", "fields",
+                                  "context", "retryable", "retry_after"])
+def test_wrap_with_a_field_named_like_a_keyword_is_taken_or_refused_as_before(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"message": "m", "severity": "critical", "kind": "execution_failed",
+              "category": "tool", "fields": {"x": 1}, "context": None, "retryable": True,
+              "retry_after": 2.0}
+
+    def made() -> Any:
+        try:
+            err = ToolError.wrap(ValueError("v"), tool_name="t", **{name: values[name]})
+        except Exception as refused:  # (compared both ways)
+            return type(refused), str(refused)
+        return _state(err)
+
+    fast = made()
+    monkeypatch.setattr(errors, "_KEYWORDS", errors._KEYWORDS | {"tool_name", name})
+    assert made() == fast
+
+
+# -- the flat error envelope --------------------------------------------------------------
+
+class _Text(str):
+    pass
+
+
+class _Count(enum.IntEnum):
+    ONE = 1
+
+
+class _Real(float):
+    pass
+
+
+_P = {"a": 1}
+_SELFISH = {"tool_name": "t"}
+_SELFISH["me"] = _SELFISH
+_LOOP = level()
+_LOOP["cause"] = _LOOP
+
+# name -> (envelope, whether it goes flat on Lua 5.4/5.5, on LuaJIT)
+ODD: dict[str, tuple[Any, bool, bool]] = {
+    "retry after NaN": (level(retryable=True, retry_after=math.nan), True, True),
+    "retry after -inf": (level(retry_after=-math.inf), True, True),
+    "ref at the 64-bit edges": (level(inner(ref=-(2**63)), ref=2**63 - 1), True, False),
+    "ref past them": (level(ref=2**63), False, False),
+    "ref at 2**53 and past": (level(inner(ref=2**53), ref=2**53 + 1), True, False),
+    "retry after 2**63 - 1": (level(retry_after=2**63 - 1), True, False),
+    "fields named as the table's keys": (level(fields={
+        "cause": "c", "traceback": "t", "fields": "f", "code": "x", "__index": 1,
+        "": "", "ref": -1, "message": None}), True, True),
+    "a str subclass message": (level(message=_Text("sub")), False, False),
+    "an IntEnum field": (level(fields={"n": _Count.ONE}), False, False),
+    "a float subclass in a parameter": (level(fields={"p": {"x": _Real(1.5)}}), False, False),
+    "a bool as ref": (level(ref=True), False, False),
+    "a float ref": (level(ref=1.0), False, False),
+    "the parameters are the inner level's fields": (
+        level(level(fields=_P), fields={"p": _P}), False, False),
+    "eight dict fields": (level(fields={f"d{i}": {"k": "v" * i} for i in range(8)}),
+                          True, True),
+    "a list of NaN, inf and an int at the edge": (
+        level(fields={"xs": [math.nan, math.inf, -(2**63)]}), True, False),
+    "a fields dict holding itself": (level(fields=_SELFISH), False, False),
+    "a level that is its own cause": (_LOOP, False, False),
+    "an empty category and name": (level(category="", kind="", name=""), True, True),
+}
+
+
+@pytest.mark.parametrize("name", ODD)
+def test_an_odd_envelope_reaches_the_script_as_the_long_way_gives_it(
+        name: str, monkeypatch: pytest.MonkeyPatch, lua_version: str) -> None:
+    envelope, flat, flat_on_jit = ODD[name]
+    fast, slow, went_flat = both_ways(monkeypatch, CAUGHT, envelope)
+    assert same(fast, slow)
+    assert went_flat == (1 if (flat_on_jit if lua_version == "luajit" else flat) else 0)
+    ints = lua_engine._INT53 if lua_version == "luajit" else lua_engine._INT64
+    made = lua_engine._flat_envelope(envelope, ints)
+    if made is not None:
+        assert made[1] == lua_engine._envelope_size(envelope, ints)
+
+
+# -- registry._LOADED emptied while a call site is made -------------------------------------
+
+def _run(source: str, envelope: Any = None, *, memory_mb: int = 32) -> tuple[Any, list[int]]:
+    """Run ``source``, answering each request with ``envelope`` (an error) or ``1``;
+    after each step, registry._LOADED must be package.loaded again. The outcome, and
+    each request's number of site frames."""
+    engine = lua_engine.LuaEngine(limits=Limits(timeout=10, memory_mb=memory_mb))
+    deadline = time.monotonic() + 10
+    sites = []
+    back = "debug.getregistry()._LOADED == package.loaded"
+    try:
+        step = engine.start(source, "agent.lua", None, [ToolInfo("t", "")], deadline)
+        while True:
+            engine._set_max_memory(0)  # (the check's own chunk: not the script's memory)
+            assert engine._lua.eval(back)
+            engine._set_max_memory(engine._memory_limit)
+            if not isinstance(step, Suspended):
+                break
+            request = step.requests[0]
+            sites.append(len(request.frames))
+            reply = ToolReply(request.id, error=envelope) if envelope is not None \
+                else ToolReply(request.id, result=1)
+            step = engine.resume([reply], deadline)
+        if isinstance(step, Finished):
+            return step.result, sites
+        assert isinstance(step, Failed)
+        return step.error.code, sites
+    finally:
+        engine.close()
+
+
+NAMES = """local _, m1 = pcall(string.rep)
+local _, m2 = pcall(math.floor, "x")
+"""
+
+
+def test_a_to_be_closed_handler_calling_tools_sees_the_libraries_named(
+        lua_version: str) -> None:
+    if lua_version == "luajit":
+        pytest.skip("LuaJIT (Lua 5.1) has no to-be-closed variables")
+    source = """local seen = {}
+local function f()
+  local guard <close> = setmetatable({}, {__close = function()
+    local ok, e = pcall(tools.t, {})
+    """ + NAMES + """    seen[#seen + 1] = m1 .. " | " .. m2
+  end})
+  local r = tools.t{}
+  return r
+end
+for _ = 1, 2 do pcall(f) end
+local co = coroutine.wrap(function() return setmetatable({}, {__index = function()
+  return tools.t{}
+end}).x end)
+pcall(co)
+""" + NAMES + """seen[#seen + 1] = m1 .. " | " .. m2
+return seen"""
+    result, sites = _run(source, level(inner()))
+    assert len(sites) == 5 and all(sites)
+    assert len(result) == 3
+    for text in result:
+        assert "'string.rep'" in text and "'math.floor'" in text
+
+
+def test_a_finalizer_cannot_run_while_the_table_is_emptied() -> None:
+    # (the only script code a traceback's allocations could run: refused outright)
+    code, _ = _run("setmetatable({}, {__gc = function() end})\nreturn 1")
+    assert code == "security/script_safety_violation"
+
+
+def test_a_site_out_of_memory_at_any_margin_puts_the_table_back(lua_version: str) -> None:
+    # the script holds `hog` bytes, then waits in a deep call: the largest hog that
+    # reaches the call is found, then each margin below it is tried: at some the site's
+    # traceback does not fit (no frames), at others it does; the table is always back
+    source = """local function deep(n)
+  if n == 0 then
+    local r = tools.t{}
+    return r
+  end
+  local r = deep(n - 1)
+  return r
+end
+local hog = string.rep("h", %d)
+return {deep(40), #hog > 0}"""
+    mb = 4
+
+    def run(hog: int) -> bool | None:
+        outcome, sites = _run(source % hog, memory_mb=mb)
+        assert outcome in ("resource/memory_exhaustion", [1, True]), (hog, outcome)
+        return (sites[0] > 0) if sites else None
+
+    low, high = 0, mb * 2**20  # reaches the call / does not
+    while high - low > 64:
+        middle = (low + high) // 2
+        low, high = (middle, high) if run(middle) is not None else (low, middle)
+    outcomes = {run(hog) for hog in range(low - 6000, low + 1, 100)}
+    if lua_version == "5.5":  # (where the attack is seen to reach a failing site)
+        assert False in outcomes
+
+
+# -- the remembered traceback lines -----------------------------------------------------
+
+A = """local function alpha()
+  error("from alpha")
+end
+alpha()"""
+# the same traceback lines' text as A's (same lines, same names), other source lines
+B = """local function alpha()
+  local x = 1; error("from b")
+end
+alpha() -- b"""
+
+
+@pytest.mark.parametrize("most", [3, None], ids=["emptied-often", "kept"])
+def test_two_scripts_with_the_same_traceback_text_in_threads_get_their_own_sources(
+        most: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if most is not None:
+        monkeypatch.setattr(bridge_lua, "MAX_KNOWN_LINES", most)
+    limit = bridge_lua.MAX_KNOWN_LINES
+    wanted = {A: [("agent.lua", 4, "main chunk", "alpha()"),
+                  ("agent.lua", 2, "alpha", 'error("from alpha")')],
+              B: [("agent.lua", 4, "main chunk", "alpha() -- b"),
+                  ("agent.lua", 2, "alpha", 'local x = 1; error("from b")')]}
+    problems: list[Any] = []
+    texts = []
+
+    def work(first: str, second: str) -> None:
+        try:
+            for n in range(6):
+                source = first if n % 2 else second
+                engine = lua_engine.LuaEngine()
+                try:
+                    step = engine.start(source, "agent.lua", None, [],
+                                        time.monotonic() + 10)
+                finally:
+                    engine.close()
+                assert isinstance(step, Failed)
+                texts.append((source, step.error.fields["stack_trace"]))
+                got = [(f.file, f.line, f.function, f.source) for f in step.error.frames]
+                if got != wanted[source]:
+                    problems.append((source[-6:], got))
+                assert len(bridge_lua._KNOWN_LINES) <= limit
+        except Exception as exc:  # (reported below)
+            problems.append(exc)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in ((A, B), (B, A))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert problems == []
+    # (the attack: both scripts' tracebacks are the same text)
+    assert len({text for _, text in texts}) == 1 and len({src for src, _ in texts}) == 2
