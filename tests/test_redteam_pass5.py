@@ -209,6 +209,55 @@ def test_an_odd_envelope_reaches_the_script_as_the_long_way_gives_it(
         assert made[1] == lua_engine._envelope_size(envelope, ints)
 
 
+def _tool_chain(depth: int, **fields: Any) -> dict:
+    """The envelope of a tool author's own variant (its own fields: a dict, a list),
+    ``depth`` levels deep, as the host hands a script its error."""
+    from bridge.envelope import error_envelope
+
+    variant = type("RedToolFailure", (ToolError,), {
+        "__annotations__": {"tool_name": "str", "detail": "str", "data": "dict[str, Any]",
+                            "items": "list[Any]"}, "__module__": __name__},
+                   kind="red_tool_failure", template="{tool_name}: {detail}")
+    try:
+        err: BaseException | None = None
+        for n in range(depth):
+            err = variant(tool_name="t", detail=f"level {n}", cause=err, **fields)
+        assert isinstance(err, SpellError)
+        return error_envelope(err, ref=lambda one: id(one) % 2**40)
+    finally:
+        _forget(variant)
+
+
+TOOL_CHAINS = {
+    "flat data": (dict(data={"a": 1, "b": "x"}, items=[1, "two", None]), 3, True),
+    "nested data (the long way)": (dict(data={"a": {"b": [1]}}, items=[]), 2, False),
+    "five levels (the long way)": (dict(data={}, items=[]), 5, False),
+    "a big int (the long way on LuaJIT)": (dict(data={"n": 2**60}, items=[2**60]), 1, True),
+    "four levels of eight fields": (None, 4, True),
+}
+
+
+@pytest.mark.parametrize("name", TOOL_CHAINS)
+def test_a_tool_authors_own_error_reaches_the_script_as_the_long_way_gives_it(
+        name: str, monkeypatch: pytest.MonkeyPatch, lua_version: str) -> None:
+    fields, depth, flat = TOOL_CHAINS[name]
+    if fields is None:  # the most values put_error takes: 4 x (8 + 2 x 8), tables too
+        envelope = None
+        for _ in range(depth):
+            envelope = level(envelope, fields={f"f{i}": {"k": i} for i in range(8)})
+    else:
+        envelope = _tool_chain(depth, **fields)
+    if lua_version == "luajit" and "LuaJIT" in name:
+        flat = False
+    fast, slow, went_flat = both_ways(monkeypatch, CAUGHT, envelope)
+    assert same(fast, slow) and went_flat == (1 if flat else 0)
+    if lua_version == "luajit" and "LuaJIT" in name:  # refused as it crosses, both ways
+        assert fast[0][0] == "script/cross_engine_communication"
+        return
+    code = "tool/execution_failed" if fields is None else "tool/red_tool_failure"
+    assert isinstance(fast[0], list) and fast[0][2] == code  # the script caught it
+
+
 # -- registry._LOADED emptied while a call site is made -------------------------------------
 
 def _run(source: str, envelope: Any = None, *, memory_mb: int = 32) -> tuple[Any, list[int]]:
