@@ -321,6 +321,45 @@ return seen"""
         assert "'string.rep'" in text and "'math.floor'" in text
 
 
+def test_the_scripts_string_metatable_runs_nothing_while_a_site_is_made() -> None:
+    # strings' metatable is the script's for its run (getmetatable("") may be changed):
+    # an __index, __concat or __len it puts there must never run in the prelude's site
+    source = """local calls, lib = 0, string
+local mt = getmetatable("")
+mt.__index = function(s, k) calls = calls + 1 return lib[k] end
+mt.__concat = function() calls = calls + 1000 return "" end
+mt.__len = function() calls = calls + 1000000 return 0 end
+local function f(n)
+  local r = tools.t{n = n}
+  return r
+end
+for i = 1, 3 do pcall(f, i) end
+local _ = ("x"):rep(2)
+return calls"""
+    result, sites = _run(source, level(inner()))
+    assert sites == [2, 2, 2] and result == 1  # only the script's own ("x"):rep
+
+
+def test_a_trusted_scripts_own_package_loaded_still_names_its_sites(lua_version: str) -> None:
+    if lua_version == "luajit":
+        pytest.skip("LuaJIT's traceback looks for no such names")
+    source = """package.loaded.mylib = {helper = function() local r = tools.t{} return r end}
+local lib = package.loaded.mylib
+local ok, e = pcall(function() return lib.helper() end)
+return e.traceback"""
+    engine = lua_engine.LuaEngine(sandbox="trusted")
+    deadline = time.monotonic() + 10
+    try:
+        step = engine.start(source, "agent.lua", None, [ToolInfo("t", "")], deadline)
+        assert isinstance(step, Suspended)
+        request = step.requests[0]
+        assert [f.function for f in request.frames][-1] == "mylib.helper"
+        step = engine.resume([ToolReply(request.id, error=level())], deadline)
+        assert isinstance(step, Finished) and "in function 'mylib.helper'" in step.result
+    finally:
+        engine.close()
+
+
 def test_a_finalizer_cannot_run_while_the_table_is_emptied() -> None:
     # (the only script code a traceback's allocations could run: refused outright)
     code, _ = _run("setmetatable({}, {__gc = function() end})\nreturn 1")
