@@ -31,11 +31,16 @@ import bridge.lua as bridge_lua
 import engines.lua as lua_engine
 from bridge import SpellError
 from bridge.hierarchy import ToolError
+from bridge.lua import LuaScript
 from engines.base import Failed, Finished, Limits, Suspended, ToolInfo, ToolReply
 from tests.test_error_fast_paths import _state
 from tests.test_lua_error_delivery import CAUGHT, both_ways, inner, level, same
 
 pytestmark = pytest.mark.usefixtures("lua_version")
+
+
+class _Text(str):
+    pass
 
 
 # -- SpellError.wrap's shortcut -------------------------------------------------------------
@@ -98,6 +103,24 @@ class _ArgsSelf(Exception):
     pass
 
 
+class _StrSubclass(Exception):
+    def __str__(self) -> str:
+        return _Text("a str subclass")
+
+
+class _LyingMeta(type):
+    def __getattribute__(cls, name: str) -> Any:
+        if name == "__qualname__":
+            return 42
+        if name == "__module__":
+            return _Text("mod")
+        return super().__getattribute__(name)
+
+
+class _Lying(Exception, metaclass=_LyingMeta):
+    pass
+
+
 _Weird = type("Weird", (Exception,), {})
 _Weird.__qualname__ = "Outer.<locals>.W\u00e9ird" + "q" * 3000
 _HOSTILE = [_StrNotText("x"), _ReprBroken("y"), _Weird("z"), BaseException("base"),
@@ -105,6 +128,7 @@ _HOSTILE = [_StrNotText("x"), _ReprBroken("y"), _Weird("z"), BaseException("base
 _self_args = _ArgsSelf()
 _self_args.args = (_self_args,)
 _HOSTILE.append(_self_args)
+_HOSTILE += [_StrSubclass(), _Lying("l")]
 
 
 @pytest.mark.parametrize("exc", _HOSTILE, ids=range(len(_HOSTILE)))
@@ -122,6 +146,8 @@ def test_wrap_of_hostile_exceptions_is_what_the_constructor_makes(
         return out
 
     fast = made()
+    view = SpellError.wrap(exc)  # a view's two fields (taken unvalidated): exact text
+    assert [type(v) for v in view.fields.values()] == [str, str]
     # every field named like a keyword: the constructor's way, the view's too
     monkeypatch.setattr(errors, "_KEYWORDS", errors._KEYWORDS | {
         "tool_name", "exception_type", "exception_message", "reason"})
@@ -149,10 +175,6 @@ def test_wrap_with_a_field_named_like_a_keyword_is_taken_or_refused_as_before(
 
 
 # -- the flat error envelope --------------------------------------------------------------
-
-class _Text(str):
-    pass
-
 
 class _Count(enum.IntEnum):
     ONE = 1
@@ -449,3 +471,30 @@ def test_two_scripts_with_the_same_traceback_text_in_threads_get_their_own_sourc
     assert problems == []
     # (the attack: both scripts' tracebacks are the same text)
     assert len({text for _, text in texts}) == 1 and len({src for src, _ in texts}) == 2
+
+
+def test_lines_at_the_remembered_length_edge_and_past_the_count_read_the_same() -> None:
+    from tests.test_translation_fast_paths import general_frames
+
+    source = "\n".join(f"call{n}()" for n in range(1, 60))
+    edge = []
+    for length in (bridge_lua.MAX_KNOWN_LINE - 1, bridge_lua.MAX_KNOWN_LINE,
+                   bridge_lua.MAX_KNOWN_LINE + 1):
+        head = "\tagent.lua:7: in function '"
+        edge.append(head + "n" * (length - len(head) - 1) + "'")
+        assert len(edge[-1]) == length
+    text = "stack traceback:\n" + "\n".join(edge)
+    for _ in range(2):  # the second time from what was remembered
+        script = LuaScript("agent.lua", source)
+        assert script.frames(text) == general_frames(script, text)
+    assert edge[0] in bridge_lua._KNOWN_LINES and edge[1] in bridge_lua._KNOWN_LINES
+    assert edge[2] not in bridge_lua._KNOWN_LINES
+    # more distinct lines than are kept, in one traceback: bounded, and read the same
+    many = "stack traceback:\n" + "\n".join(
+        f"\tagent.lua:{n % 59 + 1}: in local 'f{n}'" for n in range(
+            bridge_lua.MAX_KNOWN_LINES + 500))
+    script = LuaScript("agent.lua", source)
+    frames = script.frames(many)
+    assert len(bridge_lua._KNOWN_LINES) <= bridge_lua.MAX_KNOWN_LINES
+    assert frames == general_frames(script, many)
+    assert frames[0].function == f"f{bridge_lua.MAX_KNOWN_LINES + 499}"
