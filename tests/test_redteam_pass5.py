@@ -68,22 +68,33 @@ def _forget(variant: type[SpellError]) -> None:
         delattr(category, errors.camel(variant.kind))
 
 
-@pytest.mark.parametrize("bases", [(OSError,), (_Tagging,), (KeyError,)],
-                         ids=["oserror", "mixin-new", "keyerror"])
+class _Initing(Exception):
+    """A mixin exception whose own __init__ keeps what it was given."""
+
+    def __init__(self, *args: Any) -> None:
+        self.inited = args
+        super().__init__(*args)
+
+
+@pytest.mark.parametrize("base,shortcut", [(OSError, False), (_Tagging, False),
+                                           (KeyError, False), (_Initing, True)],
+                         ids=["oserror", "mixin-new", "keyerror", "mixin-init"])
 def test_wrap_into_a_variant_with_another_exception_base_is_the_constructors(
-        bases: tuple[type, ...]) -> None:
+        base: type, shortcut: bool) -> None:
     """A BUG found here: the shortcut made every variant with Exception.__new__, which
     refuses a class based on OSError (TypeError: "not safe") and skips a mixin's own
     __new__; the constructor (SpellError.__new__'s super()) does neither."""
-    variant = _variant("Mixed" + bases[0].__name__.strip("_"), *bases)
+    variant = _variant("Mixed" + base.__name__.strip("_"), base)
     try:
         err = ToolError.wrap(ValueError("v"), kind=variant.kind, tool_name="t")
         slow = variant(frames=err.frames, cause=err.__cause__, tool_name="t")
         assert type(err) is variant and _state(err) == _state(slow)
-        assert getattr(err, "tagged", False) == getattr(slow, "tagged", False)
-        assert getattr(err, "tagged", False) == (bases == (_Tagging,))
-        # (such a variant goes to the constructor; the usual ones keep the shortcut)
-        assert not variant._exception_new
+        for name in ("tagged", "inited"):
+            assert getattr(err, name, None) == getattr(slow, name, None)
+        assert getattr(err, "tagged", False) == (base is _Tagging)
+        assert getattr(err, "inited", None) == (("t failed",) if base is _Initing else None)
+        # (only where Exception.__new__ is what the constructor reaches: the shortcut)
+        assert variant._exception_new == shortcut
         assert type(ToolError.wrap(ValueError("v"), tool_name="t"))._exception_new
     finally:
         _forget(variant)
