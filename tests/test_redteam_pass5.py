@@ -509,3 +509,20 @@ def test_lines_at_the_remembered_length_edge_and_past_the_count_read_the_same() 
     assert len(bridge_lua._KNOWN_LINES) <= bridge_lua.MAX_KNOWN_LINES
     assert frames == general_frames(script, many)
     assert frames[0].function == f"f{bridge_lua.MAX_KNOWN_LINES + 499}"
+
+
+def test_more_file_names_than_scans_kept_read_the_same() -> None:
+    # 300 file names > the 256 scans kept: a scan made again is another object, and the
+    # lines a forgotten one read are read again, not taken as its
+    from tests.test_translation_fast_paths import general_frames
+
+    source = "a()\nb()\nc()"
+    for _ in range(2):
+        for n in range(300):
+            name = f"f{n}.lua"
+            text = (f"stack traceback:\n\t{name}:2: in local 'g'\n\tf{n + 1}.lua:3: in x"
+                    f"\n\t{name}:3: in main chunk")
+            script = LuaScript(name, source)
+            frames = script.frames(text)
+            assert frames == general_frames(script, text)
+            assert [(f.line, f.source) for f in frames] == [(3, "c()"), (2, "b()")]
