@@ -291,6 +291,46 @@ def test_a_tool_authors_own_error_reaches_the_script_as_the_long_way_gives_it(
     assert isinstance(fast[0], list) and fast[0][2] == code  # the script caught it
 
 
+HOOKED = """local main
+for _, v in pairs(debug.getregistry()) do if type(v) == "thread" then main = v end end
+assert(main, "no main thread")
+local fired = 0
+debug.sethook(main, function() fired = fired + 1 %s end, "c")
+local ok, e = pcall(tools.t, {a = 1})
+debug.sethook(main)
+return {tostring(ok), type(e) == "table" and e.code or tostring(e), fired > 0}"""
+
+
+@pytest.mark.parametrize("body", ["", "error('hook says no')", "tools.t{}"],
+                         ids=["counting", "raising", "calling-a-tool"])
+def test_a_trusted_scripts_hook_on_the_main_thread_sees_both_ways_alike(
+        body: str, monkeypatch: pytest.MonkeyPatch, lua_version: str) -> None:
+    # put_error (like put) is Lua code the host runs on the main thread: a trusted
+    # script's hook there fires inside it, raises, or calls a tool (which cannot yield)
+    def run() -> Any:
+        engine = lua_engine.LuaEngine(sandbox="trusted")
+        deadline = time.monotonic() + 10
+        try:
+            step = engine.start(HOOKED % body, "agent.lua", None, [ToolInfo("t", "")],
+                                deadline)
+            while isinstance(step, Suspended):
+                request = step.requests[0]
+                step = engine.resume([ToolReply(request.id, error=level(inner()))],
+                                     deadline)
+            if isinstance(step, Finished):
+                return step.result
+            assert isinstance(step, Failed)
+            return step.error.code, str(step.error).split("\n")[0]
+        finally:
+            engine.close()
+
+    fast = run()
+    monkeypatch.setattr(lua_engine, "_flat_envelope", lambda envelope, ints: None)
+    assert run() == fast
+    if not body and lua_version != "luajit":  # (LuaJIT keeps no main thread there)
+        assert fast == ["false", "tool/execution_failed", True]
+
+
 # -- registry._LOADED emptied while a call site is made -------------------------------------
 
 def _run(source: str, envelope: Any = None, *, memory_mb: int = 32) -> tuple[Any, list[int]]:
