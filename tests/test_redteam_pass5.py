@@ -340,17 +340,28 @@ def _run(source: str, envelope: Any = None, *, memory_mb: int = 32) -> tuple[Any
     engine = lua_engine.LuaEngine(limits=Limits(timeout=10, memory_mb=memory_mb))
     deadline = time.monotonic() + 10
     sites = []
-    back = "debug.getregistry()._LOADED == package.loaded"
+    # the table is back, the empty one stays empty, and (Lua 5.4, 5.5) the swap is on
+    back = """(function(site)
+  local up = {}
+  for i = 1, 64 do
+    local name, value = debug.getupvalue(site, i)
+    if not name then break end
+    up[name] = value
+  end
+  return debug.getregistry()._LOADED == package.loaded and next(up.UNLOADED) == nil
+    and (up.REGISTRY ~= nil) == (jit == nil)
+end)"""
     try:
         step = engine.start(source, "agent.lua", None, [ToolInfo("t", "")], deadline)
         while True:
+            if isinstance(step, Suspended):
+                request = step.requests[0]
+                sites.append(len(request.frames))  # (the site is made here)
             engine._set_max_memory(0)  # (the check's own chunk: not the script's memory)
-            assert engine._lua.eval(back)
+            assert engine._lua.eval(back)(engine._lua_site)
             engine._set_max_memory(engine._memory_limit)
             if not isinstance(step, Suspended):
                 break
-            request = step.requests[0]
-            sites.append(len(request.frames))
             reply = ToolReply(request.id, error=envelope) if envelope is not None \
                 else ToolReply(request.id, result=1)
             step = engine.resume([reply], deadline)
