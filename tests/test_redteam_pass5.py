@@ -100,46 +100,22 @@ def test_wrap_into_a_variant_with_another_exception_base_is_the_constructors(
         _forget(variant)
 
 
-class _StrNotText(Exception):
-    def __str__(self) -> Any:
-        return 42  # str() refuses it: TypeError
-
-
-class _ReprBroken(Exception):
-    def __repr__(self) -> str:
-        raise RuntimeError("no repr")
-
-
-class _ArgsSelf(Exception):
-    pass
-
-
-class _StrSubclass(Exception):
-    def __str__(self) -> str:
-        return _Text("a str subclass")
-
-
-class _LyingMeta(type):
+class _LyingMeta(type):  # a class whose names are not text
     def __getattribute__(cls, name: str) -> Any:
-        if name == "__qualname__":
-            return 42
-        if name == "__module__":
-            return _Text("mod")
-        return super().__getattribute__(name)
-
-
-class _Lying(Exception, metaclass=_LyingMeta):
-    pass
+        lie = {"__qualname__": 42, "__module__": _Text("mod")}.get(name)
+        return super().__getattribute__(name) if lie is None else lie
 
 
 _Weird = type("Weird", (Exception,), {})
 _Weird.__qualname__ = "Outer.<locals>.W\u00e9ird" + "q" * 3000
-_HOSTILE = [_StrNotText("x"), _ReprBroken("y"), _Weird("z"), BaseException("base"),
-            KeyboardInterrupt(), Exception(), Exception(None, 1, {"a": [1]})]
-_self_args = _ArgsSelf()
+_self_args = Exception()
 _self_args.args = (_self_args,)
-_HOSTILE.append(_self_args)
-_HOSTILE += [_StrSubclass(), _Lying("l")]
+_HOSTILE = [type("StrNotText", (Exception,), {"__str__": lambda self: 42})("x"),
+            type("ReprBroken", (Exception,), {"__repr__": lambda self: 1 / 0})("y"),
+            type("StrSubclass", (Exception,), {"__str__": lambda self: _Text("sub")})(),
+            _LyingMeta("Lying", (Exception,), {})("l"), _Weird("z"), _self_args,
+            BaseException("base"), KeyboardInterrupt(), Exception(),
+            Exception(None, 1, {"a": [1]})]
 
 
 @pytest.mark.parametrize("exc", _HOSTILE, ids=range(len(_HOSTILE)))
@@ -187,14 +163,6 @@ def test_wrap_with_a_field_named_like_a_keyword_is_taken_or_refused_as_before(
 
 # -- the flat error envelope --------------------------------------------------------------
 
-class _Count(enum.IntEnum):
-    ONE = 1
-
-
-class _Real(float):
-    pass
-
-
 _P = {"a": 1}
 _SELFISH = {"tool_name": "t"}
 _SELFISH["me"] = _SELFISH
@@ -213,8 +181,9 @@ ODD: dict[str, tuple[Any, bool, bool]] = {
         "cause": "c", "traceback": "t", "fields": "f", "code": "x", "__index": 1,
         "": "", "ref": -1, "message": None}), True, True),
     "a str subclass message": (level(message=_Text("sub")), False, False),
-    "an IntEnum field": (level(fields={"n": _Count.ONE}), False, False),
-    "a float subclass in a parameter": (level(fields={"p": {"x": _Real(1.5)}}), False, False),
+    "an IntEnum field": (level(fields={"n": enum.IntEnum("Count", "ONE").ONE}), False, False),
+    "a float subclass in a parameter": (
+        level(fields={"p": {"x": type("Real", (float,), {})(1.5)}}), False, False),
     "a bool as ref": (level(ref=True), False, False),
     "a float ref": (level(ref=1.0), False, False),
     "the parameters are the inner level's fields": (
