@@ -1,19 +1,22 @@
 """Red team of issue 17's fifth pass: its Lua fast ways attacked as a hostile script (or a
-careless tool) would.
+careless tool author) would.
 
-- SpellError.wrap's shortcut (no constructor keywords): a variant with a base that has
-  its own ``__new__`` (OSError, a mixin exception), exceptions whose text or type name
-  misbehave, fields named like the constructor's keywords: the same error (or the same
-  refusal) as the constructor gives.
-- The flat error envelope: odd envelopes a tool's error may carry (NaN and infinities,
-  ints at the version's edges, keys named like the error table's own, str/int/float
-  subclasses, a dict met twice or holding itself, a level that is its own cause): the
-  script sees what the long way gives, and the sizes agree.
-- registry._LOADED emptied while a call site's traceback is made: to-be-closed handlers,
-  coroutines in metamethods, a site out of memory at every margin near the limit: it is
-  always put back, and Lua's own messages still name the libraries.
-- The remembered traceback lines: two real scripts of the same file name, different
-  sources, taking turns from two threads: each error's frames point at its own lines.
+- SpellError.wrap's shortcut: a user's variant with another exception base (OSError, a
+  mixin's own __new__ or __init__; the BUG found: see the first test), exceptions whose
+  text or type names misbehave, fields named like the constructor's keywords: the same
+  error (or refusal) as the constructor gives.
+- The flat error envelope: odd envelopes (NaN, infinities, ints at each version's edges,
+  keys named like the error table's own, str/int/float subclasses, a dict met twice or
+  holding itself, a level that is its own cause, a tool author's own variant, the most
+  values put_error takes, a trusted script's hook on the main thread): the script sees
+  what the long way gives, and the sizes agree.
+- registry._LOADED emptied while a call site is made: to-be-closed handlers and
+  metamethods calling tools, the script's own string metatable, a site out of memory at
+  each margin near the limit: always put back, the empty table stays empty, Lua's own
+  messages still name the libraries; a trusted script's package.loaded still names.
+- The remembered traceback lines: two real scripts whose tracebacks are the same text
+  with other source lines, in two threads; lines at 511/512/513 characters; more lines
+  than are kept; more file names than scans kept.
 """
 
 from __future__ import annotations
