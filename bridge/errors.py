@@ -182,6 +182,10 @@ class SpellError(Exception):
     # a Python traceback whose frames are this error's, read on first use (see wrap)
     _frames_from = None  # TracebackType | None
     _cause_view = None  # SpellError | None
+    # whether SpellError.__new__ makes this variant with Exception.__new__ (no base after
+    # SpellError has a __new__ of its own: OSError, a mixin's), set as it is registered;
+    # SpellError.wrap's shortcut calls Exception.__new__ only then (see _wrapped)
+    _exception_new = False
 
     def _made(self, fields: dict[str, Any], message: str | None,
               severity: Severity | str | int | None = None, retryable: bool | None = None,
@@ -540,7 +544,7 @@ def _wrapped(cls: type[SpellError], exc: BaseException, category: str | type[Spe
     lazy = held or cause is exc
     frames = [] if lazy else python_frames(exc.__traceback__)
     if variant.__init__ is SpellError.__init__ and variant.__new__ is SpellError.__new__ \
-            and fields.keys().isdisjoint(_KEYWORDS):
+            and variant._exception_new and fields.keys().isdisjoint(_KEYWORDS):
         # the constructor's work without its keyword arguments (the same error)
         err = Exception.__new__(variant)
         err._made(fields if valid else _validate_fields(variant, fields), None,
@@ -617,6 +621,7 @@ def _register_variant(cls: type[SpellError], kind: str) -> None:
                         f"{_VARIANTS[cls.category, kind].__name__}")
     cls.kind = kind
     cls._field_defaults = _collect_fields(cls)
+    cls._exception_new = super(SpellError, cls).__new__ is Exception.__new__
     _VARIANTS[cls.category, kind] = cls
     setattr(_CATEGORIES[cls.category], camel(kind), cls)
 
