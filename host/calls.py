@@ -27,6 +27,7 @@ its own expiry by :class:`DeadlineReached` and turns it into its error.
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -252,8 +253,6 @@ def ends_the_run(exc: BaseException) -> bool:
     ``Host.run`` as it leaves any Python code, and so does the event loop cancelling the
     run (trio's ``Cancelled``; asyncio's reaches this thread as an ``Exception``).
     """
-    import sys
-
     if isinstance(exc, KeyboardInterrupt):
         return True
     trio = sys.modules.get("trio")
