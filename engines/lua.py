@@ -373,38 +373,6 @@ def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
 _FLAT_LEVELS, _FLAT_FIELDS = 4, 8
 
 
-def _scalars_size(value: list | dict, ints: tuple[int, int]) -> int | None:
-    """What :func:`_plain_size` counts for a list or dict that holds only scalars (text,
-    numbers within ``ints``, booleans, None; a dict's keys text); None for anything else."""
-    if type(value) is dict:
-        size = 0
-        for key, item in value.items():
-            kind = type(item)
-            if type(key) is not str:
-                return None
-            size += 8 + len(key)
-            if kind is str:
-                size += len(item)
-            elif kind is int:
-                if not ints[0] <= item <= ints[1]:
-                    return None
-            elif kind not in _SCALARS:
-                return None
-        return size
-    size = 8 * len(value)
-    for item in value:
-        kind = type(item)
-        if kind is str:
-            if len(item) > _LUA_SHORT_STRING:  # (Lua interns shorter ones)
-                size += len(item)
-        elif kind is int:
-            if not ints[0] <= item <= ints[1]:
-                return None
-        elif kind not in _SCALARS:
-            return None
-    return size
-
-
 def _flat_envelope(envelope: Any, ints: tuple[int, int]
                    ) -> tuple[list[Any], int, bool] | None:
     """An error envelope as the host usually makes it, as the values the prelude's
@@ -455,7 +423,9 @@ def _flat_envelope(envelope: Any, ints: tuple[int, int]
                 if not ints[0] <= item <= ints[1]:
                     return None
             elif item_kind is dict or item_kind is list:
-                inner = None if id(item) in seen else _scalars_size(item, ints)
+                # (a level below the deepest _plain_size takes: scalars only)
+                inner = None if id(item) in seen else _plain_size(
+                    item, ints, MAX_DEPTH - 1, set())
                 if inner is None:
                     return None
                 seen.append(id(item))
