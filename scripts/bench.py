@@ -290,13 +290,13 @@ return M
 HOP_JS = "exports.add_js = function (p) { return p.a + p.b; };\n"
 
 
-def hop_host(folder: Path, *more: Any) -> Host:
+def hop_host(folder: Path, *more: Any, **options: Any) -> Host:
     """A host with the Python tool ``add`` (and ``more`` tools) and the tools files
-    ``add_lua``, ``add_js``."""
+    ``add_lua``, ``add_js``; ``options`` for Host (``timeout``...)."""
     (folder / "hop.lua").write_text(HOP_LUA)
     (folder / "hop.js").write_text(HOP_JS)
     return Host([add, *more, folder / "hop.lua", folder / "hop.js"],
-                on_output=lambda line: None)
+                on_output=lambda line: None, **options)
 
 
 def tools_file_call(language: str, n: int) -> float:

@@ -30,7 +30,8 @@ import bench
 
 def _host_loop(language: str, source: str) -> Callable[[int], None]:
     def run(n: int) -> None:
-        host = bench.hop_host(Path(tempfile.mkdtemp()), bench.explode)
+        # (callgrind runs code some 50 times slower: no run's time limit is near)
+        host = bench.hop_host(Path(tempfile.mkdtemp()), bench.explode, timeout=3600)
         host.run_source(source, language, "b", {"n": 10, "call": True})
         host.run_source(source, language, "b", {"n": n, "call": True})
 
