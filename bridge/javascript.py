@@ -105,17 +105,15 @@ def read_stack(
     # One scan of the whole text, and frames made as plain tuples: a match object per
     # line, and Frame()'s keyword handling, cost more than everything else here.
     frames = []
-    append, names, short = frames.append, _FUNCTION_NAMES, SHORT_DIGITS  # locals: hot loop
-    # position() inlined for short runs of ASCII digits (\d matches non-ASCII digits too,
-    # which an ASCII text has none of): None when out of range, the text being the script's
-    ascii = text.isascii()
-    for function, file, line, column in _FRAMES.findall(text):
+    append, known = frames.append, _KNOWN_AT  # locals: hot loop
+    for found in _FRAMES.findall(text):  # (function, file, line, column)
+        function, file = found[0], found[1]
         if hidden and function.startswith(HIDDEN_PREFIX):
             continue
-        number = int(line) if len(line) < short and (ascii or line.isascii()) \
-            else position(line)
-        at = int(column) if len(column) < short and (ascii or column.isascii()) \
-            else position(column)
+        read = known.get(found)
+        if read is None:
+            read = _read_at(found)
+        number, at, name = read
         source = None
         if file == PLACEHOLDER_FILE or file == filename:
             file = filename
@@ -124,8 +122,7 @@ def read_stack(
                 # source_excerpt() inlined for a line that needs no cut
                 source = (code.strip() or None) if len(code) <= MAX_SOURCE_LINE \
                     else source_excerpt(code, at)
-        append(_new_tuple(Frame, (LANGUAGE, file, number, at, names.get(function, function),
-                                  source)))
+        append(_new_tuple(Frame, (LANGUAGE, file, number, at, name, source)))
     frames.reverse()
     at = None
     if not frames:  # a parse position matters only to an error without frames
@@ -133,6 +130,30 @@ def read_stack(
         if found and position(found[1]) is not None:
             at = (position(found[1]), position(found[2]))
     return frames, at
+
+
+# What _read_at read from a frame's parts (function, file, line, column): a loop fails at
+# the same few places, and one lookup of the parts costs less than converting two numbers
+# and a name. A plain dict emptied when full; parts with a long function name (a script's
+# to choose) are read every time.
+_KNOWN_AT: dict[tuple[str, str, str, str], tuple[int | None, int | None, str]] = {}
+MAX_KNOWN_AT = 4096
+MAX_KNOWN_NAME = 512
+
+
+def _read_at(found: tuple[str, str, str, str]) -> tuple[int | None, int | None, str]:
+    """A stack line's line and column (None when out of range: see :func:`position`) and
+    the function as frames name it, remembered in :data:`_KNOWN_AT`."""
+    function, _, line, column = found
+    # (\d matches non-ASCII digits too: position refuses them, and long runs)
+    number = int(line) if len(line) < SHORT_DIGITS and line.isascii() else position(line)
+    at = int(column) if len(column) < SHORT_DIGITS and column.isascii() else position(column)
+    read = (number, at, _FUNCTION_NAMES.get(function, function))
+    if len(function) + len(found[1]) <= MAX_KNOWN_NAME:
+        if len(_KNOWN_AT) >= MAX_KNOWN_AT:
+            _KNOWN_AT.clear()
+        _KNOWN_AT[found] = read
+    return read
 
 
 def parse_stack(text: str, filename: str, lines: Sequence[str] | None = None) -> list[Frame]:

@@ -245,3 +245,34 @@ def test_a_real_deep_lua_error_translates_as_by_the_general_path() -> None:
     assert [f.line for f in fast.frames][-3:] == [18, 19, 20]
     assert fast.frames[-1].source == "function f20() error('deep failure') end"
     assert fast.fields["script_line"] == 20
+
+
+def test_js_frames_read_the_same_when_their_parts_are_remembered(monkeypatch) -> None:
+    """read_stack remembers what it read from a frame's parts (line, column, name): a
+    stack read again, under another file name or source, or after the memory was emptied
+    when full, gives the frames a first reading gives; long names are not remembered."""
+    import bridge.javascript as js
+
+    names = ["f", "<eval>", "", "a.b", "x" * 600, "polyspell$x", "\u0663"]
+    rng = random.Random(7)
+    stacks = ["\n".join(f"    at {rng.choice(names)} ({rng.choice(['<input>', 'b.js'])}:"
+                        f"{rng.choice(NUMBERS)}:{rng.choice(NUMBERS)})"
+                        for _ in range(rng.randint(1, 6))) for _ in range(200)]
+    sources = [SOURCE.splitlines(), ["one"], None]
+
+    def expected(stack: str) -> list[tuple]:  # each frame's reading, made by hand
+        return [(position(line), position(column), {"<eval>": "<script>", "": "<anonymous>"}
+                 .get(function, function))
+                for function, _, line, column in reversed(js._FRAMES.findall(stack))
+                if not function.startswith("polyspell$")]
+
+    monkeypatch.setattr(js, "MAX_KNOWN_AT", 64)  # emptied often
+    for stack in stacks:
+        for name in ("agent.js", "b.js"):
+            for lines in sources:
+                first = read_stack(stack, name, lines)[0]
+                again = read_stack(stack, name, lines)[0]  # from memory
+                assert again == first
+                assert [(f.line, f.column, f.function) for f in again] == expected(stack)
+                assert len(js._KNOWN_AT) <= 64
+    assert not any(len(found[0]) > 512 for found in js._KNOWN_AT)
