@@ -334,6 +334,24 @@ _ENVELOPE_KEYS = frozenset({"category", "kind", "name", "message", "fields", "re
 _ENVELOPE_KEY_BYTES = sum(8 + len(key) for key in _ENVELOPE_KEYS)
 
 
+def _envelope_level(envelope: Any, ints: tuple[int, int]) -> tuple[Any, ...] | None:
+    """One level of an error envelope as the host makes it: its category, kind, name,
+    message, fields, retryable, retry_after and ref, when it has the nine keys with
+    strings, a dict of fields, a bool, numbers within ``ints`` (or None); else None."""
+    if type(envelope) is not dict or envelope.keys() != _ENVELOPE_KEYS:
+        return None
+    read = category, kind, name, message, fields, retryable, retry_after, ref = (
+        envelope["category"], envelope["kind"], envelope["name"], envelope["message"],
+        envelope["fields"], envelope["retryable"], envelope["retry_after"], envelope["ref"])
+    if not (type(category) is str and type(kind) is str and type(name) is str
+            and type(message) is str and type(fields) is dict and type(retryable) is bool
+            and (retry_after is None or type(retry_after) is float
+                 or (type(retry_after) is int and ints[0] <= retry_after <= ints[1]))
+            and (ref is None or (type(ref) is int and ints[0] <= ref <= ints[1]))):
+        return None
+    return read
+
+
 def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
     """What :func:`_plain_size` returns for an error envelope as the host makes it (its
     nine keys on each level: strings, a bool, numbers, a dict of fields and the cause's
@@ -343,20 +361,12 @@ def _envelope_size(envelope: Any, ints: tuple[int, int]) -> int | None:
     seen: set[int] = set()
     depth = 0
     while True:
-        if type(envelope) is not dict or envelope.keys() != _ENVELOPE_KEYS \
-                or depth >= MAX_DEPTH or id(envelope) in seen:
+        level = None if depth >= MAX_DEPTH or id(envelope) in seen \
+            else _envelope_level(envelope, ints)
+        if level is None:
             return None
         seen.add(id(envelope))
-        category, kind, name, message, fields, retry_after, ref = (
-            envelope["category"], envelope["kind"], envelope["name"], envelope["message"],
-            envelope["fields"], envelope["retry_after"], envelope["ref"])
-        if not (type(category) is str and type(kind) is str and type(name) is str
-                and type(message) is str and type(fields) is dict
-                and type(envelope["retryable"]) is bool
-                and (retry_after is None or type(retry_after) is float
-                     or (type(retry_after) is int and ints[0] <= retry_after <= ints[1]))
-                and (ref is None or (type(ref) is int and ints[0] <= ref <= ints[1]))):
-            return None
+        category, kind, name, message, fields = level[:5]
         inner = _plain_size(fields, ints, depth + 1, seen)
         if inner is None:
             return None
@@ -394,20 +404,11 @@ def _flat_envelope(envelope: Any, ints: tuple[int, int]
     size = 0
     nested = False
     while True:
-        if len(levels) == _FLAT_LEVELS or type(envelope) is not dict \
-                or envelope.keys() != _ENVELOPE_KEYS:
+        read = None if len(levels) == _FLAT_LEVELS else _envelope_level(envelope, ints)
+        if read is None:
             return None
-        category, kind, name, message, fields, retryable, retry_after, ref = (
-            envelope["category"], envelope["kind"], envelope["name"], envelope["message"],
-            envelope["fields"], envelope["retryable"], envelope["retry_after"],
-            envelope["ref"])
-        if not (type(category) is str and type(kind) is str and type(name) is str
-                and type(message) is str and type(fields) is dict
-                and len(fields) <= _FLAT_FIELDS and type(retryable) is bool
-                and (retry_after is None or type(retry_after) is float
-                     or (type(retry_after) is int and ints[0] <= retry_after <= ints[1]))
-                and (ref is None or (type(ref) is int and ints[0] <= ref <= ints[1]))
-                and id(fields) not in seen):
+        category, kind, name, message, fields, retryable, retry_after, ref = read
+        if len(fields) > _FLAT_FIELDS or id(fields) in seen:
             return None
         seen.append(id(fields))
         size += _ENVELOPE_KEY_BYTES + len(category) + len(kind) + len(name) + len(message)
