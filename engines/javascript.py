@@ -1295,18 +1295,18 @@ def _flat_error(envelope: Any) -> list[Any] | None:
         bit = 1
         for key, value in fields.items():
             of = value.__class__
-            if of is float:
-                if value - value != 0.0:  # inf or nan: JSON text refuses them
-                    return None
-            elif of is str:
+            if of is str:
                 if not value.isascii() and not _utf8(value):
                     value = _encode(value)  # (escapes the lone surrogate)
                     mask |= bit
-            elif of is int:
-                if not -_INT32 <= value < _INT32:
-                    value = float(value) if -_SAFE_INT <= value <= _SAFE_INT else str(value)
-                    if value.__class__ is str:  # its digits, read as JSON reads them
-                        mask |= bit
+            elif of is int or of is float:
+                number = _flat_number(value)
+                if number is None:
+                    if of is float:  # inf or nan: JSON text refuses them
+                        return None
+                    number = str(value)  # an int past 2**53: its digits, read as JSON
+                    mask |= bit
+                value = number
             elif of is not bool and value is not None:  # a list, a dict...
                 try:
                     value = _encode(value)
