@@ -259,6 +259,44 @@ class _NotData(Exception):
         self.problem = Problem(path, data_type, f"{path} {problem}")
 
 
+_TABLE_BYTES = 56  # a Lua table without its slots (sizeof(Table), Lua 5.4 on 64 bits)
+
+
+class _Shared(Exception):
+    """Python data holding one list or dict in two places (raised by :func:`_check_data`).
+
+    lupa's recursive ``table_from`` builds the second one wrongly (an empty table, another
+    table, or a "lost reference" error: it remembers the first as a stack slot it has
+    freed since), so such data crosses as :func:`_unshared` copies it.
+    """
+
+
+def _unshared(value: Any, room: list[int], depth: int, path: set[int]) -> Any:
+    """``value`` with each list, tuple and dict in it a copy of its own, as JSON carries
+    data (and the JavaScript engine gets it, and Lua data comes back to Python).
+
+    Raises :class:`_NoRoom` once the copies pass ``room[0]`` bytes as Lua tables (at
+    least _TABLE_BYTES each, and 8 a slot), so that a list held twice at each of many
+    levels costs no more than data of the memory limit's size. A container deeper than MAX_DEPTH
+    or inside itself (``path``: those being copied) stays as it is, for _check_data to
+    refuse.
+    """
+    kind = type(value)
+    if (kind is not dict and kind is not list and kind is not tuple) \
+            or depth >= MAX_DEPTH or id(value) in path:
+        return value
+    room[0] -= _TABLE_BYTES + 8 * len(value)
+    if room[0] < 0:
+        raise _NoRoom
+    path.add(id(value))
+    if kind is dict:
+        copy: Any = {key: _unshared(item, room, depth + 1, path) for key, item in value.items()}
+    else:
+        copy = [_unshared(item, room, depth + 1, path) for item in value]
+    path.discard(id(value))
+    return copy
+
+
 _PLAIN_DATA = _SCALARS | {int, list, dict}
 _JUST_INTS = {int}
 _SMALL_DICT = 32  # dicts up to this long are looked at item by item (faster up to ~32)
@@ -272,9 +310,8 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
     is not, or may not be (for :func:`_check_data` to say why, or to count it)."""
     # type(x), never x.__class__: a proxy (Django's SimpleLazyObject...) answers that
     # with its target's class, and would cross as a str or an int it is not.
-    if depth >= MAX_DEPTH:
+    if depth >= MAX_DEPTH or id(value) in seen:  # or held twice: for _check_data
         return None
-    first = id(value) not in seen
     seen.add(id(value))
     is_dict = type(value) is dict
     if is_dict and len(value) <= _SMALL_DICT:  # a record: cheaper item by item
@@ -296,7 +333,7 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
                 size += inner
             elif kind not in _SCALARS:
                 return None
-        return size if first else 0
+        return size
     if is_dict:
         if not set(map(type, value)) <= {str}:
             return None
@@ -324,7 +361,7 @@ def _plain_size(value: list | dict, ints: tuple[int, int], depth: int, seen: set
                 if inner is None:
                     return None
                 size += inner
-    return size if first else 0
+    return size
 
 
 # The keys of an error envelope (bridge.envelope.error_envelope), and what they weigh in
@@ -470,15 +507,16 @@ def _not_source(script: LuaScript, source: str) -> str:
             f"at index {at})")
 
 
-def _check_data(value: Any, path: str, depth: int, seen: set[int],
+def _check_data(value: Any, path: str, depth: int, seen: dict[int, bool],
                 ints: tuple[int, int] = _INT64) -> int:
-    """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold.
+    """Raise :class:`_NotData` unless ``value`` is JSON-like data that Lua can hold, or
+    :class:`_Shared` when it holds a list or dict twice (``seen``: the containers met, True
+    while on the path walked; one met again on it, a cycle, is walked on until too deep).
 
-    Returns a lower bound of the bytes the value takes as a Lua value, counting each list
-    and dict once (lupa builds one table for an object however often it is referenced):
-    8 bytes a slot; a dict entry also its key's length and its string value's (each entry
-    costs a node and a string of its own for the key, more than a short string value);
-    a list's long strings (over 40 bytes: Lua interns only shorter ones) their length.
+    Returns a lower bound of the bytes the value takes as a Lua value: 8 bytes a slot; a
+    dict entry also its key's length and its string value's (each entry costs a node and
+    a string of its own for the key, more than a short string value); a list's long
+    strings (over 40 bytes: Lua interns only shorter ones) their length.
     """
     kind = type(value)
     if value is None or kind is bool or kind is float:
@@ -494,8 +532,9 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int],
         return len(value)
     if depth >= MAX_DEPTH:
         raise _NotData(path, f"is nested more than {MAX_DEPTH} levels deep", kind.__name__)
-    first = id(value) not in seen
-    seen.add(id(value))
+    if seen.get(id(value)) is False:
+        raise _Shared
+    seen[id(value)] = True
     size = 0
     if kind is dict:
         for key, item in value.items():
@@ -503,11 +542,13 @@ def _check_data(value: Any, path: str, depth: int, seen: set[int],
                 raise _NotData(path, f"has a key that is not a string ({key!r})", "dict")
             size += 8 + len(key) + (len(item) if type(item) is str else
                                     _check_data(item, f"{path}.{key}", depth + 1, seen, ints))
-        return size if first else 0
+        seen[id(value)] = False
+        return size
     if kind is list or kind is tuple:
         for index, item in enumerate(value, 1):
             size += 8 + _check_data(item, f"{path}[{index}]", depth + 1, seen, ints)
-        return size if first else 0
+        seen[id(value)] = False
+        return size
     raise _NotData(path, f"is a {kind.__name__}, not JSON-like data", kind.__name__)
 
 
@@ -991,18 +1032,14 @@ class LuaEngine(Engine):
         if kind is dict and path == "error":  # a failure's envelope: its known shape
             size = _envelope_size(value, ints)  # type: ignore[assignment]
             if size is None:
-                size = _plain_size(value, ints, 0, set())  # type: ignore[assignment]
-                if size is None:  # not plain, or not data: the walk that names the path
-                    size = _check_data(value, path, 0, set(), ints)
+                value, size = self._sized(value, path)
         elif kind is dict:  # the usual tool result: a flat dict, checked in one loop
             size = 0
             for key, item in value.items():
                 item_kind = type(item)
                 if type(key) is not str or (item_kind not in _SCALARS and (
                         item_kind is not int or not ints[0] <= item <= ints[1])):
-                    size = _plain_size(value, ints, 0, set())  # type: ignore[assignment]
-                    if size is None:  # not plain, or not data: the walk that names the path
-                        size = _check_data(value, path, 0, set(), ints)
+                    value, size = self._sized(value, path)
                     break
                 if item_kind is str:
                     size += len(item)
@@ -1015,7 +1052,7 @@ class LuaEngine(Engine):
                     return self._table_from(_utf8_data(value))
         elif kind is int:
             if not ints[0] <= value <= ints[1]:
-                _check_data(value, path, 0, set(), ints)  # raises _NotData
+                _check_data(value, path, 0, {}, ints)  # raises _NotData
             return value
         elif kind is list and ints is _INT64 and set(map(type, value)) == _JUST_INTS:
             # the usual list of ints: lupa refuses one past 64 bits as it copies them
@@ -1025,18 +1062,32 @@ class LuaEngine(Engine):
             try:
                 return self._table_from(value)
             except OverflowError:
-                _check_data(value, path, 0, set(), ints)  # raises _NotData, naming the int
+                _check_data(value, path, 0, {}, ints)  # raises _NotData, naming the int
                 raise
         else:
-            size = _plain_size(value, ints, 0, set()) if kind is list else None
-            if size is None:  # not plain, or not data at all: the walk that names the path
-                size = _check_data(value, path, 0, set(), ints)
+            value, size = self._sized(value, path)
         if size > self._memory_limit:
             raise _NoRoom
         try:
             return self._table_from(value, recursive=True)
         except UnicodeEncodeError:  # a lone surrogate: see _utf8
             return self._table_from(_utf8_data(value), recursive=True)
+
+    def _sized(self, value: Any, path: str) -> tuple[Any, int]:
+        """``value``'s size as :func:`_check_data` counts it (found by :func:`_plain_size`
+        when it is plain data), with ``value``: itself, or its :func:`_unshared` copy when
+        it holds a list or dict twice (see :class:`_Shared`). Raises :class:`_NotData`,
+        naming the path, or :class:`_NoRoom`."""
+        ints = self._ints
+        kind = type(value)
+        size = _plain_size(value, ints, 0, set()) if kind is list or kind is dict else None
+        if size is not None:
+            return value, size
+        try:  # not plain, or not data: the walk that names the path
+            return value, _check_data(value, path, 0, {}, ints)
+        except _Shared:
+            value = _unshared(value, [self._memory_limit], 0, set())
+            return value, _check_data(value, path, 0, {}, ints)
 
     def _from_lua(self, value: Any, what: str) -> Any:
         """Lua data (already checked or copied by the prelude) as JSON-like Python data.

@@ -14,6 +14,7 @@ a caught failure's cost).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from typing import Any
@@ -236,13 +237,12 @@ def test_the_flat_envelope_is_sized_as_the_long_way_sizes_it(name: str) -> None:
 
 
 def test_a_fields_dict_met_twice_goes_the_long_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    # (where lupa's recursive table_from builds it as it builds it: 2.8 makes the second
-    # one the table it is building then, a cycle; not compared here)
     shared = {"tool_name": "t"}
-    source = "local ok, e = pcall(tools.t, {})\nreturn e.code"
+    source = ("local ok, e = pcall(tools.t, {})\n"
+              "return {e.fields.tool_name, e.cause.fields.tool_name}")
     fast, slow, went_flat = both_ways(monkeypatch, source, level(level(fields=shared),
                                                                  fields=shared))
-    assert fast == slow and went_flat == 0
+    assert fast == slow and fast[0] == ["t", "t"] and went_flat == 0
 
 
 @pytest.mark.parametrize("name", ["usual", "four levels", "cancelled", "unicode",
@@ -388,3 +388,77 @@ def test_a_site_that_fails_puts_registry_loaded_back(monkeypatch: pytest.MonkeyP
             engine.close()
             lua_engine.prelude_bytecode.cache_clear()
         monkeypatch.undo()
+
+
+# -- data holding one list or dict in two places ----------------------------------------
+# lupa's recursive table_from builds the second one wrongly (an empty table, another
+# table, a cycle, or a "lost reference" error): such data crosses as JSON would carry it,
+# each place a copy of its own, bounded by the memory limit however often it is shared.
+
+X, Y = {"k": 1, "l": [1, "two"]}, [1, 2]
+SHARED = {
+    "a dict in two keys": {"a": X, "b": X},
+    "in two levels": {"a": {"p": X}, "b": {"p": X}},
+    "a list twice in a list": [Y, Y],
+    "deeper, then nearer (lost reference)": {"a": {"b": {"p": X}}, "c": X},
+    "in tuples": [(X, X), (Y,)],
+    "in a large dict": {f"k{i}": Y for i in range(40)},
+    "beside a lone surrogate": {"a": {"s": "\ud800", "x": X}, "b": X},
+}
+
+
+def handed(value: Any, *, memory_mb: int = 64, error: bool = False) -> Any:
+    """What the script makes of ``value`` handed to it as a tool's result (or in an
+    error's fields): its dump, or the failure's code and text."""
+    reply = {"error": level(fields={"v": value})} if error else {"result": value}
+    source = DUMP + ("local ok, e = pcall(tools.t, {})\nreturn dump(e.fields.v)" if error
+                     else "return dump(tools.t())")
+    engine = lua_engine.LuaEngine(limits=Limits(timeout=10, memory_mb=memory_mb))
+    deadline = time.monotonic() + 10
+    try:
+        step = engine.start(source, "agent.lua", None, [ToolInfo("t", "")], deadline)
+        assert isinstance(step, Suspended)
+        step = engine.resume([ToolReply(step.requests[0].id, **reply)], deadline)
+        if isinstance(step, Finished):
+            return step.result
+        assert isinstance(step, Failed)
+        return step.error.code, str(step.error)
+    finally:
+        engine.close()
+
+
+def unshared(value: Any) -> Any:
+    """``value`` as JSON carries it (lone surrogates as U+FFFD, as Lua gets them)."""
+    text = json.dumps(value).replace("\\ud800", "\\ufffd")
+    return json.loads(text)
+
+
+@pytest.mark.parametrize("error", [False, True], ids=["result", "error field"])
+@pytest.mark.parametrize("name", SHARED)
+def test_data_holding_a_list_or_dict_twice_reaches_the_script_whole(
+        name: str, error: bool) -> None:
+    seen = handed(SHARED[name], error=error)
+    assert seen == handed(unshared(SHARED[name]), error=error)
+    # each place whole: no empty table, X's list as often as X is there
+    assert isinstance(seen, str) and "{}" not in seen
+    assert seen.count("l={") == json.dumps(SHARED[name]).count('"l": [')
+
+
+def test_data_shared_at_every_level_is_refused_by_the_memory_limit_not_copied_on() -> None:
+    # 2**40 places for one list: small in Python, far past any limit as copies of it
+    dag: Any = [1]
+    for _ in range(40):
+        dag = [dag, dag]
+    for error in (False, True):
+        code, text = handed({"d": dag}, memory_mb=16, error=error)
+        assert code == "resource/memory_exhaustion" and "did not fit in the 16 MiB" in text
+    assert handed([Y] * 1000, memory_mb=16).count(":2}") == 1000  # many places, yet it fits
+
+
+def test_a_list_inside_itself_is_refused_as_too_deep_even_when_shared() -> None:
+    cycle: list = [1]
+    cycle.append(cycle)
+    for value in (cycle, {"a": Y, "b": Y, "c": cycle}, {"a": [cycle, cycle]}):
+        code, text = handed(value)
+        assert code == "script/cross_engine_communication"
+        assert "nested more than 100 levels deep" in text
