@@ -690,10 +690,32 @@ class JavaScriptEngine(Engine):
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit
                     self._allow()
-                settle(reply.id, how, value)  # else unguarded: no time limit needed
+                try:
+                    settle(reply.id, how, value)  # else unguarded: no time limit needed
+                except quickjs.JSException as exc:
+                    if how != 1:  # (an error's making may run script code: see _allow)
+                        raise
+                    return self._fail(self._unparsed(exc))
             return self._advance(activation)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _unparsed(self, exc: quickjs.JSException) -> SpellError:
+        """The error for a tool's result, as JSON text, that the prelude's ``settle`` could
+        not hand to the script.
+
+        Only the engine's own code runs there (a resolve function catches what a script's
+        ``then`` throws): its JSON parser fails on the host's text only for want of time or
+        of memory (quickjs throws null when it cannot even make that error: the memory is
+        free again by now, so _observed_limit could not tell).
+        """
+        text = str(exc)
+        if text.strip() != "null" and self._observed_limit(text, False) != "memory":
+            return self._from_python(exc)
+        return translate.resource_error(
+            "memory", "the tool's result did not fit in the memory the script may use",
+            [translate.make_frame(self._filename, None, None, "<script>")],
+            self._limit_values())
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = -math.inf if self._stopped else deadline

@@ -41,8 +41,14 @@ def nest(levels: int) -> object:
     return value
 
 
+@tool
+def many(n: int) -> list:
+    """``n`` one-item lists: small as Python data and JSON, large as tables or arrays."""
+    return [[i] for i in range(n)]
+
+
 def _host(**options: object) -> Host:
-    return Host([echo, nest], on_output=lambda line: None, **options)  # type: ignore[arg-type]
+    return Host([echo, nest, many], on_output=lambda line: None, **options)  # type: ignore[arg-type]
 
 
 def _fails(language: str, lua: str, js: str, **options: object) -> SpellError:
@@ -345,3 +351,19 @@ def test_memory_errors_name_the_limit():
                  't[i] = s end return t', "", memory_mb=16)
     assert isinstance(err, ResourceError.MemoryExhaustion)
     assert "16 MiB" in err.message
+
+
+def test_a_tool_result_the_script_cannot_hold_is_a_memory_error(language):
+    # 400,000 arrays take about 30 MB in either engine: past the limit as they are built.
+    # quickjs's JSON parser, out of memory, throws null (it cannot even make its own
+    # error): the host calls that what it is, not a script's error "null".
+    err = _fails(language, "local ok = pcall(tools.many, {n = 400000}) return ok",
+                 "async function main() { try { await tools.many({n: 400000}); } "
+                 "catch (e) { return String(e); } }", memory_mb=16)
+    assert isinstance(err, ResourceError.MemoryExhaustion), err
+    assert "the tool's result did not fit" in err.message and "16 MiB" in err.message
+    # the same engine size still takes a result that fits
+    assert _host(memory_mb=16).run_source(pick(
+        language, "return #tools.many{n = 20000}",
+        "async function main() { return (await tools.many({n: 20000})).length; }"),
+        language) == 20000
