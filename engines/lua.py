@@ -271,30 +271,25 @@ class _Shared(Exception):
     """
 
 
-def _unshared(value: Any, room: list[int], depth: int, path: set[int]) -> Any:
+def _unshared(value: Any, room: list[int], depth: int) -> Any:
     """``value`` with each list, tuple and dict in it a copy of its own, as JSON carries
     data (and the JavaScript engine gets it, and Lua data comes back to Python).
 
     Raises :class:`_NoRoom` once the copies pass ``room[0]`` bytes as Lua tables (at
     least _TABLE_BYTES each, and 8 a slot), so that a list held twice at each of many
-    levels costs no more than data of the memory limit's size. A container deeper than MAX_DEPTH
-    or inside itself (``path``: those being copied) stays as it is, for _check_data to
-    refuse.
+    levels costs no more than data of the memory limit's size. Containers MAX_DEPTH deep
+    stay as they are, for _check_data to refuse (a cycle is copied round until then): the
+    copy holds no container twice above them.
     """
     kind = type(value)
-    if (kind is not dict and kind is not list and kind is not tuple) \
-            or depth >= MAX_DEPTH or id(value) in path:
+    if (kind is not dict and kind is not list and kind is not tuple) or depth >= MAX_DEPTH:
         return value
     room[0] -= _TABLE_BYTES + 8 * len(value)
     if room[0] < 0:
         raise _NoRoom
-    path.add(id(value))
     if kind is dict:
-        copy: Any = {key: _unshared(item, room, depth + 1, path) for key, item in value.items()}
-    else:
-        copy = [_unshared(item, room, depth + 1, path) for item in value]
-    path.discard(id(value))
-    return copy
+        return {key: _unshared(item, room, depth + 1) for key, item in value.items()}
+    return [_unshared(item, room, depth + 1) for item in value]
 
 
 _PLAIN_DATA = _SCALARS | {int, list, dict}
@@ -1086,7 +1081,7 @@ class LuaEngine(Engine):
         try:  # not plain, or not data: the walk that names the path
             return value, _check_data(value, path, 0, {}, ints)
         except _Shared:
-            value = _unshared(value, [self._memory_limit], 0, set())
+            value = _unshared(value, [self._memory_limit], 0)
             return value, _check_data(value, path, 0, {}, ints)
 
     def _from_lua(self, value: Any, what: str) -> Any:

@@ -458,7 +458,11 @@ def test_data_shared_at_every_level_is_refused_by_the_memory_limit_not_copied_on
 def test_a_list_inside_itself_is_refused_as_too_deep_even_when_shared() -> None:
     cycle: list = [1]
     cycle.append(cycle)
-    for value in (cycle, {"a": Y, "b": Y, "c": cycle}, {"a": [cycle, cycle]}):
+    loop: dict = {"s": Y}  # met again inside its own cycle, after the walk of it ended
+    loop["me"] = loop
+    holder: dict = {"a": Y}
+    holder["b"] = [Y, holder]
+    for value in (cycle, {"a": Y, "b": Y, "c": cycle}, {"a": [cycle, cycle]}, loop, holder):
         code, text = handed(value)
         assert code == "script/cross_engine_communication"
         assert "nested more than 100 levels deep" in text
