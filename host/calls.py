@@ -232,7 +232,7 @@ def script_data(call: ToolCall, next: Next) -> Any:
     checks what the layers answer as a tool's result is checked (``to_script_data``):
     a set or an object a layer returns is ``bridge/type_conversion``, an error the script
     can catch, not a reply its engine refuses, failing the run."""
-    return to_script_data(next(call), call.caller)
+    return to_script_data(next(call), call.caller, "result", 0, call.run.limits.memory_mb)
 
 
 def failure_to_recover(call: ToolCall, exc: BaseException) -> SpellError:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import engines
-from bridge import BridgeError, ScriptError, SpellError
+from bridge import BridgeError, ResourceError, ScriptError, SpellError
 from bridge.data import MAX_DEPTH, plain_json_copy
 from engines.base import Problem, crossing_error
 
@@ -80,7 +80,8 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     return Unfit(path, value, f"is a {type(value).__name__}")
 
 
-def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0) -> Any:
+def to_script_data(value: Any, language: str, path: str = "result", depth: int = 0,
+                   memory_mb: int = engines.DEFAULT_LIMITS.memory_mb) -> Any:
     """A tool's result as JSON-like data a script can hold; ``bridge/type_conversion`` if not.
 
     Lists and mappings nested more than ``bridge.data.MAX_DEPTH`` levels deep are
@@ -89,13 +90,41 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
     Plain lists and dicts (of the builtin types only, ints within the language's range)
     are copied by :func:`_plain_copy`, which names no path; anything else, and any value
     it is not sure of, goes the slow way, which says where and why it cannot cross.
+
+    The copy holds each list and dict once, as JSON would: one held in many places is
+    copied for each. Its copies count against ``memory_mb`` (the run's engine memory
+    limit) as they are made (:data:`_COPY_BYTES` a list or dict and 8 an item), so data
+    that holds one list twice at each of 40 levels is ``resource/memory_exhaustion``,
+    not 2**40 copies.
     """
+    if type(value) is int:  # the usual result first
+        limit = _LIMITS[language]
+        return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
+    room = [memory_mb * 2**20]
+    try:
+        return _script_data(value, language, path, depth, room)
+    except _NoRoom:
+        raise ResourceError.MemoryExhaustion(
+            location=language, available=memory_mb * 2**20,
+            description=f"the tool's result would need more than the {memory_mb} MiB of "
+                        f"memory the script may use once copied for it (each place that "
+                        f"holds one list or dict is a copy of its own)") from None
+
+
+class _NoRoom(Exception):
+    """The copies of :func:`to_script_data` passed the memory they may take."""
+
+
+_COPY_BYTES = 64  # what a list or dict costs at least, before its items
+
+
+def _script_data(value: Any, language: str, path: str, depth: int, room: list[int]) -> Any:
     kind = type(value)
-    if kind is int:  # the usual result first
+    if kind is int:
         limit = _LIMITS[language]
         return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
     if kind is list or kind is dict:
-        copied = _plain_copy(value, _LIMITS[language], depth)
+        copied = _plain_copy(value, _LIMITS[language], depth, room)
         if copied is not None:
             return copied
     if kind is str or kind is float or kind is bool or value is None:
@@ -103,24 +132,28 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
     if isinstance(value, str):  # a StrEnum member, a str subclass: its text, as any engine
         return str.__str__(value)  # has it (a subclass's own __str__ is not data)
     if isinstance(value, int):  # an IntEnum member: its number
-        return to_script_data(int.__index__(value), language, path, depth)
+        return _script_data(int.__index__(value), language, path, depth, room)
     if isinstance(value, float):
         return float.__float__(value)
     if hasattr(kind, "model_dump"):  # a pydantic model (not imported unless used)
-        return to_script_data(value.model_dump(mode="json"), language, path, depth)
+        return _script_data(value.model_dump(mode="json"), language, path, depth, room)
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         raise ScriptError.CrossEngineCommunication(
             from_engine="python", to_engine=language, data_type=type(value).__name__,
             error=f"{path} is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, (Mapping, list, tuple)):
+        room[0] -= _COPY_BYTES + 8 * len(value)
+        if room[0] < 0:
+            raise _NoRoom
     if isinstance(value, Mapping):
         out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _unconvertible(f"a {type(key).__name__} key", language, f"{path}")
-            out[key] = to_script_data(item, language, f"{path}.{key}", depth + 1)
+            out[key] = _script_data(item, language, f"{path}.{key}", depth + 1, room)
         return out
     if isinstance(value, (list, tuple)):
-        return [to_script_data(item, language, f"{path}[{i}]", depth + 1)
+        return [_script_data(item, language, f"{path}[{i}]", depth + 1, room)
                 for i, item in enumerate(value)]
     raise _unconvertible(type(value).__name__, language, path)
 
@@ -128,7 +161,8 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
 _PLAIN = frozenset({str, float, bool, type(None)})  # crossing as they are, as to_script_data does
 
 
-def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | None:
+def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
+                ) -> list | dict | None:
     """A copy of ``value`` as :func:`to_script_data` would make it, when it is plain data:
     lists and dicts (string keys) of plain scalars and ints within ``-limit - 1..limit``,
     nested less than MAX_DEPTH levels deep. None when it is not (anything else: a tuple, a
@@ -138,6 +172,9 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     # with its target's class, and would cross as a str or an int it is not.
     if depth >= MAX_DEPTH:
         return None
+    room[0] -= _COPY_BYTES + 8 * len(value)  # (see to_script_data)
+    if room[0] < 0:
+        raise _NoRoom
     is_dict = type(value) is dict
     if is_dict and len(value) <= _SMALL:  # a record: cheaper item by item
         small = {}
@@ -149,7 +186,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
                 if item > limit or item < -limit - 1:
                     return None
             elif kind is list or kind is dict:
-                item = _plain_copy(item, limit, depth + 1)
+                item = _plain_copy(item, limit, depth + 1, room)
                 if item is None:
                     return None
             elif kind not in _PLAIN:
@@ -183,7 +220,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
         out_dict = {}
         for key, item in value.items():
             if type(item) is list or type(item) is dict:
-                item = _plain_copy(item, limit, depth + 1)
+                item = _plain_copy(item, limit, depth + 1, room)
                 if item is None:
                     return None
             out_dict[key] = item
@@ -191,7 +228,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int) -> list | dict | Non
     out = []
     for item in value:
         if type(item) is list or type(item) is dict:
-            item = _plain_copy(item, limit, depth + 1)
+            item = _plain_copy(item, limit, depth + 1, room)
             if item is None:
                 return None
         out.append(item)

@@ -616,7 +616,8 @@ class ScriptRun:
             kind = result.__class__
             if kind is str or kind is float or kind is bool or result is None:
                 return ToolReply(request.id, result)  # (to_script_data's own first look)
-            return ToolReply(request.id, to_script_data(result, caller))
+            return ToolReply(request.id, to_script_data(result, caller, "result", 0,
+                                                        self.limits.memory_mb))
         except BaseException as exc:
             call = ToolCall(request.tool, tool, request.params, None, caller, request,
                             self._depth, self, self._bound, started)

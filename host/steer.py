@@ -146,7 +146,8 @@ def stop_run(call: ToolCall, stop: StopRun) -> SpellError:
     from host.data import to_script_data
 
     try:
-        result = to_script_data(stop.result, call.caller, "StopRun result")
+        result = to_script_data(stop.result, call.caller, "StopRun result", 0,
+                                call.run.limits.memory_mb)
     except SpellError as err:
         err.__cause__ = stop
         return err

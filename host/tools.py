@@ -119,7 +119,7 @@ class Tool:
             result = run_python(call, self.fn, args, kwargs, self.is_async)
         except (StopRun, AskHuman) as steer:  # the tool steers its run (host.steer)
             return steered(call, steer)
-        return to_script_data(result, call.caller)
+        return to_script_data(result, call.caller, "result", 0, call.run.limits.memory_mb)
 
     @property
     def plain(self) -> bool:

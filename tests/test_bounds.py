@@ -43,12 +43,21 @@ def nest(levels: int) -> object:
 
 @tool
 def many(n: int) -> list:
-    """``n`` one-item lists: small as Python data and JSON, large as tables or arrays."""
-    return [[i] for i in range(n)]
+    """``n`` texts of 1 MiB each, each its own string (nothing counts them twice)."""
+    return [chr(65 + i % 26) * 2**20 for i in range(n)]
+
+
+@tool
+def doubling(levels: int) -> object:
+    """One list held twice at each of ``levels`` levels: 2**levels places, small in Python."""
+    value: object = [1, "x"]
+    for _ in range(levels):
+        value = [value, value]
+    return {"d": value, "also": [value]}
 
 
 def _host(**options: object) -> Host:
-    return Host([echo, nest, many], on_output=lambda line: None, **options)  # type: ignore[arg-type]
+    return Host([echo, nest, many, doubling], on_output=lambda line: None, **options)  # type: ignore[arg-type]
 
 
 def _fails(language: str, lua: str, js: str, **options: object) -> SpellError:
@@ -354,16 +363,35 @@ def test_memory_errors_name_the_limit():
 
 
 def test_a_tool_result_the_script_cannot_hold_is_a_memory_error(language):
-    # 400,000 arrays take about 30 MB in either engine: past the limit as they are built.
-    # quickjs's JSON parser, out of memory, throws null (it cannot even make its own
-    # error): the host calls that what it is, not a script's error "null".
-    err = _fails(language, "local ok = pcall(tools.many, {n = 400000}) return ok",
-                 "async function main() { try { await tools.many({n: 400000}); } "
+    # 20 MiB of text: past the limit as the engine builds it (in JS, quickjs' JSON parser,
+    # out of memory, throws null: it cannot even make its own error; the host calls that
+    # what it is, not a script's error "null"), and the run fails: no script can go on
+    # with a half-built value
+    err = _fails(language, "local ok = pcall(tools.many, {n = 20}) return ok",
+                 "async function main() { try { await tools.many({n: 20}); } "
                  "catch (e) { return String(e); } }", memory_mb=16)
     assert isinstance(err, ResourceError.MemoryExhaustion), err
     assert "the tool's result did not fit" in err.message and "16 MiB" in err.message
     # the same engine size still takes a result that fits
     assert _host(memory_mb=16).run_source(pick(
-        language, "return #tools.many{n = 20000}",
-        "async function main() { return (await tools.many({n: 20000})).length; }"),
-        language) == 20000
+        language, "return #tools.many{n = 4}",
+        "async function main() { return (await tools.many({n: 4})).length; }"),
+        language) == 4
+
+
+
+def test_a_result_holding_one_list_in_many_places_is_bounded_by_the_memory_limit(language):
+    # copied for each place it is in (as JSON would carry it), the copies counted as made:
+    # 2**40 places is a memory error the script can catch, not hours of copying
+    err = _host(memory_mb=16).run_source(pick(
+        language, "local ok, e = pcall(tools.doubling, {levels = 40}) return e.code",
+        "async function main() { try { await tools.doubling({levels: 40}); } "
+        "catch (e) { return e.code; } }"), language)
+    assert err == "resource/memory_exhaustion"
+    # a few places: each a whole copy of its own, the same in both languages
+    seen = _host(memory_mb=16).run_source(pick(
+        language, "local t = tools.doubling{levels = 2} "
+                  "return {t.d[1][2][2], t.also[1][2][1][1], rawequal(t.d, t.also[1])}",
+        "async function main() { const t = await tools.doubling({levels: 2}); "
+        "return [t.d[0][1][1], t.also[0][1][0][0], t.d === t.also[0]]; }"), language)
+    assert seen == ["x", 1, False]

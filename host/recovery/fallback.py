@@ -336,7 +336,7 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
         raise ProviderError.InvalidResponse(
             provider=host, reason=f"the answer of {where} is {why} ({exc})",
             response_excerpt=bytes(body[:200]).decode("utf-8", "replace")) from None
-    return to_script_data(result, call.caller)
+    return to_script_data(result, call.caller, "result", 0, call.run.limits.memory_mb)
 
 
 async def exchange(url: str, content: bytes, limit: float, deadline: float, host: str,
