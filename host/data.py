@@ -93,15 +93,19 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
 
     The copy holds each list and dict once, as JSON would: one held in many places is
     copied for each. Its copies count against ``memory_mb`` (the run's engine memory
-    limit) as they are made (:data:`_COPY_BYTES` a list or dict and 8 an item), so data
-    that holds one list twice at each of 40 levels is ``resource/memory_exhaustion``,
-    not 2**40 copies.
+    limit) as they are made (:data:`_COPY_BYTES` a list or dict and 8 an item; a small
+    dict of scalars in a list, by its slot), so data that holds one list twice at each of
+    40 levels is ``resource/memory_exhaustion``, not 2**40 copies.
     """
     if type(value) is int:  # the usual result first
         limit = _LIMITS[language]
         return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
-    room = [memory_mb * 2**20]
+    room = [memory_mb << 20]
     try:
+        if type(value) is list or type(value) is dict:  # the usual data: _script_data's
+            copied = _plain_copy(value, _LIMITS[language], depth, room)  # first look
+            if copied is not None:
+                return copied
         return _script_data(value, language, path, depth, room)
     except _NoRoom:
         raise ResourceError.MemoryExhaustion(
@@ -172,9 +176,10 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
     # with its target's class, and would cross as a str or an int it is not.
     if depth >= MAX_DEPTH:
         return None
-    room[0] -= _COPY_BYTES + 8 * len(value)  # (see to_script_data)
-    if room[0] < 0:
-        raise _NoRoom
+    # The copies' count (see to_script_data): a record (a small dict) is counted by the
+    # record it is in, if any (a record copied for each slot of a list costs a few times
+    # the slot, counted by the list: bounded); the rest, here, each a list or dict and
+    # its items.
     is_dict = type(value) is dict
     if is_dict and len(value) <= _SMALL:  # a record: cheaper item by item
         small = {}
@@ -186,6 +191,9 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
                 if item > limit or item < -limit - 1:
                     return None
             elif kind is list or kind is dict:
+                room[0] -= _COPY_BYTES
+                if room[0] < 0:
+                    raise _NoRoom
                 item = _plain_copy(item, limit, depth + 1, room)
                 if item is None:
                     return None
@@ -193,6 +201,9 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
                 return None
             small[key] = item
         return small
+    room[0] -= _COPY_BYTES + 8 * len(value)
+    if room[0] < 0:
+        raise _NoRoom
     items = value.values() if is_dict else value
     if is_dict and not set(map(type, value)) <= {str}:
         return None

@@ -48,11 +48,12 @@ def many(n: int) -> list:
 
 
 @tool
-def doubling(levels: int) -> object:
-    """One list held twice at each of ``levels`` levels: 2**levels places, small in Python."""
-    value: object = [1, "x"]
+def doubling(levels: int, records: bool = False) -> object:
+    """One list (or record) held twice at each of ``levels`` levels: 2**levels places,
+    small in Python."""
+    value: object = {"k": 1, "s": "x"} if records else [1, "x"]
     for _ in range(levels):
-        value = [value, value]
+        value = {"l": value, "r": value} if records else [value, value]
     return {"d": value, "also": [value]}
 
 
@@ -383,11 +384,13 @@ def test_a_tool_result_the_script_cannot_hold_is_a_memory_error(language):
 def test_a_result_holding_one_list_in_many_places_is_bounded_by_the_memory_limit(language):
     # copied for each place it is in (as JSON would carry it), the copies counted as made:
     # 2**40 places is a memory error the script can catch, not hours of copying
-    err = _host(memory_mb=16).run_source(pick(
-        language, "local ok, e = pcall(tools.doubling, {levels = 40}) return e.code",
-        "async function main() { try { await tools.doubling({levels: 40}); } "
-        "catch (e) { return e.code; } }"), language)
-    assert err == "resource/memory_exhaustion"
+    for records in ("false", "true"):
+        err = _host(memory_mb=16).run_source(pick(
+            language, f"local ok, e = pcall(tools.doubling, {{levels = 40, records = {records}}})"
+                      " return e.code",
+            "async function main() { try { await tools.doubling({levels: 40, records: "
+            f"{records}}}); }} catch (e) {{ return e.code; }} }}"), language)
+        assert err == "resource/memory_exhaustion"
     # a few places: each a whole copy of its own, the same in both languages
     seen = _host(memory_mb=16).run_source(pick(
         language, "local t = tools.doubling{levels = 2} "
