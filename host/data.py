@@ -124,9 +124,11 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
         limit = _LIMITS[language]
         return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
     if kind is list or kind is dict:
+        left = room[0]
         copied = _plain_copy(value, _LIMITS[language], depth, room)
         if copied is not None:
             return copied
+        room[0] = left  # a look that found it not plain copied nothing: the walk below counts
     if kind is str or kind is float or kind is bool or value is None:
         return value
     if isinstance(value, str):  # a StrEnum member, a str subclass: its text, as any engine
