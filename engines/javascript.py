@@ -87,7 +87,7 @@ except ImportError:  # pragma: no cover - a layout where only the package is imp
 import pydantic_core
 
 from bridge import javascript as translate
-from bridge.data import ITEM_BYTES, MAX_DEPTH
+from bridge.data import ITEM_BYTES, MAX_DEPTH, fits_as_json
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
@@ -673,6 +673,7 @@ class JavaScriptEngine(Engine):
             replies, self._held = self._held, []
             if not replies:
                 return self._advance(activation)
+        room = self._memory_limit()
         try:
             settle = self._settle
             for reply in replies:
@@ -682,11 +683,13 @@ class JavaScriptEngine(Engine):
                     settle(reply.id, 0, value)  # the usual result (_settlement's first case)
                     continue
                 if reply.error is not None:
-                    flat = _flat_error(reply.error)
+                    flat = _flat_error(reply.error, room)
                     if flat is not None:  # the usual envelope (else JSON text, below)
                         self._allow()  # the error's making may run script code (setters)
                         self._settle_error(reply.id, *flat)
                         continue
+                if reply.error is not None and not fits_as_json(reply.error, room):
+                    raise _Unfit  # (as JSON text: see fits_as_json)
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit
                     self._allow()
@@ -697,6 +700,11 @@ class JavaScriptEngine(Engine):
                         raise
                     return self._fail(self._unparsed(exc))
             return self._advance(activation)
+        except _Unfit:
+            return self._fail(translate.resource_error(
+                "memory", "the tool's error did not fit in the memory the script may use",
+                [translate.make_frame(self._filename, None, None, "<script>")],
+                self._limit_values()))
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
@@ -1262,7 +1270,12 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
         return 2, _encode(error_envelope(err))
 
 
-def _flat_error(envelope: Any) -> list[Any] | None:
+class _Unfit(Exception):
+    """A tool's error whose data cannot fit in the run's memory as JSON (see
+    :func:`bridge.data.fits_as_json`)."""
+
+
+def _flat_error(envelope: Any, room: int) -> list[Any] | None:
     """An error envelope as the prelude's ``settleError`` takes it, or None where it is not
     the usual kind (it then crosses as JSON text, which fails as it always did on what has
     no JSON form).
@@ -1304,6 +1317,8 @@ def _flat_error(envelope: Any) -> list[Any] | None:
             if retry_after is None:
                 return None
         if len(fields) > _MASK_BITS:
+            if not fits_as_json(fields, room):
+                raise _Unfit
             try:
                 flat += (name, category, kind, message, retryable, retry_after, ref, -1,
                          _encode(fields))
@@ -1330,6 +1345,8 @@ def _flat_error(envelope: Any) -> list[Any] | None:
                     mask |= bit
                 value = number
             elif of is not bool and value is not None:  # a list, a dict...
+                if not fits_as_json(value, room):
+                    raise _Unfit
                 try:
                     value = _encode(value)
                 except (TypeError, ValueError, RecursionError):

@@ -42,7 +42,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import engines
-from bridge import BridgeError, ConfigurationError, ScriptError, SpellError
+from bridge import BridgeError, ConfigurationError, ResourceError, ScriptError, SpellError
+from bridge.data import fits_as_json
 from bridge.hierarchy import SpellRuntimeError
 from engines import wire
 from engines.base import (
@@ -343,7 +344,18 @@ class ProcessEngine(Engine):
         return self._step(["call", function, params, deadline], deadline)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
-        """See :meth:`Engine.resume`: run in the worker."""
+        """See :meth:`Engine.resume`: run in the worker.
+
+        A tool's error whose data cannot fit in the engine's memory, held in many places,
+        fails here as it would there: JSON text would write it out place by place
+        (:func:`bridge.data.fits_as_json`)."""
+        room = self.limits.memory_mb * _MB
+        for reply in replies:
+            if reply.error is not None and not fits_as_json(reply.error, room):
+                return Failed(ResourceError.MemoryExhaustion(
+                    location=self.language, available=room,
+                    description=f"the tool's error did not fit in the "
+                                f"{self.limits.memory_mb} MiB of memory the script may use"))
         return self._step(["resume", wire.replies_to_wire(replies), deadline], deadline)
 
     def _step(self, message: list[Any], deadline: float) -> Step:
