@@ -9,6 +9,7 @@ so for the engine it goes to (:func:`crossing`), and data the host is given for 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -118,6 +119,34 @@ class _NoRoom(Exception):
 _COPY_BYTES = 64  # what a list or dict costs at least, before its items
 
 
+def _dump_fits(model: Any, room: int) -> bool:
+    """Whether the dump of ``model``, a pydantic model, counts at most ``room`` bytes as
+    :func:`to_script_data` counts its copy (each model a dict of its fields), looked at
+    before it is made: a submodel held in two places at each of 40 levels would be
+    dumped 2**40 times. Looks no deeper than the recursion limit (a cycle: the dump
+    refuses it, as before)."""
+    deepest = sys.getrecursionlimit()
+    stack = [(model, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > deepest:
+            continue
+        if hasattr(type(value), "model_dump"):
+            items = list(getattr(value, "__dict__", {}).values())
+            items += (getattr(value, "__pydantic_extra__", None) or {}).values()
+        elif isinstance(value, Mapping):
+            items = list(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = value
+        else:
+            continue
+        room -= _COPY_BYTES + 8 * len(items)
+        if room < 0:
+            return False
+        stack.extend((item, depth + 1) for item in items)
+    return True
+
+
 def _script_data(value: Any, language: str, path: str, depth: int, room: list[int]) -> Any:
     kind = type(value)
     if kind is int:
@@ -138,6 +167,8 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
     if isinstance(value, float):
         return float.__float__(value)
     if hasattr(kind, "model_dump"):  # a pydantic model (not imported unless used)
+        if not _dump_fits(value, room[0]):  # (its dump writes a shared submodel out whole
+            raise _NoRoom                   # in each place: it is counted first)
         return _script_data(value.model_dump(mode="json"), language, path, depth, room)
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         raise ScriptError.CrossEngineCommunication(
