@@ -246,6 +246,8 @@ class JavaScriptEngine(Engine):
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
         mark = self._nonce = f"{random_bits(64):016x}"  # see LONG_TEXT in the prelude
         self._mark = "\0" + mark + ":"  # (the text has the NUL as \u0000)
+        if args is not None and not fits_as_json(args, self._memory_limit()):
+            return self._fail(self._unfit("the run's arguments"))  # (see fits_as_json)
         try:
             config = _encode({"file": filename, "args": {} if args is None else args,
                               "mark": mark,
@@ -701,12 +703,17 @@ class JavaScriptEngine(Engine):
                     return self._fail(self._unparsed(exc))
             return self._advance(activation)
         except _Unfit:
-            return self._fail(translate.resource_error(
-                "memory", "the tool's error did not fit in the memory the script may use",
-                [translate.make_frame(self._filename, None, None, "<script>")],
-                self._limit_values()))
+            return self._fail(self._unfit("the tool's error"))
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _unfit(self, what: str) -> SpellError:
+        """The memory error for ``what`` (the run's args, a tool's error) when its data,
+        held in many places, would not fit as JSON text writes it: a copy each place."""
+        return translate.resource_error(
+            "memory", f"{what} did not fit in the memory the script may use",
+            [translate.make_frame(self._filename, None, None, "<script>")],
+            self._limit_values())
 
     def _unparsed(self, exc: quickjs.JSException) -> SpellError:
         """The error for a tool's result, as JSON text, that the prelude's ``settle`` could

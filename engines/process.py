@@ -330,7 +330,10 @@ class ProcessEngine(Engine):
 
     def start(self, source: str, filename: str, args: Any, tools: list[ToolInfo],
               deadline: float) -> Step:
-        """See :meth:`Engine.start`: run in the worker."""
+        """See :meth:`Engine.start`: run in the worker (args that would not fit as JSON
+        text writes them fail here: see :meth:`resume`)."""
+        if args is not None and not fits_as_json(args, self.limits.memory_mb * _MB):
+            return self._unfit("the run's arguments")
         return self._step(["start", source, filename, args, wire.tools_to_wire(tools),
                            deadline], deadline)
 
@@ -352,11 +355,14 @@ class ProcessEngine(Engine):
         room = self.limits.memory_mb * _MB
         for reply in replies:
             if reply.error is not None and not fits_as_json(reply.error, room):
-                return Failed(ResourceError.MemoryExhaustion(
-                    location=self.language, available=room,
-                    description=f"the tool's error did not fit in the "
-                                f"{self.limits.memory_mb} MiB of memory the script may use"))
+                return self._unfit("the tool's error")
         return self._step(["resume", wire.replies_to_wire(replies), deadline], deadline)
+
+    def _unfit(self, what: str) -> Failed:
+        return Failed(ResourceError.MemoryExhaustion(
+            location=self.language, available=self.limits.memory_mb * _MB,
+            description=f"{what} did not fit in the {self.limits.memory_mb} MiB of memory "
+                        f"the script may use"))
 
     def _step(self, message: list[Any], deadline: float) -> Step:
         worker = self._worker

@@ -57,7 +57,15 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
     mappings with string keys, nested at most ``bridge.data.MAX_DEPTH`` levels. A mapping
     with another key, or a list or mapping nested deeper, is itself the piece.
+    A list or mapping held in many places is looked at once a depth (one held twice at
+    each of 40 levels is 2**40 places, not 2**40 walks).
     """
+    return _unfit(value, path, depth, set())
+
+
+def _unfit(value: Any, path: str, depth: int, fine: set[tuple[int, int]]) -> Unfit | None:
+    """:func:`not_json_like`; ``fine``: the (id, depth) of the lists and mappings found
+    JSON-like already (what lies below one depends on its depth only)."""
     if value is None or isinstance(value, (bool, int, str)):
         return None
     if isinstance(value, float):
@@ -65,18 +73,24 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         return Unfit(path, value, f"is nested more than {MAX_DEPTH} levels deep", True)
     if isinstance(value, Mapping):
+        if (id(value), depth) in fine:
+            return None
         for key, item in value.items():
             if not isinstance(key, str):
                 return Unfit(path, value, f"has a key that is not a string ({key!r})")
-            found = not_json_like(item, f"{path}.{key}", depth + 1)
+            found = _unfit(item, f"{path}.{key}", depth + 1, fine)
             if found is not None:
                 return found
+        fine.add((id(value), depth))
         return None
     if isinstance(value, (list, tuple)):
+        if (id(value), depth) in fine:
+            return None
         for index, item in enumerate(value):
-            found = not_json_like(item, f"{path}[{index}]", depth + 1)
+            found = _unfit(item, f"{path}[{index}]", depth + 1, fine)
             if found is not None:
                 return found
+        fine.add((id(value), depth))
         return None
     return Unfit(path, value, f"is a {type(value).__name__}")
 
