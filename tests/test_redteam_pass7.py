@@ -244,3 +244,38 @@ def test_a_then_getter_cannot_make_a_results_memory_error(getter: str) -> None:
         assert "did not fit" not in err.message, err
         return
     assert seen.startswith("caught") or seen == "ok"
+
+
+# -- a run's args: the host's check walked each place, then JSON wrote each out --------------
+
+def test_args_holding_one_list_in_many_places_are_a_memory_error(language: str) -> None:
+    for options in ({}, {"isolation": "process"}):
+        host = Host([], on_output=lambda line: None, memory_mb=16, **options)  # type: ignore[arg-type]
+        with pytest.raises(SpellError) as caught:
+            host.run_source(pick(language, "return 1", "async function main() { return 1; }"),
+                            language, args={"d": doubled(40)})
+        assert caught.value.code == "resource/memory_exhaustion", options
+        assert "did not fit" in caught.value.message
+    seen = Host([], on_output=lambda line: None).run_source(pick(
+        language, "return {args.d[2][1][2], #args.d}",
+        "async function main(args) { return [args.d[1][0][1], args.d.length]; }"),
+        language, args={"d": doubled(2)})
+    assert seen == ["x", 2]
+
+
+def test_the_args_check_still_names_what_a_shared_list_holds_at_each_depth() -> None:
+    from bridge import ConfigurationError
+
+    host = Host([], on_output=lambda line: None)
+    bad = [1, {1, 2}]
+    with pytest.raises(ConfigurationError) as caught:
+        host.run_source("return 1", "lua", args={"a": [bad, bad], "b": bad})
+    assert "args.a[0][1]" in caught.value.message
+    deep: Any = [1]
+    for _ in range(95):
+        deep = [deep]
+    # fine 1 level down, too deep 10 levels down: looked at once per depth, not once
+    with pytest.raises(ConfigurationError) as caught:
+        host.run_source("return 1", "lua", args={"a": deep, "b": [[[[[[[[[[deep]]]]]]]]]]})
+    assert "nested more than 100 levels deep" in caught.value.message
+    assert "args.b" in caught.value.message
