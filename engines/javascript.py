@@ -87,7 +87,7 @@ except ImportError:  # pragma: no cover - a layout where only the package is imp
 import pydantic_core
 
 from bridge import javascript as translate
-from bridge.data import ITEM_BYTES, MAX_DEPTH, fits_as_json
+from bridge.data import ITEM_BYTES, MAX_DEPTH, fits_as_json, json_room
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
@@ -685,7 +685,7 @@ class JavaScriptEngine(Engine):
                     settle(reply.id, 0, value)  # the usual result (_settlement's first case)
                     continue
                 if reply.error is not None:
-                    flat = _flat_error(reply.error, room)
+                    flat = _flat_error(reply.error)
                     if flat is not None:  # the usual envelope (else JSON text, below)
                         self._allow()  # the error's making may run script code (setters)
                         self._settle_error(reply.id, *flat)
@@ -1277,12 +1277,18 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
         return 2, _encode(error_envelope(err))
 
 
+# the most an envelope's fields' lists and dicts may count (bridge.data.json_room) to go
+# flat: past it, the envelope goes the long way, checked there against the run's memory
+# limit (data held in many places would be JSON text of a copy each place, without end)
+_FLAT_ROOM = 2**20
+
+
 class _Unfit(Exception):
     """A tool's error whose data cannot fit in the run's memory as JSON (see
     :func:`bridge.data.fits_as_json`)."""
 
 
-def _flat_error(envelope: Any, room: int) -> list[Any] | None:
+def _flat_error(envelope: Any, room: int = _FLAT_ROOM) -> list[Any] | None:
     """An error envelope as the prelude's ``settleError`` takes it, or None where it is not
     the usual kind (it then crosses as JSON text, which fails as it always did on what has
     no JSON form).
@@ -1293,7 +1299,8 @@ def _flat_error(envelope: Any, room: int) -> list[Any] | None:
     (or None) of at most 31 keys, else its JSON text. A field's value goes as itself when it
     is a text the binding can pass, a bool, None or such a number (ints past 32 bits as
     floats: the binding truncates them; within 2**53 a float is exact), else as its JSON
-    text, marked in the level's mask (bit i: the i-th value).
+    text, marked in the level's mask (bit i: the i-th value). Fields whose lists and dicts
+    count past ``room`` in all (:func:`bridge.data.json_room`) are not usual either.
     """
     flat: list[Any] = []
     level = envelope
@@ -1324,8 +1331,9 @@ def _flat_error(envelope: Any, room: int) -> list[Any] | None:
             if retry_after is None:
                 return None
         if len(fields) > _MASK_BITS:
-            if not fits_as_json(fields, room):
-                raise _Unfit
+            room = json_room(fields, room)
+            if room < 0:
+                return None
             try:
                 flat += (name, category, kind, message, retryable, retry_after, ref, -1,
                          _encode(fields))
@@ -1352,8 +1360,9 @@ def _flat_error(envelope: Any, room: int) -> list[Any] | None:
                     mask |= bit
                 value = number
             elif of is not bool and value is not None:  # a list, a dict...
-                if not fits_as_json(value, room):
-                    raise _Unfit
+                room = json_room(value, room)
+                if room < 0:
+                    return None  # (the long way checks it against the memory limit)
                 try:
                     value = _encode(value)
                 except (TypeError, ValueError, RecursionError):
