@@ -46,6 +46,14 @@ def error_with(levels: int, wide: bool = False) -> int:
 
 
 @tool
+def error_long(n: int) -> int:
+    """Raise an error whose field is a long list of ints (no sharing)."""
+    err = SharedFields(data=1)
+    err.fields["data"] = list(range(n))
+    raise err
+
+
+@tool
 def nested_tuple(depth: int, width: int) -> object:
     """Dicts nested ``depth`` deep, each with a plain list; a tuple at the bottom."""
     value: object = {"t": (1, 2)}
@@ -112,7 +120,7 @@ async def later(levels: int) -> object:
     return {"d": doubled(levels)}
 
 
-TOOLS = [error_with, nested_tuple, model, shaped, later]
+TOOLS = [error_with, error_long, nested_tuple, model, shaped, later]
 
 
 def _run(language: str, lua: str, js: str, **options: Any) -> Any:
@@ -170,6 +178,15 @@ def test_an_error_field_shared_a_few_times_crosses_whole(language: str, wide: bo
                 f"wide: {w}}}); }} catch (e) {{ const d = e.fields.data; "
                 "return [e.code, d[0][1][1], d[1][0][0], d.length]; } }")
     assert seen == ["tool/redteam7_shared", "x", 1, 2]
+
+
+def test_a_long_error_field_still_crosses_whole(language: str) -> None:
+    # past what goes flat in JavaScript (_FLAT_ROOM): the long way, within the limit
+    assert _run(language, "local ok, e = pcall(tools.error_long, {n = 200000}) "
+                "return {#e.fields.data, e.fields.data[200000]}",
+                "async function main() { try { await tools.error_long({n: 200000}); } "
+                "catch (e) { return [e.fields.data.length, e.fields.data[199999]]; } }"
+                ) == [200_000, 199_999]
 
 
 # -- results: every copy counted once, as made ---------------------------------------------
