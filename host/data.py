@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import engines
 from bridge import BridgeError, ResourceError, ScriptError, SpellError
-from bridge.data import MAX_DEPTH, plain_json_copy
+from bridge.data import MAX_DEPTH, fits_as_json, plain_json_copy
 from engines.base import Problem, crossing_error
 
 
@@ -119,11 +119,24 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
     try:
         return _script_data(value, language, path, depth, room)
     except _NoRoom:
-        raise ResourceError.MemoryExhaustion(
-            location=language, available=memory_mb * 2**20,
-            description=f"the tool's result would need more than the {memory_mb} MiB of "
-                        f"memory the script may use once copied for it (each place that "
-                        f"holds one list or dict is a copy of its own)") from None
+        raise _no_room(language, memory_mb, "the tool's result") from None
+
+
+def check_room(value: Any, language: str, memory_mb: int, what: str) -> None:
+    """Raise ``resource/memory_exhaustion`` (as :func:`to_script_data` does) when
+    ``value``'s lists and dicts, each place counted (:func:`bridge.data.fits_as_json`),
+    pass ``memory_mb``: for data handed on as it is (a hook's answer), which each engine
+    and the host's own copies write out once a place."""
+    if not fits_as_json(value, memory_mb * 2**20):
+        raise _no_room(language, memory_mb, what)
+
+
+def _no_room(language: str, memory_mb: int, what: str) -> SpellError:
+    return ResourceError.MemoryExhaustion(
+        location=language, available=memory_mb * 2**20,
+        description=f"{what} would need more than the {memory_mb} MiB of memory the "
+                    f"script may use once copied for it (each place that holds one list "
+                    f"or dict is a copy of its own)")
 
 
 class _NoRoom(Exception):
