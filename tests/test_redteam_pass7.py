@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from bridge import SpellError
 from bridge.hierarchy import ToolError
-from host import Host, StopRun, tool
+from host import Host, StopRun, hooks, tool
 from tests.conftest import pick
 
 
@@ -296,3 +296,22 @@ def test_the_args_check_still_names_what_a_shared_list_holds_at_each_depth() -> 
         host.run_source("return 1", "lua", args={"a": deep, "b": [[[[[[[[[[deep]]]]]]]]]]})
     assert "nested more than 100 levels deep" in caught.value.message
     assert "args.b" in caught.value.message
+
+
+# -- a hook's answer in a tool's place: it does not pass the script_data layer ---------------
+
+@pytest.mark.parametrize("levels, seen", [(40, "resource/memory_exhaustion"), (2, "x")])
+def test_a_hooks_skip_result_held_in_many_places_is_bounded(
+        language: str, levels: int, seen: str) -> None:
+    # before: JavaScript's _settlement wrote 2**40 places of JSON (a hang); Lua copied
+    # within its limit but failed the run, which the script could not catch
+    @hooks.controller("before_tool_call")
+    def cached(ctx: Any) -> Any:
+        return hooks.Skip({"d": doubled(levels)})
+
+    host = Host([later], hooks=[cached], on_output=lambda line: None, memory_mb=16)
+    assert host.run_source(pick(
+        language, "local ok, r = pcall(tools.later, {levels = 0})\n"
+                  "if ok then return r.d[2][1][2] end return r.code",
+        "async function main() { try { return (await tools.later({levels: 0})).d[1][0][1]; }"
+        " catch (e) { return e.code; } }"), language) == seen
