@@ -407,12 +407,13 @@ def d_run(hook: Hook, args: tuple, token: Any) -> Any:
     return run_hook(hook, args, token)
 
 
-def _checked(value: Any, hook: Hook | None, action: str, call: ToolCall,
+def _checked(value: Any, hook: Hook | None, action: str, call: ToolCall | None = None,
              what: str = "result") -> Any:
     """``value`` if it is JSON-like data a script can hold, else ``hook/invalid_result``
     (one that cannot even be looked at, a mapping of the hook's whose ``items`` raises,
     too: the hook's answer is at fault, not the tool); ``resource/memory_exhaustion`` if
-    it holds one list in so many places that its copies pass the run's memory limit."""
+    it holds one list in so many places that its copies pass the run's memory limit
+    (given the ``call`` it answers, for a script)."""
     name = hook.name if hook is not None else "?"
     point = hook.point if hook is not None else ""
     try:
@@ -423,8 +424,9 @@ def _checked(value: Any, hook: Hook | None, action: str, call: ToolCall,
             reason=f"{action}'s {what} cannot be read "
                    f"({describe_exception(exc, qualified=False)}): a script receives "
                    f"JSON-like data") from exc
-    if unfit is None:  # and within the run's memory, however often it holds one list
-        check_room(value, call.caller, call.run.limits.memory_mb, f"{action}'s {what}")
+    if unfit is None:
+        if call is not None:  # for a script: within its memory, however often it holds a list
+            check_room(value, call.caller, call.run.limits.memory_mb, f"{action}'s {what}")
         return value
     raise HookError.InvalidResult(
         hook_name=name, hook_point=point,
