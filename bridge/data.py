@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from itertools import accumulate
 from typing import Any
 
@@ -78,6 +79,37 @@ class TooDeep(ValueError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"nested more than {limit} levels deep")
         self.limit = limit
+
+
+def fits_as_json(value: Any, room: int) -> bool:
+    """Whether ``value``'s lists and dicts, each place counted (64 bytes a list or dict
+    and 8 an item, as host.data counts a tool's result: less than either engine needs
+    to hold them), take at most ``room`` bytes (see :func:`json_room`)."""
+    return json_room(value, room) >= 0
+
+
+def json_room(value: Any, room: int) -> int:
+    """``room`` less what ``value``'s lists and dicts count as :func:`fits_as_json` counts
+    them; negative once past it (the walk stops there).
+
+    JSON text writes a list held in many places once for each: one held twice at each of
+    40 levels is 2**40 copies, which an encoder would write until the host runs out of
+    memory. This walk stops once it has counted ``room``; it looks no deeper than an
+    encoder can go (the recursion limit), so a cycle fails there as it always did.
+    """
+    deepest = sys.getrecursionlimit()  # (read each call: a host may raise it)
+    stack = [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, (dict, list, tuple)) or depth > deepest:
+            continue
+        room -= 64 + 8 * len(value)
+        if room < 0:
+            return room
+        depth += 1
+        stack.extend((item, depth) for item in (
+            value.values() if isinstance(value, dict) else value))
+    return room
 
 
 def json_depth(text: str) -> int:

@@ -87,7 +87,7 @@ except ImportError:  # pragma: no cover - a layout where only the package is imp
 import pydantic_core
 
 from bridge import javascript as translate
-from bridge.data import ITEM_BYTES, MAX_DEPTH
+from bridge.data import ITEM_BYTES, MAX_DEPTH, fits_as_json, json_room
 from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
@@ -246,6 +246,8 @@ class JavaScriptEngine(Engine):
         self._max_text = self._memory_limit()  # the longest answer of poll Python reads
         mark = self._nonce = f"{random_bits(64):016x}"  # see LONG_TEXT in the prelude
         self._mark = "\0" + mark + ":"  # (the text has the NUL as \u0000)
+        if args is not None and not fits_as_json(args, self._memory_limit()):
+            return self._fail(self._unfit("the run's arguments"))  # (see fits_as_json)
         try:
             config = _encode({"file": filename, "args": {} if args is None else args,
                               "mark": mark,
@@ -673,6 +675,7 @@ class JavaScriptEngine(Engine):
             replies, self._held = self._held, []
             if not replies:
                 return self._advance(activation)
+        room = self._memory_limit()
         try:
             settle = self._settle
             for reply in replies:
@@ -687,6 +690,8 @@ class JavaScriptEngine(Engine):
                         self._allow()  # the error's making may run script code (setters)
                         self._settle_error(reply.id, *flat)
                         continue
+                if reply.error is not None and not fits_as_json(reply.error, room):
+                    raise _Unfit  # (as JSON text: see fits_as_json)
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit
                     self._allow()
@@ -697,8 +702,18 @@ class JavaScriptEngine(Engine):
                         raise
                     return self._fail(self._unparsed(exc))
             return self._advance(activation)
+        except _Unfit:
+            return self._fail(self._unfit("the tool's error"))
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _unfit(self, what: str) -> SpellError:
+        """The memory error for ``what`` (the run's args, a tool's error) when its data,
+        held in many places, would not fit as JSON text writes it: a copy each place."""
+        return translate.resource_error(
+            "memory", f"{what} did not fit in the memory the script may use",
+            [translate.make_frame(self._filename, None, None, "<script>")],
+            self._limit_values())
 
     def _unparsed(self, exc: quickjs.JSException) -> SpellError:
         """The error for a tool's result, as JSON text, that the prelude's ``settle`` could
@@ -1262,7 +1277,18 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
         return 2, _encode(error_envelope(err))
 
 
-def _flat_error(envelope: Any) -> list[Any] | None:
+# the most an envelope's fields' lists and dicts may count (bridge.data.json_room) to go
+# flat: past it, the envelope goes the long way, checked there against the run's memory
+# limit (data held in many places would be JSON text of a copy each place, without end)
+_FLAT_ROOM = 2**20
+
+
+class _Unfit(Exception):
+    """A tool's error whose data cannot fit in the run's memory as JSON (see
+    :func:`bridge.data.fits_as_json`)."""
+
+
+def _flat_error(envelope: Any, room: int = _FLAT_ROOM) -> list[Any] | None:
     """An error envelope as the prelude's ``settleError`` takes it, or None where it is not
     the usual kind (it then crosses as JSON text, which fails as it always did on what has
     no JSON form).
@@ -1273,7 +1299,8 @@ def _flat_error(envelope: Any) -> list[Any] | None:
     (or None) of at most 31 keys, else its JSON text. A field's value goes as itself when it
     is a text the binding can pass, a bool, None or such a number (ints past 32 bits as
     floats: the binding truncates them; within 2**53 a float is exact), else as its JSON
-    text, marked in the level's mask (bit i: the i-th value).
+    text, marked in the level's mask (bit i: the i-th value). Fields whose lists and dicts
+    count past ``room`` in all (:func:`bridge.data.json_room`) are not usual either.
     """
     flat: list[Any] = []
     level = envelope
@@ -1304,6 +1331,9 @@ def _flat_error(envelope: Any) -> list[Any] | None:
             if retry_after is None:
                 return None
         if len(fields) > _MASK_BITS:
+            room = json_room(fields, room)
+            if room < 0:
+                return None
             try:
                 flat += (name, category, kind, message, retryable, retry_after, ref, -1,
                          _encode(fields))
@@ -1330,6 +1360,9 @@ def _flat_error(envelope: Any) -> list[Any] | None:
                     mask |= bit
                 value = number
             elif of is not bool and value is not None:  # a list, a dict...
+                room = json_room(value, room)
+                if room < 0:
+                    return None  # (the long way checks it against the memory limit)
                 try:
                     value = _encode(value)
                 except (TypeError, ValueError, RecursionError):

@@ -42,7 +42,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import engines
-from bridge import BridgeError, ConfigurationError, ScriptError, SpellError
+from bridge import BridgeError, ConfigurationError, ResourceError, ScriptError, SpellError
+from bridge.data import fits_as_json
 from bridge.hierarchy import SpellRuntimeError
 from engines import wire
 from engines.base import (
@@ -329,7 +330,10 @@ class ProcessEngine(Engine):
 
     def start(self, source: str, filename: str, args: Any, tools: list[ToolInfo],
               deadline: float) -> Step:
-        """See :meth:`Engine.start`: run in the worker."""
+        """See :meth:`Engine.start`: run in the worker (args that would not fit as JSON
+        text writes them fail here: see :meth:`resume`)."""
+        if args is not None and not fits_as_json(args, self.limits.memory_mb * _MB):
+            return self._unfit("the run's arguments")
         return self._step(["start", source, filename, args, wire.tools_to_wire(tools),
                            deadline], deadline)
 
@@ -343,8 +347,22 @@ class ProcessEngine(Engine):
         return self._step(["call", function, params, deadline], deadline)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
-        """See :meth:`Engine.resume`: run in the worker."""
+        """See :meth:`Engine.resume`: run in the worker.
+
+        A tool's error whose data cannot fit in the engine's memory, held in many places,
+        fails here as it would there: JSON text would write it out place by place
+        (:func:`bridge.data.fits_as_json`)."""
+        room = self.limits.memory_mb * _MB
+        for reply in replies:
+            if reply.error is not None and not fits_as_json(reply.error, room):
+                return self._unfit("the tool's error")
         return self._step(["resume", wire.replies_to_wire(replies), deadline], deadline)
+
+    def _unfit(self, what: str) -> Failed:
+        return Failed(ResourceError.MemoryExhaustion(
+            location=self.language, available=self.limits.memory_mb * _MB,
+            description=f"{what} did not fit in the {self.limits.memory_mb} MiB of memory "
+                        f"the script may use"))
 
     def _step(self, message: list[Any], deadline: float) -> Step:
         worker = self._worker

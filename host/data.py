@@ -9,12 +9,13 @@ so for the engine it goes to (:func:`crossing`), and data the host is given for 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import engines
 from bridge import BridgeError, ResourceError, ScriptError, SpellError
-from bridge.data import MAX_DEPTH, plain_json_copy
+from bridge.data import MAX_DEPTH, fits_as_json, plain_json_copy
 from engines.base import Problem, crossing_error
 
 
@@ -56,7 +57,15 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     JSON-like: None, booleans, ints, finite floats, strings, lists (and tuples) and
     mappings with string keys, nested at most ``bridge.data.MAX_DEPTH`` levels. A mapping
     with another key, or a list or mapping nested deeper, is itself the piece.
+    A list or mapping held in many places is looked at once a depth (one held twice at
+    each of 40 levels is 2**40 places, not 2**40 walks).
     """
+    return _unfit(value, path, depth, set())
+
+
+def _unfit(value: Any, path: str, depth: int, fine: set[tuple[int, int]]) -> Unfit | None:
+    """:func:`not_json_like`; ``fine``: the (id, depth) of the lists and mappings found
+    JSON-like already (what lies below one depends on its depth only)."""
     if value is None or isinstance(value, (bool, int, str)):
         return None
     if isinstance(value, float):
@@ -64,18 +73,24 @@ def not_json_like(value: Any, path: str, depth: int = 0) -> Unfit | None:
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         return Unfit(path, value, f"is nested more than {MAX_DEPTH} levels deep", True)
     if isinstance(value, Mapping):
+        if (id(value), depth) in fine:
+            return None
         for key, item in value.items():
             if not isinstance(key, str):
                 return Unfit(path, value, f"has a key that is not a string ({key!r})")
-            found = not_json_like(item, f"{path}.{key}", depth + 1)
+            found = _unfit(item, f"{path}.{key}", depth + 1, fine)
             if found is not None:
                 return found
+        fine.add((id(value), depth))
         return None
     if isinstance(value, (list, tuple)):
+        if (id(value), depth) in fine:
+            return None
         for index, item in enumerate(value):
-            found = not_json_like(item, f"{path}[{index}]", depth + 1)
+            found = _unfit(item, f"{path}[{index}]", depth + 1, fine)
             if found is not None:
                 return found
+        fine.add((id(value), depth))
         return None
     return Unfit(path, value, f"is a {type(value).__name__}")
 
@@ -108,11 +123,24 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
                 return copied
         return _script_data(value, language, path, depth, room)
     except _NoRoom:
-        raise ResourceError.MemoryExhaustion(
-            location=language, available=memory_mb * 2**20,
-            description=f"the tool's result would need more than the {memory_mb} MiB of "
-                        f"memory the script may use once copied for it (each place that "
-                        f"holds one list or dict is a copy of its own)") from None
+        raise _no_room(language, memory_mb, "the tool's result") from None
+
+
+def check_room(value: Any, language: str, memory_mb: int, what: str) -> None:
+    """Raise ``resource/memory_exhaustion`` (as :func:`to_script_data` does) when
+    ``value``'s lists and dicts, each place counted (:func:`bridge.data.fits_as_json`),
+    pass ``memory_mb``: for data handed on as it is (a hook's answer), which each engine
+    and the host's own copies write out once a place."""
+    if not fits_as_json(value, memory_mb * 2**20):
+        raise _no_room(language, memory_mb, what)
+
+
+def _no_room(language: str, memory_mb: int, what: str) -> SpellError:
+    return ResourceError.MemoryExhaustion(
+        location=language, available=memory_mb * 2**20,
+        description=f"{what} would need more than the {memory_mb} MiB of memory the "
+                    f"script may use once copied for it (each place that holds one list "
+                    f"or dict is a copy of its own)")
 
 
 class _NoRoom(Exception):
@@ -122,15 +150,45 @@ class _NoRoom(Exception):
 _COPY_BYTES = 64  # what a list or dict costs at least, before its items
 
 
+def _dump_fits(model: Any, room: int) -> bool:
+    """Whether the dump of ``model``, a pydantic model, counts at most ``room`` bytes as
+    :func:`to_script_data` counts its copy (each model a dict of its fields), looked at
+    before it is made: a submodel held in two places at each of 40 levels would be
+    dumped 2**40 times. Looks no deeper than the recursion limit (a cycle: the dump
+    refuses it, as before)."""
+    deepest = sys.getrecursionlimit()
+    stack = [(model, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > deepest:
+            continue
+        if hasattr(type(value), "model_dump"):
+            items = list(getattr(value, "__dict__", {}).values())
+            items += (getattr(value, "__pydantic_extra__", None) or {}).values()
+        elif isinstance(value, Mapping):
+            items = list(value.values())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            items = value
+        else:
+            continue
+        room -= _COPY_BYTES + 8 * len(items)
+        if room < 0:
+            return False
+        stack.extend((item, depth + 1) for item in items)
+    return True
+
+
 def _script_data(value: Any, language: str, path: str, depth: int, room: list[int]) -> Any:
     kind = type(value)
     if kind is int:
         limit = _LIMITS[language]
         return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
     if kind is list or kind is dict:
+        left = room[0]
         copied = _plain_copy(value, _LIMITS[language], depth, room)
         if copied is not None:
             return copied
+        room[0] = left  # a look that found it not plain copied nothing: the walk below counts
     if kind is str or kind is float or kind is bool or value is None:
         return value
     if isinstance(value, str):  # a StrEnum member, a str subclass: its text, as any engine
@@ -140,6 +198,8 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
     if isinstance(value, float):
         return float.__float__(value)
     if hasattr(kind, "model_dump"):  # a pydantic model (not imported unless used)
+        if not _dump_fits(value, room[0]):  # (its dump writes a shared submodel out whole
+            raise _NoRoom                   # in each place: it is counted first)
         return _script_data(value.model_dump(mode="json"), language, path, depth, room)
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         raise ScriptError.CrossEngineCommunication(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from bridge import HookError, SpellError
 from bridge.errors import describe_exception
 from host.calls import as_spell_error, failure_to_recover
-from host.data import not_json_like
+from host.data import check_room, not_json_like
 from host.hooks.actions import Fail, Recover, Rethrow, Retry, Skip
 from host.hooks.dispatch import MAX_PATH, Dispatcher, Hook, Record, hook_failure, record
 from host.hooks.points import (
@@ -220,14 +220,14 @@ class ToolCallHooks:
                     action, hook = d.decide("before_tool_call", context, records, token,
                                             _with_params)
                     if isinstance(action, Skip):
-                        result = _checked(action.result, hook, "Skip")
+                        result = _checked(action.result, hook, "Skip", call)
                         self._finished(call, result, None, 1, records, token,
                                        recoveries=recoveries)
                         return result
                     if isinstance(action, Fail):
                         raise _fail_error(call, action, hook)
                     if action.params is not None:  # Proceed with changed parameters
-                        _checked(action.params, hook, "Proceed", "params")
+                        _checked(action.params, hook, "Proceed", call, "params")
                         call.params, call.problem = action.params, None
                 except SpellError as failed:  # a Fail, or a controller that failed
                     self._finished(call, None, failed, 1, records, token,
@@ -255,7 +255,7 @@ class ToolCallHooks:
                         attempt += 1
                         continue
                 elif isinstance(action, Recover):
-                    result = _checked(action.result, hook, "Recover")
+                    result = _checked(action.result, hook, "Recover", call)
                     recovered, err = err, None
                 elif isinstance(action, Rethrow):
                     err = _rethrown(action, err, hook)
@@ -407,10 +407,13 @@ def d_run(hook: Hook, args: tuple, token: Any) -> Any:
     return run_hook(hook, args, token)
 
 
-def _checked(value: Any, hook: Hook | None, action: str, what: str = "result") -> Any:
+def _checked(value: Any, hook: Hook | None, action: str, call: ToolCall | None = None,
+             what: str = "result") -> Any:
     """``value`` if it is JSON-like data a script can hold, else ``hook/invalid_result``
     (one that cannot even be looked at, a mapping of the hook's whose ``items`` raises,
-    too: the hook's answer is at fault, not the tool)."""
+    too: the hook's answer is at fault, not the tool); ``resource/memory_exhaustion`` if
+    it holds one list in so many places that its copies pass the run's memory limit
+    (given the ``call`` it answers, for a script)."""
     name = hook.name if hook is not None else "?"
     point = hook.point if hook is not None else ""
     try:
@@ -422,6 +425,8 @@ def _checked(value: Any, hook: Hook | None, action: str, what: str = "result") -
                    f"({describe_exception(exc, qualified=False)}): a script receives "
                    f"JSON-like data") from exc
     if unfit is None:
+        if call is not None:  # for a script: within its memory, however often it holds a list
+            check_room(value, call.caller, call.run.limits.memory_mb, f"{action}'s {what}")
         return value
     raise HookError.InvalidResult(
         hook_name=name, hook_point=point,
