@@ -107,8 +107,9 @@ def json_room(value: Any, room: int) -> int:
         if room < 0:
             return room
         depth += 1
-        stack.extend((item, depth) for item in (
-            value.values() if isinstance(value, dict) else value))
+        for item in value.values() if isinstance(value, dict) else value:
+            if isinstance(item, (dict, list, tuple)):  # (scalars count in their slot)
+                stack.append((item, depth))
     return room
 
 

@@ -675,7 +675,6 @@ class JavaScriptEngine(Engine):
             replies, self._held = self._held, []
             if not replies:
                 return self._advance(activation)
-        room = self._memory_limit()
         try:
             settle = self._settle
             for reply in replies:
@@ -690,7 +689,8 @@ class JavaScriptEngine(Engine):
                         self._allow()  # the error's making may run script code (setters)
                         self._settle_error(reply.id, *flat)
                         continue
-                if reply.error is not None and not fits_as_json(reply.error, room):
+                if reply.error is not None and not fits_as_json(reply.error,
+                                                                self._memory_limit()):
                     raise _Unfit  # (as JSON text: see fits_as_json)
                 how, value = _settlement(reply)
                 if how:  # JSON, or an error: the prelude's code that reads it needs the limit

@@ -121,6 +121,7 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
             copied = _plain_copy(value, _LIMITS[language], depth, room)  # first look
             if copied is not None:
                 return copied
+            room[0] = memory_mb << 20  # a look that found it not plain copied nothing
         return _script_data(value, language, path, depth, room)
     except _NoRoom:
         raise _no_room(language, memory_mb, "the tool's result") from None
