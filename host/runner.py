@@ -454,6 +454,7 @@ class ScriptRun:
         thread = self._thread = threading.Thread(
             target=context.run, args=(self._run_thread,), name=f"polyspell run {self.filename}",
             daemon=True)
+        _running.add(self)
         thread.start()
         self.control.ended.wait()
         return self._outcome
@@ -464,7 +465,19 @@ class ScriptRun:
         except BaseException as exc:  # handed to the waiting task, as anyio's worker did
             self._outcome = _Escaped(exc)
         finally:
+            _running.discard(self)
             self.control.ended.set()
+
+    def _stop_at_exit(self) -> None:
+        """Interpreter exit with the run in progress (on a thread the program did not wait
+        for): its engines are told to stop (``Engine.stop`` may be called from any
+        thread), and :func:`_wait_at_exit` waits a moment for its thread to end."""
+        if self.control.ended.is_set():
+            return
+        stopping = [engine.stop() for engine in list(self._engines)]
+        thread = self._thread
+        if thread is not None and any(stopping) and self.control.in_tool_kind != "sync":
+            _stopping.add(thread)
 
     def _drive(self) -> Any:
         control = self.control
@@ -1232,12 +1245,17 @@ class _Raised(Exception):
 # script stops within about 20 ms): interpreter exit waits for them, EXIT_WAIT seconds
 # at most in all. A daemon thread still running Python code when the interpreter
 # finalizes is ended where it stands, and where that is inside pydantic-core (building
-# the run's error) the process aborts ("FATAL: exception not rethrown").
+# the run's error) the process aborts ("FATAL: exception not rethrown"). Runs still in
+# progress at exit (_running: on a thread the program left running) are stopped then
+# and waited for the same way.
 _stopping: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+_running: weakref.WeakSet[ScriptRun] = weakref.WeakSet()
 EXIT_WAIT = 1.0
 
 
 def _wait_at_exit() -> None:
+    for run in list(_running):
+        run._stop_at_exit()
     ends = time.monotonic() + EXIT_WAIT
     for thread in list(_stopping):
         thread.join(max(0.0, ends - time.monotonic()))

@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -469,6 +470,37 @@ def test_interpreter_exit_with_a_run_in_progress_leaves_no_worker(tmp_path):
     assert time.monotonic() - began < 20  # it did not wait for the run's 60 s
     pids = [int(pid) for pid in done.stdout.split()]
     assert pids and all(wait_until(lambda pid=pid: not alive(pid)) for pid in pids)
+
+
+@pytest.mark.parametrize("isolation", ["thread", "process"])
+def test_interpreter_exit_stops_a_run_still_in_progress_and_waits_for_it(isolation):
+    # A daemon thread running Python code when the interpreter finalizes is ended where
+    # it stands, and inside pydantic-core that aborts the process ("FATAL: exception not
+    # rethrown", seen once in a few full runs of the test above): exit stops the run and
+    # waits (EXIT_WAIT at most) for its thread to end first.
+    import host.runner as runner
+
+    host = Host(isolation=isolation, timeout=60, on_output=lambda line: None)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            host.run_source("while true do end", "lua")
+        except BaseException as exc:
+            raised.append(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    assert wait_until(lambda: any(r.control.in_tool_kind is None and r._thread is not None
+                                  for r in list(runner._running)))
+    time.sleep(0.2)  # inside the loop
+    runs = list(runner._running)
+    began = time.monotonic()
+    runner._wait_at_exit()
+    assert time.monotonic() - began < runner.EXIT_WAIT + 0.5
+    assert all(not r._thread.is_alive() for r in runs), "exit did not wait for the run"
+    assert wait_until(lambda: bool(raised))
+    assert isinstance(raised[0], SpellError) and raised[0].code == "script/resource_exhaustion"
+    host.close()
 
 
 def test_a_worker_cannot_undo_its_death_with_the_host(tmp_path):
