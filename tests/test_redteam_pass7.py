@@ -17,14 +17,30 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+import bridge.errors as errors
 from bridge import SpellError
 from bridge.hierarchy import ToolError
 from host import Host, StopRun, hooks, tool
 from tests.conftest import pick
 
+_VARIANT: list[type[ToolError]] = []
 
-class SharedFields(ToolError, kind="redteam7_shared", template="shared fields"):
-    data: Any = None
+
+def shared_fields(**fields: Any) -> ToolError:
+    """An error of a tool author's own variant, made on first use (at import, it would be
+    in every other module's list of variants: the catalog's test compares it with the
+    CLI's) and forgotten when this module's tests end."""
+    if not _VARIANT:
+        _VARIANT.append(type("SharedFields", (ToolError,), {
+            "__annotations__": {"data": "Any"}, "data": None, "__module__": __name__},
+            kind="redteam7_shared", template="shared fields"))
+    return _VARIANT[0](**fields)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_the_variant() -> Iterator[None]:
+    yield
+    errors._VARIANTS.pop(("tool", "redteam7_shared"), None)
 
 
 def doubled(levels: int, leaf: Any = None) -> Any:
@@ -38,7 +54,7 @@ def doubled(levels: int, leaf: Any = None) -> Any:
 @tool
 def error_with(levels: int, wide: bool = False) -> int:
     """Raise an error whose field (set after it was made, as a tool author may) is shared."""
-    err = SharedFields(data=1)
+    err = shared_fields(data=1)
     if wide:  # more fields than the flat form takes: the fields go as one JSON text
         err.fields.update({f"f{i}": i for i in range(40)})
     err.fields["data"] = doubled(levels)
@@ -48,7 +64,7 @@ def error_with(levels: int, wide: bool = False) -> int:
 @tool
 def error_long(n: int) -> int:
     """Raise an error whose field is a long list of ints (no sharing)."""
-    err = SharedFields(data=1)
+    err = shared_fields(data=1)
     err.fields["data"] = list(range(n))
     raise err
 
