@@ -331,3 +331,23 @@ def test_a_hooks_skip_result_held_in_many_places_is_bounded(
                   "if ok then return r.d[2][1][2] end return r.code",
         "async function main() { try { return (await tools.later({levels: 0})).d[1][0][1]; }"
         " catch (e) { return e.code; } }"), language) == seen
+
+
+@pytest.mark.parametrize("levels, seen", [(40, "resource/memory_exhaustion"), (2, "x")])
+def test_a_hooks_proceed_params_held_in_many_places_are_bounded(
+        language: str, levels: int, seen: str) -> None:
+    # before: the next controller's context copied the params once a place (a hang)
+    @hooks.controller("before_tool_call")
+    def widen(ctx: Any) -> Any:
+        return hooks.Proceed(params={"levels": 0, "d": doubled(levels)})
+
+    @hooks.controller("before_tool_call")
+    def look(ctx: Any) -> Any:
+        return hooks.Skip({"d": ctx.params["d"][1][0][1]})
+
+    host = Host([later], hooks=[widen, look], on_output=lambda line: None, memory_mb=16)
+    assert host.run_source(pick(
+        language, "local ok, r = pcall(tools.later, {levels = 0})\n"
+                  "if ok then return r.d end return r.code",
+        "async function main() { try { return (await tools.later({levels: 0})).d; }"
+        " catch (e) { return e.code; } }"), language) == seen

@@ -390,6 +390,8 @@ class Dispatcher:
         result, not an error of the operation's."""
         try:
             return rebuild(context, params)
+        except SpellError:  # the params' own failure (too large once copied)
+            raise
         except Exception as exc:
             raise HookError.InvalidResult(
                 hook_name=hook.name, hook_point=hook.point,

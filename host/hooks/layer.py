@@ -28,6 +28,7 @@ from __future__ import annotations
 import array
 import bisect
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bridge import HookError, SpellError
@@ -115,7 +116,11 @@ def _caller(call: ToolCall) -> Caller:
     return Caller(call.caller, site.file, site.line, site.column, site.function)
 
 
-def _with_params(context: Any, params: Any) -> Any:
+def _with_params(call: ToolCall, context: Any, params: Any) -> Any:
+    """The context the next controller sees after a ``Proceed(params)``: its copy of the
+    params, counted first against the run's memory (one list held in many places would
+    be copied once a place: see host.data.check_room)."""
+    check_room(params, call.caller, call.run.limits.memory_mb, "Proceed's params")
     return context._replace(params=copy_data(params))
 
 
@@ -218,7 +223,7 @@ class ToolCallHooks:
             if before:
                 try:
                     action, hook = d.decide("before_tool_call", context, records, token,
-                                            _with_params)
+                                            partial(_with_params, call))
                     if isinstance(action, Skip):
                         result = _checked(action.result, hook, "Skip", call)
                         self._finished(call, result, None, 1, records, token,
