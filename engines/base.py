@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from bridge import BridgeError, Frame, ScriptError, SpellError
+from bridge import BridgeError, Frame, ResourceError, ScriptError, SpellError
 from bridge.patterns import PatternRegistry
 from bridge.patterns import patterns as process_patterns
 
@@ -252,6 +252,18 @@ def crossing_error(problem: Problem, source: str, target: str) -> SpellError:
     return ScriptError.CrossEngineCommunication(
         from_engine=source, to_engine=target, error=problem.message,
         data_type=problem.data_type)
+
+
+def did_not_fit(language: str, what: str, memory_mb: int,
+                frames: list[Frame] | None = None) -> SpellError:
+    """``resource/memory_exhaustion``: ``what`` the host handed a script (its args, a
+    tool's result or error) did not fit in the ``memory_mb`` its engine may use.
+
+    The one message of this failure, whichever engine (or worker process) refused it."""
+    return ResourceError.MemoryExhaustion(
+        location=language, available=memory_mb * 2**20, frames=frames or [],
+        description=f"{what} did not fit in the {memory_mb} MiB of memory the script may "
+                    f"use")
 
 
 def protocol_violation(reason: str) -> SpellError:

@@ -106,6 +106,7 @@ from engines.base import (
     ToolReply,
     ToolRequest,
     crossing_error,
+    did_not_fit,
     protocol_violation,
 )
 from engines.specs import JAVASCRIPT
@@ -708,12 +709,11 @@ class JavaScriptEngine(Engine):
             return self._fail(self._from_python(exc))
 
     def _unfit(self, what: str) -> SpellError:
-        """The memory error for ``what`` (the run's args, a tool's error) when its data,
-        held in many places, would not fit as JSON text writes it: a copy each place."""
-        return translate.resource_error(
-            "memory", f"{what} did not fit in the memory the script may use",
-            [translate.make_frame(self._filename, None, None, "<script>")],
-            self._limit_values())
+        """The memory error for ``what`` (the run's args, a tool's result or error) that
+        does not fit in the engine: as JSON text (data held in many places is a copy each
+        place), or as the values the engine parsed of it."""
+        return did_not_fit(self.language, what, self.limits.memory_mb,
+                           [translate.make_frame(self._filename, None, None, "<script>")])
 
     def _unparsed(self, exc: quickjs.JSException) -> SpellError:
         """The error for a tool's result, as JSON text, that the prelude's ``settle`` could
@@ -727,10 +727,7 @@ class JavaScriptEngine(Engine):
         text = str(exc)
         if text.strip() != "null" and self._observed_limit(text, False) != "memory":
             return self._from_python(exc)
-        return translate.resource_error(
-            "memory", "the tool's result did not fit in the memory the script may use",
-            [translate.make_frame(self._filename, None, None, "<script>")],
-            self._limit_values())
+        return self._unfit("the tool's result")
 
     def _set_deadline(self, deadline: float) -> None:
         self._deadline = -math.inf if self._stopped else deadline

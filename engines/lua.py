@@ -75,6 +75,7 @@ from engines.base import (
     ToolReply,
     ToolRequest,
     crossing_error,
+    did_not_fit,
     protocol_violation,
     sandbox_hint,
 )
@@ -876,9 +877,8 @@ class LuaEngine(Engine):
         return bool(lua.get_memory_used() >= self._memory_limit)
 
     def _no_room(self, path: str) -> SpellError:
-        return self._memory_error(
-            f"the {_HANDED.get(path, path)} did not fit in the {self.limits.memory_mb} MiB of "
-            f"memory the script may use")
+        return did_not_fit(self.language, f"the {_HANDED.get(path, path)}",
+                           self.limits.memory_mb)
 
     def _outcome(self, outcome: tuple[Any, ...]) -> Step:
         """The step that a flat outcome of the prelude's ``finish`` describes, with the

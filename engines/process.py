@@ -42,7 +42,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import engines
-from bridge import BridgeError, ConfigurationError, ResourceError, ScriptError, SpellError
+from bridge import BridgeError, ConfigurationError, ScriptError, SpellError
 from bridge.data import fits_as_json
 from bridge.hierarchy import SpellRuntimeError
 from engines import wire
@@ -55,6 +55,7 @@ from engines.base import (
     Suspended,
     ToolInfo,
     ToolReply,
+    did_not_fit,
     protocol_violation,
 )
 
@@ -359,10 +360,7 @@ class ProcessEngine(Engine):
         return self._step(["resume", wire.replies_to_wire(replies), deadline], deadline)
 
     def _unfit(self, what: str) -> Failed:
-        return Failed(ResourceError.MemoryExhaustion(
-            location=self.language, available=self.limits.memory_mb * _MB,
-            description=f"{what} did not fit in the {self.limits.memory_mb} MiB of memory "
-                        f"the script may use"))
+        return Failed(did_not_fit(self.language, what, self.limits.memory_mb))
 
     def _step(self, message: list[Any], deadline: float) -> Step:
         worker = self._worker
