@@ -81,10 +81,15 @@ class TooDeep(ValueError):
         self.limit = limit
 
 
+# What a list or dict counts at least, before its items (8 bytes each), where the host
+# bounds data that JSON (or a copy of it) writes out once a place: less than either engine
+# needs to hold one (host.data counts a tool's result so too).
+CONTAINER_BYTES = 64
+
+
 def fits_as_json(value: Any, room: int) -> bool:
-    """Whether ``value``'s lists and dicts, each place counted (64 bytes a list or dict
-    and 8 an item, as host.data counts a tool's result: less than either engine needs
-    to hold them), take at most ``room`` bytes (see :func:`json_room`)."""
+    """Whether ``value``'s lists and dicts, each place counted (CONTAINER_BYTES a list or
+    dict and 8 an item), take at most ``room`` bytes (see :func:`json_room`)."""
     return json_room(value, room) >= 0
 
 
@@ -103,7 +108,7 @@ def json_room(value: Any, room: int) -> int:
         value, depth = stack.pop()
         if not isinstance(value, (dict, list, tuple)) or depth > deepest:
             continue
-        room -= 64 + 8 * len(value)
+        room -= CONTAINER_BYTES + 8 * len(value)
         if room < 0:
             return room
         depth += 1

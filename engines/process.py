@@ -353,9 +353,9 @@ class ProcessEngine(Engine):
         A tool's error whose data cannot fit in the engine's memory, held in many places,
         fails here as it would there: JSON text would write it out place by place
         (:func:`bridge.data.fits_as_json`)."""
-        room = self.limits.memory_mb * _MB
         for reply in replies:
-            if reply.error is not None and not fits_as_json(reply.error, room):
+            if reply.error is not None and not fits_as_json(reply.error,
+                                                            self.limits.memory_mb * _MB):
                 return self._unfit("the tool's error")
         return self._step(["resume", wire.replies_to_wire(replies), deadline], deadline)
 

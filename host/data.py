@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import engines
 from bridge import BridgeError, ResourceError, ScriptError, SpellError
-from bridge.data import MAX_DEPTH, fits_as_json, plain_json_copy
+from bridge.data import CONTAINER_BYTES, MAX_DEPTH, fits_as_json, plain_json_copy
 from engines.base import Problem, crossing_error
 
 
@@ -108,9 +108,9 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
 
     The copy holds each list and dict once, as JSON would: one held in many places is
     copied for each. Its copies count against ``memory_mb`` (the run's engine memory
-    limit) as they are made (:data:`_COPY_BYTES` a list or dict and 8 an item; a small
-    dict of scalars in a list, by its slot), so data that holds one list twice at each of
-    40 levels is ``resource/memory_exhaustion``, not 2**40 copies.
+    limit) as they are made (:data:`bridge.data.CONTAINER_BYTES` a list or dict and 8 an
+    item; a small dict of scalars in a list, by its slot), so data that holds one list
+    twice at each of 40 levels is ``resource/memory_exhaustion``, not 2**40 copies.
     """
     if type(value) is int:  # the usual result first
         limit = _LIMITS[language]
@@ -148,9 +148,6 @@ class _NoRoom(Exception):
     """The copies of :func:`to_script_data` passed the memory they may take."""
 
 
-_COPY_BYTES = 64  # what a list or dict costs at least, before its items
-
-
 def _dump_fits(model: Any, room: int) -> bool:
     """Whether the dump of ``model``, a pydantic model, counts at most ``room`` bytes as
     :func:`to_script_data` counts its copy (each model a dict of its fields), looked at
@@ -172,7 +169,7 @@ def _dump_fits(model: Any, room: int) -> bool:
             items = value
         else:
             continue
-        room -= _COPY_BYTES + 8 * len(items)
+        room -= CONTAINER_BYTES + 8 * len(items)
         if room < 0:
             return False
         stack.extend((item, depth + 1) for item in items)
@@ -207,7 +204,7 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
             from_engine="python", to_engine=language, data_type=type(value).__name__,
             error=f"{path} is nested more than {MAX_DEPTH} levels deep")
     if isinstance(value, (Mapping, list, tuple)):
-        room[0] -= _COPY_BYTES + 8 * len(value)
+        room[0] -= CONTAINER_BYTES + 8 * len(value)
         if room[0] < 0:
             raise _NoRoom
     if isinstance(value, Mapping):
@@ -252,7 +249,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
                 if item > limit or item < -limit - 1:
                     return None
             elif kind is list or kind is dict:
-                room[0] -= _COPY_BYTES
+                room[0] -= CONTAINER_BYTES
                 if room[0] < 0:
                     raise _NoRoom
                 item = _plain_copy(item, limit, depth + 1, room)
@@ -262,7 +259,7 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
                 return None
             small[key] = item
         return small
-    room[0] -= _COPY_BYTES + 8 * len(value)
+    room[0] -= CONTAINER_BYTES + 8 * len(value)
     if room[0] < 0:
         raise _NoRoom
     items = value.values() if is_dict else value

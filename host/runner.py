@@ -435,11 +435,7 @@ class ScriptRun:
         if control.ended.is_set():  # the run's thread is done: nothing to stop
             return
         control.give_up()  # the anyio worker waiting for the run is free at once
-        stopping = [engine.stop() for engine in list(self._engines)]
-        thread = self._thread
-        if thread is not None and (control.in_tool_kind == "async" or (
-                any(stopping) and control.in_tool_kind != "sync")):
-            _stopping.add(thread)  # it ends in a moment: interpreter exit waits for it
+        self._stop_engines(async_cancelled=True)
 
     # -- on the run's threads ------------------------------------------------------------
 
@@ -470,13 +466,19 @@ class ScriptRun:
 
     def _stop_at_exit(self) -> None:
         """Interpreter exit with the run in progress (on a thread the program did not wait
-        for): its engines are told to stop (``Engine.stop`` may be called from any
-        thread), and :func:`_wait_at_exit` waits a moment for its thread to end."""
-        if self.control.ended.is_set():
-            return
+        for): its engines are told to stop, and :func:`_wait_at_exit` waits a moment for
+        its thread to end (not for an async tool: nothing cancels it here)."""
+        if not self.control.ended.is_set():
+            self._stop_engines(async_cancelled=False)
+
+    def _stop_engines(self, *, async_cancelled: bool) -> None:
+        """Tell the run's engines to stop (``Engine.stop`` may be called from any thread);
+        when that ends the run's thread in a moment (or the async tool it waits for was
+        cancelled), interpreter exit waits for it (:func:`_wait_at_exit`)."""
         stopping = [engine.stop() for engine in list(self._engines)]
-        thread = self._thread
-        if thread is not None and any(stopping) and self.control.in_tool_kind != "sync":
+        thread, kind = self._thread, self.control.in_tool_kind
+        if thread is not None and ((async_cancelled and kind == "async")
+                                   or (any(stopping) and kind != "sync")):
             _stopping.add(thread)
 
     def _drive(self) -> Any:
