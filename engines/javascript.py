@@ -226,8 +226,8 @@ class JavaScriptEngine(Engine):
             return Failed(crossing_error(Problem("params", type(params).__name__,
                                                  f"params: {exc}"), "python", "javascript"))
         try:
-            self._enter(self._call_export, activation, function, params_json)
-            return self._advance(activation)
+            answer = self._enter(self._call_export, activation, function, params_json)
+            return self._advance(activation, answer)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
@@ -803,10 +803,16 @@ class JavaScriptEngine(Engine):
         self._allow()
         return function(*args)
 
-    def _advance(self, activation: int) -> Step:
-        """Run pending jobs until none is left, then say where ``activation`` stands."""
+    def _advance(self, activation: int, answer: Any = "") -> Step:
+        """Run pending jobs until none is left, then say where ``activation`` stands.
+
+        ``answer``: what the prelude's callExport said of a call it finished at once (a
+        plain value, else ""), the step if no job runs after it (a job can print, call a
+        tool...): no poll then.
+        """
         ctx = self._ctx
         run_job, deadline = ctx.execute_pending_job, self._deadline
+        ran = False
         while True:  # _allow(), inlined: this loop is most of a tool round trip
             now = _monotonic()
             if now >= deadline:
@@ -818,6 +824,12 @@ class JavaScriptEngine(Engine):
                 self._lifted = False
             if not run_job():
                 break
+            ran = True
+        if not ran and answer.__class__ is not str:
+            if answer.__class__ is float and answer.is_integer() \
+                    and -_MAX_SAFE_INTEGER <= answer <= _MAX_SAFE_INTEGER:
+                answer = int(answer)  # as its JSON text reads (JS writes 3.0 as 3)
+            return Finished(answer, ())
         ctx.set_time_limit(NO_TIME_LIMIT)  # _unguarded(), inlined
         self._lifted = True
         text = self._poll(False, activation)

@@ -142,6 +142,8 @@
   // an exported function (numbered by Python). state: loading | running | finished | failed
   const activations = { __proto__: null };
   activations[0] = activation();
+  let fastId = -1; // the last call callExport answered at once (-1: none), its result
+  let fastResult = null;
 
   // An array-like that no script can reach into: without a prototype, no setter a script
   // defines on Array.prototype or Object.prototype sees it (unguarded code reads it).
@@ -1054,11 +1056,7 @@
   // ----------------------------------------------------------------------- run
 
   function activation() {
-    const record = { __proto__: null, state: "loading", result: undefined, failure: null,
-      limit: 0 };
-    record.finish = (value) => finish(record, value);
-    record.fail = (error) => fail(record, error);
-    return record;
+    return { __proto__: null, state: "loading", result: undefined, failure: null, limit: 0 };
   }
 
   // Which limit the engine hit, if `error` is the engine's own limit error: 1 memory, 2
@@ -1132,11 +1130,17 @@
       return;
     }
     record.state = "running";
+    settled(record, value);
+  }
+
+  // The running activation `record` ends with what its function returned, `value`.
+  function settled(record, value) {
     if (value === null || (typeof value !== "object" && typeof value !== "function")) {
       finish(record, value); // a plain value: Promise.resolve would only defer this to a job
       return;
     }
-    Promise.resolve(value).then(record.finish, record.fail);
+    Promise.resolve(value).then((result) => finish(record, result),
+      (error) => fail(record, error));
   }
 
   function finish(record, value) {
@@ -1159,7 +1163,7 @@
 
   // Module mode: `evaluation` settles when the module's top level is done.
   function module(evaluation) {
-    evaluation.then(moduleDone, activations[0].fail);
+    evaluation.then(moduleDone, (error) => fail(activations[0], error));
   }
 
   function moduleDone() {
@@ -1189,16 +1193,50 @@
     return Object.keys(table).filter((name) => typeof table[name] === "function").sort();
   }
 
-  // Call the exported function `name` as activation `id` (params: JSON text).
+  // Call the exported function `name` as activation `id` (params: JSON text). The answer:
+  // "", or, when the call finished at once with a plain number, boolean or null, that value
+  // itself (what poll would say of it: no console line, no request). Python takes it only
+  // if no job runs after it (a job can print, call a tool...), else it polls: the call's
+  // record is made then, of `fastId` and `fastResult` (see recordOf), not for every call.
   function callExport(id, name, params) {
-    const record = activations[id] = activation();
     const table = globalThis.exports;
     const fn = table !== null && typeof table === "object" ? table[name] : undefined;
     if (typeof fn !== "function") {
-      fail(record, new TypeError(`exports.${name} is not a function`));
-      return;
+      fail(activations[id] = activation(), new TypeError(`exports.${name} is not a function`));
+      return "";
     }
-    begin(record, fn, parse(params));
+    const argument = parse(params);
+    let value;
+    try {
+      value = fn(argument);
+    } catch (error) {
+      fail(activations[id] = activation(), error);
+      return "";
+    }
+    const type = typeof value;
+    if (type === "number" ? value - value === 0
+      : type === "boolean" || value === null || value === undefined) {
+      if (queue === "" && output.length === 0) {
+        fastId = id;
+        fastResult = value === undefined ? null : value;
+        return fastResult;
+      }
+    }
+    const record = activations[id] = activation();
+    record.state = "running";
+    settled(record, value);
+    return "";
+  }
+
+  // The record of activation `id`, made from callExport's answer if it is the last one.
+  function recordOf(id) {
+    if (id === fastId) {
+      fastId = -1;
+      const record = activations[id] = activation();
+      record.state = "finished";
+      record.result = fastResult;
+    }
+    return activations[id];
   }
 
   // Settle request `id`. `how`: 0 resolve with `value` itself (a number, string, boolean or
@@ -1304,7 +1342,7 @@
   // Without `full` (unguarded code, see the top) it answers 0 instead of running the script's
   // code, as the JSON of a result can (toJSON).
   function poll(full, id) {
-    const record = activations[id];
+    const record = recordOf(id);
     let kind;
     let body;
     if (queue !== "") {
@@ -1603,7 +1641,7 @@
     }
     evaluateModules(order).then(function polyspell$modulesDone() {
       begin(activations[0], record.register.main, config.args);
-    }, activations[0].fail);
+    }, (error) => fail(activations[0], error));
   }
 
   // import(specifier) in module `record`: a module it already has, or a request of the
