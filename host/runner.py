@@ -191,6 +191,7 @@ class ScriptRun:
         self._paths: dict[str, Callable[[ToolCall], Any]] = {}  # tool name -> its pipeline
         # tool name -> the tool, for the tools whose pipeline is only the boundary (see _plain)
         self._plain_tools: dict[str, tuple[Tool, Any]] = {}  # and its kwargs_validator
+        self._plain_functions: dict[str, ScriptTool] = {}  # tools files' (see _plain_call)
         # ref -> the error handed out under it, oldest first (an OrderedDict: forgetting the
         # oldest is O(1), where a dict's first key is found past every one removed before)
         self._refs: OrderedDict[int, SpellError] = OrderedDict()
@@ -584,6 +585,9 @@ class ScriptRun:
         if plain is not None and request.problem is None and self.control.reason is None \
                 and self._bound >= self.deadline:
             return self._plain(request, plain, caller)
+        function = self._plain_functions.get(name)
+        if function is not None and request.problem is None and self.control.reason is None:
+            return self._plain_call(request, function, caller)
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
         # a call made inside a tools-file function ends by that function's deadline
@@ -637,6 +641,19 @@ class ScriptRun:
             call = ToolCall(request.tool, tool, request.params, None, caller, request,
                             self._depth, self, self._bound, started)
             return self._plain_failed(request, call, exc, running)
+
+    def _plain_call(self, request: ToolRequest, function: ScriptTool, caller: str
+                    ) -> ToolReply:
+        """A call of a tools file's function whose pipeline is only the boundary, fused:
+        what ``boundary``, :meth:`_invoke` and :meth:`ScriptTool.invoke` do for it (the
+        caller has checked the run's stop request and the parameters' problem), and
+        :meth:`call_library`. A deadline a layer narrowed does not apply: it has none."""
+        call = ToolCall(request.tool, function, request.params, None, caller, request,
+                        self._depth, self, self._bound, time.perf_counter())
+        try:
+            return ToolReply(request.id, self.call_library(function, call))
+        except BaseException as exc:
+            return self._plain_failed(request, call, exc, False)
 
     def _plain_failed(self, request: ToolRequest, call: ToolCall, exc: BaseException,
                       steers: bool) -> ToolReply:
@@ -718,9 +735,11 @@ class ScriptRun:
             path = pipeline(layers, self._invoke, tool)
             if tool is not None:  # a name no tool has is not kept: a script makes up many
                 self._paths[name] = path
-            if isinstance(tool, Tool) and tool.plain and len(layers) == 2 \
-                    and not layers[1].applies(tool):  # [boundary, Timeouts()]: see _plain
-                self._plain_tools[name] = (tool, tool.kwargs_validator)
+            if len(layers) == 2 and not layers[1].applies(tool):  # [boundary, Timeouts()]
+                if isinstance(tool, Tool) and tool.plain:  # see _plain
+                    self._plain_tools[name] = (tool, tool.kwargs_validator)
+                elif isinstance(tool, ScriptTool):  # see _plain_call
+                    self._plain_functions[name] = tool
             return path
         except Exception as exc:
             why = describe_exception(exc, qualified=False)
@@ -874,17 +893,20 @@ class ScriptRun:
                 language=tool.language, resource_type="stack", current_usage=self._depth,
                 limit=MAX_TOOL_DEPTH)
         # the call's deadline (a timeout's) if a layer narrowed it: the engine stops there
-        deadline = min(call.deadline, self.deadline)
+        deadline = call.deadline if call.deadline < self.deadline else self.deadline
         filename = tool.filename
-        engine = self._library(tool, deadline)
+        engine = self._libraries.get(filename)
+        if engine is None or not engine.usable:
+            engine = self._library(tool, deadline)
         active = self._active
         outer, self._bound = self._bound, deadline
         self._depth += 1
         active[filename] = active.get(filename, 0) + 1
         try:
-            step = self._converse(engine, self._received(
-                engine.call(tool.function, call.params, deadline)), deadline,
-                self._tool_roots(tool))
+            step = engine.call(tool.function, call.params, deadline)
+            if step.__class__ is not Finished or step.output:  # it called a tool, or printed
+                step = self._converse(engine, self._received(step), deadline,
+                                      self._tool_roots(tool))
             failed = None
             if isinstance(step, Failed):
                 failed = step.error

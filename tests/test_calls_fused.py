@@ -280,3 +280,78 @@ async function main() {
 async function main() {
   return await tools.types_of({values: [{toJSON() { return 2 ** 60; }}]});
 }""", "javascript", "tojson.js") == [f"float {float(2**60)!r}"]
+
+
+# A tools file's function whose pipeline is only the boundary is fused too
+# (``ScriptRun._plain_call``): the same answers and errors as through the pipeline.
+FILE_LUA = """
+local M = {}
+function M.l_add(p) return p.a + p.b end
+function M.l_throw(p) error("lua no " .. tostring(p.a)) end
+function M.l_nan(p) return 0 / 0 end
+function M.l_print(p) print("lua says", p.a) return {p.a, "x"} end
+function M.l_calls(p) return tools.add{a = p.a, b = 1} + tools.j_add{a = 1, b = 1} end
+function M.l_fails(p) return tools.explode{reason = "from lua"} end
+function M.l_table(p) return {n = p.a, list = {1, 2}} end
+return M
+"""
+FILE_JS = """
+exports.j_add = function (p) { return p.a + p.b; };
+exports.j_throw = function (p) { throw new RangeError("js no " + p.a); };
+exports.j_print = function (p) { console.log("js says", p.a); return [p.a, "x"]; };
+exports.j_calls = async function (p) { return (await tools.add({a: p.a, b: 1})) +
+  (await tools.l_add({a: 1, b: 1})); };
+exports.j_fails = async function (p) { return await tools.explode({reason: "from js"}); };
+exports.j_later = function (p) { Promise.resolve().then(() => console.log("later")); return 5; };
+exports.j_object = function (p) { return {n: p.a, list: [1, 2]}; };
+"""
+FILE_CALLS = [(name, "{a = 2, b = 3}", "{a: 2, b: 3}") for name in (
+    "l_add", "l_throw", "l_nan", "l_print", "l_calls", "l_fails", "l_table",
+    "j_add", "j_throw", "j_print", "j_calls", "j_fails", "j_later", "j_object")] + [
+    ("l_add", "{a = 2}", "{a: 2}"), ("j_add", "{a = 'x', b = {}}", "{a: 'x', b: {}}"),
+    ("j_add", "{a = 2, b = function() end}", "{a: 2, b: () => 1}")]
+
+
+def _files_hosts(folder: Any, printed: tuple[list[str], list[str]] = ([], [])
+                 ) -> tuple[Host, Host]:
+    """A host that fuses the files' calls, and one that takes the pipeline (``printed``:
+    where each one's output lines go)."""
+    (folder / "lib.lua").write_text(FILE_LUA)
+    (folder / "lib.js").write_text(FILE_JS)
+    tools = [add, explode, folder / "lib.lua", folder / "lib.js"]
+    return (Host(tools, on_output=printed[0].append),
+            Host(tools, on_output=printed[1].append, layers=[passthrough]))
+
+
+@pytest.mark.parametrize(("name", "lua", "js"), FILE_CALLS)
+def test_a_tools_file_function_answers_alike_on_both_paths(
+        language: str, name: str, lua: str, js: str, tmp_path: Any) -> None:
+    printed: tuple[list[str], list[str]] = ([], [])
+    hosts = _files_hosts(tmp_path, printed)
+    answers = [repr(host.run_source(_caught(language, name, lua, js), language, "calls"))
+               for host in hosts]
+    assert answers[0] == answers[1]
+    assert printed[0] == printed[1]
+    if name in ("l_print", "j_print", "j_later"):
+        assert printed[0], printed
+    errors = []
+    for host in hosts:
+        try:
+            errors.append(repr(host.run_source(_uncaught(language, name, lua, js), language,
+                                               "calls" + pick(language, ".lua", ".js"))))
+        except SpellError as err:
+            errors.append(_seen(err))
+    assert errors[0] == errors[1]
+
+
+def test_a_tools_file_function_is_fused_only_without_layers(language: str,
+                                                            tmp_path: Any) -> None:
+    fused_host, layered = _files_hosts(tmp_path)
+    source = _caught(language, "j_calls", "{a = 2}", "{a: 2}")
+    seen = []
+    for host in (fused_host, layered):
+        run = host.new_run_source(source, language, "f")
+        seen.append(anyio.run(run.execute))
+        seen.append(sorted(run._plain_functions))
+    assert seen == [{"ok": True, "value": 5}, ["j_calls", "l_add"],
+                    {"ok": True, "value": 5}, []]

@@ -564,6 +564,28 @@ def test_js_number_lists_are_settled_as_json_writes_them(values: list) -> None:
         assert typed(json.loads(text)) == typed(json.loads(javascript_engine._encode(values)))
 
 
+SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
+           | st.text() | st.sampled_from(["\ud800", "a\udfff", "\u2028\x00", "é"])
+           | st.sampled_from([Colour.RED, ("t",), b"x", {1}]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=6) | st.sampled_from(["__proto__", "\ud800", 1]),
+                       SCALARS, max_size=18))
+def test_js_small_dicts_are_written_as_json_writes_them(value: dict) -> None:
+    # a tools-file call's params and a tool's dict result: a small dict of scalars is
+    # written by pydantic-core, anything else by json; JSON.parse gives the same values,
+    # and what json refuses (NaN, an enum, a tuple...) is refused alike
+    try:
+        expected = javascript_engine._encode(value)
+    except (TypeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            javascript_engine._json_text(value)
+        return
+    text = javascript_engine._json_text(value)
+    assert typed(json.loads(text)) == typed(json.loads(expected))
+
+
 @pytest.mark.parametrize("values", [[1, 2**64], [-(2**63) - 1] + [1] * 40, [2**63 - 1, -(2**63)]])
 def test_lua_lists_of_ints_past_64_bits_are_refused_as_before(values: list) -> None:
     # a list of ints alone is handed to lupa, which refuses one past 64 bits as it copies:
