@@ -645,14 +645,17 @@ class ScriptRun:
     def _plain_call(self, request: ToolRequest, function: ScriptTool, caller: str
                     ) -> ToolReply:
         """A call of a tools file's function whose pipeline is only the boundary, fused:
-        what ``boundary``, :meth:`_invoke` and :meth:`ScriptTool.invoke` do for it (the
-        caller has checked the run's stop request and the parameters' problem), and
-        :meth:`call_library`. A deadline a layer narrowed does not apply: it has none."""
-        call = ToolCall(request.tool, function, request.params, None, caller, request,
-                        self._depth, self, self._bound, time.perf_counter())
+        what ``boundary``, :meth:`_invoke`, :meth:`ScriptTool.invoke` and
+        :meth:`call_library` do for it, the call's value made only if it fails (the caller
+        has checked the run's stop request and the parameters' problem; this runs on the
+        run's thread)."""
+        started = time.perf_counter()
         try:
-            return ToolReply(request.id, self.call_library(function, call))
+            return ToolReply(request.id, self._call_function(function, request.params, caller,
+                                                             self._bound, started))
         except BaseException as exc:
+            call = ToolCall(request.tool, function, request.params, None, caller, request,
+                            self._depth, self, self._bound, started)
             return self._plain_failed(request, call, exc, False)
 
     def _plain_failed(self, request: ToolRequest, call: ToolCall, exc: BaseException,
@@ -888,12 +891,20 @@ class ScriptRun:
                        f"the run's thread (call next there)")
         if call.problem is not None:
             raise crossing_error(call.problem, call.caller, tool.language)
+        return self._call_function(tool, call.params, call.caller, call.deadline,
+                                   call.started)
+
+    def _call_function(self, tool: ScriptTool, params: Any, caller: str, deadline: float,
+                       started: float) -> Any:
+        """:meth:`call_library` once the call is known to be on the run's thread with
+        parameters that could be read: by ``deadline``, from ``caller``, ``started`` then."""
         if self._depth >= MAX_TOOL_DEPTH:
             raise ScriptError.ResourceExhaustion(
                 language=tool.language, resource_type="stack", current_usage=self._depth,
                 limit=MAX_TOOL_DEPTH)
         # the call's deadline (a timeout's) if a layer narrowed it: the engine stops there
-        deadline = call.deadline if call.deadline < self.deadline else self.deadline
+        if deadline > self.deadline:
+            deadline = self.deadline
         filename = tool.filename
         engine = self._libraries.get(filename)
         if engine is None or not engine.usable:
@@ -903,7 +914,7 @@ class ScriptRun:
         self._depth += 1
         active[filename] = active.get(filename, 0) + 1
         try:
-            step = engine.call(tool.function, call.params, deadline)
+            step = engine.call(tool.function, params, deadline)
             if step.__class__ is not Finished or step.output:  # it called a tool, or printed
                 step = self._converse(engine, self._received(step), deadline,
                                       self._tool_roots(tool))
@@ -911,7 +922,7 @@ class ScriptRun:
             if isinstance(step, Failed):
                 failed = step.error
                 if step.problem is not None:  # its result has no JSON form: name the caller
-                    failed = crossing_error(step.problem, tool.language, call.caller)
+                    failed = crossing_error(step.problem, tool.language, caller)
                     failed.frames = step.error.frames
                 failed = self._decorate(failed, tool)
             elif filename in self._keeps and active[filename] == 1:
@@ -921,7 +932,7 @@ class ScriptRun:
             self._bound = outer
             active[filename] -= 1
         if failed is None:
-            return crossing(step.result, tool.language, call.caller)  # type: ignore[union-attr]
+            return crossing(step.result, tool.language, caller)  # type: ignore[union-attr]
         if not engine.usable:
             self._ended.setdefault(filename, failed.code)
         if deadline < self.deadline and not engine.usable and time.monotonic() >= deadline:
@@ -931,8 +942,8 @@ class ScriptRun:
         if filename in self._timed_out and not active[filename]:
             self._timed_out.discard(filename)
             self._discard(tool, ToolError.Timeout(tool_name=tool.name,
-                                                  duration=round(time.monotonic()
-                                                                 - call.started, 3)))
+                                                  duration=round(time.perf_counter()
+                                                                 - started, 3)))
         if deadline < self.deadline and time.monotonic() >= deadline and (
                 not engine.usable or _out_of_time(failed)):
             raise DeadlineReached(deadline)  # the layer that set it reports it
