@@ -118,11 +118,11 @@ def to_script_data(value: Any, language: str, path: str = "result", depth: int =
     room = [memory_mb << 20]
     try:
         if type(value) is list or type(value) is dict:  # the usual data: _script_data's
-            copied = _plain_copy(value, _LIMITS[language], depth, room)  # first look
-            if copied is not None:
+            copied = _plain_copy(value, _LIMITS[language], depth, room, _UNRECORDED)
+            if copied is not None:  # (its first look, with no set made for it)
                 return copied
             room[0] = memory_mb << 20  # a look that found it not plain copied nothing
-        return _script_data(value, language, path, depth, room)
+        return _script_data(value, language, path, depth, room, set())
     except _NoRoom:
         raise _no_room(language, memory_mb, "the tool's result") from None
 
@@ -142,6 +142,17 @@ def _no_room(language: str, memory_mb: int, what: str) -> SpellError:
         description=f"{what} would need more than the {memory_mb} MiB of memory the "
                     f"script may use once copied for it (each place that holds one list "
                     f"or dict is a copy of its own)")
+
+
+class _Unrecorded(set):
+    """The ``odd`` of a first look, which the slow way then takes again: records nothing
+    (the common look, at a plain value, makes no set)."""
+
+    def add(self, item: int) -> None:
+        """Nothing: see the class."""
+
+
+_UNRECORDED = _Unrecorded()
 
 
 class _NoRoom(Exception):
@@ -176,14 +187,17 @@ def _dump_fits(model: Any, room: int) -> bool:
     return True
 
 
-def _script_data(value: Any, language: str, path: str, depth: int, room: list[int]) -> Any:
+def _script_data(value: Any, language: str, path: str, depth: int, room: list[int],
+                 odd: set[int]) -> Any:
+    """:func:`to_script_data`'s slow way; ``odd``: the ids of the lists and dicts a fast
+    copy found something not plain in, below them (see :func:`_plain_copy`)."""
     kind = type(value)
     if kind is int:
         limit = _LIMITS[language]
         return value if -limit - 1 <= value <= limit else _too_large(value, language, path)
-    if kind is list or kind is dict:
+    if (kind is list or kind is dict) and id(value) not in odd:
         left = room[0]
-        copied = _plain_copy(value, _LIMITS[language], depth, room)
+        copied = _plain_copy(value, _LIMITS[language], depth, room, odd)
         if copied is not None:
             return copied
         room[0] = left  # a look that found it not plain copied nothing: the walk below counts
@@ -192,13 +206,14 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
     if isinstance(value, str):  # a StrEnum member, a str subclass: its text, as any engine
         return str.__str__(value)  # has it (a subclass's own __str__ is not data)
     if isinstance(value, int):  # an IntEnum member: its number
-        return _script_data(int.__index__(value), language, path, depth, room)
+        return _script_data(int.__index__(value), language, path, depth, room, odd)
     if isinstance(value, float):
         return float.__float__(value)
     if hasattr(kind, "model_dump"):  # a pydantic model (not imported unless used)
         if not _dump_fits(value, room[0]):  # (its dump writes a shared submodel out whole
             raise _NoRoom                   # in each place: it is counted first)
-        return _script_data(value.model_dump(mode="json"), language, path, depth, room)
+        return _script_data(value.model_dump(mode="json"), language, path, depth, room,
+                            odd)
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_DEPTH:
         raise ScriptError.CrossEngineCommunication(
             from_engine="python", to_engine=language, data_type=type(value).__name__,
@@ -212,10 +227,10 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
         for key, item in value.items():
             if not isinstance(key, str):
                 raise _unconvertible(f"a {type(key).__name__} key", language, f"{path}")
-            out[key] = _script_data(item, language, f"{path}.{key}", depth + 1, room)
+            out[key] = _script_data(item, language, f"{path}.{key}", depth + 1, room, odd)
         return out
     if isinstance(value, (list, tuple)):
-        return [_script_data(item, language, f"{path}[{i}]", depth + 1, room)
+        return [_script_data(item, language, f"{path}[{i}]", depth + 1, room, odd)
                 for i, item in enumerate(value)]
     raise _unconvertible(type(value).__name__, language, path)
 
@@ -223,13 +238,16 @@ def _script_data(value: Any, language: str, path: str, depth: int, room: list[in
 _PLAIN = frozenset({str, float, bool, type(None)})  # crossing as they are, as to_script_data does
 
 
-def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
+def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int], odd: set[int]
                 ) -> list | dict | None:
     """A copy of ``value`` as :func:`to_script_data` would make it, when it is plain data:
     lists and dicts (string keys) of plain scalars and ints within ``-limit - 1..limit``,
     nested less than MAX_DEPTH levels deep. None when it is not (anything else: a tuple, a
     subclass, a model, an int out of range...), for the slow way to copy or refuse.
-    Each container's values are looked at by C code (their set of types, min and max)."""
+    Each container's values are looked at by C code (their set of types, min and max).
+
+    A list or dict whose copy failed below it goes into ``odd``: the slow way does not
+    try it again (each level of deep data would walk all that is below it again)."""
     # type(x), never x.__class__: a proxy (Django's SimpleLazyObject...) answers that
     # with its target's class, and would cross as a str or an int it is not.
     if depth >= MAX_DEPTH:
@@ -252,8 +270,9 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
                 room[0] -= CONTAINER_BYTES
                 if room[0] < 0:
                     raise _NoRoom
-                item = _plain_copy(item, limit, depth + 1, room)
+                item = _plain_copy(item, limit, depth + 1, room, odd)
                 if item is None:
+                    odd.add(id(value))
                     return None
             elif kind not in _PLAIN:
                 return None
@@ -289,16 +308,18 @@ def _plain_copy(value: list | dict, limit: int, depth: int, room: list[int]
         out_dict = {}
         for key, item in value.items():
             if type(item) is list or type(item) is dict:
-                item = _plain_copy(item, limit, depth + 1, room)
+                item = _plain_copy(item, limit, depth + 1, room, odd)
                 if item is None:
+                    odd.add(id(value))
                     return None
             out_dict[key] = item
         return out_dict
     out = []
     for item in value:
         if type(item) is list or type(item) is dict:
-            item = _plain_copy(item, limit, depth + 1, room)
+            item = _plain_copy(item, limit, depth + 1, room, odd)
             if item is None:
+                odd.add(id(value))
                 return None
         out.append(item)
     return out

@@ -400,3 +400,46 @@ def test_a_result_holding_one_list_in_many_places_is_bounded_by_the_memory_limit
         "async function main() { const t = await tools.doubling({levels: 2}); "
         "return [t.d[0][1][1], t.also[0][1][0][0], t.d === t.also[0]]; }"), language)
     assert seen == ["x", 1, False]
+
+
+def _walked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Spy on host.data's fast copy: the items of every list and dict it is handed (its
+    own recursion goes through the module's name too)."""
+    import host.data as data
+
+    walked = [0]
+    fast = data._plain_copy
+
+    def counted(value, *args):  # type: ignore[no-untyped-def]
+        walked[0] += len(value)
+        return fast(value, *args)
+
+    monkeypatch.setattr(data, "_plain_copy", counted)
+    return walked
+
+
+@pytest.mark.parametrize("leaf", [("a tuple",), 2**80, {1: "int key"}])
+def test_copying_deep_data_with_one_odd_leaf_walks_it_a_few_times_not_once_a_level(
+        monkeypatch: pytest.MonkeyPatch, leaf: object) -> None:
+    """A tool's result nested 90 levels deep, each level holding a list of 1,000 ints
+    beside the next, with something the fast copy leaves to the slow way at the bottom:
+    each level's attempt used to walk everything below it again (90 levels x 90 x 1,000
+    items, seconds for larger lists); now each list is walked a bounded number of times."""
+    from host.data import to_script_data
+
+    ints = list(range(1000))
+    value: object = {"leaf": leaf}
+    for _ in range(90):
+        value = {"ints": ints, "next": value}
+    walked = _walked(monkeypatch)
+    try:
+        copied = to_script_data(value, "lua", memory_mb=256)
+    except SpellError:  # the huge int or the int key: refused, after the same walk
+        pass
+    else:
+        for _ in range(90):
+            assert copied["ints"] == ints and copied["ints"] is not ints  # type: ignore[index]
+            copied = copied["next"]  # type: ignore[index]
+        assert copied == {"leaf": ["a tuple"]}
+    items = 90 * (1000 + 2) + 1  # every list's and dict's items, once
+    assert walked[0] <= 4 * items, walked[0]  # (it was 47 times them)
