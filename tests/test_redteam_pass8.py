@@ -313,3 +313,20 @@ def test_tool_results_of_numbers_still_take_the_quick_writer() -> None:
         "async function main() {\n  const v = await tools.numbers();\n"
         "  return [v, Object.is(v[3], -0)];\n}",
         "javascript", "s.js") == [[1, 2.5, True, 0, 2 ** 53 - 1], True]
+
+
+def test_an_error_keeps_params_it_cannot_show(tmp_path: Path) -> None:
+    # (found on the way, older than this pass) an error's parameters preview read repr()
+    # of the params: an int past Python's 4300 digits raised ValueError out of the run
+    (tmp_path / "boom.js").write_text("exports.boom = () => { throw new Error('x'); };\n")
+
+    def rewrite(call: Any, next: Any) -> Any:
+        call.params = {"a": 10 ** 5000}
+        return next(call)
+
+    with pytest.raises(SpellError) as info:
+        Host([tmp_path / "boom.js"], layers=[rewrite]).run_source(
+            "return tools.boom{x = 1}", "lua", "s.lua")
+    assert info.value.code == "script/javascript"
+    steps = info.value.context.execution_trace.call_stack
+    assert [step.parameters for step in steps] == ["<dict that cannot be shown: ValueError>"]
