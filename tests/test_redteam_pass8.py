@@ -75,6 +75,8 @@ FILES = {  # each a tools file whose `f` is called three times; `t` is answered 
     "catches running out of memory":
         "exports.f = () => { try { const a = []; for (;;) a.push(new Array(1e5).fill(1)); }"
         " catch (e) { return 9; } };",
+    "runs out of memory and keeps it":
+        "const keep = [];\nexports.f = () => { for (;;) keep.push(new Array(1e4).fill(1)); };",
     "numbers at 2**53":
         "let i = 0;\nconst v = [-(2 ** 53), -(2 ** 53) - 2, 2 ** 53 - 1, 2 ** 53 + 1,"
         " 1e15 + 0.5, -1e21, 4294967296.5, -(2 ** 31), 2 ** 32, 0.5 - 0.5];\n"
