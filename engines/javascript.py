@@ -1143,14 +1143,18 @@ def _json_text(value: Any) -> str:
     writes to the same JSON values: a list of finite numbers, or a dict of at most 16 text
     keys whose values are texts, finite numbers, booleans or None. Raises as it does."""
     kind = value.__class__
-    if kind is list:  # numbers only (their sum says so, in C) and finite (so is the sum)
-        try:
-            total = sum(value)
-        except TypeError:
+    if kind is list:  # numbers only (their sum says so, in C: an int or a float, where a
+        try:  # Decimal, complex or Fraction, which json refuses and pydantic-core may
+            total = sum(value)  # write, makes theirs) and finite (so is the sum)
+        except (TypeError, ArithmeticError):  # (a huge int and a float: OverflowError)
             pass
         else:
-            if total - total == 0:
-                return _to_json(value).decode()
+            of = total.__class__
+            if (of is int or of is float) and total - total == 0:
+                try:
+                    return _to_json(value).decode()
+                except ValueError:  # what pydantic-core cannot write: json's error
+                    pass
     elif kind is dict and len(value) <= 16:
         for key, item in value.items():
             of = item.__class__

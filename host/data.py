@@ -369,7 +369,10 @@ def preview(value: Any, limit: int = PREVIEW_CHARS) -> Any:
     every error (and every log line of it) huge, and data with no JSON form (a Lua NaN, an
     object a layer put there) must not make the error itself invalid.
     """
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception as exc:  # an int past Python's digits for a text, a __repr__ that fails
+        return f"<{type(value).__name__} that cannot be shown: {type(exc).__name__}>"[:limit]
     if len(text) <= limit and isinstance(value, (dict, list, str, int, float, bool, type(None))):
         kind = type(value)  # plain lists and dicts looked at without naming a path first
         if ((kind is dict or kind is list) and plain_json_copy(value, MAX_DEPTH) is not None) \
