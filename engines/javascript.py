@@ -227,8 +227,22 @@ class JavaScriptEngine(Engine):
                                                  f"params: {exc}"), "python", "javascript"))
         try:
             self._allow()  # (_enter, inlined)
-            return self._advance(activation, self._call_export(activation, function,
-                                                               params_json))
+            # The prelude's answer: "", or the plain value the call finished with at once,
+            # which is the step when no job runs after it (a job can print, call a tool,
+            # change the value...): no poll then (see callExport). Else _advance polls.
+            answer = self._call_export(activation, function, params_json)
+            if answer.__class__ is not str:
+                now = _monotonic()  # (_advance's first turn, inlined)
+                if now >= self._deadline:
+                    raise _OutOfTime
+                if now >= self._rearm_at:
+                    self._allow()
+                if not self._ctx.execute_pending_job():
+                    if answer.__class__ is float and answer.is_integer() \
+                            and -_MAX_SAFE_INTEGER <= answer <= _MAX_SAFE_INTEGER:
+                        answer = int(answer)  # as its JSON text reads (JS writes 3.0 as 3)
+                    return Finished(answer, ())
+            return self._advance(activation)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
 
@@ -804,16 +818,10 @@ class JavaScriptEngine(Engine):
         self._allow()
         return function(*args)
 
-    def _advance(self, activation: int, answer: Any = "") -> Step:
-        """Run pending jobs until none is left, then say where ``activation`` stands.
-
-        ``answer``: what the prelude's callExport said of a call it finished at once (a
-        plain value, else ""), the step if no job runs after it (a job can print, call a
-        tool...): no poll then.
-        """
+    def _advance(self, activation: int) -> Step:
+        """Run pending jobs until none is left, then say where ``activation`` stands."""
         ctx = self._ctx
         run_job, deadline = ctx.execute_pending_job, self._deadline
-        ran = False
         while True:  # _allow(), inlined: this loop is most of a tool round trip
             now = _monotonic()
             if now >= deadline:
@@ -825,12 +833,6 @@ class JavaScriptEngine(Engine):
                 self._lifted = False
             if not run_job():
                 break
-            ran = True
-        if not ran and answer.__class__ is not str:
-            if answer.__class__ is float and answer.is_integer() \
-                    and -_MAX_SAFE_INTEGER <= answer <= _MAX_SAFE_INTEGER:
-                answer = int(answer)  # as its JSON text reads (JS writes 3.0 as 3)
-            return Finished(answer, ())
         ctx.set_time_limit(NO_TIME_LIMIT)  # _unguarded(), inlined
         self._lifted = True
         text = self._poll(False, activation)

@@ -1,9 +1,9 @@
 """Red team of pass 8's cross-engine fast paths (issue 17), on the real engines:
 
 1. a JavaScript tools file's call told by callExport's answer (engines/javascript.py
-   ``_advance``): hostile files (getters and Proxies as ``exports``, results that run code
-   when read, jobs queued by every means, re-entry, a caught limit) must give the host
-   exactly what the poll gives;
+   ``JavaScriptEngine.call``): hostile files (getters and Proxies as ``exports``, results
+   that run code when read, jobs queued by every means, re-entry, a caught limit) must
+   give the host exactly what the poll gives;
 2. a tools file's call fused (``ScriptRun._plain_call``): a deadline narrowed by an outer
    call's timeout, recursion to MAX_TOOL_DEPTH between two files, an engine ended by a
    limit and called again, process isolation: the same as through the pipeline;
@@ -93,17 +93,19 @@ def shown(value: Any) -> Any:
 def drive(source: str, quick: bool, monkeypatch: pytest.MonkeyPatch, calls: int = 3
           ) -> list[Any]:
     """What each call of ``f`` gave (callExport's answer taken or ignored)."""
-    original = JavaScriptEngine._advance
-
-    def advance(self: JavaScriptEngine, activation: int, answer: Any = "") -> Any:
-        return original(self, activation, answer if quick else "")
-
-    monkeypatch.setattr(JavaScriptEngine, "_advance", advance)
     engine = JavaScriptEngine(limits=Limits(timeout=10.0, memory_mb=32))
     deadline = time.monotonic() + 10.0
     seen: list[Any] = []
     try:
         loaded = engine.load(source + "\n", "tools.js", [], deadline)
+        call_export = engine._call_export
+
+        def unheard(*args: Any) -> Any:  # the prelude's answer ignored: "" (then a poll)
+            call_export(*args)
+            return ""
+
+        if not quick:
+            engine._call_export = unheard
         seen.append(type(loaded).__name__)
         for _ in range(calls):
             step = engine.call("f", {"a": 1}, deadline)
@@ -120,7 +122,6 @@ def drive(source: str, quick: bool, monkeypatch: pytest.MonkeyPatch, calls: int 
                              requests))
     finally:
         engine.close()
-        monkeypatch.setattr(JavaScriptEngine, "_advance", original)
     return seen
 
 
