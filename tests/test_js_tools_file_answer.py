@@ -68,10 +68,35 @@ def shown(value: Any) -> Any:
     return (type(value).__name__, repr(value))
 
 
-def drive(quick: bool, names: list[str], monkeypatch: pytest.MonkeyPatch
-          ) -> tuple[list[Any], int]:
-    """Call each of ``names`` twice in one engine, answering tool requests with 7: what each
-    call gave, and how many were told by callExport's answer."""
+def unheard(engine: JavaScriptEngine) -> None:
+    """Make ``engine`` ignore its prelude's quick answers (callExport answering ""): every
+    call is polled, as every call was before."""
+    call_export = engine._call_export
+
+    def nothing_said(*args: Any) -> Any:
+        call_export(*args)
+        return ""
+
+    engine._call_export = nothing_said
+
+
+def ended(engine: JavaScriptEngine, step: Any, deadline: float) -> tuple[Any, ...]:
+    """How a call that began with ``step`` ended, its tool requests answered with 7: what
+    the host sees of it (the result with its type, or the error; the lines; the
+    requests)."""
+    requests = []
+    while isinstance(step, Suspended):
+        requests += [(r.tool, r.params) for r in step.requests]
+        step = engine.resume([ToolReply(r.id, result=7) for r in step.requests], deadline)
+    if isinstance(step, Finished):
+        return ("finished", shown(step.result), step.output, requests)
+    assert isinstance(step, Failed), step
+    return ("failed", step.error.code, step.error.message, step.output, requests)
+
+
+def drive(quick: bool, names: list[str]) -> tuple[list[Any], int]:
+    """Call each of ``names`` twice in one engine: what each call gave (see :func:`ended`),
+    and how many were told by callExport's answer (no poll)."""
     taken = []
     polls = [0]
     engine = JavaScriptEngine(limits=Limits(timeout=5.0, memory_mb=64))
@@ -79,44 +104,29 @@ def drive(quick: bool, names: list[str], monkeypatch: pytest.MonkeyPatch
     seen: list[Any] = []
     try:
         engine.load(source(), "tools.js", [], deadline)
-        poll, call_export = engine._poll, engine._call_export
+        poll = engine._poll
 
         def counted(*args: Any) -> Any:
             polls[0] += 1
             return poll(*args)
 
-        def unheard(*args: Any) -> Any:  # the prelude's answer ignored: "" (then a poll)
-            call_export(*args)
-            return ""
-
         engine._poll = counted
         if not quick:
-            engine._call_export = unheard
+            unheard(engine)
         for name in names * 2:
             before = polls[0]
             step = engine.call(name, {"a": 1, "b": 2}, deadline)
             taken.append(polls[0] == before)
-            requests = []
-            while isinstance(step, Suspended):
-                requests += [(r.tool, r.params) for r in step.requests]
-                step = engine.resume([ToolReply(r.id, result=7) for r in step.requests],
-                                     deadline)
-            if isinstance(step, Finished):
-                seen.append(("finished", shown(step.result), step.output, requests))
-            else:
-                assert isinstance(step, Failed), step
-                seen.append(("failed", step.error.code, step.error.message, step.output,
-                             requests))
+            seen.append(ended(engine, step, deadline))
     finally:
         engine.close()
     return seen, sum(taken)
 
 
 @pytest.mark.parametrize("name", list(BODIES))
-def test_a_call_told_at_once_is_what_its_poll_says(name: str,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    quick, taken = drive(True, [name], monkeypatch)
-    slow, none = drive(False, [name], monkeypatch)
+def test_a_call_told_at_once_is_what_its_poll_says(name: str) -> None:
+    quick, taken = drive(True, [name])
+    slow, none = drive(False, [name])
     assert quick == slow
     assert none == 0
     if name in QUICK:
@@ -125,21 +135,20 @@ def test_a_call_told_at_once_is_what_its_poll_says(name: str,
         assert taken == 0, quick
 
 
-def test_calls_in_a_row_keep_their_order_and_state(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calls_in_a_row_keep_their_order_and_state() -> None:
     names = ["state", "a job changes state", "state", "a request left unawaited", "sum",
              "a job makes a request", "no return", "throws", "state", "a job prints after",
              "printed first", "state"]
-    quick, taken = drive(True, names, monkeypatch)
-    slow, _ = drive(False, names, monkeypatch)
+    quick, taken = drive(True, names)
+    slow, _ = drive(False, names)
     assert quick == slow
     assert taken > 0
     assert [entry[1] for entry in quick if entry[0] == "finished"][-1] == ("int", "44")
 
 
-def test_the_usual_results_read_as_their_json_text_does(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_usual_results_read_as_their_json_text_does() -> None:
     seen, _ = drive(True, ["sum", "int as double", "minus zero", "past int32",
-                           "past 2**53", "1e21"], monkeypatch)
+                           "past 2**53", "1e21"])
     results = [entry[1] for entry in seen[:6]]
     assert results == [("int", "3"), ("int", "3"), ("int", "0"), ("int", "2147483648"),
                        ("float", "9007199254740994.0"), ("float", "1e+21")]

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from decimal import Decimal
 from fractions import Fraction
@@ -25,9 +24,10 @@ import pytest
 
 from bridge import SpellError
 from engines import javascript as javascript_engine
-from engines.base import Failed, Finished, Limits, Suspended, ToolReply
+from engines.base import Finished, Limits
 from engines.javascript import JavaScriptEngine
 from host import Host, tool
+from tests.test_js_tools_file_answer import ended, unheard
 
 # -- 1. callExport's answer ----------------------------------------------------------
 
@@ -84,58 +84,32 @@ FILES = {  # each a tools file whose `f` is called three times; `t` is answered 
 }
 
 
-def shown(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return ("nan",)
-    return (type(value).__name__, repr(value))
-
-
-def drive(source: str, quick: bool, monkeypatch: pytest.MonkeyPatch, calls: int = 3
-          ) -> list[Any]:
+def drive(source: str, quick: bool, calls: int = 3) -> list[Any]:
     """What each call of ``f`` gave (callExport's answer taken or ignored)."""
     engine = JavaScriptEngine(limits=Limits(timeout=10.0, memory_mb=32))
     deadline = time.monotonic() + 10.0
     seen: list[Any] = []
     try:
         loaded = engine.load(source + "\n", "tools.js", [], deadline)
-        call_export = engine._call_export
-
-        def unheard(*args: Any) -> Any:  # the prelude's answer ignored: "" (then a poll)
-            call_export(*args)
-            return ""
-
         if not quick:
-            engine._call_export = unheard
+            unheard(engine)
         seen.append(type(loaded).__name__)
         for _ in range(calls):
-            step = engine.call("f", {"a": 1}, deadline)
-            requests = []
-            while isinstance(step, Suspended):
-                requests += [(r.tool, r.params) for r in step.requests]
-                step = engine.resume([ToolReply(r.id, result=7) for r in step.requests],
-                                     deadline)
-            if isinstance(step, Finished):
-                seen.append(("finished", shown(step.result), step.output, requests))
-            else:
-                assert isinstance(step, Failed), step
-                seen.append(("failed", step.error.code, step.error.message, step.output,
-                             requests))
+            seen.append(ended(engine, engine.call("f", {"a": 1}, deadline), deadline))
     finally:
         engine.close()
     return seen
 
 
 @pytest.mark.parametrize("name", list(FILES))
-def test_a_hostile_file_gets_what_the_poll_says(name: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hostile_file_gets_what_the_poll_says(name: str) -> None:
     calls = 10 if name == "numbers at 2**53" else 3
-    assert drive(FILES[name], True, monkeypatch, calls) == drive(FILES[name], False,
-                                                                 monkeypatch, calls)
+    assert drive(FILES[name], True, calls) == drive(FILES[name], False, calls)
 
 
-def test_the_effects_the_fast_path_must_not_lose(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_effects_the_fast_path_must_not_lose() -> None:
     # (the defence above only means something if these reach the host at all)
-    seen = {name: drive(FILES[name], True, monkeypatch) for name in (
+    seen = {name: drive(FILES[name], True) for name in (
         "a Proxy as exports queues a job", "FinalizationRegistry", "a resolver left for the "
         "next call", "exports read by a getter that calls a tool", "re-enters exports")}
     assert seen["a Proxy as exports queues a job"][1][2] == ("trap f",)
