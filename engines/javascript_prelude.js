@@ -1199,14 +1199,8 @@
   // if no job runs after it (a job can print, call a tool...), else it polls: the call's
   // record is made then, of `fastId` and `fastResult` (see recordOf), not for every call.
   function callExport(id, name, params) {
-    let fn;
-    try { // (a getter's or a Proxy's code, the file's own: its error is the call's)
-      const table = globalThis.exports;
-      fn = table !== null && typeof table === "object" ? table[name] : undefined;
-    } catch (error) {
-      fail(activations[id] = activation(), error);
-      return "";
-    }
+    const table = globalThis.exports;
+    const fn = table !== null && typeof table === "object" ? table[name] : undefined;
     if (typeof fn !== "function") {
       fail(activations[id] = activation(), new TypeError(`exports.${name} is not a function`));
       return "";

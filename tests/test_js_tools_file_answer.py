@@ -188,25 +188,3 @@ def test_many_quick_calls_keep_no_record_each() -> None:
         assert after - before < 100_000, (before, after)
     finally:
         engine.close()
-
-
-def test_an_exports_getter_that_throws_fails_that_call_alone() -> None:
-    """The file's own code that finds the function (a getter, a Proxy's trap) fails the
-    call as the function throwing would: the requests it queued are that call's, and the
-    engine goes on (it was ended, and the requests waited for the next call)."""
-    engine = JavaScriptEngine(limits=Limits(timeout=5.0, memory_mb=32))
-    deadline = time.monotonic() + 5.0
-    try:
-        engine.load("const t = {f: (p) => p.a};\nlet n = 0;\n"
-                    "Object.defineProperty(globalThis, 'exports', {get() {\n"
-                    "  if (++n === 3) { tools.t({n}); throw new TypeError('no exports'); }\n"
-                    "  return t; }, configurable: true});\n", "tools.js", [], deadline)
-        seen = [ended(engine, engine.call("f", {"a": a}, deadline), deadline)
-                for a in (1, 2, 3)]
-    finally:
-        engine.close()
-    assert seen[0] == ("finished", ("int", "1"), (), [])
-    code, message, requests = seen[1][1], seen[1][2], seen[1][4]
-    assert (code, requests) == ("script/javascript", [("t", {"n": 3})])
-    assert "TypeError: no exports" in message
-    assert seen[2] == ("finished", ("int", "3"), (), [])
