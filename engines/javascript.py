@@ -1145,10 +1145,12 @@ def _json_text(value: Any) -> str:
     writes to the same JSON values: a list of finite numbers, or a dict of at most 16 text
     keys whose values are texts, finite numbers, booleans or None. Raises as it does."""
     kind = value.__class__
-    if kind is list:  # numbers only (their sum says so, in C: an int or a float, where a
-        try:  # Decimal, complex or Fraction, which json refuses and pydantic-core may
-            total = sum(value)  # write, makes theirs) and finite (so is the sum)
-        except (TypeError, ArithmeticError):  # (a huge int and a float: OverflowError)
+    if kind is list:
+        # finite numbers only: their sum, made in C, is then a finite int or float (that of
+        # Decimals, complexes or Fractions is theirs: json refuses them, pydantic-core not)
+        try:
+            total = sum(value)
+        except (TypeError, ArithmeticError):  # not numbers; a huge int and a float
             pass
         else:
             of = total.__class__
