@@ -232,7 +232,14 @@ def script_data(call: ToolCall, next: Next) -> Any:
     checks what the layers answer as a tool's result is checked (``to_script_data``):
     a set or an object a layer returns is ``bridge/type_conversion``, an error the script
     can catch, not a reply its engine refuses, failing the run."""
-    return to_script_data(next(call), call.caller, "result", 0, call.run.limits.memory_mb)
+    return as_script_data(call, next(call))
+
+
+def as_script_data(call: ToolCall, value: Any, what: str = "result") -> Any:
+    """``value``, answered for ``call``, as data its script can hold: :func:`to_script_data`
+    for the calling engine, counted against the run's memory limit (``what`` names it in
+    an error)."""
+    return to_script_data(value, call.caller, what, 0, call.run.limits.memory_mb)
 
 
 def failure_to_recover(call: ToolCall, exc: BaseException) -> SpellError:

@@ -143,11 +143,10 @@ def stop_run(call: ToolCall, stop: StopRun) -> SpellError:
     A result that is not JSON-like fails the call instead (``bridge/type_conversion``
     naming it), and the run goes on. A run already stopping keeps its first reason.
     """
-    from host.data import to_script_data
+    from host.calls import as_script_data
 
     try:
-        result = to_script_data(stop.result, call.caller, "StopRun result", 0,
-                                call.run.limits.memory_mb)
+        result = as_script_data(call, stop.result, "StopRun result")
     except SpellError as err:
         err.__cause__ = stop
         return err

@@ -22,8 +22,8 @@ import engines
 from bridge import ConfigurationError, SpellError, ToolError
 from bridge.envelope import resolve_refs
 from bridge.errors import describe_exception
-from host.calls import run_python
-from host.data import preview, to_script_data
+from host.calls import as_script_data, run_python
+from host.data import preview
 from host.steer import AskHuman, StopRun, ToolContext, ask_human, stop_run, tool_context
 
 if TYPE_CHECKING:  # pydantic is imported when the first tool is made
@@ -119,7 +119,7 @@ class Tool:
             result = run_python(call, self.fn, args, kwargs, self.is_async)
         except (StopRun, AskHuman) as steer:  # the tool steers its run (host.steer)
             return steered(call, steer)
-        return to_script_data(result, call.caller, "result", 0, call.run.limits.memory_mb)
+        return as_script_data(call, result)
 
     @property
     def plain(self) -> bool:

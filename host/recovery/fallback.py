@@ -41,7 +41,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bridge import SpellError
-from host.calls import failure_to_recover
+from host.calls import as_script_data, failure_to_recover
 from host.recovery.model import Policy, StrictJsonValue
 
 if TYPE_CHECKING:
@@ -317,7 +317,6 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
     from bridge.data import TooDeep, read_json
     from bridge.jsontext import json_text
     from host.calls import as_spell_error
-    from host.data import to_script_data
 
     url = option.endpoint
     assert url is not None
@@ -336,7 +335,7 @@ def _request(option: FallbackOption, call: ToolCall, limit: float, deadline: flo
         raise ProviderError.InvalidResponse(
             provider=host, reason=f"the answer of {where} is {why} ({exc})",
             response_excerpt=bytes(body[:200]).decode("utf-8", "replace")) from None
-    return to_script_data(result, call.caller, "result", 0, call.run.limits.memory_mb)
+    return as_script_data(call, result)
 
 
 async def exchange(url: str, content: bytes, limit: float, deadline: float, host: str,
