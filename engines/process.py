@@ -79,6 +79,9 @@ WAIT_FOR_WORKER = 5.0
 IDLE_TIMEOUT = 60.0
 # ... and seconds an ended idle worker has to exit on its own (it reads EOF) before SIGKILL
 RETIRE_GRACE = 1.0
+# Seconds close() waits for the spawner to end a worker it was starting (milliseconds
+# usually; at most an idle worker's retirement, or a kill and reap)
+CLOSE_WAIT = 5.0
 _MB = 1 << 20
 # flags as plain ints (the socket module's are enums: or-ing them costs microseconds)
 _NO_WAIT = int(socket.MSG_DONTWAIT)
@@ -799,6 +802,11 @@ class WorkerPool:
             worker.kill()
         for worker in workers:
             worker.end()
+        # A worker the spawner is starting now is in no list yet: the spawner ends it when
+        # it sees the pool closed, then returns. Wait for that, or the host could exit
+        # (the CLI at Ctrl-C) with a worker still alive (killed only by its parent's death).
+        if threading.current_thread() is not self._spawner:
+            self._spawner.join(CLOSE_WAIT)
         _POOLS.discard(self)
 
     def __enter__(self) -> WorkerPool:

@@ -862,3 +862,28 @@ def test_an_engine_factory_of_the_code_wins_over_the_config_file_s_isolation(tmp
         assert (host.isolation, host.pool) == ("thread", None)
     with Coordinator(config=config, engine_factory=engines.make_engine) as coordinator:
         assert coordinator.isolation == "thread"
+
+
+class _CaughtStarting(WorkerPool):
+    """A pool whose spawner is held between starting a worker and taking it in, as when
+    the host closes its pool (Ctrl-C) while a worker is started in a dead one's place."""
+
+    def __init__(self) -> None:
+        self.started: list[int] = []
+        self.starting = threading.Event()
+        super().__init__(1, idle_timeout=None)
+
+    def _spawn(self, memory_mb: int) -> Any:
+        worker = super()._spawn(memory_mb)
+        self.started.append(worker.pid)
+        self.starting.set()
+        time.sleep(0.5)
+        return worker
+
+
+def test_closing_a_pool_ends_the_worker_it_was_starting_before_it_returns():
+    pool = _CaughtStarting()
+    assert pool.starting.wait(10)
+    pool.close()
+    [pid] = pool.started
+    assert pid not in children(), "close returned with a worker it started still there"
