@@ -33,26 +33,31 @@ prelude's ``json()``, whose replacer stops it past ``bridge.data.MAX_DEPTH`` lev
 Python would build more than the memory limit from it (``resource/memory_exhaustion``, as
 when making the text ran the context out of memory).
 
-Limits: memory and stack are quickjs's own. Time is quickjs's interrupt, which counts the
-CPU time of the whole process (``clock()``) from the start of each call into JS; each call
+Limits: memory and stack are quickjs's own. Time is quickjs's interrupt, which scripts
+cannot catch. Where the binding is the one known, the interrupt is an alarm
+(javascript_alarm.py): it goes off at the deadline itself, wall-clock time, set by the
+process's alarm thread, or at once when the engine is told to stop (from any thread), and
+reading it costs no clock. Elsewhere (another binding, and in a worker process, whose one
+thread is the engine's) it is the binding's time limit, which counts the CPU time of the
+whole process (``clock()``, a system call) from the start of each call into JS; each call
 gets ``remaining wall seconds x cpu_factor``, so it cannot fire before the deadline even
 when other threads burn CPU, but a lone busy loop runs up to ``cpu_factor`` times past it.
 The deadline itself is checked before every call into JS. The limit is computed when a step
 begins and again once ``_REARM`` seconds have passed (a tool round trip takes a few
 microseconds: recomputing it for every call cost more than the call), so a call may get up
-to ``_REARM x cpu_factor`` CPU seconds more than the time left, never less. The interrupt
-cannot be caught by scripts, but quickjs drops one raised while JS runs inside error
-construction: so the prelude sets no ``Error.prepareStackTrace`` (and scripts cannot set
-one), or a loop that swallows errors would never stop.
+to ``_REARM x cpu_factor`` CPU seconds more than the time left, never less. quickjs drops
+an interrupt raised while JS runs inside error construction: so the prelude sets no
+``Error.prepareStackTrace`` (and scripts cannot set one), or a loop that swallows errors
+would never stop.
 
-A tool round trip is four calls into JS, about 0.3 us each with a time limit (quickjs reads
-the process CPU clock at the start of each): ``settle`` (a number, string, boolean or None
+A tool round trip is four calls into JS: ``settle`` (a number, string, boolean or None
 result goes as itself, which quickjs converts, anything else as JSON text), then
 ``execute_pending_job`` until it finds nothing to run (usually twice), then ``poll``, whose
 answer is one compact JSON array (see the prelude) read by ``json``'s C scanner directly.
-``settle`` with a plain value and ``poll`` while requests are queued run none of the
-script's code, so they run without a time limit (the prelude's "unguarded code", which
-must stay so): the limit is lifted after the jobs and set again before the next job.
+With the binding's time limit, ``settle`` with a plain value and ``poll`` while requests
+are queued run without it (each call with a limit reads the process CPU clock first,
+about 0.6 us): they run none of the script's code (the prelude's "unguarded code", which
+must stay so), so the limit is lifted after the jobs and set again before the next job.
 A failure's envelope goes, when it is the usual kind, as ``settleError``'s arguments
 (:func:`_flat_error`: no JSON text to make here and parse there), with the time limit:
 making the error may run the script's code (its setters).
@@ -92,6 +97,7 @@ from bridge.envelope import error_envelope, script_constructors
 from bridge.errors import SpellError, field_defaults, variant_class, variants
 from bridge.frames import Frame
 from bridge.randomness import random_bits
+from engines import javascript_alarm
 from engines import javascript_bytecode as bytecode
 from engines import javascript_modules as modules
 from engines.base import (
@@ -119,7 +125,9 @@ SCRIPT_TAIL = '\n;typeof main === "function" ? main : undefined\n'
 MODULE_TAIL = ('\n;globalThis[Symbol.for("polyspell.main")] = '
                'typeof main === "function" ? main : undefined;\n')
 NO_TIME_LIMIT = -1.0
-_GRACE = 0.25  # CPU seconds for the engine's own JS outside the run's time: prelude, output
+# CPU seconds (x cpu_factor; wall seconds x cpu_factor with an alarm) for the engine's own JS
+# outside the run's time: the prelude, output, an error after a limit
+_GRACE = 0.25
 _REARM = 0.001  # wall seconds after which the time limit is computed again (module doc)
 _SAFE_INT = 2**53  # larger ints cross as JSON, which rounds them as JavaScript does
 _INT32 = 2**31  # quickjs's binding passes smaller ints as int32 (and truncates larger ones)
@@ -184,6 +192,10 @@ class JavaScriptEngine(Engine):
     # CPU seconds allowed per wall-clock second left (see the module docstring). A host
     # that runs each engine alone in a worker process may lower it towards 1.
     cpu_factor: ClassVar[float] = float(os.cpu_count() or 1)
+    # Whether its contexts' interrupt is an alarm (engines.javascript_alarm: one more
+    # thread in the process) where the binding allows. A worker process keeps one thread,
+    # and the binding's CPU-time limit: the host kills the worker at the deadline anyway.
+    alarms: ClassVar[bool] = True
 
     _ctx: Any = None
     _broken = False
@@ -192,6 +204,7 @@ class JavaScriptEngine(Engine):
     _limit = NO_TIME_LIMIT  # what was given to set_time_limit() for it
     _lifted = False  # whether the limit is lifted (for unguarded code) since
     _stopped = False  # stop() was called: every deadline has passed
+    _alarm: javascript_alarm.Alarm | None = None  # the context's interrupt, where it has one
     _tools_file = False
     _map: modules.LineMap | None = None  # once the script links modules (_load_main)
 
@@ -277,7 +290,7 @@ class JavaScriptEngine(Engine):
         problem = _unpassable(source)
         if problem:
             return self._fail(translate.compilation_error(problem, filename, None, None))
-        ctx = self._ctx = self._new_context()
+        ctx = self._ctx = self._context()
         module = filename.endswith(".mjs")
         self._map = None
         self._records: dict[tuple[str, str], _Record] = {}  # (file, kind) -> its module
@@ -296,7 +309,7 @@ class JavaScriptEngine(Engine):
             api = bytecode.evaluate(ctx, PRELUDE)  # read as byte code, where it can be
             if api is None:  # else compiled, as it always was, in a context nothing ran in
                 if bytecode.prepare():  # byte code was tried there (out of memory...)
-                    ctx = self._ctx = self._new_context()
+                    ctx = self._ctx = self._context()
                 self._grace()
                 api = ctx.eval(PRELUDE)  # (what fails here fails as it did)
             self._api = api
@@ -330,6 +343,16 @@ class JavaScriptEngine(Engine):
             return self._advance(0)
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _context(self) -> Any:
+        """A fresh context (:meth:`_new_context`) whose interrupt is an alarm where the
+        binding allows (engines.javascript_alarm: the deadline with no clock read per call
+        into JS), else the binding's CPU-time limit (see the module doc)."""
+        if self._alarm is not None:
+            self._alarm.remove()
+        ctx = self._new_context()
+        self._alarm = javascript_alarm.install(ctx) if self.alarms else None
+        return ctx
 
     def _new_context(self) -> Any:
         """A fresh quickjs context with the engine's memory and stack limits."""
@@ -754,14 +777,21 @@ class JavaScriptEngine(Engine):
         return self._ctx is not None and not self._broken
 
     def stop(self) -> bool:
-        """Fail the next call into JS (callable from any thread).
+        """End the call into JS in progress within moments, and fail the next (callable
+        from any thread).
 
-        quickjs cannot be interrupted from outside: a call in progress (a busy loop) runs
-        on until its own time limit, up to ``cpu_factor`` times the time that was left.
+        With an alarm (see :meth:`_context`) it is rung: a busy loop ends at quickjs' next
+        look at its interrupt. Without one, quickjs cannot be interrupted from outside: a
+        call in progress runs on until its own time limit, up to ``cpu_factor`` times the
+        time that was left.
         """
         self._stopped = True
         self._set_deadline(-math.inf)
-        return False
+        alarm = self._alarm
+        if alarm is None:
+            return False
+        alarm.ring()
+        return True
 
     def close(self) -> None:
         """Free the context (call it on the engine's thread, like everything else).
@@ -771,6 +801,10 @@ class JavaScriptEngine(Engine):
         """
         self._settle = self._poll = self._drain = self._call_export = self._stashed = None
         self._settle_error = None
+        if self._alarm is not None:
+            if self._ctx is not None:  # (before the runtime can be freed)
+                self._alarm.remove()
+            self._alarm = None
         self._api = self._ctx = None
 
     # -- running ---------------------------------------------------------------------
@@ -785,6 +819,10 @@ class JavaScriptEngine(Engine):
         if now >= self._deadline:
             raise _OutOfTime
         if now >= self._rearm_at:
+            if self._alarm is not None:  # it goes off at the deadline itself: set once
+                self._alarm.arm(self._deadline)
+                self._rearm_at = math.inf
+                return
             budget = (self._deadline - now) * self.cpu_factor
             self._limit = budget if budget < 1e9 else NO_TIME_LIMIT
             self._ctx.set_time_limit(self._limit)
@@ -797,6 +835,10 @@ class JavaScriptEngine(Engine):
 
     def _grace(self) -> None:
         """The time limit for the engine's own JS outside the run's time (``_GRACE``)."""
+        if self._alarm is not None:
+            self._alarm.arm(_monotonic() + _GRACE * self.cpu_factor, own=True)
+            self._rearm_at = -math.inf  # the next _allow() arms it for the run again
+            return
         self._cpu_mark, self._cpu_budget = time.process_time(), _GRACE * self.cpu_factor
         self._ctx.set_time_limit(self._cpu_budget)
         self._rearm_at = -math.inf  # the next _allow() computes the run's limit again
@@ -1016,7 +1058,10 @@ class JavaScriptEngine(Engine):
         return resource
 
     def _budget_spent(self) -> bool:
-        """Whether the time limit could have fired: the deadline or the CPU budget is used up."""
+        """Whether the time limit could have fired: the deadline or the CPU budget is used
+        up, or the alarm went off."""
+        if self._alarm is not None:
+            return self._alarm.rang or _monotonic() >= self._deadline
         return (_monotonic() >= self._deadline
                 or time.process_time() - self._cpu_mark >= self._cpu_budget)
 

@@ -19,8 +19,9 @@ context of its own that no script ever touches; it never comes from a file.
 
 What the binding does around a call into JS and this does too: release the GIL (ctypes
 does, so a start reads byte code while other threads run Python), update the stack top
-for quickjs' stack check on this thread. What it does not: the time limit (the binding's
-interrupt handler is private). No script code can run here (nothing but the prelude has
+for quickjs' stack check on this thread. What it does not: the binding's time limit (its
+interrupt handler is private; engines.javascript_alarm installs one of its own, through
+the library this module opens). No script code can run here (nothing but the prelude has
 run in the context yet, and its top level is a fixed amount of work, measured with the
 rest of the read), and the context's memory and stack limits, set before, apply. A read
 or run that fails (out of memory) answers None: the caller must then drop the context,
@@ -82,8 +83,9 @@ def _known_binding() -> bool:
                for version in KNOWN_BINDINGS)
 
 
-def _library() -> Any:
-    """The binding's shared library with the signatures used here, or None."""
+def library() -> Any:
+    """The binding's shared library with the signatures used here (and by
+    engines.javascript_alarm), or None where its layout is not the one known."""
     if _lib is None:
         with _lock:
             if _lib is None:
@@ -115,6 +117,7 @@ def _load_library() -> None:
                 ("JS_GetException", v, [p]),
                 ("JS_FreeValue", None, [p, v]),
                 ("js_free", None, [p, p]),
+                ("JS_SetInterruptHandler", None, [p, p, p]),  # (engines.javascript_alarm)
             ):
                 function = getattr(releasing if name in _LONG else lib, name)
                 function.restype, function.argtypes = restype, argtypes
@@ -128,11 +131,12 @@ def prepare() -> bool:
     """Open the binding's library now (for a process that will open no file later, see
     ``engines.confine``; the byte code itself is made in memory, on first use), and say
     whether byte code can be used here."""
-    return _library() is not None
+    return library() is not None
 
 
-def _pointers(lib: Any, ctx: Any) -> tuple[int, int] | None:
-    """The runtime and context pointers of a ``Context``, if they check out."""
+def pointers(lib: Any, ctx: Any) -> tuple[int, int] | None:
+    """The runtime and context pointers of a ``Context`` (``lib``: :func:`library`'s), if
+    they check out."""
     if type(ctx) is not quickjs.Context:
         return None
     runtime = ctypes.c_void_p.from_address(id(ctx) + _RUNTIME_AT).value
@@ -151,10 +155,10 @@ def _drop_exception(lib: Any, context: int) -> None:
 def _compile(lib: Any, source: str) -> bytes | None:
     """``source``'s byte code, compiled in a context of its own (on this thread)."""
     scratch = quickjs.Context()
-    pointers = _pointers(lib, scratch)
-    if pointers is None:
+    found = pointers(lib, scratch)
+    if found is None:
         return None
-    runtime, context = pointers
+    runtime, context = found
     text = source.encode("utf-8")
     lib.JS_UpdateStackTop(runtime)
     function = lib.JS_Eval(context, text, len(text), _FILE, _COMPILE_ONLY)
@@ -178,7 +182,7 @@ def code_of(source: str) -> bytes | None:
     binding's layout is not known (see the module doc)."""
     code = _codes.get(source)
     if code is None:
-        lib = _library()
+        lib = library()
         if lib is None:
             return None
         with _lock:  # made once: other threads wait for it (about 2.5 ms)
@@ -198,14 +202,14 @@ def evaluate(ctx: Any, source: str) -> Any:
     None: byte code cannot be used here, or reading or running it failed (out of memory):
     then ``ctx`` is in a state nobody knows and must be dropped (see the module doc).
     """
-    lib = _library()
+    lib = library()
     code = code_of(source) if lib is not None else None
     if code is None:
         return None
-    pointers = _pointers(lib, ctx)
-    if pointers is None:
+    found = pointers(lib, ctx)
+    if found is None:
         return None
-    runtime, context = pointers
+    runtime, context = found
     lib.JS_UpdateStackTop(runtime)
     function = lib.JS_ReadObject(context, code, len(code), _BYTECODE)
     if function.tag == _TAG_EXCEPTION:

@@ -103,12 +103,16 @@ def warm_up() -> None:
     An engine here runs alone on the worker's one thread, so the process's CPU time is
     its own: an engine class that scales a CPU-time limit for other threads' work
     (``cpu_factor``, JavaScript's) counts one CPU second per second left, and a busy loop
-    reports its own time limit, with its frames, at the deadline.
+    reports its own time limit, with its frames, at the deadline. JavaScript's alarms (a
+    thread that interrupts at the deadline) stay off: a thread's stack and malloc arena
+    would take the address space the worker's bound leaves the script.
     """
     for spec in engines.specs():
         cls = engines.engine_class(spec.name)
         if hasattr(cls, "cpu_factor"):
             cls.cpu_factor = 1.0  # type: ignore[attr-defined]
+        if hasattr(cls, "alarms"):  # no thread of its own: this process has one
+            cls.alarms = False  # type: ignore[attr-defined]
         if hasattr(cls, "jit"):  # the host kills a worker at the deadline: LuaJIT may compile
             cls.jit = True  # type: ignore[attr-defined]
         if hasattr(cls, "before_confinement"):  # what it would open later (Lua versions)

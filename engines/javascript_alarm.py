@@ -1,0 +1,187 @@
+"""Deadlines that interrupt JavaScript where it runs, with no clock read per call.
+
+quickjs asks its runtime's interrupt handler, every 10,000 ticks of script code, whether
+to stop; if it says yes, the script ends with an uncatchable ``InternalError:
+interrupted``. The binding's own handler reads the process CPU clock, a system call of
+about 0.6 us, at the start of every call into JS with a time limit: two or three such
+calls are a tool round trip's largest single cost. An :class:`Alarm` is a handler that
+reads no clock at all:
+
+- the handler is libc's ``strcmp(runtime, flag)``: ``flag`` is a copy of the runtime's
+  first bytes up to their first NUL (its allocator's function pointers, fixed when the
+  runtime was made), so it compares equal (0: go on) until the flag's first byte is
+  changed (not 0: stop). It runs in C, holding no lock and needing no GIL;
+- one thread of the process (the alarm clock) changes the flag of each context whose
+  deadline has passed, and :meth:`Alarm.ring` does it at once, from any thread (an
+  engine told to stop).
+
+So the deadline is wall-clock time itself, not CPU time scaled by the number of cores, and
+a busy loop ends within moments of it (the clock thread's wake-up, and its GIL, permitting)
+or of ``stop()``. A script cannot reach the flag: it is host memory that only this module
+writes. Where the binding's layout is not the one known (:mod:`engines.javascript_bytecode`)
+:func:`install` answers None, and the engine keeps the binding's CPU-time limit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import os
+import threading
+import time
+from typing import Any
+
+from engines import javascript_bytecode as capi
+
+_HEAD = 16  # bytes of the runtime looked at for the NUL that ends the flag's copy
+_COMPACT_FLOOR = 256  # entries the clock's heap may hold before stale ones are dropped
+
+
+class Alarm:
+    """The interrupt of one quickjs context: off until its deadline passes, or it is rung.
+
+    Used from the context's thread (:meth:`arm`, :meth:`remove`), except :meth:`ring` and
+    :attr:`rang`, which any thread may use.
+    """
+
+    __slots__ = ("_deadline", "_first", "_flag", "_rung", "_runtime", "_turn")
+
+    def __init__(self, runtime: int, head: bytes) -> None:
+        self._runtime = runtime
+        self._first = head[0]
+        self._flag = ctypes.create_string_buffer(head, len(head) + 1)  # NUL-ended
+        self._deadline: float | None = None  # the deadline the clock holds for it
+        self._turn = 0  # which arming an entry in the clock's heap is of
+        self._rung = False  # rung: it stays set off for the script
+
+    def arm(self, deadline: float, *, own: bool = False) -> None:
+        """Go off at ``deadline`` (``time.monotonic()``), not before: off from now on,
+        unless it was rung (the script is stopped) and this is not for the engine's
+        ``own`` work (its output, its error), which gets until ``deadline`` even so."""
+        with _clock.lock:
+            self._turn += 1
+            if self._rung and not own:
+                self._deadline = None
+                self._set_off()
+                return
+            self._flag[0] = self._first
+            self._deadline = deadline
+            _clock.add(deadline, self)
+
+    def ring(self) -> None:
+        """Interrupt the script now, and at every arming after (any thread)."""
+        with _clock.lock:
+            self._rung = True
+            self._deadline = None
+            self._turn += 1
+            self._set_off()
+
+    def _set_off(self) -> None:  # (under the clock's lock)
+        self._flag[0] = (self._first + 1) & 0xFF  # any other first byte: strcmp is not 0
+
+    @property
+    def rang(self) -> bool:
+        """Whether the alarm is set off (its deadline passed, or it was rung)."""
+        return self._flag.raw[0] != self._first
+
+    def remove(self) -> None:
+        """Take the handler off the runtime (on its thread, while the context lives: the
+        runtime must not read the flag once it is freed), and the deadline off the clock."""
+        with _clock.lock:
+            self._deadline = None
+            self._turn += 1
+        capi.library().JS_SetInterruptHandler(self._runtime, None, None)
+
+
+_strcmp: int | None = None
+
+
+def install(ctx: Any) -> Alarm | None:
+    """Make an :class:`Alarm` the interrupt handler of the fresh context ``ctx`` (on its
+    thread, before it runs code); None where the binding is not the one known. The
+    context must then get no time limit of the binding's: the binding takes the handler
+    off at the end of each call with one."""
+    global _strcmp
+    lib = capi.library()
+    pointers = None if lib is None else capi.pointers(lib, ctx)
+    if pointers is None:
+        return None
+    if _strcmp is None:
+        _strcmp = ctypes.cast(ctypes.CDLL(None).strcmp, ctypes.c_void_p).value or 0
+    runtime = pointers[0]
+    head = ctypes.string_at(runtime, _HEAD)
+    end = head.find(b"\0")
+    if end < 0 or not _strcmp:  # no NUL near: strcmp would read past the flag
+        return None
+    alarm = Alarm(runtime, head[:end])
+    if _compare(runtime, ctypes.addressof(alarm._flag)) != 0:  # as the handler will
+        return None
+    lib.JS_SetInterruptHandler(runtime, _strcmp, ctypes.addressof(alarm._flag))
+    return alarm
+
+
+def _compare(runtime: int, flag: int) -> int:
+    """What the handler answers now (0: go on), called as quickjs calls it."""
+    assert _strcmp
+    handler = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(_strcmp)
+    return int(handler(runtime, flag))
+
+
+class _Clock:
+    """The one thread that sets alarms off at their deadlines (started on first use)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
+        self._heap: list[tuple[float, int, int, Alarm]] = []
+        self._count = 0  # a tie-breaker: entries never compare alarms
+        self._compact_at = _COMPACT_FLOOR
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: float, alarm: Alarm) -> None:
+        """Hold ``alarm``'s new deadline (under the lock): its older entries go stale, and
+        are dropped when they come up, or when stale ones fill the heap."""
+        self._count += 1
+        heapq.heappush(self._heap, (deadline, self._count, alarm._turn, alarm))
+        if len(self._heap) > self._compact_at:
+            live = [entry for entry in self._heap if entry[2] == entry[3]._turn
+                    and entry[3]._deadline is not None]
+            heapq.heapify(live)
+            self._heap = live
+            self._compact_at = max(_COMPACT_FLOOR, 3 * len(live))
+        if self._heap[0][3] is alarm:  # the earliest now: the thread waits for it instead
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="polyspell JavaScript alarm clock")
+                self._thread.start()
+            self._changed.notify()
+
+    def _run(self) -> None:
+        with self.lock:
+            while True:
+                heap = self._heap
+                if not heap:
+                    self._changed.wait()
+                    continue
+                deadline, _, turn, alarm = heap[0]
+                now = time.monotonic()
+                if now < deadline:
+                    self._changed.wait(deadline - now)
+                    continue
+                heapq.heappop(heap)
+                if turn == alarm._turn and alarm._deadline is not None:
+                    alarm._deadline = None
+                    alarm._set_off()
+
+
+_clock = _Clock()
+
+
+def _after_fork() -> None:
+    """A forked child has no alarm thread (nor, perhaps, a free lock): a clock of its own,
+    started when its first alarm is armed, or its scripts' deadlines would never ring."""
+    global _clock
+    _clock = _Clock()
+
+
+os.register_at_fork(after_in_child=_after_fork)
