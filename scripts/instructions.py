@@ -44,7 +44,7 @@ ROWS: dict[str, Callable[[int], None]] = {
     "floor-lua": lambda n: bench.raw_lua_suspension(n),
     "naive-js": lambda n: bench.naive_js_call(n),
     "js": _host_loop("javascript", bench.JS_LOOP),
-    "floor-js": lambda n: bench.raw_js_suspension(n, True),
+    "floor-js": lambda n: bench.raw_js_suspension(n, "alarm"),
     "js-lua": _host_loop("javascript", bench.JS_LOOP.replace("tools.add", "tools.add_lua")),
     "lua-js": _host_loop("lua", bench.LUA_LOOP.replace("tools.add", "tools.add_js")),
     # a tool failure caught in the script (the bench's "tool failure caught in ...")
