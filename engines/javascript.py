@@ -834,9 +834,16 @@ class JavaScriptEngine(Engine):
             self._lifted = False
 
     def _grace(self) -> None:
-        """The time limit for the engine's own JS outside the run's time (``_GRACE``)."""
+        """The time limit for the engine's own JS outside the run's time (``_GRACE``).
+
+        With an alarm: the run's deadline, or ``_GRACE x cpu_factor`` seconds from now if
+        that is later (the engine's own work before the script, and after a limit, such as
+        its output and its error; a stopped script's too). Its own work before the deadline
+        arms no entry on the clock of its own, which would wake the clock's thread (and
+        take the GIL) once per run for nothing."""
         if self._alarm is not None:
-            self._alarm.arm(_monotonic() + _GRACE * self.cpu_factor, own=True)
+            grace = _monotonic() + _GRACE * self.cpu_factor
+            self._alarm.arm(max(self._deadline, grace), own=True)
             self._rearm_at = -math.inf  # the next _allow() arms it for the run again
             return
         self._cpu_mark, self._cpu_budget = time.process_time(), _GRACE * self.cpu_factor

@@ -44,14 +44,17 @@ class Alarm:
     :attr:`rang`, which any thread may use.
     """
 
-    __slots__ = ("_deadline", "_first", "_flag", "_rung", "_runtime", "_turn")
+    __slots__ = ("_deadline", "_entry", "_first", "_flag", "_rung", "_runtime")
 
     def __init__(self, runtime: int, head: bytes) -> None:
         self._runtime = runtime
         self._first = head[0]
         self._flag = ctypes.create_string_buffer(head, len(head) + 1)  # NUL-ended
-        self._deadline: float | None = None  # the deadline the clock holds for it
-        self._turn = 0  # which arming an entry in the clock's heap is of
+        self._deadline: float | None = None  # when it goes off (None: not armed)
+        # its one live entry in the clock's heap, (time, number), or None: an entry comes
+        # up no later than the deadline, and a deadline moved later keeps it (it is put
+        # back then), so arming again for a run's every step costs no entry and no wake-up
+        self._entry: tuple[float, int] | None = None
         self._rung = False  # rung: it stays set off for the script
 
     def arm(self, deadline: float, *, own: bool = False) -> None:
@@ -59,21 +62,20 @@ class Alarm:
         unless it was rung (the script is stopped) and this is not for the engine's
         ``own`` work (its output, its error), which gets until ``deadline`` even so."""
         with _clock.lock:
-            self._turn += 1
             if self._rung and not own:
                 self._deadline = None
                 self._set_off()
                 return
             self._flag[0] = self._first
             self._deadline = deadline
-            _clock.add(deadline, self)
+            if self._entry is None or deadline < self._entry[0]:
+                _clock.add(deadline, self)
 
     def ring(self) -> None:
         """Interrupt the script now, and at every arming after (any thread)."""
         with _clock.lock:
             self._rung = True
             self._deadline = None
-            self._turn += 1
             self._set_off()
 
     def _set_off(self) -> None:  # (under the clock's lock)
@@ -89,11 +91,11 @@ class Alarm:
         runtime must not read the flag once it is freed), and the deadline off the clock."""
         with _clock.lock:
             self._deadline = None
-            self._turn += 1
         capi.library().JS_SetInterruptHandler(self._runtime, None, None)
 
 
 _strcmp: int | None = None
+_check: Any = None  # strcmp, called from Python as quickjs calls it
 
 
 def install(ctx: Any) -> Alarm | None:
@@ -101,30 +103,26 @@ def install(ctx: Any) -> Alarm | None:
     thread, before it runs code); None where the binding is not the one known. The
     context must then get no time limit of the binding's: the binding takes the handler
     off at the end of each call with one."""
-    global _strcmp
+    global _strcmp, _check
     lib = capi.library()
     pointers = None if lib is None else capi.pointers(lib, ctx)
     if pointers is None:
         return None
     if _strcmp is None:
         _strcmp = ctypes.cast(ctypes.CDLL(None).strcmp, ctypes.c_void_p).value or 0
+        if _strcmp:
+            _check = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(_strcmp)
     runtime = pointers[0]
     head = ctypes.string_at(runtime, _HEAD)
     end = head.find(b"\0")
     if end < 0 or not _strcmp:  # no NUL near: strcmp would read past the flag
         return None
     alarm = Alarm(runtime, head[:end])
-    if _compare(runtime, ctypes.addressof(alarm._flag)) != 0:  # as the handler will
+    flag = ctypes.addressof(alarm._flag)
+    if _check(runtime, flag) != 0:  # what the handler answers now: it must be "go on"
         return None
-    lib.JS_SetInterruptHandler(runtime, _strcmp, ctypes.addressof(alarm._flag))
+    lib.JS_SetInterruptHandler(runtime, _strcmp, flag)
     return alarm
-
-
-def _compare(runtime: int, flag: int) -> int:
-    """What the handler answers now (0: go on), called as quickjs calls it."""
-    assert _strcmp
-    handler = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)(_strcmp)
-    return int(handler(runtime, flag))
 
 
 class _Clock:
@@ -133,23 +131,23 @@ class _Clock:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
-        self._heap: list[tuple[float, int, int, Alarm]] = []
-        self._count = 0  # a tie-breaker: entries never compare alarms
+        self._heap: list[tuple[float, int, Alarm]] = []
+        self._count = 0  # numbers the entries (and breaks ties: entries never compare alarms)
         self._compact_at = _COMPACT_FLOOR
         self._thread: threading.Thread | None = None
 
-    def add(self, deadline: float, alarm: Alarm) -> None:
-        """Hold ``alarm``'s new deadline (under the lock): its older entries go stale, and
-        are dropped when they come up, or when stale ones fill the heap."""
+    def add(self, when: float, alarm: Alarm) -> None:
+        """An entry for ``alarm`` at ``when``, its live one (under the lock): an older one
+        is stale, dropped when it comes up, or when stale ones fill the heap."""
         self._count += 1
-        heapq.heappush(self._heap, (deadline, self._count, alarm._turn, alarm))
+        alarm._entry = (when, self._count)
+        heapq.heappush(self._heap, (when, self._count, alarm))
         if len(self._heap) > self._compact_at:
-            live = [entry for entry in self._heap if entry[2] == entry[3]._turn
-                    and entry[3]._deadline is not None]
+            live = [entry for entry in self._heap if entry[2]._entry == entry[:2]]
             heapq.heapify(live)
             self._heap = live
             self._compact_at = max(_COMPACT_FLOOR, 3 * len(live))
-        if self._heap[0][3] is alarm:  # the earliest now: the thread waits for it instead
+        if self._heap[0][2] is alarm:  # the earliest now: the thread waits for it instead
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, daemon=True,
                                                 name="polyspell JavaScript alarm clock")
@@ -163,15 +161,23 @@ class _Clock:
                 if not heap:
                     self._changed.wait()
                     continue
-                deadline, _, turn, alarm = heap[0]
+                when, number, alarm = heap[0]
                 now = time.monotonic()
-                if now < deadline:
-                    self._changed.wait(deadline - now)
+                if now < when:
+                    self._changed.wait(when - now)
                     continue
                 heapq.heappop(heap)
-                if turn == alarm._turn and alarm._deadline is not None:
+                if alarm._entry != (when, number):
+                    continue  # stale: the alarm has an earlier entry of its own
+                alarm._entry = None
+                deadline = alarm._deadline
+                if deadline is None:
+                    continue  # rung, or removed
+                if now >= deadline:
                     alarm._deadline = None
                     alarm._set_off()
+                else:  # armed again since, for later: its entry goes back, for then
+                    self.add(deadline, alarm)
 
 
 _clock = _Clock()
