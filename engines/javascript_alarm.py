@@ -35,6 +35,9 @@ from engines import javascript_bytecode as capi
 
 _HEAD = 16  # bytes of the runtime looked at for the NUL that ends the flag's copy
 _COMPACT_FLOOR = 256  # entries the clock's heap may hold before stale ones are dropped
+# the longest the clock waits at once (seconds): a far deadline (none: inf) is waited for in
+# such steps, as a wait longer than the platform's time_t would raise, ending the thread
+_LONGEST_WAIT = 3600.0
 
 
 class Alarm:
@@ -166,7 +169,7 @@ class _Clock:
                 deadline, _, turn, alarm = heap[0]
                 now = time.monotonic()
                 if now < deadline:
-                    self._changed.wait(deadline - now)
+                    self._changed.wait(min(deadline - now, _LONGEST_WAIT))
                     continue
                 heapq.heappop(heap)
                 if turn == alarm._turn and alarm._deadline is not None:
