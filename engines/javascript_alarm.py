@@ -60,10 +60,13 @@ class Alarm:
     def arm(self, deadline: float, *, own: bool = False) -> None:
         """Go off at ``deadline`` (``time.monotonic()``), not before: off from now on,
         unless it was rung (the script is stopped) and this is not for the engine's
-        ``own`` work (its output, its error), which gets until ``deadline`` even so."""
+        ``own`` work (its output, its error), which gets until ``deadline`` even so, or
+        ``deadline`` is NaN (gone off at once)."""
         with _clock.lock:
             self._turn += 1
-            if self._rung and not own:
+            if (self._rung and not own) or deadline != deadline:
+                # rung; or NaN, which the clock's heap cannot order (it would keep others'
+                # earlier deadlines from coming up): a deadline that has passed
                 self._deadline = None
                 self._set_off()
                 return

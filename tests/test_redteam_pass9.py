@@ -82,6 +82,30 @@ def test_a_run_with_no_deadline_does_not_stop_the_clock_for_everyone(own_clock, 
     forever.close()
 
 
+
+def test_a_deadline_that_is_not_a_number_does_not_hide_the_others(own_clock):
+    # A NaN deadline (a careless host's arithmetic) compares neither before nor after any
+    # other: in the clock's heap it would keep earlier deadlines from coming up, so
+    # another engine's busy loop would run on until a later deadline (or a stop). It
+    # counts as passed instead: its own script is interrupted at once.
+    idle = []
+    for k in range(3):
+        made = engine()
+        made.start("1", "a.js", None, [], time.monotonic() + 100 + k)
+        idle.append(made)
+    step, took = timed(engine(), "function main() { " + BUSY + " }", math.nan)
+    assert is_time(step) and took < 3, (step, took)
+    for k in range(3):
+        made = engine()
+        made.start("1", "a.js", None, [], time.monotonic() + 200 + k)
+        idle.append(made)
+    time.sleep(0.6)  # the preludes' graces pass
+    step, took = timed(engine(), BUSY, 0.3)
+    assert is_time(step) and took < 3, (step, took)
+    for made in idle:
+        made.close()
+
+
 # -- hostile scripts: outliving the deadline or a stop --------------------------------
 
 HOSTILE = {  # each runs on forever unless interrupted
@@ -159,7 +183,7 @@ FORGED = {
 
 @pytest.mark.parametrize("name", list(FORGED))
 def test_a_script_cannot_pass_its_own_error_off_as_the_time_limit(name):
-    step, took = timed(engine(), FORGED[name], 30)
+    step, _ = timed(engine(), FORGED[name], 30)
     assert not is_time(step), step
 
 
