@@ -9,16 +9,23 @@ Time bounds are generous upper bounds for "it ends" on a loaded, shared machine.
 
 from __future__ import annotations
 
+import gc
 import math
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from bridge import SpellError
 from engines import Failed, Finished, Limits
 from engines import javascript_alarm as alarms
 from engines.javascript import JavaScriptEngine
+from host import Coordinator, Host, Plan, Task
 
 BUSY = "while (true) {}"
 
@@ -194,3 +201,137 @@ def test_a_time_limit_after_a_forged_interrupt_is_still_the_time_limit():
     step, took = timed(engine(), source, 0.3)
     assert is_time(step) and took < 3, (step, took)
     assert step.error.frames[-1].line == 1
+
+
+# -- careless hosts and racing threads -------------------------------------------------
+
+def test_stop_racing_the_start_of_a_run_is_never_lost():
+    # stop() lands anywhere in start(): before the context exists (no alarm to ring), while
+    # it is made, while the engine arms, or in the loop; tiny switch intervals make the
+    # threads interleave at every bytecode
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for i in range(60):
+            busy = engine()
+            timer = threading.Timer((i % 20) * 0.0002, busy.stop)
+            timer.start()
+            step, took = timed(busy, BUSY, 1.5)
+            timer.join()
+            assert is_time(step) and took < 1.0, (i, step, took)
+            busy.close()
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_a_tools_file_called_with_each_caller_s_deadline_keeps_each():
+    # one engine, called with deadlines earlier and later than the last, some of which
+    # pass while it is idle: no call fails early, a busy call ends at its own deadline
+    tools = engine()
+    tools.load("exports.spin = ({ms}) => { const end = Date.now() + ms;"
+               " while (Date.now() < end) {} return ms; };"
+               " exports.forever = () => { while (true) {} };", "tools.js", [],
+               time.monotonic() + 30)
+    for ms, within in [(1, 0.1), (150, 5), (1, 0.05), (100, 0.5), (200, 30), (1, 0.02)]:
+        step = tools.call("spin", {"ms": ms}, time.monotonic() + within)
+        assert isinstance(step, Finished) and step.result == ms, (ms, within, step)
+        time.sleep(0.1)  # a short deadline passes while idle
+    began = time.monotonic()
+    step = tools.call("forever", {}, began + 0.3)
+    assert is_time(step) and time.monotonic() - began < 3, step
+    tools.close()
+
+
+def test_engines_dropped_unclosed_on_the_clock_do_not_harm_the_others():
+    # a careless host drops engines without close(): their contexts are freed by the
+    # garbage collector while their deadlines are still on the clock, which later sets off
+    # flags that are the alarms' own memory (the heap holds them), not the freed runtime's
+    for k in range(50):
+        dropped = engine()
+        dropped.start("function main() {}", "a.js", None, [], time.monotonic() + 0.2 + k / 100)
+        del dropped
+    gc.collect()
+    time.sleep(0.9)  # every dropped deadline comes up
+    step, took = timed(engine(), BUSY, 0.3)
+    assert is_time(step) and took < 3, (step, took)
+    quick = engine()
+    assert isinstance(quick.start("function main() { return 1 }", "b.js", None, [],
+                                  time.monotonic() + 5), Finished)
+
+
+def test_many_runs_at_once_keep_their_deadlines_with_no_spurious_interrupt():
+    # thread mode: 90 runs at once, a third of them busy loops; every busy loop ends at
+    # the run's deadline, no other run fails, and the clock's heap stays bounded
+    host = Host(timeout=4.0, on_output=lambda line: None)
+    outcomes: dict[int, tuple[str, float]] = {}
+    busy_host = Host(timeout=0.5, on_output=lambda line: None)
+
+    async def one(i: int) -> None:
+        began = time.monotonic()
+        try:
+            if i % 3 == 0:
+                await busy_host.arun_source(BUSY, "javascript", f"busy{i}.js")
+                outcomes[i] = ("finished", time.monotonic() - began)
+            else:
+                await host.arun_source(
+                    "async function main() { let n = 0; for (let k = 0; k < 3; k++)"
+                    " n += (await tools.list()).length; return n; }",
+                    "javascript", f"calls{i}.js")
+                outcomes[i] = ("finished", time.monotonic() - began)
+        except SpellError as err:
+            outcomes[i] = (err.code + ":" + str(err.fields.get("resource_type")),
+                           time.monotonic() - began)
+
+    async def all_runs() -> None:
+        async with anyio.create_task_group() as group:
+            for i in range(90):
+                group.start_soon(one, i)
+
+    anyio.run(all_runs)
+    for i, (outcome, took) in outcomes.items():
+        if i % 3 == 0:
+            assert outcome == "script/resource_exhaustion:time" and took < 4, (i, outcome)
+        else:
+            assert outcome == "finished", (i, outcome, took)
+    assert len(alarms._clock._heap) <= 3 * 256
+
+
+def test_a_plan_s_timeout_frees_the_threads_of_its_busy_javascript_tasks(tmp_path):
+    # the coordinator gives up on tasks with a JS busy loop (no tool call to cancel at):
+    # their engines are stopped, the loops end, and their threads with them
+    for name in ("spin1", "spin2"):
+        (tmp_path / f"{name}.js").write_text("function main() { " + BUSY + " }")
+    coordinator = Coordinator([], on_output=lambda task, line: None)
+    began = time.monotonic()
+    report = coordinator.run(Plan(timeout=0.4, tasks=[
+        Task(id="spin1", script=tmp_path / "spin1.js", timeout=20),
+        Task(id="spin2", script=tmp_path / "spin2.js")]))
+    assert {task.id: task.status for task in report.tasks} == {
+        "spin1": "timed_out", "spin2": "timed_out"}
+    ends = began + 5
+    while any("spin" in thread.name and thread.name.endswith(".js")
+              for thread in threading.enumerate()):
+        assert time.monotonic() < ends, "a task's thread still spins"
+        time.sleep(0.02)
+
+
+def test_the_alarm_thread_never_holds_the_interpreter_at_exit():
+    # an engine left armed for an hour, never closed, and a run in progress on a daemon
+    # thread: the process exits at once (the clock is a daemon; exit stops the run)
+    program = (
+        "import threading, time\n"
+        "from engines import Limits\n"
+        "from engines.javascript import JavaScriptEngine\n"
+        "from host import Host\n"
+        "e = JavaScriptEngine(limits=Limits(timeout=3600))\n"
+        "e.start('1', 'a.js', None, [], time.monotonic() + 3600)\n"
+        "host = Host(timeout=60, on_output=lambda line: None)\n"
+        "threading.Thread(target=lambda: host.run_source('while (true) {}', 'javascript',"
+        " 'spin.js'), daemon=True).start()\n"
+        "time.sleep(0.5)\n"
+        "print('exits')\n")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout == "exits\n", done.stderr
+    assert time.monotonic() - began < 20
