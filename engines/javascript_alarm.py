@@ -73,6 +73,9 @@ class Alarm:
             self._flag[0] = self._first
             self._deadline = deadline
             _clock.add(deadline, self)
+            if self._rung and not own:  # rung meanwhile by this very thread (a signal
+                self._deadline = None   # handler that stops the engine): off after all
+                self._set_off()
 
     def ring(self) -> None:
         """Interrupt the script now, and at every arming after (any thread)."""
@@ -137,7 +140,9 @@ class _Clock:
     """The one thread that sets alarms off at their deadlines (started on first use)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # re-entrant: stop() (ring) may run in a signal handler on a thread that holds it
+        # (arming), which a plain lock would deadlock; arm() looks again after it
+        self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)
         self._heap: list[tuple[float, int, int, Alarm]] = []
         self._count = 0  # a tie-breaker: entries never compare alarms

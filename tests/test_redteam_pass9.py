@@ -335,3 +335,63 @@ def test_the_alarm_thread_never_holds_the_interpreter_at_exit():
                           timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0 and done.stdout == "exits\n", done.stderr
     assert time.monotonic() - began < 20
+
+
+SIGNALLED = r"""
+import signal, sys, time
+from engines import Limits
+from engines.javascript import JavaScriptEngine
+
+current = [None]
+hits = [0]
+
+def handler(*_):
+    if current[0] is not None:
+        hits[0] += 1
+        current[0].stop()
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+ends = time.monotonic() + 3
+runs = 0
+while time.monotonic() < ends:
+    made = JavaScriptEngine(limits=Limits(timeout=30))
+    current[0] = made
+    made.start("function main() { return 1 }", "a.js", None, [], time.monotonic() + 30)
+    current[0] = None
+    made.close()
+    runs += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+print(runs, hits[0])
+"""
+
+
+def test_stop_from_a_signal_handler_on_the_engine_s_own_thread_does_not_deadlock():
+    # a host that runs an engine on its main thread and stops it from a signal handler
+    # (SIGALRM, SIGINT): the handler runs between two bytecodes of the main thread, which
+    # may be arming the alarm under the clock's lock; stop() must not wait for that lock
+    # forever (nor, re-entered, lose the stop: see the next test)
+    done = subprocess.run([sys.executable, "-c", SIGNALLED], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    runs, hits = map(int, done.stdout.split())
+    assert runs > 10 and hits > 10
+
+
+def test_a_stop_that_lands_inside_arming_is_not_lost(own_clock, monkeypatch):
+    # the ring comes (from a signal handler, on the arming thread itself) after arm() set
+    # the flag back on: the alarm must stay set off
+    made = engine()
+    made.start("function main() {}", "a.js", None, [], time.monotonic() + 30)
+    alarm = made._alarm
+    assert alarm is not None
+    add = own_clock.add
+
+    def add_then_ring(deadline: float, which: alarms.Alarm) -> None:
+        add(deadline, which)
+        which.ring()
+
+    monkeypatch.setattr(own_clock, "add", add_then_ring)
+    alarm.arm(time.monotonic() + 30)
+    assert alarm.rang
+    made.close()
