@@ -712,8 +712,11 @@ class JavaScriptEngine(Engine):
             if loading is not None:
                 return loading
             replies, self._held = self._held, []
-            if not replies:
-                return self._advance(activation)
+            if not replies:  # (the modules' code runs as jobs now: a limit may end it)
+                try:
+                    return self._advance(activation)
+                except Exception as exc:  # every way out of a step is a Failed step
+                    return self._fail(self._from_python(exc))
         try:
             settle = self._settle
             for reply in replies:

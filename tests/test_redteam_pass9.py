@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from bridge import SpellError
-from engines import Failed, Finished, Limits
+from engines import Failed, Finished, Limits, Suspended, ToolReply
 from engines import javascript_alarm as alarms
 from engines.javascript import JavaScriptEngine
 from host import Coordinator, Host, Plan, Task
@@ -395,3 +395,47 @@ def test_a_stop_that_lands_inside_arming_is_not_lost(own_clock, monkeypatch):
     alarm.arm(time.monotonic() + 30)
     assert alarm.rang
     made.close()
+
+
+# -- a time limit where modules are evaluated ------------------------------------------
+
+MODULES = {
+    "dyn.mjs": "async function main() { await import('./spin.mjs'); }\n",
+    "static.mjs": "import {x} from './spin.mjs';\nexport function main() { return x; }\n",
+    "required.js": "const m = require('./spin.js');\nfunction main() { return 1; }\n",
+}
+
+
+@pytest.mark.parametrize("main", list(MODULES))
+@pytest.mark.parametrize("how", ["deadline", "stop"])
+def test_a_busy_loop_in_an_imported_module_is_the_time_limit(tmp_path, main, how):
+    # the module's top level runs as a job after the host hands its source over (resume):
+    # interrupted there, the step is the time limit, not an exception out of resume()
+    (tmp_path / "spin.mjs").write_text(BUSY + "\nexport const x = 1;\n")
+    (tmp_path / "spin.js").write_text(BUSY + "\n")
+    (tmp_path / main).write_text(MODULES[main])
+    busy = engine()
+    began = time.monotonic()
+    deadline = began + (0.4 if how == "deadline" else 30)
+    if how == "stop":
+        threading.Timer(0.4, busy.stop).start()
+    step = busy.start(MODULES[main], str(tmp_path / main), None, [], deadline)
+    while isinstance(step, Suspended):
+        replies = [ToolReply(r.id, result={"file": str(tmp_path / r.tool.lstrip("./")),
+                                           "source": (tmp_path / r.tool.lstrip("./")).read_text()})
+                   for r in step.requests]
+        step = busy.resume(replies, deadline)
+    assert is_time(step) and time.monotonic() - began < 3, step
+    assert step.error.frames[-1].file.endswith("spin.mjs" if "mjs" in main or "dyn" in main
+                                               else "spin.js")
+    assert step.error.frames[-1].line == 1
+
+
+def test_a_host_run_whose_dynamic_import_spins_fails_with_the_time_limit(tmp_path):
+    (tmp_path / "spin.mjs").write_text(BUSY + "\nexport const x = 1;\n")
+    (tmp_path / "dyn.mjs").write_text(MODULES["dyn.mjs"])
+    host = Host(timeout=0.5, on_output=lambda line: None)
+    with pytest.raises(SpellError) as caught:
+        host.run(tmp_path / "dyn.mjs")
+    assert caught.value.code == "script/resource_exhaustion", caught.value
+    assert caught.value.fields["resource_type"] == "time"
