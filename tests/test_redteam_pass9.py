@@ -439,3 +439,21 @@ def test_a_host_run_whose_dynamic_import_spins_fails_with_the_time_limit(tmp_pat
         host.run(tmp_path / "dyn.mjs")
     assert caught.value.code == "script/resource_exhaustion", caught.value
     assert caught.value.fields["resource_type"] == "time"
+
+
+@pytest.mark.parametrize("how", ["deadline", "stop"])
+def test_setters_run_while_a_tool_s_error_is_made_end_at_the_limit(how):
+    # the prelude makes a failed tool's error with the time limit on (setters on
+    # Object.prototype run there): they end at the deadline or the stop, as the time limit
+    from tests.test_engine_javascript import Driver
+    driver = Driver(timeout=0.4 if how == "deadline" else 30)
+    driver.engine.cpu_factor = 1.0
+    if how == "stop":
+        threading.Timer(0.4, driver.engine.stop).start()
+    began = time.monotonic()
+    step = driver.run(
+        "async function main() { for (const k of ['code', 'message', 'tool_name', 'kind',"
+        " 'fields', 'name']) { Object.defineProperty(Object.prototype, k,"
+        " {set(v) { " + BUSY + " }, configurable: true}); }"
+        " try { await tools.nope({}); } catch (e) { return 'caught'; } }")
+    assert is_time(step) and time.monotonic() - began < 3, step
