@@ -142,6 +142,12 @@ HOSTILE = {  # each runs on forever unless interrupted
         "function main() { const e = new Error('x');"
         " Object.defineProperty(e, 'stack', {get() { while (true) {} }}); throw e; }",
     "a busy loop in a module's top level": "await null;\n" + BUSY,
+    "errors made in a loop with a busy Error.prepareStackTrace":
+        "function main() { Error.prepareStackTrace = () => { while (true) {} };"
+        " for (;;) new Error('x'); }",
+    "errors made in a loop with a busy name getter on Error.prototype":
+        "function main() { Object.defineProperty(Error.prototype, 'name', {get() {"
+        " while (true) {} }}); for (;;) { try { null.x; } catch (e) {} } }",
 }
 
 
