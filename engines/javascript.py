@@ -125,9 +125,10 @@ SCRIPT_TAIL = '\n;typeof main === "function" ? main : undefined\n'
 MODULE_TAIL = ('\n;globalThis[Symbol.for("polyspell.main")] = '
                'typeof main === "function" ? main : undefined;\n')
 NO_TIME_LIMIT = -1.0
-# CPU seconds (x cpu_factor; wall seconds x cpu_factor with an alarm) for the engine's own JS
-# outside the run's time: the prelude, output, an error after a limit
+# Time for the engine's own JS outside the run's time (the prelude, output, an error after a
+# limit): CPU seconds (x cpu_factor) with the binding's limit, wall seconds with an alarm
 _GRACE = 0.25
+_GRACE_WALL = 1.0
 _REARM = 0.001  # wall seconds after which the time limit is computed again (module doc)
 _SAFE_INT = 2**53  # larger ints cross as JSON, which rounds them as JavaScript does
 _INT32 = 2**31  # quickjs's binding passes smaller ints as int32 (and truncates larger ones)
@@ -712,8 +713,11 @@ class JavaScriptEngine(Engine):
             if loading is not None:
                 return loading
             replies, self._held = self._held, []
-            if not replies:
-                return self._advance(activation)
+            if not replies:  # (the modules' code runs as jobs now: a limit may end it)
+                try:
+                    return self._advance(activation)
+                except Exception as exc:  # every way out of a step is a Failed step
+                    return self._fail(self._from_python(exc))
         try:
             settle = self._settle
             for reply in replies:
@@ -836,14 +840,13 @@ class JavaScriptEngine(Engine):
     def _grace(self) -> None:
         """The time limit for the engine's own JS outside the run's time (``_GRACE``).
 
-        With an alarm: the run's deadline, or ``_GRACE x cpu_factor`` seconds from now if
-        that is later (the engine's own work before the script, and after a limit, such as
-        its output and its error; a stopped script's too). Its own work before the deadline
+        With an alarm: the run's deadline, or ``_GRACE_WALL`` seconds from now if that is
+        later (the engine's own work before the script, and after a limit, such as its
+        output and its error; a stopped script's too). Its own work before the deadline
         arms no entry on the clock of its own, which would wake the clock's thread (and
         take the GIL) once per run for nothing."""
         if self._alarm is not None:
-            grace = _monotonic() + _GRACE * self.cpu_factor
-            self._alarm.arm(max(self._deadline, grace), own=True)
+            self._alarm.arm(max(self._deadline, _monotonic() + _GRACE_WALL), own=True)
             self._rearm_at = -math.inf  # the next _allow() arms it for the run again
             return
         self._cpu_mark, self._cpu_budget = time.process_time(), _GRACE * self.cpu_factor

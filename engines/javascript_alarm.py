@@ -35,6 +35,9 @@ from engines import javascript_bytecode as capi
 
 _HEAD = 16  # bytes of the runtime looked at for the NUL that ends the flag's copy
 _COMPACT_FLOOR = 256  # entries the clock's heap may hold before stale ones are dropped
+# the longest the clock waits at once (seconds): a far deadline (none: inf) is waited for in
+# such steps, as a wait longer than the platform's time_t would raise, ending the thread
+_LONGEST_WAIT = 3600.0
 
 
 class Alarm:
@@ -60,9 +63,12 @@ class Alarm:
     def arm(self, deadline: float, *, own: bool = False) -> None:
         """Go off at ``deadline`` (``time.monotonic()``), not before: off from now on,
         unless it was rung (the script is stopped) and this is not for the engine's
-        ``own`` work (its output, its error), which gets until ``deadline`` even so."""
+        ``own`` work (its output, its error), which gets until ``deadline`` even so, or
+        ``deadline`` is NaN (gone off at once)."""
         with _clock.lock:
-            if self._rung and not own:
+            if (self._rung and not own) or deadline != deadline:
+                # rung; or NaN, which the clock's heap cannot order (it would keep others'
+                # earlier deadlines from coming up): a deadline that has passed
                 self._deadline = None
                 self._set_off()
                 return
@@ -70,6 +76,9 @@ class Alarm:
             self._deadline = deadline
             if self._entry is None or deadline < self._entry[0]:
                 _clock.add(deadline, self)
+            if self._rung and not own:  # rung meanwhile by this very thread (a signal
+                self._deadline = None   # handler that stops the engine): off after all
+                self._set_off()
 
     def ring(self) -> None:
         """Interrupt the script now, and at every arming after (any thread)."""
@@ -115,7 +124,7 @@ def install(ctx: Any) -> Alarm | None:
     runtime = pointers[0]
     head = ctypes.string_at(runtime, _HEAD)
     end = head.find(b"\0")
-    if end < 0 or not _strcmp:  # no NUL near: strcmp would read past the flag
+    if end <= 0 or not _strcmp:  # no NUL near (strcmp would read past the flag), or no byte
         return None
     alarm = Alarm(runtime, head[:end])
     flag = ctypes.addressof(alarm._flag)
@@ -129,7 +138,9 @@ class _Clock:
     """The one thread that sets alarms off at their deadlines (started on first use)."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        # re-entrant: stop() (ring) may run in a signal handler on a thread that holds it
+        # (arming), which a plain lock would deadlock; arm() looks again after it
+        self.lock = threading.RLock()
         self._changed = threading.Condition(self.lock)
         self._heap: list[tuple[float, int, Alarm]] = []
         self._count = 0  # numbers the entries (and breaks ties: entries never compare alarms)
@@ -164,7 +175,7 @@ class _Clock:
                 when, number, alarm = heap[0]
                 now = time.monotonic()
                 if now < when:
-                    self._changed.wait(when - now)
+                    self._changed.wait(min(when - now, _LONGEST_WAIT))
                     continue
                 heapq.heappop(heap)
                 if alarm._entry != (when, number):
