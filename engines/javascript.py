@@ -352,7 +352,9 @@ class JavaScriptEngine(Engine):
         if self._alarm is not None:
             self._alarm.remove()
         ctx = self._new_context()
-        self._alarm = javascript_alarm.install(ctx) if self.alarms else None
+        alarm = self._alarm = javascript_alarm.install(ctx) if self.alarms else None
+        if alarm is not None and self._stopped:  # a stop() that came as the step began,
+            alarm.ring()  # after _begin read _stopped: it rang no alarm of this context
         return ctx
 
     def _new_context(self) -> Any:

@@ -6,10 +6,14 @@ loop run up to ``cpu_factor`` times past the deadline, and a stop not at all).""
 
 from __future__ import annotations
 
+import dis
+import linecache
 import os
 import signal
+import sys
 import threading
 import time
+from typing import Any
 
 import anyio
 
@@ -208,3 +212,42 @@ def test_a_forked_child_s_busy_loop_still_ends_at_its_deadline():
             raise AssertionError("the forked child's busy loop ran on past its deadline")
         time.sleep(0.02)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_stop_as_a_step_begins_is_not_lost():
+    # stop() lands as start() stores the deadline it chose when the engine was not stopped
+    # yet (a thread switch there), before it made the context and its alarm: the new alarm
+    # is rung, and the busy loop ends at once rather than at its deadline
+    busy = engine(timeout=4, cpu_factor=1.0)
+    start_code = JavaScriptEngine._begin.__code__
+    stopped: list[bool] = []
+
+    store = dis.opmap["STORE_ATTR"]
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is start_code:
+            frame.f_trace_opcodes = True
+
+            def opcodes(frame: Any, event: str, arg: Any) -> Any:
+                # as the deadline read with _stopped (False) is about to be stored
+                if (event == "opcode" and not stopped
+                        and frame.f_code.co_code[frame.f_lasti] == store
+                        and "self._deadline = -math.inf if self._stopped" in _line_of(frame)):
+                    stopped.append(busy.stop())
+                return opcodes
+            return opcodes
+        return None
+
+    began = time.monotonic()
+    sys.settrace(tracer)
+    try:
+        step = busy.start(BUSY, "a.js", None, [], began + 4)
+    finally:
+        sys.settrace(None)
+    assert stopped, "the stop was not injected"
+    assert isinstance(step, Failed) and step.error.fields["resource_type"] == "time"
+    assert time.monotonic() - began < 2
+
+
+def _line_of(frame: Any) -> str:
+    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)
