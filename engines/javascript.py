@@ -266,9 +266,8 @@ class JavaScriptEngine(Engine):
         self._filename = filename
         self._source = source
         self._lines: list[str] | None = None
-        self._deadline = -math.inf if self._stopped else deadline
+        self._set_deadline(deadline)
         self._started = time.monotonic()
-        self._rearm_at = -math.inf  # when the time limit must be computed again
         self._broken = False  # a limit was hit: the context runs no more code
         self._sites: dict[int, list[Frame]] = {}  # call site number -> its frames
         self._owners: dict[int, int] = {}  # request id -> the activation that made it
@@ -352,9 +351,7 @@ class JavaScriptEngine(Engine):
         if self._alarm is not None:
             self._alarm.remove()
         ctx = self._new_context()
-        alarm = self._alarm = javascript_alarm.install(ctx) if self.alarms else None
-        if alarm is not None and self._stopped:  # a stop() that came as the step began,
-            alarm.ring()  # after _begin read _stopped: it rang no alarm of this context
+        self._alarm = javascript_alarm.install(ctx) if self.alarms else None
         return ctx
 
     def _new_context(self) -> Any:
@@ -774,7 +771,10 @@ class JavaScriptEngine(Engine):
         return self._unfit("the tool's result")
 
     def _set_deadline(self, deadline: float) -> None:
-        self._deadline = -math.inf if self._stopped else deadline
+        """The deadline of the step beginning; the time limit is computed again for it."""
+        self._deadline = deadline
+        if self._stopped:  # looked at after the write: a stop() meanwhile is not undone
+            self._deadline = -math.inf
         self._rearm_at = -math.inf
 
     @property

@@ -215,11 +215,11 @@ def test_a_forked_child_s_busy_loop_still_ends_at_its_deadline():
 
 
 def test_a_stop_as_a_step_begins_is_not_lost():
-    # stop() lands as start() stores the deadline it chose when the engine was not stopped
-    # yet (a thread switch there), before it made the context and its alarm: the new alarm
-    # is rung, and the busy loop ends at once rather than at its deadline
+    # stop() lands as start() stores the step's deadline (a thread switch there, before the
+    # context and its alarm exist): the stop is not undone, and the busy loop ends at once
+    # rather than at its deadline
     busy = engine(timeout=4, cpu_factor=1.0)
-    start_code = JavaScriptEngine._begin.__code__
+    start_code = JavaScriptEngine._set_deadline.__code__
     stopped: list[bool] = []
 
     store = dis.opmap["STORE_ATTR"]
@@ -232,7 +232,7 @@ def test_a_stop_as_a_step_begins_is_not_lost():
                 # as the deadline read with _stopped (False) is about to be stored
                 if (event == "opcode" and not stopped
                         and frame.f_code.co_code[frame.f_lasti] == store
-                        and "self._deadline = -math.inf if self._stopped" in _line_of(frame)):
+                        and "self._deadline = deadline" in _line_of(frame)):
                     stopped.append(busy.stop())
                 return opcodes
             return opcodes
