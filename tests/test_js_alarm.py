@@ -232,7 +232,7 @@ def test_a_stop_as_a_step_begins_is_not_lost():
                 # as the deadline read with _stopped (False) is about to be stored
                 if (event == "opcode" and not stopped
                         and frame.f_code.co_code[frame.f_lasti] == store
-                        and "self._deadline = deadline" in _line_of(frame)):
+                        and "self._deadline = deadline" in line_of(frame)):
                     stopped.append(busy.stop())
                 return opcodes
             return opcodes
@@ -249,5 +249,6 @@ def test_a_stop_as_a_step_begins_is_not_lost():
     assert time.monotonic() - began < 2
 
 
-def _line_of(frame: Any) -> str:
+def line_of(frame: Any) -> str:
+    """The source line a traced frame is at (for tests that land a stop on one line)."""
     return linecache.getline(frame.f_code.co_filename, frame.f_lineno)

@@ -22,19 +22,18 @@ import anyio
 import pytest
 
 from bridge import SpellError
-from engines import Failed, Finished, Limits, Suspended, ToolReply
+from engines import Failed, Finished, Suspended, ToolReply
 from engines import javascript_alarm as alarms
 from engines.javascript import JavaScriptEngine
 from host import Coordinator, Host, Plan, Task
+from tests.test_js_alarm import BUSY, line_of
+from tests.test_js_alarm import engine as alarm_engine
 
-BUSY = "while (true) {}"
 
-
-def engine(timeout: float = 30, cpu_factor: float = 1.0) -> JavaScriptEngine:
-    """A JS engine with an alarm; ``cpu_factor`` 1: its own work after a limit gets 0.25 s."""
-    made = JavaScriptEngine(limits=Limits(timeout=timeout))
-    made.cpu_factor = cpu_factor
-    return made
+def engine() -> JavaScriptEngine:
+    """test_js_alarm's engine, with 30 s; where it has no alarm, its CPU-time limit counts
+    one CPU second per second left."""
+    return alarm_engine(timeout=30, cpu_factor=1.0)
 
 
 def timed(busy: JavaScriptEngine, source: str, deadline_in: float, *, bound: float = 3.0,
@@ -416,7 +415,7 @@ def test_a_stop_that_lands_before_arming_clears_the_flag_is_not_lost(own_clock):
     def tracer(frame: Any, event: str, arg: Any) -> Any:
         if frame.f_code is alarms.Alarm.arm.__code__:
             def lines(frame: Any, event: str, arg: Any) -> Any:
-                if event == "line" and clearing in _line_of(frame):
+                if event == "line" and clearing in line_of(frame):
                     alarm.ring()
                 return lines
             return lines
@@ -429,12 +428,6 @@ def test_a_stop_that_lands_before_arming_clears_the_flag_is_not_lost(own_clock):
         sys.settrace(None)
     assert alarm.rang
     made.close()
-
-
-def _line_of(frame: Any) -> str:
-    import linecache
-
-    return linecache.getline(frame.f_code.co_filename, frame.f_lineno)
 
 
 # -- a time limit where modules are evaluated ------------------------------------------
