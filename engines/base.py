@@ -231,6 +231,9 @@ class Failed:
 
 Step = Suspended | Finished | Failed
 
+# See Engine.direct: the reply to a request, or None for "not at once".
+DirectAnswer = Callable[[ToolRequest], ToolReply | None]
+
 
 SANDBOX_HINT_START = "(this is polyspell's sandbox: "
 
@@ -290,6 +293,15 @@ class Engine(ABC):
     # with (bridge.patterns); by default the process's registry, which users extend with
     # ``patterns.add(...)``. Set another registry on an engine to give it its own.
     patterns: PatternRegistry = process_patterns
+
+    # The host's answer to a tool call that needs nothing of its loop between steps (a
+    # plain tool's, see host.runner), set while the host's loop runs the engine: an
+    # engine that takes it offers it each tool call made alone, with nothing printed
+    # before it, and delivers the reply it gets in the same step, running the script on;
+    # None sends the request out in a Suspended step, as usual. A step's round through
+    # the host costs more than the call itself (issue 17). An engine may ignore it (a
+    # worker process's: its tools are in another process).
+    direct: DirectAnswer | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

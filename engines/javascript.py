@@ -718,36 +718,40 @@ class JavaScriptEngine(Engine):
                 except Exception as exc:  # every way out of a step is a Failed step
                     return self._fail(self._from_python(exc))
         try:
-            settle = self._settle
             for reply in replies:
                 del owners[reply.id]
-                value = reply.result
-                if reply.error is None and value.__class__ is int and -_INT32 <= value < _INT32:
-                    settle(reply.id, 0, value)  # the usual result (_settlement's first case)
-                    continue
-                if reply.error is not None:
-                    flat = _flat_error(reply.error)
-                    if flat is not None:  # the usual envelope (else JSON text, below)
-                        self._allow()  # the error's making may run script code (setters)
-                        self._settle_error(reply.id, *flat)
-                        continue
-                if reply.error is not None and not fits_as_json(reply.error,
-                                                                self._memory_limit()):
-                    raise _Unfit  # (as JSON text: see fits_as_json)
-                how, value = _settlement(reply)
-                if how:  # JSON, or an error: the prelude's code that reads it needs the limit
-                    self._allow()
-                try:
-                    settle(reply.id, how, value)  # else unguarded: no time limit needed
-                except quickjs.JSException as exc:
-                    if how != 1:  # (an error's making may run script code: see _allow)
-                        raise
-                    return self._fail(self._unparsed(exc))
+                failed = self._deliver(reply)
+                if failed is not None:
+                    return failed
             return self._advance(activation)
-        except _Unfit:
-            return self._fail(self._unfit("the tool's error"))
         except Exception as exc:  # every way out of a step is a Failed step
             return self._fail(self._from_python(exc))
+
+    def _deliver(self, reply: ToolReply) -> Failed | None:
+        """Settle the promise ``reply`` answers (no job runs yet); a Failed step when the
+        reply cannot reach the script."""
+        value = reply.result
+        if reply.error is None and value.__class__ is int and -_INT32 <= value < _INT32:
+            self._settle(reply.id, 0, value)  # the usual result (_settlement's first case)
+            return None
+        if reply.error is not None:
+            flat = _flat_error(reply.error)
+            if flat is not None:  # the usual envelope (else JSON text, below)
+                self._allow()  # the error's making may run script code (setters)
+                self._settle_error(reply.id, *flat)
+                return None
+            if not fits_as_json(reply.error, self._memory_limit()):  # (see fits_as_json)
+                return self._fail(self._unfit("the tool's error"))
+        how, value = _settlement(reply)
+        if how:  # JSON, or an error: the prelude's code that reads it needs the limit
+            self._allow()
+        try:
+            self._settle(reply.id, how, value)  # else unguarded: no time limit needed
+        except quickjs.JSException as exc:
+            if how != 1:  # (an error's making may run script code: see _allow)
+                raise
+            return self._fail(self._unparsed(exc))
+        return None
 
     def _unfit(self, what: str) -> SpellError:
         """The memory error for ``what`` (the run's args, a tool's result or error) that
@@ -862,10 +866,12 @@ class JavaScriptEngine(Engine):
         reads the clock at the start of every call with a limit: a tool round trip is
         cheaper with two set_time_limit() calls than with two clock readings. The next
         ``_allow()`` sets the limit again: the same one, until ``_REARM`` has passed (its
-        CPU mark stays, older than any call it limits: see :meth:`_budget_spent`).
+        CPU mark stays, older than any call it limits: see :meth:`_budget_spent`). An
+        alarm reads no clock: with one, there is nothing to lift.
         """
-        self._ctx.set_time_limit(NO_TIME_LIMIT)
-        self._lifted = True
+        if self._alarm is None:
+            self._ctx.set_time_limit(NO_TIME_LIMIT)
+            self._lifted = True
 
     def _enter(self, function: Any, *args: Any) -> Any:
         """Call into JS with the time left as its limit."""
@@ -873,7 +879,27 @@ class JavaScriptEngine(Engine):
         return function(*args)
 
     def _advance(self, activation: int) -> Step:
-        """Run pending jobs until none is left, then say where ``activation`` stands."""
+        """Run pending jobs until none is left, then say where ``activation`` stands; a
+        tool call the host answers at once (:attr:`Engine.direct`) is settled and the jobs
+        run on, in the same step."""
+        while True:
+            request = self._run_jobs(activation)
+            if not isinstance(request, ToolRequest):
+                return request
+            reply = self.direct(request) if self.direct is not None else None
+            if reply is None:
+                self._owners[request.id] = activation
+                return Suspended([request])
+            if reply.id != request.id:
+                return self._fail(protocol_violation(
+                    f"the host answered request {request.id} with the reply to {reply.id}"))
+            failed = self._deliver(reply)
+            if failed is not None:
+                return failed
+
+    def _run_jobs(self, activation: int) -> Step | ToolRequest:
+        """:meth:`_advance`'s step; or, when the host may answer at once, the request of
+        the usual step (one tool call, nothing printed) to offer it."""
         ctx = self._ctx
         run_job, deadline = ctx.execute_pending_job, self._deadline
         while True:  # _allow(), inlined: this loop is most of a tool round trip
@@ -887,8 +913,9 @@ class JavaScriptEngine(Engine):
                 self._lifted = False
             if not run_job():
                 break
-        ctx.set_time_limit(NO_TIME_LIMIT)  # _unguarded(), inlined
-        self._lifted = True
+        if self._alarm is None:  # _unguarded(), inlined
+            ctx.set_time_limit(NO_TIME_LIMIT)
+            self._lifted = True
         text = self._poll(False, activation)
         if text == 0:  # not suspended: the prelude may run script code to say what happened
             self._allow()
@@ -896,26 +923,29 @@ class JavaScriptEngine(Engine):
         size = len(text)
         if size > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        if size < _SMALL_TEXT and text[1] == "0":  # requests: only their params hold data
-            state = _native_scan(text, 0)[0]
-            if _unsafe_params(state):
-                state = _scan(text, 0)[0]
+        if size < _SMALL_TEXT and text[1] == "0":  # requests with nothing to read with care
+            state = _native_scan(text, 0)[0]  # (see `careful` in the prelude)
         else:  # (a small result's text: the look for 16 digits costs less than a walk)
             state = _read_state(text)
-        if self._nonce in text:  # long strings handed over as themselves
-            try:
-                state = self._unstash(state, [self._max_text - len(text)])
-            except (quickjs.JSException, _TooLarge):  # no memory left to flatten one
-                return self._fail(self._too_large("data"))
+            if self._nonce in text:  # long strings handed over as themselves
+                try:
+                    state = self._unstash(state, [self._max_text - len(text)])
+                except (quickjs.JSException, _TooLarge):  # no memory left to flatten one
+                    return self._fail(self._too_large("data"))
         lines = tuple(state[1]) if state[1] else ()  # 0 when the script printed nothing
         kind = state[0]
-        if kind == 0:
+        if kind == 0 or kind == 5:  # requests (5: read with care, as they just were)
             if len(state) == 6:  # one request: the usual step, _requests inlined
                 request_id, site, tool, params = state[2:]
+                if site.__class__ is list:  # the first call from there
+                    site = state[3] = self._new_site(site)
                 if request_id > 0 and tool.__class__ is str and site.__class__ is int:
+                    request = ToolRequest(request_id, tool, params, None,
+                                          self._sites[site][:])
+                    if self.direct is not None and not lines:
+                        return request  # (_advance offers it)
                     self._owners[request_id] = activation
-                    return Suspended([ToolRequest(request_id, tool, params, None,
-                                                  self._sites[site][:])], lines)
+                    return Suspended([request], lines)
             try:
                 requests = self._requests(state)
             except _TooLarge as exc:
@@ -975,6 +1005,14 @@ class JavaScriptEngine(Engine):
             return {key: self._unstash(item, left) for key, item in value.items()}
         return value
 
+    def _new_site(self, site: list[Any]) -> int:
+        """The number of a call site the prelude sends for the first time, as ``[number,
+        stack text]``, its frames kept under it."""
+        number, stack = site
+        self._sites[number] = self._own_frames(translate.parse_stack(
+            self._relocate(stack), self._filename, self._source_lines()))
+        return number  # type: ignore[no-any-return]
+
     def _requests(self, state: list[Any]) -> list[ToolRequest]:
         """The requests of a poll: ``id, site, tool, params`` from index 2 (see poll())."""
         # A loop calls a tool from the same few places: the prelude numbers call sites and
@@ -983,10 +1021,8 @@ class JavaScriptEngine(Engine):
         requests = []
         for i in range(2, len(state), 4):
             request_id, site, tool, params = state[i:i + 4]
-            if site.__class__ is list:  # the first call from there: [number, stack text]
-                site, stack = site
-                sites[site] = self._own_frames(translate.parse_stack(
-                    self._relocate(stack), self._filename, self._source_lines()))
+            if site.__class__ is list:  # the first call from there
+                site = self._new_site(site)
             kind: Literal["tool", "recovery"] = "tool"
             if tool.__class__ is list:  # ["retry"]: a step of the script's own recovery
                 if (tool[0] == "import" and len(tool) == 3 and tool[1].__class__ is int
@@ -1276,26 +1312,6 @@ def _read_state(text: str) -> Any:
     return _scan(text, 0)[0] if _beyond_safe(state) else state
 
 
-def _unsafe_params(state: list[Any]) -> bool:
-    """Whether the requests of a poll (``[0, lines, id, site, tool, params, ...]``, read
-    with ints parsed in C) hold an int beyond 2**53 (then read again with
-    :func:`_js_number`): only their params can (ids, site numbers and the problems of
-    params without a JSON form are the prelude's own small ints). Cheaper than
-    :data:`_LONG_DIGITS`'s look through the text for the usual flat params."""
-    if len(state) == 6:
-        params = state[5]
-        if params.__class__ is dict:
-            for value in params.values():
-                kind = value.__class__
-                if kind is int:
-                    if value > _MAX_SAFE_INTEGER or value < -_MAX_SAFE_INTEGER:
-                        return True
-                elif kind is dict or kind is list:
-                    return _beyond_safe(params)
-            return False
-    return _beyond_safe(state[5::4])  # (a list: a toJSON may make params a bare number)
-
-
 def _beyond_safe(value: Any) -> bool:
     """Whether JSON-like ``value`` holds an int beyond 2**53, looked for level by level
     (each level's values gathered and looked at by C code, not one Python call apiece)."""
@@ -1376,11 +1392,6 @@ def _settlement(reply: ToolReply) -> tuple[int, Any]:
 # flat: past it, the envelope goes the long way, checked there against the run's memory
 # limit (data held in many places would be JSON text of a copy each place, without end)
 _FLAT_ROOM = 2**20
-
-
-class _Unfit(Exception):
-    """A tool's error whose data cannot fit in the run's memory as JSON (see
-    :func:`bridge.data.fits_as_json`)."""
 
 
 def _flat_error(envelope: Any, room: int = _FLAT_ROOM) -> list[Any] | None:

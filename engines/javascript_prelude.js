@@ -132,6 +132,14 @@
   const LARGE = 2;
   const THREW = 3;
   let lastId = 0;
+  // Whether the requests queued since the last poll may hold data Python must read with
+  // care (see poll): a number past 2**53, which Python would read as an exact int where JS
+  // holds a double (check, and numbers(): Python looks at those arrays itself), a Number
+  // object (written as a number without check seeing one), or a long string handed over
+  // by itself (stash). Set by any conversion, kept until the queue is handed over: a
+  // conversion that is not a request's only makes the next poll careful for nothing.
+  let careful = false;
+  const SAFE = 9007199254740992; // 2**53
   // Requests not yet handed to Python, as JSON text (4 items each, see poll): the latest
   // ones comma-separated in `queue`, which a long burst moves to the list `queued` in
   // pieces of about 4 KB (appending to one string would copy it each time).
@@ -283,12 +291,14 @@
     const type = typeof value; // if-else: quicker than a switch in quickjs
     if (type === "number") {
       if (value - value !== 0) bad = true; // NaN, Infinity, -Infinity
+      else if (value > SAFE || value < -SAFE) careful = true;
     } else if (type === "string") {
       spent += value.length;
       if (spent > budget) stop(LARGE);
       if (stashing && value.length >= LONG_TEXT && isWellFormed(value)) {
         const number = marks++;
         stash[number] = value;
+        careful = true;
         if (mine === null) mine = newList();
         append(mine, number);
         return MARK + number;
@@ -298,8 +308,10 @@
       // a plain object or array is none of these (one look at its prototype: cheaper
       // than three instanceof lookups, the usual case of tool parameters)
       const prototype = getPrototypeOf(value);
-      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE &&
-        (value instanceof Map || value instanceof Set || value instanceof Promise)) bad = true;
+      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE) {
+        careful = true; // a Number object, say
+        if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
+      }
       while (depth !== 0 && open[depth] !== this) depth--;
       if (depth >= maxDepth) stop(DEEP);
       if (stashing && isArray(value)) {
@@ -328,6 +340,7 @@
     }
     if (copy.length < MIN_NUMBERS || !every(copy, isFiniteNumber)) return null;
     if ((spent += itemBytes * copy.length) > budget) stop(LARGE);
+    careful = true;
     if (pieces === null) pieces = newList();
     const k = pieces.length / 2;
     append(pieces, MARK_JSON + "[" + k + "\"");
@@ -1334,6 +1347,7 @@
   //       request whose params have no JSON form has -id and, for params, the problem
   //       [message, type, path, memory] (see failure); a
   //       call site seen for the first time is [number, stack], later just its number)
+  //   [5, lines, id, site, tool, params, ...]  the same, to be read with care (careful)
   //   [1, lines, result]                       finished
   //   [2, lines, report, limit]                failed (javascript_errors.js: report;
   //       limit: what observedLimit found, -1 when null was thrown)
@@ -1346,7 +1360,8 @@
     let kind;
     let body;
     if (queue !== "") {
-      kind = "[0,";
+      kind = careful ? "[5," : "[0,";
+      careful = false;
       body = queue;
       if (queued !== null) {
         append(queued, queue);
@@ -1380,7 +1395,7 @@
     }
     // A tools file's call is over once its end is told: its record goes (each call made
     // one, and kept it: about 400 bytes a call of the engine's memory limit, for good)
-    if (id !== 0 && kind !== "[0," && kind !== "[4,") delete activations[id];
+    if (id !== 0 && kind !== "[0," && kind !== "[5," && kind !== "[4,") delete activations[id];
     let lines = "0";
     if (output.length !== 0) { // after the result: its toJSON may have printed
       lines = "[" + joinList(output, ",") + "]";

@@ -654,7 +654,8 @@ class LuaEngine(Engine):
                 "call() on a Lua engine that has loaded no tools file"))
         if self._clock() >= deadline:
             return self._fail(self._time_error(None))
-        return self._handoff(_CALL, deadline, function, None, params, "params")
+        return self._answered(self._handoff(_CALL, deadline, function, None, params, "params"),
+                              deadline)
 
     def _begin(self, source: str, filename: str, tools: list[ToolInfo], deadline: float,
                entry: int, args: Any) -> Step:
@@ -684,8 +685,9 @@ class LuaEngine(Engine):
         if code is None:  # code is not data: refused, as JavaScript refuses it
             return self._fail(compilation_failed(self._script, _not_source(self._script, source)))
         infos = [_utf8(text) for info in tools for text in (info.name, info.description)]
-        return self._handoff(entry, deadline, code, chunkname,
-                             {} if args is None else args, "args", infos)
+        return self._answered(self._handoff(entry, deadline, code, chunkname,
+                                            {} if args is None else args, "args", infos),
+                              deadline)
 
     def resume(self, replies: list[ToolReply], deadline: float) -> Step:
         """Deliver the reply to a pending tool call and run its coroutine on."""
@@ -697,7 +699,26 @@ class LuaEngine(Engine):
             return self._fail(protocol_violation(
                 f"the Lua script waits for the replies to requests "
                 f"{sorted(self._waiting)}, got replies {[r.id for r in replies]}"))
-        reply = replies[0]
+        return self._answered(self._deliver(replies[0], deadline), deadline)
+
+    def _answered(self, step: Step, deadline: float) -> Step:
+        """``step``; or, while it is a tool call the host answers at once
+        (:attr:`Engine.direct`: one with nothing printed before it), the step the script
+        runs on to with its reply."""
+        direct = self.direct
+        while direct is not None and step.__class__ is Suspended and not step.output:
+            request = step.requests[0]  # type: ignore[union-attr]  (one: Lua's steps)
+            reply = direct(request)
+            if reply is None:
+                break
+            if reply.id != request.id:
+                return self._fail(protocol_violation(
+                    f"the host answered request {request.id} with the reply to {reply.id}"))
+            step = self._deliver(reply, deadline)
+        return step
+
+    def _deliver(self, reply: ToolReply, deadline: float) -> Step:
+        """Deliver ``reply``, which the script waits for, and run it on."""
         self._waiting.discard(reply.id)
         if self._stopped[0] or time.monotonic() >= deadline:  # self._clock(), inlined
             return self._fail(self._time_error(None))

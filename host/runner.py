@@ -553,6 +553,15 @@ class ScriptRun:
                   roots: Sequence[Root] | None = None) -> Finished | Failed:
         """Answer the engine's tool calls until the script (or the called function) ends,
         by ``deadline`` (``roots``: where a tools file's require searches)."""
+        outer, engine.direct = engine.direct, functools.partial(self._direct, engine.language)
+        try:
+            return self._conversed(engine, step, deadline, roots)
+        finally:
+            engine.direct = outer  # (only this loop answers at once: not a load, a restore)
+
+    def _conversed(self, engine: Engine, step: Step, deadline: float,
+                   roots: Sequence[Root] | None) -> Finished | Failed:
+        """:meth:`_converse`'s loop, with the engine answering plain tools' calls."""
         control, answer, resume, language = self.control, self._answer, engine.resume, \
             engine.language  # (looked up once: this loop is every tool call's)
         while step.__class__ is Suspended:
@@ -580,11 +589,10 @@ class ScriptRun:
             if request.kind == "module":
                 return self._module(request, roots)
             return self._recover(request, caller)
+        reply = self._direct(caller, request)  # a plain tool's, fused
+        if reply is not None:
+            return reply
         name = request.tool
-        plain = self._plain_tools.get(name)  # (a tool's name is never given to another)
-        if plain is not None and request.problem is None and self.control.reason is None \
-                and self._bound >= self.deadline:
-            return self._plain(request, plain, caller)
         function = self._plain_functions.get(name)
         if function is not None and request.problem is None and self.control.reason is None:
             return self._plain_call(request, function, caller)
@@ -597,6 +605,18 @@ class ScriptRun:
             return ToolReply(request.id, result=path(call))
         except SpellError as err:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
+
+    def _direct(self, caller: str, request: ToolRequest) -> ToolReply | None:
+        """The reply to ``request`` if it is a plain tool's call, made right in the engine's
+        step (:attr:`engines.Engine.direct`) exactly as :meth:`_conversed` would make it;
+        None for any other call, or when that loop has something to do first (the run is
+        stopped or given up on, or a tools file's call narrowed the deadline)."""
+        plain = self._plain_tools.get(request.tool)  # (no tool's name is given to another)
+        control = self.control
+        if plain is None or request.kind != "tool" or request.problem is not None \
+                or control.reason is not None or control.given_up or self._bound < self.deadline:
+            return None
+        return self._plain(request, plain, caller)
 
     def _plain(self, request: ToolRequest, plain: tuple[Tool, Any], caller: str
                ) -> ToolReply:
