@@ -882,6 +882,7 @@ class JavaScriptEngine(Engine):
         """Run pending jobs until none is left, then say where ``activation`` stands; a
         tool call the host answers at once (:attr:`Engine.direct`) is settled and the jobs
         run on, in the same step."""
+        deadline = self._deadline
         while True:
             request = self._run_jobs(activation)
             if not isinstance(request, ToolRequest):
@@ -893,6 +894,8 @@ class JavaScriptEngine(Engine):
             if reply.id != request.id:
                 return self._fail(protocol_violation(
                     f"the host answered request {request.id} with the reply to {reply.id}"))
+            if self._deadline != deadline:  # a call into this engine made for the reply
+                self._set_deadline(deadline)  # (a tools file's own function) set its own
             failed = self._deliver(reply)
             if failed is not None:
                 return failed

@@ -589,13 +589,10 @@ class ScriptRun:
             if request.kind == "module":
                 return self._module(request, roots)
             return self._recover(request, caller)
-        reply = self._direct(caller, request)  # a plain tool's, fused
+        reply = self._direct(caller, request)  # a plain tool's or function's, fused
         if reply is not None:
             return reply
         name = request.tool
-        function = self._plain_functions.get(name)
-        if function is not None and request.problem is None and self.control.reason is None:
-            return self._plain_call(request, function, caller)
         tool = self.tools.get(name)
         path = self._paths.get(name) or self._path(name, tool)
         # a call made inside a tools-file function ends by that function's deadline
@@ -607,16 +604,22 @@ class ScriptRun:
             return ToolReply(request.id, error=error_envelope(err, ref=self._ref))
 
     def _direct(self, caller: str, request: ToolRequest) -> ToolReply | None:
-        """The reply to ``request`` if it is a plain tool's call, made right in the engine's
-        step (:attr:`engines.Engine.direct`) exactly as :meth:`_conversed` would make it;
-        None for any other call, or when that loop has something to do first (the run is
-        stopped or given up on, or a tools file's call narrowed the deadline)."""
-        plain = self._plain_tools.get(request.tool)  # (no tool's name is given to another)
+        """The reply to ``request`` if it is a plain tool's or tools-file function's call
+        (the fused paths), made right in the engine's step (:attr:`engines.Engine.direct`)
+        exactly as :meth:`_conversed` would make it; None for any other call, or when that
+        loop has something to do first (the run is stopped or given up on; for a Python
+        tool, which runs right here, a tools file's call narrowed the deadline)."""
         control = self.control
-        if plain is None or request.kind != "tool" or request.problem is not None \
-                or control.reason is not None or control.given_up or self._bound < self.deadline:
+        if request.kind != "tool" or request.problem is not None \
+                or control.reason is not None or control.given_up:
             return None
-        return self._plain(request, plain, caller)
+        name = request.tool  # (no tool's name is given to another)
+        plain = self._plain_tools.get(name)
+        if plain is not None:
+            return self._plain(request, plain, caller) if self._bound >= self.deadline \
+                else None
+        function = self._plain_functions.get(name)
+        return None if function is None else self._plain_call(request, function, caller)
 
     def _plain(self, request: ToolRequest, plain: tuple[Tool, Any], caller: str
                ) -> ToolReply:

@@ -216,6 +216,38 @@ def raw_js_suspension(n: int, time_limit: str = "alarm") -> float:
     return elapsed / n
 
 
+# What two of the JS round trip's guarantees cost, measured by leaving them out of the
+# prelude (measurement only: a script's errors would lose their call site, and data
+# without a JSON form would be dropped silently): the call site's stack, which the frames
+# of the call's errors need, and the check of the parameters' data (json()'s replacer).
+JS_LEFT_OUT = {
+    "the call site's stack": [("      captureStack(holder, skip);\n      site = holder.stack;",
+                               '      site = "    at main (<input>:4:49)";')],
+    "the data check": [("        ? json(params, true, true)", "        ? stringify(params)")],
+}
+JS_LEFT_OUT["both"] = [*JS_LEFT_OUT["the call site's stack"], *JS_LEFT_OUT["the data check"]]
+
+
+def js_round_trip_without(what: str, n: int) -> float | None:
+    """Seconds per JS tool call with JS_LEFT_OUT[what] left out of the prelude (a host and
+    engines of their own; the prelude is put back after), or None where the prelude no
+    longer has that text."""
+    from engines import javascript
+
+    prelude = javascript.PRELUDE
+    changed = prelude
+    for old, new in JS_LEFT_OUT[what]:
+        if old not in changed:
+            return None
+        changed = changed.replace(old, new)
+    javascript.PRELUDE = changed
+    try:
+        return tool_round_trip(Host([add], on_output=lambda line: None), "javascript",
+                               JS_LOOP, n)
+    finally:
+        javascript.PRELUDE = prelude
+
+
 AddParams = None  # the naive hosts' pydantic model of add's parameters, made once
 
 
@@ -1524,6 +1556,11 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
                      lambda: run_thread_cpu(host, "javascript", JS_LOOP_CPU, 20_000),
                      "  naive host, in CPU time",
                      lambda: naive_js_call(20_000, time.thread_time), pick=min)
+    for what in JS_LEFT_OUT:  # (no row where the prelude no longer has the text)
+        cost = [js_round_trip_without(what, 20_000) for _ in range(repeats)]
+        if None not in cost:
+            rows.append((f"  ... without {what} (measurement only)",
+                         statistics.median(cost) * us, "us", ""))  # type: ignore[type-var]
     rows.append(("  raw quickjs JS -> Python call",
                  median_of(repeats, lambda: raw_js_call(200_000)) * us, "us", ""))
     rows.append(("  the suspension design alone, JS, with an alarm (floor)",

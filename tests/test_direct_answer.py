@@ -23,7 +23,15 @@ from bridge.envelope import error_envelope
 from engines import Failed, Finished, Suspended, ToolReply, ToolRequest, make_engine
 from host import Host, StopRun, tool
 from tests.conftest import pick
-from tests.test_calls_fused import CALLS, _seen, fused, passthrough, pipelined
+from tests.test_calls_fused import (
+    CALLS,
+    FILE_CALLS,
+    _files_hosts,
+    _seen,
+    fused,
+    passthrough,
+    pipelined,
+)
 
 LOOP = {  # inc three times, print, inc once more, then ask for "other"
     "lua": """
@@ -159,6 +167,23 @@ def test_a_call_answered_at_once_is_seen_as_through_the_pipeline(
         frames = seen[0]["chain"][0][3]
         assert frames[0][1:3] == ("calls" + pick(language, ".lua", ".js"),
                                   int(pick(language, "3", "4"))), frames
+
+
+@pytest.mark.parametrize(("name", "lua", "js"), FILE_CALLS)
+def test_a_tools_file_call_answered_at_once_is_seen_as_through_the_pipeline(
+        language: str, name: str, lua: str, js: str, tmp_path: Any) -> None:
+    """test_calls_fused's tools-file functions, each called a second time: answered at
+    once (the functions' own calls of tools too), as through the pipeline."""
+    printed: tuple[list[str], list[str]] = ([], [])
+    seen = []
+    for host in _files_hosts(tmp_path, printed):
+        try:
+            seen.append(repr(host.run_source(_warmed(language, name, lua, js), language,
+                                             "calls" + pick(language, ".lua", ".js"))))
+        except SpellError as err:
+            seen.append(_seen(err))
+    assert seen[0] == seen[1]
+    assert printed[0] == printed[1]
 
 
 CALLED: list[str] = []
@@ -305,3 +330,36 @@ async function main() {
     assert array[7] == f"float {float(2**61)!r}" and array[8] == "int 8"
     assert text == ["str 20000", "int 3"]
     assert plain == ["int 3", "float 0.5", f"int {-(2**53)}"]
+
+
+def test_a_loop_of_plain_calls_takes_no_step_through_the_host(language: str,
+                                                              tmp_path: Any) -> None:
+    """The calls answered at once are the point: a loop of plain calls (Python tools and a
+    tools file's function) resumes the script's engine once per first call of each, not
+    once per call."""
+    resumed: list[str] = []
+
+    def factory(name: str, **options: Any) -> Any:
+        engine = make_engine(name, **options)
+        resume = engine.resume
+
+        def counted(replies: list[ToolReply], deadline: float) -> Any:
+            resumed.append(name)
+            return resume(replies, deadline)
+
+        engine.resume = counted  # type: ignore[method-assign]
+        return engine
+
+    (tmp_path / "lib.lua").write_text("return {twice = function(p) return 2 * p.n end}\n")
+    (tmp_path / "lib.js").write_text("exports.twice = function (p) { return 2 * p.n; };\n")
+    lib = tmp_path / pick(language, "lib.js", "lib.lua")
+    host = Host([note, lib], on_output=lambda line: None, engine_factory=factory)
+    source = pick(language,
+                  "local t = 0\nfor i = 1, 20 do t = t + tools.note{text = 'x'} + "
+                  "tools.twice{n = i} end\nreturn t",
+                  "async function main() { let t = 0; for (let i = 1; i <= 20; i++) "
+                  "t += (await tools.note({text: 'x'})) + (await tools.twice({n: i})); "
+                  "return t; }")
+    CALLED.clear()
+    assert host.run_source(source, language, "loop") == sum(range(1, 21)) + 2 * sum(range(1, 21))
+    assert resumed.count(language) == 2, resumed  # the first call of note, then of twice
