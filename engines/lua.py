@@ -605,6 +605,7 @@ class LuaEngine(Engine):
         self._closed_sites: dict[int, list[Frame]] = {}  # read as it closed (see close)
         self._waiting: set[int] = set()  # the requests whose replies script code waits for
         self._modules: set[int] = set()  # those of them that are require's (kind "module")
+        self._exported: dict[str, int] = {}  # a loaded tools file's functions: name -> position
         self._started = 0.0
         self._failed: SpellError | None = None  # set once the engine must not run again
         self._stopped = stopped = [False]  # stop(): the clock reads infinity from then on
@@ -641,8 +642,12 @@ class LuaEngine(Engine):
     def load(self, source: str, filename: str, tools: list[ToolInfo], deadline: float) -> Step:
         """Run a tools file: its chunk returns a table; its functions are the exports."""
         step = self._begin(source, filename, tools, deadline, _LOAD_LIBRARY, None)
-        if isinstance(step, Finished) and not step.result:
-            step.result = []  # an empty Lua table reads as {}
+        if isinstance(step, Finished):
+            if not step.result:
+                step.result = []  # an empty Lua table reads as {}
+            # call() names a function by its position among them: a number crosses into
+            # Lua with no string to make (see _handoff)
+            self._exported = {name: i for i, name in enumerate(step.result, 1)}
         return step
 
     def call(self, function: str, params: Any, deadline: float) -> Step:
@@ -654,8 +659,9 @@ class LuaEngine(Engine):
                 "call() on a Lua engine that has loaded no tools file"))
         if self._clock() >= deadline:
             return self._fail(self._time_error(None))
-        return self._answered(self._handoff(_CALL, deadline, function, None, params, "params"),
-                              deadline)
+        return self._answered(self._handoff(_CALL, deadline,
+                                            self._exported.get(function, function), None,
+                                            params, "params"), deadline)
 
     def _begin(self, source: str, filename: str, tools: list[ToolInfo], deadline: float,
                entry: int, args: Any) -> Step:

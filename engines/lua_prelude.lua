@@ -1691,6 +1691,7 @@ local function library(chunk)
   end
   module = value
   table_lib.sort(names)
+  for i = 1, #names do exports[i] = exports[names[i]] end  -- the host calls by position
   return true, names
 end
 
