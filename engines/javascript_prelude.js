@@ -462,7 +462,10 @@
       memory = 1;
     } else {
       found = loadErrors().problem(value, root, refuseUndefined, stopped === THREW, caught);
-      if (stopped === THREW) memory = caught === null ? -1 : observedLimit(caught) === 1 ? 1 : 0;
+      if (stopped === THREW) {
+        const seen = caught === null ? -1 : observedLimit(caught);
+        memory = seen === 1 || seen === -1 ? seen : 0;
+      }
     }
     found.memory = memory;
     caught = undefined;
@@ -1078,7 +1081,9 @@
   // Proxy, without running a trap), with the engine's prototype and its own message as a
   // data property (no getter runs); a stack overflow also needs a full backtrace (the
   // engine throws it deep down; a script's look-alike made near the top has a short one).
-  // Scripts cannot construct an InternalError (see the end of this file).
+  // Scripts cannot construct an InternalError (see the end of this file). -1, as for a
+  // thrown null: an InternalError the engine could not finish making (no backtrace, or no
+  // message: out of memory even for those), memory if the engine is still nearly full.
   function observedLimit(error) {
     if (error === null || typeof error !== "object") return 0;
     let stack;
@@ -1087,10 +1092,12 @@
     } catch {
       return 0;
     }
-    if (typeof stack !== "string") return 0;
-    const prototype = getPrototypeOf(error);
+    // (isError first: no Proxy's trap runs; a stack only a real error has)
+    const prototype = isError(error) ? getPrototypeOf(error) : null;
+    const unfinished = prototype === INTERNAL_ERROR ? -1 : 0;
+    if (typeof stack !== "string") return unfinished;
     const described = ownDescriptor(error, "message");
-    if (described === undefined || !hasOwn(described, "value")) return 0;
+    if (described === undefined || !hasOwn(described, "value")) return unfinished;
     const message = described.value;
     if (prototype === INTERNAL_ERROR) {
       if (message === "out of memory" || message === "string too long") return 1;
@@ -1114,7 +1121,7 @@
   function fail(record, error, compiling) {
     if (record.state === "failed") return;
     record.state = "failed";
-    record.limit = error === null ? -1 : observedLimit(error); // -1: null (see javascript.py)
+    record.limit = error === null ? -1 : observedLimit(error); // -1: maybe memory (javascript.py)
     let failure;
     try {
       failure = loadErrors().report(error, 0);

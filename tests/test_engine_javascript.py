@@ -762,6 +762,25 @@ def test_the_memory_limit(source: str) -> None:
     fresh_engine_works()
 
 
+# An InternalError the engine could not finish making (out of memory even for its message
+# or its backtrace) has no message: one made so by a script, with the engine's prototype.
+UNFINISHED = ("const e = new Error(); Object.setPrototypeOf(e, InternalError.prototype); "
+              "throw e;")
+
+
+def test_an_unfinished_internal_error_is_the_memory_limit_only_while_memory_is_full() -> None:
+    """quickjs can leave its out-of-memory InternalError without its message (or its
+    backtrace) when memory is that short: such an error counts as the memory limit, as a
+    thrown null does, only while the engine's memory is still nearly full (a script can
+    make the look-alike below; its memory is what it is)."""
+    assert isinstance(failed(run(UNFINISHED, memory_mb=16)), ScriptError.Javascript)
+    full = ("var hog = []; for (let i = 0; i < 15; i++) hog.push('x'.repeat(1 << 20) + i);\n"
+            + UNFINISHED)
+    err = failed(run(full, memory_mb=16))
+    assert isinstance(err, ResourceError.MemoryExhaustion), err
+    fresh_engine_works()
+
+
 @pytest.mark.parametrize("source", [
     "const parts = []; for (;;) { try { parts.push('x'.repeat(1e6)) } catch (e) {} }",
     "for (;;) { try { JSON.parse('{') } catch (e) {} }",
