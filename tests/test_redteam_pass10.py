@@ -477,3 +477,48 @@ def test_calls_of_a_process_isolated_run_are_answered_alike(language: str) -> No
                   "try { await tools.boom({what: 'odd'}); } catch (e) { return [r, e.code]; } }")
     with Host([echo, boom], isolation="process", on_output=lambda line: None) as host:
         assert host.run_source(source, language, "iso") == [50, "tool/execution_failed"]
+
+
+def test_a_host_with_tool_hooks_or_a_monitor_answers_nothing_at_once_and_output_hooks_hold(
+        language: str) -> None:
+    """A tool-call observer (or a monitor, or run_finished's counts) puts a layer on each
+    tool: no call is plain, none is answered at once, each is seen; an output observer
+    alone adds none, and still sees each line."""
+    import anyio
+
+    from host import hooks
+
+    source = pick(language,
+                  "local n = 0\nfor i = 1, 5 do n = tools.inc{n = n} end\nprint('n', n)\n"
+                  "n = tools.inc{n = n}\nreturn n",
+                  "async function main() { let n = 0;\n"
+                  "for (let i = 0; i < 5; i++) n = await tools.inc({n});\n"
+                  "console.log('n', n); return await tools.inc({n}); }")
+    seen: list[str] = []
+
+    @tool
+    def inc(n: int) -> int:
+        """Adds one."""
+        seen.append(f"inc {n}")
+        return n + 1
+
+    @hooks.observer("tool_call_finished")
+    def finished(ctx: Any) -> None:
+        seen.append(f"hook {ctx.tool}")
+
+    @hooks.observer("output")
+    def output(ctx: Any) -> None:
+        seen.append("line")
+
+    for options, plain in (({"hooks": [finished]}, False), ({"monitor": True}, False),
+                           ({"hooks": [output]}, True)):
+        seen.clear()
+        host = Host([inc], on_output=lambda line: None, **options)
+        run = host.new_run_source(source, language, "hooked")
+        assert anyio.run(run.execute) == 6
+        assert bool(run._plain_tools) is plain, options
+        assert host.hooks.flush(10)  # (observers run on the host's observer thread)
+        if options.get("hooks") == [finished]:
+            assert seen.count("hook inc") == 6, seen
+        if plain:
+            assert seen.count("line") == 1, seen  # (on its thread: in order only there)
