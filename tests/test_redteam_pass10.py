@@ -44,8 +44,8 @@ def both(tools: list[Any], source: str, language: str, filename: str = "attack",
     then with the same tools through the pipeline."""
     seen = []
     for layers in ([], [passthrough]):
-        host = Host(tools, on_output=lambda line: None, layers=layers, **options)
-        try:
+        try:  # (a tools file that fails to load fails the host's making)
+            host = Host(tools, on_output=lambda line: None, layers=layers, **options)
             seen.append(repr(host.run_source(source, language, filename)))
         except SpellError as err:
             seen.append(_seen(err))
@@ -115,6 +115,12 @@ CAREFUL = {
     "lone_surrogate_long": """
   try { return await tools.echo({value: "\\ud800" + "b".repeat(9000)}); }
   catch (e) { return e.code; }""",
+    "params_to_json_scalars": """
+  const out = [];
+  for (const v of [5, 2 ** 60, "s", null, [2 ** 60], "q".repeat(9000)]) {
+    try { out.push(await tools.echo({toJSON() { return v; }})); } catch (e) { out.push(e.code); }
+  }
+  return out;""",
     "result_to_json_request": """
   return {toJSON() { tools.shapes({values: [2 ** 60]}); return 1; }};""",
 }
@@ -522,3 +528,25 @@ def test_a_host_with_tool_hooks_or_a_monitor_answers_nothing_at_once_and_output_
             assert seen.count("hook inc") == 6, seen
         if plain:
             assert seen.count("line") == 1, seen  # (on its thread: in order only there)
+
+
+@pytest.mark.parametrize("how", ["called", "chained"])
+def test_a_tools_file_calling_a_plain_tool_at_load_is_refused_alike(
+        language: str, tmp_path: Path, how: str) -> None:
+    """A tools file loads outside the host's loop (its engine has no direct answer then):
+    a call at its top level is refused, on both paths, even when the tool is plain and
+    was called before, and when it is chained to run after the file's code (JS), or
+    caught (Lua's pcall)."""
+    lua_top = {"called": "local got = tools.echo{value = 1}\n",
+               "chained": "local ok = pcall(tools.echo, {value = 1})\n"}[how]
+    js_top = {"called": "tools.echo({value: 1});\n",
+              "chained": "const later = Promise.resolve().then(() => tools.echo({value: 1}));\n"
+                         "later.catch(() => {});\n"}[how]
+    (tmp_path / "lib.lua").write_text(lua_top + "return {f = function(p) return 7 end}\n")
+    (tmp_path / "lib.js").write_text(js_top + "exports.f = async function (p) { return 7; };\n")
+    lib = tmp_path / pick(language, "lib.js", "lib.lua")
+    seen = both([echo, lib], pick(language, "tools.echo{value = 0}\nreturn tools.f{}",
+                                  "async function main() { await tools.echo({value: 0});\n"
+                                  "return await tools.f({}); }"), language)
+    assert seen[0] == seen[1]
+    assert "it calls the tool 'echo' while loading" in str(seen[0]), seen[0]
