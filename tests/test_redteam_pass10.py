@@ -121,6 +121,25 @@ CAREFUL = {
     try { out.push(await tools.echo({toJSON() { return v; }})); } catch (e) { out.push(e.code); }
   }
   return out;""",
+    # a Number object disguised as a plain object (its prototype set to Object.prototype):
+    # JSON.stringify still writes its valueOf() as a number, which check never sees
+    "number_object_disguised": """
+  const n = new Number(5); Object.setPrototypeOf(n, Object.prototype);
+  n.valueOf = () => 2 ** 60;
+  return await tools.shapes({values: [n, 1]});""",
+    "number_object_disguised_to_string": """
+  const n = new Number(5); Object.setPrototypeOf(n, Object.prototype);
+  n.toString = () => "1152921504606846976"; n.valueOf = undefined;
+  return await tools.shapes({values: [n]});""",
+    "number_object_disguised_object_prototype_value_of": """
+  const n = new Number(5); Object.setPrototypeOf(n, Object.prototype);
+  const own = Object.prototype.valueOf;
+  Object.prototype.valueOf = function () { return this === n ? -(2 ** 58) : own.call(this); };
+  try { return await tools.shapes({values: [n]}); } finally { Object.prototype.valueOf = own; }""",
+    "number_object_disguised_to_primitive": """
+  const n = new Number(5); Object.setPrototypeOf(n, Object.prototype);
+  n[Symbol.toPrimitive] = () => 2 ** 56 + 8; n[Symbol.toStringTag] = "Object";
+  return await tools.shapes({values: [{deep: [n]}]});""",
     "result_to_json_request": """
   return {toJSON() { tools.shapes({values: [2 ** 60]}); return 1; }};""",
 }
