@@ -140,6 +140,10 @@ CAREFUL = {
   const n = new Number(5); Object.setPrototypeOf(n, Object.prototype);
   n[Symbol.toPrimitive] = () => 2 ** 56 + 8; n[Symbol.toStringTag] = "Object";
   return await tools.shapes({values: [{deep: [n]}]});""",
+    "string_object_disguised_long": """
+  const s = new String("a"); Object.setPrototypeOf(s, Object.prototype);
+  s.toString = () => "w".repeat(20000) + (2 ** 60);
+  return await tools.shapes({values: [s, 2 ** 53 + 2]});""",
     "result_to_json_request": """
   return {toJSON() { tools.shapes({values: [2 ** 60]}); return 1; }};""",
 }
