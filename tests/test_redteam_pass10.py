@@ -573,3 +573,48 @@ def test_a_tools_file_calling_a_plain_tool_at_load_is_refused_alike(
                                   "return await tools.f({}); }"), language)
     assert seen[0] == seen[1]
     assert "it calls the tool 'echo' while loading" in str(seen[0]), seen[0]
+
+
+@tool
+def ask(q: str) -> str:
+    """Asks a person ``q`` (AskHuman)."""
+    from host import AskHuman
+
+    raise AskHuman(q)
+
+
+@pytest.mark.parametrize("human", ["answers", "fails", "none", "slow"])
+def test_ask_human_from_a_call_answered_at_once_is_seen_alike(language: str, human: str) -> None:
+    """A plain tool's AskHuman waits for the person inside the engine's step: the answer,
+    the failure, no one to ask, and a person slower than the run's deadline (the run ends
+    at the deadline, not when they answer) are what the pipeline makes of them."""
+    def answers(question: str) -> str:
+        return "yes to " + question
+
+    def fails(question: str) -> str:
+        raise RuntimeError("no idea")
+
+    def slow(question: str) -> str:
+        if question == "go?":  # (the first question warms the tool: answered at once next)
+            time.sleep(1.5)
+        return "late"
+
+    on_human_input = {"answers": answers, "fails": fails, "none": None, "slow": slow}[human]
+    source = pick(language, "tools.ask{q = 'warm'}\nreturn tools.ask{q = 'go?'}",
+                  "async function main() { await tools.ask({q: 'warm'});\n"
+                  "return await tools.ask({q: 'go?'}); }")
+    seen = []
+    for layers in ([], [passthrough]):
+        host = Host([ask], on_output=lambda line: None, layers=layers,
+                    on_human_input=on_human_input, timeout=0.6 if human == "slow" else 10)
+        started = time.monotonic()
+        try:
+            seen.append(repr(host.run_source(source, language, "asks")))
+        except SpellError as err:
+            seen.append(_seen(err))
+        assert time.monotonic() - started < (1.3 if human == "slow" else 10), human
+    if human == "slow":  # the deadline's error (its time fields differ)
+        assert seen[0]["chain"][0][0] == seen[1]["chain"][0][0], seen
+        assert seen[0]["chain"][0][2].get("resource_type") == "time", seen[0]
+    else:
+        assert seen[0] == seen[1]
