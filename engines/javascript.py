@@ -926,8 +926,10 @@ class JavaScriptEngine(Engine):
         size = len(text)
         if size > self._max_text:  # the prelude keeps it smaller (its budget)
             return self._fail(self._too_large("data"))
-        if size < _SMALL_TEXT and text[1] == "0":  # requests with nothing to read with care
+        if size < _SMALL_TEXT and text[1] == "0":  # requests with no text handed over apart
             state = _native_scan(text, 0)[0]  # (see `careful` in the prelude)
+            if _unsafe_params(state):  # (the prelude cannot see every number JSON writes)
+                state = _scan(text, 0)[0]
         else:  # (a small result's text: the look for 16 digits costs less than a walk)
             state = _read_state(text)
             if self._nonce in text:  # long strings handed over as themselves
@@ -1313,6 +1315,31 @@ def _read_state(text: str) -> Any:
     if _SIXTEEN_D not in text.encode("utf-8", "surrogatepass").translate(_DIGITS_AS_D):
         return state
     return _scan(text, 0)[0] if _beyond_safe(state) else state
+
+
+def _unsafe_params(state: list[Any]) -> bool:
+    """Whether the requests of a poll (``[0, lines, id, site, tool, params, ...]``, read
+    with ints parsed in C) hold an int beyond 2**53 (then read again with
+    :func:`_js_number`): only their params can (ids, site numbers and the problems of
+    params without a JSON form are the prelude's own small ints). Cheaper than
+    :data:`_LONG_DIGITS`'s look through the text for the usual flat params.
+
+    The prelude cannot tell: JSON.stringify writes a Number object's ``valueOf()`` (or
+    ``toString()``, ``Symbol.toPrimitive``) after its replacer saw the object, and a script
+    can give a Number object ``Object.prototype`` (then nothing cheap tells it from a plain
+    object), so an int past 2**53 may be in the text of any poll of requests."""
+    if len(state) == 6:
+        params = state[5]
+        if params.__class__ is dict:
+            for value in params.values():
+                kind = value.__class__
+                if kind is int:
+                    if value > _MAX_SAFE_INTEGER or value < -_MAX_SAFE_INTEGER:
+                        return True
+                elif kind is dict or kind is list:
+                    return _beyond_safe(params)
+            return False
+    return _beyond_safe(state[5::4])  # (a list: a toJSON may make params a bare number)
 
 
 def _beyond_safe(value: Any) -> bool:

@@ -132,14 +132,14 @@
   const LARGE = 2;
   const THREW = 3;
   let lastId = 0;
-  // Whether the requests queued since the last poll may hold data Python must read with
-  // care (see poll): a number past 2**53, which Python would read as an exact int where JS
-  // holds a double (check, and numbers(): Python looks at those arrays itself), a Number
-  // object (written as a number without check seeing one), or a long string handed over
-  // by itself (stash). Set by any conversion, kept until the queue is handed over: a
+  // Whether the requests queued since the last poll may hold data handed over apart from
+  // their text, which Python must look for (see poll): a long string (stash) or an array
+  // of numbers (numbers()). Set by any conversion, kept until the queue is handed over: a
   // conversion that is not a request's only makes the next poll careful for nothing.
+  // (Not ints past 2**53, which Python reads as exact ints where JS holds doubles: check
+  // does not see each number JSON.stringify writes, e.g. a Number object's valueOf() when
+  // the object was given Object.prototype; Python looks for those itself.)
   let careful = false;
-  const SAFE = 9007199254740992; // 2**53
   // Requests not yet handed to Python, as JSON text (4 items each, see poll): the latest
   // ones comma-separated in `queue`, which a long burst moves to the list `queued` in
   // pieces of about 4 KB (appending to one string would copy it each time).
@@ -291,7 +291,6 @@
     const type = typeof value; // if-else: quicker than a switch in quickjs
     if (type === "number") {
       if (value - value !== 0) bad = true; // NaN, Infinity, -Infinity
-      else if (value > SAFE || value < -SAFE) careful = true;
     } else if (type === "string") {
       spent += value.length;
       if (spent > budget) stop(LARGE);
@@ -308,10 +307,8 @@
       // a plain object or array is none of these (one look at its prototype: cheaper
       // than three instanceof lookups, the usual case of tool parameters)
       const prototype = getPrototypeOf(value);
-      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE) {
-        careful = true; // a Number object, say
-        if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
-      }
+      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE &&
+        (value instanceof Map || value instanceof Set || value instanceof Promise)) bad = true;
       while (depth !== 0 && open[depth] !== this) depth--;
       if (depth >= maxDepth) stop(DEEP);
       if (stashing && isArray(value)) {
