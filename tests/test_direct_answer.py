@@ -307,10 +307,11 @@ def shapes(values: Any) -> list[str]:
 
 
 def test_js_requests_answered_at_once_read_their_unusual_data_with_care() -> None:
-    """A request is read with native int parsing, and no look for long strings handed
-    over by themselves, only when the prelude saw nothing that needs either: a number
-    beyond 2**53 (scalar, in a Number object, or in an array of numbers), or a long
-    string. Each such call here is answered at once (the tool has been called before)."""
+    """A request is read with no look for data handed over apart from its text only when
+    the prelude handed none over (a long string, an array of numbers: `careful`), and its
+    ints are read as JS holds them (past 2**53, doubles) however they were written (a
+    scalar, a Number object, an array of numbers). Each call here is answered at once (the
+    tool has been called before)."""
     host = Host([shapes], on_output=lambda line: None)
     source = """
 async function main() {
