@@ -295,12 +295,12 @@ class Engine(ABC):
     patterns: PatternRegistry = process_patterns
 
     # The host's answer to a tool call that needs nothing of its loop between steps (a
-    # plain tool's, see host.runner), set while the host's loop runs the engine: an
-    # engine that takes it offers it each tool call made alone, with nothing printed
-    # before it, and delivers the reply it gets in the same step, running the script on;
-    # None sends the request out in a Suspended step, as usual. A step's round through
-    # the host costs more than the call itself (issue 17). An engine may ignore it (a
-    # worker process's: its tools are in another process).
+    # plain tool's or tools-file function's: ScriptRun._direct in host/runner.py), set
+    # while the host's loop runs the engine. An engine that takes it offers it each tool
+    # call made alone, with nothing printed before it, and delivers the reply it gets in
+    # the same step, running the script on; None sends the request out in a Suspended
+    # step, as usual. A step's round through the host costs more than the call itself
+    # (issue 17). An engine may ignore it (a worker process's: its tools are elsewhere).
     direct: DirectAnswer | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
