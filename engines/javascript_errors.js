@@ -11,7 +11,7 @@
   "use strict";
   // (parse and setPrototypeOf: the prelude's, read before any script ran)
   const { json, clean, rawStack, setStack, names, maxDepth, parse, setPrototypeOf,
-    OBJECT_PROTOTYPE } = core;
+    OBJECT_PROTOTYPE, isNumberObject } = core;
   const stringify = JSON.stringify;
   const isArray = Array.isArray;
   const RAW = Symbol("raw"); // makes an error without reading an init object
@@ -209,6 +209,7 @@
         return strict ? ["undefined", path, value] : null;
       case "object":
         if (value === null) return null;
+        if (isNumberObject(value)) return locate(+value, path, strict, parents); // as JSON
         break;
       default:
         return [typeof value, path, value];

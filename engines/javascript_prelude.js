@@ -121,6 +121,8 @@
   const push = Array.prototype.push;
   const every = Function.prototype.call.bind(Array.prototype.every);
   const isFiniteNumber = Number.isFinite;
+  const numberValueOf = Function.prototype.call.bind(Number.prototype.valueOf);
+  const NUMBER_PROTOTYPE = Number.prototype;
   const isError = Error.isError;
   const setPrototypeOf = Object.setPrototypeOf;
   const startsWith = Function.prototype.call.bind(String.prototype.startsWith);
@@ -307,8 +309,18 @@
       // a plain object or array is none of these (one look at its prototype: cheaper
       // than three instanceof lookups, the usual case of tool parameters)
       const prototype = getPrototypeOf(value);
-      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE &&
-        (value instanceof Map || value instanceof Set || value instanceof Promise)) bad = true;
+      if (prototype !== OBJECT_PROTOTYPE && prototype !== ARRAY_PROTOTYPE) {
+        if (value instanceof Map || value instanceof Set || value instanceof Promise) bad = true;
+        else if (prototype === NUMBER_PROTOTYPE && isNumberObject(value)) {
+          // JSON writes a Number object as the number its valueOf gives: made here, once
+          // (JSON then writes it without asking again), so that a NaN or an Infinity is
+          // refused as a bare one is. (One given another prototype still goes as JSON
+          // writes it: nothing cheap tells it from a plain object.)
+          const number = +value;
+          if (number - number !== 0) bad = true;
+          return number;
+        }
+      }
       while (depth !== 0 && open[depth] !== this) depth--;
       if (depth >= maxDepth) stop(DEEP);
       if (stashing && isArray(value)) {
@@ -322,6 +334,16 @@
       bad = true; // function, bigint, symbol
     }
     return value;
+  }
+
+  // Whether `value` is a Number object (its brand, which no script code can fake or see).
+  function isNumberObject(value) {
+    try {
+      numberValueOf(value);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   // The placeholder of `array` when it holds at least MIN_NUMBERS values, each a finite
@@ -473,7 +495,7 @@
     if (errors === null) {
       errors = indirectEval(errorsSource)({ FILE, json, clean, rawStack, setStack,
         catalog: catalogText, names: config.constructors, maxDepth, parse, setPrototypeOf,
-        OBJECT_PROTOTYPE });
+        OBJECT_PROTOTYPE, isNumberObject });
       for (const name of Object.keys(errors.globals)) define(name, errors.globals[name]);
     }
     return errors;

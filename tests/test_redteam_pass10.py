@@ -618,3 +618,47 @@ def test_ask_human_from_a_call_answered_at_once_is_seen_alike(language: str, hum
         assert seen[0]["chain"][0][2].get("resource_type") == "time", seen[0]
     else:
         assert seen[0] == seen[1]
+
+
+# -- the red team's doubt, fixed after: a Number object holding NaN or Infinity ---------
+
+@tool
+def shown(v: Any) -> str:
+    """What a script passed, as Python shows it."""
+    return repr(v)
+
+
+@pytest.mark.parametrize(("expression", "expected"), [
+    ("new Number(NaN)", "params.v is NaN"),
+    ("[1, new Number(-Infinity)]", "params.v[1] is -Infinity"),
+    ("(() => { const n = new Number(1); n.valueOf = () => Infinity; return n; })()",
+     "params.v is Infinity"),
+])
+def test_a_number_object_without_a_json_form_is_refused_as_a_bare_one(expression: str,
+                                                                      expected: str) -> None:
+    """JSON.stringify writes a Number object as its valueOf's number, NaN as null: the
+    check now makes that number itself (valueOf runs once, as JSON runs it) and refuses
+    what has no JSON form, in the parameters and in a result, as a bare NaN is."""
+    host = Host([shown], on_output=lambda line: None)
+    with pytest.raises(ToolError.InvalidParameters) as caught:
+        host.run_source("async function main() { return await tools.shown({v: "
+                        f"{expression}}}); }}", "javascript", "boxed.js")
+    assert expected in caught.value.message
+    with pytest.raises(SpellError) as result:
+        host.run_source(f"async function main() {{ return {{v: {expression}}}; }}",
+                        "javascript", "boxed.js")
+    assert expected.replace("params", "result") in result.value.message
+
+
+def test_a_number_object_is_read_once_and_what_is_not_one_crosses_as_before() -> None:
+    host = Host([shown], on_output=lambda line: None)
+    source = """
+async function main() {
+  let asked = 0;
+  const n = new Number(1);
+  n.valueOf = () => { asked += 1; return 7; };
+  const fine = await tools.shown({v: [n, new Number(2), Object.create(Number.prototype)]});
+  return [fine, asked];
+}
+"""
+    assert host.run_source(source, "javascript", "once.js") == ["[7, 2, {}]", 1]
