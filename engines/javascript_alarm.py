@@ -97,9 +97,12 @@ class Alarm:
 
     def remove(self) -> None:
         """Take the handler off the runtime (on its thread, while the context lives: the
-        runtime must not read the flag once it is freed), and the deadline off the clock."""
+        runtime must not read the flag once it is freed), and the deadline off the clock
+        (its entry is stale from now: dropped when the clock's heap is compacted, not
+        kept there, with the alarm, until its time comes)."""
         with _clock.lock:
             self._deadline = None
+            self._entry = None
         capi.library().JS_SetInterruptHandler(self._runtime, None, None)
 
 

@@ -170,6 +170,25 @@ def test_rearming_many_times_keeps_the_clock_bounded():
     assert not alarm.rang
 
 
+def test_alarms_removed_before_their_deadline_do_not_pile_up_on_the_clock(monkeypatch):
+    """Each engine closed before its deadline (the usual run: 30 s) removes its alarm:
+    its entry on the clock is dropped when the heap is next compacted, not held (with
+    the alarm) until its deadline."""
+    import quickjs
+
+    clock = alarms._Clock()
+    monkeypatch.setattr(alarms, "_clock", clock)
+    far = time.monotonic() + 3600
+    for _ in range(3_000):
+        ctx = quickjs.Context()  # (alive until its alarm is removed, as install asks)
+        alarm = alarms.install(ctx)
+        assert alarm is not None
+        alarm.arm(far)
+        alarm.remove()
+        del ctx
+    assert len(clock._heap) < 1_000
+
+
 def test_a_cancelled_host_run_frees_its_thread_at_once():
     # thread mode: a run given up on (its caller cancelled) rings its JS engine's alarm,
     # so the busy loop's thread ends now instead of spinning on past its deadline
