@@ -278,6 +278,13 @@ def protocol_violation(reason: str) -> SpellError:
     return BridgeError.ProtocolViolation(reason=reason)
 
 
+def misdirected(request: ToolRequest, reply: ToolReply) -> SpellError:
+    """The protocol violation of a reply :attr:`Engine.direct` made for another request
+    than the one the engine offered it (every engine that takes ``direct`` checks)."""
+    return protocol_violation(
+        f"the host answered request {request.id} with the reply to {reply.id}")
+
+
 class Engine(ABC):
     """One sandboxed interpreter, running one script at a time.
 

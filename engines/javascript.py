@@ -113,6 +113,7 @@ from engines.base import (
     ToolRequest,
     crossing_error,
     did_not_fit,
+    misdirected,
     protocol_violation,
 )
 from engines.specs import JAVASCRIPT
@@ -892,8 +893,7 @@ class JavaScriptEngine(Engine):
                 self._owners[request.id] = activation
                 return Suspended([request])
             if reply.id != request.id:
-                return self._fail(protocol_violation(
-                    f"the host answered request {request.id} with the reply to {reply.id}"))
+                return self._fail(misdirected(request, reply))
             if self._deadline != deadline:  # a call into this engine made for the reply
                 self._set_deadline(deadline)  # (a tools file's own function) set its own
             failed = self._deliver(reply)

@@ -76,6 +76,7 @@ from engines.base import (
     ToolRequest,
     crossing_error,
     did_not_fit,
+    misdirected,
     protocol_violation,
     sandbox_hint,
 )
@@ -718,8 +719,7 @@ class LuaEngine(Engine):
             if reply is None:
                 break
             if reply.id != request.id:
-                return self._fail(protocol_violation(
-                    f"the host answered request {request.id} with the reply to {reply.id}"))
+                return self._fail(misdirected(request, reply))
             step = self._deliver(reply, deadline)
         return step
 
