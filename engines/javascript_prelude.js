@@ -482,7 +482,7 @@
     } else {
       found = loadErrors().problem(value, root, refuseUndefined, stopped === THREW, caught);
       if (stopped === THREW) {
-        const seen = caught === null ? -1 : observedLimit(caught);
+        const seen = observedLimit(caught);
         memory = seen === 1 || seen === -1 ? seen : 0;
       }
     }
@@ -771,10 +771,10 @@
   // The hook/execution_failed error of hook hk that threw `error`, located where it
   // threw (an Error's stack) or else at the call site. A limit goes on as it is.
   function hookFailed(hk, point, error, site) {
-    // (null: what the engine throws when it cannot even make its error, out of memory)
-    if (error === null) throw error;
-    // A Proxy's traps run at each look at it (its prototype...), and may throw: the hook
-    // failed all the same, with a value that is no Error (a limit met in a trap goes on)
+    // A limit goes on as it is (observedLimit: null too, which the engine throws when it
+    // cannot even make its error). A Proxy's traps run at each look at it (its
+    // prototype...), and may throw: the hook failed all the same, with a value that is no
+    // Error (a limit met in a trap goes on)
     let limit = false;
     let isError = false;
     try {
@@ -1100,11 +1100,13 @@
   // Proxy, without running a trap), with the engine's prototype and its own message as a
   // data property (no getter runs); a stack overflow also needs a full backtrace (the
   // engine throws it deep down; a script's look-alike made near the top has a short one).
-  // Scripts cannot construct an InternalError (see the end of this file). -1, as for a
-  // thrown null: an InternalError the engine could not finish making (no backtrace, or no
-  // message: out of memory even for those), memory if the engine is still nearly full.
+  // Scripts cannot construct an InternalError (see the end of this file). -1: maybe
+  // memory (memory if the engine is still nearly full, javascript.py): a thrown null, which
+  // quickjs throws when it cannot even make its out-of-memory error, or an InternalError it
+  // could not finish making (no backtrace, or no message).
   function observedLimit(error) {
-    if (error === null || typeof error !== "object") return 0;
+    if (error === null) return -1;
+    if (typeof error !== "object") return 0;
     let stack;
     try {
       stack = readStack(error);
@@ -1140,7 +1142,7 @@
   function fail(record, error, compiling) {
     if (record.state === "failed") return;
     record.state = "failed";
-    record.limit = error === null ? -1 : observedLimit(error); // -1: maybe memory (javascript.py)
+    record.limit = observedLimit(error);
     let failure;
     try {
       failure = loadErrors().report(error, 0);
