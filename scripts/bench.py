@@ -511,6 +511,136 @@ def caught_failure(host: Host, language: str, source: str, n: int) -> float:
     return (timed(True) - timed(False)) / n
 
 
+FailureModels = None  # the naive hosts' pydantic models of the error's two levels
+
+
+def failure_models() -> Any:
+    """The pydantic models a naive host validates ``explode``'s parameters and its error's
+    fields with (the fields of ``tool/execution_failed`` and ``runtime/python_exception``)."""
+    global FailureModels
+    if FailureModels is None:
+        import pydantic
+
+        FailureModels = SimpleNamespace(
+            params=pydantic.create_model("ExplodeParams", reason=(str, ...)),
+            tool=pydantic.create_model("ToolFields", tool_name=(str, ...),
+                                       parameters=(Any, None), execution_time=(float, ...),
+                                       reason=(str, ...)),
+            cause=pydantic.create_model("CauseFields", exception_type=(str, ...),
+                                        exception_message=(str, ...)))
+    return FailureModels
+
+
+def naive_error(exc: Exception, params: Any, started: float) -> dict[str, Any]:
+    """The error value polyspell hands a script for ``explode``'s failure, as a naive host
+    would make it: both levels' fields validated by pydantic, a message, a random ref each
+    (the call site's traceback is the engine's to add)."""
+    models = failure_models()
+    name, text = type(exc).__name__, str(exc)
+    reason = f"{name}: {text}"
+    cause = models.cause.model_validate({"exception_type": name,
+                                         "exception_message": text}).__dict__
+    fields = models.tool.model_validate({"tool_name": "explode", "parameters": params,
+                                         "execution_time": time.perf_counter() - started,
+                                         "reason": reason}).__dict__
+    refs = memoryview(os.urandom(16)).cast("Q").tolist()
+    return {"category": "tool", "kind": "execution_failed", "name": "ToolError",
+            "message": f"Tool execution failed: explode - {reason}", "fields": fields,
+            "retryable": False, "retry_after": None, "ref": refs[0] >> 11,
+            "cause": {"category": "runtime", "kind": "python_exception",
+                      "name": "RuntimeError", "message": reason, "fields": cause,
+                      "retryable": False, "retry_after": None, "ref": refs[1] >> 11,
+                      "cause": None}}
+
+
+def naive_lua_failure(n: int) -> float:
+    """Seconds per caught failure of a naive Lua host doing the work polyspell's makes:
+    lupa calls a Python function with a table, validated by pydantic; the tool raises; the
+    host makes the same two-level error value (:func:`naive_error`) as Lua tables, the
+    script's side adds the call site's traceback and raises it, and ``pcall`` catches it
+    (no sandbox, no limits, no host-side error, no rethrow of the original)."""
+    import lupa.lua55 as lupa
+
+    models = failure_models()
+    runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False,
+                              unpack_returned_tuples=True)
+
+    def explode_tool(table: Any) -> tuple[bool, Any]:
+        started = time.perf_counter()
+        params = dict(table.items())
+        try:
+            explode(models.params.model_validate(params).reason)
+        except Exception as exc:
+            return False, runtime.table_from(naive_error(exc, params, started),
+                                             recursive=True)
+        return True, None
+
+    call = runtime.eval("""function(f, p)
+      local ok, e = f(p)
+      if ok then return e end
+      local tb = debug.traceback(nil, 2)
+      e.traceback, e.cause.traceback = tb, tb
+      error(e, 0)
+    end""")
+    loop = runtime.eval("function(call, f, n) local c = 0 for i = 1, n do "
+                        "if not pcall(call, f, {reason = 'no'}) then c = c + 1 end end "
+                        "return c end")
+    empty = runtime.eval("function(n) local c = 0 for i = 1, n do c = c + 1 end return c end")
+    start = time.perf_counter()
+    assert loop(call, explode_tool, n) == n
+    with_calls = time.perf_counter() - start
+    start = time.perf_counter()
+    empty(n)
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def naive_js_failure(n: int) -> float:
+    """Seconds per caught failure of a naive JavaScript host doing the work polyspell's
+    makes: add_callable receives the parameters as JSON text, validated by pydantic; the
+    tool raises; the host answers the same error value (:func:`naive_error`) as JSON text,
+    which the script's side makes into two ``Error`` objects with the call site's stack and
+    throws, and ``catch`` catches."""
+    import json
+
+    import quickjs
+
+    models = failure_models()
+    context = quickjs.Context()
+
+    def explode_tool(text: str) -> str:
+        started = time.perf_counter()
+        try:
+            explode(models.params.model_validate_json(text).reason)
+        except Exception as exc:
+            return json.dumps({"ok": False,
+                               "error": naive_error(exc, json.loads(text), started)})
+        return '{"ok": true, "value": null}'
+
+    context.add_callable("explode", explode_tool)
+    context.eval("""
+    function made(d, stack) {
+      const e = new Error(d.message);
+      e.name = d.name; e.category = d.category; e.kind = d.kind; e.fields = d.fields;
+      e.retryable = d.retryable; e.retry_after = d.retry_after; e.ref = d.ref;
+      e.stack = stack;
+      if (d.cause !== null) e.cause = made(d.cause, stack);
+      return e;
+    }
+    function call(params) {
+      const reply = JSON.parse(explode(JSON.stringify(params)));
+      if (reply.ok) return reply.value;
+      throw made(reply.error, new Error().stack);
+    }""")
+    start = time.perf_counter()
+    caught = context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
+                          "{ try { call({reason: 'no'}); } catch (e) { c++; } } c")
+    with_calls = time.perf_counter() - start
+    assert caught == n, caught
+    start = time.perf_counter()
+    context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d")
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
 REFUSED_CALLS = [0]  # calls that reached the tool behind the open breaker: must stay 0
 
 
@@ -1585,14 +1715,21 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
                      median_of(repeats, lambda: rendering(500)) * us, "us", "<= 200"))
     # a caught failure, and a call refused by an open breaker, against a successful call
     # of the same language measured in the same run (the baseline is polyspell's own)
+    # and the ratio a naive host doing the same work has, measured alike (its floor)
     rows += compared("tool failure caught in Lua, per error", "us", us, "<= 5x", repeats,
                      lambda: caught_failure(host, "lua", LUA_CATCH, 2000),
                      "tool round trip, Lua (success)",
                      lambda: tool_round_trip(host, "lua", LUA_LOOP, 20_000))
+    rows += compared("  naive host: the same error made and caught, Lua", "us", us, "",
+                     repeats, lambda: naive_lua_failure(2000),
+                     "  naive host's successful call, Lua", lambda: naive_lua_call(20_000))
     rows += compared("tool failure caught in JS, per error", "us", us, "<= 5x", repeats,
                      lambda: caught_failure(host, "javascript", JS_CATCH, 2000),
                      "tool round trip, JS (success)",
                      lambda: tool_round_trip(host, "javascript", JS_LOOP, 20_000))
+    rows += compared("  naive host: the same error made and caught, JS", "us", us, "",
+                     repeats, lambda: naive_js_failure(2000),
+                     "  naive host's successful call, JS", lambda: naive_js_call(20_000))
     with tempfile.TemporaryDirectory() as name:
         hops = hop_host(Path(name))
         rows += compared("cross-engine hop, JS -> Lua tools file", "us", us, "<= 1.5x",
