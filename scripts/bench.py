@@ -641,6 +641,56 @@ def naive_js_failure(n: int) -> float:
     return (with_calls - (time.perf_counter() - start)) / n
 
 
+def naive_bare_failure(language: str, n: int) -> float:
+    """Seconds per caught failure of a naive host that makes no error value at all: the
+    tool's exception goes into the script as lupa raises it (a Lua error of the exception),
+    or in JS as an ``Error`` of its text that the script's side throws (quickjs 0.17's
+    binding cannot let a callable's exception into JS: the process dies with "returned a
+    result with an exception set"), and ``pcall`` or ``catch`` catches it."""
+    models = failure_models()
+    if language == "lua":
+        import lupa.lua55 as lupa
+
+        runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
+
+        def lua_tool(table: Any) -> None:
+            explode(models.params.model_validate(dict(table.items())).reason)
+
+        loop = runtime.eval("function(f, n) local c = 0 for i = 1, n do "
+                            "if not pcall(f, {reason = 'no'}) then c = c + 1 end end "
+                            "return c end")
+        empty = runtime.eval("function(n) local c = 0 for i = 1, n do c = c + 1 end "
+                             "return c end")
+        start = time.perf_counter()
+        assert loop(lua_tool, n) == n
+        with_calls = time.perf_counter() - start
+        start = time.perf_counter()
+        empty(n)
+        return (with_calls - (time.perf_counter() - start)) / n
+    import quickjs
+
+    context = quickjs.Context()
+
+    def js_tool(text: str) -> str | None:
+        try:
+            explode(models.params.model_validate_json(text).reason)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    context.add_callable("explode", js_tool)
+    context.eval("function call(p) { const failed = explode(JSON.stringify(p)); "
+                 "if (failed !== null) throw new Error(failed); }")
+    start = time.perf_counter()
+    caught = context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
+                          "{ try { call({reason: 'no'}); } catch (e) { c++; } } c")
+    with_calls = time.perf_counter() - start
+    assert caught == n, caught
+    start = time.perf_counter()
+    context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d")
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
 REFUSED_CALLS = [0]  # calls that reached the tool behind the open breaker: must stay 0
 
 
@@ -1723,6 +1773,8 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
     rows += compared("  naive host: the same error made and caught, Lua", "us", us, "",
                      repeats, lambda: naive_lua_failure(2000),
                      "  naive host's successful call, Lua", lambda: naive_lua_call(20_000))
+    rows.append(("  naive host: the exception as the binding raises it (no error value)",
+                 median_of(repeats, lambda: naive_bare_failure("lua", 2000)) * us, "us", ""))
     rows += compared("tool failure caught in JS, per error", "us", us, "<= 5x", repeats,
                      lambda: caught_failure(host, "javascript", JS_CATCH, 2000),
                      "tool round trip, JS (success)",
@@ -1730,6 +1782,8 @@ def core_rows(repeats: int, calls_only: bool = False) -> list[Row]:
     rows += compared("  naive host: the same error made and caught, JS", "us", us, "",
                      repeats, lambda: naive_js_failure(2000),
                      "  naive host's successful call, JS", lambda: naive_js_call(20_000))
+    rows.append(("  naive host: the exception as the binding raises it (no error value)",
+                 median_of(repeats, lambda: naive_bare_failure("javascript", 2000)) * us, "us", ""))
     with tempfile.TemporaryDirectory() as name:
         hops = hop_host(Path(name))
         rows += compared("cross-engine hop, JS -> Lua tools file", "us", us, "<= 1.5x",
