@@ -553,6 +553,34 @@ def naive_error(exc: Exception, params: Any, started: float) -> dict[str, Any]:
                       "cause": None}}
 
 
+def caught_in_lua(runtime: Any, call: Any, n: int) -> float:
+    """Seconds per ``pcall(call, {reason = "no"})`` that fails, in lupa ``runtime``,
+    the same loop without the calls subtracted (the naive hosts' caught failures)."""
+    loop = runtime.eval("function(call, n) local c = 0 for i = 1, n do "
+                        "if not pcall(call, {reason = 'no'}) then c = c + 1 end end "
+                        "return c end")
+    empty = runtime.eval("function(n) local c = 0 for i = 1, n do c = c + 1 end return c end")
+    start = time.perf_counter()
+    assert loop(call, n) == n
+    with_calls = time.perf_counter() - start
+    start = time.perf_counter()
+    empty(n)
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
+def caught_in_js(context: Any, n: int) -> float:
+    """Seconds per ``call({reason: 'no'})`` that throws, in quickjs ``context`` (which
+    defines ``call``), caught, the same loop without the calls subtracted."""
+    start = time.perf_counter()
+    caught = context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
+                          "{ try { call({reason: 'no'}); } catch (e) { c++; } } c")
+    with_calls = time.perf_counter() - start
+    assert caught == n, caught
+    start = time.perf_counter()
+    context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d")
+    return (with_calls - (time.perf_counter() - start)) / n
+
+
 def naive_lua_failure(n: int) -> float:
     """Seconds per caught failure of a naive Lua host doing the work polyspell's makes:
     lupa calls a Python function with a table, validated by pydantic; the tool raises; the
@@ -575,23 +603,14 @@ def naive_lua_failure(n: int) -> float:
                                              recursive=True)
         return True, None
 
-    call = runtime.eval("""function(f, p)
+    call = runtime.eval("""function(f) return function(p)
       local ok, e = f(p)
       if ok then return e end
       local tb = debug.traceback(nil, 2)
       e.traceback, e.cause.traceback = tb, tb
       error(e, 0)
-    end""")
-    loop = runtime.eval("function(call, f, n) local c = 0 for i = 1, n do "
-                        "if not pcall(call, f, {reason = 'no'}) then c = c + 1 end end "
-                        "return c end")
-    empty = runtime.eval("function(n) local c = 0 for i = 1, n do c = c + 1 end return c end")
-    start = time.perf_counter()
-    assert loop(call, explode_tool, n) == n
-    with_calls = time.perf_counter() - start
-    start = time.perf_counter()
-    empty(n)
-    return (with_calls - (time.perf_counter() - start)) / n
+    end end""")(explode_tool)
+    return caught_in_lua(runtime, call, n)
 
 
 def naive_js_failure(n: int) -> float:
@@ -631,14 +650,7 @@ def naive_js_failure(n: int) -> float:
       if (reply.ok) return reply.value;
       throw made(reply.error, new Error().stack);
     }""")
-    start = time.perf_counter()
-    caught = context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
-                          "{ try { call({reason: 'no'}); } catch (e) { c++; } } c")
-    with_calls = time.perf_counter() - start
-    assert caught == n, caught
-    start = time.perf_counter()
-    context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d")
-    return (with_calls - (time.perf_counter() - start)) / n
+    return caught_in_js(context, n)
 
 
 def naive_bare_failure(language: str, n: int) -> float:
@@ -651,22 +663,11 @@ def naive_bare_failure(language: str, n: int) -> float:
     if language == "lua":
         import lupa.lua55 as lupa
 
-        runtime = lupa.LuaRuntime(register_eval=False, register_builtins=False)
-
         def lua_tool(table: Any) -> None:
             explode(models.params.model_validate(dict(table.items())).reason)
 
-        loop = runtime.eval("function(f, n) local c = 0 for i = 1, n do "
-                            "if not pcall(f, {reason = 'no'}) then c = c + 1 end end "
-                            "return c end")
-        empty = runtime.eval("function(n) local c = 0 for i = 1, n do c = c + 1 end "
-                             "return c end")
-        start = time.perf_counter()
-        assert loop(lua_tool, n) == n
-        with_calls = time.perf_counter() - start
-        start = time.perf_counter()
-        empty(n)
-        return (with_calls - (time.perf_counter() - start)) / n
+        return caught_in_lua(lupa.LuaRuntime(register_eval=False, register_builtins=False),
+                             lua_tool, n)
     import quickjs
 
     context = quickjs.Context()
@@ -681,14 +682,7 @@ def naive_bare_failure(language: str, n: int) -> float:
     context.add_callable("explode", js_tool)
     context.eval("function call(p) { const failed = explode(JSON.stringify(p)); "
                  "if (failed !== null) throw new Error(failed); }")
-    start = time.perf_counter()
-    caught = context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
-                          "{ try { call({reason: 'no'}); } catch (e) { c++; } } c")
-    with_calls = time.perf_counter() - start
-    assert caught == n, caught
-    start = time.perf_counter()
-    context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d")
-    return (with_calls - (time.perf_counter() - start)) / n
+    return caught_in_js(context, n)
 
 
 REFUSED_CALLS = [0]  # calls that reached the tool behind the open breaker: must stay 0
