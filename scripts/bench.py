@@ -101,6 +101,20 @@ def tool_round_trip(host: Host, language: str, source: str, n: int) -> float:
     return (timed(True) - timed(False)) / n
 
 
+def net_per_call(n: int, with_calls: Callable[[], Any], without: Callable[[], Any],
+                 expected: Any = None, clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds per call of a loop of ``n`` calls (``with_calls()``, which must return
+    ``expected`` unless that is None) less the same loop making none (``without()``): how
+    the raw bindings' and the naive hosts' rows are timed, by ``clock``."""
+    start = clock()
+    result = with_calls()
+    spent = clock() - start
+    assert expected is None or result == expected, result
+    start = clock()
+    without()
+    return (spent - (clock() - start)) / n
+
+
 def raw_lua_call(n: int) -> float:
     """Seconds per Lua -> Python call through lupa itself."""
     import lupa.lua55 as lupa
@@ -110,12 +124,7 @@ def raw_lua_call(n: int) -> float:
                         "return t end")
     empty = runtime.eval("function(n) local t = 0 for i = 1, n do t = t + i + 1 end "
                          "return t end")
-    start = time.perf_counter()
-    loop(lambda a, b: a + b, n)
-    with_calls = time.perf_counter() - start
-    start = time.perf_counter()
-    empty(n)
-    return (with_calls - (time.perf_counter() - start)) / n
+    return net_per_call(n, lambda: loop(lambda a, b: a + b, n), lambda: empty(n))
 
 
 def raw_js_call(n: int) -> float:
@@ -124,12 +133,9 @@ def raw_js_call(n: int) -> float:
 
     context = quickjs.Context()
     context.add_callable("add", lambda a, b: a + b)
-    start = time.perf_counter()
-    context.eval(f"let t = 0; for (let i = 0; i < {n}; i++) t += add(i, 1); t")
-    with_calls = time.perf_counter() - start
-    start = time.perf_counter()
-    context.eval(f"let u = 0; for (let i = 0; i < {n}; i++) u += i + 1; u")
-    return (with_calls - (time.perf_counter() - start)) / n
+    return net_per_call(
+        n, lambda: context.eval(f"let t = 0; for (let i = 0; i < {n}; i++) t += add(i, 1); t"),
+        lambda: context.eval(f"let u = 0; for (let i = 0; i < {n}; i++) u += i + 1; u"))
 
 
 # The suspension design alone, with nothing of polyspell's: a script's call suspends it
@@ -278,12 +284,8 @@ def naive_lua_call(n: int, clock: Callable[[], float] = time.perf_counter) -> fl
                         "end return t end")
     empty = runtime.eval("function(n) local t = 0 for i = 1, n do t = t + i + 1 end "
                          "return t end")
-    start = clock()
-    assert loop(add_tool, n) == sum(range(2, n + 2))
-    with_calls = clock() - start
-    start = clock()
-    empty(n)
-    return (with_calls - (clock() - start)) / n
+    return net_per_call(n, lambda: loop(add_tool, n), lambda: empty(n),
+                        sum(range(2, n + 2)), clock)
 
 
 def naive_js_call(n: int, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -300,14 +302,11 @@ def naive_js_call(n: int, clock: Callable[[], float] = time.perf_counter) -> flo
         return params.a + params.b
 
     context.add_callable("add", add_tool)
-    start = clock()
-    total = context.eval(f"let t = 0; for (let i = 1; i <= {n}; i++) "
-                         "t += add(JSON.stringify({a: i, b: 1})); t")
-    with_calls = clock() - start
-    assert total == sum(range(2, n + 2)), total
-    start = clock()
-    context.eval(f"let u = 0; for (let i = 1; i <= {n}; i++) u += i + 1; u")
-    return (with_calls - (clock() - start)) / n
+    return net_per_call(
+        n, lambda: context.eval(f"let t = 0; for (let i = 1; i <= {n}; i++) "
+                                "t += add(JSON.stringify({a: i, b: 1})); t"),
+        lambda: context.eval(f"let u = 0; for (let i = 1; i <= {n}; i++) u += i + 1; u"),
+        sum(range(2, n + 2)), clock)
 
 
 def compared(what: str, unit: str, scale: float, target: str, repeats: int,
@@ -560,25 +559,16 @@ def caught_in_lua(runtime: Any, call: Any, n: int) -> float:
                         "if not pcall(call, {reason = 'no'}) then c = c + 1 end end "
                         "return c end")
     empty = runtime.eval("function(n) local c = 0 for i = 1, n do c = c + 1 end return c end")
-    start = time.perf_counter()
-    assert loop(call, n) == n
-    with_calls = time.perf_counter() - start
-    start = time.perf_counter()
-    empty(n)
-    return (with_calls - (time.perf_counter() - start)) / n
+    return net_per_call(n, lambda: loop(call, n), lambda: empty(n), n)
 
 
 def caught_in_js(context: Any, n: int) -> float:
     """Seconds per ``call({reason: 'no'})`` that throws, in quickjs ``context`` (which
     defines ``call``), caught, the same loop without the calls subtracted."""
-    start = time.perf_counter()
-    caught = context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
-                          "{ try { call({reason: 'no'}); } catch (e) { c++; } } c")
-    with_calls = time.perf_counter() - start
-    assert caught == n, caught
-    start = time.perf_counter()
-    context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d")
-    return (with_calls - (time.perf_counter() - start)) / n
+    return net_per_call(
+        n, lambda: context.eval(f"let c = 0; for (let i = 1; i <= {n}; i++) "
+                                "{ try { call({reason: 'no'}); } catch (e) { c++; } } c"),
+        lambda: context.eval(f"let d = 0; for (let i = 1; i <= {n}; i++) d++; d"), n)
 
 
 def naive_lua_failure(n: int) -> float:
@@ -1617,12 +1607,7 @@ def naive_lua_data(shape: str, echo: bool, n: int) -> float:
                         "return t end")
     empty = runtime.eval(f"function(n) {make} local t = 0 for i = 1, n do t = t + #data end "
                          "return t end")
-    start = time.perf_counter()
-    assert loop(tool_fn, n) == count * n
-    with_calls = time.perf_counter() - start
-    start = time.perf_counter()
-    empty(n)
-    return (with_calls - (time.perf_counter() - start)) / n
+    return net_per_call(n, lambda: loop(tool_fn, n), lambda: empty(n), count * n)
 
 
 def naive_js_data(shape: str, echo: bool, n: int) -> float:
@@ -1647,15 +1632,12 @@ def naive_js_data(shape: str, echo: bool, n: int) -> float:
     make = JS_INTS if shape == "ints" else JS_ITEMS
     call = f"f(JSON.stringify({{{key}: data}}))"
     use = f"JSON.parse({call}).length" if echo else call
-    start = time.perf_counter()
-    total = context.eval(f"(() => {{ {make} let t = 0; for (let i = 1; i <= {n}; i++) "
-                         f"t += {use}; return t; }})()")
-    with_calls = time.perf_counter() - start
-    assert total == count * n, total
-    start = time.perf_counter()
-    context.eval(f"(() => {{ {make} let t = 0; for (let i = 1; i <= {n}; i++) "
-                 "t += data.length; return t; })()")
-    return (with_calls - (time.perf_counter() - start)) / n
+    return net_per_call(
+        n, lambda: context.eval(f"(() => {{ {make} let t = 0; for (let i = 1; i <= {n}; i++) "
+                                f"t += {use}; return t; }})()"),
+        lambda: context.eval(f"(() => {{ {make} let t = 0; for (let i = 1; i <= {n}; i++) "
+                             "t += data.length; return t; })()"),
+        count * n)
 
 
 def data_rows(repeats: int) -> list[Row]:
